@@ -1,0 +1,45 @@
+/* codegen.h: lowering a scheduled graph to a program.
+ *
+ *   lower.c : one instruction per node, in graph order, with its kernel and the
+ *             buffers of its inputs and outputs (one buffer per tensor for now;
+ *             the memory-planning pass will give offsets in one arena)
+ *
+ * Prefix: cg_.
+ */
+#ifndef MOEC_CODEGEN_H
+#define MOEC_CODEGEN_H
+
+#include "../runtime/runtime.h"
+
+typedef struct Instr {
+  KernelFn fn;
+  const Node *node;
+  void **in, **out;
+} Instr;
+
+typedef struct Program {
+  Graph *g;
+  Precision prec;
+  size_t elem; /* bytes per float element: 4 or 8 */
+  Instr *instrs; int ninstrs;
+  int first_backward; /* index of the first backward instr (= ninstrs if none) */
+  void **buf;  /* by tensor id: the tensor's storage */
+  size_t bytes; /* total bytes allocated for tensors */
+} Program;
+
+/* Lowers a bound graph (ir_bind done). Allocates every tensor's buffer
+ * (params, inputs and state included, zeroed); dies with a clear message naming
+ * the total if memory runs out. Every node must have a kernel. */
+Program *cg_lower(Graph *g, Precision prec);
+void cg_program_free(Program *p);
+
+/* Runs instructions [from, to) (runtime/exec.c). */
+void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
+/* Copies each state's next value into the state (after a training step). */
+void rt_carry_state(Program *p);
+
+static inline float *cg_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
+static inline double *cg_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
+static inline int32_t *cg_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }
+
+#endif

@@ -1,0 +1,81 @@
+/* common.h: what every stage shares: the one allocator, arenas for compiler
+ * data, check macros for library calls, always-on invariants, small string
+ * helpers. Prefix: none for macros (CHECK*, MOEC_ASSERT), mc_ for functions. */
+#ifndef MOEC_COMMON_H
+#define MOEC_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define MC_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MC_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Internal invariants: on in every build, name file and line. */
+#define MOEC_ASSERT(cond)                                                       \
+  do {                                                                         \
+    if (!(cond)) mc_fatal_at(__FILE__, __LINE__, "assertion failed: %s", #cond); \
+  } while (0)
+
+_Noreturn void mc_fatal_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define mc_fatal(...) mc_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+
+/* User-facing runtime error (bad data file, OOM, ...): "moec: error: ..." and exit 1. */
+_Noreturn void mc_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The one allocator. Aborts with a clear message naming the call site on failure. */
+void *mc_malloc_at(size_t n, const char *file, int line);
+void *mc_calloc_at(size_t n, size_t size, const char *file, int line);
+void *mc_realloc_at(void *p, size_t n, const char *file, int line);
+#define mc_malloc(n) mc_malloc_at((n), __FILE__, __LINE__)
+#define mc_calloc(n, s) mc_calloc_at((n), (s), __FILE__, __LINE__)
+#define mc_realloc(p, n) mc_realloc_at((p), (n), __FILE__, __LINE__)
+/* Like mc_malloc but returns NULL instead of dying: for big runtime buffers
+ * whose failure must be reported with plan figures. */
+void *mc_try_malloc(size_t n);
+void mc_free(void *p);
+
+/* File calls: FOPEN_CHECK etc. report the path and errno. */
+FILE *mc_fopen_at(const char *path, const char *mode, const char *file, int line);
+#define mc_fopen(p, m) mc_fopen_at((p), (m), __FILE__, __LINE__)
+
+/* Arena: bump allocation for compiler data, freed all at once. */
+typedef struct McArenaBlock McArenaBlock;
+typedef struct McArena {
+  McArenaBlock *head;
+  size_t used_total;
+} McArena;
+void *mc_arena_alloc(McArena *a, size_t n); /* zeroed, 16-byte aligned */
+char *mc_arena_strdup(McArena *a, const char *s);
+char *mc_arena_strndup(McArena *a, const char *s, size_t n);
+char *mc_arena_printf(McArena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mc_arena_free(McArena *a);
+
+/* Growable string buffer. */
+typedef struct McBuf {
+  char *data;
+  size_t len, cap;
+} McBuf;
+void mc_buf_printf(McBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mc_buf_vprintf(McBuf *b, const char *fmt, va_list ap);
+void mc_buf_putc(McBuf *b, char c);
+void mc_buf_json_string(McBuf *b, const char *s); /* quoted, escaped */
+void mc_buf_free(McBuf *b);
+
+/* Reads a whole file; NULL with errno set on failure. *len excludes the NUL added. */
+char *mc_read_file(const char *path, size_t *len);
+
+/* Monotonic wall clock in seconds. */
+double mc_now(void);
+
+/* Counter-based random numbers (splitmix64 hashing): the same (key, counter)
+ * gives the same draw on any device and any split of the batch. */
+uint64_t mc_hash64(uint64_t x);
+uint64_t mc_rng_key(uint64_t seed, uint64_t stream, uint64_t step);
+double mc_rng_uniform(uint64_t key, uint64_t counter); /* in (0,1) */
+double mc_rng_normal(uint64_t key, uint64_t counter);  /* N(0,1), Box-Muller */
+
+#endif

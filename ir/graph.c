@@ -1,0 +1,231 @@
+/* graph.c: tensors, nodes and the graph; binding the symbols B and T. */
+#include <string.h>
+
+#include "ir.h"
+
+/* ---- dims ---- */
+
+Dim dim_int(int64_t c) { return (Dim){c, 0, 0}; }
+Dim dim_sym(char sym) { return sym == 'B' ? (Dim){1, 1, 0} : (Dim){1, 0, 1}; }
+Dim dim_mul(Dim a, Dim b) { return (Dim){a.c * b.c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t)}; }
+bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t; }
+bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0; }
+
+int64_t dim_eval(Dim d, int64_t B, int64_t T) {
+  int64_t v = d.c;
+  for (int i = 0; i < d.b; i++) v *= B;
+  for (int i = 0; i < d.t; i++) v *= T;
+  return v;
+}
+
+char *dim_str(Dim d, char *buf, size_t n) {
+  McBuf b = {0};
+  bool any = false;
+  if (d.c != 1 || (d.b == 0 && d.t == 0)) {
+    mc_buf_printf(&b, "%lld", (long long)d.c);
+    any = true;
+  }
+  for (int i = 0; i < d.b; i++) mc_buf_printf(&b, "%sB", any++ ? "*" : "");
+  for (int i = 0; i < d.t; i++) mc_buf_printf(&b, "%sT", any++ ? "*" : "");
+  snprintf(buf, n, "%s", b.data);
+  mc_buf_free(&b);
+  return buf;
+}
+
+char *type_str(const Type *t, char *buf, size_t n) {
+  McBuf b = {0};
+  mc_buf_printf(&b, "%s[", t->dtype == DT_I32 ? "i32" : "f32");
+  for (int i = 0; i < t->rank; i++) {
+    char d[48];
+    mc_buf_printf(&b, "%s%s", i ? ", " : "", dim_str(t->dim[i], d, sizeof d));
+  }
+  mc_buf_printf(&b, "]");
+  snprintf(buf, n, "%s", b.data);
+  mc_buf_free(&b);
+  return buf;
+}
+
+Type ir_type(DType dt, int rank, const Dim *dims) {
+  MOEC_ASSERT(rank >= 0 && rank <= MAX_RANK);
+  Type t = {.dtype = dt, .rank = rank};
+  for (int i = 0; i < rank; i++) t.dim[i] = dims[i];
+  return t;
+}
+
+/* ---- graph ---- */
+
+typedef struct BuildCtx {
+  const char *layer, *role;
+  Loc loc;
+  bool backward;
+} BuildCtx;
+
+/* The build context lives beside the graph; one graph is built at a time per
+ * thread, so a small side table keyed by graph pointer would be overkill. */
+static _Thread_local BuildCtx build_ctx;
+static _Thread_local const Graph *build_ctx_owner;
+
+Graph *ir_graph_new(const char *name) {
+  Graph *g = mc_calloc(1, sizeof(Graph));
+  g->name = mc_arena_strdup(&g->arena, name ? name : "model");
+  build_ctx = (BuildCtx){0};
+  build_ctx_owner = g;
+  return g;
+}
+
+void ir_graph_free(Graph *g) {
+  if (!g) return;
+  mc_free(g->tensors);
+  mc_free(g->nodes);
+  mc_free(g->params);
+  mc_free(g->inputs);
+  mc_free(g->states);
+  mc_free(g->moe_importance);
+  mc_free(g->moe_load);
+  mc_free(g->moe_names);
+  mc_arena_free(&g->arena);
+  if (build_ctx_owner == g) build_ctx_owner = NULL;
+  mc_free(g);
+}
+
+#define PUSH(arr, n, cap, x)                                   \
+  do {                                                         \
+    if ((n) == (cap)) {                                        \
+      (cap) = (cap) ? 2 * (cap) : 64;                          \
+      (arr) = mc_realloc((arr), (size_t)(cap) * sizeof *(arr)); \
+    }                                                          \
+    (arr)[(n)++] = (x);                                        \
+  } while (0)
+
+Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc) {
+  Tensor *t = mc_arena_alloc(&g->arena, sizeof(Tensor));
+  t->id = g->ntensors;
+  t->kind = kind;
+  t->name = name ? mc_arena_strdup(&g->arena, name) : mc_arena_printf(&g->arena, "t%d", t->id);
+  t->ty = ty;
+  t->loc = loc;
+  t->mem_offset = -1;
+  PUSH(g->tensors, g->ntensors, g->tcap, t);
+  return t;
+}
+
+Tensor *ir_param(Graph *g, const char *name, Type ty, InitKind init, double scale, Loc loc) {
+  Tensor *t = ir_tensor(g, TK_PARAM, name, ty, loc);
+  t->init = init;
+  t->init_scale = scale;
+  PUSH(g->params, g->nparams, g->pcap, t);
+  return t;
+}
+
+Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc) {
+  Tensor *t = ir_tensor(g, TK_INPUT, name, ty, loc);
+  PUSH(g->inputs, g->ninputs, g->icap, t);
+  return t;
+}
+
+Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc) {
+  return ir_tensor(g, TK_STATE, name, ty, loc);
+}
+
+void ir_set_context(Graph *g, const char *layer, const char *role, Loc loc) {
+  build_ctx_owner = g;
+  build_ctx.layer = layer ? mc_arena_strdup(&g->arena, layer) : NULL;
+  build_ctx.role = role ? mc_arena_strdup(&g->arena, role) : NULL;
+  build_ctx.loc = loc;
+}
+
+void ir_set_backward(Graph *g, bool backward) {
+  build_ctx_owner = g;
+  build_ctx.backward = backward;
+}
+
+Node *ir_node(Graph *g, OpKind op, int nin, Tensor *const *in, const int64_t *ia, const double *fa) {
+  MOEC_ASSERT(op >= 0 && op < OP_COUNT);
+  const OpInfo *info = &ir_ops[op];
+  MOEC_ASSERT(info->nin < 0 ? nin >= 1 : nin == info->nin);
+  Node *n = mc_arena_alloc(&g->arena, sizeof(Node));
+  n->id = g->nnodes;
+  n->op = op;
+  n->nin = nin;
+  n->nout = info->nout;
+  n->in = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)nin);
+  for (int i = 0; i < nin; i++) {
+    MOEC_ASSERT(in[i] != NULL);
+    n->in[i] = in[i];
+  }
+  if (ia) memcpy(n->ia, ia, sizeof n->ia);
+  if (fa) memcpy(n->fa, fa, sizeof n->fa);
+  if (build_ctx_owner == g) {
+    n->layer = build_ctx.layer;
+    n->role = build_ctx.role;
+    n->loc = build_ctx.loc;
+    n->backward = build_ctx.backward;
+  }
+  n->device = -1;
+  n->fused_group = -1;
+  n->recompute_seg = -1;
+  n->out = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)n->nout);
+  for (int j = 0; j < n->nout; j++) {
+    const char *nm = n->layer ? mc_arena_printf(&g->arena, "%s.%s%s%d", n->layer, info->name,
+                                                n->backward ? "_g" : "", g->ntensors)
+                              : NULL;
+    Tensor *t = ir_tensor(g, n->backward ? TK_GRAD : TK_ACT, nm, (Type){0}, n->loc);
+    t->producer = n;
+    t->producer_slot = j;
+    n->out[j] = t;
+  }
+  const char *err = info->shape(g, n);
+  if (err) mc_fatal("shape rule of '%s' failed: %s", info->name, err);
+  PUSH(g->nodes, g->nnodes, g->ncap, n);
+  return n;
+}
+
+Tensor *ir_op1(Graph *g, OpKind op, Tensor *a) {
+  Tensor *in[1] = {a};
+  return ir_node(g, op, 1, in, NULL, NULL)->out[0];
+}
+
+Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b) {
+  Tensor *in[2] = {a, b};
+  return ir_node(g, op, 2, in, NULL, NULL)->out[0];
+}
+
+void ir_bind(Graph *g, int64_t B, int64_t T) {
+  g->B = B;
+  g->T = T;
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++) {
+      t->shape[d] = dim_eval(t->ty.dim[d], B, T);
+      if (t->shape[d] <= 0)
+        mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld", t->name, d,
+               (long long)B, (long long)T);
+      t->numel *= t->shape[d];
+    }
+  }
+}
+
+void ir_verify(const Graph *g) {
+  int *made = mc_calloc((size_t)g->ntensors, sizeof(int));
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    MOEC_ASSERT(t->id == i);
+    if (t->kind == TK_INPUT || t->kind == TK_PARAM || t->kind == TK_STATE) made[i] = 1;
+  }
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    const OpInfo *info = &ir_ops[n->op];
+    MOEC_ASSERT(info->nin < 0 || n->nin == info->nin);
+    MOEC_ASSERT(n->nout == info->nout);
+    for (int i = 0; i < n->nin; i++)
+      if (!made[n->in[i]->id])
+        mc_fatal("node %d (%s) reads tensor '%s' before it is produced", n->id, info->name,
+                 n->in[i]->name);
+    for (int j = 0; j < n->nout; j++) {
+      MOEC_ASSERT(n->out[j]->producer == n && n->out[j]->producer_slot == j);
+      made[n->out[j]->id] = 1;
+    }
+  }
+  mc_free(made);
+}

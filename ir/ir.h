@@ -1,0 +1,177 @@
+/* ir.h: the dataflow graph every pass reads and writes.
+ *
+ *   ops.def / ops.c : the op table (name, arity, flags, shape rule, grad rule)
+ *   shapes.c        : the shape rule of every op
+ *   grads_dense.c   : gradient rules of the dense ops
+ *   grads_moe.c     : gradient rules of the MoE ops
+ *   graph.c         : tensors, nodes, the graph; binding B and T
+ *   build.c         : checked AST -> graph (layers expand into primitive ops)
+ *   print.c         : the text printer (moec ir)
+ *
+ * A graph is a list of nodes in a valid execution order (the order they were
+ * added: builders add an op after its inputs' producers). Tensors are typed
+ * with symbolic dims (B, T) and, once bound, concrete shapes.
+ * Prefix: ir_ for functions.
+ */
+#ifndef MOEC_IR_H
+#define MOEC_IR_H
+
+#include "../frontend/frontend.h"
+
+typedef struct Graph Graph;
+typedef struct Node Node;
+typedef struct Tensor Tensor;
+
+/* ---------------------------------------------------------------- ops.c */
+
+enum { OPF_ELEMENTWISE = 1, OPF_RANDOM = 2, OPF_COLLECTIVE = 4, OPF_NODIFF = 8 };
+
+typedef const char *(*ShapeRule)(Graph *g, Node *n);
+typedef void (*GradRule)(Graph *g, Node *n, Tensor *const *gout, Tensor **gin);
+
+typedef enum OpKind {
+#define OP(id, name, nin, nout, flags, shape, grad) id,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} OpKind;
+
+typedef struct OpInfo {
+  const char *name;
+  int nin, nout, flags;
+  ShapeRule shape;
+  GradRule grad;
+} OpInfo;
+
+extern const OpInfo ir_ops[OP_COUNT];
+int ir_op_lookup(const char *name); /* -1 if none */
+
+/* Shape and grad rules named in ops.def. */
+#define OP(id, name, nin, nout, flags, shape, grad) const char *shape(Graph *g, Node *n);
+#include "ops.def"
+#undef OP
+#define NOGRAD ir_nograd_decl_ /* NOGRAD entries declare this unused name */
+#define OP(id, name, nin, nout, flags, shape, grad) void grad(Graph *g, Node *n, Tensor *const *gout, Tensor **gin);
+#include "ops.def"
+#undef OP
+#undef NOGRAD
+
+/* ---------------------------------------------------------------- graph.c */
+
+typedef enum TensorKind {
+  TK_INPUT, /* fed each step: token ids, targets */
+  TK_PARAM, /* trainable parameter: named as in language.md */
+  TK_STATE, /* carried across steps (LSTM h, c); not trained */
+  TK_ACT,   /* produced by a forward op */
+  TK_GRAD,  /* produced by a backward op */
+} TensorKind;
+
+typedef enum InitKind {
+  INIT_ZERO,    /* gates (w_gate, w_noise) and biases, as in the paper */
+  INIT_UNIFORM, /* U(-init_scale, init_scale) */
+  INIT_NORMAL,  /* N(0, init_scale^2) */
+} InitKind;
+
+/* How a tensor is laid over devices (set by the placement pass). */
+typedef enum PartKind {
+  PART_NONE,       /* not yet placed */
+  PART_REPLICATED, /* full copy on every device */
+  PART_BATCH,      /* split along dim 0 (rows / batch) */
+  PART_EXPERTS,    /* expert-sharded: dim 0 indexes experts (or expert rows) */
+} PartKind;
+
+struct Tensor {
+  int id;
+  const char *name; /* params: "lm.weight"; others: a readable name "h1", "m.gates" */
+  TensorKind kind;
+  Type ty;          /* dtype and symbolic dims */
+  Node *producer;   /* NULL for inputs, params, state */
+  int producer_slot;
+  Loc loc;          /* .moe source of the layer that made it */
+  /* bound by ir_bind */
+  int64_t shape[MAX_RANK];
+  int64_t numel;
+  /* params */
+  InitKind init; double init_scale;
+  Tensor *grad;     /* after autodiff: d loss / d this (params) */
+  /* placement and memory (passes) */
+  PartKind part;
+  int64_t mem_offset; /* -1 = unplanned */
+};
+
+#define IR_MAX_ATTR 4
+
+struct Node {
+  int id;
+  OpKind op;
+  int nin, nout;
+  Tensor **in, **out;
+  int64_t ia[IR_MAX_ATTR];
+  double fa[IR_MAX_ATTR];
+  const char *layer; /* name of the .moe layer it came from ("m"), for place rules */
+  const char *role;  /* part of that layer: "gate", "experts", "combine", ... or NULL */
+  Loc loc;
+  bool backward;     /* emitted by autodiff */
+  /* passes */
+  int device;        /* -1 = every device (data-parallel) */
+  int fused_group;   /* -1 = none */
+  int recompute_seg; /* -1 = none */
+};
+
+typedef struct StatePair {
+  Tensor *state; /* TK_STATE input */
+  Tensor *next;  /* value to copy into it after the step */
+} StatePair;
+
+struct Graph {
+  McArena arena;
+  const char *name;
+  Tensor **tensors; int ntensors, tcap;
+  Node **nodes; int nnodes, ncap;
+  Tensor **params; int nparams, pcap;   /* in creation order = checkpoint order */
+  Tensor **inputs; int ninputs, icap;
+  StatePair *states; int nstates, scap;
+  Tensor *loss;      /* scalar total loss (xent + aux) */
+  Tensor *xent;      /* scalar cross-entropy part */
+  Tensor *aux;       /* scalar sum of aux losses, or NULL */
+  Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
+  int64_t B, T;      /* bound values, 0 until ir_bind */
+  bool has_backward;
+};
+
+Graph *ir_graph_new(const char *name);
+void ir_graph_free(Graph *g);
+
+Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc);
+Tensor *ir_param(Graph *g, const char *name, Type ty, InitKind init, double scale, Loc loc);
+Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc);
+Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc);
+
+/* Adds a node; creates its nout output tensors (kind TK_ACT, or TK_GRAD when
+ * g is building the backward pass), runs the op's shape rule and dies with an
+ * internal error if it fails. Returns the node; outputs in n->out[]. */
+Node *ir_node(Graph *g, OpKind op, int nin, Tensor *const *in, const int64_t *ia, const double *fa);
+/* Shorthands for the common one-output case. */
+Tensor *ir_op1(Graph *g, OpKind op, Tensor *a);
+Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b);
+/* Context copied into every node ir_node adds: source layer, role, loc, backward. */
+void ir_set_context(Graph *g, const char *layer, const char *role, Loc loc);
+void ir_set_backward(Graph *g, bool backward);
+
+Type ir_type(DType dt, int rank, const Dim *dims);
+/* Evaluates every tensor's dims with B and T; dies on a non-positive size. */
+void ir_bind(Graph *g, int64_t B, int64_t T);
+/* Checks structural invariants: inputs produced before use, arities, shapes. */
+void ir_verify(const Graph *g);
+
+/* ---------------------------------------------------------------- build.c */
+
+/* Builds the forward graph of a checked file: inputs, params (named as in
+ * language.md), ops, loss. */
+Graph *ir_build(AstFile *f, const Config *cfg);
+
+/* ---------------------------------------------------------------- print.c */
+
+void ir_print(const Graph *g, FILE *out);
+
+#endif

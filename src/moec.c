@@ -1,0 +1,38 @@
+/* moec.c: the command line: dispatch to a subcommand. */
+#include <string.h>
+
+#include "cli.h"
+
+static const Command commands[] = {
+    {"check", "parse and check a .moe file; print layers, parameters, ops per timestep", cmd_check},
+    {"ir", "print the IR graph, as built or after a pass", cmd_ir},
+    {"plan", "print the placement plan over N devices", cmd_plan},
+    {"run", "compile and train (or evaluate) a model", cmd_run},
+    {"eval", "perplexity of a checkpoint", cmd_eval},
+    {"grad", "loss and gradients for one batch (for independent references)", cmd_grad},
+    {"simulate", "the plan's cost model on a cluster that is not here", cmd_simulate},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: moec <command> [options]\n\n"
+               "moec compiles and runs sparsely-gated Mixture-of-Experts models.\n\ncommands:\n");
+  for (size_t i = 0; i < MC_ARRAY_LEN(commands); i++)
+    fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\n'moec <command> --help' describes a command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < MC_ARRAY_LEN(commands); i++)
+    if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "moec: error: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
