@@ -19,6 +19,7 @@ typedef struct Instr {
 
 typedef struct Program {
   Graph *g;
+  const Backend *be; /* where the buffers live */
   Precision prec;
   size_t elem; /* bytes per float element: 4 or 8 */
   Instr *instrs; int ninstrs;
@@ -30,7 +31,8 @@ typedef struct Program {
 /* Lowers a bound graph (ir_bind done). Allocates every tensor's buffer
  * (params, inputs and state included, zeroed); dies with a clear message naming
  * the total if memory runs out. Every node must have a kernel. */
-Program *cg_lower(Graph *g, Precision prec);
+Program *cg_lower(Graph *g, Precision prec); /* on the cpu backend */
+Program *cg_lower_on(Graph *g, Precision prec, const Backend *be);
 void cg_program_free(Program *p);
 
 /* Runs instructions [from, to) (runtime/exec.c). */
@@ -38,6 +40,7 @@ void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
 /* Copies each state's next value into the state (after a training step). */
 void rt_carry_state(Program *p);
 
+/* Direct host pointers: cpu backend only (MOEC_ASSERT'ed by callers that care). */
 static inline float *cg_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
 static inline double *cg_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
 static inline int32_t *cg_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }

@@ -25,8 +25,8 @@ char *dim_str(Dim d, char *buf, size_t n) {
     mc_buf_printf(&b, "%lld", (long long)d.c);
     any = true;
   }
-  for (int i = 0; i < d.b; i++) mc_buf_printf(&b, "%sB", any++ ? "*" : "");
-  for (int i = 0; i < d.t; i++) mc_buf_printf(&b, "%sT", any++ ? "*" : "");
+  for (int i = 0; i < d.b; i++, any = true) mc_buf_printf(&b, "%sB", any ? "*" : "");
+  for (int i = 0; i < d.t; i++, any = true) mc_buf_printf(&b, "%sT", any ? "*" : "");
   snprintf(buf, n, "%s", b.data);
   mc_buf_free(&b);
   return buf;

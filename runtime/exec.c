@@ -16,6 +16,6 @@ void rt_carry_state(Program *p) {
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *s = g->states[i].state, *nx = g->states[i].next;
     MOEC_ASSERT(s->numel == nx->numel);
-    memcpy(p->buf[s->id], p->buf[nx->id], (size_t)s->numel * p->elem);
+    p->be->copy(p->buf[s->id], p->buf[nx->id], (size_t)s->numel * p->elem);
   }
 }

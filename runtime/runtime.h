@@ -23,6 +23,7 @@ typedef struct KernelCtx {
   int64_t batch0;     /* global index of this device's first batch row */
   int64_t batch_local;/* rows of the batch on this device (bound B) */
   int device, ndevices;
+  void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
 } KernelCtx;
 
 /* A kernel reads the node's bound shapes (n->in[i]->shape, ->numel) and attrs,
@@ -36,6 +37,24 @@ typedef void (*KernelFn)(const KernelCtx *ctx, const Node *n, void *const *in, v
 static inline uint64_t rt_rng_counter0(const KernelCtx *ctx, int64_t numel) {
   return ctx->batch_local > 0 ? (uint64_t)(ctx->batch0 * (numel / ctx->batch_local)) : 0;
 }
+
+/* A device backend: where buffers live and which kernels run on them. The
+ * training loop touches buffers only through upload/download, so the same loop
+ * drives cpu and cuda devices. */
+typedef struct Backend {
+  const char *name;                       /* "cpu", "cuda" */
+  const KernelFn *(*kernels)(Precision p); /* table by op; NULL entries: no kernel */
+  void *(*alloc)(size_t bytes);           /* zeroed; NULL when out of memory */
+  void (*release)(void *p);
+  void (*upload)(void *dst, const void *src, size_t bytes);   /* host -> device */
+  void (*download)(void *dst, const void *src, size_t bytes); /* device -> host */
+  void (*copy)(void *dst, const void *src, size_t bytes);     /* device -> same device */
+  void (*sync)(void);
+} Backend;
+
+extern const Backend rt_backend_cpu;
+/* NULL when moec was built without CUDA or no GPU is present (runtime/cuda/). */
+const Backend *rt_backend_cuda(void);
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
