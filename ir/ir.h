@@ -137,6 +137,7 @@ struct Graph {
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   int64_t B, T;      /* bound values, 0 until ir_bind */
   bool has_backward;
+  int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
 };
 
 Graph *ir_graph_new(const char *name);
@@ -169,6 +170,19 @@ void ir_verify(const Graph *g);
 /* Builds the forward graph of a checked file: inputs, params (named as in
  * language.md), ops, loss. */
 Graph *ir_build(AstFile *f, const Config *cfg);
+/* The next stable rng stream id (0, 1, ... in build order) for a random op's ia[0]. */
+int ir_next_rng_stream(Graph *g);
+/* x -> OP_RESHAPE to type `to` (same dtype and element count; shapes.c). */
+Tensor *ir_reshape(Graph *g, Tensor *x, Type to);
+/* A Dim packed into one int64 (c | b<<48 | t<<56; never 0) for int attributes. */
+int64_t ir_dim_pack(Dim d);
+Dim ir_dim_unpack(int64_t v);
+/* Appends a StatePair: `state` takes the value of `next` after each step. */
+void ir_add_state(Graph *g, Tensor *state, Tensor *next);
+/* build_moe.c: one moe / hmoe layer on x[..., in] (every position at once);
+ * returns the output with x's leading dims and sets *aux to its scalar aux loss. */
+Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
+Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
 
 /* ---------------------------------------------------------------- print.c */
 

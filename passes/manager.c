@@ -1,0 +1,43 @@
+/* manager.c: the ordered pass list and the pass manager. "build" (the graph as
+ * ir_build made it) is a pseudo-pass before the first entry; later passes
+ * (placement, comm, fusion, recompute, memplan) append their entries here. */
+#include <string.h>
+
+#include "passes.h"
+
+static void run_verify(Graph *g, const PassCtx *ctx) {
+  (void)ctx;
+  ir_verify(g);
+}
+
+const Pass pass_list[] = {
+    {"verify", "check the graph's invariants (producers before uses, arities, shapes)", run_verify},
+    {"autodiff", "append the backward graph: d loss / d every param (training only)",
+     pass_autodiff},
+};
+const int pass_count = (int)MC_ARRAY_LEN(pass_list);
+
+static bool known_pass(const char *name) {
+  if (!strcmp(name, "build")) return true;
+  for (int i = 0; i < pass_count; i++)
+    if (!strcmp(pass_list[i].name, name)) return true;
+  return false;
+}
+
+bool pass_run_all(Graph *g, const PassCtx *ctx, const char *print_after, FILE *out) {
+  if (print_after && !known_pass(print_after)) return false;
+  if (print_after && !strcmp(print_after, "build")) {
+    ir_print(g, out);
+    return true;
+  }
+  for (int i = 0; i < pass_count; i++) {
+    const Pass *p = &pass_list[i];
+    bool skip = !ctx->training && p->run == pass_autodiff;
+    if (!skip) p->run(g, ctx);
+    if (print_after && !strcmp(print_after, p->name)) {
+      ir_print(g, out);
+      return true;
+    }
+  }
+  return true;
+}

@@ -1,0 +1,56 @@
+/* cuda.h: the CUDA backend's C interface (runtime/cuda/). Host code (C11) and the
+ * .cu files include it. The Backend itself is rt_backend_cuda() in runtime.h.
+ *
+ *   cuda_backend.cu : devices, streams, cuBLAS handles, memory, the Backend,
+ *                     the kernel tables, optimizer steps on device buffers
+ *   kernels_dense.cu: the dense ops of ir/ops.def (cuBLAS GEMMs, LSTM, softmax, xent...)
+ *   kernels_moe.cu  : the MoE ops (noise, top-k, load, dispatch, grouped GEMMs, combine...)
+ *   nccl_comm.cu    : NCCL communicators (nccl_comm.h)
+ *
+ * A kernel's KernelCtx.dev is a RtCudaDev* (rt_cuda_dev(i)); NULL means device 0.
+ * Every kernel is asynchronous on that device's stream; Backend.sync / download
+ * wait for it. Prefix: rt_cuda_. */
+#ifndef MOEC_RUNTIME_CUDA_H
+#define MOEC_RUNTIME_CUDA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct RtCudaDev RtCudaDev; /* defined in cuda_internal.cuh */
+
+/* Number of usable GPUs (0 when none or the driver fails; never prints). */
+int rt_cuda_device_count(void);
+/* Why rt_backend_cuda() returned NULL, e.g. "no CUDA device (cudaGetDeviceCount:
+ * no CUDA-capable device is detected)"; "" when it did not. */
+const char *rt_cuda_unavailable_reason(void);
+/* The context of GPU i (created on first use: stream, cuBLAS handle, scratch):
+ * what KernelCtx.dev must hold for kernels running on GPU i. NULL if i is not a GPU. */
+RtCudaDev *rt_cuda_dev(int i);
+/* Several virtual devices on one GPU: context v (v >= 1 gets its own stream and
+ * cuBLAS handle) on GPU i. */
+RtCudaDev *rt_cuda_dev_virtual(int i, int v);
+/* TF32 tensor-core math for float32 GEMMs: off by default (results then match the
+ * CPU to float32 rounding); also on when the environment has MOEC_TF32=1. */
+void rt_cuda_set_tf32(bool on);
+/* Blocks until every queued kernel of device d has finished; then dies with a clear
+ * message if a kernel flagged a user error (a token id outside the vocabulary...). */
+void rt_cuda_sync_dev(RtCudaDev *d);
+
+/* Optimizer steps on device float32 buffers of n elements, on device d's stream.
+ * Adam with bias correction at step t >= 1 (PyTorch's formula):
+ *   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) */
+void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *m, float *v, int64_t n,
+                      double lr, double b1, double b2, double eps, int64_t t);
+void rt_cuda_sgd_f32(RtCudaDev *d, float *p, const float *g, int64_t n, double lr);
+/* sum of squares of a device buffer (for gradient clipping), deterministic; blocks. */
+double rt_cuda_sumsq_f32(RtCudaDev *d, const float *x, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

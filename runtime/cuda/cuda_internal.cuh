@@ -1,0 +1,201 @@
+/* cuda_internal.cuh: what the .cu files of the CUDA backend share: the device
+ * context, the check macros, scratch memory, the device RNG (bit-identical
+ * uniforms to common.c), launch helpers. Not for host C code (see cuda.h). */
+#ifndef MOEC_RUNTIME_CUDA_INTERNAL_CUH
+#define MOEC_RUNTIME_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* The shared C headers use two C11 keywords C++ spells differently. */
+#ifndef _Noreturn
+#define _Noreturn __attribute__((noreturn))
+#endif
+#ifndef _Static_assert
+#define _Static_assert static_assert
+#endif
+extern "C" {
+#include "../runtime.h"
+#include "cuda.h"
+}
+
+/* ---------------------------------------------------------------- checks */
+
+/* Every CUDA / cuBLAS call goes through one of these: the call's text, file, line. */
+#define CUDA_CHECK(call)                                                                  \
+  do {                                                                                    \
+    cudaError_t e_ = (call);                                                              \
+    if (e_ != cudaSuccess)                                                                \
+      mc_fatal_at(__FILE__, __LINE__, "CUDA call %s failed: %s (%s)", #call,              \
+                  cudaGetErrorString(e_), cudaGetErrorName(e_));                          \
+  } while (0)
+#define CUBLAS_CHECK(call)                                                                \
+  do {                                                                                    \
+    cublasStatus_t s_ = (call);                                                           \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      mc_fatal_at(__FILE__, __LINE__, "cuBLAS call %s failed: %s (%d)", #call,            \
+                  cublasGetStatusString(s_), (int)s_);                                    \
+  } while (0)
+/* After every kernel launch. */
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+/* ---------------------------------------------------------------- device context */
+
+/* User errors a kernel can detect (an id out of range): the first one is stored in
+ * mapped host memory and reported at the next sync, naming the op. */
+enum { RT_CUDA_ERR_NONE, RT_CUDA_ERR_EMBED_ID, RT_CUDA_ERR_TARGET, RT_CUDA_ERR_EXPERT_ID };
+
+struct RtCudaDev {
+  int gpu, virt;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  bool tf32;
+  void *scratch;       /* device workspace, grows (rt_cuda_scratch) */
+  size_t scratch_bytes;
+  void *stage;         /* pinned host staging (rt_cuda_stage) */
+  size_t stage_bytes;
+  void *ptrs;          /* device array of pointers for grouped GEMMs */
+  size_t ptrs_bytes;
+  int *err_host;       /* mapped pinned: [0] code, [1] op, [2] bad value */
+  int *err_dev;
+};
+
+/* ctx->dev, or device 0 when the caller left it NULL. */
+static inline RtCudaDev *rt_cuda_of(const KernelCtx *ctx) {
+  RtCudaDev *d = ctx && ctx->dev ? (RtCudaDev *)ctx->dev : rt_cuda_dev(0);
+  if (!d) mc_fatal("a cuda kernel ran but no CUDA device is available");
+  return d;
+}
+/* At least `bytes` of device scratch, valid until the next call on this device
+ * (stream-ordered; growing waits for the stream before freeing the old block). */
+void *rt_cuda_scratch(RtCudaDev *d, size_t bytes);
+/* At least `bytes` of pinned host memory; waits for the stream first, so earlier
+ * async copies from it have finished. */
+void *rt_cuda_stage(RtCudaDev *d, size_t bytes);
+/* Device array of at least `bytes` for grouped-GEMM pointer arrays. */
+void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes);
+
+/* Kernel tables (kernels_dense.cu, kernels_moe.cu). */
+void rt_cuda_dense_register(KernelFn *f32, KernelFn *f64);
+void rt_cuda_moe_register(KernelFn *f32, KernelFn *f64);
+
+/* ---------------------------------------------------------------- launch helpers */
+
+#define RT_CUDA_THREADS 256
+static inline unsigned rt_cuda_blocks(int64_t n, int threads = RT_CUDA_THREADS) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 1048576) b = 1048576; /* grid-stride loops cover the rest */
+  return (unsigned)b;
+}
+#define GRID_STRIDE(i, n)                                                                 \
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
+       i += (int64_t)gridDim.x * blockDim.x)
+
+/* Element count and row width of a node's tensor i / output j (bound shapes). */
+static inline int64_t rt_numel_in(const Node *n, int i) { return n->in[i]->numel; }
+static inline int64_t rt_numel_out(const Node *n, int j) { return n->out[j]->numel; }
+static inline int64_t rt_last_dim(const Tensor *t) {
+  return t->ty.rank ? t->shape[t->ty.rank - 1] : 1;
+}
+
+/* ---------------------------------------------------------------- RNG (common.c on device) */
+
+__device__ __forceinline__ uint64_t rt_d_hash64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+/* Bit-identical to mc_rng_uniform. */
+__device__ __forceinline__ double rt_d_uniform(uint64_t key, uint64_t counter) {
+  uint64_t r = rt_d_hash64(key ^ rt_d_hash64(counter));
+  return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+/* mc_rng_normal's Box-Muller in float64 (CUDA's log/cos are within 1-2 ulp of glibc's). */
+__device__ __forceinline__ double rt_d_normal(uint64_t key, uint64_t counter) {
+  double u1 = rt_d_uniform(key, 2 * counter), u2 = rt_d_uniform(key, 2 * counter + 1);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Reports a user error found on the device (first one wins). */
+__device__ __forceinline__ void rt_d_error(int *err, int code, int op, int value) {
+  if (atomicCAS(err, 0, code) == 0) {
+    err[1] = op;
+    err[2] = value;
+    __threadfence_system();
+  }
+}
+
+/* ---------------------------------------------------------------- cuBLAS, row-major */
+
+/* C[M,N] = alpha op(A) op(B) + beta C, all row-major with leading dims lda/ldb/ldc
+ * (row strides). ta: A is stored [K,M]; tb: B is stored [N,K]. */
+void rt_cuda_gemm_f32(RtCudaDev *d, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                      int64_t ldc);
+void rt_cuda_gemm_f64(RtCudaDev *d, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                      double alpha, const double *A, int64_t lda, const double *B, int64_t ldb,
+                      double beta, double *C, int64_t ldc);
+static inline void rt_cuda_gemm(RtCudaDev *d, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                                float alpha, const float *A, int64_t lda, const float *B,
+                                int64_t ldb, float beta, float *C, int64_t ldc) {
+  rt_cuda_gemm_f32(d, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+static inline void rt_cuda_gemm(RtCudaDev *d, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                                double alpha, const double *A, int64_t lda, const double *B,
+                                int64_t ldb, double beta, double *C, int64_t ldc) {
+  rt_cuda_gemm_f64(d, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+#endif
+
+/* ---------------------------------------------------------------- block reductions */
+#ifndef MOEC_RT_CUDA_REDUCE
+#define MOEC_RT_CUDA_REDUCE
+/* Sum / max over a block (blockDim.x a multiple of 32, <= 1024) in a fixed tree:
+ * the same inputs give the same bits. Every thread gets the result. */
+template <typename A> __device__ A rt_d_block_sum(A v) {
+  __shared__ A s_sum[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads(); /* s_sum may still be read by a previous call */
+  if (lane == 0) s_sum[w] = v;
+  __syncthreads();
+  A r = lane < nw ? s_sum[lane] : A(0);
+  for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+template <typename A> __device__ A rt_d_block_max(A v) {
+  __shared__ A s_max[32];
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  if (lane == 0) s_max[w] = v;
+  __syncthreads();
+  A r = lane < nw ? s_max[lane] : s_max[0];
+  for (int o = 16; o > 0; o >>= 1) r = max(r, __shfl_xor_sync(0xffffffffu, r, o));
+  return r;
+}
+#endif
+
+/* Stable sort of int keys in [0, maxkey] (kernels_moe.cu, CUB radix sort over just
+ * the bits maxkey needs: in effect a counting sort): sorted_keys and perm (the
+ * original index of each sorted element; equal keys keep their order). temp must
+ * hold rt_cuda_sort_temp_bytes(n, maxkey) bytes of device memory. */
+size_t rt_cuda_sort_temp_bytes(int64_t n, int32_t maxkey);
+void rt_cuda_sort_keys(RtCudaDev *d, const int32_t *keys, int64_t n, int32_t maxkey, void *temp,
+                       int32_t *iota_tmp, int32_t *sorted_keys, int32_t *perm);
+/* Carves aligned pieces from one scratch block. */
+struct RtCarve {
+  char *base;
+  size_t off;
+  template <typename X> X *take(int64_t count) {
+    off = (off + 255) & ~(size_t)255;
+    X *p = (X *)(base + off);
+    off += (size_t)(count > 0 ? count : 1) * sizeof(X);
+    return p;
+  }
+};
+static inline size_t rt_carve_size(size_t bytes) { return ((bytes + 255) & ~(size_t)255) + 256; }

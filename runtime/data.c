@@ -1,0 +1,619 @@
+/* data.c: the corpora a model trains on, and truncated-BPTT batching.
+ *
+ *   synthetic(topics=K, vocab=V, seed=S): K topics, each its own sparse Markov
+ *     chain over V tokens; a stream switches topic with probability 1/500 per
+ *     token. Generated from counter-based draws, so any stream at any position
+ *     is a pure function of (seed, stream, position). The entropy rate given the
+ *     hidden topic is computed exactly from the stationary distribution.
+ *   "file.txt": word-level, whitespace-separated, one <eos> per line; lines split
+ *     90/5/5 into train/valid/test; vocabulary from the train split.
+ *   "file.bin": little-endian uint16 ids; tokens split 90/5/5.
+ *
+ * docs/training.md has the exact definitions. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train.h"
+
+/* ---------------------------------------------------------------- synthetic corpus */
+
+#define SYNTH_MIN_SUCC 4
+#define SYNTH_MAX_SUCC 8
+#define SYNTH_EVAL_TOKENS 32768 /* tokens per evaluation split (valid, test) */
+
+static double u01(uint64_t key, uint64_t ctr) {
+  return mc_rng_uniform(key, ctr);
+}
+
+Synth *rt_synth_new(int topics, int vocab, uint64_t seed) {
+  if (topics < 1) mc_die("synthetic data: topics must be at least 1 (got %d)", topics);
+  if (vocab < 2 || vocab > 65536)
+    mc_die("synthetic data: vocab must be between 2 and 65536 (got %d)", vocab);
+  if ((int64_t)topics * vocab > (int64_t)1 << 24)
+    mc_die("synthetic data: topics x vocab = %lld is too large (at most 16777216 states)",
+           (long long)topics * vocab);
+  Synth *s = mc_calloc(1, sizeof(Synth));
+  s->K = topics;
+  s->V = vocab;
+  s->seed = seed;
+  s->s = topics > 1 ? RT_SYNTH_SWITCH : 0.0;
+  int64_t states = (int64_t)topics * vocab;
+  int maxd = MC_MIN(SYNTH_MAX_SUCC, vocab);
+  s->off = mc_malloc((size_t)(states + 1) * sizeof(int32_t));
+  s->succ = mc_malloc((size_t)states * (size_t)maxd * sizeof(int32_t));
+  s->prob = mc_malloc((size_t)states * (size_t)maxd * sizeof(double));
+  int32_t *perm = mc_malloc((size_t)vocab * sizeof(int32_t));
+  int64_t k = 0;
+  for (int z = 0; z < topics; z++) {
+    /* a random cycle through all tokens makes every topic's chain irreducible */
+    uint64_t pkey = mc_rng_key(seed, 0x7065726dull + (uint64_t)z, 0);
+    for (int i = 0; i < vocab; i++)
+      perm[i] = i;
+    for (int i = vocab - 1; i > 0; i--) {
+      int j = (int)(u01(pkey, (uint64_t)i) * (i + 1));
+      int t = perm[i];
+      perm[i] = perm[j];
+      perm[j] = t;
+    }
+    int32_t *cyc = mc_malloc((size_t)vocab * sizeof(int32_t));
+    for (int i = 0; i < vocab; i++)
+      cyc[perm[i]] = perm[(i + 1) % vocab];
+    for (int x = 0; x < vocab; x++) {
+      int64_t st = (int64_t)z * vocab + x;
+      uint64_t key = mc_rng_key(seed, 0x73756363ull + (uint64_t)z, (uint64_t)x);
+      uint64_t ctr = 0;
+      int lo = MC_MIN(SYNTH_MIN_SUCC, vocab);
+      int d = lo + (int)(u01(key, ctr++) * (maxd - lo + 1));
+      d = MC_MIN(d, maxd);
+      s->off[st] = (int32_t)k;
+      s->succ[k] = cyc[x];
+      int nd = 1;
+      while (nd < d) {
+        int y = (int)(u01(key, ctr++) * vocab);
+        bool dup = false;
+        for (int i = 0; i < nd; i++)
+          dup |= s->succ[k + i] == y;
+        if (!dup) s->succ[k + nd++] = y;
+      }
+      double sum = 0;
+      for (int i = 0; i < d; i++)
+        sum += s->prob[k + i] = -log(u01(key, 1000 + (uint64_t)i));
+      for (int i = 0; i < d; i++)
+        s->prob[k + i] /= sum;
+      k += d;
+    }
+    mc_free(cyc);
+  }
+  s->off[states] = (int32_t)k;
+  mc_free(perm);
+  return s;
+}
+
+void rt_synth_free(Synth *s) {
+  if (!s) return;
+  mc_free(s->off);
+  mc_free(s->succ);
+  mc_free(s->prob);
+  mc_free(s->stat);
+  mc_free(s);
+}
+
+double rt_synth_prob(const Synth *s, int z, int x, int y) {
+  int64_t st = (int64_t)z * s->V + x;
+  for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+    if (s->succ[i] == y) return s->prob[i];
+  return 0.0;
+}
+
+/* The switch process: topic z stays with 1-s, moves to each other topic with
+ * s/(K-1). As weights on (the current topic, every topic): a = 1-s-c, c = s/(K-1). */
+static void switch_weights(const Synth *s, double *a, double *c) {
+  *c = s->K > 1 ? s->s / (s->K - 1) : 0.0;
+  *a = 1.0 - s->s - *c;
+}
+
+double rt_synth_nll_given_topic(const Synth *s, int z, int x, int next) {
+  double a, c;
+  switch_weights(s, &a, &c);
+  double q = a * rt_synth_prob(s, z, x, next);
+  if (c > 0)
+    for (int w = 0; w < s->K; w++)
+      q += c * rt_synth_prob(s, w, x, next);
+  return -log(q);
+}
+
+void rt_synth_analyze(Synth *s) {
+  const int K = s->K, V = s->V;
+  const int64_t S = (int64_t)K * V;
+  double a, c;
+  switch_weights(s, &a, &c);
+  /* Stationary distribution of the joint chain (topic, token), by power iteration
+   * on the lazy chain (P+I)/2 (same fixed point, no periodicity). The topic
+   * marginal is uniform from the start and stays so (the switch process does
+   * not look at tokens), so only the fast within-topic mixing remains. */
+  double *pi = mc_malloc((size_t)S * sizeof(double));
+  double *nx = mc_malloc((size_t)S * sizeof(double));
+  double *m = mc_malloc((size_t)V * sizeof(double));
+  for (int64_t i = 0; i < S; i++)
+    pi[i] = 1.0 / (double)S;
+  for (int it = 0; it < 100000; it++) {
+    for (int x = 0; x < V; x++) {
+      m[x] = 0;
+      for (int z = 0; z < K; z++)
+        m[x] += pi[(int64_t)z * V + x];
+    }
+    memset(nx, 0, (size_t)S * sizeof(double));
+    for (int z = 0; z < K; z++)
+      for (int x = 0; x < V; x++) {
+        int64_t st = (int64_t)z * V + x;
+        double w = a * pi[st] + c * m[x]; /* mass in topic z at token x after switching */
+        for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+          nx[(int64_t)z * V + s->succ[i]] += w * s->prob[i];
+      }
+    double diff = 0;
+    for (int64_t i = 0; i < S; i++) {
+      double v = 0.5 * (pi[i] + nx[i]);
+      diff += fabs(v - pi[i]);
+      pi[i] = v;
+    }
+    if (diff < 1e-14) break;
+  }
+  /* floor = sum_{z,x} pi(z,x) H(q_{z,x}), q_{z,x}(y) = a P_z(y|x) + c sum_w P_w(y|x).
+   * For each x: S_x(y) = sum_w P_w(y|x) in a dense scratch row, A_x = the entropy
+   * terms of c S_x alone, then each topic corrects the terms on its own successors. */
+  double *sx = mc_calloc((size_t)V, sizeof(double));
+  double H = 0;
+  for (int x = 0; x < V; x++) {
+    for (int w = 0; w < K; w++) {
+      int64_t st = (int64_t)w * V + x;
+      for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+        sx[s->succ[i]] += s->prob[i];
+    }
+    double A = 0;
+    if (c > 0)
+      for (int w = 0; w < K; w++) {
+        int64_t st = (int64_t)w * V + x;
+        for (int32_t i = s->off[st]; i < s->off[st + 1]; i++) {
+          double *v = &sx[s->succ[i]];
+          if (*v > 0) { /* first time this successor is seen: count it, mark it */
+            A -= c * *v * log(c * *v);
+            *v = -*v;
+          }
+        }
+      }
+    for (int w = 0; w < K; w++) { /* unmark */
+      int64_t st = (int64_t)w * V + x;
+      for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+        sx[s->succ[i]] = fabs(sx[s->succ[i]]);
+    }
+    for (int z = 0; z < K; z++) {
+      int64_t st = (int64_t)z * V + x;
+      double h = A;
+      for (int32_t i = s->off[st]; i < s->off[st + 1]; i++) {
+        double cs = c * sx[s->succ[i]], q = a * s->prob[i] + cs;
+        if (cs > 0) h += cs * log(cs);
+        if (q > 0) h -= q * log(q);
+      }
+      H += pi[st] * h;
+    }
+    for (int w = 0; w < K; w++) {
+      int64_t st = (int64_t)w * V + x;
+      for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+        sx[s->succ[i]] = 0;
+    }
+  }
+  double U = 0;
+  for (int x = 0; x < V; x++) {
+    double mx = 0;
+    for (int z = 0; z < K; z++)
+      mx += pi[(int64_t)z * V + x];
+    if (mx > 0) U -= mx * log(mx);
+  }
+  mc_free(sx);
+  mc_free(m);
+  mc_free(nx);
+  mc_free(s->stat);
+  s->stat = pi;
+  s->floor_nats = H;
+  s->unigram_nats = U;
+}
+
+void rt_synth_stream_init(SynthStream *st, const Synth *syn, uint64_t stream_id) {
+  st->syn = syn;
+  st->key = mc_rng_key(syn->seed, stream_id, 0x44415441ull);
+  st->n = 0;
+  st->z = (int)(u01(st->key, UINT64_MAX) * syn->K);
+  st->x = (int)(u01(st->key, UINT64_MAX - 1) * syn->V);
+  st->z = MC_MIN(st->z, syn->K - 1);
+  st->x = MC_MIN(st->x, syn->V - 1);
+}
+
+int rt_synth_next(SynthStream *st) {
+  const Synth *s = st->syn;
+  uint64_t c = 3 * (uint64_t)st->n;
+  if (s->K > 1 && u01(st->key, c) < s->s) {
+    int r = MC_MIN((int)(u01(st->key, c + 1) * (s->K - 1)), s->K - 2);
+    st->z = r < st->z ? r : r + 1;
+  }
+  int64_t so = (int64_t)st->z * s->V + st->x;
+  double u = u01(st->key, c + 2), acc = 0;
+  int32_t i = s->off[so], end = s->off[so + 1];
+  for (; i < end - 1; i++) {
+    acc += s->prob[i];
+    if (u < acc) break;
+  }
+  st->x = s->succ[i];
+  st->n++;
+  return st->x;
+}
+
+/* ---------------------------------------------------------------- text corpus */
+
+typedef struct Word {
+  const char *p;
+  int len;
+  int64_t count, first;
+  int id;
+} Word;
+
+typedef struct WordTab {
+  Word *w;
+  int64_t cap, n;
+} WordTab;
+
+static uint64_t word_hash(const char *p, int len) {
+  uint64_t h = 1469598103934665603ull;
+  for (int i = 0; i < len; i++)
+    h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+  return h;
+}
+
+static Word *wt_find(WordTab *t, const char *p, int len, bool add) {
+  if (add && 2 * (t->n + 1) > t->cap) {
+    WordTab nt = {mc_calloc((size_t)(t->cap ? 2 * t->cap : 1024), sizeof(Word)),
+                  t->cap ? 2 * t->cap : 1024, 0};
+    for (int64_t i = 0; i < t->cap; i++)
+      if (t->w[i].p) {
+        uint64_t h = word_hash(t->w[i].p, t->w[i].len) & (uint64_t)(nt.cap - 1);
+        while (nt.w[h].p)
+          h = (h + 1) & (uint64_t)(nt.cap - 1);
+        nt.w[h] = t->w[i];
+        nt.n++;
+      }
+    mc_free(t->w);
+    *t = nt;
+  }
+  if (!t->cap) return NULL;
+  uint64_t h = word_hash(p, len) & (uint64_t)(t->cap - 1);
+  while (t->w[h].p) {
+    if (t->w[h].len == len && !memcmp(t->w[h].p, p, (size_t)len)) return &t->w[h];
+    h = (h + 1) & (uint64_t)(t->cap - 1);
+  }
+  if (!add) return NULL;
+  t->w[h] = (Word){p, len, 0, t->n, -1};
+  t->n++;
+  return &t->w[h];
+}
+
+static bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Calls fn for every word of text[0, len) and "<eos>" after each line. */
+typedef void (*WordFn)(void *ctx, const char *p, int len);
+static void each_word(const char *text, size_t len, WordFn fn, void *ctx) {
+  size_t i = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && text[j] != '\n')
+      j++;
+    size_t k = i;
+    while (k < j) {
+      while (k < j && is_space(text[k]))
+        k++;
+      size_t e = k;
+      while (e < j && !is_space(text[e]))
+        e++;
+      if (e > k) {
+        if (e - k > 1000000) mc_die("a word of more than 1000000 bytes in the data file");
+        fn(ctx, text + k, (int)(e - k));
+      }
+      k = e;
+    }
+    fn(ctx, "<eos>", 5);
+    i = j + 1;
+  }
+}
+
+static void count_word(void *ctx, const char *p, int len) {
+  wt_find((WordTab *)ctx, p, len, true)->count++;
+}
+
+static int cmp_word(const void *a, const void *b) {
+  const Word *x = *(Word *const *)a, *y = *(Word *const *)b;
+  if (x->count != y->count) return x->count > y->count ? -1 : 1;
+  return x->first < y->first ? -1 : x->first > y->first;
+}
+
+void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords) {
+  WordTab t = {0};
+  each_word(text, len, count_word, &t);
+  Word **all = mc_malloc((size_t)(t.n + 1) * sizeof(Word *));
+  int64_t n = 0;
+  for (int64_t i = 0; i < t.cap; i++)
+    if (t.w[i].p && !(t.w[i].len == 5 && !memcmp(t.w[i].p, "<unk>", 5))) all[n++] = &t.w[i];
+  qsort(all, (size_t)n, sizeof(Word *), cmp_word);
+  int nv = (int)MC_MIN(n + 1, (int64_t)max_vocab);
+  char **w = mc_malloc((size_t)nv * sizeof(char *));
+  w[0] = mc_malloc(6);
+  memcpy(w[0], "<unk>", 6);
+  for (int i = 1; i < nv; i++) {
+    w[i] = mc_malloc((size_t)all[i - 1]->len + 1);
+    memcpy(w[i], all[i - 1]->p, (size_t)all[i - 1]->len);
+    w[i][all[i - 1]->len] = 0;
+  }
+  mc_free(all);
+  mc_free(t.w);
+  *words = w;
+  *nwords = nv;
+}
+
+typedef struct Tokenizer {
+  WordTab *vocab;
+  int32_t *ids;
+  int64_t n, cap;
+} Tokenizer;
+
+static void tokenize_word(void *ctx, const char *p, int len) {
+  Tokenizer *tk = ctx;
+  Word *w = wt_find(tk->vocab, p, len, false);
+  if (tk->n == tk->cap) {
+    tk->cap = tk->cap ? 2 * tk->cap : 4096;
+    tk->ids = mc_realloc(tk->ids, (size_t)tk->cap * sizeof(int32_t));
+  }
+  tk->ids[tk->n++] = w ? w->id : 0;
+}
+
+static void tokenize(WordTab *vocab, const char *text, size_t len, int32_t **ids, int64_t *n) {
+  Tokenizer tk = {vocab, NULL, 0, 0};
+  each_word(text, len, tokenize_word, &tk);
+  *ids = tk.ids;
+  *n = tk.n;
+}
+
+static char *read_data_file(const char *path, size_t *len) {
+  char *text = mc_read_file(path, len);
+  if (!text) mc_die("cannot read data file '%s': %s", path, strerror(errno));
+  if (*len == 0) mc_die("data file '%s' is empty", path);
+  return text;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* Byte offsets where the train / valid / test lines start (90/5/5 by lines). */
+static void split_lines(const char *path, const char *text, size_t len, size_t cut[4]) {
+  int64_t lines = 0;
+  for (size_t i = 0; i < len; i++)
+    lines += text[i] == '\n';
+  if (len && text[len - 1] != '\n') lines++;
+  if (lines < 20)
+    mc_die("data file '%s' has %lld lines: at least 20 are needed to split it 90/5/5 into "
+           "train, valid and test",
+           path, (long long)lines);
+  int64_t l1 = lines * 90 / 100, l2 = l1 + lines * 5 / 100, line = 0;
+  cut[0] = 0;
+  cut[1] = cut[2] = cut[3] = len;
+  for (size_t i = 0; i < len; i++)
+    if (text[i] == '\n') {
+      line++;
+      if (line == l1) cut[1] = i + 1;
+      if (line == l2) cut[2] = i + 1;
+    }
+}
+
+static WordTab vocab_table(char **words, int n) {
+  WordTab t = {0};
+  for (int i = 0; i < n; i++) {
+    Word *w = wt_find(&t, words[i], (int)strlen(words[i]), true);
+    if (w->id < 0) w->id = i;
+  }
+  return t;
+}
+
+static void load_text(Corpus *c, const char *path, char **vocab, int nvocab, bool whole) {
+  size_t len = 0;
+  char *text = read_data_file(path, &len);
+  size_t cut[4] = {0, 0, 0, len};
+  if (!whole) split_lines(path, text, len, cut);
+  if (vocab) {
+    if (nvocab > c->model_vocab)
+      mc_die("the vocabulary (%d words) is larger than the model's (%d ids)", nvocab,
+             c->model_vocab);
+    c->words = mc_malloc((size_t)nvocab * sizeof(char *));
+    for (int i = 0; i < nvocab; i++) {
+      size_t n = strlen(vocab[i]);
+      c->words[i] = mc_malloc(n + 1);
+      memcpy(c->words[i], vocab[i], n + 1);
+    }
+    c->nwords = nvocab;
+  } else {
+    rt_text_vocab(text, cut[1], c->model_vocab, &c->words, &c->nwords);
+  }
+  WordTab t = vocab_table(c->words, c->nwords);
+  for (int s = 0; s < 3; s++)
+    if (whole) {
+      if (s == SPLIT_TEST) tokenize(&t, text, len, &c->tok[s], &c->ntok[s]);
+    } else {
+      tokenize(&t, text + cut[s], cut[s + 1] - cut[s], &c->tok[s], &c->ntok[s]);
+    }
+  mc_free(t.w);
+  mc_free(text);
+}
+
+static void load_bin(Corpus *c, const char *path, bool whole) {
+  size_t len = 0;
+  unsigned char *b = (unsigned char *)read_data_file(path, &len);
+  if (len % 2)
+    mc_die("data file '%s' has an odd number of bytes (%zu): a .bin file holds little-endian "
+           "uint16 token ids",
+           path, len);
+  int64_t n = (int64_t)(len / 2);
+  int32_t *ids = mc_malloc((size_t)n * sizeof(int32_t));
+  for (int64_t i = 0; i < n; i++) {
+    ids[i] = b[2 * i] | (b[2 * i + 1] << 8);
+    if (ids[i] >= c->model_vocab)
+      mc_die("data file '%s': token id %d at position %lld is outside the model's vocabulary "
+             "(%d ids)",
+             path, ids[i], (long long)i, c->model_vocab);
+  }
+  mc_free(b);
+  if (whole) {
+    c->tok[SPLIT_TEST] = ids;
+    c->ntok[SPLIT_TEST] = n;
+    return;
+  }
+  int64_t n1 = n * 90 / 100, n2 = n1 + n * 5 / 100;
+  int64_t lo[3] = {0, n1, n2}, hi[3] = {n1, n2, n};
+  for (int s = 0; s < 3; s++) {
+    c->ntok[s] = hi[s] - lo[s];
+    c->tok[s] = mc_malloc((size_t)MC_MAX(c->ntok[s], 1) * sizeof(int32_t));
+    memcpy(c->tok[s], ids + lo[s], (size_t)c->ntok[s] * sizeof(int32_t));
+  }
+  mc_free(ids);
+}
+
+Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvocab) {
+  Corpus *c = mc_calloc(1, sizeof(Corpus));
+  c->kind = cfg->data;
+  c->path = cfg->data_path;
+  c->model_vocab = model_vocab;
+  switch (cfg->data) {
+  case DATA_SYNTHETIC:
+    if (cfg->vocab > model_vocab)
+      mc_die("synthetic(vocab=%d) has more tokens than the model's vocabulary (%d ids)", cfg->vocab,
+             model_vocab);
+    c->syn = rt_synth_new(cfg->topics, cfg->vocab, cfg->data_seed);
+    rt_synth_analyze(c->syn);
+    break;
+  case DATA_TEXT:
+  case DATA_BIN:
+    if (!cfg->data_path) mc_die("the train block names no data file");
+    if (cfg->data == DATA_BIN)
+      load_bin(c, cfg->data_path, false);
+    else
+      load_text(c, cfg->data_path, vocab, nvocab, false);
+    break;
+  }
+  return c;
+}
+
+Corpus *rt_corpus_load_file(const char *path, int model_vocab, char **vocab, int nvocab) {
+  Corpus *c = mc_calloc(1, sizeof(Corpus));
+  c->path = path;
+  c->model_vocab = model_vocab;
+  if (ends_with(path, ".bin")) {
+    c->kind = DATA_BIN;
+    load_bin(c, path, true);
+  } else {
+    c->kind = DATA_TEXT;
+    if (!vocab)
+      mc_die("cannot evaluate on text file '%s': the checkpoint holds no vocabulary (it was not "
+             "trained on a text file)",
+             path);
+    load_text(c, path, vocab, nvocab, true);
+  }
+  return c;
+}
+
+void rt_corpus_free(Corpus *c) {
+  if (!c) return;
+  rt_synth_free(c->syn);
+  for (int s = 0; s < 3; s++)
+    mc_free(c->tok[s]);
+  for (int i = 0; i < c->nwords; i++)
+    mc_free(c->words[i]);
+  mc_free(c->words);
+  mc_free(c);
+}
+
+/* ---------------------------------------------------------------- batching */
+
+static const char *split_name(Split s) {
+  return s == SPLIT_TRAIN ? "train" : s == SPLIT_VALID ? "valid" : "test";
+}
+
+void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T) {
+  MOEC_ASSERT(B > 0 && T > 0);
+  memset(b, 0, sizeof *b);
+  b->c = c;
+  b->split = split;
+  b->B = B;
+  b->T = T;
+  if (c->kind == DATA_SYNTHETIC) {
+    b->ss = mc_malloc((size_t)B * sizeof(SynthStream));
+    rt_batcher_seek(b, 0);
+    return;
+  }
+  int64_t n = c->ntok[split];
+  b->slice = n / B;
+  if (b->slice < T + 1)
+    mc_die("the %s split of '%s' has %lld tokens: too few for %d streams of unroll %d + 1 "
+           "(%lld tokens); use a smaller batch or unroll, or more data",
+           split_name(split), c->path, (long long)n, B, T, (long long)B * (T + 1));
+  b->steps_per_pass = (b->slice - 1) / T;
+}
+
+void rt_batcher_free(Batcher *b) {
+  mc_free(b->ss);
+  b->ss = NULL;
+}
+
+void rt_batcher_seek(Batcher *b, int64_t step) {
+  MOEC_ASSERT(step >= 0);
+  if (b->ss) {
+    int64_t target = step * b->T;
+    for (int r = 0; r < b->B; r++) {
+      SynthStream *st = &b->ss[r];
+      if (step == 0 || st->n > target)
+        rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)r);
+      while (st->n < target)
+        rt_synth_next(st);
+    }
+  }
+  b->step = step;
+}
+
+void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
+  const int B = b->B, T = b->T;
+  if (b->ss) {
+    for (int r = 0; r < B; r++) {
+      SynthStream *st = &b->ss[r];
+      for (int t = 0; t < T; t++) {
+        ids[(int64_t)r * T + t] = st->x;
+        targets[(int64_t)r * T + t] = rt_synth_next(st);
+      }
+    }
+  } else {
+    const int32_t *tok = b->c->tok[b->split];
+    int64_t pos = (b->step % b->steps_per_pass) * T;
+    for (int r = 0; r < B; r++) {
+      const int32_t *row = tok + (int64_t)r * b->slice + pos;
+      memcpy(ids + (int64_t)r * T, row, (size_t)T * sizeof(int32_t));
+      memcpy(targets + (int64_t)r * T, row + 1, (size_t)T * sizeof(int32_t));
+    }
+  }
+  b->step++;
+}
+
+int64_t rt_batcher_eval_steps(const Batcher *b) {
+  if (b->ss) {
+    int64_t per = (int64_t)b->B * b->T;
+    return MC_MAX(1, (SYNTH_EVAL_TOKENS + per - 1) / per);
+  }
+  return b->steps_per_pass;
+}

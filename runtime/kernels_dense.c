@@ -1,0 +1,130 @@
+/* kernels_dense.c: CPU kernels of the dense ops in ops.def, in float32 and
+ * float64. The bodies live once in kernels_dense.inc and are instantiated here
+ * twice (real = float / double); GEMMs go through OpenBLAS (row-major, no
+ * copies). Every kernel is deterministic: fixed loop orders, reductions in
+ * double, BLAS with a fixed thread count. Prefix: rt_. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "runtime.h"
+
+/* A token id or target outside [0, V): a user error (bad data), named by layer. */
+_Noreturn static void rt_bad_id(const Node *n, const char *what, int32_t id, int64_t V) {
+  if (n->layer)
+    mc_die("layer '%s': %s %d is outside the vocabulary [0, %lld) (op %s)", n->layer, what, (int)id,
+           (long long)V, ir_ops[n->op].name);
+  mc_die("%s %d is outside the vocabulary [0, %lld) (op %s)", what, (int)id, (long long)V,
+         ir_ops[n->op].name);
+}
+
+/* xent's normaliser: fa[0], or 1/(N * ndevices) with N this device's rows when fa[0] = 0. */
+static double xent_scale(const KernelCtx *ctx, const Node *n) {
+  if (n->fa[0] != 0) return n->fa[0];
+  int64_t rows = n->op == OP_XENT ? n->in[0]->shape[0] : n->in[1]->shape[0];
+  int nd = ctx->ndevices > 0 ? ctx->ndevices : 1;
+  return 1.0 / ((double)rows * (double)nd);
+}
+
+/* ---------------------------------------------------------------- vectorised float32 math
+ *
+ * The float32 kernels' hot loops (exp in softmax / xent, the LSTM cell, activations)
+ * are VEC functions: GCC compiles them for AVX2 and AVX-512 besides the baseline and
+ * picks one at load time (target_clones). This file is compiled with no-trapping-math
+ * (moec never reads floating-point exception flags; without it GCC keeps the clamps
+ * below as branches and does not vectorise) and the dynamic cost model (-O2's
+ * very-cheap one skips loops of unknown length). Results are the same bits in every
+ * clone: no FMA contraction in ISO C mode, and no reassociation. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math", "vect-cost-model=dynamic")
+#if defined(__x86_64__)
+#define VEC __attribute__((target_clones("avx2", "avx512f", "default")))
+#endif
+#endif
+#ifndef VEC
+#define VEC
+#endif
+
+/* exp(x) in float32 without a libm call (so loops vectorise): Cody-Waite reduction
+ * x = n*ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r (Cephes expf's), then
+ * 2^n through the exponent bits. Within 2 ulp of expf on [-87, 88]; x is clamped
+ * there (exp(-87) = 1.6e-38, exp(88) = 1.7e38); NaN stays NaN. */
+static inline float rt_expf(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  float nf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln2) */
+  float r = x - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  uint32_t bits = (uint32_t)((int32_t)nf + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+static inline float rt_sigmoidf(float x) {
+  return 1.0f / (1.0f + rt_expf(-x));
+}
+
+/* tanh: an odd polynomial for |x| < 0.625 (Cephes tanhf's), 1 - 2/(e^2x + 1) beyond */
+static inline float rt_tanhf(float x) {
+  float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float small = x + x * z * p;
+  float big = 1.0f - 2.0f / (rt_expf(2.0f * x) + 1.0f);
+  return z < 0.390625f ? small : big;
+}
+
+static inline double rt_sigmoid(double x) {
+  return 1.0 / (1.0 + exp(-x));
+}
+
+/* ---------------------------------------------------------------- instances */
+
+#define real float
+#define K(name) name##_f32
+#define GEMM cblas_sgemm
+#define EXP rt_expf
+#define LOG1P log1pf
+#define TANH rt_tanhf
+#define SIGMOID rt_sigmoidf
+#include "kernels_dense.inc"
+#undef real
+#undef K
+#undef GEMM
+#undef EXP
+#undef LOG1P
+#undef TANH
+#undef SIGMOID
+
+/* float64 is the reference precision (finite-difference checks): libm throughout */
+#define real double
+#define K(name) name##_f64
+#define GEMM cblas_dgemm
+#define EXP exp
+#define LOG1P log1p
+#define TANH tanh
+#define SIGMOID rt_sigmoid
+#include "kernels_dense.inc"
+#undef real
+#undef K
+#undef GEMM
+#undef EXP
+#undef LOG1P
+#undef TANH
+#undef SIGMOID
+
+void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
+  register_f32(f32);
+  register_f64(f64);
+}

@@ -1,0 +1,818 @@
+/* train.c: the training loop and the programs around it.
+ *
+ *   rt_train           : moec run: build -> passes (with autodiff) -> bind -> lower,
+ *                        init params from the seed, then per step: batch, forward +
+ *                        backward, optimizer, carry LSTM state; evaluation on
+ *                        valid/test with a forward-only program; progress,
+ *                        metrics (JSON lines), checkpoints, resume
+ *   rt_eval_checkpoint : moec eval: test perplexity of a checkpoint
+ *   rt_grad            : moec grad: loss and gradients of one batch
+ *
+ * Resume is exact: a checkpoint holds the params, the optimizer state, the
+ * carried LSTM state and the step; the data position and every random draw are
+ * functions of (seed, step), so N steps, or k steps + save + load + N-k steps,
+ * give the same losses bit for bit. docs/training.md describes it all. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../passes/passes.h"
+#include "train.h"
+
+/* ---------------------------------------------------------------- compiled programs */
+
+typedef struct Compiled {
+  Graph *g;
+  Program *p;
+  Tensor *ids, *targets;
+  int vocab; /* ids and targets must be below it */
+} Compiled;
+
+static const Tensor *through_reshapes(const Tensor *t) {
+  while (t->producer && t->producer->op == OP_RESHAPE)
+    t = t->producer->in[0];
+  return t;
+}
+
+/* Finds the two i32[B, T] inputs: the one softmax_xent reads as targets and the
+ * other (token ids); and the model's vocabulary. */
+static void find_inputs(Compiled *c) {
+  Graph *g = c->g;
+  const Tensor *tg = NULL;
+  int vin = 0, vout = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_XENT && !tg) {
+      tg = through_reshapes(n->in[1]);
+      vout = (int)n->in[0]->shape[n->in[0]->ty.rank - 1];
+    }
+  }
+  if (!tg || tg->kind != TK_INPUT)
+    mc_die("model '%s' cannot be trained: no softmax_xent reads its targets from a model input",
+           g->name);
+  for (int i = 0; i < g->ninputs; i++) {
+    Tensor *t = g->inputs[i];
+    if (t->ty.dtype != DT_I32 || t->ty.rank != 2 || t->shape[0] != g->B || t->shape[1] != g->T) {
+      char buf[128];
+      mc_die("model input '%s' is %s: training feeds two i32[B, T] inputs, token ids and targets",
+             t->name, type_str(&t->ty, buf, sizeof buf));
+    }
+    if (t == tg)
+      c->targets = t;
+    else if (!c->ids)
+      c->ids = t;
+    else
+      mc_die("model '%s' has more than two inputs ('%s', '%s', ...): training feeds token ids "
+             "and targets",
+             g->name, c->ids->name, t->name);
+  }
+  if (!c->ids) mc_die("model '%s' has no input for token ids besides the targets", g->name);
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_EMBEDDING && through_reshapes(n->in[0]) == c->ids)
+      vin = vin ? MC_MIN(vin, (int)n->in[1]->shape[0]) : (int)n->in[1]->shape[0];
+  }
+  c->vocab = vin ? MC_MIN(vin, vout) : vout;
+  if (c->vocab > 65536) c->vocab = 65536;
+}
+
+static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) {
+  Graph *g = ir_build(f, cfg);
+  PassCtx pc = {cfg, 1, training};
+  pass_run_all(g, &pc, NULL, NULL);
+  if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
+  ir_bind(g, B, T);
+  return g;
+}
+
+static Compiled lower(Graph *g, Precision prec) {
+  Compiled c = {0};
+  c.g = g;
+  find_inputs(&c);
+  c.p = cg_lower(g, prec);
+  return c;
+}
+
+static void compiled_free(Compiled *c) {
+  cg_program_free(c->p);
+  ir_graph_free(c->g);
+}
+
+static size_t graph_bytes(const Graph *g, size_t elem) {
+  size_t n = 0;
+  for (int i = 0; i < g->ntensors; i++)
+    n += (size_t)g->tensors[i]->numel * (g->tensors[i]->ty.dtype == DT_I32 ? 4 : elem);
+  return n;
+}
+
+static size_t param_bytes(const Graph *g) {
+  size_t n = 0;
+  for (int i = 0; i < g->nparams; i++)
+    n += (size_t)g->params[i]->numel * sizeof(float);
+  return n;
+}
+
+/* Available memory (MemAvailable), or 0 when unknown. */
+static double mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024.0;
+}
+
+static void check_memory(const char *what, double need, double params, double acts, double optim) {
+  double avail = mem_available();
+  const char *env = getenv("MOEC_MEMORY_LIMIT"); /* bytes; for tests and shared machines */
+  if (env && *env) avail = strtod(env, NULL);
+  if (avail > 0 && need > avail)
+    mc_die("%s needs about %.2f GiB (parameters %.2f GiB, activations and gradients %.2f GiB, "
+           "optimizer state %.2f GiB) but only %.2f GiB of memory is available; reduce batch, "
+           "unroll or the model's size",
+           what, need / 1073741824.0, params / 1073741824.0, acts / 1073741824.0,
+           optim / 1073741824.0, avail / 1073741824.0);
+}
+
+static void upload_ids(Program *p, const Tensor *t, const int32_t *ids) {
+  p->be->upload(p->buf[t->id], ids, (size_t)t->numel * sizeof(int32_t));
+}
+
+static double read_scalar(Program *p, const Tensor *t) {
+  if (!t) return 0;
+  if (p->prec == PREC_F64) {
+    double v;
+    p->be->download(&v, p->buf[t->id], sizeof v);
+    return v;
+  }
+  float v;
+  p->be->download(&v, p->buf[t->id], sizeof v);
+  return v;
+}
+
+static void zero_state(Program *p) {
+  Graph *g = p->g;
+  for (int i = 0; i < g->nstates; i++) {
+    const Tensor *s = g->states[i].state;
+    size_t nb = (size_t)s->numel * p->elem;
+    void *z = mc_calloc(1, nb);
+    p->be->upload(p->buf[s->id], z, nb);
+    mc_free(z);
+  }
+}
+
+/* Copies every param of `from` into the same-named param of `to`. */
+static void copy_params(Program *to, Program *from) {
+  for (int i = 0; i < to->g->nparams; i++) {
+    const Tensor *t = to->g->params[i], *s = NULL;
+    for (int k = 0; k < from->g->nparams && !s; k++) {
+      int j = (i + k) % from->g->nparams; /* same order: found at k = 0 */
+      if (!strcmp(from->g->params[j]->name, t->name)) s = from->g->params[j];
+    }
+    MOEC_ASSERT(s && s->numel == t->numel && to->elem == from->elem);
+    to->be->copy(to->buf[t->id], from->buf[s->id], (size_t)t->numel * to->elem);
+  }
+}
+
+/* Mean cross-entropy over one pass of a split, from zero state. */
+static double evaluate(Compiled *ev, const Corpus *corpus, Split split, int64_t *tokens) {
+  Graph *g = ev->g;
+  Batcher b;
+  rt_batcher_init(&b, corpus, split, (int)g->B, (int)g->T);
+  int64_t steps = rt_batcher_eval_steps(&b);
+  size_t n = (size_t)(g->B * g->T);
+  int32_t *ids = mc_malloc(n * sizeof(int32_t)), *tg = mc_malloc(n * sizeof(int32_t));
+  zero_state(ev->p);
+  KernelCtx ctx = {.training = false,
+                   .seed = 0,
+                   .step = 0,
+                   .batch0 = 0,
+                   .batch_local = g->B,
+                   .device = 0,
+                   .ndevices = 1};
+  double sum = 0;
+  for (int64_t s = 0; s < steps; s++) {
+    rt_batcher_next(&b, ids, tg);
+    upload_ids(ev->p, ev->ids, ids);
+    upload_ids(ev->p, ev->targets, tg);
+    rt_exec(ev->p, &ctx, 0, ev->p->first_backward);
+    sum += read_scalar(ev->p, g->xent);
+    rt_carry_state(ev->p);
+  }
+  mc_free(ids);
+  mc_free(tg);
+  rt_batcher_free(&b);
+  if (tokens) *tokens = steps * (int64_t)n;
+  return sum / (double)steps;
+}
+
+/* ---------------------------------------------------------------- MoE monitoring */
+
+typedef struct MoeStat {
+  double cv, load_ratio;
+} MoeStat;
+
+static MoeStat moe_stat(Program *p, int i) {
+  Graph *g = p->g;
+  MoeStat st = {0, 0};
+  const Tensor *imp = g->moe_importance ? g->moe_importance[i] : NULL;
+  const Tensor *load = g->moe_load ? g->moe_load[i] : NULL;
+  if (imp && imp->numel > 0) {
+    double *v = mc_malloc((size_t)imp->numel * sizeof(double));
+    float *f = mc_malloc((size_t)imp->numel * p->elem);
+    p->be->download(f, p->buf[imp->id], (size_t)imp->numel * p->elem);
+    double mean = 0, var = 0;
+    for (int64_t k = 0; k < imp->numel; k++) {
+      v[k] = p->prec == PREC_F64 ? ((double *)(void *)f)[k] : f[k];
+      mean += v[k] / (double)imp->numel;
+    }
+    for (int64_t k = 0; k < imp->numel; k++)
+      var += (v[k] - mean) * (v[k] - mean) / (double)imp->numel;
+    st.cv = mean > 0 ? sqrt(var) / mean : 0;
+    mc_free(v);
+    mc_free(f);
+  }
+  if (load && load->numel > 0) {
+    float *f = mc_malloc((size_t)load->numel * p->elem);
+    p->be->download(f, p->buf[load->id], (size_t)load->numel * p->elem);
+    double mean = 0, mx = 0;
+    for (int64_t k = 0; k < load->numel; k++) {
+      double v = p->prec == PREC_F64 ? ((double *)(void *)f)[k] : f[k];
+      mean += v / (double)load->numel;
+      mx = fmax(mx, v);
+    }
+    st.load_ratio = mean > 0 ? mx / mean : 0;
+    mc_free(f);
+  }
+  return st;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+typedef struct Meta {
+  const char *kv[64];
+  int n;
+  McArena a;
+} Meta;
+
+__attribute__((format(printf, 3, 4))) static void meta_add(Meta *m, const char *key,
+                                                           const char *fmt, ...) {
+  MOEC_ASSERT(m->n < 32);
+  va_list ap, ap2;
+  va_start(ap, fmt);
+  va_copy(ap2, ap);
+  int len = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *v = mc_arena_alloc(&m->a, (size_t)len + 1);
+  vsnprintf(v, (size_t)len + 1, fmt, ap2);
+  va_end(ap2);
+  m->kv[2 * m->n] = key;
+  m->kv[2 * m->n + 1] = v;
+  m->n++;
+}
+
+static char *join_words(const Corpus *c) {
+  McBuf b = {0};
+  mc_buf_printf(&b, "%s", "");
+  for (int i = 0; i < c->nwords; i++)
+    mc_buf_printf(&b, "%s%s", i ? "\n" : "", c->words[i]);
+  return b.data;
+}
+
+/* Words of "data.vocab" (newline-separated); NULL if absent. */
+static char **split_words(const char *s, int *n) {
+  *n = 0;
+  if (!s) return NULL;
+  int cap = 1;
+  for (const char *p = s; *p; p++)
+    cap += *p == '\n';
+  char **w = mc_malloc((size_t)cap * sizeof(char *));
+  const char *p = s;
+  for (;;) {
+    const char *e = strchr(p, '\n');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    w[*n] = mc_malloc(len + 1);
+    memcpy(w[*n], p, len);
+    w[(*n)++][len] = 0;
+    if (!e) break;
+    p = e + 1;
+  }
+  return w;
+}
+
+static void free_words(char **w, int n) {
+  for (int i = 0; i < n; i++)
+    mc_free(w[i]);
+  mc_free(w);
+}
+
+static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, const Config *cfg,
+                            const Corpus *corpus, int64_t step) {
+  Graph *g = tr->g;
+  Program *p = tr->p;
+  int cap = g->nparams * 4 + g->nstates + 1;
+  StTensor *t = mc_calloc((size_t)cap, sizeof(StTensor));
+  McArena names = {0};
+  int n = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *x = g->params[i];
+    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, p->buf[x->id]};
+    for (int d = 0; d < x->ty.rank; d++)
+      t[n].shape[d] = x->shape[d];
+    n++;
+  }
+  n += rt_optim_tensors(o, t + n);
+  for (int i = 0; i < g->nstates; i++) {
+    const Tensor *x = g->states[i].state;
+    t[n] = (StTensor){
+        mc_arena_printf(&names, "state.%s", x->name), ST_F32, x->ty.rank, {0}, p->buf[x->id]};
+    for (int d = 0; d < x->ty.rank; d++)
+      t[n].shape[d] = x->shape[d];
+    n++;
+  }
+  Meta m = {0};
+  meta_add(&m, "format", "pt");
+  meta_add(&m, "moec.model", "%s", g->name);
+  meta_add(&m, "train.step", "%lld", (long long)step);
+  meta_add(&m, "train.seed", "%llu", (unsigned long long)cfg->seed);
+  meta_add(&m, "train.batch", "%lld", (long long)g->B);
+  meta_add(&m, "train.unroll", "%lld", (long long)g->T);
+  meta_add(&m, "optim.step", "%lld", (long long)o->t);
+  meta_add(&m, "optim.kind", "%s", o->kind == OPT_ADAM ? "adam" : "factored");
+  if (corpus->kind == DATA_SYNTHETIC)
+    meta_add(&m, "data", "synthetic(topics=%d, vocab=%d, seed=%llu)", cfg->topics, cfg->vocab,
+             (unsigned long long)cfg->data_seed);
+  else
+    meta_add(&m, "data", "%s", corpus->path);
+  char *vocab = NULL;
+  if (corpus->words) {
+    vocab = join_words(corpus);
+    meta_add(&m, "data.vocab", "%s", vocab);
+  }
+  rt_st_save(path, t, n, m.kv, m.n);
+  mc_free(vocab);
+  mc_arena_free(&m.a);
+  mc_arena_free(&names);
+  mc_free(t);
+}
+
+static void load_state(const StFile *f, Program *p) {
+  Graph *g = p->g;
+  for (int i = 0; i < g->nstates; i++) {
+    const Tensor *x = g->states[i].state;
+    char key[512];
+    snprintf(key, sizeof key, "state.%s", x->name);
+    const StEntry *e = rt_st_find(f, key);
+    if (!e) continue; /* weights only (e.g. from PyTorch): state starts at zero */
+    if (e->dtype != ST_F32 || e->numel != x->numel)
+      mc_die("checkpoint '%s': '%s' has %lld elements, this run's batch needs %lld (resume with "
+             "the same batch size)",
+             f->path, key, (long long)e->numel, (long long)x->numel);
+    p->be->upload(p->buf[x->id], e->data, e->nbytes);
+  }
+}
+
+static int64_t meta_int(const StFile *f, const char *key, int64_t def) {
+  const char *s = rt_st_meta(f, key);
+  if (!s) return def;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (*end || errno || v < 0) mc_die("checkpoint '%s': bad %s '%s'", f->path, key, s);
+  return v;
+}
+
+/* ---------------------------------------------------------------- training */
+
+static void init_params(Program *p, uint64_t seed) {
+  Graph *g = p->g;
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    float *h = mc_malloc((size_t)t->numel * sizeof(float));
+    rt_init_param(t, seed, h);
+    if (p->prec == PREC_F64) {
+      double *d = mc_malloc((size_t)t->numel * sizeof(double));
+      for (int64_t k = 0; k < t->numel; k++)
+        d[k] = h[k];
+      p->be->upload(p->buf[t->id], d, (size_t)t->numel * sizeof(double));
+      mc_free(d);
+    } else {
+      p->be->upload(p->buf[t->id], h, (size_t)t->numel * sizeof(float));
+    }
+    mc_free(h);
+  }
+}
+
+static const char *human_rate(double v, char *buf, size_t n) {
+  if (v >= 1e6)
+    snprintf(buf, n, "%.2fM", v / 1e6);
+  else if (v >= 1e3)
+    snprintf(buf, n, "%.1fk", v / 1e3);
+  else
+    snprintf(buf, n, "%.0f", v);
+  return buf;
+}
+
+static void json_num(McBuf *b, const char *key, double v) {
+  if (isfinite(v))
+    mc_buf_printf(b, ",\"%s\":%.9g", key, v);
+  else
+    mc_buf_printf(b, ",\"%s\":null", key);
+}
+
+typedef struct Run {
+  const Config *cfg;
+  const TrainOpts *o;
+  Compiled tr, ev;
+  Corpus *corpus;
+  Optim *opt;
+  FILE *metrics, *out; /* progress goes to out */
+  bool tty;
+  double floor_nats;
+} Run;
+
+static void log_eval(Run *r, int64_t step, const char *split, double loss, int64_t tokens,
+                     double secs) {
+  if (r->tty) fprintf(r->out, "\r\033[K");
+  fprintf(r->out, "step %lld: %s loss %.4f ppl %.3f (%lld tokens, %.1fs)", (long long)step, split,
+          loss, exp(loss), (long long)tokens, secs);
+  if (r->floor_nats > 0) fprintf(r->out, "; floor ppl %.3f", exp(r->floor_nats));
+  fprintf(r->out, "\n");
+  fflush(r->out);
+  if (r->metrics) {
+    McBuf b = {0};
+    mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, split);
+    json_num(&b, "loss", loss);
+    json_num(&b, "ppl", exp(loss));
+    mc_buf_printf(&b, ",\"tokens\":%lld", (long long)tokens);
+    json_num(&b, "seconds", secs);
+    mc_buf_printf(&b, "}\n");
+    fputs(b.data, r->metrics);
+    fflush(r->metrics);
+    mc_buf_free(&b);
+  }
+}
+
+static double run_eval(Run *r, Split split, int64_t step, double *secs_total) {
+  double t0 = mc_now();
+  copy_params(r->ev.p, r->tr.p);
+  int64_t tokens = 0;
+  double loss = evaluate(&r->ev, r->corpus, split, &tokens);
+  double secs = mc_now() - t0;
+  *secs_total += secs;
+  log_eval(r, step, split == SPLIT_VALID ? "valid" : "test", loss, tokens, secs);
+  return loss;
+}
+
+/* Fails before training, not after it, when a checkpoint could not be written. */
+static void check_writable_dir(const char *path) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash)
+    *(slash == dir ? slash + 1 : slash) = 0;
+  else
+    snprintf(dir, sizeof dir, ".");
+  if (access(dir, W_OK) != 0)
+    mc_die("cannot save '%s': directory '%s': %s", path, dir, strerror(errno));
+}
+
+int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
+  Run r = {0};
+  r.cfg = cfg;
+  r.o = o;
+  r.out = o->json ? stderr : stdout;
+  r.tty = !o->quiet && isatty(fileno(r.out));
+  const int B = cfg->batch, T = cfg->unroll;
+  if (B < 1 || T < 1) mc_die("batch and unroll must be positive (got %d and %d)", B, T);
+  if (o->save) check_writable_dir(o->save);
+  Graph *gt = build(f, cfg, true, B, T), *ge = build(f, cfg, false, B, T);
+  double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
+         eb = (double)graph_bytes(ge, 4);
+  double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
+  check_memory("training this model", tb + eb + ob, pb, tb + eb - 2 * pb, ob);
+  r.tr = lower(gt, PREC_F32);
+  r.ev = lower(ge, PREC_F32);
+  StFile *ck = o->load ? rt_st_open(o->load) : NULL;
+  int nv = 0;
+  char **vocab = ck ? split_words(rt_st_meta(ck, "data.vocab"), &nv) : NULL;
+  r.corpus = rt_corpus_load(cfg, r.tr.vocab, vocab, nv);
+  free_words(vocab, nv);
+  if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
+  r.opt = rt_optim_new(cfg, gt);
+  init_params(r.tr.p, cfg->seed);
+  int64_t start = 0;
+  if (ck) {
+    rt_st_load_params(ck, r.tr.p);
+    if (rt_optim_load(r.opt, ck)) {
+      start = meta_int(ck, "train.step", r.opt->t);
+      load_state(ck, r.tr.p);
+      int64_t ckseed = meta_int(ck, "train.seed", (int64_t)cfg->seed);
+      if ((uint64_t)ckseed != cfg->seed)
+        fprintf(stderr, "moec: note: '%s' was trained with seed %lld, this run uses %llu\n",
+                o->load, (long long)ckseed, (unsigned long long)cfg->seed);
+    } else {
+      fprintf(stderr,
+              "moec: note: '%s' holds weights only: training starts at step 0 with a "
+              "fresh optimizer\n",
+              o->load);
+    }
+    rt_st_close(ck);
+  }
+  if (o->metrics) {
+    r.metrics = fopen(o->metrics, "w");
+    if (!r.metrics) mc_die("cannot write metrics file '%s': %s", o->metrics, strerror(errno));
+  }
+  const int64_t steps = cfg->steps;
+  /* header */
+  int64_t nparams = 0;
+  for (int i = 0; i < gt->nparams; i++)
+    nparams += gt->params[i]->numel;
+  fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", gt->name,
+          (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
+          start ? "" : "\n");
+  if (start) fprintf(r.out, ", resuming at step %lld\n", (long long)start);
+  if (r.corpus->syn)
+    fprintf(r.out,
+            "moec: data: synthetic(topics=%d, vocab=%d, seed=%llu): entropy floor %.4f "
+            "nats/token (ppl %.3f), unigram ppl %.1f\n",
+            cfg->topics, cfg->vocab, (unsigned long long)cfg->data_seed, r.floor_nats,
+            exp(r.floor_nats), exp(r.corpus->syn->unigram_nats));
+  else
+    fprintf(r.out, "moec: data: '%s': %lld / %lld / %lld tokens (train / valid / test)%s\n",
+            r.corpus->path, (long long)r.corpus->ntok[0], (long long)r.corpus->ntok[1],
+            (long long)r.corpus->ntok[2], r.corpus->words ? "" : " of uint16 ids");
+  fflush(r.out);
+
+  Batcher bt;
+  rt_batcher_init(&bt, r.corpus, SPLIT_TRAIN, B, T);
+  rt_batcher_seek(&bt, start);
+  size_t nt = (size_t)B * (size_t)T;
+  int32_t *ids = mc_malloc(nt * sizeof(int32_t)), *tg = mc_malloc(nt * sizeof(int32_t));
+  float **pp = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
+  float **gg = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
+  for (int i = 0; i < gt->nparams; i++) {
+    const Tensor *t = gt->params[i];
+    pp[i] = cg_f32(r.tr.p, t);
+    gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+  }
+  const int64_t every = MC_MAX(1, (steps - start) / 20);
+  double t_train = 0, t_eval = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
+  int64_t tail_n = 0, done = 0;
+  double valid = NAN, test = NAN;
+  for (int64_t s = start; s < steps; s++) {
+    double t0 = mc_now();
+    rt_batcher_next(&bt, ids, tg);
+    upload_ids(r.tr.p, r.tr.ids, ids);
+    upload_ids(r.tr.p, r.tr.targets, tg);
+    KernelCtx ctx = {.training = true,
+                     .seed = cfg->seed,
+                     .step = (uint64_t)s,
+                     .batch0 = 0,
+                     .batch_local = B,
+                     .device = 0,
+                     .ndevices = 1};
+    rt_exec(r.tr.p, &ctx, 0, r.tr.p->ninstrs);
+    double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
+           aux = read_scalar(r.tr.p, gt->aux);
+    if (!isfinite(loss))
+      mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
+             (long long)s + 1);
+    rt_optim_step(r.opt, pp, gg);
+    rt_carry_state(r.tr.p);
+    t_train += mc_now() - t0;
+    done++;
+    last_loss = loss;
+    if (steps - s <= 100) {
+      tail_sum += loss;
+      tail_xent += xent;
+      tail_n++;
+    }
+    double tps = (double)done * (double)nt / fmax(t_train, 1e-9);
+    /* progress */
+    bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start;
+    if (show && !o->quiet) {
+      char rate[32];
+      fprintf(r.out, "%sstep %lld/%lld  loss %.4f  ppl %.2f  %s tok/s", r.tty ? "\r\033[K" : "",
+              (long long)s + 1, (long long)steps, loss, exp(xent),
+              human_rate(tps, rate, sizeof rate));
+      if (gt->aux) fprintf(r.out, "  aux %.4f", aux);
+      for (int i = 0; i < gt->nmoe; i++) {
+        MoeStat ms = moe_stat(r.tr.p, i);
+        fprintf(r.out, "  %s: cv %.2f load %.2f", gt->moe_names ? gt->moe_names[i] : "moe", ms.cv,
+                ms.load_ratio);
+      }
+      fprintf(r.out, r.tty ? "" : "\n");
+      fflush(r.out);
+    }
+    if (r.metrics) {
+      McBuf b = {0};
+      mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)s + 1);
+      json_num(&b, "loss", loss);
+      json_num(&b, "xent", xent);
+      json_num(&b, "aux", aux);
+      json_num(&b, "ppl", exp(xent));
+      json_num(&b, "grad_norm", r.opt->last_norm);
+      json_num(&b, "tokens_per_s", tps);
+      mc_buf_printf(&b, ",\"moe\":[");
+      for (int i = 0; i < gt->nmoe; i++) {
+        MoeStat ms = moe_stat(r.tr.p, i);
+        mc_buf_printf(&b, "%s{\"name\":", i ? "," : "");
+        mc_buf_json_string(&b, gt->moe_names ? gt->moe_names[i] : "moe");
+        json_num(&b, "importance_cv", ms.cv);
+        json_num(&b, "load_max_over_mean", ms.load_ratio);
+        mc_buf_putc(&b, '}');
+      }
+      mc_buf_printf(&b, "]}\n");
+      fputs(b.data, r.metrics);
+      mc_buf_free(&b);
+    }
+    if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
+      valid = run_eval(&r, SPLIT_VALID, s + 1, &t_eval);
+      if (o->save) save_checkpoint(o->save, &r.tr, r.opt, cfg, r.corpus, s + 1);
+    }
+  }
+  if (r.tty && done) fprintf(r.out, "\n");
+  valid = run_eval(&r, SPLIT_VALID, MC_MAX(steps, start), &t_eval);
+  test = run_eval(&r, SPLIT_TEST, MC_MAX(steps, start), &t_eval);
+  if (o->save) save_checkpoint(o->save, &r.tr, r.opt, cfg, r.corpus, MC_MAX(steps, start));
+  double tps = done ? (double)done * (double)nt / fmax(t_train, 1e-9) : 0;
+  char rate[32];
+  fprintf(r.out, "test ppl %.3f", exp(test));
+  if (r.floor_nats > 0)
+    fprintf(r.out, " (floor %.3f, %.1f%% above)", exp(r.floor_nats),
+            100.0 * (exp(test - r.floor_nats) - 1.0));
+  fprintf(r.out, "; valid ppl %.3f\n", exp(valid));
+  fprintf(r.out, "%lld steps in %.1fs (%s tokens/s), evaluation %.1fs%s%s\n", (long long)done,
+          t_train, human_rate(tps, rate, sizeof rate), t_eval, o->save ? "; saved " : "",
+          o->save ? o->save : "");
+  fflush(r.out);
+  if (o->json) {
+    McBuf b = {0};
+    mc_buf_printf(&b, "{\"steps\":%lld", (long long)MC_MAX(steps, start));
+    json_num(&b, "train_loss", tail_n ? tail_sum / (double)tail_n : last_loss);
+    json_num(&b, "train_ppl", tail_n ? exp(tail_xent / (double)tail_n) : NAN);
+    json_num(&b, "last_loss", last_loss);
+    json_num(&b, "valid_ppl", exp(valid));
+    json_num(&b, "test_ppl", exp(test));
+    json_num(&b, "tokens_per_s", tps);
+    json_num(&b, "train_seconds", t_train);
+    json_num(&b, "floor_ppl", r.floor_nats > 0 ? exp(r.floor_nats) : NAN);
+    json_num(&b, "unigram_ppl", r.corpus->syn ? exp(r.corpus->syn->unigram_nats) : NAN);
+    mc_buf_printf(&b, "}\n");
+    fputs(b.data, stdout);
+    fflush(stdout);
+    mc_buf_free(&b);
+  }
+  if (r.metrics) fclose(r.metrics);
+  for (int i = 0; i < gt->nparams; i++)
+    if (!gt->params[i]->grad) mc_free(gg[i]);
+  mc_free(pp);
+  mc_free(gg);
+  mc_free(ids);
+  mc_free(tg);
+  rt_batcher_free(&bt);
+  rt_optim_free(r.opt);
+  rt_corpus_free(r.corpus);
+  compiled_free(&r.tr);
+  compiled_free(&r.ev);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- moec eval */
+
+int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const char *data_path,
+                       bool json) {
+  const int B = cfg->batch, T = cfg->unroll;
+  Graph *g = build(f, cfg, false, B, T);
+  double gb = (double)graph_bytes(g, 4), pb = (double)param_bytes(g);
+  check_memory("evaluating this model", gb, pb, gb - pb, 0);
+  Compiled ev = lower(g, PREC_F32);
+  StFile *ck = rt_st_open(ckpt);
+  rt_st_load_params(ck, ev.p);
+  int nv = 0;
+  char **vocab = split_words(rt_st_meta(ck, "data.vocab"), &nv);
+  Corpus *c = data_path ? rt_corpus_load_file(data_path, ev.vocab, vocab, nv)
+                        : rt_corpus_load(cfg, ev.vocab, vocab, nv);
+  free_words(vocab, nv);
+  rt_st_close(ck);
+  double t0 = mc_now();
+  int64_t tokens = 0;
+  double loss = evaluate(&ev, c, SPLIT_TEST, &tokens);
+  double secs = mc_now() - t0;
+  if (json) {
+    McBuf b = {0};
+    mc_buf_printf(&b, "{\"tokens\":%lld", (long long)tokens);
+    json_num(&b, "test_loss", loss);
+    json_num(&b, "test_ppl", exp(loss));
+    json_num(&b, "floor_ppl", c->syn ? exp(c->syn->floor_nats) : NAN);
+    json_num(&b, "seconds", secs);
+    mc_buf_printf(&b, "}\n");
+    fputs(b.data, stdout);
+    mc_buf_free(&b);
+  } else {
+    printf("test ppl %.3f (loss %.4f nats/token over %lld tokens of %s, %.1fs)", exp(loss), loss,
+           (long long)tokens, data_path ? data_path : "the test split", secs);
+    if (c->syn) printf("; floor ppl %.3f", exp(c->syn->floor_nats));
+    printf("\n");
+  }
+  rt_corpus_free(c);
+  compiled_free(&ev);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- moec grad */
+
+int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *tokens, const char *out,
+            bool json, bool f64) {
+  const int B = cfg->batch, T = cfg->unroll;
+  Graph *g = build(f, cfg, true, B, T);
+  size_t elem = f64 ? 8 : 4;
+  double gb = (double)graph_bytes(g, elem);
+  check_memory("this model's gradients", gb, (double)param_bytes(g) * (double)elem / 4, gb, 0);
+  Compiled c = lower(g, f64 ? PREC_F64 : PREC_F32);
+  StFile *w = rt_st_open(weights);
+  rt_st_load_params(w, c.p);
+  rt_st_close(w);
+  size_t len = 0;
+  unsigned char *raw = (unsigned char *)mc_read_file(tokens, &len);
+  if (!raw) mc_die("cannot read token file '%s': %s", tokens, strerror(errno));
+  size_t need = (size_t)B * (size_t)(T + 1);
+  if (len != 2 * need)
+    mc_die("token file '%s' has %zu bytes: batch %d x (unroll %d + 1) needs %zu uint16 ids "
+           "(%zu bytes)",
+           tokens, len, B, T, need, 2 * need);
+  int32_t *ids = mc_malloc((size_t)B * T * sizeof(int32_t)),
+          *tg = mc_malloc((size_t)B * T * sizeof(int32_t));
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t <= T; t++) {
+      size_t k = (size_t)b * (T + 1) + (size_t)t;
+      int v = raw[2 * k] | (raw[2 * k + 1] << 8);
+      if (v >= c.vocab)
+        mc_die("token file '%s': id %d at position %zu is outside the model's vocabulary (%d ids)",
+               tokens, v, k, c.vocab);
+      if (t < T) ids[b * T + t] = v;
+      if (t > 0) tg[b * T + t - 1] = v;
+    }
+  mc_free(raw);
+  upload_ids(c.p, c.ids, ids);
+  upload_ids(c.p, c.targets, tg);
+  KernelCtx ctx = {.training = false,
+                   .seed = cfg->seed,
+                   .step = 0,
+                   .batch0 = 0,
+                   .batch_local = B,
+                   .device = 0,
+                   .ndevices = 1};
+  rt_exec(c.p, &ctx, 0, c.p->ninstrs);
+  double loss = read_scalar(c.p, g->loss), xent = read_scalar(c.p, g->xent),
+         aux = read_scalar(c.p, g->aux);
+  if (out) {
+    StTensor *t = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(StTensor));
+    void **zeros = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(void *));
+    for (int i = 0; i < g->nparams; i++) {
+      const Tensor *x = g->params[i];
+      const void *data;
+      if (x->grad) {
+        data = c.p->buf[x->grad->id];
+      } else {
+        zeros[i] = mc_calloc((size_t)x->numel, elem);
+        data = zeros[i];
+      }
+      t[i] = (StTensor){x->name, f64 ? ST_F64 : ST_F32, x->ty.rank, {0}, data};
+      for (int d = 0; d < x->ty.rank; d++)
+        t[i].shape[d] = x->shape[d];
+    }
+    Meta m = {0};
+    meta_add(&m, "format", "pt");
+    meta_add(&m, "moec.model", "%s", g->name);
+    meta_add(&m, "loss", "%.17g", loss);
+    meta_add(&m, "xent", "%.17g", xent);
+    meta_add(&m, "aux", "%.17g", aux);
+    rt_st_save(out, t, g->nparams, m.kv, m.n);
+    mc_arena_free(&m.a);
+    for (int i = 0; i < g->nparams; i++)
+      mc_free(zeros[i]);
+    mc_free(zeros);
+    mc_free(t);
+  }
+  if (json) {
+    McBuf b = {0};
+    mc_buf_printf(&b, "{\"loss\":%.17g,\"xent\":%.17g,\"aux\":%.17g}\n", loss, xent, aux);
+    fputs(b.data, stdout);
+    mc_buf_free(&b);
+  } else {
+    printf("loss %.8g (xent %.8g, aux %.8g)", loss, xent, aux);
+    if (out) printf("; gradients of %d parameters written to %s", g->nparams, out);
+    printf("\n");
+  }
+  mc_free(ids);
+  mc_free(tg);
+  compiled_free(&c);
+  return 0;
+}

@@ -1,0 +1,205 @@
+/* train.h: training: data, checkpoints, optimizers, the training loop.
+ *
+ *   data.c        : corpora (built-in synthetic topics, word-level text, uint16 .bin)
+ *                   and truncated-BPTT batching
+ *   safetensors.c : reading and (atomically) writing safetensors files; loading a
+ *                   checkpoint into a program's parameters
+ *   optim.c       : Adam, factored second moment (paper, appendix D), clipping,
+ *                   deterministic parameter initialisation
+ *   train.c       : the training loop, evaluation, progress, metrics, resume
+ *
+ * docs/training.md describes the formulas and file formats. Prefix: rt_.
+ */
+#ifndef MOEC_TRAIN_H
+#define MOEC_TRAIN_H
+
+#include "../codegen/codegen.h"
+
+/* ---------------------------------------------------------------- data.c */
+
+/* Topic switching probability per token of the synthetic corpus. */
+#define RT_SYNTH_SWITCH (1.0 / 500.0)
+
+/* The built-in corpus: K topics, each a sparse Markov chain over V tokens. */
+typedef struct Synth {
+  int K, V;
+  uint64_t seed;
+  double s;            /* switch probability per token */
+  int32_t *off;        /* [K*V+1]: successors of (topic z, token x) at off[z*V+x].. */
+  int32_t *succ;       /* successor tokens */
+  double *prob;        /* their probabilities (sum to 1 per state) */
+  double *stat;        /* [K*V] stationary distribution of (topic, token), or NULL */
+  double floor_nats;   /* entropy rate given the hidden topic (rt_synth_analyze) */
+  double unigram_nats; /* entropy of the stationary token marginal */
+} Synth;
+
+Synth *rt_synth_new(int topics, int vocab, uint64_t seed);
+/* Stationary distribution and entropy rate (fills stat, floor_nats, unigram_nats). */
+void rt_synth_analyze(Synth *s);
+void rt_synth_free(Synth *s);
+
+/* One unbounded stream of the synthetic corpus: token n follows from (seed, id, n). */
+typedef struct SynthStream {
+  const Synth *syn;
+  uint64_t key;
+  int64_t n; /* index of the current token */
+  int z, x;  /* current topic and token */
+} SynthStream;
+
+void rt_synth_stream_init(SynthStream *st, const Synth *syn, uint64_t stream_id);
+int rt_synth_next(SynthStream *st); /* advances: returns token n+1 */
+/* -log p(next | current topic, current token) under the true model (nats),
+ * marginalised over the topic switch (the quantity rt_synth_analyze averages). */
+double rt_synth_nll_given_topic(const Synth *s, int z, int x, int next);
+/* P_z(y | x): topic z's own transition probability (0 if y is no successor). */
+double rt_synth_prob(const Synth *s, int z, int x, int y);
+
+typedef enum Split { SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST } Split;
+
+/* A corpus, loaded once: synthetic, or the three splits of a text / bin file. */
+typedef struct Corpus {
+  DataKind kind;
+  const char *path;
+  int model_vocab; /* ids must be below it */
+  Synth *syn;
+  int32_t *tok[3];
+  int64_t ntok[3]; /* file corpora: per split */
+  char **words;
+  int nwords; /* text: vocabulary (id -> word), <unk> = 0 */
+} Corpus;
+
+/* Loads the corpus the config names. Dies with a clear message on a missing,
+ * empty or unreadable file, ids >= model_vocab, a synthetic vocab larger than the
+ * model's. `vocab` (may be NULL): a text vocabulary to use instead of building one
+ * from the train split (checkpoints store it). */
+Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvocab);
+/* A whole text or bin file as one test split (moec eval --data), with `vocab`. */
+Corpus *rt_corpus_load_file(const char *path, int model_vocab, char **vocab, int nvocab);
+void rt_corpus_free(Corpus *c);
+/* Splits text into words (whitespace) with <eos> per line; vocabulary of the most
+ * frequent words (ties: first occurrence), at most max_vocab ids, id 0 = <unk>. */
+void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords);
+
+/* Truncated-BPTT batches over one split: B streams, T steps. */
+typedef struct Batcher {
+  const Corpus *c;
+  Split split;
+  int B, T;
+  int64_t step;           /* next batch index */
+  int64_t slice;          /* file corpora: tokens per stream */
+  int64_t steps_per_pass; /* file corpora: batches before wrapping (epoch) */
+  SynthStream *ss;        /* synthetic: one stream per row */
+} Batcher;
+
+/* Dies if the split has too few tokens for B*(T+1). */
+void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T);
+void rt_batcher_free(Batcher *b);
+/* Positions the batcher at batch `step` (deterministic function of step). */
+void rt_batcher_seek(Batcher *b, int64_t step);
+/* Fills ids[B*T] and targets[B*T] (row-major [B, T]) and advances. */
+void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets);
+/* Batches in one pass over an evaluation split (synthetic: a fixed count). */
+int64_t rt_batcher_eval_steps(const Batcher *b);
+
+/* ---------------------------------------------------------------- safetensors.c */
+
+typedef enum StDType { ST_F32, ST_F64, ST_I32, ST_OTHER } StDType;
+
+typedef struct StTensor {
+  const char *name;
+  StDType dtype;
+  int rank;
+  int64_t shape[8];
+  const void *data; /* host memory */
+} StTensor;
+
+typedef struct StEntry {
+  char *name;
+  char dtype_name[16];
+  StDType dtype;
+  int rank;
+  int64_t shape[8];
+  int64_t numel;
+  const uint8_t *data; /* into the file's buffer */
+  size_t nbytes;
+} StEntry;
+
+typedef struct StFile {
+  char *path;
+  uint8_t *buf;
+  size_t size;
+  StEntry *e;
+  int n;
+  char **mkey, **mval;
+  int nmeta;
+} StFile;
+
+/* Writes atomically: PATH.tmp.<pid>, fflush + fsync, rename over PATH. On any
+ * failure the old file is left as it was and mc_die explains. meta: nmeta
+ * key/value string pairs (meta[2i], meta[2i+1]) for __metadata__. */
+void rt_st_save(const char *path, const StTensor *t, int n, const char *const *meta, int nmeta);
+/* Parses a whole file held in buf (takes ownership). NULL and a message in err on
+ * any malformed input (never crashes). */
+StFile *rt_st_parse(const char *path, uint8_t *buf, size_t size, char *err, size_t errlen);
+/* Reads and parses; dies with a clear message. */
+StFile *rt_st_open(const char *path);
+void rt_st_close(StFile *f);
+const StEntry *rt_st_find(const StFile *f, const char *name);
+const char *rt_st_meta(const StFile *f, const char *key);
+/* Copies the file's tensors into every parameter of p (by name, converting F32/F64
+ * to the program's precision). Names starting with "optim." or "state." are
+ * skipped. Dies naming every missing, unexpected and shape-mismatched tensor. */
+void rt_st_load_params(const StFile *f, Program *p);
+/* Test hook: when >= 0, rt_st_save fails after writing this many bytes. */
+extern long rt_st_fail_after;
+
+/* ---------------------------------------------------------------- optim.c */
+
+typedef struct Optim {
+  OptKind kind;
+  double lr, beta1, beta2, eps, clip;
+  int64_t t; /* updates done */
+  int n;     /* parameters */
+  const char **names;
+  int64_t *numel;
+  int *prank;
+  int64_t (*shape)[MAX_RANK];
+  float **m, **v;   /* adam: first and second moment; factored vectors: v */
+  float **vr, **vc; /* factored matrices: row and column second moments */
+  double last_norm; /* global gradient norm before clipping */
+} Optim;
+
+/* State for the params of g (shapes bound), zeroed. */
+Optim *rt_optim_new(const Config *cfg, const Graph *g);
+void rt_optim_free(Optim *o);
+/* One update: params[i] -= ... from grads[i]; clips the global norm first. */
+void rt_optim_step(Optim *o, float *const *params, float *const *grads);
+/* Checkpoint entries: appends its tensors to t (room for 3*n) and returns the count. */
+int rt_optim_tensors(const Optim *o, StTensor *t);
+/* Restores from a checkpoint (sets t from meta "optim.step"); dies on mismatch.
+ * Returns false when the file has no optimizer state (fresh state kept). */
+bool rt_optim_load(Optim *o, const StFile *f);
+
+/* Deterministic init of one parameter: depends only on (seed, name, index). */
+void rt_init_param(const Tensor *t, uint64_t seed, float *out);
+
+/* ---------------------------------------------------------------- train.c */
+
+typedef struct TrainOpts {
+  const char *model_path;
+  const char *save, *load, *metrics;
+  bool json;
+  bool quiet; /* no progress display */
+} TrainOpts;
+
+/* moec run: trains per cfg (flags already applied). Returns the exit status. */
+int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o);
+/* moec eval: test perplexity of a checkpoint (data_path: a whole file, or NULL for
+ * the test split of the train block's data). */
+int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const char *data_path,
+                       bool json);
+/* moec grad: loss and gradients for one batch from a token file. */
+int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *tokens, const char *out,
+            bool json, bool f64);
+
+#endif

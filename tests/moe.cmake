@@ -1,0 +1,15 @@
+# moe.cmake: the MoE ops and layers (issues 2-3): forward kernels against naive
+# reference loops (the moe layer against the formula of language.md), dispatch /
+# combine round trips, top-k ties, cv2, load estimators, f32 vs f64, determinism;
+# and every differentiable MoE op, the moe layer (noisy top-k with and without
+# noise, dense softmax gating) and the hmoe layer against finite differences in
+# float64 (tests/gradcheck.h).
+foreach(t test_kernels_moe test_gradcheck_moe)
+  add_executable(${t} ${CMAKE_CURRENT_SOURCE_DIR}/${t}.c)
+  target_link_libraries(${t} PRIVATE moeccore)
+  target_compile_options(${t} PRIVATE ${MOEC_WARN})
+endforeach()
+add_test(NAME kernels_moe COMMAND test_kernels_moe)
+add_test(NAME gradcheck_moe COMMAND test_gradcheck_moe)
+set_tests_properties(kernels_moe gradcheck_moe PROPERTIES TIMEOUT 60 LABELS "kernels;moe"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

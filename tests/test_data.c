@@ -1,0 +1,344 @@
+/* test_data.c: the corpora and batching (runtime/data.c): the synthetic corpus
+ * is deterministic per seed and its analytic entropy rate matches a long sample;
+ * text vocabulary and splits; .bin reading; truncated-BPTT batches; errors. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "runtime/train.h"
+#include "test.h"
+
+static char tmpdir[] = "/tmp/moec_test_data_XXXXXX";
+
+/* Runs fn(arg) in a child; checks it exits with status 1 and that its stderr
+ * contains `want`. */
+static void expect_death(void (*fn)(void *), void *arg, const char *want) {
+  char errpath[256];
+  snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (!freopen(errpath, "w", stderr)) _exit(99);
+    fn(arg);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  size_t len = 0;
+  char *err = mc_read_file(errpath, &len);
+  CHECK(err && strstr(err, want));
+  if (!err || !strstr(err, want))
+    fprintf(stderr, "  expected a message with '%s', got: %s\n", want, err ? err : "(none)");
+  free(err);
+}
+
+static void write_file(const char *path, const void *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  CHECK(f != NULL);
+  if (!f) return;
+  fwrite(data, 1, n, f);
+  fclose(f);
+}
+
+static Config config(DataKind kind, const char *path) {
+  Config c;
+  memset(&c, 0, sizeof c);
+  c.data = kind;
+  c.data_path = path;
+  c.topics = 4;
+  c.vocab = 64;
+  c.data_seed = 7;
+  c.batch = 4;
+  c.unroll = 5;
+  return c;
+}
+
+/* ---------------------------------------------------------------- synthetic */
+
+static void test_synth_deterministic(void) {
+  Synth *a = rt_synth_new(4, 100, 11), *b = rt_synth_new(4, 100, 11), *c = rt_synth_new(4, 100, 12);
+  CHECK(a->off[400] == b->off[400]);
+  CHECK(!memcmp(a->succ, b->succ, (size_t)a->off[400] * sizeof(int32_t)));
+  CHECK(!memcmp(a->prob, b->prob, (size_t)a->off[400] * sizeof(double)));
+  /* every state has 4..8 successors whose probabilities sum to 1 */
+  bool ok = true;
+  for (int st = 0; st < 400; st++) {
+    int d = a->off[st + 1] - a->off[st];
+    double sum = 0;
+    for (int i = a->off[st]; i < a->off[st + 1]; i++)
+      sum += a->prob[i];
+    ok &= d >= 4 && d <= 8 && fabs(sum - 1) < 1e-12;
+  }
+  CHECK(ok);
+  /* topics differ from each other and seeds differ */
+  CHECK(memcmp(a->succ, a->succ + a->off[100], 50 * sizeof(int32_t)) != 0);
+  CHECK(memcmp(a->succ, c->succ, 50 * sizeof(int32_t)) != 0);
+  SynthStream s1, s2, s3;
+  rt_synth_stream_init(&s1, a, 3);
+  rt_synth_stream_init(&s2, b, 3);
+  rt_synth_stream_init(&s3, a, 4);
+  int same = 1, diff = 0;
+  for (int i = 0; i < 5000; i++) {
+    int x1 = rt_synth_next(&s1), x2 = rt_synth_next(&s2), x3 = rt_synth_next(&s3);
+    same &= x1 == x2;
+    diff += x1 != x3;
+  }
+  CHECK(same);
+  CHECK(diff > 1000);
+  rt_synth_free(a);
+  rt_synth_free(b);
+  rt_synth_free(c);
+}
+
+/* The analytic rate (given the hidden topic) equals the average -log q over a long
+ * sample; the Bayes filter that does not know the topic is a little above it; the
+ * unigram entropy matches the sample's token frequencies. */
+static void check_rate(int K, int V, uint64_t seed, int64_t ntok) {
+  Synth *s = rt_synth_new(K, V, seed);
+  double t0 = mc_now();
+  rt_synth_analyze(s);
+  double ta = mc_now() - t0;
+  double tot = 0;
+  for (int64_t i = 0; i < (int64_t)K * V; i++)
+    tot += s->stat[i];
+  CHECK_CLOSE(tot, 1.0, 1e-9, 0);
+  SynthStream st;
+  rt_synth_stream_init(&st, s, 1);
+  double *belief = mc_malloc((size_t)K * sizeof(double)),
+         *nb = mc_malloc((size_t)K * sizeof(double));
+  for (int z = 0; z < K; z++)
+    belief[z] = 1.0 / K;
+  double c = K > 1 ? s->s / (K - 1) : 0, a = 1 - s->s - c;
+  int64_t *count = mc_calloc((size_t)V, sizeof(int64_t));
+  double nll_true = 0, nll_filter = 0;
+  int64_t burn = 2000, n = 0;
+  for (int64_t i = 0; i < ntok + burn; i++) {
+    int z = st.z, x = st.x;
+    int y = rt_synth_next(&st);
+    /* filter: predict with the belief over the current topic, then update */
+    double p = 0, norm = 0;
+    for (int w = 0; w < K; w++)
+      nb[w] = 0;
+    for (int zn = 0; zn < K; zn++) {
+      double prior = belief[zn] * (1 - s->s) + c * (1 - belief[zn]); /* P(next topic = zn) */
+      double py = rt_synth_prob(s, zn, x, y);
+      nb[zn] = prior * py;
+      p += prior * py;
+    }
+    for (int w = 0; w < K; w++)
+      norm += nb[w];
+    for (int w = 0; w < K; w++)
+      belief[w] = nb[w] / norm;
+    if (i >= burn) {
+      nll_true += rt_synth_nll_given_topic(s, z, x, y);
+      nll_filter += -log(p);
+      count[y]++;
+      n++;
+    }
+  }
+  (void)a;
+  nll_true /= (double)n;
+  nll_filter /= (double)n;
+  double uni = 0;
+  for (int v = 0; v < V; v++)
+    if (count[v]) uni -= (double)count[v] / (double)n * log((double)count[v] / (double)n);
+  printf("synthetic K=%d V=%d: floor %.4f nats (ppl %.3f), sample %.4f, Bayes filter %.4f, "
+         "unigram %.4f (sample %.4f), analysis %.2fs\n",
+         K, V, s->floor_nats, exp(s->floor_nats), nll_true, nll_filter, s->unigram_nats, uni, ta);
+  CHECK(s->floor_nats > 0.5 && s->floor_nats < s->unigram_nats);
+  CHECK_CLOSE(nll_true, s->floor_nats, 0.015, 0);
+  CHECK(nll_filter >= s->floor_nats - 0.02);
+  CHECK(nll_filter <= s->floor_nats + 0.08);
+  CHECK_CLOSE(uni, s->unigram_nats, 0.02, 0);
+  mc_free(count);
+  mc_free(belief);
+  mc_free(nb);
+  rt_synth_free(s);
+}
+
+static void test_synth_batches(void) {
+  Config cfg = config(DATA_SYNTHETIC, NULL);
+  Corpus *c = rt_corpus_load(&cfg, 64, NULL, 0);
+  CHECK(c->syn && c->syn->floor_nats > 0);
+  Batcher b1, b2, bv;
+  rt_batcher_init(&b1, c, SPLIT_TRAIN, 3, 5);
+  rt_batcher_init(&b2, c, SPLIT_TRAIN, 3, 5);
+  rt_batcher_init(&bv, c, SPLIT_VALID, 3, 5);
+  int32_t ids[15], tg[15], ids2[15], tg2[15], prev_tg[15];
+  bool overlap = true;
+  for (int s = 0; s < 7; s++) {
+    rt_batcher_next(&b1, ids, tg);
+    if (s > 0)
+      for (int r = 0; r < 3; r++)
+        overlap &= ids[r * 5] == prev_tg[r * 5 + 4];
+    for (int r = 0; r < 3; r++)
+      for (int t = 1; t < 5; t++)
+        overlap &= ids[r * 5 + t] == tg[r * 5 + t - 1];
+    memcpy(prev_tg, tg, sizeof tg);
+  }
+  CHECK(overlap);
+  rt_batcher_seek(&b2, 6); /* seeking = stepping */
+  rt_batcher_next(&b2, ids2, tg2);
+  rt_batcher_seek(&b1, 6);
+  rt_batcher_next(&b1, ids, tg);
+  CHECK(!memcmp(ids, ids2, sizeof ids) && !memcmp(tg, tg2, sizeof tg));
+  rt_batcher_seek(&b1, 2);
+  rt_batcher_next(&b1, ids, tg);
+  rt_batcher_seek(&b2, 2);
+  rt_batcher_next(&b2, ids2, tg2);
+  CHECK(!memcmp(ids, ids2, sizeof ids));
+  rt_batcher_next(&bv, ids2, tg2); /* the valid split is another stream */
+  rt_batcher_seek(&b1, 0);
+  rt_batcher_next(&b1, ids, tg);
+  CHECK(memcmp(tg, tg2, sizeof tg) != 0);
+  CHECK(rt_batcher_eval_steps(&bv) == (32768 + 14) / 15);
+  bool inrange = true;
+  for (int i = 0; i < 15; i++)
+    inrange &= ids[i] >= 0 && ids[i] < 64 && tg[i] >= 0 && tg[i] < 64;
+  CHECK(inrange);
+  rt_batcher_free(&b1);
+  rt_batcher_free(&b2);
+  rt_batcher_free(&bv);
+  rt_corpus_free(c);
+}
+
+/* ---------------------------------------------------------------- text and bin */
+
+static void test_text(void) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/corpus.txt", tmpdir);
+  /* 40 lines: 36 train, 2 valid, 2 test */
+  McBuf b = {0};
+  for (int i = 0; i < 36; i++)
+    mc_buf_printf(&b, "the cat  sat\ton the mat %s\n", i % 2 ? "a" : "b");
+  mc_buf_printf(&b, "the dog sat\nzebra the\n");
+  mc_buf_printf(&b, "the <unk> cat\nthe cat");
+  write_file(path, b.data, b.len);
+  Config cfg = config(DATA_TEXT, path);
+  Corpus *c = rt_corpus_load(&cfg, 7, NULL, 0);
+  /* counts in train: the 72; cat, sat, on, mat, <eos> 36; a, b 18 -> a vocab of 7 */
+  CHECK(c->nwords == 7);
+  CHECK(!strcmp(c->words[0], "<unk>"));
+  CHECK(!strcmp(c->words[1], "the"));
+  CHECK(!strcmp(c->words[2], "cat")); /* ties: first occurrence first */
+  CHECK(!strcmp(c->words[3], "sat"));
+  CHECK(!strcmp(c->words[4], "on"));
+  CHECK(!strcmp(c->words[5], "mat"));
+  CHECK(!strcmp(c->words[6], "<eos>")); /* a and b are left out: <unk> */
+  CHECK(c->ntok[SPLIT_TRAIN] == 36 * 8);
+  CHECK(c->ntok[SPLIT_VALID] == 4 + 3);
+  CHECK(c->ntok[SPLIT_TEST] == 4 + 3);
+  int32_t want_valid[] = {1, 0, 3, 6, 0, 1, 6}; /* the dog sat <eos> zebra the <eos> */
+  CHECK(c->ntok[SPLIT_VALID] == 7 && !memcmp(c->tok[SPLIT_VALID], want_valid, sizeof want_valid));
+  int32_t want_test[] = {1, 0, 2, 6, 1, 2, 6}; /* literal <unk> maps to 0; last line w/o \n */
+  CHECK(!memcmp(c->tok[SPLIT_TEST], want_test, sizeof want_test));
+  /* batches: B=2, T=3 over train; slice 144 tokens per stream */
+  Batcher bt;
+  rt_batcher_init(&bt, c, SPLIT_TRAIN, 2, 3);
+  CHECK(bt.slice == 144 && bt.steps_per_pass == 47);
+  int32_t ids[6], tg[6];
+  rt_batcher_next(&bt, ids, tg);
+  CHECK(ids[0] == c->tok[0][0] && tg[0] == c->tok[0][1] && tg[2] == c->tok[0][3]);
+  CHECK(ids[3] == c->tok[0][144] && tg[5] == c->tok[0][147]);
+  rt_batcher_next(&bt, ids, tg);
+  CHECK(ids[0] == c->tok[0][3]);
+  rt_batcher_seek(&bt, 47); /* wraps to the start */
+  rt_batcher_next(&bt, ids, tg);
+  CHECK(ids[0] == c->tok[0][0]);
+  rt_batcher_free(&bt);
+  /* a given vocabulary (from a checkpoint) is used as is */
+  char *voc[] = {"<unk>", "zebra", "the", "<eos>"};
+  Corpus *c2 = rt_corpus_load_file(path, 10, voc, 4);
+  CHECK(c2->ntok[SPLIT_TEST] == 36 * 8 + 7 + 7);
+  CHECK(c2->tok[SPLIT_TEST][0] == 2 && c2->tok[SPLIT_TEST][1] == 0);
+  rt_corpus_free(c2);
+  rt_corpus_free(c);
+  mc_buf_free(&b);
+}
+
+static void test_bin(void) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/tokens.bin", tmpdir);
+  unsigned char raw[400];
+  for (int i = 0; i < 200; i++) {
+    int v = (i * 37) % 300;
+    raw[2 * i] = (unsigned char)(v & 255);
+    raw[2 * i + 1] = (unsigned char)(v >> 8);
+  }
+  write_file(path, raw, sizeof raw);
+  Config cfg = config(DATA_BIN, path);
+  Corpus *c = rt_corpus_load(&cfg, 300, NULL, 0);
+  CHECK(c->ntok[0] == 180 && c->ntok[1] == 10 && c->ntok[2] == 10);
+  CHECK(c->tok[0][1] == 37 && c->tok[0][10] == 70 && c->tok[1][0] == (180 * 37) % 300);
+  rt_corpus_free(c);
+}
+
+/* ---------------------------------------------------------------- errors */
+
+static void die_load(void *arg) {
+  Config *cfg = arg;
+  rt_corpus_load(cfg, 256, NULL, 0);
+}
+
+static void die_batch(void *arg) {
+  Corpus *c = arg;
+  Batcher b;
+  rt_batcher_init(&b, c, SPLIT_VALID, 8, 20);
+}
+
+static void test_errors(void) {
+  char path[256], odd[256], big[256], empty[256], small[256];
+  snprintf(path, sizeof path, "%s/does_not_exist.txt", tmpdir);
+  Config cfg = config(DATA_TEXT, path);
+  expect_death(die_load, &cfg, "cannot read data file");
+  snprintf(empty, sizeof empty, "%s/empty.txt", tmpdir);
+  write_file(empty, "", 0);
+  cfg.data_path = empty;
+  expect_death(die_load, &cfg, "is empty");
+  snprintf(small, sizeof small, "%s/small.txt", tmpdir);
+  write_file(small, "a b\nc d\n", 8);
+  cfg.data_path = small;
+  expect_death(die_load, &cfg, "at least 20 are needed");
+  snprintf(odd, sizeof odd, "%s/odd.bin", tmpdir);
+  write_file(odd, "abc", 3);
+  Config cb = config(DATA_BIN, odd);
+  expect_death(die_load, &cb, "odd number of bytes");
+  snprintf(big, sizeof big, "%s/big.bin", tmpdir);
+  unsigned char raw[40] = {0};
+  raw[22] = 0x2c;
+  raw[23] = 0x01; /* id 300 at position 11 */
+  write_file(big, raw, sizeof raw);
+  cb.data_path = big;
+  expect_death(die_load, &cb, "token id 300 at position 11 is outside the model's vocabulary");
+  Config cs = config(DATA_SYNTHETIC, NULL);
+  cs.vocab = 1000;
+  expect_death(die_load, &cs, "synthetic(vocab=1000) has more tokens than the model's vocabulary");
+  memset(raw, 0, sizeof raw);
+  write_file(big, raw, sizeof raw);
+  Corpus *c = rt_corpus_load(&cb, 256, NULL, 0);
+  expect_death(die_batch, c, "too few for 8 streams of unroll 20");
+  rt_corpus_free(c);
+}
+
+int main(void) {
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  test_synth_deterministic();
+  check_rate(4, 64, 5, 400000);
+  check_rate(16, 1000, 9, 400000);
+  test_synth_batches();
+  test_text();
+  test_bin();
+  test_errors();
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  TEST_DONE();
+}

@@ -1,0 +1,284 @@
+/* test_optim.c: the optimizers (runtime/optim.c): Adam's first step against its
+ * closed form and a run on a quadratic against an independent double-precision
+ * Adam; global-norm clipping; the factored second moment against its formulas
+ * (rows and columns, 3-D expert tensors, vectors); saving and restoring state
+ * continues bit for bit; parameter init depends only on (seed, name). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/train.h"
+#include "test.h"
+
+typedef struct Model {
+  Graph g;
+  Tensor t[4];
+  Tensor *params[4];
+} Model;
+
+static void add_param(Model *m, const char *name, int rank, const int64_t *shape) {
+  Tensor *t = &m->t[m->g.nparams];
+  memset(t, 0, sizeof *t);
+  t->id = m->g.nparams;
+  t->name = name;
+  t->kind = TK_PARAM;
+  t->ty.rank = rank;
+  t->numel = 1;
+  for (int i = 0; i < rank; i++)
+    t->numel *= t->shape[i] = shape[i];
+  t->init = INIT_UNIFORM;
+  t->init_scale = 0.5;
+  m->params[m->g.nparams++] = t;
+  m->g.params = m->params;
+}
+
+static Config opt_config(OptKind k, double lr, double clip) {
+  Config c;
+  memset(&c, 0, sizeof c);
+  c.optimizer = k;
+  c.lr = lr;
+  c.beta1 = 0.9;
+  c.beta2 = 0.999;
+  c.eps = 1e-8;
+  c.clip = clip;
+  return c;
+}
+
+/* f(p) = sum_i a_i/2 (p_i - c_i)^2 */
+static const double qa[4] = {1.0, 10.0, 0.1, 3.0}, qc[4] = {1.0, -2.0, 0.5, 3.0};
+
+static void test_adam_quadratic(void) {
+  Model m = {0};
+  int64_t s4[1] = {4};
+  add_param(&m, "p", 1, s4);
+  Config cfg = opt_config(OPT_ADAM, 0.05, 0);
+  Optim *o = rt_optim_new(&cfg, &m.g);
+  float p[4] = {0, 0, 0, 0}, g[4];
+  float *pp[1] = {p}, *gg[1] = {g};
+  /* the first step, in closed form: m_hat = g, v_hat = g^2 -> p -= lr * g / (|g| + eps) */
+  for (int i = 0; i < 4; i++)
+    g[i] = (float)(qa[i] * (p[i] - qc[i]));
+  rt_optim_step(o, pp, gg);
+  bool first = true;
+  for (int i = 0; i < 4; i++) {
+    double gi = qa[i] * (0 - qc[i]);
+    first &= fabs(p[i] - (0 - 0.05 * gi / (fabs(gi) + 1e-8))) < 1e-7;
+  }
+  CHECK(first);
+  /* an independent Adam in double for 300 more steps */
+  double rp[4], rm[4], rv[4];
+  for (int i = 0; i < 4; i++) {
+    double gi = qa[i] * (0 - qc[i]);
+    rm[i] = 0.1 * gi;
+    rv[i] = 0.001 * gi * gi;
+    rp[i] = 0 - 0.05 * (rm[i] / 0.1) / (sqrt(rv[i] / 0.001) + 1e-8);
+  }
+  double maxdiff = 0;
+  for (int t = 2; t <= 300; t++) {
+    for (int i = 0; i < 4; i++)
+      g[i] = (float)(qa[i] * (p[i] - qc[i]));
+    rt_optim_step(o, pp, gg);
+    for (int i = 0; i < 4; i++) {
+      double gi = qa[i] * (rp[i] - qc[i]);
+      rm[i] = 0.9 * rm[i] + 0.1 * gi;
+      rv[i] = 0.999 * rv[i] + 0.001 * gi * gi;
+      rp[i] -= 0.05 * (rm[i] / (1 - pow(0.9, t))) / (sqrt(rv[i] / (1 - pow(0.999, t))) + 1e-8);
+      maxdiff = fmax(maxdiff, fabs(p[i] - rp[i]));
+    }
+  }
+  CHECK(maxdiff < 1e-4);
+  CHECK(o->t == 300);
+  for (int i = 0; i < 4; i++)
+    CHECK_CLOSE(p[i], qc[i], 0, 0.05); /* at the minimum */
+  rt_optim_free(o);
+}
+
+static void test_clip(void) {
+  Model m = {0};
+  int64_t s1[1] = {1}, s2[2] = {1, 1};
+  add_param(&m, "a", 1, s1);
+  add_param(&m, "b", 2, s2);
+  Config cfg = opt_config(OPT_ADAM, 0.1, 1.0);
+  Optim *o = rt_optim_new(&cfg, &m.g);
+  float a = 0, b = 0, ga = 3, gb = 4;
+  float *pp[2] = {&a, &b}, *gg[2] = {&ga, &gb};
+  rt_optim_step(o, pp, gg);
+  CHECK_CLOSE(o->last_norm, 5.0, 1e-12, 0);
+  CHECK_CLOSE(o->m[0][0], 0.1 * 3 * 0.2, 1e-6, 0); /* clipped to norm 1: g * 1/5 */
+  CHECK_CLOSE(o->m[1][0], 0.1 * 4 * 0.2, 1e-6, 0);
+  CHECK_CLOSE(o->v[1][0], 0.001 * 0.8 * 0.8, 1e-6, 0);
+  ga = 0.3f;
+  gb = 0.4f; /* below the threshold: untouched */
+  rt_optim_step(o, pp, gg);
+  CHECK_CLOSE(o->m[0][0], 0.9 * 0.06 + 0.1 * 0.3, 1e-6, 0);
+  rt_optim_free(o);
+}
+
+static void test_factored(void) {
+  Model m = {0};
+  int64_t sm[2] = {2, 3}, se[3] = {2, 2, 3}, sv[1] = {3};
+  add_param(&m, "w", 2, sm);
+  add_param(&m, "experts.w1", 3, se);
+  add_param(&m, "b", 1, sv);
+  Config cfg = opt_config(OPT_FACTORED, 0.01, 0);
+  cfg.beta2 = 0.9;
+  Optim *o = rt_optim_new(&cfg, &m.g);
+  CHECK(o->m[0] == NULL && o->vr[0] && o->vc[0] && o->vr[1] && o->v[2] && !o->vr[2]);
+  float w[6] = {0}, e[12] = {0}, b[3] = {0};
+  float gw[2][6] = {{1, 2, 3, 4, 5, 6}, {-1, 0, 2, 1, 1, -3}}, ge[12], gb[3] = {1, -2, 0.5f};
+  for (int i = 0; i < 12; i++)
+    ge[i] = (float)(i % 5) - 1.5f;
+  float *pp[3] = {w, e, b};
+  double R[2] = {0, 0}, C[3] = {0, 0, 0}, ref[6] = {0};
+  for (int t = 1; t <= 2; t++) {
+    float *gg[3] = {gw[t - 1], ge, gb};
+    rt_optim_step(o, pp, gg);
+    /* reference: R_i <- b2 R_i + (1-b2) mean_j g_ij^2, C_j likewise over rows,
+     * V = R C^T / mean(R), p -= lr g / (sqrt(V / (1 - b2^t)) + eps) */
+    const float *g = gw[t - 1];
+    for (int r = 0; r < 2; r++) {
+      double s = 0;
+      for (int c = 0; c < 3; c++)
+        s += g[r * 3 + c] * g[r * 3 + c];
+      R[r] = 0.9 * R[r] + 0.1 * s / 3;
+    }
+    for (int c = 0; c < 3; c++) {
+      double s = 0;
+      for (int r = 0; r < 2; r++)
+        s += g[r * 3 + c] * g[r * 3 + c];
+      C[c] = 0.9 * C[c] + 0.1 * s / 2;
+    }
+    double rmean = (R[0] + R[1]) / 2, bc = 1 - pow(0.9, t);
+    for (int r = 0; r < 2; r++)
+      for (int c = 0; c < 3; c++)
+        ref[r * 3 + c] -= 0.01 * g[r * 3 + c] / (sqrt(R[r] * C[c] / rmean / bc) + 1e-8);
+  }
+  double md = 0;
+  for (int i = 0; i < 6; i++)
+    md = fmax(md, fabs(w[i] - ref[i]));
+  CHECK(md < 1e-6);
+  CHECK_CLOSE(o->vr[0][1], R[1], 1e-6, 0);
+  CHECK_CLOSE(o->vc[0][2], C[2], 1e-6, 0);
+  /* vectors: full second moment, no first moment: after 2 equal grads
+   * v = 0.1 g^2 (1 + 0.9), v_hat = g^2 -> each step moves lr * sign(g) */
+  CHECK_CLOSE(b[0], -0.02, 1e-5, 0);
+  CHECK_CLOSE(b[1], 0.02, 1e-5, 0);
+  /* 3-D experts: each expert's [2, 3] matrix is factored on its own */
+  float e0[6], e1[6];
+  memcpy(e0, e, sizeof e0);
+  memcpy(e1, e + 6, sizeof e1);
+  CHECK(memcmp(e0, e1, sizeof e0) != 0);
+  rt_optim_free(o);
+}
+
+/* Save after 3 steps, restore into a fresh optimizer, both continue: identical. */
+static void test_state_roundtrip(OptKind kind) {
+  char dir[] = "/tmp/moec_test_optim_XXXXXX";
+  if (!mkdtemp(dir)) return;
+  char path[256];
+  snprintf(path, sizeof path, "%s/o.safetensors", dir);
+  Model m = {0};
+  int64_t sm[2] = {3, 4}, sv[1] = {5};
+  add_param(&m, "w", 2, sm);
+  add_param(&m, "v", 1, sv);
+  Config cfg = opt_config(kind, 0.01, 0.5);
+  Optim *a = rt_optim_new(&cfg, &m.g);
+  float w[12], v[5], gw[12], gv[5];
+  rt_init_param(m.params[0], 3, w);
+  rt_init_param(m.params[1], 3, v);
+  float *pp[2] = {w, v}, *gg[2] = {gw, gv};
+  for (int t = 0; t < 3; t++) {
+    for (int i = 0; i < 12; i++)
+      gw[i] = sinf((float)(i + t));
+    for (int i = 0; i < 5; i++)
+      gv[i] = cosf((float)(i * t));
+    rt_optim_step(a, pp, gg);
+  }
+  StTensor st[8];
+  int n = rt_optim_tensors(a, st);
+  CHECK(n == (kind == OPT_ADAM ? 4 : 3));
+  char step[32];
+  snprintf(step, sizeof step, "%lld", (long long)a->t);
+  const char *meta[] = {"optim.step", step, "optim.kind", kind == OPT_ADAM ? "adam" : "factored"};
+  rt_st_save(path, st, n, meta, 2);
+  Optim *b = rt_optim_new(&cfg, &m.g);
+  StFile *f = rt_st_open(path);
+  CHECK(rt_optim_load(b, f));
+  rt_st_close(f);
+  CHECK(b->t == 3);
+  float w2[12], v2[5];
+  memcpy(w2, w, sizeof w);
+  memcpy(v2, v, sizeof v);
+  float *pp2[2] = {w2, v2};
+  for (int t = 3; t < 6; t++) {
+    for (int i = 0; i < 12; i++)
+      gw[i] = sinf((float)(i + t));
+    for (int i = 0; i < 5; i++)
+      gv[i] = cosf((float)(i * t));
+    rt_optim_step(a, pp, gg);
+    rt_optim_step(b, pp2, gg);
+  }
+  CHECK(!memcmp(w, w2, sizeof w) && !memcmp(v, v2, sizeof v));
+  /* an optimizer-less file: fresh state kept */
+  float z[5] = {0};
+  StTensor only[1] = {{"v", ST_F32, 1, {5}, z}};
+  rt_st_save(path, only, 1, NULL, 0);
+  f = rt_st_open(path);
+  Optim *c = rt_optim_new(&cfg, &m.g);
+  CHECK(!rt_optim_load(c, f));
+  CHECK(c->t == 0);
+  rt_st_close(f);
+  rt_optim_free(a);
+  rt_optim_free(b);
+  rt_optim_free(c);
+  unlink(path);
+  rmdir(dir);
+}
+
+static void test_init(void) {
+  Model m = {0};
+  int64_t s[2] = {50, 40};
+  add_param(&m, "lm.weight", 2, s);
+  add_param(&m, "other.weight", 2, s);
+  float *a = mc_malloc(2000 * 4), *b = mc_malloc(2000 * 4), *c = mc_malloc(2000 * 4);
+  rt_init_param(m.params[0], 1, a);
+  rt_init_param(m.params[0], 1, b);
+  rt_init_param(m.params[1], 1, c);
+  CHECK(!memcmp(a, b, 8000));
+  CHECK(memcmp(a, c, 8000) != 0);
+  double mean = 0, mx = 0;
+  for (int i = 0; i < 2000; i++) {
+    mean += a[i] / 2000.0;
+    mx = fmax(mx, fabs(a[i]));
+  }
+  CHECK(mx <= 0.5 && mx > 0.49 && fabs(mean) < 0.02);
+  rt_init_param(m.params[0], 2, b); /* another seed */
+  CHECK(memcmp(a, b, 8000) != 0);
+  m.params[0]->init = INIT_ZERO;
+  rt_init_param(m.params[0], 1, b);
+  bool zero = true;
+  for (int i = 0; i < 2000; i++)
+    zero &= b[i] == 0;
+  CHECK(zero);
+  m.params[0]->init = INIT_NORMAL;
+  m.params[0]->init_scale = 2.0;
+  rt_init_param(m.params[0], 1, b);
+  double var = 0;
+  for (int i = 0; i < 2000; i++)
+    var += (double)b[i] * b[i] / 2000.0;
+  CHECK_CLOSE(sqrt(var), 2.0, 0.08, 0);
+  free(a);
+  free(b);
+  free(c);
+}
+
+int main(void) {
+  test_adam_quadratic();
+  test_clip();
+  test_factored();
+  test_state_roundtrip(OPT_ADAM);
+  test_state_roundtrip(OPT_FACTORED);
+  test_init();
+  TEST_DONE();
+}

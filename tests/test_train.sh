@@ -1,0 +1,203 @@
+#!/bin/sh
+# test_train.sh: end-to-end training tests of the moec binary (issue 3).
+#
+#   usage: test_train.sh MOEC CASE      CASE: resume | converge | grad_eval | errors
+#
+#   resume    : 10 steps == 5 steps + --save + --load + 5 steps, bit for bit (every
+#               step's loss and the final evaluation), on an LSTM-MoE model with gate
+#               noise and dropout; with adam and with factored
+#   converge  : a short run on the synthetic corpus ends within 35% of the corpus's
+#               entropy floor (perplexity) and far below the unigram perplexity
+#   grad_eval : moec grad writes one gradient per parameter and loss = xent + aux;
+#               moec eval of the saved checkpoint repeats the run's test perplexity
+#   errors    : missing data file, checkpoint of another model, token ids outside the
+#               vocabulary, malformed checkpoint, cuda / several devices, too little
+#               memory, bad token file: each a non-zero exit and a clear message
+#
+# Needs python3 for reading JSON (skips with 77 without it).
+set -u
+MOEC=$1
+CASE=$2
+command -v python3 >/dev/null 2>&1 || { echo "SKIP: python3 not found (reads the JSON output)"; exit 77; }
+TMP=$(mktemp -d /tmp/moec_test_train.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+cd "$TMP" || exit 1
+FAILS=0
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+
+# json FILE KEY: a key of the last JSON line of FILE
+json() { python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$1" "$2"; }
+# check EXPR: a python boolean expression
+check() { python3 -c "import sys; sys.exit(0 if ($1) else 1)"; }
+
+# expect_error PATTERN CMD...: CMD exits non-zero and its stderr contains PATTERN
+expect_error() {
+  pat=$1
+  shift
+  "$@" >out.txt 2>err.txt
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    fail "'$*' succeeded, expected an error with '$pat'"
+  elif [ $rc -gt 100 ]; then
+    fail "'$*' crashed (exit $rc)"; cat err.txt
+  elif ! grep -qF -- "$pat" err.txt; then
+    fail "'$*' exited $rc without '$pat':"; cat err.txt
+  else
+    pass "error '$pat' (exit $rc)"
+  fi
+}
+
+cat >moe.moe <<'EOF'
+# a small LSTM-MoE LM with gate noise and dropout: every random draw is exercised
+model small {
+  let V = 32
+  input ids : i32[B, T]
+  input targets : i32[B, T]
+  emb = embedding(ids, vocab=V, dim=16)
+  h = lstm(emb, units=32)
+  d = dropout(h, p=0.1)
+  m = moe(d, experts=4, k=2, hidden=16)
+  loss = softmax_xent(m, targets, vocab=V)
+  output loss
+}
+train {
+  data = synthetic(topics=4, vocab=32, seed=3)
+  batch = 8
+  unroll = 6
+  steps = 10
+  eval_every = 4
+  optimizer = adam(lr=0.01)
+  clip = 1.0
+}
+EOF
+
+case $CASE in
+resume)
+  for opt in "adam(lr=0.01)" "factored(lr=0.01)"; do
+    sed "s/optimizer = .*/optimizer = $opt/" moe.moe >r.moe
+    "$MOEC" run r.moe --steps 10 --metrics full.jsonl --json --quiet >full.out 2>full.err ||
+      { fail "$opt: uninterrupted run failed"; cat full.err; continue; }
+    "$MOEC" run r.moe --steps 5 --save half.safetensors --quiet >/dev/null 2>h.err ||
+      { fail "$opt: first half failed"; cat h.err; continue; }
+    "$MOEC" run r.moe --steps 10 --load half.safetensors --metrics resumed.jsonl --json --quiet \
+      >resumed.out 2>r.err || { fail "$opt: resumed run failed"; cat r.err; continue; }
+    # steps 6..10 and the final evaluations, compared as printed (%.9g of float32)
+    # (eval_every 4: both runs evaluate on valid at step 8)
+    grep -E '"step":(6|7|8|9|10)[,}]' full.jsonl \
+      | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
+    grep -E '"step":(6|7|8|9|10)[,}]' resumed.jsonl \
+      | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >b.txt
+    if [ "$(wc -l <a.txt)" -lt 7 ]; then
+      fail "$opt: too few metric lines"; cat a.txt
+    elif cmp -s a.txt b.txt; then
+      pass "$opt: resumed run == uninterrupted run ($(wc -l <a.txt) lines)"
+    else
+      fail "$opt: resumed run differs"; diff a.txt b.txt
+    fi
+    t1=$(json full.out test_ppl); t2=$(json resumed.out test_ppl)
+    [ "$t1" = "$t2" ] && pass "$opt: test ppl $t1 == $t2" || fail "$opt: test ppl $t1 != $t2"
+    # same seed twice: the same run; another seed: another run
+    "$MOEC" run r.moe --steps 3 --json --quiet >s1.out 2>/dev/null
+    "$MOEC" run r.moe --steps 3 --json --quiet >s2.out 2>/dev/null
+    "$MOEC" run r.moe --steps 3 --json --quiet --seed 2 >s3.out 2>/dev/null
+    [ "$(json s1.out last_loss)" = "$(json s2.out last_loss)" ] && pass "$opt: deterministic" ||
+      fail "$opt: two runs with one seed differ"
+    [ "$(json s1.out last_loss)" != "$(json s3.out last_loss)" ] && pass "$opt: --seed matters" ||
+      fail "$opt: --seed 2 gave the same loss"
+  done
+  ;;
+converge)
+  cat >c.moe <<'EOF'
+model conv {
+  let V = 32
+  input ids : i32[B, T]
+  input targets : i32[B, T]
+  emb = embedding(ids, vocab=V, dim=32)
+  h = lstm(emb, units=64)
+  m = moe(h, experts=4, k=2, hidden=32)
+  loss = softmax_xent(m, targets, vocab=V)
+  output loss
+}
+train {
+  data = synthetic(topics=4, vocab=32, seed=3)
+  batch = 32
+  unroll = 10
+  steps = 1000
+  optimizer = adam(lr=0.02)
+}
+EOF
+  "$MOEC" run c.moe --json --metrics c.jsonl >c.out 2>c.err || { fail "training failed"; cat c.err; }
+  tail -4 c.out
+  test=$(json c.out test_ppl); floor=$(json c.out floor_ppl); uni=$(json c.out unigram_ppl)
+  # the floor is the entropy rate given the hidden topic: no model beats it; a
+  # unigram model (token frequencies of the stationary distribution, which
+  # test_data checks against a sample) scores exp(H(marginal))
+  if check "$floor < $test < 1.35 * $floor"; then pass "test ppl $test within 35% of the floor $floor"
+  else fail "test ppl $test not within 35% of the floor $floor"; fi
+  if check "$test < $uni / 4"; then pass "test ppl $test far below unigram ppl $uni"
+  else fail "test ppl $test not below unigram ppl $uni / 4"; fi
+  n=$(grep -c '"event":"step"' c.jsonl)
+  [ "$n" = 1000 ] && pass "1000 step lines in --metrics" || fail "$n step lines in --metrics"
+  grep -q '"importance_cv"' c.jsonl && pass "MoE balance in --metrics" || fail "no MoE stats in --metrics"
+  ;;
+grad_eval)
+  "$MOEC" run moe.moe --steps 6 --save w.safetensors --json --quiet >run.out 2>run.err ||
+    { fail "training failed"; cat run.err; }
+  "$MOEC" eval moe.moe --load w.safetensors --json >eval.out 2>eval.err || { fail "eval failed"; cat eval.err; }
+  a=$(json run.out test_ppl); b=$(json eval.out test_ppl)
+  [ "$a" = "$b" ] && pass "moec eval repeats the run's test ppl ($a)" || fail "eval ppl $b != run's $a"
+  python3 -c 'import struct; open("F.bin","wb").write(struct.pack("<49H", *[(7*i) % 32 for i in range(49)]))'
+  sed 's/batch = 8/batch = 7/' moe.moe >g.moe
+  "$MOEC" grad g.moe --load w.safetensors --tokens F.bin --out G.safetensors --json >g.out 2>g.err ||
+    { fail "grad failed"; cat g.err; }
+  python3 - <<'EOF' && pass "moec grad: loss = xent + aux, one gradient per parameter" || fail "moec grad output"
+import json, struct
+g = json.loads(open("g.out").read().strip().splitlines()[-1])
+assert abs(g["loss"] - g["xent"] - g["aux"]) <= 1e-6 * abs(g["loss"]), g
+assert g["aux"] > 0, g
+def names(path):
+    d = open(path, "rb").read()
+    n = struct.unpack("<Q", d[:8])[0]
+    h = json.loads(d[8:8 + n])
+    return {k: v for k, v in h.items() if k != "__metadata__"}
+w = {k: v for k, v in names("w.safetensors").items() if not k.startswith(("optim.", "state."))}
+gr = names("G.safetensors")
+assert set(w) == set(gr), (set(w) ^ set(gr))
+assert all(w[k]["shape"] == gr[k]["shape"] for k in w)
+EOF
+  "$MOEC" grad g.moe --load w.safetensors --tokens F.bin --out G64.safetensors --f64 --json >g64.out 2>&1 ||
+    fail "grad --f64 failed"
+  check "abs($(json g.out loss) - $(json g64.out loss)) < 1e-4" && pass "grad f32 ~ f64 loss" || fail "grad f32 vs f64"
+  ;;
+errors)
+  sed 's|data = .*|data = "no_such_file.txt"|' moe.moe >missing.moe
+  expect_error "cannot read data file 'no_such_file.txt'" "$MOEC" run missing.moe --steps 1
+  python3 -c 'import struct; open("big.bin","wb").write(struct.pack("<400H", *[i % 40 for i in range(400)]))'
+  sed 's|data = .*|data = "big.bin"|' moe.moe >bin.moe
+  expect_error "token id 32 at position 32 is outside the model's vocabulary (32 ids)" "$MOEC" run bin.moe --steps 1
+  "$MOEC" run moe.moe --steps 2 --save w.safetensors --quiet >/dev/null 2>&1 || fail "training failed"
+  sed 's/units=32/units=24/' moe.moe >other.moe
+  expect_error "is for another model: 'h.weight_ih' has shape [128, 16], the model needs [96, 16]" \
+    "$MOEC" run other.moe --steps 3 --load w.safetensors
+  expect_error "is for another model" "$MOEC" eval other.moe --load w.safetensors
+  printf 'garbage' >bad.safetensors
+  expect_error "is not a valid safetensors file" "$MOEC" eval moe.moe --load bad.safetensors
+  expect_error "cannot read checkpoint 'nope.safetensors'" "$MOEC" eval moe.moe --load nope.safetensors
+  expect_error "not available yet" "$MOEC" run moe.moe --backend cuda
+  expect_error "not available yet" "$MOEC" run moe.moe --devices 2
+  MOEC_MEMORY_LIMIT=100000 expect_error "only 0.00 GiB of memory is available" "$MOEC" run moe.moe
+  printf 'abc' >short.bin
+  expect_error "needs 56 uint16 ids" "$MOEC" grad moe.moe --load w.safetensors --tokens short.bin
+  expect_error "--load CKPT is required" "$MOEC" eval moe.moe
+  expect_error "unknown option '--stepz'" "$MOEC" run moe.moe --stepz 3
+  expect_error "cannot save 'no/such/dir/c.safetensors'" \
+    "$MOEC" run moe.moe --steps 1 --save no/such/dir/c.safetensors
+  ;;
+*)
+  echo "usage: test_train.sh MOEC resume|converge|grad_eval|errors"
+  exit 2
+  ;;
+esac
+[ $FAILS -eq 0 ] && echo "all passed" || echo "$FAILS failed"
+[ $FAILS -eq 0 ]

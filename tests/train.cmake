@@ -1,0 +1,16 @@
+# train.cmake: tests of issue 3 (training): data, safetensors, optimizers (C unit
+# tests, no model needed), and end-to-end runs of the moec binary
+# (tests/test_train.sh: resume, convergence, grad/eval, error cases).
+foreach(t test_data test_safetensors test_optim)
+  add_executable(${t} ${CMAKE_CURRENT_SOURCE_DIR}/${t}.c)
+  target_include_directories(${t} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_options(${t} PRIVATE ${MOEC_WARN})
+  target_link_libraries(${t} PRIVATE moeccore)
+  add_test(NAME ${t} COMMAND ${t})
+  set_tests_properties(${t} PROPERTIES TIMEOUT 60 LABELS "train")
+endforeach()
+foreach(case resume converge grad_eval errors)
+  add_test(NAME train_${case}
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_train.sh $<TARGET_FILE:moec> ${case})
+  set_tests_properties(train_${case} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "train")
+endforeach()
