@@ -51,7 +51,7 @@ static size_t seq_len(const unsigned char *s, size_t n, bool *valid) {
 }
 
 /* Prints line `loc.line` of the source and the caret line under it. */
-static void show_source(Diag *d, Loc loc) {
+static void show_source(const Diag *d, FILE *out, Loc loc) {
   const Source *src = d->src;
   if (!src || !src->text || loc.line <= 0 || loc.col <= 0) return;
   const char *text = src->text, *end = text + src->len;
@@ -91,7 +91,6 @@ static void show_source(Diag *d, Loc loc) {
   if (last >= hi) last = hi ? hi - 1 : 0;
   if (last < col) last = col;
 
-  FILE *out = d->out;
   if (lo > 0) fputs("...", out);
   for (size_t i = lo; i < hi;) {
     bool valid;
@@ -119,8 +118,6 @@ static void show_source(Diag *d, Loc loc) {
 
 static void emit(Diag *d, const char *kind, Loc loc, const char *fmt, va_list ap) {
   FILE *out = d->out ? d->out : stderr;
-  FILE *saved = d->out;
-  d->out = out;
   const char *path = d->src && d->src->path ? d->src->path : "<input>";
   if (loc.line > 0)
     fprintf(out, "%s:%d:%d: %s: ", path, loc.line, loc.col, kind);
@@ -128,8 +125,7 @@ static void emit(Diag *d, const char *kind, Loc loc, const char *fmt, va_list ap
     fprintf(out, "%s: %s: ", path, kind);
   vfprintf(out, fmt, ap);
   fputc('\n', out);
-  show_source(d, loc);
-  d->out = saved;
+  show_source(d, out, loc);
 }
 
 /* max_errors <= 0 means no cap. */

@@ -148,6 +148,7 @@ static XV mk_leaf(PState *ps, ExprKind kind, const char *s, Loc loc);
 static XV mk_call(PState *ps, const char *name, ArgList args, Loc loc);
 static XV mk_list(PState *ps, ArgList items, Loc loc);
 static ArgList args_add(PState *ps, ArgList l, Arg *a, int depth, Loc loc, const char *what);
+static ArgList list1(PState *ps, ArgList l, XV x, Loc loc, const char *what);
 static StmtList stmts_add(PState *ps, StmtList l, Stmt *s, Loc loc);
 static void add_block(PState *ps, int which, Loc loc, Loc kw, const char *name, StmtList body);
 static void check_stmt(PState *ps, Stmt *s, Loc loc);
@@ -206,7 +207,7 @@ stmts:
 ;
 
 /* stmt: 'let' NAME '=' expr
- *     | 'input' NAME ':' NAME '[' dims ']'
+ *     | 'input' NAME ':' dtype '[' dims ']'
  *     | NAME '=' expr
  *     | 'output' NAME { ',' NAME }
  *     | 'place' PATTERN ':' expr */
@@ -244,16 +245,16 @@ dtype:
 
 /* dims: dim { ',' dim }    dim: NUMBER | NAME */
 dims:
-  NUMBER           { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, NULL, @1, mk_num(ps, $1, @1).e), 1, @1, "dimensions"); }
-| NAME             { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, NULL, @1, mk_leaf(ps, EX_NAME, $1, @1).e), 1, @1, "dimensions"); }
-| dims ',' NUMBER  { $$ = args_add(ps, $1, fe_new_arg(ps, NULL, @3, mk_num(ps, $3, @3).e), 1, @3, "dimensions"); }
-| dims ',' NAME    { $$ = args_add(ps, $1, fe_new_arg(ps, NULL, @3, mk_leaf(ps, EX_NAME, $3, @3).e), 1, @3, "dimensions"); }
+  NUMBER           { $$ = list1(ps, (ArgList){0}, mk_num(ps, $1, @1), @1, "dimensions"); }
+| NAME             { $$ = list1(ps, (ArgList){0}, mk_leaf(ps, EX_NAME, $1, @1), @1, "dimensions"); }
+| dims ',' NUMBER  { $$ = list1(ps, $1, mk_num(ps, $3, @3), @3, "dimensions"); }
+| dims ',' NAME    { $$ = list1(ps, $1, mk_leaf(ps, EX_NAME, $3, @3), @3, "dimensions"); }
 ;
 
 /* names: NAME { ',' NAME } */
 names:
-  NAME             { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, NULL, @1, mk_leaf(ps, EX_NAME, $1, @1).e), 1, @1, "outputs"); }
-| names ',' NAME   { $$ = args_add(ps, $1, fe_new_arg(ps, NULL, @3, mk_leaf(ps, EX_NAME, $3, @3).e), 1, @3, "outputs"); }
+  NAME             { $$ = list1(ps, (ArgList){0}, mk_leaf(ps, EX_NAME, $1, @1), @1, "outputs"); }
+| names ',' NAME   { $$ = list1(ps, $1, mk_leaf(ps, EX_NAME, $3, @3), @3, "outputs"); }
 ;
 
 /* expr: expr ('+' | '-' | '*') expr | '-' expr | primary   (usual precedence, left assoc) */
@@ -282,9 +283,11 @@ args:
 | arglist ','
 ;
 arglist:
-  expr                   { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, NULL, @1, $1.e), $1.depth, @1, "arguments"); }
-| NAME '=' expr          { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, $1, @1, $3.e), $3.depth, @$, "arguments"); }
-| arglist ',' expr       { $$ = args_add(ps, $1, fe_new_arg(ps, NULL, @3, $3.e), $3.depth, @3, "arguments"); }
+  expr                   { $$ = list1(ps, (ArgList){0}, $1, @1, "arguments"); }
+| NAME '=' expr {
+    $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, $1, @1, $3.e), $3.depth, @$, "arguments");
+  }
+| arglist ',' expr       { $$ = list1(ps, $1, $3, @3, "arguments"); }
 | arglist ',' NAME '=' expr {
     Loc l = @3; l.end_line = @5.end_line; l.end_col = @5.end_col;
     $$ = args_add(ps, $1, fe_new_arg(ps, $3, @3, $5.e), $5.depth, l, "arguments");
@@ -298,8 +301,8 @@ items:
 | itemlist ','
 ;
 itemlist:
-  expr                   { $$ = args_add(ps, (ArgList){0}, fe_new_arg(ps, NULL, @1, $1.e), $1.depth, @1, "list elements"); }
-| itemlist ',' expr      { $$ = args_add(ps, $1, fe_new_arg(ps, NULL, @3, $3.e), $3.depth, @3, "list elements"); }
+  expr                   { $$ = list1(ps, (ArgList){0}, $1, @1, "list elements"); }
+| itemlist ',' expr      { $$ = list1(ps, $1, $3, @3, "list elements"); }
 ;
 
 %%
@@ -389,6 +392,11 @@ static ArgList args_add(PState *ps, ArgList l, Arg *a, int depth, Loc loc, const
     l.head = a;
   l.tail = a;
   return l;
+}
+
+/* Appends a positional argument (or list element, dimension, output name). */
+static ArgList list1(PState *ps, ArgList l, XV x, Loc loc, const char *what) {
+  return args_add(ps, l, fe_new_arg(ps, NULL, loc, x.e), x.depth, loc, what);
 }
 
 static StmtList stmts_add(PState *ps, StmtList l, Stmt *s, Loc loc) {

@@ -57,7 +57,8 @@ typedef struct SymTab {
 
 static uint64_t str_hash(const char *s) {
   uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
   return h;
 }
 
@@ -77,7 +78,8 @@ static void sym_insert(SymTab *t, Sym *s) {
       Sym *o = t->slot[i];
       if (!o) continue;
       size_t j = str_hash(o->name) & (ncap - 1);
-      while (ns[j]) j = (j + 1) & (ncap - 1);
+      while (ns[j])
+        j = (j + 1) & (ncap - 1);
       ns[j] = o;
     }
     mc_free(t->slot);
@@ -85,7 +87,8 @@ static void sym_insert(SymTab *t, Sym *s) {
     t->cap = ncap;
   }
   size_t j = str_hash(s->name) & (t->cap - 1);
-  while (t->slot[j]) j = (j + 1) & (t->cap - 1);
+  while (t->slot[j])
+    j = (j + 1) & (t->cap - 1);
   t->slot[j] = s;
   t->n++;
   if (t->norder == t->ocap) {
@@ -117,8 +120,8 @@ typedef struct Sema {
   SymTab syms;
   int depth;
   /* what the train block checks against the model */
-  Expr *loss_call;            /* the softmax_xent of the loss output */
-  Expr **embeds;              /* embedding calls */
+  Expr *loss_call; /* the softmax_xent of the loss output */
+  Expr **embeds;   /* embedding calls */
   int nembeds, embcap;
 } Sema;
 
@@ -137,7 +140,8 @@ static int edit_distance(const char *a, const char *b) {
   size_t n = strlen(a), m = strlen(b);
   if (n > 63 || m > 63) return 99;
   int prev[64], cur[64];
-  for (size_t j = 0; j <= m; j++) prev[j] = (int)j;
+  for (size_t j = 0; j <= m; j++)
+    prev[j] = (int)j;
   for (size_t i = 1; i <= n; i++) {
     cur[0] = (int)i;
     for (size_t j = 1; j <= m; j++) {
@@ -181,7 +185,9 @@ static const char *suggest_str(const Suggest *s, char *buf, size_t n) {
 
 /* ---------------------------------------------------------------- formatting */
 
-static const char *tystr(const Type *t, char *buf, size_t n) { return type_str(t, buf, n); }
+static const char *tystr(const Type *t, char *buf, size_t n) {
+  return type_str(t, buf, n);
+}
 
 static const char *numstr(double v, char *buf, size_t n) {
   snprintf(buf, n, "%.10g", v);
@@ -210,7 +216,9 @@ static Val tensor_val(Expr *e, Type ty, bool xent) {
   return r;
 }
 
-static bool is_sym_BT(const char *s) { return !strcmp(s, "B") || !strcmp(s, "T"); }
+static bool is_sym_BT(const char *s) {
+  return !strcmp(s, "B") || !strcmp(s, "T");
+}
 
 static Val check_name(Sema *S, Expr *e) {
   Sym *s = sym_find(&S->syms, e->str);
@@ -223,7 +231,8 @@ static Val check_name(Sema *S, Expr *e) {
     }
     Suggest sg = {0};
     if (S->d->errors < 1000)
-      for (size_t i = 0; i < S->syms.norder; i++) suggest_add(&sg, e->str, S->syms.order[i]->name);
+      for (size_t i = 0; i < S->syms.norder; i++)
+        suggest_add(&sg, e->str, S->syms.order[i]->name);
     char sb[128];
     fe_error(S->d, e->loc, "'%s' is not defined%s", e->str, suggest_str(&sg, sb, sizeof sb));
     return verr;
@@ -238,7 +247,9 @@ static Val check_name(Sema *S, Expr *e) {
   }
 }
 
-static const char *op_name(int op) { return op == '+' ? "+" : op == '-' ? "-" : "*"; }
+static const char *op_name(int op) {
+  return op == '+' ? "+" : op == '-' ? "-" : "*";
+}
 
 static Val check_binop(Sema *S, Expr *e) {
   Val l = check_expr(S, e->lhs, NULL);
@@ -268,7 +279,8 @@ static Val check_binop(Sema *S, Expr *e) {
   if (l.ty.rank == 0) return tensor_val(e, r.ty, false);
   if (r.ty.rank == 0) return tensor_val(e, l.ty, false);
   if (!type_eq(&l.ty, &r.ty)) {
-    fe_error(S->d, e->loc, "shapes differ: %s %s %s (both sides must have the same shape, or one be a number)",
+    fe_error(S->d, e->loc,
+             "shapes differ: %s %s %s (both sides must have the same shape, or one be a number)",
              tystr(&l.ty, b1, sizeof b1), op_name(e->op), tystr(&r.ty, b2, sizeof b2));
     return verr;
   }
@@ -310,7 +322,8 @@ static Val check_expr(Sema *S, Expr *e, const char *assigned) {
     } else if (x.k == V_TENSOR) {
       char b[160];
       if (x.ty.dtype != DT_F32)
-        fe_error(S->d, e->loc, "arithmetic needs f32 tensors; this is %s", tystr(&x.ty, b, sizeof b));
+        fe_error(S->d, e->loc, "arithmetic needs f32 tensors; this is %s",
+                 tystr(&x.ty, b, sizeof b));
       else
         v = tensor_val(e, x.ty, false);
     }
@@ -398,7 +411,8 @@ static bool const_real(Sema *S, Expr *e, const char *what, double lo, bool lo_op
   if (bad_lo || bad_hi) {
     char range[96];
     if (!isnan(lo) && !isnan(hi))
-      snprintf(range, sizeof range, "in %c%g, %g%c", lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
+      snprintf(range, sizeof range, "in %c%g, %g%c", lo_open ? '(' : '[', lo, hi,
+               hi_open ? ')' : ']');
     else if (!isnan(lo))
       snprintf(range, sizeof range, "%s %g", lo_open ? "greater than" : "at least", lo);
     else
@@ -425,7 +439,8 @@ static int const_choice(Sema *S, Expr *e, const char *what, const char *const *c
                           choices[i]);
   if (word) {
     Suggest sg = {0};
-    for (int i = 0; i < n; i++) suggest_add(&sg, word, choices[i]);
+    for (int i = 0; i < n; i++)
+      suggest_add(&sg, word, choices[i]);
     char sb[128];
     fe_error(S->d, e->loc, "'%s' must be %s, got '%s'%s", what, list, word,
              suggest_str(&sg, sb, sizeof sb));
@@ -450,7 +465,8 @@ static bool match_args(Sema *S, Expr *call, const char *what, const char *const 
   bool ok = true, seen_key = false;
   int pos = 0;
   Loc first[16];
-  for (int i = 0; i < nkeys; i++) vals[i] = NULL;
+  for (int i = 0; i < nkeys; i++)
+    vals[i] = NULL;
   for (Arg *a = call->args; a; a = a->next) {
     int idx = -1;
     if (!a->key) {
@@ -471,7 +487,8 @@ static bool match_args(Sema *S, Expr *call, const char *what, const char *const 
         if (!strcmp(a->key, keys[i])) idx = i;
       if (idx < 0) {
         Suggest sg = {0};
-        for (int i = 0; i < nkeys; i++) suggest_add(&sg, a->key, keys[i]);
+        for (int i = 0; i < nkeys; i++)
+          suggest_add(&sg, a->key, keys[i]);
         char sb[128];
         fe_error(S->d, loc_span(a->key_loc, strlen(a->key)), "unknown argument '%s' for '%s'%s",
                  a->key, what, suggest_str(&sg, sb, sizeof sb));
@@ -518,7 +535,8 @@ static const char *signature(int id, char *buf, size_t n) {
   for (int i = 0; i < ls->ntensors && k < n; i++)
     k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? ", " : "", tensor_arg_name(id, i));
   for (int i = 0; i < ls->nargs && k < n; i++)
-    k += (size_t)snprintf(buf + k, n - k, ", %s%s", ls->args[i].key, ls->args[i].required ? "" : "=");
+    k += (size_t)snprintf(buf + k, n - k, ", %s%s", ls->args[i].key,
+                          ls->args[i].required ? "" : "=");
   if (k < n) snprintf(buf + k, n - k, ")");
   return buf;
 }
@@ -569,9 +587,8 @@ static int64_t input_width(Sema *S, Expr *call, Expr *x, const Type *t) {
   Dim d = t->dim[t->rank - 1];
   if (!dim_is_const(d)) {
     char db[48];
-    fe_error(S->d, x->loc,
-             "'%s' needs a fixed input width, but the last dimension of %s is %s", call->str,
-             tystr(t, b, sizeof b), dim_str(d, db, sizeof db));
+    fe_error(S->d, x->loc, "'%s' needs a fixed input width, but the last dimension of %s is %s",
+             call->str, tystr(t, b, sizeof b), dim_str(d, db, sizeof db));
     return 0;
   }
   return d.c;
@@ -695,7 +712,8 @@ static double layer_param_estimate(const Expr *e, double in) {
   case L_DENSE:
     return av[LA_UNITS] * (in + 1);
   case L_MOE:
-    return av[LA_EXPERTS] * (2 * in + in * av[LA_HIDDEN] + av[LA_HIDDEN] * out + av[LA_HIDDEN] + out);
+    return av[LA_EXPERTS] *
+           (2 * in + in * av[LA_HIDDEN] + av[LA_HIDDEN] * out + av[LA_HIDDEN] + out);
   case L_HMOE:
     return av[LA_GROUPS] * (2 * in + av[LA_EXPERTS] * (2 * in + in * av[LA_HIDDEN] +
                                                        av[LA_HIDDEN] * out + av[LA_HIDDEN] + out));
@@ -713,7 +731,8 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
   int id = fe_layer_lookup(name);
   if (id < 0) {
     Suggest sg = {0};
-    for (int i = 0; i < L_COUNT; i++) suggest_add(&sg, name, fe_layers[i].name);
+    for (int i = 0; i < L_COUNT; i++)
+      suggest_add(&sg, name, fe_layers[i].name);
     char sb[128];
     fe_error(d, nloc, "unknown layer '%s'%s", name, suggest_str(&sg, sb, sizeof sb));
     return verr;
@@ -722,8 +741,10 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
   e->layer = id;
   e->param_name = assigned;
   e->targ[0] = e->targ[1] = NULL;
-  for (int i = 0; i < MAX_LAYER_ARGS; i++) e->argv[i] = 0;
-  for (int i = 0; i < ls->nargs; i++) e->argv[ls->args[i].id] = ls->args[i].def;
+  for (int i = 0; i < MAX_LAYER_ARGS; i++)
+    e->argv[i] = 0;
+  for (int i = 0; i < ls->nargs; i++)
+    e->argv[ls->args[i].id] = ls->args[i].def;
   bool ok = true;
   char sig[256];
   if (!assigned && layer_has_params(id)) {
@@ -774,7 +795,8 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
         if (!strcmp(a->key, ls->args[i].key)) ai = i;
       if (ai < 0) {
         Suggest sg = {0};
-        for (int i = 0; i < ls->nargs; i++) suggest_add(&sg, a->key, ls->args[i].key);
+        for (int i = 0; i < ls->nargs; i++)
+          suggest_add(&sg, a->key, ls->args[i].key);
         char sb[128];
         bool is_tensor = false;
         for (int i = 0; i < ls->ntensors; i++)
@@ -830,8 +852,8 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
       bad = true;
     }
     if (av[LA_K] > av[LA_EXPERTS]) {
-      fe_error(d, arg_loc(e, ls, LA_K), "k = %.0f is more than experts = %.0f (per group)", av[LA_K],
-               av[LA_EXPERTS]);
+      fe_error(d, arg_loc(e, ls, LA_K), "k = %.0f is more than experts = %.0f (per group)",
+               av[LA_K], av[LA_EXPERTS]);
       bad = true;
     }
     if (bad) return verr;
@@ -901,8 +923,9 @@ static void model_input(Sema *S, Stmt *s) {
     }
     int64_t v = 0;
     if (e->kind == EX_NAME && !sym_find(&S->syms, e->str)) {
-      fe_error(S->d, e->loc, "'%s' is not defined: an input dimension is a positive integer, B, T "
-                             "or a 'let' constant",
+      fe_error(S->d, e->loc,
+               "'%s' is not defined: an input dimension is a positive integer, B, T "
+               "or a 'let' constant",
                e->str);
       ok = false;
       continue;
@@ -920,7 +943,9 @@ static void model_input(Sema *S, Stmt *s) {
 static void model_assign(Sema *S, Stmt *s) {
   Val v = check_expr(S, s->value, s->name);
   Sym *sym = define(S, s->name, s->name_loc,
-                    v.k == V_NUM ? SY_CONST : v.k == V_TENSOR ? SY_TENSOR : SY_ERR);
+                    v.k == V_NUM      ? SY_CONST
+                    : v.k == V_TENSOR ? SY_TENSOR
+                                      : SY_ERR);
   if (!sym) return;
   sym->value = v.num;
   sym->is_int = v.is_int;
@@ -1041,12 +1066,32 @@ typedef struct Setting {
   Stmt *stmt;
 } Setting;
 
-static const char *const train_keys[] = {"data",  "batch",     "unroll", "steps",
+static const char *const train_keys[] = {"data",       "batch",     "unroll", "steps",
                                          "eval_every", "optimizer", "clip",   "seed"};
-static const char *const plan_keys[] = {"devices", "mesh",          "strategy", "experts",
+static const char *const plan_keys[] = {"devices",   "mesh",          "strategy", "experts",
                                         "recompute", "memory_budget", "fuse",     "backend"};
-enum { TK_DATA, TK_BATCH, TK_UNROLL, TK_STEPS, TK_EVAL_EVERY, TK_OPTIMIZER, TK_CLIP, TK_SEED, TK_N };
-enum { PK_DEVICES, PK_MESH, PK_STRATEGY, PK_EXPERTS, PK_RECOMPUTE, PK_MEMORY, PK_FUSE, PK_BACKEND, PK_N };
+enum {
+  TK_DATA,
+  TK_BATCH,
+  TK_UNROLL,
+  TK_STEPS,
+  TK_EVAL_EVERY,
+  TK_OPTIMIZER,
+  TK_CLIP,
+  TK_SEED,
+  TK_N
+};
+enum {
+  PK_DEVICES,
+  PK_MESH,
+  PK_STRATEGY,
+  PK_EXPERTS,
+  PK_RECOMPUTE,
+  PK_MEMORY,
+  PK_FUSE,
+  PK_BACKEND,
+  PK_N
+};
 
 static const char *const strategy_names[] = {"paper", "data_parallel", "hmoe"};
 static const char *const policy_names[] = {"contiguous", "round_robin", "balanced"};
@@ -1057,7 +1102,8 @@ static const char *const backend_names[] = {"auto", "cpu", "cuda"};
 static void collect_settings(Sema *S, Block *b, const char *block, const char *const *keys, int n,
                              const char *const *other_keys, int nother, const char *other,
                              Stmt **out) {
-  for (int i = 0; i < n; i++) out[i] = NULL;
+  for (int i = 0; i < n; i++)
+    out[i] = NULL;
   if (!b) return;
   for (Stmt *s = b->stmts; s; s = s->next) {
     if (s->kind != ST_SETTING || !s->name) continue;
@@ -1073,7 +1119,8 @@ static void collect_settings(Sema *S, Block *b, const char *block, const char *c
           goto next;
         }
       Suggest sg = {0};
-      for (int i = 0; i < n; i++) suggest_add(&sg, s->name, keys[i]);
+      for (int i = 0; i < n; i++)
+        suggest_add(&sg, s->name, keys[i]);
       char sb[128];
       fe_error(S->d, nl, "unknown %s setting '%s'%s", block, s->name,
                suggest_str(&sg, sb, sizeof sb));
@@ -1128,7 +1175,8 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
       *seed_given = true;
     }
     if (v[0] && v[1] && topics * vocab > (int64_t)1 << 24)
-      fe_error(S->d, e->loc, "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
+      fe_error(S->d, e->loc,
+               "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
                (long long)(topics * vocab));
     vocab_expr = v[1];
     return vocab_expr;
@@ -1189,7 +1237,8 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   } else if (c->vocab != mv) {
     fe_error(S->d, vocab_expr->loc,
              "synthetic(vocab=%d) differs from the model's softmax_xent vocab %d", c->vocab, mv);
-    fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB), "the model's vocab is set here");
+    fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
+            "the model's vocab is set here");
     return;
   }
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is
@@ -1205,9 +1254,11 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
     Expr *em = S->embeds[i];
     if (em->argv[LA_VOCAB] < c->vocab) {
       Loc l = vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB);
-      fe_error(S->d, l, "the synthetic corpus has %d token ids, more than embedding '%s' has (%.0f)",
+      fe_error(S->d, l,
+               "the synthetic corpus has %d token ids, more than embedding '%s' has (%.0f)",
                c->vocab, em->param_name ? em->param_name : "?", em->argv[LA_VOCAB]);
-      fe_note(S->d, arg_loc(em, &fe_layers[L_EMBEDDING], LA_VOCAB), "the embedding's vocab is set here");
+      fe_note(S->d, arg_loc(em, &fe_layers[L_EMBEDDING], LA_VOCAB),
+              "the embedding's vocab is set here");
     }
   }
 }
@@ -1284,7 +1335,8 @@ static bool glob_match(const char *p, const char *s) {
       return false;
     }
   }
-  while (*p == '*') p++;
+  while (*p == '*')
+    p++;
   return !*p;
 }
 
@@ -1306,8 +1358,9 @@ static void plan_place(Sema *S, Stmt *s, PlaceRule **tail) {
     return;
   }
   if (part && strcmp(part, "experts") && strcmp(part, "gate")) {
-    fe_error(d, pl, "unknown part '%s' in place pattern '%s' (a MoE layer has 'experts' and 'gate')",
-             part, pat);
+    fe_error(d, pl,
+             "unknown part '%s' in place pattern '%s' (a MoE layer has 'experts' and 'gate')", part,
+             pat);
     return;
   }
   Expr *e = s->value;
@@ -1381,8 +1434,8 @@ static void plan_place(Sema *S, Stmt *s, PlaceRule **tail) {
     return;
   }
   if (r.kind == PK_SHARD_EXPERTS && !nmoe) {
-    fe_error(d, pl, "place pattern '%s' matches no moe or hmoe layer, so it has no experts to shard",
-             pat);
+    fe_error(d, pl,
+             "place pattern '%s' matches no moe or hmoe layer, so it has no experts to shard", pat);
     return;
   }
   PlaceRule *n = mc_arena_alloc(S->arena, sizeof *n);
@@ -1427,7 +1480,8 @@ static void plan_recompute(Sema *S, Expr *e) {
     return;
   }
   int n = 0;
-  for (Arg *a = e->args; a; a = a->next) n++;
+  for (Arg *a = e->args; a; a = a->next)
+    n++;
   c->recompute = n ? RC_LIST : RC_NONE;
   c->recompute_names = mc_arena_alloc(S->arena, (size_t)(n ? n : 1) * sizeof(char *));
   c->n_recompute = 0;
@@ -1558,7 +1612,8 @@ bool fe_sema(AstFile *f, Config *cfg, Diag *d) {
   if (!f || d->errors > 0) return false; /* a broken AST is never checked further */
   Sema S = {.f = f, .d = d, .cfg = cfg, .arena = &f->arena};
   if (!f->model) {
-    fe_error(d, (Loc){1, 1, 1, 1}, "no 'model' block: a file describes one model, 'model NAME { ... }'");
+    fe_error(d, (Loc){1, 1, 1, 1},
+             "no 'model' block: a file describes one model, 'model NAME { ... }'");
     return false;
   }
   check_model(&S, f->model);

@@ -19,7 +19,6 @@
  * one dispatch to groups*experts experts, two combines; aux from the hierarchical
  * importance and load of appendix B. */
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 
 #include "ir.h"
@@ -120,21 +119,42 @@ typedef struct Gate {
 } Gate;
 
 /* Noisy top-k gating of the logits clean[R,E] (raw[R,E] the noise logits, or NULL:
- * no noise). Role "gate". */
+ * no noise). route (i32[R], or NULL) lists, for each route in batch order, its row of
+ * clean: the noise is then drawn in route order (gather_rows, noise, scatter_rows back)
+ * so that a route's draw does not depend on how rows were sorted. Role "gate". */
 static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean, Tensor *raw,
-                      int64_t k) {
+                      Tensor *route, int64_t k) {
   Gate gt = {.clean = clean};
   char part[128];
   Tensor *logits = clean;
   if (raw) {
     Tensor *in[2] = {clean, raw};
+    if (route) {
+      in[0] = ir_op2(g, OP_GATHER_ROWS, clean, route); // [R, E] in route order
+      snprintf(part, sizeof part, "%sclean_route", pre);
+      named(g, in[0], name, part);
+      in[1] = ir_op2(g, OP_GATHER_ROWS, raw, route);
+      snprintf(part, sizeof part, "%sraw_route", pre);
+      named(g, in[1], name, part);
+    }
     Node *nz = node(g, OP_NOISE, 2, in, ir_next_rng_stream(g), 0);
+    if (route) {
+      snprintf(part, sizeof part, "%snoisy_route", pre);
+      named(g, nz->out[0], name, part);
+      snprintf(part, sizeof part, "%ssigma_route", pre);
+      named(g, nz->out[1], name, part);
+    }
     gt.noisy = logits = nz->out[0]; // [R, E]
     gt.sigma = nz->out[1];          // [R, E]
+    if (route) {
+      Tensor *b1[3] = {nz->out[0], route, clean}, *b2[3] = {nz->out[1], route, clean};
+      gt.noisy = logits = ir_node(g, OP_SCATTER_ROWS, 3, b1, NULL, NULL)->out[0]; // row order
+      gt.sigma = ir_node(g, OP_SCATTER_ROWS, 3, b2, NULL, NULL)->out[0];
+    }
     snprintf(part, sizeof part, "%snoisy", pre);
-    named(g, nz->out[0], name, part);
+    named(g, gt.noisy, name, part);
     snprintf(part, sizeof part, "%ssigma", pre);
-    named(g, nz->out[1], name, part);
+    named(g, gt.sigma, name, part);
     snprintf(part, sizeof part, "%seps", pre);
     named(g, nz->out[2], name, part);
   }
@@ -148,6 +168,8 @@ static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean
   named(g, tk->out[1], name, part);
   snprintf(part, sizeof part, "%sthr", pre);
   named(g, tk->out[2], name, part);
+  snprintf(part, sizeof part, "%sthr_idx", pre);
+  named(g, tk->out[3], name, part);
   gt.gates = ir_op1(g, OP_SOFTMAX, tk->out[1]); // [R, k]
   snprintf(part, sizeof part, "%sgates", pre);
   named(g, gt.gates, name, part);
@@ -159,12 +181,14 @@ static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean
 static Tensor *experts_ffn(Graph *g, const char *name, Tensor *xs, Tensor *w1, Tensor *b1,
                            Tensor *w2, Tensor *b2, Tensor *off) {
   Tensor *h = op3a(g, OP_GROUPED_MATMUL, xs, w1, off, 0); // [R', H]
-  h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0);            // [R', H]
+  named(g, h, name, "xw1");
+  h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
   named(g, h, name, "pre");
   h = ir_op1(g, OP_RELU, h); // [R', H]
   named(g, h, name, "h");
   Tensor *ys = op3a(g, OP_GROUPED_MATMUL, h, w2, off, 0); // [R', O]
-  ys = op3a(g, OP_GROUPED_BIAS, ys, b2, off, 0);          // [R', O]
+  named(g, ys, name, "hw2");
+  ys = op3a(g, OP_GROUPED_BIAS, ys, b2, off, 0); // [R', O]
   return named(g, ys, name, "ys");
 }
 
@@ -201,8 +225,8 @@ static Tensor *aux_loss(Graph *g, const char *name, Tensor *imp, Tensor *load, d
                         double w_load) {
   Tensor *ci = named(g, ir_op1(g, OP_CV2, imp), name, "cv2_importance");
   Tensor *cl = named(g, ir_op1(g, OP_CV2, load), name, "cv2_load");
-  Tensor *si = scale(g, ci, w_imp); /* separate statements: a fixed node order */
-  Tensor *sl = scale(g, cl, w_load);
+  Tensor *si = named(g, scale(g, ci, w_imp), name, "aux_importance"); /* fixed node order */
+  Tensor *sl = named(g, scale(g, cl, w_load), name, "aux_load");
   return ir_op2(g, OP_ADD, si, sl);
 }
 
@@ -260,11 +284,11 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   if (k > E)
     mc_die("%d:%d: moe '%s': k = %lld is larger than experts = %lld", loc.line, loc.col, name,
            (long long)k, (long long)E);
+  /* noise only for noisy_topk (batchwise gates with a plain softmax, appendix F) */
   bool noise = gating == LAE_NOISY_TOPK && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;
   Dim dE = dim_int(E), dH = dim_int(H);
-  /* batchwise: no noise (appendix F gates with a plain softmax) */
 
   /* parameters (language.md names; gates start at zero as in the paper) */
   Tensor *w_gate = param(g, name, "w_gate", t2(D, dE), INIT_ZERO, 0, loc);
@@ -289,7 +313,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
     return unflatten_rows(g, y, x);
   }
   Tensor *raw = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
-  Gate gt = gate_topk(g, name, "", clean, raw, k);
+  Gate gt = gate_topk(g, name, "", clean, raw, NULL, k);
 
   ir_set_context(g, name, "dispatch", loc);
   Tensor *din[2] = {xr, gt.idx};
@@ -383,7 +407,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   ir_set_context(g, name, "gate", loc);
   Tensor *clean_p = named(g, ir_op2(g, OP_MATMUL, xr, w_gate), name, "clean"); // [N, G]
   Tensor *raw_p = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
-  Gate gp = gate_topk(g, name, "", clean_p, raw_p, kg); // idx/gates [N, kg]
+  Gate gp = gate_topk(g, name, "", clean_p, raw_p, NULL, kg); // idx/gates [N, kg]
 
   ir_set_context(g, name, "dispatch", loc);
   Tensor *din[2] = {xr, gp.idx};
@@ -395,19 +419,32 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   /* secondary gates: group i's gate matrices on group i's rows */
   ir_set_context(g, name, "gate", loc);
   Tensor **tmp = mc_calloc((size_t)G, sizeof(Tensor *));
-  for (int64_t i = 0; i < G; i++)
-    tmp[i] = ir_reshape(g, sg[i], t3(one, D, dE));                           // [1, D, E]
+  char part[64];
+  for (int64_t i = 0; i < G; i++) {
+    tmp[i] = ir_reshape(g, sg[i], t3(one, D, dE)); // [1, D, E]
+    snprintf(part, sizeof part, "g%lld.w_gate_3d", (long long)i);
+    named(g, tmp[i], name, part);
+  }
   Tensor *sg_all = named(g, concat0(g, tmp, (int)G), name, "w_gate_groups"); // [G, D, E]
   Tensor *clean_s = named(g, op3a(g, OP_GROUPED_MATMUL, xg, sg_all, off_g, 0), name,
                           "clean_s"); // [N*kg, E]
   Tensor *raw_s = NULL;
   if (noise) {
-    for (int64_t i = 0; i < G; i++)
+    for (int64_t i = 0; i < G; i++) {
       tmp[i] = ir_reshape(g, sn[i], t3(one, D, dE));
+      snprintf(part, sizeof part, "g%lld.w_noise_3d", (long long)i);
+      named(g, tmp[i], name, part);
+    }
     Tensor *sn_all = named(g, concat0(g, tmp, (int)G), name, "w_noise_groups"); // [G, D, E]
     raw_s = named(g, op3a(g, OP_GROUPED_MATMUL, xg, sn_all, off_g, 0), name, "raw_s");
   }
-  Gate gs = gate_topk(g, name, "s_", clean_s, raw_s, k); // idx/gates [N*kg, k], local ids
+  /* the secondary noise is drawn per route (n, j), not per group-sorted row */
+  Tensor *route = NULL;
+  if (noise) {
+    Dim r = dim_mul(xr->ty.dim[0], dim_int(kg));
+    route = named(g, ir_reshape(g, pos_g, ir_type(DT_I32, 1, &r)), name, "route_rows"); // i32
+  }
+  Gate gs = gate_topk(g, name, "s_", clean_s, raw_s, route, k); // [N*kg, k], local ids
   Tensor *gidx = named(g, op2a(g, OP_GLOBAL_IDX, gs.idx, off_g, E), name, "s_gidx"); // i32
 
   ir_set_context(g, name, "dispatch", loc);
@@ -447,8 +484,10 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   }
   named(g, load_p, name, "load_primary");
   named(g, load_s, name, "load_groups");
-  Tensor *frac = op2a(g, OP_DIV_GROUP_ROWS, load_s, off_g, 0);                  // [G, E]
-  Tensor *lh = op2a(g, OP_ROW_SCALE, frac, load_p, 0);                          // [G, E]
+  Tensor *frac = op2a(g, OP_DIV_GROUP_ROWS, load_s, off_g, 0); // [G, E]
+  named(g, frac, name, "load_groups_frac");
+  Tensor *lh = op2a(g, OP_ROW_SCALE, frac, load_p, 0); // [G, E]
+  named(g, lh, name, "load_h");
   Tensor *load = named(g, ir_reshape(g, lh, t1(dim_int(G * E))), name, "load"); // [G*E]
   register_moe(g, name, imp, load);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);

@@ -138,6 +138,11 @@ void grad_gather_rows(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   gin[0] = emit(g, OP_SCATTER_ROWS, 3, in, 0, 0)->out[0];
 }
 
+void grad_scatter_rows(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
+  if (!gout[0]) return;
+  gin[0] = ir_op2(g, OP_GATHER_ROWS, gout[0], n->in[1]);
+}
+
 void grad_masked_norm(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   if (!gout[0]) return;
   Tensor *in[3] = {gout[0], n->in[0], n->in[1]};

@@ -34,6 +34,7 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
+    [OP_BATCHWISE_ROUTE] = {.ia = {"k"}},
 };
 
 static void print_attrs(const Node *n, FILE *out) {
@@ -143,9 +144,9 @@ void ir_print(const Graph *g, FILE *out) {
   for (int i = 0; i < g->nparams; i++)
     any_grad |= g->params[i]->grad != NULL;
   if (any_grad) {
-    fprintf(out, "grads\n");
+    fprintf(out, "grads (d loss / d param)\n");
     for (int i = 0; i < g->nparams; i++)
-      fprintf(out, "  d %s = %s%s\n", g->params[i]->name,
+      fprintf(out, "  %s = %s%s\n", g->params[i]->name,
               g->params[i]->grad ? g->params[i]->grad->name : "(none)",
               g->params[i]->grad ? "" : "  (no gradient reaches it)");
   }

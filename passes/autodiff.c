@@ -17,7 +17,6 @@
  *      are dropped, with their tensors, so the program computes only what the
  *      params need.
  * Emitted nodes carry the forward node's layer, role and location. */
-#include <string.h>
 
 #include "passes.h"
 
@@ -128,7 +127,7 @@ void pass_autodiff(Graph *g, const PassCtx *ctx) {
   }
 
   /* 3. reverse sweep */
-  Tensor *gout[8], *gin[64];
+  Tensor *gout[8];
   for (int k = nfwd - 1; k >= 0; k--) {
     Node *n = g->nodes[k];
     if (!differentiable(n)) continue;
@@ -138,16 +137,17 @@ void pass_autodiff(Graph *g, const PassCtx *ctx) {
     for (int i = 0; i < n->nin; i++)
       any_in |= dep[n->in[i]->id] && need[n->in[i]->id];
     if (!any_out || !any_in) continue;
-    MOEC_ASSERT(n->nout <= (int)MC_ARRAY_LEN(gout) && n->nin <= (int)MC_ARRAY_LEN(gin));
+    MOEC_ASSERT(n->nout <= (int)MC_ARRAY_LEN(gout));
     for (int j = 0; j < n->nout; j++)
       gout[j] = grads[n->out[j]->id];
-    memset(gin, 0, sizeof(Tensor *) * (size_t)n->nin);
+    Tensor **gin = mc_calloc((size_t)n->nin, sizeof(Tensor *)); /* variadic ops: any nin */
     ir_set_context(g, n->layer, n->role, n->loc);
     ir_ops[n->op].grad(g, n, gout, gin);
     for (int i = 0; i < n->nin; i++) {
       Tensor *x = n->in[i];
       if (gin[i] && dep[x->id] && need[x->id]) accumulate(g, grads, n, x, gin[i]);
     }
+    mc_free(gin);
   }
 
   /* 4. every param gets its own gradient tensor */

@@ -1,6 +1,8 @@
 /* manager.c: the ordered pass list and the pass manager. "build" (the graph as
  * ir_build made it) is a pseudo-pass before the first entry; later passes
- * (placement, comm, fusion, recompute, memplan) append their entries here. */
+ * (placement, comm, fusion, recompute, memplan) append their entries here.
+ * Every pass is followed by ir_verify (cheap), so a pass that breaks the graph
+ * is caught where it runs. */
 #include <string.h>
 
 #include "passes.h"
@@ -33,7 +35,10 @@ bool pass_run_all(Graph *g, const PassCtx *ctx, const char *print_after, FILE *o
   for (int i = 0; i < pass_count; i++) {
     const Pass *p = &pass_list[i];
     bool skip = !ctx->training && p->run == pass_autodiff;
-    if (!skip) p->run(g, ctx);
+    if (!skip) {
+      p->run(g, ctx);
+      if (p->run != run_verify) ir_verify(g); /* a pass must leave a valid graph */
+    }
     if (print_after && !strcmp(print_after, p->name)) {
       ir_print(g, out);
       return true;

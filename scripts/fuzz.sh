@@ -12,16 +12,19 @@ BUILD=${MOEC_FUZZ_BUILD:-$ROOT/build-fuzz}
 CC=${CC:-clang}
 case "$CC" in *clang*) ;; *) CC=clang ;; esac
 
-# a standalone project: only the frontend and common.c are compiled
-cmake -S "$ROOT/tests/fuzz" -B "$BUILD" -DCMAKE_C_COMPILER="$CC" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$BUILD.log" 2>&1 ||
-  { cat "$BUILD.log"; exit 2; }
-cmake --build "$BUILD" -j"$(nproc)" >>"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 2; }
+# a standalone project: only the frontend, ir/ and common.c are compiled
+mkdir -p "$BUILD"
+BLOG="$BUILD/build.log"
+cmake -S "$ROOT/tests/fuzz" -B "$BUILD" -DCMAKE_C_COMPILER="$CC" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$BLOG" 2>&1 ||
+  { cat "$BLOG"; exit 2; }
+cmake --build "$BUILD" -j"$(nproc)" >>"$BLOG" 2>&1 || { cat "$BLOG"; exit 2; }
 
 mkdir -p "$BUILD/corpus" "$BUILD/artifacts"
 LOG="$BUILD/fuzz.log"
 set +e
 # -max_len 4096: long enough for real files; deep nesting and huge inputs are
-# covered by tests/syntax (run_syntax stress). -timeout 5 catches hangs.
+# covered by tests/syntax (run_syntax stress). -timeout 5 catches hangs. New
+# inputs go to $BUILD/corpus (the first directory), never to the seeds.
 "$BUILD/fuzz_frontend" -max_total_time="$SECS" -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
   -dict="$ROOT/tests/fuzz/moe.dict" -artifact_prefix="$BUILD/artifacts/" \
   -print_final_stats=1 ${MOEC_FUZZ_JOBS:+-jobs=$MOEC_FUZZ_JOBS -workers=$MOEC_FUZZ_JOBS} \

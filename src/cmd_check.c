@@ -93,10 +93,65 @@ static const char *recompute_str(const Config *c, char *buf, size_t n) {
   return buf;
 }
 
+/* The arguments that define a layer's size, for the table: "32 experts, top-4, hidden 128". */
+static const char *layer_args(const Expr *e, char *buf, size_t n) {
+  static const char *const acts[] = {"none", "relu", "tanh", "sigmoid"};
+  static const char *const gates[] = {"noisy_topk", "softmax", "batchwise"};
+  const double *av = e->argv;
+  int g = (int)av[LA_GATING] & 3;
+  switch ((LayerId)e->layer) {
+  case L_EMBEDDING:
+    snprintf(buf, n, "vocab %.0f, dim %.0f", av[LA_VOCAB], av[LA_DIM]);
+    break;
+  case L_LSTM:
+    snprintf(buf, n, "units %.0f", av[LA_UNITS]);
+    break;
+  case L_DENSE:
+    snprintf(buf, n, "units %.0f, act %s", av[LA_UNITS], acts[(int)av[LA_ACT] & 3]);
+    break;
+  case L_DROPOUT:
+    snprintf(buf, n, "p %g", av[LA_P]);
+    break;
+  case L_MOE:
+    if (g == LAE_SOFTMAX)
+      snprintf(buf, n, "%.0f experts, all (softmax), hidden %.0f", av[LA_EXPERTS], av[LA_HIDDEN]);
+    else
+      snprintf(buf, n, "%.0f experts, top-%.0f %s, hidden %.0f", av[LA_EXPERTS], av[LA_K],
+               gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+    break;
+  case L_HMOE:
+    if (g == LAE_SOFTMAX)
+      snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f", av[LA_GROUPS],
+               av[LA_EXPERTS], av[LA_HIDDEN]);
+    else
+      snprintf(buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f",
+               av[LA_GROUPS], av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0],
+               av[LA_HIDDEN]);
+    break;
+  case L_SOFTMAX_XENT:
+    snprintf(buf, n, "vocab %.0f", av[LA_VOCAB]);
+    break;
+  default:
+    buf[0] = 0;
+  }
+  return buf;
+}
+
+/* The layer calls fe_summarize lists, in the same order. */
+static const Expr **layer_calls(AstFile *f, McArena *a, int n) {
+  const Expr **out = mc_arena_alloc(a, (size_t)(n ? n : 1) * sizeof *out);
+  int i = 0;
+  for (Stmt *st = f->model->stmts; st && i < n; st = st->next)
+    if (st->kind == ST_ASSIGN && st->value && st->value->kind == EX_CALL && st->value->layer >= 0)
+      out[i++] = st->value;
+  return out;
+}
+
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
 static const char *const place_names[] = {"replicate", "shard(experts)", "on"};
 
-static void print_text(const char *path, const ModelSummary *s, const Config *c) {
+static void print_text(const char *path, const ModelSummary *s, const Config *c,
+                       const Expr **calls) {
   char b1[64], b2[64], ty[160];
   printf("model %s (%s): %d layer%s\n\n", s->model, path, s->nlayers, s->nlayers == 1 ? "" : "s");
   int wn = 5, wk = 4, wt = 6;
@@ -106,8 +161,8 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c)
     wk = MC_MAX(wk, (int)strlen(fe_layers[l->layer].name));
     wt = MC_MAX(wt, (int)strlen(type_str(&l->out, ty, sizeof ty)));
   }
-  printf("  %-*s  %-*s  %-*s  %15s  %15s\n", wn, "layer", wk, "kind", wt, "output", "params",
-         "ops/timestep");
+  printf("  %-*s  %-*s  %-*s  %15s  %15s  %s\n", wn, "layer", wk, "kind", wt, "output", "params",
+         "ops/timestep", "arguments");
   for (int i = 0; i < s->nlayers; i++) {
     const LayerSummary *l = &s->layers[i];
     char ops[48];
@@ -115,8 +170,10 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c)
       snprintf(ops, sizeof ops, "(%s)", commas(l->ops_per_token, b2, sizeof b2));
     else
       commas(l->ops_per_token, ops, sizeof ops);
-    printf("  %-*s  %-*s  %-*s  %15s  %15s\n", wn, l->name, wk, fe_layers[l->layer].name, wt,
-           type_str(&l->out, ty, sizeof ty), commas(l->params, b1, sizeof b1), ops);
+    char args[160];
+    printf("  %-*s  %-*s  %-*s  %15s  %15s  %s\n", wn, l->name, wk, fe_layers[l->layer].name, wt,
+           type_str(&l->out, ty, sizeof ty), commas(l->params, b1, sizeof b1), ops,
+           layer_args(calls[i], args, sizeof args));
   }
   char big[96];
   printf("\nparams            %s\n", both(s->params, big, sizeof big));
@@ -137,7 +194,8 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c)
          c->memory_budget > 0 ? commas((int64_t)c->memory_budget, b1, sizeof b1) : "device memory",
          c->fuse ? "true" : "false", backend_names[c->backend]);
   int nrules = 0;
-  for (PlaceRule *p = c->rules; p; p = p->next) nrules++;
+  for (PlaceRule *p = c->rules; p; p = p->next)
+    nrules++;
   printf(", %d place rule%s\n", nrules, nrules == 1 ? "" : "s");
 }
 
@@ -157,8 +215,7 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
     mc_buf_json_string(&b, l->name);
     mc_buf_printf(&b, ", \"kind\": \"%s\", \"output\": ", fe_layers[l->layer].name);
     mc_buf_json_string(&b, type_str(&l->out, ty, sizeof ty));
-    mc_buf_printf(&b,
-                  ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s}",
+    mc_buf_printf(&b, ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s}",
                   l->loc.line, (long long)l->params, (long long)l->ops_per_token,
                   l->core ? "true" : "false");
   }
@@ -193,7 +250,8 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
     mc_buf_printf(&b, ", \"rule\": \"%s\"", place_names[p->kind]);
     if (p->kind == PK_ON) {
       mc_buf_printf(&b, ", \"devices\": [");
-      for (int j = 0; j < p->ndevices; j++) mc_buf_printf(&b, "%s%d", j ? ", " : "", p->devices[j]);
+      for (int j = 0; j < p->ndevices; j++)
+        mc_buf_printf(&b, "%s%d", j ? ", " : "", p->devices[j]);
       mc_buf_printf(&b, "]");
     }
     mc_buf_printf(&b, "}");
@@ -235,7 +293,7 @@ int cmd_check(int argc, char **argv) {
   if (json)
     print_json(path, &s, &cfg);
   else
-    print_text(path, &s, &cfg);
+    print_text(path, &s, &cfg, layer_calls(f, &a, s.nlayers));
   mc_arena_free(&a);
   fe_ast_free(f);
   return 0;

@@ -19,3 +19,11 @@ if(MOEC_FUZZ)
   set(MOEC_ROOT ${PROJECT_SOURCE_DIR})
   include(${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz.cmake)
 endif()
+
+# End to end through the driver: `moec check` prints the syntax error with its
+# caret and exits non-zero.
+add_test(NAME syntax_moec_check
+         COMMAND sh -c "out=$(\"$0\" check \"$1\" 2>&1); rc=$?; printf '%s\\n' \"$out\"; \
+test $rc -ne 0 && printf '%s' \"$out\" | grep -q \"missing_equals.moe:2:5: error: expected '=' after 'x'\""
+                 $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/syntax/missing_equals.moe)
+set_tests_properties(syntax_moec_check PROPERTIES TIMEOUT 30 LABELS "frontend;syntax")

@@ -34,3 +34,19 @@ add_test(NAME ir_cli_eval
 set_tests_properties(ir_cli_eval PROPERTIES LABELS ir PASS_REGULAR_EXPRESSION "^0\n$")
 add_test(NAME ir_cli_no_file COMMAND sh -c "\"$1\" ir; test $? -eq 2" sh $<TARGET_FILE:moec>)
 set_tests_properties(ir_cli_no_file PROPERTIES LABELS ir)
+
+# Every example builds, verifies and differentiates (`moec ir --after autodiff`).
+file(GLOB MOEC_IR_EXAMPLES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/../examples/*.moe)
+foreach(moe ${MOEC_IR_EXAMPLES})
+  get_filename_component(stem ${moe} NAME_WE)
+  add_test(NAME ir_example_${stem} COMMAND moec ir ${moe} --after autodiff)
+  set_tests_properties(ir_example_${stem} PROPERTIES TIMEOUT 30 LABELS ir
+                       PASS_REGULAR_EXPRESSION "grads \\(d loss / d param\\)")
+endforeach()
+
+# docs/ir.md's op tables follow ir/ops.def's comments (fix: python3 tests/ir_golden/ops_doc.py).
+find_program(MOEC_PYTHON3 python3)
+if(MOEC_PYTHON3)
+  add_test(NAME ir_docs_ops COMMAND ${MOEC_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/ir_golden/ops_doc.py --check)
+  set_tests_properties(ir_docs_ops PROPERTIES LABELS ir)
+endif()

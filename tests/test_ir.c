@@ -79,29 +79,34 @@ static void test_shapes(void) {
   CHECK(type_is(&o, "i32[B, T]"));
 
   /* dropout: y and mask; p must be in [0, 1) */
-  CHECK(!try_shape(g, OP_DROPOUT, 1, (Tensor *[]){x}, NULL, (double[]){0.5}, &o, &o1));
+  CHECK(!try_shape(g, OP_DROPOUT, 1, (Tensor *[]){x}, NULL, (double[IR_MAX_ATTR]){0.5}, &o, &o1));
   CHECK(type_is(&o, "f32[B, T, 16]") && type_is(&o1, "f32[B, T, 16]"));
-  CHECK(try_shape(g, OP_DROPOUT, 1, (Tensor *[]){x}, NULL, (double[]){1.0}, NULL, NULL) != NULL);
+  CHECK(try_shape(g, OP_DROPOUT, 1, (Tensor *[]){x}, NULL, (double[IR_MAX_ATTR]){1.0}, NULL,
+                  NULL) != NULL);
 
   /* matmul: plain, transB, transA over flattened rows, mismatches */
   Tensor *w2 = ir_param(g, "w2", ty(DT_F32, 2, I_(16), I_(8), Z_), INIT_ZERO, 0, l); // [16, 8]
   CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){x, w2}, NULL, NULL, &o, NULL));
   CHECK(type_is(&o, "f32[B, T, 8]"));
-  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){x, w}, (int64_t[]){0, 1}, NULL, &o, NULL));
+  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){x, w}, (int64_t[IR_MAX_ATTR]){0, 1}, NULL, &o,
+                   NULL));
   CHECK(type_is(&o, "f32[B, T, 8]"));
   CHECK(try_shape(g, OP_MATMUL, 2, (Tensor *[]){x, w}, NULL, NULL, NULL, NULL) != NULL);
   CHECK(try_shape(g, OP_MATMUL, 2, (Tensor *[]){x, z}, NULL, NULL, NULL, NULL) != NULL);
   /* dW = g^T . x: g [B, T, 8], x [B, T, 16] -> [8, 16] */
-  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x}, (int64_t[]){1, 0}, NULL, &o, NULL));
+  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x}, (int64_t[IR_MAX_ATTR]){1, 0}, NULL, &o,
+                   NULL));
   CHECK(type_is(&o, "f32[8, 16]"));
   /* dx = g . W: g [B, T, 8], W [8, 16] -> [B, T, 16] */
   CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, w}, NULL, NULL, &o, NULL));
   CHECK(type_is(&o, "f32[B, T, 16]"));
   Tensor *x2 = ir_input(g, "x2", ty(DT_F32, 2, dim_mul(B_, T_), I_(16), Z_), l); // [B*T, 16]
-  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x2}, (int64_t[]){1, 0}, NULL, &o, NULL));
+  CHECK(!try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x2}, (int64_t[IR_MAX_ATTR]){1, 0}, NULL, &o,
+                   NULL));
   CHECK(type_is(&o, "f32[8, 16]"));
   Tensor *x3 = ir_input(g, "x3", ty(DT_F32, 2, B_, I_(16), Z_), l); // [B, 16]: rows differ
-  CHECK(try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x3}, (int64_t[]){1, 0}, NULL, NULL, NULL));
+  CHECK(try_shape(g, OP_MATMUL, 2, (Tensor *[]){z, x3}, (int64_t[IR_MAX_ATTR]){1, 0}, NULL, NULL,
+                  NULL));
 
   /* bias_add, sum_rows, sum, broadcast */
   CHECK(!try_shape(g, OP_BIAS_ADD, 2, (Tensor *[]){z, bias}, NULL, NULL, &o, NULL));
@@ -133,10 +138,11 @@ static void test_shapes(void) {
   CHECK(!try_shape(g, OP_EMBEDDING, 2, (Tensor *[]){ids, emb}, NULL, NULL, &o, NULL));
   CHECK(type_is(&o, "f32[B, T, 16]"));
   CHECK(try_shape(g, OP_EMBEDDING, 2, (Tensor *[]){x, emb}, NULL, NULL, NULL, NULL) != NULL);
-  CHECK(!try_shape(g, OP_EMBEDDING_BWD, 2, (Tensor *[]){ids, x}, (int64_t[]){100}, NULL, &o, NULL));
+  CHECK(!try_shape(g, OP_EMBEDDING_BWD, 2, (Tensor *[]){ids, x}, (int64_t[IR_MAX_ATTR]){100}, NULL,
+                   &o, NULL));
   CHECK(type_is(&o, "f32[100, 16]"));
-  CHECK(try_shape(g, OP_EMBEDDING_BWD, 2, (Tensor *[]){ids, x2}, (int64_t[]){100}, NULL, NULL,
-                  NULL) != NULL);
+  CHECK(try_shape(g, OP_EMBEDDING_BWD, 2, (Tensor *[]){ids, x2}, (int64_t[IR_MAX_ATTR]){100}, NULL,
+                  NULL, NULL) != NULL);
 
   /* lstm: U = 4 */
   Tensor *xp = ir_input(g, "xp", ty(DT_F32, 3, B_, T_, I_(16)), l);                    // [B, T, 4U]

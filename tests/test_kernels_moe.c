@@ -306,8 +306,7 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
              *nz1 = noise ? find_op(g, OP_NOISE, 1) : NULL;
   uint64_t k0 = noise ? mc_rng_key(13, (uint64_t)nz0->ia[0], 0) : 0;
   uint64_t k1 = noise ? mc_rng_key(13, (uint64_t)nz1->ia[0], 0) : 0;
-  /* the secondary noise is drawn per dispatched row: row r of the group-sorted rows */
-  const int32_t *pos_g = cg_i32(p, find(g, "h.pos_g"));
+  /* the secondary noise is drawn per route (n, j): counter (n*KG + j)*E + e */
   double imp[64] = {0}, lp[8] = {0}, ls[8][16] = {{0}}, rows[8] = {0}, maxd = 0;
   for (int64_t n = 0; n < N; n++) {
     double xr[8], cl[8], rw[8], sg[8], ep[8], gp[8], Pp[8], yr[8] = {0};
@@ -327,7 +326,6 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
       lp[i] += Pp[i];
     for (int jj = 0; jj < KG; jj++) {
       int i = kp[jj];
-      int64_t row = pos_g[n * KG + jj];
       char nm[64];
       double cs[8], rs[8], ss[8], es[8], gs[8], Ps[8], out[8];
       int ks[8];
@@ -338,7 +336,7 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
         rowmat(p, find(g, nm), xr, D, E, rs);
         for (int j = 0; j < E; j++) {
           ss[j] = softplus(rs[j]) + 0.01;
-          es[j] = training ? mc_rng_normal(k1, (uint64_t)(row * E + j)) : 0;
+          es[j] = training ? mc_rng_normal(k1, (uint64_t)((n * KG + jj) * E + j)) : 0;
         }
       }
       gate_ref(cs, noise ? ss : NULL, es, E, k, gs, Ps, ks);
@@ -452,6 +450,52 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
   CHECK_CLOSE(get(p, aux, 0), want, 1e-10, 1e-14);
   cg_program_free(p);
   ir_graph_free(g);
+}
+
+/* ---------------------------------------------------------------- device split */
+
+/* A layer's output rows do not depend on how the batch is split over devices: the
+ * second half of a [4, T] batch run alone as a device with batch0 = 2 gives the same
+ * rows, gate noise included (the counters are global element indices; hmoe draws its
+ * secondary noise per route, not per group-sorted row). */
+static void t_split_invariance(int layer) {
+  const int64_t T = 3, D = 5;
+  Program *p[2];
+  Graph *gr[2];
+  Tensor *y[2], *x[2];
+  for (int h = 0; h < 2; h++) {
+    int64_t B = h ? 2 : 4;
+    gr[h] = ir_graph_new("split");
+    Expr e = layer_call(layer, 4, 2, 3, LAE_NOISY_TOPK, true);
+    e.argv[LA_GROUPS] = 3;
+    e.argv[LA_K_GROUP] = 2;
+    x[h] = ir_input(gr[h], "x", bt(D), (Loc){0});
+    Tensor *aux;
+    y[h] = layer == L_MOE ? ir_build_moe(gr[h], &e, x[h], "m", &aux)
+                          : ir_build_hmoe(gr[h], &e, x[h], "m", &aux);
+    ir_bind(gr[h], B, T);
+    p[h] = cg_lower(gr[h], PREC_F64);
+    fill(p[h], 17, 1.0);
+  }
+  /* the half device gets rows 2..3 of the full batch */
+  memcpy(cg_f64(p[1], x[1]), cg_f64(p[0], x[0]) + 2 * T * D, (size_t)(2 * T * D) * sizeof(double));
+  KernelCtx c0 = ctx_for(true, 5, 1, 4), c1 = ctx_for(true, 5, 1, 2);
+  c1.batch0 = 2;
+  c1.device = 1;
+  c1.ndevices = 2;
+  rt_exec(p[0], &c0, 0, p[0]->ninstrs);
+  rt_exec(p[1], &c1, 0, p[1]->ninstrs);
+  int64_t half = y[1]->numel;
+  double maxd = 0;
+  for (int64_t i = 0; i < half; i++)
+    maxd = fmax(maxd, fabs(cg_f64(p[1], y[1])[i] - cg_f64(p[0], y[0])[half + i]));
+  printf("%s split over 2 devices: max |y - y_1dev| = %.3g\n", layer == L_MOE ? "moe" : "hmoe",
+         maxd);
+  CHECK(maxd < 1e-14);
+  for (int h = 0; h < 2; h++) {
+    cg_program_free(p[h]);
+    ir_graph_free(gr[h]);
+  }
 }
 
 /* ---------------------------------------------------------------- small graphs */
@@ -586,17 +630,43 @@ static void t_dispatch_roundtrip(void) {
   Tensor *imp = ir_node(g, OP_IMPORTANCE, 2, iin, iaE, NULL)->out[0];
   Tensor *lin[1] = {tk->out[0]};
   Tensor *cnt = ir_node(g, OP_LOAD_COUNT, 1, lin, iaE, NULL)->out[0];
+  /* expert E-1 gets no rows: its weight gradient and bias sum must be exact zeros */
+  Tensor *gy = ir_input(g, "gy", ty2(N * k, 2), (Loc){0});
+  Tensor *dwin[3] = {dn->out[0], gy, dn->out[1]};
+  Tensor *dw = ir_node(g, OP_GROUPED_MATMUL_DW, 3, dwin, NULL, NULL)->out[0]; // [E, D, 2]
+  Tensor *sr = ir_op2(g, OP_GROUPED_SUM_ROWS, gy, dn->out[1]);                // [E, 2]
   Small s = small_lower(g, PREC_F64);
   fill(s.p, 3, 1.0);
   set_all(s.p, ones, 1.0);
+  for (int n = 0; n < N; n++)
+    cg_f64(s.p, lg)[n * E + E - 1] = -10;
+  for (int64_t i = 0; i < dw->numel; i++)
+    cg_f64(s.p, dw)[i] = NAN; /* must be overwritten */
   small_run(&s);
+  for (int i = 0; i < D * 2; i++)
+    CHECK(cg_f64(s.p, dw)[(E - 1) * D * 2 + i] == 0);
+  for (int i = 0; i < 2; i++)
+    CHECK(cg_f64(s.p, sr)[(E - 1) * 2 + i] == 0);
+  {
+    /* expert 0's dW against a direct sum over its rows */
+    const int32_t *o = cg_i32(s.p, dn->out[1]);
+    double maxd = 0;
+    for (int d = 0; d < D; d++)
+      for (int c = 0; c < 2; c++) {
+        double acc = 0;
+        for (int r = o[0]; r < o[1]; r++)
+          acc += cg_f64(s.p, dn->out[0])[r * D + d] * cg_f64(s.p, gy)[r * 2 + c];
+        maxd = fmax(maxd, fabs(acc - cg_f64(s.p, dw)[d * 2 + c]));
+      }
+    CHECK(maxd < 1e-13);
+  }
   const int32_t *idx = cg_i32(s.p, tk->out[0]), *off = cg_i32(s.p, dn->out[1]);
   const int32_t *pos = cg_i32(s.p, dn->out[2]);
   const double *xv = cg_f64(s.p, x), *xs = cg_f64(s.p, dn->out[0]);
   int counts[8] = {0};
   for (int i = 0; i < N * k; i++)
     counts[idx[i]]++;
-  CHECK(off[0] == 0 && off[E] == N * k);
+  CHECK(off[0] == 0 && off[E] == N * k && off[E] == off[E - 1]);
   int bad = 0;
   for (int e = 0; e < E; e++) {
     bad += off[e + 1] - off[e] != counts[e];
@@ -742,6 +812,8 @@ int main(void) {
   t_batchwise_reference("train", true, 3, 5);
   t_batchwise_reference("eval", false, 3, 5);
   t_batchwise_reference("train N*k%E", true, 3, 3);
+  t_split_invariance(L_MOE);
+  t_split_invariance(L_HMOE);
   t_topk_ties();
   t_topk_large();
   t_cv2_known();

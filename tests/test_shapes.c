@@ -72,24 +72,25 @@ static bool type_is(const Expr *e, const char *want) {
 /* ---------------------------------------------------------------- shapes */
 
 static void test_shapes_lm(void) {
-  Checked c = check_text("model lm {\n"
-                         "  let V = 40\n"
-                         "  let D = 4 * 4\n"
-                         "  input tokens : i32[B, T]\n"
-                         "  input targets : i32[B, T]\n"
-                         "  emb = embedding(tokens, vocab=V, dim=D)\n"
-                         "  h = lstm(emb, units=32)\n"
-                         "  a = dense(h, units=8, act=relu)\n"
-                         "  m = moe(a, experts=4, hidden=16, out=12)\n"
-                         "  g = hmoe(m, groups=2, experts=3, k_group=1, k=2, hidden=8, noise=false)\n"
-                         "  r = relu(g) - tanh(m) * 2\n"
-                         "  s = -sigmoid(r) + 1\n"
-                         "  d = dropout(s, 0.25)\n"
-                         "  loss = softmax_xent(d, targets, vocab=V)\n"
-                         "  same = loss\n"
-                         "  output same, h\n"
-                         "}\n",
-                         "lm.moe");
+  Checked c =
+      check_text("model lm {\n"
+                 "  let V = 40\n"
+                 "  let D = 4 * 4\n"
+                 "  input tokens : i32[B, T]\n"
+                 "  input targets : i32[B, T]\n"
+                 "  emb = embedding(tokens, vocab=V, dim=D)\n"
+                 "  h = lstm(emb, units=32)\n"
+                 "  a = dense(h, units=8, act=relu)\n"
+                 "  m = moe(a, experts=4, hidden=16, out=12)\n"
+                 "  g = hmoe(m, groups=2, experts=3, k_group=1, k=2, hidden=8, noise=false)\n"
+                 "  r = relu(g) - tanh(m) * 2\n"
+                 "  s = -sigmoid(r) + 1\n"
+                 "  d = dropout(s, 0.25)\n"
+                 "  loss = softmax_xent(d, targets, vocab=V)\n"
+                 "  same = loss\n"
+                 "  output same, h\n"
+                 "}\n",
+                 "lm.moe");
   CHECK_OK(c);
   if (c.errors) return done(&c);
   AstFile *f = c.f;
@@ -247,8 +248,10 @@ static void test_config(void) {
                       "  emb = embedding(tokens, vocab=100, dim=4)\n"
                       "  loss = softmax_xent(emb, targets, vocab=100)\n  output loss\n}\n";
   char text[1024];
-  snprintf(text, sizeof text, "%strain { data = \"corpus/tokens.bin\"\n optimizer = adam }\n"
-                              "plan { devices = 2\n recompute = auto }\n", model);
+  snprintf(text, sizeof text,
+           "%strain { data = \"corpus/tokens.bin\"\n optimizer = adam }\n"
+           "plan { devices = 2\n recompute = auto }\n",
+           model);
   c = check_text(text, "examples/f.moe");
   CHECK_OK(c);
   CHECK(c.cfg.data == DATA_BIN && c.cfg.data_path &&
@@ -267,8 +270,12 @@ static void test_config(void) {
 /* ---------------------------------------------------------------- counts */
 
 /* The formulas of docs/language.md ("Counting"), written out independently. */
-static int64_t lstm_params(int64_t in, int64_t u) { return 4 * u * in + 4 * u * u + 4 * u; }
-static int64_t lstm_ops(int64_t in, int64_t u) { return 4 * u * (in + u); }
+static int64_t lstm_params(int64_t in, int64_t u) {
+  return 4 * u * in + 4 * u * u + 4 * u;
+}
+static int64_t lstm_ops(int64_t in, int64_t u) {
+  return 4 * u * (in + u);
+}
 static int64_t expert_params(int64_t in, int64_t h, int64_t out) {
   return in * h + h + h * out + out;
 }
@@ -336,7 +343,8 @@ static void test_paper_others(void) {
     ModelSummary s = fe_summarize(c.f, &a);
     CHECK(s.params_core == 4 * lstm_params(512, 512));
     CHECK(s.ops_per_timestep == 4 * lstm_ops(512, 512));
-    CHECK(llround((double)s.params_core / 1e5) == 84 && llround((double)s.ops_per_timestep / 1e5) == 84);
+    CHECK(llround((double)s.params_core / 1e5) == 84 &&
+          llround((double)s.ops_per_timestep / 1e5) == 84);
   }
   done(&c);
   c = check_text("model h {\n  let D = 512\n  input t : i32[B, T]\n  input y : i32[B, T]\n"
@@ -410,7 +418,8 @@ static void test_bad_inputs(void) {
       "model a { input t : i32[B, T] x = t(t) y = (((t))) + [t, t] output y, y, z }",
       "model a { output loss } train { data = synthetic(1, 2, 3, 4) optimizer = adam(1, 2, 3, 4, "
       "5) } plan { mesh = [] recompute = [1, \"x\"] place * : on() place *.gate : shard(x) }",
-      "model a { input t : f32[B, T, 3] m = moe(t, experts=2147483647, hidden=2147483647) output m }",
+      "model a { input t : f32[B, T, 3] m = moe(t, experts=2147483647, hidden=2147483647) output m "
+      "}",
       "model a { input t : f32[B, T, 3] m = hmoe(t, groups=0, experts=-1, k=1.5, gating=3) }",
       "model a { let B = 1 let T = B input x : i32[T, B] }",
       "model a { } plan { devices = 0 place x : replicate }",
@@ -423,9 +432,11 @@ static void test_bad_inputs(void) {
   /* deep nesting within the parser's limit: sema walks it */
   McBuf b = {0};
   mc_buf_printf(&b, "model a { input t : f32[B, T, 2]\n x = ");
-  for (int i = 0; i < 200; i++) mc_buf_printf(&b, "(t + ");
+  for (int i = 0; i < 200; i++)
+    mc_buf_printf(&b, "(t + ");
   mc_buf_printf(&b, "t");
-  for (int i = 0; i < 200; i++) mc_buf_printf(&b, ")");
+  for (int i = 0; i < 200; i++)
+    mc_buf_printf(&b, ")");
   mc_buf_printf(&b, "\n output x }\n");
   Checked c = check_text(b.data, "deep.moe");
   CHECK(c.errors == 1 && strstr(c.diag, "no scalar output"));

@@ -7,7 +7,7 @@
 #               step's loss and the final evaluation), on an LSTM-MoE model with gate
 #               noise and dropout; with adam and with factored
 #   converge  : a short run on the synthetic corpus ends within 35% of the corpus's
-#               entropy floor (perplexity) and far below the unigram perplexity
+#               entropy floor (perplexity) and below 40% of the unigram perplexity
 #   grad_eval : moec grad writes one gradient per parameter and loss = xent + aux;
 #               moec eval of the saved checkpoint repeats the run's test perplexity
 #   errors    : missing data file, checkpoint of another model, token ids outside the
@@ -63,8 +63,8 @@ model small {
 }
 train {
   data = synthetic(topics=4, vocab=32, seed=3)
-  batch = 8
-  unroll = 6
+  batch = 16
+  unroll = 10
   steps = 10
   eval_every = 4
   optimizer = adam(lr=0.01)
@@ -110,7 +110,7 @@ resume)
 converge)
   cat >c.moe <<'EOF'
 model conv {
-  let V = 32
+  let V = 16
   input ids : i32[B, T]
   input targets : i32[B, T]
   emb = embedding(ids, vocab=V, dim=32)
@@ -120,10 +120,10 @@ model conv {
   output loss
 }
 train {
-  data = synthetic(topics=4, vocab=32, seed=3)
-  batch = 32
+  data = synthetic(topics=4, vocab=16, seed=3)
+  batch = 16
   unroll = 10
-  steps = 1000
+  steps = 600
   optimizer = adam(lr=0.02)
 }
 EOF
@@ -135,10 +135,10 @@ EOF
   # test_data checks against a sample) scores exp(H(marginal))
   if check "$floor < $test < 1.35 * $floor"; then pass "test ppl $test within 35% of the floor $floor"
   else fail "test ppl $test not within 35% of the floor $floor"; fi
-  if check "$test < $uni / 4"; then pass "test ppl $test far below unigram ppl $uni"
-  else fail "test ppl $test not below unigram ppl $uni / 4"; fi
+  if check "$test < 0.4 * $uni"; then pass "test ppl $test below 40% of the unigram ppl $uni"
+  else fail "test ppl $test not below 40% of the unigram ppl $uni"; fi
   n=$(grep -c '"event":"step"' c.jsonl)
-  [ "$n" = 1000 ] && pass "1000 step lines in --metrics" || fail "$n step lines in --metrics"
+  [ "$n" = 600 ] && pass "600 step lines in --metrics" || fail "$n step lines in --metrics"
   grep -q '"importance_cv"' c.jsonl && pass "MoE balance in --metrics" || fail "no MoE stats in --metrics"
   ;;
 grad_eval)
@@ -147,8 +147,8 @@ grad_eval)
   "$MOEC" eval moe.moe --load w.safetensors --json >eval.out 2>eval.err || { fail "eval failed"; cat eval.err; }
   a=$(json run.out test_ppl); b=$(json eval.out test_ppl)
   [ "$a" = "$b" ] && pass "moec eval repeats the run's test ppl ($a)" || fail "eval ppl $b != run's $a"
-  python3 -c 'import struct; open("F.bin","wb").write(struct.pack("<49H", *[(7*i) % 32 for i in range(49)]))'
-  sed 's/batch = 8/batch = 7/' moe.moe >g.moe
+  python3 -c 'import struct; open("F.bin","wb").write(struct.pack("<33H", *[(7*i) % 32 for i in range(33)]))'
+  sed 's/batch = 16/batch = 3/' moe.moe >g.moe
   "$MOEC" grad g.moe --load w.safetensors --tokens F.bin --out G.safetensors --json >g.out 2>g.err ||
     { fail "grad failed"; cat g.err; }
   python3 - <<'EOF' && pass "moec grad: loss = xent + aux, one gradient per parameter" || fail "moec grad output"
@@ -176,6 +176,8 @@ errors)
   python3 -c 'import struct; open("big.bin","wb").write(struct.pack("<400H", *[i % 40 for i in range(400)]))'
   sed 's|data = .*|data = "big.bin"|' moe.moe >bin.moe
   expect_error "token id 32 at position 32 is outside the model's vocabulary (32 ids)" "$MOEC" run bin.moe --steps 1
+  sed 's/vocab=32, seed=3/vocab=40, seed=3/' moe.moe >vocab.moe
+  expect_error "synthetic(vocab=40) differs from the model's softmax_xent vocab 32" "$MOEC" run vocab.moe
   "$MOEC" run moe.moe --steps 2 --save w.safetensors --quiet >/dev/null 2>&1 || fail "training failed"
   sed 's/units=32/units=24/' moe.moe >other.moe
   expect_error "is for another model: 'h.weight_ih' has shape [128, 16], the model needs [96, 16]" \
@@ -188,7 +190,7 @@ errors)
   expect_error "not available yet" "$MOEC" run moe.moe --devices 2
   MOEC_MEMORY_LIMIT=100000 expect_error "only 0.00 GiB of memory is available" "$MOEC" run moe.moe
   printf 'abc' >short.bin
-  expect_error "needs 56 uint16 ids" "$MOEC" grad moe.moe --load w.safetensors --tokens short.bin
+  expect_error "needs 176 uint16 ids" "$MOEC" grad moe.moe --load w.safetensors --tokens short.bin
   expect_error "--load CKPT is required" "$MOEC" eval moe.moe
   expect_error "unknown option '--stepz'" "$MOEC" run moe.moe --stepz 3
   expect_error "cannot save 'no/such/dir/c.safetensors'" \

@@ -33,6 +33,8 @@ RtCudaDev *rt_cuda_dev(int i);
 /* Several virtual devices on one GPU: context v (v >= 1 gets its own stream and
  * cuBLAS handle) on GPU i. */
 RtCudaDev *rt_cuda_dev_virtual(int i, int v);
+/* Device i's stream (a cudaStream_t) and GPU number, for event timing (bench/). */
+void *rt_cuda_stream(RtCudaDev *d);
 /* TF32 tensor-core math for float32 GEMMs: off by default (results then match the
  * CPU to float32 rounding); also on when the environment has MOEC_TF32=1. */
 void rt_cuda_set_tf32(bool on);
@@ -41,11 +43,12 @@ void rt_cuda_set_tf32(bool on);
 void rt_cuda_sync_dev(RtCudaDev *d);
 
 /* Optimizer steps on device float32 buffers of n elements, on device d's stream.
- * Adam with bias correction at step t >= 1 (PyTorch's formula):
+ * Adam at step t >= 1, the same arithmetic as runtime/optim.c (in double, the
+ * gradient first multiplied by gscale: 1, or the clipping factor):
  *   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) */
 void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *m, float *v, int64_t n,
-                      double lr, double b1, double b2, double eps, int64_t t);
+                      double lr, double b1, double b2, double eps, int64_t t, double gscale);
 void rt_cuda_sgd_f32(RtCudaDev *d, float *p, const float *g, int64_t n, double lr);
 /* sum of squares of a device buffer (for gradient clipping), deterministic; blocks. */
 double rt_cuda_sumsq_f32(RtCudaDev *d, const float *x, int64_t n);

@@ -84,6 +84,8 @@ extern "C" RtCudaDev *rt_cuda_dev_virtual(int gpu, int virt) {
 
 extern "C" RtCudaDev *rt_cuda_dev(int gpu) { return rt_cuda_dev_virtual(gpu, 0); }
 
+extern "C" void *rt_cuda_stream(RtCudaDev *d) { return (void *)d->stream; }
+
 extern "C" void rt_cuda_set_tf32(bool on) {
   std::lock_guard<std::mutex> lk(g_lock);
   probe_locked();
@@ -255,25 +257,24 @@ extern "C" const Backend *rt_backend_cuda(void) {
 
 /* ---------------------------------------------------------------- optimizers */
 
-__global__ void adam_kernel(float *p, const float *g, float *m, float *v, int64_t n, float lr,
-                            float b1, float b2, float eps, float c1, float c2) {
+__global__ void adam_kernel(float *p, const float *g, float *m, float *v, int64_t n, double lr,
+                            double b1, double b2, double eps, double bc1, double bc2, double gs) {
   GRID_STRIDE(i, n) {
-    float gi = g[i];
-    float mi = b1 * m[i] + (1.0f - b1) * gi;
-    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= lr * (mi / c1) / (sqrtf(vi / c2) + eps);
+    double gi = (double)g[i] * gs;
+    double mk = b1 * m[i] + (1.0 - b1) * gi, vk = b2 * v[i] + (1.0 - b2) * gi * gi;
+    m[i] = (float)mk;
+    v[i] = (float)vk;
+    p[i] = (float)(p[i] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));
   }
 }
 
 extern "C" void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *m, float *v,
-                                 int64_t n, double lr, double b1, double b2, double eps,
-                                 int64_t t) {
+                                 int64_t n, double lr, double b1, double b2, double eps, int64_t t,
+                                 double gscale) {
   if (n <= 0) return;
-  float c1 = (float)(1.0 - pow(b1, (double)t)), c2 = (float)(1.0 - pow(b2, (double)t));
-  adam_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(
-      p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps, c1, c2);
+  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+  adam_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(p, g, m, v, n, lr, b1, b2, eps,
+                                                                    bc1, bc2, gscale);
   CUDA_LAUNCH_CHECK();
 }
 

@@ -515,7 +515,8 @@ __global__ void xent_bwd_kernel(const T *g, const T *probs, const int32_t *tg, T
   T gs = (T)((double)g[0] * scale);
   GRID_STRIDE(i, n) {
     int64_t r = i / V, c = i % V;
-    dx[i] = gs * (probs[i] - (c == tg[r] ? T(1) : T(0)));
+    T v = gs * probs[i]; /* the CPU's order: s*p, then s subtracted at the target */
+    dx[i] = c == tg[r] ? v - gs : v;
   }
 }
 

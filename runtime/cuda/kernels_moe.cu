@@ -646,14 +646,14 @@ static void k_grouped_bias(const KernelCtx *ctx, const Node *n, void *const *in,
   CUDA_LAUNCH_CHECK();
 }
 
-/* y[e,c] = sum of g[r,c] over the rows of expert e, in row order. */
+/* y[e,c] = sum of g[r,c] over the rows of expert e, in row order (double). */
 template <typename T>
 __global__ void grouped_sum_rows_kernel(const T *g, const int32_t *off, T *y, int64_t E, int64_t M) {
   GRID_STRIDE(i, E * M) {
     int64_t e = i / M, c = i % M;
-    T acc = 0;
-    for (int64_t r = off[e]; r < off[e + 1]; r++) acc += g[r * M + c];
-    y[i] = acc;
+    double acc = 0;
+    for (int64_t r = off[e]; r < off[e + 1]; r++) acc += (double)g[r * M + c];
+    y[i] = (T)acc;
   }
 }
 
@@ -1016,8 +1016,8 @@ static void k_scatter_rows(const KernelCtx *ctx, const Node *n, void *const *in,
   CUDA_LAUNCH_CHECK();
 }
 
-/* Warp per row. Forward: G = gs*mask / S, S = sum_e gs*mask (0 where S = 0).
- * Backward (g given): dgs = mask (g - sum_e g G) / S. Sums in double. */
+/* Warp per row. Forward: G = gs*mask / S, S = sum_e gs*mask (0 where S <= 0).
+ * Backward (g given): dgs = mask (g - sum_e g G) / S (0 where S <= 0). Sums in double. */
 template <typename T>
 __global__ void masked_norm_kernel(const T *g, const T *gs, const T *mask, T *y, int64_t N,
                                    int64_t E) {
@@ -1030,16 +1030,16 @@ __global__ void masked_norm_kernel(const T *g, const T *gs, const T *mask, T *y,
   for (int o = 16; o > 0; o >>= 1) S += __shfl_xor_sync(0xffffffffu, S, o);
   if (!g) {
     for (int64_t e = lane; e < E; e += 32)
-      y[r * E + e] = S != 0 ? (T)((double)a[e] * (double)mk[e] / S) : T(0);
+      y[r * E + e] = S > 0 ? (T)((double)a[e] * (double)mk[e] / S) : T(0);
     return;
   }
   const T *gr = g + r * E;
   double dot = 0;
   for (int64_t e = lane; e < E; e += 32)
-    if (S != 0) dot += (double)gr[e] * ((double)a[e] * (double)mk[e] / S);
+    if (S > 0) dot += (double)gr[e] * ((double)a[e] * (double)mk[e] / S);
   for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
   for (int64_t e = lane; e < E; e += 32)
-    y[r * E + e] = S != 0 ? (T)((double)mk[e] * ((double)gr[e] - dot) / S) : T(0);
+    y[r * E + e] = S > 0 ? (T)((double)mk[e] * ((double)gr[e] - dot) / S) : T(0);
 }
 
 template <typename T>

@@ -88,8 +88,10 @@ int main(int argc, char **argv) {
       fail = 1;
     }
   }
-  if (fail) fprintf(stderr, "--- full output ---\n%s", full);
-  else printf("%s: %d diagnostics as expected\n", argv[1], ngot);
+  if (fail)
+    fprintf(stderr, "--- full output ---\n%s", full);
+  else
+    printf("%s: %d diagnostics as expected\n", argv[1], ngot);
   free(buf);
   mc_free(full);
   mc_free(copy);

@@ -578,6 +578,25 @@ static void test_stress(void) {
   res_free(&r);
   free(s);
 
+  /* size limits: statements per block, list elements */
+  s = repeat("model m {\n", "a=1;", 100001, "}\n");
+  r = parse_s(s);
+  expect_first("statements", &r, "2:400001: error: too many statements in one block (limit 100000)");
+  CHECK(r.errors == 1);
+  res_free(&r);
+  free(s);
+  s = repeat("model m { x = [0", ",1", 10000, "] }");
+  r = parse_s(s);
+  expect_first("list", &r, "1:20016: error: too many list elements (limit 10000)");
+  CHECK(r.errors == 1);
+  res_free(&r);
+  free(s);
+  s = repeat("model m { x = [0", ",1", 9999, "] }");
+  r = parse_s(s);
+  CHECK(r.errors == 0);
+  res_free(&r);
+  free(s);
+
   /* the error cap: 30 errors, 20 shown, then one "too many errors" */
   s = repeat("model m {\n", "  x = @\n", 30, "}\n");
   r = parse_s(s);

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# gpu.sh: the CUDA backend on a GPU machine, in one command (docs/cuda.md):
+#   1. configure and build with MOEC_CUDA=ON (sm_90 + PTX), optimised
+#   2. the GPU tests (ctest -L gpu: every op against the CPU kernels; whole models
+#      20 steps cpu vs cuda), then the whole test suite
+#   3. compute-sanitizer memcheck and racecheck on test_cuda_ops
+#   4. benchmarks: the MoE layer fwd+bwd (8192 tokens, D 1024, 64 experts of 4096,
+#      k = 2 and 4; FP32, then TF32) in moec and in PyTorch (python3)
+#   5. a short table last
+# Logs and JSON under $OUT (default build-gpu/out). Usage:
+#   bench/gpu.sh            everything
+#   QUICK=1 bench/gpu.sh    smaller benchmark (2048 tokens) and no TF32 pass
+# Through the device tool: run `bench/gpu.sh` from the repository root.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build-gpu}
+OUT=${OUT:-$BUILD/out}
+mkdir -p "$OUT"
+JOBS=$(nproc 2>/dev/null || echo 4)
+declare -a ROWS=()
+row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "== $1: $2"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1
+row "GPU" "$(head -1 "$OUT/gpu.txt")"
+
+# ---- 1. build
+if cmake -S "$ROOT" -B "$BUILD" -DMOEC_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$OUT/cmake.log" 2>&1 &&
+   cmake --build "$BUILD" -j"$JOBS" --target moec test_cuda_ops test_cuda_model bench_moe_layer_cuda \
+     >"$OUT/build.log" 2>&1; then
+  row "build (CUDA targets)" "ok"
+else
+  row "build (CUDA targets)" "FAILED (see $OUT/build.log)"
+  tail -30 "$OUT/cmake.log" "$OUT/build.log"
+  printf '%s\n' "${ROWS[@]}"
+  exit 1
+fi
+cmake --build "$BUILD" -j"$JOBS" >>"$OUT/build.log" 2>&1 && row "build (everything)" "ok" ||
+  row "build (everything)" "FAILED (see $OUT/build.log)"
+
+# ---- 2. tests
+(cd "$BUILD" && ctest -L gpu --output-on-failure) >"$OUT/ctest_gpu.log" 2>&1
+row "ctest -L gpu" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_gpu.log" | tail -1)"
+"$BUILD/tests/test_cuda_ops" >"$OUT/test_cuda_ops.log" 2>&1
+row "test_cuda_ops" "rc=$? $(tail -1 "$OUT/test_cuda_ops.log")"
+"$BUILD/tests/test_cuda_model" >"$OUT/test_cuda_model.log" 2>&1
+row "test_cuda_model" "rc=$? $(tail -1 "$OUT/test_cuda_model.log")"
+(cd "$BUILD" && ctest -j"$JOBS" --output-on-failure) >"$OUT/ctest_all.log" 2>&1
+row "ctest (all)" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_all.log" | tail -1)"
+
+# ---- 3. compute-sanitizer
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$CS" ]; then
+  for tool in memcheck racecheck; do
+    "$CS" --tool "$tool" --error-exitcode 9 "$BUILD/tests/test_cuda_ops" >"$OUT/$tool.log" 2>&1
+    rc=$?
+    row "compute-sanitizer $tool" "rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)"
+  done
+else
+  row "compute-sanitizer" "not found"
+fi
+
+# ---- 4. benchmarks
+TOK=8192
+[ "${QUICK:-0}" = 1 ] && TOK=2048
+MODES="fp32 tf32"
+[ "${QUICK:-0}" = 1 ] && MODES="fp32"
+rm -f "$OUT/moec.jsonl" "$OUT/torch.jsonl"
+for mode in $MODES; do
+  flag=""
+  [ "$mode" = tf32 ] && flag="--tf32"
+  for k in 2 4; do
+    log="$OUT/bench_moec_k${k}_$mode.log"
+    "$BUILD/bench/bench_moe_layer_cuda" --tokens $TOK --k $k $flag --json "$OUT/moec.jsonl" >"$log" 2>&1
+    row "moec layer k=$k $mode" "$(grep -E 'moe layer ' "$log" | awk '{print $3" ms"}') | experts $(grep 'expert / dense' "$log" | awk '{print $4}') of dense | routing $(grep 'routing share' "$log" | awk '{print $3}')"
+    tlog="$OUT/bench_torch_k${k}_$mode.log"
+    python3 "$ROOT/bench/moe_layer_torch.py" --tokens $TOK --k $k $flag --moec-json "$OUT/moec.jsonl" \
+      --json "$OUT/torch.jsonl" >"$tlog" 2>&1
+    row "torch k=$k $mode" "$(grep 'best:' "$tlog" | sed 's/^ *best: //')"
+  done
+done
+
+# ---- 5. table
+echo
+echo "================ bench/gpu.sh summary ($OUT) ================"
+printf '%s\n' "${ROWS[@]}"
+for f in "$OUT"/bench_moec_k*_fp32.log "$OUT"/bench_torch_k*_fp32.log; do
+  [ -f "$f" ] && { echo "--- $(basename "$f")"; cat "$f"; }
+done
