@@ -78,6 +78,7 @@ typedef enum PartKind {
   PART_REPLICATED, /* full copy on every device */
   PART_BATCH,      /* split along dim 0 (rows / batch) */
   PART_EXPERTS,    /* expert-sharded: dim 0 indexes experts (or expert rows) */
+  PART_PARTIAL,    /* each device holds a partial sum over its rows (all_reduce: replicated) */
 } PartKind;
 
 struct Tensor {
@@ -114,6 +115,7 @@ struct Node {
   bool backward;     /* emitted by autodiff */
   /* passes */
   int device;        /* -1 = every device (data-parallel) */
+  const int *devices; int ndevices; /* placement: an explicit device set (on(...)); 0 = none */
   int fused_group;   /* -1 = none */
   int recompute_seg; /* -1 = none */
 };
@@ -135,6 +137,7 @@ struct Graph {
   Tensor *xent;      /* scalar cross-entropy part */
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
+  int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   int64_t B, T;      /* bound values, 0 until ir_bind */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */

@@ -633,7 +633,17 @@ static void test_precision_and_determinism(void) {
   ir_graph_free(g);
 }
 
+/* Every op of ops.def's dense section has a kernel in both precisions. */
+static void test_table(void) {
+  const KernelFn *t32 = rt_cpu_kernels(PREC_F32), *t64 = rt_cpu_kernels(PREC_F64);
+  for (int op = OP_ADD; op <= OP_XENT_BWD; op++) {
+    if (!t32[op] || !t64[op]) fprintf(stderr, "no kernel for op '%s'\n", ir_ops[op].name);
+    CHECK(t32[op] && t64[op] && t32[op] != t64[op]);
+  }
+}
+
 int main(void) {
+  test_table();
   test_matmul();
   test_lstm_step();
   test_lstm_steps();

@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_train.sh: end-to-end training tests of the moec binary (issue 3).
 #
-#   usage: test_train.sh MOEC CASE      CASE: resume | converge | grad_eval | errors
+#   usage: test_train.sh MOEC CASE   CASE: resume | converge | grad_eval | errors | text
 #
 #   resume    : 10 steps == 5 steps + --save + --load + 5 steps, bit for bit (every
 #               step's loss and the final evaluation), on an LSTM-MoE model with gate
@@ -10,6 +10,8 @@
 #               entropy floor (perplexity) and below 40% of the unigram perplexity
 #   grad_eval : moec grad writes one gradient per parameter and loss = xent + aux;
 #               moec eval of the saved checkpoint repeats the run's test perplexity
+#   text      : a word-level text corpus: resume == uninterrupted, the vocabulary
+#               stored in the checkpoint, moec eval --data on another text file
 #   errors    : missing data file, checkpoint of another model, token ids outside the
 #               vocabulary, malformed checkpoint, cuda / several devices, too little
 #               memory, bad token file: each a non-zero exit and a clear message
@@ -196,8 +198,45 @@ errors)
   expect_error "cannot save 'no/such/dir/c.safetensors'" \
     "$MOEC" run moe.moe --steps 1 --save no/such/dir/c.safetensors
   ;;
+text)
+  # a word-level text corpus: 90/5/5 split by lines, vocabulary in the checkpoint
+  python3 - <<'EOF'
+import random
+r = random.Random(5)
+words = ["w%d" % i for i in range(60)]
+with open("corpus.txt", "w") as f:
+    for _ in range(2000):
+        f.write(" ".join(r.choice(words[:40]) for _ in range(r.randint(3, 12))) + "\n")
+with open("other.txt", "w") as f:
+    for _ in range(100):
+        f.write(" ".join(r.choice(words) for _ in range(8)) + "\n")
+EOF
+  sed -e 's|data = .*|data = "corpus.txt"|' -e 's/dropout(h, p=0.1)/dropout(h, p=0.0)/' moe.moe >t.moe
+  "$MOEC" run t.moe --steps 6 --eval-every 3 --metrics full.jsonl --json --quiet >t1.out 2>t.err ||
+    { fail "text run failed"; cat t.err; }
+  "$MOEC" run t.moe --steps 3 --eval-every 3 --save t.safetensors --quiet >/dev/null 2>t.err ||
+    { fail "text run failed"; cat t.err; }
+  "$MOEC" run t.moe --steps 6 --eval-every 3 --load t.safetensors --metrics res.jsonl --json --quiet \
+    >t2.out 2>t.err || { fail "text resume failed"; cat t.err; }
+  grep -E '"step":(4|5|6)[,}]' full.jsonl | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
+  sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' res.jsonl >b.txt
+  cmp -s a.txt b.txt && [ "$(wc -l <a.txt)" -ge 5 ] && pass "text: resumed run == uninterrupted run" ||
+    { fail "text: resumed run differs"; diff a.txt b.txt; }
+  python3 - <<'EOF' && pass "text: the vocabulary is in the checkpoint" || fail "text: checkpoint vocabulary"
+import json, struct
+d = open("t.safetensors", "rb").read()
+h = json.loads(d[8:8 + struct.unpack("<Q", d[:8])[0]])
+v = h["__metadata__"]["data.vocab"].split("\n")
+assert v[0] == "<unk>" and "<eos>" in v and len(v) == 32, v  # 40 words + <eos> > 31: capped
+EOF
+  "$MOEC" eval t.moe --load t.safetensors --data other.txt --json >e.out 2>e.err ||
+    { fail "eval --data failed"; cat e.err; }
+  check "$(json e.out tokens) == 160 * 5" && pass "eval --data: whole file in batches of 16 x 10" ||
+    fail "eval --data: $(json e.out tokens) tokens"
+  check "$(json e.out test_ppl) > 1" && pass "eval --data: test ppl $(json e.out test_ppl)" || fail "eval --data ppl"
+  ;;
 *)
-  echo "usage: test_train.sh MOEC resume|converge|grad_eval|errors"
+  echo "usage: test_train.sh MOEC resume|converge|grad_eval|errors|text"
   exit 2
   ;;
 esac

@@ -9,7 +9,7 @@ foreach(t test_data test_safetensors test_optim)
   add_test(NAME ${t} COMMAND ${t})
   set_tests_properties(${t} PROPERTIES TIMEOUT 60 LABELS "train")
 endforeach()
-foreach(case resume converge grad_eval errors)
+foreach(case resume converge grad_eval errors text)
   add_test(NAME train_${case}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_train.sh $<TARGET_FILE:moec> ${case})
   set_tests_properties(train_${case} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "train")

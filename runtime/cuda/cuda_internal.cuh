@@ -65,6 +65,9 @@ struct RtCudaDev {
 static inline RtCudaDev *rt_cuda_of(const KernelCtx *ctx) {
   RtCudaDev *d = ctx && ctx->dev ? (RtCudaDev *)ctx->dev : rt_cuda_dev(0);
   if (!d) mc_fatal("a cuda kernel ran but no CUDA device is available");
+  int cur = -1; /* launches go to the current device: make it d's */
+  CUDA_CHECK(cudaGetDevice(&cur));
+  if (cur != d->gpu) CUDA_CHECK(cudaSetDevice(d->gpu));
   return d;
 }
 /* At least `bytes` of device scratch, valid until the next call on this device
@@ -119,11 +122,14 @@ __device__ __forceinline__ double rt_d_normal(uint64_t key, uint64_t counter) {
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-/* Reports a user error found on the device (first one wins). */
+/* Reports a user error found on the device into mapped host memory (plain stores:
+ * when several threads race, one of their reports survives, which is enough). */
 __device__ __forceinline__ void rt_d_error(int *err, int code, int op, int value) {
-  if (atomicCAS(err, 0, code) == 0) {
-    err[1] = op;
-    err[2] = value;
+  volatile int *e = err;
+  if (e[0] == 0) {
+    e[1] = op;
+    e[2] = value;
+    e[0] = code;
     __threadfence_system();
   }
 }

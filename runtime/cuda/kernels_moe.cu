@@ -566,11 +566,19 @@ struct Grouped {
     CUDA_CHECK(cudaMemcpyAsync(dp, h, pb, cudaMemcpyHostToDevice, d->stream));
     std::vector<T> alpha((size_t)G, T(1)), beta((size_t)G, T(0));
     if (sizeof(T) == sizeof(float)) {
-      CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+      cublasComputeType_t ct = d->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      cublasStatus_t grouped_gemm = cublasGemmGroupedBatchedEx(
           d->blas, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
           (const void *const *)dp, CUDA_R_32F, lda.data(), (const void *const *)(dp + G),
           CUDA_R_32F, ldb.data(), beta.data(), dp + 2 * G, CUDA_R_32F, ldc.data(), G, size.data(),
-          d->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F));
+          ct);
+      if (grouped_gemm == CUBLAS_STATUS_NOT_SUPPORTED && ct != CUBLAS_COMPUTE_32F) /* no TF32 variant */
+        grouped_gemm = cublasGemmGroupedBatchedEx(
+            d->blas, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+            (const void *const *)dp, CUDA_R_32F, lda.data(), (const void *const *)(dp + G),
+            CUDA_R_32F, ldb.data(), beta.data(), dp + 2 * G, CUDA_R_32F, ldc.data(), G,
+            size.data(), CUBLAS_COMPUTE_32F);
+      CUBLAS_CHECK(grouped_gemm);
     } else {
       CUBLAS_CHECK(cublasDgemmGroupedBatched(
           d->blas, ta.data(), tb.data(), m.data(), n.data(), k.data(), (const double *)alpha.data(),

@@ -1,0 +1,206 @@
+/* op_profile.c: where a training step of a .moe model spends its time, by layer
+ * and by op, and the MoE layer's achieved GFLOP/s (to set against OpenBLAS sgemm
+ * peak from bench/gemm_peak.c).
+ *
+ * It compiles FILE the way `moec run` does (passes with autodiff, bound to the
+ * train block's batch and unroll, float32 on the cpu backend), initialises the
+ * parameters, feeds random token ids and times every instruction of the program
+ * over several steps (the optimizer update is not an instruction: it is timed
+ * apart by `moec run`, not here). FLOPs are counted for the GEMM-shaped ops
+ * (matmul, grouped_matmul, grouped_matmul_dw: 2*M*N*K; lstm/lstm_bwd: the
+ * recurrent GEMMs, 2*B*T*4U*U per pass, twice for backward).
+ *
+ *   scripts/setup     # builds build/libmoeccore.a
+ *   cc -O2 -D_GNU_SOURCE -I. -Ibuild -o build/op_profile bench/op_profile.c \
+ *      build/libmoeccore.a -lopenblas -lm -lpthread
+ *   OPENBLAS_NUM_THREADS=2 build/op_profile bench/lm_bench.moe [steps] [layer]
+ *
+ * (bench/run_lm_bench.sh builds and runs it.) `layer` names the MoE layer to
+ * summarise (default: every moe/hmoe layer, found by its w_gate parameter). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/codegen.h"
+#include "passes/passes.h"
+#include "runtime/train.h"
+
+typedef struct Acc {
+  const char *layer; /* NULL: no layer (loss, gradient sums) */
+  int op;
+  bool backward;
+  double secs, flops;
+  long calls;
+} Acc;
+
+static double node_flops(const Node *n) {
+  switch (n->op) {
+  case OP_MATMUL: {
+    const Tensor *a = n->in[0];
+    int64_t last = a->shape[a->ty.rank - 1];
+    int64_t K = n->ia[0] ? a->numel / last : last; /* transA: contraction over rows */
+    return 2.0 * (double)n->out[0]->numel * (double)K;
+  }
+  case OP_GROUPED_MATMUL: {
+    const Tensor *x = n->in[0];
+    return 2.0 * (double)n->out[0]->numel * (double)x->shape[x->ty.rank - 1];
+  }
+  case OP_GROUPED_MATMUL_DW: { /* (xs[R,K], g[R,M]) -> [E,K,M] */
+    const Tensor *x = n->in[0], *g = n->in[1];
+    return 2.0 * (double)x->numel * (double)g->shape[g->ty.rank - 1];
+  }
+  case OP_LSTM: { /* W_hh[4U,U]: h.W_hh^T over B*T */
+    const Tensor *w = n->in[1];
+    return 2.0 * (double)n->out[0]->numel * (double)w->shape[0];
+  }
+  case OP_LSTM_BWD: { /* dh.W_hh and dW_hh */
+    const Tensor *w = n->in[1];
+    return 4.0 * (double)n->in[0]->numel * (double)w->shape[0];
+  }
+  default:
+    return 0;
+  }
+}
+
+static Acc *acc_find(Acc *a, int *na, const Node *n) {
+  for (int i = 0; i < *na; i++)
+    if (a[i].op == (int)n->op && a[i].backward == n->backward &&
+        ((!a[i].layer && !n->layer) || (a[i].layer && n->layer && !strcmp(a[i].layer, n->layer))))
+      return &a[i];
+  a[*na] = (Acc){.layer = n->layer, .op = (int)n->op, .backward = n->backward};
+  return &a[(*na)++];
+}
+
+static int by_time(const void *x, const void *y) {
+  double a = ((const Acc *)x)->secs, b = ((const Acc *)y)->secs;
+  return a < b ? 1 : a > b ? -1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fprintf(stderr, "usage: op_profile FILE.moe [steps (default 10)] [moe-layer]\n");
+    return 2;
+  }
+  int steps = argc > 2 ? atoi(argv[2]) : 10;
+  const char *want = argc > 3 ? argv[3] : NULL;
+  if (steps < 1) steps = 1;
+
+  size_t len = 0;
+  char *text = mc_read_file(argv[1], &len);
+  if (!text) {
+    perror(argv[1]);
+    return 1;
+  }
+  Source src = {.path = argv[1], .text = text, .len = len};
+  Diag d;
+  fe_diag_init(&d, &src);
+  AstFile *f = fe_parse(&src, &d);
+  Config cfg;
+  fe_config_defaults(&cfg);
+  if (d.errors == 0) fe_sema(f, &cfg, &d);
+  if (d.errors) return 1;
+
+  Graph *g = ir_build(f, &cfg);
+  PassCtx pc = {&cfg, 1, true};
+  pass_run_all(g, &pc, NULL, NULL);
+  ir_bind(g, cfg.batch, cfg.unroll);
+  Program *p = cg_lower(g, PREC_F32);
+  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, cg_f32(p, g->params[i]));
+
+  /* token inputs: ids below the smallest embedding / softmax vocabulary */
+  int64_t vocab = 1 << 30;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_EMBEDDING) vocab = MC_MIN(vocab, n->in[1]->shape[0]);
+    if (n->op == OP_XENT) vocab = MC_MIN(vocab, n->in[0]->shape[n->in[0]->ty.rank - 1]);
+  }
+  uint64_t key = mc_rng_key(cfg.seed, 999, 0);
+  for (int i = 0; i < g->ninputs; i++) {
+    const Tensor *t = g->inputs[i];
+    if (t->ty.dtype != DT_I32) continue;
+    int32_t *v = cg_i32(p, t);
+    for (int64_t j = 0; j < t->numel; j++)
+      v[j] = (int32_t)(mc_rng_uniform(key, (uint64_t)(i * t->numel + j)) * (double)vocab) %
+             (int32_t)vocab;
+  }
+
+  Acc *acc = mc_calloc((size_t)p->ninstrs, sizeof(Acc));
+  int nacc = 0;
+  double total = 0;
+  for (int s = -1; s < steps; s++) { /* step -1: warm-up, not counted */
+    KernelCtx ctx = {.training = true, .seed = cfg.seed, .step = (uint64_t)(s + 1),
+                     .batch_local = cfg.batch, .ndevices = 1};
+    for (int k = 0; k < p->ninstrs; k++) {
+      const Instr *ins = &p->instrs[k];
+      double t0 = mc_now();
+      ins->fn(&ctx, ins->node, ins->in, ins->out);
+      double dt = mc_now() - t0;
+      if (s < 0) continue;
+      Acc *a = acc_find(acc, &nacc, ins->node);
+      a->secs += dt;
+      a->flops += node_flops(ins->node);
+      a->calls++;
+      total += dt;
+    }
+    rt_carry_state(p);
+  }
+
+  double tokens = (double)cfg.batch * cfg.unroll;
+  printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps: %.1f ms/step in "
+         "instructions (%.0f tokens/s without the optimizer)\n",
+         argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, total / steps * 1e3,
+         tokens * steps / total);
+
+  /* by layer */
+  printf("\n%-12s %10s %7s %10s\n", "layer", "ms/step", "share", "GFLOP/s");
+  const char *seen[256];
+  int nseen = 0;
+  for (int i = 0; i < nacc && nseen < 256; i++) {
+    const char *l = acc[i].layer ? acc[i].layer : "(none)";
+    bool dup = false;
+    for (int j = 0; j < nseen; j++) dup |= !strcmp(seen[j], l);
+    if (dup) continue;
+    seen[nseen++] = l;
+    double secs = 0, fl = 0;
+    for (int j = 0; j < nacc; j++)
+      if (!strcmp(acc[j].layer ? acc[j].layer : "(none)", l)) {
+        secs += acc[j].secs;
+        fl += acc[j].flops;
+      }
+    printf("%-12s %10.2f %6.1f%% %10.1f\n", l, secs / steps * 1e3, 100 * secs / total,
+           secs > 0 ? fl / secs / 1e9 : 0);
+  }
+
+  /* top ops */
+  qsort(acc, (size_t)nacc, sizeof(Acc), by_time);
+  printf("\n%-12s %-22s %-4s %10s %7s %10s\n", "layer", "op", "pass", "ms/step", "share", "GFLOP/s");
+  for (int i = 0; i < nacc && i < 25; i++)
+    printf("%-12s %-22s %-4s %10.2f %6.1f%% %10.1f\n", acc[i].layer ? acc[i].layer : "(none)",
+           ir_ops[acc[i].op].name, acc[i].backward ? "bwd" : "fwd", acc[i].secs / steps * 1e3,
+           100 * acc[i].secs / total, acc[i].secs > 0 ? acc[i].flops / acc[i].secs / 1e9 : 0);
+
+  /* the MoE layers */
+  for (int i = 0; i < g->nparams; i++) {
+    const char *nm = g->params[i]->name;
+    const char *dot = strrchr(nm, '.');
+    if (!dot || strcmp(dot, ".w_gate") || strchr(nm, '.') != dot) continue;
+    char layer[128];
+    snprintf(layer, sizeof layer, "%.*s", (int)(dot - nm), nm);
+    if (want && strcmp(want, layer)) continue;
+    double secs = 0, fl = 0, gsecs = 0, gfl = 0;
+    for (int j = 0; j < nacc; j++) {
+      if (!acc[j].layer || strcmp(acc[j].layer, layer)) continue;
+      secs += acc[j].secs;
+      fl += acc[j].flops;
+      if (acc[j].op == OP_GROUPED_MATMUL || acc[j].op == OP_GROUPED_MATMUL_DW) {
+        gsecs += acc[j].secs;
+        gfl += acc[j].flops;
+      }
+    }
+    printf("\nop_profile: MoE layer '%s': %.2f ms/step (%.1f%% of the step), %.2f GFLOP a step: "
+           "%.1f GFLOP/s over the whole layer; expert GEMMs alone %.1f GFLOP/s (%.2f ms/step)\n",
+           layer, secs / steps * 1e3, 100 * secs / total, fl / steps / 1e9,
+           secs > 0 ? fl / secs / 1e9 : 0, gsecs > 0 ? gfl / gsecs / 1e9 : 0, gsecs / steps * 1e3);
+  }
+  return 0;
+}
