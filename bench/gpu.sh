@@ -8,10 +8,13 @@
 #      k = 2 and 4; FP32, then TF32) in moec and in PyTorch (python3)
 #   5. a short table last
 # Logs and JSON under $OUT (default build-gpu/out). Usage:
-#   bench/gpu.sh            everything
+#   bench/gpu.sh [STAGES]   STAGES: any of build test sanitize bench (default: all four)
 #   QUICK=1 bench/gpu.sh    smaller benchmark (2048 tokens) and no TF32 pass
-# Through the device tool: run `bench/gpu.sh` from the repository root.
+# Through the device tool (10 minutes a command; the build dir is kept between calls):
+#   bench/gpu.sh build test sanitize      then      bench/gpu.sh bench
 set -u
+STAGES=${*:-build test sanitize bench}
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-gpu}
 OUT=${OUT:-$BUILD/out}
@@ -23,7 +26,7 @@ row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "== $1: $2"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 row "GPU" "$(head -1 "$OUT/gpu.txt")"
 
-# ---- 1. build
+# ---- 1. build (the later stages build what they need too: cmake --build is incremental)
 if cmake -S "$ROOT" -B "$BUILD" -DMOEC_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$OUT/cmake.log" 2>&1 &&
    cmake --build "$BUILD" -j"$JOBS" --target moec test_cuda_ops test_cuda_model bench_moe_layer_cuda \
      >"$OUT/build.log" 2>&1; then
@@ -34,10 +37,13 @@ else
   printf '%s\n' "${ROWS[@]}"
   exit 1
 fi
-cmake --build "$BUILD" -j"$JOBS" >>"$OUT/build.log" 2>&1 && row "build (everything)" "ok" ||
-  row "build (everything)" "FAILED (see $OUT/build.log)"
+if want build || want test; then
+  cmake --build "$BUILD" -j"$JOBS" >>"$OUT/build.log" 2>&1 && row "build (everything)" "ok" ||
+    row "build (everything)" "FAILED (see $OUT/build.log)"
+fi
 
 # ---- 2. tests
+if want test; then
 (cd "$BUILD" && ctest -L gpu --output-on-failure) >"$OUT/ctest_gpu.log" 2>&1
 row "ctest -L gpu" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_gpu.log" | tail -1)"
 "$BUILD/tests/test_cuda_ops" >"$OUT/test_cuda_ops.log" 2>&1
@@ -46,8 +52,10 @@ row "test_cuda_ops" "rc=$? $(tail -1 "$OUT/test_cuda_ops.log")"
 row "test_cuda_model" "rc=$? $(tail -1 "$OUT/test_cuda_model.log")"
 (cd "$BUILD" && ctest -j"$JOBS" --output-on-failure) >"$OUT/ctest_all.log" 2>&1
 row "ctest (all)" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_all.log" | tail -1)"
+fi
 
 # ---- 3. compute-sanitizer
+if want sanitize; then
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$CS" ]; then
   for tool in memcheck racecheck; do
@@ -58,8 +66,10 @@ if [ -x "$CS" ]; then
 else
   row "compute-sanitizer" "not found"
 fi
+fi
 
 # ---- 4. benchmarks
+if want bench; then
 TOK=8192
 [ "${QUICK:-0}" = 1 ] && TOK=2048
 MODES="fp32 tf32"
@@ -78,6 +88,7 @@ for mode in $MODES; do
     row "torch k=$k $mode" "$(grep 'best:' "$tlog" | sed 's/^ *best: //')"
   done
 done
+fi
 
 # ---- 5. table
 echo

@@ -10,13 +10,13 @@
  * (matmul, grouped_matmul, grouped_matmul_dw: 2*M*N*K; lstm/lstm_bwd: the
  * recurrent GEMMs, 2*B*T*4U*U per pass, twice for backward).
  *
- *   scripts/setup     # builds build/libmoeccore.a
+ *   scripts/setup     # CMake builds build/op_profile (tests/bench.cmake), or by hand:
  *   cc -O2 -D_GNU_SOURCE -I. -Ibuild -o build/op_profile bench/op_profile.c \
  *      build/libmoeccore.a -lopenblas -lm -lpthread
  *   OPENBLAS_NUM_THREADS=2 build/op_profile bench/lm_bench.moe [steps] [layer]
  *
- * (bench/run_lm_bench.sh builds and runs it.) `layer` names the MoE layer to
- * summarise (default: every moe/hmoe layer, found by its w_gate parameter). */
+ * (bench/run_lm_bench.sh runs it.) `layer` names the MoE layer to summarise
+ * (default: every moe/hmoe layer, found by its w_gate parameter). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -66,10 +66,14 @@ moec_tps=$(grep '^{' "$out/moec.txt" | tail -n 1 | "$py" -c 'import json,sys; pr
 echo; echo "== moec by layer and op (bench/op_profile.c); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 bdir="$(dirname "$moec")"
 moe_gflops=""
-if [ -f "$bdir/libmoeccore.a" ]; then
-  cc -O2 -D_GNU_SOURCE -I. -I"$bdir" -o "$out/op_profile" bench/op_profile.c "$bdir/libmoeccore.a" \
-     -lopenblas -lm -lpthread
-  "$out/op_profile" bench/lm_bench.moe 5 | tee "$out/op_profile.txt"
+if [ -x "$bdir/op_profile" ] || [ -f "$bdir/libmoeccore.a" ]; then
+  prof="$bdir/op_profile"      # built by CMake (tests/bench.cmake) ...
+  if [ ! -x "$prof" ]; then    # ... or here, from the library
+    prof="$out/op_profile"
+    cc -O2 -D_GNU_SOURCE -I. -I"$bdir" -o "$prof" bench/op_profile.c "$bdir/libmoeccore.a" \
+       -lopenblas -lm -lpthread
+  fi
+  "$prof" bench/lm_bench.moe 5 | tee "$out/op_profile.txt"
   moe_gflops=$(grep "^op_profile: MoE layer" "$out/op_profile.txt" | head -1 | sed 's/.*: \([0-9.]*\) GFLOP\/s over the whole layer.*/\1/')
 else
   echo "run_lm_bench: $bdir/libmoeccore.a is missing: no per-layer profile"

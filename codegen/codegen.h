@@ -1,8 +1,8 @@
 /* codegen.h: lowering a scheduled graph to a program.
  *
  *   lower.c : one instruction per node, in graph order, with its kernel and the
- *             buffers of its inputs and outputs (one buffer per tensor for now;
- *             the memory-planning pass will give offsets in one arena)
+ *             buffers of its inputs and outputs, carved from one block by the
+ *             memory plan (passes/memplan.c)
  *
  * Prefix: cg_.
  */
@@ -26,15 +26,29 @@ typedef struct Program {
   int first_backward; /* index of the first backward instr (= ninstrs if none) */
   void **buf;  /* by tensor id: the tensor's storage */
   size_t bytes; /* total bytes allocated for tensors */
+  /* the memory plan (passes/memplan.c): one block, persistent region then arena */
+  bool planned;       /* false under MOEC_NO_MEMPLAN=1: one allocation per tensor */
+  void *base;         /* the block */
+  size_t persist_bytes, arena_bytes;
+  bool poison;        /* MOEC_POISON_ARENA=1: rt_exec from 0 first fills the arena with NaN */
+  /* the host JIT (codegen/hostjit.c): compiled at the first rt_exec, NULL = interpreter */
+  struct HostJit *hostjit;
+  bool hostjit_tried;
 } Program;
 
-/* Lowers a bound graph (ir_bind done). Allocates every tensor's buffer
- * (params, inputs and state included, zeroed); dies with a clear message naming
- * the total if memory runs out. Every node must have a kernel. */
+/* Lowers a bound graph (ir_bind done). Plans memory (pass_memplan_assign: sets
+ * every tensor's mem_offset) and allocates one zeroed block; a transient tensor's
+ * buffer holds its value only from its producer to its last reader (the host may
+ * read the loss, xent, aux, MoE importance/load, state's next values and param
+ * gradients after the run; MOEC_NO_MEMPLAN=1: one buffer per tensor, all kept).
+ * Dies with a clear message naming the total if memory runs out. Every node must
+ * have a kernel. */
 Program *cg_lower(Graph *g, Precision prec); /* on the cpu backend */
 Program *cg_lower_on(Graph *g, Precision prec, const Backend *be);
 void cg_program_free(Program *p);
 
+/* Fills the arena with NaN bytes (the poison test of MOEC_POISON_ARENA). */
+void cg_poison_arena(Program *p);
 /* Runs instructions [from, to) (runtime/exec.c). */
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
 /* Copies each state's next value into the state (after a training step). */

@@ -217,7 +217,7 @@ void ir_verify(const Graph *g) {
     const Node *n = g->nodes[k];
     const OpInfo *info = &ir_ops[n->op];
     MOEC_ASSERT(info->nin < 0 || n->nin == info->nin);
-    MOEC_ASSERT(n->nout == info->nout);
+    MOEC_ASSERT(info->nout < 0 || n->nout == info->nout); /* -1: fused (n outputs) */
     for (int i = 0; i < n->nin; i++)
       if (!made[n->in[i]->id])
         mc_fatal("node %d (%s) reads tensor '%s' before it is produced", n->id, info->name,

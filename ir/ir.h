@@ -118,12 +118,21 @@ struct Node {
   const int *devices; int ndevices; /* placement: an explicit device set (on(...)); 0 = none */
   int fused_group;   /* -1 = none */
   int recompute_seg; /* -1 = none */
+  Node *recompute_of; /* a recompute clone (passes/recompute.c): the forward node it repeats */
 };
 
 typedef struct StatePair {
   Tensor *state; /* TK_STATE input */
   Tensor *next;  /* value to copy into it after the step */
 } StatePair;
+
+/* passes/memplan.c's figures for a graph, in bytes, at the B, T it planned for. */
+typedef struct MemFigures {
+  int64_t B, T, elem;
+  int64_t persist;  /* params, inputs, state */
+  int64_t arena;    /* activations and gradients, lifetimes overlaid (0 = not planned) */
+  int64_t live_max; /* most bytes live at one instant: the arena's lower bound */
+} MemFigures;
 
 struct Graph {
   McArena arena;
@@ -141,6 +150,7 @@ struct Graph {
   int64_t B, T;      /* bound values, 0 until ir_bind */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
+  MemFigures mem;    /* memplan pass: zero until planned */
 };
 
 Graph *ir_graph_new(const char *name);

@@ -35,6 +35,11 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
     [OP_BATCHWISE_ROUTE] = {.ia = {"k"}},
+    [OP_FUSED] = {.ia = {"ops"}},
+    [OP_ALL_TO_ALL] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
+    [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
+    [OP_ALL_REDUCE] = {.ia = {"devices"}},
+    [OP_RESHARD] = {.ia = {"from", "to"}, .fa = {"moved"}},
 };
 
 static void print_attrs(const Node *n, FILE *out) {
@@ -81,6 +86,10 @@ static void print_node(const Node *n, FILE *out) {
     fprintf(out, "%s%s", j ? ", " : "", type_str(&n->out[j]->ty, buf, sizeof buf));
   if (n->layer) fprintf(out, "  @%s%s%s", n->layer, n->role ? "/" : "", n->role ? n->role : "");
   if (n->device >= 0) fprintf(out, "  dev=%d", n->device);
+  for (int d = 0; d < n->ndevices; d++) /* placement: an on(...) device set */
+    fprintf(out, "%s%d%s", d ? "," : "  dev={", n->devices[d], d + 1 == n->ndevices ? "}" : "");
+  static const char *parts[] = {"", "replicated", "batch", "experts", "partial"};
+  if (n->nout > 0 && n->out[0]->part != PART_NONE) fprintf(out, "  part=%s", parts[n->out[0]->part]);
   if (n->fused_group >= 0) fprintf(out, "  fuse=%d", n->fused_group);
   if (n->recompute_seg >= 0) fprintf(out, "  recompute=%d", n->recompute_seg);
   if (n->loc.line > 0) fprintf(out, "  ; %d:%d", n->loc.line, n->loc.col);
@@ -139,6 +148,12 @@ void ir_print(const Graph *g, FILE *out) {
       fprintf(out, "  %s: importance = %s, load = %s\n", g->moe_names ? g->moe_names[i] : "?",
               g->moe_importance && g->moe_importance[i] ? g->moe_importance[i]->name : "-",
               g->moe_load && g->moe_load[i] ? g->moe_load[i]->name : "-");
+    for (int i = 0; i < g->nmoe && g->moe_expert_dev; i++) { /* placement: expert -> device */
+      fprintf(out, "  %s experts on devices:", g->moe_names[i]);
+      for (int e = 0; e < g->moe_nexperts[i]; e++)
+        fprintf(out, " %d", g->moe_expert_dev[i][e]);
+      fprintf(out, "\n");
+    }
   }
   bool any_grad = false;
   for (int i = 0; i < g->nparams; i++)

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "passes.h"
+#include "fusion.h"
+#include "plan.h"
 
 static void run_verify(Graph *g, const PassCtx *ctx) {
   (void)ctx;
@@ -16,6 +18,16 @@ const Pass pass_list[] = {
     {"verify", "check the graph's invariants (producers before uses, arities, shapes)", run_verify},
     {"autodiff", "append the backward graph: d loss / d every param (training only)",
      pass_autodiff},
+    {"placement", "place ops on devices: strategy, expert policy, place rules (devices > 1)",
+     pass_placement},
+    {"comm", "insert collectives: all_to_all at MoE layers, all_reduce of gradients (devices > 1)",
+     pass_comm},
+    {"recompute", "recompute = none|all|[layers]|auto: repeat forward nodes before their "
+     "backward use", pass_recompute},
+    {"fusion", "group elementwise chains and trees into one fused kernel each (fuse = true; "
+     "LLVM JIT)", pass_fusion},
+    {"memplan", "memory plan: liveness, one arena of activations and gradients (at the "
+     "config's B, T)", pass_memplan},
 };
 const int pass_count = (int)MC_ARRAY_LEN(pass_list);
 

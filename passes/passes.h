@@ -36,4 +36,43 @@ bool pass_run_all(Graph *g, const PassCtx *ctx, const char *print_after, FILE *o
  * with OP_ADD in a fixed order (deterministic). */
 void pass_autodiff(Graph *g, const PassCtx *ctx);
 
+/* memplan.c: liveness over the node order and one arena for every transient tensor
+ * (docs/memory.md). The plan of g at (B, T) with elem bytes per float element; with
+ * offsets (by tensor id, g->ntensors of them) each tensor's byte offset in one block:
+ * the persistent region [0, persist) then the arena [persist, persist + arena). Flags: */
+enum {
+  MEMPLAN_AS_IF_NO_RECOMPUTE = 1, /* plan the graph as it was before the recompute pass */
+};
+MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
+                             int64_t *offsets);
+/* Plans g at its bound B, T, sets every tensor's mem_offset and g->mem; checks the
+ * result (pass_memplan_validate) unless NDEBUG. Returns g->mem. */
+MemFigures pass_memplan_assign(Graph *g, size_t elem);
+/* Checks the offsets against g->mem's plan: dies naming the two tensors if two whose
+ * lifetimes overlap share a byte, or if a tensor lies outside its region or is not
+ * 64-byte aligned. Returns the number of overlapping-lifetime pairs checked. */
+long pass_memplan_validate(const Graph *g);
+/* The pass: plans at the config's batch and unroll in f32 (what `moec ir --after memplan`
+ * shows); lowering plans again at the bound shapes (cg_lower_on). */
+void pass_memplan(Graph *g, const PassCtx *ctx);
+
+/* recompute.c: `recompute = none | all | [layers] | auto` (docs/memory.md). The forward
+ * nodes of a segment (a layer; a MoE layer's experts only: dispatch is never repeated)
+ * whose outputs the backward pass reads are repeated just before their first backward
+ * use; backward readers use the copies, so the originals die in the forward pass. */
+void pass_recompute(Graph *g, const PassCtx *ctx);
+typedef struct RecomputeSummary {
+  int nseg, nclones;   /* segments recomputed, forward nodes repeated */
+  double flops;        /* recomputed FLOPs per step */
+  double fwd_flops;    /* FLOPs of the forward pass, for scale */
+  int64_t dropped;     /* bytes no longer kept from the forward to the backward pass */
+  MemFigures with, without; /* the plan with recomputation and as if there were none */
+} RecomputeSummary;
+RecomputeSummary pass_recompute_summary(const Graph *g, int64_t B, int64_t T, size_t elem);
+/* What is recomputed and what it trades: per segment the layer, nodes repeated, bytes
+ * dropped and FLOPs; the arena with and without (for moec plan). */
+void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FILE *out);
+/* FLOPs of one node at (B, T) (multiply-adds count 2; elementwise ops one per output). */
+double pass_node_flops(const Node *n, int64_t B, int64_t T);
+
 #endif

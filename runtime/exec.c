@@ -1,10 +1,18 @@
-/* exec.c: the interpreter loop over a program's instructions. */
+/* exec.c: the interpreter loop over a program's instructions (or, with the host
+ * JIT, one native call per range: codegen/hostjit.c). */
 #include <string.h>
 
 #include "../codegen/codegen.h"
+#include "../codegen/jit.h"
 
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
   MOEC_ASSERT(from >= 0 && to <= p->ninstrs);
+  if (p->poison && from == 0) cg_poison_arena(p); /* tests: no read of last step's bytes */
+  if (!p->hostjit_tried) { /* native code for the call list (MOEC_JIT=0: interpreter) */
+    p->hostjit_tried = true;
+    if (cg_hostjit_enabled()) p->hostjit = cg_hostjit_compile(p);
+  }
+  if (p->hostjit && cg_hostjit_run(p->hostjit, ctx, from, to)) return;
   for (int k = from; k < to; k++) {
     const Instr *ins = &p->instrs[k];
     ins->fn(ctx, ins->node, ins->in, ins->out);

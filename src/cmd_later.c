@@ -13,11 +13,6 @@ static int later(int argc, char **argv, const char *usage, const char *issue) {
   return 3;
 }
 
-int cmd_plan(int argc, char **argv) {
-  return later(argc, argv, "plan FILE [--devices N] [--strategy S] [--format text|json|dot]",
-               "placement and partitioning is issue 4");
-}
-
 int cmd_simulate(int argc, char **argv) {
   return later(argc, argv, "simulate FILE --cluster SPEC", "the cluster cost model comes with placement, issue 4");
 }

@@ -2,12 +2,13 @@
 # with moec built without CUDA (MOEC_CUDA=OFF), they print "SKIP: ..." and exit 77,
 # which ctest reports as skipped. On a GPU machine: bench/gpu.sh runs them, then
 # compute-sanitizer and the benchmarks.
-foreach(t test_cuda_ops test_cuda_model)
+foreach(t test_cuda_ops test_cuda_model test_cuda_nccl)
   add_executable(${t} ${CMAKE_CURRENT_SOURCE_DIR}/gpu/${t}.c)
   target_link_libraries(${t} PRIVATE moeccore)
   target_compile_options(${t} PRIVATE ${MOEC_WARN})
 endforeach()
 add_test(NAME cuda_ops COMMAND test_cuda_ops)
 add_test(NAME cuda_model COMMAND test_cuda_model)
-set_tests_properties(cuda_ops cuda_model PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
+add_test(NAME cuda_nccl COMMAND test_cuda_nccl)
+set_tests_properties(cuda_ops cuda_model cuda_nccl PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

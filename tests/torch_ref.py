@@ -3,9 +3,9 @@
 
 It reads the model block of a small .moe file (its own tiny parser: let, input,
 NAME = layer(...), + - *, output), builds the same model from PyTorch modules
-(nn.Embedding, nn.LSTM, nn.Linear, and the MoE written out as PyTorch users
-write it: gate, top-k, a loop over experts with index_select / index_add_),
-writes random weights and random tokens, runs
+(nn.Embedding, nn.LSTM, nn.Linear, and the MoE and hierarchical MoE written out
+as PyTorch users write them: gate, top-k, a loop over experts with index_select /
+index_add_), writes random weights and random tokens, runs
 
     moec grad FILE --load W.safetensors --tokens F.bin --out G.safetensors --json
 
@@ -21,7 +21,11 @@ dropout, no gate noise, LSTM state starting at zero):
   largest noisy value if noisy_i is above it, else the k-th (noise=false: the count
   of routed positions, no gradient); aux = w_importance*cv2(importance) +
   w_load*cv2(load), cv2(v) = var(v)/(mean(v)^2 + 1e-10) (population variance);
-  loss = mean cross-entropy + the aux of every MoE.
+  loss = mean cross-entropy + the aux of every MoE. gating=softmax: all experts,
+  load = N for each (cv2 = 0). hmoe (appendix B): a primary top-k_group gate over
+  groups, a secondary top-k gate inside each picked group on that group's rows;
+  importance_H[i,j] = sum_x Gp(x)_i G_i(x)_j, load_H[i,j] = Load_p_i *
+  Load_i(X^(i))_j / max(|X^(i)|, 1).
 
 Tolerances (moec computes in float32, the reference in float64; float32 rounding
 gives about 1e-7 on the loss and 1e-6 on the gradients, so these leave a margin of

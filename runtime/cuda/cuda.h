@@ -33,6 +33,9 @@ RtCudaDev *rt_cuda_dev(int i);
 /* Several virtual devices on one GPU: context v (v >= 1 gets its own stream and
  * cuBLAS handle) on GPU i. */
 RtCudaDev *rt_cuda_dev_virtual(int i, int v);
+/* Makes d's GPU the current one: Backend.alloc (and copies on the legacy stream)
+ * act on the current GPU. */
+void rt_cuda_use(RtCudaDev *d);
 /* Device i's stream (a cudaStream_t) and GPU number, for event timing (bench/). */
 void *rt_cuda_stream(RtCudaDev *d);
 /* TF32 tensor-core math for float32 GEMMs: off by default (results then match the

@@ -86,6 +86,8 @@ extern "C" RtCudaDev *rt_cuda_dev(int gpu) { return rt_cuda_dev_virtual(gpu, 0);
 
 extern "C" void *rt_cuda_stream(RtCudaDev *d) { return (void *)d->stream; }
 
+extern "C" void rt_cuda_use(RtCudaDev *d) { CUDA_CHECK(cudaSetDevice(d->gpu)); }
+
 extern "C" void rt_cuda_set_tf32(bool on) {
   std::lock_guard<std::mutex> lk(g_lock);
   probe_locked();
@@ -157,6 +159,21 @@ void *rt_cuda_stage(RtCudaDev *d, size_t bytes) {
   CUDA_CHECK(cudaMallocHost(&d->stage, nb));
   d->stage_bytes = nb;
   return d->stage;
+}
+
+void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes) {
+  int k = d->pnext;
+  d->pnext = (d->pnext + 1) % 4;
+  if (!d->pev[k]) CUDA_CHECK(cudaEventCreateWithFlags(&d->pev[k], cudaEventDisableTiming));
+  else CUDA_CHECK(cudaEventSynchronize(d->pev[k])); /* its previous copy is done */
+  if (d->pstage_bytes[k] < bytes) {
+    if (d->pstage[k]) CUDA_CHECK(cudaFreeHost(d->pstage[k]));
+    d->pstage_bytes[k] = bytes < 16384 ? 16384 : 2 * bytes;
+    CUDA_CHECK(cudaMallocHost(&d->pstage[k], d->pstage_bytes[k]));
+  }
+  memcpy(d->pstage[k], src, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dst, d->pstage[k], bytes, cudaMemcpyHostToDevice, d->stream));
+  CUDA_CHECK(cudaEventRecord(d->pev[k], d->stream));
 }
 
 void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes) {

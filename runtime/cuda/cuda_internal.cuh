@@ -46,6 +46,18 @@ extern "C" {
  * mapped host memory and reported at the next sync, naming the op. */
 enum { RT_CUDA_ERR_NONE, RT_CUDA_ERR_EMBED_ID, RT_CUDA_ERR_TARGET, RT_CUDA_ERR_EXPERT_ID };
 
+/* A host copy of a group-offsets tensor, made right after the op that wrote it
+ * (dispatch, batchwise_route) by an async copy and an event, so that the grouped GEMMs
+ * wait only for that point of the stream, not for the whole queue (kernels_moe.cu). */
+#define RT_CUDA_OFFSET_SLOTS 16
+struct RtCudaOffsets {
+  const void *dev;      /* the offsets buffer on the device */
+  const Node *producer; /* the node that wrote it */
+  int32_t *host;        /* pinned copy */
+  int64_t count, cap;
+  cudaEvent_t ev;       /* recorded after the copy */
+};
+
 struct RtCudaDev {
   int gpu, virt;
   cudaStream_t stream;
@@ -59,6 +71,12 @@ struct RtCudaDev {
   size_t ptrs_bytes;
   int *err_host;       /* mapped pinned: [0] code, [1] op, [2] bad value */
   int *err_dev;
+  RtCudaOffsets offs[RT_CUDA_OFFSET_SLOTS];
+  int offs_next;
+  void *pstage[4];      /* pinned ring for small async host->device copies */
+  size_t pstage_bytes[4];
+  cudaEvent_t pev[4];
+  int pnext;
 };
 
 /* ctx->dev, or device 0 when the caller left it NULL. */
@@ -76,6 +94,10 @@ void *rt_cuda_scratch(RtCudaDev *d, size_t bytes);
 /* At least `bytes` of pinned host memory; waits for the stream first, so earlier
  * async copies from it have finished. */
 void *rt_cuda_stage(RtCudaDev *d, size_t bytes);
+/* Copies `bytes` from host src to device dst on d's stream through a ring of pinned
+ * buffers: waits only for the copy that used the same ring slot four calls ago, not
+ * for the stream. */
+void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes);
 /* Device array of at least `bytes` for grouped-GEMM pointer arrays. */
 void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes);
 

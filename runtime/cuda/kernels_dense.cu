@@ -4,7 +4,14 @@
  * tests/gpu/test_cuda_ops.c compares against. GEMMs go to cuBLAS (row-major via
  * swapped operands, rt_cuda_gemm); everything else is a moec kernel. Reductions
  * run in a fixed order (no float atomics): the same inputs give the same bits. */
+#include <string.h>
+
 #include "cuda_internal.cuh"
+extern "C" {
+#include "../../passes/fusion.h"
+/* Weak: links before passes/fusion.c exists; OP_FUSED nodes exist only once it does. */
+const FusedProg *pass_fused_prog(const Node *n) __attribute__((weak));
+}
 
 #define IN(i, T) ((const T *)in[i])
 #define OUT(j, T) ((T *)out[j])
@@ -529,6 +536,90 @@ static void k_xent_bwd(const KernelCtx *ctx, const Node *n, void *const *in, voi
   CUDA_LAUNCH_CHECK();
 }
 
+/* ---------------------------------------------------------------- fused elementwise groups */
+
+/* OP_FUSED (passes/fusion.h): the group's straight-line program, interpreted per
+ * element in one pass over memory (inputs read once, outputs written once). The
+ * program travels by value in the kernel's parameters: no copy, no sync. */
+#define FUSED_MAX_IN 24
+#define FUSED_MAX_OPS 64
+#define FUSED_MAX_OUT 8
+struct FusedArgs {
+  int nin, nops, nout;
+  unsigned scalar; /* bit i: input i is a scalar (broadcast) */
+  int64_t n;
+  const void *in[FUSED_MAX_IN];
+  void *out[FUSED_MAX_OUT];
+  short outs[FUSED_MAX_OUT];
+  short op[FUSED_MAX_OPS], a[FUSED_MAX_OPS], b[FUSED_MAX_OPS];
+  double f0[FUSED_MAX_OPS], f1[FUSED_MAX_OPS];
+};
+
+template <typename T> __device__ __forceinline__ T fused_apply(int op, T x, T z, double f0, double f1) {
+  switch (op) {
+  case OP_ADD: return x + z;
+  case OP_SUB: return x - z;
+  case OP_MUL: return x * z;
+  case OP_SCALE: return x * (T)f0 + (T)f1;
+  case OP_RELU: return x > T(0) ? x : T(0);
+  case OP_TANH: return tanh(x);
+  case OP_SIGMOID: return d_sigmoid(x);
+  case OP_SOFTPLUS: return d_softplus(x);
+  case OP_RELU_BWD: return z > T(0) ? x : T(0);
+  case OP_TANH_BWD: return x * (T(1) - z * z);
+  case OP_SIGMOID_BWD: return x * z * (T(1) - z);
+  default: return x * d_sigmoid(z); /* OP_SOFTPLUS_BWD (g, x) */
+  }
+}
+
+template <typename T> __global__ void fused_kernel(const __grid_constant__ FusedArgs f) {
+  T slot[FUSED_MAX_IN + FUSED_MAX_OPS];
+  GRID_STRIDE(i, f.n) {
+    for (int q = 0; q < f.nin; q++)
+      slot[q] = ((const T *)f.in[q])[(f.scalar >> q) & 1u ? 0 : i];
+    for (int k = 0; k < f.nops; k++) {
+      T x = slot[f.a[k]], z = f.b[k] >= 0 ? slot[f.b[k]] : T(0);
+      slot[f.nin + k] = fused_apply<T>(f.op[k], x, z, f.f0[k], f.f1[k]);
+    }
+    for (int j = 0; j < f.nout; j++) ((T *)f.out[j])[i] = slot[f.outs[j]];
+  }
+}
+
+template <typename T>
+static void k_fused(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  RtCudaDev *d = rt_cuda_of(ctx);
+  const FusedProg *pg = pass_fused_prog ? pass_fused_prog(n) : NULL;
+  if (!pg) mc_fatal("OP_FUSED node %d has no program", n->id);
+  if (pg->nin > FUSED_MAX_IN || pg->nops > FUSED_MAX_OPS || pg->nout > FUSED_MAX_OUT ||
+      pg->nin != n->nin || pg->nout != n->nout)
+    mc_fatal("fused group of node %d is too large for the cuda kernel (%d inputs, %d ops, %d "
+             "outputs; at most %d, %d, %d)",
+             n->id, pg->nin, pg->nops, pg->nout, FUSED_MAX_IN, FUSED_MAX_OPS, FUSED_MAX_OUT);
+  FusedArgs f;
+  memset(&f, 0, sizeof f);
+  f.nin = pg->nin;
+  f.nops = pg->nops;
+  f.nout = pg->nout;
+  f.n = rt_numel_out(n, 0);
+  for (int q = 0; q < f.nin; q++) {
+    f.in[q] = in[q];
+    if (n->in[q]->numel == 1 && f.n != 1) f.scalar |= 1u << q;
+  }
+  for (int k = 0; k < f.nops; k++) {
+    f.op[k] = (short)pg->ops[k].op;
+    f.a[k] = (short)pg->ops[k].a;
+    f.b[k] = (short)pg->ops[k].b;
+    f.f0[k] = pg->ops[k].f0;
+    f.f1[k] = pg->ops[k].f1;
+  }
+  for (int j = 0; j < f.nout; j++) {
+    f.out[j] = out[j];
+    f.outs[j] = (short)pg->outs[j];
+  }
+  fused_kernel<T><<<rt_cuda_blocks(f.n), RT_CUDA_THREADS, 0, d->stream>>>(f);
+  CUDA_LAUNCH_CHECK();
+}
+
 /* ---------------------------------------------------------------- table */
 
 template <typename T> static void fill(KernelFn *t) {
@@ -560,6 +651,7 @@ template <typename T> static void fill(KernelFn *t) {
   t[OP_SOFTMAX_BWD] = k_softmax_bwd<T>;
   t[OP_XENT] = k_xent<T>;
   t[OP_XENT_BWD] = k_xent_bwd<T>;
+  t[OP_FUSED] = k_fused<T>;
 }
 
 void rt_cuda_dense_register(KernelFn *f32, KernelFn *f64) {

@@ -10,9 +10,10 @@
  *
  * Grouped GEMMs: one cublasGemmGroupedBatchedEx (float32) or
  * cublasDgemmGroupedBatched (float64) call per op, one group per expert that has
- * rows. The per-expert row counts are needed on the host to describe the groups,
- * so the E+1 offsets are copied device -> host once per op (a stream sync: the
- * price of exact-size groups; see docs/cuda.md). */
+ * rows. The per-expert row counts are needed on the host to describe the groups:
+ * dispatch copies its E+1 offsets to pinned host memory right after computing them
+ * (async, with an event), and each grouped op waits for that event only (a stream
+ * sync and copy when the offsets came from elsewhere); see docs/cuda.md. */
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -24,6 +25,9 @@
 #define OUT(j, T) ((T *)out[j])
 #define I32IN(i) ((const int32_t *)in[i])
 #define I32OUT(j) ((int32_t *)out[j])
+
+static void publish_offsets(RtCudaDev *d, const Node *producer, const int32_t *off_dev,
+                            int64_t count);
 
 /* ---------------------------------------------------------------- stable sort by key */
 
@@ -489,6 +493,7 @@ static void k_dispatch(const KernelCtx *ctx, const Node *n, void *const *in, voi
   rt_cuda_sort_keys(d, keys, R, E, temp, iota, skeys, perm);
   offsets_kernel<<<rt_cuda_blocks(E + 1), RT_CUDA_THREADS, 0, d->stream>>>(skeys, R, I32OUT(1), E);
   CUDA_LAUNCH_CHECK();
+  publish_offsets(d, n, I32OUT(1), E + 1);
   pos_kernel<<<rt_cuda_blocks(R), RT_CUDA_THREADS, 0, d->stream>>>(perm, I32OUT(2), R);
   CUDA_LAUNCH_CHECK();
   gather_rows_kernel<T><<<rt_cuda_blocks(R * D), RT_CUDA_THREADS, 0, d->stream>>>(
@@ -519,8 +524,45 @@ static void k_undispatch(const KernelCtx *ctx, const Node *n, void *const *in, v
 
 /* ---------------------------------------------------------------- grouped GEMMs */
 
-/* The offsets on the host (one small D->H copy and a stream sync). */
-static std::vector<int32_t> host_offsets(RtCudaDev *d, const int32_t *off_dev, int64_t E) {
+/* After `producer` wrote offsets[count] at off_dev: an async copy to pinned host
+ * memory and an event, for the grouped ops that read them later. */
+static void publish_offsets(RtCudaDev *d, const Node *producer, const int32_t *off_dev,
+                            int64_t count) {
+  RtCudaOffsets *o = NULL;
+  for (int i = 0; i < RT_CUDA_OFFSET_SLOTS; i++)
+    if (d->offs[i].dev == off_dev) o = &d->offs[i];
+  if (!o) {
+    o = &d->offs[d->offs_next];
+    d->offs_next = (d->offs_next + 1) % RT_CUDA_OFFSET_SLOTS;
+  }
+  if (!o->ev) CUDA_CHECK(cudaEventCreateWithFlags(&o->ev, cudaEventDisableTiming));
+  if (o->cap < count) {
+    if (o->host) {
+      CUDA_CHECK(cudaEventSynchronize(o->ev)); /* a copy into it may be in flight */
+      CUDA_CHECK(cudaFreeHost(o->host));
+    }
+    o->cap = count < 1024 ? 1024 : 2 * count;
+    CUDA_CHECK(cudaMallocHost((void **)&o->host, (size_t)o->cap * sizeof(int32_t)));
+  }
+  o->dev = off_dev;
+  o->producer = producer;
+  o->count = count;
+  CUDA_CHECK(cudaMemcpyAsync(o->host, off_dev, (size_t)count * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, d->stream));
+  CUDA_CHECK(cudaEventRecord(o->ev, d->stream));
+}
+
+/* The offsets on the host: the published copy when the tensor's producer made one
+ * (waits only for that copy), else one small D->H copy and a stream sync. */
+static std::vector<int32_t> host_offsets(RtCudaDev *d, const Tensor *t, const int32_t *off_dev,
+                                         int64_t E) {
+  for (int i = 0; i < RT_CUDA_OFFSET_SLOTS; i++) {
+    RtCudaOffsets *o = &d->offs[i];
+    if (o->dev == off_dev && o->producer == t->producer && o->count == E + 1) {
+      CUDA_CHECK(cudaEventSynchronize(o->ev));
+      return std::vector<int32_t>(o->host, o->host + E + 1);
+    }
+  }
   int32_t *h = (int32_t *)rt_cuda_stage(d, (size_t)(E + 1) * sizeof(int32_t));
   CUDA_CHECK(cudaMemcpyAsync(h, off_dev, (size_t)(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
                              d->stream));
@@ -556,14 +598,14 @@ struct Grouped {
     int G = (int)m.size();
     if (G == 0) return;
     size_t pb = 3 * (size_t)G * sizeof(void *);
-    void **h = (void **)rt_cuda_stage(d, pb);
+    std::vector<void *> h((size_t)(3 * G));
     for (int g = 0; g < G; g++) {
-      h[g] = (void *)A[g];
-      h[G + g] = (void *)B[g];
-      h[2 * G + g] = C[g];
+      h[(size_t)g] = (void *)A[(size_t)g];
+      h[(size_t)(G + g)] = (void *)B[(size_t)g];
+      h[(size_t)(2 * G + g)] = C[(size_t)g];
     }
     void **dp = (void **)rt_cuda_ptrs(d, pb);
-    CUDA_CHECK(cudaMemcpyAsync(dp, h, pb, cudaMemcpyHostToDevice, d->stream));
+    rt_cuda_upload_async(d, dp, h.data(), pb); /* no stream sync */
     std::vector<T> alpha((size_t)G, T(1)), beta((size_t)G, T(0));
     if (sizeof(T) == sizeof(float)) {
       cublasComputeType_t ct = d->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -585,8 +627,8 @@ struct Grouped {
           (const double *const *)dp, lda.data(), (const double *const *)(dp + G), ldb.data(),
           (const double *)beta.data(), (double *const *)(dp + 2 * G), ldc.data(), G, size.data()));
     }
-    /* the pointer array and the host arrays stay valid until the next stage/ptrs user,
-     * which waits for the stream first */
+    /* the device pointer array is rewritten by the next grouped op's copy, which the
+     * stream orders after this GEMM */
   }
 };
 
@@ -599,7 +641,7 @@ static void k_grouped_matmul(const KernelCtx *ctx, const Node *n, void *const *i
   T *y = OUT(0, T);
   bool tw = n->ia[0] != 0;
   int64_t E = n->in[1]->shape[0], K = rt_last_dim(n->in[0]), M = rt_last_dim(n->out[0]);
-  std::vector<int32_t> off = host_offsets(d, I32IN(2), E);
+  std::vector<int32_t> off = host_offsets(d, n->in[2], I32IN(2), E);
   Grouped gr;
   for (int64_t e = 0; e < E; e++) {
     int64_t r0 = off[(size_t)e], me = off[(size_t)e + 1] - r0;
@@ -619,7 +661,7 @@ static void k_grouped_matmul_dw(const KernelCtx *ctx, const Node *n, void *const
   const T *xs = IN(0, T), *g = IN(1, T);
   T *dW = OUT(0, T);
   int64_t E = n->out[0]->shape[0], K = rt_last_dim(n->in[0]), M = rt_last_dim(n->in[1]);
-  std::vector<int32_t> off = host_offsets(d, I32IN(2), E);
+  std::vector<int32_t> off = host_offsets(d, n->in[2], I32IN(2), E);
   Grouped gr;
   for (int64_t e = 0; e < E; e++) {
     int64_t r0 = off[(size_t)e], me = off[(size_t)e + 1] - r0;
@@ -977,6 +1019,7 @@ static void k_batchwise_route(const KernelCtx *ctx, const Node *n, void *const *
   CUDA_LAUNCH_CHECK();
   bw_offsets_kernel<<<1, 32, 0, d->stream>>>(cnt, off, E);
   CUDA_LAUNCH_CHECK();
+  publish_offsets(d, n, off, E + 1);
   bw_rows_kernel<T><<<(unsigned)E, 256, 0, d->stream>>>(mask, off, rows, N, E);
   CUDA_LAUNCH_CHECK();
 }

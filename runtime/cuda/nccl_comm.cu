@@ -24,6 +24,8 @@ static_assert(sizeof(ncclUniqueId) == RT_NCCL_ID_BYTES, "RT_NCCL_ID_BYTES");
 
 struct RtNcclLocal {
   ncclComm_t comm;
+  void *gather;          /* device scratch for the ordered all-reduce */
+  size_t gather_bytes;
   int gpu, rank;
   cudaStream_t stream;   /* communication stream */
   cudaEvent_t ready;     /* recorded on the compute stream before a collective */
@@ -118,6 +120,7 @@ extern "C" void rt_nccl_free(RtNccl *c) {
     CUDA_CHECK(cudaEventDestroy(l->ready));
     CUDA_CHECK(cudaEventDestroy(l->done));
     CUDA_CHECK(cudaStreamDestroy(l->stream));
+    if (l->gather) CUDA_CHECK(cudaFree(l->gather));
   }
   mc_free(c->loc);
   mc_free(c);
@@ -159,6 +162,55 @@ extern "C" void rt_nccl_allreduce_sum(RtNccl *c, void *const *bufs, int64_t coun
                              l->stream));
   }
   NCCL_CHECK(ncclGroupEnd());
+  mark_done(c);
+}
+
+/* buf[i] = sum over ranks r in order of all[r*n + i] */
+template <typename T> __global__ void rank_order_sum_kernel(const T *all, T *buf, int64_t n, int R) {
+  GRID_STRIDE(i, n) {
+    T acc = all[i];
+    for (int r = 1; r < R; r++) acc += all[(int64_t)r * n + i];
+    buf[i] = acc;
+  }
+}
+
+extern "C" void rt_nccl_allreduce_sum_ordered(RtNccl *c, void *const *bufs, int64_t count,
+                                              RtNcclType t) {
+  MOEC_ASSERT(t == RT_NCCL_F32 || t == RT_NCCL_F64);
+  size_t eb = type_bytes(t), need = (size_t)count * eb * (size_t)c->nranks;
+  for (int i = 0; i < c->nlocal; i++) {
+    RtNcclLocal *l = &c->loc[i];
+    if (need <= l->gather_bytes) continue;
+    CUDA_CHECK(cudaSetDevice(l->gpu));
+    CUDA_CHECK(cudaStreamSynchronize(l->stream));
+    if (l->gather) CUDA_CHECK(cudaFree(l->gather));
+    l->gather = NULL;
+    l->gather_bytes = 0;
+    if (cudaMalloc(&l->gather, need) != cudaSuccess) {
+      (void)cudaGetLastError();
+      mc_die("out of memory on GPU %d: the ordered all-reduce needs %.1f MiB", l->gpu,
+             (double)need / 1048576.0);
+    }
+    l->gather_bytes = need;
+  }
+  after_compute(c);
+  NCCL_CHECK(ncclGroupStart());
+  for (int i = 0; i < c->nlocal; i++) {
+    RtNcclLocal *l = &c->loc[i];
+    NCCL_CHECK(ncclAllGather(bufs[i], l->gather, (size_t)count, nccl_type(t), l->comm, l->stream));
+  }
+  NCCL_CHECK(ncclGroupEnd());
+  for (int i = 0; i < c->nlocal; i++) {
+    RtNcclLocal *l = &c->loc[i];
+    CUDA_CHECK(cudaSetDevice(l->gpu));
+    if (t == RT_NCCL_F32)
+      rank_order_sum_kernel<float><<<rt_cuda_blocks(count), RT_CUDA_THREADS, 0, l->stream>>>(
+          (const float *)l->gather, (float *)bufs[i], count, c->nranks);
+    else
+      rank_order_sum_kernel<double><<<rt_cuda_blocks(count), RT_CUDA_THREADS, 0, l->stream>>>(
+          (const double *)l->gather, (double *)bufs[i], count, c->nranks);
+    CUDA_LAUNCH_CHECK();
+  }
   mark_done(c);
 }
 

@@ -13,8 +13,12 @@
  * Buffers are device pointers, one per local rank. In-process, a call covers every
  * local rank at once (inside one ncclGroupStart/End), so one host thread drives all
  * GPUs. Errors die with the NCCL call's text, file and line (NCCL_CHECK).
- * The generic communicator interface (issue 4: in-process CPU threads, MPI) can wrap
- * these calls one-to-one. Prefix: rt_nccl_. */
+ * runtime/comm.h (issue 4) is the generic communicator on host buffers; these calls
+ * are its device-buffer counterparts (all_reduce_sum -> rt_nccl_allreduce_sum_ordered
+ * for its bit-exact contract, or rt_nccl_allreduce_sum when a ring's order will do;
+ * all_to_allv -> rt_nccl_alltoallv with element counts). NCCL's own all-reduce is
+ * deterministic for a fixed configuration but does not sum in rank order.
+ * Prefix: rt_nccl_. */
 #ifndef MOEC_RUNTIME_NCCL_COMM_H
 #define MOEC_RUNTIME_NCCL_COMM_H
 
@@ -50,6 +54,13 @@ int rt_nccl_rank(const RtNccl *c, int local); /* global rank of local rank i */
 /* In place: bufs[i] (device, count elements) of local rank i becomes the sum over
  * all ranks. */
 void rt_nccl_allreduce_sum(RtNccl *c, void *const *bufs, int64_t count, RtNcclType t);
+
+/* The same result with runtime/comm.h's determinism contract: element i is the
+ * rank-order sum ((x_0 + x_1) + x_2) + ... in the element type, the same bits as the
+ * in-process and MPI communicators. An ncclAllGather of every rank's vector, then a
+ * kernel summing the N copies in rank order: N times the traffic of a ring
+ * all-reduce, for bit-identical losses on 1 and N devices. float32 or float64. */
+void rt_nccl_allreduce_sum_ordered(RtNccl *c, void *const *bufs, int64_t count, RtNcclType t);
 
 /* All-to-all with uneven counts, local rank i: sends send[i] + sdispl[i][p] (counts
  * scount[i][p] elements) to rank p and receives rcount[i][p] elements from rank p at

@@ -1,8 +1,9 @@
 /* test_cuda_model.c: whole small models trained 20 steps on the cpu backend and on
  * the cuda backend from the same initial parameters and the same batches: the
  * losses (cross-entropy and aux) must agree step by step (relative 1e-4: float32
- * rounding, compounded over 20 Adam steps), and two cuda runs must give the same
- * bits (determinism). The optimizer is the host Adam of runtime/optim.c on both
+ * rounding, compounded over 20 Adam steps), and two cuda runs (the second on virtual
+ * device 1 of the same GPU: its own stream and cuBLAS handle) must give the same bits
+ * (determinism). The optimizer is the host Adam of runtime/optim.c on both
  * sides (cuda: parameters and gradients are downloaded and uploaded), so the
  * comparison is of the kernels alone; rt_cuda_adam_f32 is checked against it on one
  * parameter.
@@ -206,7 +207,11 @@ static void one_model(const char *what, const char *text, const Backend *cuda, v
   Run cpu, gpu, gpu2;
   run_init(&cpu, g[0], &cfg, &rt_backend_cpu, NULL);
   run_init(&gpu, g[1], &cfg, cuda, dev);
-  run_init(&gpu2, g[2], &cfg, cuda, dev);
+  void *dev2 = dev; /* the second cuda run: on virtual device 1 of GPU 0 (own stream, handle) */
+#ifdef MOEC_HAVE_CUDA
+  dev2 = rt_cuda_dev_virtual(0, 1);
+#endif
+  run_init(&gpu2, g[2], &cfg, cuda, dev2);
   int V = vocab_of(g[0]);
   int64_t nt = g[0]->B * g[0]->T;
   int32_t *ids = mc_malloc((size_t)nt * 4), *tg = mc_malloc((size_t)nt * 4);

@@ -1,0 +1,305 @@
+/* comm.c: the `comm` pass and the collectives' shape rules (ops.def, "collectives").
+ *
+ * After placement (P > 1; with one device it does nothing), every place where data must
+ * move between devices becomes an explicit op:
+ *   all_to_all      rows of a data-parallel node read by an expert-sharded one: the
+ *                   dispatch (forward) and the gradient rows from combine_bwd (backward)
+ *   all_to_all_back rows of an expert-sharded node read by a data-parallel one: the
+ *                   combine (forward) and the gradient rows to undispatch (backward)
+ *   all_reduce      every replicated parameter's gradient (one per parameter), and each
+ *                   MoE layer's importance and load (aux losses over the global batch)
+ *   reshard         batch rows moving between two device sets (on(...) rules)
+ * Expert gradients never leave their device: they are PART_EXPERTS and only partial
+ * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
+ * New nodes go right before their first reader (all_reduce: right after the producer);
+ * node ids are renumbered in order. Bytes: pass_comm_bytes (docs/placement.md). */
+#include <string.h>
+
+#include "plan.h"
+
+/* ---------------------------------------------------------------- shape rules */
+
+const char *shape_all_to_all(Graph *g, Node *n) {
+  if (n->in[0]->ty.rank < 1) return "all_to_all moves rows: its input needs rank >= 1";
+  if (n->in[1]->ty.dtype != DT_I32 || n->in[1]->ty.rank != 1)
+    return mc_arena_printf(&g->arena, "all_to_all needs offsets i32[E+1] as input 2");
+  n->out[0]->ty = n->in[0]->ty;
+  n->out[1]->ty = n->in[1]->ty;
+  return NULL;
+}
+
+const char *shape_collective_same(Graph *g, Node *n) {
+  (void)g;
+  n->out[0]->ty = n->in[0]->ty;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- bytes */
+
+static int64_t bound_bytes(const Tensor *t) {
+  return t->numel * 4; /* f32 and i32 */
+}
+
+CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
+  (void)g;
+  CommBytes b = {0};
+  int64_t nd = n->ia[1] > 0 ? n->ia[1] : 1;
+  b.payload = bound_bytes(n->in[0]);
+  switch (n->op) {
+  case OP_ALL_TO_ALL:
+  case OP_ALL_TO_ALL_BACK:
+    b.upper = b.payload;
+    b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
+    b.per_device = b.expected / nd;
+    break;
+  case OP_ALL_REDUCE: /* ring: each device sends 2(n-1)/n of the tensor */
+    nd = n->ia[0] > 0 ? n->ia[0] : 1;
+    b.upper = b.expected = 2 * (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  case OP_RESHARD:
+    nd = MC_MAX(n->ia[0], n->ia[1]);
+    b.upper = b.payload;
+    b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
+    b.per_device = b.expected / (nd > 0 ? nd : 1);
+    break;
+  default:
+    break;
+  }
+  return b;
+}
+
+/* ---------------------------------------------------------------- the pass */
+
+typedef struct Ins {
+  Node *node;
+  Node *anchor; /* goes before (or after) this node */
+  bool after;
+} Ins;
+
+typedef struct Comm {
+  Graph *g;
+  int P;
+  Ins *ins;
+  int nins, cap;
+  Tensor **a2a;  /* by tensor id: its all_to_all / all_to_all_back / reshard output */
+  Tensor **recv; /* by moe index: received offsets */
+} Comm;
+
+static int set_size(const Node *n, int P) {
+  return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
+}
+
+static bool same_set(const Node *a, const Node *b) {
+  if (a->device != b->device || a->ndevices != b->ndevices) return false;
+  for (int i = 0; i < a->ndevices; i++)
+    if (a->devices[i] != b->devices[i]) return false;
+  return true;
+}
+
+static bool is_expert(const Node *n) {
+  return n->nout > 0 && n->out[0]->part == PART_EXPERTS;
+}
+
+static int moe_of(const Graph *g, const char *layer) {
+  for (int i = 0; layer && i < g->nmoe; i++)
+    if (!strcmp(g->moe_names[i], layer)) return i;
+  return -1;
+}
+
+/* Expected fraction of a MoE layer's rows that change device under uniform routing: a
+ * row on device s stays when its expert is on s; averaged over senders (each holds 1/P
+ * of the rows) that is 1 - sum_s (1/P)(E_s/E) = (P-1)/P for any map over P devices. */
+static double remote_fraction(const Graph *g, int moe, int P) {
+  int E = g->moe_nexperts[moe];
+  if (E <= 0) return 0;
+  double stay = 0;
+  for (int e = 0; e < E; e++)
+    if (g->moe_expert_dev[moe][e] >= 0) stay += 1.0 / P / E;
+  return 1 - stay;
+}
+
+static Node *new_node(Comm *c, OpKind op, int nin, Tensor **in, const Node *like, Node *anchor,
+                      bool after, const char *what) {
+  Graph *g = c->g;
+  Node *n = ir_node(g, op, nin, in, NULL, NULL);
+  g->nnodes--; /* ir_node appended it; it is placed at its anchor below */
+  n->layer = like->layer;
+  n->role = like->role;
+  n->loc = like->loc;
+  n->backward = like->backward;
+  n->device = -1;
+  for (int j = 0; j < n->nout; j++) {
+    n->out[j]->kind = n->backward ? TK_GRAD : TK_ACT;
+    n->out[j]->loc = n->loc;
+    n->out[j]->name = mc_arena_printf(&g->arena, "%s%s%s", in[0]->name, what, j ? ".offsets" : "");
+  }
+  if (c->nins == c->cap) {
+    c->cap = c->cap ? 2 * c->cap : 32;
+    c->ins = mc_realloc(c->ins, sizeof(Ins) * (size_t)c->cap);
+  }
+  c->ins[c->nins++] = (Ins){n, anchor, after};
+  return n;
+}
+
+/* The offsets i32[E+1] a node of an expert layer reads (not produced by an expert node). */
+static Tensor *layer_offsets(const Node *n) {
+  for (int i = 0; i < n->nin; i++)
+    if (n->in[i]->ty.dtype == DT_I32 && n->in[i]->ty.rank == 1 && n->in[i]->part != PART_EXPERTS)
+      return n->in[i];
+  return NULL;
+}
+
+/* Offsets of moe layer m as the data-parallel side sees them: those its expert nodes read. */
+static Tensor *moe_offsets(const Graph *g, const char *layer) {
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (is_expert(n) && n->layer && !strcmp(n->layer, layer)) {
+      Tensor *o = layer_offsets(n);
+      if (o) return o;
+    }
+  }
+  return NULL;
+}
+
+static void rewire(Comm *c, Node *reader, int slot) {
+  Graph *g = c->g;
+  Tensor *t = reader->in[slot];
+  const Node *p = t->producer;
+  bool rows = t->ty.rank >= 1 && t->ty.dim[0].b > 0;
+  if (!p && t->kind != TK_INPUT && t->kind != TK_STATE) return; /* params */
+  bool pe = p && is_expert(p), re = is_expert(reader);
+  int moe = moe_of(g, re ? reader->layer : p ? p->layer : NULL);
+  if (re && !pe && rows) { /* dispatch: rows to their experts' devices */
+    if (!c->a2a[t->id]) {
+      Tensor *off = moe_offsets(g, reader->layer);
+      MOEC_ASSERT(off != NULL && moe >= 0);
+      Tensor *in[2] = {t, off};
+      Node *n = new_node(c, OP_ALL_TO_ALL, 2, in, reader, reader, false, "@experts");
+      n->ia[0] = moe;
+      n->ia[1] = set_size(reader, c->P);
+      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->out[0]->part = n->out[1]->part = PART_EXPERTS;
+      c->a2a[t->id] = n->out[0];
+      if (!c->recv[moe]) c->recv[moe] = n->out[1];
+    }
+    reader->in[slot] = c->a2a[t->id];
+  } else if (re && !pe && t->ty.dtype == DT_I32 && t->ty.rank == 1 && moe >= 0) {
+    if (c->recv[moe]) reader->in[slot] = c->recv[moe]; /* received offsets */
+  } else if (!re && pe && rows) { /* combine: rows back to their batch devices */
+    if (!c->a2a[t->id]) {
+      Tensor *off = moe_offsets(g, p->layer);
+      MOEC_ASSERT(off != NULL && moe >= 0);
+      Tensor *in[2] = {t, off};
+      Node *n = new_node(c, OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false, "@batch");
+      n->ia[0] = moe;
+      n->ia[1] = set_size(p, c->P);
+      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->out[0]->part = PART_BATCH;
+      c->a2a[t->id] = n->out[0];
+    }
+    reader->in[slot] = c->a2a[t->id];
+  } else if (!re && !pe && rows && p && !same_set(p, reader)) { /* on(...): rows move */
+    if (!c->a2a[t->id]) {
+      Tensor *in[1] = {t};
+      Node *n = new_node(c, OP_RESHARD, 1, in, reader, reader, false, "@reshard");
+      int a = set_size(p, c->P), b = set_size(reader, c->P);
+      n->ia[0] = a;
+      n->ia[1] = b;
+      /* rows that change device: all but those whose device is in both splits; with
+       * equal sets none, else (conservatively) 1 - 1/max(a, b) */
+      n->fa[0] = 1.0 - 1.0 / MC_MAX(a, b);
+      n->device = reader->device;
+      n->devices = reader->devices;
+      n->ndevices = reader->ndevices;
+      n->out[0]->part = PART_BATCH;
+      c->a2a[t->id] = n->out[0];
+    }
+    reader->in[slot] = c->a2a[t->id];
+  }
+}
+
+/* all_reduce of t (PART_PARTIAL), right after its producer; every reader of t but the
+ * new node reads the sum. Returns the sum. */
+static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
+  Graph *g = c->g;
+  Node *p = t->producer;
+  int nd = set_size(p, c->P);
+  if (nd <= 1) {
+    t->part = PART_REPLICATED;
+    return t;
+  }
+  Tensor *in[1] = {t};
+  Node *n = new_node(c, OP_ALL_REDUCE, 1, in, p, p, true, what);
+  n->ia[0] = nd;
+  n->device = p->device;
+  n->devices = p->devices;
+  n->ndevices = p->ndevices;
+  Tensor *s = n->out[0];
+  s->part = PART_REPLICATED;
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      if (g->nodes[k]->in[i] == t) g->nodes[k]->in[i] = s;
+  for (int k = 0; k < g->nstates; k++)
+    if (g->states[k].next == t) g->states[k].next = s;
+  return s;
+}
+
+void pass_comm(Graph *g, const PassCtx *ctx) {
+  int P = ctx->devices;
+  if (P <= 1 || !ctx->cfg || !g->moe_expert_dev) return; /* not placed: nothing moves */
+  Comm c = {.g = g, .P = P};
+  c.a2a = mc_calloc((size_t)g->ntensors + 1, sizeof(Tensor *));
+  c.recv = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
+  int n0 = g->nnodes;
+  /* 1. data between differently placed nodes; rows first, then offsets */
+  for (int pass = 0; pass < 2; pass++)
+    for (int k = 0; k < n0; k++) {
+      Node *n = g->nodes[k];
+      for (int i = 0; i < n->nin; i++) {
+        bool off = n->in[i]->ty.dtype == DT_I32 && n->in[i]->ty.rank == 1;
+        if (off == (pass == 1)) rewire(&c, n, i);
+      }
+    }
+  /* 2. importance and load over the global batch */
+  for (int i = 0; i < g->nmoe; i++) {
+    if (g->moe_importance[i] && g->moe_importance[i]->part == PART_PARTIAL)
+      g->moe_importance[i] = all_reduce(&c, g->moe_importance[i], "@sum");
+    if (g->moe_load[i] && g->moe_load[i]->part == PART_PARTIAL)
+      g->moe_load[i] = all_reduce(&c, g->moe_load[i], "@sum");
+  }
+  /* 3. gradients of replicated parameters (expert gradients stay where they are) */
+  for (int i = 0; i < g->nparams; i++) {
+    Tensor *p = g->params[i];
+    if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      Tensor *s = all_reduce(&c, p->grad, "@sum");
+      if (s != p->grad) s->name = mc_arena_printf(&g->arena, "%s.grad@sum", p->name);
+      p->grad = s;
+    }
+  }
+  /* 4. splice the new nodes in at their anchors; ids in order */
+  Node **out = mc_calloc((size_t)(n0 + c.nins), sizeof(Node *));
+  int m = 0;
+  for (int k = 0; k < n0; k++) {
+    Node *n = g->nodes[k];
+    for (int j = 0; j < c.nins; j++)
+      if (c.ins[j].anchor == n && !c.ins[j].after) out[m++] = c.ins[j].node;
+    out[m++] = n;
+    for (int j = 0; j < c.nins; j++)
+      if (c.ins[j].anchor == n && c.ins[j].after) out[m++] = c.ins[j].node;
+  }
+  MOEC_ASSERT(m == n0 + c.nins);
+  for (int k = 0; k < m; k++) {
+    if (k >= g->ncap) { /* ir_node grew the array when it appended */
+      g->ncap = 2 * m;
+      g->nodes = mc_realloc(g->nodes, sizeof(Node *) * (size_t)g->ncap);
+    }
+    g->nodes[k] = out[k];
+    out[k]->id = k;
+  }
+  g->nnodes = m;
+  mc_free(out);
+  mc_free(c.ins);
+  mc_free(c.a2a);
+  mc_free(c.recv);
+}

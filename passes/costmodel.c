@@ -1,0 +1,210 @@
+/* costmodel.c: what a placed, bound graph costs per device (moec plan; moec simulate
+ * will reuse it with the K40 / H100 presets). docs/placement.md lists every formula:
+ *   params       bytes of the parameters a device holds (expert params: its experts' rows)
+ *   grads        the same again
+ *   optimizer    adam: 2 x params; factored: rows + cols per matrix (leading dims kept),
+ *                numel for vectors (no first moment)
+ *   activations  forward outputs read by a backward node (kept for backward), at the
+ *                device's share; issue 6's memory planner will give the real peak
+ *   flops        forward + backward: matmul 2*M*N*K, grouped matmuls 2*R*K*M over routed
+ *                rows, lstm 2*B*T*4U*U (+ elementwise), other ops 1 per output element
+ *   step time    max over devices of flops / GFLOP/s + the sum over collectives of
+ *                (bytes one device sends / link GB/s + latency)
+ * Work of expert-sharded nodes is split by experts held (uniform routing). */
+#include <string.h>
+
+#include "plan.h"
+
+/* cpu: the brief's measured OpenBLAS sgemm peak of this machine; link: an in-process
+ * memcpy between threads. k40 / h100: datasheet figures (fp32; PCIe 3 / NVLink 4). */
+const CostConsts plan_consts_cpu = {"cpu", 190, 10, 5};
+const CostConsts plan_consts_k40 = {"k40", 4290, 12, 10};
+const CostConsts plan_consts_h100 = {"h100", 51000, 450, 5};
+
+static double numel(const Tensor *t) {
+  return (double)t->numel;
+}
+
+/* rows of x[..., K] (all dims but the last) */
+static double rows(const Tensor *t) {
+  return t->ty.rank >= 1 && t->shape[t->ty.rank - 1] > 0
+             ? numel(t) / (double)t->shape[t->ty.rank - 1]
+             : numel(t);
+}
+
+double plan_node_flops(const Node *n) {
+  const Tensor *a = n->in[0];
+  switch (n->op) {
+  case OP_MATMUL: { /* out [M, N]: 2 * M * N * K */
+    int64_t K = n->ia[0] ? rows(a) : a->shape[a->ty.rank - 1];
+    return 2.0 * numel(n->out[0]) * (double)K;
+  }
+  case OP_GROUPED_MATMUL: /* [R, K] x [K, M] per row */
+    return 2.0 * numel(n->out[0]) * (double)a->shape[a->ty.rank - 1];
+  case OP_GROUPED_MATMUL_DW: /* xs[R,K], g[R,M] */
+    return 2.0 * numel(a) * (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
+  case OP_LSTM: { /* h[B,U] . W_hh^T per step, plus the cell's elementwise work */
+    double U = (double)n->in[1]->shape[1], BT = rows(n->out[0]);
+    return 2.0 * BT * 4 * U * U + 10.0 * BT * U;
+  }
+  case OP_LSTM_BWD: { /* dh . W_hh and dW_hh += g^T h */
+    double U = (double)n->in[1]->shape[1], BT = rows(n->in[0]);
+    return 4.0 * BT * 4 * U * U + 20.0 * BT * U;
+  }
+  case OP_XENT:
+  case OP_SOFTMAX:
+    return 3.0 * numel(a);
+  case OP_EMBEDDING:
+  case OP_RESHAPE:
+  case OP_ALL_TO_ALL:
+  case OP_ALL_TO_ALL_BACK:
+  case OP_ALL_REDUCE:
+  case OP_RESHARD:
+    return 0;
+  default: {
+    double f = 0;
+    for (int j = 0; j < n->nout; j++)
+      f += numel(n->out[j]);
+    return f;
+  }
+  }
+}
+
+static int moe_of(const Graph *g, const char *layer) {
+  for (int i = 0; layer && i < g->nmoe; i++)
+    if (!strcmp(g->moe_names[i], layer)) return i;
+  return -1;
+}
+
+static bool in_set(const Node *n, int d) {
+  if (n->device >= 0) return n->device == d;
+  if (n->ndevices == 0) return true;
+  for (int i = 0; i < n->ndevices; i++)
+    if (n->devices[i] == d) return true;
+  return false;
+}
+
+static int set_size(const Node *n, int P) {
+  return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
+}
+
+double plan_node_share(const Graph *g, const Node *n, int d, int devices) {
+  if (devices <= 1 || !g->moe_expert_dev) return 1; /* not placed: one device does it all */
+  if (!in_set(n, d)) return 0;
+  int m = moe_of(g, n->layer);
+  if (n->nout > 0 && n->out[0]->part == PART_EXPERTS && m >= 0 && g->moe_nexperts[m] > 0) {
+    int E = g->moe_nexperts[m], mine = 0;
+    for (int e = 0; e < E; e++)
+      mine += g->moe_expert_dev[m][e] == d;
+    return (double)mine / E;
+  }
+  bool rows = n->nout > 0 && n->out[0]->ty.rank >= 1 && n->out[0]->ty.dim[0].b > 0;
+  bool partial = n->nout > 0 && n->out[0]->part == PART_PARTIAL;
+  if (rows || partial || n->op == OP_XENT) return 1.0 / set_size(n, devices);
+  return 1; /* replicated work: every device of the set does it (aux losses, all_reduce) */
+}
+
+/* Devices holding a parameter: the set of its first reader. */
+static const Node *first_reader(const Graph *g, const Tensor *t) {
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      if (g->nodes[k]->in[i] == t) return g->nodes[k];
+  return NULL;
+}
+
+/* Fraction of expert parameter p (PART_EXPERTS, rows = experts) on device d. Names:
+ * LAYER.w1 (rows = experts 0..E-1) or LAYER.gI.w1 (group I: experts I*Eg ...). */
+static double expert_param_share(const Graph *g, const Tensor *p, int d) {
+  for (int m = 0; m < g->nmoe; m++) {
+    size_t L = strlen(g->moe_names[m]);
+    if (strncmp(p->name, g->moe_names[m], L) || p->name[L] != '.') continue;
+    int E = g->moe_nexperts[m], first = 0, grp = -1, rowsn = (int)p->shape[0];
+    if (sscanf(p->name + L + 1, "g%d.", &grp) == 1 && grp >= 0) first = grp * rowsn;
+    if (rowsn <= 0 || first + rowsn > E) continue;
+    int mine = 0;
+    for (int e = first; e < first + rowsn; e++)
+      mine += g->moe_expert_dev[m][e] == d || g->moe_expert_dev[m][e] < 0;
+    return (double)mine / rowsn;
+  }
+  return 1;
+}
+
+static double optim_elems(const Tensor *p, OptKind opt) {
+  if (opt == OPT_ADAM || p->ty.rank < 2) return opt == OPT_ADAM ? 2 * numel(p) : numel(p);
+  double r = (double)p->shape[p->ty.rank - 2], c = (double)p->shape[p->ty.rank - 1];
+  return numel(p) / (r * c) * (r + c);
+}
+
+PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k) {
+  PlanCost c = {.devices = devices, .k = *k};
+  c.dev = mc_calloc((size_t)devices, sizeof(DeviceCost));
+  bool placed = devices > 1 && g->moe_expert_dev;
+  for (int d = 0; d < devices; d++) {
+    DeviceCost *dc = &c.dev[d];
+    for (int i = 0; i < g->nparams; i++) {
+      const Tensor *p = g->params[i];
+      double s = 1;
+      if (placed && p->part == PART_EXPERTS)
+        s = expert_param_share(g, p, d);
+      else if (placed) {
+        const Node *r = first_reader(g, p);
+        s = r && !in_set(r, d) ? 0 : 1;
+      }
+      dc->param_bytes += 4 * numel(p) * s;
+      if (g->has_backward) {
+        dc->grad_bytes += 4 * numel(p) * s;
+        dc->optim_bytes += 4 * optim_elems(p, opt) * s;
+      }
+    }
+    for (int m = 0; m < g->nmoe && placed; m++)
+      for (int e = 0; e < g->moe_nexperts[m]; e++)
+        dc->nexperts += g->moe_expert_dev[m][e] == d || g->moe_expert_dev[m][e] < 0;
+    for (int m = 0; m < g->nmoe && !placed; m++) {
+      for (int kk = 0; kk < g->nnodes; kk++) {
+        const Node *n = g->nodes[kk];
+        if (n->op == OP_GROUPED_MATMUL && n->layer && !strcmp(n->layer, g->moe_names[m]) &&
+            !n->backward && n->role && !strcmp(n->role, "experts")) {
+          dc->nexperts += (int)n->in[2]->shape[0] - 1;
+          break;
+        }
+      }
+    }
+    for (int kk = 0; kk < g->nnodes; kk++) {
+      const Node *n = g->nodes[kk];
+      double s = plan_node_share(g, n, d, devices);
+      dc->flops += plan_node_flops(n) * s;
+      if (n->backward) continue;
+      for (int j = 0; j < n->nout; j++) { /* kept for backward? */
+        const Tensor *t = n->out[j];
+        bool kept = false;
+        for (int q = kk + 1; q < g->nnodes && !kept; q++) {
+          const Node *r = g->nodes[q];
+          if (!r->backward) continue;
+          for (int i = 0; i < r->nin; i++)
+            kept |= r->in[i] == t;
+        }
+        if (kept) dc->act_bytes += 4 * numel(t) * s;
+      }
+    }
+  }
+  double maxf = 0;
+  for (int d = 0; d < devices; d++)
+    maxf = c.dev[d].flops > maxf ? c.dev[d].flops : maxf;
+  c.compute_s = maxf / (k->gflops * 1e9);
+  for (int kk = 0; kk < g->nnodes; kk++) {
+    const Node *n = g->nodes[kk];
+    if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
+    CommBytes b = pass_comm_bytes(g, n);
+    c.comm_bytes_expected += (double)b.expected;
+    c.comm_bytes_upper += (double)b.upper;
+    int steps = n->op == OP_ALL_REDUCE ? 2 * (int)(n->ia[0] - 1) : 1;
+    c.comm_s += (double)b.per_device / (k->link_gbs * 1e9) + steps * k->latency_us * 1e-6;
+  }
+  c.step_s = c.compute_s + c.comm_s;
+  return c;
+}
+
+void plan_cost_free(PlanCost *c) {
+  mc_free(c->dev);
+  c->dev = NULL;
+}

@@ -1,0 +1,345 @@
+/* fusion.c: the elementwise-fusion pass. Groups chains and trees of
+ * elementwise ops into one OP_FUSED node per group, whose expression program
+ * (fusion.h) codegen/jit.c compiles into one loop (one kernel call instead of
+ * one per op, and intermediates kept in registers).
+ *
+ * Legality (a node n joins the group of one of its inputs' producers only if):
+ *   - n is elementwise, not random (dropout draws from the counter RNG: kept
+ *     out so the generated code never has to reproduce a draw), one output, f32;
+ *     activation backward ops need both operands group-shaped, add/sub/mul
+ *     accept a scalar second operand (broadcast, as the kernels do);
+ *   - n's output has exactly the group's type (same symbolic shape: same numel
+ *     once bound);
+ *   - same device (no placement boundary inside; collectives are never
+ *     elementwise), same recompute segment, same forward/backward side;
+ *   - no cycle and no reordering hazard: the fused node runs where the group's
+ *     last member ran, so every consumer outside the group of any member's
+ *     output must come after that point (a path that leaves the group and
+ *     re-enters it has such a consumer before the last member).
+ * A member's output stays materialised (an output of the fused node) when a
+ * node outside the group reads it, when the graph names it (loss, gradients,
+ * state, monitoring), or when nothing reads it; otherwise it lives only in a
+ * register. Groups of one node are left alone.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusion.h"
+
+/* ---------------------------------------------------------------- program registry */
+
+/* OP_FUSED node -> its program. Programs live in the graph's arena; an entry
+ * outlives its graph but is only looked up through a live node, and a node
+ * reusing a freed address re-registers (lookups scan newest first). */
+typedef struct ProgEntry {
+  const Node *node;
+  const FusedProg *prog;
+} ProgEntry;
+static ProgEntry *registry;
+static int nregistry, cap_registry;
+
+static void register_prog(const Node *n, const FusedProg *p) {
+  if (nregistry == cap_registry) {
+    cap_registry = cap_registry ? 2 * cap_registry : 64;
+    registry = mc_realloc(registry, (size_t)cap_registry * sizeof *registry);
+  }
+  registry[nregistry++] = (ProgEntry){n, p};
+}
+
+const FusedProg *pass_fused_prog(const Node *n) {
+  if (!n || n->op != OP_FUSED) return NULL;
+  for (int i = nregistry - 1; i >= 0; i--)
+    if (registry[i].node == n) return registry[i].prog;
+  return NULL;
+}
+
+bool pass_fusion_enabled(const Config *cfg) {
+#ifndef MOEC_HAVE_LLVM
+  (void)cfg;
+  return false; /* no JIT for fused kernels: the unfused kernels run */
+#else
+  const char *env = getenv("MOEC_FUSE");
+  if (env && *env) return strcmp(env, "0") != 0;
+  if (cfg && cfg->backend == BK_CUDA) return false; /* CUDA fused kernels: not yet */
+  return cfg ? cfg->fuse : false;
+#endif
+}
+
+/* OP_FUSED nodes are made here only; the rule exists for the op table. */
+const char *shape_fused(Graph *g, Node *n) {
+  (void)n;
+  return mc_arena_strdup(&g->arena, "fused nodes are made by the fusion pass only");
+}
+
+/* ---------------------------------------------------------------- legality */
+
+static bool fusable_op(OpKind op) {
+  switch (op) {
+  case OP_ADD: case OP_SUB: case OP_MUL: case OP_SCALE: case OP_RELU: case OP_TANH:
+  case OP_SIGMOID: case OP_SOFTPLUS: case OP_RELU_BWD: case OP_TANH_BWD: case OP_SIGMOID_BWD:
+  case OP_SOFTPLUS_BWD:
+    return true;
+  default:
+    return false;
+  }
+}
+
+static bool same_type(const Type *a, const Type *b) {
+  if (a->dtype != b->dtype || a->rank != b->rank) return false;
+  for (int d = 0; d < a->rank; d++)
+    if (a->dim[d].c != b->dim[d].c || a->dim[d].b != b->dim[d].b || a->dim[d].t != b->dim[d].t)
+      return false;
+  return true;
+}
+
+/* Can n be a member at all? (shape-wise against its own output type) */
+static bool candidate(const Node *n) {
+  const OpInfo *info = &ir_ops[n->op];
+  if (!fusable_op(n->op) || !(info->flags & OPF_ELEMENTWISE) || (info->flags & OPF_RANDOM))
+    return false;
+  if (n->nout != 1 || n->out[0]->ty.dtype != DT_F32) return false;
+  const Type *t = &n->out[0]->ty;
+  for (int i = 0; i < n->nin; i++) {
+    const Type *it = &n->in[i]->ty;
+    if (it->dtype != DT_F32) return false;
+    bool scalar_ok = i == 1 && (n->op == OP_ADD || n->op == OP_SUB || n->op == OP_MUL);
+    if (!same_type(it, t) && !(scalar_ok && it->rank == 0)) return false;
+  }
+  return true;
+}
+
+typedef struct Fuser {
+  Graph *g;
+  int *pos;       /* node id -> position in g->nodes */
+  int *group;     /* position -> group id, -1 = none */
+  int **members;  /* group id -> positions (ascending) */
+  int *nmembers;
+  int ngroups;
+  int **cons;     /* tensor id -> consumer positions */
+  int *ncons;
+  bool *named;    /* tensor id -> referenced by the graph itself */
+} Fuser;
+
+enum { MAX_GROUP = 64 }; /* keeps generated functions small */
+
+static bool in_set(const int *set, int n, int x) {
+  for (int i = 0; i < n; i++)
+    if (set[i] == x) return true;
+  return false;
+}
+
+/* Every consumer outside `set` of a member's output comes after position last. */
+static bool order_ok(const Fuser *F, const int *set, int n, int last) {
+  for (int i = 0; i < n; i++) {
+    const Node *m = F->g->nodes[set[i]];
+    for (int j = 0; j < m->nout; j++) {
+      int id = m->out[j]->id;
+      for (int c = 0; c < F->ncons[id]; c++)
+        if (!in_set(set, n, F->cons[id][c]) && F->cons[id][c] < last) return false;
+    }
+  }
+  return true;
+}
+
+static void mark_named(Fuser *F, const Tensor *t) {
+  if (t) F->named[t->id] = true;
+}
+
+static int cmp_int(const void *a, const void *b) {
+  return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
+
+/* ---------------------------------------------------------------- the pass */
+
+static void form_groups(Fuser *F) {
+  Graph *g = F->g;
+  int *set = mc_malloc(sizeof(int) * (MAX_GROUP + 1));
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    F->group[k] = -1;
+    if (!candidate(n)) continue;
+    int nset = 0;
+    set[nset++] = k;
+    for (int i = 0; i < n->nin; i++) {
+      const Node *p = n->in[i]->producer;
+      if (!p) continue;
+      int pp = F->pos[p->id];
+      if (pp < 0 || F->group[pp] < 0 || in_set(set, nset, pp)) continue;
+      int gid = F->group[pp];
+      const Node *q = g->nodes[F->members[gid][0]];
+      if (q->device != n->device || q->recompute_seg != n->recompute_seg ||
+          q->backward != n->backward || !same_type(&q->out[0]->ty, &n->out[0]->ty))
+        continue;
+      if (nset + F->nmembers[gid] > MAX_GROUP) continue;
+      int save = nset;
+      for (int m = 0; m < F->nmembers[gid]; m++)
+        if (!in_set(set, nset, F->members[gid][m])) set[nset++] = F->members[gid][m];
+      if (!order_ok(F, set, nset, k)) nset = save; /* would need a value before it exists */
+    }
+    /* the new group: n plus every merged group (their old ids are retired) */
+    int gid = F->ngroups++;
+    F->members[gid] = mc_malloc(sizeof(int) * (size_t)nset);
+    qsort(set, (size_t)nset, sizeof(int), cmp_int);
+    memcpy(F->members[gid], set, sizeof(int) * (size_t)nset);
+    F->nmembers[gid] = nset;
+    for (int m = 0; m < nset; m++) {
+      int old = F->group[set[m]];
+      if (old >= 0 && old != gid) F->nmembers[old] = 0;
+      F->group[set[m]] = gid;
+    }
+  }
+  mc_free(set);
+}
+
+/* Builds the OP_FUSED node of one group (members ascending, last = its position). */
+static Node *build_fused(Fuser *F, const int *mem, int nmem, int group_no) {
+  Graph *g = F->g;
+  FusedProg *prog = mc_arena_alloc(&g->arena, sizeof(FusedProg));
+  Tensor **ins = mc_malloc(sizeof(Tensor *) * (size_t)(2 * nmem + 1));
+  Tensor **outs = mc_malloc(sizeof(Tensor *) * (size_t)nmem);
+  int *outslot = mc_malloc(sizeof(int) * (size_t)nmem);
+  int nin = 0, nout = 0;
+  /* inputs: tensors read by members and made outside the group, first-use order */
+  for (int m = 0; m < nmem; m++) {
+    const Node *n = g->nodes[mem[m]];
+    for (int i = 0; i < n->nin; i++) {
+      const Node *p = n->in[i]->producer;
+      bool inside = p && F->pos[p->id] >= 0 && in_set(mem, nmem, F->pos[p->id]);
+      bool seen = false;
+      for (int s = 0; s < nin; s++) seen |= ins[s] == n->in[i];
+      if (!inside && !seen) ins[nin++] = n->in[i];
+    }
+  }
+  prog->nin = nin;
+  prog->nops = nmem;
+  prog->ops = mc_arena_alloc(&g->arena, sizeof(FusedInstr) * (size_t)nmem);
+  for (int m = 0; m < nmem; m++) {
+    const Node *n = g->nodes[mem[m]];
+    FusedInstr *fi = &prog->ops[m];
+    fi->op = n->op;
+    fi->b = -1;
+    fi->f0 = n->fa[0];
+    fi->f1 = n->fa[1];
+    for (int i = 0; i < n->nin; i++) {
+      int slot = -1;
+      const Node *p = n->in[i]->producer;
+      if (p && F->pos[p->id] >= 0) {
+        for (int q = 0; q < m; q++)
+          if (mem[q] == F->pos[p->id]) slot = nin + q;
+      }
+      if (slot < 0)
+        for (int s = 0; s < nin; s++)
+          if (ins[s] == n->in[i]) slot = s;
+      MOEC_ASSERT(slot >= 0);
+      if (i == 0) fi->a = slot;
+      else fi->b = slot;
+    }
+    /* materialised? */
+    Tensor *t = n->out[0];
+    bool keep = F->named[t->id] || F->ncons[t->id] == 0;
+    for (int c = 0; c < F->ncons[t->id] && !keep; c++)
+      keep = !in_set(mem, nmem, F->cons[t->id][c]);
+    if (keep) {
+      outs[nout] = t;
+      outslot[nout++] = nin + m;
+    }
+  }
+  MOEC_ASSERT(nout >= 1); /* the last member's output is read outside or named */
+  prog->nout = nout;
+  prog->outs = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)nout);
+  memcpy(prog->outs, outslot, sizeof(int) * (size_t)nout);
+
+  const Node *last = g->nodes[mem[nmem - 1]];
+  Node *f = mc_arena_alloc(&g->arena, sizeof(Node));
+  *f = *last; /* id, layer, role, loc, backward, device, recompute_seg of the last member */
+  f->op = OP_FUSED;
+  f->nin = nin;
+  f->nout = nout;
+  f->in = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)nin);
+  memcpy(f->in, ins, sizeof(Tensor *) * (size_t)nin);
+  f->out = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)nout);
+  memcpy(f->out, outs, sizeof(Tensor *) * (size_t)nout);
+  memset(f->ia, 0, sizeof f->ia);
+  memset(f->fa, 0, sizeof f->fa);
+  f->ia[0] = nmem;
+  f->fused_group = group_no;
+  for (int m = 0; m < nmem; m++) {
+    Tensor *t = g->nodes[mem[m]]->out[0];
+    t->producer = NULL; /* only in registers now, unless re-attached below */
+    t->producer_slot = 0;
+  }
+  for (int j = 0; j < nout; j++) {
+    outs[j]->producer = f;
+    outs[j]->producer_slot = j;
+  }
+  register_prog(f, prog);
+  mc_free(ins);
+  mc_free(outs);
+  mc_free(outslot);
+  return f;
+}
+
+void pass_fusion(Graph *g, const PassCtx *ctx) {
+  if (!pass_fusion_enabled(ctx ? ctx->cfg : NULL)) return;
+  Fuser F = {0};
+  F.g = g;
+  int maxid = 0;
+  for (int k = 0; k < g->nnodes; k++) maxid = g->nodes[k]->id > maxid ? g->nodes[k]->id : maxid;
+  F.pos = mc_malloc(sizeof(int) * (size_t)(maxid + 1));
+  for (int i = 0; i <= maxid; i++) F.pos[i] = -1;
+  for (int k = 0; k < g->nnodes; k++) F.pos[g->nodes[k]->id] = k;
+  F.group = mc_malloc(sizeof(int) * (size_t)(g->nnodes + 1));
+  F.members = mc_calloc((size_t)g->nnodes + 1, sizeof(int *));
+  F.nmembers = mc_calloc((size_t)g->nnodes + 1, sizeof(int));
+  F.ncons = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  F.cons = mc_calloc((size_t)g->ntensors + 1, sizeof(int *));
+  F.named = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++) F.ncons[g->nodes[k]->in[i]->id]++;
+  for (int t = 0; t < g->ntensors; t++) {
+    F.cons[t] = mc_malloc(sizeof(int) * (size_t)(F.ncons[t] + 1));
+    F.ncons[t] = 0;
+  }
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++) {
+      int id = g->nodes[k]->in[i]->id;
+      if (!F.ncons[id] || F.cons[id][F.ncons[id] - 1] != k) F.cons[id][F.ncons[id]++] = k;
+    }
+  mark_named(&F, g->loss);
+  mark_named(&F, g->xent);
+  mark_named(&F, g->aux);
+  for (int i = 0; i < g->nparams; i++) mark_named(&F, g->params[i]->grad);
+  for (int i = 0; i < g->nstates; i++) mark_named(&F, g->states[i].next);
+  for (int i = 0; i < g->nmoe; i++) {
+    if (g->moe_importance) mark_named(&F, g->moe_importance[i]);
+    if (g->moe_load) mark_named(&F, g->moe_load[i]);
+  }
+
+  form_groups(&F);
+
+  /* rewrite: each group of >= 2 becomes one node at its last member's position */
+  Node **nodes = mc_malloc(sizeof(Node *) * (size_t)(g->nnodes + 1));
+  int nn = 0, nfused = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    int gid = F.group[k];
+    if (gid < 0 || F.nmembers[gid] < 2) {
+      nodes[nn++] = g->nodes[k];
+      continue;
+    }
+    if (F.members[gid][F.nmembers[gid] - 1] != k) continue; /* emitted with the last */
+    nodes[nn++] = build_fused(&F, F.members[gid], F.nmembers[gid], nfused++);
+  }
+  memcpy(g->nodes, nodes, sizeof(Node *) * (size_t)nn);
+  g->nnodes = nn;
+  mc_free(nodes);
+
+  for (int i = 0; i < F.ngroups; i++) mc_free(F.members[i]);
+  for (int t = 0; t < g->ntensors; t++) mc_free(F.cons[t]);
+  mc_free(F.pos);
+  mc_free(F.group);
+  mc_free(F.members);
+  mc_free(F.nmembers);
+  mc_free(F.ncons);
+  mc_free(F.cons);
+  mc_free(F.named);
+}

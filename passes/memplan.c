@@ -1,0 +1,282 @@
+/* memplan.c: memory planning (docs/memory.md).
+ *
+ * Liveness over the graph's node order, which is the order the program runs:
+ *
+ *   persistent  params, inputs and state (tensors no node produces): a region of
+ *               their own, laid one after the other; they live across steps.
+ *   transient   every produced tensor (activations, gradients, recompute copies):
+ *               live from its producer's index to its last reader's. Pinned to the
+ *               end of the program when the host reads it after the step (loss, xent,
+ *               aux, MoE importance and load, the state's next values, the params'
+ *               gradients: the optimizer runs after the program) or when nothing reads
+ *               it (a graph's outputs; the unused outputs of recompute copies and the
+ *               originals they replace excepted: those die where they are made).
+ *
+ * Lifetimes are closed intervals [def, last] of node indices, so a buffer whose last
+ * reader is node k is never reused for node k's own outputs: a kernel's inputs and
+ * outputs never alias. Transient tensors get offsets in one arena: each, in turn, at
+ * the best-fitting gap among the tensors already placed whose lifetimes overlap its
+ * own; two orders are tried (largest first, and by birth) and the smaller arena kept.
+ * Every offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the plan.
+ *
+ * The runtime allocates persistent + arena bytes in one block (codegen/lower.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes.h"
+
+#define MEM_ALIGN 64
+
+typedef struct Live {
+  int id;
+  int def, last; /* node indices; PERSIST for persistent tensors, UNPLANNED when skipped */
+  int64_t size;  /* bytes, rounded up to MEM_ALIGN */
+  int64_t off;   /* in its region */
+} Live;
+
+enum { PERSIST = -1, UNPLANNED = -2 };
+
+static int64_t align_up(int64_t x) { return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN; }
+
+static int64_t tensor_bytes(const Tensor *t, int64_t B, int64_t T, int64_t elem) {
+  int64_t n = 1;
+  for (int d = 0; d < t->ty.rank; d++)
+    n *= dim_eval(t->ty.dim[d], B, T);
+  return n * (t->ty.dtype == DT_I32 ? 4 : elem);
+}
+
+/* What a reader sees: the tensor, or (planning as if there were no recompute) the
+ * original output that a recompute copy's output repeats. */
+static const Tensor *seen(const Tensor *t, int flags) {
+  if ((flags & MEMPLAN_AS_IF_NO_RECOMPUTE) && t->producer && t->producer->recompute_of)
+    return t->producer->recompute_of->out[t->producer_slot];
+  return t;
+}
+
+static void pin(Live *L, const Tensor *t, int end) {
+  if (t && L[t->id].def >= 0) L[t->id].last = end;
+}
+
+/* Fills L (g->ntensors entries) with every tensor's lifetime and aligned size. */
+static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
+  const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
+  const int end = g->nnodes;
+  bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  bool *repeated = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* has a recompute copy */
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
+                  align_up(tensor_bytes(t, B, T, elem)), -1};
+  }
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->recompute_of && as_if) continue;
+    for (int j = 0; j < n->nout; j++)
+      L[n->out[j]->id].def = L[n->out[j]->id].last = k;
+    if (n->recompute_of)
+      for (int j = 0; j < n->nout; j++)
+        repeated[n->recompute_of->out[j]->id] = true;
+    for (int i = 0; i < n->nin; i++) {
+      const Tensor *t = seen(n->in[i], flags);
+      read[t->id] = true;
+      if (L[t->id].def >= 0 && L[t->id].last < k) L[t->id].last = k;
+    }
+  }
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (L[i].def >= 0 && !read[i] && !t->producer->recompute_of && !repeated[i])
+      L[i].last = end; /* an output of the graph */
+  }
+  pin(L, g->loss, end);
+  pin(L, g->xent, end);
+  pin(L, g->aux, end);
+  for (int i = 0; i < g->nmoe; i++) {
+    pin(L, g->moe_importance ? g->moe_importance[i] : NULL, end);
+    pin(L, g->moe_load ? g->moe_load[i] : NULL, end);
+  }
+  for (int i = 0; i < g->nstates; i++)
+    pin(L, g->states[i].next, end);
+  for (int i = 0; i < g->nparams; i++)
+    pin(L, g->params[i]->grad, end);
+  mc_free(read);
+  mc_free(repeated);
+}
+
+static int by_size(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  if (x->size != y->size) return x->size > y->size ? -1 : 1;
+  if (x->def != y->def) return x->def < y->def ? -1 : 1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int by_birth(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  if (x->def != y->def) return x->def < y->def ? -1 : 1;
+  if (x->size != y->size) return x->size > y->size ? -1 : 1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+typedef struct Span {
+  int64_t lo, hi;
+} Span;
+
+static int by_lo(const void *a, const void *b) {
+  const Span *x = a, *y = b;
+  return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+static bool overlap_in_time(const Live *a, const Live *b) {
+  return a->def <= b->last && b->def <= a->last;
+}
+
+/* MOEC_MEMPLAN_TRACE=1: the node where the most bytes are alive, and what they are. */
+static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags) {
+  int64_t live = 0, best = -1;
+  int at = 0;
+  for (int k = 0; k <= g->nnodes; k++) {
+    live += delta[k];
+    if (live > best) {
+      best = live;
+      at = k;
+    }
+  }
+  fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
+          flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
+          at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
+  for (int i = 0; i < g->ntensors; i++)
+    if (L[i].def >= 0 && L[i].def <= at && at <= L[i].last)
+      fprintf(stderr, "  %-32s %10lld  [%d, %d]\n", g->tensors[i]->name, (long long)L[i].size,
+              L[i].def, L[i].last);
+}
+
+/* Places the m tensors in order (sorted by cmp), each at the best-fitting gap among
+ * the already placed ones alive at the same time; returns the arena's size. */
+static int64_t place(Live *order, int m, int (*cmp)(const void *, const void *), Span *sp) {
+  int64_t arena = 0;
+  qsort(order, (size_t)m, sizeof(Live), cmp);
+  for (int i = 0; i < m; i++) {
+    Live *t = &order[i];
+    int ns = 0;
+    for (int j = 0; j < i; j++)
+      if (overlap_in_time(t, &order[j]))
+        sp[ns++] = (Span){order[j].off, order[j].off + order[j].size};
+    qsort(sp, (size_t)ns, sizeof(Span), by_lo);
+    int64_t cur = 0, best = -1, best_gap = INT64_MAX;
+    for (int j = 0; j < ns; j++) {
+      int64_t gap = sp[j].lo - cur;
+      if (gap >= t->size && gap < best_gap) {
+        best = cur;
+        best_gap = gap;
+      }
+      if (sp[j].hi > cur) cur = sp[j].hi;
+    }
+    t->off = best >= 0 ? best : cur;
+    if (t->off + t->size > arena) arena = t->off + t->size;
+  }
+  return arena;
+}
+
+MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
+                             int64_t *offsets) {
+  MOEC_ASSERT(B > 0 && T > 0 && (elem == 4 || elem == 8));
+  MemFigures mf = {.B = B, .T = T, .elem = (int64_t)elem};
+  int nt = g->ntensors;
+  Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
+  lifetimes(g, B, T, (int64_t)elem, flags, L);
+  /* persistent region, in tensor order */
+  for (int i = 0; i < nt; i++)
+    if (L[i].def == PERSIST) {
+      L[i].off = mf.persist;
+      mf.persist += L[i].size;
+    }
+  /* the arena: two greedy orders, keep the smaller */
+  Live *order = mc_calloc((size_t)nt + 1, sizeof(Live));
+  Span *sp = mc_calloc((size_t)nt + 1, sizeof(Span));
+  int m = 0;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0) order[m++] = L[i];
+  int64_t a1 = place(order, m, by_size, sp), a2 = place(order, m, by_birth, sp);
+  mf.arena = a2 < a1 ? a2 : place(order, m, by_size, sp); /* the last placement stands */
+  for (int i = 0; i < m; i++)
+    L[order[i].id].off = order[i].off;
+  /* the lower bound: most bytes alive at one node */
+  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0) {
+      delta[L[i].def] += L[i].size;
+      delta[L[i].last + 1] -= L[i].size;
+    }
+  int64_t live = 0;
+  for (int k = 0; k <= g->nnodes; k++) {
+    live += delta[k];
+    if (live > mf.live_max) mf.live_max = live;
+  }
+  if (getenv("MOEC_MEMPLAN_TRACE")) trace(g, L, delta, flags);
+  if (offsets)
+    for (int i = 0; i < nt; i++)
+      offsets[i] = L[i].def == PERSIST ? L[i].off : L[i].def >= 0 ? mf.persist + L[i].off : -1;
+  mc_free(delta);
+  mc_free(sp);
+  mc_free(order);
+  mc_free(L);
+  return mf;
+}
+
+long pass_memplan_validate(const Graph *g) {
+  const MemFigures *mf = &g->mem;
+  MOEC_ASSERT(mf->B > 0 && mf->T > 0);
+  int nt = g->ntensors;
+  Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
+  lifetimes(g, mf->B, mf->T, mf->elem, 0, L);
+  long pairs = 0;
+  for (int i = 0; i < nt; i++) {
+    const Tensor *a = g->tensors[i];
+    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(a, mf->B, mf->T, mf->elem);
+    bool persist = L[i].def == PERSIST;
+    if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
+        hi > mf->persist + mf->arena)
+      mc_fatal("memory plan: tensor '%s' at [%lld, %lld) lies outside its region (persistent "
+               "%lld bytes, arena %lld) or is not aligned",
+               a->name, (long long)lo, (long long)hi, (long long)mf->persist,
+               (long long)mf->arena);
+    for (int j = i + 1; j < nt; j++) {
+      bool both_persist = persist && L[j].def == PERSIST;
+      if (!both_persist && (persist || L[j].def == PERSIST)) continue; /* other regions */
+      if (!both_persist && !overlap_in_time(&L[i], &L[j])) continue;
+      pairs++;
+      const Tensor *b = g->tensors[j];
+      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(b, mf->B, mf->T, mf->elem);
+      if (lo < bhi && blo < hi)
+        mc_fatal("memory plan: '%s' [%lld, %lld) (nodes %d..%d) and '%s' [%lld, %lld) (nodes "
+                 "%d..%d) are alive at once and share memory",
+                 a->name, (long long)lo, (long long)hi, L[i].def, L[i].last, b->name,
+                 (long long)blo, (long long)bhi, L[j].def, L[j].last);
+    }
+  }
+  mc_free(L);
+  return pairs;
+}
+
+static MemFigures assign(Graph *g, int64_t B, int64_t T, size_t elem) {
+  int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  g->mem = pass_memplan_plan(g, B, T, elem, 0, off);
+  for (int i = 0; i < g->ntensors; i++)
+    g->tensors[i]->mem_offset = off[i];
+  mc_free(off);
+#ifndef NDEBUG
+  pass_memplan_validate(g); /* always on outside release builds: O(tensors^2), cheap */
+#endif
+  return g->mem;
+}
+
+MemFigures pass_memplan_assign(Graph *g, size_t elem) {
+  MOEC_ASSERT(g->B > 0 && g->T > 0);
+  return assign(g, g->B, g->T, elem);
+}
+
+void pass_memplan(Graph *g, const PassCtx *ctx) {
+  /* Shapes are symbolic here: plan at the config's batch and unroll, in f32. */
+  int64_t B = ctx->cfg && ctx->cfg->batch > 0 ? ctx->cfg->batch : 32;
+  int64_t T = ctx->cfg && ctx->cfg->unroll > 0 ? ctx->cfg->unroll : 20;
+  assign(g, B, T, sizeof(float));
+}

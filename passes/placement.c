@@ -1,0 +1,391 @@
+/* placement.c: the `placement` pass (issue 4; docs/placement.md).
+ *
+ * Runs after autodiff, so backward nodes are placed with their forward layer. With one
+ * device it does nothing. With P > 1 devices:
+ *   - every node gets a mode: data-parallel (its batch rows split over its device set)
+ *     or expert-sharded (role "experts" of a moe/hmoe: each device runs its own experts
+ *     on the rows routed to them), and a device set: all (Node.device = -1), one
+ *     (Node.device = d) or a list from on(...) (Node.devices);
+ *   - every tensor a PartKind: inputs, states and rows with B in dim 0 PART_BATCH; rows
+ *     of expert-sharded nodes and their parameters PART_EXPERTS; other parameters
+ *     PART_REPLICATED; reductions over local rows (parameter gradients, importance,
+ *     load) PART_PARTIAL until the comm pass all-reduces them;
+ *   - each MoE layer an expert -> device map (Graph.moe_expert_dev), by the policy.
+ * Strategies: paper (default), data_parallel, hmoe; then `place` rules in file order.
+ * User errors (more devices than batch rows, fewer experts than devices, experts over
+ * memory_budget, an unknown strategy or policy) stop with mc_die and a clear message. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan.h"
+
+const PlanLoads *plan_loads;
+char plan_note[1024];
+
+static void note(const char *fmt, const char *a, long long x, long long y) {
+  size_t n = strlen(plan_note);
+  if (n + 200 >= sizeof plan_note) return;
+  snprintf(plan_note + n, sizeof plan_note - n, fmt, a, x, y);
+}
+
+/* ---------------------------------------------------------------- patterns */
+
+/* `*` matches any run of characters. */
+static bool glob(const char *p, const char *s) {
+  if (!*p) return !*s;
+  if (*p == '*') return glob(p + 1, s) || (*s && glob(p, s + 1));
+  return *p == *s && glob(p + 1, s + 1);
+}
+
+/* Does rule pattern `pat` address node n? "L" all of layer L; "L.experts" / "L.gate"
+ * that role of a moe/hmoe layer L. */
+static bool rule_matches(const char *pat, const Node *n) {
+  if (!n->layer) return false;
+  const char *dot = strrchr(pat, '.');
+  if (dot && (!strcmp(dot, ".experts") || !strcmp(dot, ".gate"))) {
+    char layer[256];
+    size_t len = (size_t)(dot - pat);
+    if (len >= sizeof layer) return false;
+    memcpy(layer, pat, len);
+    layer[len] = 0;
+    return n->role && !strcmp(n->role, dot + 1) && glob(layer, n->layer);
+  }
+  return glob(pat, n->layer);
+}
+
+/* ---------------------------------------------------------------- expert maps */
+
+typedef struct NodePlace {
+  bool experts; /* expert-sharded */
+  int nset;     /* 0 = all devices */
+  const int *set;
+} NodePlace;
+
+static int moe_index(const Graph *g, const char *layer) {
+  for (int i = 0; layer && i < g->nmoe; i++)
+    if (!strcmp(g->moe_names[i], layer)) return i;
+  return -1;
+}
+
+/* Experts of moe layer `name`: the offsets i32[E+1] of its forward grouped_matmul. */
+static int layer_experts(const Graph *g, const char *name) {
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_GROUPED_MATMUL && n->layer && !strcmp(n->layer, name) && n->role &&
+        !strcmp(n->role, "experts"))
+      return (int)n->in[2]->ty.dim[0].c - 1;
+  }
+  return 0;
+}
+
+/* Groups of an hmoe layer (params NAME.g0.w1, NAME.g1.w1, ...); 0 for a moe. */
+static int layer_groups(const Graph *g, const char *name) {
+  int G = 0;
+  char buf[300];
+  for (;; G++) {
+    snprintf(buf, sizeof buf, "%s.g%d.w1", name, G);
+    bool found = false;
+    for (int i = 0; i < g->nparams && !found; i++)
+      found = !strcmp(g->params[i]->name, buf);
+    if (!found) return G;
+  }
+}
+
+static const double *measured(const char *name, int E) {
+  if (!plan_loads) return NULL;
+  for (int i = 0; i < plan_loads->n; i++)
+    if (!strcmp(plan_loads->names[i], name) && plan_loads->nexperts[i] == E)
+      return plan_loads->load[i];
+  return NULL;
+}
+
+/* Deals U units (experts or groups) over the n devices `set` by the policy: unit u ->
+ * set[owner[u]]. balanced: heaviest unit first onto the least-loaded device that has
+ * fewer than ceil(U/n) units (longest-processing-time with a memory cap). */
+static void deal(int U, int n, const char *policy, const double *load, int *owner) {
+  if (!strcmp(policy, "round_robin")) {
+    for (int u = 0; u < U; u++)
+      owner[u] = u % n;
+    return;
+  }
+  if (!strcmp(policy, "balanced") && load) {
+    int cap = (U + n - 1) / n;
+    int *order = mc_calloc((size_t)U, sizeof(int)), *cnt = mc_calloc((size_t)n, sizeof(int));
+    double *tot = mc_calloc((size_t)n, sizeof(double));
+    for (int u = 0; u < U; u++)
+      order[u] = u;
+    for (int a = 1; a < U; a++) /* stable insertion sort, heaviest first */
+      for (int b = a; b > 0 && load[order[b]] > load[order[b - 1]]; b--) {
+        int t = order[b];
+        order[b] = order[b - 1];
+        order[b - 1] = t;
+      }
+    for (int a = 0; a < U; a++) {
+      int best = -1;
+      for (int d = 0; d < n; d++)
+        if (cnt[d] < cap && (best < 0 || tot[d] < tot[best])) best = d;
+      owner[order[a]] = best;
+      cnt[best]++;
+      tot[best] += load[order[a]];
+    }
+    mc_free(order);
+    mc_free(cnt);
+    mc_free(tot);
+    return;
+  }
+  /* contiguous: device d gets units [d*U/n, (d+1)*U/n) */
+  for (int d = 0; d < n; d++)
+    for (int u = (int)((int64_t)d * U / n); u < (int)((int64_t)(d + 1) * U / n); u++)
+      owner[u] = d;
+}
+
+static void expert_map(Graph *g, int i, const NodePlace *np, int P, const Config *cfg,
+                       const char *strategy, const char *policy) {
+  const char *name = g->moe_names[i];
+  int E = layer_experts(g, name);
+  int *map = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(E > 0 ? E : 1));
+  g->moe_nexperts[i] = E;
+  g->moe_expert_dev[i] = map;
+  /* the device set and mode of this layer's experts: its first expert node's */
+  const NodePlace *ep = NULL;
+  for (int k = 0; k < g->nnodes && !ep; k++) {
+    const Node *n = g->nodes[k];
+    if (n->layer && !strcmp(n->layer, name) && n->role && !strcmp(n->role, "experts")) ep = &np[k];
+  }
+  if (!ep || E <= 0) return;
+  int n = ep->nset ? ep->nset : P;
+  int *set = mc_calloc((size_t)n, sizeof(int));
+  for (int d = 0; d < n; d++)
+    set[d] = ep->nset ? ep->set[d] : d;
+  if (!ep->experts) { /* replicated experts: every device of the set has all of them */
+    for (int e = 0; e < E; e++)
+      map[e] = -1;
+    mc_free(set);
+    return;
+  }
+  if (E < n)
+    mc_die("moe '%s' has %d experts for %d devices: sharding needs at least one expert per "
+           "device (use fewer devices, strategy = data_parallel, or place %s.experts : on(...))",
+           name, E, n, name);
+  if (E % n)
+    note("note: %s: %lld experts over %lld devices: blocks differ by one expert\n", name, E, n);
+  int G = layer_groups(g, name);
+  const double *load = measured(name, E);
+  if (!strcmp(policy, "balanced") && !load)
+    note("note: %s: experts = balanced but no measured loads (--loads FILE) for its %lld "
+         "experts: contiguous used%.0lld\n",
+         name, E, 0);
+  int *owner = mc_calloc((size_t)E, sizeof(int));
+  if (!strcmp(strategy, "hmoe") && G > 0) {
+    /* whole groups: group -> node (or device) by the policy, then the group's experts
+     * over that node's devices, contiguous */
+    int Eg = E / G, nodes = cfg->mesh_nodes > 1 && n == P ? cfg->mesh_nodes : n;
+    int per = n / nodes;
+    double *gl = NULL;
+    if (load) {
+      gl = mc_calloc((size_t)G, sizeof(double));
+      for (int e = 0; e < E; e++)
+        gl[e / Eg] += load[e];
+    }
+    if (G < nodes)
+      note("note: %s: %lld groups for %lld nodes/devices: some hold no experts\n", name, G, nodes);
+    int *gown = mc_calloc((size_t)G, sizeof(int));
+    if (G >= nodes)
+      deal(G, nodes, policy, gl, gown);
+    else
+      for (int u = 0; u < G; u++)
+        gown[u] = u;
+    for (int e = 0; e < E; e++) {
+      int grp = e / Eg, j = e % Eg;
+      int within = per > 1 ? (int)((int64_t)j * per / Eg) : 0;
+      owner[e] = gown[grp] * per + within;
+    }
+    mc_free(gown);
+    mc_free(gl);
+  } else {
+    deal(E, n, policy, load, owner);
+  }
+  for (int e = 0; e < E; e++)
+    map[e] = set[owner[e]];
+  mc_free(owner);
+  mc_free(set);
+}
+
+/* ---------------------------------------------------------------- the pass */
+
+static bool has_batch_rows(const Tensor *t) {
+  return t->ty.rank >= 1 && t->ty.dim[0].b > 0;
+}
+
+static double const_bytes(const Tensor *t) {
+  double n = 4;
+  for (int d = 0; d < t->ty.rank; d++)
+    n *= (double)dim_eval(t->ty.dim[d], 1, 1);
+  return n;
+}
+
+void pass_placement(Graph *g, const PassCtx *ctx) {
+  int P = ctx->devices;
+  if (P <= 1 || !ctx->cfg) return; /* one device: the graph stays exactly as it is */
+  const Config *cfg = ctx->cfg;
+  const char *strategy = cfg->strategy ? cfg->strategy : "paper";
+  const char *policy = cfg->expert_policy ? cfg->expert_policy : "contiguous";
+  if (strcmp(strategy, "paper") && strcmp(strategy, "data_parallel") && strcmp(strategy, "hmoe"))
+    mc_die("unknown strategy '%s' (paper, data_parallel, hmoe)", strategy);
+  if (strcmp(policy, "contiguous") && strcmp(policy, "round_robin") && strcmp(policy, "balanced"))
+    mc_die("unknown expert policy '%s' (contiguous, round_robin, balanced)", policy);
+  if (cfg->batch > 0 && P > cfg->batch)
+    mc_die("%d devices but a batch has %d rows: each device needs at least one row "
+           "(use --devices <= %d or a larger batch)",
+           P, cfg->batch, cfg->batch);
+  plan_note[0] = 0;
+  bool dp = !strcmp(strategy, "data_parallel");
+
+  /* 1. modes and device sets: the strategy, then the rules in order */
+  NodePlace *np = mc_calloc((size_t)g->nnodes, sizeof(NodePlace));
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    np[k].experts = !dp && n->role && !strcmp(n->role, "experts") && moe_index(g, n->layer) >= 0;
+  }
+  for (const PlaceRule *r = cfg->rules; r; r = r->next)
+    for (int k = 0; k < g->nnodes; k++) {
+      const Node *n = g->nodes[k];
+      if (!rule_matches(r->pattern, n)) continue;
+      bool exp = n->role && !strcmp(n->role, "experts") && moe_index(g, n->layer) >= 0;
+      if (r->kind == PK_REPLICATE) {
+        np[k].experts = false;
+        np[k].nset = 0;
+      } else if (r->kind == PK_SHARD_EXPERTS) {
+        if (exp) np[k].experts = true;
+      } else {
+        for (int d = 0; d < r->ndevices; d++)
+          if (r->devices[d] >= P)
+            mc_die("place %s : on(...) names device %d, but there are %d devices", r->pattern,
+                   r->devices[d], P);
+        np[k].nset = r->ndevices;
+        np[k].set = r->devices;
+      }
+    }
+
+  /* 2. expert maps */
+  g->moe_expert_dev = mc_arena_alloc(&g->arena, sizeof(int *) * (size_t)(g->nmoe + 1));
+  g->moe_nexperts = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(g->nmoe + 1));
+  for (int i = 0; i < g->nmoe; i++)
+    expert_map(g, i, np, P, cfg, strategy, policy);
+
+  /* 3. nodes: device sets */
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    n->device = np[k].nset == 1 ? np[k].set[0] : -1;
+    if (np[k].nset > 1) {
+      n->devices = np[k].set;
+      n->ndevices = np[k].nset;
+    }
+  }
+
+  /* 4. tensors */
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    if (t->kind == TK_INPUT || t->kind == TK_STATE) t->part = PART_BATCH;
+    if (t->kind == TK_PARAM) t->part = PART_REPLICATED;
+  }
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    for (int i = 0; i < n->nin; i++)
+      if (n->in[i]->kind == TK_PARAM && np[k].experts) n->in[i]->part = PART_EXPERTS;
+    bool partial = false;
+    for (int i = 0; i < n->nin; i++)
+      partial |= n->in[i]->part == PART_BATCH || n->in[i]->part == PART_PARTIAL ||
+                 n->in[i]->part == PART_EXPERTS;
+    for (int j = 0; j < n->nout; j++) {
+      Tensor *t = n->out[j];
+      t->part = np[k].experts       ? PART_EXPERTS
+                : has_batch_rows(t) ? PART_BATCH
+                : partial           ? PART_PARTIAL
+                                    : PART_REPLICATED;
+    }
+  }
+
+  /* 5. data_parallel: every device holds every expert (and its grads and Adam state) */
+  if (cfg->memory_budget > 0) {
+    double need = 0;
+    for (int i = 0; i < g->nparams; i++)
+      if (g->params[i]->part != PART_EXPERTS) need += 4 * const_bytes(g->params[i]);
+    if (need > cfg->memory_budget)
+      mc_die("the replicated parameters need %.1f MiB per device (weights, gradients and "
+             "Adam's two moments), over memory_budget = %.1f MiB: the experts do not fit one "
+             "device; use strategy = paper to shard them",
+             need / 1048576.0, cfg->memory_budget / 1048576.0);
+  }
+  mc_free(np);
+}
+
+/* ---------------------------------------------------------------- measured loads */
+
+/* The last line of `path` with "name" / "load" pairs wins: {"moe":[{"name":"m",
+ * "load":[12, 30, ...]}, ...]} (moec run --metrics lines extended with per-expert loads). */
+PlanLoads *plan_read_loads(const char *path, const char **err) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    *err = "cannot open the loads file";
+    return NULL;
+  }
+  PlanLoads *pl = mc_calloc(1, sizeof(PlanLoads));
+  char *line = NULL;
+  size_t cap = 0;
+  while (getline(&line, &cap, f) > 0) {
+    const char *s = line;
+    int n = 0;
+    const char **names = NULL;
+    const double **loads = NULL;
+    int *ne = NULL;
+    while ((s = strstr(s, "\"name\""))) {
+      const char *q = strchr(s + 6, '"');
+      const char *e = q ? strchr(q + 1, '"') : NULL;
+      const char *l = e ? strstr(e, "\"load\"") : NULL;
+      const char *next = e ? strstr(e, "\"name\"") : NULL;
+      if (!l || (next && next < l)) {
+        s = e ? e : s + 6;
+        continue;
+      }
+      const char *b = strchr(l, '[');
+      if (!b) break;
+      double *v = NULL;
+      int nv = 0;
+      char *end = (char *)b + 1;
+      for (;;) {
+        while (*end == ' ' || *end == ',')
+          end++;
+        if (*end == ']' || !*end) break;
+        char *p2;
+        double x = strtod(end, &p2);
+        if (p2 == end) break;
+        v = mc_realloc(v, sizeof(double) * (size_t)(nv + 1));
+        v[nv++] = x;
+        end = p2;
+      }
+      names = mc_realloc(names, sizeof(char *) * (size_t)(n + 1));
+      loads = mc_realloc(loads, sizeof(double *) * (size_t)(n + 1));
+      ne = mc_realloc(ne, sizeof(int) * (size_t)(n + 1));
+      names[n] = strndup(q + 1, (size_t)(e - q - 1));
+      loads[n] = v;
+      ne[n] = nv;
+      n++;
+      s = end;
+    }
+    if (n > 0) { /* a later line replaces an earlier one (the old arrays are kept: small) */
+      pl->n = n;
+      pl->names = names;
+      pl->load = loads;
+      pl->nexperts = ne;
+    }
+  }
+  free(line);
+  fclose(f);
+  if (pl->n == 0) {
+    mc_free(pl);
+    *err = "no line with \"name\" and \"load\": [...] entries";
+    return NULL;
+  }
+  return pl;
+}

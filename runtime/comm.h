@@ -1,0 +1,148 @@
+/* comm.h: the communicator the multi-device runtime runs on (issue 4, item 4 and 6).
+ *
+ *   comm_inproc.c : N in-process CPU devices, one pthread each, barrier-based
+ *                   collectives on a shared context (rt_inproc_run)
+ *   comm_mpi.c    : one device per MPI rank (mpirun -np N moec run ...); a stub that
+ *                   returns NULL with a reason when moec is built without MPI
+ *   comm_util.c   : backend-independent helpers (counts exchange, displacements,
+ *                   comm_check_same, the timeout setting)
+ *   (runtime/cuda/nccl_comm.h: the NCCL collectives of the CUDA backend)
+ *
+ * A Comm is a small table of function pointers, like Backend in runtime.h. Every
+ * rank calls the same collectives in the same order with consistent arguments.
+ * Buffers are host memory.
+ *
+ * Determinism: all_reduce_sum gives every rank the same bits, and the bits do not
+ * depend on arrival order, the backend or how the vector is split internally:
+ * element i of the result is the rank-order sum
+ *     ((x_0[i] + x_1[i]) + x_2[i]) + ... + x_{n-1}[i]
+ * evaluated in the element type (float or double). Both backends compute exactly
+ * this (each rank owns a segment of the vector and sums it in rank order), so runs
+ * on N threads and on N MPI ranks agree bit for bit, and reruns are bit-identical.
+ *
+ * Errors never hang and never return: a collective that fails (a peer aborted,
+ * died, returned early or did not arrive within the timeout, counts that do not
+ * match) prints "moec: error: rank R: ..." and stops this rank:
+ *   in-process: the thread records the error in the shared context, sets the
+ *               shared abort flag (so the other ranks stop at once, not after their
+ *               timeout) and exits; rt_inproc_run returns the first failure.
+ *   MPI:        MPI_Abort (or, from the watchdog, _exit(1), which mpirun turns into
+ *               the end of the job); the exit status is non-zero.
+ * The timeout is MOEC_COMM_TIMEOUT seconds (default 60), read when a communicator
+ * is made. Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
+ */
+#ifndef MOEC_RUNTIME_COMM_H
+#define MOEC_RUNTIME_COMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Comm Comm;
+
+struct Comm {
+  const char *name; /* "inproc", "mpi" */
+  int rank, size;
+  void *impl; /* backend state */
+
+  /* In place: buf (n elements, the same n on every rank) becomes the rank-order sum
+   * over all ranks (see above). */
+  void (*all_reduce_sum_f32)(Comm *c, float *buf, int64_t n);
+  void (*all_reduce_sum_f64)(Comm *c, double *buf, int64_t n);
+
+  /* All-to-all with uneven counts, in bytes: this rank sends scount[p] bytes from
+   * send + sdispl[p] to rank p and receives rcount[p] bytes from rank p at
+   * recv + rdispl[p] (arrays of size entries; zeros allowed). rcount[p] must equal
+   * rank p's scount[rank]: exchange counts first with comm_all_to_all_counts.
+   * Send and receive ranges must not overlap. */
+  void (*all_to_allv)(Comm *c, const void *send, const int64_t *scount, const int64_t *sdispl,
+                      void *recv, const int64_t *rcount, const int64_t *rdispl);
+
+  /* recv (size * bytes) gets every rank's `bytes` bytes of send, in rank order. For
+   * small data (counts, hashes). */
+  void (*all_gather)(Comm *c, const void *send, void *recv, size_t bytes);
+
+  /* buf (bytes, the same on every rank) gets root's contents. */
+  void (*broadcast)(Comm *c, void *buf, size_t bytes, int root);
+
+  void (*barrier)(Comm *c);
+
+  /* Stops this rank with "moec: error: rank R: <reason>" and makes every other rank
+   * stop in its next (or current) collective. Never returns. */
+  void (*abort)(Comm *c, const char *reason);
+};
+
+/* ------------------------------------------------------------ helpers (comm_util.c) */
+
+/* recv_counts[p] = what rank p passed as send_counts[rank]: the counts exchange
+ * before an all_to_allv (one all-to-all of size int64 values). */
+void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_counts);
+
+/* displs[p] = counts[0] + ... + counts[p-1] (n entries); returns the total. */
+int64_t comm_displs(const int64_t *counts, int n, int64_t *displs);
+
+/* All ranks compare one value (a hash of the model file, a parameter count...). 0
+ * when all agree; otherwise the number of ranks that differ from rank 0, with a
+ * message in msg naming `what`, every differing rank and its value. Collective. */
+int comm_find_mismatch(Comm *c, const char *what, uint64_t value, char *msg, size_t msglen);
+/* The same, but a mismatch stops every rank: rank 0 calls c->abort with the message,
+ * the others wait in a barrier until that stops them. */
+void comm_check_same(Comm *c, const char *what, uint64_t value);
+
+/* FNV-1a over bytes: for comm_check_same of files and shapes. */
+uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0);
+
+/* Seconds a collective may wait for its peers: MOEC_COMM_TIMEOUT (a positive number)
+ * or 60. A malformed value is a user error (mc_die). */
+double comm_timeout_from_env(void);
+
+/* Prints "moec: error: rank R: <reason>" (one write, so lines of ranks do not mix). */
+void comm_print_error(int rank, const char *reason);
+
+/* ------------------------------------------------------------ in-process (comm_inproc.c) */
+
+/* How one rank of rt_inproc_run ended. */
+typedef enum InprocStatus {
+  INPROC_OK,      /* fn returned */
+  INPROC_FAILED,  /* a collective failed (peer failure, timeout, mismatch) */
+  INPROC_ABORTED, /* this rank called c->abort */
+  INPROC_STUCK,   /* did not stop within the timeout after another rank failed */
+} InprocStatus;
+
+typedef struct InprocReport {
+  int n;
+  InprocStatus status[64];
+  char message[64][256]; /* per rank: its error, "" when ok */
+  int first_rank;        /* the rank that failed first (the root cause), -1 if none */
+  char first[256];       /* its message */
+  double seconds;        /* wall time of the whole run */
+} InprocReport;
+
+#define RT_INPROC_MAX 64
+
+/* Runs fn on n threads (1 <= n <= RT_INPROC_MAX), thread r with its own Comm of rank
+ * r, and joins them. 0 when every rank returned normally; otherwise 1, after the
+ * failing ranks printed their errors (the first failure is the root cause). After a
+ * failure it waits at most the timeout for the other threads to stop; a thread
+ * still running then is left detached and reported as stuck. rep may be NULL.
+ * fn may call any function of the Comm; other threads' Comms are off limits. */
+int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, InprocReport *rep);
+int rt_inproc_run(int n, void (*fn)(Comm *c, void *arg), void *arg);
+
+/* Quiet mode (for tests of failures): the ranks do not print their errors. */
+void rt_inproc_set_quiet(bool quiet);
+
+/* ------------------------------------------------------------ MPI (comm_mpi.c) */
+
+/* True when this process was started by an MPI launcher (OMPI_COMM_WORLD_SIZE,
+ * PMI_SIZE or PMIX_RANK in the environment), so a plain `moec run` never touches MPI. */
+bool rt_comm_mpi_launched(void);
+
+/* MPI_Init (unless already initialised; thread level FUNNELED), a duplicate of
+ * MPI_COMM_WORLD with MPI_ERRORS_RETURN, and the watchdog thread. NULL with *why set
+ * when moec was built without MPI or MPI cannot start. */
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why);
+/* Frees the communicator; MPI_Finalize when rt_comm_mpi_init initialised MPI. */
+void rt_comm_mpi_finalize(Comm *c);
+
+#endif

@@ -1,0 +1,108 @@
+/* comm_util.c: backend-independent helpers of the communicator (comm.h): the counts
+ * exchange before an all-to-allv, displacements, the cross-rank consistency check,
+ * the timeout setting and error printing. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "comm.h"
+
+void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_counts) {
+  int n = c->size;
+  int64_t *cnt = mc_malloc(sizeof(int64_t) * 2 * (size_t)n);
+  int64_t *displ = cnt + n;
+  for (int p = 0; p < n; p++) {
+    cnt[p] = (int64_t)sizeof(int64_t);
+    displ[p] = (int64_t)sizeof(int64_t) * p;
+  }
+  c->all_to_allv(c, send_counts, cnt, displ, recv_counts, cnt, displ);
+  mc_free(cnt);
+}
+
+int64_t comm_displs(const int64_t *counts, int n, int64_t *displs) {
+  int64_t t = 0;
+  for (int p = 0; p < n; p++) {
+    displs[p] = t;
+    t += counts[p];
+  }
+  return t;
+}
+
+int comm_find_mismatch(Comm *c, const char *what, uint64_t value, char *msg, size_t msglen) {
+  int n = c->size;
+  uint64_t *all = mc_malloc(sizeof(uint64_t) * (size_t)n);
+  c->all_gather(c, &value, all, sizeof(uint64_t));
+  int differ = 0;
+  for (int p = 1; p < n; p++)
+    differ += all[p] != all[0];
+  if (differ && msg && msglen) {
+    McBuf b = {0};
+    mc_buf_printf(&b, "inconsistent %s across ranks: rank 0 has %#llx; %d rank%s differ%s:", what,
+                  (unsigned long long)all[0], differ, differ == 1 ? "" : "s",
+                  differ == 1 ? "s" : "");
+    int shown = 0;
+    for (int p = 1; p < n; p++) {
+      if (all[p] == all[0]) continue;
+      if (shown++ == 8) {
+        mc_buf_printf(&b, " ...");
+        break;
+      }
+      mc_buf_printf(&b, " rank %d has %#llx", p, (unsigned long long)all[p]);
+    }
+    snprintf(msg, msglen, "%s", b.data);
+    mc_buf_free(&b);
+  } else if (msg && msglen) {
+    msg[0] = 0;
+  }
+  mc_free(all);
+  return differ;
+}
+
+void comm_check_same(Comm *c, const char *what, uint64_t value) {
+  char msg[512];
+  if (!comm_find_mismatch(c, what, value, msg, sizeof msg)) return;
+  /* every rank knows; rank 0 reports, the others wait to be stopped by it */
+  if (c->rank != 0) c->barrier(c);
+  c->abort(c, msg);
+}
+
+uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0) {
+  const unsigned char *s = p;
+  uint64_t h = h0 ? h0 : 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+double comm_timeout_from_env(void) {
+  const char *s = getenv("MOEC_COMM_TIMEOUT");
+  if (!s || !*s) return 60.0;
+  char *end;
+  errno = 0;
+  double t = strtod(s, &end);
+  if (errno || *end || !(t > 0) || !isfinite(t))
+    mc_die("MOEC_COMM_TIMEOUT='%s' is not a positive number of seconds", s);
+  return t;
+}
+
+void comm_print_error(int rank, const char *reason) {
+  char line[1024];
+  int k = snprintf(line, sizeof line, "moec: error: rank %d: %s\n", rank, reason);
+  if (k < 0) return;
+  if ((size_t)k >= sizeof line) {
+    k = (int)sizeof line - 1;
+    line[k - 1] = '\n';
+  }
+  fflush(stdout);
+  /* one write(2): lines of different ranks never interleave */
+  ssize_t w = write(2, line, (size_t)k);
+  (void)w;
+}

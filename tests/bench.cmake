@@ -1,0 +1,17 @@
+# bench.cmake: keeps bench/ building and running (the benchmarks themselves are
+# not timed tests: bench/run_lm_bench.sh runs them). op_profile is built with the
+# project's warnings, and run for one step on a small model; lm_torch.py runs two
+# steps of a tiny configuration (skipped without torch).
+add_executable(op_profile ${CMAKE_SOURCE_DIR}/bench/op_profile.c)
+target_link_libraries(op_profile PRIVATE moeccore)
+target_compile_options(op_profile PRIVATE ${MOEC_WARN})
+set_target_properties(op_profile PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+add_test(NAME bench_op_profile COMMAND op_profile ${CMAKE_CURRENT_SOURCE_DIR}/torch_ref.moe 1)
+set_tests_properties(bench_op_profile PROPERTIES TIMEOUT 60 LABELS bench
+                     PASS_REGULAR_EXPRESSION "MoE layer 'm': [0-9.]+ ms/step")
+set(MOEC_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
+    "Python with torch and numpy for the PyTorch reference tests (Debian's python3-torch)")
+add_test(NAME bench_lm_torch
+         COMMAND sh -c "if ! '${MOEC_TORCH_PYTHON}' -c 'import torch' 2>/dev/null; then echo 'SKIP: no torch in ${MOEC_TORCH_PYTHON}'; exit 77; fi; exec '${MOEC_TORCH_PYTHON}' '${CMAKE_SOURCE_DIR}/bench/lm_torch.py' --vocab 100 --dim 16 --experts 4 --hidden 8 --k 2 --batch 4 --unroll 5 --steps 2 --warmup 1 --threads 1 --json")
+set_tests_properties(bench_lm_torch PROPERTIES TIMEOUT 60 LABELS bench SKIP_RETURN_CODE 77
+                     PASS_REGULAR_EXPRESSION "\"tokens_per_s\"")

@@ -1,0 +1,23 @@
+# memplan.cmake: memory planning and recomputation (issue 6; docs/memory.md).
+#   memplan_models : the validator on every example model (no two live tensors share a
+#                    byte), recompute none and all; arena < sum of tensors
+#   memplan_lm     : planned = unplanned = NaN-poisoned = recompute [m] = all, bit for bit;
+#                    the drop the report prints is the drop allocated; auto fits its budget
+#   memplan_train_*: `moec run` losses over 20 steps, bit for bit, with and without the
+#                    plan, with a poisoned arena, with recompute = [m] and all
+add_executable(test_memplan ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.c)
+target_include_directories(test_memplan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+target_compile_options(test_memplan PRIVATE ${MOEC_WARN})
+target_link_libraries(test_memplan PRIVATE moeccore)
+file(GLOB MOEC_MEMPLAN_MODELS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/../examples/*.moe
+     ${CMAKE_CURRENT_SOURCE_DIR}/../bench/*.moe)
+add_test(NAME memplan_models COMMAND test_memplan ${MOEC_MEMPLAN_MODELS})
+add_test(NAME memplan_lm COMMAND test_memplan --lm ${CMAKE_CURRENT_SOURCE_DIR}/memplan_lm.moe)
+set_tests_properties(memplan_models memplan_lm PROPERTIES TIMEOUT 60 LABELS "memplan")
+foreach(case plan recompute)
+  add_test(NAME memplan_train_${case}
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
+                   ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe ${case})
+  set_tests_properties(memplan_train_${case} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                       LABELS "memplan")
+endforeach()

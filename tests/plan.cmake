@@ -1,0 +1,47 @@
+# plan.cmake: placement, communication and the cost model (issue 4, compile-time half;
+# docs/placement.md). test_plan.c: collective bytes against their closed forms, expert
+# gradients never all-reduced, policies, memory per device, one device unchanged,
+# place rules, hmoe groups. The CLI: json parses, dot renders, user errors are clear.
+add_executable(test_plan ${CMAKE_CURRENT_SOURCE_DIR}/test_plan.c)
+target_link_libraries(test_plan PRIVATE moeccore)
+target_compile_options(test_plan PRIVATE ${MOEC_WARN})
+add_test(NAME plan_unit COMMAND test_plan)
+set_tests_properties(plan_unit PROPERTIES TIMEOUT 30 LABELS plan)
+
+set(MOEC_PLAN_EX ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
+add_test(NAME plan_cli_help COMMAND moec plan --help)
+set_tests_properties(plan_cli_help PROPERTIES LABELS plan
+                     PASS_REGULAR_EXPRESSION "usage: moec plan FILE.*--strategy.*--format")
+add_test(NAME plan_cli_text COMMAND moec plan ${MOEC_PLAN_EX} --devices 4)
+set_tests_properties(plan_cli_text PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
+  "all_to_all +m.xs .*expected +0.469 MiB +upper +0.625 MiB.*per device.*step time")
+add_test(NAME plan_cli_json
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"devices\"]==4 and len(d[\"per_device\"])==4 and sorted(d[\"expert_devices\"][\"m\"])==sorted(d[\"expert_devices\"][\"m\"]) and any(o.get(\"collective\") for o in d[\"ops\"]); print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_cli_json PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+add_test(NAME plan_cli_json_1dev
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 1 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert not any(o.get(\"collective\") for o in d[\"ops\"]); print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_cli_json_1dev PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+add_test(NAME plan_cli_dot
+         COMMAND sh -c "command -v dot >/dev/null || { echo 'SKIP: graphviz dot is not installed'; exit 77; }; \"$1\" plan \"$2\" --devices 4 --format dot > plan_dot.gv && dot -Tsvg plan_dot.gv -o plan_dot.svg && grep -q '<svg' plan_dot.svg"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_cli_dot PROPERTIES LABELS plan SKIP_RETURN_CODE 77)
+# user errors: a clear message and a non-zero exit
+add_test(NAME plan_err_devices
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 64 2>&1; echo rc=$?" sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_err_devices PROPERTIES LABELS plan
+                     PASS_REGULAR_EXPRESSION "64 devices but a batch has 32 rows.*rc=1")
+add_test(NAME plan_err_experts
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 2>&1; echo rc=$?" sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/ir_golden/moe_lm.moe)
+set_tests_properties(plan_err_experts PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "rc=0")
+add_test(NAME plan_err_few_experts
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 8 2>&1; echo rc=$?" sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/ir_golden/moe_lm.moe)
+set_tests_properties(plan_err_few_experts PROPERTIES LABELS plan
+                     PASS_REGULAR_EXPRESSION "has 4 experts for 8 devices.*rc=1")
+add_test(NAME plan_err_strategy
+         COMMAND sh -c "\"$1\" plan \"$2\" --strategy nope 2>&1; echo rc=$?" sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_err_strategy PROPERTIES LABELS plan
+                     PASS_REGULAR_EXPRESSION "unknown strategy 'nope'.*rc=2")

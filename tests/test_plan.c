@@ -1,0 +1,365 @@
+/* test_plan.c: the placement and comm passes and the cost model (issue 4,
+ * tests/plan.cmake): collective byte counts against their closed forms over several
+ * (B, T, D, E, k, P); expert gradients never all-reduced; every replicated gradient
+ * all-reduced; every expert placed exactly once by each policy; memory per device
+ * falling as devices grow; one device leaving the graph exactly as it was; place rules;
+ * balanced placement from measured loads; hmoe groups kept whole. */
+#include <string.h>
+
+#include "../passes/plan.h"
+#include "test.h"
+
+typedef struct Built {
+  AstFile *f;
+  Config cfg;
+  Graph *g;
+} Built;
+
+static bool load_text(Built *b, const char *text) {
+  Source src = {.path = "test.moe", .text = text, .len = strlen(text)};
+  Diag d;
+  fe_diag_init(&d, &src);
+  b->f = fe_parse(&src, &d);
+  fe_config_defaults(&b->cfg);
+  if (d.errors == 0) fe_sema(b->f, &b->cfg, &d);
+  if (d.errors > 0) {
+    fe_ast_free(b->f);
+    return false;
+  }
+  b->g = ir_build(b->f, &b->cfg);
+  return true;
+}
+
+/* The LM of the issue: embedding, LSTM, MoE, softmax. */
+static bool lm(Built *b, int B, int T, int D, int E, int k, const char *plan) {
+  char text[2048];
+  snprintf(text, sizeof text,
+           "model t {\n"
+           "  input tokens : i32[B, T]\n"
+           "  input targets : i32[B, T]\n"
+           "  emb = embedding(tokens, vocab=16, dim=%d)\n"
+           "  h = lstm(emb, units=%d)\n"
+           "  m = moe(h, experts=%d, k=%d, hidden=8)\n"
+           "  loss = softmax_xent(h + m, targets, vocab=16)\n"
+           "  output loss\n"
+           "}\n"
+           "train {\n  batch = %d\n  unroll = %d\n}\n"
+           "plan {\n%s}\n",
+           D, D, E, k, B, T, plan ? plan : "");
+  return load_text(b, text);
+}
+
+static void run_passes(Built *b, int P) {
+  PassCtx ctx = {.cfg = &b->cfg, .devices = P, .training = true};
+  CHECK(pass_run_all(b->g, &ctx, NULL, NULL));
+  ir_bind(b->g, b->cfg.batch, b->cfg.unroll);
+}
+
+static void done(Built *b) {
+  ir_graph_free(b->g);
+  fe_ast_free(b->f);
+}
+
+static const Tensor *param(const Graph *g, const char *name) {
+  for (int i = 0; i < g->nparams; i++)
+    if (!strcmp(g->params[i]->name, name)) return g->params[i];
+  return NULL;
+}
+
+static int count_op(const Graph *g, OpKind op, int backward) {
+  int n = 0;
+  for (int k = 0; k < g->nnodes; k++)
+    n += g->nodes[k]->op == op && (backward < 0 || g->nodes[k]->backward == backward);
+  return n;
+}
+
+/* ---------------------------------------------------------------- bytes */
+
+static void test_bytes(void) {
+  static const int cases[][6] = {/* B, T, D, E, k, P */
+                                 {8, 4, 6, 4, 2, 2}, {12, 5, 10, 8, 1, 4},
+                                 {6, 3, 4, 6, 3, 3}, {16, 2, 8, 32, 4, 4},
+                                 {4, 7, 5, 5, 2, 4}, {32, 20, 64, 32, 4, 8}};
+  for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
+    int B = cases[c][0], T = cases[c][1], D = cases[c][2], E = cases[c][3], k = cases[c][4],
+        P = cases[c][5];
+    Built b;
+    CHECK(lm(&b, B, T, D, E, k, NULL));
+    run_passes(&b, P);
+    Graph *g = b.g;
+    /* dispatch, combine and their two mirrors: one each */
+    CHECK(count_op(g, OP_ALL_TO_ALL, 0) == 1 && count_op(g, OP_ALL_TO_ALL, 1) == 1);
+    CHECK(count_op(g, OP_ALL_TO_ALL_BACK, 0) == 1 && count_op(g, OP_ALL_TO_ALL_BACK, 1) == 1);
+    int64_t rows = (int64_t)B * T * k, payload = rows * D * 4;
+    int64_t expected = (int64_t)((double)payload * (P - 1) / P + 0.5);
+    int nreduce = 0;
+    for (int q = 0; q < g->nnodes; q++) {
+      const Node *n = g->nodes[q];
+      if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
+      CommBytes cb = pass_comm_bytes(g, n);
+      if (n->op == OP_ALL_TO_ALL || n->op == OP_ALL_TO_ALL_BACK) {
+        CHECK(cb.payload == payload); /* B*T*k rows of D floats */
+        CHECK(cb.upper == payload);
+        CHECK(cb.expected == expected); /* less the rows that stay: 1/P of them */
+        CHECK(cb.per_device == expected / P);
+      } else if (n->op == OP_ALL_REDUCE) {
+        nreduce++;
+        CHECK(cb.payload == n->in[0]->numel * 4);
+        CHECK(cb.expected == 2 * (int64_t)(P - 1) * cb.payload); /* ring */
+      }
+    }
+    /* importance + load, and every parameter but the four expert tensors */
+    int repl = 0;
+    for (int i = 0; i < g->nparams; i++)
+      repl += g->params[i]->part == PART_REPLICATED;
+    CHECK(repl == g->nparams - 4);
+    CHECK(nreduce == 2 + repl);
+    const Tensor *imp = g->moe_importance[0];
+    CHECK(imp->producer->op == OP_ALL_REDUCE && pass_comm_bytes(g, imp->producer).payload == E * 4);
+    done(&b);
+  }
+}
+
+/* ---------------------------------------------------------------- gradients */
+
+static void test_gradients_stay(void) {
+  Built b;
+  CHECK(lm(&b, 8, 4, 6, 8, 2, NULL));
+  run_passes(&b, 4);
+  Graph *g = b.g;
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *p = g->params[i];
+    CHECK(p->grad != NULL);
+    if (!p->grad) continue;
+    bool expert = strstr(p->name, ".w1") || strstr(p->name, ".b1") || strstr(p->name, ".w2") ||
+                  strstr(p->name, ".b2");
+    CHECK(expert == (p->part == PART_EXPERTS));
+    if (expert) {
+      CHECK(p->grad->part == PART_EXPERTS);
+      CHECK(p->grad->producer->op != OP_ALL_REDUCE);
+    } else {
+      CHECK(p->grad->producer->op == OP_ALL_REDUCE);
+      CHECK(p->grad->part == PART_REPLICATED);
+    }
+  }
+  /* no collective reads an expert gradient, or anything an expert param's grad came from */
+  for (int q = 0; q < g->nnodes; q++) {
+    const Node *n = g->nodes[q];
+    if (n->op != OP_ALL_REDUCE) continue;
+    CHECK(n->in[0]->part == PART_PARTIAL);
+    for (int i = 0; i < g->nparams; i++)
+      if (g->params[i]->part == PART_EXPERTS) CHECK(n->in[0] != g->params[i]->grad);
+  }
+  done(&b);
+}
+
+/* ---------------------------------------------------------------- expert maps */
+
+static void test_policies(void) {
+  static const char *pol[] = {"contiguous", "round_robin", "balanced"};
+  static const int EP[][2] = {{8, 4}, {10, 4}, {5, 5}, {32, 3}};
+  for (int p = 0; p < 3; p++)
+    for (size_t c = 0; c < MC_ARRAY_LEN(EP); c++) {
+      int E = EP[c][0], P = EP[c][1];
+      char plan[128];
+      snprintf(plan, sizeof plan, "  experts = %s\n", pol[p]);
+      Built b;
+      CHECK(lm(&b, 8, 2, 4, E, 1, plan));
+      run_passes(&b, P);
+      Graph *g = b.g;
+      CHECK(g->moe_expert_dev && g->moe_nexperts[0] == E);
+      int cnt[8] = {0};
+      for (int e = 0; e < E; e++) {
+        int d = g->moe_expert_dev[0][e];
+        CHECK(d >= 0 && d < P); /* placed exactly once, on a device that exists */
+        if (d >= 0 && d < P) cnt[d]++;
+        if (p == 1) CHECK(d == e % P);
+        if (p == 0 && e > 0) CHECK(d >= g->moe_expert_dev[0][e - 1]);
+      }
+      for (int d = 0; d < P; d++)
+        CHECK(cnt[d] == E / P || cnt[d] == E / P + 1);
+      if (p == 2) CHECK(strstr(plan_note, "no measured loads") != NULL); /* fell back */
+      done(&b);
+    }
+}
+
+static void test_balanced(void) {
+  /* skewed loads: experts 0..3 hot; contiguous would put all four on device 0 */
+  static const double load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
+  static const char *names[1] = {"m"};
+  static const double *loads[1] = {load};
+  static const int ne[1] = {8};
+  PlanLoads pl = {1, names, loads, ne};
+  plan_loads = &pl;
+  Built b;
+  CHECK(lm(&b, 8, 2, 4, 8, 2, "  experts = balanced\n"));
+  run_passes(&b, 2);
+  double tot[2] = {0};
+  int cnt[2] = {0};
+  for (int e = 0; e < 8; e++) {
+    int d = b.g->moe_expert_dev[0][e];
+    tot[d] += load[e];
+    cnt[d]++;
+  }
+  CHECK(cnt[0] == 4 && cnt[1] == 4);
+  CHECK(fabs(tot[0] - tot[1]) <= 20); /* contiguous: 340 vs 4 */
+  CHECK(strstr(plan_note, "no measured loads") == NULL);
+  plan_loads = NULL;
+  done(&b);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void test_memory_falls(void) {
+  double prev = 0;
+  for (int P = 1; P <= 8; P *= 2) {
+    Built b;
+    CHECK(lm(&b, 16, 4, 16, 16, 2, NULL));
+    run_passes(&b, P);
+    PlanCost c = plan_cost(b.g, P, OPT_ADAM, &plan_consts_cpu);
+    double mx = 0, fl = 0;
+    for (int d = 0; d < P; d++) {
+      const DeviceCost *dc = &c.dev[d];
+      double m = dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes;
+      mx = m > mx ? m : mx;
+      fl = dc->flops > fl ? dc->flops : fl;
+      CHECK(dc->optim_bytes == 2 * dc->param_bytes); /* adam */
+    }
+    if (P > 1) CHECK(mx < prev);
+    prev = mx;
+    CHECK(c.step_s > 0 && (P == 1) == (c.comm_s == 0));
+    plan_cost_free(&c);
+    done(&b);
+  }
+}
+
+/* ---------------------------------------------------------------- one device */
+
+static char *print_graph(const Graph *g) {
+  char *s = NULL;
+  size_t n = 0;
+  FILE *f = open_memstream(&s, &n);
+  ir_print(g, f);
+  fclose(f);
+  return s;
+}
+
+/* Every pass in order on one device (the file asks for 4: --devices 1 wins); the graph
+ * printed before and after placement and comm is the same text, and nothing is placed. */
+static void test_one_device_unchanged(void) {
+  Built b;
+  CHECK(lm(&b, 8, 4, 6, 4, 2, "  devices = 4\n"));
+  PassCtx ctx = {.cfg = &b.cfg, .devices = 1, .training = true};
+  int mine = 0;
+  for (int i = 0; i < pass_count; i++) {
+    const Pass *p = &pass_list[i];
+    bool ours = p->run == pass_placement || p->run == pass_comm;
+    char *before = ours ? print_graph(b.g) : NULL;
+    p->run(b.g, &ctx);
+    if (ours) {
+      char *after = print_graph(b.g);
+      CHECK(!strcmp(before, after));
+      free(after);
+      free(before);
+      mine++;
+    }
+  }
+  CHECK(mine == 2);
+  for (int k = 0; k < b.g->nnodes; k++) {
+    const Node *n = b.g->nodes[k];
+    CHECK(!(ir_ops[n->op].flags & OPF_COLLECTIVE));
+    CHECK(n->device == -1 && n->ndevices == 0);
+  }
+  for (int i = 0; i < b.g->ntensors; i++)
+    CHECK(b.g->tensors[i]->part == PART_NONE);
+  CHECK(b.g->moe_expert_dev == NULL);
+  done(&b);
+}
+
+/* ---------------------------------------------------------------- rules */
+
+static void test_rules(void) {
+  Built b;
+  /* the experts all on device 1 */
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  devices = 4\n  place m.experts : on(1)\n"));
+  run_passes(&b, 4);
+  for (int e = 0; e < 4; e++)
+    CHECK(b.g->moe_expert_dev[0][e] == 1);
+  done(&b);
+
+  /* a replicated MoE: no all-to-all, its experts' gradients all-reduced */
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  place m : replicate\n"));
+  run_passes(&b, 4);
+  CHECK(count_op(b.g, OP_ALL_TO_ALL, -1) == 0 && count_op(b.g, OP_ALL_TO_ALL_BACK, -1) == 0);
+  const Tensor *w1 = param(b.g, "m.w1");
+  CHECK(w1 && w1->part == PART_REPLICATED && w1->grad->producer->op == OP_ALL_REDUCE);
+  done(&b);
+
+  /* data_parallel, then shard(experts) for m: the all-to-alls come back */
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  strategy = data_parallel\n  place m : shard(experts)\n"));
+  run_passes(&b, 2);
+  CHECK(count_op(b.g, OP_ALL_TO_ALL, -1) == 2);
+  CHECK(param(b.g, "m.w1")->part == PART_EXPERTS);
+  done(&b);
+
+  /* data_parallel alone: everything replicated */
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  strategy = data_parallel\n"));
+  run_passes(&b, 2);
+  CHECK(count_op(b.g, OP_ALL_TO_ALL, -1) == 0);
+  for (int i = 0; i < b.g->nparams; i++)
+    CHECK(b.g->params[i]->part == PART_REPLICATED);
+  done(&b);
+
+  /* the LSTM on device 0 only: its nodes say so, rows are resharded to and from it */
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  devices = 2\n  place h : on(0)\n"));
+  run_passes(&b, 2);
+  int on0 = 0, other = 0;
+  for (int k = 0; k < b.g->nnodes; k++) {
+    const Node *n = b.g->nodes[k];
+    if (n->layer && !strcmp(n->layer, "h") && n->op != OP_RESHARD) {
+      on0 += n->device == 0;
+      other += n->device != 0;
+    }
+  }
+  CHECK(on0 > 0 && other == 0);
+  CHECK(count_op(b.g, OP_RESHARD, -1) > 0);
+  done(&b);
+}
+
+/* ---------------------------------------------------------------- hmoe */
+
+static void test_hmoe_groups(void) {
+  static const char *text = "model t {\n"
+                            "  input tokens : i32[B, T]\n"
+                            "  input targets : i32[B, T]\n"
+                            "  emb = embedding(tokens, vocab=16, dim=4)\n"
+                            "  m = hmoe(emb, groups=4, experts=3, k_group=2, k=2, hidden=4)\n"
+                            "  loss = softmax_xent(m, targets, vocab=16)\n"
+                            "  output loss\n"
+                            "}\n"
+                            "train {\n  batch = 8\n  unroll = 2\n}\n"
+                            "plan {\n  strategy = hmoe\n  experts = round_robin\n}\n";
+  Built b;
+  CHECK(load_text(&b, text));
+  run_passes(&b, 2);
+  CHECK(b.g->moe_nexperts[0] == 12);
+  for (int e = 0; e < 12; e++) /* whole groups on one device; groups round-robin */
+    CHECK(b.g->moe_expert_dev[0][e] == (e / 3) % 2);
+  /* expert params of group 1 (device 1) are not on device 0 */
+  PlanCost c = plan_cost(b.g, 2, OPT_ADAM, &plan_consts_cpu);
+  CHECK(c.dev[0].nexperts == 6 && c.dev[1].nexperts == 6);
+  plan_cost_free(&c);
+  done(&b);
+}
+
+int main(void) {
+  test_bytes();
+  test_gradients_stay();
+  test_policies();
+  test_balanced();
+  test_memory_falls();
+  test_one_device_unchanged();
+  test_rules();
+  test_hmoe_groups();
+  TEST_DONE();
+}
