@@ -10,6 +10,7 @@
 # Logs and JSON under $OUT (default build-gpu/out). Usage:
 #   bench/gpu.sh [STAGES]   STAGES: any of build test sanitize bench (default: all four)
 #   QUICK=1 bench/gpu.sh    smaller benchmark (2048 tokens) and no TF32 pass
+#   BUILD=dir OUT=dir BUILD_TYPE=Release   (defaults: build-gpu, build-gpu/out, RelWithDebInfo)
 # Through the device tool (10 minutes a command; the build dir is kept between calls):
 #   bench/gpu.sh build test sanitize      then      bench/gpu.sh bench
 set -u
@@ -23,11 +24,12 @@ JOBS=$(nproc 2>/dev/null || echo 4)
 declare -a ROWS=()
 row() { ROWS+=("$(printf '%-44s %s' "$1" "$2")"); echo "== $1: $2"; }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 ||
+  echo "no nvidia-smi" >"$OUT/gpu.txt"
 row "GPU" "$(head -1 "$OUT/gpu.txt")"
 
 # ---- 1. build (the later stages build what they need too: cmake --build is incremental)
-if cmake -S "$ROOT" -B "$BUILD" -DMOEC_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$OUT/cmake.log" 2>&1 &&
+if cmake -S "$ROOT" -B "$BUILD" -DMOEC_CUDA=ON -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" >"$OUT/cmake.log" 2>&1 &&
    cmake --build "$BUILD" -j"$JOBS" --target moec test_cuda_ops test_cuda_model bench_moe_layer_cuda \
      >"$OUT/build.log" 2>&1; then
   row "build (CUDA targets)" "ok"
@@ -81,11 +83,19 @@ for mode in $MODES; do
   for k in 2 4; do
     log="$OUT/bench_moec_k${k}_$mode.log"
     "$BUILD/bench/bench_moe_layer_cuda" --tokens $TOK --k $k $flag --json "$OUT/moec.jsonl" >"$log" 2>&1
-    row "moec layer k=$k $mode" "$(grep -E 'moe layer ' "$log" | awk '{print $3" ms"}') | experts $(grep 'expert / dense' "$log" | awk '{print $4}') of dense | routing $(grep 'routing share' "$log" | awk '{print $3}')"
+    if grep -q 'moe layer ' "$log"; then
+      row "moec layer k=$k $mode" "$(grep -E 'moe layer ' "$log" | awk '{print $3" ms"}') | experts $(grep 'expert / dense' "$log" | awk '{print $4}') of dense | routing $(grep 'routing share' "$log" | awk '{print $3}')"
+    else
+      row "moec layer k=$k $mode" "$(tail -1 "$log")"
+    fi
     tlog="$OUT/bench_torch_k${k}_$mode.log"
     python3 "$ROOT/bench/moe_layer_torch.py" --tokens $TOK --k $k $flag --moec-json "$OUT/moec.jsonl" \
       --json "$OUT/torch.jsonl" >"$tlog" 2>&1
-    row "torch k=$k $mode" "$(grep 'best:' "$tlog" | sed 's/^ *best: //')"
+    if grep -q 'best:' "$tlog"; then
+      row "torch k=$k $mode" "$(grep 'best:' "$tlog" | sed 's/^ *best: //')"
+    else
+      row "torch k=$k $mode" "$(tail -1 "$tlog")"
+    fi
   done
 done
 fi

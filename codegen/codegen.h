@@ -36,7 +36,8 @@ typedef struct Program {
   bool hostjit_tried;
 } Program;
 
-/* Lowers a bound graph (ir_bind done). Plans memory (pass_memplan_assign: sets
+/* Lowers a bound graph (ir_bind done). If the memplan pass ran on it (g->mem set),
+ * plans memory again at the bound shapes (pass_memplan_assign: sets
  * every tensor's mem_offset) and allocates one zeroed block; a transient tensor's
  * buffer holds its value only from its producer to its last reader (the host may
  * read the loss, xent, aux, MoE importance/load, state's next values and param

@@ -55,8 +55,9 @@ static LLVMTargetMachineRef host_tm(void) {
   LLVMTargetRef target;
   char *err = NULL;
   if (LLVMGetTargetFromTriple(triple, &target, &err)) mc_fatal("LLVM JIT: %s", err);
-  LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, triple, cpu, feat, LLVMCodeGenLevelAggressive,
-                                                    LLVMRelocDefault, LLVMCodeModelJITDefault);
+  LLVMTargetMachineRef tm =
+      LLVMCreateTargetMachine(target, triple, cpu, feat, LLVMCodeGenLevelAggressive,
+                              LLVMRelocDefault, LLVMCodeModelJITDefault);
   LLVMDisposeMessage(triple);
   LLVMDisposeMessage(cpu);
   LLVMDisposeMessage(feat);
@@ -70,15 +71,16 @@ static bool jit_init_locked(void) {
   if (LLVMInitializeNativeTarget() || LLVMInitializeNativeAsmPrinter()) return false;
   opt_tm = host_tm();
   /* the JIT's own target machine: the same host cpu and features */
-  LLVMOrcJITTargetMachineBuilderRef jtmb = LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(host_tm());
+  LLVMOrcJITTargetMachineBuilderRef jtmb =
+      LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(host_tm());
   LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
   LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(builder, jtmb);
   LLVMErrorRef e = LLVMOrcCreateLLJIT(&jit, builder);
   if (e) jit_fail(e, "cannot create LLJIT");
   /* generated code calls libm (tanh, exp, log1p, log1pf): resolve from the process */
   LLVMOrcDefinitionGeneratorRef gen;
-  e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(jit), NULL,
-                                                           NULL);
+  e = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(&gen, LLVMOrcLLJITGetGlobalPrefix(jit),
+                                                           NULL, NULL);
   if (e) jit_fail(e, "cannot search the process for symbols");
   LLVMOrcJITDylibAddGenerator(LLVMOrcLLJITGetMainJITDylib(jit), gen);
   jit_ok = true;
@@ -102,7 +104,8 @@ void *cg_jit_compile_module(LLVMOrcThreadSafeContextRef ts, LLVMModuleRef m, con
   LLVMDisposeMessage(triple);
   LLVMSetDataLayout(m, LLVMOrcLLJITGetDataLayoutStr(jit));
   char *verr = NULL;
-  if (LLVMVerifyModule(m, LLVMReturnStatusAction, &verr)) mc_fatal("LLVM JIT: bad module: %s", verr);
+  if (LLVMVerifyModule(m, LLVMReturnStatusAction, &verr))
+    mc_fatal("LLVM JIT: bad module: %s", verr);
   LLVMDisposeMessage(verr);
   if (optimise) {
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
@@ -125,10 +128,18 @@ void *cg_jit_compile_module(LLVMOrcThreadSafeContextRef ts, LLVMModuleRef m, con
   return (void *)(uintptr_t)addr;
 }
 
-void cg_jit_lock(void) { pthread_mutex_lock(&jit_mu); }
-void cg_jit_unlock(void) { pthread_mutex_unlock(&jit_mu); }
-bool cg_jit_init_locked(void) { return jit_init_locked(); }
-int cg_jit_next_id(void) { return jit_counter++; }
+void cg_jit_lock(void) {
+  pthread_mutex_lock(&jit_mu);
+}
+void cg_jit_unlock(void) {
+  pthread_mutex_unlock(&jit_mu);
+}
+bool cg_jit_init_locked(void) {
+  return jit_init_locked();
+}
+int cg_jit_next_id(void) {
+  return jit_counter++;
+}
 
 /* ---------------------------------------------------------------- code generation */
 
@@ -141,15 +152,29 @@ typedef struct Gen {
 } Gen;
 
 /* A float32 constant given as a C float (so it is the literal's own rounding). */
-static LLVMValueRef kf(Gen *G, float v) { return LLVMConstReal(G->rt, (double)v); }
+static LLVMValueRef kf(Gen *G, float v) {
+  return LLVMConstReal(G->rt, (double)v);
+}
 /* A constant of the working precision: (real)v, as the kernels cast their attributes. */
-static LLVMValueRef kr(Gen *G, double v) { return G->f64 ? LLVMConstReal(G->rt, v) : kf(G, (float)v); }
+static LLVMValueRef kr(Gen *G, double v) {
+  return G->f64 ? LLVMConstReal(G->rt, v) : kf(G, (float)v);
+}
 
-static LLVMValueRef jadd(Gen *G, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFAdd(G->b, a, b, ""); }
-static LLVMValueRef jsub(Gen *G, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFSub(G->b, a, b, ""); }
-static LLVMValueRef jmul(Gen *G, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFMul(G->b, a, b, ""); }
-static LLVMValueRef jdiv(Gen *G, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildFDiv(G->b, a, b, ""); }
-static LLVMValueRef jneg(Gen *G, LLVMValueRef a) { return LLVMBuildFNeg(G->b, a, ""); }
+static LLVMValueRef jadd(Gen *G, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFAdd(G->b, a, b, "");
+}
+static LLVMValueRef jsub(Gen *G, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFSub(G->b, a, b, "");
+}
+static LLVMValueRef jmul(Gen *G, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFMul(G->b, a, b, "");
+}
+static LLVMValueRef jdiv(Gen *G, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFDiv(G->b, a, b, "");
+}
+static LLVMValueRef jneg(Gen *G, LLVMValueRef a) {
+  return LLVMBuildFNeg(G->b, a, "");
+}
 /* c ? x : y with c an ordered comparison, as C's < and > are */
 static LLVMValueRef sel(Gen *G, LLVMRealPredicate p, LLVMValueRef l, LLVMValueRef r, LLVMValueRef x,
                         LLVMValueRef y) {
@@ -187,7 +212,9 @@ static LLVMValueRef gen_expf(Gen *G, LLVMValueRef x) {
   return jmul(G, p, scale);
 }
 
-static LLVMValueRef gen_exp(Gen *G, LLVMValueRef x) { return G->f64 ? libm(G, "exp", x) : gen_expf(G, x); }
+static LLVMValueRef gen_exp(Gen *G, LLVMValueRef x) {
+  return G->f64 ? libm(G, "exp", x) : gen_expf(G, x);
+}
 
 /* SIGMOID: rt_sigmoidf / rt_sigmoid = 1 / (1 + EXP(-x)) */
 static LLVMValueRef gen_sigmoid(Gen *G, LLVMValueRef x) {
@@ -204,8 +231,9 @@ static LLVMValueRef gen_tanh(Gen *G, LLVMValueRef x) {
   p = jadd(G, jmul(G, p, z), kf(G, 1.33314422036e-1f));
   p = jsub(G, jmul(G, p, z), kf(G, 3.33332819422e-1f));
   LLVMValueRef small = jadd(G, x, jmul(G, jmul(G, x, z), p));
-  LLVMValueRef big = jsub(G, kf(G, 1.0f), jdiv(G, kf(G, 2.0f), jadd(G, gen_expf(G, jmul(G, kf(G, 2.0f), x)),
-                                                                     kf(G, 1.0f))));
+  LLVMValueRef big =
+      jsub(G, kf(G, 1.0f),
+           jdiv(G, kf(G, 2.0f), jadd(G, gen_expf(G, jmul(G, kf(G, 2.0f), x)), kf(G, 1.0f))));
   return sel(G, LLVMRealOLT, z, kf(G, 0.390625f), small, big);
 }
 
@@ -213,75 +241,113 @@ static LLVMValueRef gen_tanh(Gen *G, LLVMValueRef x) {
 static LLVMValueRef gen_op(Gen *G, const FusedInstr *fi, LLVMValueRef a, LLVMValueRef b) {
   LLVMValueRef zero = kr(G, 0.0), one = kr(G, 1.0);
   switch (fi->op) {
-  case OP_ADD: return jadd(G, a, b);
-  case OP_SUB: return jsub(G, a, b);
-  case OP_MUL: return jmul(G, a, b);
-  case OP_SCALE: return jadd(G, jmul(G, a, kr(G, fi->f0)), kr(G, fi->f1)); /* v*s0 + s1 */
-  case OP_RELU: return sel(G, LLVMRealOGT, a, zero, a, zero);
-  case OP_TANH: return gen_tanh(G, a);
-  case OP_SIGMOID: return gen_sigmoid(G, a);
+  case OP_ADD:
+    return jadd(G, a, b);
+  case OP_SUB:
+    return jsub(G, a, b);
+  case OP_MUL:
+    return jmul(G, a, b);
+  case OP_SCALE:
+    return jadd(G, jmul(G, a, kr(G, fi->f0)), kr(G, fi->f1)); /* v*s0 + s1 */
+  case OP_RELU:
+    return sel(G, LLVMRealOGT, a, zero, a, zero);
+  case OP_TANH:
+    return gen_tanh(G, a);
+  case OP_SIGMOID:
+    return gen_sigmoid(G, a);
   case OP_SOFTPLUS: { /* (v > 0 ? v : 0) + LOG1P(EXP(-(v > 0 ? v : -v))) */
     LLVMValueRef pos = sel(G, LLVMRealOGT, a, zero, a, zero);
     LLVMValueRef abs = sel(G, LLVMRealOGT, a, zero, a, jneg(G, a));
     return jadd(G, pos, libm(G, G->f64 ? "log1p" : "log1pf", gen_exp(G, jneg(G, abs))));
   }
-  case OP_RELU_BWD: return sel(G, LLVMRealOGT, b, zero, a, zero);     /* v > 0 ? g : 0 */
-  case OP_TANH_BWD: return jmul(G, a, jsub(G, one, jmul(G, b, b)));   /* g * (1 - v*v) */
-  case OP_SIGMOID_BWD: return jmul(G, jmul(G, a, b), jsub(G, one, b)); /* g * v * (1 - v) */
-  case OP_SOFTPLUS_BWD: return jmul(G, a, gen_sigmoid(G, b));          /* g * SIGMOID(v) */
-  default: mc_fatal("fused program: op '%s' is not fusable", ir_ops[fi->op].name);
+  case OP_RELU_BWD:
+    return sel(G, LLVMRealOGT, b, zero, a, zero); /* v > 0 ? g : 0 */
+  case OP_TANH_BWD:
+    return jmul(G, a, jsub(G, one, jmul(G, b, b))); /* g * (1 - v*v) */
+  case OP_SIGMOID_BWD:
+    return jmul(G, jmul(G, a, b), jsub(G, one, b)); /* g * v * (1 - v) */
+  case OP_SOFTPLUS_BWD:
+    return jmul(G, a, gen_sigmoid(G, b)); /* g * SIGMOID(v) */
+  default:
+    mc_fatal("fused program: op '%s' is not fusable", ir_ops[fi->op].name);
   }
 }
 
-/* The whole kernel: void f(ctx, node, in, out) over N elements. */
-static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N, const bool *bcast) {
+/* The whole kernel: void f(ctx, node, in, out) loads the buffer pointers and calls
+ * body(in_0.., out_0..), the loop over N elements. body's pointers are noalias: the
+ * memory plan never lets a fused node's outputs share memory with each other or with
+ * its inputs (OP_FUSED is not in-place), and without it the vectoriser needs a
+ * run-time overlap check per pair of pointers and gives up past a few of them. */
+static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N,
+                       const bool *bcast) {
   LLVMContextRef c = G->c;
   LLVMTypeRef i8p = LLVMPointerType(LLVMInt8TypeInContext(c), 0);
   LLVMTypeRef i8pp = LLVMPointerType(i8p, 0);
   LLVMTypeRef rp = LLVMPointerType(G->rt, 0);
   LLVMTypeRef i64 = LLVMInt64TypeInContext(c);
+  LLVMTypeRef void_t = LLVMVoidTypeInContext(c);
+  int np = pr->nin + pr->nout;
+  LLVMTypeRef *bparams = mc_calloc((size_t)np, sizeof(LLVMTypeRef));
+  for (int k = 0; k < np; k++)
+    bparams[k] = rp;
+  LLVMTypeRef bty = LLVMFunctionType(void_t, bparams, (unsigned)np, 0);
+  char bname[64];
+  snprintf(bname, sizeof bname, "%s_body", fname);
+  LLVMValueRef body = LLVMAddFunction(G->m, bname, bty);
+  LLVMSetLinkage(body, LLVMInternalLinkage);
+  unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+  for (int k = 0; k < np; k++)
+    LLVMAddAttributeAtIndex(body, (unsigned)k + 1, LLVMCreateEnumAttribute(c, noalias, 0));
+
+  /* the KernelFn: pointers out of in[] and out[], one call */
   LLVMTypeRef params[4] = {i8p, i8p, i8pp, i8pp};
-  LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(c), params, 4, 0);
-  LLVMValueRef f = LLVMAddFunction(G->m, fname, fty);
-  LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c, f, "entry");
-  LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c, f, "loop");
-  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c, f, "done");
+  LLVMValueRef f = LLVMAddFunction(G->m, fname, LLVMFunctionType(void_t, params, 4, 0));
+  LLVMPositionBuilderAtEnd(G->b, LLVMAppendBasicBlockInContext(c, f, "entry"));
+  LLVMValueRef *args = mc_calloc((size_t)np, sizeof(LLVMValueRef));
+  for (int k = 0; k < np; k++) {
+    bool in = k < pr->nin;
+    LLVMValueRef idx = LLVMConstInt(i64, (unsigned long long)(in ? k : k - pr->nin), 0);
+    LLVMValueRef pp = LLVMBuildGEP2(G->b, i8p, LLVMGetParam(f, in ? 2 : 3), &idx, 1, "");
+    args[k] = LLVMBuildBitCast(G->b, LLVMBuildLoad2(G->b, i8p, pp, ""), rp, "");
+  }
+  LLVMBuildCall2(G->b, bty, body, args, (unsigned)np, "");
+  LLVMBuildRetVoid(G->b);
+
+  /* body: the loop */
+  LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c, body, "entry");
+  LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c, body, "loop");
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c, body, "done");
   LLVMPositionBuilderAtEnd(G->b, entry);
-  LLVMValueRef *inp = mc_calloc((size_t)pr->nin, sizeof(LLVMValueRef));
-  LLVMValueRef *outp = mc_calloc((size_t)pr->nout, sizeof(LLVMValueRef));
   LLVMValueRef *slot = mc_calloc((size_t)(pr->nin + pr->nops), sizeof(LLVMValueRef));
-  for (int s = 0; s < pr->nin; s++) {
-    LLVMValueRef idx = LLVMConstInt(i64, (unsigned long long)s, 0);
-    LLVMValueRef pp = LLVMBuildGEP2(G->b, i8p, LLVMGetParam(f, 2), &idx, 1, "");
-    inp[s] = LLVMBuildBitCast(G->b, LLVMBuildLoad2(G->b, i8p, pp, ""), rp, "");
-    if (bcast[s]) slot[s] = LLVMBuildLoad2(G->b, G->rt, inp[s], ""); /* a scalar, read once */
-  }
-  for (int j = 0; j < pr->nout; j++) {
-    LLVMValueRef idx = LLVMConstInt(i64, (unsigned long long)j, 0);
-    LLVMValueRef pp = LLVMBuildGEP2(G->b, i8p, LLVMGetParam(f, 3), &idx, 1, "");
-    outp[j] = LLVMBuildBitCast(G->b, LLVMBuildLoad2(G->b, i8p, pp, ""), rp, "");
-  }
+  for (int s = 0; s < pr->nin; s++)
+    if (bcast[s])
+      slot[s] = LLVMBuildLoad2(G->b, G->rt, LLVMGetParam(body, (unsigned)s), ""); /* once */
   LLVMBuildBr(G->b, loop);
   LLVMPositionBuilderAtEnd(G->b, loop);
   LLVMValueRef i = LLVMBuildPhi(G->b, i64, "i");
   for (int s = 0; s < pr->nin; s++)
-    if (!bcast[s]) slot[s] = LLVMBuildLoad2(G->b, G->rt, LLVMBuildGEP2(G->b, G->rt, inp[s], &i, 1, ""), "");
+    if (!bcast[s])
+      slot[s] = LLVMBuildLoad2(
+          G->b, G->rt, LLVMBuildGEP2(G->b, G->rt, LLVMGetParam(body, (unsigned)s), &i, 1, ""), "");
   for (int k = 0; k < pr->nops; k++) {
     const FusedInstr *fi = &pr->ops[k];
     slot[pr->nin + k] = gen_op(G, fi, slot[fi->a], fi->b >= 0 ? slot[fi->b] : NULL);
   }
   for (int j = 0; j < pr->nout; j++)
-    LLVMBuildStore(G->b, slot[pr->outs[j]], LLVMBuildGEP2(G->b, G->rt, outp[j], &i, 1, ""));
+    LLVMBuildStore(
+        G->b, slot[pr->outs[j]],
+        LLVMBuildGEP2(G->b, G->rt, LLVMGetParam(body, (unsigned)(pr->nin + j)), &i, 1, ""));
   LLVMValueRef next = LLVMBuildAdd(G->b, i, LLVMConstInt(i64, 1, 0), "");
-  LLVMValueRef more = LLVMBuildICmp(G->b, LLVMIntSLT, next, LLVMConstInt(i64, (unsigned long long)N, 0), "");
+  LLVMValueRef more =
+      LLVMBuildICmp(G->b, LLVMIntSLT, next, LLVMConstInt(i64, (unsigned long long)N, 0), "");
   LLVMBuildCondBr(G->b, more, loop, done);
   LLVMValueRef zero64 = LLVMConstInt(i64, 0, 0);
   LLVMAddIncoming(i, &zero64, &entry, 1);
   LLVMAddIncoming(i, &next, &loop, 1);
   LLVMPositionBuilderAtEnd(G->b, done);
   LLVMBuildRetVoid(G->b);
-  mc_free(inp);
-  mc_free(outp);
+  mc_free(bparams);
+  mc_free(args);
   mc_free(slot);
 }
 
@@ -295,19 +361,23 @@ typedef struct CacheEntry {
 static CacheEntry *cache;
 static int ncache, cap_cache;
 
-static void key_append(McBuf *b, const FusedProg *pr, int64_t N, const bool *bcast, Precision prec) {
+static void key_append(McBuf *b, const FusedProg *pr, int64_t N, const bool *bcast,
+                       Precision prec) {
   mc_buf_printf(b, "%s n=%lld in=%d:", prec == PREC_F64 ? "f64" : "f32", (long long)N, pr->nin);
-  for (int s = 0; s < pr->nin; s++) mc_buf_printf(b, "%c", bcast[s] ? 's' : 'v');
+  for (int s = 0; s < pr->nin; s++)
+    mc_buf_printf(b, "%c", bcast[s] ? 's' : 'v');
   for (int k = 0; k < pr->nops; k++)
-    mc_buf_printf(b, ";%d(%d,%d,%a,%a)", (int)pr->ops[k].op, pr->ops[k].a, pr->ops[k].b, pr->ops[k].f0,
-                  pr->ops[k].f1);
+    mc_buf_printf(b, ";%d(%d,%d,%a,%a)", (int)pr->ops[k].op, pr->ops[k].a, pr->ops[k].b,
+                  pr->ops[k].f0, pr->ops[k].f1);
   mc_buf_printf(b, "->");
-  for (int j = 0; j < pr->nout; j++) mc_buf_printf(b, "%d,", pr->outs[j]);
+  for (int j = 0; j < pr->nout; j++)
+    mc_buf_printf(b, "%d,", pr->outs[j]);
 }
 
 static uint64_t str_hash(const char *s) {
   uint64_t h = 1469598103934665603ull; /* FNV-1a */
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
   return h;
 }
 
@@ -317,7 +387,8 @@ KernelFn cg_jit_fused(const Node *n, Precision prec) {
   int64_t N = n->out[0]->numel;
   MOEC_ASSERT(N > 0);
   bool *bcast = mc_calloc((size_t)pr->nin + 1, sizeof(bool));
-  for (int s = 0; s < pr->nin; s++) bcast[s] = n->in[s]->numel == 1 && N != 1;
+  for (int s = 0; s < pr->nin; s++)
+    bcast[s] = n->in[s]->numel == 1 && N != 1;
   McBuf key = {0};
   key_append(&key, pr, N, bcast, prec);
   uint64_t h = str_hash(key.data);
@@ -362,7 +433,9 @@ void cg_jit_stats(int *compiled, int *hits) {
 
 #else /* no LLVM: fusion never runs (pass_fusion_enabled), so no fused node reaches here */
 
-bool cg_jit_available(void) { return false; }
+bool cg_jit_available(void) {
+  return false;
+}
 KernelFn cg_jit_fused(const Node *n, Precision prec) {
   (void)prec;
   mc_fatal("node %d: fused op, but moec was built without LLVM (MOEC_LLVM=OFF)", n->id);

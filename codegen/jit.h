@@ -47,7 +47,8 @@ bool cg_jit_init_locked(void); /* false: no native target */
 int cg_jit_next_id(void);      /* unique function names */
 /* Adds module m (in ts's context; owns both) to the JIT, after the O3 pipeline
  * when optimise; returns fn's address. Call with the lock held. */
-void *cg_jit_compile_module(LLVMOrcThreadSafeContextRef ts, LLVMModuleRef m, const char *fn, bool optimise);
+void *cg_jit_compile_module(LLVMOrcThreadSafeContextRef ts, LLVMModuleRef m, const char *fn,
+                            bool optimise);
 #endif
 
 #endif

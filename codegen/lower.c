@@ -1,13 +1,15 @@
 /* lower.c: a bound graph -> a program: one instruction per node, in graph
  * order, each with its kernel and buffer pointers.
  *
- * Buffers come from the memory plan (passes/memplan.c): one allocation per program
+ * Buffers come from the memory plan (passes/memplan.c) for every graph the pass
+ * pipeline planned (g->mem set by the memplan pass): one allocation per program
  * holds the persistent region (params, inputs, state) and the arena where every
- * activation and gradient lives at the offset the plan gave it. MOEC_NO_MEMPLAN=1
- * keeps the old layout, one zeroed allocation per tensor (every buffer keeps its
- * value after the step: for debugging). MOEC_POISON_ARENA=1 fills the arena with
- * NaN bytes before every run of the program (tests: nothing may read a buffer its
- * producer has not written this step). */
+ * activation and gradient lives at the offset the plan gave it. MOEC_NO_MEMPLAN=1,
+ * and graphs built by hand without the passes, keep one zeroed allocation per
+ * tensor (every buffer keeps its value after the run: for debugging and tests that
+ * read every tensor). MOEC_POISON_ARENA=1 fills the arena with NaN bytes before
+ * every run of the program (tests: nothing may read a buffer its producer has not
+ * written this step). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +26,9 @@ static bool env_on(const char *name) {
   return v && *v && strcmp(v, "0") != 0;
 }
 
-Program *cg_lower(Graph *g, Precision prec) { return cg_lower_on(g, prec, &rt_backend_cpu); }
+Program *cg_lower(Graph *g, Precision prec) {
+  return cg_lower_on(g, prec, &rt_backend_cpu);
+}
 
 static void alloc_per_tensor(Program *p) {
   Graph *g = p->g;
@@ -83,7 +87,10 @@ Program *cg_lower_on(Graph *g, Precision prec, const Backend *be) {
   p->prec = prec;
   p->elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
   p->buf = mc_calloc((size_t)g->ntensors, sizeof(void *));
-  if (env_on("MOEC_NO_MEMPLAN"))
+  /* Graphs that went through the pass pipeline (its memplan pass set g->mem) get the
+   * plan; graphs built by hand (kernel tests, gradcheck: they read every tensor after
+   * the run) keep one buffer per tensor. */
+  if (env_on("MOEC_NO_MEMPLAN") || g->mem.B == 0)
     alloc_per_tensor(p);
   else
     alloc_planned(p);
@@ -94,10 +101,8 @@ Program *cg_lower_on(Graph *g, Precision prec, const Backend *be) {
     Node *n = g->nodes[k];
     Instr *ins = &p->instrs[k];
     ins->fn = table[n->op];
-    if (n->op == OP_FUSED) { /* fused group: its own kernel, JIT-compiled (codegen/jit.c) */
-      if (be != &rt_backend_cpu) mc_fatal("fused ops run on the cpu backend only (fuse = false)");
-      ins->fn = cg_jit_fused(n, prec);
-    }
+    if (n->op == OP_FUSED && be == &rt_backend_cpu) /* cpu: JIT-compiled (codegen/jit.c); */
+      ins->fn = cg_jit_fused(n, prec); /* cuda: its table's kernel interprets the program */
     if (!ins->fn) mc_fatal("no %s kernel for op '%s'", be->name, ir_ops[n->op].name);
     ins->node = n;
     ins->in = mc_calloc((size_t)n->nin, sizeof(void *));

@@ -101,6 +101,7 @@ AstFile *fe_parse(const Source *src, Diag *d) {
 
 void fe_ast_free(AstFile *f) {
   if (!f) return;
+  mc_free(f->owned_text);
   mc_arena_free(&f->arena);
   mc_free(f);
 }

@@ -139,6 +139,7 @@ typedef struct AstFile {
   Source src;
   Block *model, *train, *plan;
   McArena arena; /* owns every node and string */
+  char *owned_text; /* src.text when the file owns it (drv_load); freed by fe_ast_free */
 } AstFile;
 
 /* Parses src into a new AstFile (never NULL). Errors go to d; returns with

@@ -15,9 +15,10 @@
 
 #include "plan.h"
 
-/* cpu: the brief's measured OpenBLAS sgemm peak of this machine; link: an in-process
- * memcpy between threads. k40 / h100: datasheet figures (fp32; PCIe 3 / NVLink 4). */
-const CostConsts plan_consts_cpu = {"cpu", 190, 10, 5};
+/* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
+ * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
+ * threads. k40 / h100: datasheet figures (fp32; PCIe 3 / NVLink 4). */
+const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5};
 const CostConsts plan_consts_k40 = {"k40", 4290, 12, 10};
 const CostConsts plan_consts_h100 = {"h100", 51000, 450, 5};
 

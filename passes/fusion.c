@@ -75,8 +75,17 @@ const char *shape_fused(Graph *g, Node *n) {
 
 static bool fusable_op(OpKind op) {
   switch (op) {
-  case OP_ADD: case OP_SUB: case OP_MUL: case OP_SCALE: case OP_RELU: case OP_TANH:
-  case OP_SIGMOID: case OP_SOFTPLUS: case OP_RELU_BWD: case OP_TANH_BWD: case OP_SIGMOID_BWD:
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_SCALE:
+  case OP_RELU:
+  case OP_TANH:
+  case OP_SIGMOID:
+  case OP_SOFTPLUS:
+  case OP_RELU_BWD:
+  case OP_TANH_BWD:
+  case OP_SIGMOID_BWD:
   case OP_SOFTPLUS_BWD:
     return true;
   default:
@@ -110,15 +119,36 @@ static bool candidate(const Node *n) {
 
 typedef struct Fuser {
   Graph *g;
-  int *pos;       /* node id -> position in g->nodes */
-  int *group;     /* position -> group id, -1 = none */
-  int **members;  /* group id -> positions (ascending) */
+  const Node **keys; /* open-addressing table: node -> position in g->nodes */
+  int *pos;
+  int maxid;     /* table size - 1 */
+  int *group;    /* position -> group id, -1 = none */
+  int **members; /* group id -> positions (ascending) */
   int *nmembers;
   int ngroups;
-  int **cons;     /* tensor id -> consumer positions */
+  int **cons; /* tensor id -> consumer positions */
   int *ncons;
-  bool *named;    /* tensor id -> referenced by the graph itself */
+  bool *named; /* tensor id -> referenced by the graph itself */
 } Fuser;
+
+/* Position of a producer in g->nodes, -1 if it is not there (an earlier pass dropped
+ * it). Keyed by address: node ids need not be unique after passes that add nodes. */
+static int pos_of(const Fuser *F, const Node *p) {
+  size_t mask = (size_t)F->maxid; /* table size - 1 (a power of two) */
+  for (size_t h = ((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull & mask;; h = (h + 1) & mask) {
+    if (!F->keys[h]) return -1;
+    if (F->keys[h] == p) return F->pos[h];
+  }
+}
+
+static void pos_put(Fuser *F, const Node *p, int k) {
+  size_t mask = (size_t)F->maxid;
+  size_t h = ((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull & mask;
+  while (F->keys[h])
+    h = (h + 1) & mask;
+  F->keys[h] = p;
+  F->pos[h] = k;
+}
 
 enum { MAX_GROUP = 64 }; /* keeps generated functions small */
 
@@ -163,7 +193,7 @@ static void form_groups(Fuser *F) {
     for (int i = 0; i < n->nin; i++) {
       const Node *p = n->in[i]->producer;
       if (!p) continue;
-      int pp = F->pos[p->id];
+      int pp = pos_of(F, p);
       if (pp < 0 || F->group[pp] < 0 || in_set(set, nset, pp)) continue;
       int gid = F->group[pp];
       const Node *q = g->nodes[F->members[gid][0]];
@@ -204,9 +234,10 @@ static Node *build_fused(Fuser *F, const int *mem, int nmem, int group_no) {
     const Node *n = g->nodes[mem[m]];
     for (int i = 0; i < n->nin; i++) {
       const Node *p = n->in[i]->producer;
-      bool inside = p && F->pos[p->id] >= 0 && in_set(mem, nmem, F->pos[p->id]);
+      bool inside = p && pos_of(F, p) >= 0 && in_set(mem, nmem, pos_of(F, p));
       bool seen = false;
-      for (int s = 0; s < nin; s++) seen |= ins[s] == n->in[i];
+      for (int s = 0; s < nin; s++)
+        seen |= ins[s] == n->in[i];
       if (!inside && !seen) ins[nin++] = n->in[i];
     }
   }
@@ -223,16 +254,18 @@ static Node *build_fused(Fuser *F, const int *mem, int nmem, int group_no) {
     for (int i = 0; i < n->nin; i++) {
       int slot = -1;
       const Node *p = n->in[i]->producer;
-      if (p && F->pos[p->id] >= 0) {
+      if (p && pos_of(F, p) >= 0) {
         for (int q = 0; q < m; q++)
-          if (mem[q] == F->pos[p->id]) slot = nin + q;
+          if (mem[q] == pos_of(F, p)) slot = nin + q;
       }
       if (slot < 0)
         for (int s = 0; s < nin; s++)
           if (ins[s] == n->in[i]) slot = s;
       MOEC_ASSERT(slot >= 0);
-      if (i == 0) fi->a = slot;
-      else fi->b = slot;
+      if (i == 0)
+        fi->a = slot;
+      else
+        fi->b = slot;
     }
     /* materialised? */
     Tensor *t = n->out[0];
@@ -283,11 +316,14 @@ void pass_fusion(Graph *g, const PassCtx *ctx) {
   if (!pass_fusion_enabled(ctx ? ctx->cfg : NULL)) return;
   Fuser F = {0};
   F.g = g;
-  int maxid = 0;
-  for (int k = 0; k < g->nnodes; k++) maxid = g->nodes[k]->id > maxid ? g->nodes[k]->id : maxid;
-  F.pos = mc_malloc(sizeof(int) * (size_t)(maxid + 1));
-  for (int i = 0; i <= maxid; i++) F.pos[i] = -1;
-  for (int k = 0; k < g->nnodes; k++) F.pos[g->nodes[k]->id] = k;
+  size_t cap = 16;
+  while (cap < 2 * (size_t)g->nnodes + 2)
+    cap *= 2;
+  F.maxid = (int)(cap - 1);
+  F.keys = mc_calloc(cap, sizeof(Node *));
+  F.pos = mc_calloc(cap, sizeof(int));
+  for (int k = 0; k < g->nnodes; k++)
+    pos_put(&F, g->nodes[k], k);
   F.group = mc_malloc(sizeof(int) * (size_t)(g->nnodes + 1));
   F.members = mc_calloc((size_t)g->nnodes + 1, sizeof(int *));
   F.nmembers = mc_calloc((size_t)g->nnodes + 1, sizeof(int));
@@ -295,7 +331,8 @@ void pass_fusion(Graph *g, const PassCtx *ctx) {
   F.cons = mc_calloc((size_t)g->ntensors + 1, sizeof(int *));
   F.named = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int k = 0; k < g->nnodes; k++)
-    for (int i = 0; i < g->nodes[k]->nin; i++) F.ncons[g->nodes[k]->in[i]->id]++;
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      F.ncons[g->nodes[k]->in[i]->id]++;
   for (int t = 0; t < g->ntensors; t++) {
     F.cons[t] = mc_malloc(sizeof(int) * (size_t)(F.ncons[t] + 1));
     F.ncons[t] = 0;
@@ -308,8 +345,10 @@ void pass_fusion(Graph *g, const PassCtx *ctx) {
   mark_named(&F, g->loss);
   mark_named(&F, g->xent);
   mark_named(&F, g->aux);
-  for (int i = 0; i < g->nparams; i++) mark_named(&F, g->params[i]->grad);
-  for (int i = 0; i < g->nstates; i++) mark_named(&F, g->states[i].next);
+  for (int i = 0; i < g->nparams; i++)
+    mark_named(&F, g->params[i]->grad);
+  for (int i = 0; i < g->nstates; i++)
+    mark_named(&F, g->states[i].next);
   for (int i = 0; i < g->nmoe; i++) {
     if (g->moe_importance) mark_named(&F, g->moe_importance[i]);
     if (g->moe_load) mark_named(&F, g->moe_load[i]);
@@ -333,9 +372,12 @@ void pass_fusion(Graph *g, const PassCtx *ctx) {
   g->nnodes = nn;
   mc_free(nodes);
 
-  for (int i = 0; i < F.ngroups; i++) mc_free(F.members[i]);
-  for (int t = 0; t < g->ntensors; t++) mc_free(F.cons[t]);
+  for (int i = 0; i < F.ngroups; i++)
+    mc_free(F.members[i]);
+  for (int t = 0; t < g->ntensors; t++)
+    mc_free(F.cons[t]);
   mc_free(F.pos);
+  mc_free(F.keys);
   mc_free(F.group);
   mc_free(F.members);
   mc_free(F.nmembers);

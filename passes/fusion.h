@@ -13,8 +13,8 @@
 #include "passes.h"
 
 typedef struct FusedInstr {
-  OpKind op;    /* OP_ADD ... OP_SOFTPLUS_BWD (elementwise, not random) */
-  int a, b;     /* operand slots (b = -1 for unary ops) */
+  OpKind op;     /* OP_ADD ... OP_SOFTPLUS_BWD (elementwise, not random) */
+  int a, b;      /* operand slots (b = -1 for unary ops) */
   double f0, f1; /* OP_SCALE's fa[0], fa[1] */
 } FusedInstr;
 

@@ -16,8 +16,10 @@
  * reader is node k is never reused for node k's own outputs: a kernel's inputs and
  * outputs never alias. Transient tensors get offsets in one arena: each, in turn, at
  * the best-fitting gap among the tensors already placed whose lifetimes overlap its
- * own; two orders are tried (largest first, and by birth) and the smaller arena kept.
- * Every offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the plan.
+ * own; four orders are tried (largest first, by birth, longest-lived first, largest
+ * bytes x lifetime first) and the smallest arena kept.
+ * Every offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the
+ * plan.
  *
  * The runtime allocates persistent + arena bytes in one block (codegen/lower.c). */
 #include <stdlib.h>
@@ -36,7 +38,9 @@ typedef struct Live {
 
 enum { PERSIST = -1, UNPLANNED = -2 };
 
-static int64_t align_up(int64_t x) { return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN; }
+static int64_t align_up(int64_t x) {
+  return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
+}
 
 static int64_t tensor_bytes(const Tensor *t, int64_t B, int64_t T, int64_t elem) {
   int64_t n = 1;
@@ -116,6 +120,23 @@ static int by_birth(const void *a, const void *b) {
   return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* longest-lived first, then largest: the long-lived tensors settle at the bottom */
+static int by_length(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  int lx = x->last - x->def, ly = y->last - y->def;
+  if (lx != ly) return lx > ly ? -1 : 1;
+  return by_size(a, b);
+}
+
+/* largest bytes x lifetime first */
+static int by_area(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  double ax = (double)x->size * (x->last - x->def + 1),
+         ay = (double)y->size * (y->last - y->def + 1);
+  if (ax != ay) return ax > ay ? -1 : 1;
+  return by_size(a, b);
+}
+
 typedef struct Span {
   int64_t lo, hi;
 } Span;
@@ -143,8 +164,9 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
           at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
+  bool all = !strcmp(getenv("MOEC_MEMPLAN_TRACE"), "all");
   for (int i = 0; i < g->ntensors; i++)
-    if (L[i].def >= 0 && L[i].def <= at && at <= L[i].last)
+    if (all || (L[i].def >= 0 && L[i].def <= at && at <= L[i].last))
       fprintf(stderr, "  %-32s %10lld  [%d, %d]\n", g->tensors[i]->name, (long long)L[i].size,
               L[i].def, L[i].last);
 }
@@ -195,8 +217,14 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   int m = 0;
   for (int i = 0; i < nt; i++)
     if (L[i].def >= 0) order[m++] = L[i];
-  int64_t a1 = place(order, m, by_size, sp), a2 = place(order, m, by_birth, sp);
-  mf.arena = a2 < a1 ? a2 : place(order, m, by_size, sp); /* the last placement stands */
+  int (*const cmps[])(const void *, const void *) = {by_size, by_birth, by_length, by_area};
+  int best = 0;
+  int64_t arena[4];
+  for (int c = 0; c < 4; c++) {
+    arena[c] = place(order, m, cmps[c], sp);
+    if (arena[c] < arena[best]) best = c;
+  }
+  mf.arena = best == 3 ? arena[3] : place(order, m, cmps[best], sp); /* the last one stands */
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
   /* the lower bound: most bytes alive at one node */
@@ -237,8 +265,7 @@ long pass_memplan_validate(const Graph *g) {
         hi > mf->persist + mf->arena)
       mc_fatal("memory plan: tensor '%s' at [%lld, %lld) lies outside its region (persistent "
                "%lld bytes, arena %lld) or is not aligned",
-               a->name, (long long)lo, (long long)hi, (long long)mf->persist,
-               (long long)mf->arena);
+               a->name, (long long)lo, (long long)hi, (long long)mf->persist, (long long)mf->arena);
     for (int j = i + 1; j < nt; j++) {
       bool both_persist = persist && L[j].def == PERSIST;
       if (!both_persist && (persist || L[j].def == PERSIST)) continue; /* other regions */

@@ -313,9 +313,10 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
       if (g->params[i]->part != PART_EXPERTS) need += 4 * const_bytes(g->params[i]);
     if (need > cfg->memory_budget)
       mc_die("the replicated parameters need %.1f MiB per device (weights, gradients and "
-             "Adam's two moments), over memory_budget = %.1f MiB: the experts do not fit one "
-             "device; use strategy = paper to shard them",
-             need / 1048576.0, cfg->memory_budget / 1048576.0);
+             "Adam's two moments), over memory_budget = %.1f MiB: %s",
+             need / 1048576.0, cfg->memory_budget / 1048576.0,
+             dp ? "the experts do not fit one device; use strategy = paper to shard them"
+                : "shard more layers' experts (place ... : shard(experts)) or use more memory");
   }
   mc_free(np);
 }

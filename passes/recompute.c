@@ -395,8 +395,8 @@ void pass_recompute(Graph *g, const PassCtx *ctx) {
       for (int j = 0; j < cfg->n_recompute; j++)
         sel[i] |= !strcmp(segs[i].layer, cfg->recompute_names[j]);
   } else if (cfg->batch > 0 && cfg->unroll > 0) {
-    Auto a = {g, cfg, segs, nseg, mc_calloc((size_t)nseg + 1, sizeof(Undo)), 0,
-              optim_bytes(g, cfg)};
+    Auto a = {
+        g, cfg, segs, nseg, mc_calloc((size_t)nseg + 1, sizeof(Undo)), 0, optim_bytes(g, cfg)};
     choose_auto(&a, sel);
     mc_free(a.stack);
   }
@@ -464,8 +464,7 @@ void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FI
     fprintf(out, "nothing; activation arena %.3f MiB\n", (double)s.with.arena / MiB);
     return;
   }
-  fprintf(out, "%d segments, %d forward nodes repeated in the backward pass\n", s.nseg,
-          s.nclones);
+  fprintf(out, "%d segments, %d forward nodes repeated in the backward pass\n", s.nseg, s.nclones);
   bool *d = dropped_set(g);
   for (int seg = 0; seg < s.nseg; seg++) {
     const char *layer = "?";
@@ -505,6 +504,5 @@ void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FI
           (long long)saved, (double)saved / MiB, (double)s.without.live_max / MiB,
           (double)s.with.live_max / MiB);
   fprintf(out, "  recomputed: %.4g MFLOP a step (%.1f%% of the forward pass's %.4g MFLOP)\n",
-          s.flops / 1e6, s.fwd_flops > 0 ? 100.0 * s.flops / s.fwd_flops : 0.0,
-          s.fwd_flops / 1e6);
+          s.flops / 1e6, s.fwd_flops > 0 ? 100.0 * s.flops / s.fwd_flops : 0.0, s.fwd_flops / 1e6);
 }

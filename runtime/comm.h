@@ -5,7 +5,7 @@
  *   comm_mpi.c    : one device per MPI rank (mpirun -np N moec run ...); a stub that
  *                   returns NULL with a reason when moec is built without MPI
  *   comm_util.c   : backend-independent helpers (counts exchange, displacements,
- *                   comm_check_same, the timeout setting)
+ *                   comm_check_same, the timeout setting, rt_comm_self)
  *   (runtime/cuda/nccl_comm.h: the NCCL collectives of the CUDA backend)
  *
  * A Comm is a small table of function pointers, like Backend in runtime.h. Every
@@ -96,10 +96,17 @@ uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0);
  * or 60. A malformed value is a user error (mc_die). */
 double comm_timeout_from_env(void);
 
+/* The communicator of a single device (rank 0 of 1) with no threads and no MPI: the
+ * collectives are copies, so a 1-device run takes the same code path as N devices.
+ * abort prints and exits 1. One static instance; never freed. */
+Comm *rt_comm_self(void);
+
 /* Prints "moec: error: rank R: <reason>" (one write, so lines of ranks do not mix). */
 void comm_print_error(int rank, const char *reason);
 
 /* ------------------------------------------------------------ in-process (comm_inproc.c) */
+
+#define RT_INPROC_MAX 64
 
 /* How one rank of rt_inproc_run ended. */
 typedef enum InprocStatus {
@@ -111,14 +118,12 @@ typedef enum InprocStatus {
 
 typedef struct InprocReport {
   int n;
-  InprocStatus status[64];
-  char message[64][256]; /* per rank: its error, "" when ok */
-  int first_rank;        /* the rank that failed first (the root cause), -1 if none */
-  char first[256];       /* its message */
-  double seconds;        /* wall time of the whole run */
+  InprocStatus status[RT_INPROC_MAX];
+  char message[RT_INPROC_MAX][256]; /* per rank: its error, "" when ok */
+  int first_rank;                   /* the rank that failed first (the root cause), -1 if none */
+  char first[256];                  /* its message */
+  double seconds;                   /* wall time of the whole run */
 } InprocReport;
-
-#define RT_INPROC_MAX 64
 
 /* Runs fn on n threads (1 <= n <= RT_INPROC_MAX), thread r with its own Comm of rank
  * r, and joins them. 0 when every rank returned normally; otherwise 1, after the

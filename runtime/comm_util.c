@@ -1,6 +1,6 @@
 /* comm_util.c: backend-independent helpers of the communicator (comm.h): the counts
  * exchange before an all-to-allv, displacements, the cross-rank consistency check,
- * the timeout setting and error printing. */
+ * the timeout setting, error printing, and the single-device communicator. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -105,4 +105,60 @@ void comm_print_error(int rank, const char *reason) {
   /* one write(2): lines of different ranks never interleave */
   ssize_t w = write(2, line, (size_t)k);
   (void)w;
+}
+
+/* ------------------------------------------------------------------ one device */
+
+static void self_ar_f32(Comm *c, float *buf, int64_t n) {
+  (void)c, (void)buf, (void)n;
+}
+static void self_ar_f64(Comm *c, double *buf, int64_t n) {
+  (void)c, (void)buf, (void)n;
+}
+
+static void self_abort(Comm *c, const char *reason) {
+  comm_print_error(c->rank, reason);
+  exit(1);
+}
+
+static void self_all_to_allv(Comm *c, const void *send, const int64_t *scount,
+                             const int64_t *sdispl, void *recv, const int64_t *rcount,
+                             const int64_t *rdispl) {
+  if (scount[0] != rcount[0] || scount[0] < 0 || sdispl[0] < 0 || rdispl[0] < 0) {
+    char m[160];
+    snprintf(m, sizeof m, "all_to_allv: rank 0 sends itself %lld bytes but expects %lld",
+             (long long)scount[0], (long long)rcount[0]);
+    self_abort(c, m);
+  }
+  if (scount[0])
+    memmove((char *)recv + rdispl[0], (const char *)send + sdispl[0], (size_t)scount[0]);
+}
+
+static void self_all_gather(Comm *c, const void *send, void *recv, size_t bytes) {
+  (void)c;
+  if (bytes) memmove(recv, send, bytes);
+}
+
+static void self_broadcast(Comm *c, void *buf, size_t bytes, int root) {
+  (void)buf, (void)bytes;
+  if (root != 0) self_abort(c, "broadcast: root is not a rank");
+}
+
+static void self_barrier(Comm *c) {
+  (void)c;
+}
+
+Comm *rt_comm_self(void) {
+  static Comm self = {.name = "self",
+                      .rank = 0,
+                      .size = 1,
+                      .impl = NULL,
+                      .all_reduce_sum_f32 = self_ar_f32,
+                      .all_reduce_sum_f64 = self_ar_f64,
+                      .all_to_allv = self_all_to_allv,
+                      .all_gather = self_all_gather,
+                      .broadcast = self_broadcast,
+                      .barrier = self_barrier,
+                      .abort = self_abort};
+  return &self;
 }

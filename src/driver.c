@@ -15,6 +15,7 @@ AstFile *drv_load(const char *path, Config *cfg) {
   Diag d;
   fe_diag_init(&d, &src);
   AstFile *f = fe_parse(&src, &d);
+  f->owned_text = text; /* diagnostics may quote the source as long as f lives */
   fe_config_defaults(cfg);
   if (d.errors == 0) fe_sema(f, cfg, &d);
   if (d.errors > 0) {

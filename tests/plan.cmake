@@ -45,3 +45,19 @@ add_test(NAME plan_err_strategy
          COMMAND sh -c "\"$1\" plan \"$2\" --strategy nope 2>&1; echo rc=$?" sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_err_strategy PROPERTIES LABELS plan
                      PASS_REGULAR_EXPRESSION "unknown strategy 'nope'.*rc=2")
+# data_parallel with experts over memory_budget: a clear error naming the sizes
+add_test(NAME plan_err_budget
+         COMMAND sh -c "sed 's/^train {/plan {\\n  memory_budget = 1MiB\\n}\\ntrain {/' \"$2\" > plan_budget.moe && \"$1\" plan plan_budget.moe --devices 2 --strategy data_parallel 2>&1; echo rc=$?; \"$1\" plan plan_budget.moe --devices 2 >/dev/null 2>&1; echo paper_rc=$?"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_err_budget PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
+  "need [0-9.]+ MiB per device.*over memory_budget = 1.0 MiB: the experts do not fit.*rc=1")
+# balanced from measured loads: hot experts 0..7 are spread, one to each device in turn
+add_test(NAME plan_cli_balanced
+         COMMAND sh -c "printf '{\"moe\":[{\"name\":\"m\",\"load\":[100,100,100,100,100,100,100,100,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}\\n' > plan_loads.jsonl && \"$1\" plan \"$2\" --devices 4 --experts balanced --loads plan_loads.jsonl --format json | /usr/bin/python3 -c 'import json,sys; m=json.load(sys.stdin)[\"expert_devices\"][\"m\"]; hot=sorted(m[:8]); assert hot==[0,0,1,1,2,2,3,3], hot; assert all(m.count(d)==8 for d in range(4)); print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_cli_balanced PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+# the placement is in the IR: `moec ir --after comm` shows parts, the expert map, collectives
+add_test(NAME plan_ir_after_comm
+         COMMAND sh -c "\"$1\" ir \"$2\" --after comm --devices 2 | grep -E 'all_to_all\\(m.xs|m/experts  part=experts|m experts on devices: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1|emb.weight.grad@sum = all_reduce' | wc -l"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_ir_after_comm PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^1[0-9]\n")

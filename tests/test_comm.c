@@ -160,6 +160,10 @@ int main(void) {
     }
     printf("n=%d: %d checks per rank, %.3f s\n", n, e[0].checks, mc_now() - t0);
   }
+  CommErrors se = {0}; /* the single-device communicator: the same checks */
+  comm_basic_checks(rt_comm_self(), &se);
+  CHECK(se.checks > 60 && se.failures == 0);
+  if (se.failures) fprintf(stderr, "self: %s\n", se.first);
   failure_tests();
   TEST_DONE();
 }

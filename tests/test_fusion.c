@@ -19,7 +19,8 @@ static Type vec(int64_t n) {
 
 static int count_op(const Graph *g, OpKind op) {
   int c = 0;
-  for (int k = 0; k < g->nnodes; k++) c += g->nodes[k]->op == op;
+  for (int k = 0; k < g->nnodes; k++)
+    c += g->nodes[k]->op == op;
   return c;
 }
 
@@ -143,7 +144,8 @@ static void test_random_and_sides(void) {
     const Node *n = g->nodes[k];
     const FusedProg *pr = pass_fused_prog(n);
     if (pr)
-      for (int i = 0; i < pr->nops; i++) CHECK(pr->ops[i].op != OP_DROPOUT);
+      for (int i = 0; i < pr->nops; i++)
+        CHECK(pr->ops[i].op != OP_DROPOUT);
   }
   ir_graph_free(g);
 }

@@ -44,7 +44,7 @@ static Graph *expr_graph(int64_t n, Tensor **ins, Tensor **outs, int *nouts) {
   Tensor *pb = ir_op2(g, OP_SOFTPLUS_BWD, sb, y);
   Tensor *z = ir_op2(g, OP_ADD, pb, r);
   Tensor *w = ir_op2(g, OP_ADD, z, s); /* broadcast add */
-  ir_op1(g, OP_SUM, h); /* h is read outside the group: materialised */
+  ir_op1(g, OP_SUM, h);                /* h is read outside the group: materialised */
   outs[0] = w;
   outs[1] = h;
   *nouts = 2;
@@ -67,6 +67,8 @@ static void fill(Program *p, const Tensor *t, uint64_t seed, double scale) {
   }
 }
 
+static double now(void);
+
 static void test_fused_kernels(void) {
   int64_t sizes[] = {1, 7, 1000, 4099};
   setenv("MOEC_NO_MEMPLAN", "1", 1); /* every buffer kept: outputs read after the run */
@@ -84,8 +86,9 @@ static void test_fused_kernels(void) {
       ir_verify(g1);
       CHECK(g1->nnodes < before);
       int nfused = 0;
-      for (int k = 0; k < g1->nnodes; k++) nfused += g1->nodes[k]->op == OP_FUSED;
-      CHECK(nfused == 1); /* one group: every op joins (same shape, scalar broadcast) */
+      for (int k = 0; k < g1->nnodes; k++)
+        nfused += g1->nodes[k]->op == OP_FUSED;
+      CHECK(nfused == 1);     /* one group: every op joins (same shape, scalar broadcast) */
       CHECK(g1->nnodes == 2); /* the fused node and the sum */
       ir_bind(g0, 1, 1);
       ir_bind(g1, 1, 1);
@@ -105,8 +108,8 @@ static void test_fused_kernels(void) {
             double a = pr ? cg_f64(p0, out0[j])[i] : cg_f32(p0, out0[j])[i];
             double b = pr ? cg_f64(p1, out1[j])[i] : cg_f32(p1, out1[j])[i];
             if (memcmp(&a, &b, sizeof a)) {
-              fprintf(stderr, "  %s n=%lld out %d [%lld]: unfused %.9g fused %.9g\n", pr ? "f64" : "f32",
-                      (long long)n, j, (long long)i, a, b);
+              fprintf(stderr, "  %s n=%lld out %d [%lld]: unfused %.9g fused %.9g\n",
+                      pr ? "f64" : "f32", (long long)n, j, (long long)i, a, b);
               break;
             }
           }
@@ -118,6 +121,38 @@ static void test_fused_kernels(void) {
       ir_graph_free(g0);
       ir_graph_free(g1);
     }
+  }
+  /* timing (printed, not checked): the expression graph over 1M floats, unfused vs fused */
+  {
+    int64_t n = 1 << 20;
+    Tensor *in0[3], *out0[2], *in1[3], *out1[2];
+    int no;
+    Graph *g0 = expr_graph(n, in0, out0, &no), *g1 = expr_graph(n, in1, out1, &no);
+    PassCtx pc = {.cfg = NULL, .devices = 1};
+    setenv("MOEC_FUSE", "1", 1);
+    pass_fusion(g1, &pc);
+    ir_bind(g0, 1, 1);
+    ir_bind(g1, 1, 1);
+    Program *p[2] = {cg_lower(g0, PREC_F32), cg_lower(g1, PREC_F32)};
+    KernelCtx kc = {.batch_local = 1, .ndevices = 1};
+    double best[2] = {1e30, 1e30};
+    for (int r = 0; r < 8; r++)
+      for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < 3; i++)
+          fill(p[v], v ? in1[i] : in0[i], 11 + (uint64_t)i, 2);
+        double t0 = now();
+        rt_exec(p[v], &kc, 0, p[v]->ninstrs);
+        double dt = now() - t0;
+        best[v] = dt < best[v] ? dt : best[v];
+      }
+    printf(
+        "expression graph, %d elementwise ops over 2^20 floats: unfused %.2f ms (%d kernel calls), "
+        "fused %.2f ms (%d)\n",
+        g0->nnodes - 1, best[0] * 1e3, p[0]->ninstrs, best[1] * 1e3, p[1]->ninstrs);
+    cg_program_free(p[0]);
+    cg_program_free(p[1]);
+    ir_graph_free(g0);
+    ir_graph_free(g1);
   }
   /* the cache: the same group again compiles nothing */
   int c0, h0, c1, h1;
@@ -139,11 +174,17 @@ static void test_fused_kernels(void) {
 /* ---------------------------------------------------------------- host JIT */
 
 static int64_t calls;
-static void noop_kernel(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  (void)ctx, (void)n, (void)in, (void)out;
-  calls++;
-  __asm__ volatile("" ::: "memory"); /* keep the call */
-}
+
+#define NOOP(i)                                                                                    \
+  static void noop##i(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {    \
+    (void)ctx, (void)n, (void)in, (void)out;                                                       \
+    calls++;                                                                                       \
+    __asm__ volatile("" ::: "memory");                                                             \
+  }
+NOOP(0)
+NOOP(1)
+NOOP(2) NOOP(3) NOOP(4) NOOP(5) NOOP(6) NOOP(7) static const KernelFn noops[8] = {
+    noop0, noop1, noop2, noop3, noop4, noop5, noop6, noop7};
 
 static double now(void) {
   struct timespec ts;
@@ -171,46 +212,54 @@ static void test_hostjit(void) {
   CHECK(p1->hostjit != NULL);
   rt_exec(p0, &kc, 0, p0->ninstrs);
   rt_exec(p1, &kc, 0, p1->ninstrs);
-  for (int j = 0; j < no; j++) CHECK(!memcmp(p0->buf[out0[j]->id], p1->buf[out1[j]->id], 333 * sizeof(float)));
+  for (int j = 0; j < no; j++)
+    CHECK(!memcmp(p0->buf[out0[j]->id], p1->buf[out1[j]->id], 333 * sizeof(float)));
   cg_program_free(p0);
   cg_program_free(p1);
   ir_graph_free(g0);
   ir_graph_free(g1);
 
-  /* overhead per call: 10,000 no-op kernels, half forward, half backward */
-  enum { N = 10000, REPS = 200 };
-  Program p = {0};
-  Node node = {0};
-  void *bufs[2] = {NULL, NULL};
-  p.instrs = mc_calloc(N, sizeof(Instr));
-  p.ninstrs = N;
-  p.first_backward = N / 2;
-  for (int k = 0; k < N; k++) p.instrs[k] = (Instr){noop_kernel, &node, bufs, bufs};
-  double t0 = now();
-  HostJit *h = cg_hostjit_compile(&p);
-  double tc = now() - t0;
-  for (int mode = 0; mode < 2; mode++) {
-    p.hostjit = mode ? h : NULL;
-    p.hostjit_tried = true;
-    rt_exec(&p, &kc, 0, N); /* warm */
-    calls = 0;
-    double best = 1e30;
-    for (int r = 0; r < 5; r++) {
-      t0 = now();
-      for (int i = 0; i < REPS; i++) {
-        rt_exec(&p, &kc, 0, p.first_backward);
-        rt_exec(&p, &kc, p.first_backward, N);
+  /* overhead per call: programs of no-op kernels (8 distinct functions, round robin,
+   * so the interpreter's indirect call is not trivially predicted), half forward,
+   * half backward; 200 calls (a real step's size) and 10,000 */
+  int sizes[2] = {200, 10000};
+  for (int si = 0; si < 2; si++) {
+    int N = sizes[si], reps = 2000000 / N;
+    Program p = {0};
+    Node node = {0};
+    void *bufs[2] = {NULL, NULL};
+    p.instrs = mc_calloc((size_t)N, sizeof(Instr));
+    p.ninstrs = N;
+    p.first_backward = N / 2;
+    for (int k = 0; k < N; k++)
+      p.instrs[k] = (Instr){noops[k % 8], &node, bufs, bufs};
+    double t0 = now();
+    HostJit *h = cg_hostjit_compile(&p);
+    double tc = now() - t0;
+    for (int mode = 0; mode < 2; mode++) {
+      p.hostjit = mode ? h : NULL;
+      p.hostjit_tried = true;
+      rt_exec(&p, &kc, 0, N); /* warm */
+      calls = 0;
+      double best = 1e30;
+      for (int r = 0; r < 5; r++) {
+        t0 = now();
+        for (int i = 0; i < reps; i++) {
+          rt_exec(&p, &kc, 0, p.first_backward);
+          rt_exec(&p, &kc, p.first_backward, N);
+        }
+        double dt = (now() - t0) / ((double)reps * N);
+        best = dt < best ? dt : best;
       }
-      double dt = (now() - t0) / ((double)REPS * N);
-      best = dt < best ? dt : best;
+      CHECK(calls == (int64_t)5 * reps * N);
+      printf("program of %5d calls: host overhead per kernel call, %-11s %.2f ns\n", N,
+             mode ? "host JIT:" : "interpreter:", best * 1e9);
     }
-    CHECK(calls == (int64_t)5 * REPS * N);
-    printf("host overhead per kernel call (%s): %.2f ns\n", mode ? "host JIT" : "interpreter", best * 1e9);
+    printf("program of %5d calls: host JIT compile %.1f ms\n", N, tc * 1e3);
+    p.hostjit = NULL;
+    cg_hostjit_free(h);
+    mc_free(p.instrs);
   }
-  printf("host JIT compile of %d calls: %.1f ms\n", N, tc * 1e3);
-  p.hostjit = NULL;
-  cg_hostjit_free(h);
-  mc_free(p.instrs);
 }
 
 int main(void) {

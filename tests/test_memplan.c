@@ -138,8 +138,8 @@ static double step(Run *r, int s, int vocab) {
     for (int64_t k = 0; k < g->inputs[i]->numel; k++)
       x[k] = (int32_t)((k * 31 + s * 17 + i * 5) % vocab);
   }
-  KernelCtx ctx = {.training = true, .seed = 7, .step = (uint64_t)s, .batch_local = g->B,
-                   .ndevices = 1};
+  KernelCtx ctx = {
+      .training = true, .seed = 7, .step = (uint64_t)s, .batch_local = g->B, .ndevices = 1};
   rt_exec(r->p, &ctx, 0, r->p->ninstrs);
   return cg_f32(r->p, g->loss)[0];
 }
@@ -185,8 +185,9 @@ static void check_lm(const char *path) {
     for (int i = 1; i < 5; i++) {
       bool ok = same(&r[0], &r[i]);
       CHECK(ok);
-      if (!ok) fprintf(stderr, "step %d: %s differs from unplanned (%.9g vs %.9g)\n", s, what[i],
-                       loss[i], loss[0]);
+      if (!ok)
+        fprintf(stderr, "step %d: %s differs from unplanned (%.9g vs %.9g)\n", s, what[i], loss[i],
+                loss[0]);
     }
     CHECK(loss[0] == loss[0] && loss[0] > 0);
   }

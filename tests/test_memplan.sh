@@ -7,6 +7,7 @@
 #               poisoned arenas
 set -u
 MOEC=$1 MODEL=$2 CASE=$3
+export OPENBLAS_NUM_THREADS=1 # the same either way; one thread is quicker on a busy machine
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
@@ -54,7 +55,7 @@ plan)
 recompute)
   with_plan moe '[m]'
   with_plan all all
-  run none "$MODEL" MOEC_NO_MEMPLAN=1
+  run none "$MODEL"
   run moe "$T/moe.moe" MOEC_POISON_ARENA=1
   run all "$T/all.moe" MOEC_POISON_ARENA=1
   same none moe

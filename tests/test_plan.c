@@ -350,6 +350,21 @@ static void test_hmoe_groups(void) {
   CHECK(c.dev[0].nexperts == 6 && c.dev[1].nexperts == 6);
   plan_cost_free(&c);
   done(&b);
+
+  /* a mesh of 2 nodes x 2 devices: groups over nodes (contiguous), a group's experts
+   * over its node's two devices, so the secondary routing never leaves a node */
+  char mesh[1024];
+  snprintf(mesh, sizeof mesh, "%s", text);
+  char *pl = strstr(mesh, "plan {");
+  snprintf(pl, sizeof mesh - (size_t)(pl - mesh),
+           "plan {\n  mesh = [2, 2]\n  strategy = hmoe\n}\n");
+  CHECK(load_text(&b, mesh));
+  run_passes(&b, 4);
+  for (int e = 0; e < 12; e++) {
+    int grp = e / 3, j = e % 3, node = grp / 2;
+    CHECK(b.g->moe_expert_dev[0][e] == node * 2 + j * 2 / 3);
+  }
+  done(&b);
 }
 
 int main(void) {

@@ -541,12 +541,12 @@ static void k_xent_bwd(const KernelCtx *ctx, const Node *n, void *const *in, voi
 /* OP_FUSED (passes/fusion.h): the group's straight-line program, interpreted per
  * element in one pass over memory (inputs read once, outputs written once). The
  * program travels by value in the kernel's parameters: no copy, no sync. */
-#define FUSED_MAX_IN 24
+#define FUSED_MAX_IN 64
 #define FUSED_MAX_OPS 64
-#define FUSED_MAX_OUT 8
+#define FUSED_MAX_OUT 32
 struct FusedArgs {
   int nin, nops, nout;
-  unsigned scalar; /* bit i: input i is a scalar (broadcast) */
+  unsigned long long scalar; /* bit i: input i is a scalar (broadcast) */
   int64_t n;
   const void *in[FUSED_MAX_IN];
   void *out[FUSED_MAX_OUT];
@@ -576,7 +576,7 @@ template <typename T> __global__ void fused_kernel(const __grid_constant__ Fused
   T slot[FUSED_MAX_IN + FUSED_MAX_OPS];
   GRID_STRIDE(i, f.n) {
     for (int q = 0; q < f.nin; q++)
-      slot[q] = ((const T *)f.in[q])[(f.scalar >> q) & 1u ? 0 : i];
+      slot[q] = ((const T *)f.in[q])[(f.scalar >> q) & 1ull ? 0 : i];
     for (int k = 0; k < f.nops; k++) {
       T x = slot[f.a[k]], z = f.b[k] >= 0 ? slot[f.b[k]] : T(0);
       slot[f.nin + k] = fused_apply<T>(f.op[k], x, z, f.f0[k], f.f1[k]);
@@ -603,7 +603,7 @@ static void k_fused(const KernelCtx *ctx, const Node *n, void *const *in, void *
   f.n = rt_numel_out(n, 0);
   for (int q = 0; q < f.nin; q++) {
     f.in[q] = in[q];
-    if (n->in[q]->numel == 1 && f.n != 1) f.scalar |= 1u << q;
+    if (n->in[q]->numel == 1 && f.n != 1) f.scalar |= 1ull << q;
   }
   for (int k = 0; k < f.nops; k++) {
     f.op[k] = (short)pg->ops[k].op;

@@ -805,6 +805,16 @@ int main(void) {
 #ifdef MOEC_HAVE_CUDA
   cuda_dev = rt_cuda_dev(0);
 #endif
+  /* out of memory: NULL, no abort, and the next allocation still works */
+  {
+    void *huge = cuda->alloc((size_t)1 << 52);
+    CHECK(huge == NULL);
+    void *small = cuda->alloc(1024);
+    CHECK(small != NULL);
+    cuda->release(small);
+    printf("%-4s alloc of 4 PiB returns NULL, the next alloc works\n",
+           huge == NULL && small != NULL ? "ok" : "FAIL");
+  }
   dense_cases();
   moe_cases();
   /* every op that has a kernel on both backends was exercised */
