@@ -27,10 +27,10 @@ typedef struct Program {
   void **buf;  /* by tensor id: the tensor's storage */
   size_t bytes; /* total bytes allocated for tensors */
   /* the memory plan (passes/memplan.c): one block, persistent region then arena */
-  bool planned;       /* false under MOEC_NO_MEMPLAN=1: one allocation per tensor */
-  void *base;         /* the block */
+  bool planned; /* false under MOEC_NO_MEMPLAN=1: one allocation per tensor */
+  void *base;   /* the block */
   size_t persist_bytes, arena_bytes;
-  bool poison;        /* MOEC_POISON_ARENA=1: rt_exec from 0 first fills the arena with NaN */
+  bool poison; /* MOEC_POISON_ARENA=1: rt_exec from 0 first fills the arena with NaN */
   /* the host JIT (codegen/hostjit.c): compiled at the first rt_exec, NULL = interpreter */
   struct HostJit *hostjit;
   bool hostjit_tried;

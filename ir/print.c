@@ -167,20 +167,22 @@ void ir_print(const Graph *g, FILE *out) {
   }
   if (g->mem.B > 0) { /* the memplan pass's figures; offsets within the program's block */
     const MemFigures *m = &g->mem;
-    fprintf(out, "memory (B=%lld, T=%lld, %s): persistent %lld bytes, arena %lld bytes (most "
-            "alive at once %lld)\n", (long long)m->B, (long long)m->T,
-            m->elem == 8 ? "f64" : "f32", (long long)m->persist, (long long)m->arena,
-            (long long)m->live_max);
+    fprintf(out,
+            "memory (B=%lld, T=%lld, %s): persistent %lld bytes, arena %lld bytes (most "
+            "alive at once %lld)\n",
+            (long long)m->B, (long long)m->T, m->elem == 8 ? "f64" : "f32", (long long)m->persist,
+            (long long)m->arena, (long long)m->live_max);
     for (int i = 0; i < g->ntensors; i++) {
       const Tensor *t = g->tensors[i];
       int64_t n = t->ty.dtype == DT_I32 ? 4 : m->elem;
       for (int d = 0; d < t->ty.rank; d++)
         n *= dim_eval(t->ty.dim[d], m->B, m->T);
       if (t->mem_offset >= 0)
-        fprintf(out, "  %-28s %s+%-10lld %lld bytes\n", t->name,
-                t->mem_offset < m->persist ? "persistent" : "arena     ",
-                (long long)(t->mem_offset < m->persist ? t->mem_offset : t->mem_offset - m->persist),
-                (long long)n);
+        fprintf(
+            out, "  %-28s %s+%-10lld %lld bytes\n", t->name,
+            t->mem_offset < m->persist ? "persistent" : "arena     ",
+            (long long)(t->mem_offset < m->persist ? t->mem_offset : t->mem_offset - m->persist),
+            (long long)n);
     }
   }
 }

@@ -62,10 +62,10 @@ void pass_memplan(Graph *g, const PassCtx *ctx);
  * use; backward readers use the copies, so the originals die in the forward pass. */
 void pass_recompute(Graph *g, const PassCtx *ctx);
 typedef struct RecomputeSummary {
-  int nseg, nclones;   /* segments recomputed, forward nodes repeated */
-  double flops;        /* recomputed FLOPs per step */
-  double fwd_flops;    /* FLOPs of the forward pass, for scale */
-  int64_t dropped;     /* bytes no longer kept from the forward to the backward pass */
+  int nseg, nclones;        /* segments recomputed, forward nodes repeated */
+  double flops;             /* recomputed FLOPs per step */
+  double fwd_flops;         /* FLOPs of the forward pass, for scale */
+  int64_t dropped;          /* bytes no longer kept from the forward to the backward pass */
   MemFigures with, without; /* the plan with recomputation and as if there were none */
 } RecomputeSummary;
 RecomputeSummary pass_recompute_summary(const Graph *g, int64_t B, int64_t T, size_t elem);

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static int test_failures, test_checks;
+static int test_failures __attribute__((unused)), test_checks __attribute__((unused));
 
 #define CHECK(cond)                                                           \
   do {                                                                        \

@@ -578,7 +578,7 @@ static void t_topk_large(void) {
     int bad = 0;
     for (int r = 0; r < R; r++) {
       double v[64];
-      int ref[64];
+      int ref[64] = {0};
       for (int e = 0; e < E; e++)
         v[e] = xv[r * E + e];
       topk_ref(v, E, m, ref);
