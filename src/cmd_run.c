@@ -28,6 +28,9 @@ static void run_usage(FILE *out) {
           "                   train_loss, valid_ppl, test_ppl, tokens_per_s, floor_ppl, ...);\n"
           "                   progress then goes to stderr\n"
           "  --quiet          no progress lines\n"
+          "  --no-jit         run the program with the interpreter loop instead of the\n"
+          "                   LLVM-compiled host program (debugging; same results)\n"
+          "  --no-fuse        no elementwise fusion (overrides the plan's fuse = true)\n"
           "  --backend B      cpu (cuda: not available yet, issue 5; auto: cpu for now)\n"
           "  --devices N      devices (only 1 for now: more are issue 4)\n");
 }
@@ -121,6 +124,10 @@ int cmd_run(int argc, char **argv) {
       o.json = true;
     else if (!strcmp(a, "--quiet"))
       o.quiet = true;
+    else if (!strcmp(a, "--no-jit"))
+      setenv("MOEC_JIT", "0", 1); /* read by rt_exec (codegen/hostjit.c) */
+    else if (!strcmp(a, "--no-fuse"))
+      setenv("MOEC_FUSE", "0", 1); /* read by the fusion pass */
     else if (a[0] == '-' && a[1])
       return bad_option(a, "run", run_usage) ? 0 : 2;
     else if (!path)

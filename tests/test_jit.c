@@ -1,6 +1,6 @@
 /* test_jit.c: the LLVM JIT (codegen/jit.c, hostjit.c).
  *
- *   1. fused kernels: small expression graphs over every fusable op (scalar
+ *   1. fused kernels: small expression graphs over every elementwise op (scalar
  *      broadcast, odd sizes for vector tails, exp/tanh clamps and branches,
  *      relu at 0 and -0) run unfused and fused, in float32 and float64: the
  *      outputs must be the same bits; the cache compiles a repeated group once.
@@ -183,8 +183,14 @@ static int64_t calls;
   }
 NOOP(0)
 NOOP(1)
-NOOP(2) NOOP(3) NOOP(4) NOOP(5) NOOP(6) NOOP(7) static const KernelFn noops[8] = {
-    noop0, noop1, noop2, noop3, noop4, noop5, noop6, noop7};
+NOOP(2)
+NOOP(3)
+NOOP(4)
+NOOP(5)
+NOOP(6)
+NOOP(7)
+
+static const KernelFn noops[8] = {noop0, noop1, noop2, noop3, noop4, noop5, noop6, noop7};
 
 static double now(void) {
   struct timespec ts;
