@@ -1,5 +1,5 @@
 /* costmodel.c: what a placed, bound graph costs per device (moec plan; moec simulate
- * will reuse it with the K40 / H100 presets). docs/placement.md lists every formula:
+ * with its cluster presets: the same code). docs/placement.md lists every formula:
  *   params       bytes of the parameters a device holds (expert params: its experts' rows)
  *   grads        the same again
  *   optimizer    adam: 2 x params; factored: rows + cols per matrix (leading dims kept),
@@ -9,18 +9,41 @@
  *   flops        forward + backward: matmul 2*M*N*K, grouped matmuls 2*R*K*M over routed
  *                rows, lstm 2*B*T*4U*U (+ elementwise), other ops 1 per output element
  *   step time    max over devices of flops / GFLOP/s + the sum over collectives of
- *                (bytes one device sends / link GB/s + latency)
+ *                (bytes one device sends / link GB/s + latency); on a cluster of nodes
+ *                (per_node > 0) an all-to-all sends (n-1)/(P-1) of its bytes inside the
+ *                node and the rest between nodes, a ring all-reduce runs at the slower
+ *                link between nodes
+ *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
+ *                inputs, state) + arena + the optimizer state (not in the plan), as the
+ *                runtime allocates it (expert rows widened x P, all experts) and sharded
  * Work of expert-sharded nodes is split by experts held (uniform routing). */
+#include <math.h>
 #include <string.h>
 
 #include "plan.h"
 
 /* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
- * threads. k40 / h100: datasheet figures (fp32; PCIe 3 / NVLink 4). */
-const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5};
-const CostConsts plan_consts_k40 = {"k40", 4290, 12, 10};
-const CostConsts plan_consts_h100 = {"h100", 51000, 450, 5};
+ * threads. The K40 / H100 cluster presets are moec simulate's (src/cmd_simulate.c). */
+const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0};
+
+static double align64(double b) {
+  return ceil(b / 64.0) * 64.0;
+}
+
+/* Seconds one collective takes for one device: bytes it sends over its links. */
+static double collective_s(const Node *n, double bytes, int P, const CostConsts *k) {
+  int steps = n->op == OP_ALL_REDUCE ? 2 * (int)(n->ia[0] - 1) : 1;
+  int per = k->per_node;
+  bool nodes = per > 0 && per < P && k->inter_gbs > 0;
+  if (!nodes) return bytes / (k->link_gbs * 1e9) + steps * k->latency_us * 1e-6;
+  double lat = k->inter_latency_us > 0 ? k->inter_latency_us : k->latency_us;
+  if (n->op == OP_ALL_REDUCE) /* a ring over every device: the slowest hop sets the pace */
+    return bytes / (fmin(k->link_gbs, k->inter_gbs) * 1e9) + steps * lat * 1e-6;
+  double inside = P > 1 ? (double)(per - 1) / (P - 1) : 0;
+  return bytes * inside / (k->link_gbs * 1e9) + bytes * (1 - inside) / (k->inter_gbs * 1e9) +
+         lat * 1e-6;
+}
 
 static double numel(const Tensor *t) {
   return (double)t->numel;
@@ -136,12 +159,50 @@ static double optim_elems(const Tensor *p, OptKind opt) {
   return numel(p) / (r * c) * (r + c);
 }
 
+int64_t *plan_widen_expert_rows(Graph *g, int devices) {
+  int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  for (int i = 0; i < g->ntensors && devices > 1; i++) {
+    Tensor *t = g->tensors[i];
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
+    save[i] = t->ty.dim[0].c;
+    for (int q = 0; q < t->ty.dim[0].b; q++)
+      t->ty.dim[0].c *= devices;
+  }
+  return save;
+}
+
+void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
+  for (int i = 0; i < g->ntensors; i++)
+    if (save[i]) g->tensors[i]->ty.dim[0].c = save[i];
+  mc_free(save);
+}
+
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k) {
   PlanCost c = {.devices = devices, .k = *k};
   c.dev = mc_calloc((size_t)devices, sizeof(DeviceCost));
   bool placed = devices > 1 && g->moe_expert_dev;
+  /* the memory plan at one device's rows: as the runtime allocates it (runtime/train.c:
+   * expert-row tensors widened to every device's rows, all experts), and sharded */
+  int64_t B = g->B > 0 ? g->B : 1, T = g->T > 0 ? g->T : 1;
+  c.rows_per_device = (B + devices - 1) / devices;
+  MemFigures mf = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL), mr = mf;
+  if (devices > 1) {
+    int64_t *save = plan_widen_expert_rows((Graph *)g, devices); /* restored below */
+    mr = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL);
+    plan_unwiden_expert_rows((Graph *)g, save);
+  }
+  c.live_max = (double)mr.live_max;
+  double params_aligned = 0, optim_all = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    params_aligned += align64(4 * numel(g->params[i]));
+    if (g->has_backward) optim_all += 4 * optim_elems(g->params[i], opt);
+  }
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
+    dc->persist_bytes = (double)mr.persist;
+    dc->arena_bytes = (double)mr.arena;
+    dc->optim_alloc_bytes = optim_all;
+    dc->sharded_bytes = (double)mf.persist - params_aligned + (double)mf.arena;
     for (int i = 0; i < g->nparams; i++) {
       const Tensor *p = g->params[i];
       double s = 1;
@@ -152,6 +213,7 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
         s = r && !in_set(r, d) ? 0 : 1;
       }
       dc->param_bytes += 4 * numel(p) * s;
+      dc->sharded_bytes += align64(4 * numel(p) * s);
       if (g->has_backward) {
         dc->grad_bytes += 4 * numel(p) * s;
         dc->optim_bytes += 4 * optim_elems(p, opt) * s;
@@ -189,8 +251,15 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
     }
   }
   double maxf = 0;
-  for (int d = 0; d < devices; d++)
-    maxf = c.dev[d].flops > maxf ? c.dev[d].flops : maxf;
+  for (int d = 0; d < devices; d++) {
+    DeviceCost *dc = &c.dev[d];
+    maxf = dc->flops > maxf ? dc->flops : maxf;
+    dc->planned_bytes = dc->persist_bytes + dc->arena_bytes + dc->optim_alloc_bytes;
+    dc->sharded_bytes += dc->optim_bytes;
+    if (dc->planned_bytes > c.max_planned) c.max_planned = dc->planned_bytes;
+    if (dc->sharded_bytes > c.max_sharded) c.max_sharded = dc->sharded_bytes;
+  }
+  c.fits = k->mem_bytes <= 0 || c.max_planned <= k->mem_bytes;
   c.compute_s = maxf / (k->gflops * 1e9);
   for (int kk = 0; kk < g->nnodes; kk++) {
     const Node *n = g->nodes[kk];
@@ -198,8 +267,7 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
     CommBytes b = pass_comm_bytes(g, n);
     c.comm_bytes_expected += (double)b.expected;
     c.comm_bytes_upper += (double)b.upper;
-    int steps = n->op == OP_ALL_REDUCE ? 2 * (int)(n->ia[0] - 1) : 1;
-    c.comm_s += (double)b.per_device / (k->link_gbs * 1e9) + steps * k->latency_us * 1e-6;
+    c.comm_s += collective_s(n, (double)b.per_device, devices, k);
   }
   c.step_s = c.compute_s + c.comm_s;
   return c;

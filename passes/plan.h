@@ -6,8 +6,9 @@
  *                 layer's expert -> device map (Graph.moe_expert_dev)
  *   comm.c      : the `comm` pass: every collective as an explicit op (all_to_all,
  *                 all_to_all_back, all_reduce, reshard) and its bytes per step
- *   costmodel.c : per device parameter / optimizer / activation bytes and FLOPs, the
- *                 step-time estimate and its constants (moec plan, moec simulate later)
+ *   costmodel.c : per device parameter / optimizer / activation bytes, the memory plan
+ *                 per device, FLOPs, the step-time estimate and its constants (moec plan,
+ *                 and moec simulate with its cluster presets: src/cmd_simulate.c)
  *
  * With one device both passes leave the graph exactly as it is. docs/placement.md has
  * every decision. Prefix: pass_ (passes), plan_ (the report).
@@ -58,16 +59,35 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n);
 typedef struct CostConsts {
   const char *name;
   double gflops;     /* sustained GFLOP/s of one device */
-  double link_gbs;   /* GB/s of one device's link */
+  double link_gbs;   /* GB/s of one device's link (inside a node, or the only one) */
   double latency_us; /* per collective step */
+  /* optional (0: not known / not used); moec simulate's cluster presets set them */
+  double peak_gflops; /* datasheet peak, for the "% of peak" figure */
+  double mem_bytes;   /* memory of one device: plan_cost says whether the plan fits */
+  int per_node;       /* devices per node (0: one group, every link link_gbs) */
+  double inter_gbs;   /* GB/s of one device's share of the link between nodes */
+  double inter_latency_us;
 } CostConsts;
 
-extern const CostConsts plan_consts_cpu, plan_consts_k40, plan_consts_h100;
+/* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
+ * moec simulate's (src/cmd_simulate.c), which fills a CostConsts from a cluster spec. */
+extern const CostConsts plan_consts_cpu;
 
 typedef struct DeviceCost {
+  /* the estimate: params, grads, optimizer state, activations kept for backward */
   double param_bytes, grad_bytes, optim_bytes, act_bytes;
   double flops; /* forward + backward per step */
   int nexperts; /* experts placed here (all MoE layers) */
+  /* the memory plan (memplan.c) of this device as the runtime allocates it
+   * (runtime/train.c build_on): B/P rows, expert-row tensors widened to every device's
+   * rows (x P), every expert's parameters and optimizer state */
+  double persist_bytes;     /* params, inputs, state */
+  double arena_bytes;       /* activations and gradients, lifetimes overlaid */
+  double optim_alloc_bytes; /* optimizer state of every parameter */
+  double planned_bytes;     /* persist + arena + optim_alloc: what is allocated */
+  /* what a sharded allocation would need: own experts' params and optimizer state only,
+   * expert rows as received under uniform routing (B/P*T*k) */
+  double sharded_bytes;
 } DeviceCost;
 
 typedef struct PlanCost {
@@ -76,11 +96,25 @@ typedef struct PlanCost {
   double comm_bytes_expected, comm_bytes_upper;
   double compute_s, comm_s, step_s; /* estimate */
   CostConsts k;
+  int64_t rows_per_device; /* ceil(B / devices): the batch rows the memory plan is made at */
+  double live_max;         /* the memory plan's lower bound for the arena (bytes) */
+  double max_planned;      /* the largest planned_bytes over devices */
+  double max_sharded;      /* the largest sharded_bytes over devices */
+  bool fits;               /* max_planned <= k.mem_bytes (true when mem_bytes is 0) */
 } PlanCost;
 
-/* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. */
+/* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The memory
+ * plan per device is pass_memplan_plan at (ceil(B/devices), T, f32): planned_bytes as the
+ * runtime allocates it (expert-row tensors widened x P, all experts: runtime/train.c), and
+ * sharded_bytes (own experts only, expected expert rows; expert gradients in the arena at
+ * all E). With one device both are the exact persist + arena + optimizer allocated. */
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k);
 void plan_cost_free(PlanCost *c);
+/* The runtime's per-device shapes (runtime/train.c): every expert-row tensor (part experts,
+ * B in dim 0) widened x devices, room for every device's rows. Returns what
+ * plan_unwiden_expert_rows needs to restore the graph; the bound shapes are untouched. */
+int64_t *plan_widen_expert_rows(Graph *g, int devices);
+void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 /* FLOPs of one node on the bound graph (global: all devices together). */
 double plan_node_flops(const Node *n);
 /* Fraction of a node's work on device d (1/|set| data-parallel, expert share, ...). */

@@ -24,6 +24,8 @@ typedef struct KernelCtx {
   int64_t batch_local;/* rows of the batch on this device (bound B) */
   int device, ndevices;
   void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
+  struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
+  const Graph *graph; /* for collectives: the expert -> device maps; NULL on one device */
 } KernelCtx;
 
 /* A kernel reads the node's bound shapes (n->in[i]->shape, ->numel) and attrs,
@@ -58,6 +60,7 @@ const Backend *rt_backend_cuda(void);
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
+void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
 /* The table for a precision; every op that has a kernel is filled, others NULL. */
 const KernelFn *rt_cpu_kernels(Precision p);
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "../passes/passes.h"
+#include "multidev.h"
 #include "train.h"
 
 /* ---------------------------------------------------------------- compiled programs */
@@ -79,13 +80,18 @@ static void find_inputs(Compiled *c) {
   if (c->vocab > 65536) c->vocab = 65536;
 }
 
-static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) {
+static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int T, int P) {
   Graph *g = ir_build(f, cfg);
-  PassCtx pc = {cfg, 1, training};
+  PassCtx pc = {cfg, P, training};
   pass_run_all(g, &pc, NULL, NULL);
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
-  ir_bind(g, B, T);
+  if (P > 1) rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
+  ir_bind(g, B / P, T);
   return g;
+}
+
+static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) {
+  return build_on(f, cfg, training, B, T, 1);
 }
 
 static Compiled lower(Graph *g, Precision prec) {
@@ -312,7 +318,7 @@ static void free_words(char **w, int n) {
 }
 
 static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, const Config *cfg,
-                            const Corpus *corpus, int64_t step) {
+                            const Corpus *corpus, int64_t step, void *const *states, int P) {
   Graph *g = tr->g;
   Program *p = tr->p;
   int cap = g->nparams * 4 + g->nstates + 1;
@@ -329,10 +335,14 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   n += rt_optim_tensors(o, t + n);
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *x = g->states[i].state;
-    t[n] = (StTensor){
-        mc_arena_printf(&names, "state.%s", x->name), ST_F32, x->ty.rank, {0}, p->buf[x->id]};
+    t[n] = (StTensor){mc_arena_printf(&names, "state.%s", x->name),
+                      ST_F32,
+                      x->ty.rank,
+                      {0},
+                      states ? states[i] : p->buf[x->id]};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
+    t[n].shape[0] *= P; /* states are batch rows: every device's */
     n++;
   }
   Meta m = {0};
@@ -340,7 +350,7 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   meta_add(&m, "moec.model", "%s", g->name);
   meta_add(&m, "train.step", "%lld", (long long)step);
   meta_add(&m, "train.seed", "%llu", (unsigned long long)cfg->seed);
-  meta_add(&m, "train.batch", "%lld", (long long)g->B);
+  meta_add(&m, "train.batch", "%lld", (long long)g->B * P);
   meta_add(&m, "train.unroll", "%lld", (long long)g->T);
   meta_add(&m, "optim.step", "%lld", (long long)o->t);
   meta_add(&m, "optim.kind", "%s", o->kind == OPT_ADAM ? "adam" : "factored");
@@ -361,7 +371,7 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   mc_free(t);
 }
 
-static void load_state(const StFile *f, Program *p) {
+static void load_state(const StFile *f, Program *p, int rank, int P) {
   Graph *g = p->g;
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *x = g->states[i].state;
@@ -369,11 +379,13 @@ static void load_state(const StFile *f, Program *p) {
     snprintf(key, sizeof key, "state.%s", x->name);
     const StEntry *e = rt_st_find(f, key);
     if (!e) continue; /* weights only (e.g. from PyTorch): state starts at zero */
-    if (e->dtype != ST_F32 || e->numel != x->numel)
+    if (e->dtype != ST_F32 || e->numel != x->numel * P)
       mc_die("checkpoint '%s': '%s' has %lld elements, this run's batch needs %lld (resume with "
              "the same batch size)",
-             f->path, key, (long long)e->numel, (long long)x->numel);
-    p->be->upload(p->buf[x->id], e->data, e->nbytes);
+             f->path, key, (long long)e->numel, (long long)x->numel * P);
+    /* this device's rows of the global batch */
+    p->be->upload(p->buf[x->id], e->data + (size_t)rank * (e->nbytes / (size_t)P),
+                  e->nbytes / (size_t)P);
   }
 }
 
@@ -434,6 +446,7 @@ typedef struct Run {
   FILE *metrics, *out; /* progress goes to out */
   bool tty;
   double floor_nats;
+  Comm *comm; /* rt_comm_self() on one device */
 } Run;
 
 static void log_eval(Run *r, int64_t step, const char *split, double loss, int64_t tokens,
@@ -460,13 +473,53 @@ static void log_eval(Run *r, int64_t step, const char *split, double loss, int64
 
 static double run_eval(Run *r, Split split, int64_t step, double *secs_total) {
   double t0 = mc_now();
-  copy_params(r->ev.p, r->tr.p);
+  Comm *c = r->comm;
+  if (c->size > 1) rt_md_gather_experts(c, r->tr.p); /* rank 0 evaluates the whole model */
+  double loss = 0;
   int64_t tokens = 0;
-  double loss = evaluate(&r->ev, r->corpus, split, &tokens);
+  if (c->rank == 0) {
+    copy_params(r->ev.p, r->tr.p);
+    loss = evaluate(&r->ev, r->corpus, split, &tokens);
+  }
+  if (c->size > 1) c->broadcast(c, &loss, sizeof loss, 0);
   double secs = mc_now() - t0;
   *secs_total += secs;
-  log_eval(r, step, split == SPLIT_VALID ? "valid" : "test", loss, tokens, secs);
+  if (c->rank == 0) log_eval(r, step, split == SPLIT_VALID ? "valid" : "test", loss, tokens, secs);
   return loss;
+}
+
+/* Every device's rows of the states (rank order = batch order); NULL on one device. */
+static void **gather_states(Comm *c, Program *p) {
+  Graph *g = p->g;
+  if (c->size <= 1) return NULL;
+  void **st = mc_calloc((size_t)g->nstates + 1, sizeof(void *));
+  for (int i = 0; i < g->nstates; i++) {
+    const Tensor *x = g->states[i].state;
+    size_t nb = (size_t)x->numel * p->elem;
+    st[i] = mc_malloc(nb * (size_t)c->size);
+    c->all_gather(c, p->buf[x->id], st[i], nb);
+  }
+  return st;
+}
+
+/* Collective on N devices: rank 0 writes one checkpoint with the names and shapes of
+ * one device (experts and optimizer moments from their owners, every device's state rows). */
+static void save_run(Run *r, const char *path, int64_t step) {
+  Comm *c = r->comm;
+  if (c->size <= 1) {
+    save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1);
+    return;
+  }
+  rt_md_gather_experts(c, r->tr.p);
+  MdOptimSave os;
+  rt_md_optim_gather(c, r->tr.g, r->opt, &os);
+  void **st = gather_states(c, r->tr.p);
+  if (c->rank == 0) save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, st, c->size);
+  rt_md_optim_restore(r->opt, &os);
+  for (int i = 0; i < r->tr.g->nstates; i++)
+    mc_free(st[i]);
+  mc_free(st);
+  c->barrier(c); /* the file is complete before any rank goes on */
 }
 
 /* Fails before training, not after it, when a checkpoint could not be written. */
@@ -483,21 +536,62 @@ static void check_writable_dir(const char *path) {
 }
 
 int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
+  return rt_train_comm(rt_comm_self(), f, cfg, o);
+}
+
+/* A hash of the model file and the run's settings (comm_check_same across devices). */
+static uint64_t run_hash(const Config *cfg, const TrainOpts *o) {
+  uint64_t h = comm_hash_bytes(&cfg->seed, sizeof cfg->seed, 0);
+  int v[4] = {cfg->batch, cfg->unroll, cfg->steps, cfg->eval_every};
+  h = comm_hash_bytes(v, sizeof v, h);
+  FILE *fp = o->model_path ? fopen(o->model_path, "rb") : NULL;
+  if (fp) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, fp)) > 0)
+      h = comm_hash_bytes(buf, n, h);
+    fclose(fp);
+  }
+  return h;
+}
+
+int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0) {
   Run r = {0};
+  const int P = comm->size, rank = comm->rank;
+  TrainOpts olocal = *o0;
+  if (rank > 0) { /* rank 0 prints and writes files */
+    olocal.quiet = true;
+    olocal.json = false;
+    olocal.metrics = NULL;
+  }
+  const TrainOpts *o = &olocal;
   r.cfg = cfg;
   r.o = o;
+  r.comm = comm;
   r.out = o->json ? stderr : stdout;
+  FILE *devnull = NULL;
+  if (rank > 0) r.out = devnull = fopen("/dev/null", "w");
+  if (!r.out) r.out = stderr;
   r.tty = !o->quiet && isatty(fileno(r.out));
   const int B = cfg->batch, T = cfg->unroll;
   if (B < 1 || T < 1) mc_die("batch and unroll must be positive (got %d and %d)", B, T);
-  if (o->save) check_writable_dir(o->save);
-  Graph *gt = build(f, cfg, true, B, T), *ge = build(f, cfg, false, B, T);
+  if (P > 1) {
+    if (B < P)
+      mc_die("%d devices but a batch has %d rows: each device needs at least one row", P, B);
+    if (B % P)
+      mc_die("batch %d does not split evenly over %d devices: use a batch that is a multiple "
+             "of the device count",
+             B, P);
+    comm_check_same(comm, "model file and settings hash", run_hash(cfg, o0));
+  }
+  if (o->save && rank == 0) check_writable_dir(o->save);
+  Graph *gt = build_on(f, cfg, true, B, T, P), *ge = rank == 0 ? build(f, cfg, false, B, T) : NULL;
   double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
-         eb = (double)graph_bytes(ge, 4);
+         eb = ge ? (double)graph_bytes(ge, 4) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
   check_memory("training this model", tb + eb + ob, pb, tb + eb - 2 * pb, ob);
   r.tr = lower(gt, PREC_F32);
-  r.ev = lower(ge, PREC_F32);
+  if (ge) r.ev = lower(ge, PREC_F32);
   StFile *ck = o->load ? rt_st_open(o->load) : NULL;
   int nv = 0;
   char **vocab = ck ? split_words(rt_st_meta(ck, "data.vocab"), &nv) : NULL;
@@ -506,12 +600,20 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
   if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
   r.opt = rt_optim_new(cfg, gt);
   init_params(r.tr.p, cfg->seed);
+  int64_t nexpert_params = 0;
+  for (int i = 0; i < gt->nparams; i++)
+    if (gt->params[i]->part == PART_EXPERTS) nexpert_params += gt->params[i]->numel;
+  if (P > 1 && nexpert_params && cfg->optimizer != OPT_ADAM)
+    mc_die("the factored optimizer with experts sharded over %d devices is not supported yet: "
+           "use optimizer = adam, or strategy = data_parallel",
+           P);
   int64_t start = 0;
   if (ck) {
     rt_st_load_params(ck, r.tr.p);
     if (rt_optim_load(r.opt, ck)) {
       start = meta_int(ck, "train.step", r.opt->t);
-      load_state(ck, r.tr.p);
+      load_state(ck, r.tr.p, rank, P);
+      if (P > 1) rt_md_optim_localize(gt, r.opt, rank);
       int64_t ckseed = meta_int(ck, "train.seed", (int64_t)cfg->seed);
       if ((uint64_t)ckseed != cfg->seed)
         fprintf(stderr, "moec: note: '%s' was trained with seed %lld, this run uses %llu\n",
@@ -565,25 +667,32 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
   double t_train = 0, t_eval = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
   int64_t tail_n = 0, done = 0;
   double valid = NAN, test = NAN;
+  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now();
     rt_batcher_next(&bt, ids, tg);
-    upload_ids(r.tr.p, r.tr.ids, ids);
-    upload_ids(r.tr.p, r.tr.targets, tg);
+    upload_ids(r.tr.p, r.tr.ids, ids + (size_t)rank * (size_t)Bl * (size_t)T);
+    upload_ids(r.tr.p, r.tr.targets, tg + (size_t)rank * (size_t)Bl * (size_t)T);
     KernelCtx ctx = {.training = true,
                      .seed = cfg->seed,
                      .step = (uint64_t)s,
-                     .batch0 = 0,
-                     .batch_local = B,
-                     .device = 0,
-                     .ndevices = 1};
+                     .batch0 = (int64_t)rank * Bl,
+                     .batch_local = Bl,
+                     .device = rank,
+                     .ndevices = P,
+                     .comm = P > 1 ? comm : NULL,
+                     .graph = P > 1 ? gt : NULL};
     rt_exec(r.tr.p, &ctx, 0, r.tr.p->ninstrs);
     double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
            aux = read_scalar(r.tr.p, gt->aux);
+    if (P > 1) { /* xent: each device's share of the global mean; aux: replicated */
+      comm->all_reduce_sum_f64(comm, &xent, 1);
+      loss = gt->aux ? xent + aux : xent;
+    }
     if (!isfinite(loss))
       mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
              (long long)s + 1);
-    rt_optim_step(r.opt, pp, gg);
+    rt_md_optim_step(comm, gt, r.opt, pp, gg);
     rt_carry_state(r.tr.p);
     t_train += mc_now() - t0;
     done++;
@@ -634,13 +743,13 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
     }
     if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
       valid = run_eval(&r, SPLIT_VALID, s + 1, &t_eval);
-      if (o->save) save_checkpoint(o->save, &r.tr, r.opt, cfg, r.corpus, s + 1);
+      if (o->save) save_run(&r, o->save, s + 1);
     }
   }
   if (r.tty && done) fprintf(r.out, "\n");
   valid = run_eval(&r, SPLIT_VALID, MC_MAX(steps, start), &t_eval);
   test = run_eval(&r, SPLIT_TEST, MC_MAX(steps, start), &t_eval);
-  if (o->save) save_checkpoint(o->save, &r.tr, r.opt, cfg, r.corpus, MC_MAX(steps, start));
+  if (o->save) save_run(&r, o->save, MC_MAX(steps, start));
   double tps = done ? (double)done * (double)nt / fmax(t_train, 1e-9) : 0;
   char rate[32];
   fprintf(r.out, "test ppl %.3f", exp(test));
@@ -651,10 +760,22 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
   fprintf(r.out, "%lld steps in %.1fs (%s tokens/s), evaluation %.1fs%s%s\n", (long long)done,
           t_train, human_rate(tps, rate, sizeof rate), t_eval, o->save ? "; saved " : "",
           o->save ? o->save : "");
+  if (P > 1)
+    fprintf(r.out,
+            "%d devices: %s tokens/s per device; rank 0 in all-to-all %.1f%% and all-reduce "
+            "%.1f%% of the training time\n",
+            P, human_rate(tps / P, rate, sizeof rate),
+            100.0 * rt_md_comm_seconds[0][0] / fmax(t_train, 1e-9),
+            100.0 * rt_md_comm_seconds[0][1] / fmax(t_train, 1e-9));
   fflush(r.out);
   if (o->json) {
     McBuf b = {0};
     mc_buf_printf(&b, "{\"steps\":%lld", (long long)MC_MAX(steps, start));
+    if (P > 1) {
+      mc_buf_printf(&b, ",\"devices\":%d", P);
+      json_num(&b, "all_to_all_seconds", rt_md_comm_seconds[0][0]);
+      json_num(&b, "all_reduce_seconds", rt_md_comm_seconds[0][1]);
+    }
     json_num(&b, "train_loss", tail_n ? tail_sum / (double)tail_n : last_loss);
     json_num(&b, "train_ppl", tail_n ? exp(tail_xent / (double)tail_n) : NAN);
     json_num(&b, "last_loss", last_loss);
@@ -680,7 +801,8 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
   rt_optim_free(r.opt);
   rt_corpus_free(r.corpus);
   compiled_free(&r.tr);
-  compiled_free(&r.ev);
+  if (ge) compiled_free(&r.ev);
+  if (devnull) fclose(devnull);
   return 0;
 }
 

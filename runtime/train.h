@@ -194,6 +194,11 @@ typedef struct TrainOpts {
 
 /* moec run: trains per cfg (flags already applied). Returns the exit status. */
 int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o);
+/* The same loop as one device of comm (runtime/multidev.h drives N of them): this
+ * device's slice of each global batch, collectives through comm, rank 0 prints and
+ * writes files. rt_train is rt_train_comm(rt_comm_self(), ...). */
+struct Comm;
+int rt_train_comm(struct Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o);
 /* moec eval: test perplexity of a checkpoint (data_path: a whole file, or NULL for
  * the test split of the train block's data). */
 int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const char *data_path,

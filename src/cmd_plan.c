@@ -1,31 +1,45 @@
 /* cmd_plan.c: `moec plan FILE [--devices N] [--strategy S] [--experts POLICY]
- * [--loads FILE] [--format text|json|dot]`: the placement plan (docs/placement.md).
- * Builds the training graph, runs every pass with N devices, binds B = batch and
- * T = unroll (the global batch), and prints: ops grouped by layer with their devices
- * and partitioning, every collective with its bytes per step, per device memory and
- * FLOPs, the cost model's constants and its step-time estimate. */
+ * [--loads FILE] [--recompute R] [--memory-budget SIZE] [--no-fuse]
+ * [--format text|json|dot]`: the placement plan (docs/placement.md).
+ * Builds the training graph, runs every pass (placement, comm, recompute, fusion,
+ * memplan) with N devices, binds B = batch and T = unroll (the global batch), and
+ * prints: ops grouped by layer with their devices and partitioning, every collective
+ * with its bytes per step, the recompute segments and what they trade, the fused
+ * groups, per device the memory plan (what is allocated) beside the estimate, FLOPs,
+ * the cost model's constants and its step-time estimate.
+ * plan_take_arg / plan_compile are shared with `moec simulate` (cmd_simulate.c). */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "../passes/fusion.h"
 #include "../passes/plan.h"
 #include "cli.h"
 
 static void usage(FILE *out) {
   fprintf(out,
           "usage: moec plan FILE [--devices N] [--strategy S] [--experts POLICY] [--loads F]\n"
+          "                 [--batch N] [--recompute R] [--memory-budget SIZE] [--no-fuse]\n"
           "                 [--format text|json|dot]\n\n"
           "The placement plan of FILE's training step over N devices: every op with its\n"
-          "devices and partitioning, every collective with its bytes per step, per device\n"
-          "parameter, optimizer and activation memory and FLOPs, and an estimated step time\n"
-          "from a cost model whose constants are printed.\n\n"
+          "devices and partitioning, every collective with its bytes per step, the\n"
+          "recomputed segments with the memory and FLOPs they trade, the fused groups, per\n"
+          "device the memory plan (persistent, arena, optimizer: what the runtime\n"
+          "allocates) beside the estimate, FLOPs, and an estimated step time from a cost\n"
+          "model whose constants are printed.\n\n"
           "options:\n"
           "  --devices N        devices (default: the file's plan, else 1)\n"
           "  --strategy S       paper (default), data_parallel, hmoe\n"
           "  --experts POLICY   contiguous (default), round_robin, balanced\n"
           "  --loads FILE       measured expert loads for balanced: JSON lines with\n"
           "                     {\"moe\":[{\"name\":\"m\",\"load\":[...]}]} (the last line wins)\n"
+          "  --batch N          global batch rows (default: the train block's batch)\n"
+          "  --recompute R      none, all, auto, or layers (m,h1): overrides the plan block\n"
+          "  --memory-budget S  bytes per device for recompute = auto (8GiB, 512MiB, 2GB)\n"
+          "  --no-fuse          no elementwise fusion (as fuse = false)\n"
           "  --format F         text (default), json (one object), dot (graphviz: one colour\n"
-          "                     per device, grey = all devices, collectives as octagons)\n");
+          "                     per device, grey = all devices, collectives as octagons,\n"
+          "                     fused groups as clusters)\n");
 }
 
 static const char *part_name(PartKind p) {
@@ -51,8 +65,62 @@ static double mib(double b) {
   return b / 1048576.0;
 }
 
-static void print_text(const Graph *g, const PlanCost *c, const char *strategy,
-                       const char *policy) {
+/* ---------------------------------------------------------------- recompute, fusion */
+
+/* Original forward outputs whose recompute copy a backward node reads (the report's
+ * "drops"): by tensor id. */
+static bool *dropped_set(const Graph *g) {
+  bool *d = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (!n->backward || n->recompute_of) continue;
+    for (int i = 0; i < n->nin; i++) {
+      const Tensor *t = n->in[i];
+      if (t->producer && t->producer->recompute_of)
+        d[t->producer->recompute_of->out[t->producer_slot]->id] = true;
+    }
+  }
+  return d;
+}
+
+typedef struct FuseInfo {
+  int groups, members; /* fused nodes, ops inside them */
+  int calls_after;     /* kernel calls per step: one per node (codegen/lower.c) */
+  int calls_before;    /* the same without fusion */
+} FuseInfo;
+
+static FuseInfo fuse_info(const Graph *g) {
+  FuseInfo fi = {0};
+  for (int k = 0; k < g->nnodes; k++) {
+    const FusedProg *p = pass_fused_prog(g->nodes[k]);
+    if (!p) continue;
+    fi.groups++;
+    fi.members += p->nops;
+  }
+  fi.calls_after = g->nnodes;
+  fi.calls_before = g->nnodes - fi.groups + fi.members;
+  return fi;
+}
+
+static void print_fusion_text(const Graph *g, bool enabled) {
+  FuseInfo fi = fuse_info(g);
+  printf("\nfused groups: %d (%d elementwise ops); kernel calls per step %d -> %d%s\n", fi.groups,
+         fi.members, fi.calls_before, fi.calls_after,
+         enabled ? "" : " (fusion off: --no-fuse, fuse = false, MOEC_FUSE=0 or no LLVM)");
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    const FusedProg *p = pass_fused_prog(n);
+    if (!p) continue;
+    printf("  %s n%-4d %-10s %2d ops:", n->backward ? "bwd" : "fwd", n->id,
+           n->layer ? n->layer : "(model)", p->nops);
+    for (int i = 0; i < p->nops; i++)
+      printf(" %s", ir_ops[p->ops[i].op].name);
+    printf("  -> %d output%s\n", p->nout, p->nout == 1 ? "" : "s");
+  }
+}
+
+static void print_text(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
+                       bool fuse) {
   char buf[256];
   int P = c->devices;
   printf("plan %s: %d device%s, strategy %s, experts %s, B = %lld, T = %lld (global batch)\n",
@@ -130,16 +198,37 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy,
   if (!nc) printf("  (none: one device)\n");
   printf("  total expected %.3f MiB, upper %.3f MiB per step\n", mib(c->comm_bytes_expected),
          mib(c->comm_bytes_upper));
-  printf("\nper device (MiB; GFLOP per step, forward + backward)\n");
-  printf("  %6s %7s %10s %10s %10s %12s %10s %12s\n", "device", "experts", "params", "grads",
-         "optimizer", "activations", "total", "GFLOP");
+  printf("\n");
+  if (P > 1)
+    printf("per device, as allocated (%lld of the %lld rows, expert rows x %d): ",
+           (long long)c->rows_per_device, (long long)g->B, P);
+  int64_t *save = plan_widen_expert_rows((Graph *)g, P);
+  pass_recompute_report(g, c->rows_per_device, g->T, sizeof(float), stdout);
+  plan_unwiden_expert_rows((Graph *)g, save);
+  print_fusion_text(g, fuse);
+  printf("\nper device (MiB; GFLOP per step, forward + backward)\n"
+         "  allocated: the memory plan at %lld rows x T = %lld, f32, as the runtime allocates "
+         "it: persistent (params, inputs, state) + arena (activations, gradients) + optimizer "
+         "state%s\n"
+         "  sharded: what holding only its own experts would need%s\n"
+         "  estimate: params + grads + optimizer + activations kept for backward, at the "
+         "device's share\n",
+         (long long)c->rows_per_device, (long long)g->T,
+         P > 1 ? "; every expert's parameters, expert-row buffers for every device's rows" : "",
+         P > 1 ? " (expert rows as received under uniform routing)" : " (= allocated)");
+  printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s | %10s %12s %10s | %10s\n", "device",
+         "experts", "params", "persistent", "arena", "optimizer", "allocated", "sharded", "grads",
+         "activations", "estimate", "GFLOP");
   for (int d = 0; d < P; d++) {
     const DeviceCost *dc = &c->dev[d];
-    printf("  %6d %7d %10.3f %10.3f %10.3f %12.3f %10.3f %12.4f\n", d, dc->nexperts,
-           mib(dc->param_bytes), mib(dc->grad_bytes), mib(dc->optim_bytes), mib(dc->act_bytes),
-           mib(dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes),
-           dc->flops / 1e9);
+    double est = dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes;
+    printf("  %6d %7d %10.3f | %10.3f %10.3f %10.3f %10.3f | %10.3f | %10.3f %12.3f %10.3f | "
+           "%10.4f\n",
+           d, dc->nexperts, mib(dc->param_bytes), mib(dc->persist_bytes), mib(dc->arena_bytes),
+           mib(dc->optim_alloc_bytes), mib(dc->planned_bytes), mib(dc->sharded_bytes),
+           mib(dc->grad_bytes), mib(dc->act_bytes), mib(est), dc->flops / 1e9);
   }
+  printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
   printf("\ncost model (%s): %.0f GFLOP/s per device, link %.0f GB/s, latency %.0f us per "
          "collective step\n",
          c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us);
@@ -153,6 +242,70 @@ static void json_str(const char *s) {
   mc_buf_json_string(&b, s ? s : "");
   fputs(b.data, stdout);
   mc_buf_free(&b);
+}
+
+/* At one device's rows and shapes, as the runtime allocates them. */
+static void print_json_recompute(const Graph *g, int64_t B, int P) {
+  int64_t *save = plan_widen_expert_rows((Graph *)g, P); /* as allocated */
+  RecomputeSummary rs = pass_recompute_summary(g, B, g->T, sizeof(float));
+  printf(",\n \"recompute\": {\"rows\": %lld, \"segments\": %d, \"nodes_repeated\": %d, \"flops\": "
+         "%.0f, "
+         "\"forward_flops\": %.0f, \"dropped_bytes\": %lld, \"arena_bytes\": %lld, "
+         "\"arena_without_bytes\": %lld, \"saved_bytes\": %lld, \"live_max_bytes\": %lld, "
+         "\"live_max_without_bytes\": %lld, \"segs\": [",
+         (long long)B, rs.nseg, rs.nclones, rs.flops, rs.fwd_flops, (long long)rs.dropped,
+         (long long)rs.with.arena, (long long)rs.without.arena,
+         (long long)(rs.without.arena - rs.with.arena), (long long)rs.with.live_max,
+         (long long)rs.without.live_max);
+  bool *d = dropped_set(g);
+  for (int seg = 0; seg < rs.nseg; seg++) {
+    const char *layer = "?";
+    double fl = 0, bytes = 0;
+    int nodes = 0;
+    for (int k = 0; k < g->nnodes; k++) {
+      const Node *n = g->nodes[k];
+      if (n->recompute_of && n->recompute_seg == seg) {
+        layer = n->layer ? n->layer : "?";
+        fl += pass_node_flops(n, B, g->T);
+        nodes++;
+      } else if (!n->backward && n->recompute_seg == seg) {
+        for (int j = 0; j < n->nout; j++)
+          if (d[n->out[j]->id]) {
+            double ne = 1;
+            for (int q = 0; q < n->out[j]->ty.rank; q++)
+              ne *= (double)dim_eval(n->out[j]->ty.dim[q], B, g->T);
+            bytes += 4.0 * ne;
+          }
+      }
+    }
+    printf("%s{\"layer\": ", seg ? ", " : "");
+    json_str(layer);
+    printf(", \"nodes\": %d, \"flops\": %.0f, \"dropped_bytes\": %.0f}", nodes, fl, bytes);
+  }
+  mc_free(d);
+  plan_unwiden_expert_rows((Graph *)g, save);
+  printf("]}");
+}
+
+static void print_json_fusion(const Graph *g) {
+  FuseInfo fi = fuse_info(g);
+  printf(",\n \"fusion\": {\"groups\": %d, \"ops_fused\": %d, \"kernel_calls_before\": %d, "
+         "\"kernel_calls_after\": %d, \"fused\": [",
+         fi.groups, fi.members, fi.calls_before, fi.calls_after);
+  int i = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    const FusedProg *p = pass_fused_prog(n);
+    if (!p) continue;
+    printf("%s\n  {\"id\": %d, \"layer\": ", i++ ? "," : "", n->id);
+    json_str(n->layer);
+    printf(", \"backward\": %s, \"outputs\": %d, \"ops\": [", n->backward ? "true" : "false",
+           p->nout);
+    for (int q = 0; q < p->nops; q++)
+      printf("%s\"%s\"", q ? ", " : "", ir_ops[p->ops[q].op].name);
+    printf("]}");
+  }
+  printf("]}");
 }
 
 static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
@@ -208,12 +361,23 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
   for (int d = 0; d < c->devices; d++) {
     const DeviceCost *dc = &c->dev[d];
     printf("%s\n  {\"device\": %d, \"experts\": %d, \"param_bytes\": %.0f, \"grad_bytes\": %.0f, "
-           "\"optimizer_bytes\": %.0f, \"activation_bytes\": %.0f, \"flops\": %.0f}",
+           "\"optimizer_bytes\": %.0f, \"activation_bytes\": %.0f, \"estimate_bytes\": %.0f, "
+           "\"persist_bytes\": %.0f, \"arena_bytes\": %.0f, \"optimizer_allocated_bytes\": %.0f, "
+           "\"planned_bytes\": %.0f, \"sharded_bytes\": %.0f, "
+           "\"flops\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
-           dc->act_bytes, dc->flops);
+           dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
+           dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
+           dc->sharded_bytes, dc->flops);
   }
-  printf("],\n \"comm_bytes_expected\": %.0f, \"comm_bytes_upper\": %.0f,\n",
-         c->comm_bytes_expected, c->comm_bytes_upper);
+  printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
+         "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f, \"max_sharded_bytes\": %.0f}",
+         (long long)c->rows_per_device, (long long)g->T, c->live_max, c->max_planned,
+         c->max_sharded);
+  print_json_recompute(g, c->rows_per_device, c->devices);
+  print_json_fusion(g);
+  printf(",\n \"comm_bytes_expected\": %.0f, \"comm_bytes_upper\": %.0f,\n", c->comm_bytes_expected,
+         c->comm_bytes_upper);
   printf(
       " \"cost_model\": {\"name\": \"%s\", \"gflops\": %g, \"link_gbs\": %g, \"latency_us\": %g, "
       "\"compute_s\": %.9g, \"comm_s\": %.9g, \"step_s\": %.9g},\n \"notes\": ",
@@ -227,19 +391,37 @@ static void print_dot(const Graph *g, int P) {
                                  "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5"};
   printf("digraph \"%s\" {\n  rankdir=TB; node [style=filled, fontname=\"Helvetica\"];\n", g->name);
   printf("  legend [shape=note, fillcolor=white, label=\"%d devices: grey = all (data-parallel), "
-         "colours = one device, white box = expert-sharded, octagon = collective\"];\n",
+         "colours = one device, white box = expert-sharded, octagon = collective, blue cluster "
+         "= fused group (its ops inside), red border = recomputed\"];\n",
          P);
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
     bool coll = ir_ops[n->op].flags & OPF_COLLECTIVE;
     bool exp = n->nout && n->out[0]->part == PART_EXPERTS;
     const char *fill = n->device >= 0 ? colour[n->device % 10] : exp ? "white" : "grey85";
-    printf("  n%d [label=\"%s\\n%s%s%s\", shape=%s, fillcolor=\"%s\"%s];\n", n->id,
+    const FusedProg *fp = pass_fused_prog(n);
+    if (fp) /* a fused group: a cluster holding the fused node and its program */
+      printf("  subgraph cluster_fused%d {\n    label=\"fused n%d: %d ops\"; style=filled; "
+             "fillcolor=\"#dbe9f6\";\n  ",
+             n->id, n->id, fp->nops);
+    printf("  n%d [label=\"%s\\n%s%s%s\", shape=%s, fillcolor=\"%s\"%s%s];\n", n->id,
            ir_ops[n->op].name, n->layer ? n->layer : "", n->role ? "/" : "", n->role ? n->role : "",
            coll  ? "octagon"
            : exp ? "box3d"
                  : "box",
-           coll ? "orange" : fill, n->backward ? ", style=\"filled,dashed\"" : "");
+           coll ? "orange" : fill, n->backward ? ", style=\"filled,dashed\"" : "",
+           n->recompute_of ? ", color=red, penwidth=2" : "");
+    if (fp) {
+      for (int q = 0; q < fp->nops; q++) {
+        printf("    f%d_%d [label=\"%s\", shape=ellipse, fillcolor=white, fontsize=10];\n", n->id,
+               q, ir_ops[fp->ops[q].op].name);
+        int ops[2] = {fp->ops[q].a, fp->ops[q].b};
+        for (int o = 0; o < 2; o++)
+          if (ops[o] >= fp->nin)
+            printf("    f%d_%d -> f%d_%d;\n", n->id, ops[o] - fp->nin, n->id, q);
+      }
+      printf("  }\n");
+    }
   }
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
@@ -249,16 +431,172 @@ static void print_dot(const Graph *g, int P) {
   printf("}\n");
 }
 
-static const char *arg_value(int argc, char **argv, int *i, const char *flag) {
+static const char *arg_value(int argc, char **argv, int *i, const char *flag, const char *cmd) {
   size_t L = strlen(flag);
   if (strncmp(argv[*i], flag, L)) return NULL;
   if (argv[*i][L] == '=') return argv[*i] + L + 1;
   if (argv[*i][L]) return NULL;
   if (*i + 1 >= argc) {
-    fprintf(stderr, "moec plan: error: %s needs a value\n", flag);
+    fprintf(stderr, "moec %s: error: %s needs a value\n", cmd, flag);
     exit(2);
   }
   return argv[++*i];
+}
+
+bool plan_parse_size(const char *s, double *bytes) {
+  static const struct {
+    const char *unit;
+    double mult;
+  } units[] = {{"", 1},
+               {"B", 1},
+               {"KiB", 1024.0},
+               {"MiB", 1048576.0},
+               {"GiB", 1073741824.0},
+               {"TiB", 1099511627776.0},
+               {"KB", 1e3},
+               {"MB", 1e6},
+               {"GB", 1e9},
+               {"TB", 1e12}};
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || !(v > 0)) return false;
+  for (size_t u = 0; u < MC_ARRAY_LEN(units); u++)
+    if (!strcasecmp(end, units[u].unit)) {
+      *bytes = v * units[u].mult;
+      return *bytes >= 1;
+    }
+  return false;
+}
+
+static int parse_int(const char *cmd, const char *flag, const char *v, long lo, long hi, int *out) {
+  char *end;
+  long n = strtol(v, &end, 10);
+  if (!*v || *end || n < lo || n > hi) {
+    fprintf(stderr, "moec %s: error: %s needs an integer %ld..%ld, not '%s'\n", cmd, flag, lo, hi,
+            v);
+    return -1;
+  }
+  *out = (int)n;
+  return 1;
+}
+
+int plan_take_arg(int argc, char **argv, int *i, PlanArgs *a) {
+  const char *v;
+  if ((v = arg_value(argc, argv, i, "--devices", a->cmd)))
+    return parse_int(a->cmd, "--devices", v, 1, 65536, &a->devices);
+  if ((v = arg_value(argc, argv, i, "--batch", a->cmd)))
+    return parse_int(a->cmd, "--batch", v, 1, 1 << 24, &a->batch);
+  if ((v = arg_value(argc, argv, i, "--strategy", a->cmd))) {
+    if (strcmp(v, "paper") && strcmp(v, "data_parallel") && strcmp(v, "hmoe")) {
+      fprintf(stderr, "moec %s: error: unknown strategy '%s' (paper, data_parallel, hmoe)\n",
+              a->cmd, v);
+      return -1;
+    }
+    a->strategy = v;
+  } else if ((v = arg_value(argc, argv, i, "--experts", a->cmd))) {
+    if (strcmp(v, "contiguous") && strcmp(v, "round_robin") && strcmp(v, "balanced")) {
+      fprintf(stderr,
+              "moec %s: error: unknown expert policy '%s' (contiguous, round_robin, balanced)\n",
+              a->cmd, v);
+      return -1;
+    }
+    a->policy = v;
+  } else if ((v = arg_value(argc, argv, i, "--loads", a->cmd)))
+    a->loads = v;
+  else if ((v = arg_value(argc, argv, i, "--recompute", a->cmd))) {
+    if (!*v || *v == ',' || v[strlen(v) - 1] == ',' || strstr(v, ",,")) {
+      fprintf(stderr,
+              "moec %s: error: --recompute needs none, all, auto or layer names (m,h1), not "
+              "'%s'\n",
+              a->cmd, v);
+      return -1;
+    }
+    a->recompute = v;
+  } else if ((v = arg_value(argc, argv, i, "--memory-budget", a->cmd))) {
+    if (!plan_parse_size(v, &a->memory_budget)) {
+      fprintf(stderr,
+              "moec %s: error: --memory-budget needs a size (8GiB, 512MiB, 2GB, bytes), not "
+              "'%s'\n",
+              a->cmd, v);
+      return -1;
+    }
+  } else if (!strcmp(argv[*i], "--no-fuse"))
+    a->no_fuse = true;
+  else
+    return 0;
+  return 1;
+}
+
+/* Sets cfg's recompute from --recompute; layer names must be layers of g's model. */
+static bool apply_recompute(const PlanArgs *a, Config *cfg, const Graph *g, const char ***names) {
+  const char *v = a->recompute;
+  if (!strcmp(v, "none") || !strcmp(v, "all") || !strcmp(v, "auto")) {
+    cfg->recompute = !strcmp(v, "none") ? RC_NONE : !strcmp(v, "all") ? RC_ALL : RC_AUTO;
+    return true;
+  }
+  int n = 1;
+  for (const char *p = v; *p; p++)
+    n += *p == ',';
+  *names = mc_calloc((size_t)n, sizeof(char *));
+  cfg->recompute = RC_LIST;
+  cfg->recompute_names = *names;
+  cfg->n_recompute = 0;
+  for (const char *p = v; *p;) {
+    size_t L = strcspn(p, ",");
+    const char *name = NULL;
+    for (int k = 0; k < g->nnodes && !name; k++) {
+      const char *l = g->nodes[k]->layer;
+      if (l && strlen(l) == L && !strncmp(l, p, L)) name = l;
+    }
+    if (!name) {
+      fprintf(stderr, "moec %s: error: --recompute: '%.*s' is not a layer of model '%s'\n", a->cmd,
+              (int)L, p, g->name);
+      return false;
+    }
+    (*names)[cfg->n_recompute++] = name;
+    p += L + (p[L] == ',');
+  }
+  return true;
+}
+
+Graph *plan_compile(const PlanArgs *a, int *P, Config *cfg, AstFile **fp, int *rc) {
+  *rc = 0;
+  AstFile *f = drv_load(a->path, cfg);
+  if (!f) {
+    *rc = 1;
+    return NULL;
+  }
+  if (a->strategy) cfg->strategy = a->strategy;
+  if (a->policy) cfg->expert_policy = a->policy;
+  if (!cfg->strategy) cfg->strategy = "paper";
+  if (!cfg->expert_policy) cfg->expert_policy = "contiguous";
+  if (a->memory_budget > 0) cfg->memory_budget = a->memory_budget;
+  if (a->no_fuse) cfg->fuse = false;
+  if (a->batch > 0) cfg->batch = a->batch;
+  if (a->loads) {
+    const char *err = NULL;
+    plan_loads = plan_read_loads(a->loads, &err);
+    if (!plan_loads) {
+      fprintf(stderr, "moec %s: error: --loads %s: %s\n", a->cmd, a->loads, err);
+      fe_ast_free(f);
+      *rc = 1;
+      return NULL;
+    }
+  }
+  Graph *g = ir_build(f, cfg);
+  static const char **names; /* lives as long as cfg is used: one compile per process */
+  if (a->recompute && !apply_recompute(a, cfg, g, &names)) {
+    ir_graph_free(g);
+    fe_ast_free(f);
+    *rc = 2;
+    return NULL;
+  }
+  if (*P <= 0) *P = a->devices > 0 ? a->devices : cfg->devices > 0 ? cfg->devices : 1;
+  PassCtx ctx = {.cfg = cfg, .devices = *P, .training = true};
+  pass_run_all(g, &ctx, NULL, NULL);
+  ir_bind(g, cfg->batch, cfg->unroll);
+  *fp = f;
+  return g;
 }
 
 int cmd_plan(int argc, char **argv) {
@@ -266,38 +604,27 @@ int cmd_plan(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
-  const char *path = NULL, *strategy = NULL, *policy = NULL, *format = "text", *loads = NULL;
-  int devices = 0;
+  PlanArgs a = {.cmd = "plan"};
+  const char *format = "text";
   for (int i = 1; i < argc; i++) {
     const char *v;
-    if ((v = arg_value(argc, argv, &i, "--devices"))) {
-      char *end;
-      long n = strtol(v, &end, 10);
-      if (*end || n < 1 || n > 65536) {
-        fprintf(stderr, "moec plan: error: --devices needs an integer 1..65536, not '%s'\n", v);
-        return 2;
-      }
-      devices = (int)n;
-    } else if ((v = arg_value(argc, argv, &i, "--strategy")))
-      strategy = v;
-    else if ((v = arg_value(argc, argv, &i, "--experts")))
-      policy = v;
-    else if ((v = arg_value(argc, argv, &i, "--loads")))
-      loads = v;
-    else if ((v = arg_value(argc, argv, &i, "--format")))
+    int t = plan_take_arg(argc, argv, &i, &a);
+    if (t < 0) return 2;
+    if (t > 0) continue;
+    if ((v = arg_value(argc, argv, &i, "--format", "plan")))
       format = v;
     else if (argv[i][0] == '-' && argv[i][1]) {
       fprintf(stderr, "moec plan: error: unknown option '%s'\n", argv[i]);
       usage(stderr);
       return 2;
-    } else if (!path)
-      path = argv[i];
+    } else if (!a.path)
+      a.path = argv[i];
     else {
-      fprintf(stderr, "moec plan: error: more than one FILE ('%s', '%s')\n", path, argv[i]);
+      fprintf(stderr, "moec plan: error: more than one FILE ('%s', '%s')\n", a.path, argv[i]);
       return 2;
     }
   }
-  if (!path) {
+  if (!a.path) {
     fprintf(stderr, "moec plan: error: no FILE given\n");
     usage(stderr);
     return 2;
@@ -306,46 +633,19 @@ int cmd_plan(int argc, char **argv) {
     fprintf(stderr, "moec plan: error: unknown format '%s' (text, json, dot)\n", format);
     return 2;
   }
-  if (strategy && strcmp(strategy, "paper") && strcmp(strategy, "data_parallel") &&
-      strcmp(strategy, "hmoe")) {
-    fprintf(stderr, "moec plan: error: unknown strategy '%s' (paper, data_parallel, hmoe)\n",
-            strategy);
-    return 2;
-  }
-  if (policy && strcmp(policy, "contiguous") && strcmp(policy, "round_robin") &&
-      strcmp(policy, "balanced")) {
-    fprintf(stderr,
-            "moec plan: error: unknown expert policy '%s' (contiguous, round_robin, balanced)\n",
-            policy);
-    return 2;
-  }
   Config cfg;
-  AstFile *f = drv_load(path, &cfg);
-  if (!f) return 1;
-  if (strategy) cfg.strategy = strategy;
-  if (policy) cfg.expert_policy = policy;
-  if (!cfg.strategy) cfg.strategy = "paper";
-  if (!cfg.expert_policy) cfg.expert_policy = "contiguous";
-  if (loads) {
-    const char *err = NULL;
-    plan_loads = plan_read_loads(loads, &err);
-    if (!plan_loads) {
-      fprintf(stderr, "moec plan: error: --loads %s: %s\n", loads, err);
-      return 1;
-    }
-  }
-  int P = devices ? devices : cfg.devices > 0 ? cfg.devices : 1;
-  Graph *g = ir_build(f, &cfg);
-  PassCtx ctx = {.cfg = &cfg, .devices = P, .training = true};
-  pass_run_all(g, &ctx, NULL, NULL);
-  ir_bind(g, cfg.batch, cfg.unroll);
+  AstFile *f = NULL;
+  int rc;
+  int P = 0; /* --devices, else the file's plan block */
+  Graph *g = plan_compile(&a, &P, &cfg, &f, &rc);
+  if (!g) return rc;
   PlanCost c = plan_cost(g, P, cfg.optimizer, &plan_consts_cpu);
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy);
   else if (!strcmp(format, "dot"))
     print_dot(g, P);
   else
-    print_text(g, &c, cfg.strategy, cfg.expert_policy);
+    print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg));
   plan_cost_free(&c);
   ir_graph_free(g);
   fe_ast_free(f);

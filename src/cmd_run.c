@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/multidev.h"
 #include "../runtime/train.h"
 #include "cli.h"
 
@@ -32,7 +33,7 @@ static void run_usage(FILE *out) {
           "                   LLVM-compiled host program (debugging; same results)\n"
           "  --no-fuse        no elementwise fusion (overrides the plan's fuse = true)\n"
           "  --backend B      cpu (cuda: not available yet, issue 5; auto: cpu for now)\n"
-          "  --devices N      devices (only 1 for now: more are issue 4)\n");
+          "  --devices N      N in-process devices, one thread each (mpirun: one per rank)\n");
 }
 
 static void eval_usage(FILE *out) {
@@ -151,11 +152,9 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "moec run: error: unknown backend '%s' (cpu, cuda or auto)\n", backend);
     return 2;
   }
-  if (devices > 1) {
-    fprintf(stderr,
-            "moec run: error: --devices %lld: running on more than one device is not "
-            "available yet (issue 4/5); use --devices 1\n",
-            devices);
+  if (devices > RT_INPROC_MAX && !rt_comm_mpi_launched()) {
+    fprintf(stderr, "moec run: error: --devices %lld: at most %d in-process devices\n", devices,
+            RT_INPROC_MAX);
     return 2;
   }
   Config cfg;
@@ -167,13 +166,15 @@ int cmd_run(int argc, char **argv) {
   if (!backend && cfg.backend == BK_CUDA)
     fprintf(stderr, "moec: note: the plan asks for the cuda backend, which is not available yet "
                     "(issue 5): running on cpu\n");
-  if (!devices && cfg.devices > 1)
+  if (!devices && cfg.devices > 1 && !rt_md_mpi_launched())
     fprintf(stderr,
             "moec: note: the plan asks for %d devices; running on more than one is not "
             "available yet (issue 4/5): running on 1 (the same losses)\n",
             cfg.devices);
   o.model_path = path;
-  int rc = rt_train(f, &cfg, &o);
+  /* N in-process devices, or one device per MPI rank (runtime/multidev.c) */
+  int rc = devices > 1 || rt_md_mpi_launched() ? rt_md_train(f, &cfg, &o, (int)devices)
+                                               : rt_train(f, &cfg, &o);
   fe_ast_free(f);
   return rc;
 }

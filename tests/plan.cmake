@@ -61,3 +61,43 @@ add_test(NAME plan_ir_after_comm
          COMMAND sh -c "\"$1\" ir \"$2\" --after comm --devices 2 | grep -E 'all_to_all\\(m.xs|m/experts  part=experts|m experts on devices: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1|emb.weight.grad@sum = all_reduce' | wc -l"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_ir_after_comm PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^1[0-9]\n")
+# the recompute, fusion and memory-plan sections (issue 6 in the plan): the planned arena
+# with recompute = all is below none's by exactly the bytes the recompute report prints
+add_test(NAME plan_recompute_arena
+         COMMAND sh -c "set -e; \"$1\" plan \"$2\" --recompute none --format json > plan_rc_none.json; \"$1\" plan \"$2\" --recompute all --format json > plan_rc_all.json; \"$1\" plan \"$2\" --recompute all > plan_rc_all.txt; saved=$(sed -n 's/.*(saves \\([0-9]*\\) bytes.*/\\1/p' plan_rc_all.txt); /usr/bin/python3 -c 'import json,sys; n=json.load(open(\"plan_rc_none.json\")); a=json.load(open(\"plan_rc_all.json\")); s=int(sys.argv[1]); na=n[\"per_device\"][0][\"arena_bytes\"]; aa=a[\"per_device\"][0][\"arena_bytes\"]; assert n[\"recompute\"][\"segments\"]==0 and a[\"recompute\"][\"segments\"]>0; assert aa < na and na-aa == s == a[\"recompute\"][\"saved_bytes\"], (na, aa, s); assert a[\"recompute\"][\"arena_without_bytes\"] == na; assert a[\"recompute\"][\"flops\"] > 0 and all(x[\"flops\"] > 0 for x in a[\"recompute\"][\"segs\"]); print(\"ok\", na, aa, s)' \"$saved\""
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_recompute_arena PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+# recompute = auto under --memory-budget: something is recomputed and the plan fits
+add_test(NAME plan_recompute_auto
+         COMMAND sh -c "\"$1\" plan \"$2\" --recompute auto --memory-budget 16MiB --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); r=d[\"recompute\"]; p=d[\"per_device\"][0][\"planned_bytes\"]; assert r[\"segments\"] > 0 and p <= 16*2**20, (r[\"segments\"], p); print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_recompute_auto PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+# fused groups: > 0 for a model of elementwise chains, 0 with --no-fuse (needs LLVM)
+if(MOEC_LLVM AND LLVM_CONFIG)
+  set(MOEC_PLAN_FUSE_SKIP "")
+else()
+  set(MOEC_PLAN_FUSE_SKIP "echo 'SKIP: built without LLVM: no fusion'; exit 77;")
+endif()
+add_test(NAME plan_fusion_groups
+         COMMAND sh -c "${MOEC_PLAN_FUSE_SKIP} set -e; \"$1\" plan \"$2\" --format json > plan_fuse.json; \"$1\" plan \"$2\" --no-fuse --format json > plan_nofuse.json; \"$1\" plan \"$2\" | grep -E '^fused groups: [1-9][0-9]* .*kernel calls per step [0-9]+ -> [0-9]+'; /usr/bin/python3 -c 'import json; f=json.load(open(\"plan_fuse.json\"))[\"fusion\"]; n=json.load(open(\"plan_nofuse.json\"))[\"fusion\"]; assert f[\"groups\"] > 0 and f[\"groups\"] == len(f[\"fused\"]) and all(len(x[\"ops\"]) >= 2 for x in f[\"fused\"]); assert f[\"kernel_calls_after\"] < f[\"kernel_calls_before\"] == n[\"kernel_calls_before\"] == n[\"kernel_calls_after\"]; assert f[\"kernel_calls_before\"] - f[\"kernel_calls_after\"] == f[\"ops_fused\"] - f[\"groups\"]; assert n[\"groups\"] == 0 and n[\"fused\"] == []; print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe)
+set_tests_properties(plan_fusion_groups PROPERTIES LABELS plan SKIP_RETURN_CODE 77
+                     PASS_REGULAR_EXPRESSION "ok")
+# the new JSON keys, on 4 devices; the memory plan with one device is what memplan assigns
+add_test(NAME plan_json_memory
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert {\"recompute\",\"fusion\",\"memory\"} <= set(d); m=d[\"memory\"]; assert m[\"rows_per_device\"] == 8 and m[\"max_planned_bytes\"] > 0; assert all(abs(p[\"planned_bytes\"] - p[\"persist_bytes\"] - p[\"arena_bytes\"] - p[\"optimizer_allocated_bytes\"]) <= 2 and p[\"sharded_bytes\"] < p[\"planned_bytes\"] and p[\"arena_bytes\"] > 0 and p[\"estimate_bytes\"] > 0 for p in d[\"per_device\"]); assert {\"segments\",\"segs\",\"saved_bytes\",\"flops\",\"arena_bytes\",\"arena_without_bytes\"} <= set(d[\"recompute\"]); assert {\"groups\",\"fused\",\"kernel_calls_before\",\"kernel_calls_after\"} <= set(d[\"fusion\"]); print(\"ok\")'"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_json_memory PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
+add_test(NAME plan_cli_text_sections
+         COMMAND moec plan ${MOEC_PLAN_EX} --devices 4 --recompute m)
+set_tests_properties(plan_cli_text_sections PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
+  "per device, as allocated \\(8 of the 32 rows, expert rows x 4\\): recompute \\(B=8, T=20, f32\\): 1 segments.*segment 0  m: repeats grouped_matmul.*fused groups: .*allocated: the memory plan at 8 rows.*persistent +arena +optimizer +allocated [|] +sharded")
+add_test(NAME plan_dot_fused
+         COMMAND sh -c "command -v dot >/dev/null || { echo 'SKIP: graphviz dot is not installed'; exit 77; }; ${MOEC_PLAN_FUSE_SKIP} \"$1\" plan \"$2\" --format dot > plan_fused.gv && grep -q 'subgraph cluster_fused' plan_fused.gv && dot -Tsvg plan_fused.gv -o plan_fused.svg && grep -q '<svg' plan_fused.svg && echo ok"
+                 sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe)
+set_tests_properties(plan_dot_fused PROPERTIES LABELS plan SKIP_RETURN_CODE 77 PASS_REGULAR_EXPRESSION "ok")
+add_test(NAME plan_err_recompute
+         COMMAND sh -c "\"$1\" plan \"$2\" --recompute nosuch 2>&1; echo rc=$?; \"$1\" plan \"$2\" --memory-budget 12XB 2>&1; echo rc=$?; \"$1\" plan \"$2\" --recompute m,,h1 2>&1; echo rc=$?"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_err_recompute PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
+  "'nosuch' is not a layer of model 'lm_moe32'\nrc=2\n.*--memory-budget needs a size.*rc=2\n.*--recompute needs.*rc=2")

@@ -367,6 +367,48 @@ static void test_hmoe_groups(void) {
   done(&b);
 }
 
+/* ---------------------------------------------------------------- memory plan, clusters */
+
+/* One device: plan_cost's planned figures are memplan's (what the runtime allocates); more
+ * devices: the plan at ceil(B/P) rows, and expert params at the device's share. A cluster of
+ * nodes communicates no faster than its slower link and no slower than all-inter. */
+static void test_cost_memplan_cluster(void) {
+  Built b;
+  CHECK(lm(&b, 16, 4, 16, 16, 2, NULL));
+  run_passes(&b, 1);
+  PlanCost c = plan_cost(b.g, 1, OPT_ADAM, &plan_consts_cpu);
+  MemFigures mf = pass_memplan_plan(b.g, 16, 4, sizeof(float), 0, NULL);
+  CHECK(c.rows_per_device == 16 && c.fits);
+  CHECK(c.dev[0].persist_bytes == (double)mf.persist && c.dev[0].arena_bytes == (double)mf.arena);
+  CHECK(c.dev[0].planned_bytes == (double)(mf.persist + mf.arena) + c.dev[0].optim_bytes);
+  CHECK(c.dev[0].optim_alloc_bytes == c.dev[0].optim_bytes);
+  CHECK(c.dev[0].sharded_bytes == c.dev[0].planned_bytes); /* one device: nothing to shard */
+  double planned1 = c.dev[0].planned_bytes;
+  plan_cost_free(&c);
+  done(&b);
+
+  CHECK(lm(&b, 16, 4, 16, 16, 2, NULL));
+  run_passes(&b, 4);
+  CostConsts flat = {"t", 1000, 100, 5, 0, 0, 0, 0, 0}, slow = flat, nodes = flat;
+  slow.link_gbs = 1;
+  nodes.per_node = 2;
+  nodes.inter_gbs = 1;
+  nodes.mem_bytes = 1; /* nothing fits one byte */
+  PlanCost cf = plan_cost(b.g, 4, OPT_ADAM, &flat), cs = plan_cost(b.g, 4, OPT_ADAM, &slow),
+           cn = plan_cost(b.g, 4, OPT_ADAM, &nodes);
+  CHECK(cf.rows_per_device == 4);
+  /* 1/4 of the experts and of the rows when sharded; as allocated, expert-row buffers for
+   * every device's rows and all experts: more than the sharded need */
+  CHECK(cf.dev[0].sharded_bytes < planned1);
+  CHECK(cf.dev[0].sharded_bytes < cf.dev[0].planned_bytes);
+  CHECK(cf.comm_s < cn.comm_s && cn.comm_s <= cs.comm_s);
+  CHECK(cf.compute_s == cn.compute_s && cf.fits && !cn.fits);
+  plan_cost_free(&cf);
+  plan_cost_free(&cs);
+  plan_cost_free(&cn);
+  done(&b);
+}
+
 int main(void) {
   test_bytes();
   test_gradients_stay();
@@ -376,5 +418,6 @@ int main(void) {
   test_one_device_unchanged();
   test_rules();
   test_hmoe_groups();
+  test_cost_memplan_cluster();
   TEST_DONE();
 }

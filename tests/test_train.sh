@@ -13,7 +13,7 @@
 #   text      : a word-level text corpus: resume == uninterrupted, the vocabulary
 #               stored in the checkpoint, moec eval --data on another text file
 #   errors    : missing data file, checkpoint of another model, token ids outside the
-#               vocabulary, malformed checkpoint, cuda / several devices, too little
+#               vocabulary, malformed checkpoint, cuda, more devices than experts, too little
 #               memory, bad token file: each a non-zero exit and a clear message
 #
 # Needs python3 for reading JSON (skips with 77 without it).
@@ -189,7 +189,7 @@ errors)
   expect_error "is not a valid safetensors file" "$MOEC" eval moe.moe --load bad.safetensors
   expect_error "cannot read checkpoint 'nope.safetensors'" "$MOEC" eval moe.moe --load nope.safetensors
   expect_error "not available yet" "$MOEC" run moe.moe --backend cuda
-  expect_error "not available yet" "$MOEC" run moe.moe --devices 2
+  expect_error "has 4 experts for 8 devices" "$MOEC" run moe.moe --devices 8
   MOEC_MEMORY_LIMIT=100000 expect_error "only 0.00 GiB of memory is available" "$MOEC" run moe.moe
   printf 'abc' >short.bin
   expect_error "needs 176 uint16 ids" "$MOEC" grad moe.moe --load w.safetensors --tokens short.bin

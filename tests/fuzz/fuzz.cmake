@@ -17,8 +17,9 @@ bison_target(fuzz_parser ${MOEC_ROOT}/frontend/parser.y ${MOEC_FUZZ_GEN}/parser.
              DEFINES_FILE ${MOEC_FUZZ_GEN}/parser.h)
 add_flex_bison_dependency(fuzz_lexer fuzz_parser)
 # A static library, so that only the objects the frontend needs are linked
-# (sema uses the Dim/Type helpers of ir/graph.c).
-file(GLOB MOEC_FUZZ_SOURCES CONFIGURE_DEPENDS ${MOEC_ROOT}/frontend/*.c ${MOEC_ROOT}/ir/*.c)
+# (sema uses the Dim/Type helpers of ir/graph.c; ir/ops.c names every shape rule).
+file(GLOB MOEC_FUZZ_SOURCES CONFIGURE_DEPENDS ${MOEC_ROOT}/frontend/*.c ${MOEC_ROOT}/ir/*.c
+     ${MOEC_ROOT}/passes/*.c) # the op table names shape rules of passes (fused, collectives)
 add_library(moec_fuzzlib STATIC ${MOEC_FUZZ_SOURCES} ${MOEC_ROOT}/common/common.c
             ${FLEX_fuzz_lexer_OUTPUTS} ${BISON_fuzz_parser_OUTPUTS})
 add_executable(fuzz_frontend ${MOEC_ROOT}/tests/fuzz/fuzz_frontend.c)

@@ -1,0 +1,60 @@
+/* multidev.h: running one model over N devices (issue 4, items 4-5).
+ *
+ *   multidev.c      : per-device graph preparation (expert rows sized for the global
+ *                     batch), expert ownership, gathering expert parameters and optimizer
+ *                     state for checkpoints and evaluation, global gradient-norm clipping,
+ *                     and the drivers: N in-process devices (threads) and MPI ranks
+ *   kernels_comm.c  : the collective ops' kernels through KernelCtx.comm
+ * The training loop itself is train.c's (rt_train_comm), the same code on 1 and N
+ * devices. docs/multidev.md has the design. Prefix: rt_md_.
+ */
+#ifndef MOEC_MULTIDEV_H
+#define MOEC_MULTIDEV_H
+
+#include "comm.h"
+#include "train.h"
+
+/* After the passes placed g on P > 1 devices, before ir_bind(g, B/P, T): every
+ * expert-side row tensor (part experts, dim 0 following B) gets room for the rows of
+ * the global batch, the most one device can receive from the all-to-all. */
+void rt_md_widen_expert_rows(Graph *g, int P);
+
+/* The MoE layer index an expert-sharded parameter belongs to (its dim 0 indexes that
+ * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
+ * attribute (hmoe groups on N devices are not supported yet). */
+int rt_md_param_moe(const Graph *g, const Tensor *t);
+
+/* Zeroes, in buf (the layout of param t), the slices of the experts not on `rank`. */
+void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf);
+
+/* Collective: every rank gets the full expert parameters (each expert from its
+ * owner) in program p (cpu, f32). Other parameters are replicated already. */
+void rt_md_gather_experts(Comm *c, Program *p);
+
+/* Collective: the global gradient norm (replicated gradients once, expert gradients
+ * summed over their owners), and clipping as rt_optim_step would do on one device;
+ * then the optimizer step with the local gradients. Sets o->last_norm. */
+void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params, float *const *grads);
+
+/* Collective: temporary copies of the optimizer's moments with every expert's from
+ * its owner (for a checkpoint written by rank 0); rt_md_optim_restore puts the local
+ * ones back. */
+typedef struct MdOptimSave {
+  float **m, **v, **vr, **vc;
+} MdOptimSave;
+void rt_md_optim_gather(Comm *c, const Graph *g, Optim *o, MdOptimSave *s);
+void rt_md_optim_restore(Optim *o, MdOptimSave *s);
+/* After loading a checkpoint: the moments of experts not on `rank` back to zero. */
+void rt_md_optim_localize(const Graph *g, Optim *o, int rank);
+
+/* moec run FILE --devices N (N in-process devices) or under mpirun (one device per
+ * rank): runs rt_train_comm on every device. Returns the exit status. */
+int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices);
+/* Seconds rank r spent in collective kernels since the start: [r][0] all_to_all and
+ * all_to_all_back (including waiting for the slowest device), [r][1] all_reduce. */
+extern double rt_md_comm_seconds[RT_INPROC_MAX][2];
+
+/* True when started by an MPI launcher with more than one rank. */
+bool rt_md_mpi_launched(void);
+
+#endif

@@ -1,0 +1,343 @@
+/* cmd_simulate.c: `moec simulate FILE --cluster SPEC [--format text|json]` and the plan
+ * options: the cost model of the plan (passes/costmodel.c, the same code and the same
+ * placement, comm, recompute, fusion and memory plan as `moec plan`) on a cluster that
+ * is not here (docs/placement.md, "moec simulate").
+ *
+ * SPEC: [NODES x] N x DEVICE [: LINK], e.g. 32xK40, 64xH100, 8xH100:nvlink, 16x8xH100:ib.
+ *   N x DEVICE          N devices in nodes of the device's usual size (K40: 4, H100: 8):
+ *                       its node link inside a node, its cluster link between nodes
+ *   N x DEVICE : LINK   one group of N devices, every link LINK
+ *   M x N x DEVICE : L  M nodes of N devices: the node link inside, L between nodes
+ * Every constant is in the tables below and printed with the result. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../passes/plan.h"
+#include "cli.h"
+
+/* Devices. gflops: sustained fp32 on this workload's GEMM-heavy mix; peak: datasheet.
+ *   K40   4290 GFLOP/s peak fp32 (2880 cores x 2 x 745 MHz); 1200 sustained: the paper
+ *         (Shazeer et al. 2017, Table 7 and appendix C) measured 0.74-1.56 TFLOPS per K40
+ *         on these models; 12 GiB; nodes of 4 on PCIe 3 x16, FDR InfiniBand between.
+ *   H100  SXM: 67 TFLOP/s peak fp32 without tensor cores; 50 TFLOP/s sustained for
+ *         large sgemm; 80 GiB; nodes of 8 on NVLink 4, NDR InfiniBand between.
+ *   H100-TF32: the same with TF32 tensor cores for the matmuls: 495 TFLOP/s dense peak,
+ *         400 sustained (optimistic for this model's small GEMMs: an upper bound).
+ *   CPU   the plan's cpu constants (one thread of the build machine); memory unknown. */
+typedef struct DevPreset {
+  const char *name;
+  double gflops, peak_gflops, mem_gib;
+  int per_node;
+  const char *node_link, *cluster_link;
+} DevPreset;
+
+static const DevPreset devs[] = {
+    {"K40", 1200, 4290, 12, 4, "pcie", "fdr"},
+    {"H100", 50000, 67000, 80, 8, "nvlink", "ib"},
+    {"H100-TF32", 400000, 495000, 80, 8, "nvlink", "ib"},
+    {"CPU", 40, 40, 0, 0, "inproc", "inproc"},
+};
+
+/* Links. gbs: GB/s one device sends; shared: a node's one NIC, divided among its devices.
+ *   pcie   PCIe 3 x16, ~12 GB/s achieved, 10 us
+ *   nvlink NVLink 4 (H100 SXM), 450 GB/s per direction, 5 us
+ *   ib     NDR InfiniBand, 400 Gb/s = 50 GB/s, one NIC per GPU (DGX H100), 10 us
+ *   fdr    FDR InfiniBand, 56 Gb/s = 6.8 GB/s, one NIC per node, 10 us
+ *   eth    10 Gb Ethernet, 1.25 GB/s, one NIC per node, 50 us
+ *   inproc an in-process copy between threads (the plan's cpu link), 5 us */
+typedef struct LinkPreset {
+  const char *name;
+  double gbs, latency_us;
+  bool shared;
+} LinkPreset;
+
+static const LinkPreset links[] = {
+    {"pcie", 12, 10, false}, {"nvlink", 450, 5, false}, {"ib", 50, 10, false},
+    {"fdr", 6.8, 10, true},  {"eth", 1.25, 50, true},   {"inproc", 10, 5, false},
+};
+
+typedef struct Cluster {
+  char spec[128];
+  const DevPreset *dev;
+  const LinkPreset *node, *cluster; /* cluster NULL: one group */
+  int devices, nodes, per_node;
+  CostConsts k;
+  char desc[256];
+} Cluster;
+
+static const LinkPreset *find_link(const char *s) {
+  for (size_t i = 0; i < MC_ARRAY_LEN(links); i++)
+    if (!strcasecmp(s, links[i].name)) return &links[i];
+  return NULL;
+}
+
+static bool parse_count(const char *s, size_t len, int *out) {
+  if (len == 0 || len > 6) return false;
+  int v = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') return false;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = v;
+  return v >= 1;
+}
+
+/* Parses SPEC; false with *why set. */
+static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->spec, sizeof c->spec, "%s", spec);
+  char body[128];
+  snprintf(body, sizeof body, "%s", spec);
+  char *colon = strchr(body, ':');
+  const char *link = NULL;
+  if (colon) {
+    *colon = 0;
+    link = colon + 1;
+  }
+  /* split on 'x' (either case; no device name holds one): 2 or 3 fields, the last the
+   * device */
+  const char *f[4];
+  size_t fl[4];
+  int nf = 0;
+  for (const char *p = body; nf < 4;) {
+    size_t L = strcspn(p, "xX");
+    f[nf] = p;
+    fl[nf++] = L;
+    if (!p[L]) break;
+    p += L + 1;
+  }
+  int n1 = 0, n2 = 0;
+  if (nf < 2 || nf > 3 || !parse_count(f[0], fl[0], &n1) ||
+      (nf == 3 && !parse_count(f[1], fl[1], &n2))) {
+    snprintf(why, wlen,
+             "'%s' is not a cluster: expected [NODES x] N x DEVICE [: LINK], e.g. 32xK40, "
+             "8xH100:nvlink, 16x8xH100:ib",
+             spec);
+    return false;
+  }
+  char dname[64];
+  snprintf(dname, sizeof dname, "%.*s", (int)fl[nf - 1], f[nf - 1]);
+  for (size_t i = 0; i < MC_ARRAY_LEN(devs); i++)
+    if (!strcasecmp(dname, devs[i].name)) c->dev = &devs[i];
+  if (!c->dev) {
+    snprintf(why, wlen, "unknown device '%s' in '%s' (K40, H100, H100-TF32, CPU)", dname, spec);
+    return false;
+  }
+  const LinkPreset *L = NULL;
+  if (link && !(L = find_link(link))) {
+    snprintf(why, wlen, "unknown link '%s' in '%s' (pcie, nvlink, ib, fdr, eth, inproc)", link,
+             spec);
+    return false;
+  }
+  c->node = find_link(c->dev->node_link);
+  if (nf == 3) { /* M nodes x N per node */
+    c->nodes = n1;
+    c->per_node = n2;
+    c->cluster = L ? L : find_link(c->dev->cluster_link);
+  } else if (L) { /* one group on LINK */
+    c->nodes = 1;
+    c->per_node = n1;
+    c->node = L;
+  } else { /* the device's usual nodes */
+    int per = c->dev->per_node > 0 && c->dev->per_node < n1 ? c->dev->per_node : n1;
+    c->per_node = per;
+    c->nodes = (n1 + per - 1) / per;
+    c->cluster = c->nodes > 1 ? find_link(c->dev->cluster_link) : NULL;
+  }
+  c->devices = nf == 3 ? n1 * n2 : n1;
+  if (c->devices > 65536) {
+    snprintf(why, wlen, "'%s' has %d devices; at most 65536", spec, c->devices);
+    return false;
+  }
+  if (c->nodes <= 1) c->cluster = NULL;
+  c->k = (CostConsts){.name = c->dev->name,
+                      .gflops = c->dev->gflops,
+                      .link_gbs = c->node->gbs / (c->node->shared ? c->per_node : 1),
+                      .latency_us = c->node->latency_us,
+                      .peak_gflops = c->dev->peak_gflops,
+                      .mem_bytes = c->dev->mem_gib * 1073741824.0};
+  if (c->cluster) {
+    c->k.per_node = c->per_node;
+    c->k.inter_gbs = c->cluster->gbs / (c->cluster->shared ? c->per_node : 1);
+    c->k.inter_latency_us = c->cluster->latency_us;
+  }
+  if (c->cluster)
+    snprintf(c->desc, sizeof c->desc,
+             "%d x %s: %d nodes of %d, %s inside a node (%.3g GB/s, %g us), %s between nodes "
+             "(%.3g GB/s per device, %g us)",
+             c->devices, c->dev->name, c->nodes, c->per_node, c->node->name, c->k.link_gbs,
+             c->k.latency_us, c->cluster->name, c->k.inter_gbs, c->k.inter_latency_us);
+  else
+    snprintf(c->desc, sizeof c->desc, "%d x %s: one group on %s (%.3g GB/s per device, %g us)",
+             c->devices, c->dev->name, c->node->name, c->k.link_gbs, c->k.latency_us);
+  return true;
+}
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: moec simulate FILE --cluster SPEC [--batch N] [--format text|json]\n"
+          "                     [--strategy S] [--experts POLICY] [--loads F] [--recompute R]\n"
+          "                     [--memory-budget SIZE] [--no-fuse]\n\n"
+          "The cost model of FILE's plan (the placement, collectives, memory plan and FLOPs\n"
+          "that `moec plan` prints) on a cluster that is not here: step time, TFLOPS per\n"
+          "device, memory per device (and whether it fits), communication time and share.\n\n"
+          "SPEC: [NODES x] N x DEVICE [: LINK]\n"
+          "  32xK40          32 K40s in nodes of 4 (PCIe inside, FDR InfiniBand between)\n"
+          "  64xH100         64 H100s in nodes of 8 (NVLink inside, NDR InfiniBand between)\n"
+          "  8xH100:nvlink   one group of 8 on NVLink\n"
+          "  16x8xH100:ib    16 nodes of 8, InfiniBand between the nodes\n"
+          "devices: K40, H100, H100-TF32, CPU; links: pcie, nvlink, ib, fdr, eth, inproc\n\n"
+          "options:\n"
+          "  --cluster SPEC     the cluster (required)\n"
+          "  --batch N          global batch rows (default: the train block's batch)\n"
+          "  --format F         text (default) or json\n"
+          "  --strategy, --experts, --loads, --recompute, --memory-budget, --no-fuse: as in\n"
+          "                     moec plan\n");
+}
+
+static double gib(double b) {
+  return b / 1073741824.0;
+}
+
+int cmd_simulate(int argc, char **argv) {
+  if (drv_wants_help(argc, argv)) {
+    usage(stdout);
+    return 0;
+  }
+  PlanArgs a = {.cmd = "simulate"};
+  const char *format = "text", *spec = NULL;
+  for (int i = 1; i < argc; i++) {
+    int t = plan_take_arg(argc, argv, &i, &a);
+    if (t < 0) return 2;
+    if (t > 0) continue;
+    const char *flag = argv[i];
+    if (!strcmp(flag, "--cluster") || !strcmp(flag, "--format")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "moec simulate: error: %s needs a value\n", flag);
+        return 2;
+      }
+      *(!strcmp(flag, "--cluster") ? &spec : &format) = argv[++i];
+    } else if (!strncmp(flag, "--cluster=", 10))
+      spec = flag + 10;
+    else if (!strncmp(flag, "--format=", 9))
+      format = flag + 9;
+    else if (flag[0] == '-' && flag[1]) {
+      fprintf(stderr, "moec simulate: error: unknown option '%s'\n", flag);
+      usage(stderr);
+      return 2;
+    } else if (!a.path)
+      a.path = flag;
+    else {
+      fprintf(stderr, "moec simulate: error: more than one FILE ('%s', '%s')\n", a.path, flag);
+      return 2;
+    }
+  }
+  if (!a.path || !spec) {
+    fprintf(stderr, "moec simulate: error: %s\n", !a.path ? "no FILE given" : "no --cluster given");
+    usage(stderr);
+    return 2;
+  }
+  if (a.devices) {
+    fprintf(stderr, "moec simulate: error: --devices: the cluster gives the devices\n");
+    return 2;
+  }
+  if (strcmp(format, "text") && strcmp(format, "json")) {
+    fprintf(stderr, "moec simulate: error: unknown format '%s' (text, json)\n", format);
+    return 2;
+  }
+  Cluster cl;
+  char why[256];
+  if (!parse_cluster(spec, &cl, why, sizeof why)) {
+    fprintf(stderr, "moec simulate: error: %s\n", why);
+    return 2;
+  }
+  Config cfg;
+  AstFile *f = NULL;
+  int rc, P = cl.devices;
+  Graph *g = plan_compile(&a, &P, &cfg, &f, &rc);
+  if (!g) return rc;
+  PlanCost c = plan_cost(g, P, cfg.optimizer, &cl.k);
+  double maxf = 0, sumf = 0;
+  int busiest = 0;
+  for (int d = 0; d < P; d++) {
+    sumf += c.dev[d].flops;
+    if (c.dev[d].flops > maxf) {
+      maxf = c.dev[d].flops;
+      busiest = d;
+    }
+  }
+  double tflops_busy = maxf / c.step_s / 1e12, tflops_mean = sumf / P / c.step_s / 1e12;
+  double share = c.step_s > 0 ? c.comm_s / c.step_s : 0;
+  double tokens = (double)g->B * (double)g->T;
+  int worst = 0;
+  for (int d = 0; d < P; d++)
+    if (c.dev[d].planned_bytes > c.dev[worst].planned_bytes) worst = d;
+  const DeviceCost *w = &c.dev[worst];
+  if (!strcmp(format, "json")) {
+    printf("{\"model\": \"%s\", \"cluster\": \"%s\", \"devices\": %d, \"nodes\": %d, "
+           "\"per_node\": %d, \"device\": \"%s\", \"B\": %lld, \"T\": %lld, "
+           "\"rows_per_device\": %lld, ",
+           g->name, cl.spec, P, cl.nodes, cl.per_node, cl.dev->name, (long long)g->B,
+           (long long)g->T, (long long)c.rows_per_device);
+    printf(" \"constants\": {\"gflops\": %g, \"peak_gflops\": %g, \"mem_bytes\": %.0f, "
+           "\"node_link\": \"%s\", \"link_gbs\": %g, \"latency_us\": %g, \"cluster_link\": %s%s%s, "
+           "\"inter_gbs\": %g, \"inter_latency_us\": %g}, ",
+           cl.k.gflops, cl.k.peak_gflops, cl.k.mem_bytes, cl.node->name, cl.k.link_gbs,
+           cl.k.latency_us, cl.cluster ? "\"" : "", cl.cluster ? cl.cluster->name : "null",
+           cl.cluster ? "\"" : "", cl.k.inter_gbs, cl.k.inter_latency_us);
+    printf(" \"step_s\": %.9g, \"compute_s\": %.9g, \"comm_s\": %.9g, \"comm_share\": %.6f, "
+           "\"tokens_per_s\": %.6g, \"tflops_per_device\": %.6g, \"tflops_per_device_mean\": "
+           "%.6g, \"flops_per_device\": %.6g, \"comm_bytes_per_step\": %.0f, ",
+           c.step_s, c.compute_s, c.comm_s, share, tokens / c.step_s, tflops_busy, tflops_mean,
+           maxf, c.comm_bytes_expected);
+    printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
+           "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
+           "\"sharded_bytes\": %.0f, "
+           "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"fits\": %s}}\n",
+           worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
+           w->planned_bytes, w->sharded_bytes,
+           w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes, cl.k.mem_bytes,
+           c.fits ? "true" : "false");
+  } else {
+    printf("simulate %s on %s\n", g->name, cl.desc);
+    printf("  constants: %g GFLOP/s sustained per device (peak %g), %g GiB per device\n",
+           cl.k.gflops, cl.k.peak_gflops, cl.dev->mem_gib);
+    printf("  global batch %lld x %lld = %.0f tokens a step; %lld rows per device; strategy "
+           "%s, experts %s\n",
+           (long long)g->B, (long long)g->T, tokens, (long long)c.rows_per_device, cfg.strategy,
+           cfg.expert_policy);
+    printf("\nstep time      %.3f ms = compute %.3f ms (busiest device) + communication %.3f ms "
+           "(%.1f%% of the step)\n",
+           c.step_s * 1e3, c.compute_s * 1e3, c.comm_s * 1e3, 100 * share);
+    printf("throughput     %.4g tokens/s\n", tokens / c.step_s);
+    printf("TFLOPS/device  %.3f (busiest, device %d; %.1f%% of peak), %.3f mean; %.4g GFLOP a "
+           "step on the busiest\n",
+           tflops_busy, busiest,
+           cl.k.peak_gflops > 0 ? 100 * tflops_busy * 1e3 / cl.k.peak_gflops : 0, tflops_mean,
+           maxf / 1e9);
+    printf("communication  %.4g MiB a step (all devices, expected), %.4g MiB upper\n",
+           c.comm_bytes_expected / 1048576.0, c.comm_bytes_upper / 1048576.0);
+    printf("memory/device  %.3f GiB allocated on device %d = persistent %.3f + arena %.3f + "
+           "optimizer %.3f (the memory plan at %lld rows, as the runtime allocates it); "
+           "sharded %.3f GiB (own experts only); estimate %.3f GiB; params %.3f GiB\n",
+           gib(w->planned_bytes), worst, gib(w->persist_bytes), gib(w->arena_bytes),
+           gib(w->optim_alloc_bytes), (long long)c.rows_per_device, gib(w->sharded_bytes),
+           gib(w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes),
+           gib(w->param_bytes));
+    if (cl.k.mem_bytes <= 0)
+      printf("fits           unknown (no memory size for %s)\n", cl.dev->name);
+    else if (c.fits)
+      printf("fits           yes: %.3f of %g GiB (%.0f%%)\n", gib(c.max_planned), cl.dev->mem_gib,
+             100 * c.max_planned / cl.k.mem_bytes);
+    else
+      printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
+             "use more devices, a smaller batch, recompute, or the factored optimizer\n",
+             worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
+    if (plan_note[0]) printf("\n%s", plan_note);
+  }
+  plan_cost_free(&c);
+  ir_graph_free(g);
+  fe_ast_free(f);
+  return 0;
+}
