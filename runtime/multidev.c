@@ -251,6 +251,29 @@ bool rt_md_mpi_launched(void) {
   return !s || atoi(s) > 1;
 }
 
+void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
+  if (P <= 1) return;
+  for (int k = 0; k < g->nnodes; k++) {
+    OpKind op = g->nodes[k]->op;
+    if (op == OP_DIV_GROUP_ROWS || op == OP_LOAD_SMOOTH_GROUPED)
+      mc_die("layer '%s' is an hmoe: hierarchical MoE layers are not supported on more than one "
+             "device yet (their group-level load is per device, so the losses would differ "
+             "from one device)",
+             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
+    if (op == OP_BATCHWISE_ROUTE)
+      mc_die("layer '%s' uses gating = batchwise: not supported on more than one device yet (each "
+             "expert would pick its rows among one device's rows, not the global batch's)",
+             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
+  }
+  bool experts = false;
+  for (int i = 0; i < g->nparams; i++)
+    experts |= rt_md_param_moe(g, g->params[i]) >= 0;
+  if (experts && cfg->optimizer != OPT_ADAM)
+    mc_die("the factored optimizer with experts sharded over %d devices is not supported yet: "
+           "use optimizer = adam, or strategy = data_parallel",
+           P);
+}
+
 /* The errors every device would hit alike (batch split, placement, the checkpoint's
  * file), found once before the devices start: N threads must not all mc_die at once. */
 static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
@@ -264,13 +287,7 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   PassCtx pc = {cfg, P, true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch / P, cfg->unroll);
-  bool experts = false;
-  for (int i = 0; i < g->nparams; i++)
-    experts |= rt_md_param_moe(g, g->params[i]) >= 0; /* dies for hmoe experts */
-  if (experts && cfg->optimizer != OPT_ADAM)
-    mc_die("the factored optimizer with experts sharded over %d devices is not supported yet: "
-           "use optimizer = adam, or strategy = data_parallel",
-           P);
+  rt_md_check_graph(g, cfg, P);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));
 }

@@ -19,6 +19,10 @@
  * the global batch, the most one device can receive from the all-to-all. */
 void rt_md_widen_expert_rows(Graph *g, int P);
 
+/* Dies with a clear message for what the N-device runtime does not support yet (hmoe
+ * layers, batchwise gating, the factored optimizer with sharded experts). g bound. */
+void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
+
 /* The MoE layer index an expert-sharded parameter belongs to (its dim 0 indexes that
  * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
  * attribute (hmoe groups on N devices are not supported yet). */

@@ -87,6 +87,7 @@ static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int 
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
   if (P > 1) rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
   ir_bind(g, B / P, T);
+  rt_md_check_graph(g, cfg, P);
   return g;
 }
 
@@ -600,13 +601,6 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
   r.opt = rt_optim_new(cfg, gt);
   init_params(r.tr.p, cfg->seed);
-  int64_t nexpert_params = 0;
-  for (int i = 0; i < gt->nparams; i++)
-    if (gt->params[i]->part == PART_EXPERTS) nexpert_params += gt->params[i]->numel;
-  if (P > 1 && nexpert_params && cfg->optimizer != OPT_ADAM)
-    mc_die("the factored optimizer with experts sharded over %d devices is not supported yet: "
-           "use optimizer = adam, or strategy = data_parallel",
-           P);
   int64_t start = 0;
   if (ck) {
     rt_st_load_params(ck, r.tr.p);
@@ -735,6 +729,16 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
         mc_buf_json_string(&b, gt->moe_names ? gt->moe_names[i] : "moe");
         json_num(&b, "importance_cv", ms.cv);
         json_num(&b, "load_max_over_mean", ms.load_ratio);
+        const Tensor *lt = gt->moe_load ? gt->moe_load[i] : NULL;
+        if (lt && lt->numel > 0 && r.tr.p->prec == PREC_F32) { /* per expert: experts = balanced */
+          float *lv = mc_malloc((size_t)lt->numel * sizeof(float));
+          r.tr.p->be->download(lv, r.tr.p->buf[lt->id], (size_t)lt->numel * sizeof(float));
+          mc_buf_printf(&b, ",\"load\":[");
+          for (int64_t e = 0; e < lt->numel; e++)
+            mc_buf_printf(&b, "%s%.6g", e ? "," : "", (double)lv[e]);
+          mc_buf_putc(&b, ']');
+          mc_free(lv);
+        }
         mc_buf_putc(&b, '}');
       }
       mc_buf_printf(&b, "]}\n");

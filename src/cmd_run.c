@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../passes/plan.h"
 #include "../runtime/multidev.h"
 #include "../runtime/train.h"
 #include "cli.h"
@@ -33,7 +34,8 @@ static void run_usage(FILE *out) {
           "                   LLVM-compiled host program (debugging; same results)\n"
           "  --no-fuse        no elementwise fusion (overrides the plan's fuse = true)\n"
           "  --backend B      cpu (cuda: not available yet, issue 5; auto: cpu for now)\n"
-          "  --devices N      N in-process devices, one thread each (mpirun: one per rank)\n");
+          "  --devices N      N in-process devices, one thread each (mpirun: one per rank)\n"
+          "  --loads F        per-expert loads for experts = balanced (a --metrics file)\n");
 }
 
 static void eval_usage(FILE *out) {
@@ -103,6 +105,7 @@ int cmd_run(int argc, char **argv) {
   TrainOpts o = {0};
   long long steps = -1, eval_every = -1, seed = -1, devices = 0;
   const char *backend = NULL;
+  const char *loads = NULL; /* measured expert loads for experts = balanced */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if ((v = flag_value(argc, argv, &i, "--steps", "run")))
@@ -119,6 +122,8 @@ int cmd_run(int argc, char **argv) {
       o.save = v;
     else if ((v = flag_value(argc, argv, &i, "--load", "run")))
       o.load = v;
+    else if ((v = flag_value(argc, argv, &i, "--loads", "run")))
+      loads = v;
     else if ((v = flag_value(argc, argv, &i, "--metrics", "run")))
       o.metrics = v;
     else if (!strcmp(a, "--json"))
@@ -168,9 +173,18 @@ int cmd_run(int argc, char **argv) {
                     "(issue 5): running on cpu\n");
   if (!devices && cfg.devices > 1 && !rt_md_mpi_launched())
     fprintf(stderr,
-            "moec: note: the plan asks for %d devices; running on more than one is not "
-            "available yet (issue 4/5): running on 1 (the same losses)\n",
+            "moec: note: the plan asks for %d devices: running on 1 (the same losses); "
+            "--devices N or mpirun -np N runs on N\n",
             cfg.devices);
+  if (loads) { /* read by the placement pass (experts = balanced) */
+    const char *err = NULL;
+    plan_loads = plan_read_loads(loads, &err);
+    if (!plan_loads) {
+      fprintf(stderr, "moec run: error: --loads %s: %s\n", loads, err ? err : "no loads");
+      fe_ast_free(f);
+      return 1;
+    }
+  }
   o.model_path = path;
   /* N in-process devices, or one device per MPI rank (runtime/multidev.c) */
   int rc = devices > 1 || rt_md_mpi_launched() ? rt_md_train(f, &cfg, &o, (int)devices)

@@ -4,7 +4,7 @@
 # devices and on 2 and 4 MPI ranks, under the paper strategy (contiguous and
 # round_robin experts) and data_parallel; checkpoints saved on 4 devices load on 1
 # and 2 with the same eval loss; the error cases. Exit 77 (skipped) without mpirun.
-# CASE: paper | round_robin | data_parallel | mpi | reshard | errors
+# CASE: paper | round_robin | data_parallel | balanced | mpi | reshard | errors
 set -u
 MOEC=$1
 CASE=$2
@@ -49,6 +49,18 @@ paper | round_robin | data_parallel)
     "$MOEC" ir "$W/m.moe" --after comm --devices 2 | grep -q 'all_to_all(' ||
       fail "no all_to_all in the placed graph"
   fi
+  ;;
+balanced)
+  # experts = balanced from a previous run's per-expert loads (--metrics "load": [...])
+  model paper balanced
+  losses d1 "$MOEC" run "$W/m.moe"
+  grep -q '"load":\[' "$W/d1.metrics" || fail "no per-expert loads in the metrics"
+  for p in 2 4; do
+    losses b$p "$MOEC" run "$W/m.moe" --devices $p --loads "$W/d1.metrics"
+    same d1 b$p
+  done
+  "$MOEC" plan "$W/m.moe" --devices 4 --loads "$W/d1.metrics" | grep -q "no measured loads" &&
+    fail "moec plan did not take the loads of the metrics file"
   ;;
 mpi)
   command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }
@@ -103,6 +115,17 @@ errors)
   sed 's/experts=8/experts=2/' "$W/m.moe" >"$W/e2.moe"
   out=$("$MOEC" run "$W/e2.moe" --devices 4 2>&1) && fail "2 experts on 4 devices ran"
   echo "$out" | grep -q "has 2 experts for 4 devices" || fail "2 experts on 4 devices: $out"
+  sed 's/experts=8, k=2/experts=8, k=2, gating=batchwise/' "$W/m.moe" >"$W/bw.moe"
+  out=$("$MOEC" run "$W/bw.moe" --devices 2 2>&1) && fail "batchwise gating on 2 devices ran"
+  echo "$out" | grep -q "gating = batchwise: not supported on more than one device" || fail "bw: $out"
+  sed 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe" >"$W/fa.moe"
+  out=$("$MOEC" run "$W/fa.moe" --devices 2 2>&1) && fail "factored with sharded experts ran"
+  echo "$out" | grep -q "factored optimizer with experts sharded" || fail "factored: $out"
+  # ... but factored under data_parallel runs, with the losses of one device
+  sed 's/strategy = paper/strategy = data_parallel/' "$W/fa.moe" >"$W/fadp.moe"
+  losses fa1 "$MOEC" run "$W/fadp.moe"
+  losses fa2 "$MOEC" run "$W/fadp.moe" --devices 2
+  same fa1 fa2
   ;;
 *) fail "unknown case $CASE" ;;
 esac
