@@ -13,29 +13,7 @@
 
 static char tmpdir[] = "/tmp/moec_test_data_XXXXXX";
 
-/* Runs fn(arg) in a child; checks it exits with status 1 and that its stderr
- * contains `want`. */
-static void expect_death(void (*fn)(void *), void *arg, const char *want) {
-  char errpath[256];
-  snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (!freopen(errpath, "w", stderr)) _exit(99);
-    fn(arg);
-    _exit(0);
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
-  size_t len = 0;
-  char *err = mc_read_file(errpath, &len);
-  CHECK(err && strstr(err, want));
-  if (!err || !strstr(err, want))
-    fprintf(stderr, "  expected a message with '%s', got: %s\n", want, err ? err : "(none)");
-  free(err);
-}
+#include "test_death.h"
 
 static void write_file(const char *path, const void *data, size_t n) {
   FILE *f = fopen(path, "wb");

@@ -15,26 +15,7 @@
 
 static char tmpdir[] = "/tmp/moec_test_st_XXXXXX";
 
-static void expect_death(void (*fn)(void *), void *arg, const char *want) {
-  char errpath[256];
-  snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmpdir);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (!freopen(errpath, "w", stderr)) _exit(99);
-    fn(arg);
-    _exit(0);
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
-  char *err = mc_read_file(errpath, NULL);
-  CHECK(err && strstr(err, want));
-  if (!err || !strstr(err, want))
-    fprintf(stderr, "  expected a message with '%s', got: %s\n", want, err ? err : "(none)");
-  free(err);
-}
+#include "test_death.h"
 
 static uint8_t *dup_bytes(const void *p, size_t n) {
   uint8_t *b = mc_malloc(n ? n : 1);
