@@ -147,6 +147,7 @@ struct Graph {
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
+  bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
   int64_t B, T;      /* bound values, 0 until ir_bind */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */

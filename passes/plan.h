@@ -6,6 +6,8 @@
  *                 layer's expert -> device map (Graph.moe_expert_dev)
  *   comm.c      : the `comm` pass: every collective as an explicit op (all_to_all,
  *                 all_to_all_back, all_reduce, reshard) and its bytes per step
+ *   shard.c     : one device's share of the experts (pass_shard_experts: expert
+ *                 parameters and received offsets at the device's local experts)
  *   costmodel.c : per device parameter / optimizer / activation bytes, the memory plan
  *                 per device, FLOPs, the step-time estimate and its constants (moec plan,
  *                 and moec simulate with its cluster presets: src/cmd_simulate.c)
@@ -53,6 +55,26 @@ typedef struct CommBytes {
 } CommBytes;
 /* Bytes per step of a collective node on a bound graph (ir_bind done). */
 CommBytes pass_comm_bytes(const Graph *g, const Node *n);
+
+/* ---------------------------------------------------------------- shard.c */
+
+/* An expert-sharded parameter: dim 0 indexes experts [first, first + count) of MoE layer
+ * `moe`; expert e lives on g->moe_expert_dev[moe][e] (its owner map). */
+typedef struct ExpertShard {
+  int moe;
+  int64_t first, count;
+} ExpertShard;
+/* True (and *s filled; s may be NULL) when t is such a parameter of a placed graph (moe
+ * layers' LAYER.w1, b1, w2, b2). Other parameters, hmoe groups included, are whole. */
+bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
+/* The experts of s on device `rank`, in global order, into list (NULL: only count). */
+int64_t pass_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
+/* Rewrites a placed graph (after comm and the later passes, before ir_bind) to hold only
+ * the experts of `rank`: expert parameters [E_r, ...], received offsets i32[E_r + 1],
+ * the shapes that follow (expert gradients). Sets g->experts_local. Returns every
+ * tensor's type before the rewrite: pass_unshard_experts restores them (moec plan). */
+Type *pass_shard_experts(Graph *g, int rank);
+void pass_unshard_experts(Graph *g, Type *saved);
 
 /* ---------------------------------------------------------------- costmodel.c */
 

@@ -78,6 +78,13 @@ struct Comm {
  * before an all_to_allv (one all-to-all of size int64 values). */
 void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_counts);
 
+/* Variable-size gather: rank p contributes counts[p] bytes (send; counts the same array
+ * on every rank), and recv gets them all in rank order (counts[0] bytes of rank 0,
+ * then rank 1's...) on rank `root`, or on every rank when root < 0 (all_gatherv).
+ * recv is unused (may be NULL) on other ranks. One all_to_allv, so both backends
+ * have it. */
+void comm_gatherv(Comm *c, const void *send, void *recv, const int64_t *counts, int root);
+
 /* displs[p] = counts[0] + ... + counts[p-1] (n entries); returns the total. */
 int64_t comm_displs(const int64_t *counts, int n, int64_t *displs);
 

@@ -1,5 +1,5 @@
 /* comm_util.c: backend-independent helpers of the communicator (comm.h): the counts
- * exchange before an all-to-allv, displacements, the cross-rank consistency check,
+ * exchange before an all-to-allv, the variable-size gather, displacements, the cross-rank consistency check,
  * the timeout setting, error printing, and the single-device communicator. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -23,6 +23,21 @@ void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_c
   }
   c->all_to_allv(c, send_counts, cnt, displ, recv_counts, cnt, displ);
   mc_free(cnt);
+}
+
+void comm_gatherv(Comm *c, const void *send, void *recv, const int64_t *counts, int root) {
+  int n = c->size;
+  int64_t *sc = mc_calloc((size_t)n * 4, sizeof(int64_t)), *sd = sc + n, *rc = sc + 2 * n,
+          *rd = sc + 3 * n;
+  for (int p = 0; p < n; p++) /* the same bytes to every receiver (sdispl 0) */
+    sc[p] = root < 0 || p == root ? counts[c->rank] : 0;
+  if (root < 0 || c->rank == root)
+    for (int p = 0; p < n; p++)
+      rc[p] = counts[p];
+  comm_displs(rc, n, rd);
+  char dummy[2] = {0, 0}; /* zero bytes, distinct addresses */
+  c->all_to_allv(c, send ? send : &dummy[0], sc, sd, recv ? recv : &dummy[1], rc, rd);
+  mc_free(sc);
 }
 
 int64_t comm_displs(const int64_t *counts, int n, int64_t *displs) {

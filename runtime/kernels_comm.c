@@ -5,7 +5,8 @@
  *   all_to_all      MoE dispatch: each device sends the rows of every expert to the
  *                   expert's device (ctx->expert_dev); the receiver regroups them into
  *                   one contiguous batch per local expert, sources in rank order (so an
- *                   expert sees its rows in the order one device would give them)
+ *                   expert sees its rows in the order one device would give them), and
+ *                   writes the offsets of its local experts (E_r + 1: passes/shard.c)
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
  *   reshard         not supported yet (on(...) rules over device subsets): dies
@@ -63,7 +64,8 @@ static int64_t row_width(const Tensor *t) {
 }
 
 /* (x[R,M] rows grouped by expert, offsets i32[E+1]) -> (y[Rcap,M] this device's experts'
- * rows from every device, grouped by expert then source; recv offsets i32[E+1]) */
+ * rows from every device, grouped by expert then source; recv offsets i32[E_r+1] of the
+ * local experts in global order, or i32[E+1] when the graph holds every expert) */
 static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                        size_t elem) {
   Comm *c = need_comm(ctx, n);
@@ -103,13 +105,21 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   comm_displs(rc, P, rd);
   char *recv = mc_malloc(MC_MAX((size_t)total * rb, 1));
   c->all_to_allv(c, send, sc, sd, recv, rc, rd);
-  /* regroup: expert-major, sources in rank order */
+  /* regroup: expert-major, sources in rank order. Offsets of the local experts (E_r + 1,
+   * a graph with sharded experts: passes/shard.c) or of all E (+1; others empty) */
+  int64_t El = n->out[1]->numel - 1, nloc = 0;
+  for (int64_t e = 0; e < E; e++)
+    nloc += map[e] == me;
+  if (El != E && El != nloc)
+    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
+           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
   char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t)); /* bytes consumed per source */
-  int64_t r = 0;
+  int64_t r = 0, l = 0;
   for (int64_t e = 0; e < E; e++) {
-    roff[e] = (int32_t)r;
+    if (El == E) roff[e] = (int32_t)r;
     if (map[e] != me) continue;
+    if (El != E) roff[l++] = (int32_t)r;
     for (int s = 0; s < P; s++) {
       size_t nb = (size_t)cnt[s * E + e] * rb;
       memcpy(y + (size_t)r * rb, recv + rd[s] + cur[s], nb);
@@ -117,7 +127,7 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
       r += cnt[s * E + e];
     }
   }
-  roff[E] = (int32_t)r;
+  roff[El] = (int32_t)r;
   if (r < cap) memset(y + (size_t)r * rb, 0, (size_t)(cap - r) * rb);
   mc_free(cur);
   mc_free(recv);

@@ -1,9 +1,11 @@
 /* multidev.c: one model over N devices (issue 4, items 4-5): per-device graph
- * preparation, expert ownership, gathers for checkpoints and evaluation, global
- * gradient-norm clipping, and the in-process and MPI drivers. docs/multidev.md. */
+ * preparation (this device's experts only: passes/shard.c; expert rows sized for the
+ * global batch), the rows a device holds of each expert parameter, gathers of expert
+ * parameters and optimizer state for checkpoints, the optimizer step with the global
+ * gradient norm, and the in-process and MPI drivers. docs/multidev.md. */
 #include "multidev.h"
 
-#include "../passes/passes.h"
+#include "../passes/plan.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -12,6 +14,12 @@
 
 /* OpenBLAS: one thread per device thread (no oversubscription). */
 void openblas_set_num_threads(int n);
+
+void rt_md_prepare(Graph *g, int rank, int P) {
+  if (P <= 1) return;
+  mc_free(pass_shard_experts(g, rank)); /* this device's experts only */
+  rt_md_widen_expert_rows(g, P);        /* room for the rows of every device */
+}
 
 void rt_md_widen_expert_rows(Graph *g, int P) {
   if (P <= 1) return;
@@ -23,120 +31,115 @@ void rt_md_widen_expert_rows(Graph *g, int P) {
   }
 }
 
-int rt_md_param_moe(const Graph *g, const Tensor *t) {
-  if (t->part != PART_EXPERTS) return -1;
-  int best = -1;
-  size_t bl = 0;
-  for (int i = 0; i < g->nmoe; i++) {
-    size_t l = strlen(g->moe_names[i]);
-    if (!strncmp(t->name, g->moe_names[i], l) && t->name[l] == '.' &&
-        !strchr(t->name + l + 1, '.') && l >= bl) {
-      best = i;
-      bl = l;
-    }
+/* ---------------------------------------------------------------- sharded experts */
+
+RowSel *rt_md_param_rows(const Graph *g) {
+  RowSel *r = mc_calloc((size_t)g->nparams + 1, sizeof(RowSel));
+  for (int i = 0; i < g->nparams && g->experts_local; i++) {
+    const Tensor *t = g->params[i];
+    ExpertShard s;
+    if (!pass_expert_shard(g, t, &s)) continue;
+    int64_t *list = mc_malloc(sizeof(int64_t) * (size_t)s.count);
+    int64_t n = pass_expert_local(g, &s, g->experts_rank, list);
+    MOEC_ASSERT(n == t->shape[0]);
+    for (int64_t j = 0; j < n; j++)
+      list[j] -= s.first; /* rows of this parameter */
+    r[i] = (RowSel){s.count, n, list};
   }
-  if (best < 0 || !g->moe_expert_dev || t->ty.rank < 1 || t->shape[0] != g->moe_nexperts[best])
-    mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe layer: hmoe "
-           "layers are not supported by the multi-device runtime yet (use strategy = "
-           "data_parallel)",
-           t->name);
-  return best;
+  return r;
 }
 
-void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf) {
-  int m = rt_md_param_moe(g, t);
-  if (m < 0) return;
-  int64_t E = t->shape[0], per = t->numel / E;
-  for (int64_t e = 0; e < E; e++)
-    if (g->moe_expert_dev[m][e] != rank) memset(buf + e * per, 0, (size_t)per * sizeof(float));
+void rt_md_rows_free(const Graph *g, RowSel *r) {
+  for (int i = 0; r && i < g->nparams; i++)
+    mc_free((void *)r[i].list);
+  mc_free(r);
 }
 
-void rt_md_gather_experts(Comm *c, Program *p) {
+/* Collective: the whole tensor of an expert parameter's rows (`per` floats each) from
+ * every device's local rows, into full (s->count * per floats) on root, or on every
+ * device when root < 0. Rows arrive in rank order and go to their global place. */
+static void gather_rows(Comm *c, const Graph *g, const ExpertShard *s, const float *local,
+                        int64_t per, float *full, int root) {
+  int P = c->size;
+  int64_t *counts = mc_calloc((size_t)P, sizeof(int64_t)), total = 0;
+  for (int p = 0; p < P; p++) {
+    counts[p] = pass_expert_local(g, s, p, NULL) * per * (int64_t)sizeof(float);
+    total += counts[p];
+  }
+  bool me = root < 0 || c->rank == root;
+  float *recv = me ? mc_malloc((size_t)MC_MAX(total, 1)) : NULL;
+  comm_gatherv(c, local, recv, counts, root);
+  if (me) {
+    int64_t *list = mc_malloc(sizeof(int64_t) * (size_t)s->count), at = 0;
+    for (int p = 0; p < P; p++) {
+      int64_t n = pass_expert_local(g, s, p, list);
+      for (int64_t j = 0; j < n; j++, at += per)
+        memcpy(full + (list[j] - s->first) * per, recv + at, (size_t)per * sizeof(float));
+    }
+    MOEC_ASSERT(at * (int64_t)sizeof(float) == total);
+    mc_free(list);
+  }
+  mc_free(recv);
+  mc_free(counts);
+}
+
+float **rt_md_gather_params(Comm *c, Program *p, int root) {
   const Graph *g = p->g;
-  if (c->size <= 1) return;
   MOEC_ASSERT(p->prec == PREC_F32 && p->be == &rt_backend_cpu);
-  for (int i = 0; i < g->nparams; i++) {
+  float **full = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
+  for (int i = 0; i < g->nparams && g->experts_local; i++) {
     const Tensor *t = g->params[i];
-    if (t->part != PART_EXPERTS) continue;
-    float *b = cg_f32(p, t);
-    rt_md_zero_nonlocal(g, t, c->rank, b);
-    c->all_reduce_sum_f32(c, b, t->numel);
+    ExpertShard s;
+    if (!pass_expert_shard(g, t, &s)) continue;
+    int64_t per = t->numel / t->shape[0];
+    if (c->rank == root) full[i] = mc_malloc((size_t)(s.count * per) * sizeof(float));
+    gather_rows(c, g, &s, cg_f32(p, t), per, full[i], root);
   }
+  return full;
 }
 
-/* The optimizer's view of this device's work: replicated parameters whole, expert
- * parameters as the ranges of the experts on `rank` (consecutive local experts merged),
- * so a device updates only its own experts. */
-typedef struct OptView {
-  Optim o;
-  float **p, **g;
-} OptView;
-
-static void view_add(OptView *w, const Optim *o, int i, int64_t at, int64_t n, float *const *params,
-                     float *const *grads) {
-  int k = w->o.n++;
-  w->o.names[k] = o->names[i];
-  w->o.numel[k] = n;
-  w->o.prank[k] = o->prank[i];
-  memcpy(w->o.shape[k], o->shape[i], sizeof o->shape[i]);
-  w->o.m[k] = o->m[i] ? o->m[i] + at : NULL;
-  w->o.v[k] = o->v[i] ? o->v[i] + at : NULL;
-  w->o.vr[k] = o->vr[i];
-  w->o.vc[k] = o->vc[i];
-  w->p[k] = params[i] + at;
-  w->g[k] = grads[i] + at;
+void rt_md_gathered_free(const Graph *g, float **full) {
+  for (int i = 0; full && i < g->nparams; i++)
+    mc_free(full[i]);
+  mc_free(full);
 }
 
-static void view_build(OptView *w, Comm *c, const Graph *g, const Optim *o, float *const *params,
-                       float *const *grads) {
-  int cap = 0;
-  for (int i = 0; i < o->n; i++)
-    cap += g->params[i]->part == PART_EXPERTS ? (int)g->params[i]->shape[0] : 1;
-  w->o = *o;
-  w->o.n = 0;
-  w->o.names = mc_calloc((size_t)cap + 1, sizeof(char *));
-  w->o.numel = mc_calloc((size_t)cap + 1, sizeof(int64_t));
-  w->o.prank = mc_calloc((size_t)cap + 1, sizeof(int));
-  w->o.shape = mc_calloc((size_t)cap + 1, sizeof *w->o.shape);
-  w->o.m = mc_calloc((size_t)cap + 1, sizeof(float *));
-  w->o.v = mc_calloc((size_t)cap + 1, sizeof(float *));
-  w->o.vr = mc_calloc((size_t)cap + 1, sizeof(float *));
-  w->o.vc = mc_calloc((size_t)cap + 1, sizeof(float *));
-  w->p = mc_calloc((size_t)cap + 1, sizeof(float *));
-  w->g = mc_calloc((size_t)cap + 1, sizeof(float *));
+/* ---------------------------------------------------------------- optimizer */
+
+/* An entry the optimizer keeps whole on every device although its parameter is
+ * sharded: the factored second moment of a matrix whose rows are experts ([E, H]
+ * biases): its column moments average over every expert, so each device updates the
+ * whole matrix from the all-gathered gradient (the same arithmetic as one device) and
+ * keeps its rows. [E, a, b] weights are E matrices: sharded like Adam's moments. */
+static bool whole_entry(const Graph *g, const Optim *o, int i) {
+  return g->experts_local && o->kind == OPT_FACTORED && o->prank[i] == 2 &&
+         pass_expert_shard(g, g->params[i], NULL);
+}
+
+Optim *rt_md_optim_new(const Config *cfg, const Graph *g) {
+  Optim *o = rt_optim_new(cfg, g);
   for (int i = 0; i < o->n; i++) {
-    const Tensor *t = g->params[i];
-    int m = rt_md_param_moe(g, t);
-    if (m < 0) {
-      view_add(w, o, i, 0, o->numel[i], params, grads);
-      continue;
-    }
-    int64_t E = t->shape[0], per = t->numel / E;
-    for (int64_t e = 0; e < E;) {
-      if (g->moe_expert_dev[m][e] != c->rank) {
-        e++;
-        continue;
-      }
-      int64_t e1 = e;
-      while (e1 < E && g->moe_expert_dev[m][e1] == c->rank)
-        e1++;
-      view_add(w, o, i, e * per, (e1 - e) * per, params, grads);
-      e = e1;
-    }
+    if (!whole_entry(g, o, i)) continue;
+    ExpertShard s;
+    pass_expert_shard(g, g->params[i], &s);
+    o->shape[i][0] = s.count;
+    o->numel[i] = s.count * o->shape[i][1];
+    mc_free(o->vr[i]);
+    o->vr[i] = mc_calloc((size_t)s.count, sizeof(float));
   }
+  return o;
 }
 
-static void view_free(OptView *w) {
-  mc_free(w->o.names);
-  mc_free(w->o.numel);
-  mc_free(w->o.prank);
-  mc_free(w->o.shape);
-  mc_free(w->o.m);
-  mc_free(w->o.v);
-  mc_free(w->o.vr);
-  mc_free(w->o.vc);
-  mc_free(w->p);
-  mc_free(w->g);
+size_t rt_md_optim_bytes(const Optim *o) {
+  size_t b = 0;
+  for (int i = 0; i < o->n; i++) {
+    bool f = o->kind == OPT_FACTORED && o->prank[i] >= 2;
+    int64_t rows = f ? o->shape[i][o->prank[i] - 2] : 0, cols = f ? o->shape[i][o->prank[i] - 1] : 0;
+    int64_t lead = f ? o->numel[i] / MC_MAX(1, rows * cols) : 0;
+    b += (size_t)(o->m[i] ? o->numel[i] : 0) + (size_t)(o->v[i] ? o->numel[i] : 0) +
+         (size_t)(o->vr[i] ? lead * rows : 0) + (size_t)(o->vc[i] ? lead * cols : 0);
+  }
+  return b * sizeof(float);
 }
 
 void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
@@ -146,88 +149,144 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     return;
   }
   MOEC_ASSERT(o->n == g->nparams);
-  bool experts = false;
-  for (int i = 0; i < o->n; i++)
-    experts |= g->params[i]->part == PART_EXPERTS;
-  if (experts && o->kind != OPT_ADAM)
-    mc_die("the factored optimizer with expert-sharded layers on N devices is not supported yet: "
-           "use adam");
-  OptView w;
-  view_build(&w, c, g, o, params, grads);
-  double ss[2] = {0, 0}; /* replicated (the same on every device), this device's experts */
-  for (int k = 0, i = 0; k < w.o.n; k++) {
-    while (strcmp(g->params[i]->name, w.o.names[k])) /* names in order: find k's param */
-      i++;
-    int x = g->params[i]->part == PART_EXPERTS;
-    for (int64_t j = 0; j < w.o.numel[k]; j++)
-      ss[x] += (double)w.g[k][j] * w.g[k][j];
+  /* the global norm: replicated gradients (the same everywhere) once, plus every
+   * device's own experts' squares, summed over the devices */
+  double ss[2] = {0, 0};
+  for (int i = 0; i < o->n; i++) {
+    const Tensor *t = g->params[i];
+    int x = g->experts_local && pass_expert_shard(g, t, NULL);
+    for (int64_t j = 0; j < t->numel; j++)
+      ss[x] += (double)grads[i][j] * grads[i][j];
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
-  double norm = sqrt(ss[0] + ss[1]), clip = o->clip;
-  if (!isfinite(norm))
-    mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
-           norm, (long long)o->t + 1);
-  if (clip > 0 && norm > clip) {
-    float s = (float)(clip / norm);
-    for (int k = 0; k < w.o.n; k++)
-      for (int64_t j = 0; j < w.o.numel[k]; j++)
-        w.g[k][j] *= s;
-  }
-  w.o.clip = 0;
-  rt_optim_step(&w.o, w.p, w.g);
-  o->t = w.o.t;
-  o->last_norm = norm;
-  view_free(&w);
-}
-
-static float *gathered(Comm *c, const Graph *g, const Tensor *t, const float *src) {
-  if (!src) return NULL;
-  float *b = mc_malloc((size_t)t->numel * sizeof(float));
-  memcpy(b, src, (size_t)t->numel * sizeof(float));
-  rt_md_zero_nonlocal(g, t, c->rank, b);
-  c->all_reduce_sum_f32(c, b, t->numel);
-  return b;
-}
-
-void rt_md_optim_gather(Comm *c, const Graph *g, Optim *o, MdOptimSave *s) {
-  s->m = mc_calloc((size_t)o->n + 1, sizeof(float *));
-  s->v = mc_calloc((size_t)o->n + 1, sizeof(float *));
+  float **pp = mc_calloc((size_t)o->n + 1, sizeof(float *)),
+        **gg = mc_calloc((size_t)o->n + 1, sizeof(float *));
   for (int i = 0; i < o->n; i++) {
-    const Tensor *t = g->params[i];
-    if (t->part != PART_EXPERTS || c->size <= 1) continue;
-    if (o->kind != OPT_ADAM)
-      mc_die("the factored optimizer with expert-sharded layers on N devices is not supported yet: "
-             "use adam");
-    float *m = gathered(c, g, t, o->m[i]), *v = gathered(c, g, t, o->v[i]);
-    s->m[i] = o->m[i];
-    s->v[i] = o->v[i];
-    o->m[i] = m;
-    o->v[i] = v;
+    pp[i] = params[i];
+    gg[i] = grads[i];
+    if (!whole_entry(g, o, i)) continue;
+    ExpertShard s;
+    pass_expert_shard(g, g->params[i], &s);
+    int64_t per = o->shape[i][1];
+    pp[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
+    gg[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
+    gather_rows(c, g, &s, params[i], per, pp[i], -1);
+    gather_rows(c, g, &s, grads[i], per, gg[i], -1);
   }
+  rt_optim_apply(o, pp, gg, sqrt(ss[0] + ss[1]));
+  for (int i = 0; i < o->n; i++) {
+    if (pp[i] == params[i]) continue;
+    ExpertShard s;
+    pass_expert_shard(g, g->params[i], &s);
+    int64_t per = o->shape[i][1], *list = mc_malloc(sizeof(int64_t) * (size_t)s.count);
+    int64_t n = pass_expert_local(g, &s, g->experts_rank, list);
+    for (int64_t j = 0; j < n; j++) /* this device's rows of the updated whole */
+      memcpy(params[i] + j * per, pp[i] + (list[j] - s.first) * per, (size_t)per * sizeof(float));
+    mc_free(list);
+    mc_free(pp[i]);
+    mc_free(gg[i]);
+  }
+  mc_free(pp);
+  mc_free(gg);
 }
 
-void rt_md_optim_restore(Optim *o, MdOptimSave *s) {
+/* A gathered copy of a sharded entry's state buffer (its size: `size` floats over the
+ * n local rows), whole on root. */
+static float *gather_state(Comm *c, const Graph *g, const ExpertShard *s, const float *local,
+                           int64_t size, int64_t n, int root) {
+  if (!local) return NULL;
+  int64_t per = size / n;
+  float *full = c->rank == root ? mc_malloc((size_t)(per * s->count) * sizeof(float)) : NULL;
+  gather_rows(c, g, s, local, per, full, root);
+  return full;
+}
+
+Optim *rt_md_optim_gather(Comm *c, const Graph *g, const Optim *o, int root) {
+  bool me = c->rank == root;
+  Optim *w = NULL;
+  if (me) {
+    w = mc_malloc(sizeof(Optim));
+    *w = *o;
+    size_t n = (size_t)MC_MAX(o->n, 1);
+    w->names = mc_malloc(n * sizeof(char *));
+    w->numel = mc_malloc(n * sizeof(int64_t));
+    w->prank = mc_malloc(n * sizeof(int));
+    w->shape = mc_malloc(n * sizeof *w->shape);
+    w->m = mc_calloc(n, sizeof(float *));
+    w->v = mc_calloc(n, sizeof(float *));
+    w->vr = mc_calloc(n, sizeof(float *));
+    w->vc = mc_calloc(n, sizeof(float *));
+    memcpy(w->names, o->names, (size_t)o->n * sizeof(char *));
+    memcpy(w->numel, o->numel, (size_t)o->n * sizeof(int64_t));
+    memcpy(w->prank, o->prank, (size_t)o->n * sizeof(int));
+    memcpy(w->shape, o->shape, (size_t)o->n * sizeof *w->shape);
+  }
   for (int i = 0; i < o->n; i++) {
-    if (s->m[i]) {
-      mc_free(o->m[i]);
-      o->m[i] = s->m[i];
+    ExpertShard s;
+    bool sharded = g->experts_local && !whole_entry(g, o, i) &&
+                   pass_expert_shard(g, g->params[i], &s);
+    if (!sharded) { /* whole on every device: root's own */
+      if (me) {
+        w->m[i] = o->m[i];
+        w->v[i] = o->v[i];
+        w->vr[i] = o->vr[i];
+        w->vc[i] = o->vc[i];
+      }
+      continue;
     }
-    if (s->v[i]) {
-      mc_free(o->v[i]);
-      o->v[i] = s->v[i];
+    int64_t n = g->params[i]->shape[0], num = o->numel[i];
+    int r = o->prank[i];
+    int64_t lead = 0, rows = 0, cols = 0;
+    if (o->vr[i]) {
+      rows = o->shape[i][r - 2];
+      cols = o->shape[i][r - 1];
+      lead = num / MC_MAX(1, rows * cols);
+    }
+    float *m = gather_state(c, g, &s, o->m[i], num, n, root),
+          *v = gather_state(c, g, &s, o->v[i], num, n, root),
+          *vr = gather_state(c, g, &s, o->vr[i], lead * rows, n, root),
+          *vc = gather_state(c, g, &s, o->vc[i], lead * cols, n, root);
+    if (me) {
+      w->m[i] = m;
+      w->v[i] = v;
+      w->vr[i] = vr;
+      w->vc[i] = vc;
+      w->shape[i][0] = s.count;
+      w->numel[i] = num / n * s.count;
     }
   }
-  mc_free(s->m);
-  mc_free(s->v);
+  return w;
 }
 
-void rt_md_optim_localize(const Graph *g, Optim *o, int rank) {
-  for (int i = 0; i < o->n; i++) {
-    const Tensor *t = g->params[i];
-    if (t->part != PART_EXPERTS) continue;
-    if (o->m && o->m[i]) rt_md_zero_nonlocal(g, t, rank, o->m[i]);
-    if (o->v && o->v[i]) rt_md_zero_nonlocal(g, t, rank, o->v[i]);
+void rt_md_optim_gathered_free(Optim *w, const Optim *o) {
+  if (!w) return;
+  for (int i = 0; i < w->n; i++) {
+    if (w->m[i] != o->m[i]) mc_free(w->m[i]);
+    if (w->v[i] != o->v[i]) mc_free(w->v[i]);
+    if (w->vr[i] != o->vr[i]) mc_free(w->vr[i]);
+    if (w->vc[i] != o->vc[i]) mc_free(w->vc[i]);
   }
+  mc_free(w->names);
+  mc_free(w->numel);
+  mc_free(w->prank);
+  mc_free(w->shape);
+  mc_free(w->m);
+  mc_free(w->v);
+  mc_free(w->vr);
+  mc_free(w->vc);
+  mc_free(w);
+}
+
+bool rt_md_optim_load(const Graph *g, Optim *o, const StFile *f) {
+  RowSel *rows = rt_md_param_rows(g);
+  for (int i = 0; i < o->n; i++)
+    if (whole_entry(g, o, i)) { /* kept whole: the file's as it is */
+      mc_free((void *)rows[i].list);
+      rows[i] = (RowSel){0};
+    }
+  bool ok = rt_optim_load_rows(o, f, rows);
+  rt_md_rows_free(g, rows);
+  return ok;
 }
 
 /* ---------------------------------------------------------------- drivers */
@@ -251,7 +310,7 @@ bool rt_md_mpi_launched(void) {
   return !s || atoi(s) > 1;
 }
 
-void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
+void rt_md_check_graph(const Graph *g, int P) {
   if (P <= 1) return;
   for (int k = 0; k < g->nnodes; k++) {
     OpKind op = g->nodes[k]->op;
@@ -265,13 +324,14 @@ void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
              "expert would pick its rows among one device's rows, not the global batch's)",
              g->nodes[k]->layer ? g->nodes[k]->layer : "?");
   }
-  bool experts = false;
-  for (int i = 0; i < g->nparams; i++)
-    experts |= rt_md_param_moe(g, g->params[i]) >= 0;
-  if (experts && cfg->optimizer != OPT_ADAM)
-    mc_die("the factored optimizer with experts sharded over %d devices is not supported yet: "
-           "use optimizer = adam, or strategy = data_parallel",
-           P);
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    if (t->part == PART_EXPERTS && !pass_expert_shard(g, t, NULL))
+      mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe layer: "
+             "hmoe layers are not supported by the multi-device runtime yet (use strategy = "
+             "data_parallel)",
+             t->name);
+  }
 }
 
 /* The errors every device would hit alike (batch split, placement, the checkpoint's
@@ -287,7 +347,7 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   PassCtx pc = {cfg, P, true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch / P, cfg->unroll);
-  rt_md_check_graph(g, cfg, P);
+  rt_md_check_graph(g, P);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));
 }

@@ -1,9 +1,10 @@
 /* multidev.h: running one model over N devices (issue 4, items 4-5).
  *
- *   multidev.c      : per-device graph preparation (expert rows sized for the global
- *                     batch), expert ownership, gathering expert parameters and optimizer
- *                     state for checkpoints and evaluation, global gradient-norm clipping,
- *                     and the drivers: N in-process devices (threads) and MPI ranks
+ *   multidev.c      : per-device graph preparation (its own experts only: passes/shard.c;
+ *                     expert rows sized for the global batch), the rows each device holds,
+ *                     gathering expert parameters and optimizer state for checkpoints,
+ *                     the optimizer step with the global gradient norm, and the drivers:
+ *                     N in-process devices (threads) and MPI ranks
  *   kernels_comm.c  : the collective ops' kernels through KernelCtx.comm
  * The training loop itself is train.c's (rt_train_comm), the same code on 1 and N
  * devices. docs/multidev.md has the design. Prefix: rt_md_.
@@ -14,42 +15,46 @@
 #include "comm.h"
 #include "train.h"
 
-/* After the passes placed g on P > 1 devices, before ir_bind(g, B/P, T): every
- * expert-side row tensor (part experts, dim 0 following B) gets room for the rows of
- * the global batch, the most one device can receive from the all-to-all. */
+/* After the passes placed g on P > 1 devices, before ir_bind(g, B/P, T): device
+ * `rank`'s graph: only its experts (pass_shard_experts: expert parameters, gradients
+ * and received offsets at its E_r local experts), then rt_md_widen_expert_rows. */
+void rt_md_prepare(Graph *g, int rank, int P);
+/* Every expert-side row tensor (part experts, dim 0 following B) gets room for the rows
+ * of the global batch, the most one device can receive from the all-to-all. */
 void rt_md_widen_expert_rows(Graph *g, int P);
 
 /* Dies with a clear message for what the N-device runtime does not support yet (hmoe
- * layers, batchwise gating, the factored optimizer with sharded experts). g bound. */
-void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
+ * layers, batchwise gating). g bound. */
+void rt_md_check_graph(const Graph *g, int P);
 
-/* The MoE layer index an expert-sharded parameter belongs to (its dim 0 indexes that
- * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
- * attribute (hmoe groups on N devices are not supported yet). */
-int rt_md_param_moe(const Graph *g, const Tensor *t);
+/* The rows this device holds of every parameter (by parameter index): sharded expert
+ * parameters their local experts' rows of the whole tensor, others list NULL (whole).
+ * All whole on a graph that holds every expert. */
+RowSel *rt_md_param_rows(const Graph *g);
+void rt_md_rows_free(const Graph *g, RowSel *rows);
 
-/* Zeroes, in buf (the layout of param t), the slices of the experts not on `rank`. */
-void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf);
+/* Collective: on root, the whole tensor of every sharded expert parameter of program p
+ * (cpu, f32), each expert's rows from its owner (by parameter index; NULL for the
+ * parameters p holds whole, and on other ranks). rt_md_gathered_free frees them. */
+float **rt_md_gather_params(Comm *c, Program *p, int root);
+void rt_md_gathered_free(const Graph *g, float **full);
 
-/* Collective: every rank gets the full expert parameters (each expert from its
- * owner) in program p (cpu, f32). Other parameters are replicated already. */
-void rt_md_gather_experts(Comm *c, Program *p);
-
-/* Collective: the global gradient norm (replicated gradients once, expert gradients
- * summed over their owners), and clipping as rt_optim_step would do on one device;
- * then the optimizer step with the local gradients. Sets o->last_norm. */
+/* The optimizer of one device: rt_optim_new over its parameters (its experts' rows),
+ * except the factored moments of [E, H] expert matrices, kept whole on every device
+ * (their column moments average over all experts). */
+Optim *rt_md_optim_new(const Config *cfg, const Graph *g);
+/* Bytes of optimizer state o holds. */
+size_t rt_md_optim_bytes(const Optim *o);
+/* Collective: the optimizer step with the global gradient norm (replicated gradients
+ * once, expert gradients summed over their owners), clipping as one device would;
+ * sets o->last_norm. On one device rt_optim_step. */
 void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params, float *const *grads);
-
-/* Collective: temporary copies of the optimizer's moments with every expert's from
- * its owner (for a checkpoint written by rank 0); rt_md_optim_restore puts the local
- * ones back. */
-typedef struct MdOptimSave {
-  float **m, **v, **vr, **vc;
-} MdOptimSave;
-void rt_md_optim_gather(Comm *c, const Graph *g, Optim *o, MdOptimSave *s);
-void rt_md_optim_restore(Optim *o, MdOptimSave *s);
-/* After loading a checkpoint: the moments of experts not on `rank` back to zero. */
-void rt_md_optim_localize(const Graph *g, Optim *o, int rank);
+/* Collective: on root, an optimizer with the whole model's shapes and state (every
+ * expert's moments from its owner), for rt_optim_tensors; NULL on other ranks. */
+Optim *rt_md_optim_gather(Comm *c, const Graph *g, const Optim *o, int root);
+void rt_md_optim_gathered_free(Optim *whole, const Optim *o);
+/* rt_optim_load taking this device's rows of the sharded entries. */
+bool rt_md_optim_load(const Graph *g, Optim *o, const StFile *f);
 
 /* moec run FILE --devices N (N in-process devices) or under mpirun (one device per
  * rank): runs rt_train_comm on every device. Returns the exit status. */

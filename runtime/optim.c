@@ -84,7 +84,11 @@ void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
   for (int i = 0; i < o->n; i++)
     for (int64_t k = 0; k < o->numel[i]; k++)
       ss += (double)grads[i][k] * grads[i][k];
-  double norm = sqrt(ss), scale = 1.0;
+  rt_optim_apply(o, params, grads, sqrt(ss));
+}
+
+void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
+  double scale = 1.0;
   o->last_norm = norm;
   if (!isfinite(norm))
     mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
@@ -181,8 +185,10 @@ int rt_optim_tensors(const Optim *o, StTensor *t) {
   return n;
 }
 
+/* numel elements of the entry into dst; with sel (rows of a tensor sharded along dim 0)
+ * the file holds all sel->global rows and dst gets rows sel->list, in that order. */
 static void load_one(const StFile *f, const char *prefix, const char *name, float *dst,
-                     int64_t numel) {
+                     int64_t numel, const RowSel *sel) {
   char key[1024];
   snprintf(key, sizeof key, "optim.%s.%s", prefix, name);
   const StEntry *e = rt_st_find(f, key);
@@ -190,13 +196,27 @@ static void load_one(const StFile *f, const char *prefix, const char *name, floa
     mc_die("checkpoint '%s' has optimizer state but lacks '%s' (saved with another optimizer "
            "or model?)",
            f->path, key);
-  if (e->dtype != ST_F32 || e->numel != numel)
+  bool rows = sel && sel->list && sel->n > 0;
+  int64_t per = rows ? numel / sel->n : numel, want = rows ? per * sel->global : numel;
+  if (e->dtype != ST_F32 || e->numel != want)
     mc_die("checkpoint '%s': '%s' has dtype %s and %lld elements, expected F32 and %lld", f->path,
-           key, e->dtype_name, (long long)e->numel, (long long)numel);
-  memcpy(dst, e->data, (size_t)numel * sizeof(float));
+           key, e->dtype_name, (long long)e->numel, (long long)want);
+  if (!rows) {
+    memcpy(dst, e->data, (size_t)numel * sizeof(float));
+    return;
+  }
+  for (int64_t j = 0; j < sel->n; j++) {
+    MOEC_ASSERT(sel->list[j] >= 0 && sel->list[j] < sel->global);
+    memcpy(dst + j * per, e->data + (size_t)(sel->list[j] * per) * sizeof(float),
+           (size_t)per * sizeof(float));
+  }
 }
 
 bool rt_optim_load(Optim *o, const StFile *f) {
+  return rt_optim_load_rows(o, f, NULL);
+}
+
+bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel) {
   const char *step = rt_st_meta(f, "optim.step"), *kind = rt_st_meta(f, "optim.kind");
   if (!step || !kind) return false;
   const char *want = o->kind == OPT_ADAM ? "adam" : "factored";
@@ -210,12 +230,12 @@ bool rt_optim_load(Optim *o, const StFile *f) {
     if (factored(o, i)) {
       int64_t lead, rows, cols;
       factor_dims(o, i, &lead, &rows, &cols);
-      load_one(f, "vr", o->names[i], o->vr[i], lead * rows);
-      load_one(f, "vc", o->names[i], o->vc[i], lead * cols);
+      load_one(f, "vr", o->names[i], o->vr[i], lead * rows, sel ? &sel[i] : NULL);
+      load_one(f, "vc", o->names[i], o->vc[i], lead * cols, sel ? &sel[i] : NULL);
       continue;
     }
-    if (o->kind == OPT_ADAM) load_one(f, "m", o->names[i], o->m[i], o->numel[i]);
-    load_one(f, "v", o->names[i], o->v[i], o->numel[i]);
+    if (o->kind == OPT_ADAM) load_one(f, "m", o->names[i], o->m[i], o->numel[i], sel ? &sel[i] : NULL);
+    load_one(f, "v", o->names[i], o->v[i], o->numel[i], sel ? &sel[i] : NULL);
   }
   o->t = t;
   return true;
@@ -224,20 +244,28 @@ bool rt_optim_load(Optim *o, const StFile *f) {
 /* ---------------------------------------------------------------- initialisation */
 
 void rt_init_param(const Tensor *t, uint64_t seed, float *out) {
+  rt_init_param_rows(t, seed, NULL, out);
+}
+
+void rt_init_param_rows(const Tensor *t, uint64_t seed, const RowSel *sel, float *out) {
   uint64_t h = 1469598103934665603ull;
   for (const unsigned char *c = (const unsigned char *)t->name; *c; c++)
     h = (h ^ *c) * 1099511628211ull;
   uint64_t key = mc_rng_key(seed, mc_hash64(h), 0x494e4954ull /* "INIT" */);
+  bool rows = sel && sel->list && sel->n > 0;
+  int64_t per = rows ? t->numel / sel->n : t->numel;
   for (int64_t k = 0; k < t->numel; k++) {
+    /* the element's index in the whole tensor: the same value on 1 or N devices */
+    uint64_t at = rows ? (uint64_t)(sel->list[k / per] * per + k % per) : (uint64_t)k;
     switch (t->init) {
     case INIT_ZERO:
       out[k] = 0.0f;
       break;
     case INIT_UNIFORM:
-      out[k] = (float)((2.0 * mc_rng_uniform(key, (uint64_t)k) - 1.0) * t->init_scale);
+      out[k] = (float)((2.0 * mc_rng_uniform(key, at) - 1.0) * t->init_scale);
       break;
     case INIT_NORMAL:
-      out[k] = (float)(mc_rng_normal(key, (uint64_t)k) * t->init_scale);
+      out[k] = (float)(mc_rng_normal(key, at) * t->init_scale);
       break;
     }
   }

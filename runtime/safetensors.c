@@ -647,6 +647,10 @@ static bool is_extra(const char *name) {
 }
 
 void rt_st_load_params(const StFile *f, Program *p) {
+  rt_st_load_params_rows(f, p, NULL);
+}
+
+void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows) {
   Graph *g = p->g;
   McBuf why = {0};
   int problems = 0;
@@ -658,15 +662,19 @@ void rt_st_load_params(const StFile *f, Program *p) {
         mc_buf_printf(&why, "%s'%s' is missing", problems > 1 ? "; " : "", t->name);
       continue;
     }
+    int64_t want[8] = {0}; /* the whole tensor's shape (a device may hold some rows) */
+    for (int d = 0; d < t->ty.rank && d < 8; d++)
+      want[d] = t->shape[d];
+    if (rows && rows[i].list) want[0] = rows[i].global;
     bool same = e->rank == t->ty.rank;
     for (int d = 0; same && d < e->rank; d++)
-      same = e->shape[d] == t->shape[d];
+      same = e->shape[d] == want[d];
     if (!same) {
       if (problems++ < 8) {
         mc_buf_printf(&why, "%s'%s' has shape ", problems > 1 ? "; " : "", t->name);
         shape_str(&why, e->rank, e->shape);
         mc_buf_printf(&why, ", the model needs ");
-        shape_str(&why, t->ty.rank, t->shape);
+        shape_str(&why, t->ty.rank, want);
       }
       continue;
     }
@@ -695,14 +703,17 @@ void rt_st_load_params(const StFile *f, Program *p) {
     const StEntry *e = rt_st_find(f, t->name);
     size_t nb = (size_t)t->numel * p->elem;
     void *host = mc_malloc(nb);
+    const RowSel *sel = rows && rows[i].list ? &rows[i] : NULL;
+    int64_t per = sel ? t->numel / sel->n : t->numel;
     for (int64_t k = 0; k < t->numel; k++) {
+      int64_t at = sel ? sel->list[k / per] * per + k % per : k; /* in the whole tensor */
       double v;
       if (e->dtype == ST_F32) {
         float x;
-        memcpy(&x, e->data + 4 * k, 4);
+        memcpy(&x, e->data + 4 * at, 4);
         v = x;
       } else {
-        memcpy(&v, e->data + 8 * k, 8);
+        memcpy(&v, e->data + 8 * at, 8);
       }
       if (p->prec == PREC_F64)
         ((double *)host)[k] = v;

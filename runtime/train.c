@@ -80,19 +80,21 @@ static void find_inputs(Compiled *c) {
   if (c->vocab > 65536) c->vocab = 65536;
 }
 
-static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int T, int P) {
+/* Device `rank` of P: its B/P rows; on P > 1 only its experts (rt_md_prepare). */
+static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int T, int P,
+                       int rank) {
   Graph *g = ir_build(f, cfg);
   PassCtx pc = {cfg, P, training};
   pass_run_all(g, &pc, NULL, NULL);
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
-  if (P > 1) rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
+  rt_md_prepare(g, rank, P);
   ir_bind(g, B / P, T);
-  rt_md_check_graph(g, cfg, P);
+  rt_md_check_graph(g, P);
   return g;
 }
 
 static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) {
-  return build_on(f, cfg, training, B, T, 1);
+  return build_on(f, cfg, training, B, T, 1, 0);
 }
 
 static Compiled lower(Graph *g, Precision prec) {
@@ -218,6 +220,59 @@ static double evaluate(Compiled *ev, const Corpus *corpus, Split split, int64_t 
   return sum / (double)steps;
 }
 
+/* Mean cross-entropy over one pass of a split on N devices: the forward part of the
+ * training program tr (this device's rows of each global batch, its experts, the
+ * all-to-alls), from zero state; the training state is put back after. The sum over
+ * devices of each device's xent is the global batch's mean (xent's 1/(rows*P)). */
+static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split split,
+                          int64_t *tokens) {
+  Graph *g = tr->g;
+  Program *p = tr->p;
+  const int P = c->size, Bl = (int)g->B, B = Bl * P, T = (int)g->T;
+  Batcher b;
+  rt_batcher_init(&b, corpus, split, B, T);
+  int64_t steps = rt_batcher_eval_steps(&b);
+  size_t n = (size_t)B * (size_t)T, nl = (size_t)Bl * (size_t)T;
+  int32_t *ids = mc_malloc(n * sizeof(int32_t)), *tg = mc_malloc(n * sizeof(int32_t));
+  void **saved = mc_calloc((size_t)g->nstates + 1, sizeof(void *));
+  for (int i = 0; i < g->nstates; i++) { /* the training state, put back below */
+    const Tensor *s = g->states[i].state;
+    saved[i] = mc_malloc((size_t)s->numel * p->elem);
+    p->be->download(saved[i], p->buf[s->id], (size_t)s->numel * p->elem);
+  }
+  zero_state(p);
+  KernelCtx ctx = {.training = false,
+                   .seed = 0,
+                   .step = 0,
+                   .batch0 = (int64_t)c->rank * Bl,
+                   .batch_local = Bl,
+                   .device = c->rank,
+                   .ndevices = P,
+                   .comm = c,
+                   .graph = g};
+  double sum = 0;
+  for (int64_t s = 0; s < steps; s++) {
+    rt_batcher_next(&b, ids, tg);
+    upload_ids(p, tr->ids, ids + (size_t)c->rank * nl);
+    upload_ids(p, tr->targets, tg + (size_t)c->rank * nl);
+    rt_exec(p, &ctx, 0, p->first_backward);
+    sum += read_scalar(p, g->xent);
+    rt_carry_state(p);
+  }
+  c->all_reduce_sum_f64(c, &sum, 1);
+  for (int i = 0; i < g->nstates; i++) {
+    const Tensor *s = g->states[i].state;
+    p->be->upload(p->buf[s->id], saved[i], (size_t)s->numel * p->elem);
+    mc_free(saved[i]);
+  }
+  mc_free(saved);
+  mc_free(ids);
+  mc_free(tg);
+  rt_batcher_free(&b);
+  if (tokens) *tokens = steps * (int64_t)n;
+  return sum / (double)steps;
+}
+
 /* ---------------------------------------------------------------- MoE monitoring */
 
 typedef struct MoeStat {
@@ -318,8 +373,11 @@ static void free_words(char **w, int n) {
   mc_free(w);
 }
 
+/* whole: on N devices, the whole tensors of the sharded expert parameters (by parameter
+ * index, NULL for the others: the program's), o the whole model's optimizer. */
 static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, const Config *cfg,
-                            const Corpus *corpus, int64_t step, void *const *states, int P) {
+                            const Corpus *corpus, int64_t step, void *const *states, int P,
+                            float *const *whole) {
   Graph *g = tr->g;
   Program *p = tr->p;
   int cap = g->nparams * 4 + g->nstates + 1;
@@ -328,9 +386,11 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   int n = 0;
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *x = g->params[i];
-    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, p->buf[x->id]};
+    bool w = whole && whole[i];
+    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, w ? (void *)whole[i] : p->buf[x->id]};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
+    if (w) t[n].shape[0] = o->shape[i][0]; /* o: the whole model's shapes */
     n++;
   }
   n += rt_optim_tensors(o, t + n);
@@ -402,12 +462,14 @@ static int64_t meta_int(const StFile *f, const char *key, int64_t def) {
 
 /* ---------------------------------------------------------------- training */
 
-static void init_params(Program *p, uint64_t seed) {
+/* rows: the rows each parameter holds of the whole (NULL: whole), so a device's experts
+ * start with the values one device gives them. */
+static void init_params(Program *p, uint64_t seed, const RowSel *rows) {
   Graph *g = p->g;
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
     float *h = mc_malloc((size_t)t->numel * sizeof(float));
-    rt_init_param(t, seed, h);
+    rt_init_param_rows(t, seed, rows ? &rows[i] : NULL, h);
     if (p->prec == PREC_F64) {
       double *d = mc_malloc((size_t)t->numel * sizeof(double));
       for (int64_t k = 0; k < t->numel; k++)
@@ -475,14 +537,14 @@ static void log_eval(Run *r, int64_t step, const char *split, double loss, int64
 static double run_eval(Run *r, Split split, int64_t step, double *secs_total) {
   double t0 = mc_now();
   Comm *c = r->comm;
-  if (c->size > 1) rt_md_gather_experts(c, r->tr.p); /* rank 0 evaluates the whole model */
   double loss = 0;
   int64_t tokens = 0;
-  if (c->rank == 0) {
+  if (c->size > 1) { /* every device: its rows, its experts (forward of the training program) */
+    loss = evaluate_md(c, &r->tr, r->corpus, split, &tokens);
+  } else {
     copy_params(r->ev.p, r->tr.p);
     loss = evaluate(&r->ev, r->corpus, split, &tokens);
   }
-  if (c->size > 1) c->broadcast(c, &loss, sizeof loss, 0);
   double secs = mc_now() - t0;
   *secs_total += secs;
   if (c->rank == 0) log_eval(r, step, split == SPLIT_VALID ? "valid" : "test", loss, tokens, secs);
@@ -504,19 +566,20 @@ static void **gather_states(Comm *c, Program *p) {
 }
 
 /* Collective on N devices: rank 0 writes one checkpoint with the names and shapes of
- * one device (experts and optimizer moments from their owners, every device's state rows). */
+ * one device (experts and optimizer moments gathered from their owners into temporary
+ * whole tensors on rank 0, every device's state rows). */
 static void save_run(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
   if (c->size <= 1) {
-    save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1);
+    save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1, NULL);
     return;
   }
-  rt_md_gather_experts(c, r->tr.p);
-  MdOptimSave os;
-  rt_md_optim_gather(c, r->tr.g, r->opt, &os);
+  float **whole = rt_md_gather_params(c, r->tr.p, 0);
+  Optim *ow = rt_md_optim_gather(c, r->tr.g, r->opt, 0);
   void **st = gather_states(c, r->tr.p);
-  if (c->rank == 0) save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, st, c->size);
-  rt_md_optim_restore(r->opt, &os);
+  if (c->rank == 0) save_checkpoint(path, &r->tr, ow, r->cfg, r->corpus, step, st, c->size, whole);
+  rt_md_optim_gathered_free(ow, r->opt);
+  rt_md_gathered_free(r->tr.g, whole);
   for (int i = 0; i < r->tr.g->nstates; i++)
     mc_free(st[i]);
   mc_free(st);
@@ -586,7 +649,9 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     comm_check_same(comm, "model file and settings hash", run_hash(cfg, o0));
   }
   if (o->save && rank == 0) check_writable_dir(o->save);
-  Graph *gt = build_on(f, cfg, true, B, T, P), *ge = rank == 0 ? build(f, cfg, false, B, T) : NULL;
+  /* one device evaluates on a forward-only program; N devices on the training program's
+   * forward part (evaluate_md): no second copy of the parameters */
+  Graph *gt = build_on(f, cfg, true, B, T, P, rank), *ge = P == 1 ? build(f, cfg, false, B, T) : NULL;
   double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
          eb = ge ? (double)graph_bytes(ge, 4) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
@@ -599,15 +664,15 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   r.corpus = rt_corpus_load(cfg, r.tr.vocab, vocab, nv);
   free_words(vocab, nv);
   if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
-  r.opt = rt_optim_new(cfg, gt);
-  init_params(r.tr.p, cfg->seed);
+  r.opt = rt_md_optim_new(cfg, gt);
+  RowSel *rows = rt_md_param_rows(gt); /* this device's rows of each parameter */
+  init_params(r.tr.p, cfg->seed, rows);
   int64_t start = 0;
   if (ck) {
-    rt_st_load_params(ck, r.tr.p);
-    if (rt_optim_load(r.opt, ck)) {
+    rt_st_load_params_rows(ck, r.tr.p, rows); /* a device takes its experts' rows */
+    if (rt_md_optim_load(gt, r.opt, ck)) {
       start = meta_int(ck, "train.step", r.opt->t);
       load_state(ck, r.tr.p, rank, P);
-      if (P > 1) rt_md_optim_localize(gt, r.opt, rank);
       int64_t ckseed = meta_int(ck, "train.seed", (int64_t)cfg->seed);
       if ((uint64_t)ckseed != cfg->seed)
         fprintf(stderr, "moec: note: '%s' was trained with seed %lld, this run uses %llu\n",
@@ -626,9 +691,10 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   }
   const int64_t steps = cfg->steps;
   /* header */
-  int64_t nparams = 0;
+  int64_t nparams = 0; /* the whole model's (a device holds its experts' rows) */
   for (int i = 0; i < gt->nparams; i++)
-    nparams += gt->params[i]->numel;
+    nparams += rows[i].list ? gt->params[i]->numel / rows[i].n * rows[i].global
+                            : gt->params[i]->numel;
   fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", gt->name,
           (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
           start ? "" : "\n");
@@ -764,6 +830,27 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   fprintf(r.out, "%lld steps in %.1fs (%s tokens/s), evaluation %.1fs%s%s\n", (long long)done,
           t_train, human_rate(tps, rate, sizeof rate), t_eval, o->save ? "; saved " : "",
           o->save ? o->save : "");
+  /* memory each device allocated for the model: parameters, their gradients, optimizer
+   * state (what `moec plan` prints per device), and the program's two regions */
+  enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_PERSIST, MEM_ARENA, MEM_N };
+  int64_t mem[MEM_N] = {0}, *mem_all = mc_calloc((size_t)P * MEM_N, sizeof(int64_t));
+  for (int i = 0; i < gt->nparams; i++) {
+    mem[MEM_PARAMS] += gt->params[i]->numel * (int64_t)sizeof(float);
+    mem[MEM_GRADS] += gt->params[i]->numel * (int64_t)sizeof(float);
+  }
+  mem[MEM_OPTIM] = (int64_t)rt_md_optim_bytes(r.opt);
+  mem[MEM_PERSIST] = (int64_t)r.tr.p->persist_bytes;
+  mem[MEM_ARENA] = (int64_t)r.tr.p->arena_bytes;
+  comm->all_gather(comm, mem, mem_all, sizeof mem);
+  int64_t mem_max = 0;
+  for (int d = 0; d < P; d++)
+    mem_max = MC_MAX(mem_max, mem_all[d * MEM_N + MEM_PARAMS] + mem_all[d * MEM_N + MEM_GRADS] +
+                                  mem_all[d * MEM_N + MEM_OPTIM]);
+  fprintf(r.out,
+          "memory per device: params %.3f + grads %.3f + optimizer %.3f MiB (device 0; largest "
+          "%.3f MiB); program %.3f MiB persistent + %.3f MiB arena\n",
+          mem[MEM_PARAMS] / 1048576.0, mem[MEM_GRADS] / 1048576.0, mem[MEM_OPTIM] / 1048576.0,
+          mem_max / 1048576.0, mem[MEM_PERSIST] / 1048576.0, mem[MEM_ARENA] / 1048576.0);
   if (P > 1)
     fprintf(r.out,
             "%d devices: %s tokens/s per device; rank 0 in all-to-all %.1f%% and all-reduce "
@@ -789,7 +876,18 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     json_num(&b, "train_seconds", t_train);
     json_num(&b, "floor_ppl", r.floor_nats > 0 ? exp(r.floor_nats) : NAN);
     json_num(&b, "unigram_ppl", r.corpus->syn ? exp(r.corpus->syn->unigram_nats) : NAN);
-    mc_buf_printf(&b, "}\n");
+    mc_buf_printf(&b, ",\"memory\":[");
+    for (int d = 0; d < P; d++) {
+      const int64_t *m = mem_all + d * MEM_N;
+      mc_buf_printf(&b,
+                    "%s{\"device\":%d,\"param_bytes\":%lld,\"grad_bytes\":%lld,"
+                    "\"optimizer_bytes\":%lld,\"model_bytes\":%lld,\"persist_bytes\":%lld,"
+                    "\"arena_bytes\":%lld}",
+                    d ? "," : "", d, (long long)m[MEM_PARAMS], (long long)m[MEM_GRADS],
+                    (long long)m[MEM_OPTIM], (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
+                    (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA]);
+    }
+    mc_buf_printf(&b, "]}\n");
     fputs(b.data, stdout);
     fflush(stdout);
     mc_buf_free(&b);
@@ -802,6 +900,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   mc_free(ids);
   mc_free(tg);
   rt_batcher_free(&bt);
+  mc_free(mem_all);
+  rt_md_rows_free(gt, rows);
   rt_optim_free(r.opt);
   rt_corpus_free(r.corpus);
   compiled_free(&r.tr);

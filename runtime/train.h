@@ -150,6 +150,10 @@ const char *rt_st_meta(const StFile *f, const char *key);
  * to the program's precision). Names starting with "optim." or "state." are
  * skipped. Dies naming every missing, unexpected and shape-mismatched tensor. */
 void rt_st_load_params(const StFile *f, Program *p);
+/* The same, parameter i taking rows rows[i] of the file's tensor (rows NULL, or
+ * rows[i].list NULL: the whole tensor). RowSel: see optim.c's section below. */
+struct RowSel;
+void rt_st_load_params_rows(const StFile *f, Program *p, const struct RowSel *rows);
 /* Test hook: when >= 0, rt_st_save fails after writing this many bytes. */
 extern long rt_st_fail_after;
 
@@ -169,19 +173,34 @@ typedef struct Optim {
   double last_norm; /* global gradient norm before clipping */
 } Optim;
 
+/* The rows a device holds of a tensor sharded along dim 0 (expert parameters and their
+ * optimizer state on N devices: runtime/multidev.c): the whole tensor has `global` rows,
+ * this device holds rows list[0..n), in that order. list NULL: the whole tensor. */
+typedef struct RowSel {
+  int64_t global, n;
+  const int64_t *list;
+} RowSel;
+
 /* State for the params of g (shapes bound), zeroed. */
 Optim *rt_optim_new(const Config *cfg, const Graph *g);
 void rt_optim_free(Optim *o);
 /* One update: params[i] -= ... from grads[i]; clips the global norm first. */
 void rt_optim_step(Optim *o, float *const *params, float *const *grads);
+/* The update with the gradient norm given (clipping scales by clip / norm when it
+ * exceeds clip): the global norm of a model spread over devices (multidev.c). */
+void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm);
 /* Checkpoint entries: appends its tensors to t (room for 3*n) and returns the count. */
 int rt_optim_tensors(const Optim *o, StTensor *t);
 /* Restores from a checkpoint (sets t from meta "optim.step"); dies on mismatch.
  * Returns false when the file has no optimizer state (fresh state kept). */
 bool rt_optim_load(Optim *o, const StFile *f);
+/* The same, entry i taking rows sel[i] of the file's tensors (sel NULL: all whole). */
+bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel);
 
 /* Deterministic init of one parameter: depends only on (seed, name, index). */
 void rt_init_param(const Tensor *t, uint64_t seed, float *out);
+/* The rows sel of the whole tensor (t has sel->n rows): the values one device gives them. */
+void rt_init_param_rows(const Tensor *t, uint64_t seed, const RowSel *sel, float *out);
 
 /* ---------------------------------------------------------------- train.c */
 

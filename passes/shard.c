@@ -1,0 +1,127 @@
+/* shard.c: one device's share of a placed graph's experts (docs/multidev.md, "Sharded
+ * experts"). Not in the pass list: it runs per device, after the whole pipeline, on
+ * P > 1 devices (runtime/train.c build_on through the runtime; costmodel.c for each
+ * device of the plan, then undone).
+ *
+ * An expert parameter (pass_expert_shard: a parameter whose dim 0 indexes experts
+ * [first, first + count) of a MoE layer, with the layer's expert -> device map as its
+ * owner map) keeps only the rows of its local experts, in global order: [E_r, ...].
+ * Every all_to_all of the layer receives offsets of the local experts, i32[E_r + 1].
+ * The shape rules of every node that reads a changed tensor run again (in node order),
+ * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
+ * grouped expert kernels are unchanged (they read E from the offsets and weights). The
+ * expert-row tensors keep their rows (dim 0 follows B; rt_md_widen_expert_rows sizes
+ * them). Prefix: pass_. */
+#include <string.h>
+
+#include "plan.h"
+
+bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
+  if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
+    return false;
+  int best = -1;
+  size_t bl = 0;
+  for (int i = 0; i < g->nmoe; i++) {
+    size_t l = strlen(g->moe_names[i]);
+    if (!strncmp(t->name, g->moe_names[i], l) && t->name[l] == '.' &&
+        !strchr(t->name + l + 1, '.') && l >= bl) {
+      best = i;
+      bl = l;
+    }
+  }
+  /* LAYER.w1 of a moe: dim 0 = all E experts. (An hmoe group's LAYER.gJ.w1 would be
+   * first = J*Eg, count = Eg; not attributed: hmoe layers keep their groups whole.) */
+  if (best < 0 || g->moe_nexperts[best] <= 0) return false;
+  if (s) *s = (ExpertShard){best, 0, g->moe_nexperts[best]};
+  return true;
+}
+
+int64_t pass_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list) {
+  int64_t n = 0;
+  for (int64_t e = s->first; e < s->first + s->count; e++)
+    if (g->moe_expert_dev[s->moe][e] == rank) {
+      if (list) list[n] = e;
+      n++;
+    }
+  return n;
+}
+
+static bool same_type(const Type *a, const Type *b) {
+  if (a->dtype != b->dtype || a->rank != b->rank) return false;
+  for (int d = 0; d < a->rank; d++)
+    if (!dim_eq(a->dim[d], b->dim[d])) return false;
+  return true;
+}
+
+static int moe_experts_on(const Graph *g, int moe, int rank) {
+  int n = 0;
+  for (int e = 0; e < g->moe_nexperts[moe]; e++)
+    n += g->moe_expert_dev[moe][e] == rank;
+  return n;
+}
+
+Type *pass_shard_experts(Graph *g, int rank) {
+  Type *save = mc_malloc(sizeof(Type) * (size_t)(g->ntensors + 1));
+  for (int i = 0; i < g->ntensors; i++)
+    save[i] = g->tensors[i]->ty;
+  if (!g->moe_expert_dev || g->experts_local) return save;
+  bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  for (int i = 0; i < g->nparams; i++) {
+    Tensor *t = g->params[i];
+    ExpertShard s;
+    if (!pass_expert_shard(g, t, &s)) continue;
+    int64_t n = pass_expert_local(g, &s, rank, NULL);
+    if (n < 1)
+      mc_die("device %d holds none of the experts of '%s' (layer '%s'): every device needs at "
+             "least one expert of each sharded layer",
+             rank, t->name, g->moe_names[s.moe]);
+    MOEC_ASSERT(dim_is_const(t->ty.dim[0]) && t->ty.dim[0].c == s.count);
+    t->ty.dim[0] = dim_int(n);
+    changed[t->id] = true;
+  }
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    if (n->op == OP_ALL_TO_ALL) { /* the received offsets: this device's experts */
+      int moe = (int)n->ia[0];
+      MOEC_ASSERT(moe >= 0 && moe < g->nmoe);
+      int er = moe_experts_on(g, moe, rank);
+      if (er < 1)
+        mc_die("device %d holds none of the experts of layer '%s': every device needs at least "
+               "one expert of each sharded layer",
+               rank, g->moe_names[moe]);
+      n->out[1]->ty.dim[0] = dim_int(er + 1);
+      changed[n->out[1]->id] = true;
+      continue;
+    }
+    bool touched = false;
+    for (int i = 0; i < n->nin && !touched; i++)
+      touched = changed[n->in[i]->id];
+    if (!touched) continue;
+    if (n->op == OP_FUSED || !ir_ops[n->op].shape)
+      mc_fatal("pass_shard_experts: node %d (%s, layer '%s') reads a per-device expert tensor "
+               "and has no shape rule to rerun",
+               n->id, ir_ops[n->op].name, n->layer ? n->layer : "?");
+    Type before[8];
+    MOEC_ASSERT(n->nout <= 8);
+    for (int j = 0; j < n->nout; j++)
+      before[j] = n->out[j]->ty;
+    const char *err = ir_ops[n->op].shape(g, n);
+    if (err)
+      mc_fatal("pass_shard_experts: node %d (%s, layer '%s'): %s", n->id, ir_ops[n->op].name,
+               n->layer ? n->layer : "?", err);
+    for (int j = 0; j < n->nout; j++)
+      if (!same_type(&before[j], &n->out[j]->ty)) changed[n->out[j]->id] = true;
+  }
+  mc_free(changed);
+  g->experts_local = true;
+  g->experts_rank = rank;
+  return save;
+}
+
+void pass_unshard_experts(Graph *g, Type *save) {
+  for (int i = 0; i < g->ntensors; i++)
+    g->tensors[i]->ty = save[i];
+  g->experts_local = false;
+  g->experts_rank = 0;
+  mc_free(save);
+}
