@@ -15,7 +15,7 @@
  *                link between nodes
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
- *                runtime allocates it (expert rows widened x P, all experts) and sharded
+ *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
  * Work of expert-sharded nodes is split by experts held (uniform routing). */
 #include <math.h>
 #include <string.h>
@@ -26,10 +26,6 @@
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
  * threads. The K40 / H100 cluster presets are moec simulate's (src/cmd_simulate.c). */
 const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0};
-
-static double align64(double b) {
-  return ceil(b / 64.0) * 64.0;
-}
 
 /* Seconds one collective takes for one device: bytes it sends over its links. */
 static double collective_s(const Node *n, double bytes, int P, const CostConsts *k) {
@@ -177,32 +173,61 @@ void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   mc_free(save);
 }
 
+Type *plan_device_shapes(Graph *g, int d, int devices) {
+  bool placed = devices > 1 && g->moe_expert_dev;
+  Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
+  mc_free(plan_widen_expert_rows(g, devices)); /* undone with the types */
+  return save;
+}
+
+void plan_restore_shapes(Graph *g, Type *save) {
+  pass_unshard_experts(g, save);
+}
+
+/* Elements of t at (B, T) by its (symbolic) type: the shapes of plan_device_shapes. */
+static double type_numel(const Tensor *t, int64_t B, int64_t T) {
+  double n = 1;
+  for (int q = 0; q < t->ty.rank; q++)
+    n *= (double)dim_eval(t->ty.dim[q], B, T);
+  return n;
+}
+
+/* Optimizer state elements the runtime allocates for p on a device (runtime/multidev.c
+ * rt_md_optim_new): by its per-device type; the factored moments of an [E, H] expert
+ * matrix are kept whole (global: p's bound shape). */
+static double optim_alloc_elems(const Graph *g, const Tensor *p, OptKind opt, int64_t B,
+                                int64_t T) {
+  double n = type_numel(p, B, T);
+  if (opt == OPT_ADAM) return 2 * n;
+  if (p->ty.rank < 2) return n;
+  if (g->experts_local && p->ty.rank == 2 && pass_expert_shard(g, p, NULL))
+    return (double)p->shape[0] + (double)p->shape[1];
+  double r = (double)dim_eval(p->ty.dim[p->ty.rank - 2], B, T),
+         c = (double)dim_eval(p->ty.dim[p->ty.rank - 1], B, T);
+  return n / (r * c) * (r + c);
+}
+
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k) {
   PlanCost c = {.devices = devices, .k = *k};
   c.dev = mc_calloc((size_t)devices, sizeof(DeviceCost));
   bool placed = devices > 1 && g->moe_expert_dev;
-  /* the memory plan at one device's rows: as the runtime allocates it (runtime/train.c:
-   * expert-row tensors widened to every device's rows, all experts), and sharded */
+  /* the memory plan at one device's rows as the runtime allocates it (runtime/train.c
+   * build_on: its experts only, expert-row tensors widened to every device's rows) */
   int64_t B = g->B > 0 ? g->B : 1, T = g->T > 0 ? g->T : 1;
   c.rows_per_device = (B + devices - 1) / devices;
-  MemFigures mf = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL), mr = mf;
-  if (devices > 1) {
-    int64_t *save = plan_widen_expert_rows((Graph *)g, devices); /* restored below */
-    mr = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL);
-    plan_unwiden_expert_rows((Graph *)g, save);
-  }
-  c.live_max = (double)mr.live_max;
-  double params_aligned = 0, optim_all = 0;
-  for (int i = 0; i < g->nparams; i++) {
-    params_aligned += align64(4 * numel(g->params[i]));
-    if (g->has_backward) optim_all += 4 * optim_elems(g->params[i], opt);
-  }
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
+    Type *save = plan_device_shapes((Graph *)g, d, devices); /* restored below */
+    MemFigures mr = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL);
     dc->persist_bytes = (double)mr.persist;
     dc->arena_bytes = (double)mr.arena;
-    dc->optim_alloc_bytes = optim_all;
-    dc->sharded_bytes = (double)mf.persist - params_aligned + (double)mf.arena;
+    c.live_max = fmax(c.live_max, (double)mr.live_max);
+    for (int i = 0; i < g->nparams; i++) { /* an expert-sharded parameter: its local rows */
+      dc->param_alloc_bytes += 4 * type_numel(g->params[i], c.rows_per_device, T);
+      if (g->has_backward)
+        dc->optim_alloc_bytes += 4 * optim_alloc_elems(g, g->params[i], opt, c.rows_per_device, T);
+    }
+    plan_restore_shapes((Graph *)g, save);
     for (int i = 0; i < g->nparams; i++) {
       const Tensor *p = g->params[i];
       double s = 1;
@@ -213,7 +238,6 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
         s = r && !in_set(r, d) ? 0 : 1;
       }
       dc->param_bytes += 4 * numel(p) * s;
-      dc->sharded_bytes += align64(4 * numel(p) * s);
       if (g->has_backward) {
         dc->grad_bytes += 4 * numel(p) * s;
         dc->optim_bytes += 4 * optim_elems(p, opt) * s;
@@ -255,9 +279,7 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
     DeviceCost *dc = &c.dev[d];
     maxf = dc->flops > maxf ? dc->flops : maxf;
     dc->planned_bytes = dc->persist_bytes + dc->arena_bytes + dc->optim_alloc_bytes;
-    dc->sharded_bytes += dc->optim_bytes;
     if (dc->planned_bytes > c.max_planned) c.max_planned = dc->planned_bytes;
-    if (dc->sharded_bytes > c.max_sharded) c.max_sharded = dc->sharded_bytes;
   }
   c.fits = k->mem_bytes <= 0 || c.max_planned <= k->mem_bytes;
   c.compute_s = maxf / (k->gflops * 1e9);

@@ -101,15 +101,13 @@ typedef struct DeviceCost {
   double flops; /* forward + backward per step */
   int nexperts; /* experts placed here (all MoE layers) */
   /* the memory plan (memplan.c) of this device as the runtime allocates it
-   * (runtime/train.c build_on): B/P rows, expert-row tensors widened to every device's
-   * rows (x P), every expert's parameters and optimizer state */
+   * (runtime/train.c build_on): B/P rows, its experts only (shard.c), expert-row tensors
+   * widened to every device's rows (x P) */
   double persist_bytes;     /* params, inputs, state */
   double arena_bytes;       /* activations and gradients, lifetimes overlaid */
-  double optim_alloc_bytes; /* optimizer state of every parameter */
+  double optim_alloc_bytes; /* optimizer state of its parameters */
   double planned_bytes;     /* persist + arena + optim_alloc: what is allocated */
-  /* what a sharded allocation would need: own experts' params and optimizer state only,
-   * expert rows as received under uniform routing (B/P*T*k) */
-  double sharded_bytes;
+  double param_alloc_bytes; /* its parameters (in persist): its experts' rows, the rest whole */
 } DeviceCost;
 
 typedef struct PlanCost {
@@ -121,15 +119,13 @@ typedef struct PlanCost {
   int64_t rows_per_device; /* ceil(B / devices): the batch rows the memory plan is made at */
   double live_max;         /* the memory plan's lower bound for the arena (bytes) */
   double max_planned;      /* the largest planned_bytes over devices */
-  double max_sharded;      /* the largest sharded_bytes over devices */
   bool fits;               /* max_planned <= k.mem_bytes (true when mem_bytes is 0) */
 } PlanCost;
 
 /* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The memory
- * plan per device is pass_memplan_plan at (ceil(B/devices), T, f32): planned_bytes as the
- * runtime allocates it (expert-row tensors widened x P, all experts: runtime/train.c), and
- * sharded_bytes (own experts only, expected expert rows; expert gradients in the arena at
- * all E). With one device both are the exact persist + arena + optimizer allocated. */
+ * plan per device is pass_memplan_plan at (ceil(B/devices), T, f32) on the device's shapes
+ * (plan_device_shapes): planned_bytes is what the runtime allocates (with one device the
+ * exact persist + arena + optimizer of cg_lower). */
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k);
 void plan_cost_free(PlanCost *c);
 /* The runtime's per-device shapes (runtime/train.c): every expert-row tensor (part experts,
@@ -137,6 +133,11 @@ void plan_cost_free(PlanCost *c);
  * plan_unwiden_expert_rows needs to restore the graph; the bound shapes are untouched. */
 int64_t *plan_widen_expert_rows(Graph *g, int devices);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
+/* Device d's shapes as the runtime allocates them (runtime/train.c build_on): its experts
+ * only (pass_shard_experts, on a placed graph) and every expert-row tensor widened x
+ * devices. The bound shapes are untouched; plan_restore_shapes puts the types back. */
+Type *plan_device_shapes(Graph *g, int d, int devices);
+void plan_restore_shapes(Graph *g, Type *save);
 /* FLOPs of one node on the bound graph (global: all devices together). */
 double plan_node_flops(const Node *n);
 /* Fraction of a node's work on device d (1/|set| data-parallel, expert share, ...). */

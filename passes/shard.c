@@ -16,7 +16,9 @@
 
 #include "plan.h"
 
-bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
+/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m. (An hmoe group's LAYER.gJ.w1
+ * would be first = J*Eg, count = Eg; not attributed: hmoe layers keep their groups.) */
+static bool attributed(const Graph *g, const Tensor *t, int *m) {
   if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
     return false;
   int best = -1;
@@ -29,10 +31,29 @@ bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
       bl = l;
     }
   }
-  /* LAYER.w1 of a moe: dim 0 = all E experts. (An hmoe group's LAYER.gJ.w1 would be
-   * first = J*Eg, count = Eg; not attributed: hmoe layers keep their groups whole.) */
   if (best < 0 || g->moe_nexperts[best] <= 0) return false;
-  if (s) *s = (ExpertShard){best, 0, g->moe_nexperts[best]};
+  *m = best;
+  return true;
+}
+
+/* A layer is sharded when every expert parameter of it is attributed (an hmoe's stacked
+ * groups are not: it keeps all its experts, and its all_to_alls the offsets of all E). */
+static bool layer_sharded(const Graph *g, int m) {
+  size_t l = strlen(g->moe_names[m]);
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    int mm;
+    if (t->part == PART_EXPERTS && !strncmp(t->name, g->moe_names[m], l) && t->name[l] == '.' &&
+        !attributed(g, t, &mm))
+      return false;
+  }
+  return true;
+}
+
+bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
+  int m;
+  if (!attributed(g, t, &m) || !layer_sharded(g, m)) return false;
+  if (s) *s = (ExpertShard){m, 0, g->moe_nexperts[m]};
   return true;
 }
 
@@ -64,7 +85,10 @@ Type *pass_shard_experts(Graph *g, int rank) {
   Type *save = mc_malloc(sizeof(Type) * (size_t)(g->ntensors + 1));
   for (int i = 0; i < g->ntensors; i++)
     save[i] = g->tensors[i]->ty;
-  if (!g->moe_expert_dev || g->experts_local) return save;
+  if (rank < 0 || !g->moe_expert_dev || g->experts_local) return save; /* nothing to shard */
+  bool *layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
+  for (int m = 0; m < g->nmoe; m++)
+    layer[m] = layer_sharded(g, m);
   bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int i = 0; i < g->nparams; i++) {
     Tensor *t = g->params[i];
@@ -84,6 +108,7 @@ Type *pass_shard_experts(Graph *g, int rank) {
     if (n->op == OP_ALL_TO_ALL) { /* the received offsets: this device's experts */
       int moe = (int)n->ia[0];
       MOEC_ASSERT(moe >= 0 && moe < g->nmoe);
+      if (!layer[moe]) continue;
       int er = moe_experts_on(g, moe, rank);
       if (er < 1)
         mc_die("device %d holds none of the experts of layer '%s': every device needs at least "
@@ -113,6 +138,7 @@ Type *pass_shard_experts(Graph *g, int rank) {
       if (!same_type(&before[j], &n->out[j]->ty)) changed[n->out[j]->id] = true;
   }
   mc_free(changed);
+  mc_free(layer);
   g->experts_local = true;
   g->experts_rank = rank;
   return save;

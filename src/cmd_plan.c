@@ -200,33 +200,32 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
          mib(c->comm_bytes_upper));
   printf("\n");
   if (P > 1)
-    printf("per device, as allocated (%lld of the %lld rows, expert rows x %d): ",
+    printf("device 0, as allocated (%lld of the %lld rows, its experts, expert rows x %d): ",
            (long long)c->rows_per_device, (long long)g->B, P);
-  int64_t *save = plan_widen_expert_rows((Graph *)g, P);
+  Type *save = plan_device_shapes((Graph *)g, 0, P);
   pass_recompute_report(g, c->rows_per_device, g->T, sizeof(float), stdout);
-  plan_unwiden_expert_rows((Graph *)g, save);
+  plan_restore_shapes((Graph *)g, save);
   print_fusion_text(g, fuse);
   printf("\nper device (MiB; GFLOP per step, forward + backward)\n"
          "  allocated: the memory plan at %lld rows x T = %lld, f32, as the runtime allocates "
          "it: persistent (params, inputs, state) + arena (activations, gradients) + optimizer "
          "state%s\n"
-         "  sharded: what holding only its own experts would need%s\n"
          "  estimate: params + grads + optimizer + activations kept for backward, at the "
          "device's share\n",
          (long long)c->rows_per_device, (long long)g->T,
-         P > 1 ? "; every expert's parameters, expert-row buffers for every device's rows" : "",
-         P > 1 ? " (expert rows as received under uniform routing)" : " (= allocated)");
-  printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s | %10s %12s %10s | %10s\n", "device",
-         "experts", "params", "persistent", "arena", "optimizer", "allocated", "sharded", "grads",
-         "activations", "estimate", "GFLOP");
+         P > 1 ? "; its own experts' parameters, gradients and optimizer state, expert-row "
+                 "buffers for every device's rows"
+               : "");
+  printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s %12s %10s | %10s\n", "device", "experts",
+         "params", "persistent", "arena", "optimizer", "allocated", "grads", "activations",
+         "estimate", "GFLOP");
   for (int d = 0; d < P; d++) {
     const DeviceCost *dc = &c->dev[d];
     double est = dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes;
-    printf("  %6d %7d %10.3f | %10.3f %10.3f %10.3f %10.3f | %10.3f | %10.3f %12.3f %10.3f | "
-           "%10.4f\n",
-           d, dc->nexperts, mib(dc->param_bytes), mib(dc->persist_bytes), mib(dc->arena_bytes),
-           mib(dc->optim_alloc_bytes), mib(dc->planned_bytes), mib(dc->sharded_bytes),
-           mib(dc->grad_bytes), mib(dc->act_bytes), mib(est), dc->flops / 1e9);
+    printf("  %6d %7d %10.3f | %10.3f %10.3f %10.3f %10.3f | %10.3f %12.3f %10.3f | %10.4f\n", d,
+           dc->nexperts, mib(dc->param_bytes), mib(dc->persist_bytes), mib(dc->arena_bytes),
+           mib(dc->optim_alloc_bytes), mib(dc->planned_bytes), mib(dc->grad_bytes),
+           mib(dc->act_bytes), mib(est), dc->flops / 1e9);
   }
   printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
   printf("\ncost model (%s): %.0f GFLOP/s per device, link %.0f GB/s, latency %.0f us per "
@@ -246,7 +245,7 @@ static void json_str(const char *s) {
 
 /* At one device's rows and shapes, as the runtime allocates them. */
 static void print_json_recompute(const Graph *g, int64_t B, int P) {
-  int64_t *save = plan_widen_expert_rows((Graph *)g, P); /* as allocated */
+  Type *save = plan_device_shapes((Graph *)g, 0, P); /* device 0 as allocated */
   RecomputeSummary rs = pass_recompute_summary(g, B, g->T, sizeof(float));
   printf(",\n \"recompute\": {\"rows\": %lld, \"segments\": %d, \"nodes_repeated\": %d, \"flops\": "
          "%.0f, "
@@ -283,7 +282,7 @@ static void print_json_recompute(const Graph *g, int64_t B, int P) {
     printf(", \"nodes\": %d, \"flops\": %.0f, \"dropped_bytes\": %.0f}", nodes, fl, bytes);
   }
   mc_free(d);
-  plan_unwiden_expert_rows((Graph *)g, save);
+  plan_restore_shapes((Graph *)g, save);
   printf("]}");
 }
 
@@ -363,17 +362,15 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
     printf("%s\n  {\"device\": %d, \"experts\": %d, \"param_bytes\": %.0f, \"grad_bytes\": %.0f, "
            "\"optimizer_bytes\": %.0f, \"activation_bytes\": %.0f, \"estimate_bytes\": %.0f, "
            "\"persist_bytes\": %.0f, \"arena_bytes\": %.0f, \"optimizer_allocated_bytes\": %.0f, "
-           "\"planned_bytes\": %.0f, \"sharded_bytes\": %.0f, "
-           "\"flops\": %.0f}",
+           "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
            dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
            dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
-           dc->sharded_bytes, dc->flops);
+           dc->param_alloc_bytes, dc->flops);
   }
   printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
-         "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f, \"max_sharded_bytes\": %.0f}",
-         (long long)c->rows_per_device, (long long)g->T, c->live_max, c->max_planned,
-         c->max_sharded);
+         "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f}",
+         (long long)c->rows_per_device, (long long)g->T, c->live_max, c->max_planned);
   print_json_recompute(g, c->rows_per_device, c->devices);
   print_json_fusion(g);
   printf(",\n \"comm_bytes_expected\": %.0f, \"comm_bytes_upper\": %.0f,\n", c->comm_bytes_expected,

@@ -293,10 +293,9 @@ int cmd_simulate(int argc, char **argv) {
            maxf, c.comm_bytes_expected);
     printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
-           "\"sharded_bytes\": %.0f, "
            "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
-           w->planned_bytes, w->sharded_bytes,
+           w->planned_bytes,
            w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes, cl.k.mem_bytes,
            c.fits ? "true" : "false");
   } else {
@@ -319,10 +318,10 @@ int cmd_simulate(int argc, char **argv) {
     printf("communication  %.4g MiB a step (all devices, expected), %.4g MiB upper\n",
            c.comm_bytes_expected / 1048576.0, c.comm_bytes_upper / 1048576.0);
     printf("memory/device  %.3f GiB allocated on device %d = persistent %.3f + arena %.3f + "
-           "optimizer %.3f (the memory plan at %lld rows, as the runtime allocates it); "
-           "sharded %.3f GiB (own experts only); estimate %.3f GiB; params %.3f GiB\n",
+           "optimizer %.3f (the memory plan at %lld rows, as the runtime allocates it: its own "
+           "experts); estimate %.3f GiB; params %.3f GiB\n",
            gib(w->planned_bytes), worst, gib(w->persist_bytes), gib(w->arena_bytes),
-           gib(w->optim_alloc_bytes), (long long)c.rows_per_device, gib(w->sharded_bytes),
+           gib(w->optim_alloc_bytes), (long long)c.rows_per_device,
            gib(w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes),
            gib(w->param_bytes));
     if (cl.k.mem_bytes <= 0)

@@ -85,13 +85,13 @@ set_tests_properties(plan_fusion_groups PROPERTIES LABELS plan SKIP_RETURN_CODE 
                      PASS_REGULAR_EXPRESSION "ok")
 # the new JSON keys, on 4 devices; the memory plan with one device is what memplan assigns
 add_test(NAME plan_json_memory
-         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert {\"recompute\",\"fusion\",\"memory\"} <= set(d); m=d[\"memory\"]; assert m[\"rows_per_device\"] == 8 and m[\"max_planned_bytes\"] > 0; assert all(abs(p[\"planned_bytes\"] - p[\"persist_bytes\"] - p[\"arena_bytes\"] - p[\"optimizer_allocated_bytes\"]) <= 2 and p[\"sharded_bytes\"] < p[\"planned_bytes\"] and p[\"arena_bytes\"] > 0 and p[\"estimate_bytes\"] > 0 for p in d[\"per_device\"]); assert {\"segments\",\"segs\",\"saved_bytes\",\"flops\",\"arena_bytes\",\"arena_without_bytes\"} <= set(d[\"recompute\"]); assert {\"groups\",\"fused\",\"kernel_calls_before\",\"kernel_calls_after\"} <= set(d[\"fusion\"]); print(\"ok\")'"
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert {\"recompute\",\"fusion\",\"memory\"} <= set(d); m=d[\"memory\"]; assert m[\"rows_per_device\"] == 8 and m[\"max_planned_bytes\"] > 0; assert all(abs(p[\"planned_bytes\"] - p[\"persist_bytes\"] - p[\"arena_bytes\"] - p[\"optimizer_allocated_bytes\"]) <= 2 and p[\"param_allocated_bytes\"] < p[\"planned_bytes\"] and p[\"arena_bytes\"] > 0 and p[\"estimate_bytes\"] > 0 for p in d[\"per_device\"]); assert {\"segments\",\"segs\",\"saved_bytes\",\"flops\",\"arena_bytes\",\"arena_without_bytes\"} <= set(d[\"recompute\"]); assert {\"groups\",\"fused\",\"kernel_calls_before\",\"kernel_calls_after\"} <= set(d[\"fusion\"]); print(\"ok\")'"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_json_memory PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
 add_test(NAME plan_cli_text_sections
          COMMAND moec plan ${MOEC_PLAN_EX} --devices 4 --recompute m)
 set_tests_properties(plan_cli_text_sections PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
-  "per device, as allocated \\(8 of the 32 rows, expert rows x 4\\): recompute \\(B=8, T=20, f32\\): 1 segments.*segment 0  m: repeats grouped_matmul.*fused groups: .*allocated: the memory plan at 8 rows.*persistent +arena +optimizer +allocated [|] +sharded")
+  "device 0, as allocated \\(8 of the 32 rows, its experts, expert rows x 4\\): recompute \\(B=8, T=20, f32\\): 1 segments.*segment 0  m: repeats grouped_matmul.*fused groups: .*allocated: the memory plan at 8 rows.*persistent +arena +optimizer +allocated [|] +grads")
 add_test(NAME plan_dot_fused
          COMMAND sh -c "command -v dot >/dev/null || { echo 'SKIP: graphviz dot is not installed'; exit 77; }; ${MOEC_PLAN_FUSE_SKIP} \"$1\" plan \"$2\" --format dot > plan_fused.gv && grep -q 'subgraph cluster_fused' plan_fused.gv && dot -Tsvg plan_fused.gv -o plan_fused.svg && grep -q '<svg' plan_fused.svg && echo ok"
                  sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe)

@@ -4,7 +4,8 @@
 # devices and on 2 and 4 MPI ranks, under the paper strategy (contiguous and
 # round_robin experts) and data_parallel; checkpoints saved on 4 devices load on 1
 # and 2 with the same eval loss; the error cases. Exit 77 (skipped) without mpirun.
-# CASE: paper | round_robin | data_parallel | balanced | mpi | reshard | errors
+# CASE: paper | round_robin | data_parallel | balanced | mpi | reshard | errors | factored |
+#       memory
 set -u
 MOEC=$1
 CASE=$2
@@ -118,14 +119,69 @@ errors)
   sed 's/experts=8, k=2/experts=8, k=2, gating=batchwise/' "$W/m.moe" >"$W/bw.moe"
   out=$("$MOEC" run "$W/bw.moe" --devices 2 2>&1) && fail "batchwise gating on 2 devices ran"
   echo "$out" | grep -q "gating = batchwise: not supported on more than one device" || fail "bw: $out"
-  sed 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe" >"$W/fa.moe"
-  out=$("$MOEC" run "$W/fa.moe" --devices 2 2>&1) && fail "factored with sharded experts ran"
-  echo "$out" | grep -q "factored optimizer with experts sharded" || fail "factored: $out"
-  # ... but factored under data_parallel runs, with the losses of one device
-  sed 's/strategy = paper/strategy = data_parallel/' "$W/fa.moe" >"$W/fadp.moe"
-  losses fa1 "$MOEC" run "$W/fadp.moe"
-  losses fa2 "$MOEC" run "$W/fadp.moe" --devices 2
-  same fa1 fa2
+  ;;
+factored)
+  # the factored optimizer (appendix D) with sharded experts: [E, a, b] weights are E
+  # matrices (moments sharded with them), [E, H] biases factored over all experts (kept
+  # whole); the losses of one device, under data_parallel too; and a factored checkpoint
+  # saved on 4 devices resumes on 1 and 2
+  model paper round_robin
+  sed -i 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe"
+  losses fa1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    losses fa$p "$MOEC" run "$W/m.moe" --devices $p
+    same fa1 fa$p
+  done
+  sed 's/strategy = paper/strategy = data_parallel/' "$W/m.moe" >"$W/fadp.moe"
+  losses dp2 "$MOEC" run "$W/fadp.moe" --devices 2
+  same fa1 dp2
+  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/fa4.safetensors" >"$W/s4.out" 2>&1 ||
+    { cat "$W/s4.out"; fail "factored: save on 4 devices"; }
+  sed -i 's/steps = 20/steps = 40/' "$W/m.moe"
+  losses fr1 "$MOEC" run "$W/m.moe" --load "$W/fa4.safetensors"
+  losses fr2 "$MOEC" run "$W/m.moe" --load "$W/fa4.safetensors" --devices 2
+  same fr1 fr2
+  ;;
+memory)
+  # each device allocates only its experts' parameters, gradients and optimizer state:
+  # the memory `moec run --json` reports per device falls from 1 to 2 to 4 devices and
+  # equals what `moec plan` prints for each device (parameters, optimizer, persistent,
+  # arena); the eval losses (on the N-device program) are one device's
+  for opt in adam factored; do
+    model paper round_robin
+    [ $opt = factored ] && sed -i 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe"
+    for p in 1 2 4; do
+      "$MOEC" run "$W/m.moe" --devices $p --json --quiet >"$W/run$p.json" 2>"$W/run$p.err" ||
+        { cat "$W/run$p.err"; fail "$opt: run on $p devices"; }
+      "$MOEC" plan "$W/m.moe" --devices $p --format json >"$W/plan$p.json" ||
+        fail "$opt: plan on $p devices"
+    done
+    /usr/bin/python3 - "$W" $opt <<'PY' || fail "$opt: memory per device"
+import json, sys
+w, opt = sys.argv[1], sys.argv[2]
+prev = None
+for p in (1, 2, 4):
+    run = json.load(open(f"{w}/run{p}.json"))
+    plan = json.load(open(f"{w}/plan{p}.json"))
+    mem, dev = run["memory"], plan["per_device"]
+    assert len(mem) == p and len(dev) == p, (len(mem), len(dev))
+    for m, d in zip(mem, dev):
+        for a, b in (("param_bytes", "param_allocated_bytes"),
+                     ("optimizer_bytes", "optimizer_allocated_bytes"),
+                     ("persist_bytes", "persist_bytes"), ("arena_bytes", "arena_bytes")):
+            assert m[a] == d[b], (opt, p, m["device"], a, m[a], b, d[b])
+    top = max(m["param_bytes"] for m in mem)
+    print(f"{opt} {p} devices: params {top} bytes, params+grads+optimizer "
+          f"{max(m['model_bytes'] for m in mem)} bytes per device (= the plan's)")
+    assert prev is None or top < prev, (opt, p, top, prev)
+    prev = top
+    if p == 1:
+        ppl1 = run["test_ppl"], run["valid_ppl"]
+    else:
+        for a, b in zip(ppl1, (run["test_ppl"], run["valid_ppl"])):
+            assert abs(a - b) <= 1e-5 * a, (opt, p, "eval", a, b)
+PY
+  done
   ;;
 *) fail "unknown case $CASE" ;;
 esac

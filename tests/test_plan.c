@@ -382,7 +382,7 @@ static void test_cost_memplan_cluster(void) {
   CHECK(c.dev[0].persist_bytes == (double)mf.persist && c.dev[0].arena_bytes == (double)mf.arena);
   CHECK(c.dev[0].planned_bytes == (double)(mf.persist + mf.arena) + c.dev[0].optim_bytes);
   CHECK(c.dev[0].optim_alloc_bytes == c.dev[0].optim_bytes);
-  CHECK(c.dev[0].sharded_bytes == c.dev[0].planned_bytes); /* one device: nothing to shard */
+  CHECK(c.dev[0].param_alloc_bytes == c.dev[0].param_bytes); /* one device: every parameter */
   double planned1 = c.dev[0].planned_bytes;
   plan_cost_free(&c);
   done(&b);
@@ -397,10 +397,9 @@ static void test_cost_memplan_cluster(void) {
   PlanCost cf = plan_cost(b.g, 4, OPT_ADAM, &flat), cs = plan_cost(b.g, 4, OPT_ADAM, &slow),
            cn = plan_cost(b.g, 4, OPT_ADAM, &nodes);
   CHECK(cf.rows_per_device == 4);
-  /* 1/4 of the experts and of the rows when sharded; as allocated, expert-row buffers for
-   * every device's rows and all experts: more than the sharded need */
-  CHECK(cf.dev[0].sharded_bytes < planned1);
-  CHECK(cf.dev[0].sharded_bytes < cf.dev[0].planned_bytes);
+  /* 1/4 of the experts and of the rows: less memory per device, parameters as estimated */
+  CHECK(cf.dev[0].planned_bytes < planned1);
+  CHECK(cf.dev[0].param_alloc_bytes == cf.dev[0].param_bytes);
   CHECK(cf.comm_s < cn.comm_s && cn.comm_s <= cs.comm_s);
   CHECK(cf.compute_s == cn.compute_s && cf.fits && !cn.fits);
   plan_cost_free(&cf);
