@@ -1,6 +1,6 @@
 /* comm_util.c: backend-independent helpers of the communicator (comm.h): the counts
- * exchange before an all-to-allv, the variable-size gather, displacements, the cross-rank consistency check,
- * the timeout setting, error printing, and the single-device communicator. */
+ * exchange before an all-to-allv, the variable-size gather, displacements, the cross-rank
+ * consistency check, the timeout setting, error printing, and the single-device communicator. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif

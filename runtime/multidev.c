@@ -134,7 +134,8 @@ size_t rt_md_optim_bytes(const Optim *o) {
   size_t b = 0;
   for (int i = 0; i < o->n; i++) {
     bool f = o->kind == OPT_FACTORED && o->prank[i] >= 2;
-    int64_t rows = f ? o->shape[i][o->prank[i] - 2] : 0, cols = f ? o->shape[i][o->prank[i] - 1] : 0;
+    int64_t rows = f ? o->shape[i][o->prank[i] - 2] : 0,
+            cols = f ? o->shape[i][o->prank[i] - 1] : 0;
     int64_t lead = f ? o->numel[i] / MC_MAX(1, rows * cols) : 0;
     b += (size_t)(o->m[i] ? o->numel[i] : 0) + (size_t)(o->v[i] ? o->numel[i] : 0) +
          (size_t)(o->vr[i] ? lead * rows : 0) + (size_t)(o->vc[i] ? lead * cols : 0);
@@ -223,8 +224,8 @@ Optim *rt_md_optim_gather(Comm *c, const Graph *g, const Optim *o, int root) {
   }
   for (int i = 0; i < o->n; i++) {
     ExpertShard s;
-    bool sharded = g->experts_local && !whole_entry(g, o, i) &&
-                   pass_expert_shard(g, g->params[i], &s);
+    bool sharded =
+        g->experts_local && !whole_entry(g, o, i) && pass_expert_shard(g, g->params[i], &s);
     if (!sharded) { /* whole on every device: root's own */
       if (me) {
         w->m[i] = o->m[i];

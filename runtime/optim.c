@@ -234,7 +234,8 @@ bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel) {
       load_one(f, "vc", o->names[i], o->vc[i], lead * cols, sel ? &sel[i] : NULL);
       continue;
     }
-    if (o->kind == OPT_ADAM) load_one(f, "m", o->names[i], o->m[i], o->numel[i], sel ? &sel[i] : NULL);
+    if (o->kind == OPT_ADAM)
+      load_one(f, "m", o->names[i], o->m[i], o->numel[i], sel ? &sel[i] : NULL);
     load_one(f, "v", o->names[i], o->v[i], o->numel[i], sel ? &sel[i] : NULL);
   }
   o->t = t;

@@ -241,6 +241,8 @@ static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split spl
     p->be->download(saved[i], p->buf[s->id], (size_t)s->numel * p->elem);
   }
   zero_state(p);
+  double comm_s[2] = {0, 0}; /* the collectives' time is training's: not evaluation's */
+  if (c->rank < RT_INPROC_MAX) memcpy(comm_s, rt_md_comm_seconds[c->rank], sizeof comm_s);
   KernelCtx ctx = {.training = false,
                    .seed = 0,
                    .step = 0,
@@ -260,6 +262,7 @@ static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split spl
     rt_carry_state(p);
   }
   c->all_reduce_sum_f64(c, &sum, 1);
+  if (c->rank < RT_INPROC_MAX) memcpy(rt_md_comm_seconds[c->rank], comm_s, sizeof comm_s);
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *s = g->states[i].state;
     p->be->upload(p->buf[s->id], saved[i], (size_t)s->numel * p->elem);
@@ -651,7 +654,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   if (o->save && rank == 0) check_writable_dir(o->save);
   /* one device evaluates on a forward-only program; N devices on the training program's
    * forward part (evaluate_md): no second copy of the parameters */
-  Graph *gt = build_on(f, cfg, true, B, T, P, rank), *ge = P == 1 ? build(f, cfg, false, B, T) : NULL;
+  Graph *gt = build_on(f, cfg, true, B, T, P, rank),
+        *ge = P == 1 ? build(f, cfg, false, B, T) : NULL;
   double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
          eb = ge ? (double)graph_bytes(ge, 4) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
@@ -693,8 +697,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   /* header */
   int64_t nparams = 0; /* the whole model's (a device holds its experts' rows) */
   for (int i = 0; i < gt->nparams; i++)
-    nparams += rows[i].list ? gt->params[i]->numel / rows[i].n * rows[i].global
-                            : gt->params[i]->numel;
+    nparams +=
+        rows[i].list ? gt->params[i]->numel / rows[i].n * rows[i].global : gt->params[i]->numel;
   fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", gt->name,
           (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
           start ? "" : "\n");
@@ -884,7 +888,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
                     "\"optimizer_bytes\":%lld,\"model_bytes\":%lld,\"persist_bytes\":%lld,"
                     "\"arena_bytes\":%lld}",
                     d ? "," : "", d, (long long)m[MEM_PARAMS], (long long)m[MEM_GRADS],
-                    (long long)m[MEM_OPTIM], (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
+                    (long long)m[MEM_OPTIM],
+                    (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
                     (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA]);
     }
     mc_buf_printf(&b, "]}\n");

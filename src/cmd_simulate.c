@@ -295,9 +295,8 @@ int cmd_simulate(int argc, char **argv) {
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
            "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
-           w->planned_bytes,
-           w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes, cl.k.mem_bytes,
-           c.fits ? "true" : "false");
+           w->planned_bytes, w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes,
+           cl.k.mem_bytes, c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
     printf("  constants: %g GFLOP/s sustained per device (peak %g), %g GiB per device\n",
@@ -318,8 +317,8 @@ int cmd_simulate(int argc, char **argv) {
     printf("communication  %.4g MiB a step (all devices, expected), %.4g MiB upper\n",
            c.comm_bytes_expected / 1048576.0, c.comm_bytes_upper / 1048576.0);
     printf("memory/device  %.3f GiB allocated on device %d = persistent %.3f + arena %.3f + "
-           "optimizer %.3f (the memory plan at %lld rows, as the runtime allocates it: its own "
-           "experts); estimate %.3f GiB; params %.3f GiB\n",
+           "optimizer %.3f (the memory plan at %lld rows, as the runtime allocates it); "
+           "estimate %.3f GiB; params %.3f GiB\n",
            gib(w->planned_bytes), worst, gib(w->persist_bytes), gib(w->arena_bytes),
            gib(w->optim_alloc_bytes), (long long)c.rows_per_device,
            gib(w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes),
