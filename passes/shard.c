@@ -11,7 +11,9 @@
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
  * expert-row tensors keep their rows (dim 0 follows B; rt_md_widen_expert_rows sizes
- * them). Prefix: pass_. */
+ * them). A device that holds none of a layer's experts (outside its on(...) set) keeps
+ * that layer whole: the runtime refuses such a device (rt_md_prepare), the plan shows
+ * it as allocated whole. Prefix: pass_. */
 #include <string.h>
 
 #include "plan.h"
@@ -87,18 +89,15 @@ Type *pass_shard_experts(Graph *g, int rank) {
     save[i] = g->tensors[i]->ty;
   if (rank < 0 || !g->moe_expert_dev || g->experts_local) return save; /* nothing to shard */
   bool *layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
-  for (int m = 0; m < g->nmoe; m++)
-    layer[m] = layer_sharded(g, m);
+  for (int m = 0; m < g->nmoe; m++) /* a device outside the layer's set (on(...)) keeps it */
+    layer[m] = layer_sharded(g, m) && moe_experts_on(g, m, rank) > 0;
   bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int i = 0; i < g->nparams; i++) {
     Tensor *t = g->params[i];
     ExpertShard s;
-    if (!pass_expert_shard(g, t, &s)) continue;
+    if (!pass_expert_shard(g, t, &s) || !layer[s.moe]) continue;
     int64_t n = pass_expert_local(g, &s, rank, NULL);
-    if (n < 1)
-      mc_die("device %d holds none of the experts of '%s' (layer '%s'): every device needs at "
-             "least one expert of each sharded layer",
-             rank, t->name, g->moe_names[s.moe]);
+    MOEC_ASSERT(n >= 1);
     MOEC_ASSERT(dim_is_const(t->ty.dim[0]) && t->ty.dim[0].c == s.count);
     t->ty.dim[0] = dim_int(n);
     changed[t->id] = true;
@@ -110,10 +109,6 @@ Type *pass_shard_experts(Graph *g, int rank) {
       MOEC_ASSERT(moe >= 0 && moe < g->nmoe);
       if (!layer[moe]) continue;
       int er = moe_experts_on(g, moe, rank);
-      if (er < 1)
-        mc_die("device %d holds none of the experts of layer '%s': every device needs at least "
-               "one expert of each sharded layer",
-               rank, g->moe_names[moe]);
       n->out[1]->ty.dim[0] = dim_int(er + 1);
       changed[n->out[1]->id] = true;
       continue;

@@ -15,8 +15,25 @@
 /* OpenBLAS: one thread per device thread (no oversubscription). */
 void openblas_set_num_threads(int n);
 
+/* Dies when `rank` holds none of a sharded layer's experts (outside an on(...) set). */
+static void check_experts_on(const Graph *g, int rank) {
+  for (int m = 0; g->moe_expert_dev && m < g->nmoe; m++) {
+    int mine = 0, sharded = 0; /* -1: replicated experts (data_parallel, replicate) */
+    for (int e = 0; e < g->moe_nexperts[m]; e++) {
+      mine += g->moe_expert_dev[m][e] == rank;
+      sharded += g->moe_expert_dev[m][e] >= 0;
+    }
+    if (sharded && !mine)
+      mc_die("device %d holds none of the experts of layer '%s' (place ... : on(...) leaves it "
+             "out): a device outside a sharded layer's device set is not supported by the "
+             "multi-device runtime yet",
+             rank, g->moe_names[m]);
+  }
+}
+
 void rt_md_prepare(Graph *g, int rank, int P) {
   if (P <= 1) return;
+  check_experts_on(g, rank);
   mc_free(pass_shard_experts(g, rank)); /* this device's experts only */
   rt_md_widen_expert_rows(g, P);        /* room for the rows of every device */
 }
@@ -349,6 +366,8 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch / P, cfg->unroll);
   rt_md_check_graph(g, P);
+  for (int r = 0; r < P; r++)
+    check_experts_on(g, r);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));
 }
