@@ -73,6 +73,18 @@ mpi)
       same d1 mpi$p
     done
   done
+  # a checkpoint saved by 2 ranks (factored optimizer: experts and moments gathered from
+  # their owners through the MPI communicator) evaluates like one device's
+  model paper round_robin
+  sed -i 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe"
+  mpi_env 2 "$MOEC" run "$W/m.moe" --quiet --save "$W/ckm.safetensors" >"$W/sm.out" 2>&1 ||
+    { cat "$W/sm.out"; fail "save on 2 MPI ranks"; }
+  "$MOEC" run "$W/m.moe" --quiet --save "$W/ck1.safetensors" >"$W/s1.out" 2>&1 || fail "save on 1"
+  em=$("$MOEC" eval "$W/m.moe" --load "$W/ckm.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  e0=$("$MOEC" eval "$W/m.moe" --load "$W/ck1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  echo "eval loss: saved by 2 MPI ranks $em, by 1 device $e0"
+  awk -v a="$e0" -v b="$em" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "a checkpoint from 2 MPI ranks evaluates differently ($em vs $e0)"
   # inconsistent files across ranks: one rank trains another seed
   sed 's/seed = 3/seed = 4/' "$W/m.moe" >"$W/other.moe"
   out=$(mpi_env 1 "$MOEC" run "$W/m.moe" --quiet : -np 1 "$MOEC" run "$W/other.moe" --quiet 2>&1) &&
