@@ -150,6 +150,27 @@ static void comm_basic_checks(Comm *c, CommErrors *e) {
              all[3 * p] == (uint64_t)p && all[3 * p + 1] == (uint64_t)p * p && all[3 * p + 2] == 42,
              "all_gather: wrong entry of rank %d", p);
 
+  /* comm_gatherv: uneven sizes (rank 1 sends nothing), to one root and to all */
+  int64_t gc[64], gtot = 0;
+  for (int p = 0; p < n; p++) {
+    gc[p] = p == 1 ? 0 : 5 + 13 * p;
+    gtot += gc[p];
+  }
+  unsigned char gs[64 * 13 + 5], gr[64 * 64 * 13 + 64 * 5 + 1];
+  for (int i = 0; i < gc[me]; i++)
+    gs[i] = (unsigned char)(me * 7 + i);
+  for (int k = 0; k < 2; k++) {
+    int r = k == 0 ? -1 : n - 1; /* to every rank, then to the last */
+    memset(gr, 0xee, sizeof gr);
+    comm_gatherv(c, gs, gr, gc, r);
+    if (r >= 0 && me != r) continue;
+    int64_t at = 0, bad = 0;
+    for (int p = 0; p < n; p++)
+      for (int i = 0; i < gc[p]; i++)
+        bad += gr[at++] != (unsigned char)(p * 7 + i);
+    cc_check(e, bad == 0 && gr[gtot] == 0xee, "gatherv to %d: %lld wrong bytes", r, (long long)bad);
+  }
+
   unsigned char b[1000];
   for (int root = 0; root < n; root++) {
     for (int i = 0; i < 1000; i++)
