@@ -153,17 +153,15 @@ void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double 
 
 /* ---------------------------------------------------------------- checkpoint state */
 
-static _Thread_local McArena name_arena; /* names of checkpoint entries */
-
-int rt_optim_tensors(const Optim *o, StTensor *t) {
+int rt_optim_tensors(const Optim *o, StTensor *t, McArena *names) {
   int n = 0;
   for (int i = 0; i < o->n; i++) {
     int r = o->prank[i];
     if (factored(o, i)) {
       StTensor a = {
-          mc_arena_printf(&name_arena, "optim.vr.%s", o->names[i]), ST_F32, r - 1, {0}, o->vr[i]};
+          mc_arena_printf(names, "optim.vr.%s", o->names[i]), ST_F32, r - 1, {0}, o->vr[i]};
       StTensor b = {
-          mc_arena_printf(&name_arena, "optim.vc.%s", o->names[i]), ST_F32, r - 1, {0}, o->vc[i]};
+          mc_arena_printf(names, "optim.vc.%s", o->names[i]), ST_F32, r - 1, {0}, o->vc[i]};
       for (int d = 0; d < r - 2; d++)
         a.shape[d] = b.shape[d] = o->shape[i][d];
       a.shape[r - 2] = o->shape[i][r - 2];
@@ -172,11 +170,11 @@ int rt_optim_tensors(const Optim *o, StTensor *t) {
       t[n++] = b;
       continue;
     }
-    StTensor v = {mc_arena_printf(&name_arena, "optim.v.%s", o->names[i]), ST_F32, r, {0}, o->v[i]};
+    StTensor v = {mc_arena_printf(names, "optim.v.%s", o->names[i]), ST_F32, r, {0}, o->v[i]};
     memcpy(v.shape, o->shape[i], sizeof(int64_t) * (size_t)r);
     if (o->kind == OPT_ADAM) {
       StTensor m = v;
-      m.name = mc_arena_printf(&name_arena, "optim.m.%s", o->names[i]);
+      m.name = mc_arena_printf(names, "optim.m.%s", o->names[i]);
       m.data = o->m[i];
       t[n++] = m;
     }

@@ -396,7 +396,7 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
     if (w) t[n].shape[0] = o->shape[i][0]; /* o: the whole model's shapes */
     n++;
   }
-  n += rt_optim_tensors(o, t + n);
+  n += rt_optim_tensors(o, t + n, &names);
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *x = g->states[i].state;
     t[n] = (StTensor){mc_arena_printf(&names, "state.%s", x->name),

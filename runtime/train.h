@@ -189,8 +189,9 @@ void rt_optim_step(Optim *o, float *const *params, float *const *grads);
 /* The update with the gradient norm given (clipping scales by clip / norm when it
  * exceeds clip): the global norm of a model spread over devices (multidev.c). */
 void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm);
-/* Checkpoint entries: appends its tensors to t (room for 3*n) and returns the count. */
-int rt_optim_tensors(const Optim *o, StTensor *t);
+/* Checkpoint entries: appends its tensors to t (room for 3*n) and returns the count;
+ * their names live in `names` (the caller frees it after writing). */
+int rt_optim_tensors(const Optim *o, StTensor *t, McArena *names);
 /* Restores from a checkpoint (sets t from meta "optim.step"); dies on mismatch.
  * Returns false when the file has no optimizer state (fresh state kept). */
 bool rt_optim_load(Optim *o, const StFile *f);

@@ -196,12 +196,14 @@ static void test_state_roundtrip(OptKind kind) {
     rt_optim_step(a, pp, gg);
   }
   StTensor st[8];
-  int n = rt_optim_tensors(a, st);
+  McArena names = {0};
+  int n = rt_optim_tensors(a, st, &names);
   CHECK(n == (kind == OPT_ADAM ? 4 : 3));
   char step[32];
   snprintf(step, sizeof step, "%lld", (long long)a->t);
   const char *meta[] = {"optim.step", step, "optim.kind", kind == OPT_ADAM ? "adam" : "factored"};
   rt_st_save(path, st, n, meta, 2);
+  mc_arena_free(&names);
   Optim *b = rt_optim_new(&cfg, &m.g);
   StFile *f = rt_st_open(path);
   CHECK(rt_optim_load(b, f));
