@@ -72,28 +72,30 @@ void rt_md_rows_free(const Graph *g, RowSel *r) {
   mc_free(r);
 }
 
-/* Collective: the whole tensor of an expert parameter's rows (`per` floats each) from
- * every device's local rows, into full (s->count * per floats) on root, or on every
- * device when root < 0. Rows arrive in rank order and go to their global place. */
-static void gather_rows(Comm *c, const Graph *g, const ExpertShard *s, const float *local,
-                        int64_t per, float *full, int root) {
+/* Collective: the whole tensor of an expert parameter's rows (`per` elements of `elem`
+ * bytes each) from every device's local rows, into full (s->count * per elements) on
+ * root, or on every device when root < 0. Rows arrive in rank order and go to their
+ * global place. */
+static void gather_rows(Comm *c, const Graph *g, const ExpertShard *s, const void *local,
+                        int64_t per, size_t elem, void *full, int root) {
   int P = c->size;
+  size_t row = (size_t)per * elem;
   int64_t *counts = mc_calloc((size_t)P, sizeof(int64_t)), total = 0;
   for (int p = 0; p < P; p++) {
-    counts[p] = pass_expert_local(g, s, p, NULL) * per * (int64_t)sizeof(float);
+    counts[p] = pass_expert_local(g, s, p, NULL) * (int64_t)row;
     total += counts[p];
   }
   bool me = root < 0 || c->rank == root;
-  float *recv = me ? mc_malloc((size_t)MC_MAX(total, 1)) : NULL;
+  char *recv = me ? mc_malloc((size_t)MC_MAX(total, 1)) : NULL;
   comm_gatherv(c, local, recv, counts, root);
   if (me) {
     int64_t *list = mc_malloc(sizeof(int64_t) * (size_t)s->count), at = 0;
     for (int p = 0; p < P; p++) {
       int64_t n = pass_expert_local(g, s, p, list);
-      for (int64_t j = 0; j < n; j++, at += per)
-        memcpy(full + (list[j] - s->first) * per, recv + at, (size_t)per * sizeof(float));
+      for (int64_t j = 0; j < n; j++, at += (int64_t)row)
+        memcpy((char *)full + (size_t)(list[j] - s->first) * row, recv + at, row);
     }
-    MOEC_ASSERT(at * (int64_t)sizeof(float) == total);
+    MOEC_ASSERT(at == total);
     mc_free(list);
   }
   mc_free(recv);
@@ -110,7 +112,7 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
     if (!pass_expert_shard(g, t, &s)) continue;
     int64_t per = t->numel / t->shape[0];
     if (c->rank == root) full[i] = mc_malloc((size_t)(s.count * per) * sizeof(float));
-    gather_rows(c, g, &s, cg_f32(p, t), per, full[i], root);
+    gather_rows(c, g, &s, cg_f32(p, t), per, sizeof(float), full[i], root);
   }
   return full;
 }
@@ -188,8 +190,8 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     int64_t per = o->shape[i][1];
     pp[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
     gg[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
-    gather_rows(c, g, &s, params[i], per, pp[i], -1);
-    gather_rows(c, g, &s, grads[i], per, gg[i], -1);
+    gather_rows(c, g, &s, params[i], per, sizeof(float), pp[i], -1);
+    gather_rows(c, g, &s, grads[i], per, sizeof(float), gg[i], -1);
   }
   rt_optim_apply(o, pp, gg, sqrt(ss[0] + ss[1]));
   for (int i = 0; i < o->n; i++) {
@@ -215,7 +217,7 @@ static float *gather_state(Comm *c, const Graph *g, const ExpertShard *s, const 
   if (!local) return NULL;
   int64_t per = size / n;
   float *full = c->rank == root ? mc_malloc((size_t)(per * s->count) * sizeof(float)) : NULL;
-  gather_rows(c, g, s, local, per, full, root);
+  gather_rows(c, g, s, local, per, sizeof(float), full, root);
   return full;
 }
 

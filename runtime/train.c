@@ -839,8 +839,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_PERSIST, MEM_ARENA, MEM_N };
   int64_t mem[MEM_N] = {0}, *mem_all = mc_calloc((size_t)P * MEM_N, sizeof(int64_t));
   for (int i = 0; i < gt->nparams; i++) {
-    mem[MEM_PARAMS] += gt->params[i]->numel * (int64_t)sizeof(float);
-    mem[MEM_GRADS] += gt->params[i]->numel * (int64_t)sizeof(float);
+    mem[MEM_PARAMS] += gt->params[i]->numel * (int64_t)r.tr.p->elem;
+    mem[MEM_GRADS] += gt->params[i]->numel * (int64_t)r.tr.p->elem;
   }
   mem[MEM_OPTIM] = (int64_t)rt_md_optim_bytes(r.opt);
   mem[MEM_PERSIST] = (int64_t)r.tr.p->persist_bytes;
