@@ -144,7 +144,7 @@ Optim *rt_md_optim_new(const Config *cfg, const Graph *g) {
     o->shape[i][0] = s.count;
     o->numel[i] = s.count * o->shape[i][1];
     mc_free(o->vr[i]);
-    o->vr[i] = mc_calloc((size_t)s.count, sizeof(float));
+    o->vr[i] = mc_calloc((size_t)s.count, o->elem);
   }
   return o;
 }
@@ -159,7 +159,12 @@ size_t rt_md_optim_bytes(const Optim *o) {
     b += (size_t)(o->m[i] ? o->numel[i] : 0) + (size_t)(o->v[i] ? o->numel[i] : 0) +
          (size_t)(o->vr[i] ? lead * rows : 0) + (size_t)(o->vc[i] ? lead * cols : 0);
   }
-  return b * sizeof(float);
+  return b * o->elem;
+}
+
+/* Element j of an optimizer array of `elem` bytes (an elem-8 optimizer's are doubles). */
+static double elem_get(const float *p, int64_t j, size_t elem) {
+  return elem == sizeof(double) ? ((const double *)(const void *)p)[j] : (double)p[j];
 }
 
 void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
@@ -176,7 +181,7 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     const Tensor *t = g->params[i];
     int x = g->experts_local && pass_expert_shard(g, t, NULL);
     for (int64_t j = 0; j < t->numel; j++)
-      ss[x] += (double)grads[i][j] * grads[i][j];
+      ss[x] += elem_get(grads[i], j, o->elem) * elem_get(grads[i], j, o->elem);
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
   float **pp = mc_calloc((size_t)o->n + 1, sizeof(float *)),
@@ -188,10 +193,10 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     ExpertShard s;
     pass_expert_shard(g, g->params[i], &s);
     int64_t per = o->shape[i][1];
-    pp[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
-    gg[i] = mc_malloc((size_t)o->numel[i] * sizeof(float));
-    gather_rows(c, g, &s, params[i], per, sizeof(float), pp[i], -1);
-    gather_rows(c, g, &s, grads[i], per, sizeof(float), gg[i], -1);
+    pp[i] = mc_malloc((size_t)o->numel[i] * o->elem);
+    gg[i] = mc_malloc((size_t)o->numel[i] * o->elem);
+    gather_rows(c, g, &s, params[i], per, o->elem, pp[i], -1);
+    gather_rows(c, g, &s, grads[i], per, o->elem, gg[i], -1);
   }
   rt_optim_apply(o, pp, gg, sqrt(ss[0] + ss[1]));
   for (int i = 0; i < o->n; i++) {
@@ -200,8 +205,10 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     pass_expert_shard(g, g->params[i], &s);
     int64_t per = o->shape[i][1], *list = mc_malloc(sizeof(int64_t) * (size_t)s.count);
     int64_t n = pass_expert_local(g, &s, g->experts_rank, list);
+    size_t row = (size_t)per * o->elem;
     for (int64_t j = 0; j < n; j++) /* this device's rows of the updated whole */
-      memcpy(params[i] + j * per, pp[i] + (list[j] - s.first) * per, (size_t)per * sizeof(float));
+      memcpy((char *)params[i] + (size_t)j * row, (char *)pp[i] + (size_t)(list[j] - s.first) * row,
+             row);
     mc_free(list);
     mc_free(pp[i]);
     mc_free(gg[i]);

@@ -25,6 +25,7 @@ static bool factored(const Optim *o, int i) {
 
 Optim *rt_optim_new(const Config *cfg, const Graph *g) {
   Optim *o = mc_calloc(1, sizeof(Optim));
+  o->elem = sizeof(float);
   o->kind = cfg->optimizer;
   o->lr = cfg->lr;
   o->beta1 = cfg->beta1;
@@ -88,6 +89,7 @@ void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
 }
 
 void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
+  MOEC_ASSERT(o->elem == sizeof(float)); /* an elem-8 (--f64) optimizer has its own update */
   double scale = 1.0;
   o->last_norm = norm;
   if (!isfinite(norm))

@@ -171,6 +171,8 @@ typedef struct Optim {
   float **m, **v;   /* adam: first and second moment; factored vectors: v */
   float **vr, **vc; /* factored matrices: row and column second moments */
   double last_norm; /* global gradient norm before clipping */
+  size_t elem;      /* 4; 8 (moec run --f64): params, grads and moments are double arrays
+                       behind the float pointers, updated in double without rounding */
 } Optim;
 
 /* The rows a device holds of a tensor sharded along dim 0 (expert parameters and their
