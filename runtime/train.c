@@ -645,11 +645,12 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
             (long long)r.corpus->ntok[2], r.corpus->words ? "" : " of uint16 ids");
   fflush(r.out);
 
-  Batcher bt;
-  rt_batcher_init(&bt, r.corpus, SPLIT_TRAIN, B, T);
+  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
+  Batcher bt;           /* reads or generates only those streams */
+  rt_batcher_init_rows(&bt, r.corpus, SPLIT_TRAIN, B, T, rank * Bl, Bl);
   rt_batcher_seek(&bt, start);
-  size_t nt = (size_t)B * (size_t)T;
-  int32_t *ids = mc_malloc(nt * sizeof(int32_t)), *tg = mc_malloc(nt * sizeof(int32_t));
+  size_t nt = (size_t)B * (size_t)T, ntl = (size_t)Bl * (size_t)T;
+  int32_t *ids = mc_malloc(ntl * sizeof(int32_t)), *tg = mc_malloc(ntl * sizeof(int32_t));
   float **pp = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   float **gg = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   for (int i = 0; i < gt->nparams; i++) {
@@ -658,15 +659,15 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
   }
   const int64_t every = MC_MAX(1, (steps - start) / 20);
-  double t_train = 0, t_eval = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
+  double t_train = 0, t_eval = 0, t_data = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
   int64_t tail_n = 0, done = 0;
   double valid = NAN, test = NAN;
-  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now();
     rt_batcher_next(&bt, ids, tg);
-    upload_ids(r.tr.p, r.tr.ids, ids + (size_t)rank * (size_t)Bl * (size_t)T);
-    upload_ids(r.tr.p, r.tr.targets, tg + (size_t)rank * (size_t)Bl * (size_t)T);
+    upload_ids(r.tr.p, r.tr.ids, ids);
+    upload_ids(r.tr.p, r.tr.targets, tg);
+    t_data += mc_now() - t0;
     KernelCtx ctx = {.training = true,
                      .seed = cfg->seed,
                      .step = (uint64_t)s,
@@ -787,6 +788,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     json_num(&b, "test_ppl", exp(test));
     json_num(&b, "tokens_per_s", tps);
     json_num(&b, "train_seconds", t_train);
+    json_num(&b, "data_seconds", t_data); /* rank 0: batches read or generated, uploaded */
     json_num(&b, "floor_ppl", r.floor_nats > 0 ? exp(r.floor_nats) : NAN);
     json_num(&b, "unigram_ppl", r.corpus->syn ? exp(r.corpus->syn->unigram_nats) : NAN);
     mc_buf_printf(&b, "}\n");
