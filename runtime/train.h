@@ -176,10 +176,14 @@ typedef struct Optim {
   float **m, **v;   /* adam: first and second moment; factored vectors: v */
   float **vr, **vc; /* factored matrices: row and column second moments */
   double last_norm; /* global gradient norm before clipping */
+  size_t elem;      /* 4; 8 (moec run --f64): params, grads and moments are double arrays
+                       behind the float pointers, updated in double without rounding */
 } Optim;
 
 /* State for the params of g (shapes bound), zeroed. */
 Optim *rt_optim_new(const Config *cfg, const Graph *g);
+/* The same for a program of precision prec (PREC_F64: elem 8; no checkpoints). */
+Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec);
 void rt_optim_free(Optim *o);
 /* One update: params[i] -= ... from grads[i]; clips the global norm first. */
 void rt_optim_step(Optim *o, float *const *params, float *const *grads);
@@ -199,6 +203,7 @@ typedef struct TrainOpts {
   const char *save, *load, *metrics;
   bool json;
   bool quiet; /* no progress display */
+  bool f64;   /* compute and update in double (cpu; no checkpoints): equivalence checks */
 } TrainOpts;
 
 /* moec run: trains per cfg (flags already applied). Returns the exit status. */
