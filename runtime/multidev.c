@@ -43,25 +43,43 @@ int rt_md_param_moe(const Graph *g, const Tensor *t) {
   return best;
 }
 
-void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf) {
+/* rt_md_zero_nonlocal for elements of `elem` bytes (float, or double under --f64). */
+static void zero_nonlocal(const Graph *g, const Tensor *t, int rank, void *buf, size_t elem) {
   int m = rt_md_param_moe(g, t);
   if (m < 0) return;
   int64_t E = t->shape[0], per = t->numel / E;
   for (int64_t e = 0; e < E; e++)
-    if (g->moe_expert_dev[m][e] != rank) memset(buf + e * per, 0, (size_t)per * sizeof(float));
+    if (g->moe_expert_dev[m][e] != rank)
+      memset((char *)buf + (size_t)(e * per) * elem, 0, (size_t)per * elem);
+}
+
+void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf) {
+  zero_nonlocal(g, t, rank, buf, sizeof(float));
 }
 
 void rt_md_gather_experts(Comm *c, Program *p) {
   const Graph *g = p->g;
   if (c->size <= 1) return;
-  MOEC_ASSERT(p->prec == PREC_F32 && p->be == &rt_backend_cpu);
+  MOEC_ASSERT(p->be == &rt_backend_cpu);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
     if (t->part != PART_EXPERTS) continue;
-    float *b = cg_f32(p, t);
-    rt_md_zero_nonlocal(g, t, c->rank, b);
-    c->all_reduce_sum_f32(c, b, t->numel);
+    void *b = p->buf[t->id];
+    zero_nonlocal(g, t, c->rank, b, p->elem);
+    if (p->prec == PREC_F64)
+      c->all_reduce_sum_f64(c, b, t->numel);
+    else
+      c->all_reduce_sum_f32(c, b, t->numel);
   }
+}
+
+/* p + at elements of `elem` bytes (an elem-8 optimizer's arrays are doubles). */
+static float *elem_at(float *p, int64_t at, size_t elem) {
+  return p ? (float *)(void *)((char *)p + (size_t)at * elem) : NULL;
+}
+
+static double elem_get(const float *p, int64_t j, size_t elem) {
+  return elem == sizeof(double) ? ((const double *)(const void *)p)[j] : (double)p[j];
 }
 
 /* The optimizer's view of this device's work: replicated parameters whole, expert
@@ -79,12 +97,12 @@ static void view_add(OptView *w, const Optim *o, int i, int64_t at, int64_t n, f
   w->o.numel[k] = n;
   w->o.prank[k] = o->prank[i];
   memcpy(w->o.shape[k], o->shape[i], sizeof o->shape[i]);
-  w->o.m[k] = o->m[i] ? o->m[i] + at : NULL;
-  w->o.v[k] = o->v[i] ? o->v[i] + at : NULL;
+  w->o.m[k] = elem_at(o->m[i], at, o->elem);
+  w->o.v[k] = elem_at(o->v[i], at, o->elem);
   w->o.vr[k] = o->vr[i];
   w->o.vc[k] = o->vc[i];
-  w->p[k] = params[i] + at;
-  w->g[k] = grads[i] + at;
+  w->p[k] = elem_at(params[i], at, o->elem);
+  w->g[k] = elem_at(grads[i], at, o->elem);
 }
 
 static void view_build(OptView *w, Comm *c, const Graph *g, const Optim *o, float *const *params,
@@ -160,7 +178,7 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
       i++;
     int x = g->params[i]->part == PART_EXPERTS;
     for (int64_t j = 0; j < w.o.numel[k]; j++)
-      ss[x] += (double)w.g[k][j] * w.g[k][j];
+      ss[x] += elem_get(w.g[k], j, o->elem) * elem_get(w.g[k], j, o->elem);
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
   double norm = sqrt(ss[0] + ss[1]), clip = o->clip;
@@ -171,7 +189,10 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
     float s = (float)(clip / norm);
     for (int k = 0; k < w.o.n; k++)
       for (int64_t j = 0; j < w.o.numel[k]; j++)
-        w.g[k][j] *= s;
+        if (o->elem == sizeof(double))
+          ((double *)(void *)w.g[k])[j] *= clip / norm;
+        else
+          w.g[k][j] *= s;
   }
   w.o.clip = 0;
   rt_optim_step(&w.o, w.p, w.g);

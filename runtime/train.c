@@ -431,11 +431,16 @@ static const char *human_rate(double v, char *buf, size_t n) {
   return buf;
 }
 
-static void json_num(McBuf *b, const char *key, double v) {
+/* digits: 9 (float32 values), 17 (--f64: every bit of a double) */
+static void json_num_digits(McBuf *b, const char *key, double v, int digits) {
   if (isfinite(v))
-    mc_buf_printf(b, ",\"%s\":%.9g", key, v);
+    mc_buf_printf(b, ",\"%s\":%.*g", key, digits, v);
   else
     mc_buf_printf(b, ",\"%s\":null", key);
+}
+
+static void json_num(McBuf *b, const char *key, double v) {
+  json_num_digits(b, key, v, 9);
 }
 
 typedef struct Run {
@@ -461,7 +466,7 @@ static void log_eval(Run *r, int64_t step, const char *split, double loss, int64
   if (r->metrics) {
     McBuf b = {0};
     mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, split);
-    json_num(&b, "loss", loss);
+    json_num_digits(&b, "loss", loss, r->o->f64 ? 17 : 9);
     json_num(&b, "ppl", exp(loss));
     mc_buf_printf(&b, ",\"tokens\":%lld", (long long)tokens);
     json_num(&b, "seconds", secs);
@@ -543,7 +548,7 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
 /* A hash of the model file and the run's settings (comm_check_same across devices). */
 static uint64_t run_hash(const Config *cfg, const TrainOpts *o) {
   uint64_t h = comm_hash_bytes(&cfg->seed, sizeof cfg->seed, 0);
-  int v[4] = {cfg->batch, cfg->unroll, cfg->steps, cfg->eval_every};
+  int v[5] = {cfg->batch, cfg->unroll, cfg->steps, cfg->eval_every, o->f64};
   h = comm_hash_bytes(v, sizeof v, h);
   FILE *fp = o->model_path ? fopen(o->model_path, "rb") : NULL;
   if (fp) {
@@ -587,19 +592,23 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   }
   if (o->save && rank == 0) check_writable_dir(o->save);
   Graph *gt = build_on(f, cfg, true, B, T, P), *ge = rank == 0 ? build(f, cfg, false, B, T) : NULL;
-  double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
-         eb = ge ? (double)graph_bytes(ge, 4) : 0;
+  /* --f64: everything in double (equivalence checks); checkpoints are float32 */
+  const Precision prec = o->f64 ? PREC_F64 : PREC_F32;
+  const size_t elem = o->f64 ? sizeof(double) : sizeof(float);
+  if (o->f64 && (o->save || o->load)) mc_die("--f64 runs cannot --save or --load checkpoints");
+  double pb = (double)param_bytes(gt) * (double)(elem / 4), tb = (double)graph_bytes(gt, elem),
+         eb = ge ? (double)graph_bytes(ge, elem) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
   check_memory("training this model", tb + eb + ob, pb, tb + eb - 2 * pb, ob);
-  r.tr = lower(gt, PREC_F32);
-  if (ge) r.ev = lower(ge, PREC_F32);
+  r.tr = lower(gt, prec);
+  if (ge) r.ev = lower(ge, prec);
   StFile *ck = o->load ? rt_st_open(o->load) : NULL;
   int nv = 0;
   char **vocab = ck ? split_words(rt_st_meta(ck, "data.vocab"), &nv) : NULL;
   r.corpus = rt_corpus_load(cfg, r.tr.vocab, vocab, nv);
   free_words(vocab, nv);
   if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
-  r.opt = rt_optim_new(cfg, gt);
+  r.opt = rt_optim_new_prec(cfg, gt, prec);
   init_params(r.tr.p, cfg->seed);
   int64_t start = 0;
   if (ck) {
@@ -629,9 +638,9 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   int64_t nparams = 0;
   for (int i = 0; i < gt->nparams; i++)
     nparams += gt->params[i]->numel;
-  fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", gt->name,
-          (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
-          start ? "" : "\n");
+  fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s%s",
+          gt->name, (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored",
+          cfg->lr, o->f64 ? ", float64" : "", start ? "" : "\n");
   if (start) fprintf(r.out, ", resuming at step %lld\n", (long long)start);
   if (r.corpus->syn)
     fprintf(r.out,
@@ -645,28 +654,30 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
             (long long)r.corpus->ntok[2], r.corpus->words ? "" : " of uint16 ids");
   fflush(r.out);
 
-  Batcher bt;
-  rt_batcher_init(&bt, r.corpus, SPLIT_TRAIN, B, T);
+  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
+  Batcher bt;           /* reads or generates only those streams */
+  rt_batcher_init_rows(&bt, r.corpus, SPLIT_TRAIN, B, T, rank * Bl, Bl);
   rt_batcher_seek(&bt, start);
-  size_t nt = (size_t)B * (size_t)T;
-  int32_t *ids = mc_malloc(nt * sizeof(int32_t)), *tg = mc_malloc(nt * sizeof(int32_t));
+  size_t nt = (size_t)B * (size_t)T, ntl = (size_t)Bl * (size_t)T;
+  int32_t *ids = mc_malloc(ntl * sizeof(int32_t)), *tg = mc_malloc(ntl * sizeof(int32_t));
   float **pp = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   float **gg = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   for (int i = 0; i < gt->nparams; i++) {
     const Tensor *t = gt->params[i];
     pp[i] = cg_f32(r.tr.p, t);
-    gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+    /* float pointers; under --f64 they point to doubles (the optimizer's elem is 8) */
+    gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, elem);
   }
   const int64_t every = MC_MAX(1, (steps - start) / 20);
-  double t_train = 0, t_eval = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
+  double t_train = 0, t_eval = 0, t_data = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
   int64_t tail_n = 0, done = 0;
   double valid = NAN, test = NAN;
-  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now();
     rt_batcher_next(&bt, ids, tg);
-    upload_ids(r.tr.p, r.tr.ids, ids + (size_t)rank * (size_t)Bl * (size_t)T);
-    upload_ids(r.tr.p, r.tr.targets, tg + (size_t)rank * (size_t)Bl * (size_t)T);
+    upload_ids(r.tr.p, r.tr.ids, ids);
+    upload_ids(r.tr.p, r.tr.targets, tg);
+    t_data += mc_now() - t0;
     KernelCtx ctx = {.training = true,
                      .seed = cfg->seed,
                      .step = (uint64_t)s,
@@ -716,11 +727,12 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     if (r.metrics) {
       McBuf b = {0};
       mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)s + 1);
-      json_num(&b, "loss", loss);
-      json_num(&b, "xent", xent);
-      json_num(&b, "aux", aux);
+      const int dg = o->f64 ? 17 : 9;
+      json_num_digits(&b, "loss", loss, dg);
+      json_num_digits(&b, "xent", xent, dg);
+      json_num_digits(&b, "aux", aux, dg);
       json_num(&b, "ppl", exp(xent));
-      json_num(&b, "grad_norm", r.opt->last_norm);
+      json_num_digits(&b, "grad_norm", r.opt->last_norm, dg);
       json_num(&b, "tokens_per_s", tps);
       mc_buf_printf(&b, ",\"moe\":[");
       for (int i = 0; i < gt->nmoe; i++) {
@@ -787,6 +799,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     json_num(&b, "test_ppl", exp(test));
     json_num(&b, "tokens_per_s", tps);
     json_num(&b, "train_seconds", t_train);
+    json_num(&b, "data_seconds", t_data); /* rank 0: batches read or generated, uploaded */
     json_num(&b, "floor_ppl", r.floor_nats > 0 ? exp(r.floor_nats) : NAN);
     json_num(&b, "unigram_ppl", r.corpus->syn ? exp(r.corpus->syn->unigram_nats) : NAN);
     mc_buf_printf(&b, "}\n");

@@ -35,7 +35,10 @@ static void run_usage(FILE *out) {
           "  --no-fuse        no elementwise fusion (overrides the plan's fuse = true)\n"
           "  --backend B      cpu (cuda: not available yet, issue 5; auto: cpu for now)\n"
           "  --devices N      N in-process devices, one thread each (mpirun: one per rank)\n"
-          "  --loads F        per-expert loads for experts = balanced (a --metrics file)\n");
+          "  --loads F        per-expert loads for experts = balanced (a --metrics file)\n"
+          "  --f64            compute and update in double precision (cpu; no --save or\n"
+          "                   --load): to check that runs which differ only in summation\n"
+          "                   order, e.g. on 1 and N devices, agree to double rounding\n");
 }
 
 static void eval_usage(FILE *out) {
@@ -130,6 +133,8 @@ int cmd_run(int argc, char **argv) {
       o.json = true;
     else if (!strcmp(a, "--quiet"))
       o.quiet = true;
+    else if (!strcmp(a, "--f64"))
+      o.f64 = true;
     else if (!strcmp(a, "--no-jit"))
       setenv("MOEC_JIT", "0", 1); /* read by rt_exec (codegen/hostjit.c) */
     else if (!strcmp(a, "--no-fuse"))
@@ -155,6 +160,11 @@ int cmd_run(int argc, char **argv) {
       return 2;
     }
     fprintf(stderr, "moec run: error: unknown backend '%s' (cpu, cuda or auto)\n", backend);
+    return 2;
+  }
+  if (o.f64 && (o.save || o.load)) {
+    fprintf(stderr, "moec run: error: --f64 runs cannot --save or --load checkpoints (they are "
+                    "float32)\n");
     return 2;
   }
   if (devices > RT_INPROC_MAX && !rt_comm_mpi_launched()) {
