@@ -20,6 +20,7 @@
 #include "runtime/cuda/cuda.h"
 #endif
 
+#ifdef MOEC_HAVE_CUDA
 static const char *const model_text = "model opt {\n"
                                       "  let V = 40\n"
                                       "  input tokens : i32[B, T]\n"
@@ -32,7 +33,6 @@ static const char *const model_text = "model opt {\n"
                                       "}\n"
                                       "train {\n  batch = 4\n  unroll = 5\n}\n";
 
-#ifdef MOEC_HAVE_CUDA
 static Graph *build(Config *cfg, AstFile **fout) {
   Source src = {.path = "test_cuda_optim.moe", .text = model_text, .len = strlen(model_text)};
   Diag d;
