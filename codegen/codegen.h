@@ -20,6 +20,8 @@ typedef struct Instr {
 typedef struct Program {
   Graph *g;
   const Backend *be; /* where the buffers live */
+  void *dev;         /* the device context kernels run on (KernelCtx.dev; cuda: RtCudaDev*,
+                        set by runtime/train_dev.c); NULL: the backend's default */
   Precision prec;
   size_t elem; /* bytes per float element: 4 or 8 */
   Instr *instrs; int ninstrs;

@@ -22,6 +22,7 @@
 #include "../passes/passes.h"
 #include "multidev.h"
 #include "train.h"
+#include "train_dev.h"
 
 /* ---------------------------------------------------------------- compiled programs */
 
@@ -95,11 +96,11 @@ static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) 
   return build_on(f, cfg, training, B, T, 1);
 }
 
-static Compiled lower(Graph *g, Precision prec) {
+static Compiled lower(Graph *g, Precision prec, const Backend *be) {
   Compiled c = {0};
   c.g = g;
   find_inputs(&c);
-  c.p = cg_lower(g, prec);
+  c.p = rt_dev_lower(g, prec, be); /* cpu, or cuda with its device context (train_dev.c) */
   return c;
 }
 
@@ -147,7 +148,7 @@ static void check_memory(const char *what, double need, double params, double ac
 }
 
 static void upload_ids(Program *p, const Tensor *t, const int32_t *ids) {
-  p->be->upload(p->buf[t->id], ids, (size_t)t->numel * sizeof(int32_t));
+  rt_dev_upload_input(p, p->buf[t->id], ids, (size_t)t->numel * sizeof(int32_t));
 }
 
 static double read_scalar(Program *p, const Tensor *t) {
@@ -201,7 +202,8 @@ static double evaluate(Compiled *ev, const Corpus *corpus, Split split, int64_t 
                    .batch0 = 0,
                    .batch_local = g->B,
                    .device = 0,
-                   .ndevices = 1};
+                   .ndevices = 1,
+                   .dev = ev->p->dev};
   double sum = 0;
   for (int64_t s = 0; s < steps; s++) {
     rt_batcher_next(&b, ids, tg);
@@ -324,11 +326,12 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   Program *p = tr->p;
   int cap = g->nparams * 4 + g->nstates + 1;
   StTensor *t = mc_calloc((size_t)cap, sizeof(StTensor));
+  void **owned = mc_calloc((size_t)cap, sizeof(void *)); /* host copies of device buffers */
   McArena names = {0};
   int n = 0;
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *x = g->params[i];
-    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, p->buf[x->id]};
+    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, rt_dev_host_view(p, x, &owned[n])};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
     n++;
@@ -340,7 +343,7 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
                       ST_F32,
                       x->ty.rank,
                       {0},
-                      states ? states[i] : p->buf[x->id]};
+                      states ? states[i] : rt_dev_host_view(p, x, &owned[n])};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
     t[n].shape[0] *= P; /* states are batch rows: every device's */
@@ -369,6 +372,9 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   mc_free(vocab);
   mc_arena_free(&m.a);
   mc_arena_free(&names);
+  for (int i = 0; i < cap; i++)
+    mc_free(owned[i]);
+  mc_free(owned);
   mc_free(t);
 }
 
@@ -452,7 +458,8 @@ typedef struct Run {
   FILE *metrics, *out; /* progress goes to out */
   bool tty;
   double floor_nats;
-  Comm *comm; /* rt_comm_self() on one device */
+  Comm *comm;     /* rt_comm_self() on one device */
+  DevOptim *dopt; /* the optimizer on the device (cuda); NULL: rt_optim_step on the host */
 } Run;
 
 static void log_eval(Run *r, int64_t step, const char *split, double loss, int64_t tokens,
@@ -513,6 +520,7 @@ static void **gather_states(Comm *c, Program *p) {
 static void save_run(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
   if (c->size <= 1) {
+    if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is written */
     save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1);
     return;
   }
@@ -590,6 +598,11 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
              B, P);
     comm_check_same(comm, "model file and settings hash", run_hash(cfg, o0));
   }
+  const Backend *be = rt_dev_backend(cfg);
+  if (P > 1 && be != &rt_backend_cpu)
+    mc_die("backend %s on %d devices is not supported yet: the multi-device runtime's "
+           "collectives work on host memory (docs/cuda.md); use one device or the cpu backend",
+           be->name, P);
   if (o->save && rank == 0) check_writable_dir(o->save);
   Graph *gt = build_on(f, cfg, true, B, T, P), *ge = rank == 0 ? build(f, cfg, false, B, T) : NULL;
   /* --f64: everything in double (equivalence checks); checkpoints are float32 */
@@ -600,8 +613,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
          eb = ge ? (double)graph_bytes(ge, elem) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
   check_memory("training this model", tb + eb + ob, pb, tb + eb - 2 * pb, ob);
-  r.tr = lower(gt, prec);
-  if (ge) r.ev = lower(ge, prec);
+  r.tr = lower(gt, prec, be);
+  if (ge) r.ev = lower(ge, prec, be);
   StFile *ck = o->load ? rt_st_open(o->load) : NULL;
   int nv = 0;
   char **vocab = ck ? split_words(rt_st_meta(ck, "data.vocab"), &nv) : NULL;
@@ -629,6 +642,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     }
     rt_st_close(ck);
   }
+  r.dopt = rt_devopt_new(r.tr.p, r.opt); /* after loading: starts from the checkpoint's state */
   if (o->metrics) {
     r.metrics = fopen(o->metrics, "w");
     if (!r.metrics) mc_die("cannot write metrics file '%s': %s", o->metrics, strerror(errno));
@@ -686,7 +700,8 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
                      .device = rank,
                      .ndevices = P,
                      .comm = P > 1 ? comm : NULL,
-                     .graph = P > 1 ? gt : NULL};
+                     .graph = P > 1 ? gt : NULL,
+                     .dev = r.tr.p->dev};
     rt_exec(r.tr.p, &ctx, 0, r.tr.p->ninstrs);
     double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
            aux = read_scalar(r.tr.p, gt->aux);
@@ -697,7 +712,10 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     if (!isfinite(loss))
       mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
              (long long)s + 1);
-    rt_md_optim_step(comm, gt, r.opt, pp, gg);
+    if (r.dopt)
+      rt_devopt_step(r.dopt, r.opt);
+    else
+      rt_md_optim_step(comm, gt, r.opt, pp, gg);
     rt_carry_state(r.tr.p);
     t_train += mc_now() - t0;
     done++;
@@ -815,6 +833,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   mc_free(ids);
   mc_free(tg);
   rt_batcher_free(&bt);
+  rt_devopt_free(r.dopt);
   rt_optim_free(r.opt);
   rt_corpus_free(r.corpus);
   compiled_free(&r.tr);
@@ -831,7 +850,7 @@ int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const ch
   Graph *g = build(f, cfg, false, B, T);
   double gb = (double)graph_bytes(g, 4), pb = (double)param_bytes(g);
   check_memory("evaluating this model", gb, pb, gb - pb, 0);
-  Compiled ev = lower(g, PREC_F32);
+  Compiled ev = lower(g, PREC_F32, rt_dev_backend(cfg));
   StFile *ck = rt_st_open(ckpt);
   rt_st_load_params(ck, ev.p);
   int nv = 0;
@@ -874,7 +893,7 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
   size_t elem = f64 ? 8 : 4;
   double gb = (double)graph_bytes(g, elem);
   check_memory("this model's gradients", gb, (double)param_bytes(g) * (double)elem / 4, gb, 0);
-  Compiled c = lower(g, f64 ? PREC_F64 : PREC_F32);
+  Compiled c = lower(g, f64 ? PREC_F64 : PREC_F32, rt_dev_backend(cfg));
   StFile *w = rt_st_open(weights);
   rt_st_load_params(w, c.p);
   rt_st_close(w);
@@ -907,7 +926,8 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
                    .batch0 = 0,
                    .batch_local = B,
                    .device = 0,
-                   .ndevices = 1};
+                   .ndevices = 1,
+                   .dev = c.p->dev};
   rt_exec(c.p, &ctx, 0, c.p->ninstrs);
   double loss = read_scalar(c.p, g->loss), xent = read_scalar(c.p, g->xent),
          aux = read_scalar(c.p, g->aux);
@@ -918,7 +938,7 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
       const Tensor *x = g->params[i];
       const void *data;
       if (x->grad) {
-        data = c.p->buf[x->grad->id];
+        data = rt_dev_host_view(c.p, x->grad, &zeros[i]); /* device: a host copy, freed below */
       } else {
         zeros[i] = mc_calloc((size_t)x->numel, elem);
         data = zeros[i];

@@ -12,3 +12,13 @@ add_test(NAME cuda_model COMMAND test_cuda_model)
 add_test(NAME cuda_nccl COMMAND test_cuda_nccl)
 set_tests_properties(cuda_ops cuda_model cuda_nccl PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+
+# Training on the GPU (docs/cuda.md, "Training on a GPU"): the device optimizer against
+# optim.c bit for bit, and moec run/eval/grad --backend cuda against the cpu backend.
+add_executable(test_cuda_optim ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_optim.c)
+target_link_libraries(test_cuda_optim PRIVATE moeccore)
+target_compile_options(test_cuda_optim PRIVATE ${MOEC_WARN})
+add_test(NAME cuda_optim COMMAND test_cuda_optim)
+add_test(NAME cuda_train COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_train.sh $<TARGET_FILE:moec>)
+set_tests_properties(cuda_optim cuda_train PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
