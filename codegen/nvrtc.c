@@ -425,6 +425,7 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
   if (bin) {
     stats.disk_hits++;
   } else {
+    if (getenv("MOEC_NVRTC_DUMP")) fprintf(stderr, "%s", src); /* debugging: what compiles */
     bin = nvrtc_compile(src, arch, &n);
     stats.compiled++;
     if (disk_write(key, h, arch, bin, n)) stats.disk_writes++;
