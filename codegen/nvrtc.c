@@ -451,6 +451,7 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
   (void)len;
   (void)disk_read;
   (void)disk_write;
+  (void)capbins;
   mc_fatal("moec was built without NVRTC: cannot compile CUDA kernels");
 }
 #endif
@@ -556,9 +557,10 @@ static bool prog_equal(const FusedProg *x, const FusedProg *y) {
 static CUfunction load_locked(const FusedProg *pr, bool f64, uint64_t bcast, int gpu, uint64_t h) {
   char name[CG_CUDA_NAME_LEN];
   char *src = cg_cuda_fused_source(pr, f64, bcast, name);
+  const char *arch = arch_of(gpu);
   pthread_mutex_unlock(&mu); /* cg_nvrtc_binary takes the lock itself */
   size_t len = 0;
-  const char *bin = cg_nvrtc_binary(src, arch_of(gpu), &len);
+  const char *bin = cg_nvrtc_binary(src, arch, &len);
   pthread_mutex_lock(&mu);
   CUmodule mod;
   CUfunction fn;

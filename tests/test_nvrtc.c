@@ -5,7 +5,8 @@
  *
  * For every fused group of every model's training graph (backend = cuda), float32 and
  * float64:
- *   1. the generated CUDA C compiles with NVRTC to PTX (compute_90: no GPU needed), and
+ *   1. the generated CUDA C compiles with NVRTC to PTX (compute_90: no GPU needed) and to
+ *      an sm_90 CUBIN, and
  *      the PTX has the group's kernel; the PTX has no plain mul feeding a plain add/sub
  *      (which ptxas may fuse into an fma) besides those of its ops compiled alone;
  *   2. the same source compiled as host C by CC (-ffp-contract=off) into a shared
@@ -42,9 +43,10 @@ typedef struct Group {
 static Group *groups;
 static int ngroups, capgroups;
 
-static AstFile *load(const char *path, Config *cfg) {
+static AstFile *load(const char *path, Config *cfg, char **textp) {
   size_t len = 0;
-  char *text = mc_read_file(path, &len); /* the AST keeps pointers into it: never freed */
+  char *text = mc_read_file(path, &len); /* the AST keeps pointers into it */
+  *textp = text;
   if (!text) {
     fprintf(stderr, "cannot read %s\n", path);
     exit(1);
@@ -120,7 +122,12 @@ static void nvrtc_compile_all(void) {
       found += strstr(ptx, entry) != NULL;
     }
     CHECK(found == want);
-    printf("nvrtc: %d %s kernels compiled to PTX (%zu bytes)\n", want, prec ? "f64" : "f32", len);
+    /* what a GPU run loads on an H100: a CUBIN for sm_90 (ptxas inside NVRTC) */
+    size_t clen = 0;
+    const char *cubin = cg_nvrtc_binary(src, "sm_90", &clen);
+    CHECK(clen > 4 && !memcmp(cubin, "\177ELF", 4));
+    printf("nvrtc: %d %s kernels compiled to PTX (%zu bytes) and an sm_90 CUBIN (%zu bytes)\n",
+           want, prec ? "f64" : "f32", len, clen);
     mc_free(src);
   }
 }
@@ -147,7 +154,7 @@ static int fusable_pairs(const char *ptx, const char *name) {
   MOEC_ASSERT(p);
   const char *end = strstr(p, "\n}");
   MOEC_ASSERT(end);
-  char(*defs)[16] = mc_calloc(4096, 16);
+  char(*defs)[32] = mc_calloc(4096, 32);
   int ndefs = 0, pairs = 0;
   while (p < end) {
     const char *nl = strchr(p, '\n');
@@ -167,7 +174,7 @@ static int fusable_pairs(const char *ptx, const char *name) {
             if (plain(opc, "add") || plain(opc, "sub")) pairs++;
           }
       if ((plain(opc, "mul") || (plain(opc, "neg") && srcdef)) && ndefs < 4096)
-        snprintf(defs[ndefs++], 16, "%s", r[0]);
+        snprintf(defs[ndefs++], 32, "%s", r[0]);
     }
     p = nl + 1;
   }
@@ -512,11 +519,15 @@ int main(int argc, char **argv) {
   snprintf(cache, sizeof cache, "%s/cache", tmpdir);
   setenv("MOEC_CACHE_DIR", cache, 1);
   Graph **gs = mc_calloc((size_t)argc, sizeof(Graph *));
+  AstFile **fs = mc_calloc((size_t)argc, sizeof(AstFile *));
+  char **texts = mc_calloc((size_t)argc, sizeof(char *));
   int total = 0;
   for (int a = 3; a < argc; a++) {
     Config cfg;
-    AstFile *f = load(argv[a], &cfg);
-    cfg.backend = BK_CUDA;
+    AstFile *f = fs[a] = load(argv[a], &cfg, &texts[a]);
+#ifdef MOEC_HAVE_CUDA
+    cfg.backend = BK_CUDA; /* fusion as a cuda run has it */
+#endif
     Graph *g = ir_build(f, &cfg);
     PassCtx pc = {&cfg, 1, true};
     pass_run_all(g, &pc, NULL, NULL);
@@ -539,9 +550,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < ngroups; i++)
     mc_free(groups[i].src);
   mc_free(groups);
-  for (int a = 3; a < argc; a++)
+  for (int a = 3; a < argc; a++) {
     ir_graph_free(gs[a]);
+    fe_ast_free(fs[a]);
+    mc_free(texts[a]);
+  }
   mc_free(gs);
+  mc_free(fs);
+  mc_free(texts);
   char rm[700];
   snprintf(rm, sizeof rm, "rm -rf %s", tmpdir);
   if (system(rm)) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -34,9 +34,10 @@ typedef struct Trace {
   int fused_nodes;
 } Trace;
 
-static AstFile *load(const char *path, Config *cfg) {
+static AstFile *load(const char *path, Config *cfg, char **textp) {
   size_t len = 0;
   char *text = mc_read_file(path, &len); /* the AST keeps pointers into it */
+  *textp = text;
   if (!text) {
     fprintf(stderr, "cannot read %s\n", path);
     exit(1);
@@ -72,7 +73,8 @@ static double scalar(const Backend *be, const Program *p, const Tensor *t) {
 static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) {
   setenv("MOEC_CUDA_FUSE", fuse ? "1" : "0", 1);
   Config cfg;
-  AstFile *f = load(path, &cfg);
+  char *text = NULL;
+  AstFile *f = load(path, &cfg, &text);
   cfg.backend = BK_CUDA;
   Graph *g = ir_build(f, &cfg);
   PassCtx pc = {&cfg, 1, true};
@@ -154,6 +156,7 @@ static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) 
   cg_program_free(p);
   ir_graph_free(g);
   fe_ast_free(f);
+  mc_free(text);
   return tr;
 }
 
