@@ -19,6 +19,7 @@ add_executable(test_cuda_fused ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_fused.c
 target_link_libraries(test_cuda_fused PRIVATE moeccore)
 target_compile_options(test_cuda_fused PRIVATE ${MOEC_WARN})
 add_test(NAME cuda_fused COMMAND test_cuda_fused ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe
-                                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
+                                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe
+                                 ${CMAKE_CURRENT_SOURCE_DIR}/../bench/fusion_dense_big.moe)
 set_tests_properties(cuda_fused PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS "gpu;fusion"
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

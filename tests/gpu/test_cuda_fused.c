@@ -11,11 +11,13 @@
  * across ops (tests/test_nvrtc.c checks the PTX for that without a GPU). Then the
  * kernel cache: a second fused run loads nothing new (every launch finds its kernel);
  * after dropping the in-memory caches, the kernels come from the disk cache
- * ($MOEC_CACHE_DIR, a temporary folder here) without compiling.
+ * ($MOEC_CACHE_DIR, a temporary folder here) without compiling. Prints the kernel
+ * calls per step and the step's kernel time (rt_exec + sync, median) each way.
  *
  * Without a GPU (or built without CUDA or NVRTC): prints "SKIP: ..." and exits 77. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codegen/codegen.h"
 #include "codegen/nvrtc.h"
@@ -31,8 +33,19 @@
 typedef struct Trace {
   double loss[STEPS], xent[STEPS], aux[STEPS];
   uint64_t grads[STEPS]; /* FNV-1a of every gradient's bytes */
-  int fused_nodes;
+  int fused_nodes, instrs;
+  double exec_ms; /* rt_exec + sync per step, median of steps 1.. (printed, not checked) */
 } Trace;
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  return (*(const double *)a > *(const double *)b) - (*(const double *)a < *(const double *)b);
+}
 
 static AstFile *load(const char *path, Config *cfg, char **textp) {
   size_t len = 0;
@@ -110,6 +123,8 @@ static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) 
   int32_t *bi = mc_malloc(sizeof(int32_t) * (size_t)ids->numel);
   int32_t *bt = mc_malloc(sizeof(int32_t) * (size_t)tg->numel);
   uint64_t lcg = 12345;
+  double times[STEPS];
+  tr.instrs = p->ninstrs;
   for (int s = 0; s < STEPS; s++) {
     for (int64_t i = 0; i < ids->numel; i++) {
       lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
@@ -126,8 +141,11 @@ static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) 
                      .device = 0,
                      .ndevices = 1,
                      .dev = dev};
+    cuda->sync();
+    double t0 = now();
     rt_exec(p, &ctx, 0, p->ninstrs);
     cuda->sync();
+    times[s] = (now() - t0) * 1e3;
     tr.loss[s] = scalar(cuda, p, g->loss);
     tr.xent[s] = scalar(cuda, p, g->xent);
     tr.aux[s] = scalar(cuda, p, g->aux);
@@ -144,6 +162,8 @@ static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) 
       cuda->upload(p->buf[g->params[i]->id], hp[i], (size_t)g->params[i]->numel * sizeof(float));
     rt_carry_state(p);
   }
+  qsort(times + 1, STEPS - 1, sizeof(double), cmp_double); /* step 0 compiles */
+  tr.exec_ms = times[1 + (STEPS - 1) / 2];
   for (int i = 0; i < g->nparams; i++) {
     mc_free(hp[i]);
     mc_free(hg[i]);
@@ -225,6 +245,9 @@ int main(int argc, char **argv) {
     printf("%s: %d fused groups; %d steps unfused = fused (NVRTC, from memory, from disk) = "
            "interpreter, bit for bit; loss %.6f -> %.6f; %d compiles, %d disk hits\n",
            path, fu.fused_nodes, STEPS, un.loss[0], un.loss[STEPS - 1], s3.compiled, s3.disk_hits);
+    printf("  kernel calls per step %d -> %d; step (kernels, median) unfused %.3f ms, fused "
+           "%.3f ms, interpreter kernel %.3f ms\n",
+           un.instrs, again.instrs, un.exec_ms, again.exec_ms, interp.exec_ms);
   }
   char rm[128];
   snprintf(rm, sizeof rm, "rm -rf %s", tmpdir);
