@@ -54,16 +54,25 @@ const FusedProg *pass_fused_prog(const Node *n) {
   return NULL;
 }
 
+/* cpu: fused kernels need LLVM (codegen/jit.c). cuda: codegen/nvrtc.c's generated
+ * kernels (or the interpreter kernel without NVRTC), so LLVM is not needed there;
+ * MOEC_CUDA_FUSE=0/1 overrides for cuda only, MOEC_FUSE=0/1 for both. */
 bool pass_fusion_enabled(const Config *cfg) {
-#ifndef MOEC_HAVE_LLVM
-  (void)cfg;
-  return false; /* no JIT for fused kernels: the unfused kernels run */
+  bool cuda = cfg && cfg->backend == BK_CUDA;
+#ifdef MOEC_HAVE_CUDA
+  if (cuda) {
+    const char *e = getenv("MOEC_CUDA_FUSE");
+    if (e && *e) return strcmp(e, "0") != 0;
+  }
 #else
+  if (cuda) return false; /* no CUDA backend: the run falls back to the cpu kernels */
+#endif
+#ifndef MOEC_HAVE_LLVM
+  if (!cuda) return false; /* no JIT for fused kernels: the unfused kernels run */
+#endif
   const char *env = getenv("MOEC_FUSE");
   if (env && *env) return strcmp(env, "0") != 0;
-  if (cfg && cfg->backend == BK_CUDA) return false; /* CUDA fused kernels: not yet */
   return cfg ? cfg->fuse : false;
-#endif
 }
 
 /* OP_FUSED nodes are made here only; the rule exists for the op table. */
