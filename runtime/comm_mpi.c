@@ -15,9 +15,9 @@
  *   MPI_Isend/MPI_Irecv in pieces.
  * - A watchdog thread: a collective that has not finished after the timeout
  *   (MOEC_COMM_TIMEOUT, default 60 s) prints "moec: error: rank R: collective X
- *   timed out after S s (a peer rank probably died)" and ends the process with
- *   _exit(1) (the watchdog thread may not call MPI under MPI_THREAD_FUNNELED;
- *   mpirun ends the whole job when a rank exits non-zero).
+ *   timed out after S s (a peer rank probably died)" and ends the job with
+ *   MPI_Abort (wd_end_job: a rank's exit alone may leave mpirun waiting), with a
+ *   guard thread that _exit(1)s the process if the abort blocks.
  * - MOEC_COMM_CHECK=1: before every collective the ranks compare (op, sequence
  *   number, size) and, for all_to_allv, the counts, and fail with a clear message
  *   instead of a truncation error or a hang (an extra small collective each time).
@@ -107,6 +107,30 @@ typedef struct MpiComm {
 
 /* ------------------------------------------------------------------ watchdog */
 
+/* The watchdog's last resort, from a thread that is not the one calling MPI: after
+ * WD_GRACE seconds, whatever state MPI is in, the process exits 1. */
+#define WD_GRACE 10
+static void *wd_guard(void *arg) {
+  (void)arg;
+  sleep(WD_GRACE);
+  comm_print_error(mpi_rank, "MPI_Abort did not end the job: exiting");
+  _exit(1);
+}
+
+/* Ends the whole job after a timeout. Exiting alone is not enough: OpenMPI 4.1's mpirun
+ * with --mca orte_abort_on_non_zero_status 0 never ends a job in which a rank was killed
+ * by a signal (even once every other rank has exited), so the survivors' _exit(1) left
+ * mpirun waiting forever. MPI_Abort makes mpirun kill the job under either setting. It is
+ * called from the watchdog thread, outside MPI_THREAD_FUNNELED's promise (the main thread
+ * is blocked inside MPI); OpenMPI's abort only messages the launcher, and the guard thread
+ * bounds the wait should it block. */
+_Noreturn static void wd_end_job(void) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, wd_guard, NULL) == 0) pthread_detach(t);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  _exit(1);
+}
+
 static void *mpi_watchdog(void *arg) {
   MpiComm *m = arg;
   double tick = MC_MAX(0.01, MC_MIN(1.0, m->timeout / 10));
@@ -117,7 +141,7 @@ static void *mpi_watchdog(void *arg) {
       snprintf(msg, sizeof msg, "collective %s timed out after %g s (a peer rank probably died)",
                m->op, m->timeout);
       comm_print_error(m->comm.rank, msg);
-      _exit(1);
+      wd_end_job();
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -86,6 +86,20 @@ mpi)
   t=$(($(date +%s) - t0))
   echo "killed rank: the job ended after ${t}s"
   [ "$t" -lt 60 ] || fail "a killed rank: the job took ${t}s to end"
+  # ... and when mpirun is told not to end the job (OpenMPI 4.1's mpirun then never ends
+  # a job with a rank killed by a signal): the survivors' watchdogs end it, MPI_Abort
+  t0=$(date +%s)
+  MOEC_COMM_TIMEOUT=2 mpi_env 2 --mca orte_abort_on_non_zero_status 0 \
+    "$MOEC" run "$W/m.moe" --steps 1000000 --quiet : -np 1 \
+    timeout -s KILL 2 "$MOEC" run "$W/m.moe" --steps 1000000 --quiet >"$W/dead0.out" 2>&1
+  rc=$?
+  t=$(($(date +%s) - t0))
+  echo "killed rank, orte_abort_on_non_zero_status 0: exit $rc after ${t}s"
+  [ $rc -ne 0 ] || { cat "$W/dead0.out"; fail "a job with a killed rank exited 0"; }
+  [ $rc -ne 124 ] || fail "a killed rank, mpirun told not to end the job: still running after 120 s"
+  [ "$t" -lt 40 ] || fail "a killed rank, abort_on_non_zero_status 0: the job took ${t}s to end"
+  grep -q "timed out after 2 s (a peer rank probably died)" "$W/dead0.out" ||
+    { cat "$W/dead0.out"; fail "no watchdog error from the survivors"; }
   ;;
 reshard)
   model paper contiguous
