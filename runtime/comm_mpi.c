@@ -84,9 +84,13 @@ _Noreturn static void mpi_fail_call(int rc, const char *call, const char *file, 
     if (rc_) mc_die("%s failed at %s:%d: %s", #call, __FILE__, __LINE__, strerror(rc_));           \
   } while (0)
 
-typedef struct MpiComm {
+typedef struct MpiComm MpiComm;
+struct MpiComm {
   Comm comm;
   MPI_Comm mc;
+  MpiComm *root;     /* the world's: owns the watchdog; subsets point to it */
+  MpiComm *next_sub; /* root: the subset communicators made so far */
+  uint64_t mask;     /* subsets: the root ranks in it */
   bool we_init;
   bool check;    /* MOEC_COMM_CHECK */
   int64_t chunk; /* largest message of MPI_Alltoallv / pieces */
@@ -103,7 +107,7 @@ typedef struct MpiComm {
   void *scratch;
   size_t scratch_bytes;
   int *ib; /* 4 * size ints: counts and displacements */
-} MpiComm;
+};
 
 /* ------------------------------------------------------------------ watchdog */
 
@@ -161,6 +165,7 @@ static void *mpi_watchdog(void *arg) {
 }
 
 static void wd_arm(MpiComm *m, const char *op) {
+  m = m->root;
   PT_CHECK(pthread_mutex_lock(&m->mu));
   m->active = true;
   m->op = op;
@@ -169,6 +174,7 @@ static void wd_arm(MpiComm *m, const char *op) {
 }
 
 static void wd_disarm(MpiComm *m) {
+  m = m->root;
   PT_CHECK(pthread_mutex_lock(&m->mu));
   m->active = false;
   PT_CHECK(pthread_mutex_unlock(&m->mu));
@@ -364,6 +370,58 @@ static void mpi_broadcast(Comm *c, void *buf, size_t bytes, int root) {
   wd_disarm(m);
 }
 
+/* ------------------------------------------------------------------ subsets */
+
+/* MPI_Comm_create_group: collective over the members only (ranks outside a device set
+ * never call it). Cached per mask on the root, so every member makes it once, in the
+ * same program order. */
+static Comm *mpi_subset(Comm *c, uint64_t mask) {
+  MpiComm *m = c->impl, *root = m->root;
+  uint64_t gm = 0; /* in root ranks */
+  int ranks[64], n = 0, me = -1;
+  int rr[64]; /* this comm's rank q -> root rank */
+  if (c->size > 64) mpi_abort(c, "device subsets: at most 64 ranks");
+  if (m == root)
+    for (int q = 0; q < c->size; q++)
+      rr[q] = q;
+  else
+    for (int q = 0, k = 0; q < 64; q++)
+      if (m->mask >> q & 1) rr[k++] = q;
+  for (int q = 0; q < c->size; q++)
+    if (mask >> q & 1) {
+      if (q == c->rank) me = n;
+      ranks[n++] = q;
+      gm |= (uint64_t)1 << rr[q];
+    }
+  if (me < 0) mpi_abort(c, "subset: this rank is not in the subset");
+  if (n == c->size) return c;
+  for (MpiComm *s = root->next_sub; s; s = s->next_sub)
+    if (s->mask == gm) return &s->comm;
+  MpiComm *s = mc_calloc(1, sizeof(MpiComm));
+  *s = *root;
+  s->root = root;
+  s->mask = gm;
+  s->seq = 0;
+  s->scratch = NULL;
+  s->scratch_bytes = 0;
+  wd_arm(m, "subset (MPI_Comm_create_group)");
+  MPI_Group wg, sg;
+  MPI_CHECK(MPI_Comm_group(m->mc, &wg));
+  MPI_CHECK(MPI_Group_incl(wg, n, ranks, &sg));
+  MPI_CHECK(MPI_Comm_create_group(m->mc, sg, (int)(gm % 32749), &s->mc));
+  MPI_CHECK(MPI_Group_free(&sg));
+  MPI_CHECK(MPI_Group_free(&wg));
+  MPI_CHECK(MPI_Comm_set_errhandler(s->mc, MPI_ERRORS_RETURN));
+  wd_disarm(m);
+  s->ib = mc_malloc(sizeof(int) * 4 * (size_t)n);
+  s->comm.rank = me;
+  s->comm.size = n;
+  s->comm.impl = s;
+  s->next_sub = root->next_sub;
+  root->next_sub = s;
+  return &s->comm;
+}
+
 /* ------------------------------------------------------------------ init / finalize */
 
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
@@ -404,7 +462,9 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
                    .all_gather = mpi_all_gather,
                    .broadcast = mpi_broadcast,
                    .barrier = mpi_barrier,
-                   .abort = mpi_abort};
+                   .abort = mpi_abort,
+                   .subset = mpi_subset};
+  m->root = m;
   pthread_condattr_t ca;
   PT_CHECK(pthread_condattr_init(&ca));
   PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
@@ -420,6 +480,13 @@ void rt_comm_mpi_finalize(Comm *c) {
   if (!c) return;
   MpiComm *m = c->impl;
   wd_arm(m, "finalize"); /* MPI_Finalize waits for the peers too */
+  for (MpiComm *s = m->next_sub, *nx; s; s = nx) {
+    nx = s->next_sub;
+    MPI_CHECK(MPI_Comm_free(&s->mc));
+    mc_free(s->scratch);
+    mc_free(s->ib);
+    mc_free(s);
+  }
   MPI_CHECK(MPI_Comm_free(&m->mc));
   if (m->we_init) MPI_CHECK(MPI_Finalize());
   PT_CHECK(pthread_mutex_lock(&m->mu));
