@@ -33,7 +33,7 @@ typedef struct Compiled {
 } Compiled;
 
 static const Tensor *through_reshapes(const Tensor *t) {
-  while (t->producer && t->producer->op == OP_RESHAPE)
+  while (t->producer && (t->producer->op == OP_RESHAPE || t->producer->op == OP_RESHARD))
     t = t->producer->in[0];
   return t;
 }
@@ -85,8 +85,7 @@ static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int 
   PassCtx pc = {cfg, P, training};
   pass_run_all(g, &pc, NULL, NULL);
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
-  if (P > 1) rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
-  ir_bind(g, B / P, T);
+  rt_md_bind(g, B, T, P); /* B/P rows (on(...) subsets: B/|set|), expert rows widened */
   rt_md_check_graph(g, cfg, P);
   return g;
 }
@@ -680,6 +679,10 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
            aux = read_scalar(r.tr.p, gt->aux);
     if (P > 1) { /* xent: each device's share of the global mean; aux: replicated */
+      if (gt->xent && gt->xent->producer && !rt_md_runs(gt->xent->producer, rank, P))
+        xent = 0; /* the loss on(...) other devices: this one has no rows of it */
+      if (gt->aux && gt->aux->producer && rt_md_node_mask(gt->aux->producer, P) != comm_all_mask(comm))
+        comm->broadcast(comm, &aux, sizeof aux, __builtin_ctzll(rt_md_node_mask(gt->aux->producer, P)));
       comm->all_reduce_sum_f64(comm, &xent, 1);
       loss = gt->aux ? xent + aux : xent;
     }
