@@ -235,8 +235,7 @@ static const int *sorted_set(Graph *g, const PlaceRule *r) {
     d[j] = v;
   }
   for (int i = 1; i < r->ndevices; i++)
-    if (d[i] == d[i - 1])
-      mc_die("place %s : on(...) names device %d twice", r->pattern, d[i]);
+    if (d[i] == d[i - 1]) mc_die("place %s : on(...) names device %d twice", r->pattern, d[i]);
   return d;
 }
 

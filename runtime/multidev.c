@@ -63,7 +63,8 @@ KernelCtx rt_md_node_ctx(const KernelCtx *ctx, const Node *n) {
   uint64_t m = rt_md_node_mask(n, P);
   if (P <= 1 || m == all_mask(P)) return c;
   int64_t B = ctx->batch_local * P; /* global rows */
-  int k = __builtin_popcountll(m), idx = __builtin_popcountll(m & (((uint64_t)1 << ctx->device) - 1));
+  int k = __builtin_popcountll(m),
+      idx = __builtin_popcountll(m & (((uint64_t)1 << ctx->device) - 1));
   c.batch_local = B / k;
   c.batch0 = idx * (B / k);
   c.device = idx;
