@@ -18,22 +18,14 @@ const KernelFn *rt_cpu_kernels(Precision p) {
 #include <stdlib.h>
 #include <string.h>
 
-static void *cpu_alloc(size_t n) {
-  return calloc(1, n ? n : 1);
-}
-static void cpu_release(void *p) {
-  free(p);
-}
-static void cpu_copy(void *dst, const void *src, size_t n) {
-  memcpy(dst, src, n);
-}
+static void *cpu_alloc(size_t n) { return calloc(1, n ? n : 1); }
+static void cpu_release(void *p) { free(p); }
+static void cpu_copy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
 static void cpu_sync(void) {}
 
-const Backend rt_backend_cpu = {"cpu",    rt_cpu_kernels, cpu_alloc, cpu_release,
-                                cpu_copy, cpu_copy,       cpu_copy,  cpu_sync};
+const Backend rt_backend_cpu = {"cpu", rt_cpu_kernels, cpu_alloc, cpu_release,
+                                cpu_copy, cpu_copy, cpu_copy, cpu_sync};
 
 #ifndef MOEC_HAVE_CUDA
-const Backend *rt_backend_cuda(void) {
-  return NULL;
-}
+const Backend *rt_backend_cuda(void) { return NULL; }
 #endif

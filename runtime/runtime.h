@@ -17,11 +17,11 @@ typedef enum Precision { PREC_F32, PREC_F64 } Precision;
 
 /* What a kernel knows beyond its node and buffers. */
 typedef struct KernelCtx {
-  bool training;       /* dropout and gate noise on */
-  uint64_t seed;       /* the run's seed */
-  uint64_t step;       /* global step: a new draw each step */
-  int64_t batch0;      /* global index of this device's first batch row */
-  int64_t batch_local; /* rows of the batch on this device (bound B) */
+  bool training;      /* dropout and gate noise on */
+  uint64_t seed;      /* the run's seed */
+  uint64_t step;      /* global step: a new draw each step */
+  int64_t batch0;     /* global index of this device's first batch row */
+  int64_t batch_local;/* rows of the batch on this device (bound B) */
   int device, ndevices;
   void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
   struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
@@ -44,9 +44,9 @@ static inline uint64_t rt_rng_counter0(const KernelCtx *ctx, int64_t numel) {
  * training loop touches buffers only through upload/download, so the same loop
  * drives cpu and cuda devices. */
 typedef struct Backend {
-  const char *name;                        /* "cpu", "cuda" */
+  const char *name;                       /* "cpu", "cuda" */
   const KernelFn *(*kernels)(Precision p); /* table by op; NULL entries: no kernel */
-  void *(*alloc)(size_t bytes);            /* zeroed; NULL when out of memory */
+  void *(*alloc)(size_t bytes);           /* zeroed; NULL when out of memory */
   void (*release)(void *p);
   void (*upload)(void *dst, const void *src, size_t bytes);   /* host -> device */
   void (*download)(void *dst, const void *src, size_t bytes); /* device -> host */
