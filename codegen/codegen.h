@@ -22,11 +22,10 @@ typedef struct Program {
   const Backend *be; /* where the buffers live */
   Precision prec;
   size_t elem; /* bytes per float element: 4 or 8 */
-  Instr *instrs;
-  int ninstrs;
+  Instr *instrs; int ninstrs;
   int first_backward; /* index of the first backward instr (= ninstrs if none) */
-  void **buf;         /* by tensor id: the tensor's storage */
-  size_t bytes;       /* total bytes allocated for tensors */
+  void **buf;  /* by tensor id: the tensor's storage */
+  size_t bytes; /* total bytes allocated for tensors */
   /* the memory plan (passes/memplan.c): one block, persistent region then arena */
   bool planned; /* false under MOEC_NO_MEMPLAN=1: one allocation per tensor */
   void *base;   /* the block */
@@ -60,14 +59,8 @@ void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
 void rt_carry_state(Program *p);
 
 /* Direct host pointers: cpu backend only (MOEC_ASSERT'ed by callers that care). */
-static inline float *cg_f32(Program *p, const Tensor *t) {
-  return (float *)p->buf[t->id];
-}
-static inline double *cg_f64(Program *p, const Tensor *t) {
-  return (double *)p->buf[t->id];
-}
-static inline int32_t *cg_i32(Program *p, const Tensor *t) {
-  return (int32_t *)p->buf[t->id];
-}
+static inline float *cg_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
+static inline double *cg_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
+static inline int32_t *cg_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }
 
 #endif
