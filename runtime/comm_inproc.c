@@ -18,7 +18,12 @@
  * waiter; a waiter that sees a finished rank, or waits longer than the timeout,
  * fails naming the ranks that did not arrive. A failing rank records its status,
  * prints its error (unless quiet) and leaves with pthread_exit; rt_inproc_run
- * joins every thread and returns the first failure. */
+ * joins every thread and returns the first failure.
+ *
+ * Subsets (comm_subset, device sets from on(...)): each has its own Ctx (barrier
+ * generation, slots, members' global ranks) linked in the launch's; the mutex, the
+ * condition variables and the failure state are the launch's (Ctx.root), so a failure
+ * anywhere wakes and stops the waiters of every subset. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
