@@ -416,7 +416,7 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   Graph *g = ir_build(f, cfg);
   PassCtx pc = {cfg, P, true};
   pass_run_all(g, &pc, NULL, NULL);
-  ir_bind(g, cfg->batch / P, cfg->unroll);
+  rt_md_bind(g, cfg->batch, cfg->unroll, P); /* also: a batch an on(...) set does not divide */
   rt_md_check_graph(g, cfg, P);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));
