@@ -195,6 +195,19 @@ subsets | subsets_mpi)
   ran=$("$MOEC" run "$W/dense.moe" --devices 4 --json --quiet 2>/dev/null | sed 's/.*"reshard_bytes":\([0-9]*\).*/\1/')
   [ "$ran" = $((3960 * 20)) ] || fail "dense: the runtime moved $ran reshard bytes in 20 steps, not $((3960 * 20))"
   echo "reshard bytes: plan 3960 per step, runtime $ran in 20 steps"
+  # checkpoints: the softmax trained on devices 1 and 2 is saved by rank 0 (its values and
+  # Adam moments from device 1) and evaluates as one device's; resumed on 4, the same losses
+  "$MOEC" run "$W/dense.moe" --devices 4 --quiet --save "$W/ck4.safetensors" >"$W/s4.out" 2>&1 ||
+    { cat "$W/s4.out"; fail "dense: save on 4 devices"; }
+  "$MOEC" run "$W/dense.moe" --quiet --save "$W/ck1.safetensors" >"$W/s1.out" 2>&1 || fail "save on 1"
+  e4=$("$MOEC" eval "$W/dense.moe" --load "$W/ck4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  e1=$("$MOEC" eval "$W/dense.moe" --load "$W/ck1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "dense: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  sed -i 's/steps = 20/steps = 40/' "$W/dense.moe"
+  losses r1 "$MOEC" run "$W/dense.moe" --load "$W/ck1.safetensors"
+  losses r4 "$MOEC" run "$W/dense.moe" --load "$W/ck4.safetensors" --devices 4
+  same r1 r4
   # errors: what device subsets do not support yet
   sub lstm 4 'h1 : on(0, 1)'
   out=$("$MOEC" run "$W/lstm.moe" --devices 4 2>&1) && fail "an LSTM on a device subset ran"
