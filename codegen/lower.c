@@ -93,6 +93,7 @@ Program *cg_lower_on(Graph *g, Precision prec, const Backend *be) {
   p->prec = prec;
   p->elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
   p->buf = mc_calloc((size_t)g->ntensors, sizeof(void *));
+  p->subsets = -1;
   /* Graphs that went through the pass pipeline (its memplan pass set g->mem) get the
    * plan; graphs built by hand (kernel tests, gradcheck: they read every tensor after
    * the run) keep one buffer per tensor. */

@@ -90,11 +90,54 @@ static int set_size(const Node *n, int P) {
   return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
 }
 
-static bool same_set(const Node *a, const Node *b) {
-  if (a->device != b->device || a->ndevices != b->ndevices) return false;
-  for (int i = 0; i < a->ndevices; i++)
-    if (a->devices[i] != b->devices[i]) return false;
-  return true;
+/* Device sets as bit masks (bit d = device d; P <= 64): all devices, one, or a list. */
+static uint64_t all_mask(int P) {
+  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
+}
+
+static uint64_t set_mask(const Node *n, int P) {
+  if (!n) return all_mask(P); /* inputs: fed to every device */
+  if (n->device >= 0) return (uint64_t)1 << n->device;
+  if (n->ndevices <= 0) return all_mask(P);
+  uint64_t m = 0;
+  for (int i = 0; i < n->ndevices; i++)
+    m |= (uint64_t)1 << n->devices[i];
+  return m;
+}
+
+static int popcount(uint64_t m) {
+  return __builtin_popcountll(m);
+}
+
+/* Gives node n the device set `m` (ascending). */
+static void set_devices(Graph *g, Node *n, uint64_t m, int P) {
+  n->device = -1;
+  n->devices = NULL;
+  n->ndevices = 0;
+  if (m == all_mask(P)) return;
+  if (popcount(m) == 1) {
+    n->device = __builtin_ctzll(m);
+    return;
+  }
+  int *d = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)popcount(m));
+  for (int q = 0; q < P; q++)
+    if (m >> q & 1) d[n->ndevices++] = q;
+  n->devices = d;
+}
+
+/* The fraction of rows a reshard moves to another device: global row x (in [0, 1) of
+ * the batch) sits on a[floor(x |a|)] and goes to b[floor(x |b|)], both in batch order
+ * (the sets ascending); exact for a batch that both set sizes divide. */
+static double reshard_fraction(uint64_t a, uint64_t b) {
+  int na = popcount(a), nb = popcount(b), da[64], db[64], k = 0;
+  for (int q = 0, i = 0, j = 0; q < 64; q++) {
+    if (a >> q & 1) da[i++] = q;
+    if (b >> q & 1) db[j++] = q;
+  }
+  int L = na * nb; /* a common multiple: segments of 1/L of the batch */
+  for (int s = 0; s < L; s++)
+    k += da[s / nb] != db[s / na];
+  return (double)k / L;
 }
 
 static bool is_expert(const Node *n) {
@@ -108,14 +151,17 @@ static int moe_of(const Graph *g, const char *layer) {
 }
 
 /* Expected fraction of a MoE layer's rows that change device under uniform routing: a
- * row on device s stays when its expert is on s; averaged over senders (each holds 1/P
- * of the rows) that is 1 - sum_s (1/P)(E_s/E) = (P-1)/P for any map over P devices. */
-static double remote_fraction(const Graph *g, int moe, int P) {
-  int E = g->moe_nexperts[moe];
-  if (E <= 0) return 0;
-  double stay = 0;
-  for (int e = 0; e < E; e++)
-    if (g->moe_expert_dev[moe][e] >= 0) stay += 1.0 / P / E;
+ * row on device s stays when its expert is on s; averaged over the P senders (the batch
+ * side's devices, each holds 1/P of the rows) that is 1 - sum_s (1/P)(E_s/E): (P-1)/P for
+ * any map over the same P devices; with the experts on(...) a subset, E_s = 0 outside it. */
+static double remote_fraction(const Graph *g, int moe, uint64_t senders) {
+  int E = g->moe_nexperts[moe], P = popcount(senders);
+  if (E <= 0 || P <= 0) return 0;
+  double stay = 0; /* experts on a sender device (senders: the batch side's set) */
+  for (int e = 0; e < E; e++) {
+    int d = g->moe_expert_dev[moe][e];
+    if (d >= 0 && d < 64 && (senders >> d & 1)) stay += 1.0 / P / E;
+  }
   return 1 - stay;
 }
 
@@ -178,7 +224,8 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Node *n = new_node(c, OP_ALL_TO_ALL, 2, in, reader, reader, false, "@experts");
       n->ia[0] = moe;
       n->ia[1] = set_size(reader, c->P);
-      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->ia[2] = (int64_t)set_mask(p, c->P); /* the batch side: who sends rows */
+      n->fa[0] = remote_fraction(g, moe, set_mask(p, c->P));
       n->out[0]->part = n->out[1]->part = PART_EXPERTS;
       c->a2a[t->id] = n->out[0];
       if (!c->recv[moe]) c->recv[moe] = n->out[1];
@@ -194,24 +241,24 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Node *n = new_node(c, OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false, "@batch");
       n->ia[0] = moe;
       n->ia[1] = set_size(p, c->P);
-      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->ia[2] = (int64_t)set_mask(reader, c->P); /* the batch side: who gets rows back */
+      n->fa[0] = remote_fraction(g, moe, set_mask(reader, c->P));
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }
     reader->in[slot] = c->a2a[t->id];
-  } else if (!re && !pe && rows && p && !same_set(p, reader)) { /* on(...): rows move */
+  } else if (!re && !pe && rows && (p || t->kind == TK_INPUT) &&
+             set_mask(p, c->P) != set_mask(reader, c->P)) { /* on(...): rows move */
     if (!c->a2a[t->id]) {
       Tensor *in[1] = {t};
       Node *n = new_node(c, OP_RESHARD, 1, in, reader, reader, false, "@reshard");
-      int a = set_size(p, c->P), b = set_size(reader, c->P);
-      n->ia[0] = a;
-      n->ia[1] = b;
-      /* rows that change device: all but those whose device is in both splits; with
-       * equal sets none, else (conservatively) 1 - 1/max(a, b) */
-      n->fa[0] = 1.0 - 1.0 / MC_MAX(a, b);
-      n->device = reader->device;
-      n->devices = reader->devices;
-      n->ndevices = reader->ndevices;
+      uint64_t a = set_mask(p, c->P), b = set_mask(reader, c->P);
+      n->ia[0] = popcount(a);
+      n->ia[1] = popcount(b);
+      n->ia[2] = (int64_t)a; /* from: rows in batch order over a's devices, ascending */
+      n->ia[3] = (int64_t)b; /* to */
+      n->fa[0] = reshard_fraction(a, b);
+      set_devices(g, n, a | b, c->P); /* both sides take part */
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }

@@ -105,6 +105,14 @@ static bool fusable_op(OpKind op) {
   }
 }
 
+/* The same device set: one device, all, or the same on(...) list. */
+static bool same_devices(const Node *a, const Node *b) {
+  if (a->device != b->device || a->ndevices != b->ndevices) return false;
+  for (int i = 0; i < a->ndevices; i++)
+    if (a->devices[i] != b->devices[i]) return false;
+  return true;
+}
+
 static bool same_type(const Type *a, const Type *b) {
   if (a->dtype != b->dtype || a->rank != b->rank) return false;
   for (int d = 0; d < a->rank; d++)
@@ -209,7 +217,7 @@ static void form_groups(Fuser *F) {
       if (pp < 0 || F->group[pp] < 0 || in_set(set, nset, pp)) continue;
       int gid = F->group[pp];
       const Node *q = g->nodes[F->members[gid][0]];
-      if (q->device != n->device || q->recompute_seg != n->recompute_seg ||
+      if (!same_devices(q, n) || q->recompute_seg != n->recompute_seg ||
           q->backward != n->backward || !same_type(&q->out[0]->ty, &n->out[0]->ty))
         continue;
       if (nset + F->nmembers[gid] > MAX_GROUP) continue;

@@ -8,12 +8,14 @@
  *                   expert sees its rows in the order one device would give them)
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
- *   reshard         not supported yet (on(...) rules over device subsets): dies
+ *   reshard         rows between two device sets (on(...)), in batch order
+ * Nodes on(...) a device subset run on that set's sub-communicator (comm_subset).
  * The per-expert row counts are exchanged first (an all_gather of every device's
  * offsets, E+1 int32 each). docs/multidev.md has the layout. Prefix: rt_. */
 #include <string.h>
 
 #include "comm.h"
+#include "multidev.h"
 #include "runtime.h"
 
 double rt_md_comm_seconds[RT_INPROC_MAX][2];
@@ -185,16 +187,15 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
   mc_free(cnt);
 }
 
-static void check_set(const KernelCtx *ctx, const Node *n, int64_t nd) {
-  if (nd != ctx->ndevices)
-    mc_die("op '%s' (layer '%s') runs over %lld of the %d devices: collectives over a device "
-           "subset (place ... : on(...)) are not supported by the multi-device runtime yet",
-           ir_ops[n->op].name, n->layer ? n->layer : "?", (long long)nd, ctx->ndevices);
+/* The communicator of node n's device set (on(...) subsets: a sub-communicator, ranks in
+ * ascending device order, so sums stay in device order). */
+static Comm *set_comm(const KernelCtx *ctx, const Node *n) {
+  Comm *c = need_comm(ctx, n);
+  return comm_subset(c, rt_md_node_mask(n, c->size));
 }
 
 static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  Comm *c = need_comm(ctx, n);
-  check_set(ctx, n, n->ia[0]);
+  Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(float));
   c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
@@ -202,40 +203,108 @@ static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in,
 }
 
 static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  Comm *c = need_comm(ctx, n);
-  check_set(ctx, n, n->ia[0]);
+  Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(double));
   c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
 }
 
-static void a2a_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all(ctx, n, in, out, sizeof(float));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2a_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all(ctx, n, in, out, sizeof(double));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2ab_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all_back(ctx, n, in, out, sizeof(float));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2ab_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all_back(ctx, n, in, out, sizeof(double));
-  add_time(ctx->comm, 0, t0);
+/* A device outside the batch side of an all_to_all (ia[2]: the dense nodes of the moe
+ * layer on(...) a subset, its experts elsewhere) sends and receives no rows: its offsets
+ * (from nodes it skipped) read as zero. */
+static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const *in, void **tmp,
+                               int32_t **zero) {
+  Comm *c = need_comm(ctx, n);
+  uint64_t m = (uint64_t)n->ia[2];
+  if (!m || (m >> c->rank & 1)) return in;
+  *zero = mc_calloc((size_t)n->in[1]->numel, sizeof(int32_t));
+  tmp[0] = in[0];
+  tmp[1] = *zero;
+  return tmp;
 }
 
-static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  (void)ctx, (void)in, (void)out;
-  mc_die("layer '%s' moves rows between device sets (reshard, from place ... : on(...)): not "
-         "supported by the multi-device runtime yet",
-         n->layer ? n->layer : "?");
+#define A2A_KERNEL(NAME, FN, T)                                                                    \
+  static void NAME(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {       \
+    double t0 = mc_now();                                                                          \
+    void *tmp[2];                                                                                  \
+    int32_t *zero = NULL;                                                                          \
+    FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T));                                \
+    mc_free(zero);                                                                                 \
+    add_time(ctx->comm, 0, t0);                                                                    \
+  }
+A2A_KERNEL(a2a_f32, all_to_all, float)
+A2A_KERNEL(a2a_f64, all_to_all, double)
+A2A_KERNEL(a2ab_f32, all_to_all_back, float)
+A2A_KERNEL(a2ab_f64, all_to_all_back, double)
+
+/* reshard: rows (dim 0, in batch order) from the devices of set a (ia[2], each holding
+ * the next |a|-th of the rows, ascending) to those of set b (ia[3]); every device of
+ * a | b takes part (one all_to_allv on their communicator). Bytes that change device
+ * are counted in rt_md_reshard_bytes (a test compares them with the plan's closed form). */
+int64_t rt_md_reshard_bytes[RT_INPROC_MAX];
+
+static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                    size_t fel) {
+  double t0 = mc_now();
+  Comm *world = need_comm(ctx, n);
+  uint64_t a = (uint64_t)n->ia[2], b = (uint64_t)n->ia[3], u = a | b;
+  Comm *c = comm_subset(world, u);
+  const Tensor *x = n->in[0], *y = n->out[0];
+  size_t elem = x->ty.dtype == DT_I32 ? sizeof(int32_t) : fel;
+  int na = __builtin_popcountll(a), nb = __builtin_popcountll(b);
+  int64_t R0 = ctx->batch_local * ctx->ndevices; /* global rows (B), then B*T if flattened */
+  for (int k = 0; k < x->ty.dim[0].t && ctx->graph; k++)
+    R0 *= ctx->graph->T;
+  if (x->ty.dim[0].b != 1 || x->shape[0] * __builtin_popcountll(a) != R0)
+    mc_die("layer '%s': moving '%s' between device sets (on(...)) needs rows B or B*T in "
+           "dim 0",
+           n->layer ? n->layer : "?", x->name);
+  int64_t ra = x->shape[0], rb = y->shape[0], R = ra * na; /* rows: per a device, per b, all */
+  MOEC_ASSERT(rb * nb == R && x->numel / ra == y->numel / rb);
+  size_t w = (size_t)(x->numel / ra) * elem; /* bytes per row */
+  int P = c->size, ia = -1, ib = -1, q = 0;
+  int *dev = mc_calloc((size_t)P, sizeof(int)); /* sub rank -> device */
+  for (int d = 0; d < 64 && q < P; d++)
+    if (u >> d & 1) dev[q++] = d;
+  int me = dev[c->rank];
+  if (a >> me & 1) ia = __builtin_popcountll(a & (((uint64_t)1 << me) - 1));
+  if (b >> me & 1) ib = __builtin_popcountll(b & (((uint64_t)1 << me) - 1));
+  int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
+          *rd = sc + 3 * P;
+  for (int p = 0; p < P; p++) {
+    int d = dev[p];
+    if (ia >= 0 && (b >> d & 1)) { /* my rows [ia*ra, +ra) to d's [j*rb, +rb) */
+      int64_t j = __builtin_popcountll(b & (((uint64_t)1 << d) - 1));
+      int64_t lo = MC_MAX(ia * ra, j * rb), hi = MC_MIN((ia + 1) * ra, (j + 1) * rb);
+      if (hi > lo) {
+        sc[p] = (hi - lo) * (int64_t)w;
+        sd[p] = (lo - ia * ra) * (int64_t)w;
+      }
+    }
+    if (ib >= 0 && (a >> d & 1)) { /* d's rows [i*ra, +ra) to mine [ib*rb, +rb) */
+      int64_t i = __builtin_popcountll(a & (((uint64_t)1 << d) - 1));
+      int64_t lo = MC_MAX(i * ra, ib * rb), hi = MC_MIN((i + 1) * ra, (ib + 1) * rb);
+      if (hi > lo) {
+        rc[p] = (hi - lo) * (int64_t)w;
+        rd[p] = (lo - ib * rb) * (int64_t)w;
+      }
+    }
+  }
+  int64_t moved = 0;
+  for (int p = 0; p < P; p++)
+    if (p != c->rank) moved += sc[p];
+  if (world->rank < RT_INPROC_MAX) rt_md_reshard_bytes[world->rank] += moved;
+  c->all_to_allv(c, in[0], sc, sd, out[0], rc, rd);
+  mc_free(sc);
+  mc_free(dev);
+  add_time(world, 0, t0);
+}
+static void reshard_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  reshard(ctx, n, in, out, sizeof(float));
+}
+static void reshard_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  reshard(ctx, n, in, out, sizeof(double));
 }
 
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
@@ -245,5 +314,6 @@ void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
   f64[OP_ALL_TO_ALL] = a2a_f64;
   f32[OP_ALL_TO_ALL_BACK] = a2ab_f32;
   f64[OP_ALL_TO_ALL_BACK] = a2ab_f64;
-  f32[OP_RESHARD] = f64[OP_RESHARD] = reshard;
+  f32[OP_RESHARD] = reshard_f32;
+  f64[OP_RESHARD] = reshard_f64;
 }

@@ -23,6 +23,113 @@ void rt_md_widen_expert_rows(Graph *g, int P) {
   }
 }
 
+/* ---------------------------------------------------------------- device subsets */
+
+static uint64_t all_mask(int P) {
+  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
+}
+
+uint64_t rt_md_node_mask(const Node *n, int P) {
+  if (n->device >= 0) return (uint64_t)1 << n->device;
+  if (n->ndevices <= 0) return all_mask(P);
+  uint64_t m = 0;
+  for (int i = 0; i < n->ndevices; i++)
+    m |= (uint64_t)1 << n->devices[i];
+  return m;
+}
+
+uint64_t rt_md_tensor_mask(const Tensor *t, int P) {
+  const Node *n = t->producer;
+  if (!n) return all_mask(P);
+  if (n->op == OP_RESHARD) return (uint64_t)n->ia[3];
+  if (n->op == OP_ALL_TO_ALL_BACK && n->ia[2]) return (uint64_t)n->ia[2];
+  return rt_md_node_mask(n, P);
+}
+
+bool rt_md_runs(const Node *n, int rank, int P) {
+  return rt_md_node_mask(n, P) >> rank & 1;
+}
+
+bool rt_md_has_subsets(const Graph *g, int P) {
+  if (P <= 1) return false;
+  for (int k = 0; k < g->nnodes; k++)
+    if (rt_md_node_mask(g->nodes[k], P) != all_mask(P)) return true;
+  return false;
+}
+
+KernelCtx rt_md_node_ctx(const KernelCtx *ctx, const Node *n) {
+  KernelCtx c = *ctx;
+  int P = ctx->ndevices;
+  uint64_t m = rt_md_node_mask(n, P);
+  if (P <= 1 || m == all_mask(P)) return c;
+  int64_t B = ctx->batch_local * P; /* global rows */
+  int k = __builtin_popcountll(m),
+      idx = __builtin_popcountll(m & (((uint64_t)1 << ctx->device) - 1));
+  c.batch_local = B / k;
+  c.batch0 = idx * (B / k);
+  c.device = idx;
+  c.ndevices = k;
+  return c;
+}
+
+void rt_md_bind(Graph *g, int64_t B, int64_t T, int P) {
+  if (P <= 1) {
+    ir_bind(g, B, T);
+    return;
+  }
+  rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
+  int n = g->ntensors;
+  Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
+  int *nset = mc_calloc((size_t)n + 1, sizeof(int));
+  for (int i = 0; i < n; i++) {
+    Tensor *t = g->tensors[i];
+    uint64_t m = rt_md_tensor_mask(t, P);
+    if (t->part != PART_BATCH || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || m == all_mask(P))
+      continue;
+    int k = __builtin_popcountll(m);
+    if (B % k)
+      mc_die("tensor '%s' is split over %d devices (place ... : on(...)), but batch %lld does not "
+             "split evenly over %d: use a batch that every device set's size divides",
+             t->name, k, (long long)B, k);
+    if (t->ty.dim[0].b != 1)
+      mc_die("tensor '%s' on a device subset has rows %s of B: not supported", t->name, "a power");
+    nset[i] = k;
+    orig[i] = t->ty.dim[0];
+    t->ty.dim[0].c *= (P + k - 1) / k; /* the plan's room: at least B/k rows */
+  }
+  ir_bind(g, B / P, T);
+  for (int i = 0; i < n; i++) {
+    if (!nset[i]) continue;
+    Tensor *t = g->tensors[i];
+    t->shape[0] = dim_eval(orig[i], B / nset[i], T); /* the exact rows of one device */
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++)
+      t->numel *= t->shape[d];
+  }
+  mc_free(orig);
+  mc_free(nset);
+}
+
+int rt_md_param_owner(const Graph *g, const Tensor *t, int P) {
+  if (P <= 1 || t->part == PART_EXPERTS || !t->grad || !t->grad->producer) return -1;
+  (void)g;
+  uint64_t m = rt_md_node_mask(t->grad->producer, P);
+  return m == all_mask(P) ? -1 : __builtin_ctzll(m);
+}
+
+/* gathers (checkpoints, evaluation): zero what another device contributes */
+static void zero_nonlocal(const Graph *g, const Tensor *t, int rank, void *buf, size_t elem);
+static void zero_nonowner(const Graph *g, const Tensor *t, int rank, int P, void *buf,
+                          size_t elem) {
+  int o = rt_md_param_owner(g, t, P);
+  if (o >= 0 && o != rank) memset(buf, 0, (size_t)t->numel * elem);
+  zero_nonlocal(g, t, rank, buf, elem);
+}
+
+static bool gathered_param(const Graph *g, const Tensor *t, int P) {
+  return t->part == PART_EXPERTS || rt_md_param_owner(g, t, P) >= 0;
+}
+
 int rt_md_param_moe(const Graph *g, const Tensor *t) {
   if (t->part != PART_EXPERTS) return -1;
   int best = -1;
@@ -63,9 +170,9 @@ void rt_md_gather_experts(Comm *c, Program *p) {
   MOEC_ASSERT(p->be == &rt_backend_cpu);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
-    if (t->part != PART_EXPERTS) continue;
+    if (!gathered_param(g, t, c->size)) continue;
     void *b = p->buf[t->id];
-    zero_nonlocal(g, t, c->rank, b, p->elem);
+    zero_nonowner(g, t, c->rank, c->size, b, p->elem);
     if (p->prec == PREC_F64)
       c->all_reduce_sum_f64(c, b, t->numel);
     else
@@ -125,8 +232,9 @@ static void view_build(OptView *w, Comm *c, const Graph *g, const Optim *o, floa
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
     int m = rt_md_param_moe(g, t);
-    if (m < 0) {
-      view_add(w, o, i, 0, o->numel[i], params, grads);
+    if (m < 0) { /* a parameter trained on(...) a subset: only its devices update it */
+      if (!t->grad || !t->grad->producer || rt_md_runs(t->grad->producer, c->rank, c->size))
+        view_add(w, o, i, 0, o->numel[i], params, grads);
       continue;
     }
     int64_t E = t->shape[0], per = t->numel / E;
@@ -176,7 +284,11 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
   for (int k = 0, i = 0; k < w.o.n; k++) {
     while (strcmp(g->params[i]->name, w.o.names[k])) /* names in order: find k's param */
       i++;
-    int x = g->params[i]->part == PART_EXPERTS;
+    /* replicated over all: the same everywhere; experts and on(...) parameters: summed
+     * over devices, each counted once (a subset's parameter by its first device) */
+    int own = rt_md_param_owner(g, g->params[i], c->size);
+    if (own >= 0 && own != c->rank) continue;
+    int x = g->params[i]->part == PART_EXPERTS || own >= 0;
     for (int64_t j = 0; j < w.o.numel[k]; j++)
       ss[x] += elem_get(w.g[k], j, o->elem) * elem_get(w.g[k], j, o->elem);
   }
@@ -205,7 +317,7 @@ static float *gathered(Comm *c, const Graph *g, const Tensor *t, const float *sr
   if (!src) return NULL;
   float *b = mc_malloc((size_t)t->numel * sizeof(float));
   memcpy(b, src, (size_t)t->numel * sizeof(float));
-  rt_md_zero_nonlocal(g, t, c->rank, b);
+  zero_nonowner(g, t, c->rank, c->size, b, sizeof(float));
   c->all_reduce_sum_f32(c, b, t->numel);
   return b;
 }
@@ -215,7 +327,7 @@ void rt_md_optim_gather(Comm *c, const Graph *g, Optim *o, MdOptimSave *s) {
   s->v = mc_calloc((size_t)o->n + 1, sizeof(float *));
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
-    if (t->part != PART_EXPERTS || c->size <= 1) continue;
+    if (!gathered_param(g, t, c->size) || c->size <= 1) continue;
     if (o->kind != OPT_ADAM)
       mc_die("the factored optimizer with expert-sharded layers on N devices is not supported yet: "
              "use adam");
@@ -286,6 +398,26 @@ void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
              "expert would pick its rows among one device's rows, not the global batch's)",
              g->nodes[k]->layer ? g->nodes[k]->layer : "?");
   }
+  /* device subsets: what the runtime cannot split over part of the devices yet */
+  uint64_t *pm = mc_calloc((size_t)g->ntensors + 1, sizeof(uint64_t));
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    uint64_t m = rt_md_node_mask(n, P);
+    for (int i = 0; i < n->nin; i++) {
+      const Tensor *t = n->in[i];
+      if (t->kind == TK_STATE && m != all_mask(P))
+        mc_die("layer '%s' keeps state from step to step ('%s') and runs on a subset of the "
+               "devices (place ... : on(...)): not supported yet (place it on every device)",
+               n->layer ? n->layer : "?", t->name);
+      if (t->kind != TK_PARAM || n->backward || t->part == PART_EXPERTS) continue;
+      if (pm[t->id] && pm[t->id] != m)
+        mc_die("parameter '%s' is read by nodes on different device sets (place ... : on(...)): "
+               "its gradient would mix them; place its readers on the same devices",
+               t->name);
+      pm[t->id] = m;
+    }
+  }
+  mc_free(pm);
   bool experts = false;
   for (int i = 0; i < g->nparams; i++)
     experts |= rt_md_param_moe(g, g->params[i]) >= 0;
@@ -307,7 +439,7 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   Graph *g = ir_build(f, cfg);
   PassCtx pc = {cfg, P, true};
   pass_run_all(g, &pc, NULL, NULL);
-  ir_bind(g, cfg->batch / P, cfg->unroll);
+  rt_md_bind(g, cfg->batch, cfg->unroll, P); /* also: a batch an on(...) set does not divide */
   rt_md_check_graph(g, cfg, P);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));

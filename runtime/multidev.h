@@ -19,6 +19,31 @@
  * the global batch, the most one device can receive from the all-to-all. */
 void rt_md_widen_expert_rows(Graph *g, int P);
 
+/* ---- device subsets (place ... : on(...); docs/multidev.md "Device subsets") ---- */
+
+/* The devices of node n as a bit mask (bit d = device d): all P, one, or the on(...) list. */
+uint64_t rt_md_node_mask(const Node *n, int P);
+/* The devices holding tensor t's batch rows: its producer's set (a reshard's: the set it
+ * moves rows to; all_to_all_back's: the batch side's); inputs and states: all. */
+uint64_t rt_md_tensor_mask(const Tensor *t, int P);
+/* Does device `rank` run node n? Devices outside a node's set skip it. */
+bool rt_md_runs(const Node *n, int rank, int P);
+/* True when some node runs on a subset of the P devices. */
+bool rt_md_has_subsets(const Graph *g, int P);
+/* The context node n runs in on device ctx->device: on a subset S, this device's index in
+ * S, |S| devices, and its rows of the batch split over S (batch0, batch_local), so
+ * counter-based draws and xent's 1/(rows * devices) are those of one device. */
+KernelCtx rt_md_node_ctx(const KernelCtx *ctx, const Node *n);
+/* Binds g (placed on P > 1 devices) for one device: every tensor at B/P batch rows but
+ * those on a subset S (B/|S| rows: the symbolic row dim widened for the memory plan, the
+ * bound shape exact), expert-side rows widened (rt_md_widen_expert_rows). B is global. */
+void rt_md_bind(Graph *g, int64_t B, int64_t T, int P);
+/* The device whose copy of parameter t is the one to gather (checkpoints, evaluation,
+ * the gradient norm): -1 when every device holds it alike (replicated over all), the
+ * first device of the set of t's gradient when only those devices train it. Expert
+ * parameters: -1 (their experts are per device). */
+int rt_md_param_owner(const Graph *g, const Tensor *t, int P);
+
 /* Dies with a clear message for what the N-device runtime does not support yet (hmoe
  * layers, batchwise gating, the factored optimizer with sharded experts). g bound. */
 void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
@@ -57,6 +82,8 @@ int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices);
 /* Seconds rank r spent in collective kernels since the start: [r][0] all_to_all and
  * all_to_all_back (including waiting for the slowest device), [r][1] all_reduce. */
 extern double rt_md_comm_seconds[RT_INPROC_MAX][2];
+/* Bytes rank r's reshard kernels sent to other devices since the start (on(...) sets). */
+extern int64_t rt_md_reshard_bytes[RT_INPROC_MAX];
 
 /* True when started by an MPI launcher with more than one rank. */
 bool rt_md_mpi_launched(void);

@@ -34,7 +34,7 @@ typedef struct Compiled {
 } Compiled;
 
 static const Tensor *through_reshapes(const Tensor *t) {
-  while (t->producer && t->producer->op == OP_RESHAPE)
+  while (t->producer && (t->producer->op == OP_RESHAPE || t->producer->op == OP_RESHARD))
     t = t->producer->in[0];
   return t;
 }
@@ -86,8 +86,7 @@ static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int 
   PassCtx pc = {cfg, P, training};
   pass_run_all(g, &pc, NULL, NULL);
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
-  if (P > 1) rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
-  ir_bind(g, B / P, T);
+  rt_md_bind(g, B, T, P); /* B/P rows (on(...) subsets: B/|set|), expert rows widened */
   rt_md_check_graph(g, cfg, P);
   return g;
 }
@@ -706,6 +705,12 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
            aux = read_scalar(r.tr.p, gt->aux);
     if (P > 1) { /* xent: each device's share of the global mean; aux: replicated */
+      if (gt->xent && gt->xent->producer && !rt_md_runs(gt->xent->producer, rank, P))
+        xent = 0; /* the loss on(...) other devices: this one has no rows of it */
+      if (gt->aux && gt->aux->producer &&
+          rt_md_node_mask(gt->aux->producer, P) != comm_all_mask(comm))
+        comm->broadcast(comm, &aux, sizeof aux,
+                        __builtin_ctzll(rt_md_node_mask(gt->aux->producer, P)));
       comm->all_reduce_sum_f64(comm, &xent, 1);
       loss = gt->aux ? xent + aux : xent;
     }
@@ -781,6 +786,11 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     }
   }
   if (r.tty && done) fprintf(r.out, "\n");
+  double reshard_bytes = 0; /* every device's reshard kernels (on(...) sets), summed */
+  if (P > 1) {
+    reshard_bytes = rank < RT_INPROC_MAX ? (double)rt_md_reshard_bytes[rank] : 0;
+    comm->all_reduce_sum_f64(comm, &reshard_bytes, 1);
+  }
   valid = run_eval(&r, SPLIT_VALID, MC_MAX(steps, start), &t_eval);
   test = run_eval(&r, SPLIT_TEST, MC_MAX(steps, start), &t_eval);
   if (o->save) save_run(&r, o->save, MC_MAX(steps, start));
@@ -809,6 +819,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
       mc_buf_printf(&b, ",\"devices\":%d", P);
       json_num(&b, "all_to_all_seconds", rt_md_comm_seconds[0][0]);
       json_num(&b, "all_reduce_seconds", rt_md_comm_seconds[0][1]);
+      json_num(&b, "reshard_bytes", reshard_bytes); /* the plan's reshard expected x steps */
     }
     json_num(&b, "train_loss", tail_n ? tail_sum / (double)tail_n : last_loss);
     json_num(&b, "train_ppl", tail_n ? exp(tail_xent / (double)tail_n) : NAN);

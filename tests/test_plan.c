@@ -326,6 +326,49 @@ static void test_rules(void) {
   done(&b);
 }
 
+/* Device subsets: a reshard's expected bytes are the bytes whose device changes, rows in
+ * batch order over each set (ascending): all 4 -> {0, 1}: device 0 takes rows [0, B/2)
+ * (its own first quarter stays), device 1 rows [B/2, B) (none of its own): 3/4 move;
+ * all 4 -> {1, 2}: 1/2 (device 1's and device 2's quarters stay); the gradient rows back
+ * the same. An experts-only subset moves no dense rows: no reshard, and the dispatch's
+ * remote fraction counts every sender (1 - 1/4 with the experts on two of four). */
+static void test_reshard_bytes(void) {
+  static const struct {
+    const char *rule;
+    double frac;
+  } cases[] = {{"loss : on(0, 1)", 0.75}, {"loss : on(1, 2)", 0.5}, {"loss : on(3)", 0.75}};
+  for (size_t i = 0; i < MC_ARRAY_LEN(cases); i++) {
+    Built b;
+    char plan[128];
+    snprintf(plan, sizeof plan, "  devices = 4\n  place %s\n", cases[i].rule);
+    CHECK(lm(&b, 8, 2, 4, 4, 2, plan));
+    run_passes(&b, 4);
+    int n = 0;
+    for (int k = 0; k < b.g->nnodes; k++) {
+      const Node *r = b.g->nodes[k];
+      if (r->op != OP_RESHARD) continue;
+      n++;
+      CommBytes cb = pass_comm_bytes(b.g, r);
+      int64_t elem = 4, D = r->in[0]->ty.dtype == DT_I32 ? 1 : 4; /* targets: one i32 */
+      CHECK(cb.payload == 8 * 2 * D * elem && cb.upper == cb.payload);
+      CHECK(cb.expected == (int64_t)(cb.payload * cases[i].frac + 0.5));
+    }
+    CHECK(n >= 3); /* the softmax's inputs (h + m is its own), the targets, the gradients back */
+    done(&b);
+  }
+  Built b;
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  devices = 4\n  place m.experts : on(0, 1)\n"));
+  run_passes(&b, 4);
+  CHECK(count_op(b.g, OP_RESHARD, -1) == 0);
+  for (int k = 0; k < b.g->nnodes; k++) {
+    const Node *a = b.g->nodes[k];
+    if (a->op != OP_ALL_TO_ALL) continue;
+    CommBytes cb = pass_comm_bytes(b.g, a);
+    CHECK(cb.expected == (int64_t)(cb.payload * 0.75 + 0.5));
+  }
+  done(&b);
+}
+
 /* ---------------------------------------------------------------- hmoe */
 
 static void test_hmoe_groups(void) {
@@ -417,6 +460,7 @@ int main(void) {
   test_memory_falls();
   test_one_device_unchanged();
   test_rules();
+  test_reshard_bytes();
   test_hmoe_groups();
   test_cost_memplan_cluster();
   TEST_DONE();
