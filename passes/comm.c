@@ -7,7 +7,8 @@
  *   all_to_all_back rows of an expert-sharded node read by a data-parallel one: the
  *                   combine (forward) and the gradient rows to undispatch (backward)
  *   all_reduce      every replicated parameter's gradient (one per parameter), and each
- *                   MoE layer's importance and load (aux losses over the global batch)
+ *                   MoE layer's importance and load (aux losses over the global batch;
+ *                   an hmoe's load factors and group row counts before their product)
  *   reshard         batch rows moving between two device sets (on(...) rules)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
@@ -245,6 +246,46 @@ static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
   return s;
 }
 
+static bool in_layer(const Node *n, const char *layer) {
+  return n->layer && !strcmp(n->layer, layer);
+}
+
+/* hmoe (appendix B): load_H[i,j] = Load_p(X)_i * Load_i(X^(i))_j / |X^(i)| is a product
+ * of sums over the batch, so each factor is summed over the devices before the product:
+ * Load_i (the per-group loads, div_group_rows' input), Load_p (row_scale's scale) and
+ * the group row counts |X^(i)| (div_group_rows' offsets: the sum of every device's
+ * offsets, prefix sums add, read only by div_group_rows and its gradient). The product
+ * is then the global batch's, the same on every device. False for a moe layer. */
+static bool hmoe_global_load(Comm *c, int moe) {
+  Graph *g = c->g;
+  const char *layer = g->moe_names[moe];
+  Node *div = NULL, *rs = NULL;
+  for (int k = 0; k < g->nnodes && !div; k++)
+    if (!g->nodes[k]->backward && g->nodes[k]->op == OP_DIV_GROUP_ROWS &&
+        in_layer(g->nodes[k], layer))
+      div = g->nodes[k];
+  if (!div) return false;
+  for (int k = 0; k < g->nnodes && !rs; k++)
+    if (!g->nodes[k]->backward && g->nodes[k]->op == OP_ROW_SCALE &&
+        g->nodes[k]->in[0] == div->out[0])
+      rs = g->nodes[k];
+  MOEC_ASSERT(rs != NULL);
+  Tensor *off = div->in[1], *in[1] = {off};
+  if (off->part == PART_PARTIAL && set_size(off->producer, c->P) > 1) {
+    Node *n = new_node(c, OP_ALL_REDUCE, 1, in, off->producer, off->producer, true, "@sum");
+    n->ia[0] = set_size(off->producer, c->P);
+    n->out[0]->part = PART_REPLICATED;
+    for (int k = 0; k < g->nnodes; k++)
+      if (g->nodes[k]->op == OP_DIV_GROUP_ROWS && g->nodes[k]->in[1] == off)
+        g->nodes[k]->in[1] = n->out[0];
+  }
+  if (div->in[0]->part == PART_PARTIAL) all_reduce(c, div->in[0], "@sum");
+  if (rs->in[1]->part == PART_PARTIAL) all_reduce(c, rs->in[1], "@sum");
+  div->out[0]->part = rs->out[0]->part = PART_REPLICATED;
+  g->moe_load[moe]->part = PART_REPLICATED; /* a reshape of rs's output */
+  return true;
+}
+
 void pass_comm(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg || !g->moe_expert_dev) return; /* not placed: nothing moves */
@@ -265,6 +306,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int i = 0; i < g->nmoe; i++) {
     if (g->moe_importance[i] && g->moe_importance[i]->part == PART_PARTIAL)
       g->moe_importance[i] = all_reduce(&c, g->moe_importance[i], "@sum");
+    if (hmoe_global_load(&c, i)) continue;
     if (g->moe_load[i] && g->moe_load[i]->part == PART_PARTIAL)
       g->moe_load[i] = all_reduce(&c, g->moe_load[i], "@sum");
   }

@@ -1,7 +1,8 @@
 /* kernels_comm.c: CPU kernels of the collective ops (ir/ops.def, "collectives"),
  * float32 and float64, executed through ctx->comm (runtime/comm.h).
  *
- *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere)
+ *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere);
+ *                   i32 tensors (an hmoe's group offsets) through an all_gather
  *   all_to_all      MoE dispatch: each device sends the rows of every expert to the
  *                   expert's device (ctx->expert_dev); the receiver regroups them into
  *                   one contiguous batch per local expert, sources in rank order (so an
@@ -192,10 +193,31 @@ static void check_set(const KernelCtx *ctx, const Node *n, int64_t nd) {
            ir_ops[n->op].name, n->layer ? n->layer : "?", (long long)nd, ctx->ndevices);
 }
 
+/* i32 (an hmoe's group offsets: small): all_gather, then the rank-order sum */
+static void all_reduce_i32(Comm *c, const Node *n, const int32_t *x, int32_t *y) {
+  int64_t len = n->in[0]->numel;
+  int32_t *all = mc_malloc((size_t)c->size * (size_t)MC_MAX(len, 1) * sizeof(int32_t));
+  c->all_gather(c, x, all, (size_t)len * sizeof(int32_t));
+  for (int64_t i = 0; i < len; i++) {
+    int64_t s = 0;
+    for (int r = 0; r < c->size; r++)
+      s += all[(int64_t)r * len + i];
+    if (s > INT32_MAX || s < INT32_MIN)
+      mc_die("all_reduce of '%s': the sum overflows int32", n->in[0]->name);
+    y[i] = (int32_t)s;
+  }
+  mc_free(all);
+}
+
 static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   Comm *c = need_comm(ctx, n);
   check_set(ctx, n, n->ia[0]);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(float));
   c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
@@ -205,6 +227,11 @@ static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in,
   Comm *c = need_comm(ctx, n);
   check_set(ctx, n, n->ia[0]);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(double));
   c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
