@@ -9,9 +9,12 @@
  *                   expert sees its rows in the order one device would give them)
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
+ *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
+ *                   rows, from each device's own top candidates (all_gather)
  *   reshard         not supported yet (on(...) rules over device subsets): dies
  * The per-expert row counts are exchanged first (an all_gather of every device's
  * offsets, E+1 int32 each). docs/multidev.md has the layout. Prefix: rt_. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm.h"
@@ -258,6 +261,93 @@ static void a2ab_f64(const KernelCtx *ctx, const Node *n, void *const *in, void 
   add_time(ctx->comm, 0, t0);
 }
 
+/* all_gather_topm (batchwise gating over the global batch; ops.def): each device sends
+ * its own top min(m, N) candidates per expert (value, global row; row -1 pads), every
+ * device merges the P lists the same way and takes each expert's m-th: the cut. The
+ * global top m is inside the union of the devices' top m, so the cut is the one device
+ * holding the whole batch would find. Without a communicator (a one-device graph built
+ * by hand) the device is alone. */
+typedef struct TopmCand {
+  double v;
+  int64_t row;
+} TopmCand;
+
+static int topm_cmp(const void *a, const void *b) { /* gs desc, then global row asc */
+  const TopmCand *x = a, *y = b;
+  if (x->v != y->v) return x->v > y->v ? -1 : 1;
+  return (x->row > y->row) - (x->row < y->row);
+}
+
+static void all_gather_topm(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                            bool f64) {
+  Comm *c = ctx->comm ? ctx->comm : rt_comm_self();
+  int P = c->size;
+  if (n->ia[1] > 1 || P > 1) check_set(ctx, n, n->ia[1]);
+  double t0 = mc_now();
+  int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], k = n->ia[0];
+  int64_t m = k * N * P / E, mloc = MC_MIN(m, N), row0 = (int64_t)rt_rng_counter0(ctx, N);
+  if (N * P >= INT32_MAX) mc_die("batchwise gating: %lld rows are too many", (long long)(N * P));
+  size_t esz = f64 ? sizeof(double) : sizeof(float), nb = (size_t)(E * mloc) * (esz + 4);
+  char *send = mc_malloc(MC_MAX(nb, 1)), *recv = mc_malloc(MC_MAX(nb * (size_t)P, 1));
+  TopmCand *cand = mc_malloc((size_t)MC_MAX(MC_MAX(N, P * mloc), 1) * sizeof(TopmCand));
+  const float *gs32 = in[0], *thr32 = in[1];
+  const double *gs64 = in[0], *thr64 = in[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int64_t r = 0; r < N; r++) {
+      double v = f64 ? gs64[r * E + e] : gs32[r * E + e];
+      double t = f64 ? thr64[e] : thr32[e];
+      if (ctx->training || v > t) cand[cnt++] = (TopmCand){v, row0 + r};
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    for (int64_t j = 0; j < mloc; j++) {
+      int64_t at = e * mloc + j;
+      double v = j < cnt ? cand[j].v : 0;
+      int32_t row = j < cnt ? (int32_t)cand[j].row : -1;
+      if (f64)
+        ((double *)send)[at] = v;
+      else
+        ((float *)send)[at] = (float)v;
+      memcpy(send + (size_t)(E * mloc) * esz + (size_t)at * 4, &row, 4);
+    }
+  }
+  c->all_gather(c, send, recv, nb);
+  float *cv32 = out[0];
+  double *cv64 = out[0];
+  int32_t *cr = out[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int s = 0; s < P; s++) {
+      const char *blk = recv + (size_t)s * nb;
+      for (int64_t j = 0; j < mloc; j++) {
+        int64_t at = e * mloc + j;
+        int32_t row;
+        memcpy(&row, blk + (size_t)(E * mloc) * esz + (size_t)at * 4, 4);
+        if (row < 0) break;
+        cand[cnt++] = (TopmCand){f64 ? ((const double *)blk)[at] : ((const float *)blk)[at], row};
+      }
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    int64_t take = MC_MIN(cnt, m);
+    cr[e] = take > 0 ? (int32_t)cand[take - 1].row : -1;
+    if (f64)
+      cv64[e] = take > 0 ? cand[take - 1].v : 0;
+    else
+      cv32[e] = take > 0 ? (float)cand[take - 1].v : 0;
+  }
+  mc_free(cand);
+  mc_free(recv);
+  mc_free(send);
+  if (ctx->comm) add_time(c, 1, t0);
+}
+
+static void topm_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, false);
+}
+static void topm_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, true);
+}
+
 static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   (void)ctx, (void)in, (void)out;
   mc_die("layer '%s' moves rows between device sets (reshard, from place ... : on(...)): not "
@@ -273,4 +363,6 @@ void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
   f32[OP_ALL_TO_ALL_BACK] = a2ab_f32;
   f64[OP_ALL_TO_ALL_BACK] = a2ab_f64;
   f32[OP_RESHARD] = f64[OP_RESHARD] = reshard;
+  f32[OP_ALL_GATHER_TOPM] = topm_f32;
+  f64[OP_ALL_GATHER_TOPM] = topm_f64;
 }

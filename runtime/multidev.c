@@ -274,13 +274,6 @@ bool rt_md_mpi_launched(void) {
 
 void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
   if (P <= 1) return;
-  for (int k = 0; k < g->nnodes; k++) {
-    OpKind op = g->nodes[k]->op;
-    if (op == OP_BATCHWISE_ROUTE)
-      mc_die("layer '%s' uses gating = batchwise: not supported on more than one device yet (each "
-             "expert would pick its rows among one device's rows, not the global batch's)",
-             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
-  }
   bool experts = false;
   for (int i = 0; i < g->nparams; i++)
     experts |= rt_md_param_moe(g, g->params[i]) >= 0;
