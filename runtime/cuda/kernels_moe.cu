@@ -1242,7 +1242,8 @@ static void k_threshold_loss_bwd(const KernelCtx *ctx, const Node *n, void *cons
   CUDA_LAUNCH_CHECK();
   ThrIndF<T> f = {IN(1, T), IN(2, T), IN(3, T), E};
   colsum_f<T>(d, f, N, E, OUT(1, T)); /* sum_n (1[gs > thr] - mask) */
-  scale_by_kernel<T><<<rt_cuda_blocks(E), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), OUT(1, T), E, Ng);
+  scale_by_kernel<T>
+      <<<rt_cuda_blocks(E), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), OUT(1, T), E, Ng);
   CUDA_LAUNCH_CHECK();
 }
 
