@@ -62,9 +62,15 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
   CommBytes b = {0};
   int64_t nd = n->ia[1] > 0 ? n->ia[1] : 1;
   b.payload = bound_bytes(n->in[0]);
+  const Node *route = n->nin > 1 ? n->in[1]->producer : NULL;
   switch (n->op) {
   case OP_ALL_TO_ALL:
   case OP_ALL_TO_ALL_BACK:
+    if (route && route->op == OP_BATCHWISE_ROUTE) { /* E*floor(k*N/E) slots, not the buffer */
+      int64_t N = route->in[0]->shape[0], E = route->in[0]->shape[1], k = route->ia[0];
+      int64_t rows = n->in[0]->shape[0], M = rows > 0 ? n->in[0]->numel / rows : 0;
+      b.payload = E * (k * N / E) * M * 4;
+    }
     b.upper = b.payload;
     b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
@@ -74,6 +80,14 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.upper = b.expected = 2 * (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
+  case OP_ALL_GATHER_TOPM: { /* every device's top min(m, N/P) (value, row) per expert */
+    int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], m = n->ia[0] * N / E;
+    int64_t block = E * MC_MIN(m, N / nd) * 8;
+    b.payload = nd * block; /* what every device ends up holding */
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  }
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;
