@@ -418,7 +418,9 @@ static void test_hmoe_comm(void) {
  * device's top min(m, N/P) (value, row) pairs per expert. */
 static void test_batchwise_bytes(void) {
   static const int cases[][6] = {/* B, T, D, E, k, P */
-                                 {8, 4, 6, 4, 2, 2}, {12, 5, 10, 8, 1, 4}, {6, 3, 4, 6, 3, 3},
+                                 {8, 4, 6, 4, 2, 2},
+                                 {12, 5, 10, 8, 1, 4},
+                                 {6, 3, 4, 6, 3, 3},
                                  {4, 1, 4, 8, 1, 4}};
   for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
     int B = cases[c][0], T = cases[c][1], D = cases[c][2], E = cases[c][3], k = cases[c][4],
