@@ -1,7 +1,8 @@
 /* kernels_comm.c: CPU kernels of the collective ops (ir/ops.def, "collectives"),
  * float32 and float64, executed through ctx->comm (runtime/comm.h).
  *
- *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere)
+ *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere);
+ *                   i32 tensors (an hmoe's group offsets) through an all_gather
  *   all_to_all      MoE dispatch: each device sends the rows of every expert to the
  *                   expert's device (ctx->expert_dev); the receiver regroups them into
  *                   one contiguous batch per local expert, sources in rank order (so an
@@ -9,9 +10,12 @@
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
  *   reshard         rows between two device sets (on(...)), in batch order
+ *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
+ *                   rows, from each device's own top candidates (all_gather)
  * Nodes on(...) a device subset run on that set's sub-communicator (comm_subset).
  * The per-expert row counts are exchanged first (an all_gather of every device's
  * offsets, E+1 int32 each). docs/multidev.md has the layout. Prefix: rt_. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm.h"
@@ -194,9 +198,30 @@ static Comm *set_comm(const KernelCtx *ctx, const Node *n) {
   return comm_subset(c, rt_md_node_mask(n, c->size));
 }
 
+/* i32 (an hmoe's group offsets: small): all_gather, then the rank-order sum */
+static void all_reduce_i32(Comm *c, const Node *n, const int32_t *x, int32_t *y) {
+  int64_t len = n->in[0]->numel;
+  int32_t *all = mc_malloc((size_t)c->size * (size_t)MC_MAX(len, 1) * sizeof(int32_t));
+  c->all_gather(c, x, all, (size_t)len * sizeof(int32_t));
+  for (int64_t i = 0; i < len; i++) {
+    int64_t s = 0;
+    for (int r = 0; r < c->size; r++)
+      s += all[(int64_t)r * len + i];
+    if (s > INT32_MAX || s < INT32_MIN)
+      mc_die("all_reduce of '%s': the sum overflows int32", n->in[0]->name);
+    y[i] = (int32_t)s;
+  }
+  mc_free(all);
+}
+
 static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(float));
   c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
@@ -205,6 +230,11 @@ static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in,
 static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(double));
   c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
@@ -307,6 +337,92 @@ static void reshard_f64(const KernelCtx *ctx, const Node *n, void *const *in, vo
   reshard(ctx, n, in, out, sizeof(double));
 }
 
+/* all_gather_topm (batchwise gating over the global batch; ops.def): each device sends
+ * its own top min(m, N) candidates per expert (value, global row; row -1 pads), every
+ * device merges the P lists the same way and takes each expert's m-th: the cut. The
+ * global top m is inside the union of the devices' top m, so the cut is the one device
+ * holding the whole batch would find. Without a communicator (a one-device graph built
+ * by hand) the device is alone. */
+typedef struct TopmCand {
+  double v;
+  int64_t row;
+} TopmCand;
+
+static int topm_cmp(const void *a, const void *b) { /* gs desc, then global row asc */
+  const TopmCand *x = a, *y = b;
+  if (x->v != y->v) return x->v > y->v ? -1 : 1;
+  return (x->row > y->row) - (x->row < y->row);
+}
+
+static void all_gather_topm(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                            bool f64) {
+  Comm *c = ctx->comm ? set_comm(ctx, n) : rt_comm_self();
+  int P = c->size;
+  double t0 = mc_now();
+  int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], k = n->ia[0];
+  int64_t m = k * N * P / E, mloc = MC_MIN(m, N), row0 = (int64_t)rt_rng_counter0(ctx, N);
+  if (N * P >= INT32_MAX) mc_die("batchwise gating: %lld rows are too many", (long long)(N * P));
+  size_t esz = f64 ? sizeof(double) : sizeof(float), nb = (size_t)(E * mloc) * (esz + 4);
+  char *send = mc_malloc(MC_MAX(nb, 1)), *recv = mc_malloc(MC_MAX(nb * (size_t)P, 1));
+  TopmCand *cand = mc_malloc((size_t)MC_MAX(MC_MAX(N, P * mloc), 1) * sizeof(TopmCand));
+  const float *gs32 = in[0], *thr32 = in[1];
+  const double *gs64 = in[0], *thr64 = in[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int64_t r = 0; r < N; r++) {
+      double v = f64 ? gs64[r * E + e] : gs32[r * E + e];
+      double t = f64 ? thr64[e] : thr32[e];
+      if (ctx->training || v > t) cand[cnt++] = (TopmCand){v, row0 + r};
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    for (int64_t j = 0; j < mloc; j++) {
+      int64_t at = e * mloc + j;
+      double v = j < cnt ? cand[j].v : 0;
+      int32_t row = j < cnt ? (int32_t)cand[j].row : -1;
+      if (f64)
+        ((double *)send)[at] = v;
+      else
+        ((float *)send)[at] = (float)v;
+      memcpy(send + (size_t)(E * mloc) * esz + (size_t)at * 4, &row, 4);
+    }
+  }
+  c->all_gather(c, send, recv, nb);
+  float *cv32 = out[0];
+  double *cv64 = out[0];
+  int32_t *cr = out[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int s = 0; s < P; s++) {
+      const char *blk = recv + (size_t)s * nb;
+      for (int64_t j = 0; j < mloc; j++) {
+        int64_t at = e * mloc + j;
+        int32_t row;
+        memcpy(&row, blk + (size_t)(E * mloc) * esz + (size_t)at * 4, 4);
+        if (row < 0) break;
+        cand[cnt++] = (TopmCand){f64 ? ((const double *)blk)[at] : ((const float *)blk)[at], row};
+      }
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    int64_t take = MC_MIN(cnt, m);
+    cr[e] = take > 0 ? (int32_t)cand[take - 1].row : -1;
+    if (f64)
+      cv64[e] = take > 0 ? cand[take - 1].v : 0;
+    else
+      cv32[e] = take > 0 ? (float)cand[take - 1].v : 0;
+  }
+  mc_free(cand);
+  mc_free(recv);
+  mc_free(send);
+  if (ctx->comm) add_time(c, 1, t0);
+}
+
+static void topm_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, false);
+}
+static void topm_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, true);
+}
+
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
   f32[OP_ALL_REDUCE] = all_reduce_f32;
   f64[OP_ALL_REDUCE] = all_reduce_f64;
@@ -316,4 +432,6 @@ void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
   f64[OP_ALL_TO_ALL_BACK] = a2ab_f64;
   f32[OP_RESHARD] = reshard_f32;
   f64[OP_RESHARD] = reshard_f64;
+  f32[OP_ALL_GATHER_TOPM] = topm_f32;
+  f64[OP_ALL_GATHER_TOPM] = topm_f64;
 }

@@ -130,34 +130,53 @@ static bool gathered_param(const Graph *g, const Tensor *t, int P) {
   return t->part == PART_EXPERTS || rt_md_param_owner(g, t, P) >= 0;
 }
 
-int rt_md_param_moe(const Graph *g, const Tensor *t) {
+/* An expert parameter is NAME.PART of a moe (dim 0 = its E experts) or NAME.gJ.PART of
+ * an hmoe's group J (dim 0 = the group's experts, J*Eg... of the layer's G*Eg). */
+int rt_md_param_experts(const Graph *g, const Tensor *t, int *first) {
+  *first = 0;
   if (t->part != PART_EXPERTS) return -1;
-  int best = -1;
+  int best = -1, grp = -1;
   size_t bl = 0;
   for (int i = 0; i < g->nmoe; i++) {
     size_t l = strlen(g->moe_names[i]);
-    if (!strncmp(t->name, g->moe_names[i], l) && t->name[l] == '.' &&
-        !strchr(t->name + l + 1, '.') && l >= bl) {
-      best = i;
-      bl = l;
-    }
+    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
+    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
+    int j = -1, used = 0;
+    if (!dot)
+      j = -1;
+    else if (sscanf(rest, "g%d%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
+             !strchr(dot + 1, '.'))
+      ; /* NAME.gJ.PART */
+    else
+      continue;
+    best = i;
+    bl = l;
+    grp = j;
   }
-  if (best < 0 || !g->moe_expert_dev || t->ty.rank < 1 || t->shape[0] != g->moe_nexperts[best])
-    mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe layer: hmoe "
-           "layers are not supported by the multi-device runtime yet (use strategy = "
-           "data_parallel)",
+  int64_t E = best >= 0 && g->moe_nexperts ? g->moe_nexperts[best] : 0;
+  int64_t rows = t->ty.rank >= 1 ? t->shape[0] : 0;
+  int64_t at = grp >= 0 ? grp * rows : 0;
+  if (best < 0 || !g->moe_expert_dev || rows < 1 || at + rows > E || (grp < 0 && rows != E))
+    mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe or hmoe "
+           "layer (use strategy = data_parallel)",
            t->name);
+  *first = (int)at;
   return best;
+}
+
+int rt_md_param_moe(const Graph *g, const Tensor *t) {
+  int first;
+  return rt_md_param_experts(g, t, &first);
 }
 
 /* rt_md_zero_nonlocal for elements of `elem` bytes (float, or double under --f64). */
 static void zero_nonlocal(const Graph *g, const Tensor *t, int rank, void *buf, size_t elem) {
-  int m = rt_md_param_moe(g, t);
+  int first, m = rt_md_param_experts(g, t, &first);
   if (m < 0) return;
+  const int *map = g->moe_expert_dev[m] + first;
   int64_t E = t->shape[0], per = t->numel / E;
   for (int64_t e = 0; e < E; e++)
-    if (g->moe_expert_dev[m][e] != rank)
-      memset((char *)buf + (size_t)(e * per) * elem, 0, (size_t)per * elem);
+    if (map[e] != rank) memset((char *)buf + (size_t)(e * per) * elem, 0, (size_t)per * elem);
 }
 
 void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf) {
@@ -231,20 +250,21 @@ static void view_build(OptView *w, Comm *c, const Graph *g, const Optim *o, floa
   w->g = mc_calloc((size_t)cap + 1, sizeof(float *));
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
-    int m = rt_md_param_moe(g, t);
+    int first, m = rt_md_param_experts(g, t, &first);
     if (m < 0) { /* a parameter trained on(...) a subset: only its devices update it */
       if (!t->grad || !t->grad->producer || rt_md_runs(t->grad->producer, c->rank, c->size))
         view_add(w, o, i, 0, o->numel[i], params, grads);
       continue;
     }
+    const int *map = g->moe_expert_dev[m] + first;
     int64_t E = t->shape[0], per = t->numel / E;
     for (int64_t e = 0; e < E;) {
-      if (g->moe_expert_dev[m][e] != c->rank) {
+      if (map[e] != c->rank) {
         e++;
         continue;
       }
       int64_t e1 = e;
-      while (e1 < E && g->moe_expert_dev[m][e1] == c->rank)
+      while (e1 < E && map[e1] == c->rank)
         e1++;
       view_add(w, o, i, e * per, (e1 - e) * per, params, grads);
       e = e1;
@@ -386,18 +406,6 @@ bool rt_md_mpi_launched(void) {
 
 void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
   if (P <= 1) return;
-  for (int k = 0; k < g->nnodes; k++) {
-    OpKind op = g->nodes[k]->op;
-    if (op == OP_DIV_GROUP_ROWS || op == OP_LOAD_SMOOTH_GROUPED)
-      mc_die("layer '%s' is an hmoe: hierarchical MoE layers are not supported on more than one "
-             "device yet (their group-level load is per device, so the losses would differ "
-             "from one device)",
-             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
-    if (op == OP_BATCHWISE_ROUTE)
-      mc_die("layer '%s' uses gating = batchwise: not supported on more than one device yet (each "
-             "expert would pick its rows among one device's rows, not the global batch's)",
-             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
-  }
   /* device subsets: what the runtime cannot split over part of the devices yet */
   uint64_t *pm = mc_calloc((size_t)g->ntensors + 1, sizeof(uint64_t));
   for (int k = 0; k < g->nnodes; k++) {

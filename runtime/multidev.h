@@ -50,8 +50,11 @@ void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
 
 /* The MoE layer index an expert-sharded parameter belongs to (its dim 0 indexes that
  * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
- * attribute (hmoe groups on N devices are not supported yet). */
+ * attribute. rt_md_param_experts also gives the layer's expert number of the
+ * parameter's row 0 (an hmoe's NAME.gJ.w1 holds experts J*Eg .. J*Eg+Eg-1; 0 for a moe):
+ * row e is on device g->moe_expert_dev[layer][*first + e]. */
 int rt_md_param_moe(const Graph *g, const Tensor *t);
+int rt_md_param_experts(const Graph *g, const Tensor *t, int *first);
 
 /* Zeroes, in buf (the layout of param t), the slices of the experts not on `rank`. */
 void rt_md_zero_nonlocal(const Graph *g, const Tensor *t, int rank, float *buf);
