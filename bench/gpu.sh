@@ -6,15 +6,19 @@
 #   3. compute-sanitizer memcheck and racecheck on test_cuda_ops
 #   4. benchmarks: the MoE layer fwd+bwd (8192 tokens, D 1024, 64 experts of 4096,
 #      k = 2 and 4; FP32, then TF32) in moec and in PyTorch (python3)
-#   5. a short table last
+#   5. lm: LM training on the GPU: `moec run --backend cuda` of bench/lm_bench.moe (the
+#      CPU benchmark's model) and bench/lm_bench_gpu.moe (scaled up) against
+#      bench/lm_torch.py --device cuda (cuDNN LSTM, FP32) on the same sizes: tokens/s
+#      after warm-up and the ratio
+#   6. a short table last
 # Logs and JSON under $OUT (default build-gpu/out). Usage:
-#   bench/gpu.sh [STAGES]   STAGES: any of build test sanitize bench (default: all four)
+#   bench/gpu.sh [STAGES]   STAGES: any of build test sanitize bench lm (default: all five)
 #   QUICK=1 bench/gpu.sh    smaller benchmark (2048 tokens) and no TF32 pass
 #   BUILD=dir OUT=dir BUILD_TYPE=Release   (defaults: build-gpu, build-gpu/out, RelWithDebInfo)
 # Through the device tool (10 minutes a command; the build dir is kept between calls):
-#   bench/gpu.sh build test sanitize      then      bench/gpu.sh bench
+#   bench/gpu.sh build test sanitize      then      bench/gpu.sh bench lm
 set -u
-STAGES=${*:-build test sanitize bench}
+STAGES=${*:-build test sanitize bench lm}
 want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-gpu}
@@ -30,7 +34,7 @@ row "GPU" "$(head -1 "$OUT/gpu.txt")"
 
 # ---- 1. build (the later stages build what they need too: cmake --build is incremental)
 if cmake -S "$ROOT" -B "$BUILD" -DMOEC_CUDA=ON -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" >"$OUT/cmake.log" 2>&1 &&
-   cmake --build "$BUILD" -j"$JOBS" --target moec test_cuda_ops test_cuda_model bench_moe_layer_cuda \
+   cmake --build "$BUILD" -j"$JOBS" --target moec test_cuda_ops test_cuda_model test_cuda_optim bench_moe_layer_cuda \
      >"$OUT/build.log" 2>&1; then
   row "build (CUDA targets)" "ok"
 else
@@ -52,6 +56,10 @@ row "ctest -L gpu" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_gpu.log" |
 row "test_cuda_ops" "rc=$? $(tail -1 "$OUT/test_cuda_ops.log")"
 "$BUILD/tests/test_cuda_model" >"$OUT/test_cuda_model.log" 2>&1
 row "test_cuda_model" "rc=$? $(tail -1 "$OUT/test_cuda_model.log")"
+"$BUILD/tests/test_cuda_optim" >"$OUT/test_cuda_optim.log" 2>&1
+row "test_cuda_optim (device optimizer)" "rc=$? $(tail -1 "$OUT/test_cuda_optim.log")"
+sh "$ROOT/tests/gpu/test_cuda_train.sh" "$BUILD/moec" >"$OUT/test_cuda_train.log" 2>&1
+row "test_cuda_train (moec run --backend cuda)" "rc=$? $(tail -1 "$OUT/test_cuda_train.log")"
 (cd "$BUILD" && ctest -j"$JOBS" --output-on-failure) >"$OUT/ctest_all.log" 2>&1
 row "ctest (all)" "$(grep -E 'tests passed|tests failed' "$OUT/ctest_all.log" | tail -1)"
 fi
@@ -100,7 +108,53 @@ for mode in $MODES; do
 done
 fi
 
-# ---- 5. table
+# ---- 5. LM training on the GPU: moec run --backend cuda vs PyTorch with cuDNN's LSTM
+if want lm; then
+# moec's rate after warm-up from its --metrics lines (cumulative tokens/s per step):
+# (N - W) * B * T / (t(N) - t(W)), t(s) = s * B * T / rate(s); W = 10 steps
+moec_rate() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
+bt, w = int(sys.argv[2]), 10
+if len(rows) <= w + 1: print("nan"); raise SystemExit
+t = lambda r: r["step"] * bt / r["tokens_per_s"]
+a, b = rows[w - 1], rows[-1]
+print(f"{(b['step'] - a['step']) * bt / (t(b) - t(a)):.0f}")
+PY
+}
+for size in cpu_model scaled; do
+  if [ $size = cpu_model ]; then
+    moe=bench/lm_bench.moe bt=640 msteps=${LM_STEPS:-200}
+    targs="--batch 32"
+  else
+    moe=bench/lm_bench_gpu.moe bt=2560 msteps=${LM_STEPS:-80}
+    targs="--dim 1024 --experts 32 --hidden 2048 --batch 128"
+  fi
+  [ "${QUICK:-0}" = 1 ] && msteps=30
+  mlog="$OUT/lm_moec_$size.log"
+  "$BUILD/moec" run "$ROOT/$moe" --backend cuda --steps "$msteps" --quiet --json \
+    --metrics "$OUT/lm_moec_$size.jsonl" </dev/null >"$mlog" 2>&1
+  if [ $? = 0 ]; then
+    mt=$(moec_rate "$OUT/lm_moec_$size.jsonl" $bt)
+    row "LM $size: moec --backend cuda" "$mt tokens/s (after 10 warm-up steps; $msteps steps)"
+  else
+    mt=nan
+    row "LM $size: moec --backend cuda" "FAILED: $(tail -1 "$mlog")"
+  fi
+  tlog="$OUT/lm_torch_$size.log"
+  python3 "$ROOT/bench/lm_torch.py" --device cuda $targs --steps 50 --warmup 10 --json >"$tlog" 2>&1
+  if grep -q '^{' "$tlog"; then
+    tt=$(grep '^{' "$tlog" | tail -1 | python3 -c 'import json,sys; print("%.0f" % json.loads(sys.stdin.read())["tokens_per_s"])')
+    row "LM $size: PyTorch cuDNN LSTM" "$tt tokens/s"
+    row "LM $size: moec / PyTorch" "$(python3 -c "import sys; m, t = float('$mt'), float('$tt'); print(f'{m / t:.2f}x')")"
+  else
+    row "LM $size: PyTorch cuDNN LSTM" "FAILED: $(tail -1 "$tlog")"
+  fi
+done
+fi
+
+# ---- 6. table
 echo
 echo "================ bench/gpu.sh summary ($OUT) ================"
 printf '%s\n' "${ROWS[@]}"

@@ -11,6 +11,13 @@ over experts with index_select / index_add_. Tokens come from a small random
 Markov chain (the data does not change the speed).
 
     /usr/bin/python3 bench/lm_torch.py [--threads 2] [--steps 30] [--warmup 5] [--json]
+        [--device cpu|cuda] [--tf32] [--compile]
+
+On --device cuda (bench/gpu.sh): nn.LSTM runs cuDNN's LSTM; TF32 is off for
+matmuls and cuDNN unless --tf32 (moec's default is FP32 too); --compile wraps the
+MoE layer in torch.compile. The step ends with xent.item() as before, which waits
+for the GPU (moec reads its loss every step too), and the clock stops after a
+torch.cuda.synchronize().
 
 Prints tokens/s (B*T per step over the timed steps); with --json the last line is
 {"tokens_per_s": ..., ...}. Run it with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set
@@ -139,10 +146,22 @@ def main():
     ap.add_argument("--unroll", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--tf32", action="store_true", help="cuda: TF32 matmuls and cuDNN")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the MoE layer")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            print("lm_torch: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+            return 1
+        torch.backends.cudnn.enabled = True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     B, T = a.batch, a.unroll
     model = LM(a.vocab, a.dim, a.experts, a.hidden, a.k)
     for n, p in model.named_parameters():  # uniform init as moec's, gates at zero
@@ -150,11 +169,17 @@ def main():
             nn.init.zeros_(p)
         else:
             nn.init.uniform_(p, -0.05, 0.05)
+    model = model.to(dev)
+    if a.compile:
+        model.moe = torch.compile(model.moe)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     nsteps = a.warmup + a.steps
-    data = markov_stream(a.vocab, B, nsteps * T, a.seed)
+    data = markov_stream(a.vocab, B, nsteps * T, a.seed).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"lm_torch: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    where = (f"{torch.get_num_threads()} threads" if dev.type == "cpu" else
+             f"{torch.cuda.get_device_name(dev)}, cuDNN {torch.backends.cudnn.version()}, "
+             f"TF32 {'on' if a.tf32 else 'off'}{', compiled MoE' if a.compile else ''}")
+    print(f"lm_torch: torch {torch.__version__}, {where}, "
           f"{nparams/1e6:.2f}M parameters, B={B} T={T}, {a.warmup} warm-up + {a.steps} timed steps",
           flush=True)
 
@@ -164,6 +189,8 @@ def main():
     losses = []
     for step in range(nsteps):
         if step == a.warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
         chunk = data[:, step * T:(step + 1) * T + 1]
         ids, targets = chunk[:, :-1], chunk[:, 1:]
@@ -176,12 +203,15 @@ def main():
         losses.append(xent.item())
         if step % 10 == 0 or step == nsteps - 1:
             print(f"step {step:4d}  loss {xent.item():.4f}  aux {float(aux):.5f}", flush=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     tps = a.steps * B * T / dt
     print(f"lm_torch: {tps:.0f} tokens/s ({dt / a.steps * 1000:.1f} ms/step)")
     if a.json:
         print(json.dumps({"tokens_per_s": tps, "ms_per_step": dt / a.steps * 1000,
                           "steps": a.steps, "threads": torch.get_num_threads(),
+                          "device": a.device, "tf32": a.tf32, "compile": a.compile,
                           "params": nparams, "final_loss": losses[-1]}))
 
 

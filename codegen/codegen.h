@@ -20,6 +20,8 @@ typedef struct Instr {
 typedef struct Program {
   Graph *g;
   const Backend *be; /* where the buffers live */
+  void *dev;         /* the device context kernels run on (KernelCtx.dev; cuda: RtCudaDev*,
+                        set by runtime/train_dev.c); NULL: the backend's default */
   Precision prec;
   size_t elem; /* bytes per float element: 4 or 8 */
   Instr *instrs; int ninstrs;
@@ -34,6 +36,9 @@ typedef struct Program {
   /* the host JIT (codegen/hostjit.c): compiled at the first rt_exec, NULL = interpreter */
   struct HostJit *hostjit;
   bool hostjit_tried;
+  /* device subsets (place ... : on(...)): some nodes run on part of the devices; rt_exec
+   * then interprets, skipping them elsewhere (runtime/multidev.c). -1 = not looked yet */
+  int subsets;
 } Program;
 
 /* Lowers a bound graph (ir_bind done). If the memplan pass ran on it (g->mem set),

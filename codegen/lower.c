@@ -51,13 +51,19 @@ static void alloc_planned(Program *p) {
   MemFigures mf = pass_memplan_assign(g, p->elem);
   size_t total = (size_t)(mf.persist + mf.arena);
   p->base = p->be->alloc(total ? total : 64);
-  if (!p->base)
+  if (!p->base) {
+    const Tensor *big = NULL; /* named in the message: what to shrink first */
+    for (int i = 0; i < g->ntensors; i++)
+      if (!big || tensor_bytes(g->tensors[i], p->elem) > tensor_bytes(big, p->elem))
+        big = g->tensors[i];
     mc_die("out of memory on the %s device: the program's memory plan needs %.1f MiB "
-           "(parameters, inputs and state %.1f MiB, activations and gradients %.1f MiB); "
-           "reduce batch, unroll or model size, or recompute activations (plan { recompute = "
-           "all })",
-           p->be->name, (double)total / 1048576.0, (double)mf.persist / 1048576.0,
-           (double)mf.arena / 1048576.0);
+           "(%zu bytes: parameters, inputs and state %.1f MiB, activations and gradients "
+           "%.1f MiB; the largest tensor is '%s', %.1f MiB); reduce batch, unroll or model "
+           "size, or recompute activations (plan { recompute = all })",
+           p->be->name, (double)total / 1048576.0, total, (double)mf.persist / 1048576.0,
+           (double)mf.arena / 1048576.0, big ? big->name : "?",
+           big ? (double)tensor_bytes(big, p->elem) / 1048576.0 : 0.0);
+  }
   for (int i = 0; i < g->ntensors; i++)
     p->buf[i] = (char *)p->base + g->tensors[i]->mem_offset;
   p->planned = true;
@@ -87,6 +93,7 @@ Program *cg_lower_on(Graph *g, Precision prec, const Backend *be) {
   p->prec = prec;
   p->elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
   p->buf = mc_calloc((size_t)g->ntensors, sizeof(void *));
+  p->subsets = -1;
   /* Graphs that went through the pass pipeline (its memplan pass set g->mem) get the
    * plan; graphs built by hand (kernel tests, gradcheck: they read every tensor after
    * the run) keep one buffer per tensor. */

@@ -157,11 +157,12 @@ void grad_combine_routes(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   gin[1] = b->out[1];
 }
 
-/* The masks are step functions: d/dgs = (Mthr - M)/N, d/dthr = -sum_n (Mthr - M)/N */
+/* The masks are step functions: d/dgs = (Mthr - M)/N, d/dthr = -sum_n (Mthr - M)/N
+ * (N of the global batch: ia[0] devices, as the forward) */
 void grad_threshold_loss(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   if (!gout[0]) return;
   Tensor *in[4] = {gout[0], n->in[0], n->in[1], n->in[2]};
-  Node *b = emit(g, OP_THRESHOLD_LOSS_BWD, 4, in, 0, 0);
+  Node *b = emit(g, OP_THRESHOLD_LOSS_BWD, 4, in, n->ia[0], 0);
   gin[0] = b->out[0];
   gin[2] = b->out[1];
 }

@@ -198,7 +198,9 @@ void ir_bind(Graph *g, int64_t B, int64_t T) {
     t->numel = 1;
     for (int d = 0; d < t->ty.rank; d++) {
       t->shape[d] = dim_eval(t->ty.dim[d], B, T);
-      if (t->shape[d] <= 0)
+      /* 0 only for a device's share of the experts off a layer's on(...) set (shard.c) */
+      if (t->shape[d] < 0 ||
+          (t->shape[d] == 0 && !(g->experts_local && dim_is_const(t->ty.dim[d]))))
         mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld", t->name, d,
                (long long)B, (long long)T);
       t->numel *= t->shape[d];

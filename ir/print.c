@@ -34,7 +34,10 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
-    [OP_BATCHWISE_ROUTE] = {.ia = {"k"}},
+    [OP_BATCHWISE_ROUTE] = {.ia = {"k", "devices"}},
+    [OP_THRESHOLD_LOSS] = {.ia = {"devices"}},
+    [OP_THRESHOLD_LOSS_BWD] = {.ia = {"devices"}},
+    [OP_ALL_GATHER_TOPM] = {.ia = {"k", "devices"}},
     [OP_FUSED] = {.ia = {"ops"}},
     [OP_ALL_TO_ALL] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
     [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
@@ -89,7 +92,8 @@ static void print_node(const Node *n, FILE *out) {
   for (int d = 0; d < n->ndevices; d++) /* placement: an on(...) device set */
     fprintf(out, "%s%d%s", d ? "," : "  dev={", n->devices[d], d + 1 == n->ndevices ? "}" : "");
   static const char *parts[] = {"", "replicated", "batch", "experts", "partial"};
-  if (n->nout > 0 && n->out[0]->part != PART_NONE) fprintf(out, "  part=%s", parts[n->out[0]->part]);
+  if (n->nout > 0 && n->out[0]->part != PART_NONE)
+    fprintf(out, "  part=%s", parts[n->out[0]->part]);
   if (n->fused_group >= 0) fprintf(out, "  fuse=%d", n->fused_group);
   if (n->recompute_seg >= 0) fprintf(out, "  recompute=%d", n->recompute_seg);
   if (n->loc.line > 0) fprintf(out, "  ; %d:%d", n->loc.line, n->loc.col);

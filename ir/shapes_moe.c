@@ -55,7 +55,9 @@ static const char *need(Graph *g, Node *n, int i, DType dt, int rank) {
 static const char *need_offsets(Graph *g, Node *n, int i, int64_t *e) {
   TRY(need(g, n, i, DT_I32, 1));
   Dim d = n->in[i]->ty.dim[0];
-  if (!dim_is_const(d) || d.c < 2) return err_in(g, n, i, "must be offsets i32[E+1], E >= 1");
+  /* E = 0: a device's share of a layer's experts off its on(...) set (passes/shard.c) */
+  if (!dim_is_const(d) || d.c < (g->experts_local ? 1 : 2))
+    return err_in(g, n, i, "must be offsets i32[E+1], E >= 1");
   *e = d.c - 1;
   return NULL;
 }
@@ -429,15 +431,25 @@ const char *shape_div_group_rows(Graph *g, Node *n) {
 
 /* ---------------------------------------------------------------- batchwise gating */
 
-/* (gs[N,E], thr[E]) -> mask[N,E], rows i32[N*k], offsets i32[E+1]; k = ia[0] in [1, E] */
+/* (gs[N,E], thr[E][, cut_val[E], cut_row i32[E]]) -> mask[N,E], rows i32[N*k*P],
+ * offsets i32[E+1]; k = ia[0] in [1, E], P = ia[1] (0: 1) */
 const char *shape_batchwise_route(Graph *g, Node *n) {
+  if (n->nin != 2 && n->nin != 4)
+    return mc_arena_printf(&g->arena, "batchwise_route takes 2 inputs (or 4 with a cut)");
   TRY(need(g, n, 0, DT_F32, 2));
   TRY(need(g, n, 1, DT_F32, 1));
   Dim N = n->in[0]->ty.dim[0], E = n->in[0]->ty.dim[1];
   if (!dim_is_const(E)) return err_in(g, n, 0, "must have a constant number of columns");
   if (!dim_eq(n->in[1]->ty.dim[0], E)) return mismatch(g, n, 0, 1, "thresholds must be [E]");
+  if (n->nin == 4) {
+    TRY(need(g, n, 2, DT_F32, 1));
+    TRY(need(g, n, 3, DT_I32, 1));
+    if (!dim_eq(n->in[2]->ty.dim[0], E) || !dim_eq(n->in[3]->ty.dim[0], E))
+      return mismatch(g, n, 0, 2, "the cut must be [E]");
+  }
   TRY(need_attr(g, n, 0, 1, E.c, "k"));
-  Dim R = dim_mul(N, dim_int(n->ia[0])), E1 = dim_int(E.c + 1);
+  if (n->ia[1] < 0 || n->ia[1] > 65536) return err_in(g, n, 0, "devices out of range");
+  Dim R = dim_mul(N, dim_int(n->ia[0] * (n->ia[1] > 1 ? n->ia[1] : 1))), E1 = dim_int(E.c + 1);
   n->out[0]->ty = n->in[0]->ty;
   n->out[1]->ty = mk(DT_I32, 1, R, R, R);
   n->out[2]->ty = mk(DT_I32, 1, E1, E1, E1);

@@ -7,7 +7,8 @@
  *   all_to_all_back rows of an expert-sharded node read by a data-parallel one: the
  *                   combine (forward) and the gradient rows to undispatch (backward)
  *   all_reduce      every replicated parameter's gradient (one per parameter), and each
- *                   MoE layer's importance and load (aux losses over the global batch)
+ *                   MoE layer's importance and load (aux losses over the global batch;
+ *                   an hmoe's load factors and group row counts before their product)
  *   reshard         batch rows moving between two device sets (on(...) rules)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
@@ -34,6 +35,22 @@ const char *shape_collective_same(Graph *g, Node *n) {
   return NULL;
 }
 
+/* (gs[N,E], thr[E]) -> cut_val[E], cut_row i32[E]; k = ia[0] in [1, E] */
+const char *shape_all_gather_topm(Graph *g, Node *n) {
+  const Type *a = &n->in[0]->ty, *b = &n->in[1]->ty;
+  if (a->dtype != DT_F32 || a->rank != 2 || !dim_is_const(a->dim[1]))
+    return "all_gather_topm needs scores f32[N, E] with a constant E";
+  if (b->dtype != DT_F32 || b->rank != 1 || !dim_eq(b->dim[0], a->dim[1]))
+    return "all_gather_topm needs thresholds f32[E]";
+  if (n->ia[0] < 1 || n->ia[0] > a->dim[1].c)
+    return mc_arena_printf(&g->arena, "all_gather_topm: k = %lld must be in [1, E]",
+                           (long long)n->ia[0]);
+  Dim E = a->dim[1];
+  n->out[0]->ty = ir_type(DT_F32, 1, &E);
+  n->out[1]->ty = ir_type(DT_I32, 1, &E);
+  return NULL;
+}
+
 /* ---------------------------------------------------------------- bytes */
 
 static int64_t bound_bytes(const Tensor *t) {
@@ -45,9 +62,15 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
   CommBytes b = {0};
   int64_t nd = n->ia[1] > 0 ? n->ia[1] : 1;
   b.payload = bound_bytes(n->in[0]);
+  const Node *route = n->nin > 1 ? n->in[1]->producer : NULL;
   switch (n->op) {
   case OP_ALL_TO_ALL:
   case OP_ALL_TO_ALL_BACK:
+    if (route && route->op == OP_BATCHWISE_ROUTE) { /* E*floor(k*N/E) slots, not the buffer */
+      int64_t N = route->in[0]->shape[0], E = route->in[0]->shape[1], k = route->ia[0];
+      int64_t rows = n->in[0]->shape[0], M = rows > 0 ? n->in[0]->numel / rows : 0;
+      b.payload = E * (k * N / E) * M * 4;
+    }
     b.upper = b.payload;
     b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
@@ -57,6 +80,14 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.upper = b.expected = 2 * (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
+  case OP_ALL_GATHER_TOPM: { /* every device's top min(m, N/P) (value, row) per expert */
+    int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], m = n->ia[0] * N / E;
+    int64_t block = E * MC_MIN(m, N / nd) * 8;
+    b.payload = nd * block; /* what every device ends up holding */
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  }
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;
@@ -90,11 +121,54 @@ static int set_size(const Node *n, int P) {
   return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
 }
 
-static bool same_set(const Node *a, const Node *b) {
-  if (a->device != b->device || a->ndevices != b->ndevices) return false;
-  for (int i = 0; i < a->ndevices; i++)
-    if (a->devices[i] != b->devices[i]) return false;
-  return true;
+/* Device sets as bit masks (bit d = device d; P <= 64): all devices, one, or a list. */
+static uint64_t all_mask(int P) {
+  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
+}
+
+static uint64_t set_mask(const Node *n, int P) {
+  if (!n) return all_mask(P); /* inputs: fed to every device */
+  if (n->device >= 0) return (uint64_t)1 << n->device;
+  if (n->ndevices <= 0) return all_mask(P);
+  uint64_t m = 0;
+  for (int i = 0; i < n->ndevices; i++)
+    m |= (uint64_t)1 << n->devices[i];
+  return m;
+}
+
+static int popcount(uint64_t m) {
+  return __builtin_popcountll(m);
+}
+
+/* Gives node n the device set `m` (ascending). */
+static void set_devices(Graph *g, Node *n, uint64_t m, int P) {
+  n->device = -1;
+  n->devices = NULL;
+  n->ndevices = 0;
+  if (m == all_mask(P)) return;
+  if (popcount(m) == 1) {
+    n->device = __builtin_ctzll(m);
+    return;
+  }
+  int *d = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)popcount(m));
+  for (int q = 0; q < P; q++)
+    if (m >> q & 1) d[n->ndevices++] = q;
+  n->devices = d;
+}
+
+/* The fraction of rows a reshard moves to another device: global row x (in [0, 1) of
+ * the batch) sits on a[floor(x |a|)] and goes to b[floor(x |b|)], both in batch order
+ * (the sets ascending); exact for a batch that both set sizes divide. */
+static double reshard_fraction(uint64_t a, uint64_t b) {
+  int na = popcount(a), nb = popcount(b), da[64], db[64], k = 0;
+  for (int q = 0, i = 0, j = 0; q < 64; q++) {
+    if (a >> q & 1) da[i++] = q;
+    if (b >> q & 1) db[j++] = q;
+  }
+  int L = na * nb; /* a common multiple: segments of 1/L of the batch */
+  for (int s = 0; s < L; s++)
+    k += da[s / nb] != db[s / na];
+  return (double)k / L;
 }
 
 static bool is_expert(const Node *n) {
@@ -108,21 +182,24 @@ static int moe_of(const Graph *g, const char *layer) {
 }
 
 /* Expected fraction of a MoE layer's rows that change device under uniform routing: a
- * row on device s stays when its expert is on s; averaged over senders (each holds 1/P
- * of the rows) that is 1 - sum_s (1/P)(E_s/E) = (P-1)/P for any map over P devices. */
-static double remote_fraction(const Graph *g, int moe, int P) {
-  int E = g->moe_nexperts[moe];
-  if (E <= 0) return 0;
-  double stay = 0;
-  for (int e = 0; e < E; e++)
-    if (g->moe_expert_dev[moe][e] >= 0) stay += 1.0 / P / E;
+ * row on device s stays when its expert is on s; averaged over the P senders (the batch
+ * side's devices, each holds 1/P of the rows) that is 1 - sum_s (1/P)(E_s/E): (P-1)/P for
+ * any map over the same P devices; with the experts on(...) a subset, E_s = 0 outside it. */
+static double remote_fraction(const Graph *g, int moe, uint64_t senders) {
+  int E = g->moe_nexperts[moe], P = popcount(senders);
+  if (E <= 0 || P <= 0) return 0;
+  double stay = 0; /* experts on a sender device (senders: the batch side's set) */
+  for (int e = 0; e < E; e++) {
+    int d = g->moe_expert_dev[moe][e];
+    if (d >= 0 && d < 64 && (senders >> d & 1)) stay += 1.0 / P / E;
+  }
   return 1 - stay;
 }
 
-static Node *new_node(Comm *c, OpKind op, int nin, Tensor **in, const Node *like, Node *anchor,
-                      bool after, const char *what) {
+static Node *new_node_ia(Comm *c, OpKind op, int nin, Tensor **in, const int64_t *ia,
+                         const Node *like, Node *anchor, bool after, const char *what) {
   Graph *g = c->g;
-  Node *n = ir_node(g, op, nin, in, NULL, NULL);
+  Node *n = ir_node(g, op, nin, in, ia, NULL);
   g->nnodes--; /* ir_node appended it; it is placed at its anchor below */
   n->layer = like->layer;
   n->role = like->role;
@@ -140,6 +217,11 @@ static Node *new_node(Comm *c, OpKind op, int nin, Tensor **in, const Node *like
   }
   c->ins[c->nins++] = (Ins){n, anchor, after};
   return n;
+}
+
+static Node *new_node(Comm *c, OpKind op, int nin, Tensor **in, const Node *like, Node *anchor,
+                      bool after, const char *what) {
+  return new_node_ia(c, op, nin, in, NULL, like, anchor, after, what);
 }
 
 /* The offsets i32[E+1] a node of an expert layer reads (not produced by an expert node). */
@@ -178,7 +260,8 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Node *n = new_node(c, OP_ALL_TO_ALL, 2, in, reader, reader, false, "@experts");
       n->ia[0] = moe;
       n->ia[1] = set_size(reader, c->P);
-      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->ia[2] = (int64_t)set_mask(p, c->P); /* the batch side: who sends rows */
+      n->fa[0] = remote_fraction(g, moe, set_mask(p, c->P));
       n->out[0]->part = n->out[1]->part = PART_EXPERTS;
       c->a2a[t->id] = n->out[0];
       if (!c->recv[moe]) c->recv[moe] = n->out[1];
@@ -194,24 +277,24 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Node *n = new_node(c, OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false, "@batch");
       n->ia[0] = moe;
       n->ia[1] = set_size(p, c->P);
-      n->fa[0] = remote_fraction(g, moe, n->ia[1]);
+      n->ia[2] = (int64_t)set_mask(reader, c->P); /* the batch side: who gets rows back */
+      n->fa[0] = remote_fraction(g, moe, set_mask(reader, c->P));
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }
     reader->in[slot] = c->a2a[t->id];
-  } else if (!re && !pe && rows && p && !same_set(p, reader)) { /* on(...): rows move */
+  } else if (!re && !pe && rows && (p || t->kind == TK_INPUT) &&
+             set_mask(p, c->P) != set_mask(reader, c->P)) { /* on(...): rows move */
     if (!c->a2a[t->id]) {
       Tensor *in[1] = {t};
       Node *n = new_node(c, OP_RESHARD, 1, in, reader, reader, false, "@reshard");
-      int a = set_size(p, c->P), b = set_size(reader, c->P);
-      n->ia[0] = a;
-      n->ia[1] = b;
-      /* rows that change device: all but those whose device is in both splits; with
-       * equal sets none, else (conservatively) 1 - 1/max(a, b) */
-      n->fa[0] = 1.0 - 1.0 / MC_MAX(a, b);
-      n->device = reader->device;
-      n->devices = reader->devices;
-      n->ndevices = reader->ndevices;
+      uint64_t a = set_mask(p, c->P), b = set_mask(reader, c->P);
+      n->ia[0] = popcount(a);
+      n->ia[1] = popcount(b);
+      n->ia[2] = (int64_t)a; /* from: rows in batch order over a's devices, ascending */
+      n->ia[3] = (int64_t)b; /* to */
+      n->fa[0] = reshard_fraction(a, b);
+      set_devices(g, n, a | b, c->P); /* both sides take part */
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }
@@ -245,6 +328,104 @@ static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
   return s;
 }
 
+static bool in_layer(const Node *n, const char *layer) {
+  return n->layer && !strcmp(n->layer, layer);
+}
+
+/* hmoe (appendix B): load_H[i,j] = Load_p(X)_i * Load_i(X^(i))_j / |X^(i)| is a product
+ * of sums over the batch, so each factor is summed over the devices before the product:
+ * Load_i (the per-group loads, div_group_rows' input), Load_p (row_scale's scale) and
+ * the group row counts |X^(i)| (div_group_rows' offsets: the sum of every device's
+ * offsets, prefix sums add, read only by div_group_rows and its gradient). The product
+ * is then the global batch's, the same on every device. False for a moe layer. */
+static bool hmoe_global_load(Comm *c, int moe) {
+  Graph *g = c->g;
+  const char *layer = g->moe_names[moe];
+  Node *div = NULL, *rs = NULL;
+  for (int k = 0; k < g->nnodes && !div; k++)
+    if (!g->nodes[k]->backward && g->nodes[k]->op == OP_DIV_GROUP_ROWS &&
+        in_layer(g->nodes[k], layer))
+      div = g->nodes[k];
+  if (!div) return false;
+  for (int k = 0; k < g->nnodes && !rs; k++)
+    if (!g->nodes[k]->backward && g->nodes[k]->op == OP_ROW_SCALE &&
+        g->nodes[k]->in[0] == div->out[0])
+      rs = g->nodes[k];
+  MOEC_ASSERT(rs != NULL);
+  Tensor *off = div->in[1], *in[1] = {off};
+  if (off->part == PART_PARTIAL && set_size(off->producer, c->P) > 1) {
+    Node *n = new_node(c, OP_ALL_REDUCE, 1, in, off->producer, off->producer, true, "@sum");
+    n->ia[0] = set_size(off->producer, c->P);
+    n->out[0]->part = PART_REPLICATED;
+    for (int k = 0; k < g->nnodes; k++)
+      if (g->nodes[k]->op == OP_DIV_GROUP_ROWS && g->nodes[k]->in[1] == off)
+        g->nodes[k]->in[1] = n->out[0];
+  }
+  if (div->in[0]->part == PART_PARTIAL) all_reduce(c, div->in[0], "@sum");
+  if (rs->in[1]->part == PART_PARTIAL) all_reduce(c, rs->in[1], "@sum");
+  div->out[0]->part = rs->out[0]->part = PART_REPLICATED;
+  g->moe_load[moe]->part = PART_REPLICATED; /* a reshape of rs's output */
+  return true;
+}
+
+/* Batchwise gating (appendix F) over the global batch: every expert takes the top m =
+ * floor(k*N*P/E) of all devices' rows. all_gather_topm, right before the route, finds
+ * each expert's cut; the route keeps this device's candidates up to it. The threshold
+ * loss is a mean over the global batch: divided by N*P here, all-reduced. */
+static void batchwise_global(Comm *c, Node *route) {
+  Graph *g = c->g;
+  int nd = set_size(route, c->P);
+  if (nd <= 1 || route->nin != 2) return;
+  Tensor *in[2] = {route->in[0], route->in[1]};
+  int64_t ia[IR_MAX_ATTR] = {route->ia[0], nd};
+  Node *n = new_node_ia(c, OP_ALL_GATHER_TOPM, 2, in, ia, route, route, false, "@cut");
+  n->device = route->device;
+  n->devices = route->devices;
+  n->ndevices = route->ndevices;
+  n->out[1]->name = mc_arena_printf(&g->arena, "%s@cut_row", in[0]->name);
+  n->out[0]->part = n->out[1]->part = PART_REPLICATED;
+  Tensor **rin = mc_arena_alloc(&g->arena, 4 * sizeof(Tensor *));
+  rin[0] = in[0];
+  rin[1] = in[1];
+  rin[2] = n->out[0];
+  rin[3] = n->out[1];
+  route->in = rin;
+  route->nin = 4;
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *t = g->nodes[k];
+    if (!in_layer(t, route->layer) ||
+        (t->op != OP_THRESHOLD_LOSS && t->op != OP_THRESHOLD_LOSS_BWD))
+      continue;
+    t->ia[0] = nd;
+    if (t->op == OP_THRESHOLD_LOSS && t->out[0]->part == PART_PARTIAL)
+      all_reduce(c, t->out[0], "@sum");
+  }
+}
+
+static void widen_rows(Tensor *t, int P) {
+  for (int q = 0; q < t->ty.dim[0].b; q++)
+    t->ty.dim[0].c *= P;
+}
+
+/* After the splice: a device may hold more than N*k of the global batch's E*m routes, so
+ * the route's slot list gets N*k*P slots (ia[1]) and the shapes of the layer's nodes after
+ * it are inferred again (gathered rows, the expert FFN under data_parallel, the combine
+ * and their gradients). Expert-sharded nodes keep theirs: the runtime widens every
+ * expert-row tensor by P (rt_md_widen_expert_rows), to the same N*k*P; all_to_all_back
+ * brings them back into N*k*P rows. */
+static void batchwise_widen(Graph *g, Node *route, int P) {
+  route->ia[1] = P;
+  for (int k = route->id; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    if (!in_layer(n, route->layer) || (n->nout > 0 && n->out[0]->part == PART_EXPERTS)) continue;
+    const char *err = ir_ops[n->op].shape(g, n);
+    if (err)
+      mc_fatal("comm pass: node %d (%s) of batchwise layer '%s': %s", n->id, ir_ops[n->op].name,
+               route->layer, err);
+    if (n->op == OP_ALL_TO_ALL_BACK && n->in[1] == route->out[2]) widen_rows(n->out[0], P);
+  }
+}
+
 void pass_comm(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg || !g->moe_expert_dev) return; /* not placed: nothing moves */
@@ -265,9 +446,13 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int i = 0; i < g->nmoe; i++) {
     if (g->moe_importance[i] && g->moe_importance[i]->part == PART_PARTIAL)
       g->moe_importance[i] = all_reduce(&c, g->moe_importance[i], "@sum");
+    if (hmoe_global_load(&c, i)) continue;
     if (g->moe_load[i] && g->moe_load[i]->part == PART_PARTIAL)
       g->moe_load[i] = all_reduce(&c, g->moe_load[i], "@sum");
   }
+  /* batchwise gating: each expert's top rows over the global batch */
+  for (int k = 0; k < n0; k++)
+    if (g->nodes[k]->op == OP_BATCHWISE_ROUTE) batchwise_global(&c, g->nodes[k]);
   /* 3. gradients of replicated parameters (expert gradients stay where they are) */
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
@@ -299,6 +484,9 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   }
   g->nnodes = m;
   mc_free(out);
+  for (int k = 0; k < g->nnodes; k++)
+    if (g->nodes[k]->op == OP_BATCHWISE_ROUTE && g->nodes[k]->nin == 4)
+      batchwise_widen(g, g->nodes[k], (int)g->nodes[k]->in[2]->producer->ia[1]);
   mc_free(c.ins);
   mc_free(c.a2a);
   mc_free(c.recv);

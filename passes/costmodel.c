@@ -79,6 +79,7 @@ double plan_node_flops(const Node *n) {
   case OP_ALL_TO_ALL:
   case OP_ALL_TO_ALL_BACK:
   case OP_ALL_REDUCE:
+  case OP_ALL_GATHER_TOPM:
   case OP_RESHARD:
     return 0;
   default: {

@@ -54,16 +54,25 @@ const FusedProg *pass_fused_prog(const Node *n) {
   return NULL;
 }
 
+/* cpu: fused kernels need LLVM (codegen/jit.c). cuda: codegen/nvrtc.c's generated
+ * kernels (or the interpreter kernel without NVRTC), so LLVM is not needed there;
+ * MOEC_CUDA_FUSE=0/1 overrides for cuda only, MOEC_FUSE=0/1 for both. */
 bool pass_fusion_enabled(const Config *cfg) {
-#ifndef MOEC_HAVE_LLVM
-  (void)cfg;
-  return false; /* no JIT for fused kernels: the unfused kernels run */
+  bool cuda = cfg && cfg->backend == BK_CUDA;
+#ifdef MOEC_HAVE_CUDA
+  if (cuda) {
+    const char *e = getenv("MOEC_CUDA_FUSE");
+    if (e && *e) return strcmp(e, "0") != 0;
+  }
 #else
+  if (cuda) return false; /* no CUDA backend: the run falls back to the cpu kernels */
+#endif
+#ifndef MOEC_HAVE_LLVM
+  if (!cuda) return false; /* no JIT for fused kernels: the unfused kernels run */
+#endif
   const char *env = getenv("MOEC_FUSE");
   if (env && *env) return strcmp(env, "0") != 0;
-  if (cfg && cfg->backend == BK_CUDA) return false; /* CUDA fused kernels: not yet */
   return cfg ? cfg->fuse : false;
-#endif
 }
 
 /* OP_FUSED nodes are made here only; the rule exists for the op table. */
@@ -94,6 +103,14 @@ static bool fusable_op(OpKind op) {
   default:
     return false;
   }
+}
+
+/* The same device set: one device, all, or the same on(...) list. */
+static bool same_devices(const Node *a, const Node *b) {
+  if (a->device != b->device || a->ndevices != b->ndevices) return false;
+  for (int i = 0; i < a->ndevices; i++)
+    if (a->devices[i] != b->devices[i]) return false;
+  return true;
 }
 
 static bool same_type(const Type *a, const Type *b) {
@@ -200,7 +217,7 @@ static void form_groups(Fuser *F) {
       if (pp < 0 || F->group[pp] < 0 || in_set(set, nset, pp)) continue;
       int gid = F->group[pp];
       const Node *q = g->nodes[F->members[gid][0]];
-      if (q->device != n->device || q->recompute_seg != n->recompute_seg ||
+      if (!same_devices(q, n) || q->recompute_seg != n->recompute_seg ||
           q->backward != n->backward || !same_type(&q->out[0]->ty, &n->out[0]->ty))
         continue;
       if (nset + F->nmembers[gid] > MAX_GROUP) continue;

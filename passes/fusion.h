@@ -4,7 +4,8 @@
  * A program is straight-line code over slots: slots [0, nin) are the fused
  * node's inputs, slot nin + k is the value of instruction k. Every instruction
  * is one of the elementwise ops of ops.def with the attributes its kernel reads.
- * outs[j] is the slot the node's output j takes.
+ * outs[j] is the slot the node's output j takes. codegen/jit.c (cpu, LLVM) and
+ * codegen/nvrtc.c (cuda, NVRTC) compile the same program.
  * Prefix: pass_.
  */
 #ifndef MOEC_FUSION_H
@@ -26,8 +27,9 @@ typedef struct FusedProg {
 
 /* The fusion pass: groups chains and trees of elementwise ops into OP_FUSED
  * nodes (legality rules in fusion.c). Runs when cfg->fuse is set and fused
- * kernels can be compiled (LLVM present, cpu backend); MOEC_FUSE=0/1 in the
- * environment overrides cfg->fuse. */
+ * kernels can be compiled (cpu: LLVM, codegen/jit.c; cuda: the CUDA backend,
+ * codegen/nvrtc.c); MOEC_FUSE=0/1 in the environment overrides cfg->fuse,
+ * MOEC_CUDA_FUSE=0/1 (first) for backend = cuda. */
 void pass_fusion(Graph *g, const PassCtx *ctx);
 /* The program of an OP_FUSED node (NULL for any other node). */
 const FusedProg *pass_fused_prog(const Node *n);

@@ -25,7 +25,7 @@ const Pass pass_list[] = {
     {"recompute", "recompute = none|all|[layers]|auto: repeat forward nodes before their "
      "backward use", pass_recompute},
     {"fusion", "group elementwise chains and trees into one fused kernel each (fuse = true; "
-     "LLVM JIT)", pass_fusion},
+     "LLVM JIT on cpu, NVRTC on cuda)", pass_fusion},
     {"memplan", "memory plan: liveness, one arena of activations and gradients (at the "
      "config's B, T)", pass_memplan},
 };

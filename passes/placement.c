@@ -224,6 +224,21 @@ static double const_bytes(const Tensor *t) {
   return n;
 }
 
+/* An on(...) list in ascending order (the order of the batch rows over the set, and of
+ * the ranks of its communicator); a device named twice is an error. */
+static const int *sorted_set(Graph *g, const PlaceRule *r) {
+  int *d = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(r->ndevices + 1));
+  for (int i = 0; i < r->ndevices; i++) {
+    int v = r->devices[i], j = i;
+    for (; j > 0 && d[j - 1] > v; j--)
+      d[j] = d[j - 1];
+    d[j] = v;
+  }
+  for (int i = 1; i < r->ndevices; i++)
+    if (d[i] == d[i - 1]) mc_die("place %s : on(...) names device %d twice", r->pattern, d[i]);
+  return d;
+}
+
 void pass_placement(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg) return; /* one device: the graph stays exactly as it is */
@@ -263,7 +278,7 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
             mc_die("place %s : on(...) names device %d, but there are %d devices", r->pattern,
                    r->devices[d], P);
         np[k].nset = r->ndevices;
-        np[k].set = r->devices;
+        np[k].set = sorted_set(g, r);
       }
     }
 

@@ -23,7 +23,11 @@
  *
  * recompute = all: every layer; [names]: those layers; auto: layers chosen to fit
  * memory_budget (params, inputs, state, the arena of activations and gradients, and
- * the optimizer's state, at the config's batch and unroll in f32): each layer alone is
+ * the optimizer's state, in f32, on one device's graph as the runtime binds it: on P
+ * devices B/P rows (rounded up), expert-row tensors widened x P for every device's
+ * rows, the parameters and optimizer state of its own experts only, on the device with
+ * the most experts; runtime/train.c build_on, plan_cost's planned_bytes): the budget is
+ * per device. Each layer alone is
  * scored by the bytes it saves (the planned memory with it, against without) per
  * recomputed FLOP; layers are added best score first until the plan fits, then any
  * whose removal still fits is removed (cheapest saving first). A budget that cannot be
@@ -32,7 +36,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fusion.h"
 #include "passes.h"
+#include "plan.h"
 
 /* ---------------------------------------------------------------- FLOPs */
 
@@ -290,7 +296,7 @@ static double optim_bytes(const Graph *g, const Config *cfg) {
     if (cfg->optimizer == OPT_FACTORED && t->ty.rank >= 2) {
       double rows = (double)dim_eval(t->ty.dim[t->ty.rank - 2], 1, 1);
       double cols = (double)dim_eval(t->ty.dim[t->ty.rank - 1], 1, 1);
-      b += 4.0 * n / (rows * cols) * (rows + cols);
+      if (rows * cols > 0) b += 4.0 * n / (rows * cols) * (rows + cols); /* E_r = 0: none */
     } else {
       b += 4.0 * n * (cfg->optimizer == OPT_ADAM ? 2 : 1);
     }
@@ -305,7 +311,9 @@ typedef struct Auto {
   int nseg;
   Undo *stack;
   int depth;
-  double optim;
+  int P;        /* devices */
+  int dev;      /* the device planned: the one holding the most experts */
+  int64_t rows; /* one device's batch rows: ceil(batch / P) */
 } Auto;
 
 static void undo_all(Auto *a) {
@@ -313,13 +321,52 @@ static void undo_all(Auto *a) {
     undo(a->g, &a->stack[--a->depth]);
 }
 
-/* Applies the selected segments in model order; returns the planned bytes. */
+/* The plan of the graph as the later passes will leave it: the fusion pass (it runs
+ * after this one) moves lifetimes (a group runs at its last member, its inputs live
+ * until then, register-only values need no memory), by about 1% either way on the
+ * example models. So it is run here on the graph and undone: the node list and every
+ * tensor's producer restored (the fused nodes stay in the graph's arena, unused). */
+static MemFigures plan_after_fusion(Auto *a) {
+  Graph *g = a->g;
+  PassCtx pc = {a->cfg, a->P, true};
+  if (!pass_fusion_enabled(a->cfg))
+    return pass_memplan_plan(g, a->rows, a->cfg->unroll, sizeof(float), 0, NULL);
+  int nn = g->nnodes;
+  Node **nodes = mc_malloc(sizeof(Node *) * (size_t)(nn + 1));
+  memcpy(nodes, g->nodes, sizeof(Node *) * (size_t)nn);
+  Node **prod = mc_malloc(sizeof(Node *) * (size_t)(g->ntensors + 1));
+  int *slot = mc_malloc(sizeof(int) * (size_t)(g->ntensors + 1));
+  for (int i = 0; i < g->ntensors; i++) {
+    prod[i] = g->tensors[i]->producer;
+    slot[i] = g->tensors[i]->producer_slot;
+  }
+  pass_fusion(g, &pc);
+  MemFigures mf = pass_memplan_plan(g, a->rows, a->cfg->unroll, sizeof(float), 0, NULL);
+  memcpy(g->nodes, nodes, sizeof(Node *) * (size_t)nn);
+  g->nnodes = nn;
+  for (int i = 0; i < g->ntensors; i++) {
+    g->tensors[i]->producer = prod[i];
+    g->tensors[i]->producer_slot = slot[i];
+  }
+  mc_free(nodes);
+  mc_free(prod);
+  mc_free(slot);
+  return mf;
+}
+
+/* Applies the selected segments in model order; returns the planned bytes of one
+ * device (its rows, expert-row tensors widened x P), after fusion. */
 static double apply_set(Auto *a, const bool *sel) {
   undo_all(a);
   for (int i = 0; i < a->nseg; i++)
     if (sel[i] && apply(a->g, &a->segs[i], a->depth, &a->stack[a->depth])) a->depth++;
-  MemFigures mf = pass_memplan_plan(a->g, a->cfg->batch, a->cfg->unroll, sizeof(float), 0, NULL);
-  return (double)(mf.persist + mf.arena) + a->optim;
+  int nt = a->g->ntensors;
+  Type *save = plan_device_shapes(a->g, a->dev, a->P); /* its shapes, as the runtime binds */
+  double optim = optim_bytes(a->g, a->cfg);
+  MemFigures mf = plan_after_fusion(a);
+  MOEC_ASSERT(a->g->ntensors == nt);
+  plan_restore_shapes(a->g, save);
+  return (double)(mf.persist + mf.arena) + optim;
 }
 
 static double budget_of(const Config *cfg) {
@@ -338,7 +385,7 @@ static double clone_flops(const Graph *g, int64_t B, int64_t T) {
 /* Chooses the layers of recompute = auto (sel[i]); leaves the graph unchanged. */
 static void choose_auto(Auto *a, bool *sel) {
   const double budget = budget_of(a->cfg);
-  const int64_t B = a->cfg->batch, T = a->cfg->unroll;
+  const int64_t B = a->rows, T = a->cfg->unroll;
   double base = apply_set(a, sel); /* nothing selected */
   if (base <= budget) return;
   double *score = mc_calloc((size_t)a->nseg + 1, sizeof(double));
@@ -365,9 +412,9 @@ static void choose_auto(Auto *a, bool *sel) {
   }
   if (cost > budget) {
     fprintf(stderr,
-            "moec: warning: recompute = auto: the plan needs %.1f MiB with every layer that "
-            "saves memory recomputed, more than memory_budget (%.1f MiB)\n",
-            cost / 1048576.0, budget / 1048576.0);
+            "moec: warning: recompute = auto: the plan needs %.1f MiB%s with every layer "
+            "that saves memory recomputed, more than memory_budget (%.1f MiB)\n",
+            cost / 1048576.0, a->P > 1 ? " per device" : "", budget / 1048576.0);
   } else {
     for (int t = taken - 1; t >= 0; t--) { /* drop what the budget no longer needs */
       sel[order[t]] = false;
@@ -395,8 +442,26 @@ void pass_recompute(Graph *g, const PassCtx *ctx) {
       for (int j = 0; j < cfg->n_recompute; j++)
         sel[i] |= !strcmp(segs[i].layer, cfg->recompute_names[j]);
   } else if (cfg->batch > 0 && cfg->unroll > 0) {
-    Auto a = {
-        g, cfg, segs, nseg, mc_calloc((size_t)nseg + 1, sizeof(Undo)), 0, optim_bytes(g, cfg)};
+    int P = ctx->devices > 1 ? ctx->devices : 1, dev = 0;
+    for (int d = 0, most = -1; d < P && g->moe_expert_dev; d++) {
+      int n = 0;
+      for (int m = 0; m < g->nmoe; m++)
+        for (int e = 0; e < g->moe_nexperts[m]; e++)
+          n += g->moe_expert_dev[m][e] == d;
+      if (n > most) {
+        most = n;
+        dev = d;
+      }
+    }
+    Auto a = {g,
+              cfg,
+              segs,
+              nseg,
+              mc_calloc((size_t)nseg + 1, sizeof(Undo)),
+              0,
+              P,
+              dev,
+              (cfg->batch + P - 1) / P};
     choose_auto(&a, sel);
     mc_free(a.stack);
   }

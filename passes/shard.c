@@ -11,9 +11,9 @@
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
  * expert-row tensors keep their rows (dim 0 follows B; rt_md_widen_expert_rows sizes
- * them). A device that holds none of a layer's experts (outside its on(...) set) keeps
- * that layer whole: the runtime refuses such a device (rt_md_prepare), the plan shows
- * it as allocated whole. Prefix: pass_. */
+ * them). A device that holds none of a layer's experts (outside its on(...) set) has
+ * E_r = 0: zero-size expert parameters, offsets i32[1]; its all_to_all sends every row
+ * away and receives none. Prefix: pass_. */
 #include <string.h>
 
 #include "plan.h"
@@ -88,16 +88,17 @@ Type *pass_shard_experts(Graph *g, int rank) {
   for (int i = 0; i < g->ntensors; i++)
     save[i] = g->tensors[i]->ty;
   if (rank < 0 || !g->moe_expert_dev || g->experts_local) return save; /* nothing to shard */
+  g->experts_local = true; /* set first: the shape rules accept E_r = 0 offsets */
+  g->experts_rank = rank;
   bool *layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
-  for (int m = 0; m < g->nmoe; m++) /* a device outside the layer's set (on(...)) keeps it */
-    layer[m] = layer_sharded(g, m) && moe_experts_on(g, m, rank) > 0;
+  for (int m = 0; m < g->nmoe; m++)
+    layer[m] = layer_sharded(g, m);
   bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int i = 0; i < g->nparams; i++) {
     Tensor *t = g->params[i];
     ExpertShard s;
     if (!pass_expert_shard(g, t, &s) || !layer[s.moe]) continue;
-    int64_t n = pass_expert_local(g, &s, rank, NULL);
-    MOEC_ASSERT(n >= 1);
+    int64_t n = pass_expert_local(g, &s, rank, NULL); /* 0 off the layer's on(...) set */
     MOEC_ASSERT(dim_is_const(t->ty.dim[0]) && t->ty.dim[0].c == s.count);
     t->ty.dim[0] = dim_int(n);
     changed[t->id] = true;
@@ -134,8 +135,6 @@ Type *pass_shard_experts(Graph *g, int rank) {
   }
   mc_free(changed);
   mc_free(layer);
-  g->experts_local = true;
-  g->experts_rank = rank;
   return save;
 }
 

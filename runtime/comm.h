@@ -70,6 +70,14 @@ struct Comm {
   /* Stops this rank with "moec: error: rank R: <reason>" and makes every other rank
    * stop in its next (or current) collective. Never returns. */
   void (*abort)(Comm *c, const char *reason);
+
+  /* The communicator of the ranks of c in `mask` (bit q = rank q of c; this rank must be
+   * one of them), numbered in ascending order of their rank in c (so the rank-order
+   * sums and the row orders stay those of c). Collective over those ranks only (ranks
+   * outside never call it); made on a rank's first call for that mask and kept: later
+   * calls return the same Comm, freed with c. Failures anywhere stop every rank of every
+   * subset (one abort flag per launch / MPI job). Call comm_subset, not this. */
+  Comm *(*subset)(Comm *c, uint64_t mask);
 };
 
 /* ------------------------------------------------------------ helpers (comm_util.c) */
@@ -95,6 +103,11 @@ int comm_find_mismatch(Comm *c, const char *what, uint64_t value, char *msg, siz
 /* The same, but a mismatch stops every rank: rank 0 calls c->abort with the message,
  * the others wait in a barrier until that stops them. */
 void comm_check_same(Comm *c, const char *what, uint64_t value);
+
+/* c itself when mask names all of its ranks, else c->subset(c, mask) (device subsets:
+ * place ... : on(...)). The mask of all ranks of c is comm_all_mask(c). */
+Comm *comm_subset(Comm *c, uint64_t mask);
+uint64_t comm_all_mask(const Comm *c);
 
 /* FNV-1a over bytes: for comm_check_same of files and shapes. */
 uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0);

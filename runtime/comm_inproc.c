@@ -18,7 +18,12 @@
  * waiter; a waiter that sees a finished rank, or waits longer than the timeout,
  * fails naming the ranks that did not arrive. A failing rank records its status,
  * prints its error (unless quiet) and leaves with pthread_exit; rt_inproc_run
- * joins every thread and returns the first failure. */
+ * joins every thread and returns the first failure.
+ *
+ * Subsets (comm_subset, device sets from on(...)): each has its own Ctx (barrier
+ * generation, slots, members' global ranks) linked in the launch's; the mutex, the
+ * condition variables and the failure state are the launch's (Ctx.root), so a failure
+ * anywhere wakes and stops the waiters of every subset. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -52,7 +57,15 @@ typedef struct Slot {
   void *buf;
 } Slot;
 
-typedef struct Ctx {
+typedef struct Ctx Ctx;
+struct Ctx {
+  /* The launch (root) holds the mutex, the condition variables and the failure state
+   * (indexed by global rank); every Ctx, the root's and each subset's, its own barrier
+   * and posting slots over its n members (glob: their global ranks, ascending). */
+  Ctx *root;
+  Ctx *next_sub; /* root: the subsets made so far */
+  uint64_t mask; /* global ranks of the members */
+  int glob[RT_INPROC_MAX];
   int n;
   double timeout;
   bool quiet;
@@ -71,17 +84,21 @@ typedef struct Ctx {
   InprocStatus status[RT_INPROC_MAX];
   char msg[RT_INPROC_MAX][256];
   Slot slot[RT_INPROC_MAX];
-} Ctx;
+};
 
-typedef struct Rank {
+typedef struct Rank Rank;
+struct Rank {
   Comm comm;
   Ctx *x;
-  int rank;
+  int rank;       /* in x */
+  int grank;      /* in the launch */
+  Rank *top;      /* this thread's launch rank */
+  Rank *next_sub; /* top: this thread's subset communicators */
   uint64_t seq;
   void (*fn)(Comm *, void *);
   void *arg;
   pthread_t th;
-} Rank;
+};
 
 static atomic_bool ip_quiet;
 void rt_inproc_set_quiet(bool quiet) {
@@ -95,34 +112,34 @@ void rt_inproc_set_quiet(bool quiet) {
 _Noreturn static void ip_leave_locked(Rank *r, InprocStatus st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 _Noreturn static void ip_leave_locked(Rank *r, InprocStatus st, const char *fmt, ...) {
-  Ctx *x = r->x;
+  Ctx *x = r->x->root;
+  int g = r->grank;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(x->msg[r->rank], sizeof x->msg[r->rank], fmt, ap);
+  vsnprintf(x->msg[g], sizeof x->msg[g], fmt, ap);
   va_end(ap);
-  x->status[r->rank] = st;
+  x->status[g] = st;
   if (!x->aborted) {
     x->aborted = true;
-    x->first_rank = r->rank;
-    snprintf(x->first, sizeof x->first, "%s", x->msg[r->rank]);
+    x->first_rank = g;
+    snprintf(x->first, sizeof x->first, "%s", x->msg[g]);
     x->t_fail = mc_now();
   }
-  x->done[r->rank] = true;
+  x->done[g] = true;
   x->ndone++;
   char line[256];
-  snprintf(line, sizeof line, "%s", x->msg[r->rank]);
+  snprintf(line, sizeof line, "%s", x->msg[g]);
   bool quiet = x->quiet;
-  int rank = r->rank;
   PT_CHECK(pthread_cond_broadcast(&x->cv));
   PT_CHECK(pthread_cond_broadcast(&x->done_cv));
   PT_CHECK(pthread_mutex_unlock(&x->mu));
-  if (!quiet) comm_print_error(rank, line);
+  if (!quiet) comm_print_error(g, line);
   pthread_exit(NULL);
 }
 
 static _Noreturn void ip_abort(Comm *c, const char *reason) {
   Rank *r = c->impl;
-  PT_CHECK(pthread_mutex_lock(&r->x->mu));
+  PT_CHECK(pthread_mutex_lock(&r->x->root->mu));
   ip_leave_locked(r, INPROC_ABORTED, "%s", reason);
 }
 
@@ -140,43 +157,43 @@ static void ip_deadline(double seconds, struct timespec *ts) {
 }
 
 static void ip_barrier(Rank *r, IpOp op) {
-  Ctx *x = r->x;
-  PT_CHECK(pthread_mutex_lock(&x->mu));
-  if (x->aborted)
+  Ctx *x = r->x, *root = x->root;
+  PT_CHECK(pthread_mutex_lock(&root->mu));
+  if (root->aborted)
     ip_leave_locked(r, INPROC_FAILED, "%s (#%llu) stopped: rank %d failed: %s", ip_op_name[op],
-                    (unsigned long long)r->seq, x->first_rank, x->first);
+                    (unsigned long long)r->seq, root->first_rank, root->first);
   uint64_t g = x->gen;
   x->arrived[r->rank] = true;
   if (++x->count == x->n) {
     x->count = 0;
     memset(x->arrived, 0, sizeof x->arrived);
     x->gen++;
-    PT_CHECK(pthread_cond_broadcast(&x->cv));
-    PT_CHECK(pthread_mutex_unlock(&x->mu));
+    PT_CHECK(pthread_cond_broadcast(&root->cv));
+    PT_CHECK(pthread_mutex_unlock(&root->mu));
     return;
   }
   struct timespec dl;
   ip_deadline(x->timeout, &dl);
   while (x->gen == g) {
-    if (x->aborted)
+    if (root->aborted)
       ip_leave_locked(r, INPROC_FAILED, "%s (#%llu) stopped: rank %d failed: %s", ip_op_name[op],
-                      (unsigned long long)r->seq, x->first_rank, x->first);
-    if (x->ndone > 0) {
-      int q = 0;
-      while (q < x->n && !x->done[q])
-        q++;
+                      (unsigned long long)r->seq, root->first_rank, root->first);
+    int q = 0; /* a member that returned */
+    while (q < x->n && !root->done[x->glob[q]])
+      q++;
+    if (q < x->n)
       ip_leave_locked(r, INPROC_FAILED,
                       "%s (#%llu): rank %d returned while this rank waits for it (the ranks "
                       "called different collectives)",
-                      ip_op_name[op], (unsigned long long)r->seq, q);
-    }
-    int rc = pthread_cond_timedwait(&x->cv, &x->mu, &dl);
-    if (rc == ETIMEDOUT && x->gen == g && !x->aborted) {
+                      ip_op_name[op], (unsigned long long)r->seq, x->glob[q]);
+    int rc = pthread_cond_timedwait(&root->cv, &root->mu, &dl);
+    if (rc == ETIMEDOUT && x->gen == g && !root->aborted) {
       char missing[128] = "";
       size_t k = 0;
-      for (int q = 0; q < x->n && k + 8 < sizeof missing; q++)
-        if (!x->arrived[q])
-          k += (size_t)snprintf(missing + k, sizeof missing - k, "%s%d", k ? ", " : "", q);
+      for (int q2 = 0; q2 < x->n && k + 8 < sizeof missing; q2++)
+        if (!x->arrived[q2])
+          k +=
+              (size_t)snprintf(missing + k, sizeof missing - k, "%s%d", k ? ", " : "", x->glob[q2]);
       ip_leave_locked(r, INPROC_FAILED,
                       "collective %s (#%llu) timed out after %g s waiting for rank %s (a peer "
                       "rank probably died or hangs)",
@@ -185,7 +202,7 @@ static void ip_barrier(Rank *r, IpOp op) {
     if (rc && rc != ETIMEDOUT)
       mc_die("pthread_cond_timedwait failed at %s:%d: %s", __FILE__, __LINE__, strerror(rc));
   }
-  PT_CHECK(pthread_mutex_unlock(&x->mu));
+  PT_CHECK(pthread_mutex_unlock(&root->mu));
 }
 
 /* Post this rank's op, wait for all, check everyone posted the same op and sizes. */
@@ -198,7 +215,7 @@ static Slot *ip_enter(Rank *r, Slot s) {
   for (int p = 1; p < x->n; p++) {
     const Slot *b = &x->slot[p];
     if (b->op == a->op && b->seq == a->seq && b->n == a->n && b->root == a->root) continue;
-    PT_CHECK(pthread_mutex_lock(&x->mu));
+    PT_CHECK(pthread_mutex_lock(&x->root->mu));
     ip_leave_locked(r, INPROC_FAILED,
                     "the ranks disagree on a collective: rank 0 calls %s #%llu (size %lld, root "
                     "%d), rank %d calls %s #%llu (size %lld, root %d)",
@@ -215,7 +232,7 @@ _Noreturn static void ip_fail(Rank *r, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(m, sizeof m, fmt, ap);
   va_end(ap);
-  PT_CHECK(pthread_mutex_lock(&r->x->mu));
+  PT_CHECK(pthread_mutex_lock(&r->x->root->mu));
   ip_leave_locked(r, INPROC_FAILED, "%s", m);
 }
 
@@ -288,19 +305,68 @@ static void ip_broadcast(Comm *c, void *buf, size_t bytes, int root) {
   ip_barrier(r, IP_BCAST);
 }
 
+/* ------------------------------------------------------------------ subsets */
+
+static Comm *ip_subset(Comm *c, uint64_t mask) {
+  Rank *r = c->impl;
+  Ctx *x = r->x, *root = x->root;
+  uint64_t gm = 0;
+  int n = 0, me = -1;
+  for (int q = 0; q < x->n; q++)
+    if (mask >> q & 1) {
+      if (q == r->rank) me = n;
+      gm |= (uint64_t)1 << x->glob[q];
+      n++;
+    }
+  if (me < 0) ip_fail(r, "subset 0x%llx does not hold this rank", (unsigned long long)mask);
+  if (n == x->n) return c;
+  for (Rank *s = r->top->next_sub; s; s = s->next_sub)
+    if (s->x->mask == gm) return &s->comm;
+  /* the first member to get here makes the shared context; the others find it */
+  PT_CHECK(pthread_mutex_lock(&root->mu));
+  Ctx *sx = root->next_sub;
+  while (sx && sx->mask != gm)
+    sx = sx->next_sub;
+  if (!sx) {
+    sx = mc_calloc(1, sizeof(Ctx));
+    sx->root = root;
+    sx->mask = gm;
+    sx->timeout = root->timeout;
+    sx->quiet = root->quiet;
+    sx->first_rank = -1;
+    for (int q = 0; q < RT_INPROC_MAX && sx->n < n; q++)
+      if (gm >> q & 1) sx->glob[sx->n++] = q;
+    sx->next_sub = root->next_sub;
+    root->next_sub = sx;
+  }
+  PT_CHECK(pthread_mutex_unlock(&root->mu));
+  Rank *s = mc_calloc(1, sizeof(Rank));
+  s->comm = r->comm;
+  s->comm.rank = me;
+  s->comm.size = n;
+  s->comm.impl = s;
+  s->x = sx;
+  s->rank = me;
+  s->grank = r->grank;
+  s->top = r->top;
+  s->next_sub = r->top->next_sub; /* only this thread touches its list */
+  r->top->next_sub = s;
+  return &s->comm;
+}
+
 /* ------------------------------------------------------------------ launcher */
 
 static void *ip_thread(void *arg) {
   Rank *r = arg;
   r->fn(&r->comm, r->arg);
   Ctx *x = r->x;
-  PT_CHECK(pthread_mutex_lock(&x->mu));
+  PT_CHECK(pthread_mutex_lock(&x->root->mu));
   x->status[r->rank] = INPROC_OK;
   x->done[r->rank] = true;
   x->ndone++;
-  PT_CHECK(pthread_cond_broadcast(&x->cv));
+  PT_CHECK(pthread_cond_broadcast(&x->root->cv));
   PT_CHECK(pthread_cond_broadcast(&x->done_cv));
-  PT_CHECK(pthread_mutex_unlock(&x->mu));
+  PT_CHECK(pthread_mutex_unlock(&x->root->mu));
   return NULL;
 }
 
@@ -310,14 +376,18 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
   double t0 = mc_now();
   Ctx *x = mc_calloc(1, sizeof(Ctx));
   x->n = n;
+  x->root = x;
+  x->mask = n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1;
+  for (int i = 0; i < n; i++)
+    x->glob[i] = i;
   x->timeout = comm_timeout_from_env();
   x->quiet = atomic_load(&ip_quiet);
   x->first_rank = -1;
   pthread_condattr_t ca;
   PT_CHECK(pthread_condattr_init(&ca));
   PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
-  PT_CHECK(pthread_mutex_init(&x->mu, NULL));
-  PT_CHECK(pthread_cond_init(&x->cv, &ca));
+  PT_CHECK(pthread_mutex_init(&x->root->mu, NULL));
+  PT_CHECK(pthread_cond_init(&x->root->cv, &ca));
   PT_CHECK(pthread_cond_init(&x->done_cv, &ca));
   PT_CHECK(pthread_condattr_destroy(&ca));
   Rank *ranks = mc_calloc((size_t)n, sizeof(Rank));
@@ -325,6 +395,8 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
     Rank *r = &ranks[i];
     r->x = x;
     r->rank = i;
+    r->grank = i;
+    r->top = r;
     r->fn = fn;
     r->arg = arg;
     r->comm = (Comm){.name = "inproc",
@@ -337,23 +409,24 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
                      .all_gather = ip_all_gather,
                      .broadcast = ip_broadcast,
                      .barrier = ip_barrier_op,
-                     .abort = ip_abort};
+                     .abort = ip_abort,
+                     .subset = ip_subset};
   }
   for (int i = 0; i < n; i++)
     PT_CHECK(pthread_create(&ranks[i].th, NULL, ip_thread, &ranks[i]));
 
   /* Wait for every rank; after a failure, at most the timeout for the rest. */
-  PT_CHECK(pthread_mutex_lock(&x->mu));
+  PT_CHECK(pthread_mutex_lock(&x->root->mu));
   while (x->ndone < n) {
     if (!x->aborted) {
-      PT_CHECK(pthread_cond_wait(&x->done_cv, &x->mu));
+      PT_CHECK(pthread_cond_wait(&x->done_cv, &x->root->mu));
       continue;
     }
     struct timespec dl;
     double left = x->timeout - (mc_now() - x->t_fail);
     if (left <= 0) break;
     ip_deadline(left, &dl);
-    int rc = pthread_cond_timedwait(&x->done_cv, &x->mu, &dl);
+    int rc = pthread_cond_timedwait(&x->done_cv, &x->root->mu, &dl);
     if (rc && rc != ETIMEDOUT)
       mc_die("pthread_cond_timedwait failed at %s:%d: %s", __FILE__, __LINE__, strerror(rc));
   }
@@ -367,7 +440,7 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
                x->first_rank);
       if (!x->quiet) comm_print_error(i, x->msg[i]);
     }
-  PT_CHECK(pthread_mutex_unlock(&x->mu));
+  PT_CHECK(pthread_mutex_unlock(&x->root->mu));
   for (int i = 0; i < n; i++) {
     if (x->status[i] == INPROC_STUCK)
       PT_CHECK(pthread_detach(ranks[i].th));
@@ -387,9 +460,18 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
     rep->seconds = mc_now() - t0;
   }
   if (!stuck) { /* a stuck thread may still touch the context: then it stays */
-    PT_CHECK(pthread_cond_destroy(&x->cv));
+    PT_CHECK(pthread_cond_destroy(&x->root->cv));
     PT_CHECK(pthread_cond_destroy(&x->done_cv));
-    PT_CHECK(pthread_mutex_destroy(&x->mu));
+    PT_CHECK(pthread_mutex_destroy(&x->root->mu));
+    for (int i = 0; i < n; i++)
+      for (Rank *s = ranks[i].next_sub, *nx; s; s = nx) {
+        nx = s->next_sub;
+        mc_free(s);
+      }
+    for (Ctx *s = x->next_sub, *nx; s; s = nx) {
+      nx = s->next_sub;
+      mc_free(s);
+    }
     mc_free(ranks);
     mc_free(x);
   }

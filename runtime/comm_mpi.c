@@ -15,9 +15,9 @@
  *   MPI_Isend/MPI_Irecv in pieces.
  * - A watchdog thread: a collective that has not finished after the timeout
  *   (MOEC_COMM_TIMEOUT, default 60 s) prints "moec: error: rank R: collective X
- *   timed out after S s (a peer rank probably died)" and ends the process with
- *   _exit(1) (the watchdog thread may not call MPI under MPI_THREAD_FUNNELED;
- *   mpirun ends the whole job when a rank exits non-zero).
+ *   timed out after S s (a peer rank probably died)" and ends the job with
+ *   MPI_Abort (wd_end_job: a rank's exit alone may leave mpirun waiting), with a
+ *   guard thread that _exit(1)s the process if the abort blocks.
  * - MOEC_COMM_CHECK=1: before every collective the ranks compare (op, sequence
  *   number, size) and, for all_to_allv, the counts, and fail with a clear message
  *   instead of a truncation error or a hang (an extra small collective each time).
@@ -84,9 +84,13 @@ _Noreturn static void mpi_fail_call(int rc, const char *call, const char *file, 
     if (rc_) mc_die("%s failed at %s:%d: %s", #call, __FILE__, __LINE__, strerror(rc_));           \
   } while (0)
 
-typedef struct MpiComm {
+typedef struct MpiComm MpiComm;
+struct MpiComm {
   Comm comm;
   MPI_Comm mc;
+  MpiComm *root;     /* the world's: owns the watchdog; subsets point to it */
+  MpiComm *next_sub; /* root: the subset communicators made so far */
+  uint64_t mask;     /* subsets: the root ranks in it */
   bool we_init;
   bool check;    /* MOEC_COMM_CHECK */
   int64_t chunk; /* largest message of MPI_Alltoallv / pieces */
@@ -103,9 +107,33 @@ typedef struct MpiComm {
   void *scratch;
   size_t scratch_bytes;
   int *ib; /* 4 * size ints: counts and displacements */
-} MpiComm;
+};
 
 /* ------------------------------------------------------------------ watchdog */
+
+/* The watchdog's last resort, from a thread that is not the one calling MPI: after
+ * WD_GRACE seconds, whatever state MPI is in, the process exits 1. */
+#define WD_GRACE 10
+static void *wd_guard(void *arg) {
+  (void)arg;
+  sleep(WD_GRACE);
+  comm_print_error(mpi_rank, "MPI_Abort did not end the job: exiting");
+  _exit(1);
+}
+
+/* Ends the whole job after a timeout. Exiting alone is not enough: OpenMPI 4.1's mpirun
+ * with --mca orte_abort_on_non_zero_status 0 never ends a job in which a rank was killed
+ * by a signal (even once every other rank has exited), so the survivors' _exit(1) left
+ * mpirun waiting forever. MPI_Abort makes mpirun kill the job under either setting. It is
+ * called from the watchdog thread, outside MPI_THREAD_FUNNELED's promise (the main thread
+ * is blocked inside MPI); OpenMPI's abort only messages the launcher, and the guard thread
+ * bounds the wait should it block. */
+_Noreturn static void wd_end_job(void) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, wd_guard, NULL) == 0) pthread_detach(t);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  _exit(1);
+}
 
 static void *mpi_watchdog(void *arg) {
   MpiComm *m = arg;
@@ -117,7 +145,7 @@ static void *mpi_watchdog(void *arg) {
       snprintf(msg, sizeof msg, "collective %s timed out after %g s (a peer rank probably died)",
                m->op, m->timeout);
       comm_print_error(m->comm.rank, msg);
-      _exit(1);
+      wd_end_job();
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -137,6 +165,7 @@ static void *mpi_watchdog(void *arg) {
 }
 
 static void wd_arm(MpiComm *m, const char *op) {
+  m = m->root;
   PT_CHECK(pthread_mutex_lock(&m->mu));
   m->active = true;
   m->op = op;
@@ -145,6 +174,7 @@ static void wd_arm(MpiComm *m, const char *op) {
 }
 
 static void wd_disarm(MpiComm *m) {
+  m = m->root;
   PT_CHECK(pthread_mutex_lock(&m->mu));
   m->active = false;
   PT_CHECK(pthread_mutex_unlock(&m->mu));
@@ -340,6 +370,58 @@ static void mpi_broadcast(Comm *c, void *buf, size_t bytes, int root) {
   wd_disarm(m);
 }
 
+/* ------------------------------------------------------------------ subsets */
+
+/* MPI_Comm_create_group: collective over the members only (ranks outside a device set
+ * never call it). Cached per mask on the root, so every member makes it once, in the
+ * same program order. */
+static Comm *mpi_subset(Comm *c, uint64_t mask) {
+  MpiComm *m = c->impl, *root = m->root;
+  uint64_t gm = 0; /* in root ranks */
+  int ranks[64], n = 0, me = -1;
+  int rr[64]; /* this comm's rank q -> root rank */
+  if (c->size > 64) mpi_abort(c, "device subsets: at most 64 ranks");
+  if (m == root)
+    for (int q = 0; q < c->size; q++)
+      rr[q] = q;
+  else
+    for (int q = 0, k = 0; q < 64; q++)
+      if (m->mask >> q & 1) rr[k++] = q;
+  for (int q = 0; q < c->size; q++)
+    if (mask >> q & 1) {
+      if (q == c->rank) me = n;
+      ranks[n++] = q;
+      gm |= (uint64_t)1 << rr[q];
+    }
+  if (me < 0) mpi_abort(c, "subset: this rank is not in the subset");
+  if (n == c->size) return c;
+  for (MpiComm *s = root->next_sub; s; s = s->next_sub)
+    if (s->mask == gm) return &s->comm;
+  MpiComm *s = mc_calloc(1, sizeof(MpiComm));
+  *s = *root;
+  s->root = root;
+  s->mask = gm;
+  s->seq = 0;
+  s->scratch = NULL;
+  s->scratch_bytes = 0;
+  wd_arm(m, "subset (MPI_Comm_create_group)");
+  MPI_Group wg, sg;
+  MPI_CHECK(MPI_Comm_group(m->mc, &wg));
+  MPI_CHECK(MPI_Group_incl(wg, n, ranks, &sg));
+  MPI_CHECK(MPI_Comm_create_group(m->mc, sg, (int)(gm % 32749), &s->mc));
+  MPI_CHECK(MPI_Group_free(&sg));
+  MPI_CHECK(MPI_Group_free(&wg));
+  MPI_CHECK(MPI_Comm_set_errhandler(s->mc, MPI_ERRORS_RETURN));
+  wd_disarm(m);
+  s->ib = mc_malloc(sizeof(int) * 4 * (size_t)n);
+  s->comm.rank = me;
+  s->comm.size = n;
+  s->comm.impl = s;
+  s->next_sub = root->next_sub;
+  root->next_sub = s;
+  return &s->comm;
+}
+
 /* ------------------------------------------------------------------ init / finalize */
 
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
@@ -380,7 +462,9 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
                    .all_gather = mpi_all_gather,
                    .broadcast = mpi_broadcast,
                    .barrier = mpi_barrier,
-                   .abort = mpi_abort};
+                   .abort = mpi_abort,
+                   .subset = mpi_subset};
+  m->root = m;
   pthread_condattr_t ca;
   PT_CHECK(pthread_condattr_init(&ca));
   PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
@@ -396,6 +480,13 @@ void rt_comm_mpi_finalize(Comm *c) {
   if (!c) return;
   MpiComm *m = c->impl;
   wd_arm(m, "finalize"); /* MPI_Finalize waits for the peers too */
+  for (MpiComm *s = m->next_sub, *nx; s; s = nx) {
+    nx = s->next_sub;
+    MPI_CHECK(MPI_Comm_free(&s->mc));
+    mc_free(s->scratch);
+    mc_free(s->ib);
+    mc_free(s);
+  }
   MPI_CHECK(MPI_Comm_free(&m->mc));
   if (m->we_init) MPI_CHECK(MPI_Finalize());
   PT_CHECK(pthread_mutex_lock(&m->mu));

@@ -163,6 +163,28 @@ static void self_barrier(Comm *c) {
   (void)c;
 }
 
+static Comm *self_subset(Comm *c, uint64_t mask) {
+  if (mask != 1) self_abort(c, "subset: rank 0 of 1 is the only rank");
+  return c;
+}
+
+uint64_t comm_all_mask(const Comm *c) {
+  return c->size >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << c->size) - 1;
+}
+
+Comm *comm_subset(Comm *c, uint64_t mask) {
+  mask &= comm_all_mask(c);
+  if (mask == comm_all_mask(c)) return c;
+  if (!(mask >> c->rank & 1)) {
+    char m[128];
+    snprintf(m, sizeof m, "subset 0x%llx of the ranks does not hold this rank",
+             (unsigned long long)mask);
+    c->abort(c, m);
+  }
+  if (!c->subset) c->abort(c, "this communicator has no subsets (device sets from on(...))");
+  return c->subset(c, mask);
+}
+
 Comm *rt_comm_self(void) {
   static Comm self = {.name = "self",
                       .rank = 0,
@@ -174,6 +196,7 @@ Comm *rt_comm_self(void) {
                       .all_gather = self_all_gather,
                       .broadcast = self_broadcast,
                       .barrier = self_barrier,
-                      .abort = self_abort};
+                      .abort = self_abort,
+                      .subset = self_subset};
   return &self;
 }

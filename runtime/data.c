@@ -548,14 +548,21 @@ static const char *split_name(Split s) {
 }
 
 void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T) {
-  MOEC_ASSERT(B > 0 && T > 0);
+  rt_batcher_init_rows(b, c, split, B, T, 0, B);
+}
+
+void rt_batcher_init_rows(Batcher *b, const Corpus *c, Split split, int B, int T, int row0,
+                          int rows) {
+  MOEC_ASSERT(B > 0 && T > 0 && row0 >= 0 && rows > 0 && row0 + rows <= B);
   memset(b, 0, sizeof *b);
   b->c = c;
   b->split = split;
   b->B = B;
   b->T = T;
+  b->row0 = row0;
+  b->rows = rows;
   if (c->kind == DATA_SYNTHETIC) {
-    b->ss = mc_malloc((size_t)B * sizeof(SynthStream));
+    b->ss = mc_malloc((size_t)rows * sizeof(SynthStream));
     rt_batcher_seek(b, 0);
     return;
   }
@@ -577,10 +584,10 @@ void rt_batcher_seek(Batcher *b, int64_t step) {
   MOEC_ASSERT(step >= 0);
   if (b->ss) {
     int64_t target = step * b->T;
-    for (int r = 0; r < b->B; r++) {
+    for (int r = 0; r < b->rows; r++) { /* stream id: the global row */
       SynthStream *st = &b->ss[r];
       if (step == 0 || st->n > target)
-        rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)r);
+        rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
       while (st->n < target)
         rt_synth_next(st);
     }
@@ -589,9 +596,9 @@ void rt_batcher_seek(Batcher *b, int64_t step) {
 }
 
 void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
-  const int B = b->B, T = b->T;
+  const int R = b->rows, T = b->T;
   if (b->ss) {
-    for (int r = 0; r < B; r++) {
+    for (int r = 0; r < R; r++) {
       SynthStream *st = &b->ss[r];
       for (int t = 0; t < T; t++) {
         ids[(int64_t)r * T + t] = st->x;
@@ -601,8 +608,8 @@ void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
   } else {
     const int32_t *tok = b->c->tok[b->split];
     int64_t pos = (b->step % b->steps_per_pass) * T;
-    for (int r = 0; r < B; r++) {
-      const int32_t *row = tok + (int64_t)r * b->slice + pos;
+    for (int r = 0; r < R; r++) { /* global stream row0 + r reads its own slice */
+      const int32_t *row = tok + (int64_t)(b->row0 + r) * b->slice + pos;
       memcpy(ids + (int64_t)r * T, row, (size_t)T * sizeof(int32_t));
       memcpy(targets + (int64_t)r * T, row + 1, (size_t)T * sizeof(int32_t));
     }

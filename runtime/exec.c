@@ -4,10 +4,21 @@
 
 #include "../codegen/codegen.h"
 #include "../codegen/jit.h"
+#include "multidev.h"
 
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
   MOEC_ASSERT(from >= 0 && to <= p->ninstrs);
   if (p->poison && from == 0) cg_poison_arena(p); /* tests: no read of last step's bytes */
+  if (p->subsets < 0) p->subsets = rt_md_has_subsets(p->g, ctx->ndevices);
+  if (p->subsets) { /* on(...): devices outside a node's set skip it (no host JIT) */
+    for (int k = from; k < to; k++) {
+      const Instr *ins = &p->instrs[k];
+      if (!rt_md_runs(ins->node, ctx->device, ctx->ndevices)) continue;
+      KernelCtx nc = rt_md_node_ctx(ctx, ins->node);
+      ins->fn(&nc, ins->node, ins->in, ins->out);
+    }
+    return;
+  }
   if (!p->hostjit_tried) { /* native code for the call list (MOEC_JIT=0: interpreter) */
     p->hostjit_tried = true;
     if (cg_hostjit_enabled()) p->hostjit = cg_hostjit_compile(p);

@@ -1,7 +1,8 @@
 /* kernels_comm.c: CPU kernels of the collective ops (ir/ops.def, "collectives"),
  * float32 and float64, executed through ctx->comm (runtime/comm.h).
  *
- *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere)
+ *   all_reduce      in place rank-order sum (deterministic, the same bits everywhere);
+ *                   i32 tensors (an hmoe's group offsets) through an all_gather
  *   all_to_all      MoE dispatch: each device sends the rows of every expert to the
  *                   expert's device (ctx->expert_dev); the receiver regroups them into
  *                   one contiguous batch per local expert, sources in rank order (so an
@@ -9,12 +10,17 @@
  *                   writes the offsets of its local experts (E_r + 1: passes/shard.c)
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
- *   reshard         not supported yet (on(...) rules over device subsets): dies
+ *   reshard         rows between two device sets (on(...)), in batch order
+ *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
+ *                   rows, from each device's own top candidates (all_gather)
+ * Nodes on(...) a device subset run on that set's sub-communicator (comm_subset).
  * The per-expert row counts are exchanged first (an all_gather of every device's
  * offsets, E+1 int32 each). docs/multidev.md has the layout. Prefix: rt_. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm.h"
+#include "multidev.h"
 #include "runtime.h"
 
 double rt_md_comm_seconds[RT_INPROC_MAX][2];
@@ -195,57 +201,236 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
   mc_free(cnt);
 }
 
-static void check_set(const KernelCtx *ctx, const Node *n, int64_t nd) {
-  if (nd != ctx->ndevices)
-    mc_die("op '%s' (layer '%s') runs over %lld of the %d devices: collectives over a device "
-           "subset (place ... : on(...)) are not supported by the multi-device runtime yet",
-           ir_ops[n->op].name, n->layer ? n->layer : "?", (long long)nd, ctx->ndevices);
+/* The communicator of node n's device set (on(...) subsets: a sub-communicator, ranks in
+ * ascending device order, so sums stay in device order). */
+static Comm *set_comm(const KernelCtx *ctx, const Node *n) {
+  Comm *c = need_comm(ctx, n);
+  return comm_subset(c, rt_md_node_mask(n, c->size));
+}
+
+/* i32 (an hmoe's group offsets: small): all_gather, then the rank-order sum */
+static void all_reduce_i32(Comm *c, const Node *n, const int32_t *x, int32_t *y) {
+  int64_t len = n->in[0]->numel;
+  int32_t *all = mc_malloc((size_t)c->size * (size_t)MC_MAX(len, 1) * sizeof(int32_t));
+  c->all_gather(c, x, all, (size_t)len * sizeof(int32_t));
+  for (int64_t i = 0; i < len; i++) {
+    int64_t s = 0;
+    for (int r = 0; r < c->size; r++)
+      s += all[(int64_t)r * len + i];
+    if (s > INT32_MAX || s < INT32_MIN)
+      mc_die("all_reduce of '%s': the sum overflows int32", n->in[0]->name);
+    y[i] = (int32_t)s;
+  }
+  mc_free(all);
 }
 
 static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  Comm *c = need_comm(ctx, n);
-  check_set(ctx, n, n->ia[0]);
+  Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(float));
   c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
 }
 
 static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  Comm *c = need_comm(ctx, n);
-  check_set(ctx, n, n->ia[0]);
+  Comm *c = set_comm(ctx, n);
   double t0 = mc_now();
+  if (n->in[0]->ty.dtype == DT_I32) {
+    all_reduce_i32(c, n, in[0], out[0]);
+    add_time(c, 1, t0);
+    return;
+  }
   if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(double));
   c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
   add_time(c, 1, t0);
 }
 
-static void a2a_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all(ctx, n, in, out, sizeof(float));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2a_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all(ctx, n, in, out, sizeof(double));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2ab_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all_back(ctx, n, in, out, sizeof(float));
-  add_time(ctx->comm, 0, t0);
-}
-static void a2ab_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  double t0 = mc_now();
-  all_to_all_back(ctx, n, in, out, sizeof(double));
-  add_time(ctx->comm, 0, t0);
+/* A device outside the batch side of an all_to_all (ia[2]: the dense nodes of the moe
+ * layer on(...) a subset, its experts elsewhere) sends and receives no rows: its offsets
+ * (from nodes it skipped) read as zero. */
+static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const *in, void **tmp,
+                               int32_t **zero) {
+  Comm *c = need_comm(ctx, n);
+  uint64_t m = (uint64_t)n->ia[2];
+  if (!m || (m >> c->rank & 1)) return in;
+  *zero = mc_calloc((size_t)n->in[1]->numel, sizeof(int32_t));
+  tmp[0] = in[0];
+  tmp[1] = *zero;
+  return tmp;
 }
 
-static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  (void)ctx, (void)in, (void)out;
-  mc_die("layer '%s' moves rows between device sets (reshard, from place ... : on(...)): not "
-         "supported by the multi-device runtime yet",
-         n->layer ? n->layer : "?");
+#define A2A_KERNEL(NAME, FN, T)                                                                    \
+  static void NAME(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {       \
+    double t0 = mc_now();                                                                          \
+    void *tmp[2];                                                                                  \
+    int32_t *zero = NULL;                                                                          \
+    FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T));                                \
+    mc_free(zero);                                                                                 \
+    add_time(ctx->comm, 0, t0);                                                                    \
+  }
+A2A_KERNEL(a2a_f32, all_to_all, float)
+A2A_KERNEL(a2a_f64, all_to_all, double)
+A2A_KERNEL(a2ab_f32, all_to_all_back, float)
+A2A_KERNEL(a2ab_f64, all_to_all_back, double)
+
+/* reshard: rows (dim 0, in batch order) from the devices of set a (ia[2], each holding
+ * the next |a|-th of the rows, ascending) to those of set b (ia[3]); every device of
+ * a | b takes part (one all_to_allv on their communicator). Bytes that change device
+ * are counted in rt_md_reshard_bytes (a test compares them with the plan's closed form). */
+int64_t rt_md_reshard_bytes[RT_INPROC_MAX];
+
+static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                    size_t fel) {
+  double t0 = mc_now();
+  Comm *world = need_comm(ctx, n);
+  uint64_t a = (uint64_t)n->ia[2], b = (uint64_t)n->ia[3], u = a | b;
+  Comm *c = comm_subset(world, u);
+  const Tensor *x = n->in[0], *y = n->out[0];
+  size_t elem = x->ty.dtype == DT_I32 ? sizeof(int32_t) : fel;
+  int na = __builtin_popcountll(a), nb = __builtin_popcountll(b);
+  int64_t R0 = ctx->batch_local * ctx->ndevices; /* global rows (B), then B*T if flattened */
+  for (int k = 0; k < x->ty.dim[0].t && ctx->graph; k++)
+    R0 *= ctx->graph->T;
+  if (x->ty.dim[0].b != 1 || x->shape[0] * __builtin_popcountll(a) != R0)
+    mc_die("layer '%s': moving '%s' between device sets (on(...)) needs rows B or B*T in "
+           "dim 0",
+           n->layer ? n->layer : "?", x->name);
+  int64_t ra = x->shape[0], rb = y->shape[0], R = ra * na; /* rows: per a device, per b, all */
+  MOEC_ASSERT(rb * nb == R && x->numel / ra == y->numel / rb);
+  size_t w = (size_t)(x->numel / ra) * elem; /* bytes per row */
+  int P = c->size, ia = -1, ib = -1, q = 0;
+  int *dev = mc_calloc((size_t)P, sizeof(int)); /* sub rank -> device */
+  for (int d = 0; d < 64 && q < P; d++)
+    if (u >> d & 1) dev[q++] = d;
+  int me = dev[c->rank];
+  if (a >> me & 1) ia = __builtin_popcountll(a & (((uint64_t)1 << me) - 1));
+  if (b >> me & 1) ib = __builtin_popcountll(b & (((uint64_t)1 << me) - 1));
+  int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
+          *rd = sc + 3 * P;
+  for (int p = 0; p < P; p++) {
+    int d = dev[p];
+    if (ia >= 0 && (b >> d & 1)) { /* my rows [ia*ra, +ra) to d's [j*rb, +rb) */
+      int64_t j = __builtin_popcountll(b & (((uint64_t)1 << d) - 1));
+      int64_t lo = MC_MAX(ia * ra, j * rb), hi = MC_MIN((ia + 1) * ra, (j + 1) * rb);
+      if (hi > lo) {
+        sc[p] = (hi - lo) * (int64_t)w;
+        sd[p] = (lo - ia * ra) * (int64_t)w;
+      }
+    }
+    if (ib >= 0 && (a >> d & 1)) { /* d's rows [i*ra, +ra) to mine [ib*rb, +rb) */
+      int64_t i = __builtin_popcountll(a & (((uint64_t)1 << d) - 1));
+      int64_t lo = MC_MAX(i * ra, ib * rb), hi = MC_MIN((i + 1) * ra, (ib + 1) * rb);
+      if (hi > lo) {
+        rc[p] = (hi - lo) * (int64_t)w;
+        rd[p] = (lo - ib * rb) * (int64_t)w;
+      }
+    }
+  }
+  int64_t moved = 0;
+  for (int p = 0; p < P; p++)
+    if (p != c->rank) moved += sc[p];
+  if (world->rank < RT_INPROC_MAX) rt_md_reshard_bytes[world->rank] += moved;
+  c->all_to_allv(c, in[0], sc, sd, out[0], rc, rd);
+  mc_free(sc);
+  mc_free(dev);
+  add_time(world, 0, t0);
+}
+static void reshard_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  reshard(ctx, n, in, out, sizeof(float));
+}
+static void reshard_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  reshard(ctx, n, in, out, sizeof(double));
+}
+
+/* all_gather_topm (batchwise gating over the global batch; ops.def): each device sends
+ * its own top min(m, N) candidates per expert (value, global row; row -1 pads), every
+ * device merges the P lists the same way and takes each expert's m-th: the cut. The
+ * global top m is inside the union of the devices' top m, so the cut is the one device
+ * holding the whole batch would find. Without a communicator (a one-device graph built
+ * by hand) the device is alone. */
+typedef struct TopmCand {
+  double v;
+  int64_t row;
+} TopmCand;
+
+static int topm_cmp(const void *a, const void *b) { /* gs desc, then global row asc */
+  const TopmCand *x = a, *y = b;
+  if (x->v != y->v) return x->v > y->v ? -1 : 1;
+  return (x->row > y->row) - (x->row < y->row);
+}
+
+static void all_gather_topm(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                            bool f64) {
+  Comm *c = ctx->comm ? set_comm(ctx, n) : rt_comm_self();
+  int P = c->size;
+  double t0 = mc_now();
+  int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], k = n->ia[0];
+  int64_t m = k * N * P / E, mloc = MC_MIN(m, N), row0 = (int64_t)rt_rng_counter0(ctx, N);
+  if (N * P >= INT32_MAX) mc_die("batchwise gating: %lld rows are too many", (long long)(N * P));
+  size_t esz = f64 ? sizeof(double) : sizeof(float), nb = (size_t)(E * mloc) * (esz + 4);
+  char *send = mc_malloc(MC_MAX(nb, 1)), *recv = mc_malloc(MC_MAX(nb * (size_t)P, 1));
+  TopmCand *cand = mc_malloc((size_t)MC_MAX(MC_MAX(N, P * mloc), 1) * sizeof(TopmCand));
+  const float *gs32 = in[0], *thr32 = in[1];
+  const double *gs64 = in[0], *thr64 = in[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int64_t r = 0; r < N; r++) {
+      double v = f64 ? gs64[r * E + e] : gs32[r * E + e];
+      double t = f64 ? thr64[e] : thr32[e];
+      if (ctx->training || v > t) cand[cnt++] = (TopmCand){v, row0 + r};
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    for (int64_t j = 0; j < mloc; j++) {
+      int64_t at = e * mloc + j;
+      double v = j < cnt ? cand[j].v : 0;
+      int32_t row = j < cnt ? (int32_t)cand[j].row : -1;
+      if (f64)
+        ((double *)send)[at] = v;
+      else
+        ((float *)send)[at] = (float)v;
+      memcpy(send + (size_t)(E * mloc) * esz + (size_t)at * 4, &row, 4);
+    }
+  }
+  c->all_gather(c, send, recv, nb);
+  float *cv32 = out[0];
+  double *cv64 = out[0];
+  int32_t *cr = out[1];
+  for (int64_t e = 0; e < E; e++) {
+    int64_t cnt = 0;
+    for (int s = 0; s < P; s++) {
+      const char *blk = recv + (size_t)s * nb;
+      for (int64_t j = 0; j < mloc; j++) {
+        int64_t at = e * mloc + j;
+        int32_t row;
+        memcpy(&row, blk + (size_t)(E * mloc) * esz + (size_t)at * 4, 4);
+        if (row < 0) break;
+        cand[cnt++] = (TopmCand){f64 ? ((const double *)blk)[at] : ((const float *)blk)[at], row};
+      }
+    }
+    qsort(cand, (size_t)cnt, sizeof(TopmCand), topm_cmp);
+    int64_t take = MC_MIN(cnt, m);
+    cr[e] = take > 0 ? (int32_t)cand[take - 1].row : -1;
+    if (f64)
+      cv64[e] = take > 0 ? cand[take - 1].v : 0;
+    else
+      cv32[e] = take > 0 ? (float)cand[take - 1].v : 0;
+  }
+  mc_free(cand);
+  mc_free(recv);
+  mc_free(send);
+  if (ctx->comm) add_time(c, 1, t0);
+}
+
+static void topm_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, false);
+}
+static void topm_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_gather_topm(ctx, n, in, out, true);
 }
 
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
@@ -255,5 +440,8 @@ void rt_kern_comm_register(KernelFn *f32, KernelFn *f64) {
   f64[OP_ALL_TO_ALL] = a2a_f64;
   f32[OP_ALL_TO_ALL_BACK] = a2ab_f32;
   f64[OP_ALL_TO_ALL_BACK] = a2ab_f64;
-  f32[OP_RESHARD] = f64[OP_RESHARD] = reshard;
+  f32[OP_RESHARD] = reshard_f32;
+  f64[OP_RESHARD] = reshard_f64;
+  f32[OP_ALL_GATHER_TOPM] = topm_f32;
+  f64[OP_ALL_GATHER_TOPM] = topm_f64;
 }

@@ -1,8 +1,9 @@
 /* multidev.c: one model over N devices (issue 4, items 4-5): per-device graph
  * preparation (this device's experts only: passes/shard.c; expert rows sized for the
- * global batch), the rows a device holds of each expert parameter, gathers of expert
- * parameters and optimizer state for checkpoints, the optimizer step with the global
- * gradient norm, and the in-process and MPI drivers. docs/multidev.md. */
+ * global batch; on(...) device subsets bound and run), the rows a device holds of each
+ * expert parameter, gathers of expert and subset parameters and optimizer state for
+ * checkpoints, the optimizer step with the global gradient norm, and the in-process and
+ * MPI drivers. docs/multidev.md. */
 #include "multidev.h"
 
 #include "../passes/plan.h"
@@ -15,27 +16,9 @@
 /* OpenBLAS: one thread per device thread (no oversubscription). */
 void openblas_set_num_threads(int n);
 
-/* Dies when `rank` holds none of a sharded layer's experts (outside an on(...) set). */
-static void check_experts_on(const Graph *g, int rank) {
-  for (int m = 0; g->moe_expert_dev && m < g->nmoe; m++) {
-    int mine = 0, sharded = 0; /* -1: replicated experts (data_parallel, replicate) */
-    for (int e = 0; e < g->moe_nexperts[m]; e++) {
-      mine += g->moe_expert_dev[m][e] == rank;
-      sharded += g->moe_expert_dev[m][e] >= 0;
-    }
-    if (sharded && !mine)
-      mc_die("device %d holds none of the experts of layer '%s' (place ... : on(...) leaves it "
-             "out): a device outside a sharded layer's device set is not supported by the "
-             "multi-device runtime yet",
-             rank, g->moe_names[m]);
-  }
-}
-
 void rt_md_prepare(Graph *g, int rank, int P) {
   if (P <= 1) return;
-  check_experts_on(g, rank);
-  mc_free(pass_shard_experts(g, rank)); /* this device's experts only */
-  rt_md_widen_expert_rows(g, P);        /* room for the rows of every device */
+  mc_free(pass_shard_experts(g, rank)); /* this device's experts only (E_r may be 0) */
 }
 
 void rt_md_widen_expert_rows(Graph *g, int P) {
@@ -46,6 +29,180 @@ void rt_md_widen_expert_rows(Graph *g, int P) {
     for (int k = 0; k < t->ty.dim[0].b; k++)
       t->ty.dim[0].c *= P;
   }
+}
+
+/* ---------------------------------------------------------------- device subsets */
+
+static uint64_t all_mask(int P) {
+  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
+}
+
+uint64_t rt_md_node_mask(const Node *n, int P) {
+  if (n->device >= 0) return (uint64_t)1 << n->device;
+  if (n->ndevices <= 0) return all_mask(P);
+  uint64_t m = 0;
+  for (int i = 0; i < n->ndevices; i++)
+    m |= (uint64_t)1 << n->devices[i];
+  return m;
+}
+
+uint64_t rt_md_tensor_mask(const Tensor *t, int P) {
+  const Node *n = t->producer;
+  if (!n) return all_mask(P);
+  if (n->op == OP_RESHARD) return (uint64_t)n->ia[3];
+  if (n->op == OP_ALL_TO_ALL_BACK && n->ia[2]) return (uint64_t)n->ia[2];
+  return rt_md_node_mask(n, P);
+}
+
+bool rt_md_runs(const Node *n, int rank, int P) {
+  return rt_md_node_mask(n, P) >> rank & 1;
+}
+
+bool rt_md_has_subsets(const Graph *g, int P) {
+  if (P <= 1) return false;
+  for (int k = 0; k < g->nnodes; k++)
+    if (rt_md_node_mask(g->nodes[k], P) != all_mask(P)) return true;
+  return false;
+}
+
+KernelCtx rt_md_node_ctx(const KernelCtx *ctx, const Node *n) {
+  KernelCtx c = *ctx;
+  int P = ctx->ndevices;
+  uint64_t m = rt_md_node_mask(n, P);
+  if (P <= 1 || m == all_mask(P)) return c;
+  int64_t B = ctx->batch_local * P; /* global rows */
+  int k = __builtin_popcountll(m),
+      idx = __builtin_popcountll(m & (((uint64_t)1 << ctx->device) - 1));
+  c.batch_local = B / k;
+  c.batch0 = idx * (B / k);
+  c.device = idx;
+  c.ndevices = k;
+  return c;
+}
+
+void rt_md_bind(Graph *g, int64_t B, int64_t T, int P) {
+  if (P <= 1) {
+    ir_bind(g, B, T);
+    return;
+  }
+  rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
+  int n = g->ntensors;
+  Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
+  int *nset = mc_calloc((size_t)n + 1, sizeof(int));
+  for (int i = 0; i < n; i++) {
+    Tensor *t = g->tensors[i];
+    uint64_t m = rt_md_tensor_mask(t, P);
+    if (t->part != PART_BATCH || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || m == all_mask(P))
+      continue;
+    int k = __builtin_popcountll(m);
+    if (B % k)
+      mc_die("tensor '%s' is split over %d devices (place ... : on(...)), but batch %lld does not "
+             "split evenly over %d: use a batch that every device set's size divides",
+             t->name, k, (long long)B, k);
+    if (t->ty.dim[0].b != 1)
+      mc_die("tensor '%s' on a device subset has rows %s of B: not supported", t->name, "a power");
+    nset[i] = k;
+    orig[i] = t->ty.dim[0];
+    t->ty.dim[0].c *= (P + k - 1) / k; /* the plan's room: at least B/k rows */
+  }
+  ir_bind(g, B / P, T);
+  for (int i = 0; i < n; i++) {
+    if (!nset[i]) continue;
+    Tensor *t = g->tensors[i];
+    t->shape[0] = dim_eval(orig[i], B / nset[i], T); /* the exact rows of one device */
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++)
+      t->numel *= t->shape[d];
+  }
+  mc_free(orig);
+  mc_free(nset);
+}
+
+int rt_md_param_owner(const Graph *g, const Tensor *t, int P) {
+  if (P <= 1 || t->part == PART_EXPERTS || !t->grad || !t->grad->producer) return -1;
+  (void)g;
+  uint64_t m = rt_md_node_mask(t->grad->producer, P);
+  return m == all_mask(P) ? -1 : __builtin_ctzll(m);
+}
+
+/* An expert parameter is NAME.PART of a moe (dim 0 = its E experts) or NAME.gJ.PART of
+ * an hmoe's group J (dim 0 = the group's experts, J*Eg... of the layer's G*Eg). */
+int rt_md_param_experts(const Graph *g, const Tensor *t, int *first) {
+  *first = 0;
+  if (t->part != PART_EXPERTS) return -1;
+  int best = -1, grp = -1;
+  size_t bl = 0;
+  for (int i = 0; i < g->nmoe; i++) {
+    size_t l = strlen(g->moe_names[i]);
+    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
+    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
+    int j = -1, used = 0;
+    if (!dot)
+      j = -1;
+    else if (sscanf(rest, "g%d%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
+             !strchr(dot + 1, '.'))
+      ; /* NAME.gJ.PART */
+    else
+      continue;
+    best = i;
+    bl = l;
+    grp = j;
+  }
+  int64_t E = best >= 0 && g->moe_nexperts ? g->moe_nexperts[best] : 0;
+  int64_t rows = t->ty.rank >= 1 ? t->shape[0] : 0;
+  int64_t at = grp >= 0 ? grp * rows : 0;
+  if (best < 0 || !g->moe_expert_dev || rows < 1 || at + rows > E || (grp < 0 && rows != E))
+    mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe or hmoe "
+           "layer (use strategy = data_parallel)",
+           t->name);
+  *first = (int)at;
+  return best;
+}
+
+int rt_md_param_moe(const Graph *g, const Tensor *t) {
+  int first;
+  return rt_md_param_experts(g, t, &first);
+}
+
+/* An hmoe group's parameter (NAME.gJ.PART): held whole on every device (shard.c splits
+ * moe layers only) although each of its experts trains on its own device; the rows of
+ * other devices' experts are unused here and zeroed before the update and in gathers. */
+static bool whole_experts(const Graph *g, const Tensor *t) {
+  return t->part == PART_EXPERTS && !pass_expert_shard(g, t, NULL);
+}
+
+/* Zeroes, in buf (param t's layout, elements of `elem` bytes), what device `rank` does not
+ * own of a buffer of n elements held whole: all of it off the device set that trains
+ * the parameter (rt_md_param_owner), an hmoe group's rows of other devices' experts. */
+static void zero_nonowned(const Graph *g, const Tensor *t, int rank, int P, void *buf, int64_t n,
+                          size_t elem) {
+  int o = rt_md_param_owner(g, t, P);
+  if (o >= 0 && o != rank) memset(buf, 0, (size_t)n * elem);
+  if (!whole_experts(g, t)) return;
+  int first, m = rt_md_param_experts(g, t, &first);
+  const int *map = g->moe_expert_dev[m] + first;
+  int64_t E = t->shape[0], per = n / E;
+  for (int64_t e = 0; e < E; e++)
+    if (map[e] != rank) memset((char *)buf + (size_t)(e * per) * elem, 0, (size_t)per * elem);
+}
+
+/* Held whole but trained (in part) elsewhere: gathers sum what each device owns. */
+static bool summed_param(const Graph *g, const Tensor *t, int P) {
+  return whole_experts(g, t) || rt_md_param_owner(g, t, P) >= 0;
+}
+
+/* Collective: on root, a copy of a whole-held buffer (n floats) of parameter t with
+ * every device's owned part (zero_nonowned), summed; NULL elsewhere or for src NULL. */
+static float *owned_sum(Comm *c, const Graph *g, const Tensor *t, const float *src, int64_t n,
+                        int root) {
+  if (!src) return NULL;
+  float *b = mc_malloc((size_t)MC_MAX(n, 1) * sizeof(float));
+  memcpy(b, src, (size_t)n * sizeof(float));
+  zero_nonowned(g, t, c->rank, c->size, b, n, sizeof(float));
+  c->all_reduce_sum_f32(c, b, n);
+  if (c->rank == root) return b;
+  mc_free(b);
+  return NULL;
 }
 
 /* ---------------------------------------------------------------- sharded experts */
@@ -109,6 +266,10 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
   for (int i = 0; i < g->nparams && g->experts_local; i++) {
     const Tensor *t = g->params[i];
     ExpertShard s;
+    if (summed_param(g, t, c->size)) { /* whole here, owned in part elsewhere */
+      full[i] = owned_sum(c, g, t, cg_f32(p, t), t->numel, root);
+      continue;
+    }
     if (!pass_expert_shard(g, t, &s)) continue;
     int64_t per = t->numel / t->shape[0];
     if (c->rank == root) full[i] = mc_malloc((size_t)(s.count * per) * sizeof(float));
@@ -135,8 +296,8 @@ static bool whole_entry(const Graph *g, const Optim *o, int i) {
          pass_expert_shard(g, g->params[i], NULL);
 }
 
-Optim *rt_md_optim_new(const Config *cfg, const Graph *g) {
-  Optim *o = rt_optim_new(cfg, g);
+Optim *rt_md_optim_new(const Config *cfg, const Graph *g, Precision prec) {
+  Optim *o = rt_optim_new_prec(cfg, g, prec);
   for (int i = 0; i < o->n; i++) {
     if (!whole_entry(g, o, i)) continue;
     ExpertShard s;
@@ -175,20 +336,29 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
   }
   MOEC_ASSERT(o->n == g->nparams);
   /* the global norm: replicated gradients (the same everywhere) once, plus every
-   * device's own experts' squares, summed over the devices */
+   * device's own experts' squares and those of the parameters trained on(...) a device
+   * subset (by the set's first device), summed over the devices */
   double ss[2] = {0, 0};
+  float **pp = mc_calloc((size_t)o->n + 1, sizeof(float *)),
+        **gg = mc_calloc((size_t)o->n + 1, sizeof(float *));
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
-    int x = g->experts_local && pass_expert_shard(g, t, NULL);
+    pp[i] = params[i];
+    gg[i] = grads[i];
+    int own = rt_md_param_owner(g, t, c->size);
+    if (own >= 0 && !rt_md_runs(t->grad->producer, c->rank, c->size)) {
+      gg[i] = NULL; /* trained on(...) devices without this one: not updated here */
+      continue;
+    }
+    if (whole_experts(g, t)) /* an hmoe group: other devices' experts are theirs */
+      zero_nonowned(g, t, c->rank, c->size, grads[i], t->numel, o->elem);
+    int x = own >= 0 || whole_experts(g, t) || (g->experts_local && pass_expert_shard(g, t, NULL));
+    if (own >= 0 && own != c->rank) continue;
     for (int64_t j = 0; j < t->numel; j++)
       ss[x] += elem_get(grads[i], j, o->elem) * elem_get(grads[i], j, o->elem);
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
-  float **pp = mc_calloc((size_t)o->n + 1, sizeof(float *)),
-        **gg = mc_calloc((size_t)o->n + 1, sizeof(float *));
   for (int i = 0; i < o->n; i++) {
-    pp[i] = params[i];
-    gg[i] = grads[i];
     if (!whole_entry(g, o, i)) continue;
     ExpertShard s;
     pass_expert_shard(g, g->params[i], &s);
@@ -217,12 +387,11 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
   mc_free(gg);
 }
 
-/* A gathered copy of a sharded entry's state buffer (its size: `size` floats over the
- * n local rows), whole on root. */
+/* A gathered copy of a sharded entry's state buffer (`per` floats per expert row),
+ * whole on root. */
 static float *gather_state(Comm *c, const Graph *g, const ExpertShard *s, const float *local,
-                           int64_t size, int64_t n, int root) {
+                           int64_t per, int root) {
   if (!local) return NULL;
-  int64_t per = size / n;
   float *full = c->rank == root ? mc_malloc((size_t)(per * s->count) * sizeof(float)) : NULL;
   gather_rows(c, g, s, local, per, sizeof(float), full, root);
   return full;
@@ -252,6 +421,27 @@ Optim *rt_md_optim_gather(Comm *c, const Graph *g, const Optim *o, int root) {
     ExpertShard s;
     bool sharded =
         g->experts_local && !whole_entry(g, o, i) && pass_expert_shard(g, g->params[i], &s);
+    const Tensor *t = g->params[i];
+    if (!sharded && summed_param(g, t, c->size)) { /* whole, owned in part elsewhere */
+      int64_t lead = 0, rows = 0, cols = 0;
+      if (o->vr[i]) {
+        int r = o->prank[i];
+        rows = o->shape[i][r - 2];
+        cols = o->shape[i][r - 1];
+        lead = o->numel[i] / MC_MAX(1, rows * cols);
+      }
+      float *m = owned_sum(c, g, t, o->m[i], o->numel[i], root),
+            *v = owned_sum(c, g, t, o->v[i], o->numel[i], root),
+            *vr = owned_sum(c, g, t, o->vr[i], lead * rows, root),
+            *vc = owned_sum(c, g, t, o->vc[i], lead * cols, root);
+      if (me) {
+        w->m[i] = m;
+        w->v[i] = v;
+        w->vr[i] = vr;
+        w->vc[i] = vc;
+      }
+      continue;
+    }
     if (!sharded) { /* whole on every device: root's own */
       if (me) {
         w->m[i] = o->m[i];
@@ -261,25 +451,27 @@ Optim *rt_md_optim_gather(Comm *c, const Graph *g, const Optim *o, int root) {
       }
       continue;
     }
-    int64_t n = g->params[i]->shape[0], num = o->numel[i];
+    /* per expert row (a device may hold none: E_r = 0) */
     int r = o->prank[i];
-    int64_t lead = 0, rows = 0, cols = 0;
-    if (o->vr[i]) {
+    int64_t per = 1, lead = 0, rows = 0, cols = 0;
+    for (int d = 1; d < r; d++)
+      per *= o->shape[i][d];
+    if (o->vr[i]) { /* [E_r, ..., rows, cols] (r >= 3: an [E, H] matrix is kept whole) */
       rows = o->shape[i][r - 2];
       cols = o->shape[i][r - 1];
-      lead = num / MC_MAX(1, rows * cols);
+      lead = per / MC_MAX(1, rows * cols);
     }
-    float *m = gather_state(c, g, &s, o->m[i], num, n, root),
-          *v = gather_state(c, g, &s, o->v[i], num, n, root),
-          *vr = gather_state(c, g, &s, o->vr[i], lead * rows, n, root),
-          *vc = gather_state(c, g, &s, o->vc[i], lead * cols, n, root);
+    float *m = gather_state(c, g, &s, o->m[i], per, root),
+          *v = gather_state(c, g, &s, o->v[i], per, root),
+          *vr = gather_state(c, g, &s, o->vr[i], lead * rows, root),
+          *vc = gather_state(c, g, &s, o->vc[i], lead * cols, root);
     if (me) {
       w->m[i] = m;
       w->v[i] = v;
       w->vr[i] = vr;
       w->vc[i] = vc;
       w->shape[i][0] = s.count;
-      w->numel[i] = num / n * s.count;
+      w->numel[i] = per * s.count;
     }
   }
   return w;
@@ -337,27 +529,34 @@ bool rt_md_mpi_launched(void) {
   return !s || atoi(s) > 1;
 }
 
-void rt_md_check_graph(const Graph *g, int P) {
+void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
   if (P <= 1) return;
+  /* device subsets: what the runtime cannot split over part of the devices yet */
+  uint64_t *pm = mc_calloc((size_t)g->ntensors + 1, sizeof(uint64_t));
   for (int k = 0; k < g->nnodes; k++) {
-    OpKind op = g->nodes[k]->op;
-    if (op == OP_DIV_GROUP_ROWS || op == OP_LOAD_SMOOTH_GROUPED)
-      mc_die("layer '%s' is an hmoe: hierarchical MoE layers are not supported on more than one "
-             "device yet (their group-level load is per device, so the losses would differ "
-             "from one device)",
-             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
-    if (op == OP_BATCHWISE_ROUTE)
-      mc_die("layer '%s' uses gating = batchwise: not supported on more than one device yet (each "
-             "expert would pick its rows among one device's rows, not the global batch's)",
-             g->nodes[k]->layer ? g->nodes[k]->layer : "?");
+    const Node *n = g->nodes[k];
+    uint64_t m = rt_md_node_mask(n, P);
+    for (int i = 0; i < n->nin; i++) {
+      const Tensor *t = n->in[i];
+      if (t->kind == TK_STATE && m != all_mask(P))
+        mc_die("layer '%s' keeps state from step to step ('%s') and runs on a subset of the "
+               "devices (place ... : on(...)): not supported yet (place it on every device)",
+               n->layer ? n->layer : "?", t->name);
+      if (t->kind != TK_PARAM || n->backward || t->part == PART_EXPERTS) continue;
+      if (pm[t->id] && pm[t->id] != m)
+        mc_die("parameter '%s' is read by nodes on different device sets (place ... : on(...)): "
+               "its gradient would mix them; place its readers on the same devices",
+               t->name);
+      pm[t->id] = m;
+    }
   }
+  mc_free(pm);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
-    if (t->part == PART_EXPERTS && !pass_expert_shard(g, t, NULL))
-      mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe layer: "
-             "hmoe layers are not supported by the multi-device runtime yet (use strategy = "
-             "data_parallel)",
-             t->name);
+    if (whole_experts(g, t) && rt_md_param_moe(g, t) >= 0 && cfg->optimizer != OPT_ADAM)
+      mc_die("the factored optimizer with hmoe layers on %d devices is not supported yet ('%s'): "
+             "use optimizer = adam, or strategy = data_parallel",
+             P, t->name);
   }
 }
 
@@ -373,10 +572,8 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
   Graph *g = ir_build(f, cfg);
   PassCtx pc = {cfg, P, true};
   pass_run_all(g, &pc, NULL, NULL);
-  ir_bind(g, cfg->batch / P, cfg->unroll);
-  rt_md_check_graph(g, P);
-  for (int r = 0; r < P; r++)
-    check_experts_on(g, r);
+  rt_md_bind(g, cfg->batch, cfg->unroll, P); /* also: a batch an on(...) set does not divide */
+  rt_md_check_graph(g, cfg, P);
   ir_graph_free(g);
   if (o->load) rt_st_close(rt_st_open(o->load));
 }

@@ -24,8 +24,12 @@ static bool factored(const Optim *o, int i) {
 }
 
 Optim *rt_optim_new(const Config *cfg, const Graph *g) {
+  return rt_optim_new_prec(cfg, g, PREC_F32);
+}
+
+Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   Optim *o = mc_calloc(1, sizeof(Optim));
-  o->elem = sizeof(float);
+  const size_t e = o->elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
   o->kind = cfg->optimizer;
   o->lr = cfg->lr;
   o->beta1 = cfg->beta1;
@@ -51,11 +55,11 @@ Optim *rt_optim_new(const Config *cfg, const Graph *g) {
     if (factored(o, i)) {
       int64_t lead, rows, cols;
       factor_dims(o, i, &lead, &rows, &cols);
-      o->vr[i] = mc_calloc((size_t)(lead * rows), sizeof(float));
-      o->vc[i] = mc_calloc((size_t)(lead * cols), sizeof(float));
+      o->vr[i] = mc_calloc((size_t)(lead * rows), e);
+      o->vc[i] = mc_calloc((size_t)(lead * cols), e);
     } else {
-      if (o->kind == OPT_ADAM) o->m[i] = mc_calloc((size_t)t->numel, sizeof(float));
-      o->v[i] = mc_calloc((size_t)t->numel, sizeof(float));
+      if (o->kind == OPT_ADAM) o->m[i] = mc_calloc((size_t)t->numel, e);
+      o->v[i] = mc_calloc((size_t)t->numel, e);
     }
   }
   return o;
@@ -80,16 +84,14 @@ void rt_optim_free(Optim *o) {
   mc_free(o);
 }
 
-void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
-  double ss = 0;
-  for (int i = 0; i < o->n; i++)
-    for (int64_t k = 0; k < o->numel[i]; k++)
-      ss += (double)grads[i][k] * grads[i][k];
-  rt_optim_apply(o, params, grads, sqrt(ss));
+/* The arrays of an elem-8 optimizer: doubles behind float pointers. */
+static double *dbl(float *p) {
+  return (double *)(void *)p;
 }
 
-void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
-  MOEC_ASSERT(o->elem == sizeof(float)); /* an elem-8 (--f64) optimizer has its own update */
+/* rt_optim_apply in double (moec run --f64): the same formulas, nothing rounded to
+ * float, so runs that differ only in summation order agree to double rounding. */
+static void apply_f64(Optim *o, float *const *params, float *const *grads, double norm) {
   double scale = 1.0;
   o->last_norm = norm;
   if (!isfinite(norm))
@@ -100,6 +102,85 @@ void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double 
   const double b1 = o->beta1, b2 = o->beta2, lr = o->lr, eps = o->eps;
   const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
   for (int i = 0; i < o->n; i++) {
+    if (!grads[i]) continue; /* not updated on this device (multidev.c) */
+    double *p = dbl(params[i]);
+    const double *gr = dbl(grads[i]);
+    if (o->kind == OPT_ADAM) {
+      double *m = dbl(o->m[i]), *v = dbl(o->v[i]);
+      for (int64_t k = 0; k < o->numel[i]; k++) {
+        double g = gr[k] * scale;
+        m[k] = b1 * m[k] + (1.0 - b1) * g;
+        v[k] = b2 * v[k] + (1.0 - b2) * g * g;
+        p[k] -= lr * (m[k] / bc1) / (sqrt(v[k] / bc2) + eps);
+      }
+    } else if (!factored(o, i)) {
+      double *v = dbl(o->v[i]);
+      for (int64_t k = 0; k < o->numel[i]; k++) {
+        double g = gr[k] * scale;
+        v[k] = b2 * v[k] + (1.0 - b2) * g * g;
+        p[k] -= lr * g / (sqrt(v[k] / bc2) + eps);
+      }
+    } else {
+      int64_t lead, rows, cols;
+      factor_dims(o, i, &lead, &rows, &cols);
+      double *colsum = mc_malloc((size_t)cols * sizeof(double));
+      for (int64_t l = 0; l < lead; l++) {
+        double *pl = p + l * rows * cols, *vr = dbl(o->vr[i]) + l * rows,
+               *vc = dbl(o->vc[i]) + l * cols;
+        const double *gl = gr + l * rows * cols;
+        for (int64_t c = 0; c < cols; c++)
+          colsum[c] = 0;
+        double rsum = 0;
+        for (int64_t r = 0; r < rows; r++) {
+          double s = 0;
+          for (int64_t c = 0; c < cols; c++) {
+            double g = gl[r * cols + c] * scale, g2 = g * g;
+            s += g2;
+            colsum[c] += g2;
+          }
+          vr[r] = b2 * vr[r] + (1.0 - b2) * (s / (double)cols);
+          rsum += vr[r];
+        }
+        for (int64_t c = 0; c < cols; c++)
+          vc[c] = b2 * vc[c] + (1.0 - b2) * (colsum[c] / (double)rows);
+        double rmean = rsum / (double)rows;
+        for (int64_t r = 0; r < rows; r++)
+          for (int64_t c = 0; c < cols; c++) {
+            double g = gl[r * cols + c] * scale;
+            double vhat = rmean > 0 ? vr[r] * vc[c] / rmean : 0.0;
+            pl[r * cols + c] -= lr * g / (sqrt(vhat / bc2) + eps);
+          }
+      }
+      mc_free(colsum);
+    }
+  }
+}
+
+void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
+  double ss = 0;
+  for (int i = 0; i < o->n; i++)
+    for (int64_t k = 0; k < o->numel[i]; k++)
+      ss += o->elem == sizeof(double) ? dbl(grads[i])[k] * dbl(grads[i])[k]
+                                      : (double)grads[i][k] * grads[i][k];
+  rt_optim_apply(o, params, grads, sqrt(ss));
+}
+
+void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
+  if (o->elem == sizeof(double)) {
+    apply_f64(o, params, grads, norm);
+    return;
+  }
+  double scale = 1.0;
+  o->last_norm = norm;
+  if (!isfinite(norm))
+    mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
+           norm, (long long)o->t + 1);
+  if (o->clip > 0 && norm > o->clip) scale = o->clip / norm;
+  o->t++;
+  const double b1 = o->beta1, b2 = o->beta2, lr = o->lr, eps = o->eps;
+  const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
+  for (int i = 0; i < o->n; i++) {
+    if (!grads[i]) continue; /* not updated on this device (multidev.c) */
     float *p = params[i];
     const float *gr = grads[i];
     if (o->kind == OPT_ADAM) {
@@ -156,6 +237,7 @@ void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double 
 /* ---------------------------------------------------------------- checkpoint state */
 
 int rt_optim_tensors(const Optim *o, StTensor *t, McArena *names) {
+  MOEC_ASSERT(o->elem == sizeof(float)); /* --f64 runs refuse checkpoints */
   int n = 0;
   for (int i = 0; i < o->n; i++) {
     int r = o->prank[i];
@@ -196,7 +278,8 @@ static void load_one(const StFile *f, const char *prefix, const char *name, floa
     mc_die("checkpoint '%s' has optimizer state but lacks '%s' (saved with another optimizer "
            "or model?)",
            f->path, key);
-  bool rows = sel && sel->list && sel->n > 0;
+  if (sel && sel->list && sel->n == 0) return; /* none of its rows here (E_r = 0) */
+  bool rows = sel && sel->list;
   int64_t per = rows ? numel / sel->n : numel, want = rows ? per * sel->global : numel;
   if (e->dtype != ST_F32 || e->numel != want)
     mc_die("checkpoint '%s': '%s' has dtype %s and %lld elements, expected F32 and %lld", f->path,
@@ -223,6 +306,7 @@ bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel) {
   if (strcmp(kind, want))
     mc_die("checkpoint '%s' holds %s optimizer state, the train block asks for %s", f->path, kind,
            want);
+  MOEC_ASSERT(o->elem == sizeof(float));
   char *end;
   long long t = strtoll(step, &end, 10);
   if (*end || t < 0) mc_die("checkpoint '%s': bad optim.step '%s'", f->path, step);

@@ -702,6 +702,7 @@ void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows) {
     const Tensor *t = g->params[i];
     const StEntry *e = rt_st_find(f, t->name);
     size_t nb = (size_t)t->numel * p->elem;
+    if (!nb) continue; /* none of its rows on this device (E_r = 0) */
     void *host = mc_malloc(nb);
     const RowSel *sel = rows && rows[i].list ? &rows[i] : NULL;
     int64_t per = sel ? t->numel / sel->n : t->numel;

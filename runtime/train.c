@@ -22,6 +22,7 @@
 #include "../passes/passes.h"
 #include "multidev.h"
 #include "train.h"
+#include "train_dev.h"
 
 /* ---------------------------------------------------------------- compiled programs */
 
@@ -33,7 +34,7 @@ typedef struct Compiled {
 } Compiled;
 
 static const Tensor *through_reshapes(const Tensor *t) {
-  while (t->producer && t->producer->op == OP_RESHAPE)
+  while (t->producer && (t->producer->op == OP_RESHAPE || t->producer->op == OP_RESHARD))
     t = t->producer->in[0];
   return t;
 }
@@ -87,9 +88,9 @@ static Graph *build_on(AstFile *f, const Config *cfg, bool training, int B, int 
   PassCtx pc = {cfg, P, training};
   pass_run_all(g, &pc, NULL, NULL);
   if (!g->loss) mc_die("model '%s' has no loss: training needs a softmax_xent output", g->name);
-  rt_md_prepare(g, rank, P);
-  ir_bind(g, B / P, T);
-  rt_md_check_graph(g, P);
+  rt_md_prepare(g, rank, P); /* its experts only */
+  rt_md_bind(g, B, T, P);    /* B/P rows (on(...) subsets: B/|set|), expert rows widened */
+  rt_md_check_graph(g, cfg, P);
   return g;
 }
 
@@ -97,11 +98,11 @@ static Graph *build(AstFile *f, const Config *cfg, bool training, int B, int T) 
   return build_on(f, cfg, training, B, T, 1, 0);
 }
 
-static Compiled lower(Graph *g, Precision prec) {
+static Compiled lower(Graph *g, Precision prec, const Backend *be) {
   Compiled c = {0};
   c.g = g;
   find_inputs(&c);
-  c.p = cg_lower(g, prec);
+  c.p = rt_dev_lower(g, prec, be); /* cpu, or cuda with its device context (train_dev.c) */
   return c;
 }
 
@@ -149,7 +150,7 @@ static void check_memory(const char *what, double need, double params, double ac
 }
 
 static void upload_ids(Program *p, const Tensor *t, const int32_t *ids) {
-  p->be->upload(p->buf[t->id], ids, (size_t)t->numel * sizeof(int32_t));
+  rt_dev_upload_input(p, p->buf[t->id], ids, (size_t)t->numel * sizeof(int32_t));
 }
 
 static double read_scalar(Program *p, const Tensor *t) {
@@ -203,7 +204,8 @@ static double evaluate(Compiled *ev, const Corpus *corpus, Split split, int64_t 
                    .batch0 = 0,
                    .batch_local = g->B,
                    .device = 0,
-                   .ndevices = 1};
+                   .ndevices = 1,
+                   .dev = ev->p->dev};
   double sum = 0;
   for (int64_t s = 0; s < steps; s++) {
     rt_batcher_next(&b, ids, tg);
@@ -229,11 +231,11 @@ static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split spl
   Graph *g = tr->g;
   Program *p = tr->p;
   const int P = c->size, Bl = (int)g->B, B = Bl * P, T = (int)g->T;
-  Batcher b;
-  rt_batcher_init(&b, corpus, split, B, T);
+  Batcher b; /* this device's rows of the global batch only */
+  rt_batcher_init_rows(&b, corpus, split, B, T, c->rank * Bl, Bl);
   int64_t steps = rt_batcher_eval_steps(&b);
   size_t n = (size_t)B * (size_t)T, nl = (size_t)Bl * (size_t)T;
-  int32_t *ids = mc_malloc(n * sizeof(int32_t)), *tg = mc_malloc(n * sizeof(int32_t));
+  int32_t *ids = mc_malloc(nl * sizeof(int32_t)), *tg = mc_malloc(nl * sizeof(int32_t));
   void **saved = mc_calloc((size_t)g->nstates + 1, sizeof(void *));
   for (int i = 0; i < g->nstates; i++) { /* the training state, put back below */
     const Tensor *s = g->states[i].state;
@@ -255,10 +257,12 @@ static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split spl
   double sum = 0;
   for (int64_t s = 0; s < steps; s++) {
     rt_batcher_next(&b, ids, tg);
-    upload_ids(p, tr->ids, ids + (size_t)c->rank * nl);
-    upload_ids(p, tr->targets, tg + (size_t)c->rank * nl);
+    upload_ids(p, tr->ids, ids);
+    upload_ids(p, tr->targets, tg);
     rt_exec(p, &ctx, 0, p->first_backward);
-    sum += read_scalar(p, g->xent);
+    /* the loss on(...) other devices: this one has no rows of it */
+    if (!g->xent->producer || rt_md_runs(g->xent->producer, c->rank, P))
+      sum += read_scalar(p, g->xent);
     rt_carry_state(p);
   }
   c->all_reduce_sum_f64(c, &sum, 1);
@@ -385,12 +389,14 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   Program *p = tr->p;
   int cap = g->nparams * 4 + g->nstates + 1;
   StTensor *t = mc_calloc((size_t)cap, sizeof(StTensor));
+  void **owned = mc_calloc((size_t)cap, sizeof(void *)); /* host copies of device buffers */
   McArena names = {0};
   int n = 0;
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *x = g->params[i];
     bool w = whole && whole[i];
-    t[n] = (StTensor){x->name, ST_F32, x->ty.rank, {0}, w ? (void *)whole[i] : p->buf[x->id]};
+    t[n] = (StTensor){
+        x->name, ST_F32, x->ty.rank, {0}, w ? (void *)whole[i] : rt_dev_host_view(p, x, &owned[n])};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
     if (w) t[n].shape[0] = o->shape[i][0]; /* o: the whole model's shapes */
@@ -403,7 +409,7 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
                       ST_F32,
                       x->ty.rank,
                       {0},
-                      states ? states[i] : p->buf[x->id]};
+                      states ? states[i] : rt_dev_host_view(p, x, &owned[n])};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
     t[n].shape[0] *= P; /* states are batch rows: every device's */
@@ -432,6 +438,9 @@ static void save_checkpoint(const char *path, Compiled *tr, const Optim *o, cons
   mc_free(vocab);
   mc_arena_free(&m.a);
   mc_arena_free(&names);
+  for (int i = 0; i < cap; i++)
+    mc_free(owned[i]);
+  mc_free(owned);
   mc_free(t);
 }
 
@@ -471,6 +480,7 @@ static void init_params(Program *p, uint64_t seed, const RowSel *rows) {
   Graph *g = p->g;
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
+    if (!t->numel) continue; /* none of its rows on this device (E_r = 0) */
     float *h = mc_malloc((size_t)t->numel * sizeof(float));
     rt_init_param_rows(t, seed, rows ? &rows[i] : NULL, h);
     if (p->prec == PREC_F64) {
@@ -496,11 +506,16 @@ static const char *human_rate(double v, char *buf, size_t n) {
   return buf;
 }
 
-static void json_num(McBuf *b, const char *key, double v) {
+/* digits: 9 (float32 values), 17 (--f64: every bit of a double) */
+static void json_num_digits(McBuf *b, const char *key, double v, int digits) {
   if (isfinite(v))
-    mc_buf_printf(b, ",\"%s\":%.9g", key, v);
+    mc_buf_printf(b, ",\"%s\":%.*g", key, digits, v);
   else
     mc_buf_printf(b, ",\"%s\":null", key);
+}
+
+static void json_num(McBuf *b, const char *key, double v) {
+  json_num_digits(b, key, v, 9);
 }
 
 typedef struct Run {
@@ -512,7 +527,8 @@ typedef struct Run {
   FILE *metrics, *out; /* progress goes to out */
   bool tty;
   double floor_nats;
-  Comm *comm; /* rt_comm_self() on one device */
+  Comm *comm;     /* rt_comm_self() on one device */
+  DevOptim *dopt; /* the optimizer on the device (cuda); NULL: rt_optim_step on the host */
 } Run;
 
 static void log_eval(Run *r, int64_t step, const char *split, double loss, int64_t tokens,
@@ -526,7 +542,7 @@ static void log_eval(Run *r, int64_t step, const char *split, double loss, int64
   if (r->metrics) {
     McBuf b = {0};
     mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, split);
-    json_num(&b, "loss", loss);
+    json_num_digits(&b, "loss", loss, r->o->f64 ? 17 : 9);
     json_num(&b, "ppl", exp(loss));
     mc_buf_printf(&b, ",\"tokens\":%lld", (long long)tokens);
     json_num(&b, "seconds", secs);
@@ -574,6 +590,7 @@ static void **gather_states(Comm *c, Program *p) {
 static void save_run(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
   if (c->size <= 1) {
+    if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is written */
     save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1, NULL);
     return;
   }
@@ -609,7 +626,7 @@ int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o) {
 /* A hash of the model file and the run's settings (comm_check_same across devices). */
 static uint64_t run_hash(const Config *cfg, const TrainOpts *o) {
   uint64_t h = comm_hash_bytes(&cfg->seed, sizeof cfg->seed, 0);
-  int v[4] = {cfg->batch, cfg->unroll, cfg->steps, cfg->eval_every};
+  int v[5] = {cfg->batch, cfg->unroll, cfg->steps, cfg->eval_every, o->f64};
   h = comm_hash_bytes(v, sizeof v, h);
   FILE *fp = o->model_path ? fopen(o->model_path, "rb") : NULL;
   if (fp) {
@@ -651,24 +668,33 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
              B, P);
     comm_check_same(comm, "model file and settings hash", run_hash(cfg, o0));
   }
+  const Backend *be = rt_dev_backend(cfg);
+  if (P > 1 && be != &rt_backend_cpu)
+    mc_die("backend %s on %d devices is not supported yet: the multi-device runtime's "
+           "collectives work on host memory (docs/cuda.md); use one device or the cpu backend",
+           be->name, P);
   if (o->save && rank == 0) check_writable_dir(o->save);
   /* one device evaluates on a forward-only program; N devices on the training program's
    * forward part (evaluate_md): no second copy of the parameters */
   Graph *gt = build_on(f, cfg, true, B, T, P, rank),
         *ge = P == 1 ? build(f, cfg, false, B, T) : NULL;
-  double pb = (double)param_bytes(gt), tb = (double)graph_bytes(gt, 4),
-         eb = ge ? (double)graph_bytes(ge, 4) : 0;
+  /* --f64: everything in double (equivalence checks); checkpoints are float32 */
+  const Precision prec = o->f64 ? PREC_F64 : PREC_F32;
+  const size_t elem = o->f64 ? sizeof(double) : sizeof(float);
+  if (o->f64 && (o->save || o->load)) mc_die("--f64 runs cannot --save or --load checkpoints");
+  double pb = (double)param_bytes(gt) * (double)(elem / 4), tb = (double)graph_bytes(gt, elem),
+         eb = ge ? (double)graph_bytes(ge, elem) : 0;
   double ob = cfg->optimizer == OPT_ADAM ? 2 * pb : 0.05 * pb + 1e6;
   check_memory("training this model", tb + eb + ob, pb, tb + eb - 2 * pb, ob);
-  r.tr = lower(gt, PREC_F32);
-  if (ge) r.ev = lower(ge, PREC_F32);
+  r.tr = lower(gt, prec, be);
+  if (ge) r.ev = lower(ge, prec, be);
   StFile *ck = o->load ? rt_st_open(o->load) : NULL;
   int nv = 0;
   char **vocab = ck ? split_words(rt_st_meta(ck, "data.vocab"), &nv) : NULL;
   r.corpus = rt_corpus_load(cfg, r.tr.vocab, vocab, nv);
   free_words(vocab, nv);
   if (r.corpus->syn) r.floor_nats = r.corpus->syn->floor_nats;
-  r.opt = rt_md_optim_new(cfg, gt);
+  r.opt = rt_md_optim_new(cfg, gt, prec);
   RowSel *rows = rt_md_param_rows(gt); /* this device's rows of each parameter */
   init_params(r.tr.p, cfg->seed, rows);
   int64_t start = 0;
@@ -689,6 +715,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     }
     rt_st_close(ck);
   }
+  r.dopt = rt_devopt_new(r.tr.p, r.opt); /* after loading: starts from the checkpoint's state */
   if (o->metrics) {
     r.metrics = fopen(o->metrics, "w");
     if (!r.metrics) mc_die("cannot write metrics file '%s': %s", o->metrics, strerror(errno));
@@ -696,12 +723,16 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   const int64_t steps = cfg->steps;
   /* header */
   int64_t nparams = 0; /* the whole model's (a device holds its experts' rows) */
-  for (int i = 0; i < gt->nparams; i++)
-    nparams +=
-        rows[i].list ? gt->params[i]->numel / rows[i].n * rows[i].global : gt->params[i]->numel;
-  fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", gt->name,
-          (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
-          start ? "" : "\n");
+  for (int i = 0; i < gt->nparams; i++) {
+    const Tensor *t = gt->params[i];
+    int64_t per = 1; /* elements per row (a device may hold none of its rows: E_r = 0) */
+    for (int d = 1; d < t->ty.rank; d++)
+      per *= t->shape[d];
+    nparams += rows[i].list ? per * rows[i].global : t->numel;
+  }
+  fprintf(r.out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s%s",
+          gt->name, (long long)nparams, B, T, cfg->optimizer == OPT_ADAM ? "adam" : "factored",
+          cfg->lr, o->f64 ? ", float64" : "", start ? "" : "\n");
   if (start) fprintf(r.out, ", resuming at step %lld\n", (long long)start);
   if (r.corpus->syn)
     fprintf(r.out,
@@ -715,28 +746,30 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
             (long long)r.corpus->ntok[2], r.corpus->words ? "" : " of uint16 ids");
   fflush(r.out);
 
-  Batcher bt;
-  rt_batcher_init(&bt, r.corpus, SPLIT_TRAIN, B, T);
+  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
+  Batcher bt;           /* reads or generates only those streams */
+  rt_batcher_init_rows(&bt, r.corpus, SPLIT_TRAIN, B, T, rank * Bl, Bl);
   rt_batcher_seek(&bt, start);
-  size_t nt = (size_t)B * (size_t)T;
-  int32_t *ids = mc_malloc(nt * sizeof(int32_t)), *tg = mc_malloc(nt * sizeof(int32_t));
+  size_t nt = (size_t)B * (size_t)T, ntl = (size_t)Bl * (size_t)T;
+  int32_t *ids = mc_malloc(ntl * sizeof(int32_t)), *tg = mc_malloc(ntl * sizeof(int32_t));
   float **pp = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   float **gg = mc_calloc((size_t)MC_MAX(gt->nparams, 1), sizeof(float *));
   for (int i = 0; i < gt->nparams; i++) {
     const Tensor *t = gt->params[i];
     pp[i] = cg_f32(r.tr.p, t);
-    gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+    /* float pointers; under --f64 they point to doubles (the optimizer's elem is 8) */
+    gg[i] = t->grad ? cg_f32(r.tr.p, t->grad) : mc_calloc((size_t)t->numel, elem);
   }
   const int64_t every = MC_MAX(1, (steps - start) / 20);
-  double t_train = 0, t_eval = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
+  double t_train = 0, t_eval = 0, t_data = 0, last_loss = NAN, tail_sum = 0, tail_xent = 0;
   int64_t tail_n = 0, done = 0;
   double valid = NAN, test = NAN;
-  const int Bl = B / P; /* this device's rows: streams [rank*Bl, (rank+1)*Bl) */
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now();
     rt_batcher_next(&bt, ids, tg);
-    upload_ids(r.tr.p, r.tr.ids, ids + (size_t)rank * (size_t)Bl * (size_t)T);
-    upload_ids(r.tr.p, r.tr.targets, tg + (size_t)rank * (size_t)Bl * (size_t)T);
+    upload_ids(r.tr.p, r.tr.ids, ids);
+    upload_ids(r.tr.p, r.tr.targets, tg);
+    t_data += mc_now() - t0;
     KernelCtx ctx = {.training = true,
                      .seed = cfg->seed,
                      .step = (uint64_t)s,
@@ -745,18 +778,28 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
                      .device = rank,
                      .ndevices = P,
                      .comm = P > 1 ? comm : NULL,
-                     .graph = P > 1 ? gt : NULL};
+                     .graph = P > 1 ? gt : NULL,
+                     .dev = r.tr.p->dev};
     rt_exec(r.tr.p, &ctx, 0, r.tr.p->ninstrs);
     double loss = read_scalar(r.tr.p, gt->loss), xent = read_scalar(r.tr.p, gt->xent),
            aux = read_scalar(r.tr.p, gt->aux);
     if (P > 1) { /* xent: each device's share of the global mean; aux: replicated */
+      if (gt->xent && gt->xent->producer && !rt_md_runs(gt->xent->producer, rank, P))
+        xent = 0; /* the loss on(...) other devices: this one has no rows of it */
+      if (gt->aux && gt->aux->producer &&
+          rt_md_node_mask(gt->aux->producer, P) != comm_all_mask(comm))
+        comm->broadcast(comm, &aux, sizeof aux,
+                        __builtin_ctzll(rt_md_node_mask(gt->aux->producer, P)));
       comm->all_reduce_sum_f64(comm, &xent, 1);
       loss = gt->aux ? xent + aux : xent;
     }
     if (!isfinite(loss))
       mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
              (long long)s + 1);
-    rt_md_optim_step(comm, gt, r.opt, pp, gg);
+    if (r.dopt)
+      rt_devopt_step(r.dopt, r.opt);
+    else
+      rt_md_optim_step(comm, gt, r.opt, pp, gg);
     rt_carry_state(r.tr.p);
     t_train += mc_now() - t0;
     done++;
@@ -786,11 +829,12 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     if (r.metrics) {
       McBuf b = {0};
       mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)s + 1);
-      json_num(&b, "loss", loss);
-      json_num(&b, "xent", xent);
-      json_num(&b, "aux", aux);
+      const int dg = o->f64 ? 17 : 9;
+      json_num_digits(&b, "loss", loss, dg);
+      json_num_digits(&b, "xent", xent, dg);
+      json_num_digits(&b, "aux", aux, dg);
       json_num(&b, "ppl", exp(xent));
-      json_num(&b, "grad_norm", r.opt->last_norm);
+      json_num_digits(&b, "grad_norm", r.opt->last_norm, dg);
       json_num(&b, "tokens_per_s", tps);
       mc_buf_printf(&b, ",\"moe\":[");
       for (int i = 0; i < gt->nmoe; i++) {
@@ -821,6 +865,11 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     }
   }
   if (r.tty && done) fprintf(r.out, "\n");
+  double reshard_bytes = 0; /* every device's reshard kernels (on(...) sets), summed */
+  if (P > 1) {
+    reshard_bytes = rank < RT_INPROC_MAX ? (double)rt_md_reshard_bytes[rank] : 0;
+    comm->all_reduce_sum_f64(comm, &reshard_bytes, 1);
+  }
   valid = run_eval(&r, SPLIT_VALID, MC_MAX(steps, start), &t_eval);
   test = run_eval(&r, SPLIT_TEST, MC_MAX(steps, start), &t_eval);
   if (o->save) save_run(&r, o->save, MC_MAX(steps, start));
@@ -870,6 +919,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
       mc_buf_printf(&b, ",\"devices\":%d", P);
       json_num(&b, "all_to_all_seconds", rt_md_comm_seconds[0][0]);
       json_num(&b, "all_reduce_seconds", rt_md_comm_seconds[0][1]);
+      json_num(&b, "reshard_bytes", reshard_bytes); /* the plan's reshard expected x steps */
     }
     json_num(&b, "train_loss", tail_n ? tail_sum / (double)tail_n : last_loss);
     json_num(&b, "train_ppl", tail_n ? exp(tail_xent / (double)tail_n) : NAN);
@@ -878,6 +928,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     json_num(&b, "test_ppl", exp(test));
     json_num(&b, "tokens_per_s", tps);
     json_num(&b, "train_seconds", t_train);
+    json_num(&b, "data_seconds", t_data); /* rank 0: batches read or generated, uploaded */
     json_num(&b, "floor_ppl", r.floor_nats > 0 ? exp(r.floor_nats) : NAN);
     json_num(&b, "unigram_ppl", r.corpus->syn ? exp(r.corpus->syn->unigram_nats) : NAN);
     mc_buf_printf(&b, ",\"memory\":[");
@@ -907,6 +958,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
   rt_batcher_free(&bt);
   mc_free(mem_all);
   rt_md_rows_free(gt, rows);
+  rt_devopt_free(r.dopt);
   rt_optim_free(r.opt);
   rt_corpus_free(r.corpus);
   compiled_free(&r.tr);
@@ -923,7 +975,7 @@ int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const ch
   Graph *g = build(f, cfg, false, B, T);
   double gb = (double)graph_bytes(g, 4), pb = (double)param_bytes(g);
   check_memory("evaluating this model", gb, pb, gb - pb, 0);
-  Compiled ev = lower(g, PREC_F32);
+  Compiled ev = lower(g, PREC_F32, rt_dev_backend(cfg));
   StFile *ck = rt_st_open(ckpt);
   rt_st_load_params(ck, ev.p);
   int nv = 0;
@@ -966,7 +1018,7 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
   size_t elem = f64 ? 8 : 4;
   double gb = (double)graph_bytes(g, elem);
   check_memory("this model's gradients", gb, (double)param_bytes(g) * (double)elem / 4, gb, 0);
-  Compiled c = lower(g, f64 ? PREC_F64 : PREC_F32);
+  Compiled c = lower(g, f64 ? PREC_F64 : PREC_F32, rt_dev_backend(cfg));
   StFile *w = rt_st_open(weights);
   rt_st_load_params(w, c.p);
   rt_st_close(w);
@@ -999,7 +1051,8 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
                    .batch0 = 0,
                    .batch_local = B,
                    .device = 0,
-                   .ndevices = 1};
+                   .ndevices = 1,
+                   .dev = c.p->dev};
   rt_exec(c.p, &ctx, 0, c.p->ninstrs);
   double loss = read_scalar(c.p, g->loss), xent = read_scalar(c.p, g->xent),
          aux = read_scalar(c.p, g->aux);
@@ -1010,7 +1063,7 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
       const Tensor *x = g->params[i];
       const void *data;
       if (x->grad) {
-        data = c.p->buf[x->grad->id];
+        data = rt_dev_host_view(c.p, x->grad, &zeros[i]); /* device: a host copy, freed below */
       } else {
         zeros[i] = mc_calloc((size_t)x->numel, elem);
         data = zeros[i];

@@ -80,23 +80,32 @@ void rt_corpus_free(Corpus *c);
  * frequent words (ties: first occurrence), at most max_vocab ids, id 0 = <unk>. */
 void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords);
 
-/* Truncated-BPTT batches over one split: B streams, T steps. */
+/* Truncated-BPTT batches over one split: B streams, T steps. A batcher may own a
+ * range of the streams (one device's rows of the global batch): it produces exactly
+ * those rows of the global batch, reading or generating nothing else. */
 typedef struct Batcher {
   const Corpus *c;
   Split split;
   int B, T;
+  int row0, rows;         /* its streams: [row0, row0 + rows) of the B */
   int64_t step;           /* next batch index */
   int64_t slice;          /* file corpora: tokens per stream */
   int64_t steps_per_pass; /* file corpora: batches before wrapping (epoch) */
-  SynthStream *ss;        /* synthetic: one stream per row */
+  SynthStream *ss;        /* synthetic: one stream per owned row */
 } Batcher;
 
 /* Dies if the split has too few tokens for B*(T+1). */
 void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T);
+/* The batcher of streams [row0, row0 + rows) of a B-stream batch (the global B: it
+ * fixes the file corpora's per-stream slices); 0 <= row0, rows >= 1, row0 + rows <= B.
+ * rt_batcher_init is rt_batcher_init_rows(b, c, split, B, T, 0, B). */
+void rt_batcher_init_rows(Batcher *b, const Corpus *c, Split split, int B, int T, int row0,
+                          int rows);
 void rt_batcher_free(Batcher *b);
 /* Positions the batcher at batch `step` (deterministic function of step). */
 void rt_batcher_seek(Batcher *b, int64_t step);
-/* Fills ids[B*T] and targets[B*T] (row-major [B, T]) and advances. */
+/* Fills ids[rows*T] and targets[rows*T] (row-major [rows, T]: its rows of the global
+ * [B, T] batch) and advances. */
 void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets);
 /* Batches in one pass over an evaluation split (synthetic: a fixed count). */
 int64_t rt_batcher_eval_steps(const Batcher *b);
@@ -185,6 +194,8 @@ typedef struct RowSel {
 
 /* State for the params of g (shapes bound), zeroed. */
 Optim *rt_optim_new(const Config *cfg, const Graph *g);
+/* The same for a program of precision prec (PREC_F64: elem 8; no checkpoints). */
+Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec);
 void rt_optim_free(Optim *o);
 /* One update: params[i] -= ... from grads[i]; clips the global norm first. */
 void rt_optim_step(Optim *o, float *const *params, float *const *grads);
@@ -212,6 +223,7 @@ typedef struct TrainOpts {
   const char *save, *load, *metrics;
   bool json;
   bool quiet; /* no progress display */
+  bool f64;   /* compute and update in double (cpu; no checkpoints): equivalence checks */
 } TrainOpts;
 
 /* moec run: trains per cfg (flags already applied). Returns the exit status. */

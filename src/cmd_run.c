@@ -7,6 +7,7 @@
 #include "../passes/plan.h"
 #include "../runtime/multidev.h"
 #include "../runtime/train.h"
+#include "../runtime/train_dev.h"
 #include "cli.h"
 
 static void run_usage(FILE *out) {
@@ -33,9 +34,13 @@ static void run_usage(FILE *out) {
           "  --no-jit         run the program with the interpreter loop instead of the\n"
           "                   LLVM-compiled host program (debugging; same results)\n"
           "  --no-fuse        no elementwise fusion (overrides the plan's fuse = true)\n"
-          "  --backend B      cpu (cuda: not available yet, issue 5; auto: cpu for now)\n"
+          "  --backend B      cpu, cuda (one GPU; docs/cuda.md) or auto (cpu for now);\n"
+          "                   overrides the plan block's backend\n"
           "  --devices N      N in-process devices, one thread each (mpirun: one per rank)\n"
-          "  --loads F        per-expert loads for experts = balanced (a --metrics file)\n");
+          "  --loads F        per-expert loads for experts = balanced (a --metrics file)\n"
+          "  --f64            compute and update in double precision (cpu; no --save or\n"
+          "                   --load): to check that runs which differ only in summation\n"
+          "                   order, e.g. on 1 and N devices, agree to double rounding\n");
 }
 
 static void eval_usage(FILE *out) {
@@ -47,6 +52,7 @@ static void eval_usage(FILE *out) {
                "options:\n"
                "  --load CKPT   the weights (safetensors; optimizer state is ignored)\n"
                "  --data D      evaluate on all of D instead of the test split\n"
+               "  --backend B   cpu, cuda or auto (cpu for now)\n"
                "  --json        print {\"tokens\", \"test_loss\", \"test_ppl\", ...}\n");
 }
 
@@ -63,7 +69,8 @@ static void grad_usage(FILE *out) {
           "  --tokens F    the batch\n"
           "  --out G       write d loss / d param for every parameter, under its own name\n"
           "  --json        print {\"loss\", \"xent\", \"aux\"}\n"
-          "  --f64         compute in double precision (gradients written as F64)\n");
+          "  --f64         compute in double precision (gradients written as F64)\n"
+          "  --backend B   cpu, cuda or auto (cpu for now)\n");
 }
 
 /* --name VALUE or --name=VALUE: the value, or NULL if argv[*i] is not --name. */
@@ -88,6 +95,27 @@ static long long int_value(const char *v, const char *name, const char *cmd, lon
     exit(2);
   }
   return x;
+}
+
+/* --backend B: BK_* or -1 (error printed). */
+static int backend_kind(const char *b, const char *cmd) {
+  if (!strcmp(b, "auto")) return BK_AUTO;
+  if (!strcmp(b, "cpu")) return BK_CPU;
+  if (!strcmp(b, "cuda")) return BK_CUDA;
+  fprintf(stderr, "moec %s: error: unknown backend '%s' (cpu, cuda or auto)\n", cmd, b);
+  return -1;
+}
+
+/* The flag overrides the plan block; cuda must be able to run here. Returns false
+ * (error printed) when it cannot. */
+static bool apply_backend(Config *cfg, int flag_kind, const char *cmd) {
+  if (flag_kind >= 0) cfg->backend = (BackendKind)flag_kind;
+  if (cfg->backend != BK_CUDA) return true;
+  const char *why = rt_dev_cuda_unavailable();
+  if (!why) return true;
+  fprintf(stderr, "moec %s: error: %s: %s\n", cmd,
+          flag_kind >= 0 ? "--backend cuda" : "backend = cuda (plan block)", why);
+  return false;
 }
 
 static bool bad_option(const char *a, const char *cmd, void (*usage)(FILE *)) {
@@ -130,6 +158,8 @@ int cmd_run(int argc, char **argv) {
       o.json = true;
     else if (!strcmp(a, "--quiet"))
       o.quiet = true;
+    else if (!strcmp(a, "--f64"))
+      o.f64 = true;
     else if (!strcmp(a, "--no-jit"))
       setenv("MOEC_JIT", "0", 1); /* read by rt_exec (codegen/hostjit.c) */
     else if (!strcmp(a, "--no-fuse"))
@@ -148,13 +178,11 @@ int cmd_run(int argc, char **argv) {
     run_usage(stderr);
     return 2;
   }
-  if (backend && strcmp(backend, "cpu") && strcmp(backend, "auto")) {
-    if (!strcmp(backend, "cuda")) {
-      fprintf(stderr, "moec run: error: --backend cuda is not available yet (issue 5); use "
-                      "--backend cpu\n");
-      return 2;
-    }
-    fprintf(stderr, "moec run: error: unknown backend '%s' (cpu, cuda or auto)\n", backend);
+  int bkind = backend ? backend_kind(backend, "run") : -1;
+  if (backend && bkind < 0) return 2;
+  if (o.f64 && (o.save || o.load)) {
+    fprintf(stderr, "moec run: error: --f64 runs cannot --save or --load checkpoints (they are "
+                    "float32)\n");
     return 2;
   }
   if (devices > RT_INPROC_MAX && !rt_comm_mpi_launched()) {
@@ -168,9 +196,24 @@ int cmd_run(int argc, char **argv) {
   if (steps >= 0) cfg.steps = (int)MC_MIN(steps, 2000000000LL);
   if (eval_every >= 0) cfg.eval_every = (int)MC_MIN(eval_every, 2000000000LL);
   if (seed >= 0) cfg.seed = (uint64_t)seed;
-  if (!backend && cfg.backend == BK_CUDA)
-    fprintf(stderr, "moec: note: the plan asks for the cuda backend, which is not available yet "
-                    "(issue 5): running on cpu\n");
+  if (!apply_backend(&cfg, bkind, "run")) {
+    fe_ast_free(f);
+    return 1;
+  }
+  if (cfg.backend == BK_CUDA && o.f64) {
+    fprintf(stderr, "moec run: error: --f64 trains on the cpu backend only (an equivalence "
+                    "check): drop --f64 or use --backend cpu\n");
+    fe_ast_free(f);
+    return 1;
+  }
+  if (cfg.backend == BK_CUDA && (devices > 1 || rt_md_mpi_launched())) {
+    fprintf(stderr,
+            "moec run: error: the cuda backend runs on one device for now (the multi-device "
+            "runtime's collectives work on host memory; docs/cuda.md): drop --devices / "
+            "mpirun, or use --backend cpu\n");
+    fe_ast_free(f);
+    return 1;
+  }
   if (!devices && cfg.devices > 1 && !rt_md_mpi_launched())
     fprintf(stderr,
             "moec: note: the plan asks for %d devices: running on 1 (the same losses); "
@@ -200,13 +243,16 @@ int cmd_eval(int argc, char **argv) {
   }
   const char *path = NULL, *load = NULL, *data = NULL, *v;
   bool json = false;
+  int bkind = -1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if ((v = flag_value(argc, argv, &i, "--load", "eval")))
       load = v;
     else if ((v = flag_value(argc, argv, &i, "--data", "eval")))
       data = v;
-    else if (!strcmp(a, "--json"))
+    else if ((v = flag_value(argc, argv, &i, "--backend", "eval"))) {
+      if ((bkind = backend_kind(v, "eval")) < 0) return 2;
+    } else if (!strcmp(a, "--json"))
       json = true;
     else if (a[0] == '-' && a[1])
       return bad_option(a, "eval", eval_usage) ? 0 : 2;
@@ -225,6 +271,10 @@ int cmd_eval(int argc, char **argv) {
   Config cfg;
   AstFile *f = drv_load(path, &cfg);
   if (!f) return 1;
+  if (!apply_backend(&cfg, bkind, "eval")) {
+    fe_ast_free(f);
+    return 1;
+  }
   int rc = rt_eval_checkpoint(f, &cfg, load, data, json);
   fe_ast_free(f);
   return rc;
@@ -237,6 +287,7 @@ int cmd_grad(int argc, char **argv) {
   }
   const char *path = NULL, *load = NULL, *tokens = NULL, *out = NULL, *v;
   bool json = false, f64 = false;
+  int bkind = -1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if ((v = flag_value(argc, argv, &i, "--load", "grad")))
@@ -245,7 +296,9 @@ int cmd_grad(int argc, char **argv) {
       tokens = v;
     else if ((v = flag_value(argc, argv, &i, "--out", "grad")))
       out = v;
-    else if (!strcmp(a, "--json"))
+    else if ((v = flag_value(argc, argv, &i, "--backend", "grad"))) {
+      if ((bkind = backend_kind(v, "grad")) < 0) return 2;
+    } else if (!strcmp(a, "--json"))
       json = true;
     else if (!strcmp(a, "--f64"))
       f64 = true;
@@ -269,6 +322,10 @@ int cmd_grad(int argc, char **argv) {
   Config cfg;
   AstFile *f = drv_load(path, &cfg);
   if (!f) return 1;
+  if (!apply_backend(&cfg, bkind, "grad")) {
+    fe_ast_free(f);
+    return 1;
+  }
   int rc = rt_grad(f, &cfg, load, tokens, out, json, f64);
   fe_ast_free(f);
   return rc;

@@ -131,6 +131,53 @@ static void cc_all_to_allv(Comm *c, CommErrors *e, int t, int64_t maxc) {
   mc_free(sc);
 }
 
+/* The collectives on a subset communicator (numbered 0..size-1 within it). */
+static void cc_on_subset(Comm *s, CommErrors *e, uint64_t seed) {
+  static const int64_t lens[] = {0, 1, 1000, 4099};
+  for (size_t k = 0; k < MC_ARRAY_LEN(lens); k++) {
+    cc_all_reduce_f32(s, e, lens[k], seed + k);
+    cc_all_reduce_f64(s, e, lens[k], seed + 10 + k);
+  }
+  for (int t = 0; t < 3; t++)
+    cc_all_to_allv(s, e, t, 40);
+  int mine = 1000 + s->rank, all[64];
+  s->all_gather(s, &mine, all, sizeof mine);
+  for (int p = 0; p < s->size; p++)
+    cc_check(e, all[p] == 1000 + p, "subset all_gather: wrong entry of rank %d", p);
+  int b = s->rank == s->size - 1 ? 7 : 0;
+  s->broadcast(s, &b, sizeof b, s->size - 1);
+  cc_check(e, b == 7, "subset broadcast");
+  s->barrier(s);
+}
+
+/* Device subsets (comm_subset): disjoint subsets at work at the same time (the odd and
+ * the even ranks), a subset of a subset, the same Comm on a second call, ranks and sizes
+ * in ascending order of the parent's ranks. */
+static void comm_subset_checks(Comm *c, CommErrors *e) {
+  int n = c->size, me = c->rank;
+  cc_check(e, comm_subset(c, comm_all_mask(c)) == c, "subset of all ranks is not the comm");
+  if (n < 2) return;
+  uint64_t odd = 0, even = 0;
+  for (int q = 0; q < n; q++)
+    *(q % 2 ? &odd : &even) |= (uint64_t)1 << q;
+  Comm *s = comm_subset(c, me % 2 ? odd : even);
+  cc_check(e, comm_subset(c, me % 2 ? odd : even) == s, "subset: a second call made another");
+  cc_check(e, s->size == (me % 2 ? n / 2 : (n + 1) / 2) && s->rank == me / 2,
+           "subset: rank %d is %d of %d", me, s->rank, s->size);
+  cc_on_subset(s, e, me % 2 ? 500 : 600);
+  if (n >= 3 && me != 1) { /* {0, 2, 3, ...} then its subset without rank 0 of c */
+    Comm *t = comm_subset(c, comm_all_mask(c) & ~(uint64_t)2);
+    cc_on_subset(t, e, 700);
+    if (me != 0) {
+      Comm *u = comm_subset(t, comm_all_mask(t) & ~(uint64_t)1);
+      cc_check(e, u->size == n - 2 && u->rank == me - 2, "subset of a subset: %d of %d", u->rank,
+               u->size);
+      cc_on_subset(u, e, 800);
+    }
+  }
+  c->barrier(c);
+}
+
 static void comm_basic_checks(Comm *c, CommErrors *e) {
   int n = c->size, me = c->rank;
   static const int64_t lens[] = {0, 1, 3, 7, 1000, 4099, 100003};
@@ -192,6 +239,7 @@ static void comm_basic_checks(Comm *c, CommErrors *e) {
   cc_check(e, n == 1 || strstr(msg, want) != NULL, "find_mismatch message: %s", msg);
   comm_check_same(c, "parameter count", 99); /* agree: returns */
   c->barrier(c);
+  comm_subset_checks(c, e);
 }
 
 #endif

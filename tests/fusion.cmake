@@ -18,3 +18,17 @@ add_test(NAME fusion_equiv
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_fusion_equiv.sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/..)
 set_tests_properties(fusion_equiv PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "fusion"
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+# test_nvrtc: the CUDA half without a GPU (codegen/nvrtc.c): every fused group of the
+# example models, tests/fusion_dense.moe and bench/fusion_dense_big.moe compiles with
+# NVRTC to PTX; the same source compiled as host C equals the CPU kernels bit for bit;
+# the kernel cache (memory, disk, damaged file).
+add_executable(test_nvrtc ${CMAKE_CURRENT_SOURCE_DIR}/test_nvrtc.c)
+target_compile_options(test_nvrtc PRIVATE ${MOEC_WARN})
+target_link_libraries(test_nvrtc PRIVATE moeccore ${CMAKE_DL_LIBS})
+file(GLOB MOEC_NVRTC_MODELS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/../examples/*.moe)
+add_test(NAME test_nvrtc
+         COMMAND test_nvrtc ${CMAKE_C_COMPILER} ${CMAKE_CURRENT_SOURCE_DIR}/.. ${MOEC_NVRTC_MODELS}
+                 ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../bench/fusion_dense_big.moe)
+set_tests_properties(test_nvrtc PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "fusion"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

@@ -12,3 +12,25 @@ add_test(NAME cuda_model COMMAND test_cuda_model)
 add_test(NAME cuda_nccl COMMAND test_cuda_nccl)
 set_tests_properties(cuda_ops cuda_model cuda_nccl PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+
+# Training on the GPU (docs/cuda.md, "Training on a GPU"): the device optimizer against
+# optim.c bit for bit, and moec run/eval/grad --backend cuda against the cpu backend.
+add_executable(test_cuda_optim ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_optim.c)
+target_link_libraries(test_cuda_optim PRIVATE moeccore)
+target_compile_options(test_cuda_optim PRIVATE ${MOEC_WARN})
+add_test(NAME cuda_optim COMMAND test_cuda_optim)
+add_test(NAME cuda_train COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_train.sh $<TARGET_FILE:moec>)
+set_tests_properties(cuda_optim cuda_train PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+
+# test_cuda_fused: fused elementwise groups on the GPU (codegen/nvrtc.c): unfused = fused
+# (NVRTC) = fused (interpreter kernel) bit for bit over 5 training steps, and the kernel
+# cache (memory, then disk after dropping it). Without a GPU: SKIP, 77.
+add_executable(test_cuda_fused ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_fused.c)
+target_link_libraries(test_cuda_fused PRIVATE moeccore)
+target_compile_options(test_cuda_fused PRIVATE ${MOEC_WARN})
+add_test(NAME cuda_fused COMMAND test_cuda_fused ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe
+                                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe
+                                 ${CMAKE_CURRENT_SOURCE_DIR}/../bench/fusion_dense_big.moe)
+set_tests_properties(cuda_fused PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS "gpu;fusion"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

@@ -22,3 +22,9 @@ add_test(NAME memplan_train_recompute
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe recompute)
 set_tests_properties(memplan_train_plan memplan_train_recompute PROPERTIES TIMEOUT 120
                      LABELS "memplan")
+# memplan_auto_devices: recompute = auto decides per device (B/P rows, expert rows x P,
+# after fusion): `moec plan --devices 1|2` with budgets between the two needs
+add_test(NAME memplan_auto_devices
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/memplan_lm.moe auto_devices)
+set_tests_properties(memplan_auto_devices PROPERTIES TIMEOUT 60 LABELS "memplan")

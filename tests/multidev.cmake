@@ -1,8 +1,12 @@
 # multidev.cmake: the runtime over N devices (issue 4, items 4-6; runtime/multidev.c,
 # runtime/kernels_comm.c, docs/multidev.md). tests/test_multidev.sh: the same losses on
 # 1, 2, 3, 4 in-process devices and 2, 4 MPI ranks (paper contiguous / round_robin,
-# data_parallel), experts = balanced from measured loads, checkpoints across device counts, the error cases.
-foreach(case paper round_robin data_parallel balanced mpi reshard errors factored memory)
+# data_parallel), hmoe layers (strategies paper, hmoe, data_parallel) and batchwise gating,
+# experts = balanced from measured loads, checkpoints across device counts,
+# --f64 runs equal to double rounding (md_small and examples/lm_moe32.moe), the error cases,
+# place ... : on(...) device subsets in-process (subsets) and on MPI ranks (subsets_mpi),
+# the factored optimizer with sharded experts (factored), memory per device = plan (memory).
+foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard f64 errors subsets subsets_mpi factored memory)
   add_test(NAME multidev_${case}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_multidev.sh $<TARGET_FILE:moec> ${case})
   set_tests_properties(multidev_${case} PROPERTIES TIMEOUT 150 SKIP_RETURN_CODE 77 LABELS "multidev")

@@ -1,6 +1,7 @@
 /* test_data.c: the corpora and batching (runtime/data.c): the synthetic corpus
  * is deterministic per seed and its analytic entropy rate matches a long sample;
- * text vocabulary and splits; .bin reading; truncated-BPTT batches; errors. */
+ * text vocabulary and splits; .bin reading; truncated-BPTT batches; per-device
+ * batchers (stream ranges) that together give the global batch; errors. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdlib.h>
@@ -256,6 +257,90 @@ static void test_bin(void) {
   rt_corpus_free(c);
 }
 
+/* ---------------------------------------------------------------- per-device batchers */
+
+/* P batchers over streams [r*B/P, (r+1)*B/P) give, concatenated in rank order, the
+ * global batcher's batch token for token: from step 0, after a seek (resume), and
+ * (file corpora) across the wrap at the end of a pass. */
+static void check_sharded(const Corpus *c, Split split, int B, int T, int64_t steps) {
+  size_t n = (size_t)B * (size_t)T;
+  int32_t *gi = mc_malloc(n * sizeof(int32_t)), *gt = mc_malloc(n * sizeof(int32_t));
+  int32_t *ui = mc_malloc(n * sizeof(int32_t)), *ut = mc_malloc(n * sizeof(int32_t));
+  for (int P = 1; P <= 4; P++) {
+    const int Bl = B / P;
+    for (int pass = 0; pass < 2; pass++) {
+      int64_t start = pass ? 3 : 0;
+      Batcher g, d[4];
+      rt_batcher_init(&g, c, split, B, T);
+      rt_batcher_seek(&g, start);
+      for (int r = 0; r < P; r++) {
+        rt_batcher_init_rows(&d[r], c, split, B, T, r * Bl, Bl);
+        CHECK(d[r].rows == Bl && d[r].row0 == r * Bl);
+        rt_batcher_seek(&d[r], start);
+        CHECK(rt_batcher_eval_steps(&d[r]) == rt_batcher_eval_steps(&g));
+      }
+      bool same = true;
+      for (int64_t s = start; s < steps; s++) {
+        rt_batcher_next(&g, gi, gt);
+        memset(ui, 0xff, n * sizeof(int32_t));
+        memset(ut, 0xff, n * sizeof(int32_t));
+        for (int r = 0; r < P; r++) /* each device writes only its Bl rows */
+          rt_batcher_next(&d[r], ui + (size_t)r * Bl * T, ut + (size_t)r * Bl * T);
+        same &= !memcmp(gi, ui, n * sizeof(int32_t)) && !memcmp(gt, ut, n * sizeof(int32_t));
+      }
+      if (!same) fprintf(stderr, "sharded batches differ: P=%d, start %lld\n", P, (long long)start);
+      CHECK(same);
+      rt_batcher_free(&g);
+      for (int r = 0; r < P; r++)
+        rt_batcher_free(&d[r]);
+    }
+  }
+  mc_free(gi);
+  mc_free(gt);
+  mc_free(ui);
+  mc_free(ut);
+}
+
+static void test_sharded_batches(void) {
+  Config cs = config(DATA_SYNTHETIC, NULL);
+  Corpus *c = rt_corpus_load(&cs, 64, NULL, 0);
+  check_sharded(c, SPLIT_TRAIN, 12, 5, 8);
+  check_sharded(c, SPLIT_VALID, 12, 5, 4);
+  rt_corpus_free(c);
+  /* a .bin file: 1000 tokens, train 900: 12 streams of 75, 14 batches of T=5 a pass */
+  char path[256];
+  snprintf(path, sizeof path, "%s/shard.bin", tmpdir);
+  unsigned char raw[2000];
+  for (int i = 0; i < 1000; i++) {
+    int v = (i * 7919) % 251;
+    raw[2 * i] = (unsigned char)(v & 255);
+    raw[2 * i + 1] = (unsigned char)(v >> 8);
+  }
+  write_file(path, raw, sizeof raw);
+  Config cb = config(DATA_BIN, path);
+  c = rt_corpus_load(&cb, 256, NULL, 0);
+  Batcher b;
+  rt_batcher_init(&b, c, SPLIT_TRAIN, 12, 5);
+  CHECK(b.steps_per_pass == 14);
+  rt_batcher_free(&b);
+  check_sharded(c, SPLIT_TRAIN, 12, 5, 20); /* wraps after 14 */
+  rt_corpus_free(c);
+  /* a text file, 60 lines of distinct words */
+  snprintf(path, sizeof path, "%s/shard.txt", tmpdir);
+  McBuf t = {0};
+  for (int i = 0; i < 60; i++)
+    mc_buf_printf(&t, "w%d x%d y%d z%d w%d\n", i, i % 7, i % 5, i % 3, i + 1);
+  write_file(path, t.data, t.len);
+  Config ct = config(DATA_TEXT, path);
+  c = rt_corpus_load(&ct, 256, NULL, 0);
+  rt_batcher_init(&b, c, SPLIT_TRAIN, 12, 2); /* 54 train lines of 6 tokens: 27 a stream */
+  CHECK(b.steps_per_pass == 13);
+  rt_batcher_free(&b);
+  check_sharded(c, SPLIT_TRAIN, 12, 2, 16); /* wraps after 13 */
+  rt_corpus_free(c);
+  mc_buf_free(&t);
+}
+
 /* ---------------------------------------------------------------- errors */
 
 static void die_load(void *arg) {
@@ -314,6 +399,7 @@ int main(void) {
   test_synth_batches();
   test_text();
   test_bin();
+  test_sharded_batches();
   test_errors();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

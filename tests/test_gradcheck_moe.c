@@ -207,6 +207,37 @@ static void t_batchwise_ops(bool training) {
   run(g, 3, outs, &o);
 }
 
+/* The multi-device form the comm pass builds (here on one device, which holds the whole
+ * batch): all_gather_topm's cut -> batchwise_route with 4 inputs and N*k*2 slots (ia[1]),
+ * and the threshold loss scaled as on 3 devices (ia[0]: its mean over a global batch of
+ * 3N rows), in training and evaluation. */
+static void t_batchwise_cut(bool training) {
+  Graph *g = ir_graph_new(training ? "batchwise_cut" : "batchwise_cut_eval");
+  const int64_t N = 7, E = 3, D = 2, M = 3, k = 2;
+  Dim dE = dim_int(E);
+  Tensor *lg = P(g, "logits", ty2(N, E)), *x = P(g, "x", ty2(N, D));
+  Tensor *thr = P(g, "thr", ir_type(DT_F32, 1, &dE)), *w = P(g, "w", ty3(E, D, M));
+  Tensor *gs = ir_op1(g, OP_SOFTMAX, lg);
+  Tensor *cin0[2] = {gs, thr};
+  Node *cut = N_(g, OP_ALL_GATHER_TOPM, 2, cin0, k, 1);
+  Tensor *rin[4] = {gs, thr, cut->out[0], cut->out[1]};
+  Node *rt = N_(g, OP_BATCHWISE_ROUTE, 4, rin, k, 2);
+  CHECK(rt->out[1]->ty.dim[0].c == N * k * 2);
+  Tensor *xs = ir_op2(g, OP_GATHER_ROWS, x, rt->out[1]);
+  Tensor *gin[3] = {xs, w, rt->out[2]};
+  Tensor *ys = N_(g, OP_GROUPED_MATMUL, 3, gin, 0, 0)->out[0];
+  Tensor *G = ir_op2(g, OP_MASKED_NORM, gs, rt->out[0]);
+  Tensor *cin[4] = {ys, G, rt->out[1], rt->out[2]};
+  Tensor *y = ir_node(g, OP_COMBINE_ROUTES, 4, cin, NULL, NULL)->out[0];
+  Tensor *tin[3] = {gs, rt->out[0], thr};
+  Tensor *tl = N_(g, OP_THRESHOLD_LOSS, 3, tin, 3, 0)->out[0];
+  Tensor *outs[3] = {y, tl, xs};
+  GcOpts o = gc_opts();
+  o.training = training;
+  o.seed = training ? 2 : 6;
+  run(g, 3, outs, &o);
+}
+
 /* ---------------------------------------------------------------- whole layers */
 
 static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, bool noise) {
@@ -293,6 +324,8 @@ int main(int argc, char **argv) {
   t_hmoe_helpers();
   t_batchwise_ops(true);
   t_batchwise_ops(false);
+  t_batchwise_cut(true);
+  t_batchwise_cut(false);
   t_moe("moe_noisy_train", LAE_NOISY_TOPK, true, true, 2);
   t_moe("moe_noisy_eval", LAE_NOISY_TOPK, true, false, 2);
   t_moe("moe_noisy_k1", LAE_NOISY_TOPK, true, true, 1);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../codegen/codegen.h"
+#include "../runtime/comm.h"
 #include "test.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -777,6 +778,113 @@ static void t_precision_determinism(void) {
   moe_free(&d);
 }
 
+/* ---------------------------------------------------------------- batchwise over devices */
+
+/* batchwise_route over P in-process devices (all_gather_topm's cut, as the comm pass
+ * builds it) against one device holding the whole batch: the same mask rows, and each
+ * expert's slots on a device are exactly its rows of the one-device slot list. Scores on
+ * a coarse grid, so there are many ties across devices (broken by the global row). */
+enum { BWS_N = 24, BWS_E = 4, BWS_K = 2 };
+typedef struct BwSplit {
+  bool training;
+  double gs[BWS_N * BWS_E], thr[BWS_E];
+  double mask[BWS_N * BWS_E];     /* the devices' masks, each at its rows */
+  int32_t rows[4][BWS_N * BWS_K]; /* per device: global row of each slot, -1 unused */
+  int32_t off[4][BWS_E + 1];
+  bool bad;
+} BwSplit;
+
+/* route(gs, thr) on one device, or all_gather_topm + route(gs, thr, cut) on ctx's. */
+static Graph *bw_route_graph(int P) {
+  Graph *g = ir_graph_new("bw_split");
+  Dim d[2] = {dim_sym('B'), dim_int(BWS_E)}, de = dim_int(BWS_E);
+  Tensor *gs = ir_input(g, "gs", ir_type(DT_F32, 2, d), (Loc){0});
+  Tensor *thr = ir_input(g, "thr", ir_type(DT_F32, 1, &de), (Loc){0});
+  Tensor *in[4] = {gs, thr, NULL, NULL};
+  int64_t ia[IR_MAX_ATTR] = {BWS_K, P > 1 ? P : 0};
+  if (P > 1) {
+    Node *cut = ir_node(g, OP_ALL_GATHER_TOPM, 2, in, ia, NULL);
+    in[2] = cut->out[0];
+    in[3] = cut->out[1];
+  }
+  ir_node(g, OP_BATCHWISE_ROUTE, P > 1 ? 4 : 2, in, ia, NULL);
+  return g;
+}
+
+static void bw_run(Comm *c, BwSplit *s, int P) {
+  int r = c ? c->rank : 0;
+  int64_t Nl = BWS_N / P;
+  Graph *g = bw_route_graph(P);
+  ir_bind(g, Nl, 1);
+  Program *p = cg_lower(g, PREC_F32);
+  const Node *rt = g->nodes[g->nnodes - 1];
+  float *gs = cg_f32(p, g->inputs[0]), *thr = cg_f32(p, g->inputs[1]);
+  for (int64_t i = 0; i < Nl * BWS_E; i++)
+    gs[i] = (float)s->gs[r * Nl * BWS_E + i];
+  for (int e = 0; e < BWS_E; e++)
+    thr[e] = (float)s->thr[e];
+  KernelCtx ctx = ctx_for(s->training, 1, 0, Nl);
+  ctx.batch0 = r * Nl;
+  ctx.comm = c;
+  ctx.device = r;
+  ctx.ndevices = P;
+  rt_exec(p, &ctx, 0, p->ninstrs);
+  const float *mask = cg_f32(p, rt->out[0]);
+  const int32_t *rows = cg_i32(p, rt->out[1]);
+  const int32_t *off = cg_i32(p, rt->out[2]);
+  for (int64_t i = 0; i < Nl * BWS_E; i++)
+    s->mask[r * Nl * BWS_E + i] = mask[i];
+  s->bad |= rt->out[1]->numel != BWS_N * BWS_K; /* N*k*P slots whatever the split */
+  for (int64_t j = 0; j < rt->out[1]->numel && j < BWS_N * BWS_K; j++)
+    s->rows[r][j] = rows[j] < 0 ? -1 : (int32_t)(rows[j] + r * Nl);
+  memcpy(s->off[r], off, sizeof s->off[r]);
+  cg_program_free(p);
+  ir_graph_free(g);
+}
+
+static BwSplit *bw_split_arg;
+static int bw_split_P;
+static void bw_thread(Comm *c, void *arg) {
+  (void)arg;
+  bw_run(c, bw_split_arg, bw_split_P);
+}
+
+static void t_batchwise_split(bool training) {
+  static BwSplit one, many;
+  memset(&one, 0, sizeof one);
+  uint64_t st = 12345;
+  for (int i = 0; i < BWS_N * BWS_E; i++) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    one.gs[i] = (double)((st >> 33) % 5) / 8.0; /* 0 .. 0.5 in steps of 1/8: ties */
+  }
+  for (int e = 0; e < BWS_E; e++)
+    one.thr[e] = 0.1 + 0.05 * e;
+  one.training = training;
+  bw_run(NULL, &one, 1);
+  int m = BWS_K * BWS_N / BWS_E;
+  for (int P = 2; P <= 4; P++) {
+    if (BWS_N % P) continue;
+    many = one;
+    memset(many.rows, 0, sizeof many.rows);
+    bw_split_arg = &many;
+    bw_split_P = P;
+    CHECK(rt_inproc_run(P, bw_thread, NULL) == 0);
+    CHECK(!many.bad);
+    CHECK(memcmp(one.mask, many.mask, sizeof one.mask) == 0);
+    for (int e = 0; e < BWS_E; e++) {
+      int taken = 0;
+      for (int r = 0; r < P; r++) /* device r's slots of e: the one-device list, in order */
+        for (int j = many.off[r][e]; j < many.off[r][e + 1]; j++, taken++)
+          CHECK(one.off[0][e] + taken < one.off[0][e + 1] &&
+                many.rows[r][j] == one.rows[0][one.off[0][e] + taken]);
+      CHECK(taken == one.off[0][e + 1] - one.off[0][e]);
+      if (training) CHECK(taken == m);
+    }
+  }
+  printf("batchwise %s over 2, 3, 4 devices: the one-device routes\n",
+         training ? "training" : "eval");
+}
+
 /* hmoe with batchwise gating is rejected, never silently replaced: checked in a child */
 #include <sys/wait.h>
 #include <unistd.h>
@@ -812,6 +920,8 @@ int main(void) {
   t_batchwise_reference("train", true, 3, 5);
   t_batchwise_reference("eval", false, 3, 5);
   t_batchwise_reference("train N*k%E", true, 3, 3);
+  t_batchwise_split(true);
+  t_batchwise_split(false);
   t_split_invariance(L_MOE);
   t_split_invariance(L_HMOE);
   t_topk_ties();

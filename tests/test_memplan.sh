@@ -5,6 +5,10 @@
 #               with its arena filled with NaN before every step (MOEC_POISON_ARENA=1)
 #   recompute : recompute = none = [m] = all (the MoE layer of MODEL is named m), with
 #               poisoned arenas
+#   auto_devices: `moec plan --devices 1|2 --recompute auto --memory-budget B`: auto
+#               decides per device (B/P rows, expert rows x P, after fusion): a budget
+#               that one device exceeds and two devices meet recomputes on one device
+#               only, and the planned bytes per device stay within the budget
 set -u
 MOEC=$1 MODEL=$2 CASE=$3
 export OPENBLAS_NUM_THREADS=1 # the same either way; one thread is quicker on a busy machine
@@ -60,6 +64,59 @@ recompute)
   run all "$T/all.moe" MOEC_POISON_ARENA=1
   same none moe
   same none all
+  ;;
+auto_devices)
+  # recompute = auto decides on one device's graph as the runtime binds it (B/P rows,
+  # expert rows widened x P), after fusion: the budget is per device.
+  plan() { # DEVICES RECOMPUTE [BUDGET] -> "max_planned_bytes segments"
+    b=${3:+--memory-budget $3}
+    # shellcheck disable=SC2086
+    "$MOEC" plan "$MODEL" --devices "$1" --recompute "$2" $b --format json >"$T/p.json" \
+      2>"$T/p.err" || {
+      echo "FAIL: moec plan --devices $1 --recompute $2 $b failed:"
+      cat "$T/p.err"
+      exit 1
+    }
+    mp=$(sed -n 's/.*"max_planned_bytes": \([0-9]*\).*/\1/p' "$T/p.json")
+    sg=$(sed -n 's/.*"recompute": {"rows": [0-9]*, "segments": \([0-9]*\).*/\1/p' "$T/p.json")
+    echo "$mp $sg"
+  }
+  check() { # WHAT CONDITION
+    if [ "$2" = 1 ]; then echo "ok: $1"; else
+      echo "FAIL: $1"
+      exit 1
+    fi
+  }
+  set -- $(plan 1 none)
+  none1=$1
+  set -- $(plan 2 none)
+  none2=$1
+  set -- $(plan 2 all)
+  all2=$1
+  set -- $(plan 1 all)
+  all1=$1
+  echo "per device, nothing recomputed: 1 device $none1 B, 2 devices $none2 B; 2, all: $all2 B"
+  check "2 devices need less per device than 1" "$([ "$none2" -lt "$none1" ] && echo 1)"
+  set -- $(plan 2 auto "$none2")
+  check "budget $none2, 2 devices: nothing recomputed ($2 segments), $1 <= budget" \
+    "$([ "$2" = 0 ] && [ "$1" -le "$none2" ] && echo 1)"
+  set -- $(plan 1 auto "$none1")
+  check "budget $none1, 1 device: nothing recomputed ($2 segments)" "$([ "$2" = 0 ] && echo 1)"
+  # between what one device needs and the most of what recomputing saves it and what two
+  # devices (their own experts each) need without recomputing
+  lo=$((all1 > none2 ? all1 : none2))
+  mid=$(((none1 + lo) / 2))
+  set -- $(plan 1 auto "$mid")
+  check "budget $mid, 1 device: recomputes ($2 segments), $1 <= budget" \
+    "$([ "$2" -gt 0 ] && [ "$1" -le "$mid" ] && echo 1)"
+  set -- $(plan 2 auto "$mid")
+  check "budget $mid, 2 devices: nothing recomputed ($2 segments)" "$([ "$2" = 0 ] && echo 1)"
+  if [ "$all2" -lt "$none2" ]; then
+    low=$(((all2 + none2) / 2))
+    set -- $(plan 2 auto "$low")
+    check "budget $low, 2 devices: recomputes ($2 segments), $1 <= budget" \
+      "$([ "$2" -gt 0 ] && [ "$1" -le "$low" ] && echo 1)"
+  fi
   ;;
 *)
   echo "unknown case $CASE"

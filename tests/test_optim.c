@@ -2,7 +2,9 @@
  * closed form and a run on a quadratic against an independent double-precision
  * Adam; global-norm clipping; the factored second moment against its formulas
  * (rows and columns, 3-D expert tensors, vectors); saving and restoring state
- * continues bit for bit; parameter init depends only on (seed, name). */
+ * continues bit for bit; parameter init depends only on (seed, name); the double
+ * precision optimizer (moec run --f64) against the independent double Adam and its
+ * float32 self. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +94,76 @@ static void test_adam_quadratic(void) {
   for (int i = 0; i < 4; i++)
     CHECK_CLOSE(p[i], qc[i], 0, 0.05); /* at the minimum */
   rt_optim_free(o);
+}
+
+/* The elem-8 optimizer (moec run --f64): doubles behind the float pointers. Adam on the
+ * quadratic matches the independent double Adam to double rounding (float32: 1e-4), with
+ * clipping too; adam and factored follow their float32 selves to float32 accuracy. */
+static void test_f64(void) {
+  Model m = {0};
+  int64_t s4[1] = {4};
+  add_param(&m, "p", 1, s4);
+  for (int clip = 0; clip < 2; clip++) {
+    Config cfg = opt_config(OPT_ADAM, 0.05, clip ? 2.0 : 0);
+    Optim *o = rt_optim_new_prec(&cfg, &m.g, PREC_F64);
+    CHECK(o->elem == sizeof(double));
+    double p[4] = {0, 0, 0, 0}, g[4], rp[4] = {0}, rm[4] = {0}, rv[4] = {0};
+    float *pp[1] = {(float *)(void *)p}, *gg[1] = {(float *)(void *)g};
+    double maxdiff = 0;
+    for (int t = 1; t <= 300; t++) {
+      double ss = 0, rg[4];
+      for (int i = 0; i < 4; i++) {
+        g[i] = qa[i] * (p[i] - qc[i]);
+        rg[i] = qa[i] * (rp[i] - qc[i]);
+        ss += rg[i] * rg[i];
+      }
+      double sc = clip && sqrt(ss) > 2.0 ? 2.0 / sqrt(ss) : 1.0;
+      rt_optim_step(o, pp, gg);
+      for (int i = 0; i < 4; i++) {
+        double gi = rg[i] * sc;
+        rm[i] = 0.9 * rm[i] + 0.1 * gi;
+        rv[i] = 0.999 * rv[i] + 0.001 * gi * gi;
+        rp[i] -= 0.05 * (rm[i] / (1 - pow(0.9, t))) / (sqrt(rv[i] / (1 - pow(0.999, t))) + 1e-8);
+        maxdiff = fmax(maxdiff, fabs(p[i] - rp[i]));
+      }
+    }
+    if (maxdiff >= 1e-12) fprintf(stderr, "f64 adam (clip %d): max diff %g\n", clip, maxdiff);
+    CHECK(maxdiff < 1e-12);
+    rt_optim_free(o);
+  }
+  /* adam and factored over a matrix, experts (3-D) and a vector: f64 vs f32 */
+  for (int k = 0; k < 2; k++) {
+    Model mm = {0};
+    int64_t sm[2] = {2, 3}, se[3] = {2, 2, 3}, sv[1] = {3};
+    add_param(&mm, "w", 2, sm);
+    add_param(&mm, "experts.w1", 3, se);
+    add_param(&mm, "b", 1, sv);
+    Config cfg = opt_config(k ? OPT_FACTORED : OPT_ADAM, 0.01, 0.5);
+    Optim *o32 = rt_optim_new(&cfg, &mm.g), *o64 = rt_optim_new_prec(&cfg, &mm.g, PREC_F64);
+    float p32[21] = {0}, g32[21];
+    double p64[21] = {0}, g64[21];
+    float *pp32[3] = {p32, p32 + 6, p32 + 18}, *gg32[3] = {g32, g32 + 6, g32 + 18};
+    float *pp64[3] = {(float *)(void *)p64, (float *)(void *)(p64 + 6),
+                      (float *)(void *)(p64 + 18)};
+    float *gg64[3] = {(float *)(void *)g64, (float *)(void *)(g64 + 6),
+                      (float *)(void *)(g64 + 18)};
+    double maxdiff = 0;
+    for (int t = 0; t < 20; t++) {
+      for (int i = 0; i < 21; i++) {             /* a quadratic around i-dependent centres */
+        double c = (i % 7) - 3.5, a = 1 + i % 3; /* far: 20 steps of lr 0.01 stay away */
+        g32[i] = (float)(a * (p32[i] - c));
+        g64[i] = a * (p64[i] - c);
+      }
+      rt_optim_step(o32, pp32, gg32);
+      rt_optim_step(o64, pp64, gg64);
+      for (int i = 0; i < 21; i++)
+        maxdiff = fmax(maxdiff, fabs(p32[i] - p64[i]));
+    }
+    CHECK(maxdiff > 0 && maxdiff < 1e-5);
+    CHECK_CLOSE(o32->last_norm, o64->last_norm, 1e-5, 0);
+    rt_optim_free(o32);
+    rt_optim_free(o64);
+  }
 }
 
 static void test_clip(void) {
@@ -278,6 +350,7 @@ static void test_init(void) {
 int main(void) {
   test_adam_quadratic();
   test_clip();
+  test_f64();
   test_factored();
   test_state_roundtrip(OPT_ADAM);
   test_state_roundtrip(OPT_FACTORED);

@@ -3,7 +3,8 @@
  * (B, T, D, E, k, P); expert gradients never all-reduced; every replicated gradient
  * all-reduced; every expert placed exactly once by each policy; memory per device
  * falling as devices grow; one device leaving the graph exactly as it was; place rules;
- * balanced placement from measured loads; hmoe groups kept whole. */
+ * balanced placement from measured loads; hmoe groups kept whole; hmoe load factors and
+ * batchwise gating's all_gather_topm over the global batch. */
 #include <string.h>
 
 #include "../passes/plan.h"
@@ -326,6 +327,49 @@ static void test_rules(void) {
   done(&b);
 }
 
+/* Device subsets: a reshard's expected bytes are the bytes whose device changes, rows in
+ * batch order over each set (ascending): all 4 -> {0, 1}: device 0 takes rows [0, B/2)
+ * (its own first quarter stays), device 1 rows [B/2, B) (none of its own): 3/4 move;
+ * all 4 -> {1, 2}: 1/2 (device 1's and device 2's quarters stay); the gradient rows back
+ * the same. An experts-only subset moves no dense rows: no reshard, and the dispatch's
+ * remote fraction counts every sender (1 - 1/4 with the experts on two of four). */
+static void test_reshard_bytes(void) {
+  static const struct {
+    const char *rule;
+    double frac;
+  } cases[] = {{"loss : on(0, 1)", 0.75}, {"loss : on(1, 2)", 0.5}, {"loss : on(3)", 0.75}};
+  for (size_t i = 0; i < MC_ARRAY_LEN(cases); i++) {
+    Built b;
+    char plan[128];
+    snprintf(plan, sizeof plan, "  devices = 4\n  place %s\n", cases[i].rule);
+    CHECK(lm(&b, 8, 2, 4, 4, 2, plan));
+    run_passes(&b, 4);
+    int n = 0;
+    for (int k = 0; k < b.g->nnodes; k++) {
+      const Node *r = b.g->nodes[k];
+      if (r->op != OP_RESHARD) continue;
+      n++;
+      CommBytes cb = pass_comm_bytes(b.g, r);
+      int64_t elem = 4, D = r->in[0]->ty.dtype == DT_I32 ? 1 : 4; /* targets: one i32 */
+      CHECK(cb.payload == 8 * 2 * D * elem && cb.upper == cb.payload);
+      CHECK(cb.expected == (int64_t)(cb.payload * cases[i].frac + 0.5));
+    }
+    CHECK(n >= 3); /* the softmax's inputs (h + m is its own), the targets, the gradients back */
+    done(&b);
+  }
+  Built b;
+  CHECK(lm(&b, 8, 2, 4, 4, 2, "  devices = 4\n  place m.experts : on(0, 1)\n"));
+  run_passes(&b, 4);
+  CHECK(count_op(b.g, OP_RESHARD, -1) == 0);
+  for (int k = 0; k < b.g->nnodes; k++) {
+    const Node *a = b.g->nodes[k];
+    if (a->op != OP_ALL_TO_ALL) continue;
+    CommBytes cb = pass_comm_bytes(b.g, a);
+    CHECK(cb.expected == (int64_t)(cb.payload * 0.75 + 0.5));
+  }
+  done(&b);
+}
+
 /* ---------------------------------------------------------------- hmoe */
 
 static void test_hmoe_groups(void) {
@@ -365,6 +409,104 @@ static void test_hmoe_groups(void) {
     CHECK(b.g->moe_expert_dev[0][e] == node * 2 + j * 2 / 3);
   }
   done(&b);
+}
+
+/* hmoe on P devices: the load factors (primary [G], per group [G, E]) and the group row
+ * counts (the offsets, i32[G+1]) are all-reduced before their product; the product itself
+ * (the layer's registered load) is not all-reduced again. */
+static void test_hmoe_comm(void) {
+  static const int cases[][5] = {/* G, E, kg, k, P */ {4, 3, 2, 2, 2}, {5, 2, 1, 2, 3}};
+  for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
+    int G = cases[c][0], E = cases[c][1], kg = cases[c][2], k = cases[c][3], P = cases[c][4];
+    char text[1024];
+    snprintf(text, sizeof text,
+             "model t {\n  input tokens : i32[B, T]\n  input targets : i32[B, T]\n"
+             "  emb = embedding(tokens, vocab=16, dim=4)\n"
+             "  m = hmoe(emb, groups=%d, experts=%d, k_group=%d, k=%d, hidden=4)\n"
+             "  loss = softmax_xent(m, targets, vocab=16)\n  output loss\n}\n"
+             "train {\n  batch = 6\n  unroll = 2\n}\n",
+             G, E, kg, k);
+    Built b;
+    CHECK(load_text(&b, text));
+    run_passes(&b, P);
+    const Graph *g = b.g;
+    int seen = 0;
+    for (int q = 0; q < g->nnodes; q++) {
+      const Node *n = g->nodes[q];
+      if (n->op == OP_DIV_GROUP_ROWS) { /* forward and its gradient: the global counts */
+        CHECK(n->in[1]->producer->op == OP_ALL_REDUCE && n->in[1]->ty.dtype == DT_I32);
+        CHECK(pass_comm_bytes(g, n->in[1]->producer).payload == (G + 1) * 4);
+        if (!n->backward) {
+          CHECK(n->in[0]->producer->op == OP_ALL_REDUCE);
+          CHECK(pass_comm_bytes(g, n->in[0]->producer).payload == G * E * 4);
+          seen++;
+        }
+      }
+      if (n->op == OP_ROW_SCALE && !n->backward && n->in[0]->producer->op == OP_DIV_GROUP_ROWS) {
+        CHECK(n->in[1]->producer->op == OP_ALL_REDUCE); /* Load_p */
+        CHECK(pass_comm_bytes(g, n->in[1]->producer).payload == G * 4);
+        seen++;
+      }
+    }
+    CHECK(seen == 2);
+    CHECK(g->moe_load[0]->producer->op == OP_RESHAPE); /* the product, not re-summed */
+    CHECK(g->moe_importance[0]->producer->op == OP_ALL_REDUCE);
+    done(&b);
+  }
+}
+
+/* batchwise gating on P devices: all_gather_topm before the route (k, devices), the slot
+ * list widened to N*k*P, the threshold loss over the global batch; bytes: the dispatch and
+ * its mirrors move the E*floor(k*N/E) used slots of D floats, the all_gather every
+ * device's top min(m, N/P) (value, row) pairs per expert. */
+static void test_batchwise_bytes(void) {
+  static const int cases[][6] = {/* B, T, D, E, k, P */
+                                 {8, 4, 6, 4, 2, 2},
+                                 {12, 5, 10, 8, 1, 4},
+                                 {6, 3, 4, 6, 3, 3},
+                                 {4, 1, 4, 8, 1, 4}};
+  for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
+    int B = cases[c][0], T = cases[c][1], D = cases[c][2], E = cases[c][3], k = cases[c][4],
+        P = cases[c][5];
+    char text[1024];
+    snprintf(text, sizeof text,
+             "model t {\n  input tokens : i32[B, T]\n  input targets : i32[B, T]\n"
+             "  emb = embedding(tokens, vocab=16, dim=%d)\n"
+             "  m = moe(emb, experts=%d, k=%d, hidden=8, gating=batchwise)\n"
+             "  loss = softmax_xent(emb + m, targets, vocab=16)\n  output loss\n}\n"
+             "train {\n  batch = %d\n  unroll = %d\n}\n",
+             D, E, k, B, T);
+    Built b;
+    CHECK(load_text(&b, text));
+    run_passes(&b, P);
+    const Graph *g = b.g;
+    int64_t N = (int64_t)B * T, m = k * N / E, slots = E * m;
+    int64_t block = E * (m < N / P ? m : N / P) * 8;
+    int ntopm = 0, na2a = 0, nthr = 0;
+    for (int q = 0; q < g->nnodes; q++) {
+      const Node *n = g->nodes[q];
+      CommBytes cb = pass_comm_bytes(g, n);
+      if (n->op == OP_ALL_GATHER_TOPM) {
+        ntopm++;
+        CHECK(n->ia[0] == k && n->ia[1] == P);
+        CHECK(cb.payload == P * block && cb.expected == (P - 1) * P * block);
+        CHECK(cb.per_device == (P - 1) * block);
+      } else if (n->op == OP_BATCHWISE_ROUTE) {
+        CHECK(n->nin == 4 && n->in[2]->producer->op == OP_ALL_GATHER_TOPM);
+        CHECK(n->ia[1] == P && n->out[1]->numel == N * k * P); /* room for any split */
+      } else if (n->op == OP_ALL_TO_ALL || n->op == OP_ALL_TO_ALL_BACK) {
+        na2a++;
+        CHECK(cb.payload == slots * D * 4 && cb.upper == cb.payload);
+        CHECK(cb.expected == (int64_t)((double)cb.payload * (P - 1) / P + 0.5));
+      } else if (n->op == OP_THRESHOLD_LOSS || n->op == OP_THRESHOLD_LOSS_BWD) {
+        nthr++;
+        CHECK(n->ia[0] == P);
+        if (n->op == OP_THRESHOLD_LOSS) CHECK(n->out[0]->part == PART_PARTIAL);
+      }
+    }
+    CHECK(ntopm == 1 && na2a == 4 && nthr == 2);
+    done(&b);
+  }
 }
 
 /* ---------------------------------------------------------------- memory plan, clusters */
@@ -416,7 +558,10 @@ int main(void) {
   test_memory_falls();
   test_one_device_unchanged();
   test_rules();
+  test_reshard_bytes();
   test_hmoe_groups();
+  test_hmoe_comm();
+  test_batchwise_bytes();
   test_cost_memplan_cluster();
   TEST_DONE();
 }

@@ -188,7 +188,7 @@ errors)
   printf 'garbage' >bad.safetensors
   expect_error "is not a valid safetensors file" "$MOEC" eval moe.moe --load bad.safetensors
   expect_error "cannot read checkpoint 'nope.safetensors'" "$MOEC" eval moe.moe --load nope.safetensors
-  expect_error "not available yet" "$MOEC" run moe.moe --backend cuda
+  expect_error "moec run: error: --backend cuda: " env CUDA_VISIBLE_DEVICES= "$MOEC" run moe.moe --backend cuda
   expect_error "has 4 experts for 8 devices" "$MOEC" run moe.moe --devices 8
   MOEC_MEMORY_LIMIT=100000 expect_error "only 0.00 GiB of memory is available" "$MOEC" run moe.moe
   printf 'abc' >short.bin

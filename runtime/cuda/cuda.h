@@ -14,6 +14,7 @@
 #define MOEC_RUNTIME_CUDA_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -55,6 +56,24 @@ void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *m, float *v
 void rt_cuda_sgd_f32(RtCudaDev *d, float *p, const float *g, int64_t n, double lr);
 /* sum of squares of a device buffer (for gradient clipping), deterministic; blocks. */
 double rt_cuda_sumsq_f32(RtCudaDev *d, const float *x, int64_t n);
+
+/* Training on a GPU (train_cuda.cu; runtime/train_dev.h is the loop's interface).
+ * The optimizer of program p (every parameter of p->g, its gradient in p or zeros)
+ * with its state on device d, uploaded from o's host state: Adam or the factored
+ * optimizer, global-norm clipping with a fixed-order reduction, the arithmetic of
+ * optim.c (no FMA contraction: the same bits as the host). Dies naming the tensor
+ * and its bytes when device memory runs out. */
+struct Program;
+struct Optim;
+typedef struct RtCudaOptim RtCudaOptim;
+RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, struct Program *p, const struct Optim *o);
+/* One update; sets o->t, o->last_norm (dies when the norm is not finite). */
+void rt_cuda_optim_step(RtCudaOptim *c, struct Optim *o);
+/* Copies the device state into o's host arrays (for a checkpoint). */
+void rt_cuda_optim_download(RtCudaOptim *c, struct Optim *o);
+void rt_cuda_optim_free(RtCudaOptim *c);
+/* Host -> device copy on d's stream through pinned memory; src may be reused at once. */
+void rt_cuda_upload_input(RtCudaDev *d, void *dst, const void *src, size_t bytes);
 
 #ifdef __cplusplus
 }

@@ -227,9 +227,22 @@ static const KernelFn *cuda_kernels(Precision p) {
 /* Memory calls act on the current CUDA device (device 0 unless the caller set
  * another) through the legacy default stream, which orders them with every
  * context's (blocking) stream. */
+/* Test hook: MOEC_CUDA_ALLOC_LIMIT=BYTES makes every larger allocation fail as if the
+ * device were out of memory (tests/gpu/test_cuda_train.sh checks the message and that
+ * a checkpoint on disk survives). */
+static size_t alloc_limit(void) {
+  static size_t lim = (size_t)-2;
+  if (lim == (size_t)-2) {
+    const char *v = getenv("MOEC_CUDA_ALLOC_LIMIT");
+    lim = v && *v ? (size_t)strtoull(v, NULL, 10) : (size_t)-1;
+  }
+  return lim;
+}
+
 static void *cuda_alloc(size_t bytes) {
   void *p = NULL;
   size_t nb = bytes ? (bytes + 255) & ~(size_t)255 : 256;
+  if (nb > alloc_limit()) return NULL;
   cudaError_t e = cudaMalloc(&p, nb);
   if (e != cudaSuccess) {
     (void)cudaGetLastError(); /* OOM is not sticky: clear it and report */

@@ -8,6 +8,7 @@
 
 #include "cuda_internal.cuh"
 extern "C" {
+#include "../../codegen/nvrtc.h"
 #include "../../passes/fusion.h"
 /* Weak: links before passes/fusion.c exists; OP_FUSED nodes exist only once it does. */
 const FusedProg *pass_fused_prog(const Node *n) __attribute__((weak));
@@ -585,9 +586,13 @@ template <typename T> __global__ void fused_kernel(const __grid_constant__ Fused
   }
 }
 
+/* The generated kernel of the group (codegen/nvrtc.c: NVRTC, cached); the interpreter
+ * below when moec has no NVRTC or MOEC_NVRTC=0 (the same bits either way: the same
+ * expression per op, no contraction across ops). */
 template <typename T>
 static void k_fused(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
+  if (cg_cuda_fused_launch(n, sizeof(T) == 8, d->gpu, d->stream, in, out)) return;
   const FusedProg *pg = pass_fused_prog ? pass_fused_prog(n) : NULL;
   if (!pg) mc_fatal("OP_FUSED node %d has no program", n->id);
   if (pg->nin > FUSED_MAX_IN || pg->nops > FUSED_MAX_OPS || pg->nout > FUSED_MAX_OUT ||

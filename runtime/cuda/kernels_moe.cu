@@ -984,6 +984,10 @@ __global__ void bw_rows_kernel(const T *mask, const int32_t *off, int32_t *rows,
 template <typename T>
 static void k_batchwise_route(const KernelCtx *ctx, const Node *n, void *const *in,
                               void *const *out) {
+  if (n->nin == 4) /* a global cut from all_gather_topm: the CPU runtime's multi-device path */
+    mc_die("layer '%s': batchwise gating over several devices (all_gather_topm's cut) has no "
+           "cuda kernel yet; run it on cpu devices",
+           n->layer ? n->layer : "?");
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1], k = n->ia[0], m = k * N / E;
   int64_t R = n->out[1]->numel;
@@ -1184,14 +1188,14 @@ static void k_combine_routes_bwd(const KernelCtx *ctx, const Node *n, void *cons
 /* One block: (1/N) sum (1[gs > thr] - mask)(gs - thr), double, fixed tree. */
 template <typename T>
 __global__ void threshold_loss_kernel(const T *gs, const T *mask, const T *thr, T *y, int64_t N,
-                                      int64_t E) {
+                                      int64_t E, double Ng) {
   double acc = 0;
   for (int64_t i = threadIdx.x; i < N * E; i += blockDim.x) {
     double t = thr[i % E], v = gs[i];
     acc += ((v > t ? 1.0 : 0.0) - (double)mask[i]) * (v - t);
   }
   acc = rt_d_block_sum<double>(acc);
-  if (threadIdx.x == 0) y[0] = (T)(acc / (double)N);
+  if (threadIdx.x == 0) y[0] = (T)(acc / Ng);
 }
 
 template <typename T>
@@ -1199,7 +1203,9 @@ static void k_threshold_loss(const KernelCtx *ctx, const Node *n, void *const *i
                              void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t N = n->in[0]->shape[0], E = n->in[0]->shape[1];
-  threshold_loss_kernel<T><<<1, 1024, 0, d->stream>>>(IN(0, T), IN(1, T), IN(2, T), OUT(0, T), N, E);
+  double Ng = (double)N * (double)(n->ia[0] > 1 ? n->ia[0] : 1); /* rows of the global batch */
+  threshold_loss_kernel<T>
+      <<<1, 1024, 0, d->stream>>>(IN(0, T), IN(1, T), IN(2, T), OUT(0, T), N, E, Ng);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -1214,15 +1220,15 @@ template <typename T> struct ThrIndF {
 
 template <typename T>
 __global__ void threshold_dgs_kernel(const T *g, const T *gs, const T *mask, const T *thr, T *dgs,
-                                     int64_t N, int64_t E) {
-  double s = (double)g[0] / (double)N;
+                                     int64_t N, int64_t E, double Ng) {
+  double s = (double)g[0] / Ng;
   GRID_STRIDE(i, N * E) {
     double ind = ((double)gs[i] > (double)thr[i % E] ? 1.0 : 0.0) - (double)mask[i];
     dgs[i] = (T)(s * ind);
   }
 }
-template <typename T> __global__ void scale_by_kernel(const T *g, T *v, int64_t E, int64_t N) {
-  GRID_STRIDE(e, E) v[e] = (T)(-(double)g[0] / (double)N * (double)v[e]);
+template <typename T> __global__ void scale_by_kernel(const T *g, T *v, int64_t E, double Ng) {
+  GRID_STRIDE(e, E) v[e] = (T)(-(double)g[0] / Ng * (double)v[e]);
 }
 
 template <typename T>
@@ -1230,12 +1236,14 @@ static void k_threshold_loss_bwd(const KernelCtx *ctx, const Node *n, void *cons
                                  void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t N = n->in[1]->shape[0], E = n->in[1]->shape[1];
+  double Ng = (double)N * (double)(n->ia[0] > 1 ? n->ia[0] : 1);
   threshold_dgs_kernel<T><<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
-      IN(0, T), IN(1, T), IN(2, T), IN(3, T), OUT(0, T), N, E);
+      IN(0, T), IN(1, T), IN(2, T), IN(3, T), OUT(0, T), N, E, Ng);
   CUDA_LAUNCH_CHECK();
   ThrIndF<T> f = {IN(1, T), IN(2, T), IN(3, T), E};
   colsum_f<T>(d, f, N, E, OUT(1, T)); /* sum_n (1[gs > thr] - mask) */
-  scale_by_kernel<T><<<rt_cuda_blocks(E), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), OUT(1, T), E, N);
+  scale_by_kernel<T>
+      <<<rt_cuda_blocks(E), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), OUT(1, T), E, Ng);
   CUDA_LAUNCH_CHECK();
 }
 

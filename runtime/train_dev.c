@@ -1,0 +1,105 @@
+/* train_dev.c: the training loop's device side (train_dev.h): the backend a run
+ * uses, lowering with the device context, input uploads, host copies of device
+ * tensors, and the device optimizer's dispatch. The CUDA work is in
+ * runtime/cuda/train_cuda.cu; built without CUDA, cuda is never chosen here (its
+ * reason says why) and the optimizer functions are never reached. */
+#include <string.h>
+
+#include "train_dev.h"
+#ifdef MOEC_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
+
+const char *rt_dev_cuda_unavailable(void) {
+#ifdef MOEC_HAVE_CUDA
+  if (rt_backend_cuda()) return NULL;
+  const char *why = rt_cuda_unavailable_reason();
+  return why && *why ? why : "the CUDA device could not be opened";
+#else
+  return "moec was built without CUDA (configure with -DMOEC_CUDA=ON where nvcc and the CUDA "
+         "toolkit are installed)";
+#endif
+}
+
+const Backend *rt_dev_backend(const Config *cfg) {
+  /* auto: cpu until the cuda path has been verified on a GPU (docs/cuda.md) */
+  if (cfg->backend != BK_CUDA) return &rt_backend_cpu;
+  const char *why = rt_dev_cuda_unavailable();
+  if (why) mc_die("backend cuda: %s", why);
+  return rt_backend_cuda();
+}
+
+Program *rt_dev_lower(Graph *g, Precision prec, const Backend *be) {
+  Program *p = cg_lower_on(g, prec, be);
+#ifdef MOEC_HAVE_CUDA
+  if (be != &rt_backend_cpu) p->dev = rt_cuda_dev(0); /* one GPU per run for now */
+#endif
+  return p;
+}
+
+void rt_dev_upload_input(Program *p, void *dst, const void *src, size_t bytes) {
+#ifdef MOEC_HAVE_CUDA
+  if (!rt_dev_on_host(p)) {
+    rt_cuda_upload_input(p->dev, dst, src, bytes);
+    return;
+  }
+#endif
+  p->be->upload(dst, src, bytes);
+}
+
+const void *rt_dev_host_view(Program *p, const Tensor *t, void **owned) {
+  *owned = NULL;
+  if (rt_dev_on_host(p)) return p->buf[t->id];
+  size_t nb = (size_t)t->numel * (t->ty.dtype == DT_I32 ? sizeof(int32_t) : p->elem);
+  *owned = mc_malloc(nb ? nb : 1);
+  p->be->download(*owned, p->buf[t->id], nb);
+  return *owned;
+}
+
+#ifdef MOEC_HAVE_CUDA
+struct DevOptim {
+  RtCudaOptim *cu;
+};
+
+DevOptim *rt_devopt_new(Program *p, const Optim *o) {
+  if (rt_dev_on_host(p)) return NULL;
+  MOEC_ASSERT(p->prec == PREC_F32); /* training is float32 */
+  DevOptim *d = mc_calloc(1, sizeof(DevOptim));
+  d->cu = rt_cuda_optim_new(p->dev, p, o);
+  return d;
+}
+
+void rt_devopt_step(DevOptim *d, Optim *o) {
+  rt_cuda_optim_step(d->cu, o);
+}
+void rt_devopt_download(DevOptim *d, Optim *o) {
+  rt_cuda_optim_download(d->cu, o);
+}
+
+void rt_devopt_free(DevOptim *d) {
+  if (!d) return;
+  rt_cuda_optim_free(d->cu);
+  mc_free(d);
+}
+#else
+/* Without CUDA every program is in host memory: rt_devopt_new returns NULL and the
+ * loop never calls the others. */
+DevOptim *rt_devopt_new(Program *p, const Optim *o) {
+  (void)o;
+  MOEC_ASSERT(rt_dev_on_host(p));
+  return NULL;
+}
+void rt_devopt_step(DevOptim *d, Optim *o) {
+  (void)d;
+  (void)o;
+  mc_fatal("rt_devopt_step without CUDA");
+}
+void rt_devopt_download(DevOptim *d, Optim *o) {
+  (void)d;
+  (void)o;
+  mc_fatal("rt_devopt_download without CUDA");
+}
+void rt_devopt_free(DevOptim *d) {
+  (void)d;
+}
+#endif

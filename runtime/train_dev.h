@@ -1,0 +1,59 @@
+/* train_dev.h: the training loop's device side, so that train.c drives a program
+ * whose buffers live on a GPU the same way it drives one in host memory.
+ *
+ *   train_dev.c            : which backend a run uses and why cuda cannot run here,
+ *                            lowering with the device context, input uploads, host
+ *                            copies of device tensors (checkpoints, gradients), and
+ *                            the dispatch of the device optimizer (stubs without CUDA)
+ *   cuda/train_cuda.cu     : the device optimizer: global-norm clipping with a
+ *                            deterministic reduction, Adam and the factored optimizer
+ *                            as kernels with optim.c's arithmetic (bit for bit)
+ *
+ * The host Optim (optim.c) stays the checkpoint's copy of the optimizer state: a
+ * device optimizer is created from it after a checkpoint was loaded, and
+ * rt_devopt_download refreshes it before a checkpoint is written, so checkpoints
+ * have the same names and format on every backend and resume across backends.
+ * docs/cuda.md ("Training on a GPU"). Prefix: rt_dev. */
+#ifndef MOEC_TRAIN_DEV_H
+#define MOEC_TRAIN_DEV_H
+
+#include "train.h"
+
+/* NULL when the cuda backend can run here; else why not: "moec was built without
+ * CUDA ..." or "no CUDA device (cudaGetDeviceCount: ...)". */
+const char *rt_dev_cuda_unavailable(void);
+
+/* The backend of a run: cfg->backend (auto: cpu for now, docs/cuda.md). Dies with
+ * the reason when cuda is asked for and cannot run. */
+const Backend *rt_dev_backend(const Config *cfg);
+
+/* cg_lower_on(g, prec, be) and the device context kernels need (p->dev). */
+Program *rt_dev_lower(Graph *g, Precision prec, const Backend *be);
+
+/* True when p's buffers are host memory (cpu backend). */
+static inline bool rt_dev_on_host(const Program *p) {
+  return p->be == &rt_backend_cpu;
+}
+
+/* Host -> device copy of a step's input batch: a memcpy on cpu; on cuda an
+ * asynchronous copy on the program's stream through pinned memory (src may be
+ * reused at once). */
+void rt_dev_upload_input(Program *p, void *dst, const void *src, size_t bytes);
+
+/* A host copy of tensor t's buffer: the buffer itself on cpu (*owned = NULL); on
+ * another device a downloaded copy that the caller frees with mc_free(*owned). */
+const void *rt_dev_host_view(Program *p, const Tensor *t, void **owned);
+
+/* The optimizer on p's device, its state uploaded from o (which must have been
+ * loaded from the checkpoint already); NULL for a program in host memory. Dies,
+ * naming the tensor and its bytes, when device memory runs out. */
+typedef struct DevOptim DevOptim;
+DevOptim *rt_devopt_new(Program *p, const Optim *o);
+/* One update of every parameter of p from its gradient in p, as rt_optim_step does
+ * on the host (global-norm clipping first); sets o->t and o->last_norm. */
+void rt_devopt_step(DevOptim *d, Optim *o);
+/* o's host state = the device state (before a checkpoint is written). */
+void rt_devopt_download(DevOptim *d, Optim *o);
+void rt_devopt_free(DevOptim *d);
+
+#endif

@@ -1,0 +1,90 @@
+#!/bin/sh
+# test_backend_cli.sh: choosing the backend (moec run/eval/grad --backend, the plan
+# block's `backend`) where CUDA cannot run. CUDA_VISIBLE_DEVICES= hides every GPU, so
+# this runs the same on a GPU machine, a machine without a GPU or driver, and a build
+# without CUDA:
+#   - --backend cuda: exit 1, "moec CMD: error: --backend cuda: " and the reason
+#     ("no CUDA device (cudaGetDeviceCount: ...)" or "moec was built without CUDA"),
+#     for run, eval and grad; never a crash
+#   - plan { backend = cuda }: the same error naming the plan block; --backend cpu
+#     overrides it and trains with the same losses as a file without the line
+#   - a checkpoint named by --save/--load is left as it was by the failed run
+#   - --backend cuda --devices 2 and unknown backends are refused
+set -u
+MOEC=$1
+TMP=$(mktemp -d /tmp/moec_test_backend.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+cd "$TMP" || exit 1
+CUDA_VISIBLE_DEVICES=
+export CUDA_VISIBLE_DEVICES
+FAILS=0
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+REASON='(no CUDA device \(cudaGetDeviceCount: [^)]+\)|moec was built without CUDA)'
+
+# expect RC PATTERN CMD...: CMD exits with RC and its stderr matches the ERE PATTERN
+expect() {
+  want=$1 pat=$2
+  shift 2
+  "$@" >out.txt 2>err.txt
+  rc=$?
+  if [ $rc -ne "$want" ]; then
+    fail "'$*' exited $rc, expected $want"; cat err.txt
+  elif ! grep -qE -- "$pat" err.txt; then
+    fail "'$*': no '$pat' in:"; cat err.txt
+  else
+    pass "$(head -1 err.txt) (exit $rc)"
+  fi
+}
+
+cat >m.moe <<'EOF'
+model small {
+  let V = 32
+  input ids : i32[B, T]
+  input targets : i32[B, T]
+  emb = embedding(ids, vocab=V, dim=16)
+  h = lstm(emb, units=16)
+  m = moe(h, experts=4, k=2, hidden=16)
+  loss = softmax_xent(m, targets, vocab=V)
+  output loss
+}
+train {
+  data = synthetic(topics=4, vocab=32, seed=3)
+  batch = 4
+  unroll = 5
+  steps = 3
+}
+EOF
+sed 's/^train {/plan {\n  backend = cuda\n}\ntrain {/' m.moe >p.moe
+grep -q 'backend = cuda' p.moe || fail "p.moe has no plan block"
+
+expect 1 "^moec run: error: --backend cuda: $REASON" "$MOEC" run m.moe --backend cuda
+expect 1 "^moec run: error: --backend cuda: $REASON" "$MOEC" run m.moe --backend=cuda --devices 2
+expect 1 "^moec run: error: backend = cuda \(plan block\): $REASON" "$MOEC" run p.moe
+expect 2 "unknown backend 'gpu' \(cpu, cuda or auto\)" "$MOEC" run m.moe --backend gpu
+
+"$MOEC" run m.moe --save ck.safetensors --json --quiet >a.out 2>a.err || { fail "cpu run"; cat a.err; }
+cp ck.safetensors keep.safetensors
+expect 1 "^moec run: error: --backend cuda: $REASON" \
+  "$MOEC" run m.moe --backend cuda --load ck.safetensors --save ck.safetensors --steps 6
+cmp -s ck.safetensors keep.safetensors && pass "the checkpoint is left as it was" ||
+  fail "the failed run changed the checkpoint"
+expect 1 "^moec eval: error: --backend cuda: $REASON" "$MOEC" eval m.moe --backend cuda --load ck.safetensors
+expect 1 "^moec eval: error: backend = cuda \(plan block\): $REASON" "$MOEC" eval p.moe --load ck.safetensors
+python3 -c 'import struct; open("F.bin","wb").write(struct.pack("<24H", *[(5*i) % 32 for i in range(24)]))' 2>/dev/null ||
+  printf '%048d' 0 >F.bin
+expect 1 "^moec grad: error: --backend cuda: $REASON" \
+  "$MOEC" grad m.moe --backend cuda --load ck.safetensors --tokens F.bin
+
+# --backend cpu overrides the plan block: the same run as without the line
+"$MOEC" run p.moe --backend cpu --save ck2.safetensors --json --quiet >b.out 2>b.err ||
+  { fail "--backend cpu over backend = cuda"; cat b.err; }
+la=$(grep '^{' a.out | sed 's/.*"last_loss":\([^,}]*\).*/\1/')
+lb=$(grep '^{' b.out | sed 's/.*"last_loss":\([^,}]*\).*/\1/')
+[ -n "$la" ] && [ "$la" = "$lb" ] && pass "--backend cpu overrides the plan block (last loss $la)" ||
+  fail "--backend cpu over the plan block: last loss '$lb', expected '$la'"
+"$MOEC" eval p.moe --backend auto --load ck2.safetensors >/dev/null 2>e.err && pass "eval --backend auto runs" ||
+  { fail "eval --backend auto"; cat e.err; }
+
+echo "$FAILS failures"
+[ $FAILS -eq 0 ]
