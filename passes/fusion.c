@@ -22,6 +22,7 @@
  * state, monitoring), or when nothing reads it; otherwise it lives only in a
  * register. Groups of one node are left alone.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,27 +32,34 @@
 
 /* OP_FUSED node -> its program. Programs live in the graph's arena; an entry
  * outlives its graph but is only looked up through a live node, and a node
- * reusing a freed address re-registers (lookups scan newest first). */
+ * reusing a freed address re-registers (lookups scan newest first). Locked: the
+ * in-process devices' threads compile their graphs at the same time. */
 typedef struct ProgEntry {
   const Node *node;
   const FusedProg *prog;
 } ProgEntry;
 static ProgEntry *registry;
 static int nregistry, cap_registry;
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void register_prog(const Node *n, const FusedProg *p) {
+  pthread_mutex_lock(&registry_mu);
   if (nregistry == cap_registry) {
     cap_registry = cap_registry ? 2 * cap_registry : 64;
     registry = mc_realloc(registry, (size_t)cap_registry * sizeof *registry);
   }
   registry[nregistry++] = (ProgEntry){n, p};
+  pthread_mutex_unlock(&registry_mu);
 }
 
 const FusedProg *pass_fused_prog(const Node *n) {
   if (!n || n->op != OP_FUSED) return NULL;
-  for (int i = nregistry - 1; i >= 0; i--)
-    if (registry[i].node == n) return registry[i].prog;
-  return NULL;
+  const FusedProg *p = NULL;
+  pthread_mutex_lock(&registry_mu);
+  for (int i = nregistry - 1; i >= 0 && !p; i--)
+    if (registry[i].node == n) p = registry[i].prog;
+  pthread_mutex_unlock(&registry_mu);
+  return p;
 }
 
 /* cpu: fused kernels need LLVM (codegen/jit.c). cuda: codegen/nvrtc.c's generated
