@@ -63,7 +63,8 @@ void rt_md_rows_free(const Graph *g, RowSel *rows);
  * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
  * attribute. rt_md_param_experts also gives the layer's expert number of the
  * parameter's row 0 (an hmoe's NAME.gJ.w1 holds experts J*Eg .. J*Eg+Eg-1; 0 for a moe):
- * row e is on device g->moe_expert_dev[layer][*first + e]. */
+ * row e is on device g->moe_expert_dev[layer][*first + e]. A moe's parameter must hold
+ * all E rows: on a graph with sharded experts (rt_md_prepare) ask only for hmoe groups. */
 int rt_md_param_moe(const Graph *g, const Tensor *t);
 int rt_md_param_experts(const Graph *g, const Tensor *t, int *first);
 
