@@ -271,7 +271,9 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
       continue;
     }
     if (!pass_expert_shard(g, t, &s)) continue;
-    int64_t per = t->numel / t->shape[0];
+    int64_t per = 1; /* elements per expert row (a device may hold none: E_r = 0) */
+    for (int d = 1; d < t->ty.rank; d++)
+      per *= t->shape[d];
     if (c->rank == root) full[i] = mc_malloc((size_t)(s.count * per) * sizeof(float));
     gather_rows(c, g, &s, cg_f32(p, t), per, sizeof(float), full[i], root);
   }
@@ -306,6 +308,8 @@ Optim *rt_md_optim_new(const Config *cfg, const Graph *g, Precision prec) {
     o->numel[i] = s.count * o->shape[i][1];
     mc_free(o->vr[i]);
     o->vr[i] = mc_calloc((size_t)s.count, o->elem);
+    mc_free(o->vc[i]); /* one matrix (a device with E_r = 0 had none) */
+    o->vc[i] = mc_calloc((size_t)o->shape[i][1], o->elem);
   }
   return o;
 }

@@ -397,6 +397,18 @@ subsets | subsets_mpi)
   losses r1 "$MOEC" run "$W/dense.moe" --load "$W/ck1.safetensors"
   losses r4 "$MOEC" run "$W/dense.moe" --load "$W/ck4.safetensors" --devices 4
   same r1 r4
+  # experts on(0, 1) of 4 under the factored optimizer: devices 2 and 3 hold none of m's
+  # experts (E_r = 0); the losses of one device, and a checkpoint saved on 4 evaluates as
+  # one device's
+  sed 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/ex.moe" >"$W/exf.moe"
+  losses exf1 "$MOEC" run "$W/exf.moe"
+  losses exf4 "$MOEC" run "$W/exf.moe" --devices 4 --save "$W/exf4.safetensors"
+  same exf1 exf4
+  "$MOEC" run "$W/exf.moe" --quiet --save "$W/exf1.safetensors" >"$W/sf1.out" 2>&1 || fail "exf: save on 1"
+  e4=$("$MOEC" eval "$W/exf.moe" --load "$W/exf4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  e1=$("$MOEC" eval "$W/exf.moe" --load "$W/exf1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "exf: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
   # errors: what device subsets do not support yet
   sub lstm 4 'h1 : on(0, 1)'
   out=$("$MOEC" run "$W/lstm.moe" --devices 4 2>&1) && fail "an LSTM on a device subset ran"
