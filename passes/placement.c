@@ -338,6 +338,23 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
 
 /* ---------------------------------------------------------------- measured loads */
 
+static void free_loads_arrays(PlanLoads *pl) {
+  for (int i = 0; i < pl->n; i++) {
+    free((char *)pl->names[i]); /* strndup */
+    mc_free((double *)pl->load[i]);
+  }
+  mc_free((void *)pl->names);
+  mc_free((void *)pl->load);
+  mc_free((void *)pl->nexperts);
+  pl->n = 0;
+}
+
+void plan_free_loads(PlanLoads *pl) {
+  if (!pl) return;
+  free_loads_arrays(pl);
+  mc_free(pl);
+}
+
 /* The last line of `path` with "name" / "load" pairs wins: {"moe":[{"name":"m",
  * "load":[12, 30, ...]}, ...]} (moec run --metrics lines extended with per-expert loads). */
 PlanLoads *plan_read_loads(const char *path, const char **err) {
@@ -389,7 +406,8 @@ PlanLoads *plan_read_loads(const char *path, const char **err) {
       n++;
       s = end;
     }
-    if (n > 0) { /* a later line replaces an earlier one (the old arrays are kept: small) */
+    if (n > 0) { /* a later line replaces an earlier one */
+      free_loads_arrays(pl);
       pl->n = n;
       pl->names = names;
       pl->load = loads;

@@ -38,6 +38,7 @@ extern const PlanLoads *plan_loads;
 /* Reads a JSON lines file (a previous run's metrics): the last line with a "moe"
  * array whose entries have "name" and "load": [numbers]. NULL (and *err set) if none. */
 PlanLoads *plan_read_loads(const char *path, const char **err);
+void plan_free_loads(PlanLoads *pl);
 
 /* Notes the passes left for the reader of the plan (fallbacks, idle devices). */
 extern char plan_note[1024];

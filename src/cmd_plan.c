@@ -644,6 +644,8 @@ int cmd_plan(int argc, char **argv) {
   else
     print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg));
   plan_cost_free(&c);
+  plan_free_loads((PlanLoads *)plan_loads);
+  plan_loads = NULL;
   ir_graph_free(g);
   fe_ast_free(f);
   return 0;

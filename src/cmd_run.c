@@ -232,6 +232,8 @@ int cmd_run(int argc, char **argv) {
   /* N in-process devices, or one device per MPI rank (runtime/multidev.c) */
   int rc = devices > 1 || rt_md_mpi_launched() ? rt_md_train(f, &cfg, &o, (int)devices)
                                                : rt_train(f, &cfg, &o);
+  plan_free_loads((PlanLoads *)plan_loads);
+  plan_loads = NULL;
   fe_ast_free(f);
   return rc;
 }

@@ -335,6 +335,8 @@ int cmd_simulate(int argc, char **argv) {
     if (plan_note[0]) printf("\n%s", plan_note);
   }
   plan_cost_free(&c);
+  plan_free_loads((PlanLoads *)plan_loads);
+  plan_loads = NULL;
   ir_graph_free(g);
   fe_ast_free(f);
   return 0;
