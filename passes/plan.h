@@ -66,7 +66,7 @@ typedef struct ExpertShard {
   int64_t first, count;
 } ExpertShard;
 /* True (and *s filled; s may be NULL) when t is such a parameter of a placed graph (moe
- * layers' LAYER.w1, b1, w2, b2). Other parameters, hmoe groups included, are whole. */
+ * layers' LAYER.w1, b1, w2, b2; an hmoe's LAYER.gJ.w1 ...: first J*Eg, count Eg). */
 bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
 /* The experts of s on device `rank`, in global order, into list (NULL: only count). */
 int64_t pass_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);

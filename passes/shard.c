@@ -5,7 +5,11 @@
  *
  * An expert parameter (pass_expert_shard: a parameter whose dim 0 indexes experts
  * [first, first + count) of a MoE layer, with the layer's expert -> device map as its
- * owner map) keeps only the rows of its local experts, in global order: [E_r, ...].
+ * owner map: a moe's w1 b1 w2 b2, an hmoe group's gJ.w1 ...) keeps only the rows of its
+ * local experts, in global order: [E_r, ...]. An hmoe stacks its groups with concat0s
+ * (their shape rules sum the local rows) and splits the gradient back with one slice0
+ * per group, refitted to the local rows (restack; a group without local experts: an
+ * empty parameter and slice).
  * Every all_to_all of the layer receives offsets of the local experts, i32[E_r + 1].
  * The shape rules of every node that reads a changed tensor run again (in node order),
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
@@ -18,44 +22,70 @@
 
 #include "plan.h"
 
-/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m. (An hmoe group's LAYER.gJ.w1
- * would be first = J*Eg, count = Eg; not attributed: hmoe layers keep their groups.) */
-static bool attributed(const Graph *g, const Tensor *t, int *m) {
+/* Groups of hmoe layer m: its params NAME.g0.w1, NAME.g1.w1, ... (0 for a moe). */
+static int64_t layer_groups(const Graph *g, int m) {
+  char buf[300];
+  for (int64_t G = 0;; G++) {
+    snprintf(buf, sizeof buf, "%s.g%lld.w1", g->moe_names[m], (long long)G);
+    bool found = false;
+    for (int i = 0; i < g->nparams && !found; i++)
+      found = !strcmp(g->params[i]->name, buf);
+    if (!found) return G;
+  }
+}
+
+/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m (first 0, count E); LAYER.gJ.w1
+ * of an hmoe with G groups: group J's Eg = E / G experts (first J*Eg, count Eg). By
+ * names and the layer's E only, so the answer is the same on a sharded graph. */
+static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
   if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
     return false;
   int best = -1;
+  int64_t grp = -1;
   size_t bl = 0;
   for (int i = 0; i < g->nmoe; i++) {
     size_t l = strlen(g->moe_names[i]);
-    if (!strncmp(t->name, g->moe_names[i], l) && t->name[l] == '.' &&
-        !strchr(t->name + l + 1, '.') && l >= bl) {
-      best = i;
-      bl = l;
-    }
+    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
+    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
+    long long j = -1;
+    int used = 0;
+    if (dot && !(sscanf(rest, "g%lld%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
+                 !strchr(dot + 1, '.')))
+      continue; /* neither NAME.PART nor NAME.gJ.PART */
+    best = i;
+    bl = l;
+    grp = dot ? j : -1;
   }
   if (best < 0 || g->moe_nexperts[best] <= 0) return false;
-  *m = best;
+  int64_t E = g->moe_nexperts[best], first = 0, count = E;
+  if (grp >= 0) {
+    int64_t G = layer_groups(g, best);
+    if (G < 1 || E % G || grp >= G) return false;
+    count = E / G;
+    first = grp * count;
+  }
+  *s = (ExpertShard){best, first, count};
   return true;
 }
 
-/* A layer is sharded when every expert parameter of it is attributed (an hmoe's stacked
- * groups are not: it keeps all its experts, and its all_to_alls the offsets of all E). */
+/* A layer is sharded when every expert parameter of it is attributed: a moe's w1 b1 w2
+ * b2, an hmoe's groups' (stacked by concat0s, whose gradient slices restack() fits). */
 static bool layer_sharded(const Graph *g, int m) {
   size_t l = strlen(g->moe_names[m]);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
-    int mm;
+    ExpertShard s;
     if (t->part == PART_EXPERTS && !strncmp(t->name, g->moe_names[m], l) && t->name[l] == '.' &&
-        !attributed(g, t, &mm))
+        (!attributed(g, t, &s) || s.moe != m))
       return false;
   }
   return true;
 }
 
 bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
-  int m;
-  if (!attributed(g, t, &m) || !layer_sharded(g, m)) return false;
-  if (s) *s = (ExpertShard){m, 0, g->moe_nexperts[m]};
+  ExpertShard a;
+  if (!attributed(g, t, &a) || !layer_sharded(g, a.moe)) return false;
+  if (s) *s = a;
   return true;
 }
 
@@ -83,6 +113,29 @@ static int moe_experts_on(const Graph *g, int moe, int rank) {
   return n;
 }
 
+/* An hmoe's stacking concat0 of its groups' parameters: its gradient is split back by
+ * one slice0 per group (ir/grads_moe.c grad_concat0, rows [ia[0], ia[0] + ia[1])), each
+ * the gradient of its parameter. Refits every such slice to the rows its parameter has
+ * now: the local experts' rows after a shard (a group without local experts gets an
+ * empty slice), the whole group's after pass_unshard_experts. */
+static void restack(Graph *g) {
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *c = g->nodes[k];
+    if (c->op != OP_CONCAT0) continue;
+    int64_t at = 0;
+    for (int i = 0; i < c->nin; i++) {
+      const Tensor *x = c->in[i];
+      if (!dim_is_const(x->ty.dim[0])) break;
+      Node *s = x->kind == TK_PARAM && x->grad ? x->grad->producer : NULL;
+      if (s && s->op == OP_SLICE0) {
+        s->ia[0] = at;
+        s->ia[1] = x->ty.dim[0].c;
+      }
+      at += x->ty.dim[0].c;
+    }
+  }
+}
+
 Type *pass_shard_experts(Graph *g, int rank) {
   Type *save = mc_malloc(sizeof(Type) * (size_t)(g->ntensors + 1));
   for (int i = 0; i < g->ntensors; i++)
@@ -99,10 +152,14 @@ Type *pass_shard_experts(Graph *g, int rank) {
     ExpertShard s;
     if (!pass_expert_shard(g, t, &s) || !layer[s.moe]) continue;
     int64_t n = pass_expert_local(g, &s, rank, NULL); /* 0 off the layer's on(...) set */
-    MOEC_ASSERT(dim_is_const(t->ty.dim[0]) && t->ty.dim[0].c == s.count);
+    if (!dim_is_const(t->ty.dim[0]) || t->ty.dim[0].c != s.count)
+      mc_fatal("pass_shard_experts: expert parameter '%s' has %s rows, not the %lld experts "
+               "it is attributed",
+               t->name, dim_is_const(t->ty.dim[0]) ? "other" : "symbolic", (long long)s.count);
     t->ty.dim[0] = dim_int(n);
     changed[t->id] = true;
   }
+  restack(g); /* before the slices' shape rules run again below */
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
     if (n->op == OP_ALL_TO_ALL) { /* the received offsets: this device's experts */
@@ -141,6 +198,7 @@ Type *pass_shard_experts(Graph *g, int rank) {
 void pass_unshard_experts(Graph *g, Type *save) {
   for (int i = 0; i < g->ntensors; i++)
     g->tensors[i]->ty = save[i];
+  restack(g);
   g->experts_local = false;
   g->experts_rank = 0;
   mc_free(save);

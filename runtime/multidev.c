@@ -125,70 +125,18 @@ int rt_md_param_owner(const Graph *g, const Tensor *t, int P) {
   return m == all_mask(P) ? -1 : __builtin_ctzll(m);
 }
 
-/* An expert parameter is NAME.PART of a moe (dim 0 = its E experts) or NAME.gJ.PART of
- * an hmoe's group J (dim 0 = the group's experts, J*Eg... of the layer's G*Eg). */
-int rt_md_param_experts(const Graph *g, const Tensor *t, int *first) {
-  *first = 0;
-  if (t->part != PART_EXPERTS) return -1;
-  int best = -1, grp = -1;
-  size_t bl = 0;
-  for (int i = 0; i < g->nmoe; i++) {
-    size_t l = strlen(g->moe_names[i]);
-    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
-    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
-    int j = -1, used = 0;
-    if (!dot)
-      j = -1;
-    else if (sscanf(rest, "g%d%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
-             !strchr(dot + 1, '.'))
-      ; /* NAME.gJ.PART */
-    else
-      continue;
-    best = i;
-    bl = l;
-    grp = j;
-  }
-  int64_t E = best >= 0 && g->moe_nexperts ? g->moe_nexperts[best] : 0;
-  int64_t rows = t->ty.rank >= 1 ? t->shape[0] : 0;
-  int64_t at = grp >= 0 ? grp * rows : 0;
-  if (best < 0 || !g->moe_expert_dev || rows < 1 || at + rows > E || (grp < 0 && rows != E))
-    mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe or hmoe "
-           "layer (use strategy = data_parallel)",
-           t->name);
-  *first = (int)at;
-  return best;
-}
-
-int rt_md_param_moe(const Graph *g, const Tensor *t) {
-  int first;
-  return rt_md_param_experts(g, t, &first);
-}
-
-/* An hmoe group's parameter (NAME.gJ.PART): held whole on every device (shard.c splits
- * moe layers only) although each of its experts trains on its own device; the rows of
- * other devices' experts are unused here and zeroed before the update and in gathers. */
-static bool whole_experts(const Graph *g, const Tensor *t) {
-  return t->part == PART_EXPERTS && !pass_expert_shard(g, t, NULL);
-}
-
-/* Zeroes, in buf (param t's layout, elements of `elem` bytes), what device `rank` does not
- * own of a buffer of n elements held whole: all of it off the device set that trains
- * the parameter (rt_md_param_owner), an hmoe group's rows of other devices' experts. */
+/* Zeroes, in buf (param t's layout, elements of `elem` bytes), a buffer of n elements held
+ * whole on a device off the set that trains the parameter (rt_md_param_owner). */
 static void zero_nonowned(const Graph *g, const Tensor *t, int rank, int P, void *buf, int64_t n,
                           size_t elem) {
   int o = rt_md_param_owner(g, t, P);
   if (o >= 0 && o != rank) memset(buf, 0, (size_t)n * elem);
-  if (!whole_experts(g, t)) return;
-  int first, m = rt_md_param_experts(g, t, &first);
-  const int *map = g->moe_expert_dev[m] + first;
-  int64_t E = t->shape[0], per = n / E;
-  for (int64_t e = 0; e < E; e++)
-    if (map[e] != rank) memset((char *)buf + (size_t)(e * per) * elem, 0, (size_t)per * elem);
 }
 
-/* Held whole but trained (in part) elsewhere: gathers sum what each device owns. */
+/* Held whole but trained elsewhere: gathers sum what each device owns. (Expert
+ * parameters, hmoe groups included, are sharded: passes/shard.c.) */
 static bool summed_param(const Graph *g, const Tensor *t, int P) {
-  return whole_experts(g, t) || rt_md_param_owner(g, t, P) >= 0;
+  return rt_md_param_owner(g, t, P) >= 0;
 }
 
 /* Collective: on root, a copy of a whole-held buffer (n floats) of parameter t with
@@ -354,9 +302,7 @@ void rt_md_optim_step(Comm *c, const Graph *g, Optim *o, float *const *params,
       gg[i] = NULL; /* trained on(...) devices without this one: not updated here */
       continue;
     }
-    if (whole_experts(g, t)) /* an hmoe group: other devices' experts are theirs */
-      zero_nonowned(g, t, c->rank, c->size, grads[i], t->numel, o->elem);
-    int x = own >= 0 || whole_experts(g, t) || (g->experts_local && pass_expert_shard(g, t, NULL));
+    int x = own >= 0 || (g->experts_local && pass_expert_shard(g, t, NULL));
     if (own >= 0 && own != c->rank) continue;
     for (int64_t j = 0; j < t->numel; j++)
       ss[x] += elem_get(grads[i], j, o->elem) * elem_get(grads[i], j, o->elem);
@@ -534,6 +480,7 @@ bool rt_md_mpi_launched(void) {
 }
 
 void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
+  (void)cfg; /* every optimizer shards alike (the factored one with hmoe groups too) */
   if (P <= 1) return;
   /* device subsets: what the runtime cannot split over part of the devices yet */
   uint64_t *pm = mc_calloc((size_t)g->ntensors + 1, sizeof(uint64_t));
@@ -557,10 +504,10 @@ void rt_md_check_graph(const Graph *g, const Config *cfg, int P) {
   mc_free(pm);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
-    if (whole_experts(g, t) && rt_md_param_moe(g, t) >= 0 && cfg->optimizer != OPT_ADAM)
-      mc_die("the factored optimizer with hmoe layers on %d devices is not supported yet ('%s'): "
-             "use optimizer = adam, or strategy = data_parallel",
-             P, t->name);
+    if (t->part == PART_EXPERTS && g->moe_expert_dev && !pass_expert_shard(g, t, NULL))
+      mc_die("parameter '%s' is expert-sharded but not the expert dimension of a moe or hmoe "
+             "layer (use strategy = data_parallel)",
+             t->name);
   }
 }
 

@@ -49,8 +49,8 @@ void rt_md_bind(Graph *g, int64_t B, int64_t T, int P);
 int rt_md_param_owner(const Graph *g, const Tensor *t, int P);
 
 /* Dies with a clear message for what the N-device runtime does not support yet (state
- * on a device subset, parameters read on different sets, the factored optimizer with
- * hmoe layers). g bound. */
+ * on a device subset, parameters read on different sets, an expert parameter that is not
+ * a moe's or hmoe group's expert dimension). g bound. */
 void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
 
 /* The rows this device holds of every parameter (by parameter index): sharded expert
@@ -59,19 +59,10 @@ void rt_md_check_graph(const Graph *g, const Config *cfg, int P);
 RowSel *rt_md_param_rows(const Graph *g);
 void rt_md_rows_free(const Graph *g, RowSel *rows);
 
-/* The MoE layer index an expert-sharded parameter belongs to (its dim 0 indexes that
- * layer's experts); -1 for other parameters. Dies for expert parameters it cannot
- * attribute. rt_md_param_experts also gives the layer's expert number of the
- * parameter's row 0 (an hmoe's NAME.gJ.w1 holds experts J*Eg .. J*Eg+Eg-1; 0 for a moe):
- * row e is on device g->moe_expert_dev[layer][*first + e]. A moe's parameter must hold
- * all E rows: on a graph with sharded experts (rt_md_prepare) ask only for hmoe groups. */
-int rt_md_param_moe(const Graph *g, const Tensor *t);
-int rt_md_param_experts(const Graph *g, const Tensor *t, int *first);
-
 /* Collective: on root, the whole tensor of every sharded expert parameter of program p
- * (cpu, f32), each expert's rows from its owner, and of every parameter held whole but
- * trained in part elsewhere (an hmoe group's experts, a parameter trained on(...) a set
- * without root: rt_md_param_owner), by parameter index; NULL for the parameters root
+ * (cpu, f32), each expert's rows from its owner (moe layers and hmoe groups), and of
+ * every parameter held whole but trained elsewhere (on(...) a set without root:
+ * rt_md_param_owner), by parameter index; NULL for the parameters root
  * holds as they are, and on other ranks. rt_md_gathered_free frees them. */
 float **rt_md_gather_params(Comm *c, Program *p, int root);
 void rt_md_gathered_free(const Graph *g, float **full);
