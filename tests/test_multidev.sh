@@ -370,7 +370,8 @@ subsets | subsets_mpi)
   # reaches only theirs), dense layers on part of them (reshard of rows in batch order,
   # and of their gradients back; their parameters' all_reduce over those devices only),
   # a whole moe layer on two devices, mixed rules on 3 devices, single-device sets on 2.
-  # The rules do nothing on 1 device, so 1 device is the reference.
+  # The rules do nothing on 1 device, so 1 device is the reference. MPI: ex, dense,
+  # layer on 4 ranks (ex: ranks 2, 3 hold none of the experts, E_r = 0), one2 on 2.
   sub() { # sub TAG DEVICES RULE... -> $W/TAG.moe
     tag=$1
     nd=$2
@@ -386,7 +387,7 @@ subsets | subsets_mpi)
   losses d1 "$MOEC" run "$W/ex.moe"
   if [ "$CASE" = subsets_mpi ]; then
     command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }
-    for t in dense layer; do
+    for t in ex dense layer; do
       losses mpi_$t mpi_env 4 "$MOEC" run "$W/$t.moe"
       same d1 mpi_$t
     done
