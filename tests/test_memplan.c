@@ -20,29 +20,16 @@
 #include "../passes/passes.h"
 #include "../runtime/train.h"
 #include "test.h"
+#include "test_model.h"
 
 /* Source texts: the ASTs keep pointers into them; freed at the end (LeakSanitizer). */
 static char *texts[256];
 static int ntexts;
 
 static AstFile *load(const char *path, Config *cfg) {
-  size_t len = 0;
-  char *text = mc_read_file(path, &len);
-  if (text && ntexts < (int)MC_ARRAY_LEN(texts)) texts[ntexts++] = text;
-  if (!text) {
-    fprintf(stderr, "cannot read %s\n", path);
-    exit(1);
-  }
-  Source src = {.path = path, .text = text, .len = len};
-  Diag d;
-  fe_diag_init(&d, &src);
-  AstFile *f = fe_parse(&src, &d);
-  fe_config_defaults(cfg);
-  if (d.errors == 0) fe_sema(f, cfg, &d);
-  if (d.errors) {
-    fprintf(stderr, "%s has errors\n", path);
-    exit(1);
-  }
+  char *text;
+  AstFile *f = test_load_model(path, cfg, &text);
+  if (ntexts < (int)MC_ARRAY_LEN(texts)) texts[ntexts++] = text;
   return f;
 }
 

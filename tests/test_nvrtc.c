@@ -29,6 +29,7 @@
 #include "../codegen/nvrtc.h"
 #include "../passes/passes.h"
 #include "test.h"
+#include "test_model.h"
 
 typedef void (*HostFn)(void *const *x, void *const *y, long long n);
 
@@ -42,27 +43,6 @@ typedef struct Group {
 
 static Group *groups;
 static int ngroups, capgroups;
-
-static AstFile *load(const char *path, Config *cfg, char **textp) {
-  size_t len = 0;
-  char *text = mc_read_file(path, &len); /* the AST keeps pointers into it */
-  *textp = text;
-  if (!text) {
-    fprintf(stderr, "cannot read %s\n", path);
-    exit(1);
-  }
-  Source src = {.path = path, .text = text, .len = len};
-  Diag d;
-  fe_diag_init(&d, &src);
-  AstFile *f = fe_parse(&src, &d);
-  fe_config_defaults(cfg);
-  if (d.errors == 0) fe_sema(f, cfg, &d);
-  if (d.errors) {
-    fprintf(stderr, "%s has errors\n", path);
-    exit(1);
-  }
-  return f;
-}
 
 static uint64_t bcast_of(const Node *n) {
   uint64_t b = 0;
@@ -524,7 +504,7 @@ int main(int argc, char **argv) {
   int total = 0;
   for (int a = 3; a < argc; a++) {
     Config cfg;
-    AstFile *f = fs[a] = load(argv[a], &cfg, &texts[a]);
+    AstFile *f = fs[a] = test_load_model(argv[a], &cfg, &texts[a]);
 #ifdef MOEC_HAVE_CUDA
     cfg.backend = BK_CUDA; /* fusion as a cuda run has it */
 #endif

@@ -208,6 +208,39 @@ template <typename A> __device__ A rt_d_block_max(A v) {
 }
 #endif
 
+/* ---------------------------------------------------------------- sorted segments */
+#ifndef MOEC_RT_CUDA_SEGMENTS
+#define MOEC_RT_CUDA_SEGMENTS
+/* First index i in the ascending a[0..n) with a[i] >= key. */
+__device__ __forceinline__ int64_t lower_bound_i32(const int32_t *a, int64_t n, int32_t key) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    int64_t mid = (lo + hi) >> 1;
+    if (a[mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* out[k,c] = sum of g[perm[j],c] over the run of skeys equal to k, in sorted order
+ * (skeys[0..R) ascending, from a stable sort, perm the original rows): each (k,c)
+ * finds its run by binary search, so the sum order is fixed (no atomics). Keys
+ * outside [0, K) are never summed. Embedding's dW (keys = ids) and the MoE's
+ * scatter back to token rows (keys = row of each slot). */
+template <typename T>
+__global__ void rt_d_segment_sum_rows(const int32_t *skeys, const int32_t *perm, int64_t R,
+                                      const T *g, T *out, int64_t K, int64_t D) {
+  GRID_STRIDE(i, K * D) {
+    int32_t k = (int32_t)(i / D);
+    int64_t c = i % D;
+    int64_t lo = lower_bound_i32(skeys, R, k), hi = lower_bound_i32(skeys, R, k + 1);
+    T acc = 0;
+    for (int64_t j = lo; j < hi; j++) acc += g[(int64_t)perm[j] * D + c];
+    out[i] = acc;
+  }
+}
+#endif
+
 /* Stable sort of int keys in [0, maxkey] (kernels_moe.cu, CUB radix sort over just
  * the bits maxkey needs: in effect a counting sort): sorted_keys and perm (the
  * original index of each sorted element; equal keys keep their order). temp must

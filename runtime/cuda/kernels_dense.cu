@@ -255,32 +255,6 @@ static void k_embedding(const KernelCtx *ctx, const Node *n, void *const *in, vo
   CUDA_LAUNCH_CHECK();
 }
 
-/* dW[v,c] = sum of g[r,c] over the rows r with ids[r] == v, in row order: the
- * rows are stably sorted by id, each (v,c) finds its run by binary search. Ids out
- * of range are skipped (the forward embedding reported them). */
-__device__ __forceinline__ int64_t lower_bound_i32(const int32_t *a, int64_t n, int32_t key) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    int64_t mid = (lo + hi) >> 1;
-    if (a[mid] < key) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-template <typename T>
-__global__ void embedding_bwd_kernel(const int32_t *skeys, const int32_t *perm, int64_t R,
-                                     const T *g, T *dW, int64_t V, int64_t D) {
-  GRID_STRIDE(i, V * D) {
-    int32_t v = (int32_t)(i / D);
-    int64_t c = i % D;
-    int64_t lo = lower_bound_i32(skeys, R, v), hi = lower_bound_i32(skeys, R, v + 1);
-    T acc = 0;
-    for (int64_t j = lo; j < hi; j++) acc += g[(int64_t)perm[j] * D + c];
-    dW[i] = acc;
-  }
-}
-
 /* Out-of-range ids become key V (sorted last, never summed). */
 __global__ void clamp_ids_kernel(const int32_t *ids, int32_t *keys, int64_t n, int32_t V) {
   GRID_STRIDE(i, n) {
@@ -303,7 +277,9 @@ static void k_embedding_bwd(const KernelCtx *ctx, const Node *n, void *const *in
                                                                          (int32_t)V);
   CUDA_LAUNCH_CHECK();
   rt_cuda_sort_keys(d, keys, R, (int32_t)V, temp, iota, skeys, perm);
-  embedding_bwd_kernel<T><<<rt_cuda_blocks(V * D), RT_CUDA_THREADS, 0, d->stream>>>(
+  /* dW[v,c] = sum of g[r,c] over the rows with ids[r] == v, in row order; ids out of
+   * range (key V) are skipped: the forward embedding reported them */
+  rt_d_segment_sum_rows<T><<<rt_cuda_blocks(V * D), RT_CUDA_THREADS, 0, d->stream>>>(
       skeys, perm, R, IN(1, T), OUT(0, T), V, D);
   CUDA_LAUNCH_CHECK();
 }

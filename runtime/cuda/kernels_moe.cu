@@ -57,16 +57,6 @@ void rt_cuda_sort_keys(RtCudaDev *d, const int32_t *keys, int64_t n, int32_t max
                                              0, key_bits(maxkey), d->stream));
 }
 
-__device__ __forceinline__ int64_t lower_bound_i32(const int32_t *a, int64_t n, int32_t key) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    int64_t mid = (lo + hi) >> 1;
-    if (a[mid] < key) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
 /* The expert owning row r: the e with offsets[e] <= r < offsets[e+1]; -1 if none. */
 __device__ __forceinline__ int expert_of_row(const int32_t *off, int E, int64_t r) {
   if (r < off[0] || r >= off[E]) return -1;
@@ -1046,27 +1036,13 @@ static void k_gather_rows(const KernelCtx *ctx, const Node *n, void *const *in, 
   CUDA_LAUNCH_CHECK();
 }
 
-/* dx[n,c] = sum over the slots s of row n, ascending, of g[s,c] */
-template <typename T>
-__global__ void scatter_rows_kernel(const int32_t *skeys, const int32_t *perm, int64_t R,
-                                    const T *g, T *dx, int64_t N, int64_t D) {
-  GRID_STRIDE(i, N * D) {
-    int32_t r = (int32_t)(i / D);
-    int64_t c = i % D;
-    int64_t lo = lower_bound_i32(skeys, R, r), hi = lower_bound_i32(skeys, R, r + 1);
-    T acc = 0;
-    for (int64_t j = lo; j < hi; j++) acc += g[(int64_t)perm[j] * D + c];
-    dx[i] = acc;
-  }
-}
-
 template <typename T>
 static void k_scatter_rows(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t D = rt_last_dim(n->in[0]), R = n->in[1]->numel, N = n->in[2]->shape[0];
   RtCarve cv = {(char *)rt_cuda_scratch(d, slots_by_row_bytes(R, (int32_t)N)), 0};
   SlotsByRow sr = slots_by_row(d, cv, I32IN(1), R, (int32_t)N);
-  scatter_rows_kernel<T><<<rt_cuda_blocks(N * D), RT_CUDA_THREADS, 0, d->stream>>>(
+  rt_d_segment_sum_rows<T><<<rt_cuda_blocks(N * D), RT_CUDA_THREADS, 0, d->stream>>>(
       sr.skeys, sr.perm, R, IN(0, T), OUT(0, T), N, D);
   CUDA_LAUNCH_CHECK();
 }

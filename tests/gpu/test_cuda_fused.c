@@ -24,6 +24,7 @@
 #include "passes/passes.h"
 #include "runtime/train.h"
 #include "tests/test.h"
+#include "tests/test_model.h"
 #ifdef MOEC_HAVE_CUDA
 #include "runtime/cuda/cuda.h"
 #endif
@@ -47,27 +48,6 @@ static int cmp_double(const void *a, const void *b) {
   return (*(const double *)a > *(const double *)b) - (*(const double *)a < *(const double *)b);
 }
 
-static AstFile *load(const char *path, Config *cfg, char **textp) {
-  size_t len = 0;
-  char *text = mc_read_file(path, &len); /* the AST keeps pointers into it */
-  *textp = text;
-  if (!text) {
-    fprintf(stderr, "cannot read %s\n", path);
-    exit(1);
-  }
-  Source src = {.path = path, .text = text, .len = len};
-  Diag d;
-  fe_diag_init(&d, &src);
-  AstFile *f = fe_parse(&src, &d);
-  fe_config_defaults(cfg);
-  if (d.errors == 0) fe_sema(f, cfg, &d);
-  if (d.errors) {
-    fprintf(stderr, "%s has errors\n", path);
-    exit(1);
-  }
-  return f;
-}
-
 static uint64_t fnv(const void *p, size_t n, uint64_t h) {
   const unsigned char *s = p;
   for (size_t i = 0; i < n; i++)
@@ -87,7 +67,7 @@ static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) 
   setenv("MOEC_CUDA_FUSE", fuse ? "1" : "0", 1);
   Config cfg;
   char *text = NULL;
-  AstFile *f = load(path, &cfg, &text);
+  AstFile *f = test_load_model(path, &cfg, &text);
   cfg.backend = BK_CUDA;
   Graph *g = ir_build(f, &cfg);
   PassCtx pc = {&cfg, 1, true};
