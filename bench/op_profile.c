@@ -101,11 +101,11 @@ int main(int argc, char **argv) {
   if (d.errors) return 1;
 
   Graph *g = ir_build(f, &cfg);
-  PassCtx pc = {&cfg, 1, true};
+  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);
-  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, cg_f32(p, g->params[i]));
+  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, rt_f32(p, g->params[i]));
 
   /* token inputs: ids below the smallest embedding / softmax vocabulary */
   int64_t vocab = 1 << 30;
@@ -118,7 +118,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < g->ninputs; i++) {
     const Tensor *t = g->inputs[i];
     if (t->ty.dtype != DT_I32) continue;
-    int32_t *v = cg_i32(p, t);
+    int32_t *v = rt_i32(p, t);
     for (int64_t j = 0; j < t->numel; j++)
       v[j] = (int32_t)(mc_rng_uniform(key, (uint64_t)(i * t->numel + j)) * (double)vocab) %
              (int32_t)vocab;

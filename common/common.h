@@ -5,6 +5,7 @@
 #define MOEC_COMMON_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -67,6 +68,20 @@ void mc_buf_free(McBuf *b);
 
 /* Reads a whole file; NULL with errno set on failure. *len excludes the NUL added. */
 char *mc_read_file(const char *path, size_t *len);
+
+/* Developer diagnostics, off unless MOEC_DEBUG lists them (read once, by the
+ * command line at startup: mc_debug_from_env): memplan (the peak of every memory
+ * plan on stderr), memplan_all (every tensor's lifetime), jit (LLVM IR after
+ * optimisation), nvrtc (generated CUDA source). They change no result. */
+typedef struct McDebug {
+  bool memplan, memplan_all, jit, nvrtc;
+} McDebug;
+extern McDebug mc_debug;
+void mc_debug_from_env(void);
+
+/* version.c: "0.9.0 (abc1234)"; the features built in: "cpu, llvm, mpi, cuda, ...". */
+const char *mc_version(void);
+const char *mc_features(void);
 
 /* Monotonic wall clock in seconds. */
 double mc_now(void);

@@ -43,20 +43,26 @@ char *type_str(const Type *t, char *buf, size_t n); /* "f32[B, T, 512]" */
 
 /* ---------------------------------------------------------------- diag.c */
 
+typedef struct Source Source;
+
 typedef struct Loc {
   int line, col;         /* 1-based, first character */
   int end_line, end_col; /* last character, inclusive */
+  const Source *src;     /* the text it is in; NULL: the diagnostics' main file */
 } Loc;
 
-typedef struct Source {
+struct Source {
   const char *path; /* as given on the command line */
   const char *text; /* whole file, NUL-terminated (may contain NULs: use len) */
   size_t len;
-} Source;
+  bool cmdline; /* settings given on the command line: paths in it are relative to the
+                   working directory, not to the .moe file */
+};
 
 typedef struct Diag {
   const Source *src;
   int errors, warnings;
+  int cmdline_errors; /* of them, errors in settings given on the command line */
   int max_errors;   /* further errors are counted, not printed; default 20 */
   FILE *out;        /* stderr by default; tests point it at a buffer */
 } Diag;
@@ -140,12 +146,21 @@ typedef struct AstFile {
   Block *model, *train, *plan;
   McArena arena; /* owns every node and string */
   char *owned_text; /* src.text when the file owns it (drv_load); freed by fe_ast_free */
+  struct AstFile *overrides; /* settings merged in from elsewhere (the command line): their
+                                statements live there; freed with this file */
 } AstFile;
 
 /* Parses src into a new AstFile (never NULL). Errors go to d; returns with
  * d->errors > 0 on a syntax error. Never crashes or hangs on any input. */
 AstFile *fe_parse(const Source *src, Diag *d);
+/* The same for a text of train and plan blocks only (settings given on the command
+ * line): a model block in it is an error. */
+AstFile *fe_parse_settings(const Source *src, Diag *d);
 void fe_ast_free(AstFile *f);
+/* override.c: merges the settings of o (fe_parse_settings) into f before sema: a
+ * setting replaces the file's of the same name; NAME = _(K = V) sets arguments of the
+ * file's call; place rules are appended. f takes o over (freed with f). */
+void fe_merge_settings(AstFile *f, AstFile *o, Diag *d);
 
 /* ---------------------------------------------------------------- layers (layers.def) */
 
@@ -219,6 +234,8 @@ typedef struct Config {
   bool fuse;
   BackendKind backend;
   PlaceRule *rules;
+  /* where some settings were made (line 0: the default), for messages found later */
+  Loc batch_loc, devices_loc, memory_budget_loc, backend_loc;
 } Config;
 
 void fe_config_defaults(Config *c);

@@ -130,11 +130,13 @@ int yylex(YYSTYPE *yylval_param, YYLTYPE *yylloc_param, yyscan_t yyscanner);
 #define YYLLOC_DEFAULT(Cur, Rhs, N)                                                               \
   do {                                                                                            \
     if (N) {                                                                                      \
+      (Cur).src = YYRHSLOC(Rhs, 1).src;                                                           \
       (Cur).line = YYRHSLOC(Rhs, 1).line;                                                         \
       (Cur).col = YYRHSLOC(Rhs, 1).col;                                                           \
       (Cur).end_line = YYRHSLOC(Rhs, N).end_line;                                                 \
       (Cur).end_col = YYRHSLOC(Rhs, N).end_col;                                                   \
     } else {                                                                                      \
+      (Cur).src = YYRHSLOC(Rhs, 0).src;                                                           \
       (Cur).line = (Cur).end_line = YYRHSLOC(Rhs, 0).end_line;                                    \
       (Cur).col = (Cur).end_col = YYRHSLOC(Rhs, 0).end_col + 1;                                   \
     }                                                                                             \
@@ -535,7 +537,7 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, yyscan_t scanner, PSta
   Loc at_la = loc, after_prev = loc;
   if (prev->kind != YYEOF && la->kind != YYEOF && la->loc.line > prev->loc.end_line)
     after_prev = (Loc){prev->loc.end_line, prev->loc.end_col + 1, prev->loc.end_line,
-                       prev->loc.end_col + 1};
+                       prev->loc.end_col + 1, prev->loc.src};
 
   yysymbol_kind_t ex[YYNTOKENS];
   int nex = yypcontext_expected_tokens(ctx, ex, YYNTOKENS);

@@ -844,6 +844,12 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
              av[LA_EXPERTS]);
     return verr;
   }
+  if (id == L_HMOE && av[LA_GATING] == LAE_BATCHWISE) {
+    fe_error(d, arg_loc(e, ls, LA_GATING),
+             "hmoe does not support gating = batchwise (the paper defines balanced gating for "
+             "a flat moe only): use noisy_topk or softmax, or a moe layer");
+    return verr;
+  }
   if (id == L_HMOE && av[LA_GATING] != LAE_SOFTMAX) {
     bool bad = false;
     if (av[LA_K_GROUP] > av[LA_GROUPS]) {
@@ -1159,7 +1165,8 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     }
     size_t n = strlen(e->str);
     c->data = n > 4 && !strcmp(e->str + n - 4, ".bin") ? DATA_BIN : DATA_TEXT;
-    c->data_path = resolve_path(S, e->str);
+    /* a path from the command line is the user's, relative to the working directory */
+    c->data_path = e->loc.src && e->loc.src->cmdline ? e->str : resolve_path(S, e->str);
     return NULL;
   }
   if (call_named(e, "synthetic")) {
@@ -1281,6 +1288,7 @@ static void check_train(Sema *S, Block *b) {
     switch (key) {
     case TK_BATCH:
       if (const_int(S, e, "batch", 1, 1 << 20, &v)) c->batch = (int)v;
+      c->batch_loc = e->loc;
       break;
     case TK_UNROLL:
       if (const_int(S, e, "unroll", 1, 1 << 20, &v)) c->unroll = (int)v;
@@ -1517,6 +1525,10 @@ static void check_plan(Sema *S, Block *b) {
   /* devices first: mesh is checked against it wherever it stands */
   if (st[PK_DEVICES] && const_int(S, st[PK_DEVICES]->value, "devices", 1, 65536, &v))
     c->devices = (int)v;
+  if (st[PK_DEVICES]) c->devices_loc = st[PK_DEVICES]->value->loc;
+  if (st[PK_MESH]) c->devices_loc = st[PK_MESH]->value->loc;
+  if (st[PK_MEMORY]) c->memory_budget_loc = st[PK_MEMORY]->value->loc;
+  if (st[PK_BACKEND]) c->backend_loc = st[PK_BACKEND]->value->loc;
   c->mesh_nodes = 1;
   c->mesh_per_node = c->devices;
   for (Stmt *s = b ? b->stmts : NULL; s; s = s->next) {
@@ -1578,6 +1590,22 @@ static void check_plan(Sema *S, Block *b) {
     }
 }
 
+/* Each device trains on its share of the batch: the batch must split evenly. */
+static void check_batch_split(Sema *S) {
+  const Config *c = S->cfg;
+  if (c->devices <= 1 || c->batch % c->devices == 0) return;
+  Loc at = c->devices_loc.line ? c->devices_loc : c->batch_loc;
+  if (c->batch < c->devices)
+    fe_error(S->d, at, "%d devices but a batch has %d rows: each device needs at least one row",
+             c->devices, c->batch);
+  else
+    fe_error(S->d, at,
+             "batch %d does not split evenly over %d devices: use a batch that is a multiple "
+             "of the device count",
+             c->batch, c->devices);
+  if (c->batch_loc.line && at.line != c->batch_loc.line) fe_note(S->d, c->batch_loc, "the batch is set here");
+}
+
 /* ---------------------------------------------------------------- entry points */
 
 void fe_config_defaults(Config *c) {
@@ -1612,13 +1640,14 @@ bool fe_sema(AstFile *f, Config *cfg, Diag *d) {
   if (!f || d->errors > 0) return false; /* a broken AST is never checked further */
   Sema S = {.f = f, .d = d, .cfg = cfg, .arena = &f->arena};
   if (!f->model) {
-    fe_error(d, (Loc){1, 1, 1, 1},
+    fe_error(d, (Loc){1, 1, 1, 1, NULL},
              "no 'model' block: a file describes one model, 'model NAME { ... }'");
     return false;
   }
   check_model(&S, f->model);
   check_train(&S, f->train);
   check_plan(&S, f->plan);
+  if (d->errors == 0) check_batch_split(&S);
   mc_free(S.syms.slot);
   mc_free(S.syms.order);
   mc_free(S.embeds);

@@ -6,6 +6,7 @@
  *   grads_moe.c     : gradient rules of the MoE ops
  *   graph.c         : tensors, nodes, the graph; binding B and T
  *   build.c         : checked AST -> graph (layers expand into primitive ops)
+ *   devices.c       : device sets and expert shards of a placed graph (queries)
  *   print.c         : the text printer (moec ir)
  *
  * A graph is a list of nodes in a valid execution order (the order they were
@@ -102,6 +103,21 @@ struct Tensor {
 
 #define IR_MAX_ATTR 4
 
+/* The expression program of an OP_FUSED node (made by passes/fusion.c; compiled by
+ * codegen/jit.c on the cpu and codegen/nvrtc.c on cuda). Slots [0, nin) are the node's
+ * inputs, slot nin + k the value of instruction k; outs[j] the slot of output j. */
+typedef struct FusedInstr {
+  OpKind op;     /* OP_ADD ... OP_SOFTPLUS_BWD (elementwise, not random) */
+  int a, b;      /* operand slots (b = -1 for unary ops) */
+  double f0, f1; /* OP_SCALE's fa[0], fa[1] */
+} FusedInstr;
+
+typedef struct FusedProg {
+  int nin, nops, nout;
+  FusedInstr *ops; /* nops */
+  int *outs;       /* nout slots */
+} FusedProg;
+
 struct Node {
   int id;
   OpKind op;
@@ -117,6 +133,7 @@ struct Node {
   int device;        /* -1 = every device (data-parallel) */
   const int *devices; int ndevices; /* placement: an explicit device set (on(...)); 0 = none */
   int fused_group;   /* -1 = none */
+  const FusedProg *fused; /* OP_FUSED: its program (in the graph's arena) */
   int recompute_seg; /* -1 = none */
   Node *recompute_of; /* a recompute clone (passes/recompute.c): the forward node it repeats */
 };
@@ -148,7 +165,10 @@ struct Graph {
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
-  int64_t B, T;      /* bound values, 0 until ir_bind */
+  int64_t B, T;      /* bound values, 0 until ir_bind (a device graph: its rows) */
+  /* the bind pass: whose graph this is. Global: rank 0 of ndev 1 at the whole batch */
+  int rank, ndev;    /* device rank of ndev (1 on the global graph of any placement) */
+  int64_t B_global;  /* rows of the whole batch */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
   MemFigures mem;    /* memplan pass: zero until planned */
@@ -197,6 +217,49 @@ void ir_add_state(Graph *g, Tensor *state, Tensor *next);
  * returns the output with x's leading dims and sets *aux to its scalar aux loss. */
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
 Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
+
+/* The program of an OP_FUSED node (NULL for any other node). */
+static inline const FusedProg *ir_fused_prog(const Node *n) {
+  return n && n->op == OP_FUSED ? n->fused : NULL;
+}
+
+/* ---------------------------------------------------------------- devices.c */
+
+/* Device sets are bit masks (bit d = device d; P <= 64 devices). */
+uint64_t ir_all_mask(int P);
+/* The devices node n runs on: all P, one (n->device), or its on(...) list. NULL: all. */
+uint64_t ir_node_mask(const Node *n, int P);
+int ir_node_set_size(const Node *n, int P);
+/* The devices holding tensor t's batch rows: its producer's set (a reshard's: the set it
+ * moves rows to; all_to_all_back's: the batch side's); inputs, params and states: all. */
+uint64_t ir_tensor_mask(const Tensor *t, int P);
+/* Does device rank run node n? Devices outside a node's set skip it. */
+bool ir_runs_on(const Node *n, int rank, int P);
+/* True when some node runs on a subset of the P devices. */
+bool ir_has_subsets(const Graph *g, int P);
+/* Where node n's rows are on device rank of P (global batch B): on a subset S, this
+ * device's index in S, |S| devices, and its rows of the batch split over S; otherwise
+ * rank, P and B/P rows. Kernels see these as their KernelCtx. */
+typedef struct IrSubCtx {
+  int64_t batch0, batch_local;
+  int device, ndevices;
+} IrSubCtx;
+IrSubCtx ir_node_subctx(const Node *n, int rank, int P, int64_t B);
+
+/* An expert-sharded parameter: dim 0 indexes experts [first, first + count) of MoE layer
+ * `moe`; expert e lives on g->moe_expert_dev[moe][e] (its owner map). */
+typedef struct ExpertShard {
+  int moe;
+  int64_t first, count;
+} ExpertShard;
+/* True (and *s filled; s may be NULL) when t is such a parameter of a placed graph (moe
+ * layers' LAYER.w1, b1, w2, b2; an hmoe's LAYER.gJ.w1 ...: first J*Eg, count Eg) and its
+ * layer is sharded (every expert parameter of it attributed). */
+bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
+/* True when every expert parameter of MoE layer m is attributed (it can be sharded). */
+bool ir_layer_sharded(const Graph *g, int m);
+/* The experts of s on device `rank`, in global order, into list (NULL: only count). */
+int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
 
 /* ---------------------------------------------------------------- print.c */
 

@@ -117,25 +117,6 @@ typedef struct Comm {
   Tensor **recv; /* by moe index: received offsets */
 } Comm;
 
-static int set_size(const Node *n, int P) {
-  return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
-}
-
-/* Device sets as bit masks (bit d = device d; P <= 64): all devices, one, or a list. */
-static uint64_t all_mask(int P) {
-  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
-}
-
-static uint64_t set_mask(const Node *n, int P) {
-  if (!n) return all_mask(P); /* inputs: fed to every device */
-  if (n->device >= 0) return (uint64_t)1 << n->device;
-  if (n->ndevices <= 0) return all_mask(P);
-  uint64_t m = 0;
-  for (int i = 0; i < n->ndevices; i++)
-    m |= (uint64_t)1 << n->devices[i];
-  return m;
-}
-
 static int popcount(uint64_t m) {
   return __builtin_popcountll(m);
 }
@@ -145,7 +126,7 @@ static void set_devices(Graph *g, Node *n, uint64_t m, int P) {
   n->device = -1;
   n->devices = NULL;
   n->ndevices = 0;
-  if (m == all_mask(P)) return;
+  if (m == ir_all_mask(P)) return;
   if (popcount(m) == 1) {
     n->device = __builtin_ctzll(m);
     return;
@@ -259,9 +240,9 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Tensor *in[2] = {t, off};
       Node *n = new_node(c, OP_ALL_TO_ALL, 2, in, reader, reader, false, "@experts");
       n->ia[0] = moe;
-      n->ia[1] = set_size(reader, c->P);
-      n->ia[2] = (int64_t)set_mask(p, c->P); /* the batch side: who sends rows */
-      n->fa[0] = remote_fraction(g, moe, set_mask(p, c->P));
+      n->ia[1] = ir_node_set_size(reader, c->P);
+      n->ia[2] = (int64_t)ir_node_mask(p, c->P); /* the batch side: who sends rows */
+      n->fa[0] = remote_fraction(g, moe, ir_node_mask(p, c->P));
       n->out[0]->part = n->out[1]->part = PART_EXPERTS;
       c->a2a[t->id] = n->out[0];
       if (!c->recv[moe]) c->recv[moe] = n->out[1];
@@ -276,19 +257,19 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Tensor *in[2] = {t, off};
       Node *n = new_node(c, OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false, "@batch");
       n->ia[0] = moe;
-      n->ia[1] = set_size(p, c->P);
-      n->ia[2] = (int64_t)set_mask(reader, c->P); /* the batch side: who gets rows back */
-      n->fa[0] = remote_fraction(g, moe, set_mask(reader, c->P));
+      n->ia[1] = ir_node_set_size(p, c->P);
+      n->ia[2] = (int64_t)ir_node_mask(reader, c->P); /* the batch side: who gets rows back */
+      n->fa[0] = remote_fraction(g, moe, ir_node_mask(reader, c->P));
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }
     reader->in[slot] = c->a2a[t->id];
   } else if (!re && !pe && rows && (p || t->kind == TK_INPUT) &&
-             set_mask(p, c->P) != set_mask(reader, c->P)) { /* on(...): rows move */
+             ir_node_mask(p, c->P) != ir_node_mask(reader, c->P)) { /* on(...): rows move */
     if (!c->a2a[t->id]) {
       Tensor *in[1] = {t};
       Node *n = new_node(c, OP_RESHARD, 1, in, reader, reader, false, "@reshard");
-      uint64_t a = set_mask(p, c->P), b = set_mask(reader, c->P);
+      uint64_t a = ir_node_mask(p, c->P), b = ir_node_mask(reader, c->P);
       n->ia[0] = popcount(a);
       n->ia[1] = popcount(b);
       n->ia[2] = (int64_t)a; /* from: rows in batch order over a's devices, ascending */
@@ -307,7 +288,7 @@ static void rewire(Comm *c, Node *reader, int slot) {
 static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
   Graph *g = c->g;
   Node *p = t->producer;
-  int nd = set_size(p, c->P);
+  int nd = ir_node_set_size(p, c->P);
   if (nd <= 1) {
     t->part = PART_REPLICATED;
     return t;
@@ -353,9 +334,9 @@ static bool hmoe_global_load(Comm *c, int moe) {
       rs = g->nodes[k];
   MOEC_ASSERT(rs != NULL);
   Tensor *off = div->in[1], *in[1] = {off};
-  if (off->part == PART_PARTIAL && set_size(off->producer, c->P) > 1) {
+  if (off->part == PART_PARTIAL && ir_node_set_size(off->producer, c->P) > 1) {
     Node *n = new_node(c, OP_ALL_REDUCE, 1, in, off->producer, off->producer, true, "@sum");
-    n->ia[0] = set_size(off->producer, c->P);
+    n->ia[0] = ir_node_set_size(off->producer, c->P);
     n->out[0]->part = PART_REPLICATED;
     for (int k = 0; k < g->nnodes; k++)
       if (g->nodes[k]->op == OP_DIV_GROUP_ROWS && g->nodes[k]->in[1] == off)
@@ -374,7 +355,7 @@ static bool hmoe_global_load(Comm *c, int moe) {
  * loss is a mean over the global batch: divided by N*P here, all-reduced. */
 static void batchwise_global(Comm *c, Node *route) {
   Graph *g = c->g;
-  int nd = set_size(route, c->P);
+  int nd = ir_node_set_size(route, c->P);
   if (nd <= 1 || route->nin != 2) return;
   Tensor *in[2] = {route->in[0], route->in[1]};
   int64_t ia[IR_MAX_ATTR] = {route->ia[0], nd};

@@ -150,7 +150,7 @@ static bool overlap_in_time(const Live *a, const Live *b) {
   return a->def <= b->last && b->def <= a->last;
 }
 
-/* MOEC_MEMPLAN_TRACE=1: the node where the most bytes are alive, and what they are. */
+/* MOEC_DEBUG=memplan: the node where the most bytes are alive, and what they are. */
 static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags) {
   int64_t live = 0, best = -1;
   int at = 0;
@@ -164,7 +164,7 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
           at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
-  bool all = !strcmp(getenv("MOEC_MEMPLAN_TRACE"), "all");
+  bool all = mc_debug.memplan_all;
   for (int i = 0; i < g->ntensors; i++)
     if (all || (L[i].def >= 0 && L[i].def <= at && at <= L[i].last))
       fprintf(stderr, "  %-32s %10lld  [%d, %d]\n", g->tensors[i]->name, (long long)L[i].size,
@@ -239,7 +239,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
     live += delta[k];
     if (live > mf.live_max) mf.live_max = live;
   }
-  if (getenv("MOEC_MEMPLAN_TRACE")) trace(g, L, delta, flags);
+  if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
       offsets[i] = L[i].def == PERSIST ? L[i].off : L[i].def >= 0 ? mf.persist + L[i].off : -1;
@@ -302,8 +302,6 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem) {
 }
 
 void pass_memplan(Graph *g, const PassCtx *ctx) {
-  /* Shapes are symbolic here: plan at the config's batch and unroll, in f32. */
-  int64_t B = ctx->cfg && ctx->cfg->batch > 0 ? ctx->cfg->batch : 32;
-  int64_t T = ctx->cfg && ctx->cfg->unroll > 0 ? ctx->cfg->unroll : 20;
-  assign(g, B, T, sizeof(float));
+  MOEC_ASSERT(g->B > 0 && g->T > 0); /* after the bind pass */
+  assign(g, g->B, g->T, ctx->elem ? ctx->elem : sizeof(float));
 }

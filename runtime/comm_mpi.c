@@ -37,9 +37,10 @@ bool rt_comm_mpi_launched(void) {
 
 #ifndef MOEC_HAVE_MPI
 
-Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why) {
   (void)argc;
   (void)argv;
+  (void)o;
   if (why)
     *why = "moec was built without MPI (no MPI found at configure time, or -DMOEC_MPI=OFF); "
            "install libopenmpi-dev and rebuild";
@@ -424,7 +425,8 @@ static Comm *mpi_subset(Comm *c, uint64_t mask) {
 
 /* ------------------------------------------------------------------ init / finalize */
 
-Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why) {
+  const CommOpts opts = o ? *o : comm_opts_default();
   int inited = 0;
   MPI_CHECK(MPI_Initialized(&inited));
   MpiComm *m = mc_calloc(1, sizeof(MpiComm));
@@ -440,17 +442,9 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->mc));
   MPI_CHECK(MPI_Comm_set_errhandler(m->mc, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_size(m->mc, &size));
-  m->timeout = comm_timeout_from_env();
-  const char *ck = getenv("MOEC_COMM_CHECK");
-  m->check = ck && *ck && strcmp(ck, "0") != 0;
-  m->chunk = INT_MAX;
-  const char *cs = getenv("MOEC_COMM_MPI_CHUNK");
-  if (cs && *cs) {
-    char *end;
-    long long v = strtoll(cs, &end, 10);
-    if (*end || v < 1 || v > INT_MAX) mc_die("MOEC_COMM_MPI_CHUNK='%s' is not 1..2^31-1 bytes", cs);
-    m->chunk = v;
-  }
+  m->timeout = opts.timeout;
+  m->check = opts.check;
+  m->chunk = opts.mpi_chunk > 0 ? opts.mpi_chunk : INT_MAX;
   m->ib = mc_malloc(sizeof(int) * 4 * (size_t)size);
   m->comm = (Comm){.name = "mpi",
                    .rank = rank,

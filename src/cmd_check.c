@@ -1,23 +1,29 @@
-/* cmd_check.c: `moec check FILE [--json]`: parse and check a .moe file, then
- * print its layers (kind, output type, parameters, multiply-adds per
- * timestep), the totals the paper reports (params_core, ops_per_timestep) and
- * the train and plan settings in effect. Errors: the diagnostics, exit 1. */
+/* cmd_check.c: `moec check FILE [--json] [settings]`: parse and check a .moe file and
+ * compile it as a run would (every pass, on the plan's devices), then print its layers
+ * (kind, output type, parameters, multiply-adds per timestep), the totals the paper
+ * reports (params_core, ops_per_timestep) and the train and plan settings in effect.
+ * Errors (anything `moec run` would refuse): the diagnostics, exit 1. */
 #include <string.h>
 
 #include "cli.h"
 
-static const char *const usage_text =
-    "usage: moec check FILE [--json]\n"
-    "\n"
-    "Parses and checks FILE, then prints the model's layers with their output\n"
-    "types, parameter counts and forward multiply-adds per timestep, and the\n"
-    "totals: params, params_core (without embedding and softmax, as the paper\n"
-    "counts) and ops_per_timestep. Errors are printed as file:line:col with the\n"
-    "source line and a caret; the exit status is then 1.\n"
-    "\n"
-    "options:\n"
-    "  --json     print one JSON object instead of the table\n"
-    "  -h, --help this text\n";
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: moec check FILE [--json] [settings]\n"
+          "\n"
+          "Parses and checks FILE and compiles its training step on the plan's devices as\n"
+          "`moec run` would, then prints the model's layers with their output types,\n"
+          "parameter counts and forward multiply-adds per timestep, and the totals: params,\n"
+          "params_core (without embedding and softmax, as the paper counts) and\n"
+          "ops_per_timestep. Errors (whatever `moec run` would refuse) are printed as\n"
+          "file:line:col with the source line and a caret; the exit status is then 1.\n"
+          "\n"
+          "options:\n"
+          "  --json     print one JSON object instead of the table\n"
+          "  -h, --help this text\n\n"
+          "settings (each overrides the train/plan setting of the same name):\n");
+  drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
+}
 
 /* 37834752 -> "37,834,752" */
 static const char *commas(int64_t v, char *buf, size_t n) {
@@ -148,7 +154,6 @@ static const Expr **layer_calls(AstFile *f, McArena *a, int n) {
 }
 
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
-static const char *const place_names[] = {"replicate", "shard(experts)", "on"};
 
 static void print_text(const char *path, const ModelSummary *s, const Config *c,
                        const Expr **calls) {
@@ -219,82 +224,47 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
                   l->loc.line, (long long)l->params, (long long)l->ops_per_token,
                   l->core ? "true" : "false");
   }
-  mc_buf_printf(&b, "], \"train\": {\"data\": ");
-  if (c->data == DATA_SYNTHETIC) {
-    mc_buf_printf(&b, "{\"kind\": \"synthetic\", \"topics\": %d, \"vocab\": %d, \"seed\": %llu}",
-                  c->topics, c->vocab, (unsigned long long)c->data_seed);
-  } else {
-    mc_buf_printf(&b, "{\"kind\": \"%s\", \"path\": ", c->data == DATA_BIN ? "bin" : "text");
-    mc_buf_json_string(&b, c->data_path ? c->data_path : "");
-    mc_buf_printf(&b, "}");
-  }
-  mc_buf_printf(&b,
-                ", \"batch\": %d, \"unroll\": %d, \"steps\": %d, \"eval_every\": %d, "
-                "\"optimizer\": {\"kind\": \"%s\", \"lr\": %.17g, \"beta1\": %.17g, \"beta2\": "
-                "%.17g, \"eps\": %.17g}, \"clip\": %.17g, \"seed\": %llu}",
-                c->batch, c->unroll, c->steps, c->eval_every,
-                c->optimizer == OPT_ADAM ? "adam" : "factored", c->lr, c->beta1, c->beta2, c->eps,
-                c->clip, (unsigned long long)c->seed);
-  char r[512];
-  mc_buf_printf(&b,
-                ", \"plan\": {\"devices\": %d, \"mesh\": [%d, %d], \"strategy\": \"%s\", "
-                "\"experts\": \"%s\", \"recompute\": ",
-                c->devices, c->mesh_nodes, c->mesh_per_node, c->strategy, c->expert_policy);
-  mc_buf_json_string(&b, recompute_str(c, r, sizeof r));
-  mc_buf_printf(&b, ", \"memory_budget\": %.17g, \"fuse\": %s, \"backend\": \"%s\", \"place\": [",
-                c->memory_budget, c->fuse ? "true" : "false", backend_names[c->backend]);
-  int i = 0;
-  for (PlaceRule *p = c->rules; p; p = p->next, i++) {
-    mc_buf_printf(&b, "%s{\"pattern\": ", i ? ", " : "");
-    mc_buf_json_string(&b, p->pattern);
-    mc_buf_printf(&b, ", \"rule\": \"%s\"", place_names[p->kind]);
-    if (p->kind == PK_ON) {
-      mc_buf_printf(&b, ", \"devices\": [");
-      for (int j = 0; j < p->ndevices; j++)
-        mc_buf_printf(&b, "%s%d", j ? ", " : "", p->devices[j]);
-      mc_buf_printf(&b, "]");
-    }
-    mc_buf_printf(&b, "}");
-  }
-  mc_buf_printf(&b, "]}}\n");
+  char *settings = drv_settings_json(c, NULL);
+  mc_buf_printf(&b, "], %s\n", settings + 1); /* the settings object's train and plan members */
+  mc_free(settings);
   fputs(b.data, stdout);
   mc_buf_free(&b);
 }
 
+static int check_flags(int argc, char **argv, int *i, void *ctx) {
+  if (strcmp(argv[*i], "--json")) return 0;
+  *(bool *)ctx = true;
+  return 1;
+}
+
 int cmd_check(int argc, char **argv) {
-  if (drv_wants_help(argc, argv)) {
-    fputs(usage_text, stdout);
-    return 0;
-  }
-  const char *path = NULL;
+  Options o;
+  drv_options_init(&o, "check");
   bool json = false;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) {
-      json = true;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
-      fprintf(stderr, "moec check: error: unknown option '%s'\n%s", argv[i], usage_text);
-      return 2;
-    } else if (path) {
-      fprintf(stderr, "moec check: error: one FILE only ('%s' and '%s')\n", path, argv[i]);
-      return 2;
-    } else {
-      path = argv[i];
-    }
-  }
-  if (!path) {
-    fprintf(stderr, "moec check: error: no FILE given\n%s", usage_text);
-    return 2;
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, check_flags, &json, usage);
+  if (rc) {
+    drv_options_free(&o);
+    return rc < 0 ? 0 : rc;
   }
   Config cfg;
-  AstFile *f = drv_load(path, &cfg);
-  if (!f) return 1;
+  AstFile *f = drv_load(&o, &cfg, &rc);
+  /* what a run would refuse: the training step compiled on the plan's devices */
+  Target t = {.devices = cfg.devices, .rank = -1, .training = true, .prec = PREC_F32};
+  Graph *g = f ? drv_compile_graph(f, &cfg, &o, &t, NULL) : NULL;
+  if (!g) {
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return f ? 1 : rc;
+  }
+  ir_graph_free(g);
   McArena a = {0};
   ModelSummary s = fe_summarize(f, &a);
   if (json)
-    print_json(path, &s, &cfg);
+    print_json(o.path, &s, &cfg);
   else
-    print_text(path, &s, &cfg, layer_calls(f, &a, s.nlayers));
+    print_text(o.path, &s, &cfg, layer_calls(f, &a, s.nlayers));
   mc_arena_free(&a);
   fe_ast_free(f);
+  drv_options_free(&o);
   return 0;
 }

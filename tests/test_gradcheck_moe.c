@@ -245,7 +245,7 @@ static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, b
   memset(&e, 0, sizeof e);
   e.kind = EX_CALL;
   e.layer = layer;
-  e.loc = (Loc){1, 1, 1, 1};
+  e.loc = (Loc){1, 1, 1, 1, NULL};
   e.argv[LA_EXPERTS] = (double)E;
   e.argv[LA_K] = (double)k;
   e.argv[LA_HIDDEN] = (double)H;

@@ -56,9 +56,9 @@ static void fill(Program *p, uint64_t seed, double scale) {
     for (int64_t i = 0; i < t->numel; i++) {
       double v = scale * urand(key, (uint64_t)i);
       if (p->prec == PREC_F64)
-        cg_f64(p, t)[i] = v;
+        rt_f64(p, t)[i] = v;
       else
-        cg_f32(p, t)[i] = (float)v;
+        rt_f32(p, t)[i] = (float)v;
     }
   }
 }
@@ -66,14 +66,14 @@ static void fill(Program *p, uint64_t seed, double scale) {
 static void set_all(Program *p, Tensor *t, double v) {
   for (int64_t i = 0; i < t->numel; i++) {
     if (p->prec == PREC_F64)
-      cg_f64(p, t)[i] = v;
+      rt_f64(p, t)[i] = v;
     else
-      cg_f32(p, t)[i] = (float)v;
+      rt_f32(p, t)[i] = (float)v;
   }
 }
 
 static double get(Program *p, const Tensor *t, int64_t i) {
-  return p->prec == PREC_F64 ? cg_f64(p, t)[i] : (double)cg_f32(p, t)[i];
+  return p->prec == PREC_F64 ? rt_f64(p, t)[i] : (double)rt_f32(p, t)[i];
 }
 
 static KernelCtx ctx_for(bool training, uint64_t seed, uint64_t step, int64_t B) {
@@ -92,7 +92,7 @@ static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, b
   memset(&e, 0, sizeof e);
   e.kind = EX_CALL;
   e.layer = layer;
-  e.loc = (Loc){1, 1, 1, 1};
+  e.loc = (Loc){1, 1, 1, 1, NULL};
   e.argv[LA_EXPERTS] = (double)E;
   e.argv[LA_K] = (double)k;
   e.argv[LA_HIDDEN] = (double)H;
@@ -392,7 +392,7 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
   fill(p, 31, 1.0);
   Tensor *thr = find(g, "m.thresholds");
   for (int e = 0; e < E; e++)
-    cg_f64(p, thr)[e] = 0.2 + 0.05 * e; /* near 1/E: some pass */
+    rt_f64(p, thr)[e] = 0.2 + 0.05 * e; /* near 1/E: some pass */
   KernelCtx c = ctx_for(training, 1, 0, B);
   rt_exec(p, &c, 0, p->ninstrs);
   int64_t m = k * N / E;
@@ -479,7 +479,7 @@ static void t_split_invariance(int layer) {
     fill(p[h], 17, 1.0);
   }
   /* the half device gets rows 2..3 of the full batch */
-  memcpy(cg_f64(p[1], x[1]), cg_f64(p[0], x[0]) + 2 * T * D, (size_t)(2 * T * D) * sizeof(double));
+  memcpy(rt_f64(p[1], x[1]), rt_f64(p[0], x[0]) + 2 * T * D, (size_t)(2 * T * D) * sizeof(double));
   KernelCtx c0 = ctx_for(true, 5, 1, 4), c1 = ctx_for(true, 5, 1, 2);
   c1.batch0 = 2;
   c1.device = 1;
@@ -489,7 +489,7 @@ static void t_split_invariance(int layer) {
   int64_t half = y[1]->numel;
   double maxd = 0;
   for (int64_t i = 0; i < half; i++)
-    maxd = fmax(maxd, fabs(cg_f64(p[1], y[1])[i] - cg_f64(p[0], y[0])[half + i]));
+    maxd = fmax(maxd, fabs(rt_f64(p[1], y[1])[i] - rt_f64(p[0], y[0])[half + i]));
   printf("%s split over 2 devices: max |y - y_1dev| = %.3g\n", layer == L_MOE ? "moe" : "hmoe",
          maxd);
   CHECK(maxd < 1e-14);
@@ -535,10 +535,10 @@ static void t_topk_ties(void) {
   Node *t2 = topk_node(g, x, 2), *t5 = topk_node(g, x, 5);
   Small s = small_lower(g, PREC_F64);
   const double v[15] = {1, 3, 3, 2, 3, /**/ 0, 0, 0, 0, 0, /**/ -1, 5, -2, 5, 4};
-  memcpy(cg_f64(s.p, x), v, sizeof v);
+  memcpy(rt_f64(s.p, x), v, sizeof v);
   small_run(&s);
-  const int32_t *idx = cg_i32(s.p, t2->out[0]), *ti = cg_i32(s.p, t2->out[3]);
-  const double *val = cg_f64(s.p, t2->out[1]), *thr = cg_f64(s.p, t2->out[2]);
+  const int32_t *idx = rt_i32(s.p, t2->out[0]), *ti = rt_i32(s.p, t2->out[3]);
+  const double *val = rt_f64(s.p, t2->out[1]), *thr = rt_f64(s.p, t2->out[2]);
   const int32_t want_idx[6] = {1, 2, 0, 1, 1, 3}, want_ti[6] = {2, 4, 1, 2, 3, 4};
   const double want_thr[6] = {3, 3, 0, 0, 5, 4};
   for (int i = 0; i < 6; i++) {
@@ -548,8 +548,8 @@ static void t_topk_ties(void) {
     CHECK(val[i] == v[(i / 2) * 5 + idx[i]]);
   }
   /* k == E: a full descending order, thr[1] = -inf and column -1 */
-  const int32_t *i5 = cg_i32(s.p, t5->out[0]), *ti5 = cg_i32(s.p, t5->out[3]);
-  const double *th5 = cg_f64(s.p, t5->out[2]);
+  const int32_t *i5 = rt_i32(s.p, t5->out[0]), *ti5 = rt_i32(s.p, t5->out[3]);
+  const double *th5 = rt_f64(s.p, t5->out[2]);
   const int32_t want5[15] = {1, 2, 4, 3, 0, 0, 1, 2, 3, 4, 1, 3, 4, 0, 2};
   for (int i = 0; i < 15; i++)
     CHECK(i5[i] == want5[i]);
@@ -568,14 +568,14 @@ static void t_topk_large(void) {
   Tensor *x = ir_input(g, "x", ty2(R, E), (Loc){0});
   Node *ta = topk_node(g, x, 30), *tb = topk_node(g, x, 7), *tc = topk_node(g, x, 60);
   Small s = small_lower(g, PREC_F32);
-  float *xv = cg_f32(s.p, x);
+  float *xv = rt_f32(s.p, x);
   for (int i = 0; i < R * E; i++)
     xv[i] = (float)floor(8 * mc_rng_uniform(5, (uint64_t)i));
   small_run(&s);
   const Node *nodes[3] = {ta, tb, tc};
   for (int q = 0; q < 3; q++) {
     int k = (int)nodes[q]->ia[0], m = k < E ? k + 1 : E;
-    const int32_t *idx = cg_i32(s.p, nodes[q]->out[0]), *ti = cg_i32(s.p, nodes[q]->out[3]);
+    const int32_t *idx = rt_i32(s.p, nodes[q]->out[0]), *ti = rt_i32(s.p, nodes[q]->out[3]);
     int bad = 0;
     for (int r = 0; r < R; r++) {
       double v[64];
@@ -602,13 +602,13 @@ static void t_cv2_known(void) {
   Tensor *ca = ir_op1(g, OP_CV2, a), *cb = ir_op1(g, OP_CV2, b), *cz = ir_op1(g, OP_CV2, z);
   Small s = small_lower(g, PREC_F64);
   const double av[4] = {2, 2, 2, 2}, bv[4] = {0, 0, 0, 4}, zv[2] = {0, 0};
-  memcpy(cg_f64(s.p, a), av, sizeof av);
-  memcpy(cg_f64(s.p, b), bv, sizeof bv);
-  memcpy(cg_f64(s.p, z), zv, sizeof zv);
+  memcpy(rt_f64(s.p, a), av, sizeof av);
+  memcpy(rt_f64(s.p, b), bv, sizeof bv);
+  memcpy(rt_f64(s.p, z), zv, sizeof zv);
   small_run(&s);
-  CHECK(cg_f64(s.p, ca)[0] == 0);
-  CHECK_CLOSE(cg_f64(s.p, cb)[0], 3.0 / (1.0 + 1e-10), 1e-15, 0); /* mean 1, var 3 */
-  CHECK(cg_f64(s.p, cz)[0] == 0);                                 /* 0 / 1e-10 */
+  CHECK(rt_f64(s.p, ca)[0] == 0);
+  CHECK_CLOSE(rt_f64(s.p, cb)[0], 3.0 / (1.0 + 1e-10), 1e-15, 0); /* mean 1, var 3 */
+  CHECK(rt_f64(s.p, cz)[0] == 0);                                 /* 0 / 1e-10 */
   small_free(&s);
 }
 
@@ -640,30 +640,30 @@ static void t_dispatch_roundtrip(void) {
   fill(s.p, 3, 1.0);
   set_all(s.p, ones, 1.0);
   for (int n = 0; n < N; n++)
-    cg_f64(s.p, lg)[n * E + E - 1] = -10;
+    rt_f64(s.p, lg)[n * E + E - 1] = -10;
   for (int64_t i = 0; i < dw->numel; i++)
-    cg_f64(s.p, dw)[i] = NAN; /* must be overwritten */
+    rt_f64(s.p, dw)[i] = NAN; /* must be overwritten */
   small_run(&s);
   for (int i = 0; i < D * 2; i++)
-    CHECK(cg_f64(s.p, dw)[(E - 1) * D * 2 + i] == 0);
+    CHECK(rt_f64(s.p, dw)[(E - 1) * D * 2 + i] == 0);
   for (int i = 0; i < 2; i++)
-    CHECK(cg_f64(s.p, sr)[(E - 1) * 2 + i] == 0);
+    CHECK(rt_f64(s.p, sr)[(E - 1) * 2 + i] == 0);
   {
     /* expert 0's dW against a direct sum over its rows */
-    const int32_t *o = cg_i32(s.p, dn->out[1]);
+    const int32_t *o = rt_i32(s.p, dn->out[1]);
     double maxd = 0;
     for (int d = 0; d < D; d++)
       for (int c = 0; c < 2; c++) {
         double acc = 0;
         for (int r = o[0]; r < o[1]; r++)
-          acc += cg_f64(s.p, dn->out[0])[r * D + d] * cg_f64(s.p, gy)[r * 2 + c];
-        maxd = fmax(maxd, fabs(acc - cg_f64(s.p, dw)[d * 2 + c]));
+          acc += rt_f64(s.p, dn->out[0])[r * D + d] * rt_f64(s.p, gy)[r * 2 + c];
+        maxd = fmax(maxd, fabs(acc - rt_f64(s.p, dw)[d * 2 + c]));
       }
     CHECK(maxd < 1e-13);
   }
-  const int32_t *idx = cg_i32(s.p, tk->out[0]), *off = cg_i32(s.p, dn->out[1]);
-  const int32_t *pos = cg_i32(s.p, dn->out[2]);
-  const double *xv = cg_f64(s.p, x), *xs = cg_f64(s.p, dn->out[0]);
+  const int32_t *idx = rt_i32(s.p, tk->out[0]), *off = rt_i32(s.p, dn->out[1]);
+  const int32_t *pos = rt_i32(s.p, dn->out[2]);
+  const double *xv = rt_f64(s.p, x), *xs = rt_f64(s.p, dn->out[0]);
   int counts[8] = {0};
   for (int i = 0; i < N * k; i++)
     counts[idx[i]]++;
@@ -671,8 +671,8 @@ static void t_dispatch_roundtrip(void) {
   int bad = 0;
   for (int e = 0; e < E; e++) {
     bad += off[e + 1] - off[e] != counts[e];
-    CHECK(cg_f64(s.p, cnt)[e] == counts[e]);
-    CHECK(cg_f64(s.p, imp)[e] == counts[e]);
+    CHECK(rt_f64(s.p, cnt)[e] == counts[e]);
+    CHECK(rt_f64(s.p, imp)[e] == counts[e]);
   }
   int last_row[8];
   for (int e = 0; e < E; e++)
@@ -689,8 +689,8 @@ static void t_dispatch_roundtrip(void) {
   CHECK(bad == 0);
   double maxd = 0;
   for (int i = 0; i < N * D; i++) {
-    maxd = fmax(maxd, fabs(cg_f64(s.p, y)[i] - k * xv[i]));
-    maxd = fmax(maxd, fabs(cg_f64(s.p, ux)[i] - k * xv[i]));
+    maxd = fmax(maxd, fabs(rt_f64(s.p, y)[i] - k * xv[i]));
+    maxd = fmax(maxd, fabs(rt_f64(s.p, ux)[i] - k * xv[i]));
   }
   CHECK(maxd < 1e-14);
   small_free(&s);
@@ -718,13 +718,13 @@ static void t_load_estimators(void) {
      * sigma = softplus(raw) + 0.01 = 0.01 (tiny), w_noise = 1 gives sigma > 2.5 */
     Tensor *wg = find(g, "m.w_gate");
     for (int64_t i = 0; i < wg->numel; i++)
-      cg_f64(p, wg)[i] *= 3;
+      rt_f64(p, wg)[i] *= 3;
     for (int64_t i = 0; i < x->numel; i++)
-      cg_f64(p, x)[i] = 0.5 + 0.5 * fabs(cg_f64(p, x)[i]);
+      rt_f64(p, x)[i] = 0.5 + 0.5 * fabs(rt_f64(p, x)[i]);
     set_all(p, find(g, "m.w_noise"), big ? 1.0 : -40.0);
     KernelCtx c = ctx_for(true, 4, 0, B);
     rt_exec(p, &c, 0, p->ninstrs);
-    const double *ls = cg_f64(p, find(g, "m.load")), *lc = cg_f64(p, cnt);
+    const double *ls = rt_f64(p, find(g, "m.load")), *lc = rt_f64(p, cnt);
     double sum = 0, maxd = 0;
     for (int q = 0; q < E; q++) {
       sum += ls[q];
@@ -761,7 +761,7 @@ static void t_precision_determinism(void) {
   CHECK(maxd <= 1e-5 * maxy);
   CHECK_CLOSE(get(b.p, b.aux, 0), get(a.p, a.aux, 0), 1e-4, 1e-7);
   Tensor *ia = find(a.g, "m.idx"), *ib = find(b.g, "m.idx");
-  CHECK(memcmp(cg_i32(a.p, ia), cg_i32(b.p, ib), (size_t)ia->numel * 4) == 0);
+  CHECK(memcmp(rt_i32(a.p, ia), rt_i32(b.p, ib), (size_t)ia->numel * 4) == 0);
   bool same = true, differs = false;
   for (int k = 0; k < b.g->ntensors; k++) {
     const Tensor *t = b.g->tensors[k];
@@ -818,7 +818,7 @@ static void bw_run(Comm *c, BwSplit *s, int P) {
   ir_bind(g, Nl, 1);
   Program *p = cg_lower(g, PREC_F32);
   const Node *rt = g->nodes[g->nnodes - 1];
-  float *gs = cg_f32(p, g->inputs[0]), *thr = cg_f32(p, g->inputs[1]);
+  float *gs = rt_f32(p, g->inputs[0]), *thr = rt_f32(p, g->inputs[1]);
   for (int64_t i = 0; i < Nl * BWS_E; i++)
     gs[i] = (float)s->gs[r * Nl * BWS_E + i];
   for (int e = 0; e < BWS_E; e++)
@@ -829,9 +829,9 @@ static void bw_run(Comm *c, BwSplit *s, int P) {
   ctx.device = r;
   ctx.ndevices = P;
   rt_exec(p, &ctx, 0, p->ninstrs);
-  const float *mask = cg_f32(p, rt->out[0]);
-  const int32_t *rows = cg_i32(p, rt->out[1]);
-  const int32_t *off = cg_i32(p, rt->out[2]);
+  const float *mask = rt_f32(p, rt->out[0]);
+  const int32_t *rows = rt_i32(p, rt->out[1]);
+  const int32_t *off = rt_i32(p, rt->out[2]);
   for (int64_t i = 0; i < Nl * BWS_E; i++)
     s->mask[r * Nl * BWS_E + i] = mask[i];
   s->bad |= rt->out[1]->numel != BWS_N * BWS_K; /* N*k*P slots whatever the split */

@@ -7,12 +7,6 @@
 #include <string.h>
 
 #include "cuda_internal.cuh"
-extern "C" {
-#include "../../codegen/nvrtc.h"
-#include "../../passes/fusion.h"
-/* Weak: links before passes/fusion.c exists; OP_FUSED nodes exist only once it does. */
-const FusedProg *pass_fused_prog(const Node *n) __attribute__((weak));
-}
 
 #define IN(i, T) ((const T *)in[i])
 #define OUT(j, T) ((T *)out[j])
@@ -562,14 +556,13 @@ template <typename T> __global__ void fused_kernel(const __grid_constant__ Fused
   }
 }
 
-/* The generated kernel of the group (codegen/nvrtc.c: NVRTC, cached); the interpreter
- * below when moec has no NVRTC or MOEC_NVRTC=0 (the same bits either way: the same
- * expression per op, no contraction across ops). */
+/* A fused group interpreted op by op: the kernel lowering uses when NVRTC is absent or
+ * turned off (--no-nvrtc), and that NVRTC's kernel falls back to (codegen/nvrtc.c);
+ * the same bits either way: the same expression per op, no contraction across ops. */
 template <typename T>
 static void k_fused(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
-  if (cg_cuda_fused_launch(n, sizeof(T) == 8, d->gpu, d->stream, in, out)) return;
-  const FusedProg *pg = pass_fused_prog ? pass_fused_prog(n) : NULL;
+  const FusedProg *pg = ir_fused_prog(n);
   if (!pg) mc_fatal("OP_FUSED node %d has no program", n->id);
   if (pg->nin > FUSED_MAX_IN || pg->nops > FUSED_MAX_OPS || pg->nout > FUSED_MAX_OUT ||
       pg->nin != n->nin || pg->nout != n->nout)
