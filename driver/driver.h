@@ -26,7 +26,7 @@
  * eval, grad): which a command takes is a mask of these. */
 enum {
   DRV_SETTINGS = 1, /* the train/plan settings flags and --set */
-  DRV_RUN = 2,      /* --save --load --metrics --json --quiet --f64 */
+  DRV_RUN = 2,      /* --save --load --metrics --json --quiet --f64 --no-eval */
   DRV_DEBUG = 4,    /* --no-jit --no-memplan --poison-arena --no-nvrtc */
   DRV_LOADS = 8,    /* --loads FILE */
 };
@@ -38,7 +38,7 @@ typedef struct Options {
   int nsettings;
   /* the run */
   const char *save, *load, *metrics, *loads_path;
-  bool json, quiet, f64;
+  bool json, quiet, f64, no_eval;
   bool devices_given; /* --devices, --mesh or --set plan.devices/mesh */
   /* debugging and tests: how to lower (codegen.h) */
   CgOpts cg;

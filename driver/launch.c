@@ -76,6 +76,7 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
                 .json = o->json,
                 .quiet = o->quiet,
                 .f64 = o->f64,
+                .no_eval = o->no_eval,
                 .settings_hash = drv_settings_hash(cfg, o),
                 .settings = settings};
   Launch l = {f, cfg, o, &ro, be, {0}};

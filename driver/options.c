@@ -157,6 +157,7 @@ static const Flag flags[] = {
     {"--json", DRV_RUN, NULL, NULL, "       one JSON object as the last line of stdout"},
     {"--quiet", DRV_RUN, NULL, NULL, "      no progress lines"},
     {"--f64", DRV_RUN, NULL, NULL, "        compute in double (cpu; no checkpoints)"},
+    {"--no-eval", DRV_RUN, NULL, NULL, "    no evaluation, not even at the end (timing runs)"},
     {"--no-jit", DRV_DEBUG, NULL, NULL, "     the interpreter loop, not the compiled host program"},
     {"--no-memplan", DRV_DEBUG, NULL, NULL, " one buffer per tensor, every value kept"},
     {"--poison-arena", DRV_DEBUG, NULL, NULL, "fill the arena with NaN before every step"},
@@ -164,8 +165,9 @@ static const Flag flags[] = {
 };
 
 static bool takes_value(const Flag *f) {
-  static const char *const bare[] = {"--no-fuse", "--json",       "--quiet",   "--f64",
-                                     "--no-jit",  "--no-memplan", "--poison-arena", "--no-nvrtc"};
+  static const char *const bare[] = {"--no-fuse",     "--json",    "--quiet",       "--f64",
+                                     "--no-eval",     "--no-jit",  "--no-memplan",   "--poison-arena",
+                                     "--no-nvrtc"};
   for (size_t i = 0; i < MC_ARRAY_LEN(bare); i++)
     if (!strcmp(f->name, bare[i])) return false;
   return true;
@@ -233,6 +235,8 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
       o->quiet = true;
     } else if (!strcmp(f->name, "--f64")) {
       o->f64 = true;
+    } else if (!strcmp(f->name, "--no-eval")) {
+      o->no_eval = true;
     } else if (!strcmp(f->name, "--no-jit")) {
       o->cg.no_jit = true;
     } else if (!strcmp(f->name, "--no-memplan")) {

@@ -839,6 +839,25 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
   if (!ok) return verr;
   /* cross-argument rules */
   const double *av = e->argv;
+  if (id == L_MOE || id == L_HMOE) { /* the sizes the IR builder and kernels index with */
+    static const LayerArgId sizes[] = {LA_EXPERTS, LA_HIDDEN, LA_K, LA_GROUPS, LA_K_GROUP};
+    for (size_t i = 0; i < MC_ARRAY_LEN(sizes); i++)
+      if (av[sizes[i]] > 1e9) {
+        fe_error(d, arg_loc(e, ls, sizes[i]), "%s = %.0f is too large (at most 1000000000)",
+                 sizes[i] == LA_EXPERTS  ? "experts"
+                 : sizes[i] == LA_HIDDEN ? "hidden"
+                 : sizes[i] == LA_K      ? "k"
+                 : sizes[i] == LA_GROUPS ? "groups"
+                                         : "k_group",
+                 av[sizes[i]]);
+        return verr;
+      }
+    if (id == L_HMOE && av[LA_GROUPS] * av[LA_EXPERTS] > 1073741824.0) {
+      fe_error(d, nloc, "hmoe has groups x experts = %.0f experts in all (at most 2^30)",
+               av[LA_GROUPS] * av[LA_EXPERTS]);
+      return verr;
+    }
+  }
   if (id == L_MOE && av[LA_GATING] != LAE_SOFTMAX && av[LA_K] > av[LA_EXPERTS]) {
     fe_error(d, arg_loc(e, ls, LA_K), "k = %.0f is more than experts = %.0f", av[LA_K],
              av[LA_EXPERTS]);

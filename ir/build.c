@@ -97,10 +97,8 @@ static Tensor *param(Graph *g, const char *layer, const char *part, int rank, co
                      InitKind init, double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++)
-    if (!strcmp(g->params[i]->name, buf))
-      mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
-             loc.line, loc.col);
+  for (int i = 0; i < g->nparams; i++) /* sema: every layer call is its own statement */
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0);
   return ir_param(g, buf, ir_type(DT_F32, rank, dims), init, scale, loc);
 }
 
@@ -157,9 +155,7 @@ static Tensor *tensor_arg(Builder *b, Expr *call, int i, const char *name) {
         break;
       }
   }
-  if (!a)
-    mc_die("%d:%d: '%s' is missing tensor argument %d", call->loc.line, call->loc.col, call->str,
-           i + 1);
+  MOEC_ASSERT(a != NULL); /* sema: every tensor argument is given */
   return build_expr(b, a, name);
 }
 
@@ -345,7 +341,7 @@ static Tensor *build_expr(Builder *b, Expr *e, const char *name) {
   switch (e->kind) {
   case EX_NAME: {
     Sym *s = lookup(b, e->str);
-    if (!s || !s->t) mc_die("%d:%d: '%s' is not a tensor value", e->loc.line, e->loc.col, e->str);
+    MOEC_ASSERT(s && s->t); /* sema: names are defined tensor values here */
     return s->t;
   }
   case EX_CALL:
@@ -373,7 +369,7 @@ static Tensor *build_expr(Builder *b, Expr *e, const char *name) {
   default:
     break;
   }
-  mc_die("%d:%d: expected a tensor expression", e->loc.line, e->loc.col);
+  mc_fatal("%d:%d: not a tensor expression (sema checked it)", e->loc.line, e->loc.col);
 }
 
 /* ---------------------------------------------------------------- statements */
@@ -382,8 +378,8 @@ static Dim input_dim(Builder *b, const Expr *e) {
   if (e->kind == EX_NAME && (!strcmp(e->str, "B") || !strcmp(e->str, "T")) && !lookup(b, e->str))
     return dim_sym(e->str[0]);
   double v;
-  if (!const_value(b, e, &v) || v < 1 || v != floor(v))
-    mc_die("%d:%d: an input dim must be B, T or a positive integer", e->loc.line, e->loc.col);
+  bool ok = const_value(b, e, &v) && v >= 1 && v == floor(v); /* sema checked the dims */
+  MOEC_ASSERT(ok);
   return dim_int((int64_t)v);
 }
 
@@ -399,8 +395,8 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
     switch (s->kind) {
     case ST_LET: {
       double v = 0;
-      if (!const_value(&b, s->value, &v))
-        mc_die("%d:%d: 'let %s' needs a constant value", s->loc.line, s->loc.col, s->name);
+      bool constant = const_value(&b, s->value, &v); /* sema: lets are constants */
+      MOEC_ASSERT(constant);
       define(&b, s->name, NULL, v);
       break;
     }
@@ -408,8 +404,7 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
       Dim dims[MAX_RANK];
       int rank = 0;
       for (Arg *a = s->dims; a; a = a->next) {
-        if (rank == MAX_RANK)
-          mc_die("%d:%d: input '%s' has too many dims", s->loc.line, s->loc.col, s->name);
+        MOEC_ASSERT(rank < MAX_RANK); /* the parser limits an input's dims */
         dims[rank++] = input_dim(&b, a->value);
       }
       define(&b, s->name, ir_input(g, s->name, ir_type(s->dtype, rank, dims), s->loc), 0);

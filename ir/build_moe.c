@@ -43,10 +43,8 @@ static Tensor *param(Graph *g, const char *layer, const char *part, Type ty, Ini
                      double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++)
-    if (!strcmp(g->params[i]->name, buf))
-      mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
-             loc.line, loc.col);
+  for (int i = 0; i < g->nparams; i++) /* sema: every layer call is its own statement */
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0);
   return ir_param(g, buf, ty, init, scale, loc);
 }
 
@@ -103,8 +101,8 @@ static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) 
 /* The layer's integer argument `a`, checked to be >= 1. */
 static int64_t int_arg(const Expr *call, int a, const char *what) {
   double v = call->argv[a];
-  if (!(v >= 1) || v != floor(v) || v > 1e9)
-    mc_die("%d:%d: %s must be a positive integer (got %g)", call->loc.line, call->loc.col, what, v);
+  (void)what;
+  MOEC_ASSERT(v >= 1 && v == floor(v) && v <= 1e9); /* sema: layers.def's ranges, the 1e9 cap */
   return (int64_t)v;
 }
 
@@ -210,14 +208,11 @@ static Tensor *unflatten_rows(Graph *g, Tensor *y, const Tensor *x) {
   return ir_reshape(g, y, t);
 }
 
+/* Sema checked the input: f32 rows [..., in] of rank >= 2 with a constant width. */
 static void check_input(const Expr *call, const Tensor *x, const char *layer) {
-  if (x->ty.dtype != DT_F32 || x->ty.rank < 1 || x->ty.rank > MAX_RANK)
-    mc_die("%d:%d: %s needs an f32 input [..., in]", call->loc.line, call->loc.col, layer);
-  if (x->ty.rank == 1)
-    mc_die("%d:%d: %s needs rows: an input [..., in] of rank >= 2", call->loc.line, call->loc.col,
-           layer);
-  if (!dim_is_const(x->ty.dim[x->ty.rank - 1]))
-    mc_die("%d:%d: %s needs a constant input width", call->loc.line, call->loc.col, layer);
+  (void)call, (void)layer;
+  MOEC_ASSERT(x->ty.dtype == DT_F32 && x->ty.rank >= 2 && x->ty.rank <= MAX_RANK &&
+              dim_is_const(x->ty.dim[x->ty.rank - 1]));
 }
 
 /* aux = w_imp * cv2(imp) + w_load * cv2(load). Role "aux". */
@@ -281,9 +276,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   int gating = (int)call->argv[LA_GATING];
   int64_t E = int_arg(call, LA_EXPERTS, "experts"), H = int_arg(call, LA_HIDDEN, "hidden");
   int64_t k = gating == LAE_SOFTMAX ? E : int_arg(call, LA_K, "k");
-  if (k > E)
-    mc_die("%d:%d: moe '%s': k = %lld is larger than experts = %lld", loc.line, loc.col, name,
-           (long long)k, (long long)E);
+  MOEC_ASSERT(k <= E); /* sema */
   /* noise only for noisy_topk (batchwise gates with a plain softmax, appendix F) */
   bool noise = gating == LAE_NOISY_TOPK && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
@@ -358,21 +351,13 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Loc loc = call->loc;
   check_input(call, x, "hmoe");
   int gating = (int)call->argv[LA_GATING];
-  if (gating == LAE_BATCHWISE)
-    mc_die("%d:%d: hmoe '%s': batchwise gating is not implemented yet (use gating=noisy_topk or "
-           "gating=softmax)",
-           loc.line, loc.col, name);
+  MOEC_ASSERT(gating != LAE_BATCHWISE); /* sema refuses it */
   int64_t G = int_arg(call, LA_GROUPS, "groups"), E = int_arg(call, LA_EXPERTS, "experts");
   int64_t H = int_arg(call, LA_HIDDEN, "hidden");
   bool dense = gating == LAE_SOFTMAX;
   int64_t kg = dense ? G : int_arg(call, LA_K_GROUP, "k_group");
   int64_t k = dense ? E : int_arg(call, LA_K, "k");
-  if (kg > G || k > E)
-    mc_die("%d:%d: hmoe '%s': k_group = %lld must be <= groups = %lld and k = %lld <= experts = "
-           "%lld",
-           loc.line, loc.col, name, (long long)kg, (long long)G, (long long)k, (long long)E);
-  if (G * E > ((int64_t)1 << 30))
-    mc_die("%d:%d: hmoe '%s': groups*experts is too large", loc.line, loc.col, name);
+  MOEC_ASSERT(kg <= G && k <= E && G * E <= ((int64_t)1 << 30)); /* sema */
   bool noise = !dense && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;

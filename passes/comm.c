@@ -75,9 +75,11 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
     break;
-  case OP_ALL_REDUCE: /* ring: each device sends 2(n-1)/n of the tensor */
+  case OP_ALL_REDUCE: /* each device sends 2(n-1)/n of the tensor (reduce-scatter, then
+                        all-gather); an i32 vector (n-1) of it: all-gathered, then summed */
     nd = n->ia[0] > 0 ? n->ia[0] : 1;
-    b.upper = b.expected = 2 * (nd - 1) * b.payload;
+    b.upper = b.expected = n->in[0]->ty.dtype == DT_I32 ? nd * (nd - 1) * b.payload
+                                                        : 2 * (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
   case OP_ALL_GATHER_TOPM: { /* every device's top min(m, N/P) (value, row) per expert */

@@ -268,11 +268,15 @@ void rt_report_summary(Run *r, const RunTotals *t) {
     return;
   }
   char rate[32];
-  fprintf(r->out, "test ppl %.3f", exp(t->test));
-  if (r->floor_nats > 0)
-    fprintf(r->out, " (floor %.3f, %.1f%% above)", exp(r->floor_nats),
-            100.0 * (exp(t->test - r->floor_nats) - 1.0));
-  fprintf(r->out, "; valid ppl %.3f\n", exp(t->valid));
+  if (isnan(t->test)) {
+    fprintf(r->out, "no evaluation (--no-eval)\n");
+  } else {
+    fprintf(r->out, "test ppl %.3f", exp(t->test));
+    if (r->floor_nats > 0)
+      fprintf(r->out, " (floor %.3f, %.1f%% above)", exp(r->floor_nats),
+              100.0 * (exp(t->test - r->floor_nats) - 1.0));
+    fprintf(r->out, "; valid ppl %.3f\n", exp(t->valid));
+  }
   fprintf(r->out, "%lld steps in %.1fs (%s tokens/s), evaluation %.1fs%s%s\n", (long long)t->done,
           r->t_train, human_rate(t->tokens_per_s, rate, sizeof rate), r->t_eval,
           r->o.save ? "; saved " : "", r->o.save ? r->o.save : "");

@@ -221,6 +221,7 @@ typedef struct RunOpts {
   bool json;              /* the summary as one JSON object on stdout; progress to stderr */
   bool quiet;             /* no progress display */
   bool f64;               /* the program computes in double: no checkpoints */
+  bool no_eval;           /* no evaluation at all (valid and test reported as unknown) */
   uint64_t settings_hash; /* the model file and settings: every rank must agree */
   const char *settings;   /* the effective settings as a JSON object ("--json" echoes it) */
 } RunOpts;

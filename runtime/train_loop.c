@@ -38,6 +38,11 @@ static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const Ru
   char **vocab = rt_ckpt_vocab(ck, &nv);
   r->corpus = rt_corpus_load(cfg, p->vocab, vocab, nv);
   rt_words_free(vocab, nv);
+  for (int split = SPLIT_VALID; split <= SPLIT_TEST && !o->no_eval; split++) {
+    Batcher b; /* an evaluation split too small for the batch: said now, not after training */
+    rt_batcher_init_rows(&b, r->corpus, (Split)split, r->Bl * r->P, r->T, r->rank * r->Bl, r->Bl);
+    rt_batcher_free(&b);
+  }
   if (r->corpus->syn) r->floor_nats = r->corpus->syn->floor_nats;
   r->opt = rt_md_optim_new(cfg, p);
   rt_init_params(p, cfg->seed);
@@ -158,13 +163,13 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start;
     rt_report_step(&r, s + 1, steps, loss, xent, aux, tps, show);
     if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
-      evaluate(&r, SPLIT_VALID, s + 1);
+      if (!r.o.no_eval) evaluate(&r, SPLIT_VALID, s + 1);
       if (r.o.save) rt_ckpt_save(&r, r.o.save, s + 1);
     }
   }
   if (r.tty && tot.done) fprintf(r.out, "\n");
-  tot.valid = evaluate(&r, SPLIT_VALID, steps);
-  tot.test = evaluate(&r, SPLIT_TEST, steps);
+  tot.valid = r.o.no_eval ? NAN : evaluate(&r, SPLIT_VALID, steps);
+  tot.test = r.o.no_eval ? NAN : evaluate(&r, SPLIT_TEST, steps);
   if (r.o.save) rt_ckpt_save(&r, r.o.save, steps);
   tot.train_loss = tail_n ? tail_loss / (double)tail_n : tot.last_loss;
   tot.train_xent = tail_n ? tail_xent / (double)tail_n : NAN;

@@ -101,3 +101,13 @@ add_test(NAME plan_err_recompute
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_err_recompute PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
   "recompute: 'nosuch' is not a layer of the model.*--recompute nosuch.*rc=2\n.*error: invalid suffix 'XB' on number.*--memory-budget 12XB.*rc=2\n.*--recompute m,,h1.*rc=2")
+
+# The plan is what runs: for every example (but the paper's full-size model, never run
+# here), every strategy on 1, 2 and 4 devices, the plan's memory per device and the bytes
+# of every collective equal what the run allocates and moves (tests/test_plan_run.sh).
+foreach(ex lm_4xlstm lm_moe4 lm_moe32 lm_moe256 lm_moe256h)
+  add_test(NAME plan_run_${ex}
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_run.sh $<TARGET_FILE:moec>
+                   ${CMAKE_CURRENT_SOURCE_DIR}/../examples/${ex}.moe)
+  set_tests_properties(plan_run_${ex} PROPERTIES TIMEOUT 300 LABELS "plan;multidev")
+endforeach()
