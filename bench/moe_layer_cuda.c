@@ -15,7 +15,7 @@
  * GEMMs (grouped_matmul, grouped_matmul_dw) and their TFLOP/s against one dense
  * cublasSgemm of the same shape as the first expert GEMM, [N*k, D] x [D, H]; and the
  * share of routing (roles gate, dispatch, combine, aux: gate + top-k + dispatch +
- * combine + load/importance) in the layer time. Goals (issue 5): expert GEMMs >= 80%
+ * combine + load/importance) in the layer time. Goals: expert GEMMs >= 80%
  * of the dense rate; routing <= 10% of the layer. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>

@@ -1,4 +1,4 @@
-/* nvrtc.h: CUDA fused elementwise kernels (the GPU half of issue 6's fusion).
+/* nvrtc.h: CUDA fused elementwise kernels (the GPU half of fusion).
  *
  * An OP_FUSED node's program (passes/fusion.h) becomes CUDA C: one kernel per group
  * and precision, a grid-stride loop that loads each input, evaluates the program op

@@ -5,7 +5,8 @@
  *   optimizer    adam: 2 x params; factored: rows + cols per matrix (leading dims kept),
  *                numel for vectors (no first moment)
  *   activations  forward outputs read by a backward node (kept for backward), at the
- *                device's share; issue 6's memory planner will give the real peak
+ *                device's share (an estimate: the allocated figures are the memory plan's,
+ *                plan_cost_set_memory)
  *   flops        forward + backward: matmul 2*M*N*K, grouped matmuls 2*R*K*M over routed
  *                rows, lstm 2*B*T*4U*U (+ elementwise), other ops 1 per output element
  *   step time    max over devices of flops / GFLOP/s + the sum over collectives of

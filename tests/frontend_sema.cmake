@@ -1,5 +1,5 @@
 # frontend_sema.cmake: tests of the semantic checks, the model summary and
-# `moec check` (issue 2, semantic half).
+# `moec check`.
 #   sema_<name>        tests/sema/<name>.moe must give exactly the diagnostics
 #                      its "# expect:" lines list (run_sema: fe_parse + fe_sema)
 #   shapes             tests/test_shapes.c: inferred types, resolved arguments,

@@ -1,4 +1,4 @@
-# multidev.cmake: the runtime over N devices (issue 4, items 4-6; runtime/multidev.c,
+# multidev.cmake: the runtime over N devices (runtime/multidev.c,
 # runtime/kernels_comm.c, docs/multidev.md). tests/test_multidev.sh: the same losses on
 # 1, 2, 3, 4 in-process devices and 2, 4 MPI ranks (paper contiguous / round_robin,
 # data_parallel), hmoe layers (strategies paper, hmoe, data_parallel) and batchwise gating,

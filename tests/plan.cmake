@@ -1,4 +1,4 @@
-# plan.cmake: placement, communication and the cost model (issue 4, compile-time half;
+# plan.cmake: placement, communication and the cost model (the compile-time half;
 # docs/placement.md). test_plan.c: collective bytes against their closed forms, expert
 # gradients never all-reduced, policies, memory per device, one device unchanged,
 # place rules, hmoe groups. The CLI: json parses, dot renders, user errors are clear.
@@ -61,7 +61,7 @@ add_test(NAME plan_ir_after_comm
          COMMAND sh -c "\"$1\" ir \"$2\" --after comm --devices 2 | grep -E 'all_to_all\\(m.xs|m/experts  part=experts|m experts on devices: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1|emb.weight.grad@sum = all_reduce' | wc -l"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_ir_after_comm PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^1[0-9]\n")
-# the recompute, fusion and memory-plan sections (issue 6 in the plan): the planned arena
+# the recompute, fusion and memory-plan sections of the plan: the planned arena
 # with recompute = all is below none's by exactly the bytes the recompute report prints
 add_test(NAME plan_recompute_arena
          COMMAND sh -c "set -e; \"$1\" plan \"$2\" --recompute none --format json > plan_rc_none.json; \"$1\" plan \"$2\" --recompute all --format json > plan_rc_all.json; \"$1\" plan \"$2\" --recompute all > plan_rc_all.txt; saved=$(sed -n 's/.*(saves \\([0-9]*\\) bytes.*/\\1/p' plan_rc_all.txt); /usr/bin/python3 -c 'import json,sys; n=json.load(open(\"plan_rc_none.json\")); a=json.load(open(\"plan_rc_all.json\")); s=int(sys.argv[1]); na=n[\"per_device\"][0][\"arena_bytes\"]; aa=a[\"per_device\"][0][\"arena_bytes\"]; assert n[\"recompute\"][\"segments\"]==0 and a[\"recompute\"][\"segments\"]>0; assert aa < na and na-aa == s == a[\"recompute\"][\"saved_bytes\"], (na, aa, s); assert a[\"recompute\"][\"arena_without_bytes\"] == na; assert a[\"recompute\"][\"flops\"] > 0 and all(x[\"flops\"] > 0 for x in a[\"recompute\"][\"segs\"]); print(\"ok\", na, aa, s)' \"$saved\""

@@ -1,4 +1,4 @@
-/* test_ir.c: the IR half of issue 2: dense shape rules (good and bad inputs),
+/* test_ir.c: the IR: dense shape rules (good and bad inputs),
  * the AST -> graph builder (each layer's expansion, param names and shapes as
  * language.md lists them, states, rng streams, the loss), ir_verify, ir_bind,
  * the printer's stability, and the pass manager. ASTs are made by hand here,

@@ -1,5 +1,5 @@
 #!/bin/sh
-# test_multidev.sh MOEC CASE: the multi-device invariant (issue 4): the same file and
+# test_multidev.sh MOEC CASE: the multi-device invariant: the same file and
 # seed give the same losses (relative 1e-5 over 20 steps) on 1, 2, 3 and 4 in-process
 # devices and on 2 and 4 MPI ranks, under the paper strategy (contiguous and
 # round_robin experts) and data_parallel; hmoe layers (also under strategy hmoe) and
@@ -359,7 +359,7 @@ hmoe_factored)
   same hr1 hr2
   ;;
 hmoe_memory)
-  # the same for hmoe groups (issue 4): each device allocates only its experts' rows of
+  # the same for hmoe groups: each device allocates only its experts' rows of
   # every group (paper) or only its groups (strategy hmoe); the plan says so
   for s in paper:contiguous:adam hmoe:round_robin:adam hmoe:contiguous:factored; do
     set -- $(echo "$s" | tr : ' ')

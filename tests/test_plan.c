@@ -1,5 +1,5 @@
-/* test_plan.c: the placement and comm passes and the cost model (issue 4,
- * tests/plan.cmake): collective byte counts against their closed forms over several
+/* test_plan.c: the placement and comm passes and the cost model
+ * (tests/plan.cmake): collective byte counts against their closed forms over several
  * (B, T, D, E, k, P); expert gradients never all-reduced; every replicated gradient
  * all-reduced; every expert placed exactly once by each policy; memory per device
  * falling as devices grow; one device leaving the graph exactly as it was; place rules;

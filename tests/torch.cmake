@@ -1,4 +1,4 @@
-# torch.cmake: the independent PyTorch reference (issue 3). tests/torch_ref.py
+# torch.cmake: the independent PyTorch reference. tests/torch_ref.py
 # rebuilds a small model in PyTorch from its .moe file, loads the same safetensors
 # weights and checks `moec grad`'s loss and every gradient (tolerances in its
 # header): the paper's LM (noisy top-k), the other gatings and dense layers, and

@@ -5,8 +5,8 @@
  *
  * Every model trains STEPS steps on the cuda backend from the same initial parameters
  * and batches (host Adam of runtime/optim.c, as test_cuda_model), three ways:
- * unfused (MOEC_CUDA_FUSE=0), fused with the NVRTC kernels, fused with the interpreter
- * kernel (MOEC_NVRTC=0). The losses and every gradient at every step must be the same
+ * unfused (plan.fuse = false), fused with the NVRTC kernels, fused with the interpreter
+ * kernel (CgOpts.no_nvrtc). The losses and every gradient at every step must be the same
  * bits: each generated op is its unfused kernel's expression, with no contraction
  * across ops (tests/test_nvrtc.c checks the PTX for that without a GPU). Then the
  * kernel cache: a second fused run loads nothing new (every launch finds its kernel);
