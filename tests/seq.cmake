@@ -1,0 +1,21 @@
+# seq.cmake: translation models' pieces (issue "machine translation").
+#   gradcheck_seq : the sequence ops (bmm, attention scores, masked softmax, columns, the
+#                   padded cross-entropy), attention layers (additive / product, masked or
+#                   not) and a whole small encoder-decoder with MoE layers, against finite
+#                   differences in float64; their float32 kernels against float64
+foreach(t test_gradcheck_seq)
+  add_executable(${t} ${CMAKE_CURRENT_SOURCE_DIR}/${t}.c)
+  target_link_libraries(${t} PRIVATE moeccore)
+  target_compile_options(${t} PRIVATE ${MOEC_WARN})
+endforeach()
+add_test(NAME gradcheck_seq COMMAND test_gradcheck_seq)
+set_tests_properties(gradcheck_seq PROPERTIES TIMEOUT 60 LABELS "kernels;seq;fast"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+#   kernels_seq   : the sequence ops' CPU kernels against reference loops (f32, f64): exact
+#                   zeros at padding, the padded mean, a bad target id's message
+add_executable(test_kernels_seq ${CMAKE_CURRENT_SOURCE_DIR}/test_kernels_seq.c)
+target_link_libraries(test_kernels_seq PRIVATE moeccore)
+target_compile_options(test_kernels_seq PRIVATE ${MOEC_WARN})
+add_test(NAME kernels_seq COMMAND test_kernels_seq)
+set_tests_properties(kernels_seq PROPERTIES TIMEOUT 30 LABELS "kernels;seq;fast"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
