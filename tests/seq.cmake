@@ -19,3 +19,9 @@ target_compile_options(test_kernels_seq PRIVATE ${MOEC_WARN})
 add_test(NAME kernels_seq COMMAND test_kernels_seq)
 set_tests_properties(kernels_seq PROPERTIES TIMEOUT 30 LABELS "kernels;seq;fast"
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+#   bleu          : corpus BLEU-4 (runtime/bleu.c) on hand-worked cases, and its tokenizer
+add_executable(test_bleu ${CMAKE_CURRENT_SOURCE_DIR}/test_bleu.c)
+target_link_libraries(test_bleu PRIVATE moeccore)
+target_compile_options(test_bleu PRIVATE ${MOEC_WARN})
+add_test(NAME bleu COMMAND test_bleu)
+set_tests_properties(bleu PROPERTIES TIMEOUT 30 LABELS "seq;fast")

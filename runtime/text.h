@@ -1,0 +1,51 @@
+/* text.h: text for translation and language models.
+ *
+ *   bpe.c      : byte-pair encoding (subword vocabulary learned from text, encode, decode,
+ *                serialised for checkpoints), shared by language and translation models
+ *   parallel.c : parallel corpora (source<TAB>target lines), encoded with one shared BPE
+ *                vocabulary, batched by length (buckets, a token budget per batch)
+ *   bleu.c     : corpus BLEU-4 as Moses' multi-bleu.perl computes it, and the simple
+ *                tokenizer it is run on
+ *
+ * Prefix: rt_. docs/training.md describes the formats and the algorithms. */
+#ifndef MOEC_RUNTIME_TEXT_H
+#define MOEC_RUNTIME_TEXT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---------------------------------------------------------------- bleu.c */
+
+/* Sufficient statistics of corpus BLEU-4: clipped n-gram matches and hypothesis n-gram
+ * counts for n = 1..4, and the hypothesis and reference lengths (one reference per
+ * sentence). Sentences add up; the score is computed once over the corpus. */
+typedef struct RtBleuStats {
+  int64_t matches[4], total[4];
+  int64_t hyp_len, ref_len;
+} RtBleuStats;
+
+typedef struct RtBleu {
+  double bleu;         /* 0..100 */
+  double precision[4]; /* p_n = matches / total, 0 when total = 0 */
+  double bp;           /* brevity penalty: exp(1 - ref/hyp) when hyp < ref, else 1 */
+  double ratio;        /* hyp_len / ref_len */
+  int64_t hyp_len, ref_len;
+} RtBleu;
+
+/* One sentence pair of tokens (any ids: words interned, or subword ids). */
+void rt_bleu_add_ids(RtBleuStats *s, const int32_t *hyp, int64_t nhyp, const int32_t *ref,
+                     int64_t nref);
+/* One sentence pair of tokenized text: tokens are separated by whitespace. */
+void rt_bleu_add(RtBleuStats *s, const char *hyp, const char *ref);
+RtBleu rt_bleu_score(const RtBleuStats *s);
+/* multi-bleu.perl's line: "BLEU = 53.73, 83.3/60.0/50.0/33.3 (BP=1.000, ratio=1.000,
+ * hyp_len=6, ref_len=6)". */
+void rt_bleu_format(const RtBleu *b, char *buf, size_t n);
+/* Tokenizes text for BLEU into a new string (mc_free): whitespace runs become one
+ * space, and each ASCII punctuation character is a token of its own, except '.' and ','
+ * between two digits (3.5, 1,000) and an apostrophe between two letters (don't,
+ * l'homme). Bytes >= 0x80 (UTF-8) are word characters. */
+char *rt_bleu_tokenize(const char *text);
+
+#endif
