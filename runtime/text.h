@@ -15,6 +15,35 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* ---------------------------------------------------------------- bpe.c */
+
+/* Ids: 0 <pad>, 1 <s>, 2 </s>, 3..258 the bytes 0..255, then one per merge. */
+enum { RT_BPE_PAD = 0, RT_BPE_BOS = 1, RT_BPE_EOS = 2, RT_BPE_BYTE0 = 3, RT_BPE_NBASE = 259 };
+
+typedef struct RtBpe RtBpe;
+
+/* Learns merges from lines of text until the vocabulary has `vocab` ids (at least
+ * RT_BPE_NBASE) or no adjacent pair occurs twice. Deterministic. */
+RtBpe *rt_bpe_learn(const char *const *lines, int64_t nlines, int32_t vocab);
+void rt_bpe_free(RtBpe *b);
+/* Ids in use: RT_BPE_NBASE + the number of merges. */
+int32_t rt_bpe_vocab(const RtBpe *b);
+/* One line -> ids (no <s>, </s>) in *out (mc_free it); returns their number. Caches per
+ * pre-token, so a RtBpe is not shared between threads that encode. */
+int64_t rt_bpe_encode(RtBpe *b, const char *text, int32_t **out);
+/* Ids -> text (mc_free it): the tokens' bytes; <pad>, <s>, </s> and ids outside the
+ * vocabulary are skipped. */
+char *rt_bpe_decode(const RtBpe *b, const int32_t *ids, int64_t n);
+/* The bytes of one id (a special's name for 0..2), not NUL-safe: use *len. */
+const char *rt_bpe_token(const RtBpe *b, int32_t id, int *len);
+/* The merges as pairs [n, 2] (merge i makes id RT_BPE_NBASE + i): what a checkpoint
+ * stores (an i32 tensor), and back; NULL with a message in err for a bad list. */
+const int32_t *rt_bpe_merges(const RtBpe *b, int32_t *n);
+RtBpe *rt_bpe_from_merges(const int32_t *pairs, int32_t n, char *err, size_t errn);
+/* The same as text: "moec-bpe 1 N" and one "left right" line per merge. */
+char *rt_bpe_to_string(const RtBpe *b);
+RtBpe *rt_bpe_from_string(const char *text, char *err, size_t errn);
+
 /* ---------------------------------------------------------------- bleu.c */
 
 /* Sufficient statistics of corpus BLEU-4: clipped n-gram matches and hypothesis n-gram

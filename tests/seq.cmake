@@ -1,4 +1,8 @@
 # seq.cmake: translation models' pieces (issue "machine translation").
+# Real data: MOEC_DATA_DIR (default ../shared/data beside the checkout); tests that need it
+# skip (77) without it.
+set(MOEC_DATA_DIR "${CMAKE_CURRENT_SOURCE_DIR}/../../shared/data" CACHE PATH
+    "the shared data folder (en-fr, tiny-shakespeare, PTB)")
 #   gradcheck_seq : the sequence ops (bmm, attention scores, masked softmax, columns, the
 #                   padded cross-entropy), attention layers (additive / product, masked or
 #                   not) and a whole small encoder-decoder with MoE layers, against finite
@@ -25,3 +29,14 @@ target_link_libraries(test_bleu PRIVATE moeccore)
 target_compile_options(test_bleu PRIVATE ${MOEC_WARN})
 add_test(NAME bleu COMMAND test_bleu)
 set_tests_properties(bleu PROPERTIES TIMEOUT 30 LABELS "seq;fast")
+#   bpe           : the byte-pair encoder (runtime/bpe.c): hand-worked merges, round trips,
+#                   UTF-8 safety, serialisation and its errors
+#   bpe_en_fr     : 8000 ids learned from ../shared/data/en-fr in about a second, the
+#                   valid set round-tripping (skipped without the data)
+add_executable(test_bpe ${CMAKE_CURRENT_SOURCE_DIR}/test_bpe.c)
+target_link_libraries(test_bpe PRIVATE moeccore)
+target_compile_options(test_bpe PRIVATE ${MOEC_WARN})
+add_test(NAME bpe COMMAND test_bpe)
+add_test(NAME bpe_en_fr COMMAND test_bpe --corpus ${MOEC_DATA_DIR})
+set_tests_properties(bpe PROPERTIES TIMEOUT 30 LABELS "seq;fast")
+set_tests_properties(bpe_en_fr PROPERTIES TIMEOUT 60 LABELS "seq" SKIP_RETURN_CODE 77)
