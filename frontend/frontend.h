@@ -196,7 +196,7 @@ int fe_layer_lookup(const char *name); /* -1 if none */
 
 /* ---------------------------------------------------------------- sema.c: Config */
 
-typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN } DataKind;
+typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN, DATA_PARALLEL } DataKind;
 typedef enum OptKind { OPT_ADAM, OPT_FACTORED } OptKind;
 typedef enum RecomputeKind { RC_NONE, RC_LIST, RC_ALL, RC_AUTO } RecomputeKind;
 typedef enum BackendKind { BK_AUTO, BK_CPU, BK_CUDA } BackendKind;
@@ -213,7 +213,9 @@ typedef struct Config {
   /* train */
   DataKind data;
   int topics, vocab; uint64_t data_seed; /* synthetic */
-  const char *data_path;                 /* text or bin */
+  const char *data_path;                 /* text, bin, or parallel's training pairs */
+  const char *data_valid_path;           /* parallel: valid=, or NULL */
+  int max_len, batch_tokens;             /* parallel: ids per side, ids per batch */
   int batch, unroll, steps, eval_every;
   OptKind optimizer;
   double lr, beta1, beta2, eps;

@@ -1301,7 +1301,64 @@ static const char *resolve_path(Sema *S, const char *p) {
   return mc_arena_printf(S->arena, "%.*s/%s", (int)(slash - src), src, p);
 }
 
-/* data = synthetic(topics=, vocab=, seed=) | "path" */
+/* Parallel data feeds a translation model (a source over S) its shared BPE vocabulary:
+ * the loss's vocab, which every embedding must hold; pads are the vocabulary's <pad>, 0. */
+static void check_parallel_model(Sema *S, Expr *e) {
+  if (!S->has_source) {
+    fe_error(S->d, e->loc,
+             "parallel data feeds a translation model: the model needs source ids over S, e.g. "
+             "'input src : i32[B, S] pad 0'");
+    return;
+  }
+  Expr *sx = S->loss_call;
+  int vocab = sx && sx->layer == L_SOFTMAX_XENT ? (int)sx->argv[LA_VOCAB] : 0;
+  if (vocab && vocab < 259) {
+    fe_error(S->d, e->loc,
+             "parallel data's vocabulary has at least 259 ids (3 specials, 256 bytes), but the "
+             "model's softmax_xent vocab is %d",
+             vocab);
+    return;
+  }
+  for (int i = 0; i < S->nembeds && vocab; i++)
+    if (S->embeds[i]->argv[LA_VOCAB] < vocab)
+      fe_error(S->d, arg_loc(S->embeds[i], &fe_layers[L_EMBEDDING], LA_VOCAB),
+               "embedding '%s' has vocab %.0f, fewer ids than the parallel data's shared "
+               "vocabulary (the softmax_xent vocab, %d)",
+               S->embeds[i]->param_name ? S->embeds[i]->param_name : "?",
+               S->embeds[i]->argv[LA_VOCAB], vocab);
+  for (size_t i = 0; i < S->syms.norder; i++) {
+    Sym *y = S->syms.order[i];
+    if (y->input && y->has_pad && y->pad != 0)
+      fe_error(S->d, y->loc,
+               "parallel data pads with id 0 (the vocabulary's <pad>): '%s' must have pad 0",
+               y->name);
+  }
+}
+
+/* data = parallel("train.tsv", valid=, max_len=, batch_tokens=) */
+static void train_parallel(Sema *S, Expr *e) {
+  Config *c = S->cfg;
+  static const char *const keys[] = {"path", "valid", "max_len", "batch_tokens"};
+  Expr *v[4];
+  if (!match_args(S, e, "parallel", keys, 4, v)) return;
+  c->data = DATA_PARALLEL;
+  for (int i = 0; i < 2; i++) {
+    if (!v[i]) continue;
+    if (v[i]->kind != EX_STR || !v[i]->str || !v[i]->str[0]) {
+      fe_error(S->d, v[i]->loc, "parallel's '%s' must be a file path in quotes", keys[i]);
+      continue;
+    }
+    *(i ? &c->data_valid_path : &c->data_path) = resolve_path(S, v[i]->str);
+  }
+  if (!v[0])
+    fe_error(S->d, e->loc, "parallel(...) needs the training pairs' path: parallel(\"train.tsv\")");
+  int64_t x;
+  if (v[2] && const_int(S, v[2], "max_len", 2, 65536, &x)) c->max_len = (int)x;
+  if (v[3] && const_int(S, v[3], "batch_tokens", 1, 1 << 24, &x)) c->batch_tokens = (int)x;
+  check_parallel_model(S, e);
+}
+
+/* data = synthetic(topics=, vocab=, seed=) | parallel(...) | "path" */
 static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
   Config *c = S->cfg;
   Expr *vocab_expr = NULL;
@@ -1334,9 +1391,13 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     vocab_expr = v[1];
     return vocab_expr;
   }
+  if (call_named(e, "parallel")) {
+    train_parallel(S, e);
+    return NULL;
+  }
   fe_error(S->d, e->loc,
-           "'data' must be synthetic(topics=, vocab=, seed=) or a file path in quotes "
-           "(\"corpus.txt\", \"tokens.bin\")");
+           "'data' must be synthetic(topics=, vocab=, seed=), parallel(\"pairs.tsv\", valid=) "
+           "or a file path in quotes (\"corpus.txt\", \"tokens.bin\")");
   return NULL;
 }
 
@@ -1462,6 +1523,7 @@ static void check_train(Sema *S, Block *b) {
     }
   }
   if (!seed_given) c->data_seed = c->seed;
+  if (c->data == DATA_PARALLEL && !c->batch_tokens) c->batch_tokens = c->batch * c->unroll;
   if ((int64_t)c->batch * c->unroll > (int64_t)1 << 24)
     fe_error(S->d, st[TK_BATCH] ? st[TK_BATCH]->value->loc : st[TK_UNROLL]->value->loc,
              "batch x unroll = %lld positions per step is too many (at most 16777216)",
@@ -1741,6 +1803,8 @@ void fe_config_defaults(Config *c) {
   c->data_seed = 1;
   c->batch = 32;
   c->unroll = 20;
+  c->max_len = 100;
+  c->batch_tokens = 0; /* parallel data: batch * unroll unless given */
   c->steps = 1000;
   c->eval_every = 0; /* evaluate at the end only */
   c->optimizer = OPT_ADAM;

@@ -44,6 +44,68 @@ RtBpe *rt_bpe_from_merges(const int32_t *pairs, int32_t n, char *err, size_t err
 char *rt_bpe_to_string(const RtBpe *b);
 RtBpe *rt_bpe_from_string(const char *text, char *err, size_t errn);
 
+/* ---------------------------------------------------------------- parallel.c */
+
+/* A parallel file's pairs, as text (pointers into the file's bytes). */
+typedef struct RtParText {
+  const char *path;
+  char *text; /* the file, cut into strings */
+  char **src, **tgt;
+  int64_t *line; /* each pair's line number */
+  int64_t n, nblank;
+} RtParText;
+
+/* Reads `source<TAB>target` lines; false with "file:line: ..." in err on a line without a
+ * tab or with two, a NUL byte, or invalid UTF-8 (also an unreadable file). */
+bool rt_par_read(const char *path, RtParText *t, char *err, size_t errn);
+void rt_par_text_free(RtParText *t);
+/* The shared vocabulary: BPE learned from both sides of the pairs. */
+RtBpe *rt_par_learn_bpe(const RtParText *t, int32_t vocab);
+
+/* Encoded pairs: source ids + </s>, target ids + </s> (CSR). Pairs with a side of more
+ * than max_len ids (with </s>), or an empty side, are left out and counted. */
+typedef struct RtParData {
+  const char *path;
+  int64_t n;                  /* pairs kept */
+  int32_t *src, *tgt;         /* ids */
+  int64_t *src_off, *tgt_off; /* [n+1] */
+  int64_t *line;              /* each kept pair's line */
+  int64_t src_tokens, tgt_tokens;
+  int max_src, max_tgt, max_len;
+  int64_t nlong, nempty, nblank; /* left out (long, empty), blank lines */
+  int64_t *left_out, nleft;      /* the lines left out */
+} RtParData;
+
+RtParData *rt_par_encode(const RtParText *t, RtBpe *bpe, int max_len);
+void rt_par_free(RtParData *d);
+/* One line of counts, and one naming what was left out (if anything). */
+void rt_par_report(const RtParData *d, FILE *out);
+
+/* A batch: B pairs padded to S source and T target positions (the graph's B, S, T). */
+typedef struct RtParBatch {
+  int32_t B, S, T;
+  int64_t first; /* its pairs: pairs[first .. first + B) */
+} RtParBatch;
+
+typedef struct RtParBatches {
+  RtParBatch *b;
+  int64_t n;
+  int64_t *pairs; /* pair indices, batch after batch */
+  int64_t tokens; /* sum of B * max(S, T): positions including padding */
+  int32_t max_B;
+} RtParBatches;
+
+/* Buckets by lengths rounded up to `width`; B = floor(budget / max(S, T)) per batch (at
+ * least 1). shuffle: the order inside buckets and of the batches drawn from (seed,
+ * epoch); else the file's order, bucket after bucket. */
+RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, uint64_t seed,
+                             int64_t epoch, bool shuffle);
+void rt_par_batches_free(RtParBatches *bs);
+/* Batch i's inputs: src[B,S] (ids, </s>, pads), tgt_in[B,T] (<s> y_1 .. y_n, pads),
+ * tgt_out[B,T] (y_1 .. y_n </s>, pads); pads are RT_BPE_PAD = 0. */
+void rt_par_fill(const RtParData *d, const RtParBatches *bs, int64_t i, int32_t *src,
+                 int32_t *tgt_in, int32_t *tgt_out);
+
 /* ---------------------------------------------------------------- bleu.c */
 
 /* Sufficient statistics of corpus BLEU-4: clipped n-gram matches and hypothesis n-gram

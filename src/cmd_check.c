@@ -58,6 +58,11 @@ static const char *data_str(const Config *c, char *buf, size_t n) {
   if (c->data == DATA_SYNTHETIC)
     snprintf(buf, n, "synthetic(topics=%d, vocab=%d, seed=%llu)", c->topics, c->vocab,
              (unsigned long long)c->data_seed);
+  else if (c->data == DATA_PARALLEL)
+    snprintf(buf, n, "parallel(\"%s\"%s%s%s, max_len=%d, batch_tokens=%d)",
+             c->data_path ? c->data_path : "", c->data_valid_path ? ", valid=\"" : "",
+             c->data_valid_path ? c->data_valid_path : "", c->data_valid_path ? "\"" : "",
+             c->max_len, c->batch_tokens);
   else
     snprintf(buf, n, "\"%s\" (%s)", c->data_path ? c->data_path : "",
              c->data == DATA_BIN ? "uint16 token ids" : "text");
@@ -239,6 +244,15 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
   if (c->data == DATA_SYNTHETIC) {
     mc_buf_printf(&b, "{\"kind\": \"synthetic\", \"topics\": %d, \"vocab\": %d, \"seed\": %llu}",
                   c->topics, c->vocab, (unsigned long long)c->data_seed);
+  } else if (c->data == DATA_PARALLEL) {
+    mc_buf_printf(&b, "{\"kind\": \"parallel\", \"path\": ");
+    mc_buf_json_string(&b, c->data_path ? c->data_path : "");
+    mc_buf_printf(&b, ", \"valid\": ");
+    if (c->data_valid_path)
+      mc_buf_json_string(&b, c->data_valid_path);
+    else
+      mc_buf_printf(&b, "null");
+    mc_buf_printf(&b, ", \"max_len\": %d, \"batch_tokens\": %d}", c->max_len, c->batch_tokens);
   } else {
     mc_buf_printf(&b, "{\"kind\": \"%s\", \"path\": ", c->data == DATA_BIN ? "bin" : "text");
     mc_buf_json_string(&b, c->data_path ? c->data_path : "");

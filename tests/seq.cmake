@@ -40,3 +40,14 @@ add_test(NAME bpe COMMAND test_bpe)
 add_test(NAME bpe_en_fr COMMAND test_bpe --corpus ${MOEC_DATA_DIR})
 set_tests_properties(bpe PROPERTIES TIMEOUT 30 LABELS "seq;fast")
 set_tests_properties(bpe_en_fr PROPERTIES TIMEOUT 60 LABELS "seq" SKIP_RETURN_CODE 77)
+#   parallel       : parallel corpora (runtime/parallel.c) on small made-up files: errors with
+#                    file:line, pairs left out and reported, buckets within the token budget,
+#                    padding and the shifted target, determinism
+#   parallel_en_fr : ../shared/data/en-fr read, encoded and batched (skipped without it)
+add_executable(test_parallel ${CMAKE_CURRENT_SOURCE_DIR}/test_parallel.c)
+target_link_libraries(test_parallel PRIVATE moeccore)
+target_compile_options(test_parallel PRIVATE ${MOEC_WARN})
+add_test(NAME parallel COMMAND test_parallel)
+add_test(NAME parallel_en_fr COMMAND test_parallel --corpus ${MOEC_DATA_DIR})
+set_tests_properties(parallel PROPERTIES TIMEOUT 30 LABELS "seq;fast")
+set_tests_properties(parallel_en_fr PROPERTIES TIMEOUT 60 LABELS "seq" SKIP_RETURN_CODE 77)
