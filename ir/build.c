@@ -304,7 +304,9 @@ static Tensor *build_attention(Graph *g, const char *name, Tensor *q, Tensor *m,
   if (score == LAE_PRODUCT) {
     Tensor *mt = ir_op1(g, OP_TANH, mu); // [B, S, A]
     name_sub(g, mt, name, "mu_tanh");
-    Tensor *qv = ir_op2(g, OP_COL_SCALE, ir_op1(g, OP_TANH, qw), v); // [B, T, A]
+    Tensor *qt = ir_op1(g, OP_TANH, qw); // [B, T, A]
+    name_sub(g, qt, name, "qw_tanh");
+    Tensor *qv = ir_op2(g, OP_COL_SCALE, qt, v); // [B, T, A]
     name_sub(g, qv, name, "qv");
     int64_t tb[IR_MAX_ATTR] = {0, 1};
     s = node1(g, OP_BMM, qv, mt, tb, NULL); // [B, T, S]
