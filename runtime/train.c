@@ -45,6 +45,10 @@ static void find_inputs(Compiled *c) {
   Graph *g = c->g;
   const Tensor *tg = NULL;
   int vin = 0, vout = 0;
+  if (ir_input_role(g, IN_SOURCE) || g->xent_count)
+    mc_die("model '%s' %s: the training loop does not run such models yet", g->name,
+           ir_input_role(g, IN_SOURCE) ? "is a translation model (source ids over S)"
+                                       : "averages its loss over targets with a pad id");
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
     if (n->op == OP_XENT && !tg) {
