@@ -1,27 +1,13 @@
 /* grads_seq.c: the gradient rules of the sequence ops in ops.def (conventions as in
  * grads_dense.c: each gin[i] has exactly the type of n->in[i]; masks, counts and ids
- * get none). docs/ir.md ("Attention") derives them. */
+ * get none; xent_pad's rule is grad_xent's). docs/language.md ("The attention exactly")
+ * derives them. */
 #include "ir.h"
 
 static Tensor *bmm(Graph *g, Tensor *a, Tensor *b, bool ta, bool tb) {
   Tensor *in[2] = {a, b};
   int64_t ia[IR_MAX_ATTR] = {ta, tb};
   return ir_node(g, OP_BMM, 2, in, ia, NULL)->out[0];
-}
-
-/* loss = sum over real targets of -log p / max(count, 1): the logits' gradient only */
-void grad_xent_pad(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
-  Tensor *d = NULL;
-  if (gout[0]) {
-    Tensor *in[4] = {gout[0], n->out[1], n->in[1], n->in[2]};
-    int64_t ia[IR_MAX_ATTR] = {n->ia[0]};
-    d = ir_node(g, OP_XENT_PAD_BWD, 4, in, ia, NULL)->out[0];
-  }
-  if (gout[1]) {
-    Tensor *dp = ir_op2(g, OP_SOFTMAX_BWD, gout[1], n->out[1]);
-    d = d ? ir_op2(g, OP_ADD, d, dp) : dp;
-  }
-  gin[0] = d;
 }
 
 /* The four forms, per batch row as grad_matmul's:

@@ -8,6 +8,7 @@
 
 #include "gradcheck.h"
 #include "test.h"
+#include "test_model.h"
 
 #define B_ dim_sym('B')
 #define T_ dim_sym('T')
@@ -175,17 +176,7 @@ static void t_xent_pad(void) {
 /* ---------------------------------------------------------------- layers from .moe text */
 
 static AstFile *parse(const char *name, const char *text, Config *cfg) {
-  Source src = {.path = name, .text = text, .len = strlen(text)};
-  Diag d;
-  fe_diag_init(&d, &src);
-  AstFile *f = fe_parse(&src, &d);
-  fe_config_defaults(cfg);
-  if (d.errors == 0) fe_sema(f, cfg, &d);
-  if (d.errors) {
-    fprintf(stderr, "%s: the test model has errors\n", name);
-    exit(1);
-  }
-  return f;
+  return test_parse_model(name, text, strlen(text), cfg);
 }
 
 static Tensor *find(Graph *g, const char *name) {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../codegen/codegen.h"
+#include "kernel_test.h"
 #include "test.h"
 
 #define I_(n) dim_int(n)
@@ -28,45 +29,13 @@ static Tensor *node(Graph *g, OpKind op, int nin, Tensor *a, Tensor *b, Tensor *
   return ir_node(g, op, nin, in, ia, NULL)->out[0];
 }
 
-static double *randv(int64_t n, uint64_t seed, double s) {
-  double *v = mc_malloc((size_t)n * sizeof(double));
-  uint64_t key = mc_rng_key(seed, 77, 0);
-  for (int64_t i = 0; i < n; i++)
-    v[i] = s * (2 * mc_rng_uniform(key, (uint64_t)i) - 1);
-  return v;
-}
-static void set(Program *p, const Tensor *t, const double *v) {
-  for (int64_t i = 0; i < t->numel; i++) {
-    if (p->prec == PREC_F64)
-      cg_f64(p, t)[i] = v[i];
-    else
-      cg_f32(p, t)[i] = (float)v[i];
-  }
-}
 static void set_ids(Program *p, const Tensor *t, const int32_t *v) {
   memcpy(p->buf[t->id], v, (size_t)t->numel * sizeof(int32_t));
-}
-static double get(Program *p, const Tensor *t, int64_t i) {
-  return p->prec == PREC_F64 ? cg_f64(p, t)[i] : (double)cg_f32(p, t)[i];
 }
 static void run(Program *p) {
   KernelCtx kc = {.seed = 1, .batch_local = 1, .ndevices = 1};
   rt_exec(p, &kc, 0, p->ninstrs);
 }
-static double rel_err(Program *p, const Tensor *t, const double *ref) {
-  double md = 0, mr = 0;
-  for (int64_t i = 0; i < t->numel; i++) {
-    double a = get(p, t, i);
-    md = fmax(md, fabs(a - ref[i]));
-    mr = fmax(mr, fabs(ref[i]));
-    if (a != a) md = INFINITY;
-  }
-  return md / fmax(mr, 1e-30);
-}
-static double tol(int pr) {
-  return pr == PREC_F64 ? 1e-12 : 2e-6;
-}
-
 /* ---------------------------------------------------------------- bmm */
 
 static void t_bmm(void) {
@@ -96,7 +65,7 @@ static void t_bmm(void) {
               }
               ref[(i * M + m) * N + n] = s;
             }
-        CHECK(rel_err(p, y, ref) < tol(pr));
+        CHECK(rel_err(p, y, ref) < tol((Precision)pr));
         mc_free(av);
         mc_free(bv);
         cg_program_free(p);
@@ -174,7 +143,7 @@ static void t_masked_softmax(void) {
         for (int64_t j = 0; j < S; j++)
           ref[(b * T + t) * S + j] = ids[b * S + j] != pad ? exp(x[j] - mx) / sum : 0;
       }
-    CHECK(rel_err(p, a, ref) < tol(pr));
+    CHECK(rel_err(p, a, ref) < tol((Precision)pr));
     for (int64_t i = 0; i < a->numel; i++) {
       int64_t b = i / (T * S), j = i % S;
       if (ids[b * S + j] == pad) CHECK(get(p, a, i) == 0.0); /* exactly */
@@ -214,9 +183,9 @@ static void t_xent_pad(void) {
     set_ids(p, tg, t4);
     run(p);
     CHECK(get(p, cnt, 0) == 2);
-    CHECK_CLOSE(get(p, xn->out[0], 0), log(2.0), tol(pr), 0);
+    CHECK_CLOSE(get(p, xn->out[0], 0), log(2.0), tol((Precision)pr), 0);
     const double want[8] = {0.25, -0.25, 0, 0, -0.25, 0.25, 0, 0};
-    CHECK(rel_err(p, dl, want) < tol(pr));
+    CHECK(rel_err(p, dl, want) < tol((Precision)pr));
     cg_program_free(p);
     ir_graph_free(g);
   }
@@ -294,7 +263,7 @@ static void t_columns(void) {
         double x = col < 2 ? av[r * 2 + col] : bv[r * 3 + col - 2];
         ref[r * 3 + j] = x * vv[col];
       }
-    CHECK(rel_err(p, sl, ref) < tol(pr));
+    CHECK(rel_err(p, sl, ref) < tol((Precision)pr));
     cg_program_free(p);
     mc_free(av);
     mc_free(bv);

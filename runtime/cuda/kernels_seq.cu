@@ -1,5 +1,6 @@
-/* kernels_seq.cu: CUDA kernels of the sequence ops of ir/ops.def (pad masks, the padded
- * cross-entropy, bmm, attention scores and weights, columns), float32 and float64
+/* kernels_seq.cu: CUDA kernels of the sequence ops of ir/ops.def (pad masks, bmm,
+ * attention scores and weights, columns; the padded cross-entropy shares the plain one's
+ * kernels in kernels_dense.cu), float32 and float64
  * (template on the element type T). Semantics: each op's comment in ops.def; the CPU
  * kernels (runtime/kernels_seq.inc) are the reference tests/gpu/test_cuda_ops.c compares
  * against. bmm is one strided-batched cuBLAS GEMM; every sum runs in a fixed order (no
@@ -12,7 +13,7 @@
 
 static int row_threads(int64_t K) { return K >= 1024 ? 512 : K >= 256 ? 256 : K >= 64 ? 64 : 32; }
 
-/* ---------------------------------------------------------------- masks, padded xent */
+/* ---------------------------------------------------------------- masks, counts */
 
 template <typename T>
 __global__ void pad_mask_kernel(const int32_t *ids, T *m, int64_t n, int32_t pad) {
@@ -44,80 +45,6 @@ static void k_count_nonpad(const KernelCtx *ctx, const Node *n, void *const *in,
   RtCudaDev *d = rt_cuda_of(ctx);
   count_nonpad_kernel<T><<<1, 1024, 0, d->stream>>>(I32IN(0), rt_numel_in(n, 0),
                                                      (int32_t)n->ia[0], OUT(0, T));
-  CUDA_LAUNCH_CHECK();
-}
-
-/* Per row: probs (every row), and -log p[target] into rowloss (0 at pad rows). */
-template <typename T>
-__global__ void xent_pad_row_kernel(const T *x, const int32_t *tg, T *probs, double *rowloss,
-                                    int64_t V, int32_t pad, int *err) {
-  int64_t r = blockIdx.x, o = r * V;
-  T m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) m = max(m, x[o + i]);
-  m = rt_d_block_max<T>(m);
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) s += (double)exp(x[o + i] - m);
-  s = rt_d_block_sum<double>(s);
-  T inv = (T)(1.0 / s);
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) probs[o + i] = exp(x[o + i] - m) * inv;
-  if (threadIdx.x == 0) {
-    int32_t t = tg[r];
-    if (t == pad) {
-      rowloss[r] = 0;
-    } else if (t < 0 || t >= V) {
-      rt_d_error(err, RT_CUDA_ERR_TARGET, OP_XENT_PAD, t);
-      rowloss[r] = 0;
-    } else {
-      rowloss[r] = log(s) - ((double)x[o + t] - (double)m);
-    }
-  }
-}
-
-/* one block: loss = sum(rowloss) / max(count, 1) */
-template <typename T>
-__global__ void xent_pad_sum_kernel(const double *rowloss, int64_t N, const T *count, T *y) {
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += rowloss[i];
-  s = rt_d_block_sum<double>(s);
-  double c = (double)count[0];
-  if (threadIdx.x == 0) y[0] = (T)(s / (c > 1 ? c : 1));
-}
-
-template <typename T>
-static void k_xent_pad(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  RtCudaDev *d = rt_cuda_of(ctx);
-  int64_t V = rt_last_dim(n->in[0]), N = n->in[0]->shape[0];
-  double *rowloss = (double *)rt_cuda_scratch(d, (size_t)(N > 0 ? N : 1) * sizeof(double));
-  if (N > 0) {
-    xent_pad_row_kernel<T><<<(unsigned)N, row_threads(V), 0, d->stream>>>(
-        IN(0, T), I32IN(1), OUT(1, T), rowloss, V, (int32_t)n->ia[0], d->err_dev);
-    CUDA_LAUNCH_CHECK();
-  }
-  xent_pad_sum_kernel<T><<<1, 1024, 0, d->stream>>>(rowloss, N, IN(2, T), OUT(0, T));
-  CUDA_LAUNCH_CHECK();
-}
-
-template <typename T>
-__global__ void xent_pad_bwd_kernel(const T *g, const T *probs, const int32_t *tg, const T *count,
-                                    T *dx, int64_t n, int64_t V, int32_t pad) {
-  double c = (double)count[0];
-  T gs = (T)((double)g[0] / (c > 1 ? c : 1));
-  GRID_STRIDE(i, n) {
-    int64_t r = i / V, col = i % V;
-    int32_t t = tg[r];
-    T v = gs * probs[i]; /* the CPU's order: s*p, then s subtracted at the target */
-    dx[i] = t == pad ? T(0) : col == t ? v - gs : v;
-  }
-}
-
-template <typename T>
-static void k_xent_pad_bwd(const KernelCtx *ctx, const Node *n, void *const *in,
-                           void *const *out) {
-  RtCudaDev *d = rt_cuda_of(ctx);
-  int64_t ne = rt_numel_out(n, 0), V = rt_last_dim(n->in[1]);
-  if (ne == 0) return;
-  xent_pad_bwd_kernel<T><<<rt_cuda_blocks(ne), RT_CUDA_THREADS, 0, d->stream>>>(
-      IN(0, T), IN(1, T), I32IN(2), IN(3, T), OUT(0, T), ne, V, (int32_t)n->ia[0]);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -357,8 +284,6 @@ static void k_slice_last(const KernelCtx *ctx, const Node *n, void *const *in, v
 template <typename T> static void fill(KernelFn *t) {
   t[OP_PAD_MASK] = k_pad_mask<T>;
   t[OP_COUNT_NONPAD] = k_count_nonpad<T>;
-  t[OP_XENT_PAD] = k_xent_pad<T>;
-  t[OP_XENT_PAD_BWD] = k_xent_pad_bwd<T>;
   t[OP_BMM] = k_bmm<T>;
   t[OP_ATTN_SCORE] = k_attn_score<T>;
   t[OP_ATTN_SCORE_BWD] = k_attn_score_bwd<T>;
