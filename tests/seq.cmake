@@ -51,3 +51,12 @@ add_test(NAME parallel COMMAND test_parallel)
 add_test(NAME parallel_en_fr COMMAND test_parallel --corpus ${MOEC_DATA_DIR})
 set_tests_properties(parallel PROPERTIES TIMEOUT 30 LABELS "seq;fast")
 set_tests_properties(parallel_en_fr PROPERTIES TIMEOUT 60 LABELS "seq" SKIP_RETURN_CODE 77)
+#   bench_attention : bench/attention_cpu.c builds and runs on a tiny shape (the benchmark
+#                     itself: its header comment)
+add_executable(attention_cpu ${CMAKE_SOURCE_DIR}/bench/attention_cpu.c)
+target_link_libraries(attention_cpu PRIVATE moeccore)
+target_compile_options(attention_cpu PRIVATE ${MOEC_WARN})
+set_target_properties(attention_cpu PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+add_test(NAME bench_attention COMMAND attention_cpu 2 3 4 8 5 1)
+set_tests_properties(bench_attention PROPERTIES TIMEOUT 30 LABELS "bench;seq;fast"
+                     PASS_REGULAR_EXPRESSION "additive +forward +[0-9.]+ +forward\\+backward")
