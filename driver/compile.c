@@ -40,6 +40,13 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Tensor **ids,
   const Tensor *tg = NULL;
   int vin = 0, vout = 0;
   *ids = *targets = NULL;
+  if (ir_input_role(g, IN_SOURCE) || g->xent_count) {
+    fe_error(d, model_loc, "model '%s' %s: the training loop does not run such models yet",
+             g->name,
+             ir_input_role(g, IN_SOURCE) ? "is a translation model (source ids over S)"
+                                         : "averages its loss over targets with a pad id");
+    return false;
+  }
   for (int k = 0; k < g->nnodes && !tg; k++) {
     const Node *n = g->nodes[k];
     if (n->op == OP_XENT) {
@@ -125,7 +132,9 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
   plan_free_loads(loads);
   const Tensor *ids, *targets;
   int vocab;
-  if (ok && t->training && !t->print_after)
+  /* what a run feeds (a translation model's inputs are checked by sema; its loop comes) */
+  bool translation = ir_input_role(g, IN_SOURCE) || g->xent_count;
+  if (ok && t->training && !t->print_after && !translation)
     ok = find_inputs(g, &d, f->model->loc, &ids, &targets, &vocab);
   if (!ok) {
     ir_graph_free(g);

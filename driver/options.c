@@ -283,6 +283,15 @@ char *drv_settings_json(const Config *c, const Options *o) {
   if (c->data == DATA_SYNTHETIC) {
     mc_buf_printf(&b, "{\"kind\": \"synthetic\", \"topics\": %d, \"vocab\": %d, \"seed\": %llu}",
                   c->topics, c->vocab, (unsigned long long)c->data_seed);
+  } else if (c->data == DATA_PARALLEL) {
+    mc_buf_printf(&b, "{\"kind\": \"parallel\", \"path\": ");
+    mc_buf_json_string(&b, c->data_path ? c->data_path : "");
+    mc_buf_printf(&b, ", \"valid\": ");
+    if (c->data_valid_path)
+      mc_buf_json_string(&b, c->data_valid_path);
+    else
+      mc_buf_printf(&b, "null");
+    mc_buf_printf(&b, ", \"max_len\": %d, \"batch_tokens\": %d}", c->max_len, c->batch_tokens);
   } else {
     mc_buf_printf(&b, "{\"kind\": \"%s\", \"path\": ", c->data == DATA_BIN ? "bin" : "text");
     mc_buf_json_string(&b, c->data_path ? c->data_path : "");

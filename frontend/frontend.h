@@ -17,10 +17,12 @@
 
 /* ---------------------------------------------------------------- types */
 
-/* A dimension: c * B^b * T^t, so [B, T, D] and the flattened [B*T, D] are exact. */
+/* A dimension: c * B^b * T^t * S^s, so [B, T, D] and the flattened [B*T, D] are exact.
+ * B is the batch, T the unroll (target) length, S the source length of a translation
+ * model's second sequence. */
 typedef struct Dim {
   int64_t c;
-  int8_t b, t; /* powers of the symbols B and T */
+  int8_t b, t, s; /* powers of the symbols B, T and S */
 } Dim;
 
 typedef enum DType { DT_F32, DT_I32 } DType;
@@ -33,11 +35,12 @@ typedef struct Type {
 } Type;
 
 Dim dim_int(int64_t c);
-Dim dim_sym(char sym); /* 'B' or 'T' */
+Dim dim_sym(char sym); /* 'B', 'T' or 'S' */
 Dim dim_mul(Dim a, Dim b);
 bool dim_eq(Dim a, Dim b);
 bool dim_is_const(Dim d);
-int64_t dim_eval(Dim d, int64_t B, int64_t T); /* binds the symbols */
+int64_t dim_eval(Dim d, int64_t B, int64_t T); /* binds the symbols; S takes T's value */
+int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S);
 char *dim_str(Dim d, char *buf, size_t n);    /* "B*T", "512", "4*B" */
 char *type_str(const Type *t, char *buf, size_t n); /* "f32[B, T, 512]" */
 
@@ -94,7 +97,7 @@ struct Arg {
   Arg *next;
 };
 
-#define MAX_LAYER_ARGS 16
+#define MAX_LAYER_ARGS 24
 
 struct Expr {
   ExprKind kind;
@@ -112,6 +115,7 @@ struct Expr {
   double argv[MAX_LAYER_ARGS]; /* resolved layer arguments, by LayerArgId */
   Expr *targ[2];     /* resolved tensor arguments */
   const char *param_name; /* parameter prefix: the assigned NAME */
+  const char *mask_input; /* attention: the padded input whose pad ids mask the memory */
 };
 
 typedef enum StmtKind {
@@ -129,7 +133,8 @@ struct Stmt {
   Loc loc;
   const char *name; Loc name_loc;
   Expr *value;            /* let, assign, setting; place rule (EX_NAME or EX_CALL) */
-  DType dtype; Arg *dims; /* input: dims are EX_NUM or EX_NAME (B, T, or a let) */
+  DType dtype; Arg *dims; /* input: dims are EX_NUM or EX_NAME (B, T, S, or a let) */
+  Expr *pad;              /* input: `pad N`, the id of padding positions, or NULL */
   Arg *names;             /* output */
   const char *pattern; Loc pattern_loc; /* place */
   Stmt *next;
@@ -173,14 +178,18 @@ typedef enum LayerId {
 typedef enum LayerArgId {
   LA_X = 0, /* unused slot names, for symmetry: tensor inputs are in targ[] */
   LA_VOCAB, LA_DIM, LA_UNITS, LA_ACT, LA_P, LA_EXPERTS, LA_K, LA_HIDDEN, LA_GATING,
-  LA_W_IMPORTANCE, LA_W_LOAD, LA_NOISE, LA_OUT, LA_GROUPS, LA_K_GROUP,
+  LA_W_IMPORTANCE, LA_W_LOAD, LA_NOISE, LA_OUT, LA_GROUPS, LA_K_GROUP, LA_CARRY, LA_SCORE,
   LA_COUNT
 } LayerArgId;
 _Static_assert(LA_COUNT <= MAX_LAYER_ARGS, "too many layer args");
 
-typedef enum ArgKind { AK_INT, AK_FLOAT, AK_BOOL, AK_PROB, AK_ENUM_ACT, AK_ENUM_GATING } ArgKind;
+typedef enum ArgKind {
+  AK_INT, AK_FLOAT, AK_BOOL, AK_PROB, AK_ENUM_ACT, AK_ENUM_GATING, AK_ENUM_SCORE
+} ArgKind;
 typedef enum { LAE_NONE, LAE_RELU, LAE_TANH, LAE_SIGMOID } LayerAct;
 typedef enum { LAE_NOISY_TOPK, LAE_SOFTMAX, LAE_BATCHWISE } LayerGating;
+/* attention scores: GNMT's v . tanh(mU + qW), or the paper's v . (tanh(mU) * tanh(qW)) */
+typedef enum { LAE_ADDITIVE, LAE_PRODUCT } LayerScore;
 
 typedef struct LayerArgSpec {
   LayerArgId id;
@@ -202,7 +211,7 @@ int fe_layer_lookup(const char *name); /* -1 if none */
 
 /* ---------------------------------------------------------------- sema.c: Config */
 
-typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN } DataKind;
+typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN, DATA_PARALLEL } DataKind;
 typedef enum OptKind { OPT_ADAM, OPT_FACTORED } OptKind;
 typedef enum RecomputeKind { RC_NONE, RC_LIST, RC_ALL, RC_AUTO } RecomputeKind;
 typedef enum BackendKind { BK_AUTO, BK_CPU, BK_CUDA } BackendKind;
@@ -219,7 +228,9 @@ typedef struct Config {
   /* train */
   DataKind data;
   int topics, vocab; uint64_t data_seed; /* synthetic */
-  const char *data_path;                 /* text or bin */
+  const char *data_path;                 /* text, bin, or parallel's training pairs */
+  const char *data_valid_path;           /* parallel: valid=, or NULL */
+  int max_len, batch_tokens;             /* parallel: ids per side, ids per batch */
   int batch, unroll, steps, eval_every;
   OptKind optimizer;
   double lr, beta1, beta2, eps;
@@ -254,6 +265,7 @@ typedef struct LayerSummary {
   Type out;             /* output type */
   int64_t params;       /* parameter count */
   int64_t ops_per_token;/* forward multiply-adds per position (timestep) */
+  int64_t ops_per_pair; /* attention: per (target step, source position) pair */
   bool core;            /* counted in params_core (not embedding/softmax) */
 } LayerSummary;
 
@@ -261,6 +273,8 @@ typedef struct ModelSummary {
   const char *model;
   int nlayers; LayerSummary *layers;
   int64_t params, params_core, ops_per_timestep;
+  int64_t ops_per_pair; /* the attention layers', not in ops_per_timestep */
+  bool translation;     /* an input has the source length S */
 } ModelSummary;
 
 /* Requires a checked file. */

@@ -4,16 +4,25 @@
  *
  *   params_core      parameters excluding the embedding and softmax layers;
  *   ops_per_timestep multiply-adds of the weight matrices in one forward step of
- *                    one position, excluding embedding and softmax.
+ *                    one position, excluding embedding and softmax. In a translation
+ *                    model a timestep is one source and one target position (the
+ *                    encoder's layers count per source position, the decoder's per
+ *                    target position); an attention's projections count there, and
+ *                    its scores and context, which grow with the source length, are
+ *                    given apart per (target step, source position) pair.
  *
  * Counts match the parameters ir_build creates (biases included; w_noise only
  * when the gate is noisy). docs/language.md gives every formula. */
+#include <string.h>
+
 #include "frontend.h"
 
-/* Parameters and per-position multiply-adds of one layer call; in = input width. */
-static void count_layer(const Expr *e, int64_t in, int64_t *params, int64_t *ops) {
+/* Parameters and per-position multiply-adds of one layer call; in = input width, in2 =
+ * the second tensor's (attention's memory); *pair: per (target, source) pair. */
+static void count_layer(const Expr *e, int64_t in, int64_t in2, int64_t *params, int64_t *ops,
+                        int64_t *pair) {
   const double *av = e->argv;
-  int64_t p = 0, o = 0;
+  int64_t p = 0, o = 0, pp = 0;
   switch ((LayerId)e->layer) {
   case L_EMBEDDING: {
     int64_t V = (int64_t)av[LA_VOCAB], D = (int64_t)av[LA_DIM];
@@ -55,23 +64,37 @@ static void count_layer(const Expr *e, int64_t in, int64_t *params, int64_t *ops
     o = primary + kg * secondary + kg * k * (in * H + H * O);
     break;
   }
+  case L_ATTENTION: {
+    int64_t A = (int64_t)av[LA_UNITS];
+    p = in2 * A + in * A + A; /* u, w, v */
+    o = in2 * A + in * A;     /* m.U per source position, q.W per target position */
+    pp = A + in2;             /* the score (v . tanh(...): A) and the context (in2) */
+    if (av[LA_SCORE] == LAE_PRODUCT) o += A; /* tanh(q.W) * v, once per target step */
+    break;
+  }
   case L_SOFTMAX_XENT: {
     int64_t V = (int64_t)av[LA_VOCAB];
     p = V * in + V;
     o = in * V; /* shown per layer; not in ops_per_timestep */
     break;
   }
-  default: /* dropout, relu, tanh, sigmoid: no weights */
+  default: /* dropout, relu, tanh, sigmoid, concat: no weights */
     break;
   }
   *params = p;
   *ops = o;
+  *pair = pp;
 }
 
 ModelSummary fe_summarize(AstFile *f, McArena *a) {
   ModelSummary s = {0};
   if (!f || !f->model) return s;
   s.model = f->model->name;
+  for (Stmt *st = f->model->stmts; st; st = st->next)
+    if (st->kind == ST_INPUT)
+      for (Arg *a = st->dims; a; a = a->next)
+        if (a->value && a->value->kind == EX_NAME && !strcmp(a->value->str, "S"))
+          s.translation = true;
   int n = 0;
   for (Stmt *st = f->model->stmts; st; st = st->next)
     if (st->kind == ST_ASSIGN && st->value && st->value->kind == EX_CALL && st->value->layer >= 0)
@@ -85,15 +108,18 @@ ModelSummary fe_summarize(AstFile *f, McArena *a) {
     l->layer = (LayerId)e->layer;
     l->loc = e->loc;
     l->out = e->ty;
-    const Expr *x = e->targ[0];
-    int64_t in = 0;
+    const Expr *x = e->targ[0], *x2 = e->targ[1];
+    int64_t in = 0, in2 = 0;
     if (x && x->ty.rank > 0) in = x->ty.dim[x->ty.rank - 1].c;
-    count_layer(e, in, &l->params, &l->ops_per_token);
+    if (x2 && x2->ty.rank > 0 && fe_layers[e->layer].ntensors > 1)
+      in2 = x2->ty.dim[x2->ty.rank - 1].c;
+    count_layer(e, in, in2, &l->params, &l->ops_per_token, &l->ops_per_pair);
     l->core = e->layer != L_EMBEDDING && e->layer != L_SOFTMAX_XENT;
     s.params += l->params;
     if (l->core) {
       s.params_core += l->params;
       s.ops_per_timestep += l->ops_per_token;
+      s.ops_per_pair += l->ops_per_pair;
     }
   }
   return s;

@@ -180,10 +180,15 @@ void grad_softmax(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
 
 /* (loss, probs) = xent(logits, targets):
  * dlogits = xent_bwd(g_loss, probs, targets) (+ softmax_bwd(g_probs, probs) when the
- * probs are used too); no gradient for targets */
+ * probs are used too); no gradient for targets. xent_pad (logits, targets, count): the
+ * same with xent_pad_bwd(g_loss, probs, targets, count) {pad}; none for the count */
 void grad_xent(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   Tensor *d = NULL;
-  if (gout[0]) {
+  if (gout[0] && n->op == OP_XENT_PAD) {
+    Tensor *in[4] = {gout[0], n->out[1], n->in[1], n->in[2]};
+    int64_t ia[IR_MAX_ATTR] = {n->ia[0]};
+    d = ir_node(g, OP_XENT_PAD_BWD, 4, in, ia, NULL)->out[0];
+  } else if (gout[0]) {
     Tensor *in[3] = {gout[0], n->out[1], n->in[1]};
     double fa[IR_MAX_ATTR] = {n->fa[0]};
     d = ir_node(g, OP_XENT_BWD, 3, in, NULL, fa)->out[0];

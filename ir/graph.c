@@ -5,28 +5,39 @@
 
 /* ---- dims ---- */
 
-Dim dim_int(int64_t c) { return (Dim){c, 0, 0}; }
-Dim dim_sym(char sym) { return sym == 'B' ? (Dim){1, 1, 0} : (Dim){1, 0, 1}; }
-Dim dim_mul(Dim a, Dim b) { return (Dim){a.c * b.c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t)}; }
-bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t; }
-bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0; }
+Dim dim_int(int64_t c) { return (Dim){c, 0, 0, 0}; }
+Dim dim_sym(char sym) {
+  MOEC_ASSERT(sym == 'B' || sym == 'T' || sym == 'S');
+  return sym == 'B' ? (Dim){1, 1, 0, 0} : sym == 'T' ? (Dim){1, 0, 1, 0} : (Dim){1, 0, 0, 1};
+}
+Dim dim_mul(Dim a, Dim b) {
+  return (Dim){a.c * b.c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t), (int8_t)(a.s + b.s)};
+}
+bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t && a.s == b.s; }
+bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0 && d.s == 0; }
 
-int64_t dim_eval(Dim d, int64_t B, int64_t T) {
+int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S) {
   int64_t v = d.c;
   for (int i = 0; i < d.b; i++) v *= B;
   for (int i = 0; i < d.t; i++) v *= T;
+  for (int i = 0; i < d.s; i++) v *= S;
   return v;
 }
+
+/* Sizes estimated at (B, T) before a graph is bound (plans, cost model) take S = T: a
+ * source as long as its target. */
+int64_t dim_eval(Dim d, int64_t B, int64_t T) { return dim_eval3(d, B, T, T); }
 
 char *dim_str(Dim d, char *buf, size_t n) {
   McBuf b = {0};
   bool any = false;
-  if (d.c != 1 || (d.b == 0 && d.t == 0)) {
+  if (d.c != 1 || dim_is_const(d)) {
     mc_buf_printf(&b, "%lld", (long long)d.c);
     any = true;
   }
   for (int i = 0; i < d.b; i++, any = true) mc_buf_printf(&b, "%sB", any ? "*" : "");
   for (int i = 0; i < d.t; i++, any = true) mc_buf_printf(&b, "%sT", any ? "*" : "");
+  for (int i = 0; i < d.s; i++, any = true) mc_buf_printf(&b, "%sS", any ? "*" : "");
   snprintf(buf, n, "%s", b.data);
   mc_buf_free(&b);
   return buf;
@@ -105,6 +116,7 @@ Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc)
   t->ty = ty;
   t->loc = loc;
   t->mem_offset = -1;
+  t->pad = -1;
   PUSH(g->tensors, g->ntensors, g->tcap, t);
   return t;
 }
@@ -121,6 +133,12 @@ Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc) {
   Tensor *t = ir_tensor(g, TK_INPUT, name, ty, loc);
   PUSH(g->inputs, g->ninputs, g->icap, t);
   return t;
+}
+
+Tensor *ir_input_role(const Graph *g, InputRole role) {
+  for (int i = 0; i < g->ninputs; i++)
+    if (g->inputs[i]->role == role) return g->inputs[i];
+  return NULL;
 }
 
 Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc) {
@@ -190,22 +208,39 @@ Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b) {
   return ir_node(g, op, 2, in, NULL, NULL)->out[0];
 }
 
-void ir_bind(Graph *g, int64_t B, int64_t T) {
+bool ir_has_source_dim(const Graph *g) {
+  for (int i = 0; i < g->ntensors; i++)
+    for (int d = 0; d < g->tensors[i]->ty.rank; d++)
+      if (g->tensors[i]->ty.dim[d].s) return true;
+  return false;
+}
+
+void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
+  /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T */
+  if (g->mem.B > 0 && S > g->mem.T && ir_has_source_dim(g))
+    mc_fatal("binding S = %lld in a graph whose memory plan took S = T = %lld", (long long)S,
+             (long long)g->mem.T);
   g->B = B;
   g->T = T;
+  g->S = S;
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
     t->numel = 1;
     for (int d = 0; d < t->ty.rank; d++) {
-      t->shape[d] = dim_eval(t->ty.dim[d], B, T);
+      t->shape[d] = dim_eval3(t->ty.dim[d], B, T, S);
       /* 0 only for a device's share of the experts off a layer's on(...) set (shard.c) */
       if (t->shape[d] < 0 ||
           (t->shape[d] == 0 && !(g->experts_local && dim_is_const(t->ty.dim[d]))))
-        mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld", t->name, d,
-               (long long)B, (long long)T);
+        mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld%s", t->name, d,
+               (long long)B, (long long)T,
+               t->ty.dim[d].s ? mc_arena_printf(&g->arena, ", S=%lld", (long long)S) : "");
       t->numel *= t->shape[d];
     }
   }
+}
+
+void ir_bind(Graph *g, int64_t B, int64_t T) {
+  ir_bind_seq(g, B, T, T);
 }
 
 void ir_verify(const Graph *g) {

@@ -4,14 +4,17 @@
  *   shapes.c        : the shape rule of every op
  *   grads_dense.c   : gradient rules of the dense ops
  *   grads_moe.c     : gradient rules of the MoE ops
- *   graph.c         : tensors, nodes, the graph; binding B and T
+ *   shapes_seq.c    : shape rules of the sequence ops (attention, masks, bmm)
+ *   grads_seq.c     : gradient rules of the sequence ops
+ *   graph.c         : tensors, nodes, the graph; binding B, T and S
  *   build.c         : checked AST -> graph (layers expand into primitive ops)
  *   devices.c       : device sets and expert shards of a placed graph (queries)
  *   print.c         : the text printer (moec ir)
  *
  * A graph is a list of nodes in a valid execution order (the order they were
  * added: builders add an op after its inputs' producers). Tensors are typed
- * with symbolic dims (B, T) and, once bound, concrete shapes.
+ * with symbolic dims (B, T, and S in translation models) and, once bound,
+ * concrete shapes.
  * Prefix: ir_ for functions.
  */
 #ifndef MOEC_IR_H
@@ -67,6 +70,15 @@ typedef enum TensorKind {
   TK_GRAD,  /* produced by a backward op */
 } TensorKind;
 
+/* What an input holds, so a runtime finds it without guessing (set by ir_build). */
+typedef enum InputRole {
+  IN_NONE,   /* not fed by the data (a gradcheck's R, an unused input) */
+  IN_TOKENS, /* a language model's token ids [B, T] */
+  IN_SOURCE, /* a translation model's source ids [B, S] */
+  IN_TARGET, /* a translation model's target inputs [B, T] (teacher forcing) */
+  IN_LABELS, /* the loss's targets: next tokens, or the target labels [B, T] */
+} InputRole;
+
 typedef enum InitKind {
   INIT_ZERO,    /* gates (w_gate, w_noise) and biases, as in the paper */
   INIT_UNIFORM, /* U(-init_scale, init_scale) */
@@ -90,6 +102,9 @@ struct Tensor {
   Node *producer;   /* NULL for inputs, params, state */
   int producer_slot;
   Loc loc;          /* .moe source of the layer that made it */
+  /* inputs */
+  InputRole role;
+  int32_t pad;      /* `pad N`: the id of padding positions; -1 = none */
   /* bound by ir_bind */
   int64_t shape[MAX_RANK];
   int64_t numel;
@@ -162,10 +177,13 @@ struct Graph {
   Tensor *loss;      /* scalar total loss (xent + aux) */
   Tensor *xent;      /* scalar cross-entropy part */
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
+  Tensor *xent_count; /* scalar: target positions the xent averages over (targets with a
+                         pad id: the non-pad ones), or NULL (all B*T) */
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
-  int64_t B, T;      /* bound values, 0 until ir_bind (a device graph: its rows) */
+  int64_t B, T, S;   /* bound values, 0 until ir_bind (S = T unless ir_bind_seq says; a
+                        device graph: its rows) */
   /* the bind pass: whose graph this is. Global: rank 0 of ndev 1 at the whole batch */
   int rank, ndev;    /* device rank of ndev (1 on the global graph of any placement) */
   int64_t B_global;  /* rows of the whole batch */
@@ -194,8 +212,15 @@ void ir_set_context(Graph *g, const char *layer, const char *role, Loc loc);
 void ir_set_backward(Graph *g, bool backward);
 
 Type ir_type(DType dt, int rank, const Dim *dims);
-/* Evaluates every tensor's dims with B and T; dies on a non-positive size. */
+/* Evaluates every tensor's dims with B and T; dies on a non-positive size. A graph
+ * with a source length S gets S = T (the size plans assume). */
 void ir_bind(Graph *g, int64_t B, int64_t T);
+/* The same with S bound on its own (translation models: source and target lengths). */
+void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S);
+/* Whether any tensor has the symbol S in its dims. */
+bool ir_has_source_dim(const Graph *g);
+/* The input of a role, or NULL (the first one; ir_build gives each role at most one). */
+Tensor *ir_input_role(const Graph *g, InputRole role);
 /* Checks structural invariants: inputs produced before use, arities, shapes. */
 void ir_verify(const Graph *g);
 
@@ -208,7 +233,7 @@ Graph *ir_build(AstFile *f, const Config *cfg);
 int ir_next_rng_stream(Graph *g);
 /* x -> OP_RESHAPE to type `to` (same dtype and element count; shapes.c). */
 Tensor *ir_reshape(Graph *g, Tensor *x, Type to);
-/* A Dim packed into one int64 (c | b<<48 | t<<56; never 0) for int attributes. */
+/* A Dim packed into one int64 (c | b<<40 | t<<48 | s<<56; never 0) for int attributes. */
 int64_t ir_dim_pack(Dim d);
 Dim ir_dim_unpack(int64_t v);
 /* Appends a StatePair: `state` takes the value of `next` after each step. */

@@ -43,6 +43,12 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
     [OP_ALL_REDUCE] = {.ia = {"devices"}},
     [OP_RESHARD] = {.ia = {"from", "to"}, .fa = {"moved"}},
+    [OP_PAD_MASK] = {.ia = {"pad"}},
+    [OP_COUNT_NONPAD] = {.ia = {"pad"}},
+    [OP_XENT_PAD] = {.ia = {"pad"}},
+    [OP_XENT_PAD_BWD] = {.ia = {"pad"}},
+    [OP_BMM] = {.ia = {"transA", "transB"}},
+    [OP_SLICE_LAST] = {.ia = {"start", "len"}},
 };
 
 static void print_attrs(const Node *n, FILE *out) {
@@ -121,8 +127,14 @@ void ir_print(const Graph *g, FILE *out) {
     nstate += g->tensors[i]->kind == TK_STATE;
   fprintf(out, "graph %s%s\n", g->name, g->has_backward ? "  (with backward)" : "");
   fprintf(out, "inputs (%d)\n", g->ninputs);
-  for (int i = 0; i < g->ninputs; i++)
-    fprintf(out, "  %s : %s\n", g->inputs[i]->name, type_str(&g->inputs[i]->ty, buf, sizeof buf));
+  static const char *const roles[] = {"", "tokens", "source", "target", "labels"};
+  for (int i = 0; i < g->ninputs; i++) {
+    const Tensor *t = g->inputs[i];
+    fprintf(out, "  %s : %s", t->name, type_str(&t->ty, buf, sizeof buf));
+    if (t->pad >= 0) fprintf(out, "  pad %d", (int)t->pad);
+    if (t->role != IN_NONE) fprintf(out, "  (%s)", roles[t->role]);
+    fprintf(out, "\n");
+  }
   fprintf(out, "params (%d)\n", g->nparams);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
@@ -135,8 +147,13 @@ void ir_print(const Graph *g, FILE *out) {
     const Tensor *t = g->tensors[i];
     if (t->kind != TK_STATE) continue;
     fprintf(out, "  %s : %s", t->name, type_str(&t->ty, buf, sizeof buf));
+    bool paired = false;
     for (int k = 0; k < g->nstates; k++)
-      if (g->states[k].state == t) fprintf(out, "  <- %s", g->states[k].next->name);
+      if (g->states[k].state == t) {
+        fprintf(out, "  <- %s", g->states[k].next->name);
+        paired = true;
+      }
+    if (!paired) fprintf(out, "  (zero each batch)");
     fprintf(out, "\n");
   }
   fprintf(out, "nodes (%d)\n", g->nnodes);
@@ -145,6 +162,7 @@ void ir_print(const Graph *g, FILE *out) {
   fprintf(out, "loss\n");
   fprintf(out, "  xent = %s\n", g->xent ? g->xent->name : "(none)");
   fprintf(out, "  aux  = %s\n", g->aux ? g->aux->name : "(none)");
+  if (g->xent_count) fprintf(out, "  count = %s\n", g->xent_count->name);
   fprintf(out, "  loss = %s\n", g->loss ? g->loss->name : "(none)");
   if (g->nmoe > 0) {
     fprintf(out, "moe (%d)\n", g->nmoe);

@@ -76,13 +76,15 @@ static const char *mismatch(Graph *g, Node *n, int i, int j, const char *what) {
 
 /* ---------------------------------------------------------------- reshape helpers */
 
+/* c in bits 0..39, the powers of B, T, S in 40..47, 48..55, 56..62 */
 int64_t ir_dim_pack(Dim d) {
-  MOEC_ASSERT(d.c >= 1 && d.c < ((int64_t)1 << 48) && d.b >= 0 && d.t >= 0);
-  return d.c | ((int64_t)d.b << 48) | ((int64_t)d.t << 56);
+  MOEC_ASSERT(d.c >= 1 && d.c < ((int64_t)1 << 40) && d.b >= 0 && d.t >= 0 && d.s >= 0);
+  return d.c | ((int64_t)d.b << 40) | ((int64_t)d.t << 48) | ((int64_t)d.s << 56);
 }
 
 Dim ir_dim_unpack(int64_t v) {
-  Dim d = {v & (((int64_t)1 << 48) - 1), (int8_t)((v >> 48) & 0xff), (int8_t)((v >> 56) & 0x7f)};
+  Dim d = {v & (((int64_t)1 << 40) - 1), (int8_t)((v >> 40) & 0xff), (int8_t)((v >> 48) & 0xff),
+           (int8_t)((v >> 56) & 0x7f)};
   return d;
 }
 

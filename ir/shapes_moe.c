@@ -5,50 +5,13 @@
  * lengths are constants. Returns NULL or an error message in the graph's arena. */
 #include <string.h>
 
-#include "ir.h"
+#include "shapes_util.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-static const char *tstr(Graph *g, const Tensor *t) {
-  char buf[160];
-  return mc_arena_printf(&g->arena, "'%s' %s", t->name, type_str(&t->ty, buf, sizeof buf));
-}
-
-static bool type_eq(const Type *a, const Type *b) {
-  if (a->dtype != b->dtype || a->rank != b->rank) return false;
-  for (int i = 0; i < a->rank; i++)
-    if (!dim_eq(a->dim[i], b->dim[i])) return false;
-  return true;
-}
 
 static Type mk(DType dt, int rank, Dim d0, Dim d1, Dim d2) {
   Dim d[3] = {d0, d1, d2};
   return ir_type(dt, rank, d);
-}
-
-static const char *err_in(Graph *g, Node *n, int i, const char *what) {
-  return mc_arena_printf(&g->arena, "%s: input %d %s %s", ir_ops[n->op].name, i, tstr(g, n->in[i]),
-                         what);
-}
-
-static const char *mismatch(Graph *g, Node *n, int i, int j, const char *what) {
-  return mc_arena_printf(&g->arena, "%s: %s: %s vs %s", ir_ops[n->op].name, what, tstr(g, n->in[i]),
-                         tstr(g, n->in[j]));
-}
-
-#define TRY(x)                                                                                     \
-  do {                                                                                             \
-    const char *e_ = (x);                                                                          \
-    if (e_) return e_;                                                                             \
-  } while (0)
-
-/* Input i has dtype dt and rank `rank`. */
-static const char *need(Graph *g, Node *n, int i, DType dt, int rank) {
-  const Type *t = &n->in[i]->ty;
-  if (t->dtype != dt) return err_in(g, n, i, dt == DT_F32 ? "must be f32" : "must be i32");
-  if (t->rank != rank)
-    return err_in(g, n, i, mc_arena_printf(&g->arena, "must have rank %d", rank));
-  return NULL;
 }
 
 /* Input i is an offsets vector i32[E+1] with a constant length; sets *e = E. */

@@ -433,6 +433,9 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
     if (g->moe_load[i] && g->moe_load[i]->part == PART_PARTIAL)
       g->moe_load[i] = all_reduce(&c, g->moe_load[i], "@sum");
   }
+  /* the count of real target positions (padded targets): the loss is a global mean */
+  if (g->xent_count && g->xent_count->part == PART_PARTIAL)
+    g->xent_count = all_reduce(&c, g->xent_count, "@sum");
   /* batchwise gating: each expert's top rows over the global batch */
   for (int k = 0; k < n0; k++)
     if (g->nodes[k]->op == OP_BATCHWISE_ROUTE) batchwise_global(&c, g->nodes[k]);

@@ -1,6 +1,7 @@
 /* kernels_dense.c: CPU kernels of the dense ops in ops.def, in float32 and
- * float64. The bodies live once in kernels_dense.inc and are instantiated here
- * twice (real = float / double); GEMMs go through OpenBLAS (row-major, no
+ * float64. The bodies live once in kernels_dense.inc (and the sequence ops', which
+ * share its helpers, in kernels_seq.inc) and are instantiated here twice (real =
+ * float / double); GEMMs go through OpenBLAS (row-major, no
  * copies). Every kernel is deterministic: fixed loop orders, reductions in
  * double, BLAS with a fixed thread count. Prefix: rt_. */
 #include <cblas.h>
@@ -61,6 +62,7 @@ static inline double rt_sigmoid(double x) {
 #define TANH rt_tanhf
 #define SIGMOID rt_sigmoidf
 #include "kernels_dense.inc"
+#include "kernels_seq.inc"
 #undef real
 #undef K
 #undef GEMM
@@ -78,6 +80,7 @@ static inline double rt_sigmoid(double x) {
 #define TANH tanh
 #define SIGMOID rt_sigmoid
 #include "kernels_dense.inc"
+#include "kernels_seq.inc"
 #undef real
 #undef K
 #undef GEMM
@@ -89,4 +92,6 @@ static inline double rt_sigmoid(double x) {
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);
   register_f64(f64);
+  register_seq_f32(f32);
+  register_seq_f64(f64);
 }

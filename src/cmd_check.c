@@ -64,6 +64,11 @@ static const char *data_str(const Config *c, char *buf, size_t n) {
   if (c->data == DATA_SYNTHETIC)
     snprintf(buf, n, "synthetic(topics=%d, vocab=%d, seed=%llu)", c->topics, c->vocab,
              (unsigned long long)c->data_seed);
+  else if (c->data == DATA_PARALLEL)
+    snprintf(buf, n, "parallel(\"%s\"%s%s%s, max_len=%d, batch_tokens=%d)",
+             c->data_path ? c->data_path : "", c->data_valid_path ? ", valid=\"" : "",
+             c->data_valid_path ? c->data_valid_path : "", c->data_valid_path ? "\"" : "",
+             c->max_len, c->batch_tokens);
   else
     snprintf(buf, n, "\"%s\" (%s)", c->data_path ? c->data_path : "",
              c->data == DATA_BIN ? "uint16 token ids" : "text");
@@ -134,6 +139,11 @@ static const char *layer_args(const Expr *e, char *buf, size_t n) {
                av[LA_GROUPS], av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0],
                av[LA_HIDDEN]);
     break;
+  case L_ATTENTION:
+    snprintf(buf, n, "units %.0f, %s%s%s", av[LA_UNITS],
+             av[LA_SCORE] == LAE_PRODUCT ? "product" : "additive",
+             e->mask_input ? ", padding of " : "", e->mask_input ? e->mask_input : "");
+    break;
   case L_SOFTMAX_XENT:
     snprintf(buf, n, "vocab %.0f", av[LA_VOCAB]);
     break;
@@ -187,6 +197,13 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c,
   printf("ops_per_timestep  %s  forward multiply-adds per position, without embedding and "
          "softmax (in parentheses above)\n",
          both(s->ops_per_timestep, big, sizeof big));
+  if (s->translation)
+    printf("                  a timestep is one source and one target position%s\n",
+           s->ops_per_pair ? "" : " (no attention)");
+  if (s->ops_per_pair)
+    printf("ops_per_pair      %s  attention scores and context, per target step and source "
+           "position (not in ops_per_timestep)\n",
+           both(s->ops_per_pair, big, sizeof big));
   char d[512], o[160], r[512];
   printf("\ntrain: data %s, batch %d (B), unroll %d (T), steps %d, eval_every %d, %s, clip %g, "
          "seed %llu\n",
@@ -220,12 +237,16 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
     mc_buf_json_string(&b, l->name);
     mc_buf_printf(&b, ", \"kind\": \"%s\", \"output\": ", fe_layers[l->layer].name);
     mc_buf_json_string(&b, type_str(&l->out, ty, sizeof ty));
-    mc_buf_printf(&b, ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s}",
+    mc_buf_printf(&b, ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s",
                   l->loc.line, (long long)l->params, (long long)l->ops_per_token,
                   l->core ? "true" : "false");
+    if (l->ops_per_pair) mc_buf_printf(&b, ", \"ops_per_pair\": %lld", (long long)l->ops_per_pair);
+    mc_buf_printf(&b, "}");
   }
+  mc_buf_printf(&b, "], \"translation\": %s, \"ops_per_pair\": %lld",
+                s->translation ? "true" : "false", (long long)s->ops_per_pair);
   char *settings = drv_settings_json(c, NULL);
-  mc_buf_printf(&b, "], %s\n", settings + 1); /* the settings object's train and plan members */
+  mc_buf_printf(&b, ", %s\n", settings + 1); /* the settings object's train and plan members */
   mc_free(settings);
   fputs(b.data, stdout);
   mc_buf_free(&b);

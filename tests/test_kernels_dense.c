@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../codegen/codegen.h"
+#include "kernel_test.h"
 #include "test.h"
 
 #define B_ dim_sym('B')
@@ -34,47 +35,11 @@ static Node *node(Graph *g, OpKind op, int nin, Tensor *a, Tensor *b, int64_t i0
   return ir_node(g, op, nin, in, ia, fa);
 }
 
-/* Fixed pseudo-random values in [-s, s]. */
-static double *randv(int64_t n, uint64_t seed, double s) {
-  double *v = mc_malloc((size_t)n * sizeof(double));
-  uint64_t key = mc_rng_key(seed, 99, 0);
-  for (int64_t i = 0; i < n; i++)
-    v[i] = s * (2 * mc_rng_uniform(key, (uint64_t)i) - 1);
-  return v;
-}
-
-static void set(Program *p, const Tensor *t, const double *v) {
-  for (int64_t i = 0; i < t->numel; i++) {
-    if (p->prec == PREC_F64)
-      rt_f64(p, t)[i] = v[i];
-    else
-      rt_f32(p, t)[i] = (float)v[i];
-  }
-}
-static double get(Program *p, const Tensor *t, int64_t i) {
-  return p->prec == PREC_F64 ? rt_f64(p, t)[i] : (double)rt_f32(p, t)[i];
-}
 static KernelCtx kctx(int64_t B, bool training) {
   return (KernelCtx){.training = training, .seed = 5, .step = 0, .batch_local = B, .ndevices = 1};
 }
 static void run(Program *p, const KernelCtx *kc) {
   rt_exec(p, kc, 0, p->ninstrs);
-}
-
-/* max |out - ref| / max(max |ref|, 1e-30) */
-static double rel_err(Program *p, const Tensor *t, const double *ref) {
-  double md = 0, mr = 0;
-  for (int64_t i = 0; i < t->numel; i++) {
-    double a = get(p, t, i);
-    md = fmax(md, fabs(a - ref[i]));
-    mr = fmax(mr, fabs(ref[i]));
-    if (a != a) md = INFINITY;
-  }
-  return md / fmax(mr, 1e-30);
-}
-
-static double tol(Precision pr) {
-  return pr == PREC_F64 ? 1e-12 : 2e-6;
 }
 
 /* ---------------------------------------------------------------- matmul */

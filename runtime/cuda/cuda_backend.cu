@@ -219,6 +219,7 @@ static const KernelFn *cuda_kernels(Precision p) {
     if (!g_tables_filled) {
       rt_cuda_dense_register(g_table_f32, g_table_f64);
       rt_cuda_moe_register(g_table_f32, g_table_f64);
+      rt_cuda_seq_register(g_table_f32, g_table_f64);
       g_tables_filled = true;
     }
   }
