@@ -81,6 +81,9 @@ typedef struct Target {
   Precision prec;
   const Backend *be; /* lowering: where the program runs */
   const char *print_after; /* moec ir: print the graph after this pass ("build": as built) */
+  const BatchShape *shapes; /* the batches a run feeds when they change shape (Graph.shapes);
+                               0: the train block's (a translation model's length buckets) */
+  int nshapes;
   FILE *print_to;
 } Target;
 

@@ -158,6 +158,14 @@ typedef struct StatePair {
   Tensor *next;  /* value to copy into it after the step */
 } StatePair;
 
+/* A batch's shape: B rows (the whole batch's), T target and S source positions. A graph
+ * may run batches of several shapes (translation models: one per length bucket): its
+ * `shapes` list the largest, and a batch runs when one of them holds it (each of B, T and S
+ * at most that shape's); the memory plan gives every tensor its largest size over them. */
+typedef struct BatchShape {
+  int64_t B, T, S;
+} BatchShape;
+
 /* passes/memplan.c's figures for a graph, in bytes, at the B, T it planned for. */
 typedef struct MemFigures {
   int64_t B, T, elem;
@@ -189,6 +197,9 @@ struct Graph {
   int64_t B_global;  /* rows of the whole batch */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
+  BatchShape *shapes;
+  int nshapes;       /* the batch shapes it runs (see BatchShape); 0: one
+                        shape, B and T of the bind pass */
   MemFigures mem;    /* memplan pass: zero until planned */
 };
 
@@ -217,6 +228,13 @@ Type ir_type(DType dt, int rank, const Dim *dims);
 void ir_bind(Graph *g, int64_t B, int64_t T);
 /* The same with S bound on its own (translation models: source and target lengths). */
 void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S);
+/* The whole batch's shape for a graph with shapes (B divided over the graph's ndev
+ * devices): binds it and sets B_global; dies when none of g->shapes holds it. */
+void ir_bind_batch(Graph *g, BatchShape s);
+/* Whether shape s fits in one of g's shapes (true for a graph without a list). */
+bool ir_shape_fits(const Graph *g, BatchShape s);
+/* Element count of t at shape s, for this graph's devices (B / ndev rows). */
+int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s);
 /* Whether any tensor has the symbol S in its dims. */
 bool ir_has_source_dim(const Graph *g);
 /* The input of a role, or NULL (the first one; ir_build gives each role at most one). */

@@ -42,10 +42,17 @@ static int64_t align_up(int64_t x) {
   return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
 }
 
-static int64_t tensor_bytes(const Tensor *t, int64_t B, int64_t T, int64_t elem) {
+/* t's bytes at (B, T), or for a graph that runs several batch shapes the most of any */
+static int64_t tensor_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t T, int64_t elem) {
   int64_t n = 1;
-  for (int d = 0; d < t->ty.rank; d++)
-    n *= dim_eval(t->ty.dim[d], B, T);
+  if (g->nshapes) {
+    n = 0;
+    for (int i = 0; i < g->nshapes; i++)
+      n = MC_MAX(n, ir_numel_at(g, t, g->shapes[i]));
+  } else {
+    for (int d = 0; d < t->ty.rank; d++)
+      n *= dim_eval(t->ty.dim[d], B, T);
+  }
   return n * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
 
@@ -70,7 +77,7 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
-                  align_up(tensor_bytes(t, B, T, elem)), -1};
+                  align_up(tensor_bytes(g, t, B, T, elem)), -1};
   }
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
@@ -259,7 +266,7 @@ long pass_memplan_validate(const Graph *g) {
   long pairs = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
-    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(a, mf->B, mf->T, mf->elem);
+    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
         hi > mf->persist + mf->arena)
@@ -272,7 +279,7 @@ long pass_memplan_validate(const Graph *g) {
       if (!both_persist && !overlap_in_time(&L[i], &L[j])) continue;
       pairs++;
       const Tensor *b = g->tensors[j];
-      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(b, mf->B, mf->T, mf->elem);
+      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(g, b, mf->B, mf->T, mf->elem);
       if (lo < bhi && blo < hi)
         mc_fatal("memory plan: '%s' [%lld, %lld) (nodes %d..%d) and '%s' [%lld, %lld) (nodes "
                  "%d..%d) are alive at once and share memory",

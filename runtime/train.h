@@ -231,6 +231,9 @@ struct Comm;
  * compiled for this device) as cfg says, each device on its rows of every global batch,
  * rank 0 printing and writing files. Returns the exit status. */
 int rt_train(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
+/* moec run for a translation model (p->source set): the same on parallel data, each batch
+ * bound at its length bucket's shape (train_nmt.c). */
+int rt_train_pairs(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
 /* moec eval: test perplexity of a checkpoint with program p (forward only, one device;
  * data_path: a whole file, or NULL for the test split of cfg's data). */
 int rt_eval(Program *p, const Config *cfg, const char *ckpt, const char *data_path, bool json);
