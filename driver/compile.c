@@ -203,7 +203,9 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
       return NULL;
     }
   }
-  Graph *g = ir_build(f, cfg);
+  MOEC_ASSERT(t->part == BUILD_ALL || !t->training);
+  Graph *g = ir_build_part(f, cfg, t->part, &d);
+  if (!g) return NULL;
   if (t->nshapes) { /* the batches it runs (moec grad's, decoding's) */
     g->shapes = mc_arena_alloc(&g->arena, sizeof(BatchShape) * (size_t)t->nshapes);
     memcpy(g->shapes, t->shapes, sizeof(BatchShape) * (size_t)t->nshapes);
@@ -332,8 +334,15 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
   if (!g) return NULL;
   Diag d;
   fe_diag_init(&d, &f->src);
-  Feeds fd;
-  bool ok = find_inputs(g, &d, f->model->loc, cfg, &fd);
+  Feeds fd = {0};
+  bool ok = true;
+  if (t->part == BUILD_ALL) {
+    ok = find_inputs(g, &d, f->model->loc, cfg, &fd);
+  } else { /* decoding: the source ids, and a step's previous target ids */
+    fd.source = ir_input_role(g, IN_SOURCE);
+    fd.target_in = ir_input_role(g, IN_TARGET);
+    fd.vocab = g->logits ? (int)g->logits->ty.dim[1].c : 0;
+  }
   RowSel *rows = ok ? param_rows(g) : NULL;
   if (!ok || !check_memory(g, cfg, o, t, rows)) {
     rows_free(g, rows);

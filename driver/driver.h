@@ -84,6 +84,8 @@ typedef struct Target {
   const BatchShape *shapes; /* the batches a run feeds when they change shape (Graph.shapes);
                                0: the train block's (a translation model's length buckets) */
   int nshapes;
+  BuildPart part; /* decoding a translation model: its encoder, or one decoder step
+                     (forward only; ir_build_part) */
   FILE *print_to;
 } Target;
 

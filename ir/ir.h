@@ -77,6 +77,7 @@ typedef enum InputRole {
   IN_SOURCE, /* a translation model's source ids [B, S] */
   IN_TARGET, /* a translation model's target inputs [B, T] (teacher forcing) */
   IN_LABELS, /* the loss's targets: next tokens, or the target labels [B, T] */
+  IN_MEMORY, /* a decoder step's encoder value (ir_build_part): fed from the encoder's */
 } InputRole;
 
 typedef enum InitKind {
@@ -187,6 +188,11 @@ struct Graph {
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
   Tensor *xent_count; /* scalar: target positions the xent averages over (targets with a
                          pad id: the non-pad ones), or NULL (all B*T) */
+  /* decoding (ir_build_part): the encoder values a decoder step reads, in one order for
+   * both graphs (the encoder's outputs; the decoder's IN_MEMORY inputs), and the decoder's
+   * logits [B*T, V]; the host reads both after a run */
+  Tensor **bridge; int nbridge;
+  Tensor *logits;
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
@@ -247,6 +253,16 @@ void ir_verify(const Graph *g);
 /* Builds the forward graph of a checked file: inputs, params (named as in
  * language.md), ops, loss. */
 Graph *ir_build(AstFile *f, const Config *cfg);
+/* What ir_build_part builds of a translation model for decoding (docs/ir.md, "Decoding"):
+ * the whole model (ir_build); its encoder: the statements that do not read the target
+ * inputs, with the values the decoder reads as outputs (Graph.bridge); or one decoder
+ * step (bound at T = 1): the statements that read the target inputs, the encoder's values
+ * as inputs (IN_MEMORY), each LSTM's state carried from step to step, the softmax's
+ * logits (Graph.logits) instead of the loss. */
+typedef enum BuildPart { BUILD_ALL, BUILD_ENCODER, BUILD_DECODER } BuildPart;
+/* NULL after reporting to d (at the .moe location) what step-by-step decoding cannot
+ * compute: an attention over target positions. */
+Graph *ir_build_part(AstFile *f, const Config *cfg, BuildPart part, Diag *d);
 /* The next stable rng stream id (0, 1, ... in build order) for a random op's ia[0]. */
 int ir_next_rng_stream(Graph *g);
 /* x -> OP_RESHAPE to type `to` (same dtype and element count; shapes.c). */
