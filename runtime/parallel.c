@@ -43,8 +43,7 @@ static int utf8_char(const unsigned char *p, size_t n) {
   return len;
 }
 
-/* The byte offset of the first invalid UTF-8 in s[0..n), or -1. */
-static int64_t utf8_invalid_at(const char *s, size_t n) {
+int64_t rt_utf8_invalid_at(const char *s, size_t n) {
   const unsigned char *p = (const unsigned char *)s;
   for (size_t i = 0; i < n;) {
     int l = utf8_char(p + i, n - i);
@@ -52,6 +51,25 @@ static int64_t utf8_invalid_at(const char *s, size_t n) {
     i += (size_t)l;
   }
   return -1;
+}
+
+char *rt_utf8_sanitize(const char *s) {
+  size_t n = strlen(s);
+  char *out = mc_malloc(3 * n + 1), *o = out;
+  for (size_t i = 0; i < n;) {
+    int l = utf8_char((const unsigned char *)s + i, n - i);
+    if (l) {
+      memcpy(o, s + i, (size_t)l);
+      o += l;
+      i += (size_t)l;
+    } else { /* U+FFFD for each byte that starts no character */
+      memcpy(o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i++;
+    }
+  }
+  *o = 0;
+  return out;
 }
 
 bool rt_par_read(const char *path, RtParText *t, char *err, size_t errn) {
@@ -77,7 +95,7 @@ bool rt_par_read(const char *path, RtParText *t, char *err, size_t errn) {
       snprintf(err, errn, "%s:%lld: a NUL byte in the line", path, (long long)lineno);
       goto fail;
     }
-    int64_t bad = utf8_invalid_at(p, n);
+    int64_t bad = rt_utf8_invalid_at(p, n);
     if (bad >= 0) {
       snprintf(err, errn, "%s:%lld:%lld: invalid UTF-8 (byte 0x%02x)", path, (long long)lineno,
                (long long)bad + 1, (unsigned char)p[bad]);

@@ -46,6 +46,11 @@ RtBpe *rt_bpe_from_string(const char *text, char *err, size_t errn);
 
 /* ---------------------------------------------------------------- parallel.c */
 
+/* The byte offset of the first invalid UTF-8 in s[0..n), or -1. */
+int64_t rt_utf8_invalid_at(const char *s, size_t n);
+/* A copy of s (mc_free it) with U+FFFD for each byte that starts no valid character. */
+char *rt_utf8_sanitize(const char *s);
+
 /* A parallel file's pairs, as text (pointers into the file's bytes). */
 typedef struct RtParText {
   const char *path;

@@ -162,6 +162,9 @@ void rt_st_load_params(const StFile *f, Program *p);
 /* The same, parameter i taking rows rows[i] of the file's tensor (rows NULL, or
  * rows[i].list NULL: the whole tensor; RowSel: runtime.h). */
 void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows);
+/* The same for a program of part of a model (a decoder's encoder or step): the file may
+ * hold other parameters too. */
+void rt_st_load_params_part(const StFile *f, Program *p);
 /* Test hook: when >= 0, rt_st_save fails after writing this many bytes. */
 extern long rt_st_fail_after;
 
