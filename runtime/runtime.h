@@ -4,6 +4,7 @@
  *   kernels_moe.c   : CPU kernels of the MoE ops, float32 and float64
  *   kernels.c       : assembles the per-precision kernel tables
  *   exec.c          : runs a program (the interpreter loop)
+ *   threads.c       : worker threads: tasks that kernels and the optimizer split into
  *   (training)      : data.c, safetensors.c, optim.c, train.c
  *
  * Prefix: rt_.
@@ -63,6 +64,49 @@ void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
 /* The table for a precision; every op that has a kernel is filled, others NULL. */
 const KernelFn *rt_cpu_kernels(Precision p);
+
+/* ---------------------------------------------------------------- threads.c
+ * Work split into tasks fixed by the shapes (never by the thread count), each writing
+ * its own outputs: the same bits with any number of threads. */
+
+typedef void (*RtTaskFn)(void *arg, int64_t task);
+/* Threads the CPU kernels use, the caller included: MOEC_THREADS, else
+ * OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, else the CPUs this process may use.
+ * OpenBLAS itself is set to one thread (it runs inside the tasks). */
+int rt_threads(void);
+/* Sets that count (>= 1) and makes the calling thread the one whose rt_parallel
+ * calls use the workers (in-process devices set 1: each device thread runs inline). */
+void rt_threads_set(int n);
+/* fn(arg, i) for every i in [0, ntasks), on any threads, in any order; returns when
+ * all are done. Called from a task, or from a thread other than the pool's, it runs
+ * them inline in order. */
+void rt_parallel(int64_t ntasks, RtTaskFn fn, void *arg);
+/* The row-major GEMMs of every CPU kernel: C[M,N] = alpha op(A) op(B) + beta C, split
+ * over C's rows or columns into tasks by shape alone (never across K). kernels.c */
+void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
+              int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
+/* A loop over R rows of `cost` work each (elements touched) in tasks of at least
+ * RT_GRAIN work, at most RT_MAX_TASKS of them: rt_chunks(R, cost) tasks, task i
+ * covering rows [rt_chunk_lo(R, n, i), rt_chunk_lo(R, n, i + 1)). */
+#define RT_GRAIN 32768
+#define RT_MAX_TASKS 64
+int64_t rt_chunks(int64_t R, int64_t cost);
+static inline int64_t rt_chunk_lo(int64_t R, int64_t n, int64_t i) {
+  return R / n * i + MC_MIN(i, R % n);
+}
+/* fn(arg, lo, hi) over those ranges (threads.c). */
+typedef void (*RtRangeFn)(void *arg, int64_t lo, int64_t hi);
+void rt_parallel_rows(int64_t R, int64_t cost, RtRangeFn fn, void *arg);
+/* What a kernel hands its tasks: its own arguments and one pointer more. */
+typedef struct RtKArgs {
+  const KernelCtx *ctx;
+  const Node *n;
+  void *const *in;
+  void *const *out;
+  void *aux;
+} RtKArgs;
 
 /* Runtime errors detected inside kernels (a token id outside the vocabulary...)
  * are reported with mc_die naming the op and the layer. */
