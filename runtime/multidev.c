@@ -13,9 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* OpenBLAS: one thread per device thread (no oversubscription). */
-void openblas_set_num_threads(int n);
-
 void rt_md_prepare(Graph *g, int rank, int P) {
   if (P <= 1) return;
   mc_free(pass_shard_experts(g, rank)); /* this device's experts only (E_r may be 0) */
@@ -539,7 +536,7 @@ int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices) 
     if (!c) mc_die("started by an MPI launcher, but %s", why ? why : "MPI did not start");
     if (devices > 1 && devices != c->size)
       mc_die("--devices %d, but mpirun started %d ranks (one device per rank)", devices, c->size);
-    openblas_set_num_threads(1);
+    rt_threads_set(1); /* one thread per rank */
     int rc = rt_train_comm(c, f, cfg, o);
     rt_comm_mpi_finalize(c);
     return rc;
@@ -547,7 +544,7 @@ int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices) 
   if (devices > RT_INPROC_MAX)
     mc_die("--devices %d: at most %d in-process devices", devices, RT_INPROC_MAX);
   precheck(f, cfg, o, devices);
-  openblas_set_num_threads(1); /* once, before the device threads start */
+  rt_threads_set(1); /* once, before the device threads start: one thread each */
   if (rt_inproc_run(devices, md_thread, &a)) return 1;
   for (int r = 0; r < devices; r++)
     if (a.rc[r]) return a.rc[r];
