@@ -197,10 +197,10 @@ int main(int argc, char **argv) {
   double step = (total + optim) / steps;
   printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps, %d threads: %.1f ms/step "
          "(instructions %.1f, optimizer %.1f): %.0f tokens/s; GEMM work %.2f GFLOP a step, "
-         "%.1f GFLOP/s over the step\n",
+         "%.1f GFLOP/s over the step; OpenBLAS %s kernels\n",
          argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, rt_threads(), step * 1e3,
          total / steps * 1e3, optim / steps * 1e3, tokens / step, step_flops / 1e9,
-         step_flops / step / 1e9);
+         step_flops / step / 1e9, rt_blas_core());
   printf("op_profile: parts (ms/step):");
   for (int i = 0; i < NPT; i++)
     printf("%s %s %.2f", i ? "," : "", part_names[i], parts[i] / steps * 1e3);

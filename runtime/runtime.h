@@ -74,6 +74,9 @@ typedef void (*RtTaskFn)(void *arg, int64_t task);
  * OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, else the CPUs this process may use.
  * OpenBLAS itself is set to one thread (it runs inside the tasks). */
 int rt_threads(void);
+/* The kernels OpenBLAS runs ("Haswell", "Cooperlake", ...: its choice for the CPU, or
+ * OPENBLAS_CORETYPE's), for benchmark reports. */
+const char *rt_blas_core(void);
 /* Sets that count (>= 1) and makes the calling thread the one whose rt_parallel
  * calls use the workers (in-process devices set 1: each device thread runs inline). */
 void rt_threads_set(int n);

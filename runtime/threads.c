@@ -1,7 +1,7 @@
-/* threads.c: moec's worker threads on the CPU. Kernels and the optimizer split their
- * work into tasks fixed by the shapes alone, each writing its own part of the outputs,
- * so a run gives the same bits with any thread count; OpenBLAS runs single-threaded
- * inside each task, so no BLAS thread ever spins idle beside ours.
+/* threads.c: moec's worker threads on the CPU, and OpenBLAS's setup. Kernels and the
+ * optimizer split their work into tasks fixed by the shapes alone, each writing its own
+ * part of the outputs, so a run gives the same bits with any thread count; OpenBLAS
+ * runs single-threaded inside each task, so no BLAS thread ever spins idle beside ours.
  *
  * One pool per process, used by one thread at a time (the first that asks; any other
  * thread, and a task that asks again, runs its tasks inline). Workers take tasks from a
@@ -17,6 +17,7 @@
 #include "runtime.h"
 
 void openblas_set_num_threads(int n);
+char *openblas_get_corename(void);
 
 #define RT_MAX_THREADS 64
 #define RT_SPIN_SECS 100e-6 /* an idle worker's spin before it sleeps */
@@ -70,6 +71,11 @@ static void init_once(void) {
   P.n = threads_from_env();
   P.owner = pthread_self();
   openblas_set_num_threads(1); /* BLAS runs inside our tasks, one thread each */
+}
+
+const char *rt_blas_core(void) {
+  rt_threads();
+  return openblas_get_corename();
 }
 
 int rt_threads(void) {
