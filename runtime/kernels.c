@@ -18,73 +18,144 @@ const KernelFn *rt_cpu_kernels(Precision p) {
   return p == PREC_F64 ? table_f64 : table_f32;
 }
 
-/* ---- GEMMs split over threads ---- */
+/* ---- GEMMs split over threads ----
+ *
+ * A GEMM splits into pieces along C's rows (M), its columns (N) or the contraction (K),
+ * whichever makes every piece repeat the least work: a piece of rows packs all of
+ * op(B), one of columns all of op(A), and one of K writes a partial C that the pieces
+ * then add up in piece order. So the pieces number about 2M, 2N or K over
+ * GEMM_PACK_FLOPS (packing an element costs about that many flops), a power of two,
+ * at most GEMM_MAX_PIECES, at least two for a GEMM worth splitting. They depend on the
+ * shape alone: the result is the same for any thread count. */
 
 #define GEMM_MAX_PIECES 16
 #define GEMM_UNIT 16 /* piece edges at multiples of this (a vector of floats) */
-/* Every piece packs the whole operand it does not split: a piece must do at least
- * GEMM_PACK_FLOPS flops per element of it (packing one costs about that many). */
 #define GEMM_PACK_FLOPS 256.0
 #define GEMM_MIN_FLOPS 2e6 /* below this a GEMM is one task */
 
+typedef enum GemmSplit { SPLIT_M, SPLIT_N, SPLIT_K } GemmSplit;
+
 typedef struct Gemm {
-  bool dbl, ta, tb, by_cols;
+  bool dbl, ta, tb;
+  GemmSplit split;
   int64_t M, N, K, lda, ldb, ldc, pieces, units;
   double alpha, beta;
   const void *A, *B;
   void *C;
+  void *part; /* SPLIT_K: pieces 1.. write [M, N] partials here */
 } Gemm;
 
-/* Piece i of the GEMM: C's rows or columns [lo, hi) in units of GEMM_UNIT. */
-static void gemm_piece(void *arg, int64_t i) {
-  const Gemm *g = arg;
-  int64_t dim = g->by_cols ? g->N : g->M;
-  int64_t lo = MC_MIN(dim, rt_chunk_lo(g->units, g->pieces, i) * GEMM_UNIT);
-  int64_t hi = MC_MIN(dim, rt_chunk_lo(g->units, g->pieces, i + 1) * GEMM_UNIT);
-  if (hi <= lo) return;
-  int64_t M = g->by_cols ? g->M : hi - lo, N = g->by_cols ? hi - lo : g->N;
-  /* the piece's offsets into A (rows of op(A)) or B (columns of op(B)) and C */
-  int64_t ao = g->by_cols ? 0 : (g->ta ? lo : lo * g->lda);
-  int64_t bo = g->by_cols ? (g->tb ? lo * g->ldb : lo) : 0;
-  int64_t co = g->by_cols ? lo : lo * g->ldc;
+static void gemm_call(const Gemm *g, int64_t M, int64_t N, int64_t K, size_t ao, size_t bo, void *C,
+                      int64_t ldc, double beta) {
   CBLAS_TRANSPOSE TA = g->ta ? CblasTrans : CblasNoTrans, TB = g->tb ? CblasTrans : CblasNoTrans;
   if (g->dbl)
-    cblas_dgemm(CblasRowMajor, TA, TB, (int)M, (int)N, (int)g->K, g->alpha,
-                (const double *)g->A + ao, (int)g->lda, (const double *)g->B + bo, (int)g->ldb,
-                g->beta, (double *)g->C + co, (int)g->ldc);
+    cblas_dgemm(CblasRowMajor, TA, TB, (int)M, (int)N, (int)K, g->alpha, (const double *)g->A + ao,
+                (int)g->lda, (const double *)g->B + bo, (int)g->ldb, beta, C, (int)ldc);
   else
-    cblas_sgemm(CblasRowMajor, TA, TB, (int)M, (int)N, (int)g->K, (float)g->alpha,
+    cblas_sgemm(CblasRowMajor, TA, TB, (int)M, (int)N, (int)K, (float)g->alpha,
                 (const float *)g->A + ao, (int)g->lda, (const float *)g->B + bo, (int)g->ldb,
-                (float)g->beta, (float *)g->C + co, (int)g->ldc);
+                (float)beta, C, (int)ldc);
 }
 
-/* Splits C into pieces along the side whose whole other operand is cheaper to pack
- * once per piece (columns: op(A) [M,K]; rows: op(B) [K,N]), as many as that packing
- * pays for, at least two for a GEMM worth splitting. The pieces depend on the shape
- * only, so the result does not depend on the thread count. */
+/* Piece i: rows, columns or contraction indices [lo, hi), edges at GEMM_UNIT multiples. */
+static void gemm_piece(void *arg, int64_t i) {
+  const Gemm *g = arg;
+  int64_t len = g->split == SPLIT_M ? g->M : g->split == SPLIT_N ? g->N : g->K;
+  int64_t lo = MC_MIN(len, rt_chunk_lo(g->units, g->pieces, i) * GEMM_UNIT);
+  int64_t hi = MC_MIN(len, rt_chunk_lo(g->units, g->pieces, i + 1) * GEMM_UNIT);
+  size_t es = g->dbl ? sizeof(double) : sizeof(float);
+  if (g->split == SPLIT_M) /* rows of op(A) and C */
+    gemm_call(g, hi - lo, g->N, g->K, (size_t)(g->ta ? lo : lo * g->lda), 0,
+              (char *)g->C + (size_t)(lo * g->ldc) * es, g->ldc, g->beta);
+  else if (g->split == SPLIT_N) /* columns of op(B) and C */
+    gemm_call(g, g->M, hi - lo, g->K, 0, (size_t)(g->tb ? lo * g->ldb : lo),
+              (char *)g->C + (size_t)lo * es, g->ldc, g->beta);
+  else if (i == 0) /* columns [lo, hi) of op(A), rows of op(B); piece 0 into C */
+    gemm_call(g, g->M, g->N, hi - lo, 0, 0, g->C, g->ldc, g->beta);
+  else
+    gemm_call(g, g->M, g->N, hi - lo, (size_t)(g->ta ? lo * g->lda : lo),
+              (size_t)(g->tb ? lo : lo * g->ldb),
+              (char *)g->part + (size_t)((i - 1) * g->M * g->N) * es, g->N, 0.0);
+}
+
+/* SPLIT_K: rows [lo, hi) of C += the partials, in piece order */
+static void gemm_sum_rows(void *arg, int64_t lo, int64_t hi) {
+  const Gemm *g = arg;
+  for (int64_t r = lo; r < hi; r++)
+    for (int64_t i = 1; i < g->pieces; i++) {
+      size_t at = (size_t)((i - 1) * g->M * g->N + r * g->N);
+      if (g->dbl) {
+        double *c = (double *)g->C + r * g->ldc;
+        const double *q = (const double *)g->part + at;
+        for (int64_t j = 0; j < g->N; j++)
+          c[j] += q[j];
+      } else {
+        float *c = (float *)g->C + r * g->ldc;
+        const float *q = (const float *)g->part + at;
+        for (int64_t j = 0; j < g->N; j++)
+          c[j] += q[j];
+      }
+    }
+}
+
 static void gemm_run(Gemm *g) {
   if (g->M <= 0 || g->N <= 0) return;
-  g->by_cols = g->N >= g->M;
-  int64_t dim = g->by_cols ? g->N : g->M;
-  g->units = (dim + GEMM_UNIT - 1) / GEMM_UNIT;
   double flops = 2.0 * (double)g->M * (double)g->N * (double)MC_MAX(g->K, 1);
-  double packed = (double)(g->by_cols ? g->M : g->N) * (double)MC_MAX(g->K, 1);
-  int64_t p = (int64_t)(flops / (GEMM_PACK_FLOPS * packed));
-  if (flops >= 8 * GEMM_MIN_FLOPS) p = MC_MAX(p, 2);
-  if (flops < GEMM_MIN_FLOPS) p = 1;
-  g->pieces = MC_MAX(1, MC_MIN(MC_MIN(g->units, GEMM_MAX_PIECES), p));
-  rt_parallel(g->pieces, gemm_piece, g);
+  /* pieces each split would afford, from its repeated work (see above) */
+  double pm = 2.0 * (double)g->M / GEMM_PACK_FLOPS, pn = 2.0 * (double)g->N / GEMM_PACK_FLOPS,
+         pk = (double)g->K / GEMM_PACK_FLOPS;
+  g->split = pk > pm && pk > pn ? SPLIT_K : pm > pn ? SPLIT_M : SPLIT_N;
+  int64_t len = g->split == SPLIT_M ? g->M : g->split == SPLIT_N ? g->N : g->K;
+  double afford = g->split == SPLIT_M ? pm : g->split == SPLIT_N ? pn : pk;
+  g->units = (len + GEMM_UNIT - 1) / GEMM_UNIT;
+  int64_t p = 1;
+  while (p * 2 <= MC_MIN(MC_MIN(g->units, GEMM_MAX_PIECES), (int64_t)afford))
+    p *= 2;
+  if (flops >= 8 * GEMM_MIN_FLOPS && g->units >= 2) p = MC_MAX(p, 2);
+  if (flops < GEMM_MIN_FLOPS || g->K <= 0) p = 1;
+  g->pieces = p;
+  if (p == 1) g->split = SPLIT_M;
+  size_t es = g->dbl ? sizeof(double) : sizeof(float);
+  g->part = g->split == SPLIT_K ? mc_malloc((size_t)((p - 1) * g->M * g->N) * es) : NULL;
+  rt_parallel(p, gemm_piece, g);
+  if (g->split == SPLIT_K) rt_parallel_rows(g->M, g->N * (p - 1), gemm_sum_rows, g);
+  mc_free(g->part);
 }
 
 void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-  Gemm g = {false, ta, tb, false, M, N, K, lda, ldb, ldc, 0, 0, alpha, beta, A, B, C};
+  Gemm g = {.ta = ta,
+            .tb = tb,
+            .M = M,
+            .N = N,
+            .K = K,
+            .lda = lda,
+            .ldb = ldb,
+            .ldc = ldc,
+            .alpha = alpha,
+            .beta = beta,
+            .A = A,
+            .B = B,
+            .C = C};
   gemm_run(&g);
 }
 
 void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
               int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc) {
-  Gemm g = {true, ta, tb, false, M, N, K, lda, ldb, ldc, 0, 0, alpha, beta, A, B, C};
+  Gemm g = {.dbl = true,
+            .ta = ta,
+            .tb = tb,
+            .M = M,
+            .N = N,
+            .K = K,
+            .lda = lda,
+            .ldb = ldb,
+            .ldc = ldc,
+            .alpha = alpha,
+            .beta = beta,
+            .A = A,
+            .B = B,
+            .C = C};
   gemm_run(&g);
 }
 
