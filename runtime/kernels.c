@@ -20,18 +20,18 @@ const KernelFn *rt_cpu_kernels(Precision p) {
 
 /* ---- GEMMs split over threads ----
  *
- * A GEMM splits into pieces along C's rows (M), its columns (N) or the contraction (K),
- * whichever makes every piece repeat the least work: a piece of rows packs all of
- * op(B), one of columns all of op(A), and one of K writes a partial C that the pieces
- * then add up in piece order. So the pieces number about 2M, 2N or K over
- * GEMM_PACK_FLOPS (packing an element costs about that many flops), a power of two,
- * at most GEMM_MAX_PIECES, at least two for a GEMM worth splitting. They depend on the
- * shape alone: the result is the same for any thread count. */
+ * A GEMM splits into 2 or 4 pieces (by its flops) along C's rows (M), or along the
+ * contraction (K) when K dwarfs M and N (each piece then writes a partial C, added in
+ * piece order), or along C's columns (N) when there are too few rows. Measured on
+ * OpenBLAS 0.3.21 (one thread a piece): more pieces repeat more packing and lose more
+ * than they balance. The pieces depend on the shape alone: the result is the same
+ * for any thread count. */
 
-#define GEMM_MAX_PIECES 16
-#define GEMM_UNIT 16 /* piece edges at multiples of this (a vector of floats) */
-#define GEMM_PACK_FLOPS 256.0
-#define GEMM_MIN_FLOPS 2e6 /* below this a GEMM is one task */
+#define GEMM_UNIT 16         /* piece edges at multiples of this (a vector of floats) */
+#define GEMM_MIN_FLOPS 8e6   /* below this a GEMM is one task */
+#define GEMM_FOUR_FLOPS 64e6 /* from this on, four pieces */
+#define GEMM_PIECE_ROWS 64   /* a piece of rows or columns has at least this many */
+#define GEMM_K_RATIO 8       /* split K when K >= this * max(M, N) */
 
 typedef enum GemmSplit { SPLIT_M, SPLIT_N, SPLIT_K } GemmSplit;
 
@@ -101,18 +101,18 @@ static void gemm_sum_rows(void *arg, int64_t lo, int64_t hi) {
 static void gemm_run(Gemm *g) {
   if (g->M <= 0 || g->N <= 0) return;
   double flops = 2.0 * (double)g->M * (double)g->N * (double)MC_MAX(g->K, 1);
-  /* pieces each split would afford, from its repeated work (see above) */
-  double pm = 2.0 * (double)g->M / GEMM_PACK_FLOPS, pn = 2.0 * (double)g->N / GEMM_PACK_FLOPS,
-         pk = (double)g->K / GEMM_PACK_FLOPS;
-  g->split = pk > pm && pk > pn ? SPLIT_K : pm > pn ? SPLIT_M : SPLIT_N;
+  int64_t p = flops >= GEMM_FOUR_FLOPS ? 4 : flops >= GEMM_MIN_FLOPS ? 2 : 1;
+  if (g->K >= GEMM_K_RATIO * MC_MAX(g->M, g->N))
+    g->split = SPLIT_K;
+  else if (g->M >= GEMM_PIECE_ROWS * p || g->M >= g->N)
+    g->split = SPLIT_M;
+  else
+    g->split = SPLIT_N;
   int64_t len = g->split == SPLIT_M ? g->M : g->split == SPLIT_N ? g->N : g->K;
-  double afford = g->split == SPLIT_M ? pm : g->split == SPLIT_N ? pn : pk;
+  while (p > 1 && len < GEMM_PIECE_ROWS * p)
+    p /= 2;
+  if (g->K <= 0) p = 1;
   g->units = (len + GEMM_UNIT - 1) / GEMM_UNIT;
-  int64_t p = 1;
-  while (p * 2 <= MC_MIN(MC_MIN(g->units, GEMM_MAX_PIECES), (int64_t)afford))
-    p *= 2;
-  if (flops >= 8 * GEMM_MIN_FLOPS && g->units >= 2) p = MC_MAX(p, 2);
-  if (flops < GEMM_MIN_FLOPS || g->K <= 0) p = 1;
   g->pieces = p;
   if (p == 1) g->split = SPLIT_M;
   size_t es = g->dbl ? sizeof(double) : sizeof(float);

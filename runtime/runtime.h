@@ -102,6 +102,13 @@ static inline int64_t rt_chunk_lo(int64_t R, int64_t n, int64_t i) {
 /* fn(arg, lo, hi) over those ranges (threads.c). */
 typedef void (*RtRangeFn)(void *arg, int64_t lo, int64_t hi);
 void rt_parallel_rows(int64_t R, int64_t cost, RtRangeFn fn, void *arg);
+/* The same with n ranges chosen by the caller: rt_parallel(n, rt_rows_task, &job). */
+typedef struct RtRowsJob {
+  int64_t R, n;
+  RtRangeFn fn;
+  void *arg;
+} RtRowsJob;
+void rt_rows_task(void *arg, int64_t i);
 /* What a kernel hands its tasks: its own arguments and one pointer more. */
 typedef struct RtKArgs {
   const KernelCtx *ctx;

@@ -184,23 +184,17 @@ void rt_parallel(int64_t ntasks, RtTaskFn fn, void *arg) {
   atomic_store(&P.busy, 0);
 }
 
-typedef struct RowsJob {
-  int64_t R, n;
-  RtRangeFn fn;
-  void *arg;
-} RowsJob;
-
-static void rows_task(void *arg, int64_t i) {
-  const RowsJob *j = arg;
+void rt_rows_task(void *arg, int64_t i) {
+  const RtRowsJob *j = arg;
   j->fn(j->arg, rt_chunk_lo(j->R, j->n, i), rt_chunk_lo(j->R, j->n, i + 1));
 }
 
 void rt_parallel_rows(int64_t R, int64_t cost, RtRangeFn fn, void *arg) {
   if (R <= 0) return;
-  RowsJob j = {R, rt_chunks(R, cost), fn, arg};
+  RtRowsJob j = {R, rt_chunks(R, cost), fn, arg};
   if (j.n == 1) {
     fn(arg, 0, R);
     return;
   }
-  rt_parallel(j.n, rows_task, &j);
+  rt_parallel(j.n, rt_rows_task, &j);
 }
