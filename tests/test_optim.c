@@ -487,6 +487,7 @@ static void test_bits(void) {
             if (rv[i]) bad += memcmp(o->v[i], rv[i], nb) != 0;
             if (rm[i]) bad += memcmp(o->m[i], rm[i], nb) != 0;
             int r = md.params[i]->ty.rank;
+            if (r < 2) continue; /* no row and column moments */
             size_t rows = (size_t)md.params[i]->shape[r - 2],
                    cols = (size_t)md.params[i]->shape[r - 1];
             if (rvr[i]) bad += memcmp(o->vr[i], rvr[i], nb / cols) != 0;
