@@ -3,7 +3,8 @@
  * share its helpers, in kernels_seq.inc) and are instantiated here twice (real =
  * float / double); GEMMs go through OpenBLAS (row-major, no
  * copies). Every kernel is deterministic: fixed loop orders, reductions in
- * double, BLAS with a fixed thread count. Prefix: rt_. */
+ * double, work split over threads by shape only (threads.c), so the same bits with
+ * any thread count. Prefix: rt_. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -56,7 +57,8 @@ static inline double rt_sigmoid(double x) {
 
 #define real float
 #define K(name) name##_f32
-#define GEMM cblas_sgemm
+#define GEMM rt_sgemm
+#define BLAS_GEMM cblas_sgemm
 #define EXP rt_expf
 #define LOG1P log1pf
 #define TANH rt_tanhf
@@ -66,6 +68,7 @@ static inline double rt_sigmoid(double x) {
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH
@@ -74,7 +77,8 @@ static inline double rt_sigmoid(double x) {
 /* float64 is the reference precision (finite-difference checks): libm throughout */
 #define real double
 #define K(name) name##_f64
-#define GEMM cblas_dgemm
+#define GEMM rt_dgemm
+#define BLAS_GEMM cblas_dgemm
 #define EXP exp
 #define LOG1P log1p
 #define TANH tanh
@@ -84,6 +88,7 @@ static inline double rt_sigmoid(double x) {
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH

@@ -477,6 +477,7 @@ int cmd_plan(int argc, char **argv) {
     drv_options_free(&o);
     return rc;
   }
+  rc = 0;
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
   else if (!strcmp(format, "text"))
