@@ -285,6 +285,10 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     y = build_embedding(g, name, x, (int64_t)av[LA_VOCAB], (int64_t)av[LA_DIM], e->loc);
     break;
   case L_LSTM:
+    if (av[LA_PROJ] >= 1)
+      mc_die("%d:%d: lstm '%s': an output projection (proj=) is counted by `moec check` but "
+             "cannot be built yet",
+             e->loc.line, e->loc.col, name);
     y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], e->loc);
     break;
   case L_DENSE:

@@ -177,20 +177,25 @@ static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean
 }
 
 /* The expert FFNs on dispatched rows xs[R', D] with (possibly stacked) weights
- * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]. Role "experts". */
+ * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]; b1, b2 NULL: no biases
+ * (bias=false). Role "experts". */
 static Tensor *experts_ffn(Graph *g, const char *name, Tensor *xs, Tensor *w1, Tensor *b1,
                            Tensor *w2, Tensor *b2, Tensor *off) {
   Tensor *h = op3a(g, OP_GROUPED_MATMUL, xs, w1, off, 0); // [R', H]
   named(g, h, name, "xw1");
-  h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
-  named(g, h, name, "pre");
+  if (b1) {
+    h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
+    named(g, h, name, "pre");
+  }
   h = ir_op1(g, OP_RELU, h); // [R', H]
   named(g, h, name, "h");
   Tensor *ys = op3a(g, OP_GROUPED_MATMUL, h, w2, off, 0); // [R', O]
+  if (!b2) return named(g, ys, name, "ys");
   named(g, ys, name, "hw2");
   ys = op3a(g, OP_GROUPED_BIAS, ys, b2, off, 0); // [R', O]
   return named(g, ys, name, "ys");
 }
+
 
 /* x[..., D] -> rows [N, D] */
 static Tensor *flatten_rows(Graph *g, Tensor *x) {
@@ -208,6 +213,18 @@ static Tensor *unflatten_rows(Graph *g, Tensor *y, const Tensor *x) {
   t.dtype = DT_F32;
   t.dim[t.rank - 1] = y->ty.dim[1];
   return ir_reshape(g, y, t);
+}
+
+/* The layer's output y[N, O] through its `act` (appendix C: a sigmoid on the MoE output),
+ * then back to x's leading dims. */
+static Tensor *layer_output(Graph *g, const Expr *call, const char *name, Tensor *y,
+                            const Tensor *x) {
+  static const OpKind acts[] = {[LAE_RELU] = OP_RELU, [LAE_TANH] = OP_TANH,
+                                [LAE_SIGMOID] = OP_SIGMOID};
+  int act = (int)call->argv[LA_ACT];
+  ir_set_context(g, name, NULL, call->loc);
+  if (act > LAE_NONE && act <= LAE_SIGMOID) y = ir_op1(g, acts[act], y); // [N, O]
+  return unflatten_rows(g, y, x);
 }
 
 static void check_input(const Expr *call, const Tensor *x, const char *layer) {
@@ -297,9 +314,10 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *thr =
       gating == LAE_BATCHWISE ? param(g, name, "thresholds", t1(dE), INIT_ZERO, 0, loc) : NULL;
   Tensor *w1 = param(g, name, "w1", t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-  Tensor *b1 = param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc);
+  bool bias = call->argv[LA_BIAS] != 0;
+  Tensor *b1 = bias ? param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc) : NULL;
   Tensor *w2 = param(g, name, "w2", t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-  Tensor *b2 = param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc);
+  Tensor *b2 = bias ? param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc) : NULL;
 
   ir_set_context(g, name, NULL, loc);
   Tensor *xr = flatten_rows(g, x); // [N, D]
@@ -309,8 +327,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *clean = named(g, ir_op2(g, OP_MATMUL, xr, w_gate), name, "clean"); // [N, E]
   if (gating == LAE_BATCHWISE) {
     Tensor *y = build_batchwise(g, call, name, xr, clean, thr, k, w1, b1, w2, b2, aux);
-    ir_set_context(g, name, NULL, loc);
-    return unflatten_rows(g, y, x);
+    return layer_output(g, call, name, y, x);
   }
   Tensor *raw = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
   Gate gt = gate_topk(g, name, "", clean, raw, NULL, k);
@@ -341,9 +358,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   named(g, load, name, "load");
   register_moe(g, name, imp, load);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
-
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }
 
 /* ---------------------------------------------------------------- hmoe */
@@ -377,6 +392,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;
   Dim dG = dim_int(G), dE = dim_int(E), dH = dim_int(H), one = dim_int(1);
+  bool bias = call->argv[LA_BIAS] != 0;
 
   /* parameters: the primary gate, then group by group its gate and experts */
   Tensor *w_gate = param(g, name, "w_gate", t2(D, dG), INIT_ZERO, 0, loc);
@@ -393,9 +409,9 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
     sg[i] = param(g, name, GP("w_gate"), t2(D, dE), INIT_ZERO, 0, loc);
     if (noise) sn[i] = param(g, name, GP("w_noise"), t2(D, dE), INIT_ZERO, 0, loc);
     w1[i] = param(g, name, GP("w1"), t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-    b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
+    if (bias) b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
     w2[i] = param(g, name, GP("w2"), t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-    b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
+    if (bias) b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
 #undef GP
   }
 
@@ -457,9 +473,9 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   /* experts: the groups' weights stacked, [G*E, ...] */
   ir_set_context(g, name, "experts", loc);
   Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all"); // [G*E, D, H]
-  Tensor *B1 = named(g, concat0(g, b1, (int)G), name, "b1_all"); // [G*E, H]
-  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all"); // [G*E, H, O]
-  Tensor *B2 = named(g, concat0(g, b2, (int)G), name, "b2_all"); // [G*E, O]
+  Tensor *B1 = bias ? named(g, concat0(g, b1, (int)G), name, "b1_all") : NULL; // [G*E, H]
+  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all");                // [G*E, H, O]
+  Tensor *B2 = bias ? named(g, concat0(g, b2, (int)G), name, "b2_all") : NULL; // [G*E, O]
   Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);    // [N*kg*k, O]
 
   ir_set_context(g, name, "combine", loc);
@@ -499,6 +515,5 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   mc_free(w2);
   mc_free(b2);
   mc_free(tmp);
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }
