@@ -88,6 +88,11 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.per_device = b.expected / nd;
     break;
   }
+  case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
+    b.payload = nd * (n->in[0]->numel * 4 + bound_bytes(n->in[1]));
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;
@@ -457,6 +462,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
     if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      if (pass_sparse_grad(g, p, P, ctx->cfg)) continue; /* only the touched rows travel */
       Tensor *s = all_reduce(&c, p->grad, "@sum");
       if (s != p->grad) s->name = mc_arena_printf(&g->arena, "%s.grad@sum", p->name);
       p->grad = s;

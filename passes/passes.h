@@ -75,4 +75,11 @@ void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FI
 /* FLOPs of one node at (B, T) (multiply-adds count 2; elementwise ops one per output). */
 double pass_node_flops(const Node *n, int64_t B, int64_t T);
 
+/* sparse.c (called by the comm pass): parameter p's gradient (PART_PARTIAL on P devices)
+ * is a sum of row scatters (embedding_bwd: the embedding's, the sampled softmax's) and
+ * exchanging each device's (id, row) pairs moves fewer bytes than a ring all_reduce of
+ * the dense gradient at the config's batch: each scatter becomes a sparse_all_reduce and
+ * the gradient is replicated. Returns whether it did. */
+bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg);
+
 #endif

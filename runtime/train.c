@@ -47,9 +47,10 @@ static void find_inputs(Compiled *c) {
   int vin = 0, vout = 0;
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
-    if (n->op == OP_XENT && !tg) {
-      tg = through_reshapes(n->in[1]);
-      vout = (int)n->in[0]->shape[n->in[0]->ty.rank - 1];
+    if ((n->op == OP_XENT || n->op == OP_SAMPLED_XENT) && !tg) {
+      bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
+      tg = through_reshapes(n->in[s ? 3 : 1]);
+      vout = (int)(s ? n->in[1]->shape[0] : n->in[0]->shape[n->in[0]->ty.rank - 1]);
     }
   }
   if (!tg || tg->kind != TK_INPUT)
@@ -1046,6 +1047,7 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
   upload_ids(c.p, c.ids, ids);
   upload_ids(c.p, c.targets, tg);
   KernelCtx ctx = {.training = false,
+                   .sample_softmax = true, /* a sampled softmax's loss is its sampled one */
                    .seed = cfg->seed,
                    .step = 0,
                    .batch0 = 0,
@@ -1057,8 +1059,11 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
   double loss = read_scalar(c.p, g->loss), xent = read_scalar(c.p, g->xent),
          aux = read_scalar(c.p, g->aux);
   if (out) {
-    StTensor *t = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(StTensor));
-    void **zeros = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(void *));
+    int nx = 0; /* a sampled softmax's samples and draws (NAME.samples, NAME.tries) */
+    for (int k = 0; k < g->nnodes; k++)
+      nx += g->nodes[k]->op == OP_SAMPLED_XENT ? 2 : 0;
+    StTensor *t = mc_calloc((size_t)MC_MAX(g->nparams + nx, 1), sizeof(StTensor));
+    void **zeros = mc_calloc((size_t)MC_MAX(g->nparams + nx, 1), sizeof(void *));
     for (int i = 0; i < g->nparams; i++) {
       const Tensor *x = g->params[i];
       const void *data;
@@ -1078,9 +1083,15 @@ int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *toke
     meta_add(&m, "loss", "%.17g", loss);
     meta_add(&m, "xent", "%.17g", xent);
     meta_add(&m, "aux", "%.17g", aux);
-    rt_st_save(out, t, g->nparams, m.kv, m.n);
+    int nt = g->nparams;
+    for (int k = 0; k < g->nnodes; k++)
+      for (int j = 2; j < 4 && g->nodes[k]->op == OP_SAMPLED_XENT; j++, nt++) {
+        const Tensor *x = g->nodes[k]->out[j];
+        t[nt] = (StTensor){x->name, ST_I32, 1, {x->numel}, rt_dev_host_view(c.p, x, &zeros[nt])};
+      }
+    rt_st_save(out, t, nt, m.kv, m.n);
     mc_arena_free(&m.a);
-    for (int i = 0; i < g->nparams; i++)
+    for (int i = 0; i < nt; i++)
       mc_free(zeros[i]);
     mc_free(zeros);
     mc_free(t);
