@@ -8,7 +8,8 @@
 # double rounding; place ... : on(...) device subsets; the error cases. Exit 77
 # (skipped) without mpirun.
 # CASE: paper | round_robin | data_parallel | hmoe | batchwise | balanced | mpi | reshard |
-# f64 | errors | subsets | subsets_mpi | factored | memory | hmoe_factored | hmoe_memory
+# f64 | errors | subsets | subsets_mpi | factored | memory | hmoe_factored | hmoe_memory |
+# sampled
 set -u
 MOEC=$1
 CASE=$2
@@ -175,6 +176,29 @@ balanced)
   done
   "$MOEC" plan "$W/m.moe" --devices 4 --loads "$W/d1.metrics" | grep -q "no measured loads" &&
     fail "moec plan did not take the loads of the metrics file"
+  ;;
+sampled)
+  # a sampled softmax and an embedding over 2048 words: their gradients' touched rows are
+  # exchanged (sparse_all_reduce), not the dense [V, D] gradients; the same losses, and
+  # the same exact evaluation, on 1..4 devices (and 2 MPI ranks when mpirun is there)
+  model paper contiguous md_sampled
+  "$MOEC" ir "$W/m.moe" --after comm --devices 2 >"$W/ir.txt" || fail "sampled: moec ir"
+  for p in emb.weight loss.weight loss.bias; do
+    grep -q "all_reduce.*$p\.grad" "$W/ir.txt" && fail "sampled: $p's gradient all-reduced dense"
+  done
+  [ "$(grep -c '= sparse_all_reduce(' "$W/ir.txt")" -eq 5 ] ||
+    fail "sampled: expected 5 sparse_all_reduce nodes (emb.weight; loss.weight, loss.bias x 2)"
+  losses d1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    losses d$p "$MOEC" run "$W/m.moe" --devices $p
+    same d1 d$p
+    same_aux d1 d$p
+  done
+  if command -v mpirun >/dev/null 2>&1; then
+    losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same d1 mpi2
+  fi
+  mem_falls sampled
   ;;
 mpi)
   command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }
