@@ -88,14 +88,17 @@ static Tensor *scale(Graph *g, Tensor *x, double s) {
   return ir_node(g, OP_SCALE, 1, in, NULL, fa)->out[0];
 }
 
-/* Registers a layer's importance and load vectors for monitoring. */
-static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) {
+/* Registers a layer's importance and load vectors (and dropped routes, or NULL) for
+ * monitoring. */
+static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load, Tensor *drop) {
   int n = g->nmoe + 1;
   g->moe_importance = mc_realloc(g->moe_importance, (size_t)n * sizeof(Tensor *));
   g->moe_load = mc_realloc(g->moe_load, (size_t)n * sizeof(Tensor *));
+  g->moe_drop = mc_realloc(g->moe_drop, (size_t)n * sizeof(Tensor *));
   g->moe_names = mc_realloc(g->moe_names, (size_t)n * sizeof(char *));
   g->moe_importance[g->nmoe] = imp;
   g->moe_load[g->nmoe] = load;
+  g->moe_drop[g->nmoe] = drop;
   g->moe_names[g->nmoe] = mc_arena_strdup(&g->arena, name);
   g->nmoe = n;
 }
@@ -281,7 +284,7 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
   ir_set_context(g, name, "aux", loc);
   Tensor *imp = named(g, ir_op1(g, OP_SUM_ROWS, G), name, "importance"); // [E]
   Tensor *load = named(g, ir_op1(g, OP_SUM_ROWS, mask), name, "load");   // [E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   Tensor *bal = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
   Tensor *tin[3] = {gs, mask, thr};
   Tensor *tl =
@@ -291,6 +294,12 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
 }
 
 /* ---------------------------------------------------------------- moe */
+
+int64_t ir_capacity_rows(double C, int64_t k, int64_t N, int64_t E) {
+  double c = C * (double)k * (double)N / (double)E;
+  int64_t cap = (int64_t)ceil(c * (1 - 1e-12)); /* an integer product stays that integer */
+  return cap < 1 ? 1 : cap;
+}
 
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux) {
   Loc loc = call->loc;
@@ -331,9 +340,18 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   }
   Tensor *raw = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
   Gate gt = gate_topk(g, name, "", clean, raw, NULL, k);
+  Tensor *kept = gt.idx, *drop = NULL;
+  if (call->argv[LA_CAPACITY] > 0) { /* routes beyond each expert's capacity: idx -1 */
+    Tensor *cin[1] = {gt.idx};
+    double fa[IR_MAX_ATTR] = {call->argv[LA_CAPACITY]};
+    int64_t ia[IR_MAX_ATTR] = {E};
+    Node *cn = ir_node(g, OP_CAPACITY, 1, cin, ia, fa);
+    kept = named(g, cn->out[0], name, "kept");  // i32[N, k]
+    drop = named(g, cn->out[1], name, "drop"); // [E]
+  }
 
   ir_set_context(g, name, "dispatch", loc);
-  Tensor *din[2] = {xr, gt.idx};
+  Tensor *din[2] = {xr, kept};
   Node *dn = node(g, OP_DISPATCH, 2, din, E, 0);
   Tensor *xs = named(g, dn->out[0], name, "xs");       // [N*k, D]
   Tensor *off = named(g, dn->out[1], name, "offsets"); // i32[E+1]
@@ -356,7 +374,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
     load = op1a(g, OP_LOAD_COUNT, gt.idx, E); // [E]
   }
   named(g, load, name, "load");
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, drop);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
   return layer_output(g, call, name, y, x);
 }
@@ -505,7 +523,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Tensor *lh = op2a(g, OP_ROW_SCALE, frac, load_p, 0); // [G, E]
   named(g, lh, name, "load_h");
   Tensor *load = named(g, ir_reshape(g, lh, t1(dim_int(G * E))), name, "load"); // [G*E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
 
   mc_free(sg);

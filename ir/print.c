@@ -34,6 +34,8 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_LOAD_COUNT] = {.ia = {"E"}},
     [OP_IMPORTANCE] = {.ia = {"E"}},
     [OP_DISPATCH] = {.ia = {"E"}},
+    [OP_CAPACITY] = {.ia = {"E"}, .fa = {"capacity"}},
+    [OP_ALL_GATHER_ROWS] = {.ia = {"devices"}},
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},

@@ -88,6 +88,12 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.per_device = b.expected / nd;
     break;
   }
+  case OP_ALL_GATHER_ROWS: /* every device's rows, gathered by every device */
+    nd = n->ia[0] > 0 ? n->ia[0] : 1;
+    b.payload = nd * bound_bytes(n->in[0]);
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
   case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
     b.payload = nd * (n->in[0]->numel * 4 + bound_bytes(n->in[1]));
     b.upper = b.expected = (nd - 1) * b.payload;
@@ -407,6 +413,25 @@ static void batchwise_global(Comm *c, Node *route) {
   }
 }
 
+/* Capacity over the global batch: every device's routes gathered before the capacity op, so
+ * that its drop decision is the one device's (docs/moe.md); the drop fractions it then
+ * computes are the global batch's, the same on every device. */
+static void capacity_global(Comm *c, Node *cap) {
+  int nd = set_size(cap, c->P);
+  if (nd <= 1 || cap->nin != 1) return;
+  if (cap->device >= 0 || cap->ndevices > 0)
+    mc_die("moe '%s': capacity= with the layer's gate on(...) a device subset is not supported",
+           cap->layer ? cap->layer : "?");
+  int64_t ia[IR_MAX_ATTR] = {nd};
+  Node *n = new_node_ia(c, OP_ALL_GATHER_ROWS, 1, cap->in, ia, cap, cap, false, "@all");
+  n->out[0]->part = cap->out[1]->part = PART_REPLICATED;
+  Tensor **in = mc_arena_alloc(&c->g->arena, 2 * sizeof(Tensor *));
+  in[0] = cap->in[0];
+  in[1] = n->out[0];
+  cap->in = in;
+  cap->nin = 2;
+}
+
 static void widen_rows(Tensor *t, int P) {
   for (int q = 0; q < t->ty.dim[0].b; q++)
     t->ty.dim[0].c *= P;
@@ -458,6 +483,8 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   /* batchwise gating: each expert's top rows over the global batch */
   for (int k = 0; k < n0; k++)
     if (g->nodes[k]->op == OP_BATCHWISE_ROUTE) batchwise_global(&c, g->nodes[k]);
+  for (int k = 0; k < n0; k++) /* capacity: the drop decision on the global batch */
+    if (g->nodes[k]->op == OP_CAPACITY) capacity_global(&c, g->nodes[k]);
   /* 3. gradients of replicated parameters (expert gradients stay where they are) */
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];

@@ -161,7 +161,12 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices) {
   for (int i = 0; i < g->ntensors && devices > 1; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
-    save[i] = t->ty.dim[0].c;
+    save[i] = ir_dim_pack(t->ty.dim[0]);
+    int64_t cap = pass_capacity_rows(g, t, g->B, g->T); /* capacity=: as the runtime sizes it */
+    if (cap >= 0) {
+      t->ty.dim[0] = dim_int(cap);
+      continue;
+    }
     for (int q = 0; q < t->ty.dim[0].b; q++)
       t->ty.dim[0].c *= devices;
   }
@@ -170,7 +175,7 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices) {
 
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0].c = save[i];
+    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
   mc_free(save);
 }
 

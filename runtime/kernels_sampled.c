@@ -1,14 +1,11 @@
 /* kernels_sampled.c: CPU kernels of the sampled softmax (ops.def: sampled_xent,
- * sampled_xent_bwd) in float32 and float64 (bodies in kernels_sampled.inc), the
- * log-uniform candidate sampler they share, and the row-sparse all-reduce of a gradient
- * (sparse_all_reduce, a collective). docs/moe.md ("Sampled softmax") has the maths.
+ * sampled_xent_bwd) in float32 and float64 (bodies in kernels_sampled.inc) and the
+ * log-uniform candidate sampler they share. docs/moe.md ("Sampled softmax") has the maths.
  * Prefix: rt_. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
-#include "comm.h"
-#include "multidev.h"
 #include "runtime.h"
 
 /* ---------------------------------------------------------------- the sampler */
@@ -92,72 +89,7 @@ static bool sampling(const KernelCtx *ctx) {
 #undef GEMM
 #undef EXP
 
-/* ---------------------------------------------------------------- sparse all-reduce */
-
-/* (ids i32[R], rows[R,D]) on every device of the node's set -> dW[V,D]: every device's rows
- * gathered (all_gather, rank order) and scatter-added in that order, so every device holds
- * the same bits. Without a communicator (one device) it is embedding_bwd. */
-static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *in,
-                              void *const *out, size_t elem) {
-  Comm *c = ctx->comm ? comm_subset(ctx->comm, rt_md_node_mask(n, ctx->comm->size)) : NULL;
-  int P = c ? c->size : 1;
-  double t0 = mc_now();
-  int64_t R = n->in[0]->numel, V = n->out[0]->shape[0], D = n->out[0]->shape[1];
-  size_t rb = (size_t)D * elem, blk = (size_t)R * (4 + rb);
-  char *send = mc_malloc(blk ? blk : 1), *recv = mc_malloc(blk * (size_t)P + 1);
-  memcpy(send, in[0], (size_t)R * 4);
-  memcpy(send + (size_t)R * 4, in[1], (size_t)R * rb);
-  if (P > 1) {
-    int64_t *rs = mc_malloc((size_t)P * sizeof(int64_t)); /* every device sends R rows */
-    c->all_gather(c, &R, rs, sizeof R);
-    for (int s = 0; s < P; s++)
-      if (rs[s] != R)
-        c->abort(c, "sparse_all_reduce: the devices hold different numbers of gradient rows");
-    mc_free(rs);
-    c->all_gather(c, send, recv, blk);
-  } else {
-    memcpy(recv, send, blk);
-  }
-  memset(out[0], 0, (size_t)(V * D) * elem);
-  for (int s = 0; s < P; s++) {
-    const char *b = recv + (size_t)s * blk;
-    for (int64_t r = 0; r < R; r++) {
-      int32_t id;
-      memcpy(&id, b + (size_t)r * 4, 4);
-      if (id < 0 || id >= V)
-        mc_die("layer '%s': gradient row %d is outside [0, %lld) (op %s)",
-               n->layer ? n->layer : "?", (int)id, (long long)V, ir_ops[n->op].name);
-      const char *row = b + (size_t)R * 4 + (size_t)r * rb;
-      if (elem == sizeof(float)) {
-        float *d = (float *)out[0] + (int64_t)id * D;
-        const float *x = (const float *)row;
-        for (int64_t j = 0; j < D; j++)
-          d[j] += x[j];
-      } else {
-        double *d = (double *)out[0] + (int64_t)id * D;
-        const double *x = (const double *)row;
-        for (int64_t j = 0; j < D; j++)
-          d[j] += x[j];
-      }
-    }
-  }
-  mc_free(send);
-  mc_free(recv);
-  if (c && c->rank < RT_INPROC_MAX) rt_md_comm_seconds[c->rank][1] += mc_now() - t0;
-}
-
-static void sparse_all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in,
-                                  void *const *out) {
-  sparse_all_reduce(ctx, n, in, out, sizeof(float));
-}
-static void sparse_all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in,
-                                  void *const *out) {
-  sparse_all_reduce(ctx, n, in, out, sizeof(double));
-}
-
 void rt_kern_sampled_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);
   register_f64(f64);
-  f32[OP_SPARSE_ALL_REDUCE] = sparse_all_reduce_f32;
-  f64[OP_SPARSE_ALL_REDUCE] = sparse_all_reduce_f64;
 }

@@ -21,11 +21,16 @@ void rt_md_prepare(Graph *g, int rank, int P) {
   mc_free(pass_shard_experts(g, rank)); /* this device's experts only (E_r may be 0) */
 }
 
-void rt_md_widen_expert_rows(Graph *g, int P) {
+void rt_md_widen_expert_rows(Graph *g, int P, int64_t B, int64_t T) {
   if (P <= 1) return;
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
+    int64_t cap = pass_capacity_rows(g, t, B, T); /* capacity=: its experts' routes at most */
+    if (cap >= 0) {
+      t->ty.dim[0] = dim_int(cap);
+      continue;
+    }
     for (int k = 0; k < t->ty.dim[0].b; k++)
       t->ty.dim[0].c *= P;
   }
@@ -85,7 +90,7 @@ void rt_md_bind(Graph *g, int64_t B, int64_t T, int P) {
     ir_bind(g, B, T);
     return;
   }
-  rt_md_widen_expert_rows(g, P); /* room for the rows of every device */
+  rt_md_widen_expert_rows(g, P, B, T); /* room for the rows of every device */
   int n = g->ntensors;
   Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
   int *nset = mc_calloc((size_t)n + 1, sizeof(int));

@@ -20,8 +20,9 @@
  * offsets at its E_r local experts; E_r = 0 off a layer's on(...) set). */
 void rt_md_prepare(Graph *g, int rank, int P);
 /* Every expert-side row tensor (part experts, dim 0 following B) gets room for the rows
- * of the global batch, the most one device can receive from the all-to-all. */
-void rt_md_widen_expert_rows(Graph *g, int P);
+ * of the global batch (B x T, B global), the most one device can receive from the
+ * all-to-all; under moe(capacity=) its experts' capacity (pass_capacity_rows). */
+void rt_md_widen_expert_rows(Graph *g, int P, int64_t B, int64_t T);
 
 /* ---- device subsets (place ... : on(...); docs/multidev.md "Device subsets") ---- */
 

@@ -63,6 +63,7 @@ void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
 void rt_kern_sampled_register(KernelFn *f32, KernelFn *f64); /* kernels_sampled.c */
+void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
 
 /* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
  * P(c) = log((c+2)/(c+1)) / log(V+1). rt_sample_log_uniform draws with replacement from

@@ -285,12 +285,22 @@ static double evaluate_md(Comm *c, Compiled *tr, const Corpus *corpus, Split spl
 
 typedef struct MoeStat {
   double cv, load_ratio;
+  double drop; /* capacity=: the fraction of the routes dropped; -1 without */
 } MoeStat;
 
 static MoeStat moe_stat(Program *p, int i) {
   Graph *g = p->g;
-  MoeStat st = {0, 0};
+  MoeStat st = {0, 0, -1};
   const Tensor *imp = g->moe_importance ? g->moe_importance[i] : NULL;
+  const Tensor *drop = g->moe_drop ? g->moe_drop[i] : NULL;
+  if (drop && drop->numel > 0) { /* each expert's dropped routes / all routes */
+    float *f = mc_malloc((size_t)drop->numel * p->elem);
+    p->be->download(f, p->buf[drop->id], (size_t)drop->numel * p->elem);
+    st.drop = 0;
+    for (int64_t k = 0; k < drop->numel; k++)
+      st.drop += p->prec == PREC_F64 ? ((double *)(void *)f)[k] : f[k];
+    mc_free(f);
+  }
   const Tensor *load = g->moe_load ? g->moe_load[i] : NULL;
   if (imp && imp->numel > 0) {
     double *v = mc_malloc((size_t)imp->numel * sizeof(double));
@@ -823,6 +833,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
         MoeStat ms = moe_stat(r.tr.p, i);
         fprintf(r.out, "  %s: cv %.2f load %.2f", gt->moe_names ? gt->moe_names[i] : "moe", ms.cv,
                 ms.load_ratio);
+        if (ms.drop >= 0) fprintf(r.out, " drop %.1f%%", 100 * ms.drop);
       }
       fprintf(r.out, r.tty ? "" : "\n");
       fflush(r.out);
@@ -844,6 +855,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
         mc_buf_json_string(&b, gt->moe_names ? gt->moe_names[i] : "moe");
         json_num(&b, "importance_cv", ms.cv);
         json_num(&b, "load_max_over_mean", ms.load_ratio);
+        if (ms.drop >= 0) json_num(&b, "dropped", ms.drop);
         const Tensor *lt = gt->moe_load ? gt->moe_load[i] : NULL;
         if (lt && lt->numel > 0 && r.tr.p->prec == PREC_F32) { /* per expert: experts = balanced */
           float *lv = mc_malloc((size_t)lt->numel * sizeof(float));
