@@ -672,9 +672,8 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     const char *ln = fe_layers[e->layer].name;
     if (!need_f32(S, e, x, t)) return verr;
     if (t->rank < 2) {
-      fe_error(S->d, x->loc,
-               "'%s' needs x with positions and features (rank 2 or more), got %s", ln,
-               tystr(t, b1, sizeof b1));
+      fe_error(S->d, x->loc, "'%s' needs x with positions and features (rank 2 or more), got %s",
+               ln, tystr(t, b1, sizeof b1));
       return verr;
     }
     if (!input_width(S, e, x, t)) return verr;
@@ -688,9 +687,8 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     want.rank = t->rank - 1;
     if (!type_eq(tt, &want)) {
       char b3[160];
-      fe_error(S->d, tg->loc, "%s targets %s must have the leading dimensions of x %s, i.e. %s",
-               ln, tystr(tt, b1, sizeof b1), tystr(t, b2, sizeof b2),
-               tystr(&want, b3, sizeof b3));
+      fe_error(S->d, tg->loc, "%s targets %s must have the leading dimensions of x %s, i.e. %s", ln,
+               tystr(tt, b1, sizeof b1), tystr(t, b2, sizeof b2), tystr(&want, b3, sizeof b3));
       return verr;
     }
     Type sc = {.dtype = DT_F32, .rank = 0};
@@ -1254,8 +1252,7 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   } else if (c->vocab != mv) {
     fe_error(S->d, vocab_expr->loc,
              "synthetic(vocab=%d) differs from the model's softmax_xent vocab %d", c->vocab, mv);
-    fe_note(S->d, arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB),
-            "the model's vocab is set here");
+    fe_note(S->d, arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB), "the model's vocab is set here");
     return;
   }
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is

@@ -22,7 +22,7 @@ static void count_layer(const Expr *e, int64_t in, int64_t *params, int64_t *ops
   }
   case L_LSTM: {
     int64_t U = (int64_t)av[LA_UNITS], R = av[LA_PROJ] >= 1 ? (int64_t)av[LA_PROJ] : 0;
-    int64_t h = R ? R : U;                /* the recurrent state's width */
+    int64_t h = R ? R : U;              /* the recurrent state's width */
     p = 4 * U * in + 4 * U * h + 4 * U; /* weight_ih, weight_hh, bias */
     o = 4 * U * (in + h);
     if (R) { /* weight_hr [proj, units]: h_t = weight_hr . (o * tanh(c_t)) */
@@ -44,8 +44,8 @@ static void count_layer(const Expr *e, int64_t in, int64_t *params, int64_t *ops
     int64_t k = gating == LAE_SOFTMAX ? E : (int64_t)av[LA_K];
     bool noisy = gating == LAE_NOISY_TOPK && av[LA_NOISE] != 0;
     int64_t bias = av[LA_BIAS] != 0 ? H + O : 0; /* b1, b2 */
-    int64_t gate = in * E * (noisy ? 2 : 1);      /* w_gate (+ w_noise) */
-    p = gate + E * (in * H + H * O + bias);       /* w1, (b1), w2, (b2) */
+    int64_t gate = in * E * (noisy ? 2 : 1);     /* w_gate (+ w_noise) */
+    p = gate + E * (in * H + H * O + bias);      /* w1, (b1), w2, (b2) */
     o = gate + k * (in * H + H * O);
     break;
   }
@@ -97,8 +97,8 @@ ModelSummary fe_summarize(AstFile *f, McArena *a) {
     int64_t in = 0;
     if (x && x->ty.rank > 0) in = x->ty.dim[x->ty.rank - 1].c;
     count_layer(e, in, &l->params, &l->ops_per_token);
-    l->core = e->layer != L_EMBEDDING && e->layer != L_SOFTMAX_XENT &&
-              e->layer != L_SAMPLED_SOFTMAX_XENT;
+    l->core =
+        e->layer != L_EMBEDDING && e->layer != L_SOFTMAX_XENT && e->layer != L_SAMPLED_SOFTMAX_XENT;
     s.params += l->params;
     if (l->core) {
       s.params_core += l->params;

@@ -340,8 +340,8 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     b->last_xent = y;
     break;
   case L_SAMPLED_SOFTMAX_XENT:
-    y = build_sampled_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB],
-                                   (int64_t)av[LA_SAMPLES], e->loc);
+    y = build_sampled_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], (int64_t)av[LA_SAMPLES],
+                                   e->loc);
     b->last_xent = y;
     break;
   default:

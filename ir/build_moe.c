@@ -199,7 +199,6 @@ static Tensor *experts_ffn(Graph *g, const char *name, Tensor *xs, Tensor *w1, T
   return named(g, ys, name, "ys");
 }
 
-
 /* x[..., D] -> rows [N, D] */
 static Tensor *flatten_rows(Graph *g, Tensor *x) {
   if (x->ty.rank == 2) return x;
@@ -222,8 +221,8 @@ static Tensor *unflatten_rows(Graph *g, Tensor *y, const Tensor *x) {
  * then back to x's leading dims. */
 static Tensor *layer_output(Graph *g, const Expr *call, const char *name, Tensor *y,
                             const Tensor *x) {
-  static const OpKind acts[] = {[LAE_RELU] = OP_RELU, [LAE_TANH] = OP_TANH,
-                                [LAE_SIGMOID] = OP_SIGMOID};
+  static const OpKind acts[] = {
+      [LAE_RELU] = OP_RELU, [LAE_TANH] = OP_TANH, [LAE_SIGMOID] = OP_SIGMOID};
   int act = (int)call->argv[LA_ACT];
   ir_set_context(g, name, NULL, call->loc);
   if (act > LAE_NONE && act <= LAE_SIGMOID) y = ir_op1(g, acts[act], y); // [N, O]
@@ -346,7 +345,7 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
     double fa[IR_MAX_ATTR] = {call->argv[LA_CAPACITY]};
     int64_t ia[IR_MAX_ATTR] = {E};
     Node *cn = ir_node(g, OP_CAPACITY, 1, cin, ia, fa);
-    kept = named(g, cn->out[0], name, "kept");  // i32[N, k]
+    kept = named(g, cn->out[0], name, "kept"); // i32[N, k]
     drop = named(g, cn->out[1], name, "drop"); // [E]
   }
 
@@ -490,11 +489,11 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
 
   /* experts: the groups' weights stacked, [G*E, ...] */
   ir_set_context(g, name, "experts", loc);
-  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all"); // [G*E, D, H]
+  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all");               // [G*E, D, H]
   Tensor *B1 = bias ? named(g, concat0(g, b1, (int)G), name, "b1_all") : NULL; // [G*E, H]
-  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all");                // [G*E, H, O]
+  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all");               // [G*E, H, O]
   Tensor *B2 = bias ? named(g, concat0(g, b2, (int)G), name, "b2_all") : NULL; // [G*E, O]
-  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);    // [N*kg*k, O]
+  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);                  // [N*kg*k, O]
 
   ir_set_context(g, name, "combine", loc);
   Tensor *yg = named(g, op3a(g, OP_COMBINE, ys, gs.gates, pos, 0), name, "yg"); // [N*kg, O]

@@ -88,17 +88,18 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.per_device = b.expected / nd;
     break;
   }
-  case OP_ALL_GATHER_ROWS: /* every device's rows, gathered by every device */
+  case OP_ALL_GATHER_ROWS: /* every device's rows (the global batch's: bound) to every device */
     nd = n->ia[0] > 0 ? n->ia[0] : 1;
-    b.payload = nd * bound_bytes(n->in[0]);
     b.upper = b.expected = (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
-  case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
-    b.payload = nd * (n->in[0]->numel * 4 + bound_bytes(n->in[1]));
+  case OP_SPARSE_ALL_REDUCE: { /* every device's (id, row) pairs, gathered by every device */
+    int64_t pairs = n->in[0]->numel * 4 + bound_bytes(n->in[1]); /* batch rows: the global */
+    b.payload = n->in[0]->ty.rank >= 1 && n->in[0]->ty.dim[0].b > 0 ? pairs : nd * pairs;
     b.upper = b.expected = (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
+  }
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;

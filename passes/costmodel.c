@@ -74,6 +74,10 @@ double plan_node_flops(const Node *n) {
   case OP_XENT:
   case OP_SOFTMAX:
     return 3.0 * numel(a);
+  case OP_SAMPLED_XENT: /* training: x[N,D] times S+1 rows of W, then their softmax */
+    return (2.0 * (double)a->shape[1] + 3.0) * numel(n->out[1]);
+  case OP_SAMPLED_XENT_BWD: /* dx and the sampled rows' dW: two GEMMs over [N, S+1] */
+    return 4.0 * numel(n->in[1]) * (double)n->in[2]->shape[1];
   case OP_EMBEDDING:
   case OP_RESHAPE:
   case OP_ALL_TO_ALL:
@@ -81,6 +85,8 @@ double plan_node_flops(const Node *n) {
   case OP_ALL_REDUCE:
   case OP_ALL_GATHER_TOPM:
   case OP_RESHARD:
+  case OP_ALL_GATHER_ROWS:
+  case OP_SPARSE_ALL_REDUCE:
     return 0;
   default: {
     double f = 0;

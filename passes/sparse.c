@@ -40,13 +40,14 @@ bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg) {
   Node *leaf[8];
   int n = 0;
   if (!scatter_tree(p->grad, p->grad->producer, leaf, &n, 8)) return false;
-  int nd = p->grad->producer->ndevices > 0 ? p->grad->producer->ndevices
+  int nd = p->grad->producer->ndevices > 0  ? p->grad->producer->ndevices
            : p->grad->producer->device >= 0 ? 1
                                             : P;
   if (nd <= 1) return false;
   /* elements every device sends (ids and rows) vs a ring all-reduce's 2/nd of the tensor;
    * the symbols at this device's rows of the config's batch */
-  int64_t B = cfg->batch > 0 ? (cfg->batch + nd - 1) / nd : 1, T = cfg->unroll > 0 ? cfg->unroll : 1;
+  int64_t B = cfg->batch > 0 ? (cfg->batch + nd - 1) / nd : 1,
+          T = cfg->unroll > 0 ? cfg->unroll : 1;
   double pairs = 0, dense = 1;
   for (int i = 0; i < n; i++) {
     const Type *ids = &leaf[i]->in[0]->ty, *rows = &leaf[i]->in[1]->ty;

@@ -42,8 +42,8 @@ static void all_gather_rows(const KernelCtx *ctx, const Node *n, void *const *in
   size_t bytes = (size_t)n->in[0]->numel * elem;
   int P = c ? c->size : 1;
   if ((int64_t)bytes * P != n->out[0]->numel * (int64_t)elem)
-    mc_die("layer '%s': all_gather_rows of %d devices into %lld elements", n->layer ? n->layer : "?",
-           P, (long long)n->out[0]->numel);
+    mc_die("layer '%s': all_gather_rows of %d devices into %lld elements",
+           n->layer ? n->layer : "?", P, (long long)n->out[0]->numel);
   if (P > 1) {
     same_bytes(c, (int64_t)bytes, "all_gather_rows");
     c->all_gather(c, in[0], out[0], bytes);

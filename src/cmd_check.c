@@ -147,9 +147,9 @@ static const char *layer_args(const Expr *e, char *buf, size_t n) {
       k = (size_t)snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f",
                            av[LA_GROUPS], av[LA_EXPERTS], av[LA_HIDDEN]);
     else
-      k = (size_t)snprintf(buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f",
-                           av[LA_GROUPS], av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K],
-                           gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+      k = (size_t)snprintf(
+          buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f", av[LA_GROUPS],
+          av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0], av[LA_HIDDEN]);
     moe_extras(e, buf, n, k);
     break;
   case L_SOFTMAX_XENT:
