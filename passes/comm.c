@@ -10,6 +10,8 @@
  *                   MoE layer's importance and load (aux losses over the global batch;
  *                   an hmoe's load factors and group row counts before their product)
  *   reshard         batch rows moving between two device sets (on(...) rules)
+ *   all_gather_rows every device's routes before a moe(capacity=) decision
+ *   sparse_all_reduce a gradient of row scatters exchanged as rows (passes/sparse.c)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
  * New nodes go right before their first reader (all_reduce: right after the producer);
