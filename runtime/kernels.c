@@ -9,7 +9,6 @@ const KernelFn *rt_cpu_kernels(Precision p) {
     rt_kern_dense_register(table_f32, table_f64);
     rt_kern_moe_register(table_f32, table_f64);
     rt_kern_comm_register(table_f32, table_f64);
-    rt_kern_sampled_register(table_f32, table_f64);
     rt_kern_rows_register(table_f32, table_f64);
     filled = true;
   }

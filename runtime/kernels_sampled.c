@@ -1,8 +1,6 @@
-/* kernels_sampled.c: CPU kernels of the sampled softmax (ops.def: sampled_xent,
- * sampled_xent_bwd) in float32 and float64 (bodies in kernels_sampled.inc) and the
- * log-uniform candidate sampler they share. docs/moe.md ("Sampled softmax") has the maths.
- * Prefix: rt_. */
-#include <cblas.h>
+/* kernels_sampled.c: the sampled softmax's log-uniform candidate sampler (runtime.h); its
+ * kernels are kernels_sampled.inc, instantiated by kernels_dense.c. docs/moe.md ("Sampled
+ * softmax") has the maths. Prefix: rt_. */
 #include <math.h>
 #include <string.h>
 
@@ -46,50 +44,4 @@ int64_t rt_sample_log_uniform(uint64_t key, int64_t V, int64_t S, int32_t *cand)
   }
   mc_free(seen);
   return tries;
-}
-
-/* A target outside [0, V): a user error (bad data), named by layer. */
-_Noreturn static void bad_target(const Node *n, int32_t id, int64_t V) {
-  mc_die("layer '%s': target %d is outside the vocabulary [0, %lld) (op %s)",
-         n->layer ? n->layer : "?", (int)id, (long long)V, ir_ops[n->op].name);
-}
-
-/* The loss normaliser: fa[0], or 1/(N * ndevices) with N this device's rows (as xent). */
-static double sampled_scale(const KernelCtx *ctx, const Node *n, int64_t rows) {
-  if (n->fa[0] != 0) return n->fa[0];
-  int nd = ctx->ndevices > 0 ? ctx->ndevices : 1;
-  return 1.0 / ((double)rows * (double)nd);
-}
-
-static bool sampling(const KernelCtx *ctx) {
-  return ctx->training || ctx->sample_softmax;
-}
-
-/* ---------------------------------------------------------------- instances */
-
-#include "fastmath.h" /* rt_expf */
-
-#define real float
-#define K(name) name##_f32
-#define GEMM cblas_sgemm
-#define EXP rt_expf
-#include "kernels_sampled.inc"
-#undef real
-#undef K
-#undef GEMM
-#undef EXP
-
-#define real double
-#define K(name) name##_f64
-#define GEMM cblas_dgemm
-#define EXP exp
-#include "kernels_sampled.inc"
-#undef real
-#undef K
-#undef GEMM
-#undef EXP
-
-void rt_kern_sampled_register(KernelFn *f32, KernelFn *f64) {
-  register_f32(f32);
-  register_f64(f64);
 }

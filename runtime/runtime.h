@@ -62,7 +62,6 @@ const Backend *rt_backend_cuda(void);
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
-void rt_kern_sampled_register(KernelFn *f32, KernelFn *f64); /* kernels_sampled.c */
 void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
 
 /* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
