@@ -180,8 +180,8 @@ void grad_softmax(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
 
 /* (loss, probs, cand, tries) = sampled_xent(x, W, b, targets): (dx, dWt, dbt, dWs, dbs) =
  * sampled_xent_bwd(...); the gradients of W and b touch only the target and sampled rows:
- * dW = embedding_bwd(targets, dWt) + embedding_bwd(cand, dWs), db likewise (the comm pass
- * exchanges those rows instead of dW when that is cheaper) */
+ * dW = embedding_bwd(targets, dWt, cand, dWs), db likewise (one scatter of both pairs; the
+ * comm pass exchanges those rows instead of dW when that is cheaper) */
 void grad_sampled_xent(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   if (gout[1])
     mc_fatal("sampled_xent '%s': gradients through its probabilities are not supported",
@@ -193,13 +193,12 @@ void grad_sampled_xent(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   int64_t V = n->in[1]->ty.dim[0].c;
   int64_t ia[IR_MAX_ATTR] = {V};
   gin[0] = b->out[0];
-  gin[1] = ir_op2(g, OP_ADD, node1(g, OP_EMBEDDING_BWD, n->in[3], b->out[1], ia, NULL),
-                  node1(g, OP_EMBEDDING_BWD, n->out[2], b->out[3], ia, NULL)); // [V, D]
+  Tensor *wp[4] = {n->in[3], b->out[1], n->out[2], b->out[3]};
+  gin[1] = ir_node(g, OP_EMBEDDING_BWD, 4, wp, ia, NULL)->out[0]; // [V, D]
+  Tensor *bp[4] = {n->in[3], b->out[2], n->out[2], b->out[4]};
   Dim vd = dim_int(V);
-  Type vt = ir_type(DT_F32, 1, &vd);
-  Tensor *dbt = ir_reshape(g, node1(g, OP_EMBEDDING_BWD, n->in[3], b->out[2], ia, NULL), vt);
-  Tensor *dbs = ir_reshape(g, node1(g, OP_EMBEDDING_BWD, n->out[2], b->out[4], ia, NULL), vt);
-  gin[2] = ir_op2(g, OP_ADD, dbt, dbs); // [V]
+  gin[2] = ir_reshape(g, ir_node(g, OP_EMBEDDING_BWD, 4, bp, ia, NULL)->out[0],
+                      ir_type(DT_F32, 1, &vd)); // [V]
 }
 
 /* (loss, probs) = xent(logits, targets):

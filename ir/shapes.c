@@ -234,13 +234,20 @@ const char *shape_embedding(Graph *g, Node *n) {
 
 /* (ids i32[...], g[..., D]) -> dW[V, D], V = ia[0] */
 const char *shape_embedding_bwd(Graph *g, Node *n) {
-  TRY(need_i32(g, n, 0));
-  TRY(need_f32(g, n, 1));
-  const Type *ids = &n->in[0]->ty, *gr = &n->in[1]->ty;
+  if (n->nin < 2 || n->nin % 2) return "embedding_bwd takes (ids, rows) pairs";
   if (n->ia[0] < 1) return "embedding_bwd: ia[0] (vocabulary) must be positive";
-  if (gr->rank != ids->rank + 1) return mismatch(g, n, 0, 1, "gradient rank is not ids rank + 1");
-  for (int i = 0; i < ids->rank; i++)
-    if (!dim_eq(ids->dim[i], gr->dim[i])) return mismatch(g, n, 0, 1, "leading dims differ");
+  for (int p = 0; p < n->nin; p += 2) {
+    TRY(need_i32(g, n, p));
+    TRY(need_f32(g, n, p + 1));
+    const Type *ids = &n->in[p]->ty, *gr = &n->in[p + 1]->ty;
+    if (gr->rank != ids->rank + 1)
+      return mismatch(g, n, p, p + 1, "gradient rank is not ids rank + 1");
+    for (int i = 0; i < ids->rank; i++)
+      if (!dim_eq(ids->dim[i], gr->dim[i])) return mismatch(g, n, p, p + 1, "leading dims differ");
+    if (!dim_eq(last_dim(gr), last_dim(&n->in[1]->ty)))
+      return mismatch(g, n, 1, p + 1, "the pairs' rows differ in width");
+  }
+  const Type *gr = &n->in[1]->ty;
   Dim o[2] = {dim_int(n->ia[0]), last_dim(gr)};
   n->out[0]->ty = f32_type(2, o);
   return NULL;

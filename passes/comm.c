@@ -95,13 +95,15 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.upper = b.expected = (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
-  case OP_SPARSE_ALL_REDUCE: { /* every device's (id, row) pairs, gathered by every device */
-    int64_t pairs = n->in[0]->numel * 4 + bound_bytes(n->in[1]); /* batch rows: the global */
-    b.payload = n->in[0]->ty.rank >= 1 && n->in[0]->ty.dim[0].b > 0 ? pairs : nd * pairs;
+  case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
+    b.payload = 0;
+    for (int q = 0; q + 1 < n->nin; q += 2) { /* batch rows are bound global: all devices' */
+      int64_t pairs = n->in[q]->numel * 4 + bound_bytes(n->in[q + 1]);
+      b.payload += n->in[q]->ty.rank >= 1 && n->in[q]->ty.dim[0].b > 0 ? pairs : nd * pairs;
+    }
     b.upper = b.expected = (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
-  }
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;

@@ -49,13 +49,14 @@ bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg) {
   int64_t B = cfg->batch > 0 ? (cfg->batch + nd - 1) / nd : 1,
           T = cfg->unroll > 0 ? cfg->unroll : 1;
   double pairs = 0, dense = 1;
-  for (int i = 0; i < n; i++) {
-    const Type *ids = &leaf[i]->in[0]->ty, *rows = &leaf[i]->in[1]->ty;
-    double r = 1;
-    for (int d = 0; d < ids->rank; d++)
-      r *= (double)dim_eval(ids->dim[d], B, T);
-    pairs += r * (double)(1 + dim_eval(rows->dim[rows->rank - 1], B, T));
-  }
+  for (int i = 0; i < n; i++)
+    for (int q = 0; q + 1 < leaf[i]->nin; q += 2) {
+      const Type *ids = &leaf[i]->in[q]->ty, *rows = &leaf[i]->in[q + 1]->ty;
+      double r = 1;
+      for (int d = 0; d < ids->rank; d++)
+        r *= (double)dim_eval(ids->dim[d], B, T);
+      pairs += r * (double)(1 + dim_eval(rows->dim[rows->rank - 1], B, T));
+    }
   for (int d = 0; d < p->ty.rank; d++)
     dense *= (double)dim_eval(p->ty.dim[d], B, T);
   if (!(pairs < 2 * dense / nd)) return false;

@@ -64,19 +64,26 @@ static void all_gather_rows_f64(const KernelCtx *ctx, const Node *n, void *const
 
 /* ---------------------------------------------------------------- sparse all-reduce */
 
-/* (ids i32[R], rows[R,D]) on every device of the node's set -> dW[V,D]: every device's rows
- * gathered (all_gather, rank order) and scatter-added in that order, so every device holds
- * the same bits. Without a communicator (one device) it is embedding_bwd. */
+/* (ids i32[R], rows[R,D] [, ids2, rows2, ...]) on every device of the node's set -> dW[V,D]:
+ * every device's pairs gathered (all_gather, rank order) and scatter-added in that order,
+ * pair by pair, so that every device holds the same bits. Without a communicator (one
+ * device) it is embedding_bwd. */
 static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *in,
                               void *const *out, size_t elem) {
   Comm *c = rows_comm(ctx, n);
   int P = c ? c->size : 1;
   double t0 = mc_now();
-  int64_t R = n->in[0]->numel, V = n->out[0]->shape[0], D = n->out[0]->shape[1];
-  size_t rb = (size_t)D * elem, blk = (size_t)R * (4 + rb);
-  char *send = mc_malloc(blk ? blk : 1), *recv = mc_malloc(blk * (size_t)P + 1);
-  memcpy(send, in[0], (size_t)R * 4);
-  memcpy(send + (size_t)R * 4, in[1], (size_t)R * rb);
+  int64_t V = n->out[0]->shape[0], D = n->out[0]->shape[1];
+  size_t rb = (size_t)D * elem, blk = 0;
+  for (int q = 0; q + 1 < n->nin; q += 2)
+    blk += (size_t)n->in[q]->numel * (4 + rb);
+  char *send = mc_malloc(blk ? blk : 1), *recv = mc_malloc(blk * (size_t)P + 1), *at = send;
+  for (int q = 0; q + 1 < n->nin; q += 2) { /* pair by pair: its ids, then its rows */
+    size_t R = (size_t)n->in[q]->numel;
+    memcpy(at, in[q], R * 4);
+    memcpy(at + R * 4, in[q + 1], R * rb);
+    at += R * (4 + rb);
+  }
   if (P > 1) {
     same_bytes(c, (int64_t)blk, "sparse_all_reduce");
     c->all_gather(c, send, recv, blk);
@@ -86,24 +93,28 @@ static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *
   memset(out[0], 0, (size_t)(V * D) * elem);
   for (int s = 0; s < P; s++) {
     const char *b = recv + (size_t)s * blk;
-    for (int64_t r = 0; r < R; r++) {
-      int32_t id;
-      memcpy(&id, b + (size_t)r * 4, 4);
-      if (id < 0 || id >= V)
-        mc_die("layer '%s': gradient row %d is outside [0, %lld) (op %s)",
-               n->layer ? n->layer : "?", (int)id, (long long)V, ir_ops[n->op].name);
-      const char *row = b + (size_t)R * 4 + (size_t)r * rb;
-      if (elem == sizeof(float)) {
-        float *d = (float *)out[0] + (int64_t)id * D;
-        const float *x = (const float *)row;
-        for (int64_t j = 0; j < D; j++)
-          d[j] += x[j];
-      } else {
-        double *d = (double *)out[0] + (int64_t)id * D;
-        const double *x = (const double *)row;
-        for (int64_t j = 0; j < D; j++)
-          d[j] += x[j];
+    for (int q = 0; q + 1 < n->nin; q += 2) {
+      int64_t R = n->in[q]->numel;
+      for (int64_t r = 0; r < R; r++) {
+        int32_t id;
+        memcpy(&id, b + (size_t)r * 4, 4);
+        if (id < 0 || id >= V)
+          mc_die("layer '%s': gradient row %d is outside [0, %lld) (op %s)",
+                 n->layer ? n->layer : "?", (int)id, (long long)V, ir_ops[n->op].name);
+        const char *row = b + (size_t)R * 4 + (size_t)r * rb;
+        if (elem == sizeof(float)) {
+          float *d = (float *)out[0] + (int64_t)id * D;
+          const float *x = (const float *)row;
+          for (int64_t j = 0; j < D; j++)
+            d[j] += x[j];
+        } else {
+          double *d = (double *)out[0] + (int64_t)id * D;
+          const double *x = (const double *)row;
+          for (int64_t j = 0; j < D; j++)
+            d[j] += x[j];
+        }
       }
+      b += (size_t)R * (4 + rb);
     }
   }
   mc_free(send);

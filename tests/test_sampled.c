@@ -335,14 +335,16 @@ static void t_split(void) {
 
 /* ---------------------------------------------------------------- sparse_all_reduce */
 
-enum { SP_R = 5, SP_D = 3, SP_V = 17, SP_MAXP = 4 };
+/* two (ids, rows) pairs per device: SP_R rows, then SP_R2 (as a sampled softmax's targets
+ * and samples) */
+enum { SP_R = 5, SP_R2 = 3, SP_D = 3, SP_V = 17, SP_MAXP = 4 };
 static double sp_out[SP_MAXP][SP_V * SP_D];
 
-static void sp_rows(int rank, int32_t *ids, double *rows) {
-  for (int r = 0; r < SP_R; r++) {
-    ids[r] = (rank * 5 + r * 3) % SP_V;
+static void sp_rows(int rank, int pair, int32_t *ids, double *rows) {
+  for (int r = 0; r < (pair ? SP_R2 : SP_R); r++) {
+    ids[r] = (rank * 5 + r * 3 + pair * 7) % SP_V;
     for (int d = 0; d < SP_D; d++)
-      rows[r * SP_D + d] = 0.25 * rank + 0.5 * r - 0.125 * d;
+      rows[r * SP_D + d] = 0.25 * rank + 0.5 * r - 0.125 * d + pair;
   }
 }
 
@@ -351,12 +353,15 @@ static void sp_thread(Comm *c, void *arg) {
   Graph *g = ir_graph_new("sparse");
   Tensor *ids = ir_input(g, "ids", ty1(DT_I32, SP_R), (Loc){0});
   Tensor *rows = ir_input(g, "rows", ty2(SP_R, SP_D), (Loc){0});
-  Tensor *in[2] = {ids, rows};
+  Tensor *ids2 = ir_input(g, "ids2", ty1(DT_I32, SP_R2), (Loc){0});
+  Tensor *rows2 = ir_input(g, "rows2", ty2(SP_R2, SP_D), (Loc){0});
+  Tensor *in[4] = {ids, rows, ids2, rows2};
   int64_t ia[IR_MAX_ATTR] = {SP_V, c->size};
-  Node *n = ir_node(g, OP_SPARSE_ALL_REDUCE, 2, in, ia, NULL);
+  Node *n = ir_node(g, OP_SPARSE_ALL_REDUCE, 4, in, ia, NULL);
   ir_bind(g, 1, 1);
   Program *p = cg_lower(g, PREC_F64);
-  sp_rows(c->rank, p->buf[ids->id], p->buf[rows->id]);
+  sp_rows(c->rank, 0, p->buf[ids->id], p->buf[rows->id]);
+  sp_rows(c->rank, 1, p->buf[ids2->id], p->buf[rows2->id]);
   KernelCtx kc = {.batch_local = 1, .device = c->rank, .ndevices = c->size, .comm = c};
   rt_exec(p, &kc, 0, p->ninstrs);
   memcpy(sp_out[c->rank], p->buf[n->out[0]->id], sizeof sp_out[0]);
@@ -369,18 +374,21 @@ static void t_sparse_all_reduce(void) {
     memset(sp_out, 0, sizeof sp_out);
     CHECK(rt_inproc_run(P, sp_thread, NULL) == 0);
     double want[SP_V * SP_D] = {0};
-    for (int s = 0; s < P; s++) {
-      int32_t ids[SP_R];
-      double rows[SP_R * SP_D];
-      sp_rows(s, ids, rows);
-      for (int r = 0; r < SP_R; r++)
-        for (int d = 0; d < SP_D; d++)
-          want[ids[r] * SP_D + d] += rows[r * SP_D + d];
-    }
+    for (int s = 0; s < P; s++) /* rank order, then pair order, then row order */
+      for (int pair = 0; pair < 2; pair++) {
+        int32_t ids[SP_R];
+        double rows[SP_R * SP_D];
+        sp_rows(s, pair, ids, rows);
+        for (int r = 0; r < (pair ? SP_R2 : SP_R); r++)
+          for (int d = 0; d < SP_D; d++)
+            want[ids[r] * SP_D + d] += rows[r * SP_D + d];
+      }
     for (int q = 0; q < P; q++)
       CHECK(memcmp(sp_out[q], want, sizeof want) == 0);
   }
-  printf("sparse_all_reduce on 1..%d devices: every device holds the sum of all rows\n", SP_MAXP);
+  printf("sparse_all_reduce (two pairs) on 1..%d devices: every device holds the sum of all "
+         "rows\n",
+         SP_MAXP);
 }
 
 int main(void) {
