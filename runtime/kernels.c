@@ -13,6 +13,7 @@ const KernelFn *rt_cpu_kernels(Precision p) {
     rt_kern_dense_register(table_f32, table_f64);
     rt_kern_moe_register(table_f32, table_f64);
     rt_kern_comm_register(table_f32, table_f64);
+    rt_kern_rows_register(table_f32, table_f64);
     filled = true;
   }
   return p == PREC_F64 ? table_f64 : table_f32;

@@ -21,6 +21,7 @@ typedef enum Precision { PREC_F32, PREC_F64 } Precision;
 /* What a kernel knows beyond its node and buffers. */
 typedef struct KernelCtx {
   bool training;      /* dropout and gate noise on */
+  bool sample_softmax; /* sampled_softmax_xent samples even when not training (moec grad) */
   uint64_t seed;      /* the run's seed */
   uint64_t step;      /* global step: a new draw each step */
   int64_t batch0;     /* global index of this device's first batch row */
@@ -65,6 +66,17 @@ const Backend *rt_backend_cuda(void);
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
+void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
+
+/* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
+ * P(c) = log((c+2)/(c+1)) / log(V+1). rt_sample_log_uniform draws with replacement from
+ * the counter RNG (key, counters 0, 1, ...) until S classes are distinct and writes them
+ * in order of first draw; returns the draws it took (0 when S = V: all classes, in order).
+ * The expected count of class c, 1 - (1 - P(c))^tries (1 when tries = 0), is the
+ * probability it is among the samples, as TensorFlow's samplers estimate it. */
+int64_t rt_sample_log_uniform(uint64_t key, int64_t V, int64_t S, int32_t *cand);
+double rt_log_uniform_p(int64_t c, int64_t V);
+double rt_log_uniform_expected(int64_t c, int64_t V, int64_t tries);
 /* The table for a precision; every op that has a kernel is filled, others NULL. */
 const KernelFn *rt_cpu_kernels(Precision p);
 

@@ -166,7 +166,8 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
     printf("  %s n%-4d %-16s %-34s %-16s expected %10.3f MiB  upper %10.3f MiB  per device "
            "%9.3f MiB\n",
            n->backward ? "bwd" : "fwd", n->id, ir_ops[n->op].name,
-           n->op == OP_ALL_REDUCE ? n->out[0]->name : n->in[0]->name,
+           n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE ? n->out[0]->name
+                                                                   : n->in[0]->name,
            type_str(&n->in[0]->ty, buf, sizeof buf), mib((double)b.expected), mib((double)b.upper),
            mib((double)b.per_device));
     nc++;
@@ -178,7 +179,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
   if (P > 1)
     printf("device 0, as allocated (%lld of the %lld rows, its experts, expert rows x %d): ",
            (long long)c->rows_per_device, (long long)g->B, P);
-  Type *save = plan_device_shapes((Graph *)g, 0, P);
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T);
   pass_recompute_report(g, c->rows_per_device, g->T, sizeof(float), stdout);
   plan_restore_shapes((Graph *)g, save);
   print_fusion_text(g, fuse);
@@ -221,7 +222,7 @@ static void json_str(const char *s) {
 
 /* At one device's rows and shapes, as the runtime allocates them. */
 static void print_json_recompute(const Graph *g, int64_t B, int P) {
-  Type *save = plan_device_shapes((Graph *)g, 0, P); /* device 0 as allocated */
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T); /* device 0 as allocated */
   RecomputeSummary rs = pass_recompute_summary(g, B, g->T, sizeof(float));
   printf(",\n \"recompute\": {\"rows\": %lld, \"segments\": %d, \"nodes_repeated\": %d, \"flops\": "
          "%.0f, "
@@ -283,8 +284,8 @@ static void print_json_fusion(const Graph *g) {
   printf("]}");
 }
 
-static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
-                       const char *policy, const char *notes) {
+static void print_json(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
+                       const char *notes) {
   char buf[256];
   printf("{\"model\": ");
   json_str(g->name);
@@ -320,8 +321,11 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
     json_str(t->name);
     printf(", \"type\": \"%s\", \"part\": \"%s\", \"grad_all_reduced\": %s}",
            type_str(&t->ty, buf, sizeof buf), part_name(t->part),
-           t->grad && t->grad->producer && t->grad->producer->op == OP_ALL_REDUCE ? "true"
-                                                                                  : "false");
+           t->grad && t->grad->producer &&
+                   (t->grad->producer->op == OP_ALL_REDUCE ||
+                    t->grad->producer->op == OP_SPARSE_ALL_REDUCE)
+               ? "true"
+               : "false");
   }
   printf("],\n \"expert_devices\": {");
   for (int m = 0; g->moe_expert_dev && m < g->nmoe; m++) {

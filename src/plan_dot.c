@@ -332,7 +332,8 @@ static double cross_node_bytes(const View *w, const Node *n, double expected) {
 static void coll_label(const View *w, const VNode *x, McBuf *b) {
   const Node *n = x->first;
   CommBytes cb = pass_comm_bytes(w->g, n);
-  const Tensor *t = n->op == OP_ALL_REDUCE ? n->out[0] : n->in[0];
+  bool grad = n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE; /* named by its sum */
+  const Tensor *t = grad ? n->out[0] : n->in[0];
   char m[160];
   uint64_t mask = ir_node_mask(n, w->P);
   if (n->op == OP_RESHARD) mask = (uint64_t)n->ia[2] | (uint64_t)n->ia[3];
