@@ -112,6 +112,14 @@ foreach(ex lm_4xlstm lm_moe4 lm_moe32 lm_moe256 lm_moe256h)
   set_tests_properties(plan_run_${ex} PROPERTIES TIMEOUT 300 LABELS "plan;multidev")
 endforeach()
 
+# Every train/plan setting from the command line: flags and --set reach the run and its JSON
+# echoes them, a file's plan { devices } is what runs, check/plan refuse what run refuses,
+# --version, moec ir --after shard --device R (tests/test_options.sh).
+add_test(NAME cli_options
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_options.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(cli_options PROPERTIES TIMEOUT 120 LABELS "plan;train")
+
 # The plan as a picture: golden DOT for device subsets, replicas, sharded experts, an
 # hmoe on a 2x2 mesh and every collective kind (tests/plan_dot/*.moe; UPDATE=1 rewrites,
 # then look at the rendering: moec plan FILE --format png -o x.png); and the rendering
