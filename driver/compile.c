@@ -120,14 +120,14 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Config *cfg, Fee
   *fd = (Feeds){0};
   for (int k = 0; k < g->nnodes && !tg; k++) {
     const Node *n = g->nodes[k];
-    if (n->op == OP_XENT || n->op == OP_XENT_PAD) {
-      tg = through_reshapes(n->in[1]);
-      vout = (int)n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c;
+    if (n->op == OP_XENT || n->op == OP_XENT_PAD || n->op == OP_SAMPLED_XENT) {
+      bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
+      tg = through_reshapes(n->in[s ? 3 : 1]);
+      vout = (int)(s ? n->in[1]->ty.dim[0].c : n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c);
     }
   }
   if (!g->loss) {
-    fe_error(d, model_loc, "model '%s' has no loss: training needs a softmax_xent output",
-             g->name);
+    fe_error(d, model_loc, "model '%s' has no loss: training needs a softmax_xent output", g->name);
     return false;
   }
   if (!tg || tg->kind != TK_INPUT) {

@@ -8,8 +8,9 @@
  *               live from its producer's index to its last reader's. Pinned to the
  *               end of the program when the host reads it after the step (loss, xent,
  *               aux, MoE importance and load, the state's next values, the params'
- *               gradients: the optimizer runs after the program; a decoding's encoder
- *               values and logits) or when nothing reads
+ *               gradients: the optimizer runs after the program; a sampled softmax's
+ *               samples: moec grad writes them; a decoding's encoder values and
+ *               logits) or when nothing reads
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
@@ -113,6 +114,10 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   for (int i = 0; i < g->nbridge; i++) /* decoding: the encoder's values, the logits */
     pin(L, g->bridge[i], end);
   pin(L, g->logits, end);
+  for (int k = 0; k < g->nnodes; k++) /* a sampled softmax's samples: moec grad writes them */
+    if (g->nodes[k]->op == OP_SAMPLED_XENT && !g->nodes[k]->recompute_of)
+      for (int j = 2; j < 4; j++)
+        pin(L, g->nodes[k]->out[j], end);
   mc_free(read);
   mc_free(repeated);
 }
