@@ -70,17 +70,9 @@ void rt_feed_pairs(Program *p, const RtParBatch *b, const int32_t *src, const in
                    const int32_t *tgt_out, int row0, int rows);
 
 /* ---- translate.c */
-/* How to decode: beam width (1: greedy), GNMT's length normalisation exponent, the most
- * output ids per sentence (</s> included), rows per decoder step (sentences x beam). */
-typedef struct DecodeOpts {
-  int beam;
-  double alpha;
-  int max_len;
-  int rows;
-} DecodeOpts;
 /* Translates the n id sequences src[i] (nsrc[i] ids, </s> last) with the encoder program
- * enc and the decoder step dec (compiled at rows x 1 and the source's length buckets);
- * out[i] (mc_free it): nout[i] output ids, </s> left out. Deterministic. */
+ * enc and the decoder step dec; out[i] (mc_free it): nout[i] output ids, </s> left out.
+ * Deterministic. */
 void rt_decode(Program *enc, Program *dec, const DecodeOpts *o, int32_t *const *src,
                const int64_t *nsrc, int64_t n, int32_t **out, int64_t *nout);
 

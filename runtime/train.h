@@ -240,6 +240,30 @@ int rt_train_pairs(struct Comm *comm, Program *p, const Config *cfg, const RunOp
 /* moec eval: test perplexity of a checkpoint with program p (forward only, one device;
  * data_path: a whole file, or NULL for the test split of cfg's data). */
 int rt_eval(Program *p, const Config *cfg, const char *ckpt, const char *data_path, bool json);
+/* How a translation model decodes (translate.c): beam width (1: greedy), GNMT's length
+ * normalisation exponent, the most output ids per sentence (</s> included), rows per
+ * decoder step (sentences x beam) and source ids per sentence (</s> included): the
+ * encoder and decoder-step programs are compiled for rows / beam and rows rows of up to
+ * max_src source positions. */
+typedef struct DecodeOpts {
+  int beam;
+  double alpha;
+  int max_len;
+  int rows;
+  int max_src;
+} DecodeOpts;
+/* moec translate: the source sentences of `input` (a file; NULL or "-": stdin), one per
+ * line, translated with enc and dec (the checkpoint's weights and BPE vocabulary) onto
+ * stdout in order, detokenized. Dies with file:line on invalid UTF-8 or a NUL byte; an
+ * empty line, or one longer than o->max_src ids, is translated as an empty line with a
+ * warning. */
+int rt_translate(Program *enc, Program *dec, const char *ckpt, const char *input,
+                 const DecodeOpts *o);
+/* moec eval on a translation model: per-token perplexity (program p, forward only) and
+ * BLEU-4 of the translations (enc, dec) against the references, on data_path's pairs or
+ * cfg's valid pairs. */
+int rt_eval_pairs(Program *p, Program *enc, Program *dec, const Config *cfg, const char *ckpt,
+                  const char *data_path, const DecodeOpts *o, bool json);
 /* moec grad: loss and gradients of program p (forward + backward) for one batch read from
  * a token file; out: the gradients as safetensors (NULL: none). */
 int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,

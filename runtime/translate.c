@@ -32,8 +32,8 @@
 
 typedef struct Cand {
   double score;
-  int k;       /* the hypothesis it extends */
-  int32_t w;   /* the word */
+  int k;     /* the hypothesis it extends */
+  int32_t w; /* the word */
 } Cand;
 
 static int cand_cmp(const void *a, const void *b) {
@@ -47,18 +47,18 @@ typedef struct Search {
   Program *enc, *dec;
   const DecodeOpts *o;
   int K, V, L;
-  int n, rows; /* this batch: sentences, n * K rows */
-  double *score;     /* [rows]: sum of log-probabilities; -inf: no hypothesis */
+  int n, rows;               /* this batch: sentences, n * K rows */
+  double *score;             /* [rows]: sum of log-probabilities; -inf: no hypothesis */
   int32_t *hist, *next_hist; /* [rows * L]: the words so far */
-  int32_t *last;     /* [rows]: the word fed next */
-  int *parent;       /* [rows]: the row each new hypothesis extends */
-  double *best;      /* [n]: the best finished hypothesis' normalised score */
-  int32_t *best_ids; /* [n * L] */
+  int32_t *last;             /* [rows]: the word fed next */
+  int *parent;               /* [rows]: the row each new hypothesis extends */
+  double *best;              /* [n]: the best finished hypothesis' normalised score */
+  int32_t *best_ids;         /* [n * L] */
   int *best_len, *nfin;
   bool *done;
-  double *logp;     /* [V] */
-  Cand *cand;       /* [K * 2K] */
-  float *logits;    /* [rows * V] */
+  double *logp;  /* [V] */
+  Cand *cand;    /* [K * 2K] */
+  float *logits; /* [rows * V] */
 } Search;
 
 static double length_penalty(const Search *s, int len) {
@@ -193,8 +193,8 @@ static void zero_states(Program *p) {
 }
 
 /* Translates sentences src[0..n) (ids with </s>, at most S each) into out[i] / nout[i]. */
-static void search_batch(Search *s, int32_t *const *src, const int64_t *nsrc, int n,
-                         int32_t **out, int64_t *nout) {
+static void search_batch(Search *s, int32_t *const *src, const int64_t *nsrc, int n, int32_t **out,
+                         int64_t *nout) {
   const int K = s->K;
   int64_t S = 1;
   for (int i = 0; i < n; i++)
@@ -303,8 +303,10 @@ void rt_decode(Program *enc, Program *dec, const DecodeOpts *o, int32_t *const *
   for (int64_t i = 0; i < n; i++)
     order[i] = (ByLen){nsrc[i], i};
   qsort(order, (size_t)n, sizeof(ByLen), bylen_cmp);
-  int32_t **bs = mc_malloc((size_t)per * sizeof(int32_t *)), **bo = mc_malloc((size_t)per * sizeof(int32_t *));
-  int64_t *bn = mc_malloc((size_t)per * sizeof(int64_t)), *bno = mc_malloc((size_t)per * sizeof(int64_t));
+  int32_t **bs = mc_malloc((size_t)per * sizeof(int32_t *)),
+          **bo = mc_malloc((size_t)per * sizeof(int32_t *));
+  int64_t *bn = mc_malloc((size_t)per * sizeof(int64_t)),
+          *bno = mc_malloc((size_t)per * sizeof(int64_t));
   for (int64_t a = 0; a < n; a += per) {
     int m = (int)MC_MIN((int64_t)per, n - a);
     for (int i = 0; i < m; i++) {
@@ -335,4 +337,185 @@ void rt_decode(Program *enc, Program *dec, const DecodeOpts *o, int32_t *const *
   mc_free(s.logp);
   mc_free(s.cand);
   mc_free(s.logits);
+}
+
+/* ---------------------------------------------------------------- moec translate, eval */
+
+/* The checkpoint's weights into both programs, and its BPE vocabulary (dies without one:
+ * a language model's checkpoint). */
+static RtBpe *open_ckpt(const char *ckpt, Program *enc, Program *dec, Program *full) {
+  StFile *f = rt_st_open(ckpt);
+  RtBpe *bpe = rt_ckpt_bpe(f);
+  if (!bpe)
+    mc_die("checkpoint '%s' holds no BPE vocabulary (metadata data.bpe): it is not the "
+           "checkpoint of a translation model (moec run --save of one writes it)",
+           ckpt);
+  if (rt_bpe_vocab(bpe) > (int32_t)dec->g->logits->ty.dim[1].c)
+    mc_die("checkpoint '%s': its BPE vocabulary has %d ids, more than the model's %lld", ckpt,
+           rt_bpe_vocab(bpe), (long long)dec->g->logits->ty.dim[1].c);
+  rt_st_load_params_part(f, enc);
+  rt_st_load_params_part(f, dec);
+  if (full) rt_st_load_params(f, full);
+  rt_st_close(f);
+  return bpe;
+}
+
+static char *read_all(const char *path, size_t *len) {
+  if (path && strcmp(path, "-")) {
+    char *s = mc_read_file(path, len);
+    if (!s) mc_die("cannot read '%s': %s", path, strerror(errno));
+    return s;
+  }
+  size_t cap = 1 << 16, n = 0;
+  char *s = mc_malloc(cap + 1);
+  for (size_t k; (k = fread(s + n, 1, cap - n, stdin)) > 0;)
+    if ((n += k) == cap) s = mc_realloc(s, (cap *= 2) + 1);
+  if (ferror(stdin)) mc_die("cannot read the standard input: %s", strerror(errno));
+  s[n] = 0;
+  *len = n;
+  return s;
+}
+
+int rt_translate(Program *enc, Program *dec, const char *ckpt, const char *input,
+                 const DecodeOpts *o) {
+  RtBpe *bpe = open_ckpt(ckpt, enc, dec, NULL);
+  const char *name = input && strcmp(input, "-") ? input : "<stdin>";
+  size_t len = 0;
+  char *text = read_all(input, &len);
+  int64_t n = 0, cap = 64;
+  int32_t **src = mc_malloc((size_t)cap * sizeof(int32_t *)), **keep;
+  int64_t *nsrc = mc_malloc((size_t)cap * sizeof(int64_t));
+  for (size_t at = 0; at < len;) { /* one sentence per line, "\r\n" too */
+    size_t end = at;
+    while (end < len && text[end] != '\n')
+      end++;
+    size_t m = end > at && text[end - 1] == '\r' ? end - at - 1 : end - at;
+    if (memchr(text + at, 0, m)) mc_die("%s:%lld: a NUL byte in the line", name, (long long)n + 1);
+    int64_t bad = rt_utf8_invalid_at(text + at, m);
+    if (bad >= 0)
+      mc_die("%s:%lld:%lld: invalid UTF-8 (byte 0x%02x)", name, (long long)n + 1,
+             (long long)bad + 1, (unsigned char)text[at + (size_t)bad]);
+    text[at + m] = 0;
+    if (n == cap) {
+      src = mc_realloc(src, (size_t)(cap *= 2) * sizeof(int32_t *));
+      nsrc = mc_realloc(nsrc, (size_t)cap * sizeof(int64_t));
+    }
+    int32_t *ids = NULL;
+    int64_t k = rt_bpe_encode(bpe, text + at, &ids);
+    if (k == 0 || k + 1 > o->max_src) {
+      fprintf(stderr,
+              k ? "moec translate: warning: %s:%lld: %lld ids after BPE, more than the %d source "
+                  "ids this model translates (max_len): translated as an empty line\n"
+                : "moec translate: warning: %s:%lld: an empty line: translated as an empty line\n",
+              name, (long long)n + 1, (long long)k + 1, o->max_src);
+      k = -1; /* nothing to translate */
+    } else {
+      ids = mc_realloc(ids, (size_t)(k + 1) * sizeof(int32_t));
+      ids[k] = RT_BPE_EOS;
+    }
+    src[n] = ids;
+    nsrc[n++] = k + 1;
+    at = end + 1;
+  }
+  /* the sentences to translate, then each line's translation in order */
+  keep = mc_malloc((size_t)MC_MAX(n, 1) * sizeof(int32_t *));
+  int64_t *nkeep = mc_malloc((size_t)MC_MAX(n, 1) * sizeof(int64_t)), nk = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (nsrc[i] > 0) {
+      keep[nk] = src[i];
+      nkeep[nk++] = nsrc[i];
+    }
+  int32_t **out = mc_calloc((size_t)MC_MAX(nk, 1), sizeof(int32_t *));
+  int64_t *nout = mc_calloc((size_t)MC_MAX(nk, 1), sizeof(int64_t));
+  rt_decode(enc, dec, o, keep, nkeep, nk, out, nout);
+  for (int64_t i = 0, j = 0; i < n; i++) {
+    if (nsrc[i] > 0) {
+      char *s = rt_bpe_decode(bpe, out[j], nout[j]);
+      char *clean = rt_utf8_sanitize(s); /* a hypothesis may end inside a character */
+      fputs(clean, stdout);
+      mc_free(clean);
+      mc_free(s);
+      mc_free(out[j++]);
+    }
+    fputc('\n', stdout);
+    mc_free(src[i]);
+  }
+  fflush(stdout);
+  mc_free(out);
+  mc_free(nout);
+  mc_free(keep);
+  mc_free(nkeep);
+  mc_free(src);
+  mc_free(nsrc);
+  mc_free(text);
+  rt_bpe_free(bpe);
+  return ferror(stdout) ? 1 : 0;
+}
+
+int rt_eval_pairs(Program *p, Program *enc, Program *dec, const Config *cfg, const char *ckpt,
+                  const char *data_path, const DecodeOpts *o, bool json) {
+  RtBpe *bpe = open_ckpt(ckpt, enc, dec, p);
+  const char *path = data_path ? data_path : cfg->data_valid_path;
+  if (!path)
+    mc_die("no pairs to evaluate on: the train block's parallel data has no valid= file "
+           "(give one with --data FILE.tsv)");
+  RtParText t;
+  char err[512];
+  if (!rt_par_read(path, &t, err, sizeof err)) mc_die("%s", err);
+  RtParData *d = rt_par_encode(&t, bpe, cfg->max_len);
+  rt_par_text_free(&t);
+  if (!json) rt_par_report(d, stdout);
+  if (d->n == 0) mc_die("%s: no pair to evaluate on (every one left out)", path);
+  Pairs pr = {.path = path,
+              .bpe = bpe,
+              .valid = d,
+              .budget = cfg->batch_tokens,
+              .quantum = rt_par_quantum(1)};
+  double t0 = mc_now();
+  int64_t tokens = 0;
+  double loss = rt_evaluate_pairs(rt_comm_self(), p, &pr, d, &tokens);
+  double t1 = mc_now();
+  /* BLEU: the sources translated, against the references (both through the BPE) */
+  int32_t **src = mc_malloc((size_t)d->n * sizeof(int32_t *)),
+          **out = mc_calloc((size_t)d->n, sizeof(int32_t *));
+  int64_t *nsrc = mc_malloc((size_t)d->n * sizeof(int64_t)),
+          *nout = mc_calloc((size_t)d->n, sizeof(int64_t));
+  for (int64_t i = 0; i < d->n; i++) {
+    src[i] = d->src + d->src_off[i];
+    nsrc[i] = d->src_off[i + 1] - d->src_off[i];
+  }
+  rt_decode(enc, dec, o, src, nsrc, d->n, out, nout);
+  RtBleuStats st = {0};
+  for (int64_t i = 0; i < d->n; i++) {
+    char *hyp = rt_bpe_decode(bpe, out[i], nout[i]);
+    char *ref = rt_bpe_decode(bpe, d->tgt + d->tgt_off[i], d->tgt_off[i + 1] - d->tgt_off[i]);
+    char *th = rt_bleu_tokenize(hyp), *tr = rt_bleu_tokenize(ref);
+    rt_bleu_add(&st, th, tr);
+    mc_free(th);
+    mc_free(tr);
+    mc_free(hyp);
+    mc_free(ref);
+    mc_free(out[i]);
+  }
+  RtBleu b = rt_bleu_score(&st);
+  double t2 = mc_now();
+  char line[256];
+  rt_bleu_format(&b, line, sizeof line);
+  if (json)
+    printf("{\"pairs\":%lld,\"tokens\":%lld,\"valid_loss\":%.9g,\"valid_ppl\":%.9g,\"bleu\":%.9g,"
+           "\"beam\":%d,\"alpha\":%g,\"seconds\":%.3f,\"decode_seconds\":%.3f}\n",
+           (long long)d->n, (long long)tokens, loss, exp(loss), b.bleu, o->beam, o->alpha, t1 - t0,
+           t2 - t1);
+  else
+    printf("%s: ppl %.3f (loss %.4f nats per target token over %lld tokens, %.1fs)\n"
+           "%s (beam %d, alpha %g, %lld sentences in %.1fs)\n",
+           path, exp(loss), loss, (long long)tokens, t1 - t0, line, o->beam, o->alpha,
+           (long long)d->n, t2 - t1);
+  mc_free(src);
+  mc_free(nsrc);
+  mc_free(out);
+  mc_free(nout);
+  rt_par_free(d);
+  rt_bpe_free(bpe);
+  return 0;
 }

@@ -29,6 +29,10 @@ static void eval_usage(FILE *out) {
                "of the train block's data, or on the whole of D (a text file, read with the\n"
                "checkpoint's vocabulary, or a .bin file of uint16 ids), in batches of the\n"
                "train block's batch x unroll, LSTM state carried from zero.\n\n"
+               "A translation model: perplexity per target token and corpus BLEU-4 (beam search,\n"
+               "as moec translate; tokenized as docs/training.md says) on the valid pairs, or\n"
+               "on the pairs of D (source<TAB>target lines); --beam K (default 4), --alpha A\n"
+               "(0.6), --max-len L and --rows R as moec translate's.\n\n"
                "options:\n"
                "  --load CKPT   the weights (safetensors; optimizer state is ignored)\n"
                "  --data D      evaluate on all of D instead of the test split\n"
@@ -83,12 +87,15 @@ int cmd_run(int argc, char **argv) {
 
 typedef struct OneBatch {
   const char *cmd, *data, *tokens, *out;
+  DecodeFlags dec; /* eval of a translation model */
 } OneBatch;
 
 static int eval_flags(int argc, char **argv, int *i, void *ctx) {
   OneBatch *b = ctx;
   bool bad = false;
   const char *v;
+  int t = b->dec.cmd ? cli_decode_flags(argc, argv, i, &b->dec) : 0;
+  if (t) return t;
   if ((v = cli_value(argc, argv, i, "--data", b->cmd, &bad)))
     b->data = v;
   else if ((v = cli_value(argc, argv, i, "--tokens", b->cmd, &bad)))
@@ -158,7 +165,7 @@ static int pairs_batch_shape(const AstFile *f, const char *path, BatchShape *bs)
 int cmd_eval(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "eval");
-  OneBatch b = {.cmd = "eval"};
+  OneBatch b = {.cmd = "eval", .dec = {.cmd = "eval", .o = &o, .alpha = -1}};
   int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_RUN | DRV_DEBUG, eval_flags, &b,
                      eval_usage);
   if (!rc && (b.tokens || b.out || o.save || o.metrics || o.f64)) {
@@ -177,8 +184,20 @@ int cmd_eval(int argc, char **argv) {
   }
   Config cfg;
   AstFile *f = drv_load(&o, &cfg, &rc);
+  bool pairs = f && cli_is_translation(f);
+  if (f && !pairs && b.dec.given) {
+    fprintf(stderr, "moec eval: error: --beam, --alpha, --max-len and --rows decode a "
+                    "translation model; '%s' is a language model\n",
+            f->model->name);
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return 2;
+  }
   Program *p = f ? compile_one(f, &cfg, &o, false, NULL) : NULL;
-  if (f) rc = p ? rt_eval(p, &cfg, o.load, b.data, o.json) : 1;
+  if (f && pairs)
+    rc = p ? cli_eval_pairs(f, &cfg, &o, p, &b.dec, b.data) : 1;
+  else if (f)
+    rc = p ? rt_eval(p, &cfg, o.load, b.data, o.json) : 1;
   drv_program_free(p);
   fe_ast_free(f);
   drv_options_free(&o);
