@@ -20,6 +20,7 @@ typedef struct CgOpts {
                       its producer has not written this step (tests) */
   bool no_nvrtc;   /* cuda: fused groups run the interpreter kernel, not NVRTC's */
   void *dev;       /* the device context kernels run on (Program.dev) */
+  bool any_size;   /* set by lowering for a graph with batch shapes: no size baked in */
 } CgOpts;
 
 /* Lowers g (bound: ir_bind done). Graphs the pass pipeline planned (g->mem set) get

@@ -2,7 +2,8 @@
  *
  * An OP_FUSED node's program (passes/fusion.h) becomes one function with the
  * KernelFn signature whose body is a loop over the node's N elements (N is
- * known after binding and baked in): load each input at i (or once, for a
+ * known after binding and baked in; for programs that run several batch shapes it is
+ * read from the node at each call): load each input at i (or once, for a
  * broadcast scalar), evaluate the program in registers, store each
  * materialised output at i. Every op emits exactly the float operations of its
  * unfused kernel (runtime/kernels_dense.c/.inc) in the same order: the
@@ -17,6 +18,7 @@
  * and eval programs, or in a second run, compiles once.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,7 +281,7 @@ static LLVMValueRef gen_op(Gen *G, const FusedInstr *fi, LLVMValueRef a, LLVMVal
  * its inputs (OP_FUSED is not in-place), and without it the vectoriser needs a
  * run-time overlap check per pair of pointers and gives up past a few of them. */
 static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N,
-                       const bool *bcast) {
+                       const bool *bcast) { /* N < 0: read n->out[0]->numel at each call */
   LLVMContextRef c = G->c;
   LLVMTypeRef i8p = LLVMPointerType(LLVMInt8TypeInContext(c), 0);
   LLVMTypeRef i8pp = LLVMPointerType(i8p, 0);
@@ -287,10 +289,11 @@ static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N
   LLVMTypeRef i64 = LLVMInt64TypeInContext(c);
   LLVMTypeRef void_t = LLVMVoidTypeInContext(c);
   int np = pr->nin + pr->nout;
-  LLVMTypeRef *bparams = mc_calloc((size_t)np, sizeof(LLVMTypeRef));
+  LLVMTypeRef *bparams = mc_calloc((size_t)np + 1, sizeof(LLVMTypeRef));
   for (int k = 0; k < np; k++)
     bparams[k] = rp;
-  LLVMTypeRef bty = LLVMFunctionType(void_t, bparams, (unsigned)np, 0);
+  bparams[np] = i64; /* the element count */
+  LLVMTypeRef bty = LLVMFunctionType(void_t, bparams, (unsigned)np + 1, 0);
   char bname[64];
   snprintf(bname, sizeof bname, "%s_body", fname);
   LLVMValueRef body = LLVMAddFunction(G->m, bname, bty);
@@ -303,14 +306,28 @@ static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N
   LLVMTypeRef params[4] = {i8p, i8p, i8pp, i8pp};
   LLVMValueRef f = LLVMAddFunction(G->m, fname, LLVMFunctionType(void_t, params, 4, 0));
   LLVMPositionBuilderAtEnd(G->b, LLVMAppendBasicBlockInContext(c, f, "entry"));
-  LLVMValueRef *args = mc_calloc((size_t)np, sizeof(LLVMValueRef));
+  LLVMValueRef *args = mc_calloc((size_t)np + 1, sizeof(LLVMValueRef));
   for (int k = 0; k < np; k++) {
     bool in = k < pr->nin;
     LLVMValueRef idx = LLVMConstInt(i64, (unsigned long long)(in ? k : k - pr->nin), 0);
     LLVMValueRef pp = LLVMBuildGEP2(G->b, i8p, LLVMGetParam(f, in ? 2 : 3), &idx, 1, "");
     args[k] = LLVMBuildBitCast(G->b, LLVMBuildLoad2(G->b, i8p, pp, ""), rp, "");
   }
-  LLVMBuildCall2(G->b, bty, body, args, (unsigned)np, "");
+  if (N >= 0) {
+    args[np] = LLVMConstInt(i64, (unsigned long long)N, 0);
+  } else { /* node->out[0]->numel, through the structs' byte offsets */
+    LLVMTypeRef i8 = LLVMInt8TypeInContext(c);
+    LLVMValueRef off = LLVMConstInt(i64, offsetof(Node, out), 0);
+    LLVMValueRef outs =
+        LLVMBuildBitCast(G->b, LLVMBuildGEP2(G->b, i8, LLVMGetParam(f, 1), &off, 1, ""),
+                         LLVMPointerType(i8pp, 0), "");
+    LLVMValueRef t0 = LLVMBuildLoad2(G->b, i8p, LLVMBuildLoad2(G->b, i8pp, outs, ""), "");
+    off = LLVMConstInt(i64, offsetof(Tensor, numel), 0);
+    LLVMValueRef np_ = LLVMBuildBitCast(G->b, LLVMBuildGEP2(G->b, i8, t0, &off, 1, ""),
+                                        LLVMPointerType(i64, 0), "");
+    args[np] = LLVMBuildLoad2(G->b, i64, np_, "numel");
+  }
+  LLVMBuildCall2(G->b, bty, body, args, (unsigned)np + 1, "");
   LLVMBuildRetVoid(G->b);
 
   /* body: the loop */
@@ -338,8 +355,7 @@ static void gen_kernel(Gen *G, const char *fname, const FusedProg *pr, int64_t N
         G->b, slot[pr->outs[j]],
         LLVMBuildGEP2(G->b, G->rt, LLVMGetParam(body, (unsigned)(pr->nin + j)), &i, 1, ""));
   LLVMValueRef next = LLVMBuildAdd(G->b, i, LLVMConstInt(i64, 1, 0), "");
-  LLVMValueRef more =
-      LLVMBuildICmp(G->b, LLVMIntSLT, next, LLVMConstInt(i64, (unsigned long long)N, 0), "");
+  LLVMValueRef more = LLVMBuildICmp(G->b, LLVMIntSLT, next, LLVMGetParam(body, (unsigned)np), "");
   LLVMBuildCondBr(G->b, more, loop, done);
   LLVMValueRef zero64 = LLVMConstInt(i64, 0, 0);
   LLVMAddIncoming(i, &zero64, &entry, 1);
@@ -364,6 +380,7 @@ static int ncache, cap_cache;
 static void key_append(McBuf *b, const FusedProg *pr, int64_t N, const bool *bcast,
                        Precision prec) {
   mc_buf_printf(b, "%s n=%lld in=%d:", prec == PREC_F64 ? "f64" : "f32", (long long)N, pr->nin);
+  /* n=-1: the count read at each call */
   for (int s = 0; s < pr->nin; s++)
     mc_buf_printf(b, "%c", bcast[s] ? 's' : 'v');
   for (int k = 0; k < pr->nops; k++)
@@ -381,14 +398,22 @@ static uint64_t str_hash(const char *s) {
   return h;
 }
 
-KernelFn cg_jit_fused(const Node *n, Precision prec) {
+/* A type that is one element whatever the shapes (no symbol, every dim 1). */
+static bool one_element(const Type *t) {
+  for (int d = 0; d < t->rank; d++)
+    if (!dim_is_const(t->dim[d]) || t->dim[d].c != 1) return false;
+  return true;
+}
+
+static KernelFn jit_fused(const Node *n, Precision prec, bool any_size) {
   const FusedProg *pr = ir_fused_prog(n);
   if (!pr) mc_fatal("node %d: fused op without a program (made outside the fusion pass?)", n->id);
-  int64_t N = n->out[0]->numel;
-  MOEC_ASSERT(N > 0);
+  int64_t N = any_size ? -1 : n->out[0]->numel;
+  MOEC_ASSERT(N > 0 || any_size);
   bool *bcast = mc_calloc((size_t)pr->nin + 1, sizeof(bool));
-  for (int s = 0; s < pr->nin; s++)
-    bcast[s] = n->in[s]->numel == 1 && N != 1;
+  for (int s = 0; s < pr->nin; s++) /* any size: a scalar at every shape */
+    bcast[s] = any_size ? one_element(&n->in[s]->ty) && !one_element(&n->out[0]->ty)
+                        : n->in[s]->numel == 1 && N != 1;
   McBuf key = {0};
   key_append(&key, pr, N, bcast, prec);
   uint64_t h = str_hash(key.data);
@@ -426,6 +451,14 @@ KernelFn cg_jit_fused(const Node *n, Precision prec) {
   return fn;
 }
 
+KernelFn cg_jit_fused(const Node *n, Precision prec) {
+  return jit_fused(n, prec, false);
+}
+
+KernelFn cg_jit_fused_any_size(const Node *n, Precision prec) {
+  return jit_fused(n, prec, true);
+}
+
 void cg_jit_stats(int *compiled, int *hits) {
   if (compiled) *compiled = n_compiled;
   if (hits) *hits = n_hits;
@@ -439,6 +472,9 @@ bool cg_jit_available(void) {
 KernelFn cg_jit_fused(const Node *n, Precision prec) {
   (void)prec;
   mc_fatal("node %d: fused op, but moec was built without LLVM (MOEC_LLVM=OFF)", n->id);
+}
+KernelFn cg_jit_fused_any_size(const Node *n, Precision prec) {
+  return cg_jit_fused(n, prec);
 }
 void cg_jit_stats(int *compiled, int *hits) {
   if (compiled) *compiled = 0;

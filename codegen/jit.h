@@ -21,6 +21,9 @@ bool cg_jit_available(void);
 /* The kernel of a bound OP_FUSED node on the cpu backend, compiled on first
  * use and cached by (program, element count, broadcast slots, precision). */
 KernelFn cg_jit_fused(const Node *n, Precision prec);
+/* The same for a program bound anew for each batch (Graph.shapes): the element count is
+ * read from the node at each call. */
+KernelFn cg_jit_fused_any_size(const Node *n, Precision prec);
 /* Kernels compiled and cache hits so far (tests, --json). */
 void cg_jit_stats(int *compiled, int *hits);
 

@@ -68,14 +68,16 @@ static void alloc_planned(Program *p) {
 /* The kernel of node n: the backend's, or one compiled for this node (fused groups). */
 static KernelFn kernel_of(const Node *n, const KernelFn *table, Precision prec, const Backend *be,
                           const CgOpts *o) {
-  if (n->op == OP_FUSED && be == &rt_backend_cpu) return cg_jit_fused(n, prec);
+  if (n->op == OP_FUSED && be == &rt_backend_cpu)
+    return o->any_size ? cg_jit_fused_any_size(n, prec) : cg_jit_fused(n, prec);
   if (n->op == OP_FUSED && !o->no_nvrtc) return cg_nvrtc_fused(n, prec, o->dev, table[n->op]);
   return table[n->op];
 }
 
 Program *cg_lower_on(Graph *g, Precision prec, const Backend *be, const CgOpts *opts) {
   MOEC_ASSERT(g->B > 0 && g->T > 0);
-  const CgOpts o = opts ? *opts : (CgOpts){0};
+  CgOpts o = opts ? *opts : (CgOpts){0};
+  o.any_size = g->nshapes > 0; /* bound anew for each batch: kernels read their sizes */
   const KernelFn *table = be->kernels(prec);
   Program *p = mc_calloc(1, sizeof(Program));
   p->g = g;

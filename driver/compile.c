@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../runtime/multidev.h"
+#include "../runtime/text.h"
 #include "../runtime/train_dev.h"
 #include "driver.h"
 
@@ -32,23 +33,94 @@ static const Tensor *through_reshapes(const Tensor *t) {
   return t;
 }
 
-/* The inputs a run feeds: the two i32[B, T] inputs, the one softmax_xent reads as targets
- * and the other (token ids); and the vocabulary every id must be below. False after
- * reporting what the runtime could not feed, at the input's or model's location. */
-static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Tensor **ids,
-                        const Tensor **targets, int *vocab) {
-  const Tensor *tg = NULL;
-  int vin = 0, vout = 0;
-  *ids = *targets = NULL;
-  if (ir_input_role(g, IN_SOURCE) || g->xent_count) {
-    fe_error(d, model_loc, "model '%s' %s: the training loop does not run such models yet", g->name,
-             ir_input_role(g, IN_SOURCE) ? "is a translation model (source ids over S)"
-                                         : "averages its loss over targets with a pad id");
+/* What a run feeds each step (docs/ir.md, "Inputs and their roles"). */
+typedef struct Feeds {
+  const Tensor *ids, *targets;      /* a language model's token ids and targets */
+  const Tensor *source, *target_in; /* a translation model's (targets: its labels) */
+  int vocab;                        /* every id below it */
+} Feeds;
+
+/* The smallest vocabulary of the embeddings reading `ids` and of the loss's softmax. */
+static int vocab_of(const Graph *g, const Tensor *ids, int vout) {
+  int vin = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_EMBEDDING && through_reshapes(n->in[0]) == ids) {
+      int v = (int)n->in[1]->ty.dim[0].c;
+      vin = vin ? MC_MIN(vin, v) : v;
+    }
+  }
+  int vocab = vin ? MC_MIN(vin, vout) : vout;
+  return vocab > 65536 ? 65536 : vocab;
+}
+
+static bool input_is(const Tensor *t, char second) {
+  return t->ty.dtype == DT_I32 && t->ty.rank == 2 && dim_eq(t->ty.dim[0], dim_sym('B')) &&
+         dim_eq(t->ty.dim[1], dim_sym(second));
+}
+
+/* A translation model's three inputs by role: source ids i32[B, S], target inputs and
+ * labels i32[B, T] with a pad id; its data must be parallel pairs. */
+static bool find_translation_inputs(Graph *g, Diag *d, Loc model_loc, const Config *cfg,
+                                    const Tensor *labels, Feeds *fd) {
+  /* batches come from the data, unless the command gives their shapes (moec grad) */
+  char buf[128];
+  for (int i = 0; i < g->ninputs; i++) {
+    Tensor *t = g->inputs[i];
+    const char *want = NULL;
+    if (t->role == IN_SOURCE) {
+      if (!fd->source && input_is(t, 'S') && t->pad >= 0)
+        fd->source = t;
+      else
+        want = "the source ids, i32[B, S] with a pad id";
+    } else if (t->role == IN_TARGET) {
+      if (input_is(t, 'T'))
+        fd->target_in = t;
+      else
+        want = "the target inputs, i32[B, T]";
+    } else if (t == labels) {
+      if (input_is(t, 'T') && t->pad >= 0)
+        fd->targets = t;
+      else
+        want = "the labels, i32[B, T] with a pad id (pad 0)";
+    } else {
+      want = "one of the source ids, the target inputs (an embedding's ids) and the labels "
+             "(softmax_xent's targets)";
+    }
+    if (want) {
+      fe_error(d, t->loc, "model input '%s' is %s: a translation model's run feeds %s", t->name,
+               type_str(&t->ty, buf, sizeof buf), want);
+      return false;
+    }
+  }
+  if (!fd->target_in || !fd->targets) {
+    fe_error(d, model_loc,
+             "translation model '%s' needs %s: an embedding of target inputs i32[B, T] (<s> y_1 "
+             ".. y_n) and softmax_xent's labels i32[B, T] pad 0 (y_1 .. y_n </s>)",
+             g->name, !fd->target_in ? "its target inputs" : "its labels");
     return false;
   }
+  if (cfg->data != DATA_PARALLEL && !g->nshapes) {
+    fe_error(d, model_loc,
+             "translation model '%s' trains on pairs of sentences: set data = "
+             "parallel(\"train.tsv\", valid=\"valid.tsv\") (or --data 'parallel(...)')",
+             g->name);
+    return false;
+  }
+  return true;
+}
+
+/* The inputs a run feeds: a language model's two i32[B, T] inputs (the one softmax_xent
+ * reads as targets and the token ids), or a translation model's three; and the vocabulary
+ * every id must be below. False after reporting what the runtime could not feed, at the
+ * input's or model's location. */
+static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Config *cfg, Feeds *fd) {
+  const Tensor *tg = NULL;
+  int vout = 0;
+  *fd = (Feeds){0};
   for (int k = 0; k < g->nnodes && !tg; k++) {
     const Node *n = g->nodes[k];
-    if (n->op == OP_XENT || n->op == OP_SAMPLED_XENT) {
+    if (n->op == OP_XENT || n->op == OP_XENT_PAD || n->op == OP_SAMPLED_XENT) {
       bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
       tg = through_reshapes(n->in[s ? 3 : 1]);
       vout = (int)(s ? n->in[1]->ty.dim[0].c : n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c);
@@ -64,12 +136,22 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Tensor **ids,
              g->name);
     return false;
   }
+  if (ir_input_role(g, IN_SOURCE)) {
+    if (!find_translation_inputs(g, d, model_loc, cfg, tg, fd)) return false;
+    fd->vocab = MC_MIN(vocab_of(g, fd->source, vout), vocab_of(g, fd->target_in, vout));
+    return true;
+  }
+  if (g->xent_count) {
+    fe_error(d, tg->loc,
+             "model '%s' averages its loss over targets with a pad id ('%s'), but has no source "
+             "over S: a language model's targets have no padding (drop 'pad')",
+             g->name, tg->name);
+    return false;
+  }
   for (int i = 0; i < g->ninputs; i++) {
     Tensor *t = g->inputs[i];
     char buf[128];
-    Dim b = dim_sym('B'), tt = dim_sym('T');
-    if (t->ty.dtype != DT_I32 || t->ty.rank != 2 || !dim_eq(t->ty.dim[0], b) ||
-        !dim_eq(t->ty.dim[1], tt)) {
+    if (!input_is(t, 'T')) {
       fe_error(d, t->loc,
                "model input '%s' is %s: training feeds two i32[B, T] inputs, token ids and "
                "targets",
@@ -77,31 +159,35 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Tensor **ids,
       return false;
     }
     if (t == tg)
-      *targets = t;
-    else if (!*ids)
-      *ids = t;
+      fd->targets = t;
+    else if (!fd->ids)
+      fd->ids = t;
     else {
       fe_error(d, t->loc,
                "model '%s' has more than two inputs ('%s', '%s', ...): training feeds token ids "
                "and targets",
-               g->name, (*ids)->name, t->name);
+               g->name, fd->ids->name, t->name);
       return false;
     }
   }
-  if (!*ids) {
+  if (!fd->ids) {
     fe_error(d, model_loc, "model '%s' has no input for token ids besides the targets", g->name);
     return false;
   }
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    if (n->op == OP_EMBEDDING && through_reshapes(n->in[0]) == *ids) {
-      int v = (int)n->in[1]->ty.dim[0].c;
-      vin = vin ? MC_MIN(vin, v) : v;
-    }
-  }
-  *vocab = vin ? MC_MIN(vin, vout) : vout;
-  if (*vocab > 65536) *vocab = 65536;
+  fd->vocab = vocab_of(g, fd->ids, vout);
   return true;
+}
+
+/* The batch shapes of a translation model's run on P devices: one per length bucket, the
+ * rows of its full batch (runtime/parallel.c's rule, so that every batch the run makes fits
+ * one of them). */
+static void parallel_shapes(Graph *g, const Config *cfg, int P) {
+  const int w = RT_PAR_WIDTH, top = (cfg->max_len + w - 1) / w * w, q = rt_par_quantum(P);
+  g->nshapes = 0;
+  g->shapes = mc_arena_alloc(&g->arena, sizeof(BatchShape) * (size_t)(top / w) * (size_t)(top / w));
+  for (int S = w; S <= top; S += w)
+    for (int T = w; T <= top; T += w)
+      g->shapes[g->nshapes++] = (BatchShape){rt_par_rows(S, T, cfg->batch_tokens, q), T, S};
 }
 
 Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const Target *t,
@@ -117,7 +203,16 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
       return NULL;
     }
   }
-  Graph *g = ir_build(f, cfg);
+  MOEC_ASSERT(t->part == BUILD_ALL || !t->training);
+  Graph *g = ir_build_part(f, cfg, t->part, &d);
+  if (!g) return NULL;
+  if (t->nshapes) { /* the batches it runs (moec grad's, decoding's) */
+    g->shapes = mc_arena_alloc(&g->arena, sizeof(BatchShape) * (size_t)t->nshapes);
+    memcpy(g->shapes, t->shapes, sizeof(BatchShape) * (size_t)t->nshapes);
+    g->nshapes = t->nshapes;
+  } else if (ir_input_role(g, IN_SOURCE) && cfg->data == DATA_PARALLEL) {
+    parallel_shapes(g, cfg, MC_MAX(t->devices, 1)); /* a run's length buckets */
+  }
   PassCtx pc = {.cfg = cfg,
                 .devices = t->devices,
                 .training = t->training,
@@ -129,12 +224,8 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
                 .diag = &d};
   bool ok = pass_run_all(g, &pc, t->print_after, t->print_to) && d.errors == 0;
   plan_free_loads(loads);
-  const Tensor *ids, *targets;
-  int vocab;
-  /* what a run feeds (a translation model's inputs are checked by sema; its loop comes) */
-  bool translation = ir_input_role(g, IN_SOURCE) || g->xent_count;
-  if (ok && t->training && !t->print_after && !translation)
-    ok = find_inputs(g, &d, f->model->loc, &ids, &targets, &vocab);
+  Feeds fd;
+  if (ok && t->training && !t->print_after) ok = find_inputs(g, &d, f->model->loc, cfg, &fd);
   if (!ok) {
     ir_graph_free(g);
     return NULL;
@@ -243,9 +334,15 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
   if (!g) return NULL;
   Diag d;
   fe_diag_init(&d, &f->src);
-  const Tensor *ids = NULL, *targets = NULL;
-  int vocab = 0;
-  bool ok = find_inputs(g, &d, f->model->loc, &ids, &targets, &vocab);
+  Feeds fd = {0};
+  bool ok = true;
+  if (t->part == BUILD_ALL) {
+    ok = find_inputs(g, &d, f->model->loc, cfg, &fd);
+  } else { /* decoding: the source ids, and a step's previous target ids */
+    fd.source = ir_input_role(g, IN_SOURCE);
+    fd.target_in = ir_input_role(g, IN_TARGET);
+    fd.vocab = g->logits ? (int)g->logits->ty.dim[1].c : 0;
+  }
   RowSel *rows = ok ? param_rows(g) : NULL;
   if (!ok || !check_memory(g, cfg, o, t, rows)) {
     rows_free(g, rows);
@@ -255,9 +352,11 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
   CgOpts cg = o->cg;
   cg.dev = rt_dev_context(t->be, MC_MAX(t->rank, 0));
   Program *p = cg_lower_on(g, t->prec, t->be, &cg);
-  p->ids = ids;
-  p->targets = targets;
-  p->vocab = vocab;
+  p->ids = fd.ids;
+  p->targets = fd.targets;
+  p->source = fd.source;
+  p->target_in = fd.target_in;
+  p->vocab = fd.vocab;
   p->rows = rows;
   p->param_set = param_sets(g);
   return p;

@@ -81,6 +81,11 @@ typedef struct Target {
   Precision prec;
   const Backend *be; /* lowering: where the program runs */
   const char *print_after; /* moec ir: print the graph after this pass ("build": as built) */
+  const BatchShape *shapes; /* the batches a run feeds when they change shape (Graph.shapes);
+                               0: the train block's (a translation model's length buckets) */
+  int nshapes;
+  BuildPart part; /* decoding a translation model: its encoder, or one decoder step
+                     (forward only; ir_build_part) */
   FILE *print_to;
 } Target;
 

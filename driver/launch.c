@@ -36,7 +36,7 @@ static int run_device(Comm *c, const Launch *l) {
               .be = l->be};
   Program *p = drv_compile(l->f, l->cfg, l->o, &t);
   if (!p) return 1;
-  int rc = rt_train(c, p, l->cfg, l->ro);
+  int rc = p->source ? rt_train_pairs(c, p, l->cfg, l->ro) : rt_train(c, p, l->cfg, l->ro);
   drv_program_free(p);
   return rc;
 }

@@ -70,7 +70,7 @@ void drv_add_setting(Options *o, const char *block, const char *key, const char 
 
 /* --data PATH: a path in quotes; synthetic(...) or an already quoted value as it is. */
 static void add_data(Options *o, const char *v, const char *flag) {
-  if (!strncmp(v, "synthetic", 9) || v[0] == '"') {
+  if (!strncmp(v, "synthetic", 9) || !strncmp(v, "parallel", 8) || v[0] == '"') {
     drv_add_setting(o, "train", "data", v, flag);
     return;
   }
@@ -141,7 +141,8 @@ typedef struct Flag {
 } Flag;
 
 static const Flag flags[] = {
-    {"--data", DRV_SETTINGS, NULL, NULL, "PATH|synthetic(...)  the corpus (train.data)"},
+    {"--data", DRV_SETTINGS, NULL, NULL,
+     "PATH|synthetic(...)|parallel(...)  the corpus (train.data)"},
     {"--batch", DRV_SETTINGS, "train", "batch", "N     global batch rows (train.batch)"},
     {"--unroll", DRV_SETTINGS, "train", "unroll", "N    timesteps per batch (train.unroll)"},
     {"--steps", DRV_SETTINGS, "train", "steps", "N     train until step N (train.steps)"},

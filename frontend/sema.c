@@ -1394,7 +1394,9 @@ static void train_parallel(Sema *S, Expr *e) {
       fe_error(S->d, v[i]->loc, "parallel's '%s' must be a file path in quotes", keys[i]);
       continue;
     }
-    *(i ? &c->data_valid_path : &c->data_path) = resolve_path(S, v[i]->str);
+    /* a path from the command line is the user's, relative to the working directory */
+    *(i ? &c->data_valid_path : &c->data_path) =
+        v[i]->loc.src && v[i]->loc.src->cmdline ? v[i]->str : resolve_path(S, v[i]->str);
   }
   if (!v[0])
     fe_error(S->d, e->loc, "parallel(...) needs the training pairs' path: parallel(\"train.tsv\")");

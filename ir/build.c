@@ -33,6 +33,7 @@ typedef struct Sym {
   const char *name;
   Tensor *t;    /* a tensor value, or NULL for a constant */
   double value; /* let constants */
+  const Stmt *memory; /* a decoder step: an encoder statement, an input once read */
   struct Sym *next;
 } Sym;
 
@@ -44,11 +45,23 @@ typedef struct Builder {
   Tensor *last_xent; /* the most recent softmax_xent loss */
   Tensor **aux;
   int naux, auxcap;
+  /* decoding (ir_build_part) */
+  BuildPart part;
+  const char **dec; /* the target side: inputs over T and the statements reading them */
+  int ndec;
+  Diag *diag;
+  bool failed;
 } Builder;
 
 static Sym *lookup(Builder *b, const char *name) {
   for (Sym *s = b->syms; s; s = s->next)
-    if (!strcmp(s->name, name)) return s;
+    if (!strcmp(s->name, name)) {
+      if (s->memory && !s->t) { /* a decoder step reads an encoder value: an input */
+        s->t = ir_input(b->g, name, s->memory->value->ty, s->memory->loc);
+        s->t->role = IN_MEMORY;
+      }
+      return s;
+    }
   return NULL;
 }
 
@@ -247,7 +260,8 @@ static Tensor *flatten(Graph *g, Tensor *x, bool keep_last) {
 }
 
 /* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar; targets with a pad id:
- * the mean over the positions that are not padding (*count: their number) */
+ * the mean over the positions that are not padding (*count: their number); targets NULL:
+ * the logits [B*T, V] (a decoder step) */
 static Tensor *build_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor *targets,
                                   int64_t vocab, Tensor **count, Loc loc) {
   Dim in = x->ty.dim[x->ty.rank - 1];
@@ -262,6 +276,7 @@ static Tensor *build_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor 
   name_sub(g, xw, name, "xw");
   Tensor *logits = node1(g, OP_BIAS_ADD, xw, bias, NULL, NULL); // [B*T, V]
   name_sub(g, logits, name, "logits");
+  if (!targets) return logits; /* decoding: the logits, no loss */
   Tensor *tg = flatten(g, targets, false); // [B*T]
   name_sub(g, tg, name, "targets");
   if (targets->kind == TK_INPUT && targets->pad >= 0) {
@@ -324,6 +339,96 @@ static Tensor *build_attention(Graph *g, const char *name, Tensor *q, Tensor *m,
   return node1(g, OP_BMM, wts, m, NULL, NULL); // [B, T, Dm]
 }
 
+/* ---------------------------------------------------------------- decoding's two sides */
+
+static bool is_dec(const Builder *b, const char *name) {
+  for (int i = 0; i < b->ndec; i++)
+    if (!strcmp(b->dec[i], name)) return true;
+  return false;
+}
+
+/* Whether e reads a value of the target side. */
+static bool on_target_side(const Builder *b, const Expr *e) {
+  if (!e) return false;
+  switch (e->kind) {
+  case EX_NAME:
+    return is_dec(b, e->str);
+  case EX_CALL:
+  case EX_LIST:
+    for (const Arg *a = e->args; a; a = a->next)
+      if (on_target_side(b, a->value)) return true;
+    return false;
+  case EX_BINOP:
+    return on_target_side(b, e->lhs) || on_target_side(b, e->rhs);
+  case EX_NEG:
+    return on_target_side(b, e->lhs);
+  default:
+    return false;
+  }
+}
+
+static bool input_over_t(const Stmt *s) {
+  for (const Arg *a = s->dims; a; a = a->next)
+    if (a->value->kind == EX_NAME && !strcmp(a->value->str, "T")) return true;
+  return false;
+}
+
+/* The target side: the inputs over T, then every statement that reads one of them. */
+static void target_side(Builder *b) {
+  int cap = 8;
+  b->dec = mc_arena_alloc(&b->arena, sizeof(char *) * (size_t)cap);
+  for (Stmt *s = b->f->model->stmts; s; s = s->next) {
+    bool dec = s->kind == ST_INPUT ? input_over_t(s)
+                                   : s->kind == ST_ASSIGN && on_target_side(b, s->value);
+    if (!dec) continue;
+    if (b->ndec == cap) {
+      const char **d = mc_arena_alloc(&b->arena, sizeof(char *) * (size_t)(cap *= 2));
+      memcpy(d, b->dec, sizeof(char *) * (size_t)b->ndec);
+      b->dec = d;
+    }
+    b->dec[b->ndec++] = s->name;
+  }
+}
+
+/* Appends to names (no repeats) the encoder statements' names e reads. */
+static void read_values(const Builder *b, const Expr *e, const char **names, int *n, int cap) {
+  if (!e) return;
+  if (e->kind == EX_NAME) {
+    if (is_dec(b, e->str)) return;
+    bool assigned = false, have = false;
+    for (Stmt *s = b->f->model->stmts; s && !assigned; s = s->next)
+      assigned = s->kind == ST_ASSIGN && !strcmp(s->name, e->str) && s->value->ty.rank > 0;
+    for (int i = 0; i < *n && !have; i++)
+      have = !strcmp(names[i], e->str);
+    if (assigned && !have && *n < cap) names[(*n)++] = e->str;
+    return;
+  }
+  if (e->kind == EX_CALL || e->kind == EX_LIST)
+    for (const Arg *a = e->args; a; a = a->next)
+      read_values(b, a->value, names, n, cap);
+  read_values(b, e->lhs, names, n, cap);
+  read_values(b, e->rhs, names, n, cap);
+}
+
+/* The encoder values the decoder reads, in the order the target side first reads them:
+ * the graph's bridge (its outputs, or its IN_MEMORY inputs). */
+static void set_bridge(Builder *b) {
+  int cap = 0;
+  for (Stmt *s = b->f->model->stmts; s; s = s->next)
+    cap += s->kind == ST_ASSIGN;
+  const char **names = mc_arena_alloc(&b->arena, sizeof(char *) * (size_t)(cap + 1));
+  int n = 0;
+  for (Stmt *s = b->f->model->stmts; s; s = s->next)
+    if (s->kind == ST_ASSIGN && is_dec(b, s->name)) read_values(b, s->value, names, &n, cap);
+  Graph *g = b->g;
+  g->bridge = mc_calloc((size_t)n + 1, sizeof(Tensor *));
+  for (int i = 0; i < n; i++) {
+    Sym *y = lookup(b, names[i]);
+    MOEC_ASSERT(y && y->t); /* built (encoder) or read (decoder: an input now) */
+    g->bridge[g->nbridge++] = y->t;
+  }
+}
+
 /* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar; in training over the
  * target and `samples` sampled classes (importance sampling), in evaluation exact */
 static Tensor *build_sampled_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor *targets,
@@ -353,7 +458,9 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
   MOEC_ASSERT(e->layer >= 0 && e->layer < L_COUNT);
   int nt = fe_layers[e->layer].ntensors;
   Tensor *x = tensor_arg(b, e, 0, stmt_name);
-  Tensor *x2 = nt > 1 ? tensor_arg(b, e, 1, stmt_name) : NULL;
+  Tensor *x2 = nt > 1 && !(e->layer == L_SOFTMAX_XENT && b->part == BUILD_DECODER)
+                   ? tensor_arg(b, e, 1, stmt_name)
+                   : NULL;
   ir_set_context(g, name, NULL, e->loc);
   const double *av = e->argv;
   Tensor *y = NULL, *aux = NULL;
@@ -361,9 +468,10 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
   case L_EMBEDDING:
     y = build_embedding(g, name, x, (int64_t)av[LA_VOCAB], (int64_t)av[LA_DIM], e->loc);
     break;
-  case L_LSTM:
+  case L_LSTM: /* a decoder step carries every LSTM's state to the next step */
     MOEC_ASSERT(av[LA_PROJ] < 1); /* refused by sema */
-    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_CARRY] != 0, e->loc);
+    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_CARRY] != 0 || b->part == BUILD_DECODER,
+                   e->loc);
     break;
   case L_DENSE:
     y = build_dense(g, name, x, (int64_t)av[LA_UNITS], (int)av[LA_ACT], e->loc);
@@ -388,6 +496,15 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     break;
   case L_ATTENTION: {
     Tensor *mask_ids = NULL;
+    Expr *mem = e->targ[1];
+    if (b->part == BUILD_DECODER && mem && on_target_side(b, mem)) {
+      if (b->diag) fe_error(b->diag, e->loc,
+               "attention '%s' attends over target positions (its memory is computed from the "
+               "target inputs): decoding one target position at a time cannot compute it; "
+               "attend over the encoder's values",
+               name);
+      b->failed = true;
+    }
     if (e->mask_input) {
       Sym *s = lookup(b, e->mask_input);
       if (!s || !s->t || s->t->kind != TK_INPUT || s->t->pad < 0)
@@ -403,8 +520,12 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     break;
   case L_SOFTMAX_XENT: {
     Tensor *count = NULL;
-    y = build_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], &count, e->loc);
-    b->last_xent = y;
+    y = build_softmax_xent(g, name, x, b->part == BUILD_DECODER ? NULL : x2,
+                           (int64_t)av[LA_VOCAB], &count, e->loc);
+    if (b->part == BUILD_DECODER)
+      g->logits = y; /* a decoder step: the logits the search reads */
+    else
+      b->last_xent = y;
     break;
   }
   case L_SAMPLED_SOFTMAX_XENT:
@@ -527,11 +648,18 @@ static void assign_roles(Graph *g) {
 }
 
 Graph *ir_build(AstFile *f, const Config *cfg) {
+  return ir_build_part(f, cfg, BUILD_ALL, NULL);
+}
+
+Graph *ir_build_part(AstFile *f, const Config *cfg, BuildPart part, Diag *d) {
   (void)cfg;
   MOEC_ASSERT(f && f->model);
   Builder b = {0};
   b.f = f;
+  b.part = part;
+  b.diag = d;
   Graph *g = b.g = ir_graph_new(f->model->name);
+  if (part != BUILD_ALL) target_side(&b);
   Tensor *out_loss = NULL;
   Loc out_loc = f->model->loc;
   for (Stmt *s = f->model->stmts; s; s = s->next) {
@@ -567,6 +695,13 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
         define(&b, s->name, NULL, v);
         break;
       }
+      if (part != BUILD_ALL && is_dec(&b, s->name) != (part == BUILD_DECODER)) {
+        if (part == BUILD_DECODER) { /* an encoder value: an input if the decoder reads it */
+          define(&b, s->name, NULL, 0);
+          b.syms->memory = s;
+        }
+        break;
+      }
       int first = g->ntensors;
       Tensor *t = build_expr(&b, s->value, s->name);
       if (t->id >= first) name_as(g, t, s->name); /* not for an alias `b = a` */
@@ -585,6 +720,13 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
     default:
       break;
     }
+  }
+  if (part != BUILD_ALL && !b.failed) set_bridge(&b);
+  if (b.failed) {
+    mc_free(b.aux);
+    mc_arena_free(&b.arena);
+    ir_graph_free(g);
+    return NULL;
   }
   /* the loss: the scalar output (or the last softmax_xent) plus every aux loss */
   g->xent = out_loss ? out_loss : b.last_xent;

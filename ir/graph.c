@@ -95,6 +95,7 @@ void ir_graph_free(Graph *g) {
   mc_free(g->moe_load);
   mc_free(g->moe_drop);
   mc_free(g->moe_names);
+  mc_free(g->bridge);
   mc_arena_free(&g->arena);
   if (build_ctx_owner == g) build_ctx_owner = NULL;
   mc_free(g);
@@ -217,8 +218,9 @@ bool ir_has_source_dim(const Graph *g) {
 }
 
 void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
-  /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T */
-  if (g->mem.B > 0 && S > g->mem.T && ir_has_source_dim(g))
+  /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T; one over
+   * the graph's shapes holds each of them (ir_bind_batch) */
+  if (g->mem.B > 0 && !g->nshapes && S > g->mem.T && ir_has_source_dim(g))
     mc_fatal("binding S = %lld in a graph whose memory plan took S = T = %lld", (long long)S,
              (long long)g->mem.T);
   g->B = B;
@@ -238,6 +240,29 @@ void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
       t->numel *= t->shape[d];
     }
   }
+}
+
+bool ir_shape_fits(const Graph *g, BatchShape s) {
+  if (!g->nshapes) return true;
+  for (int i = 0; i < g->nshapes; i++)
+    if (s.B <= g->shapes[i].B && s.T <= g->shapes[i].T && s.S <= g->shapes[i].S) return true;
+  return false;
+}
+
+int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s) {
+  int64_t n = 1, P = g->ndev > 0 ? g->ndev : 1;
+  for (int d = 0; d < t->ty.rank; d++)
+    n *= dim_eval3(t->ty.dim[d], s.B / P, s.T, s.S);
+  return n;
+}
+
+void ir_bind_batch(Graph *g, BatchShape s) {
+  const int64_t P = g->ndev > 0 ? g->ndev : 1;
+  if (!ir_shape_fits(g, s) || s.B % P)
+    mc_fatal("batch [B=%lld, T=%lld, S=%lld] is not among the shapes graph '%s' was compiled for",
+             (long long)s.B, (long long)s.T, (long long)s.S, g->name);
+  g->B_global = s.B;
+  ir_bind_seq(g, s.B / P, s.T, s.S);
 }
 
 void ir_bind(Graph *g, int64_t B, int64_t T) {

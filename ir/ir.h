@@ -77,6 +77,7 @@ typedef enum InputRole {
   IN_SOURCE, /* a translation model's source ids [B, S] */
   IN_TARGET, /* a translation model's target inputs [B, T] (teacher forcing) */
   IN_LABELS, /* the loss's targets: next tokens, or the target labels [B, T] */
+  IN_MEMORY, /* a decoder step's encoder value (ir_build_part): fed from the encoder's */
 } InputRole;
 
 typedef enum InitKind {
@@ -158,6 +159,14 @@ typedef struct StatePair {
   Tensor *next;  /* value to copy into it after the step */
 } StatePair;
 
+/* A batch's shape: B rows (the whole batch's), T target and S source positions. A graph
+ * may run batches of several shapes (translation models: one per length bucket): its
+ * `shapes` list the largest, and a batch runs when one of them holds it (each of B, T and S
+ * at most that shape's); the memory plan gives every tensor its largest size over them. */
+typedef struct BatchShape {
+  int64_t B, T, S;
+} BatchShape;
+
 /* passes/memplan.c's figures for a graph, in bytes, at the B, T it planned for. */
 typedef struct MemFigures {
   int64_t B, T, elem;
@@ -179,6 +188,11 @@ struct Graph {
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
   Tensor *xent_count; /* scalar: target positions the xent averages over (targets with a
                          pad id: the non-pad ones), or NULL (all B*T) */
+  /* decoding (ir_build_part): the encoder values a decoder step reads, in one order for
+   * both graphs (the encoder's outputs; the decoder's IN_MEMORY inputs), and the decoder's
+   * logits [B*T, V]; the host reads both after a run */
+  Tensor **bridge; int nbridge;
+  Tensor *logits;
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   Tensor **moe_drop; /* per moe: the routes each expert dropped (capacity=), NULL without */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
@@ -190,6 +204,9 @@ struct Graph {
   int64_t B_global;  /* rows of the whole batch */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
+  BatchShape *shapes;
+  int nshapes;       /* the batch shapes it runs (see BatchShape); 0: one
+                        shape, B and T of the bind pass */
   MemFigures mem;    /* memplan pass: zero until planned */
 };
 
@@ -218,6 +235,13 @@ Type ir_type(DType dt, int rank, const Dim *dims);
 void ir_bind(Graph *g, int64_t B, int64_t T);
 /* The same with S bound on its own (translation models: source and target lengths). */
 void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S);
+/* The whole batch's shape for a graph with shapes (B divided over the graph's ndev
+ * devices): binds it and sets B_global; dies when none of g->shapes holds it. */
+void ir_bind_batch(Graph *g, BatchShape s);
+/* Whether shape s fits in one of g's shapes (true for a graph without a list). */
+bool ir_shape_fits(const Graph *g, BatchShape s);
+/* Element count of t at shape s, for this graph's devices (B / ndev rows). */
+int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s);
 /* Whether any tensor has the symbol S in its dims. */
 bool ir_has_source_dim(const Graph *g);
 /* The input of a role, or NULL (the first one; ir_build gives each role at most one). */
@@ -230,6 +254,16 @@ void ir_verify(const Graph *g);
 /* Builds the forward graph of a checked file: inputs, params (named as in
  * language.md), ops, loss. */
 Graph *ir_build(AstFile *f, const Config *cfg);
+/* What ir_build_part builds of a translation model for decoding (docs/ir.md, "Decoding"):
+ * the whole model (ir_build); its encoder: the statements that do not read the target
+ * inputs, with the values the decoder reads as outputs (Graph.bridge); or one decoder
+ * step (bound at T = 1): the statements that read the target inputs, the encoder's values
+ * as inputs (IN_MEMORY), each LSTM's state carried from step to step, the softmax's
+ * logits (Graph.logits) instead of the loss. */
+typedef enum BuildPart { BUILD_ALL, BUILD_ENCODER, BUILD_DECODER } BuildPart;
+/* NULL after reporting to d (at the .moe location) what step-by-step decoding cannot
+ * compute: an attention over target positions. */
+Graph *ir_build_part(AstFile *f, const Config *cfg, BuildPart part, Diag *d);
 /* The next stable rng stream id (0, 1, ... in build order) for a random op's ia[0]. */
 int ir_next_rng_stream(Graph *g);
 /* x -> OP_RESHAPE to type `to` (same dtype and element count; shapes.c). */

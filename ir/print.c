@@ -134,7 +134,7 @@ void ir_print(const Graph *g, FILE *out) {
     nstate += g->tensors[i]->kind == TK_STATE;
   fprintf(out, "graph %s%s\n", g->name, g->has_backward ? "  (with backward)" : "");
   fprintf(out, "inputs (%d)\n", g->ninputs);
-  static const char *const roles[] = {"", "tokens", "source", "target", "labels"};
+  static const char *const roles[] = {"", "tokens", "source", "target", "labels", "memory"};
   for (int i = 0; i < g->ninputs; i++) {
     const Tensor *t = g->inputs[i];
     fprintf(out, "  %s : %s", t->name, type_str(&t->ty, buf, sizeof buf));

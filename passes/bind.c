@@ -100,7 +100,7 @@ static bool check_sets(Graph *g, const PassCtx *ctx, int64_t B) {
 }
 
 /* Device ctx->rank's shapes: B/P rows; on(...) subsets B/|S|; expert rows widened. */
-static void bind_device(Graph *g, int64_t B, int64_t T, int P) {
+static void bind_device(Graph *g, int64_t B, int64_t T, int64_t S, int P) {
   mc_free(plan_widen_expert_rows(g, P, B, T)); /* room for the rows of every device */
   int n = g->ntensors;
   Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
@@ -116,7 +116,7 @@ static void bind_device(Graph *g, int64_t B, int64_t T, int P) {
     orig[i] = t->ty.dim[0];
     t->ty.dim[0].c *= (P + k - 1) / k; /* the plan's room: at least B/k rows */
   }
-  ir_bind(g, B / P, T);
+  ir_bind_seq(g, B / P, T, S);
   for (int i = 0; i < n; i++) {
     if (!nset[i]) continue;
     Tensor *t = g->tensors[i];
@@ -129,35 +129,65 @@ static void bind_device(Graph *g, int64_t B, int64_t T, int P) {
   mc_free(nset);
 }
 
+/* The batch a graph is bound at: the train block's batch x unroll, or for a graph with
+ * shapes the one with the most target positions (what a plan reports). */
+static void bind_size(const Graph *g, const Config *cfg, int64_t *B, int64_t *T, int64_t *S) {
+  *B = cfg && cfg->batch > 0 ? cfg->batch : 32;
+  *T = *S = cfg && cfg->unroll > 0 ? cfg->unroll : 20;
+  for (int i = 0; i < g->nshapes; i++) {
+    const BatchShape *s = &g->shapes[i];
+    if (i == 0 || s->B * s->T > *B * *T) *B = s->B, *T = s->T, *S = s->S;
+  }
+}
+
+/* A graph with several batch shapes is bound again for each batch (ir_bind_batch): every
+ * layer on every device, so that a device's rows are the batch's over P. */
+static bool check_shapes(Graph *g, const PassCtx *ctx) {
+  const int P = ctx->devices > 0 ? ctx->devices : 1;
+  for (int k = 0; k < g->nnodes && P > 1; k++) {
+    const Node *n = g->nodes[k];
+    if (ir_node_mask(n, P) != ir_all_mask(P)) {
+      set_error(ctx, n,
+                "layer '%s' is placed on a device subset%s: a model whose batches change shape "
+                "(a translation model) runs every layer on every device",
+                "");
+      return false;
+    }
+  }
+  for (int i = 0; i < g->nshapes; i++)
+    MOEC_ASSERT(g->shapes[i].B % P == 0); /* the driver's shapes split over the devices */
+  return true;
+}
+
 void pass_bind(Graph *g, const PassCtx *ctx) {
   const Config *cfg = ctx->cfg;
-  const int64_t B = cfg && cfg->batch > 0 ? cfg->batch : 32,
-                T = cfg && cfg->unroll > 0 ? cfg->unroll : 20;
+  int64_t B, T, S;
+  bind_size(g, cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   g->B_global = B;
+  if (g->nshapes && !check_shapes(g, ctx)) return;
   if (P > 1 && !check_sets(g, ctx, B)) return;
   if (!ctx->device_graph || P <= 1) {
     g->rank = 0;
     g->ndev = 1;
-    ir_bind(g, B, T);
+    ir_bind_seq(g, B, T, S);
     return;
   }
   MOEC_ASSERT(B % P == 0 && ctx->rank >= 0 && ctx->rank < P); /* sema: the batch splits */
   g->rank = ctx->rank;
   g->ndev = P;
-  bind_device(g, B, T, P);
+  bind_device(g, B, T, S, P);
 }
 
 Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
-  const Config *cfg = ctx->cfg;
-  const int64_t B = cfg && cfg->batch > 0 ? cfg->batch : 32,
-                T = cfg && cfg->unroll > 0 ? cfg->unroll : 20;
+  int64_t B, T, S;
+  bind_size(g, ctx->cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   Type *save = pass_shard_experts(g, P > 1 ? d : -1); /* every type, for the restore */
   if (P > 1) {
     g->rank = d;
     g->ndev = P;
-    bind_device(g, B, T, P);
+    bind_device(g, B, T, S, P);
   }
   /* the memplan pass's figures (its offsets are not needed to report them) */
   g->mem = pass_memplan_plan(g, g->B, g->T, ctx->elem ? ctx->elem : sizeof(float), 0, NULL);

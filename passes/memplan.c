@@ -9,7 +9,8 @@
  *               end of the program when the host reads it after the step (loss, xent,
  *               aux, MoE importance and load, the state's next values, the params'
  *               gradients: the optimizer runs after the program; a sampled softmax's
- *               samples: moec grad writes them) or when nothing reads
+ *               samples: moec grad writes them; a decoding's encoder values and
+ *               logits) or when nothing reads
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
@@ -43,10 +44,17 @@ static int64_t align_up(int64_t x) {
   return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
 }
 
-static int64_t tensor_bytes(const Tensor *t, int64_t B, int64_t T, int64_t elem) {
+/* t's bytes at (B, T), or for a graph that runs several batch shapes the most of any */
+static int64_t tensor_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t T, int64_t elem) {
   int64_t n = 1;
-  for (int d = 0; d < t->ty.rank; d++)
-    n *= dim_eval(t->ty.dim[d], B, T);
+  if (g->nshapes) {
+    n = 0;
+    for (int i = 0; i < g->nshapes; i++)
+      n = MC_MAX(n, ir_numel_at(g, t, g->shapes[i]));
+  } else {
+    for (int d = 0; d < t->ty.rank; d++)
+      n *= dim_eval(t->ty.dim[d], B, T);
+  }
   return n * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
 
@@ -71,7 +79,7 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
-                  align_up(tensor_bytes(t, B, T, elem)), -1};
+                  align_up(tensor_bytes(g, t, B, T, elem)), -1};
   }
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
@@ -103,6 +111,9 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     pin(L, g->states[i].next, end);
   for (int i = 0; i < g->nparams; i++)
     pin(L, g->params[i]->grad, end);
+  for (int i = 0; i < g->nbridge; i++) /* decoding: the encoder's values, the logits */
+    pin(L, g->bridge[i], end);
+  pin(L, g->logits, end);
   for (int k = 0; k < g->nnodes; k++) /* a sampled softmax's samples: moec grad writes them */
     if (g->nodes[k]->op == OP_SAMPLED_XENT && !g->nodes[k]->recompute_of)
       for (int j = 2; j < 4; j++)
@@ -264,7 +275,7 @@ long pass_memplan_validate(const Graph *g) {
   long pairs = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
-    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(a, mf->B, mf->T, mf->elem);
+    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
         hi > mf->persist + mf->arena)
@@ -277,7 +288,7 @@ long pass_memplan_validate(const Graph *g) {
       if (!both_persist && !overlap_in_time(&L[i], &L[j])) continue;
       pairs++;
       const Tensor *b = g->tensors[j];
-      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(b, mf->B, mf->T, mf->elem);
+      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(g, b, mf->B, mf->T, mf->elem);
       if (lo < bhi && blo < hi)
         mc_fatal("memory plan: '%s' [%lld, %lld) (nodes %d..%d) and '%s' [%lld, %lld) (nodes "
                  "%d..%d) are alive at once and share memory",

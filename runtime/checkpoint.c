@@ -149,13 +149,17 @@ static void write_file(Run *r, const char *path, const Optim *o, int64_t step,
   meta_add(&m, "optim.step", "%lld", (long long)o->t);
   meta_add(&m, "optim.kind", "%s", o->kind == OPT_ADAM ? "adam" : "factored");
   const Corpus *corpus = r->corpus;
-  if (corpus->kind == DATA_SYNTHETIC)
+  char *vocab = NULL;
+  if (r->pairs) { /* a translation model: its shared BPE vocabulary */
+    meta_add(&m, "data", "%s", r->pairs->path);
+    vocab = rt_bpe_to_string(r->pairs->bpe);
+    meta_add(&m, "data.bpe", "%s", vocab);
+  } else if (corpus->kind == DATA_SYNTHETIC)
     meta_add(&m, "data", "synthetic(topics=%d, vocab=%d, seed=%llu)", cfg->topics, cfg->vocab,
              (unsigned long long)cfg->data_seed);
   else
     meta_add(&m, "data", "%s", corpus->path);
-  char *vocab = NULL;
-  if (corpus->words) {
+  if (corpus && corpus->words) {
     vocab = join_words(corpus);
     meta_add(&m, "data.vocab", "%s", vocab);
   }

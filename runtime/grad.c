@@ -1,5 +1,6 @@
 /* grad.c: moec grad: the loss and every parameter's gradient for one batch read from a
- * token file, written as safetensors: the hook independent references (PyTorch) check
+ * token file (a translation model's: a safetensors file of its inputs), written as
+ * safetensors: the hook independent references (PyTorch) check
  * moec against. No dropout, no gate noise, LSTM state from zero. */
 #include <errno.h>
 #include <string.h>
@@ -69,8 +70,33 @@ static void write_grads(Program *p, const char *out, double loss, double xent, d
   mc_free(t);
 }
 
-int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens, const char *out,
-            bool json) {
+/* A translation model's batch: the file's i32 tensor of each input, by the input's name,
+ * at the shape the program was compiled for (driver: from the same file). */
+static void feed_pairs_file(Program *p, const char *path) {
+  StFile *f = rt_st_open(path);
+  const Tensor *in[3] = {p->source, p->target_in, p->targets};
+  for (int k = 0; k < 3; k++) {
+    const Tensor *t = in[k];
+    const StEntry *e = rt_st_find(f, t->name);
+    if (!e) mc_die("'%s' has no tensor '%s' (the model input)", path, t->name);
+    if (e->dtype != ST_I32 || e->numel != t->numel)
+      mc_die("'%s': tensor '%s' must be I32 with %lld elements like the other inputs' batch", path,
+             t->name, (long long)t->numel);
+    const int32_t *v = (const int32_t *)e->data;
+    for (int64_t i = 0; i < e->numel; i++)
+      if (v[i] < 0 || v[i] >= p->vocab)
+        mc_die("'%s': '%s' holds id %d at %lld, outside the model's vocabulary (%d ids)", path,
+               t->name, v[i], (long long)i, p->vocab);
+    int32_t *copy = mc_malloc((size_t)MC_MAX(e->numel, 1) * sizeof(int32_t));
+    memcpy(copy, v, (size_t)e->numel * sizeof(int32_t)); /* the file's bytes may be unaligned */
+    rt_feed(p, t, copy);
+    mc_free(copy);
+  }
+  rt_st_close(f);
+}
+
+int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,
+            const char *out, bool json) {
   Graph *g = p->g;
   const int B = (int)g->B, T = (int)g->T;
   StFile *w = rt_st_open(weights);
@@ -78,9 +104,13 @@ int rt_grad(Program *p, const Config *cfg, const char *weights, const char *toke
   rt_st_close(w);
   int32_t *ids = mc_malloc((size_t)B * T * sizeof(int32_t)),
           *tg = mc_malloc((size_t)B * T * sizeof(int32_t));
-  read_tokens(tokens, B, T, p->vocab, ids, tg);
-  rt_feed(p, p->ids, ids);
-  rt_feed(p, p->targets, tg);
+  if (p->source) {
+    feed_pairs_file(p, tokens);
+  } else {
+    read_tokens(tokens, B, T, p->vocab, ids, tg);
+    rt_feed(p, p->ids, ids);
+    rt_feed(p, p->targets, tg);
+  }
   KernelCtx ctx = {.training = false,
                    .sample_softmax = true, /* a sampled softmax's loss is its sampled one */
                    .seed = cfg->seed,

@@ -12,8 +12,9 @@
  * Batches: pairs go to buckets by their lengths rounded up to a multiple of `width`
  * (source and target separately), so a bucket's pairs share S and T and pad little; a
  * bucket's pairs, in an order drawn from the seed and the epoch, are cut into batches of
- * B = floor(budget / max(S, T)) pairs (the last one of a bucket smaller), and the batches
- * of all buckets are shuffled. Evaluation keeps the file's order in each bucket and does
+ * B = floor(budget / max(S, T)) pairs, rounded down to a multiple of the quantum (the last
+ * one of a bucket smaller, filled up to a multiple of the quantum with empty rows), and the
+ * batches of all buckets are shuffled. Evaluation keeps the file's order in each bucket and does
  * not shuffle. Padding is id 0 (<pad>) to the bucket's S and T. */
 #include <stdlib.h>
 #include <string.h>
@@ -42,8 +43,7 @@ static int utf8_char(const unsigned char *p, size_t n) {
   return len;
 }
 
-/* The byte offset of the first invalid UTF-8 in s[0..n), or -1. */
-static int64_t utf8_invalid_at(const char *s, size_t n) {
+int64_t rt_utf8_invalid_at(const char *s, size_t n) {
   const unsigned char *p = (const unsigned char *)s;
   for (size_t i = 0; i < n;) {
     int l = utf8_char(p + i, n - i);
@@ -51,6 +51,25 @@ static int64_t utf8_invalid_at(const char *s, size_t n) {
     i += (size_t)l;
   }
   return -1;
+}
+
+char *rt_utf8_sanitize(const char *s) {
+  size_t n = strlen(s);
+  char *out = mc_malloc(3 * n + 1), *o = out;
+  for (size_t i = 0; i < n;) {
+    int l = utf8_char((const unsigned char *)s + i, n - i);
+    if (l) {
+      memcpy(o, s + i, (size_t)l);
+      o += l;
+      i += (size_t)l;
+    } else { /* U+FFFD for each byte that starts no character */
+      memcpy(o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i++;
+    }
+  }
+  *o = 0;
+  return out;
 }
 
 bool rt_par_read(const char *path, RtParText *t, char *err, size_t errn) {
@@ -76,7 +95,7 @@ bool rt_par_read(const char *path, RtParText *t, char *err, size_t errn) {
       snprintf(err, errn, "%s:%lld: a NUL byte in the line", path, (long long)lineno);
       goto fail;
     }
-    int64_t bad = utf8_invalid_at(p, n);
+    int64_t bad = rt_utf8_invalid_at(p, n);
     if (bad >= 0) {
       snprintf(err, errn, "%s:%lld:%lld: invalid UTF-8 (byte 0x%02x)", path, (long long)lineno,
                (long long)bad + 1, (unsigned char)p[bad]);
@@ -240,9 +259,25 @@ static int cmp_keyed(const void *a, const void *b) {
   return x->pair < y->pair ? -1 : x->pair > y->pair;
 }
 
-RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, uint64_t seed,
-                             int64_t epoch, bool shuffle) {
-  MOEC_ASSERT(width >= 1 && budget >= 1);
+int32_t rt_par_rows(int64_t S, int64_t T, int64_t budget, int quantum) {
+  int64_t per = budget / MC_MAX(MC_MAX(S, T), 1) / quantum * quantum;
+  return (int32_t)MC_MIN(MC_MAX(per, quantum), INT32_MAX / 2);
+}
+
+int rt_par_quantum(int P) {
+  if (P <= 1 || 8 % P == 0) return 8;
+  int a = 8, b = P;
+  while (b) {
+    int t = a % b;
+    a = b;
+    b = t;
+  }
+  return 8 / a * P;
+}
+
+RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, int quantum,
+                             uint64_t seed, int64_t epoch, bool shuffle) {
+  MOEC_ASSERT(width >= 1 && budget >= 1 && quantum >= 1);
   RtParBatches *bs = mc_calloc(1, sizeof *bs);
   bs->pairs = mc_malloc((size_t)(d->n ? d->n : 1) * sizeof(int64_t));
   /* sort by (bucket S, bucket T, a draw or the file order) */
@@ -263,11 +298,12 @@ RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, uint
     while (j < d->n && k[j].s == k[i].s && k[j].t == k[i].t)
       j++;
     int64_t S = k[i].s, T = k[i].t;
-    int64_t per = MC_MAX(1, budget / MC_MAX(S, T));
+    int64_t per = rt_par_rows(S, T, budget, quantum);
     for (int64_t a = i; a < j; a += per) {
       if (bs->n == cap) bs->b = mc_realloc(bs->b, (size_t)(cap *= 2) * sizeof *bs->b);
       RtParBatch *b = &bs->b[bs->n++];
-      b->B = (int32_t)MC_MIN(per, j - a);
+      b->n = (int32_t)MC_MIN(per, j - a);
+      b->B = (int32_t)round_up(b->n, quantum);
       b->S = (int32_t)S;
       b->T = (int32_t)T;
       b->first = a;
@@ -304,7 +340,7 @@ void rt_par_fill(const RtParData *d, const RtParBatches *bs, int64_t i, int32_t 
   memset(src, 0, (size_t)b->B * (size_t)b->S * sizeof(int32_t));
   memset(tgt_in, 0, (size_t)b->B * (size_t)b->T * sizeof(int32_t));
   memset(tgt_out, 0, (size_t)b->B * (size_t)b->T * sizeof(int32_t));
-  for (int32_t r = 0; r < b->B; r++) {
+  for (int32_t r = 0; r < b->n; r++) {
     int64_t p = bs->pairs[b->first + r];
     int64_t ns = d->src_off[p + 1] - d->src_off[p], nt = d->tgt_off[p + 1] - d->tgt_off[p];
     MOEC_ASSERT(ns <= b->S && nt <= b->T);

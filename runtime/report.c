@@ -99,14 +99,25 @@ void rt_report_header(Run *r, int64_t start) {
       per *= t->shape[d];
     nparams += r->p->rows && r->p->rows[i].list ? per * r->p->rows[i].global : t->numel;
   }
-  fprintf(r->out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", g->name,
-          (long long)nparams, r->Bl * r->P, r->T, cfg->optimizer == OPT_ADAM ? "adam" : "factored",
-          cfg->lr, r->o.f64 ? ", float64" : "");
+  char batch[64];
+  if (r->pairs)
+    snprintf(batch, sizeof batch, "batches of %lld tokens", (long long)r->pairs->budget);
+  else
+    snprintf(batch, sizeof batch, "batch %d x unroll %d", r->Bl * r->P, r->T);
+  fprintf(r->out, "moec: training '%s': %lld parameters, %s, %s lr %g%s", g->name,
+          (long long)nparams, batch, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
+          r->o.f64 ? ", float64" : "");
   if (r->P > 1) fprintf(r->out, ", %d devices", r->P);
   if (start) fprintf(r->out, ", resuming at step %lld", (long long)start);
   fprintf(r->out, "\n");
   const Corpus *c = r->corpus;
-  if (c->syn)
+  if (r->pairs)
+    fprintf(r->out,
+            "moec: data: '%s': %lld pairs in length buckets of %d, a shared BPE vocabulary of "
+            "%d ids; valid: %s\n",
+            r->pairs->path, (long long)r->pairs->train->n, RT_PAR_WIDTH,
+            rt_bpe_vocab(r->pairs->bpe), r->pairs->valid_path ? r->pairs->valid_path : "none");
+  else if (c->syn)
     fprintf(r->out,
             "moec: data: synthetic(topics=%d, vocab=%d, seed=%llu): entropy floor %.4f "
             "nats/token (ppl %.3f), unigram ppl %.1f\n",
@@ -212,7 +223,8 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   json_num(&b, "train_seconds", r->t_train);
   json_num(&b, "data_seconds", r->t_data); /* rank 0: batches read or generated, uploaded */
   json_num(&b, "floor_ppl", r->floor_nats > 0 ? exp(r->floor_nats) : NAN);
-  json_num(&b, "unigram_ppl", r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
+  json_num(&b, "unigram_ppl",
+           r->corpus && r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
   /* collectives per training step, summed over devices: payload = the plan's payload,
    * sent = its expected bytes (docs/placement.md); seconds: rank 0's */
   mc_buf_printf(&b, ",\"comm\":{");
@@ -278,8 +290,10 @@ void rt_report_summary(Run *r, const RunTotals *t) {
     return;
   }
   char rate[32];
-  if (isnan(t->test)) {
-    fprintf(r->out, "no evaluation (--no-eval)\n");
+  if (r->pairs && !isnan(t->valid)) {
+    fprintf(r->out, "valid ppl %.3f (per target token)\n", exp(t->valid));
+  } else if (isnan(t->test)) {
+    fprintf(r->out, "no evaluation (%s)\n", r->o.no_eval ? "--no-eval" : "no valid pairs");
   } else {
     fprintf(r->out, "test ppl %.3f", exp(t->test));
     if (r->floor_nats > 0)

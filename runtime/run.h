@@ -4,7 +4,18 @@
 #define MOEC_RUN_H
 
 #include "multidev.h"
+#include "text.h"
 #include "train_dev.h"
+
+/* A translation model's data (train_nmt.c): the shared BPE vocabulary (learned from the
+ * training pairs, or a checkpoint's) and the pairs encoded with it, batched by length. */
+typedef struct Pairs {
+  const char *path, *valid_path;
+  RtBpe *bpe;
+  RtParData *train, *valid; /* valid: NULL when the data has none */
+  int64_t budget;           /* ids per batch (batch_tokens) */
+  int quantum;              /* rows of a batch: a multiple of it (rt_par_quantum) */
+} Pairs;
 
 /* One device's run: its program, data, optimizer, outputs and statistics. */
 typedef struct Run {
@@ -14,7 +25,8 @@ typedef struct Run {
   Program *p;
   int rank, P;
   int Bl, T;      /* this device's batch rows, the unroll */
-  Corpus *corpus;
+  Corpus *corpus; /* a language model's data */
+  Pairs *pairs;   /* a translation model's */
   Optim *opt;
   DevOptim *dopt; /* the optimizer on the device (cuda); NULL: the host's */
   float **params, **grads; /* host views for the host optimizer, by parameter */
@@ -27,6 +39,43 @@ typedef struct Run {
   double t_train, t_eval, t_data;
 } Run;
 
+/* ---- run.c: what every training run sets up and tears down around its data */
+/* Fills r (outputs: rank 0 prints and writes) and returns the checkpoint to resume from
+ * (--load), or NULL. */
+StFile *rt_run_open(Run *r, Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
+/* The optimizer, parameters (from the seed, then ck's, which it closes), host views, the
+ * metrics file, the header; returns the step to start from. After the data is loaded. */
+int64_t rt_run_start(Run *r, StFile *ck);
+/* Frees what rt_run_open and rt_run_start made (not the data). */
+void rt_run_close(Run *r);
+/* One training step of the batch fed to this device's r->Bl rows: forward and backward;
+ * returns the global loss (*xent, *aux its parts). Collective. */
+double rt_run_step(Run *r, int64_t s, double *xent, double *aux);
+/* After step s: dies if the loss diverged; the optimizer (global gradient norm over the
+ * devices); carried state. Collective. */
+void rt_run_update(Run *r, double loss, int64_t s);
+
+/* ---- train_nmt.c */
+/* Loads cfg's parallel data for a run of P devices: the BPE vocabulary of the checkpoint
+ * ck (may be NULL) or one of `vocab` ids learned from the training pairs; the pairs
+ * encoded; what was left out reported on out (NULL: silent). Dies on a bad file. */
+Pairs *rt_pairs_load(const Config *cfg, const StFile *ck, int vocab, int P, FILE *out);
+void rt_pairs_free(Pairs *d);
+/* The BPE vocabulary a checkpoint stores (metadata data.bpe), or NULL when it has none;
+ * dies on a malformed one. */
+RtBpe *rt_ckpt_bpe(const StFile *f);
+/* Feeds the rows [row0, row0 + rows) of a global batch (src[B,S], tgt_in[B,T], tgt_out
+ * [B,T]) to a translation program bound at that batch's shape. */
+void rt_feed_pairs(Program *p, const RtParBatch *b, const int32_t *src, const int32_t *tgt_in,
+                   const int32_t *tgt_out, int row0, int rows);
+
+/* ---- translate.c */
+/* Translates the n id sequences src[i] (nsrc[i] ids, </s> last) with the encoder program
+ * enc and the decoder step dec; out[i] (mc_free it): nout[i] output ids, </s> left out.
+ * Deterministic. */
+void rt_decode(Program *enc, Program *dec, const DecodeOpts *o, int32_t *const *src,
+               const int64_t *nsrc, int64_t n, int32_t **out, int64_t *nout);
+
 /* ---- evaluate.c */
 /* Copies ids (the tensor's numel int32 values) into the program's input t. */
 void rt_feed(Program *p, const Tensor *t, const int32_t *ids);
@@ -37,6 +86,11 @@ double rt_read_scalar(Program *p, const Tensor *t);
  * comm (the sum over devices of each device's xent is the global batch's mean). Tokens
  * counted: the whole batch's. Collective. */
 double rt_evaluate(Comm *c, Program *p, const Corpus *corpus, Split split, int64_t *tokens);
+/* The same for a translation model: mean cross-entropy per target token (padding left
+ * out) over the pairs d in length buckets, each batch bound at its shape; *tokens: the
+ * target tokens. Collective. */
+double rt_evaluate_pairs(Comm *c, Program *p, const Pairs *pairs, const RtParData *d,
+                         int64_t *tokens);
 
 /* ---- checkpoint.c */
 /* Every parameter's initial values from the seed (a device's rows of the sharded ones:

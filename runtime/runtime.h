@@ -184,7 +184,10 @@ typedef struct Program {
   void (*host_bwd)(const KernelCtx *ctx); /* [first_backward, ninstrs) */
   struct HostJit *hostjit;
   /* for the runtime: found by the compiler (driver/compile.c) */
-  const Tensor *ids, *targets; /* the i32[B, T] inputs fed each step */
+  const Tensor *ids, *targets;      /* the i32[B, T] inputs fed each step (ids: NULL for a
+                                       translation model, whose targets are its labels) */
+  const Tensor *source, *target_in; /* a translation model's source ids [B, S] and target
+                                       inputs [B, T]; NULL for a language model */
   int vocab;                   /* ids and targets must be below it */
   RowSel *rows;                /* by parameter: the rows this device holds; NULL: all whole */
   uint64_t *param_set;         /* by parameter: the devices that train it (its gradient's

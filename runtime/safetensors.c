@@ -650,7 +650,18 @@ void rt_st_load_params(const StFile *f, Program *p) {
   rt_st_load_params_rows(f, p, NULL);
 }
 
+static void load_params(const StFile *f, Program *p, const RowSel *rows, bool whole_model);
+
 void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows) {
+  load_params(f, p, rows, true);
+}
+
+void rt_st_load_params_part(const StFile *f, Program *p) {
+  load_params(f, p, NULL, false);
+}
+
+/* whole_model: every tensor of the file must be one of p's parameters */
+static void load_params(const StFile *f, Program *p, const RowSel *rows, bool whole_model) {
   Graph *g = p->g;
   McBuf why = {0};
   int problems = 0;
@@ -685,7 +696,7 @@ void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows) {
       continue;
     }
   }
-  for (int i = 0; i < f->n; i++) {
+  for (int i = 0; i < f->n && whole_model; i++) {
     if (is_extra(f->e[i].name)) continue;
     bool found = false;
     for (int k = 0; k < g->nparams && !found; k++)

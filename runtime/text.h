@@ -46,6 +46,11 @@ RtBpe *rt_bpe_from_string(const char *text, char *err, size_t errn);
 
 /* ---------------------------------------------------------------- parallel.c */
 
+/* The byte offset of the first invalid UTF-8 in s[0..n), or -1. */
+int64_t rt_utf8_invalid_at(const char *s, size_t n);
+/* A copy of s (mc_free it) with U+FFFD for each byte that starts no valid character. */
+char *rt_utf8_sanitize(const char *s);
+
 /* A parallel file's pairs, as text (pointers into the file's bytes). */
 typedef struct RtParText {
   const char *path;
@@ -81,11 +86,22 @@ void rt_par_free(RtParData *d);
 /* One line of counts, and one naming what was left out (if anything). */
 void rt_par_report(const RtParData *d, FILE *out);
 
-/* A batch: B pairs padded to S source and T target positions (the graph's B, S, T). */
+/* A batch: n pairs padded to S source and T target positions, and to B rows with empty
+ * rows (every id a pad) after them, B a multiple of the quantum (the graph's B, S, T). */
 typedef struct RtParBatch {
   int32_t B, S, T;
-  int64_t first; /* its pairs: pairs[first .. first + B) */
+  int32_t n;     /* pairs: rows [0, n) */
+  int64_t first; /* its pairs: pairs[first .. first + n) */
 } RtParBatch;
+
+/* Bucket widths: lengths are rounded up to a multiple of this. */
+enum { RT_PAR_WIDTH = 8 };
+/* The rows of a full batch of bucket (S, T): floor(budget / max(S, T)) rounded down to a
+ * multiple of quantum, at least quantum. Every batch has at most that many rows. */
+int32_t rt_par_rows(int64_t S, int64_t T, int64_t budget, int quantum);
+/* The rows' quantum on P devices: 8, or lcm(8, P) when P does not divide 8, so that 1, 2,
+ * 4 and 8 devices train on the same batches. */
+int rt_par_quantum(int P);
 
 typedef struct RtParBatches {
   RtParBatch *b;
@@ -95,14 +111,16 @@ typedef struct RtParBatches {
   int32_t max_B;
 } RtParBatches;
 
-/* Buckets by lengths rounded up to `width`; B = floor(budget / max(S, T)) per batch (at
- * least 1). shuffle: the order inside buckets and of the batches drawn from (seed,
+/* Buckets by lengths rounded up to `width`; B = rt_par_rows(S, T, budget, quantum) rows per
+ * batch, a bucket's last batch its pairs rounded up to a multiple of quantum (quantum 1:
+ * no empty rows). shuffle: the order inside buckets and of the batches drawn from (seed,
  * epoch); else the file's order, bucket after bucket. */
-RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, uint64_t seed,
-                             int64_t epoch, bool shuffle);
+RtParBatches *rt_par_batches(const RtParData *d, int64_t budget, int width, int quantum,
+                             uint64_t seed, int64_t epoch, bool shuffle);
 void rt_par_batches_free(RtParBatches *bs);
 /* Batch i's inputs: src[B,S] (ids, </s>, pads), tgt_in[B,T] (<s> y_1 .. y_n, pads),
- * tgt_out[B,T] (y_1 .. y_n </s>, pads); pads are RT_BPE_PAD = 0. */
+ * tgt_out[B,T] (y_1 .. y_n </s>, pads); pads are RT_BPE_PAD = 0, and so is every id of
+ * the empty rows [n, B). */
 void rt_par_fill(const RtParData *d, const RtParBatches *bs, int64_t i, int32_t *src,
                  int32_t *tgt_in, int32_t *tgt_out);
 

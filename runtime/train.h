@@ -162,6 +162,9 @@ void rt_st_load_params(const StFile *f, Program *p);
 /* The same, parameter i taking rows rows[i] of the file's tensor (rows NULL, or
  * rows[i].list NULL: the whole tensor; RowSel: runtime.h). */
 void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows);
+/* The same for a program of part of a model (a decoder's encoder or step): the file may
+ * hold other parameters too. */
+void rt_st_load_params_part(const StFile *f, Program *p);
 /* Test hook: when >= 0, rt_st_save fails after writing this many bytes. */
 extern long rt_st_fail_after;
 
@@ -231,9 +234,36 @@ struct Comm;
  * compiled for this device) as cfg says, each device on its rows of every global batch,
  * rank 0 printing and writing files. Returns the exit status. */
 int rt_train(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
+/* moec run for a translation model (p->source set): the same on parallel data, each batch
+ * bound at its length bucket's shape (train_nmt.c). */
+int rt_train_pairs(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
 /* moec eval: test perplexity of a checkpoint with program p (forward only, one device;
  * data_path: a whole file, or NULL for the test split of cfg's data). */
 int rt_eval(Program *p, const Config *cfg, const char *ckpt, const char *data_path, bool json);
+/* How a translation model decodes (translate.c): beam width (1: greedy), GNMT's length
+ * normalisation exponent, the most output ids per sentence (</s> included), rows per
+ * decoder step (sentences x beam) and source ids per sentence (</s> included): the
+ * encoder and decoder-step programs are compiled for rows / beam and rows rows of up to
+ * max_src source positions. */
+typedef struct DecodeOpts {
+  int beam;
+  double alpha;
+  int max_len;
+  int rows;
+  int max_src;
+} DecodeOpts;
+/* moec translate: the source sentences of `input` (a file; NULL or "-": stdin), one per
+ * line, translated with enc and dec (the checkpoint's weights and BPE vocabulary) onto
+ * stdout in order, detokenized. Dies with file:line on invalid UTF-8 or a NUL byte; an
+ * empty line, or one longer than o->max_src ids, is translated as an empty line with a
+ * warning. */
+int rt_translate(Program *enc, Program *dec, const char *ckpt, const char *input,
+                 const DecodeOpts *o);
+/* moec eval on a translation model: per-token perplexity (program p, forward only) and
+ * BLEU-4 of the translations (enc, dec) against the references, on data_path's pairs or
+ * cfg's valid pairs. */
+int rt_eval_pairs(Program *p, Program *enc, Program *dec, const Config *cfg, const char *ckpt,
+                  const char *data_path, const DecodeOpts *o, bool json);
 /* moec grad: loss and gradients of program p (forward + backward) for one batch read from
  * a token file; out: the gradients as safetensors (NULL: none). */
 int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,

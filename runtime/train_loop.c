@@ -8,32 +8,14 @@
  * state and the step; the data position and every random draw are functions of (seed,
  * step), so N steps, or k steps + save + load + N-k steps, give the same losses bit for
  * bit, on any device count. docs/training.md. */
-#define _POSIX_C_SOURCE 200809L
-#include <errno.h>
 #include <math.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "run.h"
 
 /* What a run sets up before its first step: outputs, data, optimizer, parameters. */
 static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
-  *r = (Run){.cfg = cfg, .o = *o, .comm = comm, .p = p, .rank = comm->rank, .P = comm->size};
-  if (r->rank > 0) { /* rank 0 prints and writes files */
-    r->o.quiet = true;
-    r->o.json = false;
-    r->o.metrics = NULL;
-  }
-  r->out = r->o.json ? stderr : stdout;
-  if (r->rank > 0) r->out = r->devnull = fopen("/dev/null", "w");
-  if (!r->out) r->out = stderr;
-  r->tty = !r->o.quiet && isatty(fileno(r->out));
-  r->Bl = (int)p->g->B;
-  r->T = (int)p->g->T;
-  MOEC_ASSERT(p->g->B_global == (int64_t)r->Bl * r->P); /* compiled for this device count */
-  if (r->P > 1) comm_check_same(comm, "model file and settings hash", o->settings_hash);
-  if (o->save && r->rank == 0) rt_ckpt_check_path(o->save);
-  StFile *ck = o->load ? rt_st_open(o->load) : NULL;
+  StFile *ck = rt_run_open(r, comm, p, cfg, o);
   int nv = 0;
   char **vocab = rt_ckpt_vocab(ck, &nv);
   r->corpus = rt_corpus_load(cfg, p->vocab, vocab, nv);
@@ -44,38 +26,11 @@ static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const Ru
     rt_batcher_free(&b);
   }
   if (r->corpus->syn) r->floor_nats = r->corpus->syn->floor_nats;
-  r->opt = rt_md_optim_new(cfg, p);
-  rt_init_params(p, cfg->seed);
-  int64_t start = ck ? rt_ckpt_resume(r, ck) : 0;
-  rt_st_close(ck);
-  r->dopt = rt_devopt_new(p, r->opt); /* after loading: starts from the checkpoint's state */
-  Graph *g = p->g;
-  r->params = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
-  r->grads = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
-  for (int i = 0; i < g->nparams && rt_dev_on_host(p); i++) {
-    const Tensor *t = g->params[i];
-    /* float pointers; under --f64 they point to doubles (the optimizer's elem is 8) */
-    r->params[i] = rt_f32(p, t);
-    r->grads[i] = t->grad ? rt_f32(p, t->grad) : mc_calloc((size_t)t->numel, p->elem);
-  }
-  if (r->o.metrics) {
-    r->metrics = fopen(r->o.metrics, "w");
-    if (!r->metrics) mc_die("cannot write metrics file '%s': %s", r->o.metrics, strerror(errno));
-  }
-  if (r->rank == 0) rt_report_header(r, start);
-  return start;
+  return rt_run_start(r, ck);
 }
 
 static void teardown(Run *r) {
-  Graph *g = r->p->g;
-  for (int i = 0; i < g->nparams && rt_dev_on_host(r->p); i++)
-    if (!g->params[i]->grad) mc_free(r->grads[i]);
-  mc_free(r->params);
-  mc_free(r->grads);
-  if (r->metrics) fclose(r->metrics);
-  if (r->devnull) fclose(r->devnull);
-  rt_devopt_free(r->dopt);
-  rt_optim_free(r->opt);
+  rt_run_close(r);
   rt_corpus_free(r->corpus);
 }
 
@@ -93,38 +48,12 @@ static double evaluate(Run *r, Split split, int64_t step) {
 static double step_forward_backward(Run *r, Batcher *bt, int32_t *ids, int32_t *tg, int64_t s,
                                     double *xent_out, double *aux_out) {
   Program *p = r->p;
-  Graph *g = p->g;
   double t0 = mc_now();
   rt_batcher_next(bt, ids, tg);
   rt_feed(p, p->ids, ids);
   rt_feed(p, p->targets, tg);
   r->t_data += mc_now() - t0;
-  KernelCtx ctx = {.training = true,
-                   .seed = r->cfg->seed,
-                   .step = (uint64_t)s,
-                   .batch0 = (int64_t)r->rank * r->Bl,
-                   .batch_local = r->Bl,
-                   .device = r->rank,
-                   .ndevices = r->P,
-                   .comm = r->P > 1 ? r->comm : NULL,
-                   .graph = r->P > 1 ? g : NULL,
-                   .stats = &r->stats,
-                   .dev = p->dev};
-  rt_exec(p, &ctx, 0, p->ninstrs);
-  double loss = rt_read_scalar(p, g->loss), xent = rt_read_scalar(p, g->xent),
-         aux = rt_read_scalar(p, g->aux);
-  if (r->P > 1) { /* xent: each device's share of the global mean; aux: replicated */
-    Comm *c = r->comm;
-    if (g->xent && g->xent->producer && !ir_runs_on(g->xent->producer, r->rank, r->P))
-      xent = 0; /* the loss on(...) other devices: this one has no rows of it */
-    uint64_t am = g->aux && g->aux->producer ? ir_node_mask(g->aux->producer, r->P) : 0;
-    if (am && am != comm_all_mask(c)) c->broadcast(c, &aux, sizeof aux, __builtin_ctzll(am));
-    c->all_reduce_sum_f64(c, &xent, 1);
-    loss = g->aux ? xent + aux : xent;
-  }
-  *xent_out = xent;
-  *aux_out = aux;
-  return loss;
+  return rt_run_step(r, s, xent_out, aux_out);
 }
 
 int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
@@ -143,14 +72,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now(), xent, aux;
     double loss = step_forward_backward(&r, &bt, ids, tg, s, &xent, &aux);
-    if (!isfinite(loss))
-      mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
-             (long long)s + 1);
-    if (r.dopt)
-      rt_devopt_step(r.dopt, r.opt);
-    else
-      rt_md_optim_step(comm, p, r.opt, r.params, r.grads);
-    rt_carry_state(p);
+    rt_run_update(&r, loss, s);
     r.t_train += mc_now() - t0;
     tot.done++;
     tot.last_loss = loss;

@@ -18,10 +18,28 @@ int cmd_run(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
+int cmd_translate(int argc, char **argv);
 
 /* A command's own flags: takes argv[*i] (advancing over its value) and returns 1, or 0
  * if it is not one of them, or -1 after printing an error. */
 typedef int (*OwnFlags)(int argc, char **argv, int *i, void *ctx);
+
+/* cmd_translate.c: the decoding flags of moec translate and moec eval (--beam, --alpha,
+ * --max-len, --rows; translate's second FILE, its sources), an OwnFlags. */
+typedef struct DecodeFlags {
+  const char *cmd, *sources;
+  const Options *o;
+  int beam, max_len, rows; /* 0: the default */
+  double alpha;            /* < 0: the default */
+  bool given;              /* any decoding flag */
+} DecodeFlags;
+int cli_decode_flags(int argc, char **argv, int *i, void *ctx);
+/* Whether f is a translation model (an input over S). */
+bool cli_is_translation(const AstFile *f);
+/* moec eval of a translation model with its forward program p: perplexity and BLEU on
+ * data (NULL: the valid pairs), decoding as fl says. Returns the exit status. */
+int cli_eval_pairs(AstFile *f, const Config *cfg, const Options *o, Program *p,
+                   const DecodeFlags *fl, const char *data);
 
 /* Parses a command line: the shared options in `which` (driver.h), the command's own
  * (own may be NULL), one FILE into o->path. Returns 0, or the exit status after

@@ -29,6 +29,10 @@ static void eval_usage(FILE *out) {
                "of the train block's data, or on the whole of D (a text file, read with the\n"
                "checkpoint's vocabulary, or a .bin file of uint16 ids), in batches of the\n"
                "train block's batch x unroll, LSTM state carried from zero.\n\n"
+               "A translation model: perplexity per target token and corpus BLEU-4 (beam search,\n"
+               "as moec translate; tokenized as docs/training.md says) on the valid pairs, or\n"
+               "on the pairs of D (source<TAB>target lines); --beam K (default 4), --alpha A\n"
+               "(0.6), --max-len L and --rows R as moec translate's.\n\n"
                "options:\n"
                "  --load CKPT   the weights (safetensors; optimizer state is ignored)\n"
                "  --data D      evaluate on all of D instead of the test split\n"
@@ -44,7 +48,9 @@ static void grad_usage(FILE *out) {
           "Loss and gradients for one batch: the hook independent references (PyTorch)\n"
           "compare against. F.bin holds B*(T+1) little-endian uint16 ids (B, T: the train\n"
           "block's batch and unroll); row b is ids [b*(T+1), (b+1)*(T+1)): inputs its first\n"
-          "T ids, targets its last T. LSTM state starts at zero; no dropout, no gate noise.\n\n"
+          "T ids, targets its last T. For a translation model F is a safetensors file with an\n"
+          "I32 tensor per model input, by its name (src [B, S], tgt_in and tgt_out [B, T]),\n"
+          "which sets B, S and T. LSTM state starts at zero; no dropout, no gate noise.\n\n"
           "options:\n"
           "  --load W      the weights: every parameter, under its own name\n"
           "  --tokens F    the batch\n"
@@ -81,12 +87,15 @@ int cmd_run(int argc, char **argv) {
 
 typedef struct OneBatch {
   const char *cmd, *data, *tokens, *out;
+  DecodeFlags dec; /* eval of a translation model */
 } OneBatch;
 
 static int eval_flags(int argc, char **argv, int *i, void *ctx) {
   OneBatch *b = ctx;
   bool bad = false;
   const char *v;
+  int t = b->dec.cmd ? cli_decode_flags(argc, argv, i, &b->dec) : 0;
+  if (t) return t;
   if ((v = cli_value(argc, argv, i, "--data", b->cmd, &bad)))
     b->data = v;
   else if ((v = cli_value(argc, argv, i, "--tokens", b->cmd, &bad)))
@@ -98,22 +107,65 @@ static int eval_flags(int argc, char **argv, int *i, void *ctx) {
   return 1;
 }
 
-/* One device's program of FILE: forward only (eval) or forward + backward (grad). */
-static Program *compile_one(AstFile *f, const Config *cfg, const Options *o, bool training) {
+/* One device's program of FILE: forward only (eval) or forward + backward (grad); shape:
+ * the one batch shape it runs (NULL: the train block's). */
+static Program *compile_one(AstFile *f, const Config *cfg, const Options *o, bool training,
+                            const BatchShape *shape) {
   const Backend *be = drv_backend(cfg, o->cmd);
   if (!be) return NULL;
   Target t = {.devices = 1,
               .rank = 0,
               .training = training,
               .prec = o->f64 ? PREC_F64 : PREC_F32,
-              .be = be};
+              .be = be,
+              .shapes = shape,
+              .nshapes = shape ? 1 : 0};
   return drv_compile(f, cfg, o, &t);
+}
+
+/* A translation model's batch for moec grad: B, S and T from the tensors of a safetensors
+ * file named as the model's inputs. Returns 1 (a translation model, *bs set), 0 (not one)
+ * or -1 after an error. */
+static int pairs_batch_shape(const AstFile *f, const char *path, BatchShape *bs) {
+  bool translation = false;
+  for (Stmt *s = f->model->stmts; s; s = s->next)
+    for (Arg *a = s->kind == ST_INPUT ? s->dims : NULL; a; a = a->next)
+      translation |= a->value->kind == EX_NAME && !strcmp(a->value->str, "S");
+  if (!translation) return 0;
+  StFile *st = rt_st_open(path);
+  int64_t v[3] = {0, 0, 0}; /* B, T, S */
+  int rc = 1;
+  for (Stmt *s = f->model->stmts; s && rc > 0; s = s->next) {
+    if (s->kind != ST_INPUT) continue;
+    const StEntry *e = rt_st_find(st, s->name);
+    int d = 0;
+    for (Arg *a = s->dims; a && e && rc > 0; a = a->next, d++) {
+      const char *sym = a->value->kind == EX_NAME ? a->value->str : "";
+      int k = !strcmp(sym, "B") ? 0 : !strcmp(sym, "T") ? 1 : !strcmp(sym, "S") ? 2 : -1;
+      if (k < 0) continue;
+      if (d >= e->rank || (v[k] && v[k] != e->shape[d]) || e->shape[d] < 1) {
+        fprintf(stderr,
+                "moec grad: error: %s: tensor '%s' does not match the model's input "
+                "'%s' (dimension %d, %s)\n",
+                path, s->name, s->name, d, sym);
+        rc = -1;
+      }
+      if (d < e->rank) v[k] = e->shape[d];
+    }
+    if (!e) {
+      fprintf(stderr, "moec grad: error: %s has no tensor '%s' (a model input)\n", path, s->name);
+      rc = -1;
+    }
+  }
+  rt_st_close(st);
+  *bs = (BatchShape){v[0], v[1], v[2]};
+  return rc;
 }
 
 int cmd_eval(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "eval");
-  OneBatch b = {.cmd = "eval"};
+  OneBatch b = {.cmd = "eval", .dec = {.cmd = "eval", .o = &o, .alpha = -1}};
   int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_RUN | DRV_DEBUG, eval_flags, &b,
                      eval_usage);
   if (!rc && (b.tokens || b.out || o.save || o.metrics || o.f64)) {
@@ -132,8 +184,20 @@ int cmd_eval(int argc, char **argv) {
   }
   Config cfg;
   AstFile *f = drv_load(&o, &cfg, &rc);
-  Program *p = f ? compile_one(f, &cfg, &o, false) : NULL;
-  if (f) rc = p ? rt_eval(p, &cfg, o.load, b.data, o.json) : 1;
+  bool pairs = f && cli_is_translation(f);
+  if (f && !pairs && b.dec.given) {
+    fprintf(stderr, "moec eval: error: --beam, --alpha, --max-len and --rows decode a "
+                    "translation model; '%s' is a language model\n",
+            f->model->name);
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return 2;
+  }
+  Program *p = f ? compile_one(f, &cfg, &o, false, NULL) : NULL;
+  if (f && pairs)
+    rc = p ? cli_eval_pairs(f, &cfg, &o, p, &b.dec, b.data) : 1;
+  else if (f)
+    rc = p ? rt_eval(p, &cfg, o.load, b.data, o.json) : 1;
   drv_program_free(p);
   fe_ast_free(f);
   drv_options_free(&o);
@@ -168,7 +232,9 @@ int cmd_grad(int argc, char **argv) {
     drv_options_free(&o);
     return 1;
   }
-  Program *p = f ? compile_one(f, &cfg, &o, true) : NULL;
+  BatchShape shape;
+  int pairs = f ? pairs_batch_shape(f, b.tokens, &shape) : 0;
+  Program *p = f && pairs >= 0 ? compile_one(f, &cfg, &o, true, pairs ? &shape : NULL) : NULL;
   if (f) rc = p ? rt_grad(p, &cfg, o.load, b.tokens, b.out, o.json) : 1;
   drv_program_free(p);
   fe_ast_free(f);

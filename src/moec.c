@@ -8,8 +8,9 @@ static const Command commands[] = {
     {"ir", "print the IR graph, as built or after a pass", cmd_ir},
     {"plan", "print the placement plan over N devices", cmd_plan},
     {"run", "compile and train (or evaluate) a model", cmd_run},
-    {"eval", "perplexity of a checkpoint", cmd_eval},
+    {"eval", "perplexity of a checkpoint (and BLEU of a translation model's)", cmd_eval},
     {"grad", "loss and gradients for one batch (for independent references)", cmd_grad},
+    {"translate", "translate sentences with a translation model's checkpoint", cmd_translate},
     {"simulate", "the plan's cost model on a cluster that is not here", cmd_simulate},
 };
 

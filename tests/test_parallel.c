@@ -87,7 +87,7 @@ static void t_small(void) {
 
   /* batches: width 4, budget 8 positions */
   for (int shuffle = 0; shuffle < 2; shuffle++) {
-    RtParBatches *bs = rt_par_batches(d, 8, 4, 7, 0, shuffle);
+    RtParBatches *bs = rt_par_batches(d, 8, 4, 1, 7, 0, shuffle);
     int64_t *seen = mc_calloc((size_t)d->n, sizeof(int64_t));
     int64_t total = 0;
     for (int64_t i = 0; i < bs->n; i++) {
@@ -134,12 +134,13 @@ static void t_small(void) {
     rt_par_batches_free(bs);
   }
   /* the same (seed, epoch) gives the same batches; another epoch another order */
-  RtParBatches *a = rt_par_batches(d, 8, 4, 7, 3, true), *b = rt_par_batches(d, 8, 4, 7, 3, true);
+  RtParBatches *a = rt_par_batches(d, 8, 4, 1, 7, 3, true),
+               *b = rt_par_batches(d, 8, 4, 1, 7, 3, true);
   CHECK(a->n == b->n && !memcmp(a->b, b->b, (size_t)a->n * sizeof *a->b) &&
         !memcmp(a->pairs, b->pairs, (size_t)d->n * sizeof(int64_t)));
   bool differ = false;
   for (int e = 4; e < 12 && !differ; e++) {
-    RtParBatches *c = rt_par_batches(d, 8, 4, 7, e, true);
+    RtParBatches *c = rt_par_batches(d, 8, 4, 1, 7, e, true);
     differ = memcmp(a->pairs, c->pairs, (size_t)d->n * sizeof(int64_t)) != 0 ||
              memcmp(a->b, c->b, (size_t)a->n * sizeof *a->b) != 0;
     rt_par_batches_free(c);
@@ -175,7 +176,7 @@ static int t_en_fr(const char *data) {
   CHECK(tr.n == 19489 && va.n == 1000);
   RtBpe *bpe = rt_par_learn_bpe(&tr, 8000);
   RtParData *dt = rt_par_encode(&tr, bpe, 64), *dv = rt_par_encode(&va, bpe, 64);
-  RtParBatches *bs = rt_par_batches(dt, 2048, 8, 1, 0, true);
+  RtParBatches *bs = rt_par_batches(dt, 2048, 8, 1, 1, 0, true);
   double t1 = now();
   rt_par_report(dt, stdout);
   rt_par_report(dv, stdout);

@@ -247,7 +247,11 @@ class Parser:
                     if self.peek()[1] == ",":
                         self.take()
                 self.take("]")
-                out.append(("input", name, dtype, dims))
+                pad = None
+                if self.peek()[1] == "pad":
+                    self.take()
+                    pad = self.expr()
+                out.append(("input", name, dtype, dims, pad))
             elif text == "output" and self.peek(1)[0] == "id" and self.peek(2)[1] != "=":
                 self.take()
                 names = [self.take()[1]]
@@ -316,6 +320,8 @@ class MoE(nn.Module):
         self.noise = noise and gating == "noisy_topk"
         if self.noise:  # no w_noise without noise (moec creates none)
             self.w_noise = nn.Parameter(torch.zeros(d_in, E))
+        if gating == "batchwise":  # appendix F: per-expert thresholds for inference
+            self.thresholds = nn.Parameter(torch.zeros(E))
         self.w1 = nn.Parameter(torch.zeros(E, d_in, hidden))
         self.w2 = nn.Parameter(torch.zeros(E, hidden, d_out))
         if bias:
@@ -331,6 +337,8 @@ class MoE(nn.Module):
         x = x.reshape(-1, x.shape[-1])  # [N, in]
         N, E, k = x.shape[0], self.E, self.k
         clean = x @ self.w_gate  # [N, E]
+        if self.gating == "batchwise":
+            return self.batchwise(x, clean, lead)
         if self.gating == "softmax":
             gates = torch.softmax(clean, dim=1)
             top_idx = torch.arange(E).expand(N, E)
@@ -397,6 +405,46 @@ def sampled_xent(logits, t, cand, tries):
     ls = logits[:, cand] - log_uniform_log_expected(cand, V, tries)[None, :]
     ls = ls.masked_fill(cand[None, :] == t[:, None], float("-inf"))  # the target sampled again
     return (torch.logsumexp(torch.cat([lt, ls], dim=1), dim=1) - lt[:, 0]).mean()
+
+
+def _batchwise(self, x, clean, lead):
+    """Strictly balanced gating as `moec grad` runs it (evaluation, docs/moe.md): expert e
+    takes the rows whose softmax score passes its threshold, at most the m = floor(k*N/E)
+    largest (ties to the lower row); G = gs*mask normalised per row; the threshold loss
+    (1/N) sum (1[gs > T] - mask) * (gs - T) with the masks as constants."""
+    N, E, k = x.shape[0], self.E, self.k
+    gs = torch.softmax(clean, dim=1)
+    m = (k * N) // E
+    thr = self.thresholds
+    above = (gs > thr).detach()
+    mask = torch.zeros(N, E, dtype=x.dtype)
+    for e in range(E):
+        cand = above[:, e].nonzero(as_tuple=True)[0].tolist()
+        cand.sort(key=lambda r: (-gs[r, e].item(), r))
+        for r in cand[:m]:
+            mask[r, e] = 1.0
+        if len(cand) > m and m > 0:
+            self.min_gap = min(self.min_gap, gs[cand[m - 1], e].item() - gs[cand[m], e].item())
+    for e in range(E):  # scores near a threshold could pass in one precision only
+        self.min_gap = min(self.min_gap, (gs[:, e] - thr[e]).abs().min().item())
+    sel = gs * mask
+    tot = sel.sum(1, keepdim=True)
+    G = sel / torch.where(tot > 0, tot, torch.ones_like(tot))
+    y = torch.zeros(N, self.d_out, dtype=x.dtype)
+    for e in range(E):
+        rows = mask[:, e].nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            continue
+        h = torch.relu(x.index_select(0, rows) @ self.w1[e] + self.b1[e])
+        o = h @ self.w2[e] + self.b2[e]
+        y = y.index_add(0, rows, G.index_select(0, rows)[:, e:e + 1] * o)
+    importance, load = G.sum(0), mask.sum(0)
+    l_thr = ((above.to(x.dtype) - mask) * (gs - thr)).sum() / N
+    aux = self.w_imp * cv2(importance) + self.w_load * cv2(load) + l_thr
+    return y.reshape(*lead, self.d_out), aux
+
+
+MoE.batchwise = _batchwise
 
 
 def topk_gate(clean, sigma, k, noise):
@@ -511,6 +559,8 @@ class RefModel(nn.Module):
         self.widths = {}  # value name -> last-dim width
         self.outputs = []
         self.targets_name = None
+        self.pads = {}      # input -> pad id
+        self.source = None  # a translation model's source input (over S)
         self.sampled = {}  # sampled_softmax_xent layer -> (samples, tries), from moec's G
         for st in stmts:
             if st[0] == "let":
@@ -520,6 +570,10 @@ class RefModel(nn.Module):
                     raise ValueError(f"torch_ref: input {st[1]}: only i32 token inputs are supported")
                 self.inputs.append(st[1])
                 self.widths[st[1]] = None
+                if st[4] is not None:
+                    self.pads[st[1]] = int(self.const(st[4]))
+                if any(d == ("name", "S") for d in st[3]):
+                    self.source = st[1]
             elif st[0] == "assign":
                 self.widths[st[1]] = self.declare(st[1], st[2])
             elif st[0] == "output":
@@ -573,9 +627,13 @@ class RefModel(nn.Module):
         if e[0] != "call":
             return self.width(e)
         _, layer, pos, kw = e
-        ntensor = 2 if layer in ("softmax_xent", "sampled_softmax_xent") else 1
+        ntensor = 2 if layer in ("softmax_xent", "sampled_softmax_xent", "attention", "concat") else 1
         tpos, apos = pos[:ntensor], pos[ntensor:]
         d_in = self.width(tpos[0])
+        if layer in ("dropout", "relu", "tanh", "sigmoid"):
+            return d_in
+        if layer == "concat":
+            return d_in + self.width(tpos[1])
         if name is None:
             raise ValueError(f"torch_ref: a {layer} call must be assigned to a name of its own")
         key = name
@@ -616,11 +674,11 @@ class RefModel(nn.Module):
             act = self.arg(kw, apos, 9, "act", "none")
             if kw.get("capacity") is not None or len(apos) > 10:
                 raise ValueError("torch_ref: moe(capacity=) is not in the reference")
-            if gating not in ("noisy_topk", "softmax"):
+            if gating not in ("noisy_topk", "softmax", "batchwise"):
                 raise ValueError(f"torch_ref: gating={gating} is not in the reference")
             self.layers[key] = MoE(d_in, E, k, H, out, gating, noise, float(w_imp), float(w_load),
                                    bias, act)
-            for p in ("w_gate", "w_noise", "w1", "b1", "w2", "b2"):
+            for p in ("w_gate", "w_noise", "thresholds", "w1", "b1", "w2", "b2"):
                 if getattr(self.layers[key], p, None) is not None:
                     self.names[f"{name}.{p}"] = (key, p)
             return out
@@ -645,6 +703,19 @@ class RefModel(nn.Module):
             for p in m.param_names():
                 self.names[f"{name}.{p}"] = (key, p)
             return out
+        if layer == "attention":
+            A = self.arg(kw, apos, 0, "units")
+            score = self.arg(kw, apos, 1, "score", "additive")
+            dm = self.width(tpos[1])
+            mod = nn.Module()
+            mod.u = nn.Parameter(torch.zeros(dm, A))
+            mod.w = nn.Parameter(torch.zeros(d_in, A))
+            mod.v = nn.Parameter(torch.zeros(A))
+            mod.score = score
+            self.layers[key] = mod
+            for p in ("u", "w", "v"):
+                self.names[f"{name}.{p}"] = (key, p)
+            return dm
         if layer in ("softmax_xent", "sampled_softmax_xent"):
             V = self.arg(kw, apos, 0, "vocab")
             if layer == "sampled_softmax_xent":
@@ -700,6 +771,12 @@ class RefModel(nn.Module):
         _, layer, pos, kw = e
         m = self.layers[name] if name in self.layers else None
         x, aux, _ = self.eval(name, pos[0], env)
+        if layer in ("attention", "concat"):
+            x2, aux2, _ = self.eval(name, pos[1], env)
+            aux = aux + aux2
+            if layer == "concat":
+                return torch.cat([x, x2], dim=-1), aux, None
+            return self.attention(m, x, x2, env), aux, None
         if layer == "embedding":
             return m(x), aux, None
         if layer == "lstm":
@@ -721,7 +798,9 @@ class RefModel(nn.Module):
         if layer == "softmax_xent":
             t, _, _ = self.eval(name, pos[1], env)
             logits = m(x)
-            xent = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1))
+            pad = self.pads.get(pos[1][1], -100) if pos[1][0] == "name" else -100
+            xent = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1),
+                                   ignore_index=pad)  # the mean over the targets not padding
             return xent, aux, xent
         if layer == "sampled_softmax_xent":
             t, _, _ = self.eval(name, pos[1], env)
@@ -730,6 +809,24 @@ class RefModel(nn.Module):
             xent = sampled_xent(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), cand, tries)
             return xent, aux, xent
         raise ValueError(f"torch_ref: layer {layer}")
+
+    def attention(self, m, q, mem, env):
+        """docs/language.md: s[b,j,i] = v . tanh(m_i U + q_j W) (additive) or
+        v . (tanh(m_i U) * tanh(q_j W)) (product); softmax over the source positions that
+        are not padding; c_j = sum_i a_ji m_i."""
+        mu, qw = mem @ m.u, q @ m.w  # [B,S,A], [B,T,A]
+        if m.score == "product":
+            s = torch.einsum("bja,bia->bji", torch.tanh(qw) * m.v, torch.tanh(mu))
+        else:
+            s = (torch.tanh(mu[:, None, :, :] + qw[:, :, None, :]) * m.v).sum(-1)  # [B,T,S]
+        if self.source is not None and self.source in self.pads:
+            keep = (env[self.source] != self.pads[self.source])[:, None, :]  # [B,1,S]
+            s = s.masked_fill(~keep, float("-inf"))
+            a = torch.softmax(s, dim=-1)
+            a = torch.nan_to_num(a, nan=0.0)  # a row of padding only: weights 0
+        else:
+            a = torch.softmax(s, dim=-1)
+        return a @ mem
 
 
 # ----------------------------------------------------------------------------- the check
@@ -741,10 +838,32 @@ def random_weights(model, rng, scale):
         s = scale
         if name.endswith((".w_gate",)):
             s = 1.0  # clear top-k gaps, so float32 and float64 route alike
+        if name.endswith(".thresholds"):  # some scores pass them, some do not
+            w[name] = rng.uniform(0.5, 1.5, size=shape).astype(np.float32) / shape[0]
+            continue
         elif name.endswith(".w_noise"):
             s = 0.5
         w[name] = rng.uniform(-s, s, size=shape).astype(np.float32)
     return w
+
+
+def translation_batch(model, rng, vocab, B, S, T):
+    """Random pairs padded at the end: row 0 fills S and T, the others are shorter (at
+    least one token each); tgt_in and tgt_out share their padding, the source has its own."""
+    tgt_in = [n for n in model.inputs if n not in (model.source, model.targets_name)]
+    if len(tgt_in) != 1 or model.targets_name is None:
+        raise ValueError("torch_ref: a translation model needs source ids, target inputs and "
+                         "softmax_xent's labels")
+    pad_s, pad_t = model.pads.get(model.source, 0), model.pads.get(model.targets_name, 0)
+    src = rng.integers(3, vocab, size=(B, S))
+    ti = rng.integers(3, vocab, size=(B, T))
+    to = rng.integers(3, vocab, size=(B, T))
+    for b in range(1, B):
+        ls, lt = rng.integers(1, S + 1), rng.integers(1, T + 1)
+        src[b, ls:] = pad_s
+        ti[b, lt:] = pad_t
+        to[b, lt:] = pad_t
+    return {model.source: src, tgt_in[0]: ti, model.targets_name: to}
 
 
 def grad_of(p):
@@ -809,6 +928,8 @@ def main():
     ap.add_argument("--f64", action="store_true",
                     help="run `moec grad --f64` (double precision) and compare to 1e-9")
     ap.add_argument("--loss-rtol", type=float, help="default 1e-5 (--f64: 1e-10)")
+    ap.add_argument("--batch", type=int, nargs=3, default=[3, 6, 5], metavar=("B", "S", "T"),
+                    help="a translation model's batch: pairs, source and target positions")
     ap.add_argument("--grad-rtol", type=float, help="default 1e-4 (--f64: 1e-9)")
     args = ap.parse_args()
     if args.loss_rtol is None:
@@ -830,16 +951,20 @@ def main():
             else:
                 T = int(v)
     model = RefModel(stmts, B, T).double()
-    if len(model.inputs) != 2 or model.targets_name not in model.inputs:
+    translation = model.source is not None
+    if translation:
+        B, S, T = args.batch
+    elif len(model.inputs) != 2 or model.targets_name not in model.inputs:
         print("torch_ref: error: the model needs two i32 inputs, ids and softmax_xent's targets")
         return 1
-    ids_name = [n for n in model.inputs if n != model.targets_name][0]
-    vocab = model.layers[next(k for k in model.layers
-                              if isinstance(model.layers[k], nn.Embedding))].num_embeddings
+    vocab = min(m.num_embeddings for m in model.layers.values() if isinstance(m, nn.Embedding))
 
     rng = np.random.default_rng(args.seed)
     weights = random_weights(model, rng, args.scale)
-    tokens = rng.integers(0, vocab, size=B * (T + 1)).astype(np.uint16)
+    if translation:
+        feeds_np = translation_batch(model, rng, vocab, B, S, T)
+    else:
+        tokens = rng.integers(0, vocab, size=B * (T + 1)).astype(np.uint16)
 
     # load the float32 weights into the float64 model
     with torch.no_grad():
@@ -848,14 +973,23 @@ def main():
         for m in model.layers.values():
             if isinstance(m, nn.LSTM):
                 m.bias_hh_l0.zero_()
-    rows = torch.from_numpy(tokens.astype(np.int64)).reshape(B, T + 1)
-    feeds = {ids_name: rows[:, :T], model.targets_name: rows[:, 1:]}
+    if translation:
+        feeds = {n: torch.from_numpy(a.astype(np.int64)) for n, a in feeds_np.items()}
+    else:
+        ids_name = [n for n in model.inputs if n != model.targets_name][0]
+        rows = torch.from_numpy(tokens.astype(np.int64)).reshape(B, T + 1)
+        feeds = {ids_name: rows[:, :T], model.targets_name: rows[:, 1:]}
 
     tmp = args.keep or tempfile.mkdtemp(prefix="moec_torch_ref_")
     os.makedirs(tmp, exist_ok=True)
-    wpath, tpath, gpath = (os.path.join(tmp, f) for f in ("W.safetensors", "F.bin", "G.safetensors"))
+    wpath, tpath, gpath = (os.path.join(tmp, f) for f in
+                           ("W.safetensors", "F.safetensors" if translation else "F.bin",
+                            "G.safetensors"))
     safetensors_write(wpath, weights, {"format": "pt", "written_by": "tests/torch_ref.py"})
-    tokens.astype("<u2").tofile(tpath)
+    if translation:  # the batch: an I32 tensor per model input
+        safetensors_write(tpath, {n: a.astype(np.int32) for n, a in feeds_np.items()})
+    else:
+        tokens.astype("<u2").tofile(tpath)
     if args.moec == "self":
         cmd = ["self"]
         V = model.layers[next(iter(model.sampled))].out_features if model.sampled else 0
@@ -903,8 +1037,8 @@ def main():
     aux_v = float(aux) if not torch.is_tensor(aux) else aux.item()
 
     gaps = [m.min_gap for m in model.layers.values() if isinstance(m, MoE)]
-    print(f"torch_ref: model {model_name}: B={B} T={T}, {len(weights)} parameters, "
-          f"{sum(a.size for a in weights.values())} weights; seed {args.seed}")
+    print(f"torch_ref: model {model_name}: B={B} T={T}{f' S={S}' if translation else ''}, "
+          f"{len(weights)} parameters, {sum(a.size for a in weights.values())} weights; seed {args.seed}")
     if gaps and min(gaps) < 1e-4:
         print(f"torch_ref: warning: a top-k gap of {min(gaps):.2e}: routing may differ in float32")
 
