@@ -42,7 +42,7 @@ set_tests_properties(check_paper_text PROPERTIES TIMEOUT 10 LABELS "frontend;che
 # paper's Tables 7 and 8, to the printed digit (tests/paper_tables.py types the tables).
 add_test(NAME paper_tables COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/paper_tables.py
                                    $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper)
-set_tests_properties(paper_tables PROPERTIES TIMEOUT 60 LABELS "frontend;check")
+set_tests_properties(paper_tables PROPERTIES TIMEOUT 300 LABELS "frontend;check;slow")
 
 # Errors: a bad file prints file:line:col diagnostics and exits 1.
 add_test(NAME check_error_exit COMMAND moec check ${CMAKE_CURRENT_SOURCE_DIR}/sema/unknown_layer.moe)
