@@ -6,7 +6,9 @@
  *                   returns NULL with a reason when moec is built without MPI
  *   comm_util.c   : backend-independent helpers (counts exchange, displacements,
  *                   comm_check_same, the timeout setting, rt_comm_self)
- *   (runtime/cuda/nccl_comm.h: the NCCL collectives of the CUDA backend)
+ *   comm_dev.c    : a Comm for device buffers over a host Comm (comm_dev.h)
+ *   cuda/comm_cuda.cu: several GPUs: the device threads' and MPI ranks' Comms through
+ *                   NCCL (cuda/nccl_comm.h), declared at the end of this file
  *
  * A Comm is a small table of function pointers, like Backend in runtime.h. Every
  * rank calls the same collectives in the same order with consistent arguments.
@@ -169,5 +171,42 @@ bool rt_comm_mpi_launched(void);
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why);
 /* Frees the communicator; MPI_Finalize when rt_comm_mpi_init initialised MPI. */
 void rt_comm_mpi_finalize(Comm *c);
+
+/* ------------------------------------------------------------ several GPUs (cuda/comm_cuda.cu) */
+
+/* What a launcher of cuda devices calls (docs/multidev.md, "Several GPUs"). Each device
+ * runs in its own host thread (in-process) or process (MPI), bound to its GPU, with a
+ * Comm whose collectives take device buffers (through NCCL when every device has a GPU
+ * of its own, else copied through host memory and the host Comm) and host buffers
+ * (through the host Comm, as before): the training loop and the collective kernels run
+ * unchanged on it. A device thread's Comm must be freed (rt_comm_nccl_free) before its
+ * host Comm.
+ *
+ * In-process, N device threads:
+ *   RtNcclGroup *g = rt_comm_nccl_init_all(N);   launcher thread, before the threads:
+ *                                                ncclCommInitAll over GPUs 0..N-1 (N <=
+ *                                                GPUs), or, N > GPUs or MOEC_NCCL=0,
+ *                                                virtual devices r / G on GPU r % G, staged
+ *   in thread r, with its host Comm c (rt_inproc_run):
+ *     Comm *dc = rt_comm_nccl_attach(g, c);      binds the thread to its GPU
+ *     ... rt_train_comm(dc, ...) ...
+ *     rt_comm_nccl_free(dc);
+ *   rt_comm_nccl_group_free(g);                  after every thread
+ * MPI (one process per device):
+ *   Comm *c = rt_comm_mpi_init(...);
+ *   Comm *dc = rt_comm_nccl_init_rank(c);        GPU = local rank % GPUs (rt_cuda_gpu_for_rank);
+ *                                                the NCCL unique id of rank 0 sent over c
+ *                                                (MPI_Bcast), ncclCommInitRank; ranks
+ *                                                sharing a GPU: staged
+ *     ... rt_train_comm(dc, ...) ...
+ *   rt_comm_nccl_free(dc); rt_comm_mpi_finalize(c);
+ * Without CUDA these die with the reason (moec was built without CUDA); without a GPU
+ * with "no CUDA device ...". */
+typedef struct RtNcclGroup RtNcclGroup;
+RtNcclGroup *rt_comm_nccl_init_all(int ndevices);
+Comm *rt_comm_nccl_attach(RtNcclGroup *g, Comm *host);
+void rt_comm_nccl_group_free(RtNcclGroup *g);
+Comm *rt_comm_nccl_init_rank(Comm *host);
+void rt_comm_nccl_free(Comm *c);
 
 #endif

@@ -541,3 +541,29 @@ void rt_kern_comm_dev_register(KernelFn *t32, KernelFn *t64, KernelFn f32, Kerne
     t64[ops[i]] = f64;
   }
 }
+
+/* ---------------------------------------------------------------- without CUDA */
+
+#ifndef MOEC_HAVE_CUDA
+static _Noreturn void no_cuda(void) {
+  mc_die("backend cuda on several devices: moec was built without CUDA");
+}
+RtNcclGroup *rt_comm_nccl_init_all(int ndevices) {
+  (void)ndevices;
+  no_cuda();
+}
+Comm *rt_comm_nccl_attach(RtNcclGroup *g, Comm *host) {
+  (void)g, (void)host;
+  no_cuda();
+}
+void rt_comm_nccl_group_free(RtNcclGroup *g) {
+  (void)g;
+}
+Comm *rt_comm_nccl_init_rank(Comm *host) {
+  (void)host;
+  no_cuda();
+}
+void rt_comm_nccl_free(Comm *c) {
+  rt_comm_dev_free(c);
+}
+#endif

@@ -7,6 +7,7 @@
 #include "multidev.h"
 
 #include "../passes/plan.h"
+#include "train_dev.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -209,13 +210,15 @@ static void gather_rows(Comm *c, const Graph *g, const ExpertShard *s, const voi
 
 float **rt_md_gather_params(Comm *c, Program *p, int root) {
   const Graph *g = p->g;
-  MOEC_ASSERT(p->prec == PREC_F32 && p->be == &rt_backend_cpu);
+  MOEC_ASSERT(p->prec == PREC_F32);
   float **full = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   for (int i = 0; i < g->nparams && g->experts_local; i++) {
     const Tensor *t = g->params[i];
     ExpertShard s;
+    void *owned = NULL; /* a host copy of a device program's tensor */
     if (summed_param(g, t, c->size)) { /* whole here, owned in part elsewhere */
-      full[i] = owned_sum(c, g, t, cg_f32(p, t), t->numel, root);
+      full[i] = owned_sum(c, g, t, rt_dev_host_view(p, t, &owned), t->numel, root);
+      mc_free(owned);
       continue;
     }
     if (!pass_expert_shard(g, t, &s)) continue;
@@ -223,7 +226,8 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
     for (int d = 1; d < t->ty.rank; d++)
       per *= t->shape[d];
     if (c->rank == root) full[i] = mc_malloc((size_t)(s.count * per) * sizeof(float));
-    gather_rows(c, g, &s, cg_f32(p, t), per, sizeof(float), full[i], root);
+    gather_rows(c, g, &s, rt_dev_host_view(p, t, &owned), per, sizeof(float), full[i], root);
+    mc_free(owned);
   }
   return full;
 }
@@ -464,12 +468,15 @@ typedef struct MdArgs {
   AstFile *f;
   const Config *cfg;
   const TrainOpts *o;
+  RtNcclGroup *gpus; /* backend cuda: the device threads' GPUs and NCCL */
   int rc[RT_INPROC_MAX];
 } MdArgs;
 
 static void md_thread(Comm *c, void *arg) {
   MdArgs *a = arg;
-  a->rc[c->rank] = rt_train_comm(c, a->f, a->cfg, a->o);
+  Comm *dc = a->gpus ? rt_comm_nccl_attach(a->gpus, c) : c; /* device buffers: comm.h */
+  a->rc[c->rank] = rt_train_comm(dc, a->f, a->cfg, a->o);
+  if (dc != c) rt_comm_nccl_free(dc);
 }
 
 bool rt_md_mpi_launched(void) {
@@ -530,7 +537,7 @@ static void precheck(AstFile *f, const Config *cfg, const TrainOpts *o, int P) {
 }
 
 int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices) {
-  MdArgs a = {f, cfg, o, {0}};
+  MdArgs a = {f, cfg, o, NULL, {0}};
   if (rt_comm_mpi_launched()) {
     const char *why = NULL;
     int argc = 0;
@@ -540,7 +547,9 @@ int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices) 
     if (devices > 1 && devices != c->size)
       mc_die("--devices %d, but mpirun started %d ranks (one device per rank)", devices, c->size);
     openblas_set_num_threads(1);
-    int rc = rt_train_comm(c, f, cfg, o);
+    Comm *dc = rt_dev_backend(cfg) != &rt_backend_cpu ? rt_comm_nccl_init_rank(c) : c;
+    int rc = rt_train_comm(dc, f, cfg, o);
+    if (dc != c) rt_comm_nccl_free(dc);
     rt_comm_mpi_finalize(c);
     return rc;
   }
@@ -548,7 +557,10 @@ int rt_md_train(AstFile *f, const Config *cfg, const TrainOpts *o, int devices) 
     mc_die("--devices %d: at most %d in-process devices", devices, RT_INPROC_MAX);
   precheck(f, cfg, o, devices);
   openblas_set_num_threads(1); /* once, before the device threads start */
-  if (rt_inproc_run(devices, md_thread, &a)) return 1;
+  if (rt_dev_backend(cfg) != &rt_backend_cpu) a.gpus = rt_comm_nccl_init_all(devices);
+  int failed = rt_inproc_run(devices, md_thread, &a);
+  rt_comm_nccl_group_free(a.gpus);
+  if (failed) return 1;
   for (int r = 0; r < devices; r++)
     if (a.rc[r]) return a.rc[r];
   return 0;

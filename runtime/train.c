@@ -589,8 +589,8 @@ static void **gather_states(Comm *c, Program *p) {
  * whole tensors on rank 0, every device's state rows). */
 static void save_run(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
+  if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is written */
   if (c->size <= 1) {
-    if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is written */
     save_checkpoint(path, &r->tr, r->opt, r->cfg, r->corpus, step, NULL, 1, NULL);
     return;
   }
@@ -668,11 +668,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
              B, P);
     comm_check_same(comm, "model file and settings hash", run_hash(cfg, o0));
   }
-  const Backend *be = rt_dev_backend(cfg);
-  if (P > 1 && be != &rt_backend_cpu)
-    mc_die("backend %s on %d devices is not supported yet: the multi-device runtime's "
-           "collectives work on host memory (docs/cuda.md); use one device or the cpu backend",
-           be->name, P);
+  const Backend *be = rt_dev_backend(cfg); /* N GPUs: comm takes device buffers (comm_dev.h) */
   if (o->save && rank == 0) check_writable_dir(o->save);
   /* one device evaluates on a forward-only program; N devices on the training program's
    * forward part (evaluate_md): no second copy of the parameters */
@@ -715,7 +711,7 @@ int rt_train_comm(Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o0
     }
     rt_st_close(ck);
   }
-  r.dopt = rt_devopt_new(r.tr.p, r.opt); /* after loading: starts from the checkpoint's state */
+  r.dopt = rt_devopt_new(r.tr.p, r.opt, comm); /* after loading: the checkpoint's state */
   if (o->metrics) {
     r.metrics = fopen(o->metrics, "w");
     if (!r.metrics) mc_die("cannot write metrics file '%s': %s", o->metrics, strerror(errno));

@@ -32,7 +32,7 @@ const Backend *rt_dev_backend(const Config *cfg) {
 Program *rt_dev_lower(Graph *g, Precision prec, const Backend *be) {
   Program *p = cg_lower_on(g, prec, be);
 #ifdef MOEC_HAVE_CUDA
-  if (be != &rt_backend_cpu) p->dev = rt_cuda_dev(0); /* one GPU per run for now */
+  if (be != &rt_backend_cpu) p->dev = rt_cuda_thread_dev(); /* a device thread's own GPU */
 #endif
   return p;
 }
@@ -61,11 +61,11 @@ struct DevOptim {
   RtCudaOptim *cu;
 };
 
-DevOptim *rt_devopt_new(Program *p, const Optim *o) {
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm) {
   if (rt_dev_on_host(p)) return NULL;
   MOEC_ASSERT(p->prec == PREC_F32); /* training is float32 */
   DevOptim *d = mc_calloc(1, sizeof(DevOptim));
-  d->cu = rt_cuda_optim_new(p->dev, p, o);
+  d->cu = rt_cuda_optim_new_comm(p->dev, p, o, comm);
   return d;
 }
 
@@ -84,8 +84,8 @@ void rt_devopt_free(DevOptim *d) {
 #else
 /* Without CUDA every program is in host memory: rt_devopt_new returns NULL and the
  * loop never calls the others. */
-DevOptim *rt_devopt_new(Program *p, const Optim *o) {
-  (void)o;
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm) {
+  (void)o, (void)comm;
   MOEC_ASSERT(rt_dev_on_host(p));
   return NULL;
 }

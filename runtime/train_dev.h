@@ -46,9 +46,11 @@ const void *rt_dev_host_view(Program *p, const Tensor *t, void **owned);
 
 /* The optimizer on p's device, its state uploaded from o (which must have been
  * loaded from the checkpoint already); NULL for a program in host memory. Dies,
- * naming the tensor and its bytes, when device memory runs out. */
+ * naming the tensor and its bytes, when device memory runs out. comm: the run's (one
+ * device of several: the global gradient norm, as rt_md_optim_step). */
 typedef struct DevOptim DevOptim;
-DevOptim *rt_devopt_new(Program *p, const Optim *o);
+struct Comm;
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm);
 /* One update of every parameter of p from its gradient in p, as rt_optim_step does
  * on the host (global-norm clipping first); sets o->t and o->last_norm. */
 void rt_devopt_step(DevOptim *d, Optim *o);

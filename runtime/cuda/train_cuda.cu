@@ -18,8 +18,17 @@
 
 #include "cuda_internal.cuh"
 extern "C" {
+#include "../../passes/plan.h"
+#include "../multidev.h"
 #include "../train.h"
 }
+
+/* How a parameter enters the global gradient norm on several devices (the split of
+ * multidev.c's rt_md_optim_step): its square sum counted here (replicated: the same on
+ * every device), counted and summed over the devices (this device's experts, or a
+ * parameter trained on(...) a device subset, by the set's first device), not counted
+ * here (the subset's other devices), or not even updated (trained off this device). */
+enum { NORM_LOCAL, NORM_SUMMED, NORM_NOT_COUNTED, NORM_SKIP };
 
 #define NORM_THREADS 256
 #define NORM_MAXB 64 /* blocks per parameter in the norm's first stage */
@@ -34,9 +43,12 @@ struct RtCudaOptim {
   float **m, **v, **vr, **vc; /* device state (NULL where the kind has none) */
   float **zero;               /* owned zero gradients of parameters without one */
   int *nb, *poff;             /* norm: blocks and partials offset per parameter */
-  double *part;               /* device [sum nb] */
-  double *total;              /* device [1] */
-  double *total_host;         /* pinned [1] */
+  signed char *cls;           /* per parameter: NORM_* */
+  int npart[2];               /* partials of the local and the summed class */
+  Comm *comm;                 /* several devices: the summed class's all-reduce */
+  double *part;               /* device [sum nb]: the local class's, then the summed */
+  double *total;              /* device [2] */
+  double *total_host;         /* pinned [2] */
   double *rmean;              /* device [max lead]: factored row means */
   size_t bytes;               /* device bytes this optimizer holds */
 };
@@ -68,19 +80,33 @@ static float *state_alloc(RtCudaOptim *c, const char *kind, const char *pname, c
   return q;
 }
 
-extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim *o) {
+/* The norm class of parameter i on this device (see NORM_*). */
+static int norm_class(const Graph *g, int i, const Comm *comm) {
+  if (!comm || comm->size <= 1) return NORM_LOCAL;
+  const Tensor *t = g->params[i];
+  int P = comm->size, own = rt_md_param_owner(g, t, P);
+  if (own >= 0 && !rt_md_runs(t->grad->producer, comm->rank, P)) return NORM_SKIP;
+  if (own >= 0 && own != comm->rank) return NORM_NOT_COUNTED;
+  bool summed = own >= 0 || (g->experts_local && pass_expert_shard(g, t, NULL));
+  return summed ? NORM_SUMMED : NORM_LOCAL;
+}
+
+extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const Optim *o,
+                                               Comm *comm) {
   MOEC_ASSERT(d && p && o && p->prec == PREC_F32 && o->n == p->g->nparams);
-  rt_cuda_use(d);
+  RtDevScope on(d->gpu);
   RtCudaOptim *c = (RtCudaOptim *)mc_calloc(1, sizeof(RtCudaOptim));
   c->d = d;
   c->be = p->be;
   c->n = o->n;
+  c->comm = comm && comm->size > 1 ? comm : NULL;
   size_t n = (size_t)(o->n > 0 ? o->n : 1);
   c->numel = (int64_t *)mc_calloc(4 * n, sizeof(int64_t));
   c->lead = c->numel + n;
   c->rows = c->numel + 2 * n;
   c->cols = c->numel + 3 * n;
   c->fact = (bool *)mc_calloc(n, sizeof(bool));
+  c->cls = (signed char *)mc_calloc(n, 1);
   c->p = (float **)mc_calloc(7 * n, sizeof(float *));
   c->g = c->p + n;
   c->m = c->p + 2 * n;
@@ -90,11 +116,16 @@ extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim 
   c->zero = c->p + 6 * n;
   c->nb = (int *)mc_calloc(2 * n, sizeof(int));
   c->poff = c->nb + n;
-  int npart = 0;
   int64_t maxlead = 1;
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = p->g->params[i];
+    if (t->numel != o->numel[i] && o->kind == OPT_FACTORED && c->comm)
+      mc_die("optimizer = factored keeps the second moments of the expert-sharded [E, H] "
+             "parameter '%s' whole on every device: not supported on several GPUs yet (use "
+             "adam, or --backend cpu)",
+             t->name);
     MOEC_ASSERT(!strcmp(t->name, o->names[i]) && t->numel == o->numel[i]);
+    c->cls[i] = (signed char)norm_class(p->g, i, c->comm);
     c->numel[i] = t->numel;
     c->p[i] = (float *)p->buf[t->id];
     if (t->grad) {
@@ -119,21 +150,33 @@ extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim 
       c->v[i] = state_alloc(c, "v", o->names[i], o->v[i], o->numel[i]);
     }
     c->nb[i] = norm_blocks(t->numel);
-    c->poff[i] = npart;
-    npart += c->nb[i];
   }
-  c->part = (double *)dev_alloc(c, (size_t)(npart > 0 ? npart : 1) * sizeof(double),
+  /* partials: the local class's in parameter order, then the summed class's */
+  int at = 0;
+  for (int k = NORM_LOCAL; k <= NORM_SUMMED; k++) {
+    for (int i = 0; i < o->n; i++)
+      if (c->cls[i] == k) {
+        c->poff[i] = at;
+        at += c->nb[i];
+      }
+    c->npart[k] = at - (k ? c->npart[0] : 0);
+  }
+  c->part = (double *)dev_alloc(c, (size_t)(at > 0 ? at : 1) * sizeof(double),
                                 "the gradient norm's partial sums", NULL);
-  c->total = (double *)dev_alloc(c, sizeof(double), "the gradient norm", NULL);
+  c->total = (double *)dev_alloc(c, 2 * sizeof(double), "the gradient norm", NULL);
   c->rmean = (double *)dev_alloc(c, (size_t)maxlead * sizeof(double),
                                  "the factored optimizer's row means", NULL);
-  CUDA_CHECK(cudaMallocHost((void **)&c->total_host, sizeof(double)));
+  CUDA_CHECK(cudaMallocHost((void **)&c->total_host, 2 * sizeof(double)));
   return c;
+}
+
+extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim *o) {
+  return rt_cuda_optim_new_comm(d, p, o, NULL);
 }
 
 extern "C" void rt_cuda_optim_free(RtCudaOptim *c) {
   if (!c) return;
-  rt_cuda_use(c->d);
+  RtDevScope on(c->d->gpu);
   CUDA_CHECK(cudaStreamSynchronize(c->d->stream));
   for (int i = 0; i < c->n; i++) {
     c->be->release(c->m[i]);
@@ -148,6 +191,7 @@ extern "C" void rt_cuda_optim_free(RtCudaOptim *c) {
   CUDA_CHECK(cudaFreeHost(c->total_host));
   mc_free(c->numel);
   mc_free(c->fact);
+  mc_free(c->cls);
   mc_free(c->p);
   mc_free(c->nb);
   mc_free(c);
@@ -158,7 +202,7 @@ static void down(RtCudaOptim *c, float *host, const float *dev, int64_t numel) {
 }
 
 extern "C" void rt_cuda_optim_download(RtCudaOptim *c, Optim *o) {
-  rt_cuda_use(c->d);
+  RtDevScope on(c->d->gpu);
   rt_cuda_sync_dev(c->d);
   for (int i = 0; i < c->n; i++) {
     if (c->fact[i]) {
@@ -192,12 +236,15 @@ __global__ void norm_part_kernel(const float *x, int64_t n, double *out) {
   if (threadIdx.x == 0) out[blockIdx.x] = s[0];
 }
 
-/* Stage 2: every partial in order, one thread. */
-__global__ void norm_finish_kernel(const double *part, int n, double *total) {
-  double ss = 0;
-  for (int i = 0; i < n; i++)
-    ss += part[i];
-  *total = ss;
+/* Stage 2: every partial of each class in order, one thread: total[0] the local
+ * class's part[0, n0), total[1] the summed class's part[n0, n0 + n1). */
+__global__ void norm_finish_kernel(const double *part, int n0, int n1, double *total) {
+  for (int k = 0; k < 2; k++) {
+    double ss = 0;
+    for (int i = k ? n0 : 0; i < (k ? n0 + n1 : n0); i++)
+      ss += part[i];
+    total[k] = ss;
+  }
 }
 
 __global__ void adam_update_kernel(float *p, const float *g, float *m, float *v, int64_t n,
@@ -275,10 +322,10 @@ __global__ void fmat_update_kernel(float *p, const float *g, const float *vr, co
 
 extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   RtCudaDev *d = c->d;
-  rt_cuda_use(d);
+  RtDevScope on(d->gpu);
   cudaStream_t st = d->stream;
-  int npart = 0;
   for (int i = 0; i < c->n; i++) {
+    if (c->cls[i] != NORM_LOCAL && c->cls[i] != NORM_SUMMED) continue;
     if (c->numel[i] > 0) {
       norm_part_kernel<<<c->nb[i], NORM_THREADS, 0, st>>>(c->g[i], c->numel[i],
                                                           c->part + c->poff[i]);
@@ -286,13 +333,15 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
     } else {
       CUDA_CHECK(cudaMemsetAsync(c->part + c->poff[i], 0, (size_t)c->nb[i] * sizeof(double), st));
     }
-    npart += c->nb[i];
   }
-  norm_finish_kernel<<<1, 1, 0, st>>>(c->part, npart, c->total);
+  norm_finish_kernel<<<1, 1, 0, st>>>(c->part, c->npart[0], c->npart[1], c->total);
   CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cudaMemcpyAsync(c->total_host, c->total, sizeof(double), cudaMemcpyDeviceToHost, st));
+  CUDA_CHECK(
+      cudaMemcpyAsync(c->total_host, c->total, 2 * sizeof(double), cudaMemcpyDeviceToHost, st));
   rt_cuda_sync_dev(d); /* also reports a user error a kernel of this step flagged */
-  double norm = sqrt(*c->total_host), scale = 1.0;
+  double ss[2] = {c->total_host[0], c->total_host[1]};
+  if (c->comm) c->comm->all_reduce_sum_f64(c->comm, &ss[1], 1); /* every device's share */
+  double norm = sqrt(ss[0] + ss[1]), scale = 1.0;
   o->last_norm = norm;
   if (!isfinite(norm))
     mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
@@ -303,7 +352,7 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
   for (int i = 0; i < c->n; i++) {
     int64_t n = c->numel[i];
-    if (n <= 0) continue;
+    if (n <= 0 || c->cls[i] == NORM_SKIP) continue;
     if (o->kind == OPT_ADAM) {
       adam_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
           c->p[i], c->g[i], c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
@@ -329,6 +378,6 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
 
 extern "C" void rt_cuda_upload_input(RtCudaDev *d, void *dst, const void *src, size_t bytes) {
   if (!bytes) return;
-  rt_cuda_use(d);
+  rt_cuda_check_gpu(d->gpu, "an input upload");
   rt_cuda_upload_async(d, dst, src, bytes);
 }
