@@ -271,7 +271,10 @@ static int32_t *batch_offsets(const DevMem *m, const KernelCtx *ctx, const Node 
   int32_t *off = mc_calloc((size_t)E + 1, sizeof(int32_t));
   uint64_t side = (uint64_t)n->ia[2];
   if (side && !(side >> ctx->comm->rank & 1)) return off;
-  m->download(ctx->dev, off, dev_off, (size_t)(E + 1) * sizeof(int32_t));
+  if (m->download_offsets)
+    m->download_offsets(ctx->dev, n->in[1], off, dev_off, E + 1);
+  else
+    m->download(ctx->dev, off, dev_off, (size_t)(E + 1) * sizeof(int32_t));
   rt_moe_check_offsets(n, off, E, R);
   return off;
 }

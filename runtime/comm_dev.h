@@ -48,6 +48,10 @@ typedef struct DevMem {
    * off_dev, by node `producer`), for the grouped GEMMs that read them next */
   void (*offsets)(void *dev, const Node *producer, const void *off_dev, const int32_t *host,
                   int64_t count);
+  /* optional: download of offsets tensor t (count int32 at off_dev), from a host copy
+   * its producer published when there is one (download otherwise) */
+  void (*download_offsets)(void *dev, const Tensor *t, int32_t *dst, const void *off_dev,
+                           int64_t count);
 } DevMem;
 
 /* How a device Comm moves device buffers between the ranks (NCCL). st is one rank's

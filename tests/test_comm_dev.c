@@ -91,8 +91,8 @@ static void *reg_scratch(void *dev, int slot, size_t n) {
   MOEC_ASSERT(!"the Comm does not use scratch");
   return NULL;
 }
-static const DevMem reg_mem = {"registry",    reg_is_device, reg_download, reg_upload,
-                               reg_copy_segs, reg_zero,      reg_scratch,  NULL};
+static const DevMem reg_mem = {"registry", reg_is_device, reg_download, reg_upload, reg_copy_segs,
+                               reg_zero,   reg_scratch,   NULL,         NULL};
 
 /* ---------------------------------------------------------------- fake transport */
 
@@ -281,8 +281,16 @@ static void *hm_scratch(void *dev, int slot, size_t n) {
   memset(hs_scratch[slot], 0xff, MC_MAX(n, 1));
   return hs_scratch[slot];
 }
-static const DevMem host_mem = {"host",       hm_is_device, hm_copy,    hm_copy,
-                                hm_copy_segs, hm_zero,      hm_scratch, NULL};
+static int offsets_downloads;
+static void hm_download_offsets(void *dev, const Tensor *t, int32_t *dst, const void *src,
+                                int64_t count) {
+  (void)dev;
+  if (t->producer && t->producer->op == OP_DISPATCH) __atomic_add_fetch(&offsets_downloads, 1, 0);
+  memcpy(dst, src, (size_t)count * sizeof(int32_t));
+}
+static const DevMem host_mem = {"host",     hm_is_device, hm_copy,
+                                hm_copy,    hm_copy_segs, hm_zero,
+                                hm_scratch, NULL,         hm_download_offsets};
 
 static void k32(const KernelCtx *c, const Node *n, void *const *i, void *const *o) {
   rt_kern_comm_dev(&host_mem, c, n, i, o, PREC_F32);
@@ -411,6 +419,7 @@ static void compare(const char *dir, const char *tag, const char *base, int P, c
   CHECK(same);
   CHECK(same_file(ca, cb));
   CHECK(bad_segs == 0);
+  CHECK(offsets_downloads > 0); /* the batch offsets came through download_offsets */
   if (!same) fprintf(stderr, "cpu collectives:\n%s\ndevice collectives:\n%s\n", mt[0], mt[1]);
   printf("%-4s %-14s %d devices: the same metrics and checkpoint with device collectives\n",
          same && same_file(ca, cb) ? "ok" : "FAIL", tag, P);

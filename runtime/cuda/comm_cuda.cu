@@ -30,9 +30,16 @@ static bool cm_is_device(const void *p) {
 static void cm_download(void *dev, void *dst, const void *src, size_t bytes) {
   RtCudaDev *d = dev_of(dev);
   RtDevScope on(d->gpu);
-  if (rt_cuda_offsets_copy(d, src, dst, bytes)) return; /* offsets a dispatch published */
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, d->stream));
   rt_cuda_sync_dev(d); /* the copy is done; a kernel's flagged user error is reported */
+}
+
+static void cm_download_offsets(void *dev, const Tensor *t, int32_t *dst, const void *off_dev,
+                                int64_t count) {
+  RtCudaDev *d = dev_of(dev);
+  RtDevScope on(d->gpu);
+  if (!rt_cuda_offsets_copy(d, t, off_dev, dst, count)) /* a dispatch published them */
+    cm_download(dev, dst, off_dev, (size_t)count * sizeof(int32_t));
 }
 
 static void cm_upload(void *dev, void *dst, const void *src, size_t bytes) {
@@ -119,8 +126,9 @@ static void cm_offsets(void *dev, const Node *producer, const void *off_dev, con
   rt_cuda_offsets_known(dev_of(dev), producer, off_dev, host, count);
 }
 
-static const DevMem cuda_mem = {"cuda",       cm_is_device, cm_download, cm_upload,
-                                cm_copy_segs, cm_zero,      cm_scratch,  cm_offsets};
+static const DevMem cuda_mem = {"cuda",     cm_is_device, cm_download,
+                                cm_upload,  cm_copy_segs, cm_zero,
+                                cm_scratch, cm_offsets,   cm_download_offsets};
 
 /* ---------------------------------------------------------------- the kernels */
 

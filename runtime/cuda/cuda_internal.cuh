@@ -150,9 +150,10 @@ void rt_cuda_comm_register(KernelFn *f32, KernelFn *f64);
  * (kernels_moe.cu): the grouped ops that read them next take this copy, no wait. */
 void rt_cuda_offsets_known(RtCudaDev *d, const Node *producer, const void *off_dev,
                            const int32_t *host, int64_t count);
-/* A host copy of offsets published at off_dev (bytes of them) when there is one: waits
- * for that copy only. False when none matches. */
-bool rt_cuda_offsets_copy(RtCudaDev *d, const void *off_dev, void *dst, size_t bytes);
+/* The host copy of offsets tensor t (count int32 at off_dev) that its producer
+ * published, when there is one: waits for that copy only. False when none matches. */
+bool rt_cuda_offsets_copy(RtCudaDev *d, const Tensor *t, const void *off_dev, int32_t *dst,
+                          int64_t count);
 
 /* ---------------------------------------------------------------- launch helpers */
 

@@ -559,12 +559,13 @@ void rt_cuda_offsets_known(RtCudaDev *d, const Node *producer, const void *off_d
   o->known = true;
 }
 
-bool rt_cuda_offsets_copy(RtCudaDev *d, const void *off_dev, void *dst, size_t bytes) {
+bool rt_cuda_offsets_copy(RtCudaDev *d, const Tensor *t, const void *off_dev, int32_t *dst,
+                          int64_t count) {
   for (int i = 0; i < RT_CUDA_OFFSET_SLOTS; i++) {
     RtCudaOffsets *o = &d->offs[i];
-    if (o->dev != off_dev || (size_t)o->count * sizeof(int32_t) != bytes) continue;
+    if (o->dev != off_dev || o->producer != t->producer || o->count != count) continue;
     if (!o->known) CUDA_CHECK(cudaEventSynchronize(o->ev));
-    memcpy(dst, o->host, bytes);
+    memcpy(dst, o->host, (size_t)count * sizeof(int32_t));
     return true;
   }
   return false;
@@ -577,16 +578,7 @@ bool rt_cuda_offsets_copy(RtCudaDev *d, const void *off_dev, void *dst, size_t b
 static std::vector<int32_t> host_offsets(RtCudaDev *d, const Node *n, const Tensor *t,
                                          const int32_t *off_dev, int64_t E, int64_t R) {
   std::vector<int32_t> h((size_t)E + 1);
-  bool found = false;
-  for (int i = 0; i < RT_CUDA_OFFSET_SLOTS && !found; i++) {
-    RtCudaOffsets *o = &d->offs[i];
-    if (o->dev == off_dev && o->producer == t->producer && o->count == E + 1) {
-      if (!o->known) CUDA_CHECK(cudaEventSynchronize(o->ev));
-      memcpy(h.data(), o->host, (size_t)(E + 1) * sizeof(int32_t));
-      found = true;
-    }
-  }
-  if (!found) {
+  if (!rt_cuda_offsets_copy(d, t, off_dev, h.data(), E + 1)) {
     int32_t *st = (int32_t *)rt_cuda_stage(d, (size_t)(E + 1) * sizeof(int32_t));
     CUDA_CHECK(cudaMemcpyAsync(st, off_dev, (size_t)(E + 1) * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, d->stream));

@@ -44,13 +44,22 @@ struct RtCudaOptim {
   float **zero;               /* owned zero gradients of parameters without one */
   int *nb, *poff;             /* norm: blocks and partials offset per parameter */
   signed char *cls;           /* per parameter: NORM_* */
-  int npart[2];               /* partials of the local and the summed class */
-  Comm *comm;                 /* several devices: the summed class's all-reduce */
-  double *part;               /* device [sum nb]: the local class's, then the summed */
-  double *total;              /* device [2] */
-  double *total_host;         /* pinned [2] */
-  double *rmean;              /* device [max lead]: factored row means */
-  size_t bytes;               /* device bytes this optimizer holds */
+  int64_t *nloc;              /* elements of this device's gradient (the norm's share) */
+  /* whole entries (several devices, factored: an [E, H] expert matrix whose moments are
+   * kept whole, multidev.c's whole_entry): the whole parameter and gradient gathered
+   * each step, updated as one device would, this device's rows kept */
+  float **wp, **wg; /* device [E, H] (NULL: not a whole entry) */
+  int64_t **wrows;  /* this device's experts, rows of the whole */
+  int64_t *nwrows;
+  ExpertShard *shard;
+  int npart[2];       /* partials of the local and the summed class */
+  Comm *comm;         /* several devices: the summed class's all-reduce */
+  const Graph *g_;    /* the program's graph (expert shards) */
+  double *part;       /* device [sum nb]: the local class's, then the summed */
+  double *total;      /* device [2] */
+  double *total_host; /* pinned [2] */
+  double *rmean;      /* device [max lead]: factored row means */
+  size_t bytes;       /* device bytes this optimizer holds */
 };
 
 static int norm_blocks(int64_t n) {
@@ -107,6 +116,13 @@ extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const O
   c->cols = c->numel + 3 * n;
   c->fact = (bool *)mc_calloc(n, sizeof(bool));
   c->cls = (signed char *)mc_calloc(n, 1);
+  c->nloc = (int64_t *)mc_calloc(2 * n, sizeof(int64_t));
+  c->nwrows = c->nloc + n;
+  c->wp = (float **)mc_calloc(2 * n, sizeof(float *));
+  c->wg = c->wp + n;
+  c->wrows = (int64_t **)mc_calloc(n, sizeof(int64_t *));
+  c->shard = (ExpertShard *)mc_calloc(n, sizeof(ExpertShard));
+  c->g_ = p->g;
   c->p = (float **)mc_calloc(7 * n, sizeof(float *));
   c->g = c->p + n;
   c->m = c->p + 2 * n;
@@ -119,14 +135,19 @@ extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const O
   int64_t maxlead = 1;
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = p->g->params[i];
-    if (t->numel != o->numel[i] && o->kind == OPT_FACTORED && c->comm)
-      mc_die("optimizer = factored keeps the second moments of the expert-sharded [E, H] "
-             "parameter '%s' whole on every device: not supported on several GPUs yet (use "
-             "adam, or --backend cpu)",
-             t->name);
-    MOEC_ASSERT(!strcmp(t->name, o->names[i]) && t->numel == o->numel[i]);
+    bool whole = c->comm && p->g->experts_local && o->kind == OPT_FACTORED && o->prank[i] == 2 &&
+                 pass_expert_shard(p->g, t, &c->shard[i]);
+    MOEC_ASSERT(!strcmp(t->name, o->names[i]) && (whole || t->numel == o->numel[i]));
     c->cls[i] = (signed char)norm_class(p->g, i, c->comm);
-    c->numel[i] = t->numel;
+    c->numel[i] = o->numel[i]; /* a whole entry's update covers the whole matrix */
+    c->nloc[i] = t->numel;
+    if (whole) {
+      c->wp[i] = (float *)dev_alloc(c, (size_t)o->numel[i] * sizeof(float), "the whole", t->name);
+      c->wg[i] = (float *)dev_alloc(c, (size_t)o->numel[i] * sizeof(float), "the whole gradient of",
+                                    t->name);
+      c->wrows[i] = (int64_t *)mc_malloc(sizeof(int64_t) * (size_t)(c->shard[i].count + 1));
+      c->nwrows[i] = pass_expert_local(p->g, &c->shard[i], comm->rank, c->wrows[i]);
+    }
     c->p[i] = (float *)p->buf[t->id];
     if (t->grad) {
       c->g[i] = (float *)p->buf[t->grad->id];
@@ -149,7 +170,7 @@ extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const O
       if (o->kind == OPT_ADAM) c->m[i] = state_alloc(c, "m", o->names[i], o->m[i], o->numel[i]);
       c->v[i] = state_alloc(c, "v", o->names[i], o->v[i], o->numel[i]);
     }
-    c->nb[i] = norm_blocks(t->numel);
+    c->nb[i] = norm_blocks(c->nloc[i]);
   }
   /* partials: the local class's in parameter order, then the summed class's */
   int at = 0;
@@ -190,8 +211,17 @@ extern "C" void rt_cuda_optim_free(RtCudaOptim *c) {
   c->be->release(c->rmean);
   CUDA_CHECK(cudaFreeHost(c->total_host));
   mc_free(c->numel);
+  for (int i = 0; i < c->n; i++) {
+    c->be->release(c->wp[i]);
+    c->be->release(c->wg[i]);
+    mc_free(c->wrows[i]);
+  }
   mc_free(c->fact);
   mc_free(c->cls);
+  mc_free(c->nloc);
+  mc_free(c->wp);
+  mc_free(c->wrows);
+  mc_free(c->shard);
   mc_free(c->p);
   mc_free(c->nb);
   mc_free(c);
@@ -320,14 +350,46 @@ __global__ void fmat_update_kernel(float *p, const float *g, const float *vr, co
   }
 }
 
+/* whole (device [E, H]) = every device's rows of the sharded local (device [E_r, H]) of
+ * whole entry i, each at its expert's row: through host memory (a few kilobytes of
+ * biases), the rows in rank order from comm_gatherv, as multidev.c's gather_rows. */
+static void gather_whole(RtCudaOptim *c, int i, const float *local, float *whole) {
+  Comm *comm = c->comm;
+  int P = comm->size;
+  int64_t H = c->cols[i], row = H * (int64_t)sizeof(float), E = c->shard[i].count;
+  int64_t *counts = (int64_t *)mc_calloc((size_t)P, sizeof(int64_t)), total = 0;
+  for (int q = 0; q < P; q++) {
+    counts[q] = pass_expert_local(c->g_, &c->shard[i], q, NULL) * row;
+    total += counts[q];
+  }
+  char *mine = (char *)mc_malloc((size_t)(counts[comm->rank] > 0 ? counts[comm->rank] : 1)),
+       *all = (char *)mc_malloc((size_t)(total > 0 ? total : 1)),
+       *w = (char *)mc_malloc((size_t)(E * row > 0 ? E * row : 1));
+  if (counts[comm->rank]) c->be->download(mine, local, (size_t)counts[comm->rank]);
+  comm_gatherv(comm, mine, all, counts, -1); /* host buffers: the host Comm */
+  int64_t *list = (int64_t *)mc_malloc(sizeof(int64_t) * (size_t)(E + 1)), at = 0;
+  for (int q = 0; q < P; q++) {
+    int64_t nq = pass_expert_local(c->g_, &c->shard[i], q, list);
+    for (int64_t j = 0; j < nq; j++, at += row)
+      memcpy(w + (list[j] - c->shard[i].first) * row, all + at, (size_t)row);
+  }
+  MOEC_ASSERT(at == total);
+  c->be->upload(whole, w, (size_t)(E * row));
+  mc_free(list);
+  mc_free(w);
+  mc_free(all);
+  mc_free(mine);
+  mc_free(counts);
+}
+
 extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   RtCudaDev *d = c->d;
   RtDevScope on(d->gpu);
   cudaStream_t st = d->stream;
   for (int i = 0; i < c->n; i++) {
     if (c->cls[i] != NORM_LOCAL && c->cls[i] != NORM_SUMMED) continue;
-    if (c->numel[i] > 0) {
-      norm_part_kernel<<<c->nb[i], NORM_THREADS, 0, st>>>(c->g[i], c->numel[i],
+    if (c->nloc[i] > 0) {
+      norm_part_kernel<<<c->nb[i], NORM_THREADS, 0, st>>>(c->g[i], c->nloc[i],
                                                           c->part + c->poff[i]);
       CUDA_LAUNCH_CHECK();
     } else {
@@ -353,26 +415,37 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   for (int i = 0; i < c->n; i++) {
     int64_t n = c->numel[i];
     if (n <= 0 || c->cls[i] == NORM_SKIP) continue;
+    float *pi = c->p[i], *gi = c->g[i];
+    if (c->wp[i]) { /* the whole matrix from every device's rows */
+      gather_whole(c, i, c->p[i], c->wp[i]);
+      gather_whole(c, i, c->g[i], c->wg[i]);
+      pi = c->wp[i];
+      gi = c->wg[i];
+    }
     if (o->kind == OPT_ADAM) {
       adam_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
-          c->p[i], c->g[i], c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
+          pi, gi, c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
     } else if (!c->fact[i]) {
-      fvec_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(c->p[i], c->g[i], c->v[i],
-                                                                        n, lr, b2, eps, bc2, scale);
+      fvec_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(pi, gi, c->v[i], n, lr, b2,
+                                                                        eps, bc2, scale);
     } else {
       int64_t L = c->lead[i], R = c->rows[i], C = c->cols[i];
-      frow_kernel<<<rt_cuda_blocks(L * R), RT_CUDA_THREADS, 0, st>>>(c->g[i], c->vr[i], L, R, C, b2,
+      frow_kernel<<<rt_cuda_blocks(L * R), RT_CUDA_THREADS, 0, st>>>(gi, c->vr[i], L, R, C, b2,
                                                                      scale);
       CUDA_LAUNCH_CHECK();
-      fcol_kernel<<<rt_cuda_blocks(L * C), RT_CUDA_THREADS, 0, st>>>(c->g[i], c->vc[i], L, R, C, b2,
+      fcol_kernel<<<rt_cuda_blocks(L * C), RT_CUDA_THREADS, 0, st>>>(gi, c->vc[i], L, R, C, b2,
                                                                      scale);
       CUDA_LAUNCH_CHECK();
       frmean_kernel<<<rt_cuda_blocks(L), RT_CUDA_THREADS, 0, st>>>(c->vr[i], L, R, c->rmean);
       CUDA_LAUNCH_CHECK();
       fmat_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
-          c->p[i], c->g[i], c->vr[i], c->vc[i], c->rmean, L, R, C, lr, eps, bc2, scale);
+          pi, gi, c->vr[i], c->vc[i], c->rmean, L, R, C, lr, eps, bc2, scale);
     }
     CUDA_LAUNCH_CHECK();
+    for (int64_t j = 0; c->wp[i] && j < c->nwrows[i]; j++) /* this device's rows, updated */
+      CUDA_CHECK(cudaMemcpyAsync(c->p[i] + j * c->cols[i],
+                                 c->wp[i] + (c->wrows[i][j] - c->shard[i].first) * c->cols[i],
+                                 (size_t)c->cols[i] * sizeof(float), cudaMemcpyDeviceToDevice, st));
   }
 }
 
