@@ -19,6 +19,12 @@ typedef struct FusedInstr {
   double f0, f1; /* OP_SCALE's fa[0], fa[1] */
 } FusedInstr;
 
+/* Members of a group for the cuda backend: its fused kernels take at most 64 inputs
+ * (NVRTC's broadcast mask, the interpreter kernel's parameter block), 64 ops and 32
+ * outputs, and a member reads at most two values and writes one, so 32 members always
+ * fit (the CPU's groups go up to 64). */
+enum { PASS_FUSED_MAX_CUDA = 32 };
+
 typedef struct FusedProg {
   int nin, nops, nout;
   FusedInstr *ops; /* nops */

@@ -521,6 +521,9 @@ static void k_xent_bwd(const KernelCtx *ctx, const Node *n, void *const *in, voi
 #define FUSED_MAX_IN 64
 #define FUSED_MAX_OPS 64
 #define FUSED_MAX_OUT 32
+static_assert(2 * PASS_FUSED_MAX_CUDA <= FUSED_MAX_IN && PASS_FUSED_MAX_CUDA <= FUSED_MAX_OPS &&
+                  PASS_FUSED_MAX_CUDA <= FUSED_MAX_OUT,
+              "the fusion pass's cuda groups must fit the interpreter kernel");
 struct FusedArgs {
   int nin, nops, nout;
   unsigned long long scalar; /* bit i: input i is a scalar (broadcast) */
