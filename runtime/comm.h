@@ -12,7 +12,7 @@
  *
  * A Comm is a small table of function pointers, like Backend in runtime.h. Every
  * rank calls the same collectives in the same order with consistent arguments.
- * Buffers are host memory.
+ * Buffers are host memory (a device Comm, comm_dev.h, also takes device memory).
  *
  * Determinism: all_reduce_sum gives every rank the same bits, and the bits do not
  * depend on arrival order, the backend or how the vector is split internally:

@@ -1,10 +1,11 @@
 /* cuda_backend.cu: the CUDA device: contexts (a stream and a cuBLAS handle per
- * device or virtual device), memory, the Backend rt_backend_cuda(), the kernel
- * tables, row-major GEMM wrappers, optimizer steps on device buffers.
+ * device or virtual device), device discipline (thread binding, RtDevScope), memory,
+ * the pinned upload ring, the Backend rt_backend_cuda(), the kernel tables, row-major
+ * GEMM wrappers, optimizer steps on device buffers.
  *
- * Memory is one cudaMalloc per tensor for now (cg_lower_on allocates per tensor);
- * the memory-planning pass will give one arena per device. Out of memory returns
- * NULL (cg_lower_on then reports the plan's figures), never aborts. */
+ * Memory: one cudaMalloc per program (its memory plan) or per tensor (hand-built
+ * graphs), on the current GPU (a device thread's own). Out of memory returns NULL
+ * (cg_lower_on then reports the plan's figures), never aborts. */
 #include <mutex>
 #include <stdlib.h>
 #include <string.h>

@@ -17,6 +17,8 @@
 #   - several devices: 2 and 4 cuda devices (NCCL, and staged: MOEC_NCCL=0) = as many
 #     cpu devices to 1e-4; their checkpoint; a device subset; factored; 2 MPI ranks
 # Without a GPU (or built without CUDA) it prints "SKIP: <reason>" and exits 77.
+# (`check && pass ... || fail ...`: pass always succeeds, so fail runs only on a failed check)
+# shellcheck disable=SC2015
 set -u
 MOEC=$1
 PY=${PYTHON:-python3}
@@ -216,15 +218,17 @@ md auto4 4 small.moe
 md subset4 4 sub.moe
 sed 's/optimizer = .*/optimizer = factored(lr=0.01)/' small.moe >fact.moe
 md factored2 2 fact.moe
-if command -v mpirun >/dev/null 2>&1; then
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "skip: mpirun not found (MPI ranks on cuda not run)"
+elif ! ldd "$MOEC" 2>/dev/null | grep -q libmpi; then
+  echo "skip: moec was built without MPI (MPI ranks on cuda not run)"
+else
   "$MOEC" run small.moe --backend cpu --devices 2 --metrics mpi_cpu.jsonl --quiet >/dev/null 2>&1
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe \
     "$MOEC" run small.moe --backend cuda --metrics mpi_cuda.jsonl --quiet >/dev/null 2>mpi.err ||
     { fail "mpirun -np 2 moec run --backend cuda"; cat mpi.err; }
   close mpi_cuda.jsonl mpi_cpu.jsonl "2 MPI ranks on cuda vs 2 cpu devices" 1e-4 &&
     pass "mpirun -np 2 --backend cuda = 2 cpu devices (1e-4)" || fail "MPI ranks on cuda differ"
-else
-  echo "skip: mpirun not found (MPI ranks on cuda not run)"
 fi
 
 echo "$FAILS failures"
