@@ -18,6 +18,8 @@
  *    rows. Models: experts sharded (paper), data_parallel, hmoe (i32 all_reduce),
  *    batchwise gating (all_gather_topm), device subsets (reshard, sub-communicators,
  *    E_r = 0), the factored optimizer.
+ * 3. offsets: an all_to_all on device buffers with offsets past the rows, or decreasing,
+ *    dies naming the op (the host copy is checked as the MoE kernels check theirs).
  * Usage: test_comm_dev TESTS_DIR (tests/, for multidev/md_*.moe). */
 #include <fcntl.h>
 #include <pthread.h>
@@ -30,6 +32,9 @@
 #include "runtime/train.h"
 #include "tests/test.h"
 #include "tests/test_model.h"
+
+static char tmpdir[] = "/tmp/moec_test_comm_dev_death.XXXXXX";
+#include "tests/test_death.h"
 
 #define R 4 /* ranks of part 1 */
 
@@ -430,11 +435,68 @@ static void compare(const char *dir, const char *tag, const char *base, int P, c
   if (system(cmd)) fprintf(stderr, "cannot remove %s\n", tmp);
 }
 
+/* ---------------------------------------------------------------- 3. offsets checked */
+
+/* One all_to_all on one device (rt_comm_self) of x[8, 4] with offsets `off` (2 experts):
+ * the device path checks the offsets' host copy as the MoE kernels do. */
+static void one_a2a(void *arg) {
+  const int32_t *off = arg;
+  Graph *g = ir_graph_new("a2a");
+  Dim dx[2] = {dim_int(8), dim_int(4)}, doff[1] = {dim_int(3)};
+  Tensor *in[2] = {ir_input(g, "x", ir_type(DT_F32, 2, dx), (Loc){0}),
+                   ir_input(g, "off", ir_type(DT_I32, 1, doff), (Loc){0})};
+  int64_t ia[IR_MAX_ATTR] = {0, 1};
+  double fa[IR_MAX_ATTR] = {0};
+  Node *n = ir_node(g, OP_ALL_TO_ALL, 2, in, ia, fa);
+  ir_bind(g, 1, 1);
+  static int map0[2] = {0, 0};
+  static int *maps[1] = {map0};
+  static int nexp[1] = {2};
+  static const char *names[1] = {"m"};
+  g->nmoe = 1;
+  g->moe_expert_dev = maps;
+  g->moe_nexperts = nexp;
+  g->moe_names = names;
+  float x[32], y[32];
+  int32_t o[3], roff[3];
+  for (int i = 0; i < 32; i++)
+    x[i] = (float)i;
+  memcpy(o, off, sizeof o);
+  void *ins[2] = {x, o}, *outs[2] = {y, roff};
+  KernelCtx ctx = {
+      .comm = rt_comm_self(), .graph = g, .device = 0, .ndevices = 1, .batch_local = 8};
+  rt_kern_comm_dev(&host_mem, &ctx, n, ins, outs, PREC_F32);
+  bool same = !memcmp(x, y, sizeof x) && roff[0] == 0 && roff[1] == 4 && roff[2] == 8;
+  g->moe_expert_dev = NULL, g->moe_nexperts = NULL, g->moe_names = NULL, g->nmoe = 0;
+  ir_graph_free(g);
+  exit(same ? 0 : 3);
+}
+
+static void offsets_checked(void) {
+  MOEC_ASSERT(mkdtemp(tmpdir));
+  static const int32_t good[3] = {0, 4, 8}, bad[3] = {0, 4, 9}, down[3] = {0, 5, 4};
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) one_a2a((void *)good);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  expect_death(one_a2a, (void *)bad, "offsets end 9 is outside [0, 9)");
+  expect_death(one_a2a, (void *)down, "offsets step -1");
+  printf("%-4s all_to_all on device buffers: good offsets move the rows, bad ones die "
+         "naming the op\n",
+         test_failures ? "FAIL" : "ok");
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd)) fprintf(stderr, "cannot remove %s\n", tmpdir);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_comm_dev TESTS_DIR\n");
     return 2;
   }
+  offsets_checked();
   CHECK(rt_inproc_run(R, dispatch_rank, NULL) == 0);
   printf("%-4s device Comm: host, device, mixed and subset calls on %d ranks\n",
          test_failures ? "FAIL" : "ok", R);
