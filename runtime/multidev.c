@@ -215,7 +215,7 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
   for (int i = 0; i < g->nparams && g->experts_local; i++) {
     const Tensor *t = g->params[i];
     ExpertShard s;
-    void *owned = NULL; /* a host copy of a device program's tensor */
+    void *owned = NULL;                /* a host copy of a device program's tensor */
     if (summed_param(g, t, c->size)) { /* whole here, owned in part elsewhere */
       full[i] = owned_sum(c, g, t, rt_dev_host_view(p, t, &owned), t->numel, root);
       mc_free(owned);

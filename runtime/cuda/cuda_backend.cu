@@ -91,7 +91,9 @@ extern "C" void *rt_cuda_stream(RtCudaDev *d) { return (void *)d->stream; }
 
 static thread_local RtCudaDev *t_bound; /* this thread's context (rt_cuda_bind_thread) */
 
-RtCudaDev *rt_cuda_bound(void) { return t_bound; }
+RtCudaDev *rt_cuda_bound(void) {
+  return t_bound;
+}
 
 void rt_cuda_check_gpu(int gpu, const char *what) {
   if (t_bound && t_bound->gpu != gpu)
@@ -103,7 +105,9 @@ extern "C" void rt_cuda_bind_thread(RtCudaDev *d) {
   if (d) CUDA_CHECK(cudaSetDevice(d->gpu));
 }
 
-extern "C" RtCudaDev *rt_cuda_thread_dev(void) { return t_bound ? t_bound : rt_cuda_dev(0); }
+extern "C" RtCudaDev *rt_cuda_thread_dev(void) {
+  return t_bound ? t_bound : rt_cuda_dev(0);
+}
 
 extern "C" void rt_cuda_use(RtCudaDev *d) {
   rt_cuda_check_gpu(d->gpu, "rt_cuda_use");
@@ -193,7 +197,8 @@ static void check_current_flags(void) {
     for (int v = 0; cur >= 0 && cur < RT_CUDA_MAX_GPUS && v < RT_CUDA_MAX_VIRT; v++)
       if (g_devs[cur][v]) ds[n++] = g_devs[cur][v];
   }
-  for (int i = 0; i < n; i++) check_flags(ds[i]); /* dies outside the lock */
+  for (int i = 0; i < n; i++)
+    check_flags(ds[i]); /* dies outside the lock */
 }
 
 /* ---------------------------------------------------------------- scratch */
@@ -274,7 +279,9 @@ void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes
   CUDA_CHECK(cudaEventRecord(s->ev, d->stream));
 }
 
-extern "C" int rt_cuda_ring_slots(RtCudaDev *d) { return d->ring_n; }
+extern "C" int rt_cuda_ring_slots(RtCudaDev *d) {
+  return d->ring_n;
+}
 
 void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes) {
   if (bytes <= d->ptrs_bytes) return d->ptrs;

@@ -88,9 +88,9 @@ struct RtCudaDev {
   int offs_next;
   RtCudaRingSlot ring[RT_CUDA_RING_MAX]; /* pinned ring for small async host->device copies */
   int ring_n, ring_next;
-  void *cbuf[2];        /* the collectives' staging buffers (comm_cuda.cu) */
+  void *cbuf[2]; /* the collectives' staging buffers (comm_cuda.cu) */
   size_t cbuf_bytes[2];
-  void *segs;           /* device copy of a segment list (comm_cuda.cu) */
+  void *segs; /* device copy of a segment list (comm_cuda.cu) */
   size_t segs_bytes;
 };
 
