@@ -183,6 +183,11 @@ extern "C" RtNcclGroup *rt_comm_nccl_init_all(int P) {
 #ifdef MOEC_HAVE_NCCL
   if (P <= G && nccl_wanted()) g->nccl = rt_nccl_init_local(P);
 #endif
+  if (!g->nccl && P > 1)
+    fprintf(stderr,
+            "moec: note: %d devices on %d GPU(s)%s: collectives go through host memory (NCCL "
+            "takes one device per GPU)\n",
+            P, G, nccl_wanted() ? "" : " with MOEC_NCCL=0 or without NCCL");
   return g;
 }
 
