@@ -48,7 +48,9 @@ static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const Ru
   rt_init_params(p, cfg->seed);
   int64_t start = ck ? rt_ckpt_resume(r, ck) : 0;
   rt_st_close(ck);
-  r->dopt = rt_devopt_new(p, r->opt); /* after loading: starts from the checkpoint's state */
+  /* after loading: starts from the checkpoint's state; on N devices its clipping takes the
+   * global gradient norm over comm, as rt_md_optim_step */
+  r->dopt = rt_devopt_new(p, r->opt, r->comm);
   Graph *g = p->g;
   r->params = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   r->grads = mc_calloc((size_t)g->nparams + 1, sizeof(float *));

@@ -100,7 +100,7 @@ static int eval_flags(int argc, char **argv, int *i, void *ctx) {
 
 /* One device's program of FILE: forward only (eval) or forward + backward (grad). */
 static Program *compile_one(AstFile *f, const Config *cfg, const Options *o, bool training) {
-  const Backend *be = drv_backend(cfg, o->cmd);
+  const Backend *be = drv_backend(cfg, o);
   if (!be) return NULL;
   Target t = {.devices = 1,
               .rank = 0,
