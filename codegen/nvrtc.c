@@ -393,8 +393,7 @@ static bool rtc_soft(int r, char kind, const char *call, nvrtcProgram prog) {
 static bool forced_failure(const char *step) {
   const char *e = cg_nvrtc_fail;
   if (!e || strcmp(e, step)) return false;
-  snprintf(last_error, sizeof last_error, "%s failed: cg_nvrtc_fail = \"%s\" (a test)", step,
-           step);
+  snprintf(last_error, sizeof last_error, "%s failed: cg_nvrtc_fail = \"%s\" (a test)", step, step);
   return true;
 }
 

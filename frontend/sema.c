@@ -1267,9 +1267,8 @@ typedef struct Setting {
 
 static const char *const train_keys[] = {"data",       "batch",     "unroll", "steps",
                                          "eval_every", "optimizer", "clip",   "seed"};
-static const char *const plan_keys[] = {"devices",   "mesh",          "strategy", "experts",
-                                        "recompute", "memory_budget", "fuse",     "backend",
-                                        "tf32"};
+static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
+                                        "memory_budget", "fuse", "backend",  "tf32"};
 enum {
   TK_DATA,
   TK_BATCH,

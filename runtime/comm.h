@@ -30,7 +30,8 @@
  *               timeout) and exits; rt_inproc_run returns the first failure.
  *   MPI:        MPI_Abort (or, from the watchdog, _exit(1), which mpirun turns into
  *               the end of the job); the exit status is non-zero.
- * The timeout is CommOpts.timeout (default 60 s), given when a communicator is made. Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
+ * The timeout is CommOpts.timeout (default 60 s), given when a communicator is made.
+ * Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
  */
 #ifndef MOEC_RUNTIME_COMM_H
 #define MOEC_RUNTIME_COMM_H

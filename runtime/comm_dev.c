@@ -278,25 +278,11 @@ static void all_to_all(const DevMem *m, const KernelCtx *ctx, const Node *n, voi
     m->copy_segs(dev, buf, in[0], seg, ns);
     send = buf;
   }
-  int64_t total = 0;
-  for (int s = 0; s < P; s++) {
-    for (int64_t e = 0; e < E; e++)
-      if (map[e] == me) rc[s] += cnt[s * E + e];
-    total += rc[s];
-    rc[s] *= rb;
-  }
+  int64_t total = rt_comm_a2a_recv(n, map, cnt, P, me, E, rb, rc);
   *sent = (double)(pos - sc[me]); /* rows to experts on other devices */
   *payload = (double)off[E] * (double)rb;
-  if (total > cap)
-    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
-           n->layer ? n->layer : "?", (long long)total, (long long)cap);
   comm_displs(rc, P, rd);
-  int64_t El = n->out[1]->numel - 1, nloc = 0;
-  for (int64_t e = 0; e < E; e++)
-    nloc += map[e] == me;
-  if (El != E && El != nloc)
-    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
-           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
+  int64_t El = n->out[1]->numel - 1;
   /* unpack: expert-major, sources in rank order; the offsets as the CPU writes them */
   int32_t *roff = mc_calloc((size_t)El + 1, sizeof(int32_t));
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t));
@@ -347,16 +333,8 @@ static void all_to_all_back(const DevMem *m, const KernelCtx *ctx, const Node *n
   int64_t *cnt = rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
-  int64_t *start = mc_calloc((size_t)(P * E) + 1, sizeof(int64_t)); /* (e, s) in the layout */
-  int64_t r = 0;
-  for (int64_t e = 0; e < E; e++)
-    if (map[e] == me)
-      for (int s = 0; s < P; s++) {
-        start[s * E + e] = r;
-        r += cnt[s * E + e];
-      }
-  if (r > n->in[0]->shape[0])
-    mc_die("all_to_all_back of MoE layer '%s': inconsistent row counts", n->layer ? n->layer : "?");
+  int64_t *start = rt_comm_back_starts(n, map, cnt, P, me, E);
+  int64_t r = start[P * E]; /* the rows of this device's experts */
   RtSeg *seg = mc_malloc(sizeof(RtSeg) * (size_t)MC_MAX(E * MC_MAX(P, 1), 1));
   int ns = 0;
   int64_t pos = 0;

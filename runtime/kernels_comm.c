@@ -65,6 +65,41 @@ int64_t *rt_comm_gather_counts(Comm *c, const int32_t *off, int64_t E) {
   return cnt;
 }
 
+int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int P, int me,
+                         int64_t E, int64_t rb, int64_t *rc) {
+  int64_t total = 0, cap = n->out[0]->shape[0], El = n->out[1]->numel - 1, nloc = 0;
+  for (int s = 0; s < P; s++) {
+    for (int64_t e = 0; e < E; e++)
+      if (map[e] == me) rc[s] += cnt[s * E + e];
+    total += rc[s];
+    rc[s] *= rb;
+  }
+  if (total > cap)
+    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
+           n->layer ? n->layer : "?", (long long)total, (long long)cap);
+  for (int64_t e = 0; e < E; e++)
+    nloc += map[e] == me;
+  if (El != E && El != nloc)
+    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
+           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
+  return total;
+}
+
+int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, int P, int me,
+                             int64_t E) {
+  int64_t *start = mc_calloc((size_t)(P * E) + 1, sizeof(int64_t)), r = 0;
+  for (int64_t e = 0; e < E; e++)
+    if (map[e] == me)
+      for (int s = 0; s < P; s++) {
+        start[s * E + e] = r;
+        r += cnt[s * E + e];
+      }
+  if (r > n->in[0]->shape[0])
+    mc_die("all_to_all_back of MoE layer '%s': inconsistent row counts", n->layer ? n->layer : "?");
+  start[P * E] = r;
+  return start;
+}
+
 /* (x[R,M] rows grouped by expert, offsets i32[E+1]) -> (y[Rcap,M] this device's experts'
  * rows from every device, grouped by expert then source; recv offsets i32[E_r+1] of the
  * local experts in global order, or i32[E+1] when the graph holds every expert) */
@@ -94,29 +129,15 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
       }
     sc[d] = (int64_t)pos - sd[d];
   }
-  int64_t total = 0;
-  for (int s = 0; s < P; s++) {
-    for (int64_t e = 0; e < E; e++)
-      if (map[e] == me) rc[s] += cnt[s * E + e];
-    total += rc[s];
-    rc[s] *= (int64_t)rb;
-  }
+  int64_t total = rt_comm_a2a_recv(n, map, cnt, P, me, E, (int64_t)rb, rc);
   *sent = (double)((int64_t)pos - sc[me]); /* rows to experts on other devices */
   *payload = (double)off[E] * (double)rb;
-  if (total > cap)
-    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
-           n->layer ? n->layer : "?", (long long)total, (long long)cap);
   comm_displs(rc, P, rd);
   char *recv = mc_malloc(MC_MAX((size_t)total * rb, 1));
   c->all_to_allv(c, send, sc, sd, recv, rc, rd);
   /* regroup: expert-major, sources in rank order. Offsets of the local experts (E_r + 1,
    * a graph with sharded experts: passes/shard.c) or of all E (+1; others empty) */
-  int64_t El = n->out[1]->numel - 1, nloc = 0;
-  for (int64_t e = 0; e < E; e++)
-    nloc += map[e] == me;
-  if (El != E && El != nloc)
-    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
-           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
+  int64_t El = n->out[1]->numel - 1;
   char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t)); /* bytes consumed per source */
   int64_t r = 0, l = 0;
@@ -153,17 +174,8 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
   int64_t *cnt = rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
-  /* where (e, s) starts in the received layout */
-  int64_t *start = mc_calloc((size_t)(P * E), sizeof(int64_t));
-  int64_t r = 0;
-  for (int64_t e = 0; e < E; e++)
-    if (map[e] == me)
-      for (int s = 0; s < P; s++) {
-        start[s * E + e] = r;
-        r += cnt[s * E + e];
-      }
-  if (r > n->in[0]->shape[0])
-    mc_die("all_to_all_back of MoE layer '%s': inconsistent row counts", n->layer ? n->layer : "?");
+  int64_t *start = rt_comm_back_starts(n, map, cnt, P, me, E);
+  int64_t r = start[P * E]; /* the rows of this device's experts */
   const char *ys = in[0];
   char *send = mc_malloc(MC_MAX((size_t)r * rb, 1));
   size_t pos = 0;
@@ -273,7 +285,7 @@ static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const 
     int32_t *zero = NULL;                                                                          \
     FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T), &payload, &sent);               \
     mc_free(zero);                                                                                 \
-    rt_comm_count(ctx, KIND, t0, payload, sent);                                                           \
+    rt_comm_count(ctx, KIND, t0, payload, sent);                                                   \
   }
 A2A_KERNEL(a2a_f32, all_to_all, float, CK_ALL_TO_ALL)
 A2A_KERNEL(a2a_f64, all_to_all, double, CK_ALL_TO_ALL)

@@ -83,7 +83,7 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
   float **full = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   for (int i = 0; i < g->nparams && c->size > 1; i++) {
     const Tensor *t = g->params[i];
-    void *owned = NULL; /* a host copy of a device program's tensor */
+    void *owned = NULL;                 /* a host copy of a device program's tensor */
     if (rt_md_param_owner(p, i) >= 0) { /* whole here, trained on a set */
       full[i] = owned_sum(c, p, i, rt_dev_host_view(p, t, &owned), t->numel, root);
       mc_free(owned);

@@ -10,14 +10,13 @@
  *    subset each), cached, and freed with the Comm; every result equals the host Comm's
  *    bit for bit.
  * 2. orchestration: whole training runs on N in-process devices (each device's program
- *    from drv_compile, trained by rt_train: what moec run does) with the CPU kernel table's collectives replaced by
- *    rt_kern_comm_dev over host memory posing as device memory (scratch filled with NaN
- *    each time, segments checked), through a device Comm with the counting transport:
- *    every step's loss, gradient norm and MoE statistics, the evaluations and the saved
- *    checkpoint equal the CPU kernels' run byte for byte, and the transport carried the
- *    rows. Models: experts sharded (paper), data_parallel, hmoe (i32 all_reduce),
- *    batchwise gating (all_gather_topm), device subsets (reshard, sub-communicators,
- *    E_r = 0), the factored optimizer.
+ *    from drv_compile, trained by rt_train: what moec run does) with the CPU kernel table's
+ * collectives replaced by rt_kern_comm_dev over host memory posing as device memory (scratch filled
+ * with NaN each time, segments checked), through a device Comm with the counting transport: every
+ * step's loss, gradient norm and MoE statistics, the evaluations and the saved checkpoint equal the
+ * CPU kernels' run byte for byte, and the transport carried the rows. Models: experts sharded
+ * (paper), data_parallel, hmoe (i32 all_reduce), batchwise gating (all_gather_topm), device subsets
+ * (reshard, sub-communicators, E_r = 0), the factored optimizer.
  * 3. offsets: an all_to_all on device buffers with offsets past the rows, or decreasing,
  *    dies naming the op (the host copy is checked as the MoE kernels check theirs).
  * Usage: test_comm_dev TESTS_DIR (tests/, for multidev/md_*.moe). */

@@ -48,8 +48,8 @@ struct RtCudaOptim {
   /* whole entries (several devices, factored: an [E, H] expert matrix whose moments are
    * kept whole, multidev.c's whole_entry): the whole parameter and gradient gathered
    * each step, updated as one device would, this device's rows kept */
-  float **wp, **wg; /* device [E, H] (NULL: not a whole entry) */
-  const RowSel **rs; /* whole entries: the program's shard table (this device's rows) */
+  float **wp, **wg;   /* device [E, H] (NULL: not a whole entry) */
+  const RowSel **rs;  /* whole entries: the program's shard table (this device's rows) */
   int npart[2];       /* partials of the local and the summed class */
   Comm *comm;         /* several devices: the summed class's all-reduce */
   double *part;       /* device [sum nb]: the local class's, then the summed */
@@ -130,8 +130,8 @@ extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const O
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = p->g->params[i];
     /* multidev.c's whole entries: factored [E, H] expert matrices kept whole */
-    bool whole = c->comm && p->rows && p->rows[i].list && o->kind == OPT_FACTORED &&
-                 o->prank[i] == 2;
+    bool whole =
+        c->comm && p->rows && p->rows[i].list && o->kind == OPT_FACTORED && o->prank[i] == 2;
     MOEC_ASSERT(!strcmp(t->name, o->names[i]) && (whole || t->numel == o->numel[i]));
     c->cls[i] = (signed char)norm_class(p, i, c->comm);
     c->numel[i] = o->numel[i]; /* a whole entry's update covers the whole matrix */
@@ -436,7 +436,8 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
     }
     CUDA_LAUNCH_CHECK();
     for (int64_t j = 0; c->wp[i] && j < c->rs[i]->n; j++) /* this device's rows, updated */
-      CUDA_CHECK(cudaMemcpyAsync(c->p[i] + j * c->cols[i], c->wp[i] + c->rs[i]->list[j] * c->cols[i],
+      CUDA_CHECK(cudaMemcpyAsync(c->p[i] + j * c->cols[i],
+                                 c->wp[i] + c->rs[i]->list[j] * c->cols[i],
                                  (size_t)c->cols[i] * sizeof(float), cudaMemcpyDeviceToDevice, st));
   }
 }

@@ -964,7 +964,6 @@ static void seq_cases(void) {
   }
 }
 
-
 /* ---------------------------------------------------------------- checks in a child */
 
 /* --bad-offsets: grouped_matmul on the GPU with offsets[E] past the rows; the host copy
