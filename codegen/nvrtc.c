@@ -222,6 +222,8 @@ char *cg_cuda_fused_source(const FusedProg *pr, bool f64, uint64_t bcast, char *
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static CgNvrtcStats stats;
+static char last_error[2048]; /* why the last kernel could not be made (under mu) */
+const char *cg_nvrtc_fail = NULL;
 
 typedef struct BinEntry {
   uint64_t h;
@@ -344,14 +346,16 @@ static PfnGetErrorString p_cuGetErrorString;
 #define RTC_KIND(r) _Generic((r), nvrtcResult : 'n', default : '?')
 #endif
 
-/* Every NVRTC, driver and runtime result goes through RTC_CHECK(call, prog): on failure
- * it dies naming the call, its error, file and line, and (prog not NULL) the NVRTC log. */
+/* Every NVRTC, driver and runtime result goes through RTC_CHECK(call, prog) (failures
+ * that leave no way on: dies naming the call, its error, file and line, and, prog not
+ * NULL, the NVRTC log) or RTC_SOFT(call, prog) (a kernel that cannot be made: the
+ * message goes to last_error, the call's value is false, the caller falls back). */
 #define RTC_CHECK(call, prog)                                                                      \
   rtc_check((int)(call), RTC_KIND(call), #call, __FILE__, __LINE__, prog)
+#define RTC_SOFT(call, prog) rtc_soft((int)(call), RTC_KIND(call), #call, prog)
 
-static void rtc_check(int r, char kind, const char *call, const char *file, int line,
-                      nvrtcProgram prog) {
-  if (r == 0) return;
+static void rtc_message(char *out, size_t n, int r, char kind, const char *call,
+                        nvrtcProgram prog) {
   const char *err = "?";
   if (kind == 'n') err = nvrtcGetErrorString((nvrtcResult)r);
 #ifdef MOEC_HAVE_CUDA
@@ -360,41 +364,75 @@ static void rtc_check(int r, char kind, const char *call, const char *file, int 
   if (kind == 'r') err = cudaGetErrorString((cudaError_t)r);
 #endif
   char *log = NULL;
-  size_t n = 0;
-  if (prog && nvrtcGetProgramLogSize(prog, &n) == NVRTC_SUCCESS && n > 1) {
-    log = mc_malloc(n + 1);
+  size_t ln = 0;
+  if (prog && nvrtcGetProgramLogSize(prog, &ln) == NVRTC_SUCCESS && ln > 1) {
+    log = mc_malloc(ln + 1);
     if (nvrtcGetProgramLog(prog, log) != NVRTC_SUCCESS) log[0] = 0;
-    log[n] = 0;
+    log[ln] = 0;
   }
-  mc_fatal_at(file, line, "%s failed: %s (%d)%s%s", call, err, r, log ? "\nNVRTC log:\n" : "",
-              log ? log : "");
+  snprintf(out, n, "%s failed: %s (%d)%s%s", call, err, r, log ? "\nNVRTC log:\n" : "",
+           log ? log : "");
+  mc_free(log);
+}
+
+static void rtc_check(int r, char kind, const char *call, const char *file, int line,
+                      nvrtcProgram prog) {
+  if (r == 0) return;
+  char msg[4096];
+  rtc_message(msg, sizeof msg, r, kind, call, prog);
+  mc_fatal_at(file, line, "%s", msg);
+}
+
+static bool rtc_soft(int r, char kind, const char *call, nvrtcProgram prog) {
+  if (r == 0) return true;
+  rtc_message(last_error, sizeof last_error, r, kind, call, prog);
+  return false;
+}
+
+/* cg_nvrtc_fail = "compile" or "load": that step fails (tests of the fallback). */
+static bool forced_failure(const char *step) {
+  const char *e = cg_nvrtc_fail;
+  if (!e || strcmp(e, step)) return false;
+  snprintf(last_error, sizeof last_error, "%s failed: cg_nvrtc_fail = \"%s\" (a test)", step, step);
+  return true;
+}
+
+const char *cg_nvrtc_error(void) {
+  return last_error;
 }
 
 bool cg_nvrtc_available(void) {
   return true;
 }
 
-/* Compiles src to PTX (compute_XX) or CUBIN (sm_XX). */
+/* Compiles src to PTX (compute_XX) or CUBIN (sm_XX); NULL (last_error set) when NVRTC
+ * fails. */
 static char *nvrtc_compile(const char *src, const char *arch, size_t *len) {
-  nvrtcProgram prog;
-  RTC_CHECK(nvrtcCreateProgram(&prog, src, "moec_fused.cu", 0, NULL, NULL), NULL);
+  nvrtcProgram prog = NULL;
+  if (forced_failure("compile") ||
+      !RTC_SOFT(nvrtcCreateProgram(&prog, src, "moec_fused.cu", 0, NULL, NULL), NULL))
+    return NULL;
   char archopt[64];
   snprintf(archopt, sizeof archopt, "--gpu-architecture=%s", arch);
   const char *opts[] = {archopt, "--std=c++17", "--fmad=true"};
-  RTC_CHECK(nvrtcCompileProgram(prog, (int)MC_ARRAY_LEN(opts), opts), prog);
-  bool cubin = !strncmp(arch, "sm_", 3);
-  char *bin;
-  if (cubin) {
-    RTC_CHECK(nvrtcGetCUBINSize(prog, len), prog);
-    bin = mc_malloc(*len + 1);
-    RTC_CHECK(nvrtcGetCUBIN(prog, bin), prog);
-  } else {
-    RTC_CHECK(nvrtcGetPTXSize(prog, len), prog); /* includes the terminating 0 */
-    bin = mc_malloc(*len + 1);
-    RTC_CHECK(nvrtcGetPTX(prog, bin), prog);
+  bool cubin = !strncmp(arch, "sm_", 3), ok = true;
+  char *bin = NULL;
+  ok = RTC_SOFT(nvrtcCompileProgram(prog, (int)MC_ARRAY_LEN(opts), opts), prog);
+  if (ok && cubin) {
+    ok = RTC_SOFT(nvrtcGetCUBINSize(prog, len), prog);
+    bin = ok ? mc_malloc(*len + 1) : NULL;
+    ok = ok && RTC_SOFT(nvrtcGetCUBIN(prog, bin), prog);
+  } else if (ok) {
+    ok = RTC_SOFT(nvrtcGetPTXSize(prog, len), prog); /* includes the terminating 0 */
+    bin = ok ? mc_malloc(*len + 1) : NULL;
+    ok = ok && RTC_SOFT(nvrtcGetPTX(prog, bin), prog);
+  }
+  (void)nvrtcDestroyProgram(&prog);
+  if (!ok) {
+    mc_free(bin);
+    return NULL;
   }
   bin[*len] = 0;
-  RTC_CHECK(nvrtcDestroyProgram(&prog), NULL);
   return bin;
 }
 
@@ -427,6 +465,12 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
   } else {
     if (mc_debug.nvrtc) fprintf(stderr, "%s", src); /* debugging: what compiles */
     bin = nvrtc_compile(src, arch, &n);
+    if (!bin) { /* not cached: the caller falls back; a later request tries again */
+      stats.failed++;
+      pthread_mutex_unlock(&mu);
+      mc_free(key);
+      return NULL;
+    }
     stats.compiled++;
     if (disk_write(key, h, arch, bin, n)) stats.disk_writes++;
   }
@@ -452,7 +496,12 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
   (void)disk_read;
   (void)disk_write;
   (void)capbins;
-  mc_fatal("moec was built without NVRTC: cannot compile CUDA kernels");
+  snprintf(last_error, sizeof last_error, "moec was built without NVRTC");
+  return NULL;
+}
+
+const char *cg_nvrtc_error(void) {
+  return last_error;
 }
 #endif
 
@@ -473,23 +522,34 @@ static PfnLaunchKernel p_cuLaunchKernel;
 static PfnCtxGetCurrent p_cuCtxGetCurrent;
 static PfnCtxSetCurrent p_cuCtxSetCurrent;
 
+/* A driver entry point, or NULL (last_error set). */
 static void *driver_fn(const char *sym) {
   void *p = NULL;
   enum cudaDriverEntryPointQueryResult q;
-  RTC_CHECK(cudaGetDriverEntryPointByVersion(sym, &p, 12000, cudaEnableDefault, &q), NULL);
-  if (!p || q != cudaDriverEntryPointSuccess)
-    mc_fatal("the CUDA driver has no %s (entry point query result %d)", sym, (int)q);
+  if (!RTC_SOFT(cudaGetDriverEntryPointByVersion(sym, &p, 12000, cudaEnableDefault, &q), NULL))
+    return NULL;
+  if (!p || q != cudaDriverEntryPointSuccess) {
+    snprintf(last_error, sizeof last_error, "the CUDA driver has no %s (entry point query %d)", sym,
+             (int)q);
+    return NULL;
+  }
   return p;
 }
 
-static void driver_init_locked(void) {
-  if (p_cuLaunchKernel) return;
+/* False (last_error set) when the driver API is not there. */
+static bool driver_init_locked(void) {
+  if (p_cuLaunchKernel) return true;
   p_cuGetErrorString = (PfnGetErrorString)driver_fn("cuGetErrorString");
   p_cuModuleLoadData = (PfnModuleLoadData)driver_fn("cuModuleLoadData");
   p_cuModuleGetFunction = (PfnModuleGetFunction)driver_fn("cuModuleGetFunction");
   p_cuCtxGetCurrent = (PfnCtxGetCurrent)driver_fn("cuCtxGetCurrent");
   p_cuCtxSetCurrent = (PfnCtxSetCurrent)driver_fn("cuCtxSetCurrent");
-  p_cuLaunchKernel = (PfnLaunchKernel)driver_fn("cuLaunchKernel");
+  void *launch = driver_fn("cuLaunchKernel");
+  if (!p_cuGetErrorString || !p_cuModuleLoadData || !p_cuModuleGetFunction || !p_cuCtxGetCurrent ||
+      !p_cuCtxSetCurrent || !launch)
+    return false;
+  p_cuLaunchKernel = (PfnLaunchKernel)launch; /* set last: it marks the table complete */
+  return true;
 }
 
 enum { MAX_GPUS = 64 };
@@ -501,19 +561,24 @@ static char gpu_arch[MAX_GPUS][16];
 static const char *arch_of(int gpu) {
   if (gpu_arch[gpu][0]) return gpu_arch[gpu];
   int maj = 0, min = 0, n = 0;
-  RTC_CHECK(cudaDeviceGetAttribute(&maj, cudaDevAttrComputeCapabilityMajor, gpu), NULL);
-  RTC_CHECK(cudaDeviceGetAttribute(&min, cudaDevAttrComputeCapabilityMinor, gpu), NULL);
+  if (!RTC_SOFT(cudaDeviceGetAttribute(&maj, cudaDevAttrComputeCapabilityMajor, gpu), NULL) ||
+      !RTC_SOFT(cudaDeviceGetAttribute(&min, cudaDevAttrComputeCapabilityMinor, gpu), NULL) ||
+      !RTC_SOFT(nvrtcGetNumSupportedArchs(&n), NULL))
+    return NULL;
   int want = 10 * maj + min, best = 0;
-  RTC_CHECK(nvrtcGetNumSupportedArchs(&n), NULL);
   int *archs = mc_calloc((size_t)n + 1, sizeof(int));
-  RTC_CHECK(nvrtcGetSupportedArchs(archs), NULL);
+  if (!RTC_SOFT(nvrtcGetSupportedArchs(archs), NULL)) n = 0; /* then no arch: NULL below */
   bool exact = false;
   for (int i = 0; i < n; i++) {
     exact |= archs[i] == want;
     if (archs[i] <= want && archs[i] > best) best = archs[i];
   }
   mc_free(archs);
-  if (!best) mc_fatal("GPU %d is sm_%d, older than every arch NVRTC supports", gpu, want);
+  if (!best) {
+    snprintf(last_error, sizeof last_error, "GPU %d is sm_%d, older than every arch NVRTC supports",
+             gpu, want);
+    return NULL;
+  }
   snprintf(gpu_arch[gpu], sizeof gpu_arch[gpu], "%s_%d", exact ? "sm" : "compute",
            exact ? want : best);
   return gpu_arch[gpu];
@@ -555,19 +620,37 @@ static bool prog_equal(const FusedProg *x, const FusedProg *y) {
   return !memcmp(x->outs, y->outs, sizeof(int) * (size_t)x->nout);
 }
 
+/* Compiles and loads the kernel of pr on gpu and caches it (under mu). NULL when that
+ * fails (last_error says why): the failure is cached too, so the caller runs the
+ * interpreter kernel for this program from then on without trying again. */
 static CUfunction load_locked(const FusedProg *pr, bool f64, uint64_t bcast, int gpu, uint64_t h) {
   char name[CG_CUDA_NAME_LEN];
   char *src = cg_cuda_fused_source(pr, f64, bcast, name);
   const char *arch = arch_of(gpu);
-  pthread_mutex_unlock(&mu); /* cg_nvrtc_binary takes the lock itself */
   size_t len = 0;
-  const char *bin = cg_nvrtc_binary(src, arch, &len);
-  pthread_mutex_lock(&mu);
+  const char *bin = NULL;
+  if (arch) {
+    pthread_mutex_unlock(&mu); /* cg_nvrtc_binary takes the lock itself */
+    bin = cg_nvrtc_binary(src, arch, &len);
+    pthread_mutex_lock(&mu);
+  }
   CUmodule mod;
-  CUfunction fn;
-  RTC_CHECK(p_cuModuleLoadData(&mod, bin), NULL);
-  RTC_CHECK(p_cuModuleGetFunction(&fn, mod, name), NULL);
-  stats.loaded++;
+  CUfunction fn = NULL;
+  if (bin && !forced_failure("load") && RTC_SOFT(p_cuModuleLoadData(&mod, bin), NULL) &&
+      RTC_SOFT(p_cuModuleGetFunction(&fn, mod, name), NULL)) {
+    stats.loaded++;
+  } else {
+    fn = NULL;
+    if (bin || !arch) stats.failed++; /* a compile failure counted itself */
+    static bool warned;
+    if (!warned) { /* once: every later failure falls back the same way */
+      warned = true;
+      fprintf(stderr,
+              "moec: warning: a fused CUDA kernel could not be made (%s); such groups run the "
+              "interpreter kernel (the same results, slower)\n",
+              last_error);
+    }
+  }
   mc_free(src);
   if (nfns == capfns) {
     capfns = capfns ? 2 * capfns : 32;
@@ -596,7 +679,10 @@ bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *
     if (n->in[s]->numel == 1 && ne != 1) bcast |= 1ull << s;
   uint64_t h = prog_hash(pr, f64, bcast, gpu);
   pthread_mutex_lock(&mu);
-  driver_init_locked();
+  if (!driver_init_locked()) {
+    pthread_mutex_unlock(&mu);
+    return false; /* no driver API: the interpreter kernel */
+  }
   if (!gpu_ctx[gpu]) { /* the runtime's primary context of this GPU, made current */
     RTC_CHECK(cudaSetDevice(gpu), NULL);
     RTC_CHECK(cudaFree(NULL), NULL);
@@ -606,15 +692,19 @@ bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *
   RTC_CHECK(p_cuCtxGetCurrent(&cur), NULL);
   if (cur != gpu_ctx[gpu]) RTC_CHECK(p_cuCtxSetCurrent(gpu_ctx[gpu]), NULL);
   CUfunction fn = NULL;
-  for (int i = 0; i < nfns && !fn; i++)
+  bool found = false;
+  for (int i = 0; i < nfns && !found; i++)
     if (fns[i].h == h && fns[i].gpu == gpu && fns[i].f64 == f64 && fns[i].bcast == bcast &&
-        prog_equal(&fns[i].prog, pr))
-      fn = fns[i].fn;
-  if (fn)
+        prog_equal(&fns[i].prog, pr)) {
+      found = true;
+      fn = fns[i].fn; /* NULL: it failed before */
+    }
+  if (found)
     stats.fn_hits++;
   else
     fn = load_locked(pr, f64, bcast, gpu, h);
   pthread_mutex_unlock(&mu);
+  if (!fn) return false;
   if (ne <= 0) return true;
   void *params[64 + 64 + 1];
   int np = 0;

@@ -35,9 +35,13 @@ bool cg_nvrtc_available(void);
 /* The compiled form of src for arch ("compute_90": PTX, "sm_90": CUBIN), from the
  * in-memory cache, the disk cache, or NVRTC (options: --gpu-architecture=ARCH,
  * --std=c++17, --fmad=true, nothing fast-math). The returned buffer belongs to the
- * cache (valid until cg_nvrtc_forget); *len its size. Dies with the NVRTC log, file
- * and line on a compile error. */
+ * cache (valid until cg_nvrtc_forget); *len its size. NULL when NVRTC fails (or moec
+ * has none): cg_nvrtc_error() says why (the call, its error, the NVRTC log). */
 const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len);
+/* Why the last kernel could not be compiled or loaded. */
+const char *cg_nvrtc_error(void);
+/* Test hook: "compile" or "load" makes that step fail (tests of the fallback); NULL. */
+extern const char *cg_nvrtc_fail;
 
 typedef struct CgNvrtcStats {
   int compiled;  /* NVRTC compilations */
@@ -45,7 +49,8 @@ typedef struct CgNvrtcStats {
   int disk_hits; /* binaries read from the disk cache */
   int disk_writes;
   int loaded;  /* modules loaded on a device */
-  int fn_hits; /* launches whose kernel was already loaded */
+  int fn_hits; /* launches whose kernel was already loaded (or had failed) */
+  int failed;  /* kernels NVRTC or the driver could not make (the interpreter runs them) */
 } CgNvrtcStats;
 CgNvrtcStats cg_nvrtc_stats(void);
 /* Drops the in-memory caches (binaries and loaded kernels; modules stay loaded),
@@ -63,7 +68,9 @@ KernelFn cg_nvrtc_fused(const Node *n, Precision prec, void *dev, KernelFn inter
 
 /* Runs fused node n (bound: out[0]->numel elements) on GPU gpu's stream (a
  * cudaStream_t): compiles (or finds) its kernel and launches it. False when moec has
- * no NVRTC (the caller then runs the interpreter kernel). */
+ * no NVRTC, --no-nvrtc, or its kernel could not be compiled or loaded (warned once;
+ * the failure is remembered): the caller then runs the interpreter kernel, which gives
+ * the same bits. */
 bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *const *in,
                           void *const *out);
 

@@ -13,16 +13,20 @@
 #include "../runtime/train_dev.h"
 #include "driver.h"
 
-const Backend *drv_backend(const Config *cfg, const char *cmd) {
+const Backend *drv_backend(const Config *cfg, const Options *o) {
   if (cfg->backend != BK_CUDA) return &rt_backend_cpu; /* auto: cpu (docs/cuda.md) */
   const char *why = rt_dev_cuda_unavailable();
   if (why) {
     bool flag = cfg->backend_loc.src && cfg->backend_loc.src->cmdline;
-    fprintf(stderr, "moec %s: error: %s: %s\n", cmd,
+    fprintf(stderr, "moec %s: error: %s: %s\n", o->cmd,
             flag ? "--backend cuda" : "backend = cuda (plan block)", why);
     return NULL;
   }
-  return rt_backend_cuda();
+  const Backend *be = rt_backend_cuda();
+  DevOpts d = o->dev;
+  d.tf32 = cfg->tf32;
+  rt_dev_configure(be, &d);
+  return be;
 }
 
 /* ---------------------------------------------------------------- the graph */
@@ -350,7 +354,7 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
     return NULL;
   }
   CgOpts cg = o->cg;
-  cg.dev = rt_dev_context(t->be, MC_MAX(t->rank, 0));
+  cg.dev = rt_dev_context(t->be); /* the thread's device (launch.c binds it) */
   Program *p = cg_lower_on(g, t->prec, t->be, &cg);
   p->ids = fd.ids;
   p->targets = fd.targets;

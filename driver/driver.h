@@ -19,6 +19,7 @@
 #include "../passes/plan.h"
 #include "../runtime/comm.h"
 #include "../runtime/train.h"
+#include "../runtime/train_dev.h"
 
 /* ---------------------------------------------------------------- options.c */
 
@@ -42,6 +43,8 @@ typedef struct Options {
   bool devices_given; /* --devices, --mesh or --set plan.devices/mesh */
   /* debugging and tests: how to lower (codegen.h) */
   CgOpts cg;
+  /* the device backend: --no-nccl, --cuda-alloc-limit (tf32 comes from the plan) */
+  DevOpts dev;
   /* documented environment overrides, read once at startup (drv_options_init) */
   CommOpts comm;       /* MOEC_COMM_TIMEOUT, MOEC_COMM_CHECK, MOEC_COMM_MPI_CHUNK */
   double memory_limit; /* MOEC_MEMORY_LIMIT bytes; 0: the machine's available memory */
@@ -100,9 +103,10 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
  * its graph. */
 Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Target *t);
 void drv_program_free(Program *p);
-/* The backend cfg asks for (cpu; cuda when plan { backend = cuda } or --backend cuda);
- * NULL after printing why cuda cannot run here. */
-const Backend *drv_backend(const Config *cfg, const char *cmd);
+/* The backend cfg asks for (cpu; cuda when plan { backend = cuda } or --backend cuda),
+ * configured with o's device options and cfg->tf32 (rt_dev_configure); NULL after
+ * printing why cuda cannot run here. Called before any device starts. */
+const Backend *drv_backend(const Config *cfg, const Options *o);
 /* What device d of a placed global graph g (drv_compile_graph, rank < 0) allocates:
  * the memory plan of its graph (its experts, its rows), its parameters and optimizer
  * state, computed by the passes and runtime functions its own compile would use. */

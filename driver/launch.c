@@ -2,7 +2,9 @@
  * one device per MPI rank. Every device compiles its own program (its experts, its rows:
  * drv_compile for its rank), then the runtime trains it (rt_train): the same code path
  * on 1 and N devices. The compile errors every device would hit alike are found once,
- * before the devices start. */
+ * before the devices start. On cuda each device thread or rank is bound to its GPU and
+ * trains on a Comm that takes device buffers (NCCL: ncclCommInitAll for the threads,
+ * ncclCommInitRank with the unique id broadcast over MPI for the ranks; runtime/comm.h). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,12 +21,25 @@ int drv_mpi_size(void) {
   return s ? atoi(s) : 1;
 }
 
+/* This rank's index among the ranks on its machine (its GPU: that modulo the GPUs), as
+ * the launcher says; the world rank when it says nothing. */
+static int mpi_local_rank(int rank) {
+  const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                        "PMIX_LOCAL_RANK"};
+  for (size_t i = 0; i < MC_ARRAY_LEN(vars); i++) {
+    const char *v = getenv(vars[i]);
+    if (v && *v) return atoi(v);
+  }
+  return rank;
+}
+
 typedef struct Launch {
   AstFile *f;
   const Config *cfg;
   const Options *o;
   const RunOpts *ro;
   const Backend *be;
+  RtNcclGroup *gpus; /* cuda on N threads: their GPUs and NCCL */
   int rc[RT_INPROC_MAX];
 } Launch;
 
@@ -43,11 +58,13 @@ static int run_device(Comm *c, const Launch *l) {
 
 static void device_thread(Comm *c, void *arg) {
   Launch *l = arg;
-  l->rc[c->rank] = run_device(c, l);
+  Comm *dc = l->gpus ? rt_comm_nccl_attach(l->gpus, c) : c; /* binds the thread to its GPU */
+  l->rc[c->rank] = run_device(dc, l);
+  if (dc != c) rt_comm_nccl_free(dc);
 }
 
 int drv_train(AstFile *f, const Config *cfg, const Options *o) {
-  const Backend *be = drv_backend(cfg, o->cmd);
+  const Backend *be = drv_backend(cfg, o);
   if (!be) return 1;
   int P = cfg->devices > 0 ? cfg->devices : 1;
   if (o->f64 && (o->save || o->load)) {
@@ -56,16 +73,14 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
             o->cmd);
     return 2;
   }
-  if (be != &rt_backend_cpu && (o->f64 || P > 1 || drv_mpi_launched())) {
+  if (be != &rt_backend_cpu && o->f64) {
     fprintf(stderr,
-            "moec %s: error: %s\n", o->cmd,
-            o->f64 ? "--f64 trains on the cpu backend only (an equivalence check): drop --f64 "
-                     "or use --backend cpu"
-                   : "the cuda backend runs on one device for now (the multi-device runtime's "
-                     "collectives work on host memory; docs/cuda.md): use one device or "
-                     "--backend cpu");
+            "moec %s: error: --f64 trains on the cpu backend only (an equivalence check): drop "
+            "--f64 or use --backend cpu\n",
+            o->cmd);
     return 1;
   }
+  bool gpus = be != &rt_backend_cpu;
   char *settings = drv_settings_json(cfg, o);
   RunOpts ro = {.save = o->save,
                 .load = o->load,
@@ -76,7 +91,7 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
                 .no_eval = o->no_eval,
                 .settings_hash = drv_settings_hash(cfg, o),
                 .settings = settings};
-  Launch l = {f, cfg, o, &ro, be, {0}};
+  Launch l = {f, cfg, o, &ro, be, NULL, {0}};
   int rc = 0;
   if (rt_comm_mpi_launched()) { /* one device per rank; load.c set devices = ranks */
     const char *why = NULL;
@@ -88,7 +103,9 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
       mc_die("the plan has %d devices, but mpirun started %d ranks (one device per rank)", P,
              c->size);
     rt_threads_set(1); /* one thread per rank */
-    rc = run_device(c, &l);
+    Comm *dc = gpus ? rt_comm_nccl_init_rank(c, mpi_local_rank(c->rank), !o->dev.no_nccl) : c;
+    rc = run_device(dc, &l);
+    if (dc != c) rt_comm_nccl_free(dc);
     rt_comm_mpi_finalize(c);
   } else if (P > 1) {
     if (P > RT_INPROC_MAX)
@@ -103,11 +120,13 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
     ir_graph_free(g);
     if (o->load) rt_st_close(rt_st_open(o->load));
     rt_threads_set(1); /* once, before the device threads start: each runs its kernels inline */
+    if (gpus) l.gpus = rt_comm_nccl_init_all(P, !o->dev.no_nccl);
     if (rt_inproc_run_opts(P, device_thread, &l, &o->comm, NULL))
       rc = 1;
     else
       for (int r = 0; r < P && !rc; r++)
         rc = l.rc[r];
+    rt_comm_nccl_group_free(l.gpus);
   } else {
     rc = run_device(rt_comm_self(), &l);
   }

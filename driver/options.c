@@ -164,6 +164,8 @@ static const Flag flags[] = {
     {"--fuse", DRV_SETTINGS, "plan", "fuse", "true|false  elementwise fusion (plan.fuse)"},
     {"--no-fuse", DRV_SETTINGS, NULL, NULL, "       the same as --fuse false"},
     {"--backend", DRV_SETTINGS, "plan", "backend", "B   cpu, cuda or auto (plan.backend)"},
+    {"--tf32", DRV_SETTINGS, "plan", "tf32",
+     "true|false  cuda: float32 GEMMs on TF32 tensor cores"},
     {"--set", DRV_SETTINGS, NULL, NULL,
      "K=V     any setting: train.batch=64, plan.strategy=hmoe, train.optimizer.beta2=0.98"},
     {"--loads", DRV_LOADS, NULL, NULL,
@@ -179,12 +181,16 @@ static const Flag flags[] = {
     {"--no-memplan", DRV_DEBUG, NULL, NULL, " one buffer per tensor, every value kept"},
     {"--poison-arena", DRV_DEBUG, NULL, NULL, "fill the arena with NaN before every step"},
     {"--no-nvrtc", DRV_DEBUG, NULL, NULL, "   cuda: fused groups interpreted, not NVRTC-compiled"},
+    {"--no-nccl", DRV_DEBUG, NULL, NULL,
+     "    cuda, several GPUs: collectives staged through host memory"},
+    {"--cuda-alloc-limit", DRV_DEBUG, NULL, NULL,
+     "BYTES  cuda: larger device allocations fail as out of memory (tests)"},
 };
 
 static bool takes_value(const Flag *f) {
-  static const char *const bare[] = {"--no-fuse",     "--json",    "--quiet",       "--f64",
-                                     "--no-eval",     "--no-jit",  "--no-memplan",   "--poison-arena",
-                                     "--no-nvrtc"};
+  static const char *const bare[] = {"--no-fuse",  "--json",   "--quiet",      "--f64",
+                                     "--no-eval",  "--no-jit", "--no-memplan", "--poison-arena",
+                                     "--no-nvrtc", "--no-nccl"};
   for (size_t i = 0; i < MC_ARRAY_LEN(bare); i++)
     if (!strcmp(f->name, bare[i])) return false;
   return true;
@@ -262,6 +268,17 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
       o->cg.poison = true;
     } else if (!strcmp(f->name, "--no-nvrtc")) {
       o->cg.no_nvrtc = true;
+    } else if (!strcmp(f->name, "--no-nccl")) {
+      o->dev.no_nccl = true;
+    } else if (!strcmp(f->name, "--cuda-alloc-limit")) {
+      char *end;
+      double b = strtod(v, &end);
+      if (*end || !(b >= 1)) {
+        fprintf(stderr, "moec %s: error: --cuda-alloc-limit '%s': not a number of bytes\n", o->cmd,
+                v);
+        return -1;
+      }
+      o->dev.alloc_limit = b;
     }
     return 1;
   }
@@ -326,8 +343,11 @@ char *drv_settings_json(const Config *c, const Options *o) {
                 "\"experts\": \"%s\", \"recompute\": ",
                 c->devices, c->mesh_nodes, c->mesh_per_node, c->strategy, c->expert_policy);
   recompute_json(&b, c);
-  mc_buf_printf(&b, ", \"memory_budget\": %.17g, \"fuse\": %s, \"backend\": \"%s\", \"place\": [",
-                c->memory_budget, c->fuse ? "true" : "false", backend_names[c->backend]);
+  mc_buf_printf(&b,
+                ", \"memory_budget\": %.17g, \"fuse\": %s, \"backend\": \"%s\", \"tf32\": %s, "
+                "\"place\": [",
+                c->memory_budget, c->fuse ? "true" : "false", backend_names[c->backend],
+                c->tf32 ? "true" : "false");
   int i = 0;
   for (PlaceRule *p = c->rules; p; p = p->next, i++) {
     mc_buf_printf(&b, "%s{\"pattern\": ", i ? ", " : "");

@@ -245,6 +245,7 @@ typedef struct Config {
   double memory_budget; /* bytes, 0 = device memory */
   bool fuse;
   BackendKind backend;
+  bool tf32; /* cuda: float32 GEMMs on TF32 tensor cores (off: the CPU's float32 results) */
   PlaceRule *rules;
   /* where some settings were made (line 0: the default), for messages found later */
   Loc batch_loc, devices_loc, memory_budget_loc, backend_loc;

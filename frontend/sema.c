@@ -1267,8 +1267,8 @@ typedef struct Setting {
 
 static const char *const train_keys[] = {"data",       "batch",     "unroll", "steps",
                                          "eval_every", "optimizer", "clip",   "seed"};
-static const char *const plan_keys[] = {"devices",   "mesh",          "strategy", "experts",
-                                        "recompute", "memory_budget", "fuse",     "backend"};
+static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
+                                        "memory_budget", "fuse", "backend",  "tf32"};
 enum {
   TK_DATA,
   TK_BATCH,
@@ -1289,6 +1289,7 @@ enum {
   PK_MEMORY,
   PK_FUSE,
   PK_BACKEND,
+  PK_TF32,
   PK_N
 };
 
@@ -1808,6 +1809,9 @@ static void check_plan(Sema *S, Block *b) {
     case PK_FUSE:
       if ((k = const_choice(S, e, "fuse", bool_names, 2)) >= 0) c->fuse = k == 0;
       break;
+    case PK_TF32:
+      if ((k = const_choice(S, e, "tf32", bool_names, 2)) >= 0) c->tf32 = k == 0;
+      break;
     case PK_BACKEND:
       if ((k = const_choice(S, e, "backend", backend_names, 3)) >= 0)
         c->backend = k == 0 ? BK_AUTO : k == 1 ? BK_CPU : BK_CUDA;
@@ -1893,6 +1897,7 @@ void fe_config_defaults(Config *c) {
   c->memory_budget = 0;
   c->fuse = true;
   c->backend = BK_AUTO;
+  c->tf32 = false;
 }
 
 bool fe_sema(AstFile *f, Config *cfg, Diag *d) {

@@ -115,6 +115,7 @@ typedef struct Fuser {
   int **cons; /* tensor id -> consumer positions */
   int *ncons;
   bool *named; /* tensor id -> referenced by the graph itself */
+  int max_group; /* members of a group: MAX_GROUP, or the cuda kernels' PASS_FUSED_MAX_CUDA */
 } Fuser;
 
 /* Position of a producer in g->nodes, -1 if it is not there (an earlier pass dropped
@@ -186,7 +187,7 @@ static void form_groups(Fuser *F) {
       if (!same_devices(q, n) || q->recompute_seg != n->recompute_seg ||
           q->backward != n->backward || !same_type(&q->out[0]->ty, &n->out[0]->ty))
         continue;
-      if (nset + F->nmembers[gid] > MAX_GROUP) continue;
+      if (nset + F->nmembers[gid] > F->max_group) continue;
       int save = nset;
       for (int m = 0; m < F->nmembers[gid]; m++)
         if (!in_set(set, nset, F->members[gid][m])) set[nset++] = F->members[gid][m];
@@ -302,6 +303,7 @@ void pass_fusion(Graph *g, const PassCtx *ctx) {
   if (!pass_fusion_enabled(ctx ? ctx->cfg : NULL)) return;
   Fuser F = {0};
   F.g = g;
+  F.max_group = ctx && ctx->cfg && ctx->cfg->backend == BK_CUDA ? PASS_FUSED_MAX_CUDA : MAX_GROUP;
   size_t cap = 16;
   while (cap < 2 * (size_t)g->nnodes + 2)
     cap *= 2;

@@ -8,6 +8,12 @@
 
 #include "passes.h"
 
+/* Members of a group for the cuda backend: its fused kernels take at most 64 inputs
+ * (NVRTC's broadcast mask, the interpreter kernel's parameter block), 64 ops and 32
+ * outputs, and a member reads at most two values and writes one, so 32 members always
+ * fit (the CPU's groups go up to 64). */
+enum { PASS_FUSED_MAX_CUDA = 32 };
+
 /* The fusion pass: groups chains and trees of elementwise ops into OP_FUSED
  * nodes (legality rules in fusion.c). Runs when cfg->fuse is set and fused
  * kernels can be compiled (cpu: LLVM, codegen/jit.c; cuda: the CUDA backend,

@@ -189,8 +189,8 @@ static void **gather_states(Comm *c, Program *p) {
 
 void rt_ckpt_save(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
+  if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is gathered */
   if (c->size <= 1) {
-    if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is written */
     write_file(r, path, r->opt, step, NULL, NULL);
     return;
   }

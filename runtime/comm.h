@@ -6,11 +6,13 @@
  *                   returns NULL with a reason when moec is built without MPI
  *   comm_util.c   : backend-independent helpers (counts exchange, displacements,
  *                   comm_check_same, the timeout setting, rt_comm_self)
- *   (runtime/cuda/nccl_comm.h: the NCCL collectives of the CUDA backend)
+ *   comm_dev.c    : a Comm for device buffers over a host Comm (comm_dev.h)
+ *   cuda/comm_cuda.cu: several GPUs: the device threads' and MPI ranks' Comms through
+ *                   NCCL (cuda/nccl_comm.h), declared at the end of this file
  *
  * A Comm is a small table of function pointers, like Backend in runtime.h. Every
  * rank calls the same collectives in the same order with consistent arguments.
- * Buffers are host memory.
+ * Buffers are host memory (a device Comm, comm_dev.h, also takes device memory).
  *
  * Determinism: all_reduce_sum gives every rank the same bits, and the bits do not
  * depend on arrival order, the backend or how the vector is split internally:
@@ -28,7 +30,8 @@
  *               timeout) and exits; rt_inproc_run returns the first failure.
  *   MPI:        MPI_Abort (or, from the watchdog, _exit(1), which mpirun turns into
  *               the end of the job); the exit status is non-zero.
- * The timeout is CommOpts.timeout (default 60 s), given when a communicator is made. Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
+ * The timeout is CommOpts.timeout (default 60 s), given when a communicator is made.
+ * Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
  */
 #ifndef MOEC_RUNTIME_COMM_H
 #define MOEC_RUNTIME_COMM_H
@@ -203,5 +206,43 @@ bool rt_comm_mpi_launched(void);
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why);
 /* Frees the communicator; MPI_Finalize when rt_comm_mpi_init initialised MPI. */
 void rt_comm_mpi_finalize(Comm *c);
+
+/* ------------------------------------------------------------ several GPUs (cuda/comm_cuda.cu) */
+
+/* What a launcher of cuda devices calls (driver/launch.c; docs/multidev.md, "Several
+ * GPUs"). Each device runs in its own host thread (in-process) or process (MPI), bound
+ * to its GPU, with a Comm whose collectives take device buffers (through NCCL when every
+ * device has a GPU of its own, else copied through host memory and the host Comm) and
+ * host buffers (through the host Comm, as before): the training loop and the collective
+ * kernels run unchanged on it. A device thread's Comm must be freed (rt_comm_nccl_free)
+ * before its host Comm. nccl false (--no-nccl): staged even where NCCL could run.
+ *
+ * In-process, N device threads:
+ *   RtNcclGroup *g = rt_comm_nccl_init_all(N, nccl);  launcher thread, before the
+ *                                                threads: ncclCommInitAll over GPUs
+ *                                                0..N-1 (N <= GPUs), or, N > GPUs or
+ *                                                !nccl, virtual devices r / G on GPU
+ *                                                r % G, staged
+ *   in thread r, with its host Comm c (rt_inproc_run):
+ *     Comm *dc = rt_comm_nccl_attach(g, c);      binds the thread to its GPU
+ *     ... compile and train on dc ...
+ *     rt_comm_nccl_free(dc);
+ *   rt_comm_nccl_group_free(g);                  after every thread
+ * MPI (one process per device):
+ *   Comm *c = rt_comm_mpi_init(...);
+ *   Comm *dc = rt_comm_nccl_init_rank(c, local, nccl);  GPU = local rank % GPUs; the
+ *                                                NCCL unique id of rank 0 sent over c
+ *                                                (MPI_Bcast), ncclCommInitRank; ranks
+ *                                                sharing a GPU: staged
+ *     ... compile and train on dc ...
+ *   rt_comm_nccl_free(dc); rt_comm_mpi_finalize(c);
+ * Without CUDA these die with the reason (moec was built without CUDA); without a GPU
+ * with "no CUDA device ...". */
+typedef struct RtNcclGroup RtNcclGroup;
+RtNcclGroup *rt_comm_nccl_init_all(int ndevices, bool nccl);
+Comm *rt_comm_nccl_attach(RtNcclGroup *g, Comm *host);
+void rt_comm_nccl_group_free(RtNcclGroup *g);
+Comm *rt_comm_nccl_init_rank(Comm *host, int local_rank, bool nccl);
+void rt_comm_nccl_free(Comm *c);
 
 #endif

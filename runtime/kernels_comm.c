@@ -20,13 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "comm.h"
-#include "runtime.h"
+#include "kernels_comm.h"
 
-/* One collective of kind k on this device into ctx->stats: its seconds since t0 (waiting
- * for peers included), the bytes of the rows it moves here (payload) and the bytes it
- * sent to other devices. */
-static void count(const KernelCtx *ctx, CommKind k, double t0, double payload, double sent) {
+void rt_comm_count(const KernelCtx *ctx, CommKind k, double t0, double payload, double sent) {
   CommStats *s = ctx->stats;
   if (!s) return;
   s->seconds[k] += mc_now() - t0;
@@ -35,14 +31,14 @@ static void count(const KernelCtx *ctx, CommKind k, double t0, double payload, d
   s->calls[k]++;
 }
 
-static Comm *need_comm(const KernelCtx *ctx, const Node *n) {
+Comm *rt_comm_need(const KernelCtx *ctx, const Node *n) {
   if (!ctx->comm)
     mc_die("op '%s' (layer '%s') is a collective but this program runs without a communicator",
            ir_ops[n->op].name, n->layer ? n->layer : "?");
   return ctx->comm;
 }
 
-static const int *expert_map(const KernelCtx *ctx, const Node *n, int64_t E) {
+const int *rt_comm_expert_map(const KernelCtx *ctx, const Node *n, int64_t E) {
   int moe = (int)n->ia[0];
   if (!ctx->graph || !ctx->graph->moe_expert_dev || moe < 0 || moe >= ctx->graph->nmoe ||
       ctx->graph->moe_nexperts[moe] != E)
@@ -57,8 +53,7 @@ static const int *expert_map(const KernelCtx *ctx, const Node *n, int64_t E) {
   return map;
 }
 
-/* cnt[s*E + e]: rows of expert e on device s (every device's offsets, all_gather'ed). */
-static int64_t *gather_counts(Comm *c, const int32_t *off, int64_t E) {
+int64_t *rt_comm_gather_counts(Comm *c, const int32_t *off, int64_t E) {
   int P = c->size;
   int32_t *all = mc_malloc((size_t)P * (size_t)(E + 1) * sizeof(int32_t));
   c->all_gather(c, off, all, (size_t)(E + 1) * sizeof(int32_t));
@@ -70,8 +65,39 @@ static int64_t *gather_counts(Comm *c, const int32_t *off, int64_t E) {
   return cnt;
 }
 
-static int64_t row_width(const Tensor *t) {
-  return t->shape[0] > 0 ? t->numel / t->shape[0] : 0;
+int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int P, int me,
+                         int64_t E, int64_t rb, int64_t *rc) {
+  int64_t total = 0, cap = n->out[0]->shape[0], El = n->out[1]->numel - 1, nloc = 0;
+  for (int s = 0; s < P; s++) {
+    for (int64_t e = 0; e < E; e++)
+      if (map[e] == me) rc[s] += cnt[s * E + e];
+    total += rc[s];
+    rc[s] *= rb;
+  }
+  if (total > cap)
+    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
+           n->layer ? n->layer : "?", (long long)total, (long long)cap);
+  for (int64_t e = 0; e < E; e++)
+    nloc += map[e] == me;
+  if (El != E && El != nloc)
+    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
+           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
+  return total;
+}
+
+int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, int P, int me,
+                             int64_t E) {
+  int64_t *start = mc_calloc((size_t)(P * E) + 1, sizeof(int64_t)), r = 0;
+  for (int64_t e = 0; e < E; e++)
+    if (map[e] == me)
+      for (int s = 0; s < P; s++) {
+        start[s * E + e] = r;
+        r += cnt[s * E + e];
+      }
+  if (r > n->in[0]->shape[0])
+    mc_die("all_to_all_back of MoE layer '%s': inconsistent row counts", n->layer ? n->layer : "?");
+  start[P * E] = r;
+  return start;
 }
 
 /* (x[R,M] rows grouped by expert, offsets i32[E+1]) -> (y[Rcap,M] this device's experts'
@@ -79,14 +105,14 @@ static int64_t row_width(const Tensor *t) {
  * local experts in global order, or i32[E+1] when the graph holds every expert) */
 static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                        size_t elem, double *payload, double *sent) {
-  Comm *c = need_comm(ctx, n);
+  Comm *c = rt_comm_need(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
   int32_t *roff = out[1];
-  int64_t E = n->in[1]->numel - 1, M = row_width(n->in[0]), cap = n->out[0]->shape[0];
-  const int *map = expert_map(ctx, n, E);
+  int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), cap = n->out[0]->shape[0];
+  const int *map = rt_comm_expert_map(ctx, n, E);
   size_t rb = (size_t)M * elem;
-  int64_t *cnt = gather_counts(c, off, E);
+  int64_t *cnt = rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   /* send: for each device d, its experts in order, my rows of each */
@@ -103,29 +129,15 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
       }
     sc[d] = (int64_t)pos - sd[d];
   }
-  int64_t total = 0;
-  for (int s = 0; s < P; s++) {
-    for (int64_t e = 0; e < E; e++)
-      if (map[e] == me) rc[s] += cnt[s * E + e];
-    total += rc[s];
-    rc[s] *= (int64_t)rb;
-  }
+  int64_t total = rt_comm_a2a_recv(n, map, cnt, P, me, E, (int64_t)rb, rc);
   *sent = (double)((int64_t)pos - sc[me]); /* rows to experts on other devices */
   *payload = (double)off[E] * (double)rb;
-  if (total > cap)
-    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
-           n->layer ? n->layer : "?", (long long)total, (long long)cap);
   comm_displs(rc, P, rd);
   char *recv = mc_malloc(MC_MAX((size_t)total * rb, 1));
   c->all_to_allv(c, send, sc, sd, recv, rc, rd);
   /* regroup: expert-major, sources in rank order. Offsets of the local experts (E_r + 1,
    * a graph with sharded experts: passes/shard.c) or of all E (+1; others empty) */
-  int64_t El = n->out[1]->numel - 1, nloc = 0;
-  for (int64_t e = 0; e < E; e++)
-    nloc += map[e] == me;
-  if (El != E && El != nloc)
-    mc_die("all_to_all of MoE layer '%s': %lld received offsets for %lld local experts",
-           n->layer ? n->layer : "?", (long long)El + 1, (long long)nloc);
+  int64_t El = n->out[1]->numel - 1;
   char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t)); /* bytes consumed per source */
   int64_t r = 0, l = 0;
@@ -153,26 +165,17 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
  * y[R,M] rows back on their batch device at the sender's offsets */
 static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                             size_t elem, double *payload, double *sent) {
-  Comm *c = need_comm(ctx, n);
+  Comm *c = rt_comm_need(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
-  int64_t E = n->in[1]->numel - 1, M = row_width(n->in[0]), R = n->out[0]->shape[0];
-  const int *map = expert_map(ctx, n, E);
+  int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), R = n->out[0]->shape[0];
+  const int *map = rt_comm_expert_map(ctx, n, E);
   size_t rb = (size_t)M * elem;
-  int64_t *cnt = gather_counts(c, off, E);
+  int64_t *cnt = rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
-  /* where (e, s) starts in the received layout */
-  int64_t *start = mc_calloc((size_t)(P * E), sizeof(int64_t));
-  int64_t r = 0;
-  for (int64_t e = 0; e < E; e++)
-    if (map[e] == me)
-      for (int s = 0; s < P; s++) {
-        start[s * E + e] = r;
-        r += cnt[s * E + e];
-      }
-  if (r > n->in[0]->shape[0])
-    mc_die("all_to_all_back of MoE layer '%s': inconsistent row counts", n->layer ? n->layer : "?");
+  int64_t *start = rt_comm_back_starts(n, map, cnt, P, me, E);
+  int64_t r = start[P * E]; /* the rows of this device's experts */
   const char *ys = in[0];
   char *send = mc_malloc(MC_MAX((size_t)r * rb, 1));
   size_t pos = 0;
@@ -213,7 +216,7 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
 /* The communicator of node n's device set (on(...) subsets: a sub-communicator, ranks in
  * ascending device order, so sums stay in device order). */
 static Comm *set_comm(const KernelCtx *ctx, const Node *n) {
-  Comm *c = need_comm(ctx, n);
+  Comm *c = rt_comm_need(ctx, n);
   return comm_subset(c, ir_node_mask(n, c->size));
 }
 
@@ -243,7 +246,7 @@ static void all_reduce(const KernelCtx *ctx, const Node *n, void *const *in, voi
   if (n->in[0]->ty.dtype == DT_I32) {
     all_reduce_i32(c, n, in[0], out[0]);
     double b = (double)n->in[0]->numel * sizeof(int32_t);
-    count(ctx, CK_ALL_REDUCE, t0, b, (nd - 1) * b);
+    rt_comm_count(ctx, CK_ALL_REDUCE, t0, b, (nd - 1) * b);
     return;
   }
   double b = (double)n->in[0]->numel * (double)elem;
@@ -252,7 +255,7 @@ static void all_reduce(const KernelCtx *ctx, const Node *n, void *const *in, voi
     c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
   else
     c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
-  count(ctx, CK_ALL_REDUCE, t0, b, 2 * (nd - 1) / nd * b);
+  rt_comm_count(ctx, CK_ALL_REDUCE, t0, b, 2 * (nd - 1) / nd * b);
 }
 static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   all_reduce(ctx, n, in, out, sizeof(float));
@@ -266,7 +269,7 @@ static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in,
  * (from nodes it skipped) read as zero. */
 static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const *in, void **tmp,
                                int32_t **zero) {
-  Comm *c = need_comm(ctx, n);
+  Comm *c = rt_comm_need(ctx, n);
   uint64_t m = (uint64_t)n->ia[2];
   if (!m || (m >> c->rank & 1)) return in;
   *zero = mc_calloc((size_t)n->in[1]->numel, sizeof(int32_t));
@@ -282,7 +285,7 @@ static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const 
     int32_t *zero = NULL;                                                                          \
     FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T), &payload, &sent);               \
     mc_free(zero);                                                                                 \
-    count(ctx, KIND, t0, payload, sent);                                                           \
+    rt_comm_count(ctx, KIND, t0, payload, sent);                                                   \
   }
 A2A_KERNEL(a2a_f32, all_to_all, float, CK_ALL_TO_ALL)
 A2A_KERNEL(a2a_f64, all_to_all, double, CK_ALL_TO_ALL)
@@ -296,7 +299,7 @@ A2A_KERNEL(a2ab_f64, all_to_all_back, double, CK_ALL_TO_ALL_BACK)
 static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                     size_t fel) {
   double t0 = mc_now();
-  Comm *world = need_comm(ctx, n);
+  Comm *world = rt_comm_need(ctx, n);
   uint64_t a = (uint64_t)n->ia[2], b = (uint64_t)n->ia[3], u = a | b;
   Comm *c = comm_subset(world, u);
   const Tensor *x = n->in[0], *y = n->out[0];
@@ -346,7 +349,7 @@ static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *
   c->all_to_allv(c, in[0], sc, sd, out[0], rc, rd);
   mc_free(sc);
   mc_free(dev);
-  count(ctx, CK_RESHARD, t0, ia >= 0 ? (double)ra * (double)w : 0, (double)moved);
+  rt_comm_count(ctx, CK_RESHARD, t0, ia >= 0 ? (double)ra * (double)w : 0, (double)moved);
 }
 static void reshard_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   reshard(ctx, n, in, out, sizeof(float));
@@ -431,7 +434,7 @@ static void all_gather_topm(const KernelCtx *ctx, const Node *n, void *const *in
   mc_free(cand);
   mc_free(recv);
   mc_free(send);
-  if (ctx->comm) count(ctx, CK_ALL_GATHER_TOPM, t0, (double)nb * P, (double)nb * (P - 1));
+  if (ctx->comm) rt_comm_count(ctx, CK_ALL_GATHER_TOPM, t0, (double)nb * P, (double)nb * (P - 1));
 }
 
 static void topm_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {

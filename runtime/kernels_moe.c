@@ -46,6 +46,10 @@ static void moe_check_offsets(const Node *n, const int32_t *off, int64_t E, int6
     if (off[e + 1] < off[e]) moe_bad(n, "offsets step", off[e + 1] - off[e], R + 1);
 }
 
+void rt_moe_check_offsets(const Node *n, const int32_t *off, int64_t E, int64_t R) {
+  moe_check_offsets(n, off, E, R);
+}
+
 static int moe_cmp_i32(const void *a, const void *b) {
   int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
   return (x > y) - (x < y);

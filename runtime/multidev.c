@@ -4,6 +4,7 @@
  * What a device holds is its program's shard tables (Program.rows, .param_set), made by
  * the compiler. docs/multidev.md. */
 #include "multidev.h"
+#include "train_dev.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -78,12 +79,14 @@ static void gather_rows(Comm *c, const RowSel *rs, const void *local, int64_t pe
 
 float **rt_md_gather_params(Comm *c, Program *p, int root) {
   const Graph *g = p->g;
-  MOEC_ASSERT(p->prec == PREC_F32 && p->be == &rt_backend_cpu);
+  MOEC_ASSERT(p->prec == PREC_F32);
   float **full = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   for (int i = 0; i < g->nparams && c->size > 1; i++) {
     const Tensor *t = g->params[i];
+    void *owned = NULL;                 /* a host copy of a device program's tensor */
     if (rt_md_param_owner(p, i) >= 0) { /* whole here, trained on a set */
-      full[i] = owned_sum(c, p, i, rt_f32(p, t), t->numel, root);
+      full[i] = owned_sum(c, p, i, rt_dev_host_view(p, t, &owned), t->numel, root);
+      mc_free(owned);
       continue;
     }
     if (!sharded(p, i)) continue;
@@ -91,7 +94,8 @@ float **rt_md_gather_params(Comm *c, Program *p, int root) {
     for (int d = 1; d < t->ty.rank; d++)
       per *= t->shape[d];
     if (c->rank == root) full[i] = mc_malloc((size_t)(p->rows[i].global * per) * sizeof(float));
-    gather_rows(c, &p->rows[i], rt_f32(p, t), per, sizeof(float), full[i], root);
+    gather_rows(c, &p->rows[i], rt_dev_host_view(p, t, &owned), per, sizeof(float), full[i], root);
+    mc_free(owned);
   }
   return full;
 }

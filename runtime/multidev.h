@@ -21,9 +21,10 @@
 int rt_md_param_owner(const Program *p, int i);
 
 /* Collective: on root, the whole tensor of every sharded expert parameter of program p
- * (cpu, f32), each expert's rows from its owner, and of every parameter held whole but
- * trained elsewhere (rt_md_param_owner), by parameter index; NULL for the parameters
- * root holds as they are, and on other ranks. rt_md_gathered_free frees them. */
+ * (f32; a device program's through host copies), each expert's rows from its owner, and
+ * of every parameter held whole but trained elsewhere (rt_md_param_owner), by parameter
+ * index; NULL for the parameters root holds as they are, and on other ranks.
+ * rt_md_gathered_free frees them. */
 float **rt_md_gather_params(Comm *c, Program *p, int root);
 void rt_md_gathered_free(const Program *p, float **full);
 

@@ -36,7 +36,9 @@ int64_t rt_run_start(Run *r, StFile *ck) {
   rt_init_params(p, r->cfg->seed);
   int64_t start = ck ? rt_ckpt_resume(r, ck) : 0;
   rt_st_close(ck);
-  r->dopt = rt_devopt_new(p, r->opt); /* after loading: starts from the checkpoint's state */
+  /* after loading: starts from the checkpoint's state; on N devices its clipping takes the
+   * global gradient norm over comm, as rt_md_optim_step */
+  r->dopt = rt_devopt_new(p, r->opt, r->comm);
   Graph *g = p->g;
   r->params = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   r->grads = mc_calloc((size_t)g->nparams + 1, sizeof(float *));

@@ -134,6 +134,11 @@ typedef struct RtKArgs {
   void *aux;
 } RtKArgs;
 
+/* Offsets i32[E+1] of a MoE op, checked as every MoE kernel checks them: 0 = off[0] <=
+ * ... <= off[E] <= R (rows past off[E]: padding); dies naming the layer and op. Backends
+ * whose offsets live on a device check their host copies with it (kernels_moe.c). */
+void rt_moe_check_offsets(const Node *n, const int32_t *off, int64_t E, int64_t R);
+
 /* Runtime errors detected inside kernels (a token id outside the vocabulary...)
  * are reported with mc_die naming the op and the layer. */
 

@@ -29,11 +29,21 @@ const Backend *rt_dev_backend(const Config *cfg) {
   return rt_backend_cuda();
 }
 
-void *rt_dev_context(const Backend *be, int rank) {
+void rt_dev_configure(const Backend *be, const DevOpts *o) {
 #ifdef MOEC_HAVE_CUDA
-  if (be != &rt_backend_cpu) return rt_cuda_dev(rank);
+  if (be != &rt_backend_cpu) {
+    rt_cuda_set_tf32(o->tf32);
+    rt_cuda_set_alloc_limit(o->alloc_limit > 0 ? (size_t)o->alloc_limit : 0);
+  }
 #endif
-  (void)be, (void)rank;
+  (void)be, (void)o;
+}
+
+void *rt_dev_context(const Backend *be) {
+#ifdef MOEC_HAVE_CUDA
+  if (be != &rt_backend_cpu) return rt_cuda_thread_dev();
+#endif
+  (void)be;
   return NULL;
 }
 
@@ -61,11 +71,11 @@ struct DevOptim {
   RtCudaOptim *cu;
 };
 
-DevOptim *rt_devopt_new(Program *p, const Optim *o) {
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm) {
   if (rt_dev_on_host(p)) return NULL;
   MOEC_ASSERT(p->prec == PREC_F32); /* training is float32 */
   DevOptim *d = mc_calloc(1, sizeof(DevOptim));
-  d->cu = rt_cuda_optim_new(p->dev, p, o);
+  d->cu = rt_cuda_optim_new_comm(p->dev, p, o, comm);
   return d;
 }
 
@@ -84,8 +94,8 @@ void rt_devopt_free(DevOptim *d) {
 #else
 /* Without CUDA every program is in host memory: rt_devopt_new returns NULL and the
  * loop never calls the others. */
-DevOptim *rt_devopt_new(Program *p, const Optim *o) {
-  (void)o;
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm) {
+  (void)o, (void)comm;
   MOEC_ASSERT(rt_dev_on_host(p));
   return NULL;
 }

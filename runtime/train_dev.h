@@ -27,9 +27,20 @@ const char *rt_dev_cuda_unavailable(void);
  * the reason when cuda is asked for and cannot run. */
 const Backend *rt_dev_backend(const Config *cfg);
 
-/* The device context kernels of device `rank` need on backend be (Program.dev; NULL on
- * the cpu). */
-void *rt_dev_context(const Backend *be, int rank);
+/* What the device backend takes from the command line and the plan, as data
+ * (driver/options.c), set once before the devices start (rt_dev_configure). */
+typedef struct DevOpts {
+  bool tf32;          /* plan.tf32: float32 GEMMs on TF32 tensor cores */
+  bool no_nccl;       /* --no-nccl: several GPUs' collectives staged through host memory */
+  double alloc_limit; /* --cuda-alloc-limit: device allocations above it fail (tests); 0: none */
+} DevOpts;
+/* Applies o to backend be (nothing on the cpu). */
+void rt_dev_configure(const Backend *be, const DevOpts *o);
+
+/* The device context the kernels of the calling thread's device need on backend be
+ * (Program.dev): a device thread's own GPU (the launcher bound it: comm.h's
+ * rt_comm_nccl_*), else GPU 0; NULL on the cpu. */
+void *rt_dev_context(const Backend *be);
 
 /* True when p's buffers are host memory (cpu backend). */
 static inline bool rt_dev_on_host(const Program *p) {
@@ -47,9 +58,11 @@ const void *rt_dev_host_view(Program *p, const Tensor *t, void **owned);
 
 /* The optimizer on p's device, its state uploaded from o (which must have been
  * loaded from the checkpoint already); NULL for a program in host memory. Dies,
- * naming the tensor and its bytes, when device memory runs out. */
+ * naming the tensor and its bytes, when device memory runs out. comm: the run's (one
+ * device of several: the global gradient norm, as rt_md_optim_step). */
 typedef struct DevOptim DevOptim;
-DevOptim *rt_devopt_new(Program *p, const Optim *o);
+struct Comm;
+DevOptim *rt_devopt_new(Program *p, const Optim *o, struct Comm *comm);
 /* One update of every parameter of p from its gradient in p, as rt_optim_step does
  * on the host (global-norm clipping first); sets o->t and o->last_norm. */
 void rt_devopt_step(DevOptim *d, Optim *o);

@@ -111,7 +111,7 @@ static int eval_flags(int argc, char **argv, int *i, void *ctx) {
  * the one batch shape it runs (NULL: the train block's). */
 static Program *compile_one(AstFile *f, const Config *cfg, const Options *o, bool training,
                             const BatchShape *shape) {
-  const Backend *be = drv_backend(cfg, o->cmd);
+  const Backend *be = drv_backend(cfg, o);
   if (!be) return NULL;
   Target t = {.devices = 1,
               .rank = 0,

@@ -80,7 +80,7 @@ bool cli_is_translation(const AstFile *f) {
 /* The encoder and decoder-step programs for d (forward only, one device). */
 static bool compile_decoder(AstFile *f, const Config *cfg, const Options *o, const DecodeOpts *d,
                             Program **enc, Program **dec) {
-  const Backend *be = drv_backend(cfg, o->cmd);
+  const Backend *be = drv_backend(cfg, o);
   if (!be) return false;
   int64_t S = (d->max_src + RT_PAR_WIDTH - 1) / RT_PAR_WIDTH * RT_PAR_WIDTH;
   BatchShape es = {d->rows / d->beam, 1, S}, ds = {(d->rows / d->beam) * d->beam, 1, S};

@@ -30,3 +30,15 @@ add_executable(comm_bench ${CMAKE_SOURCE_DIR}/bench/comm_bench.c)
 target_compile_options(comm_bench PRIVATE ${MOEC_WARN})
 target_link_libraries(comm_bench PRIVATE moeccore)
 set_target_properties(comm_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+
+# test_comm_dev: the device Comm (runtime/comm_dev.c: host / device / mixed buffers, subsets,
+# a fake transport) and the collective kernels on device buffers over host memory: whole
+# N-device training runs equal the CPU collectives' byte for byte (docs/multidev.md,
+# "Several GPUs").
+add_executable(test_comm_dev ${CMAKE_CURRENT_SOURCE_DIR}/test_comm_dev.c)
+target_include_directories(test_comm_dev PRIVATE ${CMAKE_SOURCE_DIR})
+target_compile_options(test_comm_dev PRIVATE ${MOEC_WARN})
+target_link_libraries(test_comm_dev PRIVATE moeccore)
+add_test(NAME comm_dev COMMAND test_comm_dev ${CMAKE_CURRENT_SOURCE_DIR})
+set_tests_properties(comm_dev PROPERTIES TIMEOUT 120 LABELS "comm;multidev"
+                     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")

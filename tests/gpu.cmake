@@ -34,3 +34,16 @@ add_test(NAME cuda_fused COMMAND test_cuda_fused ${CMAKE_CURRENT_SOURCE_DIR}/fus
                                  ${CMAKE_CURRENT_SOURCE_DIR}/../bench/fusion_dense_big.moe)
 set_tests_properties(cuda_fused PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS "gpu;fusion"
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+
+# test_cuda_link.sh (no GPU needed): a probe linked with --no-as-needed does not need the
+# driver's stub libcuda.so; moec needs neither libcuda nor two CUDA runtimes, and calls NCCL.
+if(MOEC_CUDA_ENABLED)
+  add_executable(cuda_link_probe ${CMAKE_CURRENT_SOURCE_DIR}/gpu/cuda_link_probe.c)
+  target_link_libraries(cuda_link_probe PRIVATE moeccore)
+  target_compile_options(cuda_link_probe PRIVATE ${MOEC_WARN})
+  target_link_options(cuda_link_probe PRIVATE LINKER:--no-as-needed)
+  add_test(NAME cuda_link COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_link.sh
+                                  $<TARGET_FILE:moec> $<TARGET_FILE:cuda_link_probe>)
+  set_tests_properties(cuda_link PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 30 LABELS "gpu;fast"
+                       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endif()

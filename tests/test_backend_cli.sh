@@ -9,7 +9,13 @@
 #   - plan { backend = cuda }: the same error naming the plan block; --backend cpu
 #     overrides it and trains with the same losses as a file without the line
 #   - a checkpoint named by --save/--load is left as it was by the failed run
-#   - --backend cuda --devices 2 and unknown backends are refused
+#   - --backend cuda --devices 2 (several GPUs) fails with the same reason; unknown
+#     backends are refused
+#   - the device settings are options as data: plan.tf32 (--tf32, --set plan.tf32=...)
+#     is checked like the file's settings and echoed by --json (no effect on the cpu:
+#     the same losses), --no-nccl and --cuda-alloc-limit are taken, bad values refused
+# (`check && pass ... || fail ...`: pass always succeeds, so fail runs only on a failed check)
+# shellcheck disable=SC2015
 set -u
 MOEC=$1
 TMP=$(mktemp -d /tmp/moec_test_backend.XXXXXX)
@@ -85,6 +91,19 @@ lb=$(grep '^{' b.out | sed 's/.*"last_loss":\([^,}]*\).*/\1/')
   fail "--backend cpu over the plan block: last loss '$lb', expected '$la'"
 "$MOEC" eval p.moe --backend auto --load ck2.safetensors >/dev/null 2>e.err && pass "eval --backend auto runs" ||
   { fail "eval --backend auto"; cat e.err; }
+
+# the device settings: data, not the environment
+expect 1 "^moec run: error: --backend cuda: $REASON" "$MOEC" run m.moe --backend cuda --devices 2 --no-nccl
+expect 2 "command line:[0-9]+:[0-9]+: error: 'tf32' must be true or false, got 'maybe'" \
+  "$MOEC" run m.moe --tf32 maybe
+expect 2 "^moec run: error: --cuda-alloc-limit 'lots': not a number of bytes" \
+  "$MOEC" run m.moe --cuda-alloc-limit lots
+"$MOEC" run m.moe --set plan.tf32=true --no-nccl --cuda-alloc-limit 4096 --json --quiet >t.out 2>t.err ||
+  { fail "cpu run with the device settings"; cat t.err; }
+lt=$(grep '^{' t.out | sed 's/.*"last_loss":\([^,}]*\).*/\1/')
+grep '^{' t.out | grep -q '"tf32": true' && [ "$lt" = "$la" ] &&
+  pass "--set plan.tf32=true --no-nccl --cuda-alloc-limit: echoed, no effect on the cpu (last loss $lt)" ||
+  { fail "device settings on the cpu: last loss '$lt', expected '$la'"; grep '^{' t.out; }
 
 echo "$FAILS failures"
 [ $FAILS -eq 0 ]

@@ -3,7 +3,8 @@
  * recompute boundary; an intermediate read outside the group is materialised
  * (an output of the fused node); a path that leaves the group and re-enters it
  * keeps the re-entering node out (no cycle); random ops (dropout) stay out;
- * forward and backward nodes never share a group. The rewritten graph always
+ * forward and backward nodes never share a group; groups for the cuda backend stay
+ * within its kernels' limits. The rewritten graph always
  * passes ir_verify. Skips (77) without LLVM (fusion is off there). */
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,54 @@ static void test_random_and_sides(void) {
   ir_graph_free(g);
 }
 
+/* A chain of 40 multiplies, every intermediate also read outside: one group of 40 on
+ * the cpu; on cuda groups of at most PASS_FUSED_MAX_CUDA members, so every fused node
+ * fits the cuda kernels (<= 64 inputs, 64 ops, 32 outputs). */
+static void test_cuda_cap(void) {
+  for (int cuda = 0; cuda < 2; cuda++) {
+    Config cfg;
+    fe_config_defaults(&cfg);
+    cfg.backend = cuda ? BK_CUDA : BK_CPU;
+    if (!pass_fusion_enabled(&cfg)) {
+      printf("  (fusion off for backend %s in this build: cap not checked)\n",
+             cuda ? "cuda" : "cpu");
+      continue;
+    }
+    Graph *g = ir_graph_new("cap");
+    Tensor *s = ir_param(g, "x0", vec(8), INIT_ZERO, 0, (Loc){0});
+    enum { L = 40 };
+    Tensor *prod[L];
+    for (int i = 1; i <= L; i++) {
+      char nm[16];
+      snprintf(nm, sizeof nm, "x%d", i);
+      Tensor *x = ir_param(g, nm, vec(8), INIT_ZERO, 0, (Loc){0});
+      s = prod[i - 1] = ir_op2(g, OP_MUL, s, x);
+    }
+    for (int i = 0; i < L; i++)
+      ir_op1(g, OP_SUM, prod[i]); /* read outside (after the chain): materialised */
+    PassCtx pc = {.cfg = &cfg, .devices = 1};
+    pass_fusion(g, &pc);
+    ir_verify(g);
+    int biggest = 0, members = 0;
+    bool fits = true;
+    for (int k = 0; k < g->nnodes; k++) {
+      const FusedProg *pr = g->nodes[k]->op == OP_FUSED ? ir_fused_prog(g->nodes[k]) : NULL;
+      if (!pr) continue;
+      biggest = pr->nops > biggest ? pr->nops : biggest;
+      members += pr->nops;
+      fits &= pr->nin <= 64 && pr->nops <= 64 && pr->nout <= 32;
+    }
+    CHECK(members == L);
+    if (cuda)
+      CHECK(fits && biggest <= PASS_FUSED_MAX_CUDA);
+    else
+      CHECK(biggest == L);
+    printf("  %s: %d multiplies fused, the largest group %d\n", cuda ? "cuda" : "cpu", members,
+           biggest);
+    ir_graph_free(g);
+  }
+}
+
 int main(void) {
   if (!cg_jit_available()) {
     printf("skipped: moec was built without LLVM (fusion is off)\n");
@@ -163,5 +212,6 @@ int main(void) {
   test_materialised();
   test_no_cycle();
   test_random_and_sides();
+  test_cuda_cap();
   TEST_DONE();
 }

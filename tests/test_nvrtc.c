@@ -16,7 +16,8 @@
  *      (LLVM JIT, when built with LLVM): the generated program wiring, operand order,
  *      broadcasts, constants and outputs are the unfused kernels' arithmetic;
  *   3. the cache: a repeated request is a memory hit; after dropping the memory cache,
- *      a disk hit (no compile); a damaged file is recompiled; no temporary file is left.
+ *      a disk hit (no compile); a damaged file is recompiled; no temporary file is left;
+ *   4. a compile error returns NULL with NVRTC's log (the caller falls back), no abort.
  * Without NVRTC, 1 and 3 are skipped (printed); without CUDA and LLVM the fusion pass
  * cannot run and the test skips (77). */
 #include <dirent.h>
@@ -479,6 +480,29 @@ static void cache_check(const char *tmpdir) {
   mc_free(keep0);
 }
 
+/* A compile that fails is not fatal: NULL, the NVRTC log in cg_nvrtc_error, counted,
+ * not cached (the cuda kernel then runs the interpreter: tests/gpu/test_cuda_fused.c);
+ * cg_nvrtc_fail = "compile" fails a good source the same way. */
+static void nvrtc_failure(void) {
+  CgNvrtcStats s0 = cg_nvrtc_stats();
+  size_t len = 0;
+  const char *bad = "extern \"C\" __global__ void moec_broken(float *x) { x[0] = y; }\n";
+  const char *b = cg_nvrtc_binary(bad, "compute_90", &len);
+  CHECK(b == NULL);
+  CHECK(strstr(cg_nvrtc_error(), "nvrtcCompileProgram") != NULL);
+  CHECK(strstr(cg_nvrtc_error(), "NVRTC log") != NULL && strstr(cg_nvrtc_error(), "y") != NULL);
+  CHECK(cg_nvrtc_stats().failed == s0.failed + 1);
+  const char *good = "extern \"C\" __global__ void moec_ok(float *x) { x[0] = 1.0f; }\n";
+  cg_nvrtc_fail = "compile";
+  CHECK(cg_nvrtc_binary(good, "compute_90", &len) == NULL);
+  CHECK(strstr(cg_nvrtc_error(), "cg_nvrtc_fail") != NULL);
+  cg_nvrtc_fail = NULL;
+  const char *ok = cg_nvrtc_binary(good, "compute_90", &len);
+  CHECK(ok != NULL && strstr(ok, "moec_ok") != NULL);
+  printf("%-4s a failed NVRTC compile returns NULL with its log (no abort); the next compiles\n",
+         b == NULL && ok ? "ok" : "FAIL");
+}
+
 int main(int argc, char **argv) {
   if (argc < 4) {
     fprintf(stderr, "usage: test_nvrtc CC SRCROOT MODEL.moe...\n");
@@ -524,6 +548,7 @@ int main(int argc, char **argv) {
   }
   host_check(argv[1], argv[2], tmpdir);
   if (cg_nvrtc_available()) cache_check(tmpdir);
+  if (cg_nvrtc_available()) nvrtc_failure();
   for (int i = 0; i < ngroups; i++)
     mc_free(groups[i].src);
   mc_free(groups);

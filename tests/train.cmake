@@ -15,7 +15,8 @@ foreach(case resume converge grad_eval errors text)
   set_tests_properties(train_${case} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "train")
 endforeach()
 # Choosing the backend where CUDA cannot run (GPUs hidden): clear errors, no crash,
-# checkpoints kept, --backend cpu over the plan block (tests/test_backend_cli.sh).
+# checkpoints kept, --backend cpu over the plan block, the device settings as options
+# (tests/test_backend_cli.sh).
 add_test(NAME train_backend_cli
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_backend_cli.sh $<TARGET_FILE:moec>)
-set_tests_properties(train_backend_cli PROPERTIES TIMEOUT 60 LABELS "train")
+set_tests_properties(train_backend_cli PROPERTIES TIMEOUT 120 LABELS "train")

@@ -5,9 +5,12 @@
  *                     the kernel tables, optimizer steps on device buffers
  *   kernels_dense.cu: the dense ops of ir/ops.def (cuBLAS GEMMs, LSTM, softmax, xent...)
  *   kernels_moe.cu  : the MoE ops (noise, top-k, load, dispatch, grouped GEMMs, combine...)
+ *   comm_cuda.cu    : the collective ops' kernels on device buffers, the device Comm
+ *                     (runtime/comm.h's rt_comm_nccl_*: NCCL, or staged)
  *   nccl_comm.cu    : NCCL communicators (nccl_comm.h)
  *
- * A kernel's KernelCtx.dev is a RtCudaDev* (rt_cuda_dev(i)); NULL means device 0.
+ * A kernel's KernelCtx.dev is a RtCudaDev* (rt_cuda_dev(i)); NULL means the calling
+ * thread's context (rt_cuda_bind_thread), else device 0.
  * Every kernel is asynchronous on that device's stream; Backend.sync / download
  * wait for it. Prefix: rt_cuda_. */
 #ifndef MOEC_RUNTIME_CUDA_H
@@ -35,15 +38,30 @@ RtCudaDev *rt_cuda_dev(int i);
  * cuBLAS handle) on GPU i. */
 RtCudaDev *rt_cuda_dev_virtual(int i, int v);
 /* Makes d's GPU the current one: Backend.alloc (and copies on the legacy stream)
- * act on the current GPU. */
+ * act on the current GPU. Dies on a thread bound to another GPU. */
 void rt_cuda_use(RtCudaDev *d);
+/* Several GPUs in one process: binds the calling thread to context d (its GPU made
+ * current). From then on the kernels of a KernelCtx without .dev run on d, and the
+ * Backend's calls and every kernel check that the thread is still on d's GPU (fatal
+ * otherwise); calls naming another context or GPU (NCCL set-up, rt_cuda_set_tf32, ...)
+ * make it current only for their duration. NULL unbinds. */
+void rt_cuda_bind_thread(RtCudaDev *d);
+/* The calling thread's context: the bound one, else GPU 0's. */
+RtCudaDev *rt_cuda_thread_dev(void);
+/* The GPU whose memory p is (cudaMalloc'd or managed), or -1 (host memory, NULL). */
+int rt_cuda_pointer_gpu(const void *p);
+/* Slots the pinned upload ring of d has grown to (tests). */
+int rt_cuda_ring_slots(RtCudaDev *d);
 /* Device d's stream (a cudaStream_t), for event timing (bench/) and launches of
  * kernels compiled elsewhere (codegen/nvrtc.c), and its GPU number. */
 void *rt_cuda_stream(RtCudaDev *d);
 int rt_cuda_gpu(RtCudaDev *d);
-/* TF32 tensor-core math for float32 GEMMs: off by default (results then match the
- * CPU to float32 rounding); also on when the environment has MOEC_TF32=1. */
+/* TF32 tensor-core math for float32 GEMMs, on every context and those made later: off
+ * by default (results then match the CPU to float32 rounding); plan.tf32 turns it on. */
 void rt_cuda_set_tf32(bool on);
+/* Every device allocation larger than `bytes` fails as out of memory (0: no limit):
+ * the --cuda-alloc-limit test hook. */
+void rt_cuda_set_alloc_limit(size_t bytes);
 /* Blocks until every queued kernel of device d has finished; then dies with a clear
  * message if a kernel flagged a user error (a token id outside the vocabulary...). */
 void rt_cuda_sync_dev(RtCudaDev *d);
@@ -69,6 +87,14 @@ struct Program;
 struct Optim;
 typedef struct RtCudaOptim RtCudaOptim;
 RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, struct Program *p, const struct Optim *o);
+/* The same as one device of comm (comm->size > 1; NULL or 1: the above): the global
+ * gradient norm is rt_md_optim_step's (replicated gradients counted once, this device's
+ * experts and subset-owned parameters summed over the devices through comm), and
+ * parameters trained on(...) devices without this one are not updated here. The
+ * factored optimizer's whole [E, H] expert entries are refused (mc_die). */
+struct Comm;
+RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, struct Program *p, const struct Optim *o,
+                                    struct Comm *comm);
 /* One update; sets o->t, o->last_norm (dies when the norm is not finite). */
 void rt_cuda_optim_step(RtCudaOptim *c, struct Optim *o);
 /* Copies the device state into o's host arrays (for a checkpoint). */

@@ -1,10 +1,11 @@
 /* cuda_backend.cu: the CUDA device: contexts (a stream and a cuBLAS handle per
- * device or virtual device), memory, the Backend rt_backend_cuda(), the kernel
- * tables, row-major GEMM wrappers, optimizer steps on device buffers.
+ * device or virtual device), device discipline (thread binding, RtDevScope), memory,
+ * the pinned upload ring, the Backend rt_backend_cuda(), the kernel tables, row-major
+ * GEMM wrappers, optimizer steps on device buffers.
  *
- * Memory is one cudaMalloc per tensor for now (cg_lower_on allocates per tensor);
- * the memory-planning pass will give one arena per device. Out of memory returns
- * NULL (cg_lower_on then reports the plan's figures), never aborts. */
+ * Memory: one cudaMalloc per program (its memory plan) or per tensor (hand-built
+ * graphs), on the current GPU (a device thread's own). Out of memory returns NULL
+ * (cg_lower_on then reports the plan's figures), never aborts. */
 #include <mutex>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +35,6 @@ static int probe_locked(void) {
   } else {
     g_reason[0] = 0;
   }
-  const char *tf = getenv("MOEC_TF32");
-  g_tf32_default = tf && tf[0] == '1';
   g_ngpus = n > RT_CUDA_MAX_GPUS ? RT_CUDA_MAX_GPUS : n;
   return g_ngpus;
 }
@@ -56,11 +55,11 @@ static void apply_math_mode(RtCudaDev *d) {
 }
 
 static RtCudaDev *dev_create(int gpu, int virt) {
+  RtDevScope on(gpu);
   RtCudaDev *d = (RtCudaDev *)mc_calloc(1, sizeof(RtCudaDev));
   d->gpu = gpu;
   d->virt = virt;
   d->tf32 = g_tf32_default;
-  CUDA_CHECK(cudaSetDevice(gpu));
   /* A blocking stream: the Backend's copies on the legacy default stream are
    * ordered with every context's kernels. */
   CUDA_CHECK(cudaStreamCreate(&d->stream));
@@ -87,7 +86,53 @@ extern "C" RtCudaDev *rt_cuda_dev(int gpu) { return rt_cuda_dev_virtual(gpu, 0);
 extern "C" void *rt_cuda_stream(RtCudaDev *d) { return (void *)d->stream; }
 extern "C" int rt_cuda_gpu(RtCudaDev *d) { return d->gpu; }
 
-extern "C" void rt_cuda_use(RtCudaDev *d) { CUDA_CHECK(cudaSetDevice(d->gpu)); }
+/* ---------------------------------------------------------------- device discipline */
+
+static thread_local RtCudaDev *t_bound; /* this thread's context (rt_cuda_bind_thread) */
+
+RtCudaDev *rt_cuda_bound(void) {
+  return t_bound;
+}
+
+void rt_cuda_check_gpu(int gpu, const char *what) {
+  if (t_bound && t_bound->gpu != gpu)
+    mc_fatal("%s on GPU %d from a device thread bound to GPU %d", what, gpu, t_bound->gpu);
+}
+
+extern "C" void rt_cuda_bind_thread(RtCudaDev *d) {
+  t_bound = d;
+  if (d) CUDA_CHECK(cudaSetDevice(d->gpu));
+}
+
+extern "C" RtCudaDev *rt_cuda_thread_dev(void) {
+  return t_bound ? t_bound : rt_cuda_dev(0);
+}
+
+extern "C" void rt_cuda_use(RtCudaDev *d) {
+  rt_cuda_check_gpu(d->gpu, "rt_cuda_use");
+  CUDA_CHECK(cudaSetDevice(d->gpu));
+}
+
+extern "C" int rt_cuda_pointer_gpu(const void *p) {
+  if (!p) return -1;
+  cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError(); /* not a pointer CUDA knows: host memory */
+    return -1;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
+
+/* The Backend's calls act on the current GPU: a bound thread's must be its own. */
+static void backend_check(const char *what) {
+  if (!t_bound) return;
+  int cur = -1;
+  CUDA_CHECK(cudaGetDevice(&cur));
+  if (cur != t_bound->gpu)
+    mc_fatal("Backend.%s on GPU %d from a device thread bound to GPU %d (a call left another "
+             "GPU current)",
+             what, cur, t_bound->gpu);
+}
 
 extern "C" void rt_cuda_set_tf32(bool on) {
   std::lock_guard<std::mutex> lk(g_lock);
@@ -96,8 +141,8 @@ extern "C" void rt_cuda_set_tf32(bool on) {
   for (int i = 0; i < RT_CUDA_MAX_GPUS; i++)
     for (int v = 0; v < RT_CUDA_MAX_VIRT; v++)
       if (g_devs[i][v]) {
+        RtDevScope g(i);
         g_devs[i][v]->tf32 = on;
-        CUDA_CHECK(cudaSetDevice(i));
         apply_math_mode(g_devs[i][v]);
       }
 }
@@ -120,21 +165,31 @@ static void check_flags(RtCudaDev *d) {
 }
 
 extern "C" void rt_cuda_sync_dev(RtCudaDev *d) {
-  CUDA_CHECK(cudaSetDevice(d->gpu));
+  RtDevScope on(d->gpu);
   CUDA_CHECK(cudaStreamSynchronize(d->stream));
   check_flags(d);
 }
 
-static void check_all_flags(void) {
-  for (int i = 0; i < RT_CUDA_MAX_GPUS; i++)
-    for (int v = 0; v < RT_CUDA_MAX_VIRT; v++)
-      if (g_devs[i][v]) check_flags(g_devs[i][v]);
+/* The flags of every context on the current GPU (a download or sync there). */
+static void check_current_flags(void) {
+  int cur = 0;
+  CUDA_CHECK(cudaGetDevice(&cur));
+  RtCudaDev *ds[RT_CUDA_MAX_VIRT];
+  int n = 0;
+  {
+    std::lock_guard<std::mutex> lk(g_lock);
+    for (int v = 0; cur >= 0 && cur < RT_CUDA_MAX_GPUS && v < RT_CUDA_MAX_VIRT; v++)
+      if (g_devs[cur][v]) ds[n++] = g_devs[cur][v];
+  }
+  for (int i = 0; i < n; i++)
+    check_flags(ds[i]); /* dies outside the lock */
 }
 
 /* ---------------------------------------------------------------- scratch */
 
 void *rt_cuda_scratch(RtCudaDev *d, size_t bytes) {
   if (bytes <= d->scratch_bytes) return d->scratch;
+  RtDevScope on(d->gpu);
   size_t nb = bytes < (1u << 20) ? (1u << 20) : bytes + bytes / 4;
   if (d->scratch) {
     CUDA_CHECK(cudaStreamSynchronize(d->stream));
@@ -153,6 +208,7 @@ void *rt_cuda_scratch(RtCudaDev *d, size_t bytes) {
 }
 
 void *rt_cuda_stage(RtCudaDev *d, size_t bytes) {
+  RtDevScope on(d->gpu);
   CUDA_CHECK(cudaStreamSynchronize(d->stream));
   if (bytes <= d->stage_bytes) return d->stage;
   size_t nb = bytes < 65536 ? 65536 : 2 * bytes;
@@ -162,23 +218,58 @@ void *rt_cuda_stage(RtCudaDev *d, size_t bytes) {
   return d->stage;
 }
 
-void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes) {
-  int k = d->pnext;
-  d->pnext = (d->pnext + 1) % 4;
-  if (!d->pev[k]) CUDA_CHECK(cudaEventCreateWithFlags(&d->pev[k], cudaEventDisableTiming));
-  else CUDA_CHECK(cudaEventSynchronize(d->pev[k])); /* its previous copy is done */
-  if (d->pstage_bytes[k] < bytes) {
-    if (d->pstage[k]) CUDA_CHECK(cudaFreeHost(d->pstage[k]));
-    d->pstage_bytes[k] = bytes < 16384 ? 16384 : 2 * bytes;
-    CUDA_CHECK(cudaMallocHost(&d->pstage[k], d->pstage_bytes[k]));
+/* A ring slot whose previous copy has run: the next one in order, or a new one inserted
+ * before it while the ring can grow (the order of the others is kept). */
+static RtCudaRingSlot *ring_take(RtCudaDev *d) {
+  if (d->ring_n == 0) d->ring_n = 1;
+  int k = d->ring_next;
+  RtCudaRingSlot *s = &d->ring[k];
+  if (s->ev) {
+    cudaError_t q = cudaEventQuery(s->ev);
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError(); /* "not ready" is not an error: clear it */
+      if (d->ring_n < RT_CUDA_RING_MAX) {
+        memmove(&d->ring[k + 1], &d->ring[k], (size_t)(d->ring_n - k) * sizeof(RtCudaRingSlot));
+        d->ring_n++;
+        s = &d->ring[k];
+        memset(s, 0, sizeof *s);
+      } else {
+        CUDA_CHECK(cudaEventSynchronize(s->ev));
+      }
+    } else {
+      CUDA_CHECK(q);
+    }
   }
-  memcpy(d->pstage[k], src, bytes);
-  CUDA_CHECK(cudaMemcpyAsync(dst, d->pstage[k], bytes, cudaMemcpyHostToDevice, d->stream));
-  CUDA_CHECK(cudaEventRecord(d->pev[k], d->stream));
+  d->ring_next = (k + 1) % d->ring_n;
+  return s;
+}
+
+void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes) {
+  if (!bytes) return;
+  RtDevScope on(d->gpu);
+  if (bytes > RT_CUDA_RING_BYTES) { /* staged by the driver before it returns */
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, d->stream));
+    return;
+  }
+  RtCudaRingSlot *s = ring_take(d);
+  if (!s->ev) CUDA_CHECK(cudaEventCreateWithFlags(&s->ev, cudaEventDisableTiming));
+  if (s->bytes < bytes) {
+    if (s->host) CUDA_CHECK(cudaFreeHost(s->host));
+    s->bytes = bytes < 16384 ? 16384 : 2 * bytes;
+    CUDA_CHECK(cudaMallocHost(&s->host, s->bytes));
+  }
+  memcpy(s->host, src, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dst, s->host, bytes, cudaMemcpyHostToDevice, d->stream));
+  CUDA_CHECK(cudaEventRecord(s->ev, d->stream));
+}
+
+extern "C" int rt_cuda_ring_slots(RtCudaDev *d) {
+  return d->ring_n;
 }
 
 void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes) {
   if (bytes <= d->ptrs_bytes) return d->ptrs;
+  RtDevScope on(d->gpu);
   size_t nb = bytes < 65536 ? 65536 : 2 * bytes;
   if (d->ptrs) {
     CUDA_CHECK(cudaStreamSynchronize(d->stream));
@@ -220,6 +311,7 @@ static const KernelFn *cuda_kernels(Precision p) {
       rt_cuda_dense_register(g_table_f32, g_table_f64);
       rt_cuda_moe_register(g_table_f32, g_table_f64);
       rt_cuda_seq_register(g_table_f32, g_table_f64);
+      rt_cuda_comm_register(g_table_f32, g_table_f64);
       g_tables_filled = true;
     }
   }
@@ -229,22 +321,20 @@ static const KernelFn *cuda_kernels(Precision p) {
 /* Memory calls act on the current CUDA device (device 0 unless the caller set
  * another) through the legacy default stream, which orders them with every
  * context's (blocking) stream. */
-/* Test hook: MOEC_CUDA_ALLOC_LIMIT=BYTES makes every larger allocation fail as if the
- * device were out of memory (tests/gpu/test_cuda_train.sh checks the message and that
- * a checkpoint on disk survives). */
-static size_t alloc_limit(void) {
-  static size_t lim = (size_t)-2;
-  if (lim == (size_t)-2) {
-    const char *v = getenv("MOEC_CUDA_ALLOC_LIMIT");
-    lim = v && *v ? (size_t)strtoull(v, NULL, 10) : (size_t)-1;
-  }
-  return lim;
+/* Larger allocations fail as if the device were out of memory (--cuda-alloc-limit:
+ * tests/gpu/test_cuda_train.sh checks the message and that a checkpoint on disk
+ * survives). Set before the devices start. */
+static size_t g_alloc_limit = (size_t)-1;
+
+extern "C" void rt_cuda_set_alloc_limit(size_t bytes) {
+  g_alloc_limit = bytes ? bytes : (size_t)-1;
 }
 
 static void *cuda_alloc(size_t bytes) {
+  backend_check("alloc");
   void *p = NULL;
   size_t nb = bytes ? (bytes + 255) & ~(size_t)255 : 256;
-  if (nb > alloc_limit()) return NULL;
+  if (nb > g_alloc_limit) return NULL;
   cudaError_t e = cudaMalloc(&p, nb);
   if (e != cudaSuccess) {
     (void)cudaGetLastError(); /* OOM is not sticky: clear it and report */
@@ -255,35 +345,39 @@ static void *cuda_alloc(size_t bytes) {
 }
 
 static void cuda_release(void *p) {
+  backend_check("release");
   if (p) CUDA_CHECK(cudaFree(p));
 }
 
 static void cuda_upload(void *dst, const void *src, size_t bytes) {
+  backend_check("upload");
   if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
 static void cuda_download(void *dst, const void *src, size_t bytes) {
+  backend_check("download");
   if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
-  check_all_flags();
+  check_current_flags();
 }
 
 static void cuda_copy(void *dst, const void *src, size_t bytes) {
+  backend_check("copy");
   if (bytes && dst != src) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
 }
 
 static void cuda_sync(void) {
+  backend_check("sync");
   CUDA_CHECK(cudaDeviceSynchronize());
-  std::lock_guard<std::mutex> lk(g_lock);
-  check_all_flags();
+  check_current_flags();
 }
 
 static const Backend g_backend = {"cuda",      cuda_kernels,  cuda_alloc, cuda_release,
                                   cuda_upload, cuda_download, cuda_copy,  cuda_sync};
 
+/* Leaves the current GPU as it is: a device thread's is its own. */
 extern "C" const Backend *rt_backend_cuda(void) {
   if (rt_cuda_device_count() <= 0) return NULL;
   if (!rt_cuda_dev(0)) return NULL;
-  CUDA_CHECK(cudaSetDevice(0));
   return &g_backend;
 }
 
@@ -304,6 +398,7 @@ extern "C" void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *
                                  int64_t n, double lr, double b1, double b2, double eps, int64_t t,
                                  double gscale) {
   if (n <= 0) return;
+  RtDevScope on(d->gpu);
   double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
   adam_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(p, g, m, v, n, lr, b1, b2, eps,
                                                                     bc1, bc2, gscale);
@@ -316,6 +411,7 @@ __global__ void sgd_kernel(float *p, const float *g, int64_t n, float lr) {
 
 extern "C" void rt_cuda_sgd_f32(RtCudaDev *d, float *p, const float *g, int64_t n, double lr) {
   if (n <= 0) return;
+  RtDevScope on(d->gpu);
   sgd_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(p, g, n, (float)lr);
   CUDA_LAUNCH_CHECK();
 }
@@ -335,6 +431,7 @@ __global__ void sumsq_kernel(const float *x, int64_t n, double *out) {
 }
 
 extern "C" double rt_cuda_sumsq_f32(RtCudaDev *d, const float *x, int64_t n) {
+  RtDevScope on(d->gpu);
   double *tmp = (double *)rt_cuda_scratch(d, sizeof(double));
   sumsq_kernel<<<1, 1024, 0, d->stream>>>(x, n, tmp);
   CUDA_LAUNCH_CHECK();

@@ -56,7 +56,20 @@ struct RtCudaOffsets {
   int32_t *host;        /* pinned copy */
   int64_t count, cap;
   cudaEvent_t ev;       /* recorded after the copy */
+  bool known;           /* host written by the host (rt_cuda_offsets_known): no wait */
 };
+
+/* One slot of the pinned upload ring (rt_cuda_upload_async). */
+struct RtCudaRingSlot {
+  void *host;
+  size_t bytes;
+  cudaEvent_t ev; /* recorded after the copy out of host */
+};
+/* The ring grows (up to RT_CUDA_RING_MAX slots) instead of waiting when every slot's
+ * copy is still queued, so the host runs ahead of the GPU by a whole step's uploads
+ * (inputs and every grouped GEMM's pointer array), not by four. */
+#define RT_CUDA_RING_MAX 256
+#define RT_CUDA_RING_BYTES (1u << 20) /* larger copies: cudaMemcpyAsync from the source */
 
 struct RtCudaDev {
   int gpu, virt;
@@ -73,16 +86,44 @@ struct RtCudaDev {
   int *err_dev;
   RtCudaOffsets offs[RT_CUDA_OFFSET_SLOTS];
   int offs_next;
-  void *pstage[4];      /* pinned ring for small async host->device copies */
-  size_t pstage_bytes[4];
-  cudaEvent_t pev[4];
-  int pnext;
+  RtCudaRingSlot ring[RT_CUDA_RING_MAX]; /* pinned ring for small async host->device copies */
+  int ring_n, ring_next;
+  void *cbuf[2]; /* the collectives' staging buffers (comm_cuda.cu) */
+  size_t cbuf_bytes[2];
+  void *segs; /* device copy of a segment list (comm_cuda.cu) */
+  size_t segs_bytes;
 };
 
-/* ctx->dev, or device 0 when the caller left it NULL. */
+/* ---------------------------------------------------------------- device discipline */
+
+/* Several GPUs in one process: each device thread binds itself to its context
+ * (rt_cuda_bind_thread). Every call that names a context or a GPU makes that GPU
+ * current for its duration (RtDevScope) and gives the caller's back; kernels and the
+ * Backend's calls (which act on the current GPU) check that a bound thread is on its
+ * own GPU. Unbound threads (one GPU, tests) act on the current GPU as before. */
+RtCudaDev *rt_cuda_bound(void);
+/* Dies when the calling thread is bound to a GPU other than `gpu` (what: the call). */
+void rt_cuda_check_gpu(int gpu, const char *what);
+struct RtDevScope {
+  int prev, gpu;
+  explicit RtDevScope(int g) : prev(-1), gpu(g) {
+    CUDA_CHECK(cudaGetDevice(&prev));
+    if (prev != gpu) CUDA_CHECK(cudaSetDevice(gpu));
+  }
+  ~RtDevScope() {
+    if (prev != gpu && prev >= 0) (void)cudaSetDevice(prev);
+  }
+  RtDevScope(const RtDevScope &) = delete;
+  RtDevScope &operator=(const RtDevScope &) = delete;
+};
+
+/* ctx->dev, or the calling thread's bound context, or device 0; made current. A kernel
+ * of another GPU than the thread's is a runtime bug (fatal). */
 static inline RtCudaDev *rt_cuda_of(const KernelCtx *ctx) {
-  RtCudaDev *d = ctx && ctx->dev ? (RtCudaDev *)ctx->dev : rt_cuda_dev(0);
+  RtCudaDev *d = ctx && ctx->dev ? (RtCudaDev *)ctx->dev : rt_cuda_bound();
+  if (!d) d = rt_cuda_dev(0);
   if (!d) mc_fatal("a cuda kernel ran but no CUDA device is available");
+  rt_cuda_check_gpu(d->gpu, "a kernel");
   int cur = -1; /* launches go to the current device: make it d's */
   CUDA_CHECK(cudaGetDevice(&cur));
   if (cur != d->gpu) CUDA_CHECK(cudaSetDevice(d->gpu));
@@ -94,17 +135,26 @@ void *rt_cuda_scratch(RtCudaDev *d, size_t bytes);
 /* At least `bytes` of pinned host memory; waits for the stream first, so earlier
  * async copies from it have finished. */
 void *rt_cuda_stage(RtCudaDev *d, size_t bytes);
-/* Copies `bytes` from host src to device dst on d's stream through a ring of pinned
- * buffers: waits only for the copy that used the same ring slot four calls ago, not
- * for the stream. */
+/* Copies `bytes` from host src to device dst on d's stream (src may be reused at once):
+ * small copies through the ring of pinned buffers (no wait for the stream; the ring
+ * grows while all its copies are queued), larger ones straight from src. */
 void rt_cuda_upload_async(RtCudaDev *d, void *dst, const void *src, size_t bytes);
 /* Device array of at least `bytes` for grouped-GEMM pointer arrays. */
 void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes);
 
-/* Kernel tables (kernels_dense.cu, kernels_moe.cu). */
+/* Kernel tables (kernels_dense.cu, kernels_moe.cu, comm_cuda.cu). */
 void rt_cuda_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_cuda_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_cuda_seq_register(KernelFn *f32, KernelFn *f64); /* kernels_seq.cu */
+void rt_cuda_comm_register(KernelFn *f32, KernelFn *f64);
+/* Group offsets (count int32) that a collective wrote at off_dev and knows on the host
+ * (kernels_moe.cu): the grouped ops that read them next take this copy, no wait. */
+void rt_cuda_offsets_known(RtCudaDev *d, const Node *producer, const void *off_dev,
+                           const int32_t *host, int64_t count);
+/* The host copy of offsets tensor t (count int32 at off_dev) that its producer
+ * published, when there is one: waits for that copy only. False when none matches. */
+bool rt_cuda_offsets_copy(RtCudaDev *d, const Tensor *t, const void *off_dev, int32_t *dst,
+                          int64_t count);
 
 /* ---------------------------------------------------------------- launch helpers */
 

@@ -7,6 +7,9 @@
 #include <string.h>
 
 #include "cuda_internal.cuh"
+extern "C" {
+#include "../../passes/fusion.h"
+}
 
 #define IN(i, T) ((const T *)in[i])
 #define OUT(j, T) ((T *)out[j])
@@ -566,6 +569,9 @@ static void k_xent_pad_bwd(const KernelCtx *ctx, const Node *n, void *const *in,
 #define FUSED_MAX_IN 64
 #define FUSED_MAX_OPS 64
 #define FUSED_MAX_OUT 32
+static_assert(2 * PASS_FUSED_MAX_CUDA <= FUSED_MAX_IN && PASS_FUSED_MAX_CUDA <= FUSED_MAX_OPS &&
+                  PASS_FUSED_MAX_CUDA <= FUSED_MAX_OUT,
+              "the fusion pass's cuda groups must fit the interpreter kernel");
 struct FusedArgs {
   int nin, nops, nout;
   unsigned long long scalar; /* bit i: input i is a scalar (broadcast) */

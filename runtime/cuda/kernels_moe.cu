@@ -514,10 +514,9 @@ static void k_undispatch(const KernelCtx *ctx, const Node *n, void *const *in, v
 
 /* ---------------------------------------------------------------- grouped GEMMs */
 
-/* After `producer` wrote offsets[count] at off_dev: an async copy to pinned host
- * memory and an event, for the grouped ops that read them later. */
-static void publish_offsets(RtCudaDev *d, const Node *producer, const int32_t *off_dev,
-                            int64_t count) {
+/* The slot for offsets at off_dev (the one they had, else the next in turn), its
+ * pinned copy sized for count and not being written by an earlier copy. */
+static RtCudaOffsets *offsets_slot(RtCudaDev *d, const void *off_dev, int64_t count) {
   RtCudaOffsets *o = NULL;
   for (int i = 0; i < RT_CUDA_OFFSET_SLOTS; i++)
     if (d->offs[i].dev == off_dev) o = &d->offs[i];
@@ -526,38 +525,68 @@ static void publish_offsets(RtCudaDev *d, const Node *producer, const int32_t *o
     d->offs_next = (d->offs_next + 1) % RT_CUDA_OFFSET_SLOTS;
   }
   if (!o->ev) CUDA_CHECK(cudaEventCreateWithFlags(&o->ev, cudaEventDisableTiming));
+  if (o->host) CUDA_CHECK(cudaEventSynchronize(o->ev)); /* a copy into it may be in flight */
   if (o->cap < count) {
-    if (o->host) {
-      CUDA_CHECK(cudaEventSynchronize(o->ev)); /* a copy into it may be in flight */
-      CUDA_CHECK(cudaFreeHost(o->host));
-    }
+    if (o->host) CUDA_CHECK(cudaFreeHost(o->host));
     o->cap = count < 1024 ? 1024 : 2 * count;
     CUDA_CHECK(cudaMallocHost((void **)&o->host, (size_t)o->cap * sizeof(int32_t)));
   }
+  return o;
+}
+
+/* After `producer` wrote offsets[count] at off_dev: an async copy to pinned host
+ * memory and an event, for the grouped ops that read them later. */
+static void publish_offsets(RtCudaDev *d, const Node *producer, const int32_t *off_dev,
+                            int64_t count) {
+  RtCudaOffsets *o = offsets_slot(d, off_dev, count);
   o->dev = off_dev;
   o->producer = producer;
   o->count = count;
+  o->known = false;
   CUDA_CHECK(cudaMemcpyAsync(o->host, off_dev, (size_t)count * sizeof(int32_t),
                              cudaMemcpyDeviceToHost, d->stream));
   CUDA_CHECK(cudaEventRecord(o->ev, d->stream));
 }
 
-/* The offsets on the host: the published copy when the tensor's producer made one
- * (waits only for that copy), else one small D->H copy and a stream sync. */
-static std::vector<int32_t> host_offsets(RtCudaDev *d, const Tensor *t, const int32_t *off_dev,
-                                         int64_t E) {
+void rt_cuda_offsets_known(RtCudaDev *d, const Node *producer, const void *off_dev,
+                           const int32_t *host, int64_t count) {
+  RtDevScope on(d->gpu);
+  RtCudaOffsets *o = offsets_slot(d, off_dev, count);
+  memcpy(o->host, host, (size_t)count * sizeof(int32_t));
+  o->dev = off_dev;
+  o->producer = producer;
+  o->count = count;
+  o->known = true;
+}
+
+bool rt_cuda_offsets_copy(RtCudaDev *d, const Tensor *t, const void *off_dev, int32_t *dst,
+                          int64_t count) {
   for (int i = 0; i < RT_CUDA_OFFSET_SLOTS; i++) {
     RtCudaOffsets *o = &d->offs[i];
-    if (o->dev == off_dev && o->producer == t->producer && o->count == E + 1) {
-      CUDA_CHECK(cudaEventSynchronize(o->ev));
-      return std::vector<int32_t>(o->host, o->host + E + 1);
-    }
+    if (o->dev != off_dev || o->producer != t->producer || o->count != count) continue;
+    if (!o->known) CUDA_CHECK(cudaEventSynchronize(o->ev));
+    memcpy(dst, o->host, (size_t)count * sizeof(int32_t));
+    return true;
   }
-  int32_t *h = (int32_t *)rt_cuda_stage(d, (size_t)(E + 1) * sizeof(int32_t));
-  CUDA_CHECK(cudaMemcpyAsync(h, off_dev, (size_t)(E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                             d->stream));
-  CUDA_CHECK(cudaStreamSynchronize(d->stream));
-  return std::vector<int32_t>(h, h + E + 1);
+  return false;
+}
+
+/* The offsets of node n (E + 1 of them, for R rows) on the host: the published copy
+ * when the tensor's producer made one (waits only for that copy), else one small D->H
+ * copy and a stream sync; checked as the CPU kernels check them (moe_check_offsets),
+ * so a bad offset is a clear error, not a GEMM reading outside its operands. */
+static std::vector<int32_t> host_offsets(RtCudaDev *d, const Node *n, const Tensor *t,
+                                         const int32_t *off_dev, int64_t E, int64_t R) {
+  std::vector<int32_t> h((size_t)E + 1);
+  if (!rt_cuda_offsets_copy(d, t, off_dev, h.data(), E + 1)) {
+    int32_t *st = (int32_t *)rt_cuda_stage(d, (size_t)(E + 1) * sizeof(int32_t));
+    CUDA_CHECK(cudaMemcpyAsync(st, off_dev, (size_t)(E + 1) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, d->stream));
+    CUDA_CHECK(cudaStreamSynchronize(d->stream));
+    memcpy(h.data(), st, (size_t)(E + 1) * sizeof(int32_t));
+  }
+  rt_moe_check_offsets(n, h.data(), E, R);
+  return h;
 }
 
 /* One grouped call: problem g computes column-major C_g (m x n) = op(A_g) op(B_g), with
@@ -604,7 +633,9 @@ struct Grouped {
           (const void *const *)dp, CUDA_R_32F, lda.data(), (const void *const *)(dp + G),
           CUDA_R_32F, ldb.data(), beta.data(), dp + 2 * G, CUDA_R_32F, ldc.data(), G, size.data(),
           ct);
-      if (grouped_gemm == CUBLAS_STATUS_NOT_SUPPORTED && ct != CUBLAS_COMPUTE_32F) /* no TF32 variant */
+      /* TF32 asked for but refused (no such variant, an unsupported shape, any status):
+       * the same call in plain FP32, whose failure is then the error */
+      if (grouped_gemm != CUBLAS_STATUS_SUCCESS && ct != CUBLAS_COMPUTE_32F)
         grouped_gemm = cublasGemmGroupedBatchedEx(
             d->blas, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
             (const void *const *)dp, CUDA_R_32F, lda.data(), (const void *const *)(dp + G),
@@ -631,7 +662,11 @@ static void k_grouped_matmul(const KernelCtx *ctx, const Node *n, void *const *i
   T *y = OUT(0, T);
   bool tw = n->ia[0] != 0;
   int64_t E = n->in[1]->shape[0], K = rt_last_dim(n->in[0]), M = rt_last_dim(n->out[0]);
-  std::vector<int32_t> off = host_offsets(d, n->in[2], I32IN(2), E);
+  int64_t R = n->in[0]->shape[0];
+  std::vector<int32_t> off = host_offsets(d, n, n->in[2], I32IN(2), E, R);
+  if (off[(size_t)E] < R) /* rows past offsets[E] (batchwise padding) are zero, as on the CPU */
+    CUDA_CHECK(cudaMemsetAsync(y + (int64_t)off[(size_t)E] * M, 0,
+                               (size_t)((R - off[(size_t)E]) * M) * sizeof(T), d->stream));
   Grouped gr;
   for (int64_t e = 0; e < E; e++) {
     int64_t r0 = off[(size_t)e], me = off[(size_t)e + 1] - r0;
@@ -651,7 +686,7 @@ static void k_grouped_matmul_dw(const KernelCtx *ctx, const Node *n, void *const
   const T *xs = IN(0, T), *g = IN(1, T);
   T *dW = OUT(0, T);
   int64_t E = n->out[0]->shape[0], K = rt_last_dim(n->in[0]), M = rt_last_dim(n->in[1]);
-  std::vector<int32_t> off = host_offsets(d, n->in[2], I32IN(2), E);
+  std::vector<int32_t> off = host_offsets(d, n, n->in[2], I32IN(2), E, n->in[0]->shape[0]);
   Grouped gr;
   for (int64_t e = 0; e < E; e++) {
     int64_t r0 = off[(size_t)e], me = off[(size_t)e + 1] - r0;

@@ -1,10 +1,10 @@
 /* nccl_comm.h: NCCL communicators for the CUDA backend (runtime/cuda/nccl_comm.cu).
  *
  * One RtNccl holds the ranks this process drives: every GPU of the process
- * (in-process, ncclCommInitAll), or one GPU per MPI rank (the ncclUniqueId made by
- * rank 0 and broadcast over MPI), or any bootstrap that passes the id itself.
- * Each local rank has its own communication stream, so collectives overlap the
- * compute stream of its device context (rt_cuda_dev) until rt_nccl_join:
+ * (ncclCommInitAll), or one rank from an ncclUniqueId that some bootstrap (the host
+ * Comm: MPI_Bcast under MPI) handed to every rank. Each local rank has its own
+ * communication stream, so collectives overlap the compute stream of its device
+ * context (rt_cuda_dev) until rt_nccl_join:
  *
  *   compute ... | rt_nccl_allreduce_sum(...)   (waits for the compute queued so far)
  *   compute that does not need the result ...   (runs beside the collective)
@@ -13,10 +13,11 @@
  * Buffers are device pointers, one per local rank. In-process, a call covers every
  * local rank at once (inside one ncclGroupStart/End), so one host thread drives all
  * GPUs. Errors die with the NCCL call's text, file and line (NCCL_CHECK).
- * runtime/comm.h is the generic communicator on host buffers; these calls
- * are its device-buffer counterparts (all_reduce_sum -> rt_nccl_allreduce_sum_ordered
- * for its bit-exact contract, or rt_nccl_allreduce_sum when a ring's order will do;
- * all_to_allv -> rt_nccl_alltoallv with element counts). NCCL's own all-reduce is
+ *
+ * The runtime uses NCCL through runtime/comm.h's Comm (rt_comm_nccl_*, comm_cuda.cu):
+ * one thread per GPU, each with the transport below over its local rank
+ * (all_reduce_sum: the rank-order sum, bit for bit the in-process and MPI
+ * communicators'; all_to_allv: grouped ncclSend/ncclRecv). NCCL's own all-reduce is
  * deterministic for a fixed configuration but does not sum in rank order.
  * Prefix: rt_nccl_. */
 #ifndef MOEC_RUNTIME_NCCL_COMM_H
@@ -42,13 +43,10 @@ void rt_nccl_unique_id(unsigned char id[RT_NCCL_ID_BYTES]);
 RtNccl *rt_nccl_init_rank(const unsigned char id[RT_NCCL_ID_BYTES], int nranks, int rank, int gpu);
 /* Every GPU 0..ngpus-1 of this process, ranks = GPU numbers (ncclCommInitAll). */
 RtNccl *rt_nccl_init_local(int ngpus);
-/* One GPU per MPI rank (MPI_COMM_WORLD, GPU = local rank modulo the GPU count); NULL
- * when moec was built without MPI. */
-RtNccl *rt_nccl_init_mpi(void);
 void rt_nccl_free(RtNccl *c);
 
-int rt_nccl_nlocal(const RtNccl *c);        /* ranks driven by this process */
-int rt_nccl_nranks(const RtNccl *c);        /* ranks in all */
+int rt_nccl_nlocal(const RtNccl *c);          /* ranks driven by this process */
+int rt_nccl_nranks(const RtNccl *c);          /* ranks in all */
 int rt_nccl_rank(const RtNccl *c, int local); /* global rank of local rank i */
 
 /* In place: bufs[i] (device, count elements) of local rank i becomes the sum over
@@ -72,6 +70,18 @@ void rt_nccl_alltoallv(RtNccl *c, const void *const *send, const int64_t *const 
 
 /* The compute streams (rt_cuda_dev(gpu)) wait for every collective queued so far. */
 void rt_nccl_join(RtNccl *c);
+
+/* The device Comm's transport (runtime/comm_dev.h) over local rank `local` of c, whose
+ * thread computes on context dev (its GPU, rt_cuda_bind_thread): every collective
+ * after the compute queued before it on dev's stream, and the compute queued after it
+ * after it (events both ways; the host does not wait). all_reduce_sum is the ordered
+ * one (in chunks of at most 64 MiB of gathered copies); all_to_allv grouped
+ * send/recv (a copy for the rank's own bytes); subsets get communicators of their own
+ * (ncclCommInitRank, the id sent over the subset's host Comm). owns: c is freed with
+ * the state (a rank's own RtNccl); otherwise the caller frees c after every state. */
+struct CommTransport;
+extern const struct CommTransport rt_nccl_transport;
+void *rt_nccl_transport_state(RtNccl *c, int local, RtCudaDev *dev, bool owns);
 
 #ifdef __cplusplus
 }

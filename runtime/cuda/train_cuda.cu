@@ -18,8 +18,17 @@
 
 #include "cuda_internal.cuh"
 extern "C" {
+#include "../../passes/plan.h"
+#include "../multidev.h"
 #include "../train.h"
 }
+
+/* How a parameter enters the global gradient norm on several devices (the split of
+ * multidev.c's rt_md_optim_step): its square sum counted here (replicated: the same on
+ * every device), counted and summed over the devices (this device's experts, or a
+ * parameter trained on(...) a device subset, by the set's first device), not counted
+ * here (the subset's other devices), or not even updated (trained off this device). */
+enum { NORM_LOCAL, NORM_SUMMED, NORM_NOT_COUNTED, NORM_SKIP };
 
 #define NORM_THREADS 256
 #define NORM_MAXB 64 /* blocks per parameter in the norm's first stage */
@@ -34,11 +43,20 @@ struct RtCudaOptim {
   float **m, **v, **vr, **vc; /* device state (NULL where the kind has none) */
   float **zero;               /* owned zero gradients of parameters without one */
   int *nb, *poff;             /* norm: blocks and partials offset per parameter */
-  double *part;               /* device [sum nb] */
-  double *total;              /* device [1] */
-  double *total_host;         /* pinned [1] */
-  double *rmean;              /* device [max lead]: factored row means */
-  size_t bytes;               /* device bytes this optimizer holds */
+  signed char *cls;           /* per parameter: NORM_* */
+  int64_t *nloc;              /* elements of this device's gradient (the norm's share) */
+  /* whole entries (several devices, factored: an [E, H] expert matrix whose moments are
+   * kept whole, multidev.c's whole_entry): the whole parameter and gradient gathered
+   * each step, updated as one device would, this device's rows kept */
+  float **wp, **wg;   /* device [E, H] (NULL: not a whole entry) */
+  const RowSel **rs;  /* whole entries: the program's shard table (this device's rows) */
+  int npart[2];       /* partials of the local and the summed class */
+  Comm *comm;         /* several devices: the summed class's all-reduce */
+  double *part;       /* device [sum nb]: the local class's, then the summed */
+  double *total;      /* device [2] */
+  double *total_host; /* pinned [2] */
+  double *rmean;      /* device [max lead]: factored row means */
+  size_t bytes;       /* device bytes this optimizer holds */
 };
 
 static int norm_blocks(int64_t n) {
@@ -68,19 +86,37 @@ static float *state_alloc(RtCudaOptim *c, const char *kind, const char *pname, c
   return q;
 }
 
-extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim *o) {
+/* The norm class of parameter i on this device (see NORM_*). */
+static int norm_class(const Program *p, int i, const Comm *comm) {
+  if (!comm || comm->size <= 1) return NORM_LOCAL;
+  int own = rt_md_param_owner(p, i);
+  bool here = !p->param_set || (p->param_set[i] >> p->g->rank & 1); /* trained here */
+  if (own >= 0 && !here) return NORM_SKIP;
+  if (own >= 0 && own != comm->rank) return NORM_NOT_COUNTED;
+  bool summed = own >= 0 || (p->rows && p->rows[i].list);
+  return summed ? NORM_SUMMED : NORM_LOCAL;
+}
+
+extern "C" RtCudaOptim *rt_cuda_optim_new_comm(RtCudaDev *d, Program *p, const Optim *o,
+                                               Comm *comm) {
   MOEC_ASSERT(d && p && o && p->prec == PREC_F32 && o->n == p->g->nparams);
-  rt_cuda_use(d);
+  RtDevScope on(d->gpu);
   RtCudaOptim *c = (RtCudaOptim *)mc_calloc(1, sizeof(RtCudaOptim));
   c->d = d;
   c->be = p->be;
   c->n = o->n;
+  c->comm = comm && comm->size > 1 ? comm : NULL;
   size_t n = (size_t)(o->n > 0 ? o->n : 1);
   c->numel = (int64_t *)mc_calloc(4 * n, sizeof(int64_t));
   c->lead = c->numel + n;
   c->rows = c->numel + 2 * n;
   c->cols = c->numel + 3 * n;
   c->fact = (bool *)mc_calloc(n, sizeof(bool));
+  c->cls = (signed char *)mc_calloc(n, 1);
+  c->nloc = (int64_t *)mc_calloc(2 * n, sizeof(int64_t));
+  c->wp = (float **)mc_calloc(2 * n, sizeof(float *));
+  c->wg = c->wp + n;
+  c->rs = (const RowSel **)mc_calloc(n, sizeof(RowSel *));
   c->p = (float **)mc_calloc(7 * n, sizeof(float *));
   c->g = c->p + n;
   c->m = c->p + 2 * n;
@@ -90,12 +126,22 @@ extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim 
   c->zero = c->p + 6 * n;
   c->nb = (int *)mc_calloc(2 * n, sizeof(int));
   c->poff = c->nb + n;
-  int npart = 0;
   int64_t maxlead = 1;
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = p->g->params[i];
-    MOEC_ASSERT(!strcmp(t->name, o->names[i]) && t->numel == o->numel[i]);
-    c->numel[i] = t->numel;
+    /* multidev.c's whole entries: factored [E, H] expert matrices kept whole */
+    bool whole =
+        c->comm && p->rows && p->rows[i].list && o->kind == OPT_FACTORED && o->prank[i] == 2;
+    MOEC_ASSERT(!strcmp(t->name, o->names[i]) && (whole || t->numel == o->numel[i]));
+    c->cls[i] = (signed char)norm_class(p, i, c->comm);
+    c->numel[i] = o->numel[i]; /* a whole entry's update covers the whole matrix */
+    c->nloc[i] = t->numel;
+    if (whole) {
+      c->wp[i] = (float *)dev_alloc(c, (size_t)o->numel[i] * sizeof(float), "the whole", t->name);
+      c->wg[i] = (float *)dev_alloc(c, (size_t)o->numel[i] * sizeof(float), "the whole gradient of",
+                                    t->name);
+      c->rs[i] = &p->rows[i];
+    }
     c->p[i] = (float *)p->buf[t->id];
     if (t->grad) {
       c->g[i] = (float *)p->buf[t->grad->id];
@@ -118,22 +164,34 @@ extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim 
       if (o->kind == OPT_ADAM) c->m[i] = state_alloc(c, "m", o->names[i], o->m[i], o->numel[i]);
       c->v[i] = state_alloc(c, "v", o->names[i], o->v[i], o->numel[i]);
     }
-    c->nb[i] = norm_blocks(t->numel);
-    c->poff[i] = npart;
-    npart += c->nb[i];
+    c->nb[i] = norm_blocks(c->nloc[i]);
   }
-  c->part = (double *)dev_alloc(c, (size_t)(npart > 0 ? npart : 1) * sizeof(double),
+  /* partials: the local class's in parameter order, then the summed class's */
+  int at = 0;
+  for (int k = NORM_LOCAL; k <= NORM_SUMMED; k++) {
+    for (int i = 0; i < o->n; i++)
+      if (c->cls[i] == k) {
+        c->poff[i] = at;
+        at += c->nb[i];
+      }
+    c->npart[k] = at - (k ? c->npart[0] : 0);
+  }
+  c->part = (double *)dev_alloc(c, (size_t)(at > 0 ? at : 1) * sizeof(double),
                                 "the gradient norm's partial sums", NULL);
-  c->total = (double *)dev_alloc(c, sizeof(double), "the gradient norm", NULL);
+  c->total = (double *)dev_alloc(c, 2 * sizeof(double), "the gradient norm", NULL);
   c->rmean = (double *)dev_alloc(c, (size_t)maxlead * sizeof(double),
                                  "the factored optimizer's row means", NULL);
-  CUDA_CHECK(cudaMallocHost((void **)&c->total_host, sizeof(double)));
+  CUDA_CHECK(cudaMallocHost((void **)&c->total_host, 2 * sizeof(double)));
   return c;
+}
+
+extern "C" RtCudaOptim *rt_cuda_optim_new(RtCudaDev *d, Program *p, const Optim *o) {
+  return rt_cuda_optim_new_comm(d, p, o, NULL);
 }
 
 extern "C" void rt_cuda_optim_free(RtCudaOptim *c) {
   if (!c) return;
-  rt_cuda_use(c->d);
+  RtDevScope on(c->d->gpu);
   CUDA_CHECK(cudaStreamSynchronize(c->d->stream));
   for (int i = 0; i < c->n; i++) {
     c->be->release(c->m[i]);
@@ -147,7 +205,15 @@ extern "C" void rt_cuda_optim_free(RtCudaOptim *c) {
   c->be->release(c->rmean);
   CUDA_CHECK(cudaFreeHost(c->total_host));
   mc_free(c->numel);
+  for (int i = 0; i < c->n; i++) {
+    c->be->release(c->wp[i]);
+    c->be->release(c->wg[i]);
+  }
   mc_free(c->fact);
+  mc_free(c->cls);
+  mc_free(c->nloc);
+  mc_free(c->wp);
+  mc_free(c->rs);
   mc_free(c->p);
   mc_free(c->nb);
   mc_free(c);
@@ -158,7 +224,7 @@ static void down(RtCudaOptim *c, float *host, const float *dev, int64_t numel) {
 }
 
 extern "C" void rt_cuda_optim_download(RtCudaOptim *c, Optim *o) {
-  rt_cuda_use(c->d);
+  RtDevScope on(c->d->gpu);
   rt_cuda_sync_dev(c->d);
   for (int i = 0; i < c->n; i++) {
     if (c->fact[i]) {
@@ -192,12 +258,15 @@ __global__ void norm_part_kernel(const float *x, int64_t n, double *out) {
   if (threadIdx.x == 0) out[blockIdx.x] = s[0];
 }
 
-/* Stage 2: every partial in order, one thread. */
-__global__ void norm_finish_kernel(const double *part, int n, double *total) {
-  double ss = 0;
-  for (int i = 0; i < n; i++)
-    ss += part[i];
-  *total = ss;
+/* Stage 2: every partial of each class in order, one thread: total[0] the local
+ * class's part[0, n0), total[1] the summed class's part[n0, n0 + n1). */
+__global__ void norm_finish_kernel(const double *part, int n0, int n1, double *total) {
+  for (int k = 0; k < 2; k++) {
+    double ss = 0;
+    for (int i = k ? n0 : 0; i < (k ? n0 + n1 : n0); i++)
+      ss += part[i];
+    total[k] = ss;
+  }
 }
 
 __global__ void adam_update_kernel(float *p, const float *g, float *m, float *v, int64_t n,
@@ -273,26 +342,61 @@ __global__ void fmat_update_kernel(float *p, const float *g, const float *vr, co
   }
 }
 
+/* whole (device [E, H]) = every device's rows of the sharded local (device [E_r, H]) of
+ * whole entry i, each at its expert's row: through host memory (a few kilobytes of
+ * biases), the rows in rank order from comm_gatherv, as multidev.c's gather_rows. */
+static void gather_whole(RtCudaOptim *c, int i, const float *local, float *whole) {
+  Comm *comm = c->comm;
+  int P = comm->size;
+  const RowSel *rs = c->rs[i];
+  int64_t H = c->cols[i], row = H * (int64_t)sizeof(float), E = rs->global;
+  int64_t *counts = (int64_t *)mc_calloc((size_t)P, sizeof(int64_t)), total = 0;
+  for (int64_t r = 0; r < E; r++)
+    counts[rs->owner[r]] += row;
+  for (int q = 0; q < P; q++)
+    total += counts[q];
+  char *mine = (char *)mc_malloc((size_t)(counts[comm->rank] > 0 ? counts[comm->rank] : 1)),
+       *all = (char *)mc_malloc((size_t)(total > 0 ? total : 1)),
+       *w = (char *)mc_malloc((size_t)(E * row > 0 ? E * row : 1));
+  if (counts[comm->rank]) c->be->download(mine, local, (size_t)counts[comm->rank]);
+  comm_gatherv(comm, mine, all, counts, -1); /* host buffers: the host Comm */
+  int64_t at = 0;
+  for (int q = 0; q < P; q++) /* rows in rank order, each to its place in the whole */
+    for (int64_t r = 0; r < E; r++)
+      if (rs->owner[r] == q) {
+        memcpy(w + r * row, all + at, (size_t)row);
+        at += row;
+      }
+  MOEC_ASSERT(at == total);
+  c->be->upload(whole, w, (size_t)(E * row));
+  mc_free(w);
+  mc_free(all);
+  mc_free(mine);
+  mc_free(counts);
+}
+
 extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   RtCudaDev *d = c->d;
-  rt_cuda_use(d);
+  RtDevScope on(d->gpu);
   cudaStream_t st = d->stream;
-  int npart = 0;
   for (int i = 0; i < c->n; i++) {
-    if (c->numel[i] > 0) {
-      norm_part_kernel<<<c->nb[i], NORM_THREADS, 0, st>>>(c->g[i], c->numel[i],
+    if (c->cls[i] != NORM_LOCAL && c->cls[i] != NORM_SUMMED) continue;
+    if (c->nloc[i] > 0) {
+      norm_part_kernel<<<c->nb[i], NORM_THREADS, 0, st>>>(c->g[i], c->nloc[i],
                                                           c->part + c->poff[i]);
       CUDA_LAUNCH_CHECK();
     } else {
       CUDA_CHECK(cudaMemsetAsync(c->part + c->poff[i], 0, (size_t)c->nb[i] * sizeof(double), st));
     }
-    npart += c->nb[i];
   }
-  norm_finish_kernel<<<1, 1, 0, st>>>(c->part, npart, c->total);
+  norm_finish_kernel<<<1, 1, 0, st>>>(c->part, c->npart[0], c->npart[1], c->total);
   CUDA_LAUNCH_CHECK();
-  CUDA_CHECK(cudaMemcpyAsync(c->total_host, c->total, sizeof(double), cudaMemcpyDeviceToHost, st));
+  CUDA_CHECK(
+      cudaMemcpyAsync(c->total_host, c->total, 2 * sizeof(double), cudaMemcpyDeviceToHost, st));
   rt_cuda_sync_dev(d); /* also reports a user error a kernel of this step flagged */
-  double norm = sqrt(*c->total_host), scale = 1.0;
+  double ss[2] = {c->total_host[0], c->total_host[1]};
+  if (c->comm) c->comm->all_reduce_sum_f64(c->comm, &ss[1], 1); /* every device's share */
+  double norm = sqrt(ss[0] + ss[1]), scale = 1.0;
   o->last_norm = norm;
   if (!isfinite(norm))
     mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
@@ -303,32 +407,43 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
   const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
   for (int i = 0; i < c->n; i++) {
     int64_t n = c->numel[i];
-    if (n <= 0) continue;
+    if (n <= 0 || c->cls[i] == NORM_SKIP) continue;
+    float *pi = c->p[i], *gi = c->g[i];
+    if (c->wp[i]) { /* the whole matrix from every device's rows */
+      gather_whole(c, i, c->p[i], c->wp[i]);
+      gather_whole(c, i, c->g[i], c->wg[i]);
+      pi = c->wp[i];
+      gi = c->wg[i];
+    }
     if (o->kind == OPT_ADAM) {
       adam_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
-          c->p[i], c->g[i], c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
+          pi, gi, c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
     } else if (!c->fact[i]) {
-      fvec_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(c->p[i], c->g[i], c->v[i],
-                                                                        n, lr, b2, eps, bc2, scale);
+      fvec_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(pi, gi, c->v[i], n, lr, b2,
+                                                                        eps, bc2, scale);
     } else {
       int64_t L = c->lead[i], R = c->rows[i], C = c->cols[i];
-      frow_kernel<<<rt_cuda_blocks(L * R), RT_CUDA_THREADS, 0, st>>>(c->g[i], c->vr[i], L, R, C, b2,
+      frow_kernel<<<rt_cuda_blocks(L * R), RT_CUDA_THREADS, 0, st>>>(gi, c->vr[i], L, R, C, b2,
                                                                      scale);
       CUDA_LAUNCH_CHECK();
-      fcol_kernel<<<rt_cuda_blocks(L * C), RT_CUDA_THREADS, 0, st>>>(c->g[i], c->vc[i], L, R, C, b2,
+      fcol_kernel<<<rt_cuda_blocks(L * C), RT_CUDA_THREADS, 0, st>>>(gi, c->vc[i], L, R, C, b2,
                                                                      scale);
       CUDA_LAUNCH_CHECK();
       frmean_kernel<<<rt_cuda_blocks(L), RT_CUDA_THREADS, 0, st>>>(c->vr[i], L, R, c->rmean);
       CUDA_LAUNCH_CHECK();
       fmat_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
-          c->p[i], c->g[i], c->vr[i], c->vc[i], c->rmean, L, R, C, lr, eps, bc2, scale);
+          pi, gi, c->vr[i], c->vc[i], c->rmean, L, R, C, lr, eps, bc2, scale);
     }
     CUDA_LAUNCH_CHECK();
+    for (int64_t j = 0; c->wp[i] && j < c->rs[i]->n; j++) /* this device's rows, updated */
+      CUDA_CHECK(cudaMemcpyAsync(c->p[i] + j * c->cols[i],
+                                 c->wp[i] + c->rs[i]->list[j] * c->cols[i],
+                                 (size_t)c->cols[i] * sizeof(float), cudaMemcpyDeviceToDevice, st));
   }
 }
 
 extern "C" void rt_cuda_upload_input(RtCudaDev *d, void *dst, const void *src, size_t bytes) {
   if (!bytes) return;
-  rt_cuda_use(d);
+  rt_cuda_check_gpu(d->gpu, "an input upload");
   rt_cuda_upload_async(d, dst, src, bytes);
 }

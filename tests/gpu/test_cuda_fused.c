@@ -220,6 +220,24 @@ int main(int argc, char **argv) {
     same(path, "fused from the disk cache", &fu, &disk);
     Trace interp = train(path, cuda, dev, true, false);
     same(path, "unfused and fused (interpreter kernel)", &un, &interp);
+    /* a kernel NVRTC cannot compile, or the driver cannot load: the interpreter kernel
+     * runs instead (counted as failed, not fatal), with the same bits */
+    const char *steps_fail[2] = {"compile", "load"};
+    for (int q = 0; q < 2; q++) {
+      cg_nvrtc_forget();
+      setenv("MOEC_CACHE_DIR", "off", 1); /* no disk hit: the step must run */
+      cg_nvrtc_fail = steps_fail[q];
+      CgNvrtcStats f0 = cg_nvrtc_stats();
+      Trace broken = train(path, cuda, dev, true, true);
+      CgNvrtcStats f1 = cg_nvrtc_stats();
+      cg_nvrtc_fail = NULL;
+      setenv("MOEC_CACHE_DIR", tmpdir, 1);
+      CHECK(f1.failed > f0.failed && f1.loaded == f0.loaded);
+      char what[96];
+      snprintf(what, sizeof what, "unfused and fused (NVRTC %s fails: interpreter kernel)",
+               steps_fail[q]);
+      same(path, what, &un, &broken);
+    }
     printf("%s: %d fused groups; %d steps unfused = fused (NVRTC, from memory, from disk) = "
            "interpreter, bit for bit; loss %.6f -> %.6f; %d compiles, %d disk hits\n",
            path, fu.fused_nodes, STEPS, un.loss[0], un.loss[STEPS - 1], s3.compiled, s3.disk_hits);

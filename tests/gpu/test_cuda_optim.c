@@ -104,7 +104,7 @@ static void one_case(const Backend *cuda, OptKind kind, double clip) {
   /* one buffer per tensor: gradients written directly */
   Program *hp = cg_lower_on(g, PREC_F32, &rt_backend_cpu, &(CgOpts){.no_memplan = true}),
           *dp = cg_lower_on(g, PREC_F32, cuda,
-                            &(CgOpts){.no_memplan = true, .dev = rt_dev_context(cuda, 0)});
+                            &(CgOpts){.no_memplan = true, .dev = rt_dev_context(cuda)});
   Optim *ho = rt_optim_new(&cfg, g), *dopt = rt_optim_new(&cfg, g);
   int np = g->nparams;
   float **pp = mc_calloc((size_t)np, sizeof(float *)),

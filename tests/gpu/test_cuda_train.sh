@@ -12,9 +12,13 @@
 #     (and cpu -> cuda): losses equal the uninterrupted run's to 1e-4
 #   - resume on cuda: 10 + save + load + 10 == 20 uninterrupted, bit for bit (every
 #     step's metrics line, and the final checkpoints byte for byte)
-#   - device out of memory (MOEC_CUDA_ALLOC_LIMIT): a clear error, no crash, and the
+#   - device out of memory (--cuda-alloc-limit): a clear error, no crash, and the
 #     checkpoint named by --save/--load is left as it was
+#   - several devices: 2 and 4 cuda devices (NCCL, and staged: --no-nccl) = as many
+#     cpu devices to 1e-4; their checkpoint; a device subset; factored; 2 MPI ranks
 # Without a GPU (or built without CUDA) it prints "SKIP: <reason>" and exits 77.
+# (`check && pass ... || fail ...`: pass always succeeds, so fail runs only on a failed check)
+# shellcheck disable=SC2015
 set -u
 MOEC=$1
 PY=${PYTHON:-python3}
@@ -26,7 +30,6 @@ FAILS=0
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 pass() { echo "ok: $*"; }
 json() { "$PY" -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$1" "$2"; }
-unset MOEC_TF32
 
 cat >small.moe <<'EOF'
 model small {
@@ -171,8 +174,8 @@ cmp -s res_cuda.safetensors full_cuda.safetensors && pass "cuda: final checkpoin
 
 # ---- 5. device out of memory: clear error, checkpoint kept
 cp half_cuda.safetensors keep.safetensors
-MOEC_CUDA_ALLOC_LIMIT=4096 "$MOEC" run small.moe --backend cuda --load keep.safetensors --save keep.safetensors \
-  --quiet >oom.out 2>oom.err
+"$MOEC" run small.moe --backend cuda --cuda-alloc-limit 4096 --load keep.safetensors \
+  --save keep.safetensors --quiet >oom.out 2>oom.err
 rc=$?
 if [ $rc -eq 0 ] || [ $rc -gt 100 ]; then
   fail "out of memory: exit $rc"; cat oom.err
@@ -183,6 +186,49 @@ else
 fi
 cmp -s keep.safetensors half_cuda.safetensors && pass "out of memory: checkpoint kept" ||
   fail "out of memory: the checkpoint changed"
+
+# ---- 6. several devices (docs/multidev.md, "Several GPUs"): N cuda devices (one thread
+# each; NCCL when each has a GPU of its own, else staged through host memory, several
+# virtual devices on a GPU) against N cpu devices: every step's loss within 1e-4; the
+# checkpoint they save (one device's names) evaluates like the cpu one's; a device subset
+# (reshard); the factored optimizer's whole [E, H] moments; MPI ranks when mpirun exists
+md() { # md TAG ND FILE [FLAGS...]: cpu and cuda (with FLAGS) on ND devices, losses compared
+  tag=$1 nd=$2 f=$3
+  shift 3
+  "$MOEC" run "$f" --backend cpu --devices "$nd" --metrics "md_cpu_$tag.jsonl" --quiet \
+    --save "md_cpu_$tag.safetensors" >/dev/null 2>"md_cpu_$tag.err" ||
+    { fail "$tag: cpu on $nd devices"; cat "md_cpu_$tag.err"; return; }
+  "$MOEC" run "$f" --backend cuda "$@" --devices "$nd" --metrics "md_cuda_$tag.jsonl" --quiet \
+    --save "md_cuda_$tag.safetensors" >/dev/null 2>"md_cuda_$tag.err" ||
+    { fail "$tag: cuda on $nd devices"; cat "md_cuda_$tag.err"; return; }
+  close "md_cuda_$tag.jsonl" "md_cpu_$tag.jsonl" "$tag: cuda vs cpu, $nd devices" 1e-4 &&
+    pass "$tag: $nd cuda devices = $nd cpu devices (1e-4)" || fail "$tag: $nd cuda devices differ"
+}
+md auto2 2 small.moe
+md staged2 2 small.moe --no-nccl
+md staged4 4 small.moe --no-nccl
+md auto4 4 small.moe
+"$MOEC" eval small.moe --load md_cuda_auto4.safetensors --json >e4cuda.out 2>&1 &&
+  "$MOEC" eval small.moe --load md_cpu_auto4.safetensors --json >e4cpu.out 2>&1 &&
+  "$PY" -c "import sys; a, b = $(json e4cuda.out test_loss), $(json e4cpu.out test_loss); sys.exit(0 if abs(a - b) <= 1e-4 * b else 1)" &&
+  pass "a checkpoint saved by 4 cuda devices evaluates on 1 cpu device like the 4 cpu devices' one" ||
+  fail "the 4-device cuda checkpoint"
+{ cat small.moe; printf 'plan {\n  devices = 4\n  place loss : on(1, 2)\n}\n'; } >sub.moe
+md subset4 4 sub.moe
+sed 's/optimizer = .*/optimizer = factored(lr=0.01)/' small.moe >fact.moe
+md factored2 2 fact.moe
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "skip: mpirun not found (MPI ranks on cuda not run)"
+elif ! ldd "$MOEC" 2>/dev/null | grep -q libmpi; then
+  echo "skip: moec was built without MPI (MPI ranks on cuda not run)"
+else
+  "$MOEC" run small.moe --backend cpu --devices 2 --metrics mpi_cpu.jsonl --quiet >/dev/null 2>&1
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe \
+    "$MOEC" run small.moe --backend cuda --metrics mpi_cuda.jsonl --quiet >/dev/null 2>mpi.err ||
+    { fail "mpirun -np 2 moec run --backend cuda"; cat mpi.err; }
+  close mpi_cuda.jsonl mpi_cpu.jsonl "2 MPI ranks on cuda vs 2 cpu devices" 1e-4 &&
+    pass "mpirun -np 2 --backend cuda = 2 cpu devices (1e-4)" || fail "MPI ranks on cuda differ"
+fi
 
 echo "$FAILS failures"
 [ $FAILS -eq 0 ]
