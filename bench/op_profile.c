@@ -15,13 +15,17 @@
  *   scripts/setup     # CMake builds build/op_profile (tests/bench.cmake), or by hand:
  *   cc -O2 -D_GNU_SOURCE -I. -Ibuild -o build/op_profile bench/op_profile.c \
  *      build/libmoeccore.a -lopenblas -lm -lpthread
- *   OPENBLAS_NUM_THREADS=2 build/op_profile bench/lm_bench.moe [steps] [layer]
+ *   OPENBLAS_NUM_THREADS=2 build/op_profile [--cpu-time] bench/lm_bench.moe [steps] [layer]
  *
+ * --cpu-time times with the process's CPU time (CLOCK_PROCESS_CPUTIME_ID) rather
+ * than the wall clock: on a loaded machine it counts the work, not the waiting for a
+ * core (with MOEC_THREADS=1 it is the one-thread step; with more it sums the threads).
  * (bench/run_lm_bench.sh runs it.) `layer` names the MoE layer to summarise
  * (default: every moe/hmoe layer, found by its w_gate parameter). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codegen/codegen.h"
 #include "passes/passes.h"
@@ -104,11 +108,28 @@ static int by_time(const void *x, const void *y) {
   return a < b ? 1 : a > b ? -1 : 0;
 }
 
+static bool use_cpu_time;
+
+/* seconds: the wall clock, or the process's CPU time (--cpu-time) */
+static double now(void) {
+  if (!use_cpu_time) return mc_now();
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "--cpu-time")) {
+    use_cpu_time = true;
+    argv++;
+    argc--;
+  }
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fprintf(stderr, "usage: op_profile FILE.moe [steps (default 10)] [moe-layer]\n");
+    fprintf(stderr, "usage: op_profile [--cpu-time] FILE.moe [steps (default 10)] [moe-layer]\n");
     return 2;
   }
+  const char *nt = getenv("MOEC_THREADS"); /* as moec's command line reads it */
+  if (nt && atoi(nt) >= 1) rt_threads_set(MC_MIN(atoi(nt), RT_MAX_THREADS));
   int steps = argc > 2 ? atoi(argv[2]) : 10;
   const char *want = argc > 3 ? argv[3] : NULL;
   if (steps < 1) steps = 1;
@@ -133,7 +154,8 @@ int main(int argc, char **argv) {
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);
-  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, rt_f32(p, g->params[i]));
+  for (int i = 0; i < g->nparams; i++)
+    rt_init_param(g->params[i], cfg.seed, rt_f32(p, g->params[i]));
 
   /* token inputs: ids below the smallest embedding / softmax vocabulary */
   int64_t vocab = 1 << 30;
@@ -173,9 +195,9 @@ int main(int argc, char **argv) {
                      .ndevices = 1};
     for (int k = 0; k < p->ninstrs; k++) {
       const Instr *ins = &p->instrs[k];
-      double t0 = mc_now();
+      double t0 = now();
       ins->fn(&ctx, ins->node, ins->in, ins->out);
-      double dt = mc_now() - t0;
+      double dt = now() - t0;
       if (s < 0) continue;
       Acc *a = acc_find(acc, &nacc, ins->node);
       a->secs += dt;
@@ -185,9 +207,9 @@ int main(int argc, char **argv) {
       parts[node_part(ins->node)] += dt;
       if (s == 0) step_flops += node_flops(ins->node);
     }
-    double t0 = mc_now();
+    double t0 = now();
     rt_optim_step(opt, pp, gg);
-    if (s >= 0) optim += mc_now() - t0;
+    if (s >= 0) optim += now() - t0;
     rt_carry_state(p);
   }
   parts[PT_OPTIM] = optim;
@@ -195,11 +217,11 @@ int main(int argc, char **argv) {
   double tokens = (double)cfg.batch * cfg.unroll;
   double step = (total + optim) / steps;
   printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps, %d threads: %.1f ms/step "
-         "(instructions %.1f, optimizer %.1f): %.0f tokens/s; GEMM work %.2f GFLOP a step, "
+         "(instructions %.1f, optimizer %.1f%s): %.0f tokens/s; GEMM work %.2f GFLOP a step, "
          "%.1f GFLOP/s over the step; OpenBLAS %s kernels\n",
          argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, rt_threads(), step * 1e3,
-         total / steps * 1e3, optim / steps * 1e3, tokens / step, step_flops / 1e9,
-         step_flops / step / 1e9, rt_blas_core());
+         total / steps * 1e3, optim / steps * 1e3, use_cpu_time ? "; CPU time" : "", tokens / step,
+         step_flops / 1e9, step_flops / step / 1e9, rt_blas_core());
   printf("op_profile: parts (ms/step):");
   for (int i = 0; i < NPT; i++)
     printf("%s %s %.2f", i ? "," : "", part_names[i], parts[i] / steps * 1e3);

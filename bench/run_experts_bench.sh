@@ -4,6 +4,7 @@
 # 16, 64, 256 and 1024 experts, timed by bench/op_profile.c, step time by part.
 #
 #   bench/run_experts_bench.sh [--experts "16 64 256 1024"] [--steps N] [--optimizer adam|factored]
+#                              [--cpu-time]
 #
 # Compute per token does not grow with the experts (each token visits k of them); what
 # must grow is the gate (x . w_gate and x . w_noise are D x E, and the gating ops on
@@ -11,19 +12,23 @@
 # (Adam: 28 bytes a parameter) and the expert GEMMs reading every expert's weights and
 # writing their gradients. Prints, per E: parameters, ms/step, the parts (gate, dispatch,
 # expert GEMMs, optimizer, other) and the step's ratio to the first E. Results also in
-# build/bench/experts.txt. OP_PROFILE=path overrides build/op_profile.
+# build/bench/experts.txt. OP_PROFILE=path overrides build/op_profile. --cpu-time: the
+# process's CPU time rather than the wall clock (op_profile --cpu-time; with
+# MOEC_THREADS=1, the one-thread work a step, robust to other load on the machine).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 experts="16 64 256 1024"
 steps=5
 opt=adam
+timing=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --experts) experts="$2"; shift ;;
     --steps) steps="$2"; shift ;;
     --optimizer) opt="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cpu-time) timing=(--cpu-time) ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_experts_bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -34,11 +39,11 @@ prof="${OP_PROFILE:-build/op_profile}"
 out=build/bench
 mkdir -p "$out"
 : >"$out/experts.txt"
-echo "run_experts_bench: $(nproc) cores, ${MOEC_THREADS:-default} threads, optimizer $opt, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "run_experts_bench: $(nproc) cores, ${MOEC_THREADS:-default} threads, optimizer $opt${timing:+, CPU time}, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for e in $experts; do
   sed "s/experts=16/experts=$e/; s/adam(lr=1e-3)/$opt(lr=1e-3)/" bench/lm_bench.moe >"$out/experts_$e.moe"
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  "$prof" "$out/experts_$e.moe" "$steps" >"$out/experts_$e.txt"
+  "$prof" "${timing[@]}" "$out/experts_$e.moe" "$steps" >"$out/experts_$e.txt"
   params=$(build/moec check "$out/experts_$e.moe" --json 2>/dev/null |
     /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin).get("params", 0))' 2>/dev/null || echo 0)
   echo "$e $params $load $(tail -n 1 "$out/experts_$e.txt")" >>"$out/experts.txt"

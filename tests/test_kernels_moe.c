@@ -752,6 +752,59 @@ static void t_dispatch_roundtrip(void) {
   small_free(&s);
 }
 
+/* The grouped GEMMs at every row count an expert may get, against a direct sum in
+ * double: experts of 0..13 rows and one of 40 (the few-row dW kernel and sgemm), odd
+ * K and M (the kernels' vector tails), W as [E,K,M] and transposed [E,M,K], and dW. */
+static void t_grouped_gemm_rows(Precision prec) {
+  enum { E = 15, K = 21, M = 37 };
+  int32_t offv[E + 1] = {0};
+  for (int e = 0; e < E; e++)
+    offv[e + 1] = offv[e] + (e < E - 1 ? e : 40);
+  const int R = offv[E];
+  Graph *g = ir_graph_new("grouped_rows");
+  Dim dw3[3] = {dim_int(E), dim_int(K), dim_int(M)}, dt3[3] = {dim_int(E), dim_int(M), dim_int(K)};
+  Dim doff = dim_int(E + 1);
+  Tensor *xs = ir_input(g, "xs", ty2(R, K), (Loc){0}), *gy = ir_input(g, "gy", ty2(R, M), (Loc){0});
+  Tensor *w = ir_input(g, "w", ir_type(DT_F32, 3, dw3), (Loc){0});
+  Tensor *wt = ir_input(g, "wt", ir_type(DT_F32, 3, dt3), (Loc){0});
+  Tensor *off = ir_input(g, "off", ir_type(DT_I32, 1, &doff), (Loc){0});
+  int64_t tw[IR_MAX_ATTR] = {1};
+  Tensor *in1[3] = {xs, w, off}, *in2[3] = {xs, wt, off}, *in3[3] = {xs, gy, off};
+  Tensor *y = ir_node(g, OP_GROUPED_MATMUL, 3, in1, NULL, NULL)->out[0];     /* [R, M] */
+  Tensor *yt = ir_node(g, OP_GROUPED_MATMUL, 3, in2, tw, NULL)->out[0];      /* [R, M] */
+  Tensor *dw = ir_node(g, OP_GROUPED_MATMUL_DW, 3, in3, NULL, NULL)->out[0]; /* [E, K, M] */
+  Small s = small_lower(g, prec);
+  fill(s.p, 11, 1.0);
+  memcpy(rt_i32(s.p, off), offv, sizeof offv);
+  small_run(&s);
+  double ey = 0, eyt = 0, edw = 0, big = 0;
+  for (int e = 0; e < E; e++) {
+    for (int r = offv[e]; r < offv[e + 1]; r++)
+      for (int c = 0; c < M; c++) {
+        double a = 0, b = 0;
+        for (int k = 0; k < K; k++) {
+          a += get(s.p, xs, r * K + k) * get(s.p, w, (e * K + k) * M + c);
+          b += get(s.p, xs, r * K + k) * get(s.p, wt, (e * M + c) * K + k);
+        }
+        ey = fmax(ey, fabs(a - get(s.p, y, r * M + c)));
+        eyt = fmax(eyt, fabs(b - get(s.p, yt, r * M + c)));
+        big = fmax(big, fmax(fabs(a), fabs(b)));
+      }
+    for (int k = 0; k < K; k++)
+      for (int c = 0; c < M; c++) {
+        double a = 0;
+        for (int r = offv[e]; r < offv[e + 1]; r++)
+          a += get(s.p, xs, r * K + k) * get(s.p, gy, r * M + c);
+        edw = fmax(edw, fabs(a - get(s.p, dw, (e * K + k) * M + c)));
+      }
+  }
+  double tol = prec == PREC_F32 ? 1e-5 : 1e-13;
+  printf("grouped GEMMs by rows (%s): max |err| y %.3g, y^T %.3g, dW %.3g (max |y| %.3g)\n",
+         prec == PREC_F32 ? "f32" : "f64", ey, eyt, edw, big);
+  CHECK(ey <= tol * big && eyt <= tol * big && edw <= tol * big);
+  small_free(&s);
+}
+
 /* load_count vs the smooth estimator: with tiny noise (sigma -> 0.01, w_noise very
  * negative) the smooth load approaches the routed counts; each row's P sums to
  * about k. With large noise the estimates stay in [0, N] and sum to about k*N. */
@@ -1085,6 +1138,8 @@ int main(void) {
   t_topk_large();
   t_cv2_known();
   t_dispatch_roundtrip();
+  t_grouped_gemm_rows(PREC_F32);
+  t_grouped_gemm_rows(PREC_F64);
   t_load_estimators();
   t_precision_determinism();
   t_batchwise_rejected();
