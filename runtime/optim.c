@@ -36,6 +36,7 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->beta2 = cfg->beta2;
   o->eps = cfg->eps;
   o->clip = cfg->clip;
+  o->wd = cfg->weight_decay;
   o->n = g->nparams;
   size_t n = (size_t)MC_MAX(o->n, 1);
   o->names = mc_calloc(n, sizeof(char *));
@@ -165,7 +166,30 @@ void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
   rt_optim_apply(o, params, grads, sqrt(ss));
 }
 
+/* Weight decay applies to weight matrices: rank >= 2, but not the experts' biases (m.b1,
+ * m.b2: a bias per expert), as it never applies to biases and vectors. */
+static bool decays(const Optim *o, int i) {
+  const char *dot = strrchr(o->names[i], '.'), *last = dot ? dot + 1 : o->names[i];
+  return o->prank[i] >= 2 && last[0] != 'b';
+}
+
+/* Decoupled weight decay (Loshchilov & Hutter's AdamW), before the update and apart from
+ * it: p *= 1 - lr * wd for the weight matrices this device updates. */
+static void decay_weights(Optim *o, float *const *params, float *const *grads) {
+  const double f = 1.0 - o->lr * o->wd;
+  for (int i = 0; i < o->n; i++) {
+    if (!grads[i] || !decays(o, i)) continue;
+    if (o->elem == sizeof(double))
+      for (int64_t k = 0; k < o->numel[i]; k++)
+        dbl(params[i])[k] *= f;
+    else
+      for (int64_t k = 0; k < o->numel[i]; k++)
+        params[i][k] = (float)(params[i][k] * f);
+  }
+}
+
 void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
+  if (o->wd > 0 && isfinite(norm)) decay_weights(o, params, grads);
   if (o->elem == sizeof(double)) {
     apply_f64(o, params, grads, norm);
     return;

@@ -16,6 +16,9 @@ int cmd_ir(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_score(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 

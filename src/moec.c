@@ -9,6 +9,9 @@ static const Command commands[] = {
     {"plan", "print the placement plan over N devices", cmd_plan},
     {"run", "compile and train (or evaluate) a model", cmd_run},
     {"eval", "perplexity of a checkpoint", cmd_eval},
+    {"score", "log-likelihood of every line of a text under a checkpoint", cmd_score},
+    {"sample", "generate text from a language model checkpoint", cmd_sample},
+    {"plot", "draw a run's metrics (loss, lr, expert load) with gnuplot", cmd_plot},
     {"grad", "loss and gradients for one batch (for independent references)", cmd_grad},
     {"simulate", "the plan's cost model on a cluster that is not here", cmd_simulate},
 };
