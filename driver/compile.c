@@ -41,22 +41,21 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Tensor **ids,
   int vin = 0, vout = 0;
   *ids = *targets = NULL;
   if (ir_input_role(g, IN_SOURCE) || g->xent_count) {
-    fe_error(d, model_loc, "model '%s' %s: the training loop does not run such models yet",
-             g->name,
+    fe_error(d, model_loc, "model '%s' %s: the training loop does not run such models yet", g->name,
              ir_input_role(g, IN_SOURCE) ? "is a translation model (source ids over S)"
                                          : "averages its loss over targets with a pad id");
     return false;
   }
   for (int k = 0; k < g->nnodes && !tg; k++) {
     const Node *n = g->nodes[k];
-    if (n->op == OP_XENT) {
-      tg = through_reshapes(n->in[1]);
-      vout = (int)n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c;
+    if (n->op == OP_XENT || n->op == OP_SAMPLED_XENT) {
+      bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
+      tg = through_reshapes(n->in[s ? 3 : 1]);
+      vout = (int)(s ? n->in[1]->ty.dim[0].c : n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c);
     }
   }
   if (!g->loss) {
-    fe_error(d, model_loc, "model '%s' has no loss: training needs a softmax_xent output",
-             g->name);
+    fe_error(d, model_loc, "model '%s' has no loss: training needs a softmax_xent output", g->name);
     return false;
   }
   if (!tg || tg->kind != TK_INPUT) {

@@ -8,9 +8,6 @@
 
 #include "driver.h"
 
-/* OpenBLAS: one thread per device thread (no oversubscription). */
-void openblas_set_num_threads(int n);
-
 bool drv_mpi_launched(void) {
   return rt_comm_mpi_launched() && drv_mpi_size() > 1;
 }
@@ -93,7 +90,7 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
     if (c->size != P)
       mc_die("the plan has %d devices, but mpirun started %d ranks (one device per rank)", P,
              c->size);
-    openblas_set_num_threads(1);
+    rt_threads_set(1); /* one thread per rank */
     rc = run_device(c, &l);
     rt_comm_mpi_finalize(c);
   } else if (P > 1) {
@@ -108,7 +105,7 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
     }
     ir_graph_free(g);
     if (o->load) rt_st_close(rt_st_open(o->load));
-    openblas_set_num_threads(1); /* once, before the device threads start */
+    rt_threads_set(1); /* once, before the device threads start: each runs its kernels inline */
     if (rt_inproc_run_opts(P, device_thread, &l, &o->comm, NULL))
       rc = 1;
     else

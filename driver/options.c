@@ -9,9 +9,25 @@
 
 #include "driver.h"
 
+/* MOEC_THREADS, else OPENBLAS_NUM_THREADS or OMP_NUM_THREADS (what a user sets to bound
+ * a BLAS program's threads): the kernels' threads; 0: not set. */
+static int threads_from_env(void) {
+  const char *names[] = {"MOEC_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
+  for (size_t i = 0; i < MC_ARRAY_LEN(names); i++) {
+    const char *s = getenv(names[i]);
+    char *end;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (s && *s && !*end && v >= 1) return (int)MC_MIN(v, RT_MAX_THREADS);
+    if (s && *s && i == 0) mc_die("MOEC_THREADS='%s': expected a whole number >= 1", s);
+  }
+  return 0;
+}
+
 void drv_options_init(Options *o, const char *cmd) {
   *o = (Options){.cmd = cmd};
   o->comm = comm_opts_from_env();
+  int threads = threads_from_env();
+  if (threads) rt_threads_set(threads);
   const char *m = getenv("MOEC_MEMORY_LIMIT"); /* bytes; for tests and shared machines */
   if (m && *m) {
     char *end;

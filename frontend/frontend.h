@@ -179,6 +179,7 @@ typedef enum LayerArgId {
   LA_X = 0, /* unused slot names, for symmetry: tensor inputs are in targ[] */
   LA_VOCAB, LA_DIM, LA_UNITS, LA_ACT, LA_P, LA_EXPERTS, LA_K, LA_HIDDEN, LA_GATING,
   LA_W_IMPORTANCE, LA_W_LOAD, LA_NOISE, LA_OUT, LA_GROUPS, LA_K_GROUP, LA_CARRY, LA_SCORE,
+  LA_BIAS, LA_CAPACITY, LA_SAMPLES, LA_PROJ,
   LA_COUNT
 } LayerArgId;
 _Static_assert(LA_COUNT <= MAX_LAYER_ARGS, "too many layer args");

@@ -696,6 +696,12 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
                "batch holds new sentences): drop carry=true");
       return verr;
     }
+    if (av[LA_PROJ] >= 1) { /* LSTMP: Sak et al. 2014, the paper's MoE-143M */
+      fe_error(S->d, arg_loc(e, &fe_layers[L_LSTM], LA_PROJ),
+               "lstm(proj=) (an output projection fed back into the recurrence) is not "
+               "built yet");
+      return verr;
+    }
     out.dim[2] = dim_int((int64_t)av[LA_UNITS]);
     return tensor_val(e, out, false);
   case L_DENSE:
@@ -764,19 +770,20 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     out.dim[out.rank - 1] = dim_int(t->dim[t->rank - 1].c + yt->dim[yt->rank - 1].c);
     return tensor_val(e, out, false);
   }
-  case L_SOFTMAX_XENT: {
+  case L_SOFTMAX_XENT:
+  case L_SAMPLED_SOFTMAX_XENT: {
     Expr *tg = e->targ[1];
     const Type *tt = &tv[1].ty;
+    const char *ln = fe_layers[e->layer].name;
     if (!need_f32(S, e, x, t)) return verr;
     if (t->rank < 2) {
-      fe_error(S->d, x->loc,
-               "'softmax_xent' needs x with positions and features (rank 2 or more), got %s",
-               tystr(t, b1, sizeof b1));
+      fe_error(S->d, x->loc, "'%s' needs x with positions and features (rank 2 or more), got %s",
+               ln, tystr(t, b1, sizeof b1));
       return verr;
     }
     if (!input_width(S, e, x, t)) return verr;
     if (tt->dtype != DT_I32) {
-      fe_error(S->d, tg->loc, "softmax_xent targets must be i32 token ids, got %s",
+      fe_error(S->d, tg->loc, "%s targets must be i32 token ids, got %s", ln,
                tystr(tt, b1, sizeof b1));
       return verr;
     }
@@ -785,8 +792,7 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     want.rank = t->rank - 1;
     if (!type_eq(tt, &want)) {
       char b3[160];
-      fe_error(S->d, tg->loc,
-               "softmax_xent targets %s must have the leading dimensions of x %s, i.e. %s",
+      fe_error(S->d, tg->loc, "%s targets %s must have the leading dimensions of x %s, i.e. %s", ln,
                tystr(tt, b1, sizeof b1), tystr(t, b2, sizeof b2), tystr(&want, b3, sizeof b3));
       return verr;
     }
@@ -807,8 +813,10 @@ static double layer_param_estimate(const Expr *e, double in, double in2) {
   switch ((LayerId)e->layer) {
   case L_EMBEDDING:
     return av[LA_VOCAB] * av[LA_DIM];
-  case L_LSTM:
-    return 4 * av[LA_UNITS] * (in + av[LA_UNITS] + 1);
+  case L_LSTM: {
+    double h = av[LA_PROJ] >= 1 ? av[LA_PROJ] : av[LA_UNITS];
+    return 4 * av[LA_UNITS] * (in + h + 1) + (av[LA_PROJ] >= 1 ? h * av[LA_UNITS] : 0);
+  }
   case L_DENSE:
     return av[LA_UNITS] * (in + 1);
   case L_MOE:
@@ -820,6 +828,7 @@ static double layer_param_estimate(const Expr *e, double in, double in2) {
   case L_ATTENTION:
     return av[LA_UNITS] * (in + in2 + 1);
   case L_SOFTMAX_XENT:
+  case L_SAMPLED_SOFTMAX_XENT:
     return av[LA_VOCAB] * (in + 1);
   default:
     return 0;
@@ -969,6 +978,17 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
     fe_error(d, arg_loc(e, ls, LA_GATING),
              "hmoe does not support gating = batchwise (the paper defines balanced gating for "
              "a flat moe only): use noisy_topk or softmax, or a moe layer");
+    return verr;
+  }
+  if (id == L_MOE && av[LA_CAPACITY] > 0 && av[LA_GATING] == LAE_BATCHWISE) {
+    fe_error(d, arg_loc(e, ls, LA_CAPACITY),
+             "capacity does not apply to gating=batchwise: its experts already take exactly "
+             "k*N/experts rows each");
+    return verr;
+  }
+  if (id == L_SAMPLED_SOFTMAX_XENT && av[LA_SAMPLES] > av[LA_VOCAB]) {
+    fe_error(d, arg_loc(e, ls, LA_SAMPLES), "samples = %.0f is more than vocab = %.0f",
+             av[LA_SAMPLES], av[LA_VOCAB]);
     return verr;
   }
   if (id == L_HMOE && av[LA_GATING] != LAE_SOFTMAX) {
@@ -1186,7 +1206,8 @@ static void model_outputs(Sema *S, Block *m) {
       }
       if (!sym->xent) {
         fe_error(d, e->loc,
-                 "the scalar output '%s' must be a softmax_xent result (it is the training loss; "
+                 "the scalar output '%s' must be a softmax_xent or sampled_softmax_xent result (it "
+                 "is the training loss; "
                  "the aux losses of MoE layers are added to it)",
                  e->str);
         continue;
@@ -1586,22 +1607,21 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   Config *c = S->cfg;
   if (c->data != DATA_SYNTHETIC) return;
   Expr *sx = S->loss_call;
-  if (!sx || sx->layer != L_SOFTMAX_XENT) return;
+  if (!sx || (sx->layer != L_SOFTMAX_XENT && sx->layer != L_SAMPLED_SOFTMAX_XENT)) return;
   int mv = (int)sx->argv[LA_VOCAB];
   if (!vocab_expr) {
     c->vocab = mv; /* default: the model's vocabulary */
   } else if (c->vocab != mv) {
     fe_error(S->d, vocab_expr->loc,
              "synthetic(vocab=%d) differs from the model's softmax_xent vocab %d", c->vocab, mv);
-    fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
-            "the model's vocab is set here");
+    fe_note(S->d, arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB), "the model's vocab is set here");
     return;
   }
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is
    * reported by `moec run`, not here: a file without `data` can still be checked */
   if (!vocab_expr && (c->vocab < 2 || c->vocab > 65536)) return;
   if ((int64_t)c->topics * c->vocab > (int64_t)1 << 24) {
-    fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
+    fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB),
              "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
              (long long)c->topics * c->vocab);
     return;
@@ -1609,7 +1629,7 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   for (int i = 0; i < S->nembeds; i++) {
     Expr *em = S->embeds[i];
     if (em->argv[LA_VOCAB] < c->vocab) {
-      Loc l = vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB);
+      Loc l = vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB);
       fe_error(S->d, l,
                "the synthetic corpus has %d token ids, more than embedding '%s' has (%.0f)",
                c->vocab, em->param_name ? em->param_name : "?", em->argv[LA_VOCAB]);
@@ -1644,18 +1664,21 @@ static void check_bpe_vocab(Sema *S) {
 
 /* accumulate = K is the batch of K micro-batches to float rounding only where each row's
  * output and aux statistics depend on that row alone: not batchwise gating (each expert
- * takes its top rows of the batch) nor hmoe (its load is a product of batch sums). */
+ * takes its top rows of the batch), capacity= (drops counted over the batch) nor hmoe (its
+ * load is a product of batch sums). */
 static void check_accumulate(Sema *S) {
   for (size_t i = 0; i < S->syms.norder; i++) {
     Sym *y = S->syms.order[i];
     if (!y->call) continue;
     bool bw = y->call->layer == L_MOE && (int)y->call->argv[LA_GATING] == LAE_BATCHWISE;
-    if (!bw && y->call->layer != L_HMOE) continue;
+    bool cap = y->call->layer == L_MOE && y->call->argv[LA_CAPACITY] > 0;
+    if (!bw && !cap && y->call->layer != L_HMOE) continue;
     fe_error(S->d, S->accumulate_loc,
              "accumulate = %d: the micro-batches would not add up to one batch of %d rows: %s",
              S->cfg->accumulate, S->cfg->accumulate * S->cfg->batch,
-             bw ? "batchwise gating picks each expert's rows from the whole batch"
-                : "an hmoe layer's load is a product of sums over the whole batch");
+             bw    ? "batchwise gating picks each expert's rows from the whole batch"
+             : cap ? "capacity= drops the routes beyond each expert's share of the whole batch"
+                   : "an hmoe layer's load is a product of sums over the whole batch");
     fe_note(S->d, y->loc, "layer '%s' is defined here", y->name);
     return;
   }
@@ -2001,7 +2024,8 @@ static void check_batch_split(Sema *S) {
              "batch %d does not split evenly over %d devices: use a batch that is a multiple "
              "of the device count",
              c->batch, c->devices);
-  if (c->batch_loc.line && at.line != c->batch_loc.line) fe_note(S->d, c->batch_loc, "the batch is set here");
+  if (c->batch_loc.line && at.line != c->batch_loc.line)
+    fe_note(S->d, c->batch_loc, "the batch is set here");
 }
 
 /* What the cuda backend's training step does not do yet (docs/cuda.md). */

@@ -30,9 +30,14 @@ static void count_layer(const Expr *e, int64_t in, int64_t in2, int64_t *params,
     break;
   }
   case L_LSTM: {
-    int64_t U = (int64_t)av[LA_UNITS];
-    p = 4 * U * in + 4 * U * U + 4 * U; /* weight_ih, weight_hh, bias */
-    o = 4 * U * (in + U);
+    int64_t U = (int64_t)av[LA_UNITS], R = av[LA_PROJ] >= 1 ? (int64_t)av[LA_PROJ] : 0;
+    int64_t h = R ? R : U;              /* the recurrent state's width */
+    p = 4 * U * in + 4 * U * h + 4 * U; /* weight_ih, weight_hh, bias */
+    o = 4 * U * (in + h);
+    if (R) { /* weight_hr [proj, units]: h_t = weight_hr . (o * tanh(c_t)) */
+      p += R * U;
+      o += R * U;
+    }
     break;
   }
   case L_DENSE: {
@@ -47,8 +52,9 @@ static void count_layer(const Expr *e, int64_t in, int64_t in2, int64_t *params,
     int64_t O = av[LA_OUT] >= 1 ? (int64_t)av[LA_OUT] : in;
     int64_t k = gating == LAE_SOFTMAX ? E : (int64_t)av[LA_K];
     bool noisy = gating == LAE_NOISY_TOPK && av[LA_NOISE] != 0;
-    int64_t gate = in * E * (noisy ? 2 : 1); /* w_gate (+ w_noise) */
-    p = gate + E * (in * H + H + H * O + O); /* w1, b1, w2, b2 */
+    int64_t bias = av[LA_BIAS] != 0 ? H + O : 0; /* b1, b2 */
+    int64_t gate = in * E * (noisy ? 2 : 1);     /* w_gate (+ w_noise) */
+    p = gate + E * (in * H + H * O + bias);      /* w1, (b1), w2, (b2) */
     o = gate + k * (in * H + H * O);
     break;
   }
@@ -60,7 +66,8 @@ static void count_layer(const Expr *e, int64_t in, int64_t in2, int64_t *params,
     int64_t kg = dense ? G : (int64_t)av[LA_K_GROUP], k = dense ? E : (int64_t)av[LA_K];
     int64_t nm = !dense && av[LA_NOISE] != 0 ? 2 : 1;
     int64_t primary = in * G * nm, secondary = in * E * nm;
-    p = primary + G * (secondary + E * (in * H + H + H * O + O));
+    int64_t bias = av[LA_BIAS] != 0 ? H + O : 0;
+    p = primary + G * (secondary + E * (in * H + H * O + bias));
     o = primary + kg * secondary + kg * k * (in * H + H * O);
     break;
   }
@@ -72,7 +79,8 @@ static void count_layer(const Expr *e, int64_t in, int64_t in2, int64_t *params,
     if (av[LA_SCORE] == LAE_PRODUCT) o += A; /* tanh(q.W) * v, once per target step */
     break;
   }
-  case L_SOFTMAX_XENT: {
+  case L_SOFTMAX_XENT:
+  case L_SAMPLED_SOFTMAX_XENT: { /* sampled: in * (samples + 1) in training, exact here */
     int64_t V = (int64_t)av[LA_VOCAB];
     p = V * in + V;
     o = in * V; /* shown per layer; not in ops_per_timestep */
@@ -114,7 +122,8 @@ ModelSummary fe_summarize(AstFile *f, McArena *a) {
     if (x2 && x2->ty.rank > 0 && fe_layers[e->layer].ntensors > 1)
       in2 = x2->ty.dim[x2->ty.rank - 1].c;
     count_layer(e, in, in2, &l->params, &l->ops_per_token, &l->ops_per_pair);
-    l->core = e->layer != L_EMBEDDING && e->layer != L_SOFTMAX_XENT;
+    l->core =
+        e->layer != L_EMBEDDING && e->layer != L_SOFTMAX_XENT && e->layer != L_SAMPLED_SOFTMAX_XENT;
     s.params += l->params;
     if (l->core) {
       s.params_core += l->params;

@@ -324,6 +324,29 @@ static Tensor *build_attention(Graph *g, const char *name, Tensor *q, Tensor *m,
   return node1(g, OP_BMM, wts, m, NULL, NULL); // [B, T, Dm]
 }
 
+/* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar; in training over the
+ * target and `samples` sampled classes (importance sampling), in evaluation exact */
+static Tensor *build_sampled_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor *targets,
+                                          int64_t vocab, int64_t samples, Loc loc) {
+  Dim in = x->ty.dim[x->ty.rank - 1];
+  MOEC_ASSERT(dim_is_const(in));
+  Dim wd[2] = {dim_int(vocab), in}, bd[1] = {dim_int(vocab)};
+  Tensor *w = param(g, name, "weight", 2, wd, INIT_UNIFORM, 1.0 / sqrt((double)in.c), loc);
+  Tensor *bias = param(g, name, "bias", 1, bd, INIT_ZERO, 0, loc);
+  Tensor *x2 = flatten(g, x, true); // [B*T, in]
+  name_sub(g, x2, name, "rows");
+  Tensor *tg = flatten(g, targets, false); // [B*T]
+  name_sub(g, tg, name, "targets");
+  Tensor *in4[4] = {x2, w, bias, tg};
+  int64_t ia[IR_MAX_ATTR] = {ir_next_rng_stream(g), samples};
+  double fa[IR_MAX_ATTR] = {0}; /* 0: mean over the global batch (ops.def) */
+  Node *n = ir_node(g, OP_SAMPLED_XENT, 4, in4, ia, fa);
+  name_sub(g, n->out[1], name, "probs");   // [B*T, samples + 1]
+  name_sub(g, n->out[2], name, "samples"); // i32[samples]
+  name_sub(g, n->out[3], name, "tries");   // i32[1]
+  return n->out[0];                        // scalar
+}
+
 static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
   Graph *g = b->g;
   const char *name = e->param_name ? e->param_name : stmt_name;
@@ -339,6 +362,7 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     y = build_embedding(g, name, x, (int64_t)av[LA_VOCAB], (int64_t)av[LA_DIM], e->loc);
     break;
   case L_LSTM:
+    MOEC_ASSERT(av[LA_PROJ] < 1); /* refused by sema */
     y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_CARRY] != 0, e->loc);
     break;
   case L_DENSE:
@@ -383,6 +407,11 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     b->last_xent = y;
     break;
   }
+  case L_SAMPLED_SOFTMAX_XENT:
+    y = build_sampled_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], (int64_t)av[LA_SAMPLES],
+                                   e->loc);
+    b->last_xent = y;
+    break;
   default:
     mc_fatal("ir_build: layer %d has no expansion", e->layer);
   }

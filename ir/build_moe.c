@@ -86,14 +86,17 @@ static Tensor *scale(Graph *g, Tensor *x, double s) {
   return ir_node(g, OP_SCALE, 1, in, NULL, fa)->out[0];
 }
 
-/* Registers a layer's importance and load vectors for monitoring. */
-static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) {
+/* Registers a layer's importance and load vectors (and dropped routes, or NULL) for
+ * monitoring. */
+static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load, Tensor *drop) {
   int n = g->nmoe + 1;
   g->moe_importance = mc_realloc(g->moe_importance, (size_t)n * sizeof(Tensor *));
   g->moe_load = mc_realloc(g->moe_load, (size_t)n * sizeof(Tensor *));
+  g->moe_drop = mc_realloc(g->moe_drop, (size_t)n * sizeof(Tensor *));
   g->moe_names = mc_realloc(g->moe_names, (size_t)n * sizeof(char *));
   g->moe_importance[g->nmoe] = imp;
   g->moe_load[g->nmoe] = load;
+  g->moe_drop[g->nmoe] = drop;
   g->moe_names[g->nmoe] = mc_arena_strdup(&g->arena, name);
   g->nmoe = n;
 }
@@ -175,16 +178,20 @@ static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean
 }
 
 /* The expert FFNs on dispatched rows xs[R', D] with (possibly stacked) weights
- * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]. Role "experts". */
+ * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]; b1, b2 NULL: no biases
+ * (bias=false). Role "experts". */
 static Tensor *experts_ffn(Graph *g, const char *name, Tensor *xs, Tensor *w1, Tensor *b1,
                            Tensor *w2, Tensor *b2, Tensor *off) {
   Tensor *h = op3a(g, OP_GROUPED_MATMUL, xs, w1, off, 0); // [R', H]
   named(g, h, name, "xw1");
-  h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
-  named(g, h, name, "pre");
+  if (b1) {
+    h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
+    named(g, h, name, "pre");
+  }
   h = ir_op1(g, OP_RELU, h); // [R', H]
   named(g, h, name, "h");
   Tensor *ys = op3a(g, OP_GROUPED_MATMUL, h, w2, off, 0); // [R', O]
+  if (!b2) return named(g, ys, name, "ys");
   named(g, ys, name, "hw2");
   ys = op3a(g, OP_GROUPED_BIAS, ys, b2, off, 0); // [R', O]
   return named(g, ys, name, "ys");
@@ -206,6 +213,18 @@ static Tensor *unflatten_rows(Graph *g, Tensor *y, const Tensor *x) {
   t.dtype = DT_F32;
   t.dim[t.rank - 1] = y->ty.dim[1];
   return ir_reshape(g, y, t);
+}
+
+/* The layer's output y[N, O] through its `act` (appendix C: a sigmoid on the MoE output),
+ * then back to x's leading dims. */
+static Tensor *layer_output(Graph *g, const Expr *call, const char *name, Tensor *y,
+                            const Tensor *x) {
+  static const OpKind acts[] = {
+      [LAE_RELU] = OP_RELU, [LAE_TANH] = OP_TANH, [LAE_SIGMOID] = OP_SIGMOID};
+  int act = (int)call->argv[LA_ACT];
+  ir_set_context(g, name, NULL, call->loc);
+  if (act > LAE_NONE && act <= LAE_SIGMOID) y = ir_op1(g, acts[act], y); // [N, O]
+  return unflatten_rows(g, y, x);
 }
 
 /* Sema checked the input: f32 rows [..., in] of rank >= 2 with a constant width. */
@@ -259,7 +278,7 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
   ir_set_context(g, name, "aux", loc);
   Tensor *imp = named(g, ir_op1(g, OP_SUM_ROWS, G), name, "importance"); // [E]
   Tensor *load = named(g, ir_op1(g, OP_SUM_ROWS, mask), name, "load");   // [E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   Tensor *bal = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
   Tensor *tin[3] = {gs, mask, thr};
   Tensor *tl =
@@ -269,6 +288,12 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
 }
 
 /* ---------------------------------------------------------------- moe */
+
+int64_t ir_capacity_rows(double C, int64_t k, int64_t N, int64_t E) {
+  double c = C * (double)k * (double)N / (double)E;
+  int64_t cap = (int64_t)ceil(c * (1 - 1e-12)); /* an integer product stays that integer */
+  return cap < 1 ? 1 : cap;
+}
 
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux) {
   Loc loc = call->loc;
@@ -290,9 +315,10 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *thr =
       gating == LAE_BATCHWISE ? param(g, name, "thresholds", t1(dE), INIT_ZERO, 0, loc) : NULL;
   Tensor *w1 = param(g, name, "w1", t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-  Tensor *b1 = param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc);
+  bool bias = call->argv[LA_BIAS] != 0;
+  Tensor *b1 = bias ? param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc) : NULL;
   Tensor *w2 = param(g, name, "w2", t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-  Tensor *b2 = param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc);
+  Tensor *b2 = bias ? param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc) : NULL;
 
   ir_set_context(g, name, NULL, loc);
   Tensor *xr = flatten_rows(g, x); // [N, D]
@@ -302,14 +328,22 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *clean = named(g, ir_op2(g, OP_MATMUL, xr, w_gate), name, "clean"); // [N, E]
   if (gating == LAE_BATCHWISE) {
     Tensor *y = build_batchwise(g, call, name, xr, clean, thr, k, w1, b1, w2, b2, aux);
-    ir_set_context(g, name, NULL, loc);
-    return unflatten_rows(g, y, x);
+    return layer_output(g, call, name, y, x);
   }
   Tensor *raw = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
   Gate gt = gate_topk(g, name, "", clean, raw, NULL, k);
+  Tensor *kept = gt.idx, *drop = NULL;
+  if (call->argv[LA_CAPACITY] > 0) { /* routes beyond each expert's capacity: idx -1 */
+    Tensor *cin[1] = {gt.idx};
+    double fa[IR_MAX_ATTR] = {call->argv[LA_CAPACITY]};
+    int64_t ia[IR_MAX_ATTR] = {E};
+    Node *cn = ir_node(g, OP_CAPACITY, 1, cin, ia, fa);
+    kept = named(g, cn->out[0], name, "kept"); // i32[N, k]
+    drop = named(g, cn->out[1], name, "drop"); // [E]
+  }
 
   ir_set_context(g, name, "dispatch", loc);
-  Tensor *din[2] = {xr, gt.idx};
+  Tensor *din[2] = {xr, kept};
   Node *dn = node(g, OP_DISPATCH, 2, din, E, 0);
   Tensor *xs = named(g, dn->out[0], name, "xs");       // [N*k, D]
   Tensor *off = named(g, dn->out[1], name, "offsets"); // i32[E+1]
@@ -332,11 +366,9 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
     load = op1a(g, OP_LOAD_COUNT, gt.idx, E); // [E]
   }
   named(g, load, name, "load");
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, drop);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
-
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }
 
 /* ---------------------------------------------------------------- hmoe */
@@ -362,6 +394,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;
   Dim dG = dim_int(G), dE = dim_int(E), dH = dim_int(H), one = dim_int(1);
+  bool bias = call->argv[LA_BIAS] != 0;
 
   /* parameters: the primary gate, then group by group its gate and experts */
   Tensor *w_gate = param(g, name, "w_gate", t2(D, dG), INIT_ZERO, 0, loc);
@@ -378,9 +411,9 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
     sg[i] = param(g, name, GP("w_gate"), t2(D, dE), INIT_ZERO, 0, loc);
     if (noise) sn[i] = param(g, name, GP("w_noise"), t2(D, dE), INIT_ZERO, 0, loc);
     w1[i] = param(g, name, GP("w1"), t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-    b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
+    if (bias) b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
     w2[i] = param(g, name, GP("w2"), t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-    b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
+    if (bias) b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
 #undef GP
   }
 
@@ -441,11 +474,11 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
 
   /* experts: the groups' weights stacked, [G*E, ...] */
   ir_set_context(g, name, "experts", loc);
-  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all"); // [G*E, D, H]
-  Tensor *B1 = named(g, concat0(g, b1, (int)G), name, "b1_all"); // [G*E, H]
-  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all"); // [G*E, H, O]
-  Tensor *B2 = named(g, concat0(g, b2, (int)G), name, "b2_all"); // [G*E, O]
-  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);    // [N*kg*k, O]
+  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all");               // [G*E, D, H]
+  Tensor *B1 = bias ? named(g, concat0(g, b1, (int)G), name, "b1_all") : NULL; // [G*E, H]
+  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all");               // [G*E, H, O]
+  Tensor *B2 = bias ? named(g, concat0(g, b2, (int)G), name, "b2_all") : NULL; // [G*E, O]
+  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);                  // [N*kg*k, O]
 
   ir_set_context(g, name, "combine", loc);
   Tensor *yg = named(g, op3a(g, OP_COMBINE, ys, gs.gates, pos, 0), name, "yg"); // [N*kg, O]
@@ -474,7 +507,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Tensor *lh = op2a(g, OP_ROW_SCALE, frac, load_p, 0); // [G, E]
   named(g, lh, name, "load_h");
   Tensor *load = named(g, ir_reshape(g, lh, t1(dim_int(G * E))), name, "load"); // [G*E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
 
   mc_free(sg);
@@ -484,6 +517,5 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   mc_free(w2);
   mc_free(b2);
   mc_free(tmp);
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }

@@ -93,6 +93,7 @@ void ir_graph_free(Graph *g) {
   mc_free(g->states);
   mc_free(g->moe_importance);
   mc_free(g->moe_load);
+  mc_free(g->moe_drop);
   mc_free(g->moe_names);
   mc_arena_free(&g->arena);
   if (build_ctx_owner == g) build_ctx_owner = NULL;

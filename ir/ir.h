@@ -180,6 +180,7 @@ struct Graph {
   Tensor *xent_count; /* scalar: target positions the xent averages over (targets with a
                          pad id: the non-pad ones), or NULL (all B*T) */
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
+  Tensor **moe_drop; /* per moe: the routes each expert dropped (capacity=), NULL without */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
   int64_t B, T, S;   /* bound values, 0 until ir_bind (S = T unless ir_bind_seq says; a
@@ -241,6 +242,9 @@ void ir_add_state(Graph *g, Tensor *state, Tensor *next);
 /* build_moe.c: one moe / hmoe layer on x[..., in] (every position at once);
  * returns the output with x's leading dims and sets *aux to its scalar aux loss. */
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
+/* The routes one expert keeps under moe(capacity=C): ceil(C*k*N/E) (at least 1) for N rows
+ * of k routes over E experts (docs/moe.md, "Capacity"). */
+int64_t ir_capacity_rows(double C, int64_t k, int64_t N, int64_t E);
 Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
 
 /* The program of an OP_FUSED node (NULL for any other node). */

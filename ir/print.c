@@ -25,12 +25,17 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_EMBEDDING_BWD] = {.ia = {"V"}},
     [OP_XENT] = {.fa = {"scale"}},
     [OP_XENT_BWD] = {.fa = {"scale"}},
+    [OP_SAMPLED_XENT] = {.ia = {"rng", "samples"}, .fa = {"scale"}},
+    [OP_SAMPLED_XENT_BWD] = {.fa = {"scale"}},
+    [OP_SPARSE_ALL_REDUCE] = {.ia = {"V", "devices"}},
     [OP_NOISE] = {.ia = {"rng"}},
     [OP_TOPK] = {.ia = {"k"}},
     [OP_TOPK_BWD] = {.ia = {"E"}},
     [OP_LOAD_COUNT] = {.ia = {"E"}},
     [OP_IMPORTANCE] = {.ia = {"E"}},
     [OP_DISPATCH] = {.ia = {"E"}},
+    [OP_CAPACITY] = {.ia = {"E"}, .fa = {"capacity"}},
+    [OP_ALL_GATHER_ROWS] = {.ia = {"devices"}},
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
@@ -67,7 +72,9 @@ static void print_attrs(const Node *n, FILE *out) {
   }
   for (int i = 0; i < IR_MAX_ATTR; i++) {
     bool named = an->fa[i] != NULL;
-    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD) && i == 0;
+    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD || n->op == OP_SAMPLED_XENT ||
+                 n->op == OP_SAMPLED_XENT_BWD) &&
+                i == 0;
     if (n->fa[i] == 0 && !xent) continue;
     fprintf(out, "%s", shown++ ? ", " : " {");
     if (xent && n->fa[i] == 0)

@@ -181,6 +181,32 @@ const char *shape_dispatch(Graph *g, Node *n) {
   return NULL;
 }
 
+/* (idx i32[N,k] [, every device's idx i32[Ng,k]]) -> kept i32[N,k], drop[E]; E = ia[0] */
+const char *shape_capacity(Graph *g, Node *n) {
+  if (n->nin < 1 || n->nin > 2) return "capacity takes idx and, on P devices, every device's idx";
+  TRY(need(g, n, 0, DT_I32, 2));
+  if (!dim_is_const(n->in[0]->ty.dim[1])) return err_in(g, n, 0, "needs a constant k");
+  if (n->nin == 2) {
+    TRY(need(g, n, 1, DT_I32, 2));
+    if (!dim_eq(n->in[1]->ty.dim[1], n->in[0]->ty.dim[1])) return mismatch(g, n, 0, 1, "k differs");
+  }
+  TRY(need_attr(g, n, 0, 1, MC_BIG, "E"));
+  if (!(n->fa[0] > 0)) return "capacity: the factor fa[0] must be positive";
+  Dim E = dim_int(n->ia[0]);
+  n->out[0]->ty = n->in[0]->ty;
+  n->out[1]->ty = mk(DT_F32, 1, E, E, E);
+  return NULL;
+}
+
+/* x[R,...] -> [R*ia[0], ...] */
+const char *shape_all_gather_rows(Graph *g, Node *n) {
+  if (n->in[0]->ty.rank < 1) return err_in(g, n, 0, "all_gather_rows needs rows (rank >= 1)");
+  TRY(need_attr(g, n, 0, 1, 65536, "devices"));
+  n->out[0]->ty = n->in[0]->ty;
+  n->out[0]->ty.dim[0] = dim_mul(n->in[0]->ty.dim[0], dim_int(n->ia[0]));
+  return NULL;
+}
+
 /* (g_xs[N*k,D], pos i32[N,k]) -> dx[N,D] */
 const char *shape_undispatch(Graph *g, Node *n) {
   TRY(need(g, n, 1, DT_I32, 2));

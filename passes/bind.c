@@ -6,12 +6,17 @@
  * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
 #include "plan.h"
 
-int64_t *plan_widen_expert_rows(Graph *g, int devices) {
+int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
   int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   for (int i = 0; i < g->ntensors && devices > 1; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
-    save[i] = t->ty.dim[0].c;
+    save[i] = ir_dim_pack(t->ty.dim[0]);
+    int64_t cap = pass_capacity_rows(g, t, B, T); /* capacity=: its experts' routes at most */
+    if (cap >= 0) {
+      t->ty.dim[0] = dim_int(cap);
+      continue;
+    }
     for (int q = 0; q < t->ty.dim[0].b; q++)
       t->ty.dim[0].c *= devices;
   }
@@ -20,7 +25,7 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices) {
 
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0].c = save[i];
+    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
   mc_free(save);
 }
 
@@ -96,7 +101,7 @@ static bool check_sets(Graph *g, const PassCtx *ctx, int64_t B) {
 
 /* Device ctx->rank's shapes: B/P rows; on(...) subsets B/|S|; expert rows widened. */
 static void bind_device(Graph *g, int64_t B, int64_t T, int P) {
-  mc_free(plan_widen_expert_rows(g, P)); /* room for the rows of every device */
+  mc_free(plan_widen_expert_rows(g, P, B, T)); /* room for the rows of every device */
   int n = g->ntensors;
   Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
   int *nset = mc_calloc((size_t)n + 1, sizeof(int));

@@ -10,6 +10,8 @@
  *                   MoE layer's importance and load (aux losses over the global batch;
  *                   an hmoe's load factors and group row counts before their product)
  *   reshard         batch rows moving between two device sets (on(...) rules)
+ *   all_gather_rows every device's routes before a moe(capacity=) decision
+ *   sparse_all_reduce a gradient of row scatters exchanged as rows (passes/sparse.c)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
  * New nodes go right before their first reader (all_reduce: right after the producer);
@@ -78,8 +80,8 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
   case OP_ALL_REDUCE: /* each device sends 2(n-1)/n of the tensor (reduce-scatter, then
                         all-gather); an i32 vector (n-1) of it: all-gathered, then summed */
     nd = n->ia[0] > 0 ? n->ia[0] : 1;
-    b.upper = b.expected = n->in[0]->ty.dtype == DT_I32 ? nd * (nd - 1) * b.payload
-                                                        : 2 * (nd - 1) * b.payload;
+    b.upper = b.expected =
+        n->in[0]->ty.dtype == DT_I32 ? nd * (nd - 1) * b.payload : 2 * (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
   case OP_ALL_GATHER_TOPM: { /* every device's top min(m, N/P) (value, row) per expert */
@@ -90,6 +92,20 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.per_device = b.expected / nd;
     break;
   }
+  case OP_ALL_GATHER_ROWS: /* every device's rows (the global batch's: bound) to every device */
+    nd = n->ia[0] > 0 ? n->ia[0] : 1;
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
+    b.payload = 0;
+    for (int q = 0; q + 1 < n->nin; q += 2) { /* batch rows are bound global: all devices' */
+      int64_t pairs = n->in[q]->numel * 4 + bound_bytes(n->in[q + 1]);
+      b.payload += n->in[q]->ty.rank >= 1 && n->in[q]->ty.dim[0].b > 0 ? pairs : nd * pairs;
+    }
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;
@@ -385,6 +401,30 @@ static void batchwise_global(Comm *c, Node *route) {
   }
 }
 
+/* Capacity over the global batch: every device's routes gathered before the capacity op, so
+ * that its drop decision is the one device's (docs/moe.md); the drop fractions it then
+ * computes are the global batch's, the same on every device. */
+static bool capacity_global(Comm *c, const PassCtx *ctx, Node *cap) {
+  int nd = ir_node_set_size(cap, c->P);
+  if (nd <= 1 || cap->nin != 1) return true;
+  if (cap->device >= 0 || cap->ndevices > 0) {
+    pass_error(ctx, cap->loc,
+               "moe '%s': capacity= with the layer's gate on(...) a device subset is not "
+               "supported",
+               cap->layer ? cap->layer : "?");
+    return false;
+  }
+  int64_t ia[IR_MAX_ATTR] = {nd};
+  Node *n = new_node_ia(c, OP_ALL_GATHER_ROWS, 1, cap->in, ia, cap, cap, false, "@all");
+  n->out[0]->part = cap->out[1]->part = PART_REPLICATED;
+  Tensor **in = mc_arena_alloc(&c->g->arena, 2 * sizeof(Tensor *));
+  in[0] = cap->in[0];
+  in[1] = n->out[0];
+  cap->in = in;
+  cap->nin = 2;
+  return true;
+}
+
 static void widen_rows(Tensor *t, int P) {
   for (int q = 0; q < t->ty.dim[0].b; q++)
     t->ty.dim[0].c *= P;
@@ -394,7 +434,7 @@ static void widen_rows(Tensor *t, int P) {
  * the route's slot list gets N*k*P slots (ia[1]) and the shapes of the layer's nodes after
  * it are inferred again (gathered rows, the expert FFN under data_parallel, the combine
  * and their gradients). Expert-sharded nodes keep theirs: the runtime widens every
- * expert-row tensor by P (rt_md_widen_expert_rows), to the same N*k*P; all_to_all_back
+ * expert-row tensor by P (plan_widen_expert_rows), to the same N*k*P; all_to_all_back
  * brings them back into N*k*P rows. */
 static void batchwise_widen(Graph *g, Node *route, int P) {
   route->ia[1] = P;
@@ -439,10 +479,13 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   /* batchwise gating: each expert's top rows over the global batch */
   for (int k = 0; k < n0; k++)
     if (g->nodes[k]->op == OP_BATCHWISE_ROUTE) batchwise_global(&c, g->nodes[k]);
+  for (int k = 0; k < n0; k++) /* capacity: the drop decision on the global batch */
+    if (g->nodes[k]->op == OP_CAPACITY && !capacity_global(&c, ctx, g->nodes[k])) break;
   /* 3. gradients of replicated parameters (expert gradients stay where they are) */
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
     if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      if (pass_sparse_grad(g, p, P, ctx->cfg)) continue; /* only the touched rows travel */
       Tensor *s = all_reduce(&c, p->grad, "@sum");
       if (s != p->grad) s->name = mc_arena_printf(&g->arena, "%s.grad@sum", p->name);
       p->grad = s;

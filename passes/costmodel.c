@@ -75,6 +75,10 @@ double plan_node_flops(const Node *n) {
   case OP_XENT:
   case OP_SOFTMAX:
     return 3.0 * numel(a);
+  case OP_SAMPLED_XENT: /* training: x[N,D] times S+1 rows of W, then their softmax */
+    return (2.0 * (double)a->shape[1] + 3.0) * numel(n->out[1]);
+  case OP_SAMPLED_XENT_BWD: /* dx and the sampled rows' dW: two GEMMs over [N, S+1] */
+    return 4.0 * numel(n->in[1]) * (double)n->in[2]->shape[1];
   case OP_EMBEDDING:
   case OP_RESHAPE:
   case OP_ALL_TO_ALL:
@@ -82,6 +86,8 @@ double plan_node_flops(const Node *n) {
   case OP_ALL_REDUCE:
   case OP_ALL_GATHER_TOPM:
   case OP_RESHARD:
+  case OP_ALL_GATHER_ROWS:
+  case OP_SPARSE_ALL_REDUCE:
     return 0;
   default: {
     double f = 0;
@@ -157,10 +163,10 @@ static double optim_elems(const Tensor *p, OptKind opt) {
   return numel(p) / (r * c) * (r + c);
 }
 
-Type *plan_device_shapes(Graph *g, int d, int devices) {
+Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
-  mc_free(plan_widen_expert_rows(g, devices)); /* undone with the types */
+  mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
   return save;
 }
 

@@ -8,7 +8,8 @@
  *               live from its producer's index to its last reader's. Pinned to the
  *               end of the program when the host reads it after the step (loss, xent,
  *               aux, MoE importance and load, the state's next values, the params'
- *               gradients: the optimizer runs after the program) or when nothing reads
+ *               gradients: the optimizer runs after the program; a sampled softmax's
+ *               samples: moec grad writes them) or when nothing reads
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
@@ -102,6 +103,10 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     pin(L, g->states[i].next, end);
   for (int i = 0; i < g->nparams; i++)
     pin(L, g->params[i]->grad, end);
+  for (int k = 0; k < g->nnodes; k++) /* a sampled softmax's samples: moec grad writes them */
+    if (g->nodes[k]->op == OP_SAMPLED_XENT && !g->nodes[k]->recompute_of)
+      for (int j = 2; j < 4; j++)
+        pin(L, g->nodes[k]->out[j], end);
   mc_free(read);
   mc_free(repeated);
 }

@@ -99,4 +99,17 @@ double pass_node_flops(const Node *n, int64_t B, int64_t T);
  * instead), by tensor id; the caller frees it. */
 bool *pass_recompute_dropped(const Graph *g);
 
+/* sparse.c (called by the comm pass): parameter p's gradient (PART_PARTIAL on P devices)
+ * is a sum of row scatters (embedding_bwd: the embedding's, the sampled softmax's) and
+ * exchanging each device's (id, row) pairs moves fewer bytes than a ring all_reduce of
+ * the dense gradient at the config's batch: each scatter becomes a sparse_all_reduce and
+ * the gradient is replicated. Returns whether it did. */
+bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg);
+
+/* capacity.c: the rows an expert-side tensor t (part experts, rows in dim 0) needs when its
+ * moe layer has capacity=: this graph's experts of the layer (its rank's once sharded)
+ * times each expert's capacity, at most every route of the global batch of B x T rows;
+ * -1 when the layer has no capacity (the worst case applies). */
+int64_t pass_capacity_rows(const Graph *g, const Tensor *t, int64_t B, int64_t T);
+
 #endif

@@ -83,9 +83,10 @@ void pass_bind(Graph *g, const PassCtx *ctx);
  * graph (types, binding, plan). */
 Type *pass_device_view(Graph *g, const PassCtx *ctx, int d);
 void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save);
-/* Every expert-row tensor's rows x devices (what pass_bind does on a device graph);
- * returns what plan_unwiden_expert_rows needs to restore the types. */
-int64_t *plan_widen_expert_rows(Graph *g, int devices);
+/* Every expert-row tensor's rows x devices, or its layer's capacity rows under
+ * moe(capacity=) (pass_capacity_rows at the global B, T): what pass_bind does on a device
+ * graph; returns what plan_unwiden_expert_rows needs to restore the types. */
+int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 
 /* ---------------------------------------------------------------- costmodel.c */
@@ -143,10 +144,11 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
                           double params, double live_max);
 void plan_cost_free(PlanCost *c);
-/* Device d's shapes as the runtime allocates them (runtime/train.c build_on): its experts
- * only (pass_shard_experts, on a placed graph) and every expert-row tensor widened x
- * devices. The bound shapes are untouched; plan_restore_shapes puts the types back. */
-Type *plan_device_shapes(Graph *g, int d, int devices);
+/* Device d's types as its compile makes them (the shard pass and the bind pass's
+ * widening at the global B, T: pass_device_view has the binding too), for the recompute
+ * pass's choices and the plan's recompute report. The bound shapes are untouched;
+ * plan_restore_shapes puts the types back. */
+Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T);
 void plan_restore_shapes(Graph *g, Type *save);
 /* FLOPs of one node on the bound graph (global: all devices together). */
 double plan_node_flops(const Node *n);

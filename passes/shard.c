@@ -13,7 +13,7 @@
  * The shape rules of every node that reads a changed tensor run again (in node order),
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
- * expert-row tensors keep their rows (dim 0 follows B; rt_md_widen_expert_rows sizes
+ * expert-row tensors keep their rows (dim 0 follows B; plan_widen_expert_rows sizes
  * them, in the bind pass). A device that holds none of a layer's experts (outside its on(...) set) has
  * E_r = 0: zero-size expert parameters, offsets i32[1]; its all_to_all sends every row
  * away and receives none. Prefix: pass_. */

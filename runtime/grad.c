@@ -32,8 +32,11 @@ static void read_tokens(const char *path, int B, int T, int vocab, int32_t *ids,
 static void write_grads(Program *p, const char *out, double loss, double xent, double aux) {
   Graph *g = p->g;
   bool f64 = p->prec == PREC_F64;
-  StTensor *t = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(StTensor));
-  void **owned = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(void *));
+  int nx = 0; /* a sampled softmax's samples and draws (NAME.samples, NAME.tries) */
+  for (int k = 0; k < g->nnodes; k++)
+    nx += g->nodes[k]->op == OP_SAMPLED_XENT ? 2 : 0;
+  StTensor *t = mc_calloc((size_t)MC_MAX(g->nparams + nx, 1), sizeof(StTensor));
+  void **owned = mc_calloc((size_t)MC_MAX(g->nparams + nx, 1), sizeof(void *));
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *x = g->params[i];
     const void *data;
@@ -53,15 +56,21 @@ static void write_grads(Program *p, const char *out, double loss, double xent, d
   snprintf(l[2], sizeof l[2], "%.17g", aux);
   const char *meta[] = {"format", "pt",   "moec.model", g->name, "loss",
                         l[0],     "xent", l[1],         "aux",   l[2]};
-  rt_st_save(out, t, g->nparams, meta, 5);
-  for (int i = 0; i < g->nparams; i++)
+  int nt = g->nparams;
+  for (int k = 0; k < g->nnodes; k++)
+    for (int j = 2; j < 4 && g->nodes[k]->op == OP_SAMPLED_XENT; j++, nt++) {
+      const Tensor *x = g->nodes[k]->out[j];
+      t[nt] = (StTensor){x->name, ST_I32, 1, {x->numel}, rt_dev_host_view(p, x, &owned[nt])};
+    }
+  rt_st_save(out, t, nt, meta, 5);
+  for (int i = 0; i < nt; i++)
     mc_free(owned[i]);
   mc_free(owned);
   mc_free(t);
 }
 
-int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,
-            const char *out, bool json) {
+int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens, const char *out,
+            bool json) {
   Graph *g = p->g;
   const int B = (int)g->B, T = (int)g->T;
   StFile *w = rt_st_open(weights);
@@ -73,6 +82,7 @@ int rt_grad(Program *p, const Config *cfg, const char *weights, const char *toke
   rt_feed(p, p->ids, ids);
   rt_feed(p, p->targets, tg);
   KernelCtx ctx = {.training = false,
+                   .sample_softmax = true, /* a sampled softmax's loss is its sampled one */
                    .seed = cfg->seed,
                    .batch_local = B,
                    .ndevices = 1,

@@ -1,9 +1,10 @@
 /* kernels_dense.c: CPU kernels of the dense ops in ops.def, in float32 and
- * float64. The bodies live once in kernels_dense.inc (and the sequence ops', which
- * share its helpers, in kernels_seq.inc) and are instantiated here twice (real =
- * float / double); GEMMs go through OpenBLAS (row-major, no
- * copies). Every kernel is deterministic: fixed loop orders, reductions in
- * double, BLAS with a fixed thread count. Prefix: rt_. */
+ * float64. The bodies live once in kernels_dense.inc (the sequence ops', which
+ * share its helpers, in kernels_seq.inc; the sampled softmax's in kernels_sampled.inc)
+ * and are instantiated here twice (real = float / double); GEMMs go through OpenBLAS
+ * (row-major, no copies). Every kernel is deterministic: fixed loop orders, reductions
+ * in double, work split over threads by shape only (threads.c), so the same bits with
+ * any thread count. Prefix: rt_. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -23,7 +24,8 @@ _Noreturn static void rt_bad_id(const Node *n, const char *what, int32_t id, int
  * fa[0] = 0: the mean over the step's whole batch, every device and micro-batch. */
 static double xent_scale(const KernelCtx *ctx, const Node *n) {
   if (n->fa[0] != 0) return n->fa[0];
-  int64_t rows = n->op == OP_XENT ? n->in[0]->shape[0] : n->in[1]->shape[0];
+  bool fwd = n->op == OP_XENT || n->op == OP_SAMPLED_XENT; /* their rows: input 0 */
+  int64_t rows = fwd ? n->in[0]->shape[0] : n->in[1]->shape[0];
   int nd = ctx->ndevices > 0 ? ctx->ndevices : 1;
   return 1.0 / ((double)rows * (double)nd * (double)MC_MAX(ctx->accum, 1));
 }
@@ -57,16 +59,19 @@ static inline double rt_sigmoid(double x) {
 
 #define real float
 #define K(name) name##_f32
-#define GEMM cblas_sgemm
+#define GEMM rt_sgemm
+#define BLAS_GEMM cblas_sgemm
 #define EXP rt_expf
 #define LOG1P log1pf
 #define TANH rt_tanhf
 #define SIGMOID rt_sigmoidf
 #include "kernels_dense.inc"
 #include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH
@@ -75,16 +80,19 @@ static inline double rt_sigmoid(double x) {
 /* float64 is the reference precision (finite-difference checks): libm throughout */
 #define real double
 #define K(name) name##_f64
-#define GEMM cblas_dgemm
+#define GEMM rt_dgemm
+#define BLAS_GEMM cblas_dgemm
 #define EXP exp
 #define LOG1P log1p
 #define TANH tanh
 #define SIGMOID rt_sigmoid
 #include "kernels_dense.inc"
 #include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH
@@ -95,4 +103,6 @@ void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f64(f64);
   register_seq_f32(f32);
   register_seq_f64(f64);
+  register_sampled_f32(f32);
+  register_sampled_f64(f64);
 }

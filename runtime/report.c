@@ -34,6 +34,7 @@ static void json_num(McBuf *b, const char *key, double v) {
 
 typedef struct MoeStat {
   double cv, load_ratio;
+  double drop; /* capacity=: the fraction of the routes dropped; -1 without */
 } MoeStat;
 
 /* A monitoring vector (numel floats of the program's precision) as doubles. */
@@ -49,8 +50,16 @@ static double *download_vec(Program *p, const Tensor *t) {
 
 static MoeStat moe_stat(Program *p, int i) {
   Graph *g = p->g;
-  MoeStat st = {0, 0};
+  MoeStat st = {0, 0, -1};
   const Tensor *imp = g->moe_importance ? g->moe_importance[i] : NULL;
+  const Tensor *drop = g->moe_drop ? g->moe_drop[i] : NULL;
+  if (drop && drop->numel > 0) { /* each expert's dropped routes / all routes */
+    double *v = download_vec(p, drop);
+    st.drop = 0;
+    for (int64_t k = 0; k < drop->numel; k++)
+      st.drop += v[k];
+    mc_free(v);
+  }
   const Tensor *load = g->moe_load ? g->moe_load[i] : NULL;
   if (imp && imp->numel > 0) {
     double *v = download_vec(p, imp), mean = 0, var = 0;
@@ -156,6 +165,7 @@ void rt_report_step(Run *r, const StepInfo *si, bool show) {
     for (int i = 0; i < g->nmoe; i++) {
       MoeStat ms = moe_stat(r->p, i);
       fprintf(r->out, "  %s: cv %.2f load %.2f", moe_name(g, i), ms.cv, ms.load_ratio);
+      if (ms.drop >= 0) fprintf(r->out, " drop %.1f%%", 100 * ms.drop);
     }
     fprintf(r->out, r->tty ? "" : "\n");
     fflush(r->out);
@@ -180,6 +190,7 @@ void rt_report_step(Run *r, const StepInfo *si, bool show) {
     mc_buf_json_string(&b, moe_name(g, i));
     json_num(&b, "importance_cv", ms.cv);
     json_num(&b, "load_max_over_mean", ms.load_ratio);
+    if (ms.drop >= 0) json_num(&b, "dropped", ms.drop);
     const Tensor *lt = g->moe_load ? g->moe_load[i] : NULL;
     if (lt && lt->numel > 0 && r->p->prec == PREC_F32) { /* per expert: experts = balanced */
       double *lv = download_vec(r->p, lt);
@@ -264,8 +275,7 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
                   "\"optimizer_bytes\":%lld,\"model_bytes\":%lld,\"persist_bytes\":%lld,"
                   "\"arena_bytes\":%lld}",
                   d ? "," : "", d, (long long)m[MEM_PARAMS], (long long)m[MEM_GRADS],
-                  (long long)m[MEM_OPTIM],
-                  (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
+                  (long long)m[MEM_OPTIM], (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
                   (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA]);
   }
   mc_buf_putc(&b, ']');

@@ -25,8 +25,10 @@ static const char *category(const Program *p, const Node *n, int k) {
   case OP_ALL_TO_ALL_BACK:
     return "all-to-all";
   case OP_ALL_REDUCE:
+  case OP_SPARSE_ALL_REDUCE:
     return "all-reduce";
   case OP_ALL_GATHER_TOPM:
+  case OP_ALL_GATHER_ROWS:
     return "all-gather";
   case OP_RESHARD:
     return "reshard";

@@ -38,6 +38,20 @@ int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *
 Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, struct PlanCost *c,
                     const struct CostConsts *k, int *rc);
 
+/* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the
+ * layers drawn op by op ("all": every one); loads: measured expert loads (may be NULL). */
+typedef struct PlotOpts {
+  const char *view;
+  const char **expand;
+  int nexpand;
+  const struct PlanLoads *loads;
+} PlotOpts;
+void plan_dot(const Graph *g, const struct PlanCost *c, const Config *cfg, const PlotOpts *o,
+              McBuf *out);
+/* Renders DOT text as format ("svg", "png") into path (NULL: stdout) with Graphviz's
+ * library; false with a message in err (moec built without it, a failed layout). */
+bool plan_render(const char *dot, const char *format, const char *path, char *err, size_t errlen);
+
 /* The value of --name VALUE or --name=VALUE at argv[*i] (advancing *i), or NULL when
  * argv[*i] is not --name; *bad set when the value is missing (error printed). */
 const char *cli_value(int argc, char **argv, int *i, const char *name, const char *cmd, bool *bad);

@@ -109,18 +109,37 @@ static const char *recompute_str(const Config *c, char *buf, size_t n) {
   return buf;
 }
 
+/* ", no bias, act sigmoid" of a moe / hmoe call, after the k characters in buf. */
+static void moe_extras(const Expr *e, char *buf, size_t n, size_t k) {
+  static const char *const acts[] = {"none", "relu", "tanh", "sigmoid"};
+  if (e->argv[LA_BIAS] == 0 && k < n) k += (size_t)snprintf(buf + k, n - k, ", no bias");
+  if (e->argv[LA_ACT] > 0 && k < n)
+    snprintf(buf + k, n - k, ", act %s", acts[(int)e->argv[LA_ACT] & 3]);
+}
+
+/* The input width of a layer call (its first tensor's last dim). */
+static int64_t x_width(const Expr *e) {
+  const Expr *x = e->targ[0];
+  return x && x->ty.rank > 0 ? x->ty.dim[x->ty.rank - 1].c : 0;
+}
+
 /* The arguments that define a layer's size, for the table: "32 experts, top-4, hidden 128". */
 static const char *layer_args(const Expr *e, char *buf, size_t n) {
   static const char *const acts[] = {"none", "relu", "tanh", "sigmoid"};
   static const char *const gates[] = {"noisy_topk", "softmax", "batchwise"};
   const double *av = e->argv;
   int g = (int)av[LA_GATING] & 3;
+  char big[48];
+  size_t k;
   switch ((LayerId)e->layer) {
   case L_EMBEDDING:
     snprintf(buf, n, "vocab %.0f, dim %.0f", av[LA_VOCAB], av[LA_DIM]);
     break;
   case L_LSTM:
-    snprintf(buf, n, "units %.0f", av[LA_UNITS]);
+    if (av[LA_PROJ] >= 1)
+      snprintf(buf, n, "units %.0f, proj %.0f", av[LA_UNITS], av[LA_PROJ]);
+    else
+      snprintf(buf, n, "units %.0f", av[LA_UNITS]);
     break;
   case L_DENSE:
     snprintf(buf, n, "units %.0f, act %s", av[LA_UNITS], acts[(int)av[LA_ACT] & 3]);
@@ -130,19 +149,24 @@ static const char *layer_args(const Expr *e, char *buf, size_t n) {
     break;
   case L_MOE:
     if (g == LAE_SOFTMAX)
-      snprintf(buf, n, "%.0f experts, all (softmax), hidden %.0f", av[LA_EXPERTS], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f experts, all (softmax), hidden %.0f", av[LA_EXPERTS],
+                           av[LA_HIDDEN]);
     else
-      snprintf(buf, n, "%.0f experts, top-%.0f %s, hidden %.0f", av[LA_EXPERTS], av[LA_K],
-               gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f experts, top-%.0f %s, hidden %.0f", av[LA_EXPERTS],
+                           av[LA_K], gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+    if (av[LA_CAPACITY] > 0 && k < n)
+      k += (size_t)snprintf(buf + k, n - k, ", capacity %g", av[LA_CAPACITY]);
+    moe_extras(e, buf, n, k);
     break;
   case L_HMOE:
     if (g == LAE_SOFTMAX)
-      snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f", av[LA_GROUPS],
-               av[LA_EXPERTS], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f",
+                           av[LA_GROUPS], av[LA_EXPERTS], av[LA_HIDDEN]);
     else
-      snprintf(buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f",
-               av[LA_GROUPS], av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0],
-               av[LA_HIDDEN]);
+      k = (size_t)snprintf(
+          buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f", av[LA_GROUPS],
+          av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+    moe_extras(e, buf, n, k);
     break;
   case L_ATTENTION:
     snprintf(buf, n, "units %.0f, %s%s%s", av[LA_UNITS],
@@ -151,6 +175,10 @@ static const char *layer_args(const Expr *e, char *buf, size_t n) {
     break;
   case L_SOFTMAX_XENT:
     snprintf(buf, n, "vocab %.0f", av[LA_VOCAB]);
+    break;
+  case L_SAMPLED_SOFTMAX_XENT: /* training multiplies x by samples + 1 rows of the weight */
+    snprintf(buf, n, "vocab %.0f, samples %.0f (training ops %s)", av[LA_VOCAB], av[LA_SAMPLES],
+             commas((int64_t)((av[LA_SAMPLES] + 1) * x_width(e)), big, sizeof big));
     break;
   default:
     buf[0] = 0;

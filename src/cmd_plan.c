@@ -23,9 +23,13 @@ static void usage(FILE *out) {
           "the same compile `moec run` makes) beside the estimate, FLOPs, and an estimated\n"
           "step time from a cost model whose constants are printed.\n\n"
           "options:\n"
-          "  --format F         text (default), json (one object), dot (graphviz: one colour\n"
-          "                     per device, grey = all devices, collectives as octagons,\n"
-          "                     fused groups as clusters)\n\n"
+          "  --format F         text (default), json (one object), or a picture: dot, svg,\n"
+          "                     png (a box per layer and device set, filled with its\n"
+          "                     devices' colours; MoE layers with their expert -> device\n"
+          "                     map; collectives with their bytes; a legend)\n"
+          "  -o FILE            write the picture (or DOT) to FILE (png: required)\n"
+          "  --view V           forward (default), backward or all: the other half as one box\n"
+          "  --expand LAYER     draw LAYER op by op (all: every layer); repeatable\n\n"
           "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
@@ -162,7 +166,8 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
     printf("  %s n%-4d %-16s %-34s %-16s expected %10.3f MiB  upper %10.3f MiB  per device "
            "%9.3f MiB\n",
            n->backward ? "bwd" : "fwd", n->id, ir_ops[n->op].name,
-           n->op == OP_ALL_REDUCE ? n->out[0]->name : n->in[0]->name,
+           n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE ? n->out[0]->name
+                                                                   : n->in[0]->name,
            type_str(&n->in[0]->ty, buf, sizeof buf), mib((double)b.expected), mib((double)b.upper),
            mib((double)b.per_device));
     nc++;
@@ -174,7 +179,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
   if (P > 1)
     printf("device 0, as allocated (%lld of the %lld rows, its experts, expert rows x %d): ",
            (long long)c->rows_per_device, (long long)g->B, P);
-  Type *save = plan_device_shapes((Graph *)g, 0, P);
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T);
   pass_recompute_report(g, c->rows_per_device, g->T, sizeof(float), stdout);
   plan_restore_shapes((Graph *)g, save);
   print_fusion_text(g, fuse);
@@ -217,7 +222,7 @@ static void json_str(const char *s) {
 
 /* At one device's rows and shapes, as the runtime allocates them. */
 static void print_json_recompute(const Graph *g, int64_t B, int P) {
-  Type *save = plan_device_shapes((Graph *)g, 0, P); /* device 0 as allocated */
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T); /* device 0 as allocated */
   RecomputeSummary rs = pass_recompute_summary(g, B, g->T, sizeof(float));
   printf(",\n \"recompute\": {\"rows\": %lld, \"segments\": %d, \"nodes_repeated\": %d, \"flops\": "
          "%.0f, "
@@ -279,8 +284,8 @@ static void print_json_fusion(const Graph *g) {
   printf("]}");
 }
 
-static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
-                       const char *policy, const char *notes) {
+static void print_json(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
+                       const char *notes) {
   char buf[256];
   printf("{\"model\": ");
   json_str(g->name);
@@ -316,8 +321,11 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
     json_str(t->name);
     printf(", \"type\": \"%s\", \"part\": \"%s\", \"grad_all_reduced\": %s}",
            type_str(&t->ty, buf, sizeof buf), part_name(t->part),
-           t->grad && t->grad->producer && t->grad->producer->op == OP_ALL_REDUCE ? "true"
-                                                                                  : "false");
+           t->grad && t->grad->producer &&
+                   (t->grad->producer->op == OP_ALL_REDUCE ||
+                    t->grad->producer->op == OP_SPARSE_ALL_REDUCE)
+               ? "true"
+               : "false");
   }
   printf("],\n \"expert_devices\": {");
   for (int m = 0; g->moe_expert_dev && m < g->nmoe; m++) {
@@ -355,51 +363,6 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
   printf("}\n");
 }
 
-static void print_dot(const Graph *g, int P) {
-  static const char *colour[] = {"#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
-                                 "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5"};
-  printf("digraph \"%s\" {\n  rankdir=TB; node [style=filled, fontname=\"Helvetica\"];\n", g->name);
-  printf("  legend [shape=note, fillcolor=white, label=\"%d devices: grey = all (data-parallel), "
-         "colours = one device, white box = expert-sharded, octagon = collective, blue cluster "
-         "= fused group (its ops inside), red border = recomputed\"];\n",
-         P);
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    bool coll = ir_ops[n->op].flags & OPF_COLLECTIVE;
-    bool exp = n->nout && n->out[0]->part == PART_EXPERTS;
-    const char *fill = n->device >= 0 ? colour[n->device % 10] : exp ? "white" : "grey85";
-    const FusedProg *fp = ir_fused_prog(n);
-    if (fp) /* a fused group: a cluster holding the fused node and its program */
-      printf("  subgraph cluster_fused%d {\n    label=\"fused n%d: %d ops\"; style=filled; "
-             "fillcolor=\"#dbe9f6\";\n  ",
-             n->id, n->id, fp->nops);
-    printf("  n%d [label=\"%s\\n%s%s%s\", shape=%s, fillcolor=\"%s\"%s%s];\n", n->id,
-           ir_ops[n->op].name, n->layer ? n->layer : "", n->role ? "/" : "", n->role ? n->role : "",
-           coll  ? "octagon"
-           : exp ? "box3d"
-                 : "box",
-           coll ? "orange" : fill, n->backward ? ", style=\"filled,dashed\"" : "",
-           n->recompute_of ? ", color=red, penwidth=2" : "");
-    if (fp) {
-      for (int q = 0; q < fp->nops; q++) {
-        printf("    f%d_%d [label=\"%s\", shape=ellipse, fillcolor=white, fontsize=10];\n", n->id,
-               q, ir_ops[fp->ops[q].op].name);
-        int ops[2] = {fp->ops[q].a, fp->ops[q].b};
-        for (int o = 0; o < 2; o++)
-          if (ops[o] >= fp->nin)
-            printf("    f%d_%d -> f%d_%d;\n", n->id, ops[o] - fp->nin, n->id, q);
-      }
-      printf("  }\n");
-    }
-  }
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    for (int i = 0; i < n->nin; i++)
-      if (n->in[i]->producer) printf("  n%d -> n%d;\n", n->in[i]->producer->id, n->id);
-  }
-  printf("}\n");
-}
-
 Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, PlanCost *c,
                     const CostConsts *k, int *rc) {
   *f = drv_load(o, cfg, rc);
@@ -422,23 +385,87 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
   return g;
 }
 
+typedef struct PlanFlags {
+  const char *format, *out, *view;
+  const char *expand[64];
+  int nexpand;
+} PlanFlags;
+
 static int plan_flags(int argc, char **argv, int *i, void *ctx) {
+  PlanFlags *a = ctx;
   bool bad = false;
-  const char *v = cli_value(argc, argv, i, "--format", "plan", &bad);
-  if (!v) return bad ? -1 : 0;
-  if (strcmp(v, "text") && strcmp(v, "json") && strcmp(v, "dot")) {
-    fprintf(stderr, "moec plan: error: unknown format '%s' (text, json, dot)\n", v);
-    return -1;
+  const char *v;
+  if ((v = cli_value(argc, argv, i, "--format", "plan", &bad))) {
+    if (strcmp(v, "text") && strcmp(v, "json") && strcmp(v, "dot") && strcmp(v, "svg") &&
+        strcmp(v, "png")) {
+      fprintf(stderr, "moec plan: error: unknown format '%s' (text, json, dot, svg, png)\n", v);
+      return -1;
+    }
+    a->format = v;
+  } else if ((v = cli_value(argc, argv, i, "-o", "plan", &bad)) ||
+             (v = cli_value(argc, argv, i, "--output", "plan", &bad))) {
+    a->out = v;
+  } else if ((v = cli_value(argc, argv, i, "--view", "plan", &bad))) {
+    if (strcmp(v, "forward") && strcmp(v, "backward") && strcmp(v, "all")) {
+      fprintf(stderr, "moec plan: error: unknown view '%s' (forward, backward, all)\n", v);
+      return -1;
+    }
+    a->view = v;
+  } else if ((v = cli_value(argc, argv, i, "--expand", "plan", &bad))) {
+    if (a->nexpand == 64) {
+      fprintf(stderr, "moec plan: error: at most 64 --expand layers\n");
+      return -1;
+    }
+    a->expand[a->nexpand++] = v;
+  } else {
+    return bad ? -1 : 0;
   }
-  *(const char **)ctx = v;
   return 1;
+}
+
+/* --format dot, svg, png: the picture (plan_dot.c), to -o FILE or stdout. */
+static int draw(const Graph *g, const PlanCost *c, const Config *cfg, const Options *o,
+                const PlanFlags *a) {
+  PlanLoads *loads = NULL;
+  if (o->loads_path) {
+    const char *err = NULL;
+    loads = plan_read_loads(o->loads_path, &err);
+  }
+  PlotOpts po = {.view = a->view ? a->view : "forward",
+                 .expand = (const char **)a->expand,
+                 .nexpand = a->nexpand,
+                 .loads = loads};
+  McBuf dot = {0};
+  plan_dot(g, c, cfg, &po, &dot);
+  plan_free_loads(loads);
+  int rc = 0;
+  if (!strcmp(a->format, "dot")) {
+    FILE *f = a->out ? fopen(a->out, "w") : stdout;
+    if (!f || fputs(dot.data, f) < 0 || (a->out && fclose(f) != 0)) {
+      fprintf(stderr, "moec plan: error: cannot write '%s'\n", a->out ? a->out : "stdout");
+      rc = 1;
+    }
+  } else {
+    char err[512];
+    if (!strcmp(a->format, "png") && !a->out) {
+      fprintf(stderr, "moec plan: error: --format png needs -o FILE\n");
+      rc = 2;
+    } else if (!plan_render(dot.data, a->format, a->out, err, sizeof err)) {
+      fprintf(stderr, "moec plan: error: %s\n", err);
+      rc = 1;
+    }
+  }
+  mc_buf_free(&dot);
+  return rc;
 }
 
 int cmd_plan(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "plan");
-  const char *format = "text";
-  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, plan_flags, &format, usage);
+  PlanFlags a = {.format = "text"};
+  const char *format;
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, plan_flags, &a, usage);
+  format = a.format;
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;
@@ -454,17 +481,17 @@ int cmd_plan(int argc, char **argv) {
     drv_options_free(&o);
     return rc;
   }
-  const int P = cfg.devices;
+  rc = 0;
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
-  else if (!strcmp(format, "dot"))
-    print_dot(g, P);
-  else
+  else if (!strcmp(format, "text"))
     print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data);
+  else
+    rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);
   mc_buf_free(&notes);
   ir_graph_free(g);
   fe_ast_free(f);
   drv_options_free(&o);
-  return 0;
+  return rc;
 }

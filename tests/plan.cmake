@@ -93,7 +93,7 @@ add_test(NAME plan_cli_text_sections
 set_tests_properties(plan_cli_text_sections PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION
   "device 0, as allocated \\(8 of the 32 rows, its experts, expert rows x 4\\): recompute \\(B=8, T=20, f32\\): 1 segments.*segment 0  m: repeats grouped_matmul.*fused groups: .*allocated: the memory plan at 8 rows.*persistent +arena +optimizer +allocated [|] +grads")
 add_test(NAME plan_dot_fused
-         COMMAND sh -c "command -v dot >/dev/null || { echo 'SKIP: graphviz dot is not installed'; exit 77; }; ${MOEC_PLAN_FUSE_SKIP} \"$1\" plan \"$2\" --format dot > plan_fused.gv && grep -q 'subgraph cluster_fused' plan_fused.gv && dot -Tsvg plan_fused.gv -o plan_fused.svg && grep -q '<svg' plan_fused.svg && echo ok"
+         COMMAND sh -c "command -v dot >/dev/null || { echo 'SKIP: graphviz dot is not installed'; exit 77; }; ${MOEC_PLAN_FUSE_SKIP} \"$1\" plan \"$2\" --format dot --expand all > plan_fused.gv && grep -q 'fused' plan_fused.gv && dot -Tsvg plan_fused.gv -o plan_fused.svg && grep -q '<svg' plan_fused.svg && echo ok"
                  sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/fusion_dense.moe)
 set_tests_properties(plan_dot_fused PROPERTIES LABELS plan SKIP_RETURN_CODE 77 PASS_REGULAR_EXPRESSION "ok")
 add_test(NAME plan_err_recompute
@@ -111,3 +111,28 @@ foreach(ex lm_4xlstm lm_moe4 lm_moe32 lm_moe256 lm_moe256h)
                    ${CMAKE_CURRENT_SOURCE_DIR}/../examples/${ex}.moe)
   set_tests_properties(plan_run_${ex} PROPERTIES TIMEOUT 300 LABELS "plan;multidev")
 endforeach()
+
+# Every train/plan setting from the command line: flags and --set reach the run and its JSON
+# echoes them, a file's plan { devices } is what runs, check/plan refuse what run refuses,
+# --version, moec ir --after shard --device R (tests/test_options.sh).
+add_test(NAME cli_options
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_options.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(cli_options PROPERTIES TIMEOUT 120 LABELS "plan;train")
+
+# The plan as a picture: golden DOT for device subsets, replicas, sharded experts, an
+# hmoe on a 2x2 mesh and every collective kind (tests/plan_dot/*.moe; UPDATE=1 rewrites,
+# then look at the rendering: moec plan FILE --format png -o x.png); and the rendering
+# through Graphviz's library when moec has it.
+file(GLOB MOEC_PLAN_DOT CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/plan_dot/*.moe)
+foreach(moe ${MOEC_PLAN_DOT})
+  get_filename_component(stem ${moe} NAME_WE)
+  add_test(NAME plan_dot_${stem}
+           COMMAND ${CMAKE_COMMAND} -DMOEC=$<TARGET_FILE:moec> -DMOE=${moe} -DCMD=plan
+                   -P ${CMAKE_CURRENT_SOURCE_DIR}/ir_golden/golden.cmake)
+  set_tests_properties(plan_dot_${stem} PROPERTIES TIMEOUT 30 LABELS "plan;golden")
+endforeach()
+add_test(NAME plan_render
+         COMMAND sh -c "\"$1\" --version | grep -q 'features:' && \"$1\" plan \"$2\" --devices 4 --format svg -o plan_render.svg && grep -q '<svg' plan_render.svg && \"$1\" plan \"$2\" --devices 4 --format png -o plan_render.png && head -c 8 plan_render.png | od -c | grep -q 'P   N   G' && echo rendered"
+                 sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
+set_tests_properties(plan_render PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "rendered")

@@ -34,6 +34,13 @@ static Tensor *find(Graph *g, const char *name) {
   exit(1);
 }
 
+/* the tensor named `name`, or NULL (a moe without expert biases has no LAYER.b1) */
+static Tensor *find_opt(Graph *g, const char *name) {
+  for (int i = 0; i < g->ntensors; i++)
+    if (!strcmp(g->tensors[i]->name, name)) return g->tensors[i];
+  return NULL;
+}
+
 static const Node *find_op(Graph *g, OpKind op, int nth) {
   for (int k = 0; k < g->nnodes; k++)
     if (g->nodes[k]->op == op && nth-- == 0) return g->nodes[k];
@@ -87,6 +94,11 @@ static KernelCtx ctx_for(bool training, uint64_t seed, uint64_t step, int64_t B)
   return c;
 }
 
+/* the moe layer's bias, act and capacity arguments in layer_call (the table's defaults) */
+static bool ref_bias = true;
+static int ref_act = LAE_NONE;
+static double ref_capacity = 0;
+
 static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, bool noise) {
   Expr e;
   memset(&e, 0, sizeof e);
@@ -100,6 +112,9 @@ static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, b
   e.argv[LA_W_IMPORTANCE] = 0.01;
   e.argv[LA_W_LOAD] = 0.02;
   e.argv[LA_NOISE] = noise;
+  e.argv[LA_BIAS] = ref_bias;
+  e.argv[LA_ACT] = ref_act;
+  e.argv[LA_CAPACITY] = ref_capacity;
   return e;
 }
 
@@ -170,20 +185,20 @@ static void expert_ref(Program *p, const char *pre, int e, const double *x, int 
   snprintf(nm, sizeof nm, "%s.w1", pre);
   Tensor *w1 = find(p->g, nm);
   snprintf(nm, sizeof nm, "%s.b1", pre);
-  Tensor *b1 = find(p->g, nm);
+  Tensor *b1 = find_opt(p->g, nm);
   snprintf(nm, sizeof nm, "%s.w2", pre);
   Tensor *w2 = find(p->g, nm);
   snprintf(nm, sizeof nm, "%s.b2", pre);
-  Tensor *b2 = find(p->g, nm);
+  Tensor *b2 = find_opt(p->g, nm);
   double h[256];
   for (int j = 0; j < H; j++) {
-    double s = get(p, b1, e * H + j);
+    double s = b1 ? get(p, b1, e * H + j) : 0;
     for (int d = 0; d < D; d++)
       s += x[d] * get(p, w1, ((int64_t)e * D + d) * H + j);
     h[j] = s > 0 ? s : 0;
   }
   for (int o = 0; o < O; o++) {
-    double s = get(p, b2, e * O + o);
+    double s = b2 ? get(p, b2, e * O + o) : 0;
     for (int j = 0; j < H; j++)
       s += h[j] * get(p, w2, ((int64_t)e * H + j) * O + o);
     out[o] = s;
@@ -241,6 +256,43 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
   uint64_t stream = noise ? (uint64_t)find_op(g, OP_NOISE, 0)->ia[0] : 0;
   uint64_t key = mc_rng_key(77, stream, 2);
   double imp[64] = {0}, load[64] = {0}, maxd = 0;
+  /* capacity: every row's routes first, then each expert keeps its first cap routes in
+   * (choice, row) order */
+  static bool keep[64][64];
+  int dropped = 0;
+  for (int64_t n = 0; n < N; n++)
+    for (int j = 0; j < k; j++)
+      keep[n][j] = true;
+  if (ref_capacity > 0) {
+    int route[64][64], used[64] = {0};
+    int64_t cap = (int64_t)ceil(ref_capacity * k * N / E - 1e-9);
+    for (int64_t n = 0; n < N; n++) {
+      double xr[16], clean[64], raw[64], sigma[64], eps[64], gates[64], P[64];
+      for (int d = 0; d < D; d++)
+        xr[d] = get(p, x, n * D + d);
+      rowmat(p, wg, xr, D, E, clean);
+      if (noise) {
+        rowmat(p, wn, xr, D, E, raw);
+        for (int e = 0; e < E; e++) {
+          sigma[e] = softplus(raw[e]) + 0.01;
+          eps[e] = training ? mc_rng_normal(key, (uint64_t)(n * E + e)) : 0;
+        }
+      }
+      gate_ref(clean, noise ? sigma : NULL, eps, E, k, gates, P, route[n]);
+    }
+    for (int j = 0; j < k; j++)
+      for (int64_t n = 0; n < N; n++) {
+        keep[n][j] = used[route[n][j]] < cap;
+        used[route[n][j]] += keep[n][j];
+        dropped += !keep[n][j];
+      }
+    Tensor *td = find(g, "m.drop");
+    double got = 0;
+    for (int e = 0; e < E; e++)
+      got += get(p, td, e);
+    CHECK_CLOSE(got, (double)dropped / (double)(N * k), 1e-12, 0);
+    CHECK(g->moe_drop && g->moe_drop[0] == td);
+  }
   for (int64_t n = 0; n < N; n++) {
     double xr[16], clean[64], raw[64], sigma[64], eps[64], gates[64], P[64], out[16], yr[16];
     int kept[64];
@@ -258,6 +310,7 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
     for (int o = 0; o < O; o++)
       yr[o] = 0;
     for (int j = 0; j < k; j++) {
+      if (!keep[n][j]) continue; /* dropped: beyond its expert's capacity */
       expert_ref(p, "m", kept[j], xr, D, H, O, out);
       for (int o = 0; o < O; o++)
         yr[o] += gates[kept[j]] * out[o];
@@ -266,10 +319,13 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
       imp[e] += gates[e];
       load[e] += P[e];
     }
-    for (int o = 0; o < O; o++)
-      maxd = fmax(maxd, fabs(yr[o] - get(p, r.y, n * O + o)));
+    for (int o = 0; o < O; o++) {
+      double want = ref_act == LAE_SIGMOID ? 1 / (1 + exp(-yr[o])) : yr[o];
+      maxd = fmax(maxd, fabs(want - get(p, r.y, n * O + o)));
+    }
   }
-  printf("moe %-16s max |y - ref| = %.3g\n", what, maxd);
+  printf("moe %-16s max |y - ref| = %.3g%s\n", what, maxd, ref_capacity > 0 ? "" : "");
+  if (ref_capacity > 0) printf("    %d of %lld routes dropped\n", dropped, (long long)(N * k));
   CHECK(maxd < 1e-12);
   Tensor *ti = find(g, "m.importance"), *tl = find(g, "m.load");
   for (int e = 0; e < E; e++) {
@@ -885,6 +941,90 @@ static void t_batchwise_split(bool training) {
          training ? "training" : "eval");
 }
 
+/* ---------------------------------------------------------------- capacity over devices */
+
+/* capacity(idx) over P in-process devices (all_gather_rows of every device's idx first, as
+ * the comm pass builds it) against one device holding the whole batch: every device's
+ * kept routes are its rows of the one-device decision, the drop fractions the same. Skewed
+ * routing (expert 0 most popular) so that experts overflow. */
+enum { CS_N = 24, CS_E = 5, CS_K = 2 };
+static int32_t cs_idx[CS_N * CS_K], cs_kept[4][CS_N * CS_K];
+static double cs_drop[4][CS_E];
+
+static void cs_run(Comm *c, int P) {
+  int r = c ? c->rank : 0;
+  int64_t Nl = CS_N / P;
+  Graph *g = ir_graph_new("capacity");
+  Dim d[2] = {dim_sym('B'), dim_int(CS_K)};
+  Tensor *idx = ir_input(g, "idx", ir_type(DT_I32, 2, d), (Loc){0});
+  Tensor *in[2] = {idx, NULL};
+  if (P > 1) {
+    int64_t ia[IR_MAX_ATTR] = {P};
+    in[1] = ir_node(g, OP_ALL_GATHER_ROWS, 1, in, ia, NULL)->out[0];
+  }
+  int64_t ia[IR_MAX_ATTR] = {CS_E};
+  double fa[IR_MAX_ATTR] = {0.8};
+  Node *cn = ir_node(g, OP_CAPACITY, P > 1 ? 2 : 1, in, ia, fa);
+  ir_bind(g, Nl, 1);
+  Program *p = cg_lower(g, PREC_F64);
+  memcpy(p->buf[idx->id], cs_idx + r * Nl * CS_K, (size_t)(Nl * CS_K) * sizeof(int32_t));
+  KernelCtx kc = {.batch0 = r * Nl, .batch_local = Nl, .device = r, .ndevices = P, .comm = c};
+  rt_exec(p, &kc, 0, p->ninstrs);
+  memcpy(cs_kept[r], p->buf[cn->out[0]->id], (size_t)(Nl * CS_K) * sizeof(int32_t));
+  memcpy(cs_drop[r], p->buf[cn->out[1]->id], sizeof cs_drop[r]);
+  cg_program_free(p);
+  ir_graph_free(g);
+}
+
+static int cs_P;
+static void cs_thread(Comm *c, void *arg) {
+  (void)arg;
+  cs_run(c, cs_P);
+}
+
+static void t_capacity_split(void) {
+  uint64_t key = mc_rng_key(5, 6, 7);
+  for (int i = 0; i < CS_N * CS_K; i++) { /* distinct experts per row, skewed to low ids */
+    double u = mc_rng_uniform(key, (uint64_t)i);
+    int e = (int)(u * u * CS_E);
+    if (i % CS_K && e == cs_idx[i - 1]) e = (e + 1) % CS_E;
+    cs_idx[i] = e;
+  }
+  cs_run(NULL, 1);
+  /* the one-device decision against the formula: choice by choice, rows in order */
+  int64_t cap = ir_capacity_rows(0.8, CS_K, CS_N, CS_E), used[CS_E] = {0}, dropped = 0;
+  CHECK(cap == 8); /* ceil(0.8 * 2 * 24 / 5) = ceil(7.68) */
+  for (int j = 0; j < CS_K; j++)
+    for (int n = 0; n < CS_N; n++) {
+      int e = cs_idx[n * CS_K + j];
+      bool keep = used[e] < cap;
+      used[e] += keep;
+      dropped += !keep;
+      CHECK(cs_kept[0][n * CS_K + j] == (keep ? e : -1));
+    }
+  double tot = 0;
+  for (int e = 0; e < CS_E; e++)
+    tot += cs_drop[0][e];
+  CHECK(dropped > 0);
+  CHECK_CLOSE(tot, (double)dropped / (CS_N * CS_K), 1e-15, 0);
+  int32_t one[CS_N * CS_K];
+  double drop1[CS_E];
+  memcpy(one, cs_kept[0], sizeof one);
+  memcpy(drop1, cs_drop[0], sizeof drop1);
+  for (int P = 2; P <= 4; P++) {
+    if (CS_N % P) continue;
+    cs_P = P;
+    CHECK(rt_inproc_run(P, cs_thread, NULL) == 0);
+    for (int r = 0; r < P; r++) {
+      CHECK(memcmp(cs_kept[r], one + r * (CS_N / P) * CS_K,
+                   (size_t)(CS_N / P * CS_K) * sizeof(int32_t)) == 0);
+      CHECK(memcmp(cs_drop[r], drop1, sizeof drop1) == 0);
+    }
+  }
+  printf("capacity over 2, 3, 4 devices: the one-device decision (%lld of %d routes dropped)\n",
+         (long long)dropped, CS_N * CS_K);
+}
+
 /* hmoe with batchwise gating is rejected, never silently replaced: sema refuses it with a
  * location (tests/sema, multidev_errors); the builder, past sema, asserts: checked in a
  * child */
@@ -917,6 +1057,20 @@ int main(void) {
   t_moe_reference("no noise", LAE_NOISY_TOPK, false, true, 5, 2);
   t_moe_reference("softmax", LAE_SOFTMAX, false, true, 4, 2);
   t_moe_reference("many experts", LAE_NOISY_TOPK, true, true, 40, 30);
+  /* appendix C's layer: no expert biases, a sigmoid on the output; capacity (dropped
+   * routes), noisy and softmax gating */
+  ref_bias = false;
+  ref_act = LAE_SIGMOID;
+  t_moe_reference("no bias, sigmoid", LAE_NOISY_TOPK, true, true, 4, 2);
+  ref_bias = true;
+  ref_act = LAE_NONE;
+  ref_capacity = 0.7;
+  t_moe_reference("capacity 0.7", LAE_NOISY_TOPK, true, true, 4, 2);
+  t_moe_reference("capacity softmax", LAE_SOFTMAX, false, true, 3, 3);
+  ref_capacity = 1.0;
+  t_moe_reference("capacity 1.0 k=1", LAE_NOISY_TOPK, true, true, 6, 1);
+  ref_capacity = 0;
+  t_capacity_split();
   t_hmoe_reference("noisy train", true, true);
   t_hmoe_reference("noisy eval", true, false);
   t_hmoe_reference("no noise", false, true);

@@ -8,7 +8,8 @@
 # double rounding; place ... : on(...) device subsets; the error cases. Exit 77
 # (skipped) without mpirun.
 # CASE: paper | round_robin | data_parallel | hmoe | batchwise | balanced | mpi | reshard |
-# f64 | errors | subsets | subsets_mpi | factored | memory | hmoe_factored | hmoe_memory
+# f64 | errors | subsets | subsets_mpi | factored | memory | hmoe_factored | hmoe_memory |
+# sampled | capacity
 set -u
 MOEC=$1
 CASE=$2
@@ -175,6 +176,64 @@ balanced)
   done
   "$MOEC" plan "$W/m.moe" --devices 4 --loads "$W/d1.metrics" | grep -q "no measured loads" &&
     fail "moec plan did not take the loads of the metrics file"
+  ;;
+sampled)
+  # a sampled softmax and an embedding over 2048 words: their gradients' touched rows are
+  # exchanged (sparse_all_reduce), not the dense [V, D] gradients; the same losses, and
+  # the same exact evaluation, on 1..4 devices (and 2 MPI ranks when mpirun is there)
+  model paper contiguous md_sampled
+  "$MOEC" ir "$W/m.moe" --after comm --devices 2 >"$W/ir.txt" || fail "sampled: moec ir"
+  for p in emb.weight loss.weight loss.bias; do
+    grep -q "all_reduce.*$p\.grad" "$W/ir.txt" && fail "sampled: $p's gradient all-reduced dense"
+  done
+  [ "$(grep -c '= sparse_all_reduce(' "$W/ir.txt")" -eq 3 ] ||
+    fail "sampled: expected 3 sparse_all_reduce nodes (emb.weight, loss.weight, loss.bias)"
+  losses d1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    losses d$p "$MOEC" run "$W/m.moe" --devices $p
+    same d1 d$p
+    same_aux d1 d$p
+  done
+  if command -v mpirun >/dev/null 2>&1; then
+    losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same d1 mpi2
+  fi
+  mem_falls sampled
+  ;;
+capacity)
+  # moe(capacity=0.8): the drop decision is the global batch's (every device's routes
+  # gathered), so the losses on 1..4 devices (and 2 MPI ranks) are one device's; routes
+  # are dropped and reported; the expert-row buffers shrink to the capacity (run = plan)
+  model paper contiguous
+  sed -i 's/hidden=32)/hidden=32, capacity=0.8)/' "$W/m.moe"
+  grep -q 'capacity=0.8' "$W/m.moe" || fail "capacity: the model has no capacity"
+  "$MOEC" ir "$W/m.moe" --after comm --devices 2 | grep -q 'capacity(m.idx, m.idx@all)' ||
+    fail "capacity: no all_gather_rows before the capacity op"
+  losses d1 "$MOEC" run "$W/m.moe"
+  grep '"event":"step"' "$W/d1.metrics" | tail -1 | grep -q '"dropped":0\.[0-9]*[1-9]' ||
+    fail "capacity: no dropped routes reported"
+  for p in 2 3 4; do
+    losses d$p "$MOEC" run "$W/m.moe" --devices $p
+    same d1 d$p
+    same_aux d1 d$p
+  done
+  if command -v mpirun >/dev/null 2>&1; then
+    losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same d1 mpi2
+  fi
+  "$MOEC" run "$W/m.moe" --devices 4 --json --quiet >"$W/cap.json" 2>&1 || fail "capacity: run"
+  model paper contiguous
+  "$MOEC" run "$W/m.moe" --devices 4 --json --quiet >"$W/nocap.json" 2>&1 || fail "no capacity"
+  /usr/bin/python3 - "$W" <<'PY' || fail "capacity: expert rows not sized by the capacity"
+import json, sys
+w = sys.argv[1]
+cap, nocap = (json.loads(open(f"{w}/{f}.json").read().strip().splitlines()[-1])["memory"]
+              for f in ("cap", "nocap"))
+a, b = max(m["arena_bytes"] for m in cap), max(m["arena_bytes"] for m in nocap)
+print(f"arena per device on 4 devices: {a} bytes with capacity=0.8, {b} without")
+assert a < b, (a, b)
+PY
+  mem_falls capacity
   ;;
 mpi)
   command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }

@@ -110,7 +110,7 @@ static void test_bytes(void) {
     CHECK(count_op(g, OP_ALL_TO_ALL_BACK, 0) == 1 && count_op(g, OP_ALL_TO_ALL_BACK, 1) == 1);
     int64_t rows = (int64_t)B * T * k, payload = rows * D * 4;
     int64_t expected = (int64_t)((double)payload * (P - 1) / P + 0.5);
-    int nreduce = 0;
+    int nreduce = 0, nsparse = 0;
     for (int q = 0; q < g->nnodes; q++) {
       const Node *n = g->nodes[q];
       if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
@@ -124,14 +124,19 @@ static void test_bytes(void) {
         nreduce++;
         CHECK(cb.payload == n->in[0]->numel * 4);
         CHECK(cb.expected == 2 * (int64_t)(P - 1) * cb.payload); /* ring */
+      } else if (n->op == OP_SPARSE_ALL_REDUCE) { /* the embedding's rows: B*T (id, row) pairs */
+        nsparse++;
+        CHECK(cb.payload == (int64_t)B * T * (D + 1) * 4);
+        CHECK(cb.expected == (int64_t)(P - 1) * cb.payload);
       }
     }
-    /* importance + load, and every parameter but the four expert tensors */
+    /* importance + load, and every parameter but the four expert tensors; a gradient of
+     * row scatters (the embedding's) exchanges its rows instead when they are fewer bytes */
     int repl = 0;
     for (int i = 0; i < g->nparams; i++)
       repl += g->params[i]->part == PART_REPLICATED;
     CHECK(repl == g->nparams - 4);
-    CHECK(nreduce == 2 + repl);
+    CHECK(nreduce + nsparse == 2 + repl);
     const Tensor *imp = g->moe_importance[0];
     CHECK(imp->producer->op == OP_ALL_REDUCE && pass_comm_bytes(g, imp->producer).payload == E * 4);
     done(&b);

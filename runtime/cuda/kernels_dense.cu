@@ -259,6 +259,9 @@ __global__ void clamp_ids_kernel(const int32_t *ids, int32_t *keys, int64_t n, i
 
 template <typename T>
 static void k_embedding_bwd(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  if (n->nin != 2) /* several (ids, rows) pairs: a sampled softmax's gradient, cpu only */
+    mc_die("layer '%s': embedding_bwd of %d (ids, rows) pairs has no cuda kernel yet",
+           n->layer ? n->layer : "?", n->nin / 2);
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t R = n->in[0]->numel, V = n->ia[0], D = rt_last_dim(n->in[1]);
   size_t tb = rt_cuda_sort_temp_bytes(R, (int32_t)V);
