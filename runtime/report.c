@@ -255,6 +255,16 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   json_num(&b, "data_seconds", r->t_data); /* rank 0: batches read or generated, uploaded */
   json_num(&b, "floor_ppl", r->floor_nats > 0 ? exp(r->floor_nats) : NAN);
   json_num(&b, "unigram_ppl", r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
+  if (r->corpus->tk) { /* text: each split's tokens and the fraction of them that is <unk> */
+    const Corpus *c = r->corpus;
+    mc_buf_printf(&b, ",\"data\":{\"ids\":%d,\"tokens\":[%lld,%lld,%lld],\"unknown\":[",
+                  rt_tok_size(c->tk), (long long)c->ntok[0], (long long)c->ntok[1],
+                  (long long)c->ntok[2]);
+    for (int s = 0; s < 3; s++)
+      mc_buf_printf(&b, "%s%.9g", s ? "," : "",
+                    (double)c->unk[s] / (double)MC_MAX(c->ntok[s], 1));
+    mc_buf_printf(&b, "]}");
+  }
   /* collectives per training step, summed over devices: payload = the plan's payload,
    * sent = its expected bytes (docs/placement.md); seconds: rank 0's */
   mc_buf_printf(&b, ",\"comm\":{");
