@@ -232,7 +232,7 @@ static int write_plot(const Metrics *m, const char *dir, const char *out, const 
   const double tps = isfinite(m->tokens[0]) && m->step[0] > 0 ? m->tokens[0] / m->step[0] : NAN;
   FILE *g = open_in(dir, "plot.gp");
   fprintf(g, "set terminal %s size 1000,%d font 'Sans,10'\nset output ",
-          svg ? "svg dynamic" : "pngcairo", 260 * panels + 40);
+          svg ? "svg dynamic noenhanced" : "pngcairo noenhanced", 260 * panels + 40);
   gp_str(g, out);
   fprintf(g, "\nset multiplot layout %d,1 title ", panels);
   gp_str(g, title);
@@ -273,20 +273,21 @@ static int write_plot(const Metrics *m, const char *dir, const char *out, const 
     snprintf(t, sizeof t, "MoE layer %s: load balance (1 = even)", x->name);
     gp_str(g, t);
     fprintf(g,
-            "\nset ylabel 'ratio'\nset key top left\nplot '%s/%s' u 1:2 w l lw 1.5 lc rgb "
-            "'#e31a1c' t 'importance CV (std / mean)', '' u 1:3 w l lw 1.5 lc rgb '#1f78b4' t "
-            "'max / mean expert load'\nset key top right\n",
+            "\nset ylabel 'ratio'\nset key top left horizontal\nset offsets 0, 0, graph 0.25, 0\n"
+            "plot '%s/%s' u 1:2 w l lw 1.5 lc rgb '#e31a1c' t 'importance CV (std / mean)', '' "
+            "u 1:3 w l lw 1.5 lc rgb '#1f78b4' t 'max / mean expert load'\nset offsets 0, 0, 0, "
+            "0\nset key top right vertical\n",
             dir, name);
     if (!x->E) continue;
     fprintf(g, "set title ");
     snprintf(t, sizeof t, "MoE layer %s: each expert's load / the mean load", x->name);
     gp_str(g, t);
     fprintf(g,
-            "\nset ylabel 'expert'\nset yrange [-0.5:%d.5]\nset cbrange [0:3]\nset cblabel "
+            "\nset ylabel 'expert'\nset yrange [-0.5:%d.5]\nset ytics 1\nset cbrange [0:3]\nset cblabel "
             "'load / mean'\nset palette defined (0 '#ffffff', 1 '#fee8c8', 2 '#fc8d59', 3 "
             "'#7f0000')\nset colorbox vertical user origin graph 1.02, graph 0 size graph 0.025, "
             "graph 1\nset key off\nplot '%s/heat%d.dat' u 1:2:3 w image\nset key on\n"
-            "set autoscale y\nunset cbrange\n",
+            "set autoscale y\nset ytics autofreq\nunset cbrange\n",
             x->E - 1, dir, k);
   }
   fprintf(g, "unset multiplot\n");
