@@ -110,15 +110,15 @@ fi
 
 # ---- 5. LM training on the GPU: moec run --backend cuda vs PyTorch with cuDNN's LSTM
 if want lm; then
-# moec's rate after warm-up from its --metrics lines (cumulative tokens/s per step):
-# (N - W) * B * T / (t(N) - t(W)), t(s) = s * B * T / rate(s); W = 10 steps
+# moec's rate after warm-up from its --metrics lines (elapsed: seconds since the first
+# step began, at the end of each step): (N - W) * B * T / (t(N) - t(W)); W = 10 steps
 moec_rate() {
   python3 - "$1" "$2" <<'PY'
 import json, sys
 rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
 bt, w = int(sys.argv[2]), 10
 if len(rows) <= w + 1: print("nan"); raise SystemExit
-t = lambda r: r["step"] * bt / r["tokens_per_s"]
+t = lambda r: r["elapsed"]
 a, b = rows[w - 1], rows[-1]
 print(f"{(b['step'] - a['step']) * bt / (t(b) - t(a)):.0f}")
 PY

@@ -95,7 +95,7 @@ moec_run() { # moec_run ROUND THREADS
 import json, sys
 steps = [json.loads(l) for l in open(sys.argv[1]) if '"event":"step"' in l]
 nt = 32 * 20
-t = lambda s: s["step"] * nt / s["tokens_per_s"]  # seconds for steps 1..s
+t = lambda s: s["elapsed"]  # seconds from the first step's start to the end of step s
 a, b = steps[4], steps[-1]
 print(f"{sys.argv[2]}\t{sys.argv[3]}\t{(b['step'] - a['step']) * nt / (t(b) - t(a)):.1f}\t{sys.argv[4]}")
 PY

@@ -366,6 +366,31 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
   return p;
 }
 
+int drv_model_vocab(const AstFile *f) {
+  int v = 0;
+  for (const Stmt *s = f->model ? f->model->stmts : NULL; s; s = s->next) {
+    const Expr *e = s->value;
+    if (s->kind != ST_ASSIGN || !e || e->kind != EX_CALL) continue;
+    if (e->layer == L_EMBEDDING || e->layer == L_SOFTMAX_XENT) {
+      int x = (int)e->argv[LA_VOCAB];
+      v = v ? MC_MIN(v, x) : x;
+    }
+  }
+  return MC_MIN(v, 65536);
+}
+
+Program *drv_compile_forward(AstFile *f, const Config *cfg, const Options *o, int B, int T) {
+  const Backend *be = drv_backend(cfg, o);
+  if (!be) return NULL;
+  Config c = *cfg; /* one device, B streams of T steps */
+  c.batch = B;
+  c.unroll = T;
+  c.devices = 1;
+  c.accumulate = 1;
+  Target t = {.devices = 1, .rank = 0, .training = false, .prec = PREC_F32, .be = be};
+  return drv_compile(f, &c, o, &t);
+}
+
 void drv_program_free(Program *p) {
   if (!p) return;
   Graph *g = p->g;

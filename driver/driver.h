@@ -27,7 +27,8 @@
  * eval, grad): which a command takes is a mask of these. */
 enum {
   DRV_SETTINGS = 1, /* the train/plan settings flags and --set */
-  DRV_RUN = 2,      /* --save --load --metrics --json --quiet --f64 --no-eval */
+  DRV_RUN = 2,      /* --save --save-every --trace --load --metrics --json --quiet --f64
+                       --no-eval */
   DRV_DEBUG = 4,    /* --no-jit --no-memplan --poison-arena --no-nvrtc */
   DRV_LOADS = 8,    /* --loads FILE */
 };
@@ -38,7 +39,9 @@ typedef struct Options {
   McBuf train, plan; /* settings from flags, as the bodies of train and plan blocks */
   int nsettings;
   /* the run */
-  const char *save, *load, *metrics, *loads_path;
+  const char *save, *load, *metrics, *loads_path, *trace;
+  int64_t save_every;
+  const char *resume_cmd; /* moec run: the command line that resumes the run */
   bool json, quiet, f64, no_eval;
   bool devices_given; /* --devices, --mesh or --set plan.devices/mesh */
   /* debugging and tests: how to lower (codegen.h) */
@@ -103,6 +106,12 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
  * its graph. */
 Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Target *t);
 void drv_program_free(Program *p);
+/* The forward program of f on one device for B streams of T steps (moec eval, score,
+ * sample: whatever the file's batch, unroll and plan). NULL after printing errors. */
+Program *drv_compile_forward(AstFile *f, const Config *cfg, const Options *o, int B, int T);
+/* The model's vocabulary as training feeds it: the smallest embedding and softmax_xent
+ * vocab of a checked file (at most 65536). */
+int drv_model_vocab(const AstFile *f);
 /* The backend cfg asks for (cpu; cuda when plan { backend = cuda } or --backend cuda),
  * configured with o's device options and cfg->tf32 (rt_dev_configure); NULL after
  * printing why cuda cannot run here. Called before any device starts. */

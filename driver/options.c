@@ -68,9 +68,11 @@ void drv_add_setting(Options *o, const char *block, const char *key, const char 
     o->devices_given = true;
 }
 
-/* --data PATH: a path in quotes; synthetic(...) or an already quoted value as it is. */
+/* --data PATH: a path in quotes; a call (synthetic(...), text(...), ...) or an already
+ * quoted value as it is. */
 static void add_data(Options *o, const char *v, const char *flag) {
-  if (!strncmp(v, "synthetic", 9) || !strncmp(v, "parallel", 8) || v[0] == '"') {
+  size_t id = strspn(v, "abcdefghijklmnopqrstuvwxyz_");
+  if (v[0] == '"' || (id && v[id] == '(')) { /* synthetic(...), text(...), bin(...), ... */
     drv_add_setting(o, "train", "data", v, flag);
     return;
   }
@@ -152,6 +154,8 @@ static const Flag flags[] = {
     {"--optimizer", DRV_SETTINGS, "train", "optimizer",
      "O adam, factored, adam(lr=, beta1=, ...) (train.optimizer)"},
     {"--clip", DRV_SETTINGS, "train", "clip", "X      gradient-norm clipping; none (train.clip)"},
+    {"--accumulate", DRV_SETTINGS, "train", "accumulate",
+     "K  K micro-batches of --batch rows per optimizer step (train.accumulate)"},
     {"--seed", DRV_SETTINGS, "train", "seed", "S      every random draw (train.seed)"},
     {"--devices", DRV_SETTINGS, "plan", "devices",
      "N   devices (plan.devices; run: in-process devices, one thread each)"},
@@ -170,7 +174,13 @@ static const Flag flags[] = {
      "K=V     any setting: train.batch=64, plan.strategy=hmoe, train.optimizer.beta2=0.98"},
     {"--loads", DRV_LOADS, NULL, NULL,
      "F     measured expert loads for experts = balanced (a --metrics file)"},
-    {"--save", DRV_RUN, NULL, NULL, "CKPT   write a checkpoint at every evaluation and at the end"},
+    {"--save", DRV_RUN, NULL, NULL,
+     "CKPT   write a checkpoint at every evaluation, at the end and "
+     "when interrupted (Ctrl-C, SIGTERM)"},
+    {"--save-every", DRV_RUN, NULL, NULL, "N  also write it every N steps"},
+    {"--trace", DRV_RUN, NULL, NULL,
+     "FILE  a Chrome / Perfetto trace of 3 steps (every kernel and "
+     "collective)"},
     {"--load", DRV_RUN, NULL, NULL, "CKPT   resume from CKPT (or start from its weights)"},
     {"--metrics", DRV_RUN, NULL, NULL, "F   JSON lines: one per step and one per evaluation"},
     {"--json", DRV_RUN, NULL, NULL, "       one JSON object as the last line of stdout"},
@@ -248,6 +258,19 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
       o->loads_path = v;
     } else if (!strcmp(f->name, "--save")) {
       o->save = v;
+    } else if (!strcmp(f->name, "--save-every")) {
+      char *end;
+      long long n = strtoll(v, &end, 10);
+      if (*end || n < 1) {
+        fprintf(stderr,
+                "moec %s: error: --save-every needs a number of steps (1 or more), not "
+                "'%s'\n",
+                o->cmd, v);
+        return -1;
+      }
+      o->save_every = n;
+    } else if (!strcmp(f->name, "--trace")) {
+      o->trace = v;
     } else if (!strcmp(f->name, "--load")) {
       o->load = v;
     } else if (!strcmp(f->name, "--metrics")) {
@@ -288,6 +311,7 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
 /* ---------------------------------------------------------------- the effective settings */
 
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
+static const char *const decay_names[] = {"none", "rsqrt", "cosine", "linear"};
 static const char *const place_names[] = {"replicate", "shard(experts)", "on"};
 
 static void recompute_json(McBuf *b, const Config *c) {
@@ -327,17 +351,31 @@ char *drv_settings_json(const Config *c, const Options *o) {
       mc_buf_printf(&b, "null");
     mc_buf_printf(&b, ", \"max_len\": %d, \"batch_tokens\": %d}", c->max_len, c->batch_tokens);
   } else {
+    char tk[128];
     mc_buf_printf(&b, "{\"kind\": \"%s\", \"path\": ", c->data == DATA_BIN ? "bin" : "text");
     mc_buf_json_string(&b, c->data_path ? c->data_path : "");
+    const char *vt[2] = {c->data_valid_path, c->data_test_path};
+    for (int i = 0; i < 2; i++) {
+      mc_buf_printf(&b, ", \"%s\": ", i ? "test" : "valid");
+      if (vt[i])
+        mc_buf_json_string(&b, vt[i]);
+      else
+        mc_buf_printf(&b, "null");
+    }
+    if (c->data == DATA_TEXT)
+      mc_buf_printf(&b, ", \"tokenizer\": \"%s\"", fe_tokenizer_str(c, tk, sizeof tk));
     mc_buf_printf(&b, "}");
   }
   mc_buf_printf(&b,
                 ", \"batch\": %d, \"unroll\": %d, \"steps\": %d, \"eval_every\": %d, "
                 "\"optimizer\": {\"kind\": \"%s\", \"lr\": %.17g, \"beta1\": %.17g, \"beta2\": "
-                "%.17g, \"eps\": %.17g}, \"clip\": %.17g, \"seed\": %llu}",
+                "%.17g, \"eps\": %.17g, \"warmup\": %d, \"hold\": %d, \"decay\": \"%s\", "
+                "\"min_lr\": %.17g, \"weight_decay\": %.17g}, \"clip\": %.17g, \"seed\": %llu, "
+                "\"accumulate\": %d}",
                 c->batch, c->unroll, c->steps, c->eval_every,
                 c->optimizer == OPT_ADAM ? "adam" : "factored", c->lr, c->beta1, c->beta2, c->eps,
-                c->clip, (unsigned long long)c->seed);
+                c->warmup, c->hold, decay_names[c->decay], c->min_lr, c->weight_decay, c->clip,
+                (unsigned long long)c->seed, c->accumulate);
   mc_buf_printf(&b,
                 ", \"plan\": {\"devices\": %d, \"mesh\": [%d, %d], \"strategy\": \"%s\", "
                 "\"experts\": \"%s\", \"recompute\": ",

@@ -214,6 +214,10 @@ int fe_layer_lookup(const char *name); /* -1 if none */
 
 typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN, DATA_PARALLEL } DataKind;
 typedef enum OptKind { OPT_ADAM, OPT_FACTORED } OptKind;
+/* the learning rate after warm-up and hold (docs/training.md, "Learning-rate schedules") */
+typedef enum LrDecay { DECAY_NONE, DECAY_RSQRT, DECAY_COSINE, DECAY_LINEAR } LrDecay;
+/* how a text corpus becomes ids (docs/training.md, "Tokenizers") */
+typedef enum TokKind { TOK_WORDS, TOK_CHARS, TOK_BPE } TokKind;
 typedef enum RecomputeKind { RC_NONE, RC_LIST, RC_ALL, RC_AUTO } RecomputeKind;
 typedef enum BackendKind { BK_AUTO, BK_CPU, BK_CUDA } BackendKind;
 typedef enum PlaceKind { PK_REPLICATE, PK_SHARD_EXPERTS, PK_ON } PlaceKind;
@@ -230,11 +234,20 @@ typedef struct Config {
   DataKind data;
   int topics, vocab; uint64_t data_seed; /* synthetic */
   const char *data_path;                 /* text, bin, or parallel's training pairs */
-  const char *data_valid_path;           /* parallel: valid=, or NULL */
+  const char *data_valid_path;           /* text, bin, parallel: valid=, or NULL */
+  const char *data_test_path;            /* text, bin: test=, or NULL */
+  TokKind tokenizer;                     /* text */
+  bool tok_lower, tok_split_punct;       /* words(lower=, split_punct=) */
+  int bpe_vocab;                         /* bpe(vocab=N); 0: the model's vocabulary */
   int max_len, batch_tokens;             /* parallel: ids per side, ids per batch */
   int batch, unroll, steps, eval_every;
   OptKind optimizer;
   double lr, beta1, beta2, eps;
+  int warmup, hold;    /* the schedule: linear warm-up steps, then steps at lr */
+  LrDecay decay;       /* then this decay, */
+  double min_lr;       /* down to min_lr */
+  double weight_decay; /* decoupled (AdamW), of parameters of rank >= 2; 0 = none */
+  int accumulate;      /* micro-batches of `batch` rows per optimizer step (1 = none) */
   double clip; /* 0 = none */
   uint64_t seed;
   /* plan */
@@ -252,6 +265,10 @@ typedef struct Config {
 } Config;
 
 void fe_config_defaults(Config *c);
+/* "adam(lr=0.001, ...)" with the schedule's and weight decay's arguments when set. */
+const char *fe_optimizer_str(const Config *c, char *buf, size_t n);
+/* "words", "words(lower=true, split_punct=true)", "chars", "bpe(vocab=2000)". */
+const char *fe_tokenizer_str(const Config *c, char *buf, size_t n);
 
 /* Checks the whole file: every error reported to d. Fills each Expr's ty /
  * layer / argv / targ, and cfg from the train and plan blocks (defaults for

@@ -127,6 +127,8 @@ typedef struct Sema {
   Expr **embeds;   /* embedding calls */
   int nembeds, embcap;
   bool has_source; /* an input has the source length S: a translation model */
+  Loc wd_loc, accumulate_loc;            /* weight_decay=, accumulate = (line 0: not given) */
+  Expr *tokenizer_expr, *bpe_vocab_expr; /* text(tokenizer=...), its bpe(vocab=) */
 } Sema;
 
 /* A location covering the first n characters at loc's start (a name). */
@@ -1265,8 +1267,8 @@ typedef struct Setting {
   Stmt *stmt;
 } Setting;
 
-static const char *const train_keys[] = {"data",       "batch",     "unroll", "steps",
-                                         "eval_every", "optimizer", "clip",   "seed"};
+static const char *const train_keys[] = {"data",      "batch", "unroll", "steps",     "eval_every",
+                                         "optimizer", "clip",  "seed",   "accumulate"};
 static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
                                         "memory_budget", "fuse", "backend",  "tf32"};
 enum {
@@ -1278,6 +1280,7 @@ enum {
   TK_OPTIMIZER,
   TK_CLIP,
   TK_SEED,
+  TK_ACCUMULATE,
   TK_N
 };
 enum {
@@ -1407,7 +1410,84 @@ static void train_parallel(Sema *S, Expr *e) {
   check_parallel_model(S, e);
 }
 
-/* data = synthetic(topics=, vocab=, seed=) | parallel(...) | "path" */
+/* A data file's path: relative to the .moe file, or (given on the command line) to the
+ * working directory. NULL after an error. */
+static const char *data_file(Sema *S, Expr *e, const char *what) {
+  if (e->kind != EX_STR || !e->str || !e->str[0]) {
+    fe_error(S->d, e->loc, "%s must be a file path in quotes", what);
+    return NULL;
+  }
+  return e->loc.src && e->loc.src->cmdline ? e->str : resolve_path(S, e->str);
+}
+
+/* tokenizer = words | words(lower=, split_punct=) | chars | bpe | bpe(vocab=N) */
+static void data_tokenizer(Sema *S, Expr *e) {
+  Config *c = S->cfg;
+  static const char *const names[] = {"words", "chars", "bpe"};
+  const char *name = e->kind == EX_NAME || e->kind == EX_CALL ? e->str : NULL;
+  int k = -1;
+  for (int i = 0; name && i < 3; i++)
+    if (!strcmp(name, names[i])) k = i;
+  if (k < 0) {
+    Suggest sg = {0};
+    for (int i = 0; name && i < 3; i++)
+      suggest_add(&sg, name, names[i]);
+    char sb[128];
+    fe_error(S->d, name ? loc_span(e->loc, strlen(name)) : e->loc,
+             "'tokenizer' must be words, words(lower=true, split_punct=true), chars or "
+             "bpe(vocab=N)%s",
+             suggest_str(&sg, sb, sizeof sb));
+    return;
+  }
+  c->tokenizer = k == 0 ? TOK_WORDS : k == 1 ? TOK_CHARS : TOK_BPE;
+  if (e->kind != EX_CALL) return;
+  Expr *v[2];
+  if (k == 0) {
+    static const char *const keys[] = {"lower", "split_punct"};
+    if (!match_args(S, e, "words", keys, 2, v)) return;
+    int x;
+    if (v[0] && (x = const_choice(S, v[0], "lower", bool_names, 2)) >= 0) c->tok_lower = x == 0;
+    if (v[1] && (x = const_choice(S, v[1], "split_punct", bool_names, 2)) >= 0)
+      c->tok_split_punct = x == 0;
+  } else if (k == 1) {
+    if (e->args) fe_error(S->d, e->args->value->loc, "'chars' takes no arguments");
+  } else {
+    static const char *const keys[] = {"vocab"};
+    int64_t n;
+    if (!match_args(S, e, "bpe", keys, 1, v)) return;
+    /* 259: <pad>, <s>, </s> and the 256 bytes (runtime/bpe.c) */
+    if (v[0] && const_int(S, v[0], "vocab", 259, 65536, &n)) {
+      c->bpe_vocab = (int)n;
+      S->bpe_vocab_expr = v[0];
+    }
+  }
+}
+
+/* text("path", tokenizer=, valid=, test=) | bin("path", valid=, test=) */
+static void train_file_data(Sema *S, Expr *e, bool bin) {
+  Config *c = S->cfg;
+  static const char *const keys[] = {"path", "valid", "test", "tokenizer"};
+  const char *what = bin ? "bin" : "text";
+  Expr *v[4];
+  if (!match_args(S, e, what, keys, bin ? 3 : 4, v)) return;
+  c->data = bin ? DATA_BIN : DATA_TEXT;
+  if (!v[0]) {
+    fe_error(S->d, e->loc, "%s(...) needs the training file's path: %s(\"%s\")", what, what,
+             bin ? "train.bin" : "corpus.txt");
+    return;
+  }
+  c->data_path = data_file(S, v[0], "the training file");
+  if (v[1]) c->data_valid_path = data_file(S, v[1], "'valid'");
+  if (v[2]) c->data_test_path = data_file(S, v[2], "'test'");
+  if (v[2] && !v[1])
+    fe_error(S->d, v[2]->loc,
+             "a test file needs a valid file too (valid=\"...\"): without both, the training "
+             "file is split 90/5/5");
+  if (!bin && v[3]) data_tokenizer(S, v[3]);
+  S->tokenizer_expr = bin ? NULL : v[3];
+}
+
+/* data = synthetic(topics=, vocab=, seed=) | parallel(...) | text(...) | bin(...) | "path" */
 static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
   Config *c = S->cfg;
   Expr *vocab_expr = NULL;
@@ -1445,17 +1525,25 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     train_parallel(S, e);
     return NULL;
   }
+  if (call_named(e, "text") || call_named(e, "bin")) {
+    train_file_data(S, e, call_named(e, "bin"));
+    return NULL;
+  }
   fe_error(S->d, e->loc,
-           "'data' must be synthetic(topics=, vocab=, seed=), parallel(\"pairs.tsv\", valid=) "
+           "'data' must be synthetic(topics=, vocab=, seed=), text(\"corpus.txt\", tokenizer=, "
+           "valid=, test=), bin(\"train.bin\", valid=, test=), parallel(\"pairs.tsv\", valid=) "
            "or a file path in quotes (\"corpus.txt\", \"tokens.bin\")");
   return NULL;
 }
 
-/* optimizer = adam(lr, beta1, beta2, eps) | factored(lr, beta2, eps) | adam | factored */
+/* optimizer = adam(lr, beta1, beta2, eps, ...) | factored(lr, beta2, eps, ...) | adam |
+ * factored; both take the schedule (warmup, decay, hold, min_lr) and weight_decay */
 static void train_optimizer(Sema *S, Expr *e) {
   Config *c = S->cfg;
-  static const char *const adam_keys[] = {"lr", "beta1", "beta2", "eps"};
-  static const char *const fact_keys[] = {"lr", "beta2", "eps"};
+  static const char *const adam_keys[] = {"lr",    "beta1", "beta2",  "eps",         "warmup",
+                                          "decay", "hold",  "min_lr", "weight_decay"};
+  static const char *const fact_keys[] = {"lr",    "beta2", "eps",    "warmup",
+                                          "decay", "hold",  "min_lr", "weight_decay"};
   const char *name = e->kind == EX_NAME || e->kind == EX_CALL ? e->str : NULL;
   bool adam = name && !strcmp(name, "adam"), fact = name && !strcmp(name, "factored");
   if (!adam && !fact) {
@@ -1466,25 +1554,53 @@ static void train_optimizer(Sema *S, Expr *e) {
     }
     char sb[128];
     fe_error(S->d, name ? loc_span(e->loc, strlen(name)) : e->loc,
-             "'optimizer' must be adam(lr, beta1, beta2, eps) or factored(lr, beta2, eps)%s",
+             "'optimizer' must be adam(lr, beta1, beta2, eps, ...) or factored(lr, beta2, eps, "
+             "...)%s",
              suggest_str(&sg, sb, sizeof sb));
     return;
   }
   c->optimizer = adam ? OPT_ADAM : OPT_FACTORED;
   if (fact) c->beta1 = 0; /* no first moment */
   if (e->kind != EX_CALL) return;
-  Expr *v[4];
+  /* v[]: lr, beta1, beta2, eps, warmup, decay, hold, min_lr, weight_decay (factored: no beta1) */
+  Expr *v[9], *f[8];
   if (adam) {
-    if (!match_args(S, e, "adam", adam_keys, 4, v)) return;
-    if (v[0]) const_real(S, v[0], "lr", 0, true, NAN, false, &c->lr);
-    if (v[1]) const_real(S, v[1], "beta1", 0, false, 1, true, &c->beta1);
-    if (v[2]) const_real(S, v[2], "beta2", 0, false, 1, true, &c->beta2);
-    if (v[3]) const_real(S, v[3], "eps", 0, true, NAN, false, &c->eps);
+    if (!match_args(S, e, "adam", adam_keys, 9, v)) return;
   } else {
-    if (!match_args(S, e, "factored", fact_keys, 3, v)) return;
-    if (v[0]) const_real(S, v[0], "lr", 0, true, NAN, false, &c->lr);
-    if (v[1]) const_real(S, v[1], "beta2", 0, false, 1, true, &c->beta2);
-    if (v[2]) const_real(S, v[2], "eps", 0, true, NAN, false, &c->eps);
+    if (!match_args(S, e, "factored", fact_keys, 8, f)) return;
+    v[0] = f[0];
+    v[1] = NULL;
+    for (int i = 1; i < 8; i++)
+      v[i + 1] = f[i];
+  }
+  bool lr_ok = true;
+  int64_t n;
+  if (v[0]) lr_ok = const_real(S, v[0], "lr", 0, true, NAN, false, &c->lr);
+  if (v[1]) const_real(S, v[1], "beta1", 0, false, 1, true, &c->beta1);
+  if (v[2]) const_real(S, v[2], "beta2", 0, false, 1, true, &c->beta2);
+  if (v[3]) const_real(S, v[3], "eps", 0, true, NAN, false, &c->eps);
+  if (v[4] && const_int(S, v[4], "warmup", 0, SEMA_INT_MAX, &n)) c->warmup = (int)n;
+  if (v[5]) {
+    static const char *const decays[] = {"none", "rsqrt", "cosine", "linear"};
+    int k = const_choice(S, v[5], "decay", decays, 4);
+    if (k >= 0) c->decay = (LrDecay)k;
+  }
+  if (v[6] && const_int(S, v[6], "hold", 0, SEMA_INT_MAX, &n)) c->hold = (int)n;
+  if (v[7] && const_real(S, v[7], "min_lr", 0, false, NAN, false, &c->min_lr) && lr_ok) {
+    if (c->min_lr > c->lr)
+      fe_error(S->d, v[7]->loc, "'min_lr' (%g) is above the learning rate lr = %g", c->min_lr,
+               c->lr);
+    else if (c->decay == DECAY_NONE)
+      fe_error(S->d, v[7]->loc,
+               "'min_lr' is the end of a decay: give decay=rsqrt, cosine or linear too");
+  }
+  if (v[8] && const_real(S, v[8], "weight_decay", 0, false, NAN, false, &c->weight_decay)) {
+    S->wd_loc = v[8]->loc;
+    if (lr_ok && c->lr * c->weight_decay >= 1)
+      fe_error(S->d, v[8]->loc,
+               "lr x weight_decay = %g: each step would scale the weights by 1 - %g, not "
+               "shrink them a little (use lr x weight_decay < 1)",
+               c->lr * c->weight_decay, c->lr * c->weight_decay);
   }
 }
 
@@ -1523,6 +1639,58 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
       fe_note(S->d, arg_loc(em, &fe_layers[L_EMBEDDING], LA_VOCAB),
               "the embedding's vocab is set here");
     }
+  }
+}
+
+/* bpe(vocab=N): ids below every embedding's and the loss's vocabulary; without N, the
+ * loss's vocabulary, which must hold the 259 base ids. */
+static void check_bpe_vocab(Sema *S) {
+  Config *c = S->cfg;
+  Expr *sx = S->loss_call;
+  if (c->data != DATA_TEXT || c->tokenizer != TOK_BPE || !sx || sx->layer != L_SOFTMAX_XENT) return;
+  int mv = (int)sx->argv[LA_VOCAB];
+  for (int i = 0; i < S->nembeds; i++)
+    mv = MC_MIN(mv, (int)S->embeds[i]->argv[LA_VOCAB]);
+  Loc at = S->bpe_vocab_expr ? S->bpe_vocab_expr->loc : S->tokenizer_expr->loc;
+  if (!c->bpe_vocab && mv < 259)
+    fe_error(S->d, at,
+             "a byte-pair encoding has at least 259 ids (<pad>, <s>, </s> and 256 bytes), but the "
+             "model's vocabulary has %d",
+             mv);
+  else if (c->bpe_vocab > mv)
+    fe_error(S->d, at, "bpe(vocab=%d) has more ids than the model's vocabulary (%d)", c->bpe_vocab,
+             mv);
+  else
+    return;
+  fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB), "the model's vocab is set here");
+}
+
+/* accumulate = K is the batch of K micro-batches to float rounding only where each row's
+ * output and aux statistics depend on that row alone: not batchwise gating (each expert
+ * takes its top rows of the batch), capacity= (drops counted over the batch) nor hmoe (its
+ * load is a product of batch sums). */
+static void check_accumulate(Sema *S) {
+  if (S->has_source) {
+    fe_error(S->d, S->accumulate_loc,
+             "accumulate = %d: not for a translation model (its batches differ in shape); "
+             "give a larger batch_tokens instead",
+             S->cfg->accumulate);
+    return;
+  }
+  for (size_t i = 0; i < S->syms.norder; i++) {
+    Sym *y = S->syms.order[i];
+    if (!y->call) continue;
+    bool bw = y->call->layer == L_MOE && (int)y->call->argv[LA_GATING] == LAE_BATCHWISE;
+    bool cap = y->call->layer == L_MOE && y->call->argv[LA_CAPACITY] > 0;
+    if (!bw && !cap && y->call->layer != L_HMOE) continue;
+    fe_error(S->d, S->accumulate_loc,
+             "accumulate = %d: the micro-batches would not add up to one batch of %d rows: %s",
+             S->cfg->accumulate, S->cfg->accumulate * S->cfg->batch,
+             bw    ? "batchwise gating picks each expert's rows from the whole batch"
+             : cap ? "capacity= drops the routes beyond each expert's share of the whole batch"
+                   : "an hmoe layer's load is a product of sums over the whole batch");
+    fe_note(S->d, y->loc, "layer '%s' is defined here", y->name);
+    return;
   }
 }
 
@@ -1570,6 +1738,10 @@ static void check_train(Sema *S, Block *b) {
     case TK_DATA:
       vocab_expr = train_data(S, e, &seed_given);
       break;
+    case TK_ACCUMULATE:
+      if (const_int(S, e, "accumulate", 1, 65536, &v)) c->accumulate = (int)v;
+      S->accumulate_loc = e->loc;
+      break;
     }
   }
   if (!seed_given) c->data_seed = c->seed;
@@ -1579,6 +1751,8 @@ static void check_train(Sema *S, Block *b) {
              "batch x unroll = %lld positions per step is too many (at most 16777216)",
              (long long)c->batch * c->unroll);
   if (S->d->errors == 0) check_data_vocab(S, vocab_expr);
+  if (S->d->errors == 0) check_bpe_vocab(S);
+  if (c->accumulate > 1) check_accumulate(S);
 }
 
 /* ---------------------------------------------------------------- plan */
@@ -1867,6 +2041,19 @@ static void check_batch_split(Sema *S) {
     fe_note(S->d, c->batch_loc, "the batch is set here");
 }
 
+/* What the cuda backend's training step does not do yet (docs/cuda.md). */
+static void check_cuda_train(Sema *S) {
+  const Config *c = S->cfg;
+  if (c->backend != BK_CUDA) return;
+  Loc at = c->weight_decay > 0 ? S->wd_loc : S->accumulate_loc;
+  if (c->weight_decay > 0 || c->accumulate > 1) {
+    fe_error(S->d, at, "%s runs on the cpu backend only for now (the cuda optimizer has no %s)",
+             c->weight_decay > 0 ? "weight decay" : "gradient accumulation",
+             c->weight_decay > 0 ? "decay" : "accumulation buffers");
+    fe_note(S->d, c->backend_loc, "the cuda backend is chosen here");
+  }
+}
+
 /* ---------------------------------------------------------------- entry points */
 
 void fe_config_defaults(Config *c) {
@@ -1886,6 +2073,12 @@ void fe_config_defaults(Config *c) {
   c->beta1 = 0.9;
   c->beta2 = 0.999;
   c->eps = 1e-8;
+  c->warmup = c->hold = 0;
+  c->decay = DECAY_NONE;
+  c->min_lr = 0;
+  c->weight_decay = 0;
+  c->accumulate = 1;
+  c->tokenizer = TOK_WORDS;
   c->clip = 0;
   c->seed = 1;
   c->devices = 1;
@@ -1900,6 +2093,40 @@ void fe_config_defaults(Config *c) {
   c->tf32 = false;
 }
 
+const char *fe_optimizer_str(const Config *c, char *buf, size_t n) {
+  static const char *const decays[] = {"none", "rsqrt", "cosine", "linear"};
+  size_t k;
+  if (c->optimizer == OPT_ADAM)
+    k = (size_t)snprintf(buf, n, "adam(lr=%g, beta1=%g, beta2=%g, eps=%g", c->lr, c->beta1,
+                         c->beta2, c->eps);
+  else
+    k = (size_t)snprintf(buf, n, "factored(lr=%g, beta2=%g, eps=%g", c->lr, c->beta2, c->eps);
+  if (k < n && c->warmup) k += (size_t)snprintf(buf + k, n - k, ", warmup=%d", c->warmup);
+  if (k < n && c->hold) k += (size_t)snprintf(buf + k, n - k, ", hold=%d", c->hold);
+  if (k < n && c->decay != DECAY_NONE)
+    k += (size_t)snprintf(buf + k, n - k, ", decay=%s", decays[c->decay]);
+  if (k < n && c->min_lr > 0) k += (size_t)snprintf(buf + k, n - k, ", min_lr=%g", c->min_lr);
+  if (k < n && c->weight_decay > 0)
+    k += (size_t)snprintf(buf + k, n - k, ", weight_decay=%g", c->weight_decay);
+  if (k < n) snprintf(buf + k, n - k, ")");
+  return buf;
+}
+
+const char *fe_tokenizer_str(const Config *c, char *buf, size_t n) {
+  if (c->tokenizer == TOK_CHARS)
+    snprintf(buf, n, "chars");
+  else if (c->tokenizer == TOK_BPE && c->bpe_vocab)
+    snprintf(buf, n, "bpe(vocab=%d)", c->bpe_vocab);
+  else if (c->tokenizer == TOK_BPE)
+    snprintf(buf, n, "bpe");
+  else if (c->tok_lower || c->tok_split_punct)
+    snprintf(buf, n, "words(lower=%s, split_punct=%s)", c->tok_lower ? "true" : "false",
+             c->tok_split_punct ? "true" : "false");
+  else
+    snprintf(buf, n, "words");
+  return buf;
+}
+
 bool fe_sema(AstFile *f, Config *cfg, Diag *d) {
   if (!f || d->errors > 0) return false; /* a broken AST is never checked further */
   Sema S = {.f = f, .d = d, .cfg = cfg, .arena = &f->arena};
@@ -1912,6 +2139,7 @@ bool fe_sema(AstFile *f, Config *cfg, Diag *d) {
   check_train(&S, f->train);
   check_plan(&S, f->plan);
   if (d->errors == 0) check_batch_split(&S);
+  if (d->errors == 0) check_cuda_train(&S);
   mc_free(S.syms.slot);
   mc_free(S.syms.order);
   mc_free(S.embeds);

@@ -1,7 +1,7 @@
 /* checkpoint.c: a run's parameters from the seed, and checkpoints: written atomically
  * with the names and shapes of one device (safetensors: parameters, optimizer state,
- * carried state, step, seed, batch, data and its vocabulary, moec's version), resumed
- * exactly on any device count. docs/training.md. */
+ * carried state of every row of the step's batch, step, seed, batch, data and its
+ * tokenizer, moec's version), resumed exactly on any device count. docs/training.md. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdlib.h>
@@ -64,41 +64,6 @@ static int64_t meta_int(const StFile *f, const char *key, int64_t def) {
   return v;
 }
 
-static char *join_words(const Corpus *c) {
-  McBuf b = {0};
-  mc_buf_printf(&b, "%s", "");
-  for (int i = 0; i < c->nwords; i++)
-    mc_buf_printf(&b, "%s%s", i ? "\n" : "", c->words[i]);
-  return b.data;
-}
-
-char **rt_ckpt_vocab(const StFile *f, int *n) {
-  const char *s = f ? rt_st_meta(f, "data.vocab") : NULL;
-  *n = 0;
-  if (!s) return NULL;
-  int cap = 1;
-  for (const char *p = s; *p; p++)
-    cap += *p == '\n';
-  char **w = mc_malloc((size_t)cap * sizeof(char *));
-  const char *p = s;
-  for (;;) {
-    const char *e = strchr(p, '\n');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
-    w[*n] = mc_malloc(len + 1);
-    memcpy(w[*n], p, len);
-    w[(*n)++][len] = 0;
-    if (!e) break;
-    p = e + 1;
-  }
-  return w;
-}
-
-void rt_words_free(char **w, int n) {
-  for (int i = 0; i < n; i++)
-    mc_free(w[i]);
-  mc_free(w);
-}
-
 /* ---------------------------------------------------------------- writing */
 
 /* whole: on N devices, the whole tensors of the sharded or elsewhere-trained parameters
@@ -134,7 +99,7 @@ static void write_file(Run *r, const char *path, const Optim *o, int64_t step,
                       states ? states[i] : rt_dev_host_view(p, x, &owned[n])};
     for (int d = 0; d < x->ty.rank; d++)
       t[n].shape[d] = x->shape[d];
-    t[n].shape[0] *= r->P; /* states are batch rows: every device's */
+    t[n].shape[0] *= r->P * r->K; /* states are batch rows: every device's, every micro-batch's */
     n++;
   }
   Meta m = {0};
@@ -148,6 +113,7 @@ static void write_file(Run *r, const char *path, const Optim *o, int64_t step,
   meta_add(&m, "train.unroll", "%lld", (long long)r->T);
   meta_add(&m, "optim.step", "%lld", (long long)o->t);
   meta_add(&m, "optim.kind", "%s", o->kind == OPT_ADAM ? "adam" : "factored");
+  if (r->K > 1) meta_add(&m, "train.accumulate", "%d", r->K);
   const Corpus *corpus = r->corpus;
   char *vocab = NULL;
   if (r->pairs) { /* a translation model: its shared BPE vocabulary */
@@ -159,11 +125,17 @@ static void write_file(Run *r, const char *path, const Optim *o, int64_t step,
              (unsigned long long)cfg->data_seed);
   else
     meta_add(&m, "data", "%s", corpus->path);
-  if (corpus && corpus->words) {
-    vocab = join_words(corpus);
-    meta_add(&m, "data.vocab", "%s", vocab);
+  char *desc = NULL;
+  if (corpus && corpus->tk) { /* how text becomes ids: eval, score, sample and resuming need it */
+    const char *key;
+    desc = rt_tok_describe(corpus->tk);
+    MOEC_ASSERT(!vocab); /* a corpus or parallel data, not both */
+    vocab = rt_tok_serialize(corpus->tk, &key);
+    meta_add(&m, "data.tokenizer", "%s", desc);
+    meta_add(&m, key, "%s", vocab);
   }
   rt_st_save(path, t, n, m.kv, m.n);
+  mc_free(desc);
   mc_free(vocab);
   mc_arena_free(&m.a);
   mc_arena_free(&names);
@@ -173,16 +145,31 @@ static void write_file(Run *r, const char *path, const Optim *o, int64_t step,
   mc_free(t);
 }
 
-/* Every device's rows of the states (rank order = batch order); NULL on one device. */
-static void **gather_states(Comm *c, Program *p) {
+/* Every row of the states, in the order of the step's whole batch: micro-batch by
+ * micro-batch, each in rank order (collective); NULL on one device without accumulation
+ * (the program's own buffers are the rows). */
+static void **gather_states(Run *r) {
+  Comm *c = r->comm;
+  Program *p = r->p;
   Graph *g = p->g;
-  if (c->size <= 1) return NULL;
+  if (c->size <= 1 && r->K <= 1) return NULL;
   void **st = mc_calloc((size_t)g->nstates + 1, sizeof(void *));
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *x = g->states[i].state;
     size_t nb = (size_t)x->numel * p->elem;
-    st[i] = mc_malloc(nb * (size_t)c->size);
-    c->all_gather(c, p->buf[x->id], st[i], nb);
+    st[i] = mc_malloc(nb * (size_t)c->size * (size_t)r->K);
+    for (int j = 0; j < r->K; j++) {
+      const void *src = r->K > 1 ? r->kstate[j * g->nstates + i] : p->buf[x->id];
+      char *dst = (char *)st[i] + (size_t)j * nb * (size_t)c->size;
+      if (c->size > 1) {
+        void *h = mc_malloc(nb);
+        p->be->download(h, src, nb);
+        c->all_gather(c, h, dst, nb);
+        mc_free(h);
+      } else {
+        p->be->download(dst, src, nb);
+      }
+    }
   }
   return st;
 }
@@ -191,12 +178,16 @@ void rt_ckpt_save(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
   if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is gathered */
   if (c->size <= 1) {
-    write_file(r, path, r->opt, step, NULL, NULL);
+    void **st = gather_states(r);
+    write_file(r, path, r->opt, step, st, NULL);
+    for (int i = 0; st && i < r->p->g->nstates; i++)
+      mc_free(st[i]);
+    mc_free(st);
     return;
   }
   float **whole = rt_md_gather_params(c, r->p, 0);
   Optim *ow = rt_md_optim_gather(c, r->p, r->opt, 0);
-  void **st = gather_states(c, r->p);
+  void **st = gather_states(r);
   if (c->rank == 0) write_file(r, path, ow, step, st, whole);
   rt_md_optim_gathered_free(ow, r->opt);
   rt_md_gathered_free(r->p, whole);
@@ -220,21 +211,27 @@ void rt_ckpt_check_path(const char *path) {
 
 /* ---------------------------------------------------------------- resuming */
 
-static void load_state(const StFile *f, Program *p, int rank, int P) {
+/* This device's rows of the checkpoint's states: of every micro-batch j, the rows of
+ * chunk j * P + rank (gather_states' order). */
+static void load_state(const StFile *f, Run *r) {
+  Program *p = r->p;
   Graph *g = p->g;
+  const int64_t chunks = (int64_t)r->P * r->K;
   for (int i = 0; i < g->nstates; i++) {
     const Tensor *x = g->states[i].state;
     char key[512];
     snprintf(key, sizeof key, "state.%s", x->name);
     const StEntry *e = rt_st_find(f, key);
     if (!e) continue; /* weights only (e.g. from PyTorch): state starts at zero */
-    if (e->dtype != ST_F32 || e->numel != x->numel * P)
+    if (e->dtype != ST_F32 || e->numel != x->numel * chunks)
       mc_die("checkpoint '%s': '%s' has %lld elements, this run's batch needs %lld (resume with "
-             "the same batch size)",
-             f->path, key, (long long)e->numel, (long long)x->numel * P);
-    /* this device's rows of the global batch */
-    p->be->upload(p->buf[x->id], e->data + (size_t)rank * (e->nbytes / (size_t)P),
-                  e->nbytes / (size_t)P);
+             "the same batch size and accumulate)",
+             f->path, key, (long long)e->numel, (long long)(x->numel * chunks));
+    size_t nb = e->nbytes / (size_t)chunks;
+    for (int j = 0; j < r->K; j++) {
+      void *dst = r->K > 1 ? r->kstate[j * g->nstates + i] : p->buf[x->id];
+      p->be->upload(dst, e->data + (size_t)(j * r->P + r->rank) * nb, nb);
+    }
   }
 }
 
@@ -250,7 +247,7 @@ int64_t rt_ckpt_resume(Run *r, const StFile *f) {
     return 0;
   }
   int64_t start = meta_int(f, "train.step", r->opt->t);
-  load_state(f, p, r->rank, r->P);
+  load_state(f, r);
   int64_t ckseed = meta_int(f, "train.seed", (int64_t)r->cfg->seed);
   if ((uint64_t)ckseed != r->cfg->seed && r->rank == 0)
     fprintf(stderr, "moec: note: '%s' was trained with seed %lld, this run uses %llu\n", f->path,

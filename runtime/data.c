@@ -251,138 +251,6 @@ int rt_synth_next(SynthStream *st) {
 
 /* ---------------------------------------------------------------- text corpus */
 
-typedef struct Word {
-  const char *p;
-  int len;
-  int64_t count, first;
-  int id;
-} Word;
-
-typedef struct WordTab {
-  Word *w;
-  int64_t cap, n;
-} WordTab;
-
-static uint64_t word_hash(const char *p, int len) {
-  uint64_t h = 1469598103934665603ull;
-  for (int i = 0; i < len; i++)
-    h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-  return h;
-}
-
-static Word *wt_find(WordTab *t, const char *p, int len, bool add) {
-  if (add && 2 * (t->n + 1) > t->cap) {
-    WordTab nt = {mc_calloc((size_t)(t->cap ? 2 * t->cap : 1024), sizeof(Word)),
-                  t->cap ? 2 * t->cap : 1024, 0};
-    for (int64_t i = 0; i < t->cap; i++)
-      if (t->w[i].p) {
-        uint64_t h = word_hash(t->w[i].p, t->w[i].len) & (uint64_t)(nt.cap - 1);
-        while (nt.w[h].p)
-          h = (h + 1) & (uint64_t)(nt.cap - 1);
-        nt.w[h] = t->w[i];
-        nt.n++;
-      }
-    mc_free(t->w);
-    *t = nt;
-  }
-  if (!t->cap) return NULL;
-  uint64_t h = word_hash(p, len) & (uint64_t)(t->cap - 1);
-  while (t->w[h].p) {
-    if (t->w[h].len == len && !memcmp(t->w[h].p, p, (size_t)len)) return &t->w[h];
-    h = (h + 1) & (uint64_t)(t->cap - 1);
-  }
-  if (!add) return NULL;
-  t->w[h] = (Word){p, len, 0, t->n, -1};
-  t->n++;
-  return &t->w[h];
-}
-
-static bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
-}
-
-/* Calls fn for every word of text[0, len) and "<eos>" after each line. */
-typedef void (*WordFn)(void *ctx, const char *p, int len);
-static void each_word(const char *text, size_t len, WordFn fn, void *ctx) {
-  size_t i = 0;
-  while (i < len) {
-    size_t j = i;
-    while (j < len && text[j] != '\n')
-      j++;
-    size_t k = i;
-    while (k < j) {
-      while (k < j && is_space(text[k]))
-        k++;
-      size_t e = k;
-      while (e < j && !is_space(text[e]))
-        e++;
-      if (e > k) {
-        if (e - k > 1000000) mc_die("a word of more than 1000000 bytes in the data file");
-        fn(ctx, text + k, (int)(e - k));
-      }
-      k = e;
-    }
-    fn(ctx, "<eos>", 5);
-    i = j + 1;
-  }
-}
-
-static void count_word(void *ctx, const char *p, int len) {
-  wt_find((WordTab *)ctx, p, len, true)->count++;
-}
-
-static int cmp_word(const void *a, const void *b) {
-  const Word *x = *(Word *const *)a, *y = *(Word *const *)b;
-  if (x->count != y->count) return x->count > y->count ? -1 : 1;
-  return x->first < y->first ? -1 : x->first > y->first;
-}
-
-void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords) {
-  WordTab t = {0};
-  each_word(text, len, count_word, &t);
-  Word **all = mc_malloc((size_t)(t.n + 1) * sizeof(Word *));
-  int64_t n = 0;
-  for (int64_t i = 0; i < t.cap; i++)
-    if (t.w[i].p && !(t.w[i].len == 5 && !memcmp(t.w[i].p, "<unk>", 5))) all[n++] = &t.w[i];
-  qsort(all, (size_t)n, sizeof(Word *), cmp_word);
-  int nv = (int)MC_MIN(n + 1, (int64_t)max_vocab);
-  char **w = mc_malloc((size_t)nv * sizeof(char *));
-  w[0] = mc_malloc(6);
-  memcpy(w[0], "<unk>", 6);
-  for (int i = 1; i < nv; i++) {
-    w[i] = mc_malloc((size_t)all[i - 1]->len + 1);
-    memcpy(w[i], all[i - 1]->p, (size_t)all[i - 1]->len);
-    w[i][all[i - 1]->len] = 0;
-  }
-  mc_free(all);
-  mc_free(t.w);
-  *words = w;
-  *nwords = nv;
-}
-
-typedef struct Tokenizer {
-  WordTab *vocab;
-  int32_t *ids;
-  int64_t n, cap;
-} Tokenizer;
-
-static void tokenize_word(void *ctx, const char *p, int len) {
-  Tokenizer *tk = ctx;
-  Word *w = wt_find(tk->vocab, p, len, false);
-  if (tk->n == tk->cap) {
-    tk->cap = tk->cap ? 2 * tk->cap : 4096;
-    tk->ids = mc_realloc(tk->ids, (size_t)tk->cap * sizeof(int32_t));
-  }
-  tk->ids[tk->n++] = w ? w->id : 0;
-}
-
-static void tokenize(WordTab *vocab, const char *text, size_t len, int32_t **ids, int64_t *n) {
-  Tokenizer tk = {vocab, NULL, 0, 0};
-  each_word(text, len, tokenize_word, &tk);
-  *ids = tk.ids;
-  *n = tk.n;
-}
-
 static char *read_data_file(const char *path, size_t *len) {
   char *text = mc_read_file(path, len);
   if (!text) mc_die("cannot read data file '%s': %s", path, strerror(errno));
@@ -403,7 +271,7 @@ static void split_lines(const char *path, const char *text, size_t len, size_t c
   if (len && text[len - 1] != '\n') lines++;
   if (lines < 20)
     mc_die("data file '%s' has %lld lines: at least 20 are needed to split it 90/5/5 into "
-           "train, valid and test",
+           "train, valid and test (or give valid= and test= files)",
            path, (long long)lines);
   int64_t l1 = lines * 90 / 100, l2 = l1 + lines * 5 / 100, line = 0;
   cut[0] = 0;
@@ -416,55 +284,80 @@ static void split_lines(const char *path, const char *text, size_t len, size_t c
     }
 }
 
-static WordTab vocab_table(char **words, int n) {
-  WordTab t = {0};
-  for (int i = 0; i < n; i++) {
-    Word *w = wt_find(&t, words[i], (int)strlen(words[i]), true);
-    if (w->id < 0) w->id = i;
+/* Split s's ids, with the priming token `prime` (>= 0) in front of them. */
+static void set_split(Corpus *c, int s, int32_t *ids, int64_t n, int32_t prime) {
+  c->prime[s] = prime >= 0;
+  if (prime >= 0) {
+    int32_t *p = mc_malloc((size_t)(n + 1) * sizeof(int32_t));
+    p[0] = prime;
+    memcpy(p + 1, ids, (size_t)n * sizeof(int32_t));
+    mc_free(ids);
+    ids = p + 1;
   }
-  return t;
+  c->tok[s] = ids;
+  c->ntok[s] = n;
 }
 
-static void load_text(Corpus *c, const char *path, char **vocab, int nvocab, bool whole) {
-  size_t len = 0;
-  char *text = read_data_file(path, &len);
-  size_t cut[4] = {0, 0, 0, len};
-  if (!whole) split_lines(path, text, len, cut);
-  if (vocab) {
-    if (nvocab > c->model_vocab)
-      mc_die("the vocabulary (%d words) is larger than the model's (%d ids)", nvocab,
+/* A text split: its ids (the line end before it primes an evaluation split), unknown
+ * tokens and words. */
+static void text_split(Corpus *c, int s, const char *text, size_t len) {
+  int32_t *ids;
+  int64_t n = rt_tok_encode(c->tk, text, len, &ids);
+  for (int64_t i = 0; i < n; i++)
+    c->unk[s] += rt_tok_unknown(c->tk, ids[i]);
+  c->words[s] = rt_tok_count_words(text, len);
+  set_split(c, s, ids, n, s == SPLIT_TRAIN ? -1 : rt_tok_eos(c->tk));
+}
+
+/* texts: the train, valid and test files (valid and test NULL: the train file cut 90/5/5;
+ * whole: one file, the test split only) */
+static void load_text(Corpus *c, const Config *cfg, RtTok *tk, bool whole) {
+  const char *files[3] = {c->split_path[0], c->split_path[1], c->split_path[2]};
+  size_t len[3] = {0}, cut[4] = {0};
+  char *text[3] = {NULL, NULL, NULL};
+  text[0] = read_data_file(files[0], &len[0]);
+  bool cut_one = !whole && !files[1];
+  if (cut_one) split_lines(files[0], text[0], len[0], cut);
+  if (!whole && files[1]) {
+    text[1] = read_data_file(files[1], &len[1]);
+    text[2] = files[2] ? read_data_file(files[2], &len[2]) : NULL;
+  }
+  if (tk) {
+    if (!whole && rt_tok_size(tk) > c->model_vocab)
+      mc_die("the vocabulary (%d ids) is larger than the model's (%d ids)", rt_tok_size(tk),
              c->model_vocab);
-    c->words = mc_malloc((size_t)nvocab * sizeof(char *));
-    for (int i = 0; i < nvocab; i++) {
-      size_t n = strlen(vocab[i]);
-      c->words[i] = mc_malloc(n + 1);
-      memcpy(c->words[i], vocab[i], n + 1);
-    }
-    c->nwords = nvocab;
+    c->tk = tk;
   } else {
-    rt_text_vocab(text, cut[1], c->model_vocab, &c->words, &c->nwords);
+    c->tk = rt_tok_learn(cfg, c->model_vocab, text[0], cut_one ? cut[1] : len[0]);
   }
-  WordTab t = vocab_table(c->words, c->nwords);
+  if (whole) {
+    text_split(c, SPLIT_TEST, text[0], len[0]);
+  } else if (cut_one) {
+    for (int s = 0; s < 3; s++)
+      text_split(c, s, text[0] + cut[s], cut[s + 1] - cut[s]);
+  } else {
+    text_split(c, SPLIT_TRAIN, text[0], len[0]);
+    text_split(c, SPLIT_VALID, text[1], len[1]);
+    if (text[2])
+      text_split(c, SPLIT_TEST, text[2], len[2]);
+    else
+      text_split(c, SPLIT_TEST, text[1], len[1]); /* no test file: test on valid */
+  }
   for (int s = 0; s < 3; s++)
-    if (whole) {
-      if (s == SPLIT_TEST) tokenize(&t, text, len, &c->tok[s], &c->ntok[s]);
-    } else {
-      tokenize(&t, text + cut[s], cut[s + 1] - cut[s], &c->tok[s], &c->ntok[s]);
-    }
-  mc_free(t.w);
-  mc_free(text);
+    mc_free(text[s]);
 }
 
-static void load_bin(Corpus *c, const char *path, bool whole) {
+/* A .bin file's uint16 ids, checked against the model's vocabulary. */
+static int32_t *read_bin(const Corpus *c, const char *path, int64_t *n) {
   size_t len = 0;
   unsigned char *b = (unsigned char *)read_data_file(path, &len);
   if (len % 2)
     mc_die("data file '%s' has an odd number of bytes (%zu): a .bin file holds little-endian "
            "uint16 token ids",
            path, len);
-  int64_t n = (int64_t)(len / 2);
-  int32_t *ids = mc_malloc((size_t)n * sizeof(int32_t));
-  for (int64_t i = 0; i < n; i++) {
+  *n = (int64_t)(len / 2);
+  int32_t *ids = mc_malloc((size_t)*n * sizeof(int32_t));
+  for (int64_t i = 0; i < *n; i++) {
     ids[i] = b[2 * i] | (b[2 * i + 1] << 8);
     if (ids[i] >= c->model_vocab)
       mc_die("data file '%s': token id %d at position %lld is outside the model's vocabulary "
@@ -472,28 +365,45 @@ static void load_bin(Corpus *c, const char *path, bool whole) {
              path, ids[i], (long long)i, c->model_vocab);
   }
   mc_free(b);
+  return ids;
+}
+
+static void load_bin(Corpus *c, bool whole) {
+  int64_t n;
+  int32_t *ids = read_bin(c, c->split_path[0], &n);
   if (whole) {
-    c->tok[SPLIT_TEST] = ids;
-    c->ntok[SPLIT_TEST] = n;
+    set_split(c, SPLIT_TEST, ids, n, -1);
+    return;
+  }
+  if (c->split_path[1]) { /* valid= and test= files, nanoGPT's train.bin and val.bin */
+    set_split(c, SPLIT_TRAIN, ids, n, -1);
+    for (int s = SPLIT_VALID; s <= SPLIT_TEST; s++) {
+      const char *f = c->split_path[s] ? c->split_path[s] : c->split_path[SPLIT_VALID];
+      int32_t *v = read_bin(c, f, &n);
+      set_split(c, s, v, n, -1);
+    }
     return;
   }
   int64_t n1 = n * 90 / 100, n2 = n1 + n * 5 / 100;
   int64_t lo[3] = {0, n1, n2}, hi[3] = {n1, n2, n};
   for (int s = 0; s < 3; s++) {
-    c->ntok[s] = hi[s] - lo[s];
-    c->tok[s] = mc_malloc((size_t)MC_MAX(c->ntok[s], 1) * sizeof(int32_t));
-    memcpy(c->tok[s], ids + lo[s], (size_t)c->ntok[s] * sizeof(int32_t));
+    int64_t k = hi[s] - lo[s];
+    int32_t *v = mc_malloc((size_t)MC_MAX(k, 1) * sizeof(int32_t));
+    memcpy(v, ids + lo[s], (size_t)k * sizeof(int32_t));
+    /* an evaluation split is primed with the file's token before it */
+    set_split(c, s, v, k, s > 0 && lo[s] > 0 ? ids[lo[s] - 1] : -1);
   }
   mc_free(ids);
 }
 
-Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvocab) {
+Corpus *rt_corpus_load(const Config *cfg, int model_vocab, RtTok *tk) {
   Corpus *c = mc_calloc(1, sizeof(Corpus));
   c->kind = cfg->data;
   c->path = cfg->data_path;
   c->model_vocab = model_vocab;
   switch (cfg->data) {
   case DATA_SYNTHETIC:
+    rt_tok_free(tk);
     if (cfg->vocab > model_vocab)
       mc_die("synthetic(vocab=%d) has more tokens than the model's vocabulary (%d ids)", cfg->vocab,
              model_vocab);
@@ -503,12 +413,22 @@ Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvo
   case DATA_TEXT:
   case DATA_BIN:
     if (!cfg->data_path) mc_die("the train block names no data file");
-    if (cfg->data == DATA_BIN)
-      load_bin(c, cfg->data_path, false);
-    else
-      load_text(c, cfg->data_path, vocab, nvocab, false);
+    /* what load_text / load_bin read: split_path[1] NULL: the training file cut 90/5/5 */
+    c->split_path[0] = cfg->data_path;
+    c->split_path[1] = cfg->data_valid_path;
+    c->split_path[2] = cfg->data_test_path;
+    if (cfg->data == DATA_BIN) {
+      rt_tok_free(tk);
+      load_bin(c, false);
+    } else {
+      load_text(c, cfg, tk, false);
+    }
+    /* each split's file, for messages */
+    if (!cfg->data_valid_path) c->split_path[1] = c->split_path[2] = cfg->data_path;
+    if (!c->split_path[2]) c->split_path[2] = cfg->data_valid_path;
     break;
   case DATA_PARALLEL: /* runtime/parallel.c reads it; the LM batcher cannot */
+    rt_tok_free(tk);
     mc_die("parallel data (%s) feeds translation models, which the training loop does not run "
            "yet",
            cfg->data_path ? cfg->data_path : "?");
@@ -516,20 +436,39 @@ Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvo
   return c;
 }
 
-Corpus *rt_corpus_load_file(const char *path, int model_vocab, char **vocab, int nvocab) {
+Corpus *rt_corpus_load_ckpt(const Config *cfg, int model_vocab, const struct StFile *ck) {
+  RtTok *tk = cfg->data == DATA_TEXT ? rt_tok_from_ckpt(ck) : NULL;
+  if (tk) { /* resuming: the checkpoint's vocabulary, if it is the tokenizer asked for */
+    char want[128];
+    char *have = rt_tok_describe(tk);
+    fe_tokenizer_str(cfg, want, sizeof want);
+    bool same = rt_tok_kind(tk) == cfg->tokenizer &&
+                (cfg->tokenizer != TOK_WORDS || !strcmp(have, want)) &&
+                (cfg->tokenizer != TOK_BPE || !cfg->bpe_vocab || rt_tok_size(tk) <= cfg->bpe_vocab);
+    if (!same)
+      mc_die("checkpoint '%s' was trained with tokenizer %s, the train block asks for %s", ck->path,
+             have, want);
+    mc_free(have);
+  }
+  return rt_corpus_load(cfg, model_vocab, tk);
+}
+
+Corpus *rt_corpus_load_file(const char *path, int model_vocab, RtTok *tk) {
   Corpus *c = mc_calloc(1, sizeof(Corpus));
   c->path = path;
+  c->split_path[SPLIT_TEST] = c->split_path[0] = path;
   c->model_vocab = model_vocab;
   if (ends_with(path, ".bin")) {
+    rt_tok_free(tk);
     c->kind = DATA_BIN;
-    load_bin(c, path, true);
+    load_bin(c, true);
   } else {
     c->kind = DATA_TEXT;
-    if (!vocab)
-      mc_die("cannot evaluate on text file '%s': the checkpoint holds no vocabulary (it was not "
+    if (!tk)
+      mc_die("cannot read text file '%s': the checkpoint holds no vocabulary (it was not "
              "trained on a text file)",
              path);
-    load_text(c, path, vocab, nvocab, true);
+    load_text(c, NULL, tk, true);
   }
   return c;
 }
@@ -538,10 +477,8 @@ void rt_corpus_free(Corpus *c) {
   if (!c) return;
   rt_synth_free(c->syn);
   for (int s = 0; s < 3; s++)
-    mc_free(c->tok[s]);
-  for (int i = 0; i < c->nwords; i++)
-    mc_free(c->words[i]);
-  mc_free(c->words);
+    if (c->tok[s]) mc_free(c->tok[s] - c->prime[s]);
+  rt_tok_free(c->tk);
   mc_free(c);
 }
 
@@ -570,13 +507,19 @@ void rt_batcher_init_rows(Batcher *b, const Corpus *c, Split split, int B, int T
     rt_batcher_seek(b, 0);
     return;
   }
-  int64_t n = c->ntok[split];
+  int64_t n;
+  rt_corpus_stream(c, split, &n);
   b->slice = n / B;
-  if (b->slice < T + 1)
+  if (split == SPLIT_TRAIN && b->slice < T + 1)
     mc_die("the %s split of '%s' has %lld tokens: too few for %d streams of unroll %d + 1 "
            "(%lld tokens); use a smaller batch or unroll, or more data",
-           split_name(split), c->path, (long long)n, B, T, (long long)B * (T + 1));
+           split_name(split), c->split_path[split], (long long)n, B, T, (long long)B * (T + 1));
+  if (b->slice < 2) /* evaluation: each stream predicts at least one token */
+    mc_die("the %s split of '%s' has %lld tokens: too few for %d streams of at least 2 tokens; "
+           "use a smaller batch (--batch 1 reads it as one stream)",
+           split_name(split), c->split_path[split], (long long)n, B);
   b->steps_per_pass = (b->slice - 1) / T;
+  b->tail = (int)(b->slice - 1 - b->steps_per_pass * T);
 }
 
 void rt_batcher_free(Batcher *b) {
@@ -610,7 +553,8 @@ void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
       }
     }
   } else {
-    const int32_t *tok = b->c->tok[b->split];
+    int64_t n;
+    const int32_t *tok = rt_corpus_stream(b->c, b->split, &n);
     int64_t pos = (b->step % b->steps_per_pass) * T;
     for (int r = 0; r < R; r++) { /* global stream row0 + r reads its own slice */
       const int32_t *row = tok + (int64_t)(b->row0 + r) * b->slice + pos;
@@ -619,6 +563,24 @@ void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
     }
   }
   b->step++;
+}
+
+void rt_batcher_tail(const Batcher *b, int32_t *ids, int32_t *targets) {
+  const int R = b->rows, T = b->T, k = b->tail;
+  MOEC_ASSERT(!b->ss && k > 0);
+  int64_t n;
+  const int32_t *tok = rt_corpus_stream(b->c, b->split, &n);
+  int64_t pos = b->steps_per_pass * T;
+  for (int r = 0; r < R; r++) {
+    const int32_t *row = tok + (int64_t)(b->row0 + r) * b->slice + pos;
+    int32_t *x = ids + (int64_t)r * T, *y = targets + (int64_t)r * T;
+    memcpy(x, row, (size_t)k * sizeof(int32_t));
+    memcpy(y, row + 1, (size_t)k * sizeof(int32_t));
+    for (int t = k; t < T; t++) { /* padding: valid ids, whose losses are not counted */
+      x[t] = row[k];
+      y[t] = 0;
+    }
+  }
 }
 
 int64_t rt_batcher_eval_steps(const Batcher *b) {

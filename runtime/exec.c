@@ -1,8 +1,9 @@
 /* exec.c: running a program: its host function where the compiler made one
- * (codegen/hostjit.c), else the interpreter loop over its instructions. */
+ * (codegen/hostjit.c), else the interpreter loop over its instructions; a traced step
+ * runs trace.c's timed loop. */
 #include <string.h>
 
-#include "runtime.h"
+#include "trace.h"
 
 void rt_poison_arena(Program *p) {
   if (!p->planned || !p->arena_bytes) return;
@@ -18,6 +19,10 @@ void rt_poison_arena(Program *p) {
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
   MOEC_ASSERT(from >= 0 && to <= p->ninstrs);
   if (p->poison && from == 0) rt_poison_arena(p); /* tests: no read of last step's bytes */
+  if (ctx->trace) { /* a traced step: the interpreter loop, timed (trace.c) */
+    rt_trace_exec(p, ctx, from, to);
+    return;
+  }
   const int fb = p->first_backward, n = p->ninstrs;
   if (p->host_fwd || p->host_bwd) { /* the two compiled ranges and their union */
     bool fwd = from == 0 && (to == fb || to == n), bwd = (from == fb || fwd) && to == n;
@@ -34,7 +39,7 @@ void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
       continue;
     }
     KernelCtx c = *ctx; /* the node's rows of the batch split over its device set */
-    c.batch0 = ins->sub.batch0;
+    c.batch0 = ins->sub.batch0 + ctx->micro_row0;
     c.batch_local = ins->sub.batch_local;
     c.device = ins->sub.device;
     c.ndevices = ins->sub.ndevices;

@@ -36,6 +36,7 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->beta2 = cfg->beta2;
   o->eps = cfg->eps;
   o->clip = cfg->clip;
+  o->wd = cfg->weight_decay;
   o->n = g->nparams;
   size_t n = (size_t)MC_MAX(o->n, 1);
   o->names = mc_calloc(n, sizeof(char *));
@@ -212,10 +213,33 @@ static double opt_phase(OptJob *J, int phase) {
   return ss;
 }
 
+/* Weight decay applies to weight matrices: rank >= 2, but not the experts' biases (m.b1,
+ * m.b2: a bias per expert), as it never applies to biases and vectors. */
+static bool decays(const Optim *o, int i) {
+  const char *dot = strrchr(o->names[i], '.'), *last = dot ? dot + 1 : o->names[i];
+  return o->prank[i] >= 2 && last[0] != 'b';
+}
+
+/* Decoupled weight decay (Loshchilov & Hutter's AdamW), before the update and apart from
+ * it: p *= 1 - lr * wd for the weight matrices this device updates. */
+static void decay_weights(Optim *o, float *const *params, float *const *grads) {
+  const double f = 1.0 - o->lr * o->wd;
+  for (int i = 0; i < o->n; i++) {
+    if (!grads[i] || !decays(o, i)) continue;
+    if (o->elem == sizeof(double))
+      for (int64_t k = 0; k < o->numel[i]; k++)
+        ((double *)(void *)params[i])[k] *= f;
+    else
+      for (int64_t k = 0; k < o->numel[i]; k++)
+        params[i][k] = (float)(params[i][k] * f);
+  }
+}
+
 /* The update with norm given (norm < 0: computed here, in the update's pass when no
  * clipping needs it first). */
 static void opt_update(Optim *o, float *const *params, float *const *grads, double norm) {
   OptJob J = {.o = o, .params = params, .grads = grads};
+  if (o->wd > 0 && isfinite(norm)) decay_weights(o, params, grads); /* norm -1: not known yet */
   bool have = norm >= 0;
   if (!have && o->clip > 0) {
     norm = sqrt(opt_phase(&J, 0));

@@ -88,6 +88,16 @@ static const char *moe_name(const Graph *g, int i) {
 
 /* ---------------------------------------------------------------- lines */
 
+/* "1:02:03" or "2:03" */
+static const char *clock_str(double secs, char *buf, size_t n) {
+  long t = isfinite(secs) && secs > 0 ? (long)(secs + 0.5) : 0;
+  if (t >= 3600)
+    snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else
+    snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
 void rt_report_header(Run *r, int64_t start) {
   Graph *g = r->p->g;
   const Config *cfg = r->cfg;
@@ -104,41 +114,68 @@ void rt_report_header(Run *r, int64_t start) {
     snprintf(batch, sizeof batch, "batches of %lld tokens", (long long)r->pairs->budget);
   else
     snprintf(batch, sizeof batch, "batch %d x unroll %d", r->Bl * r->P, r->T);
-  fprintf(r->out, "moec: training '%s': %lld parameters, %s, %s lr %g%s", g->name,
-          (long long)nparams, batch, cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr,
-          r->o.f64 ? ", float64" : "");
+  fprintf(r->out, "moec: training '%s': %lld parameters, %s", g->name, (long long)nparams,
+          batch);
+  if (r->K > 1) fprintf(r->out, " x %d micro-batches", r->K);
+  fprintf(r->out, ", %s lr %g", cfg->optimizer == OPT_ADAM ? "adam" : "factored", cfg->lr);
+  static const char *const decays[] = {"", "1/sqrt(step)", "cosine", "linear"};
+  if (cfg->warmup) fprintf(r->out, " (warm-up %d steps", cfg->warmup);
+  if (cfg->hold) fprintf(r->out, "%s%d at lr", cfg->warmup ? ", " : " (", cfg->hold);
+  if (cfg->decay != DECAY_NONE)
+    fprintf(r->out, "%s%s decay%s", cfg->warmup || cfg->hold ? ", then " : " (", decays[cfg->decay],
+            cfg->min_lr > 0 ? " to min_lr" : "");
+  if (cfg->warmup || cfg->hold || cfg->decay != DECAY_NONE) fprintf(r->out, ")");
+  if (cfg->weight_decay > 0) fprintf(r->out, ", weight decay %g", cfg->weight_decay);
+  fprintf(r->out, "%s", r->o.f64 ? ", float64" : "");
   if (r->P > 1) fprintf(r->out, ", %d devices", r->P);
   if (start) fprintf(r->out, ", resuming at step %lld", (long long)start);
   fprintf(r->out, "\n");
   const Corpus *c = r->corpus;
-  if (r->pairs)
+  if (r->pairs) {
     fprintf(r->out,
             "moec: data: '%s': %lld pairs in length buckets of %d, a shared BPE vocabulary of "
             "%d ids; valid: %s\n",
             r->pairs->path, (long long)r->pairs->train->n, RT_PAR_WIDTH,
             rt_bpe_vocab(r->pairs->bpe), r->pairs->valid_path ? r->pairs->valid_path : "none");
-  else if (c->syn)
+    fflush(r->out);
+    return;
+  }
+  if (c->syn) {
     fprintf(r->out,
             "moec: data: synthetic(topics=%d, vocab=%d, seed=%llu): entropy floor %.4f "
             "nats/token (ppl %.3f), unigram ppl %.1f\n",
             cfg->topics, cfg->vocab, (unsigned long long)cfg->data_seed, r->floor_nats,
             exp(r->floor_nats), exp(c->syn->unigram_nats));
-  else
-    fprintf(r->out, "moec: data: '%s': %lld / %lld / %lld tokens (train / valid / test)%s\n",
-            c->path, (long long)c->ntok[0], (long long)c->ntok[1], (long long)c->ntok[2],
-            c->words ? "" : " of uint16 ids");
+  } else if (c->tk) {
+    char *desc = rt_tok_describe(c->tk);
+    fprintf(r->out,
+            "moec: data: '%s', %s: %d ids; %lld / %lld / %lld tokens (train / valid / "
+            "test), unknown %.2f%% / %.2f%% / %.2f%%\n",
+            c->path, desc, rt_tok_size(c->tk), (long long)c->ntok[0], (long long)c->ntok[1],
+            (long long)c->ntok[2], 100.0 * (double)c->unk[0] / (double)MC_MAX(c->ntok[0], 1),
+            100.0 * (double)c->unk[1] / (double)MC_MAX(c->ntok[1], 1),
+            100.0 * (double)c->unk[2] / (double)MC_MAX(c->ntok[2], 1));
+    mc_free(desc);
+  } else {
+    fprintf(r->out,
+            "moec: data: '%s': %lld / %lld / %lld tokens (train / valid / test) of "
+            "uint16 ids\n",
+            c->path, (long long)c->ntok[0], (long long)c->ntok[1], (long long)c->ntok[2]);
+  }
+  if (c->split_path[1] && strcmp(c->split_path[1], c->path))
+    fprintf(r->out, "moec: data: valid '%s', test '%s'\n", c->split_path[1], c->split_path[2]);
   fflush(r->out);
 }
 
-void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xent, double aux,
-                    double tokens_per_s, bool show) {
+void rt_report_step(Run *r, const StepInfo *si, bool show) {
   Graph *g = r->p->g;
   if (show && !r->o.quiet) {
-    char rate[32];
-    fprintf(r->out, "%sstep %lld/%lld  loss %.4f  ppl %.2f  %s tok/s", r->tty ? "\r\033[K" : "",
-            (long long)step, (long long)steps, loss, exp(xent),
-            human_rate(tokens_per_s, rate, sizeof rate));
-    if (g->aux) fprintf(r->out, "  aux %.4f", aux);
+    char rate[32], el[32], eta[32];
+    fprintf(r->out, "%sstep %lld/%lld  loss %.4f  ppl %.2f  lr %.3g  %s tok/s  %s, ETA %s",
+            r->tty ? "\r\033[K" : "", (long long)si->step, (long long)si->steps, si->loss,
+            exp(si->xent), si->lr, human_rate(si->rate, rate, sizeof rate),
+            clock_str(si->elapsed, el, sizeof el), clock_str(si->eta, eta, sizeof eta));
+    if (g->aux) fprintf(r->out, "  aux %.4f", si->aux);
     for (int i = 0; i < g->nmoe; i++) {
       MoeStat ms = moe_stat(r->p, i);
       fprintf(r->out, "  %s: cv %.2f load %.2f", moe_name(g, i), ms.cv, ms.load_ratio);
@@ -149,14 +186,17 @@ void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xen
   }
   if (!r->metrics) return;
   McBuf b = {0};
-  mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)step);
+  mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)si->step);
   const int dg = r->o.f64 ? 17 : 9;
-  json_num_digits(&b, "loss", loss, dg);
-  json_num_digits(&b, "xent", xent, dg);
-  json_num_digits(&b, "aux", aux, dg);
-  json_num(&b, "ppl", exp(xent));
+  json_num_digits(&b, "loss", si->loss, dg);
+  json_num_digits(&b, "xent", si->xent, dg);
+  json_num_digits(&b, "aux", si->aux, dg);
+  json_num(&b, "ppl", exp(si->xent));
   json_num_digits(&b, "grad_norm", r->opt->last_norm, dg);
-  json_num(&b, "tokens_per_s", tokens_per_s);
+  json_num_digits(&b, "lr", si->lr, 17);
+  mc_buf_printf(&b, ",\"tokens\":%lld", (long long)si->tokens);
+  json_num(&b, "tokens_per_s", si->rate);
+  json_num(&b, "elapsed", si->elapsed);
   mc_buf_printf(&b, ",\"moe\":[");
   for (int i = 0; i < g->nmoe; i++) {
     MoeStat ms = moe_stat(r->p, i);
@@ -181,21 +221,26 @@ void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xen
   mc_buf_free(&b);
 }
 
-void rt_report_eval(Run *r, int64_t step, Split split, double loss, int64_t tokens, double secs) {
+void rt_report_eval(Run *r, int64_t step, Split split, const EvalResult *e, double secs) {
   if (r->rank != 0) return;
   const char *name = split == SPLIT_VALID ? "valid" : "test";
   if (r->tty) fprintf(r->out, "\r\033[K");
-  fprintf(r->out, "step %lld: %s loss %.4f ppl %.3f (%lld tokens, %.1fs)", (long long)step, name,
-          loss, exp(loss), (long long)tokens, secs);
+  fprintf(r->out, "step %lld: %s loss %.4f ppl %.3f (%lld tokens", (long long)step, name, e->loss,
+          exp(e->loss), (long long)e->tokens);
+  if (e->left_out) fprintf(r->out, "; %lld not predicted", (long long)e->left_out);
+  fprintf(r->out, ", %.1fs)", secs);
   if (r->floor_nats > 0) fprintf(r->out, "; floor ppl %.3f", exp(r->floor_nats));
+  if (e->words > 0) fprintf(r->out, "; per word %.3f", e->word_ppl);
   fprintf(r->out, "\n");
   fflush(r->out);
   if (!r->metrics) return;
   McBuf b = {0};
   mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, name);
-  json_num_digits(&b, "loss", loss, r->o.f64 ? 17 : 9);
-  json_num(&b, "ppl", exp(loss));
-  mc_buf_printf(&b, ",\"tokens\":%lld", (long long)tokens);
+  json_num_digits(&b, "loss", e->loss, r->o.f64 ? 17 : 9);
+  json_num(&b, "ppl", exp(e->loss));
+  mc_buf_printf(&b, ",\"tokens\":%lld,\"left_out\":%lld", (long long)e->tokens,
+                (long long)e->left_out);
+  if (e->words > 0) json_num(&b, "word_ppl", e->word_ppl);
   json_num(&b, "seconds", secs);
   mc_buf_printf(&b, "}\n");
   fputs(b.data, r->metrics);
@@ -223,8 +268,17 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   json_num(&b, "train_seconds", r->t_train);
   json_num(&b, "data_seconds", r->t_data); /* rank 0: batches read or generated, uploaded */
   json_num(&b, "floor_ppl", r->floor_nats > 0 ? exp(r->floor_nats) : NAN);
-  json_num(&b, "unigram_ppl",
-           r->corpus && r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
+  json_num(&b, "unigram_ppl", r->corpus && r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
+  if (r->corpus && r->corpus->tk) { /* text: each split's tokens and the fraction of them that is <unk> */
+    const Corpus *c = r->corpus;
+    mc_buf_printf(&b, ",\"data\":{\"ids\":%d,\"tokens\":[%lld,%lld,%lld],\"unknown\":[",
+                  rt_tok_size(c->tk), (long long)c->ntok[0], (long long)c->ntok[1],
+                  (long long)c->ntok[2]);
+    for (int s = 0; s < 3; s++)
+      mc_buf_printf(&b, "%s%.9g", s ? "," : "",
+                    (double)c->unk[s] / (double)MC_MAX(c->ntok[s], 1));
+    mc_buf_printf(&b, "]}");
+  }
   /* collectives per training step, summed over devices: payload = the plan's payload,
    * sent = its expected bytes (docs/placement.md); seconds: rank 0's */
   mc_buf_printf(&b, ",\"comm\":{");

@@ -5,6 +5,7 @@
 
 #include "multidev.h"
 #include "text.h"
+#include "trace.h"
 #include "train_dev.h"
 
 /* A translation model's data (train_nmt.c): the shared BPE vocabulary (learned from the
@@ -37,6 +38,14 @@ typedef struct Run {
   double floor_nats; /* the synthetic corpus's entropy rate; 0: unknown */
   CommStats stats;   /* this device's collectives (training steps only) */
   double t_train, t_eval, t_data;
+  /* gradient accumulation (train.accumulate = K > 1) */
+  int K;
+  void **kstate; /* [K * nstates]: each micro-batch's carried state (device buffers) */
+  float **acc;   /* by parameter: the step's gradient summed over its micro-batches */
+  int npatch;    /* the instructions after which the summed MoE statistics go in */
+  struct AccPatch *patch;
+  RtTrace *trace; /* the step being traced, or NULL */
+  double t_start; /* mc_now() when the first step began */
 } Run;
 
 /* ---- run.c: what every training run sets up and tears down around its data */
@@ -48,12 +57,28 @@ StFile *rt_run_open(Run *r, Comm *comm, Program *p, const Config *cfg, const Run
 int64_t rt_run_start(Run *r, StFile *ck);
 /* Frees what rt_run_open and rt_run_start made (not the data). */
 void rt_run_close(Run *r);
+/* The kernel context of step s's micro-batch j (0 without accumulation) on this device. */
+KernelCtx rt_run_ctx(Run *r, int64_t s, int j);
 /* One training step of the batch fed to this device's r->Bl rows: forward and backward;
  * returns the global loss (*xent, *aux its parts). Collective. */
-double rt_run_step(Run *r, int64_t s, double *xent, double *aux);
-/* After step s: dies if the loss diverged; the optimizer (global gradient norm over the
- * devices); carried state. Collective. */
+double rt_run_step(Run *r, int64_t s, double *xent, double *aux, int *stop);
+/* The global loss of a step whose forward and backward ran, from this device's share
+ * xent of the mean cross-entropy: one all-reduce over the devices, which also agrees on
+ * a stop (*stop: SIGINT or SIGTERM when any device got one, else 0; stop may be NULL).
+ * Collective. */
+double rt_run_loss(Run *r, double xent, double *xent_out, double *aux_out, int *stop);
+/* After step s: dies if the loss diverged; the learning rate of step s + 1 (schedule.c);
+ * the optimizer (global gradient norm over the devices; the accumulated gradients with
+ * accumulate = K); carried state. Collective. */
 void rt_run_update(Run *r, double loss, int64_t s);
+
+/* ---- accumulate.c: train.accumulate = K > 1 */
+/* The micro-batches' state buffers and summed gradients (nothing when K = 1). */
+void rt_accum_setup(Run *r);
+void rt_accum_free(Run *r);
+/* Forward and backward of the step's K micro-batches ids[j], tg[j] (this device's rows of
+ * each); the gradients add up in r->acc. Returns this device's share of the xent. */
+double rt_accum_step(Run *r, int32_t *const *ids, int32_t *const *tg, int64_t s);
 
 /* ---- train_nmt.c */
 /* Loads cfg's parallel data for a run of P devices: the BPE vocabulary of the checkpoint
@@ -81,11 +106,25 @@ void rt_decode(Program *enc, Program *dec, const DecodeOpts *o, int32_t *const *
 void rt_feed(Program *p, const Tensor *t, const int32_t *ids);
 /* A scalar tensor's value (0 for NULL). */
 double rt_read_scalar(Program *p, const Tensor *t);
-/* Mean cross-entropy over one pass of a split, from zero state, with the forward part
- * of p (its training state put back after): this device's rows of every global batch on
- * comm (the sum over devices of each device's xent is the global batch's mean). Tokens
- * counted: the whole batch's. Collective. */
-double rt_evaluate(Comm *c, Program *p, const Corpus *corpus, Split split, int64_t *tokens);
+/* One pass over an evaluation split. */
+typedef struct EvalResult {
+  double loss;      /* mean cross-entropy per predicted token (nats) */
+  double nll;       /* the predicted tokens' total -log p */
+  int64_t tokens;   /* tokens predicted */
+  int64_t left_out; /* file corpora: the split's tokens not predicted (each stream's
+                       first but a primed one, and the last N mod B) */
+  int64_t words;    /* text: the split's words and line ends (per-word perplexity) */
+  double word_ppl;  /* exp(loss * split tokens / words): per word; exact when none is left
+                       out; NAN without words */
+} EvalResult;
+/* Cross-entropy over one pass of a split, from zero state, with the forward part of p
+ * (its training state put back after): this device's rows of every global batch on comm
+ * (the sum over devices of each device's xent is the global batch's mean), every full
+ * batch and the pass's last partial one (its real positions, from the probabilities).
+ * Collective. */
+EvalResult rt_evaluate(Comm *c, Program *p, const Corpus *corpus, Split split);
+/* The softmax probabilities [rows, V] of p's loss (its xent's second output), or NULL. */
+const Tensor *rt_probs_tensor(const Program *p);
 /* The same for a translation model: mean cross-entropy per target token (padding left
  * out) over the pairs d in length buckets, each batch bound at its shape; *tokens: the
  * target tokens. Collective. */
@@ -96,9 +135,6 @@ double rt_evaluate_pairs(Comm *c, Program *p, const Pairs *pairs, const RtParDat
 /* Every parameter's initial values from the seed (a device's rows of the sharded ones:
  * the values one device gives them). */
 void rt_init_params(Program *p, uint64_t seed);
-/* The text vocabulary a checkpoint stores (data.vocab), or NULL; free with rt_words_free. */
-char **rt_ckpt_vocab(const StFile *f, int *n);
-void rt_words_free(char **w, int n);
 /* Resumes r from f: parameters (this device's rows), optimizer state, carried state;
  * returns the step to start from (0, with a note, for a weights-only file). */
 int64_t rt_ckpt_resume(Run *r, const StFile *f);
@@ -111,10 +147,18 @@ void rt_ckpt_check_path(const char *path);
 
 /* ---- report.c */
 void rt_report_header(Run *r, int64_t start);
-/* The progress line (when due) and the step's metrics line. */
-void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xent, double aux,
-                    double tokens_per_s, bool show);
-void rt_report_eval(Run *r, int64_t step, Split split, double loss, int64_t tokens, double secs);
+/* What a step reports. */
+typedef struct StepInfo {
+  int64_t step, steps; /* 1-based step just done, of steps */
+  double loss, xent, aux;
+  double lr;           /* the learning rate of this step's update */
+  int64_t tokens;      /* trained on so far (every device's), this step's included */
+  double rate;         /* tokens/s over the last steps (up to 20) */
+  double elapsed, eta; /* seconds since the first step, and to the last (at `rate`) */
+} StepInfo;
+/* The progress line (when show) and the step's metrics line. */
+void rt_report_step(Run *r, const StepInfo *si, bool show);
+void rt_report_eval(Run *r, int64_t step, Split split, const EvalResult *e, double secs);
 /* The end: test and valid perplexity, timings, memory per device, collectives; one JSON
  * object with --json. Collective (memory and statistics are gathered). */
 typedef struct RunTotals {

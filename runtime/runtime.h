@@ -31,6 +31,10 @@ typedef struct KernelCtx {
   struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
   const Graph *graph; /* for collectives: the expert -> device maps; NULL on one device */
   struct CommStats *stats; /* where collectives add their time and bytes; NULL: nowhere */
+  int accum;               /* micro-batches of one optimizer step (gradient accumulation): the
+                              loss's mean is over all of them; 0 or 1: one */
+  int64_t micro_row0;      /* the micro-batch's first row in the step's whole batch */
+  struct RtTrace *trace;   /* trace.c: time every instruction (the interpreter loop); NULL: off */
 } KernelCtx;
 
 /* A kernel reads the node's bound shapes (n->in[i]->shape, ->numel) and attrs,
@@ -199,7 +203,8 @@ typedef struct Program {
                                   device set; bit d = device d); NULL on one device */
 } Program;
 
-/* Runs instructions [from, to) (exec.c): [0, first_backward) is the forward pass. */
+/* Runs instructions [from, to) (exec.c): [0, first_backward) is the forward pass. With
+ * ctx->trace, the interpreter loop runs and records a span per instruction (trace.c). */
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
 /* Copies each state's next value into the state (after a step). */
 void rt_carry_state(Program *p);

@@ -5,7 +5,8 @@
  *   safetensors.c : reading and (atomically) writing safetensors files; loading a
  *                   checkpoint into a program's parameters
  *   optim.c       : Adam, factored second moment (paper, appendix D), clipping,
- *                   deterministic parameter initialisation
+ *                   decoupled weight decay, deterministic parameter initialisation
+ *   schedule.c    : the learning rate of each step (warm-up, hold, decay)
  *   train.c       : the training loop, evaluation, progress, metrics, resume
  *
  * docs/training.md describes the formulas and file formats. Prefix: rt_.
@@ -56,29 +57,82 @@ double rt_synth_prob(const Synth *s, int z, int x, int y);
 
 typedef enum Split { SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST } Split;
 
-/* A corpus, loaded once: synthetic, or the three splits of a text / bin file. */
+/* ---------------------------------------------------------------- tokenize.c */
+
+/* How a text corpus becomes ids and back: words, words(lower, split_punct), chars, or a
+ * byte-pair encoding; every line ends with a line-end id. */
+typedef struct RtTok RtTok;
+struct StFile;
+
+/* Learns cfg's tokenizer from the training text: the most frequent words or characters
+ * (at most max_vocab ids, <unk> = 0 included), or bpe(vocab=N) (N: cfg->bpe_vocab, or
+ * max_vocab when 0). */
+RtTok *rt_tok_learn(const Config *cfg, int max_vocab, const char *text, size_t len);
+/* The tokenizer a checkpoint stores (data.tokenizer, data.vocab / data.bpe; a vocabulary
+ * without data.tokenizer: words), or NULL when it has none. Dies on a malformed one. */
+RtTok *rt_tok_from_ckpt(const struct StFile *f);
+/* The words tokenizer of a given vocabulary (id order; "<eos>" the line end). */
+RtTok *rt_tok_words(const char *const *words, int n);
+void rt_tok_free(RtTok *t);
+/* Every line of text[0, len) as ids, a line-end id after each; returns their count. */
+int64_t rt_tok_encode(RtTok *t, const char *text, size_t len, int32_t **ids);
+/* Whitespace-separated words plus one per line (the plain words tokenizer's count): the
+ * unit of per-word perplexity, whatever the tokenizer. */
+int64_t rt_tok_count_words(const char *text, size_t len);
+int32_t rt_tok_size(const RtTok *t); /* ids in use */
+int32_t rt_tok_eos(const RtTok *t);  /* the line end's id (-1: none in the vocabulary) */
+TokKind rt_tok_kind(const RtTok *t);
+bool rt_tok_unknown(const RtTok *t, int32_t id); /* <unk> */
+bool rt_tok_special(const RtTok *t, int32_t id); /* never sampled: <unk>, <pad>, <s> */
+/* The text of one id ("\n" for the line end; not NUL-terminated: *len bytes). */
+const char *rt_tok_piece(const RtTok *t, int32_t id, int *len);
+/* Ids -> text (mc_free it): words separated by spaces, lines by newlines. */
+char *rt_tok_decode(const RtTok *t, const int32_t *ids, int64_t n);
+/* "words(lower=true, split_punct=true)", "bpe(vocab=2000)": data.tokenizer (mc_free it). */
+char *rt_tok_describe(const RtTok *t);
+/* The vocabulary as text for a checkpoint, under *key (data.vocab or data.bpe). */
+char *rt_tok_serialize(const RtTok *t, const char **key);
+/* Splits text into words (whitespace) with <eos> per line; vocabulary of the most
+ * frequent words (ties: first occurrence), at most max_vocab ids, id 0 = <unk>. */
+void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords);
+
+/* ---------------------------------------------------------------- corpora */
+
+/* A corpus, loaded once: synthetic, or the three splits of text / bin files. */
 typedef struct Corpus {
   DataKind kind;
-  const char *path;
+  const char *path;          /* the training file */
+  const char *split_path[3]; /* each split's file (the training file when it is cut 90/5/5) */
   int model_vocab; /* ids must be below it */
   Synth *syn;
   int32_t *tok[3];
   int64_t ntok[3]; /* file corpora: per split */
-  char **words;
-  int nwords; /* text: vocabulary (id -> word), <unk> = 0 */
+  /* an evaluation split's token before its first (tok[s][-1]): the line end before it
+   * (text), or the file's token before it (a .bin cut 90/5/5); evaluation predicts the
+   * split's first token from it */
+  bool prime[3];
+  int64_t unk[3];   /* text: tokens of each split that are <unk> */
+  int64_t words[3]; /* text: words and line ends of each split (per-word perplexity) */
+  RtTok *tk;        /* text: the tokenizer */
 } Corpus;
 
 /* Loads the corpus the config names. Dies with a clear message on a missing,
  * empty or unreadable file, ids >= model_vocab, a synthetic vocab larger than the
- * model's. `vocab` (may be NULL): a text vocabulary to use instead of building one
+ * model's. `tk` (may be NULL; taken over): a tokenizer to use instead of learning one
  * from the train split (checkpoints store it). */
-Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvocab);
-/* A whole text or bin file as one test split (moec eval --data), with `vocab`. */
-Corpus *rt_corpus_load_file(const char *path, int model_vocab, char **vocab, int nvocab);
+Corpus *rt_corpus_load(const Config *cfg, int model_vocab, RtTok *tk);
+/* The same with the tokenizer of checkpoint ck when it has one (NULL: none); dies when
+ * it is not the one cfg asks for. */
+Corpus *rt_corpus_load_ckpt(const Config *cfg, int model_vocab, const struct StFile *ck);
+/* A whole text or bin file as one test split (moec eval --data, moec score), with `tk`
+ * (taken over; required for text). */
+Corpus *rt_corpus_load_file(const char *path, int model_vocab, RtTok *tk);
 void rt_corpus_free(Corpus *c);
-/* Splits text into words (whitespace) with <eos> per line; vocabulary of the most
- * frequent words (ties: first occurrence), at most max_vocab ids, id 0 = <unk>. */
-void rt_text_vocab(const char *text, size_t len, int max_vocab, char ***words, int *nwords);
+/* The split's tokens as its batcher reads them: with the priming token first. */
+static inline const int32_t *rt_corpus_stream(const Corpus *c, int s, int64_t *n) {
+  *n = c->ntok[s] + c->prime[s];
+  return c->tok[s] - c->prime[s];
+}
 
 /* Truncated-BPTT batches over one split: B streams, T steps. A batcher may own a
  * range of the streams (one device's rows of the global batch): it produces exactly
@@ -91,10 +145,13 @@ typedef struct Batcher {
   int64_t step;           /* next batch index */
   int64_t slice;          /* file corpora: tokens per stream */
   int64_t steps_per_pass; /* file corpora: batches before wrapping (epoch) */
+  int tail;               /* file corpora: positions of each stream after the pass's full
+                             batches, 0..T-1 (evaluation reads them: rt_batcher_tail) */
   SynthStream *ss;        /* synthetic: one stream per owned row */
 } Batcher;
 
-/* Dies if the split has too few tokens for B*(T+1). */
+/* Dies if the training split has too few tokens for B*(T+1), an evaluation split too few
+ * for 2 per stream. */
 void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T);
 /* The batcher of streams [row0, row0 + rows) of a B-stream batch (the global B: it
  * fixes the file corpora's per-stream slices); 0 <= row0, rows >= 1, row0 + rows <= B.
@@ -109,6 +166,9 @@ void rt_batcher_seek(Batcher *b, int64_t step);
 void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets);
 /* Batches in one pass over an evaluation split (synthetic: a fixed count). */
 int64_t rt_batcher_eval_steps(const Batcher *b);
+/* The pass's last, partial batch (file corpora, b->tail > 0): b->tail real positions per
+ * stream, the rest padding (valid ids whose losses are not to be counted). */
+void rt_batcher_tail(const Batcher *b, int32_t *ids, int32_t *targets);
 
 /* ---------------------------------------------------------------- safetensors.c */
 
@@ -173,6 +233,7 @@ extern long rt_st_fail_after;
 typedef struct Optim {
   OptKind kind;
   double lr, beta1, beta2, eps, clip;
+  double wd; /* decoupled weight decay (AdamW): p -= lr * wd * p before the update */
   int64_t t; /* updates done */
   int n;     /* parameters */
   const char **names;
@@ -205,6 +266,9 @@ bool rt_optim_load(Optim *o, const StFile *f);
 /* The same, entry i taking rows sel[i] of the file's tensors (sel NULL: all whole). */
 bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel);
 
+/* schedule.c: the learning rate of optimizer step t = 1, 2, ... (warm-up, hold, decay). */
+double rt_lr_at(const Config *c, int64_t t);
+
 /* Deterministic init of one parameter: depends only on (seed, name, index). */
 void rt_init_param(const Tensor *t, uint64_t seed, float *out);
 /* The rows sel of the whole tensor (t has sel->n rows): the values one device gives them. */
@@ -213,14 +277,24 @@ void rt_init_param_rows(const Tensor *t, uint64_t seed, const RowSel *sel, float
 /* ---------------------------------------------------------------- the run
  *
  *   train_loop.c : moec run: the training loop of one device (rank 0 prints and writes)
+ *   interrupt.c  : SIGINT / SIGTERM: stop at a step boundary with a checkpoint
+ *   trace.c      : a Chrome / Perfetto trace of a few steps (trace.h)
  *   evaluate.c   : one evaluation loop for 1 and N devices; moec eval
  *   checkpoint.c : parameters' initial values; checkpoints written and resumed
  *   report.c     : the progress line, metrics (JSON lines), the summary
  *   grad.c       : moec grad
  * A run gets its program from the compiler (driver/compile.c) and compiles nothing. */
 
+/* interrupt.c: SIGINT / SIGTERM recorded, not acted on (the loop stops at a step
+ * boundary); rt_interrupt_signal: the signal received, 0 if none. */
+void rt_interrupt_install(void);
+int rt_interrupt_signal(void);
+
 typedef struct RunOpts {
   const char *save, *load, *metrics;
+  int64_t save_every;     /* also save every N steps (0: at evaluations and the end) */
+  const char *trace;      /* a Chrome / Perfetto trace of a few steps to this file, or NULL */
+  const char *resume_cmd; /* the command line that resumes this run (interrupted runs say it) */
   bool json;              /* the summary as one JSON object on stdout; progress to stderr */
   bool quiet;             /* no progress display */
   bool f64;               /* the program computes in double: no checkpoints */
@@ -237,9 +311,6 @@ int rt_train(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o)
 /* moec run for a translation model (p->source set): the same on parallel data, each batch
  * bound at its length bucket's shape (train_nmt.c). */
 int rt_train_pairs(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
-/* moec eval: test perplexity of a checkpoint with program p (forward only, one device;
- * data_path: a whole file, or NULL for the test split of cfg's data). */
-int rt_eval(Program *p, const Config *cfg, const char *ckpt, const char *data_path, bool json);
 /* How a translation model decodes (translate.c): beam width (1: greedy), GNMT's length
  * normalisation exponent, the most output ids per sentence (</s> included), rows per
  * decoder step (sentences x beam) and source ids per sentence (</s> included): the
@@ -264,6 +335,29 @@ int rt_translate(Program *enc, Program *dec, const char *ckpt, const char *input
  * cfg's valid pairs. */
 int rt_eval_pairs(Program *p, Program *enc, Program *dec, const Config *cfg, const char *ckpt,
                   const char *data_path, const DecodeOpts *o, bool json);
+/* The data moec eval and moec score read: a whole file (data_path), or the test split of
+ * cfg's data; a text's tokenizer is the checkpoint's. */
+Corpus *rt_eval_corpus(const Config *cfg, int model_vocab, const char *ckpt, const char *data_path);
+/* moec eval: the test split's perplexity under checkpoint ckpt with program p (forward
+ * only, one device); what: the data's name for the message. */
+int rt_eval(Program *p, const Corpus *c, const char *ckpt, const char *what, bool json);
+/* moec score: the log-likelihood of every line of c's test split and of the whole, with p
+ * compiled for one stream (B = 1); every token predicted (the first from the line end
+ * before it). quiet: the total only. */
+int rt_score(Program *p, const Corpus *c, const char *ckpt, const char *what, bool json,
+             bool quiet);
+/* moec sample */
+typedef struct SampleOpts {
+  const char *prompt; /* text to continue (NULL: from a line end) */
+  int64_t tokens;     /* how many to generate */
+  double temperature; /* 0: greedy */
+  int64_t top_k;      /* 0: every id */
+  uint64_t seed;
+  bool quiet;
+} SampleOpts;
+/* Generates o->tokens tokens from checkpoint ckpt with p compiled for B = T = 1 (forward
+ * only), streaming them to stdout. */
+int rt_sample(Program *p, const char *ckpt, const SampleOpts *o);
 /* moec grad: loss and gradients of program p (forward + backward) for one batch read from
  * a token file; out: the gradients as safetensors (NULL: none). */
 int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,

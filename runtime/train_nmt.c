@@ -150,16 +150,20 @@ static double evaluate(Run *r, int64_t step) {
   double loss = rt_evaluate_pairs(r->comm, r->p, r->pairs, r->pairs->valid, &tokens);
   double secs = mc_now() - t0;
   r->t_eval += secs;
-  rt_report_eval(r, step, SPLIT_VALID, loss, tokens, secs);
+  EvalResult e = {.loss = loss, .nll = loss * (double)tokens, .tokens = tokens, .word_ppl = NAN};
+  rt_report_eval(r, step, SPLIT_VALID, &e, secs);
   return loss;
 }
 
 int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   Run r;
   StFile *ck = rt_run_open(&r, comm, p, cfg, o);
+  if (r.K > 1) /* sema refuses it */
+    mc_die("accumulate = %d: a translation model's batches differ in shape", r.K);
   r.pairs = rt_pairs_load(cfg, ck, p->vocab, r.P, r.rank == 0 && !r.o.quiet ? r.out : NULL);
   const Pairs *pd = r.pairs;
   const int64_t start = rt_run_start(&r, ck), steps = MC_MAX((int64_t)cfg->steps, start);
+  r.t_start = mc_now();
   BatchBufs f = {0};
   /* batches per epoch: the buckets' sizes, whatever the order drawn */
   RtParBatches *bs = rt_par_batches(pd->train, pd->budget, RT_PAR_WIDTH, pd->quantum, 0, 0, false);
@@ -181,9 +185,10 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
     int64_t tokens = fill(pd->train, bs, i, &f);
     feed(&r, &bs->b[i], &f);
     r.t_data += mc_now() - t0;
-    double loss = rt_run_step(&r, s, &xent, &aux);
+    double loss = rt_run_step(&r, s, &xent, &aux, NULL);
     rt_run_update(&r, loss, s);
-    r.t_train += mc_now() - t0;
+    double t2 = mc_now();
+    r.t_train += t2 - t0;
     tokens_done += (double)tokens;
     tot.done++;
     tot.last_loss = loss;
@@ -194,7 +199,17 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
     }
     double tps = tokens_done / fmax(r.t_train, 1e-9);
     bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start;
-    rt_report_step(&r, s + 1, steps, loss, xent, aux, tps, show);
+    StepInfo si = {.step = s + 1,
+                   .steps = steps,
+                   .loss = loss,
+                   .xent = xent,
+                   .aux = aux,
+                   .lr = r.opt->lr,
+                   .tokens = (int64_t)tokens_done,
+                   .rate = tps,
+                   .elapsed = t2 - r.t_start,
+                   .eta = (double)(steps - s - 1) * r.t_train / (double)tot.done};
+    rt_report_step(&r, &si, show);
     if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
       evaluate(&r, s + 1);
       if (r.o.save) rt_ckpt_save(&r, r.o.save, s + 1);

@@ -61,6 +61,7 @@ static const char *both(int64_t v, char *buf, size_t n) {
 }
 
 static const char *data_str(const Config *c, char *buf, size_t n) {
+  char tk[128];
   if (c->data == DATA_SYNTHETIC)
     snprintf(buf, n, "synthetic(topics=%d, vocab=%d, seed=%llu)", c->topics, c->vocab,
              (unsigned long long)c->data_seed);
@@ -69,18 +70,22 @@ static const char *data_str(const Config *c, char *buf, size_t n) {
              c->data_path ? c->data_path : "", c->data_valid_path ? ", valid=\"" : "",
              c->data_valid_path ? c->data_valid_path : "", c->data_valid_path ? "\"" : "",
              c->max_len, c->batch_tokens);
-  else
-    snprintf(buf, n, "\"%s\" (%s)", c->data_path ? c->data_path : "",
-             c->data == DATA_BIN ? "uint16 token ids" : "text");
+  else {
+    size_t k = (size_t)snprintf(buf, n, "\"%s\" (%s%s", c->data_path ? c->data_path : "",
+                                c->data == DATA_BIN ? "uint16 token ids" : "text, tokenizer ",
+                                c->data == DATA_BIN ? "" : fe_tokenizer_str(c, tk, sizeof tk));
+    if (k < n && c->data_valid_path)
+      k += (size_t)snprintf(buf + k, n - k, "; valid \"%s\"; test %s%s%s", c->data_valid_path,
+                            c->data_test_path ? "\"" : "the valid file",
+                            c->data_test_path ? c->data_test_path : "",
+                            c->data_test_path ? "\"" : "");
+    if (k < n) snprintf(buf + k, n - k, ")");
+  }
   return buf;
 }
 
 static const char *opt_str(const Config *c, char *buf, size_t n) {
-  if (c->optimizer == OPT_ADAM)
-    snprintf(buf, n, "adam(lr=%g, beta1=%g, beta2=%g, eps=%g)", c->lr, c->beta1, c->beta2, c->eps);
-  else
-    snprintf(buf, n, "factored(lr=%g, beta2=%g, eps=%g)", c->lr, c->beta2, c->eps);
-  return buf;
+  return fe_optimizer_str(c, buf, n);
 }
 
 static const char *recompute_str(const Config *c, char *buf, size_t n) {
@@ -232,11 +237,14 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c,
     printf("ops_per_pair      %s  attention scores and context, per target step and source "
            "position (not in ops_per_timestep)\n",
            both(s->ops_per_pair, big, sizeof big));
-  char d[512], o[160], r[512];
+  char d[2048], o[320], r[512];
   printf("\ntrain: data %s, batch %d (B), unroll %d (T), steps %d, eval_every %d, %s, clip %g, "
-         "seed %llu\n",
+         "seed %llu",
          data_str(c, d, sizeof d), c->batch, c->unroll, c->steps, c->eval_every,
          opt_str(c, o, sizeof o), c->clip, (unsigned long long)c->seed);
+  if (c->accumulate > 1)
+    printf(", accumulate %d (%d rows per optimizer step)", c->accumulate, c->accumulate * c->batch);
+  printf("\n");
   printf("plan: devices %d (mesh %d x %d), strategy %s, experts %s, recompute %s, memory_budget "
          "%s, fuse %s, backend %s",
          c->devices, c->mesh_nodes, c->mesh_per_node, c->strategy, c->expert_policy,

@@ -24,20 +24,27 @@ static void run_usage(FILE *out) {
 }
 
 static void eval_usage(FILE *out) {
-  fprintf(out, "usage: moec eval FILE --load CKPT [--data D] [--json] [settings]\n\n"
-               "Test perplexity of the checkpoint CKPT for the model in FILE: on the test split\n"
-               "of the train block's data, or on the whole of D (a text file, read with the\n"
-               "checkpoint's vocabulary, or a .bin file of uint16 ids), in batches of the\n"
-               "train block's batch x unroll, LSTM state carried from zero.\n\n"
-               "A translation model: perplexity per target token and corpus BLEU-4 (beam search,\n"
-               "as moec translate; tokenized as docs/training.md says) on the valid pairs, or\n"
-               "on the pairs of D (source<TAB>target lines); --beam K (default 4), --alpha A\n"
-               "(0.6), --max-len L and --rows R as moec translate's.\n\n"
-               "options:\n"
-               "  --load CKPT   the weights (safetensors; optimizer state is ignored)\n"
-               "  --data D      evaluate on all of D instead of the test split\n"
-               "  --json        print {\"tokens\", \"test_loss\", \"test_ppl\", ...}\n\n"
-               "settings (each overrides the train/plan setting of the same name):\n");
+  fprintf(out,
+          "usage: moec eval FILE --load CKPT [--data D] [--batch B] [--unroll T] [--json]\n"
+          "                 [settings]\n\n"
+          "Test perplexity of the checkpoint CKPT for the model in FILE: on the test split\n"
+          "of the train block's data, or on the whole of D (a text file, read with the\n"
+          "checkpoint's tokenizer, or a .bin file of uint16 ids), in batches of B streams x\n"
+          "T steps (the train block's batch and unroll, made smaller when the data is), LSTM\n"
+          "state carried from zero. The last partial batch is evaluated too; the first\n"
+          "token of each stream is context (a text's first is predicted from a line end):\n"
+          "with --batch 1 every token is predicted.\n\n"
+          "A translation model: perplexity per target token and corpus BLEU-4 (beam search,\n"
+          "as moec translate; tokenized as docs/training.md says) on the valid pairs, or\n"
+          "on the pairs of D (source<TAB>target lines); --beam K (default 4), --alpha A\n"
+          "(0.6), --max-len L and --rows R as moec translate's.\n\n"
+          "options:\n"
+          "  --load CKPT   the weights (safetensors; optimizer state is ignored)\n"
+          "  --data D      evaluate on all of D instead of the test split\n"
+          "  --batch B     streams (default: the train block's batch)\n"
+          "  --unroll T    steps per batch (default: the train block's unroll)\n"
+          "  --json        print {\"tokens\", \"test_loss\", \"test_ppl\", \"word_ppl\", ...}\n\n"
+          "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS);
 }
 
@@ -61,6 +68,40 @@ static void grad_usage(FILE *out) {
   drv_options_help(out, DRV_SETTINGS);
 }
 
+/* An argument as a shell reads it back: in single quotes unless it is plain. */
+static void shell_word(McBuf *b, const char *a) {
+  if (*a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=,:+@%") ==
+                strlen(a)) {
+    mc_buf_printf(b, " %s", a);
+    return;
+  }
+  mc_buf_printf(b, " '");
+  for (; *a; a++)
+    if (*a == '\'')
+      mc_buf_printf(b, "'\\''");
+    else
+      mc_buf_putc(b, *a);
+  mc_buf_putc(b, '\'');
+}
+
+/* The command line that resumes this run from its --save checkpoint: the same, with
+ * --load CKPT instead of any --load (an interrupted run prints it). */
+static char *resume_command(int argc, char **argv, const char *save) {
+  McBuf b = {0};
+  mc_buf_printf(&b, "moec run");
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--load")) {
+      i++;
+      continue;
+    }
+    if (!strncmp(argv[i], "--load=", 7)) continue;
+    shell_word(&b, argv[i]);
+  }
+  mc_buf_printf(&b, " --load");
+  shell_word(&b, save);
+  return b.data;
+}
+
 int cmd_run(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "run");
@@ -70,6 +111,13 @@ int cmd_run(int argc, char **argv) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;
   }
+  if (o.save_every && !o.save) {
+    fprintf(stderr, "moec run: error: --save-every needs --save CKPT (where to write)\n");
+    drv_options_free(&o);
+    return 2;
+  }
+  char *resume = o.save ? resume_command(argc, argv, o.save) : NULL;
+  o.resume_cmd = resume;
   if (drv_mpi_launched() && !o.devices_given) { /* one device per rank */
     char n[32];
     snprintf(n, sizeof n, "%d", drv_mpi_size());
@@ -80,6 +128,7 @@ int cmd_run(int argc, char **argv) {
   if (f) rc = drv_train(f, &cfg, &o);
   fe_ast_free(f);
   drv_options_free(&o);
+  mc_free(resume);
   return rc;
 }
 
@@ -88,7 +137,21 @@ int cmd_run(int argc, char **argv) {
 typedef struct OneBatch {
   const char *cmd, *data, *tokens, *out;
   DecodeFlags dec; /* eval of a translation model */
+  int batch, unroll; /* eval: 0 = the train block's */
 } OneBatch;
+
+/* --batch N, --unroll N as eval's own (not settings: any size, whatever the plan) */
+static int positive(const char *v, const char *flag, const char *cmd, int *out) {
+  char *end;
+  long n = strtol(v, &end, 10);
+  if (*end || n < 1 || n > (1 << 20)) {
+    fprintf(stderr, "moec %s: error: %s needs a number from 1 to 1048576, not '%s'\n", cmd, flag,
+            v);
+    return -1;
+  }
+  *out = (int)n;
+  return 1;
+}
 
 static int eval_flags(int argc, char **argv, int *i, void *ctx) {
   OneBatch *b = ctx;
@@ -102,6 +165,10 @@ static int eval_flags(int argc, char **argv, int *i, void *ctx) {
     b->tokens = v;
   else if ((v = cli_value(argc, argv, i, "--out", b->cmd, &bad)))
     b->out = v;
+  else if (!strcmp(b->cmd, "eval") && (v = cli_value(argc, argv, i, "--batch", b->cmd, &bad)))
+    return positive(v, "--batch", b->cmd, &b->batch);
+  else if (!strcmp(b->cmd, "eval") && (v = cli_value(argc, argv, i, "--unroll", b->cmd, &bad)))
+    return positive(v, "--unroll", b->cmd, &b->unroll);
   else
     return bad ? -1 : 0;
   return 1;
@@ -168,9 +235,9 @@ int cmd_eval(int argc, char **argv) {
   OneBatch b = {.cmd = "eval", .dec = {.cmd = "eval", .o = &o, .alpha = -1}};
   int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_RUN | DRV_DEBUG, eval_flags, &b,
                      eval_usage);
-  if (!rc && (b.tokens || b.out || o.save || o.metrics || o.f64)) {
-    fprintf(stderr, "moec eval: error: --tokens, --out, --save, --metrics and --f64 are not "
-                    "options of eval\n");
+  if (!rc && (b.tokens || b.out || o.save || o.metrics || o.f64 || o.trace || o.save_every)) {
+    fprintf(stderr, "moec eval: error: --tokens, --out, --save, --save-every, --trace, --metrics "
+                    "and --f64 are not options of eval\n");
     rc = 2;
   }
   if (!rc && !o.load) {
@@ -184,8 +251,26 @@ int cmd_eval(int argc, char **argv) {
   }
   Config cfg;
   AstFile *f = drv_load(&o, &cfg, &rc);
-  bool pairs = f && cli_is_translation(f);
-  if (f && !pairs && b.dec.given) {
+  if (!f) {
+    drv_options_free(&o);
+    return rc;
+  }
+  if (cli_is_translation(f)) {
+    Program *p = NULL;
+    if (b.batch || b.unroll) {
+      fprintf(stderr, "moec eval: error: --batch and --unroll are for language models; a "
+                      "translation model's batches are its data's batch_tokens\n");
+      rc = 2;
+    } else {
+      p = compile_one(f, &cfg, &o, false, NULL);
+      rc = p ? cli_eval_pairs(f, &cfg, &o, p, &b.dec, b.data) : 1;
+    }
+    drv_program_free(p);
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return rc;
+  }
+  if (b.dec.given) {
     fprintf(stderr, "moec eval: error: --beam, --alpha, --max-len and --rows decode a "
                     "translation model; '%s' is a language model\n",
             f->model->name);
@@ -193,12 +278,25 @@ int cmd_eval(int argc, char **argv) {
     drv_options_free(&o);
     return 2;
   }
-  Program *p = f ? compile_one(f, &cfg, &o, false, NULL) : NULL;
-  if (f && pairs)
-    rc = p ? cli_eval_pairs(f, &cfg, &o, p, &b.dec, b.data) : 1;
-  else if (f)
-    rc = p ? rt_eval(p, &cfg, o.load, b.data, o.json) : 1;
+  Corpus *c = rt_eval_corpus(&cfg, drv_model_vocab(f), o.load, b.data);
+  int B = b.batch ? b.batch : cfg.batch, T = b.unroll ? b.unroll : cfg.unroll;
+  if (!c->syn) { /* batches that fit the data: fewer streams (of T + 1 tokens, or one), T
+                    within them */
+    int64_t n;
+    rt_corpus_stream(c, SPLIT_TEST, &n);
+    int B0 = B, T0 = T;
+    B = (int)MC_MAX(1, MC_MIN((int64_t)B, n / (T + 1)));
+    T = (int)MC_MAX(1, MC_MIN((int64_t)T, n / B - 1));
+    if ((B != B0 || T != T0) && !o.json)
+      fprintf(stderr, "moec eval: note: %lld tokens: batches of %d x %d instead of %d x %d\n",
+              (long long)n, B, T, B0, T0);
+  }
+  Program *p = drv_compile_forward(f, &cfg, &o, B, T);
+  char what[4096];
+  snprintf(what, sizeof what, "%s", b.data ? b.data : "the test split");
+  rc = p ? rt_eval(p, c, o.load, what, o.json) : 1;
   drv_program_free(p);
+  rt_corpus_free(c);
   fe_ast_free(f);
   drv_options_free(&o);
   return rc;

@@ -142,7 +142,7 @@ static void check_rate(int K, int V, uint64_t seed, int64_t ntok) {
 
 static void test_synth_batches(void) {
   Config cfg = config(DATA_SYNTHETIC, NULL);
-  Corpus *c = rt_corpus_load(&cfg, 64, NULL, 0);
+  Corpus *c = rt_corpus_load(&cfg, 64, NULL);
   CHECK(c->syn && c->syn->floor_nats > 0);
   Batcher b1, b2, bv;
   rt_batcher_init(&b1, c, SPLIT_TRAIN, 3, 5);
@@ -199,16 +199,22 @@ static void test_text(void) {
   mc_buf_printf(&b, "the <unk> cat\nthe cat");
   write_file(path, b.data, b.len);
   Config cfg = config(DATA_TEXT, path);
-  Corpus *c = rt_corpus_load(&cfg, 7, NULL, 0);
+  Corpus *c = rt_corpus_load(&cfg, 7, NULL);
   /* counts in train: the 72; cat, sat, on, mat, <eos> 36; a, b 18 -> a vocab of 7 */
-  CHECK(c->nwords == 7);
-  CHECK(!strcmp(c->words[0], "<unk>"));
-  CHECK(!strcmp(c->words[1], "the"));
-  CHECK(!strcmp(c->words[2], "cat")); /* ties: first occurrence first */
-  CHECK(!strcmp(c->words[3], "sat"));
-  CHECK(!strcmp(c->words[4], "on"));
-  CHECK(!strcmp(c->words[5], "mat"));
-  CHECK(!strcmp(c->words[6], "<eos>")); /* a and b are left out: <unk> */
+  CHECK(rt_tok_size(c->tk) == 7);
+  const char *want_vocab[] = {"<unk>", "the", "cat", "sat", "on", "mat", "<eos>"};
+  for (int i = 0; i < 7; i++) { /* ties: first occurrence first; a and b left out: <unk> */
+    int len;
+    const char *w = rt_tok_piece(c->tk, i, &len);
+    CHECK(i == 6 ? len == 1 && w[0] == '\n'
+                 : len == (int)strlen(want_vocab[i]) && !memcmp(w, want_vocab[i], (size_t)len));
+  }
+  CHECK(rt_tok_eos(c->tk) == 6);
+  CHECK(c->unk[SPLIT_TRAIN] == 36 && c->unk[SPLIT_VALID] == 2 && c->unk[SPLIT_TEST] == 1);
+  CHECK(c->words[SPLIT_TRAIN] == 36 * 8 && c->words[SPLIT_VALID] == 7);
+  /* evaluation splits are primed with the line end before them; train is not */
+  CHECK(!c->prime[SPLIT_TRAIN] && c->prime[SPLIT_VALID] && c->prime[SPLIT_TEST]);
+  CHECK(c->tok[SPLIT_VALID][-1] == 6 && c->tok[SPLIT_TEST][-1] == 6);
   CHECK(c->ntok[SPLIT_TRAIN] == 36 * 8);
   CHECK(c->ntok[SPLIT_VALID] == 4 + 3);
   CHECK(c->ntok[SPLIT_TEST] == 4 + 3);
@@ -231,8 +237,8 @@ static void test_text(void) {
   CHECK(ids[0] == c->tok[0][0]);
   rt_batcher_free(&bt);
   /* a given vocabulary (from a checkpoint) is used as is */
-  char *voc[] = {"<unk>", "zebra", "the", "<eos>"};
-  Corpus *c2 = rt_corpus_load_file(path, 10, voc, 4);
+  const char *voc[] = {"<unk>", "zebra", "the", "<eos>"};
+  Corpus *c2 = rt_corpus_load_file(path, 10, rt_tok_words(voc, 4));
   CHECK(c2->ntok[SPLIT_TEST] == 36 * 8 + 7 + 7);
   CHECK(c2->tok[SPLIT_TEST][0] == 2 && c2->tok[SPLIT_TEST][1] == 0);
   rt_corpus_free(c2);
@@ -251,7 +257,7 @@ static void test_bin(void) {
   }
   write_file(path, raw, sizeof raw);
   Config cfg = config(DATA_BIN, path);
-  Corpus *c = rt_corpus_load(&cfg, 300, NULL, 0);
+  Corpus *c = rt_corpus_load(&cfg, 300, NULL);
   CHECK(c->ntok[0] == 180 && c->ntok[1] == 10 && c->ntok[2] == 10);
   CHECK(c->tok[0][1] == 37 && c->tok[0][10] == 70 && c->tok[1][0] == (180 * 37) % 300);
   rt_corpus_free(c);
@@ -303,7 +309,7 @@ static void check_sharded(const Corpus *c, Split split, int B, int T, int64_t st
 
 static void test_sharded_batches(void) {
   Config cs = config(DATA_SYNTHETIC, NULL);
-  Corpus *c = rt_corpus_load(&cs, 64, NULL, 0);
+  Corpus *c = rt_corpus_load(&cs, 64, NULL);
   check_sharded(c, SPLIT_TRAIN, 12, 5, 8);
   check_sharded(c, SPLIT_VALID, 12, 5, 4);
   rt_corpus_free(c);
@@ -318,7 +324,7 @@ static void test_sharded_batches(void) {
   }
   write_file(path, raw, sizeof raw);
   Config cb = config(DATA_BIN, path);
-  c = rt_corpus_load(&cb, 256, NULL, 0);
+  c = rt_corpus_load(&cb, 256, NULL);
   Batcher b;
   rt_batcher_init(&b, c, SPLIT_TRAIN, 12, 5);
   CHECK(b.steps_per_pass == 14);
@@ -332,7 +338,7 @@ static void test_sharded_batches(void) {
     mc_buf_printf(&t, "w%d x%d y%d z%d w%d\n", i, i % 7, i % 5, i % 3, i + 1);
   write_file(path, t.data, t.len);
   Config ct = config(DATA_TEXT, path);
-  c = rt_corpus_load(&ct, 256, NULL, 0);
+  c = rt_corpus_load(&ct, 256, NULL);
   rt_batcher_init(&b, c, SPLIT_TRAIN, 12, 2); /* 54 train lines of 6 tokens: 27 a stream */
   CHECK(b.steps_per_pass == 13);
   rt_batcher_free(&b);
@@ -345,10 +351,16 @@ static void test_sharded_batches(void) {
 
 static void die_load(void *arg) {
   Config *cfg = arg;
-  rt_corpus_load(cfg, 256, NULL, 0);
+  rt_corpus_load(cfg, 256, NULL);
 }
 
 static void die_batch(void *arg) {
+  Corpus *c = arg;
+  Batcher b;
+  rt_batcher_init(&b, c, SPLIT_TRAIN, 8, 20);
+}
+
+static void die_batch_eval(void *arg) {
   Corpus *c = arg;
   Batcher b;
   rt_batcher_init(&b, c, SPLIT_VALID, 8, 20);
@@ -383,8 +395,125 @@ static void test_errors(void) {
   expect_death(die_load, &cs, "synthetic(vocab=1000) has more tokens than the model's vocabulary");
   memset(raw, 0, sizeof raw);
   write_file(big, raw, sizeof raw);
-  Corpus *c = rt_corpus_load(&cb, 256, NULL, 0);
+  Corpus *c = rt_corpus_load(&cb, 256, NULL);
   expect_death(die_batch, c, "too few for 8 streams of unroll 20");
+  expect_death(die_batch_eval, c, "too few for 8 streams of at least 2 tokens");
+  rt_corpus_free(c);
+}
+
+/* ---------------------------------------------------------------- tokenizers */
+
+/* The ids of text under a tokenizer, as its pieces joined by '|'. */
+static char *pieces(const RtTok *t, const int32_t *ids, int64_t n) {
+  McBuf b = {0};
+  mc_buf_printf(&b, "%s", "");
+  for (int64_t i = 0; i < n; i++) {
+    int len;
+    const char *p = rt_tok_piece(t, ids[i], &len);
+    mc_buf_printf(&b, "%s%.*s", i ? "|" : "", len, p[0] == '\n' ? "$" : p);
+  }
+  return b.data;
+}
+
+static void test_tokenizers(void) {
+  const char *text = "Speak, speak. SPEAK!\nI don't know: 3.5 or 1,000?\n";
+  Config cfg = config(DATA_TEXT, "x");
+  /* words(lower, split_punct): lower-cased, punctuation its own token (BLEU's rules) */
+  cfg.tok_lower = cfg.tok_split_punct = true;
+  RtTok *t = rt_tok_learn(&cfg, 100, text, strlen(text));
+  int32_t *ids;
+  int64_t n = rt_tok_encode(t, text, strlen(text), &ids);
+  char *s = pieces(t, ids, n);
+  CHECK(!strcmp(s, "speak|,|speak|.|speak|!|$|i|don't|know|:|3.5|or|1,000|?|$"));
+  CHECK(rt_tok_size(t) == 14); /* <unk> + 13 distinct: speak , . ! <eos> i don't know : 3.5 or
+                                  1,000 ? */
+  CHECK(rt_tok_count_words(text, strlen(text)) == 3 + 1 + 6 + 1); /* whitespace words + lines */
+  mc_free(s);
+  mc_free(ids);
+  char *d = rt_tok_describe(t);
+  CHECK(!strcmp(d, "words(lower=true, split_punct=true)"));
+  mc_free(d);
+  rt_tok_free(t);
+  /* plain words: "Speak," and "speak." are different words */
+  cfg.tok_lower = cfg.tok_split_punct = false;
+  t = rt_tok_learn(&cfg, 100, text, strlen(text));
+  CHECK(rt_tok_size(t) == 1 + 3 + 1 + 6);
+  rt_tok_free(t);
+  /* chars: UTF-8 characters; a line end per line (CRLF: one) */
+  const char *u = "a\xc3\xa9"
+                  "b\r\nba\n";
+  cfg.tokenizer = TOK_CHARS;
+  t = rt_tok_learn(&cfg, 100, u, strlen(u));
+  n = rt_tok_encode(t, u, strlen(u), &ids);
+  s = pieces(t, ids, n);
+  CHECK(!strcmp(s, "a|\xc3\xa9"
+                   "|b|$|b|a|$"));
+  CHECK(rt_tok_size(t) == 5); /* <unk> a b <eos> é */
+  mc_free(s);
+  mc_free(ids);
+  rt_tok_free(t);
+  /* bpe: no unknown id; decode(encode(text)) is the text; stored and read back */
+  cfg.tokenizer = TOK_BPE;
+  cfg.bpe_vocab = 300;
+  McBuf big = {0};
+  for (int i = 0; i < 50; i++)
+    mc_buf_printf(&big, "the quick brown fox %d jumps over the lazy dog\n", i);
+  t = rt_tok_learn(&cfg, 1000, big.data, big.len);
+  CHECK(rt_tok_size(t) > 259 && rt_tok_size(t) <= 300);
+  const char *q = "the lazy fox\nzebra\n";
+  n = rt_tok_encode(t, q, strlen(q), &ids);
+  CHECK(ids[n - 1] == rt_tok_eos(t));
+  for (int64_t i = 0; i < n; i++)
+    CHECK(!rt_tok_unknown(t, ids[i]));
+  char *back = rt_tok_decode(t, ids, n);
+  CHECK(!strcmp(back, q));
+  mc_free(back);
+  mc_free(ids);
+  const char *key;
+  char *ser = rt_tok_serialize(t, &key);
+  CHECK(!strcmp(key, "data.bpe"));
+  mc_free(ser);
+  rt_tok_free(t);
+  mc_buf_free(&big);
+}
+
+/* Separate valid and test files; the pass's last partial batch of an evaluation split. */
+static void test_split_files(void) {
+  char tr[256], va[256], te[256];
+  snprintf(tr, sizeof tr, "%s/train.txt", tmpdir);
+  snprintf(va, sizeof va, "%s/valid.txt", tmpdir);
+  snprintf(te, sizeof te, "%s/test.txt", tmpdir);
+  write_file(tr, "a b c\nb c d\n", 12);
+  write_file(va, "a b\nz\n", 6);
+  write_file(te, "c d a b c\n", 10);
+  Config cfg = config(DATA_TEXT, tr);
+  cfg.data_valid_path = va;
+  cfg.data_test_path = te;
+  Corpus *c = rt_corpus_load(&cfg, 100, NULL);
+  CHECK(c->ntok[SPLIT_TRAIN] == 8 && c->ntok[SPLIT_VALID] == 5 && c->ntok[SPLIT_TEST] == 6);
+  CHECK(c->unk[SPLIT_VALID] == 1 && c->unk[SPLIT_TEST] == 0);
+  CHECK(!strcmp(c->split_path[SPLIT_TEST], te));
+  /* the test stream: <eos> (prime) c d a b c <eos>: 2 streams of 3, T = 1: a pass of 2
+   * full batches, no tail; T = 2: 1 full batch and a tail of 0; with B = 1, T = 4: one
+   * batch and a tail of 2 */
+  Batcher b;
+  rt_batcher_init(&b, c, SPLIT_TEST, 1, 4);
+  CHECK(b.slice == 7 && b.steps_per_pass == 1 && b.tail == 2);
+  int32_t ids[4], tg[4];
+  int64_t n;
+  const int32_t *st = rt_corpus_stream(c, SPLIT_TEST, &n);
+  CHECK(n == 7 && st[0] == rt_tok_eos(c->tk));
+  rt_batcher_next(&b, ids, tg);
+  CHECK(ids[0] == st[0] && tg[0] == st[1] && tg[3] == st[4]);
+  rt_batcher_tail(&b, ids, tg);
+  CHECK(ids[0] == st[4] && ids[1] == st[5] && tg[0] == st[5] && tg[1] == st[6]);
+  CHECK(ids[2] == st[6] && ids[3] == st[6] && tg[2] == 0 && tg[3] == 0); /* padding */
+  rt_batcher_free(&b);
+  rt_corpus_free(c);
+  /* valid only: test is the valid file */
+  cfg.data_test_path = NULL;
+  c = rt_corpus_load(&cfg, 100, NULL);
+  CHECK(c->ntok[SPLIT_TEST] == 5 && !strcmp(c->split_path[SPLIT_TEST], va));
   rt_corpus_free(c);
 }
 
@@ -401,6 +530,8 @@ int main(void) {
   test_bin();
   test_sharded_batches();
   test_errors();
+  test_tokenizers();
+  test_split_files();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

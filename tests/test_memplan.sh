@@ -24,7 +24,7 @@ run() { # NAME MODEL [FLAG...]
     cat "$T/$name.err"
     exit 1
   fi
-  grep '"event":"step"' "$T/$name.jsonl" | sed 's/,"tokens_per_s":[^,}]*//' >"$T/$name.steps"
+  grep '"event":"step"' "$T/$name.jsonl" | sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//' >"$T/$name.steps"
   tail -n 1 "$T/$name.json" | sed 's/.*"valid_ppl":\([^,]*\),"test_ppl":\([^,]*\),.*/\1 \2/' \
     >>"$T/$name.steps"
   [ "$(grep -c '"event":"step"' "$T/$name.jsonl")" = 20 ] || {

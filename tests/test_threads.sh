@@ -15,7 +15,7 @@ run() { # run TAG [FLAGS...]: metrics without the timings -> $W/TAG
   shift
   "$@" "$HERE/../examples/lm_moe32.moe" --steps 6 --quiet --metrics "$W/$tag.json" \
     >"$W/$tag.out" 2>&1 || { cat "$W/$tag.out"; fail "$tag: moec run failed"; }
-  sed 's/"tokens_per_s":[^,]*,//; s/,"seconds":[^,}]*//' "$W/$tag.json" >"$W/$tag"
+  sed 's/"tokens_per_s":[^,]*,//; s/"elapsed":[^,]*,//; s/,"seconds":[^,}]*//' "$W/$tag.json" >"$W/$tag"
   [ "$(grep -c '"event":"step"' "$W/$tag")" -eq 6 ] || fail "$tag: expected 6 steps"
 }
 for t in 1 2 3; do

@@ -87,9 +87,9 @@ resume)
     # steps 6..10 and the final evaluations, compared as printed (%.9g of float32)
     # (eval_every 4: both runs evaluate on valid at step 8)
     grep -E '"step":(6|7|8|9|10)[,}]' full.jsonl \
-      | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
+      | sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
     grep -E '"step":(6|7|8|9|10)[,}]' resumed.jsonl \
-      | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >b.txt
+      | sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//; s/,"seconds":[^,}]*//' >b.txt
     if [ "$(wc -l <a.txt)" -lt 7 ]; then
       fail "$opt: too few metric lines"; cat a.txt
     elif cmp -s a.txt b.txt; then
@@ -218,8 +218,8 @@ EOF
     { fail "text run failed"; cat t.err; }
   "$MOEC" run t.moe --steps 6 --eval-every 3 --load t.safetensors --metrics res.jsonl --json --quiet \
     >t2.out 2>t.err || { fail "text resume failed"; cat t.err; }
-  grep -E '"step":(4|5|6)[,}]' full.jsonl | sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
-  sed 's/,"tokens_per_s":[^,}]*//; s/,"seconds":[^,}]*//' res.jsonl >b.txt
+  grep -E '"step":(4|5|6)[,}]' full.jsonl | sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//; s/,"seconds":[^,}]*//' >a.txt
+  sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//; s/,"seconds":[^,}]*//' res.jsonl >b.txt
   cmp -s a.txt b.txt && [ "$(wc -l <a.txt)" -ge 5 ] && pass "text: resumed run == uninterrupted run" ||
     { fail "text: resumed run differs"; diff a.txt b.txt; }
   python3 - <<'EOF' && pass "text: the vocabulary is in the checkpoint" || fail "text: checkpoint vocabulary"
@@ -231,8 +231,21 @@ assert v[0] == "<unk>" and "<eos>" in v and len(v) == 32, v  # 40 words + <eos> 
 EOF
   "$MOEC" eval t.moe --load t.safetensors --data other.txt --json >e.out 2>e.err ||
     { fail "eval --data failed"; cat e.err; }
-  check "$(json e.out tokens) == 160 * 5" && pass "eval --data: whole file in batches of 16 x 10" ||
-    fail "eval --data: $(json e.out tokens) tokens"
+  # 100 lines of 8 words + <eos>: 900 tokens after a priming <eos>; 16 streams of 56: 5 full
+  # batches of 10 and a partial one of 5 predict 16 * 55 = 880; 15 stream starts and the last
+  # 901 - 896 = 5 are not predicted, and said so
+  check "$(json e.out tokens) == 880 and $(json e.out left_out) == 20" &&
+    pass "eval --data: whole file in batches of 16 x 10 and a last one of 16 x 5" ||
+    fail "eval --data: $(json e.out tokens) tokens, $(json e.out left_out) left out"
+  "$MOEC" eval t.moe --load t.safetensors --data other.txt --batch 1 --unroll 64 --json >e1.out 2>e.err ||
+    { fail "eval --batch 1 failed"; cat e.err; }
+  check "$(json e1.out tokens) == 900 and $(json e1.out left_out) == 0" &&
+    pass "eval --data --batch 1: every token predicted" || fail "eval --batch 1: $(json e1.out tokens) tokens"
+  head -1 other.txt >one.txt
+  "$MOEC" eval t.moe --load t.safetensors --data one.txt --json >e2.out 2>e.err ||
+    { fail "eval of one line failed"; cat e.err; }
+  check "$(json e2.out tokens) == 9 and $(json e2.out batch) == 1 and $(json e2.out unroll) == 9" &&
+    pass "eval of one line: batch and unroll fitted (1 x 9)" || { fail "eval of one line"; cat e2.out e.err; }
   check "$(json e.out test_ppl) > 1" && pass "eval --data: test ppl $(json e.out test_ppl)" || fail "eval --data ppl"
   ;;
 *)

@@ -447,12 +447,13 @@ static void k_softmax_bwd(const KernelCtx *ctx, const Node *n, void *const *in, 
   CUDA_LAUNCH_CHECK();
 }
 
-/* fa[0], or 1/(N * ndevices) when the builder left it 0 (ops.def). */
+/* fa[0], or 1/(N * ndevices * accum) when the builder left it 0 (ops.def). */
 static double xent_scale(const KernelCtx *ctx, const Node *n) {
   if (n->fa[0] != 0) return n->fa[0];
   int64_t N = n->in[n->op == OP_XENT ? 0 : 1]->shape[0];
   int nd = ctx && ctx->ndevices > 0 ? ctx->ndevices : 1;
-  return 1.0 / ((double)N * (double)nd);
+  int acc = ctx && ctx->accum > 1 ? ctx->accum : 1;
+  return 1.0 / ((double)N * (double)nd * (double)acc);
 }
 
 /* Per row: probs, and -log p[target] = logsumexp - x[target] into rowloss (0 for a row
