@@ -77,6 +77,8 @@ static void log_softmax(Search *s, const float *x) {
     s->logp[w] = (double)x[w] - lse;
 }
 
+/* Sentence i's hypothesis: row's first len - 1 words, then w (</s>: not written), of
+ * summed log-probability raw; |Y| = len (a final </s> counted). */
 static void finish(Search *s, int i, int row, int len, int32_t w, double raw) {
   double norm = raw / length_penalty(s, len);
   s->nfin[i]++;
@@ -144,8 +146,8 @@ static void step_sentence(Search *s, int i, int t) {
       int row = i * K + k;
       int from = s->parent[row];
       int32_t w = s->last[row];
-      /* the words of `from`, then w: finish() reads hist[from] */
-      finish(s, i, from, t + 2, w, s->score[row]);
+      /* the t words of `from` (hist is this step's, before the update), then w */
+      finish(s, i, from, t + 1, w, s->score[row]);
     }
 }
 

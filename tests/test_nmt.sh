@@ -75,6 +75,9 @@ translate | eval)
   # k*N/E rows per expert at inference too, N the batch's rows; docs/training.md)
   "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --beam 1 --rows 8 >"$TMP/g" 2>/dev/null || fail "greedy"
   [ "$(wc -l <"$TMP/g")" -eq "$(wc -l <"$TMP/src")" ] || fail "greedy: line count"
+  "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --max-len 2 >"$TMP/m" 2>/dev/null || fail "--max-len 2"
+  [ "$(wc -l <"$TMP/m")" -eq "$(wc -l <"$TMP/src")" ] || fail "--max-len 2: line count"
+  awk 'NF > 2 { exit 1 }' "$TMP/m" || fail "--max-len 2: more than two words: $(cat "$TMP/m")"
   paste "$TMP/src" "$TMP/a" | head -5
   # bad input: an empty line and a line of 10,000 words (warnings), invalid UTF-8, an LM
   printf 'the house\n\nthe dog\n' >"$TMP/empty"
