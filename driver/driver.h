@@ -38,6 +38,7 @@ typedef struct Options {
   int nsettings;
   /* the run */
   const char *save, *load, *metrics, *loads_path;
+  double zipf; /* --skew zipf:S: the routing assumed without measured loads (0: uniform) */
   bool json, quiet, f64, no_eval;
   bool devices_given; /* --devices, --mesh or --set plan.devices/mesh */
   /* debugging and tests: how to lower (codegen.h) */
