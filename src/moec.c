@@ -11,6 +11,7 @@ static const Command commands[] = {
     {"eval", "perplexity of a checkpoint", cmd_eval},
     {"grad", "loss and gradients for one batch (for independent references)", cmd_grad},
     {"simulate", "the plan's cost model on a cluster that is not here", cmd_simulate},
+    {"calibrate", "measure this machine for the cost model (a profile)", cmd_calibrate},
 };
 
 static void usage(FILE *out) {
