@@ -21,7 +21,9 @@
  *                slower link; a ring all-reduce spanning nodes runs at the slower link;
  *                latency per step
  *   step time    per phase between collectives its slowest device's kernels, plus each
- *                collective at its slowest device (the runtime overlaps nothing)
+ *                collective at its slowest device (the runtime overlaps nothing), plus
+ *                the optimizer (its parameters' elements read and written); devices on
+ *                shared cores (cores > 0): a phase at least their work over the cores
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
@@ -35,7 +37,7 @@
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
  * threads; the GEMM shape, elementwise and launch terms are rough guesses until `moec
  * calibrate` measures them. The K40 / H100 presets are moec simulate's (src/cmd_simulate.c). */
-const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0, 16, 5, 1};
+const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0, 16, 5, 1, 0};
 
 static double numel(const Tensor *t) {
   return (double)t->numel;
@@ -471,11 +473,14 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
     bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
     if (!n || coll) {
-      double mx = 0;
+      double mx = 0, sum = 0;
       for (int d = 0; d < devices; d++) {
         mx = fmax(mx, acc[d]);
+        sum += acc[d];
         acc[d] = 0;
       }
+      if (k->cores > 0) /* devices on shared cores: one alone has all of them */
+        mx = fmax(devices == 1 ? mx / k->cores : mx, sum / k->cores);
       step += mx;
     }
     if (!n) break;
@@ -504,12 +509,26 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       c.dev[d].compute_s += t[d];
     }
   }
+  /* the optimizer step: every parameter a device holds read and written (Adam: the
+   * parameter, its gradient and two moments read, three written) */
+  double opt_max = 0, opt_sum = 0;
+  for (int d = 0; d < devices && g->has_backward; d++) {
+    double el = c.dev[d].param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
+    double ts = elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
+    c.dev[d].compute_s += ts;
+    opt_max = fmax(opt_max, ts);
+    opt_sum += ts;
+  }
+  step += k->cores > 0 ? fmax(devices == 1 ? opt_max / k->cores : opt_max, opt_sum / k->cores)
+                       : opt_max;
   mc_free(acc);
   mc_free(t);
   mc_free(intra);
   mc_free(inter);
   route_free(&r);
   c.fits = true; /* until plan_cost_set_memory says otherwise */
+  if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
+    c.dev[0].compute_s /= k->cores;
   c.step_s = step;
   c.comm_s = comm;
   c.compute_s = step - comm;

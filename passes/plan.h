@@ -111,6 +111,9 @@ typedef struct CostConsts {
   double gemm_half; /* a GEMM whose smallest side is s runs at s / (s + gemm_half) of gflops */
   double elem_gbs;  /* GB/s of elementwise ops (bytes read + written); 0: 1 flop per element */
   double launch_us; /* per kernel call (an LSTM: one per timestep) */
+  int cores;        /* devices share this many cores (in-process threads; gflops is one
+                       core's): a phase takes at least its devices' work over the cores,
+                       and one device alone uses them all. 0: every device its own */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
