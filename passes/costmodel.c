@@ -183,6 +183,7 @@ typedef struct Route {
   int nmoe, P;
   int *E;
   double **w, **share;
+  int **mine; /* [m][d]: experts of layer m on device d */
 } Route;
 
 /* Experts of MoE layer m: the placement's count, else its first expert GEMM's offsets. */
@@ -201,6 +202,7 @@ static Route route_make(const Graph *g, int P, const PlanLoads *loads, double zi
   r.E = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
   r.w = mc_calloc((size_t)g->nmoe + 1, sizeof(double *));
   r.share = mc_calloc((size_t)g->nmoe + 1, sizeof(double *));
+  r.mine = mc_calloc((size_t)g->nmoe + 1, sizeof(int *));
   bool placed = P > 1 && g->moe_expert_dev;
   for (int m = 0; m < g->nmoe; m++) {
     int E = r.E[m] = layer_experts(g, m);
@@ -213,9 +215,13 @@ static Route route_make(const Graph *g, int P, const PlanLoads *loads, double zi
     for (int e = 0; e < E; e++)
       w[e] = sum > 0 ? (l ? fmax(l[e], 0) : 1) / sum : 1.0 / E;
     r.share[m] = mc_calloc((size_t)P, sizeof(double));
+    r.mine[m] = mc_calloc((size_t)P, sizeof(int));
     for (int e = 0; e < E; e++) {
       int d = placed ? g->moe_expert_dev[m][e] : 0;
-      if (d >= 0 && d < P) r.share[m][d] += w[e];
+      if (d >= 0 && d < P) {
+        r.share[m][d] += w[e];
+        r.mine[m][d]++;
+      }
     }
   }
   return r;
@@ -225,7 +231,9 @@ static void route_free(Route *r) {
   for (int m = 0; m < r->nmoe; m++) {
     mc_free(r->w[m]);
     mc_free(r->share[m]);
+    mc_free(r->mine[m]);
   }
+  mc_free(r->mine);
   mc_free(r->w);
   mc_free(r->share);
   mc_free(r->E);
@@ -238,9 +246,7 @@ static double routed_share(const Graph *g, const Route *r, const Node *n, int d,
   if (r->P <= 1 || !g->moe_expert_dev || m < 0 || !r->share[m] || r->E[m] <= 0 || n->nout < 1 ||
       n->out[0]->part != PART_EXPERTS)
     return s;
-  int mine = 0;
-  for (int e = 0; e < r->E[m]; e++)
-    mine += g->moe_expert_dev[m][e] == d;
+  int mine = r->mine[m][d];
   return mine > 0 && fabs(s - (double)mine / r->E[m]) < 1e-12 ? r->share[m][d] : s;
 }
 
@@ -390,6 +396,10 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   int64_t B = g->B > 0 ? g->B : 1;
   c.rows_per_device = (B + devices - 1) / devices;
   Route r = route_make(g, devices, loads, zipf);
+  bool *kept = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* read by backward */
+  for (int kk = 0; kk < g->nnodes; kk++)
+    for (int i = 0; g->nodes[kk]->backward && i < g->nodes[kk]->nin; i++)
+      kept[g->nodes[kk]->in[i]->id] = true;
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
     for (int i = 0; i < g->nparams; i++) {
@@ -425,20 +435,11 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       double s = routed_share(g, &r, n, d, plan_node_share(g, n, d, devices));
       dc->flops += plan_node_flops(n) * s;
       if (n->backward) continue;
-      for (int j = 0; j < n->nout; j++) { /* kept for backward? */
-        const Tensor *t = n->out[j];
-        bool kept = false;
-        for (int q = kk + 1; q < g->nnodes && !kept; q++) {
-          const Node *r = g->nodes[q];
-          if (!r->backward) continue;
-          for (int i = 0; i < r->nin; i++)
-            kept |= r->in[i] == t;
-        }
-        if (kept) dc->act_bytes += 4 * numel(t) * s;
-      }
+      for (int j = 0; j < n->nout; j++)
+        if (kept[n->out[j]->id]) dc->act_bytes += 4 * numel(n->out[j]) * s;
     }
   }
-  /* expert rows at the routed share at the routed share */
+  /* expert rows at the routed share */
   bool *seen_layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
   for (int kk = 0; kk < g->nnodes; kk++) {
     const Node *n = g->nodes[kk];
@@ -526,6 +527,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   mc_free(intra);
   mc_free(inter);
   route_free(&r);
+  mc_free(kept);
   c.fits = true; /* until plan_cost_set_memory says otherwise */
   if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
     c.dev[0].compute_s /= k->cores;
