@@ -224,6 +224,7 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
                 .rank = t->rank,
                 .elem = t->prec == PREC_F64 ? sizeof(double) : sizeof(float),
                 .loads = loads,
+                .zipf = o->zipf,
                 .notes = notes,
                 .diag = &d};
   bool ok = pass_run_all(g, &pc, t->print_after, t->print_to) && d.errors == 0;

@@ -42,6 +42,7 @@ typedef struct Options {
   const char *save, *load, *metrics, *loads_path, *trace;
   int64_t save_every;
   const char *resume_cmd; /* moec run: the command line that resumes the run */
+  double zipf; /* --skew zipf:S: the routing assumed without measured loads (0: uniform) */
   bool json, quiet, f64, no_eval;
   bool devices_given; /* --devices, --mesh or --set plan.devices/mesh */
   /* debugging and tests: how to lower (codegen.h) */

@@ -174,6 +174,8 @@ static const Flag flags[] = {
      "K=V     any setting: train.batch=64, plan.strategy=hmoe, train.optimizer.beta2=0.98"},
     {"--loads", DRV_LOADS, NULL, NULL,
      "F     measured expert loads for experts = balanced (a --metrics file)"},
+    {"--skew", DRV_LOADS, NULL, NULL,
+     "zipf:S expert loads without --loads: expert e gets 1/(e+1)^S of the rows"},
     {"--save", DRV_RUN, NULL, NULL,
      "CKPT   write a checkpoint at every evaluation, at the end and "
      "when interrupted (Ctrl-C, SIGTERM)"},
@@ -256,6 +258,15 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
       return add_set(o, v, flag);
     } else if (!strcmp(f->name, "--loads")) {
       o->loads_path = v;
+    } else if (!strcmp(f->name, "--skew")) {
+      char *end = NULL;
+      double sk = strncmp(v, "zipf:", 5) ? -1 : strtod(v + 5, &end);
+      if (sk < 0 || !end || *end || end == v + 5 || sk > 16) {
+        fprintf(stderr, "moec %s: error: --skew needs zipf:S with S in [0, 16], not '%s'\n", o->cmd,
+                v);
+        return -1;
+      }
+      o->zipf = sk;
     } else if (!strcmp(f->name, "--save")) {
       o->save = v;
     } else if (!strcmp(f->name, "--save-every")) {

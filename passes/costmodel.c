@@ -1,5 +1,6 @@
 /* costmodel.c: what a placed, bound graph costs per device (moec plan; moec simulate
- * with its cluster presets: the same code). docs/placement.md lists every formula:
+ * with its cluster presets; moec plan --search ranks by it). docs/placement.md lists every
+ * formula:
  *   params       bytes of the parameters a device holds (expert params: its experts' rows)
  *   grads        the same again
  *   optimizer    adam: 2 x params; factored: rows + cols per matrix (leading dims kept),
@@ -9,15 +10,24 @@
  *                plan_cost_set_memory)
  *   flops        forward + backward: matmul 2*M*N*K, grouped matmuls 2*R*K*M over routed
  *                rows, lstm 2*B*T*4U*U (+ elementwise), other ops 1 per output element
- *   step time    max over devices of flops / GFLOP/s + the sum over collectives of
- *                (bytes one device sends / link GB/s + latency); on a cluster of nodes
- *                (per_node > 0) an all-to-all sends (n-1)/(P-1) of its bytes inside the
- *                node and the rest between nodes, a ring all-reduce runs at the slower
- *                link between nodes
+ *   routing      each MoE layer's rows over its experts: measured loads, a Zipf skew or
+ *                uniform (plan_route_loads); an expert node's work on a device is its
+ *                experts' routed share, not their count
+ *   kernel time  a GEMM 2MNK / (gflops * s/(s + gemm_half)), s its smallest side (small
+ *                per-expert GEMMs are slower per FLOP), one per expert at its routed rows,
+ *                T per LSTM; elementwise bytes / elem_gbs; launch_us per kernel call
+ *   collectives  per device: an all-to-all sends its rows' share and receives its experts'
+ *                routed share; bytes to devices of another node (per_node) cross the
+ *                slower link; a ring all-reduce spanning nodes runs at the slower link;
+ *                latency per step
+ *   step time    per phase between collectives its slowest device's kernels, plus each
+ *                collective at its slowest device (the runtime overlaps nothing), plus
+ *                the optimizer (its parameters' elements read and written); devices on
+ *                shared cores (cores > 0): a phase at least their work over the cores
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
- * Work of expert-sharded nodes is split by experts held (uniform routing). */
+ */
 #include <math.h>
 #include <string.h>
 
@@ -25,22 +35,9 @@
 
 /* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
- * threads. The K40 / H100 cluster presets are moec simulate's (src/cmd_simulate.c). */
-const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0};
-
-/* Seconds one collective takes for one device: bytes it sends over its links. */
-static double collective_s(const Node *n, double bytes, int P, const CostConsts *k) {
-  int steps = n->op == OP_ALL_REDUCE ? 2 * (int)(n->ia[0] - 1) : 1;
-  int per = k->per_node;
-  bool nodes = per > 0 && per < P && k->inter_gbs > 0;
-  if (!nodes) return bytes / (k->link_gbs * 1e9) + steps * k->latency_us * 1e-6;
-  double lat = k->inter_latency_us > 0 ? k->inter_latency_us : k->latency_us;
-  if (n->op == OP_ALL_REDUCE) /* a ring over every device: the slowest hop sets the pace */
-    return bytes / (fmin(k->link_gbs, k->inter_gbs) * 1e9) + steps * lat * 1e-6;
-  double inside = P > 1 ? (double)(per - 1) / (P - 1) : 0;
-  return bytes * inside / (k->link_gbs * 1e9) + bytes * (1 - inside) / (k->inter_gbs * 1e9) +
-         lat * 1e-6;
-}
+ * threads; the GEMM shape, elementwise and launch terms are rough guesses until `moec
+ * calibrate` measures them. The K40 / H100 presets are moec simulate's (src/cmd_simulate.c). */
+const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0, 16, 5, 1, 0};
 
 static double numel(const Tensor *t) {
   return (double)t->numel;
@@ -174,12 +171,235 @@ void plan_restore_shapes(Graph *g, Type *save) {
   pass_unshard_experts(g, save);
 }
 
+double plan_gemm_s(const CostConsts *k, double M, double N, double K) {
+  if (M <= 0 || N <= 0 || K <= 0) return 0;
+  double s = fmin(M, fmin(N, K)), eff = k->gemm_half > 0 ? s / (s + k->gemm_half) : 1;
+  return 2 * M * N * K / (k->gflops * 1e9 * eff);
+}
+
+/* The routing each MoE layer is costed under: w[m][e] the fraction of the layer's routed
+ * rows expert e gets (sums to 1), share[m][d] device d's (its experts'). */
+typedef struct Route {
+  int nmoe, P;
+  int *E;
+  double **w, **share;
+  int **mine; /* [m][d]: experts of layer m on device d */
+} Route;
+
+/* Experts of MoE layer m: the placement's count, else its first expert GEMM's offsets. */
+static int layer_experts(const Graph *g, int m) {
+  if (g->moe_nexperts && g->moe_nexperts[m] > 0) return g->moe_nexperts[m];
+  for (int kk = 0; kk < g->nnodes; kk++) {
+    const Node *n = g->nodes[kk];
+    if (n->op == OP_GROUPED_MATMUL && n->layer && !strcmp(n->layer, g->moe_names[m]))
+      return (int)n->in[2]->shape[0] - 1;
+  }
+  return 0;
+}
+
+static Route route_make(const Graph *g, int P, const PlanLoads *loads, double zipf) {
+  Route r = {.nmoe = g->nmoe, .P = P};
+  r.E = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
+  r.w = mc_calloc((size_t)g->nmoe + 1, sizeof(double *));
+  r.share = mc_calloc((size_t)g->nmoe + 1, sizeof(double *));
+  r.mine = mc_calloc((size_t)g->nmoe + 1, sizeof(int *));
+  bool placed = P > 1 && g->moe_expert_dev;
+  for (int m = 0; m < g->nmoe; m++) {
+    int E = r.E[m] = layer_experts(g, m);
+    if (E <= 0) continue;
+    double *w = r.w[m] = mc_calloc((size_t)E, sizeof(double));
+    const double *l = plan_route_loads(loads, zipf, g->moe_names[m], E, w);
+    double sum = 0;
+    for (int e = 0; e < E; e++)
+      sum += l ? fmax(l[e], 0) : 1;
+    for (int e = 0; e < E; e++)
+      w[e] = sum > 0 ? (l ? fmax(l[e], 0) : 1) / sum : 1.0 / E;
+    r.share[m] = mc_calloc((size_t)P, sizeof(double));
+    r.mine[m] = mc_calloc((size_t)P, sizeof(int));
+    for (int e = 0; e < E; e++) {
+      int d = placed ? g->moe_expert_dev[m][e] : 0;
+      if (d >= 0 && d < P) {
+        r.share[m][d] += w[e];
+        r.mine[m][d]++;
+      }
+    }
+  }
+  return r;
+}
+
+static void route_free(Route *r) {
+  for (int m = 0; m < r->nmoe; m++) {
+    mc_free(r->w[m]);
+    mc_free(r->share[m]);
+    mc_free(r->mine[m]);
+  }
+  mc_free(r->mine);
+  mc_free(r->w);
+  mc_free(r->share);
+  mc_free(r->E);
+}
+
+/* An expert node's share s of its work on device d (its experts of the layer's) as the
+ * routed share of the layer's rows its experts get. */
+static double routed_share(const Graph *g, const Route *r, const Node *n, int d, double s) {
+  int m = moe_of(g, n->layer);
+  if (r->P <= 1 || !g->moe_expert_dev || m < 0 || !r->share[m] || r->E[m] <= 0 || n->nout < 1 ||
+      n->out[0]->part != PART_EXPERTS)
+    return s;
+  int mine = r->mine[m][d];
+  return mine > 0 && fabs(s - (double)mine / r->E[m]) < 1e-12 ? r->share[m][d] : s;
+}
+
+/* Elementwise seconds for `elems` elements read and written (flops: the fallback). */
+static double elem_s(const CostConsts *k, double elems, double flops) {
+  return k->elem_gbs > 0 ? 4 * elems / (k->elem_gbs * 1e9) : flops / (k->gflops * 1e9);
+}
+
+/* Seconds of node n on every device: t[d]. Rows split by plan_node_share; an expert
+ * node's work by its experts' routed rows, an expert GEMM per expert at its rows. */
+static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
+                       double *t) {
+  const int P = r->P;
+  const double launch = k->launch_us * 1e-6;
+  int m = moe_of(g, n->layer);
+  bool placed = P > 1 && g->moe_expert_dev;
+  bool expert_gemm = (n->op == OP_GROUPED_MATMUL || n->op == OP_GROUPED_MATMUL_DW) && m >= 0 &&
+                     r->w[m] && (int)n->in[2]->shape[0] - 1 == r->E[m];
+  if (expert_gemm) { /* one GEMM per expert at its routed rows */
+    const Tensor *xs = n->in[0];
+    double R = rows(xs), K = (double)xs->shape[xs->ty.rank - 1];
+    double M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
+    if (n->op == OP_GROUPED_MATMUL) M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
+    for (int e = 0; e < r->E[m]; e++) {
+      int d = placed ? g->moe_expert_dev[m][e] : 0;
+      if (d < 0 || d >= P) continue;
+      double Re = R * r->w[m][e];
+      t[d] += launch +
+              (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
+    }
+    return;
+  }
+  if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
+  for (int d = 0; d < P; d++) {
+    double s = plan_node_share(g, n, d, P);
+    if (s <= 0) continue;
+    s = routed_share(g, r, n, d, s);
+    const Tensor *a = n->in[0];
+    double x = 0;
+    switch (n->op) {
+    case OP_MATMUL: {
+      const Tensor *o = n->out[0];
+      double Mo = rows(o), No = (double)o->shape[o->ty.rank - 1];
+      double K = n->ia[0] ? rows(a) : (double)a->shape[a->ty.rank - 1];
+      x = launch + (n->ia[0] ? plan_gemm_s(k, Mo, No, K * s) : plan_gemm_s(k, Mo * s, No, K));
+      break;
+    }
+    case OP_LSTM:
+    case OP_LSTM_BWD: { /* T steps of [B, U] x [U, 4U] (backward: dh and dW) */
+      double U = (double)n->in[1]->shape[1], T = g->T > 0 ? (double)g->T : 1;
+      double Bd = (n->op == OP_LSTM ? rows(n->out[0]) : rows(n->in[0])) / T * s;
+      if (n->op == OP_LSTM)
+        x = T * (launch + plan_gemm_s(k, Bd, 4 * U, U)) +
+            elem_s(k, 8 * Bd * T * U, 10 * Bd * T * U);
+      else
+        x = T * (2 * launch + plan_gemm_s(k, Bd, U, 4 * U) + plan_gemm_s(k, 4 * U, U, Bd)) +
+            elem_s(k, 16 * Bd * T * U, 20 * Bd * T * U);
+      break;
+    }
+    case OP_SAMPLED_XENT: { /* x[N, D] against S+1 rows of W */
+      double N = (double)a->shape[0], D = (double)a->shape[1];
+      double S1 = N > 0 ? numel(n->out[1]) / N : 0;
+      x = launch + plan_gemm_s(k, N * s, S1, D) + elem_s(k, 3 * N * s * S1, 3 * N * s * S1);
+      break;
+    }
+    case OP_SAMPLED_XENT_BWD: {
+      double N = (double)n->in[1]->shape[0], S1 = N > 0 ? numel(n->in[1]) / N : 0;
+      double D = (double)n->in[2]->shape[1];
+      x = 2 * launch + plan_gemm_s(k, N * s, D, S1) + plan_gemm_s(k, S1, D, N * s);
+      break;
+    }
+    case OP_RESHAPE:
+      break;
+    default: {
+      double el = 0;
+      for (int i = 0; i < n->nin; i++)
+        el += numel(n->in[i]);
+      for (int j = 0; j < n->nout; j++)
+        el += numel(n->out[j]);
+      x = launch + elem_s(k, el * s, plan_node_flops(n) * s);
+    }
+    }
+    t[d] += x;
+  }
+}
+
+/* One collective on every device: seconds t[d] and bytes over links inside a node
+ * (intra[d]) and between nodes (inter[d]). An all-to-all's device receives its experts'
+ * routed share of the rows (sends its own rows' share); a ring all-reduce that spans
+ * nodes runs every hop at the slower link. */
+static void collective_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
+                             double *t, double *intra, double *inter) {
+  const int P = r->P;
+  int per = k->per_node > 0 && k->per_node < P ? k->per_node : P;
+  CommBytes b = pass_comm_bytes(g, n);
+  int S = set_size(n, P);
+  if (S <= 1) return;
+  int m = moe_of(g, n->layer);
+  bool a2a = n->op == OP_ALL_TO_ALL || n->op == OP_ALL_TO_ALL_BACK;
+  double set_share = 0; /* the routed share of the set's devices (hmoe: a node's) */
+  if (a2a && m >= 0 && r->share[m] && g->moe_expert_dev)
+    for (int d = 0; d < P; d++)
+      set_share += in_set(n, d) ? r->share[m][d] : 0;
+  double inter_gbs = k->inter_gbs > 0 ? k->inter_gbs : k->link_gbs;
+  double inter_lat = k->inter_latency_us > 0 ? k->inter_latency_us : k->latency_us;
+  int nodes = (P + per - 1) / per;
+  int *in_node = mc_calloc((size_t)nodes, sizeof(int)); /* the set's devices per node */
+  for (int d = 0; d < P; d++)
+    in_node[d / per] += in_set(n, d);
+  for (int d = 0; d < P; d++) {
+    if (!in_set(n, d)) continue;
+    int out = S - in_node[d / per]; /* peers in other nodes */
+    double frac_out = (double)out / (S - 1), vol = (double)b.per_device;
+    if (a2a) {
+      vol = (double)b.expected / S;
+      if (set_share > 0) vol = fmax(vol, (double)b.expected * r->share[m][d] / set_share);
+    }
+    double lat = out > 0 ? inter_lat : k->latency_us;
+    if (n->op == OP_ALL_REDUCE) {
+      int steps = 2 * (S - 1);
+      if (out > 0) {
+        inter[d] += vol;
+        t[d] += vol / (fmin(k->link_gbs, inter_gbs) * 1e9) + steps * lat * 1e-6;
+      } else {
+        intra[d] += vol;
+        t[d] += vol / (k->link_gbs * 1e9) + steps * lat * 1e-6;
+      }
+      continue;
+    }
+    intra[d] += vol * (1 - frac_out);
+    inter[d] += vol * frac_out;
+    t[d] += vol * (1 - frac_out) / (k->link_gbs * 1e9) + vol * frac_out / (inter_gbs * 1e9) +
+            lat * 1e-6;
+  }
+  mc_free(in_node);
+}
+
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k) {
+  return plan_cost_routed(g, devices, opt, k, NULL, 0);
+}
+
+PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostConsts *k,
+                          const PlanLoads *loads, double zipf) {
   PlanCost c = {.devices = devices, .k = *k};
   c.dev = mc_calloc((size_t)devices, sizeof(DeviceCost));
   bool placed = devices > 1 && g->moe_expert_dev;
   int64_t B = g->B > 0 ? g->B : 1;
   c.rows_per_device = (B + devices - 1) / devices;
+  Route r = route_make(g, devices, loads, zipf);
+  bool *kept = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* read by backward */
+  for (int kk = 0; kk < g->nnodes; kk++)
+    for (int i = 0; g->nodes[kk]->backward && i < g->nodes[kk]->nin; i++)
+      kept[g->nodes[kk]->in[i]->id] = true;
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
     for (int i = 0; i < g->nparams; i++) {
@@ -212,36 +432,112 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
     }
     for (int kk = 0; kk < g->nnodes; kk++) {
       const Node *n = g->nodes[kk];
-      double s = plan_node_share(g, n, d, devices);
+      double s = routed_share(g, &r, n, d, plan_node_share(g, n, d, devices));
       dc->flops += plan_node_flops(n) * s;
       if (n->backward) continue;
-      for (int j = 0; j < n->nout; j++) { /* kept for backward? */
-        const Tensor *t = n->out[j];
-        bool kept = false;
-        for (int q = kk + 1; q < g->nnodes && !kept; q++) {
-          const Node *r = g->nodes[q];
-          if (!r->backward) continue;
-          for (int i = 0; i < r->nin; i++)
-            kept |= r->in[i] == t;
-        }
-        if (kept) dc->act_bytes += 4 * numel(t) * s;
-      }
+      for (int j = 0; j < n->nout; j++)
+        if (kept[n->out[j]->id]) dc->act_bytes += 4 * numel(n->out[j]) * s;
     }
   }
-  double maxf = 0;
-  for (int d = 0; d < devices; d++)
-    maxf = c.dev[d].flops > maxf ? c.dev[d].flops : maxf;
-  c.fits = true; /* until plan_cost_set_memory says otherwise */
-  c.compute_s = maxf / (k->gflops * 1e9);
+  /* expert rows at the routed share */
+  bool *seen_layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
   for (int kk = 0; kk < g->nnodes; kk++) {
     const Node *n = g->nodes[kk];
-    if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
-    CommBytes b = pass_comm_bytes(g, n);
-    c.comm_bytes_expected += (double)b.expected;
-    c.comm_bytes_upper += (double)b.upper;
-    c.comm_s += collective_s(n, (double)b.per_device, devices, k);
+    int m = moe_of(g, n->layer);
+    if (n->op != OP_GROUPED_MATMUL || n->backward || m < 0 || seen_layer[m] || !r.share[m])
+      continue;
+    seen_layer[m] = true;
+    double R = rows(n->in[0]);
+    for (int d = 0; d < devices; d++)
+      c.dev[d].expert_rows += R * (placed ? r.share[m][d] : 1);
   }
-  c.step_s = c.compute_s + c.comm_s;
+  int nlayers = 0;
+  for (int m = 0; m < g->nmoe; m++)
+    if (r.share[m]) {
+      nlayers++;
+      for (int d = 0; d < devices; d++)
+        c.dev[d].route_share += placed ? r.share[m][d] : 1;
+    }
+  for (int d = 0; d < devices; d++) {
+    c.dev[d].route_share /= nlayers > 0 ? nlayers : 1;
+    c.mean_expert_rows += c.dev[d].expert_rows / devices;
+  }
+  mc_free(seen_layer);
+  /* the step: phases of kernels between collectives; each phase as long as its slowest
+   * device, each collective as long as its slowest device (nothing overlaps) */
+  double *acc = mc_calloc((size_t)devices, sizeof(double));
+  double *t = mc_calloc((size_t)devices, sizeof(double));
+  double *intra = mc_calloc((size_t)devices, sizeof(double));
+  double *inter = mc_calloc((size_t)devices, sizeof(double));
+  double step = 0, comm = 0;
+  for (int kk = 0; kk <= g->nnodes; kk++) {
+    const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
+    bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
+    if (!n || coll) {
+      double mx = 0, sum = 0;
+      for (int d = 0; d < devices; d++) {
+        mx = fmax(mx, acc[d]);
+        sum += acc[d];
+        acc[d] = 0;
+      }
+      if (k->cores > 0) /* devices on shared cores: one alone has all of them */
+        mx = fmax(devices == 1 ? mx / k->cores : mx, sum / k->cores);
+      step += mx;
+    }
+    if (!n) break;
+    memset(t, 0, sizeof(double) * (size_t)devices);
+    if (coll) {
+      CommBytes b = pass_comm_bytes(g, n);
+      c.comm_bytes_expected += (double)b.expected;
+      c.comm_bytes_upper += (double)b.upper;
+      memset(intra, 0, sizeof(double) * (size_t)devices);
+      memset(inter, 0, sizeof(double) * (size_t)devices);
+      collective_times(g, n, &r, k, t, intra, inter);
+      double mx = 0;
+      for (int d = 0; d < devices; d++) {
+        c.dev[d].comm_s += t[d];
+        c.dev[d].intra_bytes += intra[d];
+        c.dev[d].inter_bytes += inter[d];
+        mx = fmax(mx, t[d]);
+      }
+      step += mx;
+      comm += mx;
+      continue;
+    }
+    node_times(g, n, &r, k, t);
+    for (int d = 0; d < devices; d++) {
+      acc[d] += t[d];
+      c.dev[d].compute_s += t[d];
+    }
+  }
+  /* the optimizer step: every parameter a device holds read and written (Adam: the
+   * parameter, its gradient and two moments read, three written) */
+  double opt_max = 0, opt_sum = 0;
+  for (int d = 0; d < devices && g->has_backward; d++) {
+    double el = c.dev[d].param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
+    double ts = elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
+    c.dev[d].compute_s += ts;
+    opt_max = fmax(opt_max, ts);
+    opt_sum += ts;
+  }
+  step += k->cores > 0 ? fmax(devices == 1 ? opt_max / k->cores : opt_max, opt_sum / k->cores)
+                       : opt_max;
+  mc_free(acc);
+  mc_free(t);
+  mc_free(intra);
+  mc_free(inter);
+  route_free(&r);
+  mc_free(kept);
+  c.fits = true; /* until plan_cost_set_memory says otherwise */
+  if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
+    c.dev[0].compute_s /= k->cores;
+  c.step_s = step;
+  c.comm_s = comm;
+  c.compute_s = step - comm;
+  for (int d = 1; d < devices; d++)
+    if (c.dev[d].compute_s + c.dev[d].comm_s >
+        c.dev[c.busiest].compute_s + c.dev[c.busiest].comm_s + 1e-15)
+      c.busiest = d;
   return c;
 }
 

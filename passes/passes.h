@@ -25,6 +25,7 @@ typedef struct PassCtx {
   int rank;
   size_t elem;       /* bytes per float element the memory plan is made at; 0: 4 */
   const struct PlanLoads *loads; /* measured expert loads for experts = balanced */
+  double zipf;       /* without loads for a layer: expert e gets 1/(e+1)^zipf (0: uniform) */
   McBuf *notes;      /* notes for the plan's reader (fallbacks, idle devices); NULL: none */
   Diag *diag;        /* user errors, at their .moe location; NULL: mc_die */
 } PassCtx;

@@ -15,6 +15,7 @@
  * User errors (fewer experts than devices, a device named twice, replicated
  * parameters over memory_budget) are reported at the layer or rule that caused them;
  * sema has checked the strategy, the policy and the batch split. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,10 +84,14 @@ static int layer_groups(const Graph *g, const char *name) {
   }
 }
 
-static const double *measured(const PlanLoads *pl, const char *name, int E) {
+const double *plan_route_loads(const PlanLoads *pl, double zipf, const char *name, int E,
+                               double *buf) {
   for (int i = 0; pl && i < pl->n; i++)
     if (!strcmp(pl->names[i], name) && pl->nexperts[i] == E) return pl->load[i];
-  return NULL;
+  if (zipf <= 0 || !buf) return NULL;
+  for (int e = 0; e < E; e++)
+    buf[e] = pow(e + 1.0, -zipf);
+  return buf;
 }
 
 /* Deals U units (experts or groups) over the n devices `set` by the policy: unit u ->
@@ -172,11 +177,12 @@ static void expert_map(Graph *g, int i, const NodePlace *np, const PassCtx *ctx,
   }
   if (E % n) pass_note(ctx, "note: %s: %d experts over %d devices: blocks differ by one expert\n", name, E, n);
   int G = layer_groups(g, name);
-  const double *load = measured(ctx->loads, name, E);
+  double *zbuf = mc_arena_alloc(&g->arena, sizeof(double) * (size_t)(E > 0 ? E : 1));
+  const double *load = plan_route_loads(ctx->loads, ctx->zipf, name, E, zbuf);
   if (!strcmp(policy, "balanced") && !load)
     pass_note(ctx,
-              "note: %s: experts = balanced but no measured loads (--loads FILE) for its %d "
-              "experts: contiguous used\n",
+              "note: %s: experts = balanced but no measured loads (--loads FILE) or skew (--skew) "
+              "for its %d experts: contiguous used\n",
               name, E);
   int *owner = mc_calloc((size_t)E, sizeof(int));
   if (!strcmp(strategy, "hmoe") && G > 0) {

@@ -38,6 +38,11 @@ typedef struct PlanLoads {
  * array whose entries have "name" and "load": [numbers]. NULL (and *err set) if none. */
 PlanLoads *plan_read_loads(const char *path, const char **err);
 void plan_free_loads(PlanLoads *pl);
+/* The routing assumed for MoE layer `name` of E experts (relative loads): its measured
+ * loads, else Zipf weights 1/(e+1)^zipf in buf (E doubles) when zipf > 0, else NULL
+ * (uniform). placement's balanced policy and the cost model read the same. */
+const double *plan_route_loads(const PlanLoads *pl, double zipf, const char *name, int E,
+                               double *buf);
 
 void pass_placement(Graph *g, const PassCtx *ctx);
 /* Does place-rule pattern pat address node n? "L": every node of layer L (`*`
@@ -102,6 +107,13 @@ typedef struct CostConsts {
   int per_node;       /* devices per node (0: one group, every link link_gbs) */
   double inter_gbs;   /* GB/s of one device's share of the link between nodes */
   double inter_latency_us;
+  /* the shape and launch terms (0: not modelled; a profile from moec calibrate sets them) */
+  double gemm_half; /* a GEMM whose smallest side is s runs at s / (s + gemm_half) of gflops */
+  double elem_gbs;  /* GB/s of elementwise ops (bytes read + written); 0: 1 flop per element */
+  double launch_us; /* per kernel call (an LSTM: one per timestep) */
+  int cores;        /* devices share this many cores (in-process threads; gflops is one
+                       core's): a phase takes at least its devices' work over the cores,
+                       and one device alone uses them all. 0: every device its own */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
@@ -121,13 +133,20 @@ typedef struct DeviceCost {
   double optim_alloc_bytes; /* optimizer state of its parameters */
   double planned_bytes;     /* persist + arena + optim_alloc: what is allocated */
   double param_alloc_bytes; /* its parameters (in persist): its experts' rows, the rest whole */
+  /* the step on this device: routed rows its experts receive (forward, all MoE layers),
+   * its kernels' time, its collectives' time and bytes on each kind of link */
+  double expert_rows, route_share; /* route_share: of the routed rows, mean over layers */
+  double compute_s, comm_s, intra_bytes, inter_bytes;
 } DeviceCost;
 
 typedef struct PlanCost {
   int devices;
   DeviceCost *dev; /* [devices] */
   double comm_bytes_expected, comm_bytes_upper;
-  double compute_s, comm_s, step_s; /* estimate */
+  double compute_s, comm_s, step_s; /* estimate: per phase between collectives the slowest
+                                       device's kernels, then the collective's slowest */
+  int busiest;                      /* the device with the most compute + comm time */
+  double mean_expert_rows;
   CostConsts k;
   int64_t rows_per_device; /* ceil(B / devices): the batch rows the memory plan is made at */
   double live_max;         /* the memory plan's lower bound for the arena (bytes) */
@@ -139,6 +158,12 @@ typedef struct PlanCost {
  * allocated memory of each device comes from plan_cost_set_memory (the driver computes
  * it with the device's own passes: driver/compile.c drv_device_memory). */
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k);
+/* The same under a routing assumption (plan_route_loads: measured loads, Zipf skew, or
+ * NULL loads and zipf 0: uniform) for the expert rows each device computes and receives. */
+PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostConsts *k,
+                          const PlanLoads *loads, double zipf);
+/* Seconds of one GEMM [M, K] x [K, N] under k (the shape term included). */
+double plan_gemm_s(const CostConsts *k, double M, double N, double K);
 /* Device d allocates persist + arena (its memory plan) + optim bytes; params of them its
  * parameters; live_max its plan's lower bound. Updates the maximum and whether it fits. */
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,

@@ -5,6 +5,8 @@
 
 #include "../driver/driver.h"
 
+struct ClusterSpec;
+
 typedef struct Command {
   const char *name;
   const char *summary;
@@ -22,6 +24,7 @@ int cmd_plot(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 int cmd_translate(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 /* A command's own flags: takes argv[*i] (advancing over its value) and returns 1, or 0
  * if it is not one of them, or -1 after printing an error. */
@@ -55,6 +58,46 @@ int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *
  * printing the errors, *rc the exit status. */
 Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, struct PlanCost *c,
                     const struct CostConsts *k, int *rc);
+
+/* cmd_plan.c: the cost model's constants, each device's step (routed expert rows, kernel
+ * and collective time, bytes inside and between nodes) and the busiest device and why. */
+void plan_print_step(const Graph *g, const struct PlanCost *c, const char *routing);
+
+/* The routing the cost model assumes (--loads, --skew, or uniform), in words. */
+const char *plan_routing_desc(const Options *o, char *buf, size_t n);
+/* The cost constants: a cluster's (--cluster, cs filled), else this machine's: moec
+ * calibrate's profile (`profile`, or MOEC_PROFILE_DEFAULT when present) over the built-in
+ * cpu constants. 0, or the exit status after printing an error. */
+int plan_constants(const char *cmd, const char *profile, const char *cluster, struct CostConsts *k,
+                   struct ClusterSpec *cs);
+
+/* plan_search.c: moec plan --search. Each candidate re-parses the command line
+ * (reparse: 0 on success) and adds its strategy, experts, mesh and recompute. */
+typedef struct SearchArgs {
+  const char *model, *routing, *write_plan;
+  int devices, nodes, top; /* nodes: the physical mesh's (the cluster's, else 1) */
+  bool have_loads;         /* measured loads or a skew: the balanced policy is a candidate */
+  const struct CostConsts *k;
+  int (*reparse)(Options *o, void *ctx);
+  void *ctx;
+} SearchArgs;
+int plan_search(const SearchArgs *s);
+
+/* cmd_simulate.c: a cluster spec ([NODES x] N x DEVICE [: LINK]) as cost constants, its
+ * device count and nodes, and a description; false with *why set. */
+typedef struct ClusterSpec {
+  int devices, nodes, per_node;
+  double mem_gib;
+  char desc[256];
+  const char *device, *node_link, *cluster_link; /* cluster_link NULL: one group */
+} ClusterSpec;
+bool cli_parse_cluster(const char *spec, ClusterSpec *cs, struct CostConsts *k, char *why,
+                       size_t wlen);
+/* cmd_calibrate.c: the profile `moec calibrate` writes (JSON): its constants over k's
+ * compute and in-process link terms; false with *why set. MOEC_PROFILE_DEFAULT: the
+ * path plan and simulate read without --profile, when it exists. */
+#define MOEC_PROFILE_DEFAULT "moec-profile.json"
+bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t wlen);
 
 /* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the
  * layers drawn op by op ("all": every one); loads: measured expert loads (may be NULL). */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "../passes/fusion.h"
 #include "cli.h"
@@ -95,8 +96,49 @@ static void print_fusion_text(const Graph *g, bool enabled) {
   }
 }
 
+/* The cost model's constants, then per device its routed expert rows, kernel and
+ * collective time and bytes on each kind of link, the busiest device and why. */
+void plan_print_step(const Graph *g, const PlanCost *c, const char *routing) {
+  const CostConsts *k = &c->k;
+  int P = c->devices;
+  printf("\ncost model (%s): %.4g GFLOP/s per device", k->name, k->gflops);
+  if (k->gemm_half > 0) printf(", a GEMM at s/(s+%.3g) of it (s: its smallest side)", k->gemm_half);
+  if (k->elem_gbs > 0) printf(", elementwise %.3g GB/s", k->elem_gbs);
+  if (k->launch_us > 0) printf(", %.3g us a kernel call", k->launch_us);
+  printf("; link %.4g GB/s, %.3g us a collective step", k->link_gbs, k->latency_us);
+  if (k->per_node > 0 && k->per_node < P)
+    printf("; nodes of %d, %.4g GB/s and %.3g us between them", k->per_node,
+           k->inter_gbs > 0 ? k->inter_gbs : k->link_gbs,
+           k->inter_latency_us > 0 ? k->inter_latency_us : k->latency_us);
+  printf("\n  routing: %s\n", routing && *routing ? routing : "uniform");
+  printf("\nstep per device (ms; expert rows: routed rows its experts compute a step, all MoE "
+         "layers; MiB its collectives move inside a node / between nodes)\n");
+  printf("  %6s %12s %7s %10s %10s %10s %10s %10s\n", "device", "expert rows", "x mean", "compute",
+         "comm", "total", "MiB intra", "MiB inter");
+  for (int d = 0; d < P; d++) {
+    const DeviceCost *dc = &c->dev[d];
+    printf("  %6d %12.0f %7.3f %10.3f %10.3f %10.3f %10.3f %10.3f%s\n", d, dc->expert_rows,
+           c->mean_expert_rows > 0 ? dc->expert_rows / c->mean_expert_rows : 1, dc->compute_s * 1e3,
+           dc->comm_s * 1e3, (dc->compute_s + dc->comm_s) * 1e3, mib(dc->intra_bytes),
+           mib(dc->inter_bytes), d == c->busiest && P > 1 ? "  busiest" : "");
+  }
+  if (P > 1) {
+    const DeviceCost *b = &c->dev[c->busiest];
+    printf("  busiest: device %d, %.3f ms (kernels %.3f, collectives %.3f): its experts get "
+           "%.1f%% of the routed rows (%.3gx the mean), it moves %.3f MiB (%.3f MiB between "
+           "nodes)\n",
+           c->busiest, (b->compute_s + b->comm_s) * 1e3, b->compute_s * 1e3, b->comm_s * 1e3,
+           100 * b->route_share, c->mean_expert_rows > 0 ? b->expert_rows / c->mean_expert_rows : 1,
+           mib(b->intra_bytes + b->inter_bytes), mib(b->inter_bytes));
+  }
+  (void)g;
+  printf("  step time ~ %.3f ms = kernels %.3f ms + collectives %.3f ms (each phase between "
+         "collectives, and each collective, at its slowest device; no overlap)\n",
+         c->step_s * 1e3, c->compute_s * 1e3, c->comm_s * 1e3);
+}
+
 static void print_text(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
-                       bool fuse, const char *notes) {
+                       bool fuse, const char *notes, const char *routing) {
   char buf[256];
   int P = c->devices;
   printf("plan %s: %d device%s, strategy %s, experts %s, B = %lld, T = %lld (global batch)\n",
@@ -205,11 +247,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
            mib(dc->act_bytes), mib(est), dc->flops / 1e9);
   }
   printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
-  printf("\ncost model (%s): %.0f GFLOP/s per device, link %.0f GB/s, latency %.0f us per "
-         "collective step\n",
-         c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us);
-  printf("  step time ~ %.3f ms = compute %.3f ms (busiest device) + communication %.3f ms\n",
-         c->step_s * 1e3, c->compute_s * 1e3, c->comm_s * 1e3);
+  plan_print_step(g, c, routing);
   if (notes && *notes) printf("\n%s", notes);
 }
 
@@ -342,11 +380,14 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
     printf("%s\n  {\"device\": %d, \"experts\": %d, \"param_bytes\": %.0f, \"grad_bytes\": %.0f, "
            "\"optimizer_bytes\": %.0f, \"activation_bytes\": %.0f, \"estimate_bytes\": %.0f, "
            "\"persist_bytes\": %.0f, \"arena_bytes\": %.0f, \"optimizer_allocated_bytes\": %.0f, "
-           "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f}",
+           "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f, "
+           "\"expert_rows\": %.0f, \"route_share\": %.6g, \"compute_s\": %.9g, \"comm_s\": "
+           "%.9g, \"intra_bytes\": %.0f, \"inter_bytes\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
            dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
            dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
-           dc->param_alloc_bytes, dc->flops);
+           dc->param_alloc_bytes, dc->flops, dc->expert_rows, dc->route_share, dc->compute_s,
+           dc->comm_s, dc->intra_bytes, dc->inter_bytes);
   }
   printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
          "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f}",
@@ -357,8 +398,12 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
          c->comm_bytes_upper);
   printf(
       " \"cost_model\": {\"name\": \"%s\", \"gflops\": %g, \"link_gbs\": %g, \"latency_us\": %g, "
-      "\"compute_s\": %.9g, \"comm_s\": %.9g, \"step_s\": %.9g},\n \"notes\": ",
-      c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us, c->compute_s, c->comm_s, c->step_s);
+      "\"gemm_half\": %g, \"elem_gbs\": %g, \"launch_us\": %g, \"per_node\": %d, "
+      "\"inter_gbs\": %g, \"compute_s\": %.9g, \"comm_s\": %.9g, \"step_s\": %.9g, "
+      "\"busiest\": %d},\n \"notes\": ",
+      c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us, c->k.gemm_half, c->k.elem_gbs,
+      c->k.launch_us, c->k.per_node, c->k.inter_gbs, c->compute_s, c->comm_s, c->step_s,
+      c->busiest);
   json_str(notes);
   printf("}\n");
 }
@@ -376,7 +421,19 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
     *f = NULL;
     return NULL;
   }
-  *c = plan_cost(g, P, cfg->optimizer, k);
+  CostConsts km = *k;
+  if (km.per_node <= 0 && cfg->mesh_nodes > 1) { /* the mesh's nodes: their bytes apart */
+    km.per_node = cfg->mesh_per_node;
+    km.inter_gbs = km.link_gbs;
+    km.inter_latency_us = km.latency_us;
+  }
+  PlanLoads *loads = NULL;
+  if (o->loads_path) {
+    const char *err = NULL;
+    loads = plan_read_loads(o->loads_path, &err); /* read once already: it parses */
+  }
+  *c = plan_cost_routed(g, P, cfg->optimizer, &km, loads, o->zipf);
+  plan_free_loads(loads);
   for (int d = 0; d < P; d++) { /* what each device's own compile allocates */
     DeviceMemory m = drv_device_memory(g, cfg, o, d, P);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
@@ -389,6 +446,9 @@ typedef struct PlanFlags {
   const char *format, *out, *view;
   const char *expand[64];
   int nexpand;
+  bool search;
+  int top;
+  const char *write_plan, *profile, *cluster;
 } PlanFlags;
 
 static int plan_flags(int argc, char **argv, int *i, void *ctx) {
@@ -405,6 +465,22 @@ static int plan_flags(int argc, char **argv, int *i, void *ctx) {
   } else if ((v = cli_value(argc, argv, i, "-o", "plan", &bad)) ||
              (v = cli_value(argc, argv, i, "--output", "plan", &bad))) {
     a->out = v;
+  } else if (!strcmp(argv[*i], "--search")) {
+    a->search = true;
+  } else if ((v = cli_value(argc, argv, i, "--top", "plan", &bad))) {
+    char *end;
+    long t = strtol(v, &end, 10);
+    if (end == v || *end || t < 1 || t > 100000) {
+      fprintf(stderr, "moec plan: error: --top needs a count >= 1, not '%s'\n", v);
+      return -1;
+    }
+    a->top = (int)t;
+  } else if ((v = cli_value(argc, argv, i, "--write-plan", "plan", &bad))) {
+    a->write_plan = v;
+  } else if ((v = cli_value(argc, argv, i, "--profile", "plan", &bad))) {
+    a->profile = v;
+  } else if ((v = cli_value(argc, argv, i, "--cluster", "plan", &bad))) {
+    a->cluster = v;
   } else if ((v = cli_value(argc, argv, i, "--view", "plan", &bad))) {
     if (strcmp(v, "forward") && strcmp(v, "backward") && strcmp(v, "all")) {
       fprintf(stderr, "moec plan: error: unknown view '%s' (forward, backward, all)\n", v);
@@ -459,6 +535,53 @@ static int draw(const Graph *g, const PlanCost *c, const Config *cfg, const Opti
   return rc;
 }
 
+/* The routing the cost model assumes, in words. */
+const char *plan_routing_desc(const Options *o, char *buf, size_t n) {
+  if (o->loads_path)
+    snprintf(buf, n, "measured loads from %s (uniform for layers it does not name)", o->loads_path);
+  else if (o->zipf > 0)
+    snprintf(buf, n, "Zipf skew %g: expert e of a layer gets rows in proportion to 1/(e+1)^%g",
+             o->zipf, o->zipf);
+  else
+    snprintf(buf, n, "uniform (every expert the same rows; --loads FILE or --skew zipf:S)");
+  return buf;
+}
+
+/* The cost constants: a cluster's (--cluster), else this machine's: the profile of moec
+ * calibrate (--profile, or MOEC_PROFILE_DEFAULT when present) over the built-in cpu
+ * constants. 0, or the exit status after an error. */
+int plan_constants(const char *cmd, const char *profile, const char *cluster, CostConsts *k,
+                   ClusterSpec *cs) {
+  char why[512];
+  *k = plan_consts_cpu;
+  if (cluster && !cli_parse_cluster(cluster, cs, k, why, sizeof why)) {
+    fprintf(stderr, "moec %s: error: %s\n", cmd, why);
+    return 2;
+  }
+  bool is_cpu = !cluster || !strcasecmp(cs->device, "CPU");
+  const char *path = profile;
+  if (!path && is_cpu && access(MOEC_PROFILE_DEFAULT, R_OK) == 0) path = MOEC_PROFILE_DEFAULT;
+  if (path && !cli_read_profile(path, k, why, sizeof why)) {
+    fprintf(stderr, "moec %s: error: --profile %s: %s\n", cmd, path, why);
+    return 2;
+  }
+  return 0;
+}
+
+typedef struct Reparse {
+  int argc;
+  char **argv;
+  const char *devices; /* the cluster's count, or NULL */
+} Reparse;
+
+static int reparse(Options *o, void *ctx) {
+  Reparse *r = ctx;
+  PlanFlags a = {.format = "text"};
+  if (cli_parse(r->argc, r->argv, o, DRV_SETTINGS | DRV_LOADS, plan_flags, &a, usage)) return 1;
+  if (r->devices) drv_add_setting(o, "plan", "devices", r->devices, "--cluster");
+  return 0;
+}
+
 int cmd_plan(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "plan");
@@ -466,16 +589,66 @@ int cmd_plan(int argc, char **argv) {
   const char *format;
   int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, plan_flags, &a, usage);
   format = a.format;
+  if (!rc && a.cluster && o.devices_given) {
+    fprintf(stderr, "moec plan: error: --devices, --mesh: the cluster gives the devices\n");
+    rc = 2;
+  }
+  if (!rc && (a.write_plan || a.top) && !a.search) {
+    fprintf(stderr, "moec plan: error: --top and --write-plan go with --search\n");
+    rc = 2;
+  }
+  if (!rc && a.search && strcmp(format, "text")) {
+    fprintf(stderr, "moec plan: error: --search prints a table (no --format)\n");
+    rc = 2;
+  }
+  CostConsts k;
+  ClusterSpec cs = {0};
+  if (!rc) rc = plan_constants("plan", a.profile, a.cluster, &k, &cs);
+  char ndev[32];
+  snprintf(ndev, sizeof ndev, "%d", cs.devices);
+  if (!rc && a.cluster) {
+    char flag[160];
+    snprintf(flag, sizeof flag, "--cluster %s", a.cluster);
+    drv_add_setting(&o, "plan", "devices", ndev, flag);
+  }
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;
   }
+  char routing[512];
+  plan_routing_desc(&o, routing, sizeof routing);
   Config cfg;
+  if (a.search) { /* the devices and model name: the file with its settings */
+    AstFile *f0 = drv_load(&o, &cfg, &rc);
+    if (!f0) {
+      drv_options_free(&o);
+      return rc;
+    }
+    char model[128];
+    snprintf(model, sizeof model, "%s", f0->model->name);
+    fe_ast_free(f0);
+    Reparse rp = {argc, argv, a.cluster ? ndev : NULL};
+    SearchArgs sa = {.model = model,
+                     .routing = routing,
+                     .write_plan = a.write_plan,
+                     .devices = cfg.devices,
+                     .nodes = a.cluster            ? cs.nodes
+                              : cfg.mesh_nodes > 1 ? cfg.mesh_nodes
+                                                   : 1,
+                     .top = a.top,
+                     .have_loads = o.loads_path || o.zipf > 0,
+                     .k = &k,
+                     .reparse = reparse,
+                     .ctx = &rp};
+    rc = plan_search(&sa);
+    drv_options_free(&o);
+    return rc;
+  }
   AstFile *f = NULL;
   McBuf notes = {0};
   mc_buf_printf(&notes, "%s", "");
   PlanCost c;
-  Graph *g = plan_compile(&o, &cfg, &f, &notes, &c, &plan_consts_cpu, &rc);
+  Graph *g = plan_compile(&o, &cfg, &f, &notes, &c, &k, &rc);
   if (!g) {
     mc_buf_free(&notes);
     drv_options_free(&o);
@@ -485,7 +658,8 @@ int cmd_plan(int argc, char **argv) {
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
   else if (!strcmp(format, "text"))
-    print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data);
+    print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data,
+               routing);
   else
     rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);

@@ -173,6 +173,21 @@ static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) 
   return true;
 }
 
+bool cli_parse_cluster(const char *spec, ClusterSpec *cs, CostConsts *k, char *why, size_t wlen) {
+  Cluster c;
+  if (!parse_cluster(spec, &c, why, wlen)) return false;
+  *k = c.k;
+  *cs = (ClusterSpec){.devices = c.devices,
+                      .nodes = c.nodes,
+                      .per_node = c.per_node,
+                      .mem_gib = c.dev->mem_gib,
+                      .device = c.dev->name,
+                      .node_link = c.node->name,
+                      .cluster_link = c.cluster ? c.cluster->name : NULL};
+  snprintf(cs->desc, sizeof cs->desc, "%s", c.desc);
+  return true;
+}
+
 static void usage(FILE *out) {
   fprintf(out,
           "usage: moec simulate FILE --cluster SPEC [--format text|json] [settings]\n\n"
@@ -187,13 +202,14 @@ static void usage(FILE *out) {
           "devices: K40, H100, H100-TF32, CPU; links: pcie, nvlink, ib, fdr, eth, inproc\n\n"
           "options:\n"
           "  --cluster SPEC     the cluster (required; it gives the device count)\n"
-          "  --format F         text (default) or json\n\n"
+          "  --format F         text (default) or json\n"
+          "  --profile FILE     compute constants from moec calibrate (this machine's)\n\n"
           "settings (each overrides the train/plan setting of the same name; not --devices):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
 
 typedef struct SimFlags {
-  const char *format, *spec;
+  const char *format, *spec, *profile;
 } SimFlags;
 
 static int sim_flags(int argc, char **argv, int *i, void *ctx) {
@@ -204,6 +220,8 @@ static int sim_flags(int argc, char **argv, int *i, void *ctx) {
     a->spec = v;
   else if ((v = cli_value(argc, argv, i, "--format", "simulate", &bad)))
     a->format = v;
+  else if ((v = cli_value(argc, argv, i, "--profile", "simulate", &bad)))
+    a->profile = v;
   else
     return bad ? -1 : 0;
   return 1;
@@ -235,6 +253,10 @@ int cmd_simulate(int argc, char **argv) {
   char why[256];
   if (!rc && !parse_cluster(a.spec, &cl, why, sizeof why)) {
     fprintf(stderr, "moec simulate: error: %s\n", why);
+    rc = 2;
+  }
+  if (!rc && a.profile && !cli_read_profile(a.profile, &cl.k, why, sizeof why)) {
+    fprintf(stderr, "moec simulate: error: --profile %s: %s\n", a.profile, why);
     rc = 2;
   }
   if (rc) {
@@ -332,6 +354,8 @@ int cmd_simulate(int argc, char **argv) {
       printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
              "use more devices, a smaller batch, recompute, or the factored optimizer\n",
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
+    char routing[512];
+    plan_print_step(g, &c, plan_routing_desc(&o, routing, sizeof routing));
     if (notes.data[0]) printf("\n%s", notes.data);
   }
   plan_cost_free(&c);

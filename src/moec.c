@@ -15,6 +15,7 @@ static const Command commands[] = {
     {"grad", "loss and gradients for one batch (for independent references)", cmd_grad},
     {"translate", "translate sentences with a translation model's checkpoint", cmd_translate},
     {"simulate", "the plan's cost model on a cluster that is not here", cmd_simulate},
+    {"calibrate", "measure this machine for the cost model (a profile)", cmd_calibrate},
 };
 
 static void usage(FILE *out) {

@@ -136,3 +136,19 @@ add_test(NAME plan_render
          COMMAND sh -c "\"$1\" --version | grep -q 'features:' && \"$1\" plan \"$2\" --devices 4 --format svg -o plan_render.svg && grep -q '<svg' plan_render.svg && \"$1\" plan \"$2\" --devices 4 --format png -o plan_render.png && head -c 8 plan_render.png | od -c | grep -q 'P   N   G' && echo rendered"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_render PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "rendered")
+
+# moec plan --search: lm_moe256h on 8 devices in 2 nodes, ranked, the winner runs; the cost
+# model's routing (--skew: balanced faster than contiguous), --cluster, --profile refusals
+# (tests/test_plan_search.sh).
+add_test(NAME plan_search
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_search.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(plan_search PROPERTIES TIMEOUT 300 LABELS "plan;multidev")
+
+# moec calibrate --quick writes a profile that plan reads (its constants in the cost model).
+add_test(NAME calibrate_profile
+         COMMAND sh -c "\"$1\" calibrate --quick -o \"$3\" && \"$1\" plan \"$2\" --profile \"$3\""
+                 sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe
+                 ${CMAKE_CURRENT_BINARY_DIR}/calibrate_profile.json)
+set_tests_properties(calibrate_profile PROPERTIES TIMEOUT 120 LABELS "plan;fast"
+                     PASS_REGULAR_EXPRESSION "cost model \\(calibrated\\): [0-9.e+]+ GFLOP/s")

@@ -554,7 +554,8 @@ static void test_cost_memplan_cluster(void) {
 
   CHECK(lm(&b, 16, 4, 16, 16, 2, NULL));
   run_passes(&b, 4);
-  CostConsts flat = {"t", 1000, 100, 5, 0, 0, 0, 0, 0}, slow = flat, nodes = flat;
+  CostConsts flat = {.name = "t", .gflops = 1000, .link_gbs = 100, .latency_us = 5};
+  CostConsts slow = flat, nodes = flat;
   slow.link_gbs = 1;
   nodes.per_node = 2;
   nodes.inter_gbs = 1;
@@ -572,7 +573,73 @@ static void test_cost_memplan_cluster(void) {
   done(&b);
 }
 
+/* The step under a routing: a skewed load makes the device holding the hot experts the
+ * busiest (kernels and received rows); balanced placement of the same loads evens it out;
+ * nodes split each device's bytes into inside and between; small GEMMs cost more a FLOP. */
+static void test_cost_routing(void) {
+  CostConsts k = {.name = "t",
+                  .gflops = 100,
+                  .link_gbs = 10,
+                  .latency_us = 1,
+                  .gemm_half = 16,
+                  .elem_gbs = 10,
+                  .launch_us = 1};
+  double small = plan_gemm_s(&k, 8, 512, 512) / (8.0 * 512 * 512);
+  double big = plan_gemm_s(&k, 512, 512, 512) / (512.0 * 512 * 512);
+  CHECK(fabs(small / big - (24.0 / 8) / (528.0 / 512)) < 1e-9);
+  static const double load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
+  static const char *names[1] = {"m"};
+  static const double *loads_of[1] = {load};
+  static const int ne[1] = {8};
+  PlanLoads pl = {1, names, (const double **)loads_of, ne};
+  double step[2], busy_share[2];
+  for (int bal = 0; bal < 2; bal++) {
+    loads = &pl;
+    Built b;
+    CHECK(lm(&b, 64, 4, 16, 8, 2, bal ? "  experts = balanced\n" : "  experts = contiguous\n"));
+    run_passes(&b, 2);
+    loads = NULL;
+    PlanCost u = plan_cost(b.g, 2, OPT_ADAM, &k);
+    PlanCost c = plan_cost_routed(b.g, 2, OPT_ADAM, &k, &pl, 0);
+    /* routed rows are moved, not made: the total is the uniform one */
+    CHECK(fabs(c.dev[0].expert_rows + c.dev[1].expert_rows - u.dev[0].expert_rows -
+               u.dev[1].expert_rows) < 1e-6);
+    CHECK(fabs(u.dev[0].expert_rows - u.dev[1].expert_rows) < 1e-6);
+    step[bal] = c.step_s;
+    busy_share[bal] = c.dev[c.busiest].route_share;
+    if (!bal) {
+      CHECK(c.busiest == 0 && fabs(c.dev[0].route_share - 340.0 / 344) < 1e-9);
+      CHECK(c.dev[0].compute_s > c.dev[1].compute_s && c.dev[0].comm_s > c.dev[1].comm_s);
+      CHECK(c.step_s > u.step_s);
+    }
+    plan_cost_free(&u);
+    plan_cost_free(&c);
+    done(&b);
+  }
+  CHECK(step[1] < step[0] && busy_share[1] < busy_share[0]);
+  /* a Zipf skew is a routing too: expert 0 the hottest, on device 0 under contiguous */
+  Built b;
+  CHECK(lm(&b, 64, 4, 16, 8, 2, NULL));
+  run_passes(&b, 4);
+  PlanCost z = plan_cost_routed(b.g, 4, OPT_ADAM, &k, NULL, 1.0);
+  CHECK(z.busiest == 0 && z.dev[0].expert_rows > z.dev[3].expert_rows);
+  CostConsts kn = k;
+  kn.per_node = 2;
+  kn.inter_gbs = 1;
+  PlanCost f = plan_cost(b.g, 4, OPT_ADAM, &k), n = plan_cost(b.g, 4, OPT_ADAM, &kn);
+  for (int d = 0; d < 4; d++) {
+    CHECK(f.dev[d].inter_bytes == 0 && n.dev[d].inter_bytes > 0);
+    CHECK(fabs(f.dev[d].intra_bytes - n.dev[d].intra_bytes - n.dev[d].inter_bytes) < 1e-6);
+  }
+  CHECK(n.comm_s > f.comm_s && fabs(n.compute_s - f.compute_s) < 1e-12);
+  plan_cost_free(&z);
+  plan_cost_free(&f);
+  plan_cost_free(&n);
+  done(&b);
+}
+
 int main(void) {
+  test_cost_routing();
   test_bytes();
   test_gradients_stay();
   test_policies();

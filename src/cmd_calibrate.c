@@ -1,0 +1,273 @@
+/* cmd_calibrate.c: `moec calibrate [-o PROFILE] [--quick]`: this machine's cost-model
+ * constants, measured: GEMMs over a grid of shapes through the runtime's GEMM (rt_sgemm,
+ * what every CPU kernel calls), fitted as t = launch + F / G + F / (G s) * h (F = 2MNK,
+ * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the in-process
+ * communicator's all-reduce latency and bandwidth between two devices. Writes a JSON
+ * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
+ * present). cli_read_profile is its reader (docs/placement.md, "Calibration"). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/runtime.h"
+#include "cli.h"
+
+/* Best of `reps` timings (seconds) of one GEMM [M, K] x [K, N]. */
+static double time_gemm(int64_t M, int64_t N, int64_t K, int reps) {
+  float *A = mc_calloc((size_t)(M * K), sizeof(float));
+  float *B = mc_calloc((size_t)(K * N), sizeof(float));
+  float *C = mc_calloc((size_t)(M * N), sizeof(float));
+  for (int64_t i = 0; i < M * K; i++)
+    A[i] = (float)(i % 7) * 0.1f;
+  for (int64_t i = 0; i < K * N; i++)
+    B[i] = (float)(i % 5) * 0.1f;
+  double best = 1e30;
+  /* enough calls per timing to last ~2 ms */
+  double F = 2.0 * (double)M * (double)N * (double)K;
+  int inner = (int)fmax(1, fmin(10000, 2e-3 / (F / 20e9)));
+  for (int r = 0; r < reps; r++) {
+    double t0 = mc_now();
+    for (int i = 0; i < inner; i++)
+      rt_sgemm(false, false, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+    best = fmin(best, (mc_now() - t0) / inner);
+  }
+  mc_free(A);
+  mc_free(B);
+  mc_free(C);
+  return best;
+}
+
+/* Solves the 3 x 3 system a x = b (Gaussian elimination); false if singular. */
+static bool solve3(double a[3][3], double b[3], double x[3]) {
+  for (int c = 0; c < 3; c++) {
+    int p = c;
+    for (int r = c + 1; r < 3; r++)
+      if (fabs(a[r][c]) > fabs(a[p][c])) p = r;
+    if (fabs(a[p][c]) < 1e-300) return false;
+    for (int j = 0; j < 3; j++) {
+      double t = a[c][j];
+      a[c][j] = a[p][j];
+      a[p][j] = t;
+    }
+    double t = b[c];
+    b[c] = b[p];
+    b[p] = t;
+    for (int r = c + 1; r < 3; r++) {
+      double f = a[r][c] / a[c][c];
+      for (int j = c; j < 3; j++)
+        a[r][j] -= f * a[c][j];
+      b[r] -= f * b[c];
+    }
+  }
+  for (int c = 2; c >= 0; c--) {
+    double s = b[c];
+    for (int j = c + 1; j < 3; j++)
+      s -= a[c][j] * x[j];
+    x[c] = s / a[c][c];
+  }
+  return true;
+}
+
+typedef struct CommBench {
+  int64_t n;
+  int reps;
+  double seconds; /* rank 0's best */
+} CommBench;
+
+static void comm_bench(Comm *c, void *arg) {
+  CommBench *b = arg;
+  float *buf = mc_calloc((size_t)b->n, sizeof(float));
+  double best = 1e30;
+  for (int r = 0; r < b->reps; r++) {
+    c->barrier(c);
+    double t0 = mc_now();
+    for (int i = 0; i < 8; i++)
+      c->all_reduce_sum_f32(c, buf, b->n);
+    best = fmin(best, (mc_now() - t0) / 8);
+  }
+  if (c->rank == 0) b->seconds = best;
+  mc_free(buf);
+}
+
+typedef struct GridBench {
+  int64_t M, N, K;
+  int reps;
+  double seconds;
+} GridBench;
+
+/* On a thread of its own: rt_sgemm runs inline there (the pool is the main thread's),
+ * so the rate is one core's, as each in-process device's when several share the cores. */
+static void gemm_on_thread(Comm *c, void *arg) {
+  (void)c;
+  GridBench *g = arg;
+  g->seconds = time_gemm(g->M, g->N, g->K, g->reps);
+}
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: moec calibrate [-o PROFILE] [--quick]\n\n"
+               "Measures this machine for the cost model of `moec plan` and `moec simulate`:\n"
+               "GEMM rates over a grid of shapes through the runtime's GEMM, elementwise\n"
+               "bandwidth, and the in-process communicator's latency and bandwidth. Writes a\n"
+               "JSON profile (default " MOEC_PROFILE_DEFAULT ", which plan and simulate read when\n"
+               "present; elsewhere pass --profile PROFILE).\n\n"
+               "options:\n"
+               "  -o PROFILE   where to write the profile\n"
+               "  --quick      fewer shapes and repetitions (a few seconds; noisier)\n");
+}
+
+int cmd_calibrate(int argc, char **argv) {
+  const char *out = MOEC_PROFILE_DEFAULT;
+  bool quick = false;
+  for (int i = 1; i < argc; i++) {
+    bool bad = false;
+    const char *v;
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else if ((v = cli_value(argc, argv, &i, "-o", "calibrate", &bad))) {
+      out = v;
+    } else {
+      if (!bad) fprintf(stderr, "moec calibrate: error: unknown argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  const int reps = quick ? 2 : 5;
+  time_gemm(256, 256, 256, 1); /* the main thread takes the worker pool */
+  static const int64_t Ms[] = {4, 16, 64, 256, 1024}, NKs[] = {32, 128, 512};
+  McBuf grid = {0};
+  double a[3][3] = {{0}}, b[3] = {0};
+  int ng = 0;
+  double peak = 0;
+  for (size_t i = 0; i < MC_ARRAY_LEN(Ms); i++)
+    for (size_t j = 0; j < MC_ARRAY_LEN(NKs); j++) {
+      if (quick && (i % 2 || j == 1)) continue;
+      int64_t M = Ms[i], N = NKs[j] * 4, K = NKs[j];
+      GridBench gb = {M, N, K, reps, 0};
+      if (rt_inproc_run(1, gemm_on_thread, &gb)) return 1;
+      double t = gb.seconds, F = 2.0 * (double)(M * N * K);
+      double s = (double)MC_MIN(M, MC_MIN(N, K));
+      peak = fmax(peak, F / t);
+      /* least squares of t = c0 + c1 F + c2 F / s, relative error (rows / t) */
+      double row[3] = {1 / t, F / t, F / s / t};
+      for (int p = 0; p < 3; p++) {
+        for (int q = 0; q < 3; q++)
+          a[p][q] += row[p] * row[q];
+        b[p] += row[p];
+      }
+      mc_buf_printf(&grid, "%s\n    {\"M\": %lld, \"N\": %lld, \"K\": %lld, \"gflops\": %.4g}",
+                    ng++ ? "," : "", (long long)M, (long long)N, (long long)K, F / t / 1e9);
+      fprintf(stderr, "gemm %5lld x %5lld x %5lld: %8.2f GFLOP/s\n", (long long)M, (long long)N,
+              (long long)K, F / t / 1e9);
+    }
+  double x[3] = {0, 1 / peak, 0};
+  if (!solve3(a, b, x) || x[1] <= 0) {
+    x[0] = 0;
+    x[1] = 1 / peak;
+    x[2] = 0;
+  }
+  double gflops = 1 / x[1] / 1e9, half = fmax(0, x[2] / x[1]), launch = fmax(0, x[0]) * 1e6;
+  /* elementwise: y = x + y over 16 MiB (12 bytes an element: two reads, one write) */
+  int64_t n = 4 << 20;
+  float *ex = mc_calloc((size_t)n, sizeof(float)), *ey = mc_calloc((size_t)n, sizeof(float));
+  double et = 1e30;
+  for (int r = 0; r < reps; r++) {
+    double t0 = mc_now();
+    for (int64_t i = 0; i < n; i++)
+      ey[i] += ex[i];
+    et = fmin(et, mc_now() - t0);
+  }
+  double elem_gbs = 12.0 * (double)n / et / 1e9;
+  mc_free(ex);
+  mc_free(ey);
+  /* in-process all-reduce between 2 devices: each sends 2(n-1)/n = 1 x the vector */
+  static const int64_t sizes[] = {256, 1 << 20};
+  double ts[2];
+  for (int i = 0; i < 2; i++) {
+    CommBench cb = {.n = sizes[i], .reps = reps};
+    if (rt_inproc_run(2, comm_bench, &cb)) {
+      fprintf(stderr, "moec calibrate: error: the in-process communicator failed\n");
+      mc_buf_free(&grid);
+      return 1;
+    }
+    ts[i] = cb.seconds;
+  }
+  double bytes1 = 4.0 * (double)sizes[1], bytes0 = 4.0 * (double)sizes[0];
+  double link_gbs = (bytes1 - bytes0) / fmax(ts[1] - ts[0], 1e-9) / 1e9;
+  double latency_us = fmax(0.1, (ts[0] - bytes0 / (link_gbs * 1e9)) / 2 * 1e6);
+  FILE *f = fopen(out, "w");
+  if (!f) {
+    fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
+    mc_buf_free(&grid);
+    return 1;
+  }
+  fprintf(f,
+          "{\"moec_profile\": 1, \"name\": \"calibrated\",\n"
+          " \"gflops\": %.6g, \"gemm_half\": %.6g, \"launch_us\": %.6g, \"elem_gbs\": %.6g,\n"
+          " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d,\n"
+          " \"gemm\": [%s]}\n",
+          gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads(),
+          grid.data ? grid.data : "");
+  mc_buf_free(&grid);
+  if (fclose(f) != 0) {
+    fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
+    return 1;
+  }
+  printf("profile %s: GEMM %.4g GFLOP/s a core (s/(s+%.3g) of it at smallest side s), "
+         "launch %.3g us, elementwise %.3g GB/s, in-process link %.3g GB/s, %.3g us a step, "
+         "%d cores\n",
+         out, gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads());
+  return 0;
+}
+
+/* The number after "key": in a flat JSON object; false if absent. */
+static bool json_number(const char *s, const char *key, double *v) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\"", key);
+  const char *p = strstr(s, pat);
+  if (!p) return false;
+  p += strlen(pat);
+  while (*p == ' ' || *p == ':')
+    p++;
+  char *end;
+  double x = strtod(p, &end);
+  if (end == p || !isfinite(x)) return false;
+  *v = x;
+  return true;
+}
+
+bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
+  size_t n = 0;
+  char *s = mc_read_file(path, &n);
+  if (!s) {
+    snprintf(why, wlen, "cannot read it");
+    return false;
+  }
+  double v[6];
+  static const char *keys[] = {"gflops",   "gemm_half", "launch_us",
+                               "elem_gbs", "link_gbs",  "latency_us"};
+  bool ok = strstr(s, "\"moec_profile\"") != NULL;
+  for (int i = 0; ok && i < 6; i++)
+    if (!json_number(s, keys[i], &v[i]) || v[i] < 0 || (i == 0 && v[i] <= 0)) {
+      snprintf(why, wlen, "no valid \"%s\" (write it with moec calibrate)", keys[i]);
+      ok = false;
+    }
+  if (!strstr(s, "\"moec_profile\"")) snprintf(why, wlen, "not a moec calibrate profile");
+  double cores = 0;
+  bool have_cores = ok && json_number(s, "cores", &cores) && cores >= 1 && cores <= 4096;
+  mc_free(s);
+  if (!ok) return false;
+  k->name = "calibrated";
+  k->gflops = v[0];
+  k->gemm_half = v[1];
+  k->launch_us = v[2];
+  k->elem_gbs = v[3];
+  if (k->per_node == 0 || k->inter_gbs == 0) { /* this machine: its link and cores */
+    k->link_gbs = v[4] > 0 ? v[4] : k->link_gbs;
+    k->latency_us = v[5];
+    if (have_cores) k->cores = (int)cores;
+  }
+  return true;
+}

@@ -1,0 +1,175 @@
+/* plan_search.c: `moec plan FILE --search`: every strategy x expert policy x mesh x
+ * recompute choice on the plan's devices, each compiled as `moec run` would compile it
+ * (plan_compile) and costed (passes/costmodel.c); what does not compile or does not fit
+ * the memory budget is dropped; the rest ranked by the predicted step time (the busiest
+ * device's), and the winner can be written as a plan { } block (docs/placement.md). */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+typedef struct Cand {
+  const char *strategy, *policy, *recompute;
+  int nodes, per_node;
+  bool ok, fits;
+  char why[160]; /* refused: the compile's first error */
+  double step_s, tokens, mem, comm, compute_s, comm_s;
+  int busiest, idx; /* idx: enumeration order, the tie-break */
+} Cand;
+
+static int by_step(const void *a, const void *b) {
+  const Cand *x = a, *y = b;
+  if (x->ok != y->ok) return x->ok ? -1 : 1;
+  if (x->fits != y->fits) return x->fits ? -1 : 1;
+  if (x->step_s != y->step_s) return x->step_s < y->step_s ? -1 : 1;
+  return x->idx - y->idx;
+}
+
+/* Compiles and costs one candidate: the command line's options with its settings on top.
+ * The compile's messages go to a temporary file: a refusal keeps its first error line. */
+static void evaluate(Cand *c, const SearchArgs *s) {
+  Options o;
+  drv_options_init(&o, "plan");
+  if (s->reparse(&o, s->ctx)) {
+    snprintf(c->why, sizeof c->why, "bad options");
+    drv_options_free(&o);
+    return;
+  }
+  char mesh[32];
+  snprintf(mesh, sizeof mesh, "[%d, %d]", c->nodes, c->per_node);
+  drv_add_setting(&o, "plan", "strategy", c->strategy, "--search");
+  drv_add_setting(&o, "plan", "experts", c->policy, "--search");
+  drv_add_setting(&o, "plan", "mesh", mesh, "--search");
+  drv_add_setting(&o, "plan", "recompute", c->recompute, "--search");
+  fflush(stderr);
+  FILE *tmp = tmpfile();
+  int saved = dup(2);
+  if (tmp) dup2(fileno(tmp), 2);
+  Config cfg;
+  AstFile *f = NULL;
+  McBuf notes = {0};
+  mc_buf_printf(&notes, "%s", "");
+  PlanCost pc;
+  int rc = 0;
+  Graph *g = plan_compile(&o, &cfg, &f, &notes, &pc, s->k, &rc);
+  fflush(stderr);
+  if (saved >= 0) {
+    dup2(saved, 2);
+    close(saved);
+  }
+  if (!g && tmp) {
+    char line[512] = "";
+    rewind(tmp);
+    while (fgets(line, sizeof line, tmp))
+      if (strstr(line, "error")) break;
+    line[strcspn(line, "\n")] = 0;
+    const char *e = strstr(line, "error: ");
+    snprintf(c->why, sizeof c->why, "%s", e ? e + 7 : line);
+  }
+  if (tmp) fclose(tmp);
+  if (g) {
+    c->ok = true;
+    c->step_s = pc.step_s;
+    c->compute_s = pc.compute_s;
+    c->comm_s = pc.comm_s;
+    c->tokens = (double)g->B * (double)g->T;
+    c->mem = pc.max_planned;
+    c->comm = pc.comm_bytes_expected;
+    c->busiest = pc.busiest;
+    double budget = cfg.memory_budget > 0 ? cfg.memory_budget : s->k->mem_bytes;
+    c->fits = budget <= 0 || c->mem <= budget;
+    if (!c->fits)
+      snprintf(c->why, sizeof c->why, "needs %.1f MiB a device, the budget is %.1f MiB",
+               c->mem / 1048576.0, budget / 1048576.0);
+    plan_cost_free(&pc);
+    ir_graph_free(g);
+    fe_ast_free(f);
+  }
+  mc_buf_free(&notes);
+  drv_options_free(&o);
+}
+
+static void write_plan(const Cand *c, int devices, const char *path) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "moec plan: error: cannot write '%s'\n", path);
+    return;
+  }
+  fprintf(f,
+          "# moec plan --search: predicted %.3f ms a step (%.4g tokens/s), %.1f MiB a device\n"
+          "plan {\n  devices = %d\n  mesh = [%d, %d]\n  strategy = %s\n  experts = %s\n"
+          "  recompute = %s\n}\n",
+          c->step_s * 1e3, c->tokens / c->step_s, c->mem / 1048576.0, devices, c->nodes,
+          c->per_node, c->strategy, c->policy, c->recompute);
+  if (fclose(f) != 0) fprintf(stderr, "moec plan: error: cannot write '%s'\n", path);
+}
+
+int plan_search(const SearchArgs *s) {
+  static const char *strategies[] = {"paper", "data_parallel", "hmoe"};
+  static const char *policies[] = {"contiguous", "round_robin", "balanced"};
+  static const char *recomputes[] = {"none", "auto", "all"};
+  const int P = s->devices;
+  int npol = s->have_loads ? 3 : 2;
+  Cand *c = mc_calloc(3 * 3 * 3 * 64, sizeof(Cand));
+  int n = 0;
+  for (int si = 0; si < 3; si++)
+    for (int pi = 0; pi < npol; pi++)
+      for (int ri = 0; ri < 3; ri++)
+        for (int nodes = 1; nodes <= P && n < 3 * 3 * 3 * 64; nodes++) {
+          if (P % nodes) continue;
+          /* the mesh changes where hmoe puts its groups; the other strategies run on the
+           * physical mesh (the cluster's, or one node) */
+          bool hm = !strcmp(strategies[si], "hmoe");
+          if (!hm && nodes != s->nodes) continue;
+          if (hm && s->nodes > 1 && nodes != s->nodes && nodes != 1) continue;
+          if (P == 1 && (si > 0 || pi > 0)) continue;
+          c[n++] = (Cand){.strategy = strategies[si],
+                          .policy = policies[pi],
+                          .recompute = recomputes[ri],
+                          .nodes = nodes,
+                          .per_node = P / nodes,
+                          .idx = n};
+        }
+  for (int i = 0; i < n; i++)
+    evaluate(&c[i], s);
+  qsort(c, (size_t)n, sizeof(Cand), by_step);
+  int fit = 0, refused = 0;
+  for (int i = 0; i < n; i++) {
+    fit += c[i].ok && c[i].fits;
+    refused += !c[i].ok;
+  }
+  printf("search %s on %d device%s (%s): %d candidates, %d fit, %d do not fit, %d refused; "
+         "ranked by the predicted step time (the busiest device's)\n",
+         s->model, P, P > 1 ? "s" : "", s->k->name, n, fit, n - fit - refused, refused);
+  printf("  routing: %s\n\n", s->routing);
+  printf("  %4s  %-13s %-11s %-6s %-9s %10s %12s %12s %12s %7s\n", "rank", "strategy", "experts",
+         "mesh", "recompute", "step ms", "tokens/s", "MiB/device", "MiB/step", "busiest");
+  int shown = 0;
+  for (int i = 0; i < n; i++) {
+    if (!c[i].ok || !c[i].fits) continue;
+    if (s->top > 0 && shown >= s->top) break;
+    char mesh[16];
+    snprintf(mesh, sizeof mesh, "%dx%d", c[i].nodes, c[i].per_node);
+    printf("  %4d  %-13s %-11s %-6s %-9s %10.3f %12.4g %12.3f %12.3f %7d\n", ++shown, c[i].strategy,
+           c[i].policy, mesh, c[i].recompute, c[i].step_s * 1e3, c[i].tokens / c[i].step_s,
+           c[i].mem / 1048576.0, c[i].comm / 1048576.0, c[i].busiest);
+  }
+  if (n - fit > 0) printf("\n  dropped:\n");
+  for (int i = 0; i < n; i++) {
+    if (c[i].ok && c[i].fits) continue;
+    printf("    %-13s %-11s %dx%-4d %-9s %s\n", c[i].strategy, c[i].policy, c[i].nodes,
+           c[i].per_node, c[i].recompute, c[i].why);
+  }
+  int rc = 0;
+  fflush(stdout);
+  if (fit == 0) {
+    fprintf(stderr, "moec plan: error: no candidate fits\n");
+    rc = 1;
+  } else if (s->write_plan) {
+    write_plan(&c[0], P, s->write_plan);
+    printf("\nwrote the winner to %s\n", s->write_plan);
+  }
+  mc_free(c);
+  return rc;
+}

@@ -1,0 +1,53 @@
+#!/bin/sh
+# test_plan_search.sh MOEC EXAMPLES: `moec plan --search` on lm_moe256h for 8 devices in
+# 2 nodes lists every strategy, both meshes hmoe can use and every recompute choice that
+# fits, ranked by predicted step time; the winner it writes as a plan { } block runs.
+# Then the cost model's choices on the command line: a skew makes contiguous slower than
+# balanced, --cluster and --profile reach the constants, bad values are refused.
+set -eu
+MOEC=$1
+EX=$2
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+"$MOEC" plan "$EX/lm_moe256h.moe" --search --devices 8 --mesh 2x4 --write-plan "$W/win.moe" \
+  >"$W/out" || fail "search"
+cat "$W/out"
+rows() { grep -E '^ +[0-9]+  ' "$W/out"; }
+for s in paper data_parallel hmoe; do
+  rows | grep -q "  $s " || fail "no $s row"
+done
+for r in none auto all; do
+  rows | grep -q " $r " || fail "no recompute $r row"
+done
+rows | grep -q 'hmoe .* 1x8 ' && rows | grep -q 'hmoe .* 2x4 ' || fail "hmoe on both meshes"
+rows | awk '{ if (NR > 1 && $6 + 0 < prev) bad = 1; prev = $6 + 0 } END { exit bad }' ||
+  fail "not ranked by step time"
+[ "$(rows | wc -l)" -ge 18 ] || fail "fewer rows than strategies x policies x recompute"
+grep -q '^  strategy = ' "$W/win.moe" && grep -q '^  devices = 8' "$W/win.moe" || fail "plan block"
+cat "$EX/lm_moe256h.moe" "$W/win.moe" >"$W/m.moe"
+"$MOEC" run "$W/m.moe" --steps 2 --no-eval --quiet >/dev/null || fail "the winner does not run"
+# --top and a budget nothing fits
+"$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 --top 2 >"$W/top" || fail "top"
+[ "$(grep -cE '^ +[0-9]+  ' "$W/top")" = 2 ] || fail "--top 2"
+if "$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 --memory-budget 1KiB >"$W/none" 2>&1; then
+  fail "a budget nothing fits"
+fi
+grep -q 'no candidate fits' "$W/none" && grep -q 'memory_budget' "$W/none" || fail "why dropped"
+# a skew: balanced predicted faster than contiguous, the busiest device named
+step() {
+  "$MOEC" plan "$EX/lm_moe32.moe" --devices 4 --skew zipf:1.2 --experts "$1" --format json |
+    sed -n 's/.*"step_s": \([0-9.e+-]*\).*/\1/p'
+}
+c=$(step contiguous)
+b=$(step balanced)
+awk -v c="$c" -v b="$b" 'BEGIN { exit !(b < c) }' || fail "balanced $b not faster than contiguous $c"
+"$MOEC" plan "$EX/lm_moe32.moe" --devices 4 --skew zipf:1.2 | grep -q 'busiest: device 0' ||
+  fail "busiest device"
+"$MOEC" plan "$EX/lm_moe32.moe" --cluster 2x2xH100:ib | grep -q 'nodes of 2' || fail "cluster"
+if "$MOEC" plan "$EX/lm_moe32.moe" --skew zipf:x 2>"$W/err"; then fail "bad skew"; fi
+grep -q 'zipf:S' "$W/err" || fail "skew message"
+echo '{"nothing": 1}' >"$W/bad.json"
+if "$MOEC" plan "$EX/lm_moe32.moe" --profile "$W/bad.json" 2>"$W/err"; then fail "bad profile"; fi
+grep -q 'not a moec calibrate profile' "$W/err" || fail "profile message"
+echo ok
