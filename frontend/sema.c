@@ -23,9 +23,11 @@
 /* Integer arguments and settings stay well inside int32 and exactly
  * representable doubles; bigger values are almost certainly typos. */
 #define SEMA_INT_MAX 2147483647.0
-/* No layer may hold more parameters than this (the count must fit int64 and
- * any real allocation): 2^50. */
+/* No layer, and no model, may hold more parameters than this (the counts must
+ * fit int64 and any real allocation): 2^50. */
 #define SEMA_MAX_PARAMS 1125899906842624.0
+/* memory_budget: at most 2^53 bytes (8 PiB), exact as a double and as int64. */
+#define SEMA_MAX_BUDGET 9007199254740992.0
 /* check_expr recursion guard (the parser already limits nesting to 256). */
 #define SEMA_MAX_DEPTH 400
 
@@ -123,6 +125,7 @@ typedef struct Sema {
   Expr *loss_call; /* the softmax_xent of the loss output */
   Expr **embeds;   /* embedding calls */
   int nembeds, embcap;
+  double params; /* the model's parameters so far (SEMA_MAX_PARAMS in all) */
 } Sema;
 
 /* A location covering the first n characters at loc's start (a name). */
@@ -616,6 +619,25 @@ static Loc arg_loc(Expr *call, const LayerSpec *ls, LayerArgId id) {
   return loc_span(call->loc, strlen(call->str));
 }
 
+/* The fixed part of t's element count (a dim c * B^b * T^t counts c) is at most
+ * MOEC_MAX_NUMEL; ir_bind checks the rest once B and T are known. */
+__attribute__((format(printf, 4, 5))) static bool type_fits(Sema *S, Loc loc, const Type *t,
+                                                            const char *what, ...) {
+  int64_t n = 1;
+  bool ok = true;
+  for (int i = 0; i < t->rank && ok; i++)
+    ok = mc_mul_ok(n, t->dim[i].c, &n) && n <= MOEC_MAX_NUMEL;
+  if (ok) return true;
+  char w[160], b[160];
+  va_list ap;
+  va_start(ap, what);
+  vsnprintf(w, sizeof w, what, ap);
+  va_end(ap);
+  fe_error(S->d, loc, "%s, %s, would hold more than %lld elements (2^48 - 1, the limit per tensor)",
+           w, tystr(t, b, sizeof b), (long long)MOEC_MAX_NUMEL);
+  return false;
+}
+
 /* Output type of a layer from its (checked) tensor inputs; V_ERR after an error. */
 static Val layer_type(Sema *S, Expr *e, const Val *tv) {
   const double *av = e->argv;
@@ -858,6 +880,12 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
     }
     if (bad) return verr;
   }
+  if (id == L_HMOE && av[LA_GROUPS] * av[LA_EXPERTS] > 1073741824.0) {
+    fe_error(d, arg_loc(e, ls, LA_EXPERTS),
+             "groups x experts = %.0f is more than 1073741824 (2^30): expert ids are i32",
+             av[LA_GROUPS] * av[LA_EXPERTS]);
+    return verr;
+  }
   Val out = layer_type(S, e, tv);
   if (out.k == V_ERR) return verr;
   const Type *t = &tv[0].ty;
@@ -867,6 +895,15 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
     fe_error(d, nloc, "'%s' is too large: %.3g parameters (limit %.3g)", name, np, SEMA_MAX_PARAMS);
     return verr;
   }
+  if (!(S->params + np <= SEMA_MAX_PARAMS)) {
+    fe_error(d, nloc,
+             "the model is too large: with this '%s' it has %.0f parameters, more than %.0f "
+             "(2^50)",
+             name, S->params + np, SEMA_MAX_PARAMS);
+    return verr;
+  }
+  S->params += np;
+  if (!type_fits(S, nloc, &out.ty, "the output of '%s'", name)) return verr;
   return out;
 }
 
@@ -936,6 +973,7 @@ static void model_input(Sema *S, Stmt *s) {
     }
     ty.dim[ty.rank++] = dim_int(v);
   }
+  if (ok && !type_fits(S, s->name_loc, &ty, "input '%s'", s->name)) ok = false;
   Sym *sym = define(S, s->name, s->name_loc, ok ? SY_TENSOR : SY_ERR);
   if (sym) sym->ty = ty;
 }
@@ -1549,6 +1587,9 @@ static void check_plan(Sema *S, Block *b) {
       if (const_number(S, e, "memory_budget", &x)) {
         if (!(x.num >= 1))
           fe_error(d, e->loc, "'memory_budget' must be a positive size, e.g. 8GiB");
+        else if (!(x.num <= SEMA_MAX_BUDGET))
+          fe_error(d, e->loc,
+                   "'memory_budget' must be at most 8192TiB (2^53 bytes), got %.3g bytes", x.num);
         else
           c->memory_budget = floor(x.num);
       }

@@ -100,11 +100,13 @@ static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) 
   g->nmoe = n;
 }
 
-/* The layer's integer argument `a`, checked to be >= 1. */
+/* The layer's integer argument `a`, checked as sema checks it (layers.def: at most
+ * 2^31 - 1), so what `moec check` accepts builds. */
 static int64_t int_arg(const Expr *call, int a, const char *what) {
   double v = call->argv[a];
-  if (!(v >= 1) || v != floor(v) || v > 1e9)
-    mc_die("%d:%d: %s must be a positive integer (got %g)", call->loc.line, call->loc.col, what, v);
+  if (!(v >= 1) || v != floor(v) || v > (double)MOEC_MAX_DIM)
+    mc_die("%d:%d: %s must be an integer from 1 to %lld (got %g)", call->loc.line, call->loc.col,
+           what, (long long)MOEC_MAX_DIM, v);
   return (int64_t)v;
 }
 
@@ -372,7 +374,8 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
            "%lld",
            loc.line, loc.col, name, (long long)kg, (long long)G, (long long)k, (long long)E);
   if (G * E > ((int64_t)1 << 30))
-    mc_die("%d:%d: hmoe '%s': groups*experts is too large", loc.line, loc.col, name);
+    mc_die("%d:%d: hmoe '%s': groups x experts = %lld is more than 1073741824 (2^30)", loc.line,
+           loc.col, name, (long long)(G * E));
   bool noise = !dense && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;

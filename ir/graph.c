@@ -3,19 +3,52 @@
 
 #include "ir.h"
 
+typedef struct BuildCtx {
+  const char *layer, *role;
+  Loc loc;
+  bool backward;
+} BuildCtx;
+
+/* The build context lives beside the graph; one graph is built at a time per
+ * thread, so a small side table keyed by graph pointer would be overkill. */
+static _Thread_local BuildCtx build_ctx;
+static _Thread_local const Graph *build_ctx_owner;
+
 /* ---- dims ---- */
 
 Dim dim_int(int64_t c) { return (Dim){c, 0, 0}; }
-Dim dim_sym(char sym) { return sym == 'B' ? (Dim){1, 1, 0} : (Dim){1, 0, 1}; }
-Dim dim_mul(Dim a, Dim b) { return (Dim){a.c * b.c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t)}; }
+Dim dim_sym(char sym) {
+  return sym == 'B' ? (Dim){1, 1, 0} : (Dim){1, 0, 1};
+}
 bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t; }
 bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0; }
 
+/* Products of dims arise only while a graph is built (flattening rows, rows x k);
+ * sema has checked every type the user wrote, so one past MOEC_MAX_NUMEL is a
+ * layer too large inside, reported at that layer. */
+Dim dim_mul(Dim a, Dim b) {
+  int64_t c;
+  if (!mc_mul_ok(a.c, b.c, &c) || c > MOEC_MAX_NUMEL || a.b + b.b > 32 || a.t + b.t > 32) {
+    char da[48], db[48];
+    if (build_ctx_owner && build_ctx.layer)
+      mc_die("%d:%d: layer '%s' is too large: a dimension %s x %s would exceed %lld (2^48 - 1, "
+             "the limit on a tensor's elements)",
+             build_ctx.loc.line, build_ctx.loc.col, build_ctx.layer, dim_str(a, da, sizeof da),
+             dim_str(b, db, sizeof db), (long long)MOEC_MAX_NUMEL);
+    mc_die("the model is too large: a dimension %s x %s would exceed %lld (2^48 - 1, the limit "
+           "on a tensor's elements)",
+           dim_str(a, da, sizeof da), dim_str(b, db, sizeof db), (long long)MOEC_MAX_NUMEL);
+  }
+  return (Dim){c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t)};
+}
+
 int64_t dim_eval(Dim d, int64_t B, int64_t T) {
   int64_t v = d.c;
-  for (int i = 0; i < d.b; i++) v *= B;
-  for (int i = 0; i < d.t; i++) v *= T;
-  return v;
+  for (int i = 0; i < d.b; i++)
+    if (!mc_mul_ok(v, B, &v)) return -1;
+  for (int i = 0; i < d.t; i++)
+    if (!mc_mul_ok(v, T, &v)) return -1;
+  return v > MOEC_MAX_NUMEL ? -1 : v;
 }
 
 char *dim_str(Dim d, char *buf, size_t n) {
@@ -53,17 +86,6 @@ Type ir_type(DType dt, int rank, const Dim *dims) {
 }
 
 /* ---- graph ---- */
-
-typedef struct BuildCtx {
-  const char *layer, *role;
-  Loc loc;
-  bool backward;
-} BuildCtx;
-
-/* The build context lives beside the graph; one graph is built at a time per
- * thread, so a small side table keyed by graph pointer would be overkill. */
-static _Thread_local BuildCtx build_ctx;
-static _Thread_local const Graph *build_ctx_owner;
 
 Graph *ir_graph_new(const char *name) {
   Graph *g = mc_calloc(1, sizeof(Graph));
@@ -190,12 +212,30 @@ Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b) {
   return ir_node(g, op, 2, in, NULL, NULL)->out[0];
 }
 
+int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T) {
+  int64_t n = 1;
+  for (int d = 0; d < t->ty.rank; d++) {
+    int64_t v = dim_eval(t->ty.dim[d], B, T);
+    if (v < 0 || !mc_mul_ok(n, v, &n) || n > MOEC_MAX_NUMEL) {
+      char ty[160];
+      mc_die("%d:%d: tensor '%s' of type %s would hold more than %lld elements (2^48 - 1, the "
+             "limit per tensor) with B = %lld, T = %lld",
+             t->loc.line, t->loc.col, t->name, type_str(&t->ty, ty, sizeof ty),
+             (long long)MOEC_MAX_NUMEL, (long long)B, (long long)T);
+    }
+  }
+  return n;
+}
+
 void ir_bind(Graph *g, int64_t B, int64_t T) {
+  if (B < 1 || T < 1 || B > MOEC_MAX_DIM || T > MOEC_MAX_DIM)
+    mc_die("cannot bind B = %lld, T = %lld: each must be between 1 and %lld", (long long)B,
+           (long long)T, (long long)MOEC_MAX_DIM);
   g->B = B;
   g->T = T;
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
-    t->numel = 1;
+    t->numel = ir_numel_at(t, B, T);
     for (int d = 0; d < t->ty.rank; d++) {
       t->shape[d] = dim_eval(t->ty.dim[d], B, T);
       /* 0 only for a device's share of the experts off a layer's on(...) set (shard.c) */
@@ -203,7 +243,13 @@ void ir_bind(Graph *g, int64_t B, int64_t T) {
           (t->shape[d] == 0 && !(g->experts_local && dim_is_const(t->ty.dim[d]))))
         mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld", t->name, d,
                (long long)B, (long long)T);
-      t->numel *= t->shape[d];
+      if (t->shape[d] > MOEC_MAX_DIM) {
+        char ty[160];
+        mc_die("%d:%d: tensor '%s' of type %s would have a dimension of %lld with B = %lld, "
+               "T = %lld: more than %lld (2^31 - 1, the limit per dimension)",
+               t->loc.line, t->loc.col, t->name, type_str(&t->ty, ty, sizeof ty),
+               (long long)t->shape[d], (long long)B, (long long)T, (long long)MOEC_MAX_DIM);
+      }
     }
   }
 }

@@ -174,8 +174,11 @@ void ir_set_context(Graph *g, const char *layer, const char *role, Loc loc);
 void ir_set_backward(Graph *g, bool backward);
 
 Type ir_type(DType dt, int rank, const Dim *dims);
-/* Evaluates every tensor's dims with B and T; dies on a non-positive size. */
+/* Evaluates every tensor's dims with B and T; dies on a non-positive size, a
+ * tensor over MOEC_MAX_NUMEL elements or a dimension over MOEC_MAX_DIM. */
 void ir_bind(Graph *g, int64_t B, int64_t T);
+/* t's elements at (B, T) without binding; dies naming t past MOEC_MAX_NUMEL. */
+int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T);
 /* Checks structural invariants: inputs produced before use, arities, shapes. */
 void ir_verify(const Graph *g);
 

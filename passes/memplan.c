@@ -28,6 +28,7 @@
 #include "passes.h"
 
 #define MEM_ALIGN 64
+#define MEMPLAN_MAX_BYTES ((int64_t)1 << 60)
 
 typedef struct Live {
   int id;
@@ -42,11 +43,9 @@ static int64_t align_up(int64_t x) {
   return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
 }
 
+/* < 2^51: ir_numel_at dies past MOEC_MAX_NUMEL elements */
 static int64_t tensor_bytes(const Tensor *t, int64_t B, int64_t T, int64_t elem) {
-  int64_t n = 1;
-  for (int d = 0; d < t->ty.rank; d++)
-    n *= dim_eval(t->ty.dim[d], B, T);
-  return n * (t->ty.dtype == DT_I32 ? 4 : elem);
+  return ir_numel_at(t, B, T) * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
 
 /* What a reader sees: the tensor, or (planning as if there were no recompute) the
@@ -67,10 +66,15 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   const int end = g->nnodes;
   bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   bool *repeated = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* has a recompute copy */
+  int64_t total = 0; /* every offset and sum below is at most this */
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
                   align_up(tensor_bytes(t, B, T, elem)), -1};
+    if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
+      mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
+             "B = %lld, T = %lld",
+             (long long)MEMPLAN_MAX_BYTES, (long long)B, (long long)T);
   }
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
