@@ -580,24 +580,47 @@ void rt_batcher_free(Batcher *b) {
   b->ss = NULL;
 }
 
+int64_t rt_parse_step(const char *path, const char *key, const char *value) {
+  int64_t v = 0;
+  bool ok = *value != 0;
+  for (const char *p = value; ok && *p; p++)
+    ok = *p >= '0' && *p <= '9' && mc_mul_ok(v, 10, &v) && mc_add_ok(v, *p - '0', &v) &&
+         v <= RT_MAX_STEP;
+  if (!ok)
+    mc_die("checkpoint '%s': %s '%.40s%s' is not an integer from 0 to %lld (the most steps a run "
+           "may have)",
+           path, key, value, strlen(value) > 40 ? "..." : "", (long long)RT_MAX_STEP);
+  return v;
+}
+
 void rt_batcher_seek(Batcher *b, int64_t step) {
-  MOEC_ASSERT(step >= 0);
-  if (b->ss) {
-    int64_t target = step * b->T;
-    for (int r = 0; r < b->rows; r++) { /* stream id: the global row */
-      SynthStream *st = &b->ss[r];
-      if (step == 0 || st->n > target)
-        rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
-      while (st->n < target)
-        rt_synth_next(st);
-    }
-  }
+  if (step < 0 || step > RT_MAX_STEP)
+    mc_die("cannot position the %s data at step %lld: steps go from 0 to %lld",
+           split_name(b->split), (long long)step, (long long)RT_MAX_STEP);
+  if (b->ss && step == 0)             /* the streams' start; any other step: on the next batch */
+    for (int r = 0; r < b->rows; r++) /* stream id: the global row */
+      rt_synth_stream_init(&b->ss[r], b->c->syn,
+                           ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
   b->step = step;
+}
+
+/* Advances (or restarts) the synthetic streams to token step * T: lazily, so that a
+ * seek nothing reads after costs nothing. step <= 2^31 - 1, T <= 2^31 - 1: no overflow. */
+static void synth_catch_up(Batcher *b) {
+  int64_t target = b->step * b->T;
+  for (int r = 0; r < b->rows; r++) {
+    SynthStream *st = &b->ss[r];
+    if (st->n > target)
+      rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
+    while (st->n < target)
+      rt_synth_next(st);
+  }
 }
 
 void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
   const int R = b->rows, T = b->T;
   if (b->ss) {
+    synth_catch_up(b);
     for (int r = 0; r < R; r++) {
       SynthStream *st = &b->ss[r];
       for (int t = 0; t < T; t++) {

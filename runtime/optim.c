@@ -307,9 +307,7 @@ bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel) {
     mc_die("checkpoint '%s' holds %s optimizer state, the train block asks for %s", f->path, kind,
            want);
   MOEC_ASSERT(o->elem == sizeof(float));
-  char *end;
-  long long t = strtoll(step, &end, 10);
-  if (*end || t < 0) mc_die("checkpoint '%s': bad optim.step '%s'", f->path, step);
+  int64_t t = rt_parse_step(f->path, "optim.step", step);
   for (int i = 0; i < o->n; i++) {
     if (factored(o, i)) {
       int64_t lead, rows, cols;
