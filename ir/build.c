@@ -61,15 +61,9 @@ static void define(Builder *b, const char *name, Tensor *t, double value) {
   b->syms = s;
 }
 
-static bool name_taken(const Graph *g, const char *name) {
-  for (int i = 0; i < g->ntensors; i++)
-    if (!strcmp(g->tensors[i]->name, name)) return true;
-  return false;
-}
-
 /* Gives an op's output a readable name, unless another tensor has it already. */
 static void name_as(Graph *g, Tensor *t, const char *name) {
-  if (t->producer && !name_taken(g, name)) t->name = mc_arena_strdup(&g->arena, name);
+  if (t->producer && !ir_name_taken(g, name)) ir_rename(g, t, name);
 }
 
 static void name_sub(Graph *g, Tensor *t, const char *layer, const char *part) {
@@ -97,7 +91,7 @@ static Tensor *param(Graph *g, const char *layer, const char *part, int rank, co
                      InitKind init, double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++)
+  for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
     if (!strcmp(g->params[i]->name, buf))
       mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
              loc.line, loc.col);

@@ -25,17 +25,11 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static bool name_taken(const Graph *g, const char *name) {
-  for (int i = 0; i < g->ntensors; i++)
-    if (!strcmp(g->tensors[i]->name, name)) return true;
-  return false;
-}
-
 /* Names an op's output "LAYER.part" unless that name is taken. */
 static Tensor *named(Graph *g, Tensor *t, const char *layer, const char *part) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  if (t->producer && !name_taken(g, buf)) t->name = mc_arena_strdup(&g->arena, buf);
+  if (t->producer && !ir_name_taken(g, buf)) ir_rename(g, t, buf);
   return t;
 }
 
@@ -43,7 +37,7 @@ static Tensor *param(Graph *g, const char *layer, const char *part, Type ty, Ini
                      double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++)
+  for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
     if (!strcmp(g->params[i]->name, buf))
       mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
              loc.line, loc.col);

@@ -105,6 +105,7 @@ void ir_graph_free(Graph *g) {
   mc_free(g->moe_importance);
   mc_free(g->moe_load);
   mc_free(g->moe_names);
+  mc_free(g->name_idx);
   mc_arena_free(&g->arena);
   if (build_ctx_owner == g) build_ctx_owner = NULL;
   mc_free(g);
@@ -119,11 +120,53 @@ void ir_graph_free(Graph *g) {
     (arr)[(n)++] = (x);                                        \
   } while (0)
 
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* The slot of name in the index (open addressing, at most half full). */
+static int name_slot(const Graph *g, const char *name) {
+  int mask = g->name_cap - 1, h = (int)(name_hash(name) & (uint64_t)mask);
+  while (g->name_idx[h] && strcmp(g->name_idx[h], name))
+    h = (h + 1) & mask;
+  return h;
+}
+
+static void name_add(Graph *g, const char *name) {
+  if (2 * (g->name_n + 1) > g->name_cap) {
+    int old = g->name_cap;
+    const char **os = g->name_idx;
+    g->name_cap = old ? 2 * old : 1024;
+    g->name_idx = mc_calloc((size_t)g->name_cap, sizeof(char *));
+    for (int i = 0; i < old; i++)
+      if (os[i]) g->name_idx[name_slot(g, os[i])] = os[i];
+    mc_free(os);
+  }
+  int h = name_slot(g, name);
+  if (!g->name_idx[h]) {
+    g->name_idx[h] = name;
+    g->name_n++;
+  }
+}
+
+bool ir_name_taken(const Graph *g, const char *name) {
+  return g->name_cap && g->name_idx[name_slot(g, name)];
+}
+
+void ir_rename(Graph *g, Tensor *t, const char *name) {
+  t->name = mc_arena_strdup(&g->arena, name);
+  name_add(g, t->name);
+}
+
 Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc) {
   Tensor *t = mc_arena_alloc(&g->arena, sizeof(Tensor));
   t->id = g->ntensors;
   t->kind = kind;
   t->name = name ? mc_arena_strdup(&g->arena, name) : mc_arena_printf(&g->arena, "t%d", t->id);
+  name_add(g, t->name);
   t->ty = ty;
   t->loc = loc;
   t->mem_offset = -1;

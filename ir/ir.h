@@ -152,6 +152,7 @@ struct Graph {
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
   MemFigures mem;    /* memplan pass: zero until planned */
+  const char **name_idx; int name_cap, name_n; /* every name a tensor has had (ir_name_taken) */
 };
 
 Graph *ir_graph_new(const char *name);
@@ -161,6 +162,10 @@ Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc)
 Tensor *ir_param(Graph *g, const char *name, Type ty, InitKind init, double scale, Loc loc);
 Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc);
 Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc);
+/* Builders' naming in O(1): has any tensor of g been given this name (by ir_tensor
+ * or ir_rename)? ir_rename gives t the name (an arena copy) and records it. */
+bool ir_name_taken(const Graph *g, const char *name);
+void ir_rename(Graph *g, Tensor *t, const char *name);
 
 /* Adds a node; creates its nout output tensors (kind TK_ACT, or TK_GRAD when
  * g is building the backward pass), runs the op's shape rule and dies with an

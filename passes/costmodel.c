@@ -216,6 +216,12 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
    * build_on: its experts only, expert-row tensors widened to every device's rows) */
   int64_t B = g->B > 0 ? g->B : 1, T = g->T > 0 ? g->T : 1;
   c.rows_per_device = (B + devices - 1) / devices;
+  /* forward outputs a backward node reads (a backward node comes after its producer) */
+  bool *bwd_read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  for (int kk = 0; kk < g->nnodes; kk++)
+    if (g->nodes[kk]->backward)
+      for (int i = 0; i < g->nodes[kk]->nin; i++)
+        bwd_read[g->nodes[kk]->in[i]->id] = true;
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
     Type *save = plan_device_shapes((Graph *)g, d, devices); /* restored below */
@@ -262,19 +268,11 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
       double s = plan_node_share(g, n, d, devices);
       dc->flops += plan_node_flops(n) * s;
       if (n->backward) continue;
-      for (int j = 0; j < n->nout; j++) { /* kept for backward? */
-        const Tensor *t = n->out[j];
-        bool kept = false;
-        for (int q = kk + 1; q < g->nnodes && !kept; q++) {
-          const Node *r = g->nodes[q];
-          if (!r->backward) continue;
-          for (int i = 0; i < r->nin; i++)
-            kept |= r->in[i] == t;
-        }
-        if (kept) dc->act_bytes += 4 * numel(t) * s;
-      }
+      for (int j = 0; j < n->nout; j++) /* kept for backward? */
+        if (bwd_read[n->out[j]->id]) dc->act_bytes += 4 * numel(n->out[j]) * s;
     }
   }
+  mc_free(bwd_read);
   double maxf = 0;
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];

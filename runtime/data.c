@@ -385,7 +385,7 @@ static void tokenize(WordTab *vocab, const char *text, size_t len, int32_t **ids
 
 static char *read_data_file(const char *path, size_t *len) {
   char *text = mc_read_file(path, len);
-  if (!text) mc_die("cannot read data file '%s': %s", path, strerror(errno));
+  if (!text) mc_die("cannot read data file '%s': %s", path, mc_read_error());
   if (*len == 0) mc_die("data file '%s' is empty", path);
   return text;
 }

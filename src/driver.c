@@ -8,7 +8,7 @@ AstFile *drv_load(const char *path, Config *cfg) {
   size_t len = 0;
   char *text = mc_read_file(path, &len);
   if (!text) {
-    fprintf(stderr, "moec: error: cannot read '%s': %s\n", path, strerror(errno));
+    fprintf(stderr, "moec: error: cannot read '%s': %s\n", path, mc_read_error());
     return NULL;
   }
   Source src = {.path = path, .text = text, .len = len};
