@@ -26,6 +26,9 @@
 /* No layer, and no model, may hold more parameters than this (the counts must
  * fit int64 and any real allocation): 2^50. */
 #define SEMA_MAX_PARAMS 1125899906842624.0
+/* synthetic(topics, vocab): topics x vocab at most this (runtime/train.h's
+ * RT_SYNTH_MAX_STATES; the frontend does not include the runtime). */
+#define SEMA_SYNTH_MAX_STATES (1 << 20)
 /* memory_budget: at most 2^53 bytes (8 PiB), exact as a double and as int64. */
 #define SEMA_MAX_BUDGET 9007199254740992.0
 /* check_expr recursion guard (the parser already limits nesting to 256). */
@@ -1206,16 +1209,16 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     if (!match_args(S, e, "synthetic", keys, 3, v)) return NULL;
     int64_t topics = c->topics, vocab = c->vocab, seed = 0;
     c->data = DATA_SYNTHETIC;
-    if (v[0] && const_int(S, v[0], "topics", 1, 1 << 24, &topics)) c->topics = (int)topics;
+    if (v[0] && const_int(S, v[0], "topics", 1, SEMA_SYNTH_MAX_STATES / 2, &topics))
+      c->topics = (int)topics;
     if (v[1] && const_int(S, v[1], "vocab", 2, 65536, &vocab)) c->vocab = (int)vocab;
     if (v[2] && const_int(S, v[2], "seed", 0, 9007199254740992.0, &seed)) {
       c->data_seed = (uint64_t)seed;
       *seed_given = true;
     }
-    if (v[0] && v[1] && topics * vocab > (int64_t)1 << 24)
-      fe_error(S->d, e->loc,
-               "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
-               (long long)(topics * vocab));
+    if (v[0] && v[1] && topics * vocab > SEMA_SYNTH_MAX_STATES)
+      fe_error(S->d, e->loc, "synthetic data: topics x vocab = %lld is too large (at most %d)",
+               (long long)(topics * vocab), SEMA_SYNTH_MAX_STATES);
     vocab_expr = v[1];
     return vocab_expr;
   }
@@ -1282,10 +1285,10 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is
    * reported by `moec run`, not here: a file without `data` can still be checked */
   if (!vocab_expr && (c->vocab < 2 || c->vocab > 65536)) return;
-  if ((int64_t)c->topics * c->vocab > (int64_t)1 << 24) {
+  if ((int64_t)c->topics * c->vocab > SEMA_SYNTH_MAX_STATES) {
     fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
-             "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
-             (long long)c->topics * c->vocab);
+             "synthetic data: topics x vocab = %lld is too large (at most %d)",
+             (long long)c->topics * c->vocab, SEMA_SYNTH_MAX_STATES);
     return;
   }
   for (int i = 0; i < S->nembeds; i++) {

@@ -19,6 +19,9 @@
 
 /* Topic switching probability per token of the synthetic corpus. */
 #define RT_SYNTH_SWITCH (1.0 / 500.0)
+/* The most (topic, token) states: topics x vocab (memory ~100 bytes a state, and
+ * the analysis before step 1 stays within about a minute). */
+#define RT_SYNTH_MAX_STATES (1 << 20)
 
 /* The built-in corpus: K topics, each a sparse Markov chain over V tokens. */
 typedef struct Synth {
@@ -30,11 +33,15 @@ typedef struct Synth {
   double *prob;        /* their probabilities (sum to 1 per state) */
   double *stat;        /* [K*V] stationary distribution of (topic, token), or NULL */
   double floor_nats;   /* entropy rate given the hidden topic (rt_synth_analyze) */
+  double residual;     /* the analysis's last change per sweep (0: solved directly) */
   double unigram_nats; /* entropy of the stationary token marginal */
 } Synth;
 
 Synth *rt_synth_new(int topics, int vocab, uint64_t seed);
-/* Stationary distribution and entropy rate (fills stat, floor_nats, unigram_nats). */
+/* Stationary distribution and entropy rate (fills stat, floor_nats, unigram_nats).
+ * Exact linear solves per topic for vocab <= 32 (sticky two-token chains make power
+ * iteration crawl); power iteration to 1e-14 otherwise, at most a bounded number of
+ * sweeps (a note on stderr says when it stopped before converging). */
 void rt_synth_analyze(Synth *s);
 void rt_synth_free(Synth *s);
 
