@@ -15,9 +15,11 @@
  *   MPI_Isend/MPI_Irecv in pieces.
  * - A watchdog thread: a collective that has not finished after the timeout
  *   (MOEC_COMM_TIMEOUT, default 60 s) prints "moec: error: rank R: collective X
- *   timed out after S s (a peer rank probably died)" and ends the job with
- *   MPI_Abort (wd_end_job: a rank's exit alone may leave mpirun waiting), with a
- *   guard thread that _exit(1)s the process if the abort blocks.
+ *   timed out after S s (a peer rank probably died or is stopped)" and ends the job
+ *   with MPI_Abort (wd_end_job: a rank's exit alone may leave mpirun waiting), with a
+ *   guard thread that _exit(1)s the process if the abort blocks. It starts before
+ *   MPI_Init, which waits for every rank too: timed out there, the rank exits 1
+ *   (MPI_Abort needs MPI up) and mpirun ends the job.
  * - MOEC_COMM_CHECK=1: before every collective the ranks compare (op, sequence
  *   number, size) and, for all_to_allv, the counts, and fail with a clear message
  *   instead of a truncation error or a hang (an extra small collective each time).
@@ -101,6 +103,7 @@ struct MpiComm {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool quit, active;
+  bool up; /* MPI is initialised: MPI_Abort may end the job */
   const char *op;
   double start;
   /* scratch */
@@ -142,9 +145,11 @@ static void *mpi_watchdog(void *arg) {
   while (!m->quit) {
     if (m->active && mc_now() - m->start >= m->timeout) {
       char msg[256];
-      snprintf(msg, sizeof msg, "collective %s timed out after %g s (a peer rank probably died)",
-               m->op, m->timeout);
-      comm_print_error(m->comm.rank, msg);
+      snprintf(msg, sizeof msg,
+               "%s %s timed out after %g s (a peer rank probably died or is stopped)",
+               m->up ? "collective" : "MPI start-up:", m->op, m->timeout);
+      comm_print_error(mpi_rank, msg);
+      if (!m->up) _exit(1); /* no MPI_Abort before MPI_Init returns; mpirun ends the job */
       wd_end_job();
     }
     struct timespec ts;
@@ -425,22 +430,42 @@ static Comm *mpi_subset(Comm *c, uint64_t mask) {
 /* ------------------------------------------------------------------ init / finalize */
 
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
+  MpiComm *m = mc_calloc(1, sizeof(MpiComm));
+  m->root = m;
+  m->timeout = comm_timeout_from_env();
+  /* the watchdog runs from the start: MPI_Init and MPI_Comm_dup wait for every rank,
+   * and a rank stopped (SIGSTOP) or hung before them would leave the others waiting */
+  const char *er = getenv("OMPI_COMM_WORLD_RANK");
+  if (!er) er = getenv("PMIX_RANK");
+  if (!er) er = getenv("PMI_RANK");
+  if (er) mpi_rank = atoi(er);
+  pthread_condattr_t ca;
+  PT_CHECK(pthread_condattr_init(&ca));
+  PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
+  PT_CHECK(pthread_mutex_init(&m->mu, NULL));
+  PT_CHECK(pthread_cond_init(&m->cv, &ca));
+  PT_CHECK(pthread_condattr_destroy(&ca));
+  PT_CHECK(pthread_create(&m->wd, NULL, mpi_watchdog, m));
+  wd_arm(m, "MPI_Init");
   int inited = 0;
   MPI_CHECK(MPI_Initialized(&inited));
-  MpiComm *m = mc_calloc(1, sizeof(MpiComm));
   if (!inited) {
     int provided = 0;
     MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     m->we_init = true;
   }
+  PT_CHECK(pthread_mutex_lock(&m->mu));
+  m->up = true;
+  PT_CHECK(pthread_mutex_unlock(&m->mu));
   int rank = 0, size = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   mpi_rank = rank;
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  wd_arm(m, "MPI_Comm_dup");
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->mc));
+  wd_disarm(m);
   MPI_CHECK(MPI_Comm_set_errhandler(m->mc, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_size(m->mc, &size));
-  m->timeout = comm_timeout_from_env();
   const char *ck = getenv("MOEC_COMM_CHECK");
   m->check = ck && *ck && strcmp(ck, "0") != 0;
   m->chunk = INT_MAX;
@@ -464,14 +489,6 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
                    .barrier = mpi_barrier,
                    .abort = mpi_abort,
                    .subset = mpi_subset};
-  m->root = m;
-  pthread_condattr_t ca;
-  PT_CHECK(pthread_condattr_init(&ca));
-  PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
-  PT_CHECK(pthread_mutex_init(&m->mu, NULL));
-  PT_CHECK(pthread_cond_init(&m->cv, &ca));
-  PT_CHECK(pthread_condattr_destroy(&ca));
-  PT_CHECK(pthread_create(&m->wd, NULL, mpi_watchdog, m));
   (void)why;
   return &m->comm;
 }
