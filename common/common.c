@@ -151,7 +151,14 @@ void mc_buf_printf(McBuf *b, const char *fmt, ...) {
   va_end(ap);
 }
 
-void mc_buf_putc(McBuf *b, char c) { mc_buf_printf(b, "%c", c); }
+void mc_buf_putc(McBuf *b, char c) {
+  if (b->len + 2 > b->cap) { /* room for c and the NUL */
+    b->cap = (b->len + 2) * 2;
+    b->data = mc_realloc(b->data, b->cap);
+  }
+  b->data[b->len++] = c;
+  b->data[b->len] = 0;
+}
 
 int mc_utf8_len(const unsigned char *s, size_t n) {
   if (n == 0) return 0;
