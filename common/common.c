@@ -21,8 +21,18 @@ void mc_fatal_at(const char *file, int line, const char *fmt, ...) {
   abort();
 }
 
+void (*mc_die_hook)(const char *msg);
+
 void mc_die(const char *fmt, ...) {
   va_list ap;
+  if (mc_die_hook) {
+    char msg[1024];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    mc_die_hook(msg); /* does not return */
+    abort();
+  }
   va_start(ap, fmt);
   fflush(stdout);
   fprintf(stderr, "moec: error: ");

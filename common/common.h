@@ -26,6 +26,9 @@ _Noreturn void mc_fatal_at(const char *file, int line, const char *fmt, ...)
 
 /* User-facing runtime error (bad data file, OOM, ...): "moec: error: ..." and exit 1. */
 _Noreturn void mc_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Fuzzers only: when set, mc_die calls it with the message instead of printing and
+ * exiting; it must not return (it longjmps back to the fuzz target). */
+extern void (*mc_die_hook)(const char *msg);
 
 /* The one allocator. Aborts with a clear message naming the call site on failure. */
 void *mc_malloc_at(size_t n, const char *file, int line);

@@ -721,8 +721,10 @@ static bool meta_from_tensors(Parser *ps, StFile *f, int *cap) {
     f->mval[f->nmeta++] = v;
   }
   char **keys = mc_malloc((size_t)(f->nmeta + 1) * sizeof(char *));
-  memcpy(keys, f->mkey, (size_t)f->nmeta * sizeof(char *));
-  qsort(keys, (size_t)f->nmeta, sizeof(char *), cmp_str);
+  if (f->nmeta) {
+    memcpy(keys, f->mkey, (size_t)f->nmeta * sizeof(char *));
+    qsort(keys, (size_t)f->nmeta, sizeof(char *), cmp_str);
+  }
   for (int i = 1; i < f->nmeta; i++)
     if (!strcmp(keys[i - 1], keys[i])) {
       fail(ps, "the metadata key '%.60s' appears twice", keys[i]);
@@ -967,7 +969,10 @@ void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows) {
   mc_free(used);
   if (problems) {
     if (problems > 8) mc_buf_printf(&why, "; and %d more problems", problems - 8);
-    mc_die("checkpoint '%s' is for another model: %s", f->path, why.data);
+    char msg[4096]; /* a copy, so nothing is held when mc_die's hook unwinds (fuzzers) */
+    snprintf(msg, sizeof msg, "%s", why.data);
+    mc_buf_free(&why);
+    mc_die("checkpoint '%s' is for another model: %s", f->path, msg);
   }
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
