@@ -51,6 +51,9 @@ static inline double rt_sigmoid(double x) {
   return 1.0 / (1.0 + exp(-x));
 }
 
+/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them) */
+#define BI(v) rt_blas_int((v), n)
+
 /* ---------------------------------------------------------------- instances */
 
 #define real float

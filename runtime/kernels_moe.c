@@ -54,6 +54,9 @@ static void moe_check_range(const Node *n, int64_t r0, int64_t r1, int64_t R) {
   if (r0 < 0 || r1 > R || r1 < r0) moe_bad(n, "group rows end", r1, R + 1);
 }
 
+/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them) */
+#define BI(v) rt_blas_int((v), n)
+
 /* ---------------------------------------------------------------- instances */
 
 #define real float

@@ -398,6 +398,11 @@ static void die_seek(void *arg) {
   Batcher *b = arg;
   rt_batcher_seek(b, (int64_t)1 << 40);
 }
+static void die_blas(void *arg) {
+  Node n = {.layer = "h1", .loc = {3, 5, 3, 9}};
+  (void)arg;
+  rt_blas_int((int64_t)1 << 31, &n);
+}
 static void die_step(void *arg) {
   rt_parse_step("c.safetensors", "optim.step", arg);
 }
@@ -416,6 +421,10 @@ static void test_hostile(void) {
   CHECK(mc_read_file_max("/proc/self/status", 10, &n) == NULL && errno == EFBIG);
   CHECK(strstr(mc_read_error(), "larger than 10 bytes") != NULL);
 
+  Node nd = {0};
+  CHECK(rt_blas_int(2147483647, &nd) == 2147483647);
+  expect_death(die_blas, NULL,
+               "3:5: layer 'h1': a matrix dimension of 2147483648 exceeds 2147483647");
   CHECK(rt_parse_step("c", "train.step", "0") == 0);
   CHECK(rt_parse_step("c", "train.step", "2147483647") == RT_MAX_STEP);
   expect_death(die_step, "9223372036854775807",
