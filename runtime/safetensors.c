@@ -899,6 +899,32 @@ const StEntry *rt_st_find(const StFile *f, const char *name) {
   return i >= 0 ? &f->e[i] : NULL;
 }
 
+static void shape_str(McBuf *b, int rank, const int64_t *shape);
+
+const StEntry *rt_st_expect(const StFile *f, const char *name, StDType dtype, int rank,
+                            const int64_t *shape) {
+  const StEntry *e = rt_st_find(f, name);
+  if (!e) return NULL;
+  if (e->dtype != dtype)
+    mc_die("checkpoint '%s': '%s' has dtype %s, the model needs %s", f->path, name,
+           e->dtype_name, dtype_name(dtype));
+  bool same = e->rank == rank;
+  for (int d = 0; same && d < rank; d++)
+    same = e->shape[d] == shape[d];
+  if (!same) {
+    McBuf b = {0};
+    shape_str(&b, e->rank, e->shape);
+    mc_buf_printf(&b, ", the model needs ");
+    shape_str(&b, rank, shape);
+    char msg[1024]; /* nothing held when mc_die's hook unwinds (fuzzers) */
+    snprintf(msg, sizeof msg, "%s", b.data);
+    mc_buf_free(&b);
+    mc_die("checkpoint '%s': '%s' has shape %s (saved for another model, optimizer or batch?)",
+           f->path, name, msg);
+  }
+  return e;
+}
+
 const char *rt_st_meta(const StFile *f, const char *key) {
   for (int i = 0; i < f->nmeta; i++)
     if (!strcmp(f->mkey[i], key)) return f->mval[i];

@@ -187,6 +187,12 @@ StFile *rt_st_parse(const char *path, uint8_t *buf, size_t size, char *err, size
 StFile *rt_st_open(const char *path);
 void rt_st_close(StFile *f);
 const StEntry *rt_st_find(const StFile *f, const char *name);
+/* The entry `name` checked against what the caller needs: NULL when absent; dies
+ * saying what differs ("'optim.m.w' has dtype I32, the model needs F32"; "... has
+ * shape [2, 64], the model needs [128]") when its dtype or shape (compared dim by
+ * dim, not by element count) is not dtype and shape[0..rank). */
+const StEntry *rt_st_expect(const StFile *f, const char *name, StDType dtype, int rank,
+                            const int64_t *shape);
 const char *rt_st_meta(const StFile *f, const char *key);
 /* Copies the file's tensors into every parameter of p (by name, converting F32/F64
  * to the program's precision). Names starting with "optim.", "state." or
