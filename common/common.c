@@ -316,6 +316,13 @@ uint64_t mc_hash64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+uint64_t mc_hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
 uint64_t mc_rng_key(uint64_t seed, uint64_t stream, uint64_t step) {
   return mc_hash64(mc_hash64(mc_hash64(seed) ^ stream) ^ step);
 }

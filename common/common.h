@@ -110,6 +110,8 @@ double mc_now(void);
 /* Counter-based random numbers (splitmix64 hashing): the same (key, counter)
  * gives the same draw on any device and any split of the batch. */
 uint64_t mc_hash64(uint64_t x);
+/* FNV-1a of a NUL-terminated string: the hash tables' (names, symbols). */
+uint64_t mc_hash_str(const char *s);
 uint64_t mc_rng_key(uint64_t seed, uint64_t stream, uint64_t step);
 double mc_rng_uniform(uint64_t key, uint64_t counter); /* in (0,1) */
 double mc_rng_normal(uint64_t key, uint64_t counter);  /* N(0,1), Box-Muller */

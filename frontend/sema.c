@@ -60,16 +60,9 @@ typedef struct SymTab {
   size_t norder, ocap;
 } SymTab;
 
-static uint64_t str_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 static Sym *sym_find(const SymTab *t, const char *name) {
   if (!t->cap) return NULL;
-  for (size_t i = str_hash(name) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+  for (size_t i = mc_hash_str(name) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
     if (!t->slot[i]) return NULL;
     if (!strcmp(t->slot[i]->name, name)) return t->slot[i];
   }
@@ -82,7 +75,7 @@ static void sym_insert(SymTab *t, Sym *s) {
     for (size_t i = 0; i < t->cap; i++) {
       Sym *o = t->slot[i];
       if (!o) continue;
-      size_t j = str_hash(o->name) & (ncap - 1);
+      size_t j = mc_hash_str(o->name) & (ncap - 1);
       while (ns[j])
         j = (j + 1) & (ncap - 1);
       ns[j] = o;
@@ -91,7 +84,7 @@ static void sym_insert(SymTab *t, Sym *s) {
     t->slot = ns;
     t->cap = ncap;
   }
-  size_t j = str_hash(s->name) & (t->cap - 1);
+  size_t j = mc_hash_str(s->name) & (t->cap - 1);
   while (t->slot[j])
     j = (j + 1) & (t->cap - 1);
   t->slot[j] = s;

@@ -120,16 +120,9 @@ void ir_graph_free(Graph *g) {
     (arr)[(n)++] = (x);                                        \
   } while (0)
 
-static uint64_t name_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 /* The slot of name in the index (open addressing, at most half full). */
 static int name_slot(const Graph *g, const char *name) {
-  int mask = g->name_cap - 1, h = (int)(name_hash(name) & (uint64_t)mask);
+  int mask = g->name_cap - 1, h = (int)(mc_hash_str(name) & (uint64_t)mask);
   while (g->name_idx[h] && strcmp(g->name_idx[h], name))
     h = (h + 1) & mask;
   return h;

@@ -648,16 +648,9 @@ static void free_entries(StFile *f) {
   mc_free(f->mval);
 }
 
-static uint64_t name_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 /* The slot of name in f's table: its entry's index there, or -1 where it would go. */
 static int *find_slot(const StFile *f, const char *name) {
-  uint64_t mask = (uint64_t)f->nslot - 1, h = name_hash(name) & mask;
+  uint64_t mask = (uint64_t)f->nslot - 1, h = mc_hash_str(name) & mask;
   while (f->slot[h] >= 0 && strcmp(f->e[f->slot[h]].name, name))
     h = (h + 1) & mask;
   return &f->slot[h];
