@@ -90,7 +90,8 @@ static void run(Comm *c, void *arg) {
 int main(int argc, char **argv) {
   if (rt_comm_mpi_launched()) {
     const char *why = NULL;
-    Comm *c = rt_comm_mpi_init(&argc, &argv, &why);
+    CommOpts opts = comm_opts_from_env();
+    Comm *c = rt_comm_mpi_init(&argc, &argv, &opts, &why);
     if (!c) mc_die("launched under MPI, but %s", why);
     run(c, NULL);
     rt_comm_mpi_finalize(c);

@@ -15,7 +15,7 @@
  * GEMMs (grouped_matmul, grouped_matmul_dw) and their TFLOP/s against one dense
  * cublasSgemm of the same shape as the first expert GEMM, [N*k, D] x [D, H]; and the
  * share of routing (roles gate, dispatch, combine, aux: gate + top-k + dispatch +
- * combine + load/importance) in the layer time. Goals (issue 5): expert GEMMs >= 80%
+ * combine + load/importance) in the layer time. Goals: expert GEMMs >= 80%
  * of the dense rate; routing <= 10% of the layer. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -72,7 +72,7 @@ static Graph *build(const char *text, Config *cfg, int64_t B) {
   if (d.errors == 0) fe_sema(f, cfg, &d);
   if (d.errors) mc_die("the benchmark model does not compile");
   Graph *g = ir_build(f, cfg);
-  PassCtx pc = {cfg, 1, true};
+  PassCtx pc = {.cfg = cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, B, 1);
   return g; /* the AST stays alive: the graph may point into it */
@@ -188,7 +188,7 @@ int main(int argc, char **argv) {
            (long long)o.hidden);
   Config cfg;
   Graph *g = build(text, &cfg, o.tokens);
-  Program *p = cg_lower_on(g, PREC_F32, be);
+  Program *p = cg_lower_on(g, PREC_F32, be, NULL);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
     double scale = 1.0 / sqrt((double)(t->ty.rank >= 2 ? t->shape[t->ty.rank - 2] : 1));

@@ -1,14 +1,16 @@
 /* op_profile.c: where a training step of a .moe model spends its time, by layer
- * and by op, and the MoE layer's achieved GFLOP/s (to set against OpenBLAS sgemm
- * peak from bench/gemm_peak.c).
+ * and by op, by part (gate, dispatch, expert GEMMs, optimizer, other), and the
+ * step's GEMM FLOPs and achieved GFLOP/s (to set against OpenBLAS sgemm peak from
+ * bench/gemm_peak.c).
  *
  * It compiles FILE the way `moec run` does (passes with autodiff, bound to the
  * train block's batch and unroll, float32 on the cpu backend), initialises the
  * parameters, feeds random token ids and times every instruction of the program
- * over several steps (the optimizer update is not an instruction: it is timed
- * apart by `moec run`, not here). FLOPs are counted for the GEMM-shaped ops
- * (matmul, grouped_matmul, grouped_matmul_dw: 2*M*N*K; lstm/lstm_bwd: the
- * recurrent GEMMs, 2*B*T*4U*U per pass, twice for backward).
+ * and the optimizer's update (rt_optim_step, the train block's optimizer) over
+ * several steps. FLOPs are counted for the GEMM-shaped ops (matmul, grouped_matmul,
+ * grouped_matmul_dw: 2*M*N*K; lstm/lstm_bwd: the recurrent GEMMs, 2*B*T*4U*U per
+ * pass, twice for backward; linear_xent: its logits GEMM, linear_xent_bwd: its two).
+ * The last line is one JSON object (ms per step, its parts, GFLOP per step).
  *
  *   scripts/setup     # CMake builds build/op_profile (tests/bench.cmake), or by hand:
  *   cc -O2 -D_GNU_SOURCE -I. -Ibuild -o build/op_profile bench/op_profile.c \
@@ -57,8 +59,34 @@ static double node_flops(const Node *n) {
     const Tensor *w = n->in[1];
     return 4.0 * (double)n->in[0]->numel * (double)w->shape[0];
   }
+#ifdef MOEC_HAVE_LINEAR_XENT
+  case OP_LINEAR_XENT: /* x[N,D] . W[V,D]^T */
+    return 2.0 * (double)n->in[0]->numel * (double)n->in[1]->shape[0];
+  case OP_LINEAR_XENT_BWD: /* dx and dW */
+    return 4.0 * (double)n->in[1]->numel * (double)n->in[2]->shape[0];
+#endif
   default:
     return 0;
+  }
+}
+
+/* The part of a step a node belongs to: its MoE role, else "other". */
+enum { PT_GATE, PT_DISPATCH, PT_EXPERTS, PT_OPTIM, PT_OTHER, NPT };
+static const char *const part_names[NPT] = {"gate", "dispatch", "expert GEMMs", "optimizer",
+                                            "other"};
+static const char *const part_keys[NPT] = {"gate", "dispatch", "experts", "optimizer", "other"};
+
+static int node_part(const Node *n) {
+  const char *r = n->role ? n->role : "";
+  if (!strcmp(r, "gate") || !strcmp(r, "aux")) return PT_GATE;
+  if (!strcmp(r, "dispatch") || !strcmp(r, "combine")) return PT_DISPATCH;
+  if (!strcmp(r, "experts")) return PT_EXPERTS;
+  switch (n->op) {
+  case OP_NOISE:
+  case OP_TOPK:
+    return PT_GATE;
+  default:
+    return PT_OTHER;
   }
 }
 
@@ -101,11 +129,11 @@ int main(int argc, char **argv) {
   if (d.errors) return 1;
 
   Graph *g = ir_build(f, &cfg);
-  PassCtx pc = {&cfg, 1, true};
+  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);
-  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, cg_f32(p, g->params[i]));
+  for (int i = 0; i < g->nparams; i++) rt_init_param(g->params[i], cfg.seed, rt_f32(p, g->params[i]));
 
   /* token inputs: ids below the smallest embedding / softmax vocabulary */
   int64_t vocab = 1 << 30;
@@ -118,18 +146,31 @@ int main(int argc, char **argv) {
   for (int i = 0; i < g->ninputs; i++) {
     const Tensor *t = g->inputs[i];
     if (t->ty.dtype != DT_I32) continue;
-    int32_t *v = cg_i32(p, t);
+    int32_t *v = rt_i32(p, t);
     for (int64_t j = 0; j < t->numel; j++)
       v[j] = (int32_t)(mc_rng_uniform(key, (uint64_t)(i * t->numel + j)) * (double)vocab) %
              (int32_t)vocab;
   }
 
+  /* the optimizer over the program's parameters and gradients, as moec run's */
+  Optim *opt = rt_optim_new(&cfg, g);
+  float **pp = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(float *));
+  float **gg = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(float *));
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    pp[i] = rt_f32(p, t);
+    gg[i] = t->grad ? rt_f32(p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+  }
+
   Acc *acc = mc_calloc((size_t)p->ninstrs, sizeof(Acc));
   int nacc = 0;
-  double total = 0;
+  double total = 0, optim = 0, parts[NPT] = {0}, step_flops = 0;
   for (int s = -1; s < steps; s++) { /* step -1: warm-up, not counted */
-    KernelCtx ctx = {.training = true, .seed = cfg.seed, .step = (uint64_t)(s + 1),
-                     .batch_local = cfg.batch, .ndevices = 1};
+    KernelCtx ctx = {.training = true,
+                     .seed = cfg.seed,
+                     .step = (uint64_t)(s + 1),
+                     .batch_local = cfg.batch,
+                     .ndevices = 1};
     for (int k = 0; k < p->ninstrs; k++) {
       const Instr *ins = &p->instrs[k];
       double t0 = mc_now();
@@ -141,15 +182,28 @@ int main(int argc, char **argv) {
       a->flops += node_flops(ins->node);
       a->calls++;
       total += dt;
+      parts[node_part(ins->node)] += dt;
+      if (s == 0) step_flops += node_flops(ins->node);
     }
+    double t0 = mc_now();
+    rt_optim_step(opt, pp, gg);
+    if (s >= 0) optim += mc_now() - t0;
     rt_carry_state(p);
   }
+  parts[PT_OPTIM] = optim;
 
   double tokens = (double)cfg.batch * cfg.unroll;
-  printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps: %.1f ms/step in "
-         "instructions (%.0f tokens/s without the optimizer)\n",
-         argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, total / steps * 1e3,
-         tokens * steps / total);
+  double step = (total + optim) / steps;
+  printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps, %d threads: %.1f ms/step "
+         "(instructions %.1f, optimizer %.1f): %.0f tokens/s; GEMM work %.2f GFLOP a step, "
+         "%.1f GFLOP/s over the step; OpenBLAS %s kernels\n",
+         argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, rt_threads(), step * 1e3,
+         total / steps * 1e3, optim / steps * 1e3, tokens / step, step_flops / 1e9,
+         step_flops / step / 1e9, rt_blas_core());
+  printf("op_profile: parts (ms/step):");
+  for (int i = 0; i < NPT; i++)
+    printf("%s %s %.2f", i ? "," : "", part_names[i], parts[i] / steps * 1e3);
+  printf("\n");
 
   /* by layer */
   printf("\n%-12s %10s %7s %10s\n", "layer", "ms/step", "share", "GFLOP/s");
@@ -158,7 +212,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nacc && nseen < 256; i++) {
     const char *l = acc[i].layer ? acc[i].layer : "(none)";
     bool dup = false;
-    for (int j = 0; j < nseen; j++) dup |= !strcmp(seen[j], l);
+    for (int j = 0; j < nseen; j++)
+      dup |= !strcmp(seen[j], l);
     if (dup) continue;
     seen[nseen++] = l;
     double secs = 0, fl = 0;
@@ -173,7 +228,8 @@ int main(int argc, char **argv) {
 
   /* top ops */
   qsort(acc, (size_t)nacc, sizeof(Acc), by_time);
-  printf("\n%-12s %-22s %-4s %10s %7s %10s\n", "layer", "op", "pass", "ms/step", "share", "GFLOP/s");
+  printf("\n%-12s %-22s %-4s %10s %7s %10s\n", "layer", "op", "pass", "ms/step", "share",
+         "GFLOP/s");
   for (int i = 0; i < nacc && i < 25; i++)
     printf("%-12s %-22s %-4s %10.2f %6.1f%% %10.1f\n", acc[i].layer ? acc[i].layer : "(none)",
            ir_ops[acc[i].op].name, acc[i].backward ? "bwd" : "fwd", acc[i].secs / steps * 1e3,
@@ -202,5 +258,11 @@ int main(int argc, char **argv) {
            layer, secs / steps * 1e3, 100 * secs / total, fl / steps / 1e9,
            secs > 0 ? fl / secs / 1e9 : 0, gsecs > 0 ? gfl / gsecs / 1e9 : 0, gsecs / steps * 1e3);
   }
+  printf("{\"ms_step\":%.3f,\"tokens_per_s\":%.1f,\"gemm_gflop\":%.4f,\"threads\":%d", step * 1e3,
+         tokens / step, step_flops / 1e9, rt_threads());
+  for (int i = 0; i < NPT; i++)
+    printf(",\"ms_%s\":%.3f", part_keys[i], parts[i] / steps * 1e3);
+  printf("}\n");
+  rt_optim_free(opt);
   return 0;
 }

@@ -1,95 +1,158 @@
 #!/usr/bin/env bash
-# run_lm_bench.sh: moec vs PyTorch on the LSTM-MoE LM benchmark, 2 threads each.
+# run_lm_bench.sh: moec vs PyTorch on the LSTM-MoE LM benchmark, each in its best
+# configuration, against the machine's measured sgemm peak.
 #
-#   bench/run_lm_bench.sh [--steps N] [--threads N] [--skip-gemm]
+#   bench/run_lm_bench.sh [--rounds R] [--steps N] [--torch-steps N] [--skip-gemm]
+#                         [--skip-torch] [--skip-profile]
 #
-# Runs, one after the other on an otherwise idle machine:
-#   1. bench/gemm_peak.c  (OpenBLAS sgemm GFLOP/s at the model's shapes and the peak)
-#   2. bench/lm_torch.py  (PyTorch, /usr/bin/python3 with Debian's python3-torch)
-#   3. build/moec run bench/lm_bench.moe --json  (moec; tokens_per_s from its JSON line)
-#   4. bench/op_profile.c (moec's step by layer and op; the MoE layer's GFLOP/s)
-# and prints both tokens/s, the ratio moec / PyTorch, and the MoE layer's GFLOP/s
-# against the sgemm peak. Results also go to
-# build/bench/ (JSON). MOEC=path/to/moec overrides the binary.
+# On an otherwise idle machine, one after the other:
+#   1. bench/gemm_peak.c: OpenBLAS sgemm GFLOP/s at the model's shapes and the 2-thread
+#      peak (the better of two large shapes);
+#   2. bench/op_profile.c: the step's GEMM FLOPs (from moec's graph; the same model,
+#      so the same FLOPs for PyTorch) and moec's step by part;
+#   3. R rounds (default 3), each: moec (MOEC_THREADS=2 and 1) and PyTorch
+#      (bench/lm_torch.py: 1 thread; 2 threads with OMP_WAIT_POLICY=PASSIVE, ACTIVE and
+#      unset), side by side in the same window.
+# Tokens/s are over the timed steps after 5 warm-up steps on both sides (moec: from
+# its metrics file). Prints a table of every run (tokens/s, ms/step, GFLOP/s over the
+# step, % of the 2-thread sgemm peak) and each side's best, and the ratio of the bests;
+# the load average before each phase. Results also go to build/bench/ (lm_runs.txt,
+# summary.txt). MOEC=path/to/moec overrides the binary.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-steps=40
-threads=2
+rounds=3
+steps=45
+torch_steps=30
 gemm=1
+torch=1
+profile=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --rounds) rounds="$2"; shift ;;
     --steps) steps="$2"; shift ;;
-    --threads) threads="$2"; shift ;;
+    --torch-steps) torch_steps="$2"; shift ;;
     --skip-gemm) gemm=0 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --skip-torch) torch=0 ;;
+    --skip-profile) profile=0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_lm_bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
 done
+[ "$steps" -gt 5 ] || { echo "run_lm_bench: --steps must exceed the 5 warm-up steps" >&2; exit 2; }
 
-export OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 moec="${MOEC:-build/moec}"
+bdir="$(dirname "$moec")"
 py=/usr/bin/python3
 out=build/bench
 mkdir -p "$out"
-echo "run_lm_bench: $(nproc) cores, $threads threads each, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-
-if [ "$gemm" = 1 ]; then
-  echo; echo "== OpenBLAS sgemm"
-  cc -O2 -o "$out/gemm_peak" bench/gemm_peak.c \
-     -I/usr/include/x86_64-linux-gnu/openblas-pthread -I/usr/include/openblas -lopenblas -lm
-  "$out/gemm_peak" 1 | tee "$out/gemm_peak.txt"
-fi
-
-echo; echo "== PyTorch (bench/lm_torch.py); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-torch_steps=$(( steps < 30 ? steps : 30 ))
-"$py" bench/lm_torch.py --threads "$threads" --steps "$torch_steps" --warmup 5 --json | tee "$out/torch.txt"
-torch_tps=$(tail -n 1 "$out/torch.txt" | "$py" -c 'import json,sys; print(json.loads(sys.stdin.read())["tokens_per_s"])')
-
-echo; echo "== moec (moec run bench/lm_bench.moe); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 if [ ! -x "$moec" ]; then
   echo "run_lm_bench: $moec is missing: run scripts/setup first" >&2
   exit 1
 fi
-set +e
-"$moec" run bench/lm_bench.moe --steps "$steps" --json </dev/null | tee "$out/moec.txt"
-rc=${PIPESTATUS[0]}
-set -e
-if [ "$rc" != 0 ]; then
-  echo "run_lm_bench: moec run exited with $rc" >&2
-  exit 1
+if [ "$torch" = 1 ] && ! "$py" -c 'import torch' 2>/dev/null; then
+  echo "run_lm_bench: no torch in $py: PyTorch skipped (apt-get install python3-torch)" >&2
+  torch=0
 fi
-moec_tps=$(grep '^{' "$out/moec.txt" | tail -n 1 | "$py" -c 'import json,sys; print(json.loads(sys.stdin.read())["tokens_per_s"])')
+echo "run_lm_bench: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(load)"
 
-echo; echo "== moec by layer and op (bench/op_profile.c); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-bdir="$(dirname "$moec")"
-moe_gflops=""
-if [ -x "$bdir/op_profile" ] || [ -f "$bdir/libmoeccore.a" ]; then
-  prof="$bdir/op_profile"      # built by CMake (tests/bench.cmake) ...
-  if [ ! -x "$prof" ]; then    # ... or here, from the library
-    prof="$out/op_profile"
-    cc -O2 -D_GNU_SOURCE -I. -I"$bdir" -o "$prof" bench/op_profile.c "$bdir/libmoeccore.a" \
-       -lopenblas -lm -lpthread
-  fi
-  "$prof" bench/lm_bench.moe 5 | tee "$out/op_profile.txt"
-  moe_gflops=$(grep "^op_profile: MoE layer" "$out/op_profile.txt" | head -1 | sed 's/.*: \([0-9.]*\) GFLOP\/s over the whole layer.*/\1/')
-else
-  echo "run_lm_bench: $bdir/libmoeccore.a is missing: no per-layer profile"
-fi
 peak=""
-[ -f "$out/gemm_peak.txt" ] && peak=$(grep "^gemm_peak: peak" "$out/gemm_peak.txt" | awk '{print $3}')
+if [ "$gemm" = 1 ]; then
+  echo; echo "== OpenBLAS sgemm, 2 threads; load average $(load)"
+  cc -O2 -o "$out/gemm_peak" bench/gemm_peak.c \
+     -I/usr/include/x86_64-linux-gnu/openblas-pthread -I/usr/include/openblas -lopenblas -lm
+  OPENBLAS_NUM_THREADS=2 "$out/gemm_peak" 1 | tee "$out/gemm_peak.txt"
+  peak=$(grep "^gemm_peak: peak" "$out/gemm_peak.txt" | awk '{print $3}')
+elif [ -f "$out/gemm_peak.txt" ]; then
+  peak=$(grep "^gemm_peak: peak" "$out/gemm_peak.txt" | awk '{print $3}')
+  echo "run_lm_bench: sgemm peak $peak GFLOP/s from an earlier $out/gemm_peak.txt"
+fi
+
+gflop=""
+prof="$bdir/op_profile"
+if [ "$profile" = 1 ] && [ -x "$prof" ]; then
+  echo; echo "== moec's step by layer, op and part (bench/op_profile.c); load average $(load)"
+  MOEC_THREADS=2 "$prof" bench/lm_bench.moe 5 | tee "$out/op_profile.txt"
+fi
+[ -f "$out/op_profile.txt" ] && gflop=$("$py" -c 'import json,sys
+for l in open(sys.argv[1]):
+    if l.startswith("{"): print(json.loads(l)["gemm_gflop"])' "$out/op_profile.txt" | tail -n 1)
+[ -n "$gflop" ] || echo "run_lm_bench: no $prof (build it with CMake): no FLOPs, no % of peak"
+
+runs="$out/lm_runs.txt"
+: >"$runs"
+# one moec run: tokens/s over steps 6..N from the metrics' cumulative rate
+moec_run() { # moec_run ROUND THREADS
+  local m="$out/moec_metrics.json" l
+  l=$(load)
+  MOEC_THREADS="$2" "$moec" run bench/lm_bench.moe --steps "$steps" --quiet --json \
+    --metrics "$m" </dev/null >"$out/moec.txt" 2>&1 ||
+    { cat "$out/moec.txt"; echo "run_lm_bench: moec run failed" >&2; exit 1; }
+  "$py" - "$m" "$1" "moec, $2 thread$([ "$2" = 1 ] || echo s)" "$l" <<'PY' >>"$runs"
+import json, sys
+steps = [json.loads(l) for l in open(sys.argv[1]) if '"event":"step"' in l]
+nt = 32 * 20
+t = lambda s: s["step"] * nt / s["tokens_per_s"]  # seconds for steps 1..s
+a, b = steps[4], steps[-1]
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{(b['step'] - a['step']) * nt / (t(b) - t(a)):.1f}\t{sys.argv[4]}")
+PY
+}
+torch_run() { # torch_run ROUND THREADS POLICY
+  local l pol="${3:-}" name
+  l=$(load)
+  name="PyTorch, $2 thread$([ "$2" = 1 ] || echo s)"
+  [ "$2" = 1 ] || name="$name, ${pol:-default} wait"
+  env ${pol:+OMP_WAIT_POLICY=$pol} OMP_NUM_THREADS="$2" OPENBLAS_NUM_THREADS="$2" \
+    MKL_NUM_THREADS="$2" "$py" bench/lm_torch.py --threads "$2" --steps "$torch_steps" \
+    --warmup 5 --json >"$out/torch.txt" 2>&1 ||
+    { cat "$out/torch.txt"; echo "run_lm_bench: lm_torch.py failed" >&2; exit 1; }
+  "$py" - "$out/torch.txt" "$1" "$name" "$l" <<'PY' >>"$runs"
+import json, sys
+d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{d['tokens_per_s']:.1f}\t{sys.argv[4]}")
+PY
+}
+
+for r in $(seq 1 "$rounds"); do
+  echo; echo "== round $r of $rounds: moec ($steps steps) and PyTorch ($torch_steps steps); load average $(load)"
+  moec_run "$r" 2
+  moec_run "$r" 1
+  if [ "$torch" = 1 ]; then
+    torch_run "$r" 1
+    torch_run "$r" 2 PASSIVE
+    torch_run "$r" 2 ACTIVE
+    torch_run "$r" 2 ""
+  fi
+  tail -n "$([ "$torch" = 1 ] && echo 6 || echo 2)" "$runs" | cut -f2,3 | sed 's/\t/: /; s/$/ tokens\/s/'
+done
 
 echo
-echo "run_lm_bench: load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (above ~0.5 before a phase, another job shared the cores)"
-"$py" - "$moec_tps" "$torch_tps" "$threads" "$moe_gflops" "$peak" <<'PY' | tee "$out/summary.txt"
+echo "run_lm_bench: load average at the end $(load) (above ~0.5 before a run, another job shared the cores)"
+"$py" - "$runs" "${gflop:-0}" "${peak:-0}" <<'PY' | tee "$out/summary.txt"
 import sys
-m, t, th = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-print(f"run_lm_bench: {th} threads each: moec {m:.0f} tokens/s, PyTorch {t:.0f} tokens/s, "
-      f"ratio {m / t:.2f}x")
-g, p = sys.argv[4], sys.argv[5]
-if g and p:
-    print(f"run_lm_bench: MoE layer {float(g):.1f} GFLOP/s = {100 * float(g) / float(p):.0f}% "
-          f"of the sgemm peak {float(p):.1f} GFLOP/s")
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+gflop, peak = float(sys.argv[2]), float(sys.argv[3])
+nt = 32 * 20
+print(f"{'round':>5}  {'run':<36} {'tokens/s':>9} {'ms/step':>8} {'GFLOP/s':>8} {'% peak':>7}  load before")
+best = {}
+for r, name, tps, ld in rows:
+    tps = float(tps)
+    ms = nt / tps * 1e3
+    gfs = gflop * tps / nt if gflop else 0
+    pct = f"{100 * gfs / peak:6.1f}%" if gflop and peak else "      -"
+    print(f"{r:>5}  {name:<36} {tps:9.0f} {ms:8.1f} {gfs:8.1f} {pct}  {ld}")
+    side = name.split(",")[0]
+    if tps > best.get(side, (0, ""))[0]:
+        best[side] = (tps, name)
+if gflop:
+    print(f"the step: {gflop:.2f} GFLOP of GEMM work (moec's graph: forward and backward)"
+          + (f"; 2-thread sgemm peak {peak:.1f} GFLOP/s" if peak else ""))
+for side, (tps, name) in best.items():
+    pct = f", {100 * gflop * tps / nt / peak:.0f}% of the sgemm peak" if gflop and peak else ""
+    print(f"best {side}: {tps:.0f} tokens/s ({name}){pct}")
+if "moec" in best and "PyTorch" in best:
+    print(f"run_lm_bench: moec / best PyTorch = {best['moec'][0] / best['PyTorch'][0]:.2f}x")
 PY

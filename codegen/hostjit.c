@@ -8,24 +8,17 @@
  *     ...
  *   }
  *
- * compiled by the same LLJIT as the fused kernels (jit.c). It replaces
- * rt_exec's interpreter loop: no loads of the instruction array, no indirect
- * branch through a loaded pointer; each call is a direct call to a constant
- * address. The instruction arrays (in/out pointer lists) stay where lowering
- * put them, so a memory plan that rewrites their contents is still honoured;
- * reordering or relowering needs a recompile (the Program owns its HostJit).
- * MOEC_JIT=0 keeps the interpreter.
+ * compiled by the same LLJIT as the fused kernels (jit.c) when the program is
+ * lowered. It replaces rt_exec's interpreter loop: no loads of the instruction
+ * array, no indirect branch through a loaded pointer; each call is a direct call to
+ * a constant address. The instruction arrays (in/out pointer lists) stay where
+ * lowering put them; relowering needs a recompile (the Program owns its HostJit).
+ * CgOpts.no_jit (--no-jit) keeps the interpreter.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "jit.h"
-
-bool cg_hostjit_enabled(void) {
-  const char *env = getenv("MOEC_JIT");
-  if (env && *env) return strcmp(env, "0") != 0;
-  return true; /* where LLVM is present (bit-identical: tests/test_fusion_equiv.sh) */
-}
 
 #ifdef MOEC_HAVE_LLVM
 #include <llvm-c/Core.h>
@@ -33,9 +26,7 @@ bool cg_hostjit_enabled(void) {
 typedef void (*HostFn)(const KernelCtx *ctx);
 
 struct HostJit {
-  int fb, n;  /* first_backward, ninstrs when compiled */
-  HostFn fwd; /* [0, fb) */
-  HostFn bwd; /* [fb, n) */
+  int unused; /* the machine code stays in the JIT until exit */
 };
 
 static HostFn compile_range(const Program *p, int from, int to) {
@@ -82,33 +73,16 @@ static HostFn compile_range(const Program *p, int from, int to) {
   return (HostFn)cg_jit_compile_module(ts, m, fname, false);
 }
 
-HostJit *cg_hostjit_compile(const Program *p) {
+void cg_hostjit_compile(Program *p) {
   cg_jit_lock();
   if (!cg_jit_init_locked()) {
     cg_jit_unlock();
-    return NULL;
+    return;
   }
-  HostJit *h = mc_calloc(1, sizeof(HostJit));
-  h->fb = p->first_backward;
-  h->n = p->ninstrs;
-  h->fwd = compile_range(p, 0, h->fb);
-  h->bwd = compile_range(p, h->fb, h->n);
+  p->hostjit = mc_calloc(1, sizeof(HostJit));
+  p->host_fwd = compile_range(p, 0, p->first_backward);
+  p->host_bwd = compile_range(p, p->first_backward, p->ninstrs);
   cg_jit_unlock();
-  return h;
-}
-
-bool cg_hostjit_run(const HostJit *h, const KernelCtx *ctx, int from, int to) {
-  if (!h) return false;
-  if (from == 0 && (to == h->fb || to == h->n)) {
-    if (h->fwd) h->fwd(ctx);
-    if (to == h->n && h->bwd) h->bwd(ctx);
-    return true;
-  }
-  if (from == h->fb && to == h->n) {
-    if (h->bwd) h->bwd(ctx);
-    return true;
-  }
-  return false;
 }
 
 /* The machine code stays in the JIT (freed at exit): programs are few per run. */
@@ -118,13 +92,8 @@ void cg_hostjit_free(HostJit *h) {
 
 #else
 
-HostJit *cg_hostjit_compile(const Program *p) {
+void cg_hostjit_compile(Program *p) {
   (void)p;
-  return NULL;
-}
-bool cg_hostjit_run(const HostJit *h, const KernelCtx *ctx, int from, int to) {
-  (void)h, (void)ctx, (void)from, (void)to;
-  return false;
 }
 void cg_hostjit_free(HostJit *h) {
   (void)h;

@@ -117,7 +117,7 @@ void *cg_jit_compile_module(LLVMOrcThreadSafeContextRef ts, LLVMModuleRef m, con
     if (e) jit_fail(e, "optimisation failed");
     LLVMDisposePassBuilderOptions(po);
   }
-  if (getenv("MOEC_JIT_DUMP")) LLVMDumpModule(m); /* debugging: the IR after O3 */
+  if (mc_debug.jit) LLVMDumpModule(m); /* debugging: the IR after O3 */
   LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(m, ts);
   LLVMOrcDisposeThreadSafeContext(ts);
   LLVMErrorRef e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm);
@@ -382,7 +382,7 @@ static uint64_t str_hash(const char *s) {
 }
 
 KernelFn cg_jit_fused(const Node *n, Precision prec) {
-  const FusedProg *pr = pass_fused_prog(n);
+  const FusedProg *pr = ir_fused_prog(n);
   if (!pr) mc_fatal("node %d: fused op without a program (made outside the fusion pass?)", n->id);
   int64_t N = n->out[0]->numel;
   MOEC_ASSERT(N > 0);

@@ -6,7 +6,7 @@
  *               loop vectoriser, no fast-math: the same bits as the unfused
  *               kernels), compiled by LLJIT, cached by content hash
  *   hostjit.c : the host program: a program's ordered kernel calls -> one
- *               native function per instruction range (replaces rt_exec's loop)
+ *               native function per instruction range (Program.host_fwd, host_bwd)
  *
  * Without LLVM (MOEC_HAVE_LLVM undefined) every entry point reports "no JIT":
  * fusion stays off and the interpreter runs. Prefix: cg_.
@@ -24,19 +24,12 @@ KernelFn cg_jit_fused(const Node *n, Precision prec);
 /* Kernels compiled and cache hits so far (tests, --json). */
 void cg_jit_stats(int *compiled, int *hits);
 
-/* hostjit.c: host program JIT. A compiled program runs instructions [from, to)
- * for the two ranges rt_exec is asked for: [0, first_backward) and
- * [first_backward, ninstrs) (and their union). */
+/* hostjit.c: host program JIT: sets p->host_fwd ([0, first_backward)) and
+ * p->host_bwd ([first_backward, ninstrs)) to native functions making p's kernel calls
+ * with its buffers baked in; leaves them NULL when LLVM is absent. */
 typedef struct HostJit HostJit;
-/* NULL when LLVM is absent. The function pointers and buffers of p are baked
- * in: recompile after relowering. */
-HostJit *cg_hostjit_compile(const Program *p);
-/* Runs [from, to) natively when it is one of the compiled ranges; returns false
- * (nothing run) otherwise, so the caller falls back to the interpreter. */
-bool cg_hostjit_run(const HostJit *h, const KernelCtx *ctx, int from, int to);
+void cg_hostjit_compile(Program *p);
 void cg_hostjit_free(HostJit *h);
-/* Whether the host JIT is wanted: MOEC_JIT=0 (or --no-jit) keeps the interpreter. */
-bool cg_hostjit_enabled(void);
 
 #ifdef MOEC_HAVE_LLVM
 /* jit.c internals shared with hostjit.c (one LLJIT per process). */

@@ -1,33 +1,24 @@
-/* lower.c: a bound graph -> a program: one instruction per node, in graph
- * order, each with its kernel and buffer pointers.
+/* lower.c: a bound graph -> a program: one instruction per node this device runs, in
+ * graph order, each with its kernel and buffer pointers; fused kernels and the host
+ * program compiled here, so running compiles nothing.
  *
  * Buffers come from the memory plan (passes/memplan.c) for every graph the pass
- * pipeline planned (g->mem set by the memplan pass): one allocation per program
- * holds the persistent region (params, inputs, state) and the arena where every
- * activation and gradient lives at the offset the plan gave it. MOEC_NO_MEMPLAN=1,
- * and graphs built by hand without the passes, keep one zeroed allocation per
- * tensor (every buffer keeps its value after the run: for debugging and tests that
- * read every tensor). MOEC_POISON_ARENA=1 fills the arena with NaN bytes before
- * every run of the program (tests: nothing may read a buffer its producer has not
- * written this step). */
-#include <stdlib.h>
+ * pipeline planned: one allocation per program holds the persistent region (params,
+ * inputs, state) and the arena where every activation and gradient lives at the
+ * offset the plan gave it. CgOpts.no_memplan, and graphs built by hand without the
+ * passes, keep one zeroed allocation per tensor (every buffer keeps its value after
+ * the run: for debugging and tests that read every tensor). CgOpts.poison fills the
+ * arena with NaN bytes before every run of the program (tests: nothing may read a
+ * buffer its producer has not written this step). */
 #include <string.h>
 
 #include "../passes/passes.h"
 #include "codegen.h"
 #include "jit.h"
+#include "nvrtc.h"
 
 static size_t tensor_bytes(const Tensor *t, size_t elem) {
   return (size_t)t->numel * (t->ty.dtype == DT_I32 ? sizeof(int32_t) : elem);
-}
-
-static bool env_on(const char *name) {
-  const char *v = getenv(name);
-  return v && *v && strcmp(v, "0") != 0;
-}
-
-Program *cg_lower(Graph *g, Precision prec) {
-  return cg_lower_on(g, prec, &rt_backend_cpu);
 }
 
 static void alloc_per_tensor(Program *p) {
@@ -48,7 +39,9 @@ static void alloc_per_tensor(Program *p) {
 
 static void alloc_planned(Program *p) {
   Graph *g = p->g;
-  MemFigures mf = pass_memplan_assign(g, p->elem);
+  MemFigures mf = g->mem;
+  if (mf.B != g->B || mf.T != g->T || mf.elem != (int64_t)p->elem)
+    mf = pass_memplan_assign(g, p->elem); /* bound anew since the memplan pass */
   size_t total = (size_t)(mf.persist + mf.arena);
   p->base = p->be->alloc(total ? total : 64);
   if (!p->base) {
@@ -70,56 +63,62 @@ static void alloc_planned(Program *p) {
   p->persist_bytes = (size_t)mf.persist;
   p->arena_bytes = (size_t)mf.arena;
   p->bytes = total;
-  p->poison = env_on("MOEC_POISON_ARENA");
 }
 
-void cg_poison_arena(Program *p) {
-  if (!p->planned || !p->arena_bytes) return;
-  size_t chunk = MC_MIN(p->arena_bytes, (size_t)1 << 20);
-  unsigned char *nan = mc_malloc(chunk);
-  memset(nan, 0xff, chunk); /* a NaN in f32 and f64, -1 in i32 */
-  char *a = (char *)p->base + p->persist_bytes;
-  for (size_t o = 0; o < p->arena_bytes; o += chunk)
-    p->be->upload(a + o, nan, MC_MIN(chunk, p->arena_bytes - o));
-  mc_free(nan);
+/* The kernel of node n: the backend's, or one compiled for this node (fused groups). */
+static KernelFn kernel_of(const Node *n, const KernelFn *table, Precision prec, const Backend *be,
+                          const CgOpts *o) {
+  if (n->op == OP_FUSED && be == &rt_backend_cpu) return cg_jit_fused(n, prec);
+  if (n->op == OP_FUSED && !o->no_nvrtc) return cg_nvrtc_fused(n, prec, o->dev, table[n->op]);
+  return table[n->op];
 }
 
-Program *cg_lower_on(Graph *g, Precision prec, const Backend *be) {
+Program *cg_lower_on(Graph *g, Precision prec, const Backend *be, const CgOpts *opts) {
   MOEC_ASSERT(g->B > 0 && g->T > 0);
+  const CgOpts o = opts ? *opts : (CgOpts){0};
   const KernelFn *table = be->kernels(prec);
   Program *p = mc_calloc(1, sizeof(Program));
   p->g = g;
   p->be = be;
+  p->dev = o.dev;
   p->prec = prec;
   p->elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
-  p->buf = mc_calloc((size_t)g->ntensors, sizeof(void *));
-  p->subsets = -1;
+  p->buf = mc_calloc((size_t)g->ntensors + 1, sizeof(void *));
   /* Graphs that went through the pass pipeline (its memplan pass set g->mem) get the
    * plan; graphs built by hand (kernel tests, gradcheck: they read every tensor after
    * the run) keep one buffer per tensor. */
-  if (env_on("MOEC_NO_MEMPLAN") || g->mem.B == 0)
+  if (o.no_memplan || g->mem.B == 0)
     alloc_per_tensor(p);
   else
     alloc_planned(p);
-  p->instrs = mc_calloc((size_t)g->nnodes, sizeof(Instr));
-  p->ninstrs = g->nnodes;
-  p->first_backward = g->nnodes;
+  p->poison = o.poison && p->planned;
+  const int P = g->ndev > 0 ? g->ndev : 1, rank = g->rank;
+  p->instrs = mc_calloc((size_t)g->nnodes + 1, sizeof(Instr));
+  p->first_backward = -1;
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
-    Instr *ins = &p->instrs[k];
-    ins->fn = table[n->op];
-    if (n->op == OP_FUSED && be == &rt_backend_cpu) /* cpu: JIT-compiled (codegen/jit.c); */
-      ins->fn = cg_jit_fused(n, prec); /* cuda: its table's kernel interprets the program */
+    if (P > 1 && !ir_runs_on(n, rank, P)) continue; /* another device's node */
+    Instr *ins = &p->instrs[p->ninstrs++];
+    ins->fn = kernel_of(n, table, prec, be, &o);
     if (!ins->fn) mc_fatal("no %s kernel for op '%s'", be->name, ir_ops[n->op].name);
     ins->node = n;
-    ins->in = mc_calloc((size_t)n->nin, sizeof(void *));
-    ins->out = mc_calloc((size_t)n->nout, sizeof(void *));
+    ins->in = mc_calloc((size_t)n->nin + 1, sizeof(void *));
+    ins->out = mc_calloc((size_t)n->nout + 1, sizeof(void *));
     for (int i = 0; i < n->nin; i++)
       ins->in[i] = p->buf[n->in[i]->id];
     for (int j = 0; j < n->nout; j++)
       ins->out[j] = p->buf[n->out[j]->id];
-    if (n->backward && p->first_backward == g->nnodes) p->first_backward = k;
+    if (P > 1 && ir_node_mask(n, P) != ir_all_mask(P)) {
+      ins->on_subset = true;
+      ins->sub = ir_node_subctx(n, rank, P, g->B_global);
+    }
+    if (n->backward && p->first_backward < 0) p->first_backward = p->ninstrs - 1;
   }
+  if (p->first_backward < 0) p->first_backward = p->ninstrs;
+  bool subsets = false;
+  for (int k = 0; k < p->ninstrs; k++)
+    subsets |= p->instrs[k].on_subset;
+  if (!o.no_jit && !subsets) cg_hostjit_compile(p); /* sets host_fwd, host_bwd */
   return p;
 }
 
@@ -137,5 +136,12 @@ void cg_program_free(Program *p) {
     for (int i = 0; i < p->g->ntensors; i++)
       p->be->release(p->buf[i]);
   mc_free(p->buf);
+  if (p->rows)
+    for (int i = 0; i < p->g->nparams; i++) {
+      mc_free((void *)p->rows[i].list);
+      mc_free((void *)p->rows[i].owner);
+    }
+  mc_free(p->rows);
+  mc_free(p->param_set);
   mc_free(p);
 }

@@ -425,7 +425,7 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
   if (bin) {
     stats.disk_hits++;
   } else {
-    if (getenv("MOEC_NVRTC_DUMP")) fprintf(stderr, "%s", src); /* debugging: what compiles */
+    if (mc_debug.nvrtc) fprintf(stderr, "%s", src); /* debugging: what compiles */
     bin = nvrtc_compile(src, arch, &n);
     stats.compiled++;
     if (disk_write(key, h, arch, bin, n)) stats.disk_writes++;
@@ -459,6 +459,7 @@ const char *cg_nvrtc_binary(const char *src, const char *arch, size_t *len) {
 /* ---------------------------------------------------------------- loaded kernels (GPU) */
 
 #if defined(MOEC_HAVE_NVRTC) && defined(MOEC_HAVE_CUDA)
+#include "../runtime/cuda/cuda.h"
 
 typedef CUresult (*PfnModuleLoadData)(CUmodule *, const void *);
 typedef CUresult (*PfnModuleGetFunction)(CUfunction *, CUmodule, const char *);
@@ -581,15 +582,9 @@ static CUfunction load_locked(const FusedProg *pr, bool f64, uint64_t bcast, int
   return fn;
 }
 
-static bool nvrtc_wanted(void) {
-  const char *e = getenv("MOEC_NVRTC");
-  return !(e && !strcmp(e, "0"));
-}
-
 bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *const *in,
                           void *const *out) {
-  if (!nvrtc_wanted()) return false;
-  const FusedProg *pr = pass_fused_prog(n);
+  const FusedProg *pr = ir_fused_prog(n);
   if (!pr) mc_fatal("node %d: fused op without a program (made outside the fusion pass?)", n->id);
   if (gpu < 0 || gpu >= MAX_GPUS) mc_fatal("fused op on GPU %d: at most %d GPUs", gpu, MAX_GPUS);
   if (pr->nin > 64 || pr->nin != n->nin || pr->nout != n->nout)
@@ -637,6 +632,43 @@ bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *
   return true;
 }
 
+/* The interpreter kernels the NVRTC kernel falls back to, by precision (cuda's table). */
+static KernelFn interp_kernel[2];
+
+static void nvrtc_fused_kernel(const KernelCtx *ctx, const Node *n, void *const *in,
+                               void *const *out, bool f64) {
+  RtCudaDev *d = ctx->dev ? (RtCudaDev *)ctx->dev : rt_cuda_dev(0);
+  if (!cg_cuda_fused_launch(n, f64, rt_cuda_gpu(d), rt_cuda_stream(d), in, out))
+    interp_kernel[f64](ctx, n, in, out);
+}
+static void nvrtc_fused_f32(const KernelCtx *c, const Node *n, void *const *in, void *const *out) {
+  nvrtc_fused_kernel(c, n, in, out, false);
+}
+static void nvrtc_fused_f64(const KernelCtx *c, const Node *n, void *const *in, void *const *out) {
+  nvrtc_fused_kernel(c, n, in, out, true);
+}
+
+KernelFn cg_nvrtc_fused(const Node *n, Precision prec, void *dev, KernelFn interp) {
+  const FusedProg *pr = ir_fused_prog(n);
+  bool f64 = prec == PREC_F64;
+  MOEC_ASSERT(pr && interp);
+  interp_kernel[f64] = interp;
+  if (pr->nin > 64) return interp;
+  uint64_t bcast = 0;
+  for (int s = 0; s < pr->nin; s++)
+    if (n->in[s]->numel == 1 && n->out[0]->numel != 1) bcast |= 1ull << s;
+  char name[CG_CUDA_NAME_LEN];
+  char *src = cg_cuda_fused_source(pr, f64, bcast, name);
+  RtCudaDev *d = dev ? (RtCudaDev *)dev : rt_cuda_dev(0);
+  pthread_mutex_lock(&mu);
+  const char *arch = arch_of(rt_cuda_gpu(d));
+  pthread_mutex_unlock(&mu);
+  size_t len = 0;
+  cg_nvrtc_binary(src, arch, &len); /* compiled now (or found in a cache), loaded at launch */
+  mc_free(src);
+  return f64 ? nvrtc_fused_f64 : nvrtc_fused_f32;
+}
+
 void cg_nvrtc_forget(void) {
   pthread_mutex_lock(&mu);
   for (int i = 0; i < nbins; i++) {
@@ -653,6 +685,11 @@ void cg_nvrtc_forget(void) {
 }
 
 #else /* NVRTC without CUDA (or neither): no launches */
+
+KernelFn cg_nvrtc_fused(const Node *n, Precision prec, void *dev, KernelFn interp) {
+  (void)n, (void)prec, (void)dev;
+  return interp;
+}
 
 bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *const *in,
                           void *const *out) {

@@ -1,4 +1,4 @@
-/* nvrtc.h: CUDA fused elementwise kernels (the GPU half of issue 6's fusion).
+/* nvrtc.h: CUDA fused elementwise kernels (the GPU half of fusion).
  *
  * An OP_FUSED node's program (passes/fusion.h) becomes CUDA C: one kernel per group
  * and precision, a grid-stride loop that loads each input, evaluates the program op
@@ -55,9 +55,15 @@ void cg_nvrtc_forget(void);
  * is set. MOEC_CACHE_DIR=off turns the disk cache off. */
 const char *cg_nvrtc_cache_dir(void);
 
+/* The kernel of fused node n (bound) on the cuda device dev (a RtCudaDev*, NULL: GPU 0)
+ * at lowering: its group compiled by NVRTC now (or found in a cache), a kernel that
+ * loads and launches it on the KernelCtx's device; interp (the backend's interpreter
+ * kernel) where NVRTC is absent or cannot run the group. */
+KernelFn cg_nvrtc_fused(const Node *n, Precision prec, void *dev, KernelFn interp);
+
 /* Runs fused node n (bound: out[0]->numel elements) on GPU gpu's stream (a
  * cudaStream_t): compiles (or finds) its kernel and launches it. False when moec has
- * no NVRTC or MOEC_NVRTC=0 (the caller then runs the interpreter kernel). */
+ * no NVRTC (the caller then runs the interpreter kernel). */
 bool cg_cuda_fused_launch(const Node *n, bool f64, int gpu, void *stream, void *const *in,
                           void *const *out);
 

@@ -336,3 +336,14 @@ double mc_rng_normal(uint64_t key, uint64_t counter) {
   double u1 = mc_rng_uniform(key, 2 * counter), u2 = mc_rng_uniform(key, 2 * counter + 1);
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+
+McDebug mc_debug;
+
+void mc_debug_from_env(void) {
+  const char *v = getenv("MOEC_DEBUG");
+  if (!v) return;
+  mc_debug.memplan = strstr(v, "memplan") != NULL;
+  mc_debug.memplan_all = strstr(v, "memplan_all") != NULL;
+  mc_debug.jit = strstr(v, "jit") != NULL;
+  mc_debug.nvrtc = strstr(v, "nvrtc") != NULL;
+}

@@ -104,6 +104,20 @@ char *mc_read_file(const char *path, size_t *len);
  * not a regular file (a FIFO)", "it has more than 64 GiB (the limit)", strerror. */
 const char *mc_read_error(void);
 
+/* Developer diagnostics, off unless MOEC_DEBUG lists them (read once, by the
+ * command line at startup: mc_debug_from_env): memplan (the peak of every memory
+ * plan on stderr), memplan_all (every tensor's lifetime), jit (LLVM IR after
+ * optimisation), nvrtc (generated CUDA source). They change no result. */
+typedef struct McDebug {
+  bool memplan, memplan_all, jit, nvrtc;
+} McDebug;
+extern McDebug mc_debug;
+void mc_debug_from_env(void);
+
+/* version.c: "0.9.0 (abc1234)"; the features built in: "cpu, llvm, mpi, cuda, ...". */
+const char *mc_version(void);
+const char *mc_features(void);
+
 /* Monotonic wall clock in seconds. */
 double mc_now(void);
 

@@ -60,7 +60,7 @@ void fe_nest_error(PState *ps, Loc loc) {
   fe_error(ps->diag, loc, "expressions nested too deeply (limit %d)", FE_MAX_NEST);
 }
 
-AstFile *fe_parse(const Source *src, Diag *d) {
+static AstFile *parse(const Source *src, Diag *d, bool settings_only) {
   AstFile *f = mc_calloc(1, sizeof *f);
   f->src = *src;
   const char *text = src->text ? src->text : "";
@@ -89,18 +89,30 @@ AstFile *fe_parse(const Source *src, Diag *d) {
   yyparse(sc, ps);
   yylex_destroy(sc);
 
-  if (!ps->saw_model) {
-    Loc at = {1, 1, 1, 1};
+  if (settings_only && f->model) {
+    fe_error(d, f->model->loc, "settings cannot define a model");
+  } else if (!settings_only && !ps->saw_model) {
+    Loc at = {1, 1, 1, 1, NULL};
     if (ps->any_token)
-      at = (Loc){ps->last.end_line, ps->last.end_col + 1, ps->last.end_line, ps->last.end_col + 1};
+      at = (Loc){ps->last.end_line, ps->last.end_col + 1, ps->last.end_line, ps->last.end_col + 1,
+                 ps->last.src};
     fe_error(d, at, "expected 'model' block");
   }
   mc_free(ps);
   return f;
 }
 
+AstFile *fe_parse(const Source *src, Diag *d) {
+  return parse(src, d, false);
+}
+
+AstFile *fe_parse_settings(const Source *src, Diag *d) {
+  return parse(src, d, true);
+}
+
 void fe_ast_free(AstFile *f) {
   if (!f) return;
+  fe_ast_free(f->overrides);
   mc_free(f->owned_text);
   mc_arena_free(&f->arena);
   mc_free(f);

@@ -34,7 +34,7 @@ static size_t seq_len(const unsigned char *s, size_t n, bool *valid) {
 
 /* Prints line `loc.line` of the source and the caret line under it. */
 static void show_source(const Diag *d, FILE *out, Loc loc) {
-  const Source *src = d->src;
+  const Source *src = loc.src ? loc.src : d->src;
   if (!src || !src->text || loc.line <= 0 || loc.col <= 0) return;
   const char *text = src->text, *end = text + src->len;
   const char *p = text;
@@ -100,7 +100,8 @@ static void show_source(const Diag *d, FILE *out, Loc loc) {
 
 static void emit(Diag *d, const char *kind, Loc loc, const char *fmt, va_list ap) {
   FILE *out = d->out ? d->out : stderr;
-  const char *path = d->src && d->src->path ? d->src->path : "<input>";
+  const Source *src = loc.src ? loc.src : d->src;
+  const char *path = src && src->path ? src->path : "<input>";
   if (loc.line > 0)
     fprintf(out, "%s:%d:%d: %s: ", path, loc.line, loc.col, kind);
   else
@@ -117,6 +118,7 @@ static bool capped(const Diag *d) {
 
 void fe_error(Diag *d, Loc loc, const char *fmt, ...) {
   d->errors++;
+  if (loc.src && loc.src->cmdline) d->cmdline_errors++;
   if (capped(d)) {
     if (d->errors == d->max_errors + 1) {
       const char *path = d->src && d->src->path ? d->src->path : "<input>";

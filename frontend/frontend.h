@@ -17,10 +17,12 @@
 
 /* ---------------------------------------------------------------- types */
 
-/* A dimension: c * B^b * T^t, so [B, T, D] and the flattened [B*T, D] are exact. */
+/* A dimension: c * B^b * T^t * S^s, so [B, T, D] and the flattened [B*T, D] are exact.
+ * B is the batch, T the unroll (target) length, S the source length of a translation
+ * model's second sequence. */
 typedef struct Dim {
   int64_t c;
-  int8_t b, t; /* powers of the symbols B and T */
+  int8_t b, t, s; /* powers of the symbols B, T and S */
 } Dim;
 
 typedef enum DType { DT_F32, DT_I32 } DType;
@@ -39,31 +41,38 @@ typedef struct Type {
 } Type;
 
 Dim dim_int(int64_t c);
-Dim dim_sym(char sym); /* 'B' or 'T' */
+Dim dim_sym(char sym); /* 'B', 'T' or 'S' */
 Dim dim_mul(Dim a, Dim b);
 bool dim_eq(Dim a, Dim b);
 bool dim_is_const(Dim d);
-/* Binds the symbols; -1 when the value would exceed MOEC_MAX_NUMEL. */
+/* Binds the symbols (S takes T's value); -1 when the value would exceed MOEC_MAX_NUMEL. */
 int64_t dim_eval(Dim d, int64_t B, int64_t T);
+int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S);
 char *dim_str(Dim d, char *buf, size_t n);    /* "B*T", "512", "4*B" */
 char *type_str(const Type *t, char *buf, size_t n); /* "f32[B, T, 512]" */
 
 /* ---------------------------------------------------------------- diag.c */
 
+typedef struct Source Source;
+
 typedef struct Loc {
   int line, col;         /* 1-based, first character */
   int end_line, end_col; /* last character, inclusive */
+  const Source *src;     /* the text it is in; NULL: the diagnostics' main file */
 } Loc;
 
-typedef struct Source {
+struct Source {
   const char *path; /* as given on the command line */
   const char *text; /* whole file, NUL-terminated (may contain NULs: use len) */
   size_t len;
-} Source;
+  bool cmdline; /* settings given on the command line: paths in it are relative to the
+                   working directory, not to the .moe file */
+};
 
 typedef struct Diag {
   const Source *src;
   int errors, warnings;
+  int cmdline_errors; /* of them, errors in settings given on the command line */
   int max_errors;   /* further errors are counted, not printed; default 20 */
   FILE *out;        /* stderr by default; tests point it at a buffer */
 } Diag;
@@ -95,7 +104,7 @@ struct Arg {
   Arg *next;
 };
 
-#define MAX_LAYER_ARGS 16
+#define MAX_LAYER_ARGS 24
 
 struct Expr {
   ExprKind kind;
@@ -113,6 +122,7 @@ struct Expr {
   double argv[MAX_LAYER_ARGS]; /* resolved layer arguments, by LayerArgId */
   Expr *targ[2];     /* resolved tensor arguments */
   const char *param_name; /* parameter prefix: the assigned NAME */
+  const char *mask_input; /* attention: the padded input whose pad ids mask the memory */
 };
 
 typedef enum StmtKind {
@@ -130,7 +140,8 @@ struct Stmt {
   Loc loc;
   const char *name; Loc name_loc;
   Expr *value;            /* let, assign, setting; place rule (EX_NAME or EX_CALL) */
-  DType dtype; Arg *dims; /* input: dims are EX_NUM or EX_NAME (B, T, or a let) */
+  DType dtype; Arg *dims; /* input: dims are EX_NUM or EX_NAME (B, T, S, or a let) */
+  Expr *pad;              /* input: `pad N`, the id of padding positions, or NULL */
   Arg *names;             /* output */
   const char *pattern; Loc pattern_loc; /* place */
   Stmt *next;
@@ -147,12 +158,21 @@ typedef struct AstFile {
   Block *model, *train, *plan;
   McArena arena; /* owns every node and string */
   char *owned_text; /* src.text when the file owns it (drv_load); freed by fe_ast_free */
+  struct AstFile *overrides; /* settings merged in from elsewhere (the command line): their
+                                statements live there; freed with this file */
 } AstFile;
 
 /* Parses src into a new AstFile (never NULL). Errors go to d; returns with
  * d->errors > 0 on a syntax error. Never crashes or hangs on any input. */
 AstFile *fe_parse(const Source *src, Diag *d);
+/* The same for a text of train and plan blocks only (settings given on the command
+ * line): a model block in it is an error. */
+AstFile *fe_parse_settings(const Source *src, Diag *d);
 void fe_ast_free(AstFile *f);
+/* override.c: merges the settings of o (fe_parse_settings) into f before sema: a
+ * setting replaces the file's of the same name; NAME = _(K = V) sets arguments of the
+ * file's call; place rules are appended. f takes o over (freed with f). */
+void fe_merge_settings(AstFile *f, AstFile *o, Diag *d);
 
 /* ---------------------------------------------------------------- layers (layers.def) */
 
@@ -165,14 +185,19 @@ typedef enum LayerId {
 typedef enum LayerArgId {
   LA_X = 0, /* unused slot names, for symmetry: tensor inputs are in targ[] */
   LA_VOCAB, LA_DIM, LA_UNITS, LA_ACT, LA_P, LA_EXPERTS, LA_K, LA_HIDDEN, LA_GATING,
-  LA_W_IMPORTANCE, LA_W_LOAD, LA_NOISE, LA_OUT, LA_GROUPS, LA_K_GROUP,
+  LA_W_IMPORTANCE, LA_W_LOAD, LA_NOISE, LA_OUT, LA_GROUPS, LA_K_GROUP, LA_CARRY, LA_SCORE,
+  LA_BIAS, LA_CAPACITY, LA_SAMPLES, LA_PROJ,
   LA_COUNT
 } LayerArgId;
 _Static_assert(LA_COUNT <= MAX_LAYER_ARGS, "too many layer args");
 
-typedef enum ArgKind { AK_INT, AK_FLOAT, AK_BOOL, AK_PROB, AK_ENUM_ACT, AK_ENUM_GATING } ArgKind;
+typedef enum ArgKind {
+  AK_INT, AK_FLOAT, AK_BOOL, AK_PROB, AK_ENUM_ACT, AK_ENUM_GATING, AK_ENUM_SCORE
+} ArgKind;
 typedef enum { LAE_NONE, LAE_RELU, LAE_TANH, LAE_SIGMOID } LayerAct;
 typedef enum { LAE_NOISY_TOPK, LAE_SOFTMAX, LAE_BATCHWISE } LayerGating;
+/* attention scores: GNMT's v . tanh(mU + qW), or the paper's v . (tanh(mU) * tanh(qW)) */
+typedef enum { LAE_ADDITIVE, LAE_PRODUCT } LayerScore;
 
 typedef struct LayerArgSpec {
   LayerArgId id;
@@ -194,7 +219,7 @@ int fe_layer_lookup(const char *name); /* -1 if none */
 
 /* ---------------------------------------------------------------- sema.c: Config */
 
-typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN } DataKind;
+typedef enum DataKind { DATA_SYNTHETIC, DATA_TEXT, DATA_BIN, DATA_PARALLEL } DataKind;
 typedef enum OptKind { OPT_ADAM, OPT_FACTORED } OptKind;
 typedef enum RecomputeKind { RC_NONE, RC_LIST, RC_ALL, RC_AUTO } RecomputeKind;
 typedef enum BackendKind { BK_AUTO, BK_CPU, BK_CUDA } BackendKind;
@@ -211,7 +236,9 @@ typedef struct Config {
   /* train */
   DataKind data;
   int topics, vocab; uint64_t data_seed; /* synthetic */
-  const char *data_path;                 /* text or bin */
+  const char *data_path;                 /* text, bin, or parallel's training pairs */
+  const char *data_valid_path;           /* parallel: valid=, or NULL */
+  int max_len, batch_tokens;             /* parallel: ids per side, ids per batch */
   int batch, unroll, steps, eval_every;
   OptKind optimizer;
   double lr, beta1, beta2, eps;
@@ -226,6 +253,8 @@ typedef struct Config {
   bool fuse;
   BackendKind backend;
   PlaceRule *rules;
+  /* where some settings were made (line 0: the default), for messages found later */
+  Loc batch_loc, devices_loc, memory_budget_loc, backend_loc;
 } Config;
 
 void fe_config_defaults(Config *c);
@@ -244,6 +273,7 @@ typedef struct LayerSummary {
   Type out;             /* output type */
   int64_t params;       /* parameter count */
   int64_t ops_per_token;/* forward multiply-adds per position (timestep) */
+  int64_t ops_per_pair; /* attention: per (target step, source position) pair */
   bool core;            /* counted in params_core (not embedding/softmax) */
 } LayerSummary;
 
@@ -251,6 +281,8 @@ typedef struct ModelSummary {
   const char *model;
   int nlayers; LayerSummary *layers;
   int64_t params, params_core, ops_per_timestep;
+  int64_t ops_per_pair; /* the attention layers', not in ops_per_timestep */
+  bool translation;     /* an input has the source length S */
 } ModelSummary;
 
 /* Requires a checked file. */

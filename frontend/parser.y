@@ -82,6 +82,7 @@ typedef struct PState {
   int unary_run;          /* consecutive prefix '-' */
   bool nest_reported;      /* one nesting error per too-deep run */
   bool saw_model;
+  bool pad_next;          /* the parser is after an input's dims: `pad` is a keyword */
   TokInfo hist[2];        /* [0] = lookahead, [1] = the token before */
   char scratch[4][64];     /* names once the AST is dead (messages only) */
   int scratch_i;
@@ -130,11 +131,13 @@ int yylex(YYSTYPE *yylval_param, YYLTYPE *yylloc_param, yyscan_t yyscanner);
 #define YYLLOC_DEFAULT(Cur, Rhs, N)                                                               \
   do {                                                                                            \
     if (N) {                                                                                      \
+      (Cur).src = YYRHSLOC(Rhs, 1).src;                                                           \
       (Cur).line = YYRHSLOC(Rhs, 1).line;                                                         \
       (Cur).col = YYRHSLOC(Rhs, 1).col;                                                           \
       (Cur).end_line = YYRHSLOC(Rhs, N).end_line;                                                 \
       (Cur).end_col = YYRHSLOC(Rhs, N).end_col;                                                   \
     } else {                                                                                      \
+      (Cur).src = YYRHSLOC(Rhs, 0).src;                                                           \
       (Cur).line = (Cur).end_line = YYRHSLOC(Rhs, 0).end_line;                                    \
       (Cur).col = (Cur).end_col = YYRHSLOC(Rhs, 0).end_col + 1;                                   \
     }                                                                                             \
@@ -170,9 +173,9 @@ static DType parse_dtype(PState *ps, const char *s, Loc loc);
 %token <str> STRING "string"
 %token <str> PATTERN "place pattern"
 %token MODEL "'model'" TRAIN "'train'" PLAN "'plan'" LET "'let'" INPUT "'input'"
-%token OUTPUT "'output'" PLACE "'place'"
+%token OUTPUT "'output'" PLACE "'place'" PAD "'pad'"
 
-%type <x> expr primary
+%type <x> expr primary pad_opt
 %type <args> args arglist items itemlist dims names
 %type <stmt> stmt
 %type <stmts> stmts
@@ -207,7 +210,7 @@ stmts:
 ;
 
 /* stmt: 'let' NAME '=' expr
- *     | 'input' NAME ':' dtype '[' dims ']'
+ *     | 'input' NAME ':' dtype '[' dims ']' [ 'pad' expr ]
  *     | NAME '=' expr
  *     | 'output' NAME { ',' NAME }
  *     | 'place' PATTERN ':' expr */
@@ -216,11 +219,12 @@ stmt:
     $$ = fe_new_stmt(ps, ST_LET, @$);
     $$->name = $2; $$->name_loc = @2; $$->value = $4.e;
   }
-| INPUT NAME ':' dtype '[' dims ']' {
+| INPUT NAME ':' dtype '[' dims { ps->pad_next = true; } ']' pad_opt {
     $$ = fe_new_stmt(ps, ST_INPUT, @$);
     $$->name = $2; $$->name_loc = @2;
     $$->dtype = (DType)$4;
     $$->dims = $6.head;
+    $$->pad = $9.e;
     if ($6.n > MAX_RANK)
       fe_error(ps->diag, @6, "too many dimensions (%d; limit %d)", $6.n, MAX_RANK);
   }
@@ -236,6 +240,12 @@ stmt:
     $$ = fe_new_stmt(ps, ST_PLACE, @$);
     $$->pattern = $2; $$->pattern_loc = @2; $$->value = $4.e;
   }
+;
+
+/* pad_opt: [ 'pad' expr ] -- the id of padding positions of an input's sequences */
+pad_opt:
+  %empty                 { $$ = (XV){0}; }
+| PAD expr               { $$ = $2; }
 ;
 
 /* dtype: NAME ('i32' or 'f32'), checked at once while its text is at hand */
@@ -535,7 +545,7 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, yyscan_t scanner, PSta
   Loc at_la = loc, after_prev = loc;
   if (prev->kind != YYEOF && la->kind != YYEOF && la->loc.line > prev->loc.end_line)
     after_prev = (Loc){prev->loc.end_line, prev->loc.end_col + 1, prev->loc.end_line,
-                       prev->loc.end_col + 1};
+                       prev->loc.end_col + 1, prev->loc.src};
 
   yysymbol_kind_t ex[YYNTOKENS];
   int nex = yypcontext_expected_tokens(ctx, ex, YYNTOKENS);

@@ -1,11 +1,11 @@
 /* sema.c: the semantic half of the frontend. Owns every check a parsed file
  * must pass before anything is built from it:
  *
- *   model : names (defined before use, assigned once, B and T reserved), `let`
- *           constants, layer calls (layer exists, tensor and keyword arguments,
- *           kinds, ranges, cross-argument rules), dtypes, symbolic shapes
- *           (Dim = c * B^b * T^t), the outputs (exactly one scalar loss, a
- *           softmax_xent result);
+ *   model : names (defined before use, assigned once, B, T and S reserved), `let`
+ *           constants, inputs and their pad ids, layer calls (layer exists, tensor
+ *           and keyword arguments, kinds, ranges, cross-argument rules), dtypes,
+ *           symbolic shapes (Dim = c * B^b * T^t * S^s), an attention's mask, the
+ *           outputs (exactly one scalar loss, a softmax_xent result);
  *   train : settings, their ranges, the synthetic corpus against the model's
  *           vocabulary;
  *   plan  : devices / mesh, strategy, expert placement policy, recompute,
@@ -51,6 +51,9 @@ typedef struct Sym {
   Type ty;
   bool xent;  /* a softmax_xent result (or an alias of one) */
   Expr *call; /* the layer call that made it, if its whole right side is one */
+  bool input; /* an input statement's */
+  bool has_pad;
+  int64_t pad; /* its pad id */
 } Sym;
 
 typedef struct SymTab {
@@ -122,6 +125,7 @@ typedef struct Sema {
   Expr **embeds;   /* embedding calls */
   int nembeds, embcap;
   double params; /* the model's parameters so far (SEMA_MAX_PARAMS in all) */
+  bool has_source; /* an input has the source length S: a translation model */
 } Sema;
 
 /* A location covering the first n characters at loc's start (a name). */
@@ -216,7 +220,11 @@ static Val tensor_val(Expr *e, Type ty, bool xent) {
 }
 
 static bool is_sym_BT(const char *s) {
-  return !strcmp(s, "B") || !strcmp(s, "T");
+  return !strcmp(s, "B") || !strcmp(s, "T") || !strcmp(s, "S");
+}
+
+static const char *sym_meaning(const char *s) {
+  return s[0] == 'B' ? "batch size" : s[0] == 'T' ? "unroll length" : "source length";
 }
 
 static Val check_name(Sema *S, Expr *e) {
@@ -225,7 +233,7 @@ static Val check_name(Sema *S, Expr *e) {
     if (is_sym_BT(e->str)) {
       fe_error(S->d, e->loc,
                "'%s' (the %s) is only known at run time; it can only be used in input dimensions",
-               e->str, e->str[0] == 'B' ? "batch size" : "unroll length");
+               e->str, sym_meaning(e->str));
       return verr;
     }
     Suggest sg = {0};
@@ -452,6 +460,7 @@ static int const_choice(Sema *S, Expr *e, const char *what, const char *const *c
 static const char *const bool_names[] = {"true", "false"}; /* index 0 = true */
 static const char *const act_names[] = {"none", "relu", "tanh", "sigmoid"};
 static const char *const gating_names[] = {"noisy_topk", "softmax", "batchwise"};
+static const char *const score_names[] = {"additive", "product"};
 
 /* ---------------------------------------------------------------- keyword calls */
 
@@ -516,6 +525,7 @@ static bool layer_has_params(int id) {
   case L_RELU:
   case L_TANH:
   case L_SIGMOID:
+  case L_CONCAT:
     return false;
   default:
     return true;
@@ -524,6 +534,8 @@ static bool layer_has_params(int id) {
 
 static const char *tensor_arg_name(int layer, int i) {
   if (layer == L_EMBEDDING) return "ids";
+  if (layer == L_ATTENTION) return i == 0 ? "query" : "memory";
+  if (layer == L_CONCAT) return i == 0 ? "a" : "b";
   return i == 0 ? "x" : "targets";
 }
 
@@ -568,6 +580,10 @@ static bool check_layer_arg(Sema *S, Expr *call, const LayerArgSpec *as, Expr *v
     break;
   case AK_ENUM_GATING:
     if ((c = const_choice(S, v, as->key, gating_names, 3)) < 0) return false;
+    x = c;
+    break;
+  case AK_ENUM_SCORE:
+    if ((c = const_choice(S, v, as->key, score_names, 2)) < 0) return false;
     x = c;
     break;
   }
@@ -634,6 +650,31 @@ __attribute__((format(printf, 4, 5))) static bool type_fits(Sema *S, Loc loc, co
   return false;
 }
 
+/* The mask of an attention over memory [b, X, D]: the padded input [b, X] (its pad ids
+ * mark the padding positions), none (every position is real), or an error when two
+ * padded inputs could give it. */
+static bool attention_mask(Sema *S, Expr *e, const Type *mem) {
+  Sym *found = NULL;
+  for (size_t i = 0; i < S->syms.norder; i++) {
+    Sym *y = S->syms.order[i];
+    if (y->kind != SY_TENSOR || !y->input || !y->has_pad || y->ty.rank != 2) continue;
+    if (!dim_eq(y->ty.dim[0], mem->dim[0]) || !dim_eq(y->ty.dim[1], mem->dim[1])) continue;
+    if (found) {
+      char b[160], db[48];
+      fe_error(S->d, e->targ[1]->loc,
+               "the attention's memory %s has two padded inputs over its %s positions, '%s' and "
+               "'%s': its mask would be ambiguous (give only the source ids a pad)",
+               tystr(mem, b, sizeof b), dim_str(mem->dim[1], db, sizeof db), found->name, y->name);
+      fe_note(S->d, found->loc, "'%s' is declared here", found->name);
+      fe_note(S->d, y->loc, "'%s' is declared here", y->name);
+      return false;
+    }
+    found = y;
+  }
+  e->mask_input = found ? found->name : NULL;
+  return true;
+}
+
 /* Output type of a layer from its (checked) tensor inputs; V_ERR after an error. */
 static Val layer_type(Sema *S, Expr *e, const Val *tv) {
   const double *av = e->argv;
@@ -663,6 +704,20 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
       return verr;
     }
     if (!input_width(S, e, x, t)) return verr;
+    if (e->argv[LA_CARRY] < 0) { /* not given: by the model */
+      e->argv[LA_CARRY] = !S->has_source;
+    } else if (e->argv[LA_CARRY] && S->has_source) {
+      fe_error(S->d, arg_loc(e, &fe_layers[L_LSTM], LA_CARRY),
+               "an lstm in a translation model cannot carry its state across batches (each "
+               "batch holds new sentences): drop carry=true");
+      return verr;
+    }
+    if (av[LA_PROJ] >= 1) { /* LSTMP: Sak et al. 2014, the paper's MoE-143M */
+      fe_error(S->d, arg_loc(e, &fe_layers[L_LSTM], LA_PROJ),
+               "lstm(proj=) (an output projection fed back into the recurrence) is not "
+               "built yet");
+      return verr;
+    }
     out.dim[2] = dim_int((int64_t)av[LA_UNITS]);
     return tensor_val(e, out, false);
   case L_DENSE:
@@ -683,19 +738,68 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     if (av[LA_OUT] >= 1) out.dim[out.rank - 1] = dim_int((int64_t)av[LA_OUT]);
     return tensor_val(e, out, false);
   }
-  case L_SOFTMAX_XENT: {
+  case L_ATTENTION: {
+    Expr *m = e->targ[1];
+    const Type *mt = &tv[1].ty;
+    if (!need_f32(S, e, x, t) || !need_f32(S, e, m, mt)) return verr;
+    if (t->rank != 3) {
+      fe_error(S->d, x->loc, "'attention' needs a query [batch, time, features] (rank 3), got %s",
+               tystr(t, b1, sizeof b1));
+      return verr;
+    }
+    if (mt->rank != 3) {
+      fe_error(S->d, m->loc, "'attention' needs a memory [batch, time, features] (rank 3), got %s",
+               tystr(mt, b1, sizeof b1));
+      return verr;
+    }
+    if (!input_width(S, e, x, t) || !input_width(S, e, m, mt)) return verr;
+    if (!dim_eq(t->dim[0], mt->dim[0])) {
+      fe_error(S->d, e->loc,
+               "the attention's query %s and memory %s have different batch dimensions",
+               tystr(t, b1, sizeof b1), tystr(mt, b2, sizeof b2));
+      return verr;
+    }
+    if (!attention_mask(S, e, mt)) return verr;
+    out.dim[2] = mt->dim[2]; /* [b, t, memory width]: a weighted sum of memory rows */
+    return tensor_val(e, out, false);
+  }
+  case L_CONCAT: {
+    Expr *y = e->targ[1];
+    const Type *yt = &tv[1].ty;
+    if (!need_f32(S, e, x, t) || !need_f32(S, e, y, yt)) return verr;
+    if (t->rank == 0 || t->rank != yt->rank) {
+      fe_error(S->d, e->loc,
+               "'concat' joins two tensors of the same rank (1 or more) along the last "
+               "dimension, got %s and %s",
+               tystr(t, b1, sizeof b1), tystr(yt, b2, sizeof b2));
+      return verr;
+    }
+    for (int i = 0; i + 1 < t->rank; i++)
+      if (!dim_eq(t->dim[i], yt->dim[i])) {
+        fe_error(S->d, e->loc,
+                 "'concat' needs the same leading dimensions, got %s and %s (they are joined "
+                 "along the last one)",
+                 tystr(t, b1, sizeof b1), tystr(yt, b2, sizeof b2));
+        return verr;
+      }
+    if (!input_width(S, e, x, t) || !input_width(S, e, y, yt)) return verr;
+    out.dim[out.rank - 1] = dim_int(t->dim[t->rank - 1].c + yt->dim[yt->rank - 1].c);
+    return tensor_val(e, out, false);
+  }
+  case L_SOFTMAX_XENT:
+  case L_SAMPLED_SOFTMAX_XENT: {
     Expr *tg = e->targ[1];
     const Type *tt = &tv[1].ty;
+    const char *ln = fe_layers[e->layer].name;
     if (!need_f32(S, e, x, t)) return verr;
     if (t->rank < 2) {
-      fe_error(S->d, x->loc,
-               "'softmax_xent' needs x with positions and features (rank 2 or more), got %s",
-               tystr(t, b1, sizeof b1));
+      fe_error(S->d, x->loc, "'%s' needs x with positions and features (rank 2 or more), got %s",
+               ln, tystr(t, b1, sizeof b1));
       return verr;
     }
     if (!input_width(S, e, x, t)) return verr;
     if (tt->dtype != DT_I32) {
-      fe_error(S->d, tg->loc, "softmax_xent targets must be i32 token ids, got %s",
+      fe_error(S->d, tg->loc, "%s targets must be i32 token ids, got %s", ln,
                tystr(tt, b1, sizeof b1));
       return verr;
     }
@@ -704,8 +808,7 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
     want.rank = t->rank - 1;
     if (!type_eq(tt, &want)) {
       char b3[160];
-      fe_error(S->d, tg->loc,
-               "softmax_xent targets %s must have the leading dimensions of x %s, i.e. %s",
+      fe_error(S->d, tg->loc, "%s targets %s must have the leading dimensions of x %s, i.e. %s", ln,
                tystr(tt, b1, sizeof b1), tystr(t, b2, sizeof b2), tystr(&want, b3, sizeof b3));
       return verr;
     }
@@ -718,15 +821,18 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
   return verr;
 }
 
-/* Parameters of the layer (for the size guard); in = input width. */
-static double layer_param_estimate(const Expr *e, double in) {
+/* Parameters of the layer (for the size guard); in = input width, in2 = the second
+ * tensor's (attention's memory). */
+static double layer_param_estimate(const Expr *e, double in, double in2) {
   const double *av = e->argv;
   double out = av[LA_OUT] >= 1 ? av[LA_OUT] : in;
   switch ((LayerId)e->layer) {
   case L_EMBEDDING:
     return av[LA_VOCAB] * av[LA_DIM];
-  case L_LSTM:
-    return 4 * av[LA_UNITS] * (in + av[LA_UNITS] + 1);
+  case L_LSTM: {
+    double h = av[LA_PROJ] >= 1 ? av[LA_PROJ] : av[LA_UNITS];
+    return 4 * av[LA_UNITS] * (in + h + 1) + (av[LA_PROJ] >= 1 ? h * av[LA_UNITS] : 0);
+  }
   case L_DENSE:
     return av[LA_UNITS] * (in + 1);
   case L_MOE:
@@ -735,7 +841,10 @@ static double layer_param_estimate(const Expr *e, double in) {
   case L_HMOE:
     return av[LA_GROUPS] * (2 * in + av[LA_EXPERTS] * (2 * in + in * av[LA_HIDDEN] +
                                                        av[LA_HIDDEN] * out + av[LA_HIDDEN] + out));
+  case L_ATTENTION:
+    return av[LA_UNITS] * (in + in2 + 1);
   case L_SOFTMAX_XENT:
+  case L_SAMPLED_SOFTMAX_XENT:
     return av[LA_VOCAB] * (in + 1);
   default:
     return 0;
@@ -857,9 +966,40 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
   if (!ok) return verr;
   /* cross-argument rules */
   const double *av = e->argv;
+  if (id == L_MOE || id == L_HMOE) { /* the sizes the IR builder and kernels index with */
+    static const LayerArgId sizes[] = {LA_EXPERTS, LA_HIDDEN, LA_K, LA_GROUPS, LA_K_GROUP};
+    for (size_t i = 0; i < MC_ARRAY_LEN(sizes); i++)
+      if (av[sizes[i]] > 1e9) {
+        fe_error(d, arg_loc(e, ls, sizes[i]), "%s = %.0f is too large (at most 1000000000)",
+                 sizes[i] == LA_EXPERTS  ? "experts"
+                 : sizes[i] == LA_HIDDEN ? "hidden"
+                 : sizes[i] == LA_K      ? "k"
+                 : sizes[i] == LA_GROUPS ? "groups"
+                                         : "k_group",
+                 av[sizes[i]]);
+        return verr;
+      }
+  }
   if (id == L_MOE && av[LA_GATING] != LAE_SOFTMAX && av[LA_K] > av[LA_EXPERTS]) {
     fe_error(d, arg_loc(e, ls, LA_K), "k = %.0f is more than experts = %.0f", av[LA_K],
              av[LA_EXPERTS]);
+    return verr;
+  }
+  if (id == L_HMOE && av[LA_GATING] == LAE_BATCHWISE) {
+    fe_error(d, arg_loc(e, ls, LA_GATING),
+             "hmoe does not support gating = batchwise (the paper defines balanced gating for "
+             "a flat moe only): use noisy_topk or softmax, or a moe layer");
+    return verr;
+  }
+  if (id == L_MOE && av[LA_CAPACITY] > 0 && av[LA_GATING] == LAE_BATCHWISE) {
+    fe_error(d, arg_loc(e, ls, LA_CAPACITY),
+             "capacity does not apply to gating=batchwise: its experts already take exactly "
+             "k*N/experts rows each");
+    return verr;
+  }
+  if (id == L_SAMPLED_SOFTMAX_XENT && av[LA_SAMPLES] > av[LA_VOCAB]) {
+    fe_error(d, arg_loc(e, ls, LA_SAMPLES), "samples = %.0f is more than vocab = %.0f",
+             av[LA_SAMPLES], av[LA_VOCAB]);
     return verr;
   }
   if (id == L_HMOE && av[LA_GATING] != LAE_SOFTMAX) {
@@ -886,7 +1026,9 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
   if (out.k == V_ERR) return verr;
   const Type *t = &tv[0].ty;
   double in = t->rank ? (double)t->dim[t->rank - 1].c : 0;
-  double np = layer_param_estimate(e, in);
+  const Type *t2 = &tv[1].ty;
+  double in2 = ls->ntensors > 1 && t2->rank ? (double)t2->dim[t2->rank - 1].c : 0;
+  double np = layer_param_estimate(e, in, in2);
   if (!(np <= SEMA_MAX_PARAMS)) {
     fe_error(d, nloc, "'%s' is too large: %.3g parameters (limit %.3g)", name, np, SEMA_MAX_PARAMS);
     return verr;
@@ -908,7 +1050,7 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
 static Sym *define(Sema *S, const char *name, Loc loc, SymKind kind) {
   if (is_sym_BT(name)) {
     fe_error(S->d, loc, "'%s' is reserved: it is the %s symbol of input dimensions", name,
-             name[0] == 'B' ? "batch size" : "unroll length");
+             sym_meaning(name));
     return NULL;
   }
   Sym *old = sym_find(&S->syms, name);
@@ -940,6 +1082,44 @@ static void model_let(Sema *S, Stmt *s) {
   }
 }
 
+/* `input NAME : i32[B, X] pad N`: token ids whose positions with id N are padding. */
+static bool input_pad(Sema *S, Stmt *s, const Type *ty, int64_t *pad) {
+  char b[160];
+  if (ty->dtype != DT_I32) {
+    fe_error(S->d, s->pad->loc, "only i32 token ids have a pad id; '%s' is %s", s->name,
+             tystr(ty, b, sizeof b));
+    return false;
+  }
+  if (ty->rank != 2 || dim_is_const(ty->dim[1])) {
+    fe_error(S->d, s->pad->loc,
+             "a pad id marks padding in sequences: '%s' must be [batch, length] with a "
+             "length T or S, not %s",
+             s->name, tystr(ty, b, sizeof b));
+    return false;
+  }
+  return const_int(S, s->pad, "the pad id", 0, SEMA_INT_MAX, pad);
+}
+
+/* A translation model reads one source sequence: at most one i32 input over S. */
+static void check_source_inputs(Sema *S) {
+  Sym *src = NULL;
+  for (size_t i = 0; i < S->syms.norder; i++) {
+    Sym *y = S->syms.order[i];
+    if (y->kind != SY_TENSOR || !y->input || y->ty.dtype != DT_I32) continue;
+    bool over_s = false;
+    for (int d = 0; d < y->ty.rank; d++)
+      if (y->ty.dim[d].s) over_s = true;
+    if (!over_s) continue;
+    if (src) {
+      fe_error(S->d, y->loc, "a model reads one source sequence: '%s' is a second i32 input over S",
+               y->name);
+      fe_note(S->d, src->loc, "the source ids '%s' are declared here", src->name);
+      continue;
+    }
+    src = y;
+  }
+}
+
 static void model_input(Sema *S, Stmt *s) {
   Type ty = {.dtype = s->dtype};
   bool ok = true;
@@ -957,7 +1137,7 @@ static void model_input(Sema *S, Stmt *s) {
     int64_t v = 0;
     if (e->kind == EX_NAME && !sym_find(&S->syms, e->str)) {
       fe_error(S->d, e->loc,
-               "'%s' is not defined: an input dimension is a positive integer, B, T "
+               "'%s' is not defined: an input dimension is a positive integer, B, T, S "
                "or a 'let' constant",
                e->str);
       ok = false;
@@ -970,8 +1150,14 @@ static void model_input(Sema *S, Stmt *s) {
     ty.dim[ty.rank++] = dim_int(v);
   }
   if (ok && !type_fits(S, s->name_loc, &ty, "input '%s'", s->name)) ok = false;
+  int64_t pad = -1;
+  if (s->pad && ok) ok = input_pad(S, s, &ty, &pad);
   Sym *sym = define(S, s->name, s->name_loc, ok ? SY_TENSOR : SY_ERR);
-  if (sym) sym->ty = ty;
+  if (!sym) return;
+  sym->ty = ty;
+  sym->input = true;
+  sym->has_pad = pad >= 0;
+  sym->pad = pad;
 }
 
 static void model_assign(Sema *S, Stmt *s) {
@@ -1047,7 +1233,8 @@ static void model_outputs(Sema *S, Block *m) {
       }
       if (!sym->xent) {
         fe_error(d, e->loc,
-                 "the scalar output '%s' must be a softmax_xent result (it is the training loss; "
+                 "the scalar output '%s' must be a softmax_xent or sampled_softmax_xent result (it "
+                 "is the training loss; "
                  "the aux losses of MoE layers are added to it)",
                  e->str);
         continue;
@@ -1075,6 +1262,12 @@ static void model_outputs(Sema *S, Block *m) {
 }
 
 static void check_model(Sema *S, Block *m) {
+  /* whether the model is a translation model decides lstm's default carry */
+  for (Stmt *s = m->stmts; s; s = s->next)
+    if (s->kind == ST_INPUT)
+      for (Arg *a = s->dims; a; a = a->next)
+        if (a->value && a->value->kind == EX_NAME && !strcmp(a->value->str, "S"))
+          S->has_source = true;
   for (Stmt *s = m->stmts; s; s = s->next) {
     switch (s->kind) {
     case ST_LET:
@@ -1090,6 +1283,7 @@ static void check_model(Sema *S, Block *m) {
       break;
     }
   }
+  check_source_inputs(S);
   model_outputs(S, m);
 }
 
@@ -1182,7 +1376,64 @@ static const char *resolve_path(Sema *S, const char *p) {
   return mc_arena_printf(S->arena, "%.*s/%s", (int)(slash - src), src, p);
 }
 
-/* data = synthetic(topics=, vocab=, seed=) | "path" */
+/* Parallel data feeds a translation model (a source over S) its shared BPE vocabulary:
+ * the loss's vocab, which every embedding must hold; pads are the vocabulary's <pad>, 0. */
+static void check_parallel_model(Sema *S, Expr *e) {
+  if (!S->has_source) {
+    fe_error(S->d, e->loc,
+             "parallel data feeds a translation model: the model needs source ids over S, e.g. "
+             "'input src : i32[B, S] pad 0'");
+    return;
+  }
+  Expr *sx = S->loss_call;
+  int vocab = sx && sx->layer == L_SOFTMAX_XENT ? (int)sx->argv[LA_VOCAB] : 0;
+  if (vocab && vocab < 259) {
+    fe_error(S->d, e->loc,
+             "parallel data's vocabulary has at least 259 ids (3 specials, 256 bytes), but the "
+             "model's softmax_xent vocab is %d",
+             vocab);
+    return;
+  }
+  for (int i = 0; i < S->nembeds && vocab; i++)
+    if (S->embeds[i]->argv[LA_VOCAB] < vocab)
+      fe_error(S->d, arg_loc(S->embeds[i], &fe_layers[L_EMBEDDING], LA_VOCAB),
+               "embedding '%s' has vocab %.0f, fewer ids than the parallel data's shared "
+               "vocabulary (the softmax_xent vocab, %d)",
+               S->embeds[i]->param_name ? S->embeds[i]->param_name : "?",
+               S->embeds[i]->argv[LA_VOCAB], vocab);
+  for (size_t i = 0; i < S->syms.norder; i++) {
+    Sym *y = S->syms.order[i];
+    if (y->input && y->has_pad && y->pad != 0)
+      fe_error(S->d, y->loc,
+               "parallel data pads with id 0 (the vocabulary's <pad>): '%s' must have pad 0",
+               y->name);
+  }
+}
+
+/* data = parallel("train.tsv", valid=, max_len=, batch_tokens=) */
+static void train_parallel(Sema *S, Expr *e) {
+  Config *c = S->cfg;
+  static const char *const keys[] = {"path", "valid", "max_len", "batch_tokens"};
+  Expr *v[4];
+  if (!match_args(S, e, "parallel", keys, 4, v)) return;
+  c->data = DATA_PARALLEL;
+  for (int i = 0; i < 2; i++) {
+    if (!v[i]) continue;
+    if (v[i]->kind != EX_STR || !v[i]->str || !v[i]->str[0]) {
+      fe_error(S->d, v[i]->loc, "parallel's '%s' must be a file path in quotes", keys[i]);
+      continue;
+    }
+    *(i ? &c->data_valid_path : &c->data_path) = resolve_path(S, v[i]->str);
+  }
+  if (!v[0])
+    fe_error(S->d, e->loc, "parallel(...) needs the training pairs' path: parallel(\"train.tsv\")");
+  int64_t x;
+  if (v[2] && const_int(S, v[2], "max_len", 2, 65536, &x)) c->max_len = (int)x;
+  if (v[3] && const_int(S, v[3], "batch_tokens", 1, 1 << 24, &x)) c->batch_tokens = (int)x;
+  check_parallel_model(S, e);
+}
+
+/* data = synthetic(topics=, vocab=, seed=) | parallel(...) | "path" */
 static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
   Config *c = S->cfg;
   Expr *vocab_expr = NULL;
@@ -1193,7 +1444,8 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     }
     size_t n = strlen(e->str);
     c->data = n > 4 && !strcmp(e->str + n - 4, ".bin") ? DATA_BIN : DATA_TEXT;
-    c->data_path = resolve_path(S, e->str);
+    /* a path from the command line is the user's, relative to the working directory */
+    c->data_path = e->loc.src && e->loc.src->cmdline ? e->str : resolve_path(S, e->str);
     return NULL;
   }
   if (call_named(e, "synthetic")) {
@@ -1215,9 +1467,13 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     vocab_expr = v[1];
     return vocab_expr;
   }
+  if (call_named(e, "parallel")) {
+    train_parallel(S, e);
+    return NULL;
+  }
   fe_error(S->d, e->loc,
-           "'data' must be synthetic(topics=, vocab=, seed=) or a file path in quotes "
-           "(\"corpus.txt\", \"tokens.bin\")");
+           "'data' must be synthetic(topics=, vocab=, seed=), parallel(\"pairs.tsv\", valid=) "
+           "or a file path in quotes (\"corpus.txt\", \"tokens.bin\")");
   return NULL;
 }
 
@@ -1264,22 +1520,21 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   Config *c = S->cfg;
   if (c->data != DATA_SYNTHETIC) return;
   Expr *sx = S->loss_call;
-  if (!sx || sx->layer != L_SOFTMAX_XENT) return;
+  if (!sx || (sx->layer != L_SOFTMAX_XENT && sx->layer != L_SAMPLED_SOFTMAX_XENT)) return;
   int mv = (int)sx->argv[LA_VOCAB];
   if (!vocab_expr) {
     c->vocab = mv; /* default: the model's vocabulary */
   } else if (c->vocab != mv) {
     fe_error(S->d, vocab_expr->loc,
              "synthetic(vocab=%d) differs from the model's softmax_xent vocab %d", c->vocab, mv);
-    fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
-            "the model's vocab is set here");
+    fe_note(S->d, arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB), "the model's vocab is set here");
     return;
   }
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is
    * reported by `moec run`, not here: a file without `data` can still be checked */
   if (!vocab_expr && (c->vocab < 2 || c->vocab > 65536)) return;
   if ((int64_t)c->topics * c->vocab > SEMA_SYNTH_MAX_STATES) {
-    fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB),
+    fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB),
              "synthetic data: topics x vocab = %lld is too large (at most %d)",
              (long long)c->topics * c->vocab, SEMA_SYNTH_MAX_STATES);
     return;
@@ -1287,7 +1542,7 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   for (int i = 0; i < S->nembeds; i++) {
     Expr *em = S->embeds[i];
     if (em->argv[LA_VOCAB] < c->vocab) {
-      Loc l = vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB);
+      Loc l = vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB);
       fe_error(S->d, l,
                "the synthetic corpus has %d token ids, more than embedding '%s' has (%.0f)",
                c->vocab, em->param_name ? em->param_name : "?", em->argv[LA_VOCAB]);
@@ -1315,6 +1570,7 @@ static void check_train(Sema *S, Block *b) {
     switch (key) {
     case TK_BATCH:
       if (const_int(S, e, "batch", 1, 1 << 20, &v)) c->batch = (int)v;
+      c->batch_loc = e->loc;
       break;
     case TK_UNROLL:
       if (const_int(S, e, "unroll", 1, 1 << 20, &v)) c->unroll = (int)v;
@@ -1343,6 +1599,7 @@ static void check_train(Sema *S, Block *b) {
     }
   }
   if (!seed_given) c->data_seed = c->seed;
+  if (c->data == DATA_PARALLEL && !c->batch_tokens) c->batch_tokens = c->batch * c->unroll;
   if ((int64_t)c->batch * c->unroll > (int64_t)1 << 24)
     fe_error(S->d, st[TK_BATCH] ? st[TK_BATCH]->value->loc : st[TK_UNROLL]->value->loc,
              "batch x unroll = %lld positions per step is too many (at most 16777216)",
@@ -1551,6 +1808,10 @@ static void check_plan(Sema *S, Block *b) {
   /* devices first: mesh is checked against it wherever it stands */
   if (st[PK_DEVICES] && const_int(S, st[PK_DEVICES]->value, "devices", 1, 65536, &v))
     c->devices = (int)v;
+  if (st[PK_DEVICES]) c->devices_loc = st[PK_DEVICES]->value->loc;
+  if (st[PK_MESH]) c->devices_loc = st[PK_MESH]->value->loc;
+  if (st[PK_MEMORY]) c->memory_budget_loc = st[PK_MEMORY]->value->loc;
+  if (st[PK_BACKEND]) c->backend_loc = st[PK_BACKEND]->value->loc;
   c->mesh_nodes = 1;
   c->mesh_per_node = c->devices;
   for (Stmt *s = b ? b->stmts : NULL; s; s = s->next) {
@@ -1615,6 +1876,23 @@ static void check_plan(Sema *S, Block *b) {
     }
 }
 
+/* Each device trains on its share of the batch: the batch must split evenly. */
+static void check_batch_split(Sema *S) {
+  const Config *c = S->cfg;
+  if (c->devices <= 1 || c->batch % c->devices == 0) return;
+  Loc at = c->devices_loc.line ? c->devices_loc : c->batch_loc;
+  if (c->batch < c->devices)
+    fe_error(S->d, at, "%d devices but a batch has %d rows: each device needs at least one row",
+             c->devices, c->batch);
+  else
+    fe_error(S->d, at,
+             "batch %d does not split evenly over %d devices: use a batch that is a multiple "
+             "of the device count",
+             c->batch, c->devices);
+  if (c->batch_loc.line && at.line != c->batch_loc.line)
+    fe_note(S->d, c->batch_loc, "the batch is set here");
+}
+
 /* ---------------------------------------------------------------- entry points */
 
 void fe_config_defaults(Config *c) {
@@ -1625,6 +1903,8 @@ void fe_config_defaults(Config *c) {
   c->data_seed = 1;
   c->batch = 32;
   c->unroll = 20;
+  c->max_len = 100;
+  c->batch_tokens = 0; /* parallel data: batch * unroll unless given */
   c->steps = 1000;
   c->eval_every = 0; /* evaluate at the end only */
   c->optimizer = OPT_ADAM;
@@ -1649,13 +1929,14 @@ bool fe_sema(AstFile *f, Config *cfg, Diag *d) {
   if (!f || d->errors > 0) return false; /* a broken AST is never checked further */
   Sema S = {.f = f, .d = d, .cfg = cfg, .arena = &f->arena};
   if (!f->model) {
-    fe_error(d, (Loc){1, 1, 1, 1},
+    fe_error(d, (Loc){1, 1, 1, 1, NULL},
              "no 'model' block: a file describes one model, 'model NAME { ... }'");
     return false;
   }
   check_model(&S, f->model);
   check_train(&S, f->train);
   check_plan(&S, f->plan);
+  if (d->errors == 0) check_batch_split(&S);
   mc_free(S.syms.slot);
   mc_free(S.syms.order);
   mc_free(S.embeds);

@@ -92,9 +92,7 @@ static Tensor *param(Graph *g, const char *layer, const char *part, int rank, co
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
   for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
-    if (!strcmp(g->params[i]->name, buf))
-      mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
-             loc.line, loc.col);
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0); /* sema: each layer call on its own */
   return ir_param(g, buf, ir_type(DT_F32, rank, dims), init, scale, loc);
 }
 
@@ -151,9 +149,7 @@ static Tensor *tensor_arg(Builder *b, Expr *call, int i, const char *name) {
         break;
       }
   }
-  if (!a)
-    mc_die("%d:%d: '%s' is missing tensor argument %d", call->loc.line, call->loc.col, call->str,
-           i + 1);
+  MOEC_ASSERT(a != NULL); /* sema: every tensor argument is given */
   return build_expr(b, a, name);
 }
 
@@ -191,8 +187,10 @@ static Tensor *build_embedding(Graph *g, const char *name, Tensor *ids, int64_t 
   return node1(g, OP_EMBEDDING, ids, w, NULL, NULL);
 }
 
-/* x[B, T, in] -> H[B, T, U]; state NAME.h, NAME.c [B, U] carried across steps */
-static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, Loc loc) {
+/* x[B, T, in] -> H[B, T, U]; state NAME.h, NAME.c [B, U] carried across steps, or (!carry)
+ * zero at the start of every batch: states without a pair, never written */
+static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, bool carry,
+                          Loc loc) {
   MOEC_ASSERT(x->ty.rank == 3);
   Dim bdim = x->ty.dim[0], in = x->ty.dim[2], u = dim_int(units), u4 = dim_int(4 * units);
   double s = 1.0 / sqrt((double)units);
@@ -215,8 +213,10 @@ static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, 
   static const char *const outs[] = {NULL, "C", "G", "hT", "cT"};
   for (int j = 1; j < 5; j++)
     name_sub(g, n->out[j], name, outs[j]);
-  ir_add_state(g, h0, n->out[3]);
-  ir_add_state(g, c0, n->out[4]);
+  if (carry) {
+    ir_add_state(g, h0, n->out[3]);
+    ir_add_state(g, c0, n->out[4]);
+  }
   return n->out[0]; // H [B, T, U]
 }
 
@@ -240,9 +240,10 @@ static Tensor *flatten(Graph *g, Tensor *x, bool keep_last) {
   return ir_reshape(g, x, ir_type(x->ty.dtype, keep_last ? 2 : 1, d));
 }
 
-/* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar */
+/* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar; targets with a pad id:
+ * the mean over the positions that are not padding (*count: their number) */
 static Tensor *build_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor *targets,
-                                  int64_t vocab, Loc loc) {
+                                  int64_t vocab, Tensor **count, Loc loc) {
   Dim in = x->ty.dim[x->ty.rank - 1];
   MOEC_ASSERT(dim_is_const(in));
   Dim wd[2] = {dim_int(vocab), in}, bd[1] = {dim_int(vocab)};
@@ -257,11 +258,87 @@ static Tensor *build_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor 
   name_sub(g, logits, name, "logits");
   Tensor *tg = flatten(g, targets, false); // [B*T]
   name_sub(g, tg, name, "targets");
+  if (targets->kind == TK_INPUT && targets->pad >= 0) {
+    int64_t ia[IR_MAX_ATTR] = {targets->pad};
+    *count = node1(g, OP_COUNT_NONPAD, tg, NULL, ia, NULL); // scalar
+    name_sub(g, *count, name, "count");
+    Tensor *in3[3] = {logits, tg, *count};
+    Node *n = ir_node(g, OP_XENT_PAD, 3, in3, ia, NULL);
+    name_sub(g, n->out[1], name, "probs");
+    return n->out[0]; // scalar
+  }
   Tensor *in2[2] = {logits, tg};
   double fa[IR_MAX_ATTR] = {0}; /* 0: mean over the global batch (ops.def) */
   Node *n = ir_node(g, OP_XENT, 2, in2, NULL, fa);
   name_sub(g, n->out[1], name, "probs");
   return n->out[0]; // scalar
+}
+
+/* (query[B, T, Dq], memory[B, S, Dm]) -> context[B, T, Dm] (docs/language.md, "attention"):
+ *   additive: s[b,j,i] = v . tanh(m_i U + q_j W)
+ *   product:  s[b,j,i] = v . (tanh(m_i U) * tanh(q_j W))   (the paper's appendix G)
+ *   a = softmax over i of s, 0 where mask (ids != pad of `mask_ids`) is 0; c_j = sum_i a_ji m_i */
+static Tensor *build_attention(Graph *g, const char *name, Tensor *q, Tensor *m, int64_t units,
+                               int score, Tensor *mask_ids, Loc loc) {
+  Dim dq = q->ty.dim[2], dm = m->ty.dim[2], a = dim_int(units);
+  MOEC_ASSERT(dim_is_const(dq) && dim_is_const(dm));
+  Dim ud[2] = {dm, a}, wd[2] = {dq, a}, vd[1] = {a};
+  Tensor *u = param(g, name, "u", 2, ud, INIT_UNIFORM, 1.0 / sqrt((double)dm.c), loc);
+  Tensor *w = param(g, name, "w", 2, wd, INIT_UNIFORM, 1.0 / sqrt((double)dq.c), loc);
+  Tensor *v = param(g, name, "v", 1, vd, INIT_UNIFORM, 1.0 / sqrt((double)units), loc);
+  Tensor *mu = node1(g, OP_MATMUL, m, u, NULL, NULL); // [B, S, A]
+  name_sub(g, mu, name, "mu");
+  Tensor *qw = node1(g, OP_MATMUL, q, w, NULL, NULL); // [B, T, A]
+  name_sub(g, qw, name, "qw");
+  Tensor *s;
+  if (score == LAE_PRODUCT) {
+    Tensor *mt = ir_op1(g, OP_TANH, mu); // [B, S, A]
+    name_sub(g, mt, name, "mu_tanh");
+    Tensor *qt = ir_op1(g, OP_TANH, qw); // [B, T, A]
+    name_sub(g, qt, name, "qw_tanh");
+    Tensor *qv = ir_op2(g, OP_COL_SCALE, qt, v); // [B, T, A]
+    name_sub(g, qv, name, "qv");
+    int64_t tb[IR_MAX_ATTR] = {0, 1};
+    s = node1(g, OP_BMM, qv, mt, tb, NULL); // [B, T, S]
+  } else {
+    Tensor *in3[3] = {qw, mu, v};
+    s = ir_node(g, OP_ATTN_SCORE, 3, in3, NULL, NULL)->out[0]; // [B, T, S]
+  }
+  name_sub(g, s, name, "scores");
+  Tensor *wts;
+  if (mask_ids) {
+    int64_t ia[IR_MAX_ATTR] = {mask_ids->pad};
+    Tensor *mask = node1(g, OP_PAD_MASK, mask_ids, NULL, ia, NULL); // [B, S]
+    name_sub(g, mask, name, "mask");
+    wts = ir_op2(g, OP_MASKED_SOFTMAX, s, mask); // [B, T, S]
+  } else {
+    wts = ir_op1(g, OP_SOFTMAX, s); // [B, T, S]
+  }
+  name_sub(g, wts, name, "weights");
+  return node1(g, OP_BMM, wts, m, NULL, NULL); // [B, T, Dm]
+}
+
+/* (x[B, T, in], targets i32[B, T]) -> mean cross-entropy scalar; in training over the
+ * target and `samples` sampled classes (importance sampling), in evaluation exact */
+static Tensor *build_sampled_softmax_xent(Graph *g, const char *name, Tensor *x, Tensor *targets,
+                                          int64_t vocab, int64_t samples, Loc loc) {
+  Dim in = x->ty.dim[x->ty.rank - 1];
+  MOEC_ASSERT(dim_is_const(in));
+  Dim wd[2] = {dim_int(vocab), in}, bd[1] = {dim_int(vocab)};
+  Tensor *w = param(g, name, "weight", 2, wd, INIT_UNIFORM, 1.0 / sqrt((double)in.c), loc);
+  Tensor *bias = param(g, name, "bias", 1, bd, INIT_ZERO, 0, loc);
+  Tensor *x2 = flatten(g, x, true); // [B*T, in]
+  name_sub(g, x2, name, "rows");
+  Tensor *tg = flatten(g, targets, false); // [B*T]
+  name_sub(g, tg, name, "targets");
+  Tensor *in4[4] = {x2, w, bias, tg};
+  int64_t ia[IR_MAX_ATTR] = {ir_next_rng_stream(g), samples};
+  double fa[IR_MAX_ATTR] = {0}; /* 0: mean over the global batch (ops.def) */
+  Node *n = ir_node(g, OP_SAMPLED_XENT, 4, in4, ia, fa);
+  name_sub(g, n->out[1], name, "probs");   // [B*T, samples + 1]
+  name_sub(g, n->out[2], name, "samples"); // i32[samples]
+  name_sub(g, n->out[3], name, "tries");   // i32[1]
+  return n->out[0];                        // scalar
 }
 
 static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
@@ -279,7 +356,8 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     y = build_embedding(g, name, x, (int64_t)av[LA_VOCAB], (int64_t)av[LA_DIM], e->loc);
     break;
   case L_LSTM:
-    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], e->loc);
+    MOEC_ASSERT(av[LA_PROJ] < 1); /* refused by sema */
+    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_CARRY] != 0, e->loc);
     break;
   case L_DENSE:
     y = build_dense(g, name, x, (int64_t)av[LA_UNITS], (int)av[LA_ACT], e->loc);
@@ -302,8 +380,30 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
   case L_HMOE:
     y = ir_build_hmoe(g, e, x, name, &aux);
     break;
-  case L_SOFTMAX_XENT:
-    y = build_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], e->loc);
+  case L_ATTENTION: {
+    Tensor *mask_ids = NULL;
+    if (e->mask_input) {
+      Sym *s = lookup(b, e->mask_input);
+      if (!s || !s->t || s->t->kind != TK_INPUT || s->t->pad < 0)
+        mc_die("%d:%d: attention: '%s' is not a padded input", e->loc.line, e->loc.col,
+               e->mask_input);
+      mask_ids = s->t;
+    }
+    y = build_attention(g, name, x, x2, (int64_t)av[LA_UNITS], (int)av[LA_SCORE], mask_ids, e->loc);
+    break;
+  }
+  case L_CONCAT:
+    y = ir_op2(g, OP_CONCAT_LAST, x, x2);
+    break;
+  case L_SOFTMAX_XENT: {
+    Tensor *count = NULL;
+    y = build_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], &count, e->loc);
+    b->last_xent = y;
+    break;
+  }
+  case L_SAMPLED_SOFTMAX_XENT:
+    y = build_sampled_softmax_xent(g, name, x, x2, (int64_t)av[LA_VOCAB], (int64_t)av[LA_SAMPLES],
+                                   e->loc);
     b->last_xent = y;
     break;
   default:
@@ -339,7 +439,7 @@ static Tensor *build_expr(Builder *b, Expr *e, const char *name) {
   switch (e->kind) {
   case EX_NAME: {
     Sym *s = lookup(b, e->str);
-    if (!s || !s->t) mc_die("%d:%d: '%s' is not a tensor value", e->loc.line, e->loc.col, e->str);
+    MOEC_ASSERT(s && s->t); /* sema: names are defined tensor values here */
     return s->t;
   }
   case EX_CALL:
@@ -367,18 +467,57 @@ static Tensor *build_expr(Builder *b, Expr *e, const char *name) {
   default:
     break;
   }
-  mc_die("%d:%d: expected a tensor expression", e->loc.line, e->loc.col);
+  mc_fatal("%d:%d: not a tensor expression (sema checked it)", e->loc.line, e->loc.col);
 }
 
 /* ---------------------------------------------------------------- statements */
 
 static Dim input_dim(Builder *b, const Expr *e) {
-  if (e->kind == EX_NAME && (!strcmp(e->str, "B") || !strcmp(e->str, "T")) && !lookup(b, e->str))
+  if (e->kind == EX_NAME &&
+      (!strcmp(e->str, "B") || !strcmp(e->str, "T") || !strcmp(e->str, "S")) && !lookup(b, e->str))
     return dim_sym(e->str[0]);
   double v;
-  if (!const_value(b, e, &v) || v < 1 || v != floor(v))
-    mc_die("%d:%d: an input dim must be B, T or a positive integer", e->loc.line, e->loc.col);
+  bool ok = const_value(b, e, &v) && v >= 1 && v == floor(v); /* sema checked the dims */
+  MOEC_ASSERT(ok);
   return dim_int((int64_t)v);
+}
+
+/* x, or the tensor a chain of reshapes starts from */
+static Tensor *unreshape(Tensor *x) {
+  while (x->producer && x->producer->op == OP_RESHAPE)
+    x = x->producer->in[0];
+  return x;
+}
+
+/* Each input's role (docs/ir.md "Inputs and their roles"): the loss's targets are the
+ * labels; the i32 input over S the source; the one other i32 input an embedding reads
+ * is the target input of a translation model or a language model's tokens. */
+static void assign_roles(Graph *g) {
+  bool translation = false;
+  for (int i = 0; i < g->ninputs; i++) {
+    Tensor *t = g->inputs[i];
+    if (t->ty.dtype != DT_I32) continue;
+    for (int d = 0; d < t->ty.rank; d++)
+      if (t->ty.dim[d].s) {
+        t->role = IN_SOURCE;
+        translation = true;
+      }
+  }
+  if (g->xent && g->xent->producer) {
+    Tensor *tg = unreshape(g->xent->producer->in[1]);
+    if (tg->kind == TK_INPUT && tg->role == IN_NONE) tg->role = IN_LABELS;
+  }
+  Tensor *fed = NULL;
+  int nfed = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op != OP_EMBEDDING) continue;
+    Tensor *ids = unreshape(n->in[0]);
+    if (ids->kind != TK_INPUT || ids->role != IN_NONE || ids == fed) continue;
+    fed = ids;
+    nfed++;
+  }
+  if (nfed == 1) fed->role = translation ? IN_TARGET : IN_TOKENS;
 }
 
 Graph *ir_build(AstFile *f, const Config *cfg) {
@@ -393,8 +532,8 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
     switch (s->kind) {
     case ST_LET: {
       double v = 0;
-      if (!const_value(&b, s->value, &v))
-        mc_die("%d:%d: 'let %s' needs a constant value", s->loc.line, s->loc.col, s->name);
+      bool constant = const_value(&b, s->value, &v); /* sema: lets are constants */
+      MOEC_ASSERT(constant);
       define(&b, s->name, NULL, v);
       break;
     }
@@ -402,11 +541,18 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
       Dim dims[MAX_RANK];
       int rank = 0;
       for (Arg *a = s->dims; a; a = a->next) {
-        if (rank == MAX_RANK)
-          mc_die("%d:%d: input '%s' has too many dims", s->loc.line, s->loc.col, s->name);
+        MOEC_ASSERT(rank < MAX_RANK); /* the parser limits an input's dims */
         dims[rank++] = input_dim(&b, a->value);
       }
-      define(&b, s->name, ir_input(g, s->name, ir_type(s->dtype, rank, dims), s->loc), 0);
+      Tensor *in = ir_input(g, s->name, ir_type(s->dtype, rank, dims), s->loc);
+      double pad;
+      if (s->pad) {
+        if (!const_value(&b, s->pad, &pad) || pad < 0 || pad != floor(pad) || pad > INT32_MAX)
+          mc_die("%d:%d: input '%s': the pad id must be an integer >= 0", s->loc.line, s->loc.col,
+                 s->name);
+        in->pad = (int32_t)pad;
+      }
+      define(&b, s->name, in, 0);
       break;
     }
     case ST_ASSIGN: {
@@ -436,6 +582,9 @@ Graph *ir_build(AstFile *f, const Config *cfg) {
   }
   /* the loss: the scalar output (or the last softmax_xent) plus every aux loss */
   g->xent = out_loss ? out_loss : b.last_xent;
+  if (g->xent && g->xent->producer && g->xent->producer->op == OP_XENT_PAD)
+    g->xent_count = g->xent->producer->in[2];
+  assign_roles(g);
   ir_set_context(g, NULL, NULL, out_loc); /* no layer: not any user layer's */
   Tensor *aux = NULL;
   for (int i = 0; i < b.naux; i++) {

@@ -38,9 +38,7 @@ static Tensor *param(Graph *g, const char *layer, const char *part, Type ty, Ini
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
   for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
-    if (!strcmp(g->params[i]->name, buf))
-      mc_die("parameter '%s' is created twice (%d:%d): name each layer call on its own line", buf,
-             loc.line, loc.col);
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0); /* sema: each layer call on its own */
   return ir_param(g, buf, ty, init, scale, loc);
 }
 
@@ -82,14 +80,17 @@ static Tensor *scale(Graph *g, Tensor *x, double s) {
   return ir_node(g, OP_SCALE, 1, in, NULL, fa)->out[0];
 }
 
-/* Registers a layer's importance and load vectors for monitoring. */
-static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) {
+/* Registers a layer's importance and load vectors (and dropped routes, or NULL) for
+ * monitoring. */
+static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load, Tensor *drop) {
   int n = g->nmoe + 1;
   g->moe_importance = mc_realloc(g->moe_importance, (size_t)n * sizeof(Tensor *));
   g->moe_load = mc_realloc(g->moe_load, (size_t)n * sizeof(Tensor *));
+  g->moe_drop = mc_realloc(g->moe_drop, (size_t)n * sizeof(Tensor *));
   g->moe_names = mc_realloc(g->moe_names, (size_t)n * sizeof(char *));
   g->moe_importance[g->nmoe] = imp;
   g->moe_load[g->nmoe] = load;
+  g->moe_drop[g->nmoe] = drop;
   g->moe_names[g->nmoe] = mc_arena_strdup(&g->arena, name);
   g->nmoe = n;
 }
@@ -98,9 +99,8 @@ static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load) 
  * 2^31 - 1), so what `moec check` accepts builds. */
 static int64_t int_arg(const Expr *call, int a, const char *what) {
   double v = call->argv[a];
-  if (!(v >= 1) || v != floor(v) || v > (double)MOEC_MAX_DIM)
-    mc_die("%d:%d: %s must be an integer from 1 to %lld (got %g)", call->loc.line, call->loc.col,
-           what, (long long)MOEC_MAX_DIM, v);
+  (void)what;
+  MOEC_ASSERT(v >= 1 && v == floor(v) && v <= 1e9); /* sema: layers.def's ranges, the 1e9 cap */
   return (int64_t)v;
 }
 
@@ -173,16 +173,20 @@ static Gate gate_topk(Graph *g, const char *name, const char *pre, Tensor *clean
 }
 
 /* The expert FFNs on dispatched rows xs[R', D] with (possibly stacked) weights
- * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]. Role "experts". */
+ * w1[E,D,H], b1[E,H], w2[E,H,O], b2[E,O] and offsets[E+1]; b1, b2 NULL: no biases
+ * (bias=false). Role "experts". */
 static Tensor *experts_ffn(Graph *g, const char *name, Tensor *xs, Tensor *w1, Tensor *b1,
                            Tensor *w2, Tensor *b2, Tensor *off) {
   Tensor *h = op3a(g, OP_GROUPED_MATMUL, xs, w1, off, 0); // [R', H]
   named(g, h, name, "xw1");
-  h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
-  named(g, h, name, "pre");
+  if (b1) {
+    h = op3a(g, OP_GROUPED_BIAS, h, b1, off, 0); // [R', H]
+    named(g, h, name, "pre");
+  }
   h = ir_op1(g, OP_RELU, h); // [R', H]
   named(g, h, name, "h");
   Tensor *ys = op3a(g, OP_GROUPED_MATMUL, h, w2, off, 0); // [R', O]
+  if (!b2) return named(g, ys, name, "ys");
   named(g, ys, name, "hw2");
   ys = op3a(g, OP_GROUPED_BIAS, ys, b2, off, 0); // [R', O]
   return named(g, ys, name, "ys");
@@ -206,14 +210,23 @@ static Tensor *unflatten_rows(Graph *g, Tensor *y, const Tensor *x) {
   return ir_reshape(g, y, t);
 }
 
+/* The layer's output y[N, O] through its `act` (appendix C: a sigmoid on the MoE output),
+ * then back to x's leading dims. */
+static Tensor *layer_output(Graph *g, const Expr *call, const char *name, Tensor *y,
+                            const Tensor *x) {
+  static const OpKind acts[] = {
+      [LAE_RELU] = OP_RELU, [LAE_TANH] = OP_TANH, [LAE_SIGMOID] = OP_SIGMOID};
+  int act = (int)call->argv[LA_ACT];
+  ir_set_context(g, name, NULL, call->loc);
+  if (act > LAE_NONE && act <= LAE_SIGMOID) y = ir_op1(g, acts[act], y); // [N, O]
+  return unflatten_rows(g, y, x);
+}
+
+/* Sema checked the input: f32 rows [..., in] of rank >= 2 with a constant width. */
 static void check_input(const Expr *call, const Tensor *x, const char *layer) {
-  if (x->ty.dtype != DT_F32 || x->ty.rank < 1 || x->ty.rank > MAX_RANK)
-    mc_die("%d:%d: %s needs an f32 input [..., in]", call->loc.line, call->loc.col, layer);
-  if (x->ty.rank == 1)
-    mc_die("%d:%d: %s needs rows: an input [..., in] of rank >= 2", call->loc.line, call->loc.col,
-           layer);
-  if (!dim_is_const(x->ty.dim[x->ty.rank - 1]))
-    mc_die("%d:%d: %s needs a constant input width", call->loc.line, call->loc.col, layer);
+  (void)call, (void)layer;
+  MOEC_ASSERT(x->ty.dtype == DT_F32 && x->ty.rank >= 2 && x->ty.rank <= MAX_RANK &&
+              dim_is_const(x->ty.dim[x->ty.rank - 1]));
 }
 
 /* aux = w_imp * cv2(imp) + w_load * cv2(load). Role "aux". */
@@ -260,7 +273,7 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
   ir_set_context(g, name, "aux", loc);
   Tensor *imp = named(g, ir_op1(g, OP_SUM_ROWS, G), name, "importance"); // [E]
   Tensor *load = named(g, ir_op1(g, OP_SUM_ROWS, mask), name, "load");   // [E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   Tensor *bal = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
   Tensor *tin[3] = {gs, mask, thr};
   Tensor *tl =
@@ -271,15 +284,19 @@ static Tensor *build_batchwise(Graph *g, const Expr *call, const char *name, Ten
 
 /* ---------------------------------------------------------------- moe */
 
+int64_t ir_capacity_rows(double C, int64_t k, int64_t N, int64_t E) {
+  double c = C * (double)k * (double)N / (double)E;
+  int64_t cap = (int64_t)ceil(c * (1 - 1e-12)); /* an integer product stays that integer */
+  return cap < 1 ? 1 : cap;
+}
+
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux) {
   Loc loc = call->loc;
   check_input(call, x, "moe");
   int gating = (int)call->argv[LA_GATING];
   int64_t E = int_arg(call, LA_EXPERTS, "experts"), H = int_arg(call, LA_HIDDEN, "hidden");
   int64_t k = gating == LAE_SOFTMAX ? E : int_arg(call, LA_K, "k");
-  if (k > E)
-    mc_die("%d:%d: moe '%s': k = %lld is larger than experts = %lld", loc.line, loc.col, name,
-           (long long)k, (long long)E);
+  MOEC_ASSERT(k <= E); /* sema */
   /* noise only for noisy_topk (batchwise gates with a plain softmax, appendix F) */
   bool noise = gating == LAE_NOISY_TOPK && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
@@ -293,9 +310,10 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *thr =
       gating == LAE_BATCHWISE ? param(g, name, "thresholds", t1(dE), INIT_ZERO, 0, loc) : NULL;
   Tensor *w1 = param(g, name, "w1", t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-  Tensor *b1 = param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc);
+  bool bias = call->argv[LA_BIAS] != 0;
+  Tensor *b1 = bias ? param(g, name, "b1", t2(dE, dH), INIT_ZERO, 0, loc) : NULL;
   Tensor *w2 = param(g, name, "w2", t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-  Tensor *b2 = param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc);
+  Tensor *b2 = bias ? param(g, name, "b2", t2(dE, O), INIT_ZERO, 0, loc) : NULL;
 
   ir_set_context(g, name, NULL, loc);
   Tensor *xr = flatten_rows(g, x); // [N, D]
@@ -305,14 +323,22 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
   Tensor *clean = named(g, ir_op2(g, OP_MATMUL, xr, w_gate), name, "clean"); // [N, E]
   if (gating == LAE_BATCHWISE) {
     Tensor *y = build_batchwise(g, call, name, xr, clean, thr, k, w1, b1, w2, b2, aux);
-    ir_set_context(g, name, NULL, loc);
-    return unflatten_rows(g, y, x);
+    return layer_output(g, call, name, y, x);
   }
   Tensor *raw = noise ? named(g, ir_op2(g, OP_MATMUL, xr, w_noise), name, "raw") : NULL;
   Gate gt = gate_topk(g, name, "", clean, raw, NULL, k);
+  Tensor *kept = gt.idx, *drop = NULL;
+  if (call->argv[LA_CAPACITY] > 0) { /* routes beyond each expert's capacity: idx -1 */
+    Tensor *cin[1] = {gt.idx};
+    double fa[IR_MAX_ATTR] = {call->argv[LA_CAPACITY]};
+    int64_t ia[IR_MAX_ATTR] = {E};
+    Node *cn = ir_node(g, OP_CAPACITY, 1, cin, ia, fa);
+    kept = named(g, cn->out[0], name, "kept"); // i32[N, k]
+    drop = named(g, cn->out[1], name, "drop"); // [E]
+  }
 
   ir_set_context(g, name, "dispatch", loc);
-  Tensor *din[2] = {xr, gt.idx};
+  Tensor *din[2] = {xr, kept};
   Node *dn = node(g, OP_DISPATCH, 2, din, E, 0);
   Tensor *xs = named(g, dn->out[0], name, "xs");       // [N*k, D]
   Tensor *off = named(g, dn->out[1], name, "offsets"); // i32[E+1]
@@ -335,11 +361,9 @@ Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor *
     load = op1a(g, OP_LOAD_COUNT, gt.idx, E); // [E]
   }
   named(g, load, name, "load");
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, drop);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
-
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }
 
 /* ---------------------------------------------------------------- hmoe */
@@ -354,26 +378,18 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Loc loc = call->loc;
   check_input(call, x, "hmoe");
   int gating = (int)call->argv[LA_GATING];
-  if (gating == LAE_BATCHWISE)
-    mc_die("%d:%d: hmoe '%s': batchwise gating is not implemented yet (use gating=noisy_topk or "
-           "gating=softmax)",
-           loc.line, loc.col, name);
+  MOEC_ASSERT(gating != LAE_BATCHWISE); /* sema refuses it */
   int64_t G = int_arg(call, LA_GROUPS, "groups"), E = int_arg(call, LA_EXPERTS, "experts");
   int64_t H = int_arg(call, LA_HIDDEN, "hidden");
   bool dense = gating == LAE_SOFTMAX;
   int64_t kg = dense ? G : int_arg(call, LA_K_GROUP, "k_group");
   int64_t k = dense ? E : int_arg(call, LA_K, "k");
-  if (kg > G || k > E)
-    mc_die("%d:%d: hmoe '%s': k_group = %lld must be <= groups = %lld and k = %lld <= experts = "
-           "%lld",
-           loc.line, loc.col, name, (long long)kg, (long long)G, (long long)k, (long long)E);
-  if (G * E > ((int64_t)1 << 30))
-    mc_die("%d:%d: hmoe '%s': groups x experts = %lld is more than 1073741824 (2^30)", loc.line,
-           loc.col, name, (long long)(G * E));
+  MOEC_ASSERT(kg <= G && k <= E && G * E <= ((int64_t)1 << 30)); /* sema */
   bool noise = !dense && call->argv[LA_NOISE] != 0;
   Dim D = x->ty.dim[x->ty.rank - 1];
   Dim O = call->argv[LA_OUT] >= 1 ? dim_int((int64_t)call->argv[LA_OUT]) : D;
   Dim dG = dim_int(G), dE = dim_int(E), dH = dim_int(H), one = dim_int(1);
+  bool bias = call->argv[LA_BIAS] != 0;
 
   /* parameters: the primary gate, then group by group its gate and experts */
   Tensor *w_gate = param(g, name, "w_gate", t2(D, dG), INIT_ZERO, 0, loc);
@@ -390,9 +406,9 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
     sg[i] = param(g, name, GP("w_gate"), t2(D, dE), INIT_ZERO, 0, loc);
     if (noise) sn[i] = param(g, name, GP("w_noise"), t2(D, dE), INIT_ZERO, 0, loc);
     w1[i] = param(g, name, GP("w1"), t3(dE, D, dH), INIT_UNIFORM, 1.0 / sqrt((double)D.c), loc);
-    b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
+    if (bias) b1[i] = param(g, name, GP("b1"), t2(dE, dH), INIT_ZERO, 0, loc);
     w2[i] = param(g, name, GP("w2"), t3(dE, dH, O), INIT_UNIFORM, 1.0 / sqrt((double)H), loc);
-    b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
+    if (bias) b2[i] = param(g, name, GP("b2"), t2(dE, O), INIT_ZERO, 0, loc);
 #undef GP
   }
 
@@ -453,11 +469,11 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
 
   /* experts: the groups' weights stacked, [G*E, ...] */
   ir_set_context(g, name, "experts", loc);
-  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all"); // [G*E, D, H]
-  Tensor *B1 = named(g, concat0(g, b1, (int)G), name, "b1_all"); // [G*E, H]
-  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all"); // [G*E, H, O]
-  Tensor *B2 = named(g, concat0(g, b2, (int)G), name, "b2_all"); // [G*E, O]
-  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);    // [N*kg*k, O]
+  Tensor *W1 = named(g, concat0(g, w1, (int)G), name, "w1_all");               // [G*E, D, H]
+  Tensor *B1 = bias ? named(g, concat0(g, b1, (int)G), name, "b1_all") : NULL; // [G*E, H]
+  Tensor *W2 = named(g, concat0(g, w2, (int)G), name, "w2_all");               // [G*E, H, O]
+  Tensor *B2 = bias ? named(g, concat0(g, b2, (int)G), name, "b2_all") : NULL; // [G*E, O]
+  Tensor *ys = experts_ffn(g, name, xs, W1, B1, W2, B2, off);                  // [N*kg*k, O]
 
   ir_set_context(g, name, "combine", loc);
   Tensor *yg = named(g, op3a(g, OP_COMBINE, ys, gs.gates, pos, 0), name, "yg"); // [N*kg, O]
@@ -486,7 +502,7 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   Tensor *lh = op2a(g, OP_ROW_SCALE, frac, load_p, 0); // [G, E]
   named(g, lh, name, "load_h");
   Tensor *load = named(g, ir_reshape(g, lh, t1(dim_int(G * E))), name, "load"); // [G*E]
-  register_moe(g, name, imp, load);
+  register_moe(g, name, imp, load, NULL);
   *aux = aux_loss(g, name, imp, load, call->argv[LA_W_IMPORTANCE], call->argv[LA_W_LOAD]);
 
   mc_free(sg);
@@ -496,6 +512,5 @@ Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor 
   mc_free(w2);
   mc_free(b2);
   mc_free(tmp);
-  ir_set_context(g, name, NULL, loc);
-  return unflatten_rows(g, y, x);
+  return layer_output(g, call, name, y, x);
 }

@@ -178,12 +178,40 @@ void grad_softmax(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   gin[0] = ir_op2(g, OP_SOFTMAX_BWD, gout[0], n->out[0]);
 }
 
+/* (loss, probs, cand, tries) = sampled_xent(x, W, b, targets): (dx, dWt, dbt, dWs, dbs) =
+ * sampled_xent_bwd(...); the gradients of W and b touch only the target and sampled rows:
+ * dW = embedding_bwd(targets, dWt, cand, dWs), db likewise (one scatter of both pairs; the
+ * comm pass exchanges those rows instead of dW when that is cheaper) */
+void grad_sampled_xent(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
+  if (gout[1])
+    mc_fatal("sampled_xent '%s': gradients through its probabilities are not supported",
+             n->layer ? n->layer : "?");
+  if (!gout[0]) return;
+  Tensor *in[7] = {gout[0], n->out[1], n->in[0], n->in[1], n->in[3], n->out[2], n->out[3]};
+  double fa[IR_MAX_ATTR] = {n->fa[0]};
+  Node *b = ir_node(g, OP_SAMPLED_XENT_BWD, 7, in, NULL, fa);
+  int64_t V = n->in[1]->ty.dim[0].c;
+  int64_t ia[IR_MAX_ATTR] = {V};
+  gin[0] = b->out[0];
+  Tensor *wp[4] = {n->in[3], b->out[1], n->out[2], b->out[3]};
+  gin[1] = ir_node(g, OP_EMBEDDING_BWD, 4, wp, ia, NULL)->out[0]; // [V, D]
+  Tensor *bp[4] = {n->in[3], b->out[2], n->out[2], b->out[4]};
+  Dim vd = dim_int(V);
+  gin[2] = ir_reshape(g, ir_node(g, OP_EMBEDDING_BWD, 4, bp, ia, NULL)->out[0],
+                      ir_type(DT_F32, 1, &vd)); // [V]
+}
+
 /* (loss, probs) = xent(logits, targets):
  * dlogits = xent_bwd(g_loss, probs, targets) (+ softmax_bwd(g_probs, probs) when the
- * probs are used too); no gradient for targets */
+ * probs are used too); no gradient for targets. xent_pad (logits, targets, count): the
+ * same with xent_pad_bwd(g_loss, probs, targets, count) {pad}; none for the count */
 void grad_xent(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
   Tensor *d = NULL;
-  if (gout[0]) {
+  if (gout[0] && n->op == OP_XENT_PAD) {
+    Tensor *in[4] = {gout[0], n->out[1], n->in[1], n->in[2]};
+    int64_t ia[IR_MAX_ATTR] = {n->ia[0]};
+    d = ir_node(g, OP_XENT_PAD_BWD, 4, in, ia, NULL)->out[0];
+  } else if (gout[0]) {
     Tensor *in[3] = {gout[0], n->out[1], n->in[1]};
     double fa[IR_MAX_ATTR] = {n->fa[0]};
     d = ir_node(g, OP_XENT_BWD, 3, in, NULL, fa)->out[0];

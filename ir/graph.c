@@ -16,19 +16,21 @@ static _Thread_local const Graph *build_ctx_owner;
 
 /* ---- dims ---- */
 
-Dim dim_int(int64_t c) { return (Dim){c, 0, 0}; }
+Dim dim_int(int64_t c) { return (Dim){c, 0, 0, 0}; }
 Dim dim_sym(char sym) {
-  return sym == 'B' ? (Dim){1, 1, 0} : (Dim){1, 0, 1};
+  MOEC_ASSERT(sym == 'B' || sym == 'T' || sym == 'S');
+  return sym == 'B' ? (Dim){1, 1, 0, 0} : sym == 'T' ? (Dim){1, 0, 1, 0} : (Dim){1, 0, 0, 1};
 }
-bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t; }
-bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0; }
+bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t && a.s == b.s; }
+bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0 && d.s == 0; }
 
 /* Products of dims arise only while a graph is built (flattening rows, rows x k);
  * sema has checked every type the user wrote, so one past MOEC_MAX_NUMEL is a
  * layer too large inside, reported at that layer. */
 Dim dim_mul(Dim a, Dim b) {
   int64_t c;
-  if (!mc_mul_ok(a.c, b.c, &c) || c > MOEC_MAX_NUMEL || a.b + b.b > 32 || a.t + b.t > 32) {
+  if (!mc_mul_ok(a.c, b.c, &c) || c > MOEC_MAX_NUMEL || a.b + b.b > 32 || a.t + b.t > 32 ||
+      a.s + b.s > 32) {
     char da[48], db[48];
     if (build_ctx_owner && build_ctx.layer)
       mc_die("%d:%d: layer '%s' is too large: a dimension %s x %s would exceed %lld (2^48 - 1, "
@@ -39,27 +41,34 @@ Dim dim_mul(Dim a, Dim b) {
            "on a tensor's elements)",
            dim_str(a, da, sizeof da), dim_str(b, db, sizeof db), (long long)MOEC_MAX_NUMEL);
   }
-  return (Dim){c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t)};
+  return (Dim){c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t), (int8_t)(a.s + b.s)};
 }
 
-int64_t dim_eval(Dim d, int64_t B, int64_t T) {
+int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S) {
   int64_t v = d.c;
   for (int i = 0; i < d.b; i++)
     if (!mc_mul_ok(v, B, &v)) return -1;
   for (int i = 0; i < d.t; i++)
     if (!mc_mul_ok(v, T, &v)) return -1;
+  for (int i = 0; i < d.s; i++)
+    if (!mc_mul_ok(v, S, &v)) return -1;
   return v > MOEC_MAX_NUMEL ? -1 : v;
 }
+
+/* Sizes estimated at (B, T) before a graph is bound (plans, cost model) take S = T: a
+ * source as long as its target. */
+int64_t dim_eval(Dim d, int64_t B, int64_t T) { return dim_eval3(d, B, T, T); }
 
 char *dim_str(Dim d, char *buf, size_t n) {
   McBuf b = {0};
   bool any = false;
-  if (d.c != 1 || (d.b == 0 && d.t == 0)) {
+  if (d.c != 1 || dim_is_const(d)) {
     mc_buf_printf(&b, "%lld", (long long)d.c);
     any = true;
   }
   for (int i = 0; i < d.b; i++, any = true) mc_buf_printf(&b, "%sB", any ? "*" : "");
   for (int i = 0; i < d.t; i++, any = true) mc_buf_printf(&b, "%sT", any ? "*" : "");
+  for (int i = 0; i < d.s; i++, any = true) mc_buf_printf(&b, "%sS", any ? "*" : "");
   snprintf(buf, n, "%s", b.data);
   mc_buf_free(&b);
   return buf;
@@ -104,6 +113,7 @@ void ir_graph_free(Graph *g) {
   mc_free(g->states);
   mc_free(g->moe_importance);
   mc_free(g->moe_load);
+  mc_free(g->moe_drop);
   mc_free(g->moe_names);
   mc_free(g->name_idx);
   mc_arena_free(&g->arena);
@@ -163,6 +173,7 @@ Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc)
   t->ty = ty;
   t->loc = loc;
   t->mem_offset = -1;
+  t->pad = -1;
   PUSH(g->tensors, g->ntensors, g->tcap, t);
   return t;
 }
@@ -179,6 +190,12 @@ Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc) {
   Tensor *t = ir_tensor(g, TK_INPUT, name, ty, loc);
   PUSH(g->inputs, g->ninputs, g->icap, t);
   return t;
+}
+
+Tensor *ir_input_role(const Graph *g, InputRole role) {
+  for (int i = 0; i < g->ninputs; i++)
+    if (g->inputs[i]->role == role) return g->inputs[i];
+  return NULL;
 }
 
 Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc) {
@@ -248,10 +265,11 @@ Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b) {
   return ir_node(g, op, 2, in, NULL, NULL)->out[0];
 }
 
-int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T) {
+/* t's elements at (B, T, S); dies naming t past MOEC_MAX_NUMEL. */
+static int64_t numel_at3(const Tensor *t, int64_t B, int64_t T, int64_t S) {
   int64_t n = 1;
   for (int d = 0; d < t->ty.rank; d++) {
-    int64_t v = dim_eval(t->ty.dim[d], B, T);
+    int64_t v = dim_eval3(t->ty.dim[d], B, T, S);
     if (v < 0 || !mc_mul_ok(n, v, &n) || n > MOEC_MAX_NUMEL) {
       char ty[160];
       mc_die("%d:%d: tensor '%s' of type %s would hold more than %lld elements (2^48 - 1, the "
@@ -263,22 +281,37 @@ int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T) {
   return n;
 }
 
-void ir_bind(Graph *g, int64_t B, int64_t T) {
-  if (B < 1 || T < 1 || B > MOEC_MAX_DIM || T > MOEC_MAX_DIM)
-    mc_die("cannot bind B = %lld, T = %lld: each must be between 1 and %lld", (long long)B,
-           (long long)T, (long long)MOEC_MAX_DIM);
+int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T) { return numel_at3(t, B, T, T); }
+
+bool ir_has_source_dim(const Graph *g) {
+  for (int i = 0; i < g->ntensors; i++)
+    for (int d = 0; d < g->tensors[i]->ty.rank; d++)
+      if (g->tensors[i]->ty.dim[d].s) return true;
+  return false;
+}
+
+void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
+  if (B < 1 || T < 1 || S < 1 || B > MOEC_MAX_DIM || T > MOEC_MAX_DIM || S > MOEC_MAX_DIM)
+    mc_die("cannot bind B = %lld, T = %lld, S = %lld: each must be between 1 and %lld",
+           (long long)B, (long long)T, (long long)S, (long long)MOEC_MAX_DIM);
+  /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T */
+  if (g->mem.B > 0 && S > g->mem.T && ir_has_source_dim(g))
+    mc_fatal("binding S = %lld in a graph whose memory plan took S = T = %lld", (long long)S,
+             (long long)g->mem.T);
   g->B = B;
   g->T = T;
+  g->S = S;
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
-    t->numel = ir_numel_at(t, B, T);
+    t->numel = numel_at3(t, B, T, S);
     for (int d = 0; d < t->ty.rank; d++) {
-      t->shape[d] = dim_eval(t->ty.dim[d], B, T);
+      t->shape[d] = dim_eval3(t->ty.dim[d], B, T, S);
       /* 0 only for a device's share of the experts off a layer's on(...) set (shard.c) */
       if (t->shape[d] < 0 ||
           (t->shape[d] == 0 && !(g->experts_local && dim_is_const(t->ty.dim[d]))))
-        mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld", t->name, d,
-               (long long)B, (long long)T);
+        mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld%s", t->name, d,
+               (long long)B, (long long)T,
+               t->ty.dim[d].s ? mc_arena_printf(&g->arena, ", S=%lld", (long long)S) : "");
       if (t->shape[d] > MOEC_MAX_DIM) {
         char ty[160];
         mc_die("%d:%d: tensor '%s' of type %s would have a dimension of %lld with B = %lld, "
@@ -288,6 +321,10 @@ void ir_bind(Graph *g, int64_t B, int64_t T) {
       }
     }
   }
+}
+
+void ir_bind(Graph *g, int64_t B, int64_t T) {
+  ir_bind_seq(g, B, T, T);
 }
 
 void ir_verify(const Graph *g) {

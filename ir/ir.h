@@ -4,13 +4,17 @@
  *   shapes.c        : the shape rule of every op
  *   grads_dense.c   : gradient rules of the dense ops
  *   grads_moe.c     : gradient rules of the MoE ops
- *   graph.c         : tensors, nodes, the graph; binding B and T
+ *   shapes_seq.c    : shape rules of the sequence ops (attention, masks, bmm)
+ *   grads_seq.c     : gradient rules of the sequence ops
+ *   graph.c         : tensors, nodes, the graph; binding B, T and S
  *   build.c         : checked AST -> graph (layers expand into primitive ops)
+ *   devices.c       : device sets and expert shards of a placed graph (queries)
  *   print.c         : the text printer (moec ir)
  *
  * A graph is a list of nodes in a valid execution order (the order they were
  * added: builders add an op after its inputs' producers). Tensors are typed
- * with symbolic dims (B, T) and, once bound, concrete shapes.
+ * with symbolic dims (B, T, and S in translation models) and, once bound,
+ * concrete shapes.
  * Prefix: ir_ for functions.
  */
 #ifndef MOEC_IR_H
@@ -66,6 +70,15 @@ typedef enum TensorKind {
   TK_GRAD,  /* produced by a backward op */
 } TensorKind;
 
+/* What an input holds, so a runtime finds it without guessing (set by ir_build). */
+typedef enum InputRole {
+  IN_NONE,   /* not fed by the data (a gradcheck's R, an unused input) */
+  IN_TOKENS, /* a language model's token ids [B, T] */
+  IN_SOURCE, /* a translation model's source ids [B, S] */
+  IN_TARGET, /* a translation model's target inputs [B, T] (teacher forcing) */
+  IN_LABELS, /* the loss's targets: next tokens, or the target labels [B, T] */
+} InputRole;
+
 typedef enum InitKind {
   INIT_ZERO,    /* gates (w_gate, w_noise) and biases, as in the paper */
   INIT_UNIFORM, /* U(-init_scale, init_scale) */
@@ -89,6 +102,9 @@ struct Tensor {
   Node *producer;   /* NULL for inputs, params, state */
   int producer_slot;
   Loc loc;          /* .moe source of the layer that made it */
+  /* inputs */
+  InputRole role;
+  int32_t pad;      /* `pad N`: the id of padding positions; -1 = none */
   /* bound by ir_bind */
   int64_t shape[MAX_RANK];
   int64_t numel;
@@ -101,6 +117,21 @@ struct Tensor {
 };
 
 #define IR_MAX_ATTR 4
+
+/* The expression program of an OP_FUSED node (made by passes/fusion.c; compiled by
+ * codegen/jit.c on the cpu and codegen/nvrtc.c on cuda). Slots [0, nin) are the node's
+ * inputs, slot nin + k the value of instruction k; outs[j] the slot of output j. */
+typedef struct FusedInstr {
+  OpKind op;     /* OP_ADD ... OP_SOFTPLUS_BWD (elementwise, not random) */
+  int a, b;      /* operand slots (b = -1 for unary ops) */
+  double f0, f1; /* OP_SCALE's fa[0], fa[1] */
+} FusedInstr;
+
+typedef struct FusedProg {
+  int nin, nops, nout;
+  FusedInstr *ops; /* nops */
+  int *outs;       /* nout slots */
+} FusedProg;
 
 struct Node {
   int id;
@@ -117,6 +148,7 @@ struct Node {
   int device;        /* -1 = every device (data-parallel) */
   const int *devices; int ndevices; /* placement: an explicit device set (on(...)); 0 = none */
   int fused_group;   /* -1 = none */
+  const FusedProg *fused; /* OP_FUSED: its program (in the graph's arena) */
   int recompute_seg; /* -1 = none */
   Node *recompute_of; /* a recompute clone (passes/recompute.c): the forward node it repeats */
 };
@@ -145,10 +177,17 @@ struct Graph {
   Tensor *loss;      /* scalar total loss (xent + aux) */
   Tensor *xent;      /* scalar cross-entropy part */
   Tensor *aux;       /* scalar sum of aux losses, or NULL */
+  Tensor *xent_count; /* scalar: target positions the xent averages over (targets with a
+                         pad id: the non-pad ones), or NULL (all B*T) */
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
+  Tensor **moe_drop; /* per moe: the routes each expert dropped (capacity=), NULL without */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
-  int64_t B, T;      /* bound values, 0 until ir_bind */
+  int64_t B, T, S;   /* bound values, 0 until ir_bind (S = T unless ir_bind_seq says; a
+                        device graph: its rows) */
+  /* the bind pass: whose graph this is. Global: rank 0 of ndev 1 at the whole batch */
+  int rank, ndev;    /* device rank of ndev (1 on the global graph of any placement) */
+  int64_t B_global;  /* rows of the whole batch */
   bool has_backward;
   int nrng;          /* random-op streams handed out so far (ir_next_rng_stream) */
   MemFigures mem;    /* memplan pass: zero until planned */
@@ -180,10 +219,17 @@ void ir_set_backward(Graph *g, bool backward);
 
 Type ir_type(DType dt, int rank, const Dim *dims);
 /* Evaluates every tensor's dims with B and T; dies on a non-positive size, a
- * tensor over MOEC_MAX_NUMEL elements or a dimension over MOEC_MAX_DIM. */
+ * tensor over MOEC_MAX_NUMEL elements or a dimension over MOEC_MAX_DIM. A graph
+ * with a source length S gets S = T (the size plans assume). */
 void ir_bind(Graph *g, int64_t B, int64_t T);
-/* t's elements at (B, T) without binding; dies naming t past MOEC_MAX_NUMEL. */
+/* The same with S bound on its own (translation models: source and target lengths). */
+void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S);
+/* t's elements at (B, T) (S = T) without binding; dies naming t past MOEC_MAX_NUMEL. */
 int64_t ir_numel_at(const Tensor *t, int64_t B, int64_t T);
+/* Whether any tensor has the symbol S in its dims. */
+bool ir_has_source_dim(const Graph *g);
+/* The input of a role, or NULL (the first one; ir_build gives each role at most one). */
+Tensor *ir_input_role(const Graph *g, InputRole role);
 /* Checks structural invariants: inputs produced before use, arities, shapes. */
 void ir_verify(const Graph *g);
 
@@ -196,7 +242,7 @@ Graph *ir_build(AstFile *f, const Config *cfg);
 int ir_next_rng_stream(Graph *g);
 /* x -> OP_RESHAPE to type `to` (same dtype and element count; shapes.c). */
 Tensor *ir_reshape(Graph *g, Tensor *x, Type to);
-/* A Dim packed into one int64 (c | b<<48 | t<<56; never 0) for int attributes. */
+/* A Dim packed into one int64 (c | b<<40 | t<<48 | s<<56; never 0) for int attributes. */
 int64_t ir_dim_pack(Dim d);
 Dim ir_dim_unpack(int64_t v);
 /* Appends a StatePair: `state` takes the value of `next` after each step. */
@@ -204,7 +250,53 @@ void ir_add_state(Graph *g, Tensor *state, Tensor *next);
 /* build_moe.c: one moe / hmoe layer on x[..., in] (every position at once);
  * returns the output with x's leading dims and sets *aux to its scalar aux loss. */
 Tensor *ir_build_moe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
+/* The routes one expert keeps under moe(capacity=C): ceil(C*k*N/E) (at least 1) for N rows
+ * of k routes over E experts (docs/moe.md, "Capacity"). */
+int64_t ir_capacity_rows(double C, int64_t k, int64_t N, int64_t E);
 Tensor *ir_build_hmoe(Graph *g, Expr *call, Tensor *x, const char *name, Tensor **aux);
+
+/* The program of an OP_FUSED node (NULL for any other node). */
+static inline const FusedProg *ir_fused_prog(const Node *n) {
+  return n && n->op == OP_FUSED ? n->fused : NULL;
+}
+
+/* ---------------------------------------------------------------- devices.c */
+
+/* Device sets are bit masks (bit d = device d; P <= 64 devices). */
+uint64_t ir_all_mask(int P);
+/* The devices node n runs on: all P, one (n->device), or its on(...) list. NULL: all. */
+uint64_t ir_node_mask(const Node *n, int P);
+int ir_node_set_size(const Node *n, int P);
+/* The devices holding tensor t's batch rows: its producer's set (a reshard's: the set it
+ * moves rows to; all_to_all_back's: the batch side's); inputs, params and states: all. */
+uint64_t ir_tensor_mask(const Tensor *t, int P);
+/* Does device rank run node n? Devices outside a node's set skip it. */
+bool ir_runs_on(const Node *n, int rank, int P);
+/* True when some node runs on a subset of the P devices. */
+bool ir_has_subsets(const Graph *g, int P);
+/* Where node n's rows are on device rank of P (global batch B): on a subset S, this
+ * device's index in S, |S| devices, and its rows of the batch split over S; otherwise
+ * rank, P and B/P rows. Kernels see these as their KernelCtx. */
+typedef struct IrSubCtx {
+  int64_t batch0, batch_local;
+  int device, ndevices;
+} IrSubCtx;
+IrSubCtx ir_node_subctx(const Node *n, int rank, int P, int64_t B);
+
+/* An expert-sharded parameter: dim 0 indexes experts [first, first + count) of MoE layer
+ * `moe`; expert e lives on g->moe_expert_dev[moe][e] (its owner map). */
+typedef struct ExpertShard {
+  int moe;
+  int64_t first, count;
+} ExpertShard;
+/* True (and *s filled; s may be NULL) when t is such a parameter of a placed graph (moe
+ * layers' LAYER.w1, b1, w2, b2; an hmoe's LAYER.gJ.w1 ...: first J*Eg, count Eg) and its
+ * layer is sharded (every expert parameter of it attributed). */
+bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
+/* True when every expert parameter of MoE layer m is attributed (it can be sharded). */
+bool ir_layer_sharded(const Graph *g, int m);
+/* The experts of s on device `rank`, in global order, into list (NULL: only count). */
+int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
 
 /* ---------------------------------------------------------------- print.c */
 

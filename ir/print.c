@@ -25,12 +25,17 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_EMBEDDING_BWD] = {.ia = {"V"}},
     [OP_XENT] = {.fa = {"scale"}},
     [OP_XENT_BWD] = {.fa = {"scale"}},
+    [OP_SAMPLED_XENT] = {.ia = {"rng", "samples"}, .fa = {"scale"}},
+    [OP_SAMPLED_XENT_BWD] = {.fa = {"scale"}},
+    [OP_SPARSE_ALL_REDUCE] = {.ia = {"V", "devices"}},
     [OP_NOISE] = {.ia = {"rng"}},
     [OP_TOPK] = {.ia = {"k"}},
     [OP_TOPK_BWD] = {.ia = {"E"}},
     [OP_LOAD_COUNT] = {.ia = {"E"}},
     [OP_IMPORTANCE] = {.ia = {"E"}},
     [OP_DISPATCH] = {.ia = {"E"}},
+    [OP_CAPACITY] = {.ia = {"E"}, .fa = {"capacity"}},
+    [OP_ALL_GATHER_ROWS] = {.ia = {"devices"}},
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
@@ -43,6 +48,12 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
     [OP_ALL_REDUCE] = {.ia = {"devices"}},
     [OP_RESHARD] = {.ia = {"from", "to"}, .fa = {"moved"}},
+    [OP_PAD_MASK] = {.ia = {"pad"}},
+    [OP_COUNT_NONPAD] = {.ia = {"pad"}},
+    [OP_XENT_PAD] = {.ia = {"pad"}},
+    [OP_XENT_PAD_BWD] = {.ia = {"pad"}},
+    [OP_BMM] = {.ia = {"transA", "transB"}},
+    [OP_SLICE_LAST] = {.ia = {"start", "len"}},
 };
 
 static void print_attrs(const Node *n, FILE *out) {
@@ -61,7 +72,9 @@ static void print_attrs(const Node *n, FILE *out) {
   }
   for (int i = 0; i < IR_MAX_ATTR; i++) {
     bool named = an->fa[i] != NULL;
-    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD) && i == 0;
+    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD || n->op == OP_SAMPLED_XENT ||
+                 n->op == OP_SAMPLED_XENT_BWD) &&
+                i == 0;
     if (n->fa[i] == 0 && !xent) continue;
     fprintf(out, "%s", shown++ ? ", " : " {");
     if (xent && n->fa[i] == 0)
@@ -121,8 +134,14 @@ void ir_print(const Graph *g, FILE *out) {
     nstate += g->tensors[i]->kind == TK_STATE;
   fprintf(out, "graph %s%s\n", g->name, g->has_backward ? "  (with backward)" : "");
   fprintf(out, "inputs (%d)\n", g->ninputs);
-  for (int i = 0; i < g->ninputs; i++)
-    fprintf(out, "  %s : %s\n", g->inputs[i]->name, type_str(&g->inputs[i]->ty, buf, sizeof buf));
+  static const char *const roles[] = {"", "tokens", "source", "target", "labels"};
+  for (int i = 0; i < g->ninputs; i++) {
+    const Tensor *t = g->inputs[i];
+    fprintf(out, "  %s : %s", t->name, type_str(&t->ty, buf, sizeof buf));
+    if (t->pad >= 0) fprintf(out, "  pad %d", (int)t->pad);
+    if (t->role != IN_NONE) fprintf(out, "  (%s)", roles[t->role]);
+    fprintf(out, "\n");
+  }
   fprintf(out, "params (%d)\n", g->nparams);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
@@ -135,8 +154,13 @@ void ir_print(const Graph *g, FILE *out) {
     const Tensor *t = g->tensors[i];
     if (t->kind != TK_STATE) continue;
     fprintf(out, "  %s : %s", t->name, type_str(&t->ty, buf, sizeof buf));
+    bool paired = false;
     for (int k = 0; k < g->nstates; k++)
-      if (g->states[k].state == t) fprintf(out, "  <- %s", g->states[k].next->name);
+      if (g->states[k].state == t) {
+        fprintf(out, "  <- %s", g->states[k].next->name);
+        paired = true;
+      }
+    if (!paired) fprintf(out, "  (zero each batch)");
     fprintf(out, "\n");
   }
   fprintf(out, "nodes (%d)\n", g->nnodes);
@@ -145,6 +169,7 @@ void ir_print(const Graph *g, FILE *out) {
   fprintf(out, "loss\n");
   fprintf(out, "  xent = %s\n", g->xent ? g->xent->name : "(none)");
   fprintf(out, "  aux  = %s\n", g->aux ? g->aux->name : "(none)");
+  if (g->xent_count) fprintf(out, "  count = %s\n", g->xent_count->name);
   fprintf(out, "  loss = %s\n", g->loss ? g->loss->name : "(none)");
   if (g->nmoe > 0) {
     fprintf(out, "moe (%d)\n", g->nmoe);

@@ -76,13 +76,15 @@ static const char *mismatch(Graph *g, Node *n, int i, int j, const char *what) {
 
 /* ---------------------------------------------------------------- reshape helpers */
 
+/* c in bits 0..39, the powers of B, T, S in 40..47, 48..55, 56..62 */
 int64_t ir_dim_pack(Dim d) {
-  MOEC_ASSERT(d.c >= 1 && d.c < ((int64_t)1 << 48) && d.b >= 0 && d.t >= 0);
-  return d.c | ((int64_t)d.b << 48) | ((int64_t)d.t << 56);
+  MOEC_ASSERT(d.c >= 1 && d.c < ((int64_t)1 << 40) && d.b >= 0 && d.t >= 0 && d.s >= 0);
+  return d.c | ((int64_t)d.b << 40) | ((int64_t)d.t << 48) | ((int64_t)d.s << 56);
 }
 
 Dim ir_dim_unpack(int64_t v) {
-  Dim d = {v & (((int64_t)1 << 48) - 1), (int8_t)((v >> 48) & 0xff), (int8_t)((v >> 56) & 0x7f)};
+  Dim d = {v & (((int64_t)1 << 40) - 1), (int8_t)((v >> 40) & 0xff), (int8_t)((v >> 48) & 0xff),
+           (int8_t)((v >> 56) & 0x7f)};
   return d;
 }
 
@@ -234,13 +236,20 @@ const char *shape_embedding(Graph *g, Node *n) {
 
 /* (ids i32[...], g[..., D]) -> dW[V, D], V = ia[0] */
 const char *shape_embedding_bwd(Graph *g, Node *n) {
-  TRY(need_i32(g, n, 0));
-  TRY(need_f32(g, n, 1));
-  const Type *ids = &n->in[0]->ty, *gr = &n->in[1]->ty;
+  if (n->nin < 2 || n->nin % 2) return "embedding_bwd takes (ids, rows) pairs";
   if (n->ia[0] < 1) return "embedding_bwd: ia[0] (vocabulary) must be positive";
-  if (gr->rank != ids->rank + 1) return mismatch(g, n, 0, 1, "gradient rank is not ids rank + 1");
-  for (int i = 0; i < ids->rank; i++)
-    if (!dim_eq(ids->dim[i], gr->dim[i])) return mismatch(g, n, 0, 1, "leading dims differ");
+  for (int p = 0; p < n->nin; p += 2) {
+    TRY(need_i32(g, n, p));
+    TRY(need_f32(g, n, p + 1));
+    const Type *ids = &n->in[p]->ty, *gr = &n->in[p + 1]->ty;
+    if (gr->rank != ids->rank + 1)
+      return mismatch(g, n, p, p + 1, "gradient rank is not ids rank + 1");
+    for (int i = 0; i < ids->rank; i++)
+      if (!dim_eq(ids->dim[i], gr->dim[i])) return mismatch(g, n, p, p + 1, "leading dims differ");
+    if (!dim_eq(last_dim(gr), last_dim(&n->in[1]->ty)))
+      return mismatch(g, n, 1, p + 1, "the pairs' rows differ in width");
+  }
+  const Type *gr = &n->in[1]->ty;
   Dim o[2] = {dim_int(n->ia[0]), last_dim(gr)};
   n->out[0]->ty = f32_type(2, o);
   return NULL;
@@ -320,6 +329,64 @@ const char *shape_xent(Graph *g, Node *n) {
     return mismatch(g, n, 0, 1, "logits and targets have different row counts");
   n->out[0]->ty = f32_type(0, NULL);
   n->out[1]->ty = n->in[0]->ty;
+  return NULL;
+}
+
+/* (x[N,D], W[V,D], b[V], targets i32[N]) -> loss, probs[N,S+1], cand i32[S], tries i32[1];
+ * S = ia[1] in [1, V] */
+const char *shape_sampled_xent(Graph *g, Node *n) {
+  TRY(need_f32(g, n, 0));
+  TRY(need_rank(g, n, 0, 2));
+  TRY(need_f32(g, n, 1));
+  TRY(need_rank(g, n, 1, 2));
+  TRY(need_f32(g, n, 2));
+  TRY(need_rank(g, n, 2, 1));
+  TRY(need_i32(g, n, 3));
+  TRY(need_rank(g, n, 3, 1));
+  const Type *x = &n->in[0]->ty, *w = &n->in[1]->ty, *b = &n->in[2]->ty;
+  if (!dim_is_const(w->dim[0]) || !dim_eq(x->dim[1], w->dim[1]))
+    return mismatch(g, n, 0, 1, "x[N,D] and W[V,D] need the same D and a constant V");
+  if (!dim_eq(b->dim[0], w->dim[0])) return mismatch(g, n, 1, 2, "W[V,D] and b[V] differ in V");
+  if (!dim_eq(x->dim[0], n->in[3]->ty.dim[0]))
+    return mismatch(g, n, 0, 3, "x and targets have different row counts");
+  if (n->ia[1] < 1 || n->ia[1] > w->dim[0].c)
+    return mc_arena_printf(&g->arena, "sampled_xent: samples = %lld must be in [1, V = %lld]",
+                           (long long)n->ia[1], (long long)w->dim[0].c);
+  Dim pd[2] = {x->dim[0], dim_int(n->ia[1] + 1)}, s = dim_int(n->ia[1]), one = dim_int(1);
+  n->out[0]->ty = f32_type(0, NULL);
+  n->out[1]->ty = f32_type(2, pd);
+  n->out[2]->ty = ir_type(DT_I32, 1, &s);
+  n->out[3]->ty = ir_type(DT_I32, 1, &one);
+  return NULL;
+}
+
+/* (g, probs[N,S+1], x[N,D], W[V,D], targets[N], cand[S], tries[1]) ->
+ * dx[N,D], dWt[N,D], dbt[N,1], dWs[S,D], dbs[S,1] */
+const char *shape_sampled_xent_bwd(Graph *g, Node *n) {
+  TRY(need_f32(g, n, 0));
+  TRY(need_rank(g, n, 0, 0));
+  TRY(need_f32(g, n, 1));
+  TRY(need_rank(g, n, 1, 2));
+  TRY(need_f32(g, n, 2));
+  TRY(need_rank(g, n, 2, 2));
+  TRY(need_f32(g, n, 3));
+  TRY(need_rank(g, n, 3, 2));
+  for (int i = 4; i < 7; i++) {
+    TRY(need_i32(g, n, i));
+    TRY(need_rank(g, n, i, 1));
+  }
+  Dim N = n->in[2]->ty.dim[0], D = n->in[2]->ty.dim[1], S = n->in[5]->ty.dim[0];
+  if (!dim_eq(n->in[1]->ty.dim[0], N) || !dim_eq(n->in[4]->ty.dim[0], N))
+    return mismatch(g, n, 1, 2, "probs, x and targets have different row counts");
+  if (!dim_is_const(S) || !dim_eq(n->in[1]->ty.dim[1], dim_int(S.c + 1)))
+    return mismatch(g, n, 1, 5, "probs[N,S+1] and cand[S] differ in S");
+  if (!dim_eq(n->in[3]->ty.dim[1], D)) return mismatch(g, n, 2, 3, "x and W differ in D");
+  Dim nd[2] = {N, D}, n1[2] = {N, dim_int(1)}, sd[2] = {S, D}, s1[2] = {S, dim_int(1)};
+  n->out[0]->ty = f32_type(2, nd);
+  n->out[1]->ty = f32_type(2, nd);
+  n->out[2]->ty = f32_type(2, n1);
+  n->out[3]->ty = f32_type(2, sd);
+  n->out[4]->ty = f32_type(2, s1);
   return NULL;
 }
 

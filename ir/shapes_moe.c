@@ -5,50 +5,13 @@
  * lengths are constants. Returns NULL or an error message in the graph's arena. */
 #include <string.h>
 
-#include "ir.h"
+#include "shapes_util.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-static const char *tstr(Graph *g, const Tensor *t) {
-  char buf[160];
-  return mc_arena_printf(&g->arena, "'%s' %s", t->name, type_str(&t->ty, buf, sizeof buf));
-}
-
-static bool type_eq(const Type *a, const Type *b) {
-  if (a->dtype != b->dtype || a->rank != b->rank) return false;
-  for (int i = 0; i < a->rank; i++)
-    if (!dim_eq(a->dim[i], b->dim[i])) return false;
-  return true;
-}
 
 static Type mk(DType dt, int rank, Dim d0, Dim d1, Dim d2) {
   Dim d[3] = {d0, d1, d2};
   return ir_type(dt, rank, d);
-}
-
-static const char *err_in(Graph *g, Node *n, int i, const char *what) {
-  return mc_arena_printf(&g->arena, "%s: input %d %s %s", ir_ops[n->op].name, i, tstr(g, n->in[i]),
-                         what);
-}
-
-static const char *mismatch(Graph *g, Node *n, int i, int j, const char *what) {
-  return mc_arena_printf(&g->arena, "%s: %s: %s vs %s", ir_ops[n->op].name, what, tstr(g, n->in[i]),
-                         tstr(g, n->in[j]));
-}
-
-#define TRY(x)                                                                                     \
-  do {                                                                                             \
-    const char *e_ = (x);                                                                          \
-    if (e_) return e_;                                                                             \
-  } while (0)
-
-/* Input i has dtype dt and rank `rank`. */
-static const char *need(Graph *g, Node *n, int i, DType dt, int rank) {
-  const Type *t = &n->in[i]->ty;
-  if (t->dtype != dt) return err_in(g, n, i, dt == DT_F32 ? "must be f32" : "must be i32");
-  if (t->rank != rank)
-    return err_in(g, n, i, mc_arena_printf(&g->arena, "must have rank %d", rank));
-  return NULL;
 }
 
 /* Input i is an offsets vector i32[E+1] with a constant length; sets *e = E. */
@@ -215,6 +178,32 @@ const char *shape_dispatch(Graph *g, Node *n) {
   n->out[0]->ty = mk(DT_F32, 2, dim_mul(N, k), D, D);
   n->out[1]->ty = mk(DT_I32, 1, E1, E1, E1);
   n->out[2]->ty = n->in[1]->ty;
+  return NULL;
+}
+
+/* (idx i32[N,k] [, every device's idx i32[Ng,k]]) -> kept i32[N,k], drop[E]; E = ia[0] */
+const char *shape_capacity(Graph *g, Node *n) {
+  if (n->nin < 1 || n->nin > 2) return "capacity takes idx and, on P devices, every device's idx";
+  TRY(need(g, n, 0, DT_I32, 2));
+  if (!dim_is_const(n->in[0]->ty.dim[1])) return err_in(g, n, 0, "needs a constant k");
+  if (n->nin == 2) {
+    TRY(need(g, n, 1, DT_I32, 2));
+    if (!dim_eq(n->in[1]->ty.dim[1], n->in[0]->ty.dim[1])) return mismatch(g, n, 0, 1, "k differs");
+  }
+  TRY(need_attr(g, n, 0, 1, MC_BIG, "E"));
+  if (!(n->fa[0] > 0)) return "capacity: the factor fa[0] must be positive";
+  Dim E = dim_int(n->ia[0]);
+  n->out[0]->ty = n->in[0]->ty;
+  n->out[1]->ty = mk(DT_F32, 1, E, E, E);
+  return NULL;
+}
+
+/* x[R,...] -> [R*ia[0], ...] */
+const char *shape_all_gather_rows(Graph *g, Node *n) {
+  if (n->in[0]->ty.rank < 1) return err_in(g, n, 0, "all_gather_rows needs rows (rank >= 1)");
+  TRY(need_attr(g, n, 0, 1, 65536, "devices"));
+  n->out[0]->ty = n->in[0]->ty;
+  n->out[0]->ty.dim[0] = dim_mul(n->in[0]->ty.dim[0], dim_int(n->ia[0]));
   return NULL;
 }
 

@@ -10,6 +10,8 @@
  *                   MoE layer's importance and load (aux losses over the global batch;
  *                   an hmoe's load factors and group row counts before their product)
  *   reshard         batch rows moving between two device sets (on(...) rules)
+ *   all_gather_rows every device's routes before a moe(capacity=) decision
+ *   sparse_all_reduce a gradient of row scatters exchanged as rows (passes/sparse.c)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
  * New nodes go right before their first reader (all_reduce: right after the producer);
@@ -75,9 +77,11 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
     break;
-  case OP_ALL_REDUCE: /* ring: each device sends 2(n-1)/n of the tensor */
+  case OP_ALL_REDUCE: /* each device sends 2(n-1)/n of the tensor (reduce-scatter, then
+                        all-gather); an i32 vector (n-1) of it: all-gathered, then summed */
     nd = n->ia[0] > 0 ? n->ia[0] : 1;
-    b.upper = b.expected = 2 * (nd - 1) * b.payload;
+    b.upper = b.expected =
+        n->in[0]->ty.dtype == DT_I32 ? nd * (nd - 1) * b.payload : 2 * (nd - 1) * b.payload;
     b.per_device = b.expected / nd;
     break;
   case OP_ALL_GATHER_TOPM: { /* every device's top min(m, N/P) (value, row) per expert */
@@ -88,6 +92,20 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     b.per_device = b.expected / nd;
     break;
   }
+  case OP_ALL_GATHER_ROWS: /* every device's rows (the global batch's: bound) to every device */
+    nd = n->ia[0] > 0 ? n->ia[0] : 1;
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  case OP_SPARSE_ALL_REDUCE: /* every device's (id, row) pairs, gathered by every device */
+    b.payload = 0;
+    for (int q = 0; q + 1 < n->nin; q += 2) { /* batch rows are bound global: all devices' */
+      int64_t pairs = n->in[q]->numel * 4 + bound_bytes(n->in[q + 1]);
+      b.payload += n->in[q]->ty.rank >= 1 && n->in[q]->ty.dim[0].b > 0 ? pairs : nd * pairs;
+    }
+    b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
   case OP_RESHARD:
     nd = MC_MAX(n->ia[0], n->ia[1]);
     b.upper = b.payload;
@@ -117,25 +135,6 @@ typedef struct Comm {
   Tensor **recv; /* by moe index: received offsets */
 } Comm;
 
-static int set_size(const Node *n, int P) {
-  return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
-}
-
-/* Device sets as bit masks (bit d = device d; P <= 64): all devices, one, or a list. */
-static uint64_t all_mask(int P) {
-  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
-}
-
-static uint64_t set_mask(const Node *n, int P) {
-  if (!n) return all_mask(P); /* inputs: fed to every device */
-  if (n->device >= 0) return (uint64_t)1 << n->device;
-  if (n->ndevices <= 0) return all_mask(P);
-  uint64_t m = 0;
-  for (int i = 0; i < n->ndevices; i++)
-    m |= (uint64_t)1 << n->devices[i];
-  return m;
-}
-
 static int popcount(uint64_t m) {
   return __builtin_popcountll(m);
 }
@@ -145,7 +144,7 @@ static void set_devices(Graph *g, Node *n, uint64_t m, int P) {
   n->device = -1;
   n->devices = NULL;
   n->ndevices = 0;
-  if (m == all_mask(P)) return;
+  if (m == ir_all_mask(P)) return;
   if (popcount(m) == 1) {
     n->device = __builtin_ctzll(m);
     return;
@@ -259,9 +258,9 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Tensor *in[2] = {t, off};
       Node *n = new_node(c, OP_ALL_TO_ALL, 2, in, reader, reader, false, "@experts");
       n->ia[0] = moe;
-      n->ia[1] = set_size(reader, c->P);
-      n->ia[2] = (int64_t)set_mask(p, c->P); /* the batch side: who sends rows */
-      n->fa[0] = remote_fraction(g, moe, set_mask(p, c->P));
+      n->ia[1] = ir_node_set_size(reader, c->P);
+      n->ia[2] = (int64_t)ir_node_mask(p, c->P); /* the batch side: who sends rows */
+      n->fa[0] = remote_fraction(g, moe, ir_node_mask(p, c->P));
       n->out[0]->part = n->out[1]->part = PART_EXPERTS;
       c->a2a[t->id] = n->out[0];
       if (!c->recv[moe]) c->recv[moe] = n->out[1];
@@ -276,19 +275,19 @@ static void rewire(Comm *c, Node *reader, int slot) {
       Tensor *in[2] = {t, off};
       Node *n = new_node(c, OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false, "@batch");
       n->ia[0] = moe;
-      n->ia[1] = set_size(p, c->P);
-      n->ia[2] = (int64_t)set_mask(reader, c->P); /* the batch side: who gets rows back */
-      n->fa[0] = remote_fraction(g, moe, set_mask(reader, c->P));
+      n->ia[1] = ir_node_set_size(p, c->P);
+      n->ia[2] = (int64_t)ir_node_mask(reader, c->P); /* the batch side: who gets rows back */
+      n->fa[0] = remote_fraction(g, moe, ir_node_mask(reader, c->P));
       n->out[0]->part = PART_BATCH;
       c->a2a[t->id] = n->out[0];
     }
     reader->in[slot] = c->a2a[t->id];
   } else if (!re && !pe && rows && (p || t->kind == TK_INPUT) &&
-             set_mask(p, c->P) != set_mask(reader, c->P)) { /* on(...): rows move */
+             ir_node_mask(p, c->P) != ir_node_mask(reader, c->P)) { /* on(...): rows move */
     if (!c->a2a[t->id]) {
       Tensor *in[1] = {t};
       Node *n = new_node(c, OP_RESHARD, 1, in, reader, reader, false, "@reshard");
-      uint64_t a = set_mask(p, c->P), b = set_mask(reader, c->P);
+      uint64_t a = ir_node_mask(p, c->P), b = ir_node_mask(reader, c->P);
       n->ia[0] = popcount(a);
       n->ia[1] = popcount(b);
       n->ia[2] = (int64_t)a; /* from: rows in batch order over a's devices, ascending */
@@ -307,7 +306,7 @@ static void rewire(Comm *c, Node *reader, int slot) {
 static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
   Graph *g = c->g;
   Node *p = t->producer;
-  int nd = set_size(p, c->P);
+  int nd = ir_node_set_size(p, c->P);
   if (nd <= 1) {
     t->part = PART_REPLICATED;
     return t;
@@ -353,9 +352,9 @@ static bool hmoe_global_load(Comm *c, int moe) {
       rs = g->nodes[k];
   MOEC_ASSERT(rs != NULL);
   Tensor *off = div->in[1], *in[1] = {off};
-  if (off->part == PART_PARTIAL && set_size(off->producer, c->P) > 1) {
+  if (off->part == PART_PARTIAL && ir_node_set_size(off->producer, c->P) > 1) {
     Node *n = new_node(c, OP_ALL_REDUCE, 1, in, off->producer, off->producer, true, "@sum");
-    n->ia[0] = set_size(off->producer, c->P);
+    n->ia[0] = ir_node_set_size(off->producer, c->P);
     n->out[0]->part = PART_REPLICATED;
     for (int k = 0; k < g->nnodes; k++)
       if (g->nodes[k]->op == OP_DIV_GROUP_ROWS && g->nodes[k]->in[1] == off)
@@ -374,7 +373,7 @@ static bool hmoe_global_load(Comm *c, int moe) {
  * loss is a mean over the global batch: divided by N*P here, all-reduced. */
 static void batchwise_global(Comm *c, Node *route) {
   Graph *g = c->g;
-  int nd = set_size(route, c->P);
+  int nd = ir_node_set_size(route, c->P);
   if (nd <= 1 || route->nin != 2) return;
   Tensor *in[2] = {route->in[0], route->in[1]};
   int64_t ia[IR_MAX_ATTR] = {route->ia[0], nd};
@@ -402,6 +401,30 @@ static void batchwise_global(Comm *c, Node *route) {
   }
 }
 
+/* Capacity over the global batch: every device's routes gathered before the capacity op, so
+ * that its drop decision is the one device's (docs/moe.md); the drop fractions it then
+ * computes are the global batch's, the same on every device. */
+static bool capacity_global(Comm *c, const PassCtx *ctx, Node *cap) {
+  int nd = ir_node_set_size(cap, c->P);
+  if (nd <= 1 || cap->nin != 1) return true;
+  if (cap->device >= 0 || cap->ndevices > 0) {
+    pass_error(ctx, cap->loc,
+               "moe '%s': capacity= with the layer's gate on(...) a device subset is not "
+               "supported",
+               cap->layer ? cap->layer : "?");
+    return false;
+  }
+  int64_t ia[IR_MAX_ATTR] = {nd};
+  Node *n = new_node_ia(c, OP_ALL_GATHER_ROWS, 1, cap->in, ia, cap, cap, false, "@all");
+  n->out[0]->part = cap->out[1]->part = PART_REPLICATED;
+  Tensor **in = mc_arena_alloc(&c->g->arena, 2 * sizeof(Tensor *));
+  in[0] = cap->in[0];
+  in[1] = n->out[0];
+  cap->in = in;
+  cap->nin = 2;
+  return true;
+}
+
 static void widen_rows(Tensor *t, int P) {
   for (int q = 0; q < t->ty.dim[0].b; q++)
     t->ty.dim[0].c *= P;
@@ -411,7 +434,7 @@ static void widen_rows(Tensor *t, int P) {
  * the route's slot list gets N*k*P slots (ia[1]) and the shapes of the layer's nodes after
  * it are inferred again (gathered rows, the expert FFN under data_parallel, the combine
  * and their gradients). Expert-sharded nodes keep theirs: the runtime widens every
- * expert-row tensor by P (rt_md_widen_expert_rows), to the same N*k*P; all_to_all_back
+ * expert-row tensor by P (plan_widen_expert_rows), to the same N*k*P; all_to_all_back
  * brings them back into N*k*P rows. */
 static void batchwise_widen(Graph *g, Node *route, int P) {
   route->ia[1] = P;
@@ -450,13 +473,19 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
     if (g->moe_load[i] && g->moe_load[i]->part == PART_PARTIAL)
       g->moe_load[i] = all_reduce(&c, g->moe_load[i], "@sum");
   }
+  /* the count of real target positions (padded targets): the loss is a global mean */
+  if (g->xent_count && g->xent_count->part == PART_PARTIAL)
+    g->xent_count = all_reduce(&c, g->xent_count, "@sum");
   /* batchwise gating: each expert's top rows over the global batch */
   for (int k = 0; k < n0; k++)
     if (g->nodes[k]->op == OP_BATCHWISE_ROUTE) batchwise_global(&c, g->nodes[k]);
+  for (int k = 0; k < n0; k++) /* capacity: the drop decision on the global batch */
+    if (g->nodes[k]->op == OP_CAPACITY && !capacity_global(&c, ctx, g->nodes[k])) break;
   /* 3. gradients of replicated parameters (expert gradients stay where they are) */
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
     if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      if (pass_sparse_grad(g, p, P, ctx->cfg)) continue; /* only the touched rows travel */
       Tensor *s = all_reduce(&c, p->grad, "@sum");
       if (s != p->grad) s->name = mc_arena_printf(&g->arena, "%s.grad@sum", p->name);
       p->grad = s;

@@ -5,7 +5,8 @@
  *   optimizer    adam: 2 x params; factored: rows + cols per matrix (leading dims kept),
  *                numel for vectors (no first moment)
  *   activations  forward outputs read by a backward node (kept for backward), at the
- *                device's share; issue 6's memory planner will give the real peak
+ *                device's share (an estimate: the allocated figures are the memory plan's,
+ *                plan_cost_set_memory)
  *   flops        forward + backward: matmul 2*M*N*K, grouped matmuls 2*R*K*M over routed
  *                rows, lstm 2*B*T*4U*U (+ elementwise), other ops 1 per output element
  *   step time    max over devices of flops / GFLOP/s + the sum over collectives of
@@ -74,6 +75,10 @@ double plan_node_flops(const Node *n) {
   case OP_XENT:
   case OP_SOFTMAX:
     return 3.0 * numel(a);
+  case OP_SAMPLED_XENT: /* training: x[N,D] times S+1 rows of W, then their softmax */
+    return (2.0 * (double)a->shape[1] + 3.0) * numel(n->out[1]);
+  case OP_SAMPLED_XENT_BWD: /* dx and the sampled rows' dW: two GEMMs over [N, S+1] */
+    return 4.0 * numel(n->in[1]) * (double)n->in[2]->shape[1];
   case OP_EMBEDDING:
   case OP_RESHAPE:
   case OP_ALL_TO_ALL:
@@ -81,6 +86,8 @@ double plan_node_flops(const Node *n) {
   case OP_ALL_REDUCE:
   case OP_ALL_GATHER_TOPM:
   case OP_RESHARD:
+  case OP_ALL_GATHER_ROWS:
+  case OP_SPARSE_ALL_REDUCE:
     return 0;
   default: {
     double f = 0;
@@ -156,28 +163,10 @@ static double optim_elems(const Tensor *p, OptKind opt) {
   return numel(p) / (r * c) * (r + c);
 }
 
-int64_t *plan_widen_expert_rows(Graph *g, int devices) {
-  int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
-  for (int i = 0; i < g->ntensors && devices > 1; i++) {
-    Tensor *t = g->tensors[i];
-    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
-    save[i] = t->ty.dim[0].c;
-    for (int q = 0; q < t->ty.dim[0].b; q++)
-      t->ty.dim[0].c *= devices;
-  }
-  return save;
-}
-
-void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
-  for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0].c = save[i];
-  mc_free(save);
-}
-
-Type *plan_device_shapes(Graph *g, int d, int devices) {
+Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
-  mc_free(plan_widen_expert_rows(g, devices)); /* undone with the types */
+  mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
   return save;
 }
 
@@ -185,36 +174,11 @@ void plan_restore_shapes(Graph *g, Type *save) {
   pass_unshard_experts(g, save);
 }
 
-/* Elements of t at (B, T) by its (symbolic) type: the shapes of plan_device_shapes. */
-static double type_numel(const Tensor *t, int64_t B, int64_t T) {
-  double n = 1;
-  for (int q = 0; q < t->ty.rank; q++)
-    n *= (double)dim_eval(t->ty.dim[q], B, T);
-  return n;
-}
-
-/* Optimizer state elements the runtime allocates for p on a device (runtime/multidev.c
- * rt_md_optim_new): by its per-device type; the factored moments of an [E, H] expert
- * matrix are kept whole (global: p's bound shape). */
-static double optim_alloc_elems(const Graph *g, const Tensor *p, OptKind opt, int64_t B,
-                                int64_t T) {
-  double n = type_numel(p, B, T);
-  if (opt == OPT_ADAM) return 2 * n;
-  if (p->ty.rank < 2) return n;
-  if (g->experts_local && p->ty.rank == 2 && pass_expert_shard(g, p, NULL))
-    return (double)p->shape[0] + (double)p->shape[1];
-  double r = (double)dim_eval(p->ty.dim[p->ty.rank - 2], B, T),
-         c = (double)dim_eval(p->ty.dim[p->ty.rank - 1], B, T);
-  return n / (r * c) * (r + c);
-}
-
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k) {
   PlanCost c = {.devices = devices, .k = *k};
   c.dev = mc_calloc((size_t)devices, sizeof(DeviceCost));
   bool placed = devices > 1 && g->moe_expert_dev;
-  /* the memory plan at one device's rows as the runtime allocates it (runtime/train.c
-   * build_on: its experts only, expert-row tensors widened to every device's rows) */
-  int64_t B = g->B > 0 ? g->B : 1, T = g->T > 0 ? g->T : 1;
+  int64_t B = g->B > 0 ? g->B : 1;
   c.rows_per_device = (B + devices - 1) / devices;
   /* forward outputs a backward node reads (a backward node comes after its producer) */
   bool *bwd_read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
@@ -224,17 +188,6 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
         bwd_read[g->nodes[kk]->in[i]->id] = true;
   for (int d = 0; d < devices; d++) {
     DeviceCost *dc = &c.dev[d];
-    Type *save = plan_device_shapes((Graph *)g, d, devices); /* restored below */
-    MemFigures mr = pass_memplan_plan(g, c.rows_per_device, T, sizeof(float), 0, NULL);
-    dc->persist_bytes = (double)mr.persist;
-    dc->arena_bytes = (double)mr.arena;
-    c.live_max = fmax(c.live_max, (double)mr.live_max);
-    for (int i = 0; i < g->nparams; i++) { /* an expert-sharded parameter: its local rows */
-      dc->param_alloc_bytes += 4 * type_numel(g->params[i], c.rows_per_device, T);
-      if (g->has_backward)
-        dc->optim_alloc_bytes += 4 * optim_alloc_elems(g, g->params[i], opt, c.rows_per_device, T);
-    }
-    plan_restore_shapes((Graph *)g, save);
     for (int i = 0; i < g->nparams; i++) {
       const Tensor *p = g->params[i];
       double s = 1;
@@ -274,13 +227,9 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
   }
   mc_free(bwd_read);
   double maxf = 0;
-  for (int d = 0; d < devices; d++) {
-    DeviceCost *dc = &c.dev[d];
-    maxf = dc->flops > maxf ? dc->flops : maxf;
-    dc->planned_bytes = dc->persist_bytes + dc->arena_bytes + dc->optim_alloc_bytes;
-    if (dc->planned_bytes > c.max_planned) c.max_planned = dc->planned_bytes;
-  }
-  c.fits = k->mem_bytes <= 0 || c.max_planned <= k->mem_bytes;
+  for (int d = 0; d < devices; d++)
+    maxf = c.dev[d].flops > maxf ? c.dev[d].flops : maxf;
+  c.fits = true; /* until plan_cost_set_memory says otherwise */
   c.compute_s = maxf / (k->gflops * 1e9);
   for (int kk = 0; kk < g->nnodes; kk++) {
     const Node *n = g->nodes[kk];
@@ -292,6 +241,19 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
   }
   c.step_s = c.compute_s + c.comm_s;
   return c;
+}
+
+void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
+                          double params, double live_max) {
+  DeviceCost *dc = &c->dev[d];
+  dc->persist_bytes = persist;
+  dc->arena_bytes = arena;
+  dc->optim_alloc_bytes = optim;
+  dc->param_alloc_bytes = params;
+  dc->planned_bytes = persist + arena + optim;
+  c->live_max = fmax(c->live_max, live_max);
+  c->max_planned = fmax(c->max_planned, dc->planned_bytes);
+  c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }
 
 void plan_cost_free(PlanCost *c) {

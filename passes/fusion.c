@@ -22,64 +22,22 @@
  * state, monitoring), or when nothing reads it; otherwise it lives only in a
  * register. Groups of one node are left alone.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fusion.h"
 
-/* ---------------------------------------------------------------- program registry */
-
-/* OP_FUSED node -> its program. Programs live in the graph's arena; an entry
- * outlives its graph but is only looked up through a live node, and a node
- * reusing a freed address re-registers (lookups scan newest first). Locked: the
- * in-process devices' threads compile their graphs at the same time. */
-typedef struct ProgEntry {
-  const Node *node;
-  const FusedProg *prog;
-} ProgEntry;
-static ProgEntry *registry;
-static int nregistry, cap_registry;
-static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static void register_prog(const Node *n, const FusedProg *p) {
-  pthread_mutex_lock(&registry_mu);
-  if (nregistry == cap_registry) {
-    cap_registry = cap_registry ? 2 * cap_registry : 64;
-    registry = mc_realloc(registry, (size_t)cap_registry * sizeof *registry);
-  }
-  registry[nregistry++] = (ProgEntry){n, p};
-  pthread_mutex_unlock(&registry_mu);
-}
-
-const FusedProg *pass_fused_prog(const Node *n) {
-  if (!n || n->op != OP_FUSED) return NULL;
-  const FusedProg *p = NULL;
-  pthread_mutex_lock(&registry_mu);
-  for (int i = nregistry - 1; i >= 0 && !p; i--)
-    if (registry[i].node == n) p = registry[i].prog;
-  pthread_mutex_unlock(&registry_mu);
-  return p;
-}
-
 /* cpu: fused kernels need LLVM (codegen/jit.c). cuda: codegen/nvrtc.c's generated
- * kernels (or the interpreter kernel without NVRTC), so LLVM is not needed there;
- * MOEC_CUDA_FUSE=0/1 overrides for cuda only, MOEC_FUSE=0/1 for both. */
+ * kernels (or the interpreter kernel without NVRTC), so LLVM is not needed there. */
 bool pass_fusion_enabled(const Config *cfg) {
   bool cuda = cfg && cfg->backend == BK_CUDA;
-#ifdef MOEC_HAVE_CUDA
-  if (cuda) {
-    const char *e = getenv("MOEC_CUDA_FUSE");
-    if (e && *e) return strcmp(e, "0") != 0;
-  }
-#else
+  (void)cuda;
+#ifndef MOEC_HAVE_CUDA
   if (cuda) return false; /* no CUDA backend: the run falls back to the cpu kernels */
 #endif
 #ifndef MOEC_HAVE_LLVM
   if (!cuda) return false; /* no JIT for fused kernels: the unfused kernels run */
 #endif
-  const char *env = getenv("MOEC_FUSE");
-  if (env && *env) return strcmp(env, "0") != 0;
   return cfg ? cfg->fuse : false;
 }
 
@@ -333,7 +291,7 @@ static Node *build_fused(Fuser *F, const int *mem, int nmem, int group_no) {
     outs[j]->producer = f;
     outs[j]->producer_slot = j;
   }
-  register_prog(f, prog);
+  f->fused = prog;
   mc_free(ins);
   mc_free(outs);
   mc_free(outslot);

@@ -8,7 +8,8 @@
  *               live from its producer's index to its last reader's. Pinned to the
  *               end of the program when the host reads it after the step (loss, xent,
  *               aux, MoE importance and load, the state's next values, the params'
- *               gradients: the optimizer runs after the program) or when nothing reads
+ *               gradients: the optimizer runs after the program; a sampled softmax's
+ *               samples: moec grad writes them) or when nothing reads
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
@@ -112,6 +113,10 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     pin(L, g->states[i].next, end);
   for (int i = 0; i < g->nparams; i++)
     pin(L, g->params[i]->grad, end);
+  for (int k = 0; k < g->nnodes; k++) /* a sampled softmax's samples: moec grad writes them */
+    if (g->nodes[k]->op == OP_SAMPLED_XENT && !g->nodes[k]->recompute_of)
+      for (int j = 2; j < 4; j++)
+        pin(L, g->nodes[k]->out[j], end);
   mc_free(read);
   mc_free(repeated);
 }
@@ -160,7 +165,7 @@ static bool overlap_in_time(const Live *a, const Live *b) {
   return a->def <= b->last && b->def <= a->last;
 }
 
-/* MOEC_MEMPLAN_TRACE=1: the node where the most bytes are alive, and what they are. */
+/* MOEC_DEBUG=memplan: the node where the most bytes are alive, and what they are. */
 static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags) {
   int64_t live = 0, best = -1;
   int at = 0;
@@ -174,7 +179,7 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
           at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
-  bool all = !strcmp(getenv("MOEC_MEMPLAN_TRACE"), "all");
+  bool all = mc_debug.memplan_all;
   for (int i = 0; i < g->ntensors; i++)
     if (all || (L[i].def >= 0 && L[i].def <= at && at <= L[i].last))
       fprintf(stderr, "  %-32s %10lld  [%d, %d]\n", g->tensors[i]->name, (long long)L[i].size,
@@ -445,7 +450,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
     live += delta[k];
     if (live > mf.live_max) mf.live_max = live;
   }
-  if (getenv("MOEC_MEMPLAN_TRACE")) trace(g, L, delta, flags);
+  if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
       offsets[i] = L[i].def == PERSIST ? L[i].off : L[i].def >= 0 ? mf.persist + L[i].off : -1;
@@ -556,8 +561,6 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem) {
 }
 
 void pass_memplan(Graph *g, const PassCtx *ctx) {
-  /* Shapes are symbolic here: plan at the config's batch and unroll, in f32. */
-  int64_t B = ctx->cfg && ctx->cfg->batch > 0 ? ctx->cfg->batch : 32;
-  int64_t T = ctx->cfg && ctx->cfg->unroll > 0 ? ctx->cfg->unroll : 20;
-  assign(g, B, T, sizeof(float));
+  MOEC_ASSERT(g->B > 0 && g->T > 0); /* after the bind pass */
+  assign(g, g->B, g->T, ctx->elem ? ctx->elem : sizeof(float));
 }

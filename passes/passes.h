@@ -1,8 +1,9 @@
-/* passes.h: graph passes and the pass manager.
+/* passes.h: graph passes and the pass manager; the pass context every pass reads.
  *
  *   manager.c   : the ordered pass list; runs it, prints the graph after any pass
  *   autodiff.c  : appends the backward graph (gradient rules from the op table)
- *   (later) placement.c, comm.c, fusion.c, recompute.c, memplan.c
+ *   recompute.c, memplan.c: below; placement.c, comm.c, shard.c, bind.c: plan.h;
+ *   fusion.c: fusion.h
  *
  * Prefix: pass_.
  */
@@ -11,11 +12,29 @@
 
 #include "../ir/ir.h"
 
+struct PlanLoads;
+
+/* What a compile asks of the passes. Zero fields mean: the global graph, f32, no
+ * measured loads, notes dropped, errors fatal (tests build graphs by hand). */
 typedef struct PassCtx {
   const Config *cfg;
-  int devices;  /* from cfg or --devices */
-  bool training; /* false: forward-only program (eval) */
+  int devices;       /* P: devices the graph is placed on */
+  bool training;     /* false: forward-only program (eval): no autodiff */
+  bool device_graph; /* shard and bind for device `rank` (what it runs); false: the
+                        global graph, bound at the whole batch (what a plan reports) */
+  int rank;
+  size_t elem;       /* bytes per float element the memory plan is made at; 0: 4 */
+  const struct PlanLoads *loads; /* measured expert loads for experts = balanced */
+  McBuf *notes;      /* notes for the plan's reader (fallbacks, idle devices); NULL: none */
+  Diag *diag;        /* user errors, at their .moe location; NULL: mc_die */
 } PassCtx;
+
+/* A user error found while compiling (a placement the file asks for and the devices
+ * cannot give), at the layer or rule that caused it. The pass then stops. */
+void pass_error(const PassCtx *ctx, Loc loc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A note for the plan's reader. */
+void pass_note(const PassCtx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 typedef struct Pass {
   const char *name; /* as given to --after */
@@ -28,7 +47,8 @@ extern const int pass_count;
 
 /* Runs every pass in order (skipping autodiff when !ctx->training); after the
  * pass named print_after (NULL: none, "build": before any pass) prints the
- * graph to out and stops. Returns false if print_after names no pass. */
+ * graph to out and stops. Returns false if print_after names no pass, or after the
+ * first pass that reported an error (ctx->diag). */
 bool pass_run_all(Graph *g, const PassCtx *ctx, const char *print_after, FILE *out);
 
 /* autodiff.c: d(g->loss)/d(every param) as ordinary backward nodes; sets each
@@ -52,8 +72,9 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem);
  * lifetimes overlap share a byte, or if a tensor lies outside its region or is not
  * 64-byte aligned. Returns the number of overlapping-lifetime pairs checked. */
 long pass_memplan_validate(const Graph *g);
-/* The pass: plans at the config's batch and unroll in f32 (what `moec ir --after memplan`
- * shows); lowering plans again at the bound shapes (cg_lower_on). */
+/* The pass: plans the bound graph at ctx->elem (the last pass: the figures `moec plan`
+ * prints are the runtime's allocation); lowering uses the plan, or plans again when the
+ * graph was bound anew since. */
 void pass_memplan(Graph *g, const PassCtx *ctx);
 
 /* recompute.c: `recompute = none | all | [layers] | auto` (docs/memory.md). The forward
@@ -74,5 +95,21 @@ RecomputeSummary pass_recompute_summary(const Graph *g, int64_t B, int64_t T, si
 void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FILE *out);
 /* FLOPs of one node at (B, T) (multiply-adds count 2; elementwise ops one per output). */
 double pass_node_flops(const Node *n, int64_t B, int64_t T);
+/* The forward outputs the recompute pass drops (a backward node reads their copy
+ * instead), by tensor id; the caller frees it. */
+bool *pass_recompute_dropped(const Graph *g);
+
+/* sparse.c (called by the comm pass): parameter p's gradient (PART_PARTIAL on P devices)
+ * is a sum of row scatters (embedding_bwd: the embedding's, the sampled softmax's) and
+ * exchanging each device's (id, row) pairs moves fewer bytes than a ring all_reduce of
+ * the dense gradient at the config's batch: each scatter becomes a sparse_all_reduce and
+ * the gradient is replicated. Returns whether it did. */
+bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg);
+
+/* capacity.c: the rows an expert-side tensor t (part experts, rows in dim 0) needs when its
+ * moe layer has capacity=: this graph's experts of the layer (its rank's once sharded)
+ * times each expert's capacity, at most every route of the global batch of B x T rows;
+ * -1 when the layer has no capacity (the worst case applies). */
+int64_t pass_capacity_rows(const Graph *g, const Tensor *t, int64_t B, int64_t T);
 
 #endif

@@ -1,4 +1,4 @@
-/* placement.c: the `placement` pass (issue 4; docs/placement.md).
+/* placement.c: the `placement` pass (docs/placement.md).
  *
  * Runs after autodiff, so backward nodes are placed with their forward layer. With one
  * device it does nothing. With P > 1 devices:
@@ -12,21 +12,13 @@
  *     load) PART_PARTIAL until the comm pass all-reduces them;
  *   - each MoE layer an expert -> device map (Graph.moe_expert_dev), by the policy.
  * Strategies: paper (default), data_parallel, hmoe; then `place` rules in file order.
- * User errors (more devices than batch rows, fewer experts than devices, experts over
- * memory_budget, an unknown strategy or policy) stop with mc_die and a clear message. */
+ * User errors (fewer experts than devices, a device named twice, replicated
+ * parameters over memory_budget) are reported at the layer or rule that caused them;
+ * sema has checked the strategy, the policy and the batch split. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "plan.h"
-
-const PlanLoads *plan_loads;
-char plan_note[1024];
-
-static void note(const char *fmt, const char *a, long long x, long long y) {
-  size_t n = strlen(plan_note);
-  if (n + 200 >= sizeof plan_note) return;
-  snprintf(plan_note + n, sizeof plan_note - n, fmt, a, x, y);
-}
 
 /* ---------------------------------------------------------------- patterns */
 
@@ -39,7 +31,7 @@ static bool glob(const char *p, const char *s) {
 
 /* Does rule pattern `pat` address node n? "L" all of layer L; "L.experts" / "L.gate"
  * that role of a moe/hmoe layer L. */
-static bool rule_matches(const char *pat, const Node *n) {
+bool pass_rule_matches(const char *pat, const Node *n) {
   if (!n->layer) return false;
   const char *dot = strrchr(pat, '.');
   if (dot && (!strcmp(dot, ".experts") || !strcmp(dot, ".gate"))) {
@@ -91,11 +83,9 @@ static int layer_groups(const Graph *g, const char *name) {
   }
 }
 
-static const double *measured(const char *name, int E) {
-  if (!plan_loads) return NULL;
-  for (int i = 0; i < plan_loads->n; i++)
-    if (!strcmp(plan_loads->names[i], name) && plan_loads->nexperts[i] == E)
-      return plan_loads->load[i];
+static const double *measured(const PlanLoads *pl, const char *name, int E) {
+  for (int i = 0; pl && i < pl->n; i++)
+    if (!strcmp(pl->names[i], name) && pl->nexperts[i] == E) return pl->load[i];
   return NULL;
 }
 
@@ -139,8 +129,10 @@ static void deal(int U, int n, const char *policy, const double *load, int *owne
       owner[u] = d;
 }
 
-static void expert_map(Graph *g, int i, const NodePlace *np, int P, const Config *cfg,
+static void expert_map(Graph *g, int i, const NodePlace *np, const PassCtx *ctx,
                        const char *strategy, const char *policy) {
+  const int P = ctx->devices;
+  const Config *cfg = ctx->cfg;
   const char *name = g->moe_names[i];
   int E = layer_experts(g, name);
   int *map = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(E > 0 ? E : 1));
@@ -148,9 +140,13 @@ static void expert_map(Graph *g, int i, const NodePlace *np, int P, const Config
   g->moe_expert_dev[i] = map;
   /* the device set and mode of this layer's experts: its first expert node's */
   const NodePlace *ep = NULL;
+  const Node *en = NULL;
   for (int k = 0; k < g->nnodes && !ep; k++) {
     const Node *n = g->nodes[k];
-    if (n->layer && !strcmp(n->layer, name) && n->role && !strcmp(n->role, "experts")) ep = &np[k];
+    if (n->layer && !strcmp(n->layer, name) && n->role && !strcmp(n->role, "experts")) {
+      ep = &np[k];
+      en = n;
+    }
   }
   if (!ep || E <= 0) return;
   int n = ep->nset ? ep->nset : P;
@@ -163,18 +159,25 @@ static void expert_map(Graph *g, int i, const NodePlace *np, int P, const Config
     mc_free(set);
     return;
   }
-  if (E < n)
-    mc_die("moe '%s' has %d experts for %d devices: sharding needs at least one expert per "
-           "device (use fewer devices, strategy = data_parallel, or place %s.experts : on(...))",
-           name, E, n, name);
-  if (E % n)
-    note("note: %s: %lld experts over %lld devices: blocks differ by one expert\n", name, E, n);
+  if (E < n) {
+    pass_error(ctx, en->loc,
+               "moe '%s' has %d experts for %d devices: sharding needs at least one expert per "
+               "device (use fewer devices, strategy = data_parallel, or place %s.experts : "
+               "on(...))",
+               name, E, n, name);
+    if (ctx->diag && cfg->devices_loc.line)
+      fe_note(ctx->diag, cfg->devices_loc, "the devices are set here");
+    mc_free(set);
+    return;
+  }
+  if (E % n) pass_note(ctx, "note: %s: %d experts over %d devices: blocks differ by one expert\n", name, E, n);
   int G = layer_groups(g, name);
-  const double *load = measured(name, E);
+  const double *load = measured(ctx->loads, name, E);
   if (!strcmp(policy, "balanced") && !load)
-    note("note: %s: experts = balanced but no measured loads (--loads FILE) for its %lld "
-         "experts: contiguous used%.0lld\n",
-         name, E, 0);
+    pass_note(ctx,
+              "note: %s: experts = balanced but no measured loads (--loads FILE) for its %d "
+              "experts: contiguous used\n",
+              name, E);
   int *owner = mc_calloc((size_t)E, sizeof(int));
   if (!strcmp(strategy, "hmoe") && G > 0) {
     /* whole groups: group -> node (or device) by the policy, then the group's experts
@@ -188,7 +191,8 @@ static void expert_map(Graph *g, int i, const NodePlace *np, int P, const Config
         gl[e / Eg] += load[e];
     }
     if (G < nodes)
-      note("note: %s: %lld groups for %lld nodes/devices: some hold no experts\n", name, G, nodes);
+      pass_note(ctx, "note: %s: %d groups for %d nodes/devices: some hold no experts\n", name, G,
+                nodes);
     int *gown = mc_calloc((size_t)G, sizeof(int));
     if (G >= nodes)
       deal(G, nodes, policy, gl, gown);
@@ -225,8 +229,8 @@ static double const_bytes(const Tensor *t) {
 }
 
 /* An on(...) list in ascending order (the order of the batch rows over the set, and of
- * the ranks of its communicator); a device named twice is an error. */
-static const int *sorted_set(Graph *g, const PlaceRule *r) {
+ * the ranks of its communicator); a device named twice is an error (NULL). */
+static const int *sorted_set(Graph *g, const PlaceRule *r, const PassCtx *ctx) {
   int *d = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(r->ndevices + 1));
   for (int i = 0; i < r->ndevices; i++) {
     int v = r->devices[i], j = i;
@@ -235,7 +239,10 @@ static const int *sorted_set(Graph *g, const PlaceRule *r) {
     d[j] = v;
   }
   for (int i = 1; i < r->ndevices; i++)
-    if (d[i] == d[i - 1]) mc_die("place %s : on(...) names device %d twice", r->pattern, d[i]);
+    if (d[i] == d[i - 1]) {
+      pass_error(ctx, r->loc, "place %s : on(...) names device %d twice", r->pattern, d[i]);
+      return NULL;
+    }
   return d;
 }
 
@@ -245,15 +252,11 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
   const Config *cfg = ctx->cfg;
   const char *strategy = cfg->strategy ? cfg->strategy : "paper";
   const char *policy = cfg->expert_policy ? cfg->expert_policy : "contiguous";
-  if (strcmp(strategy, "paper") && strcmp(strategy, "data_parallel") && strcmp(strategy, "hmoe"))
-    mc_die("unknown strategy '%s' (paper, data_parallel, hmoe)", strategy);
-  if (strcmp(policy, "contiguous") && strcmp(policy, "round_robin") && strcmp(policy, "balanced"))
-    mc_die("unknown expert policy '%s' (contiguous, round_robin, balanced)", policy);
-  if (cfg->batch > 0 && P > cfg->batch)
-    mc_die("%d devices but a batch has %d rows: each device needs at least one row "
-           "(use --devices <= %d or a larger batch)",
-           P, cfg->batch, cfg->batch);
-  plan_note[0] = 0;
+  /* sema checked the names, the batch split and the rules' devices */
+  MOEC_ASSERT(!strcmp(strategy, "paper") || !strcmp(strategy, "data_parallel") ||
+              !strcmp(strategy, "hmoe"));
+  MOEC_ASSERT(!strcmp(policy, "contiguous") || !strcmp(policy, "round_robin") ||
+              !strcmp(policy, "balanced"));
   bool dp = !strcmp(strategy, "data_parallel");
 
   /* 1. modes and device sets: the strategy, then the rules in order */
@@ -265,7 +268,7 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
   for (const PlaceRule *r = cfg->rules; r; r = r->next)
     for (int k = 0; k < g->nnodes; k++) {
       const Node *n = g->nodes[k];
-      if (!rule_matches(r->pattern, n)) continue;
+      if (!pass_rule_matches(r->pattern, n)) continue;
       bool exp = n->role && !strcmp(n->role, "experts") && moe_index(g, n->layer) >= 0;
       if (r->kind == PK_REPLICATE) {
         np[k].experts = false;
@@ -274,19 +277,32 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
         if (exp) np[k].experts = true;
       } else {
         for (int d = 0; d < r->ndevices; d++)
-          if (r->devices[d] >= P)
-            mc_die("place %s : on(...) names device %d, but there are %d devices", r->pattern,
-                   r->devices[d], P);
+          if (r->devices[d] >= P) {
+            pass_error(ctx, r->loc, "place %s : on(...) names device %d, but there are %d devices",
+                       r->pattern, r->devices[d], P);
+            mc_free(np);
+            return;
+          }
+        const int *set = sorted_set(g, r, ctx);
+        if (!set) {
+          mc_free(np);
+          return;
+        }
         np[k].nset = r->ndevices;
-        np[k].set = sorted_set(g, r);
+        np[k].set = set;
       }
     }
 
   /* 2. expert maps */
   g->moe_expert_dev = mc_arena_alloc(&g->arena, sizeof(int *) * (size_t)(g->nmoe + 1));
   g->moe_nexperts = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(g->nmoe + 1));
+  int errors0 = ctx->diag ? ctx->diag->errors : 0;
   for (int i = 0; i < g->nmoe; i++)
-    expert_map(g, i, np, P, cfg, strategy, policy);
+    expert_map(g, i, np, ctx, strategy, policy);
+  if (ctx->diag && ctx->diag->errors > errors0) {
+    mc_free(np);
+    return;
+  }
 
   /* 3. nodes: device sets */
   for (int k = 0; k < g->nnodes; k++) {
@@ -327,11 +343,13 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
     for (int i = 0; i < g->nparams; i++)
       if (g->params[i]->part != PART_EXPERTS) need += 4 * const_bytes(g->params[i]);
     if (need > cfg->memory_budget)
-      mc_die("the replicated parameters need %.1f MiB per device (weights, gradients and "
-             "Adam's two moments), over memory_budget = %.1f MiB: %s",
-             need / 1048576.0, cfg->memory_budget / 1048576.0,
-             dp ? "the experts do not fit one device; use strategy = paper to shard them"
-                : "shard more layers' experts (place ... : shard(experts)) or use more memory");
+      pass_error(ctx, cfg->memory_budget_loc,
+                 "the replicated parameters need %.1f MiB per device (weights, gradients and "
+                 "Adam's two moments), over memory_budget = %.1f MiB: %s",
+                 need / 1048576.0, cfg->memory_budget / 1048576.0,
+                 dp ? "the experts do not fit one device; use strategy = paper to shard them"
+                    : "shard more layers' experts (place ... : shard(experts)) or use more "
+                      "memory");
   }
   mc_free(np);
 }

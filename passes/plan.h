@@ -1,4 +1,4 @@
-/* plan.h: placement and partitioning over N devices (issue 4, compile-time half).
+/* plan.h: placement and partitioning over N devices (the compile-time half).
  *
  *   placement.c : the `placement` pass: strategy (paper | data_parallel | hmoe), the
  *                 expert policy (contiguous | round_robin | balanced) and the file's
@@ -6,8 +6,11 @@
  *                 layer's expert -> device map (Graph.moe_expert_dev)
  *   comm.c      : the `comm` pass: every collective as an explicit op (all_to_all,
  *                 all_to_all_back, all_reduce, reshard) and its bytes per step
- *   shard.c     : one device's share of the experts (pass_shard_experts: expert
- *                 parameters and received offsets at the device's local experts)
+ *   shard.c     : the `shard` pass: one device's share of the experts (expert parameters
+ *                 and received offsets at the device's local experts)
+ *   bind.c      : the `bind` pass: B and T bound, for the whole batch or one device's
+ *                 rows (expert-row buffers with room for every device's rows); the
+ *                 device-set rules the runtime cannot follow, as errors at their rule
  *   costmodel.c : per device parameter / optimizer / activation bytes, the memory plan
  *                 per device, FLOPs, the step-time estimate and its constants (moec plan,
  *                 and moec simulate with its cluster presets: src/cmd_simulate.c)
@@ -31,19 +34,15 @@ typedef struct PlanLoads {
   const int *nexperts;
 } PlanLoads;
 
-/* Set by moec plan before running the passes (NULL: none). The placement pass reads
- * the loads for experts=balanced; without them balanced falls back to contiguous and
- * says so in plan_note. */
-extern const PlanLoads *plan_loads;
 /* Reads a JSON lines file (a previous run's metrics): the last line with a "moe"
  * array whose entries have "name" and "load": [numbers]. NULL (and *err set) if none. */
 PlanLoads *plan_read_loads(const char *path, const char **err);
 void plan_free_loads(PlanLoads *pl);
 
-/* Notes the passes left for the reader of the plan (fallbacks, idle devices). */
-extern char plan_note[1024];
-
 void pass_placement(Graph *g, const PassCtx *ctx);
+/* Does place-rule pattern pat address node n? "L": every node of layer L (`*`
+ * wildcards); "L.experts", "L.gate": that part of a moe/hmoe layer L. */
+bool pass_rule_matches(const char *pat, const Node *n);
 /* ---------------------------------------------------------------- comm.c */
 
 void pass_comm(Graph *g, const PassCtx *ctx);
@@ -59,23 +58,36 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n);
 
 /* ---------------------------------------------------------------- shard.c */
 
-/* An expert-sharded parameter: dim 0 indexes experts [first, first + count) of MoE layer
- * `moe`; expert e lives on g->moe_expert_dev[moe][e] (its owner map). */
-typedef struct ExpertShard {
-  int moe;
-  int64_t first, count;
-} ExpertShard;
-/* True (and *s filled; s may be NULL) when t is such a parameter of a placed graph (moe
- * layers' LAYER.w1, b1, w2, b2; an hmoe's LAYER.gJ.w1 ...: first J*Eg, count Eg). */
-bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
-/* The experts of s on device `rank`, in global order, into list (NULL: only count). */
-int64_t pass_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
+/* The pass: on a device graph of P > 1 devices, pass_shard_experts(g, ctx->rank). */
+void pass_shard(Graph *g, const PassCtx *ctx);
 /* Rewrites a placed graph (after comm and the later passes, before ir_bind) to hold only
  * the experts of `rank`: expert parameters [E_r, ...], received offsets i32[E_r + 1],
  * the shapes that follow (expert gradients). Sets g->experts_local. Returns every
  * tensor's type before the rewrite: pass_unshard_experts restores them (moec plan). */
 Type *pass_shard_experts(Graph *g, int rank);
 void pass_unshard_experts(Graph *g, Type *saved);
+
+/* ---------------------------------------------------------------- bind.c */
+
+/* The pass: binds B = cfg->batch and T = cfg->unroll. The global graph: the whole batch.
+ * A device graph of P > 1: ir_bind at B/P rows, every tensor on an on(...) subset S at
+ * its B/|S| rows, and every expert-row tensor (part experts, B in dim 0) with room for
+ * the rows of the global batch (the most one device can receive from the all-to-all).
+ * Sets g->rank, g->ndev, g->B_global. On P > 1 it also reports what the runtime cannot
+ * run (state on a device subset, a parameter read on two device sets, a batch a subset
+ * does not divide) at the place rule or layer that asked for it. */
+void pass_bind(Graph *g, const PassCtx *ctx);
+/* Device d's graph, made from the global one (placed, bound, planned) in place by the
+ * same shard, bind and memplan steps its own compile runs: so a plan reports what each
+ * device allocates without compiling P graphs. pass_device_view_end restores the global
+ * graph (types, binding, plan). */
+Type *pass_device_view(Graph *g, const PassCtx *ctx, int d);
+void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save);
+/* Every expert-row tensor's rows x devices, or its layer's capacity rows under
+ * moe(capacity=) (pass_capacity_rows at the global B, T): what pass_bind does on a device
+ * graph; returns what plan_unwiden_expert_rows needs to restore the types. */
+int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
+void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 
 /* ---------------------------------------------------------------- costmodel.c */
 
@@ -101,9 +113,9 @@ typedef struct DeviceCost {
   double param_bytes, grad_bytes, optim_bytes, act_bytes;
   double flops; /* forward + backward per step */
   int nexperts; /* experts placed here (all MoE layers) */
-  /* the memory plan (memplan.c) of this device as the runtime allocates it
-   * (runtime/train.c build_on): B/P rows, its experts only (shard.c), expert-row tensors
-   * widened to every device's rows (x P) */
+  /* what this device's program allocates: its memory plan (B/P rows, its experts only,
+   * expert-row tensors with room for every device's rows) and optimizer state, from the
+   * same passes its compile runs (plan_cost_set_memory) */
   double persist_bytes;     /* params, inputs, state */
   double arena_bytes;       /* activations and gradients, lifetimes overlaid */
   double optim_alloc_bytes; /* optimizer state of its parameters */
@@ -123,21 +135,20 @@ typedef struct PlanCost {
   bool fits;               /* max_planned <= k.mem_bytes (true when mem_bytes is 0) */
 } PlanCost;
 
-/* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The memory
- * plan per device is pass_memplan_plan at (ceil(B/devices), T, f32) on the device's shapes
- * (plan_device_shapes): planned_bytes is what the runtime allocates (with one device the
- * exact persist + arena + optimizer of cg_lower). */
+/* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The
+ * allocated memory of each device comes from plan_cost_set_memory (the driver computes
+ * it with the device's own passes: driver/compile.c drv_device_memory). */
 PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k);
+/* Device d allocates persist + arena (its memory plan) + optim bytes; params of them its
+ * parameters; live_max its plan's lower bound. Updates the maximum and whether it fits. */
+void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
+                          double params, double live_max);
 void plan_cost_free(PlanCost *c);
-/* The runtime's per-device shapes (runtime/train.c): every expert-row tensor (part experts,
- * B in dim 0) widened x devices, room for every device's rows. Returns what
- * plan_unwiden_expert_rows needs to restore the graph; the bound shapes are untouched. */
-int64_t *plan_widen_expert_rows(Graph *g, int devices);
-void plan_unwiden_expert_rows(Graph *g, int64_t *save);
-/* Device d's shapes as the runtime allocates them (runtime/train.c build_on): its experts
- * only (pass_shard_experts, on a placed graph) and every expert-row tensor widened x
- * devices. The bound shapes are untouched; plan_restore_shapes puts the types back. */
-Type *plan_device_shapes(Graph *g, int d, int devices);
+/* Device d's types as its compile makes them (the shard pass and the bind pass's
+ * widening at the global B, T: pass_device_view has the binding too), for the recompute
+ * pass's choices and the plan's recompute report. The bound shapes are untouched;
+ * plan_restore_shapes puts the types back. */
+Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T);
 void plan_restore_shapes(Graph *g, Type *save);
 /* FLOPs of one node on the bound graph (global: all devices together). */
 double plan_node_flops(const Node *n);

@@ -328,7 +328,7 @@ static void undo_all(Auto *a) {
  * tensor's producer restored (the fused nodes stay in the graph's arena, unused). */
 static MemFigures plan_after_fusion(Auto *a) {
   Graph *g = a->g;
-  PassCtx pc = {a->cfg, a->P, true};
+  PassCtx pc = {.cfg = a->cfg, .devices = a->P, .training = true};
   if (!pass_fusion_enabled(a->cfg))
     return pass_memplan_plan(g, a->rows, a->cfg->unroll, sizeof(float), 0, NULL);
   int nn = g->nnodes;
@@ -361,7 +361,7 @@ static double apply_set(Auto *a, const bool *sel) {
   for (int i = 0; i < a->nseg; i++)
     if (sel[i] && apply(a->g, &a->segs[i], a->depth, &a->stack[a->depth])) a->depth++;
   int nt = a->g->ntensors;
-  Type *save = plan_device_shapes(a->g, a->dev, a->P); /* its shapes, as the runtime binds */
+  Type *save = plan_device_shapes(a->g, a->dev, a->P, a->cfg->batch, a->cfg->unroll); /* its shapes, as the runtime binds */
   double optim = optim_bytes(a->g, a->cfg);
   MemFigures mf = plan_after_fusion(a);
   MOEC_ASSERT(a->g->ntensors == nt);
@@ -485,7 +485,7 @@ static int64_t bytes_at(const Tensor *t, int64_t B, int64_t T, size_t elem) {
 }
 
 /* dropped[t] for every original tensor whose copy a (non-copy) backward node reads. */
-static bool *dropped_set(const Graph *g) {
+bool *pass_recompute_dropped(const Graph *g) {
   bool *d = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
@@ -511,7 +511,7 @@ RecomputeSummary pass_recompute_summary(const Graph *g, int64_t B, int64_t T, si
       s.fwd_flops += pass_node_flops(n, B, T);
     }
   }
-  bool *d = dropped_set(g);
+  bool *d = pass_recompute_dropped(g);
   for (int i = 0; i < g->ntensors; i++)
     if (d[i]) s.dropped += bytes_at(g->tensors[i], B, T, elem);
   mc_free(d);
@@ -530,7 +530,7 @@ void pass_recompute_report(const Graph *g, int64_t B, int64_t T, size_t elem, FI
     return;
   }
   fprintf(out, "%d segments, %d forward nodes repeated in the backward pass\n", s.nseg, s.nclones);
-  bool *d = dropped_set(g);
+  bool *d = pass_recompute_dropped(g);
   for (int seg = 0; seg < s.nseg; seg++) {
     const char *layer = "?";
     double fl = 0;

@@ -1,9 +1,8 @@
-/* shard.c: one device's share of a placed graph's experts (docs/multidev.md, "Sharded
- * experts"). Not in the pass list: it runs per device, after the whole pipeline, on
- * P > 1 devices (runtime/train.c build_on through the runtime; costmodel.c for each
- * device of the plan, then undone).
+/* shard.c: the `shard` pass: one device's share of a placed graph's experts
+ * (docs/multidev.md, "Sharded experts"), on the graph a device of P > 1 runs; the plan's
+ * cost model applies it to each device in turn and undoes it (plan_device_shapes).
  *
- * An expert parameter (pass_expert_shard: a parameter whose dim 0 indexes experts
+ * An expert parameter (ir_expert_shard: a parameter whose dim 0 indexes experts
  * [first, first + count) of a MoE layer, with the layer's expert -> device map as its
  * owner map: a moe's w1 b1 w2 b2, an hmoe group's gJ.w1 ...) keeps only the rows of its
  * local experts, in global order: [E_r, ...]. An hmoe stacks its groups with concat0s
@@ -14,90 +13,13 @@
  * The shape rules of every node that reads a changed tensor run again (in node order),
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
- * expert-row tensors keep their rows (dim 0 follows B; rt_md_widen_expert_rows sizes
- * them). A device that holds none of a layer's experts (outside its on(...) set) has
+ * expert-row tensors keep their rows (dim 0 follows B; plan_widen_expert_rows sizes
+ * them, in the bind pass). A device that holds none of a layer's experts (outside its on(...) set) has
  * E_r = 0: zero-size expert parameters, offsets i32[1]; its all_to_all sends every row
  * away and receives none. Prefix: pass_. */
 #include <string.h>
 
 #include "plan.h"
-
-/* Groups of hmoe layer m: its params NAME.g0.w1, NAME.g1.w1, ... (0 for a moe). */
-static int64_t layer_groups(const Graph *g, int m) {
-  char buf[300];
-  for (int64_t G = 0;; G++) {
-    snprintf(buf, sizeof buf, "%s.g%lld.w1", g->moe_names[m], (long long)G);
-    bool found = false;
-    for (int i = 0; i < g->nparams && !found; i++)
-      found = !strcmp(g->params[i]->name, buf);
-    if (!found) return G;
-  }
-}
-
-/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m (first 0, count E); LAYER.gJ.w1
- * of an hmoe with G groups: group J's Eg = E / G experts (first J*Eg, count Eg). By
- * names and the layer's E only, so the answer is the same on a sharded graph. */
-static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
-  if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
-    return false;
-  int best = -1;
-  int64_t grp = -1;
-  size_t bl = 0;
-  for (int i = 0; i < g->nmoe; i++) {
-    size_t l = strlen(g->moe_names[i]);
-    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
-    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
-    long long j = -1;
-    int used = 0;
-    if (dot && !(sscanf(rest, "g%lld%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
-                 !strchr(dot + 1, '.')))
-      continue; /* neither NAME.PART nor NAME.gJ.PART */
-    best = i;
-    bl = l;
-    grp = dot ? j : -1;
-  }
-  if (best < 0 || g->moe_nexperts[best] <= 0) return false;
-  int64_t E = g->moe_nexperts[best], first = 0, count = E;
-  if (grp >= 0) {
-    int64_t G = layer_groups(g, best);
-    if (G < 1 || E % G || grp >= G) return false;
-    count = E / G;
-    first = grp * count;
-  }
-  *s = (ExpertShard){best, first, count};
-  return true;
-}
-
-/* A layer is sharded when every expert parameter of it is attributed: a moe's w1 b1 w2
- * b2, an hmoe's groups' (stacked by concat0s, whose gradient slices restack() fits). */
-static bool layer_sharded(const Graph *g, int m) {
-  size_t l = strlen(g->moe_names[m]);
-  for (int i = 0; i < g->nparams; i++) {
-    const Tensor *t = g->params[i];
-    ExpertShard s;
-    if (t->part == PART_EXPERTS && !strncmp(t->name, g->moe_names[m], l) && t->name[l] == '.' &&
-        (!attributed(g, t, &s) || s.moe != m))
-      return false;
-  }
-  return true;
-}
-
-bool pass_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
-  ExpertShard a;
-  if (!attributed(g, t, &a) || !layer_sharded(g, a.moe)) return false;
-  if (s) *s = a;
-  return true;
-}
-
-int64_t pass_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list) {
-  int64_t n = 0;
-  for (int64_t e = s->first; e < s->first + s->count; e++)
-    if (g->moe_expert_dev[s->moe][e] == rank) {
-      if (list) list[n] = e;
-      n++;
-    }
-  return n;
-}
 
 static bool same_type(const Type *a, const Type *b) {
   if (a->dtype != b->dtype || a->rank != b->rank) return false;
@@ -145,13 +67,13 @@ Type *pass_shard_experts(Graph *g, int rank) {
   g->experts_rank = rank;
   bool *layer = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
   for (int m = 0; m < g->nmoe; m++)
-    layer[m] = layer_sharded(g, m);
+    layer[m] = ir_layer_sharded(g, m);
   bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   for (int i = 0; i < g->nparams; i++) {
     Tensor *t = g->params[i];
     ExpertShard s;
-    if (!pass_expert_shard(g, t, &s) || !layer[s.moe]) continue;
-    int64_t n = pass_expert_local(g, &s, rank, NULL); /* 0 off the layer's on(...) set */
+    if (!ir_expert_shard(g, t, &s) || !layer[s.moe]) continue;
+    int64_t n = ir_expert_local(g, &s, rank, NULL); /* 0 off the layer's on(...) set */
     if (!dim_is_const(t->ty.dim[0]) || t->ty.dim[0].c != s.count)
       mc_fatal("pass_shard_experts: expert parameter '%s' has %s rows, not the %lld experts "
                "it is attributed",
@@ -202,4 +124,9 @@ void pass_unshard_experts(Graph *g, Type *save) {
   g->experts_local = false;
   g->experts_rank = 0;
   mc_free(save);
+}
+
+void pass_shard(Graph *g, const PassCtx *ctx) {
+  if (!ctx->device_graph || ctx->devices <= 1) return;
+  mc_free(pass_shard_experts(g, ctx->rank)); /* this device's experts only (E_r may be 0) */
 }

@@ -1,4 +1,4 @@
-/* comm.h: the communicator the multi-device runtime runs on (issue 4, item 4 and 6).
+/* comm.h: the communicator the multi-device runtime runs on.
  *
  *   comm_inproc.c : N in-process CPU devices, one pthread each, barrier-based
  *                   collectives on a shared context (rt_inproc_run)
@@ -28,8 +28,7 @@
  *               timeout) and exits; rt_inproc_run returns the first failure.
  *   MPI:        MPI_Abort (or, from the watchdog, _exit(1), which mpirun turns into
  *               the end of the job); the exit status is non-zero.
- * The timeout is MOEC_COMM_TIMEOUT seconds (default 60), read when a communicator
- * is made. Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
+ * The timeout is CommOpts.timeout (default 60 s), given when a communicator is made. Prefix: comm_ (helpers), rt_inproc_ / rt_comm_mpi_ (backends).
  */
 #ifndef MOEC_RUNTIME_COMM_H
 #define MOEC_RUNTIME_COMM_H
@@ -80,6 +79,29 @@ struct Comm {
   Comm *(*subset)(Comm *c, uint64_t mask);
 };
 
+/* What the collective kernels of one device did (kernels_comm.c counts them through
+ * KernelCtx.stats), by kind. payload: bytes of the rows the collective moves on this
+ * device (an all_to_all: the rows dispatched from here; an all_reduce: the vector); sent:
+ * bytes this device sent to other devices (an all_reduce of a float vector 2(n-1)/n of
+ * it, the communicators' segment-wise sum; an i32 one (n-1) of it, all-gathered).
+ * Summed over devices they are the plan's payload and expected bytes (passes/comm.c). */
+typedef enum CommKind {
+  CK_ALL_TO_ALL,
+  CK_ALL_TO_ALL_BACK,
+  CK_ALL_REDUCE,
+  CK_RESHARD,
+  CK_ALL_GATHER_TOPM,
+  CK_ALL_GATHER_ROWS,
+  CK_SPARSE_ALL_REDUCE,
+  CK_COUNT
+} CommKind;
+extern const char *const comm_kind_names[CK_COUNT]; /* "all_to_all", ... */
+typedef struct CommStats {
+  double seconds[CK_COUNT]; /* in collective kernels, waiting for peers included */
+  double payload[CK_COUNT], sent[CK_COUNT];
+  int64_t calls[CK_COUNT];
+} CommStats;
+
 /* ------------------------------------------------------------ helpers (comm_util.c) */
 
 /* recv_counts[p] = what rank p passed as send_counts[rank]: the counts exchange
@@ -112,9 +134,18 @@ uint64_t comm_all_mask(const Comm *c);
 /* FNV-1a over bytes: for comm_check_same of files and shapes. */
 uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0);
 
-/* Seconds a collective may wait for its peers: MOEC_COMM_TIMEOUT (a positive number)
- * or 60. A malformed value is a user error (mc_die). */
-double comm_timeout_from_env(void);
+/* How a communicator behaves: given when it is made. */
+typedef struct CommOpts {
+  double timeout;    /* seconds a collective may wait for its peers */
+  bool check;        /* MPI: before every collective the ranks compare (op, sequence) */
+  int64_t mpi_chunk; /* MPI: largest message in bytes (0: 2^31-1; a test knob) */
+} CommOpts;
+/* timeout 60 s, no checks. */
+CommOpts comm_opts_default(void);
+/* The defaults overridden by the environment (read once, by the command line at
+ * startup): MOEC_COMM_TIMEOUT (seconds), MOEC_COMM_CHECK=1, MOEC_COMM_MPI_CHUNK
+ * (bytes). A malformed value is a user error (mc_die). */
+CommOpts comm_opts_from_env(void);
 
 /* The communicator of a single device (rank 0 of 1) with no threads and no MPI: the
  * collectives are copies, so a 1-device run takes the same code path as N devices.
@@ -151,6 +182,9 @@ typedef struct InprocReport {
  * failure it waits at most the timeout for the other threads to stop; a thread
  * still running then is left detached and reported as stuck. rep may be NULL.
  * fn may call any function of the Comm; other threads' Comms are off limits. */
+int rt_inproc_run_opts(int n, void (*fn)(Comm *c, void *arg), void *arg, const CommOpts *o,
+                       InprocReport *rep);
+/* The same with comm_opts_default(). */
 int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, InprocReport *rep);
 int rt_inproc_run(int n, void (*fn)(Comm *c, void *arg), void *arg);
 
@@ -166,7 +200,7 @@ bool rt_comm_mpi_launched(void);
 /* MPI_Init (unless already initialised; thread level FUNNELED), a duplicate of
  * MPI_COMM_WORLD with MPI_ERRORS_RETURN, and the watchdog thread. NULL with *why set
  * when moec was built without MPI or MPI cannot start. */
-Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why);
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why);
 /* Frees the communicator; MPI_Finalize when rt_comm_mpi_init initialised MPI. */
 void rt_comm_mpi_finalize(Comm *c);
 

@@ -370,7 +370,8 @@ static void *ip_thread(void *arg) {
   return NULL;
 }
 
-int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, InprocReport *rep) {
+int rt_inproc_run_opts(int n, void (*fn)(Comm *c, void *arg), void *arg, const CommOpts *o,
+                       InprocReport *rep) {
   if (n < 1 || n > RT_INPROC_MAX)
     mc_die("in-process devices: %d is not between 1 and %d", n, RT_INPROC_MAX);
   double t0 = mc_now();
@@ -380,7 +381,7 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
   x->mask = n >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << n) - 1;
   for (int i = 0; i < n; i++)
     x->glob[i] = i;
-  x->timeout = comm_timeout_from_env();
+  x->timeout = o ? o->timeout : comm_opts_default().timeout;
   x->quiet = atomic_load(&ip_quiet);
   x->first_rank = -1;
   pthread_condattr_t ca;
@@ -478,6 +479,10 @@ int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, Inpro
   return failed;
 }
 
+int rt_inproc_run_report(int n, void (*fn)(Comm *c, void *arg), void *arg, InprocReport *rep) {
+  return rt_inproc_run_opts(n, fn, arg, NULL, rep);
+}
+
 int rt_inproc_run(int n, void (*fn)(Comm *c, void *arg), void *arg) {
-  return rt_inproc_run_report(n, fn, arg, NULL);
+  return rt_inproc_run_opts(n, fn, arg, NULL, NULL);
 }

@@ -39,9 +39,10 @@ bool rt_comm_mpi_launched(void) {
 
 #ifndef MOEC_HAVE_MPI
 
-Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why) {
   (void)argc;
   (void)argv;
+  (void)o;
   if (why)
     *why = "moec was built without MPI (no MPI found at configure time, or -DMOEC_MPI=OFF); "
            "install libopenmpi-dev and rebuild";
@@ -438,12 +439,14 @@ static Comm *mpi_subset(Comm *c, uint64_t mask) {
 
 /* ------------------------------------------------------------------ init / finalize */
 
-Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
+Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why) {
+  const CommOpts opts = o ? *o : comm_opts_default();
   MpiComm *m = mc_calloc(1, sizeof(MpiComm));
   m->root = m;
-  m->timeout = comm_timeout_from_env();
+  m->timeout = opts.timeout;
   /* the watchdog runs from the start: MPI_Init and MPI_Comm_dup wait for every rank,
-   * and a rank stopped (SIGSTOP) or hung before them would leave the others waiting */
+   * and a rank stopped (SIGSTOP) or hung before them would leave the others waiting;
+   * the launcher's rank (for its messages) before MPI_Init can give it */
   const char *er = getenv("OMPI_COMM_WORLD_RANK");
   if (!er) er = getenv("PMIX_RANK");
   if (!er) er = getenv("PMI_RANK");
@@ -476,16 +479,8 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const char **why) {
   PT_CHECK(pthread_mutex_unlock(&m->mu));
   MPI_CHECK(MPI_Comm_set_errhandler(m->mc, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_size(m->mc, &size));
-  const char *ck = getenv("MOEC_COMM_CHECK");
-  m->check = ck && *ck && strcmp(ck, "0") != 0;
-  m->chunk = INT_MAX;
-  const char *cs = getenv("MOEC_COMM_MPI_CHUNK");
-  if (cs && *cs) {
-    char *end;
-    long long v = strtoll(cs, &end, 10);
-    if (*end || v < 1 || v > INT_MAX) mc_die("MOEC_COMM_MPI_CHUNK='%s' is not 1..2^31-1 bytes", cs);
-    m->chunk = v;
-  }
+  m->check = opts.check;
+  m->chunk = opts.mpi_chunk > 0 ? opts.mpi_chunk : INT_MAX;
   m->ib = mc_malloc(sizeof(int) * 4 * (size_t)size);
   m->comm = (Comm){.name = "mpi",
                    .rank = rank,

@@ -13,6 +13,10 @@
 #include "../common/common.h"
 #include "comm.h"
 
+const char *const comm_kind_names[CK_COUNT] = {"all_to_all", "all_to_all_back", "all_reduce",
+                                               "reshard", "all_gather_topm", "all_gather_rows",
+                                               "sparse_all_reduce"};
+
 void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_counts) {
   int n = c->size;
   int64_t *cnt = mc_malloc(sizeof(int64_t) * 2 * (size_t)n);
@@ -97,15 +101,32 @@ uint64_t comm_hash_bytes(const void *p, size_t n, uint64_t h0) {
   return h;
 }
 
-double comm_timeout_from_env(void) {
+CommOpts comm_opts_default(void) {
+  return (CommOpts){.timeout = 60.0, .check = false, .mpi_chunk = 0};
+}
+
+CommOpts comm_opts_from_env(void) {
+  CommOpts o = comm_opts_default();
   const char *s = getenv("MOEC_COMM_TIMEOUT");
-  if (!s || !*s) return 60.0;
-  char *end;
-  errno = 0;
-  double t = strtod(s, &end);
-  if (errno || *end || !(t > 0) || !isfinite(t))
-    mc_die("MOEC_COMM_TIMEOUT='%s' is not a positive number of seconds", s);
-  return t;
+  if (s && *s) {
+    char *end;
+    errno = 0;
+    o.timeout = strtod(s, &end);
+    if (errno || *end || !(o.timeout > 0) || !isfinite(o.timeout))
+      mc_die("MOEC_COMM_TIMEOUT='%s' is not a positive number of seconds", s);
+  }
+  const char *ck = getenv("MOEC_COMM_CHECK");
+  o.check = ck && *ck && strcmp(ck, "0") != 0;
+  const char *cs = getenv("MOEC_COMM_MPI_CHUNK");
+  if (cs && *cs) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(cs, &end, 10);
+    if (errno || *end || v < 1 || v > 2147483647LL)
+      mc_die("MOEC_COMM_MPI_CHUNK='%s' is not 1..2^31-1 bytes", cs);
+    o.mpi_chunk = v;
+  }
+  return o;
 }
 
 void comm_print_error(int rank, const char *reason) {

@@ -655,6 +655,10 @@ Corpus *rt_corpus_load(const Config *cfg, int model_vocab, char **vocab, int nvo
     else
       load_text(c, cfg->data_path, vocab, nvocab, false);
     break;
+  case DATA_PARALLEL: /* runtime/parallel.c reads it; the LM batcher cannot */
+    mc_die("parallel data (%s) feeds translation models, which the training loop does not run "
+           "yet",
+           cfg->data_path ? cfg->data_path : "?");
   }
   return c;
 }

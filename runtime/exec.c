@@ -1,32 +1,44 @@
-/* exec.c: the interpreter loop over a program's instructions (or, with the host
- * JIT, one native call per range: codegen/hostjit.c). */
+/* exec.c: running a program: its host function where the compiler made one
+ * (codegen/hostjit.c), else the interpreter loop over its instructions. */
 #include <string.h>
 
-#include "../codegen/codegen.h"
-#include "../codegen/jit.h"
-#include "multidev.h"
+#include "runtime.h"
+
+void rt_poison_arena(Program *p) {
+  if (!p->planned || !p->arena_bytes) return;
+  size_t chunk = MC_MIN(p->arena_bytes, (size_t)1 << 20);
+  unsigned char *nan = mc_malloc(chunk);
+  memset(nan, 0xff, chunk); /* a NaN in f32 and f64, -1 in i32 */
+  char *a = (char *)p->base + p->persist_bytes;
+  for (size_t o = 0; o < p->arena_bytes; o += chunk)
+    p->be->upload(a + o, nan, MC_MIN(chunk, p->arena_bytes - o));
+  mc_free(nan);
+}
 
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
   MOEC_ASSERT(from >= 0 && to <= p->ninstrs);
-  if (p->poison && from == 0) cg_poison_arena(p); /* tests: no read of last step's bytes */
-  if (p->subsets < 0) p->subsets = rt_md_has_subsets(p->g, ctx->ndevices);
-  if (p->subsets) { /* on(...): devices outside a node's set skip it (no host JIT) */
-    for (int k = from; k < to; k++) {
-      const Instr *ins = &p->instrs[k];
-      if (!rt_md_runs(ins->node, ctx->device, ctx->ndevices)) continue;
-      KernelCtx nc = rt_md_node_ctx(ctx, ins->node);
-      ins->fn(&nc, ins->node, ins->in, ins->out);
+  if (p->poison && from == 0) rt_poison_arena(p); /* tests: no read of last step's bytes */
+  const int fb = p->first_backward, n = p->ninstrs;
+  if (p->host_fwd || p->host_bwd) { /* the two compiled ranges and their union */
+    bool fwd = from == 0 && (to == fb || to == n), bwd = (from == fb || fwd) && to == n;
+    if (fwd || bwd) {
+      if (fwd && p->host_fwd) p->host_fwd(ctx);
+      if (bwd && p->host_bwd) p->host_bwd(ctx);
+      return;
     }
-    return;
   }
-  if (!p->hostjit_tried) { /* native code for the call list (MOEC_JIT=0: interpreter) */
-    p->hostjit_tried = true;
-    if (cg_hostjit_enabled()) p->hostjit = cg_hostjit_compile(p);
-  }
-  if (p->hostjit && cg_hostjit_run(p->hostjit, ctx, from, to)) return;
   for (int k = from; k < to; k++) {
     const Instr *ins = &p->instrs[k];
-    ins->fn(ctx, ins->node, ins->in, ins->out);
+    if (!ins->on_subset) {
+      ins->fn(ctx, ins->node, ins->in, ins->out);
+      continue;
+    }
+    KernelCtx c = *ctx; /* the node's rows of the batch split over its device set */
+    c.batch0 = ins->sub.batch0;
+    c.batch_local = ins->sub.batch_local;
+    c.device = ins->sub.device;
+    c.ndevices = ins->sub.ndevices;
+    ins->fn(&c, ins->node, ins->in, ins->out);
   }
 }
 

@@ -14,20 +14,25 @@
  *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
  *                   rows, from each device's own top candidates (all_gather)
  * Nodes on(...) a device subset run on that set's sub-communicator (comm_subset).
+ * Each call adds its time and bytes to ctx->stats (the run's --json reports them).
  * The per-expert row counts are exchanged first (an all_gather of every device's
  * offsets, E+1 int32 each). docs/multidev.md has the layout. Prefix: rt_. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "comm.h"
-#include "multidev.h"
 #include "runtime.h"
 
-double rt_md_comm_seconds[RT_INPROC_MAX][2];
-
-/* time spent in collectives per rank (ranks >= RT_INPROC_MAX are not counted) */
-static void add_time(const Comm *c, int which, double t0) {
-  if (c->rank < RT_INPROC_MAX) rt_md_comm_seconds[c->rank][which] += mc_now() - t0;
+/* One collective of kind k on this device into ctx->stats: its seconds since t0 (waiting
+ * for peers included), the bytes of the rows it moves here (payload) and the bytes it
+ * sent to other devices. */
+static void count(const KernelCtx *ctx, CommKind k, double t0, double payload, double sent) {
+  CommStats *s = ctx->stats;
+  if (!s) return;
+  s->seconds[k] += mc_now() - t0;
+  s->payload[k] += payload;
+  s->sent[k] += sent;
+  s->calls[k]++;
 }
 
 static Comm *need_comm(const KernelCtx *ctx, const Node *n) {
@@ -73,7 +78,7 @@ static int64_t row_width(const Tensor *t) {
  * rows from every device, grouped by expert then source; recv offsets i32[E_r+1] of the
  * local experts in global order, or i32[E+1] when the graph holds every expert) */
 static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
-                       size_t elem) {
+                       size_t elem, double *payload, double *sent) {
   Comm *c = need_comm(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
@@ -105,6 +110,8 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
     total += rc[s];
     rc[s] *= (int64_t)rb;
   }
+  *sent = (double)((int64_t)pos - sc[me]); /* rows to experts on other devices */
+  *payload = (double)off[E] * (double)rb;
   if (total > cap)
     mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
            n->layer ? n->layer : "?", (long long)total, (long long)cap);
@@ -145,7 +152,7 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
 /* (y[Rcap,M] in all_to_all's received layout, the senders' offsets i32[E+1]) ->
  * y[R,M] rows back on their batch device at the sender's offsets */
 static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
-                            size_t elem) {
+                            size_t elem, double *payload, double *sent) {
   Comm *c = need_comm(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
@@ -179,6 +186,8 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
       }
     sc[s] = (int64_t)pos - sd[s];
   }
+  *sent = (double)((int64_t)pos - sc[me]);
+  *payload = (double)r * (double)rb; /* the rows of this device's experts, sent back */
   for (int64_t e = 0; e < E; e++)
     rc[map[e]] += cnt[me * E + e] * (int64_t)rb;
   int64_t tot = comm_displs(rc, P, rd);
@@ -205,7 +214,7 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
  * ascending device order, so sums stay in device order). */
 static Comm *set_comm(const KernelCtx *ctx, const Node *n) {
   Comm *c = need_comm(ctx, n);
-  return comm_subset(c, rt_md_node_mask(n, c->size));
+  return comm_subset(c, ir_node_mask(n, c->size));
 }
 
 /* i32 (an hmoe's group offsets: small): all_gather, then the rank-order sum */
@@ -224,30 +233,32 @@ static void all_reduce_i32(Comm *c, const Node *n, const int32_t *x, int32_t *y)
   mc_free(all);
 }
 
-static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+/* Bytes: the communicators sum a float vector segment-wise (each rank reduces its
+ * segment, then every rank gathers them: 2 (n-1)/n of the vector sent per rank); the i32
+ * vectors are all-gathered ((n-1) x the vector). */
+static void all_reduce(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                       size_t elem) {
   Comm *c = set_comm(ctx, n);
-  double t0 = mc_now();
+  double t0 = mc_now(), nd = c->size;
   if (n->in[0]->ty.dtype == DT_I32) {
     all_reduce_i32(c, n, in[0], out[0]);
-    add_time(c, 1, t0);
+    double b = (double)n->in[0]->numel * sizeof(int32_t);
+    count(ctx, CK_ALL_REDUCE, t0, b, (nd - 1) * b);
     return;
   }
-  if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(float));
-  c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
-  add_time(c, 1, t0);
+  double b = (double)n->in[0]->numel * (double)elem;
+  if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)b);
+  if (elem == sizeof(double))
+    c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
+  else
+    c->all_reduce_sum_f32(c, out[0], n->in[0]->numel);
+  count(ctx, CK_ALL_REDUCE, t0, b, 2 * (nd - 1) / nd * b);
 }
-
+static void all_reduce_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  all_reduce(ctx, n, in, out, sizeof(float));
+}
 static void all_reduce_f64(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
-  Comm *c = set_comm(ctx, n);
-  double t0 = mc_now();
-  if (n->in[0]->ty.dtype == DT_I32) {
-    all_reduce_i32(c, n, in[0], out[0]);
-    add_time(c, 1, t0);
-    return;
-  }
-  if (out[0] != in[0]) memcpy(out[0], in[0], (size_t)n->in[0]->numel * sizeof(double));
-  c->all_reduce_sum_f64(c, out[0], n->in[0]->numel);
-  add_time(c, 1, t0);
+  all_reduce(ctx, n, in, out, sizeof(double));
 }
 
 /* A device outside the batch side of an all_to_all (ia[2]: the dense nodes of the moe
@@ -264,26 +275,24 @@ static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const 
   return tmp;
 }
 
-#define A2A_KERNEL(NAME, FN, T)                                                                    \
+#define A2A_KERNEL(NAME, FN, T, KIND)                                                              \
   static void NAME(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {       \
-    double t0 = mc_now();                                                                          \
+    double t0 = mc_now(), payload = 0, sent = 0;                                                   \
     void *tmp[2];                                                                                  \
     int32_t *zero = NULL;                                                                          \
-    FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T));                                \
+    FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T), &payload, &sent);               \
     mc_free(zero);                                                                                 \
-    add_time(ctx->comm, 0, t0);                                                                    \
+    count(ctx, KIND, t0, payload, sent);                                                           \
   }
-A2A_KERNEL(a2a_f32, all_to_all, float)
-A2A_KERNEL(a2a_f64, all_to_all, double)
-A2A_KERNEL(a2ab_f32, all_to_all_back, float)
-A2A_KERNEL(a2ab_f64, all_to_all_back, double)
+A2A_KERNEL(a2a_f32, all_to_all, float, CK_ALL_TO_ALL)
+A2A_KERNEL(a2a_f64, all_to_all, double, CK_ALL_TO_ALL)
+A2A_KERNEL(a2ab_f32, all_to_all_back, float, CK_ALL_TO_ALL_BACK)
+A2A_KERNEL(a2ab_f64, all_to_all_back, double, CK_ALL_TO_ALL_BACK)
 
 /* reshard: rows (dim 0, in batch order) from the devices of set a (ia[2], each holding
  * the next |a|-th of the rows, ascending) to those of set b (ia[3]); every device of
  * a | b takes part (one all_to_allv on their communicator). Bytes that change device
- * are counted in rt_md_reshard_bytes (a test compares them with the plan's closed form). */
-int64_t rt_md_reshard_bytes[RT_INPROC_MAX];
-
+ * are counted as sent (a test compares them with the plan's closed form). */
 static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                     size_t fel) {
   double t0 = mc_now();
@@ -334,11 +343,10 @@ static void reshard(const KernelCtx *ctx, const Node *n, void *const *in, void *
   int64_t moved = 0;
   for (int p = 0; p < P; p++)
     if (p != c->rank) moved += sc[p];
-  if (world->rank < RT_INPROC_MAX) rt_md_reshard_bytes[world->rank] += moved;
   c->all_to_allv(c, in[0], sc, sd, out[0], rc, rd);
   mc_free(sc);
   mc_free(dev);
-  add_time(world, 0, t0);
+  count(ctx, CK_RESHARD, t0, ia >= 0 ? (double)ra * (double)w : 0, (double)moved);
 }
 static void reshard_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   reshard(ctx, n, in, out, sizeof(float));
@@ -423,7 +431,7 @@ static void all_gather_topm(const KernelCtx *ctx, const Node *n, void *const *in
   mc_free(cand);
   mc_free(recv);
   mc_free(send);
-  if (ctx->comm) add_time(c, 1, t0);
+  if (ctx->comm) count(ctx, CK_ALL_GATHER_TOPM, t0, (double)nb * P, (double)nb * (P - 1));
 }
 
 static void topm_f32(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {

@@ -1,8 +1,10 @@
 /* kernels_dense.c: CPU kernels of the dense ops in ops.def, in float32 and
- * float64. The bodies live once in kernels_dense.inc and are instantiated here
- * twice (real = float / double); GEMMs go through OpenBLAS (row-major, no
- * copies). Every kernel is deterministic: fixed loop orders, reductions in
- * double, BLAS with a fixed thread count. Prefix: rt_. */
+ * float64. The bodies live once in kernels_dense.inc (the sequence ops', which
+ * share its helpers, in kernels_seq.inc; the sampled softmax's in kernels_sampled.inc)
+ * and are instantiated here twice (real = float / double); GEMMs go through OpenBLAS
+ * (row-major, no copies). Every kernel is deterministic: fixed loop orders, reductions
+ * in double, work split over threads by shape only (threads.c), so the same bits with
+ * any thread count. Prefix: rt_. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -21,7 +23,8 @@ _Noreturn static void rt_bad_id(const Node *n, const char *what, int32_t id, int
 /* xent's normaliser: fa[0], or 1/(N * ndevices) with N this device's rows when fa[0] = 0. */
 static double xent_scale(const KernelCtx *ctx, const Node *n) {
   if (n->fa[0] != 0) return n->fa[0];
-  int64_t rows = n->op == OP_XENT ? n->in[0]->shape[0] : n->in[1]->shape[0];
+  bool fwd = n->op == OP_XENT || n->op == OP_SAMPLED_XENT; /* their rows: input 0 */
+  int64_t rows = fwd ? n->in[0]->shape[0] : n->in[1]->shape[0];
   int nd = ctx->ndevices > 0 ? ctx->ndevices : 1;
   return 1.0 / ((double)rows * (double)nd);
 }
@@ -51,22 +54,27 @@ static inline double rt_sigmoid(double x) {
   return 1.0 / (1.0 + exp(-x));
 }
 
-/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them) */
-#define BI(v) rt_blas_int((v), n)
-
 /* ---------------------------------------------------------------- instances */
+
+/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them);
+ * checked before the tasks, which then cast */
+#define BLAS_CHECK(v) (void)rt_blas_int((v), n)
 
 #define real float
 #define K(name) name##_f32
-#define GEMM cblas_sgemm
+#define GEMM rt_sgemm
+#define BLAS_GEMM cblas_sgemm
 #define EXP rt_expf
 #define LOG1P log1pf
 #define TANH rt_tanhf
 #define SIGMOID rt_sigmoidf
 #include "kernels_dense.inc"
+#include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH
@@ -75,15 +83,19 @@ static inline double rt_sigmoid(double x) {
 /* float64 is the reference precision (finite-difference checks): libm throughout */
 #define real double
 #define K(name) name##_f64
-#define GEMM cblas_dgemm
+#define GEMM rt_dgemm
+#define BLAS_GEMM cblas_dgemm
 #define EXP exp
 #define LOG1P log1p
 #define TANH tanh
 #define SIGMOID rt_sigmoid
 #include "kernels_dense.inc"
+#include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
+#undef BLAS_GEMM
 #undef EXP
 #undef LOG1P
 #undef TANH
@@ -92,4 +104,8 @@ static inline double rt_sigmoid(double x) {
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);
   register_f64(f64);
+  register_seq_f32(f32);
+  register_seq_f64(f64);
+  register_sampled_f32(f32);
+  register_sampled_f64(f64);
 }

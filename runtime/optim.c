@@ -2,9 +2,9 @@
  * global gradient-norm clipping, and deterministic parameter initialisation.
  *
  * All updates are computed in double per element from float state and stored
- * back as float, in a fixed order, so a resumed run (state restored from a
- * checkpoint) repeats an uninterrupted one bit for bit. Formulas:
- * docs/training.md ("Optimizers"). */
+ * back as float (double under --f64), vectorised and split over threads without
+ * changing a bit, so a resumed run (state restored from a checkpoint) repeats an
+ * uninterrupted one, with any thread count. Formulas: docs/training.md ("Optimizers"). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,154 +84,174 @@ void rt_optim_free(Optim *o) {
   mc_free(o);
 }
 
-/* The arrays of an elem-8 optimizer: doubles behind float pointers. */
-static double *dbl(float *p) {
-  return (double *)(void *)p;
+/* ---------------------------------------------------------------- the update
+ *
+ * The work is a list of tasks fixed by the parameters' shapes (element spans of
+ * OPT_SPAN, a factored matrix's rows or columns), run on every thread (threads.c):
+ * each task writes its own elements, and the norm's partial sums are added in task
+ * order, so any thread count gives the same bits. Phases: the norm when clipping
+ * needs it first; the updates (Adam and vectors; a factored matrix's row and column
+ * moments); the factored matrices' parameters. Without clipping the norm's squares
+ * are summed by the update tasks as they read the gradient: one pass over
+ * parameters, gradients and moments. */
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math", "vect-cost-model=dynamic", "fp-contract=off")
+#if defined(__x86_64__)
+#define VEC __attribute__((target_clones("avx2", "avx512f", "default")))
+#endif
+#endif
+#ifndef VEC
+#define VEC
+#endif
+
+#define OPT_SPAN 16384 /* elements per task */
+#define OPT_COLS 256   /* columns per column-moment task */
+
+typedef struct OptCoef {
+  double scale, b1, b2, lr, eps, bc1, bc2;
+} OptCoef;
+
+typedef enum OptKindT { OT_NORM, OT_ADAM, OT_FVEC, OT_FROWS, OT_FCOLS, OT_FUPD } OptKindT;
+
+typedef struct OptTask {
+  int i; /* parameter */
+  OptKindT kind;
+  int64_t lo, hi; /* elements, or a matrix's rows / columns */
+  int64_t l, m;   /* factored: matrix l of the parameter, m of the whole list */
+  int64_t rows, cols;
+} OptTask;
+
+typedef struct OptJob {
+  const Optim *o;
+  float *const *params, *const *grads;
+  OptCoef c;
+  bool fuse_norm; /* update tasks also sum the gradient's squares */
+  OptTask *t;
+  int64_t nt;
+  double *part;           /* [nt]: each task's sum of squares (0 if none) */
+  unsigned char *nonzero; /* [factored matrices]: its gradient has a nonzero */
+  double *rmean;          /* [factored matrices]: mean row moment */
+} OptJob;
+
+#define S float
+#define K(name) name##_f32
+#include "optim.inc"
+#undef S
+#undef K
+#define S double
+#define K(name) name##_f64
+#include "optim.inc"
+#undef S
+#undef K
+
+static void opt_task(void *arg, int64_t k) {
+  const OptJob *J = arg;
+  J->part[k] = 0;
+  if (J->o->elem == sizeof(double))
+    task_f64(J, &J->t[k], &J->part[k]);
+  else
+    task_f32(J, &J->t[k], &J->part[k]);
 }
 
-/* rt_optim_apply in double (moec run --f64): the same formulas, nothing rounded to
- * float, so runs that differ only in summation order agree to double rounding. */
-static void apply_f64(Optim *o, float *const *params, float *const *grads, double norm) {
-  double scale = 1.0;
-  o->last_norm = norm;
-  if (!isfinite(norm))
-    mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
-           norm, (long long)o->t + 1);
-  if (o->clip > 0 && norm > o->clip) scale = o->clip / norm;
-  o->t++;
-  const double b1 = o->beta1, b2 = o->beta2, lr = o->lr, eps = o->eps;
-  const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
+/* Appends the tasks of one phase: 0 the norm, 1 updates and factored moments, 2 the
+ * factored matrices' parameters. Returns the number of factored matrices seen. */
+static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
+  const Optim *o = J->o;
+  int64_t cap = 64, m = 0;
+  J->nt = 0;
+  J->t = mc_malloc((size_t)cap * sizeof(OptTask));
   for (int i = 0; i < o->n; i++) {
-    if (!grads[i]) continue; /* not updated on this device (multidev.c) */
-    double *p = dbl(params[i]);
-    const double *gr = dbl(grads[i]);
-    if (o->kind == OPT_ADAM) {
-      double *m = dbl(o->m[i]), *v = dbl(o->v[i]);
-      for (int64_t k = 0; k < o->numel[i]; k++) {
-        double g = gr[k] * scale;
-        m[k] = b1 * m[k] + (1.0 - b1) * g;
-        v[k] = b2 * v[k] + (1.0 - b2) * g * g;
-        p[k] -= lr * (m[k] / bc1) / (sqrt(v[k] / bc2) + eps);
-      }
-    } else if (!factored(o, i)) {
-      double *v = dbl(o->v[i]);
-      for (int64_t k = 0; k < o->numel[i]; k++) {
-        double g = gr[k] * scale;
-        v[k] = b2 * v[k] + (1.0 - b2) * g * g;
-        p[k] -= lr * g / (sqrt(v[k] / bc2) + eps);
-      }
-    } else {
-      int64_t lead, rows, cols;
-      factor_dims(o, i, &lead, &rows, &cols);
-      double *colsum = mc_malloc((size_t)cols * sizeof(double));
-      for (int64_t l = 0; l < lead; l++) {
-        double *pl = p + l * rows * cols, *vr = dbl(o->vr[i]) + l * rows,
-               *vc = dbl(o->vc[i]) + l * cols;
-        const double *gl = gr + l * rows * cols;
-        for (int64_t c = 0; c < cols; c++)
-          colsum[c] = 0;
-        double rsum = 0;
-        for (int64_t r = 0; r < rows; r++) {
-          double s = 0;
-          for (int64_t c = 0; c < cols; c++) {
-            double g = gl[r * cols + c] * scale, g2 = g * g;
-            s += g2;
-            colsum[c] += g2;
-          }
-          vr[r] = b2 * vr[r] + (1.0 - b2) * (s / (double)cols);
-          rsum += vr[r];
+    if (!grads[i] || o->numel[i] == 0) continue; /* not updated on this device (multidev.c) */
+    bool fm = phase > 0 && factored(o, i);
+    if (phase == 2 && !fm) continue;
+    int64_t lead = 1, rows = 1, cols = o->numel[i];
+    if (fm) factor_dims(o, i, &lead, &rows, &cols);
+    for (int64_t l = 0; l < lead; l++, m += fm) {
+      int64_t spans[2] = {fm ? rows : cols, fm && phase == 1 ? cols : 0};
+      for (int part = 0; part < 2; part++) {
+        int64_t len = spans[part];
+        /* rows per task: about OPT_SPAN elements; columns: OPT_COLS */
+        int64_t per = !fm ? OPT_SPAN : part ? OPT_COLS : MC_MAX(1, OPT_SPAN / MC_MAX(cols, 1));
+        for (int64_t lo = 0; lo < len; lo += per) {
+          if (J->nt == cap) J->t = mc_realloc(J->t, (size_t)(cap *= 2) * sizeof(OptTask));
+          OptKindT k = phase == 0   ? OT_NORM
+                       : !fm        ? (o->kind == OPT_ADAM ? OT_ADAM : OT_FVEC)
+                       : phase == 2 ? OT_FUPD
+                       : part == 0  ? OT_FROWS
+                                    : OT_FCOLS;
+          J->t[J->nt++] = (OptTask){i, k, lo, MC_MIN(len, lo + per), l, m, rows, cols};
         }
-        for (int64_t c = 0; c < cols; c++)
-          vc[c] = b2 * vc[c] + (1.0 - b2) * (colsum[c] / (double)rows);
-        double rmean = rsum / (double)rows;
-        for (int64_t r = 0; r < rows; r++)
-          for (int64_t c = 0; c < cols; c++) {
-            double g = gl[r * cols + c] * scale;
-            double vhat = rmean > 0 ? vr[r] * vc[c] / rmean : 0.0;
-            pl[r * cols + c] -= lr * g / (sqrt(vhat / bc2) + eps);
-          }
       }
-      mc_free(colsum);
     }
+  }
+  return m;
+}
+
+/* Runs one phase; returns its tasks' sum of squares (in task order). */
+static double opt_phase(OptJob *J, int phase) {
+  int64_t nm = opt_tasks(J, J->grads, phase);
+  if (phase == 1) {
+    J->nonzero = mc_calloc((size_t)MC_MAX(nm, 1), 1);
+    J->rmean = mc_calloc((size_t)MC_MAX(nm, 1), sizeof(double));
+  }
+  J->part = mc_malloc((size_t)MC_MAX(J->nt, 1) * sizeof(double));
+  rt_parallel(J->nt, opt_task, J);
+  double ss = 0;
+  for (int64_t k = 0; k < J->nt; k++)
+    ss += J->part[k];
+  if (phase == 1) /* the factored matrices' row means, for phase 2 */
+    for (int64_t k = 0; k < J->nt; k++) {
+      const OptTask *t = &J->t[k];
+      if (t->kind == OT_FROWS && t->lo == 0)
+        J->rmean[t->m] = J->o->elem == sizeof(double) ? rmean_f64(J->o, t->i, t->l, t->rows)
+                                                      : rmean_f32(J->o, t->i, t->l, t->rows);
+    }
+  mc_free(J->t);
+  mc_free(J->part);
+  return ss;
+}
+
+/* The update with norm given (norm < 0: computed here, in the update's pass when no
+ * clipping needs it first). */
+static void opt_update(Optim *o, float *const *params, float *const *grads, double norm) {
+  OptJob J = {.o = o, .params = params, .grads = grads};
+  bool have = norm >= 0;
+  if (!have && o->clip > 0) {
+    norm = sqrt(opt_phase(&J, 0));
+    have = true;
+  }
+  double scale = 1.0;
+  if (have) {
+    o->last_norm = norm;
+    if (!isfinite(norm))
+      mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
+             norm, (long long)o->t + 1);
+    if (o->clip > 0 && norm > o->clip) scale = o->clip / norm;
+  }
+  o->t++;
+  const double b1 = o->beta1, b2 = o->beta2;
+  J.c = (OptCoef){
+      scale, b1, b2, o->lr, o->eps, 1.0 - pow(b1, (double)o->t), 1.0 - pow(b2, (double)o->t)};
+  J.fuse_norm = !have;
+  double ss = opt_phase(&J, 1);
+  if (o->kind == OPT_FACTORED) opt_phase(&J, 2);
+  mc_free(J.nonzero);
+  mc_free(J.rmean);
+  if (!have) {
+    o->last_norm = sqrt(ss);
+    if (!isfinite(o->last_norm)) /* the parameters are lost: the run stops here */
+      mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
+             o->last_norm, (long long)o->t);
   }
 }
 
 void rt_optim_step(Optim *o, float *const *params, float *const *grads) {
-  double ss = 0;
-  for (int i = 0; i < o->n; i++)
-    for (int64_t k = 0; k < o->numel[i]; k++)
-      ss += o->elem == sizeof(double) ? dbl(grads[i])[k] * dbl(grads[i])[k]
-                                      : (double)grads[i][k] * grads[i][k];
-  rt_optim_apply(o, params, grads, sqrt(ss));
+  opt_update(o, params, grads, -1);
 }
 
 void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm) {
-  if (o->elem == sizeof(double)) {
-    apply_f64(o, params, grads, norm);
-    return;
-  }
-  double scale = 1.0;
-  o->last_norm = norm;
-  if (!isfinite(norm))
-    mc_die("the gradient norm is %g at step %lld: training diverged (try a smaller lr or clip)",
-           norm, (long long)o->t + 1);
-  if (o->clip > 0 && norm > o->clip) scale = o->clip / norm;
-  o->t++;
-  const double b1 = o->beta1, b2 = o->beta2, lr = o->lr, eps = o->eps;
-  const double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
-  for (int i = 0; i < o->n; i++) {
-    if (!grads[i]) continue; /* not updated on this device (multidev.c) */
-    float *p = params[i];
-    const float *gr = grads[i];
-    if (o->kind == OPT_ADAM) {
-      float *m = o->m[i], *v = o->v[i];
-      for (int64_t k = 0; k < o->numel[i]; k++) {
-        double g = gr[k] * scale;
-        double mk = b1 * m[k] + (1.0 - b1) * g, vk = b2 * v[k] + (1.0 - b2) * g * g;
-        m[k] = (float)mk;
-        v[k] = (float)vk;
-        p[k] = (float)(p[k] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));
-      }
-    } else if (!factored(o, i)) {
-      float *v = o->v[i];
-      for (int64_t k = 0; k < o->numel[i]; k++) {
-        double g = gr[k] * scale, vk = b2 * v[k] + (1.0 - b2) * g * g;
-        v[k] = (float)vk;
-        p[k] = (float)(p[k] - lr * g / (sqrt(vk / bc2) + eps));
-      }
-    } else {
-      int64_t lead, rows, cols;
-      factor_dims(o, i, &lead, &rows, &cols);
-      double *colsum = mc_malloc((size_t)cols * sizeof(double));
-      for (int64_t l = 0; l < lead; l++) {
-        float *pl = p + l * rows * cols, *vr = o->vr[i] + l * rows, *vc = o->vc[i] + l * cols;
-        const float *gl = gr + l * rows * cols;
-        for (int64_t c = 0; c < cols; c++)
-          colsum[c] = 0;
-        double rsum = 0;
-        for (int64_t r = 0; r < rows; r++) {
-          double s = 0;
-          for (int64_t c = 0; c < cols; c++) {
-            double g = gl[r * cols + c] * scale, g2 = g * g;
-            s += g2;
-            colsum[c] += g2;
-          }
-          vr[r] = (float)(b2 * vr[r] + (1.0 - b2) * (s / (double)cols));
-          rsum += vr[r];
-        }
-        for (int64_t c = 0; c < cols; c++)
-          vc[c] = (float)(b2 * vc[c] + (1.0 - b2) * (colsum[c] / (double)rows));
-        double rmean = rsum / (double)rows;
-        for (int64_t r = 0; r < rows; r++)
-          for (int64_t c = 0; c < cols; c++) {
-            double g = gl[r * cols + c] * scale;
-            double vhat = rmean > 0 ? (double)vr[r] * vc[c] / rmean : 0.0;
-            pl[r * cols + c] = (float)(pl[r * cols + c] - lr * g / (sqrt(vhat / bc2) + eps));
-          }
-      }
-      mc_free(colsum);
-    }
-  }
+  opt_update(o, params, grads, norm);
 }
 
 /* ---------------------------------------------------------------- checkpoint state */

@@ -1,10 +1,13 @@
-/* runtime.h: executing programs on devices.
+/* runtime.h: what runs: kernels, backends, and the program a compile hands on (codegen
+ * fills it; the runtime only runs it).
  *
  *   kernels_dense.c : CPU kernels of the dense ops, float32 and float64 (OpenBLAS)
  *   kernels_moe.c   : CPU kernels of the MoE ops, float32 and float64
- *   kernels.c       : assembles the per-precision kernel tables
- *   exec.c          : runs a program (the interpreter loop)
- *   (training)      : data.c, safetensors.c, optim.c, train.c
+ *   kernels_comm.c  : the collective ops' kernels (through KernelCtx.comm)
+ *   kernels.c       : assembles the per-precision kernel tables; the cpu backend
+ *   exec.c          : runs a program (its host function, or the interpreter loop)
+ *   training        : train.h (data, checkpoints, optimizers, the loop, evaluation)
+ *   threads.c       : worker threads: tasks that kernels and the optimizer split into
  *
  * Prefix: rt_.
  */
@@ -18,6 +21,7 @@ typedef enum Precision { PREC_F32, PREC_F64 } Precision;
 /* What a kernel knows beyond its node and buffers. */
 typedef struct KernelCtx {
   bool training;      /* dropout and gate noise on */
+  bool sample_softmax; /* sampled_softmax_xent samples even when not training (moec grad) */
   uint64_t seed;      /* the run's seed */
   uint64_t step;      /* global step: a new draw each step */
   int64_t batch0;     /* global index of this device's first batch row */
@@ -26,6 +30,7 @@ typedef struct KernelCtx {
   void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
   struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
   const Graph *graph; /* for collectives: the expert -> device maps; NULL on one device */
+  struct CommStats *stats; /* where collectives add their time and bytes; NULL: nowhere */
 } KernelCtx;
 
 /* A kernel reads the node's bound shapes (n->in[i]->shape, ->numel) and attrs,
@@ -65,10 +70,141 @@ void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 int rt_blas_int(int64_t v, const Node *n);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
+void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
+
+/* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
+ * P(c) = log((c+2)/(c+1)) / log(V+1). rt_sample_log_uniform draws with replacement from
+ * the counter RNG (key, counters 0, 1, ...) until S classes are distinct and writes them
+ * in order of first draw; returns the draws it took (0 when S = V: all classes, in order).
+ * The expected count of class c, 1 - (1 - P(c))^tries (1 when tries = 0), is the
+ * probability it is among the samples, as TensorFlow's samplers estimate it. */
+int64_t rt_sample_log_uniform(uint64_t key, int64_t V, int64_t S, int32_t *cand);
+double rt_log_uniform_p(int64_t c, int64_t V);
+double rt_log_uniform_expected(int64_t c, int64_t V, int64_t tries);
 /* The table for a precision; every op that has a kernel is filled, others NULL. */
 const KernelFn *rt_cpu_kernels(Precision p);
 
+/* ---------------------------------------------------------------- threads.c
+ * Work split into tasks fixed by the shapes (never by the thread count), each writing
+ * its own outputs: the same bits with any number of threads. */
+
+#define RT_MAX_THREADS 64 /* threads the kernels use at most */
+typedef void (*RtTaskFn)(void *arg, int64_t task);
+/* Threads the CPU kernels use, the caller included: the CPUs this process may use, or
+ * what rt_threads_set says (the command line: MOEC_THREADS, else OPENBLAS_NUM_THREADS or
+ * OMP_NUM_THREADS). OpenBLAS itself is set to one thread (it runs inside the tasks). */
+int rt_threads(void);
+/* The kernels OpenBLAS runs ("Haswell", "Cooperlake", ...: its choice for the CPU, or
+ * OPENBLAS_CORETYPE's), for benchmark reports. */
+const char *rt_blas_core(void);
+/* Sets that count (>= 1) and makes the calling thread the one whose rt_parallel
+ * calls use the workers (in-process devices set 1: each device thread runs inline). */
+void rt_threads_set(int n);
+/* fn(arg, i) for every i in [0, ntasks), on any threads, in any order; returns when
+ * all are done. Called from a task, or from a thread other than the pool's, it runs
+ * them inline in order. */
+void rt_parallel(int64_t ntasks, RtTaskFn fn, void *arg);
+/* The row-major GEMMs of every CPU kernel: C[M,N] = alpha op(A) op(B) + beta C, split
+ * over C's rows or columns into tasks by shape alone (never across K). kernels.c */
+void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
+              int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
+/* A loop over R rows of `cost` work each (elements touched) in tasks of at least
+ * RT_GRAIN work, at most RT_MAX_TASKS of them: rt_chunks(R, cost) tasks, task i
+ * covering rows [rt_chunk_lo(R, n, i), rt_chunk_lo(R, n, i + 1)). */
+#define RT_GRAIN 32768
+#define RT_MAX_TASKS 64
+int64_t rt_chunks(int64_t R, int64_t cost);
+static inline int64_t rt_chunk_lo(int64_t R, int64_t n, int64_t i) {
+  return R / n * i + MC_MIN(i, R % n);
+}
+/* fn(arg, lo, hi) over those ranges (threads.c). */
+typedef void (*RtRangeFn)(void *arg, int64_t lo, int64_t hi);
+void rt_parallel_rows(int64_t R, int64_t cost, RtRangeFn fn, void *arg);
+/* The same with n ranges chosen by the caller: rt_parallel(n, rt_rows_task, &job). */
+typedef struct RtRowsJob {
+  int64_t R, n;
+  RtRangeFn fn;
+  void *arg;
+} RtRowsJob;
+void rt_rows_task(void *arg, int64_t i);
+/* What a kernel hands its tasks: its own arguments and one pointer more. */
+typedef struct RtKArgs {
+  const KernelCtx *ctx;
+  const Node *n;
+  void *const *in;
+  void *const *out;
+  void *aux;
+} RtKArgs;
+
 /* Runtime errors detected inside kernels (a token id outside the vocabulary...)
  * are reported with mc_die naming the op and the layer. */
+
+/* ---------------------------------------------------------------- programs */
+
+/* One kernel call. A node placed on a device subset sees that subset's rows: sub
+ * (IrSubCtx: its first global row, rows, index in the set and the set's size). */
+typedef struct Instr {
+  KernelFn fn;
+  const Node *node;
+  void **in, **out;
+  bool on_subset;
+  IrSubCtx sub;
+} Instr;
+
+/* The rows a device holds of a parameter sharded along dim 0 (expert parameters): the
+ * whole tensor has `global` rows, this device holds rows list[0..n), in that order;
+ * owner[r] is the device holding row r (every device's rows, for gathers). list NULL:
+ * the whole tensor. */
+typedef struct RowSel {
+  int64_t global, n;
+  const int64_t *list;
+  const int *owner;
+} RowSel;
+
+/* A compiled program of one device: the ordered kernel calls of its graph with their
+ * buffers, and what the compiler found for the runtime to feed and read. */
+typedef struct Program {
+  Graph *g;          /* its graph (shapes bound; freed with the program) */
+  const Backend *be; /* where the buffers live */
+  void *dev;         /* the device context kernels run on (KernelCtx.dev; cuda: RtCudaDev*);
+                        NULL: the backend's default */
+  Precision prec;
+  size_t elem; /* bytes per float element: 4 or 8 */
+  Instr *instrs;
+  int ninstrs;
+  int first_backward; /* index of the first backward instr (= ninstrs if none) */
+  void **buf;         /* by tensor id: the tensor's storage */
+  size_t bytes;       /* total bytes allocated for tensors */
+  /* the memory plan (passes/memplan.c): one block, persistent region then arena */
+  bool planned; /* false: one allocation per tensor (--no-memplan: every value kept) */
+  void *base;   /* the block */
+  size_t persist_bytes, arena_bytes;
+  bool poison; /* rt_exec from 0 first fills the arena with NaN (tests) */
+  /* the host program (codegen/hostjit.c), compiled with the program: NULL: the interpreter
+   * loop (no LLVM, --no-jit, or instructions on device subsets) */
+  void (*host_fwd)(const KernelCtx *ctx); /* [0, first_backward) */
+  void (*host_bwd)(const KernelCtx *ctx); /* [first_backward, ninstrs) */
+  struct HostJit *hostjit;
+  /* for the runtime: found by the compiler (driver/compile.c) */
+  const Tensor *ids, *targets; /* the i32[B, T] inputs fed each step */
+  int vocab;                   /* ids and targets must be below it */
+  RowSel *rows;                /* by parameter: the rows this device holds; NULL: all whole */
+  uint64_t *param_set;         /* by parameter: the devices that train it (its gradient's
+                                  device set; bit d = device d); NULL on one device */
+} Program;
+
+/* Runs instructions [from, to) (exec.c): [0, first_backward) is the forward pass. */
+void rt_exec(Program *p, const KernelCtx *ctx, int from, int to);
+/* Copies each state's next value into the state (after a step). */
+void rt_carry_state(Program *p);
+/* Fills the arena with NaN bytes (the poison test). */
+void rt_poison_arena(Program *p);
+
+/* Direct host pointers: cpu backend only. */
+static inline float *rt_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
+static inline double *rt_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
+static inline int32_t *rt_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }
 
 #endif

@@ -13,7 +13,7 @@
 #ifndef MOEC_TRAIN_H
 #define MOEC_TRAIN_H
 
-#include "../codegen/codegen.h"
+#include "runtime.h"
 
 /* ---------------------------------------------------------------- data.c */
 
@@ -200,9 +200,8 @@ const char *rt_st_meta(const StFile *f, const char *key);
  */
 void rt_st_load_params(const StFile *f, Program *p);
 /* The same, parameter i taking rows rows[i] of the file's tensor (rows NULL, or
- * rows[i].list NULL: the whole tensor). RowSel: see optim.c's section below. */
-struct RowSel;
-void rt_st_load_params_rows(const StFile *f, Program *p, const struct RowSel *rows);
+ * rows[i].list NULL: the whole tensor; RowSel: runtime.h). */
+void rt_st_load_params_rows(const StFile *f, Program *p, const RowSel *rows);
 /* Test hook: when >= 0, rt_st_save fails after writing this many bytes. */
 extern long rt_st_fail_after;
 
@@ -223,14 +222,6 @@ typedef struct Optim {
   size_t elem;      /* 4; 8 (moec run --f64): params, grads and moments are double arrays
                        behind the float pointers, updated in double without rounding */
 } Optim;
-
-/* The rows a device holds of a tensor sharded along dim 0 (expert parameters and their
- * optimizer state on N devices: runtime/multidev.c): the whole tensor has `global` rows,
- * this device holds rows list[0..n), in that order. list NULL: the whole tensor. */
-typedef struct RowSel {
-  int64_t global, n;
-  const int64_t *list;
-} RowSel;
 
 /* State for the params of g (shapes bound), zeroed. */
 Optim *rt_optim_new(const Config *cfg, const Graph *g);
@@ -256,29 +247,36 @@ void rt_init_param(const Tensor *t, uint64_t seed, float *out);
 /* The rows sel of the whole tensor (t has sel->n rows): the values one device gives them. */
 void rt_init_param_rows(const Tensor *t, uint64_t seed, const RowSel *sel, float *out);
 
-/* ---------------------------------------------------------------- train.c */
+/* ---------------------------------------------------------------- the run
+ *
+ *   train_loop.c : moec run: the training loop of one device (rank 0 prints and writes)
+ *   evaluate.c   : one evaluation loop for 1 and N devices; moec eval
+ *   checkpoint.c : parameters' initial values; checkpoints written and resumed
+ *   report.c     : the progress line, metrics (JSON lines), the summary
+ *   grad.c       : moec grad
+ * A run gets its program from the compiler (driver/compile.c) and compiles nothing. */
 
-typedef struct TrainOpts {
-  const char *model_path;
+typedef struct RunOpts {
   const char *save, *load, *metrics;
-  bool json;
-  bool quiet; /* no progress display */
-  bool f64;   /* compute and update in double (cpu; no checkpoints): equivalence checks */
-} TrainOpts;
+  bool json;              /* the summary as one JSON object on stdout; progress to stderr */
+  bool quiet;             /* no progress display */
+  bool f64;               /* the program computes in double: no checkpoints */
+  bool no_eval;           /* no evaluation at all (valid and test reported as unknown) */
+  uint64_t settings_hash; /* the model file and settings: every rank must agree */
+  const char *settings;   /* the effective settings as a JSON object ("--json" echoes it) */
+} RunOpts;
 
-/* moec run: trains per cfg (flags already applied). Returns the exit status. */
-int rt_train(AstFile *f, const Config *cfg, const TrainOpts *o);
-/* The same loop as one device of comm (runtime/multidev.h drives N of them): this
- * device's slice of each global batch, collectives through comm, rank 0 prints and
- * writes files. rt_train is rt_train_comm(rt_comm_self(), ...). */
 struct Comm;
-int rt_train_comm(struct Comm *comm, AstFile *f, const Config *cfg, const TrainOpts *o);
-/* moec eval: test perplexity of a checkpoint (data_path: a whole file, or NULL for
- * the test split of the train block's data). */
-int rt_eval_checkpoint(AstFile *f, const Config *cfg, const char *ckpt, const char *data_path,
-                       bool json);
-/* moec grad: loss and gradients for one batch from a token file. */
-int rt_grad(AstFile *f, const Config *cfg, const char *weights, const char *tokens, const char *out,
-            bool json, bool f64);
+/* moec run on device comm->rank of comm->size: trains program p (forward + backward,
+ * compiled for this device) as cfg says, each device on its rows of every global batch,
+ * rank 0 printing and writing files. Returns the exit status. */
+int rt_train(struct Comm *comm, Program *p, const Config *cfg, const RunOpts *o);
+/* moec eval: test perplexity of a checkpoint with program p (forward only, one device;
+ * data_path: a whole file, or NULL for the test split of cfg's data). */
+int rt_eval(Program *p, const Config *cfg, const char *ckpt, const char *data_path, bool json);
+/* moec grad: loss and gradients of program p (forward + backward) for one batch read from
+ * a token file; out: the gradients as safetensors (NULL: none). */
+int rt_grad(Program *p, const Config *cfg, const char *weights, const char *tokens,
+            const char *out, bool json);
 
 #endif

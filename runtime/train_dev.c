@@ -1,5 +1,5 @@
 /* train_dev.c: the training loop's device side (train_dev.h): the backend a run
- * uses, lowering with the device context, input uploads, host copies of device
+ * uses, the device context, input uploads, host copies of device
  * tensors, and the device optimizer's dispatch. The CUDA work is in
  * runtime/cuda/train_cuda.cu; built without CUDA, cuda is never chosen here (its
  * reason says why) and the optimizer functions are never reached. */
@@ -29,12 +29,12 @@ const Backend *rt_dev_backend(const Config *cfg) {
   return rt_backend_cuda();
 }
 
-Program *rt_dev_lower(Graph *g, Precision prec, const Backend *be) {
-  Program *p = cg_lower_on(g, prec, be);
+void *rt_dev_context(const Backend *be, int rank) {
 #ifdef MOEC_HAVE_CUDA
-  if (be != &rt_backend_cpu) p->dev = rt_cuda_dev(0); /* one GPU per run for now */
+  if (be != &rt_backend_cpu) return rt_cuda_dev(rank);
 #endif
-  return p;
+  (void)be, (void)rank;
+  return NULL;
 }
 
 void rt_dev_upload_input(Program *p, void *dst, const void *src, size_t bytes) {

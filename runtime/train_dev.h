@@ -2,7 +2,7 @@
  * whose buffers live on a GPU the same way it drives one in host memory.
  *
  *   train_dev.c            : which backend a run uses and why cuda cannot run here,
- *                            lowering with the device context, input uploads, host
+ *                            the device context of a device, input uploads, host
  *                            copies of device tensors (checkpoints, gradients), and
  *                            the dispatch of the device optimizer (stubs without CUDA)
  *   cuda/train_cuda.cu     : the device optimizer: global-norm clipping with a
@@ -27,8 +27,9 @@ const char *rt_dev_cuda_unavailable(void);
  * the reason when cuda is asked for and cannot run. */
 const Backend *rt_dev_backend(const Config *cfg);
 
-/* cg_lower_on(g, prec, be) and the device context kernels need (p->dev). */
-Program *rt_dev_lower(Graph *g, Precision prec, const Backend *be);
+/* The device context kernels of device `rank` need on backend be (Program.dev; NULL on
+ * the cpu). */
+void *rt_dev_context(const Backend *be, int rank);
 
 /* True when p's buffers are host memory (cpu backend). */
 static inline bool rt_dev_on_host(const Program *p) {

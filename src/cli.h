@@ -1,9 +1,9 @@
-/* cli.h: the moec command line: one file per subcommand (cmd_*.c), a shared
- * front half (driver.c) that reads, parses and checks a .moe file. */
+/* cli.h: the moec command line: one file per subcommand (cmd_*.c) on the driver's
+ * one compile path (driver/driver.h); cli.c parses what every command shares. */
 #ifndef MOEC_CLI_H
 #define MOEC_CLI_H
 
-#include "../frontend/frontend.h"
+#include "../driver/driver.h"
 
 typedef struct Command {
   const char *name;
@@ -19,31 +19,38 @@ int cmd_eval(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_simulate(int argc, char **argv);
 
-/* Reads and checks FILE; prints diagnostics to stderr. Returns NULL (after
- * printing) when the file cannot be read or has errors. */
-AstFile *drv_load(const char *path, Config *cfg);
+/* A command's own flags: takes argv[*i] (advancing over its value) and returns 1, or 0
+ * if it is not one of them, or -1 after printing an error. */
+typedef int (*OwnFlags)(int argc, char **argv, int *i, void *ctx);
 
-/* cmd_plan.c, shared with cmd_simulate.c: the options both take and the compile they
- * share (one implementation: the full pass list, bound at the train block's B and T). */
-typedef struct PlanArgs {
-  const char *cmd; /* "plan" or "simulate": for messages */
-  const char *path, *strategy, *policy, *loads, *recompute;
-  double memory_budget; /* bytes; 0 = the file's */
-  bool no_fuse;
-  int devices; /* 0 = the file's */
-  int batch;   /* 0 = the file's */
-} PlanArgs;
-/* Takes argv[*i] if it is one of the shared options (advancing *i over its value).
- * Returns 1 if taken, 0 if not one of them, -1 after printing an error (exit 2). */
-int plan_take_arg(int argc, char **argv, int *i, PlanArgs *a);
-/* Loads a->path, applies the options, builds the training graph, runs every pass on *P
- * devices (*P <= 0: --devices, else the file's) and binds it at the train block's B, T.
- * Returns NULL after printing the error; *rc is the exit code. */
-struct Graph *plan_compile(const PlanArgs *a, int *P, Config *cfg, AstFile **f, int *rc);
-/* Parses "8GiB", "512MiB", "2GB", "1e9" (bytes). False if malformed. */
-bool plan_parse_size(const char *s, double *bytes);
+/* Parses a command line: the shared options in `which` (driver.h), the command's own
+ * (own may be NULL), one FILE into o->path. Returns 0, or the exit status after
+ * printing an error (2) or the help (-1: exit 0). */
+int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *ctx,
+              void (*usage)(FILE *out));
+/* cmd_plan.c, shared with cmd_simulate.c: loads o->path, compiles its training step on
+ * the plan's devices (the global graph, bound at the whole batch), and the cost of it
+ * under constants k with every device's allocated memory from its own passes. NULL after
+ * printing the errors, *rc the exit status. */
+Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, struct PlanCost *c,
+                    const struct CostConsts *k, int *rc);
 
-/* True if argv[i] is --help or -h. */
-bool drv_wants_help(int argc, char **argv);
+/* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the
+ * layers drawn op by op ("all": every one); loads: measured expert loads (may be NULL). */
+typedef struct PlotOpts {
+  const char *view;
+  const char **expand;
+  int nexpand;
+  const struct PlanLoads *loads;
+} PlotOpts;
+void plan_dot(const Graph *g, const struct PlanCost *c, const Config *cfg, const PlotOpts *o,
+              McBuf *out);
+/* Renders DOT text as format ("svg", "png") into path (NULL: stdout) with Graphviz's
+ * library; false with a message in err (moec built without it, a failed layout). */
+bool plan_render(const char *dot, const char *format, const char *path, char *err, size_t errlen);
+
+/* The value of --name VALUE or --name=VALUE at argv[*i] (advancing *i), or NULL when
+ * argv[*i] is not --name; *bad set when the value is missing (error printed). */
+const char *cli_value(int argc, char **argv, int *i, const char *name, const char *cmd, bool *bad);
 
 #endif

@@ -1,23 +1,29 @@
-/* cmd_check.c: `moec check FILE [--json]`: parse and check a .moe file, then
- * print its layers (kind, output type, parameters, multiply-adds per
- * timestep), the totals the paper reports (params_core, ops_per_timestep) and
- * the train and plan settings in effect. Errors: the diagnostics, exit 1. */
+/* cmd_check.c: `moec check FILE [--json] [settings]`: parse and check a .moe file and
+ * compile it as a run would (every pass, on the plan's devices), then print its layers
+ * (kind, output type, parameters, multiply-adds per timestep), the totals the paper
+ * reports (params_core, ops_per_timestep) and the train and plan settings in effect.
+ * Errors (anything `moec run` would refuse): the diagnostics, exit 1. */
 #include <string.h>
 
 #include "cli.h"
 
-static const char *const usage_text =
-    "usage: moec check FILE [--json]\n"
-    "\n"
-    "Parses and checks FILE, then prints the model's layers with their output\n"
-    "types, parameter counts and forward multiply-adds per timestep, and the\n"
-    "totals: params, params_core (without embedding and softmax, as the paper\n"
-    "counts) and ops_per_timestep. Errors are printed as file:line:col with the\n"
-    "source line and a caret; the exit status is then 1.\n"
-    "\n"
-    "options:\n"
-    "  --json     print one JSON object instead of the table\n"
-    "  -h, --help this text\n";
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: moec check FILE [--json] [settings]\n"
+          "\n"
+          "Parses and checks FILE and compiles its training step on the plan's devices as\n"
+          "`moec run` would, then prints the model's layers with their output types,\n"
+          "parameter counts and forward multiply-adds per timestep, and the totals: params,\n"
+          "params_core (without embedding and softmax, as the paper counts) and\n"
+          "ops_per_timestep. Errors (whatever `moec run` would refuse) are printed as\n"
+          "file:line:col with the source line and a caret; the exit status is then 1.\n"
+          "\n"
+          "options:\n"
+          "  --json     print one JSON object instead of the table\n"
+          "  -h, --help this text\n\n"
+          "settings (each overrides the train/plan setting of the same name):\n");
+  drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
+}
 
 /* 37834752 -> "37,834,752" */
 static const char *commas(int64_t v, char *buf, size_t n) {
@@ -58,6 +64,11 @@ static const char *data_str(const Config *c, char *buf, size_t n) {
   if (c->data == DATA_SYNTHETIC)
     snprintf(buf, n, "synthetic(topics=%d, vocab=%d, seed=%llu)", c->topics, c->vocab,
              (unsigned long long)c->data_seed);
+  else if (c->data == DATA_PARALLEL)
+    snprintf(buf, n, "parallel(\"%s\"%s%s%s, max_len=%d, batch_tokens=%d)",
+             c->data_path ? c->data_path : "", c->data_valid_path ? ", valid=\"" : "",
+             c->data_valid_path ? c->data_valid_path : "", c->data_valid_path ? "\"" : "",
+             c->max_len, c->batch_tokens);
   else
     snprintf(buf, n, "\"%s\" (%s)", c->data_path ? c->data_path : "",
              c->data == DATA_BIN ? "uint16 token ids" : "text");
@@ -93,18 +104,37 @@ static const char *recompute_str(const Config *c, char *buf, size_t n) {
   return buf;
 }
 
+/* ", no bias, act sigmoid" of a moe / hmoe call, after the k characters in buf. */
+static void moe_extras(const Expr *e, char *buf, size_t n, size_t k) {
+  static const char *const acts[] = {"none", "relu", "tanh", "sigmoid"};
+  if (e->argv[LA_BIAS] == 0 && k < n) k += (size_t)snprintf(buf + k, n - k, ", no bias");
+  if (e->argv[LA_ACT] > 0 && k < n)
+    snprintf(buf + k, n - k, ", act %s", acts[(int)e->argv[LA_ACT] & 3]);
+}
+
+/* The input width of a layer call (its first tensor's last dim). */
+static int64_t x_width(const Expr *e) {
+  const Expr *x = e->targ[0];
+  return x && x->ty.rank > 0 ? x->ty.dim[x->ty.rank - 1].c : 0;
+}
+
 /* The arguments that define a layer's size, for the table: "32 experts, top-4, hidden 128". */
 static const char *layer_args(const Expr *e, char *buf, size_t n) {
   static const char *const acts[] = {"none", "relu", "tanh", "sigmoid"};
   static const char *const gates[] = {"noisy_topk", "softmax", "batchwise"};
   const double *av = e->argv;
   int g = (int)av[LA_GATING] & 3;
+  char big[48];
+  size_t k;
   switch ((LayerId)e->layer) {
   case L_EMBEDDING:
     snprintf(buf, n, "vocab %.0f, dim %.0f", av[LA_VOCAB], av[LA_DIM]);
     break;
   case L_LSTM:
-    snprintf(buf, n, "units %.0f", av[LA_UNITS]);
+    if (av[LA_PROJ] >= 1)
+      snprintf(buf, n, "units %.0f, proj %.0f", av[LA_UNITS], av[LA_PROJ]);
+    else
+      snprintf(buf, n, "units %.0f", av[LA_UNITS]);
     break;
   case L_DENSE:
     snprintf(buf, n, "units %.0f, act %s", av[LA_UNITS], acts[(int)av[LA_ACT] & 3]);
@@ -114,22 +144,36 @@ static const char *layer_args(const Expr *e, char *buf, size_t n) {
     break;
   case L_MOE:
     if (g == LAE_SOFTMAX)
-      snprintf(buf, n, "%.0f experts, all (softmax), hidden %.0f", av[LA_EXPERTS], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f experts, all (softmax), hidden %.0f", av[LA_EXPERTS],
+                           av[LA_HIDDEN]);
     else
-      snprintf(buf, n, "%.0f experts, top-%.0f %s, hidden %.0f", av[LA_EXPERTS], av[LA_K],
-               gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f experts, top-%.0f %s, hidden %.0f", av[LA_EXPERTS],
+                           av[LA_K], gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+    if (av[LA_CAPACITY] > 0 && k < n)
+      k += (size_t)snprintf(buf + k, n - k, ", capacity %g", av[LA_CAPACITY]);
+    moe_extras(e, buf, n, k);
     break;
   case L_HMOE:
     if (g == LAE_SOFTMAX)
-      snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f", av[LA_GROUPS],
-               av[LA_EXPERTS], av[LA_HIDDEN]);
+      k = (size_t)snprintf(buf, n, "%.0f groups x %.0f experts, all (softmax), hidden %.0f",
+                           av[LA_GROUPS], av[LA_EXPERTS], av[LA_HIDDEN]);
     else
-      snprintf(buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f",
-               av[LA_GROUPS], av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0],
-               av[LA_HIDDEN]);
+      k = (size_t)snprintf(
+          buf, n, "%.0f groups x %.0f experts, top-%.0f x top-%.0f %s, hidden %.0f", av[LA_GROUPS],
+          av[LA_EXPERTS], av[LA_K_GROUP], av[LA_K], gates[g < 3 ? g : 0], av[LA_HIDDEN]);
+    moe_extras(e, buf, n, k);
+    break;
+  case L_ATTENTION:
+    snprintf(buf, n, "units %.0f, %s%s%s", av[LA_UNITS],
+             av[LA_SCORE] == LAE_PRODUCT ? "product" : "additive",
+             e->mask_input ? ", padding of " : "", e->mask_input ? e->mask_input : "");
     break;
   case L_SOFTMAX_XENT:
     snprintf(buf, n, "vocab %.0f", av[LA_VOCAB]);
+    break;
+  case L_SAMPLED_SOFTMAX_XENT: /* training multiplies x by samples + 1 rows of the weight */
+    snprintf(buf, n, "vocab %.0f, samples %.0f (training ops %s)", av[LA_VOCAB], av[LA_SAMPLES],
+             commas((int64_t)((av[LA_SAMPLES] + 1) * x_width(e)), big, sizeof big));
     break;
   default:
     buf[0] = 0;
@@ -148,7 +192,6 @@ static const Expr **layer_calls(AstFile *f, McArena *a, int n) {
 }
 
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
-static const char *const place_names[] = {"replicate", "shard(experts)", "on"};
 
 static void print_text(const char *path, const ModelSummary *s, const Config *c,
                        const Expr **calls) {
@@ -182,6 +225,13 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c,
   printf("ops_per_timestep  %s  forward multiply-adds per position, without embedding and "
          "softmax (in parentheses above)\n",
          both(s->ops_per_timestep, big, sizeof big));
+  if (s->translation)
+    printf("                  a timestep is one source and one target position%s\n",
+           s->ops_per_pair ? "" : " (no attention)");
+  if (s->ops_per_pair)
+    printf("ops_per_pair      %s  attention scores and context, per target step and source "
+           "position (not in ops_per_timestep)\n",
+           both(s->ops_per_pair, big, sizeof big));
   char d[512], o[160], r[512];
   printf("\ntrain: data %s, batch %d (B), unroll %d (T), steps %d, eval_every %d, %s, clip %g, "
          "seed %llu\n",
@@ -215,86 +265,55 @@ static void print_json(const char *path, const ModelSummary *s, const Config *c)
     mc_buf_json_string(&b, l->name);
     mc_buf_printf(&b, ", \"kind\": \"%s\", \"output\": ", fe_layers[l->layer].name);
     mc_buf_json_string(&b, type_str(&l->out, ty, sizeof ty));
-    mc_buf_printf(&b, ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s}",
+    mc_buf_printf(&b, ", \"line\": %d, \"params\": %lld, \"ops_per_timestep\": %lld, \"core\": %s",
                   l->loc.line, (long long)l->params, (long long)l->ops_per_token,
                   l->core ? "true" : "false");
-  }
-  mc_buf_printf(&b, "], \"train\": {\"data\": ");
-  if (c->data == DATA_SYNTHETIC) {
-    mc_buf_printf(&b, "{\"kind\": \"synthetic\", \"topics\": %d, \"vocab\": %d, \"seed\": %llu}",
-                  c->topics, c->vocab, (unsigned long long)c->data_seed);
-  } else {
-    mc_buf_printf(&b, "{\"kind\": \"%s\", \"path\": ", c->data == DATA_BIN ? "bin" : "text");
-    mc_buf_json_string(&b, c->data_path ? c->data_path : "");
+    if (l->ops_per_pair) mc_buf_printf(&b, ", \"ops_per_pair\": %lld", (long long)l->ops_per_pair);
     mc_buf_printf(&b, "}");
   }
-  mc_buf_printf(&b,
-                ", \"batch\": %d, \"unroll\": %d, \"steps\": %d, \"eval_every\": %d, "
-                "\"optimizer\": {\"kind\": \"%s\", \"lr\": %.17g, \"beta1\": %.17g, \"beta2\": "
-                "%.17g, \"eps\": %.17g}, \"clip\": %.17g, \"seed\": %llu}",
-                c->batch, c->unroll, c->steps, c->eval_every,
-                c->optimizer == OPT_ADAM ? "adam" : "factored", c->lr, c->beta1, c->beta2, c->eps,
-                c->clip, (unsigned long long)c->seed);
-  char r[512];
-  mc_buf_printf(&b,
-                ", \"plan\": {\"devices\": %d, \"mesh\": [%d, %d], \"strategy\": \"%s\", "
-                "\"experts\": \"%s\", \"recompute\": ",
-                c->devices, c->mesh_nodes, c->mesh_per_node, c->strategy, c->expert_policy);
-  mc_buf_json_string(&b, recompute_str(c, r, sizeof r));
-  mc_buf_printf(&b, ", \"memory_budget\": %.17g, \"fuse\": %s, \"backend\": \"%s\", \"place\": [",
-                c->memory_budget, c->fuse ? "true" : "false", backend_names[c->backend]);
-  int i = 0;
-  for (PlaceRule *p = c->rules; p; p = p->next, i++) {
-    mc_buf_printf(&b, "%s{\"pattern\": ", i ? ", " : "");
-    mc_buf_json_string(&b, p->pattern);
-    mc_buf_printf(&b, ", \"rule\": \"%s\"", place_names[p->kind]);
-    if (p->kind == PK_ON) {
-      mc_buf_printf(&b, ", \"devices\": [");
-      for (int j = 0; j < p->ndevices; j++)
-        mc_buf_printf(&b, "%s%d", j ? ", " : "", p->devices[j]);
-      mc_buf_printf(&b, "]");
-    }
-    mc_buf_printf(&b, "}");
-  }
-  mc_buf_printf(&b, "]}}\n");
+  mc_buf_printf(&b, "], \"translation\": %s, \"ops_per_pair\": %lld",
+                s->translation ? "true" : "false", (long long)s->ops_per_pair);
+  char *settings = drv_settings_json(c, NULL);
+  mc_buf_printf(&b, ", %s\n", settings + 1); /* the settings object's train and plan members */
+  mc_free(settings);
   fputs(b.data, stdout);
   mc_buf_free(&b);
 }
 
+static int check_flags(int argc, char **argv, int *i, void *ctx) {
+  if (strcmp(argv[*i], "--json")) return 0;
+  *(bool *)ctx = true;
+  return 1;
+}
+
 int cmd_check(int argc, char **argv) {
-  if (drv_wants_help(argc, argv)) {
-    fputs(usage_text, stdout);
-    return 0;
-  }
-  const char *path = NULL;
+  Options o;
+  drv_options_init(&o, "check");
   bool json = false;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) {
-      json = true;
-    } else if (argv[i][0] == '-' && argv[i][1]) {
-      fprintf(stderr, "moec check: error: unknown option '%s'\n%s", argv[i], usage_text);
-      return 2;
-    } else if (path) {
-      fprintf(stderr, "moec check: error: one FILE only ('%s' and '%s')\n", path, argv[i]);
-      return 2;
-    } else {
-      path = argv[i];
-    }
-  }
-  if (!path) {
-    fprintf(stderr, "moec check: error: no FILE given\n%s", usage_text);
-    return 2;
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, check_flags, &json, usage);
+  if (rc) {
+    drv_options_free(&o);
+    return rc < 0 ? 0 : rc;
   }
   Config cfg;
-  AstFile *f = drv_load(path, &cfg);
-  if (!f) return 1;
+  AstFile *f = drv_load(&o, &cfg, &rc);
+  /* what a run would refuse: the training step compiled on the plan's devices */
+  Target t = {.devices = cfg.devices, .rank = -1, .training = true, .prec = PREC_F32};
+  Graph *g = f ? drv_compile_graph(f, &cfg, &o, &t, NULL) : NULL;
+  if (!g) {
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return f ? 1 : rc;
+  }
+  ir_graph_free(g);
   McArena a = {0};
   ModelSummary s = fe_summarize(f, &a);
   if (json)
-    print_json(path, &s, &cfg);
+    print_json(o.path, &s, &cfg);
   else
-    print_text(path, &s, &cfg, layer_calls(f, &a, s.nlayers));
+    print_text(o.path, &s, &cfg, layer_calls(f, &a, s.nlayers));
   mc_arena_free(&a);
   fe_ast_free(f);
+  drv_options_free(&o);
   return 0;
 }

@@ -1,14 +1,14 @@
-/* cmd_ir.c: `moec ir FILE [--after PASS] [--train|--eval] [--devices N]`: the
- * graph with symbolic dims (B, T), as built or after any pass. */
+/* cmd_ir.c: `moec ir FILE [--after PASS] [--train|--eval] [--device R] [settings]`: the
+ * graph with symbolic dims (B, T), as built or after any pass; with --device R the graph
+ * device R of the plan's devices runs (its experts after `shard`, its rows after `bind`). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "../passes/passes.h"
 #include "cli.h"
 
 static void ir_usage(FILE *out) {
   fprintf(out,
-          "usage: moec ir FILE [--after PASS] [--train|--eval] [--devices N]\n\n"
+          "usage: moec ir FILE [--after PASS] [--train|--eval] [--device R] [settings]\n\n"
           "Prints the IR graph of FILE with symbolic dims (B, T): inputs, parameters\n"
           "with their initialisation, carried state, one line per op (outputs, op,\n"
           "inputs, attributes, types, layer, source line), and the loss.\n\n"
@@ -16,12 +16,15 @@ static void ir_usage(FILE *out) {
           "  --after PASS  print the graph after PASS (default: build, the graph as built)\n"
           "  --train       build the training graph (default): autodiff runs\n"
           "  --eval        forward only: autodiff is skipped\n"
-          "  --devices N   devices the plan passes place the graph on (default: the file's)\n\n"
+          "  --device R    the graph of device R of the plan's devices (default: the global\n"
+          "                graph: every device's experts, the whole batch)\n\n"
           "passes, in order:\n"
           "  %-10s the graph as built from the file\n",
           "build");
   for (int i = 0; i < pass_count; i++)
     fprintf(out, "  %-10s %s\n", pass_list[i].name, pass_list[i].what);
+  fprintf(out, "\nsettings (each overrides the train/plan setting of the same name):\n");
+  drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
 
 static void list_passes(FILE *out) {
@@ -31,74 +34,74 @@ static void list_passes(FILE *out) {
   fprintf(out, "\n");
 }
 
-int cmd_ir(int argc, char **argv) {
-  if (drv_wants_help(argc, argv)) {
-    ir_usage(stdout);
-    return 0;
-  }
-  const char *path = NULL, *after = NULL;
-  bool training = true;
-  int devices = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--after") || !strncmp(a, "--after=", 8)) {
-      if (a[7] == '=')
-        after = a + 8;
-      else if (i + 1 < argc)
-        after = argv[++i];
-      else {
-        fprintf(stderr, "moec ir: error: --after needs a pass name\n");
-        list_passes(stderr);
-        return 2;
-      }
-    } else if (!strcmp(a, "--train")) {
-      training = true;
-    } else if (!strcmp(a, "--eval")) {
-      training = false;
-    } else if (!strcmp(a, "--devices") || !strncmp(a, "--devices=", 10)) {
-      const char *v = a[9] == '=' ? a + 10 : i + 1 < argc ? argv[++i] : NULL;
-      char *end = NULL;
-      long n = v ? strtol(v, &end, 10) : 0;
-      if (!v || *end || n < 1 || n > 4096) {
-        fprintf(stderr, "moec ir: error: --devices needs a positive integer\n");
-        return 2;
-      }
-      devices = (int)n;
-    } else if (a[0] == '-' && a[1]) {
-      fprintf(stderr, "moec ir: error: unknown option '%s'\n", a);
-      ir_usage(stderr);
-      return 2;
-    } else if (!path) {
-      path = a;
-    } else {
-      fprintf(stderr, "moec ir: error: more than one FILE ('%s', '%s')\n", path, a);
-      return 2;
+typedef struct IrFlags {
+  const char *after;
+  bool eval;
+  int device; /* -1: the global graph */
+} IrFlags;
+
+static int ir_flags(int argc, char **argv, int *i, void *ctx) {
+  IrFlags *a = ctx;
+  bool bad = false;
+  const char *v;
+  if ((v = cli_value(argc, argv, i, "--after", "ir", &bad))) {
+    a->after = v;
+  } else if ((v = cli_value(argc, argv, i, "--device", "ir", &bad))) {
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < 0 || n > 65535) {
+      fprintf(stderr, "moec ir: error: --device needs a device number, not '%s'\n", v);
+      return -1;
     }
+    a->device = (int)n;
+  } else if (!strcmp(argv[*i], "--train")) {
+    a->eval = false;
+  } else if (!strcmp(argv[*i], "--eval")) {
+    a->eval = true;
+  } else {
+    if (bad && !strncmp(argv[*i], "--after", 7)) list_passes(stderr);
+    return bad ? -1 : 0;
   }
-  if (!path) {
-    fprintf(stderr, "moec ir: error: no FILE given\n");
-    ir_usage(stderr);
-    return 2;
+  return 1;
+}
+
+int cmd_ir(int argc, char **argv) {
+  Options o;
+  drv_options_init(&o, "ir");
+  IrFlags a = {.device = -1};
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, ir_flags, &a, ir_usage);
+  if (rc) {
+    drv_options_free(&o);
+    return rc < 0 ? 0 : rc;
   }
-  bool known = after == NULL || !strcmp(after, "build");
+  bool known = a.after == NULL || !strcmp(a.after, "build");
   for (int i = 0; i < pass_count && !known; i++)
-    known = !strcmp(after, pass_list[i].name);
+    known = !strcmp(a.after, pass_list[i].name);
   if (!known) {
-    fprintf(stderr, "moec ir: error: unknown pass '%s'\n", after);
+    fprintf(stderr, "moec ir: error: unknown pass '%s'\n", a.after);
     list_passes(stderr);
+    drv_options_free(&o);
     return 2;
   }
   Config cfg;
-  AstFile *f = drv_load(path, &cfg);
-  if (!f) return 1;
-  Graph *g = ir_build(f, &cfg);
-  PassCtx ctx = {.cfg = &cfg,
-                 .devices = devices ? devices : (cfg.devices > 0 ? cfg.devices : 1),
-                 .training = training};
-  /* no --after: the graph as built */
-  bool ok = pass_run_all(g, &ctx, after ? after : "build", stdout);
-  MOEC_ASSERT(ok);
+  AstFile *f = drv_load(&o, &cfg, &rc);
+  if (f && a.device >= cfg.devices) {
+    fprintf(stderr, "moec ir: error: --device %d: the plan has %d device%s\n", a.device,
+            cfg.devices, cfg.devices == 1 ? "" : "s");
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return 2;
+  }
+  Target t = {.devices = cfg.devices,
+              .rank = a.device,
+              .training = !a.eval,
+              .prec = PREC_F32,
+              .print_after = a.after ? a.after : "build",
+              .print_to = stdout};
+  Graph *g = f ? drv_compile_graph(f, &cfg, &o, &t, NULL) : NULL;
+  rc = g ? 0 : f ? 1 : rc;
   ir_graph_free(g);
   fe_ast_free(f);
-  return 0;
+  drv_options_free(&o);
+  return rc;
 }

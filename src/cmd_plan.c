@@ -1,45 +1,37 @@
-/* cmd_plan.c: `moec plan FILE [--devices N] [--strategy S] [--experts POLICY]
- * [--loads FILE] [--recompute R] [--memory-budget SIZE] [--no-fuse]
- * [--format text|json|dot]`: the placement plan (docs/placement.md).
- * Builds the training graph, runs every pass (placement, comm, recompute, fusion,
- * memplan) with N devices, binds B = batch and T = unroll (the global batch), and
- * prints: ops grouped by layer with their devices and partitioning, every collective
- * with its bytes per step, the recompute segments and what they trade, the fused
- * groups, per device the memory plan (what is allocated) beside the estimate, FLOPs,
- * the cost model's constants and its step-time estimate.
- * plan_take_arg / plan_compile are shared with `moec simulate` (cmd_simulate.c). */
+/* cmd_plan.c: `moec plan FILE [settings] [--format text|json|dot]`: the placement plan
+ * (docs/placement.md). The training graph compiled as a run compiles it (driver:
+ * every pass on the plan's devices, bound at the global batch), and printed: ops
+ * grouped by layer with their devices and partitioning, every collective with its bytes
+ * per step, the recompute segments and what they trade, the fused groups, per device
+ * what its program allocates (its own passes: drv_device_memory) beside the estimate,
+ * FLOPs, the cost model's constants and its step-time estimate. plan_compile is shared
+ * with `moec simulate` (cmd_simulate.c). */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "../passes/fusion.h"
-#include "../passes/plan.h"
 #include "cli.h"
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: moec plan FILE [--devices N] [--strategy S] [--experts POLICY] [--loads F]\n"
-          "                 [--batch N] [--recompute R] [--memory-budget SIZE] [--no-fuse]\n"
-          "                 [--format text|json|dot]\n\n"
-          "The placement plan of FILE's training step over N devices: every op with its\n"
+          "usage: moec plan FILE [settings] [--format text|json|dot]\n\n"
+          "The placement plan of FILE's training step over its devices: every op with its\n"
           "devices and partitioning, every collective with its bytes per step, the\n"
           "recomputed segments with the memory and FLOPs they trade, the fused groups, per\n"
-          "device the memory plan (persistent, arena, optimizer: what the runtime\n"
-          "allocates) beside the estimate, FLOPs, and an estimated step time from a cost\n"
-          "model whose constants are printed.\n\n"
+          "device what its program allocates (persistent, arena, optimizer: the figures of\n"
+          "the same compile `moec run` makes) beside the estimate, FLOPs, and an estimated\n"
+          "step time from a cost model whose constants are printed.\n\n"
           "options:\n"
-          "  --devices N        devices (default: the file's plan, else 1)\n"
-          "  --strategy S       paper (default), data_parallel, hmoe\n"
-          "  --experts POLICY   contiguous (default), round_robin, balanced\n"
-          "  --loads FILE       measured expert loads for balanced: JSON lines with\n"
-          "                     {\"moe\":[{\"name\":\"m\",\"load\":[...]}]} (the last line wins)\n"
-          "  --batch N          global batch rows (default: the train block's batch)\n"
-          "  --recompute R      none, all, auto, or layers (m,h1): overrides the plan block\n"
-          "  --memory-budget S  bytes per device for recompute = auto (8GiB, 512MiB, 2GB)\n"
-          "  --no-fuse          no elementwise fusion (as fuse = false)\n"
-          "  --format F         text (default), json (one object), dot (graphviz: one colour\n"
-          "                     per device, grey = all devices, collectives as octagons,\n"
-          "                     fused groups as clusters)\n");
+          "  --format F         text (default), json (one object), or a picture: dot, svg,\n"
+          "                     png (a box per layer and device set, filled with its\n"
+          "                     devices' colours; MoE layers with their expert -> device\n"
+          "                     map; collectives with their bytes; a legend)\n"
+          "  -o FILE            write the picture (or DOT) to FILE (png: required)\n"
+          "  --view V           forward (default), backward or all: the other half as one box\n"
+          "  --expand LAYER     draw LAYER op by op (all: every layer); repeatable\n\n"
+          "settings (each overrides the train/plan setting of the same name):\n");
+  drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
 
 static const char *part_name(PartKind p) {
@@ -67,22 +59,6 @@ static double mib(double b) {
 
 /* ---------------------------------------------------------------- recompute, fusion */
 
-/* Original forward outputs whose recompute copy a backward node reads (the report's
- * "drops"): by tensor id. */
-static bool *dropped_set(const Graph *g) {
-  bool *d = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    if (!n->backward || n->recompute_of) continue;
-    for (int i = 0; i < n->nin; i++) {
-      const Tensor *t = n->in[i];
-      if (t->producer && t->producer->recompute_of)
-        d[t->producer->recompute_of->out[t->producer_slot]->id] = true;
-    }
-  }
-  return d;
-}
-
 typedef struct FuseInfo {
   int groups, members; /* fused nodes, ops inside them */
   int calls_after;     /* kernel calls per step: one per node (codegen/lower.c) */
@@ -92,7 +68,7 @@ typedef struct FuseInfo {
 static FuseInfo fuse_info(const Graph *g) {
   FuseInfo fi = {0};
   for (int k = 0; k < g->nnodes; k++) {
-    const FusedProg *p = pass_fused_prog(g->nodes[k]);
+    const FusedProg *p = ir_fused_prog(g->nodes[k]);
     if (!p) continue;
     fi.groups++;
     fi.members += p->nops;
@@ -109,7 +85,7 @@ static void print_fusion_text(const Graph *g, bool enabled) {
          enabled ? "" : " (fusion off: --no-fuse, fuse = false, MOEC_FUSE=0 or no LLVM)");
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
-    const FusedProg *p = pass_fused_prog(n);
+    const FusedProg *p = ir_fused_prog(n);
     if (!p) continue;
     printf("  %s n%-4d %-10s %2d ops:", n->backward ? "bwd" : "fwd", n->id,
            n->layer ? n->layer : "(model)", p->nops);
@@ -120,7 +96,7 @@ static void print_fusion_text(const Graph *g, bool enabled) {
 }
 
 static void print_text(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
-                       bool fuse) {
+                       bool fuse, const char *notes) {
   char buf[256];
   int P = c->devices;
   printf("plan %s: %d device%s, strategy %s, experts %s, B = %lld, T = %lld (global batch)\n",
@@ -190,7 +166,8 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
     printf("  %s n%-4d %-16s %-34s %-16s expected %10.3f MiB  upper %10.3f MiB  per device "
            "%9.3f MiB\n",
            n->backward ? "bwd" : "fwd", n->id, ir_ops[n->op].name,
-           n->op == OP_ALL_REDUCE ? n->out[0]->name : n->in[0]->name,
+           n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE ? n->out[0]->name
+                                                                   : n->in[0]->name,
            type_str(&n->in[0]->ty, buf, sizeof buf), mib((double)b.expected), mib((double)b.upper),
            mib((double)b.per_device));
     nc++;
@@ -202,7 +179,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
   if (P > 1)
     printf("device 0, as allocated (%lld of the %lld rows, its experts, expert rows x %d): ",
            (long long)c->rows_per_device, (long long)g->B, P);
-  Type *save = plan_device_shapes((Graph *)g, 0, P);
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T);
   pass_recompute_report(g, c->rows_per_device, g->T, sizeof(float), stdout);
   plan_restore_shapes((Graph *)g, save);
   print_fusion_text(g, fuse);
@@ -233,7 +210,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
          c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us);
   printf("  step time ~ %.3f ms = compute %.3f ms (busiest device) + communication %.3f ms\n",
          c->step_s * 1e3, c->compute_s * 1e3, c->comm_s * 1e3);
-  if (plan_note[0]) printf("\n%s", plan_note);
+  if (notes && *notes) printf("\n%s", notes);
 }
 
 static void json_str(const char *s) {
@@ -245,7 +222,7 @@ static void json_str(const char *s) {
 
 /* At one device's rows and shapes, as the runtime allocates them. */
 static void print_json_recompute(const Graph *g, int64_t B, int P) {
-  Type *save = plan_device_shapes((Graph *)g, 0, P); /* device 0 as allocated */
+  Type *save = plan_device_shapes((Graph *)g, 0, P, g->B, g->T); /* device 0 as allocated */
   RecomputeSummary rs = pass_recompute_summary(g, B, g->T, sizeof(float));
   printf(",\n \"recompute\": {\"rows\": %lld, \"segments\": %d, \"nodes_repeated\": %d, \"flops\": "
          "%.0f, "
@@ -256,7 +233,7 @@ static void print_json_recompute(const Graph *g, int64_t B, int P) {
          (long long)rs.with.arena, (long long)rs.without.arena,
          (long long)(rs.without.arena - rs.with.arena), (long long)rs.with.live_max,
          (long long)rs.without.live_max);
-  bool *d = dropped_set(g);
+  bool *d = pass_recompute_dropped(g);
   for (int seg = 0; seg < rs.nseg; seg++) {
     const char *layer = "?";
     double fl = 0, bytes = 0;
@@ -294,7 +271,7 @@ static void print_json_fusion(const Graph *g) {
   int i = 0;
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
-    const FusedProg *p = pass_fused_prog(n);
+    const FusedProg *p = ir_fused_prog(n);
     if (!p) continue;
     printf("%s\n  {\"id\": %d, \"layer\": ", i++ ? "," : "", n->id);
     json_str(n->layer);
@@ -307,8 +284,8 @@ static void print_json_fusion(const Graph *g) {
   printf("]}");
 }
 
-static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
-                       const char *policy) {
+static void print_json(const Graph *g, const PlanCost *c, const char *strategy, const char *policy,
+                       const char *notes) {
   char buf[256];
   printf("{\"model\": ");
   json_str(g->name);
@@ -344,8 +321,11 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
     json_str(t->name);
     printf(", \"type\": \"%s\", \"part\": \"%s\", \"grad_all_reduced\": %s}",
            type_str(&t->ty, buf, sizeof buf), part_name(t->part),
-           t->grad && t->grad->producer && t->grad->producer->op == OP_ALL_REDUCE ? "true"
-                                                                                  : "false");
+           t->grad && t->grad->producer &&
+                   (t->grad->producer->op == OP_ALL_REDUCE ||
+                    t->grad->producer->op == OP_SPARSE_ALL_REDUCE)
+               ? "true"
+               : "false");
   }
   printf("],\n \"expert_devices\": {");
   for (int m = 0; g->moe_expert_dev && m < g->nmoe; m++) {
@@ -379,274 +359,139 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy,
       " \"cost_model\": {\"name\": \"%s\", \"gflops\": %g, \"link_gbs\": %g, \"latency_us\": %g, "
       "\"compute_s\": %.9g, \"comm_s\": %.9g, \"step_s\": %.9g},\n \"notes\": ",
       c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us, c->compute_s, c->comm_s, c->step_s);
-  json_str(plan_note);
+  json_str(notes);
   printf("}\n");
 }
 
-static void print_dot(const Graph *g, int P) {
-  static const char *colour[] = {"#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
-                                 "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5"};
-  printf("digraph \"%s\" {\n  rankdir=TB; node [style=filled, fontname=\"Helvetica\"];\n", g->name);
-  printf("  legend [shape=note, fillcolor=white, label=\"%d devices: grey = all (data-parallel), "
-         "colours = one device, white box = expert-sharded, octagon = collective, blue cluster "
-         "= fused group (its ops inside), red border = recomputed\"];\n",
-         P);
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    bool coll = ir_ops[n->op].flags & OPF_COLLECTIVE;
-    bool exp = n->nout && n->out[0]->part == PART_EXPERTS;
-    const char *fill = n->device >= 0 ? colour[n->device % 10] : exp ? "white" : "grey85";
-    const FusedProg *fp = pass_fused_prog(n);
-    if (fp) /* a fused group: a cluster holding the fused node and its program */
-      printf("  subgraph cluster_fused%d {\n    label=\"fused n%d: %d ops\"; style=filled; "
-             "fillcolor=\"#dbe9f6\";\n  ",
-             n->id, n->id, fp->nops);
-    printf("  n%d [label=\"%s\\n%s%s%s\", shape=%s, fillcolor=\"%s\"%s%s];\n", n->id,
-           ir_ops[n->op].name, n->layer ? n->layer : "", n->role ? "/" : "", n->role ? n->role : "",
-           coll  ? "octagon"
-           : exp ? "box3d"
-                 : "box",
-           coll ? "orange" : fill, n->backward ? ", style=\"filled,dashed\"" : "",
-           n->recompute_of ? ", color=red, penwidth=2" : "");
-    if (fp) {
-      for (int q = 0; q < fp->nops; q++) {
-        printf("    f%d_%d [label=\"%s\", shape=ellipse, fillcolor=white, fontsize=10];\n", n->id,
-               q, ir_ops[fp->ops[q].op].name);
-        int ops[2] = {fp->ops[q].a, fp->ops[q].b};
-        for (int o = 0; o < 2; o++)
-          if (ops[o] >= fp->nin)
-            printf("    f%d_%d -> f%d_%d;\n", n->id, ops[o] - fp->nin, n->id, q);
-      }
-      printf("  }\n");
-    }
-  }
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    for (int i = 0; i < n->nin; i++)
-      if (n->in[i]->producer) printf("  n%d -> n%d;\n", n->in[i]->producer->id, n->id);
-  }
-  printf("}\n");
-}
-
-static const char *arg_value(int argc, char **argv, int *i, const char *flag, const char *cmd) {
-  size_t L = strlen(flag);
-  if (strncmp(argv[*i], flag, L)) return NULL;
-  if (argv[*i][L] == '=') return argv[*i] + L + 1;
-  if (argv[*i][L]) return NULL;
-  if (*i + 1 >= argc) {
-    fprintf(stderr, "moec %s: error: %s needs a value\n", cmd, flag);
-    exit(2);
-  }
-  return argv[++*i];
-}
-
-bool plan_parse_size(const char *s, double *bytes) {
-  static const struct {
-    const char *unit;
-    double mult;
-  } units[] = {{"", 1},
-               {"B", 1},
-               {"KiB", 1024.0},
-               {"MiB", 1048576.0},
-               {"GiB", 1073741824.0},
-               {"TiB", 1099511627776.0},
-               {"KB", 1e3},
-               {"MB", 1e6},
-               {"GB", 1e9},
-               {"TB", 1e12}};
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || !(v > 0)) return false;
-  for (size_t u = 0; u < MC_ARRAY_LEN(units); u++)
-    if (!strcasecmp(end, units[u].unit)) {
-      *bytes = v * units[u].mult;
-      return *bytes >= 1;
-    }
-  return false;
-}
-
-static int parse_int(const char *cmd, const char *flag, const char *v, long lo, long hi, int *out) {
-  char *end;
-  long n = strtol(v, &end, 10);
-  if (!*v || *end || n < lo || n > hi) {
-    fprintf(stderr, "moec %s: error: %s needs an integer %ld..%ld, not '%s'\n", cmd, flag, lo, hi,
-            v);
-    return -1;
-  }
-  *out = (int)n;
-  return 1;
-}
-
-int plan_take_arg(int argc, char **argv, int *i, PlanArgs *a) {
-  const char *v;
-  if ((v = arg_value(argc, argv, i, "--devices", a->cmd)))
-    return parse_int(a->cmd, "--devices", v, 1, 65536, &a->devices);
-  if ((v = arg_value(argc, argv, i, "--batch", a->cmd)))
-    return parse_int(a->cmd, "--batch", v, 1, 1 << 24, &a->batch);
-  if ((v = arg_value(argc, argv, i, "--strategy", a->cmd))) {
-    if (strcmp(v, "paper") && strcmp(v, "data_parallel") && strcmp(v, "hmoe")) {
-      fprintf(stderr, "moec %s: error: unknown strategy '%s' (paper, data_parallel, hmoe)\n",
-              a->cmd, v);
-      return -1;
-    }
-    a->strategy = v;
-  } else if ((v = arg_value(argc, argv, i, "--experts", a->cmd))) {
-    if (strcmp(v, "contiguous") && strcmp(v, "round_robin") && strcmp(v, "balanced")) {
-      fprintf(stderr,
-              "moec %s: error: unknown expert policy '%s' (contiguous, round_robin, balanced)\n",
-              a->cmd, v);
-      return -1;
-    }
-    a->policy = v;
-  } else if ((v = arg_value(argc, argv, i, "--loads", a->cmd)))
-    a->loads = v;
-  else if ((v = arg_value(argc, argv, i, "--recompute", a->cmd))) {
-    if (!*v || *v == ',' || v[strlen(v) - 1] == ',' || strstr(v, ",,")) {
-      fprintf(stderr,
-              "moec %s: error: --recompute needs none, all, auto or layer names (m,h1), not "
-              "'%s'\n",
-              a->cmd, v);
-      return -1;
-    }
-    a->recompute = v;
-  } else if ((v = arg_value(argc, argv, i, "--memory-budget", a->cmd))) {
-    if (!plan_parse_size(v, &a->memory_budget)) {
-      fprintf(stderr,
-              "moec %s: error: --memory-budget needs a size (8GiB, 512MiB, 2GB, bytes), not "
-              "'%s'\n",
-              a->cmd, v);
-      return -1;
-    }
-  } else if (!strcmp(argv[*i], "--no-fuse"))
-    a->no_fuse = true;
-  else
-    return 0;
-  return 1;
-}
-
-/* Sets cfg's recompute from --recompute; layer names must be layers of g's model. */
-static bool apply_recompute(const PlanArgs *a, Config *cfg, const Graph *g, const char ***names) {
-  const char *v = a->recompute;
-  if (!strcmp(v, "none") || !strcmp(v, "all") || !strcmp(v, "auto")) {
-    cfg->recompute = !strcmp(v, "none") ? RC_NONE : !strcmp(v, "all") ? RC_ALL : RC_AUTO;
-    return true;
-  }
-  int n = 1;
-  for (const char *p = v; *p; p++)
-    n += *p == ',';
-  *names = mc_calloc((size_t)n, sizeof(char *));
-  cfg->recompute = RC_LIST;
-  cfg->recompute_names = *names;
-  cfg->n_recompute = 0;
-  for (const char *p = v; *p;) {
-    size_t L = strcspn(p, ",");
-    const char *name = NULL;
-    for (int k = 0; k < g->nnodes && !name; k++) {
-      const char *l = g->nodes[k]->layer;
-      if (l && strlen(l) == L && !strncmp(l, p, L)) name = l;
-    }
-    if (!name) {
-      fprintf(stderr, "moec %s: error: --recompute: '%.*s' is not a layer of model '%s'\n", a->cmd,
-              (int)L, p, g->name);
-      return false;
-    }
-    (*names)[cfg->n_recompute++] = name;
-    p += L + (p[L] == ',');
-  }
-  return true;
-}
-
-Graph *plan_compile(const PlanArgs *a, int *P, Config *cfg, AstFile **fp, int *rc) {
-  *rc = 0;
-  AstFile *f = drv_load(a->path, cfg);
-  if (!f) {
-    *rc = 1;
+Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, PlanCost *c,
+                    const CostConsts *k, int *rc) {
+  *f = drv_load(o, cfg, rc);
+  if (!*f) return NULL;
+  *rc = 1;
+  const int P = cfg->devices;
+  Target t = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32};
+  Graph *g = drv_compile_graph(*f, cfg, o, &t, notes);
+  if (!g) {
+    fe_ast_free(*f);
+    *f = NULL;
     return NULL;
   }
-  if (a->strategy) cfg->strategy = a->strategy;
-  if (a->policy) cfg->expert_policy = a->policy;
-  if (!cfg->strategy) cfg->strategy = "paper";
-  if (!cfg->expert_policy) cfg->expert_policy = "contiguous";
-  if (a->memory_budget > 0) cfg->memory_budget = a->memory_budget;
-  if (a->no_fuse) cfg->fuse = false;
-  if (a->batch > 0) cfg->batch = a->batch;
-  if (a->loads) {
-    const char *err = NULL;
-    plan_loads = plan_read_loads(a->loads, &err);
-    if (!plan_loads) {
-      fprintf(stderr, "moec %s: error: --loads %s: %s\n", a->cmd, a->loads, err);
-      fe_ast_free(f);
-      *rc = 1;
-      return NULL;
-    }
+  *c = plan_cost(g, P, cfg->optimizer, k);
+  for (int d = 0; d < P; d++) { /* what each device's own compile allocates */
+    DeviceMemory m = drv_device_memory(g, cfg, o, d, P);
+    plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
+                         (double)m.params, (double)m.live_max);
   }
-  Graph *g = ir_build(f, cfg);
-  static const char **names; /* lives as long as cfg is used: one compile per process */
-  if (a->recompute && !apply_recompute(a, cfg, g, &names)) {
-    ir_graph_free(g);
-    fe_ast_free(f);
-    *rc = 2;
-    return NULL;
-  }
-  if (*P <= 0) *P = a->devices > 0 ? a->devices : cfg->devices > 0 ? cfg->devices : 1;
-  PassCtx ctx = {.cfg = cfg, .devices = *P, .training = true};
-  pass_run_all(g, &ctx, NULL, NULL);
-  ir_bind(g, cfg->batch, cfg->unroll);
-  *fp = f;
   return g;
 }
 
-int cmd_plan(int argc, char **argv) {
-  if (drv_wants_help(argc, argv)) {
-    usage(stdout);
-    return 0;
+typedef struct PlanFlags {
+  const char *format, *out, *view;
+  const char *expand[64];
+  int nexpand;
+} PlanFlags;
+
+static int plan_flags(int argc, char **argv, int *i, void *ctx) {
+  PlanFlags *a = ctx;
+  bool bad = false;
+  const char *v;
+  if ((v = cli_value(argc, argv, i, "--format", "plan", &bad))) {
+    if (strcmp(v, "text") && strcmp(v, "json") && strcmp(v, "dot") && strcmp(v, "svg") &&
+        strcmp(v, "png")) {
+      fprintf(stderr, "moec plan: error: unknown format '%s' (text, json, dot, svg, png)\n", v);
+      return -1;
+    }
+    a->format = v;
+  } else if ((v = cli_value(argc, argv, i, "-o", "plan", &bad)) ||
+             (v = cli_value(argc, argv, i, "--output", "plan", &bad))) {
+    a->out = v;
+  } else if ((v = cli_value(argc, argv, i, "--view", "plan", &bad))) {
+    if (strcmp(v, "forward") && strcmp(v, "backward") && strcmp(v, "all")) {
+      fprintf(stderr, "moec plan: error: unknown view '%s' (forward, backward, all)\n", v);
+      return -1;
+    }
+    a->view = v;
+  } else if ((v = cli_value(argc, argv, i, "--expand", "plan", &bad))) {
+    if (a->nexpand == 64) {
+      fprintf(stderr, "moec plan: error: at most 64 --expand layers\n");
+      return -1;
+    }
+    a->expand[a->nexpand++] = v;
+  } else {
+    return bad ? -1 : 0;
   }
-  PlanArgs a = {.cmd = "plan"};
-  const char *format = "text";
-  for (int i = 1; i < argc; i++) {
-    const char *v;
-    int t = plan_take_arg(argc, argv, &i, &a);
-    if (t < 0) return 2;
-    if (t > 0) continue;
-    if ((v = arg_value(argc, argv, &i, "--format", "plan")))
-      format = v;
-    else if (argv[i][0] == '-' && argv[i][1]) {
-      fprintf(stderr, "moec plan: error: unknown option '%s'\n", argv[i]);
-      usage(stderr);
-      return 2;
-    } else if (!a.path)
-      a.path = argv[i];
-    else {
-      fprintf(stderr, "moec plan: error: more than one FILE ('%s', '%s')\n", a.path, argv[i]);
-      return 2;
+  return 1;
+}
+
+/* --format dot, svg, png: the picture (plan_dot.c), to -o FILE or stdout. */
+static int draw(const Graph *g, const PlanCost *c, const Config *cfg, const Options *o,
+                const PlanFlags *a) {
+  PlanLoads *loads = NULL;
+  if (o->loads_path) {
+    const char *err = NULL;
+    loads = plan_read_loads(o->loads_path, &err);
+  }
+  PlotOpts po = {.view = a->view ? a->view : "forward",
+                 .expand = (const char **)a->expand,
+                 .nexpand = a->nexpand,
+                 .loads = loads};
+  McBuf dot = {0};
+  plan_dot(g, c, cfg, &po, &dot);
+  plan_free_loads(loads);
+  int rc = 0;
+  if (!strcmp(a->format, "dot")) {
+    FILE *f = a->out ? fopen(a->out, "w") : stdout;
+    if (!f || fputs(dot.data, f) < 0 || (a->out && fclose(f) != 0)) {
+      fprintf(stderr, "moec plan: error: cannot write '%s'\n", a->out ? a->out : "stdout");
+      rc = 1;
+    }
+  } else {
+    char err[512];
+    if (!strcmp(a->format, "png") && !a->out) {
+      fprintf(stderr, "moec plan: error: --format png needs -o FILE\n");
+      rc = 2;
+    } else if (!plan_render(dot.data, a->format, a->out, err, sizeof err)) {
+      fprintf(stderr, "moec plan: error: %s\n", err);
+      rc = 1;
     }
   }
-  if (!a.path) {
-    fprintf(stderr, "moec plan: error: no FILE given\n");
-    usage(stderr);
-    return 2;
-  }
-  if (strcmp(format, "text") && strcmp(format, "json") && strcmp(format, "dot")) {
-    fprintf(stderr, "moec plan: error: unknown format '%s' (text, json, dot)\n", format);
-    return 2;
+  mc_buf_free(&dot);
+  return rc;
+}
+
+int cmd_plan(int argc, char **argv) {
+  Options o;
+  drv_options_init(&o, "plan");
+  PlanFlags a = {.format = "text"};
+  const char *format;
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, plan_flags, &a, usage);
+  format = a.format;
+  if (rc) {
+    drv_options_free(&o);
+    return rc < 0 ? 0 : rc;
   }
   Config cfg;
   AstFile *f = NULL;
-  int rc;
-  int P = 0; /* --devices, else the file's plan block */
-  Graph *g = plan_compile(&a, &P, &cfg, &f, &rc);
-  if (!g) return rc;
-  PlanCost c = plan_cost(g, P, cfg.optimizer, &plan_consts_cpu);
+  McBuf notes = {0};
+  mc_buf_printf(&notes, "%s", "");
+  PlanCost c;
+  Graph *g = plan_compile(&o, &cfg, &f, &notes, &c, &plan_consts_cpu, &rc);
+  if (!g) {
+    mc_buf_free(&notes);
+    drv_options_free(&o);
+    return rc;
+  }
+  rc = 0;
   if (!strcmp(format, "json"))
-    print_json(g, &c, cfg.strategy, cfg.expert_policy);
-  else if (!strcmp(format, "dot"))
-    print_dot(g, P);
+    print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
+  else if (!strcmp(format, "text"))
+    print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data);
   else
-    print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg));
+    rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);
-  plan_free_loads((PlanLoads *)plan_loads);
-  plan_loads = NULL;
+  mc_buf_free(&notes);
   ir_graph_free(g);
   fe_ast_free(f);
-  return 0;
+  drv_options_free(&o);
+  return rc;
 }

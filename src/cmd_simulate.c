@@ -1,7 +1,7 @@
-/* cmd_simulate.c: `moec simulate FILE --cluster SPEC [--format text|json]` and the plan
- * options: the cost model of the plan (passes/costmodel.c, the same code and the same
- * placement, comm, recompute, fusion and memory plan as `moec plan`) on a cluster that
- * is not here (docs/placement.md, "moec simulate").
+/* cmd_simulate.c: `moec simulate FILE --cluster SPEC [--format text|json] [settings]`:
+ * the cost model of the plan (passes/costmodel.c, the same compile as `moec plan` and
+ * `moec run` on the cluster's device count) on a cluster that is not here
+ * (docs/placement.md, "moec simulate").
  *
  * SPEC: [NODES x] N x DEVICE [: LINK], e.g. 32xK40, 64xH100, 8xH100:nvlink, 16x8xH100:ib.
  *   N x DEVICE          N devices in nodes of the device's usual size (K40: 4, H100: 8):
@@ -13,7 +13,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../passes/plan.h"
 #include "cli.h"
 
 /* Devices. gflops: sustained fp32 on this workload's GEMM-heavy mix; peak: datasheet.
@@ -176,9 +175,7 @@ static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) 
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: moec simulate FILE --cluster SPEC [--batch N] [--format text|json]\n"
-          "                     [--strategy S] [--experts POLICY] [--loads F] [--recompute R]\n"
-          "                     [--memory-budget SIZE] [--no-fuse]\n\n"
+          "usage: moec simulate FILE --cluster SPEC [--format text|json] [settings]\n\n"
           "The cost model of FILE's plan (the placement, collectives, memory plan and FLOPs\n"
           "that `moec plan` prints) on a cluster that is not here: step time, TFLOPS per\n"
           "device, memory per device (and whether it fits), communication time and share.\n\n"
@@ -189,11 +186,27 @@ static void usage(FILE *out) {
           "  16x8xH100:ib    16 nodes of 8, InfiniBand between the nodes\n"
           "devices: K40, H100, H100-TF32, CPU; links: pcie, nvlink, ib, fdr, eth, inproc\n\n"
           "options:\n"
-          "  --cluster SPEC     the cluster (required)\n"
-          "  --batch N          global batch rows (default: the train block's batch)\n"
-          "  --format F         text (default) or json\n"
-          "  --strategy, --experts, --loads, --recompute, --memory-budget, --no-fuse: as in\n"
-          "                     moec plan\n");
+          "  --cluster SPEC     the cluster (required; it gives the device count)\n"
+          "  --format F         text (default) or json\n\n"
+          "settings (each overrides the train/plan setting of the same name; not --devices):\n");
+  drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
+}
+
+typedef struct SimFlags {
+  const char *format, *spec;
+} SimFlags;
+
+static int sim_flags(int argc, char **argv, int *i, void *ctx) {
+  SimFlags *a = ctx;
+  bool bad = false;
+  const char *v;
+  if ((v = cli_value(argc, argv, i, "--cluster", "simulate", &bad)))
+    a->spec = v;
+  else if ((v = cli_value(argc, argv, i, "--format", "simulate", &bad)))
+    a->format = v;
+  else
+    return bad ? -1 : 0;
+  return 1;
 }
 
 static double gib(double b) {
@@ -201,63 +214,50 @@ static double gib(double b) {
 }
 
 int cmd_simulate(int argc, char **argv) {
-  if (drv_wants_help(argc, argv)) {
-    usage(stdout);
-    return 0;
-  }
-  PlanArgs a = {.cmd = "simulate"};
-  const char *format = "text", *spec = NULL;
-  for (int i = 1; i < argc; i++) {
-    int t = plan_take_arg(argc, argv, &i, &a);
-    if (t < 0) return 2;
-    if (t > 0) continue;
-    const char *flag = argv[i];
-    if (!strcmp(flag, "--cluster") || !strcmp(flag, "--format")) {
-      if (i + 1 >= argc) {
-        fprintf(stderr, "moec simulate: error: %s needs a value\n", flag);
-        return 2;
-      }
-      *(!strcmp(flag, "--cluster") ? &spec : &format) = argv[++i];
-    } else if (!strncmp(flag, "--cluster=", 10))
-      spec = flag + 10;
-    else if (!strncmp(flag, "--format=", 9))
-      format = flag + 9;
-    else if (flag[0] == '-' && flag[1]) {
-      fprintf(stderr, "moec simulate: error: unknown option '%s'\n", flag);
-      usage(stderr);
-      return 2;
-    } else if (!a.path)
-      a.path = flag;
-    else {
-      fprintf(stderr, "moec simulate: error: more than one FILE ('%s', '%s')\n", a.path, flag);
-      return 2;
-    }
-  }
-  if (!a.path || !spec) {
-    fprintf(stderr, "moec simulate: error: %s\n", !a.path ? "no FILE given" : "no --cluster given");
+  Options o;
+  drv_options_init(&o, "simulate");
+  SimFlags a = {.format = "text"};
+  int rc = cli_parse(argc, argv, &o, DRV_SETTINGS | DRV_LOADS, sim_flags, &a, usage);
+  if (!rc && !a.spec) {
+    fprintf(stderr, "moec simulate: error: no --cluster given\n");
     usage(stderr);
-    return 2;
+    rc = 2;
   }
-  if (a.devices) {
-    fprintf(stderr, "moec simulate: error: --devices: the cluster gives the devices\n");
-    return 2;
+  if (!rc && o.devices_given) {
+    fprintf(stderr, "moec simulate: error: --devices, --mesh: the cluster gives the devices\n");
+    rc = 2;
   }
-  if (strcmp(format, "text") && strcmp(format, "json")) {
-    fprintf(stderr, "moec simulate: error: unknown format '%s' (text, json)\n", format);
-    return 2;
+  if (!rc && strcmp(a.format, "text") && strcmp(a.format, "json")) {
+    fprintf(stderr, "moec simulate: error: unknown format '%s' (text, json)\n", a.format);
+    rc = 2;
   }
   Cluster cl;
   char why[256];
-  if (!parse_cluster(spec, &cl, why, sizeof why)) {
+  if (!rc && !parse_cluster(a.spec, &cl, why, sizeof why)) {
     fprintf(stderr, "moec simulate: error: %s\n", why);
-    return 2;
+    rc = 2;
   }
+  if (rc) {
+    drv_options_free(&o);
+    return rc < 0 ? 0 : rc;
+  }
+  char n[32], flag[160];
+  snprintf(n, sizeof n, "%d", cl.devices);
+  snprintf(flag, sizeof flag, "--cluster %s", a.spec);
+  drv_add_setting(&o, "plan", "devices", n, flag);
+  const char *format = a.format;
   Config cfg;
   AstFile *f = NULL;
-  int rc, P = cl.devices;
-  Graph *g = plan_compile(&a, &P, &cfg, &f, &rc);
-  if (!g) return rc;
-  PlanCost c = plan_cost(g, P, cfg.optimizer, &cl.k);
+  McBuf notes = {0};
+  mc_buf_printf(&notes, "%s", "");
+  PlanCost c;
+  Graph *g = plan_compile(&o, &cfg, &f, &notes, &c, &cl.k, &rc);
+  if (!g) {
+    mc_buf_free(&notes);
+    drv_options_free(&o);
+    return rc;
+  }
+  const int P = cl.devices;
   double maxf = 0, sumf = 0;
   int busiest = 0;
   for (int d = 0; d < P; d++) {
@@ -332,12 +332,12 @@ int cmd_simulate(int argc, char **argv) {
       printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
              "use more devices, a smaller batch, recompute, or the factored optimizer\n",
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
-    if (plan_note[0]) printf("\n%s", plan_note);
+    if (notes.data[0]) printf("\n%s", notes.data);
   }
   plan_cost_free(&c);
-  plan_free_loads((PlanLoads *)plan_loads);
-  plan_loads = NULL;
+  mc_buf_free(&notes);
   ir_graph_free(g);
   fe_ast_free(f);
+  drv_options_free(&o);
   return 0;
 }

@@ -14,7 +14,7 @@ static const Command commands[] = {
 };
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: moec <command> [options]\n\n"
+  fprintf(out, "usage: moec <command> [options]\n       moec --version\n\n"
                "moec compiles and runs sparsely-gated Mixture-of-Experts models.\n\ncommands:\n");
   for (size_t i = 0; i < MC_ARRAY_LEN(commands); i++)
     fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
@@ -22,12 +22,17 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  mc_debug_from_env(); /* MOEC_DEBUG: developer diagnostics, read once */
   if (argc < 2) {
     usage(stderr);
     return 2;
   }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+    printf("moec %s\nfeatures: %s\n", mc_version(), mc_features());
     return 0;
   }
   for (size_t i = 0; i < MC_ARRAY_LEN(commands); i++)

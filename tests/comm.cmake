@@ -1,4 +1,4 @@
-# comm.cmake: the communicator (runtime/comm*.c, issue 4 items 4 and 6). test_comm:
+# comm.cmake: the communicator (runtime/comm*.c). test_comm:
 # in-process threads, n = 1..4, and the failure cases (abort, hang, early return,
 # mismatches). comm_mpi_*: the MPI backend under `mpirun -np 2` and `-np 4
 # --oversubscribe` (test_comm_mpi --driver starts mpirun and checks exit status,

@@ -1,11 +1,12 @@
 # frontend_sema.cmake: tests of the semantic checks, the model summary and
-# `moec check` (issue 2, semantic half).
+# `moec check`.
 #   sema_<name>        tests/sema/<name>.moe must give exactly the diagnostics
 #                      its "# expect:" lines list (run_sema: fe_parse + fe_sema)
 #   shapes             tests/test_shapes.c: inferred types, resolved arguments,
 #                      Config, parameter and op counts (the paper's figures)
 #   check_<example>    `moec check --json` succeeds on every examples/*.moe
 #   check_paper_text   the paper-sized example prints 37.8M params and 8.4M ops
+#   paper_tables       examples/paper/: Tables 7 and 8, parameters and ops per timestep
 add_executable(run_sema ${CMAKE_CURRENT_SOURCE_DIR}/sema/run_sema.c)
 target_link_libraries(run_sema PRIVATE moeccore)
 target_compile_options(run_sema PRIVATE ${MOEC_WARN})
@@ -36,6 +37,12 @@ endforeach()
 add_test(NAME check_paper_text COMMAND moec check ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper_moe32_1b.moe)
 set_tests_properties(check_paper_text PROPERTIES TIMEOUT 10 LABELS "frontend;check"
   PASS_REGULAR_EXPRESSION "params_core +37,834,752 \\(37\\.8M\\).*ops_per_timestep +8,421,376 \\(8\\.4M\\)")
+
+# paper_tables: every examples/paper/ file's counts (`moec check --json`) against the
+# paper's Tables 7 and 8, to the printed digit (tests/paper_tables.py types the tables).
+add_test(NAME paper_tables COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/paper_tables.py
+                                   $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper)
+set_tests_properties(paper_tables PROPERTIES TIMEOUT 60 LABELS "frontend;check")
 
 # Errors: a bad file prints file:line:col diagnostics and exits 1.
 add_test(NAME check_error_exit COMMAND moec check ${CMAKE_CURRENT_SOURCE_DIR}/sema/unknown_layer.moe)

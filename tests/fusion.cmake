@@ -1,4 +1,4 @@
-# fusion.cmake: elementwise fusion and the LLVM JIT (issue 6; docs/fusion.md).
+# fusion.cmake: elementwise fusion and the LLVM JIT (docs/fusion.md).
 #   test_jit    : fused kernels bit-identical to the unfused ones (f32, f64), the
 #                 kernel cache, host JIT = interpreter, host overhead per call
 #   test_fusion : legality (device and recompute boundaries, materialised

@@ -3,7 +3,7 @@
  *
  * The graph's params (TK_PARAM) are what is checked. gc_check reduces the given
  * outputs to a scalar loss = sum_j sum(out_j * R_j) with fixed random R_j (f32
- * inputs "gc.R<j>"), binds B and T, runs pass_autodiff, lowers in PREC_F64, fills
+ * inputs "gc.R<j>"), binds B, T and S, runs pass_autodiff, lowers in PREC_F64, fills
  * every param, input and state with fixed random values, runs forward + backward,
  * and compares each param's gradient with central differences of the loss:
  *
@@ -38,6 +38,7 @@
 
 typedef struct GcOpts {
   int64_t B, T;   /* values bound to the symbols (default 1, 1) */
+  int64_t S;      /* the source length (default 0: S = T) */
   bool training;  /* KernelCtx.training: dropout masks, gate noise (default false) */
   uint64_t seed;  /* KernelCtx.seed and the seed of the default fills (default 1) */
   double eps;     /* central-difference step (default 1e-6) */
@@ -163,7 +164,7 @@ static inline GcResult gc_check(Graph *g, int nouts, Tensor *const *outs, const 
   MOEC_ASSERT(g->loss && g->loss->ty.rank == 0);
   PassCtx pc = {.cfg = NULL, .devices = 1, .training = true};
   pass_autodiff(g, &pc);
-  ir_bind(g, o->B, o->T);
+  ir_bind_seq(g, o->B, o->T, o->S > 0 ? o->S : o->T);
   ir_verify(g);
 
   GcVals_ v = gc_fill_(g, o);

@@ -1,4 +1,4 @@
-# ir.cmake: tests of the IR half of issue 2 (shape rules, builder, printer, pass
+# ir.cmake: tests of the IR (shape rules, builder, printer, pass
 # manager) and the golden `moec ir` outputs in tests/ir_golden.
 add_executable(test_ir ${CMAKE_CURRENT_SOURCE_DIR}/test_ir.c)
 target_link_libraries(test_ir PRIVATE moeccore)

@@ -1,4 +1,4 @@
-# memplan.cmake: memory planning and recomputation (issue 6; docs/memory.md).
+# memplan.cmake: memory planning and recomputation (docs/memory.md).
 #   memplan_models : the validator on every example model (no two live tensors share a
 #                    byte), recompute none and all; arena < sum of tensors
 #   memplan_lm     : planned = unplanned = NaN-poisoned = recompute [m] = all, bit for bit;

@@ -1,4 +1,4 @@
-# moe.cmake: the MoE ops and layers (issues 2-3): forward kernels against naive
+# moe.cmake: the MoE ops and layers: forward kernels against naive
 # reference loops (the moe layer against the formula of language.md), dispatch /
 # combine round trips, top-k ties, cv2, load estimators, f32 vs f64, determinism;
 # and every differentiable MoE op, the moe layer (noisy top-k with and without

@@ -1,4 +1,4 @@
-# multidev.cmake: the runtime over N devices (issue 4, items 4-6; runtime/multidev.c,
+# multidev.cmake: the runtime over N devices (runtime/multidev.c,
 # runtime/kernels_comm.c, docs/multidev.md). tests/test_multidev.sh: the same losses on
 # 1, 2, 3, 4 in-process devices and 2, 4 MPI ranks (paper contiguous / round_robin,
 # data_parallel), hmoe layers (strategies paper, hmoe, data_parallel) and batchwise gating,
@@ -6,8 +6,10 @@
 # --f64 runs equal to double rounding (md_small and examples/lm_moe32.moe), the error cases,
 # place ... : on(...) device subsets in-process (subsets) and on MPI ranks (subsets_mpi),
 # the factored optimizer with sharded experts (factored), memory per device = plan (memory),
-# both with sharded hmoe groups (hmoe_factored, hmoe_memory).
-foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard f64 errors subsets subsets_mpi factored memory hmoe_factored hmoe_memory)
+# both with sharded hmoe groups (hmoe_factored, hmoe_memory); a sampled softmax and an
+# embedding whose gradients' touched rows travel (sparse_all_reduce) (sampled); moe
+# capacity: the global drop decision and expert rows sized by it (capacity).
+foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard f64 errors subsets subsets_mpi factored memory hmoe_factored hmoe_memory sampled capacity)
   add_test(NAME multidev_${case}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_multidev.sh $<TARGET_FILE:moec> ${case})
   set_tests_properties(multidev_${case} PROPERTIES TIMEOUT 150 SKIP_RETURN_CODE 77 LABELS "multidev")

@@ -86,8 +86,9 @@ static void failure_tests(void) {
   rt_inproc_set_quiet(true);
 
   /* abort: the others stop at once, long before their 10 s timeout */
-  setenv("MOEC_COMM_TIMEOUT", "10", 1);
-  CHECK(rt_inproc_run_report(4, fn_abort, NULL, &r) == 1);
+  CommOpts o = comm_opts_default();
+  o.timeout = 10;
+  CHECK(rt_inproc_run_opts(4, fn_abort, NULL, &o, &r) == 1);
   CHECK(r.first_rank == 1);
   CHECK(r.status[1] == INPROC_ABORTED);
   CHECK(count_status(&r, INPROC_FAILED) == 3);
@@ -97,9 +98,9 @@ static void failure_tests(void) {
   printf("abort: %.3f s; rank 0: %s\n", r.seconds, r.message[0]);
 
   /* a hung rank: the others time out after 1 s naming it; it stops when it wakes */
-  setenv("MOEC_COMM_TIMEOUT", "1", 1);
+  o.timeout = 1;
   double hang = 1.4;
-  CHECK(rt_inproc_run_report(3, fn_hang, &hang, &r) == 1);
+  CHECK(rt_inproc_run_opts(3, fn_hang, &hang, &o, &r) == 1);
   CHECK(r.first_rank == 0 || r.first_rank == 1);
   CHECK(strstr(r.first, "timed out after 1 s waiting for rank 2") != NULL);
   CHECK(count_status(&r, INPROC_FAILED) == 3);
@@ -108,32 +109,32 @@ static void failure_tests(void) {
 
   /* a rank that never comes back: reported stuck after one more timeout */
   hang = 4.0;
-  CHECK(rt_inproc_run_report(2, fn_hang, &hang, &r) == 1);
+  CHECK(rt_inproc_run_opts(2, fn_hang, &hang, &o, &r) == 1);
   CHECK(r.status[1] == INPROC_STUCK && r.status[0] == INPROC_FAILED);
   CHECK(strstr(r.message[1], "did not stop") != NULL);
   CHECK(r.seconds > 1.9 && r.seconds < 3.5);
   printf("stuck: %.3f s; rank 1: %s\n", r.seconds, r.message[1]);
 
-  setenv("MOEC_COMM_TIMEOUT", "10", 1);
+  o.timeout = 10;
   /* a rank returns while the others wait: immediate error, no timeout */
-  CHECK(rt_inproc_run_report(3, fn_return_early, NULL, &r) == 1);
+  CHECK(rt_inproc_run_opts(3, fn_return_early, NULL, &o, &r) == 1);
   CHECK(r.status[0] == INPROC_OK);
   CHECK(strstr(r.first, "rank 0 returned") != NULL);
   CHECK(r.seconds < 2.0);
 
   /* different collectives on different ranks */
-  CHECK(rt_inproc_run_report(3, fn_mismatch_op, NULL, &r) == 1);
+  CHECK(rt_inproc_run_opts(3, fn_mismatch_op, NULL, &o, &r) == 1);
   CHECK(strstr(r.first, "disagree") != NULL && strstr(r.first, "rank 1 calls all_gather") != NULL);
   CHECK(count_status(&r, INPROC_FAILED) == 3);
 
   /* counts that do not match */
-  CHECK(rt_inproc_run_report(2, fn_bad_counts, NULL, &r) == 1);
+  CHECK(rt_inproc_run_opts(2, fn_bad_counts, NULL, &o, &r) == 1);
   CHECK(r.first_rank == 1);
   CHECK(strstr(r.first, "rank 0 sends 6 bytes to rank 1, which expects 4") != NULL);
   CHECK(r.status[0] == INPROC_FAILED);
 
   /* inconsistent inputs: every rank stops naming the odd one */
-  CHECK(rt_inproc_run_report(4, fn_check_same, NULL, &r) == 1);
+  CHECK(rt_inproc_run_opts(4, fn_check_same, NULL, &o, &r) == 1);
   CHECK(count_status(&r, INPROC_ABORTED) >= 1);
   CHECK(strstr(r.first, "inconsistent model file hash across ranks") != NULL);
   CHECK(strstr(r.first, "rank 2 has 0xbad") != NULL);
@@ -141,7 +142,6 @@ static void failure_tests(void) {
   printf("check_same: %s\n", r.first);
 
   rt_inproc_set_quiet(false);
-  unsetenv("MOEC_COMM_TIMEOUT");
 }
 
 int main(void) {

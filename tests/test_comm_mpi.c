@@ -34,7 +34,8 @@
 
 static int rank_main(const char *cas, int *argc, char ***argv) {
   const char *why = NULL;
-  Comm *c = rt_comm_mpi_init(argc, argv, &why);
+  CommOpts opts = comm_opts_from_env(); /* the test's knobs: MOEC_COMM_* */
+  Comm *c = rt_comm_mpi_init(argc, argv, &opts, &why);
   if (!c) {
     printf("skip: %s\n", why);
     return 77;

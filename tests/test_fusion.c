@@ -37,7 +37,9 @@ static bool has_out(const Node *n, const Tensor *t) {
 }
 
 static void fuse(Graph *g) {
-  PassCtx pc = {.cfg = NULL, .devices = 1};
+  Config cfg; /* fuse = true: the default */
+  fe_config_defaults(&cfg);
+  PassCtx pc = {.cfg = &cfg, .devices = 1};
   pass_fusion(g, &pc);
   ir_verify(g);
 }
@@ -53,7 +55,7 @@ static void test_chain(void) {
   CHECK(g->nnodes == 2 && count_op(g, OP_FUSED) == 1);
   const Node *f = first_fused(g);
   CHECK(f && f->nout == 1 && f->out[0] == c && f->nin == 1 && f->in[0] == x);
-  const FusedProg *pr = pass_fused_prog(f);
+  const FusedProg *pr = ir_fused_prog(f);
   CHECK(pr && pr->nops == 3 && pr->nin == 1 && pr->outs[0] == 1 + 2);
   CHECK(f->fused_group == 0 && f->ia[0] == 3);
   ir_graph_free(g);
@@ -119,7 +121,7 @@ static void test_no_cycle(void) {
   fuse(g);
   CHECK(count_op(g, OP_RELU) == 1 && count_op(g, OP_FUSED) == 1);
   const Node *f = first_fused(g);
-  CHECK(f && f->nout == 1 && f->out[0] == c && pass_fused_prog(f)->nops == 2);
+  CHECK(f && f->nout == 1 && f->out[0] == c && ir_fused_prog(f)->nops == 2);
   /* order: relu, sum, fused, sum */
   CHECK(g->nodes[0]->op == OP_RELU && g->nodes[1]->op == OP_SUM && g->nodes[2] == f);
   ir_graph_free(g);
@@ -142,7 +144,7 @@ static void test_random_and_sides(void) {
   CHECK(count_op(g, OP_DROPOUT) == 1 && count_op(g, OP_FUSED) == 2);
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
-    const FusedProg *pr = pass_fused_prog(n);
+    const FusedProg *pr = ir_fused_prog(n);
     if (pr)
       for (int i = 0; i < pr->nops; i++)
         CHECK(pr->ops[i].op != OP_DROPOUT);
@@ -155,7 +157,6 @@ int main(void) {
     printf("skipped: moec was built without LLVM (fusion is off)\n");
     return 77;
   }
-  setenv("MOEC_FUSE", "1", 1);
   test_chain();
   test_device_boundary();
   test_recompute_boundary();

@@ -2,8 +2,8 @@
 # test_fusion_equiv.sh MOEC SRCDIR: fused = unfused and host JIT = interpreter.
 # Trains examples/lm_moe32.moe (MoE) and
 # tests/fusion_dense.moe (dense, made of elementwise chains and trees) for 20 steps
-# three ways: MOEC_FUSE=0 MOEC_JIT=0 (unfused kernels, interpreter), MOEC_FUSE=1
-# (fused JIT kernels), MOEC_FUSE=1 MOEC_JIT=1 (and the host JIT). The per-step
+# three ways: --fuse false --no-jit (unfused kernels, interpreter), --fuse true --no-jit
+# (fused JIT kernels), --fuse true (and the host JIT). The per-step
 # metrics (loss, xent, aux, grad norm, expert balance; %.9g, which round-trips a
 # float32) must be the same text: bit-identical training. Skips (77) without LLVM.
 set -eu
@@ -11,7 +11,7 @@ MOEC=$1
 SRC=$2
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-if ! MOEC_FUSE=1 "$MOEC" ir "$SRC/examples/lm_moe32.moe" --after fusion >"$T/ir" 2>&1; then
+if ! "$MOEC" ir "$SRC/examples/lm_moe32.moe" --fuse true --after fusion >"$T/ir" 2>&1; then
   cat "$T/ir"; exit 1
 fi
 if ! grep -q ' = fused(' "$T/ir"; then
@@ -22,11 +22,11 @@ for path in examples/lm_moe32 tests/fusion_dense; do
   model=$(basename $path)
   for mode in base fuse jit; do
     case $mode in
-      base) f=0 j=0 ;;
-      fuse) f=1 j=0 ;;
-      jit) f=1 j=1 ;;
+      base) f=false j=--no-jit ;;
+      fuse) f=true j=--no-jit ;;
+      jit) f=true j= ;;
     esac
-    MOEC_FUSE=$f MOEC_JIT=$j "$MOEC" run "$SRC/$path.moe" --steps 20 --eval-every 0 \
+    "$MOEC" run "$SRC/$path.moe" --fuse $f $j --steps 20 --eval-every 0 \
       --quiet --metrics "$T/$model.$mode.jsonl" >/dev/null 2>"$T/err" || { cat "$T/err"; exit 1; }
     # drop timings; keep every number that depends on the arithmetic
     grep '"event":"step"' "$T/$model.$mode.jsonl" | sed 's/"tokens_per_s":[^,]*,//' >"$T/$model.$mode"

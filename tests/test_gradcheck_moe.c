@@ -240,12 +240,17 @@ static void t_batchwise_cut(bool training) {
 
 /* ---------------------------------------------------------------- whole layers */
 
+/* bias, act, capacity of the layers below (the table's defaults unless a case sets them) */
+static bool moe_bias = true;
+static int moe_act = LAE_NONE;
+static double moe_capacity = 0;
+
 static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, bool noise) {
   Expr e;
   memset(&e, 0, sizeof e);
   e.kind = EX_CALL;
   e.layer = layer;
-  e.loc = (Loc){1, 1, 1, 1};
+  e.loc = (Loc){1, 1, 1, 1, NULL};
   e.argv[LA_EXPERTS] = (double)E;
   e.argv[LA_K] = (double)k;
   e.argv[LA_HIDDEN] = (double)H;
@@ -256,6 +261,9 @@ static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, b
   e.argv[LA_OUT] = 0;
   e.argv[LA_GROUPS] = 3;
   e.argv[LA_K_GROUP] = 2;
+  e.argv[LA_BIAS] = moe_bias;
+  e.argv[LA_ACT] = moe_act;
+  e.argv[LA_CAPACITY] = moe_capacity;
   return e;
 }
 
@@ -351,6 +359,21 @@ int main(int argc, char **argv) {
   hmoe_tol_f32 = 1e-4;
   hmoe_G = 2, hmoe_kg = 2, hmoe_k = 3;
   t_hmoe("hmoe_all_picked", true, true, LAE_NOISY_TOPK);
+  /* appendix C's layers: no expert biases, a sigmoid on the output */
+  hmoe_G = 3, hmoe_kg = 2, hmoe_k = 2;
+  moe_bias = false;
+  moe_act = LAE_SIGMOID;
+  moe_E = 4;
+  t_moe("moe_no_bias_sigmoid", LAE_NOISY_TOPK, true, true, 2);
+  t_hmoe("hmoe_no_bias_sigmoid", true, true, LAE_NOISY_TOPK);
+  moe_bias = true;
+  moe_act = LAE_NONE;
+  /* capacity: routes beyond an expert's share dropped (6 rows x 2 routes, cap 2 each of
+   * 4 experts at 0.6: at least 4 of 12 routes dropped) */
+  moe_capacity = 0.6;
+  t_moe("moe_capacity", LAE_NOISY_TOPK, true, true, 2);
+  t_moe("moe_capacity_softmax", LAE_SOFTMAX, false, true, 2);
+  moe_capacity = 0;
   printf("worst finite-difference error: %.3g (%s)\n", worst, worst_name);
   TEST_DONE();
 }

@@ -1,4 +1,4 @@
-/* test_ir.c: the IR half of issue 2: dense shape rules (good and bad inputs),
+/* test_ir.c: the IR: dense shape rules (good and bad inputs),
  * the AST -> graph builder (each layer's expansion, param names and shapes as
  * language.md lists them, states, rng streams, the loss), ir_verify, ir_bind,
  * the printer's stability, and the pass manager. ASTs are made by hand here,
@@ -190,7 +190,7 @@ static void test_shapes(void) {
 /* ---------------------------------------------------------------- a hand-made checked AST */
 
 static McArena ast_arena;
-static const Loc L0 = {1, 1, 1, 1};
+static const Loc L0 = {1, 1, 1, 1, NULL};
 
 static Expr *ex(ExprKind k) {
   Expr *e = mc_arena_alloc(&ast_arena, sizeof(Expr));
@@ -246,7 +246,7 @@ static Stmt *stmt(StmtList *sl, StmtKind k, const char *nm, int line) {
   Stmt *s = mc_arena_alloc(&ast_arena, sizeof(Stmt));
   s->kind = k;
   s->name = nm;
-  s->loc = (Loc){line, 1, line, 1};
+  s->loc = (Loc){line, 1, line, 1, NULL};
   *sl->tail = s;
   sl->tail = &s->next;
   return s;
@@ -268,7 +268,7 @@ static void input(StmtList *sl, const char *nm, DType dt, Expr *d0, Expr *d1) {
 }
 static void assign(StmtList *sl, const char *nm, Expr *v, int line) {
   Stmt *s = stmt(sl, ST_ASSIGN, nm, line);
-  v->loc = (Loc){line, 5, line, 5};
+  v->loc = (Loc){line, 5, line, 5, NULL};
   s->value = v;
 }
 
@@ -676,13 +676,13 @@ static void test_runs(void) {
                    .device = 0,
                    .ndevices = 1};
   rt_exec(p, &ctx, 0, p->ninstrs);
-  CHECK_CLOSE(cg_f64(p, g->loss)[0], log(11.0), 1e-12, 1e-12);
+  CHECK_CLOSE(rt_f64(p, g->loss)[0], log(11.0), 1e-12, 1e-12);
   /* every target is 0: d loss.bias = mean over rows of (softmax - onehot) = 1/V - [v == 0] */
   const Tensor *bias = find_param(g, "loss.bias");
   CHECK(bias && bias->grad);
   if (bias && bias->grad)
     for (int v = 0; v < 11; v++)
-      CHECK_CLOSE(cg_f64(p, bias->grad)[v], 1.0 / 11 - (v == 0), 1e-12, 1e-12);
+      CHECK_CLOSE(rt_f64(p, bias->grad)[v], 1.0 / 11 - (v == 0), 1e-12, 1e-12);
   cg_program_free(p);
   ir_graph_free(g);
   fe_ast_free(f);

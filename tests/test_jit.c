@@ -61,9 +61,9 @@ static void fill(Program *p, const Tensor *t, uint64_t seed, double scale) {
     if (i % 17 == 9) v = -120;
     if (i % 17 == 11) v = 0.3; /* tanh's polynomial branch */
     if (p->prec == PREC_F64)
-      cg_f64(p, t)[i] = v;
+      rt_f64(p, t)[i] = v;
     else
-      cg_f32(p, t)[i] = (float)v;
+      rt_f32(p, t)[i] = (float)v;
   }
 }
 
@@ -71,7 +71,8 @@ static double now(void);
 
 static void test_fused_kernels(void) {
   int64_t sizes[] = {1, 7, 1000, 4099};
-  setenv("MOEC_NO_MEMPLAN", "1", 1); /* every buffer kept: outputs read after the run */
+  Config cfg; /* fuse = true (the default) */
+  fe_config_defaults(&cfg);
   for (int pr = 0; pr < 2; pr++) {
     for (size_t si = 0; si < MC_ARRAY_LEN(sizes); si++) {
       int64_t n = sizes[si];
@@ -79,8 +80,7 @@ static void test_fused_kernels(void) {
       int no;
       Graph *g0 = expr_graph(n, in0, out0, &no);
       Graph *g1 = expr_graph(n, in1, out1, &no);
-      PassCtx pc = {.cfg = NULL, .devices = 1};
-      setenv("MOEC_FUSE", "1", 1);
+      PassCtx pc = {.cfg = &cfg, .devices = 1};
       int before = g1->nnodes;
       pass_fusion(g1, &pc);
       ir_verify(g1);
@@ -105,8 +105,8 @@ static void test_fused_kernels(void) {
         bool same = !memcmp(p0->buf[out0[j]->id], p1->buf[out1[j]->id], (size_t)n * es);
         if (!same) {
           for (int64_t i = 0; i < n; i++) {
-            double a = pr ? cg_f64(p0, out0[j])[i] : cg_f32(p0, out0[j])[i];
-            double b = pr ? cg_f64(p1, out1[j])[i] : cg_f32(p1, out1[j])[i];
+            double a = pr ? rt_f64(p0, out0[j])[i] : rt_f32(p0, out0[j])[i];
+            double b = pr ? rt_f64(p1, out1[j])[i] : rt_f32(p1, out1[j])[i];
             if (memcmp(&a, &b, sizeof a)) {
               fprintf(stderr, "  %s n=%lld out %d [%lld]: unfused %.9g fused %.9g\n",
                       pr ? "f64" : "f32", (long long)n, j, (long long)i, a, b);
@@ -128,8 +128,7 @@ static void test_fused_kernels(void) {
     Tensor *in0[3], *out0[2], *in1[3], *out1[2];
     int no;
     Graph *g0 = expr_graph(n, in0, out0, &no), *g1 = expr_graph(n, in1, out1, &no);
-    PassCtx pc = {.cfg = NULL, .devices = 1};
-    setenv("MOEC_FUSE", "1", 1);
+    PassCtx pc = {.cfg = &cfg, .devices = 1};
     pass_fusion(g1, &pc);
     ir_bind(g0, 1, 1);
     ir_bind(g1, 1, 1);
@@ -160,7 +159,7 @@ static void test_fused_kernels(void) {
   Tensor *in[3], *out[2];
   int no;
   Graph *g = expr_graph(1000, in, out, &no);
-  PassCtx pc = {.cfg = NULL, .devices = 1};
+  PassCtx pc = {.cfg = &cfg, .devices = 1};
   pass_fusion(g, &pc);
   ir_bind(g, 1, 1);
   Program *p = cg_lower(g, PREC_F32);
@@ -168,7 +167,6 @@ static void test_fused_kernels(void) {
   CHECK(c1 == c0 && h1 == h0 + 1);
   cg_program_free(p);
   ir_graph_free(g);
-  unsetenv("MOEC_FUSE");
 }
 
 /* ---------------------------------------------------------------- host JIT */
@@ -200,22 +198,20 @@ static double now(void) {
 
 static void test_hostjit(void) {
   /* equivalence on a real program: the expression graph, interpreter vs JIT */
-  setenv("MOEC_NO_MEMPLAN", "1", 1);
   Tensor *in0[3], *out0[2], *in1[3], *out1[2];
   int no;
   Graph *g0 = expr_graph(333, in0, out0, &no), *g1 = expr_graph(333, in1, out1, &no);
   ir_bind(g0, 1, 1);
   ir_bind(g1, 1, 1);
-  Program *p0 = cg_lower(g0, PREC_F32), *p1 = cg_lower(g1, PREC_F32);
+  Program *p0 = cg_lower_on(g0, PREC_F32, &rt_backend_cpu, &(CgOpts){.no_jit = true});
+  Program *p1 = cg_lower(g1, PREC_F32); /* the host JIT compiled with the program */
   for (int i = 0; i < 3; i++) {
     fill(p0, in0[i], 3 + (uint64_t)i, 2);
     fill(p1, in1[i], 3 + (uint64_t)i, 2);
   }
   KernelCtx kc = {.batch_local = 1, .ndevices = 1};
-  p0->hostjit_tried = true; /* interpreter */
-  p1->hostjit = cg_hostjit_compile(p1);
-  p1->hostjit_tried = true;
-  CHECK(p1->hostjit != NULL);
+  CHECK(!p0->host_fwd && !p0->host_bwd);
+  CHECK(p1->host_fwd != NULL);
   rt_exec(p0, &kc, 0, p0->ninstrs);
   rt_exec(p1, &kc, 0, p1->ninstrs);
   for (int j = 0; j < no; j++)
@@ -238,13 +234,15 @@ static void test_hostjit(void) {
     p.ninstrs = N;
     p.first_backward = N / 2;
     for (int k = 0; k < N; k++)
-      p.instrs[k] = (Instr){noops[k % 8], &node, bufs, bufs};
+      p.instrs[k] = (Instr){.fn = noops[k % 8], .node = &node, .in = bufs, .out = bufs};
     double t0 = now();
-    HostJit *h = cg_hostjit_compile(&p);
+    cg_hostjit_compile(&p);
     double tc = now() - t0;
+    void (*fwd)(const KernelCtx *) = p.host_fwd, (*bwd)(const KernelCtx *) = p.host_bwd;
+    CHECK(fwd && bwd);
     for (int mode = 0; mode < 2; mode++) {
-      p.hostjit = mode ? h : NULL;
-      p.hostjit_tried = true;
+      p.host_fwd = mode ? fwd : NULL;
+      p.host_bwd = mode ? bwd : NULL;
       rt_exec(&p, &kc, 0, N); /* warm */
       calls = 0;
       double best = 1e30;
@@ -262,8 +260,7 @@ static void test_hostjit(void) {
              mode ? "host JIT:" : "interpreter:", best * 1e9);
     }
     printf("program of %5d calls: host JIT compile %.1f ms\n", N, tc * 1e3);
-    p.hostjit = NULL;
-    cg_hostjit_free(h);
+    cg_hostjit_free(p.hostjit);
     mc_free(p.instrs);
   }
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../codegen/codegen.h"
+#include "kernel_test.h"
 #include "test.h"
 
 #define B_ dim_sym('B')
@@ -34,47 +35,11 @@ static Node *node(Graph *g, OpKind op, int nin, Tensor *a, Tensor *b, int64_t i0
   return ir_node(g, op, nin, in, ia, fa);
 }
 
-/* Fixed pseudo-random values in [-s, s]. */
-static double *randv(int64_t n, uint64_t seed, double s) {
-  double *v = mc_malloc((size_t)n * sizeof(double));
-  uint64_t key = mc_rng_key(seed, 99, 0);
-  for (int64_t i = 0; i < n; i++)
-    v[i] = s * (2 * mc_rng_uniform(key, (uint64_t)i) - 1);
-  return v;
-}
-
-static void set(Program *p, const Tensor *t, const double *v) {
-  for (int64_t i = 0; i < t->numel; i++) {
-    if (p->prec == PREC_F64)
-      cg_f64(p, t)[i] = v[i];
-    else
-      cg_f32(p, t)[i] = (float)v[i];
-  }
-}
-static double get(Program *p, const Tensor *t, int64_t i) {
-  return p->prec == PREC_F64 ? cg_f64(p, t)[i] : (double)cg_f32(p, t)[i];
-}
 static KernelCtx kctx(int64_t B, bool training) {
   return (KernelCtx){.training = training, .seed = 5, .step = 0, .batch_local = B, .ndevices = 1};
 }
 static void run(Program *p, const KernelCtx *kc) {
   rt_exec(p, kc, 0, p->ninstrs);
-}
-
-/* max |out - ref| / max(max |ref|, 1e-30) */
-static double rel_err(Program *p, const Tensor *t, const double *ref) {
-  double md = 0, mr = 0;
-  for (int64_t i = 0; i < t->numel; i++) {
-    double a = get(p, t, i);
-    md = fmax(md, fabs(a - ref[i]));
-    mr = fmax(mr, fabs(ref[i]));
-    if (a != a) md = INFINITY;
-  }
-  return md / fmax(mr, 1e-30);
-}
-
-static double tol(Precision pr) {
-  return pr == PREC_F64 ? 1e-12 : 2e-6;
 }
 
 /* ---------------------------------------------------------------- matmul */
@@ -303,19 +268,19 @@ static void test_f32_math(void) {
   double wt = 0, ws = 0, wm = 0;
   for (int64_t i = 0; i < N; i++) {
     float v = (float)(-100.0 + 0.01 * (double)i);
-    cg_f32(p, x)[i] = v;
-    cg_f32(p, x2)[2 * i] = v;
-    cg_f32(p, x2)[2 * i + 1] = 0;
+    rt_f32(p, x)[i] = v;
+    rt_f32(p, x2)[2 * i] = v;
+    rt_f32(p, x2)[2 * i + 1] = 0;
   }
   KernelCtx kc = kctx(1, false);
   run(p, &kc);
   for (int64_t i = 0; i < N; i++) {
-    double v = (double)cg_f32(p, x)[i];
+    double v = (double)rt_f32(p, x)[i];
     double t = tanh(v), s = 1 / (1 + exp(-v));
-    wt = fmax(wt, fabs(cg_f32(p, th)[i] - t) / fmax(fabs(t), 1e-30));
-    if (s > 1e-30) ws = fmax(ws, fabs(cg_f32(p, sg)[i] - s) / s);
-    if (s > 1e-30) wm = fmax(wm, fabs(cg_f32(p, sm)[2 * i] - s) / s);
-    CHECK(cg_f32(p, sg)[i] >= 0 && cg_f32(p, sg)[i] <= 1 && fabs(cg_f32(p, th)[i]) <= 1);
+    wt = fmax(wt, fabs(rt_f32(p, th)[i] - t) / fmax(fabs(t), 1e-30));
+    if (s > 1e-30) ws = fmax(ws, fabs(rt_f32(p, sg)[i] - s) / s);
+    if (s > 1e-30) wm = fmax(wm, fabs(rt_f32(p, sm)[2 * i] - s) / s);
+    CHECK(rt_f32(p, sg)[i] >= 0 && rt_f32(p, sg)[i] <= 1 && fabs(rt_f32(p, th)[i]) <= 1);
   }
   printf("f32 math vs double: tanh %.2e, sigmoid %.2e, softmax(exp) %.2e max rel err\n", wt, ws,
          wm);
@@ -346,7 +311,7 @@ static void test_softmax_xent(void) {
       set(p, lg, lv);
       set(p, one, &ov);
       for (int64_t i = 0; i < N; i++)
-        cg_i32(p, tg)[i] = (int32_t)((3 * i) % V);
+        rt_i32(p, tg)[i] = (int32_t)((3 * i) % V);
       KernelCtx kc = kctx(1, false);
       run(p, &kc);
       double loss = 0, t = tol(pr) * 10;
@@ -392,7 +357,7 @@ static void test_embedding(void) {
     set(p, w, wv);
     set(p, gy, gv);
     int32_t idv[8] = {4, 0, 4, 2, 2, 4, 1, 0};
-    memcpy(cg_i32(p, ids), idv, sizeof idv);
+    memcpy(rt_i32(p, ids), idv, sizeof idv);
     KernelCtx kc = kctx(1, false);
     run(p, &kc);
     double ref[15] = {0};
@@ -403,7 +368,7 @@ static void test_embedding(void) {
       }
     CHECK(rel_err(p, dw, ref) < tol(pr) * 10);
     CHECK(get(p, dw, 3 * D) == 0); /* row 3 never used */
-    CHECK(!memcmp(cg_i32(p, flat), idv, sizeof idv));
+    CHECK(!memcmp(rt_i32(p, flat), idv, sizeof idv));
     mc_free(wv);
     mc_free(gv);
     cg_program_free(p);
@@ -434,7 +399,7 @@ static void test_bad_ids(void) {
         node(g, OP_XENT, 2, param(g, "lg", ty(2, I_(4), I_(5), I_(0))), ids, 0, 0, 0);
       ir_bind(g, 1, 1);
       Program *p = cg_lower(g, PREC_F32);
-      cg_i32(p, ids)[2] = which ? -1 : 9;
+      rt_i32(p, ids)[2] = which ? -1 : 9;
       KernelCtx kc = kctx(1, false);
       run(p, &kc);
       _exit(0); /* not reached if the kernel reports the id */
@@ -583,7 +548,7 @@ static void fill_mid(Program *p) {
   }
   Tensor *tok = g->inputs[0];
   for (int64_t i = 0; i < tok->numel; i++)
-    cg_i32(p, tok)[i] = (int32_t)((i * 13 + 5) % 50);
+    rt_i32(p, tok)[i] = (int32_t)((i * 13 + 5) % 50);
 }
 
 static void test_precision_and_determinism(void) {
@@ -623,9 +588,9 @@ static void test_precision_and_determinism(void) {
   CHECK(identical == g->ntensors);
   /* and a rerun of the same program gives the same bits */
   float *l0 = mc_malloc((size_t)outs[2]->numel * sizeof(float));
-  memcpy(l0, cg_f32(p32, outs[2]), (size_t)outs[2]->numel * sizeof(float));
+  memcpy(l0, rt_f32(p32, outs[2]), (size_t)outs[2]->numel * sizeof(float));
   run(p32, &kc);
-  CHECK(!memcmp(l0, cg_f32(p32, outs[2]), (size_t)outs[2]->numel * sizeof(float)));
+  CHECK(!memcmp(l0, rt_f32(p32, outs[2]), (size_t)outs[2]->numel * sizeof(float)));
   mc_free(l0);
   cg_program_free(p64);
   cg_program_free(p32);

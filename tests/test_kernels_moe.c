@@ -34,6 +34,13 @@ static Tensor *find(Graph *g, const char *name) {
   exit(1);
 }
 
+/* the tensor named `name`, or NULL (a moe without expert biases has no LAYER.b1) */
+static Tensor *find_opt(Graph *g, const char *name) {
+  for (int i = 0; i < g->ntensors; i++)
+    if (!strcmp(g->tensors[i]->name, name)) return g->tensors[i];
+  return NULL;
+}
+
 static const Node *find_op(Graph *g, OpKind op, int nth) {
   for (int k = 0; k < g->nnodes; k++)
     if (g->nodes[k]->op == op && nth-- == 0) return g->nodes[k];
@@ -56,9 +63,9 @@ static void fill(Program *p, uint64_t seed, double scale) {
     for (int64_t i = 0; i < t->numel; i++) {
       double v = scale * urand(key, (uint64_t)i);
       if (p->prec == PREC_F64)
-        cg_f64(p, t)[i] = v;
+        rt_f64(p, t)[i] = v;
       else
-        cg_f32(p, t)[i] = (float)v;
+        rt_f32(p, t)[i] = (float)v;
     }
   }
 }
@@ -66,14 +73,14 @@ static void fill(Program *p, uint64_t seed, double scale) {
 static void set_all(Program *p, Tensor *t, double v) {
   for (int64_t i = 0; i < t->numel; i++) {
     if (p->prec == PREC_F64)
-      cg_f64(p, t)[i] = v;
+      rt_f64(p, t)[i] = v;
     else
-      cg_f32(p, t)[i] = (float)v;
+      rt_f32(p, t)[i] = (float)v;
   }
 }
 
 static double get(Program *p, const Tensor *t, int64_t i) {
-  return p->prec == PREC_F64 ? cg_f64(p, t)[i] : (double)cg_f32(p, t)[i];
+  return p->prec == PREC_F64 ? rt_f64(p, t)[i] : (double)rt_f32(p, t)[i];
 }
 
 static KernelCtx ctx_for(bool training, uint64_t seed, uint64_t step, int64_t B) {
@@ -87,12 +94,17 @@ static KernelCtx ctx_for(bool training, uint64_t seed, uint64_t step, int64_t B)
   return c;
 }
 
+/* the moe layer's bias, act and capacity arguments in layer_call (the table's defaults) */
+static bool ref_bias = true;
+static int ref_act = LAE_NONE;
+static double ref_capacity = 0;
+
 static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, bool noise) {
   Expr e;
   memset(&e, 0, sizeof e);
   e.kind = EX_CALL;
   e.layer = layer;
-  e.loc = (Loc){1, 1, 1, 1};
+  e.loc = (Loc){1, 1, 1, 1, NULL};
   e.argv[LA_EXPERTS] = (double)E;
   e.argv[LA_K] = (double)k;
   e.argv[LA_HIDDEN] = (double)H;
@@ -100,6 +112,9 @@ static Expr layer_call(int layer, int64_t E, int64_t k, int64_t H, int gating, b
   e.argv[LA_W_IMPORTANCE] = 0.01;
   e.argv[LA_W_LOAD] = 0.02;
   e.argv[LA_NOISE] = noise;
+  e.argv[LA_BIAS] = ref_bias;
+  e.argv[LA_ACT] = ref_act;
+  e.argv[LA_CAPACITY] = ref_capacity;
   return e;
 }
 
@@ -170,20 +185,20 @@ static void expert_ref(Program *p, const char *pre, int e, const double *x, int 
   snprintf(nm, sizeof nm, "%s.w1", pre);
   Tensor *w1 = find(p->g, nm);
   snprintf(nm, sizeof nm, "%s.b1", pre);
-  Tensor *b1 = find(p->g, nm);
+  Tensor *b1 = find_opt(p->g, nm);
   snprintf(nm, sizeof nm, "%s.w2", pre);
   Tensor *w2 = find(p->g, nm);
   snprintf(nm, sizeof nm, "%s.b2", pre);
-  Tensor *b2 = find(p->g, nm);
+  Tensor *b2 = find_opt(p->g, nm);
   double h[256];
   for (int j = 0; j < H; j++) {
-    double s = get(p, b1, e * H + j);
+    double s = b1 ? get(p, b1, e * H + j) : 0;
     for (int d = 0; d < D; d++)
       s += x[d] * get(p, w1, ((int64_t)e * D + d) * H + j);
     h[j] = s > 0 ? s : 0;
   }
   for (int o = 0; o < O; o++) {
-    double s = get(p, b2, e * O + o);
+    double s = b2 ? get(p, b2, e * O + o) : 0;
     for (int j = 0; j < H; j++)
       s += h[j] * get(p, w2, ((int64_t)e * H + j) * O + o);
     out[o] = s;
@@ -241,6 +256,43 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
   uint64_t stream = noise ? (uint64_t)find_op(g, OP_NOISE, 0)->ia[0] : 0;
   uint64_t key = mc_rng_key(77, stream, 2);
   double imp[64] = {0}, load[64] = {0}, maxd = 0;
+  /* capacity: every row's routes first, then each expert keeps its first cap routes in
+   * (choice, row) order */
+  static bool keep[64][64];
+  int dropped = 0;
+  for (int64_t n = 0; n < N; n++)
+    for (int j = 0; j < k; j++)
+      keep[n][j] = true;
+  if (ref_capacity > 0) {
+    int route[64][64], used[64] = {0};
+    int64_t cap = (int64_t)ceil(ref_capacity * k * N / E - 1e-9);
+    for (int64_t n = 0; n < N; n++) {
+      double xr[16], clean[64], raw[64], sigma[64], eps[64], gates[64], P[64];
+      for (int d = 0; d < D; d++)
+        xr[d] = get(p, x, n * D + d);
+      rowmat(p, wg, xr, D, E, clean);
+      if (noise) {
+        rowmat(p, wn, xr, D, E, raw);
+        for (int e = 0; e < E; e++) {
+          sigma[e] = softplus(raw[e]) + 0.01;
+          eps[e] = training ? mc_rng_normal(key, (uint64_t)(n * E + e)) : 0;
+        }
+      }
+      gate_ref(clean, noise ? sigma : NULL, eps, E, k, gates, P, route[n]);
+    }
+    for (int j = 0; j < k; j++)
+      for (int64_t n = 0; n < N; n++) {
+        keep[n][j] = used[route[n][j]] < cap;
+        used[route[n][j]] += keep[n][j];
+        dropped += !keep[n][j];
+      }
+    Tensor *td = find(g, "m.drop");
+    double got = 0;
+    for (int e = 0; e < E; e++)
+      got += get(p, td, e);
+    CHECK_CLOSE(got, (double)dropped / (double)(N * k), 1e-12, 0);
+    CHECK(g->moe_drop && g->moe_drop[0] == td);
+  }
   for (int64_t n = 0; n < N; n++) {
     double xr[16], clean[64], raw[64], sigma[64], eps[64], gates[64], P[64], out[16], yr[16];
     int kept[64];
@@ -258,6 +310,7 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
     for (int o = 0; o < O; o++)
       yr[o] = 0;
     for (int j = 0; j < k; j++) {
+      if (!keep[n][j]) continue; /* dropped: beyond its expert's capacity */
       expert_ref(p, "m", kept[j], xr, D, H, O, out);
       for (int o = 0; o < O; o++)
         yr[o] += gates[kept[j]] * out[o];
@@ -266,10 +319,13 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
       imp[e] += gates[e];
       load[e] += P[e];
     }
-    for (int o = 0; o < O; o++)
-      maxd = fmax(maxd, fabs(yr[o] - get(p, r.y, n * O + o)));
+    for (int o = 0; o < O; o++) {
+      double want = ref_act == LAE_SIGMOID ? 1 / (1 + exp(-yr[o])) : yr[o];
+      maxd = fmax(maxd, fabs(want - get(p, r.y, n * O + o)));
+    }
   }
-  printf("moe %-16s max |y - ref| = %.3g\n", what, maxd);
+  printf("moe %-16s max |y - ref| = %.3g%s\n", what, maxd, ref_capacity > 0 ? "" : "");
+  if (ref_capacity > 0) printf("    %d of %lld routes dropped\n", dropped, (long long)(N * k));
   CHECK(maxd < 1e-12);
   Tensor *ti = find(g, "m.importance"), *tl = find(g, "m.load");
   for (int e = 0; e < E; e++) {
@@ -392,7 +448,7 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
   fill(p, 31, 1.0);
   Tensor *thr = find(g, "m.thresholds");
   for (int e = 0; e < E; e++)
-    cg_f64(p, thr)[e] = 0.2 + 0.05 * e; /* near 1/E: some pass */
+    rt_f64(p, thr)[e] = 0.2 + 0.05 * e; /* near 1/E: some pass */
   KernelCtx c = ctx_for(training, 1, 0, B);
   rt_exec(p, &c, 0, p->ninstrs);
   int64_t m = k * N / E;
@@ -479,7 +535,7 @@ static void t_split_invariance(int layer) {
     fill(p[h], 17, 1.0);
   }
   /* the half device gets rows 2..3 of the full batch */
-  memcpy(cg_f64(p[1], x[1]), cg_f64(p[0], x[0]) + 2 * T * D, (size_t)(2 * T * D) * sizeof(double));
+  memcpy(rt_f64(p[1], x[1]), rt_f64(p[0], x[0]) + 2 * T * D, (size_t)(2 * T * D) * sizeof(double));
   KernelCtx c0 = ctx_for(true, 5, 1, 4), c1 = ctx_for(true, 5, 1, 2);
   c1.batch0 = 2;
   c1.device = 1;
@@ -489,7 +545,7 @@ static void t_split_invariance(int layer) {
   int64_t half = y[1]->numel;
   double maxd = 0;
   for (int64_t i = 0; i < half; i++)
-    maxd = fmax(maxd, fabs(cg_f64(p[1], y[1])[i] - cg_f64(p[0], y[0])[half + i]));
+    maxd = fmax(maxd, fabs(rt_f64(p[1], y[1])[i] - rt_f64(p[0], y[0])[half + i]));
   printf("%s split over 2 devices: max |y - y_1dev| = %.3g\n", layer == L_MOE ? "moe" : "hmoe",
          maxd);
   CHECK(maxd < 1e-14);
@@ -535,10 +591,10 @@ static void t_topk_ties(void) {
   Node *t2 = topk_node(g, x, 2), *t5 = topk_node(g, x, 5);
   Small s = small_lower(g, PREC_F64);
   const double v[15] = {1, 3, 3, 2, 3, /**/ 0, 0, 0, 0, 0, /**/ -1, 5, -2, 5, 4};
-  memcpy(cg_f64(s.p, x), v, sizeof v);
+  memcpy(rt_f64(s.p, x), v, sizeof v);
   small_run(&s);
-  const int32_t *idx = cg_i32(s.p, t2->out[0]), *ti = cg_i32(s.p, t2->out[3]);
-  const double *val = cg_f64(s.p, t2->out[1]), *thr = cg_f64(s.p, t2->out[2]);
+  const int32_t *idx = rt_i32(s.p, t2->out[0]), *ti = rt_i32(s.p, t2->out[3]);
+  const double *val = rt_f64(s.p, t2->out[1]), *thr = rt_f64(s.p, t2->out[2]);
   const int32_t want_idx[6] = {1, 2, 0, 1, 1, 3}, want_ti[6] = {2, 4, 1, 2, 3, 4};
   const double want_thr[6] = {3, 3, 0, 0, 5, 4};
   for (int i = 0; i < 6; i++) {
@@ -548,8 +604,8 @@ static void t_topk_ties(void) {
     CHECK(val[i] == v[(i / 2) * 5 + idx[i]]);
   }
   /* k == E: a full descending order, thr[1] = -inf and column -1 */
-  const int32_t *i5 = cg_i32(s.p, t5->out[0]), *ti5 = cg_i32(s.p, t5->out[3]);
-  const double *th5 = cg_f64(s.p, t5->out[2]);
+  const int32_t *i5 = rt_i32(s.p, t5->out[0]), *ti5 = rt_i32(s.p, t5->out[3]);
+  const double *th5 = rt_f64(s.p, t5->out[2]);
   const int32_t want5[15] = {1, 2, 4, 3, 0, 0, 1, 2, 3, 4, 1, 3, 4, 0, 2};
   for (int i = 0; i < 15; i++)
     CHECK(i5[i] == want5[i]);
@@ -568,14 +624,14 @@ static void t_topk_large(void) {
   Tensor *x = ir_input(g, "x", ty2(R, E), (Loc){0});
   Node *ta = topk_node(g, x, 30), *tb = topk_node(g, x, 7), *tc = topk_node(g, x, 60);
   Small s = small_lower(g, PREC_F32);
-  float *xv = cg_f32(s.p, x);
+  float *xv = rt_f32(s.p, x);
   for (int i = 0; i < R * E; i++)
     xv[i] = (float)floor(8 * mc_rng_uniform(5, (uint64_t)i));
   small_run(&s);
   const Node *nodes[3] = {ta, tb, tc};
   for (int q = 0; q < 3; q++) {
     int k = (int)nodes[q]->ia[0], m = k < E ? k + 1 : E;
-    const int32_t *idx = cg_i32(s.p, nodes[q]->out[0]), *ti = cg_i32(s.p, nodes[q]->out[3]);
+    const int32_t *idx = rt_i32(s.p, nodes[q]->out[0]), *ti = rt_i32(s.p, nodes[q]->out[3]);
     int bad = 0;
     for (int r = 0; r < R; r++) {
       double v[64];
@@ -602,13 +658,13 @@ static void t_cv2_known(void) {
   Tensor *ca = ir_op1(g, OP_CV2, a), *cb = ir_op1(g, OP_CV2, b), *cz = ir_op1(g, OP_CV2, z);
   Small s = small_lower(g, PREC_F64);
   const double av[4] = {2, 2, 2, 2}, bv[4] = {0, 0, 0, 4}, zv[2] = {0, 0};
-  memcpy(cg_f64(s.p, a), av, sizeof av);
-  memcpy(cg_f64(s.p, b), bv, sizeof bv);
-  memcpy(cg_f64(s.p, z), zv, sizeof zv);
+  memcpy(rt_f64(s.p, a), av, sizeof av);
+  memcpy(rt_f64(s.p, b), bv, sizeof bv);
+  memcpy(rt_f64(s.p, z), zv, sizeof zv);
   small_run(&s);
-  CHECK(cg_f64(s.p, ca)[0] == 0);
-  CHECK_CLOSE(cg_f64(s.p, cb)[0], 3.0 / (1.0 + 1e-10), 1e-15, 0); /* mean 1, var 3 */
-  CHECK(cg_f64(s.p, cz)[0] == 0);                                 /* 0 / 1e-10 */
+  CHECK(rt_f64(s.p, ca)[0] == 0);
+  CHECK_CLOSE(rt_f64(s.p, cb)[0], 3.0 / (1.0 + 1e-10), 1e-15, 0); /* mean 1, var 3 */
+  CHECK(rt_f64(s.p, cz)[0] == 0);                                 /* 0 / 1e-10 */
   small_free(&s);
 }
 
@@ -640,30 +696,30 @@ static void t_dispatch_roundtrip(void) {
   fill(s.p, 3, 1.0);
   set_all(s.p, ones, 1.0);
   for (int n = 0; n < N; n++)
-    cg_f64(s.p, lg)[n * E + E - 1] = -10;
+    rt_f64(s.p, lg)[n * E + E - 1] = -10;
   for (int64_t i = 0; i < dw->numel; i++)
-    cg_f64(s.p, dw)[i] = NAN; /* must be overwritten */
+    rt_f64(s.p, dw)[i] = NAN; /* must be overwritten */
   small_run(&s);
   for (int i = 0; i < D * 2; i++)
-    CHECK(cg_f64(s.p, dw)[(E - 1) * D * 2 + i] == 0);
+    CHECK(rt_f64(s.p, dw)[(E - 1) * D * 2 + i] == 0);
   for (int i = 0; i < 2; i++)
-    CHECK(cg_f64(s.p, sr)[(E - 1) * 2 + i] == 0);
+    CHECK(rt_f64(s.p, sr)[(E - 1) * 2 + i] == 0);
   {
     /* expert 0's dW against a direct sum over its rows */
-    const int32_t *o = cg_i32(s.p, dn->out[1]);
+    const int32_t *o = rt_i32(s.p, dn->out[1]);
     double maxd = 0;
     for (int d = 0; d < D; d++)
       for (int c = 0; c < 2; c++) {
         double acc = 0;
         for (int r = o[0]; r < o[1]; r++)
-          acc += cg_f64(s.p, dn->out[0])[r * D + d] * cg_f64(s.p, gy)[r * 2 + c];
-        maxd = fmax(maxd, fabs(acc - cg_f64(s.p, dw)[d * 2 + c]));
+          acc += rt_f64(s.p, dn->out[0])[r * D + d] * rt_f64(s.p, gy)[r * 2 + c];
+        maxd = fmax(maxd, fabs(acc - rt_f64(s.p, dw)[d * 2 + c]));
       }
     CHECK(maxd < 1e-13);
   }
-  const int32_t *idx = cg_i32(s.p, tk->out[0]), *off = cg_i32(s.p, dn->out[1]);
-  const int32_t *pos = cg_i32(s.p, dn->out[2]);
-  const double *xv = cg_f64(s.p, x), *xs = cg_f64(s.p, dn->out[0]);
+  const int32_t *idx = rt_i32(s.p, tk->out[0]), *off = rt_i32(s.p, dn->out[1]);
+  const int32_t *pos = rt_i32(s.p, dn->out[2]);
+  const double *xv = rt_f64(s.p, x), *xs = rt_f64(s.p, dn->out[0]);
   int counts[8] = {0};
   for (int i = 0; i < N * k; i++)
     counts[idx[i]]++;
@@ -671,8 +727,8 @@ static void t_dispatch_roundtrip(void) {
   int bad = 0;
   for (int e = 0; e < E; e++) {
     bad += off[e + 1] - off[e] != counts[e];
-    CHECK(cg_f64(s.p, cnt)[e] == counts[e]);
-    CHECK(cg_f64(s.p, imp)[e] == counts[e]);
+    CHECK(rt_f64(s.p, cnt)[e] == counts[e]);
+    CHECK(rt_f64(s.p, imp)[e] == counts[e]);
   }
   int last_row[8];
   for (int e = 0; e < E; e++)
@@ -689,8 +745,8 @@ static void t_dispatch_roundtrip(void) {
   CHECK(bad == 0);
   double maxd = 0;
   for (int i = 0; i < N * D; i++) {
-    maxd = fmax(maxd, fabs(cg_f64(s.p, y)[i] - k * xv[i]));
-    maxd = fmax(maxd, fabs(cg_f64(s.p, ux)[i] - k * xv[i]));
+    maxd = fmax(maxd, fabs(rt_f64(s.p, y)[i] - k * xv[i]));
+    maxd = fmax(maxd, fabs(rt_f64(s.p, ux)[i] - k * xv[i]));
   }
   CHECK(maxd < 1e-14);
   small_free(&s);
@@ -718,13 +774,13 @@ static void t_load_estimators(void) {
      * sigma = softplus(raw) + 0.01 = 0.01 (tiny), w_noise = 1 gives sigma > 2.5 */
     Tensor *wg = find(g, "m.w_gate");
     for (int64_t i = 0; i < wg->numel; i++)
-      cg_f64(p, wg)[i] *= 3;
+      rt_f64(p, wg)[i] *= 3;
     for (int64_t i = 0; i < x->numel; i++)
-      cg_f64(p, x)[i] = 0.5 + 0.5 * fabs(cg_f64(p, x)[i]);
+      rt_f64(p, x)[i] = 0.5 + 0.5 * fabs(rt_f64(p, x)[i]);
     set_all(p, find(g, "m.w_noise"), big ? 1.0 : -40.0);
     KernelCtx c = ctx_for(true, 4, 0, B);
     rt_exec(p, &c, 0, p->ninstrs);
-    const double *ls = cg_f64(p, find(g, "m.load")), *lc = cg_f64(p, cnt);
+    const double *ls = rt_f64(p, find(g, "m.load")), *lc = rt_f64(p, cnt);
     double sum = 0, maxd = 0;
     for (int q = 0; q < E; q++) {
       sum += ls[q];
@@ -761,7 +817,7 @@ static void t_precision_determinism(void) {
   CHECK(maxd <= 1e-5 * maxy);
   CHECK_CLOSE(get(b.p, b.aux, 0), get(a.p, a.aux, 0), 1e-4, 1e-7);
   Tensor *ia = find(a.g, "m.idx"), *ib = find(b.g, "m.idx");
-  CHECK(memcmp(cg_i32(a.p, ia), cg_i32(b.p, ib), (size_t)ia->numel * 4) == 0);
+  CHECK(memcmp(rt_i32(a.p, ia), rt_i32(b.p, ib), (size_t)ia->numel * 4) == 0);
   bool same = true, differs = false;
   for (int k = 0; k < b.g->ntensors; k++) {
     const Tensor *t = b.g->tensors[k];
@@ -818,7 +874,7 @@ static void bw_run(Comm *c, BwSplit *s, int P) {
   ir_bind(g, Nl, 1);
   Program *p = cg_lower(g, PREC_F32);
   const Node *rt = g->nodes[g->nnodes - 1];
-  float *gs = cg_f32(p, g->inputs[0]), *thr = cg_f32(p, g->inputs[1]);
+  float *gs = rt_f32(p, g->inputs[0]), *thr = rt_f32(p, g->inputs[1]);
   for (int64_t i = 0; i < Nl * BWS_E; i++)
     gs[i] = (float)s->gs[r * Nl * BWS_E + i];
   for (int e = 0; e < BWS_E; e++)
@@ -829,9 +885,9 @@ static void bw_run(Comm *c, BwSplit *s, int P) {
   ctx.device = r;
   ctx.ndevices = P;
   rt_exec(p, &ctx, 0, p->ninstrs);
-  const float *mask = cg_f32(p, rt->out[0]);
-  const int32_t *rows = cg_i32(p, rt->out[1]);
-  const int32_t *off = cg_i32(p, rt->out[2]);
+  const float *mask = rt_f32(p, rt->out[0]);
+  const int32_t *rows = rt_i32(p, rt->out[1]);
+  const int32_t *off = rt_i32(p, rt->out[2]);
   for (int64_t i = 0; i < Nl * BWS_E; i++)
     s->mask[r * Nl * BWS_E + i] = mask[i];
   s->bad |= rt->out[1]->numel != BWS_N * BWS_K; /* N*k*P slots whatever the split */
@@ -885,7 +941,94 @@ static void t_batchwise_split(bool training) {
          training ? "training" : "eval");
 }
 
-/* hmoe with batchwise gating is rejected, never silently replaced: checked in a child */
+/* ---------------------------------------------------------------- capacity over devices */
+
+/* capacity(idx) over P in-process devices (all_gather_rows of every device's idx first, as
+ * the comm pass builds it) against one device holding the whole batch: every device's
+ * kept routes are its rows of the one-device decision, the drop fractions the same. Skewed
+ * routing (expert 0 most popular) so that experts overflow. */
+enum { CS_N = 24, CS_E = 5, CS_K = 2 };
+static int32_t cs_idx[CS_N * CS_K], cs_kept[4][CS_N * CS_K];
+static double cs_drop[4][CS_E];
+
+static void cs_run(Comm *c, int P) {
+  int r = c ? c->rank : 0;
+  int64_t Nl = CS_N / P;
+  Graph *g = ir_graph_new("capacity");
+  Dim d[2] = {dim_sym('B'), dim_int(CS_K)};
+  Tensor *idx = ir_input(g, "idx", ir_type(DT_I32, 2, d), (Loc){0});
+  Tensor *in[2] = {idx, NULL};
+  if (P > 1) {
+    int64_t ia[IR_MAX_ATTR] = {P};
+    in[1] = ir_node(g, OP_ALL_GATHER_ROWS, 1, in, ia, NULL)->out[0];
+  }
+  int64_t ia[IR_MAX_ATTR] = {CS_E};
+  double fa[IR_MAX_ATTR] = {0.8};
+  Node *cn = ir_node(g, OP_CAPACITY, P > 1 ? 2 : 1, in, ia, fa);
+  ir_bind(g, Nl, 1);
+  Program *p = cg_lower(g, PREC_F64);
+  memcpy(p->buf[idx->id], cs_idx + r * Nl * CS_K, (size_t)(Nl * CS_K) * sizeof(int32_t));
+  KernelCtx kc = {.batch0 = r * Nl, .batch_local = Nl, .device = r, .ndevices = P, .comm = c};
+  rt_exec(p, &kc, 0, p->ninstrs);
+  memcpy(cs_kept[r], p->buf[cn->out[0]->id], (size_t)(Nl * CS_K) * sizeof(int32_t));
+  memcpy(cs_drop[r], p->buf[cn->out[1]->id], sizeof cs_drop[r]);
+  cg_program_free(p);
+  ir_graph_free(g);
+}
+
+static int cs_P;
+static void cs_thread(Comm *c, void *arg) {
+  (void)arg;
+  cs_run(c, cs_P);
+}
+
+static void t_capacity_split(void) {
+  uint64_t key = mc_rng_key(5, 6, 7);
+  for (int i = 0; i < CS_N * CS_K; i++) { /* distinct experts per row, skewed to low ids */
+    double u = mc_rng_uniform(key, (uint64_t)i);
+    int e = (int)(u * u * CS_E);
+    if (i % CS_K && e == cs_idx[i - 1]) e = (e + 1) % CS_E;
+    cs_idx[i] = e;
+  }
+  cs_run(NULL, 1);
+  /* the one-device decision against the formula: choice by choice, rows in order */
+  int64_t cap = ir_capacity_rows(0.8, CS_K, CS_N, CS_E), used[CS_E] = {0}, dropped = 0;
+  CHECK(cap == 8); /* ceil(0.8 * 2 * 24 / 5) = ceil(7.68) */
+  for (int j = 0; j < CS_K; j++)
+    for (int n = 0; n < CS_N; n++) {
+      int e = cs_idx[n * CS_K + j];
+      bool keep = used[e] < cap;
+      used[e] += keep;
+      dropped += !keep;
+      CHECK(cs_kept[0][n * CS_K + j] == (keep ? e : -1));
+    }
+  double tot = 0;
+  for (int e = 0; e < CS_E; e++)
+    tot += cs_drop[0][e];
+  CHECK(dropped > 0);
+  CHECK_CLOSE(tot, (double)dropped / (CS_N * CS_K), 1e-15, 0);
+  int32_t one[CS_N * CS_K];
+  double drop1[CS_E];
+  memcpy(one, cs_kept[0], sizeof one);
+  memcpy(drop1, cs_drop[0], sizeof drop1);
+  for (int P = 2; P <= 4; P++) {
+    if (CS_N % P) continue;
+    cs_P = P;
+    CHECK(rt_inproc_run(P, cs_thread, NULL) == 0);
+    for (int r = 0; r < P; r++) {
+      CHECK(memcmp(cs_kept[r], one + r * (CS_N / P) * CS_K,
+                   (size_t)(CS_N / P * CS_K) * sizeof(int32_t)) == 0);
+      CHECK(memcmp(cs_drop[r], drop1, sizeof drop1) == 0);
+    }
+  }
+  printf("capacity over 2, 3, 4 devices: the one-device decision (%lld of %d routes dropped)\n",
+         (long long)dropped, CS_N * CS_K);
+}
+
+/* hmoe with batchwise gating is rejected, never silently replaced: sema refuses it with a
+ * location (tests/sema, multidev_errors); the builder, past sema, asserts: checked in a
+ * child */
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 static void t_batchwise_rejected(void) {
@@ -903,7 +1046,7 @@ static void t_batchwise_rejected(void) {
   }
   int st = 0;
   waitpid(pid, &st, 0);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
 }
 
 int main(void) {
@@ -914,6 +1057,20 @@ int main(void) {
   t_moe_reference("no noise", LAE_NOISY_TOPK, false, true, 5, 2);
   t_moe_reference("softmax", LAE_SOFTMAX, false, true, 4, 2);
   t_moe_reference("many experts", LAE_NOISY_TOPK, true, true, 40, 30);
+  /* appendix C's layer: no expert biases, a sigmoid on the output; capacity (dropped
+   * routes), noisy and softmax gating */
+  ref_bias = false;
+  ref_act = LAE_SIGMOID;
+  t_moe_reference("no bias, sigmoid", LAE_NOISY_TOPK, true, true, 4, 2);
+  ref_bias = true;
+  ref_act = LAE_NONE;
+  ref_capacity = 0.7;
+  t_moe_reference("capacity 0.7", LAE_NOISY_TOPK, true, true, 4, 2);
+  t_moe_reference("capacity softmax", LAE_SOFTMAX, false, true, 3, 3);
+  ref_capacity = 1.0;
+  t_moe_reference("capacity 1.0 k=1", LAE_NOISY_TOPK, true, true, 6, 1);
+  ref_capacity = 0;
+  t_capacity_split();
   t_hmoe_reference("noisy train", true, true);
   t_hmoe_reference("noisy eval", true, false);
   t_hmoe_reference("no noise", false, true);

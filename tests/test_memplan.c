@@ -35,7 +35,7 @@ static AstFile *load(const char *path, Config *cfg) {
 
 static Graph *build(AstFile *f, const Config *cfg, bool training) {
   Graph *g = ir_build(f, cfg);
-  PassCtx pc = {cfg, 1, training};
+  PassCtx pc = {.cfg = cfg, .devices = 1, .training = training};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch, cfg->unroll);
   return g;
@@ -101,12 +101,10 @@ typedef struct Run {
   Program *p;
 } Run;
 
-static Run lower_env(AstFile *f, const Config *cfg, const char *env) {
+static Run lower_with(AstFile *f, const Config *cfg, CgOpts o) {
   Run r;
   r.g = build(f, cfg, true);
-  if (env) setenv(env, "1", 1);
-  r.p = cg_lower(r.g, PREC_F32);
-  if (env) unsetenv(env);
+  r.p = cg_lower_on(r.g, PREC_F32, &rt_backend_cpu, &o);
   return r;
 }
 
@@ -117,7 +115,7 @@ static void init(Run *r, uint64_t seed) {
     rt_init_param(t, seed, h);
     for (int64_t k = 0; k < t->numel; k++) /* gates start at zero: give them some signal */
       h[k] += (float)(0.01 * ((k * 7 + i) % 13 - 6));
-    memcpy(cg_f32(r->p, t), h, (size_t)t->numel * sizeof(float));
+    memcpy(rt_f32(r->p, t), h, (size_t)t->numel * sizeof(float));
     mc_free(h);
   }
 }
@@ -126,25 +124,25 @@ static void init(Run *r, uint64_t seed) {
 static double step(Run *r, int s, int vocab) {
   Graph *g = r->g;
   for (int i = 0; i < g->ninputs; i++) {
-    int32_t *x = cg_i32(r->p, g->inputs[i]);
+    int32_t *x = rt_i32(r->p, g->inputs[i]);
     for (int64_t k = 0; k < g->inputs[i]->numel; k++)
       x[k] = (int32_t)((k * 31 + s * 17 + i * 5) % vocab);
   }
   KernelCtx ctx = {
       .training = true, .seed = 7, .step = (uint64_t)s, .batch_local = g->B, .ndevices = 1};
   rt_exec(r->p, &ctx, 0, r->p->ninstrs);
-  return cg_f32(r->p, g->loss)[0];
+  return rt_f32(r->p, g->loss)[0];
 }
 
 /* Bitwise: same loss, same gradient of every param (and same carried state). */
 static bool same(Run *a, Run *b) {
   Graph *g = a->g, *h = b->g;
-  bool ok = !memcmp(cg_f32(a->p, g->loss), cg_f32(b->p, h->loss), sizeof(float));
+  bool ok = !memcmp(rt_f32(a->p, g->loss), rt_f32(b->p, h->loss), sizeof(float));
   for (int i = 0; i < g->nparams; i++)
-    ok &= !memcmp(cg_f32(a->p, g->params[i]->grad), cg_f32(b->p, h->params[i]->grad),
+    ok &= !memcmp(rt_f32(a->p, g->params[i]->grad), rt_f32(b->p, h->params[i]->grad),
                   (size_t)g->params[i]->numel * sizeof(float));
   for (int i = 0; i < g->nstates; i++)
-    ok &= !memcmp(cg_f32(a->p, g->states[i].next), cg_f32(b->p, h->states[i].next),
+    ok &= !memcmp(rt_f32(a->p, g->states[i].next), rt_f32(b->p, h->states[i].next),
                   (size_t)g->states[i].next->numel * sizeof(float));
   return ok;
 }
@@ -162,9 +160,10 @@ static void check_lm(const char *path) {
   moe.recompute_names = names;
   moe.n_recompute = 1;
   all.recompute = RC_ALL;
-  Run r[5] = {lower_env(f, &cfg, "MOEC_NO_MEMPLAN"), lower_env(f, &cfg, NULL),
-              lower_env(f, &cfg, "MOEC_POISON_ARENA"), lower_env(f, &moe, "MOEC_POISON_ARENA"),
-              lower_env(f, &all, "MOEC_POISON_ARENA")};
+  const CgOpts unplanned = {.no_memplan = true}, planned = {0}, poisoned = {.poison = true};
+  Run r[5] = {lower_with(f, &cfg, unplanned), lower_with(f, &cfg, planned),
+              lower_with(f, &cfg, poisoned), lower_with(f, &moe, poisoned),
+              lower_with(f, &all, poisoned)};
   const char *what[5] = {"unplanned", "planned", "poisoned", "recompute [m]", "recompute all"};
   CHECK(!r[0].p->planned && r[1].p->planned && r[2].p->poison);
   int vocab = 64;
@@ -218,7 +217,7 @@ static void check_lm(const char *path) {
   Config au = cfg;
   au.recompute = RC_AUTO;
   au.memory_budget = (lo + hi) / 2;
-  Run ra = lower_env(f, &au, NULL);
+  Run ra = lower_with(f, &au, (CgOpts){0});
   RecomputeSummary sa = pass_recompute_summary(ra.g, ra.g->B, ra.g->T, sizeof(float));
   printf("auto, budget %.3f MiB: %.3f MiB, %d segments, %.4g MFLOP recomputed\n",
          au.memory_budget / MiB, total(&ra) / MiB, sa.nseg, sa.flops / 1e6);
@@ -231,7 +230,7 @@ static void check_lm(const char *path) {
     CHECK(same(&r[0], &ra));
   }
   au.memory_budget = 1e15;
-  Run rb = lower_env(f, &au, NULL);
+  Run rb = lower_with(f, &au, (CgOpts){0});
   CHECK(pass_recompute_summary(rb.g, rb.g->B, rb.g->T, 4).nseg == 0);
   for (int i = 0; i < 5; i++) {
     cg_program_free(r[i].p);

@@ -1,8 +1,8 @@
 #!/bin/sh
 # test_memplan.sh MOEC MODEL CASE: `moec run MODEL --steps 20` gives the same losses bit
 # for bit (every per-step metric but the speed, and the valid and test perplexity):
-#   plan      : one buffer per tensor (MOEC_NO_MEMPLAN=1) = the memory plan = the plan
-#               with its arena filled with NaN before every step (MOEC_POISON_ARENA=1)
+#   plan      : one buffer per tensor (--no-memplan) = the memory plan = the plan
+#               with its arena filled with NaN before every step (--poison-arena)
 #   recompute : recompute = none = [m] = all (the MoE layer of MODEL is named m), with
 #               poisoned arenas
 #   auto_devices: `moec plan --devices 1|2 --recompute auto --memory-budget B`: auto
@@ -15,10 +15,10 @@ export OPENBLAS_NUM_THREADS=1 # the same either way; one thread is quicker on a 
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
-run() { # NAME MODEL [VAR=VALUE...]
+run() { # NAME MODEL [FLAG...]
   name=$1 model=$2
   shift 2
-  if ! env "$@" "$MOEC" run "$model" --steps 20 --eval-every 0 --quiet --json \
+  if ! "$MOEC" run "$model" "$@" --steps 20 --eval-every 0 --quiet --json \
     --metrics "$T/$name.jsonl" >"$T/$name.json" 2>"$T/$name.err"; then
     echo "FAIL: moec run ($name) failed:"
     cat "$T/$name.err"
@@ -50,9 +50,9 @@ with_plan() { # NAME SETTING: MODEL with a plan block appended
 
 case $CASE in
 plan)
-  run unplanned "$MODEL" MOEC_NO_MEMPLAN=1
+  run unplanned "$MODEL" --no-memplan
   run planned "$MODEL"
-  run poisoned "$MODEL" MOEC_POISON_ARENA=1
+  run poisoned "$MODEL" --poison-arena
   same unplanned planned
   same unplanned poisoned
   ;;
@@ -60,8 +60,8 @@ recompute)
   with_plan moe '[m]'
   with_plan all all
   run none "$MODEL"
-  run moe "$T/moe.moe" MOEC_POISON_ARENA=1
-  run all "$T/all.moe" MOEC_POISON_ARENA=1
+  run moe "$T/moe.moe" --poison-arena
+  run all "$T/all.moe" --poison-arena
   same none moe
   same none all
   ;;

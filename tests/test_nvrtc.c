@@ -54,7 +54,7 @@ static uint64_t bcast_of(const Node *n) {
 static void collect(const Graph *g) {
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
-    const FusedProg *p = pass_fused_prog(n);
+    const FusedProg *p = ir_fused_prog(n);
     if (!p) continue;
     CHECK(p->nin == n->nin && p->nout == n->nout);
     for (int f64 = 0; f64 < 2; f64++) {
@@ -169,7 +169,7 @@ static bool is_binary(OpKind op) {
 
 /* The one-op group of op k of group gr (its second operand broadcast as in the group). */
 static char *single_op(const Group *gr, int k, char *name) {
-  const FusedProg *p = pass_fused_prog(gr->node);
+  const FusedProg *p = ir_fused_prog(gr->node);
   const FusedInstr *fi = &p->ops[k];
   bool bin = is_binary(fi->op);
   FusedInstr op = {fi->op, 0, bin ? 1 : -1, fi->f0, fi->f1};
@@ -186,7 +186,7 @@ static void no_cross_op_fma(void) {
     int nnames = 0, cap = 0;
     for (int i = 0; i < ngroups; i++) {
       if (groups[i].f64 != prec) continue;
-      const FusedProg *p = pass_fused_prog(groups[i].node);
+      const FusedProg *p = ir_fused_prog(groups[i].node);
       for (int k = 0; k < p->nops; k++) {
         char name[CG_CUDA_NAME_LEN];
         char *one = single_op(&groups[i], k, name);
@@ -211,7 +211,7 @@ static void no_cross_op_fma(void) {
     int total = 0, checked = 0;
     for (int i = 0; i < ngroups; i++) {
       if (groups[i].f64 != prec) continue;
-      const FusedProg *p = pass_fused_prog(groups[i].node);
+      const FusedProg *p = ir_fused_prog(groups[i].node);
       int sum = 0;
       for (int k = 0; k < p->nops; k++) {
         char name[CG_CUDA_NAME_LEN];
@@ -349,7 +349,7 @@ static void host_check(const char *cc, const char *root, const char *tmpdir) {
   for (int gi = 0; gi < ngroups; gi++) {
     const Group *gr = &groups[gi];
     const Node *node = gr->node;
-    const FusedProg *p = pass_fused_prog(node);
+    const FusedProg *p = ir_fused_prog(node);
     char sym[CG_CUDA_NAME_LEN + 8];
     snprintf(sym, sizeof sym, "%s_host", gr->name);
     HostFn fn = (HostFn)dlsym(so, sym);
@@ -489,10 +489,7 @@ int main(int argc, char **argv) {
     printf("SKIP: built without CUDA and without LLVM: the fusion pass never runs\n");
     return 77;
   }
-  setenv("MOEC_FUSE", "1", 1);
 #endif
-  setenv("MOEC_CUDA_FUSE", "1", 1);
-  setenv("MOEC_NO_MEMPLAN", "1", 1);
   char tmpdir[] = "/tmp/moec_test_nvrtc_XXXXXX";
   MOEC_ASSERT(mkdtemp(tmpdir));
   char cache[600];
@@ -509,7 +506,7 @@ int main(int argc, char **argv) {
     cfg.backend = BK_CUDA; /* fusion as a cuda run has it */
 #endif
     Graph *g = ir_build(f, &cfg);
-    PassCtx pc = {&cfg, 1, true};
+    PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
     pass_run_all(g, &pc, NULL, NULL);
     ir_bind(g, cfg.batch, cfg.unroll);
     int before = ngroups;

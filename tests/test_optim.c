@@ -5,7 +5,9 @@
  * continues bit for bit; parameter init depends only on (seed, name); the double
  * precision optimizer (moec run --f64) against the independent double Adam and its
  * float32 self; restoring state of another shape or dtype, or a hostile step, is a
- * clear error. */
+ * clear error; the threaded, vectorised update against the element-by-element one
+ * (below, ref_update) bit for bit, with 1, 2 and 3 threads, float32 and double,
+ * clipped or not, and a factored expert whose gradient is all zero. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
@@ -393,6 +395,171 @@ static void test_state_mismatch(void) {
   unlink(path);
 }
 
+/* ---------------------------------------------------------------- bits vs one element at a time */
+
+/* The update one element at a time, in the order of docs/training.md's formulas (what
+ * optim.c computed before it was split over threads): S = float or double storage.
+ * The norm is given (the reference sums it in its own order). */
+#define REF_UPDATE(S, name)                                                                        \
+  static void name(const Optim *o, S **p, S **gr, S **m, S **v, S **vr, S **vc, int64_t t,         \
+                   double norm) {                                                                  \
+    double scale = o->clip > 0 && norm > o->clip ? o->clip / norm : 1.0;                           \
+    const double b1 = o->beta1, b2 = o->beta2, lr = o->lr, eps = o->eps;                           \
+    const double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);                   \
+    for (int i = 0; i < o->n; i++) {                                                               \
+      int r = o->prank[i];                                                                         \
+      if (o->kind == OPT_ADAM) {                                                                   \
+        for (int64_t k = 0; k < o->numel[i]; k++) {                                                \
+          double g = gr[i][k] * scale;                                                             \
+          double mk = b1 * m[i][k] + (1.0 - b1) * g, vk = b2 * v[i][k] + (1.0 - b2) * g * g;       \
+          m[i][k] = (S)mk;                                                                         \
+          v[i][k] = (S)vk;                                                                         \
+          p[i][k] = (S)(p[i][k] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));                       \
+        }                                                                                          \
+      } else if (r < 2) {                                                                          \
+        for (int64_t k = 0; k < o->numel[i]; k++) {                                                \
+          double g = gr[i][k] * scale, vk = b2 * v[i][k] + (1.0 - b2) * g * g;                     \
+          v[i][k] = (S)vk;                                                                         \
+          p[i][k] = (S)(p[i][k] - lr * g / (sqrt(vk / bc2) + eps));                                \
+        }                                                                                          \
+      } else {                                                                                     \
+        int64_t rows = o->shape[i][r - 2], cols = o->shape[i][r - 1];                              \
+        int64_t lead = o->numel[i] / (rows * cols);                                                \
+        double *colsum = mc_malloc((size_t)cols * sizeof(double));                                 \
+        for (int64_t l = 0; l < lead; l++) {                                                       \
+          S *pl = p[i] + l * rows * cols, *vrl = vr[i] + l * rows, *vcl = vc[i] + l * cols;        \
+          const S *gl = gr[i] + l * rows * cols;                                                   \
+          for (int64_t c = 0; c < cols; c++)                                                       \
+            colsum[c] = 0;                                                                         \
+          double rsum = 0;                                                                         \
+          for (int64_t rr = 0; rr < rows; rr++) {                                                  \
+            double s = 0;                                                                          \
+            for (int64_t c = 0; c < cols; c++) {                                                   \
+              double g = gl[rr * cols + c] * scale, g2 = g * g;                                    \
+              s += g2;                                                                             \
+              colsum[c] += g2;                                                                     \
+            }                                                                                      \
+            vrl[rr] = (S)(b2 * vrl[rr] + (1.0 - b2) * (s / (double)cols));                         \
+            rsum += vrl[rr];                                                                       \
+          }                                                                                        \
+          for (int64_t c = 0; c < cols; c++)                                                       \
+            vcl[c] = (S)(b2 * vcl[c] + (1.0 - b2) * (colsum[c] / (double)rows));                   \
+          double rmean = rsum / (double)rows;                                                      \
+          for (int64_t rr = 0; rr < rows; rr++)                                                    \
+            for (int64_t c = 0; c < cols; c++) {                                                   \
+              double g = gl[rr * cols + c] * scale;                                                \
+              double vhat = rmean > 0 ? (double)vrl[rr] * vcl[c] / rmean : 0.0;                    \
+              pl[rr * cols + c] = (S)(pl[rr * cols + c] - lr * g / (sqrt(vhat / bc2) + eps));      \
+            }                                                                                      \
+        }                                                                                          \
+        mc_free(colsum);                                                                           \
+      }                                                                                            \
+    }                                                                                              \
+  }
+REF_UPDATE(float, ref_update_f32)
+REF_UPDATE(double, ref_update_f64)
+
+/* Parameters big enough to split into many tasks: experts [3, 300, 700] (rows and
+ * columns past one task each; expert 1's gradient all zero in the second step), a
+ * matrix [40, 50], a long vector; 3 steps with and without clipping (the second
+ * step's gradients exceed it), f32 and f64, 1, 2 and 3 threads: the same bits as
+ * ref_update, and the same norm for every thread count. */
+static void test_bits(void) {
+  Model md = {0};
+  int64_t se[3] = {3, 300, 700}, sm[2] = {40, 50}, sv[1] = {70001};
+  add_param(&md, "m.w1", 3, se);
+  add_param(&md, "w", 2, sm);
+  add_param(&md, "b", 1, sv);
+  int np = md.g.nparams;
+  for (int prec = 0; prec < 2; prec++)
+    for (int kind = 0; kind < 2; kind++)
+      for (int clip = 0; clip < 2; clip++) {
+        size_t es = prec ? sizeof(double) : sizeof(float);
+        Config cfg = opt_config(kind ? OPT_FACTORED : OPT_ADAM, 0.01, clip ? 30.0 : 0);
+        double norms[3][3];
+        for (int th = 1; th <= 3; th++) {
+          rt_threads_set(th);
+          Optim *o = rt_optim_new_prec(&cfg, &md.g, prec ? PREC_F64 : PREC_F32);
+          void *p[4], *g[4], *rp[4], *rm[4] = {0}, *rv[4] = {0}, *rvr[4] = {0}, *rvc[4] = {0};
+          for (int i = 0; i < np; i++) {
+            int64_t n = md.params[i]->numel;
+            p[i] = mc_malloc((size_t)n * es);
+            rp[i] = mc_malloc((size_t)n * es);
+            g[i] = mc_malloc((size_t)n * es);
+            int r = md.params[i]->ty.rank;
+            if (kind && r >= 2) {
+              int64_t rows = md.params[i]->shape[r - 2], cols = md.params[i]->shape[r - 1];
+              rvr[i] = mc_calloc((size_t)(n / cols), es);
+              rvc[i] = mc_calloc((size_t)(n / rows), es);
+            } else {
+              rv[i] = mc_calloc((size_t)n, es);
+              if (!kind) rm[i] = mc_calloc((size_t)n, es);
+            }
+            for (int64_t k = 0; k < n; k++) {
+              double x = sin(0.37 * (double)k + i);
+              if (prec)
+                ((double *)p[i])[k] = ((double *)rp[i])[k] = x;
+              else
+                ((float *)p[i])[k] = ((float *)rp[i])[k] = (float)x;
+            }
+          }
+          for (int step = 0; step < 3; step++) {
+            double ss = 0;
+            for (int i = 0; i < np; i++)
+              for (int64_t k = 0; k < md.params[i]->numel; k++) {
+                double x = cos(0.11 * (double)k * (step + 1) + i) * (step == 1 ? 3.0 : 0.01);
+                if (step == 1 && i == 0 && k >= 210000 && k < 420000) x = 0; /* expert 1 */
+                if (prec)
+                  ((double *)g[i])[k] = x;
+                else
+                  ((float *)g[i])[k] = (float)x;
+                x = prec ? ((double *)g[i])[k] : ((float *)g[i])[k];
+                ss += x * x;
+              }
+            rt_optim_step(o, (float *const *)p, (float *const *)g);
+            CHECK_CLOSE(o->last_norm, sqrt(ss), 1e-12, 0);
+            norms[th - 1][step] = o->last_norm;
+            if (prec)
+              ref_update_f64(o, (double **)rp, (double **)g, (double **)rm, (double **)rv,
+                             (double **)rvr, (double **)rvc, o->t, o->last_norm);
+            else
+              ref_update_f32(o, (float **)rp, (float **)g, (float **)rm, (float **)rv,
+                             (float **)rvr, (float **)rvc, o->t, o->last_norm);
+          }
+          int bad = 0;
+          for (int i = 0; i < np; i++) {
+            size_t nb = (size_t)md.params[i]->numel * es;
+            bad += memcmp(p[i], rp[i], nb) != 0;
+            if (rv[i]) bad += memcmp(o->v[i], rv[i], nb) != 0;
+            if (rm[i]) bad += memcmp(o->m[i], rm[i], nb) != 0;
+            int r = md.params[i]->ty.rank;
+            if (r < 2) continue; /* no row and column moments */
+            size_t rows = (size_t)md.params[i]->shape[r - 2],
+                   cols = (size_t)md.params[i]->shape[r - 1];
+            if (rvr[i]) bad += memcmp(o->vr[i], rvr[i], nb / cols) != 0;
+            if (rvc[i]) bad += memcmp(o->vc[i], rvc[i], nb / rows) != 0;
+          }
+          if (bad)
+            fprintf(stderr, "bits: %s %s clip %d, %d threads: %d arrays differ\n",
+                    prec ? "f64" : "f32", kind ? "factored" : "adam", clip, th, bad);
+          CHECK(bad == 0);
+          for (int i = 0; i < np; i++) {
+            mc_free(p[i]);
+            mc_free(rp[i]);
+            mc_free(g[i]);
+            mc_free(rm[i]);
+            mc_free(rv[i]);
+            mc_free(rvr[i]);
+            mc_free(rvc[i]);
+          }
+          rt_optim_free(o);
+        }
+        for (int step = 0; step < 3; step++) /* the norm: the same bits for any thread count */
+          CHECK(norms[0][step] == norms[1][step] && norms[0][step] == norms[2][step]);
+      }
+  rt_threads_set(1);
+}
+
 int main(void) {
   if (!mkdtemp(tmpdir)) return 1;
   test_adam_quadratic();
@@ -402,6 +569,7 @@ int main(void) {
   test_state_roundtrip(OPT_ADAM);
   test_state_roundtrip(OPT_FACTORED);
   test_init();
+  test_bits();
   test_state_mismatch();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

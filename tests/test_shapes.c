@@ -9,6 +9,7 @@
  *   - parameter and op counts of every example, against formulas written out
  *     here, and the paper's Table 7 figures for MoE-32 (37.8M params without
  *     embedding and softmax, 8.4M ops per timestep), 4xLSTM-512 and MoE-256-h;
+ *   - a translation model: S, pad ids, attention, concat, their counts;
  *   - inputs that must fail without crashing. */
 #include <string.h>
 
@@ -407,6 +408,62 @@ static void test_examples(void) {
   }
 }
 
+/* A translation model: S in types, pad ids, carry resolved by the model, the attention's
+ * mask and output, concat, the counts (attention: u, w, v; m.U + q.W per timestep, the
+ * score and context per pair); 'pad' as an ordinary name. */
+static void test_translation(void) {
+  McArena a = {0};
+  Checked c = check_text("model nmt {\n"
+                         "  let V = 50\n"
+                         "  input src : i32[B, S] pad 0\n"
+                         "  input tgt_in : i32[B, T]\n"
+                         "  input tgt_out : i32[B, T] pad 0\n"
+                         "  se = embedding(src, vocab=V, dim=8)\n"
+                         "  enc = lstm(se, units=6)\n"
+                         "  te = embedding(tgt_in, vocab=V, dim=8)\n"
+                         "  pad = lstm(te, units=4)\n"
+                         "  ctx = attention(pad, enc, units=5)\n"
+                         "  ctx2 = attention(pad, enc, units=5, score=product)\n"
+                         "  d2 = lstm(concat(pad, ctx), units=4)\n"
+                         "  loss = softmax_xent(d2, tgt_out, vocab=V)\n"
+                         "  output loss\n"
+                         "}\n",
+                         "nmt.moe");
+  CHECK_OK(c);
+  if (!c.errors) {
+    CHECK(type_is(value_of(c.f, "se"), "f32[B, S, 8]"));
+    CHECK(type_is(value_of(c.f, "ctx"), "f32[B, T, 6]"));
+    CHECK(type_is(value_of(c.f, "d2"), "f32[B, T, 4]"));
+    Expr *enc = value_of(c.f, "enc"), *ctx = value_of(c.f, "ctx");
+    CHECK(enc->argv[LA_CARRY] == 0); /* no lstm carries state in a translation model */
+    CHECK(ctx->mask_input && !strcmp(ctx->mask_input, "src"));
+    CHECK(ctx->argv[LA_SCORE] == LAE_ADDITIVE);
+    CHECK(value_of(c.f, "ctx2")->argv[LA_SCORE] == LAE_PRODUCT);
+    ModelSummary s = fe_summarize(c.f, &a);
+    CHECK(s.translation);
+    int64_t att_p = 6 * 5 + 4 * 5 + 5, att_o = 6 * 5 + 4 * 5;
+    CHECK(s.params_core ==
+          lstm_params(8, 6) + lstm_params(8, 4) + 2 * att_p + lstm_params(4 + 6, 4));
+    CHECK(s.ops_per_timestep ==
+          lstm_ops(8, 6) + lstm_ops(8, 4) + att_o + (att_o + 5) + lstm_ops(4 + 6, 4));
+    CHECK(s.ops_per_pair == 2 * (5 + 6));
+  }
+  done(&c);
+  /* a language model: the lstm carries its state, there is no pair count */
+  c = check_text("model lm { input t : i32[B, T]  input y : i32[B, T]\n"
+                 "  e = embedding(t, vocab=9, dim=4)  h = lstm(e, units=4)\n"
+                 "  loss = softmax_xent(h, y, vocab=9)  output loss }\n",
+                 "lm.moe");
+  CHECK_OK(c);
+  if (!c.errors) {
+    CHECK(value_of(c.f, "h")->argv[LA_CARRY] == 1);
+    ModelSummary s = fe_summarize(c.f, &a);
+    CHECK(!s.translation && s.ops_per_pair == 0);
+  }
+  done(&c);
+  mc_arena_free(&a);
+}
+
 /* ---------------------------------------------------------------- robustness */
 
 static void test_bad_inputs(void) {
@@ -423,6 +480,10 @@ static void test_bad_inputs(void) {
       "model a { input t : f32[B, T, 3] m = hmoe(t, groups=0, experts=-1, k=1.5, gating=3) }",
       "model a { let B = 1 let T = B input x : i32[T, B] }",
       "model a { } plan { devices = 0 place x : replicate }",
+      "model a { input s : i32[B, S] pad 1e300 input t : i32[S] pad s x = attention(s, t) }",
+      "model a { input s : f32[B, S, 2] x = attention(s, s, units=1e12) y = concat(x, 3) }",
+      "model a { input s : i32[B, S, S] pad 0 e = embedding(s, vocab=4, dim=2) "
+      "c = concat(e, e) a = attention(c, c, units=2) l = lstm(a, units=2, carry=true) }",
   };
   for (size_t i = 0; i < MC_ARRAY_LEN(bad); i++) {
     Checked c = check_text(bad[i], "bad.moe");
@@ -451,6 +512,7 @@ int main(void) {
   test_paper_moe32();
   test_paper_others();
   test_examples();
+  test_translation();
   test_bad_inputs();
   TEST_DONE();
 }

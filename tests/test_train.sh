@@ -1,5 +1,5 @@
 #!/bin/sh
-# test_train.sh: end-to-end training tests of the moec binary (issue 3).
+# test_train.sh: end-to-end training tests of the moec binary.
 #
 #   usage: test_train.sh MOEC CASE   CASE: resume | converge | grad_eval | errors | text
 #

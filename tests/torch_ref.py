@@ -25,7 +25,14 @@ dropout, no gate noise, LSTM state starting at zero):
   load = N for each (cv2 = 0). hmoe (appendix B): a primary top-k_group gate over
   groups, a secondary top-k gate inside each picked group on that group's rows;
   importance_H[i,j] = sum_x Gp(x)_i G_i(x)_j, load_H[i,j] = Load_p_i *
-  Load_i(X^(i))_j / max(|X^(i)|, 1).
+  Load_i(X^(i))_j / max(|X^(i)|, 1). bias=false: no expert biases; act=: the
+  activation on the layer's output.
+  sampled_softmax_xent (`moec grad` computes its sampled loss): with the samples c_j
+  and the number of draws n that moec writes into G (NAME.samples, NAME.tries),
+  P(c) = log((c+2)/(c+1))/log(V+1), e(c) = 1 - (1-P(c))^n (1 when n = 0: all V
+  classes), logits l = x.W^T + b; row loss = logsumexp([l_t - log e(t), l_c - log e(c)
+  for each c != t]) - (l_t - log e(t)), averaged over the rows. The reference checks
+  the samples themselves (S distinct ids in [0, V)) and redoes the loss from them.
 
 Tolerances (moec computes in float32, the reference in float64; float32 rounding
 gives about 1e-7 on the loss and 1e-6 on the gradients, so these leave a margin of
@@ -298,9 +305,11 @@ def cv2(v):
 class MoE(nn.Module):
     """The sparsely-gated MoE layer as a PyTorch user writes it."""
 
-    def __init__(self, d_in, experts, k, hidden, d_out, gating, noise, w_imp, w_load):
+    def __init__(self, d_in, experts, k, hidden, d_out, gating, noise, w_imp, w_load,
+                 bias=True, act="none"):
         super().__init__()
         E = experts
+        self.act = act
         self.E, self.k, self.gating, self.noise = E, k, gating, noise
         self.w_imp, self.w_load = w_imp, w_load
         self.w_gate = nn.Parameter(torch.zeros(d_in, E))
@@ -308,9 +317,12 @@ class MoE(nn.Module):
         if self.noise:  # no w_noise without noise (moec creates none)
             self.w_noise = nn.Parameter(torch.zeros(d_in, E))
         self.w1 = nn.Parameter(torch.zeros(E, d_in, hidden))
-        self.b1 = nn.Parameter(torch.zeros(E, hidden))
         self.w2 = nn.Parameter(torch.zeros(E, hidden, d_out))
-        self.b2 = nn.Parameter(torch.zeros(E, d_out))
+        if bias:
+            self.b1 = nn.Parameter(torch.zeros(E, hidden))
+            self.b2 = nn.Parameter(torch.zeros(E, d_out))
+        else:
+            self.b1 = self.b2 = None
         self.d_out = d_out
         self.min_gap = float("inf")  # smallest k-th vs (k+1)-th gap seen (tie safety)
 
@@ -341,8 +353,10 @@ class MoE(nn.Module):
             if rows.numel() == 0:
                 continue
             xe = x.index_select(0, rows)
-            h = torch.relu(xe @ self.w1[e] + self.b1[e])
-            o = h @ self.w2[e] + self.b2[e]
+            h = xe @ self.w1[e]
+            h = torch.relu(h + self.b1[e] if self.b1 is not None else h)
+            o = h @ self.w2[e]
+            o = o + self.b2[e] if self.b2 is not None else o
             y = y.index_add(0, rows, gates.index_select(0, rows)[:, e:e + 1] * o)
         importance = gates.sum(0)
         if self.gating == "softmax":
@@ -360,7 +374,29 @@ class MoE(nn.Module):
             load = torch.zeros(E, dtype=x.dtype).index_add(
                 0, top_idx.reshape(-1), torch.ones(top_idx.numel(), dtype=x.dtype)).detach()
         aux = self.w_imp * cv2(importance) + self.w_load * cv2(load)
-        return y.reshape(*lead, self.d_out), aux
+        return activation(y, self.act).reshape(*lead, self.d_out), aux
+
+
+def activation(y, act):
+    return {"none": y, "relu": torch.relu(y), "tanh": torch.tanh(y),
+            "sigmoid": torch.sigmoid(y)}[act]
+
+
+def log_uniform_log_expected(c, V, tries):
+    """log of the expected count of classes c (int64 tensor) in `tries` log-uniform draws."""
+    if tries == 0:
+        return torch.zeros(c.shape, dtype=torch.float64)
+    p = torch.log1p(1.0 / (c.double() + 1.0)) / math.log(V + 1.0)
+    return torch.log(-torch.expm1(tries * torch.log1p(-p)))
+
+
+def sampled_xent(logits, t, cand, tries):
+    """Mean over rows of the sampled softmax loss (the target's column first)."""
+    V = logits.shape[1]
+    lt = logits.gather(1, t[:, None]) - log_uniform_log_expected(t[:, None], V, tries)
+    ls = logits[:, cand] - log_uniform_log_expected(cand, V, tries)[None, :]
+    ls = ls.masked_fill(cand[None, :] == t[:, None], float("-inf"))  # the target sampled again
+    return (torch.logsumexp(torch.cat([lt, ls], dim=1), dim=1) - lt[:, 0]).mean()
 
 
 def topk_gate(clean, sigma, k, noise):
@@ -390,9 +426,10 @@ class HMoE(nn.Module):
     G_i(x)_j; load_H[i,j] = Load_p(X)_i * Load_i(X^(i))_j / max(|X^(i)|, 1)."""
 
     def __init__(self, d_in, groups, experts, k_group, k, hidden, d_out, gating, noise, w_imp,
-                 w_load):
+                 w_load, bias=True, act="none"):
         super().__init__()
         G, E = groups, experts
+        self.act = act
         dense = gating == "softmax"
         self.G, self.E, self.d_out = G, E, d_out
         self.kg, self.k = (G, E) if dense else (k_group, k)
@@ -408,9 +445,10 @@ class HMoE(nn.Module):
             if self.noise:
                 g.w_noise = nn.Parameter(torch.zeros(d_in, E))
             g.w1 = nn.Parameter(torch.zeros(E, d_in, hidden))
-            g.b1 = nn.Parameter(torch.zeros(E, hidden))
             g.w2 = nn.Parameter(torch.zeros(E, hidden, d_out))
-            g.b2 = nn.Parameter(torch.zeros(E, d_out))
+            if bias:
+                g.b1 = nn.Parameter(torch.zeros(E, hidden))
+                g.b2 = nn.Parameter(torch.zeros(E, d_out))
             self.groups.append(g)
         self.min_gap = float("inf")
 
@@ -447,13 +485,16 @@ class HMoE(nn.Module):
                 r = (idx_s == e).any(dim=1).nonzero(as_tuple=True)[0]
                 if r.numel() == 0:
                     continue
-                h = torch.relu(xi.index_select(0, r) @ g.w1[e] + g.b1[e])
-                yi = yi.index_add(0, r, gs.index_select(0, r)[:, e:e + 1] * (h @ g.w2[e] + g.b2[e]))
+                h = xi.index_select(0, r) @ g.w1[e]
+                h = torch.relu(h + g.b1[e] if hasattr(g, "b1") else h)
+                o = h @ g.w2[e]
+                o = o + g.b2[e] if hasattr(g, "b2") else o
+                yi = yi.index_add(0, r, gs.index_select(0, r)[:, e:e + 1] * o)
             y = y.index_add(0, rows, gpi * yi)
             imp.append((gpi * gs).sum(0))
             load.append(load_p[i] * load_s / max(rows.numel(), 1))
         aux = self.w_imp * cv2(torch.cat(imp)) + self.w_load * cv2(torch.cat(load))
-        return y.reshape(*lead, self.d_out), aux
+        return activation(y, self.act).reshape(*lead, self.d_out), aux
 
 
 class RefModel(nn.Module):
@@ -470,6 +511,7 @@ class RefModel(nn.Module):
         self.widths = {}  # value name -> last-dim width
         self.outputs = []
         self.targets_name = None
+        self.sampled = {}  # sampled_softmax_xent layer -> (samples, tries), from moec's G
         for st in stmts:
             if st[0] == "let":
                 self.consts[st[1]] = self.const(st[2])
@@ -531,7 +573,7 @@ class RefModel(nn.Module):
         if e[0] != "call":
             return self.width(e)
         _, layer, pos, kw = e
-        ntensor = 2 if layer == "softmax_xent" else 1
+        ntensor = 2 if layer in ("softmax_xent", "sampled_softmax_xent") else 1
         tpos, apos = pos[:ntensor], pos[ntensor:]
         d_in = self.width(tpos[0])
         if name is None:
@@ -570,11 +612,16 @@ class RefModel(nn.Module):
             w_load = self.arg(kw, apos, 5, "w_load", 0.01)
             noise = bool(self.arg(kw, apos, 6, "noise", True))
             out = self.arg(kw, apos, 7, "out", 0) or d_in
+            bias = bool(self.arg(kw, apos, 8, "bias", True))
+            act = self.arg(kw, apos, 9, "act", "none")
+            if kw.get("capacity") is not None or len(apos) > 10:
+                raise ValueError("torch_ref: moe(capacity=) is not in the reference")
             if gating not in ("noisy_topk", "softmax"):
                 raise ValueError(f"torch_ref: gating={gating} is not in the reference")
-            self.layers[key] = MoE(d_in, E, k, H, out, gating, noise, float(w_imp), float(w_load))
+            self.layers[key] = MoE(d_in, E, k, H, out, gating, noise, float(w_imp), float(w_load),
+                                   bias, act)
             for p in ("w_gate", "w_noise", "w1", "b1", "w2", "b2"):
-                if hasattr(self.layers[key], p):
+                if getattr(self.layers[key], p, None) is not None:
                     self.names[f"{name}.{p}"] = (key, p)
             return out
         if layer == "hmoe":
@@ -588,15 +635,21 @@ class RefModel(nn.Module):
             w_load = self.arg(kw, apos, 7, "w_load", 0.01)
             noise = bool(self.arg(kw, apos, 8, "noise", True))
             out = self.arg(kw, apos, 9, "out", 0) or d_in
+            bias = bool(self.arg(kw, apos, 10, "bias", True))
+            act = self.arg(kw, apos, 11, "act", "none")
             if gating not in ("noisy_topk", "softmax"):
                 raise ValueError(f"torch_ref: gating={gating} is not in the reference")
-            m = HMoE(d_in, G, E, kg, k, H, out, gating, noise, float(w_imp), float(w_load))
+            m = HMoE(d_in, G, E, kg, k, H, out, gating, noise, float(w_imp), float(w_load), bias,
+                     act)
             self.layers[key] = m
             for p in m.param_names():
                 self.names[f"{name}.{p}"] = (key, p)
             return out
-        if layer == "softmax_xent":
+        if layer in ("softmax_xent", "sampled_softmax_xent"):
             V = self.arg(kw, apos, 0, "vocab")
+            if layer == "sampled_softmax_xent":
+                self.sampled[name] = None  # (samples, tries): set from moec's output
+                self.samples_wanted = self.arg(kw, apos, 1, "samples")
             self.layers[key] = nn.Linear(d_in, V)
             self.names[f"{name}.weight"] = (key, "weight")
             self.names[f"{name}.bias"] = (key, "bias")
@@ -670,6 +723,12 @@ class RefModel(nn.Module):
             logits = m(x)
             xent = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1))
             return xent, aux, xent
+        if layer == "sampled_softmax_xent":
+            t, _, _ = self.eval(name, pos[1], env)
+            logits = m(x)
+            cand, tries = self.sampled[name]
+            xent = sampled_xent(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), cand, tries)
+            return xent, aux, xent
         raise ValueError(f"torch_ref: layer {layer}")
 
 
@@ -693,10 +752,25 @@ def grad_of(p):
     return p.grad.detach() if p.grad is not None else torch.zeros_like(p).detach()
 
 
-def fake_moec(model_fn, feeds, weights, gpath):
+def python_samples(V, S, rng):
+    """--moec self: S distinct log-uniform classes of [0, V) and the draws it took."""
+    if S == V:
+        return np.arange(V, dtype=np.int32), 0
+    seen, out, tries = set(), [], 0
+    while len(out) < S:
+        c = min(max(int(math.floor(math.exp(rng.uniform() * math.log(V + 1.0)))) - 1, 0), V - 1)
+        tries += 1
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return np.array(out, dtype=np.int32), tries
+
+
+def fake_moec(model_fn, feeds, weights, gpath, sampled):
     """--moec self: the same model in float32 stands in for moec (checks this
     script and shows that a float32 implementation meets the tolerances)."""
     m32 = model_fn().float()
+    m32.sampled = {k: (torch.from_numpy(c.astype(np.int64)), n) for k, (c, n) in sampled.items()}
     with torch.no_grad():
         for name, a in weights.items():
             m32.param(name).copy_(torch.from_numpy(a))
@@ -706,7 +780,11 @@ def fake_moec(model_fn, feeds, weights, gpath):
     xent, aux = m32(feeds)
     loss = xent + aux
     loss.backward()
-    safetensors_write(gpath, {n: grad_of(m32.param(n)).numpy() for n in m32.names})
+    out = {n: grad_of(m32.param(n)).numpy() for n in m32.names}
+    for k, (c, n) in sampled.items():
+        out[f"{k}.samples"] = c
+        out[f"{k}.tries"] = np.array([n], dtype=np.int32)
+    safetensors_write(gpath, out)
     aux_v = aux.item() if torch.is_tensor(aux) else float(aux)
     return json.dumps({"loss": loss.item(), "xent": xent.item(), "aux": aux_v})
 
@@ -772,18 +850,6 @@ def main():
                 m.bias_hh_l0.zero_()
     rows = torch.from_numpy(tokens.astype(np.int64)).reshape(B, T + 1)
     feeds = {ids_name: rows[:, :T], model.targets_name: rows[:, 1:]}
-    xent, aux = model(feeds)
-    loss = xent + aux
-    model.zero_grad()
-    loss.backward()
-    ref_grads = {n: grad_of(model.param(n)).numpy() for n in model.names}
-    aux_v = float(aux) if not torch.is_tensor(aux) else aux.item()
-
-    gaps = [m.min_gap for m in model.layers.values() if isinstance(m, MoE)]
-    print(f"torch_ref: model {model_name}: B={B} T={T}, {len(weights)} parameters, "
-          f"{sum(a.size for a in weights.values())} weights; seed {args.seed}")
-    if gaps and min(gaps) < 1e-4:
-        print(f"torch_ref: warning: a top-k gap of {min(gaps):.2e}: routing may differ in float32")
 
     tmp = args.keep or tempfile.mkdtemp(prefix="moec_torch_ref_")
     os.makedirs(tmp, exist_ok=True)
@@ -792,8 +858,10 @@ def main():
     tokens.astype("<u2").tofile(tpath)
     if args.moec == "self":
         cmd = ["self"]
+        V = model.layers[next(iter(model.sampled))].out_features if model.sampled else 0
+        sampled = {k: python_samples(V, model.samples_wanted, rng) for k in model.sampled}
         p = subprocess.CompletedProcess(cmd, 0, fake_moec(lambda: RefModel(stmts, B, T), feeds,
-                                                          weights, gpath), "")
+                                                          weights, gpath, sampled), "")
     else:
         cmd, p = run_moec(args.moec, args.moe, wpath, tpath, gpath, args.f64)
     if p.returncode != 0:
@@ -811,6 +879,35 @@ def main():
     moec_grads = safetensors_read(gpath)
 
     fails = 0
+    # a sampled softmax: the samples moec drew, checked, then the reference loss on them
+    for k in model.sampled:
+        V, S = model.layers[k].out_features, model.samples_wanted
+        c, n = moec_grads.pop(f"{k}.samples", None), moec_grads.pop(f"{k}.tries", None)
+        if c is None or n is None:
+            print(f"torch_ref: {k}: moec wrote no {k}.samples / {k}.tries  FAIL")
+            return 1
+        n = int(n.reshape(-1)[0])
+        ok = (c.shape == (S,) and len(set(c.tolist())) == S and c.min() >= 0 and c.max() < V
+              and (n == 0) == (S == V) and (n == 0 or n >= S))
+        tg = feeds[model.targets_name].reshape(-1).numpy()
+        hits = int(np.isin(tg, c).sum())
+        print(f"samples of {k}: {S} of {V} classes in {n} draws, distinct and in range: "
+              f"{'ok' if ok else 'FAIL'}; {hits} of {tg.size} targets among them (masked)")
+        fails += not ok
+        model.sampled[k] = (torch.from_numpy(c.astype(np.int64)), n)
+    xent, aux = model(feeds)
+    loss = xent + aux
+    model.zero_grad()
+    loss.backward()
+    ref_grads = {n: grad_of(model.param(n)).numpy() for n in model.names}
+    aux_v = float(aux) if not torch.is_tensor(aux) else aux.item()
+
+    gaps = [m.min_gap for m in model.layers.values() if isinstance(m, MoE)]
+    print(f"torch_ref: model {model_name}: B={B} T={T}, {len(weights)} parameters, "
+          f"{sum(a.size for a in weights.values())} weights; seed {args.seed}")
+    if gaps and min(gaps) < 1e-4:
+        print(f"torch_ref: warning: a top-k gap of {min(gaps):.2e}: routing may differ in float32")
+
     print(f"{'value':<16} {'moec':>16} {'pytorch (f64)':>16} {'|diff|':>10}  ok")
     checks = [("loss", got.get("loss"), loss.item(), args.loss_rtol * max(abs(loss.item()), 1e-3)),
               ("xent", got.get("xent"), xent.item(), args.loss_rtol * max(abs(xent.item()), 1e-3)),

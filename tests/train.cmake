@@ -1,4 +1,4 @@
-# train.cmake: tests of issue 3 (training): data, safetensors, optimizers (C unit
+# train.cmake: tests of training: data, safetensors, optimizers (C unit
 # tests, no model needed), and end-to-end runs of the moec binary
 # (tests/test_train.sh: resume, convergence, grad/eval, error cases).
 foreach(t test_data test_safetensors test_optim)

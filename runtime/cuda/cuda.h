@@ -37,8 +37,10 @@ RtCudaDev *rt_cuda_dev_virtual(int i, int v);
 /* Makes d's GPU the current one: Backend.alloc (and copies on the legacy stream)
  * act on the current GPU. */
 void rt_cuda_use(RtCudaDev *d);
-/* Device i's stream (a cudaStream_t) and GPU number, for event timing (bench/). */
+/* Device d's stream (a cudaStream_t), for event timing (bench/) and launches of
+ * kernels compiled elsewhere (codegen/nvrtc.c), and its GPU number. */
 void *rt_cuda_stream(RtCudaDev *d);
+int rt_cuda_gpu(RtCudaDev *d);
 /* TF32 tensor-core math for float32 GEMMs: off by default (results then match the
  * CPU to float32 rounding); also on when the environment has MOEC_TF32=1. */
 void rt_cuda_set_tf32(bool on);

@@ -85,6 +85,7 @@ extern "C" RtCudaDev *rt_cuda_dev_virtual(int gpu, int virt) {
 extern "C" RtCudaDev *rt_cuda_dev(int gpu) { return rt_cuda_dev_virtual(gpu, 0); }
 
 extern "C" void *rt_cuda_stream(RtCudaDev *d) { return (void *)d->stream; }
+extern "C" int rt_cuda_gpu(RtCudaDev *d) { return d->gpu; }
 
 extern "C" void rt_cuda_use(RtCudaDev *d) { CUDA_CHECK(cudaSetDevice(d->gpu)); }
 
@@ -218,6 +219,7 @@ static const KernelFn *cuda_kernels(Precision p) {
     if (!g_tables_filled) {
       rt_cuda_dense_register(g_table_f32, g_table_f64);
       rt_cuda_moe_register(g_table_f32, g_table_f64);
+      rt_cuda_seq_register(g_table_f32, g_table_f64);
       g_tables_filled = true;
     }
   }

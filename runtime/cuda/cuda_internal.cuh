@@ -104,6 +104,7 @@ void *rt_cuda_ptrs(RtCudaDev *d, size_t bytes);
 /* Kernel tables (kernels_dense.cu, kernels_moe.cu). */
 void rt_cuda_dense_register(KernelFn *f32, KernelFn *f64);
 void rt_cuda_moe_register(KernelFn *f32, KernelFn *f64);
+void rt_cuda_seq_register(KernelFn *f32, KernelFn *f64); /* kernels_seq.cu */
 
 /* ---------------------------------------------------------------- launch helpers */
 

@@ -7,12 +7,6 @@
 #include <string.h>
 
 #include "cuda_internal.cuh"
-extern "C" {
-#include "../../codegen/nvrtc.h"
-#include "../../passes/fusion.h"
-/* Weak: links before passes/fusion.c exists; OP_FUSED nodes exist only once it does. */
-const FusedProg *pass_fused_prog(const Node *n) __attribute__((weak));
-}
 
 #define IN(i, T) ((const T *)in[i])
 #define OUT(j, T) ((T *)out[j])
@@ -265,6 +259,9 @@ __global__ void clamp_ids_kernel(const int32_t *ids, int32_t *keys, int64_t n, i
 
 template <typename T>
 static void k_embedding_bwd(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  if (n->nin != 2) /* several (ids, rows) pairs: a sampled softmax's gradient, cpu only */
+    mc_die("layer '%s': embedding_bwd of %d (ids, rows) pairs has no cuda kernel yet",
+           n->layer ? n->layer : "?", n->nin / 2);
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t R = n->in[0]->numel, V = n->ia[0], D = rt_last_dim(n->in[1]);
   size_t tb = rt_cuda_sort_temp_bytes(R, (int32_t)V);
@@ -455,10 +452,11 @@ static double xent_scale(const KernelCtx *ctx, const Node *n) {
   return 1.0 / ((double)N * (double)nd);
 }
 
-/* Per row: probs, and -log p[target] = logsumexp - x[target] into rowloss. */
+/* Per row: probs, and -log p[target] = logsumexp - x[target] into rowloss (0 for a row
+ * whose target is the pad, with has_pad: xent_pad). */
 template <typename T>
 __global__ void xent_row_kernel(const T *x, const int32_t *tg, T *probs, double *rowloss,
-                                int64_t V, int *err) {
+                                int64_t V, int *err, bool has_pad, int32_t pad, int op) {
   int64_t r = blockIdx.x, o = r * V;
   T m = -INFINITY;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) m = max(m, x[o + i]);
@@ -470,8 +468,10 @@ __global__ void xent_row_kernel(const T *x, const int32_t *tg, T *probs, double 
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) probs[o + i] = exp(x[o + i] - m) * inv;
   if (threadIdx.x == 0) {
     int32_t t = tg[r];
-    if (t < 0 || t >= V) {
-      rt_d_error(err, RT_CUDA_ERR_TARGET, OP_XENT, t);
+    if (has_pad && t == pad) {
+      rowloss[r] = 0;
+    } else if (t < 0 || t >= V) {
+      rt_d_error(err, RT_CUDA_ERR_TARGET, op, t);
       rowloss[r] = 0;
     } else {
       rowloss[r] = log(s) - ((double)x[o + t] - (double)m);
@@ -486,21 +486,28 @@ static void k_xent(const KernelCtx *ctx, const Node *n, void *const *in, void *c
   double *rowloss = (double *)rt_cuda_scratch(d, (size_t)(N > 0 ? N : 1) * sizeof(double));
   if (N > 0) {
     xent_row_kernel<T><<<(unsigned)N, row_threads(V), 0, d->stream>>>(
-        IN(0, T), I32IN(1), OUT(1, T), rowloss, V, d->err_dev);
+        IN(0, T), I32IN(1), OUT(1, T), rowloss, V, d->err_dev, false, 0, OP_XENT);
     CUDA_LAUNCH_CHECK();
   }
   sum_all_kernel<double, T><<<1, 1024, 0, d->stream>>>(rowloss, N, OUT(0, T), xent_scale(ctx, n));
   CUDA_LAUNCH_CHECK();
 }
 
+/* dx = g * scale * (probs - onehot); xent_pad: scale = 1/max(count, 1) from the device's
+ * count, rows whose target is the pad zero */
 template <typename T>
 __global__ void xent_bwd_kernel(const T *g, const T *probs, const int32_t *tg, T *dx, int64_t n,
-                                int64_t V, double scale) {
+                                int64_t V, double scale, const T *count, bool has_pad,
+                                int32_t pad) {
+  if (count) {
+    double c = (double)count[0];
+    scale = 1.0 / (c > 1 ? c : 1);
+  }
   T gs = (T)((double)g[0] * scale);
   GRID_STRIDE(i, n) {
     int64_t r = i / V, c = i % V;
     T v = gs * probs[i]; /* the CPU's order: s*p, then s subtracted at the target */
-    dx[i] = c == tg[r] ? v - gs : v;
+    dx[i] = has_pad && tg[r] == pad ? T(0) : c == tg[r] ? v - gs : v;
   }
 }
 
@@ -509,7 +516,45 @@ static void k_xent_bwd(const KernelCtx *ctx, const Node *n, void *const *in, voi
   RtCudaDev *d = rt_cuda_of(ctx);
   int64_t ne = rt_numel_out(n, 0), V = rt_last_dim(n->in[1]);
   xent_bwd_kernel<T><<<rt_cuda_blocks(ne), RT_CUDA_THREADS, 0, d->stream>>>(
-      IN(0, T), IN(1, T), I32IN(2), OUT(0, T), ne, V, xent_scale(ctx, n));
+      IN(0, T), IN(1, T), I32IN(2), OUT(0, T), ne, V, xent_scale(ctx, n), (const T *)NULL, false,
+      0);
+  CUDA_LAUNCH_CHECK();
+}
+
+/* one block: loss = sum(rowloss) / max(count, 1) (xent_pad) */
+template <typename T>
+__global__ void xent_pad_sum_kernel(const double *rowloss, int64_t N, const T *count, T *y) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += rowloss[i];
+  s = rt_d_block_sum<double>(s);
+  double c = (double)count[0];
+  if (threadIdx.x == 0) y[0] = (T)(s / (c > 1 ? c : 1));
+}
+
+/* (logits, targets, count) -> the mean over targets that are not the pad (ia[0]), probs */
+template <typename T>
+static void k_xent_pad(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  RtCudaDev *d = rt_cuda_of(ctx);
+  int64_t V = rt_last_dim(n->in[0]), N = n->in[0]->shape[0];
+  double *rowloss = (double *)rt_cuda_scratch(d, (size_t)(N > 0 ? N : 1) * sizeof(double));
+  if (N > 0) {
+    xent_row_kernel<T><<<(unsigned)N, row_threads(V), 0, d->stream>>>(
+        IN(0, T), I32IN(1), OUT(1, T), rowloss, V, d->err_dev, true, (int32_t)n->ia[0],
+        OP_XENT_PAD);
+    CUDA_LAUNCH_CHECK();
+  }
+  xent_pad_sum_kernel<T><<<1, 1024, 0, d->stream>>>(rowloss, N, IN(2, T), OUT(0, T));
+  CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+static void k_xent_pad_bwd(const KernelCtx *ctx, const Node *n, void *const *in,
+                           void *const *out) {
+  RtCudaDev *d = rt_cuda_of(ctx);
+  int64_t ne = rt_numel_out(n, 0), V = rt_last_dim(n->in[1]);
+  if (ne == 0) return;
+  xent_bwd_kernel<T><<<rt_cuda_blocks(ne), RT_CUDA_THREADS, 0, d->stream>>>(
+      IN(0, T), IN(1, T), I32IN(2), OUT(0, T), ne, V, 1.0, IN(3, T), true, (int32_t)n->ia[0]);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -562,14 +607,13 @@ template <typename T> __global__ void fused_kernel(const __grid_constant__ Fused
   }
 }
 
-/* The generated kernel of the group (codegen/nvrtc.c: NVRTC, cached); the interpreter
- * below when moec has no NVRTC or MOEC_NVRTC=0 (the same bits either way: the same
- * expression per op, no contraction across ops). */
+/* A fused group interpreted op by op: the kernel lowering uses when NVRTC is absent or
+ * turned off (--no-nvrtc), and that NVRTC's kernel falls back to (codegen/nvrtc.c);
+ * the same bits either way: the same expression per op, no contraction across ops. */
 template <typename T>
 static void k_fused(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
   RtCudaDev *d = rt_cuda_of(ctx);
-  if (cg_cuda_fused_launch(n, sizeof(T) == 8, d->gpu, d->stream, in, out)) return;
-  const FusedProg *pg = pass_fused_prog ? pass_fused_prog(n) : NULL;
+  const FusedProg *pg = ir_fused_prog(n);
   if (!pg) mc_fatal("OP_FUSED node %d has no program", n->id);
   if (pg->nin > FUSED_MAX_IN || pg->nops > FUSED_MAX_OPS || pg->nout > FUSED_MAX_OUT ||
       pg->nin != n->nin || pg->nout != n->nout)
@@ -632,6 +676,8 @@ template <typename T> static void fill(KernelFn *t) {
   t[OP_SOFTMAX_BWD] = k_softmax_bwd<T>;
   t[OP_XENT] = k_xent<T>;
   t[OP_XENT_BWD] = k_xent_bwd<T>;
+  t[OP_XENT_PAD] = k_xent_pad<T>;
+  t[OP_XENT_PAD_BWD] = k_xent_pad_bwd<T>;
   t[OP_FUSED] = k_fused<T>;
 }
 

@@ -13,7 +13,7 @@
  * Buffers are device pointers, one per local rank. In-process, a call covers every
  * local rank at once (inside one ncclGroupStart/End), so one host thread drives all
  * GPUs. Errors die with the NCCL call's text, file and line (NCCL_CHECK).
- * runtime/comm.h (issue 4) is the generic communicator on host buffers; these calls
+ * runtime/comm.h is the generic communicator on host buffers; these calls
  * are its device-buffer counterparts (all_reduce_sum -> rt_nccl_allreduce_sum_ordered
  * for its bit-exact contract, or rt_nccl_allreduce_sum when a ring's order will do;
  * all_to_allv -> rt_nccl_alltoallv with element counts). NCCL's own all-reduce is

@@ -5,8 +5,8 @@
  *
  * Every model trains STEPS steps on the cuda backend from the same initial parameters
  * and batches (host Adam of runtime/optim.c, as test_cuda_model), three ways:
- * unfused (MOEC_CUDA_FUSE=0), fused with the NVRTC kernels, fused with the interpreter
- * kernel (MOEC_NVRTC=0). The losses and every gradient at every step must be the same
+ * unfused (plan.fuse = false), fused with the NVRTC kernels, fused with the interpreter
+ * kernel (CgOpts.no_nvrtc). The losses and every gradient at every step must be the same
  * bits: each generated op is its unfused kernel's expression, with no contraction
  * across ops (tests/test_nvrtc.c checks the PTX for that without a GPU). Then the
  * kernel cache: a second fused run loads nothing new (every launch finds its kernel);
@@ -62,21 +62,22 @@ static double scalar(const Backend *be, const Program *p, const Tensor *t) {
   return v;
 }
 
-/* Trains STEPS steps of the model on the cuda backend; fuse: MOEC_CUDA_FUSE. */
-static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse) {
-  setenv("MOEC_CUDA_FUSE", fuse ? "1" : "0", 1);
+/* Trains STEPS steps of the model on the cuda backend; fuse: plan.fuse; nvrtc: the
+ * fused groups' NVRTC kernels (false: the interpreter kernel). */
+static Trace train(const char *path, const Backend *cuda, void *dev, bool fuse, bool nvrtc) {
   Config cfg;
   char *text = NULL;
   AstFile *f = test_load_model(path, &cfg, &text);
   cfg.backend = BK_CUDA;
+  cfg.fuse = fuse;
   Graph *g = ir_build(f, &cfg);
-  PassCtx pc = {&cfg, 1, true};
+  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Trace tr = {0};
   for (int k = 0; k < g->nnodes; k++)
     tr.fused_nodes += g->nodes[k]->op == OP_FUSED;
-  Program *p = cg_lower_on(g, PREC_F32, cuda);
+  Program *p = cg_lower_on(g, PREC_F32, cuda, &(CgOpts){.no_nvrtc = !nvrtc, .dev = dev});
   const Tensor *ids = NULL, *tg = NULL;
   int V = 1 << 30;
   for (int k = 0; k < g->nnodes; k++) {
@@ -198,29 +199,26 @@ int main(int argc, char **argv) {
   char tmpdir[] = "/tmp/moec_test_cuda_fused_XXXXXX";
   MOEC_ASSERT(mkdtemp(tmpdir));
   setenv("MOEC_CACHE_DIR", tmpdir, 1);
-  unsetenv("MOEC_FUSE");
   for (int a = 1; a < argc; a++) {
     const char *path = argv[a];
-    Trace un = train(path, cuda, dev, false);
+    Trace un = train(path, cuda, dev, false, true);
     CgNvrtcStats s0 = cg_nvrtc_stats();
-    Trace fu = train(path, cuda, dev, true);
+    Trace fu = train(path, cuda, dev, true, true);
     CgNvrtcStats s1 = cg_nvrtc_stats();
     CHECK(un.fused_nodes == 0 && fu.fused_nodes > 0);
     CHECK(s1.fn_hits > s0.fn_hits); /* loaded at the first launch, then reused */
     if (a == 1) CHECK(s1.loaded > s0.loaded && s1.compiled > s0.compiled);
     same(path, "unfused and fused (NVRTC)", &un, &fu);
-    Trace again = train(path, cuda, dev, true); /* every kernel already loaded */
+    Trace again = train(path, cuda, dev, true, true); /* every kernel already loaded */
     CgNvrtcStats s2 = cg_nvrtc_stats();
     CHECK(s2.loaded == s1.loaded && s2.compiled == s1.compiled);
     same(path, "two fused runs", &fu, &again);
     cg_nvrtc_forget(); /* as a new process: the kernels come from the disk cache */
-    Trace disk = train(path, cuda, dev, true);
+    Trace disk = train(path, cuda, dev, true, true);
     CgNvrtcStats s3 = cg_nvrtc_stats();
     CHECK(s3.compiled == s2.compiled && s3.disk_hits > s2.disk_hits && s3.loaded > s2.loaded);
     same(path, "fused from the disk cache", &fu, &disk);
-    setenv("MOEC_NVRTC", "0", 1);
-    Trace interp = train(path, cuda, dev, true);
-    unsetenv("MOEC_NVRTC");
+    Trace interp = train(path, cuda, dev, true, false);
     same(path, "unfused and fused (interpreter kernel)", &un, &interp);
     printf("%s: %d fused groups; %d steps unfused = fused (NVRTC, from memory, from disk) = "
            "interpreter, bit for bit; loss %.6f -> %.6f; %d compiles, %d disk hits\n",

@@ -89,7 +89,7 @@ static Graph *build(const char *text, Config *cfg, AstFile **fout) {
     return NULL;
   }
   Graph *g = ir_build(f, cfg);
-  PassCtx pc = {cfg, 1, true};
+  PassCtx pc = {.cfg = cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch, cfg->unroll);
   *fout = f;
@@ -107,7 +107,7 @@ static void run_init(Run *r, Graph *g, const Config *cfg, const Backend *be, voi
   r->g = g;
   r->be = be;
   r->dev = dev;
-  r->p = cg_lower_on(g, PREC_F32, be);
+  r->p = cg_lower_on(g, PREC_F32, be, NULL);
   r->ids = input_named(g, "tokens");
   r->tg = input_named(g, "targets");
   r->opt = rt_optim_new(cfg, g);
@@ -121,8 +121,8 @@ static void run_init(Run *r, Graph *g, const Config *cfg, const Backend *be, voi
     be->upload(r->p->buf[t->id], h, b);
     if (be == &rt_backend_cpu) {
       mc_free(h);
-      r->hp[i] = cg_f32(r->p, t);
-      r->hg[i] = t->grad ? cg_f32(r->p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+      r->hp[i] = rt_f32(r->p, t);
+      r->hg[i] = t->grad ? rt_f32(r->p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
     } else {
       r->hp[i] = h;
       r->hg[i] = mc_calloc((size_t)t->numel, sizeof(float));

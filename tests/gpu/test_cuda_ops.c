@@ -792,6 +792,105 @@ static void routes_cases(int64_t E, int64_t k, int64_t D) {
   mc_free(mask);
 }
 
+/* The sequence ops (translation models): ids with a pad id 0 at row ends and a row all
+ * padding, attention scores and the masked softmax at the shapes of a small batch. */
+static int32_t *padded_ids(int64_t B, int64_t L, int32_t V) {
+  int32_t *v = ints(B * L, 1, V);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < L; j++)
+      if (b == B - 1 || j >= L - b % 3) v[b * L + j] = 0;
+  return v;
+}
+
+static void seq_cases(void) {
+  const int64_t Bt = 4, Tn = 7, S = 9, A = 24;
+  {
+    Case c = begin("pad_mask");
+    iin(&c, padded_ids(Bt, S, 30), 2, Bt, S);
+    run(&c, OP_PAD_MASK, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("count_nonpad");
+    iin(&c, padded_ids(Bt, S, 30), 2, Bt, S);
+    run(&c, OP_COUNT_NONPAD, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("xent_pad");
+    c.reduce = true;
+    fin(&c, vals(Bt * Tn * 50, -3, 3), 2, Bt * Tn, 50, 0);
+    iin(&c, padded_ids(1, Bt * Tn, 50), 1, Bt * Tn, 0);
+    fin(&c, vals(1, 13, 13), 0, 0, 0, 0);
+    run(&c, OP_XENT_PAD, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("xent_pad_bwd");
+    fin(&c, vals(1, 0.5, 2), 0, 0, 0, 0);
+    fin(&c, vals(Bt * Tn * 50, 0, 0.04), 2, Bt * Tn, 50, 0);
+    iin(&c, padded_ids(1, Bt * Tn, 50), 1, Bt * Tn, 0);
+    fin(&c, vals(1, 13, 13), 0, 0, 0, 0);
+    run(&c, OP_XENT_PAD_BWD, 0, 0, 0, 0);
+  }
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      char nm[64];
+      snprintf(nm, sizeof nm, "bmm transA=%d transB=%d", ta, tb);
+      Case c = begin(nm);
+      c.reduce = true; /* y[Bt,Tn,A] = a[Bt,Tn,S] . b[Bt,S,A] in the four forms */
+      if (ta) fin(&c, vals(Bt * S * Tn, -1, 1), 3, Bt, S, Tn);
+      else fin(&c, vals(Bt * Tn * S, -1, 1), 3, Bt, Tn, S);
+      if (tb) fin(&c, vals(Bt * A * S, -1, 1), 3, Bt, A, S);
+      else fin(&c, vals(Bt * S * A, -1, 1), 3, Bt, S, A);
+      run(&c, OP_BMM, ta, tb, 0, 0);
+    }
+  {
+    Case c = begin("attn_score");
+    c.reduce = true;
+    fin(&c, vals(Bt * Tn * A, -2, 2), 3, Bt, Tn, A);
+    fin(&c, vals(Bt * S * A, -2, 2), 3, Bt, S, A);
+    fin(&c, vals(A, -1, 1), 1, A, 0, 0);
+    run(&c, OP_ATTN_SCORE, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("attn_score_bwd");
+    c.reduce = true;
+    double *g = vals(Bt * Tn * S, -1, 1);
+    for (int64_t i = 0; i < Bt * Tn * S; i += 5) g[i] = 0; /* masked positions: skipped */
+    fin(&c, g, 3, Bt, Tn, S);
+    fin(&c, vals(Bt * Tn * A, -2, 2), 3, Bt, Tn, A);
+    fin(&c, vals(Bt * S * A, -2, 2), 3, Bt, S, A);
+    fin(&c, vals(A, -1, 1), 1, A, 0, 0);
+    run(&c, OP_ATTN_SCORE_BWD, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("masked_softmax");
+    c.reduce = true;
+    fin(&c, vals(Bt * Tn * S, -20, 20), 3, Bt, Tn, S);
+    double *m = vals(Bt * S, 0, 1);
+    int32_t *ids = padded_ids(Bt, S, 30);
+    for (int64_t i = 0; i < Bt * S; i++) m[i] = ids[i] != 0; /* the last row: all padding */
+    mc_free(ids);
+    fin(&c, m, 2, Bt, S, 0);
+    run(&c, OP_MASKED_SOFTMAX, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("col_scale");
+    fin(&c, vals(Bt * Tn * A, -2, 2), 3, Bt, Tn, A);
+    fin(&c, vals(A, -1, 1), 1, A, 0, 0);
+    run(&c, OP_COL_SCALE, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("concat_last");
+    fin(&c, vals(Bt * Tn * 5, -1, 1), 3, Bt, Tn, 5);
+    fin(&c, vals(Bt * Tn * 11, -1, 1), 3, Bt, Tn, 11);
+    run(&c, OP_CONCAT_LAST, 0, 0, 0, 0);
+  }
+  {
+    Case c = begin("slice_last");
+    fin(&c, vals(Bt * Tn * 16, -1, 1), 3, Bt, Tn, 16);
+    run(&c, OP_SLICE_LAST, 5, 9, 0, 0);
+  }
+}
+
 int main(void) {
   cuda = rt_backend_cuda();
   if (!cuda) {
@@ -817,9 +916,11 @@ int main(void) {
   }
   dense_cases();
   moe_cases();
+  seq_cases();
   /* every op that has a kernel on both backends was exercised */
   for (int op = 0; op < OP_COUNT; op++) {
-    if (!rt_cpu_kernels(PREC_F32)[op] && !cuda->kernels(PREC_F32)[op]) continue;
+    /* the cpu-only ops (collectives, the sampled softmax, capacity) have no cuda kernel */
+    if (!rt_cpu_kernels(PREC_F32)[op] || !cuda->kernels(PREC_F32)[op]) continue;
     if (op == OP_FUSED) continue; /* its program comes from the fusion pass: test_cuda_model */
     test_checks++;
     if (!tested[op]) {

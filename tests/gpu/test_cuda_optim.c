@@ -42,7 +42,7 @@ static Graph *build(Config *cfg, AstFile **fout) {
   if (d.errors == 0) fe_sema(f, cfg, &d);
   MOEC_ASSERT(d.errors == 0);
   Graph *g = ir_build(f, cfg);
-  PassCtx pc = {cfg, 1, true};
+  PassCtx pc = {.cfg = cfg, .devices = 1, .training = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg->batch, cfg->unroll);
   *fout = f;
@@ -101,7 +101,10 @@ static void one_case(const Backend *cuda, OptKind kind, double clip) {
   cfg.lr = 0.01;
   cfg.clip = clip;
   const char *name = kind == OPT_ADAM ? "adam" : "factored";
-  Program *hp = cg_lower(g, PREC_F32), *dp = rt_dev_lower(g, PREC_F32, cuda);
+  /* one buffer per tensor: gradients written directly */
+  Program *hp = cg_lower_on(g, PREC_F32, &rt_backend_cpu, &(CgOpts){.no_memplan = true}),
+          *dp = cg_lower_on(g, PREC_F32, cuda,
+                            &(CgOpts){.no_memplan = true, .dev = rt_dev_context(cuda, 0)});
   Optim *ho = rt_optim_new(&cfg, g), *dopt = rt_optim_new(&cfg, g);
   int np = g->nparams;
   float **pp = mc_calloc((size_t)np, sizeof(float *)),
@@ -110,8 +113,8 @@ static void one_case(const Backend *cuda, OptKind kind, double clip) {
   for (int i = 0; i < np; i++) {
     const Tensor *t = g->params[i];
     size_t nb = (size_t)t->numel * sizeof(float);
-    pp[i] = cg_f32(hp, t);
-    gg[i] = t->grad ? cg_f32(hp, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
+    pp[i] = rt_f32(hp, t);
+    gg[i] = t->grad ? rt_f32(hp, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
     for (int64_t k = 0; k < t->numel; k++)
       pp[i][k] = rnd(0.1);
     cuda->upload(dp->buf[t->id], pp[i], nb);
@@ -193,7 +196,6 @@ static void one_case(const Backend *cuda, OptKind kind, double clip) {
 #endif
 
 int main(void) {
-  setenv("MOEC_NO_MEMPLAN", "1", 1); /* one buffer per tensor: gradients written directly */
   const Backend *cuda = rt_backend_cuda();
   if (!cuda) {
     printf("SKIP: %s\n", rt_dev_cuda_unavailable());

@@ -1,0 +1,116 @@
+/* launch.c: the devices of a run. One device; N in-process devices, one thread each; or
+ * one device per MPI rank. Every device compiles its own program (its experts, its rows:
+ * drv_compile for its rank), then the runtime trains it (rt_train): the same code path
+ * on 1 and N devices. The compile errors every device would hit alike are found once,
+ * before the devices start. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver.h"
+
+bool drv_mpi_launched(void) {
+  return rt_comm_mpi_launched() && drv_mpi_size() > 1;
+}
+
+int drv_mpi_size(void) {
+  if (!rt_comm_mpi_launched()) return 0;
+  const char *s = getenv("OMPI_COMM_WORLD_SIZE");
+  if (!s) s = getenv("PMI_SIZE");
+  return s ? atoi(s) : 1;
+}
+
+typedef struct Launch {
+  AstFile *f;
+  const Config *cfg;
+  const Options *o;
+  const RunOpts *ro;
+  const Backend *be;
+  int rc[RT_INPROC_MAX];
+} Launch;
+
+static int run_device(Comm *c, const Launch *l) {
+  Target t = {.devices = c->size,
+              .rank = c->rank,
+              .training = true,
+              .prec = l->o->f64 ? PREC_F64 : PREC_F32,
+              .be = l->be};
+  Program *p = drv_compile(l->f, l->cfg, l->o, &t);
+  if (!p) return 1;
+  int rc = rt_train(c, p, l->cfg, l->ro);
+  drv_program_free(p);
+  return rc;
+}
+
+static void device_thread(Comm *c, void *arg) {
+  Launch *l = arg;
+  l->rc[c->rank] = run_device(c, l);
+}
+
+int drv_train(AstFile *f, const Config *cfg, const Options *o) {
+  const Backend *be = drv_backend(cfg, o->cmd);
+  if (!be) return 1;
+  int P = cfg->devices > 0 ? cfg->devices : 1;
+  if (o->f64 && (o->save || o->load)) {
+    fprintf(stderr, "moec %s: error: --f64 runs cannot --save or --load checkpoints (they are "
+                    "float32)\n",
+            o->cmd);
+    return 2;
+  }
+  if (be != &rt_backend_cpu && (o->f64 || P > 1 || drv_mpi_launched())) {
+    fprintf(stderr,
+            "moec %s: error: %s\n", o->cmd,
+            o->f64 ? "--f64 trains on the cpu backend only (an equivalence check): drop --f64 "
+                     "or use --backend cpu"
+                   : "the cuda backend runs on one device for now (the multi-device runtime's "
+                     "collectives work on host memory; docs/cuda.md): use one device or "
+                     "--backend cpu");
+    return 1;
+  }
+  char *settings = drv_settings_json(cfg, o);
+  RunOpts ro = {.save = o->save,
+                .load = o->load,
+                .metrics = o->metrics,
+                .json = o->json,
+                .quiet = o->quiet,
+                .f64 = o->f64,
+                .no_eval = o->no_eval,
+                .settings_hash = drv_settings_hash(cfg, o),
+                .settings = settings};
+  Launch l = {f, cfg, o, &ro, be, {0}};
+  int rc = 0;
+  if (rt_comm_mpi_launched()) { /* one device per rank; load.c set devices = ranks */
+    const char *why = NULL;
+    int argc = 0;
+    char **argv = NULL;
+    Comm *c = rt_comm_mpi_init(&argc, &argv, &o->comm, &why);
+    if (!c) mc_die("started by an MPI launcher, but %s", why ? why : "MPI did not start");
+    if (c->size != P)
+      mc_die("the plan has %d devices, but mpirun started %d ranks (one device per rank)", P,
+             c->size);
+    rt_threads_set(1); /* one thread per rank */
+    rc = run_device(c, &l);
+    rt_comm_mpi_finalize(c);
+  } else if (P > 1) {
+    if (P > RT_INPROC_MAX)
+      mc_die("%d devices: at most %d in-process devices (use mpirun for more)", P, RT_INPROC_MAX);
+    /* what every device would report alike, once: the placement on P devices, the file */
+    Target t = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32, .be = be};
+    Graph *g = drv_compile_graph(f, cfg, o, &t, NULL);
+    if (!g) {
+      mc_free(settings);
+      return 1;
+    }
+    ir_graph_free(g);
+    if (o->load) rt_st_close(rt_st_open(o->load));
+    rt_threads_set(1); /* once, before the device threads start: each runs its kernels inline */
+    if (rt_inproc_run_opts(P, device_thread, &l, &o->comm, NULL))
+      rc = 1;
+    else
+      for (int r = 0; r < P && !rc; r++)
+        rc = l.rc[r];
+  } else {
+    rc = run_device(rt_comm_self(), &l);
+  }
+  mc_free(settings);
+  return rc;
+}

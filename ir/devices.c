@@ -1,0 +1,129 @@
+/* devices.c: where a placed graph's nodes, tensors and expert rows live. The one
+ * definition of device sets (bit masks over P <= 64 devices) and of expert sharding
+ * that the passes (comm, shard, costmodel) and the runtime (collectives, gathers)
+ * share. Read-only queries on the placement the passes set. */
+#include <stdio.h>
+#include <string.h>
+
+#include "ir.h"
+
+uint64_t ir_all_mask(int P) {
+  return P >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << P) - 1;
+}
+
+uint64_t ir_node_mask(const Node *n, int P) {
+  if (!n || (n->device < 0 && n->ndevices <= 0)) return ir_all_mask(P);
+  if (n->device >= 0) return (uint64_t)1 << n->device;
+  uint64_t m = 0;
+  for (int i = 0; i < n->ndevices; i++)
+    m |= (uint64_t)1 << n->devices[i];
+  return m;
+}
+
+int ir_node_set_size(const Node *n, int P) {
+  return n->ndevices > 0 ? n->ndevices : n->device >= 0 ? 1 : P;
+}
+
+uint64_t ir_tensor_mask(const Tensor *t, int P) {
+  const Node *n = t->producer;
+  if (!n) return ir_all_mask(P);
+  if (n->op == OP_RESHARD) return (uint64_t)n->ia[3];
+  if (n->op == OP_ALL_TO_ALL_BACK && n->ia[2]) return (uint64_t)n->ia[2];
+  return ir_node_mask(n, P);
+}
+
+bool ir_runs_on(const Node *n, int rank, int P) {
+  return ir_node_mask(n, P) >> rank & 1;
+}
+
+bool ir_has_subsets(const Graph *g, int P) {
+  if (P <= 1) return false;
+  for (int k = 0; k < g->nnodes; k++)
+    if (ir_node_mask(g->nodes[k], P) != ir_all_mask(P)) return true;
+  return false;
+}
+
+IrSubCtx ir_node_subctx(const Node *n, int rank, int P, int64_t B) {
+  uint64_t m = ir_node_mask(n, P);
+  IrSubCtx c = {rank * (B / P), B / P, rank, P};
+  if (P <= 1 || m == ir_all_mask(P)) return c;
+  int k = __builtin_popcountll(m), idx = __builtin_popcountll(m & (((uint64_t)1 << rank) - 1));
+  return (IrSubCtx){idx * (B / k), B / k, idx, k};
+}
+
+/* ---------------------------------------------------------------- expert shards */
+
+/* Groups of hmoe layer m: its params NAME.g0.w1, NAME.g1.w1, ... (0 for a moe). */
+static int64_t layer_groups(const Graph *g, int m) {
+  char buf[300];
+  for (int64_t G = 0;; G++) {
+    snprintf(buf, sizeof buf, "%s.g%lld.w1", g->moe_names[m], (long long)G);
+    bool found = false;
+    for (int i = 0; i < g->nparams && !found; i++)
+      found = !strcmp(g->params[i]->name, buf);
+    if (!found) return G;
+  }
+}
+
+/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m (first 0, count E); LAYER.gJ.w1
+ * of an hmoe with G groups: group J's Eg = E / G experts (first J*Eg, count Eg). By
+ * names and the layer's E only, so the answer is the same on a sharded graph. */
+static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
+  if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
+    return false;
+  int best = -1;
+  int64_t grp = -1;
+  size_t bl = 0;
+  for (int i = 0; i < g->nmoe; i++) {
+    size_t l = strlen(g->moe_names[i]);
+    if (strncmp(t->name, g->moe_names[i], l) || t->name[l] != '.' || l < bl) continue;
+    const char *rest = t->name + l + 1, *dot = strchr(rest, '.');
+    long long j = -1;
+    int used = 0;
+    if (dot && !(sscanf(rest, "g%lld%n", &j, &used) == 1 && j >= 0 && rest + used == dot &&
+                 !strchr(dot + 1, '.')))
+      continue; /* neither NAME.PART nor NAME.gJ.PART */
+    best = i;
+    bl = l;
+    grp = dot ? j : -1;
+  }
+  if (best < 0 || g->moe_nexperts[best] <= 0) return false;
+  int64_t E = g->moe_nexperts[best], first = 0, count = E;
+  if (grp >= 0) {
+    int64_t G = layer_groups(g, best);
+    if (G < 1 || E % G || grp >= G) return false;
+    count = E / G;
+    first = grp * count;
+  }
+  *s = (ExpertShard){best, first, count};
+  return true;
+}
+
+bool ir_layer_sharded(const Graph *g, int m) {
+  size_t l = strlen(g->moe_names[m]);
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    ExpertShard s;
+    if (t->part == PART_EXPERTS && !strncmp(t->name, g->moe_names[m], l) && t->name[l] == '.' &&
+        (!attributed(g, t, &s) || s.moe != m))
+      return false;
+  }
+  return true;
+}
+
+bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
+  ExpertShard a;
+  if (!attributed(g, t, &a) || !ir_layer_sharded(g, a.moe)) return false;
+  if (s) *s = a;
+  return true;
+}
+
+int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list) {
+  int64_t n = 0;
+  for (int64_t e = s->first; e < s->first + s->count; e++)
+    if (g->moe_expert_dev[s->moe][e] == rank) {
+      if (list) list[n] = e;
+      n++;
+    }
+  return n;
+}

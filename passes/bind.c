@@ -1,0 +1,173 @@
+/* bind.c: the `bind` pass: B and T bound for the graph a compile hands on: the whole
+ * batch (the global graph a plan reports), or one device's rows (the graph that device
+ * runs). On a device graph every tensor on an on(...) subset S has B/|S| rows, and every
+ * expert-row tensor room for the rows of the global batch, the most the all-to-all can
+ * bring one device. It also refuses, at the rule that asked for them, the placements the
+ * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
+#include "plan.h"
+
+int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
+  int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  for (int i = 0; i < g->ntensors && devices > 1; i++) {
+    Tensor *t = g->tensors[i];
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
+    save[i] = ir_dim_pack(t->ty.dim[0]);
+    int64_t cap = pass_capacity_rows(g, t, B, T); /* capacity=: its experts' routes at most */
+    if (cap >= 0) {
+      t->ty.dim[0] = dim_int(cap);
+      continue;
+    }
+    for (int q = 0; q < t->ty.dim[0].b; q++)
+      t->ty.dim[0].c *= devices;
+  }
+  return save;
+}
+
+void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
+  for (int i = 0; i < g->ntensors; i++)
+    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
+  mc_free(save);
+}
+
+/* The place rule that gave node n its device set (the last one matching), or NULL. */
+static const PlaceRule *rule_of(const Config *cfg, const Node *n) {
+  const PlaceRule *found = NULL;
+  for (const PlaceRule *r = cfg ? cfg->rules : NULL; r; r = r->next)
+    if (r->kind == PK_ON && pass_rule_matches(r->pattern, n)) found = r;
+  return found;
+}
+
+static void set_error(const PassCtx *ctx, const Node *n, const char *fmt, const char *a) {
+  const PlaceRule *r = rule_of(ctx->cfg, n);
+  char msg[512];
+  snprintf(msg, sizeof msg, fmt, n->layer ? n->layer : "?", a);
+  pass_error(ctx, r ? r->loc : n->loc, "%s", msg);
+  if (r && ctx->diag) fe_note(ctx->diag, n->loc, "layer '%s' is here", n->layer ? n->layer : "?");
+}
+
+/* What the N-device runtime cannot run: state carried on a device subset; a parameter
+ * read on two device sets (its gradient would mix them); a batch a subset does not
+ * divide. False after reporting. */
+static bool check_sets(Graph *g, const PassCtx *ctx, int64_t B) {
+  const int P = ctx->devices;
+  uint64_t *pm = mc_calloc((size_t)g->ntensors + 1, sizeof(uint64_t));
+  bool ok = true;
+  for (int k = 0; k < g->nnodes && ok; k++) {
+    const Node *n = g->nodes[k];
+    uint64_t m = ir_node_mask(n, P);
+    if (m == ir_all_mask(P)) continue;
+    int sz = __builtin_popcountll(m);
+    if (B % sz) {
+      char b[160];
+      snprintf(b, sizeof b, "batch %lld does not split evenly over its %d devices",
+               (long long)B, sz);
+      set_error(ctx, n, "layer '%s' is placed on a device subset, but %s: use a batch that "
+                        "every device set's size divides",
+                b);
+      ok = false;
+      break;
+    }
+    for (int i = 0; i < n->nin && ok; i++) {
+      const Tensor *t = n->in[i];
+      if (t->kind == TK_STATE) {
+        set_error(ctx, n,
+                  "layer '%s' keeps state from step to step ('%s') and is placed on a subset "
+                  "of the devices: not supported (place it on every device)",
+                  t->name);
+        ok = false;
+      }
+    }
+  }
+  for (int k = 0; k < g->nnodes && ok; k++) {
+    const Node *n = g->nodes[k];
+    uint64_t m = ir_node_mask(n, P);
+    for (int i = 0; i < n->nin && ok; i++) {
+      const Tensor *t = n->in[i];
+      if (t->kind != TK_PARAM || n->backward || t->part == PART_EXPERTS) continue;
+      if (pm[t->id] && pm[t->id] != m) {
+        set_error(ctx, n,
+                  "layer '%s' reads parameter '%s' on a device set other than its other "
+                  "readers': its gradient would mix them; place its readers on the same "
+                  "devices",
+                  t->name);
+        ok = false;
+      }
+      pm[t->id] = m;
+    }
+  }
+  mc_free(pm);
+  return ok;
+}
+
+/* Device ctx->rank's shapes: B/P rows; on(...) subsets B/|S|; expert rows widened. */
+static void bind_device(Graph *g, int64_t B, int64_t T, int P) {
+  mc_free(plan_widen_expert_rows(g, P, B, T)); /* room for the rows of every device */
+  int n = g->ntensors;
+  Dim *orig = mc_calloc((size_t)n + 1, sizeof(Dim));
+  int *nset = mc_calloc((size_t)n + 1, sizeof(int));
+  for (int i = 0; i < n; i++) {
+    Tensor *t = g->tensors[i];
+    uint64_t m = ir_tensor_mask(t, P);
+    if (t->part != PART_BATCH || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || m == ir_all_mask(P))
+      continue;
+    MOEC_ASSERT(t->ty.dim[0].b == 1); /* batch rows of B, not B^2 */
+    int k = __builtin_popcountll(m);
+    nset[i] = k;
+    orig[i] = t->ty.dim[0];
+    t->ty.dim[0].c *= (P + k - 1) / k; /* the plan's room: at least B/k rows */
+  }
+  ir_bind(g, B / P, T);
+  for (int i = 0; i < n; i++) {
+    if (!nset[i]) continue;
+    Tensor *t = g->tensors[i];
+    t->shape[0] = dim_eval(orig[i], B / nset[i], T); /* the exact rows of one device */
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++)
+      t->numel *= t->shape[d];
+  }
+  mc_free(orig);
+  mc_free(nset);
+}
+
+void pass_bind(Graph *g, const PassCtx *ctx) {
+  const Config *cfg = ctx->cfg;
+  const int64_t B = cfg && cfg->batch > 0 ? cfg->batch : 32,
+                T = cfg && cfg->unroll > 0 ? cfg->unroll : 20;
+  const int P = ctx->devices > 0 ? ctx->devices : 1;
+  g->B_global = B;
+  if (P > 1 && !check_sets(g, ctx, B)) return;
+  if (!ctx->device_graph || P <= 1) {
+    g->rank = 0;
+    g->ndev = 1;
+    ir_bind(g, B, T);
+    return;
+  }
+  MOEC_ASSERT(B % P == 0 && ctx->rank >= 0 && ctx->rank < P); /* sema: the batch splits */
+  g->rank = ctx->rank;
+  g->ndev = P;
+  bind_device(g, B, T, P);
+}
+
+Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
+  const Config *cfg = ctx->cfg;
+  const int64_t B = cfg && cfg->batch > 0 ? cfg->batch : 32,
+                T = cfg && cfg->unroll > 0 ? cfg->unroll : 20;
+  const int P = ctx->devices > 0 ? ctx->devices : 1;
+  Type *save = pass_shard_experts(g, P > 1 ? d : -1); /* every type, for the restore */
+  if (P > 1) {
+    g->rank = d;
+    g->ndev = P;
+    bind_device(g, B, T, P);
+  }
+  /* the memplan pass's figures (its offsets are not needed to report them) */
+  g->mem = pass_memplan_plan(g, g->B, g->T, ctx->elem ? ctx->elem : sizeof(float), 0, NULL);
+  return save;
+}
+
+void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save) {
+  pass_unshard_experts(g, save);
+  PassCtx global = *ctx;
+  global.device_graph = false;
+  pass_bind(g, &global);
+  pass_memplan(g, &global);
+}

@@ -1,0 +1,315 @@
+/* report.c: what a run shows: the header, the progress line (step, loss, perplexity,
+ * tokens/s, aux, each MoE layer's importance CV and max/mean load), the metrics file
+ * (one JSON line per step and per evaluation), the evaluation lines and the summary
+ * (text, or one JSON object with --json). Rank 0 writes; the summary gathers every
+ * device's memory and collectives. docs/training.md. */
+#include <math.h>
+#include <string.h>
+
+#include "run.h"
+
+static const char *human_rate(double v, char *buf, size_t n) {
+  if (v >= 1e6)
+    snprintf(buf, n, "%.2fM", v / 1e6);
+  else if (v >= 1e3)
+    snprintf(buf, n, "%.1fk", v / 1e3);
+  else
+    snprintf(buf, n, "%.0f", v);
+  return buf;
+}
+
+/* digits: 9 (float32 values), 17 (--f64: every bit of a double) */
+static void json_num_digits(McBuf *b, const char *key, double v, int digits) {
+  if (isfinite(v))
+    mc_buf_printf(b, ",\"%s\":%.*g", key, digits, v);
+  else
+    mc_buf_printf(b, ",\"%s\":null", key);
+}
+
+static void json_num(McBuf *b, const char *key, double v) {
+  json_num_digits(b, key, v, 9);
+}
+
+/* ---------------------------------------------------------------- MoE monitoring */
+
+typedef struct MoeStat {
+  double cv, load_ratio;
+  double drop; /* capacity=: the fraction of the routes dropped; -1 without */
+} MoeStat;
+
+/* A monitoring vector (numel floats of the program's precision) as doubles. */
+static double *download_vec(Program *p, const Tensor *t) {
+  double *v = mc_malloc((size_t)MC_MAX(t->numel, 1) * sizeof(double));
+  void *raw = mc_malloc((size_t)MC_MAX(t->numel, 1) * p->elem);
+  p->be->download(raw, p->buf[t->id], (size_t)t->numel * p->elem);
+  for (int64_t k = 0; k < t->numel; k++)
+    v[k] = p->prec == PREC_F64 ? ((double *)raw)[k] : ((float *)raw)[k];
+  mc_free(raw);
+  return v;
+}
+
+static MoeStat moe_stat(Program *p, int i) {
+  Graph *g = p->g;
+  MoeStat st = {0, 0, -1};
+  const Tensor *imp = g->moe_importance ? g->moe_importance[i] : NULL;
+  const Tensor *drop = g->moe_drop ? g->moe_drop[i] : NULL;
+  if (drop && drop->numel > 0) { /* each expert's dropped routes / all routes */
+    double *v = download_vec(p, drop);
+    st.drop = 0;
+    for (int64_t k = 0; k < drop->numel; k++)
+      st.drop += v[k];
+    mc_free(v);
+  }
+  const Tensor *load = g->moe_load ? g->moe_load[i] : NULL;
+  if (imp && imp->numel > 0) {
+    double *v = download_vec(p, imp), mean = 0, var = 0;
+    for (int64_t k = 0; k < imp->numel; k++)
+      mean += v[k] / (double)imp->numel;
+    for (int64_t k = 0; k < imp->numel; k++)
+      var += (v[k] - mean) * (v[k] - mean) / (double)imp->numel;
+    st.cv = mean > 0 ? sqrt(var) / mean : 0;
+    mc_free(v);
+  }
+  if (load && load->numel > 0) {
+    double *v = download_vec(p, load), mean = 0, mx = 0;
+    for (int64_t k = 0; k < load->numel; k++) {
+      mean += v[k] / (double)load->numel;
+      mx = fmax(mx, v[k]);
+    }
+    st.load_ratio = mean > 0 ? mx / mean : 0;
+    mc_free(v);
+  }
+  return st;
+}
+
+static const char *moe_name(const Graph *g, int i) {
+  return g->moe_names ? g->moe_names[i] : "moe";
+}
+
+/* ---------------------------------------------------------------- lines */
+
+void rt_report_header(Run *r, int64_t start) {
+  Graph *g = r->p->g;
+  const Config *cfg = r->cfg;
+  int64_t nparams = 0; /* the whole model's (a device holds its experts' rows) */
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    int64_t per = 1; /* elements per row (a device may hold none of its rows: E_r = 0) */
+    for (int d = 1; d < t->ty.rank; d++)
+      per *= t->shape[d];
+    nparams += r->p->rows && r->p->rows[i].list ? per * r->p->rows[i].global : t->numel;
+  }
+  fprintf(r->out, "moec: training '%s': %lld parameters, batch %d x unroll %d, %s lr %g%s", g->name,
+          (long long)nparams, r->Bl * r->P, r->T, cfg->optimizer == OPT_ADAM ? "adam" : "factored",
+          cfg->lr, r->o.f64 ? ", float64" : "");
+  if (r->P > 1) fprintf(r->out, ", %d devices", r->P);
+  if (start) fprintf(r->out, ", resuming at step %lld", (long long)start);
+  fprintf(r->out, "\n");
+  const Corpus *c = r->corpus;
+  if (c->syn)
+    fprintf(r->out,
+            "moec: data: synthetic(topics=%d, vocab=%d, seed=%llu): entropy floor %.4f "
+            "nats/token (ppl %.3f), unigram ppl %.1f\n",
+            cfg->topics, cfg->vocab, (unsigned long long)cfg->data_seed, r->floor_nats,
+            exp(r->floor_nats), exp(c->syn->unigram_nats));
+  else
+    fprintf(r->out, "moec: data: '%s': %lld / %lld / %lld tokens (train / valid / test)%s\n",
+            c->path, (long long)c->ntok[0], (long long)c->ntok[1], (long long)c->ntok[2],
+            c->words ? "" : " of uint16 ids");
+  fflush(r->out);
+}
+
+void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xent, double aux,
+                    double tokens_per_s, bool show) {
+  Graph *g = r->p->g;
+  if (show && !r->o.quiet) {
+    char rate[32];
+    fprintf(r->out, "%sstep %lld/%lld  loss %.4f  ppl %.2f  %s tok/s", r->tty ? "\r\033[K" : "",
+            (long long)step, (long long)steps, loss, exp(xent),
+            human_rate(tokens_per_s, rate, sizeof rate));
+    if (g->aux) fprintf(r->out, "  aux %.4f", aux);
+    for (int i = 0; i < g->nmoe; i++) {
+      MoeStat ms = moe_stat(r->p, i);
+      fprintf(r->out, "  %s: cv %.2f load %.2f", moe_name(g, i), ms.cv, ms.load_ratio);
+      if (ms.drop >= 0) fprintf(r->out, " drop %.1f%%", 100 * ms.drop);
+    }
+    fprintf(r->out, r->tty ? "" : "\n");
+    fflush(r->out);
+  }
+  if (!r->metrics) return;
+  McBuf b = {0};
+  mc_buf_printf(&b, "{\"event\":\"step\",\"step\":%lld", (long long)step);
+  const int dg = r->o.f64 ? 17 : 9;
+  json_num_digits(&b, "loss", loss, dg);
+  json_num_digits(&b, "xent", xent, dg);
+  json_num_digits(&b, "aux", aux, dg);
+  json_num(&b, "ppl", exp(xent));
+  json_num_digits(&b, "grad_norm", r->opt->last_norm, dg);
+  json_num(&b, "tokens_per_s", tokens_per_s);
+  mc_buf_printf(&b, ",\"moe\":[");
+  for (int i = 0; i < g->nmoe; i++) {
+    MoeStat ms = moe_stat(r->p, i);
+    mc_buf_printf(&b, "%s{\"name\":", i ? "," : "");
+    mc_buf_json_string(&b, moe_name(g, i));
+    json_num(&b, "importance_cv", ms.cv);
+    json_num(&b, "load_max_over_mean", ms.load_ratio);
+    if (ms.drop >= 0) json_num(&b, "dropped", ms.drop);
+    const Tensor *lt = g->moe_load ? g->moe_load[i] : NULL;
+    if (lt && lt->numel > 0 && r->p->prec == PREC_F32) { /* per expert: experts = balanced */
+      double *lv = download_vec(r->p, lt);
+      mc_buf_printf(&b, ",\"load\":[");
+      for (int64_t e = 0; e < lt->numel; e++)
+        mc_buf_printf(&b, "%s%.6g", e ? "," : "", lv[e]);
+      mc_buf_putc(&b, ']');
+      mc_free(lv);
+    }
+    mc_buf_putc(&b, '}');
+  }
+  mc_buf_printf(&b, "]}\n");
+  fputs(b.data, r->metrics);
+  mc_buf_free(&b);
+}
+
+void rt_report_eval(Run *r, int64_t step, Split split, double loss, int64_t tokens, double secs) {
+  if (r->rank != 0) return;
+  const char *name = split == SPLIT_VALID ? "valid" : "test";
+  if (r->tty) fprintf(r->out, "\r\033[K");
+  fprintf(r->out, "step %lld: %s loss %.4f ppl %.3f (%lld tokens, %.1fs)", (long long)step, name,
+          loss, exp(loss), (long long)tokens, secs);
+  if (r->floor_nats > 0) fprintf(r->out, "; floor ppl %.3f", exp(r->floor_nats));
+  fprintf(r->out, "\n");
+  fflush(r->out);
+  if (!r->metrics) return;
+  McBuf b = {0};
+  mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, name);
+  json_num_digits(&b, "loss", loss, r->o.f64 ? 17 : 9);
+  json_num(&b, "ppl", exp(loss));
+  mc_buf_printf(&b, ",\"tokens\":%lld", (long long)tokens);
+  json_num(&b, "seconds", secs);
+  mc_buf_printf(&b, "}\n");
+  fputs(b.data, r->metrics);
+  fflush(r->metrics);
+  mc_buf_free(&b);
+}
+
+/* ---------------------------------------------------------------- summary */
+
+/* Memory each device allocated for the model: parameters, their gradients, optimizer
+ * state (what `moec plan` prints per device), and the program's two regions. */
+enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_PERSIST, MEM_ARENA, MEM_N };
+
+static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const CommStats *cs) {
+  const int P = r->P;
+  McBuf b = {0};
+  mc_buf_printf(&b, "{\"steps\":%lld", (long long)t->steps);
+  mc_buf_printf(&b, ",\"devices\":%d", P);
+  json_num(&b, "train_loss", t->train_loss);
+  json_num(&b, "train_ppl", exp(t->train_xent));
+  json_num(&b, "last_loss", t->last_loss);
+  json_num(&b, "valid_ppl", exp(t->valid));
+  json_num(&b, "test_ppl", exp(t->test));
+  json_num(&b, "tokens_per_s", t->tokens_per_s);
+  json_num(&b, "train_seconds", r->t_train);
+  json_num(&b, "data_seconds", r->t_data); /* rank 0: batches read or generated, uploaded */
+  json_num(&b, "floor_ppl", r->floor_nats > 0 ? exp(r->floor_nats) : NAN);
+  json_num(&b, "unigram_ppl", r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);
+  /* collectives per training step, summed over devices: payload = the plan's payload,
+   * sent = its expected bytes (docs/placement.md); seconds: rank 0's */
+  mc_buf_printf(&b, ",\"comm\":{");
+  for (int k = 0; k < CK_COUNT; k++) {
+    double per = t->done > 0 ? 1.0 / (double)t->done : 0;
+    mc_buf_printf(&b, "%s\"%s\":{\"calls\":%.9g,\"payload_bytes\":%.9g,\"sent_bytes\":%.9g",
+                  k ? "," : "", comm_kind_names[k], (double)cs->calls[k] * per,
+                  cs->payload[k] * per, cs->sent[k] * per);
+    json_num(&b, "seconds", r->stats.seconds[k]);
+    mc_buf_putc(&b, '}');
+  }
+  mc_buf_putc(&b, '}');
+  mc_buf_printf(&b, ",\"memory\":[");
+  for (int d = 0; d < P; d++) {
+    const int64_t *m = mem_all + d * MEM_N;
+    mc_buf_printf(&b,
+                  "%s{\"device\":%d,\"param_bytes\":%lld,\"grad_bytes\":%lld,"
+                  "\"optimizer_bytes\":%lld,\"model_bytes\":%lld,\"persist_bytes\":%lld,"
+                  "\"arena_bytes\":%lld}",
+                  d ? "," : "", d, (long long)m[MEM_PARAMS], (long long)m[MEM_GRADS],
+                  (long long)m[MEM_OPTIM], (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
+                  (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA]);
+  }
+  mc_buf_putc(&b, ']');
+  if (r->o.settings) mc_buf_printf(&b, ",\"settings\":%s", r->o.settings);
+  mc_buf_printf(&b, "}\n");
+  fputs(b.data, stdout);
+  fflush(stdout);
+  mc_buf_free(&b);
+}
+
+void rt_report_summary(Run *r, const RunTotals *t) {
+  Program *p = r->p;
+  Graph *g = p->g;
+  Comm *c = r->comm;
+  const int P = r->P;
+  int64_t mem[MEM_N] = {0}, *mem_all = mc_calloc((size_t)P * MEM_N, sizeof(int64_t));
+  for (int i = 0; i < g->nparams; i++) {
+    mem[MEM_PARAMS] += g->params[i]->numel * (int64_t)p->elem;
+    mem[MEM_GRADS] += g->params[i]->numel * (int64_t)p->elem;
+  }
+  mem[MEM_OPTIM] = (int64_t)rt_md_optim_bytes(r->opt);
+  mem[MEM_PERSIST] = (int64_t)p->persist_bytes;
+  mem[MEM_ARENA] = (int64_t)p->arena_bytes;
+  c->all_gather(c, mem, mem_all, sizeof mem);
+  CommStats cs = r->stats; /* summed over devices */
+  if (P > 1) {
+    double v[3 * CK_COUNT];
+    for (int k = 0; k < CK_COUNT; k++) {
+      v[k] = cs.payload[k];
+      v[CK_COUNT + k] = cs.sent[k];
+      v[2 * CK_COUNT + k] = (double)cs.calls[k];
+    }
+    c->all_reduce_sum_f64(c, v, 3 * CK_COUNT);
+    for (int k = 0; k < CK_COUNT; k++) {
+      cs.payload[k] = v[k];
+      cs.sent[k] = v[CK_COUNT + k];
+      cs.calls[k] = (int64_t)v[2 * CK_COUNT + k];
+    }
+  }
+  if (r->rank != 0) {
+    mc_free(mem_all);
+    return;
+  }
+  char rate[32];
+  if (isnan(t->test)) {
+    fprintf(r->out, "no evaluation (--no-eval)\n");
+  } else {
+    fprintf(r->out, "test ppl %.3f", exp(t->test));
+    if (r->floor_nats > 0)
+      fprintf(r->out, " (floor %.3f, %.1f%% above)", exp(r->floor_nats),
+              100.0 * (exp(t->test - r->floor_nats) - 1.0));
+    fprintf(r->out, "; valid ppl %.3f\n", exp(t->valid));
+  }
+  fprintf(r->out, "%lld steps in %.1fs (%s tokens/s), evaluation %.1fs%s%s\n", (long long)t->done,
+          r->t_train, human_rate(t->tokens_per_s, rate, sizeof rate), r->t_eval,
+          r->o.save ? "; saved " : "", r->o.save ? r->o.save : "");
+  int64_t mem_max = 0;
+  for (int d = 0; d < P; d++)
+    mem_max = MC_MAX(mem_max, mem_all[d * MEM_N + MEM_PARAMS] + mem_all[d * MEM_N + MEM_GRADS] +
+                                  mem_all[d * MEM_N + MEM_OPTIM]);
+  fprintf(r->out,
+          "memory per device: params %.3f + grads %.3f + optimizer %.3f MiB (device 0; largest "
+          "%.3f MiB); program %.3f MiB persistent + %.3f MiB arena\n",
+          mem[MEM_PARAMS] / 1048576.0, mem[MEM_GRADS] / 1048576.0, mem[MEM_OPTIM] / 1048576.0,
+          mem_max / 1048576.0, mem[MEM_PERSIST] / 1048576.0, mem[MEM_ARENA] / 1048576.0);
+  if (P > 1) {
+    double a2a = r->stats.seconds[CK_ALL_TO_ALL] + r->stats.seconds[CK_ALL_TO_ALL_BACK] +
+                 r->stats.seconds[CK_RESHARD],
+           ar = r->stats.seconds[CK_ALL_REDUCE] + r->stats.seconds[CK_ALL_GATHER_TOPM];
+    fprintf(r->out,
+            "%d devices: %s tokens/s per device; rank 0 in all-to-all %.1f%% and all-reduce "
+            "%.1f%% of the training time\n",
+            P, human_rate(t->tokens_per_s / P, rate, sizeof rate),
+            100.0 * a2a / fmax(r->t_train, 1e-9), 100.0 * ar / fmax(r->t_train, 1e-9));
+  }
+  fflush(r->out);
+  if (r->o.json) print_json(r, t, mem_all, &cs);
+  mc_free(mem_all);
+}
