@@ -116,7 +116,7 @@ void rt_report_header(Run *r, int64_t start) {
     fprintf(r->out, "moec: data: '%s': %lld / %lld / %lld tokens (train / valid / test)%s\n",
             c->path, (long long)c->ntok[0], (long long)c->ntok[1], (long long)c->ntok[2],
             c->words ? "" : " of uint16 ids");
-  fflush(r->out);
+  rt_guard_outputs(r); /* flushed: a full disk fails now, with its errno */
 }
 
 void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xent, double aux,
@@ -134,7 +134,7 @@ void rt_report_step(Run *r, int64_t step, int64_t steps, double loss, double xen
       if (ms.drop >= 0) fprintf(r->out, " drop %.1f%%", 100 * ms.drop);
     }
     fprintf(r->out, r->tty ? "" : "\n");
-    fflush(r->out);
+    rt_guard_outputs(r);
   }
   if (!r->metrics) return;
   McBuf b = {0};
@@ -178,7 +178,7 @@ void rt_report_eval(Run *r, int64_t step, Split split, double loss, int64_t toke
           loss, exp(loss), (long long)tokens, secs);
   if (r->floor_nats > 0) fprintf(r->out, "; floor ppl %.3f", exp(r->floor_nats));
   fprintf(r->out, "\n");
-  fflush(r->out);
+  rt_guard_outputs(r);
   if (!r->metrics) return;
   McBuf b = {0};
   mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, name);
@@ -188,7 +188,7 @@ void rt_report_eval(Run *r, int64_t step, Split split, double loss, int64_t toke
   json_num(&b, "seconds", secs);
   mc_buf_printf(&b, "}\n");
   fputs(b.data, r->metrics);
-  fflush(r->metrics);
+  rt_guard_outputs(r);
   mc_buf_free(&b);
 }
 
@@ -240,7 +240,7 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   if (r->o.settings) mc_buf_printf(&b, ",\"settings\":%s", r->o.settings);
   mc_buf_printf(&b, "}\n");
   fputs(b.data, stdout);
-  fflush(stdout);
+  rt_guard_outputs(r);
   mc_buf_free(&b);
 }
 
@@ -309,7 +309,7 @@ void rt_report_summary(Run *r, const RunTotals *t) {
             P, human_rate(t->tokens_per_s / P, rate, sizeof rate),
             100.0 * a2a / fmax(r->t_train, 1e-9), 100.0 * ar / fmax(r->t_train, 1e-9));
   }
-  fflush(r->out);
+  rt_guard_outputs(r);
   if (r->o.json) print_json(r, t, mem_all, &cs);
   mc_free(mem_all);
 }

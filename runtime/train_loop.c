@@ -38,6 +38,7 @@ static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const Ru
   char **vocab = rt_ckpt_vocab(ck, &nv);
   r->corpus = rt_corpus_load(cfg, p->vocab, vocab, nv);
   rt_words_free(vocab, nv);
+  rt_guard_inputs(r, ck);
   for (int split = SPLIT_VALID; split <= SPLIT_TEST && !o->no_eval; split++) {
     Batcher b; /* an evaluation split too small for the batch: said now, not after training */
     rt_batcher_init_rows(&b, r->corpus, (Split)split, r->Bl * r->P, r->T, r->rank * r->Bl, r->Bl);
@@ -72,7 +73,7 @@ static void teardown(Run *r) {
     if (!g->params[i]->grad) mc_free(r->grads[i]);
   mc_free(r->params);
   mc_free(r->grads);
-  if (r->metrics) fclose(r->metrics);
+  rt_guard_close(r);
   if (r->devnull) fclose(r->devnull);
   rt_devopt_free(r->dopt);
   rt_optim_free(r->opt);
@@ -86,6 +87,7 @@ static double evaluate(Run *r, Split split, int64_t step) {
   double secs = mc_now() - t0;
   r->t_eval += secs;
   rt_report_eval(r, step, split, loss, tokens, secs);
+  rt_guard_eval(r, step, split, loss);
   return loss;
 }
 
@@ -99,17 +101,7 @@ static double step_forward_backward(Run *r, Batcher *bt, int32_t *ids, int32_t *
   rt_feed(p, p->ids, ids);
   rt_feed(p, p->targets, tg);
   r->t_data += mc_now() - t0;
-  KernelCtx ctx = {.training = true,
-                   .seed = r->cfg->seed,
-                   .step = (uint64_t)s,
-                   .batch0 = (int64_t)r->rank * r->Bl,
-                   .batch_local = r->Bl,
-                   .device = r->rank,
-                   .ndevices = r->P,
-                   .comm = r->P > 1 ? r->comm : NULL,
-                   .graph = r->P > 1 ? g : NULL,
-                   .stats = &r->stats,
-                   .dev = p->dev};
+  KernelCtx ctx = rt_train_ctx(r, s);
   rt_exec(p, &ctx, 0, p->ninstrs);
   double loss = rt_read_scalar(p, g->loss), xent = rt_read_scalar(p, g->xent),
          aux = rt_read_scalar(p, g->aux);
@@ -143,9 +135,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   for (int64_t s = start; s < steps; s++) {
     double t0 = mc_now(), xent, aux;
     double loss = step_forward_backward(&r, &bt, ids, tg, s, &xent, &aux);
-    if (!isfinite(loss))
-      mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
-             (long long)s + 1);
+    rt_guard_step(&r, s, loss);
     if (r.dopt)
       rt_devopt_step(r.dopt, r.opt);
     else
@@ -162,6 +152,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     double tps = (double)tot.done * tokens_per_step / fmax(r.t_train, 1e-9);
     bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start;
     rt_report_step(&r, s + 1, steps, loss, xent, aux, tps, show);
+    rt_guard_outputs(&r);
     if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
       if (!r.o.no_eval) evaluate(&r, SPLIT_VALID, s + 1);
       if (r.o.save) rt_ckpt_save(&r, r.o.save, s + 1);

@@ -16,6 +16,17 @@
 #             that are not UTF-8: every header moec writes parses with Python's json,
 #             the vocabulary comes back (resume and eval --data)
 #   compile : hmoe with 4000 groups plans in seconds (the passes were quadratic)
+#   diverge : lr = 1e30 with --eval-every 1 --save: exit 1 naming the step and the
+#             first op that went non-finite, no checkpoint written (a fresh run leaves
+#             none, a resumed one leaves the good one byte for byte); lr = 1e6 (a
+#             finite loss whose perplexity overflows) too; 2 devices too
+#   writes  : stdout, --metrics and --json on a full disk (/dev/full): exit 1 naming
+#             the stream; a bad --save path fails before step 1
+#   resume  : a checkpoint without a carried state (state.h.c) or an optimizer
+#             moment: an error naming the tensor; --steps / --set train.steps 1e20
+#             and other integer flags out of range: an error naming the setting
+#   mpi_inputs: MPI ranks with different data files or different --load files (the
+#             same paths in different directories): stopped with a message
 #   mpi     : a rank stopped (SIGSTOP) during start-up (MPI_Init waits for it: at
 #             least 30 s) or training (MOEC_COMM_TIMEOUT=3): the job ends with the
 #             watchdog's message
@@ -32,7 +43,8 @@ FAILS=0
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 pass() { echo "ok: $*"; }
 
-# expect_error PATTERN CMD...: CMD exits 1 within 30 s and its stderr contains PATTERN
+# expect_error PATTERN CMD...: CMD exits 1 (2: the frontend's located errors) within 30 s
+# and its stderr contains PATTERN
 expect_error() {
   pat=$1
   shift
@@ -42,7 +54,7 @@ expect_error() {
     fail "'$*' succeeded, expected an error with '$pat'"
   elif [ $rc -eq 137 ]; then
     fail "'$*' still running after 30 s (a hang)"
-  elif [ $rc -ne 1 ]; then
+  elif [ $rc -ne 1 ] && [ $rc -ne 2 ]; then
     fail "'$*' exited $rc (a crash?)"; cat err.txt
   elif ! grep -qF -- "$pat" err.txt; then
     fail "'$*' exited $rc without '$pat':"; cat err.txt
@@ -59,6 +71,31 @@ for p in sys.argv[1:]:
     d = open(p, "rb").read()
     n = struct.unpack("<Q", d[:8])[0]
     json.loads(d[8:8 + n])  # bytes: decoded as strict UTF-8
+EOF
+}
+
+# drop_tensor FILE NAME...: rewrites a checkpoint without the tensors NAME (data repacked)
+drop_tensor() {
+  python3 - "$@" <<'EOF'
+import json, struct, sys
+p, names = sys.argv[1], sys.argv[2:]
+d = open(p, "rb").read()
+n = struct.unpack("<Q", d[:8])[0]
+h = json.loads(d[8:8 + n])
+data = d[8 + n:]
+for name in names:
+    del h[name]
+out, at = b"", 0
+for k, e in h.items():
+    if k == "__metadata__":
+        continue
+    b, f = e["data_offsets"]
+    out += data[b:f]
+    e["data_offsets"] = [at, at + f - b]
+    at += f - b
+t = json.dumps(h, separators=(",", ":")).encode()
+t += b" " * (-(8 + len(t)) % 8)
+open(p, "wb").write(struct.pack("<Q", len(t)) + t + out)
 EOF
 }
 
@@ -191,6 +228,120 @@ EOF
     pass "eval --data with the stored vocabulary" || { fail "eval --data"; cat err.txt; }
   headers_json raw2.safetensors || fail "the resumed checkpoint's header is not strict JSON"
   ;;
+diverge)
+  # a fresh run: no checkpoint at all
+  expect_error "training diverged at step 1: the valid loss is nan; the first non-finite value: tensor 'h.xw', output of op matmul of layer 'h' (6:7) in the forward pass" \
+    "$MOEC" run m.moe --lr 1e30 --eval-every 1 --steps 6 --save d.safetensors
+  [ ! -e d.safetensors ] && pass "no checkpoint of a diverged run" || fail "a diverged run saved"
+  # a resumed run: the good checkpoint stays byte for byte
+  "$MOEC" run m.moe --steps 2 --save g.safetensors --quiet >/dev/null 2>&1 || fail "the base run failed"
+  cp g.safetensors g0.safetensors
+  expect_error "training diverged at step 3: the valid loss is nan; the first non-finite value:" \
+    "$MOEC" run m.moe --load g.safetensors --lr 1e30 --eval-every 1 --steps 6 --save g.safetensors
+  cmp -s g.safetensors g0.safetensors && pass "the good checkpoint is intact" ||
+    fail "the good checkpoint was overwritten"
+  # without evaluations: the training loss of step 2 (step 1's update overflowed)
+  expect_error "training diverged at step 2: the loss is nan; the first non-finite value: tensor" \
+    "$MOEC" run m.moe --lr 1e30 --no-eval --steps 6 --save n.safetensors
+  [ ! -e n.safetensors ] && pass "no checkpoint without evaluations either" || fail "saved"
+  # finite but absurd: perplexity inf
+  expect_error "training diverged at step 1: the valid loss is " \
+    "$MOEC" run m.moe --lr 1e6 --eval-every 1 --steps 6 --save p.safetensors
+  grep -q "(its perplexity overflows)" err.txt || fail "the perplexity case says why"
+  [ ! -e p.safetensors ] && pass "no checkpoint with an overflowing perplexity" || fail "saved"
+  # two devices: every rank stops, rank 0 says where
+  expect_error "training diverged at step 1: the valid loss is nan; the first non-finite value: tensor 'h.xw', output of op matmul of layer 'h' (6:7) in the forward pass on device" \
+    "$MOEC" run m.moe --lr 1e30 --eval-every 1 --steps 6 --devices 2 --save t.safetensors
+  [ ! -e t.safetensors ] && pass "no checkpoint on 2 devices" || fail "saved on 2 devices"
+  ;;
+writes)
+  [ -w /dev/full ] || { echo "SKIP: no writable /dev/full"; exit 77; }
+  expect_error "cannot write the standard output: No space left on device" \
+    sh -c "'$MOEC' run m.moe >/dev/full"
+  expect_error "cannot write the metrics file '/dev/full': No space left on device" \
+    "$MOEC" run m.moe --quiet --metrics /dev/full
+  expect_error "cannot write the standard output: No space left on device" \
+    sh -c "'$MOEC' run m.moe --quiet --json >/dev/full"
+  "$MOEC" run m.moe --quiet --json --metrics ok.jsonl >ok.json 2>err.txt &&
+    [ -s ok.json ] && [ -s ok.jsonl ] && pass "the same outputs on a disk with room" ||
+    { fail "outputs on a disk with room"; cat err.txt; }
+  # a save path that cannot be written: refused before step 1, not after the last
+  mkdir adir
+  long=$(python3 -c "print('x' * 5000)")
+  for p in adir "" "$long/c.safetensors" /nonexistent/c.safetensors; do
+    expect_error "cannot save" "$MOEC" run m.moe --steps 3 --save "$p"
+    grep -q "step 1" out.txt && fail "--save '$p' was refused only after training"
+  done
+  ;;
+resume)
+  "$MOEC" run m.moe --save ck.safetensors --quiet >/dev/null 2>&1 || fail "the base run failed"
+  cp ck.safetensors s.safetensors
+  drop_tensor s.safetensors state.h.c
+  expect_error "checkpoint 's.safetensors' has optimizer state but lacks 'state.h.c', the carried state" \
+    "$MOEC" run m.moe --load s.safetensors --steps 6 --quiet
+  cp ck.safetensors o.safetensors
+  drop_tensor o.safetensors optim.v.m.w1
+  expect_error "lacks 'optim.v.m.w1'" "$MOEC" run m.moe --load o.safetensors --steps 6 --quiet
+  # weights only (no optimizer, no state): a fresh start with a note, as documented
+  cp ck.safetensors w.safetensors
+  # shellcheck disable=SC2046
+  drop_tensor w.safetensors $(python3 -c "
+import json, struct
+d = open('w.safetensors', 'rb').read()
+h = json.loads(d[8:8 + struct.unpack('<Q', d[:8])[0]])
+print(' '.join(k for k in h if k.startswith(('optim.', 'state.'))))")
+  set_meta w.safetensors optim.step 0
+  python3 - <<'EOF'
+import json, struct
+d = open("w.safetensors", "rb").read()
+n = struct.unpack("<Q", d[:8])[0]
+h = json.loads(d[8:8 + n])
+for k in ("optim.step", "optim.kind", "train.step"):
+    h["__metadata__"].pop(k, None)
+t = json.dumps(h, separators=(",", ":")).encode()
+t += b" " * (-(8 + len(t)) % 8)
+open("w.safetensors", "wb").write(struct.pack("<Q", len(t)) + t + d[8 + n:])
+EOF
+  "$MOEC" run m.moe --load w.safetensors --steps 2 --quiet >/dev/null 2>err.txt &&
+    grep -q "holds weights only" err.txt && pass "a weights-only checkpoint starts afresh" ||
+    { fail "a weights-only checkpoint"; cat err.txt; }
+  for f in "--steps 1e20" "--set train.steps=1e20" "--steps 2147483648" "--steps -1"; do
+    # shellcheck disable=SC2086
+    expect_error "'steps' must be" "$MOEC" run m.moe $f
+  done
+  expect_error "'batch' must be" "$MOEC" run m.moe --batch 1e20
+  expect_error "'eval_every' must be" "$MOEC" run m.moe --eval-every 1e20
+  expect_error "'unroll' must be" "$MOEC" run m.moe --set train.unroll=4294967297
+  ;;
+mpi_inputs)
+  command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }
+  mkdir d1 d2
+  for d in d1 d2; do
+    sed 's|synthetic(topics=2, vocab=V, seed=1)|"c.txt"|; s|let V = 32|let V = 16|' m.moe >$d/t.moe
+  done
+  python3 - <<'EOF'
+for d, w in (("d1", "the cat sat on a mat"), ("d2", "a dog ran in the park")):
+    open(d + "/c.txt", "w").write("".join("%s %d\n" % (w, i % 9) for i in range(300)))
+EOF
+  mpi() {
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+      timeout -s KILL 100 mpirun --oversubscribe -np 1 -wdir "$TMP/d1" "$MOEC" run t.moe "$@" : \
+      -np 1 -wdir "$TMP/d2" "$MOEC" run t.moe "$@" >mpi.out 2>&1
+  }
+  mpi --steps 2 --quiet
+  if grep -q "moec was built without MPI" mpi.out; then echo "SKIP: moec built without MPI"; exit 77; fi
+  grep -q "inconsistent data (a digest of its tokens and vocabulary) across ranks" mpi.out &&
+    pass "ranks on different data files stop" || { cat mpi.out; fail "different data files"; }
+  cp d1/c.txt d2/c.txt
+  (cd d1 && "$MOEC" run t.moe --steps 2 --save ck.safetensors --quiet >/dev/null 2>&1) || fail "run in d1"
+  (cd d2 && "$MOEC" run t.moe --steps 3 --save ck.safetensors --quiet >/dev/null 2>&1) || fail "run in d2"
+  mpi --steps 4 --quiet --load ck.safetensors
+  grep -q "inconsistent --load checkpoint (a digest of the file) across ranks" mpi.out &&
+    pass "ranks resuming different checkpoints stop" || { cat mpi.out; fail "different checkpoints"; }
+  cp d1/ck.safetensors d2/ck.safetensors
+  mpi --steps 4 --quiet --load ck.safetensors &&
+    pass "the same data and checkpoint train together" || { cat mpi.out; fail "the same inputs"; }
+  ;;
 compile)
   sed 's|m = moe(h, experts=4, k=2, hidden=8)|m = hmoe(h, groups=4000, experts=2, k_group=1, k=1, hidden=2)|' m.moe >h.moe
   t0=$(date +%s)
@@ -232,7 +383,7 @@ EOF
   done
   ;;
 *)
-  echo "usage: test_hostile.sh MOEC sizes|paths|steps|files|compile|mpi"
+  echo "usage: test_hostile.sh MOEC sizes|paths|steps|files|diverge|writes|resume|compile|mpi|mpi_inputs"
   exit 2
   ;;
 esac
