@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "run.h"
@@ -25,17 +26,38 @@ KernelCtx rt_train_ctx(Run *r, int64_t step) {
 
 /* ---------------------------------------------------------------- finiteness */
 
-/* Whether n floats (elem 4) or doubles (elem 8) at p are all finite: a sum in double
- * is finite exactly when every term is (finite floats cannot overflow it). */
+/* Whether n floats (elem 4) or doubles (elem 8) at p are all finite: no value with
+ * every exponent bit set (inf, NaN). Integer tests OR-ed: vectorised, one pass at
+ * memory speed (a gradient check a step costs a fraction of the optimizer's pass). */
 static bool all_finite(const void *p, int64_t n, size_t elem) {
-  double s = 0;
-  if (elem == sizeof(double))
-    for (int64_t k = 0; k < n; k++)
-      s += ((const double *)p)[k] * 0.0;
-  else
-    for (int64_t k = 0; k < n; k++)
-      s += (double)((const float *)p)[k] * 0.0;
-  return s == 0; /* inf * 0 and NaN * 0 are NaN */
+  const char *c = p;
+  int64_t k = 0;
+  if (elem == sizeof(double)) {
+    const uint64_t e = 0x7ff0000000000000ull;
+    uint64_t bad = 0, u[8], t; /* blocks of a fixed size: vectorised at -O2 */
+    for (; k + 8 <= n; k += 8) {
+      memcpy(u, c + 8 * k, sizeof u); /* the bits, without breaking aliasing rules */
+      for (int j = 0; j < 8; j++)
+        bad |= (uint64_t)((u[j] & e) == e);
+    }
+    for (; k < n; k++) {
+      memcpy(&t, c + 8 * k, 8);
+      bad |= (uint64_t)((t & e) == e);
+    }
+    return !bad;
+  }
+  const uint32_t e = 0x7f800000u;
+  uint32_t bad = 0, u[16], t;
+  for (; k + 16 <= n; k += 16) {
+    memcpy(u, c + 4 * k, sizeof u);
+    for (int j = 0; j < 16; j++)
+      bad |= (uint32_t)((u[j] & e) == e);
+  }
+  for (; k < n; k++) {
+    memcpy(&t, c + 4 * k, 4);
+    bad |= (uint32_t)((t & e) == e);
+  }
+  return !bad;
 }
 
 /* Whether tensor t's values at buf (p's device) are all finite (i32 tensors are). */
@@ -120,6 +142,8 @@ _Noreturn static void diverged(Run *r, int64_t step, const char *what, double v,
   mc_buf_printf(&b, "training diverged at step %lld: %s is ", (long long)step + 1, what);
   if (isnan(v))
     mc_buf_printf(&b, "nan"); /* not "-nan" */
+  else if (isinf(v) && !strncmp(what, "the gradient", 12))
+    mc_buf_printf(&b, "not finite");
   else
     mc_buf_printf(&b, "%g%s", v, isfinite(v) ? " (its perplexity overflows)" : "");
   if (locate) first_nonfinite(r, step, &b);
@@ -134,7 +158,11 @@ void rt_guard_step(Run *r, int64_t step, double loss) {
   for (int i = 0; !bad && bad_grad < 0 && i < p->g->nparams && rt_dev_on_host(p); i++)
     if (!all_finite(r->grads[i], p->g->params[i]->numel, p->elem)) bad_grad = i;
   if (!any_rank(r, bad || bad_grad >= 0)) return;
-  diverged(r, step, bad ? "the loss" : "a gradient", bad ? loss : NAN, true);
+  if (bad) diverged(r, step, "the loss", loss, true);
+  char what[512];
+  snprintf(what, sizeof what, "the gradient of '%s'",
+           bad_grad >= 0 ? p->g->params[bad_grad]->name : "a parameter on another device");
+  diverged(r, step, what, INFINITY, true); /* printed "not finite" */
 }
 
 void rt_guard_eval(Run *r, int64_t step, Split split, double loss) {
@@ -180,6 +208,7 @@ static void check_stream(FILE *f, const char *what, const char *path) {
   errno = 0;
   if (fflush(f) == 0 && !ferror(f)) return;
   int e = errno ? errno : EIO;
+  clearerr(f); /* reported here, not again at exit (moec.c) */
   if (path) mc_die("cannot write %s '%s': %s", what, path, strerror(e));
   mc_die("cannot write %s: %s", what, strerror(e));
 }

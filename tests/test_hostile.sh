@@ -4,8 +4,8 @@
 #
 #   usage: test_hostile.sh MOEC CASE
 #
-#   sizes   : a model whose tensors overflow int64 once B and T are bound (plan and
-#             run say which tensor and the limit)
+#   sizes   : a model whose tensors overflow int64 once B and T are bound (check,
+#             plan and run say which tensor and the limit)
 #   paths   : /dev/zero, a FIFO and a directory as the .moe, data and checkpoint
 #             path: refused at once with what they are
 #   steps   : checkpoints whose optim.step / train.step are INT64_MAX, not int64 or
@@ -20,8 +20,9 @@
 #             first op that went non-finite, no checkpoint written (a fresh run leaves
 #             none, a resumed one leaves the good one byte for byte); lr = 1e6 (a
 #             finite loss whose perplexity overflows) too; 2 devices too
-#   writes  : stdout, --metrics and --json on a full disk (/dev/full): exit 1 naming
-#             the stream; a bad --save path fails before step 1
+#   writes  : stdout (run, --json, check, ir, plan, eval) and --metrics on a full
+#             disk (/dev/full): exit 1 naming the stream, reported once; a bad --save
+#             path fails before step 1
 #   resume  : a checkpoint without a carried state (state.h.c) or an optimizer
 #             moment: an error naming the tensor; --steps / --set train.steps 1e20
 #             and other integer flags out of range: an error naming the setting
@@ -146,10 +147,27 @@ model t {
 }
 train { batch = 1048576 unroll = 16 }
 EOF
-  "$MOEC" check big.moe >/dev/null 2>&1 || fail "check refuses a model whose layers are in range"
-  for c in plan "ir --after memplan" run; do
+  # every command compiles for the train block's B and T (one compile path): each
+  # names the first tensor past a limit (here a dimension past 2^31 - 1)
+  for c in check plan "ir --after memplan" run; do
     # shellcheck disable=SC2086
-    expect_error "(2^48 - 1, the limit per tensor) with B = 1048576, T = 16" "$MOEC" $c big.moe
+    expect_error "(2^31 - 1, the limit per dimension)" "$MOEC" $c big.moe
+    grep -q "with B = 1048576, T = 16" err.txt || fail "$c: the message gives B and T"
+  done
+  # past 2^48 elements, with every dimension in range
+  cat >big2.moe <<'EOF'
+model t {
+  input x : f32[B, T, 4096, 65536]
+  input targets : i32[B, T, 4096]
+  m = dense(x, units=2)
+  loss = softmax_xent(m, targets, vocab=2)
+  output loss
+}
+train { batch = 65536 unroll = 32 }
+EOF
+  for c in check plan run; do
+    expect_error "tensor 'x' of type f32[B, T, 4096, 65536] would hold more than 281474976710655 elements (2^48 - 1, the limit per tensor) with B = 65536, T = 32" \
+      "$MOEC" $c big2.moe
   done
   ;;
 paths)
@@ -262,9 +280,16 @@ writes)
     "$MOEC" run m.moe --quiet --metrics /dev/full
   expect_error "cannot write the standard output: No space left on device" \
     sh -c "'$MOEC' run m.moe --quiet --json >/dev/full"
-  "$MOEC" run m.moe --quiet --json --metrics ok.jsonl >ok.json 2>err.txt &&
+  for c in check "ir --after memplan" plan; do # every command's stdout
+    expect_error "cannot write the standard output: No space left on device" \
+      sh -c "'$MOEC' $c m.moe >/dev/full"
+  done
+  "$MOEC" run m.moe --quiet --json --metrics ok.jsonl --save ok.safetensors >ok.json 2>err.txt &&
     [ -s ok.json ] && [ -s ok.jsonl ] && pass "the same outputs on a disk with room" ||
     { fail "outputs on a disk with room"; cat err.txt; }
+  expect_error "cannot write the standard output: No space left on device" \
+    sh -c "'$MOEC' eval m.moe --load ok.safetensors --json >/dev/full"
+  [ "$(grep -c "cannot write" err.txt)" -eq 1 ] || fail "the write error is reported once"
   # a save path that cannot be written: refused before step 1, not after the last
   mkdir adir
   long=$(python3 -c "print('x' * 5000)")
