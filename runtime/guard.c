@@ -148,7 +148,10 @@ _Noreturn static void diverged(Run *r, int64_t step, const char *what, double v,
     mc_buf_printf(&b, "%g%s", v, isfinite(v) ? " (its perplexity overflows)" : "");
   if (locate) first_nonfinite(r, step, &b);
   mc_buf_printf(&b, ". No checkpoint was written at this step (try a smaller lr, or clip)");
-  stop(r, b.data);
+  static _Thread_local char msg[4096]; /* a device thread's: freed before the run stops */
+  snprintf(msg, sizeof msg, "%s", b.data);
+  mc_buf_free(&b);
+  stop(r, msg);
 }
 
 void rt_guard_step(Run *r, int64_t step, double loss) {
