@@ -3,10 +3,13 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void mc_fatal_at(const char *file, int line, const char *fmt, ...) {
   va_list ap;
@@ -18,8 +21,18 @@ void mc_fatal_at(const char *file, int line, const char *fmt, ...) {
   abort();
 }
 
+void (*mc_die_hook)(const char *msg);
+
 void mc_die(const char *fmt, ...) {
   va_list ap;
+  if (mc_die_hook) {
+    char msg[1024];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    mc_die_hook(msg); /* does not return */
+    abort();
+  }
   va_start(ap, fmt);
   fflush(stdout);
   fprintf(stderr, "moec: error: ");
@@ -148,19 +161,63 @@ void mc_buf_printf(McBuf *b, const char *fmt, ...) {
   va_end(ap);
 }
 
-void mc_buf_putc(McBuf *b, char c) { mc_buf_printf(b, "%c", c); }
+void mc_buf_putc(McBuf *b, char c) {
+  if (b->len + 2 > b->cap) { /* room for c and the NUL */
+    b->cap = (b->len + 2) * 2;
+    b->data = mc_realloc(b->data, b->cap);
+  }
+  b->data[b->len++] = c;
+  b->data[b->len] = 0;
+}
+
+int mc_utf8_len(const unsigned char *s, size_t n) {
+  if (n == 0) return 0;
+  unsigned c = s[0];
+  int len;
+  unsigned min;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF)
+    len = 2, min = 0x80;
+  else if (c >= 0xE0 && c <= 0xEF)
+    len = 3, min = 0x800;
+  else if (c >= 0xF0 && c <= 0xF4)
+    len = 4, min = 0x10000;
+  else
+    return 0;
+  if ((size_t)len > n) return 0;
+  unsigned cp = c & (0x7F >> len);
+  for (int i = 1; i < len; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (s[i] & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
 
 void mc_buf_json_string(McBuf *b, const char *s) {
   mc_buf_putc(b, '"');
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+  size_t n = strlen(s);
+  for (const unsigned char *p = (const unsigned char *)s, *end = p + n; p < end; p++) {
     switch (*p) {
     case '"': mc_buf_printf(b, "\\\""); break;
     case '\\': mc_buf_printf(b, "\\\\"); break;
     case '\n': mc_buf_printf(b, "\\n"); break;
     case '\t': mc_buf_printf(b, "\\t"); break;
     default:
-      if (*p < 0x20) mc_buf_printf(b, "\\u%04x", *p);
-      else mc_buf_putc(b, (char)*p);
+      if (*p < 0x20) {
+        mc_buf_printf(b, "\\u%04x", *p);
+      } else if (*p < 0x80) {
+        mc_buf_putc(b, (char)*p);
+      } else {
+        int len = mc_utf8_len(p, (size_t)(end - p));
+        if (!len) {
+          mc_buf_printf(b, "\\ufffd");
+          continue;
+        }
+        for (int i = 0; i < len; i++)
+          mc_buf_putc(b, (char)p[i]);
+        p += len - 1;
+      }
     }
   }
   mc_buf_putc(b, '"');
@@ -172,30 +229,77 @@ void mc_buf_free(McBuf *b) {
   b->len = b->cap = 0;
 }
 
-char *mc_read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0;
-  char *buf = mc_malloc(cap);
+static _Thread_local char read_err[160];
+
+const char *mc_read_error(void) {
+  return read_err[0] ? read_err : "unknown error";
+}
+
+/* "5 GiB", "100 MiB", "512 bytes": a limit in words */
+static void size_words(size_t n, char *buf, size_t len) {
+  if (n >= ((size_t)1 << 30) && n % ((size_t)1 << 30) == 0)
+    snprintf(buf, len, "%zu GiB", n >> 30);
+  else if (n >= ((size_t)1 << 20) && n % ((size_t)1 << 20) == 0)
+    snprintf(buf, len, "%zu MiB", n >> 20);
+  else
+    snprintf(buf, len, "%zu bytes", n);
+}
+
+static char *read_fail(int fd, char *buf, int err, const char *fmt, const char *arg) {
+  if (fd >= 0) close(fd);
+  free(buf);
+  snprintf(read_err, sizeof read_err, fmt, arg);
+  errno = err;
+  return NULL;
+}
+
+char *mc_read_file_max(const char *path, size_t max, size_t *len) {
+  read_err[0] = 0;
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return read_fail(-1, NULL, errno, "%s", strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0) return read_fail(fd, NULL, errno, "%s", strerror(errno));
+  if (S_ISDIR(st.st_mode)) return read_fail(fd, NULL, EISDIR, "%s", "it is a directory");
+  if (!S_ISREG(st.st_mode))
+    return read_fail(fd, NULL, EINVAL, "it is not a regular file (%s)",
+                     S_ISFIFO(st.st_mode)   ? "a FIFO"
+                     : S_ISCHR(st.st_mode)  ? "a character device"
+                     : S_ISBLK(st.st_mode)  ? "a block device"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                                            : "of another kind");
+  char lim[32];
+  size_words(max, lim, sizeof lim);
+  if ((uint64_t)st.st_size > (uint64_t)max)
+    return read_fail(fd, NULL, EFBIG, "it is larger than %s (the limit)", lim);
+  /* the size from fstat, but a file may grow, and /proc files say 0: read to EOF,
+   * never past max */
+  size_t cap = (size_t)st.st_size + 1 > 4096 ? (size_t)st.st_size + 1 : 4096, n = 0;
+  char *buf = malloc(cap);
+  if (!buf) return read_fail(fd, NULL, ENOMEM, "%s", "not enough memory to read it whole");
   for (;;) {
-    if (n + 4096 + 1 > cap) {
-      cap *= 2;
-      buf = mc_realloc(buf, cap);
+    if (n + 1 == cap) {
+      if (n > max) break;
+      cap = cap > max / 2 ? max + 2 : 2 * cap;
+      char *nb = realloc(buf, cap);
+      if (!nb) return read_fail(fd, buf, ENOMEM, "%s", "not enough memory to read it whole");
+      buf = nb;
     }
-    size_t r = fread(buf + n, 1, cap - n - 1, f);
-    n += r;
+    ssize_t r = read(fd, buf + n, cap - n - 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return read_fail(fd, buf, errno, "%s", strerror(errno));
     if (r == 0) break;
+    n += (size_t)r;
   }
-  int err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    errno = EIO;
-    return NULL;
-  }
+  if (n > max) return read_fail(fd, buf, EFBIG, "it is larger than %s (the limit)", lim);
+  close(fd);
   buf[n] = 0;
   if (len) *len = n;
   return buf;
+}
+
+char *mc_read_file(const char *path, size_t *len) {
+  return mc_read_file_max(path, MC_READ_MAX, len);
 }
 
 double mc_now(void) {
@@ -210,6 +314,13 @@ uint64_t mc_hash64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
+}
+
+uint64_t mc_hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
 }
 
 uint64_t mc_rng_key(uint64_t seed, uint64_t stream, uint64_t step) {

@@ -26,6 +26,9 @@ _Noreturn void mc_fatal_at(const char *file, int line, const char *fmt, ...)
 
 /* User-facing runtime error (bad data file, OOM, ...): "moec: error: ..." and exit 1. */
 _Noreturn void mc_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Fuzzers only: when set, mc_die calls it with the message instead of printing and
+ * exiting; it must not return (it longjmps back to the fuzz target). */
+extern void (*mc_die_hook)(const char *msg);
 
 /* The one allocator. Aborts with a clear message naming the call site on failure. */
 void *mc_malloc_at(size_t n, const char *file, int line);
@@ -55,6 +58,10 @@ char *mc_arena_strndup(McArena *a, const char *s, size_t n);
 char *mc_arena_printf(McArena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void mc_arena_free(McArena *a);
 
+/* Length (1..4) of the valid UTF-8 sequence at s[0, n), 0 if it is none (overlong
+ * forms, surrogates and code points past U+10FFFF are not valid). */
+int mc_utf8_len(const unsigned char *s, size_t n);
+
 /* Growable string buffer. */
 typedef struct McBuf {
   char *data;
@@ -63,11 +70,39 @@ typedef struct McBuf {
 void mc_buf_printf(McBuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void mc_buf_vprintf(McBuf *b, const char *fmt, va_list ap);
 void mc_buf_putc(McBuf *b, char c);
-void mc_buf_json_string(McBuf *b, const char *s); /* quoted, escaped */
+/* s as a JSON string: quoted, escaped; a byte that is not part of valid UTF-8
+ * becomes U+FFFD, so the output is always valid JSON. */
+void mc_buf_json_string(McBuf *b, const char *s);
 void mc_buf_free(McBuf *b);
 
-/* Reads a whole file; NULL with errno set on failure. *len excludes the NUL added. */
+/* Checked int64 arithmetic for sizes, counts and steps that come from a user (a
+ * file, a flag, a checkpoint): true and *out = the result when it fits, false
+ * (and *out untouched) when it would overflow. */
+static inline bool mc_mul_ok(int64_t a, int64_t b, int64_t *out) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) return false;
+  *out = r;
+  return true;
+}
+static inline bool mc_add_ok(int64_t a, int64_t b, int64_t *out) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return false;
+  *out = r;
+  return true;
+}
+
+/* The largest file moec reads whole (data, checkpoints, token files): 64 GiB. */
+#define MC_READ_MAX ((size_t)1 << 36)
+
+/* Reads a whole regular file (or what a symlink names) of at most max bytes, without
+ * blocking on a FIFO; *len excludes the NUL added. NULL on failure with errno set
+ * (EISDIR: a directory; EINVAL: a FIFO, device or socket; EFBIG: over max) and
+ * mc_read_error() saying why in words. mc_read_file: max = MC_READ_MAX. */
+char *mc_read_file_max(const char *path, size_t max, size_t *len);
 char *mc_read_file(const char *path, size_t *len);
+/* Why the calling thread's last mc_read_file* failed: "it is a directory", "it is
+ * not a regular file (a FIFO)", "it has more than 64 GiB (the limit)", strerror. */
+const char *mc_read_error(void);
 
 /* Developer diagnostics, off unless MOEC_DEBUG lists them (read once, by the
  * command line at startup: mc_debug_from_env): memplan (the peak of every memory
@@ -89,6 +124,8 @@ double mc_now(void);
 /* Counter-based random numbers (splitmix64 hashing): the same (key, counter)
  * gives the same draw on any device and any split of the batch. */
 uint64_t mc_hash64(uint64_t x);
+/* FNV-1a of a NUL-terminated string: the hash tables' (names, symbols). */
+uint64_t mc_hash_str(const char *s);
 uint64_t mc_rng_key(uint64_t seed, uint64_t stream, uint64_t step);
 double mc_rng_uniform(uint64_t key, uint64_t counter); /* in (0,1) */
 double mc_rng_normal(uint64_t key, uint64_t counter);  /* N(0,1), Box-Muller */

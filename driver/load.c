@@ -27,7 +27,7 @@ AstFile *drv_load(const Options *o, Config *cfg, int *rc) {
   char *text = mc_read_file(o->path, &len);
   *rc = 1;
   if (!text) {
-    fprintf(stderr, "moec: error: cannot read '%s': %s\n", o->path, strerror(errno));
+    fprintf(stderr, "moec: error: cannot read '%s': %s\n", o->path, mc_read_error());
     return NULL;
   }
   Source src = {.path = o->path, .text = text, .len = len};

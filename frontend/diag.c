@@ -23,31 +23,13 @@ void fe_diag_init(Diag *d, const Source *src) {
 
 /* Length of the valid UTF-8 sequence at s (2..4), or 1 for any single byte. */
 static size_t seq_len(const unsigned char *s, size_t n, bool *valid) {
-  unsigned c = s[0];
-  size_t len;
-  unsigned min;
-  *valid = false;
-  if (c < 0x80) {
-    *valid = c == '\t' || (c >= 0x20 && c < 0x7f);
+  if (s[0] < 0x80) {
+    *valid = s[0] == '\t' || (s[0] >= 0x20 && s[0] < 0x7f);
     return 1;
   }
-  if (c >= 0xC2 && c <= 0xDF)
-    len = 2, min = 0x80;
-  else if (c >= 0xE0 && c <= 0xEF)
-    len = 3, min = 0x800;
-  else if (c >= 0xF0 && c <= 0xF4)
-    len = 4, min = 0x10000;
-  else
-    return 1;
-  if (len > n) return 1;
-  unsigned cp = c & (0x7Fu >> len);
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 1;
-    cp = (cp << 6) | (s[i] & 0x3F);
-  }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 1;
-  *valid = true;
-  return len;
+  int len = mc_utf8_len(s, n);
+  *valid = len > 0;
+  return len > 0 ? (size_t)len : 1;
 }
 
 /* Prints line `loc.line` of the source and the caret line under it. */

@@ -28,6 +28,12 @@ typedef struct Dim {
 typedef enum DType { DT_F32, DT_I32 } DType;
 
 #define MAX_RANK 4
+/* The most elements one tensor may hold, symbolic dims bound (2^48 - 1): sizes in
+ * bytes, sums over a graph and packed dims (ir_dim_pack) then fit int64. Sema
+ * checks the fixed part of every type, ir_bind the bound shapes. */
+#define MOEC_MAX_NUMEL ((((int64_t)1) << 48) - 1)
+/* The most one dimension may be once bound: index tensors are int32. */
+#define MOEC_MAX_DIM ((int64_t)2147483647)
 typedef struct Type {
   DType dtype;
   int rank; /* 0 = scalar */
@@ -39,7 +45,8 @@ Dim dim_sym(char sym); /* 'B', 'T' or 'S' */
 Dim dim_mul(Dim a, Dim b);
 bool dim_eq(Dim a, Dim b);
 bool dim_is_const(Dim d);
-int64_t dim_eval(Dim d, int64_t B, int64_t T); /* binds the symbols; S takes T's value */
+/* Binds the symbols (S takes T's value); -1 when the value would exceed MOEC_MAX_NUMEL. */
+int64_t dim_eval(Dim d, int64_t B, int64_t T);
 int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S);
 char *dim_str(Dim d, char *buf, size_t n);    /* "B*T", "512", "4*B" */
 char *type_str(const Type *t, char *buf, size_t n); /* "f32[B, T, 512]" */

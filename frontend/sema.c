@@ -23,9 +23,14 @@
 /* Integer arguments and settings stay well inside int32 and exactly
  * representable doubles; bigger values are almost certainly typos. */
 #define SEMA_INT_MAX 2147483647.0
-/* No layer may hold more parameters than this (the count must fit int64 and
- * any real allocation): 2^50. */
+/* No layer, and no model, may hold more parameters than this (the counts must
+ * fit int64 and any real allocation): 2^50. */
 #define SEMA_MAX_PARAMS 1125899906842624.0
+/* synthetic(topics, vocab): topics x vocab at most this (runtime/train.h's
+ * RT_SYNTH_MAX_STATES; the frontend does not include the runtime). */
+#define SEMA_SYNTH_MAX_STATES (1 << 20)
+/* memory_budget: at most 2^53 bytes (8 PiB), exact as a double and as int64. */
+#define SEMA_MAX_BUDGET 9007199254740992.0
 /* check_expr recursion guard (the parser already limits nesting to 256). */
 #define SEMA_MAX_DEPTH 400
 
@@ -58,16 +63,9 @@ typedef struct SymTab {
   size_t norder, ocap;
 } SymTab;
 
-static uint64_t str_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 static Sym *sym_find(const SymTab *t, const char *name) {
   if (!t->cap) return NULL;
-  for (size_t i = str_hash(name) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+  for (size_t i = mc_hash_str(name) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
     if (!t->slot[i]) return NULL;
     if (!strcmp(t->slot[i]->name, name)) return t->slot[i];
   }
@@ -80,7 +78,7 @@ static void sym_insert(SymTab *t, Sym *s) {
     for (size_t i = 0; i < t->cap; i++) {
       Sym *o = t->slot[i];
       if (!o) continue;
-      size_t j = str_hash(o->name) & (ncap - 1);
+      size_t j = mc_hash_str(o->name) & (ncap - 1);
       while (ns[j])
         j = (j + 1) & (ncap - 1);
       ns[j] = o;
@@ -89,7 +87,7 @@ static void sym_insert(SymTab *t, Sym *s) {
     t->slot = ns;
     t->cap = ncap;
   }
-  size_t j = str_hash(s->name) & (t->cap - 1);
+  size_t j = mc_hash_str(s->name) & (t->cap - 1);
   while (t->slot[j])
     j = (j + 1) & (t->cap - 1);
   t->slot[j] = s;
@@ -126,6 +124,7 @@ typedef struct Sema {
   Expr *loss_call; /* the softmax_xent of the loss output */
   Expr **embeds;   /* embedding calls */
   int nembeds, embcap;
+  double params; /* the model's parameters so far (SEMA_MAX_PARAMS in all) */
   bool has_source; /* an input has the source length S: a translation model */
   Loc wd_loc, accumulate_loc;            /* weight_decay=, accumulate = (line 0: not given) */
   Expr *tokenizer_expr, *bpe_vocab_expr; /* text(tokenizer=...), its bpe(vocab=) */
@@ -634,6 +633,25 @@ static Loc arg_loc(Expr *call, const LayerSpec *ls, LayerArgId id) {
   return loc_span(call->loc, strlen(call->str));
 }
 
+/* The fixed part of t's element count (a dim c * B^b * T^t counts c) is at most
+ * MOEC_MAX_NUMEL; ir_bind checks the rest once B and T are known. */
+__attribute__((format(printf, 4, 5))) static bool type_fits(Sema *S, Loc loc, const Type *t,
+                                                            const char *what, ...) {
+  int64_t n = 1;
+  bool ok = true;
+  for (int i = 0; i < t->rank && ok; i++)
+    ok = mc_mul_ok(n, t->dim[i].c, &n) && n <= MOEC_MAX_NUMEL;
+  if (ok) return true;
+  char w[160], b[160];
+  va_list ap;
+  va_start(ap, what);
+  vsnprintf(w, sizeof w, what, ap);
+  va_end(ap);
+  fe_error(S->d, loc, "%s, %s, would hold more than %lld elements (2^48 - 1, the limit per tensor)",
+           w, tystr(t, b, sizeof b), (long long)MOEC_MAX_NUMEL);
+  return false;
+}
+
 /* The mask of an attention over memory [b, X, D]: the padded input [b, X] (its pad ids
  * mark the padding positions), none (every position is real), or an error when two
  * padded inputs could give it. */
@@ -963,11 +981,6 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
                  av[sizes[i]]);
         return verr;
       }
-    if (id == L_HMOE && av[LA_GROUPS] * av[LA_EXPERTS] > 1073741824.0) {
-      fe_error(d, nloc, "hmoe has groups x experts = %.0f experts in all (at most 2^30)",
-               av[LA_GROUPS] * av[LA_EXPERTS]);
-      return verr;
-    }
   }
   if (id == L_MOE && av[LA_GATING] != LAE_SOFTMAX && av[LA_K] > av[LA_EXPERTS]) {
     fe_error(d, arg_loc(e, ls, LA_K), "k = %.0f is more than experts = %.0f", av[LA_K],
@@ -1005,6 +1018,12 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
     }
     if (bad) return verr;
   }
+  if (id == L_HMOE && av[LA_GROUPS] * av[LA_EXPERTS] > 1073741824.0) {
+    fe_error(d, arg_loc(e, ls, LA_EXPERTS),
+             "groups x experts = %.0f is more than 1073741824 (2^30): expert ids are i32",
+             av[LA_GROUPS] * av[LA_EXPERTS]);
+    return verr;
+  }
   Val out = layer_type(S, e, tv);
   if (out.k == V_ERR) return verr;
   const Type *t = &tv[0].ty;
@@ -1016,6 +1035,15 @@ static Val check_layer_call(Sema *S, Expr *e, const char *assigned) {
     fe_error(d, nloc, "'%s' is too large: %.3g parameters (limit %.3g)", name, np, SEMA_MAX_PARAMS);
     return verr;
   }
+  if (!(S->params + np <= SEMA_MAX_PARAMS)) {
+    fe_error(d, nloc,
+             "the model is too large: with this '%s' it has %.0f parameters, more than %.0f "
+             "(2^50)",
+             name, S->params + np, SEMA_MAX_PARAMS);
+    return verr;
+  }
+  S->params += np;
+  if (!type_fits(S, nloc, &out.ty, "the output of '%s'", name)) return verr;
   return out;
 }
 
@@ -1123,6 +1151,7 @@ static void model_input(Sema *S, Stmt *s) {
     }
     ty.dim[ty.rank++] = dim_int(v);
   }
+  if (ok && !type_fits(S, s->name_loc, &ty, "input '%s'", s->name)) ok = false;
   int64_t pad = -1;
   if (s->pad && ok) ok = input_pad(S, s, &ty, &pad);
   Sym *sym = define(S, s->name, s->name_loc, ok ? SY_TENSOR : SY_ERR);
@@ -1508,16 +1537,16 @@ static Expr *train_data(Sema *S, Expr *e, bool *seed_given) {
     if (!match_args(S, e, "synthetic", keys, 3, v)) return NULL;
     int64_t topics = c->topics, vocab = c->vocab, seed = 0;
     c->data = DATA_SYNTHETIC;
-    if (v[0] && const_int(S, v[0], "topics", 1, 1 << 24, &topics)) c->topics = (int)topics;
+    if (v[0] && const_int(S, v[0], "topics", 1, SEMA_SYNTH_MAX_STATES / 2, &topics))
+      c->topics = (int)topics;
     if (v[1] && const_int(S, v[1], "vocab", 2, 65536, &vocab)) c->vocab = (int)vocab;
     if (v[2] && const_int(S, v[2], "seed", 0, 9007199254740992.0, &seed)) {
       c->data_seed = (uint64_t)seed;
       *seed_given = true;
     }
-    if (v[0] && v[1] && topics * vocab > (int64_t)1 << 24)
-      fe_error(S->d, e->loc,
-               "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
-               (long long)(topics * vocab));
+    if (v[0] && v[1] && topics * vocab > SEMA_SYNTH_MAX_STATES)
+      fe_error(S->d, e->loc, "synthetic data: topics x vocab = %lld is too large (at most %d)",
+               (long long)(topics * vocab), SEMA_SYNTH_MAX_STATES);
     vocab_expr = v[1];
     return vocab_expr;
   }
@@ -1623,10 +1652,10 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   /* a default corpus the model's vocabulary cannot use (more than 65536 ids) is
    * reported by `moec run`, not here: a file without `data` can still be checked */
   if (!vocab_expr && (c->vocab < 2 || c->vocab > 65536)) return;
-  if ((int64_t)c->topics * c->vocab > (int64_t)1 << 24) {
+  if ((int64_t)c->topics * c->vocab > SEMA_SYNTH_MAX_STATES) {
     fe_error(S->d, vocab_expr ? vocab_expr->loc : arg_loc(sx, &fe_layers[sx->layer], LA_VOCAB),
-             "synthetic data: topics x vocab = %lld is too large (at most 16777216)",
-             (long long)c->topics * c->vocab);
+             "synthetic data: topics x vocab = %lld is too large (at most %d)",
+             (long long)c->topics * c->vocab, SEMA_SYNTH_MAX_STATES);
     return;
   }
   for (int i = 0; i < S->nembeds; i++) {
@@ -1995,6 +2024,9 @@ static void check_plan(Sema *S, Block *b) {
       if (const_number(S, e, "memory_budget", &x)) {
         if (!(x.num >= 1))
           fe_error(d, e->loc, "'memory_budget' must be a positive size, e.g. 8GiB");
+        else if (!(x.num <= SEMA_MAX_BUDGET))
+          fe_error(d, e->loc,
+                   "'memory_budget' must be at most 8192TiB (2^53 bytes), got %.3g bytes", x.num);
         else
           c->memory_budget = floor(x.num);
       }

@@ -74,15 +74,9 @@ static void define(Builder *b, const char *name, Tensor *t, double value) {
   b->syms = s;
 }
 
-static bool name_taken(const Graph *g, const char *name) {
-  for (int i = 0; i < g->ntensors; i++)
-    if (!strcmp(g->tensors[i]->name, name)) return true;
-  return false;
-}
-
 /* Gives an op's output a readable name, unless another tensor has it already. */
 static void name_as(Graph *g, Tensor *t, const char *name) {
-  if (t->producer && !name_taken(g, name)) t->name = mc_arena_strdup(&g->arena, name);
+  if (t->producer && !ir_name_taken(g, name)) ir_rename(g, t, name);
 }
 
 static void name_sub(Graph *g, Tensor *t, const char *layer, const char *part) {
@@ -110,8 +104,8 @@ static Tensor *param(Graph *g, const char *layer, const char *part, int rank, co
                      InitKind init, double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++) /* sema: every layer call is its own statement */
-    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0);
+  for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0); /* sema: each layer call on its own */
   return ir_param(g, buf, ir_type(DT_F32, rank, dims), init, scale, loc);
 }
 

@@ -25,17 +25,11 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static bool name_taken(const Graph *g, const char *name) {
-  for (int i = 0; i < g->ntensors; i++)
-    if (!strcmp(g->tensors[i]->name, name)) return true;
-  return false;
-}
-
 /* Names an op's output "LAYER.part" unless that name is taken. */
 static Tensor *named(Graph *g, Tensor *t, const char *layer, const char *part) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  if (t->producer && !name_taken(g, buf)) t->name = mc_arena_strdup(&g->arena, buf);
+  if (t->producer && !ir_name_taken(g, buf)) ir_rename(g, t, buf);
   return t;
 }
 
@@ -43,8 +37,8 @@ static Tensor *param(Graph *g, const char *layer, const char *part, Type ty, Ini
                      double scale, Loc loc) {
   char buf[256];
   snprintf(buf, sizeof buf, "%s.%s", layer, part);
-  for (int i = 0; i < g->nparams; i++) /* sema: every layer call is its own statement */
-    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0);
+  for (int i = 0; ir_name_taken(g, buf) && i < g->nparams; i++) /* scan only when it may be */
+    MOEC_ASSERT(strcmp(g->params[i]->name, buf) != 0); /* sema: each layer call on its own */
   return ir_param(g, buf, ty, init, scale, loc);
 }
 
@@ -101,7 +95,8 @@ static void register_moe(Graph *g, const char *name, Tensor *imp, Tensor *load, 
   g->nmoe = n;
 }
 
-/* The layer's integer argument `a`, checked to be >= 1. */
+/* The layer's integer argument `a`, checked as sema checks it (layers.def: at most
+ * 2^31 - 1), so what `moec check` accepts builds. */
 static int64_t int_arg(const Expr *call, int a, const char *what) {
   double v = call->argv[a];
   (void)what;

@@ -3,6 +3,17 @@
 
 #include "ir.h"
 
+typedef struct BuildCtx {
+  const char *layer, *role;
+  Loc loc;
+  bool backward;
+} BuildCtx;
+
+/* The build context lives beside the graph; one graph is built at a time per
+ * thread, so a small side table keyed by graph pointer would be overkill. */
+static _Thread_local BuildCtx build_ctx;
+static _Thread_local const Graph *build_ctx_owner;
+
 /* ---- dims ---- */
 
 Dim dim_int(int64_t c) { return (Dim){c, 0, 0, 0}; }
@@ -10,18 +21,38 @@ Dim dim_sym(char sym) {
   MOEC_ASSERT(sym == 'B' || sym == 'T' || sym == 'S');
   return sym == 'B' ? (Dim){1, 1, 0, 0} : sym == 'T' ? (Dim){1, 0, 1, 0} : (Dim){1, 0, 0, 1};
 }
-Dim dim_mul(Dim a, Dim b) {
-  return (Dim){a.c * b.c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t), (int8_t)(a.s + b.s)};
-}
 bool dim_eq(Dim a, Dim b) { return a.c == b.c && a.b == b.b && a.t == b.t && a.s == b.s; }
 bool dim_is_const(Dim d) { return d.b == 0 && d.t == 0 && d.s == 0; }
 
+/* Products of dims arise only while a graph is built (flattening rows, rows x k);
+ * sema has checked every type the user wrote, so one past MOEC_MAX_NUMEL is a
+ * layer too large inside, reported at that layer. */
+Dim dim_mul(Dim a, Dim b) {
+  int64_t c;
+  if (!mc_mul_ok(a.c, b.c, &c) || c > MOEC_MAX_NUMEL || a.b + b.b > 32 || a.t + b.t > 32 ||
+      a.s + b.s > 32) {
+    char da[48], db[48];
+    if (build_ctx_owner && build_ctx.layer)
+      mc_die("%d:%d: layer '%s' is too large: a dimension %s x %s would exceed %lld (2^48 - 1, "
+             "the limit on a tensor's elements)",
+             build_ctx.loc.line, build_ctx.loc.col, build_ctx.layer, dim_str(a, da, sizeof da),
+             dim_str(b, db, sizeof db), (long long)MOEC_MAX_NUMEL);
+    mc_die("the model is too large: a dimension %s x %s would exceed %lld (2^48 - 1, the limit "
+           "on a tensor's elements)",
+           dim_str(a, da, sizeof da), dim_str(b, db, sizeof db), (long long)MOEC_MAX_NUMEL);
+  }
+  return (Dim){c, (int8_t)(a.b + b.b), (int8_t)(a.t + b.t), (int8_t)(a.s + b.s)};
+}
+
 int64_t dim_eval3(Dim d, int64_t B, int64_t T, int64_t S) {
   int64_t v = d.c;
-  for (int i = 0; i < d.b; i++) v *= B;
-  for (int i = 0; i < d.t; i++) v *= T;
-  for (int i = 0; i < d.s; i++) v *= S;
-  return v;
+  for (int i = 0; i < d.b; i++)
+    if (!mc_mul_ok(v, B, &v)) return -1;
+  for (int i = 0; i < d.t; i++)
+    if (!mc_mul_ok(v, T, &v)) return -1;
+  for (int i = 0; i < d.s; i++)
+    if (!mc_mul_ok(v, S, &v)) return -1;
+  return v > MOEC_MAX_NUMEL ? -1 : v;
 }
 
 /* Sizes estimated at (B, T) before a graph is bound (plans, cost model) take S = T: a
@@ -65,17 +96,6 @@ Type ir_type(DType dt, int rank, const Dim *dims) {
 
 /* ---- graph ---- */
 
-typedef struct BuildCtx {
-  const char *layer, *role;
-  Loc loc;
-  bool backward;
-} BuildCtx;
-
-/* The build context lives beside the graph; one graph is built at a time per
- * thread, so a small side table keyed by graph pointer would be overkill. */
-static _Thread_local BuildCtx build_ctx;
-static _Thread_local const Graph *build_ctx_owner;
-
 Graph *ir_graph_new(const char *name) {
   Graph *g = mc_calloc(1, sizeof(Graph));
   g->name = mc_arena_strdup(&g->arena, name ? name : "model");
@@ -96,6 +116,7 @@ void ir_graph_free(Graph *g) {
   mc_free(g->moe_drop);
   mc_free(g->moe_names);
   mc_free(g->bridge);
+  mc_free(g->name_idx);
   mc_arena_free(&g->arena);
   if (build_ctx_owner == g) build_ctx_owner = NULL;
   mc_free(g);
@@ -110,11 +131,46 @@ void ir_graph_free(Graph *g) {
     (arr)[(n)++] = (x);                                        \
   } while (0)
 
+/* The slot of name in the index (open addressing, at most half full). */
+static int name_slot(const Graph *g, const char *name) {
+  int mask = g->name_cap - 1, h = (int)(mc_hash_str(name) & (uint64_t)mask);
+  while (g->name_idx[h] && strcmp(g->name_idx[h], name))
+    h = (h + 1) & mask;
+  return h;
+}
+
+static void name_add(Graph *g, const char *name) {
+  if (2 * (g->name_n + 1) > g->name_cap) {
+    int old = g->name_cap;
+    const char **os = g->name_idx;
+    g->name_cap = old ? 2 * old : 1024;
+    g->name_idx = mc_calloc((size_t)g->name_cap, sizeof(char *));
+    for (int i = 0; i < old; i++)
+      if (os[i]) g->name_idx[name_slot(g, os[i])] = os[i];
+    mc_free(os);
+  }
+  int h = name_slot(g, name);
+  if (!g->name_idx[h]) {
+    g->name_idx[h] = name;
+    g->name_n++;
+  }
+}
+
+bool ir_name_taken(const Graph *g, const char *name) {
+  return g->name_cap && g->name_idx[name_slot(g, name)];
+}
+
+void ir_rename(Graph *g, Tensor *t, const char *name) {
+  t->name = mc_arena_strdup(&g->arena, name);
+  name_add(g, t->name);
+}
+
 Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc) {
   Tensor *t = mc_arena_alloc(&g->arena, sizeof(Tensor));
   t->id = g->ntensors;
   t->kind = kind;
   t->name = name ? mc_arena_strdup(&g->arena, name) : mc_arena_printf(&g->arena, "t%d", t->id);
+  name_add(g, t->name);
   t->ty = ty;
   t->loc = loc;
   t->mem_offset = -1;
@@ -210,6 +266,24 @@ Tensor *ir_op2(Graph *g, OpKind op, Tensor *a, Tensor *b) {
   return ir_node(g, op, 2, in, NULL, NULL)->out[0];
 }
 
+/* t's elements at (B, T, S); dies naming t past MOEC_MAX_NUMEL. */
+static int64_t numel_at3(const Tensor *t, int64_t B, int64_t T, int64_t S) {
+  int64_t n = 1;
+  for (int d = 0; d < t->ty.rank; d++) {
+    int64_t v = dim_eval3(t->ty.dim[d], B, T, S);
+    if (v < 0 || !mc_mul_ok(n, v, &n) || n > MOEC_MAX_NUMEL) {
+      char ty[160];
+      mc_die("%d:%d: tensor '%s' of type %s would hold more than %lld elements (2^48 - 1, the "
+             "limit per tensor) with B = %lld, T = %lld",
+             t->loc.line, t->loc.col, t->name, type_str(&t->ty, ty, sizeof ty),
+             (long long)MOEC_MAX_NUMEL, (long long)B, (long long)T);
+    }
+  }
+  return n;
+}
+
+int64_t ir_numel_bt(const Tensor *t, int64_t B, int64_t T) { return numel_at3(t, B, T, T); }
+
 bool ir_has_source_dim(const Graph *g) {
   for (int i = 0; i < g->ntensors; i++)
     for (int d = 0; d < g->tensors[i]->ty.rank; d++)
@@ -218,6 +292,9 @@ bool ir_has_source_dim(const Graph *g) {
 }
 
 void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
+  if (B < 1 || T < 1 || S < 1 || B > MOEC_MAX_DIM || T > MOEC_MAX_DIM || S > MOEC_MAX_DIM)
+    mc_die("cannot bind B = %lld, T = %lld, S = %lld: each must be between 1 and %lld",
+           (long long)B, (long long)T, (long long)S, (long long)MOEC_MAX_DIM);
   /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T; one over
    * the graph's shapes holds each of them (ir_bind_batch) */
   if (g->mem.B > 0 && !g->nshapes && S > g->mem.T && ir_has_source_dim(g))
@@ -228,7 +305,7 @@ void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
   g->S = S;
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
-    t->numel = 1;
+    t->numel = numel_at3(t, B, T, S);
     for (int d = 0; d < t->ty.rank; d++) {
       t->shape[d] = dim_eval3(t->ty.dim[d], B, T, S);
       /* 0 only for a device's share of the experts off a layer's on(...) set (shard.c) */
@@ -237,7 +314,13 @@ void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
         mc_die("tensor '%s' has a non-positive size in dim %d once B=%lld, T=%lld%s", t->name, d,
                (long long)B, (long long)T,
                t->ty.dim[d].s ? mc_arena_printf(&g->arena, ", S=%lld", (long long)S) : "");
-      t->numel *= t->shape[d];
+      if (t->shape[d] > MOEC_MAX_DIM) {
+        char ty[160];
+        mc_die("%d:%d: tensor '%s' of type %s would have a dimension of %lld with B = %lld, "
+               "T = %lld: more than %lld (2^31 - 1, the limit per dimension)",
+               t->loc.line, t->loc.col, t->name, type_str(&t->ty, ty, sizeof ty),
+               (long long)t->shape[d], (long long)B, (long long)T, (long long)MOEC_MAX_DIM);
+      }
     }
   }
 }
@@ -250,10 +333,8 @@ bool ir_shape_fits(const Graph *g, BatchShape s) {
 }
 
 int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s) {
-  int64_t n = 1, P = g->ndev > 0 ? g->ndev : 1;
-  for (int d = 0; d < t->ty.rank; d++)
-    n *= dim_eval3(t->ty.dim[d], s.B / P, s.T, s.S);
-  return n;
+  int64_t P = g->ndev > 0 ? g->ndev : 1;
+  return numel_at3(t, s.B / P, s.T, s.S);
 }
 
 void ir_bind_batch(Graph *g, BatchShape s) {

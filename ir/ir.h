@@ -208,6 +208,7 @@ struct Graph {
   int nshapes;       /* the batch shapes it runs (see BatchShape); 0: one
                         shape, B and T of the bind pass */
   MemFigures mem;    /* memplan pass: zero until planned */
+  const char **name_idx; int name_cap, name_n; /* every name a tensor has had (ir_name_taken) */
 };
 
 Graph *ir_graph_new(const char *name);
@@ -217,6 +218,10 @@ Tensor *ir_tensor(Graph *g, TensorKind kind, const char *name, Type ty, Loc loc)
 Tensor *ir_param(Graph *g, const char *name, Type ty, InitKind init, double scale, Loc loc);
 Tensor *ir_input(Graph *g, const char *name, Type ty, Loc loc);
 Tensor *ir_state(Graph *g, const char *name, Type ty, Loc loc);
+/* Builders' naming in O(1): has any tensor of g been given this name (by ir_tensor
+ * or ir_rename)? ir_rename gives t the name (an arena copy) and records it. */
+bool ir_name_taken(const Graph *g, const char *name);
+void ir_rename(Graph *g, Tensor *t, const char *name);
 
 /* Adds a node; creates its nout output tensors (kind TK_ACT, or TK_GRAD when
  * g is building the backward pass), runs the op's shape rule and dies with an
@@ -230,7 +235,8 @@ void ir_set_context(Graph *g, const char *layer, const char *role, Loc loc);
 void ir_set_backward(Graph *g, bool backward);
 
 Type ir_type(DType dt, int rank, const Dim *dims);
-/* Evaluates every tensor's dims with B and T; dies on a non-positive size. A graph
+/* Evaluates every tensor's dims with B and T; dies on a non-positive size, a
+ * tensor over MOEC_MAX_NUMEL elements or a dimension over MOEC_MAX_DIM. A graph
  * with a source length S gets S = T (the size plans assume). */
 void ir_bind(Graph *g, int64_t B, int64_t T);
 /* The same with S bound on its own (translation models: source and target lengths). */
@@ -242,6 +248,8 @@ void ir_bind_batch(Graph *g, BatchShape s);
 bool ir_shape_fits(const Graph *g, BatchShape s);
 /* Element count of t at shape s, for this graph's devices (B / ndev rows). */
 int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s);
+/* t's elements at (B, T) (S = T) without binding; dies naming t past MOEC_MAX_NUMEL. */
+int64_t ir_numel_bt(const Tensor *t, int64_t B, int64_t T);
 /* Whether any tensor has the symbol S in its dims. */
 bool ir_has_source_dim(const Graph *g);
 /* The input of a role, or NULL (the first one; ir_build gives each role at most one). */

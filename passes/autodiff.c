@@ -150,14 +150,16 @@ void pass_autodiff(Graph *g, const PassCtx *ctx) {
     mc_free(gin);
   }
 
-  /* 4. every param gets its own gradient tensor */
+  /* 4. every param gets its own gradient tensor (given: a gradient an earlier param
+   * took; every d below comes from step 3, so its id is below ngrad) */
+  int ngrad = g->ntensors;
+  bool *given = mc_calloc((size_t)ngrad + 1, sizeof(bool));
   for (int i = 0; i < g->nparams; i++) {
     Tensor *w = g->params[i];
     ir_set_context(g, NULL, "grad", w->loc);
     Tensor *d = grads[w->id];
-    bool shared = false;
-    for (int j = 0; j < i && d; j++)
-      shared |= g->params[j]->grad == d;
+    bool shared = d && given[d->id];
+    if (d) given[d->id] = true;
     if (!d)
       d = ir_op1(g, OP_ZEROS, w);
     else if (shared || d->kind != TK_GRAD) {
@@ -167,6 +169,7 @@ void pass_autodiff(Graph *g, const PassCtx *ctx) {
     }
     w->grad = d;
   }
+  mc_free(given);
   ir_set_backward(g, false);
   ir_set_context(g, NULL, NULL, (Loc){0});
 

@@ -30,6 +30,13 @@
 #include "passes.h"
 
 #define MEM_ALIGN 64
+#define MEMPLAN_MAX_BYTES ((int64_t)1 << 60)
+/* Above this many transient tensors the four orders' quadratic search (place) gives
+ * way to one O(m log m) pass in birth order (place_sweep): compile time stays
+ * near-linear for huge graphs (hmoe with thousands of groups). */
+#ifndef MEMPLAN_SEARCH_MAX
+#define MEMPLAN_SEARCH_MAX 4096
+#endif
 
 typedef struct Live {
   int id;
@@ -46,14 +53,13 @@ static int64_t align_up(int64_t x) {
 
 /* t's bytes at (B, T), or for a graph that runs several batch shapes the most of any */
 static int64_t tensor_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t T, int64_t elem) {
-  int64_t n = 1;
+  int64_t n;
   if (g->nshapes) {
     n = 0;
     for (int i = 0; i < g->nshapes; i++)
       n = MC_MAX(n, ir_numel_at(g, t, g->shapes[i]));
   } else {
-    for (int d = 0; d < t->ty.rank; d++)
-      n *= dim_eval(t->ty.dim[d], B, T);
+    n = ir_numel_bt(t, B, T); /* < 2^51: dies past MOEC_MAX_NUMEL elements */
   }
   return n * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
@@ -76,10 +82,15 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   const int end = g->nnodes;
   bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   bool *repeated = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* has a recompute copy */
+  int64_t total = 0; /* every offset and sum below is at most this */
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
                   align_up(tensor_bytes(g, t, B, T, elem)), -1};
+    if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
+      mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
+             "B = %lld, T = %lld",
+             (long long)MEMPLAN_MAX_BYTES, (long long)B, (long long)T);
   }
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
@@ -214,6 +225,197 @@ static int64_t place(Live *order, int m, int (*cmp)(const void *, const void *),
   return arena;
 }
 
+/* ---- ordered sets for large graphs: a treap keyed by (a, b), in one array ----
+ * Priorities hash the node's index, so plans are deterministic. */
+typedef struct TNode {
+  int64_t a, b;
+  int l, r;
+  uint64_t pri;
+} TNode;
+
+typedef struct Treap {
+  TNode *n;
+  int root, used, cap;
+  int *free; /* erased nodes, reused */
+  int nfree;
+} Treap;
+
+static bool key_lt(int64_t a1, int64_t b1, int64_t a2, int64_t b2) {
+  return a1 < a2 || (a1 == a2 && b1 < b2);
+}
+
+/* t split into < (a, b) and >= (a, b) */
+static void tr_split(Treap *T, int t, int64_t a, int64_t b, int *lo, int *hi) {
+  if (t < 0) {
+    *lo = *hi = -1;
+    return;
+  }
+  if (key_lt(T->n[t].a, T->n[t].b, a, b)) {
+    tr_split(T, T->n[t].r, a, b, &T->n[t].r, hi);
+    *lo = t;
+  } else {
+    tr_split(T, T->n[t].l, a, b, lo, &T->n[t].l);
+    *hi = t;
+  }
+}
+
+static int tr_merge(Treap *T, int x, int y) {
+  if (x < 0) return y;
+  if (y < 0) return x;
+  if (T->n[x].pri > T->n[y].pri) {
+    T->n[x].r = tr_merge(T, T->n[x].r, y);
+    return x;
+  }
+  T->n[y].l = tr_merge(T, x, T->n[y].l);
+  return y;
+}
+
+static void tr_insert(Treap *T, int64_t a, int64_t b) {
+  int k;
+  if (T->nfree) {
+    k = T->free[--T->nfree];
+  } else {
+    if (T->used == T->cap) {
+      T->cap = T->cap ? 2 * T->cap : 256;
+      T->n = mc_realloc(T->n, (size_t)T->cap * sizeof(TNode));
+      T->free = mc_realloc(T->free, (size_t)T->cap * sizeof(int));
+    }
+    k = T->used++;
+  }
+  T->n[k] = (TNode){a, b, -1, -1, mc_hash64((uint64_t)k)};
+  int lo, hi;
+  tr_split(T, T->root, a, b, &lo, &hi);
+  T->root = tr_merge(T, tr_merge(T, lo, k), hi);
+}
+
+static void tr_erase(Treap *T, int64_t a, int64_t b) {
+  int lo, mid, hi;
+  tr_split(T, T->root, a, b, &lo, &hi);
+  tr_split(T, hi, a, b + 1, &mid, &hi); /* mid: the node (a, b) */
+  MOEC_ASSERT(mid >= 0 && T->n[mid].l < 0 && T->n[mid].r < 0);
+  T->free[T->nfree++] = mid;
+  T->root = tr_merge(T, lo, hi);
+}
+
+/* The node with the smallest key >= (a, b) (ge) or > (a, b) (!ge), or the largest
+ * key < (a, b) (below); -1 if none. */
+static int tr_above(const Treap *T, int64_t a, int64_t b, bool ge) {
+  int best = -1;
+  for (int t = T->root; t >= 0;) {
+    bool ok = ge ? !key_lt(T->n[t].a, T->n[t].b, a, b) : key_lt(a, b, T->n[t].a, T->n[t].b);
+    if (ok)
+      best = t, t = T->n[t].l;
+    else
+      t = T->n[t].r;
+  }
+  return best;
+}
+
+static int tr_below(const Treap *T, int64_t a, int64_t b) {
+  int best = -1;
+  for (int t = T->root; t >= 0;) {
+    if (key_lt(T->n[t].a, T->n[t].b, a, b))
+      best = t, t = T->n[t].r;
+    else
+      t = T->n[t].l;
+  }
+  return best;
+}
+
+static int tr_last(const Treap *T) {
+  int t = T->root;
+  while (t >= 0 && T->n[t].r >= 0)
+    t = T->n[t].r;
+  return t;
+}
+
+static void tr_free(Treap *T) {
+  mc_free(T->n);
+  mc_free(T->free);
+}
+
+/* Min-heap of order[] indices by last use: the live tensors, to expire in time. */
+static void heap_push(int *h, int *n, const Live *o, int x) {
+  int i = (*n)++;
+  h[i] = x;
+  while (i > 0 && o[h[(i - 1) / 2]].last > o[h[i]].last) {
+    int p = (i - 1) / 2, t = h[p];
+    h[p] = h[i];
+    h[i] = t;
+    i = p;
+  }
+}
+
+static int heap_pop(int *h, int *n, const Live *o) {
+  int top = h[0];
+  h[0] = h[--*n];
+  for (int i = 0;;) {
+    int l = 2 * i + 1, r = l + 1, m = i;
+    if (l < *n && o[h[l]].last < o[h[m]].last) m = l;
+    if (r < *n && o[h[r]].last < o[h[m]].last) m = r;
+    if (m == i) break;
+    int t = h[m];
+    h[m] = h[i];
+    h[i] = t;
+    i = m;
+  }
+  return top;
+}
+
+/* place() in birth order in O(m log m), for graphs too large for place()'s
+ * quadratic search: in that order the tensors that overlap t in time and are
+ * placed already are exactly those alive at t's birth, so this is an allocator run
+ * over time: the live blocks by offset (blocks), the holes between them by (size,
+ * offset) (gaps), best fit = the smallest hole that holds t, lowest first, else the
+ * top. The same offsets as place(order, m, by_birth) for tensors of non-zero size;
+ * zero-size tensors (a device's empty expert shard) take offset 0. */
+static int64_t place_sweep(Live *order, int m) {
+  qsort(order, (size_t)m, sizeof(Live), by_birth);
+  Treap blocks = {.root = -1}, gaps = {.root = -1};
+  int *heap = mc_malloc((size_t)(m + 1) * sizeof(int)), nh = 0;
+  int64_t arena = 0;
+  for (int i = 0; i < m; i++) {
+    Live *t = &order[i];
+    while (nh && order[heap[0]].last < t->def) { /* free what died before t is born */
+      int k = heap_pop(heap, &nh, order);
+      const Live *d = &order[k];
+      int p = tr_below(&blocks, d->off, k), q = tr_above(&blocks, d->off, k, false);
+      int64_t phi = p >= 0 ? blocks.n[p].a + order[blocks.n[p].b].size : 0;
+      int64_t dhi = d->off + d->size;
+      if (d->off > phi) tr_erase(&gaps, d->off - phi, phi);
+      if (q >= 0) {
+        int64_t qlo = blocks.n[q].a;
+        if (qlo > dhi) tr_erase(&gaps, qlo - dhi, dhi);
+        tr_insert(&gaps, qlo - phi, phi);
+      }
+      tr_erase(&blocks, d->off, k);
+    }
+    if (t->size == 0) {
+      t->off = 0;
+      continue;
+    }
+    int g = tr_above(&gaps, t->size, INT64_MIN, true);
+    if (g >= 0) { /* the best-fitting hole [a, a + len): t at its start */
+      int64_t len = gaps.n[g].a, a = gaps.n[g].b;
+      tr_erase(&gaps, len, a);
+      if (len > t->size) tr_insert(&gaps, len - t->size, a + t->size);
+      t->off = a;
+    } else { /* the top: above every live block */
+      int top = tr_last(&blocks);
+      t->off = top >= 0 ? blocks.n[top].a + order[blocks.n[top].b].size : 0;
+    }
+    /* blocks hold (offset, index in order); ids are unique, and so are offsets of
+     * live non-empty blocks, so the index can stand in for the id in the key */
+    tr_insert(&blocks, t->off, i);
+    heap_push(heap, &nh, order, i);
+    if (t->off + t->size > arena) arena = t->off + t->size;
+  }
+  mc_free(heap);
+  tr_free(&blocks);
+  tr_free(&gaps);
+  return arena;
+}
+
 MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
                              int64_t *offsets) {
   MOEC_ASSERT(B > 0 && T > 0 && (elem == 4 || elem == 8));
@@ -236,11 +438,16 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   int (*const cmps[])(const void *, const void *) = {by_size, by_birth, by_length, by_area};
   int best = 0;
   int64_t arena[4];
-  for (int c = 0; c < 4; c++) {
-    arena[c] = place(order, m, cmps[c], sp);
-    if (arena[c] < arena[best]) best = c;
+  const char *env = getenv("MOEC_MEMPLAN_SEARCH_MAX"); /* tests: compare the two */
+  if (m > (env ? atoi(env) : MEMPLAN_SEARCH_MAX)) {
+    mf.arena = place_sweep(order, m); /* birth order only, in O(m log m) */
+  } else {
+    for (int c = 0; c < 4; c++) {
+      arena[c] = place(order, m, cmps[c], sp);
+      if (arena[c] < arena[best]) best = c;
+    }
+    mf.arena = best == 3 ? arena[3] : place(order, m, cmps[best], sp); /* the last one stands */
   }
-  mf.arena = best == 3 ? arena[3] : place(order, m, cmps[best], sp); /* the last one stands */
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
   /* the lower bound: most bytes alive at one node */
@@ -266,13 +473,21 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   return mf;
 }
 
+static int by_offset(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  return x->off < y->off ? -1 : x->off > y->off ? 1 : (x->id > y->id) - (x->id < y->id);
+}
+
 long pass_memplan_validate(const Graph *g) {
   const MemFigures *mf = &g->mem;
   MOEC_ASSERT(mf->B > 0 && mf->T > 0);
   int nt = g->ntensors;
   Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
   lifetimes(g, mf->B, mf->T, mf->elem, 0, L);
-  long pairs = 0;
+  /* every tensor in its region; L[].off and .size: its exact bytes [off, off + size) */
+  Live *per = mc_malloc((size_t)(nt + 1) * sizeof(Live)),
+       *tr = mc_malloc((size_t)(nt + 1) * sizeof(Live));
+  int np = 0, ntr = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
     int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
@@ -282,20 +497,60 @@ long pass_memplan_validate(const Graph *g) {
       mc_fatal("memory plan: tensor '%s' at [%lld, %lld) lies outside its region (persistent "
                "%lld bytes, arena %lld) or is not aligned",
                a->name, (long long)lo, (long long)hi, (long long)mf->persist, (long long)mf->arena);
-    for (int j = i + 1; j < nt; j++) {
-      bool both_persist = persist && L[j].def == PERSIST;
-      if (!both_persist && (persist || L[j].def == PERSIST)) continue; /* other regions */
-      if (!both_persist && !overlap_in_time(&L[i], &L[j])) continue;
-      pairs++;
-      const Tensor *b = g->tensors[j];
-      int64_t blo = b->mem_offset, bhi = blo + tensor_bytes(g, b, mf->B, mf->T, mf->elem);
-      if (lo < bhi && blo < hi)
-        mc_fatal("memory plan: '%s' [%lld, %lld) (nodes %d..%d) and '%s' [%lld, %lld) (nodes "
-                 "%d..%d) are alive at once and share memory",
-                 a->name, (long long)lo, (long long)hi, L[i].def, L[i].last, b->name,
-                 (long long)blo, (long long)bhi, L[j].def, L[j].last);
-    }
+    L[i].off = lo;
+    L[i].size = hi - lo;
+    if (persist)
+      per[np++] = L[i];
+    else
+      tr[ntr++] = L[i];
   }
+  /* persistent tensors all live at once: sorted by offset, each ends before the next */
+  long pairs = (long)np * (np - 1) / 2;
+  qsort(per, (size_t)np, sizeof(Live), by_offset);
+  int64_t end = 0;
+  const Live *last = NULL;
+  for (int i = 0; i < np; i++) {
+    if (per[i].size == 0) continue;
+    if (last && per[i].off < end)
+      mc_fatal("memory plan: '%s' and '%s' (persistent) share memory", g->tensors[last->id]->name,
+               g->tensors[per[i].id]->name);
+    end = per[i].off + per[i].size;
+    last = &per[i];
+  }
+  /* transient ones over time (birth order): live blocks by offset; a newborn block
+   * must not reach into its neighbours. pairs: the tensors alive at each birth. */
+  qsort(tr, (size_t)ntr, sizeof(Live), by_birth);
+  Treap blocks = {.root = -1};
+  int *heap = mc_malloc((size_t)(ntr + 1) * sizeof(int)), nh = 0, live = 0;
+  for (int i = 0; i < ntr; i++) {
+    const Live *t = &tr[i];
+    while (nh && tr[heap[0]].last < t->def) {
+      int k = heap_pop(heap, &nh, tr);
+      live--;
+      if (tr[k].size) tr_erase(&blocks, tr[k].off, k);
+    }
+    pairs += live;
+    live++;
+    heap_push(heap, &nh, tr, i);
+    if (t->size == 0) continue;
+    int p = tr_below(&blocks, t->off, i), q = tr_above(&blocks, t->off, i, false);
+    int bad = p >= 0 && tr[blocks.n[p].b].off + tr[blocks.n[p].b].size > t->off ? blocks.n[p].b
+              : q >= 0 && blocks.n[q].a < t->off + t->size                      ? blocks.n[q].b
+                                                                                : -1;
+    if (bad >= 0) {
+      const Live *o = &tr[bad];
+      mc_fatal("memory plan: '%s' [%lld, %lld) (nodes %d..%d) and '%s' [%lld, %lld) (nodes "
+               "%d..%d) are alive at once and share memory",
+               g->tensors[o->id]->name, (long long)o->off, (long long)(o->off + o->size), o->def,
+               o->last, g->tensors[t->id]->name, (long long)t->off, (long long)(t->off + t->size),
+               t->def, t->last);
+    }
+    tr_insert(&blocks, t->off, i);
+  }
+  mc_free(heap);
+  tr_free(&blocks);
+  mc_free(per);
+  mc_free(tr);
   mc_free(L);
   return pairs;
 }
@@ -307,7 +562,7 @@ static MemFigures assign(Graph *g, int64_t B, int64_t T, size_t elem) {
     g->tensors[i]->mem_offset = off[i];
   mc_free(off);
 #ifndef NDEBUG
-  pass_memplan_validate(g); /* always on outside release builds: O(tensors^2), cheap */
+  pass_memplan_validate(g); /* always on outside release builds: O(tensors log tensors) */
 #endif
   return g->mem;
 }

@@ -177,6 +177,7 @@ static void **gather_states(Run *r) {
 void rt_ckpt_save(Run *r, const char *path, int64_t step) {
   Comm *c = r->comm;
   if (r->dopt) rt_devopt_download(r->dopt, r->opt); /* the host copy is what is gathered */
+  rt_guard_params(r, step); /* never a checkpoint of a diverged run */
   if (c->size <= 1) {
     void **st = gather_states(r);
     write_file(r, path, r->opt, step, st, NULL);
@@ -198,15 +199,8 @@ void rt_ckpt_save(Run *r, const char *path, int64_t step) {
 }
 
 void rt_ckpt_check_path(const char *path) {
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash)
-    *(slash == dir ? slash + 1 : slash) = 0;
-  else
-    snprintf(dir, sizeof dir, ".");
-  if (access(dir, W_OK) != 0)
-    mc_die("cannot save '%s': directory '%s': %s", path, dir, strerror(errno));
+  char err[1024];
+  if (!rt_st_check_save_path(path, err, sizeof err)) mc_die("%s", err);
 }
 
 /* ---------------------------------------------------------------- resuming */
@@ -221,12 +215,17 @@ static void load_state(const StFile *f, Run *r) {
     const Tensor *x = g->states[i].state;
     char key[512];
     snprintf(key, sizeof key, "state.%s", x->name);
-    const StEntry *e = rt_st_find(f, key);
-    if (!e) continue; /* weights only (e.g. from PyTorch): state starts at zero */
-    if (e->dtype != ST_F32 || e->numel != x->numel * chunks)
-      mc_die("checkpoint '%s': '%s' has %lld elements, this run's batch needs %lld (resume with "
-             "the same batch size and accumulate)",
-             f->path, key, (long long)e->numel, (long long)(x->numel * chunks));
+    /* the optimizer's state is there: a resume, exact only with the carried state too;
+     * its rows: every device's of every micro-batch (a shape of another batch size or
+     * accumulate is an error naming both shapes) */
+    int64_t shape[MAX_RANK];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[0] *= chunks;
+    const StEntry *e = rt_st_expect(f, key, ST_F32, x->ty.rank, shape);
+    if (!e)
+      mc_die("checkpoint '%s' has optimizer state but lacks '%s', the carried state: the resume "
+             "would not be exact (a file written by moec run has it)",
+             f->path, key);
     size_t nb = e->nbytes / (size_t)chunks;
     for (int j = 0; j < r->K; j++) {
       void *dst = r->K > 1 ? r->kstate[j * g->nstates + i] : p->buf[x->id];

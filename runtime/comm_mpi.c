@@ -15,9 +15,11 @@
  *   MPI_Isend/MPI_Irecv in pieces.
  * - A watchdog thread: a collective that has not finished after the timeout
  *   (MOEC_COMM_TIMEOUT, default 60 s) prints "moec: error: rank R: collective X
- *   timed out after S s (a peer rank probably died)" and ends the job with
- *   MPI_Abort (wd_end_job: a rank's exit alone may leave mpirun waiting), with a
- *   guard thread that _exit(1)s the process if the abort blocks.
+ *   timed out after S s (a peer rank probably died)" and ends the job with MPI_Abort
+ *   (wd_end_job: a rank's exit alone may leave mpirun waiting), with a guard thread
+ *   that _exit(1)s the process if the abort blocks. It starts before MPI_Init, which
+ *   waits for every rank too (a rank stopped by SIGSTOP): start-up times out after
+ *   max(timeout, 30 s) and MPI_Abort ends the job there too.
  * - MOEC_COMM_CHECK=1: before every collective the ranks compare (op, sequence
  *   number, size) and, for all_to_allv, the counts, and fail with a clear message
  *   instead of a truncation error or a hang (an extra small collective each time).
@@ -102,6 +104,7 @@ struct MpiComm {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool quit, active;
+  bool starting; /* in MPI_Init or MPI_Comm_dup: ranks arrive as they start */
   const char *op;
   double start;
   /* scratch */
@@ -111,6 +114,10 @@ struct MpiComm {
 };
 
 /* ------------------------------------------------------------------ watchdog */
+
+/* Start-up (MPI_Init, MPI_Comm_dup) waits for every rank to start, which on a loaded
+ * machine takes seconds: it times out after max(MOEC_COMM_TIMEOUT, this). */
+#define WD_START_MIN 30.0
 
 /* The watchdog's last resort, from a thread that is not the one calling MPI: after
  * WD_GRACE seconds, whatever state MPI is in, the process exits 1. */
@@ -141,12 +148,19 @@ static void *mpi_watchdog(void *arg) {
   double tick = MC_MAX(0.01, MC_MIN(1.0, m->timeout / 10));
   PT_CHECK(pthread_mutex_lock(&m->mu));
   while (!m->quit) {
-    if (m->active && mc_now() - m->start >= m->timeout) {
+    double limit = m->starting ? MC_MAX(m->timeout, WD_START_MIN) : m->timeout;
+    if (m->active && mc_now() - m->start >= limit) {
       char msg[256];
-      snprintf(msg, sizeof msg, "collective %s timed out after %g s (a peer rank probably died)",
-               m->op, m->timeout);
-      comm_print_error(m->comm.rank, msg);
-      wd_end_job();
+      if (m->starting)
+        snprintf(msg, sizeof msg,
+                 "MPI start-up: %s timed out after %g s (a peer rank probably died or is "
+                 "stopped)",
+                 m->op, limit);
+      else
+        snprintf(msg, sizeof msg, "collective %s timed out after %g s (a peer rank probably died)",
+                 m->op, limit);
+      comm_print_error(mpi_rank, msg);
+      wd_end_job(); /* in MPI_Init too: OpenMPI 4.1 reports a NULL communicator, then aborts */
     }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -427,9 +441,27 @@ static Comm *mpi_subset(Comm *c, uint64_t mask) {
 
 Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **why) {
   const CommOpts opts = o ? *o : comm_opts_default();
+  MpiComm *m = mc_calloc(1, sizeof(MpiComm));
+  m->root = m;
+  m->timeout = opts.timeout;
+  /* the watchdog runs from the start: MPI_Init and MPI_Comm_dup wait for every rank,
+   * and a rank stopped (SIGSTOP) or hung before them would leave the others waiting;
+   * the launcher's rank (for its messages) before MPI_Init can give it */
+  const char *er = getenv("OMPI_COMM_WORLD_RANK");
+  if (!er) er = getenv("PMIX_RANK");
+  if (!er) er = getenv("PMI_RANK");
+  if (er) mpi_rank = atoi(er);
+  pthread_condattr_t ca;
+  PT_CHECK(pthread_condattr_init(&ca));
+  PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
+  PT_CHECK(pthread_mutex_init(&m->mu, NULL));
+  PT_CHECK(pthread_cond_init(&m->cv, &ca));
+  PT_CHECK(pthread_condattr_destroy(&ca));
+  PT_CHECK(pthread_create(&m->wd, NULL, mpi_watchdog, m));
+  m->starting = true;
+  wd_arm(m, "MPI_Init");
   int inited = 0;
   MPI_CHECK(MPI_Initialized(&inited));
-  MpiComm *m = mc_calloc(1, sizeof(MpiComm));
   if (!inited) {
     int provided = 0;
     MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
@@ -439,10 +471,14 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   mpi_rank = rank;
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  wd_arm(m, "MPI_Comm_dup");
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->mc));
+  wd_disarm(m);
+  PT_CHECK(pthread_mutex_lock(&m->mu));
+  m->starting = false;
+  PT_CHECK(pthread_mutex_unlock(&m->mu));
   MPI_CHECK(MPI_Comm_set_errhandler(m->mc, MPI_ERRORS_RETURN));
   MPI_CHECK(MPI_Comm_size(m->mc, &size));
-  m->timeout = opts.timeout;
   m->check = opts.check;
   m->chunk = opts.mpi_chunk > 0 ? opts.mpi_chunk : INT_MAX;
   m->ib = mc_malloc(sizeof(int) * 4 * (size_t)size);
@@ -458,14 +494,6 @@ Comm *rt_comm_mpi_init(int *argc, char ***argv, const CommOpts *o, const char **
                    .barrier = mpi_barrier,
                    .abort = mpi_abort,
                    .subset = mpi_subset};
-  m->root = m;
-  pthread_condattr_t ca;
-  PT_CHECK(pthread_condattr_init(&ca));
-  PT_CHECK(pthread_condattr_setclock(&ca, CLOCK_MONOTONIC));
-  PT_CHECK(pthread_mutex_init(&m->mu, NULL));
-  PT_CHECK(pthread_cond_init(&m->cv, &ca));
-  PT_CHECK(pthread_condattr_destroy(&ca));
-  PT_CHECK(pthread_create(&m->wd, NULL, mpi_watchdog, m));
   (void)why;
   return &m->comm;
 }

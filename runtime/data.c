@@ -31,9 +31,9 @@ Synth *rt_synth_new(int topics, int vocab, uint64_t seed) {
   if (topics < 1) mc_die("synthetic data: topics must be at least 1 (got %d)", topics);
   if (vocab < 2 || vocab > 65536)
     mc_die("synthetic data: vocab must be between 2 and 65536 (got %d)", vocab);
-  if ((int64_t)topics * vocab > (int64_t)1 << 24)
-    mc_die("synthetic data: topics x vocab = %lld is too large (at most 16777216 states)",
-           (long long)topics * vocab);
+  if ((int64_t)topics * vocab > RT_SYNTH_MAX_STATES)
+    mc_die("synthetic data: topics x vocab = %lld is too large (at most %d states)",
+           (long long)topics * vocab, RT_SYNTH_MAX_STATES);
   Synth *s = mc_calloc(1, sizeof(Synth));
   s->K = topics;
   s->V = vocab;
@@ -124,41 +124,188 @@ double rt_synth_nll_given_topic(const Synth *s, int z, int x, int next) {
   return -log(q);
 }
 
+/* Y (nr rows of V) := Y A^-1 for a dense V x V matrix A (row-major): Gaussian
+ * elimination with partial pivoting on A^T. T: V*V scratch, R: V*nr scratch. */
+static void solve_left(int V, const double *A, double *Y, int nr, double *T, double *R) {
+  for (int i = 0; i < V; i++)
+    for (int j = 0; j < V; j++)
+      T[i * V + j] = A[j * V + i];
+  for (int i = 0; i < V; i++)
+    for (int r = 0; r < nr; r++)
+      R[i * nr + r] = Y[r * V + i];
+  for (int k = 0; k < V; k++) {
+    int p = k;
+    for (int i = k + 1; i < V; i++)
+      if (fabs(T[i * V + k]) > fabs(T[p * V + k])) p = i;
+    if (p != k) {
+      for (int j = 0; j < V; j++) {
+        double t = T[k * V + j];
+        T[k * V + j] = T[p * V + j];
+        T[p * V + j] = t;
+      }
+      for (int r = 0; r < nr; r++) {
+        double t = R[k * nr + r];
+        R[k * nr + r] = R[p * nr + r];
+        R[p * nr + r] = t;
+      }
+    }
+    MOEC_ASSERT(T[k * V + k] != 0); /* irreducible chains: the systems are regular */
+    for (int i = k + 1; i < V; i++) {
+      double f = T[i * V + k] / T[k * V + k];
+      if (f == 0) continue;
+      for (int j = k; j < V; j++)
+        T[i * V + j] -= f * T[k * V + j];
+      for (int r = 0; r < nr; r++)
+        R[i * nr + r] -= f * R[k * nr + r];
+    }
+  }
+  for (int k = V - 1; k >= 0; k--)
+    for (int r = 0; r < nr; r++) {
+      double v = R[k * nr + r];
+      for (int j = k + 1; j < V; j++)
+        v -= T[k * V + j] * R[j * nr + r];
+      R[k * nr + r] = v / T[k * V + k];
+    }
+  for (int i = 0; i < V; i++)
+    for (int r = 0; r < nr; r++)
+      Y[r * V + i] = R[i * nr + r];
+}
+
+/* Topic z's transition matrix, dense, into P[V*V]. */
+static void dense_topic(const Synth *s, int z, double *P) {
+  const int V = s->V;
+  memset(P, 0, (size_t)V * (size_t)V * sizeof(double));
+  for (int x = 0; x < V; x++) {
+    int64_t st = (int64_t)z * V + x;
+    for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+      P[x * V + s->succ[i]] += s->prob[i];
+  }
+}
+
+/* The stationary distribution m of the irreducible stochastic V x V matrix Q:
+ * m (Q - I) = 0 with sum m = 1 (the last column of Q - I replaced by ones). */
+static void stationary_dense(int V, const double *Q, double *m, double *A, double *T, double *R) {
+  for (int i = 0; i < V; i++)
+    for (int j = 0; j < V; j++)
+      A[i * V + j] = j == V - 1 ? 1.0 : Q[i * V + j] - (i == j);
+  for (int j = 0; j < V; j++)
+    m[j] = j == V - 1;
+  solve_left(V, A, m, 1, T, R);
+}
+
+/* Small vocabularies, exactly: topic z's stationary row satisfies
+ * pi_z = (a pi_z + c m) P_z, so pi_z = c m P_z (I - a P_z)^-1, and the token marginal
+ * m is the stationary distribution of M = c sum_z P_z (I - a P_z)^-1. Two linear
+ * solves per topic: O(topics x vocab^3). */
+static void stationary_small(const Synth *s, double a, double c, double *pi) {
+  const int K = s->K, V = s->V;
+  const size_t VV = (size_t)V * (size_t)V;
+  double *P = mc_malloc(VV * sizeof(double)), *A = mc_malloc(VV * sizeof(double));
+  double *X = mc_malloc(VV * sizeof(double)), *M = mc_calloc(VV, sizeof(double));
+  double *T = mc_malloc(VV * sizeof(double)), *R = mc_malloc(VV * sizeof(double));
+  double *m = mc_malloc((size_t)V * sizeof(double)), *y = mc_malloc((size_t)V * sizeof(double));
+  if (K == 1) { /* no switching: the one chain's stationary distribution */
+    dense_topic(s, 0, P);
+    stationary_dense(V, P, pi, A, T, R);
+  } else {
+    for (int z = 0; z < K; z++) {
+      dense_topic(s, z, P);
+      for (size_t i = 0; i < VV; i++) {
+        A[i] = -a * P[i] + (i % (size_t)(V + 1) == 0);
+        X[i] = i % (size_t)(V + 1) == 0; /* I, then I A^-1 */
+      }
+      solve_left(V, A, X, V, T, R);
+      for (int i = 0; i < V; i++) /* M += c P X */
+        for (int k = 0; k < V; k++) {
+          double p = c * P[i * V + k];
+          if (p != 0)
+            for (int j = 0; j < V; j++)
+              M[i * V + j] += p * X[k * V + j];
+        }
+    }
+    stationary_dense(V, M, m, A, T, R);
+    for (int z = 0; z < K; z++) {
+      dense_topic(s, z, P);
+      for (int j = 0; j < V; j++) { /* y = c m P_z */
+        y[j] = 0;
+        for (int i = 0; i < V; i++)
+          y[j] += c * m[i] * P[i * V + j];
+      }
+      for (size_t i = 0; i < VV; i++)
+        A[i] = -a * P[i] + (i % (size_t)(V + 1) == 0);
+      solve_left(V, A, y, 1, T, R);
+      memcpy(pi + (int64_t)z * V, y, (size_t)V * sizeof(double));
+    }
+  }
+  mc_free(P);
+  mc_free(A);
+  mc_free(X);
+  mc_free(M);
+  mc_free(T);
+  mc_free(R);
+  mc_free(m);
+  mc_free(y);
+}
+
+#ifndef SYNTH_EXACT_MAX_V
+#define SYNTH_EXACT_MAX_V 32
+#endif
+/* Power-iteration sweeps are capped so that sweeps x edges stays below this (and
+ * at 300 sweeps at least): some seconds on the largest corpus. */
+#define SYNTH_SWEEP_WORK ((int64_t)1 << 32)
+
 void rt_synth_analyze(Synth *s) {
   const int K = s->K, V = s->V;
   const int64_t S = (int64_t)K * V;
   double a, c;
   switch_weights(s, &a, &c);
-  /* Stationary distribution of the joint chain (topic, token), by power iteration
-   * on the lazy chain (P+I)/2 (same fixed point, no periodicity). The topic
-   * marginal is uniform from the start and stays so (the switch process does
-   * not look at tokens), so only the fast within-topic mixing remains. */
   double *pi = mc_malloc((size_t)S * sizeof(double));
   double *nx = mc_malloc((size_t)S * sizeof(double));
   double *m = mc_malloc((size_t)V * sizeof(double));
-  for (int64_t i = 0; i < S; i++)
-    pi[i] = 1.0 / (double)S;
-  for (int it = 0; it < 100000; it++) {
-    for (int x = 0; x < V; x++) {
-      m[x] = 0;
-      for (int z = 0; z < K; z++)
-        m[x] += pi[(int64_t)z * V + x];
-    }
-    memset(nx, 0, (size_t)S * sizeof(double));
-    for (int z = 0; z < K; z++)
-      for (int x = 0; x < V; x++) {
-        int64_t st = (int64_t)z * V + x;
-        double w = a * pi[st] + c * m[x]; /* mass in topic z at token x after switching */
-        for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
-          nx[(int64_t)z * V + s->succ[i]] += w * s->prob[i];
-      }
+  s->residual = 0;
+  if (V <= SYNTH_EXACT_MAX_V) {
+    stationary_small(s, a, c, pi);
+  } else {
+    /* Stationary distribution of the joint chain (topic, token), by power iteration
+     * on the damped chain 0.1 I + 0.9 P (same fixed point; an eigenvalue near -1, a
+     * nearly periodic topic, still decays). The topic marginal is uniform from the
+     * start and stays so (the switch process does not look at tokens), so only the
+     * within-topic mixing remains. */
+    int64_t edges = s->off[S], max_it = MC_MAX(300, SYNTH_SWEEP_WORK / MC_MAX(edges, 1));
+    max_it = MC_MIN(max_it, 100000);
+    for (int64_t i = 0; i < S; i++)
+      pi[i] = 1.0 / (double)S;
     double diff = 0;
-    for (int64_t i = 0; i < S; i++) {
-      double v = 0.5 * (pi[i] + nx[i]);
-      diff += fabs(v - pi[i]);
-      pi[i] = v;
+    int64_t it = 0;
+    for (; it < max_it; it++) {
+      for (int x = 0; x < V; x++) {
+        m[x] = 0;
+        for (int z = 0; z < K; z++)
+          m[x] += pi[(int64_t)z * V + x];
+      }
+      memset(nx, 0, (size_t)S * sizeof(double));
+      for (int z = 0; z < K; z++)
+        for (int x = 0; x < V; x++) {
+          int64_t st = (int64_t)z * V + x;
+          double w = a * pi[st] + c * m[x]; /* mass in topic z at token x after switching */
+          for (int32_t i = s->off[st]; i < s->off[st + 1]; i++)
+            nx[(int64_t)z * V + s->succ[i]] += w * s->prob[i];
+        }
+      diff = 0;
+      for (int64_t i = 0; i < S; i++) {
+        double v = 0.1 * pi[i] + 0.9 * nx[i];
+        diff += fabs(v - pi[i]);
+        pi[i] = v;
+      }
+      if (diff < 1e-14) break;
     }
-    if (diff < 1e-14) break;
+    s->residual = diff;
+    if (it == max_it)
+      fprintf(stderr,
+              "moec: note: synthetic(topics=%d, vocab=%d): the entropy floor is approximate: "
+              "its analysis stopped after %lld sweeps, each still changing the stationary "
+              "distribution by %.1e\n",
+              K, V, (long long)max_it, diff);
   }
   /* floor = sum_{z,x} pi(z,x) H(q_{z,x}), q_{z,x}(y) = a P_z(y|x) + c sum_w P_w(y|x).
    * For each x: S_x(y) = sum_w P_w(y|x) in a dense scratch row, A_x = the entropy
@@ -253,7 +400,7 @@ int rt_synth_next(SynthStream *st) {
 
 static char *read_data_file(const char *path, size_t *len) {
   char *text = mc_read_file(path, len);
-  if (!text) mc_die("cannot read data file '%s': %s", path, strerror(errno));
+  if (!text) mc_die("cannot read data file '%s': %s", path, mc_read_error());
   if (*len == 0) mc_die("data file '%s' is empty", path);
   return text;
 }
@@ -527,24 +674,47 @@ void rt_batcher_free(Batcher *b) {
   b->ss = NULL;
 }
 
+int64_t rt_parse_step(const char *path, const char *key, const char *value) {
+  int64_t v = 0;
+  bool ok = *value != 0;
+  for (const char *p = value; ok && *p; p++)
+    ok = *p >= '0' && *p <= '9' && mc_mul_ok(v, 10, &v) && mc_add_ok(v, *p - '0', &v) &&
+         v <= RT_MAX_STEP;
+  if (!ok)
+    mc_die("checkpoint '%s': %s '%.40s%s' is not an integer from 0 to %lld (the most steps a run "
+           "may have)",
+           path, key, value, strlen(value) > 40 ? "..." : "", (long long)RT_MAX_STEP);
+  return v;
+}
+
 void rt_batcher_seek(Batcher *b, int64_t step) {
-  MOEC_ASSERT(step >= 0);
-  if (b->ss) {
-    int64_t target = step * b->T;
-    for (int r = 0; r < b->rows; r++) { /* stream id: the global row */
-      SynthStream *st = &b->ss[r];
-      if (step == 0 || st->n > target)
-        rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
-      while (st->n < target)
-        rt_synth_next(st);
-    }
-  }
+  if (step < 0 || step > RT_MAX_STEP)
+    mc_die("cannot position the %s data at step %lld: steps go from 0 to %lld",
+           split_name(b->split), (long long)step, (long long)RT_MAX_STEP);
+  if (b->ss && step == 0)             /* the streams' start; any other step: on the next batch */
+    for (int r = 0; r < b->rows; r++) /* stream id: the global row */
+      rt_synth_stream_init(&b->ss[r], b->c->syn,
+                           ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
   b->step = step;
+}
+
+/* Advances (or restarts) the synthetic streams to token step * T: lazily, so that a
+ * seek nothing reads after costs nothing. step <= 2^31 - 1, T <= 2^31 - 1: no overflow. */
+static void synth_catch_up(Batcher *b) {
+  int64_t target = b->step * b->T;
+  for (int r = 0; r < b->rows; r++) {
+    SynthStream *st = &b->ss[r];
+    if (st->n > target)
+      rt_synth_stream_init(st, b->c->syn, ((uint64_t)b->split << 32) | (uint64_t)(b->row0 + r));
+    while (st->n < target)
+      rt_synth_next(st);
+  }
 }
 
 void rt_batcher_next(Batcher *b, int32_t *ids, int32_t *targets) {
   const int R = b->rows, T = b->T;
   if (b->ss) {
+    synth_catch_up(b);
     for (int r = 0; r < R; r++) {
       SynthStream *st = &b->ss[r];
       for (int t = 0; t < T; t++) {

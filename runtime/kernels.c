@@ -19,6 +19,15 @@ const KernelFn *rt_cpu_kernels(Precision p) {
   return p == PREC_F64 ? table_f64 : table_f32;
 }
 
+int rt_blas_int(int64_t v, const Node *n) {
+  if (v > 2147483647)
+    mc_die("%d:%d: %s'%s': a matrix dimension of %lld exceeds 2147483647 (2^31 - 1), the most "
+           "OpenBLAS takes",
+           n->loc.line, n->loc.col, n->layer ? "layer " : "op ",
+           n->layer ? n->layer : ir_ops[n->op].name, (long long)v);
+  return (int)v;
+}
+
 /* ---- GEMMs split over threads ----
  *
  * A GEMM splits into 2 or 4 pieces (by its flops) along C's rows (M), or along the

@@ -57,6 +57,10 @@ static inline double rt_sigmoid(double x) {
 
 /* ---------------------------------------------------------------- instances */
 
+/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them);
+ * checked before the tasks, which then cast */
+#define BLAS_CHECK(v) (void)rt_blas_int((v), n)
+
 #define real float
 #define K(name) name##_f32
 #define GEMM rt_sgemm

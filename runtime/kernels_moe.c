@@ -131,6 +131,10 @@ static int64_t moe_expert_of(const int32_t *off, int64_t E, int64_t r) {
 
 /* ---------------------------------------------------------------- instances */
 
+/* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them);
+ * checked before the tasks, which then cast */
+#define BLAS_CHECK(v) (void)rt_blas_int((v), n)
+
 #define real float
 #define K(name) name##_f32
 #define GEMM cblas_sgemm

@@ -311,27 +311,35 @@ int rt_optim_tensors(const Optim *o, StTensor *t, McArena *names) {
   return n;
 }
 
-/* numel elements of the entry into dst; with sel (rows of a tensor sharded along dim 0)
- * the file holds all sel->global rows and dst gets rows sel->list, in that order. */
-static void load_one(const StFile *f, const char *prefix, const char *name, float *dst,
-                     int64_t numel, const RowSel *sel) {
+/* The state tensor of shape[0..rank) into dst; with sel (rows of a tensor sharded
+ * along dim 0) the file holds all sel->global rows of dim 0 and dst gets rows
+ * sel->list, in that order. The file's entry must have exactly that shape (dim 0:
+ * the global rows) and dtype F32. */
+static void load_one(const StFile *f, const char *prefix, const char *name, float *dst, int rank,
+                     const int64_t *shape, const RowSel *sel) {
   char key[1024];
   snprintf(key, sizeof key, "optim.%s.%s", prefix, name);
-  const StEntry *e = rt_st_find(f, key);
-  if (!e)
+  if (!rt_st_find(f, key))
     mc_die("checkpoint '%s' has optimizer state but lacks '%s' (saved with another optimizer "
            "or model?)",
            f->path, key);
   if (sel && sel->list && sel->n == 0) return; /* none of its rows here (E_r = 0) */
   bool rows = sel && sel->list;
-  int64_t per = rows ? numel / sel->n : numel, want = rows ? per * sel->global : numel;
-  if (e->dtype != ST_F32 || e->numel != want)
-    mc_die("checkpoint '%s': '%s' has dtype %s and %lld elements, expected F32 and %lld", f->path,
-           key, e->dtype_name, (long long)e->numel, (long long)want);
+  int64_t want[MAX_RANK + 1], numel = 1;
+  for (int d = 0; d < rank; d++) {
+    want[d] = shape[d];
+    numel *= shape[d];
+  }
+  if (rows) {
+    MOEC_ASSERT(rank >= 1 && shape[0] % sel->n == 0);
+    want[0] = shape[0] / sel->n * sel->global;
+  }
+  const StEntry *e = rt_st_expect(f, key, ST_F32, rank, want);
   if (!rows) {
     memcpy(dst, e->data, (size_t)numel * sizeof(float));
     return;
   }
+  int64_t per = numel / sel->n;
   for (int64_t j = 0; j < sel->n; j++) {
     MOEC_ASSERT(sel->list[j] >= 0 && sel->list[j] < sel->global);
     memcpy(dst + j * per, e->data + (size_t)(sel->list[j] * per) * sizeof(float),
@@ -351,20 +359,20 @@ bool rt_optim_load_rows(Optim *o, const StFile *f, const RowSel *sel) {
     mc_die("checkpoint '%s' holds %s optimizer state, the train block asks for %s", f->path, kind,
            want);
   MOEC_ASSERT(o->elem == sizeof(float));
-  char *end;
-  long long t = strtoll(step, &end, 10);
-  if (*end || t < 0) mc_die("checkpoint '%s': bad optim.step '%s'", f->path, step);
+  int64_t t = rt_parse_step(f->path, "optim.step", step);
   for (int i = 0; i < o->n; i++) {
-    if (factored(o, i)) {
-      int64_t lead, rows, cols;
-      factor_dims(o, i, &lead, &rows, &cols);
-      load_one(f, "vr", o->names[i], o->vr[i], lead * rows, sel ? &sel[i] : NULL);
-      load_one(f, "vc", o->names[i], o->vc[i], lead * cols, sel ? &sel[i] : NULL);
+    const RowSel *si = sel ? &sel[i] : NULL;
+    int r = o->prank[i];
+    if (factored(o, i)) { /* vr [..., rows], vc [..., cols]: rt_optim_tensors' shapes */
+      int64_t vs[MAX_RANK];
+      memcpy(vs, o->shape[i], sizeof vs);
+      load_one(f, "vr", o->names[i], o->vr[i], r - 1, vs, si);
+      vs[r - 2] = o->shape[i][r - 1];
+      load_one(f, "vc", o->names[i], o->vc[i], r - 1, vs, si);
       continue;
     }
-    if (o->kind == OPT_ADAM)
-      load_one(f, "m", o->names[i], o->m[i], o->numel[i], sel ? &sel[i] : NULL);
-    load_one(f, "v", o->names[i], o->v[i], o->numel[i], sel ? &sel[i] : NULL);
+    if (o->kind == OPT_ADAM) load_one(f, "m", o->names[i], o->m[i], r, o->shape[i], si);
+    load_one(f, "v", o->names[i], o->v[i], r, o->shape[i], si);
   }
   o->t = t;
   return true;

@@ -137,7 +137,7 @@ void rt_report_header(Run *r, int64_t start) {
             "%d ids; valid: %s\n",
             r->pairs->path, (long long)r->pairs->train->n, RT_PAR_WIDTH,
             rt_bpe_vocab(r->pairs->bpe), r->pairs->valid_path ? r->pairs->valid_path : "none");
-    fflush(r->out);
+    rt_guard_outputs(r);
     return;
   }
   if (c->syn) {
@@ -164,7 +164,7 @@ void rt_report_header(Run *r, int64_t start) {
   }
   if (c->split_path[1] && strcmp(c->split_path[1], c->path))
     fprintf(r->out, "moec: data: valid '%s', test '%s'\n", c->split_path[1], c->split_path[2]);
-  fflush(r->out);
+  rt_guard_outputs(r); /* flushed: a full disk fails now, with its errno */
 }
 
 void rt_report_step(Run *r, const StepInfo *si, bool show) {
@@ -182,7 +182,7 @@ void rt_report_step(Run *r, const StepInfo *si, bool show) {
       if (ms.drop >= 0) fprintf(r->out, " drop %.1f%%", 100 * ms.drop);
     }
     fprintf(r->out, r->tty ? "" : "\n");
-    fflush(r->out);
+    rt_guard_outputs(r);
   }
   if (!r->metrics) return;
   McBuf b = {0};
@@ -232,7 +232,7 @@ void rt_report_eval(Run *r, int64_t step, Split split, const EvalResult *e, doub
   if (r->floor_nats > 0) fprintf(r->out, "; floor ppl %.3f", exp(r->floor_nats));
   if (e->words > 0) fprintf(r->out, "; per word %.3f", e->word_ppl);
   fprintf(r->out, "\n");
-  fflush(r->out);
+  rt_guard_outputs(r);
   if (!r->metrics) return;
   McBuf b = {0};
   mc_buf_printf(&b, "{\"event\":\"eval\",\"step\":%lld,\"split\":\"%s\"", (long long)step, name);
@@ -244,7 +244,7 @@ void rt_report_eval(Run *r, int64_t step, Split split, const EvalResult *e, doub
   json_num(&b, "seconds", secs);
   mc_buf_printf(&b, "}\n");
   fputs(b.data, r->metrics);
-  fflush(r->metrics);
+  rt_guard_outputs(r);
   mc_buf_free(&b);
 }
 
@@ -306,7 +306,7 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   if (r->o.settings) mc_buf_printf(&b, ",\"settings\":%s", r->o.settings);
   mc_buf_printf(&b, "}\n");
   fputs(b.data, stdout);
-  fflush(stdout);
+  rt_guard_outputs(r);
   mc_buf_free(&b);
 }
 
@@ -377,7 +377,7 @@ void rt_report_summary(Run *r, const RunTotals *t) {
             P, human_rate(t->tokens_per_s / P, rate, sizeof rate),
             100.0 * a2a / fmax(r->t_train, 1e-9), 100.0 * ar / fmax(r->t_train, 1e-9));
   }
-  fflush(r->out);
+  rt_guard_outputs(r);
   if (r->o.json) print_json(r, t, mem_all, &cs);
   mc_free(mem_all);
 }

@@ -108,7 +108,7 @@ void rt_run_close(Run *r) {
     if (!g->params[i]->grad) mc_free(r->grads[i]);
   mc_free(r->params);
   mc_free(r->grads);
-  if (r->metrics) fclose(r->metrics);
+  rt_guard_close(r);
   if (r->devnull) fclose(r->devnull);
   rt_devopt_free(r->dopt);
   rt_optim_free(r->opt);
@@ -164,9 +164,7 @@ double rt_run_loss(Run *r, double xent, double *xent_out, double *aux_out, int *
 }
 
 void rt_run_update(Run *r, double loss, int64_t s) {
-  if (!isfinite(loss))
-    mc_die("the loss is %g at step %lld: training diverged (try a smaller lr, or clip)", loss,
-           (long long)s + 1);
+  rt_guard_step(r, s, loss); /* a loss or gradient that is not finite stops the run */
   r->opt->lr = rt_lr_at(r->cfg, s + 1);
   if (r->dopt)
     rt_devopt_step(r->dopt, r->opt);

@@ -145,6 +145,24 @@ void rt_ckpt_save(Run *r, const char *path, int64_t step);
 /* Dies before training, not after it, when a checkpoint could not be written there. */
 void rt_ckpt_check_path(const char *path);
 
+/* ---- guard.c: every one collective on several devices */
+/* After a step's forward and backward, before the optimizer: a loss or gradient that is
+ * not finite stops the run (exit 1) naming the step and the first op whose output went
+ * non-finite (the step replayed op by op). */
+void rt_guard_step(Run *r, int64_t step, double loss);
+/* After an evaluation at `step` steps done: a loss that is not finite, or whose
+ * perplexity is not (over ~709.78 nats), stops the run. */
+void rt_guard_eval(Run *r, int64_t step, Split split, double loss);
+/* Before a checkpoint: a parameter that is not finite stops the run (none is written). */
+void rt_guard_params(Run *r, int64_t step);
+/* Rank 0: a write error so far on stdout, the progress stream or the metrics file
+ * stops the run. */
+void rt_guard_outputs(Run *r);
+/* Closes the metrics file and flushes stdout, dying on a write error (a full disk). */
+void rt_guard_close(Run *r);
+/* Several devices: the ranks' data (tokens, vocabulary) and --load file are the same. */
+void rt_guard_inputs(Run *r, const StFile *ck);
+
 /* ---- report.c */
 void rt_report_header(Run *r, int64_t start);
 /* What a step reports. */

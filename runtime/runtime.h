@@ -68,6 +68,10 @@ extern const Backend rt_backend_cpu;
 const Backend *rt_backend_cuda(void);
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
+/* A matrix dimension or leading dimension for OpenBLAS, whose ints are 32-bit: v, or
+ * mc_die naming n's layer when v exceeds 2^31 - 1 (bound dims are each at most that,
+ * but products of them, B*T rows or T*4U strides, can be more). */
+int rt_blas_int(int64_t v, const Node *n);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
 void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */

@@ -20,6 +20,9 @@
 
 /* Topic switching probability per token of the synthetic corpus. */
 #define RT_SYNTH_SWITCH (1.0 / 500.0)
+/* The most (topic, token) states: topics x vocab (memory ~100 bytes a state, and
+ * the analysis before step 1 stays within about a minute). */
+#define RT_SYNTH_MAX_STATES (1 << 20)
 
 /* The built-in corpus: K topics, each a sparse Markov chain over V tokens. */
 typedef struct Synth {
@@ -31,11 +34,15 @@ typedef struct Synth {
   double *prob;        /* their probabilities (sum to 1 per state) */
   double *stat;        /* [K*V] stationary distribution of (topic, token), or NULL */
   double floor_nats;   /* entropy rate given the hidden topic (rt_synth_analyze) */
+  double residual;     /* the analysis's last change per sweep (0: solved directly) */
   double unigram_nats; /* entropy of the stationary token marginal */
 } Synth;
 
 Synth *rt_synth_new(int topics, int vocab, uint64_t seed);
-/* Stationary distribution and entropy rate (fills stat, floor_nats, unigram_nats). */
+/* Stationary distribution and entropy rate (fills stat, floor_nats, unigram_nats).
+ * Exact linear solves per topic for vocab <= 32 (sticky two-token chains make power
+ * iteration crawl); power iteration to 1e-14 otherwise, at most a bounded number of
+ * sweeps (a note on stderr says when it stopped before converging). */
 void rt_synth_analyze(Synth *s);
 void rt_synth_free(Synth *s);
 
@@ -134,6 +141,12 @@ static inline const int32_t *rt_corpus_stream(const Corpus *c, int s, int64_t *n
   return c->tok[s] - c->prime[s];
 }
 
+/* The most steps a run has, and the largest step it resumes at: `steps`' limit. */
+#define RT_MAX_STEP ((int64_t)2147483647)
+/* A checkpoint's step counter (metadata train.step, optim.step): decimal digits
+ * only, 0..RT_MAX_STEP; dies naming the file, key and value otherwise. */
+int64_t rt_parse_step(const char *path, const char *key, const char *value);
+
 /* Truncated-BPTT batches over one split: B streams, T steps. A batcher may own a
  * range of the streams (one device's rows of the global batch): it produces exactly
  * those rows of the global batch, reading or generating nothing else. */
@@ -159,7 +172,9 @@ void rt_batcher_init(Batcher *b, const Corpus *c, Split split, int B, int T);
 void rt_batcher_init_rows(Batcher *b, const Corpus *c, Split split, int B, int T, int row0,
                           int rows);
 void rt_batcher_free(Batcher *b);
-/* Positions the batcher at batch `step` (deterministic function of step). */
+/* Positions the batcher at batch `step` (deterministic function of step), 0 <= step
+ * <= RT_MAX_STEP (dies past it). Synthetic streams are advanced lazily, by the next
+ * rt_batcher_next: seeking where no batch is drawn costs nothing. */
 void rt_batcher_seek(Batcher *b, int64_t step);
 /* Fills ids[rows*T] and targets[rows*T] (row-major [rows, T]: its rows of the global
  * [B, T] batch) and advances. */
@@ -172,7 +187,7 @@ void rt_batcher_tail(const Batcher *b, int32_t *ids, int32_t *targets);
 
 /* ---------------------------------------------------------------- safetensors.c */
 
-typedef enum StDType { ST_F32, ST_F64, ST_I32, ST_OTHER } StDType;
+typedef enum StDType { ST_F32, ST_F64, ST_I32, ST_U8, ST_OTHER } StDType;
 
 typedef struct StTensor {
   const char *name;
@@ -199,25 +214,50 @@ typedef struct StFile {
   size_t size;
   StEntry *e;
   int n;
+  int *slot; /* open addressing over e by name: -1 empty; nslot a power of two */
+  int nslot;
   char **mkey, **mval;
   int nmeta;
 } StFile;
 
-/* Writes atomically: PATH.tmp.<pid>, fflush + fsync, rename over PATH. On any
- * failure the old file is left as it was and mc_die explains. meta: nmeta
- * key/value string pairs (meta[2i], meta[2i+1]) for __metadata__. */
+/* The largest JSON header rt_st_parse reads, and the most tensors a file may hold. */
+#define RT_ST_MAX_HEADER (100 * 1024 * 1024)
+#define RT_ST_MAX_TENSORS 16777216
+
+/* Writes atomically: PATH.tmp.<pid>, fflush + fsync, rename over PATH. A symlink is
+ * followed (the file it names is replaced, the link kept); a path that is a
+ * directory, a device or anything but a regular file is refused; temporaries of
+ * dead processes (a killed save) beside it are removed first. On any failure the
+ * old file is left as it was and mc_die explains. meta: nmeta key/value string
+ * pairs (meta[2i], meta[2i+1]) for __metadata__: short UTF-8 values go in the JSON
+ * header; others (over 1 MiB, or not UTF-8, e.g. a vocabulary of raw bytes) are
+ * stored as U8 tensors "__metadata__.KEY", which rt_st_meta returns the same way. */
 void rt_st_save(const char *path, const StTensor *t, int n, const char *const *meta, int nmeta);
+/* Can rt_st_save write path? Follows symlinks, refuses an empty or too long path, a
+ * directory or other non-regular file, and a directory where no file can be
+ * created (it creates and removes PATH.tmp.<pid>). false and "cannot save 'PATH':
+ * why" in err otherwise. For a run to call before its first step. */
+bool rt_st_check_save_path(const char *path, char *err, size_t errlen);
 /* Parses a whole file held in buf (takes ownership). NULL and a message in err on
- * any malformed input (never crashes). */
+ * any malformed input (never crashes). The header must be strict JSON (UTF-8, no
+ * leading zeros, no repeated keys, one __metadata__ at most); time and memory are
+ * linear in the file's size. */
 StFile *rt_st_parse(const char *path, uint8_t *buf, size_t size, char *err, size_t errlen);
 /* Reads and parses; dies with a clear message. */
 StFile *rt_st_open(const char *path);
 void rt_st_close(StFile *f);
 const StEntry *rt_st_find(const StFile *f, const char *name);
+/* The entry `name` checked against what the caller needs: NULL when absent; dies
+ * saying what differs ("'optim.m.w' has dtype I32, the model needs F32"; "... has
+ * shape [2, 64], the model needs [128]") when its dtype or shape (compared dim by
+ * dim, not by element count) is not dtype and shape[0..rank). */
+const StEntry *rt_st_expect(const StFile *f, const char *name, StDType dtype, int rank,
+                            const int64_t *shape);
 const char *rt_st_meta(const StFile *f, const char *key);
 /* Copies the file's tensors into every parameter of p (by name, converting F32/F64
- * to the program's precision). Names starting with "optim." or "state." are
- * skipped. Dies naming every missing, unexpected and shape-mismatched tensor. */
+ * to the program's precision). Names starting with "optim.", "state." or
+ * "__metadata__." are skipped. Dies naming every missing, unexpected and shape-mismatched tensor.
+ */
 void rt_st_load_params(const StFile *f, Program *p);
 /* The same, parameter i taking rows rows[i] of the file's tensor (rows NULL, or
  * rows[i].list NULL: the whole tensor; RowSel: runtime.h). */

@@ -27,6 +27,7 @@
 static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   StFile *ck = rt_run_open(r, comm, p, cfg, o);
   r->corpus = rt_corpus_load_ckpt(cfg, p->vocab, ck);
+  rt_guard_inputs(r, ck); /* before rt_run_start closes ck */
   for (int split = SPLIT_VALID; split <= SPLIT_TEST && !o->no_eval; split++) {
     Batcher b; /* an evaluation split too small for the batch: said now, not after training */
     rt_batcher_init_rows(&b, r->corpus, (Split)split, r->Bl * r->P, r->T, r->rank * r->Bl, r->Bl);
@@ -49,6 +50,7 @@ static double evaluate(Run *r, Split split, int64_t step) {
   double secs = mc_now() - t0;
   r->t_eval += secs;
   rt_report_eval(r, step, split, &e, secs);
+  rt_guard_eval(r, step, split, e.loss);
   return e.loss;
 }
 

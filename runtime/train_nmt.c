@@ -152,6 +152,7 @@ static double evaluate(Run *r, int64_t step) {
   r->t_eval += secs;
   EvalResult e = {.loss = loss, .nll = loss * (double)tokens, .tokens = tokens, .word_ppl = NAN};
   rt_report_eval(r, step, SPLIT_VALID, &e, secs);
+  rt_guard_eval(r, step, SPLIT_VALID, loss);
   return loss;
 }
 

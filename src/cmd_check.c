@@ -27,8 +27,8 @@ static void usage(FILE *out) {
 
 /* 37834752 -> "37,834,752" */
 static const char *commas(int64_t v, char *buf, size_t n) {
-  char tmp[32];
-  snprintf(tmp, sizeof tmp, "%lld", (long long)(v < 0 ? -v : v));
+  char tmp[32]; /* the magnitude as unsigned: -INT64_MIN does not fit int64 */
+  snprintf(tmp, sizeof tmp, "%llu", v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
   size_t len = strlen(tmp), k = 0;
   if (v < 0 && k + 1 < n) buf[k++] = '-';
   for (size_t i = 0; i < len && k + 2 < n; i++) {

@@ -1,5 +1,9 @@
 /* moec.c: the command line: dispatch to a subcommand. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -26,7 +30,18 @@ static void usage(FILE *out) {
   fprintf(out, "\n'moec <command> --help' describes a command.\n");
 }
 
+/* At exit: what stdio still holds for stdout (a report, a plan, --json) written, or
+ * an error and exit status 1 (a full disk would otherwise lose it silently). */
+static void stdout_check(void) {
+  errno = 0;
+  if (fflush(stdout) == 0 && !ferror(stdout)) return;
+  fprintf(stderr, "moec: error: cannot write the standard output: %s\n",
+          strerror(errno ? errno : EIO));
+  _exit(1);
+}
+
 int main(int argc, char **argv) {
+  atexit(stdout_check);
   mc_debug_from_env(); /* MOEC_DEBUG: developer diagnostics, read once */
   if (argc < 2) {
     usage(stderr);

@@ -3,9 +3,11 @@
  * text vocabulary and splits; .bin reading; truncated-BPTT batches; per-device
  * batchers (stream ranges) that together give the global batch; errors. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -517,6 +519,82 @@ static void test_split_files(void) {
   rt_corpus_free(c);
 }
 
+/* Hostile inputs: non-regular data paths refused at once (a FIFO would block an
+ * open, /dev/zero never ends), checkpoint step counters checked, seeking bounded and
+ * lazy (positioning past everything a run draws costs nothing), a huge synthetic
+ * corpus of two tokens analysed in a moment (exactly). */
+static void die_seek(void *arg) {
+  Batcher *b = arg;
+  rt_batcher_seek(b, (int64_t)1 << 40);
+}
+static void die_blas(void *arg) {
+  Node n = {.layer = "h1", .loc = {3, 5, 3, 9}};
+  (void)arg;
+  rt_blas_int((int64_t)1 << 31, &n);
+}
+static void die_step(void *arg) {
+  rt_parse_step("c.safetensors", "optim.step", arg);
+}
+
+static void test_hostile(void) {
+  char fifo[256];
+  snprintf(fifo, sizeof fifo, "%s/fifo.txt", tmpdir);
+  CHECK(mkfifo(fifo, 0600) == 0);
+  Config cf = config(DATA_TEXT, fifo);
+  expect_death(die_load, &cf, "it is not a regular file (a FIFO)");
+  cf.data_path = "/dev/zero";
+  expect_death(die_load, &cf, "it is not a regular file (a character device)");
+  cf.data_path = tmpdir;
+  expect_death(die_load, &cf, "it is a directory");
+  size_t n = 0;
+  CHECK(mc_read_file_max("/proc/self/status", 10, &n) == NULL && errno == EFBIG);
+  CHECK(strstr(mc_read_error(), "larger than 10 bytes") != NULL);
+
+  Node nd = {0};
+  CHECK(rt_blas_int(2147483647, &nd) == 2147483647);
+  expect_death(die_blas, NULL,
+               "3:5: layer 'h1': a matrix dimension of 2147483648 exceeds 2147483647");
+  CHECK(rt_parse_step("c", "train.step", "0") == 0);
+  CHECK(rt_parse_step("c", "train.step", "2147483647") == RT_MAX_STEP);
+  expect_death(die_step, "9223372036854775807",
+               "optim.step '9223372036854775807' is not an integer from 0 to 2147483647");
+  expect_death(die_step, "99999999999999999999", "is not an integer from 0");
+  expect_death(die_step, "-1", "is not an integer from 0");
+  expect_death(die_step, "12x", "is not an integer from 0");
+  expect_death(die_step, "", "is not an integer from 0");
+
+  Config cs = config(DATA_SYNTHETIC, NULL);
+  Corpus *c = rt_corpus_load(&cs, 64, NULL);
+  Batcher b, ref;
+  rt_batcher_init(&b, c, SPLIT_TRAIN, 2, 3);
+  rt_batcher_init(&ref, c, SPLIT_TRAIN, 2, 3);
+  double t0 = mc_now();
+  rt_batcher_seek(&b, RT_MAX_STEP); /* a resume past the end: nothing is generated */
+  CHECK(mc_now() - t0 < 5.0); /* generating 2^31 batches would take hours */
+  expect_death(die_seek, &b, "steps go from 0 to 2147483647");
+  int32_t i1[6], t1[6], i2[6], t2[6];
+  rt_batcher_seek(&b, 5); /* backwards, then forwards: the same batch as drawn in order */
+  for (int k = 0; k < 6; k++)
+    rt_batcher_next(&ref, i2, t2);
+  rt_batcher_next(&b, i1, t1);
+  CHECK(!memcmp(i1, i2, sizeof i1) && !memcmp(t1, t2, sizeof t1));
+  rt_batcher_free(&b);
+  rt_batcher_free(&ref);
+  rt_corpus_free(c);
+
+  t0 = mc_now();
+  Synth *sy = rt_synth_new(524288, 2, 3); /* 2^20 states of sticky two-token chains */
+  rt_synth_analyze(sy);
+  double ta = mc_now() - t0, tot = 0;
+  for (int64_t i = 0; i < (int64_t)524288 * 2; i++)
+    tot += sy->stat[i];
+  printf("synthetic K=524288 V=2: floor %.6f, analysis %.2fs\n", sy->floor_nats, ta);
+  CHECK_CLOSE(tot, 1.0, 1e-9, 0);
+  CHECK(sy->residual == 0 && sy->floor_nats > 0 && sy->floor_nats < log(2.0));
+  CHECK(ta < 30); /* was over ten minutes (power iteration) */
+  rt_synth_free(sy);
+}
+
 int main(void) {
   if (!mkdtemp(tmpdir)) {
     perror("mkdtemp");
@@ -525,6 +603,8 @@ int main(void) {
   test_synth_deterministic();
   check_rate(4, 64, 5, 400000);
   check_rate(16, 1000, 9, 400000);
+  check_rate(3, 16, 7, 400000); /* vocab <= 32: solved exactly per topic */
+  check_rate(1, 12, 2, 200000);
   test_synth_batches();
   test_text();
   test_bin();
@@ -532,6 +612,7 @@ int main(void) {
   test_errors();
   test_tokenizers();
   test_split_files();
+  test_hostile();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -4,7 +4,8 @@
  * (rows and columns, 3-D expert tensors, vectors); saving and restoring state
  * continues bit for bit; parameter init depends only on (seed, name); the double
  * precision optimizer (moec run --f64) against the independent double Adam and its
- * float32 self; the threaded, vectorised update against the element-by-element one
+ * float32 self; restoring state of another shape or dtype, or a hostile step, is a
+ * clear error; the threaded, vectorised update against the element-by-element one
  * (below, ref_update) bit for bit, with 1, 2 and 3 threads, float32 and double,
  * clipped or not, and a factored expert whose gradient is all zero. */
 #define _POSIX_C_SOURCE 200809L
@@ -14,6 +15,9 @@
 
 #include "runtime/train.h"
 #include "test.h"
+
+static char tmpdir[] = "/tmp/moec_test_optim_d_XXXXXX";
+#include "test_death.h"
 
 typedef struct Model {
   Graph g;
@@ -349,6 +353,48 @@ static void test_init(void) {
   free(c);
 }
 
+/* State of the right element count but another shape or dtype: refused, saying what
+ * differs (the sizes alone used to be compared, and the message then read "has 12
+ * elements, expected 12"). */
+static const char *mm_path;
+static void load_mismatch(void *arg) {
+  Model m = {0};
+  int64_t sm[2] = {3, 4}, sv[1] = {5};
+  add_param(&m, "w", 2, sm);
+  add_param(&m, "v", 1, sv);
+  Config cfg = opt_config(OPT_ADAM, 0.01, 0);
+  (void)arg;
+  rt_optim_load(rt_optim_new(&cfg, &m.g), rt_st_open(mm_path));
+}
+
+static void test_state_mismatch(void) {
+  char path[300];
+  snprintf(path, sizeof path, "%s/mm.safetensors", tmpdir);
+  mm_path = path;
+  float z[12] = {0};
+  int32_t iz[5] = {0};
+  const char *meta[] = {"optim.step", "3", "optim.kind", "adam"};
+  StTensor t[4] = {{"optim.m.w", ST_F32, 2, {4, 3}, z},
+                   {"optim.v.w", ST_F32, 2, {3, 4}, z},
+                   {"optim.m.v", ST_F32, 1, {5}, z},
+                   {"optim.v.v", ST_I32, 1, {5}, iz}};
+  rt_st_save(path, t, 4, meta, 2);
+  expect_death(load_mismatch, NULL,
+               "'optim.m.w' has shape [4, 3], the model needs [3, 4] (saved for another model, "
+               "optimizer or batch?)");
+  t[0].shape[0] = 3;
+  t[0].shape[1] = 4;
+  rt_st_save(path, t, 4, meta, 2);
+  expect_death(load_mismatch, NULL, "'optim.v.v' has dtype I32, the model needs F32");
+  const char *bad[] = {"optim.step", "9223372036854775807", "optim.kind", "adam"};
+  t[3].dtype = ST_F32;
+  t[3].data = z;
+  rt_st_save(path, t, 4, bad, 2);
+  expect_death(load_mismatch, NULL,
+               "optim.step '9223372036854775807' is not an integer from 0 to 2147483647");
+  unlink(path);
+}
+
 /* ---------------------------------------------------------------- bits vs one element at a time */
 
 /* The update one element at a time, in the order of docs/training.md's formulas (what
@@ -515,6 +561,7 @@ static void test_bits(void) {
 }
 
 int main(void) {
+  if (!mkdtemp(tmpdir)) return 1;
   test_adam_quadratic();
   test_clip();
   test_f64();
@@ -523,5 +570,9 @@ int main(void) {
   test_state_roundtrip(OPT_FACTORED);
   test_init();
   test_bits();
+  test_state_mismatch();
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
   TEST_DONE();
 }

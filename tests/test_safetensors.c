@@ -1,7 +1,9 @@
 /* test_safetensors.c: safetensors round trip (F32, F64, metadata, odd names),
  * malformed files (truncated, bad JSON, offsets out of range, overlaps, hostile
  * sizes) rejected with a message and no crash, atomic saves (a failed save leaves
- * the old file and no temporary behind), and loading into a program's params. */
+ * the old file and no temporary behind), and loading into a program's params;
+ * hostile cases: strict JSON, metadata of any bytes and size, many tensors,
+ * symlinks, non-regular paths, stale temporaries, rt_st_check_save_path. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #include "test.h"
 
 static char tmpdir[] = "/tmp/moec_test_st_XXXXXX";
+static int count_tmp_files(void);
 
 #include "test_death.h"
 
@@ -126,6 +129,19 @@ static void test_malformed(void) {
       {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, -1,
        "more than 8"},
       {"", 0, -1, "ends early"},
+      /* strict JSON, as the docs promise */
+      {"{\"a\":{\"dtype\":\"F32\",\"shape\":[02],\"data_offsets\":[0,8]}}", 8, -1, "leading zero"},
+      {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[00,8]}}", 8, -1, "leading zero"},
+      {"{\"__metadata__\":{},\"__metadata__\":{\"k\":\"v\"}}", 0, -1, "__metadata__ appears twice"},
+      {"{\"__metadata__\":{\"k\":\"v\",\"k\":\"w\"}}", 0, -1, "'k' appears twice"},
+      {"{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, -1, "not UTF-8"},
+      {"{\"__metadata__\":{\"k\":\"\xc3\"}}", 0, -1, "not UTF-8"},
+      {"{\"__metadata__\":{\"k\":\"\xed\xa0\x80\"}}", 0, -1, "not UTF-8"}, /* a surrogate */
+      {"{\"__metadata__.k\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, -1,
+       "must be a U8 vector"},
+      {"{\"__metadata__\":{\"k\":\"v\"},\"__metadata__.k\":{\"dtype\":\"U8\",\"shape\":[0],"
+       "\"data_offsets\":[0,0]}}",
+       0, -1, "'k' appears twice"},
   };
   for (size_t i = 0; i < MC_ARRAY_LEN(cases); i++) {
     char err[256] = "";
@@ -176,6 +192,147 @@ static void test_malformed(void) {
   expect_death(open_path, path, "is not a valid safetensors file");
   snprintf(path, sizeof path, "%s/missing.safetensors", tmpdir);
   expect_death(open_path, path, "cannot read checkpoint");
+}
+
+/* ---------------------------------------------------------------- hostile paths and sizes */
+
+/* The header of a file as moec wrote it: valid JSON to a strict reader means, at
+ * least, no byte that is not UTF-8 (Python's json is run by tests/test_hostile.sh). */
+static bool header_is_utf8(const char *path) {
+  size_t len = 0;
+  unsigned char *b = (unsigned char *)mc_read_file(path, &len);
+  uint64_t hl = 0;
+  for (int i = 0; i < 8; i++)
+    hl |= (uint64_t)b[i] << (8 * i);
+  bool ok = hl <= len - 8;
+  for (size_t i = 8; ok && i < 8 + hl;) {
+    int k = mc_utf8_len(b + i, 8 + hl - i);
+    ok = k > 0;
+    i += (size_t)k;
+  }
+  free(b);
+  return ok;
+}
+
+static const char *save_path;
+static void save_to(void *arg) {
+  float w[2] = {1, 2};
+  StTensor t[1] = {{"a", ST_F32, 1, {2}, w}};
+  (void)arg;
+  rt_st_save(save_path, t, 1, NULL, 0);
+}
+
+static void test_hostile(void) {
+  char path[512], err[6000];
+  /* metadata that is not UTF-8 (a vocabulary of raw bytes) or over 1 MiB goes into
+   * U8 tensors and comes back the same; a 101 MiB one too (the header limit is 100) */
+  size_t bigl = (size_t)101 << 20;
+  char *big = mc_malloc(bigl + 1);
+  for (size_t i = 0; i < bigl; i++)
+    big[i] = (char)('a' + i % 26);
+  for (size_t i = 7; i < bigl; i += 8)
+    big[i] = '\n';
+  big[bigl] = 0;
+  const char *raw = "<unk>\ncaf\xe9\n\xff\xfe\nok\xc3\xa9";
+  const char *meta[] = {"format", "pt", "data.vocab", raw, "huge", big};
+  float w[2] = {3, 4};
+  StTensor t[1] = {{"lm.weight", ST_F32, 1, {2}, w}};
+  snprintf(path, sizeof path, "%s/meta.safetensors", tmpdir);
+  rt_st_save(path, t, 1, meta, 3);
+  CHECK(header_is_utf8(path));
+  StFile *f = rt_st_open(path);
+  CHECK(rt_st_meta(f, "data.vocab") && !strcmp(rt_st_meta(f, "data.vocab"), raw));
+  CHECK(rt_st_meta(f, "huge") && !strcmp(rt_st_meta(f, "huge"), big));
+  CHECK(rt_st_meta(f, "format") && !strcmp(rt_st_meta(f, "format"), "pt"));
+  const StEntry *e = rt_st_find(f, "__metadata__.data.vocab");
+  CHECK(e && e->dtype == ST_U8 && e->numel == (int64_t)strlen(raw));
+  CHECK(rt_st_find(f, "lm.weight") && !memcmp(rt_st_find(f, "lm.weight")->data, w, sizeof w));
+  rt_st_close(f);
+  mc_free(big);
+  /* a JSON string of any bytes is valid: U+FFFD for what is not UTF-8 */
+  McBuf jb = {0};
+  mc_buf_json_string(&jb, "a\xff\xc3\xa9\x01\"");
+  CHECK(!strcmp(jb.data, "\"a\\ufffd\xc3\xa9\\u0001\\\"\""));
+  mc_buf_free(&jb);
+
+  /* many tensors: parsing and finding are linear (1.3M tensors took minutes) */
+  int nt = 300000;
+  McBuf h = {0};
+  mc_buf_putc(&h, '{');
+  for (int i = 0; i < nt; i++)
+    mc_buf_printf(&h, "%s\"t%d\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[%d,%d]}",
+                  i ? "," : "", i, i, i + 1);
+  mc_buf_putc(&h, '}');
+  size_t n = 8 + h.len + (size_t)nt;
+  uint8_t *b = mc_calloc(n, 1);
+  for (int i = 0; i < 8; i++)
+    b[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
+  memcpy(b + 8, h.data, h.len);
+  mc_buf_free(&h);
+  double t0 = mc_now();
+  f = rt_st_parse("many", b, n, err, sizeof err);
+  bool found = f && rt_st_find(f, "t0") && rt_st_find(f, "t299999") && !rt_st_find(f, "t300000");
+  double secs = mc_now() - t0;
+  printf("%d tensors: parsed and looked up in %.2f s\n", nt, secs);
+  CHECK(found);
+  CHECK(secs < 20);
+  rt_st_close(f);
+
+  /* a symlink is followed: the file it names is replaced, the link stays */
+  char target[512], link[512], tmp[600];
+  snprintf(target, sizeof target, "%s/target.safetensors", tmpdir);
+  snprintf(link, sizeof link, "%s/link.safetensors", tmpdir);
+  CHECK(symlink("target.safetensors", link) == 0); /* relative, dangling at first */
+  save_path = link;
+  save_to(NULL);
+  struct stat st;
+  CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+  CHECK(stat(target, &st) == 0 && S_ISREG(st.st_mode));
+  save_to(NULL); /* again, over the existing target */
+  CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+  f = rt_st_open(link);
+  CHECK(f && rt_st_find(f, "a"));
+  rt_st_close(f);
+  /* a FIFO, a device, a directory: refused, left as they were */
+  snprintf(path, sizeof path, "%s/fifo.safetensors", tmpdir);
+  CHECK(mkfifo(path, 0600) == 0);
+  save_path = path;
+  expect_death(save_to, NULL, "not a regular file");
+  CHECK(stat(path, &st) == 0 && S_ISFIFO(st.st_mode));
+  save_path = "/dev/null";
+  expect_death(save_to, NULL, "cannot save '/dev/null': it is not a regular file");
+  CHECK(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode));
+  expect_death(open_path, path, "cannot read checkpoint");
+  expect_death(open_path, "/dev/zero", "it is not a regular file (a character device)");
+  expect_death(open_path, tmpdir, "it is a directory");
+  /* rt_st_check_save_path: what a run checks before its first step */
+  CHECK(rt_st_check_save_path(target, err, sizeof err));
+  CHECK(rt_st_check_save_path(link, err, sizeof err));
+  CHECK(!rt_st_check_save_path("", err, sizeof err) && strstr(err, "the path is empty"));
+  CHECK(!rt_st_check_save_path(tmpdir, err, sizeof err) && strstr(err, "it is a directory"));
+  CHECK(!rt_st_check_save_path(path, err, sizeof err) && strstr(err, "not a regular file"));
+  snprintf(tmp, sizeof tmp, "%s/no/such/dir/x.safetensors", tmpdir);
+  CHECK(!rt_st_check_save_path(tmp, err, sizeof err) && strstr(err, "cannot create a file in"));
+  char longp[5000];
+  memset(longp, 'x', sizeof longp - 1);
+  longp[sizeof longp - 1] = 0;
+  CHECK(!rt_st_check_save_path(longp, err, sizeof err) && strstr(err, "too long"));
+  snprintf(tmp, sizeof tmp, "%s/loop.safetensors", tmpdir);
+  CHECK(symlink("loop.safetensors", tmp) == 0);
+  CHECK(!rt_st_check_save_path(tmp, err, sizeof err) && strstr(err, "symlink"));
+  CHECK(count_tmp_files() == 0); /* the checks leave nothing behind */
+  /* temporaries of killed saves: a dead pid's is removed, a live one's kept */
+  char dead[600], live[600];
+  snprintf(dead, sizeof dead, "%s.tmp.%d", target, 2147483646); /* no such pid */
+  snprintf(live, sizeof live, "%s.tmp.%d", target, (int)getppid());
+  FILE *fp = fopen(dead, "w");
+  fclose(fp);
+  fp = fopen(live, "w");
+  fclose(fp);
+  save_path = target;
+  save_to(NULL);
+  CHECK(access(dead, F_OK) != 0 && access(live, F_OK) == 0);
+  unlink(live);
 }
 
 static int count_tmp_files(void) {
@@ -326,6 +483,7 @@ int main(void) {
   test_malformed();
   test_atomic();
   test_load_params();
+  test_hostile();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
