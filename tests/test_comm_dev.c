@@ -343,7 +343,7 @@ static char *metrics_text(const char *path) {
   size_t n = 0;
   char *t = mc_read_file(path, &n);
   if (!t) return NULL;
-  const char *keys[] = {",\"tokens_per_s\":", ",\"seconds\":"};
+  const char *keys[] = {",\"tokens_per_s\":", ",\"seconds\":", ",\"elapsed\":"}; /* clocks */
   for (size_t k = 0; k < MC_ARRAY_LEN(keys); k++)
     for (char *p = strstr(t, keys[k]); p; p = strstr(p, keys[k])) {
       char *e = p + strlen(keys[k]);
