@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,6 +35,16 @@ void mc_die(const char *fmt, ...) {
     mc_die_hook(msg); /* does not return */
     abort();
   }
+  /* Once per process: N in-process devices often meet the same bad input together; the
+   * first one reports it and exits, the others wait for that exit. */
+  static atomic_flag dying = ATOMIC_FLAG_INIT;
+  static _Thread_local bool this_thread;
+  if (atomic_flag_test_and_set(&dying)) {
+    if (this_thread) _exit(1); /* again while exiting (an atexit handler) */
+    for (;;)
+      pause();
+  }
+  this_thread = true;
   va_start(ap, fmt);
   fflush(stdout);
   fprintf(stderr, "moec: error: ");
