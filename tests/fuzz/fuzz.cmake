@@ -21,9 +21,11 @@ add_flex_bison_dependency(fuzz_lexer fuzz_parser)
 # (sema uses the Dim/Type helpers of ir/graph.c; ir/ops.c names every shape rule).
 file(GLOB MOEC_FUZZ_SOURCES CONFIGURE_DEPENDS ${MOEC_ROOT}/frontend/*.c ${MOEC_ROOT}/ir/*.c
      ${MOEC_ROOT}/passes/*.c) # the op table names shape rules of passes (fused, collectives)
-# the runtime's readers: checkpoints (safetensors.c) and corpora (data.c) need only common
+# the runtime's readers: checkpoints (safetensors.c) and corpora (data.c, with its
+# tokenizers: tokenize.c, bpe.c, bleu.c's word split) need only common
 add_library(moec_fuzzlib STATIC ${MOEC_FUZZ_SOURCES} ${MOEC_ROOT}/common/common.c
             ${MOEC_ROOT}/runtime/safetensors.c ${MOEC_ROOT}/runtime/data.c
+            ${MOEC_ROOT}/runtime/tokenize.c ${MOEC_ROOT}/runtime/bpe.c ${MOEC_ROOT}/runtime/bleu.c
             ${FLEX_fuzz_lexer_OUTPUTS} ${BISON_fuzz_parser_OUTPUTS})
 # the targets: the frontend (fuzz_frontend), the checkpoint reader (fuzz_safetensors),
 # the text and .bin corpus readers (fuzz_text, fuzz_bin: fuzz_data.c built twice)

@@ -68,15 +68,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (split)
 #endif
     if (!setjmp(fuzz_jmp)) {
-      c = rt_corpus_load(&cfg, FUZZ_VOCAB, NULL, 0);
+      c = rt_corpus_load(&cfg, FUZZ_VOCAB, NULL);
       draw(c);
     }
   rt_corpus_free(c);
 #ifndef FUZZ_BIN
   c = NULL;
   if (!setjmp(fuzz_jmp)) { /* moec eval --data: the whole file, a checkpoint's vocabulary */
-    char *vocab[] = {"<unk>", "<eos>", "the", "a", "moec", "\xff"};
-    c = rt_corpus_load_file(path, FUZZ_VOCAB, vocab, 6);
+    static const char *const vocab[] = {"<unk>", "<eos>", "the", "a", "moec", "\xff"};
+    c = rt_corpus_load_file(path, FUZZ_VOCAB, rt_tok_words(vocab, 6));
     draw(c);
   }
   rt_corpus_free(c);
