@@ -49,3 +49,10 @@ int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *
   }
   return 0;
 }
+
+int cli_require_load(const Options *o, int rc, void (*usage)(FILE *out)) {
+  if (rc || o->load) return rc;
+  fprintf(stderr, "moec %s: error: --load CKPT is required\n", o->cmd);
+  usage(stderr);
+  return 2;
+}

@@ -240,11 +240,7 @@ int cmd_eval(int argc, char **argv) {
                     "and --f64 are not options of eval\n");
     rc = 2;
   }
-  if (!rc && !o.load) {
-    fprintf(stderr, "moec eval: error: --load CKPT is required\n");
-    eval_usage(stderr);
-    rc = 2;
-  }
+  rc = cli_require_load(&o, rc, eval_usage);
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;

@@ -86,11 +86,7 @@ int cmd_sample(int argc, char **argv) {
                     "and --no-eval are not options of sample\n");
     rc = 2;
   }
-  if (!rc && !o.load) {
-    fprintf(stderr, "moec sample: error: --load CKPT is required\n");
-    usage(stderr);
-    rc = 2;
-  }
+  rc = cli_require_load(&o, rc, usage);
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;

@@ -41,11 +41,7 @@ int cmd_score(int argc, char **argv) {
                     "--no-eval are not options of score\n");
     rc = 2;
   }
-  if (!rc && !o.load) {
-    fprintf(stderr, "moec score: error: --load CKPT is required\n");
-    usage(stderr);
-    rc = 2;
-  }
+  rc = cli_require_load(&o, rc, usage);
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;

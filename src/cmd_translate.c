@@ -120,11 +120,7 @@ int cmd_translate(int argc, char **argv) {
                     "of translate\n");
     rc = 2;
   }
-  if (!rc && !o.load) {
-    fprintf(stderr, "moec translate: error: --load CKPT is required\n");
-    translate_usage(stderr);
-    rc = 2;
-  }
+  rc = cli_require_load(&o, rc, translate_usage);
   if (rc) {
     drv_options_free(&o);
     return rc < 0 ? 0 : rc;
