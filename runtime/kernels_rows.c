@@ -70,6 +70,10 @@ static void all_gather_rows_f64(const KernelCtx *ctx, const Node *n, void *const
 
 /* ---------------------------------------------------------------- sparse all-reduce */
 
+/* A pair's ids take R*4 bytes padded to 8, so that its rows (and the next pair) stay
+ * aligned for double. */
+static size_t ids_bytes(int64_t R) { return ((size_t)R * 4 + 7) & ~(size_t)7; }
+
 /* (ids i32[R], rows[R,D] [, ids2, rows2, ...]) on every device of the node's set -> dW[V,D]:
  * every device's pairs gathered (all_gather, rank order) and scatter-added in that order,
  * pair by pair, so that every device holds the same bits. Without a communicator (one
@@ -82,13 +86,14 @@ static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *
   int64_t V = n->out[0]->shape[0], D = n->out[0]->shape[1];
   size_t rb = (size_t)D * elem, blk = 0;
   for (int q = 0; q + 1 < n->nin; q += 2)
-    blk += (size_t)n->in[q]->numel * (4 + rb);
+    blk += ids_bytes(n->in[q]->numel) + (size_t)n->in[q]->numel * rb;
   char *send = mc_malloc(blk ? blk : 1), *recv = mc_malloc(blk * (size_t)P + 1), *at = send;
   for (int q = 0; q + 1 < n->nin; q += 2) { /* pair by pair: its ids, then its rows */
-    size_t R = (size_t)n->in[q]->numel;
+    size_t R = (size_t)n->in[q]->numel, ib = ids_bytes((int64_t)R);
+    memset(at, 0, ib);
     memcpy(at, in[q], R * 4);
-    memcpy(at + R * 4, in[q + 1], R * rb);
-    at += R * (4 + rb);
+    memcpy(at + ib, in[q + 1], R * rb);
+    at += ib + R * rb;
   }
   if (P > 1) {
     same_bytes(c, (int64_t)blk, "sparse_all_reduce");
@@ -107,7 +112,7 @@ static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *
         if (id < 0 || id >= V)
           mc_die("layer '%s': gradient row %d is outside [0, %lld) (op %s)",
                  n->layer ? n->layer : "?", (int)id, (long long)V, ir_ops[n->op].name);
-        const char *row = b + (size_t)R * 4 + (size_t)r * rb;
+        const char *row = b + ids_bytes(R) + (size_t)r * rb;
         if (elem == sizeof(float)) {
           float *d = (float *)out[0] + (int64_t)id * D;
           const float *x = (const float *)row;
@@ -120,7 +125,7 @@ static void sparse_all_reduce(const KernelCtx *ctx, const Node *n, void *const *
             d[j] += x[j];
         }
       }
-      b += (size_t)R * (4 + rb);
+      b += ids_bytes(R) + (size_t)R * rb;
     }
   }
   mc_free(send);
