@@ -118,8 +118,10 @@ void mc_debug_from_env(void);
 const char *mc_version(void);
 const char *mc_features(void);
 
-/* Monotonic wall clock in seconds. */
+/* Monotonic wall clock in seconds; the process's CPU seconds (for limits that a loaded
+ * shared machine must not trip). */
 double mc_now(void);
+double mc_cpu_now(void);
 
 /* Counter-based random numbers (splitmix64 hashing): the same (key, counter)
  * gives the same draw on any device and any split of the batch. */

@@ -269,11 +269,11 @@ static void test_hostile(void) {
     b[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
   memcpy(b + 8, h.data, h.len);
   mc_buf_free(&h);
-  double t0 = mc_now();
+  double t0 = mc_cpu_now(); /* CPU seconds: a loaded machine must not fail this */
   f = rt_st_parse("many", b, n, err, sizeof err);
   bool found = f && rt_st_find(f, "t0") && rt_st_find(f, "t299999") && !rt_st_find(f, "t300000");
-  double secs = mc_now() - t0;
-  printf("%d tensors: parsed and looked up in %.2f s\n", nt, secs);
+  double secs = mc_cpu_now() - t0;
+  printf("%d tensors: parsed and looked up in %.2f CPU s\n", nt, secs);
   CHECK(found);
   CHECK(secs < 20);
   rt_st_close(f);

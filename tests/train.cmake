@@ -7,7 +7,7 @@ foreach(t test_data test_safetensors test_optim)
   target_compile_options(${t} PRIVATE ${MOEC_WARN})
   target_link_libraries(${t} PRIVATE moeccore)
   add_test(NAME ${t} COMMAND ${t})
-  set_tests_properties(${t} PROPERTIES TIMEOUT 60 LABELS "train")
+  set_tests_properties(${t} PROPERTIES TIMEOUT 180 LABELS "train")
 endforeach()
 foreach(case resume converge grad_eval errors text)
   add_test(NAME train_${case}

@@ -28,13 +28,6 @@ typedef struct Res {
   double secs;
 } Res;
 
-/* CPU seconds of this process: the limits below catch superlinear parsing, and a loaded
- * shared machine stretches wall time several-fold without it. */
-static double cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static Res parse_n(const char *path, const char *text, size_t len) {
   Res r = {0};
@@ -43,9 +36,9 @@ static Res parse_n(const char *path, const char *text, size_t len) {
   Diag d;
   fe_diag_init(&d, &src);
   d.out = ms;
-  double t0 = cpu_now();
+  double t0 = mc_cpu_now(); /* CPU seconds: a loaded shared machine stretches wall time */
   r.f = fe_parse(&src, &d);
-  r.secs = cpu_now() - t0;
+  r.secs = mc_cpu_now() - t0;
   r.errors = d.errors;
   fclose(ms);
   return r;
