@@ -14,8 +14,9 @@
  *
  * Every line ends with a line-end token: "<eos>" (words, chars) or </s> (bpe). Words and
  * characters get a vocabulary of the most frequent tokens of the training text (ties: the
- * first seen), id 0 = <unk>; with spell=chars, the words after the pieces of every character
- * the training words have at each position. A tokenizer is stored in checkpoints as text
+ * first seen), id 0 = <unk>; with spell=chars, the pieces of every character the training
+ * words have at each place are kept first and the words fill the rest (ids: <unk>, the
+ * words, the pieces). A tokenizer is stored in checkpoints as text
  * (data.tokenizer, and data.vocab or data.bpe), so evaluation, scoring, sampling and
  * resumed runs map text the same way. docs/training.md, "Tokenizers". */
 #include <ctype.h>
