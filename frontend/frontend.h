@@ -245,7 +245,8 @@ typedef struct Config {
   const char *data_test_path;            /* text, bin: test=, or NULL */
   TokKind tokenizer;                     /* text */
   bool tok_lower, tok_split_punct;       /* words(lower=, split_punct=) */
-  int bpe_vocab;                         /* bpe(vocab=N); 0: the model's vocabulary */
+  bool tok_spell;                        /* words(spell=chars): unknown words spelled */
+  int tok_vocab; /* words(vocab=N), bpe(vocab=N): ids; 0: the model's vocabulary */
   int max_len, batch_tokens;             /* parallel: ids per side, ids per batch */
   int batch, unroll, steps, eval_every;
   OptKind optimizer;

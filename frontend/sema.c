@@ -127,7 +127,7 @@ typedef struct Sema {
   double params; /* the model's parameters so far (SEMA_MAX_PARAMS in all) */
   bool has_source; /* an input has the source length S: a translation model */
   Loc wd_loc, accumulate_loc;            /* weight_decay=, accumulate = (line 0: not given) */
-  Expr *tokenizer_expr, *bpe_vocab_expr; /* text(tokenizer=...), its bpe(vocab=) */
+  Expr *tokenizer_expr, *tok_vocab_expr; /* text(tokenizer=...), its vocab= */
 } Sema;
 
 /* A location covering the first n characters at loc's start (a name). */
@@ -1449,7 +1449,8 @@ static const char *data_file(Sema *S, Expr *e, const char *what) {
   return e->loc.src && e->loc.src->cmdline ? e->str : resolve_path(S, e->str);
 }
 
-/* tokenizer = words | words(lower=, split_punct=) | chars | bpe | bpe(vocab=N) */
+/* tokenizer = words | words(lower=, split_punct=, vocab=N, spell=none|chars) | chars | bpe |
+ * bpe(vocab=N) */
 static void data_tokenizer(Sema *S, Expr *e) {
   Config *c = S->cfg;
   static const char *const names[] = {"words", "chars", "bpe"};
@@ -1463,31 +1464,38 @@ static void data_tokenizer(Sema *S, Expr *e) {
       suggest_add(&sg, name, names[i]);
     char sb[128];
     fe_error(S->d, name ? loc_span(e->loc, strlen(name)) : e->loc,
-             "'tokenizer' must be words, words(lower=true, split_punct=true), chars or "
-             "bpe(vocab=N)%s",
+             "'tokenizer' must be words, words(lower=true, split_punct=true, vocab=N, "
+             "spell=chars), chars or bpe(vocab=N)%s",
              suggest_str(&sg, sb, sizeof sb));
     return;
   }
   c->tokenizer = k == 0 ? TOK_WORDS : k == 1 ? TOK_CHARS : TOK_BPE;
   if (e->kind != EX_CALL) return;
-  Expr *v[2];
+  Expr *v[4];
+  int64_t n;
   if (k == 0) {
-    static const char *const keys[] = {"lower", "split_punct"};
-    if (!match_args(S, e, "words", keys, 2, v)) return;
+    static const char *const keys[] = {"lower", "split_punct", "vocab", "spell"};
+    static const char *const spell_names[] = {"none", "chars"};
+    if (!match_args(S, e, "words", keys, 4, v)) return;
     int x;
     if (v[0] && (x = const_choice(S, v[0], "lower", bool_names, 2)) >= 0) c->tok_lower = x == 0;
     if (v[1] && (x = const_choice(S, v[1], "split_punct", bool_names, 2)) >= 0)
       c->tok_split_punct = x == 0;
+    /* 2: <unk> and the line end; what spelling needs on top is known at load */
+    if (v[2] && const_int(S, v[2], "vocab", 2, 1 << 30, &n)) {
+      c->tok_vocab = (int)n;
+      S->tok_vocab_expr = v[2];
+    }
+    if (v[3] && (x = const_choice(S, v[3], "spell", spell_names, 2)) >= 0) c->tok_spell = x == 1;
   } else if (k == 1) {
     if (e->args) fe_error(S->d, e->args->value->loc, "'chars' takes no arguments");
   } else {
     static const char *const keys[] = {"vocab"};
-    int64_t n;
     if (!match_args(S, e, "bpe", keys, 1, v)) return;
     /* 259: <pad>, <s>, </s> and the 256 bytes (runtime/bpe.c) */
     if (v[0] && const_int(S, v[0], "vocab", 259, 65536, &n)) {
-      c->bpe_vocab = (int)n;
-      S->bpe_vocab_expr = v[0];
+      c->tok_vocab = (int)n;
+      S->tok_vocab_expr = v[0];
     }
   }
 }
@@ -1671,24 +1679,26 @@ static void check_data_vocab(Sema *S, Expr *vocab_expr) {
   }
 }
 
-/* bpe(vocab=N): ids below every embedding's and the loss's vocabulary; without N, the
- * loss's vocabulary, which must hold the 259 base ids. */
-static void check_bpe_vocab(Sema *S) {
+/* bpe(vocab=N), words(vocab=N): ids below every embedding's and the loss's vocabulary;
+ * bpe without N: the loss's vocabulary, which must hold the 259 base ids. */
+static void check_tok_vocab(Sema *S) {
   Config *c = S->cfg;
   Expr *sx = S->loss_call;
-  if (c->data != DATA_TEXT || c->tokenizer != TOK_BPE || !sx || sx->layer != L_SOFTMAX_XENT) return;
+  if (c->data != DATA_TEXT || c->tokenizer == TOK_CHARS || !sx || sx->layer != L_SOFTMAX_XENT)
+    return;
+  if (c->tokenizer == TOK_WORDS && !c->tok_vocab) return;
   int mv = (int)sx->argv[LA_VOCAB];
   for (int i = 0; i < S->nembeds; i++)
     mv = MC_MIN(mv, (int)S->embeds[i]->argv[LA_VOCAB]);
-  Loc at = S->bpe_vocab_expr ? S->bpe_vocab_expr->loc : S->tokenizer_expr->loc;
-  if (!c->bpe_vocab && mv < 259)
+  Loc at = S->tok_vocab_expr ? S->tok_vocab_expr->loc : S->tokenizer_expr->loc;
+  if (c->tokenizer == TOK_BPE && !c->tok_vocab && mv < 259)
     fe_error(S->d, at,
              "a byte-pair encoding has at least 259 ids (<pad>, <s>, </s> and 256 bytes), but the "
              "model's vocabulary has %d",
              mv);
-  else if (c->bpe_vocab > mv)
-    fe_error(S->d, at, "bpe(vocab=%d) has more ids than the model's vocabulary (%d)", c->bpe_vocab,
-             mv);
+  else if (c->tok_vocab > mv)
+    fe_error(S->d, at, "%s(vocab=%d) has more ids than the model's vocabulary (%d)",
+             c->tokenizer == TOK_BPE ? "bpe" : "words", c->tok_vocab, mv);
   else
     return;
   fe_note(S->d, arg_loc(sx, &fe_layers[L_SOFTMAX_XENT], LA_VOCAB), "the model's vocab is set here");
@@ -1780,7 +1790,7 @@ static void check_train(Sema *S, Block *b) {
              "batch x unroll = %lld positions per step is too many (at most 16777216)",
              (long long)c->batch * c->unroll);
   if (S->d->errors == 0) check_data_vocab(S, vocab_expr);
-  if (S->d->errors == 0) check_bpe_vocab(S);
+  if (S->d->errors == 0) check_tok_vocab(S);
   if (c->accumulate > 1) check_accumulate(S);
 }
 
@@ -2147,15 +2157,27 @@ const char *fe_optimizer_str(const Config *c, char *buf, size_t n) {
 const char *fe_tokenizer_str(const Config *c, char *buf, size_t n) {
   if (c->tokenizer == TOK_CHARS)
     snprintf(buf, n, "chars");
-  else if (c->tokenizer == TOK_BPE && c->bpe_vocab)
-    snprintf(buf, n, "bpe(vocab=%d)", c->bpe_vocab);
+  else if (c->tokenizer == TOK_BPE && c->tok_vocab)
+    snprintf(buf, n, "bpe(vocab=%d)", c->tok_vocab);
   else if (c->tokenizer == TOK_BPE)
     snprintf(buf, n, "bpe");
-  else if (c->tok_lower || c->tok_split_punct)
-    snprintf(buf, n, "words(lower=%s, split_punct=%s)", c->tok_lower ? "true" : "false",
-             c->tok_split_punct ? "true" : "false");
-  else
+  else if (!c->tok_lower && !c->tok_split_punct && !c->tok_vocab && !c->tok_spell)
     snprintf(buf, n, "words");
+  else { /* what checkpoints store (data.tokenizer): only the arguments given */
+    size_t k = (size_t)snprintf(buf, n, "words(");
+    const char *sep = "";
+    if (k < n && (c->tok_lower || c->tok_split_punct)) {
+      k += (size_t)snprintf(buf + k, n - k, "lower=%s, split_punct=%s",
+                            c->tok_lower ? "true" : "false", c->tok_split_punct ? "true" : "false");
+      sep = ", ";
+    }
+    if (k < n && c->tok_vocab) {
+      k += (size_t)snprintf(buf + k, n - k, "%svocab=%d", sep, c->tok_vocab);
+      sep = ", ";
+    }
+    if (k < n && c->tok_spell) k += (size_t)snprintf(buf + k, n - k, "%sspell=chars", sep);
+    if (k < n) snprintf(buf + k, n - k, ")");
+  }
   return buf;
 }
 

@@ -591,7 +591,7 @@ Corpus *rt_corpus_load_ckpt(const Config *cfg, int model_vocab, const struct StF
     fe_tokenizer_str(cfg, want, sizeof want);
     bool same = rt_tok_kind(tk) == cfg->tokenizer &&
                 (cfg->tokenizer != TOK_WORDS || !strcmp(have, want)) &&
-                (cfg->tokenizer != TOK_BPE || !cfg->bpe_vocab || rt_tok_size(tk) <= cfg->bpe_vocab);
+                (cfg->tokenizer != TOK_BPE || !cfg->tok_vocab || rt_tok_size(tk) <= cfg->tok_vocab);
     if (!same)
       mc_die("checkpoint '%s' was trained with tokenizer %s, the train block asks for %s", ck->path,
              have, want);

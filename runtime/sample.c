@@ -67,13 +67,12 @@ static void step(Program *p, const KernelCtx *ctx, const Tensor *probs, int32_t 
   mc_free(owned);
 }
 
+/* One id's text as decoding puts it (spelled words joined). */
 static void put_piece(const RtTok *tk, int32_t id, bool *line_start) {
-  int len;
-  const char *s = rt_tok_piece(tk, id, &len);
-  bool eos = id == rt_tok_eos(tk);
-  if (rt_tok_kind(tk) == TOK_WORDS && !*line_start && !eos) putchar(' ');
-  fwrite(s, 1, (size_t)len, stdout);
-  *line_start = eos;
+  McBuf b = {0};
+  rt_tok_put(tk, id, line_start, &b);
+  if (b.len) fwrite(b.data, 1, b.len, stdout);
+  mc_buf_free(&b);
   fflush(stdout); /* streaming: each token as it comes */
 }
 

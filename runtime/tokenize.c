@@ -4,13 +4,19 @@
  *   words(lower, split_punct): ASCII letters lower-cased; punctuation split off as its own
  *                          tokens the way BLEU's tokenizer does it (bleu.c): "Speak," ->
  *                          "Speak ,", but don't, 3.5 and 1,000 stay whole
+ *   words(vocab=N, spell=chars): GNMT's mixed word/character model (Wu et al. 2016, 4.2):
+ *                          a word outside the vocabulary is spelled as character pieces
+ *                          <B>x <M>y ... <E>z (a one-character word: <B>x alone), so only
+ *                          a word with a character the training text lacks is <unk>
  *   chars                : UTF-8 characters (an invalid byte is a token of its own)
  *   bpe(vocab=N)         : byte-pair encoding (bpe.c) learned from the training text: no
  *                          token is ever unknown
  *
  * Every line ends with a line-end token: "<eos>" (words, chars) or </s> (bpe). Words and
  * characters get a vocabulary of the most frequent tokens of the training text (ties: the
- * first seen), id 0 = <unk>. A tokenizer is stored in checkpoints as text
+ * first seen), id 0 = <unk>; with spell=chars, the pieces of every character the training
+ * words have at each place are kept first and the words fill the rest (ids: <unk>, the
+ * words, the pieces). A tokenizer is stored in checkpoints as text
  * (data.tokenizer, and data.vocab or data.bpe), so evaluation, scoring, sampling and
  * resumed runs map text the same way. docs/training.md, "Tokenizers". */
 #include <ctype.h>
@@ -70,10 +76,16 @@ static Word *wt_find(WordTab *t, const char *p, int len, bool add) {
 
 /* ---------------------------------------------------------------- splitting text */
 
+/* A spelled word's pieces are stored in the vocabulary as "<B> x", "<M> x", "<E> x": the
+ * space keeps them apart from every word (words never hold whitespace). */
+enum { PIECE_PREFIX = 4 };
+
 struct RtTok {
   TokKind kind;
-  bool lower, split_punct;
+  bool lower, split_punct, spell;
+  int vocab;    /* words(vocab=N): N, 0 when not given */
   char **words; /* words, chars: id -> token; 0 = <unk> */
+  char *part;   /* spell: id -> 'B', 'M', 'E' for a piece, 0 for a word */
   int nwords;
   WordTab tab; /* token -> id */
   RtBpe *bpe;
@@ -162,8 +174,7 @@ typedef struct Counter {
   McArena a;
 } Counter;
 
-static void count_token(void *ctx, const char *p, int len) {
-  Counter *c = ctx;
+static void count_n(Counter *c, const char *p, int len, int64_t k) {
   Word *w = wt_find(&c->tab, p, len, false);
   if (!w) {
     char *own = mc_arena_alloc(&c->a, (size_t)len + 1);
@@ -171,7 +182,46 @@ static void count_token(void *ctx, const char *p, int len) {
     own[len] = 0;
     w = wt_find(&c->tab, own, len, true);
   }
-  w->count++;
+  w->count += k;
+}
+
+static void count_token(void *ctx, const char *p, int len) {
+  count_n(ctx, p, len, 1);
+}
+
+/* ---------------------------------------------------------------- spelling */
+
+/* The vocabulary name of a word's character c[0, n) at character i of k: "<B> c" (the
+ * first, or a one-character word's only one), "<E> c" (the last), "<M> c"; returns its
+ * length (at most PIECE_PREFIX + 4). */
+static int piece_name(char *out, const char *c, int n, int i, int k) {
+  const char *pre = i == 0 ? "<B> " : i == k - 1 ? "<E> " : "<M> ";
+  memcpy(out, pre, PIECE_PREFIX);
+  memcpy(out + PIECE_PREFIX, c, (size_t)n);
+  return PIECE_PREFIX + n;
+}
+
+/* Calls fn for each piece of word p[0, len) spelled out. */
+static void spell(const char *p, int len, TokenFn fn, void *ctx) {
+  int k = 0;
+  for (int i = 0; i < len; i += utf8_len((const unsigned char *)p + i, (size_t)(len - i)))
+    k++;
+  char name[PIECE_PREFIX + 4];
+  for (int i = 0, j = 0; i < len; j++) {
+    int c = utf8_len((const unsigned char *)p + i, (size_t)(len - i));
+    fn(ctx, name, piece_name(name, p + i, c, j, k));
+    i += c;
+  }
+}
+
+typedef struct PieceCount {
+  Counter *c;
+  int64_t k;
+} PieceCount;
+
+static void count_piece(void *ctx, const char *p, int len) {
+  PieceCount *pc = ctx;
+  count_n(pc->c, p, len, pc->k);
 }
 
 static int cmp_word(const void *a, const void *b) {
@@ -187,36 +237,78 @@ static char *dup_n(const char *p, size_t n) {
   return s;
 }
 
-/* The lookup table of t->words; the line end's id. */
+static bool is_piece(const char *w) {
+  return strlen(w) > PIECE_PREFIX && w[0] == '<' && strchr("BME", w[1]) && !strncmp(w + 2, "> ", 2);
+}
+
+/* The lookup table of t->words; the line end's id; with spelling, which ids are pieces. */
 static void index_words(RtTok *t) {
   mc_free(t->tab.w);
+  mc_free(t->part);
   t->tab = (WordTab){0};
+  t->part = t->spell ? mc_calloc((size_t)MC_MAX(t->nwords, 1), 1) : NULL;
   t->eos = -1;
   for (int i = 0; i < t->nwords; i++) {
     Word *w = wt_find(&t->tab, t->words[i], (int)strlen(t->words[i]), true);
     if (w->id < 0) w->id = i;
     if (!strcmp(t->words[i], "<eos>") && t->eos < 0) t->eos = i;
+    if (t->spell && is_piece(t->words[i])) t->part[i] = t->words[i][1];
   }
 }
 
-/* The most frequent tokens of text as t splits it, at most max_vocab ids with <unk>. */
+/* A counter's entries, most frequent first (ties: the first counted), "<unk>" left out. */
+static Word **sorted(const Counter *c, int64_t *n) {
+  Word **all = mc_malloc((size_t)(c->tab.n + 1) * sizeof(Word *));
+  *n = 0;
+  for (int64_t i = 0; i < c->tab.cap; i++)
+    if (c->tab.w[i].p && !(c->tab.w[i].len == 5 && !memcmp(c->tab.w[i].p, "<unk>", 5)))
+      all[(*n)++] = &c->tab.w[i];
+  qsort(all, (size_t)*n, sizeof(Word *), cmp_word);
+  return all;
+}
+
+static bool is_eos(const Word *w) {
+  return w->len == 5 && !memcmp(w->p, "<eos>", 5);
+}
+
+/* The most frequent tokens of text as t splits it, at most max_vocab ids with <unk>. With
+ * spelling, the pieces of every training word come first out of max_vocab (all of them:
+ * any word of the training text can be spelled), then the words, the line end always. */
 static void learn_words(RtTok *t, const char *text, size_t len, int max_vocab) {
-  Counter cn = {0};
+  Counter cn = {0}, pc = {0};
   each_token(t, text, len, count_token, &cn);
-  WordTab tab = cn.tab;
-  Word **all = mc_malloc((size_t)(tab.n + 1) * sizeof(Word *));
-  int64_t n = 0;
-  for (int64_t i = 0; i < tab.cap; i++)
-    if (tab.w[i].p && !(tab.w[i].len == 5 && !memcmp(tab.w[i].p, "<unk>", 5))) all[n++] = &tab.w[i];
-  qsort(all, (size_t)n, sizeof(Word *), cmp_word);
-  t->nwords = (int)MC_MIN(n + 1, (int64_t)max_vocab);
+  int64_t n, np = 0;
+  Word **all = sorted(&cn, &n), **pieces = NULL;
+  int64_t keep = MC_MIN(n, (int64_t)max_vocab - 1);
+  if (t->spell) {
+    for (int64_t i = 0; i < n; i++)
+      if (!is_eos(all[i]))
+        spell(all[i]->p, all[i]->len, count_piece, &(PieceCount){&pc, all[i]->count});
+    pieces = sorted(&pc, &np);
+    keep = MC_MIN(n, (int64_t)max_vocab - 1 - np);
+    if (keep < 1)
+      mc_die("words(vocab=%d, spell=chars): the training words' characters take %lld ids "
+             "(<B>, <M>, <E> pieces), leaving none for words and the line end: give a vocab= "
+             "above %lld (or use bpe or chars)",
+             max_vocab, (long long)np, (long long)np + 1);
+    int64_t e = 0; /* the line end is kept (spelled it would be no line end) */
+    while (e < n && !is_eos(all[e]))
+      e++;
+    if (e < n && e >= keep) all[keep - 1] = all[e];
+  }
+  t->nwords = (int)(1 + keep + np);
   t->words = mc_malloc((size_t)t->nwords * sizeof(char *));
   t->words[0] = dup_n("<unk>", 5);
-  for (int i = 1; i < t->nwords; i++)
-    t->words[i] = dup_n(all[i - 1]->p, (size_t)all[i - 1]->len);
+  for (int64_t i = 0; i < keep; i++)
+    t->words[1 + i] = dup_n(all[i]->p, (size_t)all[i]->len);
+  for (int64_t i = 0; i < np; i++)
+    t->words[1 + keep + i] = dup_n(pieces[i]->p, (size_t)pieces[i]->len);
   mc_free(all);
-  mc_free(tab.w);
+  mc_free(pieces);
+  mc_free(cn.tab.w);
+  mc_free(pc.tab.w);
   mc_arena_free(&cn.a);
+  mc_arena_free(&pc.a);
   index_words(t);
 }
 
@@ -252,11 +344,17 @@ RtTok *rt_tok_learn(const Config *cfg, int max_vocab, const char *text, size_t l
   t->kind = cfg->tokenizer;
   t->lower = cfg->tok_lower;
   t->split_punct = cfg->tok_split_punct;
+  if (t->kind == TOK_WORDS) {
+    t->spell = cfg->tok_spell;
+    t->vocab = cfg->tok_vocab;
+  }
+  if (t->vocab > max_vocab)
+    mc_die("words(vocab=%d): the model's vocabulary has %d ids", t->vocab, max_vocab);
   if (t->kind != TOK_BPE) {
-    learn_words(t, text, len, max_vocab);
+    learn_words(t, text, len, t->vocab ? t->vocab : max_vocab);
     return t;
   }
-  int32_t v = cfg->bpe_vocab ? cfg->bpe_vocab : (int32_t)MC_MIN(max_vocab, 65536);
+  int32_t v = cfg->tok_vocab ? cfg->tok_vocab : (int32_t)MC_MIN(max_vocab, 65536);
   if (v > max_vocab || v < RT_BPE_NBASE)
     mc_die("bpe(vocab=%d): the model's vocabulary has %d ids (a byte-pair encoding needs "
            "%d..%d)",
@@ -276,6 +374,7 @@ void rt_tok_free(RtTok *t) {
   for (int i = 0; i < t->nwords; i++)
     mc_free(t->words[i]);
   mc_free(t->words);
+  mc_free(t->part);
   mc_free(t->tab.w);
   rt_bpe_free(t->bpe);
   mc_free(t);
@@ -287,6 +386,8 @@ typedef struct Encoder {
   RtTok *t;
   int32_t *ids;
   int64_t n, cap;
+  int64_t word0;  /* spelling: where the word's pieces start in ids */
+  bool unspelled; /* spelling: a piece of the word is not in the vocabulary */
 } Encoder;
 
 static void push(Encoder *e, int32_t id) {
@@ -297,14 +398,35 @@ static void push(Encoder *e, int32_t id) {
   e->ids[e->n++] = id;
 }
 
+static void encode_piece(void *ctx, const char *p, int len) {
+  Encoder *e = ctx;
+  Word *w = wt_find(&e->t->tab, p, len, false);
+  if (w)
+    push(e, w->id);
+  else
+    e->unspelled = true;
+}
+
+/* A word (never a piece: pieces hold a space); outside the vocabulary, spelled, or <unk>
+ * when a character has no piece at its position. */
 static void encode_token(void *ctx, const char *p, int len) {
   Encoder *e = ctx;
   Word *w = wt_find(&e->t->tab, p, len, false);
-  push(e, w ? w->id : 0);
+  if (w || !e->t->spell) {
+    push(e, w ? w->id : 0);
+    return;
+  }
+  e->word0 = e->n;
+  e->unspelled = false;
+  spell(p, len, encode_piece, e);
+  if (e->unspelled) {
+    e->n = e->word0;
+    push(e, 0);
+  }
 }
 
 int64_t rt_tok_encode(RtTok *t, const char *text, size_t len, int32_t **ids) {
-  Encoder e = {t, NULL, 0, 0};
+  Encoder e = {.t = t};
   if (t->kind != TOK_BPE) {
     each_token(t, text, len, encode_token, &e);
   } else {
@@ -360,6 +482,10 @@ bool rt_tok_special(const RtTok *t, int32_t id) {
   return t->bpe ? id == RT_BPE_PAD || id == RT_BPE_BOS : id == 0;
 }
 
+char rt_tok_part(const RtTok *t, int32_t id) {
+  return t->part && id >= 0 && id < t->nwords ? t->part[id] : 0;
+}
+
 const char *rt_tok_piece(const RtTok *t, int32_t id, int *len) {
   if (id == t->eos) {
     *len = 1;
@@ -376,22 +502,28 @@ const char *rt_tok_piece(const RtTok *t, int32_t id, int *len) {
     *len = 0;
     return "";
   }
-  *len = (int)strlen(t->words[id]);
-  return t->words[id];
+  int skip = rt_tok_part(t, id) ? PIECE_PREFIX : 0;
+  *len = (int)strlen(t->words[id]) - skip;
+  return t->words[id] + skip;
+}
+
+void rt_tok_put(const RtTok *t, int32_t id, bool *line_start, McBuf *b) {
+  int len;
+  const char *s = rt_tok_piece(t, id, &len);
+  char part = rt_tok_part(t, id);
+  bool joins = part == 'M' || part == 'E'; /* the rest of a spelled word */
+  if (t->kind == TOK_WORDS && !*line_start && id != t->eos && !joins) mc_buf_putc(b, ' ');
+  for (int k = 0; k < len; k++)
+    mc_buf_putc(b, s[k]);
+  *line_start = id == t->eos;
 }
 
 char *rt_tok_decode(const RtTok *t, const int32_t *ids, int64_t n) {
   McBuf b = {0};
   mc_buf_printf(&b, "%s", "");
   bool line_start = true;
-  for (int64_t i = 0; i < n; i++) {
-    int len;
-    const char *s = rt_tok_piece(t, ids[i], &len);
-    if (t->kind == TOK_WORDS && !line_start && ids[i] != t->eos) mc_buf_putc(&b, ' ');
-    for (int k = 0; k < len; k++)
-      mc_buf_putc(&b, s[k]);
-    line_start = ids[i] == t->eos;
-  }
+  for (int64_t i = 0; i < n; i++)
+    rt_tok_put(t, ids[i], &line_start, &b);
   return b.data;
 }
 
@@ -403,11 +535,15 @@ char *rt_tok_describe(const RtTok *t) {
     mc_buf_printf(&b, "chars");
   else if (t->kind == TOK_BPE)
     mc_buf_printf(&b, "bpe(vocab=%d)", rt_bpe_vocab(t->bpe));
-  else if (t->lower || t->split_punct)
-    mc_buf_printf(&b, "words(lower=%s, split_punct=%s)", t->lower ? "true" : "false",
-                  t->split_punct ? "true" : "false");
-  else
-    mc_buf_printf(&b, "words");
+  else { /* the train block's own spelling of it, so that the two compare as strings */
+    Config c = {.tokenizer = TOK_WORDS,
+                .tok_lower = t->lower,
+                .tok_split_punct = t->split_punct,
+                .tok_spell = t->spell,
+                .tok_vocab = t->vocab};
+    char buf[160];
+    mc_buf_printf(&b, "%s", fe_tokenizer_str(&c, buf, sizeof buf));
+  }
   return b.data;
 }
 
@@ -457,6 +593,9 @@ RtTok *rt_tok_from_ckpt(const StFile *f) {
     t->kind = TOK_WORDS;
     t->lower = strstr(desc, "lower=true") != NULL;
     t->split_punct = strstr(desc, "split_punct=true") != NULL;
+    t->spell = strstr(desc, "spell=chars") != NULL;
+    const char *v = strstr(desc, "vocab=");
+    t->vocab = v ? atoi(v + 6) : 0;
   } else {
     mc_die("checkpoint '%s': unknown tokenizer '%s' (data.tokenizer)", f->path, desc);
   }

@@ -66,14 +66,15 @@ typedef enum Split { SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST } Split;
 
 /* ---------------------------------------------------------------- tokenize.c */
 
-/* How a text corpus becomes ids and back: words, words(lower, split_punct), chars, or a
- * byte-pair encoding; every line ends with a line-end id. */
+/* How a text corpus becomes ids and back: words, words(lower, split_punct), words with
+ * unknown words spelled (spell=chars), chars, or a byte-pair encoding; every line ends with
+ * a line-end id. */
 typedef struct RtTok RtTok;
 struct StFile;
 
 /* Learns cfg's tokenizer from the training text: the most frequent words or characters
- * (at most max_vocab ids, <unk> = 0 included), or bpe(vocab=N) (N: cfg->bpe_vocab, or
- * max_vocab when 0). */
+ * (at most cfg->tok_vocab or else max_vocab ids, <unk> = 0 and spelling pieces included),
+ * or bpe(vocab=N) (N: cfg->tok_vocab, or max_vocab when 0). */
 RtTok *rt_tok_learn(const Config *cfg, int max_vocab, const char *text, size_t len);
 /* The tokenizer a checkpoint stores (data.tokenizer, data.vocab / data.bpe; a vocabulary
  * without data.tokenizer: words), or NULL when it has none. Dies on a malformed one. */
@@ -91,11 +92,21 @@ int32_t rt_tok_eos(const RtTok *t);  /* the line end's id (-1: none in the vocab
 TokKind rt_tok_kind(const RtTok *t);
 bool rt_tok_unknown(const RtTok *t, int32_t id); /* <unk> */
 bool rt_tok_special(const RtTok *t, int32_t id); /* never sampled: <unk>, <pad>, <s> */
-/* The text of one id ("\n" for the line end; not NUL-terminated: *len bytes). */
+/* The text of one id ("\n" for the line end, a spelled word's piece its character; not
+ * NUL-terminated: *len bytes). */
 const char *rt_tok_piece(const RtTok *t, int32_t id, int *len);
-/* Ids -> text (mc_free it): words separated by spaces, lines by newlines. */
+/* 'B', 'M' or 'E' when id is a piece of a spelled word (its first, a middle, its last
+ * character), else 0. */
+char rt_tok_part(const RtTok *t, int32_t id);
+/* Appends id's text to b as decoding puts it after the ids before it: a space before a
+ * word unless at a line start (*line_start; updated), none before a spelled word's <M>
+ * and <E> pieces. */
+void rt_tok_put(const RtTok *t, int32_t id, bool *line_start, McBuf *b);
+/* Ids -> text (mc_free it): words separated by spaces (spelled words joined), lines by
+ * newlines. */
 char *rt_tok_decode(const RtTok *t, const int32_t *ids, int64_t n);
-/* "words(lower=true, split_punct=true)", "bpe(vocab=2000)": data.tokenizer (mc_free it). */
+/* "words(lower=true, split_punct=true)", "words(vocab=2000, spell=chars)", "bpe(vocab=2000)":
+ * data.tokenizer (mc_free it). */
 char *rt_tok_describe(const RtTok *t);
 /* The vocabulary as text for a checkpoint, under *key (data.vocab or data.bpe). */
 char *rt_tok_serialize(const RtTok *t, const char **key);

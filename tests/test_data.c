@@ -1,7 +1,8 @@
 /* test_data.c: the corpora and batching (runtime/data.c): the synthetic corpus
  * is deterministic per seed and its analytic entropy rate matches a long sample;
- * text vocabulary and splits; .bin reading; truncated-BPTT batches; per-device
- * batchers (stream ranges) that together give the global batch; errors. */
+ * text vocabulary and splits; tokenizers (runtime/tokenize.c) and spelled words, on
+ * tiny-shakespeare too; .bin reading; truncated-BPTT batches; per-device batchers
+ * (stream ranges) that together give the global batch; errors. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
@@ -412,7 +413,10 @@ static char *pieces(const RtTok *t, const int32_t *ids, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     int len;
     const char *p = rt_tok_piece(t, ids[i], &len);
-    mc_buf_printf(&b, "%s%.*s", i ? "|" : "", len, p[0] == '\n' ? "$" : p);
+    char part = rt_tok_part(t, ids[i]); /* a spelled word's piece: <B>x */
+    if (i) mc_buf_putc(&b, '|');
+    if (part) mc_buf_printf(&b, "<%c>", part);
+    mc_buf_printf(&b, "%.*s", len, p[0] == '\n' ? "$" : p);
   }
   return b.data;
 }
@@ -456,7 +460,7 @@ static void test_tokenizers(void) {
   rt_tok_free(t);
   /* bpe: no unknown id; decode(encode(text)) is the text; stored and read back */
   cfg.tokenizer = TOK_BPE;
-  cfg.bpe_vocab = 300;
+  cfg.tok_vocab = 300;
   McBuf big = {0};
   for (int i = 0; i < 50; i++)
     mc_buf_printf(&big, "the quick brown fox %d jumps over the lazy dog\n", i);
@@ -477,6 +481,70 @@ static void test_tokenizers(void) {
   mc_free(ser);
   rt_tok_free(t);
   mc_buf_free(&big);
+}
+
+static void die_spell_vocab(void *arg) {
+  Config cfg = config(DATA_TEXT, "x");
+  cfg.tok_spell = true;
+  cfg.tok_vocab = 8;
+  rt_tok_free(rt_tok_learn(&cfg, 100, arg, strlen(arg)));
+}
+
+/* words(spell=chars): words outside the vocabulary spelled as <B> <M> <E> pieces (GNMT's
+ * mixed word/character model), decoded back into the word. */
+static void test_spelling(void) {
+  const char *text = "The cat sat on the mat.\nthe dog sat.\nA cat!\n";
+  Config cfg = config(DATA_TEXT, "x");
+  cfg.tok_lower = cfg.tok_split_punct = cfg.tok_spell = true;
+  /* the pieces of the training words, worked out by hand: the (<B>t <M>h <E>e), cat (<B>c
+   * <M>a <E>t), sat (<B>s), on (<B>o <E>n), mat (<B>m), . (<B>.), dog (<B>d <M>o <E>g),
+   * ! (<B>!), a (<B>a): 16; with <unk>, vocab=22 keeps 5 words, the most frequent: the 3,
+   * <eos> 3, cat 2, sat 2, . 2 (ties: the first seen) */
+  cfg.tok_vocab = 22;
+  RtTok *t = rt_tok_learn(&cfg, 100, text, strlen(text));
+  CHECK(rt_tok_size(t) == 22);
+  const char *q = "The mat sat on a dog!\ncog\nzoo\n";
+  int32_t *ids;
+  int64_t n = rt_tok_encode(t, q, strlen(q), &ids);
+  char *s = pieces(t, ids, n);
+  CHECK(!strcmp(s, "the|<B>m|<M>a|<E>t|sat|<B>o|<E>n|<B>a|<B>d|<M>o|<E>g|<B>!|$|<B>c|<M>o|<E>g|$|"
+                   "<unk>|$")); /* no 'z' in training: zoo is the one unknown word */
+  if (strcmp(s, "the|<B>m|<M>a|<E>t|sat|<B>o|<E>n|<B>a|<B>d|<M>o|<E>g|<B>!|$|<B>c|<M>o|<E>g|$|"
+                "<unk>|$"))
+    fprintf(stderr, "spelled: %s\n", s);
+  int64_t unk = 0;
+  for (int64_t i = 0; i < n; i++)
+    unk += rt_tok_unknown(t, ids[i]);
+  CHECK(unk == 1);
+  /* decoding joins the pieces back into words */
+  char *back = rt_tok_decode(t, ids, n);
+  CHECK(!strcmp(back, "the mat sat on a dog !\ncog\n<unk>\n"));
+  mc_free(back);
+  mc_free(s);
+  mc_free(ids);
+  /* decode(encode(text)) is the text (lower-cased, punctuation split) */
+  const char *r = "a dog sat on the cat .\nmoon soon\n";
+  n = rt_tok_encode(t, r, strlen(r), &ids);
+  back = rt_tok_decode(t, ids, n);
+  CHECK(!strcmp(back, r));
+  mc_free(back);
+  mc_free(ids);
+  char *d = rt_tok_describe(t);
+  CHECK(!strcmp(d, "words(lower=true, split_punct=true, vocab=22, spell=chars)"));
+  mc_free(d);
+  rt_tok_free(t);
+  /* the line end stays a word when the vocabulary has room for one word only */
+  cfg.tok_vocab = 18;
+  t = rt_tok_learn(&cfg, 100, text, strlen(text));
+  CHECK(rt_tok_size(t) == 18 && rt_tok_eos(t) == 1);
+  n = rt_tok_encode(t, "the\n", 4, &ids);
+  s = pieces(t, ids, n);
+  CHECK(!strcmp(s, "<B>t|<M>h|<E>e|$"));
+  mc_free(s);
+  mc_free(ids);
+  rt_tok_free(t);
+  /* no room for the pieces: a clear error */
+  expect_death(die_spell_vocab, (void *)text, "leaving none for words and the line end");
 }
 
 /* Separate valid and test files; the pass's last partial batch of an evaluation split. */
@@ -595,10 +663,76 @@ static void test_hostile(void) {
   rt_synth_free(sy);
 }
 
-int main(void) {
+/* tiny-shakespeare with words(lower, split_punct, vocab=4000, spell=chars) learned from the
+ * train split: under 2% of the test split's tokens unknown, and every word of the file
+ * decoded back as the same tokenizer without a vocabulary limit (learned from the whole
+ * file: nothing unknown) gives it, or <unk>. Returns 0 without the file. */
+static int test_shakespeare(const char *dir) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/tinyshakespeare.txt", dir);
+  size_t len;
+  char *text = mc_read_file(path, &len);
+  if (!text) {
+    printf("SKIP: %s not found (the shared data folder)\n", path);
+    return 0;
+  }
+  Config cfg = config(DATA_TEXT, path);
+  cfg.tok_lower = cfg.tok_split_punct = true;
+  RtTok *all = rt_tok_learn(&cfg, 1 << 30, text, len);
+  cfg.tok_spell = true;
+  cfg.tok_vocab = 4000;
+  Corpus *c = rt_corpus_load(&cfg, 12000, NULL);
+  double unk = (double)c->unk[SPLIT_TEST] / (double)c->ntok[SPLIT_TEST];
+  CHECK(rt_tok_size(c->tk) <= 4000 && unk < 0.02);
+  int32_t *ids, *ref;
+  int64_t n = rt_tok_encode(c->tk, text, len, &ids), nref = rt_tok_encode(all, text, len, &ref);
+  int64_t nunk = 0, spelled = 0;
+  for (int64_t i = 0; i < n; i++) {
+    nunk += rt_tok_unknown(c->tk, ids[i]);
+    spelled += rt_tok_part(c->tk, ids[i]) == 'B';
+  }
+  for (int64_t i = 0; i < nref; i++)
+    CHECK(!rt_tok_unknown(all, ref[i]));
+  char *got = rt_tok_decode(c->tk, ids, n), *want = rt_tok_decode(all, ref, nref);
+  /* word by word: the same words (or <unk>) and the same separators */
+  int64_t words = 0, differ = 0, ref_words = 0;
+  for (int64_t i = 0; i < nref; i++)
+    ref_words += ref[i] != rt_tok_eos(all);
+  for (char *g = got, *w = want, *ge, *we; *g && *w; g = ge + (*ge != 0), w = we + (*we != 0)) {
+    ge = g + strcspn(g, " \n");
+    we = w + strcspn(w, " \n");
+    bool same = ge - g == we - w && !memcmp(g, w, (size_t)(ge - g));
+    differ += *ge != *we || (!same && !(ge - g == 5 && !memcmp(g, "<unk>", 5)));
+    words += we > w;
+  }
+  CHECK(differ == 0 && words == ref_words && strlen(got) == strlen(want) + 4 * nunk);
+  printf("tiny-shakespeare, words(lower, split_punct, vocab=4000, spell=chars): %d ids, test "
+         "split %.3f%% unknown; the file: %lld tokens, %lld words spelled, %lld unknown, %lld "
+         "words decoded (%lld differ)\n",
+         rt_tok_size(c->tk), 100 * unk, (long long)n, (long long)spelled, (long long)nunk,
+         (long long)words, (long long)differ);
+  mc_free(got);
+  mc_free(want);
+  mc_free(ids);
+  mc_free(ref);
+  rt_tok_free(all);
+  rt_corpus_free(c);
+  mc_free(text);
+  return 1;
+}
+
+/* test_data: the unit checks; test_data --corpus DIR: tiny-shakespeare (exit 77 without
+ * it). */
+int main(int argc, char **argv) {
   if (!mkdtemp(tmpdir)) {
     perror("mkdtemp");
     return 1;
+  }
+  if (argc == 3 && !strcmp(argv[1], "--corpus")) {
+    int ok = test_shakespeare(argv[2]);
+    rmdir(tmpdir);
+    if (!ok) return 77;
+    TEST_DONE();
   }
   test_synth_deterministic();
   check_rate(4, 64, 5, 400000);
@@ -611,6 +745,7 @@ int main(void) {
   test_sharded_batches();
   test_errors();
   test_tokenizers();
+  test_spelling();
   test_split_files();
   test_hostile();
   char cmd[300];

@@ -16,8 +16,10 @@
 #   plot         : moec plot draws a PNG and an SVG from a metrics file
 #   trace        : moec run --trace on 2 devices: valid trace-event JSON, both devices'
 #                  tracks with forward, backward, optimizer, data and the all-to-alls
-#   tokenize     : tiny-shakespeare: unknown rates of words, words(lower, split_punct)
-#                  and bpe(vocab=) in --json; separate valid/test files; .bin splits
+#   tokenize     : tiny-shakespeare: unknown rates of words, words(lower, split_punct),
+#                  words(spell=chars) and bpe(vocab=) in --json; spelled words through a
+#                  checkpoint (score's text, sample); per-word perplexity = exp(-logprob /
+#                  words) with the words counted here; separate valid/test files; .bin splits
 #
 # Needs python3 for reading JSON (skips with 77 without it).
 set -u
@@ -281,7 +283,8 @@ EOF
 tokenize)
   TS=${MOEC_DATA_DIR:-/work/shared/data}/tinyshakespeare.txt
   [ -f "$TS" ] || { echo "SKIP: $TS not found (real data)"; exit 77; }
-  for tok in "words:12000" "words(lower=true, split_punct=true):12000" "bpe(vocab=1000):1000" "chars:100"; do
+  for tok in "words:12000" "words(lower=true, split_punct=true):12000" "bpe(vocab=1000):1000" "chars:100" \
+    "words(lower=true, split_punct=true, vocab=4000, spell=chars):4000"; do
     sed -e "s|data = .*|data = text(\"$TS\", tokenizer=${tok%:*})|" -e "s/let V = 32/let V = ${tok#*:}/" \
       -e 's/dim=16/dim=4/' moe.moe >k.moe
     "$MOEC" run k.moe --steps 1 --no-eval --batch 2 --json --quiet >k.out 2>k.err ||
@@ -290,10 +293,42 @@ tokenize)
     echo "  ${tok%:*}: test unknown rate $u"
     case $tok in
     words:*) check "$u > 0.1" && pass "words: $u unknown on test" || fail "words: $u" ;;
+    *spell=chars*) check "$u < 0.02" && pass "spell=chars: $u unknown on test" || fail "spell=chars: $u" ;;
     words*) check "$u < 0.05" && pass "lower + split_punct: $u unknown on test" || fail "split_punct: $u" ;;
     *) check "$u == 0" && pass "${tok%:*}: no unknown tokens" || fail "${tok%:*}: $u unknown" ;;
     esac
   done
+  # spelled words through a checkpoint: score's text and sample join the pieces back
+  "$MOEC" run k.moe --steps 5 --no-eval --batch 4 --save sp.safetensors --quiet >/dev/null 2>k.err ||
+    { fail "spell=chars: run --save failed"; cat k.err; }
+  printf 'Miranda and ZORBLAX!\n' >one.txt
+  "$MOEC" score k.moe --load sp.safetensors --data one.txt --json >o.out 2>o.err || { fail "score"; cat o.err; }
+  python3 - o.out <<'EOF' && pass "spell=chars: score's text of a spelled line" || { fail "spelled line"; cat o.out; }
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+line, total = rows[0], rows[-1]
+assert line["text"] == "miranda and zorblax !", line
+assert line["tokens"] >= 4 + 7 and total["unknown"] == 0, (line, total)  # zorblax: 7 pieces
+EOF
+  "$MOEC" sample k.moe --load sp.safetensors --tokens 30 --seed 3 --prompt "zorblax" >s1.txt 2>s.err &&
+    "$MOEC" sample k.moe --load sp.safetensors --tokens 30 --seed 3 --prompt "zorblax" >s2.txt 2>/dev/null &&
+    cmp -s s1.txt s2.txt && head -c 8 s1.txt | grep -q "^zorblax " && ! grep -q "<[BME]>" s1.txt &&
+    pass "spell=chars: sample streams joined words, one text per seed" || { fail "sample"; cat s.err s1.txt; }
+  # per-word perplexity is per word: exp(-logprob / words), the test split's words (90/5/5
+  # by lines) counted here, whatever the tokenizer
+  "$MOEC" score k.moe --load sp.safetensors --json --quiet >w.out 2>w.err || { fail "score test"; cat w.err; }
+  python3 - "$TS" w.out <<'EOF' && pass "per-word ppl = exp(-logprob / words)" || fail "per-word ppl"
+import json, math, sys
+lines = open(sys.argv[1], "rb").read().split(b"\n")
+if lines[-1] == b"": lines.pop()
+l1 = len(lines) * 90 // 100; l2 = l1 + len(lines) * 5 // 100
+words = sum(len(l.split()) + 1 for l in lines[l2:])
+r = json.loads(open(sys.argv[2]).readlines()[-1])
+print("  test split: %d words, %d tokens, word ppl %.3f" % (words, r["tokens"], r["word_ppl"]))
+assert r["words"] == words, (r["words"], words)
+assert abs(r["word_ppl"] / math.exp(-r["logprob"] / words) - 1) < 1e-6, r  # logprob: 9 digits
+assert r["tokens"] > words  # pieces are more tokens than words
+EOF
   # separate files: valid = and test = (and .bin files, nanoGPT style)
   head -n 3000 "$TS" >tr.txt; sed -n 3001,3300p "$TS" >va.txt; sed -n 3301,3600p "$TS" >te.txt
   sed -e 's|data = .*|data = text("tr.txt", valid="va.txt", test="te.txt", tokenizer=chars)|' \
