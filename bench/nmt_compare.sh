@@ -4,8 +4,8 @@
 # each (so they see the same load), then evaluated alike on the en-fr valid pairs by
 # `moec eval` (perplexity per target token, BLEU-4 of beam 4): one table.
 #
-#   bench/nmt_compare.sh [--time 8m] [--moec build/moec] [--out build/bench/nmt]
-#                        [--set train.KEY=V]... (given to both moec runs)
+#   bench/nmt_compare.sh [--time 10m] [--batch-tokens 512] [--moec build/moec]
+#                        [--out build/bench/nmt] [--set train.KEY=V]... (to both moec runs)
 #
 # The models: examples/nmt_en_fr_small.moe (16 experts, k = 2, batchwise gating) and
 # examples/nmt_en_fr_small_dense.moe; bench/nmt_torch.py (the dense one, on the BPE
@@ -13,17 +13,19 @@
 # (default ../shared/data beside the checkout). Needs /usr/bin/python3 with torch.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TIME=8m
+TIME=10m
 MOEC=$ROOT/build/moec
 OUT=$ROOT/build/bench/nmt
 SETS=""
+BUDGET=512
 while [ $# -gt 0 ]; do
   case $1 in
   --time) TIME=$2; shift 2 ;;
+  --batch-tokens) BUDGET=$2; shift 2 ;;
   --moec) MOEC=$2; shift 2 ;;
   --out) OUT=$2; shift 2 ;;
   --set) SETS="$SETS --set $2"; shift 2 ;;
-  *) echo "usage: $0 [--time 8m] [--moec MOEC] [--out DIR] [--set train.KEY=V]..." >&2; exit 2 ;;
+  *) echo "usage: $0 [--time 10m] [--batch-tokens N] [--moec MOEC] [--out DIR] [--set train.KEY=V]..." >&2; exit 2 ;;
   esac
 done
 DATA=${MOEC_DATA_DIR:-$ROOT/../shared/data}/en-fr
@@ -35,7 +37,6 @@ PY=/usr/bin/python3
 $PY -c 'import torch' 2>/dev/null || { echo "nmt_compare: $PY has no torch" >&2; exit 77; }
 DATA=$(cd "$DATA" && pwd)
 MAX_LEN=40
-BUDGET=1024
 PAR="parallel(\"$DATA/train.tsv\", valid=\"$DATA/valid.tsv\", max_len=$MAX_LEN, batch_tokens=$BUDGET)"
 MOE=$ROOT/examples/nmt_en_fr_small.moe
 DENSE=$ROOT/examples/nmt_en_fr_small_dense.moe
@@ -80,14 +81,18 @@ $PY - "$TIME" <<'EOF' | tee table.md
 import json, sys
 def last(path):
     return json.loads([l for l in open(path) if l.startswith("{")][-1])
+def tail_xent(metrics):  # moec: the mean cross-entropy of the last 100 steps (no aux)
+    x = [json.loads(l)["xent"] for l in open(metrics) if '"event":"step"' in l][-100:]
+    return sum(x) / len(x)
 print(f"| model ({sys.argv[1]}, 1 thread) | params | ops/timestep | steps | tokens/s | "
-      f"train loss | valid ppl | BLEU (beam 4) |")
+      f"train xent (last 100 steps) | valid ppl | BLEU (beam 4) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for name, run, ev, ck in (("moec MoE (16 experts, k=2)", "moe.out", "moe.eval", "moe.check"),
                           ("moec dense (equal ops)", "dense.out", "dense.eval", "dense.check"),
                           ("PyTorch dense", "torch.out", "torch.eval", "dense.check")):
     r, e, c = last(run), last(ev), last(ck)
+    loss = tail_xent(run.replace(".out", ".jsonl")) if run != "torch.out" else r["train_loss"]
     print(f"| {name} | {c['params']:,} | {c['ops_per_timestep']:,} | {r['steps']} | "
-          f"{r['tokens_per_s']:.0f} | {r['train_loss']:.3f} | {e['valid_ppl']:.2f} | "
+          f"{r['tokens_per_s']:.0f} | {loss:.3f} | {e['valid_ppl']:.2f} | "
           f"{e['bleu']:.2f} |")
 EOF

@@ -16,7 +16,7 @@ a batch, shuffled every epoch). The trained weights are written as a moec checkp
 with the very decoder and BLEU code that measure moec's models.
 
     /usr/bin/python3 bench/nmt_torch.py --bpe moec.safetensors --save torch.safetensors \\
-        [--max-time 8m] [--threads 1] [--json]
+        [--max-time 10m] [--threads 1] [--json]
 """
 
 import argparse
@@ -298,7 +298,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--max-len", type=int, default=40)
-    ap.add_argument("--batch-tokens", type=int, default=1024)
+    ap.add_argument("--batch-tokens", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10 ** 9)
     ap.add_argument("--max-time", type=duration, default=0.0, help="600, 90s, 10m; 0: none")
     ap.add_argument("--threads", type=int, default=1)
