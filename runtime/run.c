@@ -196,3 +196,20 @@ void rt_run_time_up(Run *r, int64_t step, int64_t steps) {
   fprintf(r->out, "moec: max_time %gs reached after step %lld of %lld (%.1fs); final evaluation\n",
           r->cfg->max_time, (long long)step, (long long)steps, mc_now() - r->t_start);
 }
+
+void rt_tail_add(RtTail *t, double loss, double xent) {
+  t->loss[t->n % RT_TAIL] = loss;
+  t->xent[t->n % RT_TAIL] = xent;
+  t->n++;
+}
+
+void rt_tail_totals(const RtTail *t, RunTotals *tot) {
+  int64_t n = MC_MIN(t->n, RT_TAIL), first = t->n - n;
+  double loss = 0, xent = 0;
+  for (int64_t i = first; i < t->n; i++) { /* in step order */
+    loss += t->loss[i % RT_TAIL];
+    xent += t->xent[i % RT_TAIL];
+  }
+  tot->train_loss = n ? loss / (double)n : tot->last_loss;
+  tot->train_xent = n ? xent / (double)n : NAN;
+}

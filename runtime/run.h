@@ -194,5 +194,15 @@ typedef struct RunTotals {
   double last_loss, tokens_per_s;
 } RunTotals;
 void rt_report_summary(Run *r, const RunTotals *t);
+/* The losses of a run's last RT_TAIL steps, whichever step ends it (train_loss in the
+ * summary: their mean). */
+enum { RT_TAIL = 100 };
+typedef struct RtTail {
+  double loss[RT_TAIL], xent[RT_TAIL];
+  int64_t n; /* steps added */
+} RtTail;
+void rt_tail_add(RtTail *t, double loss, double xent);
+/* Fills tot->train_loss and tot->train_xent (no step: tot->last_loss, NAN). */
+void rt_tail_totals(const RtTail *t, RunTotals *tot);
 
 #endif

@@ -158,8 +158,8 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     trace.epoch = now;
   }
   RunTotals tot = {.steps = steps, .last_loss = NAN};
-  double tail_loss = 0, tail_xent = 0, times[RATE_WINDOW] = {0};
-  int64_t tail_n = 0;
+  double times[RATE_WINDOW] = {0};
+  RtTail tail = {0};
   int stop = 0;
   bool traced = false; /* the trace is written */
   r.t_start = mc_now();
@@ -184,11 +184,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     times[tot.done % RATE_WINDOW] = t2 - t0;
     tot.done++;
     tot.last_loss = loss;
-    if (steps - s <= 100) {
-      tail_loss += loss;
-      tail_xent += xent;
-      tail_n++;
-    }
+    rt_tail_add(&tail, loss, xent);
     double window = 0;
     int64_t nw = MC_MIN(tot.done, RATE_WINDOW);
     for (int64_t k = 0; k < nw; k++)
@@ -241,8 +237,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     tot.valid = r.o.no_eval ? NAN : evaluate(&r, SPLIT_VALID, tot.steps);
     tot.test = r.o.no_eval ? NAN : evaluate(&r, SPLIT_TEST, tot.steps);
     if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
-    tot.train_loss = tail_n ? tail_loss / (double)tail_n : tot.last_loss;
-    tot.train_xent = tail_n ? tail_xent / (double)tail_n : NAN;
+    rt_tail_totals(&tail, &tot);
     tot.tokens_per_s = tot.done ? (double)tot.done * tokens_per_step / fmax(r.t_train, 1e-9) : 0;
     rt_report_summary(&r, &tot);
   }

@@ -173,8 +173,8 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
   int64_t epoch = -1;
   const int64_t every = MC_MAX(1, (steps - start) / 20);
   RunTotals tot = {.steps = steps, .last_loss = NAN, .test = NAN};
-  double tail_loss = 0, tail_xent = 0, tokens_done = 0;
-  int64_t tail_n = 0;
+  double tokens_done = 0;
+  RtTail tail = {0};
   int stop = 0;
   rt_interrupt_install();
   int64_t s = start;
@@ -197,11 +197,7 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
     tokens_done += (double)tokens;
     tot.done++;
     tot.last_loss = loss;
-    if (steps - s <= 100) {
-      tail_loss += loss;
-      tail_xent += xent;
-      tail_n++;
-    }
+    rt_tail_add(&tail, loss, xent);
     double tps = tokens_done / fmax(r.t_train, 1e-9);
     bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start || stop;
     StepInfo si = {.step = s + 1,
@@ -239,8 +235,7 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
     }
     tot.valid = evaluate(&r, tot.steps);
     if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
-    tot.train_loss = tail_n ? tail_loss / (double)tail_n : tot.last_loss;
-    tot.train_xent = tail_n ? tail_xent / (double)tail_n : NAN;
+    rt_tail_totals(&tail, &tot);
     tot.tokens_per_s = tot.done ? tokens_done / fmax(r.t_train, 1e-9) : 0;
     rt_report_summary(&r, &tot);
   }
