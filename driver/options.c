@@ -108,6 +108,29 @@ static void add_recompute(Options *o, const char *v, const char *flag) {
   mc_buf_free(&b);
 }
 
+/* A duration: seconds (600, 2.5), or numbers with units s, m, h in turn (90s, 10m, 1h30m);
+ * -1 when it is none of these. */
+static double parse_duration(const char *v) {
+  char *end;
+  double x = strtod(v, &end);
+  if (end == v || x < 0 || !(x < 1e9)) return -1;
+  if (!*end) return x;
+  double total = 0;
+  const char *units = "hms";
+  for (const char *p = v;;) {
+    x = strtod(p, &end);
+    if (end == p || x < 0 || !*end) return -1;
+    const char *u = strchr(units, *end);
+    if (!u || !*u) return -1;
+    total += x * (*u == 'h' ? 3600 : *u == 'm' ? 60 : 1);
+    units = u + 1; /* h before m before s, each at most once */
+    p = end + 1;
+    if (!*p) break;
+    if (!(*p >= '0' && *p <= '9') && *p != '.') return -1;
+  }
+  return total < 1e9 ? total : -1;
+}
+
 /* --set block.key=value, block.key.arg=value */
 static int add_set(Options *o, const char *v, const char *flag) {
   const char *eq = strchr(v, '=');
@@ -157,6 +180,8 @@ static const Flag flags[] = {
     {"--accumulate", DRV_SETTINGS, "train", "accumulate",
      "K  K micro-batches of --batch rows per optimizer step (train.accumulate)"},
     {"--seed", DRV_SETTINGS, "train", "seed", "S      every random draw (train.seed)"},
+    {"--max-time", DRV_SETTINGS, NULL, NULL,
+     "T  stop after the step that ends past T of training: 600, 90s, 10m, 1h30m (train.max_time)"},
     {"--devices", DRV_SETTINGS, "plan", "devices",
      "N   devices (plan.devices; run: in-process devices, one thread each)"},
     {"--mesh", DRV_SETTINGS, NULL, NULL, "NxM      N nodes of M devices (plan.mesh)"},
@@ -250,6 +275,18 @@ int drv_take_option(Options *o, int which, int argc, char **argv, int *i) {
                 v);
         return -1;
       }
+    } else if (!strcmp(f->name, "--max-time")) {
+      double secs = parse_duration(v);
+      if (secs < 0) {
+        fprintf(stderr,
+                "moec %s: error: --max-time needs a duration: seconds (600) or with units "
+                "s, m, h (90s, 10m, 1h30m), not '%s'\n",
+                o->cmd, v);
+        return -1;
+      }
+      char buf[64];
+      snprintf(buf, sizeof buf, "%.17g", secs);
+      drv_add_setting(o, "train", "max_time", buf, flag);
     } else if (!strcmp(f->name, "--recompute")) {
       add_recompute(o, v, flag);
     } else if (!strcmp(f->name, "--no-fuse")) {
@@ -382,11 +419,11 @@ char *drv_settings_json(const Config *c, const Options *o) {
                 "\"optimizer\": {\"kind\": \"%s\", \"lr\": %.17g, \"beta1\": %.17g, \"beta2\": "
                 "%.17g, \"eps\": %.17g, \"warmup\": %d, \"hold\": %d, \"decay\": \"%s\", "
                 "\"min_lr\": %.17g, \"weight_decay\": %.17g}, \"clip\": %.17g, \"seed\": %llu, "
-                "\"accumulate\": %d}",
+                "\"accumulate\": %d, \"max_time\": %.17g}",
                 c->batch, c->unroll, c->steps, c->eval_every,
                 c->optimizer == OPT_ADAM ? "adam" : "factored", c->lr, c->beta1, c->beta2, c->eps,
                 c->warmup, c->hold, decay_names[c->decay], c->min_lr, c->weight_decay, c->clip,
-                (unsigned long long)c->seed, c->accumulate);
+                (unsigned long long)c->seed, c->accumulate, c->max_time);
   mc_buf_printf(&b,
                 ", \"plan\": {\"devices\": %d, \"mesh\": [%d, %d], \"strategy\": \"%s\", "
                 "\"experts\": \"%s\", \"recompute\": ",

@@ -257,6 +257,7 @@ typedef struct Config {
   double weight_decay; /* decoupled (AdamW), of parameters of rank >= 2; 0 = none */
   int accumulate;      /* micro-batches of `batch` rows per optimizer step (1 = none) */
   double clip; /* 0 = none */
+  double max_time; /* seconds of training, checked at step boundaries; 0 = none */
   uint64_t seed;
   /* plan */
   int devices, mesh_nodes, mesh_per_node;

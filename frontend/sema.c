@@ -1296,8 +1296,8 @@ typedef struct Setting {
   Stmt *stmt;
 } Setting;
 
-static const char *const train_keys[] = {"data",      "batch", "unroll", "steps",     "eval_every",
-                                         "optimizer", "clip",  "seed",   "accumulate"};
+static const char *const train_keys[] = {"data",      "batch", "unroll", "steps",      "eval_every",
+                                         "optimizer", "clip",  "seed",   "accumulate", "max_time"};
 static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
                                         "memory_budget", "fuse", "backend",  "tf32"};
 enum {
@@ -1310,6 +1310,7 @@ enum {
   TK_CLIP,
   TK_SEED,
   TK_ACCUMULATE,
+  TK_MAX_TIME,
   TK_N
 };
 enum {
@@ -1780,6 +1781,9 @@ static void check_train(Sema *S, Block *b) {
     case TK_ACCUMULATE:
       if (const_int(S, e, "accumulate", 1, 65536, &v)) c->accumulate = (int)v;
       S->accumulate_loc = e->loc;
+      break;
+    case TK_MAX_TIME: /* seconds; the flag --max-time turns 10m, 1h30m into them */
+      if (const_real(S, e, "max_time", 0, false, 1e9, false, &x)) c->max_time = x;
       break;
     }
   }

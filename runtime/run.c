@@ -144,19 +144,22 @@ double rt_run_loss(Run *r, double xent, double *xent_out, double *aux_out, int *
   Graph *g = p->g;
   double aux = rt_read_scalar(p, g->aux);
   int sig = rt_interrupt_signal();
+  /* each device's own clock; the all-reduce makes every device stop after the same step */
+  bool late = r->cfg->max_time > 0 && mc_now() - r->t_start >= r->cfg->max_time;
   if (r->P > 1) { /* xent: each device's share of the global mean; aux: replicated */
     Comm *c = r->comm;
     if (g->xent && g->xent->producer && !ir_runs_on(g->xent->producer, r->rank, r->P))
       xent = 0; /* the loss on(...) other devices: this one has no rows of it */
     uint64_t am = g->aux && g->aux->producer ? ir_node_mask(g->aux->producer, r->P) : 0;
     if (am && am != comm_all_mask(c)) c->broadcast(c, &aux, sizeof aux, __builtin_ctzll(am));
-    double v[3] = {xent, sig == SIGINT, sig && sig != SIGINT}; /* one all-reduce: the loss
-                                                                   and any device's stop */
-    c->all_reduce_sum_f64(c, v, 3);
+    double v[4] = {xent, sig == SIGINT, sig && sig != SIGINT, late}; /* one all-reduce: the
+                                                                         loss, any stop */
+    c->all_reduce_sum_f64(c, v, 4);
     xent = v[0];
     sig = v[1] > 0 ? SIGINT : v[2] > 0 ? SIGTERM : 0;
+    late = v[3] > 0;
   }
-  if (stop) *stop = sig;
+  if (stop) *stop = sig ? sig : late ? RT_STOP_TIME : 0;
   *xent_out = xent;
   *aux_out = aux;
   if (r->P == 1 && r->K == 1) return rt_read_scalar(p, g->loss); /* the graph's own sum */
@@ -171,4 +174,42 @@ void rt_run_update(Run *r, double loss, int64_t s) {
   else
     rt_md_optim_step(r->comm, r->p, r->opt, r->params, r->K > 1 ? r->acc : r->grads);
   if (r->K == 1) rt_carry_state(r->p); /* accumulation carries each micro-batch's own */
+}
+
+int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps) {
+  if (r->rank == 0) {
+    if (r->tty) fprintf(r->out, "\n");
+    fprintf(stderr, "moec: interrupted (%s) after step %lld of %lld",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step, (long long)steps);
+    if (r->o.save)
+      fprintf(stderr, "; checkpoint saved to %s\nresume with: %s\n", r->o.save,
+              r->o.resume_cmd ? r->o.resume_cmd : "moec run FILE --load CHECKPOINT");
+    else
+      fprintf(stderr, "; nothing saved (give --save CKPT to be able to resume)\n");
+  }
+  return 128 + sig;
+}
+
+void rt_run_time_up(Run *r, int64_t step, int64_t steps) {
+  if (r->rank != 0 || r->o.quiet) return;
+  if (r->tty) fprintf(r->out, "\n");
+  fprintf(r->out, "moec: max_time %gs reached after step %lld of %lld (%.1fs); final evaluation\n",
+          r->cfg->max_time, (long long)step, (long long)steps, mc_now() - r->t_start);
+}
+
+void rt_tail_add(RtTail *t, double loss, double xent) {
+  t->loss[t->n % RT_TAIL] = loss;
+  t->xent[t->n % RT_TAIL] = xent;
+  t->n++;
+}
+
+void rt_tail_totals(const RtTail *t, RunTotals *tot) {
+  int64_t n = MC_MIN(t->n, RT_TAIL), first = t->n - n;
+  double loss = 0, xent = 0;
+  for (int64_t i = first; i < t->n; i++) { /* in step order */
+    loss += t->loss[i % RT_TAIL];
+    xent += t->xent[i % RT_TAIL];
+  }
+  tot->train_loss = n ? loss / (double)n : tot->last_loss;
+  tot->train_xent = n ? xent / (double)n : NAN;
 }

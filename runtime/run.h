@@ -62,11 +62,19 @@ KernelCtx rt_run_ctx(Run *r, int64_t s, int j);
 /* One training step of the batch fed to this device's r->Bl rows: forward and backward;
  * returns the global loss (*xent, *aux its parts). Collective. */
 double rt_run_step(Run *r, int64_t s, double *xent, double *aux, int *stop);
+/* A stop that is no signal: the run's train.max_time is spent (a normal end otherwise). */
+#define RT_STOP_TIME (-1)
 /* The global loss of a step whose forward and backward ran, from this device's share
  * xent of the mean cross-entropy: one all-reduce over the devices, which also agrees on
- * a stop (*stop: SIGINT or SIGTERM when any device got one, else 0; stop may be NULL).
+ * a stop (*stop: SIGINT or SIGTERM when any device got one, else RT_STOP_TIME when any
+ * device's clock passed train.max_time since r->t_start, else 0; stop may be NULL).
  * Collective. */
 double rt_run_loss(Run *r, double xent, double *xent_out, double *aux_out, int *stop);
+/* The message of a run stopped by a signal after `step` of `steps` (rank 0); returns its
+ * exit status, 128 + the signal as a shell's. */
+int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps);
+/* The note of a run that train.max_time ended after `step` of `steps` (rank 0). */
+void rt_run_time_up(Run *r, int64_t step, int64_t steps);
 /* After step s: dies if the loss diverged; the learning rate of step s + 1 (schedule.c);
  * the optimizer (global gradient norm over the devices; the accumulated gradients with
  * accumulate = K); carried state. Collective. */
@@ -186,5 +194,15 @@ typedef struct RunTotals {
   double last_loss, tokens_per_s;
 } RunTotals;
 void rt_report_summary(Run *r, const RunTotals *t);
+/* The losses of a run's last RT_TAIL steps, whichever step ends it (train_loss in the
+ * summary: their mean). */
+enum { RT_TAIL = 100 };
+typedef struct RtTail {
+  double loss[RT_TAIL], xent[RT_TAIL];
+  int64_t n; /* steps added */
+} RtTail;
+void rt_tail_add(RtTail *t, double loss, double xent);
+/* Fills tot->train_loss and tot->train_xent (no step: tot->last_loss, NAN). */
+void rt_tail_totals(const RtTail *t, RunTotals *tot);
 
 #endif

@@ -128,21 +128,6 @@ static void save(Run *r, int64_t step) {
   if (r->trace) rt_trace_span(r->trace, "checkpoint", "checkpoint", t0, mc_now(), NULL);
 }
 
-/* The message of an interrupted run; its exit status (128 + the signal, as a shell's). */
-static int interrupted(Run *r, int sig, int64_t step, int64_t steps) {
-  if (r->rank == 0) {
-    if (r->tty) fprintf(r->out, "\n");
-    fprintf(stderr, "moec: interrupted (%s) after step %lld of %lld",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step, (long long)steps);
-    if (r->o.save)
-      fprintf(stderr, "; checkpoint saved to %s\nresume with: %s\n", r->o.save,
-              r->o.resume_cmd ? r->o.resume_cmd : "moec run FILE --load CHECKPOINT");
-    else
-      fprintf(stderr, "; nothing saved (give --save CKPT to be able to resume)\n");
-  }
-  return 128 + sig;
-}
-
 int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   Run r;
   const int64_t start = setup(&r, comm, p, cfg, o), steps = MC_MAX((int64_t)cfg->steps, start);
@@ -173,8 +158,8 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     trace.epoch = now;
   }
   RunTotals tot = {.steps = steps, .last_loss = NAN};
-  double tail_loss = 0, tail_xent = 0, times[RATE_WINDOW] = {0};
-  int64_t tail_n = 0;
+  double times[RATE_WINDOW] = {0};
+  RtTail tail = {0};
   int stop = 0;
   bool traced = false; /* the trace is written */
   r.t_start = mc_now();
@@ -199,11 +184,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     times[tot.done % RATE_WINDOW] = t2 - t0;
     tot.done++;
     tot.last_loss = loss;
-    if (steps - s <= 100) {
-      tail_loss += loss;
-      tail_xent += xent;
-      tail_n++;
-    }
+    rt_tail_add(&tail, loss, xent);
     double window = 0;
     int64_t nw = MC_MIN(tot.done, RATE_WINDOW);
     for (int64_t k = 0; k < nw; k++)
@@ -218,6 +199,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
                    .rate = (double)nw * tokens_per_step / fmax(window, 1e-9),
                    .elapsed = t2 - r.t_start,
                    .eta = (double)(steps - s - 1) * window / (double)MC_MAX(nw, 1)};
+    if (cfg->max_time > 0) si.eta = fmin(si.eta, fmax(cfg->max_time - si.elapsed, 0));
     bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start || stop;
     rt_report_step(&r, &si, show);
     if (stop) { /* every device stops here, after the same step */
@@ -241,17 +223,21 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   r.trace = NULL;
   if (o->trace && !traced && s > trace0) write_trace(&r, &trace, o->trace); /* a shorter run */
   int rc = 0;
-  if (stop) {
+  if (stop > 0) {
     if (r.o.save) rt_ckpt_save(&r, r.o.save, s);
     if (r.metrics) fflush(r.metrics);
-    rc = interrupted(&r, stop, s, steps);
+    rc = rt_run_interrupted(&r, stop, s, steps);
   } else {
-    if (r.tty && tot.done) fprintf(r.out, "\n");
-    tot.valid = r.o.no_eval ? NAN : evaluate(&r, SPLIT_VALID, steps);
-    tot.test = r.o.no_eval ? NAN : evaluate(&r, SPLIT_TEST, steps);
-    if (r.o.save) rt_ckpt_save(&r, r.o.save, steps);
-    tot.train_loss = tail_n ? tail_loss / (double)tail_n : tot.last_loss;
-    tot.train_xent = tail_n ? tail_xent / (double)tail_n : NAN;
+    if (stop == RT_STOP_TIME) { /* the end of the run, at step s */
+      rt_run_time_up(&r, s, steps);
+      tot.steps = s;
+    } else if (r.tty && tot.done) {
+      fprintf(r.out, "\n");
+    }
+    tot.valid = r.o.no_eval ? NAN : evaluate(&r, SPLIT_VALID, tot.steps);
+    tot.test = r.o.no_eval ? NAN : evaluate(&r, SPLIT_TEST, tot.steps);
+    if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
+    rt_tail_totals(&tail, &tot);
     tot.tokens_per_s = tot.done ? (double)tot.done * tokens_per_step / fmax(r.t_train, 1e-9) : 0;
     rt_report_summary(&r, &tot);
   }

@@ -5,7 +5,8 @@
  *   makes the same global batch and feeds its rows), the program bound at the batch's shape,
  *   forward + backward (teacher forcing: the loss is the mean cross-entropy over the real
  *   target tokens plus each MoE's aux), the optimizer (global gradient norm); progress and
- *   metrics; evaluation on the valid pairs every eval_every steps and at the end.
+ *   metrics; evaluation on the valid pairs every eval_every steps and at the end (also
+ *   when train.max_time ends the run); a SIGINT or SIGTERM stops it after the step, saved.
  *
  * The batch of step s is a function of (seed, s): epoch s / batches-per-epoch, its batches
  * drawn from (seed, epoch); resuming from a checkpoint (parameters, optimizer, step, the
@@ -172,9 +173,12 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
   int64_t epoch = -1;
   const int64_t every = MC_MAX(1, (steps - start) / 20);
   RunTotals tot = {.steps = steps, .last_loss = NAN, .test = NAN};
-  double tail_loss = 0, tail_xent = 0, tokens_done = 0;
-  int64_t tail_n = 0;
-  for (int64_t s = start; s < steps; s++) {
+  double tokens_done = 0;
+  RtTail tail = {0};
+  int stop = 0;
+  rt_interrupt_install();
+  int64_t s = start;
+  for (; s < steps && !stop; s++) {
     double t0 = mc_now(), xent, aux;
     if (s / nb != epoch) { /* the epoch's batches, drawn from (seed, epoch) */
       epoch = s / nb;
@@ -186,20 +190,16 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
     int64_t tokens = fill(pd->train, bs, i, &f);
     feed(&r, &bs->b[i], &f);
     r.t_data += mc_now() - t0;
-    double loss = rt_run_step(&r, s, &xent, &aux, NULL);
+    double loss = rt_run_step(&r, s, &xent, &aux, &stop);
     rt_run_update(&r, loss, s);
     double t2 = mc_now();
     r.t_train += t2 - t0;
     tokens_done += (double)tokens;
     tot.done++;
     tot.last_loss = loss;
-    if (steps - s <= 100) {
-      tail_loss += loss;
-      tail_xent += xent;
-      tail_n++;
-    }
+    rt_tail_add(&tail, loss, xent);
     double tps = tokens_done / fmax(r.t_train, 1e-9);
-    bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start;
+    bool show = r.tty || (s + 1) % every == 0 || s + 1 == steps || s == start || stop;
     StepInfo si = {.step = s + 1,
                    .steps = steps,
                    .loss = loss,
@@ -210,24 +210,40 @@ int rt_train_pairs(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) 
                    .rate = tps,
                    .elapsed = t2 - r.t_start,
                    .eta = (double)(steps - s - 1) * r.t_train / (double)tot.done};
+    if (cfg->max_time > 0) si.eta = fmin(si.eta, fmax(cfg->max_time - si.elapsed, 0));
     rt_report_step(&r, &si, show);
+    if (stop) { /* every device stops here, after the same step */
+      s++;
+      break;
+    }
     if (cfg->eval_every > 0 && (s + 1) % cfg->eval_every == 0 && s + 1 < steps) {
       evaluate(&r, s + 1);
       if (r.o.save) rt_ckpt_save(&r, r.o.save, s + 1);
     }
   }
-  if (r.tty && tot.done) fprintf(r.out, "\n");
-  tot.valid = evaluate(&r, steps);
-  if (r.o.save) rt_ckpt_save(&r, r.o.save, steps);
-  tot.train_loss = tail_n ? tail_loss / (double)tail_n : tot.last_loss;
-  tot.train_xent = tail_n ? tail_xent / (double)tail_n : NAN;
-  tot.tokens_per_s = tot.done ? tokens_done / fmax(r.t_train, 1e-9) : 0;
-  rt_report_summary(&r, &tot);
+  int rc = 0;
+  if (stop > 0) {
+    if (r.o.save) rt_ckpt_save(&r, r.o.save, s);
+    if (r.metrics) fflush(r.metrics);
+    rc = rt_run_interrupted(&r, stop, s, steps);
+  } else {
+    if (stop == RT_STOP_TIME) { /* the end of the run, at step s */
+      rt_run_time_up(&r, s, steps);
+      tot.steps = s;
+    } else if (r.tty && tot.done) {
+      fprintf(r.out, "\n");
+    }
+    tot.valid = evaluate(&r, tot.steps);
+    if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
+    rt_tail_totals(&tail, &tot);
+    tot.tokens_per_s = tot.done ? tokens_done / fmax(r.t_train, 1e-9) : 0;
+    rt_report_summary(&r, &tot);
+  }
   mc_free(f.src);
   mc_free(f.ti);
   mc_free(f.to);
   rt_par_batches_free(bs);
   rt_run_close(&r);
   rt_pairs_free(r.pairs);
-  return 0;
+  return rc;
 }

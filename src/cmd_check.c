@@ -244,6 +244,7 @@ static void print_text(const char *path, const ModelSummary *s, const Config *c,
          opt_str(c, o, sizeof o), c->clip, (unsigned long long)c->seed);
   if (c->accumulate > 1)
     printf(", accumulate %d (%d rows per optimizer step)", c->accumulate, c->accumulate * c->batch);
+  if (c->max_time > 0) printf(", max_time %gs", c->max_time);
   printf("\n");
   printf("plan: devices %d (mesh %d x %d), strategy %s, experts %s, recompute %s, memory_budget "
          "%s, fuse %s, backend %s",

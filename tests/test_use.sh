@@ -2,7 +2,7 @@
 # test_use.sh: using a trained model and watching training, end to end (moec binary).
 #
 #   usage: test_use.sh MOEC SRC CASE
-#   CASE: schedule | accumulate | interrupt | sample_score | plot | trace | tokenize
+#   CASE: schedule | accumulate | interrupt | max_time | sample_score | plot | trace | tokenize
 #
 #   schedule     : the lr of every step in the metrics equals the schedule's formula
 #                  (warm-up, hold, rsqrt / cosine / linear / none, min_lr); sema's errors
@@ -11,6 +11,9 @@
 #   interrupt    : kill -INT during a run with --save: non-zero exit, how to resume, the
 #                  checkpoint; the resumed run's losses == an uninterrupted run's, bit for
 #                  bit, and the metrics file holds every step once; on 2 devices too
+#   max_time     : --max-time ends a long run as a normal end (final evaluation, checkpoint
+#                  of the last step) on 1 and 2 devices and 2 MPI ranks, and a translation
+#                  model's; durations (90s, 10m, 1h30m) and bad ones
 #   sample_score : moec sample is deterministic per seed, greedy at temperature 0; moec
 #                  score of one line works; score's test perplexity == eval --batch 1's
 #   plot         : moec plot draws a PNG and an SVG from a metrics file
@@ -343,6 +346,56 @@ for n, k in (('a.bin', 3000), ('b.bin', 200), ('c.bin', 300)):
   sed 's|data = .*|data = bin("a.bin", valid="b.bin", test="c.bin")|' moe.moe >n.moe
   "$MOEC" run n.moe --steps 2 --batch 4 --json --quiet >n.out 2>n.err && pass "bin(valid=, test=) files" ||
     { fail "bin files"; cat n.err; }
+  ;;
+max_time)
+  # --max-time ends a run of 10^6 steps like a normal end: exit 0, final evaluation, the
+  # checkpoint of the last step; on 2 in-process devices and 2 MPI ranks every device stops
+  # after the same step (else the next step's all-reduce would hang)
+  for dev in 1 2 mpi; do
+    rm -f t.jsonl t.safetensors
+    if [ $dev = mpi ]; then # one device per rank
+      command -v mpirun >/dev/null 2>&1 || { echo "note: no mpirun: the MPI run skipped"; continue; }
+      set -- env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe "$MOEC" run moe.moe
+    else
+      set -- "$MOEC" run moe.moe --devices $dev
+    fi
+    t0=$(date +%s)
+    timeout 120 "$@" --steps 1000000 --max-time 2s --save t.safetensors --metrics t.jsonl --json \
+      >t.out 2>t.err
+    rc=$?
+    t1=$(date +%s)
+    [ $rc -eq 0 ] && pass "$dev: exit 0 after $((t1 - t0)) s" || { fail "$dev: exit $rc"; cat t.err; continue; }
+    n=$(json t.out steps)
+    last=$(steps t.jsonl | tail -1 | sed 's/.*"step":\([0-9]*\).*/\1/')
+    check "0 < $n < 1000000 and $n == ${last:-0}" && pass "$dev: stopped after step $n, the last in the metrics" ||
+      fail "$dev: steps $n, metrics' last step ${last:-none}"
+    grep -q "max_time 2s reached after step $n of 1000000" t.out t.err && pass "$dev: says why it stopped" ||
+      { fail "$dev: no max_time line"; cat t.out t.err; }
+    check "$(json t.out valid_ppl) > 0 and $(json t.out test_ppl) > 0" && pass "$dev: valid and test evaluated" ||
+      fail "$dev: no final evaluation"
+    [ $((t1 - t0)) -lt 60 ] || fail "$dev: $((t1 - t0)) s for a 2 s budget"
+    "$MOEC" eval moe.moe --load t.safetensors --json >e.out 2>e.err &&
+      check "abs($(json e.out test_ppl) - $(json t.out test_ppl)) <= 1e-4 * $(json t.out test_ppl)" &&
+      pass "$dev: the checkpoint is the last step's (eval == the run's test ppl)" ||
+      { fail "$dev: checkpoint"; cat e.err; }
+  done
+  # a translation model (its own loop)
+  timeout 120 "$MOEC" run "$SRC/tests/nmt/nmt_small.moe" --steps 1000000 --max-time 1s --json \
+    >n.out 2>n.err && check "0 < $(json n.out steps) < 1000000 and $(json n.out valid_ppl) > 0" &&
+    pass "translation model: stopped after step $(json n.out steps), valid evaluated" ||
+    { fail "translation model"; cat n.err; }
+  # the flag's durations and its errors
+  for d in "600:10m" "5400:1h30m" "45:0.75m"; do
+    "$MOEC" check moe.moe --max-time "${d#*:}" >c.out 2>&1 && grep -q "max_time ${d%%:*}s" c.out &&
+      pass "--max-time ${d#*:} = ${d%%:*} s" || { fail "--max-time ${d#*:}"; cat c.out; }
+  done
+  "$MOEC" check moe.moe --set train.max_time=120 >c.out 2>&1 && grep -q "max_time 120s" c.out &&
+    pass "--set train.max_time=120" || fail "--set train.max_time"
+  for bad in abc 1m1h 10ms; do
+    expect_error "--max-time needs a duration" "$MOEC" check moe.moe --max-time "$bad"
+  done
+  expect_error "'max_time' must be in [0, 1e+09], got -1" "$MOEC" check moe.moe --set train.max_time=-1
+  expect_error "'max_time' is not a size in bytes" "$MOEC" check moe.moe --set train.max_time=1GiB
   ;;
 *)
   echo "unknown case '$CASE'"
