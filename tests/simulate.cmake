@@ -53,3 +53,11 @@ add_test(NAME simulate_paper_100b_time
                  $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper/100b_moe16384h.moe)
 set_tests_properties(simulate_paper_100b_time PROPERTIES LABELS simulate TIMEOUT 120
                      PASS_REGULAR_EXPRESSION "^ok")
+# The paper's TFLOPS/GPU beside simulate's on the paper's K40 clusters (bench/paper_k40.sh
+# prints the table): Table 7's MoE-4 (experts on 4 of 16 GPUs) the lowest MoE row, Table
+# 8's decline from MoE-4096-h to MoE-131072-h. The pattern, not the figures, is asserted.
+add_test(NAME simulate_paper_k40_tables
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/../bench/paper_k40.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper)
+set_tests_properties(simulate_paper_k40_tables PROPERTIES LABELS "simulate;slow" TIMEOUT 600
+                     PASS_REGULAR_EXPRESSION "pattern holds")
