@@ -245,9 +245,12 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
 static RowSel *param_rows(const Graph *g) {
   if (!g->experts_local) return NULL;
   RowSel *r = mc_calloc((size_t)g->nparams + 1, sizeof(RowSel));
+  ExpertShard *shards = mc_calloc((size_t)g->nparams + 1, sizeof(ExpertShard));
+  bool *sharded = mc_calloc((size_t)g->nparams + 1, sizeof(bool));
+  ir_expert_shards(g, shards, sharded);
   for (int i = 0; i < g->nparams; i++) {
-    ExpertShard s;
-    if (!ir_expert_shard(g, g->params[i], &s)) continue;
+    ExpertShard s = shards[i];
+    if (!sharded[i]) continue;
     int64_t *list = mc_malloc(sizeof(int64_t) * (size_t)MC_MAX(s.count, 1)), n = 0;
     int *owner = mc_malloc(sizeof(int) * (size_t)MC_MAX(s.count, 1));
     for (int64_t e = 0; e < s.count; e++) {
@@ -257,6 +260,8 @@ static RowSel *param_rows(const Graph *g) {
     MOEC_ASSERT(n == g->params[i]->shape[0]);
     r[i] = (RowSel){s.count, n, list, owner};
   }
+  mc_free(shards);
+  mc_free(sharded);
   return r;
 }
 

@@ -53,26 +53,50 @@ IrSubCtx ir_node_subctx(const Node *n, int rank, int P, int64_t B) {
 
 /* ---------------------------------------------------------------- expert shards */
 
-/* Groups of hmoe layer m: its params NAME.g0.w1, NAME.g1.w1, ... (0 for a moe). */
-static int64_t layer_groups(const Graph *g, int m) {
-  char buf[300];
-  for (int64_t G = 0;; G++) {
-    snprintf(buf, sizeof buf, "%s.g%lld.w1", g->moe_names[m], (long long)G);
-    bool found = false;
-    for (int i = 0; i < g->nparams && !found; i++)
-      found = !strcmp(g->params[i]->name, buf);
-    if (!found) return G;
-  }
+/* Is p NAME.gJ.w1 (J written plainly: g7, not g07)? *j = J. */
+static bool group_w1(const char *p, const char *name, size_t l, long long *j) {
+  int used = 0;
+  if (strncmp(p, name, l) || p[l] != '.' || sscanf(p + l + 1, "g%lld%n", j, &used) != 1 || *j < 0)
+    return false;
+  char canon[32];
+  return used == snprintf(canon, sizeof canon, "g%lld", *j) && !strcmp(p + l + 1 + used, ".w1");
 }
 
-/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m (first 0, count E); LAYER.gJ.w1
- * of an hmoe with G groups: group J's Eg = E / G experts (first J*Eg, count Eg). By
- * names and the layer's E only, so the answer is the same on a sharded graph. */
-static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
-  if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
-    return false;
+/* Groups of hmoe layer m: its params NAME.g0.w1, NAME.g1.w1, ... (0 for a moe): the
+ * count of consecutive groups from g0. One pass over the params (a model of 128 x 128
+ * experts has ~500 of them, asked about once per parameter and device). */
+static int64_t layer_groups(const Graph *g, int m) {
+  const char *name = g->moe_names[m];
+  size_t l = strlen(name);
+  int64_t n = 0, sum = 0, max = -1;
+  for (int i = 0; i < g->nparams; i++) {
+    const char *p = g->params[i]->name;
+    long long j = -1;
+    if (!group_w1(p, name, l, &j)) continue;
+    n++;
+    sum += j;
+    max = j > max ? j : max;
+  }
+  /* names are unique: n distinct groups 0..n-1 when their sum and maximum say so; else
+   * count the run from g0 */
+  if (n == 0 || (max == n - 1 && sum == n * (n - 1) / 2)) return n;
+  bool *seen = mc_calloc((size_t)max + 1, sizeof(bool));
+  for (int i = 0; i < g->nparams; i++) {
+    const char *p = g->params[i]->name;
+    long long j = -1;
+    if (group_w1(p, name, l, &j) && j <= max) seen[j] = true;
+  }
+  int64_t G = 0;
+  while (G <= max && seen[G])
+    G++;
+  mc_free(seen);
+  return G;
+}
+
+/* The moe layer whose params t's name says it is (LAYER.PART or LAYER.gJ.PART, the
+ * longest layer name that fits): *m, and *grp = J or -1. */
+static bool name_layer(const Graph *g, const Tensor *t, int *m, int64_t *grp) {
   int best = -1;
-  int64_t grp = -1;
   size_t bl = 0;
   for (int i = 0; i < g->nmoe; i++) {
     size_t l = strlen(g->moe_names[i]);
@@ -85,12 +109,25 @@ static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
       continue; /* neither NAME.PART nor NAME.gJ.PART */
     best = i;
     bl = l;
-    grp = dot ? j : -1;
+    *grp = dot ? j : -1;
   }
-  if (best < 0 || g->moe_nexperts[best] <= 0) return false;
+  *m = best;
+  return best >= 0;
+}
+
+/* LAYER.w1 of a moe: dim 0 = all E experts of layer *m (first 0, count E); LAYER.gJ.w1
+ * of an hmoe with G groups: group J's Eg = E / G experts (first J*Eg, count Eg). By
+ * names and the layer's E only, so the answer is the same on a sharded graph. G < 0:
+ * not known yet (counted here). */
+static bool attributed(const Graph *g, const Tensor *t, int64_t G, ExpertShard *s) {
+  if (t->kind != TK_PARAM || t->part != PART_EXPERTS || !g->moe_expert_dev || t->ty.rank < 1)
+    return false;
+  int best;
+  int64_t grp = -1;
+  if (!name_layer(g, t, &best, &grp) || g->moe_nexperts[best] <= 0) return false;
   int64_t E = g->moe_nexperts[best], first = 0, count = E;
   if (grp >= 0) {
-    int64_t G = layer_groups(g, best);
+    if (G < 0) G = layer_groups(g, best);
     if (G < 1 || E % G || grp >= G) return false;
     count = E / G;
     first = grp * count;
@@ -101,21 +138,56 @@ static bool attributed(const Graph *g, const Tensor *t, ExpertShard *s) {
 
 bool ir_layer_sharded(const Graph *g, int m) {
   size_t l = strlen(g->moe_names[m]);
+  int64_t G = layer_groups(g, m);
   for (int i = 0; i < g->nparams; i++) {
     const Tensor *t = g->params[i];
     ExpertShard s;
-    if (t->part == PART_EXPERTS && !strncmp(t->name, g->moe_names[m], l) && t->name[l] == '.' &&
-        (!attributed(g, t, &s) || s.moe != m))
-      return false;
+    int mm;
+    int64_t grp;
+    if (t->part != PART_EXPERTS || strncmp(t->name, g->moe_names[m], l) || t->name[l] != '.')
+      continue;
+    /* a name of a longer layer (NAME.x of layer NAME.x...) is that layer's business */
+    if (!name_layer(g, t, &mm, &grp) || mm != m) return false;
+    if (!attributed(g, t, G, &s) || s.moe != m) return false;
   }
   return true;
 }
 
 bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s) {
   ExpertShard a;
-  if (!attributed(g, t, &a) || !ir_layer_sharded(g, a.moe)) return false;
+  if (!attributed(g, t, -1, &a) || !ir_layer_sharded(g, a.moe)) return false;
   if (s) *s = a;
   return true;
+}
+
+void ir_expert_shards(const Graph *g, ExpertShard *s, bool *ok) {
+  int nm = g->nmoe;
+  int64_t *G = mc_calloc((size_t)nm + 1, sizeof(int64_t));
+  bool *bad = mc_calloc((size_t)nm + 1, sizeof(bool)); /* not ir_layer_sharded */
+  for (int m = 0; m < nm; m++)
+    G[m] = layer_groups(g, m);
+  for (int i = 0; i < g->nparams; i++) { /* ir_layer_sharded's test, every layer at once */
+    const Tensor *t = g->params[i];
+    if (t->part != PART_EXPERTS) continue;
+    int mm = -1;
+    int64_t grp;
+    if (!name_layer(g, t, &mm, &grp)) mm = -1;
+    for (int m = 0; m < nm; m++) {
+      size_t l = strlen(g->moe_names[m]);
+      if (strncmp(t->name, g->moe_names[m], l) || t->name[l] != '.') continue;
+      ExpertShard a;
+      if (mm != m || !attributed(g, t, G[m], &a) || a.moe != m) bad[m] = true;
+    }
+  }
+  for (int i = 0; i < g->nparams; i++) {
+    const Tensor *t = g->params[i];
+    int mm;
+    int64_t grp;
+    ok[i] = t->kind == TK_PARAM && t->part == PART_EXPERTS && name_layer(g, t, &mm, &grp) &&
+            attributed(g, t, G[mm], &s[i]) && !bad[s[i].moe];
+  }
+  mc_free(G);
+  mc_free(bad);
 }
 
 int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list) {

@@ -327,6 +327,9 @@ typedef struct ExpertShard {
  * layers' LAYER.w1, b1, w2, b2; an hmoe's LAYER.gJ.w1 ...: first J*Eg, count Eg) and its
  * layer is sharded (every expert parameter of it attributed). */
 bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
+/* ir_expert_shard of every parameter at once: ok[i], s[i] for g->params[i]; linear in
+ * the parameters per layer (an hmoe of hundreds of groups has thousands of them). */
+void ir_expert_shards(const Graph *g, ExpertShard *s, bool *ok);
 /* True when every expert parameter of MoE layer m is attributed (it can be sharded). */
 bool ir_layer_sharded(const Graph *g, int m);
 /* The experts of s on device `rank`, in global order, into list (NULL: only count). */

@@ -239,6 +239,19 @@ static void route_free(Route *r) {
   mc_free(r->E);
 }
 
+/* plan_node_share with the route's expert counts per device (no scan of the layer's
+ * experts per node and device: 131072 experts on 128 devices). */
+static double node_share(const Graph *g, const Route *r, const Node *n, int d) {
+  int P = r->P;
+  if (P <= 1 || !g->moe_expert_dev) return 1;
+  if (!in_set(n, d)) return 0;
+  int m = moe_of(g, n->layer);
+  if (n->nout > 0 && n->out[0]->part == PART_EXPERTS && m >= 0 && g->moe_nexperts[m] > 0 &&
+      r->mine[m] && r->E[m] == g->moe_nexperts[m])
+    return (double)r->mine[m][d] / r->E[m];
+  return plan_node_share(g, n, d, P);
+}
+
 /* An expert node's share s of its work on device d (its experts of the layer's) as the
  * routed share of the layer's rows its experts get. */
 static double routed_share(const Graph *g, const Route *r, const Node *n, int d, double s) {
@@ -281,7 +294,7 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
   }
   if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
   for (int d = 0; d < P; d++) {
-    double s = plan_node_share(g, n, d, P);
+    double s = node_share(g, r, n, d);
     if (s <= 0) continue;
     s = routed_share(g, r, n, d, s);
     const Tensor *a = n->in[0];
@@ -432,7 +445,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     }
     for (int kk = 0; kk < g->nnodes; kk++) {
       const Node *n = g->nodes[kk];
-      double s = routed_share(g, &r, n, d, plan_node_share(g, n, d, devices));
+      double s = routed_share(g, &r, n, d, node_share(g, &r, n, d));
       dc->flops += plan_node_flops(n) * s;
       if (n->backward) continue;
       for (int j = 0; j < n->nout; j++)
@@ -528,7 +541,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   mc_free(inter);
   route_free(&r);
   mc_free(kept);
-  c.fits = true; /* until plan_cost_set_memory says otherwise */
+  c.fits = true;                    /* until plan_cost_set_memory says otherwise */
   if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
     c.dev[0].compute_s /= k->cores;
   c.step_s = step;

@@ -164,15 +164,6 @@ static int by_area(const void *a, const void *b) {
   return by_size(a, b);
 }
 
-typedef struct Span {
-  int64_t lo, hi;
-} Span;
-
-static int by_lo(const void *a, const void *b) {
-  const Span *x = a, *y = b;
-  return x->lo < y->lo ? -1 : x->lo > y->lo;
-}
-
 static bool overlap_in_time(const Live *a, const Live *b) {
   return a->def <= b->last && b->def <= a->last;
 }
@@ -199,28 +190,32 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
 }
 
 /* Places the m tensors in order (sorted by cmp), each at the best-fitting gap among
- * the already placed ones alive at the same time; returns the arena's size. */
-static int64_t place(Live *order, int m, int (*cmp)(const void *, const void *), Span *sp) {
+ * the already placed ones alive at the same time; returns the arena's size. The placed
+ * ones are kept by offset (ties: placed first, first) in byoff[m], so each step is one
+ * scan over them, O(m) with no sort: O(m^2) in all. */
+static int64_t place(Live *order, int m, int (*cmp)(const void *, const void *), int *byoff) {
   int64_t arena = 0;
   qsort(order, (size_t)m, sizeof(Live), cmp);
   for (int i = 0; i < m; i++) {
     Live *t = &order[i];
-    int ns = 0;
-    for (int j = 0; j < i; j++)
-      if (overlap_in_time(t, &order[j]))
-        sp[ns++] = (Span){order[j].off, order[j].off + order[j].size};
-    qsort(sp, (size_t)ns, sizeof(Span), by_lo);
     int64_t cur = 0, best = -1, best_gap = INT64_MAX;
-    for (int j = 0; j < ns; j++) {
-      int64_t gap = sp[j].lo - cur;
+    for (int j = 0; j < i; j++) {
+      const Live *u = &order[byoff[j]];
+      if (!overlap_in_time(t, u)) continue;
+      int64_t gap = u->off - cur;
       if (gap >= t->size && gap < best_gap) {
         best = cur;
         best_gap = gap;
       }
-      if (sp[j].hi > cur) cur = sp[j].hi;
+      if (u->off + u->size > cur) cur = u->off + u->size;
     }
     t->off = best >= 0 ? best : cur;
     if (t->off + t->size > arena) arena = t->off + t->size;
+    int at = i; /* after every placed one at an offset <= t's */
+    while (at > 0 && order[byoff[at - 1]].off > t->off)
+      at--;
+    memmove(byoff + at + 1, byoff + at, sizeof(int) * (size_t)(i - at));
+    byoff[at] = i;
   }
   return arena;
 }
@@ -431,7 +426,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
     }
   /* the arena: two greedy orders, keep the smaller */
   Live *order = mc_calloc((size_t)nt + 1, sizeof(Live));
-  Span *sp = mc_calloc((size_t)nt + 1, sizeof(Span));
+  int *sp = mc_calloc((size_t)nt + 1, sizeof(int));
   int m = 0;
   for (int i = 0; i < nt; i++)
     if (L[i].def >= 0) order[m++] = L[i];

@@ -69,10 +69,13 @@ Type *pass_shard_experts(Graph *g, int rank) {
   for (int m = 0; m < g->nmoe; m++)
     layer[m] = ir_layer_sharded(g, m);
   bool *changed = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  ExpertShard *shards = mc_calloc((size_t)g->nparams + 1, sizeof(ExpertShard));
+  bool *sharded = mc_calloc((size_t)g->nparams + 1, sizeof(bool));
+  ir_expert_shards(g, shards, sharded);
   for (int i = 0; i < g->nparams; i++) {
     Tensor *t = g->params[i];
-    ExpertShard s;
-    if (!ir_expert_shard(g, t, &s) || !layer[s.moe]) continue;
+    ExpertShard s = shards[i];
+    if (!sharded[i] || !layer[s.moe]) continue;
     int64_t n = ir_expert_local(g, &s, rank, NULL); /* 0 off the layer's on(...) set */
     if (!dim_is_const(t->ty.dim[0]) || t->ty.dim[0].c != s.count)
       mc_fatal("pass_shard_experts: expert parameter '%s' has %s rows, not the %lld experts "
@@ -114,6 +117,8 @@ Type *pass_shard_experts(Graph *g, int rank) {
   }
   mc_free(changed);
   mc_free(layer);
+  mc_free(shards);
+  mc_free(sharded);
   return save;
 }
 
