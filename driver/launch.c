@@ -5,8 +5,10 @@
  * before the devices start. On cuda each device thread or rank is bound to its GPU and
  * trains on a Comm that takes device buffers (NCCL: ncclCommInitAll for the threads,
  * ncclCommInitRank with the unique id broadcast over MPI for the ranks; runtime/comm.h). */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "driver.h"
 
@@ -109,6 +111,16 @@ int drv_train(AstFile *f, const Config *cfg, const Options *o) {
     Comm *dc = gpus ? rt_comm_nccl_init_rank(c, mpi_local_rank(c->rank), !o->dev.no_nccl) : c;
     rc = run_device(dc, &l);
     if (dc != c) rt_comm_nccl_free(dc);
+    if (rc == 128 + SIGINT || rc == 128 + SIGTERM) {
+      /* Stopped by a signal (every rank after the same step, the checkpoint complete).
+       * OpenMPI's mpirun relays a Ctrl-C as SIGTERM, then SIGKILLs the ranks after a
+       * second or as soon as one of them exits; MPI_Finalize would wait for mpirun
+       * through that second and be killed. So the ranks leave together, without it
+       * (docs/training.md). */
+      fflush(NULL);
+      c->barrier(c);
+      _exit(rc);
+    }
     rt_comm_mpi_finalize(c);
   } else if (P > 1) {
     if (P > RT_INPROC_MAX)

@@ -179,10 +179,17 @@ void rt_run_update(Run *r, double loss, int64_t s) {
 int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps) {
   if (r->rank == 0) {
     if (r->tty) fprintf(r->out, "\n");
+    /* OpenMPI's mpirun turns a Ctrl-C into SIGTERM to every rank (docs/training.md) */
+    bool mpi = r->comm && r->comm->name && !strcmp(r->comm->name, "mpi");
     fprintf(stderr, "moec: interrupted (%s) after step %lld of %lld",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step, (long long)steps);
+            sig == SIGINT ? "SIGINT"
+            : mpi         ? "SIGTERM; mpirun relays a Ctrl-C to its ranks as SIGTERM"
+                          : "SIGTERM",
+            (long long)step, (long long)steps);
+    char launch[32] = ""; /* the ranks resume as they ran */
+    if (mpi) snprintf(launch, sizeof launch, "mpirun -np %d ", r->P);
     if (r->o.save)
-      fprintf(stderr, "; checkpoint saved to %s\nresume with: %s\n", r->o.save,
+      fprintf(stderr, "; checkpoint saved to %s\nresume with: %s%s\n", r->o.save, launch,
               r->o.resume_cmd ? r->o.resume_cmd : "moec run FILE --load CHECKPOINT");
     else
       fprintf(stderr, "; nothing saved (give --save CKPT to be able to resume)\n");

@@ -78,6 +78,7 @@ int plan_constants(const char *cmd, const char *profile, const char *cluster, st
  * (reparse: 0 on success) and adds its strategy, experts, mesh and recompute. */
 typedef struct SearchArgs {
   const char *model, *routing, *write_plan;
+  const char *format, *out; /* a picture of the top candidates (dot, svg, png), or NULL */
   int devices, nodes, top; /* nodes: the physical mesh's (the cluster's, else 1) */
   bool have_loads;         /* measured loads or a skew: the balanced policy is a candidate */
   const struct CostConsts *k;
@@ -115,6 +116,17 @@ void plan_dot(const Graph *g, const struct PlanCost *c, const Config *cfg, const
 /* Renders DOT text as format ("svg", "png") into path (NULL: stdout) with Graphviz's
  * library; false with a message in err (moec built without it, a failed layout). */
 bool plan_render(const char *dot, const char *format, const char *path, char *err, size_t errlen);
+/* DOT text as format ("dot", "svg", "png") to out (NULL: stdout; png needs a file): 0, or
+ * the exit status after an error it printed. */
+int plan_write_picture(const char *dot, const char *format, const char *out);
+/* A search's top candidates side by side in one picture: each added with its title (DOT
+ * text, \n between lines) in a cluster of its own, one legend for all (devices P, by
+ * the physical mesh's nodes); _end writes the DOT and frees. */
+typedef struct PlanDotSearch PlanDotSearch;
+PlanDotSearch *plan_dot_search_new(const char *title, int P, int nodes);
+void plan_dot_search_add(PlanDotSearch *s, const Graph *g, const struct PlanCost *c,
+                         const Config *cfg, const PlotOpts *o, const char *label);
+void plan_dot_search_end(PlanDotSearch *s, McBuf *out);
 
 /* The value of --name VALUE or --name=VALUE at argv[*i] (advancing *i), or NULL when
  * argv[*i] is not --name; *bad set when the value is missing (error printed). */

@@ -1,11 +1,11 @@
-/* cmd_plan.c: `moec plan FILE [settings] [--format text|json|dot]`: the placement plan
+/* cmd_plan.c: `moec plan FILE [settings] [--format text|json|dot|svg|png]`: the placement plan
  * (docs/placement.md). The training graph compiled as a run compiles it (driver:
  * every pass on the plan's devices, bound at the global batch), and printed: ops
  * grouped by layer with their devices and partitioning, every collective with its bytes
  * per step, the recompute segments and what they trade, the fused groups, per device
  * what its program allocates (its own passes: drv_device_memory) beside the estimate,
  * FLOPs, the cost model's constants and its step-time estimate. plan_compile is shared
- * with `moec simulate` (cmd_simulate.c). */
+ * with `moec simulate` (cmd_simulate.c) and `--search` (plan_search.c). */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -16,7 +16,9 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: moec plan FILE [settings] [--format text|json|dot]\n\n"
+          "usage: moec plan FILE [settings] [--format text|json|dot|svg|png] [-o FILE]\n"
+          "       moec plan FILE --search [settings] [--top K] [--write-plan FILE]\n"
+          "                 [--format dot|svg|png -o FILE]\n\n"
           "The placement plan of FILE's training step over its devices: every op with its\n"
           "devices and partitioning, every collective with its bytes per step, the\n"
           "recomputed segments with the memory and FLOPs they trade, the fused groups, per\n"
@@ -30,7 +32,12 @@ static void usage(FILE *out) {
           "                     map; collectives with their bytes; a legend)\n"
           "  -o FILE            write the picture (or DOT) to FILE (png: required)\n"
           "  --view V           forward (default), backward or all: the other half as one box\n"
-          "  --expand LAYER     draw LAYER op by op (all: every layer); repeatable\n\n"
+          "  --expand LAYER     draw LAYER op by op (all: every layer); repeatable\n"
+          "  --search           every strategy x expert policy x mesh x recompute choice,\n"
+          "                     ranked by predicted step time (a table; with --format dot,\n"
+          "                     svg or png the top candidates side by side, 3 unless --top)\n"
+          "  --top K            the K best (table and picture)\n"
+          "  --write-plan FILE  the winner as a plan { } block\n\n"
           "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
@@ -514,23 +521,7 @@ static int draw(const Graph *g, const PlanCost *c, const Config *cfg, const Opti
   McBuf dot = {0};
   plan_dot(g, c, cfg, &po, &dot);
   plan_free_loads(loads);
-  int rc = 0;
-  if (!strcmp(a->format, "dot")) {
-    FILE *f = a->out ? fopen(a->out, "w") : stdout;
-    if (!f || fputs(dot.data, f) < 0 || (a->out && fclose(f) != 0)) {
-      fprintf(stderr, "moec plan: error: cannot write '%s'\n", a->out ? a->out : "stdout");
-      rc = 1;
-    }
-  } else {
-    char err[512];
-    if (!strcmp(a->format, "png") && !a->out) {
-      fprintf(stderr, "moec plan: error: --format png needs -o FILE\n");
-      rc = 2;
-    } else if (!plan_render(dot.data, a->format, a->out, err, sizeof err)) {
-      fprintf(stderr, "moec plan: error: %s\n", err);
-      rc = 1;
-    }
-  }
+  int rc = plan_write_picture(dot.data, a->format, a->out);
   mc_buf_free(&dot);
   return rc;
 }
@@ -597,8 +588,14 @@ int cmd_plan(int argc, char **argv) {
     fprintf(stderr, "moec plan: error: --top and --write-plan go with --search\n");
     rc = 2;
   }
-  if (!rc && a.search && strcmp(format, "text")) {
-    fprintf(stderr, "moec plan: error: --search prints a table (no --format)\n");
+  if (!rc && a.search && !strcmp(format, "json")) {
+    fprintf(stderr, "moec plan: error: --search prints a table or draws the top candidates "
+                    "(--format dot, svg or png), not json\n");
+    rc = 2;
+  }
+  if (!rc && a.search && (a.view || a.nexpand)) {
+    fprintf(stderr, "moec plan: error: --search draws each candidate's forward view (no --view, "
+                    "--expand)\n");
     rc = 2;
   }
   CostConsts k;
@@ -630,6 +627,8 @@ int cmd_plan(int argc, char **argv) {
     Reparse rp = {argc, argv, a.cluster ? ndev : NULL};
     SearchArgs sa = {.model = model,
                      .routing = routing,
+                     .format = strcmp(format, "text") ? format : NULL,
+                     .out = a.out,
                      .write_plan = a.write_plan,
                      .devices = cfg.devices,
                      .nodes = a.cluster            ? cs.nodes

@@ -8,7 +8,9 @@
  * its devices' colours for a subset, grey for every device (each on its rows), white for
  * experts sharded over their set. The legend names every set used and the colour of
  * every device, by mesh node. --view forward (default) | backward | all: the other half
- * is one summary box. svg and png are rendered through Graphviz's library (libgvc). */
+ * is one summary box. A search's top candidates (plan_dot_search_*) are each that picture
+ * in a frame of one graph, names prefixed per candidate, under one legend. svg and png
+ * are rendered through Graphviz's library (libgvc). */
 #include <string.h>
 
 #include "../passes/fusion.h"
@@ -367,45 +369,50 @@ static void box_label(const View *w, const VNode *x, McBuf *b) {
 
 /* ---------------------------------------------------------------- the picture */
 
-static void legend(const View *w, McBuf *b) {
-  mc_buf_printf(b, "  subgraph cluster_legend {\n    label=\"%d device%s%s\"; fontsize=11; "
-                   "style=rounded; color=grey60;\n",
-                w->P, w->P == 1 ? "" : "s", w->nodes > 1 ? " in nodes" : "");
-  /* one swatch per device, by mesh node */
-  for (int nd = 0; nd < w->nodes && w->P > 1; nd++) {
-    if (w->nodes > 1) mc_buf_printf(b, "    subgraph cluster_mesh%d { label=\"node %d\"; fontsize=10;\n", nd, nd);
-    for (int d = nd * w->per_node; d < (nd + 1) * w->per_node && d < w->P; d++)
-      mc_buf_printf(b, "      dev%d [label=\"device %d\", shape=box, style=filled, fillcolor=\"%s\", "
-                       "fontsize=10];\n",
-                    d, d, colour[d % NCOLOUR]);
-    if (w->nodes > 1) mc_buf_printf(b, "    }\n");
-  }
-  for (int d = 0; d + 1 < w->P; d++) /* the swatches in device order, left to right */
-    mc_buf_printf(b, "    dev%d -> dev%d [style=invis];\n", d, d + 1);
-  if (w->P > 1) {
-    mc_buf_printf(b, "    { rank=same;");
-    for (int d = 0; d < w->P; d++)
-      mc_buf_printf(b, " dev%d;", d);
-    mc_buf_printf(b, " }\n");
-  }
-  /* one key per device set used */
-  DevSet seen[64];
-  int ns = 0;
-  bool coll = false;
+/* The device sets a view uses (once each, in order) and whether it has collectives. */
+static int view_sets(const View *w, DevSet *seen, int ns, int cap, bool *coll) {
   for (int i = 0; i < w->nv; i++) {
     if (w->v[i].coll) {
-      coll = true;
+      *coll = true;
       continue;
     }
     bool dup = false;
     for (int j = 0; j < ns; j++)
       dup |= seen[j].kind == w->v[i].set.kind && seen[j].mask == w->v[i].set.mask;
-    if (!dup && ns < 64) seen[ns++] = w->v[i].set;
+    if (!dup && ns < cap) seen[ns++] = w->v[i].set;
+  }
+  return ns;
+}
+
+/* The legend: each device's colour (by mesh node) and a key per device set used. */
+static void legend(int P, int nodes, int per_node, const DevSet *seen, int ns, bool coll,
+                   McBuf *b) {
+  mc_buf_printf(b,
+                "  subgraph cluster_legend {\n    label=\"%d device%s%s\"; fontsize=11; "
+                "style=rounded; color=grey60;\n",
+                P, P == 1 ? "" : "s", nodes > 1 ? " in nodes" : "");
+  /* one swatch per device, by mesh node */
+  for (int nd = 0; nd < nodes && P > 1; nd++) {
+    if (nodes > 1)
+      mc_buf_printf(b, "    subgraph cluster_mesh%d { label=\"node %d\"; fontsize=10;\n", nd, nd);
+    for (int d = nd * per_node; d < (nd + 1) * per_node && d < P; d++)
+      mc_buf_printf(b, "      dev%d [label=\"device %d\", shape=box, style=filled, fillcolor=\"%s\", "
+                       "fontsize=10];\n",
+                    d, d, colour[d % NCOLOUR]);
+    if (nodes > 1) mc_buf_printf(b, "    }\n");
+  }
+  for (int d = 0; d + 1 < P; d++) /* the swatches in device order, left to right */
+    mc_buf_printf(b, "    dev%d -> dev%d [style=invis];\n", d, d + 1);
+  if (P > 1) {
+    mc_buf_printf(b, "    { rank=same;");
+    for (int d = 0; d < P; d++)
+      mc_buf_printf(b, " dev%d;", d);
+    mc_buf_printf(b, " }\n");
   }
   for (int j = 0; j < ns; j++) {
     char st[32], fill[256], name[256];
-    set_style(seen[j], w->P, st, sizeof st, fill, sizeof fill);
-    set_name(seen[j], w->P, name, sizeof name);
+    set_style(seen[j], P, st, sizeof st, fill, sizeof fill);
+    set_name(seen[j], P, name, sizeof name);
     mc_buf_printf(b, "    key%d [label=\"%s\", shape=box, style=\"%s\", fillcolor=\"%s\", fontsize=10];\n", j,
                   name, st, fill);
   }
@@ -416,7 +423,7 @@ static void legend(const View *w, McBuf *b) {
 }
 
 /* The half not drawn, as one box: its ops and the bytes its collectives move. */
-static void summary(const View *w, McBuf *b) {
+static void summary(const View *w, const char *pre, McBuf *b) {
   if (!strcmp(w->o->view, "all")) return;
   bool want_bwd = !strcmp(w->o->view, "forward");
   int ops = 0, colls = 0;
@@ -433,35 +440,46 @@ static void summary(const View *w, McBuf *b) {
   }
   if (!ops) return;
   char hb[32];
-  mc_buf_printf(b, "  other [label=\"%s pass (not drawn: --view %s)\\n%d ops, %.3g GFLOP/step\\n%d "
-                   "collectives, %s/step\", shape=note, style=filled, fillcolor=white];\n",
-                want_bwd ? "backward" : "forward", want_bwd ? "backward" : "forward", ops, flops / 1e9,
-                colls, human_bytes(bytes, hb, sizeof hb));
+  mc_buf_printf(b,
+                "  %sother [label=\"%s pass (not drawn: --view %s)\\n%d ops, %.3g GFLOP/step\\n%d "
+                "collectives, %s/step\", shape=note, style=filled, fillcolor=white];\n",
+                pre, want_bwd ? "backward" : "forward", want_bwd ? "backward" : "forward", ops,
+                flops / 1e9, colls, human_bytes(bytes, hb, sizeof hb));
 }
 
-void plan_dot(const Graph *g, const PlanCost *c, const Config *cfg, const PlotOpts *o, McBuf *b) {
-  View w = {.g = g, .c = c, .cfg = cfg, .o = o, .P = c->devices};
-  w.nodes = cfg->mesh_nodes > 1 ? cfg->mesh_nodes : 1;
-  w.per_node = w.nodes > 1 ? cfg->mesh_per_node : w.P;
-  build_view(&w);
-  mc_buf_printf(b, "digraph \"%s\" {\n  rankdir=TB; newrank=true; fontname=\"Helvetica\";\n"
-                   "  node [fontname=\"Helvetica\", fontsize=11]; edge [color=grey40];\n",
-                g->name);
-  mc_buf_printf(b, "  label=\"plan %s: %d device%s, strategy %s, experts %s; %s view\"; labelloc=t;\n",
-                g->name, w.P, w.P == 1 ? "" : "s", cfg->strategy, cfg->expert_policy, o->view);
-  legend(&w, b);
+static void view_init(View *w, const Graph *g, const PlanCost *c, const Config *cfg,
+                      const PlotOpts *o) {
+  *w = (View){.g = g, .c = c, .cfg = cfg, .o = o, .P = c->devices};
+  w->nodes = cfg->mesh_nodes > 1 ? cfg->mesh_nodes : 1;
+  w->per_node = w->nodes > 1 ? cfg->mesh_per_node : w->P;
+  build_view(w);
+}
+
+static void view_free(View *w) {
+  for (int i = 0; i < w->nv; i++)
+    mc_buf_free(&w->v[i].ops);
+  mc_free(w->v);
+  mc_free(w->of);
+}
+
+/* The plan's boxes, collectives and edges; every name starts with pre, so that one
+ * picture can hold several plans (a search's candidates). */
+static void body(const View *vw, const char *pre, McBuf *b) {
+  const View w = *vw;
+  const Graph *g = w.g;
   /* a MoE layer's box and its collectives in one cluster */
   bool *done = mc_calloc((size_t)w.nv + 1, sizeof(bool));
   for (int i = 0; i < w.nv; i++) {
     const VNode *x = &w.v[i];
     if (!x->moe || done[i]) continue;
-    mc_buf_printf(b, "  subgraph cluster_v%d {\n    label=\"\"; style=rounded; color=grey50;\n", i);
+    mc_buf_printf(b, "  subgraph cluster_%sv%d {\n    label=\"\"; style=rounded; color=grey50;\n",
+                  pre, i);
     for (int j = i; j < w.nv; j++) {
       const VNode *y = &w.v[j];
       bool same = y->layer && x->layer && !strcmp(y->layer, x->layer) && y->backward == x->backward;
       if (!same || !(y->moe || y->coll)) continue;
       done[j] = true;
-      mc_buf_printf(b, "    v%d [", j);
+      mc_buf_printf(b, "    %sv%d [", pre, j);
       McBuf lb = {0};
       if (y->coll) {
         coll_label(&w, y, &lb);
@@ -481,17 +499,18 @@ void plan_dot(const Graph *g, const PlanCost *c, const Config *cfg, const PlotOp
     McBuf lb = {0};
     if (x->coll) {
       coll_label(&w, x, &lb);
-      mc_buf_printf(b, "  v%d [label=%s, shape=octagon, style=filled, fillcolor=orange];\n", i, lb.data);
+      mc_buf_printf(b, "  %sv%d [label=%s, shape=octagon, style=filled, fillcolor=orange];\n", pre,
+                    i, lb.data);
     } else {
       char st[32], fill[256];
       set_style(x->set, w.P, st, sizeof st, fill, sizeof fill);
       box_label(&w, x, &lb);
-      mc_buf_printf(b, "  v%d [label=%s, shape=box, style=\"%s\", fillcolor=\"%s\"%s];\n", i, lb.data, st,
-                    fill, x->backward ? ", color=grey40, penwidth=1.5" : "");
+      mc_buf_printf(b, "  %sv%d [label=%s, shape=box, style=\"%s\", fillcolor=\"%s\"%s];\n", pre, i,
+                    lb.data, st, fill, x->backward ? ", color=grey40, penwidth=1.5" : "");
     }
     mc_buf_free(&lb);
   }
-  summary(&w, b);
+  summary(&w, pre, b);
   /* edges between view nodes, once each (node ids: the passes number them in order) */
   int maxid = 0;
   for (int k = 0; k < g->nnodes; k++)
@@ -516,17 +535,85 @@ void plan_dot(const Graph *g, const PlanCost *c, const Config *cfg, const PlotOp
         dup = seen[s] == key;
       if (dup || nseen >= cap) continue;
       seen[nseen++] = key;
-      mc_buf_printf(b, "  v%d -> v%d;\n", from, to);
+      mc_buf_printf(b, "  %sv%d -> %sv%d;\n", pre, from, pre, to);
     }
   }
-  mc_buf_printf(b, "}\n");
   mc_free(at);
   mc_free(seen);
   mc_free(done);
-  for (int i = 0; i < w.nv; i++)
-    mc_buf_free(&w.v[i].ops);
-  mc_free(w.v);
-  mc_free(w.of);
+}
+
+void plan_dot(const Graph *g, const PlanCost *c, const Config *cfg, const PlotOpts *o, McBuf *b) {
+  View w;
+  view_init(&w, g, c, cfg, o);
+  mc_buf_printf(b,
+                "digraph \"%s\" {\n  rankdir=TB; newrank=true; fontname=\"Helvetica\";\n"
+                "  node [fontname=\"Helvetica\", fontsize=11]; edge [color=grey40];\n",
+                g->name);
+  mc_buf_printf(b,
+                "  label=\"plan %s: %d device%s, strategy %s, experts %s; %s view\"; labelloc=t;\n",
+                g->name, w.P, w.P == 1 ? "" : "s", cfg->strategy, cfg->expert_policy, o->view);
+  DevSet sets[64];
+  bool coll = false;
+  int ns = view_sets(&w, sets, 0, 64, &coll);
+  legend(w.P, w.nodes, w.per_node, sets, ns, coll, b);
+  body(&w, "", b);
+  mc_buf_printf(b, "}\n");
+  view_free(&w);
+}
+
+/* ---------------------------------------------------------------- a search's candidates */
+
+struct PlanDotSearch {
+  char title[512];
+  int P, nodes, per_node, n;
+  DevSet sets[64];
+  int nsets;
+  bool coll;
+  McBuf body;
+};
+
+PlanDotSearch *plan_dot_search_new(const char *title, int P, int nodes) {
+  PlanDotSearch *s = mc_calloc(1, sizeof *s);
+  snprintf(s->title, sizeof s->title, "%s", title);
+  s->P = P;
+  s->nodes = nodes > 1 && P % nodes == 0 ? nodes : 1;
+  s->per_node = P / s->nodes;
+  return s;
+}
+
+/* One candidate: its own plan picture (the forward view, each MoE layer one box) in a
+ * cluster titled label, its names prefixed c<n>_. */
+void plan_dot_search_add(PlanDotSearch *s, const Graph *g, const PlanCost *c, const Config *cfg,
+                         const PlotOpts *o, const char *label) {
+  View w;
+  view_init(&w, g, c, cfg, o);
+  s->nsets = view_sets(&w, s->sets, s->nsets, 64, &s->coll);
+  char pre[32];
+  snprintf(pre, sizeof pre, "c%d_", ++s->n);
+  mc_buf_printf(&s->body, "  subgraph cluster_c%d {\n  label=\"", s->n);
+  for (const char *q = label; *q; q++) /* label: DOT's \n separates lines */
+    if (*q == '"')
+      mc_buf_printf(&s->body, "\\\"");
+    else
+      mc_buf_putc(&s->body, *q);
+  mc_buf_printf(&s->body, "\"; fontsize=12; style=rounded; color=grey30; penwidth=1.5;\n");
+  body(&w, pre, &s->body);
+  mc_buf_printf(&s->body, "  }\n");
+  view_free(&w);
+}
+
+void plan_dot_search_end(PlanDotSearch *s, McBuf *b) {
+  mc_buf_printf(b,
+                "digraph \"search\" {\n  rankdir=TB; newrank=true; fontname=\"Helvetica\";\n"
+                "  node [fontname=\"Helvetica\", fontsize=11]; edge [color=grey40];\n"
+                "  label=\"%s\"; labelloc=t;\n",
+                s->title);
+  legend(s->P, s->nodes, s->per_node, s->sets, s->nsets, s->coll, b);
+  if (s->body.data) mc_buf_printf(b, "%s", s->body.data);
+  mc_buf_printf(b, "}\n");
+  mc_buf_free(&s->body);
+  mc_free(s);
 }
 
 /* ---------------------------------------------------------------- rendering */
@@ -555,4 +642,25 @@ bool plan_render(const char *dot, const char *format, const char *path, char *er
            format, format);
   return false;
 #endif
+}
+
+int plan_write_picture(const char *dot, const char *format, const char *out) {
+  if (!strcmp(format, "dot")) {
+    FILE *f = out ? fopen(out, "w") : stdout;
+    if (!f || fputs(dot, f) < 0 || (out && fclose(f) != 0)) {
+      fprintf(stderr, "moec plan: error: cannot write '%s'\n", out ? out : "stdout");
+      return 1;
+    }
+    return 0;
+  }
+  char err[512];
+  if (!strcmp(format, "png") && !out) {
+    fprintf(stderr, "moec plan: error: --format png needs -o FILE\n");
+    return 2;
+  }
+  if (!plan_render(dot, format, out, err, sizeof err)) {
+    fprintf(stderr, "moec plan: error: %s\n", err);
+    return 1;
+  }
+  return 0;
 }

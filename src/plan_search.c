@@ -2,12 +2,15 @@
  * recompute choice on the plan's devices, each compiled as `moec run` would compile it
  * (plan_compile) and costed (passes/costmodel.c); what does not compile or does not fit
  * the memory budget is dropped; the rest ranked by the predicted step time (the busiest
- * device's), and the winner can be written as a plan { } block (docs/placement.md). */
+ * device's), and the winner can be written as a plan { } block; --format draws the top
+ * candidates side by side (plan_dot.c) (docs/placement.md). */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+
+#define PLAN_SEARCH_TOP 3 /* candidates drawn without --top */
 
 typedef struct Cand {
   const char *strategy, *policy, *recompute;
@@ -26,33 +29,29 @@ static int by_step(const void *a, const void *b) {
   return x->idx - y->idx;
 }
 
-/* Compiles and costs one candidate: the command line's options with its settings on top.
- * The compile's messages go to a temporary file: a refusal keeps its first error line. */
-static void evaluate(Cand *c, const SearchArgs *s) {
-  Options o;
-  drv_options_init(&o, "plan");
-  if (s->reparse(&o, s->ctx)) {
+/* Compiles and costs one candidate: the command line's options (into o) with its
+ * settings on top. The compile's messages go to a temporary file: a refusal keeps its
+ * first error line in c->why. NULL when refused. */
+static Graph *compile(Cand *c, const SearchArgs *s, Options *o, Config *cfg, AstFile **f,
+                      McBuf *notes, PlanCost *pc) {
+  drv_options_init(o, "plan");
+  if (s->reparse(o, s->ctx)) {
     snprintf(c->why, sizeof c->why, "bad options");
-    drv_options_free(&o);
-    return;
+    return NULL;
   }
   char mesh[32];
   snprintf(mesh, sizeof mesh, "[%d, %d]", c->nodes, c->per_node);
-  drv_add_setting(&o, "plan", "strategy", c->strategy, "--search");
-  drv_add_setting(&o, "plan", "experts", c->policy, "--search");
-  drv_add_setting(&o, "plan", "mesh", mesh, "--search");
-  drv_add_setting(&o, "plan", "recompute", c->recompute, "--search");
+  drv_add_setting(o, "plan", "strategy", c->strategy, "--search");
+  drv_add_setting(o, "plan", "experts", c->policy, "--search");
+  drv_add_setting(o, "plan", "mesh", mesh, "--search");
+  drv_add_setting(o, "plan", "recompute", c->recompute, "--search");
   fflush(stderr);
   FILE *tmp = tmpfile();
   int saved = dup(2);
   if (tmp) dup2(fileno(tmp), 2);
-  Config cfg;
-  AstFile *f = NULL;
-  McBuf notes = {0};
-  mc_buf_printf(&notes, "%s", "");
-  PlanCost pc;
+  mc_buf_printf(notes, "%s", "");
   int rc = 0;
-  Graph *g = plan_compile(&o, &cfg, &f, &notes, &pc, s->k, &rc);
+  Graph *g = plan_compile(o, cfg, f, notes, pc, s->k, &rc);
   fflush(stderr);
   if (saved >= 0) {
     dup2(saved, 2);
@@ -64,10 +63,20 @@ static void evaluate(Cand *c, const SearchArgs *s) {
     while (fgets(line, sizeof line, tmp))
       if (strstr(line, "error")) break;
     line[strcspn(line, "\n")] = 0;
-    const char *e = strstr(line, "error: ");
-    snprintf(c->why, sizeof c->why, "%s", e ? e + 7 : line);
+    const char *err = strstr(line, "error: ");
+    snprintf(c->why, sizeof c->why, "%s", err ? err + 7 : line);
   }
   if (tmp) fclose(tmp);
+  return g;
+}
+
+static void evaluate(Cand *c, const SearchArgs *s) {
+  Options o;
+  Config cfg;
+  AstFile *f = NULL;
+  McBuf notes = {0};
+  PlanCost pc;
+  Graph *g = compile(c, s, &o, &cfg, &f, &notes, &pc);
   if (g) {
     c->ok = true;
     c->step_s = pc.step_s;
@@ -90,6 +99,55 @@ static void evaluate(Cand *c, const SearchArgs *s) {
   drv_options_free(&o);
 }
 
+/* The first `top` candidates that fit (ranked) side by side in one picture: each compiled
+ * again and drawn as `moec plan --format` draws one plan (forward view). */
+static int draw(Cand *c, int n, int top, const SearchArgs *s) {
+  char title[512];
+  snprintf(title, sizeof title,
+           "moec plan --search %s on %d device%s (%s): the %d fastest, by predicted step time",
+           s->model, s->devices, s->devices > 1 ? "s" : "", s->k->name, top);
+  PlanDotSearch *ds = plan_dot_search_new(title, s->devices, s->nodes);
+  int rank = 0, rc = 0;
+  for (int i = 0; i < n && rank < top && !rc; i++) {
+    if (!c[i].ok || !c[i].fits) continue;
+    Options o;
+    Config cfg;
+    AstFile *f = NULL;
+    McBuf notes = {0};
+    PlanCost pc;
+    Graph *g = compile(&c[i], s, &o, &cfg, &f, &notes, &pc);
+    if (!g) { /* it compiled a moment ago */
+      fprintf(stderr, "moec plan: error: candidate %d: %s\n", rank + 1, c[i].why);
+      rc = 1;
+    } else {
+      PlanLoads *loads = NULL;
+      if (o.loads_path) {
+        const char *err = NULL;
+        loads = plan_read_loads(o.loads_path, &err);
+      }
+      PlotOpts po = {.view = "forward", .loads = loads};
+      char label[512];
+      snprintf(label, sizeof label,
+               "#%d  %s, experts %s, mesh %dx%d, recompute %s\\n%.3f ms a step (predicted, "
+               "busiest device %d), %.3g MiB a device",
+               ++rank, c[i].strategy, c[i].policy, c[i].nodes, c[i].per_node, c[i].recompute,
+               c[i].step_s * 1e3, c[i].busiest, c[i].mem / 1048576.0);
+      plan_dot_search_add(ds, g, &pc, &cfg, &po, label);
+      plan_free_loads(loads);
+      plan_cost_free(&pc);
+      ir_graph_free(g);
+      fe_ast_free(f);
+    }
+    mc_buf_free(&notes);
+    drv_options_free(&o);
+  }
+  McBuf dot = {0};
+  plan_dot_search_end(ds, &dot);
+  if (!rc) rc = plan_write_picture(dot.data, s->format, s->out);
+  mc_buf_free(&dot);
+  return rc;
+}
+
 static void write_plan(const Cand *c, int devices, const char *path) {
   FILE *f = fopen(path, "w");
   if (!f) {
@@ -103,6 +161,32 @@ static void write_plan(const Cand *c, int devices, const char *path) {
           c->step_s * 1e3, c->tokens / c->step_s, c->mem / 1048576.0, devices, c->nodes,
           c->per_node, c->strategy, c->policy, c->recompute);
   if (fclose(f) != 0) fprintf(stderr, "moec plan: error: cannot write '%s'\n", path);
+}
+
+static void print_table(const Cand *c, int n, int fit, int refused, const SearchArgs *s) {
+  const int P = s->devices;
+  printf("search %s on %d device%s (%s): %d candidates, %d fit, %d do not fit, %d refused; "
+         "ranked by the predicted step time (the busiest device's)\n",
+         s->model, P, P > 1 ? "s" : "", s->k->name, n, fit, n - fit - refused, refused);
+  printf("  routing: %s\n\n", s->routing);
+  printf("  %4s  %-13s %-11s %-6s %-9s %10s %12s %12s %12s %7s\n", "rank", "strategy", "experts",
+         "mesh", "recompute", "step ms", "tokens/s", "MiB/device", "MiB/step", "busiest");
+  int shown = 0;
+  for (int i = 0; i < n; i++) {
+    if (!c[i].ok || !c[i].fits) continue;
+    if (s->top > 0 && shown >= s->top) break;
+    char mesh[16];
+    snprintf(mesh, sizeof mesh, "%dx%d", c[i].nodes, c[i].per_node);
+    printf("  %4d  %-13s %-11s %-6s %-9s %10.3f %12.4g %12.3f %12.3f %7d\n", ++shown, c[i].strategy,
+           c[i].policy, mesh, c[i].recompute, c[i].step_s * 1e3, c[i].tokens / c[i].step_s,
+           c[i].mem / 1048576.0, c[i].comm / 1048576.0, c[i].busiest);
+  }
+  if (n - fit > 0) printf("\n  dropped:\n");
+  for (int i = 0; i < n; i++) {
+    if (c[i].ok && c[i].fits) continue;
+    printf("    %-13s %-11s %dx%-4d %-9s %s\n", c[i].strategy, c[i].policy, c[i].nodes,
+           c[i].per_node, c[i].recompute, c[i].why);
+  }
 }
 
 int plan_search(const SearchArgs *s) {
@@ -139,37 +223,18 @@ int plan_search(const SearchArgs *s) {
     fit += c[i].ok && c[i].fits;
     refused += !c[i].ok;
   }
-  printf("search %s on %d device%s (%s): %d candidates, %d fit, %d do not fit, %d refused; "
-         "ranked by the predicted step time (the busiest device's)\n",
-         s->model, P, P > 1 ? "s" : "", s->k->name, n, fit, n - fit - refused, refused);
-  printf("  routing: %s\n\n", s->routing);
-  printf("  %4s  %-13s %-11s %-6s %-9s %10s %12s %12s %12s %7s\n", "rank", "strategy", "experts",
-         "mesh", "recompute", "step ms", "tokens/s", "MiB/device", "MiB/step", "busiest");
-  int shown = 0;
-  for (int i = 0; i < n; i++) {
-    if (!c[i].ok || !c[i].fits) continue;
-    if (s->top > 0 && shown >= s->top) break;
-    char mesh[16];
-    snprintf(mesh, sizeof mesh, "%dx%d", c[i].nodes, c[i].per_node);
-    printf("  %4d  %-13s %-11s %-6s %-9s %10.3f %12.4g %12.3f %12.3f %7d\n", ++shown, c[i].strategy,
-           c[i].policy, mesh, c[i].recompute, c[i].step_s * 1e3, c[i].tokens / c[i].step_s,
-           c[i].mem / 1048576.0, c[i].comm / 1048576.0, c[i].busiest);
-  }
-  if (n - fit > 0) printf("\n  dropped:\n");
-  for (int i = 0; i < n; i++) {
-    if (c[i].ok && c[i].fits) continue;
-    printf("    %-13s %-11s %dx%-4d %-9s %s\n", c[i].strategy, c[i].policy, c[i].nodes,
-           c[i].per_node, c[i].recompute, c[i].why);
-  }
+  /* a picture to stdout replaces the table; with -o FILE both */
+  if (!s->format || s->out) print_table(c, n, fit, refused, s);
   int rc = 0;
-  fflush(stdout);
   if (fit == 0) {
     fprintf(stderr, "moec plan: error: no candidate fits\n");
     rc = 1;
   } else if (s->write_plan) {
     write_plan(&c[0], P, s->write_plan);
-    printf("\nwrote the winner to %s\n", s->write_plan);
+    fprintf(s->format && !s->out ? stderr : stdout, "\nwrote the winner to %s\n", s->write_plan);
   }
+  fflush(stdout);
+  if (!rc && s->format) rc = draw(c, n, MC_MIN(s->top > 0 ? s->top : PLAN_SEARCH_TOP, fit), s);
   mc_free(c);
   return rc;
 }

@@ -121,7 +121,8 @@ add_test(NAME cli_options
 set_tests_properties(cli_options PROPERTIES TIMEOUT 120 LABELS "plan;train")
 
 # The plan as a picture: golden DOT for device subsets, replicas, sharded experts, an
-# hmoe on a 2x2 mesh and every collective kind (tests/plan_dot/*.moe; UPDATE=1 rewrites,
+# hmoe on a 2x2 mesh, every collective kind and a search's top 4 side by side
+# (tests/plan_dot/*.moe; UPDATE=1 rewrites,
 # then look at the rendering: moec plan FILE --format png -o x.png); and the rendering
 # through Graphviz's library when moec has it.
 file(GLOB MOEC_PLAN_DOT CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/plan_dot/*.moe)

@@ -1,7 +1,8 @@
 /* test_optim.c: the optimizers (runtime/optim.c): Adam's first step against its
  * closed form and a run on a quadratic against an independent double-precision
  * Adam; global-norm clipping; the factored second moment against its formulas
- * (rows and columns, 3-D expert tensors, vectors); saving and restoring state
+ * (rows and columns, 3-D expert tensors, vectors); weight decay under a warm-up, both
+ * optimizers, against the documented formulas in double; saving and restoring state
  * continues bit for bit; parameter init depends only on (seed, name); the double
  * precision optimizer (moec run --f64) against the independent double Adam and its
  * float32 self; restoring state of another shape or dtype, or a hostile step, is a
@@ -247,6 +248,121 @@ static void test_factored(void) {
   memcpy(e0, e, sizeof e0);
   memcpy(e1, e + 6, sizeof e1);
   CHECK(memcmp(e0, e1, sizeof e0) != 0);
+  rt_optim_free(o);
+}
+
+/* Weight decay under a warm-up schedule, for Adam and factored, against
+ * docs/training.md's formulas in double: lr_t = lr * t / W for t <= W, then lr (W = 3);
+ * before each update p *= 1 - lr_t * wd for weight matrices (w, the experts' m.w1) but not
+ * biases (b, the experts' m.b1); then the update with lr_t. The loop sets Optim.lr from
+ * rt_lr_at as the training loop does (runtime/run.c); the reference computes lr_t itself.
+ * Checked after the first step and after 6 (3 in the warm-up, 3 at the peak), to float
+ * rounding; the decay moves the weights by ~1e-3 a step, far above the tolerance. */
+static void test_weight_decay(OptKind kind) {
+  enum { NP = 4, STEPS = 6, W = 3 };
+  const double lr = 0.05, wd = 0.2, b1 = 0.9, b2 = 0.99, eps = 1e-8;
+  Model m = {0};
+  int64_t sw[2] = {3, 4}, se[3] = {2, 3, 4}, sb1[2] = {2, 4}, sb[1] = {4};
+  add_param(&m, "w", 2, sw);
+  add_param(&m, "m.w1", 3, se);
+  add_param(&m, "m.b1", 2, sb1);
+  add_param(&m, "b", 1, sb);
+  const bool decays[NP] = {true, true, false, false};
+  Config cfg = opt_config(kind, lr, 0);
+  cfg.beta1 = b1;
+  cfg.beta2 = b2;
+  cfg.eps = eps;
+  cfg.warmup = W;
+  cfg.steps = 100;
+  cfg.weight_decay = wd;
+  Optim *o = rt_optim_new(&cfg, &m.g);
+  float *p[NP], *g[NP];
+  double *rp[NP], *rm[NP], *rv[NP]; /* reference: params, Adam's m and v (or a vector's v) */
+  double R[NP][8] = {{0}}, C[NP][8] = {{0}}; /* reference factored moments, per matrix */
+  for (int i = 0; i < NP; i++) {
+    int64_t n = m.t[i].numel;
+    p[i] = mc_malloc((size_t)n * sizeof(float));
+    g[i] = mc_malloc((size_t)n * sizeof(float));
+    rp[i] = mc_calloc((size_t)n, sizeof(double));
+    rm[i] = mc_calloc((size_t)n, sizeof(double));
+    rv[i] = mc_calloc((size_t)n, sizeof(double));
+    rt_init_param(&m.t[i], 7, p[i]);
+    for (int64_t k = 0; k < n; k++)
+      rp[i][k] = p[i][k];
+  }
+  for (int t = 1; t <= STEPS; t++) {
+    const double lr_t = t <= W ? lr * t / W : lr;
+    o->lr = rt_lr_at(&cfg, t);
+    CHECK_CLOSE(o->lr, lr_t, 1e-15, 0);
+    for (int i = 0; i < NP; i++) /* gradients of both signs, no zero */
+      for (int64_t k = 0; k < m.t[i].numel; k++)
+        g[i][k] = (float)(0.3 * sin(1.0 + 0.7 * (double)k + 1.3 * t + 2.1 * i) + 0.05);
+    rt_optim_step(o, p, g);
+    const double bc1 = 1 - pow(b1, t), bc2 = 1 - pow(b2, t);
+    for (int i = 0; i < NP; i++) {
+      const int64_t n = m.t[i].numel;
+      if (decays[i])
+        for (int64_t k = 0; k < n; k++)
+          rp[i][k] *= 1 - lr_t * wd;
+      if (kind == OPT_ADAM || m.t[i].ty.rank < 2) {
+        for (int64_t k = 0; k < n; k++) {
+          double gk = g[i][k];
+          rv[i][k] = b2 * rv[i][k] + (1 - b2) * gk * gk;
+          if (kind == OPT_ADAM) {
+            rm[i][k] = b1 * rm[i][k] + (1 - b1) * gk;
+            rp[i][k] -= lr_t * (rm[i][k] / bc1) / (sqrt(rv[i][k] / bc2) + eps);
+          } else {
+            rp[i][k] -= lr_t * gk / (sqrt(rv[i][k] / bc2) + eps);
+          }
+        }
+        continue;
+      }
+      /* factored: each [rows, cols] matrix of the stack on its own */
+      const int r = m.t[i].ty.rank;
+      const int64_t rows = m.t[i].shape[r - 2], cols = m.t[i].shape[r - 1];
+      for (int64_t l = 0; l < n / (rows * cols); l++) {
+        const float *gm = g[i] + l * rows * cols;
+        double *Rl = R[i] + l * rows, *Cl = C[i] + l * cols, rmean = 0;
+        for (int64_t a = 0; a < rows; a++) {
+          double sq = 0;
+          for (int64_t c = 0; c < cols; c++)
+            sq += (double)gm[a * cols + c] * gm[a * cols + c];
+          Rl[a] = b2 * Rl[a] + (1 - b2) * sq / (double)cols;
+          rmean += Rl[a] / (double)rows;
+        }
+        for (int64_t c = 0; c < cols; c++) {
+          double sq = 0;
+          for (int64_t a = 0; a < rows; a++)
+            sq += (double)gm[a * cols + c] * gm[a * cols + c];
+          Cl[c] = b2 * Cl[c] + (1 - b2) * sq / (double)rows;
+        }
+        for (int64_t a = 0; a < rows; a++)
+          for (int64_t c = 0; c < cols; c++)
+            rp[i][l * rows * cols + a * cols + c] -=
+                lr_t * gm[a * cols + c] / (sqrt(Rl[a] * Cl[c] / rmean / bc2) + eps);
+      }
+    }
+    if (t == 1 || t == STEPS) {
+      double md = 0, moved = 0; /* the largest error; the decay's own size, for scale */
+      for (int i = 0; i < NP; i++)
+        for (int64_t k = 0; k < m.t[i].numel; k++) {
+          md = fmax(md, fabs(p[i][k] - rp[i][k]) / fmax(1.0, fabs(rp[i][k])));
+          if (decays[i]) moved = fmax(moved, fabs(rp[i][k]) * lr_t * wd);
+        }
+      if (md > 2e-6)
+        fprintf(stderr, "weight decay, %s, step %d: off by %.3g\n",
+                kind == OPT_ADAM ? "adam" : "factored", t, md);
+      CHECK(md < 2e-6);
+      CHECK(moved > 100 * 2e-6);
+    }
+  }
+  for (int i = 0; i < NP; i++) {
+    mc_free(p[i]);
+    mc_free(g[i]);
+    mc_free(rp[i]);
+    mc_free(rm[i]);
+    mc_free(rv[i]);
+  }
   rt_optim_free(o);
 }
 
@@ -566,6 +682,8 @@ int main(void) {
   test_clip();
   test_f64();
   test_factored();
+  test_weight_decay(OPT_ADAM);
+  test_weight_decay(OPT_FACTORED);
   test_state_roundtrip(OPT_ADAM);
   test_state_roundtrip(OPT_FACTORED);
   test_init();

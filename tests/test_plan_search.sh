@@ -27,6 +27,22 @@ rows | awk '{ if (NR > 1 && $6 + 0 < prev) bad = 1; prev = $6 + 0 } END { exit b
 grep -q '^  strategy = ' "$W/win.moe" && grep -q '^  devices = 8' "$W/win.moe" || fail "plan block"
 cat "$EX/lm_moe256h.moe" "$W/win.moe" >"$W/m.moe"
 "$MOEC" run "$W/m.moe" --steps 2 --no-eval --quiet >/dev/null || fail "the winner does not run"
+# the top candidates side by side: 3 without --top, one cluster each, titled with rank,
+# strategy, policy, mesh, recompute, step time and memory; the table's order; the table
+# still printed with -o FILE; json refused
+"$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 --format dot >"$W/s.gv" || fail "search dot"
+[ "$(grep -c '^  subgraph cluster_c[0-9]* {' "$W/s.gv")" = 3 ] || fail "3 candidates drawn"
+"$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 >"$W/s.txt"
+for r in 1 2 3; do
+  want=$(grep -E "^ +$r  " "$W/s.txt" | awk '{ printf "#%s  %s, experts %s, mesh %s, recompute %s\\n%s ms", $1, $2, $3, $4, $5, $6 }')
+  grep -qF "label=\"$want a step" "$W/s.gv" || fail "candidate $r: no cluster titled '$want'"
+done
+grep -q ' MiB a device' "$W/s.gv" || fail "memory in the title"
+"$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 --top 2 --format svg -o "$W/s.svg" >"$W/s2.txt" ||
+  fail "search svg"
+grep -q '<svg' "$W/s.svg" && [ "$(grep -cE '^ +[0-9]+  ' "$W/s2.txt")" = 2 ] || fail "svg and the table"
+if "$MOEC" plan "$EX/lm_moe32.moe" --search --format json 2>"$W/err"; then fail "search json"; fi
+grep -q 'not json' "$W/err" || fail "search json message"
 # --top and a budget nothing fits
 "$MOEC" plan "$EX/lm_moe32.moe" --search --devices 2 --top 2 >"$W/top" || fail "top"
 [ "$(grep -cE '^ +[0-9]+  ' "$W/top")" = 2 ] || fail "--top 2"

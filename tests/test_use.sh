@@ -2,7 +2,7 @@
 # test_use.sh: using a trained model and watching training, end to end (moec binary).
 #
 #   usage: test_use.sh MOEC SRC CASE
-#   CASE: schedule | accumulate | interrupt | max_time | sample_score | plot | trace | tokenize
+#   CASE: schedule | accumulate | interrupt | interrupt_mpi | max_time | sample_score | plot | trace | tokenize
 #
 #   schedule     : the lr of every step in the metrics equals the schedule's formula
 #                  (warm-up, hold, rsqrt / cosine / linear / none, min_lr); sema's errors
@@ -14,6 +14,8 @@
 #   max_time     : --max-time ends a long run as a normal end (final evaluation, checkpoint
 #                  of the last step) on 1 and 2 devices and 2 MPI ranks, and a translation
 #                  model's; durations (90s, 10m, 1h30m) and bad ones
+#   interrupt_mpi: the same under `mpirun -np 2`, SIGINT sent to mpirun (as Ctrl-C is): each
+#                  rank exits 143, one complete checkpoint, resumed == uninterrupted
 #   sample_score : moec sample is deterministic per seed, greedy at temperature 0; moec
 #                  score of one line works; score's test perplexity == eval --batch 1's
 #   plot         : moec plot draws a PNG and an SVG from a metrics file
@@ -204,6 +206,66 @@ print(json.loads(f.read(n))['__metadata__']['train.step'])" 2>/dev/null)
     { fail "--save-every: step '$s'"; cat e.err; }
   "$MOEC" run moe.moe --steps $((s + 2)) --load e.safetensors --no-eval --quiet >/dev/null 2>e.err &&
     pass "--save-every: it resumes" || { fail "--save-every: resume"; cat e.err; }
+  ;;
+interrupt_mpi)
+  # `mpirun -np 2 moec run` stopped as a Ctrl-C stops it: SIGINT to mpirun. OpenMPI 4.1's
+  # mpirun does not pass SIGINT on: it sends its ranks SIGCONT, SIGTERM a second later
+  # and SIGKILL a second after that (odls_base_sigkill_timeout, 1 s); the ranks are in
+  # process groups of their own, so the terminal's SIGINT never reaches them.
+  command -v mpirun >/dev/null 2>&1 || { echo "SKIP: mpirun not found"; exit 77; }
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  # each rank's exit status: a shell ignoring the signals around it (moec installs its own
+  # handlers over the inherited SIG_IGN) writes it down
+  printf '%s\n' "trap '' INT TERM" '"$@"' 'echo $? >"rank$OMPI_COMM_WORLD_RANK.rc"' >rank.sh
+  mpirun -np 2 sh rank.sh "$MOEC" run moe.moe --steps 1000000 --save i.safetensors \
+    --metrics i.jsonl --quiet >i.out 2>i.err &
+  pid=$!
+  n=0 # until steps are being written (the handlers are installed by then) and 0.5 s more
+  while [ ! -s i.jsonl ] && [ $n -lt 600 ] && kill -0 $pid 2>/dev/null; do
+    sleep 0.1; n=$((n + 1))
+  done
+  sleep 0.5
+  kill -INT $pid
+  t=0 # mpirun's own sequence takes 2 s; 60 s at most
+  while kill -0 $pid 2>/dev/null && [ $t -lt 300 ]; do sleep 0.2; t=$((t + 1)); done
+  if kill -0 $pid 2>/dev/null; then
+    kill -KILL $pid; fail "SIGINT to mpirun did not stop the job"; cat i.out i.err; exit 1
+  fi
+  wait $pid
+  rc=$?
+  [ $rc -ne 0 ] && pass "mpirun: exit $rc" || fail "mpirun: exit 0 after SIGINT"
+  # mpirun SIGKILLs what is left as soon as one rank exits, so not every wrapper may live
+  # to write its status: those written are 143, and there is one at least
+  st=$(cat rank*.rc 2>/dev/null | sort -u | tr '\n' ' ')
+  [ "$st" = "143 " ] && pass "the ranks stopped on SIGTERM and exited 143" ||
+    { fail "rank exit statuses '$st' (want 143)"; cat i.err; }
+  [ "$(grep -c 'interrupted (SIGTERM; mpirun relays a Ctrl-C' i.err)" = 1 ] &&
+    [ "$(grep -c 'checkpoint saved to i.safetensors' i.err)" = 1 ] &&
+    grep -q '^resume with: mpirun -np 2 moec run moe.moe .*--load i.safetensors' i.err &&
+    pass "one message: the signal as mpirun relays it, the checkpoint, how to resume" ||
+    { fail "the interrupt message"; cat i.err; }
+  s=$(steps i.jsonl | tail -1 | sed 's/.*"step":\([0-9]*\).*/\1/')
+  # the checkpoint: complete (size = header + the last tensor's end), at the last step
+  # the metrics hold, no temporary file left beside it
+  c=$(python3 -c "
+import json, os, struct
+f = open('i.safetensors', 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n))
+end = max(v['data_offsets'][1] for k, v in h.items() if k != '__metadata__')
+assert os.path.getsize('i.safetensors') == 8 + n + end, 'torn'
+print(h['__metadata__']['train.step'])" 2>&1)
+  [ "$c" = "${s:-x}" ] && [ -z "$(ls i.safetensors.tmp* 2>/dev/null)" ] &&
+    pass "checkpoint complete at step $s, the metrics' last" ||
+    { fail "checkpoint: '$c', metrics' last step '$s'"; ls -la; exit 1; }
+  e=$((s + 10))
+  timeout 120 mpirun -np 2 "$MOEC" run moe.moe --steps $e --load i.safetensors --metrics i.jsonl \
+    --quiet >/dev/null 2>r.err || { fail "resume on 2 ranks failed"; cat r.err; }
+  timeout 120 mpirun -np 2 "$MOEC" run moe.moe --steps $e --metrics u.jsonl --quiet >/dev/null \
+    2>u.err || { fail "uninterrupted run on 2 ranks failed"; cat u.err; }
+  steps i.jsonl >a.txt
+  steps u.jsonl >b.txt
+  [ "$(wc -l <a.txt)" -eq $e ] && cmp -s a.txt b.txt &&
+    pass "2 MPI ranks: steps 1..$e once each, resumed == uninterrupted (bit for bit)" ||
+    { fail "resumed metrics differ ($(wc -l <a.txt) lines for $e steps)"; diff a.txt b.txt | head; }
   ;;
 sample_score)
   python3 - <<'EOF'
