@@ -353,6 +353,15 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
     fd.target_in = ir_input_role(g, IN_TARGET);
     fd.vocab = g->logits ? (int)g->logits->ty.dim[1].c : 0;
   }
+  for (int k = 0; ok && t->be != &rt_backend_cpu && k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_LSTM && n->nin == 5) { /* the cuda LSTM kernels have no projection */
+      fe_error(&d, n->loc,
+               "lstm '%s' has proj=, which the cuda backend does not run yet (use --backend cpu)",
+               n->layer ? n->layer : "?");
+      ok = false;
+    }
+  }
   RowSel *rows = ok ? param_rows(g) : NULL;
   if (!ok || !check_memory(g, cfg, o, t, rows)) {
     rows_free(g, rows);

@@ -714,13 +714,8 @@ static Val layer_type(Sema *S, Expr *e, const Val *tv) {
                "batch holds new sentences): drop carry=true");
       return verr;
     }
-    if (av[LA_PROJ] >= 1) { /* LSTMP: Sak et al. 2014, the paper's MoE-143M */
-      fe_error(S->d, arg_loc(e, &fe_layers[L_LSTM], LA_PROJ),
-               "lstm(proj=) (an output projection fed back into the recurrence) is not "
-               "built yet");
-      return verr;
-    }
-    out.dim[2] = dim_int((int64_t)av[LA_UNITS]);
+    /* LSTMP (Sak et al. 2014): the output is the projection, [B, T, proj] */
+    out.dim[2] = dim_int((int64_t)(av[LA_PROJ] >= 1 ? av[LA_PROJ] : av[LA_UNITS]));
     return tensor_val(e, out, false);
   case L_DENSE:
     if (!need_f32(S, e, x, t) || !input_width(S, e, x, t)) return verr;

@@ -200,29 +200,33 @@ static Tensor *build_embedding(Graph *g, const char *name, Tensor *ids, int64_t 
   return node1(g, OP_EMBEDDING, ids, w, NULL, NULL);
 }
 
-/* x[B, T, in] -> H[B, T, U]; state NAME.h, NAME.c [B, U] carried across steps, or (!carry)
- * zero at the start of every batch: states without a pair, never written */
-static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, bool carry,
-                          Loc loc) {
+/* x[B, T, in] -> H[B, T, R]; state NAME.h [B, R], NAME.c [B, U] carried across steps, or
+ * (!carry) zero at the start of every batch: states without a pair, never written. With
+ * proj = P > 0 an LSTMP: NAME.weight_hr [P, U] projects o*tanh(c) to h, R = P; else R = U */
+static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, int64_t proj,
+                          bool carry, Loc loc) {
   MOEC_ASSERT(x->ty.rank == 3);
   Dim bdim = x->ty.dim[0], in = x->ty.dim[2], u = dim_int(units), u4 = dim_int(4 * units);
+  Dim r = proj > 0 ? dim_int(proj) : u;
   double s = 1.0 / sqrt((double)units);
-  Dim ihd[2] = {u4, in}, hhd[2] = {u4, u}, bd[1] = {u4}, sd[2] = {bdim, u};
+  Dim ihd[2] = {u4, in}, hhd[2] = {u4, r}, bd[1] = {u4}, hd[2] = {bdim, r}, sd[2] = {bdim, u};
   Tensor *w_ih = param(g, name, "weight_ih", 2, ihd, INIT_UNIFORM, s, loc);
   Tensor *w_hh = param(g, name, "weight_hh", 2, hhd, INIT_UNIFORM, s, loc);
   Tensor *bias = param(g, name, "bias", 1, bd, INIT_ZERO, 0, loc);
+  Dim pd[2] = {r, u};
+  Tensor *w_hr = proj > 0 ? param(g, name, "weight_hr", 2, pd, INIT_UNIFORM, s, loc) : NULL;
   char hn[256], cn[256];
   snprintf(hn, sizeof hn, "%s.h", name);
   snprintf(cn, sizeof cn, "%s.c", name);
-  Tensor *h0 = ir_state(g, hn, ir_type(DT_F32, 2, sd), loc); // [B, U]
+  Tensor *h0 = ir_state(g, hn, ir_type(DT_F32, 2, hd), loc); // [B, R]
   Tensor *c0 = ir_state(g, cn, ir_type(DT_F32, 2, sd), loc); // [B, U]
   int64_t tb[IR_MAX_ATTR] = {0, 1};
   Tensor *xw = node1(g, OP_MATMUL, x, w_ih, tb, NULL); // [B, T, 4U]
   name_sub(g, xw, name, "xw");
   Tensor *xproj = node1(g, OP_BIAS_ADD, xw, bias, NULL, NULL); // [B, T, 4U]
   name_sub(g, xproj, name, "xproj");
-  Tensor *in4[4] = {xproj, w_hh, h0, c0};
-  Node *n = ir_node(g, OP_LSTM, 4, in4, NULL, NULL);
+  Tensor *in5[5] = {xproj, w_hh, h0, c0, w_hr};
+  Node *n = ir_node(g, OP_LSTM, w_hr ? 5 : 4, in5, NULL, NULL);
   static const char *const outs[] = {NULL, "C", "G", "hT", "cT"};
   for (int j = 1; j < 5; j++)
     name_sub(g, n->out[j], name, outs[j]);
@@ -230,7 +234,7 @@ static Tensor *build_lstm(Graph *g, const char *name, Tensor *x, int64_t units, 
     ir_add_state(g, h0, n->out[3]);
     ir_add_state(g, c0, n->out[4]);
   }
-  return n->out[0]; // H [B, T, U]
+  return n->out[0]; // H [B, T, R]
 }
 
 static Tensor *build_dropout(Graph *g, const char *name, Tensor *x, double p) {
@@ -463,9 +467,8 @@ static Tensor *build_call(Builder *b, Expr *e, const char *stmt_name) {
     y = build_embedding(g, name, x, (int64_t)av[LA_VOCAB], (int64_t)av[LA_DIM], e->loc);
     break;
   case L_LSTM: /* a decoder step carries every LSTM's state to the next step */
-    MOEC_ASSERT(av[LA_PROJ] < 1); /* refused by sema */
-    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_CARRY] != 0 || b->part == BUILD_DECODER,
-                   e->loc);
+    y = build_lstm(g, name, x, (int64_t)av[LA_UNITS], av[LA_PROJ] >= 1 ? (int64_t)av[LA_PROJ] : 0,
+                   av[LA_CARRY] != 0 || b->part == BUILD_DECODER, e->loc);
     break;
   case L_DENSE:
     y = build_dense(g, name, x, (int64_t)av[LA_UNITS], (int)av[LA_ACT], e->loc);

@@ -165,9 +165,11 @@ void grad_lstm(Graph *g, Node *n, Tensor *const *gout, Tensor **gin) {
     mc_fatal("lstm '%s': gradients through its C or G outputs are not supported",
              n->layer ? n->layer : "?");
   if (!gout[0]) return;
-  Tensor *in[7] = {gout[0], n->in[1], n->in[2], n->in[3], n->out[0], n->out[1], n->out[2]};
-  Node *b = ir_node(g, OP_LSTM_BWD, 7, in, NULL, NULL);
-  for (int i = 0; i < 4; i++)
+  bool proj = n->nin == 5; /* W_p: lstmp_bwd also gives dW_p */
+  Tensor *in[8] = {gout[0],   n->in[1],  n->in[2],  n->in[3],
+                   n->out[0], n->out[1], n->out[2], proj ? n->in[4] : NULL};
+  Node *b = ir_node(g, proj ? OP_LSTMP_BWD : OP_LSTM_BWD, proj ? 8 : 7, in, NULL, NULL);
+  for (int i = 0; i < n->nin; i++)
     gin[i] = b->out[i];
 }
 

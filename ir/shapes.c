@@ -257,63 +257,65 @@ const char *shape_embedding_bwd(Graph *g, Node *n) {
 
 /* ---------------------------------------------------------------- lstm */
 
-/* Checks (xproj[B,T,4U], W_hh[4U,U], h0[B,U], c0[B,U]) in inputs 0..3; sets *bt, *u. */
-static const char *check_lstm_core(Graph *g, Node *n, Dim *b, Dim *t, Dim *u) {
-  for (int i = 0; i < 4; i++)
+/* (xproj[B,T,4U], W_hh[4U,R], h0[B,R], c0[B,U] [, W_p[R,U]]) -> H[B,T,R], C[B,T,U],
+ * G[B,T,4U], hT[B,R], cT[B,U]; R = U without W_p */
+const char *shape_lstm(Graph *g, Node *n) {
+  if (n->nin != 4 && n->nin != 5) return "lstm takes 4 inputs, or 5 with a projection";
+  for (int i = 0; i < n->nin; i++)
     TRY(need_f32(g, n, i));
   TRY(need_rank(g, n, 0, 3));
-  TRY(need_rank(g, n, 1, 2));
-  TRY(need_rank(g, n, 2, 2));
-  TRY(need_rank(g, n, 3, 2));
+  for (int i = 1; i < n->nin; i++)
+    TRY(need_rank(g, n, i, 2));
   const Type *xp = &n->in[0]->ty, *w = &n->in[1]->ty;
-  *u = w->dim[1];
-  *b = xp->dim[0];
-  *t = xp->dim[1];
-  Dim u4 = dim_mul(dim_int(4), *u);
-  if (!dim_eq(w->dim[0], u4)) return mismatch(g, n, 1, 1, "W_hh must be [4U, U]");
+  Dim b = xp->dim[0], t = xp->dim[1], r = w->dim[1];
+  Dim u = n->nin == 5 ? n->in[4]->ty.dim[1] : r, u4 = dim_mul(dim_int(4), u);
+  if (n->nin == 5 && !dim_eq(n->in[4]->ty.dim[0], r))
+    return mismatch(g, n, 4, 1, "W_p must be [R, U] for W_hh [4U, R]");
+  if (!dim_eq(w->dim[0], u4)) return mismatch(g, n, 1, 1, "W_hh must be [4U, R]");
   if (!dim_eq(xp->dim[2], u4)) return mismatch(g, n, 0, 1, "xproj width must be 4U of W_hh");
-  for (int i = 2; i < 4; i++) {
-    const Type *s = &n->in[i]->ty;
-    if (!dim_eq(s->dim[0], *b) || !dim_eq(s->dim[1], *u))
-      return mismatch(g, n, i, 0, "state must be [B, U]");
-  }
-  return NULL;
-}
-
-/* (xproj[B,T,4U], W_hh[4U,U], h0[B,U], c0[B,U]) -> H[B,T,U], C[B,T,U], G[B,T,4U], hT, cT[B,U] */
-const char *shape_lstm(Graph *g, Node *n) {
-  Dim b, t, u;
-  TRY(check_lstm_core(g, n, &b, &t, &u));
-  Dim btu[3] = {b, t, u}, bt4u[3] = {b, t, dim_mul(dim_int(4), u)}, bu[2] = {b, u};
-  n->out[0]->ty = f32_type(3, btu);
+  const Type *h0 = &n->in[2]->ty, *c0 = &n->in[3]->ty;
+  if (!dim_eq(h0->dim[0], b) || !dim_eq(h0->dim[1], r))
+    return mismatch(g, n, 2, 0, "h0 must be [B, R]");
+  if (!dim_eq(c0->dim[0], b) || !dim_eq(c0->dim[1], u))
+    return mismatch(g, n, 3, 0, "c0 must be [B, U]");
+  Dim btr[3] = {b, t, r}, btu[3] = {b, t, u}, bt4u[3] = {b, t, u4}, br[2] = {b, r}, bu[2] = {b, u};
+  n->out[0]->ty = f32_type(3, btr);
   n->out[1]->ty = f32_type(3, btu);
   n->out[2]->ty = f32_type(3, bt4u);
-  n->out[3]->ty = f32_type(2, bu);
+  n->out[3]->ty = f32_type(2, br);
   n->out[4]->ty = f32_type(2, bu);
   return NULL;
 }
 
-/* (gH[B,T,U], W_hh, h0, c0, H, C, G) -> dxproj[B,T,4U], dW_hh[4U,U], dh0[B,U], dc0[B,U] */
+/* (gH[B,T,R], W_hh[4U,R], h0[B,R], c0[B,U], H[B,T,R], C[B,T,U], G[B,T,4U] [, W_p[R,U]])
+ *   -> dxproj[B,T,4U], dW_hh[4U,R], dh0[B,R], dc0[B,U] [, dW_p[R,U]]; R = U without W_p */
 const char *shape_lstm_bwd(Graph *g, Node *n) {
-  for (int i = 0; i < 7; i++)
+  for (int i = 0; i < n->nin; i++)
     TRY(need_f32(g, n, i));
   const Type *gh = &n->in[0]->ty, *w = &n->in[1]->ty;
   TRY(need_rank(g, n, 0, 3));
   TRY(need_rank(g, n, 1, 2));
-  Dim b = gh->dim[0], t = gh->dim[1], u = w->dim[1], u4 = dim_mul(dim_int(4), u);
-  if (!dim_eq(gh->dim[2], u) || !dim_eq(w->dim[0], u4))
-    return mismatch(g, n, 0, 1, "gH must be [B, T, U] for W_hh [4U, U]");
-  Dim btu[3] = {b, t, u}, bt4u[3] = {b, t, u4}, bu[2] = {b, u}, wd[2] = {u4, u};
-  Type tbu = f32_type(2, bu), tbtu = f32_type(3, btu), tbt4u = f32_type(3, bt4u);
-  if (!type_eq(&n->in[2]->ty, &tbu) || !type_eq(&n->in[3]->ty, &tbu))
-    return mismatch(g, n, 2, 3, "h0 and c0 must be [B, U]");
-  if (!type_eq(&n->in[4]->ty, &tbtu) || !type_eq(&n->in[5]->ty, &tbtu))
-    return mismatch(g, n, 4, 5, "H and C must be [B, T, U]");
+  bool proj = n->nin == 8;
+  if (proj) TRY(need_rank(g, n, 7, 2));
+  Dim b = gh->dim[0], t = gh->dim[1], r = w->dim[1];
+  Dim u = proj ? n->in[7]->ty.dim[1] : r, u4 = dim_mul(dim_int(4), u);
+  if (!dim_eq(gh->dim[2], r) || !dim_eq(w->dim[0], u4))
+    return mismatch(g, n, 0, 1, "gH must be [B, T, R] for W_hh [4U, R]");
+  Dim btr[3] = {b, t, r}, btu[3] = {b, t, u}, bt4u[3] = {b, t, u4}, br[2] = {b, r}, bu[2] = {b, u},
+      wd[2] = {u4, r}, pd[2] = {r, u};
+  Type tbr = f32_type(2, br), tbu = f32_type(2, bu), tbtr = f32_type(3, btr),
+       tbtu = f32_type(3, btu), tbt4u = f32_type(3, bt4u), tp = f32_type(2, pd);
+  if (!type_eq(&n->in[2]->ty, &tbr) || !type_eq(&n->in[3]->ty, &tbu))
+    return mismatch(g, n, 2, 3, "h0 must be [B, R] and c0 [B, U]");
+  if (!type_eq(&n->in[4]->ty, &tbtr) || !type_eq(&n->in[5]->ty, &tbtu))
+    return mismatch(g, n, 4, 5, "H must be [B, T, R] and C [B, T, U]");
   if (!type_eq(&n->in[6]->ty, &tbt4u)) return mismatch(g, n, 6, 0, "G must be [B, T, 4U]");
+  if (proj && !type_eq(&n->in[7]->ty, &tp)) return mismatch(g, n, 7, 1, "W_p must be [R, U]");
   n->out[0]->ty = tbt4u;
   n->out[1]->ty = f32_type(2, wd);
-  n->out[2]->ty = tbu;
+  n->out[2]->ty = tbr;
   n->out[3]->ty = tbu;
+  if (proj) n->out[4]->ty = tp;
   return NULL;
 }
 

@@ -61,13 +61,14 @@ double plan_node_flops(const Node *n) {
     return 2.0 * numel(n->out[0]) * (double)a->shape[a->ty.rank - 1];
   case OP_GROUPED_MATMUL_DW: /* xs[R,K], g[R,M] */
     return 2.0 * numel(a) * (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
-  case OP_LSTM: { /* h[B,U] . W_hh^T per step, plus the cell's elementwise work */
-    double U = (double)n->in[1]->shape[1], BT = rows(n->out[0]);
-    return 2.0 * BT * 4 * U * U + 10.0 * BT * U;
+  case OP_LSTM: { /* h[B,R] . W_hh^T per step, the cell's elementwise work, m . W_p^T */
+    double R = (double)n->in[1]->shape[1], U = (double)n->out[1]->shape[2], BT = rows(n->out[0]);
+    return 2.0 * BT * 4 * U * R + 10.0 * BT * U + (n->nin == 5 ? 2.0 * BT * R * U : 0);
   }
-  case OP_LSTM_BWD: { /* dh . W_hh and dW_hh += g^T h */
-    double U = (double)n->in[1]->shape[1], BT = rows(n->in[0]);
-    return 4.0 * BT * 4 * U * U + 20.0 * BT * U;
+  case OP_LSTM_BWD: /* dh . W_hh and dW_hh += g^T h (with W_p: dm and dW_p too) */
+  case OP_LSTMP_BWD: {
+    double R = (double)n->in[1]->shape[1], U = (double)n->in[5]->shape[2], BT = rows(n->in[0]);
+    return 4.0 * BT * 4 * U * R + 20.0 * BT * U + (n->nin == 8 ? 4.0 * BT * R * U : 0);
   }
   case OP_XENT:
   case OP_SOFTMAX:
@@ -308,15 +309,20 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
       break;
     }
     case OP_LSTM:
-    case OP_LSTM_BWD: { /* T steps of [B, U] x [U, 4U] (backward: dh and dW) */
-      double U = (double)n->in[1]->shape[1], T = g->T > 0 ? (double)g->T : 1;
-      double Bd = (n->op == OP_LSTM ? rows(n->out[0]) : rows(n->in[0])) / T * s;
-      if (n->op == OP_LSTM)
-        x = T * (launch + plan_gemm_s(k, Bd, 4 * U, U)) +
-            elem_s(k, 8 * Bd * T * U, 10 * Bd * T * U);
+    case OP_LSTM_BWD:
+    case OP_LSTMP_BWD: { /* T steps of [B, R] x [R, 4U] (backward: dh, dW), W_p: [B, U] x [U, R] */
+      bool fwd = n->op == OP_LSTM, proj = n->nin == (fwd ? 5 : 8);
+      double R = (double)n->in[1]->shape[1], T = g->T > 0 ? (double)g->T : 1;
+      double U = (double)(fwd ? n->out[1] : n->in[5])->shape[2];
+      double Bd = (fwd ? rows(n->out[0]) : rows(n->in[0])) / T * s;
+      if (fwd)
+        x = T * (launch + plan_gemm_s(k, Bd, 4 * U, R)) +
+            elem_s(k, 8 * Bd * T * U, 10 * Bd * T * U) +
+            (proj ? T * (launch + plan_gemm_s(k, Bd, R, U)) : 0);
       else
-        x = T * (2 * launch + plan_gemm_s(k, Bd, U, 4 * U) + plan_gemm_s(k, 4 * U, U, Bd)) +
-            elem_s(k, 16 * Bd * T * U, 20 * Bd * T * U);
+        x = T * (2 * launch + plan_gemm_s(k, Bd, R, 4 * U) + plan_gemm_s(k, 4 * U, R, Bd)) +
+            elem_s(k, 16 * Bd * T * U, 20 * Bd * T * U) +
+            (proj ? T * (launch + plan_gemm_s(k, Bd, U, R)) + plan_gemm_s(k, R, U, Bd * T) : 0);
       break;
     }
     case OP_SAMPLED_XENT: { /* x[N, D] against S+1 rows of W */

@@ -66,10 +66,16 @@ double pass_node_flops(const Node *n, int64_t B, int64_t T) {
     return 2.0 * (double)numel_at(n->out[0], B, T) * (double)last_dim(n->in[0], B, T);
   case OP_GROUPED_MATMUL_DW:
     return 2.0 * (double)numel_at(n->in[0], B, T) * (double)last_dim(n->in[1], B, T);
-  case OP_LSTM: /* h.W_hh per step, then the gates */
-    return (2.0 * (double)last_dim(n->in[1], B, T) + 10.0) * (double)numel_at(n->out[2], B, T);
+  case OP_LSTM: /* h.W_hh per step, then the gates (and with W_p, m.W_p^T) */
+    return (2.0 * (double)last_dim(n->in[1], B, T) + 10.0) * (double)numel_at(n->out[2], B, T) +
+           (n->nin == 5
+                ? 2.0 * (double)numel_at(n->out[0], B, T) * (double)last_dim(n->out[1], B, T)
+                : 0);
   case OP_LSTM_BWD:
-    return (4.0 * (double)last_dim(n->in[1], B, T) + 20.0) * (double)numel_at(n->in[6], B, T);
+  case OP_LSTMP_BWD:
+    return (4.0 * (double)last_dim(n->in[1], B, T) + 20.0) * (double)numel_at(n->in[6], B, T) +
+           (n->nin == 8 ? 4.0 * (double)numel_at(n->in[0], B, T) * (double)last_dim(n->in[5], B, T)
+                        : 0);
   case OP_SOFTMAX:
   case OP_SOFTMAX_BWD:
   case OP_XENT:

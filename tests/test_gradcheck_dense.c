@@ -230,6 +230,19 @@ static void test_lstm(void) {
   ir_add_state(g, h0, n->out[3]);
   ir_add_state(g, c0, n->out[4]);
   check1(g, n->out[0], &o);
+
+  /* LSTMP: a projection W_p[P,U] (P != U both ways) fed back; every input a param */
+  for (int P = 2; P <= 4; P += 2) {
+    g = ir_graph_new(P == 2 ? "lstmp_narrow" : "lstmp_wide");
+    xp = param(g, "xproj", ty(3, B_, T_, I_(4 * U)));
+    whh = param(g, "W_hh", ty(2, I_(4 * U), I_(P), I_(0)));
+    h0 = param(g, "h0", ty(2, B_, I_(P), I_(0)));
+    c0 = param(g, "c0", ty(2, B_, I_(U), I_(0)));
+    Tensor *wp = param(g, "W_p", ty(2, I_(P), I_(U), I_(0)));
+    Tensor *in5[5] = {xp, whh, h0, c0, wp};
+    n = ir_node(g, OP_LSTM, 5, in5, NULL, NULL);
+    check1(g, n->out[0], &o);
+  }
 }
 
 /* ---------------------------------------------------------------- cross-entropy */

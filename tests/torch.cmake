@@ -5,14 +5,16 @@
 # hierarchical MoE, the sampled softmax with appendix C's MoE (no expert biases, a
 # sigmoid on its output; `moec grad` writes the samples it drew), and a translation
 # model (padding, attention, batchwise and noisy top-k MoE layers in encoder and
-# decoder). Skipped (exit 77) when the python has no torch (Debian: python3-torch) or
-# when `moec grad` says it is not available yet.
+# decoder), and LSTMP layers (lstm with proj=, against nn.LSTM(proj_size=)). Skipped
+# (exit 77) when the python has no torch (Debian: python3-torch) or when `moec grad`
+# says it is not available yet.
 # torch_ref_f64_*: the same with `moec grad --f64`, both in double precision (1e-9).
 # torch_ref_self_*: a float32 PyTorch run stands in for moec: checks the script
 # itself and that a float32 implementation meets the tolerances.
 set(MOEC_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python with torch and numpy for the PyTorch reference tests (Debian's python3-torch)")
-foreach(case torch_ref torch_ref_dense torch_ref_hmoe torch_ref_sampled torch_ref_nmt)
+foreach(case torch_ref torch_ref_dense torch_ref_hmoe torch_ref_sampled torch_ref_nmt
+             torch_ref_lstmp)
   set(moe ${CMAKE_CURRENT_SOURCE_DIR}/${case}.moe)
   string(REPLACE "torch_ref" "torch_ref_self" self ${case})
   string(REPLACE "torch_ref" "torch_ref_f64" f64 ${case})

@@ -644,13 +644,16 @@ class RefModel(nn.Module):
             return D
         if layer == "lstm":
             U = self.arg(kw, apos, 0, "units")
-            m = nn.LSTM(d_in, U, batch_first=True)
+            P = self.arg(kw, apos, 2, "proj", 0)  # LSTMP: h = W_hr (o * tanh(c))
+            m = nn.LSTM(d_in, U, batch_first=True, proj_size=P)
             m.bias_hh_l0.requires_grad_(False)
             self.layers[key] = m
             self.names[f"{name}.weight_ih"] = (key, "weight_ih_l0")
             self.names[f"{name}.weight_hh"] = (key, "weight_hh_l0")
             self.names[f"{name}.bias"] = (key, "bias_ih_l0")
-            return U
+            if P:
+                self.names[f"{name}.weight_hr"] = (key, "weight_hr_l0")
+            return P or U
         if layer == "dense":
             U = self.arg(kw, apos, 0, "units")
             act = self.arg(kw, apos, 1, "act", "none")

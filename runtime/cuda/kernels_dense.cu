@@ -317,6 +317,7 @@ __global__ void lstm_step_kernel(T *G, T *H, T *C, const T *c_prev,
 
 template <typename T>
 static void k_lstm(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {
+  MOEC_ASSERT(n->nin == 4); /* proj= (LSTMP) is refused at compile on cuda */
   RtCudaDev *d = rt_cuda_of(ctx);
   const T *xproj = IN(0, T), *Whh = IN(1, T), *h0 = IN(2, T), *c0 = IN(3, T);
   T *H = OUT(0, T), *C = OUT(1, T), *G = OUT(2, T), *hT = OUT(3, T), *cT = OUT(4, T);
