@@ -2,7 +2,8 @@
 # paper_k40.sh: `moec simulate` of every examples/paper/ file on the paper's K40 cluster
 # (16 K40s for Table 7; 32, 64 and 128 for Table 8) beside the TFLOPS/GPU the paper
 # measured (Shazeer et al. 2017, Tables 7 and 8), and the pattern it shows:
-#   - Table 7: MoE-4 the lowest of the MoE rows (its experts busy 4 of 16 GPUs);
+#   - Table 7: MoE-4 the lowest of the MoE rows (its experts busy 4 of 16 GPUs), MoE-143M
+#     (the most ops per timestep) the highest row;
 #   - Table 8: TFLOPS/GPU falls from MoE-4096-h to MoE-131072-h, the lowest of the table
 #     (per-expert batches shrink as the experts grow at a fixed ~2.5M-word batch).
 # The paper's TFLOPS/GPU is the step's FLOPs / step time / GPUs: simulate's mean.
@@ -59,6 +60,9 @@ fails = []
 moe7 = {r: t for (r, tab), t in got.items() if tab == 7 and r.startswith("MoE-")}
 if ("MoE-4", 7) in got and min(moe7, key=moe7.get) != "MoE-4":
     fails.append("Table 7: MoE-4 is not the lowest MoE row")
+t7 = {r: t for (r, tab), t in got.items() if tab == 7}
+if ("MoE-143M", 7) in got and max(t7, key=t7.get) != "MoE-143M":
+    fails.append("Table 7: MoE-143M (the most ops per timestep) is not the highest row")
 decl = [got.get((r, 8)) for r in ("MoE-4096-h", "MoE-16384-h", "MoE-65536-h", "MoE-131072-h")]
 if None in decl or not all(a > b for a, b in zip(decl, decl[1:])):
     fails.append(f"Table 8: no decline from MoE-4096-h to MoE-131072-h: {decl}")
