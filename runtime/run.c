@@ -176,7 +176,9 @@ void rt_run_update(Run *r, double loss, int64_t s) {
   if (r->K == 1) rt_carry_state(r->p); /* accumulation carries each micro-batch's own */
 }
 
-int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps) {
+/* The message of a run stopped by a signal after `step` of `steps` (rank 0); returns its
+ * exit status. */
+static int interrupted(Run *r, int sig, int64_t step, int64_t steps) {
   if (r->rank == 0) {
     if (r->tty) fprintf(r->out, "\n");
     /* OpenMPI's mpirun turns a Ctrl-C into SIGTERM to every rank (docs/training.md) */
@@ -197,11 +199,27 @@ int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps) {
   return 128 + sig;
 }
 
-void rt_run_time_up(Run *r, int64_t step, int64_t steps) {
+/* The note of a run that train.max_time ended after `step` of `steps` (rank 0). */
+static void time_up(Run *r, int64_t step, int64_t steps) {
   if (r->rank != 0 || r->o.quiet) return;
   if (r->tty) fprintf(r->out, "\n");
   fprintf(r->out, "moec: max_time %gs reached after step %lld of %lld (%.1fs); final evaluation\n",
           r->cfg->max_time, (long long)step, (long long)steps, mc_now() - r->t_start);
+}
+
+int rt_run_end(Run *r, int stop, int64_t s, int64_t steps, RunTotals *tot) {
+  if (stop > 0) {
+    if (r->o.save) rt_ckpt_save(r, r->o.save, s);
+    if (r->metrics) fflush(r->metrics);
+    return interrupted(r, stop, s, steps);
+  }
+  if (stop == RT_STOP_TIME) {
+    time_up(r, s, steps);
+    tot->steps = s;
+  } else if (r->tty && tot->done) {
+    fprintf(r->out, "\n");
+  }
+  return 0;
 }
 
 void rt_tail_add(RtTail *t, double loss, double xent) {

@@ -70,11 +70,6 @@ double rt_run_step(Run *r, int64_t s, double *xent, double *aux, int *stop);
  * device's clock passed train.max_time since r->t_start, else 0; stop may be NULL).
  * Collective. */
 double rt_run_loss(Run *r, double xent, double *xent_out, double *aux_out, int *stop);
-/* The message of a run stopped by a signal after `step` of `steps` (rank 0); returns its
- * exit status, 128 + the signal as a shell's. */
-int rt_run_interrupted(Run *r, int sig, int64_t step, int64_t steps);
-/* The note of a run that train.max_time ended after `step` of `steps` (rank 0). */
-void rt_run_time_up(Run *r, int64_t step, int64_t steps);
 /* After step s: dies if the loss diverged; the learning rate of step s + 1 (schedule.c);
  * the optimizer (global gradient norm over the devices; the accumulated gradients with
  * accumulate = K); carried state. Collective. */
@@ -194,6 +189,11 @@ typedef struct RunTotals {
   double last_loss, tokens_per_s;
 } RunTotals;
 void rt_report_summary(Run *r, const RunTotals *t);
+/* The loop ended after step s of `steps` with `stop` (rt_run_loss's): a signal writes the
+ * checkpoint, says how to resume and returns 128 + the signal, as a shell's status;
+ * otherwise 0 (a spent max_time said, tot->steps = s) and the caller evaluates and saves
+ * as at the last step. */
+int rt_run_end(Run *r, int stop, int64_t s, int64_t steps, RunTotals *tot);
 /* The losses of a run's last RT_TAIL steps, whichever step ends it (train_loss in the
  * summary: their mean). */
 enum { RT_TAIL = 100 };

@@ -222,18 +222,8 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   }
   r.trace = NULL;
   if (o->trace && !traced && s > trace0) write_trace(&r, &trace, o->trace); /* a shorter run */
-  int rc = 0;
-  if (stop > 0) {
-    if (r.o.save) rt_ckpt_save(&r, r.o.save, s);
-    if (r.metrics) fflush(r.metrics);
-    rc = rt_run_interrupted(&r, stop, s, steps);
-  } else {
-    if (stop == RT_STOP_TIME) { /* the end of the run, at step s */
-      rt_run_time_up(&r, s, steps);
-      tot.steps = s;
-    } else if (r.tty && tot.done) {
-      fprintf(r.out, "\n");
-    }
+  int rc = rt_run_end(&r, stop, s, steps, &tot);
+  if (rc == 0) { /* the last step, or the one that spent max_time */
     tot.valid = r.o.no_eval ? NAN : evaluate(&r, SPLIT_VALID, tot.steps);
     tot.test = r.o.no_eval ? NAN : evaluate(&r, SPLIT_TEST, tot.steps);
     if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
