@@ -50,9 +50,16 @@ int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *
   return 0;
 }
 
-int cli_require_load(const Options *o, int rc, void (*usage)(FILE *out)) {
-  if (rc || o->load) return rc;
-  fprintf(stderr, "moec %s: error: --load CKPT is required\n", o->cmd);
-  usage(stderr);
-  return 2;
+AstFile *cli_load_trained(Options *o, Config *cfg, int *rc, void (*usage)(FILE *out)) {
+  if (!*rc && !o->load) {
+    fprintf(stderr, "moec %s: error: --load CKPT is required\n", o->cmd);
+    usage(stderr);
+    *rc = 2;
+  }
+  AstFile *f = *rc ? NULL : drv_load(o, cfg, rc);
+  if (!f) {
+    drv_options_free(o);
+    if (*rc < 0) *rc = 0; /* --help */
+  }
+  return f;
 }

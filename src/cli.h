@@ -52,9 +52,10 @@ int cli_eval_pairs(AstFile *f, const Config *cfg, const Options *o, Program *p,
  * printing an error (2) or the help (-1: exit 0). */
 int cli_parse(int argc, char **argv, Options *o, int which, OwnFlags own, void *ctx,
               void (*usage)(FILE *out));
-/* rc as cli_parse returned it, or 2 after printing that the command needs --load CKPT
- * (eval, score, sample, translate: they use a trained model). */
-int cli_require_load(const Options *o, int rc, void (*usage)(FILE *out));
+/* The model of a command that uses a trained model (eval, score, sample, translate), after
+ * cli_parse returned *rc: requires --load CKPT, loads o->path into cfg. NULL with o freed
+ * and *rc the exit status (2 without --load, 0 after --help). */
+AstFile *cli_load_trained(Options *o, Config *cfg, int *rc, void (*usage)(FILE *out));
 /* cmd_plan.c, shared with cmd_simulate.c: loads o->path, compiles its training step on
  * the plan's devices (the global graph, bound at the whole batch), and the cost of it
  * under constants k with every device's allocated memory from its own passes. NULL after

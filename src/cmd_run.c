@@ -240,17 +240,9 @@ int cmd_eval(int argc, char **argv) {
                     "and --f64 are not options of eval\n");
     rc = 2;
   }
-  rc = cli_require_load(&o, rc, eval_usage);
-  if (rc) {
-    drv_options_free(&o);
-    return rc < 0 ? 0 : rc;
-  }
   Config cfg;
-  AstFile *f = drv_load(&o, &cfg, &rc);
-  if (!f) {
-    drv_options_free(&o);
-    return rc;
-  }
+  AstFile *f = cli_load_trained(&o, &cfg, &rc, eval_usage);
+  if (!f) return rc;
   if (cli_is_translation(f)) {
     Program *p = NULL;
     if (b.batch || b.unroll) {

@@ -86,17 +86,13 @@ int cmd_sample(int argc, char **argv) {
                     "and --no-eval are not options of sample\n");
     rc = 2;
   }
-  rc = cli_require_load(&o, rc, usage);
-  if (rc) {
-    drv_options_free(&o);
-    return rc < 0 ? 0 : rc;
-  }
   Config cfg;
-  AstFile *f = drv_load(&o, &cfg, &rc);
-  Program *p = f ? drv_compile_forward(f, &cfg, &o, 1, 1) : NULL;
+  AstFile *f = cli_load_trained(&o, &cfg, &rc, usage);
+  if (!f) return rc;
+  Program *p = drv_compile_forward(f, &cfg, &o, 1, 1);
   if (!fl.seed_given) fl.s.seed = cfg.seed;
   fl.s.quiet = o.quiet;
-  if (f) rc = p ? rt_sample(p, o.load, &fl.s) : 1;
+  rc = p ? rt_sample(p, o.load, &fl.s) : 1;
   drv_program_free(p);
   fe_ast_free(f);
   drv_options_free(&o);

@@ -41,17 +41,9 @@ int cmd_score(int argc, char **argv) {
                     "--no-eval are not options of score\n");
     rc = 2;
   }
-  rc = cli_require_load(&o, rc, usage);
-  if (rc) {
-    drv_options_free(&o);
-    return rc < 0 ? 0 : rc;
-  }
   Config cfg;
-  AstFile *f = drv_load(&o, &cfg, &rc);
-  if (!f) {
-    drv_options_free(&o);
-    return rc;
-  }
+  AstFile *f = cli_load_trained(&o, &cfg, &rc, usage);
+  if (!f) return rc;
   Corpus *c = rt_eval_corpus(&cfg, drv_model_vocab(f), o.load, data);
   if (c->syn) {
     fprintf(stderr, "moec score: error: the synthetic corpus has no lines to score: give --data "

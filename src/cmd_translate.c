@@ -120,20 +120,16 @@ int cmd_translate(int argc, char **argv) {
                     "of translate\n");
     rc = 2;
   }
-  rc = cli_require_load(&o, rc, translate_usage);
-  if (rc) {
-    drv_options_free(&o);
-    return rc < 0 ? 0 : rc;
-  }
   Config cfg;
-  AstFile *f = drv_load(&o, &cfg, &rc);
-  if (f && !cli_is_translation(f)) {
+  AstFile *f = cli_load_trained(&o, &cfg, &rc, translate_usage);
+  if (!f) return rc;
+  if (!cli_is_translation(f)) {
     fprintf(stderr,
             "moec translate: error: model '%s' in %s is not a translation model (no input over "
             "the source length S): it has nothing to translate\n",
             f->model->name, o.path);
     rc = 1;
-  } else if (f) {
+  } else {
     DecodeOpts d;
     Program *enc = NULL, *dec = NULL;
     rc = decode_opts(&fl, &cfg, &d) && compile_decoder(f, &cfg, &o, &d, &enc, &dec)
