@@ -39,15 +39,7 @@ static double xent_scale(const KernelCtx *ctx, const Node *n) {
  * below as branches and does not vectorise) and the dynamic cost model (-O2's
  * very-cheap one skips loops of unknown length). Results are the same bits in every
  * clone: no FMA contraction (fp-contract=off), and no reassociation. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math", "vect-cost-model=dynamic", "fp-contract=off")
-#if defined(__x86_64__)
-#define VEC __attribute__((target_clones("avx2", "avx512f", "default")))
-#endif
-#endif
-#ifndef VEC
-#define VEC
-#endif
+#include "vec.h"
 
 #include "fastmath.h" /* rt_expf, rt_sigmoidf, rt_tanhf */
 

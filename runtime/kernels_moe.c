@@ -116,18 +116,8 @@ static int64_t moe_expert_of(const int32_t *off, int64_t E, int64_t r) {
   return lo;
 }
 
-/* The few-row expert kernel's loops are VEC functions, as kernels_dense.c's: compiled
- * for AVX2 and AVX-512 besides the baseline, picked at load time, the same bits in every
- * clone (no FMA contraction, no reassociation). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("fp-contract=off")
-#if defined(__x86_64__)
-#define VEC __attribute__((target_clones("avx2", "avx512f", "default")))
-#endif
-#endif
-#ifndef VEC
-#define VEC
-#endif
+/* The few-row expert kernel's loops are VEC functions (vec.h), as kernels_dense.c's. */
+#include "vec.h"
 
 /* ---------------------------------------------------------------- instances */
 

@@ -96,15 +96,7 @@ void rt_optim_free(Optim *o) {
  * are summed by the update tasks as they read the gradient: one pass over
  * parameters, gradients and moments. */
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math", "vect-cost-model=dynamic", "fp-contract=off")
-#if defined(__x86_64__)
-#define VEC __attribute__((target_clones("avx2", "avx512f", "default")))
-#endif
-#endif
-#ifndef VEC
-#define VEC
-#endif
+#include "vec.h"
 
 #define OPT_SPAN 16384 /* elements per task */
 #define OPT_COLS 256   /* columns per column-moment task */
