@@ -36,7 +36,7 @@ set_tests_properties(cuda_fused PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABEL
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
 
 # test_cuda_link.sh (no GPU needed): a probe linked with --no-as-needed does not need the
-# driver's stub libcuda.so; moec needs neither libcuda nor two CUDA runtimes, and calls NCCL.
+# link-only libcuda.so (the toolkit's lib64/stubs); moec needs neither libcuda nor two CUDA runtimes, and calls NCCL.
 if(MOEC_CUDA_ENABLED)
   add_executable(cuda_link_probe ${CMAKE_CURRENT_SOURCE_DIR}/gpu/cuda_link_probe.c)
   target_link_libraries(cuda_link_probe PRIVATE moeccore)

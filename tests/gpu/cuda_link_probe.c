@@ -1,7 +1,7 @@
 /* cuda_link_probe.c: a program linked against moeccore with --no-as-needed
  * (tests/gpu/test_cuda_link.sh): every library on its link line becomes a dependency,
- * so a stub libcuda.so there would make it need libcuda.so.1. It starts on a machine
- * without a driver and says whether the cuda backend can run (bench/gpu_quick.sh reads
+ * so the toolkit's link-only libcuda.so (lib64/stubs) there would make it need
+ * libcuda.so.1. It starts on a machine without a driver and says whether the cuda backend can run (bench/gpu_quick.sh reads
  * that line). */
 #include <stdio.h>
 

@@ -2,7 +2,7 @@
 # test_cuda_link.sh: how a CUDA build links (docs/cuda.md, "Building").
 #   usage: test_cuda_link.sh MOEC PROBE
 #   - PROBE (cuda_link_probe, linked with --no-as-needed: every library on the link
-#     line becomes NEEDED) does not need libcuda.so.1: the driver's stub is not on the
+#     line becomes NEEDED) does not need libcuda.so.1: the toolkit's link-only libcuda is not on the
 #     line, so the binaries start on machines without a driver
 #   - moec needs no libcuda either, nor libcudart twice (no static runtime beside the
 #     shared one)
