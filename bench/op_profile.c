@@ -29,7 +29,7 @@
 
 #include "codegen/codegen.h"
 #include "passes/passes.h"
-#include "runtime/train.h"
+#include "runtime/profile.h"
 
 typedef struct Acc {
   const char *layer; /* NULL: no layer (loss, gradient sums) */
@@ -151,64 +151,24 @@ int main(int argc, char **argv) {
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);
-  for (int i = 0; i < g->nparams; i++)
-    rt_init_param(g->params[i], cfg.seed, rt_f32(p, g->params[i]));
 
-  /* token inputs: ids below the smallest embedding / softmax vocabulary */
-  int64_t vocab = 1 << 30;
-  for (int k = 0; k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    if (n->op == OP_EMBEDDING) vocab = MC_MIN(vocab, n->in[1]->shape[0]);
-    if (n->op == OP_XENT) vocab = MC_MIN(vocab, n->in[0]->shape[n->in[0]->ty.rank - 1]);
-  }
-  uint64_t key = mc_rng_key(cfg.seed, 999, 0);
-  for (int i = 0; i < g->ninputs; i++) {
-    const Tensor *t = g->inputs[i];
-    if (t->ty.dtype != DT_I32) continue;
-    int32_t *v = rt_i32(p, t);
-    for (int64_t j = 0; j < t->numel; j++)
-      v[j] = (int32_t)(mc_rng_uniform(key, (uint64_t)(i * t->numel + j)) * (double)vocab) %
-             (int32_t)vocab;
-  }
-
-  /* the optimizer over the program's parameters and gradients, as moec run's */
-  Optim *opt = rt_optim_new(&cfg, g);
-  float **pp = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(float *));
-  float **gg = mc_calloc((size_t)MC_MAX(g->nparams, 1), sizeof(float *));
-  for (int i = 0; i < g->nparams; i++) {
-    const Tensor *t = g->params[i];
-    pp[i] = rt_f32(p, t);
-    gg[i] = t->grad ? rt_f32(p, t->grad) : mc_calloc((size_t)t->numel, sizeof(float));
-  }
-
+  /* every instruction and the optimizer timed over the steps (runtime/profile.c) */
+  RtProfile prof = rt_profile_steps(p, &cfg, steps, now);
   Acc *acc = mc_calloc((size_t)p->ninstrs, sizeof(Acc));
   int nacc = 0;
-  double total = 0, optim = 0, parts[NPT] = {0}, step_flops = 0;
-  for (int s = -1; s < steps; s++) { /* step -1: warm-up, not counted */
-    KernelCtx ctx = {.training = true,
-                     .seed = cfg.seed,
-                     .step = (uint64_t)(s + 1),
-                     .batch_local = cfg.batch,
-                     .ndevices = 1};
-    for (int k = 0; k < p->ninstrs; k++) {
-      const Instr *ins = &p->instrs[k];
-      double t0 = now();
-      ins->fn(&ctx, ins->node, ins->in, ins->out);
-      double dt = now() - t0;
-      if (s < 0) continue;
-      Acc *a = acc_find(acc, &nacc, ins->node);
-      a->secs += dt;
-      a->flops += node_flops(ins->node);
-      a->calls++;
-      total += dt;
-      parts[node_part(ins->node)] += dt;
-      if (s == 0) step_flops += node_flops(ins->node);
-    }
-    double t0 = now();
-    rt_optim_step(opt, pp, gg);
-    if (s >= 0) optim += now() - t0;
-    rt_carry_state(p);
+  double total = 0, optim = prof.optim_s, parts[NPT] = {0}, step_flops = 0;
+  for (int k = 0; k < p->ninstrs; k++) {
+    const Node *n = p->instrs[k].node;
+    double dt = prof.instr_s[k];
+    Acc *a = acc_find(acc, &nacc, n);
+    a->secs += dt;
+    a->flops += node_flops(n) * steps;
+    a->calls += steps;
+    total += dt;
+    parts[node_part(n)] += dt;
+    step_flops += node_flops(n);
   }
+  rt_profile_free(&prof);
   parts[PT_OPTIM] = optim;
 
   double tokens = (double)cfg.batch * cfg.unroll;
@@ -282,6 +242,5 @@ int main(int argc, char **argv) {
   for (int i = 0; i < NPT; i++)
     printf(",\"ms_%s\":%.3f", part_keys[i], parts[i] / steps * 1e3);
   printf("}\n");
-  rt_optim_free(opt);
   return 0;
 }

@@ -2,8 +2,8 @@
 # plan_vs_run.sh MOEC [PROFILE] [MODEL.moe ...]: the cost model against runs on this
 # machine. For each model (default: the language-model examples and bench/lm_bench.moe)
 # under every strategy on 1, 2 and 4 in-process devices: `moec plan`'s predicted step
-# time beside the measured one (a short run: STEPS steps after one warm-up step is
-# excluded by the rate the run reports), and the plan's collective bytes per step beside
+# time beside the measured one (a short run of STEPS steps: the median step, the first
+# left out), and the plan's collective bytes per step beside
 # the run's (all_reduce, reshard, all_gather_topm: sent bytes; all_to_all(_back): the
 # rows moved, the plan's payload). Prints a table; the last line is the median and worst
 # |predicted/measured - 1| over the rows. tests/test_plan_run.sh asserts the bytes.
@@ -47,7 +47,7 @@ import json, sys
 plan = json.load(open(sys.argv[1]))
 run = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 pred = plan["cost_model"]["step_s"]
-meas = plan["B"] * plan["T"] / run["tokens_per_s"]
+meas = run["step_ms_median"] / 1e3 if "step_ms_median" in run else plan["B"] * plan["T"] / run["tokens_per_s"]
 pb = rb = 0
 for op in plan["ops"]:
     c = op.get("collective")

@@ -77,6 +77,10 @@ uint64_t drv_settings_hash(const Config *cfg, const Options *o);
  * diagnostics and returns NULL on any error, *rc the exit status: 2 when only the
  * command line's settings were wrong (a usage error), else 1. */
 AstFile *drv_load(const Options *o, Config *cfg, int *rc);
+/* The same for a model given as text (moec calibrate's reference models); `name` stands
+ * for the file in messages. */
+AstFile *drv_load_text(const Options *o, const char *name, const char *text, Config *cfg,
+                       int *rc);
 
 /* ---------------------------------------------------------------- compile.c */
 

@@ -22,15 +22,11 @@ static AstFile *parse_flags(const Options *o, Diag *d) {
   return f;
 }
 
-AstFile *drv_load(const Options *o, Config *cfg, int *rc) {
-  size_t len = 0;
-  char *text = mc_read_file(o->path, &len);
+/* text (owned by the AST from here on) as the file `path`, with o's settings merged */
+static AstFile *load_text(const Options *o, const char *path, char *text, size_t len, Config *cfg,
+                          int *rc) {
   *rc = 1;
-  if (!text) {
-    fprintf(stderr, "moec: error: cannot read '%s': %s\n", o->path, mc_read_error());
-    return NULL;
-  }
-  Source src = {.path = o->path, .text = text, .len = len};
+  Source src = {.path = path, .text = text, .len = len};
   Diag d;
   fe_diag_init(&d, &src);
   AstFile *f = fe_parse(&src, &d);
@@ -46,11 +42,30 @@ AstFile *drv_load(const Options *o, Config *cfg, int *rc) {
   if (d.errors == 0) fe_sema(f, cfg, &d);
   if (d.errors > 0) {
     if (d.errors > d.max_errors)
-      fprintf(stderr, "moec: %d errors in total (%d not shown)\n", d.errors, d.errors - d.max_errors);
+      fprintf(stderr, "moec: %d errors in total (%d not shown)\n", d.errors,
+              d.errors - d.max_errors);
     fe_ast_free(f);
     if (d.cmdline_errors == d.errors) *rc = 2; /* only the flags were wrong: a usage error */
     return NULL;
   }
   *rc = 0;
   return f;
+}
+
+AstFile *drv_load(const Options *o, Config *cfg, int *rc) {
+  size_t len = 0;
+  char *text = mc_read_file(o->path, &len);
+  *rc = 1;
+  if (!text) {
+    fprintf(stderr, "moec: error: cannot read '%s': %s\n", o->path, mc_read_error());
+    return NULL;
+  }
+  return load_text(o, o->path, text, len, cfg, rc);
+}
+
+AstFile *drv_load_text(const Options *o, const char *name, const char *text, Config *cfg, int *rc) {
+  size_t len = strlen(text);
+  char *copy = mc_malloc(len + 1);
+  memcpy(copy, text, len + 1);
+  return load_text(o, name, copy, len, cfg, rc);
 }

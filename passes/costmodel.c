@@ -37,7 +37,13 @@
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
  * threads; the GEMM shape, elementwise and launch terms are rough guesses until `moec
  * calibrate` measures them. The K40 / H100 presets are moec simulate's (src/cmd_simulate.c). */
-const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0, 16, 5, 1, 0};
+const CostConsts plan_consts_cpu = {.name = "cpu",
+                                    .gflops = 40,
+                                    .link_gbs = 10,
+                                    .latency_us = 5,
+                                    .gemm_half = 16,
+                                    .elem_gbs = 5,
+                                    .launch_us = 1};
 
 static double numel(const Tensor *t) {
   return (double)t->numel;
@@ -269,10 +275,46 @@ static double elem_s(const CostConsts *k, double elems, double flops) {
   return k->elem_gbs > 0 ? 4 * elems / (k->elem_gbs * 1e9) : flops / (k->gflops * 1e9);
 }
 
+/* The in-situ factors' set (moec calibrate): one device alone runs on every core. */
+static int kset(const CostConsts *k, int P) {
+  return P == 1 && k->cores > 0 ? 0 : 1;
+}
+
 /* Seconds of node n on every device: t[d]. Rows split by plan_node_share; an expert
  * node's work by its experts' routed rows, an expert GEMM per expert at its rows. */
+static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
+                             double *t);
+
+/* node_times_model times the op's measured factor */
 static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
                        double *t) {
+  node_times_model(g, n, r, k, t);
+  int j = kset(k, r->P);
+  double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
+  /* one device alone: its phases are divided by the cores, its calls' time is not */
+  double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
+  if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
+  for (int d = 0; d < r->P; d++)
+    if (t[d] > 0 || node_share(g, r, n, d) > 0) t[d] = t[d] * f + call;
+}
+
+double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k) {
+  Route r = route_make(g, 1, NULL, 0);
+  double t = 0;
+  node_times_model(g, n, &r, k, &t);
+  route_free(&r);
+  return t;
+}
+
+/* Every parameter read and written (Adam: the parameter, its gradient and two moments
+ * read, three written), a few calls. */
+double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k) {
+  double el = param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
+  return elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
+}
+
+static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
+                             double *t) {
   const int P = r->P;
   const double launch = k->launch_us * 1e-6;
   int m = moe_of(g, n->layer);
@@ -529,12 +571,11 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       c.dev[d].compute_s += t[d];
     }
   }
-  /* the optimizer step: every parameter a device holds read and written (Adam: the
-   * parameter, its gradient and two moments read, three written) */
+  /* the optimizer step */
   double opt_max = 0, opt_sum = 0;
+  double of = k->kfactor_optim[kset(k, devices)];
   for (int d = 0; d < devices && g->has_backward; d++) {
-    double el = c.dev[d].param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
-    double ts = elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
+    double ts = plan_optim_seconds(c.dev[d].param_bytes, opt, k) * (of > 0 ? of : 1);
     c.dev[d].compute_s += ts;
     opt_max = fmax(opt_max, ts);
     opt_sum += ts;

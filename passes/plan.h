@@ -114,6 +114,13 @@ typedef struct CostConsts {
   int cores;        /* devices share this many cores (in-process threads; gflops is one
                        core's): a phase takes at least its devices' work over the cores,
                        and one device alone uses them all. 0: every device its own */
+  /* in-situ kernel factors (moec calibrate): an op's measured time over the time modelled
+   * above, [0] for one device alone on every core, [1] for a device on one thread of
+   * several; 0: not measured (1). The optimizer's likewise. */
+  double kfactor[2][OP_COUNT];
+  double kfactor_optim[2];
+  double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
+                         modelled work (the interpreter, thread wake-ups) */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
@@ -153,6 +160,12 @@ typedef struct PlanCost {
   double max_planned;      /* the largest planned_bytes over devices */
   bool fits;               /* max_planned <= k.mem_bytes (true when mem_bytes is 0) */
 } PlanCost;
+
+/* The modelled seconds of node n of a bound graph on one device under uniform routing,
+ * without kernel factors or call time (what moec calibrate sets a measured time against); and of the
+ * optimizer's pass over param_bytes of parameters. */
+double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k);
+double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k);
 
 /* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The
  * allocated memory of each device comes from plan_cost_set_memory (the driver computes

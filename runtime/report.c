@@ -266,6 +266,7 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
   json_num(&b, "test_ppl", exp(t->test));
   json_num(&b, "tokens_per_s", t->tokens_per_s);
   json_num(&b, "train_seconds", r->t_train);
+  if (t->step_s_median > 0) json_num(&b, "step_ms_median", t->step_s_median * 1e3);
   json_num(&b, "data_seconds", r->t_data); /* rank 0: batches read or generated, uploaded */
   json_num(&b, "floor_ppl", r->floor_nats > 0 ? exp(r->floor_nats) : NAN);
   json_num(&b, "unigram_ppl", r->corpus && r->corpus->syn ? exp(r->corpus->syn->unigram_nats) : NAN);

@@ -187,6 +187,7 @@ typedef struct RunTotals {
   double valid, test;             /* losses */
   double train_loss, train_xent;  /* over the last 100 steps */
   double last_loss, tokens_per_s;
+  double step_s_median; /* of the last steps (the first step left out): a steady step */
 } RunTotals;
 void rt_report_summary(Run *r, const RunTotals *t);
 /* The loop ended after step s of `steps` with `stop` (rt_run_loss's): a signal writes the

@@ -24,6 +24,17 @@
 #define RATE_WINDOW 20 /* steps the current rate is measured over */
 
 /* What a run sets up before its first step: outputs, data, optimizer, parameters. */
+/* The median of v[0..n) (reordered); 0 when n = 0. */
+static double median(double *v, int n) {
+  for (int i = 1; i < n; i++) /* insertion sort: n <= RATE_WINDOW */
+    for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+      double t = v[j];
+      v[j] = v[j - 1];
+      v[j - 1] = t;
+    }
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 static int64_t setup(Run *r, Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
   StFile *ck = rt_run_open(r, comm, p, cfg, o);
   r->corpus = rt_corpus_load_ckpt(cfg, p->vocab, ck);
@@ -158,7 +169,8 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     trace.epoch = now;
   }
   RunTotals tot = {.steps = steps, .last_loss = NAN};
-  double times[RATE_WINDOW] = {0};
+  double times[RATE_WINDOW] = {0}, steady[RATE_WINDOW] = {0}; /* steady: the first left out */
+  int64_t nsteady = 0;
   RtTail tail = {0};
   int stop = 0;
   bool traced = false; /* the trace is written */
@@ -182,6 +194,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     }
     r.t_train += t2 - t0;
     times[tot.done % RATE_WINDOW] = t2 - t0;
+    if (tot.done > 0) steady[nsteady++ % RATE_WINDOW] = t2 - t0;
     tot.done++;
     tot.last_loss = loss;
     rt_tail_add(&tail, loss, xent);
@@ -229,6 +242,7 @@ int rt_train(Comm *comm, Program *p, const Config *cfg, const RunOpts *o) {
     if (r.o.save) rt_ckpt_save(&r, r.o.save, tot.steps);
     rt_tail_totals(&tail, &tot);
     tot.tokens_per_s = tot.done ? (double)tot.done * tokens_per_step / fmax(r.t_train, 1e-9) : 0;
+    tot.step_s_median = median(steady, (int)MC_MIN(nsteady, RATE_WINDOW));
     rt_report_summary(&r, &tot);
   }
   for (int j = 0; j < K; j++) {

@@ -103,6 +103,12 @@ bool cli_parse_cluster(const char *spec, ClusterSpec *cs, struct CostConsts *k, 
  * path plan and simulate read without --profile, when it exists. */
 #define MOEC_PROFILE_DEFAULT "moec-profile.json"
 bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t wlen);
+/* calibrate_kernels.c: the in-situ kernel factors of k (its formulas' constants set) from
+ * reference models timed on every core and on one thread, as JSON into json, ratio[j] the
+ * models' whole measured step over the modelled one; and their
+ * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
+bool cli_calibrate_kernels(struct CostConsts *k, int steps, McBuf *json, double ratio[2]);
+bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
 
 /* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the
  * layers drawn op by op ("all": every one); loads: measured expert loads (may be NULL). */

@@ -197,6 +197,20 @@ int cmd_calibrate(int argc, char **argv) {
   double bytes1 = 4.0 * (double)sizes[1], bytes0 = 4.0 * (double)sizes[0];
   double link_gbs = (bytes1 - bytes0) / fmax(ts[1] - ts[0], 1e-9) / 1e9;
   double latency_us = fmax(0.1, (ts[0] - bytes0 / (link_gbs * 1e9)) / 2 * 1e6);
+  /* the kernels in situ, against the formulas with the constants above */
+  CostConsts k = plan_consts_cpu;
+  k.gflops = gflops;
+  k.gemm_half = half;
+  k.launch_us = launch;
+  k.elem_gbs = elem_gbs;
+  k.cores = rt_threads();
+  McBuf kern = {0};
+  double ratio[2];
+  if (!cli_calibrate_kernels(&k, quick ? 3 : 8, &kern, ratio)) {
+    fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
+    mc_buf_free(&grid);
+    return 1;
+  }
   FILE *f = fopen(out, "w");
   if (!f) {
     fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
@@ -207,10 +221,12 @@ int cmd_calibrate(int argc, char **argv) {
           "{\"moec_profile\": 1, \"name\": \"calibrated\",\n"
           " \"gflops\": %.6g, \"gemm_half\": %.6g, \"launch_us\": %.6g, \"elem_gbs\": %.6g,\n"
           " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d,\n"
-          " \"gemm\": [%s]}\n",
+          " \"gemm\": [%s],\n"
+          " \"kernels\": %s}\n",
           gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads(),
-          grid.data ? grid.data : "");
+          grid.data ? grid.data : "", kern.data);
   mc_buf_free(&grid);
+  mc_buf_free(&kern);
   if (fclose(f) != 0) {
     fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
     return 1;
@@ -219,6 +235,9 @@ int cmd_calibrate(int argc, char **argv) {
          "launch %.3g us, elementwise %.3g GB/s, in-process link %.3g GB/s, %.3g us a step, "
          "%d cores\n",
          out, gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads());
+  printf("kernels in situ (measured / modelled, the reference models): step %.2fx on every "
+         "core, %.2fx on one thread; optimizer %.2fx, %.2fx\n",
+         ratio[0], ratio[1], k.kfactor_optim[0], k.kfactor_optim[1]);
   return 0;
 }
 
@@ -257,6 +276,10 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
   if (!strstr(s, "\"moec_profile\"")) snprintf(why, wlen, "not a moec calibrate profile");
   double cores = 0;
   bool have_cores = ok && json_number(s, "cores", &cores) && cores >= 1 && cores <= 4096;
+  if (ok && !cli_read_kernel_factors(s, k)) {
+    snprintf(why, wlen, "its \"kernels\" factors are malformed (write it with moec calibrate)");
+    ok = false;
+  }
   mc_free(s);
   if (!ok) return false;
   k->name = "calibrated";

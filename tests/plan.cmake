@@ -153,3 +153,10 @@ add_test(NAME calibrate_profile
                  ${CMAKE_CURRENT_BINARY_DIR}/calibrate_profile.json)
 set_tests_properties(calibrate_profile PROPERTIES TIMEOUT 120 LABELS "plan;fast"
                      PASS_REGULAR_EXPRESSION "cost model \\(calibrated\\): [0-9.e+]+ GFLOP/s")
+
+# The in-situ kernel factors: written, read, applied to every op, a malformed table refused
+# (tests/test_calibrate.sh).
+add_test(NAME calibrate_kernels
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_calibrate.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(calibrate_kernels PROPERTIES TIMEOUT 180 LABELS "plan")

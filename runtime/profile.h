@@ -1,0 +1,23 @@
+/* profile.h: each instruction's time over training steps of a program on the cpu (moec
+ * calibrate's in-situ kernel factors, bench/op_profile). */
+#ifndef MOEC_PROFILE_H
+#define MOEC_PROFILE_H
+
+#include "train.h"
+
+typedef struct RtProfile {
+  int steps;           /* timed steps (after one warm-up step) */
+  double *instr_s;     /* [p->ninstrs]: seconds of each instruction, summed over the steps */
+  double *instr_min_s; /* [p->ninstrs]: its fastest step (what other load on the machine
+                          disturbs least) */
+  double optim_s;      /* the optimizer's update (cfg's optimizer), summed */
+} RtProfile;
+
+/* Initialises p's parameters from cfg's seed and fills its i32 inputs with random ids
+ * below its vocabulary, then runs one warm-up training step and `steps` timed ones,
+ * each instruction timed alone by `clock` (mc_now, or mc_cpu_now: the process's CPU
+ * time). p: a training program of one device in host memory (drv_compile). */
+RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void));
+void rt_profile_free(RtProfile *r);
+
+#endif

@@ -1,0 +1,215 @@
+/* calibrate_kernels.c: moec calibrate's in-situ kernel factors. The cost model's formulas
+ * (a GEMM at s/(s+h) of the core's rate, elementwise bytes at the measured bandwidth)
+ * leave out what a kernel does around its arithmetic: random draws, exp and log, gathers,
+ * caches shared with the rest of a step. So reference models (below: not the examples,
+ * whose plans are then predictions) are compiled as `moec run` compiles them, every
+ * instruction is timed over a few training steps (its fastest step), and per op the
+ * measured seconds less a call's own time are set against the modelled ones: factor =
+ * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
+ * in-process device of several). The optimizer's pass has its own (docs/placement.md). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../driver/driver.h"
+#include "../runtime/profile.h"
+#include "cli.h"
+
+/* Reference models: every op kind the language models use (embedding, dropout, lstm,
+ * moe and hmoe gating and experts, residual adds, softmax_xent), at shapes other than
+ * the examples'. */
+static const char *const ref_models[] = {
+    "model ref_moe {\n"
+    "  let V = 1500\n"
+    "  let D = 96\n"
+    "  input tokens : i32[B, T]\n"
+    "  input targets : i32[B, T]\n"
+    "  emb = embedding(tokens, vocab=V, dim=D)\n"
+    "  e = dropout(emb, 0.2)\n"
+    "  h1 = lstm(e, units=D)\n"
+    "  m = moe(h1, experts=8, k=2, hidden=192)\n"
+    "  r1 = h1 + dropout(m, 0.2)\n"
+    "  h2 = lstm(r1, units=D)\n"
+    "  r2 = r1 + dropout(h2, 0.2)\n"
+    "  loss = softmax_xent(r2, targets, vocab=V)\n"
+    "  output loss\n"
+    "}\n"
+    "train {\n"
+    "  data = synthetic(topics=4, vocab=V, seed=1)\n"
+    "  batch = 16\n"
+    "  unroll = 24\n"
+    "  optimizer = adam(lr=1e-3)\n"
+    "  seed = 3\n"
+    "}\n",
+    "model ref_hmoe {\n"
+    "  let V = 800\n"
+    "  let D = 48\n"
+    "  input tokens : i32[B, T]\n"
+    "  input targets : i32[B, T]\n"
+    "  emb = embedding(tokens, vocab=V, dim=D)\n"
+    "  h1 = lstm(emb, units=D)\n"
+    "  m = hmoe(h1, groups=4, experts=8, k_group=2, k=2, hidden=96)\n"
+    "  r1 = h1 + dropout(m, 0.1)\n"
+    "  h2 = lstm(r1, units=D)\n"
+    "  loss = softmax_xent(h2, targets, vocab=V)\n"
+    "  output loss\n"
+    "}\n"
+    "train {\n"
+    "  data = synthetic(topics=4, vocab=V, seed=1)\n"
+    "  batch = 48\n"
+    "  unroll = 12\n"
+    "  optimizer = adam(lr=1e-3)\n"
+    "  seed = 5\n"
+    "}\n",
+};
+
+/* One timed instruction: its op, measured and modelled seconds a step. */
+typedef struct KernelTime {
+  int op;
+  double meas, model;
+} KernelTime;
+
+typedef struct KernelSums {
+  KernelTime *t[2]; /* [set]: every instruction of every reference model */
+  int n[2], cap[2];
+  double opt_meas[2], opt_model[2];
+} KernelSums;
+
+static void add_time(KernelSums *s, int j, int op, double meas, double model) {
+  if (s->n[j] == s->cap[j]) {
+    s->cap[j] = s->cap[j] ? 2 * s->cap[j] : 256;
+    s->t[j] = mc_realloc(s->t[j], (size_t)s->cap[j] * sizeof(KernelTime));
+  }
+  s->t[j][s->n[j]++] = (KernelTime){op, meas, model};
+}
+
+static int by_meas(const void *a, const void *b) {
+  double x = ((const KernelTime *)a)->meas, y = ((const KernelTime *)b)->meas;
+  return x < y ? -1 : x > y;
+}
+
+typedef struct RefRun {
+  Program *p;
+  const Config *cfg;
+  int steps;
+  RtProfile prof;
+} RefRun;
+
+/* On a thread of its own: kernels run inline there, as an in-process device's. */
+static void profile_on_thread(Comm *c, void *arg) {
+  (void)c;
+  RefRun *r = arg;
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now);
+}
+
+/* Adds model i's measured and modelled seconds per op to s (j = 0: every core, 1: one
+ * thread); k: the profile's formulas (no factors yet). False after printing an error. */
+static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSums *s) {
+  Options o;
+  drv_options_init(&o, "calibrate");
+  Config cfg;
+  int rc = 0;
+  char name[32];
+  snprintf(name, sizeof name, "<reference model %d>", i);
+  AstFile *f = drv_load_text(&o, name, ref_models[i], &cfg, &rc);
+  Target t = {.devices = 1, .rank = 0, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
+  Program *p = f ? drv_compile(f, &cfg, &o, &t) : NULL;
+  if (!p) {
+    fe_ast_free(f);
+    drv_options_free(&o);
+    return false;
+  }
+  RefRun run = {.p = p, .cfg = &cfg, .steps = steps};
+  if (j == 0)
+    run.prof = rt_profile_steps(p, &cfg, steps, mc_now);
+  else if (rt_inproc_run(1, profile_on_thread, &run))
+    mc_die("moec calibrate: the reference model's thread failed");
+  double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
+  double param_bytes = 0;
+  for (int q = 0; q < p->g->nparams; q++)
+    param_bytes += 4.0 * (double)p->g->params[q]->numel;
+  for (int q = 0; q < p->ninstrs; q++) {
+    const Node *n = p->instrs[q].node;
+    add_time(s, j, n->op, run.prof.instr_min_s[q], plan_node_seconds(p->g, n, k) / cores);
+  }
+  s->opt_meas[j] += run.prof.optim_s / steps;
+  s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
+  rt_profile_free(&run.prof);
+  drv_program_free(p);
+  fe_ast_free(f);
+  drv_options_free(&o);
+  return true;
+}
+
+bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {
+  KernelSums s = {0};
+  int nthreads = rt_threads();
+  for (int j = 0; j < 2; j++)
+    for (size_t i = 0; i < MC_ARRAY_LEN(ref_models); i++)
+      if (!profile_model((int)i, j, steps, k, &s)) return false;
+  rt_threads_set(nthreads);
+  const char *set[2] = {"all_cores", "one_thread"};
+  mc_buf_printf(json, "{");
+  for (int j = 0; j < 2; j++) {
+    /* a call's own time: the median instruction of those modelled at under a microsecond */
+    KernelTime *tiny = mc_calloc((size_t)s.n[j] + 1, sizeof(KernelTime));
+    int nt = 0;
+    double meas = s.opt_meas[j], model = s.opt_model[j], m[OP_COUNT] = {0}, d[OP_COUNT] = {0};
+    for (int i = 0; i < s.n[j]; i++)
+      if (s.t[j][i].model < 1e-6) tiny[nt++] = s.t[j][i];
+    qsort(tiny, (size_t)nt, sizeof(KernelTime), by_meas);
+    double call = nt ? tiny[nt / 2].meas : 0;
+    mc_free(tiny);
+    for (int i = 0; i < s.n[j]; i++) {
+      const KernelTime *t = &s.t[j][i];
+      m[t->op] += fmax(t->meas - call, 0);
+      d[t->op] += t->model;
+      meas += t->meas;
+      model += t->model;
+    }
+    ratio[j] = model > 0 ? meas / model : 0;
+    k->kcall_us[j] = call * 1e6;
+    mc_buf_printf(json, "%s\n   \"%s\": {\"call_us\": %.4g", j ? "," : "", set[j], call * 1e6);
+    for (int op = 0; op < OP_COUNT; op++) {
+      if (d[op] <= 0) continue;
+      k->kfactor[j][op] = fmax(m[op] / d[op], 1e-3);
+      mc_buf_printf(json, ", \"%s\": %.4g", ir_ops[op].name, k->kfactor[j][op]);
+    }
+    if (s.opt_model[j] > 0) k->kfactor_optim[j] = s.opt_meas[j] / s.opt_model[j];
+    mc_buf_printf(json, ", \"optimizer\": %.4g}", k->kfactor_optim[j]);
+    mc_free(s.t[j]);
+  }
+  mc_buf_printf(json, "}");
+  return true;
+}
+
+bool cli_read_kernel_factors(const char *s, CostConsts *k) {
+  const char *set[2] = {"\"all_cores\"", "\"one_thread\""};
+  const char *kern = strstr(s, "\"kernels\"");
+  if (!kern) return true; /* a profile without them: the formulas alone */
+  for (int j = 0; j < 2; j++) {
+    const char *b = strstr(kern, set[j]);
+    const char *e = b ? strchr(b, '}') : NULL;
+    if (!b || !e) return false;
+    for (const char *p = strchr(b, '{'); p && p < e;) {
+      const char *q = strchr(p, '"');
+      if (!q || q > e) break;
+      const char *qe = strchr(q + 1, '"');
+      if (!qe || qe > e) return false;
+      char name[64];
+      snprintf(name, sizeof name, "%.*s", (int)(qe - q - 1), q + 1);
+      const char *v = qe + 1;
+      while (*v == ' ' || *v == ':')
+        v++;
+      char *end;
+      double x = strtod(v, &end);
+      if (end == v || !(x >= 0 && x < 1e6)) return false;
+      if (!strcmp(name, "optimizer")) k->kfactor_optim[j] = x;
+      if (!strcmp(name, "call_us")) k->kcall_us[j] = x;
+      for (int op = 0; op < OP_COUNT; op++)
+        if (!strcmp(ir_ops[op].name, name)) k->kfactor[j][op] = x;
+      p = end;
+    }
+  }
+  return true;
+}
