@@ -16,7 +16,7 @@ a batch, shuffled every epoch). The trained weights are written as a moec checkp
 with the very decoder and BLEU code that measure moec's models.
 
     /usr/bin/python3 bench/nmt_torch.py --bpe moec.safetensors --save torch.safetensors \\
-        [--max-time 10m] [--threads 1] [--json]
+        [--max-time 10m] [--threads 1] [--json] [--no-eval]
 """
 
 import argparse
@@ -305,6 +305,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--save", help="write the weights as a moec checkpoint")
     ap.add_argument("--json", action="store_true", help="the last line: one JSON object")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="no valid perplexity at the end (a speed probe)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -355,14 +357,15 @@ def main():
             print(f"nmt_torch: max_time {args.max_time:g}s reached after step {step}", flush=True)
             break
     t_eval = time.time()
-    vloss = evaluate(model, valid, args.batch_tokens)
+    vloss = math.nan if args.no_eval else evaluate(model, valid, args.batch_tokens)
     t_eval = time.time() - t_eval
     if args.save:
         st_write(args.save, model.moec_weights(),
                  {"format": "pt", "written_by": "bench/nmt_torch.py", "data.bpe": spec})
     res = {"steps": step, "epochs": epoch, "train_loss": sum(loss_tail) / max(len(loss_tail), 1),
            "valid_ppl": math.exp(vloss), "tokens_per_s": tokens / max(t_train, 1e-9),
-           "train_seconds": t_train, "eval_seconds": t_eval, "params": nparams}
+           "train_seconds": t_train, "eval_seconds": t_eval, "params": nparams,
+           "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     print(f"valid ppl {res['valid_ppl']:.3f} (per target token)\n{step} steps in {t_train:.1f}s "
           f"({res['tokens_per_s']:.0f} tokens/s)")
     if args.json:
