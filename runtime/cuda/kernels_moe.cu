@@ -1053,36 +1053,29 @@ static void k_batchwise_route(const KernelCtx *ctx, const Node *n, void *const *
   T *kt = cv.take<T>(N * E), *sk = cv.take<T>(N * E);
   int32_t *vt = cv.take<int32_t>(N * E), *sv = cv.take<int32_t>(N * E),
           *seg = cv.take<int32_t>(E + 1), *cnt = cv.take<int32_t>(E + 1);
+  CUDA_CHECK(cudaMemsetAsync(mask, 0, (size_t)(N * E) * sizeof(T), d->stream));
+  CUDA_CHECK(cudaMemsetAsync(rows, 0xff, (size_t)R * sizeof(int32_t), d->stream)); /* -1 */
   if (!ctx->training) { /* row by row: at most k per row, so the N*k slots hold them */
-    CUDA_CHECK(cudaMemsetAsync(mask, 0, (size_t)(N * E) * sizeof(T), d->stream));
-    CUDA_CHECK(cudaMemsetAsync(rows, 0xff, (size_t)R * sizeof(int32_t), d->stream)); /* -1 */
     bw_eval_mask_kernel<T>
         <<<rt_cuda_blocks(N), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), IN(1, T), mask, N, E, k);
     CUDA_LAUNCH_CHECK();
     bw_count_kernel<T><<<(unsigned)E, 256, 0, d->stream>>>(mask, cnt, N, E);
     CUDA_LAUNCH_CHECK();
-    bw_offsets_kernel<<<1, 32, 0, d->stream>>>(cnt, off, E);
+  } else {
+    if (sizeof(T) == sizeof(float))
+      transpose_keys_kernel<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
+          (const float *)in[0], (float *)kt, vt, seg, N, E);
+    else
+      transpose_keys_kernel_f64<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
+          (const double *)in[0], (double *)kt, vt, seg, N, E);
     CUDA_LAUNCH_CHECK();
-    publish_offsets(d, n, off, E + 1);
-    bw_rows_kernel<T><<<(unsigned)E, 256, 0, d->stream>>>(mask, off, rows, N, E);
+    /* stable: equal values keep ascending rows (ties to the lower row) */
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        temp, tb, kt, sk, vt, sv, (int)(N * E), (int)E, seg, seg + 1, 0, (int)(sizeof(T) * 8),
+        d->stream));
+    bw_select_kernel<T><<<(unsigned)E, 128, 0, d->stream>>>(sv, mask, cnt, N, E, m);
     CUDA_LAUNCH_CHECK();
-    return;
   }
-  if (sizeof(T) == sizeof(float))
-    transpose_keys_kernel<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
-        (const float *)in[0], (float *)kt, vt, seg, N, E);
-  else
-    transpose_keys_kernel_f64<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
-        (const double *)in[0], (double *)kt, vt, seg, N, E);
-  CUDA_LAUNCH_CHECK();
-  /* stable: equal values keep ascending rows (ties to the lower row) */
-  CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      temp, tb, kt, sk, vt, sv, (int)(N * E), (int)E, seg, seg + 1, 0, (int)(sizeof(T) * 8),
-      d->stream));
-  CUDA_CHECK(cudaMemsetAsync(mask, 0, (size_t)(N * E) * sizeof(T), d->stream));
-  CUDA_CHECK(cudaMemsetAsync(rows, 0xff, (size_t)R * sizeof(int32_t), d->stream)); /* -1 */
-  bw_select_kernel<T><<<(unsigned)E, 128, 0, d->stream>>>(sv, mask, cnt, N, E, m);
-  CUDA_LAUNCH_CHECK();
   bw_offsets_kernel<<<1, 32, 0, d->stream>>>(cnt, off, E);
   CUDA_LAUNCH_CHECK();
   publish_offsets(d, n, off, E + 1);
