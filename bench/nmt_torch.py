@@ -16,7 +16,7 @@ a batch, shuffled every epoch). The trained weights are written as a moec checkp
 with the very decoder and BLEU code that measure moec's models.
 
     /usr/bin/python3 bench/nmt_torch.py --bpe moec.safetensors --save torch.safetensors \\
-        [--max-time 10m] [--threads 1] [--json]
+        [--max-time 10m] [--threads 1] [--json] [--no-eval]
 """
 
 import argparse
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PAD, BOS, EOS, BYTE0, NBASE = 0, 1, 2, 3, 259  # runtime/text.h
+WARM_STEPS = 5  # steady_tokens_per_s leaves out the first steps
 
 
 # ---------------------------------------------------------------- safetensors
@@ -305,6 +306,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--save", help="write the weights as a moec checkpoint")
     ap.add_argument("--json", action="store_true", help="the last line: one JSON object")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="no valid perplexity at the end (a speed probe)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -329,6 +332,7 @@ def main():
           flush=True)
 
     step, tokens, t_train, epoch, loss_tail = 0, 0, 0.0, 0, []
+    warm_tokens, warm_t = 0, 0.0
     start = time.time()
     order = []
     while step < args.steps:
@@ -347,6 +351,8 @@ def main():
         t_train += time.time() - t1
         tokens += int((to != PAD).sum())
         step += 1
+        if step == WARM_STEPS:  # the rate past the first steps (allocator, caches): probes
+            warm_tokens, warm_t = tokens, t_train
         loss_tail = (loss_tail + [loss.item()])[-100:]
         if step % 100 == 0:
             print(f"step {step}  loss {loss.item():.4f}  {tokens / t_train:.0f} tok/s  "
@@ -355,14 +361,16 @@ def main():
             print(f"nmt_torch: max_time {args.max_time:g}s reached after step {step}", flush=True)
             break
     t_eval = time.time()
-    vloss = evaluate(model, valid, args.batch_tokens)
+    vloss = math.nan if args.no_eval else evaluate(model, valid, args.batch_tokens)
     t_eval = time.time() - t_eval
     if args.save:
         st_write(args.save, model.moec_weights(),
                  {"format": "pt", "written_by": "bench/nmt_torch.py", "data.bpe": spec})
     res = {"steps": step, "epochs": epoch, "train_loss": sum(loss_tail) / max(len(loss_tail), 1),
            "valid_ppl": math.exp(vloss), "tokens_per_s": tokens / max(t_train, 1e-9),
-           "train_seconds": t_train, "eval_seconds": t_eval, "params": nparams}
+           "train_seconds": t_train, "eval_seconds": t_eval, "params": nparams,
+           "steady_tokens_per_s": (tokens - warm_tokens) / max(t_train - warm_t, 1e-9),
+           "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     print(f"valid ppl {res['valid_ppl']:.3f} (per target token)\n{step} steps in {t_train:.1f}s "
           f"({res['tokens_per_s']:.0f} tokens/s)")
     if args.json:

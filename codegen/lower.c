@@ -145,5 +145,6 @@ void cg_program_free(Program *p) {
     }
   mc_free(p->rows);
   mc_free(p->param_set);
+  mc_free(p->var);
   mc_free(p);
 }

@@ -304,6 +304,23 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
 
 /* ---------------------------------------------------------------- the program */
 
+/* A graph with shapes runs batches of any of them: the tensors whose sizes follow the batch,
+ * which the runtime sets for each (rt_program_bind). Every shape's sizes were checked when
+ * the memory plan took them all (passes/memplan.c), and no layer runs on a device subset
+ * (passes/bind.c), so a tensor's size is its type's at the batch's B / P, T, S. */
+static void shape_table(Program *p) {
+  const Graph *g = p->g;
+  if (!g->nshapes) return;
+  p->var = mc_malloc(sizeof(Tensor *) * (size_t)(g->ntensors + 1));
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    bool follows = false;
+    for (int d = 0; d < t->ty.rank; d++)
+      follows |= !dim_is_const(t->ty.dim[d]);
+    if (follows) p->var[p->nvar++] = t;
+  }
+}
+
 /* Available memory (MemAvailable), or 0 when unknown. */
 static double mem_available(void) {
   FILE *f = fopen("/proc/meminfo", "r");
@@ -378,6 +395,7 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
   p->vocab = fd.vocab;
   p->rows = rows;
   p->param_set = param_sets(g);
+  shape_table(p);
   return p;
 }
 

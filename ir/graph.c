@@ -296,7 +296,7 @@ void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S) {
     mc_die("cannot bind B = %lld, T = %lld, S = %lld: each must be between 1 and %lld",
            (long long)B, (long long)T, (long long)S, (long long)MOEC_MAX_DIM);
   /* a memory plan made before binding (passes/memplan.c, at (B, T)) took S = T; one over
-   * the graph's shapes holds each of them (ir_bind_batch) */
+   * the graph's shapes holds each of them (rt_program_bind) */
   if (g->mem.B > 0 && !g->nshapes && S > g->mem.T && ir_has_source_dim(g))
     mc_fatal("binding S = %lld in a graph whose memory plan took S = T = %lld", (long long)S,
              (long long)g->mem.T);
@@ -335,15 +335,6 @@ bool ir_shape_fits(const Graph *g, BatchShape s) {
 int64_t ir_numel_at(const Graph *g, const Tensor *t, BatchShape s) {
   int64_t P = g->ndev > 0 ? g->ndev : 1;
   return numel_at3(t, s.B / P, s.T, s.S);
-}
-
-void ir_bind_batch(Graph *g, BatchShape s) {
-  const int64_t P = g->ndev > 0 ? g->ndev : 1;
-  if (!ir_shape_fits(g, s) || s.B % P)
-    mc_fatal("batch [B=%lld, T=%lld, S=%lld] is not among the shapes graph '%s' was compiled for",
-             (long long)s.B, (long long)s.T, (long long)s.S, g->name);
-  g->B_global = s.B;
-  ir_bind_seq(g, s.B / P, s.T, s.S);
 }
 
 void ir_bind(Graph *g, int64_t B, int64_t T) {

@@ -241,9 +241,6 @@ Type ir_type(DType dt, int rank, const Dim *dims);
 void ir_bind(Graph *g, int64_t B, int64_t T);
 /* The same with S bound on its own (translation models: source and target lengths). */
 void ir_bind_seq(Graph *g, int64_t B, int64_t T, int64_t S);
-/* The whole batch's shape for a graph with shapes (B divided over the graph's ndev
- * devices): binds it and sets B_global; dies when none of g->shapes holds it. */
-void ir_bind_batch(Graph *g, BatchShape s);
 /* Whether shape s fits in one of g's shapes (true for a graph without a list). */
 bool ir_shape_fits(const Graph *g, BatchShape s);
 /* Element count of t at shape s, for this graph's devices (B / ndev rows). */

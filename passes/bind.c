@@ -140,7 +140,7 @@ static void bind_size(const Graph *g, const Config *cfg, int64_t *B, int64_t *T,
   }
 }
 
-/* A graph with several batch shapes is bound again for each batch (ir_bind_batch): every
+/* A graph with several batch shapes is bound again for each batch (rt_program_bind): every
  * layer on every device, so that a device's rows are the batch's over P. */
 static bool check_shapes(Graph *g, const PassCtx *ctx) {
   const int P = ctx->devices > 0 ? ctx->devices : 1;

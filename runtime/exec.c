@@ -16,6 +16,28 @@ void rt_poison_arena(Program *p) {
   mc_free(nan);
 }
 
+void rt_program_bind(Program *p, BatchShape s) {
+  Graph *g = p->g;
+  const int64_t P = g->ndev > 0 ? g->ndev : 1;
+  if (!p->var || !ir_shape_fits(g, s) || s.B % P)
+    mc_fatal("batch [B=%lld, T=%lld, S=%lld] is not among the shapes program '%s' was compiled "
+             "for",
+             (long long)s.B, (long long)s.T, (long long)s.S, g->name);
+  g->B_global = s.B;
+  g->B = s.B / P; /* every layer runs on every device: each holds B / P rows */
+  g->T = s.T;
+  g->S = s.S;
+  for (int i = 0; i < p->nvar; i++) {
+    Tensor *t = p->var[i];
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++) {
+      t->shape[d] = dim_eval3(t->ty.dim[d], g->B, s.T, s.S);
+      MOEC_ASSERT(t->shape[d] > 0); /* below the largest shape, which the compiler bound */
+      t->numel *= t->shape[d];
+    }
+  }
+}
+
 void rt_exec(Program *p, const KernelCtx *ctx, int from, int to) {
   MOEC_ASSERT(from >= 0 && to <= p->ninstrs);
   if (p->poison && from == 0) rt_poison_arena(p); /* tests: no read of last step's bytes */

@@ -280,6 +280,12 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
                     (double)c->unk[s] / (double)MC_MAX(c->ntok[s], 1));
     mc_buf_printf(&b, "]}");
   }
+  if (r->pairs) { /* translation: the pairs each split keeps and leaves out (max_len) */
+    const RtParData *tr = r->pairs->train, *va = r->pairs->valid;
+    mc_buf_printf(&b, ",\"data\":{\"pairs\":[%lld,%lld],\"left_out\":[%lld,%lld]}",
+                  (long long)tr->n, (long long)(va ? va->n : 0), (long long)tr->nleft,
+                  (long long)(va ? va->nleft : 0));
+  }
   /* collectives per training step, summed over devices: payload = the plan's payload,
    * sent = its expected bytes (docs/placement.md); seconds: rank 0's */
   mc_buf_printf(&b, ",\"comm\":{");

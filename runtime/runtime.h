@@ -205,7 +205,17 @@ typedef struct Program {
   RowSel *rows;                /* by parameter: the rows this device holds; NULL: all whole */
   uint64_t *param_set;         /* by parameter: the devices that train it (its gradient's
                                   device set; bit d = device d); NULL on one device */
+  /* a program whose batches change shape (its graph's shapes: a translation model's length
+     buckets, decoding's batches): the tensors whose sizes follow B, T or S, for
+     rt_program_bind; NULL for a program of one shape */
+  Tensor **var;
+  int nvar;
 } Program;
+
+/* Sets the sizes of p's shape-following tensors (and its graph's B, T, S) for a batch of
+ * global shape s, B over the graph's devices; s must fit one of the shapes it was compiled
+ * for, whose sizes the compiler checked and whose memory it planned (exec.c). */
+void rt_program_bind(Program *p, BatchShape s);
 
 /* Runs instructions [from, to) (exec.c): [0, first_backward) is the forward pass. With
  * ctx->trace, the interpreter loop runs and records a span per instruction (trace.c). */

@@ -104,7 +104,7 @@ static int64_t fill(const RtParData *d, const RtParBatches *bs, int64_t i, Batch
 
 /* Binds r's program at batch b and feeds this device's rows. */
 static void feed(Run *r, const RtParBatch *b, const BatchBufs *f) {
-  ir_bind_batch(r->p->g, (BatchShape){b->B, b->T, b->S});
+  rt_program_bind(r->p, (BatchShape){b->B, b->T, b->S});
   r->Bl = b->B / r->P;
   r->T = b->T;
   rt_feed_pairs(r->p, b, f->src, f->ti, f->to, r->rank * r->Bl, r->Bl);
@@ -126,7 +126,7 @@ double rt_evaluate_pairs(Comm *c, Program *p, const Pairs *pairs, const RtParDat
   for (int64_t i = 0; i < bs->n; i++) {
     const RtParBatch *b = &bs->b[i];
     int64_t n = fill(d, bs, i, &f);
-    ir_bind_batch(p->g, (BatchShape){b->B, b->T, b->S});
+    rt_program_bind(p, (BatchShape){b->B, b->T, b->S});
     int Bl = b->B / P;
     rt_feed_pairs(p, b, f.src, f.ti, f.to, c->rank * Bl, Bl);
     ctx.batch0 = (int64_t)c->rank * Bl;

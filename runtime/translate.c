@@ -2,7 +2,7 @@
  * eval's perplexity and BLEU.
  *
  * Two programs, compiled up front by the driver from the model's own layers
- * (ir_build_part): its encoder (every statement that does not read the target inputs),
+ * (driver/compile.c): its encoder (every statement that does not read the target inputs),
  * run once per batch of sentences, and one decoder step (the statements that do, at
  * T = 1, each LSTM's state carried from step to step), run once per output position
  * with the encoder's values the decoder reads copied in, each sentence's rows repeated for
@@ -209,12 +209,12 @@ static void search_batch(Search *s, int32_t *const *src, const int64_t *nsrc, in
   for (int i = 0; i < n; i++)
     memcpy(ids + (int64_t)i * S, src[i], (size_t)nsrc[i] * sizeof(int32_t));
   Program *e = s->enc, *d = s->dec;
-  ir_bind_batch(e->g, (BatchShape){n, 1, S});
+  rt_program_bind(e, (BatchShape){n, 1, S});
   rt_feed(e, e->source, ids);
   KernelCtx ctx = {.training = false, .batch_local = n, .ndevices = 1, .dev = e->dev};
   rt_exec(e, &ctx, 0, e->ninstrs);
   /* the decoder's inputs: each sentence's rows K times */
-  ir_bind_batch(d->g, (BatchShape){s->rows, 1, S});
+  rt_program_bind(d, (BatchShape){s->rows, 1, S});
   if (d->source) upload_repeated(d, d->source, ids, n, K, (size_t)S * sizeof(int32_t));
   for (int b = 0; b < d->g->nbridge; b++) {
     const Tensor *from = e->g->bridge[b], *to = d->g->bridge[b];

@@ -432,7 +432,8 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
 /* ---------------------------------------------------------------- batchwise vs reference */
 
 /* gs = softmax(x.w_gate); training: expert e keeps its m = floor(k*N/E) largest gs[:,e]
- * (ties to the lower row); eval: rows with gs > threshold[e], at most the m largest;
+ * (ties to the lower row); eval: row n takes the experts with gs > threshold[e], at most
+ * its k largest (ties to the lower expert), whatever the other rows;
  * G = gs*mask normalised per row; y = sum_e G[n,e] expert_e(x[n]); importance =
  * sum_n G, load = sum_n mask; aux adds the threshold loss (1/N) sum (Mthr - M)(gs - T). */
 static void t_batchwise_reference(const char *what, bool training, int64_t B, int64_t T) {
@@ -448,7 +449,7 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
   fill(p, 31, 1.0);
   Tensor *thr = find(g, "m.thresholds");
   for (int e = 0; e < E; e++)
-    rt_f64(p, thr)[e] = 0.2 + 0.05 * e; /* near 1/E: some pass */
+    rt_f64(p, thr)[e] = 0.12 + 0.05 * e; /* below 1/E: some rows pass more than k */
   KernelCtx c = ctx_for(training, 1, 0, B);
   rt_exec(p, &c, 0, p->ninstrs);
   int64_t m = k * N / E;
@@ -466,16 +467,31 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
       gs[n][e] = exp(cl[e] - mx) / z, mask[n][e] = 0;
   }
   double load[4] = {0}, imp[4] = {0}, tl = 0, maxd = 0;
-  for (int e = 0; e < E; e++) {
+  for (int e = 0; e < E && training; e++) {
     double col[512];
     int ord[512], taken = 0;
     for (int64_t n = 0; n < N; n++)
-      col[n] = training || gs[n][e] > get(p, thr, e) ? gs[n][e] : -INFINITY;
+      col[n] = gs[n][e];
     topk_ref(col, (int)N, (int)N, ord);
     for (int j = 0; j < N && taken < m; j++)
-      if (col[ord[j]] > -INFINITY) mask[ord[j]][e] = 1, taken++;
-    load[e] = taken;
+      mask[ord[j]][e] = 1, taken++;
   }
+  int passed_more = 0; /* rows over more than k thresholds: the cap at k is exercised */
+  for (int64_t n = 0; n < N && !training; n++) {
+    double row[4];
+    int ord[4], over = 0;
+    for (int e = 0; e < E; e++) {
+      row[e] = gs[n][e] > get(p, thr, e) ? gs[n][e] : -INFINITY;
+      over += row[e] > -INFINITY;
+    }
+    passed_more += over > k;
+    topk_ref(row, E, E, ord);
+    for (int j = 0; j < k; j++)
+      if (row[ord[j]] > -INFINITY) mask[n][ord[j]] = 1;
+  }
+  for (int64_t n = 0; n < N; n++)
+    for (int e = 0; e < E; e++)
+      load[e] += mask[n][e];
   for (int64_t n = 0; n < N; n++) {
     double S = 0, yr[8] = {0}, out[8];
     for (int e = 0; e < E; e++)
@@ -496,8 +512,10 @@ static void t_batchwise_reference(const char *what, bool training, int64_t B, in
     for (int o = 0; o < O; o++)
       maxd = fmax(maxd, fabs(yr[o] - get(p, y, n * O + o)));
   }
-  printf("batchwise %-10s max |y - ref| = %.3g, m = %lld\n", what, maxd, (long long)m);
+  printf("batchwise %-10s max |y - ref| = %.3g, m = %lld, rows over > k thresholds %d\n", what,
+         maxd, (long long)m, passed_more);
   CHECK(maxd < 1e-12);
+  CHECK(training || passed_more > 0); /* the cap at k per row is exercised */
   for (int e = 0; e < E; e++) {
     CHECK_CLOSE(get(p, find(g, "m.load"), e), load[e], 0, 0);
     CHECK_CLOSE(get(p, find(g, "m.importance"), e), imp[e], 1e-12, 1e-12);

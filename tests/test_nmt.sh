@@ -59,6 +59,10 @@ translate | eval)
     b=$(json_field "$TMP/ej" valid_ppl)
     awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= 1e-6 * a) }' ||
       fail "eval's ppl $b, the run's valid ppl $a"
+    # the same valid pairs: the run's (its summary's data.pairs) and eval's
+    vp=$(tail -1 "$TMP/run" | sed -n 's/.*"data":{"pairs":\[[0-9]*,\([0-9]*\)\].*/\1/p')
+    ep=$(json_field "$TMP/ej" pairs)
+    [ -n "$vp" ] && [ "$vp" = "$ep" ] || fail "valid pairs: the run's '$vp', eval's '$ep'"
     u=$(json_field "$TMP/ej" bleu)
     awk -v u="$u" 'BEGIN { exit !(u != "" && u >= 0 && u <= 100) }' || fail "bleu '$u'"
     echo "eval: ppl $b (run: $a), greedy BLEU $u"
@@ -71,10 +75,14 @@ translate | eval)
   "$MOEC" translate nmt_small.moe --load "$CK" <"$TMP/src" >"$TMP/b" 2>/dev/null || fail "translate stdin"
   cmp -s "$TMP/a" "$TMP/b" || fail "two runs (file, stdin) differ"
   [ "$(wc -l <"$TMP/a")" -eq "$(wc -l <"$TMP/src")" ] || fail "$(wc -l <"$TMP/a") lines out, $(wc -l <"$TMP/src") in"
-  # (a line alone may translate differently: the encoder's batchwise MoE keeps at most
-  # k*N/E rows per expert at inference too, N the batch's rows; docs/training.md)
+  # a sentence alone (--rows = the beam: one sentence a batch) translates as in a batch
+  # (batchwise MoE layers route each row by its thresholds alone)
+  "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --rows 4 >"$TMP/a1" 2>/dev/null || fail "one a batch"
+  cmp -s "$TMP/a" "$TMP/a1" || fail "alone and in a batch differ: $(diff "$TMP/a" "$TMP/a1" | head -5)"
   "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --beam 1 --rows 8 >"$TMP/g" 2>/dev/null || fail "greedy"
   [ "$(wc -l <"$TMP/g")" -eq "$(wc -l <"$TMP/src")" ] || fail "greedy: line count"
+  "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --beam 1 --rows 1 >"$TMP/g1" 2>/dev/null || fail "greedy alone"
+  cmp -s "$TMP/g" "$TMP/g1" || fail "greedy: alone and in a batch differ: $(diff "$TMP/g" "$TMP/g1" | head -5)"
   "$MOEC" translate nmt_small.moe "$TMP/src" --load "$CK" --max-len 2 >"$TMP/m" 2>/dev/null || fail "--max-len 2"
   [ "$(wc -l <"$TMP/m")" -eq "$(wc -l <"$TMP/src")" ] || fail "--max-len 2: line count"
   awk 'NF > 2 { exit 1 }' "$TMP/m" || fail "--max-len 2: more than two words: $(cat "$TMP/m")"

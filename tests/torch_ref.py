@@ -408,23 +408,23 @@ def sampled_xent(logits, t, cand, tries):
 
 
 def _batchwise(self, x, clean, lead):
-    """Strictly balanced gating as `moec grad` runs it (evaluation, docs/moe.md): expert e
-    takes the rows whose softmax score passes its threshold, at most the m = floor(k*N/E)
-    largest (ties to the lower row); G = gs*mask normalised per row; the threshold loss
-    (1/N) sum (1[gs > T] - mask) * (gs - T) with the masks as constants."""
+    """Strictly balanced gating as `moec grad` runs it (evaluation, docs/moe.md): row n
+    goes to the experts whose softmax score passes their threshold, at most its k largest
+    (ties to the lower expert), whatever the other rows; G = gs*mask normalised per row;
+    the threshold loss (1/N) sum (1[gs > T] - mask) * (gs - T) with the masks as
+    constants."""
     N, E, k = x.shape[0], self.E, self.k
     gs = torch.softmax(clean, dim=1)
-    m = (k * N) // E
     thr = self.thresholds
     above = (gs > thr).detach()
     mask = torch.zeros(N, E, dtype=x.dtype)
-    for e in range(E):
-        cand = above[:, e].nonzero(as_tuple=True)[0].tolist()
-        cand.sort(key=lambda r: (-gs[r, e].item(), r))
-        for r in cand[:m]:
-            mask[r, e] = 1.0
-        if len(cand) > m and m > 0:
-            self.min_gap = min(self.min_gap, gs[cand[m - 1], e].item() - gs[cand[m], e].item())
+    for n in range(N):
+        cand = above[n].nonzero(as_tuple=True)[0].tolist()
+        cand.sort(key=lambda e: (-gs[n, e].item(), e))
+        for e in cand[:k]:
+            mask[n, e] = 1.0
+        if len(cand) > k:
+            self.min_gap = min(self.min_gap, gs[n, cand[k - 1]].item() - gs[n, cand[k]].item())
     for e in range(E):  # scores near a threshold could pass in one precision only
         self.min_gap = min(self.min_gap, (gs[:, e] - thr[e]).abs().min().item())
     sel = gs * mask

@@ -14,6 +14,7 @@
  * dispatch copies its E+1 offsets to pinned host memory right after computing them
  * (async, with an event), and each grouped op waits for that event only (a stream
  * sync and copy when the offsets came from elsewhere); see docs/cuda.md. */
+#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -957,24 +958,46 @@ __global__ void transpose_keys_kernel_f64(const double *gs, double *kt, int32_t 
   GRID_STRIDE(e, E + 1) seg[e] = (int32_t)(e * N);
 }
 
-/* Block per expert: how many of its best rows are kept (m in training; else those
- * above thr[e], at most m), and their mask entries. */
+/* Training, a block per expert: its m best rows, and their mask entries. */
 template <typename T>
-__global__ void bw_select_kernel(const T *sk, const int32_t *sv, const T *thr, T *mask,
-                                 int32_t *cnt, int64_t N, int64_t E, int64_t m, bool training) {
+__global__ void bw_select_kernel(const int32_t *sv, T *mask, int32_t *cnt, int64_t N, int64_t E,
+                                 int64_t m) {
   int64_t e = blockIdx.x;
-  __shared__ int s_cnt;
-  if (threadIdx.x == 0) {
-    int64_t c = m;
-    if (!training) {
-      c = 0;
-      while (c < m && sk[e * N + c] > thr[e]) c++; /* sorted descending */
+  if (threadIdx.x == 0) cnt[e] = (int32_t)m;
+  for (int64_t j = threadIdx.x; j < m; j += blockDim.x)
+    mask[(int64_t)sv[e * N + j] * E + e] = T(1);
+}
+
+/* Evaluation, a thread per row (as the CPU's batchwise_route_eval): the experts over their
+ * thresholds, at most the k best (gs desc, ties to the lower expert), whatever the other
+ * rows. The mask was zeroed. */
+template <typename T>
+__global__ void bw_eval_mask_kernel(const T *gs, const T *thr, T *mask, int64_t N, int64_t E,
+                                    int64_t k) {
+  GRID_STRIDE(r, N) {
+    const T *g = gs + r * E;
+    T *mr = mask + r * E;
+    for (int64_t j = 0; j < k; j++) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; e++)
+        if (mr[e] == T(0) && g[e] > thr[e] && (best < 0 || g[e] > g[best])) best = e;
+      if (best < 0) break;
+      mr[best] = T(1);
     }
-    s_cnt = (int)c;
-    cnt[e] = (int32_t)c;
   }
-  __syncthreads();
-  for (int64_t j = threadIdx.x; j < s_cnt; j += blockDim.x) mask[(int64_t)sv[e * N + j] * E + e] = T(1);
+}
+
+/* Block per expert: the rows its mask column holds. */
+template <typename T>
+__global__ void bw_count_kernel(const T *mask, int32_t *cnt, int64_t N, int64_t E) {
+  typedef cub::BlockReduce<int, 256> Reduce;
+  __shared__ typename Reduce::TempStorage tmp;
+  int64_t e = blockIdx.x;
+  int c = 0;
+  for (int64_t n = threadIdx.x; n < N; n += 256)
+    c += mask[n * E + e] != T(0);
+  int total = Reduce(tmp).Sum(c);
+  if (threadIdx.x == 0) cnt[e] = total;
 }
 
 __global__ void bw_offsets_kernel(const int32_t *cnt, int32_t *off, int64_t E) {
@@ -1030,22 +1053,29 @@ static void k_batchwise_route(const KernelCtx *ctx, const Node *n, void *const *
   T *kt = cv.take<T>(N * E), *sk = cv.take<T>(N * E);
   int32_t *vt = cv.take<int32_t>(N * E), *sv = cv.take<int32_t>(N * E),
           *seg = cv.take<int32_t>(E + 1), *cnt = cv.take<int32_t>(E + 1);
-  if (sizeof(T) == sizeof(float))
-    transpose_keys_kernel<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
-        (const float *)in[0], (float *)kt, vt, seg, N, E);
-  else
-    transpose_keys_kernel_f64<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
-        (const double *)in[0], (double *)kt, vt, seg, N, E);
-  CUDA_LAUNCH_CHECK();
-  /* stable: equal values keep ascending rows (ties to the lower row) */
-  CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      temp, tb, kt, sk, vt, sv, (int)(N * E), (int)E, seg, seg + 1, 0, (int)(sizeof(T) * 8),
-      d->stream));
   CUDA_CHECK(cudaMemsetAsync(mask, 0, (size_t)(N * E) * sizeof(T), d->stream));
   CUDA_CHECK(cudaMemsetAsync(rows, 0xff, (size_t)R * sizeof(int32_t), d->stream)); /* -1 */
-  bw_select_kernel<T><<<(unsigned)E, 128, 0, d->stream>>>(sk, sv, IN(1, T), mask, cnt, N, E, m,
-                                                          ctx->training);
-  CUDA_LAUNCH_CHECK();
+  if (!ctx->training) { /* row by row: at most k per row, so the N*k slots hold them */
+    bw_eval_mask_kernel<T>
+        <<<rt_cuda_blocks(N), RT_CUDA_THREADS, 0, d->stream>>>(IN(0, T), IN(1, T), mask, N, E, k);
+    CUDA_LAUNCH_CHECK();
+    bw_count_kernel<T><<<(unsigned)E, 256, 0, d->stream>>>(mask, cnt, N, E);
+    CUDA_LAUNCH_CHECK();
+  } else {
+    if (sizeof(T) == sizeof(float))
+      transpose_keys_kernel<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
+          (const float *)in[0], (float *)kt, vt, seg, N, E);
+    else
+      transpose_keys_kernel_f64<<<rt_cuda_blocks(N * E), RT_CUDA_THREADS, 0, d->stream>>>(
+          (const double *)in[0], (double *)kt, vt, seg, N, E);
+    CUDA_LAUNCH_CHECK();
+    /* stable: equal values keep ascending rows (ties to the lower row) */
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        temp, tb, kt, sk, vt, sv, (int)(N * E), (int)E, seg, seg + 1, 0, (int)(sizeof(T) * 8),
+        d->stream));
+    bw_select_kernel<T><<<(unsigned)E, 128, 0, d->stream>>>(sv, mask, cnt, N, E, m);
+    CUDA_LAUNCH_CHECK();
+  }
   bw_offsets_kernel<<<1, 32, 0, d->stream>>>(cnt, off, E);
   CUDA_LAUNCH_CHECK();
   publish_offsets(d, n, off, E + 1);
