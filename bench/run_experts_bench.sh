@@ -3,16 +3,16 @@
 # k and expert size: bench/lm_bench.moe (k=4, hidden 512, D=256, B=32, T=20) with
 # 16, 64, 256 and 1024 experts, timed by bench/op_profile.c, step time by part.
 #
-#   bench/run_experts_bench.sh [--experts "16 64 256 1024"] [--steps N] [--optimizer adam|factored]
-#                              [--cpu-time]
+#   bench/run_experts_bench.sh [--experts "16 64 256 1024"] [--steps N]
+#                              [--optimizer "adam factored"] [--cpu-time]
 #
 # Compute per token does not grow with the experts (each token visits k of them); what
 # must grow is the gate (x . w_gate and x . w_noise are D x E, and the gating ops on
 # [B*T, E]) and memory traffic proportional to the parameters: the optimizer's pass
 # (Adam: 28 bytes a parameter) and the expert GEMMs reading every expert's weights and
-# writing their gradients. Prints, per E: parameters, ms/step, the parts (gate, dispatch,
-# expert GEMMs, optimizer, other) and the step's ratio to the first E. Results also in
-# build/bench/experts.txt. OP_PROFILE=path overrides build/op_profile. --cpu-time: the
+# writing their gradients. Prints, per optimizer (one or a list, default adam) and E:
+# parameters, ms/step, the parts (gate, dispatch, expert GEMMs, optimizer, other) and the
+# step's ratio to the first E. Results also in build/bench/experts.txt. OP_PROFILE=path overrides build/op_profile. --cpu-time: the
 # process's CPU time rather than the wall clock (op_profile --cpu-time; with
 # MOEC_THREADS=1, the one-thread work a step, robust to other load on the machine).
 set -euo pipefail
@@ -33,34 +33,40 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case "$opt" in adam|factored) ;; *) echo "run_experts_bench: --optimizer adam or factored" >&2; exit 2 ;; esac
+for o in $opt; do
+  case "$o" in adam|factored) ;; *) echo "run_experts_bench: --optimizer adam, factored or both" >&2; exit 2 ;; esac
+done
 prof="${OP_PROFILE:-build/op_profile}"
 [ -x "$prof" ] || { echo "run_experts_bench: $prof is missing: run scripts/setup first" >&2; exit 1; }
 out=build/bench
 mkdir -p "$out"
 : >"$out/experts.txt"
 echo "run_experts_bench: $(nproc) cores, ${MOEC_THREADS:-default} threads, optimizer $opt${timing:+, CPU time}, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-for e in $experts; do
-  sed "s/experts=16/experts=$e/; s/adam(lr=1e-3)/$opt(lr=1e-3)/" bench/lm_bench.moe >"$out/experts_$e.moe"
-  load=$(cut -d' ' -f1-3 /proc/loadavg)
-  "$prof" "${timing[@]}" "$out/experts_$e.moe" "$steps" >"$out/experts_$e.txt"
-  params=$(build/moec check "$out/experts_$e.moe" --json 2>/dev/null |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin).get("params", 0))' 2>/dev/null || echo 0)
-  echo "$e $params $load $(tail -n 1 "$out/experts_$e.txt")" >>"$out/experts.txt"
-  echo "  $e experts done ($(head -n 1 "$out/experts_$e.txt" | sed 's/.*timed steps, //; s/:.*//'))"
+for o in $opt; do
+  for e in $experts; do
+    f="$out/experts_${o}_$e"
+    sed "s/experts=16/experts=$e/; s/adam(lr=1e-3)/$o(lr=1e-3)/" bench/lm_bench.moe >"$f.moe"
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    "$prof" "${timing[@]}" "$f.moe" "$steps" >"$f.txt"
+    params=$(build/moec check "$f.moe" --json 2>/dev/null |
+      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin).get("params", 0))' 2>/dev/null || echo 0)
+    echo "$o $e $params $load $(tail -n 1 "$f.txt")" >>"$out/experts.txt"
+    echo "  $o, $e experts done ($(head -n 1 "$f.txt" | sed 's/.*timed steps, //; s/:.*//'))"
+  done
 done
 /usr/bin/python3 - "$out/experts.txt" <<'PY'
 import json, sys
 rows = []
 for l in open(sys.argv[1]):
-    e, params, l1, l5, l15, js = l.split(" ", 5)
-    rows.append((int(e), int(params), l1, json.loads(js)))
-base = rows[0][3]["ms_step"]
+    o, e, params, l1, l5, l15, js = l.split(" ", 6)
+    rows.append((o, int(e), int(params), l1, json.loads(js)))
 keys = ["gate", "dispatch", "experts", "optimizer", "other"]
-print(f"{'experts':>7} {'params':>8} {'ms/step':>8} {'x':>5}  " +
+print(f"{'optim':>8} {'experts':>7} {'params':>8} {'ms/step':>8} {'x':>5}  " +
       " ".join(f"{k:>9}" for k in ["gate", "dispatch", "expertGEMM", "optimizer", "other"]) +
       "  load")
-for e, p, ld, d in rows:
-    print(f"{e:>7} {p / 1e6:7.1f}M {d['ms_step']:8.1f} {d['ms_step'] / base:5.2f}  " +
+base = {}
+for o, e, p, ld, d in rows:
+    base.setdefault(o, d["ms_step"])  # each optimizer's first E
+    print(f"{o:>8} {e:>7} {p / 1e6:7.1f}M {d['ms_step']:8.1f} {d['ms_step'] / base[o]:5.2f}  " +
           " ".join(f"{d['ms_' + k]:9.1f}" for k in keys) + f"  {ld}")
 PY

@@ -94,18 +94,22 @@ void rt_optim_free(Optim *o) {
  * needs it first; the updates (Adam and vectors; a factored matrix's row and column
  * moments); the factored matrices' parameters. Without clipping the norm's squares
  * are summed by the update tasks as they read the gradient: one pass over
- * parameters, gradients and moments. */
+ * parameters, gradients and moments. A factored matrix that fits in L2 (an expert's)
+ * is one task doing all three phases' work on it, so its gradient comes from memory
+ * once (12 bytes a parameter rather than 20) with the same arithmetic in the same order;
+ * its norm partials keep the row spans' slots, so the norm's bits do not change either. */
 
 #include "vec.h"
 
-#define OPT_SPAN 16384 /* elements per task */
-#define OPT_COLS 256   /* columns per column-moment task */
+#define OPT_SPAN 16384           /* elements per task */
+#define OPT_COLS 256             /* columns per column-moment task */
+#define OPT_FMAT_BYTES (1 << 20) /* a factored matrix up to this is one task (fits in L2) */
 
 typedef struct OptCoef {
   double scale, b1, b2, lr, eps, bc1, bc2;
 } OptCoef;
 
-typedef enum OptKindT { OT_NORM, OT_ADAM, OT_FVEC, OT_FROWS, OT_FCOLS, OT_FUPD } OptKindT;
+typedef enum OptKindT { OT_NORM, OT_ADAM, OT_FVEC, OT_FROWS, OT_FCOLS, OT_FUPD, OT_FMAT } OptKindT;
 
 typedef struct OptTask {
   int i; /* parameter */
@@ -113,6 +117,7 @@ typedef struct OptTask {
   int64_t lo, hi; /* elements, or a matrix's rows / columns */
   int64_t l, m;   /* factored: matrix l of the parameter, m of the whole list */
   int64_t rows, cols;
+  int64_t slot; /* its first norm partial (OT_FMAT: one per span of rows, as OT_FROWS) */
 } OptTask;
 
 typedef struct OptJob {
@@ -121,11 +126,21 @@ typedef struct OptJob {
   OptCoef c;
   bool fuse_norm; /* update tasks also sum the gradient's squares */
   OptTask *t;
-  int64_t nt;
-  double *part;           /* [nt]: each task's sum of squares (0 if none) */
+  int64_t nt, ns;
+  double *part;           /* [ns]: the tasks' sums of squares, in task order (0 if none) */
   unsigned char *nonzero; /* [factored matrices]: its gradient has a nonzero */
   double *rmean;          /* [factored matrices]: mean row moment */
 } OptJob;
+
+/* Rows per task (and per norm partial) of a factored matrix's row moments. */
+static int64_t frow_span(int64_t cols) {
+  return MC_MAX(1, OPT_SPAN / MC_MAX(cols, 1));
+}
+
+/* A factored matrix small enough to be one OT_FMAT task. */
+static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
+  return (double)rows * (double)cols * (double)o->elem <= OPT_FMAT_BYTES;
+}
 
 #define S float
 #define K(name) name##_f32
@@ -140,11 +155,11 @@ typedef struct OptJob {
 
 static void opt_task(void *arg, int64_t k) {
   const OptJob *J = arg;
-  J->part[k] = 0;
+  double *part = &J->part[J->t[k].slot];
   if (J->o->elem == sizeof(double))
-    task_f64(J, &J->t[k], &J->part[k]);
+    task_f64(J, &J->t[k], part);
   else
-    task_f32(J, &J->t[k], &J->part[k]);
+    task_f32(J, &J->t[k], part);
 }
 
 /* Appends the tasks of one phase: 0 the norm, 1 updates and factored moments, 2 the
@@ -152,7 +167,7 @@ static void opt_task(void *arg, int64_t k) {
 static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
   const Optim *o = J->o;
   int64_t cap = 64, m = 0;
-  J->nt = 0;
+  J->nt = J->ns = 0;
   J->t = mc_malloc((size_t)cap * sizeof(OptTask));
   for (int i = 0; i < o->n; i++) {
     if (!grads[i] || o->numel[i] == 0) continue; /* not updated on this device (multidev.c) */
@@ -160,12 +175,20 @@ static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
     if (phase == 2 && !fm) continue;
     int64_t lead = 1, rows = 1, cols = o->numel[i];
     if (fm) factor_dims(o, i, &lead, &rows, &cols);
+    bool whole = fm && fmat_whole(o, rows, cols);
     for (int64_t l = 0; l < lead; l++, m += fm) {
+      if (whole) { /* phase 1 does it all; slots as its OT_FROWS tasks' */
+        if (phase == 2) continue;
+        if (J->nt == cap) J->t = mc_realloc(J->t, (size_t)(cap *= 2) * sizeof(OptTask));
+        J->t[J->nt++] = (OptTask){i, OT_FMAT, 0, rows, l, m, rows, cols, J->ns};
+        J->ns += (rows + frow_span(cols) - 1) / frow_span(cols);
+        continue;
+      }
       int64_t spans[2] = {fm ? rows : cols, fm && phase == 1 ? cols : 0};
       for (int part = 0; part < 2; part++) {
         int64_t len = spans[part];
         /* rows per task: about OPT_SPAN elements; columns: OPT_COLS */
-        int64_t per = !fm ? OPT_SPAN : part ? OPT_COLS : MC_MAX(1, OPT_SPAN / MC_MAX(cols, 1));
+        int64_t per = !fm ? OPT_SPAN : part ? OPT_COLS : frow_span(cols);
         for (int64_t lo = 0; lo < len; lo += per) {
           if (J->nt == cap) J->t = mc_realloc(J->t, (size_t)(cap *= 2) * sizeof(OptTask));
           OptKindT k = phase == 0   ? OT_NORM
@@ -173,7 +196,7 @@ static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
                        : phase == 2 ? OT_FUPD
                        : part == 0  ? OT_FROWS
                                     : OT_FCOLS;
-          J->t[J->nt++] = (OptTask){i, k, lo, MC_MIN(len, lo + per), l, m, rows, cols};
+          J->t[J->nt++] = (OptTask){i, k, lo, MC_MIN(len, lo + per), l, m, rows, cols, J->ns++};
         }
       }
     }
@@ -188,10 +211,10 @@ static double opt_phase(OptJob *J, int phase) {
     J->nonzero = mc_calloc((size_t)MC_MAX(nm, 1), 1);
     J->rmean = mc_calloc((size_t)MC_MAX(nm, 1), sizeof(double));
   }
-  J->part = mc_malloc((size_t)MC_MAX(J->nt, 1) * sizeof(double));
+  J->part = mc_calloc((size_t)MC_MAX(J->ns, 1), sizeof(double));
   rt_parallel(J->nt, opt_task, J);
   double ss = 0;
-  for (int64_t k = 0; k < J->nt; k++)
+  for (int64_t k = 0; k < J->ns; k++)
     ss += J->part[k];
   if (phase == 1) /* the factored matrices' row means, for phase 2 */
     for (int64_t k = 0; k < J->nt; k++) {

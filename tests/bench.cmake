@@ -1,6 +1,7 @@
 # bench.cmake: keeps bench/ building and running (the benchmarks themselves are
 # not timed tests: bench/run_lm_bench.sh runs them). op_profile is built with the
-# project's warnings, and run for one step on a small model; lm_torch.py runs two
+# project's warnings, and run for one step on a small model (optim_bench: one update
+# of two experts); lm_torch.py runs two
 # steps of a tiny configuration (skipped without torch).
 add_executable(op_profile ${CMAKE_SOURCE_DIR}/bench/op_profile.c)
 target_link_libraries(op_profile PRIVATE moeccore)
@@ -9,6 +10,13 @@ set_target_properties(op_profile PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BIN
 add_test(NAME bench_op_profile COMMAND op_profile ${CMAKE_CURRENT_SOURCE_DIR}/torch_ref.moe 1)
 set_tests_properties(bench_op_profile PROPERTIES TIMEOUT 60 LABELS bench
                      PASS_REGULAR_EXPRESSION "MoE layer 'm': [0-9.]+ ms/step")
+add_executable(optim_bench ${CMAKE_SOURCE_DIR}/bench/optim_bench.c)
+target_link_libraries(optim_bench PRIVATE moeccore)
+target_compile_options(optim_bench PRIVATE ${MOEC_WARN})
+set_target_properties(optim_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+add_test(NAME bench_optim COMMAND optim_bench 2 1)
+set_tests_properties(bench_optim PROPERTIES TIMEOUT 30 LABELS "bench;fast"
+                     PASS_REGULAR_EXPRESSION "factored +[0-9.]+ ms/step")
 set(MOEC_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python with torch and numpy for the PyTorch reference tests (Debian's python3-torch)")
 add_test(NAME bench_lm_torch

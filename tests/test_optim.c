@@ -577,15 +577,18 @@ REF_UPDATE(double, ref_update_f64)
 
 /* Parameters big enough to split into many tasks: experts [3, 300, 700] (rows and
  * columns past one task each; expert 1's gradient all zero in the second step), a
- * matrix [40, 50], a long vector; 3 steps with and without clipping (the second
+ * matrix [40, 50], a long vector, a matrix [600, 500]; the factored optimizer takes a
+ * matrix up to 1 MB as one task (the experts in f32, [40, 50]) and splits larger ones
+ * (the experts in f64, [600, 500]); 3 steps with and without clipping (the second
  * step's gradients exceed it), f32 and f64, 1, 2 and 3 threads: the same bits as
  * ref_update, and the same norm for every thread count. */
 static void test_bits(void) {
   Model md = {0};
-  int64_t se[3] = {3, 300, 700}, sm[2] = {40, 50}, sv[1] = {70001};
+  int64_t se[3] = {3, 300, 700}, sm[2] = {40, 50}, sv[1] = {70001}, sl[2] = {600, 500};
   add_param(&md, "m.w1", 3, se);
   add_param(&md, "w", 2, sm);
   add_param(&md, "b", 1, sv);
+  add_param(&md, "w2", 2, sl);
   int np = md.g.nparams;
   for (int prec = 0; prec < 2; prec++)
     for (int kind = 0; kind < 2; kind++)
