@@ -4,10 +4,34 @@
  * expert-row tensor room for the rows of the global batch, the most the all-to-all can
  * bring one device. It also refuses, at the rule that asked for them, the placements the
  * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
+#include <string.h>
+
 #include "plan.h"
 
+/* Layers with batchwise gating: their slot lists are N*k*P long (comm.c), so their expert
+ * rows keep the room for every device's. */
+static bool *batchwise_layers(const Graph *g) {
+  bool *bw = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
+  for (int k = 0; k < g->nnodes; k++)
+    for (int m = 0; m < g->nmoe && g->nodes[k]->op == OP_BATCHWISE_ROUTE; m++)
+      if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) bw[m] = true;
+  return bw;
+}
+
+static bool in_batchwise(const Graph *g, const bool *bw, const Tensor *t) {
+  const char *layer = t->producer ? t->producer->layer : NULL;
+  for (int m = 0; layer && m < g->nmoe; m++)
+    if (bw[m] && !strcmp(layer, g->moe_names[m])) return true;
+  return false;
+}
+
+/* Expert rows x P (every route of the global batch on this device: the worst case), or
+ * with plan.expert_headroom = H x min(H, P): H x the device's share under uniform routing;
+ * a step that routes more rows to a device stops in the all-to-all with the reason. */
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
   int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  int widen = g->expert_headroom > 0 && g->expert_headroom < devices ? g->expert_headroom : devices;
+  bool *bw = widen < devices ? batchwise_layers(g) : NULL;
   for (int i = 0; i < g->ntensors && devices > 1; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
@@ -17,9 +41,11 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
       t->ty.dim[0] = dim_int(cap);
       continue;
     }
+    int f = bw && in_batchwise(g, bw, t) ? devices : widen;
     for (int q = 0; q < t->ty.dim[0].b; q++)
-      t->ty.dim[0].c *= devices;
+      t->ty.dim[0].c *= f;
   }
+  mc_free(bw);
   return save;
 }
 
@@ -165,6 +191,7 @@ void pass_bind(Graph *g, const PassCtx *ctx) {
   bind_size(g, cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   g->B_global = B;
+  g->expert_headroom = cfg ? cfg->expert_headroom : 0;
   if (g->nshapes && !check_shapes(g, ctx)) return;
   if (P > 1 && !check_sets(g, ctx, B)) return;
   if (!ctx->device_graph || P <= 1) {
@@ -184,6 +211,7 @@ Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
   bind_size(g, ctx->cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   Type *save = pass_shard_experts(g, P > 1 ? d : -1); /* every type, for the restore */
+  g->expert_headroom = ctx->cfg ? ctx->cfg->expert_headroom : 0;
   if (P > 1) {
     g->rank = d;
     g->ndev = P;

@@ -272,7 +272,7 @@ static double elem_s(const CostConsts *k, double elems, double flops) {
 /* Seconds of node n on every device: t[d]. Rows split by plan_node_share; an expert
  * node's work by its experts' routed rows, an expert GEMM per expert at its rows. */
 static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                       double *t) {
+                       double *t, DeviceCost *dc) {
   const int P = r->P;
   const double launch = k->launch_us * 1e-6;
   int m = moe_of(g, n->layer);
@@ -288,8 +288,11 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
       int d = placed ? g->moe_expert_dev[m][e] : 0;
       if (d < 0 || d >= P) continue;
       double Re = R * r->w[m][e];
-      t[d] += launch +
-              (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
+      double x = launch + (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K)
+                                                      : plan_gemm_s(k, K, M, Re));
+      t[d] += x;
+      dc[d].expert_s += x;
+      dc[d].expert_flops += 2 * Re * M * K;
     }
     return;
   }
@@ -523,7 +526,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       comm += mx;
       continue;
     }
-    node_times(g, n, &r, k, t);
+    node_times(g, n, &r, k, t, c.dev);
     for (int d = 0; d < devices; d++) {
       acc[d] += t[d];
       c.dev[d].compute_s += t[d];
@@ -549,7 +552,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   mc_free(kept);
   c.fits = true;                    /* until plan_cost_set_memory says otherwise */
   if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
-    c.dev[0].compute_s /= k->cores;
+    c.dev[0].compute_s /= k->cores, c.dev[0].expert_s /= k->cores;
   c.step_s = step;
   c.comm_s = comm;
   c.compute_s = step - comm;

@@ -137,6 +137,7 @@ typedef struct DeviceCost {
    * its kernels' time, its collectives' time and bytes on each kind of link */
   double expert_rows, route_share; /* route_share: of the routed rows, mean over layers */
   double compute_s, comm_s, intra_bytes, inter_bytes;
+  double expert_s, expert_flops; /* of compute_s: its experts' GEMMs (one per expert) */
 } DeviceCost;
 
 typedef struct PlanCost {
