@@ -8,30 +8,40 @@
 
 #include "plan.h"
 
-/* Layers with batchwise gating: their slot lists are N*k*P long (comm.c), so their expert
- * rows keep the room for every device's. */
-static bool *batchwise_layers(const Graph *g) {
-  bool *bw = mc_calloc((size_t)g->nmoe + 1, sizeof(bool));
+/* The factor each MoE layer's expert rows are widened by: x P (every route of the global
+ * batch on one device: the worst case), or with plan.expert_headroom = H, H x the rows a
+ * device of the layer's expert set gets under uniform routing (P / |set| x its B/P share),
+ * at most x P; a step that routes more rows to a device stops in the all-to-all with the
+ * reason. Batchwise gating keeps x P: its slot lists are N*k*P long (comm.c). */
+int *plan_layer_widen(const Graph *g, int P) {
+  int *f = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
+  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
+  for (int m = 0; m < g->nmoe; m++) {
+    f[m] = P;
+    if (g->expert_headroom <= 0 || !g->moe_expert_dev || g->moe_nexperts[m] <= 0) continue;
+    int set = 0;
+    memset(has, 0, (size_t)P * sizeof(bool));
+    for (int e = 0; e < g->moe_nexperts[m]; e++) {
+      int d = g->moe_expert_dev[m][e];
+      if (d < 0 || d >= P) { /* replicated experts: every device */
+        set = P;
+        break;
+      }
+      if (!has[d]) has[d] = true, set++;
+    }
+    int64_t w = (int64_t)g->expert_headroom * ((P + set - 1) / (set > 0 ? set : 1));
+    f[m] = w < P ? (int)w : P;
+  }
   for (int k = 0; k < g->nnodes; k++)
     for (int m = 0; m < g->nmoe && g->nodes[k]->op == OP_BATCHWISE_ROUTE; m++)
-      if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) bw[m] = true;
-  return bw;
+      if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) f[m] = P;
+  mc_free(has);
+  return f;
 }
 
-static bool in_batchwise(const Graph *g, const bool *bw, const Tensor *t) {
-  const char *layer = t->producer ? t->producer->layer : NULL;
-  for (int m = 0; layer && m < g->nmoe; m++)
-    if (bw[m] && !strcmp(layer, g->moe_names[m])) return true;
-  return false;
-}
-
-/* Expert rows x P (every route of the global batch on this device: the worst case), or
- * with plan.expert_headroom = H x min(H, P): H x the device's share under uniform routing;
- * a step that routes more rows to a device stops in the all-to-all with the reason. */
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
   int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
-  int widen = g->expert_headroom > 0 && g->expert_headroom < devices ? g->expert_headroom : devices;
-  bool *bw = widen < devices ? batchwise_layers(g) : NULL;
+  int *f = devices > 1 ? plan_layer_widen(g, devices) : NULL;
   for (int i = 0; i < g->ntensors && devices > 1; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
@@ -41,11 +51,14 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
       t->ty.dim[0] = dim_int(cap);
       continue;
     }
-    int f = bw && in_batchwise(g, bw, t) ? devices : widen;
+    const char *layer = t->producer ? t->producer->layer : NULL;
+    int w = devices;
+    for (int m = 0; layer && m < g->nmoe; m++)
+      if (!strcmp(layer, g->moe_names[m])) w = f[m];
     for (int q = 0; q < t->ty.dim[0].b; q++)
-      t->ty.dim[0].c *= f;
+      t->ty.dim[0].c *= w;
   }
-  mc_free(bw);
+  mc_free(f);
   return save;
 }
 

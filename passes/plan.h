@@ -92,6 +92,9 @@ void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save);
  * moe(capacity=) (pass_capacity_rows at the global B, T): what pass_bind does on a device
  * graph; returns what plan_unwiden_expert_rows needs to restore the types. */
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
+/* Per MoE layer: the factor its expert rows are widened by on P devices (P: the worst
+ * case; plan.expert_headroom: less). mc_free it. */
+int *plan_layer_widen(const Graph *g, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 
 /* ---------------------------------------------------------------- costmodel.c */

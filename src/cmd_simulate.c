@@ -251,6 +251,23 @@ static double gib(double b) {
   return b / 1073741824.0;
 }
 
+/* Bytes of one device's expert-row tensors (each on its own; the arena overlays some),
+ * at the rows its buffers are sized for. */
+static double expert_row_bytes(const Graph *g, int P) {
+  if (P <= 1 || !g->moe_expert_dev) return 0;
+  int *f = plan_layer_widen(g, P);
+  double b = 0;
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    const char *layer = t->producer ? t->producer->layer : NULL;
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || !layer) continue;
+    for (int m = 0; m < g->nmoe; m++)
+      if (!strcmp(layer, g->moe_names[m])) b += 4.0 * (double)t->numel * f[m] / P;
+  }
+  mc_free(f);
+  return b;
+}
+
 int cmd_simulate(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "simulate");
@@ -376,10 +393,19 @@ int cmd_simulate(int argc, char **argv) {
     else if (c.fits)
       printf("fits           yes: %.3f of %g GiB (%.0f%%)\n", gib(c.max_planned), cl.dev->mem_gib,
              100 * c.max_planned / cl.k.mem_bytes);
-    else
+    else {
       printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
              "use more devices, a smaller batch, recompute, or the factored optimizer\n",
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
+      double xb = expert_row_bytes(g, P);
+      if (xb > 0.5 * w->arena_bytes)
+        printf("               the expert-row buffers dominate: %.3f GiB of tensors in the %.3f "
+               "GiB arena, %s; plan.expert_headroom = H (--expert-headroom 2) sizes them at H x "
+               "a device's fair share of the routes, moe(..., capacity=) bounds them\n",
+               gib(xb), gib(w->arena_bytes),
+               g->expert_headroom > 0 ? "at this expert_headroom"
+                                      : "room for every route of the batch on each device");
+    }
     char routing[512];
     plan_print_step(g, &c, plan_routing_desc(&o, routing, sizeof routing));
     if (notes.data[0]) printf("\n%s", notes.data);

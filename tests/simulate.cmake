@@ -61,3 +61,11 @@ add_test(NAME simulate_paper_k40_tables
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper)
 set_tests_properties(simulate_paper_k40_tables PROPERTIES LABELS "simulate;slow" TIMEOUT 600
                      PASS_REGULAR_EXPRESSION "pattern holds")
+# plan.expert_headroom: the expert-row buffers at H x a device's fair share of the routes;
+# the plan's memory equals the run's, below the worst case's; too few rows stop the run
+# with the reason (tests/test_expert_headroom.sh).
+add_test(NAME plan_expert_headroom
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_expert_headroom.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
+set_tests_properties(plan_expert_headroom PROPERTIES LABELS "simulate;multidev" TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "ok\n")
