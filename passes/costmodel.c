@@ -36,7 +36,8 @@
 /* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
  * threads; the GEMM shape, elementwise and launch terms are rough guesses until `moec
- * calibrate` measures them. The K40 / H100 presets are moec simulate's (src/cmd_simulate.c). */
+ * calibrate` measures them. The K40 / H100 / H200 presets are moec simulate's
+ * (src/cmd_simulate.c). */
 const CostConsts plan_consts_cpu = {"cpu", 40, 10, 5, 0, 0, 0, 0, 0, 16, 5, 1, 0};
 
 static double numel(const Tensor *t) {
@@ -288,8 +289,8 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
       int d = placed ? g->moe_expert_dev[m][e] : 0;
       if (d < 0 || d >= P) continue;
       double Re = R * r->w[m][e];
-      double x = launch + (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K)
-                                                      : plan_gemm_s(k, K, M, Re));
+      double x = launch +
+                 (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
       t[d] += x;
       dc[d].expert_s += x;
       dc[d].expert_flops += 2 * Re * M * K;

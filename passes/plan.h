@@ -110,7 +110,8 @@ typedef struct CostConsts {
   int per_node;       /* devices per node (0: one group, every link link_gbs) */
   double inter_gbs;   /* GB/s of one device's share of the link between nodes */
   double inter_latency_us;
-  /* the shape and launch terms (0: not modelled; a profile from moec calibrate sets them) */
+  /* the shape and launch terms (0: not modelled; a moec calibrate profile and moec
+     simulate's cluster presets set them) */
   double gemm_half; /* a GEMM whose smallest side is s runs at s / (s + gemm_half) of gflops */
   double elem_gbs;  /* GB/s of elementwise ops (bytes read + written); 0: 1 flop per element */
   double launch_us; /* per kernel call (an LSTM: one per timestep) */

@@ -137,7 +137,8 @@ static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) 
   for (size_t i = 0; i < MC_ARRAY_LEN(devs); i++)
     if (!strcasecmp(dname, devs[i].name)) c->dev = &devs[i];
   if (!c->dev) {
-    snprintf(why, wlen, "unknown device '%s' in '%s' (K40, H100, H100-TF32, H200, CPU)", dname, spec);
+    snprintf(why, wlen, "unknown device '%s' in '%s' (K40, H100, H100-TF32, H200, CPU)", dname,
+             spec);
     return false;
   }
   const LinkPreset *L = NULL;
