@@ -69,3 +69,11 @@ add_test(NAME plan_expert_headroom
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
 set_tests_properties(plan_expert_headroom PROPERTIES LABELS "simulate;multidev" TIMEOUT 120
                      PASS_REGULAR_EXPRESSION "ok\n")
+# The cluster presets carry the GEMM-shape, elementwise and launch terms (docs/placement.md,
+# "moec simulate": K40's h fitted, H100/H200's scaled); on 4 K40s the expert GEMMs of
+# lm_moe32 run faster per FLOP at a larger batch (more rows per expert) and never above G.
+add_test(NAME simulate_presets
+         COMMAND sh -c "for c in 4xK40 8xH100 8xH200; do \"$1\" simulate \"$2\" --cluster $c --batch 64 --format json; done > pre.jsonl && \"$1\" simulate \"$2\" --cluster 4xK40 --batch 4096 --format json >> pre.jsonl && /usr/bin/python3 -c 'import json; d=[json.loads(l) for l in open(\"pre.jsonl\")]; k=[x[\"constants\"] for x in d]; assert all(c[\"gemm_half\"] > 0 and c[\"launch_us\"] > 0 and c[\"elem_gbs\"] > 0 for c in k), k; assert d[2][\"device\"] == \"H200\" and d[2][\"memory\"][\"capacity_bytes\"] == 139 * 2**30, d[2]; r=[x[\"expert_gemm_flops\"] / x[\"expert_gemm_s\"] / 1e9 for x in (d[0], d[3])]; assert r[0] < r[1] < k[0][\"gflops\"], r; print(\"ok\", r)'"
+                 sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
+set_tests_properties(simulate_presets PROPERTIES LABELS simulate TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "^ok")
