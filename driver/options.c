@@ -190,6 +190,8 @@ static const Flag flags[] = {
     {"--recompute", DRV_SETTINGS, NULL, NULL, "R none, all, auto, or layers: m,h1"},
     {"--memory-budget", DRV_SETTINGS, "plan", "memory_budget",
      "SIZE  per device, for recompute = auto (8GiB)"},
+    {"--expert-headroom", DRV_SETTINGS, "plan", "expert_headroom",
+     "H  expert-row buffers at H x a device's fair share of the routes (default: room for all)"},
     {"--fuse", DRV_SETTINGS, "plan", "fuse", "true|false  elementwise fusion (plan.fuse)"},
     {"--no-fuse", DRV_SETTINGS, NULL, NULL, "       the same as --fuse false"},
     {"--backend", DRV_SETTINGS, "plan", "backend", "B   cpu, cuda or auto (plan.backend)"},

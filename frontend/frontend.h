@@ -265,6 +265,8 @@ typedef struct Config {
   const char *expert_policy; /* "contiguous", "round_robin", "balanced" */
   RecomputeKind recompute; const char **recompute_names; int n_recompute;
   double memory_budget; /* bytes, 0 = device memory */
+  int expert_headroom;  /* expert-row buffers: H x a device's fair share of the routes
+                           (0: the worst case, every route to one device: x devices) */
   bool fuse;
   BackendKind backend;
   bool tf32; /* cuda: float32 GEMMs on TF32 tensor cores (off: the CPU's float32 results) */

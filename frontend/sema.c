@@ -1294,7 +1294,8 @@ typedef struct Setting {
 static const char *const train_keys[] = {"data",      "batch", "unroll", "steps",      "eval_every",
                                          "optimizer", "clip",  "seed",   "accumulate", "max_time"};
 static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
-                                        "memory_budget", "fuse", "backend",  "tf32"};
+                                        "memory_budget", "fuse", "backend",  "tf32",
+                                        "expert_headroom"};
 enum {
   TK_DATA,
   TK_BATCH,
@@ -1318,6 +1319,7 @@ enum {
   PK_FUSE,
   PK_BACKEND,
   PK_TF32,
+  PK_HEADROOM,
   PK_N
 };
 
@@ -2043,6 +2045,9 @@ static void check_plan(Sema *S, Block *b) {
     }
     case PK_RECOMPUTE:
       plan_recompute(S, e);
+      break;
+    case PK_HEADROOM:
+      if (const_int(S, e, "expert_headroom", 1, 65536, &v)) c->expert_headroom = (int)v;
       break;
     default:
       break;

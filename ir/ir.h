@@ -196,6 +196,7 @@ struct Graph {
   Tensor **moe_importance, **moe_load; const char **moe_names; int nmoe; /* for monitoring */
   Tensor **moe_drop; /* per moe: the routes each expert dropped (capacity=), NULL without */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
+  int expert_headroom; /* plan.expert_headroom, set by bind (0: expert rows x P; bind.c) */
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
   int64_t B, T, S;   /* bound values, 0 until ir_bind (S = T unless ir_bind_seq says; a
                         device graph: its rows) */

@@ -4,10 +4,44 @@
  * expert-row tensor room for the rows of the global batch, the most the all-to-all can
  * bring one device. It also refuses, at the rule that asked for them, the placements the
  * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
+#include <string.h>
+
 #include "plan.h"
+
+/* The factor each MoE layer's expert rows are widened by: x P (every route of the global
+ * batch on one device: the worst case), or with plan.expert_headroom = H, H x the rows a
+ * device of the layer's expert set gets under uniform routing (P / |set| x its B/P share),
+ * at most x P; a step that routes more rows to a device stops in the all-to-all with the
+ * reason. Batchwise gating keeps x P: its slot lists are N*k*P long (comm.c). */
+int *plan_layer_widen(const Graph *g, int P) {
+  int *f = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
+  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
+  for (int m = 0; m < g->nmoe; m++) {
+    f[m] = P;
+    if (g->expert_headroom <= 0 || !g->moe_expert_dev || g->moe_nexperts[m] <= 0) continue;
+    int set = 0;
+    memset(has, 0, (size_t)P * sizeof(bool));
+    for (int e = 0; e < g->moe_nexperts[m]; e++) {
+      int d = g->moe_expert_dev[m][e];
+      if (d < 0 || d >= P) { /* replicated experts: every device */
+        set = P;
+        break;
+      }
+      if (!has[d]) has[d] = true, set++;
+    }
+    int64_t w = (int64_t)g->expert_headroom * ((P + set - 1) / (set > 0 ? set : 1));
+    f[m] = w < P ? (int)w : P;
+  }
+  for (int k = 0; k < g->nnodes; k++)
+    for (int m = 0; m < g->nmoe && g->nodes[k]->op == OP_BATCHWISE_ROUTE; m++)
+      if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) f[m] = P;
+  mc_free(has);
+  return f;
+}
 
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
   int64_t *save = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  int *f = devices > 1 ? plan_layer_widen(g, devices) : NULL;
   for (int i = 0; i < g->ntensors && devices > 1; i++) {
     Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0) continue;
@@ -17,9 +51,14 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
       t->ty.dim[0] = dim_int(cap);
       continue;
     }
+    const char *layer = t->producer ? t->producer->layer : NULL;
+    int w = devices;
+    for (int m = 0; layer && m < g->nmoe; m++)
+      if (!strcmp(layer, g->moe_names[m])) w = f[m];
     for (int q = 0; q < t->ty.dim[0].b; q++)
-      t->ty.dim[0].c *= devices;
+      t->ty.dim[0].c *= w;
   }
+  mc_free(f);
   return save;
 }
 
@@ -165,6 +204,7 @@ void pass_bind(Graph *g, const PassCtx *ctx) {
   bind_size(g, cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   g->B_global = B;
+  g->expert_headroom = cfg ? cfg->expert_headroom : 0;
   if (g->nshapes && !check_shapes(g, ctx)) return;
   if (P > 1 && !check_sets(g, ctx, B)) return;
   if (!ctx->device_graph || P <= 1) {
@@ -184,6 +224,7 @@ Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
   bind_size(g, ctx->cfg, &B, &T, &S);
   const int P = ctx->devices > 0 ? ctx->devices : 1;
   Type *save = pass_shard_experts(g, P > 1 ? d : -1); /* every type, for the restore */
+  g->expert_headroom = ctx->cfg ? ctx->cfg->expert_headroom : 0;
   if (P > 1) {
     g->rank = d;
     g->ndev = P;

@@ -36,7 +36,8 @@
 /* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
  * machine measured 36-41 GFLOP/s (docs/placement.md); link: an in-process memcpy between
  * threads; the GEMM shape, elementwise and launch terms are rough guesses until `moec
- * calibrate` measures them. The K40 / H100 presets are moec simulate's (src/cmd_simulate.c). */
+ * calibrate` measures them. The K40 / H100 / H200 presets are moec simulate's
+ * (src/cmd_simulate.c). */
 const CostConsts plan_consts_cpu = {.name = "cpu",
                                     .gflops = 40,
                                     .link_gbs = 10,
@@ -283,25 +284,35 @@ static int kset(const CostConsts *k, int P) {
 /* Seconds of node n on every device: t[d]. Rows split by plan_node_share; an expert
  * node's work by its experts' routed rows, an expert GEMM per expert at its rows. */
 static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                             double *t);
+                             double *t, DeviceCost *dc);
+
+/* An expert GEMM of a layer the route knows: one GEMM per expert at its routed rows. */
+static bool expert_gemm(const Graph *g, const Node *n, const Route *r) {
+  int m = moe_of(g, n->layer);
+  return (n->op == OP_GROUPED_MATMUL || n->op == OP_GROUPED_MATMUL_DW) && m >= 0 && r->w[m] &&
+         (int)n->in[2]->shape[0] - 1 == r->E[m];
+}
 
 /* node_times_model times the op's measured factor */
 static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                       double *t) {
-  node_times_model(g, n, r, k, t);
+                       double *t, DeviceCost *dc) {
+  node_times_model(g, n, r, k, t, dc);
+  if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
   int j = kset(k, r->P);
   double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
   /* one device alone: its phases are divided by the cores, its calls' time is not */
   double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
-  if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
-  for (int d = 0; d < r->P; d++)
+  bool experts = expert_gemm(g, n, r);
+  for (int d = 0; d < r->P; d++) {
     if (t[d] > 0 || node_share(g, r, n, d) > 0) t[d] = t[d] * f + call;
+    if (experts && dc) dc[d].expert_s += t[d];
+  }
 }
 
 double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k) {
   Route r = route_make(g, 1, NULL, 0);
   double t = 0;
-  node_times_model(g, n, &r, k, &t);
+  node_times_model(g, n, &r, k, &t, NULL);
   route_free(&r);
   return t;
 }
@@ -314,14 +325,12 @@ double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k) 
 }
 
 static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                             double *t) {
+                             double *t, DeviceCost *dc) {
   const int P = r->P;
   const double launch = k->launch_us * 1e-6;
   int m = moe_of(g, n->layer);
   bool placed = P > 1 && g->moe_expert_dev;
-  bool expert_gemm = (n->op == OP_GROUPED_MATMUL || n->op == OP_GROUPED_MATMUL_DW) && m >= 0 &&
-                     r->w[m] && (int)n->in[2]->shape[0] - 1 == r->E[m];
-  if (expert_gemm) { /* one GEMM per expert at its routed rows */
+  if (expert_gemm(g, n, r)) { /* one GEMM per expert at its routed rows */
     const Tensor *xs = n->in[0];
     double R = rows(xs), K = (double)xs->shape[xs->ty.rank - 1];
     double M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
@@ -330,8 +339,10 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
       int d = placed ? g->moe_expert_dev[m][e] : 0;
       if (d < 0 || d >= P) continue;
       double Re = R * r->w[m][e];
-      t[d] += launch +
-              (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
+      double x = launch +
+                 (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
+      t[d] += x; /* node_times adds the device's expert seconds, factor applied */
+      if (dc) dc[d].expert_flops += 2 * Re * M * K;
     }
     return;
   }
@@ -565,7 +576,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       comm += mx;
       continue;
     }
-    node_times(g, n, &r, k, t);
+    node_times(g, n, &r, k, t, c.dev);
     for (int d = 0; d < devices; d++) {
       acc[d] += t[d];
       c.dev[d].compute_s += t[d];
@@ -590,7 +601,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   mc_free(kept);
   c.fits = true;                    /* until plan_cost_set_memory says otherwise */
   if (k->cores > 0 && devices == 1) /* per device: the same scale as the step */
-    c.dev[0].compute_s /= k->cores;
+    c.dev[0].compute_s /= k->cores, c.dev[0].expert_s /= k->cores;
   c.step_s = step;
   c.comm_s = comm;
   c.compute_s = step - comm;

@@ -92,6 +92,9 @@ void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save);
  * moe(capacity=) (pass_capacity_rows at the global B, T): what pass_bind does on a device
  * graph; returns what plan_unwiden_expert_rows needs to restore the types. */
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
+/* Per MoE layer: the factor its expert rows are widened by on P devices (P: the worst
+ * case; plan.expert_headroom: less). mc_free it. */
+int *plan_layer_widen(const Graph *g, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 
 /* ---------------------------------------------------------------- costmodel.c */
@@ -107,7 +110,8 @@ typedef struct CostConsts {
   int per_node;       /* devices per node (0: one group, every link link_gbs) */
   double inter_gbs;   /* GB/s of one device's share of the link between nodes */
   double inter_latency_us;
-  /* the shape and launch terms (0: not modelled; a profile from moec calibrate sets them) */
+  /* the shape and launch terms (0: not modelled; a moec calibrate profile and moec
+     simulate's cluster presets set them) */
   double gemm_half; /* a GEMM whose smallest side is s runs at s / (s + gemm_half) of gflops */
   double elem_gbs;  /* GB/s of elementwise ops (bytes read + written); 0: 1 flop per element */
   double launch_us; /* per kernel call (an LSTM: one per timestep) */
@@ -144,6 +148,7 @@ typedef struct DeviceCost {
    * its kernels' time, its collectives' time and bytes on each kind of link */
   double expert_rows, route_share; /* route_share: of the routed rows, mean over layers */
   double compute_s, comm_s, intra_bytes, inter_bytes;
+  double expert_s, expert_flops; /* of compute_s: its experts' GEMMs (one per expert) */
 } DeviceCost;
 
 typedef struct PlanCost {

@@ -75,7 +75,9 @@ int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int 
     rc[s] *= rb;
   }
   if (total > cap)
-    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds",
+    mc_die("all_to_all of MoE layer '%s': %lld rows arrive, more than the %lld the buffer holds "
+           "(plan.expert_headroom sizes it: raise it, or leave it unset for room for every route; "
+           "or bound the rows with moe(..., capacity=))",
            n->layer ? n->layer : "?", (long long)total, (long long)cap);
   for (int64_t e = 0; e < E; e++)
     nloc += map[e] == me;

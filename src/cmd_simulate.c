@@ -15,27 +15,44 @@
 
 #include "cli.h"
 
-/* Devices. gflops: sustained fp32 on this workload's GEMM-heavy mix; peak: datasheet.
- *   K40   4290 GFLOP/s peak fp32 (2880 cores x 2 x 745 MHz); 1200 sustained: the paper
- *         (Shazeer et al. 2017, Table 7 and appendix C) measured 0.74-1.56 TFLOPS per K40
- *         on these models; 12 GiB; nodes of 4 on PCIe 3 x16, FDR InfiniBand between.
- *   H100  SXM: 67 TFLOP/s peak fp32 without tensor cores; 50 TFLOP/s sustained for
- *         large sgemm; 80 GiB; nodes of 8 on NVLink 4, NDR InfiniBand between.
+/* Devices: the kernel-time constants of costmodel.c (a `moec calibrate` profile's), each
+ * sourced in docs/placement.md ("moec simulate"):
+ *   gflops     sustained fp32 GEMM rate of a large GEMM (published cuBLAS sgemm rates)
+ *   gemm_half  the smallest GEMM side at which a GEMM runs at half of gflops: K40 FITTED to
+ *              one row of the paper's Table 7 (MoE-32 on 16 K40s, 0.87 TFLOPS/GPU); H100 and
+ *              H200 scaled from it by gflops / memory bandwidth (a GEMM of few rows is bound
+ *              by reading its weights, so the side where it stops being so scales with that)
+ *   elem_gbs   datasheet memory bandwidth (elementwise ops: bytes read + written)
+ *   launch_us  a kernel launch
+ *   K40   cuBLAS 7.0 sgemm at boost clocks 3.0-3.3 TFLOP/s for squares of 2048-4096
+ *         (clBLAS's doc/performance/cuBLAS_7.0/Tesla_K40/sgemm.csv); 4290 peak (2880 cores
+ *         x 2 x 745 MHz); 288 GB/s; 12 GiB; nodes of 4 on PCIe 3 x16, FDR InfiniBand between.
+ *   H100  SXM: 67 TFLOP/s peak fp32 without tensor cores; 50 TFLOP/s sustained for large
+ *         sgemm; 3350 GB/s; 80 GiB; nodes of 8 on NVLink 4, NDR InfiniBand between.
  *   H100-TF32: the same with TF32 tensor cores for the matmuls: 495 TFLOP/s dense peak,
  *         400 sustained (optimistic for this model's small GEMMs: an upper bound).
+ *   H200  the H100's SXM compute with 141 GB of HBM3e at 4800 GB/s (139 GiB usable).
  *   CPU   the plan's cpu constants (one thread of the build machine); memory unknown. */
 typedef struct DevPreset {
   const char *name;
   double gflops, peak_gflops, mem_gib;
   int per_node;
   const char *node_link, *cluster_link;
+  double gemm_half, elem_gbs, launch_us;
 } DevPreset;
 
+/* K40_HALF: the one fitted constant (docs/placement.md: the fit and its row). */
+#define K40_HALF 100
+#define K40_G 3200.0
+#define K40_BW 288.0
+#define SCALED_HALF(g, bw) (K40_HALF * ((g) / (bw)) / (K40_G / K40_BW))
+
 static const DevPreset devs[] = {
-    {"K40", 1200, 4290, 12, 4, "pcie", "fdr"},
-    {"H100", 50000, 67000, 80, 8, "nvlink", "ib"},
-    {"H100-TF32", 400000, 495000, 80, 8, "nvlink", "ib"},
-    {"CPU", 40, 40, 0, 0, "inproc", "inproc"},
+    {"K40", K40_G, 4290, 12, 4, "pcie", "fdr", K40_HALF, K40_BW, 5},
+    {"H100", 50000, 67000, 80, 8, "nvlink", "ib", SCALED_HALF(50000, 3350), 3350, 5},
+    {"H100-TF32", 400000, 495000, 80, 8, "nvlink", "ib", SCALED_HALF(400000, 3350), 3350, 5},
+    {"H200", 50000, 67000, 139, 8, "nvlink", "ib", SCALED_HALF(50000, 4800), 4800, 5},
+    {"CPU", 40, 40, 0, 0, "inproc", "inproc", 16, 5, 1},
 };
 
 /* Links. gbs: GB/s one device sends; shared: a node's one NIC, divided among its devices.
@@ -120,7 +137,8 @@ static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) 
   for (size_t i = 0; i < MC_ARRAY_LEN(devs); i++)
     if (!strcasecmp(dname, devs[i].name)) c->dev = &devs[i];
   if (!c->dev) {
-    snprintf(why, wlen, "unknown device '%s' in '%s' (K40, H100, H100-TF32, CPU)", dname, spec);
+    snprintf(why, wlen, "unknown device '%s' in '%s' (K40, H100, H100-TF32, H200, CPU)", dname,
+             spec);
     return false;
   }
   const LinkPreset *L = NULL;
@@ -155,7 +173,10 @@ static bool parse_cluster(const char *spec, Cluster *c, char *why, size_t wlen) 
                       .link_gbs = c->node->gbs / (c->node->shared ? c->per_node : 1),
                       .latency_us = c->node->latency_us,
                       .peak_gflops = c->dev->peak_gflops,
-                      .mem_bytes = c->dev->mem_gib * 1073741824.0};
+                      .mem_bytes = c->dev->mem_gib * 1073741824.0,
+                      .gemm_half = c->dev->gemm_half,
+                      .elem_gbs = c->dev->elem_gbs,
+                      .launch_us = c->dev->launch_us};
   if (c->cluster) {
     c->k.per_node = c->per_node;
     c->k.inter_gbs = c->cluster->gbs / (c->cluster->shared ? c->per_node : 1);
@@ -199,7 +220,7 @@ static void usage(FILE *out) {
           "  64xH100         64 H100s in nodes of 8 (NVLink inside, NDR InfiniBand between)\n"
           "  8xH100:nvlink   one group of 8 on NVLink\n"
           "  16x8xH100:ib    16 nodes of 8, InfiniBand between the nodes\n"
-          "devices: K40, H100, H100-TF32, CPU; links: pcie, nvlink, ib, fdr, eth, inproc\n\n"
+          "devices: K40, H100, H100-TF32, H200, CPU; links: pcie, nvlink, ib, fdr, eth, inproc\n\n"
           "options:\n"
           "  --cluster SPEC     the cluster (required; it gives the device count)\n"
           "  --format F         text (default) or json\n"
@@ -229,6 +250,23 @@ static int sim_flags(int argc, char **argv, int *i, void *ctx) {
 
 static double gib(double b) {
   return b / 1073741824.0;
+}
+
+/* Bytes of one device's expert-row tensors (each on its own; the arena overlays some),
+ * at the rows its buffers are sized for. */
+static double expert_row_bytes(const Graph *g, int P) {
+  if (P <= 1 || !g->moe_expert_dev) return 0;
+  int *f = plan_layer_widen(g, P);
+  double b = 0;
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    const char *layer = t->producer ? t->producer->layer : NULL;
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || !layer) continue;
+    for (int m = 0; m < g->nmoe; m++)
+      if (!strcmp(layer, g->moe_names[m])) b += 4.0 * (double)t->numel * f[m] / P;
+  }
+  mc_free(f);
+  return b;
 }
 
 int cmd_simulate(int argc, char **argv) {
@@ -304,15 +342,18 @@ int cmd_simulate(int argc, char **argv) {
            (long long)g->T, (long long)c.rows_per_device);
     printf(" \"constants\": {\"gflops\": %g, \"peak_gflops\": %g, \"mem_bytes\": %.0f, "
            "\"node_link\": \"%s\", \"link_gbs\": %g, \"latency_us\": %g, \"cluster_link\": %s%s%s, "
-           "\"inter_gbs\": %g, \"inter_latency_us\": %g}, ",
+           "\"inter_gbs\": %g, \"inter_latency_us\": %g, \"gemm_half\": %g, \"elem_gbs\": %g, "
+           "\"launch_us\": %g}, ",
            cl.k.gflops, cl.k.peak_gflops, cl.k.mem_bytes, cl.node->name, cl.k.link_gbs,
            cl.k.latency_us, cl.cluster ? "\"" : "", cl.cluster ? cl.cluster->name : "null",
-           cl.cluster ? "\"" : "", cl.k.inter_gbs, cl.k.inter_latency_us);
+           cl.cluster ? "\"" : "", cl.k.inter_gbs, cl.k.inter_latency_us, cl.k.gemm_half,
+           cl.k.elem_gbs, cl.k.launch_us);
     printf(" \"step_s\": %.9g, \"compute_s\": %.9g, \"comm_s\": %.9g, \"comm_share\": %.6f, "
            "\"tokens_per_s\": %.6g, \"tflops_per_device\": %.6g, \"tflops_per_device_mean\": "
-           "%.6g, \"flops_per_device\": %.6g, \"comm_bytes_per_step\": %.0f, ",
+           "%.6g, \"flops_per_device\": %.6g, \"comm_bytes_per_step\": %.0f, "
+           "\"expert_gemm_s\": %.9g, \"expert_gemm_flops\": %.6g, ",
            c.step_s, c.compute_s, c.comm_s, share, tokens / c.step_s, tflops_busy, tflops_mean,
-           maxf, c.comm_bytes_expected);
+           maxf, c.comm_bytes_expected, c.dev[busiest].expert_s, c.dev[busiest].expert_flops);
     printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
            "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"fits\": %s}}\n",
@@ -321,8 +362,11 @@ int cmd_simulate(int argc, char **argv) {
            cl.k.mem_bytes, c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
-    printf("  constants: %g GFLOP/s sustained per device (peak %g), %g GiB per device\n",
-           cl.k.gflops, cl.k.peak_gflops, cl.dev->mem_gib);
+    printf("  constants: %g GFLOP/s sustained per device (peak %g), a GEMM at half of it when "
+           "its smallest side is %.4g, elementwise %g GB/s, %g us a kernel launch; %g GiB per "
+           "device\n",
+           cl.k.gflops, cl.k.peak_gflops, cl.k.gemm_half, cl.k.elem_gbs, cl.k.launch_us,
+           cl.dev->mem_gib);
     printf("  global batch %lld x %lld = %.0f tokens a step; %lld rows per device; strategy "
            "%s, experts %s\n",
            (long long)g->B, (long long)g->T, tokens, (long long)c.rows_per_device, cfg.strategy,
@@ -350,10 +394,19 @@ int cmd_simulate(int argc, char **argv) {
     else if (c.fits)
       printf("fits           yes: %.3f of %g GiB (%.0f%%)\n", gib(c.max_planned), cl.dev->mem_gib,
              100 * c.max_planned / cl.k.mem_bytes);
-    else
+    else {
       printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
              "use more devices, a smaller batch, recompute, or the factored optimizer\n",
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
+      double xb = expert_row_bytes(g, P);
+      if (xb > 0.5 * w->arena_bytes)
+        printf("               the expert-row buffers dominate: %.3f GiB of tensors in the %.3f "
+               "GiB arena, %s; plan.expert_headroom = H (--expert-headroom 2) sizes them at H x "
+               "a device's fair share of the routes, moe(..., capacity=) bounds them\n",
+               gib(xb), gib(w->arena_bytes),
+               g->expert_headroom > 0 ? "at this expert_headroom"
+                                      : "room for every route of the batch on each device");
+    }
     char routing[512];
     plan_print_step(g, &c, plan_routing_desc(&o, routing, sizeof routing));
     if (notes.data[0]) printf("\n%s", notes.data);
