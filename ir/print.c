@@ -182,6 +182,11 @@ void ir_print(const Graph *g, FILE *out) {
       for (int e = 0; e < g->moe_nexperts[i]; e++)
         fprintf(out, " %d", g->moe_expert_dev[i][e]);
       fprintf(out, "\n");
+      if (!g->moe_group_dev || !g->moe_group_dev[i]) continue;
+      fprintf(out, "  %s groups' rows on devices:", g->moe_names[i]); /* hmoe's two levels */
+      for (int u = 0; u < g->moe_ngroups[i]; u++)
+        fprintf(out, " %d", g->moe_group_dev[i][u]);
+      fprintf(out, "\n");
     }
   }
   bool any_grad = false;

@@ -138,6 +138,8 @@ hmoe)
   printf 'plan {\n  strategy = hmoe\n  mesh = [2, 2]\n}\n' >>"$W/m.moe"
   "$MOEC" ir "$W/m.moe" --after comm --devices 4 | grep -q "m experts on devices: 0 0 0 1 1 1 2 2 2 3 3 3" ||
     fail "hmoe, 2 groups on a 2x2 mesh: a group not spread over its node"
+  "$MOEC" ir "$W/m.moe" --after comm --devices 4 | grep -q "m groups' rows on devices: 0 2" ||
+    fail "hmoe, 2 groups on a 2x2 mesh: the group rows not on a device of the group's node"
   losses g4 "$MOEC" run "$W/m.moe" --devices 4
   same g1 g4
   same_aux g1 g4
