@@ -136,6 +136,15 @@ static bool attributed(const Graph *g, const Tensor *t, int64_t G, ExpertShard *
   return true;
 }
 
+bool ir_hmoe_experts_local(const Graph *g, int m) {
+  if (!g->moe_group_dev || m < 0 || m >= g->nmoe || !g->moe_group_dev[m] || !g->moe_expert_dev)
+    return false;
+  int G = g->moe_ngroups[m], E = g->moe_nexperts[m];
+  for (int e = 0; G > 0 && e < E; e++)
+    if (g->moe_expert_dev[m][e] != g->moe_group_dev[m][e / (E / G)]) return false;
+  return G > 0;
+}
+
 bool ir_layer_sharded(const Graph *g, int m) {
   size_t l = strlen(g->moe_names[m]);
   int64_t G = layer_groups(g, m);

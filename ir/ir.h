@@ -197,6 +197,10 @@ struct Graph {
   Tensor **moe_drop; /* per moe: the routes each expert dropped (capacity=), NULL without */
   int **moe_expert_dev; int *moe_nexperts; /* placement: each expert's device per moe (NULL before) */
   int expert_headroom; /* plan.expert_headroom, set by bind (0: expert rows x P; bind.c) */
+  /* placement, strategy = hmoe: an hmoe layer's group -> device map (the device that
+   * receives the group's rows and runs its second dispatch and combine); NULL per layer
+   * (and moe_ngroups 0) where the exchange is one all-to-all of every expert row */
+  int **moe_group_dev; int *moe_ngroups;
   bool experts_local; int experts_rank; /* pass_shard_experts: holds only experts_rank's experts */
   int64_t B, T, S;   /* bound values, 0 until ir_bind (S = T unless ir_bind_seq says; a
                         device graph: its rows) */
@@ -330,6 +334,9 @@ bool ir_expert_shard(const Graph *g, const Tensor *t, ExpertShard *s);
 void ir_expert_shards(const Graph *g, ExpertShard *s, bool *ok);
 /* True when every expert parameter of MoE layer m is attributed (it can be sharded). */
 bool ir_layer_sharded(const Graph *g, int m);
+/* hmoe layer m under the two-level exchange (Graph.moe_group_dev) with every expert on its
+ * group's device: its expert-level all_to_alls move nothing between devices. */
+bool ir_hmoe_experts_local(const Graph *g, int m);
 /* The experts of s on device `rank`, in global order, into list (NULL: only count). */
 int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
 

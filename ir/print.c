@@ -44,8 +44,8 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_THRESHOLD_LOSS_BWD] = {.ia = {"devices"}},
     [OP_ALL_GATHER_TOPM] = {.ia = {"k", "devices"}},
     [OP_FUSED] = {.ia = {"ops"}},
-    [OP_ALL_TO_ALL] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
-    [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices"}, .fa = {"remote"}},
+    [OP_ALL_TO_ALL] = {.ia = {"moe", "devices", NULL, "groups"}, .fa = {"remote"}},
+    [OP_ALL_TO_ALL_BACK] = {.ia = {"moe", "devices", NULL, "groups"}, .fa = {"remote"}},
     [OP_ALL_REDUCE] = {.ia = {"devices"}},
     [OP_RESHARD] = {.ia = {"from", "to"}, .fa = {"moved"}},
     [OP_PAD_MASK] = {.ia = {"pad"}},
@@ -181,6 +181,11 @@ void ir_print(const Graph *g, FILE *out) {
       fprintf(out, "  %s experts on devices:", g->moe_names[i]);
       for (int e = 0; e < g->moe_nexperts[i]; e++)
         fprintf(out, " %d", g->moe_expert_dev[i][e]);
+      fprintf(out, "\n");
+      if (!g->moe_group_dev || !g->moe_group_dev[i]) continue;
+      fprintf(out, "  %s groups' rows on devices:", g->moe_names[i]); /* hmoe's two levels */
+      for (int u = 0; u < g->moe_ngroups[i]; u++)
+        fprintf(out, " %d", g->moe_group_dev[i][u]);
       fprintf(out, "\n");
     }
   }

@@ -133,6 +133,7 @@ typedef struct Comm {
   int nins, cap;
   Tensor **a2a;  /* by tensor id: its all_to_all / all_to_all_back / reshard output */
   Tensor **recv; /* by moe index: received offsets */
+  Tensor **off_g, **off_x; /* by moe index, hmoe's two levels: the group and expert offsets */
 } Comm;
 
 static int popcount(uint64_t m) {
@@ -243,6 +244,66 @@ static Tensor *moe_offsets(const Graph *g, const char *layer) {
   return NULL;
 }
 
+/* hmoe's two-level exchange (strategy = hmoe, placement's group_stage): the level of a
+ * node, 0 data-parallel (the batch side), 1 the group side (role "group": each group's
+ * rows on its group's device), 2 the experts. */
+static int level(const Node *n) {
+  return !n || !is_expert(n) ? 0 : pass_group_node(n) ? 1 : 2;
+}
+
+/* Expected fraction of an hmoe layer's rows that change device in the group-level
+ * exchange: a row on device s stays when its group's device is s; averaged over the P
+ * senders, 1 - sum_s (1/P)(G_s/G), (P-1)/P when every device holds a group. */
+static double group_remote_fraction(const Graph *g, int moe, uint64_t senders) {
+  int G = g->moe_ngroups[moe], P = popcount(senders);
+  double stay = 0;
+  for (int u = 0; u < G && P > 0; u++) {
+    int d = g->moe_group_dev[moe][u];
+    if (d >= 0 && d < 64 && (senders >> d & 1)) stay += 1.0 / P / G;
+  }
+  return G > 0 && P > 0 ? 1 - stay : 0;
+}
+
+/* ... and in the expert-level exchange, from each group's device to its experts: a row
+ * stays when its expert is on its group's device (uniform routing: 1/G of the rows are
+ * each group's, 1/Eg of those each expert's). */
+static double expert_remote_fraction(const Graph *g, int moe) {
+  int G = g->moe_ngroups[moe], E = g->moe_nexperts[moe];
+  if (G <= 0 || E <= 0) return 0;
+  int Eg = E / G;
+  double stay = 0;
+  for (int e = 0; e < E; e++)
+    stay += g->moe_expert_dev[moe][e] == g->moe_group_dev[moe][e / Eg] ? 1.0 / E : 0;
+  return 1 - stay;
+}
+
+/* Two-level exchange of rows t between levels lp (producer) and lr (reader) of hmoe
+ * layer moe: group rows (0 <-> 1, by the first dispatch's group offsets, ia[3] = 1) or
+ * expert rows (1 <-> 2, by the second dispatch's offsets). */
+static void rewire_levels(Comm *c, Node *reader, int slot, int moe, int lp, int lr) {
+  Graph *g = c->g;
+  Tensor *t = reader->in[slot];
+  const Node *p = t->producer;
+  bool groups = lp == 0 || lr == 0, fwd = lr > lp;
+  Tensor *off = groups ? c->off_g[moe] : c->off_x[moe];
+  MOEC_ASSERT(off != NULL);
+  Tensor *in[2] = {t, off};
+  Node *n = new_node(c, fwd ? OP_ALL_TO_ALL : OP_ALL_TO_ALL_BACK, 2, in, reader, reader, false,
+                     fwd ? (groups ? "@groups" : "@experts") : (groups ? "@batch" : "@group"));
+  const Node *side = fwd ? p : reader; /* who holds the rows in offsets order */
+  n->ia[0] = moe;
+  n->ia[1] = c->P;
+  n->ia[2] = (int64_t)ir_node_mask(side, c->P);
+  n->ia[3] = groups;
+  n->fa[0] = groups ? group_remote_fraction(g, moe, ir_node_mask(side, c->P))
+                    : expert_remote_fraction(g, moe);
+  n->out[0]->part = lr == 0 ? PART_BATCH : PART_EXPERTS;
+  if (fwd) n->out[1]->part = PART_EXPERTS;
+  if (fwd && !groups && !c->recv[moe]) c->recv[moe] = n->out[1];
+  c->a2a[t->id] = n->out[0];
+  reader->in[slot] = n->out[0];
+}
+
 static void rewire(Comm *c, Node *reader, int slot) {
   Graph *g = c->g;
   Tensor *t = reader->in[slot];
@@ -251,6 +312,18 @@ static void rewire(Comm *c, Node *reader, int slot) {
   if (!p && t->kind != TK_INPUT && t->kind != TK_STATE) return; /* params */
   bool pe = p && is_expert(p), re = is_expert(reader);
   int moe = moe_of(g, re ? reader->layer : p ? p->layer : NULL);
+  int lp = level(p), lr = level(reader);
+  if (moe >= 0 && g->moe_ngroups && g->moe_ngroups[moe] > 0 && (lp == 1 || lr == 1)) {
+    if (rows && lp != lr) {
+      if (c->a2a[t->id])
+        reader->in[slot] = c->a2a[t->id];
+      else
+        rewire_levels(c, reader, slot, moe, lp, lr);
+    } else if (lr == 2 && lp < 2 && t->ty.dtype == DT_I32 && t->ty.rank == 1 && c->recv[moe]) {
+      reader->in[slot] = c->recv[moe]; /* the experts' received offsets */
+    }
+    return;
+  }
   if (re && !pe && rows) { /* dispatch: rows to their experts' devices */
     if (!c->a2a[t->id]) {
       Tensor *off = moe_offsets(g, reader->layer);
@@ -455,6 +528,15 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   Comm c = {.g = g, .P = P};
   c.a2a = mc_calloc((size_t)g->ntensors + 1, sizeof(Tensor *));
   c.recv = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
+  c.off_g = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
+  c.off_x = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
+  for (int i = 0; i < g->nmoe; i++) { /* before the rewiring changes the dispatch's inputs */
+    Node *d2 =
+        g->moe_ngroups && g->moe_ngroups[i] > 0 ? pass_group_dispatch(g, g->moe_names[i]) : NULL;
+    if (!d2) continue;
+    c.off_g[i] = d2->in[0]->producer->out[1];
+    c.off_x[i] = d2->out[1];
+  }
   int n0 = g->nnodes;
   /* 1. data between differently placed nodes; rows first, then offsets */
   for (int pass = 0; pass < 2; pass++)
@@ -519,4 +601,6 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   mc_free(c.ins);
   mc_free(c.a2a);
   mc_free(c.recv);
+  mc_free(c.off_g);
+  mc_free(c.off_x);
 }

@@ -125,6 +125,12 @@ double plan_node_share(const Graph *g, const Node *n, int d, int devices) {
   if (devices <= 1 || !g->moe_expert_dev) return 1; /* not placed: one device does it all */
   if (!in_set(n, d)) return 0;
   int m = moe_of(g, n->layer);
+  if (pass_group_node(n) && m >= 0 && g->moe_ngroups && g->moe_ngroups[m] > 0) {
+    int G = g->moe_ngroups[m], mine = 0; /* hmoe's group side: the groups of device d */
+    for (int u = 0; u < G; u++)
+      mine += g->moe_group_dev[m][u] == d;
+    return (double)mine / G;
+  }
   if (n->nout > 0 && n->out[0]->part == PART_EXPERTS && m >= 0 && g->moe_nexperts[m] > 0) {
     int E = g->moe_nexperts[m], mine = 0;
     for (int e = 0; e < E; e++)
@@ -254,6 +260,14 @@ static double node_share(const Graph *g, const Route *r, const Node *n, int d) {
   if (P <= 1 || !g->moe_expert_dev) return 1;
   if (!in_set(n, d)) return 0;
   int m = moe_of(g, n->layer);
+  if (pass_group_node(n) && m >= 0 && g->moe_ngroups && g->moe_ngroups[m] > 0 && r->w[m] &&
+      r->E[m] == g->moe_nexperts[m]) {
+    int G = g->moe_ngroups[m], Eg = r->E[m] / G; /* the routed share of d's groups */
+    double s = 0;
+    for (int e = 0; e < r->E[m]; e++)
+      s += g->moe_group_dev[m][e / Eg] == d ? r->w[m][e] : 0;
+    return s;
+  }
   if (n->nout > 0 && n->out[0]->part == PART_EXPERTS && m >= 0 && g->moe_nexperts[m] > 0 &&
       r->mine[m] && r->E[m] == g->moe_nexperts[m])
     return (double)r->mine[m][d] / r->E[m];
@@ -265,7 +279,7 @@ static double node_share(const Graph *g, const Route *r, const Node *n, int d) {
 static double routed_share(const Graph *g, const Route *r, const Node *n, int d, double s) {
   int m = moe_of(g, n->layer);
   if (r->P <= 1 || !g->moe_expert_dev || m < 0 || !r->share[m] || r->E[m] <= 0 || n->nout < 1 ||
-      n->out[0]->part != PART_EXPERTS)
+      n->out[0]->part != PART_EXPERTS || pass_group_node(n))
     return s;
   int mine = r->mine[m][d];
   return mine > 0 && fabs(s - (double)mine / r->E[m]) < 1e-12 ? r->share[m][d] : s;
@@ -405,6 +419,44 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
   }
 }
 
+/* An all-to-all of hmoe's two-level exchange (strategy = hmoe): the bytes from device s
+ * to device d, routed: group rows from every batch device (each 1/P of the rows) to each
+ * group's device (ia[3] = 1), expert rows from each group's device to its experts'; the
+ * reverse for all_to_all_back. A device's time is the larger of what it sends and
+ * receives, each part at its link (inside its node or between nodes). */
+static void two_level_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
+                            int m, CommBytes b, int per, double *t, double *intra, double *inter) {
+  if (!n->ia[3] && ir_hmoe_experts_local(g, m)) return; /* the runtime exchanges nothing */
+  const int P = r->P, E = r->E[m], Eg = E / g->moe_ngroups[m];
+  const int *gdev = g->moe_group_dev[m], *edev = g->moe_expert_dev[m];
+  double *io = mc_calloc((size_t)P * 4, sizeof(double)); /* send in, send out, recv in, out */
+  double pay = (double)b.payload;
+  for (int e = 0; e < E; e++) {
+    int to = n->ia[3] ? gdev[e / Eg] : edev[e];
+    for (int s = 0; s < (n->ia[3] ? P : 1); s++) { /* expert rows: only the group's device */
+      int from = n->ia[3] ? s : gdev[e / Eg];
+      double v = n->ia[3] ? pay / P * r->w[m][e] : pay * r->w[m][e];
+      int a = n->op == OP_ALL_TO_ALL ? from : to, c = n->op == OP_ALL_TO_ALL ? to : from;
+      if (a == c) continue;
+      bool out = a / per != c / per;
+      io[4 * a + out] += v;     /* a sends */
+      io[4 * c + 2 + out] += v; /* c receives */
+    }
+  }
+  double inter_gbs = k->inter_gbs > 0 ? k->inter_gbs : k->link_gbs;
+  double inter_lat = k->inter_latency_us > 0 ? k->inter_latency_us : k->latency_us;
+  for (int d = 0; d < P; d++) {
+    const double *x = io + 4 * d;
+    bool recv = x[2] + x[3] > x[0] + x[1];
+    double vin = recv ? x[2] : x[0], vout = recv ? x[3] : x[1];
+    intra[d] += vin;
+    inter[d] += vout;
+    t[d] += vin / (k->link_gbs * 1e9) + vout / (inter_gbs * 1e9) +
+            (vout > 0 ? inter_lat : k->latency_us) * 1e-6;
+  }
+  mc_free(io);
+}
+
 /* One collective on every device: seconds t[d] and bytes over links inside a node
  * (intra[d]) and between nodes (inter[d]). An all-to-all's device receives its experts'
  * routed share of the rows (sends its own rows' share); a ring all-reduce that spans
@@ -418,6 +470,11 @@ static void collective_times(const Graph *g, const Node *n, const Route *r, cons
   if (S <= 1) return;
   int m = moe_of(g, n->layer);
   bool a2a = n->op == OP_ALL_TO_ALL || n->op == OP_ALL_TO_ALL_BACK;
+  if (a2a && m >= 0 && g->moe_ngroups && g->moe_ngroups[m] > 0 && r->w[m] &&
+      r->E[m] == g->moe_nexperts[m]) {
+    two_level_times(g, n, r, k, m, b, per, t, intra, inter);
+    return;
+  }
   double set_share = 0; /* the routed share of the set's devices (hmoe: a node's) */
   if (a2a && m >= 0 && r->share[m] && g->moe_expert_dev)
     for (int d = 0; d < P; d++)

@@ -205,11 +205,24 @@ static void expert_map(Graph *g, int i, const NodePlace *np, const PassCtx *ctx,
     else
       for (int u = 0; u < G; u++)
         gown[u] = u;
+    /* a node with at least per_node groups keeps each group whole on one of its devices
+     * (its groups contiguous over them): the secondary exchange then stays on a device */
+    int *cnt = mc_calloc((size_t)nodes, sizeof(int)), *seen = mc_calloc((size_t)nodes, sizeof(int));
+    bool whole = G >= nodes;
+    for (int u = 0; u < G && whole; u++)
+      cnt[gown[u]]++;
+    for (int v = 0; v < nodes && whole; v++)
+      whole = cnt[v] >= per;
     for (int e = 0; e < E; e++) {
-      int grp = e / Eg, j = e % Eg;
-      int within = per > 1 ? (int)((int64_t)j * per / Eg) : 0;
-      owner[e] = gown[grp] * per + within;
+      int grp = e / Eg, j = e % Eg, v = gown[grp];
+      int within = per <= 1 ? 0
+                   : whole  ? (int)((int64_t)seen[v] * per / cnt[v])
+                            : (int)((int64_t)j * per / Eg);
+      owner[e] = v * per + within;
+      if (whole && j == Eg - 1) seen[v]++;
     }
+    mc_free(cnt);
+    mc_free(seen);
     mc_free(gown);
     mc_free(gl);
   } else {
@@ -219,6 +232,76 @@ static void expert_map(Graph *g, int i, const NodePlace *np, const PassCtx *ctx,
     map[e] = set[owner[e]];
   mc_free(owner);
   mc_free(set);
+}
+
+/* ---------------------------------------------------------------- hmoe's two levels */
+
+/* The second dispatch of hmoe layer `name` (the one whose rows come from the first,
+ * group-level dispatch), or NULL (a moe layer). */
+Node *pass_group_dispatch(const Graph *g, const char *name) {
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    if (n->op == OP_DISPATCH && !n->backward && n->layer && !strcmp(n->layer, name) &&
+        n->in[0]->producer && n->in[0]->producer->op == OP_DISPATCH)
+      return n;
+  }
+  return NULL;
+}
+
+bool pass_group_node(const Node *n) {
+  return n->role && !strcmp(n->role, "group");
+}
+
+/* strategy = hmoe: the two-level exchange (appendix B). Each group gets a device among
+ * its experts' (its node's, with a mesh); the second dispatch, the combine of the
+ * experts' outputs and their backward nodes (what reads the second dispatch's positions)
+ * run there, on the group's rows, role "group". The comm pass then moves each group row
+ * once to its group's device and the expert rows only between that device and the
+ * group's experts. Not when the experts are on(...) a subset or replicated. */
+static void group_stage(Graph *g, int i, NodePlace *np, int P) {
+  const char *name = g->moe_names[i];
+  int E = g->moe_nexperts[i], G = layer_groups(g, name);
+  Node *d2 = pass_group_dispatch(g, name);
+  if (!d2 || G < 1 || E % G) return;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->layer && !strcmp(n->layer, name) && n->role && !strcmp(n->role, "experts") &&
+        (!np[k].experts || np[k].nset))
+      return;
+  }
+  for (int e = 0; e < E; e++)
+    if (g->moe_expert_dev[i][e] < 0 || g->moe_expert_dev[i][e] >= P) return;
+  int Eg = E / G, *gdev = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)G);
+  int *seen = mc_calloc((size_t)P, sizeof(int)); /* groups so far by their first device */
+  for (int u = 0; u < G; u++) {
+    int first = g->moe_expert_dev[i][u * Eg], nd = 0, devs[64];
+    for (int e = u * Eg; e < (u + 1) * Eg; e++) { /* the group's devices, ascending */
+      int d = g->moe_expert_dev[i][e], j = nd;
+      bool dup = false;
+      for (int q = 0; q < nd; q++)
+        dup |= devs[q] == d;
+      if (dup || nd == 64) continue;
+      for (; j > 0 && devs[j - 1] > d; j--)
+        devs[j] = devs[j - 1];
+      devs[j] = d;
+      nd++;
+    }
+    gdev[u] = devs[seen[first]++ % nd]; /* the node's groups dealt over its devices */
+  }
+  mc_free(seen);
+  g->moe_group_dev[i] = gdev;
+  g->moe_ngroups[i] = G;
+  const Tensor *pos = d2->out[2];
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    bool reads = false;
+    for (int j = 0; j < n->nin; j++)
+      reads |= n->in[j] == pos;
+    if (n == d2 || (reads && n->layer && !strcmp(n->layer, name))) {
+      np[k].experts = true;
+      n->role = "group";
+    }
+  }
 }
 
 /* ---------------------------------------------------------------- the pass */
@@ -308,6 +391,13 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
   if (ctx->diag && ctx->diag->errors > errors0) {
     mc_free(np);
     return;
+  }
+  g->moe_group_dev = mc_arena_alloc(&g->arena, sizeof(int *) * (size_t)(g->nmoe + 1));
+  g->moe_ngroups = mc_arena_alloc(&g->arena, sizeof(int) * (size_t)(g->nmoe + 1));
+  for (int i = 0; i < g->nmoe; i++) {
+    g->moe_group_dev[i] = NULL;
+    g->moe_ngroups[i] = 0;
+    if (!strcmp(strategy, "hmoe")) group_stage(g, i, np, P);
   }
 
   /* 3. nodes: device sets */

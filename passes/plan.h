@@ -48,6 +48,10 @@ void pass_placement(Graph *g, const PassCtx *ctx);
 /* Does place-rule pattern pat address node n? "L": every node of layer L (`*`
  * wildcards); "L.experts", "L.gate": that part of a moe/hmoe layer L. */
 bool pass_rule_matches(const char *pat, const Node *n);
+/* The second (expert-level) dispatch of hmoe layer `name`, or NULL for a moe layer. */
+Node *pass_group_dispatch(const Graph *g, const char *name);
+/* Is n on the group side of an hmoe layer under the two-level exchange (role "group")? */
+bool pass_group_node(const Node *n);
 /* ---------------------------------------------------------------- comm.c */
 
 void pass_comm(Graph *g, const PassCtx *ctx);

@@ -9,7 +9,8 @@
  * (their shape rules sum the local rows) and splits the gradient back with one slice0
  * per group, refitted to the local rows (restack; a group without local experts: an
  * empty parameter and slice).
- * Every all_to_all of the layer receives offsets of the local experts, i32[E_r + 1].
+ * Every all_to_all of the layer's experts receives offsets of the local experts,
+ * i32[E_r + 1] (an hmoe's group-level all_to_all keeps its i32[G + 1]).
  * The shape rules of every node that reads a changed tensor run again (in node order),
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
@@ -87,7 +88,7 @@ Type *pass_shard_experts(Graph *g, int rank) {
   restack(g); /* before the slices' shape rules run again below */
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
-    if (n->op == OP_ALL_TO_ALL) { /* the received offsets: this device's experts */
+    if (n->op == OP_ALL_TO_ALL && !n->ia[3]) { /* the received offsets: this device's experts */
       int moe = (int)n->ia[0];
       MOEC_ASSERT(moe >= 0 && moe < g->nmoe);
       if (!layer[moe]) continue;

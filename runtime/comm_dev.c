@@ -253,6 +253,8 @@ static void all_to_all(const DevMem *m, const KernelCtx *ctx, const Node *n, voi
   int P = c->size, me = c->rank;
   int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), cap = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
+  bool ids = n->in[0]->ty.dtype == DT_I32; /* an hmoe's expert ids to the group side */
+  if (ids) elem = sizeof(int32_t);
   int64_t rb = M * (int64_t)elem;
   int32_t *off = batch_offsets(m, ctx, n, in[1], E, n->in[0]->shape[0]);
   int64_t *cnt = rt_comm_gather_counts(c, off, E);
@@ -308,7 +310,15 @@ static void all_to_all(const DevMem *m, const KernelCtx *ctx, const Node *n, voi
   if (recv != out[0]) m->copy_segs(dev, out[0], recv, useg, nu);
   m->upload(dev, out[1], roff, (size_t)(El + 1) * sizeof(int32_t));
   if (m->offsets) m->offsets(dev, n, out[1], roff, El + 1);
-  if (r < cap) m->zero(dev, (char *)out[0] + r * rb, (size_t)((cap - r) * rb));
+  if (r < cap && ids) { /* unused rows hold id -1: no route (kernels_comm.c's) */
+    size_t nb = (size_t)((cap - r) * rb);
+    void *fill = mc_malloc(nb);
+    memset(fill, 0xff, nb);
+    m->upload(dev, (char *)out[0] + r * rb, fill, nb);
+    mc_free(fill);
+  } else if (r < cap) {
+    m->zero(dev, (char *)out[0] + r * rb, (size_t)((cap - r) * rb));
+  }
   mc_free(useg);
   mc_free(cur);
   mc_free(roff);
@@ -326,6 +336,7 @@ static void all_to_all_back(const DevMem *m, const KernelCtx *ctx, const Node *n
   Comm *c = rt_comm_need(ctx, n);
   void *dev = ctx->dev;
   int P = c->size, me = c->rank;
+  if (n->in[0]->ty.dtype == DT_I32) elem = sizeof(int32_t);
   int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), R = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
   int64_t rb = M * (int64_t)elem;

@@ -10,6 +10,8 @@
  *                   writes the offsets of its local experts (E_r + 1: passes/shard.c)
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
+ *                   (ia[3] = 1: an hmoe's group rows, by group, to and from the devices
+ *                   of the group -> device map; the rows may be i32 expert ids)
  *   reshard         rows between two device sets (on(...)), in batch order
  *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
  *                   rows, from each device's own top candidates (all_gather)
@@ -40,6 +42,14 @@ Comm *rt_comm_need(const KernelCtx *ctx, const Node *n) {
 
 const int *rt_comm_expert_map(const KernelCtx *ctx, const Node *n, int64_t E) {
   int moe = (int)n->ia[0];
+  if (n->ia[3]) { /* an hmoe's group-level exchange: the group -> device map */
+    const Graph *g = ctx->graph;
+    if (!g || !g->moe_group_dev || moe < 0 || moe >= g->nmoe || !g->moe_group_dev[moe] ||
+        g->moe_ngroups[moe] != E)
+      mc_die("op '%s' (layer '%s'): no group -> device map for hmoe #%d", ir_ops[n->op].name,
+             n->layer ? n->layer : "?", moe);
+    return g->moe_group_dev[moe];
+  }
   if (!ctx->graph || !ctx->graph->moe_expert_dev || moe < 0 || moe >= ctx->graph->nmoe ||
       ctx->graph->moe_nexperts[moe] != E)
     mc_die("op '%s' (layer '%s'): no expert -> device map for MoE #%d", ir_ops[n->op].name,
@@ -102,6 +112,20 @@ int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, 
   return start;
 }
 
+/* An hmoe's expert-level exchange with every expert on its group's device: the rows on a
+ * device are all for its own experts, so nothing is exchanged (the same layout results). */
+static bool local_exchange(const KernelCtx *ctx, const Node *n) {
+  return !n->ia[3] && ctx->graph && ir_hmoe_experts_local(ctx->graph, (int)n->ia[0]);
+}
+
+/* rt_comm_gather_counts when only device me holds rows (local_exchange). */
+static int64_t *local_counts(const int32_t *off, int64_t E, int P, int me) {
+  int64_t *cnt = mc_calloc((size_t)P * (size_t)E, sizeof(int64_t));
+  for (int64_t e = 0; e < E; e++)
+    cnt[me * E + e] = off[e + 1] - off[e];
+  return cnt;
+}
+
 /* (x[R,M] rows grouped by expert, offsets i32[E+1]) -> (y[Rcap,M] this device's experts'
  * rows from every device, grouped by expert then source; recv offsets i32[E_r+1] of the
  * local experts in global order, or i32[E+1] when the graph holds every expert) */
@@ -111,10 +135,12 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
   int32_t *roff = out[1];
+  if (n->in[0]->ty.dtype == DT_I32) elem = sizeof(int32_t); /* an hmoe's expert ids */
   int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), cap = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
   size_t rb = (size_t)M * elem;
-  int64_t *cnt = rt_comm_gather_counts(c, off, E);
+  bool local = local_exchange(ctx, n);
+  int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   /* send: for each device d, its experts in order, my rows of each */
@@ -136,7 +162,10 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   *payload = (double)off[E] * (double)rb;
   comm_displs(rc, P, rd);
   char *recv = mc_malloc(MC_MAX((size_t)total * rb, 1));
-  c->all_to_allv(c, send, sc, sd, recv, rc, rd);
+  if (local) /* every row's expert is here: no exchange (nor its latency) */
+    memcpy(recv + rd[me], send + sd[me], (size_t)sc[me]);
+  else
+    c->all_to_allv(c, send, sc, sd, recv, rc, rd);
   /* regroup: expert-major, sources in rank order. Offsets of the local experts (E_r + 1,
    * a graph with sharded experts: passes/shard.c) or of all E (+1; others empty) */
   int64_t El = n->out[1]->numel - 1;
@@ -155,7 +184,9 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
     }
   }
   roff[El] = (int32_t)r;
-  if (r < cap) memset(y + (size_t)r * rb, 0, (size_t)(cap - r) * rb);
+  /* unused rows: zero, and ids -1 (no route: the group side's dispatch skips them) */
+  if (r < cap)
+    memset(y + (size_t)r * rb, n->in[0]->ty.dtype == DT_I32 ? 0xff : 0, (size_t)(cap - r) * rb);
   mc_free(cur);
   mc_free(recv);
   mc_free(send);
@@ -170,10 +201,12 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
   Comm *c = rt_comm_need(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
+  if (n->in[0]->ty.dtype == DT_I32) elem = sizeof(int32_t);
   int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), R = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
   size_t rb = (size_t)M * elem;
-  int64_t *cnt = rt_comm_gather_counts(c, off, E);
+  bool local = local_exchange(ctx, n);
+  int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   int64_t *start = rt_comm_back_starts(n, map, cnt, P, me, E);
@@ -197,7 +230,10 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
     rc[map[e]] += cnt[me * E + e] * (int64_t)rb;
   int64_t tot = comm_displs(rc, P, rd);
   char *recv = mc_malloc(MC_MAX((size_t)tot, 1));
-  c->all_to_allv(c, send, sc, sd, recv, rc, rd);
+  if (local)
+    memcpy(recv + rd[me], send + sd[me], (size_t)sc[me]);
+  else
+    c->all_to_allv(c, send, sc, sd, recv, rc, rd);
   char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t));
   for (int64_t e = 0; e < E; e++) {

@@ -316,13 +316,23 @@ static double cross_node_bytes(const View *w, const Node *n, double expected) {
   int m = (int)n->ia[0];
   if (w->nodes <= 1 || !g->moe_expert_dev || m < 0 || m >= g->nmoe) return 0;
   uint64_t senders = n->ia[2] ? (uint64_t)n->ia[2] : ir_all_mask(w->P);
-  int E = g->moe_nexperts[m], ns = 0;
+  int E = g->moe_nexperts[m], ns = 0, G = g->moe_ngroups ? g->moe_ngroups[m] : 0;
   double cross = 0, remote = 0;
+  if (G > 0 && !n->ia[3]) { /* hmoe's expert level: from each group's device to its experts */
+    for (int e = 0; e < E; e++) {
+      int s = g->moe_group_dev[m][e / (E / G)], d = g->moe_expert_dev[m][e];
+      remote += d != s;
+      cross += d != s && d / w->per_node != s / w->per_node;
+    }
+    return remote > 0 ? expected * cross / remote : 0;
+  }
+  const int *map = G > 0 ? g->moe_group_dev[m] : g->moe_expert_dev[m]; /* group rows: by group */
+  if (G > 0) E = G;
   for (int s = 0; s < w->P; s++) {
     if (!(senders >> s & 1)) continue;
     ns++;
     for (int e = 0; e < E; e++) {
-      int d = g->moe_expert_dev[m][e];
+      int d = map[e];
       if (d < 0 || d == s) continue;
       remote += 1;
       cross += d / w->per_node != s / w->per_node;

@@ -111,6 +111,19 @@ foreach(ex lm_4xlstm lm_moe4 lm_moe32 lm_moe256 lm_moe256h)
                    ${CMAKE_CURRENT_SOURCE_DIR}/../examples/${ex}.moe)
   set_tests_properties(plan_run_${ex} PROPERTIES TIMEOUT 300 LABELS "plan;multidev")
 endforeach()
+# hmoe with fewer groups than devices (2 groups of 6): on the 2x2 mesh a group's experts
+# span its node's two devices, so the expert rows cross devices inside the node.
+add_test(NAME plan_run_md_hmoe2
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_run.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/multidev/md_hmoe2.moe)
+set_tests_properties(plan_run_md_hmoe2 PROPERTIES TIMEOUT 120 LABELS "plan;multidev")
+
+# hmoe's two-level exchange on 2 nodes x 4 devices: ~1/k of paper's all-to-all bytes,
+# fewer bytes between nodes, a shorter predicted step (plan and simulate; tests/test_plan_hmoe.sh).
+add_test(NAME plan_hmoe_mesh
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_hmoe.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(plan_hmoe_mesh PROPERTIES TIMEOUT 60 LABELS "plan;fast")
 
 # Every train/plan setting from the command line: flags and --set reach the run and its JSON
 # echoes them, a file's plan { devices } is what runs, check/plan refuse what run refuses,

@@ -116,11 +116,38 @@ hmoe)
     done
   done
   model hmoe contiguous md_hmoe '  mesh = [2, 2]\n'
-  "$MOEC" ir "$W/m.moe" --after comm --devices 4 | grep -q "m experts on devices: 0 0 1 0 0 1 2 2 3 2 2 3" ||
-    fail "hmoe on a 2x2 mesh: groups not kept within a node"
+  "$MOEC" ir "$W/m.moe" --after comm --devices 4 >"$W/mesh.ir"
+  grep -q "m experts on devices: 0 0 0 1 1 1 2 2 2 3 3 3" "$W/mesh.ir" ||
+    fail "hmoe on a 2x2 mesh: 4 groups, 2 a node, not one whole group a device"
+  # the two-level exchange: each group row once to its group's device (groups=1), the
+  # secondary dispatch and combine there; the expert rows never leave that device
+  grep -q 'm.xg@groups, .* = all_to_all(m.xg, m.offsets_g) {.*groups=1' "$W/mesh.ir" &&
+    grep -q 'm.yg@batch = all_to_all_back(m.yg, m.offsets_g) {.*groups=1' "$W/mesh.ir" &&
+    grep -q 'm.xs@experts, .* = all_to_all(m.xs, m.offsets) {.*}  :.*@m/experts' "$W/mesh.ir" &&
+    grep -q 'dispatch(m.xg@groups, m.s_gidx@groups) .*@m/group' "$W/mesh.ir" ||
+    fail "hmoe on a 2x2 mesh: no two-level exchange"
   losses mesh "$MOEC" run "$W/m.moe" --devices 4
   same d1 mesh
   same_aux d1 mesh
+  # fewer groups than devices (2 groups of 6 on a 2x2 mesh): a group's experts over its
+  # node's 2 devices, the expert rows exchanged inside the node; on 1, 2 (groups whole
+  # a device) and 4 devices (mesh) the same losses
+  cp "$HERE/multidev/md_hmoe2.moe" "$W/g2.moe"
+  cp "$W/g2.moe" "$W/m.moe"
+  losses g1 "$MOEC" run "$W/m.moe"
+  printf 'plan {\n  strategy = hmoe\n  mesh = [2, 2]\n}\n' >>"$W/m.moe"
+  "$MOEC" ir "$W/m.moe" --after comm --devices 4 | grep -q "m experts on devices: 0 0 0 1 1 1 2 2 2 3 3 3" ||
+    fail "hmoe, 2 groups on a 2x2 mesh: a group not spread over its node"
+  "$MOEC" ir "$W/m.moe" --after comm --devices 4 | grep -q "m groups' rows on devices: 0 2" ||
+    fail "hmoe, 2 groups on a 2x2 mesh: the group rows not on a device of the group's node"
+  losses g4 "$MOEC" run "$W/m.moe" --devices 4
+  same g1 g4
+  same_aux g1 g4
+  cp "$W/g2.moe" "$W/m.moe"
+  printf 'plan {\n  strategy = hmoe\n}\n' >>"$W/m.moe"
+  losses g2 "$MOEC" run "$W/m.moe" --devices 2
+  same g1 g2
+  same_aux g1 g2
   model paper contiguous md_hmoe
   "$MOEC" ir "$W/m.moe" --after comm --devices 2 | grep -q 'm.load_groups@sum = all_reduce' ||
     fail "no all_reduce of the group loads"

@@ -418,8 +418,9 @@ static void test_hmoe_groups(void) {
   plan_cost_free(&c);
   done(&b);
 
-  /* a mesh of 2 nodes x 2 devices: groups over nodes (contiguous), a group's experts
-   * over its node's two devices, so the secondary routing never leaves a node */
+  /* a mesh of 2 nodes x 2 devices: groups over nodes (contiguous); a node with at least
+   * one group a device keeps each group whole on one of them (the secondary routing
+   * never leaves a device); each group's rows go to it (the group -> device map) */
   char mesh[1024];
   snprintf(mesh, sizeof mesh, "%s", text);
   char *pl = strstr(mesh, "plan {");
@@ -427,10 +428,40 @@ static void test_hmoe_groups(void) {
            "plan {\n  mesh = [2, 2]\n  strategy = hmoe\n}\n");
   CHECK(load_text(&b, mesh));
   run_passes(&b, 4);
+  CHECK(b.g->moe_ngroups[0] == 4);
+  for (int e = 0; e < 12; e++)
+    CHECK(b.g->moe_expert_dev[0][e] == e / 3);
+  for (int u = 0; u < 4; u++)
+    CHECK(b.g->moe_group_dev[0][u] == u);
+  int groups = 0, experts = 0;
+  for (int k = 0; k < b.g->nnodes; k++) {
+    const Node *n = b.g->nodes[k];
+    if (n->op != OP_ALL_TO_ALL && n->op != OP_ALL_TO_ALL_BACK) continue;
+    if (n->ia[3]) {
+      groups++;
+      CHECK(fabs(n->fa[0] - 0.75) < 1e-12); /* a row stays when its group is on its device */
+    } else {
+      experts++;
+      CHECK(n->fa[0] == 0); /* each expert on its group's device */
+    }
+  }
+  /* group level: xg, expert ids, gates and back yg; backward: dyg to, dgates and dxg
+   * back; expert level: xs, ys back, dys, dxs back */
+  CHECK(groups == 7 && experts == 4);
+  done(&b);
+
+  /* 2 nodes x 4 devices, 2 groups a node: each group's experts over its node's devices
+   * (3 experts: devices 0, 1, 2 of the node), its rows to one of them */
+  snprintf(pl, sizeof mesh - (size_t)(pl - mesh),
+           "plan {\n  mesh = [2, 4]\n  strategy = hmoe\n}\n");
+  CHECK(load_text(&b, mesh));
+  run_passes(&b, 8);
   for (int e = 0; e < 12; e++) {
     int grp = e / 3, j = e % 3, node = grp / 2;
-    CHECK(b.g->moe_expert_dev[0][e] == node * 2 + j * 2 / 3);
+    CHECK(b.g->moe_expert_dev[0][e] == node * 4 + j * 4 / 3);
   }
+  for (int u = 0; u < 4; u++) /* the node's groups dealt over the group's devices */
+    CHECK(b.g->moe_group_dev[0][u] == (u / 2) * 4 + (u % 2));
   done(&b);
 }
 

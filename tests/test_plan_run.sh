@@ -1,6 +1,7 @@
 #!/bin/sh
 # test_plan_run.sh MOEC EXAMPLE.moe: the plan is what runs. For EXAMPLE under every
-# strategy on 1, 2 and 4 in-process devices (a small batch, 2 steps, no evaluation),
+# strategy on 1, 2 and 4 in-process devices, hmoe also on a 2x2 mesh (a small batch, 2
+# steps, no evaluation),
 # `moec plan --format json` and `moec run --json` must agree:
 #   - per device, byte for byte: parameters, optimizer state, the memory plan's
 #     persistent region and arena (the plan computes them with each device's own shard,
@@ -19,11 +20,14 @@ name=$(basename "$MODEL" .moe)
 set -- --batch 8 --unroll 4 --steps 2 --seed 3
 n=0
 for strategy in paper data_parallel hmoe; do
-  for p in 1 2 4; do
-    if ! "$MOEC" plan "$MODEL" "$@" --devices $p --strategy $strategy --format json \
+  # hmoe also on a 2x2 mesh (4m): its two-level exchange, groups kept within a node
+  for p in 1 2 4 $([ $strategy = hmoe ] && echo 4m); do
+    mesh=
+    [ $p = 4m ] && { p=4; mesh="--mesh 2x2"; }
+    if ! "$MOEC" plan "$MODEL" "$@" --devices $p $mesh --strategy $strategy --format json \
       >"$W/plan.json" 2>"$W/plan.err"; then
       # a plan the devices cannot hold (fewer experts than devices): run must refuse it too
-      if "$MOEC" run "$MODEL" "$@" --devices $p --strategy $strategy --quiet --no-eval \
+      if "$MOEC" run "$MODEL" "$@" --devices $p $mesh --strategy $strategy --quiet --no-eval \
         >/dev/null 2>&1; then
         echo "FAIL: $name $strategy on $p: plan refused, run ran: $(cat "$W/plan.err")"
         exit 1
@@ -31,9 +35,9 @@ for strategy in paper data_parallel hmoe; do
       echo "ok: $name $strategy on $p: refused by plan and run alike"
       continue
     fi
-    "$MOEC" run "$MODEL" "$@" --devices $p --strategy $strategy --quiet --no-eval --json \
+    "$MOEC" run "$MODEL" "$@" --devices $p $mesh --strategy $strategy --quiet --no-eval --json \
       >"$W/run.json" 2>"$W/run.err" || { cat "$W/run.err"; echo "FAIL: run $name $strategy $p"; exit 1; }
-    "$PY" - "$W/plan.json" "$W/run.json" "$name $strategy on $p" <<'PYEOF'
+    "$PY" - "$W/plan.json" "$W/run.json" "$name $strategy on $p${mesh:+ ($mesh)}" <<'PYEOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))
 run = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
