@@ -11,7 +11,7 @@
 #     falls with them, and their time grows while the FLOPs per device do not.
 # Columns: exp ms (the expert GEMMs), other ms (every other kernel), comm ms (collectives).
 # The paper's TFLOPS/GPU is the step's FLOPs / step time / GPUs: simulate's mean. The K40
-# preset's one fitted constant (gemm_half) was fitted to Table 7's MoE-32 row.
+# preset's one fitted constant (gemm_half) was fitted to Table 7's MoE-256-h row.
 # Exit 0 when the pattern holds, 1 otherwise (the figures themselves are not asserted).
 #     sh bench/paper_k40.sh [MOEC [EXAMPLES_PAPER_DIR]]
 MOEC=${1:-build/moec}

@@ -19,7 +19,7 @@
  * sourced in docs/placement.md ("moec simulate"):
  *   gflops     sustained fp32 GEMM rate of a large GEMM (published cuBLAS sgemm rates)
  *   gemm_half  the smallest GEMM side at which a GEMM runs at half of gflops: K40 FITTED to
- *              one row of the paper's Table 7 (MoE-32 on 16 K40s, 0.87 TFLOPS/GPU); H100 and
+ *              one row of the paper's Table 7 (MoE-256-h on 16 K40s, 0.89 TFLOPS/GPU); H100 and
  *              H200 scaled from it by gflops / memory bandwidth (a GEMM of few rows is bound
  *              by reading its weights, so the side where it stops being so scales with that)
  *   elem_gbs   datasheet memory bandwidth (elementwise ops: bytes read + written)
@@ -42,7 +42,7 @@ typedef struct DevPreset {
 } DevPreset;
 
 /* K40_HALF: the one fitted constant (docs/placement.md: the fit and its row). */
-#define K40_HALF 100
+#define K40_HALF 190
 #define K40_G 3200.0
 #define K40_BW 288.0
 #define SCALED_HALF(g, bw) (K40_HALF * ((g) / (bw)) / (K40_G / K40_BW))
