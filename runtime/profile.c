@@ -31,7 +31,6 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
   const Graph *g = p->g;
   RtProfile r = {.steps = steps};
   r.instr_s = mc_calloc((size_t)MC_MAX(p->ninstrs, 1), sizeof(double));
-  r.instr_min_s = mc_calloc((size_t)MC_MAX(p->ninstrs, 1), sizeof(double));
   rt_init_params(p, cfg->seed);
   fill_ids(p, cfg->seed);
   Optim *opt = rt_optim_new(cfg, g);
@@ -54,10 +53,7 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
       const Instr *ins = &p->instrs[k];
       double t0 = clock();
       ins->fn(&ctx, ins->node, ins->in, ins->out);
-      double dt = clock() - t0;
-      if (s < 0) continue;
-      r.instr_s[k] += dt;
-      r.instr_min_s[k] = s == 0 ? dt : MC_MIN(r.instr_min_s[k], dt);
+      if (s >= 0) r.instr_s[k] += clock() - t0;
     }
     double t0 = clock();
     rt_optim_step(opt, pp, gg);
@@ -75,6 +71,5 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
 
 void rt_profile_free(RtProfile *r) {
   mc_free(r->instr_s);
-  mc_free(r->instr_min_s);
-  r->instr_s = r->instr_min_s = NULL;
+  r->instr_s = NULL;
 }

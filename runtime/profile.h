@@ -6,11 +6,9 @@
 #include "train.h"
 
 typedef struct RtProfile {
-  int steps;           /* timed steps (after one warm-up step) */
-  double *instr_s;     /* [p->ninstrs]: seconds of each instruction, summed over the steps */
-  double *instr_min_s; /* [p->ninstrs]: its fastest step (what other load on the machine
-                          disturbs least) */
-  double optim_s;      /* the optimizer's update (cfg's optimizer), summed */
+  int steps;       /* timed steps (after one warm-up step) */
+  double *instr_s; /* [p->ninstrs]: seconds of each instruction, summed over the steps */
+  double optim_s;  /* the optimizer's update (cfg's optimizer), summed */
 } RtProfile;
 
 /* Initialises p's parameters from cfg's seed and fills its i32 inputs with random ids

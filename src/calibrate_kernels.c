@@ -3,10 +3,11 @@
  * leave out what a kernel does around its arithmetic: random draws, exp and log, gathers,
  * caches shared with the rest of a step. So reference models (below: not the examples,
  * whose plans are then predictions) are compiled as `moec run` compiles them, every
- * instruction is timed over a few training steps (its fastest step), and per op the
+ * instruction is timed over a few training steps (the mean of a step), and per op the
  * measured seconds less a call's own time are set against the modelled ones: factor =
  * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
- * in-process device of several). The optimizer's pass has its own (docs/placement.md). */
+ * in-process device of several: a copy on each core at once). The optimizer's pass has its own
+ * (docs/placement.md). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,15 +96,16 @@ typedef struct RefRun {
   RtProfile prof;
 } RefRun;
 
-/* On a thread of its own: kernels run inline there, as an in-process device's. */
+/* Rank r's copy on a thread of its own: kernels run inline there, as an in-process
+ * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
-  (void)c;
-  RefRun *r = arg;
+  RefRun *r = (RefRun *)arg + c->rank;
   r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now);
 }
 
-/* Adds model i's measured and modelled seconds per op to s (j = 0: every core, 1: one
- * thread); k: the profile's formulas (no factors yet). False after printing an error. */
+/* Adds model i's measured and modelled seconds per op to s (j = 0: one device on every
+ * core; 1: a device on one thread, as many copies at once as there are cores, their
+ * mean); k: the profile's formulas (no factors yet). False after printing an error. */
 static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSums *s) {
   Options o;
   drv_options_init(&o, "calibrate");
@@ -113,32 +115,41 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSu
   snprintf(name, sizeof name, "<reference model %d>", i);
   AstFile *f = drv_load_text(&o, name, ref_models[i], &cfg, &rc);
   Target t = {.devices = 1, .rank = 0, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
-  Program *p = f ? drv_compile(f, &cfg, &o, &t) : NULL;
-  if (!p) {
-    fe_ast_free(f);
-    drv_options_free(&o);
-    return false;
+  int copies = j == 0 ? 1 : MC_MAX(k->cores, 1);
+  RefRun run[RT_MAX_THREADS] = {{0}};
+  bool ok = f != NULL;
+  for (int c = 0; ok && c < copies; c++) {
+    run[c] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
+    ok = run[c].p != NULL;
   }
-  RefRun run = {.p = p, .cfg = &cfg, .steps = steps};
-  if (j == 0)
-    run.prof = rt_profile_steps(p, &cfg, steps, mc_now);
-  else if (rt_inproc_run(1, profile_on_thread, &run))
-    mc_die("moec calibrate: the reference model's thread failed");
-  double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
-  double param_bytes = 0;
-  for (int q = 0; q < p->g->nparams; q++)
-    param_bytes += 4.0 * (double)p->g->params[q]->numel;
-  for (int q = 0; q < p->ninstrs; q++) {
-    const Node *n = p->instrs[q].node;
-    add_time(s, j, n->op, run.prof.instr_min_s[q], plan_node_seconds(p->g, n, k) / cores);
+  if (ok && j == 0)
+    run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now);
+  else if (ok && rt_inproc_run(copies, profile_on_thread, run))
+    mc_die("moec calibrate: a reference model's thread failed");
+  if (ok) {
+    const Program *p = run[0].p;
+    double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
+    double param_bytes = 0;
+    for (int q = 0; q < p->g->nparams; q++)
+      param_bytes += 4.0 * (double)p->g->params[q]->numel;
+    for (int q = 0; q < p->ninstrs; q++) {
+      const Node *n = p->instrs[q].node;
+      double meas = 0;
+      for (int c = 0; c < copies; c++)
+        meas += run[c].prof.instr_s[q] / steps / copies;
+      add_time(s, j, n->op, meas, plan_node_seconds(p->g, n, k) / cores);
+    }
+    for (int c = 0; c < copies; c++)
+      s->opt_meas[j] += run[c].prof.optim_s / steps / copies;
+    s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
   }
-  s->opt_meas[j] += run.prof.optim_s / steps;
-  s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
-  rt_profile_free(&run.prof);
-  drv_program_free(p);
+  for (int c = 0; c < copies; c++) {
+    rt_profile_free(&run[c].prof);
+    drv_program_free(run[c].p);
+  }
   fe_ast_free(f);
   drv_options_free(&o);
-  return true;
+  return ok;
 }
 
 bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {

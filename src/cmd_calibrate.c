@@ -183,7 +183,7 @@ int cmd_calibrate(int argc, char **argv) {
   mc_free(ex);
   mc_free(ey);
   /* in-process all-reduce between 2 devices: each sends 2(n-1)/n = 1 x the vector */
-  static const int64_t sizes[] = {256, 1 << 20};
+  static const int64_t sizes[] = {256, 8 << 20}; /* 1 KiB, 32 MiB: past the caches, as gradients are */
   double ts[2];
   for (int i = 0; i < 2; i++) {
     CommBench cb = {.n = sizes[i], .reps = reps};
