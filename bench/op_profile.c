@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
   Program *p = cg_lower(g, PREC_F32);
 
   /* every instruction and the optimizer timed over the steps (runtime/profile.c) */
-  RtProfile prof = rt_profile_steps(p, &cfg, steps, now);
+  RtProfile prof = rt_profile_steps(p, &cfg, steps, now, NULL);
   Acc *acc = mc_calloc((size_t)p->ninstrs, sizeof(Acc));
   int nacc = 0;
   double total = 0, optim = prof.optim_s, parts[NPT] = {0}, step_flops = 0;

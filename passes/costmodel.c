@@ -517,6 +517,17 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
   return plan_cost_routed(g, devices, opt, k, NULL, 0);
 }
 
+double plan_collective_seconds(const Graph *g, const Node *n, int devices, const CostConsts *k) {
+  Route r = route_make(g, devices, NULL, 0);
+  double *t = mc_calloc((size_t)devices * 3, sizeof(double)), mx = 0;
+  collective_times(g, n, &r, k, t, t + devices, t + 2 * devices);
+  for (int d = 0; d < devices; d++)
+    mx = fmax(mx, t[d]);
+  mc_free(t);
+  route_free(&r);
+  return mx;
+}
+
 PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostConsts *k,
                           const PlanLoads *loads, double zipf) {
   PlanCost c = {.devices = devices, .k = *k};
@@ -622,8 +633,10 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       memset(intra, 0, sizeof(double) * (size_t)devices);
       memset(inter, 0, sizeof(double) * (size_t)devices);
       collective_times(g, n, &r, k, t, intra, inter);
+      double wait = k->kcoll_us[n->op] * 1e-6; /* in situ: the wait for the slowest, syncs */
       double mx = 0;
       for (int d = 0; d < devices; d++) {
+        t[d] += wait;
         c.dev[d].comm_s += t[d];
         c.dev[d].intra_bytes += intra[d];
         c.dev[d].inter_bytes += inter[d];

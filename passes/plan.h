@@ -129,6 +129,8 @@ typedef struct CostConsts {
   double kfactor_optim[2];
   double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
                          modelled work (the interpreter, thread wake-ups) */
+  double kcoll_us[OP_COUNT]; /* a collective call's measured time beyond its modelled one
+                                on in-process devices (waiting for the slowest, syncing) */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
@@ -175,6 +177,9 @@ typedef struct PlanCost {
  * optimizer's pass over param_bytes of parameters. */
 double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k);
 double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k);
+/* The modelled seconds of collective n of a placed, bound graph on `devices` devices
+ * under uniform routing, at its slowest device, without factors. */
+double plan_collective_seconds(const Graph *g, const Node *n, int devices, const CostConsts *k);
 
 /* The cost of a placed, bound graph on `devices` devices. opt: optimizer kind. The
  * allocated memory of each device comes from plan_cost_set_memory (the driver computes

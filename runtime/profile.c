@@ -3,6 +3,7 @@
  * random ids, so routing is whatever the initial gates make of them. */
 #include "profile.h"
 
+#include "comm.h"
 #include "run.h"
 
 /* Random ids below the vocabulary in every i32 input (token ids, targets). */
@@ -26,7 +27,8 @@ static void fill_ids(Program *p, uint64_t seed) {
   }
 }
 
-RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void)) {
+RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void),
+                           Comm *comm) {
   MOEC_ASSERT(p->be == &rt_backend_cpu && p->prec == PREC_F32);
   const Graph *g = p->g;
   RtProfile r = {.steps = steps};
@@ -44,11 +46,16 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
     gg[i] = t->grad ? rt_f32(p, t->grad) : (own[i] = mc_calloc((size_t)t->numel, sizeof(float)));
   }
   for (int s = -1; s < steps; s++) { /* step -1: the warm-up, not counted */
+    int rank = comm ? comm->rank : 0, P = comm ? comm->size : 1;
     KernelCtx ctx = {.training = true,
                      .seed = cfg->seed,
                      .step = (uint64_t)(s + 1),
+                     .batch0 = (int64_t)rank * g->B,
                      .batch_local = g->B,
-                     .ndevices = 1};
+                     .device = rank,
+                     .ndevices = P,
+                     .comm = P > 1 ? comm : NULL,
+                     .graph = P > 1 ? g : NULL};
     for (int k = 0; k < p->ninstrs; k++) {
       const Instr *ins = &p->instrs[k];
       double t0 = clock();

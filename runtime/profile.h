@@ -14,8 +14,12 @@ typedef struct RtProfile {
 /* Initialises p's parameters from cfg's seed and fills its i32 inputs with random ids
  * below its vocabulary, then runs one warm-up training step and `steps` timed ones,
  * each instruction timed alone by `clock` (mc_now, or mc_cpu_now: the process's CPU
- * time). p: a training program of one device in host memory (drv_compile). */
-RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void));
+ * time). p: a training program in host memory (drv_compile): of one device (comm NULL),
+ * or of device comm->rank of comm->size, every rank profiling at once (its collectives
+ * run; the optimizer updates its own parameters without the global norm). */
+struct Comm;
+RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void),
+                           struct Comm *comm);
 void rt_profile_free(RtProfile *r);
 
 #endif

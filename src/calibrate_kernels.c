@@ -100,7 +100,7 @@ typedef struct RefRun {
  * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
   RefRun *r = (RefRun *)arg + c->rank;
-  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now);
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, NULL);
 }
 
 /* Adds model i's measured and modelled seconds per op to s (j = 0: one device on every
@@ -123,7 +123,7 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSu
     ok = run[c].p != NULL;
   }
   if (ok && j == 0)
-    run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now);
+    run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now, NULL);
   else if (ok && rt_inproc_run(copies, profile_on_thread, run))
     mc_die("moec calibrate: a reference model's thread failed");
   if (ok) {
@@ -152,12 +152,83 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSu
   return ok;
 }
 
+/* Rank c->rank's program of a model on c->size in-process devices, profiled at once. */
+static void profile_rank(Comm *c, void *arg) {
+  RefRun *r = (RefRun *)arg + c->rank;
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, c);
+}
+
+/* The collectives of model i on P in-process devices under `strategy`: each collective's
+ * measured seconds (the ranks' mean: the wait for the slowest rank included, as in a
+ * run) against its modelled ones on the placed global graph, added to the one-thread
+ * set. False after printing an error. */
+static bool profile_collectives(int i, int P, const char *strategy, int steps, const CostConsts *k,
+                                KernelSums *s) {
+  Options o;
+  drv_options_init(&o, "calibrate");
+  drv_add_setting(&o, "plan", "strategy", strategy, "--strategy");
+  Config cfg;
+  int rc = 0;
+  char name[32];
+  snprintf(name, sizeof name, "<reference model %d>", i);
+  AstFile *f = drv_load_text(&o, name, ref_models[i], &cfg, &rc);
+  Target tg = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32};
+  Graph *g = f ? drv_compile_graph(f, &cfg, &o, &tg, NULL) : NULL;
+  RefRun run[RT_MAX_THREADS] = {{0}};
+  bool ok = g != NULL;
+  for (int r = 0; ok && r < P; r++) {
+    Target t = {.devices = P, .rank = r, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
+    run[r] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
+    ok = run[r].p != NULL;
+  }
+  if (ok && rt_inproc_run(P, profile_rank, run))
+    mc_die("moec calibrate: a reference model's device failed");
+  if (ok) { /* the q-th collective of every device is the q-th of the global graph */
+    int ng = 0;
+    const Node **coll = mc_calloc((size_t)g->nnodes + 1, sizeof(Node *));
+    for (int q = 0; q < g->nnodes; q++)
+      if (ir_ops[g->nodes[q]->op].flags & OPF_COLLECTIVE) coll[ng++] = g->nodes[q];
+    double *meas = mc_calloc((size_t)ng + 1, sizeof(double));
+    for (int r = 0; r < P; r++) {
+      int nd = 0;
+      for (int q = 0; q < run[r].p->ninstrs; q++) {
+        const Node *n = run[r].p->instrs[q].node;
+        if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
+        MOEC_ASSERT(nd < ng && coll[nd]->op == n->op); /* the same passes placed both */
+        meas[nd++] += run[r].prof.instr_s[q] / steps / P;
+      }
+      MOEC_ASSERT(nd == ng);
+    }
+    for (int q = 0; q < ng; q++)
+      add_time(s, 1, coll[q]->op, meas[q], plan_collective_seconds(g, coll[q], P, k));
+    mc_free(meas);
+    mc_free(coll);
+  }
+  for (int r = 0; r < P; r++) {
+    rt_profile_free(&run[r].prof);
+    drv_program_free(run[r].p);
+  }
+  if (g) ir_graph_free(g);
+  fe_ast_free(f);
+  drv_options_free(&o);
+  return ok;
+}
+
 bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {
   KernelSums s = {0};
   int nthreads = rt_threads();
   for (int j = 0; j < 2; j++)
     for (size_t i = 0; i < MC_ARRAY_LEN(ref_models); i++)
       if (!profile_model((int)i, j, steps, k, &s)) return false;
+  /* collectives on as many devices as cores and twice as many (sharing them) */
+  static const struct {
+    int model;
+    const char *strategy;
+  } coll[] = {{0, "paper"}, {0, "data_parallel"}, {1, "hmoe"}};
+  int cores = MC_MAX(k->cores, 1);
+  for (int P = MC_MAX(2, cores); P <= MC_MAX(2, cores) * 2 && P <= RT_MAX_THREADS; P *= 2)
+    for (size_t i = 0; i < MC_ARRAY_LEN(coll); i++)
+      if (!profile_collectives(coll[i].model, P, coll[i].strategy, steps, k, &s)) return false;
   rt_threads_set(nthreads);
   const char *set[2] = {"all_cores", "one_thread"};
   mc_buf_printf(json, "{");
@@ -167,13 +238,14 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
     int nt = 0;
     double meas = s.opt_meas[j], model = s.opt_model[j], m[OP_COUNT] = {0}, d[OP_COUNT] = {0};
     for (int i = 0; i < s.n[j]; i++)
-      if (s.t[j][i].model < 1e-6) tiny[nt++] = s.t[j][i];
+      if (s.t[j][i].model < 1e-6 && !(ir_ops[s.t[j][i].op].flags & OPF_COLLECTIVE))
+        tiny[nt++] = s.t[j][i];
     qsort(tiny, (size_t)nt, sizeof(KernelTime), by_meas);
     double call = nt ? tiny[nt / 2].meas : 0;
     mc_free(tiny);
     for (int i = 0; i < s.n[j]; i++) {
       const KernelTime *t = &s.t[j][i];
-      m[t->op] += fmax(t->meas - call, 0);
+      m[t->op] += fmax(t->meas - call, 0); /* (a collective's: kcoll_us below) */
       d[t->op] += t->model;
       meas += t->meas;
       model += t->model;
@@ -182,6 +254,19 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
     k->kcall_us[j] = call * 1e6;
     mc_buf_printf(json, "%s\n   \"%s\": {\"call_us\": %.4g", j ? "," : "", set[j], call * 1e6);
     for (int op = 0; op < OP_COUNT; op++) {
+      if (ir_ops[op].flags & OPF_COLLECTIVE) { /* a call's time beyond the model: a mean */
+        double extra = 0;
+        int calls = 0;
+        for (int i = 0; i < s.n[j]; i++)
+          if (s.t[j][i].op == op) {
+            extra += fmax(s.t[j][i].meas - s.t[j][i].model, 0);
+            calls++;
+          }
+        if (!calls) continue;
+        k->kcoll_us[op] = extra / calls * 1e6;
+        mc_buf_printf(json, ", \"%s_us\": %.4g", ir_ops[op].name, k->kcoll_us[op]);
+        continue;
+      }
       if (d[op] <= 0) continue;
       k->kfactor[j][op] = fmax(m[op] / d[op], 1e-3);
       mc_buf_printf(json, ", \"%s\": %.4g", ir_ops[op].name, k->kfactor[j][op]);
@@ -217,6 +302,11 @@ bool cli_read_kernel_factors(const char *s, CostConsts *k) {
       if (end == v || !(x >= 0 && x < 1e6)) return false;
       if (!strcmp(name, "optimizer")) k->kfactor_optim[j] = x;
       if (!strcmp(name, "call_us")) k->kcall_us[j] = x;
+      size_t nl = strlen(name);
+      for (int op = 0; op < OP_COUNT && nl > 3 && !strcmp(name + nl - 3, "_us"); op++)
+        if ((ir_ops[op].flags & OPF_COLLECTIVE) && strlen(ir_ops[op].name) == nl - 3 &&
+            !strncmp(ir_ops[op].name, name, nl - 3))
+          k->kcoll_us[op] = x;
       for (int op = 0; op < OP_COUNT; op++)
         if (!strcmp(ir_ops[op].name, name)) k->kfactor[j][op] = x;
       p = end;

@@ -45,7 +45,7 @@ typedef struct DevPreset {
 #define K40_HALF 190
 #define K40_G 3200.0
 #define K40_BW 288.0
-#define SCALED_HALF(g, bw) (K40_HALF * ((g) / (bw)) / (K40_G / K40_BW))
+#define SCALED_HALF(g, bw) (K40_HALF * ((double)(g) / (bw)) / (K40_G / K40_BW))
 
 static const DevPreset devs[] = {
     {"K40", K40_G, 4290, 12, 4, "pcie", "fdr", K40_HALF, K40_BW, 5},

@@ -40,6 +40,8 @@ about 100):
   loss, xent:  |moec - ref| <= 1e-5 * max(|ref|, 1e-3)
   aux:         |moec - ref| <= 1e-5 * max(|aux|, 1e-6) + 1e-7   (rtol * 1e-2 absolute)
   each gradient: max|moec - ref| <= 1e-4 * max|ref| (and every element finite)
+  (--moec self, PyTorch's own float32 run: a gradient under 1e-3 of the largest is held
+  to 1e-4 of that floor: float32 PyTorch rounds the terms it shares with the large ones)
 With --f64 (`moec grad --f64`, both in double precision): 1e-10 and 1e-9.
 
 Exit status: 0 all match, 1 a mismatch or an error, 77 skipped (no torch in this
@@ -1062,6 +1064,8 @@ def main():
 
     print(f"\n{'gradient':<16} {'shape':<14} {'max|ref|':>10} {'max|diff|':>10} {'ratio':>9}  ok"
           f"   (tolerance: max|diff| <= {args.grad_rtol:g} * max|ref|)")
+    gmax = max((float(np.abs(r).max()) for r in ref_grads.values() if r.size), default=0.0)
+    floor = 1e-3 * gmax if args.moec == "self" else 0.0
     for name in model.names:
         r = ref_grads[name]
         shape = "x".join(map(str, r.shape))
@@ -1077,7 +1081,7 @@ def main():
         mx = float(np.abs(r).max()) if r.size else 0.0
         d = float(np.abs(g - r).max()) if r.size else 0.0
         ratio = d / mx if mx > 0 else d
-        ok = bool(np.isfinite(g).all()) and (d <= args.grad_rtol * mx or d <= 1e-15)
+        ok = bool(np.isfinite(g).all()) and (d <= args.grad_rtol * max(mx, floor) or d <= 1e-15)
         fails += not ok
         print(f"{name:<16} {shape:<14} {mx:10.3e} {d:10.3e} {ratio:9.2e}  {'ok' if ok else 'FAIL'}")
     extra = sorted(set(moec_grads) - set(model.names))
