@@ -290,9 +290,8 @@ static double elem_s(const CostConsts *k, double elems, double flops) {
   return k->elem_gbs > 0 ? 4 * elems / (k->elem_gbs * 1e9) : flops / (k->gflops * 1e9);
 }
 
-/* The in-situ factors' set (moec calibrate): one device alone runs on every core. */
-static int kset(const CostConsts *k, int P) {
-  return P == 1 && k->cores > 0 ? 0 : 1;
+int plan_kernel_set(const CostConsts *k, int devices) {
+  return devices == 1 && k->cores > 0 ? 0 : 1;
 }
 
 /* Seconds of node n on every device: t[d]. Rows split by plan_node_share; an expert
@@ -312,7 +311,7 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
                        double *t, DeviceCost *dc) {
   node_times_model(g, n, r, k, t, dc);
   if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
-  int j = kset(k, r->P);
+  int j = plan_kernel_set(k, r->P);
   double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
   /* one device alone: its phases are divided by the cores, its calls' time is not */
   double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
@@ -654,7 +653,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   }
   /* the optimizer step */
   double opt_max = 0, opt_sum = 0;
-  double of = k->kfactor_optim[kset(k, devices)];
+  double of = k->kfactor_optim[plan_kernel_set(k, devices)];
   for (int d = 0; d < devices && g->has_backward; d++) {
     double ts = plan_optim_seconds(c.dev[d].param_bytes, opt, k) * (of > 0 ? of : 1);
     c.dev[d].compute_s += ts;

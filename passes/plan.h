@@ -172,6 +172,9 @@ typedef struct PlanCost {
   bool fits;               /* max_planned <= k.mem_bytes (true when mem_bytes is 0) */
 } PlanCost;
 
+/* Which set of in-situ factors a plan on `devices` devices uses: 0, one device alone on
+ * every core (cores > 0); 1, a device on one thread. */
+int plan_kernel_set(const CostConsts *k, int devices);
 /* The modelled seconds of node n of a bound graph on one device under uniform routing,
  * without kernel factors or call time (what moec calibrate sets a measured time against); and of the
  * optimizer's pass over param_bytes of parameters. */

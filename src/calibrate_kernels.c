@@ -96,6 +96,18 @@ typedef struct RefRun {
   RtProfile prof;
 } RefRun;
 
+/* Reference model i read and checked with o's options (plan.strategy = strategy unless
+ * NULL); NULL after printing errors. The caller frees o (and the AST). */
+static AstFile *load_ref(int i, const char *strategy, Options *o, Config *cfg) {
+  drv_options_init(o, "calibrate");
+  if (strategy) drv_add_setting(o, "plan", "strategy", strategy, "--strategy");
+  static const char *const names[] = {"<reference model 0>", "<reference model 1>"};
+  MOEC_ASSERT(i >= 0 && i < (int)MC_ARRAY_LEN(names) &&
+              MC_ARRAY_LEN(names) == MC_ARRAY_LEN(ref_models));
+  int rc = 0;
+  return drv_load_text(o, names[i], ref_models[i], cfg, &rc); /* names outlive the AST */
+}
+
 /* Rank r's copy on a thread of its own: kernels run inline there, as an in-process
  * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
@@ -108,12 +120,8 @@ static void profile_on_thread(Comm *c, void *arg) {
  * mean); k: the profile's formulas (no factors yet). False after printing an error. */
 static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSums *s) {
   Options o;
-  drv_options_init(&o, "calibrate");
   Config cfg;
-  int rc = 0;
-  char name[32];
-  snprintf(name, sizeof name, "<reference model %d>", i);
-  AstFile *f = drv_load_text(&o, name, ref_models[i], &cfg, &rc);
+  AstFile *f = load_ref(i, NULL, &o, &cfg);
   Target t = {.devices = 1, .rank = 0, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
   int copies = j == 0 ? 1 : MC_MAX(k->cores, 1);
   RefRun run[RT_MAX_THREADS] = {{0}};
@@ -165,13 +173,8 @@ static void profile_rank(Comm *c, void *arg) {
 static bool profile_collectives(int i, int P, const char *strategy, int steps, const CostConsts *k,
                                 KernelSums *s) {
   Options o;
-  drv_options_init(&o, "calibrate");
-  drv_add_setting(&o, "plan", "strategy", strategy, "--strategy");
   Config cfg;
-  int rc = 0;
-  char name[32];
-  snprintf(name, sizeof name, "<reference model %d>", i);
-  AstFile *f = drv_load_text(&o, name, ref_models[i], &cfg, &rc);
+  AstFile *f = load_ref(i, strategy, &o, &cfg);
   Target tg = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32};
   Graph *g = f ? drv_compile_graph(f, &cfg, &o, &tg, NULL) : NULL;
   RefRun run[RT_MAX_THREADS] = {{0}};

@@ -112,7 +112,7 @@ void plan_print_step(const Graph *g, const PlanCost *c, const char *routing) {
   if (k->gemm_half > 0) printf(", a GEMM at s/(s+%.3g) of it (s: its smallest side)", k->gemm_half);
   if (k->elem_gbs > 0) printf(", elementwise %.3g GB/s", k->elem_gbs);
   if (k->launch_us > 0) printf(", %.3g us a kernel call", k->launch_us);
-  int j = P == 1 && k->cores > 0 ? 0 : 1; /* costmodel.c's kset */
+  int j = plan_kernel_set(k, P);
   if (k->kfactor[j][OP_MATMUL] > 0)
     printf(", each op's time x its measured in-situ factor (matmul %.3g, %s), %.3g us a call",
            k->kfactor[j][OP_MATMUL], j ? "one thread" : "every core", k->kcall_us[j]);
