@@ -18,14 +18,10 @@
 # shellcheck disable=SC2015
 set -u
 MOEC=$1
-TMP=$(mktemp -d /tmp/moec_test_backend.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
+. "$(dirname "$0")/lib.sh"
+t_tmpdir test_backend
 CUDA_VISIBLE_DEVICES=
 export CUDA_VISIBLE_DEVICES
-FAILS=0
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
 REASON='(no CUDA device \(cudaGetDeviceCount: [^)]+\)|moec was built without CUDA)'
 
 # expect RC PATTERN CMD...: CMD exits with RC and its stderr matches the ERE PATTERN
@@ -105,5 +101,4 @@ grep '^{' t.out | grep -q '"tf32": true' && [ "$lt" = "$la" ] &&
   pass "--set plan.tf32=true --no-nccl --cuda-alloc-limit: echoed, no effect on the cpu (last loss $lt)" ||
   { fail "device settings on the cpu: last loss '$lt', expected '$la'"; grep '^{' t.out; }
 
-echo "$FAILS failures"
-[ $FAILS -eq 0 ]
+finish

@@ -37,12 +37,8 @@ set -u
 MOEC=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 CASE=$2
 command -v python3 >/dev/null 2>&1 || { echo "SKIP: python3 not found (edits checkpoint headers)"; exit 77; }
-TMP=$(mktemp -d /tmp/moec_test_hostile.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-FAILS=0
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
+. "$(dirname "$0")/lib.sh"
+t_tmpdir test_hostile
 
 # expect_error PATTERN CMD...: CMD exits 1 (2: the frontend's located errors) within 30 s
 # and its stderr contains PATTERN
@@ -412,5 +408,4 @@ EOF
   exit 2
   ;;
 esac
-[ "$FAILS" -eq 0 ] || { echo "$FAILS failures"; exit 1; }
-echo "all passed"
+finish

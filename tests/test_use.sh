@@ -32,33 +32,10 @@ MOEC=$1
 SRC=$2
 CASE=$3
 command -v python3 >/dev/null 2>&1 || { echo "SKIP: python3 not found (reads the JSON output)"; exit 77; }
-TMP=$(mktemp -d /tmp/moec_test_use.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-FAILS=0
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
-# json FILE KEY: a key of the last JSON line of FILE
-json() { python3 -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$1" "$2"; }
-check() { python3 -c "import sys; sys.exit(0 if ($1) else 1)"; }
+. "$(dirname "$0")/lib.sh"
+t_tmpdir test_use
 # steps FILE: the step lines of a metrics file without their timings
 steps() { grep '"event":"step"' "$1" | sed 's/,"tokens_per_s":[^,}]*//; s/,"elapsed":[^,}]*//'; }
-# expect_error PATTERN CMD...: CMD exits non-zero (not a crash) and stderr has PATTERN
-expect_error() {
-  pat=$1
-  shift
-  "$@" >out.txt 2>err.txt
-  rc=$?
-  if [ $rc -eq 0 ]; then
-    fail "'$*' succeeded, expected an error with '$pat'"
-  elif [ $rc -gt 100 ]; then
-    fail "'$*' crashed (exit $rc)"; cat err.txt
-  elif ! grep -qF -- "$pat" err.txt; then
-    fail "'$*' exited $rc without '$pat':"; cat err.txt
-  else
-    pass "error '$pat' (exit $rc)"
-  fi
-}
 
 cat >moe.moe <<'EOF'
 # a small LSTM-MoE LM with gate noise and dropout: every random draw is exercised
@@ -464,5 +441,4 @@ max_time)
   exit 2
   ;;
 esac
-[ $FAILS -eq 0 ] || { echo "$FAILS failure(s)"; exit 1; }
-echo "all passed"
+finish

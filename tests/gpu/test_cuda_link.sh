@@ -12,11 +12,8 @@ set -u
 MOEC=$1
 PROBE=$2
 command -v readelf >/dev/null 2>&1 || { echo "SKIP: readelf not found"; exit 77; }
-TMP=$(mktemp -d /tmp/moec_test_cuda_link.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-FAILS=0
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
+. "$(dirname "$0")/../lib.sh"
+t_tmpdir test_cuda_link
 needed() { readelf -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'; }
 
 if needed "$PROBE" | grep -q '^libcuda\.so'; then
@@ -49,5 +46,4 @@ if needed "$MOEC" | grep -q '^libnccl'; then
 else
   echo "note: this build has no NCCL (moec does not link libnccl)"
 fi
-echo "$FAILS failures"
-[ $FAILS -eq 0 ]
+finish

@@ -23,13 +23,8 @@ set -u
 MOEC=$1
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || { echo "SKIP: $PY not found (reads the JSON output)"; exit 77; }
-TMP=$(mktemp -d /tmp/moec_test_cuda_train.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 1
-FAILS=0
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-pass() { echo "ok: $*"; }
-json() { "$PY" -c 'import json,sys; print(json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])[sys.argv[2]])' "$1" "$2"; }
+. "$(dirname "$0")/../lib.sh"
+t_tmpdir test_cuda_train
 
 cat >small.moe <<'EOF'
 model small {
@@ -230,5 +225,4 @@ else
     pass "mpirun -np 2 --backend cuda = 2 cpu devices (1e-4)" || fail "MPI ranks on cuda differ"
 fi
 
-echo "$FAILS failures"
-[ $FAILS -eq 0 ]
+finish
