@@ -30,8 +30,7 @@ static const char *more_rows(Graph *g, Node *n) {
     return mc_arena_printf(&g->arena, "an all-to-all needs offsets i32[E+1] as input 2");
   for (int i = 2; i < n->nin; i++)
     if (n->in[i]->ty.rank < 1 || !dim_eq(n->in[i]->ty.dim[0], n->in[0]->ty.dim[0]))
-      return mc_arena_printf(&g->arena, "all-to-all input %d must have the rows of input 1",
-                             i + 1);
+      return mc_arena_printf(&g->arena, "all-to-all input %d must have the rows of input 1", i + 1);
   return NULL;
 }
 
@@ -156,8 +155,8 @@ typedef struct Comm {
   int P;
   Ins *ins;
   int nins, cap;
-  Tensor **a2a;  /* by tensor id: its all_to_all / all_to_all_back / reshard output */
-  Tensor **recv; /* by moe index: received offsets */
+  Tensor **a2a;            /* by tensor id: its all_to_all / all_to_all_back / reshard output */
+  Tensor **recv;           /* by moe index: received offsets */
   Tensor **off_g, **off_x; /* by moe index, hmoe's two levels: the group and expert offsets */
   Node **defer;            /* by original node: emitted right after this node (or NULL) */
 } Comm;
@@ -400,7 +399,7 @@ static void rewire(Comm *c, Node *reader, int slot) {
   }
 }
 
-/* ---------------------------------------------------------------- hmoe: group rows with their ids and gates */
+/* ---------------------------------------------------------------- hmoe: rows, ids, gates */
 
 /* Whether a (a group-level exchange of an hmoe layer, from rewire_levels) and b move rows
  * between the same devices by the same offsets in the same direction and pass. */
@@ -501,7 +500,7 @@ static void pack_group_level(Comm *c, int n0) {
       }
     }
     for (int q = nm - 1; q >= 0; q--) { /* drop the separate exchanges, keeping the order */
-      c->ins[mem[q]].node->id = -1;       /* its outputs leave the graph (drop_orphans) */
+      c->ins[mem[q]].node->id = -1;     /* its outputs leave the graph (drop_orphans) */
       memmove(c->ins + mem[q], c->ins + mem[q] + 1, sizeof(Ins) * (size_t)(c->nins - mem[q] - 1));
       c->nins--;
     }

@@ -126,7 +126,8 @@ typedef struct Pieces {
 } Pieces;
 
 /* Pieces of node n: inputs 0, 2, 3, ... to outputs 0, first_more, first_more + 1, ... */
-static Pieces pieces(const Node *n, void *const *in, void *const *out, size_t elem, int first_more) {
+static Pieces pieces(const Node *n, void *const *in, void *const *out, size_t elem,
+                     int first_more) {
   Pieces p = {0};
   for (int i = 0; i < n->nin; i++) {
     if (i == 1) continue;
