@@ -223,7 +223,7 @@ Node *ir_node(Graph *g, OpKind op, int nin, Tensor *const *in, const int64_t *ia
   n->id = g->nnodes;
   n->op = op;
   n->nin = nin;
-  n->nout = info->nout;
+  n->nout = info->nout == -2 ? nin : info->nout == -3 ? nin - 1 : info->nout;
   n->in = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)nin);
   for (int i = 0; i < nin; i++) {
     MOEC_ASSERT(in[i] != NULL);
@@ -353,6 +353,7 @@ void ir_verify(const Graph *g) {
     const OpInfo *info = &ir_ops[n->op];
     MOEC_ASSERT(info->nin < 0 || n->nin == info->nin);
     MOEC_ASSERT(info->nout < 0 || n->nout == info->nout); /* -1: fused (n outputs) */
+    MOEC_ASSERT(info->nout > -2 || n->nout == n->nin + info->nout + 2);
     for (int i = 0; i < n->nin; i++)
       if (!made[n->in[i]->id])
         mc_fatal("node %d (%s) reads tensor '%s' before it is produced", n->id, info->name,

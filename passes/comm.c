@@ -22,12 +22,33 @@
 
 /* ---------------------------------------------------------------- shape rules */
 
-const char *shape_all_to_all(Graph *g, Node *n) {
-  if (n->in[0]->ty.rank < 1) return "all_to_all moves rows: its input needs rank >= 1";
+/* The row tensors after the offsets: the rows of input 0 (their pieces travel together). */
+static const char *more_rows(Graph *g, Node *n) {
+  if (n->nin < 2) return "an all-to-all needs rows and offsets i32[E+1]";
+  if (n->in[0]->ty.rank < 1) return "an all-to-all moves rows: its input needs rank >= 1";
   if (n->in[1]->ty.dtype != DT_I32 || n->in[1]->ty.rank != 1)
-    return mc_arena_printf(&g->arena, "all_to_all needs offsets i32[E+1] as input 2");
-  n->out[0]->ty = n->in[0]->ty;
-  n->out[1]->ty = n->in[1]->ty;
+    return mc_arena_printf(&g->arena, "an all-to-all needs offsets i32[E+1] as input 2");
+  for (int i = 2; i < n->nin; i++)
+    if (n->in[i]->ty.rank < 1 || !dim_eq(n->in[i]->ty.dim[0], n->in[0]->ty.dim[0]))
+      return mc_arena_printf(&g->arena, "all-to-all input %d must have the rows of input 1", i + 1);
+  return NULL;
+}
+
+/* (x, offsets, x_2, ...) -> (x, offsets, x_2, ...) types */
+const char *shape_all_to_all(Graph *g, Node *n) {
+  const char *err = more_rows(g, n);
+  if (err) return err;
+  for (int j = 0; j < n->nout; j++)
+    n->out[j]->ty = n->in[j]->ty;
+  return NULL;
+}
+
+/* (y, offsets, y_2, ...) -> (y, y_2, ...) types */
+const char *shape_all_to_all_back(Graph *g, Node *n) {
+  const char *err = more_rows(g, n);
+  if (err) return err;
+  for (int j = 0; j < n->nout; j++)
+    n->out[j]->ty = n->in[j ? j + 1 : 0]->ty;
   return NULL;
 }
 
@@ -64,6 +85,9 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
   CommBytes b = {0};
   int64_t nd = n->ia[1] > 0 ? n->ia[1] : 1;
   b.payload = bound_bytes(n->in[0]);
+  if (n->op == OP_ALL_TO_ALL || n->op == OP_ALL_TO_ALL_BACK) /* pieces of the same rows */
+    for (int i = 2; i < n->nin; i++)
+      b.payload += bound_bytes(n->in[i]);
   const Node *route = n->nin > 1 ? n->in[1]->producer : NULL;
   switch (n->op) {
   case OP_ALL_TO_ALL:
@@ -131,9 +155,10 @@ typedef struct Comm {
   int P;
   Ins *ins;
   int nins, cap;
-  Tensor **a2a;  /* by tensor id: its all_to_all / all_to_all_back / reshard output */
-  Tensor **recv; /* by moe index: received offsets */
+  Tensor **a2a;            /* by tensor id: its all_to_all / all_to_all_back / reshard output */
+  Tensor **recv;           /* by moe index: received offsets */
   Tensor **off_g, **off_x; /* by moe index, hmoe's two levels: the group and expert offsets */
+  Node **defer;            /* by original node: emitted right after this node (or NULL) */
 } Comm;
 
 static int popcount(uint64_t m) {
@@ -374,6 +399,127 @@ static void rewire(Comm *c, Node *reader, int slot) {
   }
 }
 
+/* ---------------------------------------------------------------- hmoe: rows, ids, gates */
+
+/* Whether a (a group-level exchange of an hmoe layer, from rewire_levels) and b move rows
+ * between the same devices by the same offsets in the same direction and pass. */
+static bool same_exchange(const Node *a, const Node *b) {
+  return b->op == a->op && b->ia[3] && b->ia[0] == a->ia[0] && b->ia[2] == a->ia[2] &&
+         b->backward == a->backward && b->nin == 2 && b->in[1] == a->in[1] &&
+         dim_eq(b->in[0]->ty.dim[0], a->in[0]->ty.dim[0]);
+}
+
+/* An original node of the graph (not one this pass inserts), so its position is its id. */
+static bool original(const Graph *g, const Node *p, int n0) {
+  return p && p->id >= 0 && p->id < n0 && g->nodes[p->id] == p;
+}
+
+/* Nodes in (first, last] of the original order that read, directly or not, an output of
+ * the exchanges mem[] (the readers of a gradient the exchange now brings later), marked
+ * in dep[]; false when one of them produces an input of those exchanges. */
+static bool dependents(Comm *c, const int *mem, int nm, int first, int last, bool *dep) {
+  Graph *g = c->g;
+  bool *hit = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)), ok = true;
+  for (int q = 0; q < nm; q++)
+    hit[c->ins[mem[q]].node->out[0]->id] = true;
+  for (int k = first; k <= last && ok; k++) {
+    Node *n = g->nodes[k];
+    for (int i = 0; i < n->nin && !dep[k]; i++)
+      dep[k] = hit[n->in[i]->id];
+    if (!dep[k]) continue;
+    ok = !c->defer[k]; /* moved once already: leave this set apart */
+    for (int j = 0; j < n->nout; j++)
+      hit[n->out[j]->id] = true;
+    for (int q = 0; q < nm; q++)
+      ok &= c->ins[mem[q]].node->in[0]->producer != n;
+  }
+  mc_free(hit);
+  return ok;
+}
+
+/* hmoe's group level moves several row tensors between the same devices by the same
+ * offsets: forward the group rows, their secondary expert ids and gates, backward the rows'
+ * and the gates' gradients. Each such set becomes one exchange whose rows carry every
+ * piece (more inputs after the offsets): paper's number of all-to-alls and their latency,
+ * the same bytes, no copies besides the exchange's own. It goes before the first reader
+ * when every piece exists by then (forward), else right after the last piece's producer,
+ * and the nodes that read the pieces before that (the secondary gate's backward, which
+ * reads the gates' gradient) move after it, in order (backward). */
+static void pack_group_level(Comm *c, int n0) {
+  Graph *g = c->g;
+  for (int i = 0; i < c->nins; i++) {
+    Node *a = c->ins[i].node;
+    if ((a->op != OP_ALL_TO_ALL && a->op != OP_ALL_TO_ALL_BACK) || !a->ia[3] || c->ins[i].after ||
+        a->nin != 2)
+      continue;
+    int mem[8], nm = 0, first = n0, last = -1;
+    bool ok = true;
+    for (int j = i; j < c->nins && nm < 8; j++) {
+      Node *b = c->ins[j].node;
+      if (c->ins[j].after || !same_exchange(a, b)) continue;
+      mem[nm++] = j;
+      const Node *p = b->in[0]->producer;
+      ok &= original(g, p, n0) && original(g, c->ins[j].anchor, n0);
+      first = MC_MIN(first, c->ins[j].anchor->id);
+      last = MC_MAX(last, p ? p->id : n0);
+    }
+    if (nm < 2 || !ok) continue;
+    bool *dep = mc_calloc((size_t)n0 + 1, sizeof(bool));
+    if (last >= first && !dependents(c, mem, nm, first, last, dep)) {
+      mc_free(dep);
+      continue;
+    }
+    Node *anchor = last < first ? g->nodes[first] : g->nodes[last];
+    bool after = last >= first;
+    for (int k = first; k <= last; k++)
+      if (dep[k]) c->defer[k] = anchor;
+    mc_free(dep);
+    /* one exchange: (rows, offsets, more rows ...) -> (rows, [received offsets,] more ...) */
+    Tensor **xin = mc_arena_alloc(&g->arena, sizeof(Tensor *) * (size_t)(nm + 1));
+    xin[0] = a->in[0];
+    xin[1] = a->in[1];
+    for (int q = 1; q < nm; q++)
+      xin[q + 1] = c->ins[mem[q]].node->in[0];
+    Node *x = new_node_ia(c, a->op, nm + 1, xin, a->ia, a, anchor, after,
+                          a->op == OP_ALL_TO_ALL ? "@groups" : "@batch");
+    x->fa[0] = a->fa[0];
+    for (int q = 0; q < nm; q++) {
+      Node *b = c->ins[mem[q]].node;
+      Tensor *y = x->out[q == 0 ? 0 : a->op == OP_ALL_TO_ALL ? q + 1 : q];
+      y->name = b->out[0]->name;
+      y->part = b->out[0]->part;
+      for (int k = 0; k < n0; k++) /* b's readers (original nodes) read the piece */
+        for (int s = 0; s < g->nodes[k]->nin; s++)
+          if (g->nodes[k]->in[s] == b->out[0]) g->nodes[k]->in[s] = y;
+      if (a->op == OP_ALL_TO_ALL) { /* the received offsets (the same for every piece) */
+        if (q == 0) x->out[1]->name = b->out[1]->name;
+        x->out[1]->part = b->out[1]->part;
+        for (int k = 0; k < n0; k++)
+          for (int s = 0; s < g->nodes[k]->nin; s++)
+            if (g->nodes[k]->in[s] == b->out[1]) g->nodes[k]->in[s] = x->out[1];
+      }
+    }
+    for (int q = nm - 1; q >= 0; q--) { /* drop the separate exchanges, keeping the order */
+      c->ins[mem[q]].node->id = -1;     /* its outputs leave the graph (drop_orphans) */
+      memmove(c->ins + mem[q], c->ins + mem[q] + 1, sizeof(Ins) * (size_t)(c->nins - mem[q] - 1));
+      c->nins--;
+    }
+    i = -1; /* the list changed: look again from the start */
+  }
+}
+
+/* Tensors of nodes pack_group_level dropped (id -1) leave the graph; ids in order. */
+static void drop_orphans(Graph *g) {
+  int nt = 0;
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    if (t->producer && t->producer->id < 0) continue;
+    t->id = nt;
+    g->tensors[nt++] = t;
+  }
+  g->ntensors = nt;
+}
+
 /* all_reduce of t (PART_PARTIAL), right after its producer; every reader of t but the
  * new node reads the sum. Returns the sum. */
 static Tensor *all_reduce(Comm *c, Tensor *t, const char *what) {
@@ -522,6 +668,15 @@ static void batchwise_widen(Graph *g, Node *route, int P) {
   }
 }
 
+/* Node n into out[*m], with the new nodes anchored before and after it. */
+static void splice(const Comm *c, Node *n, Node **out, int *m) {
+  for (int j = 0; j < c->nins; j++)
+    if (c->ins[j].anchor == n && !c->ins[j].after) out[(*m)++] = c->ins[j].node;
+  out[(*m)++] = n;
+  for (int j = 0; j < c->nins; j++)
+    if (c->ins[j].anchor == n && c->ins[j].after) out[(*m)++] = c->ins[j].node;
+}
+
 void pass_comm(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg || !g->moe_expert_dev) return; /* not placed: nothing moves */
@@ -530,6 +685,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   c.recv = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
   c.off_g = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
   c.off_x = mc_calloc((size_t)g->nmoe + 1, sizeof(Tensor *));
+  c.defer = mc_calloc((size_t)g->nnodes + 1, sizeof(Node *));
   for (int i = 0; i < g->nmoe; i++) { /* before the rewiring changes the dispatch's inputs */
     Node *d2 =
         g->moe_ngroups && g->moe_ngroups[i] > 0 ? pass_group_dispatch(g, g->moe_names[i]) : NULL;
@@ -547,6 +703,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
         if (off == (pass == 1)) rewire(&c, n, i);
       }
     }
+  pack_group_level(&c, n0);
   /* 2. importance and load over the global batch */
   for (int i = 0; i < g->nmoe; i++) {
     if (g->moe_importance[i] && g->moe_importance[i]->part == PART_PARTIAL)
@@ -573,17 +730,20 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
       p->grad = s;
     }
   }
-  /* 4. splice the new nodes in at their anchors; ids in order */
+  /* 4. splice the new nodes in at their anchors (nodes pack_group_level deferred right
+   * after theirs); ids in order */
   Node **out = mc_calloc((size_t)(n0 + c.nins), sizeof(Node *));
+  bool *target = mc_calloc((size_t)n0 + 1, sizeof(bool));
+  for (int k = 0; k < n0; k++)
+    if (c.defer[k]) target[c.defer[k]->id] = true;
   int m = 0;
   for (int k = 0; k < n0; k++) {
-    Node *n = g->nodes[k];
-    for (int j = 0; j < c.nins; j++)
-      if (c.ins[j].anchor == n && !c.ins[j].after) out[m++] = c.ins[j].node;
-    out[m++] = n;
-    for (int j = 0; j < c.nins; j++)
-      if (c.ins[j].anchor == n && c.ins[j].after) out[m++] = c.ins[j].node;
+    if (c.defer[k]) continue;
+    splice(&c, g->nodes[k], out, &m);
+    for (int j = 0; target[k] && j < n0; j++)
+      if (c.defer[j] == g->nodes[k]) splice(&c, g->nodes[j], out, &m);
   }
+  mc_free(target);
   MOEC_ASSERT(m == n0 + c.nins);
   for (int k = 0; k < m; k++) {
     if (k >= g->ncap) { /* ir_node grew the array when it appended */
@@ -598,9 +758,11 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int k = 0; k < g->nnodes; k++)
     if (g->nodes[k]->op == OP_BATCHWISE_ROUTE && g->nodes[k]->nin == 4)
       batchwise_widen(g, g->nodes[k], (int)g->nodes[k]->in[2]->producer->ia[1]);
+  drop_orphans(g);
   mc_free(c.ins);
   mc_free(c.a2a);
   mc_free(c.recv);
   mc_free(c.off_g);
   mc_free(c.off_x);
+  mc_free(c.defer);
 }

@@ -436,6 +436,32 @@ static void on_host(const DevMem *m, const KernelCtx *ctx, const Node *n, void *
     mc_free(hin[i]);
 }
 
+/* An all-to-all with more row tensors after the offsets (an hmoe's group rows with their
+ * ids and gates): on a device each piece is exchanged on its own (the same rows and bytes;
+ * one exchange per piece). */
+static void by_piece(const DevMem *m, const KernelCtx *ctx, const Node *n, void *const *in,
+                     void *const *out, size_t elem, double *payload, double *sent) {
+  bool fwd = n->op == OP_ALL_TO_ALL;
+  for (int i = 0; i < n->nin; i++) {
+    if (i == 1) continue;
+    int o = i == 0 ? 0 : fwd ? i : i - 1;
+    Node t = *n;
+    Tensor *tin[2] = {n->in[i], n->in[1]}, *tout[2] = {n->out[o], fwd ? n->out[1] : NULL};
+    void *pin[2] = {in[i], in[1]}, *pout[2] = {out[o], fwd ? out[1] : NULL};
+    t.in = tin;
+    t.out = tout;
+    t.nin = 2;
+    t.nout = fwd ? 2 : 1;
+    double p = 0, s = 0;
+    if (fwd)
+      all_to_all(m, ctx, &t, pin, pout, elem, &p, &s);
+    else
+      all_to_all_back(m, ctx, &t, pin, pout, elem, &p, &s);
+    *payload += p;
+    *sent += s;
+  }
+}
+
 void rt_kern_comm_dev(const DevMem *m, const KernelCtx *ctx, const Node *n, void *const *in,
                       void *const *out, Precision prec) {
   size_t elem = prec == PREC_F64 ? sizeof(double) : sizeof(float);
@@ -443,11 +469,17 @@ void rt_kern_comm_dev(const DevMem *m, const KernelCtx *ctx, const Node *n, void
   Comm *world = rt_comm_need(ctx, n);
   switch (n->op) {
   case OP_ALL_TO_ALL:
-    all_to_all(m, ctx, n, in, out, elem, &payload, &sent);
+    if (n->nin > 2)
+      by_piece(m, ctx, n, in, out, elem, &payload, &sent);
+    else
+      all_to_all(m, ctx, n, in, out, elem, &payload, &sent);
     rt_comm_count(ctx, CK_ALL_TO_ALL, t0, payload, sent);
     return;
   case OP_ALL_TO_ALL_BACK:
-    all_to_all_back(m, ctx, n, in, out, elem, &payload, &sent);
+    if (n->nin > 2)
+      by_piece(m, ctx, n, in, out, elem, &payload, &sent);
+    else
+      all_to_all_back(m, ctx, n, in, out, elem, &payload, &sent);
     rt_comm_count(ctx, CK_ALL_TO_ALL_BACK, t0, payload, sent);
     return;
   case OP_RESHARD:

@@ -11,7 +11,9 @@
  *   all_to_all_back the reverse: expert rows back to their batch device, in the
  *                   sender's original expert-sorted order
  *                   (ia[3] = 1: an hmoe's group rows, by group, to and from the devices
- *                   of the group -> device map; the rows may be i32 expert ids)
+ *                   of the group -> device map; the rows may be i32 expert ids; more row
+ *                   tensors after the offsets travel in the same rows: the group rows
+ *                   with their expert ids and gates, one exchange)
  *   reshard         rows between two device sets (on(...)), in batch order
  *   all_gather_topm batchwise gating: every expert's cut of the global batch's top m
  *                   rows, from each device's own top candidates (all_gather)
@@ -112,6 +114,67 @@ int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, 
   return start;
 }
 
+/* The row tensors an all-to-all moves (input 0, and those after the offsets): each row is
+ * sent as its pieces side by side, rb bytes. */
+typedef struct Pieces {
+  int n;
+  const char *src[8];
+  char *dst[8];
+  size_t w[8]; /* bytes of a piece's row */
+  bool ids[8]; /* i32 (an hmoe's expert ids): unfilled rows read -1 */
+  size_t rb;
+} Pieces;
+
+/* Pieces of node n: inputs 0, 2, 3, ... to outputs 0, first_more, first_more + 1, ... */
+static Pieces pieces(const Node *n, void *const *in, void *const *out, size_t elem,
+                     int first_more) {
+  Pieces p = {0};
+  for (int i = 0; i < n->nin; i++) {
+    if (i == 1) continue;
+    MOEC_ASSERT(p.n < 8);
+    const Tensor *t = n->in[i];
+    p.ids[p.n] = t->ty.dtype == DT_I32;
+    p.w[p.n] = (size_t)rt_comm_row_width(t) * (p.ids[p.n] ? sizeof(int32_t) : elem);
+    p.src[p.n] = in[i];
+    p.dst[p.n] = out[i == 0 ? 0 : first_more + i - 2];
+    p.rb += p.w[p.n++];
+  }
+  return p;
+}
+
+/* Rows [r, r+nr) of the sources, packed into buf. */
+static void rows_out(const Pieces *p, int64_t r, int64_t nr, char *buf) {
+  if (p->n == 1) {
+    memcpy(buf, p->src[0] + (size_t)r * p->rb, (size_t)nr * p->rb);
+    return;
+  }
+  for (int64_t i = r; i < r + nr; i++)
+    for (int q = 0; q < p->n; q++) {
+      memcpy(buf, p->src[q] + (size_t)i * p->w[q], p->w[q]);
+      buf += p->w[q];
+    }
+}
+
+/* Packed rows from buf into rows [r, r+nr) of the destinations. */
+static void rows_in(const Pieces *p, int64_t r, int64_t nr, const char *buf) {
+  if (p->n == 1) {
+    memcpy(p->dst[0] + (size_t)r * p->rb, buf, (size_t)nr * p->rb);
+    return;
+  }
+  for (int64_t i = r; i < r + nr; i++)
+    for (int q = 0; q < p->n; q++) {
+      memcpy(p->dst[q] + (size_t)i * p->w[q], buf, p->w[q]);
+      buf += p->w[q];
+    }
+}
+
+/* Rows [r, cap) of the destinations that no device filled: zero, ids -1 (no route: the
+ * group side's dispatch and combine skip them). */
+static void rows_unused(const Pieces *p, int64_t r, int64_t cap) {
+  for (int q = 0; q < p->n && r < cap; q++)
+    memset(p->dst[q] + (size_t)r * p->w[q], p->ids[q] ? 0xff : 0, (size_t)(cap - r) * p->w[q]);
+}
+
 /* An hmoe's expert-level exchange with every expert on its group's device: the rows on a
  * device are all for its own experts, so nothing is exchanged (the same layout results). */
 static bool local_exchange(const KernelCtx *ctx, const Node *n) {
@@ -135,25 +198,23 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
   int32_t *roff = out[1];
-  if (n->in[0]->ty.dtype == DT_I32) elem = sizeof(int32_t); /* an hmoe's expert ids */
-  int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), cap = n->out[0]->shape[0];
+  Pieces pc = pieces(n, in, out, elem, 2);
+  int64_t E = n->in[1]->numel - 1, cap = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
-  size_t rb = (size_t)M * elem;
+  size_t rb = pc.rb;
   bool local = local_exchange(ctx, n);
   int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   /* send: for each device d, its experts in order, my rows of each */
   char *send = mc_malloc(MC_MAX((size_t)off[E] * rb, 1));
-  const char *x = in[0];
   size_t pos = 0;
   for (int d = 0; d < P; d++) {
     sd[d] = (int64_t)pos;
     for (int64_t e = 0; e < E; e++)
       if (map[e] == d) {
-        size_t nb = (size_t)(off[e + 1] - off[e]) * rb;
-        memcpy(send + pos, x + (size_t)off[e] * rb, nb);
-        pos += nb;
+        rows_out(&pc, off[e], off[e + 1] - off[e], send + pos);
+        pos += (size_t)(off[e + 1] - off[e]) * rb;
       }
     sc[d] = (int64_t)pos - sd[d];
   }
@@ -169,7 +230,6 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   /* regroup: expert-major, sources in rank order. Offsets of the local experts (E_r + 1,
    * a graph with sharded experts: passes/shard.c) or of all E (+1; others empty) */
   int64_t El = n->out[1]->numel - 1;
-  char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t)); /* bytes consumed per source */
   int64_t r = 0, l = 0;
   for (int64_t e = 0; e < E; e++) {
@@ -177,16 +237,13 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
     if (map[e] != me) continue;
     if (El != E) roff[l++] = (int32_t)r;
     for (int s = 0; s < P; s++) {
-      size_t nb = (size_t)cnt[s * E + e] * rb;
-      memcpy(y + (size_t)r * rb, recv + rd[s] + cur[s], nb);
-      cur[s] += (int64_t)nb;
+      rows_in(&pc, r, cnt[s * E + e], recv + rd[s] + cur[s]);
+      cur[s] += cnt[s * E + e] * (int64_t)rb;
       r += cnt[s * E + e];
     }
   }
   roff[El] = (int32_t)r;
-  /* unused rows: zero, and ids -1 (no route: the group side's dispatch skips them) */
-  if (r < cap)
-    memset(y + (size_t)r * rb, n->in[0]->ty.dtype == DT_I32 ? 0xff : 0, (size_t)(cap - r) * rb);
+  rows_unused(&pc, r, cap);
   mc_free(cur);
   mc_free(recv);
   mc_free(send);
@@ -201,26 +258,24 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
   Comm *c = rt_comm_need(ctx, n);
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
-  if (n->in[0]->ty.dtype == DT_I32) elem = sizeof(int32_t);
-  int64_t E = n->in[1]->numel - 1, M = rt_comm_row_width(n->in[0]), R = n->out[0]->shape[0];
+  Pieces pc = pieces(n, in, out, elem, 1);
+  int64_t E = n->in[1]->numel - 1, R = n->out[0]->shape[0];
   const int *map = rt_comm_expert_map(ctx, n, E);
-  size_t rb = (size_t)M * elem;
+  size_t rb = pc.rb;
   bool local = local_exchange(ctx, n);
   int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   int64_t *start = rt_comm_back_starts(n, map, cnt, P, me, E);
   int64_t r = start[P * E]; /* the rows of this device's experts */
-  const char *ys = in[0];
   char *send = mc_malloc(MC_MAX((size_t)r * rb, 1));
   size_t pos = 0;
   for (int s = 0; s < P; s++) {
     sd[s] = (int64_t)pos;
     for (int64_t e = 0; e < E; e++)
       if (map[e] == me) {
-        size_t nb = (size_t)cnt[s * E + e] * rb;
-        memcpy(send + pos, ys + (size_t)start[s * E + e] * rb, nb);
-        pos += nb;
+        rows_out(&pc, start[s * E + e], cnt[s * E + e], send + pos);
+        pos += (size_t)cnt[s * E + e] * rb;
       }
     sc[s] = (int64_t)pos - sd[s];
   }
@@ -234,15 +289,13 @@ static void all_to_all_back(const KernelCtx *ctx, const Node *n, void *const *in
     memcpy(recv + rd[me], send + sd[me], (size_t)sc[me]);
   else
     c->all_to_allv(c, send, sc, sd, recv, rc, rd);
-  char *y = out[0];
   int64_t *cur = mc_calloc((size_t)P, sizeof(int64_t));
   for (int64_t e = 0; e < E; e++) {
     int d = map[e];
-    size_t nb = (size_t)(off[e + 1] - off[e]) * rb;
-    memcpy(y + (size_t)off[e] * rb, recv + rd[d] + cur[d], nb);
-    cur[d] += (int64_t)nb;
+    rows_in(&pc, off[e], off[e + 1] - off[e], recv + rd[d] + cur[d]);
+    cur[d] += (int64_t)(off[e + 1] - off[e]) * (int64_t)rb;
   }
-  if (off[E] < R) memset(y + (size_t)off[E] * rb, 0, (size_t)(R - off[E]) * rb);
+  rows_unused(&pc, off[E], R);
   mc_free(cur);
   mc_free(recv);
   mc_free(send);
@@ -311,15 +364,16 @@ static void *const *batch_side(const KernelCtx *ctx, const Node *n, void *const 
   uint64_t m = (uint64_t)n->ia[2];
   if (!m || (m >> c->rank & 1)) return in;
   *zero = mc_calloc((size_t)n->in[1]->numel, sizeof(int32_t));
-  tmp[0] = in[0];
-  tmp[1] = *zero;
+  MOEC_ASSERT(n->nin <= 8);
+  for (int i = 0; i < n->nin; i++)
+    tmp[i] = i == 1 ? (void *)*zero : in[i];
   return tmp;
 }
 
 #define A2A_KERNEL(NAME, FN, T, KIND)                                                              \
   static void NAME(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out) {       \
     double t0 = mc_now(), payload = 0, sent = 0;                                                   \
-    void *tmp[2];                                                                                  \
+    void *tmp[8];                                                                                  \
     int32_t *zero = NULL;                                                                          \
     FN(ctx, n, batch_side(ctx, n, in, tmp, &zero), out, sizeof(T), &payload, &sent);               \
     mc_free(zero);                                                                                 \

@@ -216,11 +216,14 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
     const Node *n = g->nodes[k];
     if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
     CommBytes b = pass_comm_bytes(g, n);
+    bool sum = n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE;
+    char name[256]; /* an all-to-all's rows, and those that travel with them (hmoe) */
+    int w = snprintf(name, sizeof name, "%s", sum ? n->out[0]->name : n->in[0]->name);
+    for (int i = 2; !sum && i < n->nin && w > 0 && (size_t)w < sizeof name; i++)
+      w += snprintf(name + w, sizeof name - (size_t)w, " + %s", n->in[i]->name);
     printf("  %s n%-4d %-16s %-34s %-16s expected %10.3f MiB  upper %10.3f MiB  per device "
            "%9.3f MiB\n",
-           n->backward ? "bwd" : "fwd", n->id, ir_ops[n->op].name,
-           n->op == OP_ALL_REDUCE || n->op == OP_SPARSE_ALL_REDUCE ? n->out[0]->name
-                                                                   : n->in[0]->name,
+           n->backward ? "bwd" : "fwd", n->id, ir_ops[n->op].name, name,
            type_str(&n->in[0]->ty, buf, sizeof buf), mib((double)b.expected), mib((double)b.upper),
            mib((double)b.per_device));
     nc++;

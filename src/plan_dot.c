@@ -351,8 +351,10 @@ static void coll_label(const View *w, const VNode *x, McBuf *b) {
   if (n->op == OP_RESHARD) mask = (uint64_t)n->ia[2] | (uint64_t)n->ia[3];
   mask_str(mask, m, sizeof m);
   char h1[32], h2[32];
-  mc_buf_printf(b, "\"%s\\n%s\\n%s/step", ir_ops[n->op].name, t->name,
-                human_bytes((double)cb.expected, h1, sizeof h1));
+  mc_buf_printf(b, "\"%s\\n%s", ir_ops[n->op].name, t->name);
+  for (int i = 2; !grad && i < n->nin; i++) /* rows that travel with it (an hmoe's group rows) */
+    mc_buf_printf(b, " + %s", n->in[i]->name);
+  mc_buf_printf(b, "\\n%s/step", human_bytes((double)cb.expected, h1, sizeof h1));
   if (cb.upper != cb.expected)
     mc_buf_printf(b, " (at most %s)", human_bytes((double)cb.upper, h2, sizeof h2));
   mc_buf_printf(b, "\\ndevices %s", m);

@@ -521,6 +521,8 @@ int main(int argc, char **argv) {
   compare(dir, "factored", "md_small", 4, "", true, 4);
   compare(dir, "hmoe", "md_hmoe", 4, "", false, 4);
   compare(dir, "hmoe_factored", "md_hmoe", 2, "", true, 4);
+  /* the two-level exchange: group rows with their ids and gates, piece by piece */
+  compare(dir, "hmoe_groups", "md_hmoe", 4, "  strategy = hmoe\n", false, 4);
   compare(dir, "batchwise", "md_batchwise", 4, "", false, 4);
   compare(dir, "subset_ex", "md_small", 4, "  place m.experts : on(0, 1)\n", false, 4);
   compare(dir, "subset_dense", "md_small", 4, "  place loss : on(1, 2)\n", false, 4);

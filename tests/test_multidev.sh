@@ -119,9 +119,10 @@ hmoe)
   "$MOEC" ir "$W/m.moe" --after comm --devices 4 >"$W/mesh.ir"
   grep -q "m experts on devices: 0 0 0 1 1 1 2 2 2 3 3 3" "$W/mesh.ir" ||
     fail "hmoe on a 2x2 mesh: 4 groups, 2 a node, not one whole group a device"
-  # the two-level exchange: each group row once to its group's device (groups=1), the
-  # secondary dispatch and combine there; the expert rows never leave that device
-  grep -q 'm.xg@groups, .* = all_to_all(m.xg, m.offsets_g) {.*groups=1' "$W/mesh.ir" &&
+  # the two-level exchange: each group row once to its group's device (groups=1) with its
+  # secondary expert ids and gates in the same exchange, the secondary dispatch and combine
+  # there; the expert rows never leave that device
+  grep -q 'm.xg@groups, .* = all_to_all(m.xg, m.offsets_g, m.s_gidx, m.s_gates) {.*groups=1' "$W/mesh.ir" &&
     grep -q 'm.yg@batch = all_to_all_back(m.yg, m.offsets_g) {.*groups=1' "$W/mesh.ir" &&
     grep -q 'm.xs@experts, .* = all_to_all(m.xs, m.offsets) {.*}  :.*@m/experts' "$W/mesh.ir" &&
     grep -q 'dispatch(m.xg@groups, m.s_gidx@groups) .*@m/group' "$W/mesh.ir" ||

@@ -433,21 +433,26 @@ static void test_hmoe_groups(void) {
     CHECK(b.g->moe_expert_dev[0][e] == e / 3);
   for (int u = 0; u < 4; u++)
     CHECK(b.g->moe_group_dev[0][u] == u);
-  int groups = 0, experts = 0;
+  int groups = 0, experts = 0, pieces[2][2] = {{0}};
   for (int k = 0; k < b.g->nnodes; k++) {
     const Node *n = b.g->nodes[k];
     if (n->op != OP_ALL_TO_ALL && n->op != OP_ALL_TO_ALL_BACK) continue;
     if (n->ia[3]) {
       groups++;
+      pieces[n->backward][n->op == OP_ALL_TO_ALL_BACK] += n->nin - 1; /* row tensors */
       CHECK(fabs(n->fa[0] - 0.75) < 1e-12); /* a row stays when its group is on its device */
     } else {
       experts++;
       CHECK(n->fa[0] == 0); /* each expert on its group's device */
     }
   }
-  /* group level: xg, expert ids, gates and back yg; backward: dyg to, dgates and dxg
-   * back; expert level: xs, ys back, dys, dxs back */
-  CHECK(groups == 7 && experts == 4);
+  /* group level: xg with its expert ids and gates (packed) and back yg; backward: dyg to,
+   * dgates with dxg (packed) back; expert level: xs, ys back, dys, dxs back */
+  CHECK(groups == 4 && experts == 4);
+  CHECK(pieces[0][0] == 3 && pieces[0][1] == 1 && pieces[1][0] == 1 && pieces[1][1] == 2);
+  for (int i = 0; i < b.g->ntensors; i++) /* the separate exchanges left no tensors behind */
+    CHECK(b.g->tensors[i]->id == i &&
+          (!b.g->tensors[i]->producer || b.g->tensors[i]->producer->id >= 0));
   done(&b);
 
   /* 2 nodes x 4 devices, 2 groups a node: each group's experts over its node's devices

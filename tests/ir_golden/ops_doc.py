@@ -15,7 +15,7 @@ def flags(f):
 def table(body):
     rows=[];comment=[]
     for l in body.split('\n'):
-        m=re.match(r'^OP\((\w+),\s*"([^"]*)",\s*(-?\d+),\s*(\d+),\s*([^,]+),\s*(\w+),\s*(\w+)\)',l)
+        m=re.match(r'^OP\((\w+),\s*"([^"]*)",\s*(-?\d+),\s*(-?\d+),\s*([^,]+),\s*(\w+),\s*(\w+)\)',l)
         if m:
             rows.append((m.group(2),m.group(3),m.group(4),m.group(5),' '.join(comment).strip())); comment=[]; continue
         t=l.strip()
@@ -26,6 +26,7 @@ def table(body):
     out=['| op | in, out | flags | semantics |','| --- | --- | --- | --- |']
     for name,nin,nout,f,txt in rows:
         esc=txt.replace("|","\\|")
+        nout={"-1":"n","-2":"n","-3":"n-1"}.get(nout,nout) # ops.def: set by the pass, n_in, n_in - 1
         out.append(f'| `{name}` | {"n" if nin=="-1" else nin}, {nout} | {flags(f)} | {esc} |')
     return out, len(rows)
 out=[]
