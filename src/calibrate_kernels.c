@@ -180,10 +180,11 @@ static void profile_rank(Comm *c, void *arg) {
 }
 
 /* The collectives of model i on P devices under `strategy`: each collective's measured
- * seconds (the ranks' mean: the wait for the slowest rank included, as in a run) against
- * its modelled ones on the placed global graph, added to the one-thread set. mpi NULL: P
- * in-process devices; else this rank's device of mpi's P ranks (the means summed over
- * them: every rank adds the same). False after printing an error. */
+ * seconds against its modelled ones on the placed global graph, added to the one-thread
+ * set. Measured: the least over the ranks of its median, i.e. the rank that arrived last
+ * and waited for no other (the cost model has each phase end at its slowest device, so
+ * the others' wait is in it already). mpi NULL: P in-process devices; else this rank's
+ * device of mpi's P ranks (every rank adds the same). False after printing an error. */
 static bool profile_collectives(int i, int P, const char *strategy, int steps, const CostConsts *k,
                                 Comm *mpi, KernelSums *s) {
   Options o;
@@ -208,6 +209,7 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
     const Node **coll = mc_calloc((size_t)g->nnodes + 1, sizeof(Node *));
     for (int q = 0; q < g->nnodes; q++)
       if (ir_ops[g->nodes[q]->op].flags & OPF_COLLECTIVE) coll[ng++] = g->nodes[q];
+    double *each = mc_calloc((size_t)P * (size_t)(ng + 1), sizeof(double)); /* [rank][q] */
     double *meas = mc_calloc((size_t)ng + 1, sizeof(double));
     for (int r = 0; r < P; r++) {
       if (mpi && r != mpi->rank) continue;
@@ -217,11 +219,22 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
         const Node *n = run[r].p->instrs[q].node;
         if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
         MOEC_ASSERT(nd < ng && coll[nd]->op == n->op); /* the same passes placed both */
-        meas[nd++] += run[r].prof.instr_med[q] * lost / P;
+        each[(size_t)r * (size_t)(ng + 1) + (size_t)nd++] = run[r].prof.instr_med[q] * lost;
       }
       MOEC_ASSERT(nd == ng);
     }
-    if (mpi && ng > 0) mpi->all_reduce_sum_f64(mpi, meas, ng);
+    if (mpi) { /* every rank's row (send and receive may not overlap) */
+      double *mine = mc_calloc((size_t)ng + 1, sizeof(double));
+      memcpy(mine, each + (size_t)mpi->rank * (size_t)(ng + 1), sizeof(double) * (size_t)(ng + 1));
+      mpi->all_gather(mpi, mine, each, sizeof(double) * (size_t)(ng + 1));
+      mc_free(mine);
+    }
+    for (int q = 0; q < ng; q++) { /* the last rank to arrive: no wait for the others */
+      meas[q] = each[q];
+      for (int r = 1; r < P; r++)
+        meas[q] = fmin(meas[q], each[(size_t)r * (size_t)(ng + 1) + (size_t)q]);
+    }
+    mc_free(each);
     for (int q = 0; q < ng; q++)
       add_time(s, 1, coll[q]->op, meas[q], plan_collective_seconds(g, coll[q], P, k));
     mc_free(meas);
