@@ -30,7 +30,7 @@ if mpi 2 "$MOEC" calibrate --mpi --quick -o "$W/none.json" >"$W/out" 2>&1; then
   fail "--mpi with no profile ran"
 fi
 grep -q 'measure this machine first' "$W/out" || fail "no-profile message: $(cat "$W/out")"
-for round in 1 2; do # the second replaces the first section
+for _ in 1 2; do # the second replaces the first section
   mpi 2 "$MOEC" calibrate --mpi --quick -o "$W/p.json" >"$W/out" 2>&1 ||
     fail "mpirun calibrate --mpi: $(cat "$W/out")"
   grep -q 'MPI, 2 ranks: link' "$W/out" || fail "summary: $(cat "$W/out")"
