@@ -8,6 +8,10 @@
 # rows moved, the plan's payload). Prints a table; the last line is the median and worst
 # |predicted/measured - 1| over the rows. tests/test_plan_run.sh asserts the bytes.
 #   STEPS (default 6), BATCH (default: the file's), OMPI/threads: as for moec run.
+#   RUNS=DIR: keep each run's JSON in DIR and reuse it when there (the model's predictions
+#   against the same runs, e.g. after a change to the cost model or a new profile).
+#   MPI=1: the devices as MPI ranks (mpirun -np P moec run; plan --mpi, which needs the
+#   profile's MPI section); 1-device rows as usual.
 set -eu
 MOEC=$1
 shift
@@ -26,6 +30,7 @@ STEPS=${STEPS:-6}
 EXTRA=""
 [ -n "${BATCH:-}" ] && EXTRA="--batch $BATCH"
 PY=${MOEC_PYTHON:-python3}
+[ -n "${RUNS:-}" ] && mkdir -p "$RUNS"
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 : >"$W/rows"
@@ -34,14 +39,28 @@ for model in "$@"; do
   for strategy in paper data_parallel hmoe; do
     for p in 1 2 4; do
       [ "$p" = 1 ] && [ "$strategy" != paper ] && continue
+      mpi=""
+      [ "${MPI:-0}" = 1 ] && [ "$p" -gt 1 ] && mpi="--mpi"
       # shellcheck disable=SC2086
-      if ! "$MOEC" plan "$model" --devices $p --strategy $strategy $EXTRA $PROFILE \
+      if ! "$MOEC" plan "$model" --devices $p --strategy $strategy $EXTRA $PROFILE $mpi \
         --format json >"$W/plan.json" 2>/dev/null; then
         continue # refused (fewer experts than devices, no hmoe layer)
       fi
-      # shellcheck disable=SC2086
-      "$MOEC" run "$model" --devices $p --strategy $strategy $EXTRA --steps "$STEPS" \
-        --no-eval --quiet --json >"$W/run.json" 2>/dev/null || continue
+      saved="${RUNS:-$W}/run-$name-$strategy-$p${mpi:+-mpi}.json"
+      if [ -n "${RUNS:-}" ] && [ -s "$saved" ]; then
+        cp "$saved" "$W/run.json"
+      elif [ -n "$mpi" ]; then
+        # shellcheck disable=SC2086
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np $p \
+          "$MOEC" run "$model" --strategy $strategy $EXTRA --steps "$STEPS" --no-eval --quiet \
+          --json 2>/dev/null | grep '^{' | tail -n 1 >"$W/run.json" || continue
+      else
+        # shellcheck disable=SC2086
+        "$MOEC" run "$model" --devices $p --strategy $strategy $EXTRA --steps "$STEPS" \
+          --no-eval --quiet --json >"$W/run.json" 2>/dev/null || continue
+      fi
+      [ -s "$W/run.json" ] || continue
+      [ -n "${RUNS:-}" ] && cp "$W/run.json" "$saved"
       "$PY" - "$W/plan.json" "$W/run.json" "$name" "$strategy" "$p" >>"$W/rows" <<'PYEOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))

@@ -493,6 +493,11 @@ static void collective_times(const Graph *g, const Node *n, const Route *r, cons
       if (set_share > 0) vol = fmax(vol, (double)b.expected * r->share[m][d] / set_share);
     }
     double lat = out > 0 ? inter_lat : k->latency_us;
+    if (n->op == OP_ALL_REDUCE && k->inproc && n->in[0]->ty.dtype != DT_I32) {
+      intra[d] += vol; /* the bytes a ring would send (what the run counts) */
+      t[d] += (double)b.payload / (k->link_gbs * 1e9) + 2 * lat * 1e-6;
+      continue;
+    }
     if (n->op == OP_ALL_REDUCE) {
       int steps = 2 * (S - 1);
       if (out > 0) {
@@ -518,10 +523,13 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
 
 double plan_collective_seconds(const Graph *g, const Node *n, int devices, const CostConsts *k) {
   Route r = route_make(g, devices, NULL, 0);
-  double *t = mc_calloc((size_t)devices * 3, sizeof(double)), mx = 0;
+  double *t = mc_calloc((size_t)devices * 3, sizeof(double)), mx = 0, sum = 0;
   collective_times(g, n, &r, k, t, t + devices, t + 2 * devices);
-  for (int d = 0; d < devices; d++)
+  for (int d = 0; d < devices; d++) {
     mx = fmax(mx, t[d]);
+    sum += t[d];
+  }
+  if (k->cores > 0) mx = fmax(mx, sum / k->cores); /* as plan_cost_routed */
   mc_free(t);
   route_free(&r);
   return mx;
@@ -633,14 +641,17 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       memset(inter, 0, sizeof(double) * (size_t)devices);
       collective_times(g, n, &r, k, t, intra, inter);
       double wait = k->kcoll_us[n->op] * 1e-6; /* in situ: the wait for the slowest, syncs */
-      double mx = 0;
+      double mx = 0, sum = 0;
       for (int d = 0; d < devices; d++) {
+        sum += t[d];
         t[d] += wait;
         c.dev[d].comm_s += t[d];
         c.dev[d].intra_bytes += intra[d];
         c.dev[d].inter_bytes += inter[d];
         mx = fmax(mx, t[d]);
       }
+      /* devices on shared cores copy and sum on them too: their bytes over the cores */
+      if (k->cores > 0) mx = fmax(mx, sum / k->cores + wait);
       step += mx;
       comm += mx;
       continue;

@@ -122,6 +122,10 @@ typedef struct CostConsts {
   int cores;        /* devices share this many cores (in-process threads; gflops is one
                        core's): a phase takes at least its devices' work over the cores,
                        and one device alone uses them all. 0: every device its own */
+  bool inproc;      /* the in-process communicator (a calibrated profile of this machine): an
+                       all-reduce moves the whole vector per device at any device count (each
+                       sums its segment of every buffer into every buffer) in two barriers,
+                       not a ring's 2(n-1)/n in 2(n-1) steps */
   /* in-situ kernel factors (moec calibrate): an op's measured time over the time modelled
    * above, [0] for one device alone on every core, [1] for a device on one thread of
    * several; 0: not measured (1). The optimizer's likewise. */

@@ -3,6 +3,8 @@
  * random ids, so routing is whatever the initial gates make of them. */
 #include "profile.h"
 
+#include <stdlib.h>
+
 #include "comm.h"
 #include "run.h"
 
@@ -27,12 +29,29 @@ static void fill_ids(Program *p, uint64_t seed) {
   }
 }
 
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The median of v[0..n) (sorted in place); 0 when n is 0. */
+static double median(double *v, int n) {
+  if (n <= 0) return 0;
+  qsort(v, (size_t)n, sizeof(double), by_value);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void),
                            Comm *comm) {
   MOEC_ASSERT(p->be == &rt_backend_cpu && p->prec == PREC_F32);
   const Graph *g = p->g;
   RtProfile r = {.steps = steps};
   r.instr_s = mc_calloc((size_t)MC_MAX(p->ninstrs, 1), sizeof(double));
+  r.instr_med = mc_calloc((size_t)MC_MAX(p->ninstrs, 1), sizeof(double));
+  int ns = MC_MAX(steps, 1), ni = MC_MAX(p->ninstrs, 1);
+  double *each = mc_calloc((size_t)ns * (size_t)ni, sizeof(double)); /* [instr][step] */
+  double *opt_each = mc_calloc((size_t)ns, sizeof(double));
+  double *step_each = mc_calloc((size_t)ns, sizeof(double));
   rt_init_params(p, cfg->seed);
   fill_ids(p, cfg->seed);
   Optim *opt = rt_optim_new(cfg, g);
@@ -60,13 +79,26 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
       const Instr *ins = &p->instrs[k];
       double t0 = clock();
       ins->fn(&ctx, ins->node, ins->in, ins->out);
-      if (s >= 0) r.instr_s[k] += clock() - t0;
+      double dt = clock() - t0;
+      if (s >= 0) r.instr_s[k] += each[(size_t)k * (size_t)ns + (size_t)s] = dt;
     }
     double t0 = clock();
     rt_optim_step(opt, pp, gg);
-    if (s >= 0) r.optim_s += clock() - t0;
+    double dt = clock() - t0;
+    if (s >= 0) r.optim_s += opt_each[s] = dt;
+    if (s >= 0)
+      for (int k = 0; k < p->ninstrs; k++)
+        step_each[s] += each[(size_t)k * (size_t)ns + (size_t)s];
+    if (s >= 0) step_each[s] += dt;
     rt_carry_state(p);
   }
+  for (int k = 0; k < p->ninstrs && steps > 0; k++)
+    r.instr_med[k] = median(each + (size_t)k * (size_t)ns, steps);
+  r.optim_med = median(opt_each, steps);
+  r.step_med = median(step_each, steps);
+  mc_free(step_each);
+  mc_free(each);
+  mc_free(opt_each);
   for (int i = 0; i < g->nparams; i++)
     mc_free(own[i]);
   mc_free(own);
@@ -78,5 +110,6 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
 
 void rt_profile_free(RtProfile *r) {
   mc_free(r->instr_s);
-  r->instr_s = NULL;
+  mc_free(r->instr_med);
+  r->instr_s = r->instr_med = NULL;
 }

@@ -9,6 +9,10 @@ typedef struct RtProfile {
   int steps;       /* timed steps (after one warm-up step) */
   double *instr_s; /* [p->ninstrs]: seconds of each instruction, summed over the steps */
   double optim_s;  /* the optimizer's update (cfg's optimizer), summed */
+  /* the same, each its median over the steps: a time slice lost to another process
+   * (a shared machine) moves a mean by milliseconds, a median not */
+  double *instr_med, optim_med;
+  double step_med; /* the median step (its instructions and the optimizer) */
 } RtProfile;
 
 /* Initialises p's parameters from cfg's seed and fills its i32 inputs with random ids

@@ -3,7 +3,7 @@
  * leave out what a kernel does around its arithmetic: random draws, exp and log, gathers,
  * caches shared with the rest of a step. So reference models (below: not the examples,
  * whose plans are then predictions) are compiled as `moec run` compiles them, every
- * instruction is timed over a few training steps (the mean of a step), and per op the
+ * instruction is timed over a few training steps (its median step), and per op the
  * measured seconds less a call's own time are set against the modelled ones: factor =
  * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
  * in-process device of several: a copy on each core at once). The optimizer's pass has its own
@@ -108,6 +108,16 @@ static AstFile *load_ref(int i, const char *strategy, Options *o, Config *cfg) {
   return drv_load_text(o, names[i], ref_models[i], cfg, &rc); /* names outlive the AST */
 }
 
+/* Each instruction's median step leaves out the rare call a time slice of another
+ * process (a shared machine) falls into, but every step has some: the median step over
+ * the sum of the medians, by which each median is scaled (1 on a quiet machine). */
+static double time_lost(const RtProfile *r, const Program *p) {
+  double sum = r->optim_med;
+  for (int q = 0; q < p->ninstrs; q++)
+    sum += r->instr_med[q];
+  return sum > 0 && r->step_med > sum ? r->step_med / sum : 1;
+}
+
 /* Rank r's copy on a thread of its own: kernels run inline there, as an in-process
  * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
@@ -137,6 +147,9 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSu
   if (ok) {
     const Program *p = run[0].p;
     double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
+    double lost[RT_MAX_THREADS];
+    for (int c = 0; c < copies; c++)
+      lost[c] = time_lost(&run[c].prof, run[c].p);
     double param_bytes = 0;
     for (int q = 0; q < p->g->nparams; q++)
       param_bytes += 4.0 * (double)p->g->params[q]->numel;
@@ -144,11 +157,11 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSu
       const Node *n = p->instrs[q].node;
       double meas = 0;
       for (int c = 0; c < copies; c++)
-        meas += run[c].prof.instr_s[q] / steps / copies;
+        meas += run[c].prof.instr_med[q] * lost[c] / copies;
       add_time(s, j, n->op, meas, plan_node_seconds(p->g, n, k) / cores);
     }
     for (int c = 0; c < copies; c++)
-      s->opt_meas[j] += run[c].prof.optim_s / steps / copies;
+      s->opt_meas[j] += run[c].prof.optim_med * lost[c] / copies;
     s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
   }
   for (int c = 0; c < copies; c++) {
@@ -166,12 +179,14 @@ static void profile_rank(Comm *c, void *arg) {
   r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, c);
 }
 
-/* The collectives of model i on P in-process devices under `strategy`: each collective's
- * measured seconds (the ranks' mean: the wait for the slowest rank included, as in a
- * run) against its modelled ones on the placed global graph, added to the one-thread
- * set. False after printing an error. */
+/* The collectives of model i on P devices under `strategy`: each collective's measured
+ * seconds against its modelled ones on the placed global graph, added to the one-thread
+ * set. Measured: the least over the ranks of its median, i.e. the rank that arrived last
+ * and waited for no other (the cost model has each phase end at its slowest device, so
+ * the others' wait is in it already). mpi NULL: P in-process devices; else this rank's
+ * device of mpi's P ranks (every rank adds the same). False after printing an error. */
 static bool profile_collectives(int i, int P, const char *strategy, int steps, const CostConsts *k,
-                                KernelSums *s) {
+                                Comm *mpi, KernelSums *s) {
   Options o;
   Config cfg;
   AstFile *f = load_ref(i, strategy, &o, &cfg);
@@ -180,28 +195,46 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
   RefRun run[RT_MAX_THREADS] = {{0}};
   bool ok = g != NULL;
   for (int r = 0; ok && r < P; r++) {
+    if (mpi && r != mpi->rank) continue;
     Target t = {.devices = P, .rank = r, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
     run[r] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
     ok = run[r].p != NULL;
   }
-  if (ok && rt_inproc_run(P, profile_rank, run))
+  if (ok && mpi)
+    profile_rank(mpi, run);
+  else if (ok && rt_inproc_run(P, profile_rank, run))
     mc_die("moec calibrate: a reference model's device failed");
   if (ok) { /* the q-th collective of every device is the q-th of the global graph */
     int ng = 0;
     const Node **coll = mc_calloc((size_t)g->nnodes + 1, sizeof(Node *));
     for (int q = 0; q < g->nnodes; q++)
       if (ir_ops[g->nodes[q]->op].flags & OPF_COLLECTIVE) coll[ng++] = g->nodes[q];
+    double *each = mc_calloc((size_t)P * (size_t)(ng + 1), sizeof(double)); /* [rank][q] */
     double *meas = mc_calloc((size_t)ng + 1, sizeof(double));
     for (int r = 0; r < P; r++) {
+      if (mpi && r != mpi->rank) continue;
       int nd = 0;
+      double lost = time_lost(&run[r].prof, run[r].p);
       for (int q = 0; q < run[r].p->ninstrs; q++) {
         const Node *n = run[r].p->instrs[q].node;
         if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
         MOEC_ASSERT(nd < ng && coll[nd]->op == n->op); /* the same passes placed both */
-        meas[nd++] += run[r].prof.instr_s[q] / steps / P;
+        each[(size_t)r * (size_t)(ng + 1) + (size_t)nd++] = run[r].prof.instr_med[q] * lost;
       }
       MOEC_ASSERT(nd == ng);
     }
+    if (mpi) { /* every rank's row (send and receive may not overlap) */
+      double *mine = mc_calloc((size_t)ng + 1, sizeof(double));
+      memcpy(mine, each + (size_t)mpi->rank * (size_t)(ng + 1), sizeof(double) * (size_t)(ng + 1));
+      mpi->all_gather(mpi, mine, each, sizeof(double) * (size_t)(ng + 1));
+      mc_free(mine);
+    }
+    for (int q = 0; q < ng; q++) { /* the last rank to arrive: no wait for the others */
+      meas[q] = each[q];
+      for (int r = 1; r < P; r++)
+        meas[q] = fmin(meas[q], each[(size_t)r * (size_t)(ng + 1) + (size_t)q]);
+    }
+    mc_free(each);
     for (int q = 0; q < ng; q++)
       add_time(s, 1, coll[q]->op, meas[q], plan_collective_seconds(g, coll[q], P, k));
     mc_free(meas);
@@ -217,6 +250,43 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
   return ok;
 }
 
+/* The reference models' collectives measured in situ: the moe model under paper and
+ * data_parallel, the hmoe model under hmoe. */
+static const struct {
+  int model;
+  const char *strategy;
+} coll_runs[] = {{0, "paper"}, {0, "data_parallel"}, {1, "hmoe"}};
+
+/* Per collective op of set j: a call's measured time beyond its model (waiting for the
+ * slowest device, syncing), the mean over its calls, into us[op] and json (", NAME_us"). */
+static void coll_addends(const KernelSums *s, int j, double *us, McBuf *json) {
+  for (int op = 0; op < OP_COUNT; op++) {
+    if (!(ir_ops[op].flags & OPF_COLLECTIVE)) continue;
+    double extra = 0;
+    int calls = 0;
+    for (int i = 0; i < s->n[j]; i++)
+      if (s->t[j][i].op == op) {
+        extra += fmax(s->t[j][i].meas - s->t[j][i].model, 0);
+        calls++;
+      }
+    if (!calls) continue;
+    us[op] = extra / calls * 1e6;
+    mc_buf_printf(json, ", \"%s_us\": %.4g", ir_ops[op].name, us[op]);
+  }
+}
+
+bool cli_calibrate_collectives_mpi(Comm *c, const CostConsts *k, int steps, double *us,
+                                   McBuf *json) {
+  KernelSums s = {0};
+  for (size_t i = 0; i < MC_ARRAY_LEN(coll_runs); i++)
+    if (!profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, k, c, &s))
+      return false;
+  coll_addends(&s, 1, us, json);
+  mc_free(s.t[0]);
+  mc_free(s.t[1]);
+  return true;
+}
+
 bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {
   KernelSums s = {0};
   int nthreads = rt_threads();
@@ -224,14 +294,11 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
     for (size_t i = 0; i < MC_ARRAY_LEN(ref_models); i++)
       if (!profile_model((int)i, j, steps, k, &s)) return false;
   /* collectives on as many devices as cores and twice as many (sharing them) */
-  static const struct {
-    int model;
-    const char *strategy;
-  } coll[] = {{0, "paper"}, {0, "data_parallel"}, {1, "hmoe"}};
   int cores = MC_MAX(k->cores, 1);
   for (int P = MC_MAX(2, cores); P <= MC_MAX(2, cores) * 2 && P <= RT_MAX_THREADS; P *= 2)
-    for (size_t i = 0; i < MC_ARRAY_LEN(coll); i++)
-      if (!profile_collectives(coll[i].model, P, coll[i].strategy, steps, k, &s)) return false;
+    for (size_t i = 0; i < MC_ARRAY_LEN(coll_runs); i++)
+      if (!profile_collectives(coll_runs[i].model, P, coll_runs[i].strategy, steps, k, NULL, &s))
+        return false;
   rt_threads_set(nthreads);
   const char *set[2] = {"all_cores", "one_thread"};
   mc_buf_printf(json, "{");
@@ -256,20 +323,9 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
     ratio[j] = model > 0 ? meas / model : 0;
     k->kcall_us[j] = call * 1e6;
     mc_buf_printf(json, "%s\n   \"%s\": {\"call_us\": %.4g", j ? "," : "", set[j], call * 1e6);
+    coll_addends(&s, j, k->kcoll_us, json);
     for (int op = 0; op < OP_COUNT; op++) {
-      if (ir_ops[op].flags & OPF_COLLECTIVE) { /* a call's time beyond the model: a mean */
-        double extra = 0;
-        int calls = 0;
-        for (int i = 0; i < s.n[j]; i++)
-          if (s.t[j][i].op == op) {
-            extra += fmax(s.t[j][i].meas - s.t[j][i].model, 0);
-            calls++;
-          }
-        if (!calls) continue;
-        k->kcoll_us[op] = extra / calls * 1e6;
-        mc_buf_printf(json, ", \"%s_us\": %.4g", ir_ops[op].name, k->kcoll_us[op]);
-        continue;
-      }
+      if (ir_ops[op].flags & OPF_COLLECTIVE) continue; /* coll_addends' */
       if (d[op] <= 0) continue;
       k->kfactor[j][op] = fmax(m[op] / d[op], 1e-3);
       mc_buf_printf(json, ", \"%s\": %.4g", ir_ops[op].name, k->kfactor[j][op]);

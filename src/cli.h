@@ -109,6 +109,15 @@ bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t 
  * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
 bool cli_calibrate_kernels(struct CostConsts *k, int steps, McBuf *json, double ratio[2]);
 bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
+/* The same reference models' collectives on the c->size MPI ranks of c (every rank calls
+ * it), against k's link terms: per collective op a call's time beyond its model into
+ * us[op] (OP_COUNT) and as JSON (", \"NAME_us\": X") into json. False: a model did not
+ * compile. */
+bool cli_calibrate_collectives_mpi(Comm *c, const struct CostConsts *k, int steps, double *us,
+                                   McBuf *json);
+/* The MPI ranks' collectives of the profile at path (its "mpi" section, `mpirun -np N moec
+ * calibrate --mpi`) into k's link, latency and per-call terms; false with *why set. */
+bool cli_profile_mpi(const char *path, struct CostConsts *k, char *why, size_t wlen);
 
 /* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the
  * layers drawn op by op ("all": every one); loads: measured expert loads (may be NULL). */

@@ -4,7 +4,8 @@
  * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the in-process
  * communicator's all-reduce latency and bandwidth between two devices. Writes a JSON
  * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
- * present). cli_read_profile is its reader (docs/placement.md, "Calibration"). */
+ * present). cli_read_profile is its reader (docs/placement.md, "Calibration").
+ * `mpirun -np N moec calibrate --mpi` adds the MPI ranks' collectives to a profile. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,21 +72,31 @@ static bool solve3(double a[3][3], double b[3], double x[3]) {
 typedef struct CommBench {
   int64_t n;
   int reps;
-  double seconds; /* rank 0's best */
+  double seconds; /* rank 0's median */
 } CommBench;
 
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The median of `reps` timings of 8 all-reduces: a run's step is its median, and the
+ * devices' waits for each other on shared cores are part of a collective's time there
+ * (the best of a few would leave them out). */
 static void comm_bench(Comm *c, void *arg) {
   CommBench *b = arg;
   float *buf = mc_calloc((size_t)b->n, sizeof(float));
-  double best = 1e30;
-  for (int r = 0; r < b->reps; r++) {
+  double t[16];
+  int reps = MC_MIN(b->reps, 16);
+  for (int r = 0; r < reps; r++) {
     c->barrier(c);
     double t0 = mc_now();
     for (int i = 0; i < 8; i++)
       c->all_reduce_sum_f32(c, buf, b->n);
-    best = fmin(best, (mc_now() - t0) / 8);
+    t[r] = (mc_now() - t0) / 8;
   }
-  if (c->rank == 0) b->seconds = best;
+  qsort(t, (size_t)reps, sizeof(double), by_value);
+  if (c->rank == 0) b->seconds = t[reps / 2];
   mc_free(buf);
 }
 
@@ -104,7 +115,8 @@ static void gemm_on_thread(Comm *c, void *arg) {
 }
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: moec calibrate [-o PROFILE] [--quick]\n\n"
+  fprintf(out, "usage: moec calibrate [-o PROFILE] [--quick]\n"
+               "       mpirun -np N moec calibrate --mpi [-o PROFILE] [--quick]\n\n"
                "Measures this machine for the cost model of `moec plan` and `moec simulate`:\n"
                "GEMM rates over a grid of shapes through the runtime's GEMM, elementwise\n"
                "bandwidth, and the in-process communicator's latency and bandwidth. Writes a\n"
@@ -112,12 +124,116 @@ static void usage(FILE *out) {
                "present; elsewhere pass --profile PROFILE).\n\n"
                "options:\n"
                "  -o PROFILE   where to write the profile\n"
-               "  --quick      fewer shapes and repetitions (a few seconds; noisier)\n");
+               "  --quick      fewer shapes and repetitions (a few seconds; noisier)\n"
+               "  --mpi        under mpirun (N >= 2 ranks): measure the MPI ranks' collectives\n"
+               "               (latency, bandwidth, in-situ call times) and add them to the\n"
+               "               existing PROFILE (`moec plan --mpi` uses them)\n");
+}
+
+/* Best all-reduce seconds of rank 0 at 1 KiB and 32 MiB (past the caches, as gradients
+ * are) on c, every rank at once; ts[] on every rank. */
+static void all_reduce_times(Comm *c, int reps, double ts[2]) {
+  static const int64_t sizes[] = {256, 8 << 20};
+  for (int i = 0; i < 2; i++) {
+    CommBench cb = {.n = sizes[i], .reps = reps};
+    comm_bench(c, &cb);
+    ts[i] = cb.seconds;
+  }
+  c->broadcast(c, ts, 2 * sizeof(double), 0);
+}
+
+/* A ring all-reduce of P devices: each sends 2(P-1)/P of the vector in 2(P-1) steps. From
+ * the times at 1 KiB and 32 MiB: the link's GB/s and a step's latency (us). */
+static void fit_link(int P, const double ts[2], double *gbs, double *lat_us) {
+  double v0 = 2.0 * (P - 1) / P * 4 * 256, v1 = 2.0 * (P - 1) / P * 4 * (8 << 20);
+  *gbs = (v1 - v0) / fmax(ts[1] - ts[0], 1e-9) / 1e9;
+  *lat_us = fmax(0.1, (ts[0] - v0 / (*gbs * 1e9)) / (2 * (P - 1)) * 1e6);
+}
+
+/* `mpirun -np N moec calibrate --mpi`: every rank measures; rank 0 adds the "mpi" section
+ * to the profile at out (replacing an earlier one). The profile must exist (its compute
+ * constants are the in-process calibration's: the ranks' kernels are the same threads'). */
+static int calibrate_mpi(const char *out, bool quick) {
+  if (!rt_comm_mpi_launched()) {
+    fprintf(stderr, "moec calibrate: error: --mpi measures MPI ranks: start it as `mpirun -np 2 "
+                    "moec calibrate --mpi -o PROFILE`\n");
+    return 2;
+  }
+  CommOpts co = comm_opts_from_env();
+  const char *why = NULL;
+  int argc = 0;
+  char **argv = NULL;
+  Comm *c = rt_comm_mpi_init(&argc, &argv, &co, &why);
+  if (!c) {
+    fprintf(stderr, "moec calibrate: error: --mpi: %s\n", why ? why : "MPI did not start");
+    return 1;
+  }
+  int ok = 1; /* rank 0 reads the profile first: a missing one fails before any measuring */
+  char *text = NULL;
+  CostConsts k = plan_consts_cpu;
+  char msg[512] = "";
+  if (c->rank == 0) {
+    text = mc_read_file(out, NULL);
+    if (!text || !cli_read_profile(out, &k, msg, sizeof msg)) {
+      fprintf(stderr,
+              "moec calibrate: error: --mpi: %s: %s (measure this machine first: moec calibrate "
+              "-o %s)\n",
+              out, text ? msg : "cannot read it", out);
+      ok = 0;
+    }
+  }
+  if (ok && c->size < 2) {
+    if (c->rank == 0) fprintf(stderr, "moec calibrate: error: --mpi needs 2 or more ranks\n");
+    ok = 0;
+  }
+  c->broadcast(c, &ok, sizeof ok, 0);
+  if (!ok) {
+    mc_free(text);
+    rt_comm_mpi_finalize(c);
+    return 1;
+  }
+  rt_threads_set(1); /* one thread per rank, as moec run under mpirun */
+  const int reps = quick ? 2 : 5;
+  double ts[2], gbs, lat;
+  all_reduce_times(c, reps, ts);
+  fit_link(c->size, ts, &gbs, &lat);
+  k.link_gbs = gbs;
+  k.latency_us = lat;
+  k.per_node = 0;
+  k.inproc = false;
+  double us[OP_COUNT] = {0};
+  McBuf coll = {0};
+  bool built = cli_calibrate_collectives_mpi(c, &k, quick ? 3 : 12, us, &coll);
+  int rc = built ? 0 : 1;
+  if (c->rank == 0 && built) {
+    /* the profile less its last '}' (and an earlier "mpi" section), then the new one */
+    char *cut = strstr(text, ",\n \"mpi\": {");
+    if (!cut) cut = strrchr(text, '}');
+    if (cut) *cut = 0;
+    FILE *f = fopen(out, "w");
+    if (!cut || !f ||
+        fprintf(f, "%s,\n \"mpi\": {\"ranks\": %d, \"link_gbs\": %.6g, \"latency_us\": %.6g%s}}\n",
+                text, c->size, gbs, lat, coll.data ? coll.data : "") < 0 ||
+        fclose(f) != 0) {
+      fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
+      rc = 1;
+    } else {
+      printf("profile %s: MPI, %d ranks: link %.3g GB/s, %.3g us a step; a call beyond the "
+             "model: all_to_all %.3g us, all_to_all_back %.3g us, all_reduce %.3g us\n",
+             out, c->size, gbs, lat, us[OP_ALL_TO_ALL], us[OP_ALL_TO_ALL_BACK], us[OP_ALL_REDUCE]);
+    }
+  } else if (!built) {
+    fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
+  }
+  mc_buf_free(&coll);
+  mc_free(text);
+  rt_comm_mpi_finalize(c);
+  return rc;
 }
 
 int cmd_calibrate(int argc, char **argv) {
   const char *out = MOEC_PROFILE_DEFAULT;
-  bool quick = false;
+  bool quick = false, mpi = false;
   for (int i = 1; i < argc; i++) {
     bool bad = false;
     const char *v;
@@ -126,6 +242,8 @@ int cmd_calibrate(int argc, char **argv) {
       return 0;
     } else if (!strcmp(argv[i], "--quick")) {
       quick = true;
+    } else if (!strcmp(argv[i], "--mpi")) {
+      mpi = true;
     } else if ((v = cli_value(argc, argv, &i, "-o", "calibrate", &bad))) {
       out = v;
     } else {
@@ -134,6 +252,7 @@ int cmd_calibrate(int argc, char **argv) {
       return 2;
     }
   }
+  if (mpi) return calibrate_mpi(out, quick);
   const int reps = quick ? 2 : 5;
   time_gemm(256, 256, 256, 1); /* the main thread takes the worker pool */
   static const int64_t Ms[] = {4, 16, 64, 256, 1024}, NKs[] = {32, 128, 512};
@@ -183,7 +302,7 @@ int cmd_calibrate(int argc, char **argv) {
   mc_free(ex);
   mc_free(ey);
   /* in-process all-reduce between 2 devices: each sends 2(n-1)/n = 1 x the vector */
-  static const int64_t sizes[] = {256, 8 << 20}; /* 1 KiB, 32 MiB: past the caches, as gradients are */
+  static const int64_t sizes[] = {256, 8 << 20}; /* as all_reduce_times */
   double ts[2];
   for (int i = 0; i < 2; i++) {
     CommBench cb = {.n = sizes[i], .reps = reps};
@@ -194,9 +313,8 @@ int cmd_calibrate(int argc, char **argv) {
     }
     ts[i] = cb.seconds;
   }
-  double bytes1 = 4.0 * (double)sizes[1], bytes0 = 4.0 * (double)sizes[0];
-  double link_gbs = (bytes1 - bytes0) / fmax(ts[1] - ts[0], 1e-9) / 1e9;
-  double latency_us = fmax(0.1, (ts[0] - bytes0 / (link_gbs * 1e9)) / 2 * 1e6);
+  double link_gbs, latency_us;
+  fit_link(2, ts, &link_gbs, &latency_us);
   /* the kernels in situ, against the formulas with the constants above */
   CostConsts k = plan_consts_cpu;
   k.gflops = gflops;
@@ -204,9 +322,12 @@ int cmd_calibrate(int argc, char **argv) {
   k.launch_us = launch;
   k.elem_gbs = elem_gbs;
   k.cores = rt_threads();
+  k.link_gbs = link_gbs; /* the collectives' addends: beyond the model the profile gives */
+  k.latency_us = latency_us;
+  k.inproc = true;
   McBuf kern = {0};
   double ratio[2];
-  if (!cli_calibrate_kernels(&k, quick ? 3 : 8, &kern, ratio)) {
+  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, &kern, ratio)) {
     fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
     mc_buf_free(&grid);
     return 1;
@@ -289,8 +410,38 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
   k->elem_gbs = v[3];
   if (k->per_node == 0 || k->inter_gbs == 0) { /* this machine: its link and cores */
     k->link_gbs = v[4] > 0 ? v[4] : k->link_gbs;
+    k->inproc = true; /* measured on the in-process communicator */
     k->latency_us = v[5];
     if (have_cores) k->cores = (int)cores;
   }
+  return true;
+}
+
+bool cli_profile_mpi(const char *path, CostConsts *k, char *why, size_t wlen) {
+  char *s = mc_read_file(path, NULL);
+  if (!s) {
+    snprintf(why, wlen, "cannot read it");
+    return false;
+  }
+  const char *m = strstr(s, "\"mpi\": {");
+  double ranks = 0, gbs = 0, lat = 0;
+  bool ok = m && json_number(m, "ranks", &ranks) && json_number(m, "link_gbs", &gbs) &&
+            json_number(m, "latency_us", &lat) && ranks >= 2 && gbs > 0 && lat >= 0;
+  if (!ok)
+    snprintf(why, wlen, "%s (measure them: mpirun -np 2 moec calibrate --mpi -o %s)",
+             m ? "its \"mpi\" section is malformed" : "no MPI figures", path);
+  for (int op = 0; ok && op < OP_COUNT; op++) {
+    if (!(ir_ops[op].flags & OPF_COLLECTIVE)) continue;
+    char key[64];
+    double x = 0;
+    snprintf(key, sizeof key, "%s_us", ir_ops[op].name);
+    k->kcoll_us[op] = json_number(m, key, &x) && x >= 0 ? x : 0; /* the MPI ranks' alone */
+  }
+  mc_free(s);
+  if (!ok) return false;
+  k->link_gbs = gbs;
+  k->latency_us = lat;
+  k->inproc = false; /* MPI's all-reduce: a ring's bytes and steps */
+  k->name = "calibrated, MPI ranks";
   return true;
 }

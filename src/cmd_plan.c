@@ -37,7 +37,9 @@ static void usage(FILE *out) {
           "                     ranked by predicted step time (a table; with --format dot,\n"
           "                     svg or png the top candidates side by side, 3 unless --top)\n"
           "  --top K            the K best (table and picture)\n"
-          "  --write-plan FILE  the winner as a plan { } block\n\n"
+          "  --write-plan FILE  the winner as a plan { } block\n"
+          "  --mpi              the devices are MPI ranks (mpirun): the profile's MPI\n"
+          "                     collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
           "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
@@ -460,7 +462,7 @@ typedef struct PlanFlags {
   const char *format, *out, *view;
   const char *expand[64];
   int nexpand;
-  bool search;
+  bool search, mpi;
   int top;
   const char *write_plan, *profile, *cluster;
 } PlanFlags;
@@ -481,6 +483,8 @@ static int plan_flags(int argc, char **argv, int *i, void *ctx) {
     a->out = v;
   } else if (!strcmp(argv[*i], "--search")) {
     a->search = true;
+  } else if (!strcmp(argv[*i], "--mpi")) {
+    a->mpi = true;
   } else if ((v = cli_value(argc, argv, i, "--top", "plan", &bad))) {
     char *end;
     long t = strtol(v, &end, 10);
@@ -607,7 +611,19 @@ int cmd_plan(int argc, char **argv) {
   }
   CostConsts k;
   ClusterSpec cs = {0};
+  if (!rc && a.mpi && a.cluster) {
+    fprintf(stderr, "moec plan: error: --mpi: this machine's MPI ranks (not a --cluster)\n");
+    rc = 2;
+  }
   if (!rc) rc = plan_constants("plan", a.profile, a.cluster, &k, &cs);
+  if (!rc && a.mpi) { /* the collectives of the calibrated MPI ranks */
+    char why[512];
+    const char *path = a.profile ? a.profile : MOEC_PROFILE_DEFAULT;
+    if (!cli_profile_mpi(path, &k, why, sizeof why)) {
+      fprintf(stderr, "moec plan: error: --mpi: profile %s: %s\n", path, why);
+      rc = 2;
+    }
+  }
   char ndev[32];
   snprintf(ndev, sizeof ndev, "%d", cs.devices);
   if (!rc && a.cluster) {

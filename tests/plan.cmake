@@ -173,3 +173,11 @@ add_test(NAME calibrate_kernels
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_calibrate.sh $<TARGET_FILE:moec>
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
 set_tests_properties(calibrate_kernels PROPERTIES TIMEOUT 180 LABELS "plan")
+
+# mpirun -np 2 moec calibrate --mpi: the MPI ranks' collectives added to a profile, read by
+# moec plan --mpi (tests/test_calibrate_mpi.sh; exit 77 without mpirun).
+add_test(NAME calibrate_mpi
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_calibrate_mpi.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
+set_tests_properties(calibrate_mpi PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
+                     LABELS "plan;multidev")
