@@ -563,6 +563,12 @@ tables)
   grep -q 'all_reduce.*emb\.weight\.grad' "$W/ir.txt" && fail "tables: emb.weight all-reduced"
   "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 | grep -q 'emb.weight.*f32\[683, 16\]' ||
     fail "tables: device 1 of 3 does not hold rows [682, 1365) of emb.weight"
+  cp "$HERE/multidev/md_sampled.moe" "$W/r.moe" # the setting as a flag, checked like the file's
+  "$MOEC" ir "$W/r.moe" --after comm --devices 2 --set plan.tables=sharded | grep -q table_scatter ||
+    fail "tables: --set plan.tables=sharded"
+  out=$("$MOEC" check "$W/r.moe" --tables rows 2>&1) && fail "tables: --tables rows accepted"
+  echo "$out" | grep -q "error: 'tables' must be replicated or sharded, got 'rows'" ||
+    fail "tables: --tables rows: $out"
   losses d1 "$MOEC" run "$W/m.moe"
   for p in 2 3 4; do
     losses d$p "$MOEC" run "$W/m.moe" --devices $p
