@@ -577,6 +577,9 @@ tables)
   done
   losses t2 "$MOEC" run "$W/m.moe" --devices 2 --tables replicated
   same d1 t2
+  losses f1 "$MOEC" run "$W/m.moe" --f64 # double: the gather and scatter at 8 bytes an element
+  losses f3 "$MOEC" run "$W/m.moe" --f64 --devices 3
+  same f1 f3 1e-12
   if command -v mpirun >/dev/null 2>&1; then
     losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
     same d1 mpi2
