@@ -212,6 +212,26 @@ static void table_free(TableX *x) {
   mc_free(x->rid);
 }
 
+/* Rows of rb bytes: sn[p] of them from send to device p, rn[p] from p into recv (rank
+ * order); without a communicator the device's own. */
+static void table_rows(Comm *c, const TableX *x, const void *send, const int64_t *sn, void *recv,
+                       const int64_t *rn, size_t rb) {
+  if (!c) {
+    memcpy(recv, send, (size_t)sn[0] * rb);
+    return;
+  }
+  int64_t *b = mc_malloc(sizeof(int64_t) * (size_t)x->P * 4);
+  int64_t *sb = b, *sd = b + x->P, *rcb = b + 2 * x->P, *rd = b + 3 * x->P;
+  for (int p = 0; p < x->P; p++) {
+    sb[p] = sn[p] * (int64_t)rb;
+    rcb[p] = rn[p] * (int64_t)rb;
+  }
+  comm_displs(sb, x->P, sd);
+  comm_displs(rcb, x->P, rd);
+  c->all_to_allv(c, send, sb, sd, recv, rcb, rd);
+  mc_free(b);
+}
+
 /* Into ctx->stats: payload = this device's ids and rows, sent = what crossed to others
  * (ids it sent away, rows it sent to another device) */
 static void table_count(const KernelCtx *ctx, const TableX *x, int rank, CommKind k, double t0,
@@ -248,20 +268,7 @@ static void table_gather(const KernelCtx *ctx, const Node *n, void *const *in, v
   char *mine = mc_malloc((size_t)MC_MAX(x.nr, 1) * rb), *got = mc_malloc((size_t)MC_MAX(N, 1) * rb);
   for (int64_t j = 0; j < x.nr; j++) /* the rows others asked for, in the order they came */
     memcpy(mine + (size_t)j * rb, (const char *)in[1] + (size_t)(x.rid[j] - lo) * rb, rb);
-  if (c) {
-    int64_t *b = mc_malloc(sizeof(int64_t) * (size_t)x.P * 4);
-    int64_t *sb = b, *sd = b + x.P, *rb_ = b + 2 * x.P, *rd = b + 3 * x.P;
-    for (int p = 0; p < x.P; p++) {
-      sb[p] = x.rn[p] * (int64_t)rb;
-      rb_[p] = x.n[p] * (int64_t)rb;
-    }
-    comm_displs(sb, x.P, sd);
-    comm_displs(rb_, x.P, rd);
-    c->all_to_allv(c, mine, sb, sd, got, rb_, rd);
-    mc_free(b);
-  } else {
-    memcpy(got, mine, (size_t)N * rb);
-  }
+  table_rows(c, &x, mine, x.rn, got, x.n, rb);
   for (int64_t j = 0; j < N; j++)
     memcpy((char *)out[0] + (size_t)x.pos[j] * rb, got + (size_t)j * rb, rb);
   mc_free(mine);
@@ -289,20 +296,7 @@ static void table_scatter(const KernelCtx *ctx, const Node *n, void *const *in, 
        *recv = mc_malloc((size_t)MC_MAX(x.nr, 1) * rb);
   for (int64_t j = 0; j < N; j++)
     memcpy(send + (size_t)j * rb, (const char *)in[1] + (size_t)x.pos[j] * rb, rb);
-  if (c) {
-    int64_t *b = mc_malloc(sizeof(int64_t) * (size_t)x.P * 4);
-    int64_t *sb = b, *sd = b + x.P, *rb_ = b + 2 * x.P, *rd = b + 3 * x.P;
-    for (int p = 0; p < x.P; p++) {
-      sb[p] = x.n[p] * (int64_t)rb;
-      rb_[p] = x.rn[p] * (int64_t)rb;
-    }
-    comm_displs(sb, x.P, sd);
-    comm_displs(rb_, x.P, rd);
-    c->all_to_allv(c, send, sb, sd, recv, rb_, rd);
-    mc_free(b);
-  } else {
-    memcpy(recv, send, (size_t)N * rb);
-  }
+  table_rows(c, &x, send, x.n, recv, x.rn, rb);
   memset(out[0], 0, (size_t)Vr * rb);
   for (int64_t j = 0; j < x.nr; j++) {
     const char *row = recv + (size_t)j * rb;
