@@ -241,7 +241,8 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
 /* ---------------------------------------------------------------- what a device holds */
 
 /* The rows this device holds of each parameter: its experts' rows of the sharded ones,
- * with every row's owner; NULL when it holds every parameter whole. */
+ * its range of a table sharded by rows, with every row's owner; NULL when it holds every
+ * parameter whole. */
 static RowSel *param_rows(const Graph *g) {
   if (!g->experts_local) return NULL;
   RowSel *r = mc_calloc((size_t)g->nparams + 1, sizeof(RowSel));
@@ -259,6 +260,22 @@ static RowSel *param_rows(const Graph *g) {
     }
     MOEC_ASSERT(n == g->params[i]->shape[0]);
     r[i] = (RowSel){s.count, n, list, owner};
+  }
+  for (int i = 0; i < g->nparams; i++) { /* tables sharded by rows: a contiguous range */
+    int64_t V, lo, hi;
+    int P;
+    if (!ir_table_shard(g, g->params[i], &V, &P)) continue;
+    lo = ir_table_first(V, P, g->experts_rank);
+    hi = ir_table_first(V, P, g->experts_rank + 1);
+    int64_t *list = mc_malloc(sizeof(int64_t) * (size_t)MC_MAX(hi - lo, 1));
+    int *owner = mc_malloc(sizeof(int) * (size_t)V);
+    for (int64_t v = lo; v < hi; v++)
+      list[v - lo] = v;
+    for (int q = 0; q < P; q++)
+      for (int64_t v = ir_table_first(V, P, q); v < ir_table_first(V, P, q + 1); v++)
+        owner[v] = q;
+    MOEC_ASSERT(hi - lo == g->params[i]->shape[0]);
+    r[i] = (RowSel){V, hi - lo, list, owner};
   }
   mc_free(shards);
   mc_free(sharded);

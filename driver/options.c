@@ -192,6 +192,8 @@ static const Flag flags[] = {
      "SIZE  per device, for recompute = auto (8GiB)"},
     {"--expert-headroom", DRV_SETTINGS, "plan", "expert_headroom",
      "H  expert-row buffers at H x a device's fair share of the routes (default: room for all)"},
+    {"--tables", DRV_SETTINGS, "plan", "tables",
+     "T  replicated, sharded: embedding tables split by rows over the devices"},
     {"--fuse", DRV_SETTINGS, "plan", "fuse", "true|false  elementwise fusion (plan.fuse)"},
     {"--no-fuse", DRV_SETTINGS, NULL, NULL, "       the same as --fuse false"},
     {"--backend", DRV_SETTINGS, "plan", "backend", "B   cpu, cuda or auto (plan.backend)"},
@@ -432,10 +434,10 @@ char *drv_settings_json(const Config *c, const Options *o) {
                 c->devices, c->mesh_nodes, c->mesh_per_node, c->strategy, c->expert_policy);
   recompute_json(&b, c);
   mc_buf_printf(&b,
-                ", \"memory_budget\": %.17g, \"fuse\": %s, \"backend\": \"%s\", \"tf32\": %s, "
-                "\"place\": [",
-                c->memory_budget, c->fuse ? "true" : "false", backend_names[c->backend],
-                c->tf32 ? "true" : "false");
+                ", \"memory_budget\": %.17g, \"tables\": \"%s\", \"fuse\": %s, "
+                "\"backend\": \"%s\", \"tf32\": %s, \"place\": [",
+                c->memory_budget, c->tables_sharded ? "sharded" : "replicated",
+                c->fuse ? "true" : "false", backend_names[c->backend], c->tf32 ? "true" : "false");
   int i = 0;
   for (PlaceRule *p = c->rules; p; p = p->next, i++) {
     mc_buf_printf(&b, "%s{\"pattern\": ", i ? ", " : "");

@@ -267,6 +267,7 @@ typedef struct Config {
   double memory_budget; /* bytes, 0 = device memory */
   int expert_headroom;  /* expert-row buffers: H x a device's fair share of the routes
                            (0: the worst case, every route to one device: x devices) */
+  bool tables_sharded;  /* embedding tables split by rows over the devices (plan.tables) */
   bool fuse;
   BackendKind backend;
   bool tf32; /* cuda: float32 GEMMs on TF32 tensor cores (off: the CPU's float32 results) */

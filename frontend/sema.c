@@ -1293,9 +1293,9 @@ typedef struct Setting {
 
 static const char *const train_keys[] = {"data",      "batch", "unroll", "steps",      "eval_every",
                                          "optimizer", "clip",  "seed",   "accumulate", "max_time"};
-static const char *const plan_keys[] = {"devices",       "mesh", "strategy", "experts", "recompute",
-                                        "memory_budget", "fuse", "backend",  "tf32",
-                                        "expert_headroom"};
+static const char *const plan_keys[] = {
+    "devices", "mesh",    "strategy", "experts",         "recompute", "memory_budget",
+    "fuse",    "backend", "tf32",     "expert_headroom", "tables"};
 enum {
   TK_DATA,
   TK_BATCH,
@@ -1320,12 +1320,14 @@ enum {
   PK_BACKEND,
   PK_TF32,
   PK_HEADROOM,
+  PK_TABLES,
   PK_N
 };
 
 static const char *const strategy_names[] = {"paper", "data_parallel", "hmoe"};
 static const char *const policy_names[] = {"contiguous", "round_robin", "balanced"};
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
+static const char *const tables_names[] = {"replicated", "sharded"};
 
 /* Collects a block's settings by key into out[] (NULL = absent); reports
  * unknown and repeated settings. */
@@ -2049,6 +2051,9 @@ static void check_plan(Sema *S, Block *b) {
     case PK_HEADROOM:
       if (const_int(S, e, "expert_headroom", 1, 65536, &v)) c->expert_headroom = (int)v;
       break;
+    case PK_TABLES:
+      if ((k = const_choice(S, e, "tables", tables_names, 2)) >= 0) c->tables_sharded = k == 1;
+      break;
     default:
       break;
     }
@@ -2137,6 +2142,7 @@ void fe_config_defaults(Config *c) {
   c->fuse = true;
   c->backend = BK_AUTO;
   c->tf32 = false;
+  c->tables_sharded = false;
 }
 
 const char *fe_optimizer_str(const Config *c, char *buf, size_t n) {

@@ -1,7 +1,7 @@
 /* devices.c: where a placed graph's nodes, tensors and expert rows live. The one
  * definition of device sets (bit masks over P <= 64 devices) and of expert sharding
- * that the passes (comm, shard, costmodel) and the runtime (collectives, gathers)
- * share. Read-only queries on the placement the passes set. */
+ * and of tables sharded by rows that the passes (comm, shard, costmodel) and the runtime
+ * (collectives, gathers) share. Read-only queries on the placement the passes set. */
 #include <stdio.h>
 #include <string.h>
 
@@ -207,4 +207,25 @@ int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t 
       n++;
     }
   return n;
+}
+
+int64_t ir_table_first(int64_t V, int P, int r) {
+  return V * r / P; /* floor(r V / P); V < 2^31 (i32 ids), P <= 64 */
+}
+
+int ir_table_owner(int64_t V, int P, int64_t row) {
+  /* the largest r with floor(r V / P) <= row, i.e. r < (row + 1) P / V */
+  return (int)(((row + 1) * P - 1) / V);
+}
+
+bool ir_table_shard(const Graph *g, const Tensor *t, int64_t *V, int *P) {
+  if (t->kind != TK_PARAM || t->part != PART_ROWS) return false;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op != OP_TABLE_GATHER || n->in[1] != t) continue;
+    if (V) *V = n->ia[0];
+    if (P) *P = (int)n->ia[1];
+    return true;
+  }
+  return false;
 }

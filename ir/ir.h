@@ -93,6 +93,7 @@ typedef enum PartKind {
   PART_BATCH,      /* split along dim 0 (rows / batch) */
   PART_EXPERTS,    /* expert-sharded: dim 0 indexes experts (or expert rows) */
   PART_PARTIAL,    /* each device holds a partial sum over its rows (all_reduce: replicated) */
+  PART_ROWS,       /* a table sharded by rows: dim 0 in contiguous ranges, one per device */
 } PartKind;
 
 struct Tensor {
@@ -339,6 +340,14 @@ bool ir_layer_sharded(const Graph *g, int m);
 bool ir_hmoe_experts_local(const Graph *g, int m);
 /* The experts of s on device `rank`, in global order, into list (NULL: only count). */
 int64_t ir_expert_local(const Graph *g, const ExpertShard *s, int rank, int64_t *list);
+
+/* Tables sharded by rows (plan.tables = sharded): V rows over P devices in contiguous
+ * ranges; device r holds [ir_table_first(V, P, r), ir_table_first(V, P, r + 1)). */
+int64_t ir_table_first(int64_t V, int P, int r);
+int ir_table_owner(int64_t V, int P, int64_t row);
+/* True (with V and P) when parameter t is such a table in a placed graph (PART_ROWS, read
+ * by table_gather nodes). */
+bool ir_table_shard(const Graph *g, const Tensor *t, int64_t *V, int *P);
 
 /* ---------------------------------------------------------------- print.c */
 

@@ -36,6 +36,8 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_DISPATCH] = {.ia = {"E"}},
     [OP_CAPACITY] = {.ia = {"E"}, .fa = {"capacity"}},
     [OP_ALL_GATHER_ROWS] = {.ia = {"devices"}},
+    [OP_TABLE_GATHER] = {.ia = {"V", "devices"}, .fa = {"remote"}},
+    [OP_TABLE_SCATTER] = {.ia = {"V", "devices"}, .fa = {"remote"}},
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
@@ -104,7 +106,7 @@ static void print_node(const Node *n, FILE *out) {
   if (n->device >= 0) fprintf(out, "  dev=%d", n->device);
   for (int d = 0; d < n->ndevices; d++) /* placement: an on(...) device set */
     fprintf(out, "%s%d%s", d ? "," : "  dev={", n->devices[d], d + 1 == n->ndevices ? "}" : "");
-  static const char *parts[] = {"", "replicated", "batch", "experts", "partial"};
+  static const char *parts[] = {"", "replicated", "batch", "experts", "partial", "rows"};
   if (n->nout > 0 && n->out[0]->part != PART_NONE)
     fprintf(out, "  part=%s", parts[n->out[0]->part]);
   if (n->fused_group >= 0) fprintf(out, "  fuse=%d", n->fused_group);

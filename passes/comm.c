@@ -12,6 +12,7 @@
  *   reshard         batch rows moving between two device sets (on(...) rules)
  *   all_gather_rows every device's routes before a moe(capacity=) decision
  *   sparse_all_reduce a gradient of row scatters exchanged as rows (passes/sparse.c)
+ *   table_gather, table_scatter: an embedding of a table sharded by rows (sparse.c)
  * Expert gradients never leave their device: they are PART_EXPERTS and only partial
  * (PART_PARTIAL) gradients of replicated parameters are all-reduced.
  * New nodes go right before their first reader (all_reduce: right after the producer);
@@ -128,6 +129,14 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
       b.payload += n->in[q]->ty.rank >= 1 && n->in[q]->ty.dim[0].b > 0 ? pairs : nd * pairs;
     }
     b.upper = b.expected = (nd - 1) * b.payload;
+    b.per_device = b.expected / nd;
+    break;
+  case OP_TABLE_GATHER:  /* the ids to their owners, the rows back */
+  case OP_TABLE_SCATTER: /* the ids and the rows' gradients to their owners */
+    b.payload = n->in[0]->numel * 4 +
+                (n->op == OP_TABLE_GATHER ? bound_bytes(n->out[0]) : bound_bytes(n->in[1]));
+    b.upper = b.payload;
+    b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
     break;
   case OP_RESHARD:
@@ -724,6 +733,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
     if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      if (pass_table_shard(g, p, P, ctx->cfg)) continue; /* each device its rows */
       if (pass_sparse_grad(g, p, P, ctx->cfg)) continue; /* only the touched rows travel */
       Tensor *s = all_reduce(&c, p->grad, "@sum");
       if (s != p->grad) s->name = mc_arena_printf(&g->arena, "%s.grad@sum", p->name);

@@ -93,6 +93,8 @@ double plan_node_flops(const Node *n) {
   case OP_RESHARD:
   case OP_ALL_GATHER_ROWS:
   case OP_SPARSE_ALL_REDUCE:
+  case OP_TABLE_GATHER:
+  case OP_TABLE_SCATTER:
     return 0;
   default: {
     double f = 0;
@@ -552,8 +554,12 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     for (int i = 0; i < g->nparams; i++) {
       const Tensor *p = g->params[i];
       double s = 1;
+      int64_t V;
+      int tp;
       if (placed && p->part == PART_EXPERTS)
         s = expert_param_share(g, p, d);
+      else if (placed && ir_table_shard(g, p, &V, &tp)) /* its range of a table's rows */
+        s = (double)(ir_table_first(V, tp, d + 1) - ir_table_first(V, tp, d)) / (double)V;
       else if (placed) {
         const Node *r = first_reader(g, p);
         s = r && !in_set(r, d) ? 0 : 1;

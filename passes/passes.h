@@ -106,6 +106,11 @@ bool *pass_recompute_dropped(const Graph *g);
  * the dense gradient at the config's batch: each scatter becomes a sparse_all_reduce and
  * the gradient is replicated. Returns whether it did. */
 bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg);
+/* sparse.c (called by the comm pass), plan.tables = sharded: parameter p is an embedding's
+ * table on all P devices: its embeddings become table_gather, its gradient's scatters
+ * table_scatter, p and its gradient PART_ROWS (the shard pass keeps a device's rows).
+ * Returns whether it did. */
+bool pass_table_shard(Graph *g, Tensor *p, int P, const Config *cfg);
 
 /* capacity.c: the rows an expert-side tensor t (part experts, rows in dim 0) needs when its
  * moe layer has capacity=: this graph's experts of the layer (its rank's once sharded)

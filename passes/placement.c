@@ -335,6 +335,20 @@ static const int *sorted_set(Graph *g, const PlaceRule *r, const PassCtx *ctx) {
   return d;
 }
 
+/* A table the comm pass will shard by rows (plan.tables = sharded: read by embeddings
+ * only; pass_table_shard decides): a device holds 1/P of it. */
+static bool table_rows(const Graph *g, const Tensor *p, const Config *cfg, int P) {
+  if (!cfg->tables_sharded || P <= 1) return false;
+  bool read = false;
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      if (g->nodes[k]->in[i] == p) {
+        if (g->nodes[k]->op != OP_EMBEDDING || i != 1) return false;
+        read = true;
+      }
+  return read;
+}
+
 void pass_placement(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg) return; /* one device: the graph stays exactly as it is */
@@ -437,7 +451,8 @@ void pass_placement(Graph *g, const PassCtx *ctx) {
   if (cfg->memory_budget > 0) {
     double need = 0;
     for (int i = 0; i < g->nparams; i++)
-      if (g->params[i]->part != PART_EXPERTS) need += 4 * const_bytes(g->params[i]);
+      if (g->params[i]->part != PART_EXPERTS)
+        need += 4 * const_bytes(g->params[i]) / (table_rows(g, g->params[i], cfg, P) ? P : 1);
     if (need > cfg->memory_budget)
       pass_error(ctx, cfg->memory_budget_loc,
                  "the replicated parameters need %.1f MiB per device (weights, gradients and "

@@ -15,9 +15,10 @@
  * so the expert gradients (grouped_matmul_dw, grouped_sum_rows) become [E_r, ...]; the
  * grouped expert kernels are unchanged (they read E from the offsets and weights). The
  * expert-row tensors keep their rows (dim 0 follows B; plan_widen_expert_rows sizes
- * them, in the bind pass). A device that holds none of a layer's experts (outside its on(...) set) has
- * E_r = 0: zero-size expert parameters, offsets i32[1]; its all_to_all sends every row
- * away and receives none. Prefix: pass_. */
+ * them, in the bind pass). A device that holds none of a layer's experts (outside its on(...) set)
+ * has E_r = 0: zero-size expert parameters, offsets i32[1]; its all_to_all sends every row away and
+ * receives none. A table sharded by rows (PART_ROWS, plan.tables = sharded) keeps this device's
+ * range of rows, [V_r, D], and so does its gradient's table_scatter. Prefix: pass_. */
 #include <string.h>
 
 #include "plan.h"
@@ -85,6 +86,14 @@ Type *pass_shard_experts(Graph *g, int rank) {
     t->ty.dim[0] = dim_int(n);
     changed[t->id] = true;
   }
+  for (int i = 0; i < g->nparams; i++) { /* tables sharded by rows: this device's range */
+    Tensor *t = g->params[i];
+    int64_t V;
+    int P;
+    if (!ir_table_shard(g, t, &V, &P)) continue;
+    t->ty.dim[0] = dim_int(ir_table_first(V, P, rank + 1) - ir_table_first(V, P, rank));
+    changed[t->id] = true;
+  }
   restack(g); /* before the slices' shape rules run again below */
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
@@ -97,7 +106,7 @@ Type *pass_shard_experts(Graph *g, int rank) {
       changed[n->out[1]->id] = true;
       continue;
     }
-    bool touched = false;
+    bool touched = n->op == OP_TABLE_SCATTER; /* into this device's rows of its table */
     for (int i = 0; i < n->nin && !touched; i++)
       touched = changed[n->in[i]->id];
     if (!touched) continue;

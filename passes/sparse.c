@@ -4,7 +4,11 @@
  * samples are non-zero. When every device's (id, row) pairs are fewer bytes than a ring
  * all-reduce of the dense [V, D] gradient, the comm pass makes each such scatter a
  * sparse_all_reduce (the pairs all-gathered, scattered in rank order) instead of
- * all-reducing the parameter's gradient. Prefix: pass_. */
+ * all-reducing the parameter's gradient.
+ * With plan.tables = sharded an embedding's table is not replicated at all: each device
+ * holds a contiguous range of its rows (PART_ROWS), the embedding becomes a table_gather
+ * (ids to their owners, rows back) and its gradient a table_scatter into the owner's rows
+ * (docs/placement.md, "Tables sharded by rows"). Prefix: pass_. */
 #include "passes.h"
 
 /* The scatters whose (reshaped) sum is t: true when t is made only of add, reshape and
@@ -26,12 +30,12 @@ static bool scatter_tree(Tensor *t, const Node *like, Node **out, int *n, int ca
   }
 }
 
-static void mark_replicated(Tensor *t) {
+static void mark_part(Tensor *t, PartKind part) {
   Node *p = t->producer;
-  t->part = PART_REPLICATED;
+  t->part = part;
   if (p->op == OP_RESHAPE || p->op == OP_ADD)
     for (int i = 0; i < (p->op == OP_ADD ? 2 : 1); i++)
-      mark_replicated(p->in[i]);
+      mark_part(p->in[i], part);
 }
 
 bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg) {
@@ -65,6 +69,63 @@ bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg) {
     leaf[i]->out[0]->name = n == 1 ? mc_arena_printf(&g->arena, "%s.grad@rows", p->name)
                                    : mc_arena_printf(&g->arena, "%s.grad@rows%d", p->name, i);
   }
-  mark_replicated(p->grad);
+  mark_part(p->grad, PART_REPLICATED);
+  return true;
+}
+
+/* ---------------------------------------------------------------- tables sharded by rows */
+
+/* (ids i32[...], g[...,D]) -> dW[V_r,D]: this device's rows on a device graph (the shard
+ * pass), all V on the global one */
+const char *shape_table_scatter(Graph *g, Node *n) {
+  int64_t V = n->ia[0];
+  int P = (int)n->ia[1];
+  if (V < 1 || P < 1 || V < P)
+    return mc_arena_printf(&g->arena, "table_scatter: %lld rows over %d devices", (long long)V, P);
+  const char *err = shape_embedding_bwd(g, n);
+  if (err || !g->experts_local) return err;
+  int r = g->experts_rank;
+  n->out[0]->ty.dim[0] = dim_int(ir_table_first(V, P, r + 1) - ir_table_first(V, P, r));
+  return NULL;
+}
+
+bool pass_table_shard(Graph *g, Tensor *p, int P, const Config *cfg) {
+  if (P <= 1 || !cfg || !cfg->tables_sharded || !p->grad || !p->grad->producer || p->ty.rank != 2 ||
+      !dim_is_const(p->ty.dim[0]) || p->ty.dim[0].c < P)
+    return false;
+  /* an embedding's table: read only by embeddings on every device, its gradient a sum of
+   * their scatters (a sampled softmax's weight is read by its loss: kept replicated) */
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    for (int i = 0; i < n->nin; i++)
+      if (n->in[i] == p && (n->op != OP_EMBEDDING || i != 1 || ir_node_set_size(n, P) != P))
+        return false;
+  }
+  Node *leaf[8];
+  int nl = 0;
+  if (!scatter_tree(p->grad, p->grad->producer, leaf, &nl, 8) ||
+      ir_node_set_size(p->grad->producer, P) != P)
+    return false;
+  for (int i = 0; i < nl; i++)
+    if (leaf[i]->nin != 2) return false;
+  int64_t V = p->ty.dim[0].c;
+  double remote = (double)(P - 1) / P; /* uniform ids: this share has another owner */
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    if (n->op != OP_EMBEDDING || n->in[1] != p) continue;
+    n->op = OP_TABLE_GATHER;
+    n->ia[0] = V;
+    n->ia[1] = P;
+    n->fa[0] = remote;
+  }
+  for (int i = 0; i < nl; i++) {
+    leaf[i]->op = OP_TABLE_SCATTER;
+    leaf[i]->ia[1] = P;
+    leaf[i]->fa[0] = remote;
+    leaf[i]->out[0]->name = nl == 1 ? mc_arena_printf(&g->arena, "%s.grad@rows", p->name)
+                                    : mc_arena_printf(&g->arena, "%s.grad@rows%d", p->name, i);
+  }
+  p->part = PART_ROWS;
+  mark_part(p->grad, PART_ROWS);
   return true;
 }

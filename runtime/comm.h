@@ -96,6 +96,8 @@ typedef enum CommKind {
   CK_ALL_GATHER_TOPM,
   CK_ALL_GATHER_ROWS,
   CK_SPARSE_ALL_REDUCE,
+  CK_TABLE_GATHER,
+  CK_TABLE_SCATTER,
   CK_COUNT
 } CommKind;
 extern const char *const comm_kind_names[CK_COUNT]; /* "all_to_all", ... */

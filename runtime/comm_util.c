@@ -13,9 +13,9 @@
 #include "../common/common.h"
 #include "comm.h"
 
-const char *const comm_kind_names[CK_COUNT] = {"all_to_all", "all_to_all_back", "all_reduce",
-                                               "reshard", "all_gather_topm", "all_gather_rows",
-                                               "sparse_all_reduce"};
+const char *const comm_kind_names[CK_COUNT] = {
+    "all_to_all",      "all_to_all_back",   "all_reduce",   "reshard",      "all_gather_topm",
+    "all_gather_rows", "sparse_all_reduce", "table_gather", "table_scatter"};
 
 void comm_all_to_all_counts(Comm *c, const int64_t *send_counts, int64_t *recv_counts) {
   int n = c->size;

@@ -4,6 +4,9 @@
  *                     order): the routes a capacity decision reads (docs/moe.md)
  *   sparse_all_reduce (ids, rows) -> the dense sum of every device's row scatters: a
  *                     row-sparse gradient's all-reduce (docs/placement.md)
+ *   table_gather      (ids, W rows) -> the ids' rows of a table sharded by rows: the ids
+ *                     to their owners, the rows back
+ *   table_scatter     (ids, g) -> the rows' gradients scatter-added on their owners
  * Without a communicator (a one-device program) both are the device's own. Prefix: rt_. */
 #include <string.h>
 
@@ -142,9 +145,206 @@ static void sparse_all_reduce_f64(const KernelCtx *ctx, const Node *n, void *con
   sparse_all_reduce(ctx, n, in, out, sizeof(double));
 }
 
+/* ---------------------------------------------------------------- tables sharded by rows */
+
+/* A table's exchange on one device: its ids in owner order (owner by owner, positions
+ * ascending: pos[j] is the position of the j-th sent id), how many go to each owner
+ * (n[p]), and the ids it received as an owner (rid, nr of them; rn[p] from device p, in
+ * rank order). */
+typedef struct TableX {
+  int P;
+  int64_t *pos, *n, *rn, nr;
+  int32_t *rid;
+} TableX;
+
+/* every array from one block: the P-entry counts first (8-byte aligned), then the ids */
+static void table_route(Comm *c, const Node *n, const int32_t *ids, int64_t N, TableX *x) {
+  int P = c ? c->size : 1, r = c ? c->rank : 0;
+  int64_t V = n->ia[0];
+  if (P != (int)n->ia[1])
+    mc_die("layer '%s': a table of %lld devices runs on %d", n->layer ? n->layer : "?",
+           (long long)n->ia[1], P);
+  x->P = P;
+  x->n = mc_calloc((size_t)P * 6, sizeof(int64_t));
+  x->rn = x->n + P;
+  int64_t *sb = x->n + 2 * P, *rb = x->n + 3 * P, *sd = x->n + 4 * P, *rd = x->n + 5 * P;
+  for (int64_t j = 0; j < N; j++) {
+    if (ids[j] < 0 || ids[j] >= V)
+      mc_die("layer '%s': id %d is outside the vocabulary [0, %lld)", n->layer ? n->layer : "?",
+             (int)ids[j], (long long)V);
+    x->n[ir_table_owner(V, P, ids[j])]++;
+  }
+  int64_t *at = mc_malloc(sizeof(int64_t) * (size_t)P);
+  comm_displs(x->n, P, at);
+  x->pos = mc_malloc(sizeof(int64_t) * (size_t)MC_MAX(N, 1));
+  int32_t *sid = mc_malloc(sizeof(int32_t) * (size_t)MC_MAX(N, 1));
+  for (int64_t j = 0; j < N; j++) { /* a stable counting sort by owner */
+    int64_t k = at[ir_table_owner(V, P, ids[j])]++;
+    x->pos[k] = j;
+    sid[k] = ids[j];
+  }
+  mc_free(at);
+  if (!c) {
+    x->rn[0] = N;
+    x->nr = N;
+    x->rid = sid;
+    return;
+  }
+  for (int p = 0; p < P; p++)
+    sb[p] = x->n[p] * 4;
+  comm_all_to_all_counts(c, sb, rb);
+  comm_displs(sb, P, sd);
+  x->nr = comm_displs(rb, P, rd) / 4;
+  x->rid = mc_malloc(sizeof(int32_t) * (size_t)MC_MAX(x->nr, 1));
+  c->all_to_allv(c, sid, sb, sd, x->rid, rb, rd);
+  mc_free(sid);
+  int64_t lo = ir_table_first(V, P, r), hi = ir_table_first(V, P, r + 1);
+  for (int p = 0; p < P; p++)
+    x->rn[p] = rb[p] / 4;
+  for (int64_t j = 0; j < x->nr; j++)
+    if (x->rid[j] < lo || x->rid[j] >= hi)
+      c->abort(c, "table_gather: an id sent to the wrong owner");
+}
+
+static void table_free(TableX *x) {
+  mc_free(x->n);
+  mc_free(x->pos);
+  mc_free(x->rid);
+}
+
+/* Rows of rb bytes: sn[p] of them from send to device p, rn[p] from p into recv (rank
+ * order); without a communicator the device's own. */
+static void table_rows(Comm *c, const TableX *x, const void *send, const int64_t *sn, void *recv,
+                       const int64_t *rn, size_t rb) {
+  if (!c) {
+    memcpy(recv, send, (size_t)sn[0] * rb);
+    return;
+  }
+  int64_t *b = mc_malloc(sizeof(int64_t) * (size_t)x->P * 4);
+  int64_t *sb = b, *sd = b + x->P, *rcb = b + 2 * x->P, *rd = b + 3 * x->P;
+  for (int p = 0; p < x->P; p++) {
+    sb[p] = sn[p] * (int64_t)rb;
+    rcb[p] = rn[p] * (int64_t)rb;
+  }
+  comm_displs(sb, x->P, sd);
+  comm_displs(rcb, x->P, rd);
+  c->all_to_allv(c, send, sb, sd, recv, rcb, rd);
+  mc_free(b);
+}
+
+/* Into ctx->stats: payload = this device's ids and rows, sent = what crossed to others
+ * (ids it sent away, rows it sent to another device) */
+static void table_count(const KernelCtx *ctx, const TableX *x, int rank, CommKind k, double t0,
+                        int64_t N, size_t rb, bool rows_back) {
+  CommStats *s = ctx->stats;
+  if (!s) return;
+  double sent = 0;
+  for (int p = 0; p < x->P; p++) {
+    if (p == rank) continue;
+    sent += (double)x->n[p] * 4 + (double)(rows_back ? x->rn[p] : x->n[p]) * (double)rb;
+  }
+  s->seconds[k] += mc_now() - t0;
+  s->payload[k] += (double)N * (4 + (double)rb);
+  s->sent[k] += sent;
+  s->calls[k]++;
+}
+
+/* (ids i32[N], W[V_r,D]) -> out[N,D]: each owner looks up the ids it received and sends
+ * their rows back in the order it received them; they land at the ids' positions. */
+static void table_gather(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                         size_t elem) {
+  Comm *c = rows_comm(ctx, n);
+  double t0 = mc_now();
+  int64_t N = n->in[0]->numel, D = n->out[0]->shape[n->out[0]->ty.rank - 1];
+  int64_t V = n->ia[0], Vr = n->in[1]->shape[0];
+  int rank = c ? c->rank : 0;
+  TableX x;
+  table_route(c, n, in[0], N, &x);
+  int64_t lo = ir_table_first(V, x.P, rank);
+  if (Vr != ir_table_first(V, x.P, rank + 1) - lo)
+    mc_die("layer '%s': device %d holds %lld rows of the table, not its range's",
+           n->layer ? n->layer : "?", rank, (long long)Vr);
+  size_t rb = (size_t)D * elem;
+  char *mine = mc_malloc((size_t)MC_MAX(x.nr, 1) * rb), *got = mc_malloc((size_t)MC_MAX(N, 1) * rb);
+  for (int64_t j = 0; j < x.nr; j++) /* the rows others asked for, in the order they came */
+    memcpy(mine + (size_t)j * rb, (const char *)in[1] + (size_t)(x.rid[j] - lo) * rb, rb);
+  table_rows(c, &x, mine, x.rn, got, x.n, rb);
+  for (int64_t j = 0; j < N; j++)
+    memcpy((char *)out[0] + (size_t)x.pos[j] * rb, got + (size_t)j * rb, rb);
+  mc_free(mine);
+  mc_free(got);
+  table_count(ctx, &x, rank, CK_TABLE_GATHER, t0, N, rb, true);
+  table_free(&x);
+}
+
+/* (ids i32[N], g[N,D]) -> dW[V_r,D]: the rows go to their owners (the ids' order within
+ * each owner), which add them in rank order, each source's in position order: the global
+ * batch's order, the order embedding_bwd adds them on one device (the same bits). */
+static void table_scatter(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
+                          size_t elem) {
+  Comm *c = rows_comm(ctx, n);
+  double t0 = mc_now();
+  int64_t N = n->in[0]->numel, D = n->in[1]->shape[n->in[1]->ty.rank - 1];
+  int64_t V = n->ia[0], Vr = n->out[0]->shape[0];
+  int rank = c ? c->rank : 0;
+  TableX x;
+  table_route(c, n, in[0], N, &x);
+  int64_t lo = ir_table_first(V, x.P, rank);
+  MOEC_ASSERT(Vr == ir_table_first(V, x.P, rank + 1) - lo);
+  size_t rb = (size_t)D * elem;
+  char *send = mc_malloc((size_t)MC_MAX(N, 1) * rb),
+       *recv = mc_malloc((size_t)MC_MAX(x.nr, 1) * rb);
+  for (int64_t j = 0; j < N; j++)
+    memcpy(send + (size_t)j * rb, (const char *)in[1] + (size_t)x.pos[j] * rb, rb);
+  table_rows(c, &x, send, x.n, recv, x.rn, rb);
+  memset(out[0], 0, (size_t)Vr * rb);
+  for (int64_t j = 0; j < x.nr; j++) {
+    const char *row = recv + (size_t)j * rb;
+    int64_t v = x.rid[j] - lo;
+    if (elem == sizeof(float)) {
+      float *d = (float *)out[0] + v * D, xv;
+      for (int64_t q = 0; q < D; q++) { /* rows of a byte buffer: copied, not cast */
+        memcpy(&xv, row + (size_t)q * sizeof xv, sizeof xv);
+        d[q] += xv;
+      }
+    } else {
+      double *d = (double *)out[0] + v * D, xv;
+      for (int64_t q = 0; q < D; q++) {
+        memcpy(&xv, row + (size_t)q * sizeof xv, sizeof xv);
+        d[q] += xv;
+      }
+    }
+  }
+  mc_free(send);
+  mc_free(recv);
+  table_count(ctx, &x, rank, CK_TABLE_SCATTER, t0, N, rb, false);
+  table_free(&x);
+}
+
+static void table_gather_f32(const KernelCtx *ctx, const Node *n, void *const *in,
+                             void *const *out) {
+  table_gather(ctx, n, in, out, sizeof(float));
+}
+static void table_gather_f64(const KernelCtx *ctx, const Node *n, void *const *in,
+                             void *const *out) {
+  table_gather(ctx, n, in, out, sizeof(double));
+}
+static void table_scatter_f32(const KernelCtx *ctx, const Node *n, void *const *in,
+                              void *const *out) {
+  table_scatter(ctx, n, in, out, sizeof(float));
+}
+static void table_scatter_f64(const KernelCtx *ctx, const Node *n, void *const *in,
+                              void *const *out) {
+  table_scatter(ctx, n, in, out, sizeof(double));
+}
+
 void rt_kern_rows_register(KernelFn *f32, KernelFn *f64) {
   f32[OP_ALL_GATHER_ROWS] = all_gather_rows_f32;
   f64[OP_ALL_GATHER_ROWS] = all_gather_rows_f64;
   f32[OP_SPARSE_ALL_REDUCE] = sparse_all_reduce_f32;
   f64[OP_SPARSE_ALL_REDUCE] = sparse_all_reduce_f64;
+  f32[OP_TABLE_GATHER] = table_gather_f32;
+  f64[OP_TABLE_GATHER] = table_gather_f64;
+  f32[OP_TABLE_SCATTER] = table_scatter_f32;
+  f64[OP_TABLE_SCATTER] = table_scatter_f64;
 }

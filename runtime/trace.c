@@ -23,6 +23,8 @@ static const char *category(const Program *p, const Node *n, int k) {
   switch (n->op) {
   case OP_ALL_TO_ALL:
   case OP_ALL_TO_ALL_BACK:
+  case OP_TABLE_GATHER:
+  case OP_TABLE_SCATTER:
     return "all-to-all";
   case OP_ALL_REDUCE:
   case OP_SPARSE_ALL_REDUCE:

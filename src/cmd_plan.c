@@ -45,7 +45,7 @@ static void usage(FILE *out) {
 }
 
 static const char *part_name(PartKind p) {
-  static const char *n[] = {"-", "replicated", "batch", "experts", "partial"};
+  static const char *n[] = {"-", "replicated", "batch", "experts", "partial", "rows"};
   return n[p];
 }
 
@@ -184,7 +184,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
       for (int j = 0; j < m->nout; j++)
         parts |= 1u << m->out[j]->part;
     }
-    for (int p = 1; p <= PART_PARTIAL; p++)
+    for (int p = 1; p <= PART_ROWS; p++)
       if (parts & (1u << p))
         snprintf(pb + strlen(pb), sizeof pb - strlen(pb), "%s%s", pb[0] ? "," : "",
                  part_name((PartKind)p));
@@ -198,6 +198,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
     printf("  %-22s %-20s %-10s %s\n", t->name, type_str(&t->ty, buf, sizeof buf),
            part_name(t->part),
            t->part == PART_EXPERTS ? "gradient stays on its device"
+           : t->part == PART_ROWS  ? "rows sharded over the devices, gradient to their owners"
            : t->grad && t->grad->producer && t->grad->producer->op == OP_ALL_REDUCE
                ? "gradient all-reduced"
                : "");

@@ -42,7 +42,7 @@ typedef struct DevPreset {
 } DevPreset;
 
 /* K40_HALF: the one fitted constant (docs/placement.md: the fit and its row). */
-#define K40_HALF 190
+#define K40_HALF 505
 #define K40_G 3200.0
 #define K40_BW 288.0
 #define SCALED_HALF(g, bw) (K40_HALF * ((double)(g) / (bw)) / (K40_G / K40_BW))

@@ -8,9 +8,13 @@
 # the factored optimizer with sharded experts (factored), memory per device = plan (memory),
 # both with sharded hmoe groups (hmoe_factored, hmoe_memory); a sampled softmax and an
 # embedding whose gradients' touched rows travel (sparse_all_reduce) (sampled); moe
-# capacity: the global drop decision and expert rows sized by it (capacity).
-foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard f64 errors subsets subsets_mpi factored memory hmoe_factored hmoe_memory sampled capacity)
+# capacity: the global drop decision and expert rows sized by it (capacity); an embedding
+# table sharded by rows over the devices (tables).
+foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard f64 errors subsets subsets_mpi factored memory hmoe_factored hmoe_memory sampled capacity tables)
   add_test(NAME multidev_${case}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_multidev.sh $<TARGET_FILE:moec> ${case})
   set_tests_properties(multidev_${case} PROPERTIES TIMEOUT 150 SKIP_RETURN_CODE 77 LABELS "multidev")
 endforeach()
+# tables: 14 runs (1..4 devices, MPI, checkpoints, memory on 1, 2, 4): ~50 s here, 4 min
+# under the sanitizers on a loaded machine
+set_tests_properties(multidev_tables PROPERTIES TIMEOUT 600)

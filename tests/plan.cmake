@@ -117,6 +117,12 @@ add_test(NAME plan_run_md_hmoe2
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_run.sh $<TARGET_FILE:moec>
                  ${CMAKE_CURRENT_SOURCE_DIR}/multidev/md_hmoe2.moe)
 set_tests_properties(plan_run_md_hmoe2 PROPERTIES TIMEOUT 120 LABELS "plan;multidev")
+# an embedding table sharded by rows (plan.tables = sharded): its table_gather and
+# table_scatter move the rows the plan says, and a device holds its rows only.
+add_test(NAME plan_run_md_tables
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_run.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/multidev/md_sampled.moe --tables sharded)
+set_tests_properties(plan_run_md_tables PROPERTIES TIMEOUT 120 LABELS "plan;multidev")
 
 # hmoe's two-level exchange on 2 nodes x 4 devices: ~1/k of paper's all-to-all bytes,
 # fewer bytes between nodes, a shorter predicted step (plan and simulate; tests/test_plan_hmoe.sh).

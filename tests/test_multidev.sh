@@ -9,7 +9,7 @@
 # (skipped) without mpirun.
 # CASE: paper | round_robin | data_parallel | hmoe | batchwise | balanced | mpi | reshard |
 # f64 | errors | subsets | subsets_mpi | factored | memory | hmoe_factored | hmoe_memory |
-# sampled | capacity
+# sampled | capacity | tables
 set -u
 MOEC=$1
 CASE=$2
@@ -551,6 +551,52 @@ subsets | subsets_mpi)
   sub twice 4 'loss : on(1, 1)'
   out=$("$MOEC" run "$W/twice.moe" --devices 4 2>&1) && fail "on(1, 1) ran"
   echo "$out" | grep -q "device 1 is listed twice" || fail "on(1, 1): $out"
+  ;;
+tables)
+  # plan.tables = sharded: the embedding's [V, D] table split by rows over the devices
+  # (table_gather: ids to their owners, rows back; table_scatter: the rows' gradients to
+  # their owners); the same losses on 1..4 devices and 2 MPI ranks, a device holding its
+  # rows only (memory = plan, falling with P), checkpoints whole (saved on 4, loaded on 1)
+  model paper contiguous md_sampled '  tables = sharded\n'
+  "$MOEC" ir "$W/m.moe" --after comm --devices 2 >"$W/ir.txt" || fail "tables: moec ir"
+  grep -q '= table_gather(tokens, emb.weight)' "$W/ir.txt" || fail "tables: no table_gather"
+  grep -q 'emb.weight.grad@rows = table_scatter(' "$W/ir.txt" || fail "tables: no table_scatter"
+  grep -q 'all_reduce.*emb\.weight\.grad' "$W/ir.txt" && fail "tables: emb.weight all-reduced"
+  "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 | grep -q 'emb.weight.*f32\[683, 16\]' ||
+    fail "tables: device 1 of 3 does not hold rows [682, 1365) of emb.weight"
+  cp "$HERE/multidev/md_sampled.moe" "$W/r.moe" # the setting as a flag, checked like the file's
+  "$MOEC" ir "$W/r.moe" --after comm --devices 2 --set plan.tables=sharded | grep -q table_scatter ||
+    fail "tables: --set plan.tables=sharded"
+  out=$("$MOEC" check "$W/r.moe" --tables rows 2>&1) && fail "tables: --tables rows accepted"
+  echo "$out" | grep -q "error: 'tables' must be replicated or sharded, got 'rows'" ||
+    fail "tables: --tables rows: $out"
+  losses d1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    losses d$p "$MOEC" run "$W/m.moe" --devices $p
+    same d1 d$p
+    same_aux d1 d$p
+  done
+  losses t2 "$MOEC" run "$W/m.moe" --devices 2 --tables replicated
+  same d1 t2
+  losses f1 "$MOEC" run "$W/m.moe" --f64 # double: the gather and scatter at 8 bytes an element
+  losses f3 "$MOEC" run "$W/m.moe" --f64 --devices 3
+  same f1 f3 1e-12
+  if command -v mpirun >/dev/null 2>&1; then
+    losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same d1 mpi2
+  fi
+  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/t4.safetensors" >"$W/s4.out" 2>&1 ||
+    { cat "$W/s4.out"; fail "tables: save on 4 devices"; }
+  "$MOEC" run "$W/m.moe" --quiet --save "$W/t1.safetensors" >"$W/s1.out" 2>&1 || fail "tables: save on 1"
+  e4=$("$MOEC" eval "$W/m.moe" --load "$W/t4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  e1=$("$MOEC" eval "$W/m.moe" --load "$W/t1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  echo "tables eval loss: saved on 4 devices $e4, trained on 1 $e1"
+  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "a checkpoint of sharded tables from 4 devices evaluates differently ($e4 vs $e1)"
+  # resumed on 2 devices from the 4-device checkpoint: each device takes its rows
+  "$MOEC" run "$W/m.moe" --devices 2 --steps 1 --quiet --load "$W/t4.safetensors" >"$W/l2.out" 2>&1 ||
+    { cat "$W/l2.out"; fail "tables: load on 2 devices"; }
+  mem_falls tables
   ;;
 *) fail "unknown case $CASE" ;;
 esac

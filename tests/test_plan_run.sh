@@ -1,5 +1,6 @@
 #!/bin/sh
-# test_plan_run.sh MOEC EXAMPLE.moe: the plan is what runs. For EXAMPLE under every
+# test_plan_run.sh MOEC EXAMPLE.moe [FLAGS...]: the plan is what runs (FLAGS: settings for
+# both, e.g. --tables sharded). For EXAMPLE under every
 # strategy on 1, 2 and 4 in-process devices, hmoe also on a 2x2 mesh (a small batch, 2
 # steps, no evaluation),
 # `moec plan --format json` and `moec run --json` must agree:
@@ -17,7 +18,8 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 PY=${MOEC_PYTHON:-python3}
 name=$(basename "$MODEL" .moe)
-set -- --batch 8 --unroll 4 --steps 2 --seed 3
+shift 2
+set -- --batch 8 --unroll 4 --steps 2 --seed 3 "$@"
 n=0
 for strategy in paper data_parallel hmoe; do
   # hmoe also on a 2x2 mesh (4m): its two-level exchange, groups kept within a node
