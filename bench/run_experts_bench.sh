@@ -5,6 +5,7 @@
 #
 #   bench/run_experts_bench.sh [--experts "16 64 256 1024"] [--steps N]
 #                              [--optimizer "adam factored"] [--cpu-time]
+#                              [--baseline OTHER_OP_PROFILE]
 #
 # Compute per token does not grow with the experts (each token visits k of them); what
 # must grow is the gate (x . w_gate and x . w_noise are D x E, and the gating ops on
@@ -15,6 +16,8 @@
 # step's ratio to the first E. Results also in build/bench/experts.txt. OP_PROFILE=path overrides build/op_profile. --cpu-time: the
 # process's CPU time rather than the wall clock (op_profile --cpu-time; with
 # MOEC_THREADS=1, the one-thread work a step, robust to other load on the machine).
+# --baseline B: another build's op_profile (e.g. main's) run just before this one on
+# each model, a "before" row above each "after" row: A/B side by side, same minutes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -22,13 +25,15 @@ experts="16 64 256 1024"
 steps=5
 opt=adam
 timing=()
+baseline=
 while [ $# -gt 0 ]; do
   case "$1" in
     --experts) experts="$2"; shift ;;
     --steps) steps="$2"; shift ;;
     --optimizer) opt="$2"; shift ;;
     --cpu-time) timing=(--cpu-time) ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --baseline) baseline="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_experts_bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -38,6 +43,7 @@ for o in $opt; do
 done
 prof="${OP_PROFILE:-build/op_profile}"
 [ -x "$prof" ] || { echo "run_experts_bench: $prof is missing: run scripts/setup first" >&2; exit 1; }
+[ -z "$baseline" ] || [ -x "$baseline" ] || { echo "run_experts_bench: baseline $baseline is not an executable" >&2; exit 1; }
 out=build/bench
 mkdir -p "$out"
 : >"$out/experts.txt"
@@ -46,27 +52,34 @@ for o in $opt; do
   for e in $experts; do
     f="$out/experts_${o}_$e"
     sed "s/experts=16/experts=$e/; s/adam(lr=1e-3)/$o(lr=1e-3)/" bench/lm_bench.moe >"$f.moe"
-    load=$(cut -d' ' -f1-3 /proc/loadavg)
-    "$prof" "${timing[@]}" "$f.moe" "$steps" >"$f.txt"
     params=$(build/moec check "$f.moe" --json 2>/dev/null |
       /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin).get("params", 0))' 2>/dev/null || echo 0)
-    echo "$o $e $params $load $(tail -n 1 "$f.txt")" >>"$out/experts.txt"
-    echo "  $o, $e experts done ($(head -n 1 "$f.txt" | sed 's/.*timed steps, //; s/:.*//'))"
+    runs="now"
+    [ -z "$baseline" ] || runs="before after"
+    for run in $runs; do
+      bin="$prof"
+      [ "$run" = before ] && bin="$baseline"
+      load=$(cut -d' ' -f1-3 /proc/loadavg)
+      "$bin" "${timing[@]}" "$f.moe" "$steps" >"$f.$run.txt"
+      echo "$o $run $e $params $load $(tail -n 1 "$f.$run.txt")" >>"$out/experts.txt"
+      echo "  $o, $e experts, $run done ($(head -n 1 "$f.$run.txt" | sed 's/.*timed steps, //; s/:.*//'))"
+    done
   done
 done
 /usr/bin/python3 - "$out/experts.txt" <<'PY'
 import json, sys
 rows = []
 for l in open(sys.argv[1]):
-    o, e, params, l1, l5, l15, js = l.split(" ", 6)
-    rows.append((o, int(e), int(params), l1, json.loads(js)))
+    o, run, e, params, l1, l5, l15, js = l.split(" ", 7)
+    rows.append((o, run, int(e), int(params), l1, json.loads(js)))
 keys = ["gate", "dispatch", "experts", "optimizer", "other"]
-print(f"{'optim':>8} {'experts':>7} {'params':>8} {'ms/step':>8} {'x':>5}  " +
+print(f"{'optim':>8} {'run':>6} {'experts':>7} {'params':>8} {'ms/step':>8} {'x':>5}  " +
       " ".join(f"{k:>9}" for k in ["gate", "dispatch", "expertGEMM", "optimizer", "other"]) +
       "  load")
 base = {}
-for o, e, p, ld, d in rows:
-    base.setdefault(o, d["ms_step"])  # each optimizer's first E
-    print(f"{o:>8} {e:>7} {p / 1e6:7.1f}M {d['ms_step']:8.1f} {d['ms_step'] / base[o]:5.2f}  " +
+for o, run, e, p, ld, d in rows:
+    base.setdefault((o, run), d["ms_step"])  # each optimizer's (and binary's) first E
+    print(f"{o:>8} {run:>6} {e:>7} {p / 1e6:7.1f}M {d['ms_step']:8.1f} " +
+          f"{d['ms_step'] / base[(o, run)]:5.2f}  " +
           " ".join(f"{d['ms_' + k]:9.1f}" for k in keys) + f"  {ld}")
 PY

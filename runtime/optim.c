@@ -130,6 +130,8 @@ typedef struct OptJob {
   double *part;           /* [ns]: the tasks' sums of squares, in task order (0 if none) */
   unsigned char *nonzero; /* [factored matrices]: its gradient has a nonzero */
   double *rmean;          /* [factored matrices]: mean row moment */
+  double **csqrt;         /* [factored matrices split in spans]: sqrt of each column moment */
+  int64_t nfmat;          /* factored matrices */
 } OptJob;
 
 /* Rows per task (and per norm partial) of a factored matrix's row moments. */
@@ -210,18 +212,27 @@ static double opt_phase(OptJob *J, int phase) {
   if (phase == 1) {
     J->nonzero = mc_calloc((size_t)MC_MAX(nm, 1), 1);
     J->rmean = mc_calloc((size_t)MC_MAX(nm, 1), sizeof(double));
+    J->csqrt = mc_calloc((size_t)MC_MAX(nm, 1), sizeof(double *));
+    J->nfmat = nm;
   }
   J->part = mc_calloc((size_t)MC_MAX(J->ns, 1), sizeof(double));
   rt_parallel(J->nt, opt_task, J);
   double ss = 0;
   for (int64_t k = 0; k < J->ns; k++)
     ss += J->part[k];
-  if (phase == 1) /* the factored matrices' row means, for phase 2 */
+  if (phase == 1) /* the split factored matrices' row means and sqrt(C_j), for phase 2 */
     for (int64_t k = 0; k < J->nt; k++) {
       const OptTask *t = &J->t[k];
-      if (t->kind == OT_FROWS && t->lo == 0)
-        J->rmean[t->m] = J->o->elem == sizeof(double) ? rmean_f64(J->o, t->i, t->l, t->rows)
-                                                      : rmean_f32(J->o, t->i, t->l, t->rows);
+      if (t->kind != OT_FROWS || t->lo != 0) continue;
+      bool f64 = J->o->elem == sizeof(double);
+      J->rmean[t->m] =
+          f64 ? rmean_f64(J->o, t->i, t->l, t->rows) : rmean_f32(J->o, t->i, t->l, t->rows);
+      double *sc = J->csqrt[t->m] = mc_malloc((size_t)t->cols * sizeof(double));
+      const void *vc = (const char *)J->o->vc[t->i] + (size_t)(t->l * t->cols) * J->o->elem;
+      if (f64)
+        fcol_sqrt_f64(sc, vc, t->cols);
+      else
+        fcol_sqrt_f32(sc, vc, t->cols);
     }
   mc_free(J->t);
   mc_free(J->part);
@@ -275,6 +286,9 @@ static void opt_update(Optim *o, float *const *params, float *const *grads, doub
   J.fuse_norm = !have;
   double ss = opt_phase(&J, 1);
   if (o->kind == OPT_FACTORED) opt_phase(&J, 2);
+  for (int64_t m = 0; J.csqrt && m < J.nfmat; m++)
+    mc_free(J.csqrt[m]);
+  mc_free(J.csqrt);
   mc_free(J.nonzero);
   mc_free(J.rmean);
   if (!have) {

@@ -2,7 +2,8 @@
 # not timed tests: bench/run_lm_bench.sh runs them). op_profile is built with the
 # project's warnings, and run for one step on a small model (optim_bench: one update
 # of two experts); lm_torch.py runs two
-# steps of a tiny configuration (skipped without torch).
+# steps of a tiny configuration (skipped without torch); run_experts_bench.sh its A/B
+# mode on 4 experts.
 add_executable(op_profile ${CMAKE_SOURCE_DIR}/bench/op_profile.c)
 target_link_libraries(op_profile PRIVATE moeccore)
 target_compile_options(op_profile PRIVATE ${MOEC_WARN})
@@ -23,3 +24,10 @@ add_test(NAME bench_lm_torch
          COMMAND sh -c "if ! '${MOEC_TORCH_PYTHON}' -c 'import torch' 2>/dev/null; then echo 'SKIP: no torch in ${MOEC_TORCH_PYTHON}'; exit 77; fi; exec '${MOEC_TORCH_PYTHON}' '${CMAKE_SOURCE_DIR}/bench/lm_torch.py' --vocab 100 --dim 16 --experts 4 --hidden 8 --k 2 --batch 4 --unroll 5 --steps 2 --warmup 1 --threads 1 --json")
 set_tests_properties(bench_lm_torch PROPERTIES TIMEOUT 60 LABELS bench SKIP_RETURN_CODE 77
                      PASS_REGULAR_EXPRESSION "\"tokens_per_s\"")
+# run_experts_bench.sh's A/B mode on 4 experts, one step: a before and an after row
+add_test(NAME bench_experts_ab
+         COMMAND env OP_PROFILE=${CMAKE_BINARY_DIR}/op_profile
+                 bash ${CMAKE_SOURCE_DIR}/bench/run_experts_bench.sh --experts 4 --steps 1
+                 --baseline ${CMAKE_BINARY_DIR}/op_profile)
+set_tests_properties(bench_experts_ab PROPERTIES TIMEOUT 120 LABELS bench
+                     PASS_REGULAR_EXPRESSION "adam +before +4 .*adam +after +4 ")

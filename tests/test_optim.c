@@ -562,10 +562,11 @@ static void test_state_mismatch(void) {
             vcl[c] = (S)(b2 * vcl[c] + (1.0 - b2) * (colsum[c] / (double)rows));                   \
           double rmean = rsum / (double)rows;                                                      \
           for (int64_t rr = 0; rr < rows; rr++)                                                    \
-            for (int64_t c = 0; c < cols; c++) {                                                   \
+            for (int64_t c = 0; c < cols; c++) { /* sqrt(V / bc2) as a row and a column factor */  \
               double g = gl[rr * cols + c] * scale;                                                \
-              double vhat = rmean > 0 ? (double)vrl[rr] * vcl[c] / rmean : 0.0;                    \
-              pl[rr * cols + c] = (S)(pl[rr * cols + c] - lr * g / (sqrt(vhat / bc2) + eps));      \
+              double sr = rmean > 0 ? sqrt((double)vrl[rr] / (rmean * bc2)) : 0.0;                 \
+              pl[rr * cols + c] =                                                                  \
+                  (S)(pl[rr * cols + c] - lr * g / (sr * sqrt((double)vcl[c]) + eps));             \
             }                                                                                      \
         }                                                                                          \
         mc_free(colsum);                                                                           \

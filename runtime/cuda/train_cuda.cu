@@ -337,8 +337,8 @@ __global__ void fmat_update_kernel(float *p, const float *g, const float *vr, co
   GRID_STRIDE(i, lead * rows * cols) {
     int64_t c = i % cols, lr_ = i / cols, l = lr_ / rows;
     double gk = (double)g[i] * scale, rm = rmean[l];
-    double vhat = rm > 0 ? (double)vr[lr_] * (double)vc[l * cols + c] / rm : 0.0;
-    p[i] = (float)((double)p[i] - lr * gk / (sqrt(vhat / bc2) + eps));
+    double sr = rm > 0 ? sqrt((double)vr[lr_] / (rm * bc2)) : 0.0; /* optim.inc's frow_scale */
+    p[i] = (float)((double)p[i] - lr * gk / (sr * sqrt((double)vc[l * cols + c]) + eps));
   }
 }
 
