@@ -237,7 +237,11 @@ static Route route_make(const Graph *g, int P, const PlanLoads *loads, double zi
       if (d >= 0 && d < P) {
         r.share[m][d] += w[e];
         r.mine[m][d]++;
-      }
+      } else if (d < 0) /* replicated (data_parallel): every device runs it on its rows */
+        for (int dd = 0; dd < P; dd++) {
+          r.share[m][dd] += w[e] / P;
+          r.mine[m][dd]++;
+        }
     }
   }
   return r;
@@ -352,12 +356,16 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
     if (n->op == OP_GROUPED_MATMUL) M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
     for (int e = 0; e < r->E[m]; e++) {
       int d = placed ? g->moe_expert_dev[m][e] : 0;
-      if (d < 0 || d >= P) continue;
-      double Re = R * r->w[m][e];
+      if (d >= P) continue;
+      /* a replicated expert (data_parallel) runs on every device, on its 1/P of the rows */
+      int lo = d < 0 ? 0 : d, hi = d < 0 ? P : d + 1;
+      double Re = R * r->w[m][e] / (d < 0 ? P : 1);
       double x = launch +
                  (n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re));
-      t[d] += x; /* node_times adds the device's expert seconds, factor applied */
-      if (dc) dc[d].expert_flops += 2 * Re * M * K;
+      for (int dd = lo; dd < hi; dd++) {
+        t[dd] += x; /* node_times adds the device's expert seconds, factor applied */
+        if (dc) dc[dd].expert_flops += 2 * Re * M * K;
+      }
     }
     return;
   }
