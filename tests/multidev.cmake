@@ -18,3 +18,6 @@ endforeach()
 # tables: 14 runs (1..4 devices, MPI, checkpoints, memory on 1, 2, 4): ~50 s here, 4 min
 # under the sanitizers on a loaded machine
 set_tests_properties(multidev_tables PROPERTIES TIMEOUT 600)
+# MPI jobs: ~40 s here alone; a rank waits on the others, so a loaded machine (a build
+# beside the suite) stretches them past 150 s
+set_tests_properties(multidev_mpi multidev_subsets_mpi PROPERTIES TIMEOUT 300)

@@ -52,6 +52,18 @@ mpi_env() {
     timeout 120 mpirun --oversubscribe -np "$@"
 }
 
+ck_4_eq_1() { # ck_4_eq_1 TAG: $W/m.moe saved on 4 devices ($W/TAG4.safetensors) evaluates
+  # as trained on 1 ($W/TAG1.safetensors), to 1e-5
+  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/${1}4.safetensors" >"$W/s4.out" 2>&1 ||
+    { cat "$W/s4.out"; fail "$1: save on 4 devices"; }
+  "$MOEC" run "$W/m.moe" --quiet --save "$W/${1}1.safetensors" >"$W/s1.out" 2>&1 || fail "$1: save on 1"
+  e4=$("$MOEC" eval "$W/m.moe" --load "$W/${1}4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  e1=$("$MOEC" eval "$W/m.moe" --load "$W/${1}1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  echo "$1: eval loss saved on 4 devices $e4, trained on 1 $e1"
+  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "$1: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+}
+
 mem_falls() { # mem_falls TAG [factored]: $W/m.moe's memory per device on 1, 2, 4 devices
   # (`moec run --json`) = the plan's, falling with P; its eval losses = one device's
   [ "${2:-}" = factored ] && sed -i 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe"
@@ -153,14 +165,7 @@ hmoe)
   "$MOEC" ir "$W/m.moe" --after comm --devices 2 | grep -q 'm.load_groups@sum = all_reduce' ||
     fail "no all_reduce of the group loads"
   # a checkpoint saved on 4 devices (group experts gathered) evaluates as on 1
-  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/h4.safetensors" >"$W/s4.out" 2>&1 ||
-    { cat "$W/s4.out"; fail "hmoe: save on 4 devices"; }
-  "$MOEC" run "$W/m.moe" --quiet --save "$W/h1.safetensors" >"$W/s1.out" 2>&1 || fail "hmoe: save on 1"
-  e4=$("$MOEC" eval "$W/m.moe" --load "$W/h4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/m.moe" --load "$W/h1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "hmoe eval loss: saved on 4 devices $e4, trained on 1 $e1"
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "an hmoe checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  ck_4_eq_1 h
   ;;
 batchwise)
   # batchwise gating: every expert takes the top m rows of the global batch
@@ -184,14 +189,7 @@ batchwise)
     fail "no all_gather_topm in the placed graph"
   # the inference thresholds trained on 4 devices are those of 1: the same eval loss
   # (evaluation routes by the thresholds)
-  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/b4.safetensors" >"$W/s4.out" 2>&1 ||
-    { cat "$W/s4.out"; fail "batchwise: save on 4 devices"; }
-  "$MOEC" run "$W/m.moe" --quiet --save "$W/b1.safetensors" >"$W/s1.out" 2>&1 || fail "bw: save on 1"
-  e4=$("$MOEC" eval "$W/m.moe" --load "$W/b4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/m.moe" --load "$W/b1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "batchwise eval loss: saved on 4 devices $e4, trained on 1 $e1"
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "a batchwise checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  ck_4_eq_1 b
   ;;
 balanced)
   # experts = balanced from a previous run's per-expert loads (--metrics "load": [...])
@@ -328,14 +326,7 @@ mpi)
   ;;
 reshard)
   model paper contiguous
-  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/ck4.safetensors" >"$W/s4.out" 2>&1 ||
-    { cat "$W/s4.out"; fail "save on 4 devices"; }
-  "$MOEC" run "$W/m.moe" --quiet --save "$W/ck1.safetensors" >"$W/s1.out" 2>&1 || fail "save on 1"
-  e1=$("$MOEC" eval "$W/m.moe" --load "$W/ck4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e0=$("$MOEC" eval "$W/m.moe" --load "$W/ck1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "eval loss: saved on 4 devices $e1, trained on 1 $e0"
-  awk -v a="$e0" -v b="$e1" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "a checkpoint from 4 devices evaluates differently ($e1 vs $e0)"
+  ck_4_eq_1 ck
   # resume the 4-device checkpoint on 1 and 2 devices: the same next losses
   sed -i 's/steps = 20/steps = 40/' "$W/m.moe"
   losses r1 "$MOEC" run "$W/m.moe" --load "$W/ck4.safetensors"
@@ -585,14 +576,7 @@ tables)
     losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
     same d1 mpi2
   fi
-  "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/t4.safetensors" >"$W/s4.out" 2>&1 ||
-    { cat "$W/s4.out"; fail "tables: save on 4 devices"; }
-  "$MOEC" run "$W/m.moe" --quiet --save "$W/t1.safetensors" >"$W/s1.out" 2>&1 || fail "tables: save on 1"
-  e4=$("$MOEC" eval "$W/m.moe" --load "$W/t4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/m.moe" --load "$W/t1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "tables eval loss: saved on 4 devices $e4, trained on 1 $e1"
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "a checkpoint of sharded tables from 4 devices evaluates differently ($e4 vs $e1)"
+  ck_4_eq_1 t
   # resumed on 2 devices from the 4-device checkpoint: each device takes its rows
   "$MOEC" run "$W/m.moe" --devices 2 --steps 1 --quiet --load "$W/t4.safetensors" >"$W/l2.out" 2>&1 ||
     { cat "$W/l2.out"; fail "tables: load on 2 devices"; }
