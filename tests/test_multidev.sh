@@ -52,16 +52,20 @@ mpi_env() {
     timeout 120 mpirun --oversubscribe -np "$@"
 }
 
+same_eval() { # same_eval MODEL REF.safetensors CK.safetensors WHAT: moec eval of both
+  # checkpoints gives the same test loss (relative 1e-5)
+  er=$("$MOEC" eval "$1" --load "$2" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  ec=$("$MOEC" eval "$1" --load "$3" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
+  echo "$4: eval loss $ec, reference $er"
+  awk -v a="$er" -v b="$ec" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
+    fail "$4: evaluates differently ($ec vs $er)"
+}
 ck_4_eq_1() { # ck_4_eq_1 TAG: $W/m.moe saved on 4 devices ($W/TAG4.safetensors) evaluates
   # as trained on 1 ($W/TAG1.safetensors), to 1e-5
   "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/${1}4.safetensors" >"$W/s4.out" 2>&1 ||
     { cat "$W/s4.out"; fail "$1: save on 4 devices"; }
   "$MOEC" run "$W/m.moe" --quiet --save "$W/${1}1.safetensors" >"$W/s1.out" 2>&1 || fail "$1: save on 1"
-  e4=$("$MOEC" eval "$W/m.moe" --load "$W/${1}4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/m.moe" --load "$W/${1}1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "$1: eval loss saved on 4 devices $e4, trained on 1 $e1"
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "$1: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  same_eval "$W/m.moe" "$W/${1}1.safetensors" "$W/${1}4.safetensors" "$1: a checkpoint saved on 4 devices"
 }
 
 mem_falls() { # mem_falls TAG [factored]: $W/m.moe's memory per device on 1, 2, 4 devices
@@ -287,11 +291,7 @@ mpi)
   mpi_env 2 "$MOEC" run "$W/m.moe" --quiet --save "$W/ckm.safetensors" >"$W/sm.out" 2>&1 ||
     { cat "$W/sm.out"; fail "save on 2 MPI ranks"; }
   "$MOEC" run "$W/m.moe" --quiet --save "$W/ck1.safetensors" >"$W/s1.out" 2>&1 || fail "save on 1"
-  em=$("$MOEC" eval "$W/m.moe" --load "$W/ckm.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e0=$("$MOEC" eval "$W/m.moe" --load "$W/ck1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  echo "eval loss: saved by 2 MPI ranks $em, by 1 device $e0"
-  awk -v a="$e0" -v b="$em" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "a checkpoint from 2 MPI ranks evaluates differently ($em vs $e0)"
+  same_eval "$W/m.moe" "$W/ck1.safetensors" "$W/ckm.safetensors" "a checkpoint saved by 2 MPI ranks"
   model paper contiguous
   # inconsistent files across ranks: one rank trains another seed
   sed 's/seed = 3/seed = 4/' "$W/m.moe" >"$W/other.moe"
@@ -507,10 +507,7 @@ subsets | subsets_mpi)
   "$MOEC" run "$W/dense.moe" --devices 4 --quiet --save "$W/ck4.safetensors" >"$W/s4.out" 2>&1 ||
     { cat "$W/s4.out"; fail "dense: save on 4 devices"; }
   "$MOEC" run "$W/dense.moe" --quiet --save "$W/ck1.safetensors" >"$W/s1.out" 2>&1 || fail "save on 1"
-  e4=$("$MOEC" eval "$W/dense.moe" --load "$W/ck4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/dense.moe" --load "$W/ck1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "dense: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  same_eval "$W/dense.moe" "$W/ck1.safetensors" "$W/ck4.safetensors" "dense: a checkpoint from 4 devices"
   sed -i 's/steps = 20/steps = 40/' "$W/dense.moe"
   losses r1 "$MOEC" run "$W/dense.moe" --load "$W/ck1.safetensors"
   losses r4 "$MOEC" run "$W/dense.moe" --load "$W/ck4.safetensors" --devices 4
@@ -523,10 +520,7 @@ subsets | subsets_mpi)
   losses exf4 "$MOEC" run "$W/exf.moe" --devices 4 --save "$W/exf4.safetensors"
   same exf1 exf4
   "$MOEC" run "$W/exf.moe" --quiet --save "$W/exf1.safetensors" >"$W/sf1.out" 2>&1 || fail "exf: save on 1"
-  e4=$("$MOEC" eval "$W/exf.moe" --load "$W/exf4.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  e1=$("$MOEC" eval "$W/exf.moe" --load "$W/exf1.safetensors" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
-  awk -v a="$e1" -v b="$e4" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
-    fail "exf: a checkpoint from 4 devices evaluates differently ($e4 vs $e1)"
+  same_eval "$W/exf.moe" "$W/exf1.safetensors" "$W/exf4.safetensors" "exf: a checkpoint from 4 devices"
   # errors: what device subsets do not support yet
   sub lstm 4 'h1 : on(0, 1)'
   out=$("$MOEC" run "$W/lstm.moe" --devices 4 2>&1) && fail "an LSTM on a device subset ran"
