@@ -531,6 +531,15 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
   return plan_cost_routed(g, devices, opt, k, NULL, 0);
 }
 
+/* A phase's time on this machine: its slowest device (mx), and no less than every device's
+ * work (sum) over the cores they share, plus what each waits anyway (extra); a device
+ * alone (alone) has every core. */
+static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum,
+                             double extra) {
+  if (k->cores <= 0) return mx;
+  return fmax(alone ? mx / k->cores : mx, sum / k->cores + extra);
+}
+
 double plan_collective_seconds(const Graph *g, const Node *n, int devices, const CostConsts *k) {
   Route r = route_make(g, devices, NULL, 0);
   double *t = mc_calloc((size_t)devices * 3, sizeof(double)), mx = 0, sum = 0;
@@ -539,7 +548,7 @@ double plan_collective_seconds(const Graph *g, const Node *n, int devices, const
     mx = fmax(mx, t[d]);
     sum += t[d];
   }
-  if (k->cores > 0) mx = fmax(mx, sum / k->cores); /* as plan_cost_routed */
+  mx = shared_cores_s(k, false, mx, sum, 0);
   mc_free(t);
   route_free(&r);
   return mx;
@@ -641,8 +650,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
         sum += acc[d];
         acc[d] = 0;
       }
-      if (k->cores > 0) /* devices on shared cores: one alone has all of them */
-        mx = fmax(devices == 1 ? mx / k->cores : mx, sum / k->cores);
+      mx = shared_cores_s(k, devices == 1, mx, sum, 0);
       step += mx;
     }
     if (!n) break;
@@ -665,7 +673,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
         mx = fmax(mx, t[d]);
       }
       /* devices on shared cores copy and sum on them too: their bytes over the cores */
-      if (k->cores > 0) mx = fmax(mx, sum / k->cores + wait);
+      mx = shared_cores_s(k, false, mx, sum, wait);
       step += mx;
       comm += mx;
       continue;
@@ -685,8 +693,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     opt_max = fmax(opt_max, ts);
     opt_sum += ts;
   }
-  step += k->cores > 0 ? fmax(devices == 1 ? opt_max / k->cores : opt_max, opt_sum / k->cores)
-                       : opt_max;
+  step += shared_cores_s(k, devices == 1, opt_max, opt_sum, 0);
   mc_free(acc);
   mc_free(t);
   mc_free(intra);
