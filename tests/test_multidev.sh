@@ -52,6 +52,15 @@ mpi_env() {
     timeout 120 mpirun --oversubscribe -np "$@"
 }
 
+same_1_234() { # same_1_234: $W/m.moe's losses and aux losses on 2, 3 and 4 devices are
+  # one device's ($W/d1 ... d4)
+  losses d1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    losses d$p "$MOEC" run "$W/m.moe" --devices $p
+    same d1 d$p
+    same_aux d1 d$p
+  done
+}
 same_eval() { # same_eval MODEL REF.safetensors CK.safetensors WHAT: moec eval of both
   # checkpoints gives the same test loss (relative 1e-5)
   er=$("$MOEC" eval "$1" --load "$2" --json | sed 's/.*"test_loss":\([^,}]*\).*/\1/')
@@ -218,12 +227,7 @@ sampled)
   done
   [ "$(grep -c '= sparse_all_reduce(' "$W/ir.txt")" -eq 3 ] ||
     fail "sampled: expected 3 sparse_all_reduce nodes (emb.weight, loss.weight, loss.bias)"
-  losses d1 "$MOEC" run "$W/m.moe"
-  for p in 2 3 4; do
-    losses d$p "$MOEC" run "$W/m.moe" --devices $p
-    same d1 d$p
-    same_aux d1 d$p
-  done
+  same_1_234
   if command -v mpirun >/dev/null 2>&1; then
     losses mpi2 mpi_env 2 "$MOEC" run "$W/m.moe"
     same d1 mpi2
@@ -555,12 +559,7 @@ tables)
   out=$("$MOEC" check "$W/r.moe" --tables rows 2>&1) && fail "tables: --tables rows accepted"
   echo "$out" | grep -q "error: 'tables' must be replicated or sharded, got 'rows'" ||
     fail "tables: --tables rows: $out"
-  losses d1 "$MOEC" run "$W/m.moe"
-  for p in 2 3 4; do
-    losses d$p "$MOEC" run "$W/m.moe" --devices $p
-    same d1 d$p
-    same_aux d1 d$p
-  done
+  same_1_234
   losses t2 "$MOEC" run "$W/m.moe" --devices 2 --tables replicated
   same d1 t2
   losses f1 "$MOEC" run "$W/m.moe" --f64 # double: the gather and scatter at 8 bytes an element
