@@ -23,7 +23,9 @@
  *   step time    per phase between collectives its slowest device's kernels, plus each
  *                collective at its slowest device (the runtime overlaps nothing), plus
  *                the optimizer (its parameters' elements read and written); devices on
- *                shared cores (cores > 0): a phase at least their work over the cores
+ *                shared cores (cores > 0): a phase at least their work over the cores;
+ *                past the last-level cache (llc_bytes) the optimizer and the expert
+ *                GEMMs' weights at no more than the memory's bandwidth (dram_gbs)
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
@@ -336,11 +338,40 @@ double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k) {
   return t;
 }
 
-/* Every parameter read and written (Adam: the parameter, its gradient and two moments
- * read, three written), a few calls. */
+/* Elements the optimizer reads and writes over param_bytes of parameters (Adam: the
+ * parameter, its gradient and two moments read, three written; factored: no first moment,
+ * the second's rows and columns negligible). */
+static double optim_elems_moved(double param_bytes, OptKind opt) {
+  return param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
+}
+
 double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k) {
-  double el = param_bytes / 4 * (opt == OPT_ADAM ? 7 : 5);
+  double el = optim_elems_moved(param_bytes, opt);
   return elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
+}
+
+/* A memory-bound phase whose devices together touch more than the last-level cache:
+ * no faster than the bytes it moves at the machine's memory bandwidth (0 within it). */
+static double dram_floor_s(const CostConsts *k, double touched, double moved) {
+  if (k->dram_gbs <= 0 || k->llc_bytes <= 0 || touched <= k->llc_bytes) return 0;
+  return moved / (k->dram_gbs * 1e9);
+}
+
+/* Bytes of expert weights an expert GEMM streams on all devices together (each expert's
+ * [K, M] read, or its gradient written, once per device that runs it); 0 for other nodes. */
+static double expert_weight_bytes(const Graph *g, const Node *n, const Route *r) {
+  if (!expert_gemm(g, n, r)) return 0;
+  int m = moe_of(g, n->layer);
+  bool placed = r->P > 1 && g->moe_expert_dev;
+  double K = (double)n->in[0]->shape[n->in[0]->ty.rank - 1];
+  double M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
+  if (n->op == OP_GROUPED_MATMUL) M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
+  double copies = 0;
+  for (int e = 0; e < r->E[m]; e++) {
+    int d = placed ? g->moe_expert_dev[m][e] : 0;
+    copies += d < 0 ? r->P : d < r->P;
+  }
+  return 4 * K * M * copies;
 }
 
 static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
@@ -636,21 +667,28 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   /* the step: phases of kernels between collectives; each phase as long as its slowest
    * device, each collective as long as its slowest device (nothing overlaps) */
   double *acc = mc_calloc((size_t)devices, sizeof(double));
+  double *acc_exp = mc_calloc((size_t)devices, sizeof(double)); /* of acc: expert GEMMs */
   double *t = mc_calloc((size_t)devices, sizeof(double));
   double *intra = mc_calloc((size_t)devices, sizeof(double));
   double *inter = mc_calloc((size_t)devices, sizeof(double));
-  double step = 0, comm = 0;
+  double step = 0, comm = 0, wbytes = 0; /* wbytes: the phase's expert weights streamed */
   for (int kk = 0; kk <= g->nnodes; kk++) {
     const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
     bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
     if (!n || coll) {
-      double mx = 0, sum = 0;
+      double mx = 0, sum = 0, mx_rest = 0, sum_rest = 0;
       for (int d = 0; d < devices; d++) {
         mx = fmax(mx, acc[d]);
         sum += acc[d];
-        acc[d] = 0;
+        mx_rest = fmax(mx_rest, acc[d] - acc_exp[d]);
+        sum_rest += acc[d] - acc_exp[d];
+        acc[d] = acc_exp[d] = 0;
       }
-      mx = shared_cores_s(k, devices == 1, mx, sum, 0);
+      /* the expert GEMMs no faster than their weights from memory, past the cache */
+      mx = fmax(shared_cores_s(k, devices == 1, mx, sum, 0),
+                shared_cores_s(k, devices == 1, mx_rest, sum_rest, 0) +
+                    dram_floor_s(k, wbytes, wbytes));
+      wbytes = 0;
       step += mx;
     }
     if (!n) break;
@@ -679,22 +717,29 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       continue;
     }
     node_times(g, n, &r, k, t, c.dev);
+    bool experts = expert_gemm(g, n, &r);
+    wbytes += expert_weight_bytes(g, n, &r);
     for (int d = 0; d < devices; d++) {
       acc[d] += t[d];
+      if (experts) acc_exp[d] += t[d];
       c.dev[d].compute_s += t[d];
     }
   }
-  /* the optimizer step */
-  double opt_max = 0, opt_sum = 0;
+  /* the optimizer step (the in-situ factor is the reference models' in-cache rate) */
+  double opt_max = 0, opt_sum = 0, touched = 0, moved = 0;
   double of = k->kfactor_optim[plan_kernel_set(k, devices)];
   for (int d = 0; d < devices && g->has_backward; d++) {
-    double ts = plan_optim_seconds(c.dev[d].param_bytes, opt, k) * (of > 0 ? of : 1);
+    double pb = c.dev[d].param_bytes, ts = plan_optim_seconds(pb, opt, k) * (of > 0 ? of : 1);
     c.dev[d].compute_s += ts;
     opt_max = fmax(opt_max, ts);
     opt_sum += ts;
+    touched += pb * (opt == OPT_ADAM ? 4 : 2);
+    moved += 4 * optim_elems_moved(pb, opt);
   }
-  step += shared_cores_s(k, devices == 1, opt_max, opt_sum, 0);
+  step += fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0),
+               dram_floor_s(k, touched, moved));
   mc_free(acc);
+  mc_free(acc_exp);
   mc_free(t);
   mc_free(intra);
   mc_free(inter);

@@ -122,6 +122,10 @@ typedef struct CostConsts {
   int cores;        /* devices share this many cores (in-process threads; gflops is one
                        core's): a phase takes at least its devices' work over the cores,
                        and one device alone uses them all. 0: every device its own */
+  double dram_gbs;  /* GB/s from memory with every core streaming (bytes read + written), */
+  double llc_bytes; /* past a last-level cache of llc_bytes: a memory-bound phase (the
+                       optimizer) whose devices together touch more streams at dram_gbs
+                       at best. 0: not modelled (moec calibrate measures both) */
   bool inproc;      /* the in-process communicator (a calibrated profile of this machine): an
                        all-reduce moves the whole vector per device at any device count (each
                        sums its segment of every buffer into every buffer) in two barriers,

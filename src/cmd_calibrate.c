@@ -114,6 +114,48 @@ static void gemm_on_thread(Comm *c, void *arg) {
   g->seconds = time_gemm(g->M, g->N, g->K, g->reps);
 }
 
+/* y += x over [lo, hi) (the memory-bandwidth probe's work) */
+static void add_range(void *arg, int64_t lo, int64_t hi) {
+  float *const *v = arg;
+  for (int64_t i = lo; i < hi; i++)
+    v[1][i] += v[0][i];
+}
+
+/* The machine's memory bandwidth with every core streaming: y += x over 2 x 128 MiB (8 x
+ * a 32 MiB last-level cache), 12 bytes an element; what a phase whose devices together
+ * touch more than the cache gets (docs/placement.md, "Memory-bound phases"). */
+static double time_dram(int reps) {
+  int64_t n = 32 << 20;
+  float *v[2] = {mc_calloc((size_t)n, sizeof(float)), mc_calloc((size_t)n, sizeof(float))};
+  rt_parallel_rows(n, 1, add_range, v); /* the pages mapped before timing */
+  double t = 1e30;
+  for (int r = 0; r < reps; r++) {
+    double t0 = mc_now();
+    rt_parallel_rows(n, 1, add_range, v);
+    t = fmin(t, mc_now() - t0);
+  }
+  mc_free(v[0]);
+  mc_free(v[1]);
+  return 12.0 * (double)n / t / 1e9;
+}
+
+/* The last-level cache's bytes (the largest cache sysfs lists for cpu0), 0 if unknown. */
+static double llc_bytes(void) {
+  double best = 0;
+  for (int i = 0; i < 8; i++) {
+    char path[96];
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    double x = 0;
+    char unit = 0;
+    if (fscanf(f, "%lf%c", &x, &unit) >= 1)
+      best = fmax(best, x * (unit == 'K' ? 1024 : unit == 'M' ? 1048576 : 1));
+    fclose(f);
+  }
+  return best;
+}
+
 static void usage(FILE *out) {
   fprintf(out, "usage: moec calibrate [-o PROFILE] [--quick]\n"
                "       mpirun -np N moec calibrate --mpi [-o PROFILE] [--quick]\n\n"
@@ -301,6 +343,7 @@ int cmd_calibrate(int argc, char **argv) {
   double elem_gbs = 12.0 * (double)n / et / 1e9;
   mc_free(ex);
   mc_free(ey);
+  double dram_gbs = time_dram(reps), llc = llc_bytes();
   /* in-process all-reduce between 2 devices: each sends 2(n-1)/n = 1 x the vector */
   static const int64_t sizes[] = {256, 8 << 20}; /* as all_reduce_times */
   double ts[2];
@@ -321,6 +364,8 @@ int cmd_calibrate(int argc, char **argv) {
   k.gemm_half = half;
   k.launch_us = launch;
   k.elem_gbs = elem_gbs;
+  k.dram_gbs = dram_gbs;
+  k.llc_bytes = llc;
   k.cores = rt_threads();
   k.link_gbs = link_gbs; /* the collectives' addends: beyond the model the profile gives */
   k.latency_us = latency_us;
@@ -341,11 +386,12 @@ int cmd_calibrate(int argc, char **argv) {
   fprintf(f,
           "{\"moec_profile\": 1, \"name\": \"calibrated\",\n"
           " \"gflops\": %.6g, \"gemm_half\": %.6g, \"launch_us\": %.6g, \"elem_gbs\": %.6g,\n"
+          " \"dram_gbs\": %.6g, \"llc_mib\": %.6g,\n"
           " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d,\n"
           " \"gemm\": [%s],\n"
           " \"kernels\": %s}\n",
-          gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads(),
-          grid.data ? grid.data : "", kern.data);
+          gflops, half, launch, elem_gbs, dram_gbs, llc / 1048576, link_gbs, latency_us,
+          rt_threads(), grid.data ? grid.data : "", kern.data);
   mc_buf_free(&grid);
   mc_buf_free(&kern);
   if (fclose(f) != 0) {
@@ -353,9 +399,10 @@ int cmd_calibrate(int argc, char **argv) {
     return 1;
   }
   printf("profile %s: GEMM %.4g GFLOP/s a core (s/(s+%.3g) of it at smallest side s), "
-         "launch %.3g us, elementwise %.3g GB/s, in-process link %.3g GB/s, %.3g us a step, "
-         "%d cores\n",
-         out, gflops, half, launch, elem_gbs, link_gbs, latency_us, rt_threads());
+         "launch %.3g us, elementwise %.3g GB/s (%.3g GB/s from memory, every core; a "
+         "%.3g MiB cache), in-process link %.3g GB/s, %.3g us a step, %d cores\n",
+         out, gflops, half, launch, elem_gbs, dram_gbs, llc / 1048576, link_gbs, latency_us,
+         rt_threads());
   printf("kernels in situ (measured / modelled, the reference models): step %.2fx on every "
          "core, %.2fx on one thread; optimizer %.2fx, %.2fx\n",
          ratio[0], ratio[1], k.kfactor_optim[0], k.kfactor_optim[1]);
@@ -401,6 +448,8 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
     snprintf(why, wlen, "its \"kernels\" factors are malformed (write it with moec calibrate)");
     ok = false;
   }
+  double dram = 0, llc = 0; /* optional: profiles written before they were measured */
+  if (ok && !(json_number(s, "dram_gbs", &dram) && json_number(s, "llc_mib", &llc))) dram = 0;
   mc_free(s);
   if (!ok) return false;
   k->name = "calibrated";
@@ -408,7 +457,8 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
   k->gemm_half = v[1];
   k->launch_us = v[2];
   k->elem_gbs = v[3];
-  if (k->per_node == 0 || k->inter_gbs == 0) { /* this machine: its link and cores */
+  if (k->per_node == 0 || k->inter_gbs == 0) { /* this machine: its link, cores, memory */
+    if (dram > 0 && llc > 0) k->dram_gbs = dram, k->llc_bytes = llc * 1048576;
     k->link_gbs = v[4] > 0 ? v[4] : k->link_gbs;
     k->inproc = true; /* measured on the in-process communicator */
     k->latency_us = v[5];
