@@ -20,6 +20,8 @@ import json, sys
 w = sys.argv[1]
 p = json.load(open(w + "/p.json"))
 k = p["kernels"]
+assert p["dram_gbs"] > 0 and p["llc_mib"] >= 0, (p.get("dram_gbs"), p.get("llc_mib"))
+del p["dram_gbs"], p["llc_mib"]  # the factors alone below (the memory rule is plan_unit's)
 for s in ("all_cores", "one_thread"):
     for op in ("matmul", "lstm", "lstm_bwd", "grouped_matmul", "dropout", "xent", "optimizer"):
         assert k[s][op] > 0, (s, op, k[s].get(op))

@@ -674,7 +674,41 @@ static void test_cost_routing(void) {
   done(&b);
 }
 
+/* Past the last-level cache the optimizer and the expert GEMMs' weights stream from
+ * memory: the step no shorter than the optimizer's bytes at dram_gbs; within the cache (or
+ * without the constants) the same step as before. */
+static void test_dram_floor(void) {
+  CostConsts k = {.name = "t",
+                  .gflops = 100,
+                  .link_gbs = 10,
+                  .latency_us = 1,
+                  .gemm_half = 16,
+                  .elem_gbs = 10,
+                  .launch_us = 1,
+                  .cores = 2};
+  Built b;
+  CHECK(lm(&b, 64, 4, 16, 8, 2, "  strategy = data_parallel\n"));
+  run_passes(&b, 2);
+  PlanCost c0 = plan_cost(b.g, 2, OPT_ADAM, &k);
+  CostConsts kin = k, kout = k;
+  kin.dram_gbs = kout.dram_gbs = 1e-3;
+  kin.llc_bytes = 1e18; /* everything fits */
+  kout.llc_bytes = 1;
+  PlanCost ci = plan_cost(b.g, 2, OPT_ADAM, &kin), co = plan_cost(b.g, 2, OPT_ADAM, &kout);
+  double moved = 0; /* Adam: 7 elements of 4 bytes a parameter, both devices */
+  for (int d = 0; d < 2; d++)
+    moved += 7 * c0.dev[d].param_bytes;
+  CHECK(c0.step_s > 0 && fabs(ci.step_s - c0.step_s) < 1e-15);
+  CHECK(co.step_s >= moved / (kout.dram_gbs * 1e9) && co.step_s > c0.step_s);
+  CHECK(fabs(co.comm_s - c0.comm_s) < 1e-15); /* collectives unchanged */
+  plan_cost_free(&c0);
+  plan_cost_free(&ci);
+  plan_cost_free(&co);
+  done(&b);
+}
+
 int main(void) {
+  test_dram_floor();
   test_cost_routing();
   test_bytes();
   test_gradients_stay();
