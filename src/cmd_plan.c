@@ -211,6 +211,14 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
         printf(" %d", g->moe_expert_dev[m][e]);
       printf("\n");
     }
+    /* hmoe's two-level exchange: the device each group's rows travel to first */
+    for (int m = 0; m < g->nmoe; m++) {
+      if (!g->moe_group_dev || !g->moe_group_dev[m] || g->moe_ngroups[m] <= 0) continue;
+      printf("  %s groups:", g->moe_names[m]);
+      for (int q = 0; q < g->moe_ngroups[m]; q++)
+        printf(" %d", g->moe_group_dev[m][q]);
+      printf("\n");
+    }
   }
   printf("\ncollectives per step (expected = uniform routing, remote rows (P-1)/P; upper = "
          "every row remote)\n");

@@ -19,6 +19,7 @@ for s in paper hmoe; do
     --format json >"$W/$s.json"
   "$MOEC" simulate "$EX/lm_moe256h.moe" --cluster 2x4xH100:ib --strategy $s --batch 1024 \
     >"$W/$s.sim"
+  "$MOEC" plan "$EX/lm_moe256h.moe" --devices 8 --mesh 2x4 --strategy $s >"$W/$s.txt"
 done
 /usr/bin/python3 - "$W" <<'PY'
 import json, re, sys
@@ -55,6 +56,19 @@ assert n_a2a(oh) == n_a2a(op) == 4, "hmoe does not exchange as often as paper (4
 assert inter(oh) < inter(op), "at the file's batch hmoe crosses the nodes no less than paper"
 assert op["cost_model"]["step_s"] > oh["cost_model"]["step_s"], \
     "plan at the file's batch: hmoe not faster than paper"
+# the text plan shows where each group's rows go: a device of the node holding its experts
+def maps(s):
+    t = open(f"{w}/{s}.txt").read()
+    ex = re.search(r"^  m: ([0-9 ]+)$", t, re.M)
+    gr = re.search(r"^  m groups: ([0-9 ]+)$", t, re.M)
+    return [int(x) for x in ex.group(1).split()], gr and [int(x) for x in gr.group(1).split()]
+_, none = maps("paper")
+assert none is None, "paper's plan prints group devices"
+ex, gr = maps("hmoe")
+assert len(ex) == 256 and gr is not None and len(gr) == 16, (len(ex), gr)
+for q, d in enumerate(gr):
+    assert all(e // 4 == d // 4 for e in ex[16 * q:16 * q + 16]), ("group", q, d)
+print("hmoe group -> device:", gr)
 sim = {}
 for s in ("paper", "hmoe"):
     t = open(f"{w}/{s}.sim").read()
