@@ -114,6 +114,8 @@ void plan_print_step(const Graph *g, const PlanCost *c, const char *routing) {
   if (k->gemm_half > 0) printf(", a GEMM at s/(s+%.3g) of it (s: its smallest side)", k->gemm_half);
   if (k->elem_gbs > 0) printf(", elementwise %.3g GB/s", k->elem_gbs);
   if (k->launch_us > 0) printf(", %.3g us a kernel call", k->launch_us);
+  if (k->dram_gbs > 0 && k->llc_bytes > 0)
+    printf(", memory %.3g GB/s past a %.3g MiB cache", k->dram_gbs, k->llc_bytes / 1048576);
   int j = plan_kernel_set(k, P);
   if (k->kfactor[j][OP_MATMUL] > 0)
     printf(", each op's time x its measured in-situ factor (matmul %.3g, %s), %.3g us a call",
@@ -423,11 +425,12 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
          c->comm_bytes_upper);
   printf(
       " \"cost_model\": {\"name\": \"%s\", \"gflops\": %g, \"link_gbs\": %g, \"latency_us\": %g, "
-      "\"gemm_half\": %g, \"elem_gbs\": %g, \"launch_us\": %g, \"per_node\": %d, "
+      "\"gemm_half\": %g, \"elem_gbs\": %g, \"dram_gbs\": %g, \"llc_bytes\": %g, "
+      "\"launch_us\": %g, \"per_node\": %d, "
       "\"inter_gbs\": %g, \"compute_s\": %.9g, \"comm_s\": %.9g, \"step_s\": %.9g, "
       "\"busiest\": %d},\n \"notes\": ",
       c->k.name, c->k.gflops, c->k.link_gbs, c->k.latency_us, c->k.gemm_half, c->k.elem_gbs,
-      c->k.launch_us, c->k.per_node, c->k.inter_gbs, c->compute_s, c->comm_s, c->step_s,
+      c->k.dram_gbs, c->k.llc_bytes, c->k.launch_us, c->k.per_node, c->k.inter_gbs, c->compute_s, c->comm_s, c->step_s,
       c->busiest);
   json_str(notes);
   printf("}\n");
