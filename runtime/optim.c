@@ -222,6 +222,9 @@ void rt_optim_fold(Optim *o, Program *p) {
                             .E = n->out[0]->shape[0],
                             .K = n->in[0]->shape[1],
                             .M = n->in[1]->shape[1]};
+      /* its pages now: the kernel writes another set of experts each step, and a page
+       * first written inside a step costs that step a fault (unfused, step 1 wrote all) */
+      memset(p->buf[n->out[0]->id], 0, (size_t)n->out[0]->numel * p->elem);
     }
   }
 }
