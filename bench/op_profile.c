@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
   if (d.errors) return 1;
 
   Graph *g = ir_build(f, &cfg);
-  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
+  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true, .fold_dw = true};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);

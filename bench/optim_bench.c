@@ -2,11 +2,14 @@
  * [E, 256, 512] and [E, 512, 256]), Adam and factored, timed apart from the step: the
  * figure op_profile's "optimizer" part holds, without the step's noise around it.
  *
- *   MOEC_THREADS=1 build/optim_bench [--cpu-time] [E (default 256)] [steps (default 5)]
+ *   MOEC_THREADS=1 build/optim_bench [--cpu-time] [--fold R] [E (default 256)] [steps (default 5)]
  *
  * One warm-up update (the moments' pages), then `steps` timed; prints ms a step and ns
  * a parameter for each optimizer. About an eighth of the experts get an all-zero
- * gradient (experts without rows). --cpu-time: the process's CPU time, as op_profile. */
+ * gradient (experts without rows). --cpu-time: the process's CPU time, as op_profile.
+ * --fold R (1..8): also the update with the gradient folded (docs/training.md): each
+ * expert R rows of xs and g, its dW made by the optimizer (rt_fold_dw) rather than read;
+ * the dense row's time plus grouped_matmul_dw's write is what the fold replaces. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,15 @@ int main(int argc, char **argv) {
   if (a < argc && !strcmp(argv[a], "--cpu-time")) {
     clock_id = CLOCK_PROCESS_CPUTIME_ID;
     a++;
+  }
+  int fold = 0;
+  if (a + 1 < argc && !strcmp(argv[a], "--fold")) {
+    fold = atoi(argv[a + 1]);
+    a += 2;
+    if (fold < 1 || fold > RT_FOLD_ROWS) {
+      fprintf(stderr, "optim_bench: --fold R takes 1..%d rows\n", RT_FOLD_ROWS);
+      return 2;
+    }
   }
   int64_t E = a < argc ? atoll(argv[a]) : 256;
   int steps = a + 1 < argc ? atoi(argv[a + 1]) : 5;
@@ -57,28 +69,52 @@ int main(int argc, char **argv) {
       gr[i][k] = (k / per) % 8 == 3 ? 0.0f : 1e-3f * (float)(k % 13);
     }
   }
+  /* folded: expert e's R rows of xs [E*R, in] and g [E*R, out] */
+  FoldDW fd[2] = {{0}};
+  float *fx[2] = {NULL, NULL}, *fg[2] = {NULL, NULL};
+  int32_t *off = mc_malloc((size_t)(E + 1) * sizeof(int32_t));
+  for (int64_t e = 0; e <= E; e++)
+    off[e] = (int32_t)(e * fold);
+  for (int i = 0; i < 2 && fold; i++) {
+    int64_t R = E * fold, in = shapes[i][1], out = shapes[i][2];
+    fx[i] = mc_malloc((size_t)(R * in) * sizeof(float));
+    fg[i] = mc_malloc((size_t)(R * out) * sizeof(float));
+    for (int64_t k = 0; k < R * in; k++)
+      fx[i][k] = 1e-2f * (float)(k % 11);
+    for (int64_t k = 0; k < R * out; k++)
+      fg[i][k] = 1e-2f * (float)(k % 5);
+    fd[i] = (FoldDW){fx[i], fg[i], off, gr[i], E, in, out};
+  }
   printf("optim_bench: %lld experts, %.1fM parameters, %d threads, %d steps%s\n", (long long)E,
          (double)n / 1e6, rt_threads(), steps,
          clock_id == CLOCK_PROCESS_CPUTIME_ID ? ", CPU time" : "");
-  for (int kind = 0; kind < 2; kind++) {
+  for (int run = 0; run < (fold ? 4 : 2); run++) {
+    int kind = run % 2;
     Config cfg = {.optimizer = kind ? OPT_FACTORED : OPT_ADAM,
                   .lr = 1e-3,
                   .beta1 = 0.9,
                   .beta2 = 0.999,
                   .eps = 1e-8};
     Optim *o = rt_optim_new(&cfg, &g);
+    if (run >= 2) { /* the folded pass (rt_optim_fold's table, made here) */
+      o->fold = mc_calloc(2, sizeof(FoldDW));
+      memcpy(o->fold, fd, sizeof fd);
+    }
     rt_optim_step(o, p, gr);
     double t0 = now();
     for (int s = 0; s < steps; s++)
       rt_optim_step(o, p, gr);
     double dt = (now() - t0) / steps;
-    printf("%-8s %9.1f ms/step %7.3f ns/param\n", kind ? "factored" : "adam", dt * 1e3,
-           dt * 1e9 / (double)n);
+    printf("%-8s%s %9.1f ms/step %7.3f ns/param\n", kind ? "factored" : "adam",
+           run >= 2 ? ", folded" : "", dt * 1e3, dt * 1e9 / (double)n);
     rt_optim_free(o);
   }
   for (int i = 0; i < 2; i++) {
     mc_free(p[i]);
     mc_free(gr[i]);
+    mc_free(fx[i]);
+    mc_free(fg[i]);
   }
+  mc_free(off);
   return 0;
 }

@@ -226,7 +226,8 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
                 .loads = loads,
                 .zipf = o->zipf,
                 .notes = notes,
-                .diag = &d};
+                .diag = &d,
+                .fold_dw = t->fold_dw};
   bool ok = pass_run_all(g, &pc, t->print_after, t->print_to) && d.errors == 0;
   plan_free_loads(loads);
   Feeds fd;

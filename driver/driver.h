@@ -95,6 +95,8 @@ typedef struct Target {
   const BatchShape *shapes; /* the batches a run feeds when they change shape (Graph.shapes);
                                0: the train block's (a translation model's length buckets) */
   int nshapes;
+  bool fold_dw;   /* moec run's training: the optimizer is the gradients' one reader
+                     (PassCtx.fold_dw) */
   BuildPart part; /* decoding a translation model: its encoder, or one decoder step
                      (forward only; ir_build_part) */
   FILE *print_to;

@@ -50,7 +50,8 @@ static int run_device(Comm *c, const Launch *l) {
               .rank = c->rank,
               .training = true,
               .prec = l->o->f64 ? PREC_F64 : PREC_F32,
-              .be = l->be};
+              .be = l->be,
+              .fold_dw = true};
   Program *p = drv_compile(l->f, l->cfg, l->o, &t);
   if (!p) return 1;
   int rc = p->source ? rt_train_pairs(c, p, l->cfg, l->ro) : rt_train(c, p, l->cfg, l->ro);

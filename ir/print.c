@@ -39,6 +39,7 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_TABLE_GATHER] = {.ia = {"V", "devices"}, .fa = {"remote"}},
     [OP_TABLE_SCATTER] = {.ia = {"V", "devices"}, .fa = {"remote"}},
     [OP_GROUPED_MATMUL] = {.ia = {"transW"}},
+    [OP_GROUPED_MATMUL_DW] = {.ia = {"fold"}},
     [OP_SLICE0] = {.ia = {"start", "len"}},
     [OP_GLOBAL_IDX] = {.ia = {"E"}},
     [OP_BATCHWISE_ROUTE] = {.ia = {"k", "devices"}},

@@ -299,8 +299,36 @@ static Node *build_fused(Fuser *F, const int *mem, int nmem, int group_no) {
   return f;
 }
 
+/* ---------------------------------------------------------------- folded expert dW
+ *
+ * An expert weight whose gradient only grouped_matmul_dw makes: with a few rows an expert
+ * (hundreds of experts), its dW is a rank-few product written as a whole matrix and read
+ * back once by the optimizer. fold=1 leaves the few-row experts' dW to the optimizer,
+ * which makes each span from xs and g in the kernel's order inside its update pass
+ * (runtime/optim.c, rt_fold_dw): the same bits, 8 bytes a parameter less. Only where
+ * the optimizer is dW's one reader: a training program of one device on the cpu, without
+ * accumulation (which sums dW); not for moec grad, which writes it (docs/training.md). */
+static void fold_expert_dw(Graph *g, const PassCtx *ctx) {
+  const Config *cfg = ctx->cfg;
+  if (!ctx->fold_dw || !ctx->training || ctx->devices > 1 || cfg->backend == BK_CUDA ||
+      cfg->accumulate > 1)
+    return;
+  bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      read[g->nodes[k]->in[i]->id] = true;
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    if (n->op != OP_GROUPED_MATMUL_DW || n->recompute_of || read[n->out[0]->id]) continue;
+    for (int i = 0; i < g->nparams; i++)
+      if (g->params[i]->grad == n->out[0]) n->ia[0] = 1;
+  }
+  mc_free(read);
+}
+
 void pass_fusion(Graph *g, const PassCtx *ctx) {
   if (!pass_fusion_enabled(ctx ? ctx->cfg : NULL)) return;
+  fold_expert_dw(g, ctx);
   Fuser F = {0};
   F.g = g;
   F.max_group = ctx && ctx->cfg && ctx->cfg->backend == BK_CUDA ? PASS_FUSED_MAX_CUDA : MAX_GROUP;

@@ -10,7 +10,7 @@
  *               aux, MoE importance and load, the state's next values, the params'
  *               gradients: the optimizer runs after the program; a sampled softmax's
  *               samples: moec grad writes them; a decoding's encoder values and
- *               logits) or when nothing reads
+ *               logits; a folded grouped_matmul_dw's inputs) or when nothing reads
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
@@ -129,6 +129,10 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     if (g->nodes[k]->op == OP_SAMPLED_XENT && !g->nodes[k]->recompute_of)
       for (int j = 2; j < 4; j++)
         pin(L, g->nodes[k]->out[j], end);
+  for (int k = 0; k < g->nnodes; k++) /* a folded dW's xs, g and offsets: the optimizer's */
+    if (g->nodes[k]->op == OP_GROUPED_MATMUL_DW && g->nodes[k]->ia[0])
+      for (int j = 0; j < 3; j++)
+        pin(L, seen(g->nodes[k]->in[j], flags), end);
   mc_free(read);
   mc_free(repeated);
 }

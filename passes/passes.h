@@ -28,6 +28,8 @@ typedef struct PassCtx {
   double zipf;       /* without loads for a layer: expert e gets 1/(e+1)^zipf (0: uniform) */
   McBuf *notes;      /* notes for the plan's reader (fallbacks, idle devices); NULL: none */
   Diag *diag;        /* user errors, at their .moe location; NULL: mc_die */
+  bool fold_dw;      /* the gradients go to the host optimizer only (moec run's training):
+                        fusion may fold expert weight gradients into it */
 } PassCtx;
 
 /* A user error found while compiling (a placement the file asks for and the devices

@@ -96,6 +96,8 @@ static void first_nonfinite(Run *r, int64_t step, McBuf *b) {
   for (int k = 0; k < p->ninstrs; k++) {
     rt_exec(p, &ctx, k, k + 1);
     const Node *n = p->instrs[k].node;
+    /* a folded dW is written in part; its xs and g are checked where they are made */
+    if (n->op == OP_GROUPED_MATMUL_DW && n->ia[0]) continue;
     for (int j = 0; j < n->nout && first < 0; j++)
       if (!buffer_finite(p, n->out[j], p->instrs[k].out[j], n->op == OP_TOPK)) first = k, slot = j;
   }
@@ -140,12 +142,32 @@ _Noreturn static void diverged(Run *r, int64_t step, const char *what, double v,
   stop(r, msg);
 }
 
+/* Whether parameter i's gradient is finite. A folded expert dW (optim.c's rt_optim_fold):
+ * the experts the kernel wrote, and the others' factors, their rows of xs and g (finite
+ * factors whose product overflows are left to the optimizer's norm, which stops the run). */
+static bool grad_finite(Run *r, int i) {
+  Program *p = r->p;
+  const FoldDW *f = r->opt->fold ? &r->opt->fold[i] : NULL;
+  if (!f || !f->off || (const void *)r->grads[i] != f->dw)
+    return all_finite(r->grads[i], p->g->params[i]->numel, p->elem);
+  const char *xs = f->xs, *g = f->g, *dw = f->dw;
+  const size_t e = p->elem;
+  for (int64_t x = 0; x < f->E; x++) {
+    int64_t r0 = f->off[x], rows = f->off[x + 1] - r0;
+    if (rows > RT_FOLD_ROWS ? !all_finite(dw + (size_t)(x * f->K * f->M) * e, f->K * f->M, e)
+                            : !all_finite(xs + (size_t)(r0 * f->K) * e, rows * f->K, e) ||
+                                  !all_finite(g + (size_t)(r0 * f->M) * e, rows * f->M, e))
+      return false;
+  }
+  return true;
+}
+
 void rt_guard_step(Run *r, int64_t step, double loss) {
   Program *p = r->p;
   bool bad = !isfinite(loss);
   int bad_grad = -1;
   for (int i = 0; !bad && bad_grad < 0 && i < p->g->nparams && rt_dev_on_host(p); i++)
-    if (!all_finite(r->grads[i], p->g->params[i]->numel, p->elem)) bad_grad = i;
+    if (!grad_finite(r, i)) bad_grad = i;
   if (!any_rank(r, bad || bad_grad >= 0)) return;
   if (bad) diverged(r, step, "the loss", loss, true);
   char what[512];

@@ -145,6 +145,14 @@ static int64_t moe_expert_of(const int32_t *off, int64_t E, int64_t r) {
 #undef GEMM
 #undef GEMM_SPLIT
 
+void rt_fold_dw(const FoldDW *f, size_t elem, int64_t a, int64_t b, void *out) {
+  MOEC_ASSERT(a >= 0 && a <= b && b <= f->E * f->K * f->M);
+  if (elem == sizeof(double))
+    fold_dw_f64(f, a, b, out);
+  else
+    fold_dw_f32(f, a, b, out);
+}
+
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);
   register_f64(f64);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "train.h"
+#include "train_dev.h"
 
 /* Rows, columns and leading (batch) count of a parameter factored as matrices. */
 static void factor_dims(const Optim *o, int i, int64_t *lead, int64_t *rows, int64_t *cols) {
@@ -82,6 +83,7 @@ void rt_optim_free(Optim *o) {
   mc_free(o->numel);
   mc_free(o->prank);
   mc_free(o->shape);
+  mc_free(o->fold);
   mc_free(o);
 }
 
@@ -155,13 +157,76 @@ static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
 #undef S
 #undef K
 
+/* The elements [*a, *b) of its gradient that task t reads. */
+static void task_span(const OptTask *t, int64_t *a, int64_t *b) {
+  int64_t rc = t->rows * t->cols, m0 = t->l * rc;
+  switch (t->kind) {
+  case OT_NORM:
+  case OT_ADAM:
+  case OT_FVEC:
+    *a = t->lo, *b = t->hi;
+    return;
+  case OT_FROWS:
+  case OT_FUPD:
+    *a = m0 + t->lo * t->cols, *b = m0 + t->hi * t->cols;
+    return;
+  default: /* OT_FMAT, OT_FCOLS: the whole matrix */
+    *a = m0, *b = m0 + rc;
+  }
+}
+
+/* Parameter i's folded expert dW (rt_optim_fold), NULL when its gradient is whole: a
+ * caller's own gradient array (accumulated, gathered) is always whole. */
+static const FoldDW *folded(const OptJob *J, int i) {
+  const FoldDW *f = J->o->fold ? &J->o->fold[i] : NULL;
+  return f && f->off && J->grads[i] == f->dw ? f : NULL;
+}
+
 static void opt_task(void *arg, int64_t k) {
   const OptJob *J = arg;
-  double *part = &J->part[J->t[k].slot];
-  if (J->o->elem == sizeof(double))
-    task_f64(J, &J->t[k], part);
+  const OptTask *t = &J->t[k];
+  double *part = &J->part[t->slot];
+  const size_t e = J->o->elem;
+  const void *gr = J->grads[t->i];
+  void *span = NULL;
+  int64_t a = 0, b = 0;
+  const FoldDW *f = folded(J, t->i);
+  if (f && !(t->kind == OT_FUPD && !J->nonzero[t->m])) { /* its dW span, made here */
+    task_span(t, &a, &b);
+    gr = span = mc_malloc((size_t)MC_MAX(b - a, 1) * e);
+    rt_fold_dw(f, e, a, b, span);
+  }
+  if (e == sizeof(double))
+    task_f64(J, t, part, gr, a);
   else
-    task_f32(J, &J->t[k], part);
+    task_f32(J, t, part, gr, a);
+  mc_free(span);
+}
+
+void rt_optim_fold(Optim *o, Program *p) {
+  const Graph *g = p->g;
+  mc_free(o->fold);
+  o->fold = NULL;
+  if (!rt_dev_on_host(p)) return; /* the device optimizer (train_dev.c): no fold */
+  MOEC_ASSERT(o->n == g->nparams);
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op != OP_GROUPED_MATMUL_DW || !n->ia[0]) continue;
+    for (int i = 0; i < g->nparams; i++) {
+      if (g->params[i]->grad != n->out[0]) continue;
+      if (!o->fold) o->fold = mc_calloc((size_t)o->n, sizeof(FoldDW));
+      o->fold[i] = (FoldDW){.xs = p->buf[n->in[0]->id],
+                            .g = p->buf[n->in[1]->id],
+                            .off = p->buf[n->in[2]->id],
+                            .dw = p->buf[n->out[0]->id],
+                            .E = n->out[0]->shape[0],
+                            .K = n->in[0]->shape[1],
+                            .M = n->in[1]->shape[1]};
+      /* its pages now: the kernel writes another set of experts each step, and a page
+       * first written inside a step costs that step a fault (unfused, step 1 wrote all) */
+      memset(p->buf[n->out[0]->id], 0, (size_t)n->out[0]->numel * p->elem);
+    }
+  }
 }
 
 /* Appends the tasks of one phase: 0 the norm, 1 updates and factored moments, 2 the

@@ -55,6 +55,7 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
   rt_init_params(p, cfg->seed);
   fill_ids(p, cfg->seed);
   Optim *opt = rt_optim_new(cfg, g);
+  rt_optim_fold(opt, p);
   int np = MC_MAX(g->nparams, 1);
   float **pp = mc_calloc((size_t)np, sizeof(float *)),
         **gg = mc_calloc((size_t)np, sizeof(float *));

@@ -87,6 +87,7 @@ int64_t rt_run_start(Run *r, StFile *ck) {
   /* after loading: starts from the checkpoint's state; on N devices its clipping takes the
    * global gradient norm over comm, as rt_md_optim_step */
   r->dopt = rt_devopt_new(p, r->opt, r->comm);
+  if (!r->dopt) rt_optim_fold(r->opt, p); /* folded expert dW (passes/fusion.c) */
   Graph *g = p->g;
   r->params = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   r->grads = mc_calloc((size_t)g->nparams + 1, sizeof(float *));

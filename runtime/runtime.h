@@ -147,6 +147,20 @@ typedef struct RtKArgs {
  * whose offsets live on a device check their host copies with it (kernels_moe.c). */
 void rt_moe_check_offsets(const Node *n, const int32_t *off, int64_t E, int64_t R);
 
+/* An expert weight's gradient folded into the optimizer (a grouped_matmul_dw with fold=1,
+ * passes/fusion.c): the kernel writes dW only for the experts with more than
+ * RT_FOLD_ROWS rows; the optimizer makes every other expert's dW, a span at a time, from
+ * xs and g with the kernel's own arithmetic (rt_fold_dw), so its bits are unchanged. */
+#define RT_FOLD_ROWS 8
+typedef struct FoldDW {
+  const void *xs, *g; /* [R, K], [R, M] (float, or double at elem 8) */
+  const int32_t *off; /* [E+1] */
+  const void *dw;     /* [E, K, M]: written for the experts with more rows only */
+  int64_t E, K, M;
+} FoldDW;
+/* dW's elements [a, b) (flattened [E, K, M]) into out, as grouped_matmul_dw writes them. */
+void rt_fold_dw(const FoldDW *f, size_t elem, int64_t a, int64_t b, void *out);
+
 /* Runtime errors detected inside kernels (a token id outside the vocabulary...)
  * are reported with mc_die naming the op and the layer. */
 

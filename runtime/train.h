@@ -296,6 +296,7 @@ typedef struct Optim {
   double last_norm; /* global gradient norm before clipping */
   size_t elem;      /* 4; 8 (moec run --f64): params, grads and moments are double arrays
                        behind the float pointers, updated in double without rounding */
+  FoldDW *fold;     /* [n] or NULL: folded expert dW (rt_optim_fold; off NULL: none) */
 } Optim;
 
 /* State for the params of g (shapes bound), zeroed. */
@@ -303,6 +304,9 @@ Optim *rt_optim_new(const Config *cfg, const Graph *g);
 /* The same for a program of precision prec (PREC_F64: elem 8; no checkpoints). */
 Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec);
 void rt_optim_free(Optim *o);
+/* The folded expert weight gradients of program p (passes/fusion.c): the optimizer makes
+ * their dW from p's buffers when given p's own gradient buffers (docs/training.md). */
+void rt_optim_fold(Optim *o, Program *p);
 /* One update: params[i] -= ... from grads[i]; clips the global norm first. */
 void rt_optim_step(Optim *o, float *const *params, float *const *grads);
 /* The update with the gradient norm given (clipping scales by clip / norm when it

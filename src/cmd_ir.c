@@ -95,6 +95,7 @@ int cmd_ir(int argc, char **argv) {
   Target t = {.devices = cfg.devices,
               .rank = a.device,
               .training = !a.eval,
+              .fold_dw = !a.eval, /* as moec run compiles it */
               .prec = PREC_F32,
               .print_after = a.after ? a.after : "build",
               .print_to = stdout};

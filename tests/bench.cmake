@@ -18,6 +18,9 @@ set_target_properties(optim_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BI
 add_test(NAME bench_optim COMMAND optim_bench 2 1)
 set_tests_properties(bench_optim PROPERTIES TIMEOUT 30 LABELS "bench;fast"
                      PASS_REGULAR_EXPRESSION "factored +[0-9.]+ ms/step")
+add_test(NAME bench_optim_fold COMMAND optim_bench --fold 3 2 1)
+set_tests_properties(bench_optim_fold PROPERTIES TIMEOUT 30 LABELS "bench;fast"
+                     PASS_REGULAR_EXPRESSION "factored, folded +[0-9.]+ ms/step")
 set(MOEC_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python with torch and numpy for the PyTorch reference tests (Debian's python3-torch)")
 add_test(NAME bench_lm_torch

@@ -32,3 +32,9 @@ add_test(NAME test_nvrtc
                  ${CMAKE_CURRENT_SOURCE_DIR}/../bench/fusion_dense_big.moe)
 set_tests_properties(test_nvrtc PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS "fusion"
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+# fold_dw: the few-row experts' weight gradient folded into the optimizer trains bit for
+# bit as unfused: Adam and factored, 1 and 2 threads, clipping on and off, 2 devices,
+# resumed (tests/test_fold_dw.sh on tests/fold_dw.moe). Skips (77) without LLVM.
+add_test(NAME fold_dw
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_fold_dw.sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/..)
+set_tests_properties(fold_dw PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77 LABELS "fusion;optim")

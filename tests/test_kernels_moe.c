@@ -823,6 +823,54 @@ static void t_grouped_gemm_rows(Precision prec) {
   small_free(&s);
 }
 
+/* A folded grouped_matmul_dw (fold=1) and rt_fold_dw: any span of dW the optimizer makes
+ * (across experts, starting and ending inside rows) equals the unfolded kernel's dW bit for
+ * bit, for experts of 0..13 rows (made from xs and g) and of 40 (the kernel's sgemm). */
+static void t_fold_dw(Precision prec) {
+  enum { E = 15, K = 21, M = 37 };
+  int32_t offv[E + 1] = {0};
+  for (int e = 0; e < E; e++)
+    offv[e + 1] = offv[e] + (e < E - 1 ? e : 40);
+  const int R = offv[E];
+  Graph *g = ir_graph_new("fold_dw");
+  Dim doff = dim_int(E + 1);
+  Tensor *xs = ir_input(g, "xs", ty2(R, K), (Loc){0}), *gy = ir_input(g, "gy", ty2(R, M), (Loc){0});
+  Tensor *off = ir_input(g, "off", ir_type(DT_I32, 1, &doff), (Loc){0});
+  int64_t fold[IR_MAX_ATTR] = {1};
+  Tensor *in3[3] = {xs, gy, off};
+  Tensor *dw = ir_node(g, OP_GROUPED_MATMUL_DW, 3, in3, NULL, NULL)->out[0];  /* [E, K, M] */
+  Tensor *dwf = ir_node(g, OP_GROUPED_MATMUL_DW, 3, in3, fold, NULL)->out[0]; /* folded */
+  Small s = small_lower(g, prec);
+  fill(s.p, 12, 1.0);
+  memcpy(rt_i32(s.p, off), offv, sizeof offv);
+  size_t el = prec == PREC_F64 ? 8 : 4;
+  int64_t n = (int64_t)E * K * M;
+  memset(s.p->buf[dwf->id], 0x7f, (size_t)n * el); /* what the kernel leaves stays so */
+  small_run(&s);
+  FoldDW f = {s.p->buf[xs->id], s.p->buf[gy->id], rt_i32(s.p, off), s.p->buf[dwf->id], E, K, M};
+  const char *want = s.p->buf[dw->id];
+  char *got = mc_malloc((size_t)n * el);
+  int bad = 0, spans = 0;
+  int64_t cuts[] = {1, 7, M, K * M - 5, K * M, 2 * K * M + 3, 1000, 4096, n};
+  for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) /* [0, n) in pieces of cuts[c] */
+    for (int64_t a = 0; a < n; a += cuts[c], spans++) {
+      int64_t b = a + cuts[c] < n ? a + cuts[c] : n;
+      memset(got, 0xff, (size_t)(b - a) * el);
+      rt_fold_dw(&f, el, a, b, got);
+      bad += memcmp(got, want + (size_t)a * el, (size_t)(b - a) * el) != 0;
+    }
+  printf("fold_dw (%s): %d spans of dW, %d differ from the unfolded kernel's\n",
+         prec == PREC_F32 ? "f32" : "f64", spans, bad);
+  CHECK(bad == 0);
+  /* the kernel left the experts of 0..8 rows unwritten and wrote the others (9..13, 40) */
+  const unsigned char *kf = s.p->buf[dwf->id];
+  CHECK(kf[0] == 0x7f && kf[(size_t)9 * K * M * el - 1] == 0x7f);
+  CHECK(!memcmp(kf + (size_t)(E - 1) * K * M * el, want + (size_t)(E - 1) * K * M * el,
+                (size_t)K * M * el));
+  mc_free(got);
+  small_free(&s);
+}
+
 /* load_count vs the smooth estimator: with tiny noise (sigma -> 0.01, w_noise very
  * negative) the smooth load approaches the routed counts; each row's P sums to
  * about k. With large noise the estimates stay in [0, N] and sum to about k*N. */
@@ -1158,6 +1206,8 @@ int main(void) {
   t_dispatch_roundtrip();
   t_grouped_gemm_rows(PREC_F32);
   t_grouped_gemm_rows(PREC_F64);
+  t_fold_dw(PREC_F32);
+  t_fold_dw(PREC_F64);
   t_load_estimators();
   t_precision_determinism();
   t_batchwise_rejected();
