@@ -127,7 +127,8 @@ static inline RT_HD void rt_cossin2pif(float u, float *c, float *s) {
  * softplus on [-80, 80] (tests/test_fastmath.c). */
 static inline RT_HD float rt_softplusf(float x) {
   float y = rt_expf(x < 0 ? x : -x), u = 1.0f + y;
-  float l1p = u == 1.0f ? y : rt_logf(u) * (y / (u - 1.0f));
+  float l = rt_logf(u) * (y / (u - 1.0f)); /* both sides computed: the loop vectorises */
+  float l1p = u == 1.0f ? y : l;
   return (x > 0 ? x : 0.0f) + l1p;
 }
 

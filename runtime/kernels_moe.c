@@ -155,11 +155,11 @@ static void noise_pairs_f64(uint64_t key, uint64_t p0, int64_t np, double *z) {
  * (float32 in float32 with rt_softplusf; float64 with libm) */
 static VEC void noise_apply_f32(const float *clean, const float *raw, const float *z, float *noisy,
                                 float *sigma, float *eps, int64_t m) {
+  for (int64_t i = 0; i < m; i++)
+    sigma[i] = rt_softplusf(raw[i]) + 0.01f;
   for (int64_t i = 0; i < m; i++) {
-    float s = rt_softplusf(raw[i]) + 0.01f;
-    sigma[i] = s;
     eps[i] = z[i];
-    noisy[i] = clean[i] + s * z[i];
+    noisy[i] = clean[i] + sigma[i] * z[i];
   }
 }
 static void noise_apply_f64(const double *clean, const double *raw, const double *z, double *noisy,
