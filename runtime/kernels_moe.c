@@ -119,6 +119,109 @@ static int64_t moe_expert_of(const int32_t *off, int64_t E, int64_t r) {
 /* The few-row expert kernel's loops are VEC functions (vec.h), as kernels_dense.c's. */
 #include "vec.h"
 
+/* ---------------------------------------------------------------- gate noise */
+
+#include "fastmath.h" /* rt_noise_*, rt_softplusf, rt_sigmoidf */
+
+/* The draws of pairs p0 .. p0+np-1 (fastmath.h): z[2j], z[2j+1] = pair p0+j's two
+ * normals. float32: the polynomials, in three vectorisable loops (uniforms from the
+ * hashes, Box-Muller, interleave); float64: libm. np <= MOE_NOISE_BLOCK / 2 + 1. */
+#define MOE_NOISE_BLOCK 512
+static VEC void noise_pairs_f32(uint64_t key, uint64_t p0, int64_t np, float *z) {
+  float u1[MOE_NOISE_BLOCK / 2 + 1], u2[MOE_NOISE_BLOCK / 2 + 1];
+  float z0[MOE_NOISE_BLOCK / 2 + 1], z1[MOE_NOISE_BLOCK / 2 + 1];
+  for (int64_t j = 0; j < np; j++) {
+    uint64_t r = rt_noise_bits(key, p0 + (uint64_t)j);
+    u1[j] = rt_noise_u1(r);
+    u2[j] = rt_noise_u2(r);
+  }
+  for (int64_t j = 0; j < np; j++) {
+    float rad = sqrtf(-2.0f * rt_logf(u1[j])), c, s;
+    rt_cossin2pif(u2[j], &c, &s);
+    z0[j] = rad * c;
+    z1[j] = rad * s;
+  }
+  for (int64_t j = 0; j < np; j++) {
+    z[2 * j] = z0[j];
+    z[2 * j + 1] = z1[j];
+  }
+}
+static void noise_pairs_f64(uint64_t key, uint64_t p0, int64_t np, double *z) {
+  for (int64_t j = 0; j < np; j++)
+    rt_noise_pair(rt_noise_bits(key, p0 + (uint64_t)j), &z[2 * j], &z[2 * j + 1]);
+}
+
+/* sigma = softplus(raw) + 0.01, noisy = clean + sigma * eps over m elements
+ * (float32 in float32 with rt_softplusf; float64 with libm) */
+static VEC void noise_apply_f32(const float *clean, const float *raw, const float *z, float *noisy,
+                                float *sigma, float *eps, int64_t m) {
+  for (int64_t i = 0; i < m; i++)
+    sigma[i] = rt_softplusf(raw[i]) + 0.01f;
+  for (int64_t i = 0; i < m; i++) {
+    eps[i] = z[i];
+    noisy[i] = clean[i] + sigma[i] * z[i];
+  }
+}
+static void noise_apply_f64(const double *clean, const double *raw, const double *z, double *noisy,
+                            double *sigma, double *eps, int64_t m) {
+  for (int64_t i = 0; i < m; i++) {
+    double s = moe_softplus(raw[i]) + 0.01;
+    sigma[i] = s;
+    eps[i] = z[i];
+    noisy[i] = clean[i] + s * z[i];
+  }
+}
+
+/* The smooth load's row terms over w experts: acc[e] += Phi((clean - t) / sigma),
+ * t = t1 if noisy > t1 else t0 (float32: rt_normcdff; float64: erfc), sums in double */
+static VEC void load_phi_acc_f32(const float *cr, const float *nr, const float *sr, float t0,
+                                 float t1, double *acc, int64_t w) {
+  for (int64_t e = 0; e < w; e++)
+    acc[e] += (double)rt_normcdff((cr[e] - (nr[e] > t1 ? t1 : t0)) / sr[e]);
+}
+static void load_phi_acc_f64(const double *cr, const double *nr, const double *sr, double t0,
+                             double t1, double *acc, int64_t w) {
+  for (int64_t e = 0; e < w; e++)
+    acc[e] += moe_phi((cr[e] - (nr[e] > t1 ? t1 : t0)) / sr[e]);
+}
+
+/* A row of the smooth load's gradient over E experts, z = (clean - t) / sigma:
+ * dclean = g * pdf(z) / sigma, dsigma = -dclean * z; both 0 where z is not finite
+ * (t = -inf when k == E: Phi = 1, no gradient). Returns the thresholds' gradients
+ * -sum dclean over the experts on each side (d[1]: noisy > t1), in expert order. */
+static VEC void load_grad_row_f32(const float *g, const float *cr, const float *nr, const float *sr,
+                                  float t0, float t1, float *dclean, float *dsigma, int64_t E) {
+  for (int64_t e = 0; e < E; e++) {
+    float s = sr[e], z = (cr[e] - (nr[e] > t1 ? t1 : t0)) / s;
+    bool fin = fabsf(z) < INFINITY;
+    float a = fin ? g[e] * rt_normpdff(z) / s : 0.0f;
+    dclean[e] = a;
+    dsigma[e] = fin ? -a * z : 0.0f;
+  }
+}
+static void load_grad_row_f64(const double *g, const double *cr, const double *nr, const double *sr,
+                              double t0, double t1, double *dclean, double *dsigma, int64_t E) {
+  for (int64_t e = 0; e < E; e++) {
+    double s = sr[e], z = (cr[e] - (nr[e] > t1 ? t1 : t0)) / s;
+    bool fin = isfinite(z);
+    double a = fin ? g[e] * moe_pdf(z) / s : 0.0;
+    dclean[e] = a;
+    dsigma[e] = fin ? -a * z : 0.0;
+  }
+}
+
+/* draw = (g_noisy * eps + g_sigma) * sigmoid(raw) over m elements */
+static VEC void noise_bwd_apply_f32(const float *gn, const float *gs, const float *eps,
+                                    const float *raw, float *draw, int64_t m) {
+  for (int64_t i = 0; i < m; i++)
+    draw[i] = (gn[i] * eps[i] + gs[i]) * rt_sigmoidf(raw[i]);
+}
+static void noise_bwd_apply_f64(const double *gn, const double *gs, const double *eps,
+                                const double *raw, double *draw, int64_t m) {
+  for (int64_t i = 0; i < m; i++)
+    draw[i] = (gn[i] * eps[i] + gs[i]) * moe_sigmoid(raw[i]);
+}
+
 /* ---------------------------------------------------------------- instances */
 
 /* GEMM sizes: OpenBLAS takes 32-bit ints (rt_blas_int dies naming the layer past them);

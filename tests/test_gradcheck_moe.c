@@ -288,7 +288,9 @@ static void t_moe(const char *name, int gating, bool noise, bool training, int64
   o.B = 2;
   o.T = 3;
   o.training = training;
-  o.seed = 9;
+  /* k = 1 with seed 9's noise draws: the test loss, sum(y R0) + aux R1 = 0.078 - 0.092,
+   * cancels to -0.014, and its f32/f64 relative difference (3e-5) measured that */
+  o.seed = k == 1 ? 10 : 9;
   run(g, 2, outs, &o);
 }
 

@@ -13,6 +13,7 @@
 
 #include "../codegen/codegen.h"
 #include "../runtime/comm.h"
+#include "../runtime/fastmath.h"
 #include "test.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -275,7 +276,7 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
         rowmat(p, wn, xr, D, E, raw);
         for (int e = 0; e < E; e++) {
           sigma[e] = softplus(raw[e]) + 0.01;
-          eps[e] = training ? mc_rng_normal(key, (uint64_t)(n * E + e)) : 0;
+          eps[e] = training ? rt_noise_normal(key, (uint64_t)(n * E + e)) : 0;
         }
       }
       gate_ref(clean, noise ? sigma : NULL, eps, E, k, gates, P, route[n]);
@@ -303,7 +304,7 @@ static void t_moe_reference(const char *what, int gating, bool noise, bool train
       rowmat(p, wn, xr, D, E, raw);
       for (int e = 0; e < E; e++) {
         sigma[e] = softplus(raw[e]) + 0.01;
-        eps[e] = training ? mc_rng_normal(key, (uint64_t)(n * E + e)) : 0;
+        eps[e] = training ? rt_noise_normal(key, (uint64_t)(n * E + e)) : 0;
       }
     }
     gate_ref(clean, noise ? sigma : NULL, eps, E, k, gates, P, kept);
@@ -375,7 +376,7 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
       rowmat(p, find(g, "h.w_noise"), xr, D, G, rw);
       for (int i = 0; i < G; i++) {
         sg[i] = softplus(rw[i]) + 0.01;
-        ep[i] = training ? mc_rng_normal(k0, (uint64_t)(n * G + i)) : 0;
+        ep[i] = training ? rt_noise_normal(k0, (uint64_t)(n * G + i)) : 0;
       }
     }
     gate_ref(cl, noise ? sg : NULL, ep, G, KG, gp, Pp, kp);
@@ -393,7 +394,7 @@ static void t_hmoe_reference(const char *what, bool noise, bool training) {
         rowmat(p, find(g, nm), xr, D, E, rs);
         for (int j = 0; j < E; j++) {
           ss[j] = softplus(rs[j]) + 0.01;
-          es[j] = training ? mc_rng_normal(k1, (uint64_t)((n * KG + jj) * E + j)) : 0;
+          es[j] = training ? rt_noise_normal(k1, (uint64_t)((n * KG + jj) * E + j)) : 0;
         }
       }
       gate_ref(cs, noise ? ss : NULL, es, E, k, gs, Ps, ks);

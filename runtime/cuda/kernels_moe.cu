@@ -20,6 +20,7 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <vector>
 
+#include "../fastmath.h" /* the gate noise's draws, rt_softplusf, rt_sigmoidf */
 #include "cuda_internal.cuh"
 
 #define IN(i, T) ((const T *)in[i])
@@ -77,15 +78,29 @@ template <typename T> __device__ __forceinline__ T d_softplus(T x) {
   return x > T(0) ? x + log1p(exp(-x)) : log1p(exp(x));
 }
 
+/* The CPU kernel's arithmetic per precision (kernels_moe.c): float32 through fastmath.h's
+ * polynomials (this file is compiled with -fmad=false, so the same bits), float64 with
+ * libm-like device functions (within 1-2 ulp of glibc's). */
+__device__ __forceinline__ float noise_eps(float, uint64_t key, uint64_t c) {
+  return rt_noise_normalf(key, c);
+}
+__device__ __forceinline__ double noise_eps(double, uint64_t key, uint64_t c) {
+  return rt_noise_normal(key, c);
+}
+__device__ __forceinline__ float noise_softplus(float x) { return rt_softplusf(x); }
+__device__ __forceinline__ double noise_softplus(double x) { return d_softplus(x); }
+__device__ __forceinline__ float noise_sigmoid(float x) { return rt_sigmoidf(x); }
+__device__ __forceinline__ double noise_sigmoid(double x) { return d_sigmoid(x); }
+
 template <typename T>
 __global__ void noise_kernel(const T *clean, const T *raw, T *noisy, T *sigma, T *eps, int64_t n,
                              bool training, uint64_t key, uint64_t c0) {
   GRID_STRIDE(i, n) {
-    double s = d_softplus((double)raw[i]) + 0.01;
-    double e = training ? rt_d_normal(key, c0 + (uint64_t)i) : 0.0;
-    sigma[i] = (T)s;
-    eps[i] = (T)e;
-    noisy[i] = (T)((double)clean[i] + s * e);
+    T s = noise_softplus(raw[i]) + T(0.01);
+    T e = training ? noise_eps(T(0), key, c0 + (uint64_t)i) : T(0);
+    sigma[i] = s;
+    eps[i] = e;
+    noisy[i] = clean[i] + s * e;
   }
 }
 
@@ -103,7 +118,7 @@ static void k_noise(const KernelCtx *ctx, const Node *n, void *const *in, void *
 template <typename T>
 __global__ void noise_bwd_kernel(const T *gn, const T *gs, const T *eps, const T *raw, T *draw,
                                  int64_t n) {
-  GRID_STRIDE(i, n) draw[i] = (T)(((double)gn[i] * eps[i] + gs[i]) * d_sigmoid((double)raw[i]));
+  GRID_STRIDE(i, n) draw[i] = (gn[i] * eps[i] + gs[i]) * noise_sigmoid(raw[i]);
 }
 
 template <typename T>
