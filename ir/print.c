@@ -25,6 +25,7 @@ static const AttrNames attr_names[OP_COUNT] = {
     [OP_EMBEDDING_BWD] = {.ia = {"V"}},
     [OP_XENT] = {.fa = {"scale"}},
     [OP_XENT_BWD] = {.fa = {"scale"}},
+    [OP_XENT_BIAS_BWD] = {.fa = {"scale"}},
     [OP_SAMPLED_XENT] = {.ia = {"rng", "samples"}, .fa = {"scale"}},
     [OP_SAMPLED_XENT_BWD] = {.fa = {"scale"}},
     [OP_SPARSE_ALL_REDUCE] = {.ia = {"V", "devices"}},
@@ -75,7 +76,8 @@ static void print_attrs(const Node *n, FILE *out) {
   }
   for (int i = 0; i < IR_MAX_ATTR; i++) {
     bool named = an->fa[i] != NULL;
-    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD || n->op == OP_SAMPLED_XENT ||
+    bool xent = (n->op == OP_XENT || n->op == OP_XENT_BWD || n->op == OP_XENT_BIAS_BWD ||
+                 n->op == OP_SAMPLED_XENT ||
                  n->op == OP_SAMPLED_XENT_BWD) &&
                 i == 0;
     if (n->fa[i] == 0 && !xent) continue;

@@ -329,6 +329,13 @@ const char *shape_xent(Graph *g, Node *n) {
   TRY(need_rank(g, n, 1, 1));
   if (!dim_eq(n->in[0]->ty.dim[0], n->in[1]->ty.dim[0]))
     return mismatch(g, n, 0, 1, "logits and targets have different row counts");
+  if (n->nin > 3) return mc_arena_printf(&g->arena, "xent takes 2 or 3 inputs, not %d", n->nin);
+  if (n->nin == 3) { /* the bias, folded in by the fusion pass */
+    TRY(need_f32(g, n, 2));
+    TRY(need_rank(g, n, 2, 1));
+    if (!dim_eq(n->in[0]->ty.dim[1], n->in[2]->ty.dim[0]))
+      return mismatch(g, n, 0, 2, "logits[N,V] and bias[V] differ in V");
+  }
   n->out[0]->ty = f32_type(0, NULL);
   n->out[1]->ty = n->in[0]->ty;
   return NULL;
@@ -403,5 +410,12 @@ const char *shape_xent_bwd(Graph *g, Node *n) {
   if (!dim_eq(n->in[1]->ty.dim[0], n->in[2]->ty.dim[0]))
     return mismatch(g, n, 1, 2, "probs and targets have different row counts");
   n->out[0]->ty = n->in[1]->ty;
+  return NULL;
+}
+
+/* xent_bwd's checks; dlogits[N,V] and db[V] */
+const char *shape_xent_bias_bwd(Graph *g, Node *n) {
+  TRY(shape_xent_bwd(g, n));
+  n->out[1]->ty = f32_type(1, &n->in[1]->ty.dim[1]);
   return NULL;
 }

@@ -326,7 +326,97 @@ static void fold_expert_dw(Graph *g, const PassCtx *ctx) {
   mc_free(read);
 }
 
+/* ---------------------------------------------------------------- the softmax layer
+ *
+ * The softmax layer's bias on the cpu: xent(bias_add(xw, b), t) becomes xent(xw, t, b)
+ * (the kernel adds the bias row by row into probs, in cache, so the [N,V] logits are
+ * never stored), and xent_bwd followed by sum_rows of its output (the bias gradient)
+ * becomes xent_bias_bwd (dlogits and db in one pass over [N,V]). Both kernels compute
+ * the same bits as the pairs they replace (kernels_dense.inc). Legal when the two nodes
+ * share device, recompute segment and side, and the bias_add's output has no other
+ * reader and is not referenced by the graph; xent_bwd's output may have other readers
+ * (the GEMMs of dx and dW). The cuda kernels do not take these forms. Not tied to
+ * `fuse`, which is about the elementwise groups: the result is the same either way, and
+ * the plan's counts of fused groups and kernel calls stay those of the groups. */
+
+static bool same_place(const Node *a, const Node *b) {
+  return same_devices(a, b) && a->recompute_seg == b->recompute_seg && a->backward == b->backward;
+}
+
+static bool graph_names(const Graph *g, const Tensor *t) {
+  if (t == g->loss || t == g->xent || t == g->aux || t == g->logits) return true;
+  for (int i = 0; i < g->nparams; i++)
+    if (g->params[i]->grad == t) return true;
+  for (int i = 0; i < g->nstates; i++)
+    if (g->states[i].next == t) return true;
+  return false;
+}
+
+/* A copy of node n at position k, its outputs re-attached: the nodes are rewritten as
+ * copies, never in place, so recompute's plan_after_fusion can undo the pass by
+ * restoring the node list and the producers. */
+static Node *replace_node(Graph *g, int k, const Node *n) {
+  Node *x = mc_arena_alloc(&g->arena, sizeof(Node));
+  *x = *n;
+  for (int j = 0; j < x->nout; j++)
+    x->out[j]->producer = x;
+  g->nodes[k] = x;
+  return x;
+}
+
+static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
+  if (!ctx || !ctx->cfg || ctx->cfg->backend == BK_CUDA) return;
+  int *ncons = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  for (int k = 0; k < g->nnodes; k++)
+    for (int i = 0; i < g->nodes[k]->nin; i++)
+      ncons[g->nodes[k]->in[i]->id]++;
+  bool *drop = mc_calloc((size_t)g->nnodes + 1, sizeof(bool));
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    Node *p = n->nin > 0 ? n->in[0]->producer : NULL;
+    if (n->op == OP_XENT && n->nin == 2 && p && p->op == OP_BIAS_ADD && same_place(p, n) &&
+        ncons[p->out[0]->id] == 1 && !graph_names(g, p->out[0]) && p->in[0]->ty.rank == 2 &&
+        p->in[0]->ty.dtype == DT_F32) {
+      Tensor *in3[3] = {p->in[0], n->in[1], p->in[1]};
+      Node *x = replace_node(g, k, n);
+      x->in = mc_arena_alloc(&g->arena, sizeof in3);
+      memcpy(x->in, in3, sizeof in3);
+      x->nin = 3;
+      for (int j = 0; j < k; j++)
+        drop[j] |= g->nodes[j] == p;
+      /* the logits are no longer computed: memplan would keep a tensor that no node
+       * produces as persistent, so it becomes a scalar placeholder, read by no one */
+      p->out[0]->producer = NULL;
+      p->out[0]->ty = ir_type(DT_F32, 0, NULL);
+    }
+    Node *w = n->op == OP_SUM_ROWS ? p : NULL; /* n: the bias gradient of w's dlogits? */
+    if (w && w->op == OP_XENT_BWD && same_place(w, n) && n->in[0]->ty.dtype == DT_F32 &&
+        n->in[0]->ty.rank == 2) {
+      int at = k - 1;
+      while (at >= 0 && g->nodes[at] != w)
+        at--;
+      MOEC_ASSERT(at >= 0); /* a producer runs before its readers */
+      Node *x = replace_node(g, at, w);
+      x->op = OP_XENT_BIAS_BWD;
+      x->nout = 2;
+      x->out = mc_arena_alloc(&g->arena, 2 * sizeof(Tensor *));
+      x->out[0] = w->out[0];
+      x->out[1] = n->out[0];
+      n->out[0]->producer = x;
+      n->out[0]->producer_slot = 1;
+      drop[k] = true;
+    }
+  }
+  int nn = 0;
+  for (int k = 0; k < g->nnodes; k++)
+    if (!drop[k]) g->nodes[nn++] = g->nodes[k];
+  g->nnodes = nn;
+  mc_free(drop);
+  mc_free(ncons);
+}
+
 void pass_fusion(Graph *g, const PassCtx *ctx) {
+  fuse_softmax_bias(g, ctx);
   if (!pass_fusion_enabled(ctx ? ctx->cfg : NULL)) return;
   fold_expert_dw(g, ctx);
   Fuser F = {0};

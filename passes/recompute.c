@@ -80,6 +80,7 @@ double pass_node_flops(const Node *n, int64_t B, int64_t T) {
   case OP_SOFTMAX_BWD:
   case OP_XENT:
   case OP_XENT_BWD:
+  case OP_XENT_BIAS_BWD:
     return 5.0 * (double)numel_at(n->in[0], B, T);
   default:
     return out; /* elementwise, copies, gathers: one per output element */

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include "../codegen/codegen.h"
+#include "../passes/fusion.h"
+#include "../passes/passes.h"
 #include "kernel_test.h"
 #include "test.h"
 
@@ -598,10 +600,83 @@ static void test_precision_and_determinism(void) {
   ir_graph_free(g);
 }
 
+/* The softmax layer: bias_add -> xent -> xent_bwd -> sum_rows (the bias gradient), and
+ * the same graph after the fusion pass folds the bias into xent and the column sums into
+ * xent_bias_bwd. Every output the same bits, in both precisions and with 1 and 3
+ * threads; V over one 2048-column strip and not a multiple of 16; a pad-free target
+ * in the first and last column. */
+static void test_xent_bias_fold(void) {
+  const int64_t N = 37, V = 4501;
+  for (int pr = 0; pr < 2; pr++) {
+    double *ref[4] = {0};
+    for (int fold = 0; fold < 3; fold++) {
+      Graph *g = ir_graph_new("xent_bias");
+      Tensor *xw = param(g, "xw", ty(2, I_(N), I_(V), I_(0)));
+      Tensor *b = param(g, "b", ty(1, I_(V), I_(0), I_(0)));
+      Tensor *tg = ir_input(g, "targets", ty_i32(1, I_(N), I_(0)), (Loc){0});
+      Tensor *lg = node(g, OP_BIAS_ADD, 2, xw, b, 0, 0, 0)->out[0];
+      Node *x = node(g, OP_XENT, 2, lg, tg, 0, 0, 0);
+      Tensor *one = param(g, "one", ty(0, I_(0), I_(0), I_(0)));
+      Tensor *in3[3] = {one, x->out[1], tg};
+      Tensor *dl = ir_node(g, OP_XENT_BWD, 3, in3, NULL, NULL)->out[0];
+      Tensor *db = ir_op1(g, OP_SUM_ROWS, dl);
+      Tensor *outs[4] = {x->out[0], x->out[1], dl, db};
+      if (fold) {
+        Config cfg;
+        fe_config_defaults(&cfg);
+        cfg.backend = BK_CPU;
+        PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true};
+        pass_fusion(g, &pc);
+        int xb = 0, xbb = 0, other = 0;
+        for (int k = 0; k < g->nnodes; k++) {
+          xb += g->nodes[k]->op == OP_XENT && g->nodes[k]->nin == 3;
+          xbb += g->nodes[k]->op == OP_XENT_BIAS_BWD;
+          other += g->nodes[k]->op == OP_BIAS_ADD || g->nodes[k]->op == OP_SUM_ROWS;
+        }
+        CHECK(xb == 1 && xbb == 1 && other == 0 && g->nnodes == 2);
+        ir_verify(g);
+        rt_threads_set(fold == 1 ? 1 : 3);
+      }
+      ir_bind(g, 1, 1);
+      Program *p = cg_lower(g, (Precision)pr);
+      double *xv = randv(N * V, 21, 8), *bv = randv(V, 22, 4), ov = 0.75;
+      set(p, xw, xv);
+      set(p, b, bv);
+      set(p, one, &ov);
+      for (int64_t i = 0; i < N; i++)
+        rt_i32(p, tg)[i] = (int32_t)(i == 0 ? 0 : i == 1 ? V - 1 : (977 * i) % V);
+      KernelCtx kc = kctx(1, true);
+      run(p, &kc);
+      for (int o = 0; o < 4; o++) {
+        int64_t n = outs[o]->numel;
+        if (!fold) {
+          ref[o] = mc_malloc((size_t)n * sizeof(double));
+          for (int64_t i = 0; i < n; i++)
+            ref[o][i] = get(p, outs[o], i);
+          continue;
+        }
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++)
+          bad += memcmp(&ref[o][i], &(double){get(p, outs[o], i)}, sizeof(double)) != 0;
+        if (bad)
+          fprintf(stderr, "output %d: %lld of %lld differ\n", o, (long long)bad, (long long)n);
+        CHECK(bad == 0);
+      }
+      rt_threads_set(1);
+      mc_free(xv);
+      mc_free(bv);
+      cg_program_free(p);
+      ir_graph_free(g);
+    }
+    for (int o = 0; o < 4; o++)
+      mc_free(ref[o]);
+  }
+}
+
 /* Every op of ops.def's dense section has a kernel in both precisions. */
 static void test_table(void) {
   const KernelFn *t32 = rt_cpu_kernels(PREC_F32), *t64 = rt_cpu_kernels(PREC_F64);
-  for (int op = OP_ADD; op <= OP_XENT_BWD; op++) {
+  for (int op = OP_ADD; op <= OP_XENT_BIAS_BWD; op++) {
     if (!t32[op] || !t64[op]) fprintf(stderr, "no kernel for op '%s'\n", ir_ops[op].name);
     CHECK(t32[op] && t64[op] && t32[op] != t64[op]);
   }
@@ -615,6 +690,7 @@ int main(void) {
   test_elementwise();
   test_f32_math();
   test_softmax_xent();
+  test_xent_bias_fold();
   test_embedding();
   test_bad_ids();
   test_dropout();

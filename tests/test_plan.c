@@ -602,7 +602,8 @@ static void test_cost_memplan_cluster(void) {
   CHECK(cf.dev[0].planned_bytes < planned1);
   CHECK(cf.dev[0].param_alloc_bytes == cf.dev[0].param_bytes);
   CHECK(cf.comm_s < cn.comm_s && cn.comm_s <= cs.comm_s);
-  CHECK(cf.compute_s == cn.compute_s && cf.fits && !cn.fits);
+  /* the same compute; summed in another order of phases, so equal to rounding */
+  CHECK(fabs(cf.compute_s - cn.compute_s) <= 1e-12 * cf.compute_s && cf.fits && !cn.fits);
   plan_cost_free(&cf);
   plan_cost_free(&cs);
   plan_cost_free(&cn);
