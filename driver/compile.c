@@ -128,6 +128,9 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Config *cfg, Fee
       bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
       tg = through_reshapes(n->in[s ? 3 : 1]);
       vout = (int)(s ? n->in[1]->ty.dim[0].c : n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c);
+    } else if (n->op == OP_SAMPLED_XENT_ROWS) { /* its table sharded: V = ia[2] */
+      tg = through_reshapes(n->in[4]);
+      vout = (int)n->ia[2];
     }
   }
   if (!g->loss) {

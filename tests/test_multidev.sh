@@ -69,6 +69,21 @@ same_eval() { # same_eval MODEL REF.safetensors CK.safetensors WHAT: moec eval o
   awk -v a="$er" -v b="$ec" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
     fail "$4: evaluates differently ($ec vs $er)"
 }
+same_eval_on() { # same_eval_on MODEL CK P TOL WHAT [FLAGS]: CK evaluated (valid and test,
+  # at the end of a 0-step `moec run --load`) on P devices gives one device's losses
+  # (relative TOL; the metrics print 9 digits)
+  for q in 1 "$3"; do
+    rm -f "$W/ev$q.metrics" # the metrics file is appended to
+    "$MOEC" run "$1" --load "$2" --steps 0 --devices $q --quiet ${6:-} --metrics "$W/ev$q.metrics" \
+      >"$W/ev$q.out" 2>&1 || { cat "$W/ev$q.out"; fail "$5: evaluation on $q devices"; }
+    grep '"event":"eval"' "$W/ev$q.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/ev$q.loss"
+  done
+  [ "$(wc -l <"$W/ev1.loss")" -eq 2 ] || fail "$5: expected a valid and a test loss"
+  paste "$W/ev1.loss" "$W/ev$3.loss" | awk -v w="$5" -v t="$4" '
+    { d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > m) m = r; printf "%s: %s vs one device %s\n", w, $2, $1 }
+    END { printf "%s: max relative difference %.3g\n", w, m; exit !(m <= t + 0) }' ||
+    fail "$5: evaluates differently"
+}
 ck_4_eq_1() { # ck_4_eq_1 TAG: $W/m.moe saved on 4 devices ($W/TAG4.safetensors) evaluates
   # as trained on 1 ($W/TAG1.safetensors), to 1e-5
   "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/${1}4.safetensors" >"$W/s4.out" 2>&1 ||
@@ -551,8 +566,19 @@ tables)
   grep -q '= table_gather(tokens, emb.weight)' "$W/ir.txt" || fail "tables: no table_gather"
   grep -q 'emb.weight.grad@rows = table_scatter(' "$W/ir.txt" || fail "tables: no table_scatter"
   grep -q 'all_reduce.*emb\.weight\.grad' "$W/ir.txt" && fail "tables: emb.weight all-reduced"
-  "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 | grep -q 'emb.weight.*f32\[683, 16\]' ||
+  "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 >"$W/ir3.txt" || fail "tables: moec ir --device 1"
+  grep -q 'emb.weight.*f32\[683, 16\]' "$W/ir3.txt" ||
     fail "tables: device 1 of 3 does not hold rows [682, 1365) of emb.weight"
+  # the sampled softmax's weight too: the sampler, its rows gathered, the loss over them,
+  # the gradient rows scattered to their owners; its bias stays replicated (rows exchanged)
+  grep -q 'loss.weight.*f32\[683, 16\]' "$W/ir3.txt" ||
+    fail "tables: device 1 of 3 does not hold rows [682, 1365) of loss.weight"
+  for op in '= sample_log_uniform(' '= table_gather(.*, loss.weight)' '= sampled_xent_rows(' \
+    '= sampled_xent_rows_bwd(' 'loss.weight.grad@rows = table_scatter(' 'loss.bias.grad@rows = sparse_all_reduce('; do
+    grep -q "$op" "$W/ir.txt" || fail "tables: no '$op' in the placed graph"
+  done
+  grep -q '= sampled_xent(' "$W/ir.txt" && fail "tables: sampled_xent reads the sharded table"
+  grep -q 'all_reduce.*loss\.weight\.grad' "$W/ir.txt" && fail "tables: loss.weight all-reduced"
   cp "$HERE/multidev/md_sampled.moe" "$W/r.moe" # the setting as a flag, checked like the file's
   "$MOEC" ir "$W/r.moe" --after comm --devices 2 --set plan.tables=sharded | grep -q table_scatter ||
     fail "tables: --set plan.tables=sharded"
@@ -570,6 +596,32 @@ tables)
     same d1 mpi2
   fi
   ck_4_eq_1 t
+  # the exact evaluation with the tables sharded: each device its range of the vocabulary,
+  # combined (docs/placement.md): one device's loss to 1e-6 (f32) and to the 9 printed digits
+  # (f64), not the same bits (other chunks of V); the checkpoint from 1 device on 2, 3, 4
+  for p in 2 3 4; do
+    same_eval_on "$W/m.moe" "$W/t1.safetensors" $p 1e-6 "tables: the exact loss on $p devices"
+  done
+  # f64 (no checkpoints): the final evaluations of the f1 and f3 runs above
+  for f in f1 f3; do
+    grep '"event":"eval"' "$W/$f.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$f.eval"
+  done
+  paste "$W/f1.eval" "$W/f3.eval" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d / $1 > m) m = d / $1; n++ }
+    END { printf "tables: f64 exact loss on 3 devices: max relative difference %.3g\n", m; exit !(n == 2 && m <= 2e-9) }' ||
+    fail "tables: the f64 exact loss on 3 devices differs from one device's"
+  if command -v mpirun >/dev/null 2>&1; then
+    rm -f "$W/evm.metrics" "$W/evm2.metrics"
+    "$MOEC" run "$W/m.moe" --load "$W/t1.safetensors" --steps 0 --quiet --metrics "$W/evm.metrics" \
+      >"$W/evm.out" 2>&1 || fail "tables: evaluation on one device"
+    mpi_env 2 "$MOEC" run "$W/m.moe" --load "$W/t1.safetensors" --steps 0 --quiet \
+      --metrics "$W/evm2.metrics" >"$W/evm2.out" 2>&1 || { cat "$W/evm2.out"; fail "tables: evaluation on 2 MPI ranks"; }
+    for f in evm evm2; do
+      grep '"event":"eval"' "$W/$f.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$f.loss"
+    done
+    paste "$W/evm.loss" "$W/evm2.loss" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d / $1 > m) m = d / $1; n++ }
+      END { printf "tables: exact loss on 2 MPI ranks: max relative difference %.3g\n", m; exit !(n == 2 && m <= 1e-6) }' ||
+      fail "tables: the exact loss on 2 MPI ranks differs from one device's"
+  fi
   # resumed on 2 devices from the 4-device checkpoint: each device takes its rows
   "$MOEC" run "$W/m.moe" --devices 2 --steps 1 --quiet --load "$W/t4.safetensors" >"$W/l2.out" 2>&1 ||
     { cat "$W/l2.out"; fail "tables: load on 2 devices"; }
