@@ -398,6 +398,14 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
                n->layer ? n->layer : "?");
       ok = false;
     }
+    if (n->op == OP_TABLE_GATHER || n->op == OP_TABLE_SCATTER || n->op == OP_SAMPLE_LOG_UNIFORM ||
+        n->op == OP_SAMPLED_XENT_ROWS) { /* tables sharded by rows: cpu kernels only */
+      fe_error(&d, n->loc,
+               "layer '%s': tables = sharded needs op %s, which the cuda backend does not run "
+               "yet (use --tables replicated or --backend cpu)",
+               n->layer ? n->layer : "?", ir_ops[n->op].name);
+      ok = false;
+    }
   }
   RowSel *rows = ok ? param_rows(g) : NULL;
   if (!ok || !check_memory(g, cfg, o, t, rows)) {

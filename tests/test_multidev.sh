@@ -69,21 +69,6 @@ same_eval() { # same_eval MODEL REF.safetensors CK.safetensors WHAT: moec eval o
   awk -v a="$er" -v b="$ec" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d / a <= 1e-5) }' ||
     fail "$4: evaluates differently ($ec vs $er)"
 }
-same_eval_on() { # same_eval_on MODEL CK P TOL WHAT [FLAGS]: CK evaluated (valid and test,
-  # at the end of a 0-step `moec run --load`) on P devices gives one device's losses
-  # (relative TOL; the metrics print 9 digits)
-  for q in 1 "$3"; do
-    rm -f "$W/ev$q.metrics" # the metrics file is appended to
-    "$MOEC" run "$1" --load "$2" --steps 0 --devices $q --quiet ${6:-} --metrics "$W/ev$q.metrics" \
-      >"$W/ev$q.out" 2>&1 || { cat "$W/ev$q.out"; fail "$5: evaluation on $q devices"; }
-    grep '"event":"eval"' "$W/ev$q.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/ev$q.loss"
-  done
-  [ "$(wc -l <"$W/ev1.loss")" -eq 2 ] || fail "$5: expected a valid and a test loss"
-  paste "$W/ev1.loss" "$W/ev$3.loss" | awk -v w="$5" -v t="$4" '
-    { d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > m) m = r; printf "%s: %s vs one device %s\n", w, $2, $1 }
-    END { printf "%s: max relative difference %.3g\n", w, m; exit !(m <= t + 0) }' ||
-    fail "$5: evaluates differently"
-}
 ck_4_eq_1() { # ck_4_eq_1 TAG: $W/m.moe saved on 4 devices ($W/TAG4.safetensors) evaluates
   # as trained on 1 ($W/TAG1.safetensors), to 1e-5
   "$MOEC" run "$W/m.moe" --devices 4 --quiet --save "$W/${1}4.safetensors" >"$W/s4.out" 2>&1 ||
@@ -597,31 +582,43 @@ tables)
   fi
   ck_4_eq_1 t
   # the exact evaluation with the tables sharded: each device its range of the vocabulary,
-  # combined (docs/placement.md): one device's loss to 1e-6 (f32) and to the 9 printed digits
-  # (f64), not the same bits (other chunks of V); the checkpoint from 1 device on 2, 3, 4
+  # combined (docs/placement.md): one device's loss to 1e-6 (f32) and 1e-12 (f64), not the
+  # same bits (other chunks of V); the checkpoint from 1 device on 2, 3, 4 and 2 MPI ranks
+  evals() { # evals TAG CMD...: the valid and test losses of a 0-step run from t1 -> $W/TAG.eval
+    t=$1
+    shift
+    rm -f "$W/$t.metrics" # appended to
+    "$@" --load "$W/t1.safetensors" --steps 0 --quiet --metrics "$W/$t.metrics" >"$W/$t.out" 2>&1 ||
+      { cat "$W/$t.out"; fail "tables: evaluation $t"; }
+    grep '"event":"eval"' "$W/$t.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$t.eval"
+    [ "$(wc -l <"$W/$t.eval")" -eq 2 ] || fail "tables: $t: expected a valid and a test loss"
+  }
+  same_evals() { # same_evals REF TAG TOL: relative difference at most TOL
+    paste "$W/$1.eval" "$W/$2.eval" | awk -v a="$1" -v b="$2" -v t="$3" '
+      { d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > m) m = r }
+      END { printf "exact loss %s vs %s: max relative difference %.3g\n", a, b, m; exit !(m <= t + 0) }' ||
+      fail "tables: the exact loss of $2 differs from $1's"
+  }
+  evals e1 "$MOEC" run "$W/m.moe"
   for p in 2 3 4; do
-    same_eval_on "$W/m.moe" "$W/t1.safetensors" $p 1e-6 "tables: the exact loss on $p devices"
+    evals e$p "$MOEC" run "$W/m.moe" --devices $p
+    same_evals e1 e$p 1e-6
   done
   # f64 (no checkpoints): the final evaluations of the f1 and f3 runs above
   for f in f1 f3; do
     grep '"event":"eval"' "$W/$f.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$f.eval"
   done
-  paste "$W/f1.eval" "$W/f3.eval" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d / $1 > m) m = d / $1; n++ }
-    END { printf "tables: f64 exact loss on 3 devices: max relative difference %.3g\n", m; exit !(n == 2 && m <= 2e-9) }' ||
-    fail "tables: the f64 exact loss on 3 devices differs from one device's"
+  same_evals f1 f3 1e-12
   if command -v mpirun >/dev/null 2>&1; then
-    rm -f "$W/evm.metrics" "$W/evm2.metrics"
-    "$MOEC" run "$W/m.moe" --load "$W/t1.safetensors" --steps 0 --quiet --metrics "$W/evm.metrics" \
-      >"$W/evm.out" 2>&1 || fail "tables: evaluation on one device"
-    mpi_env 2 "$MOEC" run "$W/m.moe" --load "$W/t1.safetensors" --steps 0 --quiet \
-      --metrics "$W/evm2.metrics" >"$W/evm2.out" 2>&1 || { cat "$W/evm2.out"; fail "tables: evaluation on 2 MPI ranks"; }
-    for f in evm evm2; do
-      grep '"event":"eval"' "$W/$f.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$f.loss"
-    done
-    paste "$W/evm.loss" "$W/evm2.loss" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d / $1 > m) m = d / $1; n++ }
-      END { printf "tables: exact loss on 2 MPI ranks: max relative difference %.3g\n", m; exit !(n == 2 && m <= 1e-6) }' ||
-      fail "tables: the exact loss on 2 MPI ranks differs from one device's"
+    evals em2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same_evals e1 em2 1e-6
   fi
+  # the factored optimizer over both sharded tables (their column moments from the
+  # all-gathered rows): one device's losses on 3
+  sed 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe" >"$W/fm.moe"
+  losses fa1 "$MOEC" run "$W/fm.moe"
+  losses fa3 "$MOEC" run "$W/fm.moe" --devices 3
+  same fa1 fa3
   # resumed on 2 devices from the 4-device checkpoint: each device takes its rows
   "$MOEC" run "$W/m.moe" --devices 2 --steps 1 --quiet --load "$W/t4.safetensors" >"$W/l2.out" 2>&1 ||
     { cat "$W/l2.out"; fail "tables: load on 2 devices"; }
