@@ -128,6 +128,9 @@ static bool find_inputs(Graph *g, Diag *d, Loc model_loc, const Config *cfg, Fee
       bool s = n->op == OP_SAMPLED_XENT; /* (x, W[V, D], b, targets) */
       tg = through_reshapes(n->in[s ? 3 : 1]);
       vout = (int)(s ? n->in[1]->ty.dim[0].c : n->in[0]->ty.dim[n->in[0]->ty.rank - 1].c);
+    } else if (n->op == OP_SAMPLED_XENT_ROWS) { /* its table sharded: V = ia[2] */
+      tg = through_reshapes(n->in[4]);
+      vout = (int)n->ia[2];
     }
   }
   if (!g->loss) {
@@ -394,6 +397,14 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
       fe_error(&d, n->loc,
                "lstm '%s' has proj=, which the cuda backend does not run yet (use --backend cpu)",
                n->layer ? n->layer : "?");
+      ok = false;
+    }
+    if (n->op == OP_TABLE_GATHER || n->op == OP_TABLE_SCATTER || n->op == OP_SAMPLE_LOG_UNIFORM ||
+        n->op == OP_SAMPLED_XENT_ROWS) { /* tables sharded by rows: cpu kernels only */
+      fe_error(&d, n->loc,
+               "layer '%s': tables = sharded needs op %s, which the cuda backend does not run "
+               "yet (use --tables replicated or --backend cpu)",
+               n->layer ? n->layer : "?", ir_ops[n->op].name);
       ok = false;
     }
   }

@@ -369,6 +369,68 @@ const char *shape_sampled_xent(Graph *g, Node *n) {
   return NULL;
 }
 
+/* (targets i32[N]) -> cand i32[S], tries i32[1]; S = ia[1] in [1, V = ia[2]] */
+const char *shape_sample_log_uniform(Graph *g, Node *n) {
+  TRY(need_i32(g, n, 0));
+  if (n->ia[1] < 1 || n->ia[1] > n->ia[2])
+    return mc_arena_printf(&g->arena, "sample_log_uniform: samples = %lld must be in [1, V = %lld]",
+                           (long long)n->ia[1], (long long)n->ia[2]);
+  Dim s = dim_int(n->ia[1]), one = dim_int(1);
+  n->out[0]->ty = ir_type(DT_I32, 1, &s);
+  n->out[1]->ty = ir_type(DT_I32, 1, &one);
+  return NULL;
+}
+
+/* (x[N,D], Wt[N,D], Ws[S,D], b[V], targets i32[N], cand i32[S], tries i32[1], W[V_r,D]) ->
+ * loss, probs[N,S+1] */
+const char *shape_sampled_xent_rows(Graph *g, Node *n) {
+  for (int i = 0; i < 8; i++) {
+    TRY(i >= 4 && i <= 6 ? need_i32(g, n, i) : need_f32(g, n, i));
+    TRY(need_rank(g, n, i, i <= 2 || i == 7 ? 2 : 1));
+  }
+  const Type *x = &n->in[0]->ty;
+  for (int i = 1; i < 8; i += i == 2 ? 5 : 1)
+    if (!dim_eq(x->dim[1], n->in[i]->ty.dim[1]))
+      return mismatch(g, n, 0, i, "x[N,D] and the table's rows differ in D");
+  if (!dim_eq(x->dim[0], n->in[1]->ty.dim[0]) || !dim_eq(x->dim[0], n->in[4]->ty.dim[0]))
+    return mismatch(g, n, 0, 4, "x, the targets' rows and the targets differ in rows");
+  if (!dim_eq(n->in[2]->ty.dim[0], dim_int(n->ia[1])) ||
+      !dim_eq(n->in[5]->ty.dim[0], dim_int(n->ia[1])) ||
+      !dim_eq(n->in[3]->ty.dim[0], dim_int(n->ia[2])))
+    return mismatch(g, n, 2, 5, "the candidates' rows, cand[S] and b[V] do not match S and V");
+  Dim pd[2] = {x->dim[0], dim_int(n->ia[1] + 1)};
+  n->out[0]->ty = f32_type(0, NULL);
+  n->out[1]->ty = f32_type(2, pd);
+  return NULL;
+}
+
+/* (g, probs[N,S+1], x[N,D], Wt[N,D], Ws[S,D], targets[N], cand[S], tries[1]) -> as
+ * sampled_xent_bwd's */
+const char *shape_sampled_xent_rows_bwd(Graph *g, Node *n) {
+  TRY(need_f32(g, n, 0));
+  TRY(need_rank(g, n, 0, 0));
+  for (int i = 1; i < 8; i++) {
+    TRY(i >= 5 ? need_i32(g, n, i) : need_f32(g, n, i));
+    TRY(need_rank(g, n, i, i >= 5 ? 1 : 2));
+  }
+  Dim N = n->in[2]->ty.dim[0], D = n->in[2]->ty.dim[1], S = n->in[6]->ty.dim[0];
+  if (!dim_eq(n->in[1]->ty.dim[0], N) || !dim_eq(n->in[3]->ty.dim[0], N) ||
+      !dim_eq(n->in[5]->ty.dim[0], N))
+    return mismatch(g, n, 1, 2, "probs, x, the targets' rows and the targets differ in rows");
+  if (!dim_is_const(S) || !dim_eq(n->in[1]->ty.dim[1], dim_int(S.c + 1)) ||
+      !dim_eq(n->in[4]->ty.dim[0], S))
+    return mismatch(g, n, 1, 6, "probs[N,S+1], the candidates' rows and cand[S] differ in S");
+  if (!dim_eq(n->in[3]->ty.dim[1], D) || !dim_eq(n->in[4]->ty.dim[1], D))
+    return mismatch(g, n, 2, 3, "x and the rows differ in D");
+  Dim nd[2] = {N, D}, n1[2] = {N, dim_int(1)}, sd[2] = {S, D}, s1[2] = {S, dim_int(1)};
+  n->out[0]->ty = f32_type(2, nd);
+  n->out[1]->ty = f32_type(2, nd);
+  n->out[2]->ty = f32_type(2, n1);
+  n->out[3]->ty = f32_type(2, sd);
+  n->out[4]->ty = f32_type(2, s1);
+  return NULL;
+}
+
 /* (g, probs[N,S+1], x[N,D], W[V,D], targets[N], cand[S], tries[1]) ->
  * dx[N,D], dWt[N,D], dbt[N,1], dWs[S,D], dbs[S,1] */
 const char *shape_sampled_xent_bwd(Graph *g, Node *n) {

@@ -133,8 +133,13 @@ CommBytes pass_comm_bytes(const Graph *g, const Node *n) {
     break;
   case OP_TABLE_GATHER:  /* the ids to their owners, the rows back */
   case OP_TABLE_SCATTER: /* the ids and the rows' gradients to their owners */
-    b.payload = n->in[0]->numel * 4 +
-                (n->op == OP_TABLE_GATHER ? bound_bytes(n->out[0]) : bound_bytes(n->in[1]));
+    b.payload = 0;
+    for (int q = 0; q + 1 < n->nin; q += 2) { /* ids not of the batch (a sampled softmax's
+                                                 candidates): every device's */
+      int64_t ids = n->in[q]->numel * 4 +
+                    (n->op == OP_TABLE_GATHER ? bound_bytes(n->out[0]) : bound_bytes(n->in[q + 1]));
+      b.payload += n->in[q]->ty.rank >= 1 && n->in[q]->ty.dim[0].b > 0 ? ids : nd * ids;
+    }
     b.upper = b.payload;
     b.expected = (int64_t)((double)b.payload * n->fa[0] + 0.5);
     b.per_device = b.expected / nd;
@@ -686,6 +691,93 @@ static void splice(const Comm *c, Node *n, Node **out, int *m) {
     if (c->ins[j].anchor == n && c->ins[j].after) out[(*m)++] = c->ins[j].node;
 }
 
+/* ------------------------------------------------- a sampled softmax's table sharded by rows */
+
+/* plan.tables = sharded and p a sampled softmax's weight W[V,D], read only by its
+ * sampled_xent and sampled_xent_bwd, its gradient their embedding_bwd(targets, dWt, cand,
+ * dWs): the sampler becomes its own node (sample_log_uniform, the same draws), the targets'
+ * and the candidates' rows come from their owners (two table_gathers), the loss and its
+ * gradients read those rows (sampled_xent_rows, sampled_xent_rows_bwd; the loss's
+ * evaluation reads this device's rows of W) and the rows' gradients go to their owners
+ * (table_scatter of both pairs). The bias b[V] stays replicated: V elements, its
+ * gradient's rows exchanged as any row-sparse gradient's (passes/sparse.c). */
+static bool sampled_table(Comm *c, Tensor *p, const Config *cfg) {
+  Graph *g = c->g;
+  int P = c->P;
+  if (!cfg || !cfg->tables_sharded || p->ty.rank != 2 || !dim_is_const(p->ty.dim[0]) ||
+      p->ty.dim[0].c < P || !p->grad || !p->grad->producer)
+    return false;
+  Node *f = NULL, *bw = NULL, *e = p->grad->producer;
+  for (int k = 0; k < g->nnodes; k++) {
+    Node *n = g->nodes[k];
+    for (int i = 0; i < n->nin; i++) {
+      if (n->in[i] != p) continue;
+      if (n->op == OP_SAMPLED_XENT && i == 1 && !f)
+        f = n;
+      else if (n->op == OP_SAMPLED_XENT_BWD && i == 3 && !bw)
+        bw = n;
+      else
+        return false;
+    }
+  }
+  if (!f || !bw || ir_node_set_size(f, P) != P || ir_node_set_size(bw, P) != P ||
+      ir_node_set_size(e, P) != P || e->op != OP_EMBEDDING_BWD || e->nin != 4 ||
+      e->in[1] != bw->out[1] || e->in[3] != bw->out[3] || bw->in[5] != f->out[2])
+    return false;
+  int64_t V = p->ty.dim[0].c, S = f->ia[1];
+  double remote = (double)(P - 1) / P; /* uniform ids: this share has another owner */
+  Tensor *tg = f->in[3], *cand = f->out[2], *tries = f->out[3];
+  /* the sampler, producing sampled_xent's samples and tries (its own two outputs dropped) */
+  int64_t sia[IR_MAX_ATTR] = {f->ia[0], S, V}, tia[IR_MAX_ATTR] = {V, P};
+  Node *sm = new_node_ia(c, OP_SAMPLE_LOG_UNIFORM, 1, &tg, sia, f, f, false, ".sampler");
+  static Node dropped = {.id = -1};
+  for (int j = 0; j < 2; j++)
+    sm->out[j]->producer = &dropped;
+  sm->out[0] = cand;
+  sm->out[1] = tries;
+  cand->producer = tries->producer = sm;
+  cand->producer_slot = 0;
+  tries->producer_slot = 1;
+  Tensor *gi[2] = {tg, p}, *gc[2] = {cand, p};
+  Node *gt = new_node_ia(c, OP_TABLE_GATHER, 2, gi, tia, f, f, false, "");
+  Node *gs = new_node_ia(c, OP_TABLE_GATHER, 2, gc, tia, f, f, false, "");
+  gt->fa[0] = gs->fa[0] = remote;
+  gt->out[0]->name = mc_arena_printf(&g->arena, "%s@targets", p->name);
+  gs->out[0]->name = mc_arena_printf(&g->arena, "%s@samples", p->name);
+  /* the loss over the gathered rows */
+  Tensor **fin = mc_arena_alloc(&g->arena, sizeof(Tensor *) * 8);
+  Tensor *fi[8] = {f->in[0], gt->out[0], gs->out[0], f->in[2], tg, cand, tries, p};
+  memcpy(fin, fi, sizeof fi);
+  f->op = OP_SAMPLED_XENT_ROWS;
+  f->in = fin;
+  f->nin = 8;
+  f->nout = 2;
+  f->ia[2] = V;
+  f->ia[3] = P;
+  /* its gradients, W's rows from the gathered ones */
+  Tensor **bin = mc_arena_alloc(&g->arena, sizeof(Tensor *) * 8);
+  Tensor *bi[8] = {bw->in[0],  bw->in[1], bw->in[2], gt->out[0],
+                   gs->out[0], bw->in[4], cand,      bw->in[6]};
+  memcpy(bin, bi, sizeof bi);
+  bw->op = OP_SAMPLED_XENT_ROWS_BWD;
+  bw->in = bin;
+  bw->nin = 8;
+  bw->ia[2] = V;
+  Node *re[2] = {f, bw};
+  for (int i = 0; i < 2; i++) {
+    const char *err = ir_ops[re[i]->op].shape(g, re[i]);
+    if (err) mc_fatal("comm pass: layer '%s': %s", f->layer ? f->layer : "?", err);
+  }
+  /* W's gradient: the rows to their owners */
+  e->op = OP_TABLE_SCATTER;
+  e->ia[1] = P;
+  e->fa[0] = remote;
+  e->out[0]->name = mc_arena_printf(&g->arena, "%s.grad@rows", p->name);
+  p->part = PART_ROWS;
+  p->grad->part = PART_ROWS;
+  return true;
+}
+
 void pass_comm(Graph *g, const PassCtx *ctx) {
   int P = ctx->devices;
   if (P <= 1 || !ctx->cfg || !g->moe_expert_dev) return; /* not placed: nothing moves */
@@ -733,6 +825,7 @@ void pass_comm(Graph *g, const PassCtx *ctx) {
   for (int i = 0; i < g->nparams; i++) {
     Tensor *p = g->params[i];
     if (p->grad && p->part == PART_REPLICATED && p->grad->part == PART_PARTIAL) {
+      if (sampled_table(&c, p, ctx->cfg)) continue;      /* each device its rows, sampled */
       if (pass_table_shard(g, p, P, ctx->cfg)) continue; /* each device its rows */
       if (pass_sparse_grad(g, p, P, ctx->cfg)) continue; /* only the touched rows travel */
       Tensor *s = all_reduce(&c, p->grad, "@sum");

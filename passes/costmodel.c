@@ -82,8 +82,10 @@ double plan_node_flops(const Node *n) {
   case OP_XENT:
   case OP_SOFTMAX:
     return 3.0 * numel(a);
+  case OP_SAMPLED_XENT_ROWS:
   case OP_SAMPLED_XENT: /* training: x[N,D] times S+1 rows of W, then their softmax */
     return (2.0 * (double)a->shape[1] + 3.0) * numel(n->out[1]);
+  case OP_SAMPLED_XENT_ROWS_BWD:
   case OP_SAMPLED_XENT_BWD: /* dx and the sampled rows' dW: two GEMMs over [N, S+1] */
     return 4.0 * numel(n->in[1]) * (double)n->in[2]->shape[1];
   case OP_EMBEDDING:
@@ -432,12 +434,14 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
             (proj ? T * (launch + plan_gemm_s(k, Bd, U, R)) + plan_gemm_s(k, R, U, Bd * T) : 0);
       break;
     }
+    case OP_SAMPLED_XENT_ROWS:
     case OP_SAMPLED_XENT: { /* x[N, D] against S+1 rows of W */
       double N = (double)a->shape[0], D = (double)a->shape[1];
       double S1 = N > 0 ? numel(n->out[1]) / N : 0;
       x = launch + plan_gemm_s(k, N * s, S1, D) + elem_s(k, 3 * N * s * S1, 3 * N * s * S1);
       break;
     }
+    case OP_SAMPLED_XENT_ROWS_BWD:
     case OP_SAMPLED_XENT_BWD: {
       double N = (double)n->in[1]->shape[0], S1 = N > 0 ? numel(n->in[1]) / N : 0;
       double D = (double)n->in[2]->shape[1];

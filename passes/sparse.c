@@ -94,7 +94,7 @@ bool pass_table_shard(Graph *g, Tensor *p, int P, const Config *cfg) {
       !dim_is_const(p->ty.dim[0]) || p->ty.dim[0].c < P)
     return false;
   /* an embedding's table: read only by embeddings on every device, its gradient a sum of
-   * their scatters (a sampled softmax's weight is read by its loss: kept replicated) */
+   * their scatters (a sampled softmax's weight: passes/comm.c, sampled_table) */
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
     for (int i = 0; i < n->nin; i++)

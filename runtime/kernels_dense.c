@@ -24,7 +24,8 @@ _Noreturn static void rt_bad_id(const Node *n, const char *what, int32_t id, int
  * fa[0] = 0: the mean over the step's whole batch, every device and micro-batch. */
 static double xent_scale(const KernelCtx *ctx, const Node *n) {
   if (n->fa[0] != 0) return n->fa[0];
-  bool fwd = n->op == OP_XENT || n->op == OP_SAMPLED_XENT; /* their rows: input 0 */
+  bool fwd = n->op == OP_XENT || n->op == OP_SAMPLED_XENT ||
+             n->op == OP_SAMPLED_XENT_ROWS; /* their rows: input 0 */
   int64_t rows = fwd ? n->in[0]->shape[0] : n->in[1]->shape[0];
   int nd = ctx->ndevices > 0 ? ctx->ndevices : 1;
   return 1.0 / ((double)rows * (double)nd * (double)MC_MAX(ctx->accum, 1));

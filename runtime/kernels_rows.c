@@ -147,6 +147,19 @@ static void sparse_all_reduce_f64(const KernelCtx *ctx, const Node *n, void *con
 
 /* ---------------------------------------------------------------- tables sharded by rows */
 
+int rt_rows_all_gather(const KernelCtx *ctx, const Node *n, const void *send, void *recv,
+                       size_t bytes, int *rank) {
+  Comm *c = rows_comm(ctx, n);
+  *rank = c ? c->rank : 0;
+  if (!c) {
+    memcpy(recv, send, bytes);
+    return 1;
+  }
+  same_bytes(c, (int64_t)bytes, ir_ops[n->op].name);
+  c->all_gather(c, send, recv, bytes);
+  return c->size;
+}
+
 /* A table's exchange on one device: its ids in owner order (owner by owner, positions
  * ascending: pos[j] is the position of the j-th sent id), how many go to each owner
  * (n[p]), and the ids it received as an owner (rid, nr of them; rn[p] from device p, in
@@ -277,25 +290,42 @@ static void table_gather(const KernelCtx *ctx, const Node *n, void *const *in, v
   table_free(&x);
 }
 
-/* (ids i32[N], g[N,D]) -> dW[V_r,D]: the rows go to their owners (the ids' order within
- * each owner), which add them in rank order, each source's in position order: the global
- * batch's order, the order embedding_bwd adds them on one device (the same bits). */
+/* (ids i32[N], g[N,D], ...: pairs) -> dW[V_r,D]: the rows go to their owners (the ids' order
+ * within each owner), which add them in rank order, each source's in position order (its
+ * pairs in order): the global batch's order, the order embedding_bwd adds them on one
+ * device (the same bits). */
 static void table_scatter(const KernelCtx *ctx, const Node *n, void *const *in, void *const *out,
                           size_t elem) {
   Comm *c = rows_comm(ctx, n);
   double t0 = mc_now();
-  int64_t N = n->in[0]->numel, D = n->in[1]->shape[n->in[1]->ty.rank - 1];
+  int64_t N = 0, D = n->in[1]->shape[n->in[1]->ty.rank - 1];
   int64_t V = n->ia[0], Vr = n->out[0]->shape[0];
   int rank = c ? c->rank : 0;
+  size_t rb = (size_t)D * elem;
+  for (int q = 0; q < n->nin; q += 2)
+    N += n->in[q]->numel;
+  const int32_t *ids = in[0];
+  const char *g = in[1];
+  int32_t *cat = NULL;
+  char *gcat = NULL;
+  if (n->nin > 2) { /* the pairs one after the other */
+    cat = mc_malloc(sizeof(int32_t) * (size_t)MC_MAX(N, 1));
+    gcat = mc_malloc((size_t)MC_MAX(N, 1) * rb);
+    for (int q = 0, at = 0; q < n->nin; at += (int)n->in[q]->numel, q += 2) {
+      memcpy(cat + at, in[q], sizeof(int32_t) * (size_t)n->in[q]->numel);
+      memcpy(gcat + (size_t)at * rb, in[q + 1], (size_t)n->in[q]->numel * rb);
+    }
+    ids = cat;
+    g = gcat;
+  }
   TableX x;
-  table_route(c, n, in[0], N, &x);
+  table_route(c, n, ids, N, &x);
   int64_t lo = ir_table_first(V, x.P, rank);
   MOEC_ASSERT(Vr == ir_table_first(V, x.P, rank + 1) - lo);
-  size_t rb = (size_t)D * elem;
   char *send = mc_malloc((size_t)MC_MAX(N, 1) * rb),
        *recv = mc_malloc((size_t)MC_MAX(x.nr, 1) * rb);
   for (int64_t j = 0; j < N; j++)
-    memcpy(send + (size_t)j * rb, (const char *)in[1] + (size_t)x.pos[j] * rb, rb);
+    memcpy(send + (size_t)j * rb, g + (size_t)x.pos[j] * rb, rb);
   table_rows(c, &x, send, x.n, recv, x.rn, rb);
   memset(out[0], 0, (size_t)Vr * rb);
   for (int64_t j = 0; j < x.nr; j++) {
@@ -317,6 +347,8 @@ static void table_scatter(const KernelCtx *ctx, const Node *n, void *const *in, 
   }
   mc_free(send);
   mc_free(recv);
+  mc_free(cat);
+  mc_free(gcat);
   table_count(ctx, &x, rank, CK_TABLE_SCATTER, t0, N, rb, false);
   table_free(&x);
 }

@@ -45,3 +45,10 @@ int64_t rt_sample_log_uniform(uint64_t key, int64_t V, int64_t S, int32_t *cand)
   mc_free(seen);
   return tries;
 }
+
+void rt_sample_candidates(const KernelCtx *ctx, const Node *n, int64_t V, int64_t S, int32_t *cand,
+                          int32_t *tries) {
+  uint64_t key = mc_rng_key(ctx->seed, (uint64_t)n->ia[0], ctx->step);
+  int64_t nt = rt_sample_log_uniform(key, V, S, cand);
+  tries[0] = (int32_t)(nt > INT32_MAX ? INT32_MAX : nt);
+}

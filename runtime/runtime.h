@@ -85,6 +85,14 @@ void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: 
 int64_t rt_sample_log_uniform(uint64_t key, int64_t V, int64_t S, int32_t *cand);
 double rt_log_uniform_p(int64_t c, int64_t V);
 double rt_log_uniform_expected(int64_t c, int64_t V, int64_t tries);
+/* sampled_xent's S candidates of V for this step (key from ctx's seed and step and the
+ * node's stream ia[0]) into cand, and the draws they took into tries[0] */
+void rt_sample_candidates(const KernelCtx *ctx, const Node *n, int64_t V, int64_t S, int32_t *cand,
+                          int32_t *tries);
+/* kernels_rows.c: every device's `bytes` of send into recv in rank order (n's device set);
+ * returns the devices (1 without a communicator: a copy) and this device's rank */
+int rt_rows_all_gather(const KernelCtx *ctx, const Node *n, const void *send, void *recv,
+                       size_t bytes, int *rank);
 /* The table for a precision; every op that has a kernel is filled, others NULL. */
 const KernelFn *rt_cpu_kernels(Precision p);
 

@@ -15,8 +15,8 @@ foreach(case paper round_robin data_parallel hmoe batchwise balanced mpi reshard
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_multidev.sh $<TARGET_FILE:moec> ${case})
   set_tests_properties(multidev_${case} PROPERTIES TIMEOUT 150 SKIP_RETURN_CODE 77 LABELS "multidev")
 endforeach()
-# tables: 14 runs (1..4 devices, MPI, checkpoints, memory on 1, 2, 4): ~50 s here, 4 min
-# under the sanitizers on a loaded machine
+# tables: 24 runs (1..4 devices, MPI, checkpoints, evaluations, memory on 1, 2, 4): ~2 min here,
+# more under the sanitizers on a loaded machine
 set_tests_properties(multidev_tables PROPERTIES TIMEOUT 600)
 # MPI jobs: ~40 s here alone; a rank waits on the others, so a loaded machine (a build
 # beside the suite) stretches them past 150 s

@@ -551,8 +551,19 @@ tables)
   grep -q '= table_gather(tokens, emb.weight)' "$W/ir.txt" || fail "tables: no table_gather"
   grep -q 'emb.weight.grad@rows = table_scatter(' "$W/ir.txt" || fail "tables: no table_scatter"
   grep -q 'all_reduce.*emb\.weight\.grad' "$W/ir.txt" && fail "tables: emb.weight all-reduced"
-  "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 | grep -q 'emb.weight.*f32\[683, 16\]' ||
+  "$MOEC" ir "$W/m.moe" --after shard --devices 3 --device 1 >"$W/ir3.txt" || fail "tables: moec ir --device 1"
+  grep -q 'emb.weight.*f32\[683, 16\]' "$W/ir3.txt" ||
     fail "tables: device 1 of 3 does not hold rows [682, 1365) of emb.weight"
+  # the sampled softmax's weight too: the sampler, its rows gathered, the loss over them,
+  # the gradient rows scattered to their owners; its bias stays replicated (rows exchanged)
+  grep -q 'loss.weight.*f32\[683, 16\]' "$W/ir3.txt" ||
+    fail "tables: device 1 of 3 does not hold rows [682, 1365) of loss.weight"
+  for op in '= sample_log_uniform(' '= table_gather(.*, loss.weight)' '= sampled_xent_rows(' \
+    '= sampled_xent_rows_bwd(' 'loss.weight.grad@rows = table_scatter(' 'loss.bias.grad@rows = sparse_all_reduce('; do
+    grep -q "$op" "$W/ir.txt" || fail "tables: no '$op' in the placed graph"
+  done
+  grep -q '= sampled_xent(' "$W/ir.txt" && fail "tables: sampled_xent reads the sharded table"
+  grep -q 'all_reduce.*loss\.weight\.grad' "$W/ir.txt" && fail "tables: loss.weight all-reduced"
   cp "$HERE/multidev/md_sampled.moe" "$W/r.moe" # the setting as a flag, checked like the file's
   "$MOEC" ir "$W/r.moe" --after comm --devices 2 --set plan.tables=sharded | grep -q table_scatter ||
     fail "tables: --set plan.tables=sharded"
@@ -570,6 +581,44 @@ tables)
     same d1 mpi2
   fi
   ck_4_eq_1 t
+  # the exact evaluation with the tables sharded: each device its range of the vocabulary,
+  # combined (docs/placement.md): one device's loss to 1e-6 (f32) and 1e-12 (f64), not the
+  # same bits (other chunks of V); the checkpoint from 1 device on 2, 3, 4 and 2 MPI ranks
+  evals() { # evals TAG CMD...: the valid and test losses of a 0-step run from t1 -> $W/TAG.eval
+    t=$1
+    shift
+    rm -f "$W/$t.metrics" # appended to
+    "$@" --load "$W/t1.safetensors" --steps 0 --quiet --metrics "$W/$t.metrics" >"$W/$t.out" 2>&1 ||
+      { cat "$W/$t.out"; fail "tables: evaluation $t"; }
+    grep '"event":"eval"' "$W/$t.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$t.eval"
+    [ "$(wc -l <"$W/$t.eval")" -eq 2 ] || fail "tables: $t: expected a valid and a test loss"
+  }
+  same_evals() { # same_evals REF TAG TOL: relative difference at most TOL
+    paste "$W/$1.eval" "$W/$2.eval" | awk -v a="$1" -v b="$2" -v t="$3" '
+      { d = $1 - $2; if (d < 0) d = -d; r = d / $1; if (r > m) m = r }
+      END { printf "exact loss %s vs %s: max relative difference %.3g\n", a, b, m; exit !(m <= t + 0) }' ||
+      fail "tables: the exact loss of $2 differs from $1's"
+  }
+  evals e1 "$MOEC" run "$W/m.moe"
+  for p in 2 3 4; do
+    evals e$p "$MOEC" run "$W/m.moe" --devices $p
+    same_evals e1 e$p 1e-6
+  done
+  # f64 (no checkpoints): the final evaluations of the f1 and f3 runs above
+  for f in f1 f3; do
+    grep '"event":"eval"' "$W/$f.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"$W/$f.eval"
+  done
+  same_evals f1 f3 1e-12
+  if command -v mpirun >/dev/null 2>&1; then
+    evals em2 mpi_env 2 "$MOEC" run "$W/m.moe"
+    same_evals e1 em2 1e-6
+  fi
+  # the factored optimizer over both sharded tables (their column moments from the
+  # all-gathered rows): one device's losses on 3
+  sed 's/adam(lr=1e-2)/factored(lr=1e-2)/' "$W/m.moe" >"$W/fm.moe"
+  losses fa1 "$MOEC" run "$W/fm.moe"
+  losses fa3 "$MOEC" run "$W/fm.moe" --devices 3
+  same fa1 fa3
   # resumed on 2 devices from the 4-device checkpoint: each device takes its rows
   "$MOEC" run "$W/m.moe" --devices 2 --steps 1 --quiet --load "$W/t4.safetensors" >"$W/l2.out" 2>&1 ||
     { cat "$W/l2.out"; fail "tables: load on 2 devices"; }
