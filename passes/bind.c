@@ -8,6 +8,19 @@
 
 #include "plan.h"
 
+int plan_fair_widen(const Graph *g, int m, int P) {
+  if (!g->moe_expert_dev || m < 0 || m >= g->nmoe || g->moe_nexperts[m] <= 0) return P;
+  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
+  int set = 0;
+  for (int e = 0; e < g->moe_nexperts[m] && set < P; e++) {
+    int d = g->moe_expert_dev[m][e];
+    if (d < 0 || d >= P) set = P; /* replicated experts: every device */
+    else if (!has[d]) has[d] = true, set++;
+  }
+  mc_free(has);
+  return set > 0 ? (P + set - 1) / set : P;
+}
+
 /* The factor each MoE layer's expert rows are widened by: x P (every route of the global
  * batch on one device: the worst case), or with plan.expert_headroom = H, H x the rows a
  * device of the layer's expert set gets under uniform routing (P / |set| x its B/P share),
@@ -15,28 +28,45 @@
  * reason. Batchwise gating keeps x P: its slot lists are N*k*P long (comm.c). */
 int *plan_layer_widen(const Graph *g, int P) {
   int *f = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
-  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
   for (int m = 0; m < g->nmoe; m++) {
     f[m] = P;
     if (g->expert_headroom <= 0 || !g->moe_expert_dev || g->moe_nexperts[m] <= 0) continue;
-    int set = 0;
-    memset(has, 0, (size_t)P * sizeof(bool));
-    for (int e = 0; e < g->moe_nexperts[m]; e++) {
-      int d = g->moe_expert_dev[m][e];
-      if (d < 0 || d >= P) { /* replicated experts: every device */
-        set = P;
-        break;
-      }
-      if (!has[d]) has[d] = true, set++;
-    }
-    int64_t w = (int64_t)g->expert_headroom * ((P + set - 1) / (set > 0 ? set : 1));
+    int64_t w = (int64_t)g->expert_headroom * plan_fair_widen(g, m, P);
     f[m] = w < P ? (int)w : P;
   }
   for (int k = 0; k < g->nnodes; k++)
     for (int m = 0; m < g->nmoe && g->nodes[k]->op == OP_BATCHWISE_ROUTE; m++)
       if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) f[m] = P;
-  mc_free(has);
   return f;
+}
+
+/* Whether MoE layer m's expert rows can be sized per step (runtime/rows.c): several
+ * devices, no plan.expert_headroom, one batch shape, and a plain exchange: one forward
+ * all_to_all of its rows (not an hmoe's two-level one, not batchwise gating, no
+ * capacity=) whose received rows every expert-row tensor of the layer has. */
+static bool layer_per_step(const Graph *g, int m, int devices) {
+  if (devices <= 1 || g->expert_headroom > 0 || g->nshapes || ir_hmoe_experts_local(g, m) ||
+      (g->moe_group_dev && g->moe_group_dev[m]))
+    return false;
+  const Node *a2a = NULL;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (!n->layer || strcmp(n->layer, g->moe_names[m])) continue;
+    if (n->op == OP_BATCHWISE_ROUTE || n->op == OP_CAPACITY) return false;
+    if (n->op != OP_ALL_TO_ALL || n->backward) continue;
+    if (a2a || n->nin != 2 || n->ia[3]) return false;
+    a2a = n;
+  }
+  if (!a2a) return false;
+  Dim rows = a2a->out[0]->ty.dim[0];
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || !t->producer ||
+        !t->producer->layer || strcmp(t->producer->layer, g->moe_names[m]))
+      continue;
+    if (ir_dim_pack(t->ty.dim[0]) != ir_dim_pack(rows)) return false;
+  }
+  return true;
 }
 
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
@@ -58,13 +88,24 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
     for (int q = 0; q < t->ty.dim[0].b; q++)
       t->ty.dim[0].c *= w;
   }
+  /* the rows sized per step keep the worst case as their bound (the most a step can
+   * route to one device, and what a backend without the per-step region allocates) */
+  for (int m = 0; m < g->nmoe && devices > 1; m++) {
+    if (!layer_per_step(g, m, devices)) continue;
+    for (int i = 0; i < g->ntensors; i++) {
+      Tensor *t = g->tensors[i];
+      if (save[i] && t->producer && t->producer->layer &&
+          !strcmp(t->producer->layer, g->moe_names[m]))
+        t->rows_per_step = true;
+    }
+  }
   mc_free(f);
   return save;
 }
 
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
+    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]), g->tensors[i]->rows_per_step = false;
   mc_free(save);
 }
 

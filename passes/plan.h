@@ -99,6 +99,9 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
 /* Per MoE layer: the factor its expert rows are widened by on P devices (P: the worst
  * case; plan.expert_headroom: less). mc_free it. */
 int *plan_layer_widen(const Graph *g, int P);
+/* The rows a device of MoE layer m's expert set gets under uniform routing, as a factor
+ * of its B/P share: ceil(P / the devices holding its experts), at most P. */
+int plan_fair_widen(const Graph *g, int m, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 
 /* ---------------------------------------------------------------- costmodel.c */
