@@ -308,6 +308,8 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   PassCtx pc = {.cfg = cfg, .devices = devices, .training = g->has_backward, .elem = 4};
   Type *save = pass_device_view(g, &pc, d);
   DeviceMemory m = {.persist = g->mem.persist, .arena = g->mem.arena, .live_max = g->mem.live_max};
+  m.rows_fair = plan_rows_bytes(g, 0, sizeof(float));
+  m.rows_worst = plan_rows_bytes(g, 1, sizeof(float));
   for (int i = 0; i < g->nparams; i++)
     m.params += g->params[i]->numel * (int64_t)sizeof(float);
   if (g->has_backward) {

@@ -4,6 +4,7 @@
  * expert-row tensor room for the rows of the global batch, the most the all-to-all can
  * bring one device. It also refuses, at the rule that asked for them, the placements the
  * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
+#include <math.h>
 #include <string.h>
 
 #include "plan.h"
@@ -101,6 +102,35 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
   }
   mc_free(f);
   return save;
+}
+
+void plan_rows_clear(Graph *g) {
+  for (int i = 0; i < g->ntensors; i++)
+    g->tensors[i]->rows_per_step = false;
+}
+
+int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
+  int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  bool any = false;
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (!t->rows_per_step || t->shape[0] <= 0) continue;
+    any = true;
+    int64_t bound = t->shape[0], rows = (int64_t)ceil(share * (double)bound);
+    if (share <= 0) { /* the fair share: what the runtime lays out first (runtime/rows.c) */
+      int m = 0;
+      while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+        m++;
+      rows = bound / g->ndev * plan_fair_widen(g, m, g->ndev);
+    }
+    rows = rows < 1 ? 1 : rows > bound ? bound : rows;
+    nb[i] = t->numel / bound * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
+  }
+  int64_t bytes = any ? pass_memplan_rows(g, nb, off, NULL, NULL) : 0;
+  mc_free(nb);
+  mc_free(off);
+  return bytes;
 }
 
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
@@ -278,6 +308,7 @@ Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
 
 void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save) {
   pass_unshard_experts(g, save);
+  plan_rows_clear(g);
   PassCtx global = *ctx;
   global.device_graph = false;
   pass_bind(g, &global);

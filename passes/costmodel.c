@@ -180,6 +180,7 @@ Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
   mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
+  plan_rows_clear(g); /* these views keep every expert row in the arena, at the bound */
   return save;
 }
 
@@ -722,6 +723,18 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
   dc->param_alloc_bytes = params;
   dc->planned_bytes = persist + arena + optim;
   c->live_max = fmax(c->live_max, live_max);
+  c->max_planned = fmax(c->max_planned, dc->planned_bytes);
+  c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
+}
+
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double worst) {
+  DeviceCost *dc = &c->dev[d];
+  if (worst <= 0) return;
+  double uniform = fair / worst; /* the share of every route uniform routing gives d */
+  double expected = dc->route_share > 0 && uniform > 0 ? fair * dc->route_share / uniform : fair;
+  dc->rows_bytes = fmin(expected, worst);
+  dc->rows_margin_bytes = fmin(expected * PLAN_ROWS_MARGIN, worst);
+  dc->planned_bytes += dc->rows_margin_bytes;
   c->max_planned = fmax(c->max_planned, dc->planned_bytes);
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }

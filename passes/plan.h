@@ -103,6 +103,12 @@ int *plan_layer_widen(const Graph *g, int P);
  * of its B/P share: ceil(P / the devices holding its experts), at most P. */
 int plan_fair_widen(const Graph *g, int m, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
+/* Expert rows sized per step (Tensor.rows_per_step, marked by the widening above on a
+ * device graph; runtime/rows.c): plan_rows_bytes is their region on a bound device graph
+ * with share x each tensor's bound rows (share <= 0: the fair share the runtime starts
+ * at), elem bytes per float; plan_rows_clear unmarks them (their bound in the arena). */
+int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
+void plan_rows_clear(Graph *g);
 
 /* ---------------------------------------------------------------- costmodel.c */
 
@@ -155,7 +161,9 @@ typedef struct DeviceCost {
   double persist_bytes;     /* params, inputs, state */
   double arena_bytes;       /* activations and gradients, lifetimes overlaid */
   double optim_alloc_bytes; /* optimizer state of its parameters */
-  double planned_bytes;     /* persist + arena + optim_alloc: what is allocated */
+  double planned_bytes;     /* persist + arena + optim_alloc (+ rows_margin_bytes) */
+  double rows_bytes;        /* expert rows sized per step at the expected routing */
+  double rows_margin_bytes; /* the same x PLAN_ROWS_MARGIN, at most every route's */
   double param_alloc_bytes; /* its parameters (in persist): its experts' rows, the rest whole */
   /* the step on this device: routed rows its experts receive (forward, all MoE layers),
    * its kernels' time, its collectives' time and bytes on each kind of link */
@@ -205,6 +213,12 @@ double plan_gemm_s(const CostConsts *k, double M, double N, double K);
  * parameters; live_max its plan's lower bound. Updates the maximum and whether it fits. */
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
                           double params, double live_max);
+/* Device d's expert rows sized per step (runtime/rows.c): fair, their region at the
+ * fair share of uniform routing; worst, at every route. The expected region scales fair
+ * by the device's routed share (route_share) against uniform's, at most worst; the plan
+ * counts it x PLAN_ROWS_MARGIN (docs/memory.md) in planned_bytes and whether it fits. */
+#define PLAN_ROWS_MARGIN 1.25
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double worst);
 void plan_cost_free(PlanCost *c);
 /* Device d's types as its compile makes them (the shard pass and the bind pass's
  * widening at the global B, T: pass_device_view has the binding too), for the recompute

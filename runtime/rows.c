@@ -163,10 +163,13 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   r->high = MC_MAX(r->high, bytes);
   r->grown++;
   point(r);
-  fprintf(stderr, "moec: device %d, MoE layer '%s': %lld rows arrived at step %llu; its "
-                  "expert-row buffers now hold %lld rows (%.2f MiB for every layer's)\n",
-          g->rank, g->moe_names[r->moe[l]], (long long)total, (unsigned long long)ctx->step,
-          (long long)r->rows[l], (double)bytes / 1048576.0);
+  char when[48];
+  snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
+           (unsigned long long)ctx->step);
+  fprintf(stderr, "moec: device %d, MoE layer '%s': %lld rows arrived at %s; its expert-row "
+                  "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
+          g->rank, g->moe_names[r->moe[l]], (long long)total, when, (long long)r->rows[l],
+          (double)bytes / 1048576.0);
 }
 
 size_t rt_rows_bytes(const Program *p, bool high) {
