@@ -77,3 +77,14 @@ add_test(NAME simulate_presets
                  sh $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe)
 set_tests_properties(simulate_presets PROPERTIES LABELS simulate TIMEOUT 120
                      PASS_REGULAR_EXPRESSION "^ok")
+# Expert-row buffers sized per step (runtime/rows.c): the same losses and checkpoint as
+# the worst-case buffers on 2 and 4 in-process devices and 2 MPI ranks, the region grown
+# mid-run, the plan's per-step estimate against the run's high-water mark, simulate's fits
+# at the new sizing (tests/test_rows_per_step.sh).
+add_test(NAME rows_per_step
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_rows_per_step.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/multidev/md_small.moe
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper/1b_moe32.moe)
+set_tests_properties(rows_per_step PROPERTIES LABELS "simulate;multidev" TIMEOUT 180
+                     PASS_REGULAR_EXPRESSION "ok\n")
