@@ -109,6 +109,23 @@ void plan_rows_clear(Graph *g) {
     g->tensors[i]->rows_per_step = false;
 }
 
+int64_t plan_rows_cap(const Graph *g, const Tensor *t) {
+  int64_t bound = t->shape[0];
+  int m = 0;
+  while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+    m++;
+  int64_t k = 0, mine = 0; /* top-k picks k distinct experts: each gets a token once */
+  for (int i = 0; i < g->nnodes && !k; i++) {
+    const Node *n = g->nodes[i];
+    if (n->op == OP_DISPATCH && !n->backward && n->layer && !strcmp(n->layer, t->producer->layer))
+      k = n->in[1]->shape[1];
+  }
+  for (int e = 0; m < g->nmoe && g->moe_expert_dev && e < g->moe_nexperts[m]; e++)
+    mine += g->moe_expert_dev[m][e] == g->rank;
+  if (k <= 0 || !g->moe_expert_dev || mine >= k) return bound;
+  return bound / k * mine;
+}
+
 int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
   int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
@@ -124,7 +141,8 @@ int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
         m++;
       rows = bound / g->ndev * plan_fair_widen(g, m, g->ndev);
     }
-    rows = rows < 1 ? 1 : rows > bound ? bound : rows;
+    int64_t cap = plan_rows_cap(g, t);
+    rows = rows < 1 ? 1 : rows > cap ? cap : rows;
     nb[i] = t->numel / bound * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
   }
   int64_t bytes = any ? pass_memplan_rows(g, nb, off, NULL, NULL) : 0;

@@ -727,11 +727,10 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }
 
-void plan_cost_set_rows(PlanCost *c, int d, double fair, double worst) {
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst) {
   DeviceCost *dc = &c->dev[d];
   if (worst <= 0) return;
-  double uniform = fair / worst; /* the share of every route uniform routing gives d */
-  double expected = dc->route_share > 0 && uniform > 0 ? fair * dc->route_share / uniform : fair;
+  double expected = dc->route_share > 0 && share > 0 ? fair * dc->route_share / share : fair;
   dc->rows_bytes = fmin(expected, worst);
   dc->rows_margin_bytes = fmin(expected * PLAN_ROWS_MARGIN, worst);
   dc->planned_bytes += dc->rows_margin_bytes;

@@ -105,9 +105,14 @@ int plan_fair_widen(const Graph *g, int m, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 /* Expert rows sized per step (Tensor.rows_per_step, marked by the widening above on a
  * device graph; runtime/rows.c): plan_rows_bytes is their region on a bound device graph
- * with share x each tensor's bound rows (share <= 0: the fair share the runtime starts
- * at), elem bytes per float; plan_rows_clear unmarks them (their bound in the arena). */
+ * with share x each tensor's bound rows, at most plan_rows_cap (share <= 0: the fair
+ * share the runtime starts at), elem bytes per float; plan_rows_clear unmarks them
+ * (their bound in the arena). */
 int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
+/* The most rows t (marked rows_per_step) can hold in one step on its device: its bound
+ * (every route), or where the device holds e < k of the layer's experts e x the tokens
+ * (top-k sends a token to an expert at most once; e = 0: none). */
+int64_t plan_rows_cap(const Graph *g, const Tensor *t);
 void plan_rows_clear(Graph *g);
 
 /* ---------------------------------------------------------------- costmodel.c */
@@ -214,11 +219,12 @@ double plan_gemm_s(const CostConsts *k, double M, double N, double K);
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
                           double params, double live_max);
 /* Device d's expert rows sized per step (runtime/rows.c): fair, their region at the
- * fair share of uniform routing; worst, at every route. The expected region scales fair
- * by the device's routed share (route_share) against uniform's, at most worst; the plan
- * counts it x PLAN_ROWS_MARGIN (docs/memory.md) in planned_bytes and whether it fits. */
+ * fair share of uniform routing (share: of every route); worst, at the most a step can
+ * bring. The expected region scales fair by the device's routed share (route_share)
+ * against uniform's, at most worst; the plan counts it x PLAN_ROWS_MARGIN (at most worst;
+ * docs/memory.md) in planned_bytes and whether it fits. */
 #define PLAN_ROWS_MARGIN 1.25
-void plan_cost_set_rows(PlanCost *c, int d, double fair, double worst);
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst);
 void plan_cost_free(PlanCost *c);
 /* Device d's types as its compile makes them (the shard pass and the bind pass's
  * widening at the global B, T: pass_device_view has the binding too), for the recompute

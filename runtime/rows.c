@@ -13,7 +13,7 @@ struct RtStepRows {
   int nl;          /* layers in the region */
   int *moe;        /* [nl] the layer's MoE index */
   int64_t *rows;   /* [nl] the rows its tensors hold now (their shape[0]) */
-  int64_t *bound;  /* [nl] the most a step can route to this device (the worst case) */
+  int64_t *bound;  /* [nl] the most a step can route to this device (plan_rows_cap) */
   int *layer;      /* by tensor id: its layer in the region, -1 for the arena's */
   int64_t *row_b;  /* by tensor id: bytes per row */
   int64_t *off;    /* by tensor id: offset in the region */
@@ -102,10 +102,10 @@ bool rt_rows_setup(Program *p) {
       if (l < 0) {
         l = r->nl++;
         r->moe[l] = m;
-        r->bound[l] = t->shape[0];
-        r->rows[l] = MC_MAX(fair_rows(g, m, t->shape[0]), 1);
+        r->bound[l] = MC_MAX(plan_rows_cap(g, t), 1); /* a kernel's rows: at least one */
+        r->rows[l] = MC_MIN(MC_MAX(fair_rows(g, m, t->shape[0]), 1), r->bound[l]);
       }
-      MOEC_ASSERT(t->shape[0] == r->bound[l] && t->numel % t->shape[0] == 0); /* bind.c */
+      MOEC_ASSERT(t->numel % t->shape[0] == 0); /* bind.c: every tensor of the layer alike */
       r->layer[i] = l;
       r->row_b[i] = t->numel / t->shape[0] * (int64_t)elem_of(p, t);
     }

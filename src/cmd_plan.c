@@ -464,7 +464,7 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
     DeviceMemory m = drv_device_memory(g, cfg, o, d, P);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
-    plan_cost_set_rows(c, d, (double)m.rows_fair, (double)m.rows_worst);
+    plan_cost_set_rows(c, d, (double)m.rows_fair, m.rows_share, (double)m.rows_worst);
   }
   return g;
 }

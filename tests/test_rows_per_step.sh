@@ -11,6 +11,10 @@ set -e
 MOEC=$1
 SMALL=$2
 LM=$3
+PAPER=$4
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+cd "$W"
 fail() {
   echo "FAIL: $*"
   exit 1
