@@ -6,7 +6,8 @@
 # worst-case buffers (--expert-headroom P) on 2 and 4 in-process devices and on 2 MPI
 # ranks; the region grows after the first step (logged); --poison-arena changes nothing;
 # the plan's per-step estimate (expected, and x1.25) against the run's high-water mark,
-# with the static arena equal in both; moec simulate's fits counts the margin.
+# with the static arena equal in both; moec simulate's fits counts the margin (the
+# paper's MoE-32 fits on 16 K40s, and does not with the worst-case buffers).
 set -e
 MOEC=$1
 SMALL=$2
@@ -79,4 +80,10 @@ assert m["rows_margin_bytes"] > 0 and m["planned_bytes"] == \
     m["persist_bytes"] + m["arena_bytes"] + m["optimizer_bytes"] + m["rows_margin_bytes"], m
 print("simulate counts the rows at x1.25:", m["rows_margin_bytes"], "of", m["planned_bytes"])
 PY
+# the paper's MoE-32 on its 16 K40s: fits at the per-step sizing, not at the worst case
+"$MOEC" simulate "$PAPER" --cluster 16xK40 > fits.txt
+grep -q "^fits *yes" fits.txt || fail "paper MoE-32 does not fit at the per-step sizing"
+grep "expert rows sized per step" fits.txt
+"$MOEC" simulate "$PAPER" --cluster 16xK40 --expert-headroom 16 > worst.txt
+grep -q "^fits *NO" worst.txt || fail "paper MoE-32 fits with every route's buffers"
 echo ok
