@@ -126,6 +126,22 @@ int64_t plan_rows_cap(const Graph *g, const Tensor *t) {
   return bound / k * mine;
 }
 
+void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T) {
+  int64_t b = (B + devices - 1) / devices; /* a device's rows, as the bind pass binds them */
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    if (!t->rows_per_step) continue;
+    int m = 0;
+    while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+      m++;
+    int64_t worst = dim_eval(t->ty.dim[0], b, T);
+    int64_t rows = (int64_t)ceil(PLAN_ROWS_MARGIN * (double)(worst / devices) *
+                                 plan_fair_widen(g, m, devices));
+    t->ty.dim[0] = dim_int(rows < worst ? rows : worst);
+    t->rows_per_step = false;
+  }
+}
+
 int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
   int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));

@@ -114,6 +114,10 @@ int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
  * (top-k sends a token to an expert at most once; e = 0: none). */
 int64_t plan_rows_cap(const Graph *g, const Tensor *t);
 void plan_rows_clear(Graph *g);
+/* For the views that plan every tensor in the arena (plan_device_shapes: recompute =
+ * auto's choices): the marked rows at PLAN_ROWS_MARGIN x the fair share of uniform
+ * routing (at most the bound), unmarked. B, T: the global batch. */
+void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T);
 
 /* ---------------------------------------------------------------- costmodel.c */
 
