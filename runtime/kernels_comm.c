@@ -99,6 +99,14 @@ int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int 
   return total;
 }
 
+void rt_comm_rows_need(const KernelCtx *ctx, const Node *n, const int *map, const int64_t *cnt,
+                       int P, int me, int64_t E) {
+  int64_t arrive = 0;
+  for (int64_t i = 0; i < (int64_t)P * E; i++)
+    arrive += map[i % E] == me ? cnt[i] : 0;
+  rt_rows_need(ctx, n, arrive);
+}
+
 int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, int P, int me,
                              int64_t E) {
   int64_t *start = mc_calloc((size_t)(P * E) + 1, sizeof(int64_t)), r = 0;
@@ -202,10 +210,7 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   const int *map = rt_comm_expert_map(ctx, n, E);
   bool local = local_exchange(ctx, n);
   int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
-  int64_t arrive = 0; /* the rows sized per step grow to hold them (runtime/rows.c) */
-  for (int64_t i = 0; i < (int64_t)P * E; i++)
-    arrive += map[i % E] == me ? cnt[i] : 0;
-  rt_rows_need(ctx, n, arrive); /* may move out[0] */
+  rt_comm_rows_need(ctx, n, map, cnt, P, me, E); /* may move out[0] */
   Pieces pc = pieces(n, in, out, elem, 2);
   int64_t cap = n->out[0]->shape[0];
   size_t rb = pc.rb;
