@@ -169,7 +169,10 @@ int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
 
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]), g->tensors[i]->rows_per_step = false;
+    if (save[i]) {
+      g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
+      g->tensors[i]->rows_per_step = false;
+    }
   mc_free(save);
 }
 

@@ -147,8 +147,7 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
            "them with moe(..., capacity=) or plan.expert_headroom, or balance the routing "
            "(w_load)",
            p->be->name, g->moe_names[r->moe[l]], (long long)total, (double)bytes / 1048576.0,
-           big ? big->name : "?",
-           big ? (double)(r->rows[l] * r->row_b[big->id]) / 1048576.0 : 0.0);
+           big ? big->name : "?", big ? (double)(r->rows[l] * r->row_b[big->id]) / 1048576.0 : 0.0);
   }
   for (int i = 0; i < g->ntensors; i++) /* written before n and read after it */
     if (r->layer[i] >= 0 && r->def[i] >= 0 && r->def[i] < at && r->last[i] >= at) {
@@ -166,8 +165,9 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   char when[48];
   snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
            (unsigned long long)ctx->step);
-  fprintf(stderr, "moec: device %d, MoE layer '%s': %lld rows arrived at %s; its expert-row "
-                  "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
+  fprintf(stderr,
+          "moec: device %d, MoE layer '%s': %lld rows arrived at %s; its expert-row "
+          "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
           g->rank, g->moe_names[r->moe[l]], (long long)total, when, (long long)r->rows[l],
           (double)bytes / 1048576.0);
 }
