@@ -40,7 +40,11 @@ static void alloc_per_tensor(Program *p) {
 static void alloc_planned(Program *p) {
   Graph *g = p->g;
   MemFigures mf = g->mem;
-  if (mf.B != g->B || mf.T != g->T || mf.elem != (int64_t)p->elem)
+  bool per_step = false; /* expert rows sized per step: their own region (runtime/rows.c) */
+  for (int i = 0; i < g->ntensors && !per_step; i++)
+    per_step = g->tensors[i]->rows_per_step;
+  bool worst = per_step && !rt_rows_setup(p); /* this backend: in the arena after all */
+  if (worst || mf.B != g->B || mf.T != g->T || mf.elem != (int64_t)p->elem)
     mf = pass_memplan_assign(g, p->elem); /* bound anew since the memplan pass */
   size_t total = (size_t)(mf.persist + mf.arena);
   p->base = p->be->alloc(total ? total : 64);
@@ -58,7 +62,7 @@ static void alloc_planned(Program *p) {
            big ? (double)tensor_bytes(big, p->elem) / 1048576.0 : 0.0);
   }
   for (int i = 0; i < g->ntensors; i++)
-    p->buf[i] = (char *)p->base + g->tensors[i]->mem_offset;
+    if (!g->tensors[i]->rows_per_step) p->buf[i] = (char *)p->base + g->tensors[i]->mem_offset;
   p->planned = true;
   p->persist_bytes = (size_t)mf.persist;
   p->arena_bytes = (size_t)mf.arena;
@@ -94,6 +98,7 @@ Program *cg_lower_on(Graph *g, Precision prec, const Backend *be, const CgOpts *
   else
     alloc_planned(p);
   p->poison = o.poison && p->planned;
+  o.any_size |= g->step_rows != NULL; /* the expert rows' shapes change when their region grows */
   const int P = g->ndev > 0 ? g->ndev : 1, rank = g->rank;
   p->instrs = mc_calloc((size_t)g->nnodes + 1, sizeof(Instr));
   p->first_backward = -1;
@@ -132,6 +137,7 @@ void cg_program_free(Program *p) {
   }
   cg_hostjit_free(p->hostjit);
   mc_free(p->instrs);
+  rt_rows_free(p);
   if (p->planned)
     p->be->release(p->base);
   else

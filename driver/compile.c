@@ -312,6 +312,15 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   PassCtx pc = {.cfg = cfg, .devices = devices, .training = g->has_backward, .elem = 4};
   Type *save = pass_device_view(g, &pc, d);
   DeviceMemory m = {.persist = g->mem.persist, .arena = g->mem.arena, .live_max = g->mem.live_max};
+  m.rows_fair = plan_rows_bytes(g, 0, sizeof(float));
+  m.rows_worst = plan_rows_bytes(g, 1, sizeof(float));
+  for (int i = 0; i < g->ntensors && m.rows_fair && !m.rows_share; i++) {
+    const Tensor *t = g->tensors[i];
+    int mo = 0;
+    while (t->rows_per_step && mo < g->nmoe && strcmp(t->producer->layer, g->moe_names[mo]))
+      mo++;
+    if (t->rows_per_step) m.rows_share = (double)plan_fair_widen(g, mo, devices) / devices;
+  }
   for (int i = 0; i < g->nparams; i++)
     m.params += g->params[i]->numel * (int64_t)sizeof(float);
   if (g->has_backward) {

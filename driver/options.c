@@ -191,7 +191,7 @@ static const Flag flags[] = {
     {"--memory-budget", DRV_SETTINGS, "plan", "memory_budget",
      "SIZE  per device, for recompute = auto (8GiB)"},
     {"--expert-headroom", DRV_SETTINGS, "plan", "expert_headroom",
-     "H  expert-row buffers at H x a device's fair share of the routes (default: room for all)"},
+     "H  expert-row buffers at H x a device's fair share of the routes (default: sized per step)"},
     {"--tables", DRV_SETTINGS, "plan", "tables",
      "T  replicated, sharded: embedding tables split by rows over the devices"},
     {"--fuse", DRV_SETTINGS, "plan", "fuse", "true|false  elementwise fusion (plan.fuse)"},

@@ -116,6 +116,7 @@ struct Tensor {
   /* placement and memory (passes) */
   PartKind part;
   int64_t mem_offset; /* -1 = unplanned */
+  bool rows_per_step; /* an expert-row tensor sized per step (bind.c): not in the arena */
 };
 
 #define IR_MAX_ATTR 4
@@ -214,6 +215,7 @@ struct Graph {
   int nshapes;       /* the batch shapes it runs (see BatchShape); 0: one
                         shape, B and T of the bind pass */
   MemFigures mem;    /* memplan pass: zero until planned */
+  struct RtStepRows *step_rows; /* runtime/rows.c: the program's per-step expert rows, or NULL */
   const char **name_idx; int name_cap, name_n; /* every name a tensor has had (ir_name_taken) */
 };
 

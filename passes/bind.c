@@ -4,9 +4,23 @@
  * expert-row tensor room for the rows of the global batch, the most the all-to-all can
  * bring one device. It also refuses, at the rule that asked for them, the placements the
  * runtime cannot run. docs/multidev.md, "Device subsets" and "Sharded experts". */
+#include <math.h>
 #include <string.h>
 
 #include "plan.h"
+
+int plan_fair_widen(const Graph *g, int m, int P) {
+  if (!g->moe_expert_dev || m < 0 || m >= g->nmoe || g->moe_nexperts[m] <= 0) return P;
+  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
+  int set = 0;
+  for (int e = 0; e < g->moe_nexperts[m] && set < P; e++) {
+    int d = g->moe_expert_dev[m][e];
+    if (d < 0 || d >= P) set = P; /* replicated experts: every device */
+    else if (!has[d]) has[d] = true, set++;
+  }
+  mc_free(has);
+  return set > 0 ? (P + set - 1) / set : P;
+}
 
 /* The factor each MoE layer's expert rows are widened by: x P (every route of the global
  * batch on one device: the worst case), or with plan.expert_headroom = H, H x the rows a
@@ -15,28 +29,45 @@
  * reason. Batchwise gating keeps x P: its slot lists are N*k*P long (comm.c). */
 int *plan_layer_widen(const Graph *g, int P) {
   int *f = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
-  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
   for (int m = 0; m < g->nmoe; m++) {
     f[m] = P;
     if (g->expert_headroom <= 0 || !g->moe_expert_dev || g->moe_nexperts[m] <= 0) continue;
-    int set = 0;
-    memset(has, 0, (size_t)P * sizeof(bool));
-    for (int e = 0; e < g->moe_nexperts[m]; e++) {
-      int d = g->moe_expert_dev[m][e];
-      if (d < 0 || d >= P) { /* replicated experts: every device */
-        set = P;
-        break;
-      }
-      if (!has[d]) has[d] = true, set++;
-    }
-    int64_t w = (int64_t)g->expert_headroom * ((P + set - 1) / (set > 0 ? set : 1));
+    int64_t w = (int64_t)g->expert_headroom * plan_fair_widen(g, m, P);
     f[m] = w < P ? (int)w : P;
   }
   for (int k = 0; k < g->nnodes; k++)
     for (int m = 0; m < g->nmoe && g->nodes[k]->op == OP_BATCHWISE_ROUTE; m++)
       if (g->nodes[k]->layer && !strcmp(g->nodes[k]->layer, g->moe_names[m])) f[m] = P;
-  mc_free(has);
   return f;
+}
+
+/* Whether MoE layer m's expert rows can be sized per step (runtime/rows.c): several
+ * devices, no plan.expert_headroom, one batch shape, and a plain exchange: one forward
+ * all_to_all of its rows (not an hmoe's two-level one, not batchwise gating, no
+ * capacity=) whose received rows every expert-row tensor of the layer has. */
+static bool layer_per_step(const Graph *g, int m, int devices) {
+  if (devices <= 1 || g->expert_headroom > 0 || g->nshapes || ir_hmoe_experts_local(g, m) ||
+      (g->moe_group_dev && g->moe_group_dev[m]))
+    return false;
+  const Node *a2a = NULL;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (!n->layer || strcmp(n->layer, g->moe_names[m])) continue;
+    if (n->op == OP_BATCHWISE_ROUTE || n->op == OP_CAPACITY) return false;
+    if (n->op != OP_ALL_TO_ALL || n->backward) continue;
+    if (a2a || n->nin != 2 || n->ia[3]) return false;
+    a2a = n;
+  }
+  if (!a2a) return false;
+  Dim rows = a2a->out[0]->ty.dim[0];
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || !t->producer ||
+        !t->producer->layer || strcmp(t->producer->layer, g->moe_names[m]))
+      continue;
+    if (ir_dim_pack(t->ty.dim[0]) != ir_dim_pack(rows)) return false;
+  }
+  return true;
 }
 
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
@@ -58,13 +89,90 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
     for (int q = 0; q < t->ty.dim[0].b; q++)
       t->ty.dim[0].c *= w;
   }
+  /* the rows sized per step keep the worst case as their bound (the most a step can
+   * route to one device, and what a backend without the per-step region allocates) */
+  for (int m = 0; m < g->nmoe && devices > 1; m++) {
+    if (!layer_per_step(g, m, devices)) continue;
+    for (int i = 0; i < g->ntensors; i++) {
+      Tensor *t = g->tensors[i];
+      if (save[i] && t->producer && t->producer->layer &&
+          !strcmp(t->producer->layer, g->moe_names[m]))
+        t->rows_per_step = true;
+    }
+  }
   mc_free(f);
   return save;
 }
 
+void plan_rows_clear(Graph *g) {
+  for (int i = 0; i < g->ntensors; i++)
+    g->tensors[i]->rows_per_step = false;
+}
+
+int64_t plan_rows_cap(const Graph *g, const Tensor *t) {
+  int64_t bound = t->shape[0];
+  int m = 0;
+  while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+    m++;
+  int64_t k = 0, mine = 0; /* top-k picks k distinct experts: each gets a token once */
+  for (int i = 0; i < g->nnodes && !k; i++) {
+    const Node *n = g->nodes[i];
+    if (n->op == OP_DISPATCH && !n->backward && n->layer && !strcmp(n->layer, t->producer->layer))
+      k = n->in[1]->shape[1];
+  }
+  for (int e = 0; m < g->nmoe && g->moe_expert_dev && e < g->moe_nexperts[m]; e++)
+    mine += g->moe_expert_dev[m][e] == g->rank;
+  if (k <= 0 || !g->moe_expert_dev || mine >= k) return bound;
+  return bound / k * mine;
+}
+
+void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T) {
+  int64_t b = (B + devices - 1) / devices; /* a device's rows, as the bind pass binds them */
+  for (int i = 0; i < g->ntensors; i++) {
+    Tensor *t = g->tensors[i];
+    if (!t->rows_per_step) continue;
+    int m = 0;
+    while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+      m++;
+    int64_t worst = dim_eval(t->ty.dim[0], b, T);
+    int64_t rows = (int64_t)ceil(PLAN_ROWS_MARGIN * (double)(worst / devices) *
+                                 plan_fair_widen(g, m, devices));
+    t->ty.dim[0] = dim_int(rows < worst ? rows : worst);
+    t->rows_per_step = false;
+  }
+}
+
+int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
+  int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  bool any = false;
+  for (int i = 0; i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (!t->rows_per_step || t->shape[0] <= 0) continue;
+    any = true;
+    int64_t bound = t->shape[0], rows = (int64_t)ceil(share * (double)bound);
+    if (share <= 0) { /* the fair share: what the runtime lays out first (runtime/rows.c) */
+      int m = 0;
+      while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
+        m++;
+      rows = bound / g->ndev * plan_fair_widen(g, m, g->ndev);
+    }
+    int64_t cap = plan_rows_cap(g, t);
+    rows = rows < 1 ? 1 : rows > cap ? cap : rows;
+    nb[i] = t->numel / bound * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
+  }
+  int64_t bytes = any ? pass_memplan_rows(g, nb, off, NULL, NULL) : 0;
+  mc_free(nb);
+  mc_free(off);
+  return bytes;
+}
+
 void plan_unwiden_expert_rows(Graph *g, int64_t *save) {
   for (int i = 0; i < g->ntensors; i++)
-    if (save[i]) g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
+    if (save[i]) {
+      g->tensors[i]->ty.dim[0] = ir_dim_unpack(save[i]);
+      g->tensors[i]->rows_per_step = false;
+    }
   mc_free(save);
 }
 
@@ -237,6 +345,7 @@ Type *pass_device_view(Graph *g, const PassCtx *ctx, int d) {
 
 void pass_device_view_end(Graph *g, const PassCtx *ctx, Type *save) {
   pass_unshard_experts(g, save);
+  plan_rows_clear(g);
   PassCtx global = *ctx;
   global.device_graph = false;
   pass_bind(g, &global);

@@ -184,6 +184,7 @@ Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
   mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
+  plan_rows_at_margin(g, devices, B, T); /* these views keep them in the arena */
   return save;
 }
 
@@ -771,6 +772,17 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
   dc->param_alloc_bytes = params;
   dc->planned_bytes = persist + arena + optim;
   c->live_max = fmax(c->live_max, live_max);
+  c->max_planned = fmax(c->max_planned, dc->planned_bytes);
+  c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
+}
+
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst) {
+  DeviceCost *dc = &c->dev[d];
+  if (worst <= 0) return;
+  double expected = dc->route_share > 0 && share > 0 ? fair * dc->route_share / share : fair;
+  dc->rows_bytes = fmin(expected, worst);
+  dc->rows_margin_bytes = fmin(expected * PLAN_ROWS_MARGIN, worst);
+  dc->planned_bytes += dc->rows_margin_bytes;
   c->max_planned = fmax(c->max_planned, dc->planned_bytes);
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }

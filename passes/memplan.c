@@ -111,6 +111,10 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     if (L[i].def >= 0 && !read[i] && !t->producer->recompute_of && !repeated[i])
       L[i].last = end; /* an output of the graph */
   }
+  /* expert rows sized per step live in a region of their own (runtime/rows.c) */
+  for (int i = 0; i < g->ntensors; i++)
+    if (g->tensors[i]->rows_per_step != !!(flags & MEMPLAN_ROWS_PER_STEP))
+      L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
   pin(L, g->loss, end);
   pin(L, g->xent, end);
   pin(L, g->aux, end);
@@ -415,6 +419,21 @@ static int64_t place_sweep(Live *order, int m) {
   return arena;
 }
 
+/* The smallest of the four orders' arenas (or the sweep's, for huge graphs); the
+ * offsets in order[] are that plan's. */
+static int64_t place_best(Live *order, int m, int *sp) {
+  int (*const cmps[])(const void *, const void *) = {by_size, by_birth, by_length, by_area};
+  int best = 0;
+  int64_t arena[4];
+  const char *env = getenv("MOEC_MEMPLAN_SEARCH_MAX"); /* tests: compare the two */
+  if (m > (env ? atoi(env) : MEMPLAN_SEARCH_MAX)) return place_sweep(order, m);
+  for (int c = 0; c < 4; c++) {
+    arena[c] = place(order, m, cmps[c], sp);
+    if (arena[c] < arena[best]) best = c;
+  }
+  return best == 3 ? arena[3] : place(order, m, cmps[best], sp); /* the last one stands */
+}
+
 MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
                              int64_t *offsets) {
   MOEC_ASSERT(B > 0 && T > 0 && (elem == 4 || elem == 8));
@@ -423,7 +442,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
   lifetimes(g, B, T, (int64_t)elem, flags, L);
   /* persistent region, in tensor order */
-  for (int i = 0; i < nt; i++)
+  for (int i = 0; i < nt && !(flags & MEMPLAN_ROWS_PER_STEP); i++)
     if (L[i].def == PERSIST) {
       L[i].off = mf.persist;
       mf.persist += L[i].size;
@@ -434,19 +453,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   int m = 0;
   for (int i = 0; i < nt; i++)
     if (L[i].def >= 0) order[m++] = L[i];
-  int (*const cmps[])(const void *, const void *) = {by_size, by_birth, by_length, by_area};
-  int best = 0;
-  int64_t arena[4];
-  const char *env = getenv("MOEC_MEMPLAN_SEARCH_MAX"); /* tests: compare the two */
-  if (m > (env ? atoi(env) : MEMPLAN_SEARCH_MAX)) {
-    mf.arena = place_sweep(order, m); /* birth order only, in O(m log m) */
-  } else {
-    for (int c = 0; c < 4; c++) {
-      arena[c] = place(order, m, cmps[c], sp);
-      if (arena[c] < arena[best]) best = c;
-    }
-    mf.arena = best == 3 ? arena[3] : place(order, m, cmps[best], sp); /* the last one stands */
-  }
+  mf.arena = place_best(order, m, sp);
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
   /* the lower bound: most bytes alive at one node */
@@ -489,6 +496,7 @@ long pass_memplan_validate(const Graph *g) {
   int np = 0, ntr = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
+    if (L[i].def == UNPLANNED) continue; /* in the per-step region (runtime/rows.c) */
     int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
@@ -574,4 +582,29 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem) {
 void pass_memplan(Graph *g, const PassCtx *ctx) {
   MOEC_ASSERT(g->B > 0 && g->T > 0); /* after the bind pass */
   assign(g, g->B, g->T, ctx->elem ? ctx->elem : sizeof(float));
+}
+
+int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets, int *def,
+                          int *last) {
+  int nt = g->ntensors, m = 0;
+  Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
+  lifetimes(g, g->B > 0 ? g->B : 1, g->T > 0 ? g->T : 1, sizeof(float), MEMPLAN_ROWS_PER_STEP, L);
+  Live *order = mc_calloc((size_t)nt + 1, sizeof(Live));
+  int *sp = mc_calloc((size_t)nt + 1, sizeof(int));
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0) {
+      L[i].size = align_up(bytes[i]);
+      order[m++] = L[i];
+    }
+  int64_t region = place_best(order, m, sp);
+  for (int i = 0; i < nt; i++) {
+    offsets[i] = -1;
+    if (def) def[i] = L[i].def, last[i] = L[i].last;
+  }
+  for (int i = 0; i < m; i++)
+    offsets[order[i].id] = order[i].off;
+  mc_free(sp);
+  mc_free(order);
+  mc_free(L);
+  return region;
 }

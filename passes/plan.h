@@ -99,7 +99,25 @@ int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T);
 /* Per MoE layer: the factor its expert rows are widened by on P devices (P: the worst
  * case; plan.expert_headroom: less). mc_free it. */
 int *plan_layer_widen(const Graph *g, int P);
+/* The rows a device of MoE layer m's expert set gets under uniform routing, as a factor
+ * of its B/P share: ceil(P / the devices holding its experts), at most P. */
+int plan_fair_widen(const Graph *g, int m, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
+/* Expert rows sized per step (Tensor.rows_per_step, marked by the widening above on a
+ * device graph; runtime/rows.c): plan_rows_bytes is their region on a bound device graph
+ * with share x each tensor's bound rows, at most plan_rows_cap (share <= 0: the fair
+ * share the runtime starts at), elem bytes per float; plan_rows_clear unmarks them
+ * (their bound in the arena). */
+int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
+/* The most rows t (marked rows_per_step) can hold in one step on its device: its bound
+ * (every route), or where the device holds e < k of the layer's experts e x the tokens
+ * (top-k sends a token to an expert at most once; e = 0: none). */
+int64_t plan_rows_cap(const Graph *g, const Tensor *t);
+void plan_rows_clear(Graph *g);
+/* For the views that plan every tensor in the arena (plan_device_shapes: recompute =
+ * auto's choices): the marked rows at PLAN_ROWS_MARGIN x the fair share of uniform
+ * routing (at most the bound), unmarked. B, T: the global batch. */
+void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T);
 
 /* ---------------------------------------------------------------- costmodel.c */
 
@@ -156,7 +174,9 @@ typedef struct DeviceCost {
   double persist_bytes;     /* params, inputs, state */
   double arena_bytes;       /* activations and gradients, lifetimes overlaid */
   double optim_alloc_bytes; /* optimizer state of its parameters */
-  double planned_bytes;     /* persist + arena + optim_alloc: what is allocated */
+  double planned_bytes;     /* persist + arena + optim_alloc (+ rows_margin_bytes) */
+  double rows_bytes;        /* expert rows sized per step at the expected routing */
+  double rows_margin_bytes; /* the same x PLAN_ROWS_MARGIN, at most every route's */
   double param_alloc_bytes; /* its parameters (in persist): its experts' rows, the rest whole */
   /* the step on this device: routed rows its experts receive (forward, all MoE layers),
    * its kernels' time, its collectives' time and bytes on each kind of link */
@@ -206,6 +226,13 @@ double plan_gemm_s(const CostConsts *k, double M, double N, double K);
  * parameters; live_max its plan's lower bound. Updates the maximum and whether it fits. */
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
                           double params, double live_max);
+/* Device d's expert rows sized per step (runtime/rows.c): fair, their region at the
+ * fair share of uniform routing (share: of every route); worst, at the most a step can
+ * bring. The expected region scales fair by the device's routed share (route_share)
+ * against uniform's, at most worst; the plan counts it x PLAN_ROWS_MARGIN (at most worst;
+ * docs/memory.md) in planned_bytes and whether it fits. */
+#define PLAN_ROWS_MARGIN 1.25
+void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst);
 void plan_cost_free(PlanCost *c);
 /* Device d's types as its compile makes them (the shard pass and the bind pass's
  * widening at the global B, T: pass_device_view has the binding too), for the recompute

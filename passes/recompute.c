@@ -368,6 +368,7 @@ static double apply_set(Auto *a, const bool *sel) {
   for (int i = 0; i < a->nseg; i++)
     if (sel[i] && apply(a->g, &a->segs[i], a->depth, &a->stack[a->depth])) a->depth++;
   int nt = a->g->ntensors;
+  a->g->expert_headroom = a->cfg->expert_headroom; /* as bind sets it: the rows sized alike */
   Type *save = plan_device_shapes(a->g, a->dev, a->P, a->cfg->batch, a->cfg->unroll); /* its shapes, as the runtime binds */
   double optim = optim_bytes(a->g, a->cfg);
   MemFigures mf = plan_after_fusion(a);

@@ -258,6 +258,8 @@ static void all_to_all(const DevMem *m, const KernelCtx *ctx, const Node *n, voi
   int64_t rb = M * (int64_t)elem;
   int32_t *off = batch_offsets(m, ctx, n, in[1], E, n->in[0]->shape[0]);
   int64_t *cnt = rt_comm_gather_counts(c, off, E);
+  rt_comm_rows_need(ctx, n, map, cnt, P, me, E); /* may move out[0] (runtime/rows.c) */
+  cap = n->out[0]->shape[0];
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   RtSeg *seg = mc_malloc(sizeof(RtSeg) * (size_t)MC_MAX(E * MC_MAX(P, 1), 1));

@@ -13,6 +13,7 @@ void rt_poison_arena(Program *p) {
   char *a = (char *)p->base + p->persist_bytes;
   for (size_t o = 0; o < p->arena_bytes; o += chunk)
     p->be->upload(a + o, nan, MC_MIN(chunk, p->arena_bytes - o));
+  rt_rows_poison(p, nan, chunk); /* the expert rows sized per step */
   mc_free(nan);
 }
 

@@ -99,6 +99,14 @@ int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int 
   return total;
 }
 
+void rt_comm_rows_need(const KernelCtx *ctx, const Node *n, const int *map, const int64_t *cnt,
+                       int P, int me, int64_t E) {
+  int64_t arrive = 0;
+  for (int64_t i = 0; i < (int64_t)P * E; i++)
+    arrive += map[i % E] == me ? cnt[i] : 0;
+  rt_rows_need(ctx, n, arrive);
+}
+
 int64_t *rt_comm_back_starts(const Node *n, const int *map, const int64_t *cnt, int P, int me,
                              int64_t E) {
   int64_t *start = mc_calloc((size_t)(P * E) + 1, sizeof(int64_t)), r = 0;
@@ -198,12 +206,14 @@ static void all_to_all(const KernelCtx *ctx, const Node *n, void *const *in, voi
   int P = c->size, me = c->rank;
   const int32_t *off = in[1];
   int32_t *roff = out[1];
-  Pieces pc = pieces(n, in, out, elem, 2);
-  int64_t E = n->in[1]->numel - 1, cap = n->out[0]->shape[0];
+  int64_t E = n->in[1]->numel - 1;
   const int *map = rt_comm_expert_map(ctx, n, E);
-  size_t rb = pc.rb;
   bool local = local_exchange(ctx, n);
   int64_t *cnt = local ? local_counts(off, E, P, me) : rt_comm_gather_counts(c, off, E);
+  rt_comm_rows_need(ctx, n, map, cnt, P, me, E); /* may move out[0] */
+  Pieces pc = pieces(n, in, out, elem, 2);
+  int64_t cap = n->out[0]->shape[0];
+  size_t rb = pc.rb;
   int64_t *sc = mc_calloc((size_t)P * 4, sizeof(int64_t)), *sd = sc + P, *rc = sc + 2 * P,
           *rd = sc + 3 * P;
   /* send: for each device d, its experts in order, my rows of each */

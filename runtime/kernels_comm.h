@@ -24,6 +24,10 @@ int64_t *rt_comm_gather_counts(Comm *c, const int32_t *off, int64_t E);
  * the output's cap or the received offsets do not fit the local experts. */
 int64_t rt_comm_a2a_recv(const Node *n, const int *map, const int64_t *cnt, int P, int me,
                          int64_t E, int64_t rb, int64_t *rc);
+/* A forward all_to_all's rows sized per step (runtime/rows.c): grows the region to hold
+ * the rows the counts bring this device; out[0] may move. */
+void rt_comm_rows_need(const KernelCtx *ctx, const Node *n, const int *map, const int64_t *cnt,
+                       int P, int me, int64_t E);
 /* The received layout all_to_all_back sends from: start[s*E + e] = the first row of
  * expert e's rows from device s (this device's experts, expert-major, sources in rank
  * order); free with mc_free. Dies when the counts exceed n's input rows. */

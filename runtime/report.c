@@ -252,7 +252,7 @@ void rt_report_eval(Run *r, int64_t step, Split split, const EvalResult *e, doub
 
 /* Memory each device allocated for the model: parameters, their gradients, optimizer
  * state (what `moec plan` prints per device), and the program's two regions. */
-enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_PERSIST, MEM_ARENA, MEM_N };
+enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_PERSIST, MEM_ARENA, MEM_ROWS, MEM_N };
 
 static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const CommStats *cs) {
   const int P = r->P;
@@ -304,10 +304,10 @@ static void print_json(Run *r, const RunTotals *t, const int64_t *mem_all, const
     mc_buf_printf(&b,
                   "%s{\"device\":%d,\"param_bytes\":%lld,\"grad_bytes\":%lld,"
                   "\"optimizer_bytes\":%lld,\"model_bytes\":%lld,\"persist_bytes\":%lld,"
-                  "\"arena_bytes\":%lld}",
+                  "\"arena_bytes\":%lld,\"rows_bytes\":%lld}",
                   d ? "," : "", d, (long long)m[MEM_PARAMS], (long long)m[MEM_GRADS],
                   (long long)m[MEM_OPTIM], (long long)(m[MEM_PARAMS] + m[MEM_GRADS] + m[MEM_OPTIM]),
-                  (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA]);
+                  (long long)m[MEM_PERSIST], (long long)m[MEM_ARENA], (long long)m[MEM_ROWS]);
   }
   mc_buf_putc(&b, ']');
   if (r->o.settings) mc_buf_printf(&b, ",\"settings\":%s", r->o.settings);
@@ -330,6 +330,7 @@ void rt_report_summary(Run *r, const RunTotals *t) {
   mem[MEM_OPTIM] = (int64_t)rt_md_optim_bytes(r->opt);
   mem[MEM_PERSIST] = (int64_t)p->persist_bytes;
   mem[MEM_ARENA] = (int64_t)p->arena_bytes;
+  mem[MEM_ROWS] = (int64_t)rt_rows_bytes(p, true); /* expert rows sized per step: the most */
   c->all_gather(c, mem, mem_all, sizeof mem);
   CommStats cs = r->stats; /* summed over devices */
   if (P > 1) {
@@ -371,9 +372,12 @@ void rt_report_summary(Run *r, const RunTotals *t) {
                                   mem_all[d * MEM_N + MEM_OPTIM]);
   fprintf(r->out,
           "memory per device: params %.3f + grads %.3f + optimizer %.3f MiB (device 0; largest "
-          "%.3f MiB); program %.3f MiB persistent + %.3f MiB arena\n",
+          "%.3f MiB); program %.3f MiB persistent + %.3f MiB arena",
           mem[MEM_PARAMS] / 1048576.0, mem[MEM_GRADS] / 1048576.0, mem[MEM_OPTIM] / 1048576.0,
           mem_max / 1048576.0, mem[MEM_PERSIST] / 1048576.0, mem[MEM_ARENA] / 1048576.0);
+  if (mem[MEM_ROWS]) /* outside the arena, grown by the routing: the most it held */
+    fprintf(r->out, " + %.3f MiB expert rows sized per step (the most)", mem[MEM_ROWS] / 1048576.0);
+  fputc('\n', r->out);
   if (P > 1) {
     double a2a = r->stats.seconds[CK_ALL_TO_ALL] + r->stats.seconds[CK_ALL_TO_ALL_BACK] +
                  r->stats.seconds[CK_RESHARD],

@@ -234,6 +234,18 @@ typedef struct Program {
   int nvar;
 } Program;
 
+/* rows.c: the expert rows sized per step (Tensor.rows_per_step) in a region outside the
+ * arena. rt_rows_setup (at lowering) lays it out at every layer's fair share of the routes
+ * and points the buffers there; false when the program has none (or its backend keeps the
+ * worst case in the arena). rt_rows_need, in a forward all_to_all once the counts are
+ * known, grows it to hold total rows (logged). rt_rows_bytes: its size now, or the most
+ * it has held (high). */
+bool rt_rows_setup(Program *p);
+void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total);
+size_t rt_rows_bytes(const Program *p, bool high);
+void rt_rows_poison(Program *p, const void *nan, size_t chunk);
+void rt_rows_free(Program *p);
+
 /* Sets the sizes of p's shape-following tensors (and its graph's B, T, S) for a batch of
  * global shape s, B over the graph's devices; s must fit one of the shapes it was compiled
  * for, whose sizes the compiler checked and whose memory it planned (exec.c). */

@@ -260,7 +260,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
          "device's share\n",
          (long long)c->rows_per_device, (long long)g->T,
          P > 1 ? "; its own experts' parameters, gradients and optimizer state, expert-row "
-                 "buffers for every device's rows"
+                 "buffers for every device's rows (or, sized per step, apart: rows)"
                : "");
   printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s %12s %10s | %10s\n", "device", "experts",
          "params", "persistent", "arena", "optimizer", "allocated", "grads", "activations",
@@ -274,6 +274,14 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
            mib(dc->act_bytes), mib(est), dc->flops / 1e9);
   }
   printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
+  if (P > 1 && c->dev[0].rows_margin_bytes > 0) {
+    printf("  expert rows sized per step (outside the arena; in allocated at x%.2f, at most "
+           "every route's):\n  %6s %10s %10s\n",
+           PLAN_ROWS_MARGIN, "device", "expected", "margin");
+    for (int d = 0; d < P; d++)
+      printf("  %6d %10.3f %10.3f\n", d, mib(c->dev[d].rows_bytes),
+             mib(c->dev[d].rows_margin_bytes));
+  }
   plan_print_step(g, c, routing);
   if (notes && *notes) printf("\n%s", notes);
 }
@@ -409,12 +417,13 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
            "\"persist_bytes\": %.0f, \"arena_bytes\": %.0f, \"optimizer_allocated_bytes\": %.0f, "
            "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f, "
            "\"expert_rows\": %.0f, \"route_share\": %.6g, \"compute_s\": %.9g, \"comm_s\": "
-           "%.9g, \"intra_bytes\": %.0f, \"inter_bytes\": %.0f}",
+           "%.9g, \"intra_bytes\": %.0f, \"inter_bytes\": %.0f, \"rows_bytes\": %.0f, "
+           "\"rows_margin_bytes\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
            dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
            dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
            dc->param_alloc_bytes, dc->flops, dc->expert_rows, dc->route_share, dc->compute_s,
-           dc->comm_s, dc->intra_bytes, dc->inter_bytes);
+           dc->comm_s, dc->intra_bytes, dc->inter_bytes, dc->rows_bytes, dc->rows_margin_bytes);
   }
   printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
          "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f}",
@@ -466,6 +475,7 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
     DeviceMemory m = drv_device_memory(g, cfg, o, d, P);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
+    plan_cost_set_rows(c, d, (double)m.rows_fair, m.rows_share, (double)m.rows_worst);
   }
   return g;
 }

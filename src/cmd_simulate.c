@@ -42,7 +42,7 @@ typedef struct DevPreset {
 } DevPreset;
 
 /* K40_HALF: the one fitted constant (docs/placement.md: the fit and its row). */
-#define K40_HALF 505
+#define K40_HALF 950
 #define K40_G 3200.0
 #define K40_BW 288.0
 #define SCALED_HALF(g, bw) (K40_HALF * ((double)(g) / (bw)) / (K40_G / K40_BW))
@@ -356,10 +356,11 @@ int cmd_simulate(int argc, char **argv) {
            maxf, c.comm_bytes_expected, c.dev[busiest].expert_s, c.dev[busiest].expert_flops);
     printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
-           "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"fits\": %s}}\n",
+           "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"rows_bytes\": %.0f, "
+           "\"rows_margin_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
            w->planned_bytes, w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes,
-           cl.k.mem_bytes, c.fits ? "true" : "false");
+           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
     printf("  constants: %g GFLOP/s sustained per device (peak %g), a GEMM at half of it when "
@@ -389,6 +390,10 @@ int cmd_simulate(int argc, char **argv) {
            gib(w->optim_alloc_bytes), (long long)c.rows_per_device,
            gib(w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes),
            gib(w->param_bytes));
+    if (w->rows_margin_bytes > 0)
+      printf("               + expert rows sized per step %.3f GiB (expected %.3f at this "
+             "routing, x%.2f; included above)\n",
+             gib(w->rows_margin_bytes), gib(w->rows_bytes), PLAN_ROWS_MARGIN);
     if (cl.k.mem_bytes <= 0)
       printf("fits           unknown (no memory size for %s)\n", cl.dev->name);
     else if (c.fits)
@@ -405,7 +410,8 @@ int cmd_simulate(int argc, char **argv) {
                "a device's fair share of the routes, moe(..., capacity=) bounds them\n",
                gib(xb), gib(w->arena_bytes),
                g->expert_headroom > 0 ? "at this expert_headroom"
-                                      : "room for every route of the batch on each device");
+                                      : "room for every route of the batch on each device "
+                                        "(where they are not sized per step)");
     }
     char routing[512];
     plan_print_step(g, &c, plan_routing_desc(&o, routing, sizeof routing));

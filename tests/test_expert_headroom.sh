@@ -6,7 +6,7 @@
 set -e
 MOEC=$1
 MODEL=$2
-"$MOEC" plan "$MODEL" --devices 4 --format json > worst.json
+"$MOEC" plan "$MODEL" --devices 4 --expert-headroom 4 --format json > worst.json # every route
 "$MOEC" plan "$MODEL" --devices 4 --expert-headroom 2 --format json > h2.json
 "$MOEC" run "$MODEL" --devices 4 --steps 2 --expert-headroom 2 --json 2>/dev/null | tail -1 > run.json
 /usr/bin/python3 - <<'PY'

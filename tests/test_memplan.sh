@@ -71,7 +71,9 @@ auto_devices)
   plan() { # DEVICES RECOMPUTE [BUDGET] -> "max_planned_bytes segments"
     b=${3:+--memory-budget $3}
     # shellcheck disable=SC2086
-    "$MOEC" plan "$MODEL" --devices "$1" --recompute "$2" $b --format json >"$T/p.json" \
+    # (expert rows bounded: sized per step they are a region apart, which auto's view plans
+    # in the arena at the same x1.25 rows: close, not equal; docs/memory.md)
+    "$MOEC" plan "$MODEL" --devices "$1" --recompute "$2" $b --expert-headroom 2 --format json >"$T/p.json" \
       2>"$T/p.err" || {
       echo "FAIL: moec plan --devices $1 --recompute $2 $b failed:"
       cat "$T/p.err"

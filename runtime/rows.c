@@ -1,0 +1,200 @@
+/* rows.c: expert-row buffers sized per step (docs/memory.md, "Expert-row buffers"): a
+ * device's rows of the MoE layers the bind pass marked (Tensor.rows_per_step) live in a
+ * region of their own, laid out like the arena at the rows each layer's all-to-all last
+ * brought, and grown (never shrunk) when a step's counts need more. Prefix: rt_. */
+#include <string.h>
+
+#include "../passes/plan.h"
+#include "runtime.h"
+
+typedef struct RtStepRows RtStepRows;
+struct RtStepRows {
+  Program *p;
+  int nl;          /* layers in the region */
+  int *moe;        /* [nl] the layer's MoE index */
+  int64_t *rows;   /* [nl] the rows its tensors hold now (their shape[0]) */
+  int64_t *bound;  /* [nl] the most a step can route to this device (plan_rows_cap) */
+  int *layer;      /* by tensor id: its layer in the region, -1 for the arena's */
+  int64_t *row_b;  /* by tensor id: bytes per row */
+  int64_t *off;    /* by tensor id: offset in the region */
+  int *def, *last; /* by tensor id: lifetime in node indices (pass_memplan_rows) */
+  char *base;
+  size_t bytes, high; /* the region now; the most it has held */
+  int grown;          /* times it grew */
+};
+
+static size_t elem_of(const Program *p, const Tensor *t) {
+  return t->ty.dtype == DT_I32 ? sizeof(int32_t) : p->elem;
+}
+
+/* Lays the region out at r->rows into a fresh block; NULL when the backend has no room. */
+static char *layout(RtStepRows *r, int64_t *off, size_t *bytes) {
+  Graph *g = r->p->g;
+  int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  for (int i = 0; i < g->ntensors; i++)
+    if (r->layer[i] >= 0) nb[i] = r->rows[r->layer[i]] * r->row_b[i];
+  *bytes = (size_t)pass_memplan_rows(g, nb, off, r->def, r->last);
+  mc_free(nb);
+  return r->p->be->alloc(*bytes ? *bytes : 64);
+}
+
+/* Points every buffer and instruction operand of a region tensor at its place in base,
+ * and binds the layers' shapes to their rows. The host program reads the operand arrays
+ * (codegen/hostjit.c), and the fused kernels read their sizes (any_size), so nothing
+ * compiled changes. */
+static void point(RtStepRows *r) {
+  Program *p = r->p;
+  Graph *g = p->g;
+  for (int i = 0; i < g->ntensors; i++) {
+    if (r->layer[i] < 0) continue;
+    Tensor *t = g->tensors[i];
+    t->shape[0] = r->rows[r->layer[i]];
+    t->numel = 1;
+    for (int d = 0; d < t->ty.rank; d++)
+      t->numel *= t->shape[d];
+    p->buf[i] = r->base + r->off[i];
+  }
+  for (int k = 0; k < p->ninstrs; k++) {
+    Instr *ins = &p->instrs[k];
+    for (int i = 0; i < ins->node->nin; i++)
+      if (r->layer[ins->node->in[i]->id] >= 0) ins->in[i] = p->buf[ins->node->in[i]->id];
+    for (int j = 0; j < ins->node->nout; j++)
+      if (r->layer[ins->node->out[j]->id] >= 0) ins->out[j] = p->buf[ins->node->out[j]->id];
+  }
+}
+
+/* The rows layer m's tensors get under uniform routing: the bound over P, x the devices
+ * per device of its expert set (plan_fair_widen). */
+static int64_t fair_rows(const Graph *g, int m, int64_t bound) {
+  int P = g->ndev;
+  return bound / P * plan_fair_widen(g, m, P);
+}
+
+bool rt_rows_setup(Program *p) {
+  Graph *g = p->g;
+  bool any = false;
+  for (int i = 0; i < g->ntensors && !any; i++)
+    any = g->tensors[i]->rows_per_step;
+  if (!any) return false;
+  if (p->be != &rt_backend_cpu) { /* the worst case, in the arena */
+    for (int i = 0; i < g->ntensors; i++)
+      g->tensors[i]->rows_per_step = false;
+    return false;
+  }
+  RtStepRows *r = mc_calloc(1, sizeof(RtStepRows));
+  r->p = p;
+  int nt = g->ntensors;
+  r->moe = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
+  r->rows = mc_calloc((size_t)g->nmoe + 1, sizeof(int64_t));
+  r->bound = mc_calloc((size_t)g->nmoe + 1, sizeof(int64_t));
+  r->layer = mc_calloc((size_t)nt + 1, sizeof(int));
+  r->row_b = mc_calloc((size_t)nt + 1, sizeof(int64_t));
+  r->off = mc_calloc((size_t)nt + 1, sizeof(int64_t));
+  r->def = mc_calloc((size_t)nt + 1, sizeof(int));
+  r->last = mc_calloc((size_t)nt + 1, sizeof(int));
+  for (int i = 0; i < nt; i++)
+    r->layer[i] = -1;
+  for (int m = 0; m < g->nmoe; m++) {
+    int l = -1;
+    for (int i = 0; i < nt; i++) {
+      Tensor *t = g->tensors[i];
+      if (!t->rows_per_step || strcmp(t->producer->layer, g->moe_names[m])) continue;
+      if (l < 0) {
+        l = r->nl++;
+        r->moe[l] = m;
+        r->bound[l] = MC_MAX(plan_rows_cap(g, t), 1); /* a kernel's rows: at least one */
+        r->rows[l] = MC_MIN(MC_MAX(fair_rows(g, m, t->shape[0]), 1), r->bound[l]);
+      }
+      MOEC_ASSERT(t->numel % t->shape[0] == 0); /* bind.c: every tensor of the layer alike */
+      r->layer[i] = l;
+      r->row_b[i] = t->numel / t->shape[0] * (int64_t)elem_of(p, t);
+    }
+  }
+  r->base = layout(r, r->off, &r->bytes);
+  if (!r->base)
+    mc_die("out of memory on the %s device: the expert rows sized per step need %.1f MiB at "
+           "the fair share of the routes; set plan.expert_headroom or moe(..., capacity=) to "
+           "bound them, or use fewer experts' rows per device",
+           p->be->name, (double)r->bytes / 1048576.0);
+  r->high = r->bytes;
+  g->step_rows = r;
+  point(r);
+  return true;
+}
+
+void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
+  RtStepRows *r = ctx->graph ? ctx->graph->step_rows : NULL;
+  if (!r || n->backward || !n->out[0]->rows_per_step) return;
+  int l = r->layer[n->out[0]->id];
+  if (l < 0 || total <= r->rows[l] || total > r->bound[l]) return; /* the recv check says why */
+  Program *p = r->p;
+  Graph *g = p->g;
+  int at = 0; /* n's index: the tensors alive across it keep their bytes */
+  while (at < g->nnodes && g->nodes[at] != n)
+    at++;
+  int64_t old_rows = r->rows[l];
+  /* an eighth more than asked: routing drifts by a few rows from step to step */
+  r->rows[l] = MC_MIN(MC_MAX(total, old_rows + old_rows / 8), r->bound[l]);
+  int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+  size_t bytes;
+  char *base = layout(r, off, &bytes);
+  if (!base) {
+    const Tensor *big = NULL;
+    for (int i = 0; i < g->ntensors; i++)
+      if (r->layer[i] == l && (!big || r->row_b[i] > r->row_b[big->id])) big = g->tensors[i];
+    mc_die("out of memory on the %s device: MoE layer '%s' routes %lld rows to this device's "
+           "experts and its expert-row buffers need %.1f MiB (tensor '%s': %.1f MiB); bound "
+           "them with moe(..., capacity=) or plan.expert_headroom, or balance the routing "
+           "(w_load)",
+           p->be->name, g->moe_names[r->moe[l]], (long long)total, (double)bytes / 1048576.0,
+           big ? big->name : "?", big ? (double)(r->rows[l] * r->row_b[big->id]) / 1048576.0 : 0.0);
+  }
+  for (int i = 0; i < g->ntensors; i++) /* written before n and read after it */
+    if (r->layer[i] >= 0 && r->def[i] >= 0 && r->def[i] < at && r->last[i] >= at) {
+      int64_t was = r->layer[i] == l ? old_rows : r->rows[r->layer[i]];
+      p->be->copy(base + off[i], r->base + r->off[i], (size_t)(was * r->row_b[i]));
+    }
+  p->be->release(r->base);
+  mc_free(r->off);
+  r->off = off;
+  r->base = base;
+  r->bytes = bytes;
+  r->high = MC_MAX(r->high, bytes);
+  r->grown++;
+  point(r);
+  char when[48];
+  snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
+           (unsigned long long)ctx->step);
+  fprintf(stderr,
+          "moec: device %d, MoE layer '%s': %lld rows arrived at %s; its expert-row "
+          "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
+          g->rank, g->moe_names[r->moe[l]], (long long)total, when, (long long)r->rows[l],
+          (double)bytes / 1048576.0);
+}
+
+size_t rt_rows_bytes(const Program *p, bool high) {
+  const RtStepRows *r = p->g ? p->g->step_rows : NULL;
+  return !r || r->p != p ? 0 : high ? r->high : r->bytes;
+}
+
+void rt_rows_poison(Program *p, const void *nan, size_t chunk) {
+  RtStepRows *r = p->g ? p->g->step_rows : NULL;
+  for (size_t o = 0; r && r->p == p && o < r->bytes; o += chunk)
+    p->be->upload(r->base + o, nan, MC_MIN(chunk, r->bytes - o));
+}
+
+void rt_rows_free(Program *p) {
+  RtStepRows *r = p->g ? p->g->step_rows : NULL;
+  if (!r || r->p != p) return;
+  p->be->release(r->base);
+  mc_free(r->moe);
+  mc_free(r->rows);
+  mc_free(r->bound);
+  mc_free(r->layer);
+  mc_free(r->row_b);
+  mc_free(r->off);
+  mc_free(r->def);
+  mc_free(r->last);
+  mc_free(r);
+  p->g->step_rows = NULL;
+}
