@@ -451,7 +451,7 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
   if (!*f) return NULL;
   *rc = 1;
   const int P = cfg->devices;
-  Target t = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32};
+  Target t = {.devices = P, .rank = -1, .training = true, .prec = PREC_F32, .fold_dw = true};
   Graph *g = drv_compile_graph(*f, cfg, o, &t, notes);
   if (!g) {
     fe_ast_free(*f);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_lstmp.sh: training an LM with lstm(proj=) layers end to end (moec binary): the
-# same losses on 1 and 2 in-process devices, with recompute (the lstms, all), and with
-# the interpreter without fusion; the loss falls below the unigram perplexity; a
+# same losses with recompute (the lstms) and with the interpreter without fusion, and on
+# 2 in-process devices to 1e-6 relative (the gate's smooth load is summed per device,
+# then over the devices: other roundings than one device's sum); the loss falls below the unigram perplexity; a
 # checkpoint resumes with the projected state (NAME.h [B, P]) carried.
 #
 #   usage: test_lstmp.sh MOEC
@@ -29,7 +30,7 @@ train {
   data = synthetic(topics=4, vocab=32, seed=3)
   batch = 16
   unroll = 10
-  steps = 60
+  steps = 80
   optimizer = adam(lr=0.01)
   clip = 1.0
 }
@@ -47,15 +48,21 @@ for opts in "--devices 2" "--recompute h,h2" "--recompute all --devices 2" "--no
   # shellcheck disable=SC2086
   "$MOEC" run p.moe --json --quiet $opts >v$i.json 2>v$i.err || { fail "$opts"; cat v$i.err; continue; }
   got=$(val train_loss v$i.json)
-  if [ "$got" = "$base" ]; then echo "ok: $opts: train_loss $got"; else fail "$opts: train_loss $got, want $base"; fi
+  tol=0 # one device: the same bits; two: within 1e-6 relative (the header)
+  case "$opts" in *--devices*) tol=1e-6 ;; esac
+  if awk -v a="$got" -v b="$base" -v t="$tol" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= t * b) }'; then
+    echo "ok: $opts: train_loss $got (one device $base)"
+  else
+    fail "$opts: train_loss $got, want $base (within $tol relative)"
+  fi
 done
 
 # learning: valid perplexity below the unigram's
 awk -v v="$(val valid_ppl base.json)" -v u="$(val unigram_ppl base.json)" \
   'BEGIN { exit !(v > 0 && v < u) }' || fail "valid_ppl $(val valid_ppl base.json) not below unigram $(val unigram_ppl base.json)"
 
-# resume: 30 + 30 steps from a checkpoint == 60 steps (the carried h is [B, 12] and [B, 16])
-"$MOEC" run p.moe --steps 30 --save half.safetensors --quiet >/dev/null 2>h.err || { fail "first half"; cat h.err; }
+# resume: 40 + 40 steps from a checkpoint == 80 steps (the carried h is [B, 12] and [B, 16])
+"$MOEC" run p.moe --steps 40 --save half.safetensors --quiet >/dev/null 2>h.err || { fail "first half"; cat h.err; }
 "$MOEC" run p.moe --load half.safetensors --json --quiet >r.json 2>r.err || { fail "resume"; cat r.err; }
 got=$(val last_loss r.json)
 want=$(val last_loss base.json)
