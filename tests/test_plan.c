@@ -613,14 +613,17 @@ static void test_cost_memplan_cluster(void) {
 /* The step under a routing: a skewed load makes the device holding the hot experts the
  * busiest (kernels and received rows); balanced placement of the same loads evens it out;
  * nodes split each device's bytes into inside and between; small GEMMs cost more a FLOP. */
+/* the cost tests' constants: round numbers, every term on */
+static const CostConsts consts_t = {.name = "t",
+                                    .gflops = 100,
+                                    .link_gbs = 10,
+                                    .latency_us = 1,
+                                    .gemm_half = 16,
+                                    .elem_gbs = 10,
+                                    .launch_us = 1};
+
 static void test_cost_routing(void) {
-  CostConsts k = {.name = "t",
-                  .gflops = 100,
-                  .link_gbs = 10,
-                  .latency_us = 1,
-                  .gemm_half = 16,
-                  .elem_gbs = 10,
-                  .launch_us = 1};
+  CostConsts k = consts_t;
   double small = plan_gemm_s(&k, 8, 512, 512) / (8.0 * 512 * 512);
   double big = plan_gemm_s(&k, 512, 512, 512) / (512.0 * 512 * 512);
   CHECK(fabs(small / big - (24.0 / 8) / (528.0 / 512)) < 1e-9);
@@ -679,14 +682,8 @@ static void test_cost_routing(void) {
  * memory: the step no shorter than the optimizer's bytes at dram_gbs; within the cache (or
  * without the constants) the same step as before. */
 static void test_dram_floor(void) {
-  CostConsts k = {.name = "t",
-                  .gflops = 100,
-                  .link_gbs = 10,
-                  .latency_us = 1,
-                  .gemm_half = 16,
-                  .elem_gbs = 10,
-                  .launch_us = 1,
-                  .cores = 2};
+  CostConsts k = consts_t;
+  k.cores = 2;
   Built b;
   CHECK(lm(&b, 64, 4, 16, 8, 2, "  strategy = data_parallel\n"));
   run_passes(&b, 2);
