@@ -384,8 +384,8 @@ static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
       x->nin = 3;
       for (int j = 0; j < k; j++)
         drop[j] |= g->nodes[j] == p;
-      /* the logits are no longer computed: memplan would keep a tensor that no node
-       * produces as persistent, so it becomes a scalar placeholder, read by no one */
+      /* the logits are no longer computed: produced and read by no node, memplan gives
+       * them no memory (a scalar type besides, for printing) */
       p->out[0]->producer = NULL;
       p->out[0]->ty = ir_type(DT_F32, 0, NULL);
     }

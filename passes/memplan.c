@@ -3,7 +3,9 @@
  * Liveness over the graph's node order, which is the order the program runs:
  *
  *   persistent  params, inputs and state (tensors no node produces): a region of
- *               their own, laid one after the other; they live across steps.
+ *               their own, laid one after the other; they live across steps. A tensor
+ *               that no node produces or reads and that is none of these (a fused
+ *               group's value kept in registers) gets no memory.
  *   transient   every produced tensor (activations, gradients, recompute copies):
  *               live from its producer's index to its last reader's. Pinned to the
  *               end of the program when the host reads it after the step (loss, xent,
@@ -76,6 +78,12 @@ static void pin(Live *L, const Tensor *t, int end) {
   if (t && L[t->id].def >= 0) L[t->id].last = end;
 }
 
+static bool is_bridge(const Graph *g, const Tensor *t) {
+  for (int i = 0; i < g->nbridge; i++)
+    if (g->bridge[i] == t) return true;
+  return false;
+}
+
 /* Fills L (g->ntensors entries) with every tensor's lifetime and aligned size. */
 static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
   const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
@@ -110,6 +118,11 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     const Tensor *t = g->tensors[i];
     if (L[i].def >= 0 && !read[i] && !t->producer->recompute_of && !repeated[i])
       L[i].last = end; /* an output of the graph */
+    /* a value a fused group keeps in registers (or a fold left unused): produced and read
+     * by no node, and not a parameter, input or state, it needs no memory */
+    if (!t->producer && !read[i] && t->kind != TK_PARAM && t->kind != TK_INPUT &&
+        t->kind != TK_STATE && !is_bridge(g, t))
+      L[i].def = L[i].last = UNPLANNED;
   }
   /* expert rows sized per step live in a region of their own (runtime/rows.c) */
   for (int i = 0; i < g->ntensors; i++)

@@ -321,6 +321,7 @@ typedef struct Auto {
   int P;        /* devices */
   int dev;      /* the device planned: the one holding the most experts */
   int64_t rows; /* one device's batch rows: ceil(batch / P) */
+  bool fold_dw; /* the fusion pass will fold the few-row experts' dW (PassCtx.fold_dw) */
 } Auto;
 
 static void undo_all(Auto *a) {
@@ -335,12 +336,15 @@ static void undo_all(Auto *a) {
  * tensor's producer restored (the fused nodes stay in the graph's arena, unused). */
 static MemFigures plan_after_fusion(Auto *a) {
   Graph *g = a->g;
-  PassCtx pc = {.cfg = a->cfg, .devices = a->P, .training = true};
+  PassCtx pc = {.cfg = a->cfg, .devices = a->P, .training = true, .fold_dw = a->fold_dw};
   if (!pass_fusion_enabled(a->cfg))
     return pass_memplan_plan(g, a->rows, a->cfg->unroll, sizeof(float), 0, NULL);
   int nn = g->nnodes;
   Node **nodes = mc_malloc(sizeof(Node *) * (size_t)(nn + 1));
   memcpy(nodes, g->nodes, sizeof(Node *) * (size_t)nn);
+  int64_t *fold = mc_malloc(sizeof(int64_t) * (size_t)(nn + 1)); /* the fold marks, in place */
+  for (int k = 0; k < nn; k++)
+    fold[k] = nodes[k]->ia[0];
   Node **prod = mc_malloc(sizeof(Node *) * (size_t)(g->ntensors + 1));
   int *slot = mc_malloc(sizeof(int) * (size_t)(g->ntensors + 1));
   for (int i = 0; i < g->ntensors; i++) {
@@ -351,10 +355,13 @@ static MemFigures plan_after_fusion(Auto *a) {
   MemFigures mf = pass_memplan_plan(g, a->rows, a->cfg->unroll, sizeof(float), 0, NULL);
   memcpy(g->nodes, nodes, sizeof(Node *) * (size_t)nn);
   g->nnodes = nn;
+  for (int k = 0; k < nn; k++)
+    if (nodes[k]->op == OP_GROUPED_MATMUL_DW) nodes[k]->ia[0] = fold[k];
   for (int i = 0; i < g->ntensors; i++) {
     g->tensors[i]->producer = prod[i];
     g->tensors[i]->producer_slot = slot[i];
   }
+  mc_free(fold);
   mc_free(nodes);
   mc_free(prod);
   mc_free(slot);
@@ -469,7 +476,8 @@ void pass_recompute(Graph *g, const PassCtx *ctx) {
               0,
               P,
               dev,
-              (cfg->batch + P - 1) / P};
+              (cfg->batch + P - 1) / P,
+              ctx->fold_dw};
     choose_auto(&a, sel);
     mc_free(a.stack);
   }

@@ -67,9 +67,10 @@ add_test(NAME plan_recompute_arena
          COMMAND sh -c "set -e; \"$1\" plan \"$2\" --recompute none --format json > plan_rc_none.json; \"$1\" plan \"$2\" --recompute all --format json > plan_rc_all.json; \"$1\" plan \"$2\" --recompute all > plan_rc_all.txt; saved=$(sed -n 's/.*(saves \\([0-9]*\\) bytes.*/\\1/p' plan_rc_all.txt); /usr/bin/python3 -c 'import json,sys; n=json.load(open(\"plan_rc_none.json\")); a=json.load(open(\"plan_rc_all.json\")); s=int(sys.argv[1]); na=n[\"per_device\"][0][\"arena_bytes\"]; aa=a[\"per_device\"][0][\"arena_bytes\"]; assert n[\"recompute\"][\"segments\"]==0 and a[\"recompute\"][\"segments\"]>0; assert aa < na and na-aa == s == a[\"recompute\"][\"saved_bytes\"], (na, aa, s); assert a[\"recompute\"][\"arena_without_bytes\"] == na; assert a[\"recompute\"][\"flops\"] > 0 and all(x[\"flops\"] > 0 for x in a[\"recompute\"][\"segs\"]); print(\"ok\", na, aa, s)' \"$saved\""
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_recompute_arena PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
-# recompute = auto under --memory-budget: something is recomputed and the plan fits
+# recompute = auto under --memory-budget (16.5 MiB: between the plan with every layer
+# recomputed, 16.1, and without, 16.7): something is recomputed and the plan fits
 add_test(NAME plan_recompute_auto
-         COMMAND sh -c "\"$1\" plan \"$2\" --recompute auto --memory-budget 16MiB --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); r=d[\"recompute\"]; p=d[\"per_device\"][0][\"planned_bytes\"]; assert r[\"segments\"] > 0 and p <= 16*2**20, (r[\"segments\"], p); print(\"ok\")'"
+         COMMAND sh -c "\"$1\" plan \"$2\" --recompute auto --memory-budget 17301504 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); r=d[\"recompute\"]; p=d[\"per_device\"][0][\"planned_bytes\"]; assert r[\"segments\"] > 0 and p <= 17301504, (r[\"segments\"], p); print(\"ok\")'"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_recompute_auto PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
 # fused groups: > 0 for a model of elementwise chains, 0 with --no-fuse (needs LLVM)
