@@ -360,16 +360,21 @@ static double dram_floor_s(const CostConsts *k, double touched, double moved) {
   return moved / (k->dram_gbs * 1e9);
 }
 
+/* An expert GEMM's weight sides: each expert's [K, M] (rows x K -> M forward). */
+static void expert_gemm_km(const Node *n, double *K, double *M) {
+  *K = (double)n->in[0]->shape[n->in[0]->ty.rank - 1];
+  *M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
+  if (n->op == OP_GROUPED_MATMUL) *M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
+}
+
 /* Bytes of expert weights an expert GEMM streams on all devices together (each expert's
  * [K, M] read, or its gradient written, once per device that runs it); 0 for other nodes. */
 static double expert_weight_bytes(const Graph *g, const Node *n, const Route *r) {
   if (!expert_gemm(g, n, r)) return 0;
   int m = moe_of(g, n->layer);
   bool placed = r->P > 1 && g->moe_expert_dev;
-  double K = (double)n->in[0]->shape[n->in[0]->ty.rank - 1];
-  double M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
-  if (n->op == OP_GROUPED_MATMUL) M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
-  double copies = 0;
+  double K, M, copies = 0;
+  expert_gemm_km(n, &K, &M);
   for (int e = 0; e < r->E[m]; e++) {
     int d = placed ? g->moe_expert_dev[m][e] : 0;
     copies += d < 0 ? r->P : d < r->P;
@@ -384,10 +389,8 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
   int m = moe_of(g, n->layer);
   bool placed = P > 1 && g->moe_expert_dev;
   if (expert_gemm(g, n, r)) { /* one GEMM per expert at its routed rows */
-    const Tensor *xs = n->in[0];
-    double R = rows(xs), K = (double)xs->shape[xs->ty.rank - 1];
-    double M = (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
-    if (n->op == OP_GROUPED_MATMUL) M = (double)n->out[0]->shape[n->out[0]->ty.rank - 1];
+    double R = rows(n->in[0]), K, M;
+    expert_gemm_km(n, &K, &M);
     for (int e = 0; e < r->E[m]; e++) {
       int d = placed ? g->moe_expert_dev[m][e] : 0;
       if (d >= P) continue;
