@@ -412,7 +412,7 @@ int cmd_calibrate(int argc, char **argv) {
 /* The number after "key": in a flat JSON object; false if absent. */
 static bool json_number(const char *s, const char *key, double *v) {
   char pat[64];
-  snprintf(pat, sizeof pat, "\"%s\"", key);
+  if (snprintf(pat, sizeof pat, "\"%s\"", key) >= (int)sizeof pat) return false;
   const char *p = strstr(s, pat);
   if (!p) return false;
   p += strlen(pat);

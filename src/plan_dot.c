@@ -565,7 +565,7 @@ void plan_dot(const Graph *g, const PlanCost *c, const Config *cfg, const PlotOp
   mc_buf_printf(b,
                 "  label=\"plan %s: %d device%s, strategy %s, experts %s; %s view\"; labelloc=t;\n",
                 g->name, w.P, w.P == 1 ? "" : "s", cfg->strategy, cfg->expert_policy, o->view);
-  DevSet sets[64];
+  DevSet sets[64] = {0};
   bool coll = false;
   int ns = view_sets(&w, sets, 0, 64, &coll);
   legend(w.P, w.nodes, w.per_node, sets, ns, coll, b);

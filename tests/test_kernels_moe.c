@@ -156,7 +156,7 @@ static void gate_ref(const double *clean, const double *sigma, const double *eps
   double noisy[512];
   for (int e = 0; e < E; e++)
     noisy[e] = clean[e] + (sigma ? sigma[e] * eps[e] : 0);
-  int top[512];
+  int top[512] = {0};
   int m = k < E ? k + 1 : E;
   topk_ref(noisy, E, m, top);
   double mx = noisy[top[0]], z = 0;
