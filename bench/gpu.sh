@@ -69,7 +69,7 @@ if want sanitize; then
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$CS" ]; then
   for tool in memcheck racecheck; do
-    "$CS" --tool "$tool" --error-exitcode 9 "$BUILD/tests/test_cuda_ops" >"$OUT/$tool.log" 2>&1
+    "$CS" --tool "$tool" --error-exitcode 9 "$BUILD/tests/test_cuda_ops" --sanitizer >"$OUT/$tool.log" 2>&1
     rc=$?
     row "compute-sanitizer $tool" "rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)"
   done

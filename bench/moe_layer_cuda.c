@@ -69,6 +69,7 @@ static Graph *build(const char *text, Config *cfg, int64_t B) {
   fe_diag_init(&d, &src);
   AstFile *f = fe_parse(&src, &d);
   fe_config_defaults(cfg);
+  cfg->backend = BK_CUDA; /* the passes compile for the cuda backend (its fusions) */
   if (d.errors == 0) fe_sema(f, cfg, &d);
   if (d.errors) mc_die("the benchmark model does not compile");
   Graph *g = ir_build(f, cfg);

@@ -77,12 +77,14 @@ typedef struct Run {
   float **hp, **hg; /* host copies (cuda) or direct pointers (cpu) */
 } Run;
 
-static Graph *build(const char *text, Config *cfg, AstFile **fout) {
+/* The model compiled for backend bk: each backend's fusions (the cpu's need LLVM). */
+static Graph *build(const char *text, Config *cfg, AstFile **fout, BackendKind bk) {
   Source src = {.path = "test_cuda_model.moe", .text = text, .len = strlen(text)};
   Diag d;
   fe_diag_init(&d, &src);
   AstFile *f = fe_parse(&src, &d);
   fe_config_defaults(cfg);
+  cfg->backend = bk;
   if (d.errors == 0) fe_sema(f, cfg, &d);
   if (d.errors) {
     fe_ast_free(f);
@@ -196,7 +198,7 @@ static void one_model(const char *what, const char *text, const Backend *cuda, v
   AstFile *f[3] = {0};
   Graph *g[3];
   for (int q = 0; q < 3; q++) {
-    g[q] = build(text, &cfg, &f[q]);
+    g[q] = build(text, &cfg, &f[q], q == 0 ? BK_CPU : BK_CUDA);
     if (!g[q]) {
       test_checks++;
       test_failures++;

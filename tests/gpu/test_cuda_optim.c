@@ -39,6 +39,10 @@ static Graph *build(Config *cfg, AstFile **fout) {
   fe_diag_init(&d, &src);
   AstFile *f = fe_parse(&src, &d);
   fe_config_defaults(cfg);
+  /* compiled for cuda, unfused: the cpu program only holds the host optimizer's buffers, and
+   * a fused group would need LLVM on the cpu */
+  cfg->backend = BK_CUDA;
+  cfg->fuse = false;
   if (d.errors == 0) fe_sema(f, cfg, &d);
   MOEC_ASSERT(d.errors == 0);
   Graph *g = ir_build(f, cfg);
