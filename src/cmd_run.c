@@ -312,12 +312,6 @@ int cmd_grad(int argc, char **argv) {
   }
   Config cfg;
   AstFile *f = drv_load(&o, &cfg, &rc);
-  if (f && cfg.backend == BK_CUDA && o.f64) {
-    fprintf(stderr, "moec grad: error: --f64 runs on the cpu backend only\n");
-    fe_ast_free(f);
-    drv_options_free(&o);
-    return 1;
-  }
   BatchShape shape;
   int pairs = f ? pairs_batch_shape(f, b.tokens, &shape) : 0;
   Program *p = f && pairs >= 0 ? compile_one(f, &cfg, &o, true, pairs ? &shape : NULL) : NULL;
