@@ -197,6 +197,41 @@ static void parallel_shapes(Graph *g, const Config *cfg, int P) {
       g->shapes[g->nshapes++] = (BatchShape){rt_par_rows(S, T, cfg->batch_tokens, q), T, S};
 }
 
+/* Whether the chosen backend has a kernel for every op of g, as compiled (the passes
+ * chose ops for it); else an error at the op's layer, so that `plan` and `check` say so
+ * too, not only the run. A build without CUDA has no cuda table: its runs stop earlier
+ * (drv_backend), its plans are not checked. */
+static bool backend_runs(const Graph *g, const Config *cfg, Precision prec, Diag *d) {
+  const KernelFn *table = rt_dev_kernels(cfg->backend, prec);
+  if (!table || cfg->backend != BK_CUDA) return true;
+  bool ok = true;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    const char *layer = n->layer ? n->layer : "?";
+    if (n->op == OP_FUSED) continue; /* NVRTC, or the interpreter kernel */
+    if (n->op == OP_LSTM && n->nin == 5) /* the cuda LSTM kernels have no projection */
+      fe_error(d, n->loc,
+               "lstm '%s' has proj=, which the cuda backend does not run yet (use --backend cpu)",
+               layer);
+    else if (n->op == OP_TABLE_GATHER || n->op == OP_TABLE_SCATTER ||
+             n->op == OP_SAMPLE_LOG_UNIFORM || n->op == OP_SAMPLED_XENT_ROWS)
+      fe_error(d, n->loc,
+               "layer '%s': tables = sharded needs op %s, which the cuda backend does not run "
+               "yet (use --tables replicated or --backend cpu)",
+               layer, ir_ops[n->op].name);
+    else if (!table[n->op])
+      fe_error(d, n->loc,
+               "layer '%s' needs op %s, which the cuda backend does not run yet (use --backend "
+               "cpu)",
+               layer, ir_ops[n->op].name);
+    else
+      continue;
+    ok = false;
+    break; /* one error: the first op says what to change */
+  }
+  return ok;
+}
+
 Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const Target *t,
                          McBuf *notes) {
   Diag d;
@@ -233,6 +268,7 @@ Graph *drv_compile_graph(AstFile *f, const Config *cfg, const Options *o, const 
                 .fold_dw = t->fold_dw};
   bool ok = pass_run_all(g, &pc, t->print_after, t->print_to) && d.errors == 0;
   plan_free_loads(loads);
+  if (ok && !t->print_after) ok = backend_runs(g, cfg, t->prec, &d);
   Feeds fd;
   if (ok && t->training && !t->print_after) ok = find_inputs(g, &d, f->model->loc, cfg, &fd);
   if (!ok) {
@@ -399,23 +435,6 @@ Program *drv_compile(AstFile *f, const Config *cfg, const Options *o, const Targ
     fd.source = ir_input_role(g, IN_SOURCE);
     fd.target_in = ir_input_role(g, IN_TARGET);
     fd.vocab = g->logits ? (int)g->logits->ty.dim[1].c : 0;
-  }
-  for (int k = 0; ok && t->be != &rt_backend_cpu && k < g->nnodes; k++) {
-    const Node *n = g->nodes[k];
-    if (n->op == OP_LSTM && n->nin == 5) { /* the cuda LSTM kernels have no projection */
-      fe_error(&d, n->loc,
-               "lstm '%s' has proj=, which the cuda backend does not run yet (use --backend cpu)",
-               n->layer ? n->layer : "?");
-      ok = false;
-    }
-    if (n->op == OP_TABLE_GATHER || n->op == OP_TABLE_SCATTER || n->op == OP_SAMPLE_LOG_UNIFORM ||
-        n->op == OP_SAMPLED_XENT_ROWS) { /* tables sharded by rows: cpu kernels only */
-      fe_error(&d, n->loc,
-               "layer '%s': tables = sharded needs op %s, which the cuda backend does not run "
-               "yet (use --tables replicated or --backend cpu)",
-               n->layer ? n->layer : "?", ir_ops[n->op].name);
-      ok = false;
-    }
   }
   RowSel *rows = ok ? param_rows(g) : NULL;
   if (!ok || !check_memory(g, cfg, o, t, rows)) {

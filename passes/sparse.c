@@ -4,7 +4,8 @@
  * samples are non-zero. When every device's (id, row) pairs are fewer bytes than a ring
  * all-reduce of the dense [V, D] gradient, the comm pass makes each such scatter a
  * sparse_all_reduce (the pairs all-gathered, scattered in rank order) instead of
- * all-reducing the parameter's gradient.
+ * all-reducing the parameter's gradient (on the cpu backend: the cuda one all-reduces it
+ * dense).
  * With plan.tables = sharded an embedding's table is not replicated at all: each device
  * holds a contiguous range of its rows (PART_ROWS), the embedding becomes a table_gather
  * (ids to their owners, rows back) and its gradient a table_scatter into the owner's rows
@@ -39,7 +40,8 @@ static void mark_part(Tensor *t, PartKind part) {
 }
 
 bool pass_sparse_grad(Graph *g, Tensor *p, int P, const Config *cfg) {
-  if (P <= 1 || !cfg || !p->grad || !p->grad->producer) return false;
+  /* the cuda backend has no sparse_all_reduce kernel: its gradients go dense */
+  if (P <= 1 || !cfg || cfg->backend == BK_CUDA || !p->grad || !p->grad->producer) return false;
   Node *leaf[8];
   int n = 0;
   if (!scatter_tree(p->grad, p->grad->producer, leaf, &n, 8)) return false;

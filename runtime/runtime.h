@@ -66,6 +66,9 @@ typedef struct Backend {
 extern const Backend rt_backend_cpu;
 /* NULL when moec was built without CUDA or no GPU is present (runtime/cuda/). */
 const Backend *rt_backend_cuda(void);
+/* Its kernel table, with no device needed (the compiler checks a graph against it); only
+ * in a build with CUDA. */
+const KernelFn *rt_cuda_kernel_table(Precision p);
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 /* A matrix dimension or leading dimension for OpenBLAS, whose ints are 32-bit: v, or

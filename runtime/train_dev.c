@@ -21,8 +21,17 @@ const char *rt_dev_cuda_unavailable(void) {
 #endif
 }
 
+const KernelFn *rt_dev_kernels(BackendKind bk, Precision p) {
+  if (bk != BK_CUDA) return rt_cpu_kernels(p);
+#ifdef MOEC_HAVE_CUDA
+  return rt_cuda_kernel_table(p);
+#else
+  return NULL;
+#endif
+}
+
 const Backend *rt_dev_backend(const Config *cfg) {
-  /* auto: cpu until the cuda path has been verified on a GPU (docs/cuda.md) */
+  /* auto: cpu for now (docs/cuda.md, "What ran on a GPU") */
   if (cfg->backend != BK_CUDA) return &rt_backend_cpu;
   const char *why = rt_dev_cuda_unavailable();
   if (why) mc_die("backend cuda: %s", why);

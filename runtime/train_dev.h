@@ -23,6 +23,10 @@
  * CUDA ..." or "no CUDA device (cudaGetDeviceCount: ...)". */
 const char *rt_dev_cuda_unavailable(void);
 
+/* The kernel table of backend bk (BK_AUTO: the cpu's), with no device needed; NULL for
+ * cuda in a build without CUDA. */
+const KernelFn *rt_dev_kernels(BackendKind bk, Precision p);
+
 /* The backend of a run: cfg->backend (auto: cpu for now, docs/cuda.md). Dies with
  * the reason when cuda is asked for and cannot run. */
 const Backend *rt_dev_backend(const Config *cfg);

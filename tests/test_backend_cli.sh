@@ -14,10 +14,13 @@
 #   - the device settings are options as data: plan.tf32 (--tf32, --set plan.tf32=...)
 #     is checked like the file's settings and echoed by --json (no effect on the cpu:
 #     the same losses), --no-nccl and --cuda-alloc-limit are taken, bad values refused
+#   - plans for cuda: every example on 1 and 4 devices (row-sparse gradients dense on
+#     cuda); an op the cuda backend lacks refused by `moec plan` at its layer
 # (`check && pass ... || fail ...`: pass always succeeds, so fail runs only on a failed check)
 # shellcheck disable=SC2015
 set -u
 MOEC=$1
+EX=$(cd "$(dirname "$0")/../examples" && pwd)
 . "$(dirname "$0")/lib.sh"
 t_tmpdir test_backend
 CUDA_VISIBLE_DEVICES=
@@ -100,5 +103,32 @@ lt=$(grep '^{' t.out | sed 's/.*"last_loss":\([^,}]*\).*/\1/')
 grep '^{' t.out | grep -q '"tf32": true' && [ "$lt" = "$la" ] &&
   pass "--set plan.tf32=true --no-nccl --cuda-alloc-limit: echoed, no effect on the cpu (last loss $lt)" ||
   { fail "device settings on the cpu: last loss '$lt', expected '$la'"; grep '^{' t.out; }
+
+# plans for the cuda backend (no GPU needed: the compiler checks the graph against the
+# cuda kernel table): every example compiles for cuda on 1 and 4 devices (and the
+# hierarchical strategy), with the row-sparse gradients all-reduced dense there (no
+# sparse_all_reduce kernel on cuda); an op the cuda backend lacks is refused by plan too,
+# at its layer
+if "$MOEC" --version | grep -q 'features:.*cuda'; then
+  bad=""
+  for f in "$EX"/lm_*.moe "$EX"/nmt_*.moe; do
+    for n in 1 4; do
+      "$MOEC" plan "$f" --backend cuda --devices "$n" >pl.out 2>pl.err || bad="$bad $(basename "$f"):$n"
+    done
+  done
+  "$MOEC" plan "$EX/lm_moe256h.moe" --backend cuda --devices 4 --strategy hmoe >pl.out 2>pl.err ||
+    bad="$bad lm_moe256h:hmoe4"
+  [ -z "$bad" ] && pass "every example plans for cuda on 1 and 4 devices" ||
+    { fail "plans for cuda refused:$bad"; cat pl.err; }
+  nc=$("$MOEC" ir "$EX/lm_moe32.moe" --after comm --devices 4 | grep -c sparse_all_reduce)
+  ng=$("$MOEC" ir "$EX/lm_moe32.moe" --after comm --devices 4 --backend cuda | grep -c sparse_all_reduce)
+  [ "$nc" -gt 0 ] && [ "$ng" -eq 0 ] &&
+    pass "the embedding's gradient: sparse_all_reduce on the cpu ($nc), dense on cuda" ||
+    fail "sparse_all_reduce: $nc on the cpu, $ng on cuda (want > 0 and 0)"
+  expect 1 "lm_moe32.moe:[0-9]+:[0-9]+: error: layer 'emb': tables = sharded needs op table_gather, which the cuda backend does not run yet" \
+    "$MOEC" plan "$EX/lm_moe32.moe" --backend cuda --devices 4 --tables sharded
+else
+  echo "skip: moec was built without CUDA (no cuda kernel table to plan against)"
+fi
 
 finish

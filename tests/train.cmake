@@ -24,4 +24,4 @@ endforeach()
 # (tests/test_backend_cli.sh).
 add_test(NAME train_backend_cli
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_backend_cli.sh $<TARGET_FILE:moec>)
-set_tests_properties(train_backend_cli PROPERTIES TIMEOUT 120 LABELS "train")
+set_tests_properties(train_backend_cli PROPERTIES TIMEOUT 300 LABELS "train")

@@ -318,6 +318,10 @@ static const KernelFn *cuda_kernels(Precision p) {
   return p == PREC_F64 ? g_table_f64 : g_table_f32;
 }
 
+extern "C" const KernelFn *rt_cuda_kernel_table(Precision p) {
+  return cuda_kernels(p);
+}
+
 /* Memory calls act on the current CUDA device (device 0 unless the caller set
  * another) through the legacy default stream, which orders them with every
  * context's (blocking) stream. */
