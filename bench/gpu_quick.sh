@@ -27,7 +27,8 @@
 # go to build-gpu-quick/run/; the table and a tarball of the logs to $OUT (the device
 # tool's folder that comes back: summary.md, logs.tar.gz). Without a GPU every GPU stage
 # is listed as skipped with the reason (the pack step and the table still work).
-# Environment: OUT, BUNDLE (default build-gpu-bundle), BUDGET, STAGES (a subset of the
+# Environment: OUT, BUNDLE (default build-gpu-bundle), EN_FR (the en-fr pairs for the
+# translation examples; default .gpudata/en-fr, carried: bench/README.md), BUDGET, STAGES (a subset of the
 # stage names below, for a rerun: e.g. STAGES="test_cuda_ops memcheck"), JOBS (a build
 # there: default 16). bench/README.md has the exact device call.
 set -u
@@ -207,13 +208,16 @@ if [ -n "$BIN" ]; then
   row "test_cuda_fused (fused = unfused, bits)" "$(verdict test_cuda_fused)"
   stage test_cuda_train 240 sh "$ROOT/tests/gpu/test_cuda_train.sh" "$BIN/moec"
   row "test_cuda_train.sh (moec cuda vs cpu; 2, 4 devices)" "$(verdict test_cuda_train)"
+  stage test_cuda_examples 150 sh "$ROOT/tests/gpu/test_cuda_examples.sh" "$BIN/moec" \
+    "${EN_FR:-$ROOT/.gpudata/en-fr}"
+  row "test_cuda_examples.sh (every example, cuda = cpu)" "$(verdict test_cuda_examples)"
 
-  # ---- 2. compute-sanitizer on the ops test (the ring check's big GEMM left out)
+  # ---- 2. compute-sanitizer on the ops test (--sanitizer: no ring check, no deliberate OOM)
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   if ! gpu_only "compute-sanitizer memcheck test_cuda_ops"; then
     :
   elif [ -x "$CS" ]; then
-    stage memcheck 150 "$CS" --tool memcheck --error-exitcode 9 "$BIN/test_cuda_ops" --no-ring
+    stage memcheck 150 "$CS" --tool memcheck --error-exitcode 9 "$BIN/test_cuda_ops" --sanitizer
     row "compute-sanitizer memcheck test_cuda_ops" \
       "$(verdict memcheck) $(grep -E 'ERROR SUMMARY' "$W/memcheck.log" | tail -1)"
   else
@@ -227,7 +231,7 @@ if [ -n "$BIN" ]; then
       --hidden 4096 --k "$k" --reps 10 --warmup 3 --json "$W/moe_moec.jsonl"
     if [ $RC = 0 ]; then
       l="$W/moe_moec_k$k.log"
-      row "MoE layer k=$k: moec fwd+bwd" "$(awk '/moe layer  /{print $3" ms"}' "$l"); expert GEMMs $(awk '/expert GEMMs/{print $3" TFLOP/s"}' "$l") = $(awk '/expert \/ dense/{print $4}' "$l") of one cuBLAS GEMM ($(awk '/dense cublasSgemm/{print $3" TFLOP/s"}' "$l")); routing $(awk '/routing share/{print $3}' "$l")"
+      row "MoE layer k=$k: moec fwd+bwd" "$(awk '/moe layer  /{print $3" ms"}' "$l"); expert GEMMs $(awk '/expert GEMMs .*TFLOP/{print $3" TFLOP/s"}' "$l") = $(awk '/expert \/ dense/{print $4}' "$l") of one cuBLAS GEMM ($(awk '/dense cublasSgemm/{print $3" TFLOP/s"}' "$l")); routing $(awk '/routing share/{print $3}' "$l")"
     else
       row "MoE layer k=$k: moec" "$(verdict "moe_moec_k$k")"
     fi
@@ -259,21 +263,31 @@ PY
     fi
   done
 
+  # moec's tokens/s after 10 warm-up steps from its --metrics step lines (elapsed: seconds
+  # since the first step began, at each step's end): lm_rate JSONL TOKENS_PER_STEP
+  lm_rate() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
+bt, w = int(sys.argv[2]), 10
+if len(rows) <= w + 1:
+    print("nan")
+else:
+    a, b = rows[w - 1], rows[-1]
+    print(f"{(b['step'] - a['step']) * bt / (b['elapsed'] - a['elapsed']):.0f}")
+PY
+  }
+  # torch_rate LOG: PyTorch's tokens/s from lm_torch.py's JSON line
+  torch_rate() { grep '^{' "$1" | tail -1 | python3 -c 'import json, sys; print("%.0f" % json.loads(sys.stdin.read())["tokens_per_s"])'; }
+  ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$1" "$2" 2>/dev/null || echo n/a; }
+
   # ---- 4. LM training: moec --backend cuda vs PyTorch with cuDNN's LSTM (lm_bench.moe sizes)
   if gpu_only "LM training (lm_bench.moe)"; then
   stage lm_moec 90 "$BIN/moec" run "$ROOT/bench/lm_bench.moe" --backend cuda --steps 120 --quiet \
     --json --metrics "$W/lm_moec.jsonl"
   MT=nan
-  if [ $RC = 0 ]; then # tokens/s after 10 warm-up steps, from the cumulative rates
-    MT=$(python3 - "$W/lm_moec.jsonl" <<'PY'
-import json, sys
-rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
-bt, w = 640, 10
-t = lambda r: r["step"] * bt / r["tokens_per_s"]
-a, b = rows[w - 1], rows[-1]
-print(f"{(b['step'] - a['step']) * bt / (t(b) - t(a)):.0f}")
-PY
-)
+  if [ $RC = 0 ]; then
+    MT=$(lm_rate "$W/lm_moec.jsonl" 640)
     row "LM (lm_bench.moe): moec --backend cuda" "$MT tokens/s (steps 11-120)"
   else
     row "LM: moec --backend cuda" "$(verdict lm_moec)"
@@ -282,11 +296,39 @@ PY
   if gpu_only "LM: PyTorch, cuDNN LSTM" torch; then
     stage lm_torch 120 python3 "$ROOT/bench/lm_torch.py" --device cuda --batch 32 --steps 50 --warmup 10 --json
     if [ $RC = 0 ] && grep -q '^{' "$W/lm_torch.log"; then
-      TT=$(grep '^{' "$W/lm_torch.log" | tail -1 | python3 -c 'import json, sys; print("%.0f" % json.loads(sys.stdin.read())["tokens_per_s"])')
-      row "LM: PyTorch, cuDNN LSTM" "$TT tokens/s; moec / PyTorch $(python3 -c "print(f'{float(\"$MT\") / float(\"$TT\"):.2f}x')")"
+      TT=$(torch_rate "$W/lm_torch.log")
+      row "LM: PyTorch, cuDNN LSTM" "$TT tokens/s; moec / PyTorch $(ratio "$MT" "$TT")"
     else
       row "LM: PyTorch, cuDNN LSTM" "$(verdict lm_torch)"
     fi
+  fi
+  # ---- 5. as the budget allows: racecheck, the MoE layer in TF32, the scaled-up LM
+  if gpu_only "compute-sanitizer racecheck test_cuda_ops" && [ -x "$CS" ]; then
+    stage racecheck 90 "$CS" --tool racecheck --error-exitcode 9 "$BIN/test_cuda_ops" --sanitizer
+    row "compute-sanitizer racecheck test_cuda_ops" \
+      "$(verdict racecheck) $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$W/racecheck.log" | tail -1)"
+  fi
+  for k in 2 4; do
+    gpu_only "MoE layer k=$k TF32" torch || continue
+    stage "moe_moec_tf32_k$k" 60 "$BIN/bench_moe_layer_cuda" --tokens 8192 --dim 1024 --experts 64 \
+      --hidden 4096 --k "$k" --reps 10 --warmup 3 --tf32 --json "$W/moe_moec_tf32.jsonl"
+    M=$(awk '/moe layer  /{print $3}' "$W/moe_moec_tf32_k$k.log")
+    stage "moe_torch_tf32_k$k" 90 python3 "$ROOT/bench/moe_layer_torch.py" --tokens 8192 --dim 1024 \
+      --experts 64 --hidden 4096 --k "$k" --reps 10 --warmup 3 --variants sorted,padded,grouped --tf32 \
+      --json "$W/moe_torch_tf32.jsonl"
+    T=$(grep 'best:' "$W/moe_torch_tf32_k$k.log" | sed 's/^ *best: //')
+    row "MoE layer k=$k TF32" "moec ${M:-FAILED} ms; PyTorch best grouped ${T:-FAILED}; moec $(ratio "$(echo "$T" | awk '{print $2}')" "$M") faster"
+  done
+  if gpu_only "LM scaled (lm_bench_gpu.moe)" torch; then
+    stage lm_moec_scaled 90 "$BIN/moec" run "$ROOT/bench/lm_bench_gpu.moe" --backend cuda --steps 60 \
+      --quiet --json --metrics "$W/lm_moec_scaled.jsonl"
+    MS=nan
+    [ $RC = 0 ] && MS=$(lm_rate "$W/lm_moec_scaled.jsonl" 2560)
+    stage lm_torch_scaled 120 python3 "$ROOT/bench/lm_torch.py" --device cuda --dim 1024 --experts 32 \
+      --hidden 2048 --batch 128 --steps 30 --warmup 10 --json
+    TS=nan
+    [ $RC = 0 ] && TS=$(torch_rate "$W/lm_torch_scaled.log")
+    row "LM scaled (D 1024, 32 experts of 2048, B 128)" "moec $MS tokens/s; PyTorch $TS; moec / PyTorch $(ratio "$MS" "$TS")"
   fi
 else
   row "GPU stages" "not run: no binaries"

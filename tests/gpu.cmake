@@ -20,7 +20,10 @@ target_link_libraries(test_cuda_optim PRIVATE moeccore)
 target_compile_options(test_cuda_optim PRIVATE ${MOEC_WARN})
 add_test(NAME cuda_optim COMMAND test_cuda_optim)
 add_test(NAME cuda_train COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_train.sh $<TARGET_FILE:moec>)
-set_tests_properties(cuda_optim cuda_train PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
+# test_cuda_examples.sh: every example model, 8 steps cuda = cpu (and 4 / 2 devices)
+add_test(NAME cuda_examples COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/gpu/test_cuda_examples.sh
+                                    $<TARGET_FILE:moec>)
+set_tests_properties(cuda_optim cuda_train cuda_examples PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 LABELS gpu
                      ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
 
 # test_cuda_fused: fused elementwise groups on the GPU (codegen/nvrtc.c): unfused = fused
