@@ -131,7 +131,7 @@ typedef struct DeviceMemory {
   int64_t live_max; /* the memory plan's lower bound */
   /* the expert rows sized per step (not in arena; 0 without): their region at the fair
    * share of the routes (what the runtime lays out first; rows_share of every route) and
-   * at the most a step can bring (plan_rows_cap) */
+   * at the most a step can bring (plan_rows_of) */
   int64_t rows_fair, rows_worst;
   double rows_share;
 } DeviceMemory;

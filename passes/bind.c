@@ -41,33 +41,102 @@ int *plan_layer_widen(const Graph *g, int P) {
   return f;
 }
 
+/* The forward all_to_all of MoE layer m that brings the rows of level lv (1: an hmoe's
+ * group rows, by groups; else the expert rows), or NULL. */
+static const Node *level_a2a(const Graph *g, int m, int lv) {
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op == OP_ALL_TO_ALL && !n->backward && n->layer && !strcmp(n->layer, g->moe_names[m]) &&
+        !n->ia[3] == (lv != 1))
+      return n;
+  }
+  return NULL;
+}
+
+/* The level of expert-row tensor t of MoE layer m: 0 a plain layer's rows; for an hmoe
+ * under the two-level exchange 1 the group side's (role "group": each group's rows on its
+ * group's device, placement.c) and 2 the experts'. */
+static int tensor_level(const Graph *g, int m, const Tensor *t) {
+  if (!g->moe_group_dev || !g->moe_group_dev[m]) return 0;
+  return pass_group_node(t->producer) ? 1 : 2;
+}
+
+/* t's rows per row its level's exchange brings (k for the group side's dispatched rows),
+ * or 0 when its rows are not a multiple of them. */
+static int64_t rows_per_row(const Tensor *t, const Node *a2a) {
+  Dim a = a2a->out[0]->ty.dim[0], d = t->ty.dim[0];
+  if (a.b != d.b || a.t != d.t || a.s != d.s || a.c <= 0 || d.c % a.c) return 0;
+  return d.c / a.c;
+}
+
 /* Whether MoE layer m's expert rows can be sized per step (runtime/rows.c): several
- * devices, no plan.expert_headroom, one batch shape, and a plain exchange: one forward
- * all_to_all of its rows (not an hmoe's two-level one, not batchwise gating, no
- * capacity=) whose received rows every expert-row tensor of the layer has. */
+ * devices, no plan.expert_headroom, one batch shape, no batchwise gating nor capacity=,
+ * and each level's rows brought by one forward all_to_all (a plain layer's, or an hmoe's
+ * group-level and expert-level ones) whose received rows every expert-row tensor of that
+ * level holds a whole multiple of. */
 static bool layer_per_step(const Graph *g, int m, int devices) {
-  if (devices <= 1 || g->expert_headroom > 0 || g->nshapes || ir_hmoe_experts_local(g, m) ||
-      (g->moe_group_dev && g->moe_group_dev[m]))
-    return false;
-  const Node *a2a = NULL;
+  if (devices <= 1 || g->expert_headroom > 0 || g->nshapes) return false;
+  bool hmoe = g->moe_group_dev && g->moe_group_dev[m];
+  int a2as[2] = {0, 0};
   for (int k = 0; k < g->nnodes; k++) {
     const Node *n = g->nodes[k];
     if (!n->layer || strcmp(n->layer, g->moe_names[m])) continue;
     if (n->op == OP_BATCHWISE_ROUTE || n->op == OP_CAPACITY) return false;
     if (n->op != OP_ALL_TO_ALL || n->backward) continue;
-    if (a2a || n->nin != 2 || n->ia[3]) return false;
-    a2a = n;
+    if ((n->ia[3] && !hmoe) || (!n->ia[3] && n->nin != 2)) return false;
+    a2as[n->ia[3] ? 1 : 0]++;
   }
-  if (!a2a) return false;
-  Dim rows = a2a->out[0]->ty.dim[0];
+  if (a2as[0] != 1 || a2as[1] != (hmoe ? 1 : 0)) return false;
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     if (t->part != PART_EXPERTS || t->ty.rank < 1 || t->ty.dim[0].b <= 0 || !t->producer ||
         !t->producer->layer || strcmp(t->producer->layer, g->moe_names[m]))
       continue;
-    if (ir_dim_pack(t->ty.dim[0]) != ir_dim_pack(rows)) return false;
+    if (!rows_per_row(t, level_a2a(g, m, tensor_level(g, m, t)))) return false;
   }
   return true;
+}
+
+PlanRows plan_rows_of(const Graph *g, const Tensor *t, int P, int rank, int64_t b, int64_t T) {
+  PlanRows r = {0};
+  while (r.moe < g->nmoe && strcmp(t->producer->layer, g->moe_names[r.moe]))
+    r.moe++;
+  MOEC_ASSERT(r.moe < g->nmoe); /* marked by plan_widen_expert_rows: a layer's tensor */
+  int m = r.moe;
+  r.level = tensor_level(g, m, t);
+  const Node *a2a = level_a2a(g, m, r.level);
+  r.per_row = rows_per_row(t, a2a);
+  int64_t worst = r.worst = dim_eval(a2a->out[0]->ty.dim[0], b, T); /* every route */
+  /* routes per token at this level (top-k picks k distinct experts, or groups, and each
+   * gets the token once): the primary dispatch's k; x the secondary's at an hmoe's experts */
+  int64_t K = 1;
+  for (int i = 0, seen = 0; i < g->nnodes && seen < (r.level == 2 ? 2 : 1); i++) {
+    const Node *n = g->nodes[i];
+    if (n->op == OP_DISPATCH && !n->backward && n->layer && !strcmp(n->layer, g->moe_names[m]))
+      K *= dim_eval(n->in[1]->ty.dim[1], 1, 1), seen++;
+  }
+  /* the devices holding the level's groups or experts, and how many are this device's */
+  int units = r.level == 1 ? g->moe_ngroups[m] : g->moe_nexperts[m], mine = 0, set = 0;
+  const int *dev = r.level == 1         ? g->moe_group_dev[m]
+                   : g->moe_expert_dev ? g->moe_expert_dev[m]
+                                       : NULL;
+  bool *has = mc_calloc((size_t)P + 1, sizeof(bool));
+  for (int e = 0; dev && e < units; e++) {
+    int d = dev[e];
+    mine += d == rank;
+    if (d < 0 || d >= P) { /* replicated: every device */
+      set = P;
+    } else if (set < P && !has[d]) {
+      has[d] = true;
+      set++;
+    }
+  }
+  mc_free(has);
+  r.bound = !dev || mine >= K ? worst : worst / K * mine;
+  r.fair = set > 0 ? worst / P * ((P + set - 1) / set) : worst;
+  r.bound = MC_MAX(r.bound, 1); /* a kernel's rows: at least one */
+  r.fair = MC_MIN(MC_MAX(r.fair, 1), r.bound);
+  return r;
 }
 
 int64_t *plan_widen_expert_rows(Graph *g, int devices, int64_t B, int64_t T) {
@@ -109,37 +178,19 @@ void plan_rows_clear(Graph *g) {
     g->tensors[i]->rows_per_step = false;
 }
 
-int64_t plan_rows_cap(const Graph *g, const Tensor *t) {
-  int64_t bound = t->shape[0];
-  int m = 0;
-  while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
-    m++;
-  int64_t k = 0, mine = 0; /* top-k picks k distinct experts: each gets a token once */
-  for (int i = 0; i < g->nnodes && !k; i++) {
-    const Node *n = g->nodes[i];
-    if (n->op == OP_DISPATCH && !n->backward && n->layer && !strcmp(n->layer, t->producer->layer))
-      k = n->in[1]->shape[1];
-  }
-  for (int e = 0; m < g->nmoe && g->moe_expert_dev && e < g->moe_nexperts[m]; e++)
-    mine += g->moe_expert_dev[m][e] == g->rank;
-  if (k <= 0 || !g->moe_expert_dev || mine >= k) return bound;
-  return bound / k * mine;
-}
-
-void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T) {
+void plan_rows_at_margin(Graph *g, int d, int devices, int64_t B, int64_t T) {
   int64_t b = (B + devices - 1) / devices; /* a device's rows, as the bind pass binds them */
+  PlanRows *r = mc_calloc((size_t)g->ntensors + 1, sizeof(PlanRows));
+  for (int i = 0; i < g->ntensors; i++) /* first: the exchanges' dims are changed below */
+    if (g->tensors[i]->rows_per_step) r[i] = plan_rows_of(g, g->tensors[i], devices, d, b, T);
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
     if (!t->rows_per_step) continue;
-    int m = 0;
-    while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
-      m++;
-    int64_t worst = dim_eval(t->ty.dim[0], b, T);
-    int64_t rows = (int64_t)ceil(PLAN_ROWS_MARGIN * (double)(worst / devices) *
-                                 plan_fair_widen(g, m, devices));
-    t->ty.dim[0] = dim_int(rows < worst ? rows : worst);
+    int64_t rows = (int64_t)ceil(PLAN_ROWS_MARGIN * (double)r[i].fair);
+    t->ty.dim[0] = dim_int(MC_MIN(rows, r[i].bound) * r[i].per_row);
     t->rows_per_step = false;
   }
+  mc_free(r);
 }
 
 int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
@@ -150,16 +201,11 @@ int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
     const Tensor *t = g->tensors[i];
     if (!t->rows_per_step || t->shape[0] <= 0) continue;
     any = true;
-    int64_t bound = t->shape[0], rows = (int64_t)ceil(share * (double)bound);
-    if (share <= 0) { /* the fair share: what the runtime lays out first (runtime/rows.c) */
-      int m = 0;
-      while (m < g->nmoe && strcmp(t->producer->layer, g->moe_names[m]))
-        m++;
-      rows = bound / g->ndev * plan_fair_widen(g, m, g->ndev);
-    }
-    int64_t cap = plan_rows_cap(g, t);
-    rows = rows < 1 ? 1 : rows > cap ? cap : rows;
-    nb[i] = t->numel / bound * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
+    PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+    /* share <= 0: the fair share, what the runtime lays out first (runtime/rows.c) */
+    int64_t rows = share <= 0 ? r.fair : (int64_t)ceil(share * (double)r.worst);
+    rows = MC_MIN(MC_MAX(rows, 1), r.bound) * r.per_row;
+    nb[i] = t->numel / t->shape[0] * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
   }
   int64_t bytes = any ? pass_memplan_rows(g, nb, off, NULL, NULL) : 0;
   mc_free(nb);

@@ -184,7 +184,7 @@ Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
   mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
-  plan_rows_at_margin(g, devices, B, T); /* these views keep them in the arena */
+  plan_rows_at_margin(g, d, devices, B, T); /* these views keep them in the arena */
   return save;
 }
 

@@ -105,19 +105,27 @@ int plan_fair_widen(const Graph *g, int m, int P);
 void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 /* Expert rows sized per step (Tensor.rows_per_step, marked by the widening above on a
  * device graph; runtime/rows.c): plan_rows_bytes is their region on a bound device graph
- * with share x each tensor's bound rows, at most plan_rows_cap (share <= 0: the fair
+ * with share x every route's rows, at most plan_rows_of's bound (share <= 0: the fair
  * share the runtime starts at), elem bytes per float; plan_rows_clear unmarks them
  * (their bound in the arena). */
 int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
-/* The most rows t (marked rows_per_step) can hold in one step on its device: its bound
- * (every route), or where the device holds e < k of the layer's experts e x the tokens
- * (top-k sends a token to an expert at most once; e = 0: none). */
-int64_t plan_rows_cap(const Graph *g, const Tensor *t);
+/* What per-step tensor t (marked rows_per_step) holds on device rank of P, bound at b
+ * rows a device and T: the rows of the all-to-all of its level (a plain layer's, or an
+ * hmoe's group-level or expert-level one) x per_row, worst at every route, bound the most
+ * one step can bring there (a device with e < K of the level's K routes' experts, or
+ * groups, per token: e x the tokens), fair under uniform routing (where the runtime
+ * starts). */
+typedef struct PlanRows {
+  int moe, level;      /* its MoE layer; 1: an hmoe's group rows, 2: its expert rows, else 0 */
+  int64_t per_row;     /* its rows per row the exchange brings: k at the group side's dispatch */
+  int64_t worst, bound, fair; /* the exchange's rows */
+} PlanRows;
+PlanRows plan_rows_of(const Graph *g, const Tensor *t, int P, int rank, int64_t b, int64_t T);
 void plan_rows_clear(Graph *g);
 /* For the views that plan every tensor in the arena (plan_device_shapes: recompute =
  * auto's choices): the marked rows at PLAN_ROWS_MARGIN x the fair share of uniform
  * routing (at most the bound), unmarked. B, T: the global batch. */
-void plan_rows_at_margin(Graph *g, int devices, int64_t B, int64_t T);
+void plan_rows_at_margin(Graph *g, int d, int devices, int64_t B, int64_t T);
 
 /* ---------------------------------------------------------------- costmodel.c */
 

@@ -1,7 +1,8 @@
 /* rows.c: expert-row buffers sized per step (docs/memory.md, "Expert-row buffers"): a
  * device's rows of the MoE layers the bind pass marked (Tensor.rows_per_step) live in a
- * region of their own, laid out like the arena at the rows each layer's all-to-all last
- * brought, and grown (never shrunk) when a step's counts need more. Prefix: rt_. */
+ * region of their own, laid out like the arena at the rows each exchange last brought (a
+ * layer's all-to-all; an hmoe's group-level and expert-level ones), and grown (never
+ * shrunk) when a step's counts need more. Prefix: rt_. */
 #include <string.h>
 
 #include "../passes/plan.h"
@@ -10,12 +11,13 @@
 typedef struct RtStepRows RtStepRows;
 struct RtStepRows {
   Program *p;
-  int nl;          /* layers in the region */
-  int *moe;        /* [nl] the layer's MoE index */
-  int64_t *rows;   /* [nl] the rows its tensors hold now (their shape[0]) */
-  int64_t *bound;  /* [nl] the most a step can route to this device (plan_rows_cap) */
-  int *layer;      /* by tensor id: its layer in the region, -1 for the arena's */
-  int64_t *row_b;  /* by tensor id: bytes per row */
+  int nl;           /* exchanges in the region: a MoE layer's, or an hmoe's two levels */
+  int *moe, *level; /* [nl] the exchange's MoE layer and level (PlanRows) */
+  int64_t *rows;    /* [nl] the rows it brings room for now */
+  int64_t *bound;   /* [nl] the most a step can route to this device (PlanRows) */
+  int *layer;       /* by tensor id: its exchange in the region, -1 for the arena's */
+  int64_t *per_row; /* by tensor id: its rows per row of the exchange (shape[0] / rows) */
+  int64_t *row_b;   /* by tensor id: bytes per row */
   int64_t *off;    /* by tensor id: offset in the region */
   int *def, *last; /* by tensor id: lifetime in node indices (pass_memplan_rows) */
   char *base;
@@ -32,7 +34,7 @@ static char *layout(RtStepRows *r, int64_t *off, size_t *bytes) {
   Graph *g = r->p->g;
   int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   for (int i = 0; i < g->ntensors; i++)
-    if (r->layer[i] >= 0) nb[i] = r->rows[r->layer[i]] * r->row_b[i];
+    if (r->layer[i] >= 0) nb[i] = r->rows[r->layer[i]] * r->per_row[i] * r->row_b[i];
   *bytes = (size_t)pass_memplan_rows(g, nb, off, r->def, r->last);
   mc_free(nb);
   return r->p->be->alloc(*bytes ? *bytes : 64);
@@ -48,7 +50,7 @@ static void point(RtStepRows *r) {
   for (int i = 0; i < g->ntensors; i++) {
     if (r->layer[i] < 0) continue;
     Tensor *t = g->tensors[i];
-    t->shape[0] = r->rows[r->layer[i]];
+    t->shape[0] = r->rows[r->layer[i]] * r->per_row[i];
     t->numel = 1;
     for (int d = 0; d < t->ty.rank; d++)
       t->numel *= t->shape[d];
@@ -61,13 +63,6 @@ static void point(RtStepRows *r) {
     for (int j = 0; j < ins->node->nout; j++)
       if (r->layer[ins->node->out[j]->id] >= 0) ins->out[j] = p->buf[ins->node->out[j]->id];
   }
-}
-
-/* The rows layer m's tensors get under uniform routing: the bound over P, x the devices
- * per device of its expert set (plan_fair_widen). */
-static int64_t fair_rows(const Graph *g, int m, int64_t bound) {
-  int P = g->ndev;
-  return bound / P * plan_fair_widen(g, m, P);
 }
 
 bool rt_rows_setup(Program *p) {
@@ -84,31 +79,38 @@ bool rt_rows_setup(Program *p) {
   RtStepRows *r = mc_calloc(1, sizeof(RtStepRows));
   r->p = p;
   int nt = g->ntensors;
-  r->moe = mc_calloc((size_t)g->nmoe + 1, sizeof(int));
-  r->rows = mc_calloc((size_t)g->nmoe + 1, sizeof(int64_t));
-  r->bound = mc_calloc((size_t)g->nmoe + 1, sizeof(int64_t));
+  int ns = 2 * g->nmoe + 1; /* an hmoe: two exchanges */
+  r->moe = mc_calloc((size_t)ns, sizeof(int));
+  r->level = mc_calloc((size_t)ns, sizeof(int));
+  r->rows = mc_calloc((size_t)ns, sizeof(int64_t));
+  r->bound = mc_calloc((size_t)ns, sizeof(int64_t));
   r->layer = mc_calloc((size_t)nt + 1, sizeof(int));
+  r->per_row = mc_calloc((size_t)nt + 1, sizeof(int64_t));
   r->row_b = mc_calloc((size_t)nt + 1, sizeof(int64_t));
   r->off = mc_calloc((size_t)nt + 1, sizeof(int64_t));
   r->def = mc_calloc((size_t)nt + 1, sizeof(int));
   r->last = mc_calloc((size_t)nt + 1, sizeof(int));
   for (int i = 0; i < nt; i++)
     r->layer[i] = -1;
-  for (int m = 0; m < g->nmoe; m++) {
-    int l = -1;
-    for (int i = 0; i < nt; i++) {
-      Tensor *t = g->tensors[i];
-      if (!t->rows_per_step || strcmp(t->producer->layer, g->moe_names[m])) continue;
-      if (l < 0) {
-        l = r->nl++;
-        r->moe[l] = m;
-        r->bound[l] = MC_MAX(plan_rows_cap(g, t), 1); /* a kernel's rows: at least one */
-        r->rows[l] = MC_MIN(MC_MAX(fair_rows(g, m, t->shape[0]), 1), r->bound[l]);
-      }
-      MOEC_ASSERT(t->numel % t->shape[0] == 0); /* bind.c: every tensor of the layer alike */
-      r->layer[i] = l;
-      r->row_b[i] = t->numel / t->shape[0] * (int64_t)elem_of(p, t);
+  for (int i = 0; i < nt; i++) {
+    Tensor *t = g->tensors[i];
+    if (!t->rows_per_step) continue;
+    PlanRows pr = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+    int l = 0;
+    while (l < r->nl && (r->moe[l] != pr.moe || r->level[l] != pr.level))
+      l++;
+    if (l == r->nl) {
+      MOEC_ASSERT(l < ns);
+      r->nl++;
+      r->moe[l] = pr.moe;
+      r->level[l] = pr.level;
+      r->bound[l] = pr.bound;
+      r->rows[l] = pr.fair;
     }
+    MOEC_ASSERT(pr.per_row > 0 && t->shape[0] == pr.worst * pr.per_row); /* bind.c */
+    r->layer[i] = l;
+    r->per_row[i] = pr.per_row;
+    r->row_b[i] = t->numel / t->shape[0] * (int64_t)elem_of(p, t);
   }
   r->base = layout(r, r->off, &r->bytes);
   if (!r->base)
@@ -141,18 +143,21 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   if (!base) {
     const Tensor *big = NULL;
     for (int i = 0; i < g->ntensors; i++)
-      if (r->layer[i] == l && (!big || r->row_b[i] > r->row_b[big->id])) big = g->tensors[i];
+      if (r->layer[i] == l && (!big || r->per_row[i] * r->row_b[i] >
+                                           r->per_row[big->id] * r->row_b[big->id]))
+        big = g->tensors[i];
     mc_die("out of memory on the %s device: MoE layer '%s' routes %lld rows to this device's "
            "experts and its expert-row buffers need %.1f MiB (tensor '%s': %.1f MiB); bound "
            "them with moe(..., capacity=) or plan.expert_headroom, or balance the routing "
            "(w_load)",
            p->be->name, g->moe_names[r->moe[l]], (long long)total, (double)bytes / 1048576.0,
-           big ? big->name : "?", big ? (double)(r->rows[l] * r->row_b[big->id]) / 1048576.0 : 0.0);
+           big ? big->name : "?",
+           big ? (double)(r->rows[l] * r->per_row[big->id] * r->row_b[big->id]) / 1048576.0 : 0.0);
   }
   for (int i = 0; i < g->ntensors; i++) /* written before n and read after it */
     if (r->layer[i] >= 0 && r->def[i] >= 0 && r->def[i] < at && r->last[i] >= at) {
       int64_t was = r->layer[i] == l ? old_rows : r->rows[r->layer[i]];
-      p->be->copy(base + off[i], r->base + r->off[i], (size_t)(was * r->row_b[i]));
+      p->be->copy(base + off[i], r->base + r->off[i], (size_t)(was * r->per_row[i] * r->row_b[i]));
     }
   p->be->release(r->base);
   mc_free(r->off);
@@ -166,10 +171,13 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
            (unsigned long long)ctx->step);
   fprintf(stderr,
-          "moec: device %d, MoE layer '%s': %lld rows arrived at %s; its expert-row "
+          "moec: device %d, MoE layer '%s'%s: %lld rows arrived at %s; its expert-row "
           "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
-          g->rank, g->moe_names[r->moe[l]], (long long)total, when, (long long)r->rows[l],
-          (double)bytes / 1048576.0);
+          g->rank, g->moe_names[r->moe[l]],
+          r->level[l] == 1   ? " (group level)"
+          : r->level[l] == 2 ? " (expert level)"
+                             : "",
+          (long long)total, when, (long long)r->rows[l], (double)bytes / 1048576.0);
 }
 
 size_t rt_rows_bytes(const Program *p, bool high) {
@@ -188,6 +196,8 @@ void rt_rows_free(Program *p) {
   if (!r || r->p != p) return;
   p->be->release(r->base);
   mc_free(r->moe);
+  mc_free(r->level);
+  mc_free(r->per_row);
   mc_free(r->rows);
   mc_free(r->bound);
   mc_free(r->layer);

@@ -403,8 +403,13 @@ int cmd_simulate(int argc, char **argv) {
       printf("fits           NO: does not fit: device %d needs %.3f GiB, a %s has %g GiB; "
              "use more devices, a smaller batch, recompute, or the factored optimizer\n",
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
-      double xb = expert_row_bytes(g, P);
-      if (xb > 0.5 * w->arena_bytes)
+      double xb = w->rows_margin_bytes > 0 ? 0 : expert_row_bytes(g, P); /* in the arena */
+      if (w->rows_margin_bytes > 0.25 * w->planned_bytes)
+        printf("               the expert rows sized per step take %.3f of the %.3f GiB (x%g "
+               "the expected rows; their region is apart from the arena); moe(..., capacity=) "
+               "bounds them\n",
+               gib(w->rows_margin_bytes), gib(w->planned_bytes), PLAN_ROWS_MARGIN);
+      else if (xb > 0.5 * w->arena_bytes)
         printf("               the expert-row buffers dominate: %.3f GiB of tensors in the %.3f "
                "GiB arena, %s; plan.expert_headroom = H (--expert-headroom 2) sizes them at H x "
                "a device's fair share of the routes, moe(..., capacity=) bounds them\n",

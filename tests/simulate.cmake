@@ -88,3 +88,12 @@ add_test(NAME rows_per_step
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples/paper/1b_moe32.moe)
 set_tests_properties(rows_per_step PROPERTIES LABELS "simulate;multidev" TIMEOUT 180
                      PASS_REGULAR_EXPRESSION "ok\n")
+# ... and an hmoe layer's, both levels of its two-level exchange: the same losses and
+# checkpoint on 2, 4 and 8 in-process devices, a 2x2 mesh and 2 MPI ranks, both levels grown
+# mid-run, the plan's estimate against the run (tests/test_rows_per_step_hmoe.sh).
+add_test(NAME rows_per_step_hmoe
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_rows_per_step_hmoe.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe256h.moe
+                 ${CMAKE_CURRENT_SOURCE_DIR}/multidev/md_hmoe2.moe)
+set_tests_properties(rows_per_step_hmoe PROPERTIES LABELS "simulate;multidev" TIMEOUT 240
+                     PASS_REGULAR_EXPRESSION "ok\n")
