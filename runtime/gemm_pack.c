@@ -4,12 +4,13 @@
  * W_hh). OpenBLAS packs B afresh on every call (1 MiB a timestep at 4U = 1024, R = 256)
  * and has no API to keep a packed copy (MKL's cblas_sgemm_pack / sgemm_compute have), so
  * moec packs once per op call into column panels and runs a register-blocked micro-kernel
- * on them: AVX-512, AVX2+FMA, or portable C, chosen at run time.
+ * on them: AVX-512, AVX2+FMA, or portable C, the best the CPU has, chosen at run time.
  *
- * Every element of C is one fused multiply-add chain over k = 0..K-1 in order from 0,
- * then C's old value added (acc): fma rounds once, so every path, panel width, row
- * block and caller's split gives the same bits. Prefix: rt_. */
-#include <math.h>
+ * Every element of C is one multiply-add chain over k = 0..K-1 in order from 0, then C's
+ * old value added (acc), so any panel width, row block or caller's split gives the same
+ * bits; the two vector paths fuse each multiply-add (rounded once) and agree bit for
+ * bit. The portable path multiplies, then adds (fmaf without FMA hardware is a slow
+ * library call): within float32 rounding of them, and one path per process. Prefix: rt_. */
 #include <string.h>
 
 #include "runtime.h"
@@ -203,7 +204,7 @@ __attribute__((target("avx2,fma"))) static void tiles_256(int mr, int64_t K, con
 #undef TILE
 #endif
 
-/* Portable: fmaf, the same rounding as the vector paths' fused multiply-adds. */
+/* Portable: plain C the compiler vectorises (16 columns a row). */
 static void tiles_c(int mr, int64_t K, const float *A, int64_t lda, const float *P, float *C,
                     int64_t ldc, bool acc) {
   float s[MR_C][NR_C] = {{0}};
@@ -211,7 +212,7 @@ static void tiles_c(int mr, int64_t K, const float *A, int64_t lda, const float 
     for (int r = 0; r < mr; r++) {
       float a = A[r * lda + k];
       for (int c = 0; c < NR_C; c++)
-        s[r][c] = fmaf(a, P[k * NR_C + c], s[r][c]);
+        s[r][c] += a * P[k * NR_C + c];
     }
   for (int r = 0; r < mr; r++)
     for (int c = 0; c < NR_C; c++)

@@ -123,8 +123,8 @@ void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
               int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
 /* float32 GEMMs against op(B)[K,N] packed once into column panels and reused over
- * many calls with few rows (the LSTM's recurrent GEMMs; gemm_pack.c). The same bits on
- * every path and for any split of M. rt_pack packs (its panels split over the
+ * many calls with few rows (the LSTM's recurrent GEMMs; gemm_pack.c). The same bits for
+ * any split of M, and on both vector paths. rt_pack packs (its panels split over the
  * threads); rt_gemm_packed runs on the calling thread: C[M,N] = A[M,K] . op(B), plus C's
  * old value when acc. */
 enum { RT_ISA_PORTABLE, RT_ISA_AVX2, RT_ISA_AVX512 };
