@@ -15,8 +15,11 @@
  *   scripts/setup     # CMake builds build/op_profile (tests/bench.cmake), or by hand:
  *   cc -O2 -D_GNU_SOURCE -I. -Ibuild -o build/op_profile bench/op_profile.c \
  *      build/libmoeccore.a -lopenblas -lm -lpthread
- *   OPENBLAS_NUM_THREADS=2 build/op_profile [--cpu-time] bench/lm_bench.moe [steps] [layer]
+ *   OPENBLAS_NUM_THREADS=2 build/op_profile [--cpu-time] [--isa avx2] bench/lm_bench.moe \
+ *      [steps] [layer]
  *
+ * --isa caps the path of the LSTM's packed recurrent GEMMs (runtime/gemm_pack.c; default
+ * the CPU's best): avx2 compares like with like against OpenBLAS's Haswell kernels.
  * --cpu-time times with the process's CPU time (CLOCK_PROCESS_CPUTIME_ID) rather
  * than the wall clock: on a loaded machine it counts the work, not the waiting for a
  * core (with MOEC_THREADS=1 it is the one-thread step; with more it sums the threads).
@@ -116,13 +119,29 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1 && !strcmp(argv[1], "--cpu-time")) {
-    use_cpu_time = true;
+  for (;;) {
+    if (argc > 1 && !strcmp(argv[1], "--cpu-time"))
+      use_cpu_time = true;
+    else if (argc > 2 && !strcmp(argv[1], "--isa")) { /* the packed GEMMs' widest path */
+      int cap = !strcmp(argv[2], "portable") ? RT_ISA_PORTABLE
+                : !strcmp(argv[2], "avx2")   ? RT_ISA_AVX2
+                : !strcmp(argv[2], "avx512") ? RT_ISA_AVX512
+                                             : -1;
+      if (cap < 0) {
+        fprintf(stderr, "op_profile: --isa takes portable, avx2 or avx512, not '%s'\n", argv[2]);
+        return 2;
+      }
+      rt_gemm_pack_isa(cap);
+      argv++;
+      argc--;
+    } else
+      break;
     argv++;
     argc--;
   }
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fprintf(stderr, "usage: op_profile [--cpu-time] FILE.moe [steps (default 10)] [moe-layer]\n");
+    fprintf(stderr, "usage: op_profile [--cpu-time] [--isa portable|avx2|avx512] FILE.moe [steps "
+                    "(default 10)] [moe-layer]\n");
     return 2;
   }
   const char *nt = getenv("MOEC_THREADS"); /* as moec's command line reads it */
@@ -175,10 +194,11 @@ int main(int argc, char **argv) {
   double step = (total + optim) / steps;
   printf("op_profile: %s: B=%d T=%d, %d instructions, %d timed steps, %d threads: %.1f ms/step "
          "(instructions %.1f, optimizer %.1f%s): %.0f tokens/s; GEMM work %.2f GFLOP a step, "
-         "%.1f GFLOP/s over the step; OpenBLAS %s kernels\n",
+         "%.1f GFLOP/s over the step; OpenBLAS %s kernels; LSTM recurrence %s\n",
          argv[1], cfg.batch, cfg.unroll, p->ninstrs, steps, rt_threads(), step * 1e3,
          total / steps * 1e3, optim / steps * 1e3, use_cpu_time ? "; CPU time" : "", tokens / step,
-         step_flops / 1e9, step_flops / step / 1e9, rt_blas_core());
+         step_flops / 1e9, step_flops / step / 1e9, rt_blas_core(),
+         rt_gemm_pack_isa_name(rt_gemm_pack_isa(-1)));
   printf("op_profile: parts (ms/step):");
   for (int i = 0; i < NPT; i++)
     printf("%s %s %.2f", i ? "," : "", part_names[i], parts[i] / steps * 1e3);

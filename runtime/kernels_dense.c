@@ -62,6 +62,7 @@ static inline double rt_sigmoid(double x) {
 #define LOG1P log1pf
 #define TANH rt_tanhf
 #define SIGMOID rt_sigmoidf
+#define PACKED_GEMM 1 /* the LSTM's recurrent GEMMs on packed W_hh (gemm_pack.c) */
 #include "kernels_dense.inc"
 #include "kernels_seq.inc"
 #include "kernels_sampled.inc"
@@ -73,6 +74,7 @@ static inline double rt_sigmoid(double x) {
 #undef LOG1P
 #undef TANH
 #undef SIGMOID
+#undef PACKED_GEMM
 
 /* float64 is the reference precision (finite-difference checks): libm throughout */
 #define real double
@@ -83,6 +85,7 @@ static inline double rt_sigmoid(double x) {
 #define LOG1P log1p
 #define TANH tanh
 #define SIGMOID rt_sigmoid
+#define PACKED_GEMM 0
 #include "kernels_dense.inc"
 #include "kernels_seq.inc"
 #include "kernels_sampled.inc"
@@ -94,6 +97,7 @@ static inline double rt_sigmoid(double x) {
 #undef LOG1P
 #undef TANH
 #undef SIGMOID
+#undef PACKED_GEMM
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);

@@ -125,6 +125,25 @@ void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
               int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
+/* float32 GEMMs against op(B)[K,N] packed once into column panels and reused over
+ * many calls with few rows (the LSTM's recurrent GEMMs; gemm_pack.c). The same bits for
+ * any split of M, and on both vector paths. rt_pack packs (its panels split over the
+ * threads); rt_gemm_packed runs on the calling thread: C[M,N] = A[M,K] . op(B), plus C's
+ * old value when acc. */
+enum { RT_ISA_PORTABLE, RT_ISA_AVX2, RT_ISA_AVX512 };
+typedef struct RtPacked {
+  int isa;
+  int64_t K, N, nr; /* panels of nr columns, the last zero-padded */
+  float *p, *base;  /* p: [ceil(N/nr)][K][nr], 64-byte aligned inside base */
+} RtPacked;
+void rt_pack(RtPacked *pk, const float *B, int64_t ldb, bool tb, int64_t K, int64_t N);
+void rt_pack_free(RtPacked *pk);
+void rt_gemm_packed(const RtPacked *pk, int64_t M, const float *A, int64_t lda, float *C,
+                    int64_t ldc, bool acc);
+/* The path the next rt_pack takes: the CPU's best, at most cap when cap >= 0 (tests and
+ * benchmarks run the narrower paths with it). */
+int rt_gemm_pack_isa(int cap);
+const char *rt_gemm_pack_isa_name(int isa);
 /* A loop over R rows of `cost` work each (elements touched) in tasks of at least
  * RT_GRAIN work, at most RT_MAX_TASKS of them: rt_chunks(R, cost) tasks, task i
  * covering rows [rt_chunk_lo(R, n, i), rt_chunk_lo(R, n, i + 1)). */
