@@ -23,6 +23,8 @@
  * --cpu-time times with the process's CPU time (CLOCK_PROCESS_CPUTIME_ID) rather
  * than the wall clock: on a loaded machine it counts the work, not the waiting for a
  * core (with MOEC_THREADS=1 it is the one-thread step; with more it sums the threads).
+ * --no-fold compiles without the folded expert dW (grouped_matmul_dw writes every expert's
+ * dW, the optimizer reads it): the fold's A/B, as moec grad's programs are.
  * (bench/run_lm_bench.sh runs it.) `layer` names the MoE layer to summarise
  * (default: every moe/hmoe layer, found by its w_gate parameter). */
 #include <stdio.h>
@@ -119,9 +121,12 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
+  bool fold = true;
   for (;;) {
     if (argc > 1 && !strcmp(argv[1], "--cpu-time"))
       use_cpu_time = true;
+    else if (argc > 1 && !strcmp(argv[1], "--no-fold")) /* the few-row dW not folded */
+      fold = false;
     else if (argc > 2 && !strcmp(argv[1], "--isa")) { /* the packed GEMMs' widest path */
       int cap = !strcmp(argv[2], "portable") ? RT_ISA_PORTABLE
                 : !strcmp(argv[2], "avx2")   ? RT_ISA_AVX2
@@ -140,8 +145,8 @@ int main(int argc, char **argv) {
     argc--;
   }
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fprintf(stderr, "usage: op_profile [--cpu-time] [--isa portable|avx2|avx512] FILE.moe [steps "
-                    "(default 10)] [moe-layer]\n");
+    fprintf(stderr, "usage: op_profile [--cpu-time] [--no-fold] [--isa portable|avx2|avx512] "
+                    "FILE.moe [steps (default 10)] [moe-layer]\n");
     return 2;
   }
   const char *nt = getenv("MOEC_THREADS"); /* as moec's command line reads it */
@@ -166,7 +171,7 @@ int main(int argc, char **argv) {
   if (d.errors) return 1;
 
   Graph *g = ir_build(f, &cfg);
-  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true, .fold_dw = true};
+  PassCtx pc = {.cfg = &cfg, .devices = 1, .training = true, .fold_dw = fold};
   pass_run_all(g, &pc, NULL, NULL);
   ir_bind(g, cfg.batch, cfg.unroll);
   Program *p = cg_lower(g, PREC_F32);

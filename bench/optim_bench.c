@@ -9,13 +9,18 @@
  * gradient (experts without rows). --cpu-time: the process's CPU time, as op_profile.
  * --fold R (1..8): also the update with the gradient folded (docs/training.md): each
  * expert R rows of xs and g, its dW made by the optimizer (rt_fold_dw) rather than read;
- * the dense row's time plus grouped_matmul_dw's write is what the fold replaces. */
+ * the dense row's time plus grouped_matmul_dw's write is what the fold replaces.
+ * Each optimizer's memory floor beside it: a pass over the same arrays in the same
+ * spans and threads that reads and writes the bytes the update must (Adam: g, p, m, v
+ * read, p, m, v written, 28 bytes a parameter, 24 folded; factored: g and p read, p
+ * written, 12, folded 8), with one multiply-add an element: what the memory allows. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "runtime/train.h"
+#include "runtime/vec.h"
 
 static clockid_t clock_id = CLOCK_MONOTONIC;
 
@@ -23,6 +28,73 @@ static double now(void) {
   struct timespec t;
   clock_gettime(clock_id, &t);
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The floor's pass: arrays of n floats cut into spans of FLOOR_SPAN (optim.c's OPT_SPAN) */
+#define FLOOR_SPAN 16384
+typedef struct Floor {
+  float *p, *g, *m, *v; /* g NULL: folded (not read); m, v NULL: factored */
+  int64_t n;
+} Floor;
+
+VEC static void floor_span(const Floor *f, int64_t a, int64_t b) {
+  float *restrict p = f->p, *restrict m = f->m, *restrict v = f->v;
+  const float *restrict g = f->g;
+  if (m && g)
+    for (int64_t k = a; k < b; k++) {
+      float x = g[k];
+      m[k] = 0.9f * m[k] + x;
+      v[k] = 0.9f * v[k] + x;
+      p[k] = p[k] - 1e-9f * (m[k] + v[k]);
+    }
+  else if (m)
+    for (int64_t k = a; k < b; k++) {
+      m[k] = 0.9f * m[k];
+      v[k] = 0.9f * v[k];
+      p[k] = p[k] - 1e-9f * (m[k] + v[k]);
+    }
+  else if (g)
+    for (int64_t k = a; k < b; k++)
+      p[k] = p[k] - 1e-9f * g[k];
+  else
+    for (int64_t k = a; k < b; k++)
+      p[k] = 0.999f * p[k];
+}
+
+typedef struct FloorJob {
+  Floor f[2];
+  int64_t n0; /* spans of f[0] */
+} FloorJob;
+
+static void floor_task(void *arg, int64_t k) {
+  const FloorJob *J = arg;
+  const Floor *f = &J->f[k >= J->n0];
+  int64_t s = k >= J->n0 ? k - J->n0 : k;
+  floor_span(f, s * FLOOR_SPAN, MC_MIN(f->n, (s + 1) * FLOOR_SPAN));
+}
+
+/* ms a step of the floor's pass over params p with gradients g (NULL: folded), Adam's
+ * two moments (adam) or none */
+static double floor_ms(float *const *p, float *const *g, const int64_t *numel, bool adam,
+                       int steps) {
+  FloorJob J = {0};
+  float *st[2][2] = {{NULL}};
+  for (int i = 0; i < 2; i++) {
+    for (int j = 0; j < 2 && adam; j++)
+      st[i][j] = mc_calloc((size_t)numel[i], sizeof(float));
+    J.f[i] = (Floor){p[i], g ? g[i] : NULL, st[i][0], st[i][1], numel[i]};
+  }
+  J.n0 = (numel[0] + FLOOR_SPAN - 1) / FLOOR_SPAN;
+  int64_t nt = J.n0 + (numel[1] + FLOOR_SPAN - 1) / FLOOR_SPAN;
+  rt_parallel(nt, floor_task, &J); /* the pages, as the optimizer's warm-up */
+  double t0 = now();
+  for (int s = 0; s < steps; s++)
+    rt_parallel(nt, floor_task, &J);
+  double dt = (now() - t0) / steps;
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 2; j++)
+      mc_free(st[i][j]);
+  return dt * 1e3;
 }
 
 int main(int argc, char **argv) {
@@ -105,9 +177,17 @@ int main(int argc, char **argv) {
     for (int s = 0; s < steps; s++)
       rt_optim_step(o, p, gr);
     double dt = (now() - t0) / steps;
-    printf("%-8s%s %9.1f ms/step %7.3f ns/param\n", kind ? "factored" : "adam",
-           run >= 2 ? ", folded" : "", dt * 1e3, dt * 1e9 / (double)n);
     rt_optim_free(o);
+    const int64_t numel[2] = {t[0].numel, t[1].numel};
+    double fl = floor_ms(p, run >= 2 ? NULL : gr, numel, kind == 0, steps);
+    int bytes = (kind ? 12 : 28) - (run >= 2 ? 4 : 0);
+    printf("%-16s %9.1f ms/step %7.3f ns/param; floor (%d B/param) %7.1f ms/step %7.3f ns/param, "
+           "%5.1f GB/s: %.2fx the floor\n",
+           run >= 2 ? (kind ? "factored, folded" : "adam, folded")
+           : kind   ? "factored"
+                    : "adam",
+           dt * 1e3, dt * 1e9 / (double)n, bytes, fl, fl * 1e6 / (double)n,
+           (double)bytes * (double)n / (fl * 1e-3) / 1e9, dt * 1e3 / fl);
   }
   for (int i = 0; i < 2; i++) {
     mc_free(p[i]);

@@ -5,7 +5,7 @@
 #
 #   bench/run_experts_bench.sh [--experts "16 64 256 1024"] [--steps N]
 #                              [--optimizer "adam factored"] [--cpu-time]
-#                              [--baseline OTHER_OP_PROFILE]
+#                              [--baseline OTHER_OP_PROFILE] [--fold-ab]
 #
 # Compute per token does not grow with the experts (each token visits k of them); what
 # must grow is the gate (x . w_gate and x . w_noise are D x E, and the gating ops on
@@ -18,6 +18,8 @@
 # MOEC_THREADS=1, the one-thread work a step, robust to other load on the machine).
 # --baseline B: another build's op_profile (e.g. main's) run just before this one on
 # each model, a "before" row above each "after" row: A/B side by side, same minutes.
+# --fold-ab: the same, "before" being this op_profile with --no-fold (the experts' dW
+# written by grouped_matmul_dw and read by the optimizer, not folded): the fold's A/B.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,6 +28,7 @@ steps=5
 opt=adam
 timing=()
 baseline=
+base_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --experts) experts="$2"; shift ;;
@@ -33,7 +36,8 @@ while [ $# -gt 0 ]; do
     --optimizer) opt="$2"; shift ;;
     --cpu-time) timing=(--cpu-time) ;;
     --baseline) baseline="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --fold-ab) baseline="${OP_PROFILE:-build/op_profile}"; base_args=(--no-fold) ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_experts_bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -57,10 +61,10 @@ for o in $opt; do
     runs="now"
     [ -z "$baseline" ] || runs="before after"
     for run in $runs; do
-      bin="$prof"
-      [ "$run" = before ] && bin="$baseline"
+      bin=("$prof")
+      [ "$run" = before ] && bin=("$baseline" ${base_args[@]+"${base_args[@]}"})
       load=$(cut -d' ' -f1-3 /proc/loadavg)
-      "$bin" "${timing[@]}" "$f.moe" "$steps" >"$f.$run.txt"
+      "${bin[@]}" ${timing[@]+"${timing[@]}"} "$f.moe" "$steps" >"$f.$run.txt"
       echo "$o $run $e $params $load $(tail -n 1 "$f.$run.txt")" >>"$out/experts.txt"
       echo "  $o, $e experts, $run done ($(head -n 1 "$f.$run.txt" | sed 's/.*timed steps, //; s/:.*//'))"
     done

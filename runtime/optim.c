@@ -20,6 +20,14 @@ static void factor_dims(const Optim *o, int i, int64_t *lead, int64_t *rows, int
   *lead = o->numel[i] / MC_MAX(1, *rows * *cols);
 }
 
+/* A thread's buffer for the folded dW's spans, kept from step to step: no allocation a
+ * task (a factored expert matrix's span is 512 KB, which malloc may map and unmap). */
+typedef struct OptScratch {
+  void *p;
+  size_t n;
+  char pad[48]; /* a cache line each */
+} OptScratch;
+
 static bool factored(const Optim *o, int i) {
   return o->kind == OPT_FACTORED && o->prank[i] >= 2;
 }
@@ -48,6 +56,7 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->v = mc_calloc(n, sizeof(float *));
   o->vr = mc_calloc(n, sizeof(float *));
   o->vc = mc_calloc(n, sizeof(float *));
+  o->scratch = mc_calloc(RT_MAX_THREADS, sizeof(OptScratch));
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
     o->names[i] = t->name;
@@ -84,6 +93,9 @@ void rt_optim_free(Optim *o) {
   mc_free(o->prank);
   mc_free(o->shape);
   mc_free(o->fold);
+  for (int k = 0; k < RT_MAX_THREADS; k++)
+    mc_free(o->scratch[k].p);
+  mc_free(o->scratch);
   mc_free(o);
 }
 
@@ -182,25 +194,41 @@ static const FoldDW *folded(const OptJob *J, int i) {
   return f && f->off && J->grads[i] == f->dw ? f : NULL;
 }
 
+/* Whether the kernel wrote dW's elements [a, b) (their experts have more than
+ * RT_FOLD_ROWS rows): the task reads them where they are, as unfolded. */
+static bool written(const FoldDW *f, int64_t a, int64_t b) {
+  const int64_t per = f->K * f->M;
+  for (int64_t e = a / per; e * per < b; e++)
+    if (f->off[e + 1] - f->off[e] <= RT_FOLD_ROWS) return false;
+  return true;
+}
+
 static void opt_task(void *arg, int64_t k) {
   const OptJob *J = arg;
   const OptTask *t = &J->t[k];
   double *part = &J->part[t->slot];
   const size_t e = J->o->elem;
   const void *gr = J->grads[t->i];
-  void *span = NULL;
   int64_t a = 0, b = 0;
   const FoldDW *f = folded(J, t->i);
-  if (f && !(t->kind == OT_FUPD && !J->nonzero[t->m])) { /* its dW span, made here */
-    task_span(t, &a, &b);
-    gr = span = mc_malloc((size_t)MC_MAX(b - a, 1) * e);
-    rt_fold_dw(f, e, a, b, span);
+  if (f && !(t->kind == OT_FUPD && !J->nonzero[t->m])) task_span(t, &a, &b);
+  if (a < b && !written(f, a, b)) { /* its dW span, made here */
+    OptScratch *s = &J->o->scratch[rt_thread_index()];
+    size_t need = (size_t)(b - a) * e;
+    if (s->n < need) {
+      mc_free(s->p);
+      s->p = mc_malloc(need);
+      s->n = need;
+    }
+    rt_fold_dw(f, e, a, b, s->p);
+    gr = s->p;
+  } else {
+    a = 0; /* the whole gradient: the kernel wrote the span */
   }
   if (e == sizeof(double))
     task_f64(J, t, part, gr, a);
   else
     task_f32(J, t, part, gr, a);
-  mc_free(span);
 }
 
 void rt_optim_fold(Optim *o, Program *p) {

@@ -119,6 +119,9 @@ void rt_threads_set(int n);
  * all are done. Called from a task, or from a thread other than the pool's, it runs
  * them inline in order. */
 void rt_parallel(int64_t ntasks, RtTaskFn fn, void *arg);
+/* The calling thread's index, below RT_MAX_THREADS: 1.. a worker, 0 any other thread (a
+ * task's per-thread scratch slot; tasks on one thread run one after another). */
+int rt_thread_index(void);
 /* The row-major GEMMs of every CPU kernel: C[M,N] = alpha op(A) op(B) + beta C, split
  * over C's rows or columns into tasks by shape alone (never across K). kernels.c */
 void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,

@@ -42,6 +42,7 @@ static struct {
        .done_cv = PTHREAD_COND_INITIALIZER};
 
 static _Thread_local bool in_task;
+static _Thread_local int thread_index; /* rt_thread_index */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -67,6 +68,10 @@ static void init_once(void) {
 const char *rt_blas_core(void) {
   rt_threads();
   return openblas_get_corename();
+}
+
+int rt_thread_index(void) {
+  return thread_index;
 }
 
 int rt_threads(void) {
@@ -99,6 +104,7 @@ static void *worker(void *self) {
   const int id = (int)(intptr_t)self;
   uint64_t seen = atomic_load(&P.gen);
   in_task = true; /* a task that asks for threads runs inline */
+  thread_index = id;
   for (;;) {
     uint64_t g;
     double t0 = mc_now();

@@ -297,6 +297,7 @@ typedef struct Optim {
   size_t elem;      /* 4; 8 (moec run --f64): params, grads and moments are double arrays
                        behind the float pointers, updated in double without rounding */
   FoldDW *fold;     /* [n] or NULL: folded expert dW (rt_optim_fold; off NULL: none) */
+  struct OptScratch *scratch; /* [RT_MAX_THREADS]: each thread's buffer for folded spans */
 } Optim;
 
 /* State for the params of g (shapes bound), zeroed. */

@@ -20,7 +20,7 @@ set_tests_properties(bench_optim PROPERTIES TIMEOUT 30 LABELS "bench;fast"
                      PASS_REGULAR_EXPRESSION "factored +[0-9.]+ ms/step")
 add_test(NAME bench_optim_fold COMMAND optim_bench --fold 3 2 1)
 set_tests_properties(bench_optim_fold PROPERTIES TIMEOUT 30 LABELS "bench;fast"
-                     PASS_REGULAR_EXPRESSION "factored, folded +[0-9.]+ ms/step")
+                     PASS_REGULAR_EXPRESSION "factored, folded +[0-9.]+ ms/step .* floor \\(8 B/param\\)")
 set(MOEC_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python with torch and numpy for the PyTorch reference tests (Debian's python3-torch)")
 add_test(NAME bench_lm_torch
