@@ -444,6 +444,17 @@ static void on_host(const DevMem *m, const KernelCtx *ctx, const Node *n, void *
 static void by_piece(const DevMem *m, const KernelCtx *ctx, const Node *n, void *const *in,
                      void *const *out, size_t elem, double *payload, double *sent) {
   bool fwd = n->op == OP_ALL_TO_ALL;
+  if (fwd && ctx->graph && ctx->graph->step_rows && n->out[0]->rows_per_step) {
+    /* the expert rows sized per step grow for the whole node first (runtime/rows.c): a
+     * growth inside the first piece's exchange would move the pieces' outputs under it */
+    Comm *c = rt_comm_need(ctx, n);
+    int64_t E = n->in[1]->numel - 1;
+    int32_t *off = batch_offsets(m, ctx, n, in[1], E, n->in[0]->shape[0]);
+    int64_t *cnt = rt_comm_gather_counts(c, off, E);
+    rt_comm_rows_need(ctx, n, rt_comm_expert_map(ctx, n, E), cnt, c->size, c->rank, E);
+    mc_free(cnt);
+    mc_free(off);
+  }
   for (int i = 0; i < n->nin; i++) {
     if (i == 1) continue;
     int o = i == 0 ? 0 : fwd ? i : i - 1;
