@@ -134,6 +134,7 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   int at = 0; /* n's index: the tensors alive across it keep their bytes */
   while (at < g->nnodes && g->nodes[at] != n)
     at++;
+  MOEC_ASSERT(at < g->nnodes); /* the program's node, not a copy: its lifetimes are by index */
   int64_t old_rows = r->rows[l];
   /* an eighth more than asked: routing drifts by a few rows from step to step */
   r->rows[l] = MC_MIN(MC_MAX(total, old_rows + old_rows / 8), r->bound[l]);
