@@ -110,19 +110,8 @@ fi
 
 # ---- 5. LM training on the GPU: moec run --backend cuda vs PyTorch with cuDNN's LSTM
 if want lm; then
-# moec's rate after warm-up from its --metrics lines (elapsed: seconds since the first
-# step began, at the end of each step): (N - W) * B * T / (t(N) - t(W)); W = 10 steps
-moec_rate() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
-bt, w = int(sys.argv[2]), 10
-if len(rows) <= w + 1: print("nan"); raise SystemExit
-t = lambda r: r["elapsed"]
-a, b = rows[w - 1], rows[-1]
-print(f"{(b['step'] - a['step']) * bt / (t(b) - t(a)):.0f}")
-PY
-}
+# moec's rate after 10 warm-up steps from its --metrics lines: moec_rate JSONL TOKENS_PER_STEP
+moec_rate() { python3 "$ROOT/bench/moec_rate.py" "$1" "$2" 10 0; }
 for size in cpu_model scaled; do
   if [ $size = cpu_model ]; then
     moe=bench/lm_bench.moe bt=640 msteps=${LM_STEPS:-200}

@@ -263,20 +263,8 @@ PY
     fi
   done
 
-  # moec's tokens/s after 10 warm-up steps from its --metrics step lines (elapsed: seconds
-  # since the first step began, at each step's end): lm_rate JSONL TOKENS_PER_STEP
-  lm_rate() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-rows = [r for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "step"]
-bt, w = int(sys.argv[2]), 10
-if len(rows) <= w + 1:
-    print("nan")
-else:
-    a, b = rows[w - 1], rows[-1]
-    print(f"{(b['step'] - a['step']) * bt / (b['elapsed'] - a['elapsed']):.0f}")
-PY
-  }
+  # moec's tokens/s after 10 warm-up steps from its --metrics lines: lm_rate JSONL TOKENS_PER_STEP
+  lm_rate() { python3 "$ROOT/bench/moec_rate.py" "$1" "$2" 10 0; }
   # torch_rate LOG: PyTorch's tokens/s from lm_torch.py's JSON line
   torch_rate() { grep '^{' "$1" | tail -1 | python3 -c 'import json, sys; print("%.0f" % json.loads(sys.stdin.read())["tokens_per_s"])'; }
   ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$1" "$2" 2>/dev/null || echo n/a; }

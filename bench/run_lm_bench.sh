@@ -91,14 +91,8 @@ moec_run() { # moec_run ROUND THREADS
   MOEC_THREADS="$2" "$moec" run bench/lm_bench.moe --steps "$steps" --quiet --json \
     --metrics "$m" </dev/null >"$out/moec.txt" 2>&1 ||
     { cat "$out/moec.txt"; echo "run_lm_bench: moec run failed" >&2; exit 1; }
-  "$py" - "$m" "$1" "moec, $2 thread$([ "$2" = 1 ] || echo s)" "$l" <<'PY' >>"$runs"
-import json, sys
-steps = [json.loads(l) for l in open(sys.argv[1]) if '"event":"step"' in l]
-nt = 32 * 20
-t = lambda s: s["elapsed"]  # seconds from the first step's start to the end of step s
-a, b = steps[4], steps[-1]
-print(f"{sys.argv[2]}\t{sys.argv[3]}\t{(b['step'] - a['step']) * nt / (t(b) - t(a)):.1f}\t{sys.argv[4]}")
-PY
+  printf '%s\t%s\t%s\t%s\n' "$1" "moec, $2 thread$([ "$2" = 1 ] || echo s)" \
+    "$("$py" bench/moec_rate.py "$m" $((32 * 20)) 5)" "$l" >>"$runs"
 }
 torch_run() { # torch_run ROUND THREADS POLICY
   local l pol="${3:-}" name
