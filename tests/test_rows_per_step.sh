@@ -13,40 +13,24 @@ MOEC=$1
 SMALL=$2
 LM=$3
 PAPER=$4
+TESTS=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-LAUNCH=
-run() { # run TAG ARGS...: 12 steps of SMALL ($LAUNCH moec); the losses, the checkpoint TAG.ck
-  tag=$1
-  shift
-  $LAUNCH "$MOEC" run "$SMALL" "$@" --steps 12 --no-eval --save "$tag.ck" --metrics "$tag.metrics" \
-    > "$tag.err" 2>&1 || fail "$tag: exit status $? ($(tail -3 "$tag.err"))"
-  grep '"event":"step"' "$tag.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' > "$tag.loss"
-  [ "$(wc -l < "$tag.loss")" -eq 12 ] || fail "$tag: expected 12 step losses"
-}
-same() {
-  cmp -s "$1.loss" "$2.loss" || fail "$2's losses differ from $1's"
-  cmp -s "$1.ck" "$2.ck" || fail "$2's checkpoint differs from $1's"
-  echo "$2 = $1: $(wc -l < "$1.loss") losses and the checkpoint, bit for bit"
-}
+. "$TESTS/rows_lib.sh"
 for p in 2 4; do
-  run w$p --devices $p --expert-headroom $p # every route: the worst case
-  run s$p --devices $p
+  run w$p "$SMALL" --devices $p --expert-headroom $p # every route: the worst case
+  run s$p "$SMALL" --devices $p
   same w$p s$p
 done
 grep -q "rows arrived at step [1-9]" s4.err || fail "the region never grew after step 0"
 grep -m1 "rows arrived at step [1-9]" s4.err
-run p4 --devices 4 --poison-arena
+run p4 "$SMALL" --devices 4 --poison-arena
 same s4 p4
 if command -v mpirun >/dev/null 2>&1; then
   LAUNCH="env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun \
     --oversubscribe -np 2"
-  run m2
+  run m2 "$SMALL"
   LAUNCH=
   same s2 m2
 else

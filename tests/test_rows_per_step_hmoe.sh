@@ -12,28 +12,12 @@ set -e
 MOEC=$1
 HMOE=$2
 MESHED=$3
+TESTS=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-LAUNCH=
-run() { # run TAG MODEL ARGS...: 12 steps of MODEL, strategy hmoe; the losses, TAG.ck
-  tag=$1
-  model=$2
-  shift 2
-  $LAUNCH "$MOEC" run "$model" --strategy hmoe "$@" --steps 12 --no-eval --save "$tag.ck" \
-    --metrics "$tag.metrics" > "$tag.err" 2>&1 || fail "$tag: exit status $? ($(tail -3 "$tag.err"))"
-  grep '"event":"step"' "$tag.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' > "$tag.loss"
-  [ "$(wc -l < "$tag.loss")" -eq 12 ] || fail "$tag: expected 12 step losses"
-}
-same() {
-  cmp -s "$1.loss" "$2.loss" || fail "$2's losses differ from $1's"
-  cmp -s "$1.ck" "$2.ck" || fail "$2's checkpoint differs from $1's"
-  echo "$2 = $1: $(wc -l < "$1.loss") losses and the checkpoint, bit for bit"
-}
+. "$TESTS/rows_lib.sh"
+RUN_ARGS="--strategy hmoe"
 for p in 2 4 8; do
   run w$p "$HMOE" --devices $p --expert-headroom $p # every route: the worst case
   run s$p "$HMOE" --devices $p
