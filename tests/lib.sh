@@ -46,6 +46,22 @@ expect_error() {
   fi
 }
 
+# skip_without_cuda MOEC FILE: one step of FILE on the cuda backend; where it cannot run
+# (no GPU, or a build without CUDA) prints "SKIP: <the reason moec gives>" and exits 77,
+# on any other failure prints FAIL with moec's error and exits 1
+skip_without_cuda() {
+  "$1" run "$2" --backend cuda --steps 1 --no-eval --quiet >probe.out 2>probe.err
+  rc=$?
+  [ $rc -eq 0 ] && return 0
+  if grep -qE 'no CUDA device|built without CUDA' probe.err; then
+    echo "SKIP: $(sed -n 's/.*--backend cuda: //p' probe.err | head -1)"
+    exit 77
+  fi
+  echo "FAIL: moec run --backend cuda exited $rc:"
+  cat probe.err
+  exit 1
+}
+
 # finish: the verdict (the test's exit status)
 finish() {
   if [ "$FAILS" -ne 0 ]; then

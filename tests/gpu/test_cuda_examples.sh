@@ -23,15 +23,7 @@ command -v "$PY" >/dev/null 2>&1 || { echo "SKIP: $PY not found (reads the metri
 . "$ROOT/tests/lib.sh"
 t_tmpdir test_cuda_examples
 
-"$MOEC" run "$ROOT/examples/lm_moe4.moe" --backend cuda --steps 1 --no-eval --quiet >probe.out 2>probe.err
-rc=$?
-if [ $rc -ne 0 ]; then
-  if grep -qE 'no CUDA device|built without CUDA' probe.err; then
-    echo "SKIP: $(sed -n 's/.*--backend cuda: //p' probe.err | head -1)"
-    exit 77
-  fi
-  echo "FAIL: moec run --backend cuda exited $rc:"; cat probe.err; exit 1
-fi
+skip_without_cuda "$MOEC" "$ROOT/examples/lm_moe4.moe"
 
 # same NAME FILE ARGS...: 8 steps on cpu and on cuda; the step losses agree to RTOL
 # (1e-4; the translation models 3e-4: deeper, with attention, their float32 rounding

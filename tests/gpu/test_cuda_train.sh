@@ -51,15 +51,7 @@ train {
 EOF
 
 # ---- skip without a GPU: the error moec gives says why
-"$MOEC" run small.moe --backend cuda --steps 1 --quiet >probe.out 2>probe.err
-rc=$?
-if [ $rc -ne 0 ]; then
-  if grep -qE 'no CUDA device|built without CUDA' probe.err; then
-    echo "SKIP: $(sed -n 's/.*--backend cuda: //p' probe.err | head -1)"
-    exit 77
-  fi
-  echo "FAIL: moec run --backend cuda exited $rc:"; cat probe.err; exit 1
-fi
+skip_without_cuda "$MOEC" small.moe
 
 # close A B WHAT RTOL: the metrics files' step losses (and eval losses) agree to RTOL
 close() {
