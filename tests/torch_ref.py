@@ -40,8 +40,10 @@ about 100):
   loss, xent:  |moec - ref| <= 1e-5 * max(|ref|, 1e-3)
   aux:         |moec - ref| <= 1e-5 * max(|aux|, 1e-6) + 1e-7   (rtol * 1e-2 absolute)
   each gradient: max|moec - ref| <= 1e-4 * max|ref| (and every element finite)
-  (--moec self, PyTorch's own float32 run: a gradient under 1e-3 of the largest is held
-  to 1e-4 of that floor: float32 PyTorch rounds the terms it shares with the large ones)
+  (a gradient under 1e-5 of the largest is held to 1e-4 of that floor: it is a
+  difference of terms of the large ones' size, which float32 rounds; seen on the
+  attention's ctx.w, 1e-7 of the largest, with OpenBLAS's AVX-512 kernels. --moec self,
+  PyTorch's own float32 run: the floor is 1e-3 of the largest, PyTorch rounding more)
 With --f64 (`moec grad --f64`, both in double precision): 1e-10 and 1e-9.
 
 Exit status: 0 all match, 1 a mismatch or an error, 77 skipped (no torch in this
@@ -1065,7 +1067,9 @@ def main():
     print(f"\n{'gradient':<16} {'shape':<14} {'max|ref|':>10} {'max|diff|':>10} {'ratio':>9}  ok"
           f"   (tolerance: max|diff| <= {args.grad_rtol:g} * max|ref|)")
     gmax = max((float(np.abs(r).max()) for r in ref_grads.values() if r.size), default=0.0)
-    floor = 1e-3 * gmax if args.moec == "self" else 0.0
+    # A gradient far below the largest is a difference of terms of the large ones' size:
+    # float32 rounds those terms, so its error is a fraction of the largest, not of its own.
+    floor = 1e-3 * gmax if args.moec == "self" else (0.0 if args.f64 else 1e-5 * gmax)
     for name in model.names:
         r = ref_grads[name]
         shape = "x".join(map(str, r.shape))
