@@ -603,10 +603,10 @@ static void test_precision_and_determinism(void) {
 /* The softmax layer: bias_add -> xent -> xent_bwd -> sum_rows (the bias gradient), and
  * the same graph after the fusion pass folds the bias into xent and the column sums into
  * xent_bias_bwd. Every output the same bits, in both precisions and with 1 and 3
- * threads; V over one 2048-column strip and not a multiple of 16; a pad-free target
- * in the first and last column. */
+ * threads; V not a multiple of 16, and each of xent_bias_bwd's 4 column tasks over one
+ * 2048-column strip; a pad-free target in the first and last column. */
 static void test_xent_bias_fold(void) {
-  const int64_t N = 37, V = 4501;
+  const int64_t N = 37, V = 9001;
   for (int pr = 0; pr < 2; pr++) {
     double *ref[4] = {0};
     for (int fold = 0; fold < 3; fold++) {
