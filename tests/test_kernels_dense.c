@@ -3,7 +3,8 @@
  * step by hand and over several steps, softmax, cross-entropy, embedding), in
  * float32 and float64; dropout's keep rate, scaling, eval identity and device
  * split; cross-entropy of zero logits = log V; bad ids -> a clear error naming
- * the layer; two runs bit-identical. */
+ * the layer; two runs bit-identical; the GEMMs split over threads = one BLAS call. */
+#include <cblas.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -603,10 +604,10 @@ static void test_precision_and_determinism(void) {
 /* The softmax layer: bias_add -> xent -> xent_bwd -> sum_rows (the bias gradient), and
  * the same graph after the fusion pass folds the bias into xent and the column sums into
  * xent_bias_bwd. Every output the same bits, in both precisions and with 1 and 3
- * threads; V over one 2048-column strip and not a multiple of 16; a pad-free target
- * in the first and last column. */
+ * threads; V not a multiple of 16, and each of xent_bias_bwd's 4 column tasks over one
+ * 2048-column strip; a pad-free target in the first and last column. */
 static void test_xent_bias_fold(void) {
-  const int64_t N = 37, V = 4501;
+  const int64_t N = 37, V = 9001;
   for (int pr = 0; pr < 2; pr++) {
     double *ref[4] = {0};
     for (int fold = 0; fold < 3; fold++) {
@@ -673,6 +674,47 @@ static void test_xent_bias_fold(void) {
   }
 }
 
+/* rt_sgemm split by rows (tall C) or by columns (wide C, N >= 8 M: the softmax's logits'
+ * shape) over 1 and 3 threads: the same bits as one cblas_sgemm call, every transpose.
+ * Each element's sum over K is one call's either way; OpenBLAS gives an element the
+ * same bits wherever its tile lies. */
+static void test_gemm_split(void) {
+  const int64_t shapes[2][3] = {{40, 2000, 64}, {1000, 48, 96}}; /* M, N, K */
+  for (int sh = 0; sh < 2; sh++)
+    for (int t = 0; t < 4; t++) {
+      const int64_t M = shapes[sh][0], N = shapes[sh][1], Kd = shapes[sh][2];
+      const bool ta = t & 1, tb = t & 2;
+      float *a = mc_malloc((size_t)(M * Kd) * sizeof(float));
+      float *b = mc_malloc((size_t)(Kd * N) * sizeof(float));
+      float *ref = mc_malloc((size_t)(M * N) * sizeof(float));
+      float *c = mc_malloc((size_t)(M * N) * sizeof(float));
+      double *av = randv(M * Kd, 31, 1), *bv = randv(Kd * N, 32, 1);
+      for (int64_t i = 0; i < M * Kd; i++)
+        a[i] = (float)av[i];
+      for (int64_t i = 0; i < Kd * N; i++)
+        b[i] = (float)bv[i];
+      int lda = (int)(ta ? M : Kd), ldb = (int)(tb ? Kd : N);
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                  (int)M, (int)N, (int)Kd, 1.0f, a, lda, b, ldb, 0.0f, ref, (int)N);
+      for (int th = 1; th <= 3; th += 2) {
+        rt_threads_set(th);
+        rt_sgemm(ta, tb, M, N, Kd, 1.0f, a, lda, b, ldb, 0.0f, c, N);
+        bool same = memcmp(c, ref, (size_t)(M * N) * sizeof(float)) == 0;
+        if (!same)
+          fprintf(stderr, "gemm %lldx%lldx%lld ta=%d tb=%d, %d threads: not the bits of one call\n",
+                  (long long)M, (long long)N, (long long)Kd, ta, tb, th);
+        CHECK(same);
+      }
+      rt_threads_set(1);
+      mc_free(a);
+      mc_free(b);
+      mc_free(ref);
+      mc_free(c);
+      mc_free(av);
+      mc_free(bv);
+    }
+}
+
 /* Every op of ops.def's dense section has a kernel in both precisions. */
 static void test_table(void) {
   const KernelFn *t32 = rt_cpu_kernels(PREC_F32), *t64 = rt_cpu_kernels(PREC_F64);
@@ -685,6 +727,7 @@ static void test_table(void) {
 int main(void) {
   test_table();
   test_matmul();
+  test_gemm_split();
   test_lstm_step();
   test_lstm_steps();
   test_elementwise();
