@@ -158,13 +158,14 @@ typedef struct CostConsts {
                        not a ring's 2(n-1)/n in 2(n-1) steps */
   /* in-situ kernel factors (moec calibrate): an op's measured time over the time modelled
    * above, [0] for one device alone on every core, [1] for a device on one thread of
-   * several; 0: not measured (1). The optimizer's likewise. */
+   * several (in-process, or an MPI rank with a profile's MPI section); 0: not measured (1).
+   * The optimizer's likewise. */
   double kfactor[2][OP_COUNT];
   double kfactor_optim[2];
   double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
                          modelled work (the interpreter, thread wake-ups) */
   double kcoll_us[OP_COUNT]; /* a collective call's measured time beyond its modelled one
-                                on in-process devices (waiting for the slowest, syncing) */
+                                on devices of set [1] (waiting for the slowest, syncing) */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are

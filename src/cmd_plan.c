@@ -39,7 +39,7 @@ static void usage(FILE *out) {
           "  --top K            the K best (table and picture)\n"
           "  --write-plan FILE  the winner as a plan { } block\n"
           "  --mpi              the devices are MPI ranks (mpirun): the profile's MPI\n"
-          "                     collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
+          "                     kernels and collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
           "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
