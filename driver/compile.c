@@ -344,20 +344,15 @@ static uint64_t *param_sets(const Graph *g) {
   return m;
 }
 
-DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices) {
+DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices,
+                               const double *rows_scale) {
   (void)o;
   PassCtx pc = {.cfg = cfg, .devices = devices, .training = g->has_backward, .elem = 4};
   Type *save = pass_device_view(g, &pc, d);
   DeviceMemory m = {.persist = g->mem.persist, .arena = g->mem.arena, .live_max = g->mem.live_max};
-  m.rows_fair = plan_rows_bytes(g, 0, sizeof(float));
-  m.rows_worst = plan_rows_bytes(g, 1, sizeof(float));
-  for (int i = 0; i < g->ntensors && m.rows_fair && !m.rows_share; i++) {
-    const Tensor *t = g->tensors[i];
-    int mo = 0;
-    while (t->rows_per_step && mo < g->nmoe && strcmp(t->producer->layer, g->moe_names[mo]))
-      mo++;
-    if (t->rows_per_step) m.rows_share = (double)plan_fair_widen(g, mo, devices) / devices;
-  }
+  m.rows_fair = plan_rows_bytes(g, 0, NULL, sizeof(float));
+  m.rows_expected = plan_rows_bytes(g, 0, rows_scale, sizeof(float));
+  m.rows_worst = plan_rows_bytes(g, 1, NULL, sizeof(float));
   for (int i = 0; i < g->nparams; i++)
     m.params += g->params[i]->numel * (int64_t)sizeof(float);
   if (g->has_backward) {

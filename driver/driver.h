@@ -130,12 +130,13 @@ typedef struct DeviceMemory {
   int64_t persist, arena, params, optimizer;
   int64_t live_max; /* the memory plan's lower bound */
   /* the expert rows sized per step (not in arena; 0 without): their region at the fair
-   * share of the routes (what the runtime lays out first; rows_share of every route) and
-   * at the most a step can bring (plan_rows_of) */
-  int64_t rows_fair, rows_worst;
-  double rows_share;
+   * share of the routes (what the runtime lays out first), at the rows the plan's routing
+   * brings each exchange level (rows_scale: DeviceCost's, NULL uniform) and at the most a
+   * step can bring (plan_rows_of) */
+  int64_t rows_fair, rows_expected, rows_worst;
 } DeviceMemory;
-DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices);
+DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices,
+                               const double *rows_scale);
 
 /* ---------------------------------------------------------------- launch.c */
 

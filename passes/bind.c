@@ -193,7 +193,7 @@ void plan_rows_at_margin(Graph *g, int d, int devices, int64_t B, int64_t T) {
   mc_free(r);
 }
 
-int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
+int64_t plan_rows_bytes(const Graph *g, double share, const double *scale, size_t elem) {
   int64_t *nb = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   bool any = false;
@@ -202,8 +202,11 @@ int64_t plan_rows_bytes(const Graph *g, double share, size_t elem) {
     if (!t->rows_per_step || t->shape[0] <= 0) continue;
     any = true;
     PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
-    /* share <= 0: the fair share, what the runtime lays out first (runtime/rows.c) */
-    int64_t rows = share <= 0 ? r.fair : (int64_t)ceil(share * (double)r.worst);
+    /* share <= 0: the fair share, what the runtime lays out first (runtime/rows.c), times
+     * the level's scale (its rows expected under a routing against uniform's) */
+    double f = scale && share <= 0 ? scale[r.moe * PLAN_ROW_LEVELS + r.level] : 1;
+    int64_t rows =
+        share <= 0 ? llround(f * (double)r.fair) : (int64_t)ceil(share * (double)r.worst);
     rows = MC_MIN(MC_MAX(rows, 1), r.bound) * r.per_row;
     nb[i] = t->numel / t->shape[0] * rows * (int64_t)(t->ty.dtype == DT_I32 ? 4 : elem);
   }

@@ -252,6 +252,38 @@ static Route route_make(const Graph *g, int P, const PlanLoads *loads, double zi
   return r;
 }
 
+/* Device d's rows_scale (DeviceCost): per MoE layer m, the routed share of its rows each
+ * level brings d over uniform routing's, the expert rows' (levels 0 and 2: d's experts)
+ * and an hmoe's group rows' (level 1: the rows of d's groups, every expert of a group
+ * counting for it). 1 where d has none of the level's or the route does not know m. */
+static double *level_scales(const Graph *g, const Route *r, int d) {
+  double *f = mc_calloc((size_t)g->nmoe * PLAN_ROW_LEVELS + 1, sizeof(double));
+  for (int m = 0; m < g->nmoe; m++) {
+    double *fm = f + (size_t)m * PLAN_ROW_LEVELS;
+    fm[0] = fm[1] = fm[2] = 1;
+    int E = r->E[m];
+    if (r->P <= 1 || !g->moe_expert_dev || !r->w[m] || E <= 0 || E != g->moe_nexperts[m]) continue;
+    double u = 0; /* d's share under uniform routing, as route_make counts it */
+    for (int e = 0; e < E; e++) {
+      int de = g->moe_expert_dev[m][e];
+      u += de == d ? 1.0 / E : de < 0 ? 1.0 / E / r->P : 0;
+    }
+    if (u > 0) fm[0] = fm[2] = r->share[m][d] / u;
+    int G = g->moe_group_dev && g->moe_group_dev[m] ? g->moe_ngroups[m] : 0;
+    if (G <= 0 || E % G) continue;
+    double s = 0;
+    int mine = 0;
+    for (int q = 0; q < G; q++) {
+      if (g->moe_group_dev[m][q] != d) continue;
+      mine++;
+      for (int e = q * (E / G); e < (q + 1) * (E / G); e++)
+        s += r->w[m][e];
+    }
+    if (mine > 0) fm[1] = s / ((double)mine / G);
+  }
+  return f;
+}
+
 static void route_free(Route *r) {
   for (int m = 0; m < r->nmoe; m++) {
     mc_free(r->w[m]);
@@ -669,6 +701,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     }
   for (int d = 0; d < devices; d++) {
     c.dev[d].route_share /= nlayers > 0 ? nlayers : 1;
+    c.dev[d].rows_scale = level_scales(g, &r, d);
     c.mean_expert_rows += c.dev[d].expert_rows / devices;
   }
   mc_free(seen_layer);
@@ -779,10 +812,9 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }
 
-void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst) {
+void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst) {
   DeviceCost *dc = &c->dev[d];
   if (worst <= 0) return;
-  double expected = dc->route_share > 0 && share > 0 ? fair * dc->route_share / share : fair;
   dc->rows_bytes = fmin(expected, worst);
   dc->rows_margin_bytes = fmin(expected * PLAN_ROWS_MARGIN, worst);
   dc->planned_bytes += dc->rows_margin_bytes;
@@ -791,6 +823,8 @@ void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double wo
 }
 
 void plan_cost_free(PlanCost *c) {
+  for (int d = 0; c->dev && d < c->devices; d++)
+    mc_free(c->dev[d].rows_scale);
   mc_free(c->dev);
   c->dev = NULL;
 }

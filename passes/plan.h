@@ -106,9 +106,11 @@ void plan_unwiden_expert_rows(Graph *g, int64_t *save);
 /* Expert rows sized per step (Tensor.rows_per_step, marked by the widening above on a
  * device graph; runtime/rows.c): plan_rows_bytes is their region on a bound device graph
  * with share x every route's rows, at most plan_rows_of's bound (share <= 0: the fair
- * share the runtime starts at), elem bytes per float; plan_rows_clear unmarks them
+ * share the runtime starts at, each exchange's rows x scale[moe * PLAN_ROW_LEVELS +
+ * level] when scale is not NULL), elem bytes per float; plan_rows_clear unmarks them
  * (their bound in the arena). */
-int64_t plan_rows_bytes(const Graph *g, double share, size_t elem);
+#define PLAN_ROW_LEVELS 3 /* PlanRows.level: 0 a plain layer's, 1 and 2 an hmoe's */
+int64_t plan_rows_bytes(const Graph *g, double share, const double *scale, size_t elem);
 /* What per-step tensor t (marked rows_per_step) holds on device rank of P, bound at b
  * rows a device and T: the rows of the all-to-all of its level (a plain layer's, or an
  * hmoe's group-level or expert-level one) x per_row, worst at every route, bound the most
@@ -158,13 +160,14 @@ typedef struct CostConsts {
                        not a ring's 2(n-1)/n in 2(n-1) steps */
   /* in-situ kernel factors (moec calibrate): an op's measured time over the time modelled
    * above, [0] for one device alone on every core, [1] for a device on one thread of
-   * several; 0: not measured (1). The optimizer's likewise. */
+   * several (in-process, or an MPI rank with a profile's MPI section); 0: not measured (1).
+   * The optimizer's likewise. */
   double kfactor[2][OP_COUNT];
   double kfactor_optim[2];
   double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
                          modelled work (the interpreter, thread wake-ups) */
   double kcoll_us[OP_COUNT]; /* a collective call's measured time beyond its modelled one
-                                on in-process devices (waiting for the slowest, syncing) */
+                                on devices of set [1] (waiting for the slowest, syncing) */
 } CostConsts;
 
 /* The plan's constants (one in-process cpu device). Cluster presets (K40, H100, links) are
@@ -189,6 +192,10 @@ typedef struct DeviceCost {
   /* the step on this device: routed rows its experts receive (forward, all MoE layers),
    * its kernels' time, its collectives' time and bytes on each kind of link */
   double expert_rows, route_share; /* route_share: of the routed rows, mean over layers */
+  double *rows_scale; /* [nmoe * PLAN_ROW_LEVELS]: per MoE layer and exchange level (the
+                         expert rows', an hmoe's group rows'), the routed share of the
+                         level's rows this device's experts or groups get over uniform
+                         routing's; what plan_rows_bytes scales the fair region by */
   double compute_s, comm_s, intra_bytes, inter_bytes;
   double expert_s, expert_flops; /* of compute_s: its experts' GEMMs (one per expert) */
 } DeviceCost;
@@ -212,8 +219,8 @@ typedef struct PlanCost {
  * every core (cores > 0); 1, a device on one thread. */
 int plan_kernel_set(const CostConsts *k, int devices);
 /* The modelled seconds of node n of a bound graph on one device under uniform routing,
- * without kernel factors or call time (what moec calibrate sets a measured time against); and of the
- * optimizer's pass over param_bytes of parameters. */
+ * without kernel factors or call time (what moec calibrate sets a measured time against); and of
+ * the optimizer's pass over param_bytes of parameters. */
 double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k);
 double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k);
 /* The modelled seconds of collective n of a placed, bound graph on `devices` devices
@@ -234,13 +241,12 @@ double plan_gemm_s(const CostConsts *k, double M, double N, double K);
  * parameters; live_max its plan's lower bound. Updates the maximum and whether it fits. */
 void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, double optim,
                           double params, double live_max);
-/* Device d's expert rows sized per step (runtime/rows.c): fair, their region at the
- * fair share of uniform routing (share: of every route); worst, at the most a step can
- * bring. The expected region scales fair by the device's routed share (route_share)
- * against uniform's, at most worst; the plan counts it x PLAN_ROWS_MARGIN (at most worst;
- * docs/memory.md) in planned_bytes and whether it fits. */
+/* Device d's expert rows sized per step (runtime/rows.c): expected, their region at the
+ * routing's rows of each level (plan_rows_bytes with the device's rows_scale); worst, at
+ * the most a step can bring. The plan counts the expected region (at most worst) x
+ * PLAN_ROWS_MARGIN (at most worst; docs/memory.md) in planned_bytes and whether it fits. */
 #define PLAN_ROWS_MARGIN 1.25
-void plan_cost_set_rows(PlanCost *c, int d, double fair, double share, double worst);
+void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst);
 void plan_cost_free(PlanCost *c);
 /* Device d's types as its compile makes them (the shard pass and the bind pass's
  * widening at the global B, T: pass_device_view has the binding too), for the recompute

@@ -7,7 +7,8 @@
  * measured seconds less a call's own time are set against the modelled ones: factor =
  * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
  * in-process device of several: a copy on each core at once). The optimizer's pass has its own
- * (docs/placement.md). */
+ * (docs/placement.md). Under mpirun (cli_calibrate_ranks) the one-thread set again with the
+ * copies as MPI ranks, separate processes, for the plans whose devices are ranks. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,44 +128,67 @@ static void profile_on_thread(Comm *c, void *arg) {
 
 /* Adds model i's measured and modelled seconds per op to s (j = 0: one device on every
  * core; 1: a device on one thread, as many copies at once as there are cores, their
- * mean); k: the profile's formulas (no factors yet). False after printing an error. */
-static bool profile_model(int i, int j, int steps, const CostConsts *k, KernelSums *s) {
+ * mean); k: the profile's formulas (no factors yet). mpi non-NULL (j = 1): the copies are
+ * MPI ranks, one each (ranks past k->cores wait: the cost model shares the cores itself),
+ * every rank adding the same. False after printing an error. */
+static bool profile_model(int i, int j, int steps, const CostConsts *k, Comm *mpi, KernelSums *s) {
   Options o;
   Config cfg;
   AstFile *f = load_ref(i, NULL, &o, &cfg);
   Target t = {.devices = 1, .rank = 0, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
   int copies = j == 0 ? 1 : MC_MAX(k->cores, 1);
+  if (mpi) copies = MC_MIN(copies, mpi->size);
+  int mine = mpi ? 1 : copies; /* the copies this process runs */
+  bool runs = !mpi || mpi->rank < copies;
   RefRun run[RT_MAX_THREADS] = {{0}};
   bool ok = f != NULL;
-  for (int c = 0; ok && c < copies; c++) {
+  for (int c = 0; ok && c < mine; c++) {
     run[c] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
     ok = run[c].p != NULL;
   }
-  if (ok && j == 0)
+  if (ok && mpi) {
+    mpi->barrier(mpi); /* the copies at once */
+    if (runs) run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now, NULL);
+  } else if (ok && j == 0) {
     run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now, NULL);
-  else if (ok && rt_inproc_run(copies, profile_on_thread, run))
+  } else if (ok && rt_inproc_run(copies, profile_on_thread, run)) {
     mc_die("moec calibrate: a reference model's thread failed");
+  }
   if (ok) {
     const Program *p = run[0].p;
+    int ni = p->ninstrs;
+    /* [copy][instruction, then the optimizer]: each copy's medians, scaled by its time lost */
+    double *each = mc_calloc((size_t)copies * (size_t)(ni + 1), sizeof(double));
+    for (int c = 0; c < mine && runs; c++) {
+      double lost = time_lost(&run[c].prof, run[c].p), *e = each + (size_t)c * (size_t)(ni + 1);
+      for (int q = 0; q < ni; q++)
+        e[q] = run[c].prof.instr_med[q] * lost;
+      e[ni] = run[c].prof.optim_med * lost;
+    }
+    if (mpi) { /* every rank's row; a rank past the copies sends zeros it drops */
+      double *all = mc_calloc((size_t)mpi->size * (size_t)(ni + 1), sizeof(double));
+      mpi->all_gather(mpi, each, all, sizeof(double) * (size_t)(ni + 1));
+      memcpy(each, all, sizeof(double) * (size_t)copies * (size_t)(ni + 1));
+      mc_free(all);
+    }
     double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
-    double lost[RT_MAX_THREADS];
-    for (int c = 0; c < copies; c++)
-      lost[c] = time_lost(&run[c].prof, run[c].p);
     double param_bytes = 0;
     for (int q = 0; q < p->g->nparams; q++)
       param_bytes += 4.0 * (double)p->g->params[q]->numel;
-    for (int q = 0; q < p->ninstrs; q++) {
-      const Node *n = p->instrs[q].node;
+    for (int q = 0; q <= ni; q++) {
       double meas = 0;
       for (int c = 0; c < copies; c++)
-        meas += run[c].prof.instr_med[q] * lost[c] / copies;
-      add_time(s, j, n->op, meas, plan_node_seconds(p->g, n, k) / cores);
+        meas += each[(size_t)c * (size_t)(ni + 1) + (size_t)q] / copies;
+      if (q < ni)
+        add_time(s, j, p->instrs[q].node->op, meas,
+                 plan_node_seconds(p->g, p->instrs[q].node, k) / cores);
+      else
+        s->opt_meas[j] += meas;
     }
-    for (int c = 0; c < copies; c++)
-      s->opt_meas[j] += run[c].prof.optim_med * lost[c] / copies;
+    mc_free(each);
     s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
   }
-  for (int c = 0; c < copies; c++) {
+  for (int c = 0; c < mine; c++) {
     rt_profile_free(&run[c].prof);
     drv_program_free(run[c].p);
   }
@@ -275,16 +299,51 @@ static void coll_addends(const KernelSums *s, int j, double *us, McBuf *json) {
   }
 }
 
-bool cli_calibrate_collectives_mpi(Comm *c, const CostConsts *k, int steps, double *us,
-                                   McBuf *json) {
+/* Set j of s as factors into k (call_us, kcoll_us, kfactor, kfactor_optim) and as a JSON
+ * object into json; *ratio: the models' whole measured step over the modelled one. */
+static void set_factors(KernelSums *s, int j, CostConsts *k, McBuf *json, double *ratio) {
+  /* a call's own time: the median instruction of those modelled at under a microsecond */
+  KernelTime *tiny = mc_calloc((size_t)s->n[j] + 1, sizeof(KernelTime));
+  int nt = 0;
+  double meas = s->opt_meas[j], model = s->opt_model[j], m[OP_COUNT] = {0}, d[OP_COUNT] = {0};
+  for (int i = 0; i < s->n[j]; i++)
+    if (s->t[j][i].model < 1e-6 && !(ir_ops[s->t[j][i].op].flags & OPF_COLLECTIVE))
+      tiny[nt++] = s->t[j][i];
+  qsort(tiny, (size_t)nt, sizeof(KernelTime), by_meas);
+  double call = nt ? tiny[nt / 2].meas : 0;
+  mc_free(tiny);
+  for (int i = 0; i < s->n[j]; i++) {
+    const KernelTime *t = &s->t[j][i];
+    m[t->op] += fmax(t->meas - call, 0); /* (a collective's: kcoll_us below) */
+    d[t->op] += t->model;
+    meas += t->meas;
+    model += t->model;
+  }
+  *ratio = model > 0 ? meas / model : 0;
+  k->kcall_us[j] = call * 1e6;
+  mc_buf_printf(json, "{\"call_us\": %.4g", call * 1e6);
+  coll_addends(s, j, k->kcoll_us, json);
+  for (int op = 0; op < OP_COUNT; op++) {
+    if (ir_ops[op].flags & OPF_COLLECTIVE) continue; /* coll_addends' */
+    if (d[op] <= 0) continue;
+    k->kfactor[j][op] = fmax(m[op] / d[op], 1e-3);
+    mc_buf_printf(json, ", \"%s\": %.4g", ir_ops[op].name, k->kfactor[j][op]);
+  }
+  if (s->opt_model[j] > 0) k->kfactor_optim[j] = s->opt_meas[j] / s->opt_model[j];
+  mc_buf_printf(json, ", \"optimizer\": %.4g}", k->kfactor_optim[j]);
+}
+
+bool cli_calibrate_ranks(Comm *c, CostConsts *k, int steps, McBuf *json, double *ratio) {
   KernelSums s = {0};
-  for (size_t i = 0; i < MC_ARRAY_LEN(coll_runs); i++)
-    if (!profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, k, c, &s))
-      return false;
-  coll_addends(&s, 1, us, json);
+  bool ok = true;
+  for (size_t i = 0; ok && i < MC_ARRAY_LEN(ref_models); i++)
+    ok = profile_model((int)i, 1, steps, k, c, &s);
+  for (size_t i = 0; ok && i < MC_ARRAY_LEN(coll_runs); i++)
+    ok = profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, k, c, &s);
+  if (ok) set_factors(&s, 1, k, json, ratio);
   mc_free(s.t[0]);
   mc_free(s.t[1]);
-  return true;
+  return ok;
 }
 
 bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {
@@ -292,7 +351,7 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
   int nthreads = rt_threads();
   for (int j = 0; j < 2; j++)
     for (size_t i = 0; i < MC_ARRAY_LEN(ref_models); i++)
-      if (!profile_model((int)i, j, steps, k, &s)) return false;
+      if (!profile_model((int)i, j, steps, k, NULL, &s)) return false;
   /* collectives on as many devices as cores and twice as many (sharing them) */
   int cores = MC_MAX(k->cores, 1);
   for (int P = MC_MAX(2, cores); P <= MC_MAX(2, cores) * 2 && P <= RT_MAX_THREADS; P *= 2)
@@ -303,38 +362,42 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2
   const char *set[2] = {"all_cores", "one_thread"};
   mc_buf_printf(json, "{");
   for (int j = 0; j < 2; j++) {
-    /* a call's own time: the median instruction of those modelled at under a microsecond */
-    KernelTime *tiny = mc_calloc((size_t)s.n[j] + 1, sizeof(KernelTime));
-    int nt = 0;
-    double meas = s.opt_meas[j], model = s.opt_model[j], m[OP_COUNT] = {0}, d[OP_COUNT] = {0};
-    for (int i = 0; i < s.n[j]; i++)
-      if (s.t[j][i].model < 1e-6 && !(ir_ops[s.t[j][i].op].flags & OPF_COLLECTIVE))
-        tiny[nt++] = s.t[j][i];
-    qsort(tiny, (size_t)nt, sizeof(KernelTime), by_meas);
-    double call = nt ? tiny[nt / 2].meas : 0;
-    mc_free(tiny);
-    for (int i = 0; i < s.n[j]; i++) {
-      const KernelTime *t = &s.t[j][i];
-      m[t->op] += fmax(t->meas - call, 0); /* (a collective's: kcoll_us below) */
-      d[t->op] += t->model;
-      meas += t->meas;
-      model += t->model;
-    }
-    ratio[j] = model > 0 ? meas / model : 0;
-    k->kcall_us[j] = call * 1e6;
-    mc_buf_printf(json, "%s\n   \"%s\": {\"call_us\": %.4g", j ? "," : "", set[j], call * 1e6);
-    coll_addends(&s, j, k->kcoll_us, json);
-    for (int op = 0; op < OP_COUNT; op++) {
-      if (ir_ops[op].flags & OPF_COLLECTIVE) continue; /* coll_addends' */
-      if (d[op] <= 0) continue;
-      k->kfactor[j][op] = fmax(m[op] / d[op], 1e-3);
-      mc_buf_printf(json, ", \"%s\": %.4g", ir_ops[op].name, k->kfactor[j][op]);
-    }
-    if (s.opt_model[j] > 0) k->kfactor_optim[j] = s.opt_meas[j] / s.opt_model[j];
-    mc_buf_printf(json, ", \"optimizer\": %.4g}", k->kfactor_optim[j]);
+    mc_buf_printf(json, "%s\n   \"%s\": ", j ? "," : "", set[j]);
+    set_factors(&s, j, k, json, &ratio[j]);
     mc_free(s.t[j]);
   }
   mc_buf_printf(json, "}");
+  return true;
+}
+
+/* Set j's factors from the flat JSON object at b ("{...}") into k; false if malformed. */
+static bool read_set(const char *b, int j, CostConsts *k) {
+  const char *e = b ? strchr(b, '}') : NULL;
+  if (!b || !e) return false;
+  for (const char *p = strchr(b, '{'); p && p < e;) {
+    const char *q = strchr(p, '"');
+    if (!q || q > e) break;
+    const char *qe = strchr(q + 1, '"');
+    if (!qe || qe > e) return false;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)(qe - q - 1), q + 1);
+    const char *v = qe + 1;
+    while (*v == ' ' || *v == ':')
+      v++;
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || !(x >= 0 && x < 1e6)) return false;
+    if (!strcmp(name, "optimizer")) k->kfactor_optim[j] = x;
+    if (!strcmp(name, "call_us")) k->kcall_us[j] = x;
+    size_t nl = strlen(name);
+    for (int op = 0; op < OP_COUNT && nl > 3 && !strcmp(name + nl - 3, "_us"); op++)
+      if ((ir_ops[op].flags & OPF_COLLECTIVE) && strlen(ir_ops[op].name) == nl - 3 &&
+          !strncmp(ir_ops[op].name, name, nl - 3))
+        k->kcoll_us[op] = x;
+    for (int op = 0; op < OP_COUNT; op++)
+      if (!strcmp(ir_ops[op].name, name)) k->kfactor[j][op] = x;
+    p = end;
+  }
   return true;
 }
 
@@ -342,34 +405,19 @@ bool cli_read_kernel_factors(const char *s, CostConsts *k) {
   const char *set[2] = {"\"all_cores\"", "\"one_thread\""};
   const char *kern = strstr(s, "\"kernels\"");
   if (!kern) return true; /* a profile without them: the formulas alone */
-  for (int j = 0; j < 2; j++) {
-    const char *b = strstr(kern, set[j]);
-    const char *e = b ? strchr(b, '}') : NULL;
-    if (!b || !e) return false;
-    for (const char *p = strchr(b, '{'); p && p < e;) {
-      const char *q = strchr(p, '"');
-      if (!q || q > e) break;
-      const char *qe = strchr(q + 1, '"');
-      if (!qe || qe > e) return false;
-      char name[64];
-      snprintf(name, sizeof name, "%.*s", (int)(qe - q - 1), q + 1);
-      const char *v = qe + 1;
-      while (*v == ' ' || *v == ':')
-        v++;
-      char *end;
-      double x = strtod(v, &end);
-      if (end == v || !(x >= 0 && x < 1e6)) return false;
-      if (!strcmp(name, "optimizer")) k->kfactor_optim[j] = x;
-      if (!strcmp(name, "call_us")) k->kcall_us[j] = x;
-      size_t nl = strlen(name);
-      for (int op = 0; op < OP_COUNT && nl > 3 && !strcmp(name + nl - 3, "_us"); op++)
-        if ((ir_ops[op].flags & OPF_COLLECTIVE) && strlen(ir_ops[op].name) == nl - 3 &&
-            !strncmp(ir_ops[op].name, name, nl - 3))
-          k->kcoll_us[op] = x;
-      for (int op = 0; op < OP_COUNT; op++)
-        if (!strcmp(ir_ops[op].name, name)) k->kfactor[j][op] = x;
-      p = end;
-    }
-  }
+  for (int j = 0; j < 2; j++)
+    if (!read_set(strstr(kern, set[j]), j, k)) return false;
   return true;
+}
+
+bool cli_read_rank_factors(const char *mpi, CostConsts *k) {
+  const char *b = strstr(mpi, "\"rank_kernels\"");
+  if (!b) return false;
+  /* the in-process devices' one-thread set replaced whole: an op the ranks' reference
+   * models lack keeps factor 1, as in-process */
+  memset(k->kfactor[1], 0, sizeof k->kfactor[1]);
+  memset(k->kcoll_us, 0, sizeof k->kcoll_us);
+  k->kfactor_optim[1] = 0;
+  k->kcall_us[1] = 0;
+  return read_set(b, 1, k);
 }

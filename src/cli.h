@@ -109,14 +109,17 @@ bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t 
  * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
 bool cli_calibrate_kernels(struct CostConsts *k, int steps, McBuf *json, double ratio[2]);
 bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
-/* The same reference models' collectives on the c->size MPI ranks of c (every rank calls
- * it), against k's link terms: per collective op a call's time beyond its model into
- * us[op] (OP_COUNT) and as JSON (", \"NAME_us\": X") into json. False: a model did not
- * compile. */
-bool cli_calibrate_collectives_mpi(Comm *c, const struct CostConsts *k, int steps, double *us,
-                                   McBuf *json);
-/* The MPI ranks' collectives of the profile at path (its "mpi" section, `mpirun -np N moec
- * calibrate --mpi`) into k's link, latency and per-call terms; false with *why set. */
+/* The same on the c->size MPI ranks of c (every rank calls it, k the same on every rank):
+ * the reference models on one thread per rank, as many at once as there are cores (k's),
+ * and their collectives on all the ranks; into k's one-thread set (kfactor[1], kcall_us[1],
+ * kfactor_optim[1], kcoll_us) and as that set's JSON object into json. The reader of that
+ * object in a profile's "mpi" section (its "rank_kernels"): false when absent or
+ * malformed. */
+bool cli_calibrate_ranks(Comm *c, struct CostConsts *k, int steps, McBuf *json, double *ratio);
+bool cli_read_rank_factors(const char *mpi_section, struct CostConsts *k);
+/* The MPI ranks of the profile at path (its "mpi" section, `mpirun -np N moec calibrate
+ * --mpi`): their link, latency, per-call terms and one-thread kernel factors into k;
+ * false with *why set. */
 bool cli_profile_mpi(const char *path, struct CostConsts *k, char *why, size_t wlen);
 
 /* plan_dot.c: the plan as a picture. view: "forward", "backward" or "all"; expand: the

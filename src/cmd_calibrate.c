@@ -5,7 +5,8 @@
  * communicator's all-reduce latency and bandwidth between two devices. Writes a JSON
  * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
  * present). cli_read_profile is its reader (docs/placement.md, "Calibration").
- * `mpirun -np N moec calibrate --mpi` adds the MPI ranks' collectives to a profile. */
+ * `mpirun -np N moec calibrate --mpi` adds the MPI ranks' figures to a profile: their
+ * all-reduce's link, and the kernels and collectives in situ on ranks (calibrate_kernels.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,8 +169,9 @@ static void usage(FILE *out) {
                "  -o PROFILE   where to write the profile\n"
                "  --quick      fewer shapes and repetitions (a few seconds; noisier)\n"
                "  --mpi        under mpirun (N >= 2 ranks): measure the MPI ranks' collectives\n"
-               "               (latency, bandwidth, in-situ call times) and add them to the\n"
-               "               existing PROFILE (`moec plan --mpi` uses them)\n");
+               "               (latency, bandwidth, in-situ call times) and kernels (in-situ\n"
+               "               factors of a rank) and add them to the existing PROFILE\n"
+               "               (`moec plan --mpi` uses them)\n");
 }
 
 /* Best all-reduce seconds of rank 0 at 1 KiB and 32 MiB (past the caches, as gradients
@@ -193,8 +195,8 @@ static void fit_link(int P, const double ts[2], double *gbs, double *lat_us) {
 }
 
 /* `mpirun -np N moec calibrate --mpi`: every rank measures; rank 0 adds the "mpi" section
- * to the profile at out (replacing an earlier one). The profile must exist (its compute
- * constants are the in-process calibration's: the ranks' kernels are the same threads'). */
+ * to the profile at out (replacing an earlier one). The profile must exist: its compute
+ * constants are the formulas the ranks' in-situ factors are measured against. */
 static int calibrate_mpi(const char *out, bool quick) {
   if (!rt_comm_mpi_launched()) {
     fprintf(stderr, "moec calibrate: error: --mpi measures MPI ranks: start it as `mpirun -np 2 "
@@ -234,6 +236,8 @@ static int calibrate_mpi(const char *out, bool quick) {
     rt_comm_mpi_finalize(c);
     return 1;
   }
+  c->broadcast(c, &k, sizeof k, 0); /* rank 0's constants model every rank's kernels */
+  k.name = "calibrated";
   rt_threads_set(1); /* one thread per rank, as moec run under mpirun */
   const int reps = quick ? 2 : 5;
   double ts[2], gbs, lat;
@@ -243,9 +247,9 @@ static int calibrate_mpi(const char *out, bool quick) {
   k.latency_us = lat;
   k.per_node = 0;
   k.inproc = false;
-  double us[OP_COUNT] = {0};
-  McBuf coll = {0};
-  bool built = cli_calibrate_collectives_mpi(c, &k, quick ? 3 : 12, us, &coll);
+  McBuf kern = {0};
+  double ratio = 0;
+  bool built = cli_calibrate_ranks(c, &k, quick ? 3 : 12, &kern, &ratio);
   int rc = built ? 0 : 1;
   if (c->rank == 0 && built) {
     /* the profile less its last '}' (and an earlier "mpi" section), then the new one */
@@ -254,20 +258,26 @@ static int calibrate_mpi(const char *out, bool quick) {
     if (cut) *cut = 0;
     FILE *f = fopen(out, "w");
     if (!cut || !f ||
-        fprintf(f, "%s,\n \"mpi\": {\"ranks\": %d, \"link_gbs\": %.6g, \"latency_us\": %.6g%s}}\n",
-                text, c->size, gbs, lat, coll.data ? coll.data : "") < 0 ||
+        fprintf(f,
+                "%s,\n \"mpi\": {\"ranks\": %d, \"link_gbs\": %.6g, \"latency_us\": %.6g,\n"
+                "   \"rank_kernels\": %s}}\n",
+                text, c->size, gbs, lat, kern.data) < 0 ||
         fclose(f) != 0) {
       fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
       rc = 1;
     } else {
       printf("profile %s: MPI, %d ranks: link %.3g GB/s, %.3g us a step; a call beyond the "
              "model: all_to_all %.3g us, all_to_all_back %.3g us, all_reduce %.3g us\n",
-             out, c->size, gbs, lat, us[OP_ALL_TO_ALL], us[OP_ALL_TO_ALL_BACK], us[OP_ALL_REDUCE]);
+             out, c->size, gbs, lat, k.kcoll_us[OP_ALL_TO_ALL], k.kcoll_us[OP_ALL_TO_ALL_BACK],
+             k.kcoll_us[OP_ALL_REDUCE]);
+      printf("kernels in situ on %d of the ranks at once (measured / modelled, the reference "
+             "models): step %.2fx on a rank; optimizer %.2fx\n",
+             MC_MIN(c->size, MC_MAX(k.cores, 1)), ratio, k.kfactor_optim[1]);
     }
   } else if (!built) {
     fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
   }
-  mc_buf_free(&coll);
+  mc_buf_free(&kern);
   mc_free(text);
   rt_comm_mpi_finalize(c);
   return rc;
@@ -480,12 +490,12 @@ bool cli_profile_mpi(const char *path, CostConsts *k, char *why, size_t wlen) {
   if (!ok)
     snprintf(why, wlen, "%s (measure them: mpirun -np 2 moec calibrate --mpi -o %s)",
              m ? "its \"mpi\" section is malformed" : "no MPI figures", path);
-  for (int op = 0; ok && op < OP_COUNT; op++) {
-    if (!(ir_ops[op].flags & OPF_COLLECTIVE)) continue;
-    char key[64];
-    double x = 0;
-    snprintf(key, sizeof key, "%s_us", ir_ops[op].name);
-    k->kcoll_us[op] = json_number(m, key, &x) && x >= 0 ? x : 0; /* the MPI ranks' alone */
+  if (ok && !cli_read_rank_factors(m, k)) {
+    snprintf(why, wlen,
+             "its \"mpi\" section has no valid \"rank_kernels\" (measure them again: mpirun "
+             "-np 2 moec calibrate --mpi -o %s)",
+             path);
+    ok = false;
   }
   mc_free(s);
   if (!ok) return false;

@@ -39,7 +39,7 @@ static void usage(FILE *out) {
           "  --top K            the K best (table and picture)\n"
           "  --write-plan FILE  the winner as a plan { } block\n"
           "  --mpi              the devices are MPI ranks (mpirun): the profile's MPI\n"
-          "                     collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
+          "                     kernels and collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
           "settings (each overrides the train/plan setting of the same name):\n");
   drv_options_help(out, DRV_SETTINGS | DRV_LOADS);
 }
@@ -472,10 +472,10 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
   *c = plan_cost_routed(g, P, cfg->optimizer, &km, loads, o->zipf);
   plan_free_loads(loads);
   for (int d = 0; d < P; d++) { /* what each device's own compile allocates */
-    DeviceMemory m = drv_device_memory(g, cfg, o, d, P);
+    DeviceMemory m = drv_device_memory(g, cfg, o, d, P, c->dev[d].rows_scale);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
-    plan_cost_set_rows(c, d, (double)m.rows_fair, m.rows_share, (double)m.rows_worst);
+    plan_cost_set_rows(c, d, (double)m.rows_expected, (double)m.rows_worst);
   }
   return g;
 }

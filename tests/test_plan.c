@@ -66,7 +66,7 @@ static void run_passes(Built *b, int P) {
 static PlanCost cost(Built *b, int P, const CostConsts *k) {
   PlanCost c = plan_cost(b->g, P, b->cfg.optimizer, k);
   for (int d = 0; d < P; d++) {
-    DeviceMemory m = drv_device_memory(b->g, &b->cfg, NULL, d, P);
+    DeviceMemory m = drv_device_memory(b->g, &b->cfg, NULL, d, P, c.dev[d].rows_scale);
     plan_cost_set_memory(&c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
   }

@@ -7,7 +7,12 @@
 # on 2, 4 and 8 in-process devices, and for MESHED (md_hmoe2: a group's experts on two
 # devices, so expert rows cross devices) on a 2x2 mesh; the region grows after step 0 at
 # both levels; --poison-arena changes nothing; 2 MPI ranks; the plan's static arena equal
-# to the run's and the run's region between the plan's expected one and its x1.25.
+# to the run's and the run's region between the plan's expected one and its x1.25, also
+# when the plan takes the run's measured loads (--loads). The plan's expected region per
+# level of the exchange under skewed loads files: on HMOE (each group with its experts)
+# both levels at the device's routed share; on MESHED (a group's experts on its node's
+# two devices) a loads file with even groups and uneven experts leaves the group rows at
+# uniform routing's and scales the expert rows alone.
 set -e
 MOEC=$1
 HMOE=$2
@@ -48,17 +53,58 @@ fi
 # the plan against the run (4 devices, 20 training steps): the same static arena; the
 # run's region at its most between the plan's expected one and the plan's x1.25
 "$MOEC" plan "$HMOE" --devices 4 --strategy hmoe --format json > plan.json
-"$MOEC" run "$HMOE" --devices 4 --strategy hmoe --steps 20 --no-eval --json 2> lm.err |
-  tail -1 > lm.json
+"$MOEC" run "$HMOE" --devices 4 --strategy hmoe --steps 20 --no-eval --json \
+  --metrics lm.metrics 2> lm.err | tail -1 > lm.json
+"$MOEC" plan "$HMOE" --devices 4 --strategy hmoe --loads lm.metrics --format json > planl.json
 /usr/bin/python3 - <<'PY'
 import json
-p, r = (json.load(open(f)) for f in ("plan.json", "lm.json"))
-assert len(p["per_device"]) == len(r["memory"]) == 4
-for d, (a, b) in enumerate(zip(p["per_device"], r["memory"])):
-    assert a["arena_bytes"] == b["arena_bytes"], ("static arena", d, a, b)
-    exp, mar, high = a["rows_bytes"], a["rows_margin_bytes"], b["rows_bytes"]
-    assert 0 < exp <= high <= mar, (d, exp, high, mar)
-    print("device %d: static arena %d = run's; rows: plan expected %d, x1.25 %d; run's most "
-          "%d (%.3f of the plan's x1.25)" % (d, a["arena_bytes"], exp, mar, high, high / mar))
+r = json.load(open("lm.json"))
+for f in ("plan.json", "planl.json"):
+    p = json.load(open(f))
+    assert len(p["per_device"]) == len(r["memory"]) == 4
+    for d, (a, b) in enumerate(zip(p["per_device"], r["memory"])):
+        assert a["arena_bytes"] == b["arena_bytes"], ("static arena", d, a, b)
+        exp, mar, high = a["rows_bytes"], a["rows_margin_bytes"], b["rows_bytes"]
+        assert 0 < exp <= high <= mar, (f, d, exp, high, mar)
+        print("%s device %d: static arena %d = run's; rows: plan expected %d, x1.25 %d; run's "
+              "most %d (%.3f of the plan's x1.25)" % (f, d, a["arena_bytes"], exp, mar, high,
+                                                      high / mar))
+PY
+
+# skewed loads files: E experts in G groups, "heavy" a weight per expert
+loads() {
+  /usr/bin/python3 -c 'import sys; print("{\"moe\":[{\"name\":\"m\",\"load\":[%s]}]}" % ",".join(sys.argv[1:]))' "$@"
+}
+# HMOE: group 0's experts 8x, the first half of every group's 3x
+loads $(/usr/bin/python3 -c 'print(" ".join(str((8 if e < 16 else 1) * (3 if e % 16 < 8 else 1)) for e in range(256)))') > skew.loads
+"$MOEC" plan "$HMOE" --devices 4 --strategy hmoe --loads skew.loads --format json > plans.json
+# MESHED: groups even (96 each), each group's experts on its first device 3x the second's
+loads 24 24 24 8 8 8 8 8 8 24 24 24 > even_groups.loads
+"$MOEC" plan "$MESHED" --devices 4 --mesh 2x2 --strategy hmoe --format json > mplan.json
+"$MOEC" plan "$MESHED" --devices 4 --mesh 2x2 --strategy hmoe --loads even_groups.loads \
+  --format json > mplanl.json
+/usr/bin/python3 - <<'PY'
+import json
+def dev(f):
+    return json.load(open(f))["per_device"]
+u, s = dev("plan.json"), dev("plans.json")
+for d in range(4):  # both levels at the device's routed share over uniform's 1/4
+    want = s[d]["route_share"] / 0.25
+    got = s[d]["rows_bytes"] / u[d]["rows_bytes"]
+    assert abs(got - want) < 0.01 * want, ("hmoe", d, got, want)
+    print("hmoe, skewed: device %d's expected rows %.3f x uniform's (routed share %.3f)" % (
+        d, got, s[d]["route_share"]))
+assert s[0]["rows_bytes"] > 1.8 * u[0]["rows_bytes"], (s[0], u[0])  # the file is skewed
+u, s = dev("mplan.json"), dev("mplanl.json")
+r = [s[d]["rows_bytes"] / u[d]["rows_bytes"] for d in range(4)]
+e = [s[d]["route_share"] / 0.25 for d in range(4)]  # the expert level's: 1.5, .5, .5, 1.5
+print("meshed, groups even: expected rows x uniform's %s; the expert level's share x %s" % (
+    ["%.3f" % x for x in r], ["%.3f" % x for x in e]))
+# devices 0 and 2 hold a group's rows (at uniform's) and 3 experts (at their share), 1 and
+# 3 experts alone
+assert abs(e[0] - 1.5) < 1e-9 and abs(e[2] - 0.5) < 1e-9, e
+assert 1.05 < r[0] < 0.95 * e[0] and 1.05 * e[2] < r[2] < 0.95, r
+for d in (1, 3):
+    assert abs(r[d] - e[d]) < 0.02 * e[d], (d, r, e)
 PY
 echo ok
