@@ -16,6 +16,9 @@
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
+ * A slice0 whose source only slices read, in disjoint ranges, is a view of the source's
+ * bytes (find_views): no bytes of its own, the source alive as long as its views.
+ *
  * Lifetimes are closed intervals [def, last] of node indices, so a buffer whose last
  * reader is node k is never reused for node k's own outputs: a kernel's inputs and
  * outputs never alias. Transient tensors get offsets in one arena: each, in turn, at
@@ -42,12 +45,16 @@
 
 typedef struct Live {
   int id;
-  int def, last; /* node indices; PERSIST for persistent tensors, UNPLANNED when skipped */
+  int def, last; /* node indices; PERSIST for persistent tensors, UNPLANNED when skipped,
+                    VIEW for a slice that is a view of its source (find_views) */
   int64_t size;  /* bytes, rounded up to MEM_ALIGN */
   int64_t off;   /* in its region */
+  bool host;     /* the host reads it after the program (pinned) */
+  int src;       /* VIEW: the source's id; its bytes start voff bytes into the source's */
+  int64_t voff;
 } Live;
 
-enum { PERSIST = -1, UNPLANNED = -2 };
+enum { PERSIST = -1, UNPLANNED = -2, VIEW = -3 };
 
 static int64_t align_up(int64_t x) {
   return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
@@ -75,13 +82,78 @@ static const Tensor *seen(const Tensor *t, int flags) {
 }
 
 static void pin(Live *L, const Tensor *t, int end) {
-  if (t && L[t->id].def >= 0) L[t->id].last = end;
+  if (t && L[t->id].def >= 0) L[t->id].last = end, L[t->id].host = true;
 }
 
 static bool is_bridge(const Graph *g, const Tensor *t) {
   for (int i = 0; i < g->nbridge; i++)
     if (g->bridge[i] == t) return true;
   return false;
+}
+
+/* ---- slices as views ----
+ * A slice0 of rows [lo, lo + len) of a tensor with constant dims is a contiguous byte
+ * range of it, so its output can be those bytes (no copy, no bytes of its own) where:
+ * every reader of the source is such a slice, their ranges are disjoint, the host does not
+ * read the source, both live in the arena, and the range starts MEM_ALIGN-aligned. The
+ * source then lives as long as its longest-lived view. Nothing writes either meanwhile: a
+ * node writes only its outputs, and the host (the optimizer, all-reduces of gradients)
+ * writes only views' bytes, which no other reader shares. The slice's kernel finds its
+ * rows in place and copies nothing (runtime/kernels_moe.inc). An hmoe's expert weight
+ * gradients are such slices of the grouped_matmul_dw output (ir/grads_moe.c grad_concat0). */
+typedef struct Slice {
+  int src, k;     /* the source tensor's id, the slice's node */
+  int64_t lo, hi; /* its bytes in the source */
+} Slice;
+
+static int by_src(const void *a, const void *b) {
+  const Slice *x = a, *y = b;
+  if (x->src != y->src) return x->src < y->src ? -1 : 1;
+  if (x->lo != y->lo) return x->lo < y->lo ? -1 : 1;
+  return (x->hi > y->hi) - (x->hi < y->hi);
+}
+
+static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
+  if (flags & MEMPLAN_ROWS_PER_STEP) return; /* the per-step region copies on growth */
+  const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
+  int *readers = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  Slice *s = mc_malloc((size_t)(g->nnodes + 1) * sizeof(Slice));
+  int ns = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->recompute_of && as_if) continue;
+    for (int i = 0; i < n->nin; i++)
+      readers[seen(n->in[i], flags)->id]++;
+    if (n->op != OP_SLICE0 || n->recompute_of) continue;
+    const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
+    if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
+        x->producer->op == OP_SLICE0) /* a view of a view: left a copy */
+      continue;
+    bool fixed = x->ty.rank >= 1 && x->ty.dim[0].c > 0;
+    for (int d = 0; d < x->ty.rank && fixed; d++)
+      fixed = dim_is_const(x->ty.dim[d]);
+    if (!fixed) continue;
+    int64_t row = tensor_bytes(g, x, B, T, elem) / x->ty.dim[0].c;
+    if (n->ia[0] * row % MEM_ALIGN) continue;
+    s[ns++] = (Slice){x->id, k, n->ia[0] * row, (n->ia[0] + n->ia[1]) * row};
+  }
+  qsort(s, (size_t)ns, sizeof(Slice), by_src);
+  for (int i = 0, j; i < ns; i = j) {
+    bool ok = true;
+    for (j = i + 1; j < ns && s[j].src == s[i].src; j++)
+      ok &= s[j].lo >= s[j - 1].hi;
+    if (!ok || readers[s[i].src] != j - i) continue;
+    Live *x = &L[s[i].src];
+    for (int a = i; a < j; a++) {
+      Live *v = &L[g->nodes[s[a].k]->out[0]->id];
+      x->last = MC_MAX(x->last, v->last);
+      v->def = v->last = VIEW;
+      v->src = s[a].src;
+      v->voff = s[a].lo;
+    }
+  }
+  mc_free(s);
+  mc_free(readers);
 }
 
 /* Fills L (g->ntensors entries) with every tensor's lifetime and aligned size. */
@@ -93,8 +165,14 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   int64_t total = 0; /* every offset and sum below is at most this */
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
-    L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
-                  align_up(tensor_bytes(g, t, B, T, elem)), -1};
+    L[i] = (Live){i,
+                  t->producer ? UNPLANNED : PERSIST,
+                  t->producer ? UNPLANNED : PERSIST,
+                  align_up(tensor_bytes(g, t, B, T, elem)),
+                  -1,
+                  false,
+                  -1,
+                  0};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -150,6 +228,7 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     if (g->nodes[k]->op == OP_GROUPED_MATMUL_DW && g->nodes[k]->ia[0])
       for (int j = 0; j < 3; j++)
         pin(L, seen(g->nodes[k]->in[j], flags), end);
+  find_views(g, B, T, elem, flags, L);
   mc_free(read);
   mc_free(repeated);
 }
@@ -469,6 +548,8 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   mf.arena = place_best(order, m, sp);
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def == VIEW) L[i].off = L[L[i].src].off + L[i].voff;
   /* the lower bound: most bytes alive at one node */
   int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
   for (int i = 0; i < nt; i++)
@@ -484,7 +565,9 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
-      offsets[i] = L[i].def == PERSIST ? L[i].off : L[i].def >= 0 ? mf.persist + L[i].off : -1;
+      offsets[i] = L[i].def == PERSIST                 ? L[i].off
+                   : L[i].def >= 0 || L[i].def == VIEW ? mf.persist + L[i].off
+                                                       : -1;
   mc_free(delta);
   mc_free(sp);
   mc_free(order);
@@ -510,6 +593,12 @@ long pass_memplan_validate(const Graph *g) {
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
     if (L[i].def == UNPLANNED) continue; /* in the per-step region (runtime/rows.c) */
+    if (L[i].def == VIEW) { /* its source's bytes, checked with the source's lifetime */
+      if (a->mem_offset != g->tensors[L[i].src]->mem_offset + L[i].voff)
+        mc_fatal("memory plan: '%s' is not at its bytes of '%s', which it is a view of", a->name,
+                 g->tensors[L[i].src]->name);
+      continue;
+    }
     int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||

@@ -6,7 +6,9 @@
  *                                (no two tensors alive at once share a byte), the
  *                                arena is below the sum of the tensors and at least
  *                                the most bytes alive at once; recompute copies
- *                                never repeat a dispatch or a collective
+ *                                never repeat a dispatch or a collective; an hmoe's
+ *                                expert gradients (slices of the grouped dW) are
+ *                                views of its rows
  *   test_memplan --lm FILE       on a small LSTM-MoE LM: planned = unplanned =
  *                                NaN-poisoned arena, recompute [m] = all = none, bit
  *                                for bit (loss and every gradient, several steps);
@@ -81,6 +83,20 @@ static void check_model(const char *path) {
         CHECK(n->op != OP_DISPATCH && !(ir_ops[n->op].flags & OPF_COLLECTIVE));
         CHECK(n->backward && n->recompute_seg >= 0);
       }
+      /* an hmoe's expert gradients: the slices of the grouped dW (and bias sums) are
+       * views of their rows, not copies (passes/memplan.c find_views) */
+      int views = 0;
+      for (int k = 0; k < g->nnodes; k++) {
+        const Node *n = g->nodes[k];
+        const Node *p = n->in[0]->producer;
+        if (n->op != OP_SLICE0 || n->recompute_of || !p ||
+            (p->op != OP_GROUPED_MATMUL_DW && p->op != OP_GROUPED_SUM_ROWS))
+          continue;
+        int64_t row = n->in[0]->numel / n->in[0]->shape[0] * (int64_t)sizeof(float);
+        CHECK(n->out[0]->mem_offset == n->in[0]->mem_offset + n->ia[0] * row);
+        views++;
+      }
+      if (strstr(path, "moe256h")) CHECK(!training || views > 0);
       if (training) arena[rc] = (double)mf.arena;
       if (training) {
         printf("%-28s %-5s persistent %9.2f MiB  arena %9.2f MiB (live max %9.2f, sum of "

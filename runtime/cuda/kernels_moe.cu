@@ -1328,9 +1328,9 @@ static void k_slice0(const KernelCtx *ctx, const Node *n, void *const *in, void 
   if (!n->out[0]->numel) return; /* an empty slice (passes/shard.c) */
   size_t row = (size_t)(x->numel / x->shape[0]) * elem_bytes<T>(x);
   size_t b = (size_t)n->ia[1] * row;
-  if (b)
-    CUDA_CHECK(cudaMemcpyAsync(out[0], (const char *)in[0] + (size_t)n->ia[0] * row, b,
-                               cudaMemcpyDeviceToDevice, d->stream));
+  const char *x0 = (const char *)in[0] + (size_t)n->ia[0] * row;
+  if (b && out[0] != x0) /* else a view of its rows (passes/memplan.c find_views) */
+    CUDA_CHECK(cudaMemcpyAsync(out[0], x0, b, cudaMemcpyDeviceToDevice, d->stream));
 }
 
 /* ---------------------------------------------------------------- table */
