@@ -21,12 +21,12 @@
  *
  * Lifetimes are closed intervals [def, last] of node indices, so a buffer whose last
  * reader is node k is never reused for node k's own outputs: a kernel's inputs and
- * outputs never alias. Transient tensors get offsets in one arena: each, in turn, at
- * the best-fitting gap among the tensors already placed whose lifetimes overlap its
- * own; four orders are tried (largest first, by birth, longest-lived first, largest
- * bytes x lifetime first) and the smallest arena kept.
- * Every offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the
- * plan.
+ * outputs never alias, but for the views above and an OPF_INPLACE0 node's output, which
+ * takes its input 0's bytes when that dies at it (find_views; in the per-step region too).
+ * Transient tensors get offsets in one arena: each, in turn, at the best-fitting gap among the
+ * tensors already placed whose lifetimes overlap its own; four orders are tried (largest first, by
+ * birth, longest-lived first, largest bytes x lifetime first) and the smallest arena kept. Every
+ * offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the plan.
  *
  * The runtime allocates persistent + arena bytes in one block (codegen/lower.c). */
 #include <stdlib.h>
@@ -113,9 +113,10 @@ static int by_src(const void *a, const void *b) {
   return (x->hi > y->hi) - (x->hi < y->hi);
 }
 
-static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
-  if (flags & MEMPLAN_ROWS_PER_STEP) return; /* the per-step region copies on growth */
+static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags,
+                       const int *pos, Live *L) {
   const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
+  const bool rows = flags & MEMPLAN_ROWS_PER_STEP; /* slices: in the arena only */
   int *readers = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
   Slice *s = mc_malloc((size_t)(g->nnodes + 1) * sizeof(Slice));
   int ns = 0;
@@ -124,7 +125,7 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     if (n->recompute_of && as_if) continue;
     for (int i = 0; i < n->nin; i++)
       readers[seen(n->in[i], flags)->id]++;
-    if (n->op != OP_SLICE0 || n->recompute_of) continue;
+    if (n->op != OP_SLICE0 || n->recompute_of || rows) continue;
     const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
     if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
         x->producer->op == OP_SLICE0) /* a view of a view: left a copy */
@@ -154,25 +155,56 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
   }
   mc_free(s);
   mc_free(readers);
+  /* in place: an OPF_INPLACE0 node's output takes its input 0's bytes when that dies at
+   * the node (an activation's backward over the incoming gradient); the input then lives
+   * as long as the output. Not over a view, nor in a fused group (its own kernel). */
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (!(ir_ops[n->op].flags & OPF_INPLACE0) || n->recompute_of) continue;
+    const Tensor *x = seen(n->in[0], flags), *y = n->out[0];
+    Live *lx = &L[x->id], *ly = &L[y->id];
+    if (lx->def < 0 || ly->def < 0 || lx->last != pos[k] || lx->host ||
+        x->ty.dtype != y->ty.dtype || x->ty.rank != y->ty.rank)
+      continue;
+    bool same = true;
+    for (int d = 0; d < x->ty.rank; d++)
+      same &= dim_eq(x->ty.dim[d], y->ty.dim[d]);
+    if (!same) continue;
+    lx->last = ly->last;
+    ly->def = ly->last = VIEW;
+    ly->src = x->id;
+    ly->voff = 0;
+  }
+}
+
+/* A view's offset in its region: its source's (itself perhaps a view) plus its own. */
+static int64_t view_off(const Live *L, int i) {
+  int64_t off = 0;
+  for (; L[i].def == VIEW; i = L[i].src)
+    off += L[i].voff;
+  return off + L[i].off;
 }
 
 /* Fills L (g->ntensors entries) with every tensor's lifetime and aligned size. */
 static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
   const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
-  const int end = g->nnodes;
+  /* node k's index in the program planned: as if there were no recompute, the copies
+   * are not counted, so the lifetimes (and the plan) are those of recompute = none */
+  int *pos = mc_calloc((size_t)g->nnodes + 1, sizeof(int)), end = 0;
+  for (int k = 0; k < g->nnodes; k++)
+    pos[k] = end, end += !(as_if && g->nodes[k]->recompute_of);
   bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   bool *repeated = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* has a recompute copy */
   int64_t total = 0; /* every offset and sum below is at most this */
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
-    L[i] = (Live){i,
-                  t->producer ? UNPLANNED : PERSIST,
-                  t->producer ? UNPLANNED : PERSIST,
-                  align_up(tensor_bytes(g, t, B, T, elem)),
-                  -1,
-                  false,
-                  -1,
-                  0};
+    int c = t->producer ? UNPLANNED : PERSIST;
+    L[i] = (Live){.id = i,
+                  .def = c,
+                  .last = c,
+                  .size = align_up(tensor_bytes(g, t, B, T, elem)),
+                  .off = -1,
+                  .src = -1};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -182,14 +214,14 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     const Node *n = g->nodes[k];
     if (n->recompute_of && as_if) continue;
     for (int j = 0; j < n->nout; j++)
-      L[n->out[j]->id].def = L[n->out[j]->id].last = k;
+      L[n->out[j]->id].def = L[n->out[j]->id].last = pos[k];
     if (n->recompute_of)
       for (int j = 0; j < n->nout; j++)
         repeated[n->recompute_of->out[j]->id] = true;
     for (int i = 0; i < n->nin; i++) {
       const Tensor *t = seen(n->in[i], flags);
       read[t->id] = true;
-      if (L[t->id].def >= 0 && L[t->id].last < k) L[t->id].last = k;
+      if (L[t->id].def >= 0 && L[t->id].last < pos[k]) L[t->id].last = pos[k];
     }
   }
   for (int i = 0; i < g->ntensors; i++) {
@@ -228,7 +260,8 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     if (g->nodes[k]->op == OP_GROUPED_MATMUL_DW && g->nodes[k]->ia[0])
       for (int j = 0; j < 3; j++)
         pin(L, seen(g->nodes[k]->in[j], flags), end);
-  find_views(g, B, T, elem, flags, L);
+  find_views(g, B, T, elem, flags, pos, L);
+  mc_free(pos);
   mc_free(read);
   mc_free(repeated);
 }
@@ -281,7 +314,9 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
   }
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
-          at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
+          flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? "counting no copies"
+          : at < g->nnodes                   ? ir_ops[g->nodes[at]->op].name
+                                             : "end");
   bool all = mc_debug.memplan_all;
   for (int i = 0; i < g->ntensors; i++)
     if (all || (L[i].def >= 0 && L[i].def <= at && at <= L[i].last))
@@ -549,7 +584,7 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
   for (int i = 0; i < nt; i++)
-    if (L[i].def == VIEW) L[i].off = L[L[i].src].off + L[i].voff;
+    if (L[i].def == VIEW) L[i].off = view_off(L, i);
   /* the lower bound: most bytes alive at one node */
   int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
   for (int i = 0; i < nt; i++)
@@ -704,7 +739,9 @@ int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets
     if (def) def[i] = L[i].def, last[i] = L[i].last;
   }
   for (int i = 0; i < m; i++)
-    offsets[order[i].id] = order[i].off;
+    offsets[order[i].id] = L[order[i].id].off = order[i].off;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def == VIEW) offsets[i] = view_off(L, i);
   mc_free(sp);
   mc_free(order);
   mc_free(L);
