@@ -50,7 +50,10 @@ typedef struct Live {
   int64_t size;  /* bytes, rounded up to MEM_ALIGN */
   int64_t off;   /* in its region */
   bool host;     /* the host reads it after the program (pinned) */
-  int src;       /* VIEW: the source's id; its bytes start voff bytes into the source's */
+  bool claimed;  /* persistent, in a concat0's chain: next (-1: the chain's end) follows it */
+  bool head;     /* the chain starts here */
+  int next;
+  int src; /* VIEW: the source's id; its bytes start voff bytes into the source's */
   int64_t voff;
 } Live;
 
@@ -177,6 +180,53 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
   }
 }
 
+/* Concatenated parameters: a concat0 of persistent tensors (an hmoe's groups' expert
+ * weights, stacked) is a view of them where the persistent region lays them one after
+ * the other (a chain: pass_memplan_plan follows Live.next), each but the last a multiple
+ * of MEM_ALIGN bytes. A tensor in two concats keeps the first's chain; the second is a
+ * view only if its list runs along that chain (a recompute copy's does). Nothing writes
+ * them while the program runs (parameters change after it, in the optimizer; inputs and
+ * state before it), and nothing writes the view (in-place nodes take no view's bytes). */
+static void find_concat_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags,
+                              Live *L) {
+  if (flags & MEMPLAN_ROWS_PER_STEP) return;
+  int *mark = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op != OP_CONCAT0 || (n->recompute_of && (flags & MEMPLAN_AS_IF_NO_RECOMPUTE))) continue;
+    Live *ly = &L[n->out[0]->id];
+    if (ly->def < 0 || ly->host) continue;
+    bool ok = true, fresh = true, along = true;
+    for (int i = 0; i < n->nin && ok; i++) {
+      const Tensor *x = n->in[i];
+      const Live *lx = &L[x->id];
+      ok = lx->def == PERSIST && mark[x->id] != k + 1 && x->ty.dtype == n->out[0]->ty.dtype &&
+           (i == n->nin - 1 || tensor_bytes(g, x, B, T, elem) == lx->size);
+      mark[x->id] = k + 1; /* twice in one list: no view */
+      fresh &= !lx->claimed;
+      along &= lx->claimed && (i == n->nin - 1 || lx->next == n->in[i + 1]->id);
+    }
+    if (!ok || (!fresh && !along)) continue;
+    if (fresh) {
+      for (int i = 0; i < n->nin; i++) {
+        L[n->in[i]->id].claimed = true;
+        L[n->in[i]->id].next = i + 1 < n->nin ? n->in[i + 1]->id : -1;
+      }
+      L[n->in[0]->id].head = true;
+    }
+    ly->def = ly->last = VIEW;
+    ly->src = n->in[0]->id;
+    ly->voff = 0;
+  }
+  mc_free(mark);
+}
+
+static int view_root(const Live *L, int i) {
+  while (L[i].def == VIEW)
+    i = L[i].src;
+  return i;
+}
+
 /* A view's offset in its region: its source's (itself perhaps a view) plus its own. */
 static int64_t view_off(const Live *L, int i) {
   int64_t off = 0;
@@ -204,7 +254,8 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
                   .last = c,
                   .size = align_up(tensor_bytes(g, t, B, T, elem)),
                   .off = -1,
-                  .src = -1};
+                  .src = -1,
+                  .next = -1};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -261,6 +312,7 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
       for (int j = 0; j < 3; j++)
         pin(L, seen(g->nodes[k]->in[j], flags), end);
   find_views(g, B, T, elem, flags, pos, L);
+  find_concat_views(g, B, T, elem, flags, L);
   mc_free(pos);
   mc_free(read);
   mc_free(repeated);
@@ -570,10 +622,11 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   lifetimes(g, B, T, (int64_t)elem, flags, L);
   /* persistent region, in tensor order */
   for (int i = 0; i < nt && !(flags & MEMPLAN_ROWS_PER_STEP); i++)
-    if (L[i].def == PERSIST) {
-      L[i].off = mf.persist;
-      mf.persist += L[i].size;
-    }
+    if (L[i].def == PERSIST && L[i].off < 0 && (!L[i].claimed || L[i].head))
+      for (int j = i; j >= 0; j = L[j].claimed ? L[j].next : -1) { /* a concat's chain */
+        L[j].off = mf.persist;
+        mf.persist += L[j].size;
+      }
   /* the arena: two greedy orders, keep the smaller */
   Live *order = mc_calloc((size_t)nt + 1, sizeof(Live));
   int *sp = mc_calloc((size_t)nt + 1, sizeof(int));
@@ -600,7 +653,8 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
-      offsets[i] = L[i].def == PERSIST                 ? L[i].off
+      offsets[i] = L[i].def == PERSIST || (L[i].def == VIEW && L[view_root(L, i)].def == PERSIST)
+                       ? L[i].off
                    : L[i].def >= 0 || L[i].def == VIEW ? mf.persist + L[i].off
                                                        : -1;
   mc_free(delta);

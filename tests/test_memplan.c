@@ -9,7 +9,8 @@
  *                                never repeat a dispatch or a collective; an hmoe's
  *                                expert gradients (slices of the grouped dW) are
  *                                views of its rows, its experts' relu_bwd writes
- *                                over its incoming gradient
+ *                                over its incoming gradient, its stacked expert
+ *                                weights are views of the parameters
  *   test_memplan --lm FILE       on a small LSTM-MoE LM: planned = unplanned =
  *                                NaN-poisoned arena, recompute [m] = all = none, bit
  *                                for bit (loss and every gradient, several steps);
@@ -104,7 +105,16 @@ static void check_model(const char *path) {
         inplace += (ir_ops[n->op].flags & OPF_INPLACE0) && n->in[0]->mem_offset >= 0 &&
                    n->out[0]->mem_offset == n->in[0]->mem_offset;
       }
-      if (strstr(path, "moe256h")) CHECK(!training || (views > 0 && inplace > 0));
+      /* the groups' stacked expert weights: views of the parameters, laid one after the
+       * other in the persistent region */
+      int stacked = 0;
+      for (int k = 0; k < g->nnodes; k++) {
+        const Node *n = g->nodes[k];
+        if (n->op != OP_CONCAT0 || n->in[0]->kind != TK_PARAM) continue;
+        CHECK(n->out[0]->mem_offset == n->in[0]->mem_offset && n->out[0]->mem_offset < mf.persist);
+        stacked++;
+      }
+      if (strstr(path, "moe256h")) CHECK(stacked > 0 && (!training || (views > 0 && inplace > 0)));
       if (training) arena[rc] = (double)mf.arena;
       if (training) {
         printf("%-28s %-5s persistent %9.2f MiB  arena %9.2f MiB (live max %9.2f, sum of "

@@ -1315,7 +1315,7 @@ static void k_concat0(const KernelCtx *ctx, const Node *n, void *const *in, void
   size_t at = 0;
   for (int i = 0; i < n->nin; i++) {
     size_t b = (size_t)n->in[i]->numel * elem_bytes<T>(n->in[i]);
-    if (b)
+    if (b && (char *)out[0] + at != (const char *)in[i]) /* else a view (memplan.c) */
       CUDA_CHECK(cudaMemcpyAsync((char *)out[0] + at, in[i], b, cudaMemcpyDeviceToDevice, d->stream));
     at += b;
   }
