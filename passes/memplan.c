@@ -16,14 +16,17 @@
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
+ * A slice0 whose source only slices read, in disjoint ranges, is a view of the source's
+ * bytes (find_views): no bytes of its own, the source alive as long as its views.
+ *
  * Lifetimes are closed intervals [def, last] of node indices, so a buffer whose last
  * reader is node k is never reused for node k's own outputs: a kernel's inputs and
- * outputs never alias. Transient tensors get offsets in one arena: each, in turn, at
- * the best-fitting gap among the tensors already placed whose lifetimes overlap its
- * own; four orders are tried (largest first, by birth, longest-lived first, largest
- * bytes x lifetime first) and the smallest arena kept.
- * Every offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the
- * plan.
+ * outputs never alias, but for the views above and an OPF_INPLACE0 node's output, which
+ * takes its input 0's bytes when that dies at it (find_views; in the per-step region too).
+ * Transient tensors get offsets in one arena: each, in turn, at the best-fitting gap among the
+ * tensors already placed whose lifetimes overlap its own; four orders are tried (largest first, by
+ * birth, longest-lived first, largest bytes x lifetime first) and the smallest arena kept. Every
+ * offset and size is a multiple of 64 bytes. The optimizer's state is optim.c's, not in the plan.
  *
  * The runtime allocates persistent + arena bytes in one block (codegen/lower.c). */
 #include <stdlib.h>
@@ -42,12 +45,19 @@
 
 typedef struct Live {
   int id;
-  int def, last; /* node indices; PERSIST for persistent tensors, UNPLANNED when skipped */
+  int def, last; /* node indices; PERSIST for persistent tensors, UNPLANNED when skipped,
+                    VIEW for a slice that is a view of its source (find_views) */
   int64_t size;  /* bytes, rounded up to MEM_ALIGN */
   int64_t off;   /* in its region */
+  bool host;     /* the host reads it after the program (pinned) */
+  bool claimed;  /* persistent, in a concat0's chain: next (-1: the chain's end) follows it */
+  bool head;     /* the chain starts here */
+  int next;
+  int src; /* VIEW: the source's id; its bytes start voff bytes into the source's */
+  int64_t voff;
 } Live;
 
-enum { PERSIST = -1, UNPLANNED = -2 };
+enum { PERSIST = -1, UNPLANNED = -2, VIEW = -3 };
 
 static int64_t align_up(int64_t x) {
   return (x + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
@@ -75,7 +85,7 @@ static const Tensor *seen(const Tensor *t, int flags) {
 }
 
 static void pin(Live *L, const Tensor *t, int end) {
-  if (t && L[t->id].def >= 0) L[t->id].last = end;
+  if (t && L[t->id].def >= 0) L[t->id].last = end, L[t->id].host = true;
 }
 
 static bool is_bridge(const Graph *g, const Tensor *t) {
@@ -84,17 +94,168 @@ static bool is_bridge(const Graph *g, const Tensor *t) {
   return false;
 }
 
+/* ---- slices as views ----
+ * A slice0 of rows [lo, lo + len) of a tensor with constant dims is a contiguous byte
+ * range of it, so its output can be those bytes (no copy, no bytes of its own) where:
+ * every reader of the source is such a slice, their ranges are disjoint, the host does not
+ * read the source, both live in the arena, and the range starts MEM_ALIGN-aligned. The
+ * source then lives as long as its longest-lived view. Nothing writes either meanwhile: a
+ * node writes only its outputs, and the host (the optimizer, all-reduces of gradients)
+ * writes only views' bytes, which no other reader shares. The slice's kernel finds its
+ * rows in place and copies nothing (runtime/kernels_moe.inc). An hmoe's expert weight
+ * gradients are such slices of the grouped_matmul_dw output (ir/grads_moe.c grad_concat0). */
+typedef struct Slice {
+  int src, k;     /* the source tensor's id, the slice's node */
+  int64_t lo, hi; /* its bytes in the source */
+} Slice;
+
+static int by_src(const void *a, const void *b) {
+  const Slice *x = a, *y = b;
+  if (x->src != y->src) return x->src < y->src ? -1 : 1;
+  if (x->lo != y->lo) return x->lo < y->lo ? -1 : 1;
+  return (x->hi > y->hi) - (x->hi < y->hi);
+}
+
+static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags,
+                       const int *pos, Live *L) {
+  const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
+  const bool rows = flags & MEMPLAN_ROWS_PER_STEP; /* slices: in the arena only */
+  int *readers = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  Slice *s = mc_malloc((size_t)(g->nnodes + 1) * sizeof(Slice));
+  int ns = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->recompute_of && as_if) continue;
+    for (int i = 0; i < n->nin; i++)
+      readers[seen(n->in[i], flags)->id]++;
+    if (n->op != OP_SLICE0 || n->recompute_of || rows) continue;
+    const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
+    if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
+        x->producer->op == OP_SLICE0) /* a view of a view: left a copy */
+      continue;
+    bool fixed = x->ty.rank >= 1 && x->ty.dim[0].c > 0;
+    for (int d = 0; d < x->ty.rank && fixed; d++)
+      fixed = dim_is_const(x->ty.dim[d]);
+    if (!fixed) continue;
+    int64_t row = tensor_bytes(g, x, B, T, elem) / x->ty.dim[0].c;
+    if (n->ia[0] * row % MEM_ALIGN) continue;
+    s[ns++] = (Slice){x->id, k, n->ia[0] * row, (n->ia[0] + n->ia[1]) * row};
+  }
+  qsort(s, (size_t)ns, sizeof(Slice), by_src);
+  for (int i = 0, j; i < ns; i = j) {
+    bool ok = true;
+    for (j = i + 1; j < ns && s[j].src == s[i].src; j++)
+      ok &= s[j].lo >= s[j - 1].hi;
+    if (!ok || readers[s[i].src] != j - i) continue;
+    Live *x = &L[s[i].src];
+    for (int a = i; a < j; a++) {
+      Live *v = &L[g->nodes[s[a].k]->out[0]->id];
+      x->last = MC_MAX(x->last, v->last);
+      v->def = v->last = VIEW;
+      v->src = s[a].src;
+      v->voff = s[a].lo;
+    }
+  }
+  mc_free(s);
+  mc_free(readers);
+  /* in place: an OPF_INPLACE0 node's output takes its input 0's bytes when that dies at
+   * the node (an activation's backward over the incoming gradient); the input then lives
+   * as long as the output. Not over a view, nor in a fused group (its own kernel). */
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (!(ir_ops[n->op].flags & OPF_INPLACE0) || n->recompute_of) continue;
+    const Tensor *x = seen(n->in[0], flags), *y = n->out[0];
+    Live *lx = &L[x->id], *ly = &L[y->id];
+    if (lx->def < 0 || ly->def < 0 || lx->last != pos[k] || lx->host ||
+        x->ty.dtype != y->ty.dtype || x->ty.rank != y->ty.rank)
+      continue;
+    bool same = true;
+    for (int d = 0; d < x->ty.rank; d++)
+      same &= dim_eq(x->ty.dim[d], y->ty.dim[d]);
+    if (!same) continue;
+    lx->last = ly->last;
+    ly->def = ly->last = VIEW;
+    ly->src = x->id;
+    ly->voff = 0;
+  }
+}
+
+/* Concatenated parameters: a concat0 of persistent tensors (an hmoe's groups' expert
+ * weights, stacked) is a view of them where the persistent region lays them one after
+ * the other (a chain: pass_memplan_plan follows Live.next), each but the last a multiple
+ * of MEM_ALIGN bytes. A tensor in two concats keeps the first's chain; the second is a
+ * view only if its list runs along that chain (a recompute copy's does). Nothing writes
+ * them while the program runs (parameters change after it, in the optimizer; inputs and
+ * state before it), and nothing writes the view (in-place nodes take no view's bytes). */
+static void find_concat_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags,
+                              Live *L) {
+  if (flags & MEMPLAN_ROWS_PER_STEP) return;
+  int *mark = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *n = g->nodes[k];
+    if (n->op != OP_CONCAT0 || (n->recompute_of && (flags & MEMPLAN_AS_IF_NO_RECOMPUTE))) continue;
+    Live *ly = &L[n->out[0]->id];
+    if (ly->def < 0 || ly->host) continue;
+    bool ok = true, fresh = true, along = true;
+    for (int i = 0; i < n->nin && ok; i++) {
+      const Tensor *x = n->in[i];
+      const Live *lx = &L[x->id];
+      ok = lx->def == PERSIST && mark[x->id] != k + 1 && x->ty.dtype == n->out[0]->ty.dtype &&
+           (i == n->nin - 1 || tensor_bytes(g, x, B, T, elem) == lx->size);
+      mark[x->id] = k + 1; /* twice in one list: no view */
+      fresh &= !lx->claimed;
+      along &= lx->claimed && (i == n->nin - 1 || lx->next == n->in[i + 1]->id);
+    }
+    if (!ok || (!fresh && !along)) continue;
+    if (fresh) {
+      for (int i = 0; i < n->nin; i++) {
+        L[n->in[i]->id].claimed = true;
+        L[n->in[i]->id].next = i + 1 < n->nin ? n->in[i + 1]->id : -1;
+      }
+      L[n->in[0]->id].head = true;
+    }
+    ly->def = ly->last = VIEW;
+    ly->src = n->in[0]->id;
+    ly->voff = 0;
+  }
+  mc_free(mark);
+}
+
+static int view_root(const Live *L, int i) {
+  while (L[i].def == VIEW)
+    i = L[i].src;
+  return i;
+}
+
+/* A view's offset in its region: its source's (itself perhaps a view) plus its own. */
+static int64_t view_off(const Live *L, int i) {
+  int64_t off = 0;
+  for (; L[i].def == VIEW; i = L[i].src)
+    off += L[i].voff;
+  return off + L[i].off;
+}
+
 /* Fills L (g->ntensors entries) with every tensor's lifetime and aligned size. */
 static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int flags, Live *L) {
   const bool as_if = flags & MEMPLAN_AS_IF_NO_RECOMPUTE;
-  const int end = g->nnodes;
+  /* node k's index in the program planned: as if there were no recompute, the copies
+   * are not counted, so the lifetimes (and the plan) are those of recompute = none */
+  int *pos = mc_calloc((size_t)g->nnodes + 1, sizeof(int)), end = 0;
+  for (int k = 0; k < g->nnodes; k++)
+    pos[k] = end, end += !(as_if && g->nodes[k]->recompute_of);
   bool *read = mc_calloc((size_t)g->ntensors + 1, sizeof(bool));
   bool *repeated = mc_calloc((size_t)g->ntensors + 1, sizeof(bool)); /* has a recompute copy */
   int64_t total = 0; /* every offset and sum below is at most this */
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
-    L[i] = (Live){i, t->producer ? UNPLANNED : PERSIST, t->producer ? UNPLANNED : PERSIST,
-                  align_up(tensor_bytes(g, t, B, T, elem)), -1};
+    int c = t->producer ? UNPLANNED : PERSIST;
+    L[i] = (Live){.id = i,
+                  .def = c,
+                  .last = c,
+                  .size = align_up(tensor_bytes(g, t, B, T, elem)),
+                  .off = -1,
+                  .src = -1,
+                  .next = -1};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -104,14 +265,14 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     const Node *n = g->nodes[k];
     if (n->recompute_of && as_if) continue;
     for (int j = 0; j < n->nout; j++)
-      L[n->out[j]->id].def = L[n->out[j]->id].last = k;
+      L[n->out[j]->id].def = L[n->out[j]->id].last = pos[k];
     if (n->recompute_of)
       for (int j = 0; j < n->nout; j++)
         repeated[n->recompute_of->out[j]->id] = true;
     for (int i = 0; i < n->nin; i++) {
       const Tensor *t = seen(n->in[i], flags);
       read[t->id] = true;
-      if (L[t->id].def >= 0 && L[t->id].last < k) L[t->id].last = k;
+      if (L[t->id].def >= 0 && L[t->id].last < pos[k]) L[t->id].last = pos[k];
     }
   }
   for (int i = 0; i < g->ntensors; i++) {
@@ -150,6 +311,9 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
     if (g->nodes[k]->op == OP_GROUPED_MATMUL_DW && g->nodes[k]->ia[0])
       for (int j = 0; j < 3; j++)
         pin(L, seen(g->nodes[k]->in[j], flags), end);
+  find_views(g, B, T, elem, flags, pos, L);
+  find_concat_views(g, B, T, elem, flags, L);
+  mc_free(pos);
   mc_free(read);
   mc_free(repeated);
 }
@@ -202,7 +366,9 @@ static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags
   }
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
-          at < g->nnodes ? ir_ops[g->nodes[at]->op].name : "end");
+          flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? "counting no copies"
+          : at < g->nnodes                   ? ir_ops[g->nodes[at]->op].name
+                                             : "end");
   bool all = mc_debug.memplan_all;
   for (int i = 0; i < g->ntensors; i++)
     if (all || (L[i].def >= 0 && L[i].def <= at && at <= L[i].last))
@@ -456,10 +622,11 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   lifetimes(g, B, T, (int64_t)elem, flags, L);
   /* persistent region, in tensor order */
   for (int i = 0; i < nt && !(flags & MEMPLAN_ROWS_PER_STEP); i++)
-    if (L[i].def == PERSIST) {
-      L[i].off = mf.persist;
-      mf.persist += L[i].size;
-    }
+    if (L[i].def == PERSIST && L[i].off < 0 && (!L[i].claimed || L[i].head))
+      for (int j = i; j >= 0; j = L[j].claimed ? L[j].next : -1) { /* a concat's chain */
+        L[j].off = mf.persist;
+        mf.persist += L[j].size;
+      }
   /* the arena: two greedy orders, keep the smaller */
   Live *order = mc_calloc((size_t)nt + 1, sizeof(Live));
   int *sp = mc_calloc((size_t)nt + 1, sizeof(int));
@@ -469,6 +636,8 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   mf.arena = place_best(order, m, sp);
   for (int i = 0; i < m; i++)
     L[order[i].id].off = order[i].off;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def == VIEW) L[i].off = view_off(L, i);
   /* the lower bound: most bytes alive at one node */
   int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
   for (int i = 0; i < nt; i++)
@@ -484,7 +653,10 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
-      offsets[i] = L[i].def == PERSIST ? L[i].off : L[i].def >= 0 ? mf.persist + L[i].off : -1;
+      offsets[i] = L[i].def == PERSIST || (L[i].def == VIEW && L[view_root(L, i)].def == PERSIST)
+                       ? L[i].off
+                   : L[i].def >= 0 || L[i].def == VIEW ? mf.persist + L[i].off
+                                                       : -1;
   mc_free(delta);
   mc_free(sp);
   mc_free(order);
@@ -510,6 +682,12 @@ long pass_memplan_validate(const Graph *g) {
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
     if (L[i].def == UNPLANNED) continue; /* in the per-step region (runtime/rows.c) */
+    if (L[i].def == VIEW) { /* its source's bytes, checked with the source's lifetime */
+      if (a->mem_offset != g->tensors[L[i].src]->mem_offset + L[i].voff)
+        mc_fatal("memory plan: '%s' is not at its bytes of '%s', which it is a view of", a->name,
+                 g->tensors[L[i].src]->name);
+      continue;
+    }
     int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
@@ -615,7 +793,9 @@ int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets
     if (def) def[i] = L[i].def, last[i] = L[i].last;
   }
   for (int i = 0; i < m; i++)
-    offsets[order[i].id] = order[i].off;
+    offsets[order[i].id] = L[order[i].id].off = order[i].off;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def == VIEW) offsets[i] = view_off(L, i);
   mc_free(sp);
   mc_free(order);
   mc_free(L);

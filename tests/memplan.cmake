@@ -4,7 +4,8 @@
 #   memplan_lm     : planned = unplanned = NaN-poisoned = recompute [m] = all, bit for bit;
 #                    the drop the report prints is the drop allocated; auto fits its budget
 #   memplan_train_*: `moec run` losses over 20 steps, bit for bit, with and without the
-#                    plan, with a poisoned arena, with recompute = [m] and all
+#                    plan, with a poisoned arena, with recompute = [m] and all; _hmoe:
+#                    the expert gradients' slices as views (planned) = copies (not)
 add_executable(test_memplan ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.c)
 target_include_directories(test_memplan PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 target_compile_options(test_memplan PRIVATE ${MOEC_WARN})
@@ -20,7 +21,11 @@ add_test(NAME memplan_train_plan
 add_test(NAME memplan_train_recompute
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe32.moe recompute)
-set_tests_properties(memplan_train_plan memplan_train_recompute PROPERTIES TIMEOUT 120
+# the hmoe's expert gradients as views of the grouped dW (planned) against copies (not)
+add_test(NAME memplan_train_hmoe
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
+                 ${CMAKE_CURRENT_SOURCE_DIR}/../examples/lm_moe256h.moe plan)
+set_tests_properties(memplan_train_plan memplan_train_recompute memplan_train_hmoe PROPERTIES TIMEOUT 120
                      LABELS "memplan")
 # memplan_auto_devices: recompute = auto decides per device (B/P rows, expert rows x P,
 # after fusion): `moec plan --devices 1|2` with budgets between the two needs

@@ -1315,7 +1315,7 @@ static void k_concat0(const KernelCtx *ctx, const Node *n, void *const *in, void
   size_t at = 0;
   for (int i = 0; i < n->nin; i++) {
     size_t b = (size_t)n->in[i]->numel * elem_bytes<T>(n->in[i]);
-    if (b)
+    if (b && (char *)out[0] + at != (const char *)in[i]) /* else a view (memplan.c) */
       CUDA_CHECK(cudaMemcpyAsync((char *)out[0] + at, in[i], b, cudaMemcpyDeviceToDevice, d->stream));
     at += b;
   }
@@ -1328,9 +1328,9 @@ static void k_slice0(const KernelCtx *ctx, const Node *n, void *const *in, void 
   if (!n->out[0]->numel) return; /* an empty slice (passes/shard.c) */
   size_t row = (size_t)(x->numel / x->shape[0]) * elem_bytes<T>(x);
   size_t b = (size_t)n->ia[1] * row;
-  if (b)
-    CUDA_CHECK(cudaMemcpyAsync(out[0], (const char *)in[0] + (size_t)n->ia[0] * row, b,
-                               cudaMemcpyDeviceToDevice, d->stream));
+  const char *x0 = (const char *)in[0] + (size_t)n->ia[0] * row;
+  if (b && out[0] != x0) /* else a view of its rows (passes/memplan.c find_views) */
+    CUDA_CHECK(cudaMemcpyAsync(out[0], x0, b, cudaMemcpyDeviceToDevice, d->stream));
 }
 
 /* ---------------------------------------------------------------- table */
