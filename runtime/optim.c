@@ -11,7 +11,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
-#define OPT_X86 1 /* the AVX-512 row sums below */
+#define OPT_X86 1 /* the AVX-512 and AVX2 row sums below */
 #endif
 
 #include "train.h"
@@ -65,6 +65,7 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->isa = RT_ISA_PORTABLE;
 #ifdef OPT_X86
   __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) o->isa = RT_ISA_AVX2;
   if (__builtin_cpu_supports("avx512f")) o->isa = RT_ISA_AVX512;
 #endif
   for (int i = 0; i < o->n; i++) {
@@ -156,7 +157,7 @@ typedef struct OptJob {
   double *rmean;          /* [factored matrices]: mean row moment */
   double **csqrt;         /* [factored matrices split in spans]: sqrt of each column moment */
   int64_t nfmat;          /* factored matrices */
-  bool x512;              /* the AVX-512 row sums (o->isa) */
+  int isa;                /* the row sums' kernels (o->isa) */
 } OptJob;
 
 /* Rows per task (and per norm partial) of a factored matrix's row moments. */
@@ -171,6 +172,17 @@ static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
 
 #ifdef OPT_X86
 #define OPT_AVX512 __attribute__((target("avx512f")))
+#define OPT_AVX2 __attribute__((target("avx2")))
+
+/* opt_transpose8's 4x4 form for AVX2 */
+OPT_AVX2 __attribute__((always_inline)) static inline void opt_transpose4(__m256d r[4]) {
+  __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
 
 /* r[j] = column j of the 8x8 block whose row i was r[i] (lane i of r[j]: row i's
  * element j): moves values, computes nothing */
@@ -396,7 +408,7 @@ static void decay_weights(Optim *o, float *const *params, float *const *grads) {
 /* The update with norm given (norm < 0: computed here, in the update's pass when no
  * clipping needs it first). */
 static void opt_update(Optim *o, float *const *params, float *const *grads, double norm) {
-  OptJob J = {.o = o, .params = params, .grads = grads, .x512 = o->isa == RT_ISA_AVX512};
+  OptJob J = {.o = o, .params = params, .grads = grads, .isa = o->isa};
   if (o->wd > 0 && isfinite(norm)) decay_weights(o, params, grads); /* norm -1: not known yet */
   bool have = norm >= 0;
   if (!have && o->clip > 0) {

@@ -9,8 +9,8 @@ foreach(t test_data test_safetensors test_optim)
   add_test(NAME ${t} COMMAND ${t})
   set_tests_properties(${t} PROPERTIES TIMEOUT 180 LABELS "train")
 endforeach()
-# test_optim_isa: the factored optimizer's AVX-512 row sums against its portable loops,
-# bit for bit (skipped on a CPU without AVX-512)
+# test_optim_isa: the factored optimizer's AVX-512 and AVX2 row sums against its portable
+# loops, bit for bit (skipped on a CPU without AVX2)
 add_executable(test_optim_isa ${CMAKE_CURRENT_SOURCE_DIR}/test_optim_isa.c)
 target_include_directories(test_optim_isa PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 target_compile_options(test_optim_isa PRIVATE ${MOEC_WARN})
