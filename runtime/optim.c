@@ -9,6 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define OPT_X86 1 /* the AVX-512 and AVX2 row sums below */
+#endif
+
 #include "train.h"
 #include "train_dev.h"
 
@@ -57,6 +62,12 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->vr = mc_calloc(n, sizeof(float *));
   o->vc = mc_calloc(n, sizeof(float *));
   o->scratch = mc_calloc(RT_MAX_THREADS, sizeof(OptScratch));
+  o->isa = RT_ISA_PORTABLE;
+#ifdef OPT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) o->isa = RT_ISA_AVX2;
+  if (__builtin_cpu_supports("avx512f")) o->isa = RT_ISA_AVX512;
+#endif
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];
     o->names[i] = t->name;
@@ -146,6 +157,7 @@ typedef struct OptJob {
   double *rmean;          /* [factored matrices]: mean row moment */
   double **csqrt;         /* [factored matrices split in spans]: sqrt of each column moment */
   int64_t nfmat;          /* factored matrices */
+  int isa;                /* the row sums' kernels (o->isa) */
 } OptJob;
 
 /* Rows per task (and per norm partial) of a factored matrix's row moments. */
@@ -157,6 +169,45 @@ static int64_t frow_span(int64_t cols) {
 static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
   return (double)rows * (double)cols * (double)o->elem <= OPT_FMAT_BYTES;
 }
+
+#ifdef OPT_X86
+#define OPT_AVX512 __attribute__((target("avx512f")))
+#define OPT_AVX2 __attribute__((target("avx2")))
+
+/* opt_transpose8's 4x4 form for AVX2 */
+OPT_AVX2 __attribute__((always_inline)) static inline void opt_transpose4(__m256d r[4]) {
+  __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* r[j] = column j of the 8x8 block whose row i was r[i] (lane i of r[j]: row i's
+ * element j): moves values, computes nothing */
+OPT_AVX512 __attribute__((always_inline)) static inline void opt_transpose8(__m512d r[8]) {
+  __m512d t[8], u[8];
+#pragma GCC unroll 8
+  for (int k = 0; k < 4; k++) { /* t[2k]: rows 2k, 2k+1's even columns; t[2k+1]: odd */
+    t[2 * k] = _mm512_unpacklo_pd(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k], r[2 * k + 1]);
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < 2; h++) /* u[4h + ...]: rows 4h..4h+3, columns {0,4} {2,6} {1,5} {3,7} */
+#pragma GCC unroll 8
+    for (int k = 0; k < 2; k++) {
+      u[4 * h + 2 * k] = _mm512_shuffle_f64x2(t[4 * h + k], t[4 * h + k + 2], 0x88);
+      u[4 * h + 2 * k + 1] = _mm512_shuffle_f64x2(t[4 * h + k], t[4 * h + k + 2], 0xdd);
+    }
+  static const int col[4] = {0, 2, 1, 3}; /* u[k], u[k + 4] hold columns col[k], col[k] + 4 */
+#pragma GCC unroll 8
+  for (int k = 0; k < 4; k++) {
+    r[col[k]] = _mm512_shuffle_f64x2(u[k], u[k + 4], 0x88);
+    r[col[k] + 4] = _mm512_shuffle_f64x2(u[k], u[k + 4], 0xdd);
+  }
+}
+#endif
 
 #define S float
 #define K(name) name##_f32
@@ -357,7 +408,7 @@ static void decay_weights(Optim *o, float *const *params, float *const *grads) {
 /* The update with norm given (norm < 0: computed here, in the update's pass when no
  * clipping needs it first). */
 static void opt_update(Optim *o, float *const *params, float *const *grads, double norm) {
-  OptJob J = {.o = o, .params = params, .grads = grads};
+  OptJob J = {.o = o, .params = params, .grads = grads, .isa = o->isa};
   if (o->wd > 0 && isfinite(norm)) decay_weights(o, params, grads); /* norm -1: not known yet */
   bool have = norm >= 0;
   if (!have && o->clip > 0) {

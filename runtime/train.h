@@ -298,6 +298,8 @@ typedef struct Optim {
                        behind the float pointers, updated in double without rounding */
   FoldDW *fold;     /* [n] or NULL: folded expert dW (rt_optim_fold; off NULL: none) */
   struct OptScratch *scratch; /* [RT_MAX_THREADS]: each thread's buffer for folded spans */
+  int isa; /* the factored row sums' kernels (RT_ISA_*): the CPU's best, as rt_optim_new
+              finds it; RT_ISA_PORTABLE runs the reference loops (the same bits) */
 } Optim;
 
 /* State for the params of g (shapes bound), zeroed. */
