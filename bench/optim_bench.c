@@ -81,7 +81,7 @@ static double floor_ms(float *const *p, float *const *g, const int64_t *numel, b
   float *st[2][2] = {{NULL}};
   for (int i = 0; i < 2; i++) {
     for (int j = 0; j < 2 && adam; j++)
-      st[i][j] = mc_calloc((size_t)numel[i], sizeof(float));
+      st[i][j] = mc_calloc_big((size_t)numel[i], sizeof(float));
     J.f[i] = (Floor){p[i], g ? g[i] : NULL, st[i][0], st[i][1], numel[i]};
   }
   J.n0 = (numel[0] + FLOOR_SPAN - 1) / FLOOR_SPAN;
@@ -134,8 +134,8 @@ int main(int argc, char **argv) {
   int64_t per = 256 * 512, n = t[0].numel + t[1].numel;
   float *p[2], *gr[2];
   for (int i = 0; i < 2; i++) {
-    p[i] = mc_malloc((size_t)t[i].numel * sizeof(float));
-    gr[i] = mc_malloc((size_t)t[i].numel * sizeof(float));
+    p[i] = mc_calloc_big((size_t)t[i].numel, sizeof(float));
+    gr[i] = mc_calloc_big((size_t)t[i].numel, sizeof(float));
     for (int64_t k = 0; k < t[i].numel; k++) {
       p[i][k] = 0.01f * (float)(k % 7);
       gr[i][k] = (k / per) % 8 == 3 ? 0.0f : 1e-3f * (float)(k % 13);

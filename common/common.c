@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,6 +85,34 @@ void *mc_realloc_at(void *p, size_t n, const char *file, int line) {
 
 void *mc_try_malloc(size_t n) { return malloc(n ? n : 1); }
 void mc_free(void *p) { free(p); }
+
+/* A huge page of x86-64 and most arm64 kernels; where THP is off or smaller, the
+ * madvise is a hint that does nothing. */
+#define MC_HUGE ((size_t)2 << 20)
+
+void *mc_try_calloc_big(size_t n) {
+  if (n < MC_HUGE) return calloc(1, n ? n : 1);
+  size_t len = (n + MC_HUGE - 1) & ~(MC_HUGE - 1); /* whole huge pages: no 4 KB tail */
+  if (len < n) return NULL;                         /* n near SIZE_MAX */
+  void *p = NULL;
+  if (posix_memalign(&p, MC_HUGE, len)) return NULL;
+  /* Before the first touch: the faults then map 2 MiB pages (THP mode "madvise", the
+   * common default, maps 4 KB pages to memory nobody advised). */
+  (void)madvise(p, len, MADV_HUGEPAGE);
+  memset(p, 0, len);
+  return p;
+}
+
+void *mc_calloc_big_at(size_t n, size_t size, const char *file, int line) {
+  size_t bytes;
+  void *p = __builtin_mul_overflow(n, size, &bytes) ? NULL : mc_try_calloc_big(bytes);
+  if (!p) {
+    fprintf(stderr, "moec: error: out of memory allocating %zu x %zu bytes (%s:%d)\n", n, size,
+            file, line);
+    exit(1);
+  }
+  return p;
+}
 
 FILE *mc_fopen_at(const char *path, const char *mode, const char *file, int line) {
   FILE *f = fopen(path, mode);

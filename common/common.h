@@ -41,6 +41,14 @@ void *mc_realloc_at(void *p, size_t n, const char *file, int line);
  * whose failure must be reported with plan figures. */
 void *mc_try_malloc(size_t n);
 void mc_free(void *p);
+/* Zeroed memory for the big persistent runtime buffers (the program's parameters,
+ * gradients and arena, the optimizer's moments): from 2 MiB on, 2 MiB-aligned and
+ * marked for transparent huge pages (madvise), so streaming passes over GBs take no
+ * TLB miss every 4 KB; smaller sizes are a plain calloc. NULL on failure (the _try
+ * form) or dies naming the call site; freed by mc_free like the rest. */
+void *mc_try_calloc_big(size_t n);
+void *mc_calloc_big_at(size_t n, size_t size, const char *file, int line);
+#define mc_calloc_big(n, s) mc_calloc_big_at((n), (s), __FILE__, __LINE__)
 
 /* File calls: FOPEN_CHECK etc. report the path and errno. */
 FILE *mc_fopen_at(const char *path, const char *mode, const char *file, int line);

@@ -54,7 +54,7 @@ void rt_accum_setup(Run *r) {
     }
   r->acc = mc_calloc((size_t)g->nparams + 1, sizeof(float *));
   for (int i = 0; i < g->nparams; i++)
-    r->acc[i] = mc_calloc((size_t)MC_MAX(g->params[i]->numel, 1), p->elem);
+    r->acc[i] = mc_calloc_big((size_t)MC_MAX(g->params[i]->numel, 1), p->elem);
   find_patches(r);
 }
 

@@ -184,8 +184,10 @@ int64_t rt_chunks(int64_t R, int64_t cost) {
 #include <stdlib.h>
 #include <string.h>
 
+/* The program's buffers (parameters, gradients, arena, expert-row region): huge pages
+ * from 2 MiB on (mc_try_calloc_big). */
 static void *cpu_alloc(size_t n) {
-  return calloc(1, n ? n : 1);
+  return mc_try_calloc_big(n);
 }
 static void cpu_release(void *p) {
   free(p);

@@ -77,11 +77,11 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
     if (factored(o, i)) {
       int64_t lead, rows, cols;
       factor_dims(o, i, &lead, &rows, &cols);
-      o->vr[i] = mc_calloc((size_t)(lead * rows), e);
-      o->vc[i] = mc_calloc((size_t)(lead * cols), e);
+      o->vr[i] = mc_calloc_big((size_t)(lead * rows), e);
+      o->vc[i] = mc_calloc_big((size_t)(lead * cols), e);
     } else {
-      if (o->kind == OPT_ADAM) o->m[i] = mc_calloc((size_t)t->numel, e);
-      o->v[i] = mc_calloc((size_t)t->numel, e);
+      if (o->kind == OPT_ADAM) o->m[i] = mc_calloc_big((size_t)t->numel, e);
+      o->v[i] = mc_calloc_big((size_t)t->numel, e);
     }
   }
   return o;

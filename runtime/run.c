@@ -95,7 +95,7 @@ int64_t rt_run_start(Run *r, StFile *ck) {
     const Tensor *t = g->params[i];
     /* float pointers; under --f64 they point to doubles (the optimizer's elem is 8) */
     r->params[i] = rt_f32(p, t);
-    r->grads[i] = t->grad ? rt_f32(p, t->grad) : mc_calloc((size_t)t->numel, p->elem);
+    r->grads[i] = t->grad ? rt_f32(p, t->grad) : mc_calloc_big((size_t)t->numel, p->elem);
   }
   if (r->o.metrics) r->metrics = open_metrics(r->o.metrics, start);
   if (r->rank == 0) rt_report_header(r, start);
