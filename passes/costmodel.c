@@ -33,6 +33,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../runtime/runtime.h" /* the runtime's task counts per kernel shape */
 #include "plan.h"
 
 /* cpu: one in-process device is one thread; OpenBLAS sgemm 2048^3 on one thread of this
@@ -184,7 +185,7 @@ Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
   mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
-  plan_rows_at_margin(g, d, devices, B, T); /* these views keep them in the arena */
+  plan_rows_at_margin(g, d, devices, B, T);          /* these views keep them in the arena */
   return save;
 }
 
@@ -349,6 +350,96 @@ static bool expert_gemm(const Graph *g, const Node *n, const Route *r) {
          (int)n->in[2]->shape[0] - 1 == r->E[m];
 }
 
+static void expert_gemm_km(const Node *n, double *K, double *M);
+
+/* Parallel parts of one node: time and tasks, combined into the cores it keeps busy. */
+typedef struct Par {
+  double work, spread; /* seconds on one core; the same over the cores each part uses */
+} Par;
+
+static void par_add(Par *p, const CostConsts *k, double s, int64_t tasks) {
+  p->work += s;
+  p->spread += s / (double)MC_MAX(1, MC_MIN((int64_t)k->cores, tasks));
+}
+
+static void par_gemm(Par *p, const CostConsts *k, double M, double N, double K) {
+  par_add(p, k, plan_gemm_s(k, M, N, K), rt_gemm_pieces((int64_t)M, (int64_t)N, (int64_t)K));
+}
+
+/* Node n's cores on one device alone (route r over 1 device): rt_sgemm's pieces for a GEMM,
+ * rt_chunks over its output's rows for a loop, the LSTM's row blocks, an expert GEMM's
+ * tasks over all experts (never faster than its largest task alone). */
+static double node_cores(const Graph *g, const Node *n, const Route *r, const CostConsts *k) {
+  if (k->cores <= 1) return 1;
+  Par p = {0, 0};
+  const Tensor *a = n->in[0];
+  if (expert_gemm(g, n, r)) {
+    int m = moe_of(g, n->layer);
+    double R = rows(a), K, M, big = 0;
+    expert_gemm_km(n, &K, &M);
+    for (int e = 0; e < r->E[m]; e++) {
+      double Re = R * r->w[m][e];
+      double x = n->op == OP_GROUPED_MATMUL ? plan_gemm_s(k, Re, M, K) : plan_gemm_s(k, K, M, Re);
+      int64_t tasks = rt_moe_pieces(2 * Re * M * K, (int64_t)M);
+      p.work += x;
+      big = fmax(big, x / (double)tasks);
+    }
+    return p.work > 0 ? p.work / fmax(p.work / k->cores, big) : 1;
+  }
+  switch (n->op) {
+  case OP_MATMUL: {
+    const Tensor *o = n->out[0];
+    double K = n->ia[0] ? rows(a) : (double)a->shape[a->ty.rank - 1];
+    par_gemm(&p, k, rows(o), (double)o->shape[o->ty.rank - 1], K);
+    break;
+  }
+  case OP_LSTM:
+  case OP_LSTM_BWD:
+  case OP_LSTMP_BWD: { /* the recurrence in row blocks; backward: dW over all B*T rows */
+    bool fwd = n->op == OP_LSTM, proj = n->nin == (fwd ? 5 : 8);
+    double R = (double)n->in[1]->shape[1], T = g->T > 0 ? (double)g->T : 1;
+    double U = (double)(fwd ? n->out[1] : n->in[5])->shape[2];
+    double BT = fwd ? rows(n->out[0]) : rows(n->in[0]);
+    par_add(&p, k, T * plan_gemm_s(k, BT / T, 4 * U, R), rt_lstm_tasks((int64_t)(BT / T)));
+    if (!fwd) {
+      par_gemm(&p, k, 4 * U, R, BT);
+      if (proj) par_gemm(&p, k, R, U, BT);
+    }
+    break;
+  }
+  case OP_SAMPLED_XENT_ROWS:
+  case OP_SAMPLED_XENT: {
+    double N = (double)a->shape[0], D = (double)a->shape[1];
+    par_gemm(&p, k, N, N > 0 ? numel(n->out[1]) / N : 0, D);
+    break;
+  }
+  case OP_SAMPLED_XENT_ROWS_BWD:
+  case OP_SAMPLED_XENT_BWD: {
+    double N = (double)n->in[1]->shape[0], S1 = N > 0 ? numel(n->in[1]) / N : 0;
+    double D = (double)n->in[2]->shape[1];
+    par_gemm(&p, k, N, D, S1);
+    par_gemm(&p, k, S1, D, N);
+    break;
+  }
+  default: { /* a loop over its largest output's rows */
+    const Tensor *o = NULL;
+    for (int j = 0; j < n->nout; j++)
+      if (!o || n->out[j]->numel > o->numel) o = n->out[j];
+    if (!o || o->numel <= 0) return 1;
+    int64_t C = o->ty.rank >= 1 && o->shape[o->ty.rank - 1] > 0 ? o->shape[o->ty.rank - 1] : 1;
+    return (double)MC_MIN((int64_t)k->cores, rt_chunks(o->numel / C, C));
+  }
+  }
+  return p.spread > 0 ? p.work / p.spread : 1;
+}
+
+double plan_node_cores(const Graph *g, const Node *n, const CostConsts *k) {
+  Route r = route_make(g, 1, NULL, 0);
+  double c = node_cores(g, n, &r, k);
+  route_free(&r);
+  return c;
+}
+
 /* node_times_model times the op's measured factor */
 static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
                        double *t, DeviceCost *dc) {
@@ -356,11 +447,13 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
   if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
   int j = plan_kernel_set(k, r->P);
   double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
-  /* one device alone: its phases are divided by the cores, its calls' time is not */
+  /* one device alone: its phases are divided by the cores, so a kernel the runtime runs
+   * on fewer (node_cores) counts cores / those times its time, and its calls' time once */
   double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
+  double spread = j == 0 ? k->cores / node_cores(g, n, r, k) : 1;
   bool experts = expert_gemm(g, n, r);
   for (int d = 0; d < r->P; d++) {
-    if (t[d] > 0 || node_share(g, r, n, d) > 0) t[d] = t[d] * f + call;
+    if (t[d] > 0 || node_share(g, r, n, d) > 0) t[d] = t[d] * f * spread + call;
     if (experts && dc) dc[d].expert_s += t[d];
   }
 }
@@ -605,8 +698,7 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
 /* A phase's time on this machine: its slowest device (mx), and no less than every device's
  * work (sum) over the cores they share, plus what each waits anyway (extra); a device
  * alone (alone) has every core. */
-static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum,
-                             double extra) {
+static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum, double extra) {
   if (k->cores <= 0) return mx;
   return fmax(alone ? mx / k->cores : mx, sum / k->cores + extra);
 }
@@ -777,8 +869,8 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     touched += pb * (opt == OPT_ADAM ? 4 : 2);
     moved += 4 * optim_elems_moved(pb, opt);
   }
-  step += fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0),
-               dram_floor_s(k, touched, moved));
+  step +=
+      fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, touched, moved));
   mc_free(acc);
   mc_free(acc_exp);
   mc_free(t);

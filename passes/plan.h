@@ -118,8 +118,8 @@ int64_t plan_rows_bytes(const Graph *g, double share, const double *scale, size_
  * groups, per token: e x the tokens), fair under uniform routing (where the runtime
  * starts). */
 typedef struct PlanRows {
-  int moe, level;      /* its MoE layer; 1: an hmoe's group rows, 2: its expert rows, else 0 */
-  int64_t per_row;     /* its rows per row the exchange brings: k at the group side's dispatch */
+  int moe, level;  /* its MoE layer; 1: an hmoe's group rows, 2: its expert rows, else 0 */
+  int64_t per_row; /* its rows per row the exchange brings: k at the group side's dispatch */
   int64_t worst, bound, fair; /* the exchange's rows */
 } PlanRows;
 PlanRows plan_rows_of(const Graph *g, const Tensor *t, int P, int rank, int64_t b, int64_t T);
@@ -164,8 +164,8 @@ typedef struct CostConsts {
    * The optimizer's likewise. */
   double kfactor[2][OP_COUNT];
   double kfactor_optim[2];
-  double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
-                         modelled work (the interpreter, thread wake-ups) */
+  double kcall_us[2];        /* with the factors: measured seconds of every kernel call beside its
+                                modelled work (the interpreter, thread wake-ups) */
   double kcoll_us[OP_COUNT]; /* a collective call's measured time beyond its modelled one
                                 on devices of set [1] (waiting for the slowest, syncing) */
 } CostConsts;
@@ -218,6 +218,12 @@ typedef struct PlanCost {
 /* Which set of in-situ factors a plan on `devices` devices uses: 0, one device alone on
  * every core (cores > 0); 1, a device on one thread. */
 int plan_kernel_set(const CostConsts *k, int devices);
+/* The cores node n of a bound graph runs on when one device has all k->cores (set 0):
+ * min(cores, the tasks the runtime splits its kernel into, by the runtime's own shape
+ * rules), a mix weighted by time for a node of several GEMMs, the largest task's share
+ * for an expert GEMM; 1 when k->cores is 0. Set 0's modelled time of n is
+ * plan_node_seconds over this. */
+double plan_node_cores(const Graph *g, const Node *n, const CostConsts *k);
 /* The modelled seconds of node n of a bound graph on one device under uniform routing,
  * without kernel factors or call time (what moec calibrate sets a measured time against); and of
  * the optimizer's pass over param_bytes of parameters. */

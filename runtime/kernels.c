@@ -111,22 +111,34 @@ static void gemm_sum_rows(void *arg, int64_t lo, int64_t hi) {
     }
 }
 
+/* The split of an [M, K] x [K, N] GEMM and its pieces (*len: the split dimension's). */
+static int64_t gemm_shape(int64_t M, int64_t N, int64_t K, GemmSplit *split, int64_t *len) {
+  double flops = 2.0 * (double)M * (double)N * (double)MC_MAX(K, 1);
+  int64_t p = flops >= GEMM_FOUR_FLOPS ? 4 : flops >= GEMM_MIN_FLOPS ? 2 : 1;
+  if (K >= GEMM_K_RATIO * MC_MAX(M, N))
+    *split = SPLIT_K;
+  else if (N >= GEMM_N_RATIO * M && N >= GEMM_PIECE_ROWS * p)
+    *split = SPLIT_N;
+  else if (M >= GEMM_PIECE_ROWS * p || M >= N)
+    *split = SPLIT_M;
+  else
+    *split = SPLIT_N;
+  *len = *split == SPLIT_M ? M : *split == SPLIT_N ? N : K;
+  while (p > 1 && *len < GEMM_PIECE_ROWS * p)
+    p /= 2;
+  return K <= 0 ? 1 : p;
+}
+
+int64_t rt_gemm_pieces(int64_t M, int64_t N, int64_t K) {
+  if (M <= 0 || N <= 0) return 1;
+  GemmSplit split;
+  int64_t len;
+  return gemm_shape(M, N, K, &split, &len);
+}
+
 static void gemm_run(Gemm *g) {
   if (g->M <= 0 || g->N <= 0) return;
-  double flops = 2.0 * (double)g->M * (double)g->N * (double)MC_MAX(g->K, 1);
-  int64_t p = flops >= GEMM_FOUR_FLOPS ? 4 : flops >= GEMM_MIN_FLOPS ? 2 : 1;
-  if (g->K >= GEMM_K_RATIO * MC_MAX(g->M, g->N))
-    g->split = SPLIT_K;
-  else if (g->N >= GEMM_N_RATIO * g->M && g->N >= GEMM_PIECE_ROWS * p)
-    g->split = SPLIT_N;
-  else if (g->M >= GEMM_PIECE_ROWS * p || g->M >= g->N)
-    g->split = SPLIT_M;
-  else
-    g->split = SPLIT_N;
-  int64_t len = g->split == SPLIT_M ? g->M : g->split == SPLIT_N ? g->N : g->K;
-  while (p > 1 && len < GEMM_PIECE_ROWS * p)
-    p /= 2;
-  if (g->K <= 0) p = 1;
+  int64_t len, p = gemm_shape(g->M, g->N, g->K, &g->split, &len);
   g->units = (len + GEMM_UNIT - 1) / GEMM_UNIT;
   g->pieces = p;
   if (p == 1) g->split = SPLIT_M;

@@ -64,8 +64,8 @@ static inline double rt_sigmoid(double x) {
 #define SIGMOID rt_sigmoidf
 #define PACKED_GEMM 1 /* the LSTM's recurrent GEMMs on packed W_hh (gemm_pack.c) */
 #include "kernels_dense.inc"
-#include "kernels_seq.inc"
 #include "kernels_sampled.inc"
+#include "kernels_seq.inc"
 #undef real
 #undef K
 #undef GEMM
@@ -87,8 +87,8 @@ static inline double rt_sigmoid(double x) {
 #define SIGMOID rt_sigmoid
 #define PACKED_GEMM 0
 #include "kernels_dense.inc"
-#include "kernels_seq.inc"
 #include "kernels_sampled.inc"
+#include "kernels_seq.inc"
 #undef real
 #undef K
 #undef GEMM
@@ -98,6 +98,10 @@ static inline double rt_sigmoid(double x) {
 #undef TANH
 #undef SIGMOID
 #undef PACKED_GEMM
+
+int64_t rt_lstm_tasks(int64_t B) {
+  return MC_MAX(1, (B + LSTM_ROWS - 1) / LSTM_ROWS);
+}
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);

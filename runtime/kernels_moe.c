@@ -75,19 +75,24 @@ static int moe_task_cmp(const void *a, const void *b) {
   return (x->piece > y->piece) - (x->piece < y->piece);
 }
 
+int64_t rt_moe_pieces(double flops, int64_t cols) {
+  int64_t units = MC_MAX(1, (cols + 15) / 16);
+  return MC_MAX(1, MC_MIN(MC_MIN(units, MOE_MAX_PIECES), (int64_t)(flops / MOE_PIECE_FLOPS)));
+}
+
 /* The tasks of a grouped GEMM over experts with rows off[e]..off[e+1]: expert e's
  * output ([rows, cols], or [K, cols] for dW) in column pieces fixed by its flops
  * (2 * rows * K * cols) alone, largest first for balance. keep_empty: experts
  * without rows get a task too (dW: zeros). Returns the count; *out: mc_free. */
 static int64_t moe_tasks(const int32_t *off, int64_t E, int64_t Kd, int64_t cols, bool keep_empty,
                          MoeTask **out) {
-  int64_t units = MC_MAX(1, (cols + 15) / 16), n = 0;
+  int64_t n = 0;
   MoeTask *t = mc_malloc((size_t)MC_MAX(1, E * MOE_MAX_PIECES) * sizeof(MoeTask));
   for (int64_t e = 0; e < E; e++) {
     int64_t rows = off[e + 1] - off[e];
     if (rows == 0 && !keep_empty) continue;
     double f = 2.0 * (double)rows * (double)Kd * (double)cols;
-    int64_t p = MC_MAX(1, MC_MIN(MC_MIN(units, MOE_MAX_PIECES), (int64_t)(f / MOE_PIECE_FLOPS)));
+    int64_t p = rt_moe_pieces(f, cols);
     for (int64_t i = 0; i < p; i++)
       t[n++] = (MoeTask){(int32_t)e, (int32_t)i, (int32_t)p, f / (double)p};
   }

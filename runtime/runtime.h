@@ -20,16 +20,16 @@ typedef enum Precision { PREC_F32, PREC_F64 } Precision;
 
 /* What a kernel knows beyond its node and buffers. */
 typedef struct KernelCtx {
-  bool training;      /* dropout and gate noise on */
+  bool training;       /* dropout and gate noise on */
   bool sample_softmax; /* sampled_softmax_xent samples even when not training (moec grad) */
-  uint64_t seed;      /* the run's seed */
-  uint64_t step;      /* global step: a new draw each step */
-  int64_t batch0;     /* global index of this device's first batch row */
-  int64_t batch_local;/* rows of the batch on this device (bound B) */
+  uint64_t seed;       /* the run's seed */
+  uint64_t step;       /* global step: a new draw each step */
+  int64_t batch0;      /* global index of this device's first batch row */
+  int64_t batch_local; /* rows of the batch on this device (bound B) */
   int device, ndevices;
-  void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
-  struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
-  const Graph *graph; /* for collectives: the expert -> device maps; NULL on one device */
+  void *dev;               /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
+  struct Comm *comm;       /* collectives (runtime/kernels_comm.c); NULL on one device */
+  const Graph *graph;      /* for collectives: the expert -> device maps; NULL on one device */
   struct CommStats *stats; /* where collectives add their time and bytes; NULL: nowhere */
   int accum;               /* micro-batches of one optimizer step (gradient accumulation): the
                               loss's mean is over all of them; 0 or 1: one */
@@ -53,9 +53,9 @@ static inline uint64_t rt_rng_counter0(const KernelCtx *ctx, int64_t numel) {
  * training loop touches buffers only through upload/download, so the same loop
  * drives cpu and cuda devices. */
 typedef struct Backend {
-  const char *name;                       /* "cpu", "cuda" */
+  const char *name;                        /* "cpu", "cuda" */
   const KernelFn *(*kernels)(Precision p); /* table by op; NULL entries: no kernel */
-  void *(*alloc)(size_t bytes);           /* zeroed; NULL when out of memory */
+  void *(*alloc)(size_t bytes);            /* zeroed; NULL when out of memory */
   void (*release)(void *p);
   void (*upload)(void *dst, const void *src, size_t bytes);   /* host -> device */
   void (*download)(void *dst, const void *src, size_t bytes); /* device -> host */
@@ -77,7 +77,7 @@ void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 int rt_blas_int(int64_t v, const Node *n);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
-void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
+void rt_kern_rows_register(KernelFn *f32, KernelFn *f64); /* kernels_rows.c: collectives */
 
 /* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
  * P(c) = log((c+2)/(c+1)) / log(V+1). rt_sample_log_uniform draws with replacement from
@@ -123,11 +123,19 @@ void rt_parallel(int64_t ntasks, RtTaskFn fn, void *arg);
  * task's per-thread scratch slot; tasks on one thread run one after another). */
 int rt_thread_index(void);
 /* The row-major GEMMs of every CPU kernel: C[M,N] = alpha op(A) op(B) + beta C, split
- * over C's rows or columns into tasks by shape alone (never across K). kernels.c */
+ * over C's rows, its columns or K into tasks by shape alone. kernels.c */
 void rt_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A,
               int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
+/* How many tasks the runtime splits a kernel into, by the shape rules it runs them by
+ * (the cost model divides a kernel's time by min(cores, tasks)): rt_sgemm's pieces of an
+ * [M, K] x [K, N] GEMM (kernels.c); a grouped GEMM's tasks for one expert of `flops`
+ * over `cols` output columns (kernels_moe.c); the LSTM's row blocks of a batch of B
+ * (kernels_dense.c). Loops over rows: rt_chunks below. */
+int64_t rt_gemm_pieces(int64_t M, int64_t N, int64_t K);
+int64_t rt_moe_pieces(double flops, int64_t cols);
+int64_t rt_lstm_tasks(int64_t B);
 /* float32 GEMMs against op(B)[K,N] packed once into column panels and reused over
  * many calls with few rows (the LSTM's recurrent GEMMs; gemm_pack.c). The same bits for
  * any split of M, and on both vector paths. rt_pack packs (its panels split over the
@@ -248,10 +256,10 @@ typedef struct Program {
                                        translation model, whose targets are its labels) */
   const Tensor *source, *target_in; /* a translation model's source ids [B, S] and target
                                        inputs [B, T]; NULL for a language model */
-  int vocab;                   /* ids and targets must be below it */
-  RowSel *rows;                /* by parameter: the rows this device holds; NULL: all whole */
-  uint64_t *param_set;         /* by parameter: the devices that train it (its gradient's
-                                  device set; bit d = device d); NULL on one device */
+  int vocab;                        /* ids and targets must be below it */
+  RowSel *rows;                     /* by parameter: the rows this device holds; NULL: all whole */
+  uint64_t *param_set;              /* by parameter: the devices that train it (its gradient's
+                                       device set; bit d = device d); NULL on one device */
   /* a program whose batches change shape (its graph's shapes: a translation model's length
      buckets, decoding's batches): the tensors whose sizes follow B, T or S, for
      rt_program_bind; NULL for a program of one shape */
@@ -285,8 +293,14 @@ void rt_carry_state(Program *p);
 void rt_poison_arena(Program *p);
 
 /* Direct host pointers: cpu backend only. */
-static inline float *rt_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
-static inline double *rt_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
-static inline int32_t *rt_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }
+static inline float *rt_f32(Program *p, const Tensor *t) {
+  return (float *)p->buf[t->id];
+}
+static inline double *rt_f64(Program *p, const Tensor *t) {
+  return (double *)p->buf[t->id];
+}
+static inline int32_t *rt_i32(Program *p, const Tensor *t) {
+  return (int32_t *)p->buf[t->id];
+}
 
 #endif

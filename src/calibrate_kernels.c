@@ -171,7 +171,9 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, Comm *mp
       memcpy(each, all, sizeof(double) * (size_t)copies * (size_t)(ni + 1));
       mc_free(all);
     }
-    double cores = j == 0 ? k->cores : 1; /* one device alone: the model's time over the cores */
+    /* one device alone: each kernel's modelled time over the cores the runtime splits it
+     * on (plan_node_cores), the optimizer's over all of them */
+    double cores = j == 0 ? k->cores : 1;
     double param_bytes = 0;
     for (int q = 0; q < p->g->nparams; q++)
       param_bytes += 4.0 * (double)p->g->params[q]->numel;
@@ -181,7 +183,8 @@ static bool profile_model(int i, int j, int steps, const CostConsts *k, Comm *mp
         meas += each[(size_t)c * (size_t)(ni + 1) + (size_t)q] / copies;
       if (q < ni)
         add_time(s, j, p->instrs[q].node->op, meas,
-                 plan_node_seconds(p->g, p->instrs[q].node, k) / cores);
+                 plan_node_seconds(p->g, p->instrs[q].node, k) /
+                     (j == 0 ? plan_node_cores(p->g, p->instrs[q].node, k) : 1));
       else
         s->opt_meas[j] += meas;
     }
