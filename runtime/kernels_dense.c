@@ -64,8 +64,8 @@ static inline double rt_sigmoid(double x) {
 #define SIGMOID rt_sigmoidf
 #define PACKED_GEMM 1 /* the LSTM's recurrent GEMMs on packed W_hh (gemm_pack.c) */
 #include "kernels_dense.inc"
-#include "kernels_sampled.inc"
 #include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
@@ -87,8 +87,8 @@ static inline double rt_sigmoid(double x) {
 #define SIGMOID rt_sigmoid
 #define PACKED_GEMM 0
 #include "kernels_dense.inc"
-#include "kernels_sampled.inc"
 #include "kernels_seq.inc"
+#include "kernels_sampled.inc"
 #undef real
 #undef K
 #undef GEMM
