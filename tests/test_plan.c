@@ -705,7 +705,58 @@ static void test_dram_floor(void) {
   done(&b);
 }
 
+/* One device alone on 2 cores: a model whose GEMMs are all below the runtime's split
+ * threshold runs them on one core, so its step is not halved; a big one's GEMMs split
+ * and its step is (elementwise work and launches priced at ~0, to leave the GEMMs). */
+static bool dense_lm(Built *b, int B, int T, int D) {
+  char text[1024];
+  snprintf(text, sizeof text,
+           "model t {\n"
+           "  input tokens : i32[B, T]\n"
+           "  input targets : i32[B, T]\n"
+           "  emb = embedding(tokens, vocab=%d, dim=%d)\n"
+           "  d = dense(emb, units=%d)\n"
+           "  loss = softmax_xent(d, targets, vocab=%d)\n"
+           "  output loss\n"
+           "}\n"
+           "train {\n  batch = %d\n  unroll = %d\n}\n",
+           D, D, D, D, B, T);
+  return load_text(b, text);
+}
+
+static void test_cores_split(void) {
+  CostConsts k1 = consts_t;
+  k1.elem_gbs = 1e9;
+  k1.launch_us = 0;
+  k1.cores = 1;
+  CostConsts k2 = k1;
+  k2.cores = 2;
+  for (int big = 0; big < 2; big++) {
+    Built b;
+    CHECK(big ? dense_lm(&b, 16, 32, 512) : dense_lm(&b, 4, 2, 16)); /* rows x D: 512 x 512 */
+    run_passes(&b, 1);
+    int gemms = 0;
+    for (int i = 0; i < b.g->nnodes; i++) {
+      const Node *n = b.g->nodes[i];
+      if (n->op != OP_MATMUL) continue;
+      gemms++;
+      CHECK(plan_node_cores(b.g, n, &k2) == (big ? 2 : 1));
+      CHECK(plan_node_cores(b.g, n, &k1) == 1);
+    }
+    CHECK(gemms >= 3); /* forward, dx, dW at least */
+    PlanCost c1 = plan_cost(b.g, 1, OPT_ADAM, &k1), c2 = plan_cost(b.g, 1, OPT_ADAM, &k2);
+    double r = c2.step_s / c1.step_s;
+    CHECK(c1.step_s > 0);
+    CHECK(big ? r > 0.49 && r < 0.55 : r > 0.95 && r <= 1 + 1e-12);
+    if (big ? !(r < 0.55) : !(r > 0.95)) fprintf(stderr, "cores_split big=%d ratio %.3f\n", big, r);
+    plan_cost_free(&c1);
+    plan_cost_free(&c2);
+    done(&b);
+  }
+}
+
 int main(void) {
+  test_cores_split();
   test_dram_floor();
   test_cost_routing();
   test_bytes();
