@@ -24,6 +24,7 @@
  *                collective at its slowest device (the runtime overlaps nothing), plus
  *                the optimizer (its parameters' elements read and written); devices on
  *                shared cores (cores > 0): a phase at least their work over the cores;
+ *                one device alone: each kernel over the cores the runtime splits it on;
  *                past the last-level cache (llc_bytes) the optimizer and the expert
  *                GEMMs' weights at no more than the memory's bandwidth (dram_gbs)
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
