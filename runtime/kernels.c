@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include "runtime.h"
+#include "split.h"
 
 static KernelFn table_f32[OP_COUNT], table_f64[OP_COUNT];
 static bool filled;
@@ -39,14 +40,7 @@ int rt_blas_int(int64_t v, const Node *n) {
  * splits by columns (5% less CPU time than by rows). The pieces depend on the shape
  * alone: the result is the same for any thread count. */
 
-#define GEMM_UNIT 16         /* piece edges at multiples of this (a vector of floats) */
-#define GEMM_MIN_FLOPS 8e6   /* below this a GEMM is one task */
-#define GEMM_FOUR_FLOPS 64e6 /* from this on, four pieces */
-#define GEMM_PIECE_ROWS 64   /* a piece of rows or columns has at least this many */
-#define GEMM_K_RATIO 8       /* split K when K >= this * max(M, N) */
-#define GEMM_N_RATIO 8       /* split N when N >= this * M */
-
-typedef enum GemmSplit { SPLIT_M, SPLIT_N, SPLIT_K } GemmSplit;
+/* the split rules and their constants: split.h (shared with the cost model) */
 
 typedef struct Gemm {
   bool dbl, ta, tb;
@@ -111,34 +105,9 @@ static void gemm_sum_rows(void *arg, int64_t lo, int64_t hi) {
     }
 }
 
-/* The split of an [M, K] x [K, N] GEMM and its pieces (*len: the split dimension's). */
-static int64_t gemm_shape(int64_t M, int64_t N, int64_t K, GemmSplit *split, int64_t *len) {
-  double flops = 2.0 * (double)M * (double)N * (double)MC_MAX(K, 1);
-  int64_t p = flops >= GEMM_FOUR_FLOPS ? 4 : flops >= GEMM_MIN_FLOPS ? 2 : 1;
-  if (K >= GEMM_K_RATIO * MC_MAX(M, N))
-    *split = SPLIT_K;
-  else if (N >= GEMM_N_RATIO * M && N >= GEMM_PIECE_ROWS * p)
-    *split = SPLIT_N;
-  else if (M >= GEMM_PIECE_ROWS * p || M >= N)
-    *split = SPLIT_M;
-  else
-    *split = SPLIT_N;
-  *len = *split == SPLIT_M ? M : *split == SPLIT_N ? N : K;
-  while (p > 1 && *len < GEMM_PIECE_ROWS * p)
-    p /= 2;
-  return K <= 0 ? 1 : p;
-}
-
-int64_t rt_gemm_pieces(int64_t M, int64_t N, int64_t K) {
-  if (M <= 0 || N <= 0) return 1;
-  GemmSplit split;
-  int64_t len;
-  return gemm_shape(M, N, K, &split, &len);
-}
-
 static void gemm_run(Gemm *g) {
   if (g->M <= 0 || g->N <= 0) return;
-  int64_t len, p = gemm_shape(g->M, g->N, g->K, &g->split, &len);
+  int64_t len, p = rt_gemm_shape(g->M, g->N, g->K, &g->split, &len);
   g->units = (len + GEMM_UNIT - 1) / GEMM_UNIT;
   g->pieces = p;
   if (p == 1) g->split = SPLIT_M;
@@ -184,12 +153,6 @@ void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, c
             .B = B,
             .C = C};
   gemm_run(&g);
-}
-
-int64_t rt_chunks(int64_t R, int64_t cost) {
-  if (R <= 1) return 1;
-  int64_t per = MC_MAX(1, (RT_GRAIN + MC_MAX(cost, 1) - 1) / MC_MAX(cost, 1)); /* rows per task */
-  return MC_MAX(1, MC_MIN(MC_MIN(R, RT_MAX_TASKS), R / per));
 }
 
 /* ---- the cpu backend: host memory ---- */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "runtime.h"
+#include "split.h"
 
 /* A token id or target outside [0, V): a user error (bad data), named by layer. */
 _Noreturn static void rt_bad_id(const Node *n, const char *what, int32_t id, int64_t V) {
@@ -98,10 +99,6 @@ static inline double rt_sigmoid(double x) {
 #undef TANH
 #undef SIGMOID
 #undef PACKED_GEMM
-
-int64_t rt_lstm_tasks(int64_t B) {
-  return MC_MAX(1, (B + LSTM_ROWS - 1) / LSTM_ROWS);
-}
 
 void rt_kern_dense_register(KernelFn *f32, KernelFn *f64) {
   register_f32(f32);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "runtime.h"
+#include "split.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -65,19 +66,12 @@ typedef struct MoeTask {
   double flops;
 } MoeTask;
 
-#define MOE_PIECE_FLOPS 32e6 /* an expert's GEMM splits into pieces of at least this */
-#define MOE_MAX_PIECES 8
 
 static int moe_task_cmp(const void *a, const void *b) {
   const MoeTask *x = a, *y = b;
   if (x->flops != y->flops) return x->flops > y->flops ? -1 : 1;
   if (x->e != y->e) return x->e < y->e ? -1 : 1;
   return (x->piece > y->piece) - (x->piece < y->piece);
-}
-
-int64_t rt_moe_pieces(double flops, int64_t cols) {
-  int64_t units = MC_MAX(1, (cols + 15) / 16);
-  return MC_MAX(1, MC_MIN(MC_MIN(units, MOE_MAX_PIECES), (int64_t)(flops / MOE_PIECE_FLOPS)));
 }
 
 /* The tasks of a grouped GEMM over experts with rows off[e]..off[e+1]: expert e's

@@ -130,9 +130,9 @@ void rt_dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, c
               int64_t lda, const double *B, int64_t ldb, double beta, double *C, int64_t ldc);
 /* How many tasks the runtime splits a kernel into, by the shape rules it runs them by
  * (the cost model divides a kernel's time by min(cores, tasks)): rt_sgemm's pieces of an
- * [M, K] x [K, N] GEMM (kernels.c); a grouped GEMM's tasks for one expert of `flops`
- * over `cols` output columns (kernels_moe.c); the LSTM's row blocks of a batch of B
- * (kernels_dense.c). Loops over rows: rt_chunks below. */
+ * [M, K] x [K, N] GEMM; a grouped GEMM's tasks for one expert of `flops` over `cols`
+ * output columns; the LSTM's row blocks of a batch of B. Loops over rows: rt_chunks
+ * below. All in split.c, which needs nothing else of the runtime (the compiler links it). */
 int64_t rt_gemm_pieces(int64_t M, int64_t N, int64_t K);
 int64_t rt_moe_pieces(double flops, int64_t cols);
 int64_t rt_lstm_tasks(int64_t B);

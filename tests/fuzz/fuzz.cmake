@@ -26,6 +26,7 @@ file(GLOB MOEC_FUZZ_SOURCES CONFIGURE_DEPENDS ${MOEC_ROOT}/frontend/*.c ${MOEC_R
 add_library(moec_fuzzlib STATIC ${MOEC_FUZZ_SOURCES} ${MOEC_ROOT}/common/common.c
             ${MOEC_ROOT}/runtime/safetensors.c ${MOEC_ROOT}/runtime/data.c
             ${MOEC_ROOT}/runtime/tokenize.c ${MOEC_ROOT}/runtime/bpe.c ${MOEC_ROOT}/runtime/bleu.c
+            ${MOEC_ROOT}/runtime/split.c # the task counts the cost model (passes/) reads
             ${FLEX_fuzz_lexer_OUTPUTS} ${BISON_fuzz_parser_OUTPUTS})
 # the targets: the frontend (fuzz_frontend), the checkpoint reader (fuzz_safetensors),
 # the text and .bin corpus readers (fuzz_text, fuzz_bin: fuzz_data.c built twice)
