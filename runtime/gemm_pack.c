@@ -31,7 +31,7 @@
 
 static int isa_cap = RT_ISA_AVX512; /* rt_gemm_pack_isa's limit */
 
-static int isa_detect(void) {
+int rt_cpu_isa(void) {
 #ifdef RT_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return RT_ISA_AVX512;
@@ -42,7 +42,7 @@ static int isa_detect(void) {
 
 int rt_gemm_pack_isa(int cap) {
   if (cap >= 0) isa_cap = cap;
-  return MC_MIN(isa_detect(), isa_cap);
+  return MC_MIN(rt_cpu_isa(), isa_cap);
 }
 
 const char *rt_gemm_pack_isa_name(int isa) {

@@ -62,11 +62,10 @@ Optim *rt_optim_new_prec(const Config *cfg, const Graph *g, Precision prec) {
   o->vr = mc_calloc(n, sizeof(float *));
   o->vc = mc_calloc(n, sizeof(float *));
   o->scratch = mc_calloc(RT_MAX_THREADS, sizeof(OptScratch));
-  o->isa = RT_ISA_PORTABLE;
 #ifdef OPT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) o->isa = RT_ISA_AVX2;
-  if (__builtin_cpu_supports("avx512f")) o->isa = RT_ISA_AVX512;
+  o->isa = rt_cpu_isa();
+#else
+  o->isa = RT_ISA_PORTABLE; /* the vector row sums are GCC x86-64 only */
 #endif
   for (int i = 0; i < o->n; i++) {
     const Tensor *t = g->params[i];

@@ -142,6 +142,9 @@ int64_t rt_lstm_tasks(int64_t B);
  * threads); rt_gemm_packed runs on the calling thread: C[M,N] = A[M,K] . op(B), plus C's
  * old value when acc. */
 enum { RT_ISA_PORTABLE, RT_ISA_AVX2, RT_ISA_AVX512 };
+/* The widest of those the CPU runs (AVX2 with FMA); the packed GEMMs and the optimizer's
+ * row sums pick their kernels by it (gemm_pack.c). */
+int rt_cpu_isa(void);
 typedef struct RtPacked {
   int isa;
   int64_t K, N, nr; /* panels of nr columns, the last zero-padded */
