@@ -14,22 +14,16 @@ SMALL=$2
 LM=$3
 PAPER=$4
 TESTS=$(cd "$(dirname "$0")" && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-cd "$W"
 . "$TESTS/rows_lib.sh"
 for p in 2 4; do
-  run w$p "$SMALL" --devices $p --expert-headroom $p # every route: the worst case
-  run s$p "$SMALL" --devices $p
-  same w$p s$p
+  worst_vs_step w$p s$p "$SMALL" $p
 done
 grep -q "rows arrived at step [1-9]" s4.err || fail "the region never grew after step 0"
 grep -m1 "rows arrived at step [1-9]" s4.err
 run p4 "$SMALL" --devices 4 --poison-arena
 same s4 p4
-if command -v mpirun >/dev/null 2>&1; then
-  LAUNCH="env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun \
-    --oversubscribe -np 2"
+if [ -n "$MPI2" ]; then
+  LAUNCH=$MPI2
   run m2 "$SMALL"
   LAUNCH=
   same s2 m2

@@ -18,15 +18,10 @@ MOEC=$1
 HMOE=$2
 MESHED=$3
 TESTS=$(cd "$(dirname "$0")" && pwd)
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-cd "$W"
 . "$TESTS/rows_lib.sh"
 RUN_ARGS="--strategy hmoe"
 for p in 2 4 8; do
-  run w$p "$HMOE" --devices $p --expert-headroom $p # every route: the worst case
-  run s$p "$HMOE" --devices $p
-  same w$p s$p
+  worst_vs_step w$p s$p "$HMOE" $p
 done
 for lv in group expert; do
   grep -q "'m' ($lv level): [0-9]* rows arrived at step [1-9]" s4.err s8.err ||
@@ -35,14 +30,11 @@ done
 grep -hm2 "rows arrived at step [1-9]" s4.err
 run p4 "$HMOE" --devices 4 --poison-arena
 same s4 p4
-run mw "$MESHED" --devices 4 --mesh 2x2 --expert-headroom 4
-run ms "$MESHED" --devices 4 --mesh 2x2
-same mw ms
+worst_vs_step mw ms "$MESHED" 4 --mesh 2x2
 grep -q "(expert level): [0-9]* rows arrived at step [1-9]" ms.err ||
   fail "the meshed model's expert rows never grew after step 0"
-if command -v mpirun >/dev/null 2>&1; then
-  LAUNCH="env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun \
-    --oversubscribe -np 2"
+if [ -n "$MPI2" ]; then
+  LAUNCH=$MPI2
   run m2 "$HMOE"
   LAUNCH=
   same s2 m2
