@@ -156,7 +156,6 @@ typedef struct OptJob {
   double *rmean;          /* [factored matrices]: mean row moment */
   double **csqrt;         /* [factored matrices split in spans]: sqrt of each column moment */
   int64_t nfmat;          /* factored matrices */
-  int isa;                /* the row sums' kernels (o->isa) */
 } OptJob;
 
 /* Rows per task (and per norm partial) of a factored matrix's row moments. */
@@ -407,7 +406,7 @@ static void decay_weights(Optim *o, float *const *params, float *const *grads) {
 /* The update with norm given (norm < 0: computed here, in the update's pass when no
  * clipping needs it first). */
 static void opt_update(Optim *o, float *const *params, float *const *grads, double norm) {
-  OptJob J = {.o = o, .params = params, .grads = grads, .isa = o->isa};
+  OptJob J = {.o = o, .params = params, .grads = grads};
   if (o->wd > 0 && isfinite(norm)) decay_weights(o, params, grads); /* norm -1: not known yet */
   bool have = norm >= 0;
   if (!have && o->clip > 0) {
