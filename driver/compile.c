@@ -364,6 +364,15 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   return m;
 }
 
+void drv_memory_top(Graph *g, const Config *cfg, int d, int devices, int top, FILE *out) {
+  PassCtx pc = {.cfg = cfg, .devices = devices, .training = g->has_backward, .elem = 4};
+  Type *save = pass_device_view(g, &pc, d);
+  fprintf(out, "\nthe arena of device %d: %.3f MiB (lower bound %.3f MiB)\n", d,
+          (double)g->mem.arena / 1048576.0, (double)g->mem.live_max / 1048576.0);
+  pass_memplan_top(g, top, out);
+  pass_device_view_end(g, &pc, save);
+}
+
 /* ---------------------------------------------------------------- the program */
 
 /* A graph with shapes runs batches of any of them: the tensors whose sizes follow the batch,

@@ -137,6 +137,9 @@ typedef struct DeviceMemory {
 } DeviceMemory;
 DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices,
                                const double *rows_scale);
+/* moec plan --memory: device d's arena (planned as drv_device_memory plans it) and the top
+ * largest tensors alive at its peak (pass_memplan_top), to out. */
+void drv_memory_top(Graph *g, const Config *cfg, int d, int devices, int top, FILE *out);
 
 /* ---------------------------------------------------------------- launch.c */
 

@@ -55,6 +55,7 @@ typedef struct Live {
   int next;
   int src; /* VIEW: the source's id; its bytes start voff bytes into the source's */
   int64_t voff;
+  int64_t rows; /* expert rows sized per step, in the arena: the rows of its slot; else -1 */
 } Live;
 
 enum { PERSIST = -1, UNPLANNED = -2, VIEW = -3 };
@@ -255,7 +256,8 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
                   .size = align_up(tensor_bytes(g, t, B, T, elem)),
                   .off = -1,
                   .src = -1,
-                  .next = -1};
+                  .next = -1,
+                  .rows = -1};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -662,6 +664,57 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   mc_free(order);
   mc_free(L);
   return mf;
+}
+
+/* The largest tensors alive at the arena's peak (moec plan --memory): one line each, largest
+ * first, with what makes it (op, layer), its shape and its lifetime in node indices. */
+static int by_size_desc(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  if (x->size != y->size) return x->size > y->size ? -1 : 1;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+int64_t pass_memplan_top(const Graph *g, int top, FILE *out) {
+  MOEC_ASSERT(g->B > 0 && g->T > 0);
+  int nt = g->ntensors;
+  Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
+  lifetimes(g, g->B, g->T, sizeof(float), 0, L);
+  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t)), live = 0, best = -1;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0) {
+      delta[L[i].def] += L[i].size;
+      delta[L[i].last + 1] -= L[i].size;
+    }
+  int at = 0, n = 0;
+  for (int k = 0; k <= g->nnodes; k++) {
+    live += delta[k];
+    if (live > best) best = live, at = k;
+  }
+  Live *alive = mc_malloc((size_t)(nt + 1) * sizeof(Live));
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0 && L[i].def <= at && at <= L[i].last) alive[n++] = L[i];
+  qsort(alive, (size_t)n, sizeof(Live), by_size_desc);
+  const Node *pk = at < g->nnodes ? g->nodes[at] : NULL;
+  fprintf(out, "  at node %d (%s%s%s) %.3f MiB are alive in %d tensors; the largest %d:\n", at,
+          pk ? ir_ops[pk->op].name : "the end", pk && pk->layer ? ", layer " : "",
+          pk && pk->layer ? pk->layer : "", (double)best / 1048576.0, n, MC_MIN(top, n));
+  fprintf(out, "    %-34s %-22s %-24s %11s  %s\n", "tensor", "made by", "shape", "MiB", "nodes");
+  for (int i = 0; i < n && i < top; i++) {
+    const Tensor *t = g->tensors[alive[i].id];
+    char shape[96];
+    int w = snprintf(shape, sizeof shape, "[");
+    for (int d = 0; d < t->ty.rank && w < (int)sizeof shape - 24; d++)
+      w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? "," : "",
+                    (long long)(alive[i].rows >= 0 && d == 0 ? alive[i].rows : t->shape[d]));
+    snprintf(shape + w, sizeof shape - (size_t)w, "]%s", alive[i].rows >= 0 ? " rows" : "");
+    fprintf(out, "    %-34s %-22s %-24s %11.3f  %d..%d\n", t->name,
+            t->producer ? ir_ops[t->producer->op].name : "-", shape,
+            (double)alive[i].size / 1048576.0, alive[i].def, alive[i].last);
+  }
+  mc_free(alive);
+  mc_free(delta);
+  mc_free(L);
+  return best;
 }
 
 static int by_offset(const void *a, const void *b) {

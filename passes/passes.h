@@ -82,6 +82,10 @@ long pass_memplan_validate(const Graph *g);
  * [def, last] in node indices (negative: not in the region). Returns its bytes. */
 int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets, int *def,
                           int *last);
+/* moec plan --memory: prints to out the node of g's arena peak (bound, f32) and the top
+ * largest tensors alive there (op, shape, MiB, lifetime); returns the bytes alive there
+ * (the plan's live_max). */
+int64_t pass_memplan_top(const Graph *g, int top, FILE *out);
 /* The pass: plans the bound graph at ctx->elem (the last pass: the figures `moec plan`
  * prints are the runtime's allocation); lowering uses the plan, or plans again when the
  * graph was bound anew since. */

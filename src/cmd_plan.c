@@ -37,6 +37,9 @@ static void usage(FILE *out) {
           "                     ranked by predicted step time (a table; with --format dot,\n"
           "                     svg or png the top candidates side by side, 3 unless --top)\n"
           "  --top K            the K best (table and picture)\n"
+          "  --memory [N]       after the text, the arena of the device that allocates the\n"
+          "                     most: the node where the most bytes are alive and its N\n"
+          "                     largest tensors (12 unless N): op, shape, MiB, lifetime\n"
           "  --write-plan FILE  the winner as a plan { } block\n"
           "  --mpi              the devices are MPI ranks (mpirun): the profile's MPI\n"
           "                     kernels and collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
@@ -485,7 +488,7 @@ typedef struct PlanFlags {
   const char *expand[64];
   int nexpand;
   bool search, mpi;
-  int top;
+  int top, memory;
   const char *write_plan, *profile, *cluster;
 } PlanFlags;
 
@@ -507,6 +510,18 @@ static int plan_flags(int argc, char **argv, int *i, void *ctx) {
     a->search = true;
   } else if (!strcmp(argv[*i], "--mpi")) {
     a->mpi = true;
+  } else if (!strcmp(argv[*i], "--memory")) {
+    a->memory = 12;
+    char *end;
+    long t = *i + 1 < argc ? strtol(argv[*i + 1], &end, 10) : 0;
+    if (*i + 1 < argc && end != argv[*i + 1] && !*end) {
+      if (t < 1 || t > 100000) {
+        fprintf(stderr, "moec plan: error: --memory takes a count >= 1, not '%s'\n", argv[*i + 1]);
+        return -1;
+      }
+      a->memory = (int)t;
+      ++*i;
+    }
   } else if ((v = cli_value(argc, argv, i, "--top", "plan", &bad))) {
     char *end;
     long t = strtol(v, &end, 10);
@@ -617,6 +632,10 @@ int cmd_plan(int argc, char **argv) {
     fprintf(stderr, "moec plan: error: --devices, --mesh: the cluster gives the devices\n");
     rc = 2;
   }
+  if (!rc && a.memory && (a.search || strcmp(format, "text"))) {
+    fprintf(stderr, "moec plan: error: --memory goes with the text format\n");
+    rc = 2;
+  }
   if (!rc && (a.write_plan || a.top) && !a.search) {
     fprintf(stderr, "moec plan: error: --top and --write-plan go with --search\n");
     rc = 2;
@@ -701,9 +720,14 @@ int cmd_plan(int argc, char **argv) {
   rc = 0;
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
-  else if (!strcmp(format, "text"))
+  else if (!strcmp(format, "text")) {
     print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data,
                routing);
+    int most = 0; /* the device that allocates the most */
+    for (int d = 1; d < c.devices; d++)
+      if (c.dev[d].planned_bytes > c.dev[most].planned_bytes) most = d;
+    if (a.memory) drv_memory_top(g, &cfg, most, cfg.devices, a.memory, stdout);
+  }
   else
     rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);

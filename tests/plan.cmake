@@ -188,3 +188,9 @@ add_test(NAME calibrate_mpi
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
 set_tests_properties(calibrate_mpi PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
                      LABELS "plan;multidev")
+
+# moec plan --memory: the arena's peak and its largest tensors (tests/test_plan_memory.sh)
+add_test(NAME plan_memory_listing
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_memory.sh $<TARGET_FILE:moec>
+                 ${MOEC_PLAN_EX})
+set_tests_properties(plan_memory_listing PROPERTIES TIMEOUT 60 LABELS "plan;fast")
