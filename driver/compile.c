@@ -353,6 +353,7 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   m.rows_fair = plan_rows_bytes(g, 0, NULL, sizeof(float));
   m.rows_expected = plan_rows_bytes(g, 0, rows_scale, sizeof(float));
   m.rows_worst = plan_rows_bytes(g, 1, NULL, sizeof(float));
+  m.rows_outgrow = plan_rows_outgrow(g, rows_scale);
   for (int i = 0; i < g->nparams; i++)
     m.params += g->params[i]->numel * (int64_t)sizeof(float);
   if (g->has_backward) {

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "passes.h"
+#include "plan.h"
 
 #define MEM_ALIGN 64
 #define MEMPLAN_MAX_BYTES ((int64_t)1 << 60)
@@ -75,6 +76,23 @@ static int64_t tensor_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t 
     n = ir_numel_bt(t, B, T); /* < 2^51: dies past MOEC_MAX_NUMEL elements */
   }
   return n * (t->ty.dtype == DT_I32 ? 4 : elem);
+}
+
+/* A per-step expert-row tensor (Tensor.rows_per_step) in the arena: the rows of its slot,
+ * PLAN_ROWS_MARGIN x its exchange's fair share (x per_row), at the bound graph's B, T. */
+static int64_t slot_rows(const Graph *g, const Tensor *t) {
+  PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+  return plan_rows_slot_of(&r) * r.per_row;
+}
+
+/* t's bytes in the arena plan: its type's, or for a per-step tensor its slot's */
+static int64_t plan_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t T, int64_t elem,
+                          int flags, int64_t *rows) {
+  *rows = -1;
+  if (!t->rows_per_step || (flags & MEMPLAN_ROWS_PER_STEP) || t->shape[0] <= 0)
+    return tensor_bytes(g, t, B, T, elem);
+  *rows = slot_rows(g, t);
+  return t->numel / t->shape[0] * *rows * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
 
 /* What a reader sees: the tensor, or (planning as if there were no recompute) the
@@ -132,7 +150,8 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     if (n->op != OP_SLICE0 || n->recompute_of || rows) continue;
     const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
     if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
-        x->producer->op == OP_SLICE0) /* a view of a view: left a copy */
+        x->producer->op == OP_SLICE0 || /* a view of a view: left a copy */
+        x->rows_per_step || v->rows_per_step) /* their slots may move apart (rows.c) */
       continue;
     bool fixed = x->ty.rank >= 1 && x->ty.dim[0].c > 0;
     for (int d = 0; d < x->ty.rank && fixed; d++)
@@ -168,6 +187,7 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     const Tensor *x = seen(n->in[0], flags), *y = n->out[0];
     Live *lx = &L[x->id], *ly = &L[y->id];
     if (lx->def < 0 || ly->def < 0 || lx->last != pos[k] || lx->host ||
+        x->rows_per_step != y->rows_per_step || /* both in one region (rows.c) */
         x->ty.dtype != y->ty.dtype || x->ty.rank != y->ty.rank)
       continue;
     bool same = true;
@@ -196,7 +216,7 @@ static void find_concat_views(const Graph *g, int64_t B, int64_t T, int64_t elem
     const Node *n = g->nodes[k];
     if (n->op != OP_CONCAT0 || (n->recompute_of && (flags & MEMPLAN_AS_IF_NO_RECOMPUTE))) continue;
     Live *ly = &L[n->out[0]->id];
-    if (ly->def < 0 || ly->host) continue;
+    if (ly->def < 0 || ly->host || n->out[0]->rows_per_step) continue;
     bool ok = true, fresh = true, along = true;
     for (int i = 0; i < n->nin && ok; i++) {
       const Tensor *x = n->in[i];
@@ -250,14 +270,15 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     int c = t->producer ? UNPLANNED : PERSIST;
+    int64_t rows, bytes = plan_bytes(g, t, B, T, elem, flags, &rows);
     L[i] = (Live){.id = i,
                   .def = c,
                   .last = c,
-                  .size = align_up(tensor_bytes(g, t, B, T, elem)),
+                  .size = align_up(bytes),
                   .off = -1,
                   .src = -1,
                   .next = -1,
-                  .rows = -1};
+                  .rows = rows};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -287,10 +308,9 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
         t->kind != TK_STATE && !is_bridge(g, t))
       L[i].def = L[i].last = UNPLANNED;
   }
-  /* expert rows sized per step live in a region of their own (runtime/rows.c) */
-  for (int i = 0; i < g->ntensors; i++)
-    if (g->tensors[i]->rows_per_step != !!(flags & MEMPLAN_ROWS_PER_STEP))
-      L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
+  /* the per-step region's plan (runtime/rows.c, when they outgrow their slots): those only */
+  for (int i = 0; i < g->ntensors && (flags & MEMPLAN_ROWS_PER_STEP); i++)
+    if (!g->tensors[i]->rows_per_step) L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
   pin(L, g->loss, end);
   pin(L, g->xent, end);
   pin(L, g->aux, end);
@@ -734,14 +754,14 @@ long pass_memplan_validate(const Graph *g) {
   int np = 0, ntr = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
-    if (L[i].def == UNPLANNED) continue; /* in the per-step region (runtime/rows.c) */
+    if (L[i].def == UNPLANNED) continue; /* no memory */
     if (L[i].def == VIEW) { /* its source's bytes, checked with the source's lifetime */
       if (a->mem_offset != g->tensors[L[i].src]->mem_offset + L[i].voff)
         mc_fatal("memory plan: '%s' is not at its bytes of '%s', which it is a view of", a->name,
                  g->tensors[L[i].src]->name);
       continue;
     }
-    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
+    int64_t rows, lo = a->mem_offset, hi = lo + plan_bytes(g, a, mf->B, mf->T, mf->elem, 0, &rows);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
         hi > mf->persist + mf->arena)

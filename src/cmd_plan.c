@@ -421,12 +421,13 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
            "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f, "
            "\"expert_rows\": %.0f, \"route_share\": %.6g, \"compute_s\": %.9g, \"comm_s\": "
            "%.9g, \"intra_bytes\": %.0f, \"inter_bytes\": %.0f, \"rows_bytes\": %.0f, "
-           "\"rows_margin_bytes\": %.0f}",
+           "\"rows_margin_bytes\": %.0f, \"rows_apart_bytes\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
            dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
            dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
            dc->param_alloc_bytes, dc->flops, dc->expert_rows, dc->route_share, dc->compute_s,
-           dc->comm_s, dc->intra_bytes, dc->inter_bytes, dc->rows_bytes, dc->rows_margin_bytes);
+           dc->comm_s, dc->intra_bytes, dc->inter_bytes, dc->rows_bytes, dc->rows_margin_bytes,
+           dc->rows_apart_bytes);
   }
   printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
          "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f}",
@@ -478,7 +479,7 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
     DeviceMemory m = drv_device_memory(g, cfg, o, d, P, c->dev[d].rows_scale);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
-    plan_cost_set_rows(c, d, (double)m.rows_expected, (double)m.rows_worst);
+    plan_cost_set_rows(c, d, (double)m.rows_expected, (double)m.rows_worst, m.rows_outgrow);
   }
   return g;
 }

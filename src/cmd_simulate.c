@@ -357,10 +357,10 @@ int cmd_simulate(int argc, char **argv) {
     printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
            "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"rows_bytes\": %.0f, "
-           "\"rows_margin_bytes\": %.0f, \"fits\": %s}}\n",
+           "\"rows_margin_bytes\": %.0f, \"rows_apart_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
            w->planned_bytes, w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes,
-           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, c.fits ? "true" : "false");
+           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, w->rows_apart_bytes, c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
     printf("  constants: %g GFLOP/s sustained per device (peak %g), a GEMM at half of it when "
