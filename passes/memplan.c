@@ -308,9 +308,11 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
         t->kind != TK_STATE && !is_bridge(g, t))
       L[i].def = L[i].last = UNPLANNED;
   }
-  /* the per-step region's plan (runtime/rows.c, when they outgrow their slots): those only */
-  for (int i = 0; i < g->ntensors && (flags & MEMPLAN_ROWS_PER_STEP); i++)
-    if (!g->tensors[i]->rows_per_step) L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
+  /* the per-step region's plan (runtime/rows.c, when they outgrow their slots): those only;
+   * or the arena without them */
+  for (int i = 0; i < g->ntensors && (flags & (MEMPLAN_ROWS_PER_STEP | MEMPLAN_ROWS_APART)); i++)
+    if (g->tensors[i]->rows_per_step != !!(flags & MEMPLAN_ROWS_PER_STEP))
+      L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
   pin(L, g->loss, end);
   pin(L, g->xent, end);
   pin(L, g->aux, end);

@@ -66,6 +66,8 @@ void pass_autodiff(Graph *g, const PassCtx *ctx);
 enum {
   MEMPLAN_AS_IF_NO_RECOMPUTE = 1, /* plan the graph as it was before the recompute pass */
   MEMPLAN_ROWS_PER_STEP = 2,      /* internal: plan the per-step expert rows only */
+  MEMPLAN_ROWS_APART = 4,         /* the arena without the per-step rows (tests: their
+                                     slots in it against a region apart) */
 };
 MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
                              int64_t *offsets);
