@@ -263,7 +263,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
          "device's share\n",
          (long long)c->rows_per_device, (long long)g->T,
          P > 1 ? "; its own experts' parameters, gradients and optimizer state, expert-row "
-                 "buffers for every device's rows (or, sized per step, apart: rows)"
+                 "buffers for every device's rows (or, sized per step, their slots: rows)"
                : "");
   printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s %12s %10s | %10s\n", "device", "experts",
          "params", "persistent", "arena", "optimizer", "allocated", "grads", "activations",
@@ -278,12 +278,13 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
   }
   printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
   if (P > 1 && c->dev[0].rows_margin_bytes > 0) {
-    printf("  expert rows sized per step (outside the arena; in allocated at x%.2f, at most "
-           "every route's):\n  %6s %10s %10s\n",
-           PLAN_ROWS_MARGIN, "device", "expected", "margin");
+    printf("  expert rows sized per step (in their slots in the arena, x%.2f the fair share; "
+           "apart from it, in allocated, where this routing outgrows them: their region at "
+           "the expected rows x%.2f, at most every route's):\n  %6s %10s %10s %10s\n",
+           PLAN_ROWS_MARGIN, PLAN_ROWS_MARGIN, "device", "expected", "margin", "apart");
     for (int d = 0; d < P; d++)
-      printf("  %6d %10.3f %10.3f\n", d, mib(c->dev[d].rows_bytes),
-             mib(c->dev[d].rows_margin_bytes));
+      printf("  %6d %10.3f %10.3f %10.3f\n", d, mib(c->dev[d].rows_bytes),
+             mib(c->dev[d].rows_margin_bytes), mib(c->dev[d].rows_apart_bytes));
   }
   plan_print_step(g, c, routing);
   if (notes && *notes) printf("\n%s", notes);
