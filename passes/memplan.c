@@ -16,6 +16,11 @@
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
+ * An expert-row tensor sized per step (Tensor.rows_per_step) is transient at its slot's
+ * size: its exchange's fair share of the routes x PLAN_ROWS_MARGIN (plan_rows_slot_of);
+ * runtime/rows.c moves them all to a region apart (pass_memplan_rows) if a step outgrows
+ * that, so no view or in-place output joins one and another tensor.
+ *
  * A slice0 whose source only slices read, in disjoint ranges, is a view of the source's
  * bytes (find_views): no bytes of its own, the source alive as long as its views.
  *
