@@ -155,7 +155,7 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     if (n->op != OP_SLICE0 || n->recompute_of || rows) continue;
     const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
     if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
-        x->producer->op == OP_SLICE0 || /* a view of a view: left a copy */
+        x->producer->op == OP_SLICE0 ||       /* a view of a view: left a copy */
         x->rows_per_step || v->rows_per_step) /* their slots may move apart (rows.c) */
       continue;
     bool fixed = x->ty.rank >= 1 && x->ty.dim[0].c > 0;

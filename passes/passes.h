@@ -79,9 +79,10 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem);
  * 64-byte aligned. Returns the number of overlapping-lifetime pairs checked. */
 long pass_memplan_validate(const Graph *g);
 /* The region of the expert rows sized per step (Tensor.rows_per_step; runtime/rows.c)
- * once a step outgrows their slots in the arena: those tensors at bytes[id] each, laid out with the arena's liveness and orders;
- * offsets[id] (-1 for the others) and, when def is not NULL, every tensor's lifetime
- * [def, last] in node indices (negative: not in the region). Returns its bytes. */
+ * once a step outgrows their slots in the arena: those tensors at bytes[id] each, laid
+ * out with the arena's liveness and orders; offsets[id] (-1 for the others) and, when def
+ * is not NULL, every tensor's lifetime [def, last] in node indices (negative: not in the
+ * region). Returns its bytes. */
 int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets, int *def,
                           int *last);
 /* moec plan --memory: prints to out the node of g's arena peak (bound, f32) and the top

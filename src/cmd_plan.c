@@ -729,8 +729,7 @@ int cmd_plan(int argc, char **argv) {
     for (int d = 1; d < c.devices; d++)
       if (c.dev[d].planned_bytes > c.dev[most].planned_bytes) most = d;
     if (a.memory) drv_memory_top(g, &cfg, most, cfg.devices, a.memory, stdout);
-  }
-  else
+  } else
     rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);
   mc_buf_free(&notes);

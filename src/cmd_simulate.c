@@ -360,7 +360,8 @@ int cmd_simulate(int argc, char **argv) {
            "\"rows_margin_bytes\": %.0f, \"rows_apart_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
            w->planned_bytes, w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes,
-           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, w->rows_apart_bytes, c.fits ? "true" : "false");
+           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, w->rows_apart_bytes,
+           c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
     printf("  constants: %g GFLOP/s sustained per device (peak %g), a GEMM at half of it when "

@@ -762,7 +762,8 @@ static void test_cores_split(void) {
  * plus their region apart at the same rows. */
 static void test_rows_in_arena(void) {
   static const int cases[][6] = {/* B, T, D, E, k, P */
-                                 {32, 20, 16, 8, 2, 4}, {64, 10, 16, 16, 2, 8}};
+                                 {32, 20, 16, 8, 2, 4},
+                                 {64, 10, 16, 16, 2, 8}};
   for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
     const int *x = cases[c];
     Built b;
@@ -772,8 +773,8 @@ static void test_rows_in_arena(void) {
       PassCtx pc = {.cfg = &b.cfg, .devices = x[5], .training = true, .elem = 4};
       Type *save = pass_device_view(b.g, &pc, d);
       Graph *g = b.g;
-      int64_t *slot = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t)), *off =
-          mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+      int64_t *slot = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t)),
+              *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
       int marked = 0;
       for (int i = 0; i < g->ntensors; i++) {
         const Tensor *t = g->tensors[i];
@@ -797,8 +798,7 @@ static void test_rows_in_arena(void) {
       if (d == 0)
         printf("rows in the arena (B=%d, E=%d, P=%d): arena %lld bytes with the slots, %lld + "
                "%lld apart\n",
-               x[0], x[3], x[5], (long long)joint.arena, (long long)apart.arena,
-               (long long)region);
+               x[0], x[3], x[5], (long long)joint.arena, (long long)apart.arena, (long long)region);
       mc_free(slot);
       mc_free(off);
       pass_device_view_end(g, &pc, save);
