@@ -40,7 +40,7 @@ static void alloc_per_tensor(Program *p) {
 static void alloc_planned(Program *p) {
   Graph *g = p->g;
   MemFigures mf = g->mem;
-  bool per_step = false; /* expert rows sized per step: their own region (runtime/rows.c) */
+  bool per_step = false; /* expert rows sized per step: their slots (runtime/rows.c) */
   for (int i = 0; i < g->ntensors && !per_step; i++)
     per_step = g->tensors[i]->rows_per_step;
   bool worst = per_step && !rt_rows_setup(p); /* this backend: in the arena after all */
@@ -62,7 +62,8 @@ static void alloc_planned(Program *p) {
            big ? (double)tensor_bytes(big, p->elem) / 1048576.0 : 0.0);
   }
   for (int i = 0; i < g->ntensors; i++)
-    if (!g->tensors[i]->rows_per_step) p->buf[i] = (char *)p->base + g->tensors[i]->mem_offset;
+    p->buf[i] = (char *)p->base + g->tensors[i]->mem_offset;
+  rt_rows_in_arena(p); /* the per-step rows: bound to their rows of the slots */
   p->planned = true;
   p->persist_bytes = (size_t)mf.persist;
   p->arena_bytes = (size_t)mf.arena;

@@ -353,6 +353,7 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   m.rows_fair = plan_rows_bytes(g, 0, NULL, sizeof(float));
   m.rows_expected = plan_rows_bytes(g, 0, rows_scale, sizeof(float));
   m.rows_worst = plan_rows_bytes(g, 1, NULL, sizeof(float));
+  m.rows_outgrow = plan_rows_outgrow(g, rows_scale);
   for (int i = 0; i < g->nparams; i++)
     m.params += g->params[i]->numel * (int64_t)sizeof(float);
   if (g->has_backward) {
@@ -362,6 +363,15 @@ DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, in
   }
   pass_device_view_end(g, &pc, save);
   return m;
+}
+
+void drv_memory_top(Graph *g, const Config *cfg, int d, int devices, int top, FILE *out) {
+  PassCtx pc = {.cfg = cfg, .devices = devices, .training = g->has_backward, .elem = 4};
+  Type *save = pass_device_view(g, &pc, d);
+  fprintf(out, "\nthe arena of device %d: %.3f MiB (lower bound %.3f MiB)\n", d,
+          (double)g->mem.arena / 1048576.0, (double)g->mem.live_max / 1048576.0);
+  pass_memplan_top(g, top, out);
+  pass_device_view_end(g, &pc, save);
 }
 
 /* ---------------------------------------------------------------- the program */

@@ -129,14 +129,19 @@ const Backend *drv_backend(const Config *cfg, const Options *o);
 typedef struct DeviceMemory {
   int64_t persist, arena, params, optimizer;
   int64_t live_max; /* the memory plan's lower bound */
-  /* the expert rows sized per step (not in arena; 0 without): their region at the fair
-   * share of the routes (what the runtime lays out first), at the rows the plan's routing
-   * brings each exchange level (rows_scale: DeviceCost's, NULL uniform) and at the most a
-   * step can bring (plan_rows_of) */
+  /* the expert rows sized per step (0 without; in the arena at their slots, these are the
+   * region apart they move to past them): that region at the fair share of the routes, at
+   * the rows the plan's routing brings each exchange level (rows_scale: DeviceCost's, NULL
+   * uniform) and at the most a step can bring (plan_rows_of); outgrow: whether that
+   * routing outgrows the slots (plan_rows_outgrow) */
   int64_t rows_fair, rows_expected, rows_worst;
+  bool rows_outgrow;
 } DeviceMemory;
 DeviceMemory drv_device_memory(Graph *g, const Config *cfg, const Options *o, int d, int devices,
                                const double *rows_scale);
+/* moec plan --memory: device d's arena (planned as drv_device_memory plans it) and the top
+ * largest tensors alive at its peak (pass_memplan_top), to out. */
+void drv_memory_top(Graph *g, const Config *cfg, int d, int devices, int top, FILE *out);
 
 /* ---------------------------------------------------------------- launch.c */
 

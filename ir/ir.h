@@ -116,7 +116,7 @@ struct Tensor {
   /* placement and memory (passes) */
   PartKind part;
   int64_t mem_offset; /* -1 = unplanned */
-  bool rows_per_step; /* an expert-row tensor sized per step (bind.c): not in the arena */
+  bool rows_per_step; /* an expert-row tensor sized per step (bind.c): its slot in the arena */
 };
 
 #define IR_MAX_ATTR 4

@@ -178,6 +178,10 @@ void plan_rows_clear(Graph *g) {
     g->tensors[i]->rows_per_step = false;
 }
 
+int64_t plan_rows_slot_of(const PlanRows *r) {
+  return MC_MIN((int64_t)ceil(PLAN_ROWS_MARGIN * (double)r->fair), r->bound);
+}
+
 void plan_rows_at_margin(Graph *g, int d, int devices, int64_t B, int64_t T) {
   int64_t b = (B + devices - 1) / devices; /* a device's rows, as the bind pass binds them */
   PlanRows *r = mc_calloc((size_t)g->ntensors + 1, sizeof(PlanRows));
@@ -186,11 +190,21 @@ void plan_rows_at_margin(Graph *g, int d, int devices, int64_t B, int64_t T) {
   for (int i = 0; i < g->ntensors; i++) {
     Tensor *t = g->tensors[i];
     if (!t->rows_per_step) continue;
-    int64_t rows = (int64_t)ceil(PLAN_ROWS_MARGIN * (double)r[i].fair);
-    t->ty.dim[0] = dim_int(MC_MIN(rows, r[i].bound) * r[i].per_row);
+    t->ty.dim[0] = dim_int(plan_rows_slot_of(&r[i]) * r[i].per_row);
     t->rows_per_step = false;
   }
   mc_free(r);
+}
+
+bool plan_rows_outgrow(const Graph *g, const double *scale) {
+  for (int i = 0; scale && i < g->ntensors; i++) {
+    const Tensor *t = g->tensors[i];
+    if (!t->rows_per_step || t->shape[0] <= 0) continue;
+    PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+    int64_t rows = llround(scale[r.moe * PLAN_ROW_LEVELS + r.level] * (double)r.fair);
+    if (MC_MIN(rows, r.bound) > plan_rows_slot_of(&r)) return true;
+  }
+  return false;
 }
 
 int64_t plan_rows_bytes(const Graph *g, double share, const double *scale, size_t elem) {

@@ -906,12 +906,13 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }
 
-void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst) {
+void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst, bool outgrow) {
   DeviceCost *dc = &c->dev[d];
   if (worst <= 0) return;
   dc->rows_bytes = fmin(expected, worst);
   dc->rows_margin_bytes = fmin(expected * PLAN_ROWS_MARGIN, worst);
-  dc->planned_bytes += dc->rows_margin_bytes;
+  dc->rows_apart_bytes = outgrow ? dc->rows_margin_bytes : 0;
+  dc->planned_bytes += dc->rows_apart_bytes;
   c->max_planned = fmax(c->max_planned, dc->planned_bytes);
   c->fits = c->k.mem_bytes <= 0 || c->max_planned <= c->k.mem_bytes;
 }

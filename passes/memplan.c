@@ -16,6 +16,11 @@
  *               it (a graph's outputs; the unused outputs of recompute copies and the
  *               originals they replace excepted: those die where they are made).
  *
+ * An expert-row tensor sized per step (Tensor.rows_per_step) is transient at its slot's
+ * size: its exchange's fair share of the routes x PLAN_ROWS_MARGIN (plan_rows_slot_of);
+ * runtime/rows.c moves them all to a region apart (pass_memplan_rows) if a step outgrows
+ * that, so no view or in-place output joins one and another tensor.
+ *
  * A slice0 whose source only slices read, in disjoint ranges, is a view of the source's
  * bytes (find_views): no bytes of its own, the source alive as long as its views.
  *
@@ -33,6 +38,7 @@
 #include <string.h>
 
 #include "passes.h"
+#include "plan.h"
 
 #define MEM_ALIGN 64
 #define MEMPLAN_MAX_BYTES ((int64_t)1 << 60)
@@ -55,6 +61,7 @@ typedef struct Live {
   int next;
   int src; /* VIEW: the source's id; its bytes start voff bytes into the source's */
   int64_t voff;
+  int64_t rows; /* expert rows sized per step, in the arena: the rows of its slot; else -1 */
 } Live;
 
 enum { PERSIST = -1, UNPLANNED = -2, VIEW = -3 };
@@ -74,6 +81,23 @@ static int64_t tensor_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t 
     n = ir_numel_bt(t, B, T); /* < 2^51: dies past MOEC_MAX_NUMEL elements */
   }
   return n * (t->ty.dtype == DT_I32 ? 4 : elem);
+}
+
+/* A per-step expert-row tensor (Tensor.rows_per_step) in the arena: the rows of its slot,
+ * PLAN_ROWS_MARGIN x its exchange's fair share (x per_row), at the bound graph's B, T. */
+static int64_t slot_rows(const Graph *g, const Tensor *t) {
+  PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+  return plan_rows_slot_of(&r) * r.per_row;
+}
+
+/* t's bytes in the arena plan: its type's, or for a per-step tensor its slot's */
+static int64_t plan_bytes(const Graph *g, const Tensor *t, int64_t B, int64_t T, int64_t elem,
+                          int flags, int64_t *rows) {
+  *rows = -1;
+  if (!t->rows_per_step || (flags & MEMPLAN_ROWS_PER_STEP) || t->shape[0] <= 0)
+    return tensor_bytes(g, t, B, T, elem);
+  *rows = slot_rows(g, t);
+  return t->numel / t->shape[0] * *rows * (t->ty.dtype == DT_I32 ? 4 : elem);
 }
 
 /* What a reader sees: the tensor, or (planning as if there were no recompute) the
@@ -131,7 +155,8 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     if (n->op != OP_SLICE0 || n->recompute_of || rows) continue;
     const Tensor *x = seen(n->in[0], flags), *v = n->out[0];
     if (L[x->id].def < 0 || L[v->id].def < 0 || L[x->id].host || !x->producer ||
-        x->producer->op == OP_SLICE0) /* a view of a view: left a copy */
+        x->producer->op == OP_SLICE0 ||       /* a view of a view: left a copy */
+        x->rows_per_step || v->rows_per_step) /* their slots may move apart (rows.c) */
       continue;
     bool fixed = x->ty.rank >= 1 && x->ty.dim[0].c > 0;
     for (int d = 0; d < x->ty.rank && fixed; d++)
@@ -167,6 +192,7 @@ static void find_views(const Graph *g, int64_t B, int64_t T, int64_t elem, int f
     const Tensor *x = seen(n->in[0], flags), *y = n->out[0];
     Live *lx = &L[x->id], *ly = &L[y->id];
     if (lx->def < 0 || ly->def < 0 || lx->last != pos[k] || lx->host ||
+        x->rows_per_step != y->rows_per_step || /* both in one region (rows.c) */
         x->ty.dtype != y->ty.dtype || x->ty.rank != y->ty.rank)
       continue;
     bool same = true;
@@ -195,7 +221,7 @@ static void find_concat_views(const Graph *g, int64_t B, int64_t T, int64_t elem
     const Node *n = g->nodes[k];
     if (n->op != OP_CONCAT0 || (n->recompute_of && (flags & MEMPLAN_AS_IF_NO_RECOMPUTE))) continue;
     Live *ly = &L[n->out[0]->id];
-    if (ly->def < 0 || ly->host) continue;
+    if (ly->def < 0 || ly->host || n->out[0]->rows_per_step) continue;
     bool ok = true, fresh = true, along = true;
     for (int i = 0; i < n->nin && ok; i++) {
       const Tensor *x = n->in[i];
@@ -249,13 +275,15 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
   for (int i = 0; i < g->ntensors; i++) {
     const Tensor *t = g->tensors[i];
     int c = t->producer ? UNPLANNED : PERSIST;
+    int64_t rows, bytes = plan_bytes(g, t, B, T, elem, flags, &rows);
     L[i] = (Live){.id = i,
                   .def = c,
                   .last = c,
-                  .size = align_up(tensor_bytes(g, t, B, T, elem)),
+                  .size = align_up(bytes),
                   .off = -1,
                   .src = -1,
-                  .next = -1};
+                  .next = -1,
+                  .rows = rows};
     if (!mc_add_ok(total, L[i].size, &total) || total > MEMPLAN_MAX_BYTES)
       mc_die("the model is too large to plan: its tensors hold more than %lld bytes (2^60) with "
              "B = %lld, T = %lld",
@@ -285,8 +313,9 @@ static void lifetimes(const Graph *g, int64_t B, int64_t T, int64_t elem, int fl
         t->kind != TK_STATE && !is_bridge(g, t))
       L[i].def = L[i].last = UNPLANNED;
   }
-  /* expert rows sized per step live in a region of their own (runtime/rows.c) */
-  for (int i = 0; i < g->ntensors; i++)
+  /* the per-step region's plan (runtime/rows.c, when they outgrow their slots): those only;
+   * or the arena without them */
+  for (int i = 0; i < g->ntensors && (flags & (MEMPLAN_ROWS_PER_STEP | MEMPLAN_ROWS_APART)); i++)
     if (g->tensors[i]->rows_per_step != !!(flags & MEMPLAN_ROWS_PER_STEP))
       L[i].def = L[i].def == PERSIST ? PERSIST : UNPLANNED;
   pin(L, g->loss, end);
@@ -664,6 +693,57 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   return mf;
 }
 
+/* The largest tensors alive at the arena's peak (moec plan --memory): one line each, largest
+ * first, with what makes it (op, layer), its shape and its lifetime in node indices. */
+static int by_size_desc(const void *a, const void *b) {
+  const Live *x = a, *y = b;
+  if (x->size != y->size) return x->size > y->size ? -1 : 1;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+int64_t pass_memplan_top(const Graph *g, int top, FILE *out) {
+  MOEC_ASSERT(g->B > 0 && g->T > 0);
+  int nt = g->ntensors;
+  Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
+  lifetimes(g, g->B, g->T, sizeof(float), 0, L);
+  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t)), live = 0, best = -1;
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0) {
+      delta[L[i].def] += L[i].size;
+      delta[L[i].last + 1] -= L[i].size;
+    }
+  int at = 0, n = 0;
+  for (int k = 0; k <= g->nnodes; k++) {
+    live += delta[k];
+    if (live > best) best = live, at = k;
+  }
+  Live *alive = mc_malloc((size_t)(nt + 1) * sizeof(Live));
+  for (int i = 0; i < nt; i++)
+    if (L[i].def >= 0 && L[i].def <= at && at <= L[i].last) alive[n++] = L[i];
+  qsort(alive, (size_t)n, sizeof(Live), by_size_desc);
+  const Node *pk = at < g->nnodes ? g->nodes[at] : NULL;
+  fprintf(out, "  at node %d (%s%s%s) %.3f MiB are alive in %d tensors; the largest %d:\n", at,
+          pk ? ir_ops[pk->op].name : "the end", pk && pk->layer ? ", layer " : "",
+          pk && pk->layer ? pk->layer : "", (double)best / 1048576.0, n, MC_MIN(top, n));
+  fprintf(out, "    %-34s %-22s %-24s %11s  %s\n", "tensor", "made by", "shape", "MiB", "nodes");
+  for (int i = 0; i < n && i < top; i++) {
+    const Tensor *t = g->tensors[alive[i].id];
+    char shape[96];
+    int w = snprintf(shape, sizeof shape, "[");
+    for (int d = 0; d < t->ty.rank && w < (int)sizeof shape - 24; d++)
+      w += snprintf(shape + w, sizeof shape - (size_t)w, "%s%lld", d ? "," : "",
+                    (long long)(alive[i].rows >= 0 && d == 0 ? alive[i].rows : t->shape[d]));
+    snprintf(shape + w, sizeof shape - (size_t)w, "]%s", alive[i].rows >= 0 ? " rows" : "");
+    fprintf(out, "    %-34s %-22s %-24s %11.3f  %d..%d\n", t->name,
+            t->producer ? ir_ops[t->producer->op].name : "-", shape,
+            (double)alive[i].size / 1048576.0, alive[i].def, alive[i].last);
+  }
+  mc_free(alive);
+  mc_free(delta);
+  mc_free(L);
+  return best;
+}
+
 static int by_offset(const void *a, const void *b) {
   const Live *x = a, *y = b;
   return x->off < y->off ? -1 : x->off > y->off ? 1 : (x->id > y->id) - (x->id < y->id);
@@ -681,14 +761,14 @@ long pass_memplan_validate(const Graph *g) {
   int np = 0, ntr = 0;
   for (int i = 0; i < nt; i++) {
     const Tensor *a = g->tensors[i];
-    if (L[i].def == UNPLANNED) continue; /* in the per-step region (runtime/rows.c) */
+    if (L[i].def == UNPLANNED) continue; /* no memory */
     if (L[i].def == VIEW) { /* its source's bytes, checked with the source's lifetime */
       if (a->mem_offset != g->tensors[L[i].src]->mem_offset + L[i].voff)
         mc_fatal("memory plan: '%s' is not at its bytes of '%s', which it is a view of", a->name,
                  g->tensors[L[i].src]->name);
       continue;
     }
-    int64_t lo = a->mem_offset, hi = lo + tensor_bytes(g, a, mf->B, mf->T, mf->elem);
+    int64_t rows, lo = a->mem_offset, hi = lo + plan_bytes(g, a, mf->B, mf->T, mf->elem, 0, &rows);
     bool persist = L[i].def == PERSIST;
     if (lo < 0 || lo % MEM_ALIGN != 0 || (persist ? hi > mf->persist : lo < mf->persist) ||
         hi > mf->persist + mf->arena)

@@ -66,6 +66,8 @@ void pass_autodiff(Graph *g, const PassCtx *ctx);
 enum {
   MEMPLAN_AS_IF_NO_RECOMPUTE = 1, /* plan the graph as it was before the recompute pass */
   MEMPLAN_ROWS_PER_STEP = 2,      /* internal: plan the per-step expert rows only */
+  MEMPLAN_ROWS_APART = 4,         /* the arena without the per-step rows (tests: their
+                                     slots in it against a region apart) */
 };
 MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, int flags,
                              int64_t *offsets);
@@ -76,12 +78,17 @@ MemFigures pass_memplan_assign(Graph *g, size_t elem);
  * lifetimes overlap share a byte, or if a tensor lies outside its region or is not
  * 64-byte aligned. Returns the number of overlapping-lifetime pairs checked. */
 long pass_memplan_validate(const Graph *g);
-/* The region of the expert rows sized per step (Tensor.rows_per_step; runtime/rows.c):
- * those tensors at bytes[id] each, laid out with the arena's liveness and orders;
- * offsets[id] (-1 for the others) and, when def is not NULL, every tensor's lifetime
- * [def, last] in node indices (negative: not in the region). Returns its bytes. */
+/* The region of the expert rows sized per step (Tensor.rows_per_step; runtime/rows.c)
+ * once a step outgrows their slots in the arena: those tensors at bytes[id] each, laid
+ * out with the arena's liveness and orders; offsets[id] (-1 for the others) and, when def
+ * is not NULL, every tensor's lifetime [def, last] in node indices (negative: not in the
+ * region). Returns its bytes. */
 int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets, int *def,
                           int *last);
+/* moec plan --memory: prints to out the node of g's arena peak (bound, f32) and the top
+ * largest tensors alive there (op, shape, MiB, lifetime); returns the bytes alive there
+ * (the plan's live_max). */
+int64_t pass_memplan_top(const Graph *g, int top, FILE *out);
 /* The pass: plans the bound graph at ctx->elem (the last pass: the figures `moec plan`
  * prints are the runtime's allocation); lowering uses the plan, or plans again when the
  * graph was bound anew since. */

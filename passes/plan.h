@@ -124,6 +124,13 @@ typedef struct PlanRows {
 } PlanRows;
 PlanRows plan_rows_of(const Graph *g, const Tensor *t, int P, int rank, int64_t b, int64_t T);
 void plan_rows_clear(Graph *g);
+/* The rows of a per-step tensor's slot in the arena (docs/memory.md, "Expert-row buffers"):
+ * PLAN_ROWS_MARGIN x its exchange's fair share, at most its bound (x per_row: its dim 0). */
+int64_t plan_rows_slot_of(const PlanRows *r);
+/* Whether, at the rows each exchange brings this bound device graph under a routing
+ * (scale as plan_rows_bytes'), one of them outgrows its slot: the runtime then moves the
+ * per-step rows to a region apart from the arena. */
+bool plan_rows_outgrow(const Graph *g, const double *scale);
 /* For the views that plan every tensor in the arena (plan_device_shapes: recompute =
  * auto's choices): the marked rows at PLAN_ROWS_MARGIN x the fair share of uniform
  * routing (at most the bound), unmarked. B, T: the global batch. */
@@ -185,9 +192,12 @@ typedef struct DeviceCost {
   double persist_bytes;     /* params, inputs, state */
   double arena_bytes;       /* activations and gradients, lifetimes overlaid */
   double optim_alloc_bytes; /* optimizer state of its parameters */
-  double planned_bytes;     /* persist + arena + optim_alloc (+ rows_margin_bytes) */
-  double rows_bytes;        /* expert rows sized per step at the expected routing */
+  double planned_bytes;     /* persist + arena + optim_alloc (+ rows_apart_bytes) */
+  /* expert rows sized per step: in their slots in the arena (PLAN_ROWS_MARGIN x the fair
+   * share of uniform routing), apart when the routing outgrows them (runtime/rows.c) */
+  double rows_bytes;        /* their region at the expected routing */
   double rows_margin_bytes; /* the same x PLAN_ROWS_MARGIN, at most every route's */
+  double rows_apart_bytes;  /* the margin's, where a level outgrows its slots; else 0 */
   double param_alloc_bytes; /* its parameters (in persist): its experts' rows, the rest whole */
   /* the step on this device: routed rows its experts receive (forward, all MoE layers),
    * its kernels' time, its collectives' time and bytes on each kind of link */
@@ -249,10 +259,12 @@ void plan_cost_set_memory(PlanCost *c, int d, double persist, double arena, doub
                           double params, double live_max);
 /* Device d's expert rows sized per step (runtime/rows.c): expected, their region at the
  * routing's rows of each level (plan_rows_bytes with the device's rows_scale); worst, at
- * the most a step can bring. The plan counts the expected region (at most worst) x
- * PLAN_ROWS_MARGIN (at most worst; docs/memory.md) in planned_bytes and whether it fits. */
+ * the most a step can bring. They live in their slots in the arena (in arena_bytes) at
+ * PLAN_ROWS_MARGIN x the fair share of uniform routing; where the routing outgrows a slot
+ * (outgrow: plan_rows_outgrow) the runtime moves them apart, and the plan counts the
+ * expected region x PLAN_ROWS_MARGIN (at most worst; docs/memory.md) in planned_bytes. */
 #define PLAN_ROWS_MARGIN 1.25
-void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst);
+void plan_cost_set_rows(PlanCost *c, int d, double expected, double worst, bool outgrow);
 void plan_cost_free(PlanCost *c);
 /* Device d's types as its compile makes them (the shard pass and the bind pass's
  * widening at the global B, T: pass_device_view has the binding too), for the recompute

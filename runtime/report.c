@@ -330,7 +330,7 @@ void rt_report_summary(Run *r, const RunTotals *t) {
   mem[MEM_OPTIM] = (int64_t)rt_md_optim_bytes(r->opt);
   mem[MEM_PERSIST] = (int64_t)p->persist_bytes;
   mem[MEM_ARENA] = (int64_t)p->arena_bytes;
-  mem[MEM_ROWS] = (int64_t)rt_rows_bytes(p, true); /* expert rows sized per step: the most */
+  mem[MEM_ROWS] = (int64_t)rt_rows_bytes(p, true); /* expert rows moved apart: the most */
   c->all_gather(c, mem, mem_all, sizeof mem);
   CommStats cs = r->stats; /* summed over devices */
   if (P > 1) {
@@ -375,8 +375,9 @@ void rt_report_summary(Run *r, const RunTotals *t) {
           "%.3f MiB); program %.3f MiB persistent + %.3f MiB arena",
           mem[MEM_PARAMS] / 1048576.0, mem[MEM_GRADS] / 1048576.0, mem[MEM_OPTIM] / 1048576.0,
           mem_max / 1048576.0, mem[MEM_PERSIST] / 1048576.0, mem[MEM_ARENA] / 1048576.0);
-  if (mem[MEM_ROWS]) /* outside the arena, grown by the routing: the most it held */
-    fprintf(r->out, " + %.3f MiB expert rows sized per step (the most)", mem[MEM_ROWS] / 1048576.0);
+  if (mem[MEM_ROWS]) /* outgrew their slots in the arena: the region apart at its most */
+    fprintf(r->out, " + %.3f MiB expert rows sized per step, apart from the arena (the most)",
+            mem[MEM_ROWS] / 1048576.0);
   fputc('\n', r->out);
   if (P > 1) {
     double a2a = r->stats.seconds[CK_ALL_TO_ALL] + r->stats.seconds[CK_ALL_TO_ALL_BACK] +

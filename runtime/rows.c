@@ -1,8 +1,10 @@
 /* rows.c: expert-row buffers sized per step (docs/memory.md, "Expert-row buffers"): a
- * device's rows of the MoE layers the bind pass marked (Tensor.rows_per_step) live in a
- * region of their own, laid out like the arena at the rows each exchange last brought (a
- * layer's all-to-all; an hmoe's group-level and expert-level ones), and grown (never
- * shrunk) when a step's counts need more. Prefix: rt_. */
+ * device's rows of the MoE layers the bind pass marked (Tensor.rows_per_step) start in
+ * their slots in the arena (the memory plan's: PLAN_ROWS_MARGIN x each exchange's fair
+ * share, a layer's all-to-all or an hmoe's group-level and expert-level ones), bound to the
+ * fair share; their rows grow (never shrink) when a step's counts need more, in place up to
+ * the slots, and past them into a region of their own, laid out like the arena at the rows
+ * each exchange brings. Prefix: rt_. */
 #include <string.h>
 
 #include "../passes/plan.h"
@@ -15,6 +17,8 @@ struct RtStepRows {
   int *moe, *level; /* [nl] the exchange's MoE layer and level (PlanRows) */
   int64_t *rows;    /* [nl] the rows it brings room for now */
   int64_t *bound;   /* [nl] the most a step can route to this device (PlanRows) */
+  int64_t *slot;    /* [nl] the rows of its slots in the arena (plan_rows_slot_of) */
+  bool in_arena;    /* in the slots (base: the program's block), not yet moved apart */
   int *layer;       /* by tensor id: its exchange in the region, -1 for the arena's */
   int64_t *per_row; /* by tensor id: its rows per row of the exchange (shape[0] / rows) */
   int64_t *row_b;   /* by tensor id: bytes per row */
@@ -84,6 +88,7 @@ bool rt_rows_setup(Program *p) {
   r->level = mc_calloc((size_t)ns, sizeof(int));
   r->rows = mc_calloc((size_t)ns, sizeof(int64_t));
   r->bound = mc_calloc((size_t)ns, sizeof(int64_t));
+  r->slot = mc_calloc((size_t)ns, sizeof(int64_t));
   r->layer = mc_calloc((size_t)nt + 1, sizeof(int));
   r->per_row = mc_calloc((size_t)nt + 1, sizeof(int64_t));
   r->row_b = mc_calloc((size_t)nt + 1, sizeof(int64_t));
@@ -105,6 +110,7 @@ bool rt_rows_setup(Program *p) {
       r->moe[l] = pr.moe;
       r->level[l] = pr.level;
       r->bound[l] = pr.bound;
+      r->slot[l] = plan_rows_slot_of(&pr);
       r->rows[l] = pr.fair;
     }
     MOEC_ASSERT(pr.per_row > 0 && t->shape[0] == pr.worst * pr.per_row); /* bind.c */
@@ -112,16 +118,39 @@ bool rt_rows_setup(Program *p) {
     r->per_row[i] = pr.per_row;
     r->row_b[i] = t->numel / t->shape[0] * (int64_t)elem_of(p, t);
   }
-  r->base = layout(r, r->off, &r->bytes);
-  if (!r->base)
-    mc_die("out of memory on the %s device: the expert rows sized per step need %.1f MiB at "
-           "the fair share of the routes; set plan.expert_headroom or moe(..., capacity=) to "
-           "bound them, or use fewer experts' rows per device",
-           p->be->name, (double)r->bytes / 1048576.0);
-  r->high = r->bytes;
+  /* the lifetimes a move apart copies by (the offsets are the arena's until then) */
+  int64_t *nb = mc_calloc((size_t)nt + 1, sizeof(int64_t));
+  pass_memplan_rows(g, nb, r->off, r->def, r->last);
+  mc_free(nb);
+  r->in_arena = true;
   g->step_rows = r;
-  point(r);
   return true;
+}
+
+void rt_rows_in_arena(Program *p) {
+  RtStepRows *r = p->g->step_rows;
+  if (!r || r->p != p) return;
+  MOEC_ASSERT(r->in_arena && p->base);
+  r->base = p->base;
+  for (int i = 0; i < p->g->ntensors; i++)
+    if (r->layer[i] >= 0) r->off[i] = p->g->tensors[i]->mem_offset;
+  point(r);
+}
+
+static void log_growth(const KernelCtx *ctx, const RtStepRows *r, int l, int64_t total,
+                       const char *where) {
+  const Graph *g = r->p->g;
+  char when[48];
+  snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
+           (unsigned long long)ctx->step);
+  fprintf(stderr,
+          "moec: device %d, MoE layer '%s'%s: %lld rows arrived at %s; its expert-row "
+          "buffers now hold %lld rows (%s)\n",
+          g->rank, g->moe_names[r->moe[l]],
+          r->level[l] == 1   ? " (group level)"
+          : r->level[l] == 2 ? " (expert level)"
+                             : "",
+          (long long)total, when, (long long)r->rows[l], where);
 }
 
 void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
@@ -138,6 +167,12 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   int64_t old_rows = r->rows[l];
   /* an eighth more than asked: routing drifts by a few rows from step to step */
   r->rows[l] = MC_MIN(MC_MAX(total, old_rows + old_rows / 8), r->bound[l]);
+  if (r->in_arena && total <= r->slot[l]) { /* in its slots: the same bytes, more rows */
+    r->rows[l] = MC_MIN(r->rows[l], r->slot[l]);
+    point(r);
+    log_growth(ctx, r, l, total, "in its slots in the arena");
+    return;
+  }
   int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   size_t bytes;
   char *base = layout(r, off, &bytes);
@@ -160,7 +195,8 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
       int64_t was = r->layer[i] == l ? old_rows : r->rows[r->layer[i]];
       p->be->copy(base + off[i], r->base + r->off[i], (size_t)(was * r->per_row[i] * r->row_b[i]));
     }
-  p->be->release(r->base);
+  if (!r->in_arena) p->be->release(r->base); /* the slots stay the arena's */
+  r->in_arena = false;
   mc_free(r->off);
   r->off = off;
   r->base = base;
@@ -168,17 +204,10 @@ void rt_rows_need(const KernelCtx *ctx, const Node *n, int64_t total) {
   r->high = MC_MAX(r->high, bytes);
   r->grown++;
   point(r);
-  char when[48];
-  snprintf(when, sizeof when, ctx->training ? "step %llu" : "an evaluation",
-           (unsigned long long)ctx->step);
-  fprintf(stderr,
-          "moec: device %d, MoE layer '%s'%s: %lld rows arrived at %s; its expert-row "
-          "buffers now hold %lld rows (%.2f MiB for every layer's)\n",
-          g->rank, g->moe_names[r->moe[l]],
-          r->level[l] == 1   ? " (group level)"
-          : r->level[l] == 2 ? " (expert level)"
-                             : "",
-          (long long)total, when, (long long)r->rows[l], (double)bytes / 1048576.0);
+  char where[96];
+  snprintf(where, sizeof where, "%.2f MiB for every layer's, apart from the arena",
+           (double)bytes / 1048576.0);
+  log_growth(ctx, r, l, total, where);
 }
 
 size_t rt_rows_bytes(const Program *p, bool high) {
@@ -195,9 +224,10 @@ void rt_rows_poison(Program *p, const void *nan, size_t chunk) {
 void rt_rows_free(Program *p) {
   RtStepRows *r = p->g ? p->g->step_rows : NULL;
   if (!r || r->p != p) return;
-  p->be->release(r->base);
+  if (!r->in_arena) p->be->release(r->base);
   mc_free(r->moe);
   mc_free(r->level);
+  mc_free(r->slot);
   mc_free(r->per_row);
   mc_free(r->rows);
   mc_free(r->bound);

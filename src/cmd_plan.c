@@ -37,6 +37,9 @@ static void usage(FILE *out) {
           "                     ranked by predicted step time (a table; with --format dot,\n"
           "                     svg or png the top candidates side by side, 3 unless --top)\n"
           "  --top K            the K best (table and picture)\n"
+          "  --memory [N]       after the text, the arena of the device that allocates the\n"
+          "                     most: the node where the most bytes are alive and its N\n"
+          "                     largest tensors (12 unless N): op, shape, MiB, lifetime\n"
           "  --write-plan FILE  the winner as a plan { } block\n"
           "  --mpi              the devices are MPI ranks (mpirun): the profile's MPI\n"
           "                     kernels and collectives (mpirun -np 2 moec calibrate --mpi)\n\n"
@@ -260,7 +263,7 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
          "device's share\n",
          (long long)c->rows_per_device, (long long)g->T,
          P > 1 ? "; its own experts' parameters, gradients and optimizer state, expert-row "
-                 "buffers for every device's rows (or, sized per step, apart: rows)"
+                 "buffers for every device's rows (or, sized per step, their slots: rows)"
                : "");
   printf("  %6s %7s %10s | %10s %10s %10s %10s | %10s %12s %10s | %10s\n", "device", "experts",
          "params", "persistent", "arena", "optimizer", "allocated", "grads", "activations",
@@ -275,12 +278,13 @@ static void print_text(const Graph *g, const PlanCost *c, const char *strategy, 
   }
   printf("  arena lower bound (most bytes alive at once): %.3f MiB\n", mib(c->live_max));
   if (P > 1 && c->dev[0].rows_margin_bytes > 0) {
-    printf("  expert rows sized per step (outside the arena; in allocated at x%.2f, at most "
-           "every route's):\n  %6s %10s %10s\n",
-           PLAN_ROWS_MARGIN, "device", "expected", "margin");
+    printf("  expert rows sized per step (in their slots in the arena, x%.2f the fair share; "
+           "apart from it, in allocated, where this routing outgrows them: their region at "
+           "the expected rows x%.2f, at most every route's):\n  %6s %10s %10s %10s\n",
+           PLAN_ROWS_MARGIN, PLAN_ROWS_MARGIN, "device", "expected", "margin", "apart");
     for (int d = 0; d < P; d++)
-      printf("  %6d %10.3f %10.3f\n", d, mib(c->dev[d].rows_bytes),
-             mib(c->dev[d].rows_margin_bytes));
+      printf("  %6d %10.3f %10.3f %10.3f\n", d, mib(c->dev[d].rows_bytes),
+             mib(c->dev[d].rows_margin_bytes), mib(c->dev[d].rows_apart_bytes));
   }
   plan_print_step(g, c, routing);
   if (notes && *notes) printf("\n%s", notes);
@@ -418,12 +422,13 @@ static void print_json(const Graph *g, const PlanCost *c, const char *strategy, 
            "\"planned_bytes\": %.0f, \"param_allocated_bytes\": %.0f, \"flops\": %.0f, "
            "\"expert_rows\": %.0f, \"route_share\": %.6g, \"compute_s\": %.9g, \"comm_s\": "
            "%.9g, \"intra_bytes\": %.0f, \"inter_bytes\": %.0f, \"rows_bytes\": %.0f, "
-           "\"rows_margin_bytes\": %.0f}",
+           "\"rows_margin_bytes\": %.0f, \"rows_apart_bytes\": %.0f}",
            d ? "," : "", d, dc->nexperts, dc->param_bytes, dc->grad_bytes, dc->optim_bytes,
            dc->act_bytes, dc->param_bytes + dc->grad_bytes + dc->optim_bytes + dc->act_bytes,
            dc->persist_bytes, dc->arena_bytes, dc->optim_alloc_bytes, dc->planned_bytes,
            dc->param_alloc_bytes, dc->flops, dc->expert_rows, dc->route_share, dc->compute_s,
-           dc->comm_s, dc->intra_bytes, dc->inter_bytes, dc->rows_bytes, dc->rows_margin_bytes);
+           dc->comm_s, dc->intra_bytes, dc->inter_bytes, dc->rows_bytes, dc->rows_margin_bytes,
+           dc->rows_apart_bytes);
   }
   printf("],\n \"memory\": {\"rows_per_device\": %lld, \"T\": %lld, \"elem\": 4, "
          "\"arena_lower_bound\": %.0f, \"max_planned_bytes\": %.0f}",
@@ -475,7 +480,7 @@ Graph *plan_compile(const Options *o, Config *cfg, AstFile **f, McBuf *notes, Pl
     DeviceMemory m = drv_device_memory(g, cfg, o, d, P, c->dev[d].rows_scale);
     plan_cost_set_memory(c, d, (double)m.persist, (double)m.arena, (double)m.optimizer,
                          (double)m.params, (double)m.live_max);
-    plan_cost_set_rows(c, d, (double)m.rows_expected, (double)m.rows_worst);
+    plan_cost_set_rows(c, d, (double)m.rows_expected, (double)m.rows_worst, m.rows_outgrow);
   }
   return g;
 }
@@ -485,7 +490,7 @@ typedef struct PlanFlags {
   const char *expand[64];
   int nexpand;
   bool search, mpi;
-  int top;
+  int top, memory;
   const char *write_plan, *profile, *cluster;
 } PlanFlags;
 
@@ -507,6 +512,18 @@ static int plan_flags(int argc, char **argv, int *i, void *ctx) {
     a->search = true;
   } else if (!strcmp(argv[*i], "--mpi")) {
     a->mpi = true;
+  } else if (!strcmp(argv[*i], "--memory")) {
+    a->memory = 12;
+    char *end;
+    long t = *i + 1 < argc ? strtol(argv[*i + 1], &end, 10) : 0;
+    if (*i + 1 < argc && end != argv[*i + 1] && !*end) {
+      if (t < 1 || t > 100000) {
+        fprintf(stderr, "moec plan: error: --memory takes a count >= 1, not '%s'\n", argv[*i + 1]);
+        return -1;
+      }
+      a->memory = (int)t;
+      ++*i;
+    }
   } else if ((v = cli_value(argc, argv, i, "--top", "plan", &bad))) {
     char *end;
     long t = strtol(v, &end, 10);
@@ -617,6 +634,10 @@ int cmd_plan(int argc, char **argv) {
     fprintf(stderr, "moec plan: error: --devices, --mesh: the cluster gives the devices\n");
     rc = 2;
   }
+  if (!rc && a.memory && (a.search || strcmp(format, "text"))) {
+    fprintf(stderr, "moec plan: error: --memory goes with the text format\n");
+    rc = 2;
+  }
   if (!rc && (a.write_plan || a.top) && !a.search) {
     fprintf(stderr, "moec plan: error: --top and --write-plan go with --search\n");
     rc = 2;
@@ -701,10 +722,14 @@ int cmd_plan(int argc, char **argv) {
   rc = 0;
   if (!strcmp(format, "json"))
     print_json(g, &c, cfg.strategy, cfg.expert_policy, notes.data);
-  else if (!strcmp(format, "text"))
+  else if (!strcmp(format, "text")) {
     print_text(g, &c, cfg.strategy, cfg.expert_policy, pass_fusion_enabled(&cfg), notes.data,
                routing);
-  else
+    int most = 0; /* the device that allocates the most */
+    for (int d = 1; d < c.devices; d++)
+      if (c.dev[d].planned_bytes > c.dev[most].planned_bytes) most = d;
+    if (a.memory) drv_memory_top(g, &cfg, most, cfg.devices, a.memory, stdout);
+  } else
     rc = draw(g, &c, &cfg, &o, &a);
   plan_cost_free(&c);
   mc_buf_free(&notes);

@@ -357,10 +357,11 @@ int cmd_simulate(int argc, char **argv) {
     printf(" \"memory\": {\"device\": %d, \"param_bytes\": %.0f, \"persist_bytes\": %.0f, "
            "\"arena_bytes\": %.0f, \"optimizer_bytes\": %.0f, \"planned_bytes\": %.0f, "
            "\"estimate_bytes\": %.0f, \"capacity_bytes\": %.0f, \"rows_bytes\": %.0f, "
-           "\"rows_margin_bytes\": %.0f, \"fits\": %s}}\n",
+           "\"rows_margin_bytes\": %.0f, \"rows_apart_bytes\": %.0f, \"fits\": %s}}\n",
            worst, w->param_bytes, w->persist_bytes, w->arena_bytes, w->optim_alloc_bytes,
            w->planned_bytes, w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes,
-           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, c.fits ? "true" : "false");
+           cl.k.mem_bytes, w->rows_bytes, w->rows_margin_bytes, w->rows_apart_bytes,
+           c.fits ? "true" : "false");
   } else {
     printf("simulate %s on %s\n", g->name, cl.desc);
     printf("  constants: %g GFLOP/s sustained per device (peak %g), a GEMM at half of it when "
@@ -390,10 +391,14 @@ int cmd_simulate(int argc, char **argv) {
            gib(w->optim_alloc_bytes), (long long)c.rows_per_device,
            gib(w->param_bytes + w->grad_bytes + w->optim_bytes + w->act_bytes),
            gib(w->param_bytes));
-    if (w->rows_margin_bytes > 0)
-      printf("               + expert rows sized per step %.3f GiB (expected %.3f at this "
-             "routing, x%.2f; included above)\n",
-             gib(w->rows_margin_bytes), gib(w->rows_bytes), PLAN_ROWS_MARGIN);
+    if (w->rows_margin_bytes > 0 && w->rows_apart_bytes > 0)
+      printf("               + expert rows sized per step %.3f GiB apart from the arena (this "
+             "routing outgrows their slots in it: expected %.3f, x%.2f; included above)\n",
+             gib(w->rows_apart_bytes), gib(w->rows_bytes), PLAN_ROWS_MARGIN);
+    else if (w->rows_margin_bytes > 0)
+      printf("               expert rows sized per step: in their slots in the arena (x%.2f the "
+             "fair share; this routing's %.3f GiB, x%.2f %.3f, fit them)\n",
+             PLAN_ROWS_MARGIN, gib(w->rows_bytes), PLAN_ROWS_MARGIN, gib(w->rows_margin_bytes));
     if (cl.k.mem_bytes <= 0)
       printf("fits           unknown (no memory size for %s)\n", cl.dev->name);
     else if (c.fits)
@@ -405,10 +410,10 @@ int cmd_simulate(int argc, char **argv) {
              worst, gib(c.max_planned), cl.dev->name, cl.dev->mem_gib);
       double xb = w->rows_margin_bytes > 0 ? 0 : expert_row_bytes(g, P); /* in the arena */
       if (w->rows_margin_bytes > 0.25 * w->planned_bytes)
-        printf("               the expert rows sized per step take %.3f of the %.3f GiB (x%g "
-               "the expected rows; their region is apart from the arena); moe(..., capacity=) "
-               "bounds them\n",
-               gib(w->rows_margin_bytes), gib(w->planned_bytes), PLAN_ROWS_MARGIN);
+        printf("               the expert rows sized per step take about %.3f of the %.3f GiB "
+               "(x%g the expected rows, %s); moe(..., capacity=) bounds them\n",
+               gib(w->rows_margin_bytes), gib(w->planned_bytes), PLAN_ROWS_MARGIN,
+               w->rows_apart_bytes > 0 ? "apart from the arena" : "in their slots in the arena");
       else if (xb > 0.5 * w->arena_bytes)
         printf("               the expert-row buffers dominate: %.3f GiB of tensors in the %.3f "
                "GiB arena, %s; plan.expert_headroom = H (--expert-headroom 2) sizes them at H x "

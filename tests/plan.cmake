@@ -86,7 +86,7 @@ set_tests_properties(plan_fusion_groups PROPERTIES LABELS plan SKIP_RETURN_CODE 
                      PASS_REGULAR_EXPRESSION "ok")
 # the new JSON keys, on 4 devices; the memory plan with one device is what memplan assigns
 add_test(NAME plan_json_memory
-         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert {\"recompute\",\"fusion\",\"memory\"} <= set(d); m=d[\"memory\"]; assert m[\"rows_per_device\"] == 8 and m[\"max_planned_bytes\"] > 0; assert all(abs(p[\"planned_bytes\"] - p[\"persist_bytes\"] - p[\"arena_bytes\"] - p[\"optimizer_allocated_bytes\"] - p[\"rows_margin_bytes\"]) <= 2 and p[\"param_allocated_bytes\"] < p[\"planned_bytes\"] and p[\"arena_bytes\"] > 0 and p[\"estimate_bytes\"] > 0 for p in d[\"per_device\"]); assert {\"segments\",\"segs\",\"saved_bytes\",\"flops\",\"arena_bytes\",\"arena_without_bytes\"} <= set(d[\"recompute\"]); assert {\"groups\",\"fused\",\"kernel_calls_before\",\"kernel_calls_after\"} <= set(d[\"fusion\"]); print(\"ok\")'"
+         COMMAND sh -c "\"$1\" plan \"$2\" --devices 4 --format json | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); assert {\"recompute\",\"fusion\",\"memory\"} <= set(d); m=d[\"memory\"]; assert m[\"rows_per_device\"] == 8 and m[\"max_planned_bytes\"] > 0; assert all(abs(p[\"planned_bytes\"] - p[\"persist_bytes\"] - p[\"arena_bytes\"] - p[\"optimizer_allocated_bytes\"] - p[\"rows_apart_bytes\"]) <= 2 and p[\"param_allocated_bytes\"] < p[\"planned_bytes\"] and p[\"arena_bytes\"] > 0 and p[\"estimate_bytes\"] > 0 for p in d[\"per_device\"]); assert {\"segments\",\"segs\",\"saved_bytes\",\"flops\",\"arena_bytes\",\"arena_without_bytes\"} <= set(d[\"recompute\"]); assert {\"groups\",\"fused\",\"kernel_calls_before\",\"kernel_calls_after\"} <= set(d[\"fusion\"]); print(\"ok\")'"
                  sh $<TARGET_FILE:moec> ${MOEC_PLAN_EX})
 set_tests_properties(plan_json_memory PROPERTIES LABELS plan PASS_REGULAR_EXPRESSION "^ok")
 add_test(NAME plan_cli_text_sections
@@ -188,3 +188,9 @@ add_test(NAME calibrate_mpi
                  ${CMAKE_CURRENT_SOURCE_DIR}/../examples)
 set_tests_properties(calibrate_mpi PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77
                      LABELS "plan;multidev")
+
+# moec plan --memory: the arena's peak and its largest tensors (tests/test_plan_memory.sh)
+add_test(NAME plan_memory_listing
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_plan_memory.sh $<TARGET_FILE:moec>
+                 ${MOEC_PLAN_EX})
+set_tests_properties(plan_memory_listing PROPERTIES TIMEOUT 60 LABELS "plan;fast")

@@ -755,6 +755,58 @@ static void test_cores_split(void) {
   }
 }
 
+/* The expert rows sized per step in their slots in the arena (docs/memory.md, "Expert-row
+ * buffers"): on each device of lm_moe-like models with several devices, every per-step
+ * tensor is in the arena at its slot's rows (x1.25 the fair share), the validator finds no
+ * two live tensors sharing a byte, and the arena is smaller than the arena without them
+ * plus their region apart at the same rows. */
+static void test_rows_in_arena(void) {
+  static const int cases[][6] = {/* B, T, D, E, k, P */
+                                 {32, 20, 16, 8, 2, 4},
+                                 {64, 10, 16, 16, 2, 8}};
+  for (size_t c = 0; c < MC_ARRAY_LEN(cases); c++) {
+    const int *x = cases[c];
+    Built b;
+    CHECK(lm(&b, x[0], x[1], x[2], x[3], x[4], "  devices = 4\n"));
+    run_passes(&b, x[5]);
+    for (int d = 0; d < x[5]; d++) {
+      PassCtx pc = {.cfg = &b.cfg, .devices = x[5], .training = true, .elem = 4};
+      Type *save = pass_device_view(b.g, &pc, d);
+      Graph *g = b.g;
+      int64_t *slot = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t)),
+              *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
+      int marked = 0;
+      for (int i = 0; i < g->ntensors; i++) {
+        const Tensor *t = g->tensors[i];
+        if (!t->rows_per_step) continue;
+        marked++;
+        PlanRows r = plan_rows_of(g, t, g->ndev, g->rank, g->B, g->T);
+        slot[i] = t->numel / t->shape[0] * plan_rows_slot_of(&r) * r.per_row * 4;
+        CHECK(plan_rows_slot_of(&r) >= r.fair && plan_rows_slot_of(&r) <= r.bound);
+      }
+      CHECK(marked > 0);
+      MemFigures joint = pass_memplan_assign(g, 4);
+      CHECK(pass_memplan_validate(g) > 0);
+      for (int i = 0; i < g->ntensors; i++) /* every slot in the arena */
+        if (g->tensors[i]->rows_per_step)
+          CHECK(g->tensors[i]->mem_offset >= joint.persist &&
+                g->tensors[i]->mem_offset + slot[i] <= joint.persist + joint.arena);
+      MemFigures apart = pass_memplan_plan(g, g->B, g->T, 4, MEMPLAN_ROWS_APART, NULL);
+      int64_t region = pass_memplan_rows(g, slot, off, NULL, NULL);
+      CHECK(joint.persist == apart.persist && region > 0);
+      CHECK(joint.arena < apart.arena + region);
+      if (d == 0)
+        printf("rows in the arena (B=%d, E=%d, P=%d): arena %lld bytes with the slots, %lld + "
+               "%lld apart\n",
+               x[0], x[3], x[5], (long long)joint.arena, (long long)apart.arena, (long long)region);
+      mc_free(slot);
+      mc_free(off);
+      pass_device_view_end(g, &pc, save);
+    }
+    done(&b);
+  }
+}
+
 int main(void) {
   test_cores_split();
   test_dram_floor();
@@ -771,5 +823,6 @@ int main(void) {
   test_hmoe_comm();
   test_batchwise_bytes();
   test_cost_memplan_cluster();
+  test_rows_in_arena();
   TEST_DONE();
 }

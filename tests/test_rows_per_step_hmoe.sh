@@ -2,13 +2,15 @@
 # test_rows_per_step_hmoe.sh MOEC HMOE MESHED: an hmoe layer's expert-row buffers sized per
 # step (docs/memory.md, "Expert-row buffers"): both levels of its two-level exchange, the
 # group rows the group-level all-to-all brings and the expert rows the expert-level one
-# brings, in the region outside the arena. Checks: losses and checkpoint bit for bit those
+# brings, in their slots in the arena (a region apart once a step outgrows them). Checks:
+# losses and checkpoint bit for bit those
 # of the worst-case buffers (--expert-headroom P) for HMOE (lm_moe256h: 16 groups of 16)
 # on 2, 4 and 8 in-process devices, and for MESHED (md_hmoe2: a group's experts on two
 # devices, so expert rows cross devices) on a 2x2 mesh; the region grows after step 0 at
-# both levels; --poison-arena changes nothing; 2 MPI ranks; the plan's static arena equal
-# to the run's and the run's region between the plan's expected one and its x1.25, also
-# when the plan takes the run's measured loads (--loads). The plan's expected region per
+# both levels; on 8 devices at 8 rows a step they outgrow their slots and move apart
+# (the same bits); --poison-arena changes nothing; 2 MPI ranks; the plan's arena (the
+# slots in it) equal to the run's and nothing apart in either, also when the plan takes
+# the run's measured loads (--loads). The plan's expected region per
 # level of the exchange under skewed loads files: on HMOE (each group with its experts)
 # both levels at the device's routed share; on MESHED (a group's experts on its node's
 # two devices) a loads file with even groups and uneven experts leaves the group rows at
@@ -30,6 +32,10 @@ done
 grep -hm2 "rows arrived at step [1-9]" s4.err
 run p4 "$HMOE" --devices 4 --poison-arena
 same s4 p4
+worst_vs_step wb sb "$HMOE" 8 --batch 8
+grep -q "level): [0-9]* rows arrived at step [0-9]*; .*apart from the arena" sb.err ||
+  fail "the rows never outgrew their slots on 8 devices at batch 8"
+grep -hm1 "apart from the arena" sb.err
 worst_vs_step mw ms "$MESHED" 4 --mesh 2x2
 grep -q "(expert level): [0-9]* rows arrived at step [1-9]" ms.err ||
   fail "the meshed model's expert rows never grew after step 0"
@@ -42,8 +48,8 @@ else
   echo "no mpirun: the MPI case skipped"
 fi
 
-# the plan against the run (4 devices, 20 training steps): the same static arena; the
-# run's region at its most between the plan's expected one and the plan's x1.25
+# the plan against the run (4 devices, 20 training steps): the same arena, the expert
+# rows' slots in it; neither moves them apart
 "$MOEC" plan "$HMOE" --devices 4 --strategy hmoe --format json > plan.json
 "$MOEC" run "$HMOE" --devices 4 --strategy hmoe --steps 20 --no-eval --json \
   --metrics lm.metrics 2> lm.err | tail -1 > lm.json
@@ -57,10 +63,11 @@ for f in ("plan.json", "planl.json"):
     for d, (a, b) in enumerate(zip(p["per_device"], r["memory"])):
         assert a["arena_bytes"] == b["arena_bytes"], ("static arena", d, a, b)
         exp, mar, high = a["rows_bytes"], a["rows_margin_bytes"], b["rows_bytes"]
-        assert 0 < exp <= high <= mar, (f, d, exp, high, mar)
-        print("%s device %d: static arena %d = run's; rows: plan expected %d, x1.25 %d; run's "
-              "most %d (%.3f of the plan's x1.25)" % (f, d, a["arena_bytes"], exp, mar, high,
-                                                      high / mar))
+        assert 0 < exp < mar and high == 0 and a["rows_apart_bytes"] == 0, (f, d, exp, high, a)
+        assert a["planned_bytes"] == a["persist_bytes"] + a["arena_bytes"] + \
+            a["optimizer_allocated_bytes"], a
+        print("%s device %d: arena %d (the slots in it) = run's; nothing apart (it would be "
+              "%d, x1.25 %d)" % (f, d, a["arena_bytes"], exp, mar))
 PY
 
 # skewed loads files: E experts in G groups, "heavy" a weight per expert
@@ -87,6 +94,10 @@ for d in range(4):  # both levels at the device's routed share over uniform's 1/
     print("hmoe, skewed: device %d's expected rows %.3f x uniform's (routed share %.3f)" % (
         d, got, s[d]["route_share"]))
 assert s[0]["rows_bytes"] > 1.8 * u[0]["rows_bytes"], (s[0], u[0])  # the file is skewed
+# device 0's routing outgrows its slots (x1.25 uniform's): the plan adds the region apart
+assert s[0]["rows_apart_bytes"] == s[0]["rows_margin_bytes"] > 0 and u[0]["rows_apart_bytes"] == 0
+assert s[0]["planned_bytes"] == s[0]["persist_bytes"] + s[0]["arena_bytes"] + \
+    s[0]["optimizer_allocated_bytes"] + s[0]["rows_apart_bytes"], s[0]
 u, s = dev("mplan.json"), dev("mplanl.json")
 r = [s[d]["rows_bytes"] / u[d]["rows_bytes"] for d in range(4)]
 e = [s[d]["route_share"] / 0.25 for d in range(4)]  # the expert level's: 1.5, .5, .5, 1.5
