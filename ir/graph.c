@@ -354,10 +354,21 @@ void ir_verify(const Graph *g) {
     MOEC_ASSERT(info->nin < 0 || n->nin == info->nin);
     MOEC_ASSERT(info->nout < 0 || n->nout == info->nout); /* -1: fused (n outputs) */
     MOEC_ASSERT(info->nout > -2 || n->nout == n->nin + info->nout + 2);
-    for (int i = 0; i < n->nin; i++)
+    for (int i = 0; i < n->nin; i++) {
       if (!made[n->in[i]->id])
         mc_fatal("node %d (%s) reads tensor '%s' before it is produced", n->id, info->name,
                  n->in[i]->name);
+      if (made[n->in[i]->id] < 0)
+        mc_fatal("node %d (%s) reads tensor '%s' after node %d used it as scratch", n->id,
+                 info->name, n->in[i]->name, -made[n->in[i]->id] - 1);
+    }
+    if (info->flags & OPF_CLOBBER1) {
+      const Tensor *s = n->in[1];
+      if (!s->producer || s == g->loss || s == g->logits)
+        mc_fatal("node %d (%s) would write over '%s', which is not its own temporary", n->id,
+                 info->name, s->name);
+      made[s->id] = -n->id - 1; /* read no more */
+    }
     for (int j = 0; j < n->nout; j++) {
       MOEC_ASSERT(n->out[j]->producer == n && n->out[j]->producer_slot == j);
       made[n->out[j]->id] = 1;

@@ -28,7 +28,8 @@ typedef struct Tensor Tensor;
 
 /* ---------------------------------------------------------------- ops.c */
 
-enum { OPF_ELEMENTWISE = 1, OPF_RANDOM = 2, OPF_COLLECTIVE = 4, OPF_NODIFF = 8, OPF_INPLACE0 = 16 };
+enum { OPF_ELEMENTWISE = 1, OPF_RANDOM = 2, OPF_COLLECTIVE = 4, OPF_NODIFF = 8, OPF_INPLACE0 = 16,
+       OPF_CLOBBER1 = 32 };
 
 typedef const char *(*ShapeRule)(Graph *g, Node *n);
 typedef void (*GradRule)(Graph *g, Node *n, Tensor *const *gout, Tensor **gin);

@@ -64,7 +64,7 @@ static Graph *compile(Cand *c, const SearchArgs *s, Options *o, Config *cfg, Ast
       if (strstr(line, "error")) break;
     line[strcspn(line, "\n")] = 0;
     const char *err = strstr(line, "error: ");
-    snprintf(c->why, sizeof c->why, "%s", err ? err + 7 : line);
+    snprintf(c->why, sizeof c->why, "%.*s", (int)sizeof c->why - 1, err ? err + 7 : line);
   }
   if (tmp) fclose(tmp);
   return g;

@@ -11,8 +11,13 @@
  *   - a device holding the second half of the rows draws the same samples and computes
  *     the same row losses;
  *   - sparse_all_reduce on 1..4 in-process devices equals one scatter of every device's
- *     rows, the same bits on every device. */
+ *     rows, the same bits on every device;
+ *   - the backward writes its dlogits over probs (no [N,S+1] buffer of its own: each row
+ *     of probs then sums to 0, not 1), and ir_verify refuses a graph that reads probs
+ *     after it. */
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../codegen/codegen.h"
 #include "../passes/passes.h"
@@ -391,6 +396,77 @@ static void t_sparse_all_reduce(void) {
          SP_MAXP);
 }
 
+/* The backward's scratch is probs itself (OPF_CLOBBER1): after a training step each row
+ * of the buffer holds g*scale*(probs - onehot0), which sums to 0 where probs summed to 1;
+ * a node reading probs after the backward is refused by ir_verify, naming both. */
+static void t_scratch(void) {
+  enum { N = 5, D = 3, V = 40, S = 6 };
+  Graph *g = ir_graph_new("scratch");
+  Tensor *t;
+  Node *n = sampled_graph(g, N, D, V, S, &t);
+  g->loss = n->out[0];
+  PassCtx pc = {.devices = 1, .training = true};
+  pass_autodiff(g, &pc);
+  const Node *bwd = NULL;
+  for (int k = 0; k < g->nnodes; k++)
+    if (g->nodes[k]->op == OP_SAMPLED_XENT_BWD) bwd = g->nodes[k];
+  CHECK(bwd && bwd->in[1] == n->out[1]);
+  ir_bind(g, 1, 1);
+  Program *p = cg_lower(g, PREC_F64);
+  fill_uniform(p->buf[n->in[0]->id], N * D, mc_rng_key(4, 1, 0), 1);
+  fill_uniform(p->buf[n->in[1]->id], V * D, mc_rng_key(4, 2, 0), 1);
+  Ids ids = {V, 3};
+  fill_targets(t, p->buf[t->id], &ids);
+  KernelCtx kc = {.training = true, .seed = 1, .batch_local = 1, .ndevices = 1};
+  rt_exec(p, &kc, 0, p->first_backward);
+  const double *probs = p->buf[n->out[1]->id];
+  double fwd = 0, bwd_sum = 0;
+  for (int64_t r = 0; r < N; r++) {
+    double rs = 0;
+    for (int64_t j = 0; j <= S; j++)
+      rs += probs[r * (S + 1) + j];
+    fwd = fmax(fwd, fabs(rs - 1));
+  }
+  rt_exec(p, &kc, p->first_backward, p->ninstrs);
+  for (int64_t r = 0; r < N; r++) {
+    double rs = 0;
+    for (int64_t j = 0; j <= S; j++)
+      rs += probs[r * (S + 1) + j];
+    bwd_sum = fmax(bwd_sum, fabs(rs));
+  }
+  CHECK(fwd < 1e-12);     /* the forward's probabilities */
+  CHECK(bwd_sum < 1e-12); /* then the backward's dlogits over them */
+  cg_program_free(p);
+
+  /* a reader of probs after the backward: refused */
+  int fd[2];
+  CHECK(pipe(fd) == 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd[1], 2);
+    close(fd[0]);
+    ir_op1(g, OP_RELU, n->out[1]);
+    ir_verify(g);
+    _exit(0); /* not reached: ir_verify reports the reader */
+  }
+  close(fd[1]);
+  char msg[512] = {0};
+  size_t len = 0;
+  ssize_t k;
+  while (len < sizeof msg - 1 && (k = read(fd[0], msg + len, sizeof msg - 1 - len)) > 0)
+    len += (size_t)k;
+  close(fd[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(!(WIFEXITED(st) && WEXITSTATUS(st) == 0)); /* mc_fatal: an internal error */
+  CHECK(strstr(msg, "after node") && strstr(msg, "used it as scratch"));
+  ir_graph_free(g);
+  printf("sampled_xent_bwd: dlogits over probs (rows sum %.1e, were 1 within %.1e); a later "
+         "reader refused\n", bwd_sum, fwd);
+}
+
 int main(void) {
   t_sampler();
   t_forward_loop();
@@ -399,5 +475,6 @@ int main(void) {
   t_gradcheck();
   t_split();
   t_sparse_all_reduce();
+  t_scratch();
   TEST_DONE();
 }
