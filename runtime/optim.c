@@ -14,6 +14,7 @@
 #define OPT_X86 1 /* the AVX-512 and AVX2 row sums below */
 #endif
 
+#include "fastmath.h"
 #include "train.h"
 #include "train_dev.h"
 
@@ -171,6 +172,8 @@ static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
 #ifdef OPT_X86
 #define OPT_AVX512 __attribute__((target("avx512f")))
 #define OPT_AVX2 __attribute__((target("avx2")))
+#define OPT_AVX512_FMA __attribute__((target("avx512f,fma")))
+#define OPT_AVX2_FMA __attribute__((target("avx2,fma")))
 
 /* opt_transpose8's 4x4 form for AVX2 */
 OPT_AVX2 __attribute__((always_inline)) static inline void opt_transpose4(__m256d r[4]) {

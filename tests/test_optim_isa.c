@@ -1,13 +1,15 @@
 /* test_optim_isa.c: the factored optimizer's AVX-512 and AVX2 row sums (runtime/optim.inc,
- * frow_blk, frow_blk2; those the CPU has) against its portable loops (Optim.isa =
- * RT_ISA_PORTABLE), bit for bit: p, the
+ * frow_blk, frow_blk2; those the CPU has), and Adam's AVX-512 and AVX2 loops with their
+ * divisions by the bias corrections as FMAs (rt_div_rn), against the portable loops
+ * (Optim.isa = RT_ISA_PORTABLE), bit for bit. Factored: p, the
  * row and column moments and the norm (the sum of the tasks' partials, in order), over
  * 3 steps, float32 and double, the norm fused into the update or clipped first, 1 and 2
  * threads. The shapes take both paths of a factored matrix, one task (OT_FMAT, up to
  * 1 MB) and split into row and column spans (OT_FROWS, OT_FCOLS, OT_FUPD), with rows and
  * columns that are not multiples of 8 or 16, row spans (16384 / cols rows) that end
- * inside a group of 8, fewer than 8 rows or columns, and an all-zero expert. Skips (77)
- * on a CPU without AVX2. */
+ * inside a group of 8, fewer than 8 rows or columns, and an all-zero expert. Adam: p, m
+ * and v after 10 steps (the bias corrections 1 - beta^t as divisors), with zero and -0
+ * gradients and parameters. Skips (77) on a CPU without AVX2. */
 #include <string.h>
 
 #include "runtime/train.h"
@@ -82,6 +84,48 @@ static void run(int isa, bool f64, double clip, int threads, void *p[NP], void *
   rt_optim_free(o);
 }
 
+/* 10 Adam steps with the given isa; p, m and v (their bytes) into out[3][NP] */
+static void run_adam(int isa, bool f64, int threads, void *out[3][NP]) {
+  const size_t es = f64 ? sizeof(double) : sizeof(float);
+  Config cfg = {.optimizer = OPT_ADAM, .lr = 0.01, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
+  rt_threads_set(threads);
+  Optim *o = rt_optim_new_prec(&cfg, &graph, f64 ? PREC_F64 : PREC_F32);
+  o->isa = isa;
+  void *g[NP];
+  for (int i = 0; i < NP; i++) {
+    int64_t n = params[i]->numel;
+    out[0][i] = mc_malloc((size_t)n * es);
+    g[i] = mc_malloc((size_t)n * es);
+    for (int64_t k = 0; k < n; k++) { /* every 97th parameter -0 */
+      double v = k % 97 ? cos(0.23 * (double)k + i) : -0.0;
+      if (f64)
+        ((double *)out[0][i])[k] = v;
+      else
+        ((float *)out[0][i])[k] = (float)v;
+    }
+  }
+  for (int s = 0; s < 10; s++) {
+    for (int i = 0; i < NP; i++)
+      for (int64_t k = 0; k < params[i]->numel; k++) { /* every 89th gradient -0 */
+        double v = k % 89 ? grad(i, k, s % 3) * (1 + s) : -0.0;
+        if (f64)
+          ((double *)g[i])[k] = v;
+        else
+          ((float *)g[i])[k] = (float)v;
+      }
+    rt_optim_step(o, (float *const *)out[0], (float *const *)g);
+  }
+  for (int i = 0; i < NP; i++) {
+    size_t n = (size_t)params[i]->numel * es;
+    out[1][i] = mc_malloc(n);
+    out[2][i] = mc_malloc(n);
+    memcpy(out[1][i], o->m[i], n);
+    memcpy(out[2][i], o->v[i], n);
+    mc_free(g[i]);
+  }
+  rt_optim_free(o);
+}
+
 int main(void) {
   Config cfg = {.optimizer = OPT_FACTORED};
   Optim *probe = rt_optim_new(&cfg, &graph);
@@ -142,6 +186,27 @@ int main(void) {
           for (int s = 0; s < 3; s++) /* bit for bit: the partials' sum, not a tolerance */
             CHECK(memcmp(&norm[0][s], &norm[1][s], sizeof(double)) == 0);
         }
+  for (int vec = RT_ISA_AVX2; vec <= isa; vec++)
+    for (int f64 = 0; f64 < 2; f64++)
+      for (int th = 1; th <= 2; th++) {
+        void *out[2][3][NP];
+        for (int v = 0; v < 2; v++)
+          run_adam(v ? vec : RT_ISA_PORTABLE, f64, th, out[v]);
+        int bad = 0;
+        for (int i = 0; i < NP; i++)
+          for (int a = 0; a < 3; a++) {
+            size_t n = (size_t)params[i]->numel * (f64 ? sizeof(double) : sizeof(float));
+            if (memcmp(out[0][a][i], out[1][a][i], n)) {
+              fprintf(stderr, "adam, %s, %s, %d threads: %s's %s differs\n",
+                      rt_gemm_pack_isa_name(vec), f64 ? "f64" : "f32", th, params[i]->name,
+                      (const char *[]){"p", "m", "v"}[a]);
+              bad++;
+            }
+            mc_free(out[0][a][i]);
+            mc_free(out[1][a][i]);
+          }
+        CHECK(bad == 0);
+      }
   rt_threads_set(1);
   TEST_DONE();
 }

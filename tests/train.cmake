@@ -33,3 +33,12 @@ endforeach()
 add_test(NAME train_backend_cli
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_backend_cli.sh $<TARGET_FILE:moec>)
 set_tests_properties(train_backend_cli PROPERTIES TIMEOUT 300 LABELS "train")
+# test_guard: a gradient value that is not finite, planted after a step of
+# tests/fold_dw.moe (whole gradients, a folded expert dW), stops the update naming the
+# first such parameter, before any parameter changes (the guard's scan split over threads)
+add_executable(test_guard ${CMAKE_CURRENT_SOURCE_DIR}/test_guard.c)
+target_include_directories(test_guard PRIVATE ${CMAKE_SOURCE_DIR})
+target_compile_options(test_guard PRIVATE ${MOEC_WARN})
+target_link_libraries(test_guard PRIVATE moeccore)
+add_test(NAME guard COMMAND test_guard ${CMAKE_CURRENT_SOURCE_DIR}/fold_dw.moe)
+set_tests_properties(guard PROPERTIES TIMEOUT 120 LABELS "train;fast")
