@@ -120,15 +120,18 @@ void rt_optim_free(Optim *o) {
  * moments); the factored matrices' parameters. Without clipping the norm's squares
  * are summed by the update tasks as they read the gradient: one pass over
  * parameters, gradients and moments. A factored matrix that fits in L2 (an expert's)
- * is one task doing all three phases' work on it, so its gradient comes from memory
- * once (12 bytes a parameter rather than 20) with the same arithmetic in the same order;
- * its norm partials keep the row spans' slots, so the norm's bits do not change either. */
+ * is done whole in phase 1, all three phases' work on it, so its gradient comes from
+ * memory once (12 bytes a parameter rather than 20) with the same arithmetic in the same
+ * order; its norm partials keep the row spans' slots, so the norm's bits do not change
+ * either. One task (OT_FMAT) takes a run of up to OPT_FMAT_RUN such matrices of a
+ * parameter, and updates each beside the next one's row sums (fmat_step). */
 
 #include "vec.h"
 
 #define OPT_SPAN 16384           /* elements per task */
 #define OPT_COLS 256             /* columns per column-moment task */
 #define OPT_FMAT_BYTES (1 << 20) /* a factored matrix up to this is one task (fits in L2) */
+#define OPT_FMAT_RUN 8           /* consecutive such matrices of a parameter in one task */
 
 typedef struct OptCoef {
   double scale, b1, b2, lr, eps, bc1, bc2;
@@ -143,6 +146,7 @@ typedef struct OptTask {
   int64_t l, m;   /* factored: matrix l of the parameter, m of the whole list */
   int64_t rows, cols;
   int64_t slot; /* its first norm partial (OT_FMAT: one per span of rows, as OT_FROWS) */
+  int64_t nl;   /* OT_FMAT: matrices l, l + 1, ..., l + nl - 1 */
 } OptTask;
 
 typedef struct OptJob {
@@ -158,6 +162,17 @@ typedef struct OptJob {
   double **csqrt;         /* [factored matrices split in spans]: sqrt of each column moment */
   int64_t nfmat;          /* factored matrices */
 } OptJob;
+
+/* An OT_FMAT task's matrix whose update waits for the next one's row sums (fmat_step) */
+typedef struct FmatPend {
+  int64_t l;      /* the matrix (of the parameter), -1: none */
+  const void *g;  /* its gradient */
+  bool nz;        /* its gradient has a nonzero (else p stays) */
+  double rmean;   /* its mean row moment */
+  double *sc;     /* [cols]: its sqrt(C_j) */
+  double *colsum; /* [cols]: the next matrix's column sums */
+  double *sr;     /* [rows]: its rows' frow_scale */
+} FmatPend;
 
 /* Rows per task (and per norm partial) of a factored matrix's row moments. */
 static int64_t frow_span(int64_t cols) {
@@ -234,7 +249,7 @@ static void task_span(const OptTask *t, int64_t *a, int64_t *b) {
   case OT_FUPD:
     *a = m0 + t->lo * t->cols, *b = m0 + t->hi * t->cols;
     return;
-  default: /* OT_FMAT, OT_FCOLS: the whole matrix */
+  default: /* OT_FCOLS: the whole matrix (OT_FMAT: opt_fmats, a matrix at a time) */
     *a = m0, *b = m0 + rc;
   }
 }
@@ -255,25 +270,64 @@ static bool written(const FoldDW *f, int64_t a, int64_t b) {
   return true;
 }
 
+/* Thread's scratch of at least need bytes */
+static void *opt_scratch(const Optim *o, size_t need) {
+  OptScratch *s = &o->scratch[rt_thread_index()];
+  if (s->n < need) {
+    mc_free(s->p);
+    s->p = mc_malloc(need);
+    s->n = need;
+  }
+  return s->p;
+}
+
+/* An OT_FMAT task: its matrices in order, each's folded dW made (or read where the kernel
+ * wrote it) into one half of the thread's scratch, the other half holding the matrix
+ * before it, whose update runs beside this one's row sums (fmat_step) */
+static void opt_fmats(const OptJob *J, const OptTask *t, double *part) {
+  const size_t e = J->o->elem;
+  const int64_t rc = t->rows * t->cols,
+                spans = (t->rows + frow_span(t->cols) - 1) / frow_span(t->cols);
+  const FoldDW *f = folded(J, t->i);
+  char *buf = f ? opt_scratch(J->o, 2 * (size_t)rc * e) : NULL;
+  double *d = mc_malloc((size_t)(2 * t->cols + t->rows) * sizeof(double));
+  FmatPend pd = {.l = -1, .sc = d, .colsum = d + t->cols, .sr = d + 2 * t->cols};
+  for (int64_t j = 0; j < t->nl; j++) {
+    int64_t a = (t->l + j) * rc;
+    const void *g = (const char *)J->grads[t->i] + (size_t)a * e;
+    if (f && !written(f, a, a + rc)) {
+      g = buf + (size_t)(j & 1) * (size_t)rc * e;
+      rt_fold_dw(f, e, a, a + rc, (void *)g);
+    }
+    if (e == sizeof(double))
+      fmat_step_f64(J, t, t->l + j, part + j * spans, g, &pd);
+    else
+      fmat_step_f32(J, t, t->l + j, part + j * spans, g, &pd);
+  }
+  if (e == sizeof(double))
+    fmat_end_f64(J, t, &pd);
+  else
+    fmat_end_f32(J, t, &pd);
+  mc_free(d);
+}
+
 static void opt_task(void *arg, int64_t k) {
   const OptJob *J = arg;
   const OptTask *t = &J->t[k];
   double *part = &J->part[t->slot];
   const size_t e = J->o->elem;
+  if (t->kind == OT_FMAT) {
+    opt_fmats(J, t, part);
+    return;
+  }
   const void *gr = J->grads[t->i];
   int64_t a = 0, b = 0;
   const FoldDW *f = folded(J, t->i);
   if (f && !(t->kind == OT_FUPD && !J->nonzero[t->m])) task_span(t, &a, &b);
   if (a < b && !written(f, a, b)) { /* its dW span, made here */
-    OptScratch *s = &J->o->scratch[rt_thread_index()];
-    size_t need = (size_t)(b - a) * e;
-    if (s->n < need) {
-      mc_free(s->p);
-      s->p = mc_malloc(need);
-      s->n = need;
-    }
-    rt_fold_dw(f, e, a, b, s->p);
-    gr = s->p;
+    void *buf = opt_scratch(J->o, (size_t)(b - a) * e);
+    rt_fold_dw(f, e, a, b, buf);
+    gr = buf;
   } else {
     a = 0; /* the whole gradient: the kernel wrote the span */
   }
@@ -324,10 +378,13 @@ static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
     if (fm) factor_dims(o, i, &lead, &rows, &cols);
     bool whole = fm && fmat_whole(o, rows, cols);
     for (int64_t l = 0; l < lead; l++, m += fm) {
-      if (whole) { /* phase 1 does it all; slots as its OT_FROWS tasks' */
+      if (whole) { /* phase 1 does it all; slots as its OT_FROWS tasks', matrix by matrix */
         if (phase == 2) continue;
-        if (J->nt == cap) J->t = mc_realloc(J->t, (size_t)(cap *= 2) * sizeof(OptTask));
-        J->t[J->nt++] = (OptTask){i, OT_FMAT, 0, rows, l, m, rows, cols, J->ns};
+        if (l % OPT_FMAT_RUN == 0) {
+          if (J->nt == cap) J->t = mc_realloc(J->t, (size_t)(cap *= 2) * sizeof(OptTask));
+          J->t[J->nt++] = (OptTask){i, OT_FMAT, 0,    rows,  l,
+                                    m, rows,    cols, J->ns, MC_MIN(OPT_FMAT_RUN, lead - l)};
+        }
         J->ns += (rows + frow_span(cols) - 1) / frow_span(cols);
         continue;
       }
@@ -343,7 +400,7 @@ static int64_t opt_tasks(OptJob *J, float *const *grads, int phase) {
                        : phase == 2 ? OT_FUPD
                        : part == 0  ? OT_FROWS
                                     : OT_FCOLS;
-          J->t[J->nt++] = (OptTask){i, k, lo, MC_MIN(len, lo + per), l, m, rows, cols, J->ns++};
+          J->t[J->nt++] = (OptTask){i, k, lo, MC_MIN(len, lo + per), l, m, rows, cols, J->ns++, 1};
         }
       }
     }

@@ -772,8 +772,8 @@ static void t_dispatch_roundtrip(void) {
 }
 
 /* The grouped GEMMs at every row count an expert may get, against a direct sum in
- * double: experts of 0..17 rows and one of 40 (the few-row kernels, small_mm to 16 rows,
- * small_mm_tw and small_dw to 8, and sgemm past them), odd K and M (the kernels' vector
+ * double: experts of 0..17 rows and one of 40 (the few-row kernels, small_mm and
+ * small_mm_tw to 16 rows, small_dw to 8, and sgemm past them), odd K and M (the kernels' vector
  * tails), W as [E,K,M] and transposed [E,M,K], and dW. */
 static void t_grouped_gemm_rows(Precision prec) {
   enum { E = 19, K = 21, M = 37 };

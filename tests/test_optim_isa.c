@@ -7,15 +7,17 @@
  * threads. The shapes take both paths of a factored matrix, one task (OT_FMAT, up to
  * 1 MB) and split into row and column spans (OT_FROWS, OT_FCOLS, OT_FUPD), with rows and
  * columns that are not multiples of 8 or 16, row spans (16384 / cols rows) that end
- * inside a group of 8, fewer than 8 rows or columns, and an all-zero expert. Adam: p, m
- * and v after 10 steps (the bias corrections 1 - beta^t as divisors), with zero and -0
- * gradients and parameters. Skips (77) on a CPU without AVX2. */
+ * inside a group of 8, fewer than 8 rows or columns, and an all-zero expert; and a run
+ * of small matrices with rows and columns in 8s, whose updates run beside the next
+ * matrix's row sums (fsum_upd8), over more than one task, an all-zero one among them.
+ * Adam: p, m and v after 10 steps (the bias corrections 1 - beta^t as divisors), with
+ * zero and -0 gradients and parameters. Skips (77) on a CPU without AVX2. */
 #include <string.h>
 
 #include "runtime/train.h"
 #include "test.h"
 
-#define NP 6
+#define NP 7
 
 static Tensor tens[NP];
 static Tensor *params[NP];
@@ -31,9 +33,11 @@ static void add_param(const char *name, int rank, const int64_t *shape) {
 }
 
 /* gradient element k of parameter i at step s: magnitudes over 6 decades, so that adding
- * squares in another order changes bits; matrix 1 of "e" all zero at step 1 */
+ * squares in another order changes bits; matrix 1 of "e" all zero at step 1, matrix 3
+ * of "x" at step 1 and its matrices 0 and 8 at step 2 */
 static double grad(int i, int64_t k, int s) {
   if (i == 0 && s == 1 && k >= 61 * 700 && k < 2 * 61 * 700) return 0;
+  if (i == 6 && s > 0 && (k / 960 == (s == 1 ? 3 : 0) || (s == 2 && k / 960 == 8))) return 0;
   return sin(0.37 * (double)k + i + s) * exp(3.0 * cos(0.011 * (double)k * (s + 1)));
 }
 
@@ -139,13 +143,15 @@ int main(void) {
    * (1.15 MB in f32: split; spans of 23 rows); w: 37 x 45 (16 + 16 + 5 rows; a tail of
    * 5 columns after 8-column blocks, of 1 after 4-column blocks); n: 20 x 5 (a tail
    * column, or only tail columns); r: 5 x 300 (fewer than 8 rows); d: 611 x 512 (split
-   * in f32 and f64, spans of 32 rows, the last of 3) */
+   * in f32 and f64, spans of 32 rows, the last of 3); x: 11 matrices of 24 x 40 (tasks
+   * of 8 and 3 matrices; 40 columns: 64 elements cross a row's end) */
   add_param("e", 3, (int64_t[]){2, 61, 700});
   add_param("m", 2, (int64_t[]){411, 700});
   add_param("w", 2, (int64_t[]){37, 45});
   add_param("n", 2, (int64_t[]){20, 5});
   add_param("r", 2, (int64_t[]){5, 300});
   add_param("d", 2, (int64_t[]){611, 512});
+  add_param("x", 3, (int64_t[]){11, 24, 40});
   /* the data is order-sensitive: one row of e summed backwards has other bits */
   double fw = 0, bw = 0;
   for (int64_t c = 0; c < 700; c++) {
