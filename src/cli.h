@@ -104,10 +104,12 @@ bool cli_parse_cluster(const char *spec, ClusterSpec *cs, struct CostConsts *k, 
 #define MOEC_PROFILE_DEFAULT "moec-profile.json"
 bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t wlen);
 /* calibrate_kernels.c: the in-situ kernel factors of k (its formulas' constants set) from
- * reference models timed on every core and on one thread, as JSON into json, ratio[j] the
+ * reference models timed on every core and on one thread (steps a round, the least of
+ * `rounds` alternated rounds per instruction), as JSON into json, ratio[j] the
  * models' whole measured step over the modelled one; and their
  * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
-bool cli_calibrate_kernels(struct CostConsts *k, int steps, McBuf *json, double ratio[2]);
+bool cli_calibrate_kernels(struct CostConsts *k, int steps, int rounds, McBuf *json,
+                           double ratio[2]);
 bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
 /* The same on the c->size MPI ranks of c (every rank calls it, k the same on every rank):
  * the reference models on one thread per rank, as many at once as there are cores (k's),
@@ -115,7 +117,8 @@ bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
  * kfactor_optim[1], kcoll_us) and as that set's JSON object into json. The reader of that
  * object in a profile's "mpi" section (its "rank_kernels"): false when absent or
  * malformed. */
-bool cli_calibrate_ranks(Comm *c, struct CostConsts *k, int steps, McBuf *json, double *ratio);
+bool cli_calibrate_ranks(Comm *c, struct CostConsts *k, int steps, int rounds, McBuf *json,
+                         double *ratio);
 bool cli_read_rank_factors(const char *mpi_section, struct CostConsts *k);
 /* The MPI ranks of the profile at path (its "mpi" section, `mpirun -np N moec calibrate
  * --mpi`): their link, latency, per-call terms and one-thread kernel factors into k;

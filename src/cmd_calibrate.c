@@ -14,6 +14,10 @@
 #include "../runtime/runtime.h"
 #include "cli.h"
 
+/* The in-situ kernels' rounds, each instruction's least kept (calibrate_kernels.c): on a
+ * machine shared with other work, one round in a few finds the other cores free. */
+#define KERNEL_ROUNDS(quick) ((quick) ? 2 : 5)
+
 /* Best of `reps` timings (seconds) of one GEMM [M, K] x [K, N]. */
 static double time_gemm(int64_t M, int64_t N, int64_t K, int reps) {
   float *A = mc_calloc((size_t)(M * K), sizeof(float));
@@ -249,7 +253,7 @@ static int calibrate_mpi(const char *out, bool quick) {
   k.inproc = false;
   McBuf kern = {0};
   double ratio = 0;
-  bool built = cli_calibrate_ranks(c, &k, quick ? 3 : 12, &kern, &ratio);
+  bool built = cli_calibrate_ranks(c, &k, quick ? 3 : 12, KERNEL_ROUNDS(quick), &kern, &ratio);
   int rc = built ? 0 : 1;
   if (c->rank == 0 && built) {
     /* the profile less its last '}' (and an earlier "mpi" section), then the new one */
@@ -382,7 +386,7 @@ int cmd_calibrate(int argc, char **argv) {
   k.inproc = true;
   McBuf kern = {0};
   double ratio[2];
-  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, &kern, ratio)) {
+  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, KERNEL_ROUNDS(quick), &kern, ratio)) {
     fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
     mc_buf_free(&grid);
     return 1;
