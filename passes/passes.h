@@ -82,6 +82,10 @@ long pass_memplan_validate(const Graph *g);
  * [def, last] in node indices (negative: not in the region). Returns its bytes. */
 int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets, int *def,
                           int *last);
+/* Whether n (a slice0 or concat0) is a view in g's plan (pass_memplan_assign's offsets):
+ * its output at its input's bytes, so the runtime copies nothing (the kernels check the
+ * same pointers). False for any other node and on a graph not planned. */
+bool pass_memplan_view(const Graph *g, const Node *n);
 /* The pass: plans the bound graph at ctx->elem (the last pass: the figures `moec plan`
  * prints are the runtime's allocation); lowering uses the plan, or plans again when the
  * graph was bound anew since. */
