@@ -8,7 +8,8 @@
  * and a round or two find the cores free), and per op the
  * measured seconds less a call's own time are set against the modelled ones: factor =
  * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
- * in-process device of several: a copy on each core at once). The optimizer's pass has its own
+ * in-process device of several: a copy on each core at once; timed with the thread's CPU
+ * clock, its kernels' work whatever else holds the cores). The optimizer's pass has its own
  * (docs/placement.md). Under mpirun (cli_calibrate_ranks) the one-thread set again with the
  * copies as MPI ranks, separate processes, for the plans whose devices are ranks. */
 #include <math.h>
@@ -98,8 +99,9 @@ typedef struct RefRun {
   Program *p;
   const Config *cfg;
   int steps;
-  RtProfile prof; /* the last round's */
-  RtProfile best; /* the least of the rounds' (rt_profile_keep_min) */
+  double (*clock)(void); /* the set's clock: mc_now, or mc_thread_cpu_now (one thread) */
+  RtProfile prof;        /* the last round's */
+  RtProfile best;        /* the least of the rounds' (rt_profile_keep_min) */
 } RefRun;
 
 /* Reference model i read and checked with o's options (plan.strategy = strategy unless
@@ -128,7 +130,7 @@ static double time_lost(const RtProfile *r, const Program *p) {
  * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
   RefRun *r = (RefRun *)arg + c->rank;
-  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, NULL);
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, r->clock, NULL);
 }
 
 /* Reference model i in set j (0: one device on every core; 1: a device on one thread, as
@@ -158,20 +160,33 @@ static void job_open(RefJob *b, int i, int j, int steps, const CostConsts *k, Co
   b->runs = !mpi || mpi->rank < b->copies;
   b->ok = b->f != NULL;
   for (int c = 0; b->ok && c < b->mine; c++) {
-    b->run[c] =
-        (RefRun){.p = drv_compile(b->f, &b->cfg, &b->o, &t), .cfg = &b->cfg, .steps = steps};
+    b->run[c] = (RefRun){.p = drv_compile(b->f, &b->cfg, &b->o, &t),
+                         .cfg = &b->cfg,
+                         .steps = steps,
+                         .clock = j == 0 ? mc_now : mc_thread_cpu_now};
     b->ok = b->run[c].p != NULL;
   }
 }
 
-/* r's round into its best: the medians scaled by the round's time lost, each kept where
- * less than the earlier rounds'. */
+/* A timing's own cost in clock's readings: the least of many back-to-back reads (the
+ * thread's CPU clock is a system call, ~0.5 us, where the wall clock is ~30 ns). */
+static double clock_cost(double (*clock)(void)) {
+  double best = 1;
+  for (int i = 0; i < 2000; i++) {
+    double t0 = clock();
+    best = fmin(best, clock() - t0);
+  }
+  return best;
+}
+
+/* r's round into its best: the medians scaled by the round's time lost, less the clock's
+ * own cost, each kept where less than the earlier rounds'. */
 static void keep_round(RefRun *r) {
   int ni = r->p->ninstrs;
-  double lost = time_lost(&r->prof, r->p);
+  double lost = time_lost(&r->prof, r->p), own = clock_cost(r->clock);
   for (int q = 0; q < ni; q++)
-    r->prof.instr_med[q] *= lost;
-  r->prof.optim_med *= lost;
+    r->prof.instr_med[q] = fmax(r->prof.instr_med[q] * lost - own, 0);
+  r->prof.optim_med = fmax(r->prof.optim_med * lost - own, 0);
   rt_profile_keep_min(&r->best, &r->prof, ni);
   rt_profile_free(&r->prof);
 }
@@ -184,9 +199,10 @@ static void job_round(RefJob *b) {
   if (b->mpi) {
     b->mpi->barrier(b->mpi); /* the copies at once */
     if (b->runs)
-      b->run[0].prof = rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, mc_now, NULL);
+      b->run[0].prof =
+          rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, b->run[0].clock, NULL);
   } else if (b->j == 0) {
-    b->run[0].prof = rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, mc_now, NULL);
+    b->run[0].prof = rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, b->run[0].clock, NULL);
   } else if (rt_inproc_run(b->copies, profile_on_thread, b->run)) {
     mc_die("moec calibrate: a reference model's thread failed");
   }
@@ -315,7 +331,7 @@ static bool profile_models(int j0, int j1, int steps, CliRounds *r, const CostCo
 /* Rank c->rank's program of a model on c->size in-process devices, profiled at once. */
 static void profile_rank(Comm *c, void *arg) {
   RefRun *r = (RefRun *)arg + c->rank;
-  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, c);
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, r->clock, c);
 }
 
 /* The collectives of model i on P devices under `strategy`: each collective's measured
@@ -336,7 +352,8 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, i
   for (int r = 0; ok && r < P; r++) {
     if (mpi && r != mpi->rank) continue;
     Target t = {.devices = P, .rank = r, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
-    run[r] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
+    run[r] =
+        (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps, .clock = mc_now};
     ok = run[r].p != NULL;
   }
   for (int round = 0; ok && round < MC_MAX(rounds, 1); round++) {

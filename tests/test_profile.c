@@ -1,6 +1,10 @@
 /* test_profile.c: rt_profile_keep_min (runtime/profile.c), how moec calibrate keeps the
  * least of its repeated rounds: every field the least of the profiles seen, instruction by
- * instruction, whichever round it came from; the first profile copied, not shared. */
+ * instruction, whichever round it came from; the first profile copied, not shared. And
+ * mc_thread_cpu_now, the one-thread kernels' clock: a sleep (a wait for a core) adds wall
+ * time, not the thread's CPU time; work adds both. */
+#include <time.h>
+
 #include "../runtime/profile.h"
 #include "test.h"
 
@@ -40,5 +44,16 @@ int main(void) {
   rt_profile_free(&rc);
   rt_profile_free(&best);
   CHECK(!best.instr_med && !best.instr_s);
+
+  double w0 = mc_now(), c0 = mc_thread_cpu_now();
+  struct timespec nap = {0, 50 * 1000 * 1000};
+  nanosleep(&nap, NULL);
+  CHECK(mc_now() - w0 >= 0.049 && mc_thread_cpu_now() - c0 < 0.01);
+  w0 = mc_now();
+  c0 = mc_thread_cpu_now();
+  volatile double x = 0;
+  while (mc_thread_cpu_now() - c0 < 0.02)
+    x += 1;
+  CHECK(x > 0 && mc_now() - w0 >= 0.02 - 1e-4); /* one thread's CPU time within the wall's */
   TEST_DONE();
 }
