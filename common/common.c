@@ -355,6 +355,12 @@ double mc_cpu_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double mc_thread_cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* ---- counter-based RNG ---- */
 uint64_t mc_hash64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;

@@ -127,9 +127,11 @@ const char *mc_version(void);
 const char *mc_features(void);
 
 /* Monotonic wall clock in seconds; the process's CPU seconds (for limits that a loaded
- * shared machine must not trip). */
+ * shared machine must not trip); the calling thread's CPU seconds (its work, not its waits
+ * for a core: moec calibrate's one-thread kernels). */
 double mc_now(void);
 double mc_cpu_now(void);
+double mc_thread_cpu_now(void);
 
 /* Counter-based random numbers (splitmix64 hashing): the same (key, counter)
  * gives the same draw on any device and any split of the batch. */

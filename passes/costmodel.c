@@ -581,6 +581,7 @@ static void node_times_model(const Graph *g, const Node *n, const Route *r, cons
     case OP_RESHAPE:
       break;
     default: {
+      if (pass_memplan_view(g, n)) break; /* no bytes moved: only the call (node_times) */
       double el = 0;
       for (int i = 0; i < n->nin; i++)
         el += numel(n->in[i]);

@@ -833,6 +833,18 @@ long pass_memplan_validate(const Graph *g) {
   return pairs;
 }
 
+bool pass_memplan_view(const Graph *g, const Node *n) {
+  if (g->mem.elem <= 0 || (n->op != OP_SLICE0 && n->op != OP_CONCAT0) || n->nin < 1 ||
+      n->nout < 1)
+    return false;
+  const Tensor *x = n->in[0], *y = n->out[0];
+  if (x->mem_offset < 0 || y->mem_offset < 0 || x->rows_per_step || y->rows_per_step)
+    return false;
+  if (n->op == OP_CONCAT0) return y->mem_offset == x->mem_offset; /* find_concat_views */
+  int64_t row = x->ty.rank >= 1 && x->shape[0] > 0 ? x->numel / x->shape[0] : 0;
+  return y->numel > 0 && y->mem_offset == x->mem_offset + n->ia[0] * row * g->mem.elem;
+}
+
 static MemFigures assign(Graph *g, int64_t B, int64_t T, size_t elem) {
   int64_t *off = mc_calloc((size_t)g->ntensors + 1, sizeof(int64_t));
   g->mem = pass_memplan_plan(g, B, T, elem, 0, off);

@@ -89,6 +89,10 @@ int64_t pass_memplan_rows(const Graph *g, const int64_t *bytes, int64_t *offsets
  * largest tensors alive there (op, shape, MiB, lifetime); returns the bytes alive there
  * (the plan's live_max). */
 int64_t pass_memplan_top(const Graph *g, int top, FILE *out);
+/* Whether n (a slice0 or concat0) is a view in g's plan (pass_memplan_assign's offsets):
+ * its output at its input's bytes, so the runtime copies nothing (the kernels check the
+ * same pointers). False for any other node and on a graph not planned. */
+bool pass_memplan_view(const Graph *g, const Node *n);
 /* The pass: plans the bound graph at ctx->elem (the last pass: the figures `moec plan`
  * prints are the runtime's allocation); lowering uses the plan, or plans again when the
  * graph was bound anew since. */

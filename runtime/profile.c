@@ -3,7 +3,9 @@
  * random ids, so routing is whatever the initial gates make of them. */
 #include "profile.h"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "comm.h"
 #include "run.h"
@@ -107,6 +109,25 @@ RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*cl
   mc_free(gg);
   rt_optim_free(opt);
   return r;
+}
+
+void rt_profile_keep_min(RtProfile *best, const RtProfile *r, int ninstrs) {
+  size_t n = (size_t)MC_MAX(ninstrs, 1);
+  if (!best->instr_med) {
+    *best = *r;
+    best->instr_s = mc_malloc(n * sizeof(double));
+    best->instr_med = mc_malloc(n * sizeof(double));
+    memcpy(best->instr_s, r->instr_s, n * sizeof(double));
+    memcpy(best->instr_med, r->instr_med, n * sizeof(double));
+    return;
+  }
+  for (int k = 0; k < ninstrs; k++) {
+    best->instr_s[k] = fmin(best->instr_s[k], r->instr_s[k]);
+    best->instr_med[k] = fmin(best->instr_med[k], r->instr_med[k]);
+  }
+  best->optim_s = fmin(best->optim_s, r->optim_s);
+  best->optim_med = fmin(best->optim_med, r->optim_med);
+  best->step_med = fmin(best->step_med, r->step_med);
 }
 
 void rt_profile_free(RtProfile *r) {

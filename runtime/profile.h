@@ -24,6 +24,11 @@ typedef struct RtProfile {
 struct Comm;
 RtProfile rt_profile_steps(Program *p, const Config *cfg, int steps, double (*clock)(void),
                            struct Comm *comm);
+/* best <- the least of best and r (profiles of one program of ninstrs instructions), each
+ * field on its own: every instruction's median and sum, the optimizer's, the median step.
+ * Repeats on a shared machine: another process only ever adds time, so the least of a
+ * few is what the machine can do. best empty (instr_med NULL): a copy of r. */
+void rt_profile_keep_min(RtProfile *best, const RtProfile *r, int ninstrs);
 void rt_profile_free(RtProfile *r);
 
 #endif

@@ -3,15 +3,20 @@
  * leave out what a kernel does around its arithmetic: random draws, exp and log, gathers,
  * caches shared with the rest of a step. So reference models (below: not the examples,
  * whose plans are then predictions) are compiled as `moec run` compiles them, every
- * instruction is timed over a few training steps (its median step), and per op the
+ * instruction is timed over a few training steps (its median step) in a few alternated
+ * rounds (the least of them: on a shared machine another process only ever adds time,
+ * and a round or two find the cores free), and per op the
  * measured seconds less a call's own time are set against the modelled ones: factor =
  * sum measured / sum modelled. Twice: one device alone on every core, and one thread (an
- * in-process device of several: a copy on each core at once). The optimizer's pass has its own
+ * in-process device of several: a copy on each core at once; timed with the thread's CPU
+ * clock, its kernels' work whatever else holds the cores). The optimizer's pass has its own
  * (docs/placement.md). Under mpirun (cli_calibrate_ranks) the one-thread set again with the
  * copies as MPI ranks, separate processes, for the plans whose devices are ranks. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "../driver/driver.h"
 #include "../runtime/profile.h"
@@ -94,7 +99,9 @@ typedef struct RefRun {
   Program *p;
   const Config *cfg;
   int steps;
-  RtProfile prof;
+  double (*clock)(void); /* the set's clock: mc_now, or mc_thread_cpu_now (one thread) */
+  RtProfile prof;        /* the last round's */
+  RtProfile best;        /* the least of the rounds' (rt_profile_keep_min) */
 } RefRun;
 
 /* Reference model i read and checked with o's options (plan.strategy = strategy unless
@@ -123,87 +130,208 @@ static double time_lost(const RtProfile *r, const Program *p) {
  * device's, beside the other copies (the cores shared as the devices share them). */
 static void profile_on_thread(Comm *c, void *arg) {
   RefRun *r = (RefRun *)arg + c->rank;
-  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, NULL);
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, r->clock, NULL);
 }
 
-/* Adds model i's measured and modelled seconds per op to s (j = 0: one device on every
- * core; 1: a device on one thread, as many copies at once as there are cores, their
- * mean); k: the profile's formulas (no factors yet). mpi non-NULL (j = 1): the copies are
- * MPI ranks, one each (ranks past k->cores wait: the cost model shares the cores itself),
- * every rank adding the same. False after printing an error. */
-static bool profile_model(int i, int j, int steps, const CostConsts *k, Comm *mpi, KernelSums *s) {
+/* Reference model i in set j (0: one device on every core; 1: a device on one thread, as
+ * many copies at once as there are cores), compiled once and profiled in rounds. mpi
+ * non-NULL (j = 1): the copies are MPI ranks, one each (ranks past k->cores wait: the
+ * cost model shares the cores itself). */
+typedef struct RefJob {
+  int i, j, copies, mine; /* mine: the copies this process runs */
+  bool runs, ok;
+  Comm *mpi;
   Options o;
   Config cfg;
-  AstFile *f = load_ref(i, NULL, &o, &cfg);
+  AstFile *f;
+  RefRun run[RT_MAX_THREADS];
+} RefJob;
+
+static void job_open(RefJob *b, int i, int j, int steps, const CostConsts *k, Comm *mpi) {
+  memset(b, 0, sizeof *b);
+  b->i = i;
+  b->j = j;
+  b->mpi = mpi;
+  b->f = load_ref(i, NULL, &b->o, &b->cfg);
   Target t = {.devices = 1, .rank = 0, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
-  int copies = j == 0 ? 1 : MC_MAX(k->cores, 1);
-  if (mpi) copies = MC_MIN(copies, mpi->size);
-  int mine = mpi ? 1 : copies; /* the copies this process runs */
-  bool runs = !mpi || mpi->rank < copies;
-  RefRun run[RT_MAX_THREADS] = {{0}};
-  bool ok = f != NULL;
-  for (int c = 0; ok && c < mine; c++) {
-    run[c] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
-    ok = run[c].p != NULL;
+  b->copies = j == 0 ? 1 : MC_MAX(k->cores, 1);
+  if (mpi) b->copies = MC_MIN(b->copies, mpi->size);
+  b->mine = mpi ? 1 : b->copies;
+  b->runs = !mpi || mpi->rank < b->copies;
+  b->ok = b->f != NULL;
+  for (int c = 0; b->ok && c < b->mine; c++) {
+    b->run[c] = (RefRun){.p = drv_compile(b->f, &b->cfg, &b->o, &t),
+                         .cfg = &b->cfg,
+                         .steps = steps,
+                         .clock = j == 0 ? mc_now : mc_thread_cpu_now};
+    b->ok = b->run[c].p != NULL;
   }
-  if (ok && mpi) {
-    mpi->barrier(mpi); /* the copies at once */
-    if (runs) run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now, NULL);
-  } else if (ok && j == 0) {
-    run[0].prof = rt_profile_steps(run[0].p, &cfg, steps, mc_now, NULL);
-  } else if (ok && rt_inproc_run(copies, profile_on_thread, run)) {
+}
+
+/* A timing's own cost in clock's readings: the least of many back-to-back reads (the
+ * thread's CPU clock is a system call, ~0.5 us, where the wall clock is ~30 ns). */
+static double clock_cost(double (*clock)(void)) {
+  double best = 1;
+  for (int i = 0; i < 2000; i++) {
+    double t0 = clock();
+    best = fmin(best, clock() - t0);
+  }
+  return best;
+}
+
+/* r's round into its best: the medians scaled by the round's time lost, less the clock's
+ * own cost, each kept where less than the earlier rounds'. */
+static void keep_round(RefRun *r) {
+  int ni = r->p->ninstrs;
+  double lost = time_lost(&r->prof, r->p), own = clock_cost(r->clock);
+  for (int q = 0; q < ni; q++)
+    r->prof.instr_med[q] = fmax(r->prof.instr_med[q] * lost - own, 0);
+  r->prof.optim_med = fmax(r->prof.optim_med * lost - own, 0);
+  rt_profile_keep_min(&r->best, &r->prof, ni);
+  rt_profile_free(&r->prof);
+}
+
+/* One round: every copy profiled at once; each copy's medians, scaled by its time lost,
+ * kept where less than the earlier rounds' (a round that caught another process busy on a
+ * core counts only where it was no slower). */
+static void job_round(RefJob *b) {
+  if (!b->ok) return;
+  if (b->mpi) {
+    b->mpi->barrier(b->mpi); /* the copies at once */
+    if (b->runs)
+      b->run[0].prof =
+          rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, b->run[0].clock, NULL);
+  } else if (b->j == 0) {
+    b->run[0].prof = rt_profile_steps(b->run[0].p, &b->cfg, b->run[0].steps, b->run[0].clock, NULL);
+  } else if (rt_inproc_run(b->copies, profile_on_thread, b->run)) {
     mc_die("moec calibrate: a reference model's thread failed");
   }
-  if (ok) {
-    const Program *p = run[0].p;
-    int ni = p->ninstrs;
-    /* [copy][instruction, then the optimizer]: each copy's medians, scaled by its time lost */
-    double *each = mc_calloc((size_t)copies * (size_t)(ni + 1), sizeof(double));
-    for (int c = 0; c < mine && runs; c++) {
-      double lost = time_lost(&run[c].prof, run[c].p), *e = each + (size_t)c * (size_t)(ni + 1);
-      for (int q = 0; q < ni; q++)
-        e[q] = run[c].prof.instr_med[q] * lost;
-      e[ni] = run[c].prof.optim_med * lost;
-    }
-    if (mpi) { /* every rank's row; a rank past the copies sends zeros it drops */
-      double *all = mc_calloc((size_t)mpi->size * (size_t)(ni + 1), sizeof(double));
-      mpi->all_gather(mpi, each, all, sizeof(double) * (size_t)(ni + 1));
-      memcpy(each, all, sizeof(double) * (size_t)copies * (size_t)(ni + 1));
-      mc_free(all);
-    }
-    /* one device alone: each kernel's modelled time over the cores the runtime splits it
-     * on (plan_node_cores), the optimizer's over all of them */
-    double cores = j == 0 ? k->cores : 1;
-    double param_bytes = 0;
-    for (int q = 0; q < p->g->nparams; q++)
-      param_bytes += 4.0 * (double)p->g->params[q]->numel;
-    for (int q = 0; q <= ni; q++) {
-      double meas = 0;
-      for (int c = 0; c < copies; c++)
-        meas += each[(size_t)c * (size_t)(ni + 1) + (size_t)q] / copies;
-      if (q < ni)
-        add_time(s, j, p->instrs[q].node->op, meas,
-                 plan_node_seconds(p->g, p->instrs[q].node, k) /
-                     (j == 0 ? plan_node_cores(p->g, p->instrs[q].node, k) : 1));
-      else
-        s->opt_meas[j] += meas;
-    }
-    mc_free(each);
-    s->opt_model[j] += plan_optim_seconds(param_bytes, cfg.optimizer, k) / cores;
+  for (int c = 0; c < b->mine && b->runs; c++)
+    keep_round(&b->run[c]);
+}
+
+/* Adds the job's measured and modelled seconds per op to s (set j; the copies' mean); k:
+ * the profile's formulas (no factors yet). Under MPI every rank adds the same. */
+static void job_add(RefJob *b, const CostConsts *k, KernelSums *s) {
+  if (!b->ok) return;
+  const Program *p = b->run[0].p;
+  int ni = p->ninstrs, copies = b->copies, j = b->j;
+  /* [copy][instruction, then the optimizer]: each copy's least medians */
+  double *each = mc_calloc((size_t)copies * (size_t)(ni + 1), sizeof(double));
+  for (int c = 0; c < b->mine && b->runs; c++) {
+    double *e = each + (size_t)c * (size_t)(ni + 1);
+    memcpy(e, b->run[c].best.instr_med, sizeof(double) * (size_t)ni);
+    e[ni] = b->run[c].best.optim_med;
   }
-  for (int c = 0; c < mine; c++) {
-    rt_profile_free(&run[c].prof);
-    drv_program_free(run[c].p);
+  if (b->mpi) { /* every rank's row; a rank past the copies sends zeros it drops */
+    double *all = mc_calloc((size_t)b->mpi->size * (size_t)(ni + 1), sizeof(double));
+    b->mpi->all_gather(b->mpi, each, all, sizeof(double) * (size_t)(ni + 1));
+    memcpy(each, all, sizeof(double) * (size_t)copies * (size_t)(ni + 1));
+    mc_free(all);
   }
-  fe_ast_free(f);
-  drv_options_free(&o);
+  /* one device alone: each kernel's modelled time over the cores the runtime splits it
+   * on (plan_node_cores), the optimizer's over all of them */
+  double cores = j == 0 ? k->cores : 1;
+  double param_bytes = 0;
+  for (int q = 0; q < p->g->nparams; q++)
+    param_bytes += 4.0 * (double)p->g->params[q]->numel;
+  for (int q = 0; q <= ni; q++) {
+    double meas = 0;
+    for (int c = 0; c < copies; c++)
+      meas += each[(size_t)c * (size_t)(ni + 1) + (size_t)q] / copies;
+    if (q < ni)
+      add_time(s, j, p->instrs[q].node->op, meas,
+               plan_node_seconds(p->g, p->instrs[q].node, k) /
+                   (j == 0 ? plan_node_cores(p->g, p->instrs[q].node, k) : 1));
+    else
+      s->opt_meas[j] += meas;
+  }
+  mc_free(each);
+  s->opt_model[j] += plan_optim_seconds(param_bytes, b->cfg.optimizer, k) / cores;
+}
+
+static void job_close(RefJob *b) {
+  for (int c = 0; c < b->mine; c++) {
+    rt_profile_free(&b->run[c].best);
+    drv_program_free(b->run[c].p);
+  }
+  fe_ast_free(b->f);
+  drv_options_free(&b->o);
+}
+
+CliBusy cli_busy_mark(void) {
+  CliBusy m = {.t = mc_now()};
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return m;
+  unsigned long long v[8] = {0}; /* user nice system idle iowait irq softirq steal */
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                 &v[4], &v[5], &v[6], &v[7]);
+  fclose(f);
+  struct rusage ru;
+  if (n < 4 || getrusage(RUSAGE_SELF, &ru) != 0) return m;
+  m.all = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+  m.mine = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
+  m.ok = true;
+  return m;
+}
+
+double cli_busy_since(CliBusy m) {
+  CliBusy now = cli_busy_mark();
+  double dt = now.t - m.t;
+  if (!m.ok || !now.ok || dt <= 0) return -1;
+  return fmax(0, (now.all - m.all - (now.mine - m.mine)) / dt);
+}
+
+/* A round is quiet when other processes kept at most this many cores busy during it
+ * (/proc/stat counts in 10 ms ticks: a round of ~1 s reads to ~0.02 cores). */
+#define QUIET_CORES 0.25
+/* Past the least rounds, more while fewer than this many were quiet, for at most
+ * EXTRA_SECONDS: on a busy machine a quiet second or two comes now and then. */
+#define QUIET_ROUNDS 2
+#define EXTRA_SECONDS 30.0
+
+/* The reference models of the sets j0..j1 in alternated rounds (each round every model of
+ * every set once: a busy spell of another process falls on one round of each rather than
+ * on every round of one), each instruction's least median into s. r->least rounds; with
+ * r->extend (in-process) more while fewer than QUIET_ROUNDS were quiet, for at most
+ * EXTRA_SECONDS. False after printing an error (a model did not compile). */
+static bool profile_models(int j0, int j1, int steps, CliRounds *r, const CostConsts *k, Comm *mpi,
+                           KernelSums *s) {
+  const int nm = (int)MC_ARRAY_LEN(ref_models);
+  RefJob *jobs = mc_calloc((size_t)((j1 - j0 + 1) * nm), sizeof(RefJob));
+  int n = 0;
+  bool ok = true;
+  for (int j = j0; j <= j1; j++)
+    for (int i = 0; i < nm; i++) {
+      job_open(&jobs[n], i, j, steps, k, mpi);
+      ok &= jobs[n++].ok;
+    }
+  r->done = r->quiet = 0;
+  double t_least = 0;
+  while (ok) {
+    bool more = r->done < MC_MAX(r->least, 1) ||
+                (r->extend && r->quiet < QUIET_ROUNDS && mc_now() - t_least < EXTRA_SECONDS);
+    if (!more) break;
+    CliBusy m = cli_busy_mark();
+    for (int q = 0; q < n; q++)
+      job_round(&jobs[q]);
+    double busy = cli_busy_since(m);
+    r->quiet += busy >= 0 && busy <= QUIET_CORES;
+    if (++r->done == r->least) t_least = mc_now();
+  }
+  for (int q = 0; q < n; q++) {
+    if (ok) job_add(&jobs[q], k, s);
+    job_close(&jobs[q]);
+  }
+  mc_free(jobs);
   return ok;
 }
 
 /* Rank c->rank's program of a model on c->size in-process devices, profiled at once. */
 static void profile_rank(Comm *c, void *arg) {
   RefRun *r = (RefRun *)arg + c->rank;
-  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, mc_now, c);
+  r->prof = rt_profile_steps(r->p, r->cfg, r->steps, r->clock, c);
 }
 
 /* The collectives of model i on P devices under `strategy`: each collective's measured
@@ -212,8 +340,8 @@ static void profile_rank(Comm *c, void *arg) {
  * and waited for no other (the cost model has each phase end at its slowest device, so
  * the others' wait is in it already). mpi NULL: P in-process devices; else this rank's
  * device of mpi's P ranks (every rank adds the same). False after printing an error. */
-static bool profile_collectives(int i, int P, const char *strategy, int steps, const CostConsts *k,
-                                Comm *mpi, KernelSums *s) {
+static bool profile_collectives(int i, int P, const char *strategy, int steps, int rounds,
+                                const CostConsts *k, Comm *mpi, KernelSums *s) {
   Options o;
   Config cfg;
   AstFile *f = load_ref(i, strategy, &o, &cfg);
@@ -224,13 +352,18 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
   for (int r = 0; ok && r < P; r++) {
     if (mpi && r != mpi->rank) continue;
     Target t = {.devices = P, .rank = r, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
-    run[r] = (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps};
+    run[r] =
+        (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps, .clock = mc_now};
     ok = run[r].p != NULL;
   }
-  if (ok && mpi)
-    profile_rank(mpi, run);
-  else if (ok && rt_inproc_run(P, profile_rank, run))
-    mc_die("moec calibrate: a reference model's device failed");
+  for (int round = 0; ok && round < MC_MAX(rounds, 1); round++) {
+    if (mpi)
+      profile_rank(mpi, run);
+    else if (rt_inproc_run(P, profile_rank, run))
+      mc_die("moec calibrate: a reference model's device failed");
+    for (int r = 0; r < P; r++)
+      if (!mpi || r == mpi->rank) keep_round(&run[r]);
+  }
   if (ok) { /* the q-th collective of every device is the q-th of the global graph */
     int ng = 0;
     const Node **coll = mc_calloc((size_t)g->nnodes + 1, sizeof(Node *));
@@ -241,12 +374,11 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
     for (int r = 0; r < P; r++) {
       if (mpi && r != mpi->rank) continue;
       int nd = 0;
-      double lost = time_lost(&run[r].prof, run[r].p);
       for (int q = 0; q < run[r].p->ninstrs; q++) {
         const Node *n = run[r].p->instrs[q].node;
         if (!(ir_ops[n->op].flags & OPF_COLLECTIVE)) continue;
         MOEC_ASSERT(nd < ng && coll[nd]->op == n->op); /* the same passes placed both */
-        each[(size_t)r * (size_t)(ng + 1) + (size_t)nd++] = run[r].prof.instr_med[q] * lost;
+        each[(size_t)r * (size_t)(ng + 1) + (size_t)nd++] = run[r].best.instr_med[q];
       }
       MOEC_ASSERT(nd == ng);
     }
@@ -268,7 +400,7 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, c
     mc_free(coll);
   }
   for (int r = 0; r < P; r++) {
-    rt_profile_free(&run[r].prof);
+    rt_profile_free(&run[r].best);
     drv_program_free(run[r].p);
   }
   if (g) ir_graph_free(g);
@@ -336,30 +468,31 @@ static void set_factors(KernelSums *s, int j, CostConsts *k, McBuf *json, double
   mc_buf_printf(json, ", \"optimizer\": %.4g}", k->kfactor_optim[j]);
 }
 
-bool cli_calibrate_ranks(Comm *c, CostConsts *k, int steps, McBuf *json, double *ratio) {
+bool cli_calibrate_ranks(Comm *c, CostConsts *k, int steps, int rounds, McBuf *json,
+                         double *ratio) {
   KernelSums s = {0};
-  bool ok = true;
-  for (size_t i = 0; ok && i < MC_ARRAY_LEN(ref_models); i++)
-    ok = profile_model((int)i, 1, steps, k, c, &s);
+  CliRounds r = {.least = rounds}; /* ranks: the others are processes too (no quiet test) */
+  bool ok = profile_models(1, 1, steps, &r, k, c, &s);
   for (size_t i = 0; ok && i < MC_ARRAY_LEN(coll_runs); i++)
-    ok = profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, k, c, &s);
+    ok = profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, rounds, k,
+                             c, &s);
   if (ok) set_factors(&s, 1, k, json, ratio);
   mc_free(s.t[0]);
   mc_free(s.t[1]);
   return ok;
 }
 
-bool cli_calibrate_kernels(CostConsts *k, int steps, McBuf *json, double ratio[2]) {
+bool cli_calibrate_kernels(CostConsts *k, int steps, CliRounds *rounds, McBuf *json,
+                           double ratio[2]) {
   KernelSums s = {0};
   int nthreads = rt_threads();
-  for (int j = 0; j < 2; j++)
-    for (size_t i = 0; i < MC_ARRAY_LEN(ref_models); i++)
-      if (!profile_model((int)i, j, steps, k, NULL, &s)) return false;
+  if (!profile_models(0, 1, steps, rounds, k, NULL, &s)) return false;
   /* collectives on as many devices as cores and twice as many (sharing them) */
   int cores = MC_MAX(k->cores, 1);
   for (int P = MC_MAX(2, cores); P <= MC_MAX(2, cores) * 2 && P <= RT_MAX_THREADS; P *= 2)
     for (size_t i = 0; i < MC_ARRAY_LEN(coll_runs); i++)
-      if (!profile_collectives(coll_runs[i].model, P, coll_runs[i].strategy, steps, k, NULL, &s))
+      if (!profile_collectives(coll_runs[i].model, P, coll_runs[i].strategy, steps, rounds->least,
+                               k, NULL, &s))
         return false;
   rt_threads_set(nthreads);
   const char *set[2] = {"all_cores", "one_thread"};

@@ -104,18 +104,36 @@ bool cli_parse_cluster(const char *spec, ClusterSpec *cs, struct CostConsts *k, 
 #define MOEC_PROFILE_DEFAULT "moec-profile.json"
 bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t wlen);
 /* calibrate_kernels.c: the in-situ kernel factors of k (its formulas' constants set) from
- * reference models timed on every core and on one thread, as JSON into json, ratio[j] the
+ * reference models timed on every core and on one thread (steps a round, the least of
+ * `rounds` alternated rounds per instruction), as JSON into json, ratio[j] the
  * models' whole measured step over the modelled one; and their
  * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
-bool cli_calibrate_kernels(struct CostConsts *k, int steps, McBuf *json, double ratio[2]);
+typedef struct CliRounds {
+  int least;       /* rounds at least */
+  bool extend;     /* more while fewer than 2 were quiet (for 30 s at most) */
+  int done, quiet; /* out: the rounds run, those during which other processes kept at most
+                      a quarter of a core busy */
+} CliRounds;
+bool cli_calibrate_kernels(struct CostConsts *k, int steps, CliRounds *rounds, McBuf *json,
+                           double ratio[2]);
 bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
+/* What other processes do on this machine's cores: a mark, and the cores they kept busy
+ * since it (/proc/stat's busy time less this process's CPU time, over the wall time); -1
+ * where /proc/stat is not there. */
+typedef struct CliBusy {
+  double all, mine, t;
+  bool ok;
+} CliBusy;
+CliBusy cli_busy_mark(void);
+double cli_busy_since(CliBusy m);
 /* The same on the c->size MPI ranks of c (every rank calls it, k the same on every rank):
  * the reference models on one thread per rank, as many at once as there are cores (k's),
  * and their collectives on all the ranks; into k's one-thread set (kfactor[1], kcall_us[1],
  * kfactor_optim[1], kcoll_us) and as that set's JSON object into json. The reader of that
  * object in a profile's "mpi" section (its "rank_kernels"): false when absent or
  * malformed. */
-bool cli_calibrate_ranks(Comm *c, struct CostConsts *k, int steps, McBuf *json, double *ratio);
+bool cli_calibrate_ranks(Comm *c, struct CostConsts *k, int steps, int rounds, McBuf *json,
+                         double *ratio);
 bool cli_read_rank_factors(const char *mpi_section, struct CostConsts *k);
 /* The MPI ranks of the profile at path (its "mpi" section, `mpirun -np N moec calibrate
  * --mpi`): their link, latency, per-call terms and one-thread kernel factors into k;

@@ -2,7 +2,8 @@
  * constants, measured: GEMMs over a grid of shapes through the runtime's GEMM (rt_sgemm,
  * what every CPU kernel calls), fitted as t = launch + F / G + F / (G s) * h (F = 2MNK,
  * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the in-process
- * communicator's all-reduce latency and bandwidth between two devices. Writes a JSON
+ * communicator's all-reduce latency and bandwidth between two devices; the cores other
+ * processes kept busy meanwhile (what the timings shared the machine with). Writes a JSON
  * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
  * present). cli_read_profile is its reader (docs/placement.md, "Calibration").
  * `mpirun -np N moec calibrate --mpi` adds the MPI ranks' figures to a profile: their
@@ -13,6 +14,10 @@
 
 #include "../runtime/runtime.h"
 #include "cli.h"
+
+/* The in-situ kernels' rounds, each instruction's least kept (calibrate_kernels.c): on a
+ * machine shared with other work, one round in a few finds the other cores free. */
+#define KERNEL_ROUNDS(quick) ((quick) ? 2 : 5)
 
 /* Best of `reps` timings (seconds) of one GEMM [M, K] x [K, N]. */
 static double time_gemm(int64_t M, int64_t N, int64_t K, int reps) {
@@ -249,7 +254,7 @@ static int calibrate_mpi(const char *out, bool quick) {
   k.inproc = false;
   McBuf kern = {0};
   double ratio = 0;
-  bool built = cli_calibrate_ranks(c, &k, quick ? 3 : 12, &kern, &ratio);
+  bool built = cli_calibrate_ranks(c, &k, quick ? 3 : 12, KERNEL_ROUNDS(quick), &kern, &ratio);
   int rc = built ? 0 : 1;
   if (c->rank == 0 && built) {
     /* the profile less its last '}' (and an earlier "mpi" section), then the new one */
@@ -305,6 +310,7 @@ int cmd_calibrate(int argc, char **argv) {
     }
   }
   if (mpi) return calibrate_mpi(out, quick);
+  CliBusy mark = cli_busy_mark();
   const int reps = quick ? 2 : 5;
   time_gemm(256, 256, 256, 1); /* the main thread takes the worker pool */
   static const int64_t Ms[] = {4, 16, 64, 256, 1024}, NKs[] = {32, 128, 512};
@@ -382,11 +388,13 @@ int cmd_calibrate(int argc, char **argv) {
   k.inproc = true;
   McBuf kern = {0};
   double ratio[2];
-  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, &kern, ratio)) {
+  CliRounds rounds = {.least = KERNEL_ROUNDS(quick), .extend = !quick};
+  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, &rounds, &kern, ratio)) {
     fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
     mc_buf_free(&grid);
     return 1;
   }
+  double busy = cli_busy_since(mark);
   FILE *f = fopen(out, "w");
   if (!f) {
     fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
@@ -397,11 +405,11 @@ int cmd_calibrate(int argc, char **argv) {
           "{\"moec_profile\": 1, \"name\": \"calibrated\",\n"
           " \"gflops\": %.6g, \"gemm_half\": %.6g, \"launch_us\": %.6g, \"elem_gbs\": %.6g,\n"
           " \"dram_gbs\": %.6g, \"llc_mib\": %.6g,\n"
-          " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d,\n"
+          " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d, \"busy_cores\": %.3g,\n"
           " \"gemm\": [%s],\n"
           " \"kernels\": %s}\n",
           gflops, half, launch, elem_gbs, dram_gbs, llc / 1048576, link_gbs, latency_us,
-          rt_threads(), grid.data ? grid.data : "", kern.data);
+          rt_threads(), busy, grid.data ? grid.data : "", kern.data);
   mc_buf_free(&grid);
   mc_buf_free(&kern);
   if (fclose(f) != 0) {
@@ -416,6 +424,14 @@ int cmd_calibrate(int argc, char **argv) {
   printf("kernels in situ (measured / modelled, the reference models): step %.2fx on every "
          "core, %.2fx on one thread; optimizer %.2fx, %.2fx\n",
          ratio[0], ratio[1], k.kfactor_optim[0], k.kfactor_optim[1]);
+  printf("kernels in situ: %d rounds, %d of them quiet (other processes on a quarter of a core "
+         "or less)\n",
+         rounds.done, rounds.quiet);
+  if (busy >= 0)
+    printf("other processes kept %.2f of the %d cores busy meanwhile%s\n", busy, rt_threads(),
+           busy > 0.25 ? ": the profile is what the machine did beside them (calibrate again when "
+                         "it is quieter)"
+                       : "");
   return 0;
 }
 

@@ -174,6 +174,13 @@ add_test(NAME calibrate_profile
 set_tests_properties(calibrate_profile PROPERTIES TIMEOUT 120 LABELS "plan;fast"
                      PASS_REGULAR_EXPRESSION "cost model \\(calibrated\\): [0-9.e+]+ GFLOP/s")
 
+# moec calibrate's repeated rounds keep each instruction's least time (tests/test_profile.c).
+add_executable(test_profile ${CMAKE_CURRENT_SOURCE_DIR}/test_profile.c)
+target_link_libraries(test_profile PRIVATE moeccore)
+target_compile_options(test_profile PRIVATE ${MOEC_WARN})
+add_test(NAME calibrate_keep_min COMMAND test_profile)
+set_tests_properties(calibrate_keep_min PROPERTIES TIMEOUT 30 LABELS "plan;fast")
+
 # The in-situ kernel factors: written, read, applied to every op, a malformed table refused
 # (tests/test_calibrate.sh).
 add_test(NAME calibrate_kernels

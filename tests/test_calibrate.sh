@@ -3,7 +3,8 @@
 # (every core and one thread: a call's time, per op, the optimizer's; a collective call's
 # time beyond the model), plan reads them and every op's modelled time is scaled by its
 # factor (doubling every factor doubles a step's kernel time on 1 and 2 devices, with no
-# call or collective time added), a malformed factor table is refused by name.
+# call or collective time added), a malformed factor table is refused by name; the cores
+# other processes kept busy meanwhile are printed and written, and the kernels' rounds.
 set -eu
 MOEC=$1
 EX=$2
@@ -15,12 +16,16 @@ fail() {
 }
 "$MOEC" calibrate --quick -o "$W/p.json" >"$W/out" 2>&1 || fail "calibrate: $(cat "$W/out")"
 grep -q 'kernels in situ' "$W/out" || fail "no kernel summary: $(cat "$W/out")"
+grep -q 'other processes kept [0-9.]* of the [0-9]* cores busy' "$W/out" || fail "no busy cores: $(cat "$W/out")"
+# --quick: 2 rounds of the kernels, no more however busy the machine
+grep -q 'kernels in situ: 2 rounds, [0-2] of them quiet' "$W/out" || fail "rounds: $(cat "$W/out")"
 python3 - "$W" <<'PY' || fail "profile's kernels"
-import json, sys
+import json, os, sys
 w = sys.argv[1]
 p = json.load(open(w + "/p.json"))
 k = p["kernels"]
 assert p["dram_gbs"] > 0 and p["llc_mib"] >= 0, (p.get("dram_gbs"), p.get("llc_mib"))
+assert 0 <= p["busy_cores"] <= os.cpu_count() + 0.5, p.get("busy_cores")  # of /proc/stat
 del p["dram_gbs"], p["llc_mib"]  # the factors alone below (the memory rule is plan_unit's)
 for s in ("all_cores", "one_thread"):
     for op in ("matmul", "lstm", "lstm_bwd", "grouped_matmul", "dropout", "xent", "optimizer"):

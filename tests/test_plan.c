@@ -4,7 +4,8 @@
  * all-reduced; every expert placed exactly once by each policy; memory per device
  * falling as devices grow; one device leaving the graph exactly as it was; place rules;
  * balanced placement from measured loads; hmoe groups kept whole; hmoe load factors and
- * batchwise gating's all_gather_topm over the global batch. */
+ * batchwise gating's all_gather_topm over the global batch; a view slice or concat costs
+ * no time. */
 #include <string.h>
 
 #include "../driver/driver.h"
@@ -807,7 +808,50 @@ static void test_rows_in_arena(void) {
   }
 }
 
+/* A slice0 or concat0 the memory plan makes a view (its output at its input's bytes: the
+ * runtime copies nothing) costs no time of its own; the same node on a graph with no plan
+ * costs its bytes. hmoe: its expert weights stacked (concat0 of parameters) and their
+ * gradients sliced back out of grouped_matmul_dw's (slice0). */
+static void test_view_cost(void) {
+  static const char *text = "model t {\n"
+                            "  input tokens : i32[B, T]\n"
+                            "  input targets : i32[B, T]\n"
+                            "  emb = embedding(tokens, vocab=16, dim=8)\n"
+                            "  m = hmoe(emb, groups=4, experts=4, k_group=2, k=2, hidden=8)\n"
+                            "  loss = softmax_xent(m, targets, vocab=16)\n"
+                            "  output loss\n"
+                            "}\n"
+                            "train {\n  batch = 8\n  unroll = 4\n}\n";
+  Built b;
+  CHECK(load_text(&b, text));
+  run_passes(&b, 1);
+  CHECK(b.g->mem.elem > 0); /* planned */
+  int views[2] = {0, 0};
+  for (int i = 0; i < b.g->nnodes; i++) {
+    const Node *n = b.g->nodes[i];
+    if (n->op != OP_SLICE0 && n->op != OP_CONCAT0) {
+      CHECK(!pass_memplan_view(b.g, n));
+      continue;
+    }
+    const Tensor *x = n->in[0], *y = n->out[0];
+    int64_t at = n->op == OP_SLICE0 ? n->ia[0] * (x->numel / x->shape[0]) * b.g->mem.elem : 0;
+    bool view = y->mem_offset == x->mem_offset + at;
+    CHECK(pass_memplan_view(b.g, n) == view);
+    if (!view) continue;
+    views[n->op == OP_CONCAT0]++;
+    CHECK(plan_node_seconds(b.g, n, &consts_t) == 0);
+    MemFigures mem = b.g->mem;
+    b.g->mem.elem = 0; /* as if not planned: a copy of its bytes */
+    CHECK(!pass_memplan_view(b.g, n));
+    CHECK(plan_node_seconds(b.g, n, &consts_t) > 0);
+    b.g->mem = mem;
+  }
+  CHECK(views[0] > 0 && views[1] > 0); /* the dW slices and the stacked weights */
+  done(&b);
+}
+
 int main(void) {
+  test_view_cost();
   test_cores_split();
   test_dram_floor();
   test_cost_routing();
