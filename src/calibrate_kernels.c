@@ -15,8 +15,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include "../driver/driver.h"
 #include "../runtime/profile.h"
@@ -259,44 +257,11 @@ static void job_close(RefJob *b) {
   drv_options_free(&b->o);
 }
 
-CliBusy cli_busy_mark(void) {
-  CliBusy m = {.t = mc_now()};
-  FILE *f = fopen("/proc/stat", "r");
-  if (!f) return m;
-  unsigned long long v[8] = {0}; /* user nice system idle iowait irq softirq steal */
-  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-                 &v[4], &v[5], &v[6], &v[7]);
-  fclose(f);
-  struct rusage ru;
-  if (n < 4 || getrusage(RUSAGE_SELF, &ru) != 0) return m;
-  m.all = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-  m.mine = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
-           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
-  m.ok = true;
-  return m;
-}
-
-double cli_busy_since(CliBusy m) {
-  CliBusy now = cli_busy_mark();
-  double dt = now.t - m.t;
-  if (!m.ok || !now.ok || dt <= 0) return -1;
-  return fmax(0, (now.all - m.all - (now.mine - m.mine)) / dt);
-}
-
-/* A round is quiet when other processes kept at most this many cores busy during it
- * (/proc/stat counts in 10 ms ticks: a round of ~1 s reads to ~0.02 cores). */
-#define QUIET_CORES 0.25
-/* Past the least rounds, more while fewer than this many were quiet, for at most
- * EXTRA_SECONDS: on a busy machine a quiet second or two comes now and then. */
-#define QUIET_ROUNDS 2
-#define EXTRA_SECONDS 30.0
-
-/* The reference models of the sets j0..j1 in alternated rounds (each round every model of
- * every set once: a busy spell of another process falls on one round of each rather than
- * on every round of one), each instruction's least median into s. r->least rounds; with
- * r->extend (in-process) more while fewer than QUIET_ROUNDS were quiet, for at most
- * EXTRA_SECONDS. False after printing an error (a model did not compile). */
-static bool profile_models(int j0, int j1, int steps, CliRounds *r, const CostConsts *k, Comm *mpi,
+/* The reference models of the sets j0..j1 in `rounds` alternated rounds (each round every
+ * model of every set once: a busy spell of another process falls on one round of each
+ * rather than on every round of one), each instruction's least median into s. False after
+ * printing an error (a model did not compile). */
+static bool profile_models(int j0, int j1, int steps, int rounds, const CostConsts *k, Comm *mpi,
                            KernelSums *s) {
   const int nm = (int)MC_ARRAY_LEN(ref_models);
   RefJob *jobs = mc_calloc((size_t)((j1 - j0 + 1) * nm), sizeof(RefJob));
@@ -307,19 +272,9 @@ static bool profile_models(int j0, int j1, int steps, CliRounds *r, const CostCo
       job_open(&jobs[n], i, j, steps, k, mpi);
       ok &= jobs[n++].ok;
     }
-  r->done = r->quiet = 0;
-  double t_least = 0;
-  while (ok) {
-    bool more = r->done < MC_MAX(r->least, 1) ||
-                (r->extend && r->quiet < QUIET_ROUNDS && mc_now() - t_least < EXTRA_SECONDS);
-    if (!more) break;
-    CliBusy m = cli_busy_mark();
+  for (int r = 0; ok && r < MC_MAX(rounds, 1); r++)
     for (int q = 0; q < n; q++)
       job_round(&jobs[q]);
-    double busy = cli_busy_since(m);
-    r->quiet += busy >= 0 && busy <= QUIET_CORES;
-    if (++r->done == r->least) t_least = mc_now();
-  }
   for (int q = 0; q < n; q++) {
     if (ok) job_add(&jobs[q], k, s);
     job_close(&jobs[q]);
@@ -471,8 +426,7 @@ static void set_factors(KernelSums *s, int j, CostConsts *k, McBuf *json, double
 bool cli_calibrate_ranks(Comm *c, CostConsts *k, int steps, int rounds, McBuf *json,
                          double *ratio) {
   KernelSums s = {0};
-  CliRounds r = {.least = rounds}; /* ranks: the others are processes too (no quiet test) */
-  bool ok = profile_models(1, 1, steps, &r, k, c, &s);
+  bool ok = profile_models(1, 1, steps, rounds, k, c, &s);
   for (size_t i = 0; ok && i < MC_ARRAY_LEN(coll_runs); i++)
     ok = profile_collectives(coll_runs[i].model, c->size, coll_runs[i].strategy, steps, rounds, k,
                              c, &s);
@@ -482,8 +436,7 @@ bool cli_calibrate_ranks(Comm *c, CostConsts *k, int steps, int rounds, McBuf *j
   return ok;
 }
 
-bool cli_calibrate_kernels(CostConsts *k, int steps, CliRounds *rounds, McBuf *json,
-                           double ratio[2]) {
+bool cli_calibrate_kernels(CostConsts *k, int steps, int rounds, McBuf *json, double ratio[2]) {
   KernelSums s = {0};
   int nthreads = rt_threads();
   if (!profile_models(0, 1, steps, rounds, k, NULL, &s)) return false;
@@ -491,8 +444,8 @@ bool cli_calibrate_kernels(CostConsts *k, int steps, CliRounds *rounds, McBuf *j
   int cores = MC_MAX(k->cores, 1);
   for (int P = MC_MAX(2, cores); P <= MC_MAX(2, cores) * 2 && P <= RT_MAX_THREADS; P *= 2)
     for (size_t i = 0; i < MC_ARRAY_LEN(coll_runs); i++)
-      if (!profile_collectives(coll_runs[i].model, P, coll_runs[i].strategy, steps, rounds->least,
-                               k, NULL, &s))
+      if (!profile_collectives(coll_runs[i].model, P, coll_runs[i].strategy, steps, rounds, k, NULL,
+                               &s))
         return false;
   rt_threads_set(nthreads);
   const char *set[2] = {"all_cores", "one_thread"};

@@ -108,24 +108,9 @@ bool cli_read_profile(const char *path, struct CostConsts *k, char *why, size_t 
  * `rounds` alternated rounds per instruction), as JSON into json, ratio[j] the
  * models' whole measured step over the modelled one; and their
  * reader (a profile without them: none, true). False: a model did not compile / bad JSON. */
-typedef struct CliRounds {
-  int least;       /* rounds at least */
-  bool extend;     /* more while fewer than 2 were quiet (for 30 s at most) */
-  int done, quiet; /* out: the rounds run, those during which other processes kept at most
-                      a quarter of a core busy */
-} CliRounds;
-bool cli_calibrate_kernels(struct CostConsts *k, int steps, CliRounds *rounds, McBuf *json,
+bool cli_calibrate_kernels(struct CostConsts *k, int steps, int rounds, McBuf *json,
                            double ratio[2]);
 bool cli_read_kernel_factors(const char *profile_text, struct CostConsts *k);
-/* What other processes do on this machine's cores: a mark, and the cores they kept busy
- * since it (/proc/stat's busy time less this process's CPU time, over the wall time); -1
- * where /proc/stat is not there. */
-typedef struct CliBusy {
-  double all, mine, t;
-  bool ok;
-} CliBusy;
-CliBusy cli_busy_mark(void);
-double cli_busy_since(CliBusy m);
 /* The same on the c->size MPI ranks of c (every rank calls it, k the same on every rank):
  * the reference models on one thread per rank, as many at once as there are cores (k's),
  * and their collectives on all the ranks; into k's one-thread set (kfactor[1], kcall_us[1],

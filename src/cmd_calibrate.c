@@ -11,6 +11,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "../runtime/runtime.h"
 #include "cli.h"
@@ -162,6 +164,31 @@ static double llc_bytes(void) {
   return best;
 }
 
+/* Seconds the machine's cores were busy (/proc/stat: every core's time but idle and
+ * iowait, steal included) and this process's CPU seconds; false where /proc/stat is not. */
+static bool cpu_seconds(double *all, double *mine) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return false;
+  unsigned long long v[8] = {0}; /* user nice system idle iowait irq softirq steal */
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                 &v[4], &v[5], &v[6], &v[7]);
+  fclose(f);
+  struct rusage ru;
+  if (n < 4 || getrusage(RUSAGE_SELF, &ru) != 0) return false;
+  *all = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+  *mine = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+          ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
+  return true;
+}
+
+/* The cores other processes kept busy since cpu_seconds gave all0, mine0 at t0 (-1 if
+ * unknown): what the timings shared the machine with. */
+static double busy_cores(double all0, double mine0, double t0) {
+  double all, mine, dt = mc_now() - t0;
+  if (all0 < 0 || !cpu_seconds(&all, &mine) || dt <= 0) return -1;
+  return fmax(0, (all - all0 - (mine - mine0)) / dt);
+}
+
 static void usage(FILE *out) {
   fprintf(out, "usage: moec calibrate [-o PROFILE] [--quick]\n"
                "       mpirun -np N moec calibrate --mpi [-o PROFILE] [--quick]\n\n"
@@ -310,7 +337,8 @@ int cmd_calibrate(int argc, char **argv) {
     }
   }
   if (mpi) return calibrate_mpi(out, quick);
-  CliBusy mark = cli_busy_mark();
+  double all0 = -1, mine0 = 0, t0 = mc_now();
+  if (!cpu_seconds(&all0, &mine0)) all0 = -1;
   const int reps = quick ? 2 : 5;
   time_gemm(256, 256, 256, 1); /* the main thread takes the worker pool */
   static const int64_t Ms[] = {4, 16, 64, 256, 1024}, NKs[] = {32, 128, 512};
@@ -388,13 +416,12 @@ int cmd_calibrate(int argc, char **argv) {
   k.inproc = true;
   McBuf kern = {0};
   double ratio[2];
-  CliRounds rounds = {.least = KERNEL_ROUNDS(quick), .extend = !quick};
-  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, &rounds, &kern, ratio)) {
+  if (!cli_calibrate_kernels(&k, quick ? 3 : 12, KERNEL_ROUNDS(quick), &kern, ratio)) {
     fprintf(stderr, "moec calibrate: error: a reference model did not compile\n");
     mc_buf_free(&grid);
     return 1;
   }
-  double busy = cli_busy_since(mark);
+  double busy = busy_cores(all0, mine0, t0);
   FILE *f = fopen(out, "w");
   if (!f) {
     fprintf(stderr, "moec calibrate: error: cannot write '%s'\n", out);
@@ -424,9 +451,6 @@ int cmd_calibrate(int argc, char **argv) {
   printf("kernels in situ (measured / modelled, the reference models): step %.2fx on every "
          "core, %.2fx on one thread; optimizer %.2fx, %.2fx\n",
          ratio[0], ratio[1], k.kfactor_optim[0], k.kfactor_optim[1]);
-  printf("kernels in situ: %d rounds, %d of them quiet (other processes on a quarter of a core "
-         "or less)\n",
-         rounds.done, rounds.quiet);
   if (busy >= 0)
     printf("other processes kept %.2f of the %d cores busy meanwhile%s\n", busy, rt_threads(),
            busy > 0.25 ? ": the profile is what the machine did beside them (calibrate again when "
