@@ -4,6 +4,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int test_failures __attribute__((unused)), test_checks __attribute__((unused));
 
@@ -26,6 +28,35 @@ static int test_failures __attribute__((unused)), test_checks __attribute__((unu
               #b, b_);                                                                      \
     }                                                                                       \
   } while (0)
+
+/* Runs fn(arg) in a child process with its stderr read into msg[cap] (NUL-terminated):
+ * for the checks that bad input ends in a clear error, not a crash. Returns the child's
+ * wait status (it exits 0 when fn returns), -1 if no child ran. */
+static int __attribute__((unused)) test_in_child(void (*fn)(void *), void *arg, char *msg,
+                                                 size_t cap) {
+  int fd[2];
+  msg[0] = 0;
+  if (pipe(fd) != 0) return -1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd[1], 2);
+    close(fd[0]);
+    fn(arg);
+    _exit(0);
+  }
+  close(fd[1]);
+  size_t len = 0;
+  ssize_t k;
+  while (pid > 0 && len < cap - 1 && (k = read(fd[0], msg + len, cap - 1 - len)) > 0)
+    len += (size_t)k;
+  msg[len] = 0;
+  close(fd[0]);
+  int st = -1;
+  if (pid > 0) waitpid(pid, &st, 0);
+  return st;
+}
 
 /* Ends main: prints the summary, exit status 1 if anything failed. */
 #define TEST_DONE()                                                                     \

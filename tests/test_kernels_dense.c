@@ -6,8 +6,6 @@
  * the layer; two runs bit-identical; the GEMMs split over threads = one BLAS call. */
 #include <cblas.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "../codegen/codegen.h"
 #include "../passes/fusion.h"
@@ -380,42 +378,29 @@ static void test_embedding(void) {
 }
 
 /* A bad id: a user error ("moec: error: layer 'emb': token id 9 ...", exit 1), not a crash. */
+static void bad_id_run(void *arg) {
+  int which = *(const int *)arg;
+  Graph *g = ir_graph_new("bad");
+  ir_set_context(g, "emb", NULL, (Loc){0});
+  Tensor *ids = ir_input(g, "ids", ty_i32(1, I_(4), I_(0)), (Loc){0});
+  Tensor *w = param(g, "W", ty(2, I_(5), I_(3), I_(0)));
+  if (which == 0)
+    ir_op2(g, OP_EMBEDDING, ids, w);
+  else
+    node(g, OP_XENT, 2, param(g, "lg", ty(2, I_(4), I_(5), I_(0))), ids, 0, 0, 0);
+  ir_bind(g, 1, 1);
+  Program *p = cg_lower(g, PREC_F32);
+  rt_i32(p, ids)[2] = which ? -1 : 9;
+  KernelCtx kc = kctx(1, false);
+  run(p, &kc); /* does not return if the kernel reports the id */
+}
+
 static void test_bad_ids(void) {
   static const char *const want[] = {"layer 'emb': token id 9 is outside the vocabulary [0, 5)",
                                      "layer 'emb': target -1 is outside the vocabulary [0, 5)"};
   for (int which = 0; which < 2; which++) {
-    int fd[2];
-    CHECK(pipe(fd) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-      dup2(fd[1], 2);
-      close(fd[0]);
-      Graph *g = ir_graph_new("bad");
-      ir_set_context(g, "emb", NULL, (Loc){0});
-      Tensor *ids = ir_input(g, "ids", ty_i32(1, I_(4), I_(0)), (Loc){0});
-      Tensor *w = param(g, "W", ty(2, I_(5), I_(3), I_(0)));
-      if (which == 0)
-        ir_op2(g, OP_EMBEDDING, ids, w);
-      else
-        node(g, OP_XENT, 2, param(g, "lg", ty(2, I_(4), I_(5), I_(0))), ids, 0, 0, 0);
-      ir_bind(g, 1, 1);
-      Program *p = cg_lower(g, PREC_F32);
-      rt_i32(p, ids)[2] = which ? -1 : 9;
-      KernelCtx kc = kctx(1, false);
-      run(p, &kc);
-      _exit(0); /* not reached if the kernel reports the id */
-    }
-    close(fd[1]);
-    char msg[512] = {0};
-    size_t len = 0;
-    ssize_t k;
-    while (len < sizeof msg - 1 && (k = read(fd[0], msg + len, sizeof msg - 1 - len)) > 0)
-      len += (size_t)k;
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
+    char msg[512];
+    int st = test_in_child(bad_id_run, &which, msg, sizeof msg);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
     CHECK(strstr(msg, want[which]) != NULL);
     if (!strstr(msg, want[which])) fprintf(stderr, "  got: %s", msg);

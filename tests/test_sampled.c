@@ -16,8 +16,6 @@
  *     of probs then sums to 0, not 1), and ir_verify refuses a graph that reads probs
  *     after it. */
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "../codegen/codegen.h"
 #include "../passes/passes.h"
@@ -396,6 +394,17 @@ static void t_sparse_all_reduce(void) {
          SP_MAXP);
 }
 
+/* (in a child) a node reading the forward's probs after its backward, then ir_verify */
+typedef struct GraphNode {
+  Graph *g;
+  Node *n;
+} GraphNode;
+static void read_after_bwd(void *arg) {
+  GraphNode *gn = arg;
+  ir_op1(gn->g, OP_RELU, gn->n->out[1]);
+  ir_verify(gn->g); /* does not return: it reports the reader */
+}
+
 /* The backward's scratch is probs itself (OPF_CLOBBER1): after a training step each row
  * of the buffer holds g*scale*(probs - onehot0), which sums to 0 where probs summed to 1;
  * a node reading probs after the backward is refused by ir_verify, naming both. */
@@ -439,27 +448,9 @@ static void t_scratch(void) {
   cg_program_free(p);
 
   /* a reader of probs after the backward: refused */
-  int fd[2];
-  CHECK(pipe(fd) == 0);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fd[1], 2);
-    close(fd[0]);
-    ir_op1(g, OP_RELU, n->out[1]);
-    ir_verify(g);
-    _exit(0); /* not reached: ir_verify reports the reader */
-  }
-  close(fd[1]);
-  char msg[512] = {0};
-  size_t len = 0;
-  ssize_t k;
-  while (len < sizeof msg - 1 && (k = read(fd[0], msg + len, sizeof msg - 1 - len)) > 0)
-    len += (size_t)k;
-  close(fd[0]);
-  int st = 0;
-  waitpid(pid, &st, 0);
+  char msg[512];
+  GraphNode gn = {g, n};
+  int st = test_in_child(read_after_bwd, &gn, msg, sizeof msg);
   CHECK(!(WIFEXITED(st) && WEXITSTATUS(st) == 0)); /* mc_fatal: an internal error */
   CHECK(strstr(msg, "after node") && strstr(msg, "used it as scratch"));
   ir_graph_free(g);
