@@ -22,11 +22,13 @@ add_flex_bison_dependency(fuzz_lexer fuzz_parser)
 file(GLOB MOEC_FUZZ_SOURCES CONFIGURE_DEPENDS ${MOEC_ROOT}/frontend/*.c ${MOEC_ROOT}/ir/*.c
      ${MOEC_ROOT}/passes/*.c) # the op table names shape rules of passes (fused, collectives)
 # the runtime's readers: checkpoints (safetensors.c) and corpora (data.c, with its
-# tokenizers: tokenize.c, bpe.c, bleu.c's word split) need only common
+# tokenizers: tokenize.c, bpe.c, bleu.c's word split; the worker threads, which set up
+# OpenBLAS) need only common
 add_library(moec_fuzzlib STATIC ${MOEC_FUZZ_SOURCES} ${MOEC_ROOT}/common/common.c
             ${MOEC_ROOT}/runtime/safetensors.c ${MOEC_ROOT}/runtime/data.c
             ${MOEC_ROOT}/runtime/tokenize.c ${MOEC_ROOT}/runtime/bpe.c ${MOEC_ROOT}/runtime/bleu.c
             ${MOEC_ROOT}/runtime/split.c # the task counts the cost model (passes/) reads
+            ${MOEC_ROOT}/runtime/threads.c # data.c splits a synthetic batch over the threads
             ${FLEX_fuzz_lexer_OUTPUTS} ${BISON_fuzz_parser_OUTPUTS})
 # the targets: the frontend (fuzz_frontend), the checkpoint reader (fuzz_safetensors),
 # the text and .bin corpus readers (fuzz_text, fuzz_bin: fuzz_data.c built twice)
@@ -45,7 +47,7 @@ foreach(t moec_fuzzlib ${MOEC_FUZZ_TARGETS})
 endforeach()
 foreach(t ${MOEC_FUZZ_TARGETS})
   target_link_options(${t} PRIVATE -fsanitize=fuzzer,address,undefined)
-  target_link_libraries(${t} PRIVATE moec_fuzzlib m)
+  target_link_libraries(${t} PRIVATE moec_fuzzlib openblas pthread m)
 endforeach()
 # Seeds made at build time by moec's own writers (rt_st_save) and from the
 # repository's text: fuzz_seeds writes them to seeds/{safetensors,bin,text}.
@@ -55,7 +57,7 @@ target_compile_definitions(fuzz_seeds PRIVATE _GNU_SOURCE)
 target_compile_options(fuzz_seeds PRIVATE -g -O1 -fsanitize=address,undefined)
 set_target_properties(fuzz_seeds PROPERTIES C_STANDARD 11 C_EXTENSIONS OFF)
 target_link_options(fuzz_seeds PRIVATE -fsanitize=fuzzer-no-link,address,undefined)
-target_link_libraries(fuzz_seeds PRIVATE moec_fuzzlib m)
+target_link_libraries(fuzz_seeds PRIVATE moec_fuzzlib openblas pthread m)
 add_custom_command(OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/seeds/safetensors/ckpt.safetensors
                    COMMAND fuzz_seeds ${MOEC_ROOT} ${CMAKE_CURRENT_BINARY_DIR}/seeds
                    DEPENDS fuzz_seeds VERBATIM)
