@@ -186,7 +186,7 @@ Type *plan_device_shapes(Graph *g, int d, int devices, int64_t B, int64_t T) {
   bool placed = devices > 1 && g->moe_expert_dev;
   Type *save = placed ? pass_shard_experts(g, d) : pass_shard_experts(g, -1);
   mc_free(plan_widen_expert_rows(g, devices, B, T)); /* undone with the types */
-  plan_rows_at_margin(g, d, devices, B, T); /* these views keep them in the arena */
+  plan_rows_at_margin(g, d, devices, B, T);          /* these views keep them in the arena */
   return save;
 }
 
@@ -700,8 +700,7 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
 /* A phase's time on this machine: its slowest device (mx), and no less than every device's
  * work (sum) over the cores they share, plus what each waits anyway (extra); a device
  * alone (alone) has every core. */
-static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum,
-                             double extra) {
+static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum, double extra) {
   if (k->cores <= 0) return mx;
   return fmax(alone ? mx / k->cores : mx, sum / k->cores + extra);
 }
@@ -872,8 +871,8 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     touched += pb * (opt == OPT_ADAM ? 4 : 2);
     moved += 4 * optim_elems_moved(pb, opt);
   }
-  step += fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0),
-               dram_floor_s(k, touched, moved));
+  step +=
+      fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, touched, moved));
   mc_free(acc);
   mc_free(acc_exp);
   mc_free(t);

@@ -118,8 +118,8 @@ int64_t plan_rows_bytes(const Graph *g, double share, const double *scale, size_
  * groups, per token: e x the tokens), fair under uniform routing (where the runtime
  * starts). */
 typedef struct PlanRows {
-  int moe, level;      /* its MoE layer; 1: an hmoe's group rows, 2: its expert rows, else 0 */
-  int64_t per_row;     /* its rows per row the exchange brings: k at the group side's dispatch */
+  int moe, level;  /* its MoE layer; 1: an hmoe's group rows, 2: its expert rows, else 0 */
+  int64_t per_row; /* its rows per row the exchange brings: k at the group side's dispatch */
   int64_t worst, bound, fair; /* the exchange's rows */
 } PlanRows;
 PlanRows plan_rows_of(const Graph *g, const Tensor *t, int P, int rank, int64_t b, int64_t T);
@@ -171,8 +171,8 @@ typedef struct CostConsts {
    * The optimizer's likewise. */
   double kfactor[2][OP_COUNT];
   double kfactor_optim[2];
-  double kcall_us[2]; /* with the factors: measured seconds of every kernel call beside its
-                         modelled work (the interpreter, thread wake-ups) */
+  double kcall_us[2];        /* with the factors: measured seconds of every kernel call beside its
+                                modelled work (the interpreter, thread wake-ups) */
   double kcoll_us[OP_COUNT]; /* a collective call's measured time beyond its modelled one
                                 on devices of set [1] (waiting for the slowest, syncing) */
 } CostConsts;

@@ -20,16 +20,16 @@ typedef enum Precision { PREC_F32, PREC_F64 } Precision;
 
 /* What a kernel knows beyond its node and buffers. */
 typedef struct KernelCtx {
-  bool training;      /* dropout and gate noise on */
+  bool training;       /* dropout and gate noise on */
   bool sample_softmax; /* sampled_softmax_xent samples even when not training (moec grad) */
-  uint64_t seed;      /* the run's seed */
-  uint64_t step;      /* global step: a new draw each step */
-  int64_t batch0;     /* global index of this device's first batch row */
-  int64_t batch_local;/* rows of the batch on this device (bound B) */
+  uint64_t seed;       /* the run's seed */
+  uint64_t step;       /* global step: a new draw each step */
+  int64_t batch0;      /* global index of this device's first batch row */
+  int64_t batch_local; /* rows of the batch on this device (bound B) */
   int device, ndevices;
-  void *dev;          /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
-  struct Comm *comm;  /* collectives (runtime/kernels_comm.c); NULL on one device */
-  const Graph *graph; /* for collectives: the expert -> device maps; NULL on one device */
+  void *dev;               /* backend state (cuda: stream, cuBLAS handle); NULL on cpu */
+  struct Comm *comm;       /* collectives (runtime/kernels_comm.c); NULL on one device */
+  const Graph *graph;      /* for collectives: the expert -> device maps; NULL on one device */
   struct CommStats *stats; /* where collectives add their time and bytes; NULL: nowhere */
   int accum;               /* micro-batches of one optimizer step (gradient accumulation): the
                               loss's mean is over all of them; 0 or 1: one */
@@ -53,9 +53,9 @@ static inline uint64_t rt_rng_counter0(const KernelCtx *ctx, int64_t numel) {
  * training loop touches buffers only through upload/download, so the same loop
  * drives cpu and cuda devices. */
 typedef struct Backend {
-  const char *name;                       /* "cpu", "cuda" */
+  const char *name;                        /* "cpu", "cuda" */
   const KernelFn *(*kernels)(Precision p); /* table by op; NULL entries: no kernel */
-  void *(*alloc)(size_t bytes);           /* zeroed; NULL when out of memory */
+  void *(*alloc)(size_t bytes);            /* zeroed; NULL when out of memory */
   void (*release)(void *p);
   void (*upload)(void *dst, const void *src, size_t bytes);   /* host -> device */
   void (*download)(void *dst, const void *src, size_t bytes); /* device -> host */
@@ -77,7 +77,7 @@ void rt_kern_dense_register(KernelFn *f32, KernelFn *f64);
 int rt_blas_int(int64_t v, const Node *n);
 void rt_kern_moe_register(KernelFn *f32, KernelFn *f64);
 void rt_kern_comm_register(KernelFn *f32, KernelFn *f64); /* kernels_comm.c: collectives */
-void rt_kern_rows_register(KernelFn *f32, KernelFn *f64);    /* kernels_rows.c: collectives */
+void rt_kern_rows_register(KernelFn *f32, KernelFn *f64); /* kernels_rows.c: collectives */
 
 /* kernels_sampled.c: the sampled softmax's proposal, log-uniform (Zipfian) over [0, V):
  * P(c) = log((c+2)/(c+1)) / log(V+1). rt_sample_log_uniform draws with replacement from
@@ -259,10 +259,10 @@ typedef struct Program {
                                        translation model, whose targets are its labels) */
   const Tensor *source, *target_in; /* a translation model's source ids [B, S] and target
                                        inputs [B, T]; NULL for a language model */
-  int vocab;                   /* ids and targets must be below it */
-  RowSel *rows;                /* by parameter: the rows this device holds; NULL: all whole */
-  uint64_t *param_set;         /* by parameter: the devices that train it (its gradient's
-                                  device set; bit d = device d); NULL on one device */
+  int vocab;                        /* ids and targets must be below it */
+  RowSel *rows;                     /* by parameter: the rows this device holds; NULL: all whole */
+  uint64_t *param_set;              /* by parameter: the devices that train it (its gradient's
+                                       device set; bit d = device d); NULL on one device */
   /* a program whose batches change shape (its graph's shapes: a translation model's length
      buckets, decoding's batches): the tensors whose sizes follow B, T or S, for
      rt_program_bind; NULL for a program of one shape */
@@ -299,8 +299,14 @@ void rt_carry_state(Program *p);
 void rt_poison_arena(Program *p);
 
 /* Direct host pointers: cpu backend only. */
-static inline float *rt_f32(Program *p, const Tensor *t) { return (float *)p->buf[t->id]; }
-static inline double *rt_f64(Program *p, const Tensor *t) { return (double *)p->buf[t->id]; }
-static inline int32_t *rt_i32(Program *p, const Tensor *t) { return (int32_t *)p->buf[t->id]; }
+static inline float *rt_f32(Program *p, const Tensor *t) {
+  return (float *)p->buf[t->id];
+}
+static inline double *rt_f64(Program *p, const Tensor *t) {
+  return (double *)p->buf[t->id];
+}
+static inline int32_t *rt_i32(Program *p, const Tensor *t) {
+  return (int32_t *)p->buf[t->id];
+}
 
 #endif
