@@ -343,22 +343,23 @@ char *mc_read_file(const char *path, size_t *len) {
   return mc_read_file_max(path, MC_READ_MAX, len);
 }
 
-double mc_now(void) {
+/* a clock's reading in seconds */
+static double clock_s(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double mc_now(void) {
+  return clock_s(CLOCK_MONOTONIC);
 }
 
 double mc_cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  return clock_s(CLOCK_PROCESS_CPUTIME_ID);
 }
 
 double mc_thread_cpu_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  return clock_s(CLOCK_THREAD_CPUTIME_ID);
 }
 
 /* ---- counter-based RNG ---- */

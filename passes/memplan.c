@@ -382,17 +382,37 @@ static bool overlap_in_time(const Live *a, const Live *b) {
   return a->def <= b->last && b->def <= a->last;
 }
 
-/* MOEC_DEBUG=memplan: the node where the most bytes are alive, and what they are. */
-static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags) {
-  int64_t live = 0, best = -1;
+/* The bytes alive at each node as a difference array over the planned tensors' lifetimes
+ * (delta[k]: what comes alive at node k less what died at k - 1; nnodes + 2 entries). */
+static int64_t *live_deltas(const Graph *g, const Live *L) {
+  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
+  for (int i = 0; i < g->ntensors; i++)
+    if (L[i].def >= 0) {
+      delta[L[i].def] += L[i].size;
+      delta[L[i].last + 1] -= L[i].size;
+    }
+  return delta;
+}
+
+/* The first node where the most bytes are alive (nnodes: the end), those bytes in *most. */
+static int live_peak(const Graph *g, const int64_t *delta, int64_t *most) {
+  int64_t live = 0;
   int at = 0;
+  *most = -1;
   for (int k = 0; k <= g->nnodes; k++) {
     live += delta[k];
-    if (live > best) {
-      best = live;
+    if (live > *most) {
+      *most = live;
       at = k;
     }
   }
+  return at;
+}
+
+/* MOEC_DEBUG=memplan: the node where the most bytes are alive, and what they are. */
+static void trace(const Graph *g, const Live *L, const int64_t *delta, int flags) {
+  int64_t best;
+  int at = live_peak(g, delta, &best);
   fprintf(stderr, "memplan%s: %lld bytes alive at node %d (%s)\n",
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? " (as if no recompute)" : "", (long long)best, at,
           flags & MEMPLAN_AS_IF_NO_RECOMPUTE ? "counting no copies"
@@ -668,17 +688,8 @@ MemFigures pass_memplan_plan(const Graph *g, int64_t B, int64_t T, size_t elem, 
   for (int i = 0; i < nt; i++)
     if (L[i].def == VIEW) L[i].off = view_off(L, i);
   /* the lower bound: most bytes alive at one node */
-  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t));
-  for (int i = 0; i < nt; i++)
-    if (L[i].def >= 0) {
-      delta[L[i].def] += L[i].size;
-      delta[L[i].last + 1] -= L[i].size;
-    }
-  int64_t live = 0;
-  for (int k = 0; k <= g->nnodes; k++) {
-    live += delta[k];
-    if (live > mf.live_max) mf.live_max = live;
-  }
+  int64_t *delta = live_deltas(g, L);
+  live_peak(g, delta, &mf.live_max);
   if (mc_debug.memplan) trace(g, L, delta, flags);
   if (offsets)
     for (int i = 0; i < nt; i++)
@@ -706,17 +717,8 @@ int64_t pass_memplan_top(const Graph *g, int top, FILE *out) {
   int nt = g->ntensors;
   Live *L = mc_calloc((size_t)nt + 1, sizeof(Live));
   lifetimes(g, g->B, g->T, sizeof(float), 0, L);
-  int64_t *delta = mc_calloc((size_t)g->nnodes + 2, sizeof(int64_t)), live = 0, best = -1;
-  for (int i = 0; i < nt; i++)
-    if (L[i].def >= 0) {
-      delta[L[i].def] += L[i].size;
-      delta[L[i].last + 1] -= L[i].size;
-    }
-  int at = 0, n = 0;
-  for (int k = 0; k <= g->nnodes; k++) {
-    live += delta[k];
-    if (live > best) best = live, at = k;
-  }
+  int64_t *delta = live_deltas(g, L), best;
+  int at = live_peak(g, delta, &best), n = 0;
   Live *alive = mc_malloc((size_t)(nt + 1) * sizeof(Live));
   for (int i = 0; i < nt; i++)
     if (L[i].def >= 0 && L[i].def <= at && at <= L[i].last) alive[n++] = L[i];

@@ -98,6 +98,7 @@ typedef struct RefRun {
   const Config *cfg;
   int steps;
   double (*clock)(void); /* the set's clock: mc_now, or mc_thread_cpu_now (one thread) */
+  double clock_own;      /* a reading's own cost on that clock (clock_cost) */
   RtProfile prof;        /* the last round's */
   RtProfile best;        /* the least of the rounds' (rt_profile_keep_min) */
 } RefRun;
@@ -131,6 +132,17 @@ static void profile_on_thread(Comm *c, void *arg) {
   r->prof = rt_profile_steps(r->p, r->cfg, r->steps, r->clock, NULL);
 }
 
+/* A timing's own cost in clock's readings: the least of many back-to-back reads (the
+ * thread's CPU clock is a system call, ~0.5 us, where the wall clock is ~30 ns). */
+static double clock_cost(double (*clock)(void)) {
+  double best = 1;
+  for (int i = 0; i < 2000; i++) {
+    double t0 = clock();
+    best = fmin(best, clock() - t0);
+  }
+  return best;
+}
+
 /* Reference model i in set j (0: one device on every core; 1: a device on one thread, as
  * many copies at once as there are cores), compiled once and profiled in rounds. mpi
  * non-NULL (j = 1): the copies are MPI ranks, one each (ranks past k->cores wait: the
@@ -157,31 +169,23 @@ static void job_open(RefJob *b, int i, int j, int steps, const CostConsts *k, Co
   b->mine = mpi ? 1 : b->copies;
   b->runs = !mpi || mpi->rank < b->copies;
   b->ok = b->f != NULL;
+  double (*clock)(void) = j == 0 ? mc_now : mc_thread_cpu_now;
+  double own = b->ok ? clock_cost(clock) : 0;
   for (int c = 0; b->ok && c < b->mine; c++) {
     b->run[c] = (RefRun){.p = drv_compile(b->f, &b->cfg, &b->o, &t),
                          .cfg = &b->cfg,
                          .steps = steps,
-                         .clock = j == 0 ? mc_now : mc_thread_cpu_now};
+                         .clock = clock,
+                         .clock_own = own};
     b->ok = b->run[c].p != NULL;
   }
-}
-
-/* A timing's own cost in clock's readings: the least of many back-to-back reads (the
- * thread's CPU clock is a system call, ~0.5 us, where the wall clock is ~30 ns). */
-static double clock_cost(double (*clock)(void)) {
-  double best = 1;
-  for (int i = 0; i < 2000; i++) {
-    double t0 = clock();
-    best = fmin(best, clock() - t0);
-  }
-  return best;
 }
 
 /* r's round into its best: the medians scaled by the round's time lost, less the clock's
  * own cost, each kept where less than the earlier rounds'. */
 static void keep_round(RefRun *r) {
   int ni = r->p->ninstrs;
-  double lost = time_lost(&r->prof, r->p), own = clock_cost(r->clock);
+  double lost = time_lost(&r->prof, r->p), own = r->clock_own;
   for (int q = 0; q < ni; q++)
     r->prof.instr_med[q] = fmax(r->prof.instr_med[q] * lost - own, 0);
   r->prof.optim_med = fmax(r->prof.optim_med * lost - own, 0);
@@ -304,11 +308,15 @@ static bool profile_collectives(int i, int P, const char *strategy, int steps, i
   Graph *g = f ? drv_compile_graph(f, &cfg, &o, &tg, NULL) : NULL;
   RefRun run[RT_MAX_THREADS] = {{0}};
   bool ok = g != NULL;
+  double own = ok ? clock_cost(mc_now) : 0;
   for (int r = 0; ok && r < P; r++) {
     if (mpi && r != mpi->rank) continue;
     Target t = {.devices = P, .rank = r, .training = true, .prec = PREC_F32, .be = &rt_backend_cpu};
-    run[r] =
-        (RefRun){.p = drv_compile(f, &cfg, &o, &t), .cfg = &cfg, .steps = steps, .clock = mc_now};
+    run[r] = (RefRun){.p = drv_compile(f, &cfg, &o, &t),
+                      .cfg = &cfg,
+                      .steps = steps,
+                      .clock = mc_now,
+                      .clock_own = own};
     ok = run[r].p != NULL;
   }
   for (int round = 0; ok && round < MC_MAX(rounds, 1); round++) {
