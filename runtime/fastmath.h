@@ -1,7 +1,6 @@
 /* fastmath.h: the float32 exp, sigmoid, tanh, log, sine/cosine and softplus of the CPU
  * kernels (kernels_dense.c, kernels_moe.c), polynomials without libm calls so loops
- * vectorise, the gate noise's normal draws, and the optimizer's correctly rounded
- * division by a constant (rt_div_rn). Shared with the tests that check
+ * vectorise, and the gate noise's normal draws. Shared with the tests that check
  * generated code against the CPU kernels bit for bit (tests/test_nvrtc.c compiles
  * codegen/nvrtc.c's kernels as host C with these); codegen/jit.c writes exp, sigmoid
  * and tanh out in LLVM IR; runtime/cuda/kernels_moe.cu compiles the noise's functions
@@ -203,21 +202,6 @@ static inline RT_HD double rt_noise_normal(uint64_t key, uint64_t c) {
   double z0, z1;
   rt_noise_pair(rt_noise_bits(key, c >> 1), &z0, &z1);
   return (c & 1) ? z1 : z0;
-}
-
-/* a / b rounded to nearest, the bits a division gives, for y = 1 / b (rounded to nearest)
- * and b > 0: a * y corrected twice with fused multiply-adds (the remainder a - b q is
- * exact in an FMA). The first correction is within an ulp of a / b, so the second is
- * a / b correctly rounded (Markstein's theorem: y within half an ulp of 1 / b, q within
- * one ulp of a / b). a = +-0 gives a (the corrections would give +0). For finite a and b
- * whose quotient and remainders neither overflow nor underflow: the optimizer's moments
- * over its bias corrections (optim.inc). Inlined into functions compiled with FMA (a
- * libm fma() call otherwise: exact, but slow). */
-static inline __attribute__((always_inline)) double rt_div_rn(double a, double b, double y) {
-  double q = a * y;
-  q = __builtin_fma(__builtin_fma(-b, q, a), y, q);
-  q = __builtin_fma(__builtin_fma(-b, q, a), y, q);
-  return a == 0 ? a : q;
 }
 
 #endif

@@ -1,10 +1,10 @@
 /* optim.c: optimizers (Adam; the paper's factored second moment, appendix D),
  * global gradient-norm clipping, and deterministic parameter initialisation.
  *
- * All updates are computed in double per element from float state and stored
- * back as float (double under --f64), vectorised and split over threads without
- * changing a bit, so a resumed run (state restored from a checkpoint) repeats an
- * uninterrupted one, with any thread count. Formulas: docs/training.md ("Optimizers"). */
+ * The factored update is computed in double per element from float state and stored
+ * back as float, Adam's in float (both in double under --f64), vectorised and split
+ * over threads without changing a bit, so a resumed run (state restored from a
+ * checkpoint) repeats an uninterrupted one, with any thread count. Formulas: docs/training.md ("Optimizers"). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +14,6 @@
 #define OPT_X86 1 /* the AVX-512 and AVX2 row sums below */
 #endif
 
-#include "fastmath.h"
 #include "train.h"
 #include "train_dev.h"
 
@@ -187,8 +186,6 @@ static bool fmat_whole(const Optim *o, int64_t rows, int64_t cols) {
 #ifdef OPT_X86
 #define OPT_AVX512 __attribute__((target("avx512f")))
 #define OPT_AVX2 __attribute__((target("avx2")))
-#define OPT_AVX512_FMA __attribute__((target("avx512f,fma")))
-#define OPT_AVX2_FMA __attribute__((target("avx2,fma")))
 
 /* opt_transpose8's 4x4 form for AVX2 */
 OPT_AVX2 __attribute__((always_inline)) static inline void opt_transpose4(__m256d r[4]) {
@@ -224,6 +221,14 @@ OPT_AVX512 __attribute__((always_inline)) static inline void opt_transpose8(__m5
   }
 }
 #endif
+
+/* the square root in each precision, for optim.inc's K(sqrt) */
+static inline float sqrt_f32(float x) {
+  return sqrtf(x);
+}
+static inline double sqrt_f64(double x) {
+  return sqrt(x);
+}
 
 #define S float
 #define K(name) name##_f32

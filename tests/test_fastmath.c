@@ -1,8 +1,7 @@
 /* test_fastmath.c: runtime/fastmath.h's float32 polynomials against libm (in double)
  * over the ranges the kernels use, the gate noise's draws: their distribution
  * (mean, variance, Kolmogorov-Smirnov against the normal cdf, the two halves of a pair
- * uncorrelated), float32 against float64, and their determinism; and rt_div_rn against
- * the division, bit for bit. */
+ * uncorrelated), float32 against float64, and their determinism. */
 #include <stdint.h>
 #include <string.h>
 
@@ -153,87 +152,7 @@ static void t_noise_determinism(void) {
   CHECK(same == 0);
 }
 
-/* a counter-based double in [0, 1) */
-static double u01(uint64_t key, uint64_t i) {
-  return (double)(mc_hash64(key ^ mc_hash64(i)) >> 11) * 0x1p-53;
-}
-
-/* n quotients a / b by rt_div_rn (compiled with FMA, as the optimizer's AVX2 and AVX-512
- * loops) that differ from the division's bits */
-__attribute__((target("avx2,fma"))) static int64_t div_mismatches(const double *a, int64_t n,
-                                                                  double b) {
-  const double y = 1.0 / b;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; i++) {
-    double q = rt_div_rn(a[i], b, y), d = a[i] / b;
-    bad += memcmp(&q, &d, sizeof q) != 0;
-  }
-  return bad;
-}
-
-/* rt_div_rn: the optimizer's divisors (Adam's bias corrections 1 - beta^t for the betas
- * 0.9, 0.99, 0.999, 0.9999 and every step t up to 10^5, where 1 - beta^t stops changing
- * or reaches 1) and random ones in (0, 4), each against 1024 numerators: random
- * significands over exponents -160..160 (the moments of float32 gradients, and their
- * squares), both signs, significands of all ones and of one bit, exact multiples of b
- * and their neighbours, +-0 and float32's subnormals. About 1.6 10^8 quotients. */
-static void t_div_rn(void) {
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
-    printf("test_fastmath: no FMA on this CPU: rt_div_rn is not used, not tested\n");
-    return;
-  }
-  enum { NA = 1024 };
-  double a[NA];
-  int64_t bad = 0, total = 0, nb = 0;
-  static const double betas[4] = {0.9, 0.99, 0.999, 0.9999};
-  for (int64_t j = 0; j < 4 * 100000 + 20000; j++) {
-    double b;
-    if (j < 4 * 100000) {
-      b = 1.0 - pow(betas[j % 4], (double)(j / 4 + 1));
-      if (b >= 1.0) continue;
-    } else {
-      b = 4.0 * u01(7, (uint64_t)j);
-      if (b == 0) continue;
-    }
-    nb++;
-    for (int i = 0; i < NA; i++) {
-      uint64_t k = (uint64_t)j * NA + (uint64_t)i;
-      double m = 1.0 + u01(1, k), s = u01(2, k) < 0.5 ? -1.0 : 1.0;
-      int e = (int)(u01(3, k) * 321.0) - 160;
-      switch (i % 8) {
-      case 0: /* a significand of all ones */
-        m = 2.0 - 0x1p-52;
-        break;
-      case 1: /* a power of two */
-        m = 1.0;
-        break;
-      case 2: /* a multiple of b, or a neighbour */
-        a[i] = s * b * (double)(i / 8 + 1);
-        if (i & 8) a[i] = nextafter(a[i], 0.0);
-        if (i & 16) a[i] = nextafter(a[i], 2 * a[i]);
-        continue;
-      default:
-        break;
-      }
-      a[i] = s * ldexp(m, e);
-    }
-    a[3] = 0.0;
-    a[11] = -0.0;
-    a[19] = 1.4e-45; /* float32's smallest subnormal, as a double */
-    a[27] = -(double)1.1754942e-38f;
-    bad += div_mismatches(a, NA, b);
-    total += NA;
-  }
-  printf("test_fastmath: rt_div_rn: %lld quotients over %lld divisors, %lld differ from the "
-         "division\n",
-         (long long)total, (long long)nb, (long long)bad);
-  CHECK(bad == 0);
-  CHECK(total > 100000000); /* the loop above ran */
-}
-
 int main(void) {
-  t_div_rn();
   t_logf();
   t_cossin();
   t_softplus();

@@ -1,6 +1,6 @@
 /* test_optim.c: the optimizers (runtime/optim.c): Adam's first step against its
  * closed form and a run on a quadratic against an independent double-precision
- * Adam; global-norm clipping; the factored second moment against its formulas
+ * Adam; its float32 arithmetic within 4 units of the double formula, step by step; global-norm clipping; the factored second moment against its formulas
  * (rows and columns, 3-D expert tensors, vectors); weight decay under a warm-up, both
  * optimizers, against the documented formulas in double; saving and restoring state
  * continues bit for bit; parameter init depends only on (seed, name); the double
@@ -100,6 +100,54 @@ static void test_adam_quadratic(void) {
   CHECK(o->t == 300);
   for (int i = 0; i < 4; i++)
     CHECK_CLOSE(p[i], qc[i], 0, 0.05); /* at the minimum */
+  rt_optim_free(o);
+}
+
+/* Adam's float32 arithmetic against the formula in double from the same float32 state,
+ * step by step over 400 steps of 4096 parameters with noisy gradients that pull them
+ * through zero: each new parameter within 4 x max(ulp(|p|), lr 2^-24), |p| the larger of
+ * the old and new (docs/training.md: 3 over a longer run); and the two do differ. */
+static void test_adam_f32_vs_double(void) {
+  enum { N = 4096, STEPS = 400 };
+  Model md = {0};
+  int64_t sh[1] = {N};
+  add_param(&md, "p", 1, sh);
+  Config cfg = opt_config(OPT_ADAM, 1e-3, 0);
+  Optim *o = rt_optim_new(&cfg, &md.g);
+  float *p = mc_malloc(N * sizeof(float)), *g = mc_malloc(N * sizeof(float));
+  float *p0 = mc_malloc(N * sizeof(float)), *m0 = mc_malloc(N * sizeof(float));
+  float *v0 = mc_malloc(N * sizeof(float));
+  float *pp[1] = {p}, *gg[1] = {g};
+  for (int i = 0; i < N; i++)
+    p[i] = (float)(0.05 * sin(0.37 * i));
+  double worst = 0;
+  int64_t differ = 0;
+  for (int t = 1; t <= STEPS; t++) {
+    for (int i = 0; i < N; i++)
+      g[i] = (float)(0.01 * (1 + i % 7) * sin(1.3 * i + 0.71 * t) + 0.002 * p[i]);
+    memcpy(p0, p, N * sizeof(float));
+    memcpy(m0, o->m[0], N * sizeof(float));
+    memcpy(v0, o->v[0], N * sizeof(float));
+    rt_optim_step(o, pp, gg);
+    double bc1 = 1 - pow(0.9, t), bc2 = 1 - pow(0.999, t);
+    for (int i = 0; i < N; i++) {
+      double mk = 0.9 * m0[i] + (1 - 0.9) * g[i], vk = 0.999 * v0[i] + (1 - 0.999) * g[i] * (double)g[i];
+      float want = (float)(p0[i] - 1e-3 * (mk / bc1) / (sqrt(vk / bc2) + 1e-8));
+      float big = fmaxf(fabsf(p0[i]), fabsf(want));
+      double unit = fmax(nextafterf(big, INFINITY) - big, 1e-3 * 0x1p-24);
+      worst = fmax(worst, fabs((double)p[i] - want) / unit);
+      differ += p[i] != want;
+    }
+  }
+  printf("adam_f32_vs_double: %d updates, %lld differ from the double formula, worst %.2f units\n",
+         N * STEPS, (long long)differ, worst);
+  CHECK(worst <= 4.0);
+  CHECK(differ > 0); /* the comparison is of two different arithmetics */
+  mc_free(p);
+  mc_free(g);
+  mc_free(p0);
+  mc_free(m0);
+  mc_free(v0);
   rt_optim_free(o);
 }
 
@@ -524,13 +572,17 @@ static void test_state_mismatch(void) {
     const double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);                   \
     for (int i = 0; i < o->n; i++) {                                                               \
       int r = o->prank[i];                                                                         \
-      if (o->kind == OPT_ADAM) {                                                                   \
+      if (o->kind == OPT_ADAM) { /* in S: each operation rounded to S */                          \
+        const S sb1 = (S)b1, snb1 = (S)(1.0 - b1), sb2 = (S)b2, snb2 = (S)(1.0 - b2);             \
+        const S slr = (S)lr, seps = (S)eps, sbc1 = (S)bc1, sbc2 = (S)bc2, ssc = (S)scale;         \
         for (int64_t k = 0; k < o->numel[i]; k++) {                                                \
-          double g = gr[i][k] * scale;                                                             \
-          double mk = b1 * m[i][k] + (1.0 - b1) * g, vk = b2 * v[i][k] + (1.0 - b2) * g * g;       \
-          m[i][k] = (S)mk;                                                                         \
-          v[i][k] = (S)vk;                                                                         \
-          p[i][k] = (S)(p[i][k] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));                       \
+          volatile S g = gr[i][k] * ssc; /* volatile: one operation at a time, as written */      \
+          volatile S mk = sb1 * m[i][k] + snb1 * g, vk = sb2 * v[i][k] + snb2 * g * g;            \
+          volatile S vh = vk / sbc2, mh = mk / sbc1;                                               \
+          volatile S den = (S)(sizeof(S) == 4 ? sqrtf((float)vh) : sqrt((double)vh)) + seps;      \
+          m[i][k] = mk;                                                                            \
+          v[i][k] = vk;                                                                            \
+          p[i][k] = p[i][k] - slr * mh / den;                                                      \
         }                                                                                          \
       } else if (r < 2) {                                                                          \
         for (int64_t k = 0; k < o->numel[i]; k++) {                                                \
@@ -683,6 +735,7 @@ static void test_bits(void) {
 int main(void) {
   if (!mkdtemp(tmpdir)) return 1;
   test_adam_quadratic();
+  test_adam_f32_vs_double();
   test_clip();
   test_f64();
   test_factored();

@@ -1,7 +1,6 @@
 /* test_optim_isa.c: the factored optimizer's AVX-512 and AVX2 row sums (runtime/optim.inc,
- * frow_blk, frow_blk2; those the CPU has), and Adam's AVX-512 and AVX2 loops with their
- * divisions by the bias corrections as FMAs (rt_div_rn), against the portable loops
- * (Optim.isa = RT_ISA_PORTABLE), bit for bit. Factored: p, the
+ * frow_blk, frow_blk2; those the CPU has), and Adam's AVX-512 and AVX2 loops, against
+ * the portable loops (Optim.isa = RT_ISA_PORTABLE), bit for bit. Factored: p, the
  * row and column moments and the norm (the sum of the tasks' partials, in order), over
  * 3 steps, float32 and double, the norm fused into the update or clipped first, 1 and 2
  * threads. The shapes take both paths of a factored matrix, one task (OT_FMAT, up to

@@ -387,15 +387,8 @@ extern "C" const Backend *rt_backend_cuda(void) {
 
 /* ---------------------------------------------------------------- optimizers */
 
-__global__ void adam_kernel(float *p, const float *g, float *m, float *v, int64_t n, double lr,
-                            double b1, double b2, double eps, double bc1, double bc2, double gs) {
-  GRID_STRIDE(i, n) {
-    double gi = (double)g[i] * gs;
-    double mk = b1 * m[i] + (1.0 - b1) * gi, vk = b2 * v[i] + (1.0 - b2) * gi * gi;
-    m[i] = (float)mk;
-    v[i] = (float)vk;
-    p[i] = (float)(p[i] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));
-  }
+__global__ void adam_kernel(float *p, const float *g, float *m, float *v, int64_t n, RtAdamCoef c) {
+  GRID_STRIDE(i, n) { rt_adam_elem(&p[i], g[i], &m[i], &v[i], c); }
 }
 
 extern "C" void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *m, float *v,
@@ -404,8 +397,8 @@ extern "C" void rt_cuda_adam_f32(RtCudaDev *d, float *p, const float *g, float *
   if (n <= 0) return;
   RtDevScope on(d->gpu);
   double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
-  adam_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(p, g, m, v, n, lr, b1, b2, eps,
-                                                                    bc1, bc2, gscale);
+  adam_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, d->stream>>>(
+      p, g, m, v, n, rt_adam_coef(lr, b1, b2, eps, bc1, bc2, gscale));
   CUDA_LAUNCH_CHECK();
 }
 

@@ -311,3 +311,29 @@ struct RtCarve {
   }
 };
 static inline size_t rt_carve_size(size_t bytes) { return ((bytes + 255) & ~(size_t)255) + 256; }
+
+/* ---------------------------------------------------------------- Adam's element */
+
+/* Adam's coefficients rounded to float32 on the host, as runtime/optim.inc's loop. */
+struct RtAdamCoef {
+  float scale, b1, nb1, b2, nb2, lr, eps, bc1, bc2;
+};
+static inline RtAdamCoef rt_adam_coef(double lr, double b1, double b2, double eps, double bc1,
+                                      double bc2, double scale) {
+  return RtAdamCoef{(float)scale, (float)b1,  (float)(1.0 - b1), (float)b2, (float)(1.0 - b2),
+                    (float)lr,    (float)eps, (float)bc1,        (float)bc2};
+}
+
+/* One element of Adam in float32, each operation rounded in docs/training.md's order
+ * with no FMA (the _rn intrinsics: the same bits as optim.inc's loop whatever -fmad). */
+__device__ __forceinline__ void rt_adam_elem(float *p, float gr, float *m, float *v,
+                                             const RtAdamCoef &c) {
+  float g = __fmul_rn(gr, c.scale);
+  float mk = __fadd_rn(__fmul_rn(c.b1, *m), __fmul_rn(c.nb1, g));
+  float vk = __fadd_rn(__fmul_rn(c.b2, *v), __fmul_rn(__fmul_rn(c.nb2, g), g));
+  *m = mk;
+  *v = vk;
+  float step = __fdiv_rn(__fmul_rn(c.lr, __fdiv_rn(mk, c.bc1)),
+                         __fadd_rn(__fsqrt_rn(__fdiv_rn(vk, c.bc2)), c.eps));
+  *p = __fsub_rn(*p, step);
+}

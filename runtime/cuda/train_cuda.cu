@@ -270,15 +270,8 @@ __global__ void norm_finish_kernel(const double *part, int n0, int n1, double *t
 }
 
 __global__ void adam_update_kernel(float *p, const float *g, float *m, float *v, int64_t n,
-                                   double lr, double b1, double b2, double eps, double bc1,
-                                   double bc2, double scale) {
-  GRID_STRIDE(k, n) {
-    double gk = (double)g[k] * scale;
-    double mk = b1 * (double)m[k] + (1.0 - b1) * gk, vk = b2 * (double)v[k] + (1.0 - b2) * gk * gk;
-    m[k] = (float)mk;
-    v[k] = (float)vk;
-    p[k] = (float)((double)p[k] - lr * (mk / bc1) / (sqrt(vk / bc2) + eps));
-  }
+                                   RtAdamCoef c) {
+  GRID_STRIDE(k, n) { rt_adam_elem(&p[k], g[k], &m[k], &v[k], c); }
 }
 
 /* The factored optimizer on a vector (rank < 2): second moment only. */
@@ -417,7 +410,7 @@ extern "C" void rt_cuda_optim_step(RtCudaOptim *c, Optim *o) {
     }
     if (o->kind == OPT_ADAM) {
       adam_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(
-          pi, gi, c->m[i], c->v[i], n, lr, b1, b2, eps, bc1, bc2, scale);
+          pi, gi, c->m[i], c->v[i], n, rt_adam_coef(lr, b1, b2, eps, bc1, bc2, scale));
     } else if (!c->fact[i]) {
       fvec_update_kernel<<<rt_cuda_blocks(n), RT_CUDA_THREADS, 0, st>>>(pi, gi, c->v[i], n, lr, b2,
                                                                         eps, bc2, scale);
