@@ -462,13 +462,14 @@ double plan_node_cores(const Graph *g, const Node *n, const CostConsts *k) {
   return c;
 }
 
-/* node_times_model times the op's measured factor */
-static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                       double *t, DeviceCost *dc) {
+/* node_times_model times the op's measured factor; n: a part of node `of` (node_parts),
+ * which gives the factor (calibrate measures the fused kernel as a whole) */
+static void node_times(const Graph *g, const Node *n, const Node *of, const Route *r,
+                       const CostConsts *k, double *t, DeviceCost *dc) {
   node_times_model(g, n, r, k, t, dc);
   if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
   int j = plan_kernel_set(k, r->P);
-  double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
+  double f = k->kfactor[j][of->op] > 0 ? k->kfactor[j][of->op] : 1;
   /* one device alone: its phases are divided by the cores, so a kernel the runtime runs
    * on fewer (node_cores) counts cores / those times its time, and its calls' time once */
   double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
@@ -880,7 +881,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     for (int q = 0, np = node_parts(n, parts, ins); q < np; q++) {
       const Node *x = &parts[q];
       if (q) memset(t, 0, sizeof(double) * (size_t)devices);
-      node_times(g, x, &r, k, t, c.dev);
+      node_times(g, x, n, &r, k, t, c.dev);
       bool experts = expert_gemm(g, x, &r);
       wbytes += expert_weight_bytes(g, x, &r);
       for (int d = 0; d < devices; d++) {
