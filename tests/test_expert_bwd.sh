@@ -2,13 +2,14 @@
 # test_expert_bwd.sh MOEC SRCDIR: plan.expert_bwd = fused (the experts' hidden gradient
 # GEMM and relu's backward as one grouped_matmul_relu_bwd, written over the hidden
 # activation; passes/fusion.c) trains to the same step losses and checkpoint bits as split
-# (grouped_matmul, then relu_bwd): tests/expert_bwd.moe on one device with 1 and 2 threads,
-# with --fuse false (no folded dW: the op over the hidden activation), with a NaN-poisoned
-# arena, resumed at step 6; examples/lm_moe256h.moe (hmoe) on 2 and 4 in-process devices
-# (expert rows sized per step, in their slots; 8 devices at 8 rows a step outgrow them and
-# move apart) and 2 MPI ranks when mpirun is here; examples/lm_moe32.moe with recompute =
-# all against split without. The graphs: the fused op by default, not with split, not on
-# the cuda backend (its kernels do not take this form).
+# (grouped_matmul, then relu_bwd): tests/expert_bwd.moe on one device with 1 and 2
+# threads, with --fuse false (no folded dW: the op over the hidden activation), with a
+# NaN-poisoned arena, resumed at step 6, in float64 (losses); examples/lm_moe256h.moe
+# (hmoe) on 2 and 4 in-process devices (expert rows sized per step, in their slots), on 8
+# at 8 rows a step (the rows outgrow the slots and move apart) and on 2 MPI ranks when
+# mpirun is here; examples/lm_moe32.moe with recompute = all against split without. The
+# graphs: the fused op by default, not with split, not on the cuda backend (its kernels
+# do not take this form).
 set -e
 MOEC=$1
 SRC=$2
@@ -40,6 +41,16 @@ same split_nofuse fused_nofuse
   >resumed.err 2>&1 || fail "resumed: $(tail -3 resumed.err)"
 cmp -s split.ck resumed.ck || fail "resumed at step 6: the checkpoint differs from split's"
 echo "resumed = split: the checkpoint at step 12, bit for bit"
+
+# float64 (no checkpoints there): the step losses
+for x in split fused; do
+  "$MOEC" run "$EB" --f64 --expert-bwd $x --steps 6 --no-eval --metrics "f64.$x.metrics" \
+    >"f64.$x.err" 2>&1 || fail "f64 $x: $(tail -3 "f64.$x.err")"
+  grep '"event":"step"' "f64.$x.metrics" | sed 's/.*"loss":\([^,]*\),.*/\1/' >"f64.$x.loss"
+done
+[ "$(wc -l <f64.fused.loss)" -eq 6 ] && cmp -s f64.split.loss f64.fused.loss ||
+  fail "f64: the losses differ"
+echo "f64: fused = split, 6 losses"
 
 H=$SRC/examples/lm_moe256h.moe
 for p in 2 4; do
