@@ -8,8 +8,9 @@
  * parameters, feeds random token ids and times every instruction of the program
  * and the optimizer's update (rt_optim_step, the train block's optimizer) over
  * several steps. FLOPs are counted for the GEMM-shaped ops (matmul, grouped_matmul,
- * grouped_matmul_dw: 2*M*N*K; lstm/lstm_bwd: the recurrent GEMMs, 2*B*T*4U*U per
- * pass, twice for backward; linear_xent: its logits GEMM, linear_xent_bwd: its two).
+ * grouped_matmul_dw, grouped_matmul_relu_bwd: 2*M*N*K; lstm/lstm_bwd: the recurrent
+ * GEMMs, 2*B*T*4U*U per pass, twice for backward; linear_xent: its logits GEMM,
+ * linear_xent_bwd: its two).
  * The last line is one JSON object (ms per step, its parts, GFLOP per step).
  *
  *   scripts/setup     # CMake builds build/op_profile (tests/bench.cmake), or by hand:
@@ -55,6 +56,10 @@ static double node_flops(const Node *n) {
   case OP_GROUPED_MATMUL: {
     const Tensor *x = n->in[0];
     return 2.0 * (double)n->out[0]->numel * (double)x->shape[x->ty.rank - 1];
+  }
+  case OP_GROUPED_MATMUL_RELU_BWD: { /* (h[R,H], g[R,O], ...): g . W^T, its relu mask aside */
+    const Tensor *g = n->in[1];
+    return 2.0 * (double)n->out[0]->numel * (double)g->shape[g->ty.rank - 1];
   }
   case OP_GROUPED_MATMUL_DW: { /* (xs[R,K], g[R,M]) -> [E,K,M] */
     const Tensor *x = n->in[0], *g = n->in[1];
@@ -252,7 +257,8 @@ int main(int argc, char **argv) {
       if (!acc[j].layer || strcmp(acc[j].layer, layer)) continue;
       secs += acc[j].secs;
       fl += acc[j].flops;
-      if (acc[j].op == OP_GROUPED_MATMUL || acc[j].op == OP_GROUPED_MATMUL_DW) {
+      if (acc[j].op == OP_GROUPED_MATMUL || acc[j].op == OP_GROUPED_MATMUL_DW ||
+          acc[j].op == OP_GROUPED_MATMUL_RELU_BWD) {
         gsecs += acc[j].secs;
         gfl += acc[j].flops;
       }

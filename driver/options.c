@@ -194,6 +194,9 @@ static const Flag flags[] = {
      "H  expert-row buffers at H x a device's fair share of the routes (default: sized per step)"},
     {"--tables", DRV_SETTINGS, "plan", "tables",
      "T  replicated, sharded: embedding tables split by rows over the devices"},
+    {"--expert-bwd", DRV_SETTINGS, "plan", "expert_bwd",
+     "F  fused, split: the experts' hidden gradient and relu's backward as one op "
+     "(plan.expert_bwd)"},
     {"--fuse", DRV_SETTINGS, "plan", "fuse", "true|false  elementwise fusion (plan.fuse)"},
     {"--no-fuse", DRV_SETTINGS, NULL, NULL, "       the same as --fuse false"},
     {"--backend", DRV_SETTINGS, "plan", "backend", "B   cpu, cuda or auto (plan.backend)"},

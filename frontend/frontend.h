@@ -268,6 +268,8 @@ typedef struct Config {
   int expert_headroom;  /* expert-row buffers: H x a device's fair share of the routes
                            (0: the worst case, every route to one device: x devices) */
   bool tables_sharded;  /* embedding tables split by rows over the devices (plan.tables) */
+  bool expert_bwd_split; /* plan.expert_bwd = split: the experts' hidden gradient GEMM and
+                            relu's backward as two ops (fused: one, passes/fusion.c) */
   bool fuse;
   BackendKind backend;
   bool tf32; /* cuda: float32 GEMMs on TF32 tensor cores (off: the CPU's float32 results) */

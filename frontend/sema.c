@@ -1295,7 +1295,7 @@ static const char *const train_keys[] = {"data",      "batch", "unroll", "steps"
                                          "optimizer", "clip",  "seed",   "accumulate", "max_time"};
 static const char *const plan_keys[] = {
     "devices", "mesh",    "strategy", "experts",         "recompute", "memory_budget",
-    "fuse",    "backend", "tf32",     "expert_headroom", "tables"};
+    "fuse",    "backend", "tf32",     "expert_headroom", "tables",    "expert_bwd"};
 enum {
   TK_DATA,
   TK_BATCH,
@@ -1321,6 +1321,7 @@ enum {
   PK_TF32,
   PK_HEADROOM,
   PK_TABLES,
+  PK_EXPERT_BWD,
   PK_N
 };
 
@@ -1328,6 +1329,7 @@ static const char *const strategy_names[] = {"paper", "data_parallel", "hmoe"};
 static const char *const policy_names[] = {"contiguous", "round_robin", "balanced"};
 static const char *const backend_names[] = {"auto", "cpu", "cuda"};
 static const char *const tables_names[] = {"replicated", "sharded"};
+static const char *const expert_bwd_names[] = {"fused", "split"};
 
 /* Collects a block's settings by key into out[] (NULL = absent); reports
  * unknown and repeated settings. */
@@ -2053,6 +2055,10 @@ static void check_plan(Sema *S, Block *b) {
       break;
     case PK_TABLES:
       if ((k = const_choice(S, e, "tables", tables_names, 2)) >= 0) c->tables_sharded = k == 1;
+      break;
+    case PK_EXPERT_BWD:
+      if ((k = const_choice(S, e, "expert_bwd", expert_bwd_names, 2)) >= 0)
+        c->expert_bwd_split = k == 1;
       break;
     default:
       break;

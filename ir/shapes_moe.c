@@ -233,6 +233,22 @@ const char *shape_grouped_matmul(Graph *g, Node *n) {
   return NULL;
 }
 
+/* (h[R,H], g[R,O], W[E,H,O], offsets i32[E+1]) -> [R,H] */
+const char *shape_grouped_matmul_relu_bwd(Graph *g, Node *n) {
+  int64_t e;
+  TRY(need(g, n, 0, DT_F32, 2));
+  TRY(need(g, n, 1, DT_F32, 2));
+  TRY(need(g, n, 2, DT_F32, 3));
+  TRY(need_offsets(g, n, 3, &e));
+  const Type *h = &n->in[0]->ty, *gr = &n->in[1]->ty, *w = &n->in[2]->ty;
+  if (!dim_eq(w->dim[0], dim_int(e))) return mismatch(g, n, 2, 3, "expert counts differ");
+  if (!dim_eq(gr->dim[1], w->dim[2])) return mismatch(g, n, 1, 2, "inner dims differ");
+  if (!dim_eq(h->dim[0], gr->dim[0])) return mismatch(g, n, 0, 1, "row counts differ");
+  if (!dim_eq(h->dim[1], w->dim[1])) return mismatch(g, n, 0, 2, "hidden dims differ");
+  n->out[0]->ty = mk(DT_F32, 2, h->dim[0], h->dim[1], h->dim[1]);
+  return NULL;
+}
+
 /* (xs[R,K], g[R,M], offsets i32[E+1]) -> dW[E,K,M] */
 const char *shape_grouped_matmul_dw(Graph *g, Node *n) {
   int64_t e;

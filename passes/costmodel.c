@@ -72,6 +72,8 @@ double plan_node_flops(const Node *n) {
     return 2.0 * numel(n->out[0]) * (double)a->shape[a->ty.rank - 1];
   case OP_GROUPED_MATMUL_DW: /* xs[R,K], g[R,M] */
     return 2.0 * numel(a) * (double)n->in[1]->shape[n->in[1]->ty.rank - 1];
+  case OP_GROUPED_MATMUL_RELU_BWD: /* g[R,O] x W[e]^T, then relu_bwd over [R,H] */
+    return (2.0 * (double)n->in[1]->shape[n->in[1]->ty.rank - 1] + 1) * numel(n->out[0]);
   case OP_LSTM: { /* h[B,R] . W_hh^T per step, the cell's elementwise work, m . W_p^T */
     double R = (double)n->in[1]->shape[1], U = (double)n->out[1]->shape[2], BT = rows(n->out[0]);
     return 2.0 * BT * 4 * U * R + 10.0 * BT * U + (n->nin == 5 ? 2.0 * BT * R * U : 0);
@@ -344,6 +346,22 @@ int plan_kernel_set(const CostConsts *k, int devices) {
 static void node_times_model(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
                              double *t, DeviceCost *dc);
 
+/* A grouped_matmul_relu_bwd is costed as the two nodes it stands for (passes/fusion.c):
+ * grouped_matmul (transW) of its g, W and offsets, then relu_bwd of that and h, both with
+ * its place, so the plan's times are the split form's (the fused kernel makes the same
+ * GEMMs and touches the same bytes). Fills parts (copies of n; ins: their inputs) and
+ * returns how many: 1, n itself, for any other node. */
+static int node_parts(const Node *n, Node parts[2], Tensor *ins[5]) {
+  parts[0] = *n;
+  if (n->op != OP_GROUPED_MATMUL_RELU_BWD) return 1;
+  ins[0] = n->in[1], ins[1] = n->in[2], ins[2] = n->in[3]; /* grouped_matmul(g, W, off) */
+  ins[3] = n->out[0], ins[4] = n->in[0];                   /* relu_bwd(its output, h) */
+  parts[0].op = OP_GROUPED_MATMUL, parts[0].nin = 3, parts[0].in = ins, parts[0].ia[0] = 1;
+  parts[1] = *n;
+  parts[1].op = OP_RELU_BWD, parts[1].nin = 2, parts[1].in = ins + 3;
+  return 2;
+}
+
 /* An expert GEMM of a layer the route knows: one GEMM per expert at its routed rows. */
 static bool expert_gemm(const Graph *g, const Node *n, const Route *r) {
   int m = moe_of(g, n->layer);
@@ -436,18 +454,22 @@ static double node_cores(const Graph *g, const Node *n, const Route *r, const Co
 
 double plan_node_cores(const Graph *g, const Node *n, const CostConsts *k) {
   Route r = route_make(g, 1, NULL, 0);
-  double c = node_cores(g, n, &r, k);
+  Node parts[2];
+  Tensor *ins[5];
+  node_parts(n, parts, ins); /* a fused expert backward: its GEMM's */
+  double c = node_cores(g, &parts[0], &r, k);
   route_free(&r);
   return c;
 }
 
-/* node_times_model times the op's measured factor */
-static void node_times(const Graph *g, const Node *n, const Route *r, const CostConsts *k,
-                       double *t, DeviceCost *dc) {
+/* node_times_model times the op's measured factor; n: a part of node `of` (node_parts),
+ * which gives the factor (calibrate measures the fused kernel as a whole) */
+static void node_times(const Graph *g, const Node *n, const Node *of, const Route *r,
+                       const CostConsts *k, double *t, DeviceCost *dc) {
   node_times_model(g, n, r, k, t, dc);
   if (ir_ops[n->op].flags & OPF_COLLECTIVE) return;
   int j = plan_kernel_set(k, r->P);
-  double f = k->kfactor[j][n->op] > 0 ? k->kfactor[j][n->op] : 1;
+  double f = k->kfactor[j][of->op] > 0 ? k->kfactor[j][of->op] : 1;
   /* one device alone: its phases are divided by the cores, so a kernel the runtime runs
    * on fewer (node_cores) counts cores / those times its time, and its calls' time once */
   double call = k->kcall_us[j] * 1e-6 * (j == 0 ? k->cores : 1);
@@ -462,7 +484,10 @@ static void node_times(const Graph *g, const Node *n, const Route *r, const Cost
 double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k) {
   Route r = route_make(g, 1, NULL, 0);
   double t = 0;
-  node_times_model(g, n, &r, k, &t, NULL);
+  Node parts[2];
+  Tensor *ins[5];
+  for (int q = 0, np = node_parts(n, parts, ins); q < np; q++)
+    node_times_model(g, &parts[q], &r, k, &t, NULL);
   route_free(&r);
   return t;
 }
@@ -851,13 +876,19 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       comm += mx;
       continue;
     }
-    node_times(g, n, &r, k, t, c.dev);
-    bool experts = expert_gemm(g, n, &r);
-    wbytes += expert_weight_bytes(g, n, &r);
-    for (int d = 0; d < devices; d++) {
-      acc[d] += t[d];
-      if (experts) acc_exp[d] += t[d];
-      c.dev[d].compute_s += t[d];
+    Node parts[2];
+    Tensor *ins[5];
+    for (int q = 0, np = node_parts(n, parts, ins); q < np; q++) {
+      const Node *x = &parts[q];
+      if (q) memset(t, 0, sizeof(double) * (size_t)devices);
+      node_times(g, x, n, &r, k, t, c.dev);
+      bool experts = expert_gemm(g, x, &r);
+      wbytes += expert_weight_bytes(g, x, &r);
+      for (int d = 0; d < devices; d++) {
+        acc[d] += t[d];
+        if (experts) acc_exp[d] += t[d];
+        c.dev[d].compute_s += t[d];
+      }
     }
   }
   /* the optimizer step (the in-situ factor is the reference models' in-cache rate) */

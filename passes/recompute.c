@@ -66,6 +66,8 @@ double pass_node_flops(const Node *n, int64_t B, int64_t T) {
     return 2.0 * (double)numel_at(n->out[0], B, T) * (double)last_dim(n->in[0], B, T);
   case OP_GROUPED_MATMUL_DW:
     return 2.0 * (double)numel_at(n->in[0], B, T) * (double)last_dim(n->in[1], B, T);
+  case OP_GROUPED_MATMUL_RELU_BWD: /* the GEMM, then relu_bwd over its output */
+    return (2.0 * (double)last_dim(n->in[1], B, T) + 1) * (double)numel_at(n->out[0], B, T);
   case OP_LSTM: /* h.W_hh per step, then the gates (and with W_p, m.W_p^T) */
     return (2.0 * (double)last_dim(n->in[1], B, T) + 10.0) * (double)numel_at(n->out[2], B, T) +
            (n->nin == 5

@@ -14,7 +14,13 @@ file(GLOB MOEC_MEMPLAN_MODELS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/../e
      ${CMAKE_CURRENT_SOURCE_DIR}/../bench/*.moe)
 add_test(NAME memplan_models COMMAND test_memplan ${MOEC_MEMPLAN_MODELS})
 add_test(NAME memplan_lm COMMAND test_memplan --lm ${CMAKE_CURRENT_SOURCE_DIR}/memplan_lm.moe)
-set_tests_properties(memplan_models memplan_lm PROPERTIES TIMEOUT 60 LABELS "memplan")
+# memplan_expert_bwd: plan.expert_bwd = fused (the experts' hidden gradient GEMM and relu's
+# backward in one op, over the hidden activation) against split: the peak drops by at least
+# the hidden gradients' bytes, the validator passes, the same bits (tests/expert_bwd.moe)
+add_test(NAME memplan_expert_bwd
+         COMMAND test_memplan --expert-bwd ${CMAKE_CURRENT_SOURCE_DIR}/expert_bwd.moe)
+set_tests_properties(memplan_models memplan_lm memplan_expert_bwd PROPERTIES TIMEOUT 60
+                     LABELS "memplan")
 add_test(NAME memplan_train_plan
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
                  ${CMAKE_CURRENT_SOURCE_DIR}/memplan_lm.moe plan)
@@ -33,3 +39,9 @@ add_test(NAME memplan_auto_devices
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_memplan.sh $<TARGET_FILE:moec>
                  ${CMAKE_CURRENT_SOURCE_DIR}/memplan_lm.moe auto_devices)
 set_tests_properties(memplan_auto_devices PROPERTIES TIMEOUT 60 LABELS "memplan")
+# expert_bwd: `moec run` with plan.expert_bwd = fused = split, losses and checkpoints bit
+# for bit: 1 device (1, 2 threads, poisoned, no fold, resumed), hmoe on 2 and 4 devices
+# and 2 MPI ranks, recompute = all (tests/test_expert_bwd.sh)
+add_test(NAME expert_bwd COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_expert_bwd.sh
+                                 $<TARGET_FILE:moec> ${CMAKE_CURRENT_SOURCE_DIR}/..)
+set_tests_properties(expert_bwd PROPERTIES TIMEOUT 240 LABELS "memplan;multidev")

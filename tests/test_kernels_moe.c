@@ -825,6 +825,61 @@ static void t_grouped_gemm_rows(Precision prec) {
   small_free(&s);
 }
 
+/* grouped_matmul_relu_bwd (h, g, W^T, offsets) = relu_bwd(grouped_matmul(g, W^T){transW},
+ * h) bit for bit: experts of 0..17 rows (small_mm_tw) and one of 1000 (sgemm, in two
+ * column pieces of 208 and 192 columns: the mask's words cross a piece), padding rows
+ * past offsets[E], h with zeros and negative zeros; also written over h (the memory
+ * plan's in-place form: the kernel called with its output at h's bytes). */
+static void t_grouped_matmul_relu_bwd(Precision prec) {
+  enum { E = 19, K = 100, M = 400, PAD = 5 };
+  int32_t offv[E + 1] = {0};
+  for (int e = 0; e < E; e++)
+    offv[e + 1] = offv[e] + (e < E - 1 ? e : 1000);
+  const int R = offv[E] + PAD;
+  Graph *g = ir_graph_new("gmm_relu_bwd");
+  Dim dt3[3] = {dim_int(E), dim_int(M), dim_int(K)}, doff = dim_int(E + 1);
+  Tensor *h = ir_input(g, "h", ty2(R, M), (Loc){0}), *gy = ir_input(g, "gy", ty2(R, K), (Loc){0});
+  Tensor *wt = ir_input(g, "wt", ir_type(DT_F32, 3, dt3), (Loc){0});
+  Tensor *off = ir_input(g, "off", ir_type(DT_I32, 1, &doff), (Loc){0});
+  int64_t tw[IR_MAX_ATTR] = {1};
+  Tensor *in1[3] = {gy, wt, off};
+  Tensor *dh = ir_node(g, OP_GROUPED_MATMUL, 3, in1, tw, NULL)->out[0]; /* [R, M] */
+  Tensor *in2[2] = {dh, h}, *in4[4] = {h, gy, wt, off};
+  Tensor *rb = ir_node(g, OP_RELU_BWD, 2, in2, NULL, NULL)->out[0];
+  Node *fn = ir_node(g, OP_GROUPED_MATMUL_RELU_BWD, 4, in4, NULL, NULL);
+  Small s = small_lower(g, prec);
+  fill(s.p, 13, 1.0);
+  for (int64_t i = 0; i < (int64_t)R * M; i += 7) { /* relu's zeros, of both signs */
+    double z = i % 2 ? -0.0 : 0.0;
+    if (prec == PREC_F64)
+      rt_f64(s.p, h)[i] = z;
+    else
+      rt_f32(s.p, h)[i] = (float)z;
+  }
+  memcpy(rt_i32(s.p, off), offv, sizeof offv);
+  size_t el = prec == PREC_F64 ? 8 : 4, n = (size_t)R * M * el;
+  small_run(&s);
+  int same = !memcmp(s.p->buf[rb->id], s.p->buf[fn->out[0]->id], n);
+  /* over h: the kernel with its output at a copy of h's bytes */
+  char *hc = mc_malloc(n);
+  memcpy(hc, s.p->buf[h->id], n);
+  void *ins[4] = {hc, s.p->buf[gy->id], s.p->buf[wt->id], s.p->buf[off->id]}, *outs[1] = {hc};
+  KernelCtx c = ctx_for(false, 1, 0, 1);
+  rt_cpu_kernels(prec)[OP_GROUPED_MATMUL_RELU_BWD](&c, fn, ins, outs);
+  int inplace = !memcmp(s.p->buf[rb->id], hc, n);
+  int zeros = 0;
+  for (int64_t i = 0; i < (int64_t)R * M; i++)
+    zeros += get(s.p, rb, i) == 0;
+  printf("grouped_matmul_relu_bwd (%s): = grouped_matmul, relu_bwd %s; over h %s (%d of %d "
+         "zero)\n",
+         prec == PREC_F32 ? "f32" : "f64", same ? "bit for bit" : "DIFFERS",
+         inplace ? "bit for bit" : "DIFFERS", zeros, R * M);
+  CHECK(same && inplace);
+  CHECK(zeros > R * M / 4 && zeros < R * M * 3 / 4);
+  mc_free(hc);
+  small_free(&s);
+}
+
 /* A folded grouped_matmul_dw (fold=1) and rt_fold_dw: any span of dW the optimizer makes
  * (across experts, starting and ending inside rows) equals the unfolded kernel's dW bit for
  * bit, for experts of 0..13 rows (made from xs and g) and of 40 (the kernel's sgemm). */
@@ -1210,6 +1265,8 @@ int main(void) {
   t_grouped_gemm_rows(PREC_F64);
   t_fold_dw(PREC_F32);
   t_fold_dw(PREC_F64);
+  t_grouped_matmul_relu_bwd(PREC_F32);
+  t_grouped_matmul_relu_bwd(PREC_F64);
   t_load_estimators();
   t_precision_determinism();
   t_batchwise_rejected();

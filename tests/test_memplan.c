@@ -17,6 +17,13 @@
  *                                [m] repeats the experts' first GEMM, bias and ReLU
  *                                only; the arena's drop equals what the report
  *                                prints; auto fits its budget
+ *   test_memplan --expert-bwd FILE  plan.expert_bwd = fused against split: both plans
+ *                                pass the validator; every expert relu_bwd of the split
+ *                                graph is one grouped_matmul_relu_bwd written over the
+ *                                hidden activation; the most bytes alive drop by at least
+ *                                the split form's hidden gradients, the arena too; the
+ *                                loss and every gradient the same bits over several steps
+ *                                (planned, and with NaN-poisoned arenas)
  * Prints the figures (arena with recompute none / moe / all) as it goes. */
 #include <string.h>
 
@@ -278,10 +285,86 @@ static void check_lm(const char *path) {
   fe_ast_free(f);
 }
 
+/* ---------------------------------------------------------------- the experts' backward */
+
+/* The expert relu_bwd nodes whose incoming gradient a grouped_matmul (transW) makes: the
+ * split form's [rows, hidden] hidden gradients; their bytes in *bytes. */
+static int split_expert_bwd(const Graph *g, int64_t *bytes) {
+  int n = 0;
+  *bytes = 0;
+  for (int k = 0; k < g->nnodes; k++) {
+    const Node *x = g->nodes[k], *p = x->in[0]->producer;
+    if (x->op != OP_RELU_BWD || !p || p->op != OP_GROUPED_MATMUL || !p->ia[0]) continue;
+    *bytes += x->in[0]->numel * (int64_t)sizeof(float);
+    n++;
+  }
+  return n;
+}
+
+static void check_expert_bwd(const char *path) {
+  Config cfg;
+  AstFile *f = load(path, &cfg);
+  Config split = cfg;
+  split.expert_bwd_split = true;
+  Graph *gs = build(f, &split, true), *gf = build(f, &cfg, true);
+  MemFigures ms = pass_memplan_assign(gs, sizeof(float));
+  MemFigures mf = pass_memplan_assign(gf, sizeof(float));
+  CHECK(pass_memplan_validate(gs) > 0);
+  CHECK(pass_memplan_validate(gf) > 0);
+  int64_t dh, none, dw1 = 0;
+  int nsplit = split_expert_bwd(gs, &dh), fused = 0, inplace = 0;
+  CHECK(nsplit > 0);
+  CHECK(split_expert_bwd(gf, &none) == 0);
+  for (int k = 0; k < gf->nnodes; k++) {
+    const Node *n = gf->nodes[k];
+    if (n->op == OP_GROUPED_MATMUL_DW && n->in[1]->producer &&
+        n->in[1]->producer->op == OP_GROUPED_MATMUL_RELU_BWD)
+      dw1 += n->out[0]->numel * (int64_t)sizeof(float); /* the first layer's dW, made next */
+    if (n->op != OP_GROUPED_MATMUL_RELU_BWD) continue;
+    fused++;
+    inplace += n->out[0]->mem_offset == n->in[0]->mem_offset; /* over h */
+  }
+  CHECK(fused == nsplit && inplace == fused);
+  /* the peak at the experts' backward (expert_bwd.moe): the hidden gradients no longer
+   * alive, the first layer's weight gradient (and a few small tensors) alive in their
+   * place: at least half the gradients' bytes on this model (dh - dW1 = 3/4 of them) */
+  int64_t expect = dh / 2;
+  CHECK(dh - dw1 > expect);
+  printf("%s: expert_bwd split: arena %.3f MiB (live max %.3f); fused: %.3f (live max %.3f); "
+         "hidden gradients %.3f MiB, less W1's gradient %.3f\n",
+         path, ms.arena / MiB, ms.live_max / MiB, mf.arena / MiB, mf.live_max / MiB, dh / MiB,
+         (dh - dw1) / MiB);
+  CHECK(ms.live_max - mf.live_max >= expect);
+  CHECK(ms.arena - mf.arena >= expect);
+  ir_graph_free(gs);
+  ir_graph_free(gf);
+  /* the same bits: loss and every gradient, planned and poisoned */
+  const CgOpts planned = {0}, poisoned = {.poison = true};
+  Run r[4] = {lower_with(f, &split, planned), lower_with(f, &cfg, planned),
+              lower_with(f, &split, poisoned), lower_with(f, &cfg, poisoned)};
+  for (int i = 0; i < 4; i++)
+    init(&r[i], 11);
+  for (int s = 0; s < 3; s++) {
+    double loss[4];
+    for (int i = 0; i < 4; i++)
+      loss[i] = step(&r[i], s, 64);
+    CHECK(loss[0] == loss[0] && loss[0] > 0); /* finite: the poisoned arena read nothing */
+    for (int i = 1; i < 4; i++)
+      CHECK(same(&r[0], &r[i]));
+  }
+  for (int i = 0; i < 4; i++) {
+    cg_program_free(r[i].p);
+    ir_graph_free(r[i].g);
+  }
+  fe_ast_free(f);
+}
+
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--lm") && i + 1 < argc)
       check_lm(argv[++i]);
+    else if (!strcmp(argv[i], "--expert-bwd") && i + 1 < argc)
+      check_expert_bwd(argv[++i]);
     else
       check_model(argv[i]);
   }
