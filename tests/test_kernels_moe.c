@@ -774,7 +774,8 @@ static void t_dispatch_roundtrip(void) {
 /* The grouped GEMMs at every row count an expert may get, against a direct sum in
  * double: experts of 0..17 rows and one of 40 (the few-row kernels, small_mm and
  * small_mm_tw to 16 rows, small_dw to 8, and sgemm past them), odd K and M (the kernels' vector
- * tails), W as [E,K,M] and transposed [E,M,K], and dW. */
+ * tails), W as [E,K,M] and transposed [E,M,K], and dW; the few-row experts' dW bit for
+ * bit against the in-order sum. */
 static void t_grouped_gemm_rows(Precision prec) {
   enum { E = 19, K = 21, M = 37 };
   int32_t offv[E + 1] = {0};
@@ -818,6 +819,27 @@ static void t_grouped_gemm_rows(Precision prec) {
         edw = fmax(edw, fabs(a - get(s.p, dw, (e * K + k) * M + c)));
       }
   }
+  /* the few-row experts' dW (small_dw, also the fold's): each element its rows summed in
+   * order, from 0, in the precision's own arithmetic: the same bits */
+  int64_t differ = 0, summed = 0;
+  for (int e = 0; e < E; e++) {
+    if (offv[e + 1] - offv[e] > RT_FOLD_ROWS) continue;
+    for (int k = 0; k < K; k++)
+      for (int c = 0; c < M; c++, summed++) {
+        if (prec == PREC_F64) {
+          volatile double t = 0;
+          for (int r = offv[e]; r < offv[e + 1]; r++)
+            t += rt_f64(s.p, xs)[r * K + k] * rt_f64(s.p, gy)[r * M + c];
+          differ += t != rt_f64(s.p, dw)[(e * K + k) * M + c];
+        } else {
+          volatile float t = 0;
+          for (int r = offv[e]; r < offv[e + 1]; r++)
+            t += rt_f32(s.p, xs)[r * K + k] * rt_f32(s.p, gy)[r * M + c];
+          differ += t != rt_f32(s.p, dw)[(e * K + k) * M + c];
+        }
+      }
+  }
+  CHECK(summed > 0 && differ == 0);
   double tol = prec == PREC_F32 ? 1e-5 : 1e-13;
   printf("grouped GEMMs by rows (%s): max |err| y %.3g, y^T %.3g, dW %.3g (max |y| %.3g)\n",
          prec == PREC_F32 ? "f32" : "f64", ey, eyt, edw, big);
