@@ -54,8 +54,10 @@ EXCEPTIONS = {
     ("1b_moe256.moe", "ops"): 8650752,
     ("1b_moe34m.moe", "total"): 5939704703,
 }
-# devices in each file's plan block (appendix C: 16 K40s; appendix D: 32, 64, 128)
+# devices in each file's plan block (appendix C.1: 16 K40s; Table 1: 32 for MoE-34M and
+# MoE-143M; appendix D: 32, 64, 128)
 DEVICES = {f: 16 for f in TABLE7}
+DEVICES.update({"1b_moe34m.moe": 32, "1b_moe143m.moe": 32})
 DEVICES.update({f: 32 for f in TABLE8})
 DEVICES.update({"100b_moe65536h.moe": 64, "100b_moe131072h.moe": 128})
 
