@@ -706,6 +706,36 @@ static void test_dram_floor(void) {
   done(&b);
 }
 
+/* The passes over the gradients before the update on host devices: the guard's read of
+ * a device's gradients at elem_gbs, and on several devices each device's serial norm pass
+ * at norm_ns an element; devices sharing the cores share them (4 devices on 2 cores: each
+ * device's passes twice over), one device alone reads over all its cores and has no norm
+ * pass of its own. */
+static void test_pre_optim(void) {
+  CostConsts k = consts_t;
+  k.cores = 2;
+  k.norm_ns = 0;
+  CostConsts kn = k;
+  kn.norm_ns = 3;
+  for (int P = 1; P <= 4; P *= 2) {
+    Built b;
+    CHECK(lm(&b, 64, 4, 16, 8, 2, "  strategy = data_parallel\n"));
+    run_passes(&b, P);
+    PlanCost c0 = plan_cost(b.g, P, OPT_ADAM, &k), c1 = plan_cost(b.g, P, OPT_ADAM, &kn);
+    double pb = c0.dev[0].param_bytes; /* data_parallel: every device holds every parameter */
+    double guard = pb / (kn.elem_gbs * 1e9), norm = pb / 4 * kn.norm_ns * 1e-9;
+    double one = P == 1 ? guard : guard + norm;
+    CHECK(pb > 0 && fabs(plan_pre_optim_seconds(pb, P, &kn) - one) < 1e-15);
+    CHECK(plan_pre_optim_seconds(pb, P, &k) == 0);
+    double want = P == 1 ? one / 2 : one * P / 2; /* over the 2 cores */
+    CHECK(fabs((c1.step_s - c0.step_s) - want) < 1e-9 * c1.step_s);
+    CHECK(fabs(c1.comm_s - c0.comm_s) < 1e-15); /* collectives unchanged */
+    plan_cost_free(&c0);
+    plan_cost_free(&c1);
+    done(&b);
+  }
+}
+
 /* One device alone on 2 cores: a model whose GEMMs are all below the runtime's split
  * threshold runs them on one core, so its step is not halved; a big one's GEMMs split
  * and its step is (elementwise work and launches priced at ~0, to leave the GEMMs). */
@@ -851,6 +881,7 @@ static void test_view_cost(void) {
 }
 
 int main(void) {
+  test_pre_optim();
   test_view_cost();
   test_cores_split();
   test_dram_floor();
