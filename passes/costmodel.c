@@ -27,8 +27,10 @@
  *                several devices: each its global norm's serial pass, norm_ns); devices on
  *                shared cores (cores > 0): a phase at least their work over the cores;
  *                one device alone: each kernel over the cores the runtime splits it on;
- *                past the last-level cache (llc_bytes) the optimizer and the expert
- *                GEMMs' weights at no more than the memory's bandwidth (dram_gbs)
+ *                when the state every step touches (the devices' parameters, gradients,
+ *                optimizer state) is past the last-level cache (llc_bytes), the optimizer
+ *                and the expert GEMMs' weights at no more than the memory's bandwidth
+ *                (dram_gbs)
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
@@ -816,6 +818,12 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   double *intra = mc_calloc((size_t)devices, sizeof(double));
   double *inter = mc_calloc((size_t)devices, sizeof(double));
   double step = 0, comm = 0, wbytes = 0; /* wbytes: the phase's expert weights streamed */
+  /* what every step touches: the devices' parameters and, training, their gradients and
+   * optimizer state (the update's pass reads them all); past the cache the weights a
+   * phase reads were evicted since their last use, however few the phase's own bytes */
+  double state = 0;
+  for (int d = 0; d < devices; d++)
+    state += c.dev[d].param_bytes * (!g->has_backward ? 1 : opt == OPT_ADAM ? 4 : 2);
   for (int kk = 0; kk <= g->nnodes; kk++) {
     const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
     bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
@@ -831,7 +839,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       /* the expert GEMMs no faster than their weights from memory, past the cache */
       mx = fmax(shared_cores_s(k, devices == 1, mx, sum, 0),
                 shared_cores_s(k, devices == 1, mx_rest, sum_rest, 0) +
-                    dram_floor_s(k, wbytes, wbytes));
+                    dram_floor_s(k, fmax(wbytes, state), wbytes));
       wbytes = 0;
       step += mx;
     }
