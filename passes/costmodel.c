@@ -22,11 +22,15 @@
  *                latency per step
  *   step time    per phase between collectives its slowest device's kernels, plus each
  *                collective at its slowest device (the runtime overlaps nothing), plus
- *                the optimizer (its parameters' elements read and written); devices on
+ *                the optimizer (its parameters' elements read and written) after the
+ *                passes over its gradients before it on host devices (the guard's read;
+ *                several devices: each its global norm's serial pass, norm_ns); devices on
  *                shared cores (cores > 0): a phase at least their work over the cores;
  *                one device alone: each kernel over the cores the runtime splits it on;
- *                past the last-level cache (llc_bytes) the optimizer and the expert
- *                GEMMs' weights at no more than the memory's bandwidth (dram_gbs)
+ *                when the state every step touches (the devices' parameters, gradients,
+ *                optimizer state) is past the last-level cache (llc_bytes), the optimizer
+ *                and the expert GEMMs' weights at no more than the memory's bandwidth
+ *                (dram_gbs)
  *   memory plan  pass_memplan_plan at the device's ceil(B/P) rows: persistent (params,
  *                inputs, state) + arena + the optimizer state (not in the plan), as the
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
@@ -48,7 +52,8 @@ const CostConsts plan_consts_cpu = {.name = "cpu",
                                     .latency_us = 5,
                                     .gemm_half = 16,
                                     .elem_gbs = 5,
-                                    .launch_us = 1};
+                                    .launch_us = 1,
+                                    .norm_ns = 1};
 
 static double numel(const Tensor *t) {
   return (double)t->numel;
@@ -504,6 +509,12 @@ double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k) 
   return elem_s(k, el, el / 2) + 4 * k->launch_us * 1e-6;
 }
 
+double plan_pre_optim_seconds(double param_bytes, int devices, const CostConsts *k) {
+  if (k->norm_ns <= 0) return 0;
+  double guard = k->elem_gbs > 0 ? param_bytes / (k->elem_gbs * 1e9) : 0;
+  return guard + (devices > 1 ? param_bytes / 4 * k->norm_ns * 1e-9 : 0);
+}
+
 /* A memory-bound phase whose devices together touch more than the last-level cache:
  * no faster than the bytes it moves at the machine's memory bandwidth (0 within it). */
 static double dram_floor_s(const CostConsts *k, double touched, double moved) {
@@ -832,6 +843,12 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   double *intra = mc_calloc((size_t)devices, sizeof(double));
   double *inter = mc_calloc((size_t)devices, sizeof(double));
   double step = 0, comm = 0, wbytes = 0; /* wbytes: the phase's expert weights streamed */
+  /* what every step touches: the devices' parameters and, training, their gradients and
+   * optimizer state (the update's pass reads them all); past the cache the weights a
+   * phase reads were evicted since their last use, however few the phase's own bytes */
+  double state = 0;
+  for (int d = 0; d < devices; d++)
+    state += c.dev[d].param_bytes * (!g->has_backward ? 1 : opt == OPT_ADAM ? 4 : 2);
   for (int kk = 0; kk <= g->nnodes; kk++) {
     const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
     bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
@@ -847,7 +864,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       /* the expert GEMMs no faster than their weights from memory, past the cache */
       mx = fmax(shared_cores_s(k, devices == 1, mx, sum, 0),
                 shared_cores_s(k, devices == 1, mx_rest, sum_rest, 0) +
-                    dram_floor_s(k, wbytes, wbytes));
+                    dram_floor_s(k, fmax(wbytes, state), wbytes));
       wbytes = 0;
       step += mx;
     }
@@ -891,16 +908,18 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       }
     }
   }
-  /* the optimizer step (the in-situ factor is the reference models' in-cache rate) */
+  /* the optimizer step (the in-situ factor is the reference models' in-cache rate), after
+   * the passes before it on host devices: the guard's and several devices' global norm */
   double opt_max = 0, opt_sum = 0, touched = 0, moved = 0;
   double of = k->kfactor_optim[plan_kernel_set(k, devices)];
   for (int d = 0; d < devices && g->has_backward; d++) {
     double pb = c.dev[d].param_bytes, ts = plan_optim_seconds(pb, opt, k) * (of > 0 ? of : 1);
-    c.dev[d].compute_s += ts;
-    opt_max = fmax(opt_max, ts);
-    opt_sum += ts;
+    double pre = plan_pre_optim_seconds(pb, devices, k);
+    c.dev[d].compute_s += ts + pre;
+    opt_max = fmax(opt_max, ts + pre);
+    opt_sum += ts + pre;
     touched += pb * (opt == OPT_ADAM ? 4 : 2);
-    moved += 4 * optim_elems_moved(pb, opt);
+    moved += 4 * optim_elems_moved(pb, opt) + (k->norm_ns > 0 ? pb * (devices > 1 ? 2 : 1) : 0);
   }
   step +=
       fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, touched, moved));

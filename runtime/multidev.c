@@ -170,6 +170,12 @@ static double elem_get(const float *p, int64_t j, size_t elem) {
   return elem == sizeof(double) ? ((const double *)(const void *)p)[j] : (double)p[j];
 }
 
+double rt_md_sumsq(double ss, const float *g, int64_t n, size_t elem) {
+  for (int64_t j = 0; j < n; j++)
+    ss += elem_get(g, j, elem) * elem_get(g, j, elem);
+  return ss;
+}
+
 void rt_md_optim_step(Comm *c, const Program *p, Optim *o, float *const *params,
                       float *const *grads) {
   if (c->size <= 1) {
@@ -195,8 +201,7 @@ void rt_md_optim_step(Comm *c, const Program *p, Optim *o, float *const *params,
     }
     int x = own >= 0 || sharded(p, i);
     if (own >= 0 && own != c->rank) continue;
-    for (int64_t j = 0; j < t->numel; j++)
-      ss[x] += elem_get(grads[i], j, o->elem) * elem_get(grads[i], j, o->elem);
+    ss[x] = rt_md_sumsq(ss[x], grads[i], t->numel, o->elem);
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
   for (int i = 0; i < o->n; i++) {

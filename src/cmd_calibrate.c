@@ -1,7 +1,8 @@
 /* cmd_calibrate.c: `moec calibrate [-o PROFILE] [--quick]`: this machine's cost-model
  * constants, measured: GEMMs over a grid of shapes through the runtime's GEMM (rt_sgemm,
  * what every CPU kernel calls), fitted as t = launch + F / G + F / (G s) * h (F = 2MNK,
- * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the in-process
+ * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the global
+ * norm's serial pass of several devices (ns an element, on the thread's clock); the in-process
  * communicator's all-reduce latency and bandwidth between two devices; the cores other
  * processes kept busy meanwhile (what the timings shared the machine with). Writes a JSON
  * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
@@ -14,6 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "../runtime/multidev.h"
 #include "../runtime/runtime.h"
 #include "cli.h"
 
@@ -145,6 +147,24 @@ static double time_dram(int reps) {
   mc_free(v[0]);
   mc_free(v[1]);
   return 12.0 * (double)n / t / 1e9;
+}
+
+/* Nanoseconds an element of the multi-device global norm's serial pass (rt_md_sumsq:
+ * a chain of double adds, bound by their latency, not by memory), the least of `reps`
+ * on the thread's CPU clock (what another process takes from the core is not counted). */
+static double time_norm_ns(int reps) {
+  int64_t n = 1 << 18; /* 1 MiB: in the cache, as the pass is compute-bound anyway */
+  float *g = mc_malloc((size_t)n * sizeof(float));
+  for (int64_t i = 0; i < n; i++)
+    g[i] = (float)(i % 7) * 0.25f;
+  double t = 1e30, sink = 0;
+  for (int r = 0; r < reps; r++) {
+    double t0 = mc_thread_cpu_now();
+    sink += rt_md_sumsq(0, g, n, sizeof(float));
+    t = fmin(t, mc_thread_cpu_now() - t0);
+  }
+  mc_free(g);
+  return sink >= 0 ? t / (double)n * 1e9 : 0; /* sink: the passes are not optimised away */
 }
 
 /* The last-level cache's bytes (the largest cache sysfs lists for cpu0), 0 if unknown. */
@@ -387,7 +407,7 @@ int cmd_calibrate(int argc, char **argv) {
   double elem_gbs = 12.0 * (double)n / et / 1e9;
   mc_free(ex);
   mc_free(ey);
-  double dram_gbs = time_dram(reps), llc = llc_bytes();
+  double dram_gbs = time_dram(reps), llc = llc_bytes(), norm_ns = time_norm_ns(reps);
   /* in-process all-reduce between 2 devices: each sends 2(n-1)/n = 1 x the vector */
   static const int64_t sizes[] = {256, 8 << 20}; /* as all_reduce_times */
   double ts[2];
@@ -410,6 +430,7 @@ int cmd_calibrate(int argc, char **argv) {
   k.elem_gbs = elem_gbs;
   k.dram_gbs = dram_gbs;
   k.llc_bytes = llc;
+  k.norm_ns = norm_ns;
   k.cores = rt_threads();
   k.link_gbs = link_gbs; /* the collectives' addends: beyond the model the profile gives */
   k.latency_us = latency_us;
@@ -431,11 +452,11 @@ int cmd_calibrate(int argc, char **argv) {
   fprintf(f,
           "{\"moec_profile\": 1, \"name\": \"calibrated\",\n"
           " \"gflops\": %.6g, \"gemm_half\": %.6g, \"launch_us\": %.6g, \"elem_gbs\": %.6g,\n"
-          " \"dram_gbs\": %.6g, \"llc_mib\": %.6g,\n"
+          " \"dram_gbs\": %.6g, \"llc_mib\": %.6g, \"norm_ns\": %.6g,\n"
           " \"link_gbs\": %.6g, \"latency_us\": %.6g, \"cores\": %d, \"busy_cores\": %.3g,\n"
           " \"gemm\": [%s],\n"
           " \"kernels\": %s}\n",
-          gflops, half, launch, elem_gbs, dram_gbs, llc / 1048576, link_gbs, latency_us,
+          gflops, half, launch, elem_gbs, dram_gbs, llc / 1048576, norm_ns, link_gbs, latency_us,
           rt_threads(), busy, grid.data ? grid.data : "", kern.data);
   mc_buf_free(&grid);
   mc_buf_free(&kern);
@@ -498,8 +519,9 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
     snprintf(why, wlen, "its \"kernels\" factors are malformed (write it with moec calibrate)");
     ok = false;
   }
-  double dram = 0, llc = 0; /* optional: profiles written before they were measured */
+  double dram = 0, llc = 0, norm = 0; /* optional: profiles written before they were measured */
   if (ok && !(json_number(s, "dram_gbs", &dram) && json_number(s, "llc_mib", &llc))) dram = 0;
+  if (ok && !json_number(s, "norm_ns", &norm)) norm = -1; /* not measured: the default's */
   mc_free(s);
   if (!ok) return false;
   k->name = "calibrated";
@@ -507,6 +529,7 @@ bool cli_read_profile(const char *path, CostConsts *k, char *why, size_t wlen) {
   k->gemm_half = v[1];
   k->launch_us = v[2];
   k->elem_gbs = v[3];
+  if (norm >= 0) k->norm_ns = norm;
   if (k->per_node == 0 || k->inter_gbs == 0) { /* this machine: its link, cores, memory */
     if (dram > 0 && llc > 0) k->dram_gbs = dram, k->llc_bytes = llc * 1048576;
     k->link_gbs = v[4] > 0 ? v[4] : k->link_gbs;

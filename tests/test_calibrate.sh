@@ -24,7 +24,9 @@ p = json.load(open(w + "/p.json"))
 k = p["kernels"]
 assert p["dram_gbs"] > 0 and p["llc_mib"] >= 0, (p.get("dram_gbs"), p.get("llc_mib"))
 assert 0 <= p["busy_cores"] <= os.cpu_count() + 0.5, p.get("busy_cores")  # of /proc/stat
+assert 0 < p["norm_ns"] < 1e3, p.get("norm_ns")  # the norm's serial pass, ns an element
 del p["dram_gbs"], p["llc_mib"]  # the factors alone below (the memory rule is plan_unit's)
+p["norm_ns"] = 0  # and the passes before the update (plan_unit's) not modelled
 for s in ("all_cores", "one_thread"):
     for op in ("matmul", "lstm", "lstm_bwd", "grouped_matmul", "dropout", "xent", "optimizer"):
         assert k[s][op] > 0, (s, op, k[s].get(op))

@@ -700,10 +700,69 @@ static void test_dram_floor(void) {
   CHECK(c0.step_s > 0 && fabs(ci.step_s - c0.step_s) < 1e-15);
   CHECK(co.step_s >= moved / (kout.dram_gbs * 1e9) && co.step_s > c0.step_s);
   CHECK(fabs(co.comm_s - c0.comm_s) < 1e-15); /* collectives unchanged */
+  /* a cache that holds every phase's expert weights (each expert GEMM reads or writes
+   * one layer's [E, K, M] on each device, at most six a phase) but not the state every
+   * step touches: the weights come from memory anyway (the update's pass evicted them),
+   * so at least the forward's two reads of them per device are added to the update's */
+  Built w; /* experts small beside the LSTM: D 64, 2 experts of hidden 8 */
+  CHECK(lm(&w, 64, 4, 64, 2, 1, "  strategy = data_parallel\n"));
+  run_passes(&w, 2);
+  double wmax = 0, wsum = 0, state = 0, wmoved = 0;
+  for (int i = 0; i < 2; i++) {
+    const Tensor *t = param(w.g, i ? "m.w2" : "m.w1");
+    CHECK(t && t->ty.rank == 3);
+    wmax = fmax(wmax, 4.0 * (double)t->numel);
+    wsum += 4.0 * (double)t->numel;
+  }
+  PlanCost w0 = plan_cost(w.g, 2, OPT_ADAM, &k);
+  for (int d = 0; d < 2; d++) {
+    state += 4 * w0.dev[d].param_bytes;
+    wmoved += 7 * w0.dev[d].param_bytes;
+  }
+  CostConsts kmid = kout;
+  kmid.llc_bytes = 6 * wmax * 2 + 1;
+  CHECK(wsum > 0 && state > kmid.llc_bytes);
+  PlanCost cm = plan_cost(w.g, 2, OPT_ADAM, &kmid), cx = plan_cost(w.g, 2, OPT_ADAM, &kout);
+  CHECK(cm.step_s >= (wmoved + 2 * 2 * wsum) / (kmid.dram_gbs * 1e9));
+  CHECK(fabs(cm.step_s - cx.step_s) < 1e-12 * cx.step_s); /* as if there were no cache */
+  plan_cost_free(&w0);
+  plan_cost_free(&cm);
+  plan_cost_free(&cx);
+  done(&w);
   plan_cost_free(&c0);
   plan_cost_free(&ci);
   plan_cost_free(&co);
   done(&b);
+}
+
+/* The passes over the gradients before the update on host devices: the guard's read of
+ * a device's gradients at elem_gbs, and on several devices each device's serial norm pass
+ * at norm_ns an element; devices sharing the cores share them (4 devices on 2 cores: each
+ * device's passes twice over), one device alone reads over all its cores and has no norm
+ * pass of its own. */
+static void test_pre_optim(void) {
+  CostConsts k = consts_t;
+  k.cores = 2;
+  k.norm_ns = 0;
+  CostConsts kn = k;
+  kn.norm_ns = 3;
+  for (int P = 1; P <= 4; P *= 2) {
+    Built b;
+    CHECK(lm(&b, 64, 4, 16, 8, 2, "  strategy = data_parallel\n"));
+    run_passes(&b, P);
+    PlanCost c0 = plan_cost(b.g, P, OPT_ADAM, &k), c1 = plan_cost(b.g, P, OPT_ADAM, &kn);
+    double pb = c0.dev[0].param_bytes; /* data_parallel: every device holds every parameter */
+    double guard = pb / (kn.elem_gbs * 1e9), norm = pb / 4 * kn.norm_ns * 1e-9;
+    double one = P == 1 ? guard : guard + norm;
+    CHECK(pb > 0 && fabs(plan_pre_optim_seconds(pb, P, &kn) - one) < 1e-15);
+    CHECK(plan_pre_optim_seconds(pb, P, &k) == 0);
+    double want = P == 1 ? one / 2 : one * P / 2; /* over the 2 cores */
+    CHECK(fabs((c1.step_s - c0.step_s) - want) < 1e-9 * c1.step_s);
+    CHECK(fabs(c1.comm_s - c0.comm_s) < 1e-15); /* collectives unchanged */
+    plan_cost_free(&c0);
+    plan_cost_free(&c1);
+    done(&b);
+  }
 }
 
 /* One device alone on 2 cores: a model whose GEMMs are all below the runtime's split
@@ -851,6 +910,7 @@ static void test_view_cost(void) {
 }
 
 int main(void) {
+  test_pre_optim();
   test_view_cost();
   test_cores_split();
   test_dram_floor();
