@@ -364,12 +364,27 @@ static Node *replace_node(Graph *g, int k, const Node *n) {
   return x;
 }
 
-static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
-  if (!ctx || !ctx->cfg || ctx->cfg->backend == BK_CUDA) return;
+/* The nodes reading each tensor, by tensor id (mc_free it). */
+static int *consumers(const Graph *g) {
   int *ncons = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
   for (int k = 0; k < g->nnodes; k++)
     for (int i = 0; i < g->nodes[k]->nin; i++)
       ncons[g->nodes[k]->in[i]->id]++;
+  return ncons;
+}
+
+/* Removes the nodes marked in drop[nnodes], keeping the others' order; frees drop. */
+static void drop_nodes(Graph *g, bool *drop) {
+  int nn = 0;
+  for (int k = 0; k < g->nnodes; k++)
+    if (!drop[k]) g->nodes[nn++] = g->nodes[k];
+  g->nnodes = nn;
+  mc_free(drop);
+}
+
+static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
+  if (!ctx || !ctx->cfg || ctx->cfg->backend == BK_CUDA) return;
+  int *ncons = consumers(g);
   bool *drop = mc_calloc((size_t)g->nnodes + 1, sizeof(bool));
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
@@ -407,11 +422,7 @@ static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
       drop[k] = true;
     }
   }
-  int nn = 0;
-  for (int k = 0; k < g->nnodes; k++)
-    if (!drop[k]) g->nodes[nn++] = g->nodes[k];
-  g->nnodes = nn;
-  mc_free(drop);
+  drop_nodes(g, drop);
   mc_free(ncons);
 }
 
@@ -429,10 +440,7 @@ static void fuse_softmax_bias(Graph *g, const PassCtx *ctx) {
 static void fuse_expert_bwd(Graph *g, const PassCtx *ctx) {
   const Config *cfg = ctx ? ctx->cfg : NULL;
   if (!cfg || cfg->backend == BK_CUDA || cfg->expert_bwd_split) return;
-  int *ncons = mc_calloc((size_t)g->ntensors + 1, sizeof(int));
-  for (int k = 0; k < g->nnodes; k++)
-    for (int i = 0; i < g->nodes[k]->nin; i++)
-      ncons[g->nodes[k]->in[i]->id]++;
+  int *ncons = consumers(g);
   bool *drop = mc_calloc((size_t)g->nnodes + 1, sizeof(bool));
   for (int k = 0; k < g->nnodes; k++) {
     Node *n = g->nodes[k];
@@ -455,11 +463,7 @@ static void fuse_expert_bwd(Graph *g, const PassCtx *ctx) {
     /* the hidden gradient is no longer made: produced and read by no node, no memory */
     p->out[0]->producer = NULL;
   }
-  int nn = 0;
-  for (int k = 0; k < g->nnodes; k++)
-    if (!drop[k]) g->nodes[nn++] = g->nodes[k];
-  g->nnodes = nn;
-  mc_free(drop);
+  drop_nodes(g, drop);
   mc_free(ncons);
 }
 
