@@ -4,7 +4,8 @@
  * The factored update is computed in double per element from float state and stored
  * back as float, Adam's in float (both in double under --f64), vectorised and split
  * over threads without changing a bit, so a resumed run (state restored from a
- * checkpoint) repeats an uninterrupted one, with any thread count. Formulas: docs/training.md ("Optimizers"). */
+ * checkpoint) repeats an uninterrupted one, with any thread count. Formulas:
+ * docs/training.md ("Optimizers"). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
