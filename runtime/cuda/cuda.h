@@ -67,7 +67,7 @@ void rt_cuda_set_alloc_limit(size_t bytes);
 void rt_cuda_sync_dev(RtCudaDev *d);
 
 /* Optimizer steps on device float32 buffers of n elements, on device d's stream.
- * Adam at step t >= 1, the same arithmetic as runtime/optim.c (in double, the
+ * Adam at step t >= 1, the same arithmetic as runtime/optim.c (in float32, the
  * gradient first multiplied by gscale: 1, or the clipping factor):
  *   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) */
