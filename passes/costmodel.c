@@ -910,7 +910,7 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   }
   /* the optimizer step (the in-situ factor is the reference models' in-cache rate), after
    * the passes before it on host devices: the guard's and several devices' global norm */
-  double opt_max = 0, opt_sum = 0, touched = 0, moved = 0;
+  double opt_max = 0, opt_sum = 0, moved = 0; /* the update touches `state` */
   double of = k->kfactor_optim[plan_kernel_set(k, devices)];
   for (int d = 0; d < devices && g->has_backward; d++) {
     double pb = c.dev[d].param_bytes, ts = plan_optim_seconds(pb, opt, k) * (of > 0 ? of : 1);
@@ -918,11 +918,10 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     c.dev[d].compute_s += ts + pre;
     opt_max = fmax(opt_max, ts + pre);
     opt_sum += ts + pre;
-    touched += pb * (opt == OPT_ADAM ? 4 : 2);
     moved += 4 * optim_elems_moved(pb, opt) + (k->norm_ns > 0 ? pb * (devices > 1 ? 2 : 1) : 0);
   }
   step +=
-      fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, touched, moved));
+      fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, state, moved));
   mc_free(acc);
   mc_free(acc_exp);
   mc_free(t);
