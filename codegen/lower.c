@@ -40,11 +40,8 @@ static void alloc_per_tensor(Program *p) {
 static void alloc_planned(Program *p) {
   Graph *g = p->g;
   MemFigures mf = g->mem;
-  bool per_step = false; /* expert rows sized per step: their slots (runtime/rows.c) */
-  for (int i = 0; i < g->ntensors && !per_step; i++)
-    per_step = g->tensors[i]->rows_per_step;
-  bool worst = per_step && !rt_rows_setup(p); /* this backend: in the arena after all */
-  if (worst || mf.B != g->B || mf.T != g->T || mf.elem != (int64_t)p->elem)
+  rt_rows_setup(p); /* expert rows sized per step: bound to their slots (runtime/rows.c) */
+  if (mf.B != g->B || mf.T != g->T || mf.elem != (int64_t)p->elem)
     mf = pass_memplan_assign(g, p->elem); /* bound anew since the memplan pass */
   size_t total = (size_t)(mf.persist + mf.arena);
   p->base = p->be->alloc(total ? total : 64);

@@ -4,7 +4,9 @@
  * share, a layer's all-to-all or an hmoe's group-level and expert-level ones), bound to the
  * fair share; their rows grow (never shrink) when a step's counts need more, in place up to
  * the slots, and past them into a region of their own, laid out like the arena at the rows
- * each exchange brings. Prefix: rt_. */
+ * each exchange brings. The region is the backend's memory (alloc, copy, release): on cuda
+ * the copies run in stream order after the kernels that wrote them, and the old region's
+ * release (cudaFree) waits for them. Prefix: rt_. */
 #include <string.h>
 
 #include "../passes/plan.h"
@@ -69,17 +71,12 @@ static void point(RtStepRows *r) {
   }
 }
 
-bool rt_rows_setup(Program *p) {
+void rt_rows_setup(Program *p) {
   Graph *g = p->g;
   bool any = false;
   for (int i = 0; i < g->ntensors && !any; i++)
     any = g->tensors[i]->rows_per_step;
-  if (!any) return false;
-  if (p->be != &rt_backend_cpu) { /* the worst case, in the arena */
-    for (int i = 0; i < g->ntensors; i++)
-      g->tensors[i]->rows_per_step = false;
-    return false;
-  }
+  if (!any) return;
   RtStepRows *r = mc_calloc(1, sizeof(RtStepRows));
   r->p = p;
   int nt = g->ntensors;
@@ -124,7 +121,6 @@ bool rt_rows_setup(Program *p) {
   mc_free(nb);
   r->in_arena = true;
   g->step_rows = r;
-  return true;
 }
 
 void rt_rows_in_arena(Program *p) {

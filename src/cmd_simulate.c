@@ -399,9 +399,6 @@ int cmd_simulate(int argc, char **argv) {
       printf("               expert rows sized per step: in their slots in the arena (x%.2f the "
              "fair share; this routing's %.3f GiB, x%.2f %.3f, fit them)\n",
              PLAN_ROWS_MARGIN, gib(w->rows_bytes), PLAN_ROWS_MARGIN, gib(w->rows_margin_bytes));
-    if (w->rows_margin_bytes > 0 && strcasecmp(cl.dev->name, "CPU"))
-      printf("               (as the cpu runtime sizes them; the cuda backend still sizes expert "
-             "rows for every route: docs/memory.md)\n");
     if (cl.k.mem_bytes <= 0)
       printf("fits           unknown (no memory size for %s)\n", cl.dev->name);
     else if (c.fits)

@@ -16,7 +16,9 @@
  * step's loss, gradient norm and MoE statistics, the evaluations and the saved checkpoint equal the
  * CPU kernels' run byte for byte, and the transport carried the rows. Models: experts sharded
  * (paper), data_parallel, hmoe (i32 all_reduce), batchwise gating (all_gather_topm), device subsets
- * (reshard, sub-communicators, E_r = 0), the factored optimizer.
+ * (reshard, sub-communicators, E_r = 0), the factored optimizer; a batch of one row a device,
+ * whose expert rows outgrow their slots and move apart mid-run (runtime/rows.c) as the cuda
+ * backend's would: the same region on both.
  * 3. offsets: an all_to_all on device buffers with offsets past the rows, or decreasing,
  *    dies naming the op (the host copy is checked as the MoE kernels check theirs).
  * Usage: test_comm_dev TESTS_DIR (tests/, for multidev/md_*.moe). */
@@ -311,6 +313,7 @@ typedef struct Run {
   RunOpts ro;
   bool dev;
   int rc[RT_INPROC_MAX];
+  size_t rows_high[RT_INPROC_MAX]; /* the expert rows' region apart at its largest */
 } Run;
 
 static void train_rank(Comm *host, void *arg) {
@@ -330,6 +333,7 @@ static void train_rank(Comm *host, void *arg) {
               .be = &rt_backend_cpu};
   Program *p = drv_compile(r->f, &r->cfg, &r->o, &t); /* as driver/launch.c's devices */
   r->rc[host->rank] = p ? rt_train(c, p, &r->cfg, &r->ro) : 1;
+  if (p) r->rows_high[host->rank] = rt_rows_bytes(p, true);
   if (p) drv_program_free(p);
   if (r->dev) rt_comm_dev_free(c);
   for (int s = 0; s < 2; s++) {
@@ -364,9 +368,10 @@ static bool same_file(const char *a, const char *b) {
 }
 
 /* One model file (md_*.moe plus `extra` lines in a plan block) on P devices, CPU
- * collectives vs device collectives. */
+ * collectives vs device collectives; batch > 0 replaces the file's, and then some device's
+ * expert rows must outgrow their slots (runtime/rows.c), the same on both. */
 static void compare(const char *dir, const char *tag, const char *base, int P, const char *extra,
-                    bool factored, int steps) {
+                    bool factored, int steps, int batch) {
   char src[4096], path[512], ma[512], mb[512], ca[512], cb[512];
   snprintf(src, sizeof src, "%s/multidev/%s.moe", dir, base);
   size_t n = 0;
@@ -386,12 +391,14 @@ static void compare(const char *dir, const char *tag, const char *base, int P, c
   fclose(fp);
   mc_free(text);
   char *mt[2] = {NULL, NULL};
+  size_t high[2][RT_INPROC_MAX];
   for (int dev = 0; dev < 2; dev++) {
     Run *r = mc_calloc(1, sizeof(Run));
     char *keep = NULL;
     r->f = test_load_model(path, &r->cfg, &keep);
     r->cfg.steps = steps;
     r->cfg.eval_every = steps / 2;
+    if (batch > 0) r->cfg.batch = batch;
     r->dev = dev;
     snprintf(dev ? mb : ma, 512, "%s/metrics%d.jsonl", tmp, dev);
     snprintf(dev ? cb : ca, 512, "%s/ckpt%d.safetensors", tmp, dev);
@@ -427,6 +434,7 @@ static void compare(const char *dir, const char *tag, const char *base, int P, c
         carried += tcalls[p];
       CHECK(carried > 0);
     }
+    memcpy(high[dev], r->rows_high, sizeof high[dev]);
     mt[dev] = metrics_text(dev ? mb : ma);
     fe_ast_free(r->f);
     mc_free(keep);
@@ -438,6 +446,12 @@ static void compare(const char *dir, const char *tag, const char *base, int P, c
   CHECK(same_file(ca, cb));
   CHECK(bad_segs == 0);
   CHECK(offsets_downloads > 0); /* the batch offsets came through download_offsets */
+  bool apart = false;
+  for (int p = 0; p < P; p++) {
+    CHECK(high[0][p] == high[1][p]); /* the device path grew the same rows */
+    apart |= high[1][p] > 0;
+  }
+  if (batch > 0) CHECK(apart);
   if (!same) fprintf(stderr, "cpu collectives:\n%s\ndevice collectives:\n%s\n", mt[0], mt[1]);
   printf("%-4s %-14s %d devices: the same metrics and checkpoint with device collectives\n",
          same && same_file(ca, cb) ? "ok" : "FAIL", tag, P);
@@ -515,18 +529,21 @@ int main(int argc, char **argv) {
   printf("%-4s device Comm: host, device, mixed and subset calls on %d ranks\n",
          test_failures ? "FAIL" : "ok", R);
   const char *dir = argv[1];
-  compare(dir, "paper", "md_small", 4, "", false, 6);
-  compare(dir, "paper3", "md_small", 3, "", false, 4);
-  compare(dir, "data_parallel", "md_small", 2, "  strategy = data_parallel\n", false, 4);
-  compare(dir, "factored", "md_small", 4, "", true, 4);
-  compare(dir, "hmoe", "md_hmoe", 4, "", false, 4);
-  compare(dir, "hmoe_factored", "md_hmoe", 2, "", true, 4);
+  compare(dir, "paper", "md_small", 4, "", false, 6, 0);
+  compare(dir, "paper3", "md_small", 3, "", false, 4, 0);
+  compare(dir, "data_parallel", "md_small", 2, "  strategy = data_parallel\n", false, 4, 0);
+  compare(dir, "factored", "md_small", 4, "", true, 4, 0);
+  compare(dir, "hmoe", "md_hmoe", 4, "", false, 4, 0);
+  compare(dir, "hmoe_factored", "md_hmoe", 2, "", true, 4, 0);
   /* the two-level exchange: group rows with their ids and gates, piece by piece */
-  compare(dir, "hmoe_groups", "md_hmoe", 4, "  strategy = hmoe\n", false, 4);
-  compare(dir, "batchwise", "md_batchwise", 4, "", false, 4);
-  compare(dir, "subset_ex", "md_small", 4, "  place m.experts : on(0, 1)\n", false, 4);
-  compare(dir, "subset_dense", "md_small", 4, "  place loss : on(1, 2)\n", false, 4);
+  compare(dir, "hmoe_groups", "md_hmoe", 4, "  strategy = hmoe\n", false, 4, 0);
+  /* 1 row a device: the routing outgrows some device's slots, its rows move apart */
+  compare(dir, "rows_apart", "md_small", 4, "", false, 4, 4);
+  compare(dir, "rows_apart_hmoe", "md_hmoe", 4, "  strategy = hmoe\n", false, 4, 4);
+  compare(dir, "batchwise", "md_batchwise", 4, "", false, 4, 0);
+  compare(dir, "subset_ex", "md_small", 4, "  place m.experts : on(0, 1)\n", false, 4, 0);
+  compare(dir, "subset_dense", "md_small", 4, "  place loss : on(1, 2)\n", false, 4, 0);
   compare(dir, "subset_mix3", "md_small", 3,
-          "  place m.experts : on(1, 2)\n  place loss : on(0, 2)\n", false, 4);
+          "  place m.experts : on(1, 2)\n  place loss : on(0, 2)\n", false, 4, 0);
   TEST_DONE();
 }

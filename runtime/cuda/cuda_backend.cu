@@ -4,7 +4,8 @@
  * GEMM wrappers, optimizer steps on device buffers.
  *
  * Memory: one cudaMalloc per program (its memory plan) or per tensor (hand-built
- * graphs), on the current GPU (a device thread's own). Out of memory returns NULL
+ * graphs), and one for expert rows that outgrow their slots (runtime/rows.c), on the
+ * current GPU (a device thread's own). Out of memory returns NULL
  * (cg_lower_on then reports the plan's figures), never aborts. */
 #include <mutex>
 #include <stdlib.h>

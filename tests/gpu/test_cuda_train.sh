@@ -15,7 +15,8 @@
 #   - device out of memory (--cuda-alloc-limit): a clear error, no crash, and the
 #     checkpoint named by --save/--load is left as it was
 #   - several devices: 2 and 4 cuda devices (NCCL, and staged: --no-nccl) = as many
-#     cpu devices to 1e-4; their checkpoint; a device subset; factored; 2 MPI ranks
+#     cpu devices to 1e-4; their checkpoint; a device subset; factored; expert rows
+#     that outgrow their slots and move apart mid-run; 2 MPI ranks
 # Without a GPU (or built without CUDA) it prints "SKIP: <reason>" and exits 77.
 # (`check && pass ... || fail ...`: pass always succeeds, so fail runs only on a failed check)
 # shellcheck disable=SC2015
@@ -204,6 +205,15 @@ md auto4 4 small.moe
 md subset4 4 sub.moe
 sed 's/optimizer = .*/optimizer = factored(lr=0.01)/' small.moe >fact.moe
 md factored2 2 fact.moe
+# expert rows sized per step (docs/memory.md, "Expert-row buffers"): at one row a device
+# the routing outgrows some device's slots and its rows move to a region apart mid-run
+sed 's/batch = 16/batch = 4/' small.moe >rows.moe
+md rows4 4 rows.moe
+if grep -q "apart from the arena" md_cuda_rows4.err; then
+  pass "rows4: the cuda devices' expert rows moved apart mid-run ($(grep -m1 'apart from' md_cuda_rows4.err))"
+else
+  fail "rows4: the cuda devices' expert rows never moved apart (cpu: $(grep -c 'apart from' md_cpu_rows4.err) moves)"
+fi
 if ! command -v mpirun >/dev/null 2>&1; then
   echo "skip: mpirun not found (MPI ranks on cuda not run)"
 elif ! ldd "$MOEC" 2>/dev/null | grep -q libmpi; then
