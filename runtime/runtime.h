@@ -273,7 +273,8 @@ typedef struct Program {
 /* rows.c: the expert rows sized per step (Tensor.rows_per_step): in their slots in the
  * arena, moved to a region apart when a step outgrows them. rt_rows_setup (at lowering,
  * before the block is allocated) binds every exchange at its fair share of the routes, on
- * every backend (the region apart is the backend's alloc, copy and release); rt_rows_in_arena (after) points the buffers at their slots. rt_rows_need, in a forward
+ * every backend (the region apart is the backend's alloc, copy and release);
+ * rt_rows_in_arena (after) points the buffers at their slots. rt_rows_need, in a forward
  * all_to_all once the counts are known, grows the rows to hold total (logged): in the
  * slots, or past them in the region apart. rt_rows_bytes: that region's size now, or the
  * most it has held (high); 0 while the rows are in the arena. */

@@ -80,8 +80,10 @@ int plan_constants(const char *cmd, const char *profile, const char *cluster, st
 typedef struct SearchArgs {
   const char *model, *routing, *write_plan;
   const char *format, *out; /* a picture of the top candidates (dot, svg, png), or NULL */
-  int devices, nodes, top; /* nodes: the physical mesh's (the cluster's, else 1) */
-  bool have_loads;         /* measured loads or a skew: the balanced policy is a candidate */
+  int devices, nodes, top;  /* nodes: the physical mesh's (the cluster's, else 1) */
+  bool have_loads;          /* measured loads or a skew: the balanced policy is a candidate */
+  const int *counts;        /* --search-devices: the counts searched, ascending; NULL: devices */
+  int ncounts;
   const struct CostConsts *k;
   int (*reparse)(Options *o, void *ctx);
   void *ctx;

@@ -17,8 +17,8 @@
 static void usage(FILE *out) {
   fprintf(out,
           "usage: moec plan FILE [settings] [--format text|json|dot|svg|png] [-o FILE]\n"
-          "       moec plan FILE --search [settings] [--top K] [--write-plan FILE]\n"
-          "                 [--format dot|svg|png -o FILE]\n\n"
+          "       moec plan FILE --search [settings] [--search-devices LIST|all] [--top K]\n"
+          "                 [--write-plan FILE] [--format dot|svg|png -o FILE]\n\n"
           "The placement plan of FILE's training step over its devices: every op with its\n"
           "devices and partitioning, every collective with its bytes per step, the\n"
           "recomputed segments with the memory and FLOPs they trade, the fused groups, per\n"
@@ -36,6 +36,9 @@ static void usage(FILE *out) {
           "  --search           every strategy x expert policy x mesh x recompute choice,\n"
           "                     ranked by predicted step time (a table; with --format dot,\n"
           "                     svg or png the top candidates side by side, 3 unless --top)\n"
+          "  --search-devices L with --search, on each device count of L (1,2,4 or all: 1,\n"
+          "                     2, 4, ... and the plan's count); each count on the first of\n"
+          "                     the plan's (or cluster's) nodes it needs\n"
           "  --top K            the K best (table and picture)\n"
           "  --memory [N]       after the text, the arena of the device that allocates the\n"
           "                     most: the node where the most bytes are alive and its N\n"
@@ -491,7 +494,7 @@ typedef struct PlanFlags {
   int nexpand;
   bool search, mpi;
   int top, memory;
-  const char *write_plan, *profile, *cluster;
+  const char *write_plan, *profile, *cluster, *search_devices;
 } PlanFlags;
 
 static int plan_flags(int argc, char **argv, int *i, void *ctx) {
@@ -532,6 +535,8 @@ static int plan_flags(int argc, char **argv, int *i, void *ctx) {
       return -1;
     }
     a->top = (int)t;
+  } else if ((v = cli_value(argc, argv, i, "--search-devices", "plan", &bad))) {
+    a->search_devices = v;
   } else if ((v = cli_value(argc, argv, i, "--write-plan", "plan", &bad))) {
     a->write_plan = v;
   } else if ((v = cli_value(argc, argv, i, "--profile", "plan", &bad))) {
@@ -623,6 +628,56 @@ static int reparse(Options *o, void *ctx) {
   return 0;
 }
 
+/* --search-devices V: "all" (1, 2, 4, ... below N that fill whole nodes, and N) or a list
+ * of counts from 1 to N (the plan's devices); each count fills the physical mesh's nodes in
+ * order (at most a node's N / nodes devices on the first, else whole nodes). Ascending,
+ * without repeats, into counts (at most max); -1 after an error. */
+static int search_counts(const char *v, int N, int nodes, int *counts, int max) {
+  int n = 0, per = N / MC_MAX(nodes, 1);
+  bool all = !strcmp(v, "all");
+  int cand[64];
+  int nc = 0;
+  if (all) {
+    for (int c = 1; c < N && nc < 63; c *= 2)
+      cand[nc++] = c;
+    cand[nc++] = N;
+  } else {
+    for (const char *q = v; *q;) {
+      char *end;
+      long c = strtol(q, &end, 10);
+      if (end == q || (*end && *end != ',') || c < 1 || c > N || nc == 64) {
+        fprintf(stderr,
+                "moec plan: error: --search-devices: '%s' is not a list of device counts from 1 "
+                "to %d (the plan's devices), nor all\n",
+                v, N);
+        return -1;
+      }
+      cand[nc++] = (int)c;
+      q = *end ? end + 1 : end;
+    }
+  }
+  for (int i = 0; i < nc; i++) {
+    int c = cand[i];
+    if (nodes > 1 && c > per && c % per) {
+      if (all) continue;
+      fprintf(stderr,
+              "moec plan: error: --search-devices: %d devices are not one node's %d or fewer, "
+              "nor whole nodes of the %dx%d mesh\n",
+              c, per, nodes, per);
+      return -1;
+    }
+    int at = n;
+    while (at > 0 && counts[at - 1] > c)
+      at--;
+    if (at > 0 && counts[at - 1] == c) continue;
+    if (n == max) break;
+    memmove(counts + at + 1, counts + at, (size_t)(n - at) * sizeof(int));
+    counts[at] = c;
+    n++;
+  }
+  return n;
+}
+
 int cmd_plan(int argc, char **argv) {
   Options o;
   drv_options_init(&o, "plan");
@@ -638,8 +693,9 @@ int cmd_plan(int argc, char **argv) {
     fprintf(stderr, "moec plan: error: --memory goes with the text format\n");
     rc = 2;
   }
-  if (!rc && (a.write_plan || a.top) && !a.search) {
-    fprintf(stderr, "moec plan: error: --top and --write-plan go with --search\n");
+  if (!rc && (a.write_plan || a.top || a.search_devices) && !a.search) {
+    fprintf(stderr,
+            "moec plan: error: --top, --write-plan and --search-devices go with --search\n");
     rc = 2;
   }
   if (!rc && a.search && !strcmp(format, "json")) {
@@ -691,15 +747,22 @@ int cmd_plan(int argc, char **argv) {
     snprintf(model, sizeof model, "%s", f0->model->name);
     fe_ast_free(f0);
     Reparse rp = {argc, argv, a.cluster ? ndev : NULL};
+    int nodes = a.cluster ? cs.nodes : cfg.mesh_nodes > 1 ? cfg.mesh_nodes : 1, counts[64];
+    int ncounts =
+        a.search_devices ? search_counts(a.search_devices, cfg.devices, nodes, counts, 64) : 0;
+    if (ncounts < 0) {
+      drv_options_free(&o);
+      return 2;
+    }
     SearchArgs sa = {.model = model,
                      .routing = routing,
                      .format = strcmp(format, "text") ? format : NULL,
                      .out = a.out,
                      .write_plan = a.write_plan,
                      .devices = cfg.devices,
-                     .nodes = a.cluster            ? cs.nodes
-                              : cfg.mesh_nodes > 1 ? cfg.mesh_nodes
-                                                   : 1,
+                     .nodes = nodes,
+                     .counts = counts,
+                     .ncounts = ncounts,
                      .top = a.top,
                      .have_loads = o.loads_path || o.zipf > 0,
                      .k = &k,

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_plan_search.sh MOEC EXAMPLES: `moec plan --search` on lm_moe256h for 8 devices in
 # 2 nodes lists every strategy, both meshes hmoe can use and every recompute choice that
-# fits, ranked by predicted step time; the winner it writes as a plan { } block runs.
+# fits, ranked by predicted step time; the winner it writes as a plan { } block runs; over
+# several device counts (--search-devices) too.
 # Then the cost model's choices on the command line: a skew makes contiguous slower than
 # balanced, --cluster and --profile reach the constants, bad values are refused.
 set -eu
@@ -27,6 +28,44 @@ rows | awk '{ if (NR > 1 && $6 + 0 < prev) bad = 1; prev = $6 + 0 } END { exit b
 grep -q '^  strategy = ' "$W/win.moe" && grep -q '^  devices = 8' "$W/win.moe" || fail "plan block"
 cat "$EX/lm_moe256h.moe" "$W/win.moe" >"$W/m.moe"
 "$MOEC" run "$W/m.moe" --steps 2 --no-eval --quiet >/dev/null || fail "the winner does not run"
+# device counts (--search-devices): every count of the list in the table, ranked across
+# counts, a line per count under it; the winner's count in its plan block; a budget that
+# only the larger counts meet drops the smaller ones by name; counts that are neither a
+# node's worth nor whole nodes, or above the plan's devices, are refused
+"$MOEC" plan "$EX/lm_moe256h.moe" --search --devices 8 --mesh 2x4 --search-devices 1,2,4,8 \
+  --write-plan "$W/wind.moe" >"$W/dev" || fail "search devices"
+sed -n '1,/dropped/p' "$W/dev"
+drows() { sed -n '/^  rank/,/^$/p' "$W/dev" | grep -E '^ +[0-9]+ +[0-9]+ '; }
+for p in 1 2 4 8; do
+  drows | awk -v p=$p '$2 == p' | grep -q . || fail "no row on $p devices"
+  sed -n '/by device count/,/^$/p' "$W/dev" | grep -qE "^ +$p +[0-9.]+ " || fail "no count line for $p"
+done
+drows | awk '{ if (NR > 1 && $7 + 0 < prev) bad = 1; prev = $7 + 0 } END { exit bad }' ||
+  fail "not ranked by step time across counts"
+drows | awk '$2 == 1 && $3 != "paper" { bad = 1 } END { exit bad }' || fail "1 device: one strategy"
+drows | awk '$2 == 4 && $5 != "1x4" && $3 != "hmoe" { bad = 1 } END { exit bad }' ||
+  fail "4 of a 2x4 mesh: one node"
+top=$(drows | head -1 | awk '{ print $2 }')
+grep -q "^  devices = $top\$" "$W/wind.moe" || fail "the winner's plan block: devices = $top"
+# a budget between the smallest 8-device and the smallest 1-device plan
+lo=$(drows | awk '$2 == 8 { if (m == "" || $9 + 0 < m) m = $9 + 0 } END { print m }')
+hi=$(drows | awk '$2 == 1 { if (m == "" || $9 + 0 < m) m = $9 + 0 } END { print m }')
+awk -v lo="$lo" -v hi="$hi" 'BEGIN { exit !(hi > 1.1 * lo) }' || fail "1 device ($hi MiB) not above 8 ($lo MiB)"
+budget=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%dMiB", (lo + hi) / 2 }')
+"$MOEC" plan "$EX/lm_moe256h.moe" --search --devices 8 --mesh 2x4 --search-devices 1,8 \
+  --memory-budget "$budget" >"$W/bud" || fail "search devices with a budget"
+sed -n '/by device count/,/^$/p' "$W/bud" | grep -qE '^ +1 .* no candidate fits' ||
+  fail "1 device under $budget: no 'no candidate fits' line"
+grep -qE '^    1: paper .*budget' "$W/bud" || fail "1 device dropped without the budget named"
+for bad in 6 9 0 2,x; do
+  if "$MOEC" plan "$EX/lm_moe256h.moe" --search --devices 8 --mesh 2x4 --search-devices $bad \
+    >/dev/null 2>"$W/err"; then fail "--search-devices $bad accepted"; fi
+  grep -q 'search-devices' "$W/err" || fail "--search-devices $bad: no message"
+done
+if "$MOEC" plan "$EX/lm_moe256h.moe" --search-devices 2 2>"$W/err"; then fail "without --search"; fi
+"$MOEC" plan "$EX/lm_moe32.moe" --search --cluster 2x2xH100:ib --search-devices all >"$W/cl" ||
+  fail "cluster, all counts"
+grep -q 'on 1, 2 or 4 devices' "$W/cl" || fail "all: 1, 2 and 4 of a 2x2 cluster"
 # the top candidates side by side: 3 without --top, one cluster each, titled with rank,
 # strategy, policy, mesh, recompute, step time and memory; the table's order; the table
 # still printed with -o FILE; json refused
