@@ -25,7 +25,8 @@
  *                the optimizer (its parameters' elements read and written) after the
  *                passes over its gradients before it on host devices (the guard's read;
  *                several devices: each its global norm's serial pass, norm_ns); devices on
- *                shared cores (cores > 0): a phase at least their work over the cores;
+ *                shared cores (cores > 0): a phase as the cores share their work (evenly
+ *                while more devices than cores are busy);
  *                one device alone: each kernel over the cores the runtime splits it on;
  *                when the state every step touches (the devices' parameters, gradients,
  *                optimizer state) is past the last-level cache (llc_bytes), the optimizer
@@ -36,6 +37,7 @@
  *                runtime allocates it (its experts only: shard.c; expert rows widened x P)
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../runtime/runtime.h" /* the runtime's task counts per kernel shape */
@@ -733,23 +735,41 @@ PlanCost plan_cost(const Graph *g, int devices, OptKind opt, const CostConsts *k
   return plan_cost_routed(g, devices, opt, k, NULL, 0);
 }
 
-/* A phase's time on this machine: its slowest device (mx), and no less than every device's
- * work (sum) over the cores they share, plus what each waits anyway (extra); a device
- * alone (alone) has every core. */
-static double shared_cores_s(const CostConsts *k, bool alone, double mx, double sum, double extra) {
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* A phase's time on this machine, each device's work t[d] seconds: the slowest device's,
+ * or, when the devices share the machine's cores (k->cores > 0: threads or ranks), the
+ * time the cores take to run them side by side: shared evenly while more devices than
+ * cores are busy (the OS time-slices their threads), then each on a core of its own as
+ * they finish. So no less than the slowest nor than all the work over the cores, and an
+ * uneven phase on shared cores costs more than its even share (4 devices on 2 cores:
+ * the busiest runs alone at the end while a core idles). A device alone (alone: one
+ * device's kernels) has every core. */
+static double shared_cores_s(const CostConsts *k, const double *t, int devices, bool alone) {
+  double mx = 0;
+  for (int d = 0; d < devices; d++)
+    mx = fmax(mx, t[d]);
   if (k->cores <= 0) return mx;
-  return fmax(alone ? mx / k->cores : mx, sum / k->cores + extra);
+  if (alone) return mx / k->cores;
+  double *w = mc_malloc(sizeof(double) * (size_t)devices), at = 0, done = 0;
+  memcpy(w, t, sizeof(double) * (size_t)devices);
+  qsort(w, (size_t)devices, sizeof(double), by_value);
+  for (int i = 0; i < devices; i++) { /* the devices still busy share the cores */
+    at += (w[i] - done) * fmax(1.0, (double)(devices - i) / k->cores);
+    done = w[i];
+  }
+  mc_free(w);
+  return at;
 }
 
 double plan_collective_seconds(const Graph *g, const Node *n, int devices, const CostConsts *k) {
   Route r = route_make(g, devices, NULL, 0);
-  double *t = mc_calloc((size_t)devices * 3, sizeof(double)), mx = 0, sum = 0;
+  double *t = mc_calloc((size_t)devices * 3, sizeof(double));
   collective_times(g, n, &r, k, t, t + devices, t + 2 * devices);
-  for (int d = 0; d < devices; d++) {
-    mx = fmax(mx, t[d]);
-    sum += t[d];
-  }
-  mx = shared_cores_s(k, false, mx, sum, 0);
+  double mx = shared_cores_s(k, t, devices, false);
   mc_free(t);
   route_free(&r);
   return mx;
@@ -853,18 +873,14 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
     const Node *n = kk < g->nnodes ? g->nodes[kk] : NULL;
     bool coll = n && (ir_ops[n->op].flags & OPF_COLLECTIVE);
     if (!n || coll) {
-      double mx = 0, sum = 0, mx_rest = 0, sum_rest = 0;
-      for (int d = 0; d < devices; d++) {
-        mx = fmax(mx, acc[d]);
-        sum += acc[d];
-        mx_rest = fmax(mx_rest, acc[d] - acc_exp[d]);
-        sum_rest += acc[d] - acc_exp[d];
-        acc[d] = acc_exp[d] = 0;
-      }
+      double all = shared_cores_s(k, acc, devices, devices == 1);
+      for (int d = 0; d < devices; d++) /* without the expert GEMMs */
+        acc[d] -= acc_exp[d];
       /* the expert GEMMs no faster than their weights from memory, past the cache */
-      mx = fmax(shared_cores_s(k, devices == 1, mx, sum, 0),
-                shared_cores_s(k, devices == 1, mx_rest, sum_rest, 0) +
-                    dram_floor_s(k, fmax(wbytes, state), wbytes));
+      double mx = fmax(all, shared_cores_s(k, acc, devices, devices == 1) +
+                                dram_floor_s(k, fmax(wbytes, state), wbytes));
+      memset(acc, 0, sizeof(double) * (size_t)devices);
+      memset(acc_exp, 0, sizeof(double) * (size_t)devices);
       wbytes = 0;
       step += mx;
     }
@@ -878,17 +894,14 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
       memset(inter, 0, sizeof(double) * (size_t)devices);
       collective_times(g, n, &r, k, t, intra, inter);
       double wait = k->kcoll_us[n->op] * 1e-6; /* in situ: the wait for the slowest, syncs */
-      double mx = 0, sum = 0;
+      /* devices on shared cores copy and sum on them too: their bytes over the cores */
+      double mx = shared_cores_s(k, t, devices, false) + wait;
       for (int d = 0; d < devices; d++) {
-        sum += t[d];
         t[d] += wait;
         c.dev[d].comm_s += t[d];
         c.dev[d].intra_bytes += intra[d];
         c.dev[d].inter_bytes += inter[d];
-        mx = fmax(mx, t[d]);
       }
-      /* devices on shared cores copy and sum on them too: their bytes over the cores */
-      mx = shared_cores_s(k, false, mx, sum, wait);
       step += mx;
       comm += mx;
       continue;
@@ -910,18 +923,16 @@ PlanCost plan_cost_routed(const Graph *g, int devices, OptKind opt, const CostCo
   }
   /* the optimizer step (the in-situ factor is the reference models' in-cache rate), after
    * the passes before it on host devices: the guard's and several devices' global norm */
-  double opt_max = 0, opt_sum = 0, moved = 0; /* the update touches `state` */
+  double moved = 0; /* the update touches `state` */
   double of = k->kfactor_optim[plan_kernel_set(k, devices)];
+  memset(t, 0, sizeof(double) * (size_t)devices);
   for (int d = 0; d < devices && g->has_backward; d++) {
     double pb = c.dev[d].param_bytes, ts = plan_optim_seconds(pb, opt, k) * (of > 0 ? of : 1);
-    double pre = plan_pre_optim_seconds(pb, devices, k);
-    c.dev[d].compute_s += ts + pre;
-    opt_max = fmax(opt_max, ts + pre);
-    opt_sum += ts + pre;
+    t[d] = ts + plan_pre_optim_seconds(pb, devices, k);
+    c.dev[d].compute_s += t[d];
     moved += 4 * optim_elems_moved(pb, opt) + (k->norm_ns > 0 ? pb * (devices > 1 ? 2 : 1) : 0);
   }
-  step +=
-      fmax(shared_cores_s(k, devices == 1, opt_max, opt_sum, 0), dram_floor_s(k, state, moved));
+  step += fmax(shared_cores_s(k, t, devices, devices == 1), dram_floor_s(k, state, moved));
   mc_free(acc);
   mc_free(acc_exp);
   mc_free(t);
