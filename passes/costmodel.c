@@ -24,7 +24,7 @@
  *                collective at its slowest device (the runtime overlaps nothing), plus
  *                the optimizer (its parameters' elements read and written) after the
  *                passes over its gradients before it on host devices (the guard's read;
- *                several devices: each its global norm's serial pass, norm_ns); devices on
+ *                several devices: each its global norm's own pass, norm_ns); devices on
  *                shared cores (cores > 0): a phase as the cores share their work (evenly
  *                while more devices than cores are busy);
  *                one device alone: each kernel over the cores the runtime splits it on;
@@ -55,7 +55,7 @@ const CostConsts plan_consts_cpu = {.name = "cpu",
                                     .gemm_half = 16,
                                     .elem_gbs = 5,
                                     .launch_us = 1,
-                                    .norm_ns = 1};
+                                    .norm_ns = 0.15};
 
 static double numel(const Tensor *t) {
   return (double)t->numel;

@@ -162,9 +162,9 @@ typedef struct CostConsts {
                        optimizer) whose devices together touch more streams at dram_gbs
                        at best. 0: not modelled (moec calibrate measures both) */
   double norm_ns;   /* host devices (0: not modelled, as for GPUs): ns an element of the
-                       global norm's serial pass of several devices (runtime/multidev.c:
-                       each device over its gradients in double on its one thread, bound
-                       by the adds' latency); the step's finiteness check (guard.c) reads
+                       global norm's pass of several devices (runtime/multidev.c: each
+                       device over its gradients in double on its one thread, 8 lanes:
+                       rt_sumsq); the step's finiteness check (guard.c) reads
                        the gradients once more at elem_gbs */
   bool inproc;      /* the in-process communicator (a calibrated profile of this machine): an
                        all-reduce moves the whole vector per device at any device count (each
@@ -246,7 +246,7 @@ double plan_node_seconds(const Graph *g, const Node *n, const CostConsts *k);
 double plan_optim_seconds(double param_bytes, OptKind opt, const CostConsts *k);
 /* Seconds of the passes over a device's gradients of param_bytes before its update, on
  * host devices (k->norm_ns > 0; else 0): the guard's finiteness check (a read at
- * elem_gbs) and, on several devices, the global norm's serial pass (norm_ns an element;
+ * elem_gbs) and, on several devices, the global norm's own pass (norm_ns an element;
  * one device's norm is a vectorised read inside the update's pass, not its own). */
 double plan_pre_optim_seconds(double param_bytes, int devices, const CostConsts *k);
 /* The modelled seconds of collective n of a placed, bound graph on `devices` devices

@@ -165,15 +165,8 @@ size_t rt_md_optim_bytes(const Optim *o) {
   return b * o->elem;
 }
 
-/* Element j of an optimizer array of `elem` bytes (an elem-8 optimizer's are doubles). */
-static double elem_get(const float *p, int64_t j, size_t elem) {
-  return elem == sizeof(double) ? ((const double *)(const void *)p)[j] : (double)p[j];
-}
-
 double rt_md_sumsq(double ss, const float *g, int64_t n, size_t elem) {
-  for (int64_t j = 0; j < n; j++)
-    ss += elem_get(g, j, elem) * elem_get(g, j, elem);
-  return ss;
+  return ss + rt_sumsq(g, n, elem);
 }
 
 void rt_md_optim_step(Comm *c, const Program *p, Optim *o, float *const *params,

@@ -242,6 +242,10 @@ static inline double sqrt_f64(double x) {
 #undef S
 #undef K
 
+double rt_sumsq(const void *g, int64_t n, size_t elem) {
+  return elem == sizeof(double) ? sumsq_f64(g, n) : sumsq_f32(g, n);
+}
+
 /* The elements [*a, *b) of its gradient that task t reads. */
 static void task_span(const OptTask *t, int64_t *a, int64_t *b) {
   int64_t rc = t->rows * t->cols, m0 = t->l * rc;

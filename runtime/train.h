@@ -315,6 +315,10 @@ void rt_optim_step(Optim *o, float *const *params, float *const *grads);
 /* The update with the gradient norm given (clipping scales by clip / norm when it
  * exceeds clip): the global norm of a model spread over devices (multidev.c). */
 void rt_optim_apply(Optim *o, float *const *params, float *const *grads, double norm);
+/* The sum of g[0..n)^2 (elements of `elem` bytes) in double, vectorised in a fixed order
+ * (8 lanes, then the tail, then the lanes): the update's own norm sum over a task's
+ * elements, and multidev.c's over a device's gradients. */
+double rt_sumsq(const void *g, int64_t n, size_t elem);
 /* Checkpoint entries: appends its tensors to t (room for 3*n) and returns the count;
  * their names live in `names` (the caller frees it after writing). */
 int rt_optim_tensors(const Optim *o, StTensor *t, McArena *names);

@@ -2,7 +2,7 @@
  * constants, measured: GEMMs over a grid of shapes through the runtime's GEMM (rt_sgemm,
  * what every CPU kernel calls), fitted as t = launch + F / G + F / (G s) * h (F = 2MNK,
  * s the smallest side: a GEMM at s / (s + h) of G); elementwise bandwidth; the global
- * norm's serial pass of several devices (ns an element, on the thread's clock); the in-process
+ * norm's pass of several devices (ns an element, on the thread's clock); the in-process
  * communicator's all-reduce latency and bandwidth between two devices; the cores other
  * processes kept busy meanwhile (what the timings shared the machine with). Writes a JSON
  * profile that `moec plan` and `moec simulate` read (--profile; MOEC_PROFILE_DEFAULT when
@@ -149,11 +149,11 @@ static double time_dram(int reps) {
   return 12.0 * (double)n / t / 1e9;
 }
 
-/* Nanoseconds an element of the multi-device global norm's serial pass (rt_md_sumsq:
- * a chain of double adds, bound by their latency, not by memory), the least of `reps`
- * on the thread's CPU clock (what another process takes from the core is not counted). */
+/* Nanoseconds an element of the multi-device global norm's pass (rt_md_sumsq: 8 lanes of
+ * double adds, in the cache), the least of `reps` on the thread's CPU clock (what another
+ * process takes from the core is not counted). */
 static double time_norm_ns(int reps) {
-  int64_t n = 1 << 18; /* 1 MiB: in the cache, as the pass is compute-bound anyway */
+  int64_t n = 1 << 18; /* 1 MiB: in the cache (past it the step's memory rule applies) */
   float *g = mc_malloc((size_t)n * sizeof(float));
   for (int64_t i = 0; i < n; i++)
     g[i] = (float)(i % 7) * 0.25f;
