@@ -207,13 +207,19 @@ static void test_policies(void) {
     }
 }
 
+/* Skewed loads of layer m's 8 experts: experts 0..3 hot (contiguous on 2 devices puts all
+ * four on device 0, 340 of 344 rows), for the routing and placement tests. */
+static const double skew_load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
+static PlanLoads skew_loads(void) {
+  static const char *names[1] = {"m"};
+  static const double *loads_of[1] = {skew_load};
+  static const int ne[1] = {8};
+  return (PlanLoads){1, names, (const double **)loads_of, ne};
+}
+
 static void test_balanced(void) {
   /* skewed loads: experts 0..3 hot; contiguous would put all four on device 0 */
-  static const double load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
-  static const char *names[1] = {"m"};
-  static const double *loads_of[1] = {load};
-  static const int ne[1] = {8};
-  PlanLoads pl = {1, names, (const double **)loads_of, ne};
+  PlanLoads pl = skew_loads();
   loads = &pl;
   Built b;
   CHECK(lm(&b, 8, 2, 4, 8, 2, "  experts = balanced\n"));
@@ -222,7 +228,7 @@ static void test_balanced(void) {
   int cnt[2] = {0};
   for (int e = 0; e < 8; e++) {
     int d = b.g->moe_expert_dev[0][e];
-    tot[d] += load[e];
+    tot[d] += skew_load[e];
     cnt[d]++;
   }
   CHECK(cnt[0] == 4 && cnt[1] == 4);
@@ -628,11 +634,7 @@ static void test_cost_routing(void) {
   double small = plan_gemm_s(&k, 8, 512, 512) / (8.0 * 512 * 512);
   double big = plan_gemm_s(&k, 512, 512, 512) / (512.0 * 512 * 512);
   CHECK(fabs(small / big - (24.0 / 8) / (528.0 / 512)) < 1e-9);
-  static const double load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
-  static const char *names[1] = {"m"};
-  static const double *loads_of[1] = {load};
-  static const int ne[1] = {8};
-  PlanLoads pl = {1, names, (const double **)loads_of, ne};
+  PlanLoads pl = skew_loads();
   double step[2], busy_share[2];
   for (int bal = 0; bal < 2; bal++) {
     loads = &pl;
@@ -789,11 +791,7 @@ static void test_shared_cores(void) {
   plan_cost_free(&c2);
   plan_cost_free(&c4);
   done(&b);
-  static const double load[8] = {100, 90, 80, 70, 1, 1, 1, 1};
-  static const char *names[1] = {"m"};
-  static const double *loads_of[1] = {load};
-  static const int ne[1] = {8};
-  PlanLoads pl = {1, names, (const double **)loads_of, ne};
+  PlanLoads pl = skew_loads();
   double kern[2], sum[2];
   for (int bal = 0; bal < 2; bal++) {
     loads = &pl;
