@@ -1,7 +1,7 @@
 /* plan_search.c: `moec plan FILE --search`: every strategy x expert policy x mesh x
  * recompute choice on the plan's devices (or on each count of --search-devices), each
- * compiled as `moec run` would compile it
- * (plan_compile) and costed (passes/costmodel.c); what does not compile or does not fit
+ * compiled as `moec run` would compile it (plan_compile) and costed
+ * (passes/costmodel.c); what does not compile or does not fit
  * the memory budget is dropped; the rest ranked by the predicted step time (the busiest
  * device's), and the winner can be written as a plan { } block; --format draws the top
  * candidates side by side (plan_dot.c) (docs/placement.md). */
@@ -28,6 +28,14 @@ static int by_step(const void *a, const void *b) {
   if (x->fits != y->fits) return x->fits ? -1 : 1;
   if (x->step_s != y->step_s) return x->step_s < y->step_s ? -1 : 1;
   return x->idx - y->idx;
+}
+
+/* The physical mesh's nodes that P devices take: their devices fill the nodes in order,
+ * one node's worth or less on the first node, else whole nodes (cmd_plan.c checks the
+ * counts). */
+static int phys_nodes(const SearchArgs *s, int P) {
+  int per = s->devices / MC_MAX(s->nodes, 1);
+  return s->nodes > 1 && P > per ? P / per : 1;
 }
 
 /* "8 devices", or the searched counts: "1, 2, 4 or 8 devices" */
@@ -129,7 +137,7 @@ static int draw(Cand *c, int n, int top, const SearchArgs *s) {
   int most = 0;
   for (int i = 0; i < n; i++)
     most = MC_MAX(most, c[i].devices);
-  PlanDotSearch *ds = plan_dot_search_new(title, most, s->nodes);
+  PlanDotSearch *ds = plan_dot_search_new(title, most, phys_nodes(s, most));
   int rank = 0, rc = 0;
   for (int i = 0; i < n && rank < top && !rc; i++) {
     if (!c[i].ok || !c[i].fits) continue;
@@ -255,14 +263,11 @@ int plan_search(const SearchArgs *s) {
   static const char *recomputes[] = {"none", "auto", "all"};
   enum { PER_COUNT = 3 * 3 * 3 * 64 };
   const int npol = s->have_loads ? 3 : 2, ncounts = s->ncounts > 0 ? s->ncounts : 1;
-  /* a count's devices fill the physical mesh's nodes in order: one node's worth or less
-   * on the first node, else whole nodes (cmd_plan.c checks the counts) */
-  const int per = s->devices / MC_MAX(s->nodes, 1);
   Cand *c = mc_calloc((size_t)ncounts * PER_COUNT, sizeof(Cand));
   int n = 0;
   for (int ci = 0; ci < ncounts; ci++) {
     const int P = s->ncounts > 0 ? s->counts[ci] : s->devices;
-    const int phys = s->nodes > 1 && P > per ? P / per : 1;
+    const int phys = phys_nodes(s, P);
     const int end = n + PER_COUNT;
     for (int si = 0; si < 3; si++)
       for (int pi = 0; pi < npol; pi++)
