@@ -4,12 +4,16 @@
 # 300) on one device without their balancing losses (w_importance = w_load = 0 added to
 # each moe/hmoe call), so the gate skews; that run's metrics are the measured loads and
 # its checkpoint the starting point. `moec plan --loads` predicts the step under each
-# expert policy (contiguous, round_robin, balanced) on DEVICES in-process devices; each
-# policy then runs STEPS more steps (default 30) from the checkpoint: the same routing
-# under every placement, which does not change the arithmetic. ROUNDS (default 3) rounds
-# alternate the policies; each policy's fastest median step is taken. Prints predicted
-# and measured ms, the busiest device's share of the routed rows, and whether the
-# measured order of the policies is the predicted one.
+# expert policy (contiguous, the default, round_robin, balanced) on DEVICES in-process
+# devices; each policy then runs STEPS more steps (default 30) from the checkpoint: the
+# same routing under every placement, which does not change the arithmetic. ROUNDS
+# (default 3) rounds alternate the policies, the load average printed before each; each
+# policy's fastest median step is taken. BASELINE=MOEC2 (another build, e.g. main before
+# a change) plans and runs every policy too, beside MOEC in each round, from the same
+# loads and checkpoint. In-process devices run their kernels inline, one thread each, so
+# the runs have no thread or wait setting to choose. Prints predicted and measured ms, the
+# busiest device's share of the routed rows, and whether the measured order of the
+# policies is the predicted one.
 set -eu
 MOEC=$1
 MODEL=$2
@@ -19,12 +23,11 @@ SKEW_STEPS=${SKEW_STEPS:-300}
 STEPS=${STEPS:-30}
 ROUNDS=${ROUNDS:-3}
 PY=${MOEC_PYTHON:-python3}
-W=$(mktemp -d "${TMPDIR:-/tmp}/moec_balanced.XXXXXX")
+W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 sed 's/moe(\([^)]*\))/moe(\1, w_importance=0, w_load=0)/' "$MODEL" >"$W/skew.moe"
 "$MOEC" run "$W/skew.moe" --devices 1 --steps "$SKEW_STEPS" --no-eval --quiet \
   --metrics "$W/loads.jsonl" --save "$W/ck.safetensors" >/dev/null
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" - "$W/loads.jsonl" <<'PYEOF'
 import json, sys
 last = [l for l in open(sys.argv[1]) if '"moe"' in l][-1]
@@ -34,29 +37,38 @@ for m in json.loads(last)["moe"]:
 PYEOF
 set -- --devices "$P" --loads "$W/loads.jsonl"
 [ -n "$PROFILE" ] && PROF="--profile $PROFILE" || PROF=""
-for e in contiguous round_robin balanced; do
-  # shellcheck disable=SC2086
-  "$MOEC" plan "$W/skew.moe" "$@" --experts $e $PROF --format json >"$W/plan-$e.json"
+BINS="new:$MOEC"
+[ -n "${BASELINE:-}" ] && BINS="base:$BASELINE $BINS"
+for b in $BINS; do
+  for e in contiguous round_robin balanced; do
+    # shellcheck disable=SC2086
+    "${b#*:}" plan "$W/skew.moe" "$@" --experts $e $PROF --format json >"$W/plan-${b%%:*}-$e.json"
+  done
 done
 r=0
 while [ "$r" -lt "$ROUNDS" ]; do
-  for e in contiguous round_robin balanced; do
-    "$MOEC" run "$W/skew.moe" "$@" --experts $e --load "$W/ck.safetensors" \
-      --steps $((SKEW_STEPS + STEPS)) --no-eval --quiet --json 2>/dev/null | tail -n 1 \
-      >"$W/run-$e-$r.json"
+  echo "round $((r + 1)): load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  for b in $BINS; do
+    for e in contiguous round_robin balanced; do
+      "${b#*:}" run "$W/skew.moe" "$@" --experts $e --load "$W/ck.safetensors" \
+        --steps $((SKEW_STEPS + STEPS)) --no-eval --quiet --json 2>/dev/null | tail -n 1 \
+        >"$W/run-${b%%:*}-$e-$r.json"
+    done
   done
   r=$((r + 1))
 done
-"$PY" - "$W" "$ROUNDS" <<'PYEOF'
+for b in $BINS; do
+  "$PY" - "$W" "$ROUNDS" "${b%%:*}" <<'PYEOF'
 import json, sys
-w, rounds = sys.argv[1], int(sys.argv[2])
+w, rounds, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 pols = ["contiguous", "round_robin", "balanced"]
 pred, meas = {}, {}
-print("%-12s %9s %9s %8s %s" % ("experts", "pred ms", "meas ms", "busiest", "runs (median step ms)"))
+print("%s:\n%-12s %9s %9s %8s %s" % (tag, "experts", "pred ms", "meas ms", "busiest",
+                                     "runs (median step ms)"))
 for e in pols:
-    plan = json.load(open("%s/plan-%s.json" % (w, e)))
+    plan = json.load(open("%s/plan-%s-%s.json" % (w, tag, e)))
     pred[e] = plan["cost_model"]["step_s"] * 1e3
-    runs = [json.loads(open("%s/run-%s-%d.json" % (w, e, r)).read())["step_ms_median"]
+    runs = [json.loads(open("%s/run-%s-%s-%d.json" % (w, tag, e, r)).read())["step_ms_median"]
             for r in range(rounds)]
     meas[e] = min(runs)
     rows = [d["expert_rows"] for d in plan["per_device"]]
@@ -69,3 +81,4 @@ print("pairs ordered as predicted: %d of 3; balanced against contiguous: predict
       "measured %.2fx" % (agree, pred["contiguous"] / pred["balanced"],
                           meas["contiguous"] / meas["balanced"]))
 PYEOF
+done
