@@ -89,6 +89,10 @@ typedef struct SearchArgs {
   void *ctx;
 } SearchArgs;
 int plan_search(const SearchArgs *s);
+/* The nodes of a mesh of `devices` in `nodes` that P of them take, filling the nodes in
+ * order: 1 for a node's worth or fewer, else P / (devices / nodes) when that is whole; 0
+ * when it is not (a count --search-devices refuses). */
+int plan_search_nodes(int devices, int nodes, int P);
 
 /* cmd_simulate.c: a cluster spec ([NODES x] N x DEVICE [: LINK]) as cost constants, its
  * device count and nodes, and a description; false with *why set. */

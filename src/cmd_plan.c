@@ -658,7 +658,7 @@ static int search_counts(const char *v, int N, int nodes, int *counts, int max) 
   }
   for (int i = 0; i < nc; i++) {
     int c = cand[i];
-    if (nodes > 1 && c > per && c % per) {
+    if (!plan_search_nodes(N, nodes, c)) {
       if (all) continue;
       fprintf(stderr,
               "moec plan: error: --search-devices: %d devices are not one node's %d or fewer, "

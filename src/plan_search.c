@@ -30,12 +30,10 @@ static int by_step(const void *a, const void *b) {
   return x->idx - y->idx;
 }
 
-/* The physical mesh's nodes that P devices take: their devices fill the nodes in order,
- * one node's worth or less on the first node, else whole nodes (cmd_plan.c checks the
- * counts). */
-static int phys_nodes(const SearchArgs *s, int P) {
-  int per = s->devices / MC_MAX(s->nodes, 1);
-  return s->nodes > 1 && P > per ? P / per : 1;
+int plan_search_nodes(int devices, int nodes, int P) {
+  int per = devices / MC_MAX(nodes, 1);
+  if (nodes <= 1 || P <= per) return 1;
+  return P % per ? 0 : P / per;
 }
 
 /* "8 devices", or the searched counts: "1, 2, 4 or 8 devices" */
@@ -137,7 +135,8 @@ static int draw(Cand *c, int n, int top, const SearchArgs *s) {
   int most = 0;
   for (int i = 0; i < n; i++)
     most = MC_MAX(most, c[i].devices);
-  PlanDotSearch *ds = plan_dot_search_new(title, most, phys_nodes(s, most));
+  PlanDotSearch *ds =
+      plan_dot_search_new(title, most, plan_search_nodes(s->devices, s->nodes, most));
   int rank = 0, rc = 0;
   for (int i = 0; i < n && rank < top && !rc; i++) {
     if (!c[i].ok || !c[i].fits) continue;
@@ -267,7 +266,7 @@ int plan_search(const SearchArgs *s) {
   int n = 0;
   for (int ci = 0; ci < ncounts; ci++) {
     const int P = s->ncounts > 0 ? s->counts[ci] : s->devices;
-    const int phys = phys_nodes(s, P);
+    const int phys = plan_search_nodes(s->devices, s->nodes, P); /* >= 1: cmd_plan.c checked */
     const int end = n + PER_COUNT;
     for (int si = 0; si < 3; si++)
       for (int pi = 0; pi < npol; pi++)
