@@ -165,10 +165,6 @@ size_t rt_md_optim_bytes(const Optim *o) {
   return b * o->elem;
 }
 
-double rt_md_sumsq(double ss, const float *g, int64_t n, size_t elem) {
-  return ss + rt_sumsq(g, n, elem);
-}
-
 void rt_md_optim_step(Comm *c, const Program *p, Optim *o, float *const *params,
                       float *const *grads) {
   if (c->size <= 1) {
@@ -194,7 +190,7 @@ void rt_md_optim_step(Comm *c, const Program *p, Optim *o, float *const *params,
     }
     int x = own >= 0 || sharded(p, i);
     if (own >= 0 && own != c->rank) continue;
-    ss[x] = rt_md_sumsq(ss[x], grads[i], t->numel, o->elem);
+    ss[x] += rt_sumsq(grads[i], t->numel, o->elem); /* the update's 8-lane sum (optim.c) */
   }
   c->all_reduce_sum_f64(c, &ss[1], 1);
   for (int i = 0; i < o->n; i++) {

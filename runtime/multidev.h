@@ -38,11 +38,6 @@ size_t rt_md_optim_bytes(const Optim *o);
  * parameters, without allocating them (what a plan reports). */
 size_t rt_md_optim_layout_bytes(const Config *cfg, const Graph *g, const RowSel *rows,
                                 size_t elem);
-/* ss plus the squares of g[0..n) (elements of `elem` bytes) in double, summed as
- * rt_sumsq sums them (8 lanes): the global norm's pass over each device's gradients
- * before the update (rt_md_optim_step; moec calibrate times it for the cost model's
- * norm_ns). */
-double rt_md_sumsq(double ss, const float *g, int64_t n, size_t elem);
 /* Collective: the optimizer step with the global gradient norm (replicated gradients
  * once, expert gradients summed over their owners, a subset's parameters counted by its
  * first device), clipping as one device would; parameters trained on(...) a set without

@@ -15,7 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "../runtime/multidev.h"
+#include "../runtime/train.h"
 #include "../runtime/runtime.h"
 #include "cli.h"
 
@@ -149,9 +149,10 @@ static double time_dram(int reps) {
   return 12.0 * (double)n / t / 1e9;
 }
 
-/* Nanoseconds an element of the multi-device global norm's pass (rt_md_sumsq: 8 lanes of
- * double adds, in the cache), the least of `reps` on the thread's CPU clock (what another
- * process takes from the core is not counted). */
+/* Nanoseconds an element of the multi-device global norm's pass (rt_sumsq over each
+ * device's gradients in rt_md_optim_step: 8 lanes of double adds, in the cache), the least
+ * of `reps` on the thread's CPU clock (what another process takes from the core is not
+ * counted). */
 static double time_norm_ns(int reps) {
   int64_t n = 1 << 18; /* 1 MiB: in the cache (past it the step's memory rule applies) */
   float *g = mc_malloc((size_t)n * sizeof(float));
@@ -160,7 +161,7 @@ static double time_norm_ns(int reps) {
   double t = 1e30, sink = 0;
   for (int r = 0; r < reps; r++) {
     double t0 = mc_thread_cpu_now();
-    sink += rt_md_sumsq(0, g, n, sizeof(float));
+    sink += rt_sumsq(g, n, sizeof(float));
     t = fmin(t, mc_thread_cpu_now() - t0);
   }
   mc_free(g);
